@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from .errors import IntegrityError, UpstreamError
 from .fsutil import atomic_write_text, fsync_dir, safe_join, sha256_file
-from .http import Client, describe, retry_after_seconds
+from .http import Client, describe, file_url_path, retry_after_seconds
 
 CHUNK = 1024 * 1024
 STATE_DIR = ".torchdepot"
@@ -324,7 +324,10 @@ class Fetcher:
                 self.client.sleep_before_retry(attempt - 1, retry_after)
                 retry_after = None
             try:
-                n, was_resumed = self._download(item, url, part, started)
+                if urllib.parse.urlsplit(url).scheme == "file":
+                    n, was_resumed = self._copy_local(url, part), False
+                else:
+                    n, was_resumed = self._download(item, url, part, started)
                 fetched += n
                 resumed = resumed or was_resumed
             except _Retry as exc:
@@ -364,6 +367,20 @@ class Fetcher:
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(part, dest)
         fsync_dir(dest.parent)
+
+    def _copy_local(self, url: str, part: Path) -> int:
+        """Copy a ``file://`` source (pip find-links dirs, local indexes) into ``part``."""
+        src = file_url_path(url)
+        copied = 0
+        try:
+            with open(src, "rb") as fin, open(part, "wb") as fout:
+                while chunk := fin.read(CHUNK):
+                    fout.write(chunk)
+                    copied += len(chunk)
+                    self._advance(len(chunk))
+        except FileNotFoundError:
+            raise _Fatal(f"{url}: no such file") from None
+        return copied
 
     def _download(self, item: FetchItem, url: str, part: Path, started: float) -> tuple[int, bool]:
         """One HTTP attempt appending to ``part``. Returns (bytes received, resumed?)."""

@@ -1,0 +1,29 @@
+import hashlib, os, tempfile
+from pathlib import Path
+from tests.httpserver import Server
+from torchdepot.fetch import Fetcher, FetchItem
+from torchdepot.http import make_session, HttpConfig
+
+def test_fetch_roundtrip(tmp_path):
+    up = tmp_path/"up"; up.mkdir()
+    data = os.urandom(3_000_000); (up/"a.whl").write_bytes(data)
+    sha = hashlib.sha256(data).hexdigest()
+    out = tmp_path/"out"
+    with Server(up) as s:
+        # half-written partial resumes with Range
+        f = Fetcher(out, make_session(HttpConfig(retries=1, backoff=0.01)), progress=False)
+        part = f._partial_path("packages/a/a.whl"); part.parent.mkdir(parents=True, exist_ok=True)
+        part.write_bytes(data[:1_000_000])
+        r = f.run([FetchItem("packages/a/a.whl", (s.url+"/a.whl",), sha, len(data))])
+        assert r.results[0].status == "downloaded", r.results[0]
+        assert r.results[0].resumed and r.results[0].fetched_bytes == 2_000_000
+        assert (out/"packages/a/a.whl").read_bytes() == data
+        r2 = Fetcher(out, make_session(), progress=False).run([FetchItem("packages/a/a.whl", (s.url+"/a.whl",), sha, len(data))])
+        assert r2.results[0].status == "present" and r2.fetched_bytes == 0
+        # wrong claimed hash -> fail policy publishes nothing
+        r3 = Fetcher(out, make_session(HttpConfig(retries=0, backoff=0.01)), progress=False).run([FetchItem("packages/a/b.whl", (s.url+"/a.whl",), "0"*64)])
+        assert r3.results[0].status == "failed" and not (out/"packages/a/b.whl").exists()
+        r4 = Fetcher(out, make_session(HttpConfig(retries=0, backoff=0.01)), progress=False, on_hash_mismatch="warn").run([FetchItem("packages/a/b.whl", (s.url+"/a.whl",), "0"*64)])
+        assert r4.results[0].status == "downloaded" and r4.results[0].hash_mismatch
+    r5 = Fetcher(out, make_session(), progress=False).run([FetchItem("packages/a/c.whl", ((up/"a.whl").as_uri(),), sha)])
+    assert r5.results[0].status == "downloaded"
