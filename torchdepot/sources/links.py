@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 _HEX = re.compile(r"[0-9a-f]+")
 
+ALLOWED_SCHEMES = ("http", "https")
+
 
 @dataclass(frozen=True)
 class Link:
@@ -20,6 +22,7 @@ class Link:
     yanked: str | None = None  # None = not yanked; "" = yanked without reason
     upload_time: str | None = None
     size: int | None = None  # PEP 700 (JSON only)
+    href: str | None = field(default=None, compare=False)  # the href exactly as the page wrote it
 
     @property
     def metadata_sha256(self) -> str | None:
@@ -53,7 +56,66 @@ def split_fragment(href: str) -> tuple[str, str | None]:
 
 
 def filename_of(url: str) -> str:
-    return urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1])
+    """Decoded last path segment of a (fragment-less) URL."""
+    path = url.split("?", 1)[0]
+    name = path.rsplit("/", 1)[-1]
+    return urllib.parse.unquote(name) if "%" in name else name
 
 
-ALLOWED_SCHEMES = ("http", "https")
+def unsafe_filename(name: str) -> str | None:
+    """Why a decoded filename must not be stored (path tricks), or None if it is safe."""
+    if name in (".", ".."):
+        return "path traversal in filename"
+    if "/" in name or "\\" in name:
+        return "path separator in filename"
+    if "\x00" in name or any(ord(c) < 32 for c in name):
+        return "control character in filename"
+    return None
+
+
+def resolve(base: str, href: str) -> str:
+    """Absolute URL of ``href`` on a page at ``base``.
+
+    Fast path for absolute ``http(s)`` hrefs without dot segments (the common case on
+    PyTorch pages, thousands per page); everything else goes through ``urljoin``."""
+    if (href.startswith("https://") or href.startswith("http://")) and "/." not in href:
+        return href
+    return urllib.parse.urljoin(base, href)
+
+
+def make_link(base: str, href: str, page: Page, **meta) -> Link | None:
+    """One checked :class:`Link`, or None (and a counted warning in ``page``)."""
+    href = href.strip()
+    if not href:
+        page.warnings["anchor without href"] += 1
+        return None
+    try:
+        absolute = resolve(base, href)
+        scheme = absolute.split(":", 1)[0].lower() if ":" in absolute else ""
+        if scheme not in ALLOWED_SCHEMES and not (scheme == "file" and base.startswith("file:")):
+            page.warnings[f"refused {scheme or 'schemeless'}: link"] += 1
+            return None
+        url, sha = split_fragment(absolute)
+        if scheme != "file":
+            parts = urllib.parse.urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+            if not parts.hostname:
+                page.warnings["link without host"] += 1
+                return None
+    except ValueError:
+        page.warnings["unparseable href"] += 1
+        return None
+    name = filename_of(url)
+    if not name:
+        return Link(url=url, filename="", sha256=sha, href=href)
+    why = unsafe_filename(name)
+    if why:
+        page.warnings[why] += 1
+        return None
+    declared = meta.pop("sha256", None)
+    return Link(url=url, filename=name, sha256=sha or declared, href=href, **meta)
+
+
+def warnings_summary(warnings: collections.Counter) -> str:
+    """``"3 not a wheel, 1 challenge page"`` (most frequent first)."""
+    return ", ".join(f"{n} {what}" for what, n in warnings.most_common())

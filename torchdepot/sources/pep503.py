@@ -1,42 +1,59 @@
 """PEP 503 HTML pages (project pages, root pages, find-links pages such as torch_stable.html).
 
 Pure: bytes + base URL in, :class:`Page` out. Entries that cannot be links to files
-(non-HTTP schemes, empty hrefs, undecodable bytes) are skipped and counted in
-``page.warnings``; nothing here raises on hostile input.
+(non-HTTP schemes, empty hrefs, path tricks, undecodable bytes) are skipped and counted
+in ``page.warnings``; nothing here raises on hostile input.
+
+Index pages are machine-written lists of ``<a>`` tags, so a tag scanner (regexes over
+the decoded text, comments removed first) replaces a full HTML parser: the PyTorch root
+pages carry thousands of anchors and this keeps crawling near the speed of a plain
+regex scan (see bench/parse.py).
 """
 
 from __future__ import annotations
 
-import html.parser
-import urllib.parse
+import html
+import re
 
-from .links import ALLOWED_SCHEMES, Link, Page, filename_of, split_fragment
+from .links import Link, Page, make_link
+
+# A start tag's attribute run: quoted values may contain ">".
+_ATTRS = r"""((?:[^>"']|"[^"]*"|'[^']*')*)"""
+_ANCHOR = re.compile(r"<a(?=[\s>/])" + _ATTRS + r">([^<]*)", re.I)
+_BASE = re.compile(r"<base(?=[\s>/])" + _ATTRS + r">", re.I)
+_ATTR = re.compile(r"""([^\s=/>"']+)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>"'=<`]+)))?""")
+_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)
+_RAWTEXT = re.compile(r"<(script|style)\b.*?(?:</\1\s*>|\Z)", re.S | re.I)
+_RAWTEXT_START = re.compile(r"<(?:script|style)\b", re.I)
+
+# Cloudflare and similar bot walls answer 200/403 with an HTML page instead of the index.
+_CHALLENGE_MARKERS = (
+    "cf-chl-", "challenge-platform", "<title>just a moment...</title>", "cf_chl_opt",
+    "<title>attention required! | cloudflare</title>",
+)
 
 
-class _Anchors(html.parser.HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.anchors: list[tuple[dict[str, str | None], list[str]]] = []
-        self.base: str | None = None
-        self._text: list[str] | None = None
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "a":
-            self._text = []
-            self.anchors.append((dict(attrs), self._text))
-        elif tag == "base" and self.base is None:
-            self.base = dict(attrs).get("href")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "a":
-            self._text = None
-
-    def handle_data(self, data: str) -> None:
-        if self._text is not None:
-            self._text.append(data)
+def attributes(run: str) -> dict[str, str | None]:
+    """Attributes of one start tag: lower-cased names, entity-decoded values (first wins)."""
+    out: dict[str, str | None] = {}
+    for m in _ATTR.finditer(run):
+        name = m.group(1).lower()
+        if name in out:
+            continue
+        value = m.group(2)
+        if value is None:
+            value = m.group(3)
+        if value is None:
+            value = m.group(4)
+        if value is not None and "&" in value:
+            value = html.unescape(value)
+        out[name] = value
+    return out
 
 
 def decode_body(body: bytes, page: Page) -> str:
+    if isinstance(body, str):
+        return body
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError:
@@ -44,58 +61,78 @@ def decode_body(body: bytes, page: Page) -> str:
         return body.decode("utf-8", errors="replace")
 
 
+def is_challenge(text: str) -> bool:
+    """True for a bot-challenge page served in place of an index (Cloudflare's)."""
+    head = text[:20000].lower()
+    return any(m in head for m in _CHALLENGE_MARKERS)
+
+
+def _meta(attrs: dict[str, str | None]) -> dict:
+    meta = None
+    for key in ("data-core-metadata", "data-dist-info-metadata"):  # PEP 714 name first
+        if key in attrs:
+            meta = attrs[key] or "true"
+            break
+    if meta is not None and meta.lower() == "false":
+        meta = None
+    yanked = None
+    if "data-yanked" in attrs:
+        yanked = attrs["data-yanked"] or ""
+    return {
+        "requires_python": attrs.get("data-requires-python") or None,
+        "core_metadata": meta,
+        "yanked": yanked,
+        "upload_time": attrs.get("data-upload-time") or None,
+    }
+
+
 def parse_html(body: bytes, base_url: str) -> Page:
-    """Parse an HTML index page; hrefs are resolved against ``base_url`` (or ``<base>``)."""
+    """Parse an HTML index page; hrefs are resolved against ``base_url`` (or ``<base>``).
+
+    Links to files go to ``page.links``; directory links (``torch/``) on a root page go
+    to ``page.projects``. A challenge page yields no links and one warning."""
     page = Page(url=base_url)
     text = decode_body(body, page)
-    parser = _Anchors()
-    try:
-        parser.feed(text)
-        parser.close()
-    except (AssertionError, ValueError):  # malformed markup in old html.parser versions
-        page.warnings["malformed html"] += 1
+    if is_challenge(text):
+        page.warnings["bot challenge page instead of an index"] += 1
+        return page
+    if "<!--" in text:
+        text = _COMMENT.sub("", text)
+    if _RAWTEXT_START.search(text):  # anchors inside scripts are not links
+        text = _RAWTEXT.sub("", text)
     base = base_url
-    if parser.base:
-        base = urllib.parse.urljoin(base_url, parser.base)
-    for attrs, text_parts in parser.anchors:
-        href = (attrs.get("href") or "").strip()
-        if not href:
+    if "<base" in text or "<BASE" in text:
+        m = _BASE.search(text)
+        if m:
+            href = (attributes(m.group(1)).get("href") or "").strip()
+            if href:
+                probe = Page(url=base_url)
+                link = make_link(base_url, href, probe)
+                if link is not None:
+                    base = link.url
+    for m in _ANCHOR.finditer(text):
+        run = m.group(1)
+        attrs = attributes(run) if run.strip() else {}
+        href = attrs.get("href")
+        if href is None:
             page.warnings["anchor without href"] += 1
             continue
-        try:
-            absolute = urllib.parse.urljoin(base, href)
-            parts = urllib.parse.urlsplit(absolute)
-        except ValueError:
-            page.warnings["unparseable href"] += 1
+        data = _meta(attrs) if "data-" in run else {}
+        link = make_link(base, href, page, **data)
+        if link is None:
             continue
-        if parts.scheme not in ALLOWED_SCHEMES and not (parts.scheme == "file" and base.startswith("file:")):
-            page.warnings[f"refused {parts.scheme or 'schemeless'}: link"] += 1
-            continue
-        url, sha = split_fragment(absolute)
-        name = filename_of(url)
-        label = "".join(text_parts).strip()
-        if not name:
+        if not link.filename:
             # a root page lists projects as directory links ("torch/")
-            project = label or url.rstrip("/").rsplit("/", 1)[-1]
-            page.projects.append(urllib.parse.unquote(project))
+            label = m.group(2).strip()
+            if "&" in label:
+                label = html.unescape(label)
+            project = label or link.url.rstrip("/").rsplit("/", 1)[-1]
+            page.projects.append(project)
             continue
-        meta = None
-        for key in ("data-core-metadata", "data-dist-info-metadata"):  # PEP 714 name first
-            if key in attrs:
-                meta = attrs[key] or "true"
-                break
-        yanked = attrs.get("data-yanked") if "data-yanked" in attrs else None
-        if "data-yanked" in attrs and yanked is None:
-            yanked = ""
-        page.links.append(
-            Link(
-                url=url,
-                filename=name,
-                sha256=sha,
-                requires_python=attrs.get("data-requires-python") or None,
-                core_metadata=meta if meta not in ("false",) else None,
-                yanked=yanked,
-                upload_time=attrs.get("data-upload-time") or None,
-            )
-        )
+        page.links.append(link)
     return page
+
+
+def anchors(page: Page) -> list[Link]:
+    """The page's file links (kept for callers that think in anchors)."""
+    return list(page.links)
