@@ -121,6 +121,19 @@ class CondaRecord:
         return dict(self.raw)
 
 
+def package_accelerator(name: str, version: str, build: CondaBuild) -> Accelerator | None:
+    """Accelerator of a conda package: metapackages state it in the name/version
+    (``pytorch-cuda 12.1`` -> cu121, ``cpuonly`` -> cpu), everything else in the build."""
+    if name == "pytorch-cuda":
+        try:
+            return cuda_from_dotted(version)
+        except ParseError:
+            return None
+    if name == "cpuonly":
+        return Accelerator("cpu")
+    return build.accelerator
+
+
 def record_from_repodata(channel: str, subdir: str, filename: str, rec: dict) -> CondaRecord:
     """Build a :class:`CondaRecord` from one ``packages``/``packages.conda`` entry.
 
@@ -157,7 +170,7 @@ def record_from_repodata(channel: str, subdir: str, filename: str, rec: dict) ->
         md5=md5 if isinstance(md5, str) else None,
         size=size if isinstance(size, int) and size >= 0 else None,
         timestamp=ts if isinstance(ts, int) else None,
-        accelerator=parsed.accelerator,
+        accelerator=package_accelerator(name, version, parsed),
         python=parsed.python,
         raw=tuple(sorted(rec.items())),
     )

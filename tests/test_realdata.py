@@ -1,0 +1,238 @@
+"""The foundation on the REAL captures in ../shared/data (issue 2, "Done when").
+
+Captures are served from a real HTTP server on 127.0.0.1 and crawled through the real
+client; the 2023 capture's absolute hrefs to the upstream host are parsed, never fetched.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+import subprocess
+import sys
+import urllib.parse
+from pathlib import Path
+
+import pytest
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
+from tests.httpserver import Server
+from torchdepot.errors import UpstreamError
+from torchdepot.http import make_session
+from torchdepot.sources.crawl import crawl_index, fetch_project_page, fetch_root
+from torchdepot.sources.findlinks import fetch_findlinks
+
+ROOT = Path(__file__).resolve().parent.parent
+CAPTURE_2023 = "index_pages/download.pytorch.org_whl_simple_2023-10"
+CAPTURE_2024 = "index_pages/torch_stable_html_derived_pep503_2024-03-27"
+STABLE_2021 = "index_pages/torch_stable_2021-03.html"
+
+
+@pytest.fixture(scope="module")
+def served(data_dir, tmp_path_factory):
+    """One server: /whl -> 2023 capture, /p2024 -> 2024 pages, /whl21/torch_stable.html."""
+    root = tmp_path_factory.mktemp("served")
+    (root / "whl").symlink_to(data_dir / CAPTURE_2023)
+    (root / "p2024").symlink_to(data_dir / CAPTURE_2024)
+    (root / "whl21").mkdir()
+    (root / "whl21" / "torch_stable.html").symlink_to(data_dir / STABLE_2021)
+    with Server(root) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client():
+    with make_session() as c:
+        yield c
+
+
+def _regex_hrefs(path: Path) -> list[str]:
+    # An independent oracle for "what links does this page have": a plain regex scan.
+    return re.findall(r'href="([^"]+)"', path.read_text())
+
+
+@pytest.fixture(scope="module")
+def crawled(served, client, data_dir):
+    """Every page of the three captures, crawled over HTTP: {capture: [Page]}."""
+    out: dict[str, list] = {}
+    root = fetch_root(client, served.url + "/whl")
+    # every captured page: the root's projects that were captured, plus "cerifi/" (a
+    # captured directory the root page does not list)
+    dirs = sorted(p.name for p in (data_dir / CAPTURE_2023).iterdir() if p.is_dir())
+    out["2023"] = [fetch_project_page(client, served.url + "/whl", p) for p in dirs]
+    root24 = fetch_root(client, served.url + "/p2024")
+    out["2024"] = [fetch_project_page(client, served.url + "/p2024", p) for p in root24.projects]
+    out["2021"] = [fetch_findlinks(client, served.url + "/whl21/torch_stable.html")]
+    return out
+
+
+def test_root_pages(served, client, data_dir):
+    root = fetch_root(client, served.url + "/whl")
+    dirs = sorted(p.name for p in (data_dir / CAPTURE_2023).iterdir() if p.is_dir())
+    assert set(dirs) - set(root.projects) == {"cerifi"}  # captured, but not linked from the root
+    assert len(root.projects) == len(_regex_hrefs(data_dir / CAPTURE_2023 / "index.html"))
+    assert "torch" in root.projects and "Jinja2" in root.projects
+    assert fetch_root(client, served.url + "/p2024").projects == ["torch", "torchaudio", "torchvision"]
+
+
+def test_every_anchor_is_crawled(crawled, data_dir):
+    pages_2023 = sorted((data_dir / CAPTURE_2023).glob("*/index.html"))
+    expected = sum(len(_regex_hrefs(p)) for p in pages_2023)
+    got = sum(len(p.links) for p in crawled["2023"])
+    assert got == expected and got > 3900
+    assert all(not p.warnings for p in crawled["2023"])
+    # absolute hrefs are kept verbatim (host included); hashes come from the fragment
+    torch = next(p for p in crawled["2023"] if p.url.endswith("/whl/torch/"))
+    assert all(l.url.startswith("https://download.pytorch.org/whl/") for l in torch.links)
+    hashed = [h for h in _regex_hrefs(data_dir / CAPTURE_2023 / "torch" / "index.html") if "#sha256=" in h]
+    assert sum(1 for l in torch.links if l.sha256) == len(hashed) == 1128  # old cu80 files: no hash
+    stable = crawled["2021"][0]
+    assert len(stable.links) == len(_regex_hrefs(data_dir / STABLE_2021)) == 1499
+    # relative find-links hrefs resolve against the page URL, keeping the variant dir
+    l0 = next(l for l in stable.links if l.href.startswith("cu92/torch-1.5.0"))
+    assert l0.url.startswith(stable.url.rsplit("/", 1)[0] + "/cu92/torch-1.5.0%2Bcu92-")
+    assert l0.filename.startswith("torch-1.5.0+cu92-")
+
+
+def _expected_accelerator(href: str) -> str | None:
+    """Independent oracle: local label (cpu/cuXY/rocmX.Y/xpu[.cxx11.abi]), else the
+    nearest directory naming one, else None."""
+    path = urllib.parse.unquote(urllib.parse.urlsplit(href.split("#")[0]).path)
+    *dirs, filename = path.split("/")
+    _, version, _, _ = parse_wheel_filename(filename)
+    if version.local:
+        m = re.fullmatch(r"(cpu|xpu|cu\d{2,3}|rocm\d+(?:\.\d+)+)(?:\.cxx11\.abi|\.with\.pypi\.cudnn)?", version.local)
+        if m:
+            return m.group(1)
+    for d in reversed(dirs):
+        m = re.fullmatch(r"(cpu|xpu|cu\d{2,3}|rocm\d+(?:\.\d+)+)(?:-cxx11-abi|_pypi_cudnn|_pypi_pkg|_full)?", d)
+        if m:
+            return m.group(1)
+    return None
+
+
+def test_parse_json_on_every_wheel_link(crawled, data_dir, tmp_path):
+    """Done-when: every distinct wheel link (captures + pytorch_wheel_urls.txt) through
+    ``torchdepot parse --json --from-file`` equals packaging's parse."""
+    links = set()
+    for pages in crawled.values():
+        for page in pages:
+            links.update(l.href for l in page.links if l.filename.endswith(".whl"))
+    listed = [ln.strip() for ln in (data_dir / "pytorch_wheel_urls.txt").read_text().splitlines() if ln.strip()]
+    links.update(listed)
+    links = sorted(links)
+    assert len(links) == 11081  # the issue's count of distinct links (hrefs as written)
+    src = tmp_path / "links.txt"
+    src.write_text("\n".join(links) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "torchdepot", "parse", "--json", "--from-file", str(src)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(rows) == len(links)
+    counts = collections.Counter()
+    for href, row in zip(links, rows):
+        filename = urllib.parse.unquote(urllib.parse.urlsplit(href.split("#")[0]).path.rsplit("/", 1)[-1])
+        try:
+            name, version, _build, tags = parse_wheel_filename(filename)
+        except InvalidWheelFilename:
+            # packaging rejects it (e.g. torchrec_cpu-0.1.1-3.7-none-any.whl): so must we
+            assert row["error"] and row["name"] is None, href
+            counts["errors"] += 1
+            continue
+        assert row["error"] is None, (href, row["error"])
+        assert row["filename"] == filename
+        assert row["name"] == name
+        assert row["version"] == str(version)
+        assert row["local"] == version.local
+        assert set(row["python_tags"]) == {t.interpreter for t in tags}
+        assert set(row["abi_tags"]) == {t.abi for t in tags}
+        assert set(row["platform_tags"]) == {t.platform for t in tags}
+        assert row["accelerator"] == _expected_accelerator(href), href
+        counts["parsed"] += 1
+        counts["unknown accelerator" if row["accelerator"] is None else "known accelerator"] += 1
+    print("\nparse counts:", dict(counts))
+    assert counts["parsed"] + counts["errors"] == 11081
+    assert counts["errors"] < 10
+
+
+def test_parse_contract_exit_codes(tmp_path):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "torchdepot", "parse", *a],  # noqa: E731
+                                    capture_output=True, text=True, timeout=60)
+    ok = run("--json", "torch-2.1.0+cu121-cp311-cp311-linux_x86_64.whl", "numpy-1.0.tar.gz")
+    assert ok.returncode == 0
+    good, bad = (json.loads(l) for l in ok.stdout.splitlines())
+    keys = {"filename", "name", "version", "local", "accelerator", "python_tags", "abi_tags",
+            "platform_tags", "os", "arch", "error"}
+    assert keys <= set(good) and keys <= set(bad)
+    assert good["accelerator"] == "cu121" and good["error"] is None and good["os"] == "linux"
+    assert bad["error"] and bad["name"] is None
+    none = run("--json", "not-a-wheel", "x.tar.gz")
+    assert none.returncode != 0 and len(none.stdout.splitlines()) == 2
+    plain = run("https://download.pytorch.org/whl/cu80/torch-0.3.0.post4-cp36-cp36m-linux_x86_64.whl")
+    assert plain.returncode == 0 and "cu80" in plain.stdout and plain.stdout.count("\n") == 1
+    assert run().returncode != 0  # no input at all is a usage error
+
+
+def test_crawl_index_pytorch_style(served, client, data_dir):
+    result = crawl_index(client, served.url + "/whl", ["torch", "torchvision"], warn=None)
+    torch = [w for _, w in result if w.name == "torch"]
+    expected = [h for h in _regex_hrefs(data_dir / CAPTURE_2023 / "torch" / "index.html")]
+    assert len(torch) == len(set(h.split("#")[0] for h in expected))
+    accs = collections.Counter(w.accelerator.name if w.accelerator else None for w in torch)
+    assert accs["cu118"] > 0 and accs["cpu"] > 0 and accs["rocm5.6"] > 0
+
+
+@pytest.fixture(scope="module")
+def variant_tree(data_dir, tmp_path_factory):
+    """Per-variant pages /whl/<acc>/torch/ cut from the real 2023 torch page (anchors
+    whose URL lies under /whl/<acc>/), as upstream's generator lays them out."""
+    root = tmp_path_factory.mktemp("variants")
+    page = (data_dir / CAPTURE_2023 / "torch" / "index.html").read_text()
+    anchors = re.findall(r'<a href="[^"]+">[^<]*</a>', page)
+    for acc in ("cu118", "cpu"):
+        mine = [a for a in anchors if f"/whl/{acc}/" in a]
+        d = root / "whl" / acc / "torch"
+        d.mkdir(parents=True)
+        (d / "index.html").write_text("<html><body>\n" + "<br/>\n".join(mine) + "\n</body></html>\n")
+    with Server(root) as srv:
+        yield srv, {acc: sum(1 for a in anchors if f"/whl/{acc}/" in a) for acc in ("cu118", "cpu")}
+
+
+def test_crawl_per_variant_pages(variant_tree, client):
+    srv, counts = variant_tree
+    seen: list[str] = []
+    result = crawl_index(client, srv.url + "/whl", ["torch"], accelerators=["cu118", "cpu", "cu999"], warn=seen.append)
+    accs = collections.Counter(w.accelerator.name for _, w in result)
+    assert accs == {"cu118": counts["cu118"], "cpu": counts["cpu"]}
+    assert result.warnings["page not available"] == 1 and len(seen) == 1 and "1 page not available" in seen[0]
+    # a variant index is a base of its own
+    cu118 = crawl_index(client, srv.url + "/whl/cu118", ["torch"], warn=None)
+    assert len(cu118) == counts["cu118"]
+    with pytest.raises(UpstreamError, match=r"/whl/cu999/torch/"):
+        crawl_index(client, srv.url + "/whl", ["torch"], accelerators=["cu999"], warn=None)
+
+
+def test_ls_json_returns_every_torch_wheel(served, data_dir):
+    proc = subprocess.run([sys.executable, "-m", "torchdepot", "ls", "--index", served.url + "/whl",
+                           "--package", "torch", "--json"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(l) for l in proc.stdout.splitlines()]
+    hrefs = {h.split("#")[0] for h in _regex_hrefs(data_dir / CAPTURE_2023 / "torch" / "index.html")}
+    assert {r["url"] for r in rows} == hrefs
+    assert len(rows) == len(hrefs) == 1494 and all(r["name"] == "torch" for r in rows)
+    assert sum(1 for r in rows if r["sha256"]) == 1128  # as many as the page has fragments
+
+
+def test_ls_table_readable(served):
+    proc = subprocess.run([sys.executable, "-m", "torchdepot", "ls", "--index", served.url + "/whl",
+                           "--package", "torch", "--python", "3.11", "--platform", "linux-x86_64"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("torch: ")
+    assert lines[1].split()[:3] == ["version", "accelerator", "3.11"]
+    row = next(l.split() for l in lines if l.startswith("2.1.0") and " cu121 " in f" {l} ")
+    assert row == ["2.1.0", "cu121", "L"]
+    assert max(len(l) for l in lines) < 120
+    assert "L=linux-x86_64" in proc.stdout
