@@ -1,0 +1,33 @@
+"""Minimum NVIDIA driver a CUDA variant needs (NVIDIA minor-version compatibility table,
+as tabled by uv's uv-torch backend and light-the-torch; ../shared/DOMAIN.md §4 and
+../shared/data/compat.yaml). Pure data; written into each lock's ``variant.json``."""
+
+from __future__ import annotations
+
+from .accel import Accelerator
+
+# lowest CUDA (major, minor) of a band -> (linux, windows) minimum driver; newest band first
+_BANDS: tuple[tuple[tuple[int, int], str, str], ...] = (
+    ((13, 0), "580", "580"),
+    ((12, 0), "525.60.13", "528.33"),
+    ((11, 1), "450.80.02", "452.39"),
+    ((11, 0), "450.36.06", "451.22"),
+    ((10, 2), "440.33", "441.22"),
+    ((10, 1), "418.39", "418.96"),
+    ((10, 0), "410.48", "411.31"),
+    ((9, 2), "396.26", "398.26"),
+    ((9, 1), "390.46", "391.29"),
+    ((9, 0), "384.81", "385.54"),
+    ((8, 0), "375.26", "376.51"),
+)
+
+
+def min_nvidia_driver(acc: Accelerator, os_name: str = "linux") -> str | None:
+    """``cu118`` -> ``"450.80.02"`` on linux; None for cpu/rocm/xpu or a CUDA older than the table."""
+    if acc.kind != "cuda" or len(acc.version) < 2:
+        return None
+    key = tuple(acc.version[:2])
+    for bound, linux, windows in _BANDS:
+        if key >= bound:
+            return windows if os_name == "windows" else linux
+    return None
