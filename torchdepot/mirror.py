@@ -1,0 +1,391 @@
+"""Build or update an offline pip mirror from a :class:`~torchdepot.spec.MirrorSpec`.
+
+Order of a run (each step leaves the previous mirror valid if it fails):
+probe PyTorch upstreams (failover) -> pin torch* per target -> resolve each target with uv
+-> fetch files (verified, temp + rename) -> PEP 658 metadata -> per-target pylock.toml
+-> index pages (atomic swap) -> conda (if configured) -> landing page -> manifest.json last.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import tomlkit
+
+from . import manifest as mf
+from .errors import TorchdepotError, UpstreamError
+from .fetch import FetchItem, Fetcher, FetchReport
+from .fsutil import MirrorLock, atomic_write_text, safe_filename, safe_join
+from .http import Client, HttpConfig, make_session
+from .pipconfig import PipSources, pip_default_index, read_pip_config
+from .publish import IndexFile, build_pages, ensure_metadata, publish
+from .resolve import IndexPlan, ResolvedFile, resolve
+from .select import pin
+from .sources.links import Link
+from .sources.pep503 import parse_html
+from .spec import TORCH_PROJECTS, MirrorSpec, PipTarget
+
+Echo = Callable[[str], None]
+# Upstream probes fail fast: an unreachable PyTorch index must not stall the run.
+PROBE_CONFIG = HttpConfig(connect_timeout=5.0, read_timeout=30.0, retries=1, backoff=0.2, max_backoff=1.0)
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class TargetPlan:
+    target: PipTarget
+    requirements: tuple[str, ...]
+    files: tuple[ResolvedFile, ...]
+    variant_url: str | None  # the PyTorch variant index used, None when from pip config alone
+
+
+@dataclass
+class MirrorResult:
+    out: Path
+    plans: list[TargetPlan] = field(default_factory=list)
+    files: list[mf.FileEntry] = field(default_factory=list)
+    targets: list[mf.Target] = field(default_factory=list)
+    report: FetchReport | None = None
+    generation: str | None = None
+    index_changed: bool = False
+    messages: list[str] = field(default_factory=list)
+    dry_run: bool = False
+    seconds: float = 0.0
+    manifest: mf.Manifest | None = None
+
+    @property
+    def summary(self) -> str:
+        if self.report is None:
+            return "dry run: nothing fetched"
+        return self.report.summary()
+
+
+# -- upstream discovery -------------------------------------------------------------------
+def channel_prefix(channel: str) -> str:
+    return "" if channel == "stable" else f"{channel}/"
+
+
+class Sources:
+    """Crawls candidate pages once per run; remembers unreachable upstreams."""
+
+    def __init__(self, spec: MirrorSpec, pip: PipSources, probe: Client, echo: Echo, default_index: str | None):
+        self.spec = spec
+        self.pip = pip
+        self.probe = probe
+        self.echo = echo
+        self.default_index = default_index
+        self.dead: set[str] = set()
+        self.pages: dict[str, list[Link] | None] = {}
+        self.variant: dict[str, str | None] = {}
+
+    def _get(self, url: str) -> list[Link] | None:
+        """Links on a page; None when the page does not exist (404) or its host is down."""
+        if url in self.pages:
+            return self.pages[url]
+        try:
+            body, meta = self.probe.get_bytes(url)
+            links = parse_html(body, meta.get("url", url)).links
+        except UpstreamError as exc:
+            links = None
+            if "HTTP 404" not in str(exc) and "No such file" not in str(exc):
+                raise
+        self.pages[url] = links
+        return links
+
+    def variant_url(self, acc: str) -> str | None:
+        """First reachable PyTorch upstream's variant index for ``acc`` (failover order)."""
+        if acc in self.variant:
+            return self.variant[acc]
+        found = None
+        for i, base in enumerate(self.spec.upstreams):
+            if base in self.dead:
+                continue
+            url = f"{base}/{channel_prefix(self.spec.channel)}{acc}"
+            more = "; trying next" if i + 1 < len(self.spec.upstreams) else ""
+            try:
+                links = self._get(url + "/torch/")
+            except UpstreamError as exc:
+                self.dead.add(base)
+                reason = str(exc).split(": ", 1)[-1]
+                self.echo(f"upstream {base} unreachable: {reason}{more}")
+                continue
+            if links is None:
+                self.echo(f"upstream {base} has no {url.rsplit('/', 1)[-1]} torch index{more}")
+                continue
+            found = url
+            break
+        if found is None:
+            self.echo(f"no PyTorch upstream reachable for {acc}; continuing from the pip configuration alone "
+                      f"({self.pip.describe()})")
+        self.variant[acc] = found
+        return found
+
+    def pip_pages(self, project: str) -> list[str]:
+        urls = [f"{idx}/{project}/" for idx in self.pip.indexes]
+        if not self.pip.no_index and not self.pip.index_url and self.default_index:
+            urls.append(f"{self.default_index}/{project}/")
+        return urls + list(self.pip.find_links)
+
+    def links(self, acc: str, project: str) -> list[Link]:
+        out: list[Link] = []
+        variant = self.variant_url(acc)
+        if variant:
+            out += self._get(f"{variant}/{project}/") or []
+        for url in self.pip_pages(project):
+            try:
+                out += self._get(url) or []
+            except UpstreamError as exc:
+                self.pages[url] = None
+                self.echo(f"dependency source {url} unreachable: {str(exc).split(': ', 1)[-1]}; skipping it")
+        return out
+
+
+# -- planning -------------------------------------------------------------------------------
+def plan_target(spec: MirrorSpec, t: PipTarget, sources: Sources) -> tuple[list[str], IndexPlan, str | None]:
+    prerelease = spec.channel != "stable"
+    pins: list[str] = []
+    torch_version = None
+    for project in TORCH_PROJECTS:
+        pkg = spec.package(project)
+        if pkg is None:
+            continue
+        links = sources.links(t.accelerator, project)
+        p = pin(links, project, t.accelerator, t.python, t.platform, pkg.constraint,
+                prereleases=prerelease, torch_version=torch_version)
+        if p is None:
+            want = f" {pkg.constraint}" if pkg.constraint else ""
+            raise TorchdepotError(
+                f"{t.id}: no {project}{want} wheel for {t.accelerator}, Python {t.python}, {t.platform} in "
+                f"{len(links)} links from the reachable sources ({sources.pip.describe()})")
+        if project == "torch":
+            torch_version = p.version
+        pins.append(p.requirement)
+    variant = sources.variant_url(t.accelerator)
+    pip = sources.pip
+    plan = IndexPlan(
+        extra_index_urls=((variant,) if variant else ()) + pip.extra_index_urls,
+        index_url=pip.index_url,
+        no_index=pip.no_index,
+        find_links=pip.find_links,
+        # With the PyTorch index first, resolve like its --index-url instructions (first index
+        # wins); from pip config alone, merge all indexes as pip itself does.
+        index_strategy="first-index" if variant else "unsafe-best-match",
+        prereleases=prerelease,
+    )
+    return pins + list(spec.extra_packages), plan, variant
+
+
+def _alternates(url: str, upstreams: tuple[str, ...]) -> tuple[str, ...]:
+    """The same file on every configured PyTorch upstream (regional mirrors share the layout)."""
+    for base in upstreams:
+        if url.startswith(base + "/"):
+            rest = url[len(base):]
+            return tuple(dict.fromkeys([url] + [b + rest for b in upstreams]))
+    return (url,)
+
+
+def file_key(f: ResolvedFile) -> str:
+    return f"packages/{f.name}/{safe_filename(f.filename)}"
+
+
+def _size_of(f: ResolvedFile, probe: Client) -> int | None:
+    if f.size is not None:
+        return f.size
+    parts = urllib.parse.urlsplit(f.url)
+    try:
+        if parts.scheme == "file":
+            return Path(urllib.parse.unquote(parts.path)).stat().st_size
+        resp = probe.request("HEAD", f.url)
+        resp.close()
+        cl = resp.headers.get("Content-Length")
+        return int(cl) if cl and cl.isdigit() else None
+    except (OSError, UpstreamError):
+        return None
+
+
+def _fmt_size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+# -- the run --------------------------------------------------------------------------------
+def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False, client: Client | None = None,
+             progress: bool | None = None, pip_sources: PipSources | None = None, echo: Echo = _stderr) -> MirrorResult:
+    """The pip side: resolve, fetch, write metadata, locks and index pages (no manifest)."""
+    started = time.monotonic()
+    out = Path(out or spec.out)
+    result = MirrorResult(out=out, dry_run=dry_run)
+
+    def say(msg: str) -> None:
+        result.messages.append(msg)
+        echo(msg)
+
+    pip = pip_sources if pip_sources is not None else read_pip_config()
+    default_index = None if (pip.index_url or pip.no_index) else pip_default_index()
+    own_client = client is None
+    client = client or make_session()
+    probe = Client(PROBE_CONFIG)
+    try:
+        sources = Sources(spec, pip, probe, say, default_index)
+        targets = spec.targets()
+        planned = [(t, *plan_target(spec, t, sources)) for t in targets]
+
+        def run_one(item):
+            t, reqs, plan, variant = item
+            files = resolve(t.id, reqs, t.python, t.platform, plan)
+            return TargetPlan(t, tuple(reqs), tuple(files), variant)
+
+        with ThreadPoolExecutor(max_workers=min(2, max(1, len(planned)))) as pool:
+            result.plans = list(pool.map(run_one, planned))
+
+        items: dict[str, FetchItem] = {}
+        for p in result.plans:
+            for f in p.files:
+                key = file_key(f)
+                items.setdefault(key, FetchItem(key, _alternates(f.url, spec.upstreams), f.sha256, f.size))
+
+        if dry_run:
+            sizes = {k: _size_of(f, probe) for p in result.plans for f in p.files for k in [file_key(f)]}
+            for p in result.plans:
+                keys = {file_key(f) for f in p.files}
+                total = sum(sizes[k] or 0 for k in keys)
+                unknown = sum(1 for k in keys if sizes[k] is None)
+                say(f"{p.target.id}: {len(p.files)} packages, {len(keys)} files, {_fmt_size(total)}"
+                    + (f" (+{unknown} of unknown size)" if unknown else "")
+                    + f" [{' '.join(p.requirements)}] via {p.variant_url or 'pip configuration'}")
+                for f in p.files:
+                    k = file_key(f)
+                    say(f"  {f.name}=={f.version}  {f.filename}  {_fmt_size(sizes[k]) if sizes[k] else '?'}  <- {f.url}")
+            total = sum(v or 0 for v in sizes.values())
+            say(f"plan: {len(result.plans)} targets, {len(sizes)} unique files, {_fmt_size(total)}; nothing written (dry run)")
+            return result
+
+        fetcher = Fetcher(out, client, jobs=spec.jobs, on_hash_mismatch=spec.on_hash_mismatch, progress=progress)
+        report = fetcher.run(list(items.values()))
+        result.report = report
+        for r in report.mismatches:
+            say(f"warning: {r.key}: upstream sha256 {r.upstream_sha256} but the bytes hash to {r.sha256} "
+                "(accepted: --on-hash-mismatch warn; recorded in manifest.json)")
+        if report.failed:
+            first = report.failed[0]
+            raise TorchdepotError(f"{len(report.failed)} of {len(report.results)} files failed (index not updated); "
+                                  f"first: {first.key}: {first.error}")
+
+        by_key = {r.key: r for r in report.results}
+        entries: dict[str, mf.FileEntry] = {}
+        index_files: dict[str, IndexFile] = {}
+        for p in result.plans:
+            for f in p.files:
+                key = file_key(f)
+                if key in index_files:
+                    continue
+                r = by_key[key]
+                meta_sha, req_py, meta_size = ensure_metadata(out, key, f.name)
+                index_files[key] = IndexFile(f.name, safe_filename(f.filename), key, r.sha256, req_py, meta_sha)
+                entries[key] = mf.FileEntry(key, r.sha256, r.size, "wheel", f.name, f.version, f.url,
+                                            r.upstream_sha256, r.hash_mismatch)
+                entries[key + ".metadata"] = mf.FileEntry(key + ".metadata", meta_sha, meta_size, "metadata",
+                                                          f.name, f.version)
+        variants: dict[str, list[IndexFile]] = {}
+        for p in result.plans:
+            acc = p.target.accelerator
+            files = [index_files[file_key(f)] for f in p.files]
+            variants.setdefault(acc, []).extend(files)
+            write_pylock(out, p, index_files)
+            result.targets.append(mf.Target(
+                id=p.target.id, kind="pip", accelerator=acc, python=p.target.python, platform=p.target.platform,
+                packages=tuple(mf.TargetPackage(f.name, f.version, file_key(f),
+                                                requires_python=index_files[file_key(f)].requires_python)
+                               for f in p.files),
+                index=f"whl/{acc}"))
+        result.files = sorted(entries.values(), key=lambda e: e.path)
+        result.generation, result.index_changed = publish(out, build_pages(variants))
+        return result
+    finally:
+        probe.close()
+        if own_client:
+            client.close()
+        result.seconds = time.monotonic() - started
+
+
+def write_pylock(out: Path, p: TargetPlan, index_files: dict[str, IndexFile]) -> None:
+    """``targets/<id>/pylock.toml`` (PEP 751) pointing at the mirror's own files."""
+    doc = tomlkit.document()
+    doc["lock-version"] = "1.0"
+    doc["created-by"] = "torchdepot"
+    doc["requires-python"] = f"=={p.target.python}.*"
+    pkgs = tomlkit.aot()
+    for f in p.files:
+        key = file_key(f)
+        t = tomlkit.table()
+        t["name"] = f.name
+        t["version"] = f.version
+        wheel = tomlkit.inline_table()
+        wheel["name"] = index_files[key].filename
+        wheel["path"] = "../../" + key
+        wheel["hashes"] = {"sha256": index_files[key].sha256}
+        t["wheels"] = [wheel]
+        pkgs.append(t)
+    doc["packages"] = pkgs
+    atomic_write_text(safe_join(out, f"targets/{p.target.id}/pylock.toml"), tomlkit.dumps(doc))
+
+
+def _optional(module: str):
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and module.startswith(exc.name):
+            return None
+        raise
+
+
+def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = None, progress: bool | None = None,
+         out: Path | None = None, wait: float | None = None, pip_sources: PipSources | None = None,
+         echo: Echo = _stderr) -> MirrorResult:
+    """A whole mirror run under the mirror lock: pip, conda, landing page, manifest last."""
+    out = Path(out or spec.out)
+    if dry_run:
+        return sync_pip(spec, out=out, dry_run=True, client=client, progress=progress, pip_sources=pip_sources, echo=echo)
+    out.mkdir(parents=True, exist_ok=True)
+    with MirrorLock(out, wait):
+        old = None
+        if (out / mf.MANIFEST_NAME).is_file():
+            try:
+                old = mf.load(out)
+            except TorchdepotError:
+                old = None
+        result = sync_pip(spec, out=out, client=client, progress=progress, pip_sources=pip_sources, echo=echo)
+        files, targets = list(result.files), list(result.targets)
+        if spec.conda is not None:
+            conda_sync = _optional("torchdepot.conda.sync")
+            if conda_sync is None:
+                msg = "conda: section present but torchdepot.conda is not available; skipped (previous conda entries kept)"
+                result.messages.append(msg)
+                echo(msg)
+                if old is not None:
+                    files += [f for f in old.files if f.kind == "conda"]
+                    targets += [t for t in old.targets if t.kind == "conda"]
+            else:
+                cres = conda_sync.sync_conda(spec, out, client=client, jobs=spec.jobs,
+                                             on_hash_mismatch=spec.on_hash_mismatch, dry_run=False)
+                files += list(cres.files)
+                targets += list(cres.targets)
+                if getattr(cres, "summary", None):
+                    result.messages.append(f"conda: {cres.summary}")
+                    echo(f"conda: {cres.summary}")
+        manifest = mf.Manifest(files=files, targets=targets, spec=dict(spec.raw or {}))
+        landing = _optional("torchdepot.landing")
+        if landing is not None and hasattr(landing, "write_landing"):
+            landing.write_landing(out, manifest)
+        mf.save(out, manifest)
+        result.manifest = manifest
+        return result

@@ -1,0 +1,135 @@
+"""The user's pip configuration: where dependencies come from.
+
+Read with the interpreter's own pip (``python -m pip config list``) so every config file
+pip would read (global, user, site, ``PIP_CONFIG_FILE``) counts, plus the environment
+variables ``PIP_INDEX_URL`` / ``PIP_EXTRA_INDEX_URL`` / ``PIP_FIND_LINKS`` / ``PIP_NO_INDEX``.
+No index host is hard-coded: when no index-url is configured, pip's own default applies
+(:func:`pip_default_index` asks pip for it at run time).
+
+A pip ``constraint`` setting is deliberately not applied to mirroring: it caps what this
+machine installs, not what a mirror for other machines must hold.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+# pip option sections that apply to ``pip install``/``pip download``, lowest priority first.
+_SECTIONS = ("global", "download", "install")
+_LIST_KEYS = ("extra-index-url", "find-links")
+
+
+@dataclass(frozen=True)
+class PipSources:
+    index_url: str | None = None  # None: pip's default index (unless no_index)
+    extra_index_urls: tuple[str, ...] = ()
+    find_links: tuple[str, ...] = ()  # URLs (local paths turned into file:// URLs)
+    no_index: bool = False
+    note: str = ""  # how they were found (for messages)
+
+    @property
+    def indexes(self) -> tuple[str, ...]:
+        """Configured index URLs (extra ones first: they take priority in uv)."""
+        return self.extra_index_urls + ((self.index_url,) if self.index_url else ())
+
+    def describe(self) -> str:
+        parts = []
+        if self.no_index:
+            parts.append("no-index")
+        parts.append(f"index-url={self.index_url or '(pip default)'}")
+        if self.extra_index_urls:
+            parts.append("extra-index-url=" + " ".join(self.extra_index_urls))
+        if self.find_links:
+            parts.append("find-links=" + " ".join(self.find_links))
+        return ", ".join(parts)
+
+
+def _to_url(item: str, cwd: Path) -> str:
+    if "://" in item:
+        return item.rstrip("/") if not item.startswith("file:") else item
+    return (cwd / os.path.expanduser(item)).resolve().as_uri()
+
+
+def _split(value: str) -> list[str]:
+    return [v for v in value.replace("\n", " ").split(" ") if v]
+
+
+def _truthy(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def parse_config_list(text: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> PipSources:
+    """Parse ``pip config list`` output (``section.key='value'`` lines) plus PIP_* env vars.
+
+    pip's precedence: environment > command section (install/download) > global.
+    """
+    env = os.environ if env is None else env
+    cwd = cwd or Path.cwd()
+    found: dict[str, tuple[int, str]] = {}  # key -> (priority, value)
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        if not sep or "." not in name:
+            continue
+        section, _, key = name.strip().rpartition(".")
+        section = section.strip()
+        try:
+            value = shlex.split(value)[0] if value.strip() else ""
+        except (ValueError, IndexError):
+            value = value.strip().strip("'\"")
+        if section in _SECTIONS:
+            prio = _SECTIONS.index(section)
+        elif section == ":env:":
+            prio = 10  # pip lists PIP_* variables it saw as ":env:.<key>"
+        else:
+            continue
+        if key not in found or found[key][0] <= prio:
+            found[key] = (prio, value)
+    for key, var in (("index-url", "PIP_INDEX_URL"), ("extra-index-url", "PIP_EXTRA_INDEX_URL"),
+                     ("find-links", "PIP_FIND_LINKS"), ("no-index", "PIP_NO_INDEX")):
+        if env.get(var) is not None:
+            found[key] = (20, env[var])
+
+    def get(key: str) -> str | None:
+        return found[key][1] if key in found else None
+
+    index = get("index-url")
+    extra = _split(get("extra-index-url") or "")
+    links = _split(get("find-links") or "")
+    return PipSources(
+        index_url=index.rstrip("/") if index else None,
+        extra_index_urls=tuple(dict.fromkeys(u.rstrip("/") for u in extra)),
+        find_links=tuple(dict.fromkeys(_to_url(u, cwd) for u in links)),
+        no_index=_truthy(get("no-index") or ""),
+        note="pip config list",
+    )
+
+
+def read_pip_config(python: str | None = None, env: dict[str, str] | None = None) -> PipSources:
+    """Ask the interpreter's pip for its configuration (falls back to env vars alone)."""
+    env = dict(os.environ if env is None else env)
+    cmd = [python or sys.executable, "-m", "pip", "config", "list"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+        text = proc.stdout if proc.returncode == 0 else ""
+        note = "pip config list" if proc.returncode == 0 else "environment only (pip config list failed)"
+    except (OSError, subprocess.TimeoutExpired):
+        text, note = "", "environment only (pip not runnable)"
+    src = parse_config_list(text, env)
+    return PipSources(src.index_url, src.extra_index_urls, src.find_links, src.no_index, note)
+
+
+def pip_default_index(python: str | None = None, env: dict[str, str] | None = None) -> str | None:
+    """pip's built-in default index URL, asked from pip itself (never hard-coded here)."""
+    code = "from pip._internal.models.index import PyPI; print(PyPI.simple_url)"
+    try:
+        proc = subprocess.run([python or sys.executable, "-c", code], capture_output=True, text=True,
+                              env=dict(os.environ if env is None else env), timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    url = proc.stdout.strip()
+    return url.rstrip("/") if proc.returncode == 0 and "://" in url else None
