@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -28,15 +29,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+import urllib3
 from tqdm import tqdm
 
 from .errors import IntegrityError, UpstreamError
 from .fsutil import atomic_write_text, fsync_dir, safe_join, sha256_file
-from .http import Client, describe, file_url_path, retry_after_seconds
+from .http import Client, HttpStatusError, describe, file_url_path, retry_after_seconds
 
 CHUNK = 1024 * 1024
 STATE_DIR = ".torchdepot"
 HTML_TYPES = ("text/html", "application/xhtml")
+HTML_MAGIC = (b"<!doctype html", b"<html", b"<head", b"<body")
+# What a failed read of a response body can raise, below and inside requests.
+_READ_ERRORS = (urllib3.exceptions.HTTPError, requests.RequestException, http.client.HTTPException, OSError)
+
+
+def looks_like_html(head: bytes) -> bool:
+    """A challenge/login page served with a binary content type still starts like HTML."""
+    return head.lstrip()[:16].lower().startswith(HTML_MAGIC)
 
 
 @dataclass(frozen=True)
@@ -190,7 +200,8 @@ class Fetcher:
         self.policy = on_hash_mismatch
         self.attempts = max(1, attempts)
         self.file_timeout = file_timeout
-        self.deadline = None if deadline is None else time.monotonic() + deadline
+        self.deadline_seconds = deadline
+        self.deadline: float | None = None  # absolute; set when run() starts
         self.allowed_hosts = allowed_hosts
         self.progress = progress
         self.max_redirects = max_redirects
@@ -202,6 +213,7 @@ class Fetcher:
     # -- public -----------------------------------------------------------------
     def run(self, items: list[FetchItem]) -> FetchReport:
         start = time.monotonic()
+        self.deadline = None if self.deadline_seconds is None else start + self.deadline_seconds
         unique: dict[str, FetchItem] = {}
         for it in items:
             unique.setdefault(it.key, it)  # stored once even when several targets need it
@@ -281,6 +293,16 @@ class Fetcher:
             return FetchResult(item.key, "present", digest, size, upstream_sha256=item.sha256, hash_mismatch=True)
         return None
 
+    def _remaining(self, started: float) -> float | None:
+        """Seconds left before the per-file or overall timeout (None: unbounded)."""
+        now = time.monotonic()
+        limits = []
+        if self.deadline is not None:
+            limits.append(self.deadline - now)
+        if self.file_timeout is not None:
+            limits.append(started + self.file_timeout - now)
+        return min(limits) if limits else None
+
     def _check_time(self, started: float) -> None:
         now = time.monotonic()
         if self.deadline is not None and now > self.deadline:
@@ -288,15 +310,30 @@ class Fetcher:
         if self.file_timeout is not None and now - started > self.file_timeout:
             raise _Fatal(f"per-file timeout of {self.file_timeout:g}s reached")
 
-    def _open(self, url: str, headers: dict) -> requests.Response:
-        """GET following redirects by hand so every hop's host passes the policy."""
+    def _open(self, url: str, headers: dict, started: float | None = None) -> requests.Response:
+        """GET following redirects by hand so every hop's host passes the policy.
+
+        One request per hop (the attempt loop in :meth:`_from_url` does the retrying, so
+        attempts are counted once); the read timeout is cut to the time left so a stalled
+        body cannot outlive the per-file or overall timeout by more than that.
+        """
         current = url
+        timeout = None
+        left = self._remaining(started) if started is not None else None
+        if left is not None:
+            connect, read = self.client.timeout
+            timeout = (connect, max(0.05, min(read, left)))
         for _ in range(self.max_redirects + 1):
             host = urllib.parse.urlsplit(current).hostname or ""
             if self.allowed_hosts is not None and host not in self.allowed_hosts:
                 raise _Fatal(f"{current}: host {host!r} is not allowed by the mirror's host policy")
             try:
-                resp = self.client.request("GET", current, headers=headers, stream=True, allow_redirects=False)
+                resp = self.client.request("GET", current, headers=headers, stream=True, allow_redirects=False,
+                                           retries=0, timeout=timeout)
+            except HttpStatusError as exc:
+                if exc.retryable:
+                    raise _Retry(str(exc), exc.retry_after) from None
+                raise _Fatal(str(exc)) from None  # 404/403/410...: trying again will not help
             except UpstreamError as exc:
                 raise _Retry(str(exc)) from None
             if resp.status_code in (301, 302, 303, 307, 308):
@@ -321,7 +358,8 @@ class Fetcher:
             self._check_time(started)
             if attempt:
                 # Back off (with jitter) before the next attempt; Retry-After wins if longer.
-                self.client.sleep_before_retry(attempt - 1, retry_after)
+                self.client.sleep_before_retry(attempt - 1, retry_after, limit=self._remaining(started))
+                self._check_time(started)
                 retry_after = None
             try:
                 if urllib.parse.urlsplit(url).scheme == "file":
@@ -391,7 +429,7 @@ class Fetcher:
         headers = {"Accept-Encoding": "identity"}
         if have:
             headers["Range"] = f"bytes={have}-"
-        resp = self._open(url, headers)
+        resp = self._open(url, headers, started)
         with contextlib.closing(resp):
             ctype = resp.headers.get("Content-Type", "").lower()
             if ctype.startswith(HTML_TYPES) and not item.key.endswith((".html", ".htm")):
@@ -414,25 +452,29 @@ class Fetcher:
             else:
                 cl = resp.headers.get("Content-Length")
                 # A 200 to a Range request means the server ignored it: restart from zero.
-                expected_len = int(cl) if cl and cl.isdigit() else None
+                expected_len = int(cl) if cl and cl.isascii() and cl.isdigit() else None
             received = 0
             limit = (item.size - (have if mode == "ab" else 0)) if item.size is not None else None
+            sniff = not resumed and not item.key.endswith((".html", ".htm"))
             with open(part, mode) as fh:
-                try:
-                    for chunk in resp.iter_content(CHUNK):
-                        if not chunk:
-                            continue
-                        received += len(chunk)
-                        if limit is not None and received > limit:
-                            raise _Retry(f"{url}: more bytes than the expected {item.size}", restart=True)
-                        fh.write(chunk)
-                        self._advance(len(chunk))
-                        self._check_time(started)
-                except (requests.RequestException, OSError) as exc:
-                    if isinstance(exc, OSError) and not isinstance(exc, requests.RequestException) and exc.errno:
-                        raise  # a local disk error is not the network's fault
-                    fh.flush()
-                    raise _Retry(f"{url}: {describe(exc)} after {received} bytes") from None
+                while True:
+                    # read1: whatever has arrived (not a full CHUNK), so the timeouts are
+                    # checked while a slow server drips bytes.
+                    try:
+                        chunk = resp.raw.read1(CHUNK)
+                    except _READ_ERRORS as exc:
+                        fh.flush()
+                        raise _Retry(f"{url}: {describe(exc)} after {received} bytes") from None
+                    if not chunk:
+                        break
+                    if sniff and received == 0 and looks_like_html(chunk):
+                        raise _Retry(f"{url}: server sent an HTML page instead of the file", restart=True)
+                    received += len(chunk)
+                    if limit is not None and received > limit:
+                        raise _Retry(f"{url}: more bytes than the expected {item.size}", restart=True)
+                    fh.write(chunk)  # a local disk error propagates: not the network's fault
+                    self._advance(len(chunk))
+                    self._check_time(started)
             if expected_len is not None and received < expected_len:
                 raise _Retry(f"{url}: body ended after {received} of {expected_len} bytes")
             return received, resumed

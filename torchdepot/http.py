@@ -23,6 +23,19 @@ from .errors import UpstreamError
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
+class HttpStatusError(UpstreamError):
+    """An HTTP error status; ``retryable`` says whether trying again may help."""
+
+    def __init__(self, message: str, status: int, retry_after: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        return self.status in RETRY_STATUSES
+
+
 @dataclass(frozen=True)
 class HttpConfig:
     connect_timeout: float = 10.0
@@ -42,13 +55,13 @@ def retry_after_seconds(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # str.isdigit alone accepts "²", which float() refuses
         return float(value)
     try:
         dt = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        return max(0.0, dt.timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError, IndexError, OSError):
         return None
-    return max(0.0, dt.timestamp() - time.time())
 
 
 def describe(exc: BaseException) -> str:
@@ -96,40 +109,51 @@ class Client:
     def timeout(self) -> tuple[float, float]:
         return (self.config.connect_timeout, self.config.read_timeout)
 
-    def sleep_before_retry(self, attempt: int, retry_after: float | None = None) -> None:
+    def backoff_delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before retry ``attempt`` (0-based): exponential, jittered, capped;
+        a server's ``Retry-After`` wins when longer, but never beyond ``max_backoff``."""
         delay = min(self.config.max_backoff, self.config.backoff * (2**attempt))
         delay = delay * (0.5 + random.random() / 2)  # jitter: spread retries of parallel jobs
         if retry_after is not None:
             delay = max(delay, min(retry_after, self.config.max_backoff))
+        return delay
+
+    def sleep_before_retry(self, attempt: int, retry_after: float | None = None, limit: float | None = None) -> None:
+        delay = self.backoff_delay(attempt, retry_after)
+        if limit is not None:
+            delay = min(delay, max(0.0, limit))  # never sleep past a caller's deadline
         time.sleep(delay)
 
     def request(self, method: str, url: str, *, headers: dict | None = None, stream: bool = False,
-                allow_redirects: bool = True) -> requests.Response:
+                allow_redirects: bool = True, retries: int | None = None,
+                timeout: tuple[float, float] | None = None) -> requests.Response:
         """Send with bounded retries on connection errors and retryable statuses.
 
         Returns the final response (status < 400). Raises :class:`UpstreamError` naming
-        the URL once retries are exhausted or on a non-retryable status.
+        the URL once retries are exhausted, :class:`HttpStatusError` for a status >= 400.
+        ``retries`` overrides the config (the fetcher runs its own attempt loop).
         """
         scheme = urllib.parse.urlsplit(url).scheme
         if scheme not in ("http", "https"):
             raise UpstreamError(f"{url}: refusing non-HTTP URL")
+        retries = self.config.retries if retries is None else max(0, retries)
         last = ""
-        for attempt in range(self.config.retries + 1):
+        for attempt in range(retries + 1):
             try:
                 resp = self.session.request(method, url, headers=headers, stream=stream,
-                                            timeout=self.timeout, allow_redirects=allow_redirects)
+                                            timeout=timeout or self.timeout, allow_redirects=allow_redirects)
             except requests.TooManyRedirects:
                 raise UpstreamError(f"{url}: too many redirects") from None
             except (requests.ConnectionError, requests.Timeout) as exc:
                 last = describe(exc)
-                if attempt < self.config.retries:
+                if attempt < retries:
                     self.sleep_before_retry(attempt)
                     continue
                 raise UpstreamError(f"{url}: {last} (after {attempt + 1} attempts)") from None
             except requests.RequestException as exc:
                 raise UpstreamError(f"{url}: {describe(exc)}") from None
-            if resp.status_code in RETRY_STATUSES and attempt < self.config.retries:
-                ra = retry_after_seconds(resp.headers.get("Retry-After"))
+            ra = retry_after_seconds(resp.headers.get("Retry-After"))
+            if resp.status_code in RETRY_STATUSES and attempt < retries:
                 last = f"HTTP {resp.status_code}"
                 resp.close()
                 self.sleep_before_retry(attempt, ra)
@@ -137,7 +161,8 @@ class Client:
             if resp.status_code >= 400:
                 status = resp.status_code
                 resp.close()
-                raise UpstreamError(f"{url}: HTTP {status}" + (f" (after {attempt + 1} attempts)" if attempt else ""))
+                raise HttpStatusError(
+                    f"{url}: HTTP {status}" + (f" (after {attempt + 1} attempts)" if attempt else ""), status, ra)
             return resp
         raise UpstreamError(f"{url}: {last}")  # pragma: no cover - loop always returns/raises
 
@@ -152,7 +177,7 @@ class Client:
         resp = self.request("GET", url, headers=headers, stream=True)
         try:
             declared = resp.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > self.config.max_page_bytes:
+            if declared and declared.isascii() and declared.isdigit() and int(declared) > self.config.max_page_bytes:
                 raise UpstreamError(f"{url}: page of {int(declared)} bytes exceeds the {self.config.max_page_bytes}-byte limit")
             chunks, total = [], 0
             for chunk in resp.iter_content(256 * 1024):
