@@ -1,0 +1,171 @@
+"""Crawlers on hand-written hostile and edge-case pages, served over real HTTP."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.httpserver import RangeHandler, Server
+from torchdepot.http import make_session
+from torchdepot.sources.crawl import crawl_index, fetch_project_page
+from torchdepot.sources.findlinks import parse_findlinks
+from torchdepot.sources.pep503 import parse_html
+from torchdepot.sources.pep691 import JSON_TYPE, parse_json, parse_response
+
+SHA = "a" * 64
+
+PROJECT_PAGE = f"""<!DOCTYPE html><html><head><meta name="pypi:repository-version" content="1.1"></head><body>
+<!-- <a href="/commented-out-1.0-py3-none-any.whl">x</a> -->
+<a href="/whl/cu118/torch-2.1.0%2Bcu118-cp311-cp311-linux_x86_64.whl#sha256={SHA}"
+   data-requires-python="&gt;=3.8" data-dist-info-metadata="sha256={"b" * 64}" data-upload-time="2023-10-04T12:00:00Z">t</a>
+<A HREF='torch-2.1.0-cp311-none-macosx_11_0_arm64.whl' data-core-metadata="true" data-yanked>y</A>
+<a href="https://other.example/whl/torch-2.1.0%2Bcpu-cp311-cp311-win_amd64.whl#md5=abc" data-yanked="bad build">w</a>
+<a href="javascript:alert(1)">js</a>
+<a href="ftp://example/torch-1.0-py3-none-any.whl">ftp</a>
+<a href="file:///etc/passwd">file</a>
+<a href="/whl/%2e%2e%2fescape-1.0-py3-none-any.whl">enc-traversal</a>
+<a href="/whl/a%2Fb-1.0-py3-none-any.whl">slash</a>
+<a href="/whl/torch-2.1.0.tar.gz">sdist</a>
+<a href="/whl/notes.txt">notes</a>
+<a>no href</a>
+<script>document.write('<a href="/script-1.0-py3-none-any.whl">s</a>')</script>
+</body></html>"""
+
+CHALLENGE = b"""<!DOCTYPE html><html lang="en-US"><head><title>Just a moment...</title>
+<script>window._cf_chl_opt={cvId: '3'};</script></head><body>
+<a href="/whl/torch-9.9.9-py3-none-any.whl">bait</a><div id="challenge-platform"></div></body></html>"""
+
+
+def test_project_page_attributes_and_hostile_links():
+    page = parse_html(PROJECT_PAGE.encode(), "http://mirror.test/whl/torch/")
+    names = [l.filename for l in page.links]
+    assert names == [
+        "torch-2.1.0+cu118-cp311-cp311-linux_x86_64.whl",
+        "torch-2.1.0-cp311-none-macosx_11_0_arm64.whl",
+        "torch-2.1.0+cpu-cp311-cp311-win_amd64.whl",
+        "torch-2.1.0.tar.gz",
+        "notes.txt",
+    ]
+    a, b, c = page.links[:3]
+    assert a.url == "http://mirror.test/whl/cu118/torch-2.1.0%2Bcu118-cp311-cp311-linux_x86_64.whl"
+    assert a.sha256 == SHA and a.requires_python == ">=3.8" and a.metadata_sha256 == "b" * 64
+    assert a.upload_time == "2023-10-04T12:00:00Z" and a.yanked is None
+    assert b.url == "http://mirror.test/whl/torch/torch-2.1.0-cp311-none-macosx_11_0_arm64.whl"
+    assert b.core_metadata == "true" and b.yanked == "" and b.metadata_url == b.url + ".metadata"
+    assert c.url.startswith("https://other.example/") and c.sha256 is None and c.yanked == "bad build"
+    w = page.warnings
+    assert w["refused javascript: link"] == w["refused ftp: link"] == w["refused file: link"] == 1
+    assert w["path separator in filename"] == 2 and w["anchor without href"] == 1
+
+
+def test_root_page_and_base_tag():
+    page = parse_html(b'<base href="https://h.test/simple/"><a href="Jinja2/">Jinja2</a><a href="torch/">torch</a>'
+                      b'<a href="x-1.0-py3-none-any.whl">x</a>', "http://other/")
+    assert page.projects == ["Jinja2", "torch"]
+    assert page.links[0].url == "https://h.test/simple/x-1.0-py3-none-any.whl"
+
+
+def test_challenge_page_yields_nothing():
+    page = parse_html(CHALLENGE, "http://mirror.test/whl/torch/")
+    assert page.links == [] and page.warnings["bot challenge page instead of an index"] == 1
+
+
+def test_findlinks_relative_to_page():
+    page = parse_findlinks(b'<a href="cu92/torch-1.5.0%2Bcu92-cp37-cp37m-linux_x86_64.whl">cu92/torch</a><br>'
+                           b'<a href="sub/">dir</a>', "http://h.test/whl/torch_stable.html")
+    assert page.links[0].url == "http://h.test/whl/cu92/torch-1.5.0%2Bcu92-cp37-cp37m-linux_x86_64.whl"
+    assert page.projects == [] and page.warnings["directory link on a find-links page"] == 1
+
+
+def test_pep691_json_page():
+    body = json.dumps({
+        "meta": {"api-version": "1.1"}, "name": "torch",
+        "files": [
+            {"filename": "torch-2.1.0+cpu-cp311-cp311-linux_x86_64.whl",
+             "url": "../../cpu/torch-2.1.0%2Bcpu-cp311-cp311-linux_x86_64.whl",
+             "hashes": {"sha256": SHA.upper()}, "requires-python": ">=3.8",
+             "core-metadata": {"sha256": "c" * 64}, "yanked": False, "size": 123,
+             "upload-time": "2023-10-04T12:00:00Z"},
+            {"filename": "x", "url": "javascript:1", "hashes": {}},
+            {"url": 5}, "junk",
+            {"filename": "y.whl", "url": "y-1.0-py3-none-any.whl", "hashes": {}, "yanked": "broken",
+             "dist-info-metadata": True, "size": True},
+        ],
+    }).encode()
+    page = parse_json(body, "http://h.test/simple/torch/")
+    a, b = page.links
+    assert a.url == "http://h.test/cpu/torch-2.1.0%2Bcpu-cp311-cp311-linux_x86_64.whl"
+    assert a.sha256 == SHA and a.core_metadata == "sha256=" + "c" * 64 and a.size == 123 and a.yanked is None
+    assert b.yanked == "broken" and b.core_metadata == "true" and b.size is None
+    assert page.warnings["malformed file entry"] == 2 and page.warnings["refused javascript: link"] == 1
+    root = parse_json(b'{"meta": {}, "projects": [{"name": "torch"}, {"nope": 1}]}', "http://h/")
+    assert root.projects == ["torch"] and root.warnings["malformed project entry"] == 1
+    assert parse_json(b"[1]", "u").warnings["JSON page is not an object"] == 1
+    assert parse_json(b"\xff", "u").warnings["invalid JSON page"] == 1
+    assert parse_response(body, JSON_TYPE + "; charset=utf-8", "http://h.test/simple/torch/").links
+    assert parse_response(b'<a href="z-1-py3-none-any.whl">', "text/html", "http://h/").links
+
+
+class Negotiating(RangeHandler):
+    """Serves ``index.json`` with the PEP 691 type when the client asks for it."""
+
+    def do_GET(self):
+        accept = self.headers.get("Accept", "")
+        path = self.translate_path(self.path)
+        if path.endswith("/") and JSON_TYPE in accept:
+            try:
+                body = open(path + "index.json", "rb").read()
+            except OSError:
+                body = None
+            if body is not None:
+                self.send_response(200)
+                self.send_header("Content-Type", JSON_TYPE)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+        super().do_GET()
+
+
+@pytest.fixture
+def tree(tmp_path):
+    (tmp_path / "json" / "torch").mkdir(parents=True)
+    (tmp_path / "json" / "torch" / "index.json").write_text(json.dumps({"meta": {"api-version": "1.0"}, "name": "torch", "files": [
+        {"filename": "torch-2.1.0+cpu-cp311-cp311-linux_x86_64.whl", "url": "/w/torch-2.1.0%2Bcpu-cp311-cp311-linux_x86_64.whl", "hashes": {"sha256": SHA}}]}))
+    (tmp_path / "json" / "torch" / "index.html").write_text("<p>html fallback must not be used</p>")
+    (tmp_path / "html" / "torch").mkdir(parents=True)
+    (tmp_path / "html" / "torch" / "index.html").write_text(
+        '<a href="/w/torch-2.1.0%2Bcu121-cp311-cp311-linux_x86_64.whl">a</a><a href="/w/numpy-1.0-cp311-cp311-linux_x86_64.whl">n</a>'
+        '<a href="/w/torch-2.1.0.tar.gz">s</a><a href="/w/torch-bad.whl">b</a><a href="gopher://x/y.whl">g</a>')
+    (tmp_path / "cf" / "torch").mkdir(parents=True)
+    (tmp_path / "cf" / "torch" / "index.html").write_bytes(CHALLENGE)
+    with Server(tmp_path, handler=Negotiating) as srv:
+        yield srv
+
+
+def test_negotiation_json_then_html(tree):
+    with make_session() as client:
+        j = fetch_project_page(client, tree.url + "/json", "torch")
+        h = fetch_project_page(client, tree.url + "/html", "torch")
+    assert [l.sha256 for l in j.links] == [SHA]
+    assert len(h.links) == 4
+
+
+def test_crawl_counts_and_reports_once(tree):
+    said: list[str] = []
+    with make_session() as client:
+        got = crawl_index(client, tree.url + "/html", ["torch"], warn=said.append)
+        cf = crawl_index(client, tree.url + "/cf", ["torch"], warn=said.append)
+    assert [w.filename for _, w in got] == ["torch-2.1.0+cu121-cp311-cp311-linux_x86_64.whl"]
+    assert got.warnings == {"not a wheel": 1, "unparseable wheel filename": 1, "wheel of another project": 1,
+                            "refused gopher: link": 1}
+    assert list(cf) == [] and cf.warnings["bot challenge page instead of an index"] == 1
+    assert len(said) == 2 and "skipped 4 entries" in said[0]
+
+
+def test_crawl_missing_project_names_url(tree):
+    from torchdepot.errors import UpstreamError
+
+    with make_session() as client, pytest.raises(UpstreamError, match="/html/nope/"):
+        crawl_index(client, tree.url + "/html", ["nope"], warn=None)
