@@ -205,7 +205,7 @@ class FaultServer:
         self.ranges: dict[str, list] = collections.defaultdict(list)
         self.httpd = _HTTPServer((host, 0), _Handler)
         self.httpd.owner = self
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
     # -- configuration ------------------------------------------------------------
     def add(self, path: str, data: bytes, ctype: str | None = None) -> str:
