@@ -160,10 +160,11 @@ def plan_target(spec: MirrorSpec, t: PipTarget, sources: Sources) -> tuple[list[
         if pkg is None:
             continue
         links = sources.links(t.accelerator, project)
-        p = pin(links, project, t.accelerator, t.python, t.platform, pkg.constraint,
+        constraint = (t.torch or pkg.constraint) if project == "torch" else pkg.constraint
+        p = pin(links, project, t.accelerator, t.python, t.platform, constraint,
                 prereleases=prerelease, torch_version=torch_version)
         if p is None:
-            want = f" {pkg.constraint}" if pkg.constraint else ""
+            want = f" {constraint}" if constraint else ""
             raise TorchdepotError(
                 f"{t.id}: no {project}{want} wheel for {t.accelerator}, Python {t.python}, {t.platform} in "
                 f"{len(links)} links from the reachable sources ({sources.pip.describe()})")

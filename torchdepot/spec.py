@@ -29,7 +29,7 @@ DEFAULT_UPSTREAM = "https://download.pytorch.org/whl"
 DEFAULT_OUT = "mirror/out"
 KNOWN_KEYS = frozenset({
     "packages", "extra_packages", "accelerators", "pythons", "platforms", "channel", "out",
-    "upstreams", "on_hash_mismatch", "jobs", "conda",
+    "upstreams", "on_hash_mismatch", "jobs", "conda", "targets",
 })
 _PYTHON = re.compile(r"3\.(\d{1,2})")
 
@@ -46,6 +46,7 @@ class PipTarget:
     python: str
     platform: str
     id: str
+    torch: str | None = None  # per-target torch constraint (tools/fetch --torch); None: the spec's
 
 
 @dataclass(frozen=True)
@@ -62,12 +63,17 @@ class MirrorSpec:
     jobs: int = 4
     conda: dict | None = None
     raw: dict | None = None
+    extra_targets: tuple[PipTarget, ...] = ()  # `targets:` entries beyond the product (tools/fetch)
 
     def targets(self) -> list[PipTarget]:
-        return [
-            PipTarget(a, py, plat, target_id(a, py, plat))
+        """accelerators x pythons x platforms, then extra targets; one per id."""
+        out = {
+            target_id(a, py, plat): PipTarget(a, py, plat, target_id(a, py, plat))
             for a, py, plat in itertools.product(self.accelerators, self.pythons, self.platforms)
-        ]
+        }
+        for t in self.extra_targets:
+            out[t.id] = t
+        return list(out.values())
 
     def package(self, name: str) -> PackageSpec | None:
         return next((p for p in self.packages if p.name == name), None)
@@ -165,6 +171,62 @@ def _check_combination(acc: str, platform: str, where: str) -> None:
         raise SpecError(f"{where}: accelerators: {acc!r} is impossible on {platform} (XPU wheels: linux-x86_64, windows-amd64)")
 
 
+def _python(entry, where: str) -> str:
+    if isinstance(entry, float):  # YAML reads 3.10 as 3.1: insist on quoting
+        raise SpecError(f"{where}: write Python versions as strings ('{entry}' reads as the number {entry!r}; quote it)")
+    text = str(entry).strip()
+    if text == "host":
+        text = host_python()
+    m = _PYTHON.fullmatch(text)
+    if not m or not (6 <= int(m.group(1)) <= 20):
+        raise SpecError(f"{where}: {entry!r} is not a Python version like '3.11' (or 'host')")
+    return text
+
+
+def _platform(entry, where: str) -> str:
+    text = str(entry).strip()
+    if text == "host":
+        text = host_platform()
+    try:
+        return target_platform(text).name
+    except ParseError as exc:
+        raise SpecError(f"{where}: {exc}") from None
+
+
+def _accelerator(entry, where: str) -> str:
+    try:
+        acc = parse_accelerator(str(entry))
+    except ParseError:
+        acc = None
+    if acc is None or (acc.kind == "cuda" and acc.version[0] < 7):  # PyTorch's oldest CUDA build: cu75
+        raise SpecError(f"{where}: {entry!r} is not an accelerator (cpu, cuXYZ, rocmX.Y, xpu)") from None
+    if acc.flags:
+        raise SpecError(f"{where}: {entry!r} is a frozen legacy variant; name cpu, cuXYZ, rocmX.Y or xpu")
+    return acc.name
+
+
+def _target(entry, where: str) -> PipTarget:
+    if not isinstance(entry, dict):
+        raise SpecError(f"{where}: expected a mapping with accelerator, python, platform")
+    extra = sorted(set(entry) - {"accelerator", "python", "platform", "torch"})
+    if extra:
+        raise SpecError(f"{where}: {extra[0]}: unknown key (known: accelerator, python, platform, torch)")
+    acc = _accelerator(entry.get("accelerator", "cpu"), f"{where}.accelerator")
+    py = _python(entry.get("python", "host"), f"{where}.python")
+    plat = _platform(entry.get("platform", "host"), f"{where}.platform")
+    _check_combination(acc, plat, where)
+    torch = entry.get("torch")
+    if torch is not None:
+        torch = str(torch)
+        if torch[:1].isdigit():
+            torch = "==" + torch
+        try:
+            SpecifierSet(torch)
+        except InvalidSpecifier:
+            raise SpecError(f"{where}.torch: {torch!r} is not a version constraint") from None
+    return PipTarget(acc, py, plat, target_id(acc, py, plat), torch)
+
+
 def parse_spec(data: dict, where: str = "mirror spec") -> MirrorSpec:
     if not isinstance(data, dict):
         raise SpecError(f"{where}: expected a mapping at the top level, got {type(data).__name__}")
@@ -180,41 +242,16 @@ def parse_spec(data: dict, where: str = "mirror spec") -> MirrorSpec:
         except InvalidRequirement as exc:
             raise SpecError(f"{where}: extra_packages[{i}]: {entry!r} is not a requirement ({exc})") from None
 
-    accs = []
-    for i, entry in enumerate(_list(data, "accelerators", where, ["cpu"])):
-        try:
-            acc = parse_accelerator(str(entry))
-        except ParseError:
-            raise SpecError(f"{where}: accelerators[{i}]: {entry!r} is not an accelerator (cpu, cuXYZ, rocmX.Y, xpu)") from None
-        if acc.flags:
-            raise SpecError(f"{where}: accelerators[{i}]: {entry!r} is a frozen legacy variant; name cpu, cuXYZ, rocmX.Y or xpu")
-        accs.append(acc.name)
+    accs = [_accelerator(e, f"{where}: accelerators[{i}]")
+            for i, e in enumerate(_list(data, "accelerators", where, ["cpu"]))]
     if not accs:
         raise SpecError(f"{where}: accelerators: must name at least one")
 
-    pythons = []
-    for i, entry in enumerate(_list(data, "pythons", where, ["host"])):
-        text = str(entry).strip()
-        if isinstance(entry, float):  # YAML reads 3.10 as 3.1: insist on quoting
-            raise SpecError(f"{where}: pythons[{i}]: write Python versions as strings ('{entry}' reads as the number {entry!r}; quote it)")
-        if text == "host":
-            text = host_python()
-        m = _PYTHON.fullmatch(text)
-        if not m or not (6 <= int(m.group(1)) <= 20):
-            raise SpecError(f"{where}: pythons[{i}]: {entry!r} is not a Python version like '3.11' (or 'host')")
-        pythons.append(text)
+    pythons = [_python(e, f"{where}: pythons[{i}]") for i, e in enumerate(_list(data, "pythons", where, ["host"]))]
     if not pythons:
         raise SpecError(f"{where}: pythons: must name at least one")
 
-    platforms = []
-    for i, entry in enumerate(_list(data, "platforms", where, ["host"])):
-        text = str(entry).strip()
-        if text == "host":
-            text = host_platform()
-        try:
-            platforms.append(target_platform(text).name)
-        except ParseError as exc:
-            raise SpecError(f"{where}: platforms[{i}]: {exc}") from None
+    platforms = [_platform(e, f"{where}: platforms[{i}]") for i, e in enumerate(_list(data, "platforms", where, ["host"]))]
     if not platforms:
         raise SpecError(f"{where}: platforms: must name at least one")
     for acc in accs:
@@ -250,6 +287,13 @@ def parse_spec(data: dict, where: str = "mirror spec") -> MirrorSpec:
     if conda is not None and not isinstance(conda, dict):
         raise SpecError(f"{where}: conda: expected a mapping (or leave it out)")
 
+    extra_targets: list[PipTarget] = []
+    raw_targets = data.get("targets") or []
+    if not isinstance(raw_targets, list):
+        raise SpecError(f"{where}: targets: expected a list of {{accelerator, python, platform[, torch]}} mappings")
+    for i, entry in enumerate(raw_targets):
+        extra_targets.append(_target(entry, f"{where}: targets[{i}]"))
+
     def dedup(seq):
         return tuple(dict.fromkeys(seq))
 
@@ -267,6 +311,9 @@ def parse_spec(data: dict, where: str = "mirror spec") -> MirrorSpec:
     }
     if conda is not None:
         raw["conda"] = conda
+    if extra_targets:
+        raw["targets"] = [{"accelerator": t.accelerator, "python": t.python, "platform": t.platform,
+                           **({"torch": t.torch} if t.torch else {})} for t in extra_targets]
     return MirrorSpec(
         packages=packages,
         extra_packages=dedup(extras),
@@ -280,6 +327,7 @@ def parse_spec(data: dict, where: str = "mirror spec") -> MirrorSpec:
         jobs=jobs,
         conda=conda,
         raw=raw,
+        extra_targets=tuple(extra_targets),
     )
 
 

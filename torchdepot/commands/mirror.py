@@ -43,4 +43,65 @@ def mirror_cmd(spec_path, out, upstreams, jobs, dry_run, on_hash_mismatch, wait)
                    f"index {idx} (generation {result.generation}); total {result.seconds:.1f} s")
 
 
+def _base_spec(out: str | None):
+    """The spec stored in the mirror's manifest, else the default spec file."""
+    from .. import manifest as mf
+    from ..spec import parse_spec
+
+    spec = load_spec(DEFAULT_SPEC) if Path(DEFAULT_SPEC).is_file() else parse_spec({}, "default spec")
+    root = Path(out) if out else spec.out
+    if (root / mf.MANIFEST_NAME).is_file():
+        stored = mf.load(root).spec
+        if stored:
+            spec = parse_spec(stored, str(root / mf.MANIFEST_NAME))
+    return spec, root
+
+
+@click.command("fetch", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--cuda", metavar="CUXYZ", help="CUDA variant, e.g. cu118 (or 11.8).")
+@click.option("--cpu", is_flag=True, help="CPU variant (the default when --cuda is not given).")
+@click.option("--accelerator", metavar="NAME", help="Any variant name: rocm6.2, xpu ...")
+@click.option("--py", "python", default="host", show_default=True, help="Target Python, e.g. 3.10.")
+@click.option("--torch", "torch_version", metavar="VERSION", help="torch version or constraint (default: newest).")
+@click.option("--platform", default="host", show_default=True, help="linux-x86_64, windows-amd64, macos-arm64 ...")
+@click.option("--out", type=click.Path(file_okay=False), help="Mirror directory (default: the spec's out).")
+@click.option("--upstream", "upstreams", multiple=True, metavar="URL", help="PyTorch index base (repeatable).")
+@click.option("--jobs", type=click.IntRange(1, 64), help="Parallel downloads.")
+@click.option("--dry-run", is_flag=True, help="Print the plan only.")
+def fetch_tool(cuda, cpu, accelerator, python, torch_version, platform, out, upstreams, jobs, dry_run) -> None:
+    """Add one target to the mirror and sync it.
+
+    \b
+    Example:
+      tools/fetch --cuda cu118 --py 3.10 --torch 2.1.0 --out /srv/torch
+    """
+    import sys
+
+    from ..accel import cuda_from_dotted
+    from ..errors import TorchdepotError
+    from ..mirror import sync
+
+    try:
+        if sum(bool(x) for x in (cuda, cpu, accelerator)) > 1:
+            raise click.UsageError("give one of --cuda, --cpu, --accelerator")
+        acc = accelerator or "cpu"
+        if cuda:
+            acc = cuda_from_dotted(cuda).name if "." in cuda else cuda
+        spec, root = _base_spec(out)
+        targets = list((spec.raw or {}).get("targets", []))
+        entry = {"accelerator": acc, "python": python, "platform": platform}
+        if torch_version:
+            entry["torch"] = torch_version
+        targets.append(entry)
+        spec = with_overrides(spec, targets=targets, out=str(root), upstreams=list(upstreams) or None, jobs=jobs)
+        result = sync(spec, dry_run=dry_run, out=root)
+        if not dry_run:
+            added = spec.extra_targets[-1].id
+            click.echo(f"mirror {result.out}: added {added}; {len(result.targets)} targets; {result.summary}; "
+                       f"total {result.seconds:.1f} s")
+    except TorchdepotError as exc:
+        click.echo(f"tools/fetch: error: {exc}", err=True)
+        sys.exit(1)
+
+
 COMMANDS = [mirror_cmd]
