@@ -31,3 +31,14 @@ def min_nvidia_driver(acc: Accelerator, os_name: str = "linux") -> str | None:
         if key >= bound:
             return windows if os_name == "windows" else linux
     return None
+
+
+def min_driver(cuda: str | tuple[int, ...], os: str = "linux") -> str | None:
+    """``min_driver("11.8")`` -> ``"450.80.02"``; a CUDA version as text or tuple; None if unknown."""
+    try:
+        parts = tuple(int(p) for p in (cuda.split(".") if isinstance(cuda, str) else cuda)[:2])
+    except ValueError:
+        return None
+    if len(parts) < 2:
+        return None
+    return min_nvidia_driver(Accelerator("cuda", parts), os)
