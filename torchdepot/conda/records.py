@@ -1,0 +1,89 @@
+"""Validate a subdir's ``repodata.json`` into :class:`~torchdepot.condabuild.CondaRecord` s.
+
+Upstream is untrusted: a file name or package name that could leave the channel
+directory (``/``, ``..``), truncated JSON, or a record that disagrees with its file
+name stops the sync with one line naming the channel, subdir and record, before
+anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..condabuild import CondaRecord, record_from_repodata
+from ..errors import ParseError, TorchdepotError, UnsafePathError
+from ..fsutil import safe_filename
+
+
+class RepodataError(TorchdepotError):
+    """Repodata that cannot be mirrored safely; the message names channel/subdir/record."""
+
+
+@dataclass(frozen=True)
+class SubdirRepodata:
+    channel: str
+    subdir: str
+    where: str  # URL or path, for messages
+    info: dict
+    records: dict[str, CondaRecord]  # filename -> record
+
+    def by_name(self, name: str) -> list[CondaRecord]:
+        return [r for r in self.records.values() if r.name == name]
+
+
+def _check_name(where: str, filename: str, rec: object) -> None:
+    name = rec.get("name") if isinstance(rec, dict) else None
+    if isinstance(name, str) and ("/" in name or "\\" in name or ".." in name or not name):
+        raise RepodataError(f"{where}: record {filename!r} has unsafe package name {name!r}")
+    try:
+        safe_filename(filename)
+    except UnsafePathError:
+        raise RepodataError(f"{where}: unsafe package file name {filename!r}") from None
+    if "/" in filename or ".." in filename:
+        raise RepodataError(f"{where}: unsafe package file name {filename!r}")
+
+
+def parse_repodata(data: bytes | str, channel: str, subdir: str, where: str) -> SubdirRepodata:
+    """Parse and validate every record. Raises :class:`RepodataError` (one line)."""
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        msg = getattr(exc, "msg", str(exc))
+        pos = f" at line {exc.lineno} column {exc.colno}" if hasattr(exc, "lineno") else ""
+        raise RepodataError(f"{where}: not valid repodata JSON ({msg}{pos}; truncated download?)") from None
+    if not isinstance(doc, dict):
+        raise RepodataError(f"{where}: repodata is not a JSON object")
+    info = doc.get("info") if isinstance(doc.get("info"), dict) else {}
+    declared = info.get("subdir")
+    if isinstance(declared, str) and declared != subdir:
+        raise RepodataError(f"{where}: repodata is for subdir {declared!r}, expected {subdir!r}")
+    records: dict[str, CondaRecord] = {}
+    for key in ("packages", "packages.conda"):
+        table = doc.get(key) or {}
+        if not isinstance(table, dict):
+            raise RepodataError(f"{where}: {key!r} is not an object")
+        for filename, rec in table.items():
+            _check_name(where, filename, rec)
+            try:
+                records[filename] = record_from_repodata(channel, subdir, filename, rec)
+            except ParseError as exc:
+                raise RepodataError(f"{where}: {exc}") from None
+    return SubdirRepodata(channel, subdir, where, info, records)
+
+
+def load_repodata(path: Path, channel: str, subdir: str, where: str | None = None) -> SubdirRepodata:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise RepodataError(f"{where or path}: {exc.strerror or exc}") from None
+    return parse_repodata(data, channel, subdir, where or str(path))
+
+
+def require_hashes(where: str, rec: CondaRecord) -> None:
+    """A record we mirror must say what its bytes are: sha256 and size."""
+    if rec.sha256 is None:
+        raise RepodataError(f"{where}: record {rec.filename!r} has no valid sha256; refusing to mirror it unverified")
+    if rec.size is None:
+        raise RepodataError(f"{where}: record {rec.filename!r} has no size")
