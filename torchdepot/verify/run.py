@@ -83,7 +83,8 @@ def uv_bin() -> str:
 
 def tool_env(mirror: str, extra=()) -> dict[str, str]:
     """Only the mirror: no user pip/uv/conda config leaks into the throwaway install."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_", "CONDA_"))}
+    keep = ("UV_CACHE_DIR",)  # where uv caches is not a source of packages
+    env = {k: v for k, v in os.environ.items() if k in keep or not k.startswith(("PIP_", "UV_", "CONDA_"))}
     env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1",
                UV_NO_CONFIG="1", UV_PYTHON_DOWNLOADS="never", UV_NO_PROGRESS="1")
     env[BASE_ENV] = mirror
