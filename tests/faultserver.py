@@ -106,7 +106,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _serve(self, head: bool) -> None:
         owner = self.server.owner
-        self._path = urllib.parse.urlsplit(self.path).path
+        self._path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
         data, ctype = owner._lookup(self._path)
         fault = owner._next_fault(self._path, self.headers.get("Range"))
         if data is None and fault.mode not in ("status", "redirect", "redirect_loop", "html"):

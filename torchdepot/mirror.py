@@ -389,4 +389,26 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
             landing.write_landing(out, manifest)
         mf.save(out, manifest)
         result.manifest = manifest
+        _verify_published(out, result, echo)
         return result
+
+
+def _verify_published(out: Path, result: MirrorResult, echo: Echo) -> None:
+    """Re-check what was just published (issue 6): every manifest file hash-valid, every
+    index link resolving. The fetcher's hash cache spares re-reading unchanged files."""
+    vm = _optional("torchdepot.verifymirror")
+    if vm is None:
+        return
+    check = vm.verify_mirror(out, trust_cache=True)
+    if check.ok:
+        return
+    serious = [p for p in check.unrepaired if p.kind in ("missing", "corrupt", "dangling-link")]
+    for p in check.unrepaired[:10]:
+        msg = f"verify-mirror: {p.kind}: {p.path}: {p.detail}"
+        result.messages.append(msg)
+        echo(msg)
+    if serious:
+        raise TorchdepotError(f"{check.summary()}; first: {serious[0].path}: {serious[0].detail}")
+    msg = f"{check.summary()} (run 'torchdepot verify-mirror {out} --repair' to clean up)"
+    result.messages.append(msg)
+    echo(msg)
