@@ -105,9 +105,13 @@ def gpu_present() -> bool:
 
 
 def _tail(proc: subprocess.CompletedProcess) -> str:
+    """The installer's error lines (uv/pip print the reason, e.g. "Hash mismatch for `x==1`")."""
     text = (proc.stderr or "") + (proc.stdout or "")
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return " | ".join(lines[-3:])[:500]
+    key = [ln for ln in lines if ln.lower().startswith(("error", "cause", "hint")) or "mismatch" in ln.lower()
+           or "do not match" in ln.lower()]
+    picked = list(dict.fromkeys(key + lines[-2:]))
+    return " | ".join(picked)[:600]
 
 
 def _run(cmd: list, env: dict, timeout: float) -> subprocess.CompletedProcess:
@@ -138,6 +142,8 @@ def verify_env(lock: EnvLock, opts: Options, manifest: Manifest | None) -> EnvRe
             checks += [Check("hashes vs mirror manifest", "fail", p) for p in problems]
             return done("fail", "precheck")
         checks.append(Check("hashes vs mirror manifest", "pass", f"{len(lock.pins)} pins"))
+    else:
+        checks.append(Check("hashes vs mirror manifest", "not run", "mirror has no manifest.json; the installer checks hashes"))
     env = tool_env(opts.mirror_url, opts.env_extra)
     py = find_python(v["python"]) if v.get("platform") == host_platform() else None
     if py is None:

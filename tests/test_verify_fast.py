@@ -1,0 +1,147 @@
+"""`torchdepot verify` with a stand-in torch wheel (seconds): pass, tampered hash, wrong
+variant, resolve-only for other Pythons, --json, --keep, served over HTTP."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.httpserver import Server
+from tests.test_lock_support import build_mirror, fake_torch_wheels, make_wheel
+from torchdepot.cli import main
+from torchdepot.verify.smoke import judge
+
+CPU = "cpu-py311-linux-x86_64"
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture
+def locked(tmp_path):
+    build_mirror(tmp_path / "m", fake_torch_wheels(tmp_path / "w"), extra_targets=(("cpu", "3.9"),))
+    res = cli("lock", "--mirror", tmp_path / "m", "--out", tmp_path / "envs")
+    assert res.exit_code == 0, res.output
+    return tmp_path
+
+
+def results(res) -> dict:
+    return {r["env"]: r for r in json.loads(res.stdout)["results"]}
+
+
+def test_verify_passes_and_removes_env(locked, tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    res = cli("verify", locked / "envs" / CPU, "--mirror", locked / "m", "--json")
+    assert res.exit_code == 0, res.output
+    r = results(res)[CPU]
+    assert r["result"] == "pass" and r["mode"] == "installed" and r["kept"] is None
+    status = {c["name"]: c["status"] for c in r["checks"]}
+    assert status == {
+        "hashes vs mirror manifest": "pass", "install (hash-checked, mirror only)": "pass", "import torch": "pass",
+        "version": "pass", "torch.version.cuda": "pass", "cuda.is_available": "info", "tensor op": "pass",
+        "numpy interop": "not run"}
+    assert list((tmp_path / "tmp").iterdir()) == []  # throwaway env removed
+
+
+def test_other_python_is_resolve_only(locked):
+    res = cli("verify", locked / "envs" / "cpu-py39-linux-x86_64", "--mirror", locked / "m")
+    assert res.exit_code == 0, res.output
+    assert "resolved (dry run only)" in res.stdout and "resolve (dry run): pass" in res.stdout
+
+
+def test_other_python_missing_package_fails_resolve(locked):
+    # a lock pin the mirror cannot serve for that target must fail even in resolve-only mode
+    req = locked / "envs" / "cpu-py39-linux-x86_64" / "requirements.lock"
+    req.write_text(req.read_text().replace("filelock==3.0.0", "filelock==9.9.9"))
+    (locked / "m" / "manifest.json").unlink()  # no precheck: the resolver itself must notice
+    res = cli("verify", req.parent, "--mirror", locked / "m")
+    assert res.exit_code == 1 and "resolve (dry run): fail" in res.stdout
+
+
+def test_tampered_hash_fails_naming_the_file(locked):
+    req = locked / "envs" / CPU / "requirements.lock"
+    text = req.read_text()
+    sha = re.search(r"torch==.*\n    --hash=sha256:([0-9a-f]{64})", text).group(1)
+    req.write_text(text.replace(sha, "0" * 64))
+    res = cli("verify", req.parent, "--mirror", locked / "m")
+    assert res.exit_code == 1
+    assert f"{req}: torch==2.13.0+cpu hash sha256:000000000000... matches no mirror file: torch-2.13.0+cpu-py3-none-any.whl" in res.stdout
+
+
+def test_tampered_hash_caught_by_installer_without_manifest(locked):
+    """With no manifest to pre-check (e.g. a plain served copy), the hashed install itself fails."""
+    req = locked / "envs" / CPU / "requirements.lock"
+    text = req.read_text()
+    sha = re.search(r"filelock==.*\n    --hash=sha256:([0-9a-f]{64})", text).group(1)
+    req.write_text(text.replace(sha, "f" * 64))
+    (locked / "m" / "manifest.json").unlink()
+    res = cli("verify", req.parent, "--mirror", locked / "m")
+    assert res.exit_code == 1
+    assert "install (hash-checked, mirror only): fail" in res.stdout
+    assert str(req) in res.stdout and "filelock" in res.stdout
+
+
+def test_wrong_variant_fails_cuda_check(tmp_path):
+    # a lock that claims cu126 but whose torch reports no CUDA (a CPU build slipped in)
+    wheels = [make_wheel(tmp_path / "w", "torch", "2.13.0+cu126", {"torch/__init__.py":
+              (Path(__file__).parent / "test_lock_support.py").read_text().split("FAKE_TORCH = '''\\\n")[1].split("'''")[0]
+              .format(version="2.13.0+cpu", cuda=None)})]
+    build_mirror(tmp_path / "m", wheels, acc="cu126")
+    cli("lock", "--mirror", tmp_path / "m", "--out", tmp_path / "envs")
+    res = cli("verify", tmp_path / "envs" / "cu126-py311-linux-x86_64", "--mirror", tmp_path / "m", "--json")
+    assert res.exit_code == 1
+    checks = {c["name"]: c for c in results(res)["cu126-py311-linux-x86_64"]["checks"]}
+    assert checks["version"]["status"] == "fail" and "2.13.0+cpu != lock's 2.13.0+cu126" in checks["version"]["detail"]
+    assert checks["torch.version.cuda"]["status"] == "fail" and "None != variant's 12.6" in checks["torch.version.cuda"]["detail"]
+
+
+def test_verify_over_http_and_keep(locked):
+    with Server(locked / "m") as srv:
+        res = cli("verify", locked / "envs" / CPU, "--mirror", srv.url, "--keep", "--json")
+    assert res.exit_code == 0, res.output
+    kept = Path(results(res)[CPU]["kept"])
+    try:
+        assert (kept / "bin" / "python").exists()
+        assert list(kept.glob("lib/python3.11/site-packages/torch/__init__.py"))
+    finally:
+        shutil.rmtree(kept.parent)
+
+
+def test_register_kernel_offline_is_one_line_failure(locked):
+    res = cli("verify", locked / "envs" / CPU, "--mirror", locked / "m", "--register-kernel", "torch-cpu", "--json")
+    r = results(res)[CPU]
+    try:
+        assert res.exit_code == 1
+        check = next(c for c in r["checks"] if c["name"] == "register kernel")
+        assert check["status"] == "fail" and "ipykernel cannot be installed from the mirror" in check["detail"]
+        assert r["kept"]  # --register-kernel keeps the env
+    finally:
+        shutil.rmtree(Path(r["kept"]).parent, ignore_errors=True)
+
+
+def test_not_a_lock_folder_is_one_line_error(tmp_path):
+    res = CliRunner().invoke(main, ["verify", str(tmp_path), "--mirror", str(tmp_path)])
+    assert res.exit_code == 1 and res.output.startswith("torchdepot: error: ") and "variant.json" in res.output
+
+
+@pytest.mark.parametrize("result,want,cuda,gpu,failing", [
+    ({"version": "2.1.0+cpu", "cuda": None, "cuda_available": False, "tensor_sum": 12.0, "numpy": None}, "2.1.0+cpu", None, False, []),
+    ({"version": "2.1.0+cu121", "cuda": "12.1", "cuda_available": False, "tensor_sum": 12.0, "numpy": "1.26", "from_numpy_sum": 3.0},
+     "2.1.0+cu121", "12.1", True, ["cuda.is_available"]),
+    ({"version": "2.1.0+cu121", "cuda": "12.1", "cuda_available": False, "tensor_sum": 12.0, "numpy": "1.26", "from_numpy_sum": 3.0},
+     "2.1.0+cu121", "12.1", False, []),
+    ({"version": "2.1.0", "cuda": None, "tensor_sum": 12.0, "numpy": "2.0", "numpy_error": "ImportError: numpy.core.multiarray failed to import"},
+     "2.1.0", None, False, ["numpy interop"]),
+    ({"import_error": "ImportError: libcudnn.so.9"}, "2.1.0", None, False, ["import torch"]),
+])
+def test_judge(result, want, cuda, gpu, failing):
+    assert [c.name for c in judge(result, want, cuda, gpu) if c.status == "fail"] == failing
