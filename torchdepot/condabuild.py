@@ -121,6 +121,13 @@ class CondaRecord:
         return dict(self.raw)
 
 
+def _strings(value) -> tuple[str, ...]:
+    """The strings of a JSON list (repodata from the wild may hold anything here)."""
+    if not isinstance(value, list):
+        return ()
+    return tuple(d for d in value if isinstance(d, str))
+
+
 def package_accelerator(name: str, version: str, build: CondaBuild) -> Accelerator | None:
     """Accelerator of a conda package: metapackages state it in the name/version
     (``pytorch-cuda 12.1`` -> cu121, ``cpuonly`` -> cpu), everything else in the build."""
@@ -150,7 +157,7 @@ def record_from_repodata(channel: str, subdir: str, filename: str, rec: dict) ->
         raise ParseError(f"{filename!r}: record says {name}-{version}-{build}")
     parsed = parse_build_string(build)
     bn = rec.get("build_number")
-    if not isinstance(bn, int):
+    if not isinstance(bn, int) or isinstance(bn, bool):
         bn = parsed.build_number if parsed.build_number is not None else 0
     sha = rec.get("sha256")
     md5 = rec.get("md5")
@@ -164,12 +171,12 @@ def record_from_repodata(channel: str, subdir: str, filename: str, rec: dict) ->
         version=version,
         build=build,
         build_number=bn,
-        depends=tuple(str(d) for d in rec.get("depends") or () if isinstance(d, str)),
-        constrains=tuple(str(d) for d in rec.get("constrains") or () if isinstance(d, str)),
+        depends=_strings(rec.get("depends")),
+        constrains=_strings(rec.get("constrains")),
         sha256=sha if isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha) else None,
         md5=md5 if isinstance(md5, str) else None,
-        size=size if isinstance(size, int) and size >= 0 else None,
-        timestamp=ts if isinstance(ts, int) else None,
+        size=size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None,
+        timestamp=ts if isinstance(ts, int) and not isinstance(ts, bool) else None,
         accelerator=package_accelerator(name, version, parsed),
         python=parsed.python,
         raw=tuple(sorted(rec.items())),
