@@ -1,0 +1,164 @@
+"""`torchdepot verify-mirror` on a real mirror built by `torchdepot mirror` from a loopback upstream."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.faultserver import Fault, FaultServer
+from tests.loopback_upstream import ROOT, mirror_env, populate, run_mirror, write_spec
+from torchdepot import manifest as mf
+from torchdepot.verifymirror import verify_mirror
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("vm")
+    with FaultServer() as server:
+        up = populate(server, payload=50_000)
+        spec = write_spec(tmp / "spec.yaml", up.url, tmp / "out")
+        proc = run_mirror(spec, mirror_env(up.url, tmp))
+        assert proc.returncode == 0, proc.stderr
+        yield up, tmp / "out"
+
+
+@pytest.fixture()
+def mirror(built, tmp_path):
+    up, src = built
+    dst = tmp_path / "out"
+    shutil.copytree(src, dst, symlinks=True)
+    up.server.reset_counters()
+    return up, dst
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "torchdepot", "verify-mirror", *args], capture_output=True,
+                          text=True, env=env, timeout=60)
+
+
+def _wheel(root, project):
+    return next(e for e in mf.load(root).files if e.project == project and e.kind == "wheel")
+
+
+def test_clean_mirror_is_ok(mirror):
+    _up, root = mirror
+    rep = verify_mirror(root)
+    assert rep.ok and rep.checked == 10 and rep.problems == []
+    proc = _cli(str(root))
+    assert proc.returncode == 0 and "ok: 10 files checked; no problems" in proc.stdout
+
+
+def test_damage_is_reported_then_repaired(mirror):
+    up, root = mirror
+    sympy = _wheel(root, "sympy")
+    mpmath = _wheel(root, "mpmath")
+    # same size and mtime: only a re-hash (not the hash cache) can see this
+    p = root / sympy.path
+    st = p.stat()
+    data = bytearray(p.read_bytes())
+    data[100] ^= 0xFF
+    p.write_bytes(bytes(data))
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    (root / mpmath.path).unlink()
+    (root / (mpmath.path + ".metadata")).unlink()
+    (root / "packages/torch/stray-1.0-py3-none-any.whl").write_bytes(b"x")
+    (root / ".torchdepot/partial/x.part").write_bytes(b"y" * 10)
+    (root / "packages/torch/.index.abc123.tmp").write_bytes(b"z")
+    (root / ".publish/.deadbeef.tmp-999").mkdir()
+
+    quick = verify_mirror(root, trust_cache=True)
+    assert quick.count("corrupt") == 0  # the cache trusts size+mtime: why the CLI re-hashes by default
+    rep = verify_mirror(root)
+    kinds = {(p.kind, p.path) for p in rep.problems}
+    assert ("corrupt", sympy.path) in kinds
+    assert ("missing", mpmath.path) in kinds and ("missing", mpmath.path + ".metadata") in kinds
+    assert ("orphan", "packages/torch/stray-1.0-py3-none-any.whl") in kinds
+    assert ("partial", ".torchdepot/partial/x.part") in kinds
+    assert ("temp", "packages/torch/.index.abc123.tmp") in kinds
+    assert ("temp", ".publish/.deadbeef.tmp-999") in kinds
+    assert not rep.ok
+
+    proc = _cli(str(root), "--json")
+    assert proc.returncode == 1
+    doc = json.loads(proc.stdout)
+    assert doc["ok"] is False and len(doc["problems"]) == len(rep.problems)
+
+    proc = _cli(str(root), "--repair")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "repaired" in proc.stdout
+    # only the two bad wheels were fetched again
+    hits = up.wheel_hits()
+    assert hits[os.path.basename(sympy.path)] == 1 and hits[os.path.basename(mpmath.path)] == 1
+    assert sum(hits.values()) == 2
+    after = verify_mirror(root)
+    assert after.ok and after.problems == [], after.problems
+    assert not (root / "packages/torch/stray-1.0-py3-none-any.whl").exists()
+
+
+def test_repair_that_cannot_fetch_fails_and_keeps_going(mirror):
+    up, root = mirror
+    torch = _wheel(root, "torch")
+    (root / torch.path).unlink()
+    up.server.always(up.paths[os.path.basename(torch.path)], Fault("wrong_bytes"))
+    try:
+        proc = _cli(str(root), "--repair")
+    finally:
+        up.server.always(up.paths[os.path.basename(torch.path)], Fault())
+    assert proc.returncode == 1
+    assert "refetch failed" in proc.stdout and "sha256 mismatch" in proc.stdout
+    assert not (root / torch.path).exists()  # wrong bytes were never published
+    assert len(proc.stderr.strip().splitlines()) == 1 and "NOT OK" in proc.stderr
+
+
+def test_dangling_index_link_is_reported(mirror):
+    _up, root = mirror
+    page = root / "whl/cpu/torch/index.html"
+    text = page.read_text()
+    real = page.resolve()
+    real.write_text(text.replace("</body>", '<a href="../../../packages/torch/ghost-1.0-py3-none-any.whl">g</a>\n'
+                                            '<a href="http://127.0.0.1:9/x-1.0-py3-none-any.whl">x</a></body>'))
+    rep = verify_mirror(root)
+    details = [p.detail for p in rep.problems if p.kind == "dangling-link"]
+    assert any("ghost" in d for d in details) and any("outside the mirror" in d for d in details)
+    assert not rep.ok
+
+
+def test_wrong_hash_fragment_in_index_is_reported(mirror):
+    _up, root = mirror
+    torch = _wheel(root, "torch")
+    page = (root / "whl/cpu/torch/index.html").resolve()
+    page.write_text(page.read_text().replace(torch.sha256, "0" * 64))
+    rep = verify_mirror(root)
+    assert any(p.kind == "dangling-link" and "0" * 64 in p.detail for p in rep.problems)
+
+
+def test_no_manifest_is_a_one_line_error(tmp_path):
+    proc = _cli(str(tmp_path / "nothing"))
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("torchdepot: error:") and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_traversal_in_manifest_is_refused(mirror):
+    _up, root = mirror
+    doc = json.loads((root / "manifest.json").read_text())
+    doc["files"][0]["path"] = "../../etc/passwd"
+    (root / "manifest.json").write_text(json.dumps(doc))
+    proc = _cli(str(root))
+    assert proc.returncode == 1 and "escapes" in proc.stderr
+
+
+def test_locked_mirror_refuses_at_once(mirror):
+    from torchdepot.fsutil import MirrorLock
+
+    _up, root = mirror
+    with MirrorLock(root):
+        proc = _cli(str(root))
+    assert proc.returncode == 1 and "another torchdepot run" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
