@@ -103,7 +103,7 @@ def _get(client: Client, url: str, headers: dict) -> tuple[int, bytes, dict]:
 
 
 def fetch_repodata(client: Client, channel: str, mirrors: tuple[str, ...], subdir: str,
-                   cache: RepodataCache) -> FetchedRepodata:
+                   cache: RepodataCache, label: str | None = None) -> FetchedRepodata:
     """Fetch one subdir's repodata from the first mirror that answers.
 
     Raises :class:`UpstreamError` naming every URL tried when none does.
@@ -134,4 +134,4 @@ def fetch_repodata(client: Client, channel: str, mirrors: tuple[str, ...], subdi
                 return FetchedRepodata(channel, subdir, base, url, cached, True)
             path = cache.store(channel, subdir, data, new_meta)
             return FetchedRepodata(channel, subdir, base, url, path, False)
-    raise UpstreamError(f"channel {channel!r} {subdir}: no mirror served repodata ({'; '.join(errors)})")
+    raise UpstreamError(f"channel {label or channel!r} {subdir}: no mirror served repodata ({'; '.join(errors)})")

@@ -1,0 +1,54 @@
+"""``torchdepot recipes build``: build recipes/ offline into a local conda channel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+DEFAULT_WHEEL_DIR = Path("mirror/out/packages/torch")
+
+
+@click.group("recipes")
+def recipes_group() -> None:
+    """Conda recipes this project builds offline (py-rattler-build)."""
+
+
+@recipes_group.command("build")
+@click.option("--wheel", "wheels", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Wheel(s) to repackage (torch -> pytorch with an accelerator build string; "
+                   "others -> same name). Default: torch wheels in mirror/out/packages/torch/.")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("recipes/out"),
+              show_default=True, help="Channel directory to build into.")
+@click.option("--python", "python", metavar="X.Y", help="Python for pure wheels (default: that of the torch wheels).")
+@click.option("--cuda", "cuda", multiple=True, metavar="X.Y", help="pytorch-cuda versions (default: 11.8, 12.6, 12.8).")
+@click.option("--no-metapackages", is_flag=True, help="Skip pytorch-mutex / cpuonly / pytorch-cuda.")
+def build_cmd(wheels: tuple[Path, ...], out: Path, python: str | None, cuda: tuple[str, ...], no_metapackages: bool) -> None:
+    """Build the metapackages and repackage wheels, then index the channel.
+
+    \b
+    Example:
+      torchdepot recipes build --wheel mirror/out/packages/torch/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl
+      conda install -c file://$PWD/recipes/out pytorch cpuonly
+    """
+    from ..conda import recipes as R
+    from ..conda.publish import normalize_indexed_channel
+
+    wheel_list = list(wheels)
+    if not wheel_list and DEFAULT_WHEEL_DIR.is_dir():
+        wheel_list = sorted(DEFAULT_WHEEL_DIR.glob("torch-*.whl"))
+        if wheel_list:
+            click.echo(f"using {len(wheel_list)} torch wheel(s) from {DEFAULT_WHEEL_DIR}/")
+    built = []
+    if not no_metapackages:
+        built += R.build_metapackages(out, tuple(cuda) or R.DEFAULT_CUDA)
+    if wheel_list:
+        built += R.build_wheels(wheel_list, out, python=python)
+    R.index_channel(out)
+    normalize_indexed_channel(out)
+    for b in built:
+        click.echo(f"{b.subdir}/{b.path.name}")
+    click.echo(f"{len(built)} packages in channel {out} (repodata indexed)")
+
+
+COMMANDS = [recipes_group]
