@@ -13,7 +13,7 @@ machine installs, not what a mirror for other machines must hold.
 from __future__ import annotations
 
 import os
-import shlex
+import ast
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -56,7 +56,7 @@ def _to_url(item: str, cwd: Path) -> str:
 
 
 def _split(value: str) -> list[str]:
-    return [v for v in value.replace("\n", " ").split(" ") if v]
+    return value.split()  # pip splits list options on any whitespace
 
 
 def _truthy(value: str) -> bool:
@@ -77,10 +77,13 @@ def parse_config_list(text: str, env: dict[str, str] | None = None, cwd: Path | 
             continue
         section, _, key = name.strip().rpartition(".")
         section = section.strip()
+        value = value.strip()
         try:
-            value = shlex.split(value)[0] if value.strip() else ""
-        except (ValueError, IndexError):
-            value = value.strip().strip("'\"")
+            # pip prints each value as a Python literal ('a\nb' for multi-line values)
+            literal = ast.literal_eval(value)
+            value = literal if isinstance(literal, str) else value
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            value = value.strip("'\"")
         if section in _SECTIONS:
             prio = _SECTIONS.index(section)
         elif section == ":env:":
@@ -133,3 +136,16 @@ def pip_default_index(python: str | None = None, env: dict[str, str] | None = No
         return None
     url = proc.stdout.strip()
     return url.rstrip("/") if proc.returncode == 0 and "://" in url else None
+
+
+def pip_file_host(python: str | None = None, env: dict[str, str] | None = None) -> str | None:
+    """The file host behind pip's built-in default index, asked from pip (never hard-coded):
+    its pages link there, so the host policy must allow it when that index is used."""
+    code = "from pip._internal.models.index import PyPI; print(PyPI.file_storage_domain)"
+    try:
+        proc = subprocess.run([python or sys.executable, "-c", code], capture_output=True, text=True,
+                              env=dict(os.environ if env is None else env), timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    host = proc.stdout.strip().lower()
+    return host if proc.returncode == 0 and host and "/" not in host else None
