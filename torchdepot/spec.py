@@ -79,6 +79,10 @@ class MirrorSpec:
         return next((p for p in self.packages if p.name == name), None)
 
 
+def _first(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
 def host_python() -> str:
     return f"{sys.version_info.major}.{sys.version_info.minor}"
 
@@ -131,7 +135,7 @@ def _packages(data: dict, where: str) -> tuple[PackageSpec, ...]:
                 try:
                     req = Requirement(entry)
                 except InvalidRequirement as exc:
-                    raise SpecError(f"{where}: {key}: {entry!r} is not a requirement ({exc})") from None
+                    raise SpecError(f"{where}: {key}: {entry!r} is not a requirement ({_first(exc)})") from None
                 if req.url or req.extras or req.marker:
                     raise SpecError(f"{where}: {key}: {entry!r}: only a name and a version constraint are allowed")
                 items.append((key, req.name, str(req.specifier) or None))
@@ -164,11 +168,11 @@ def _check_combination(acc: str, platform: str, where: str) -> None:
     kind = parse_accelerator(acc).kind
     os_name = platform.split("-", 1)[0]
     if os_name == "macos" and kind != "cpu":
-        raise SpecError(f"{where}: accelerators: {acc!r} is impossible on {platform} (macOS wheels are CPU/MPS only)")
+        raise SpecError(f"{where}: {acc!r} is impossible on {platform} (macOS wheels are CPU/MPS only)")
     if kind == "rocm" and platform != "linux-x86_64":
-        raise SpecError(f"{where}: accelerators: {acc!r} is impossible on {platform} (ROCm wheels exist for linux-x86_64 only)")
+        raise SpecError(f"{where}: {acc!r} is impossible on {platform} (ROCm wheels exist for linux-x86_64 only)")
     if kind == "xpu" and platform not in ("linux-x86_64", "windows-amd64"):
-        raise SpecError(f"{where}: accelerators: {acc!r} is impossible on {platform} (XPU wheels: linux-x86_64, windows-amd64)")
+        raise SpecError(f"{where}: {acc!r} is impossible on {platform} (XPU wheels: linux-x86_64, windows-amd64)")
 
 
 def _python(entry, where: str) -> str:
@@ -240,7 +244,7 @@ def parse_spec(data: dict, where: str = "mirror spec") -> MirrorSpec:
         try:
             extras.append(str(Requirement(str(entry))))
         except InvalidRequirement as exc:
-            raise SpecError(f"{where}: extra_packages[{i}]: {entry!r} is not a requirement ({exc})") from None
+            raise SpecError(f"{where}: extra_packages[{i}]: {entry!r} is not a requirement ({_first(exc)})") from None
 
     accs = [_accelerator(e, f"{where}: accelerators[{i}]")
             for i, e in enumerate(_list(data, "accelerators", where, ["cpu"]))]
@@ -256,7 +260,7 @@ def parse_spec(data: dict, where: str = "mirror spec") -> MirrorSpec:
         raise SpecError(f"{where}: platforms: must name at least one")
     for acc in accs:
         for plat in platforms:
-            _check_combination(acc, plat, where)
+            _check_combination(acc, plat, f"{where}: accelerators")
 
     channel = str(data.get("channel") or "stable")
     if channel not in CHANNELS:
