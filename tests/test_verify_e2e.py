@@ -1,0 +1,98 @@
+"""END TO END with the real torch-2.13.0+cpu wheel: loopback upstreams -> `torchdepot mirror`
+-> `torchdepot lock` (twice, identical) -> `torchdepot verify` against the served mirror, and a
+plain `pip install --require-hashes -r requirements.lock` into a fresh venv from it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TORCH_CACHE
+from tests.httpserver import Server
+from tests.mirror_upstream import build_upstreams
+from tests.venvs import hermetic_env, make_venv, run
+
+CPU = "cpu-py311-linux-x86_64"
+DEPS = TORCH_CACHE / "deps"
+
+
+@pytest.fixture(scope="session")
+def dep_wheels(torch_wheel) -> list[Path]:
+    """torch's dependencies + numpy, downloaded once with the MACHINE's pip config (not hermetic)."""
+    if not list(DEPS.glob("numpy-*.whl")) or not list(DEPS.glob("sympy-*.whl")):
+        DEPS.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--find-links", str(TORCH_CACHE),
+                               f"torch=={torch_wheel.name.split('-')[1]}", "numpy", "-d", str(DEPS)],
+                              capture_output=True, text=True)
+        if proc.returncode:
+            pytest.skip(f"cannot download torch's dependencies: {proc.stderr.strip()[-300:]}")
+    return [p for p in sorted(DEPS.glob("*.whl")) if not p.name.startswith("torch-")]
+
+
+def td(*args, env=None, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "torchdepot", *map(str, args)], capture_output=True, text=True,
+                          env=env or hermetic_env(), cwd=cwd)
+
+
+def snapshot(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.e2e
+def test_mirror_lock_verify_pip_install(tmp_path, torch_wheel, dep_wheels):
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "mirror"
+    a.mkdir(), b.mkdir()
+    with Server(a) as up_a, Server(b) as up_b:
+        build_upstreams(a, b, up_b.url, [torch_wheel], dep_wheels)
+        spec = tmp_path / "mirror.yaml"
+        spec.write_text(json.dumps({
+            "packages": ["torch==2.13.0"], "extra_packages": ["numpy"], "accelerators": ["cpu"],
+            "pythons": ["3.11"], "platforms": ["linux-x86_64"], "out": str(out), "upstreams": [f"{up_a.url}/whl"],
+        }))
+        # dependencies come from "the user's pip configuration": here a loopback simple index
+        proc = td("mirror", "--spec", spec, env=hermetic_env(PIP_INDEX_URL=f"{up_b.url}/simple"))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+
+    # lock twice -> byte-identical
+    proc = td("lock", "--mirror", out, "--out", tmp_path / "envs")
+    assert proc.returncode == 0, proc.stderr
+    first = snapshot(tmp_path / "envs")
+    assert td("lock", "--mirror", out, "--out", tmp_path / "envs").returncode == 0
+    assert snapshot(tmp_path / "envs") == first
+    env_dir = tmp_path / "envs" / CPU
+    req = (env_dir / "requirements.lock").read_text()
+    assert "torch==2.13.0+cpu \\\n    --hash=sha256:" in req and "numpy==" in req
+    variant = json.loads((env_dir / "variant.json").read_text())
+    assert variant["torch"] == "2.13.0+cpu" and variant["cuda"] is None and variant["min_nvidia_driver"] is None
+
+    with Server(out) as mirror:
+        # verify: throwaway env, mirror only, hashes, real import torch + numpy interop
+        proc = td("verify", env_dir, "--mirror", mirror.url, "--json")
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+        r = json.loads(proc.stdout)["results"][0]
+        status = {c["name"]: c["status"] for c in r["checks"]}
+        assert r["result"] == "pass" and r["mode"] == "installed"
+        for name in ("hashes vs mirror manifest", "install (hash-checked, mirror only)", "import torch", "version",
+                     "torch.version.cuda", "tensor op", "numpy interop"):
+            assert status[name] == "pass", (name, r["checks"])
+
+        # a user's plain pip, fresh venv, from the served mirror with hash checking
+        py = make_venv(tmp_path / "venv")
+        proc = run([py, "-m", "pip", "install", "--require-hashes", "--no-deps", "--only-binary", ":all:",
+                    "-r", env_dir / "requirements.lock"], env=hermetic_env(TORCHDEPOT_MIRROR=mirror.url))
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    proc = run([py, "-c", "import torch, numpy; print(torch.__version__, torch.from_numpy(numpy.ones(3)).sum().item())"])
+    assert proc.stdout.split() == ["2.13.0+cpu", "3.0"], proc.stderr[-2000:]
+
+    # tampering with the committed lock is caught and named
+    lock = env_dir / "requirements.lock"
+    sha = req.split("torch==2.13.0+cpu \\\n    --hash=sha256:")[1][:64]
+    lock.write_text(req.replace(sha, "e" * 64))
+    proc = td("verify", env_dir, "--mirror", out)
+    assert proc.returncode == 1
+    assert f"{lock}: torch==2.13.0+cpu hash sha256:eeeeeeeeeeee... matches no mirror file: torch-2.13.0+cpu-cp311" in proc.stdout
