@@ -304,7 +304,7 @@ def write_bundle(plan: BundlePlan, out: Path, zstd: bool = False, split: int | N
         if zstd:
             import zstandard
 
-            comp = zstandard.ZstdCompressor(level=level, threads=-1).stream_writer(sink, closefd=False)
+            comp = zstandard.ZstdCompressor(level=level, threads=-1, write_checksum=True).stream_writer(sink, closefd=False)
             stream = comp
         with tqdm(total=plan.total_bytes, unit="B", unit_scale=True, desc="bundle", disable=None) as bar:
             with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:

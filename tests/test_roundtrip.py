@@ -1,0 +1,132 @@
+"""The air-gap round trip with the real torch-2.13.0+cpu wheel:
+
+site A: ``torchdepot mirror`` (from loopback upstreams shaped like download.pytorch.org)
+-> ``torchdepot lock`` -> ``torchdepot bundle --zstd --split`` -> (the parts are carried over)
+site B, an empty dir: ``torchdepot unbundle`` -> ``torchdepot serve`` -> a fresh venv installs
+the CPU lock with ``pip --require-hashes`` through the served mirror, and torch imports.
+Tampering one byte of a bundle: unbundle fails naming the file and publishes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TORCH_CACHE, TORCH_VERSION
+from tests.httpserver import Server
+from tests.mirror_upstream import build_upstreams
+from tests.venvs import hermetic_env, make_venv, run
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPS = TORCH_CACHE / "deps"
+NEEDED = {"filelock", "typing_extensions", "setuptools", "sympy", "networkx", "jinja2", "fsspec", "mpmath",
+          "markupsafe", "numpy"}
+CPU = "cpu-py311-linux-x86_64"
+
+
+@pytest.fixture(scope="module")
+def dep_wheels() -> list[Path]:
+    """torch's dependencies + numpy, fetched once with the MACHINE's pip config (outside the repo)."""
+
+    def have() -> list[Path]:
+        return sorted(p for p in DEPS.glob("*.whl") if not p.name.startswith("torch-"))
+
+    if not NEEDED <= {p.name.split("-", 1)[0].lower() for p in have()}:
+        DEPS.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", f"torch=={TORCH_VERSION}", "numpy",
+                               "-d", str(DEPS)], capture_output=True, text=True)
+        missing = NEEDED - {p.name.split("-", 1)[0].lower() for p in have()}
+        if missing:
+            pytest.skip(f"cannot obtain torch's dependency wheels ({sorted(missing)}): {proc.stderr.strip()[-300:]}")
+    return have()
+
+
+def td(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "torchdepot", *map(str, args)], capture_output=True, text=True,
+                          env=env or hermetic_env(), cwd=ROOT, timeout=timeout)
+    return proc
+
+
+def visible(root: Path) -> list[str]:
+    out = []
+    for d, dirs, files in os.walk(root, followlinks=True):
+        dirs[:] = [x for x in dirs if not x.startswith(".")]
+        out += [os.path.relpath(os.path.join(d, f), root) for f in files if not f.startswith(".")]
+    return sorted(out)
+
+
+@pytest.mark.e2e
+def test_mirror_bundle_unbundle_serve_install(tmp_path, torch_wheel, dep_wheels):
+    site_a, site_b, usb = tmp_path / "site-a", tmp_path / "site-b", tmp_path / "usb"
+    for d in (site_a / "upA", site_a / "upB", usb):
+        d.mkdir(parents=True)
+    mirror, envs = site_a / "mirror", site_a / "envs"
+    spec = site_a / "mirror.yaml"
+    with Server(site_a / "upB") as b, Server(site_a / "upA") as a:
+        build_upstreams(site_a / "upA", site_a / "upB", b.url, [torch_wheel], dep_wheels)
+        spec.write_text("packages: [torch]\nextra_packages: [numpy]\naccelerators: [cpu]\npythons: ['3.11']\n"
+                        f"platforms: [linux-x86_64]\nupstreams: [{a.url}/whl]\n")
+        proc = td("mirror", "--spec", spec, "--out", mirror, env=hermetic_env(PIP_INDEX_URL=f"{b.url}/simple"))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = td("lock", "--mirror", mirror, "--out", envs)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lock_a = envs / CPU / "requirements.lock"
+    assert lock_a.is_file() and "--hash=sha256:" in lock_a.read_text()
+
+    # site A -> media: zstd, split like a size-limited stick
+    proc = td("bundle", "--mirror", mirror, "--envs", envs, "--targets", CPU, "--zstd", "--split", "64M",
+              "--out", usb / "torch-cpu.tar.zst")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parts = sorted(usb.glob("torch-cpu.tar.zst.*"))
+    assert len(parts) >= 2 and all(p.stat().st_size <= 64 * 1024 * 1024 for p in parts)
+
+    # site B: an empty directory on "another machine"; the upstreams are gone
+    dest = site_b / "mirror"
+    proc = td("unbundle", usb / "torch-cpu.tar.zst", "--to", dest)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (dest / "packages" / "torch" / torch_wheel.name).stat().st_size == torch_wheel.stat().st_size
+    assert (dest / "envs" / CPU / "requirements.lock").read_bytes() == lock_a.read_bytes()
+    assert (dest / "index.html").is_file() and CPU in (dest / "index.html").read_text()
+
+    server = subprocess.Popen([sys.executable, "-m", "torchdepot", "serve", "--root", dest, "--port", "0", "--quiet"],
+                              stdout=subprocess.PIPE, text=True, env=hermetic_env(), cwd=ROOT)
+    try:
+        line = server.stdout.readline()
+        assert "http://127.0.0.1:" in line, line
+        url = line.split(" at ", 1)[1].split("/ ", 1)[0]
+        py = make_venv(site_b / "venv")
+        inst = run([py, "-m", "pip", "install", "--no-cache-dir", "--require-hashes", "--no-deps",
+                    "-r", dest / "envs" / CPU / "requirements.lock"],
+                   env=hermetic_env(TORCHDEPOT_MIRROR=url), timeout=900)
+        assert inst.returncode == 0, inst.stdout[-2000:] + inst.stderr[-2000:]
+        check = run([py, "-c", "import torch, numpy; print(torch.__version__, torch.cuda.is_available(), "
+                               "torch.from_numpy(numpy.ones(3)).sum().item())"], timeout=300)
+        assert check.returncode == 0, check.stderr[-2000:]
+        assert check.stdout.split() == [f"{TORCH_VERSION}+cpu", "False", "3.0"]
+    finally:
+        server.terminate()
+        server.wait(10)
+
+    # tampering one byte: named, and nothing becomes visible at the destination
+    plain = usb / "plain.tar"
+    proc = td("bundle", "--mirror", mirror, "--envs", envs, "--targets", CPU, "--out", plain)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    member = f"packages/torch/{torch_wheel.name}"
+    with tarfile.open(plain) as tar:
+        offset = tar.getmember(member).offset_data + 12_345_678
+    with open(plain, "r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([byte[0] ^ 0x20]))
+    fresh = site_b / "fresh"
+    proc = td("unbundle", plain, "--to", fresh)
+    assert proc.returncode == 1
+    assert f"torchdepot: error: {member}: sha256" in proc.stderr and "nothing published" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert visible(fresh) == []
