@@ -45,6 +45,7 @@ MODES = (
     "redirect",  # 302 to `location`
     "redirect_loop",  # 302 to itself forever
     "oversize",  # the right body followed by extra bytes (Content-Length says so)
+    "chunked",  # no Content-Length: chunked transfer encoding (size unknown up front)
 )
 
 
@@ -129,6 +130,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self._send(200, bytes(b ^ 0x5A for b in data), ctype, head=head)
             elif mode == "oversize":
                 self._send(200, data + b"\0" * 1000, ctype, head=head)
+            elif mode == "chunked":
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                if not head:
+                    step = 256 * 1024
+                    for i in range(0, len(data), step):
+                        piece = data[i: i + step]
+                        self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                        self.server.owner._count_bytes(self._path, len(piece))
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
             elif mode == "ignore_range":
                 self._send(200, data, ctype, {"Accept-Ranges": "bytes"}, head)
             elif mode == "bad_content_range":
