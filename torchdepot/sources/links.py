@@ -41,6 +41,7 @@ class Page:
     links: list[Link] = field(default_factory=list)
     warnings: collections.Counter = field(default_factory=collections.Counter)
     projects: list[str] = field(default_factory=list)  # for root pages: project names
+    checked_hosts: set[str] = field(default_factory=set, repr=False, compare=False)
 
 
 def split_fragment(href: str) -> tuple[str, str | None]:
@@ -59,18 +60,26 @@ def filename_of(url: str) -> str:
     """Decoded last path segment of a (fragment-less) URL."""
     path = url.split("?", 1)[0]
     name = path.rsplit("/", 1)[-1]
-    return urllib.parse.unquote(name) if "%" in name else name
+    if "%" not in name:
+        return name
+    if name.count("%") == name.count("%2B"):  # PyTorch pages only ever escape "+"
+        return name.replace("%2B", "+")
+    return urllib.parse.unquote(name)
+
+
+_UNSAFE_CHARS = re.compile(r"[\x00-\x1f/\\]")
 
 
 def unsafe_filename(name: str) -> str | None:
     """Why a decoded filename must not be stored (path tricks), or None if it is safe."""
     if name in (".", ".."):
         return "path traversal in filename"
-    if "/" in name or "\\" in name:
+    m = _UNSAFE_CHARS.search(name)
+    if m is None:
+        return None
+    if m.group() in "/\\":
         return "path separator in filename"
-    if "\x00" in name or any(ord(c) < 32 for c in name):
-        return "control character in filename"
-    return None
+    return "control character in filename"
 
 
 def resolve(base: str, href: str) -> str:
@@ -81,6 +90,26 @@ def resolve(base: str, href: str) -> str:
     if (href.startswith("https://") or href.startswith("http://")) and "/." not in href:
         return href
     return urllib.parse.urljoin(base, href)
+
+
+def _host_ok(url: str, scheme: str, hosts: set[str]) -> bool | None:
+    """True if the URL has a usable host; None if it has none. Raises ValueError on a bad
+    port. ``hosts`` caches netlocs already checked (pages repeat one or two hosts)."""
+    start = len(scheme) + 3
+    end = len(url)
+    for sep in "/?#":
+        i = url.find(sep, start)
+        if i != -1 and i < end:
+            end = i
+    netloc = url[start:end]
+    if netloc in hosts:
+        return True
+    parts = urllib.parse.urlsplit(url)
+    parts.port  # noqa: B018 - raises ValueError on a bad port
+    if not parts.hostname:
+        return None
+    hosts.add(netloc)
+    return True
 
 
 def make_link(base: str, href: str, page: Page, **meta) -> Link | None:
@@ -95,13 +124,10 @@ def make_link(base: str, href: str, page: Page, **meta) -> Link | None:
         if scheme not in ALLOWED_SCHEMES and not (scheme == "file" and base.startswith("file:")):
             page.warnings[f"refused {scheme or 'schemeless'}: link"] += 1
             return None
-        url, sha = split_fragment(absolute)
-        if scheme != "file":
-            parts = urllib.parse.urlsplit(url)
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-            if not parts.hostname:
-                page.warnings["link without host"] += 1
-                return None
+        url, sha = split_fragment(absolute) if "#" in absolute else (absolute, None)
+        if scheme != "file" and _host_ok(url, scheme, page.checked_hosts) is None:
+            page.warnings["link without host"] += 1
+            return None
     except ValueError:
         page.warnings["unparseable href"] += 1
         return None
