@@ -69,3 +69,16 @@ def test_pip_default_index_is_asked_from_pip():
 def test_parser_never_crashes(text, env):
     src = parse_config_list(text, env=env, cwd=Path("/tmp"))
     assert isinstance(src, PipSources)
+
+
+def test_in_process_read_equals_pip_cli(tmp_path, monkeypatch):
+    cfg = tmp_path / "pip.conf"
+    cfg.write_text("[global]\nextra-index-url = file:///srv/a file:///srv/b\n[download]\nindex-url = http://127.0.0.1:4/s\n")
+    for k in [k for k in __import__("os").environ if k.startswith("PIP_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(cfg))
+    fast = read_pip_config()
+    cli = read_pip_config(env=dict(__import__("os").environ))
+    assert fast.note == "pip configuration" and cli.note == "pip config list"
+    assert (fast.index_url, fast.extra_index_urls, fast.find_links) == (cli.index_url, cli.extra_index_urls, cli.find_links)
+    assert fast.index_url == "http://127.0.0.1:4/s" and fast.extra_index_urls == ("file:///srv/a", "file:///srv/b")

@@ -62,6 +62,7 @@ class MirrorResult:
     dry_run: bool = False
     seconds: float = 0.0
     manifest: mf.Manifest | None = None
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per step (bench/diagnostics)
 
     @property
     def summary(self) -> str:
@@ -87,6 +88,7 @@ class Sources:
         self.dead: set[str] = set()
         self.pages: dict[str, list[Link] | None] = {}
         self.variant: dict[str, str | None] = {}
+        self.reported: set[str] = set()
 
     def _get(self, url: str) -> list[Link] | None:
         """Links on a page; None when the page does not exist (404) or its host is down."""
@@ -102,7 +104,14 @@ class Sources:
         self.pages[url] = links
         return links
 
-    def variant_url(self, acc: str) -> str | None:
+    def report_variant(self, acc: str) -> None:
+        """Say (once) that no PyTorch upstream serves ``acc``: the run goes on from pip's config."""
+        if self.variant.get(acc, "") is None and acc not in self.reported:
+            self.reported.add(acc)
+            self.echo(f"no PyTorch upstream reachable for {acc}; continuing from the pip configuration alone "
+                      f"({self.pip.describe()})")
+
+    def variant_url(self, acc: str, quiet: bool = False) -> str | None:
         """First reachable PyTorch upstream's variant index for ``acc`` (failover order)."""
         if acc in self.variant:
             return self.variant[acc]
@@ -124,10 +133,9 @@ class Sources:
                 continue
             found = url
             break
-        if found is None:
-            self.echo(f"no PyTorch upstream reachable for {acc}; continuing from the pip configuration alone "
-                      f"({self.pip.describe()})")
         self.variant[acc] = found
+        if not quiet:
+            self.report_variant(acc)
         return found
 
     def pip_pages(self, project: str) -> list[str]:
@@ -230,23 +238,40 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
         result.messages.append(msg)
         echo(msg)
 
-    pip = pip_sources if pip_sources is not None else read_pip_config()
-    default_index = None if (pip.index_url or pip.no_index) else pip_default_index()
     own_client = client is None
     client = client or make_session()
     probe = Client(PROBE_CONFIG)
+    mark = time.monotonic()
+
+    def phase(name: str) -> None:
+        nonlocal mark
+        now = time.monotonic()
+        result.phases[name] = result.phases.get(name, 0.0) + now - mark
+        mark = now
+
+    pool = ThreadPoolExecutor(max_workers=2)
     try:
-        sources = Sources(spec, pip, probe, say, default_index)
+        # pip's config costs a subprocess: read it while the PyTorch upstreams are probed.
+        pip_future = pool.submit(lambda: pip_sources if pip_sources is not None else read_pip_config())
+        sources = Sources(spec, PipSources(), probe, say, None)
         targets = spec.targets()
+        for acc in dict.fromkeys(t.accelerator for t in targets):
+            sources.variant_url(acc, quiet=True)
+        pip = pip_future.result()
+        sources.pip = pip
+        sources.default_index = None if (pip.index_url or pip.no_index) else pip_default_index()
+        for acc in dict.fromkeys(t.accelerator for t in targets):
+            sources.report_variant(acc)
         planned = [(t, *plan_target(spec, t, sources)) for t in targets]
+        phase("upstreams")
 
         def run_one(item):
             t, reqs, plan, variant = item
             files = resolve(t.id, reqs, t.python, t.platform, plan)
             return TargetPlan(t, tuple(reqs), tuple(files), variant)
 
-        with ThreadPoolExecutor(max_workers=min(2, max(1, len(planned)))) as pool:
-            result.plans = list(pool.map(run_one, planned))
+        result.plans = list(pool.map(run_one, planned))
+        phase("resolve")
 
         items: dict[str, FetchItem] = {}
         for p in result.plans:
@@ -273,6 +298,7 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
         fetcher = Fetcher(out, client, jobs=spec.jobs, on_hash_mismatch=spec.on_hash_mismatch, progress=progress)
         report = fetcher.run(list(items.values()))
         result.report = report
+        phase("fetch")
         for r in report.mismatches:
             say(f"warning: {r.key}: upstream sha256 {r.upstream_sha256} but the bytes hash to {r.sha256} "
                 "(accepted: --on-hash-mismatch warn; recorded in manifest.json)")
@@ -310,8 +336,10 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
                 index=f"whl/{acc}"))
         result.files = sorted(entries.values(), key=lambda e: e.path)
         result.generation, result.index_changed = publish(out, build_pages(variants))
+        phase("publish")
         return result
     finally:
+        pool.shutdown(wait=False)
         probe.close()
         if own_client:
             client.close()

@@ -112,8 +112,26 @@ def parse_config_list(text: str, env: dict[str, str] | None = None, cwd: Path | 
     )
 
 
+def _config_list_in_process() -> str | None:
+    """What ``pip config list`` prints, from this interpreter's pip without a subprocess
+    (pip's CLI start-up costs ~0.5 s; a no-op re-sync should take less than a second)."""
+    try:
+        from pip._internal.configuration import Configuration
+
+        conf = Configuration(isolated=False)
+        conf.load()
+        return "".join(f"{k}={v!r}\n" for k, v in conf.items())
+    except Exception:  # pip internals moved or config unreadable: ask the CLI instead
+        return None
+
+
 def read_pip_config(python: str | None = None, env: dict[str, str] | None = None) -> PipSources:
     """Ask the interpreter's pip for its configuration (falls back to env vars alone)."""
+    if python is None and env is None:
+        text = _config_list_in_process()
+        if text is not None:
+            src = parse_config_list(text, os.environ)
+            return PipSources(src.index_url, src.extra_index_urls, src.find_links, src.no_index, "pip configuration")
     env = dict(os.environ if env is None else env)
     cmd = [python or sys.executable, "-m", "pip", "config", "list"]
     try:

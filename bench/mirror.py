@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Benchmark: cold mirror of the CPU closure (real torch 2.13.0+cpu + deps + numpy) from a
+loopback PyTorch-shaped upstream, against
+
+- ``cp`` of the same files (the limit: a local copy), and
+- ``pip download`` of the same closure from the same upstream (hermetic pip),
+
+in one run; then a no-op re-sync (time, bytes fetched) and the mirror process's peak RSS.
+Goals: fetch <= 1.2x cp, <= 0.3x pip download, no-op <= 1 s / 0 bytes, peak RSS <= 80 MB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.conftest import TORCH_CACHE, TORCH_VERSION  # noqa: E402
+from tests.httpserver import Server  # noqa: E402
+from tests.mirror_upstream import build_upstreams  # noqa: E402
+from tests.venvs import hermetic_env  # noqa: E402
+
+DEPS = TORCH_CACHE / "deps"
+
+# Runs the mirror in this child process and reports its own peak RSS (uv's is separate).
+CHILD = """
+import json, resource, sys, time
+from pathlib import Path
+t0 = time.monotonic()
+from torchdepot.spec import load_spec, with_overrides
+from torchdepot.mirror import sync
+spec = with_overrides(load_spec(sys.argv[1]), out=sys.argv[2])
+res = sync(spec, progress=False, echo=lambda m: None)
+self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+kids_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(json.dumps({"total": time.monotonic() - t0, "fetch": res.report.seconds, "bytes": res.report.fetched_bytes,
+                  "files": len(res.report.results), "summary": res.summary, "rss_self_mb": self_kb / 1024,
+                  "rss_children_mb": kids_kb / 1024, "phases": res.phases}))
+"""
+
+
+def wheels() -> tuple[Path, list[Path]]:
+    torch = sorted(TORCH_CACHE.glob(f"torch-{TORCH_VERSION}+cpu-*.whl")) or sorted(DEPS.glob(f"torch-{TORCH_VERSION}+cpu-*.whl"))
+    deps = sorted(p for p in DEPS.glob("*.whl") if not p.name.startswith("torch-"))
+    if not torch or not deps:
+        DEPS.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", f"torch=={TORCH_VERSION}", "numpy", "-d", str(DEPS)],
+                       check=True, capture_output=True)
+        return wheels()
+    return torch[0], deps
+
+
+def mirror_run(spec: Path, out: Path, env: dict) -> dict:
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(spec), str(out)], capture_output=True, text=True,
+                          env=env, cwd=ROOT)
+    if proc.returncode:
+        raise SystemExit(f"mirror failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def drop_cache_hint(paths: list[Path]) -> None:
+    # Same footing for every contender: read the sources once so all runs hit the page cache.
+    for p in paths:
+        with open(p, "rb") as fh:
+            while fh.read(1 << 24):
+                pass
+
+
+def main() -> None:
+    torch, deps = wheels()
+    files = [torch, *deps]
+    total_mb = sum(p.stat().st_size for p in files) / 1e6
+    with tempfile.TemporaryDirectory(prefix="torchdepot-bench-") as tmp:
+        tmp = Path(tmp)
+        a_root, b_root = tmp / "A", tmp / "B"
+        a_root.mkdir()
+        b_root.mkdir()
+        with Server(b_root) as b, Server(a_root) as a:
+            build_upstreams(a_root, b_root, b.url, [torch], deps)
+            spec = tmp / "mirror.yaml"
+            spec.write_text("packages: [torch]\nextra_packages: [numpy]\naccelerators: [cpu]\npythons: ['3.11']\n"
+                            f"platforms: [linux-x86_64]\nupstreams: [{a.url}/whl]\njobs: 4\n")
+            env = hermetic_env(PIP_INDEX_URL=f"{b.url}/simple")
+            drop_cache_hint(files)
+
+            t0 = time.monotonic()
+            dest = tmp / "cp"
+            dest.mkdir()
+            subprocess.run(["cp", *map(str, files), str(dest)], check=True)
+            cp_s = time.monotonic() - t0
+            # The fetcher fsyncs every file before publishing it (durability); cp does not.
+            dest2 = tmp / "cp-sync"
+            dest2.mkdir()
+            t0 = time.monotonic()
+            subprocess.run(["cp", *map(str, files), str(dest2)], check=True)
+            subprocess.run(["sync", "-f", str(dest2)], check=True)
+            cp_sync_s = time.monotonic() - t0
+
+            cold = mirror_run(spec, tmp / "out", env)
+            noop = mirror_run(spec, tmp / "out", env)
+
+            t0 = time.monotonic()
+            pip = subprocess.run([sys.executable, "-m", "pip", "download", "--index-url", f"{a.url}/whl/cpu",
+                                  "--no-cache-dir", "-d", str(tmp / "pipdl"), "torch", "numpy"],
+                                 capture_output=True, text=True, env=env)
+            pip_s = time.monotonic() - t0
+            if pip.returncode:
+                raise SystemExit(f"pip download failed: {pip.stderr[-1500:]}")
+            pip_files = len(list((tmp / "pipdl").glob("*.whl")))
+
+    print(f"closure: {len(files)} files, {total_mb:.1f} MB (torch {TORCH_VERSION}+cpu + deps + numpy), loopback HTTP")
+    print(f"cp (limit)                 : {cp_s:6.2f} s")
+    print(f"cp + sync (durable limit)  : {cp_sync_s:6.2f} s")
+    print(f"pip download ({pip_files} files)    : {pip_s:6.2f} s")
+    print(f"torchdepot cold, fetch     : {cold['fetch']:6.2f} s  = {cold['fetch'] / cp_s:5.2f}x cp, "
+          f"{cold['fetch'] / pip_s:5.2f}x pip download, {cold['fetch'] / cp_sync_s:5.2f}x cp+sync   [{cold['summary']}]")
+    print(f"torchdepot cold, whole run : {cold['total']:6.2f} s  = {cold['total'] / cp_s:5.2f}x cp, "
+          f"{cold['total'] / pip_s:5.2f}x pip download   (incl. upstream crawl + uv resolution)")
+    print(f"no-op re-sync              : {noop['total']:6.2f} s, {noop['bytes']} bytes fetched "
+          f"(fetch step {noop['fetch']:.2f} s)   [{noop['summary']}]")
+    fmt = lambda ph: ", ".join(f"{k} {v:.2f} s" for k, v in ph.items())  # noqa: E731
+    print(f"phases cold: {fmt(cold['phases'])}; no-op: {fmt(noop['phases'])}")
+    print(f"peak RSS torchdepot process: {cold['rss_self_mb']:6.1f} MB  (uv resolver child: {cold['rss_children_mb']:.1f} MB)")
+    goals = {
+        "fetch <= 1.2x cp": cold["fetch"] <= 1.2 * cp_s,
+        "whole run <= 0.3x pip download": cold["total"] <= 0.3 * pip_s,
+        "no-op <= 1 s": noop["total"] <= 1.0,
+        "no-op 0 bytes": noop["bytes"] == 0,
+        "peak RSS <= 80 MB": cold["rss_self_mb"] <= 80,
+    }
+    print("goals: " + ", ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in goals.items()))
+
+
+if __name__ == "__main__":
+    main()
