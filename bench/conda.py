@@ -1,0 +1,139 @@
+"""Conda benchmarks (goals from issue 4), baseline measured in the same process:
+
+1. solve time per target over the real legacy ``pytorch`` channel repodata (2,181
+   records; synthetic python/dependency records added so pytorch is installable);
+   goal <= 50 ms per target.
+2. mirror time (sync_conda over loopback HTTP, cold) vs ``cp`` of the same package files;
+   goal <= 1.2x.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.httpserver import Server  # noqa: E402
+from torchdepot.accel import parse_accelerator  # noqa: E402
+from torchdepot.conda import recipes as R  # noqa: E402
+from torchdepot.conda.solve import SubdirSource, open_sources, solve_target  # noqa: E402
+from torchdepot.conda.spec import CondaTarget  # noqa: E402
+from torchdepot.conda.sync import sync_conda  # noqa: E402
+from torchdepot.spec import MirrorSpec  # noqa: E402
+
+REPODATA = ROOT.parent / "shared" / "data" / "conda" / "repodata" / "pytorch_channel_linux-64_repodata.json"
+_VER = re.compile(r"\d+(?:\.\d+)*")
+
+
+def synthetic_deps(doc: dict) -> dict:
+    """A record per version number the pytorch channel's depends mention, for every name it
+    does not carry (python, numpy, mkl, cudatoolkit, ...), so solves are realistic."""
+    have = {r["name"] for r in doc["packages"].values()}
+    wanted: dict[str, set[str]] = {}
+    builds: dict[str, set[str]] = {}
+    for r in doc["packages"].values():
+        for dep in r.get("depends", []):
+            parts = dep.split()
+            name = parts[0]
+            if name in have or name.startswith("__") or name in ("pytorch-mutex", "cpuonly"):
+                continue
+            wanted.setdefault(name, set()).update(_VER.findall(parts[1]) if len(parts) > 1 else ())
+            b = builds.setdefault(name, {"0"})
+            if len(parts) > 2:
+                b.add(parts[2].replace("*", "") or "0")
+    out = {}
+    for name, vers in sorted(wanted.items()):
+        for v in sorted(vers | {"1.0"}):
+            for b in sorted(builds[name]):
+                fn = f"{name}-{v}-{b}.tar.bz2"
+                out[fn] = {"name": name, "version": v, "build": b, "build_number": 0, "depends": [],
+                           "subdir": "linux-64", "sha256": "0" * 64, "size": 1, "md5": "0" * 32}
+    return out
+
+
+def bench_solve(tmp: Path) -> None:
+    doc = json.loads(REPODATA.read_text())
+    doc["packages"].update(synthetic_deps(doc))
+    (tmp / "pt" / "linux-64").mkdir(parents=True)
+    (tmp / "pt" / "noarch").mkdir(parents=True)
+    (tmp / "pt" / "linux-64" / "repodata.json").write_text(json.dumps(doc))
+    # the legacy channel keeps its variant mutex in noarch (not in this capture): add it
+    noarch = {f"pytorch-mutex-1.0-{v}.tar.bz2": {"name": "pytorch-mutex", "version": "1.0", "build": v, "build_number": 0,
+                                                "depends": [], "subdir": "noarch", "noarch": "generic", "sha256": "0" * 64,
+                                                "size": 1} for v in ("cpu", "cuda")}
+    (tmp / "pt" / "noarch" / "repodata.json").write_text(json.dumps({"info": {"subdir": "noarch"}, "packages": noarch}))
+    sources = [SubdirSource("pytorch", sd, (tmp / "pt").as_uri(), tmp / "pt" / sd / "repodata.json")
+               for sd in ("linux-64", "noarch")]
+    n = len(doc["packages"])
+    print(f"solve: legacy pytorch channel linux-64, {n} records ({n - 2181} synthetic deps)")
+    sparse = open_sources(sources)
+    for acc, py in (("cpu", "3.10"), ("cu118", "3.10"), ("cu121", "3.11"), ("cu117", "3.9")):
+        t = CondaTarget(parse_accelerator(acc), py, "linux-x86_64", "linux-64")
+        solve_target(["pytorch", "torchvision"], sources, t, sparse)  # warm
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            sol = solve_target(["pytorch", "torchvision"], sources, t, sparse)
+            times.append(time.perf_counter() - t0)
+        torch = next(r for r in sol.records if str(r.name.normalized) == "pytorch")
+        best = min(times) * 1000
+        print(f"  {t.id:28s} {best:7.1f} ms (median {sorted(times)[2] * 1000:.1f} ms)  "
+              f"pytorch {torch.version} {torch.build}  goal <=50 ms: {'ok' if best <= 50 else 'MISSED'}")
+
+
+def bench_mirror(tmp: Path) -> None:
+    # a channel of real .conda files: metapackages + a 40 MB pytorch-labelled payload per variant
+    import os
+    sys.path.insert(0, str(ROOT))
+    from tests.test_conda_channel import make_wheel
+
+    wheels = []
+    for acc in ("cpu", "cu126"):
+        blob = os.urandom(40 * 1024 * 1024).hex()[: 40 * 1024 * 1024]
+        wheels.append(make_wheel(tmp, "torch", f"2.13.0+{acc}", "cp311-cp311-manylinux_2_28_x86_64",
+                                 {"torch/__init__.py": "", "torch/blob.txt": blob}))
+    up = tmp / "srv" / "up"
+    R.build_metapackages(up, ("12.6",))
+    R.build_wheels(wheels, up, compression_level=1)
+    R.index_channel(up)
+    files = sorted(p for p in up.rglob("*.conda"))
+    size = sum(p.stat().st_size for p in files)
+    dest = tmp / "cp"
+    dest.mkdir()
+    t0 = time.perf_counter()
+    subprocess.run(["cp", *map(str, files), str(dest)], check=True)
+    cp_s = time.perf_counter() - t0
+    dest2 = tmp / "cp2"
+    dest2.mkdir()
+    t0 = time.perf_counter()
+    subprocess.run(["cp", *map(str, files), str(dest2)], check=True)
+    subprocess.run(["sync", "-f", str(dest2)], check=True)  # the fetcher fsyncs every file it publishes
+    cps_s = time.perf_counter() - t0
+    with Server(tmp / "srv") as s:
+        spec = MirrorSpec(accelerators=("cpu", "cu126"), pythons=("3.11",), platforms=("linux-x86_64",),
+                          conda={"channels": [{"name": "up", "mirrors": [f"{s.url}/up"]}],
+                                 "specs": ["pytorch"]})
+        t0 = time.perf_counter()
+        res = sync_conda(spec, tmp / "out", jobs=4)
+        mirror_s = time.perf_counter() - t0
+    n = sum(1 for f in res.files if f.path.endswith(".conda"))
+    print(f"mirror: {n} packages, {size / 1e6:.1f} MB (all {len(files)} channel files for cp)")
+    print(f"  cp {cp_s * 1000:.0f} ms; sync_conda (repodata + 2 solves + fetch + verify + publish) "
+          f"{mirror_s * 1000:.0f} ms; ratio {mirror_s / cp_s:.2f}x  goal <=1.2x: "
+          f"{'ok' if mirror_s / cp_s <= 1.2 else 'MISSED'}")
+    print(f"  cp + sync (durable, like the fetcher's fsync) {cps_s * 1000:.0f} ms; ratio {mirror_s / cps_s:.2f}x")
+
+
+if __name__ == "__main__":
+    with tempfile.TemporaryDirectory(prefix="td-bench-conda-") as d:
+        bench_solve(Path(d))
+        bench_mirror(Path(d))
+        shutil.rmtree(d, ignore_errors=True)
