@@ -377,13 +377,37 @@ def _optional(module: str):
         raise
 
 
+def _conda(spec: MirrorSpec, out: Path, client: Client | None, dry_run: bool, result: MirrorResult, echo: Echo,
+           old: mf.Manifest | None) -> tuple[list[mf.FileEntry], list[mf.Target]]:
+    """Run the conda side (issue-4 module) when the spec has a ``conda:`` section."""
+    if spec.conda is None:
+        return [], []
+    conda_sync = _optional("torchdepot.conda.sync")
+    if conda_sync is None:
+        msg = "conda: section present but torchdepot.conda.sync is not available; skipped (previous conda entries kept)"
+        result.messages.append(msg)
+        echo(msg)
+        if old is None:
+            return [], []
+        return [f for f in old.files if f.kind == "conda"], [t for t in old.targets if t.kind == "conda"]
+    cres = conda_sync.sync_conda(spec, out, client=client, jobs=spec.jobs, on_hash_mismatch=spec.on_hash_mismatch,
+                                 dry_run=dry_run)
+    if getattr(cres, "summary", None):
+        result.messages.append(f"conda: {cres.summary}")
+        echo(f"conda: {cres.summary}")
+    return list(cres.files), list(cres.targets)
+
+
 def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = None, progress: bool | None = None,
          out: Path | None = None, wait: float | None = None, pip_sources: PipSources | None = None,
          echo: Echo = _stderr) -> MirrorResult:
     """A whole mirror run under the mirror lock: pip, conda, landing page, manifest last."""
     out = Path(out or spec.out)
     if dry_run:
-        return sync_pip(spec, out=out, dry_run=True, client=client, progress=progress, pip_sources=pip_sources, echo=echo)
+        result = sync_pip(spec, out=out, dry_run=True, client=client, progress=progress, pip_sources=pip_sources,
+                          echo=echo)
+        _conda(spec, out, client, True, result, echo, None)
+        return result
     out.mkdir(parents=True, exist_ok=True)
     with MirrorLock(out, wait):
         old = None
@@ -394,23 +418,9 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
                 old = None
         result = sync_pip(spec, out=out, client=client, progress=progress, pip_sources=pip_sources, echo=echo)
         files, targets = list(result.files), list(result.targets)
-        if spec.conda is not None:
-            conda_sync = _optional("torchdepot.conda.sync")
-            if conda_sync is None:
-                msg = "conda: section present but torchdepot.conda is not available; skipped (previous conda entries kept)"
-                result.messages.append(msg)
-                echo(msg)
-                if old is not None:
-                    files += [f for f in old.files if f.kind == "conda"]
-                    targets += [t for t in old.targets if t.kind == "conda"]
-            else:
-                cres = conda_sync.sync_conda(spec, out, client=client, jobs=spec.jobs,
-                                             on_hash_mismatch=spec.on_hash_mismatch, dry_run=False)
-                files += list(cres.files)
-                targets += list(cres.targets)
-                if getattr(cres, "summary", None):
-                    result.messages.append(f"conda: {cres.summary}")
-                    echo(f"conda: {cres.summary}")
+        conda_files, conda_targets = _conda(spec, out, client, False, result, echo, old)
+        files += conda_files
+        targets += conda_targets
         manifest = mf.Manifest(files=files, targets=targets, spec=dict(spec.raw or {}))
         landing = _optional("torchdepot.landing")
         if landing is not None and hasattr(landing, "write_landing"):
