@@ -1,0 +1,101 @@
+"""``torchdepot doctor``: detect this machine, list the PyTorch builds it can run,
+recommend one, and (``--mirror``) the mirrored build to install and its command."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from ..doctor import check as check_mod
+from ..doctor.detect import detect
+from ..doctor.drivers import min_driver
+from ..doctor.mirror import read_mirror
+from ..doctor.recommend import MirrorChoice, choose_mirrored, summary
+from ..http import make_session
+
+
+def _text(report: dict) -> str:
+    lines = [
+        f"machine     {report['os']}-{report['arch']}, Python {report['python']}"
+        + (f", glibc {report['glibc']}" if report.get("glibc") else ""),
+    ]
+    if report["gpus"]:
+        for g in report["gpus"]:
+            extra = ", ".join(x for x in (f"driver {g['driver']}" if g.get("driver") else "",
+                                          f"compute {g['compute_cap']}" if g.get("compute_cap") else "") if x)
+            lines.append(f"gpu         {g['name']}" + (f" ({extra})" if extra else ""))
+    else:
+        lines.append("gpu         none found")
+    if report["driver"]:
+        lines.append(f"driver      NVIDIA {report['driver']} (from {report['driver_source']}); CUDA up to {report['max_cuda']}")
+    lines.append(f"compatible  {' '.join(report['compatible'])}")
+    rec = report["recommended"]
+    need = ""
+    if rec.startswith("cu") and report.get("max_cuda"):
+        cuda = f"{rec[2:-1]}.{rec[-1]}"
+        md = min_driver(cuda, report["os"])
+        need = f" (needs driver >= {md})" if md else ""
+    lines.append(f"recommended {rec}{need}")
+    for note in report.get("notes") or []:
+        lines.append(f"note        {note}")
+    m = report.get("mirror")
+    if m:
+        if m.get("accelerator"):
+            lines.append(f"mirror      {m['url']} offers {' '.join(m['accelerators'])}; use {m['accelerator']}")
+            lines.append(f"install     {m['command']}")
+        else:
+            lines.append(f"mirror      {m['url']} offers {' '.join(m['accelerators']) or 'nothing'}: none fits this machine")
+    c = report.get("check")
+    if c:
+        r = c["result"]
+        lines.append(f"torch       {r.get('torch') or 'not installed'}" + (f" (CUDA {r['cuda']})" if r.get("cuda") else "")
+                     + (f", cuda available: {r['cuda_available']}" if r.get("torch") else "")
+                     + (f", numpy {r['numpy']}" if r.get("numpy") else ""))
+        for f in c["problems"]:
+            lines.append(f"problem     {f}")
+        if not c["problems"]:
+            lines.append("check       ok")
+    return "\n".join(lines)
+
+
+@click.command("doctor")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@click.option("--mirror", "mirror_url", metavar="URL", help="A torchdepot mirror (or PyTorch-style index root) to choose from.")
+@click.option("--check", "do_check", is_flag=True, help="Inspect the installed torch (exit 1 on problems).")
+@click.option("--python", "python", metavar="PATH", default=None, help="Interpreter to --check (default: this one).")
+def doctor_cmd(as_json: bool, mirror_url: str | None, do_check: bool, python: str | None) -> None:
+    """Which PyTorch build fits this machine (driver -> CUDA variant).
+
+    \b
+    Example:
+      torchdepot doctor --mirror http://mirror.lab:8000 --check
+    """
+    machine = detect()
+    report = summary(machine)
+    if mirror_url:
+        with make_session() as client:
+            offer = read_mirror(client, mirror_url)
+        acc = choose_mirrored(report["compatible"], offer.accelerators)
+        m = {"url": offer.url, "source": offer.source, "accelerators": offer.accelerators, "accelerator": acc,
+             "version": None, "index_url": None, "command": None}
+        if acc:
+            choice = MirrorChoice(acc, offer.best_version(acc, machine.python), offer.index_url(acc))
+            m.update(version=choice.version, index_url=choice.index_url, command=choice.command)
+        report["mirror"] = m
+    problems: list[str] = []
+    if do_check:
+        result = check_mod.probe(python or sys.executable)
+        gpu = bool(machine.driver or machine.amd_gfx)
+        problems = check_mod.findings(result, report["max_cuda"], gpu)
+        report["check"] = {"python": python or sys.executable, "result": result, "problems": problems}
+    if as_json:
+        click.echo(json.dumps(report, sort_keys=True))
+    else:
+        click.echo(_text(report))
+    if problems:
+        sys.exit(1)
+
+
+COMMANDS = [doctor_cmd]

@@ -1,0 +1,88 @@
+"""What a torchdepot mirror (or any PyTorch-style index) offers: its accelerators and the
+torch version to pin for each. Reads ``<mirror>/manifest.json`` when present, else the
+``<mirror>/whl/`` root page and ``<mirror>/whl/<acc>/torch/`` pages."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from packaging.version import InvalidVersion, Version
+
+from ..accel import accelerator_from_dir
+from ..errors import UpstreamError
+from ..sources.crawl import crawl_index, fetch_root
+
+
+@dataclass
+class MirrorOffer:
+    url: str
+    # accelerator -> torch versions (public) per python ("3.11") ; "" key = any python
+    versions: dict[str, dict[str, set[str]]] = field(default_factory=dict)
+    index: dict[str, str] = field(default_factory=dict)  # accelerator -> relative index path
+    source: str = ""
+
+    @property
+    def accelerators(self) -> list[str]:
+        return sorted(self.versions)
+
+    def index_url(self, acc: str) -> str:
+        return f"{self.url.rstrip('/')}/{self.index.get(acc) or 'whl/' + acc}"
+
+    def best_version(self, acc: str, python: str) -> str | None:
+        per_py = self.versions.get(acc, {})
+        pool = per_py.get(python) or per_py.get("") or set()
+        if not pool:
+            return None
+        return max(pool, key=_vkey)
+
+
+def _vkey(v: str):
+    try:
+        return (1, Version(v))
+    except InvalidVersion:
+        return (0, v)
+
+
+def offer_from_manifest(url: str, doc: dict) -> MirrorOffer:
+    offer = MirrorOffer(url=url, source="manifest.json")
+    for t in doc.get("targets") or []:
+        if not isinstance(t, dict) or t.get("kind", "pip") != "pip" or not isinstance(t.get("accelerator"), str):
+            continue
+        acc = t["accelerator"]
+        per_py = offer.versions.setdefault(acc, {})
+        if isinstance(t.get("index"), str):
+            offer.index[acc] = t["index"].strip("/")
+        for p in t.get("packages") or []:
+            if isinstance(p, dict) and p.get("name") == "torch" and isinstance(p.get("version"), str):
+                per_py.setdefault(str(t.get("python") or ""), set()).add(p["version"].split("+", 1)[0])
+    return offer
+
+
+def read_mirror(client, url: str) -> MirrorOffer:
+    """Ask the mirror what it holds: manifest.json first, then the whl/ pages."""
+    base = url.rstrip("/")
+    try:
+        body, _ = client.get_bytes(f"{base}/manifest.json")
+        doc = json.loads(body)
+        if isinstance(doc, dict) and isinstance(doc.get("targets"), list):
+            return offer_from_manifest(base, doc)
+    except (UpstreamError, ValueError):
+        pass  # not a torchdepot mirror (or no manifest yet): read the index pages
+    root = fetch_root(client, f"{base}/whl")
+    accs = [p.strip("/") for p in root.projects if accelerator_from_dir(p.strip("/")) is not None]
+    offer = MirrorOffer(url=base, source="whl/ root page")
+    if not accs:
+        raise UpstreamError(f"{base}/whl/: lists no accelerator directories (cpu/, cu121/, ...)")
+    for acc in accs:
+        name = accelerator_from_dir(acc).name
+        per_py = offer.versions.setdefault(name, {})
+        offer.index[name] = f"whl/{acc}"
+        try:
+            wheels = crawl_index(client, f"{base}/whl/{acc}", ["torch"], warn=None)
+        except UpstreamError:
+            continue  # an accelerator dir without torch: listed, nothing to pin
+        for _, w in wheels:
+            for py in w.pythons or ("",):
+                per_py.setdefault(py, set()).add(w.public_version)
+    return offer
