@@ -1,0 +1,328 @@
+"""doctor on recorded machines: fake nvidia-smi / rocm_agent_enumerator on PATH printing
+recorded outputs, recorded /proc and /sys files under TORCHDEPOT_SYSROOT, a served mirror."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.httpserver import Server
+from torchdepot.doctor import check, drivers
+from torchdepot.doctor.detect import Gpu, Machine, detect, parse_smi
+from torchdepot.doctor.recommend import choose_mirrored, compatible
+
+FIX = Path(__file__).resolve().parent / "fixtures" / "doctor"
+CAPTURE_2023 = "index_pages/download.pytorch.org_whl_simple_2023-10"
+
+
+# --- the driver table ------------------------------------------------------------
+def test_table_matches_compat_yaml(data_dir):
+    doc = yaml.safe_load((data_dir / "compat.yaml").read_text())
+    rows = doc["nvidia_driver_minimums"]["minor_version_compatibility"]["rows"]
+    assert drivers.CUDA_DRIVER_MINIMUMS == tuple((str(r["cuda"]), str(r["linux_min_driver"]), str(r["windows_min_driver"])) for r in rows)
+
+
+@pytest.mark.parametrize("driver, os_, expected", [
+    ("470.182.03", "linux", "11.8"), ("525.60.13", "linux", "12.9"), ("525.60.12", "linux", "11.8"),
+    ("535.104.05", "linux", "12.9"), ("580.65.06", "linux", "13.2"), ("450.36.06", "linux", "11.0"),
+    ("450.80.02", "linux", "11.8"), ("396.26", "linux", "9.2"), ("300.1", "linux", None),
+    ("528.33", "windows", "12.9"), ("527.99", "windows", "11.8"), ("581.15", "windows", "13.2"), (None, "linux", None),
+])
+def test_max_cuda(driver, os_, expected):
+    assert drivers.max_cuda(driver, os_) == expected
+
+
+def test_untabled_cuda_inside_a_band():
+    assert drivers.supports("535.104.05", "12.7") and not drivers.supports("470.1", "12.7")
+    assert not drivers.supports("580.65.06", "14.0")
+
+
+# --- pure recommendation ---------------------------------------------------------
+def _m(driver=None, gpus=(), os_="linux"):
+    return Machine(os=os_, arch="x86_64", python="3.11", glibc="2.36", gpus=tuple(gpus), driver=driver)
+
+
+def test_compatible_order_and_cpu_last():
+    c = compatible(_m("535.104.05"))
+    assert c[0] == "cu129" and c[-1] == "cpu" and "cu130" not in c and "cu118" in c
+    assert compatible(_m("470.182.03"))[0] == "cu118"
+    assert compatible(_m("580.65.06"))[:2] == ["cu132", "cu130"]
+    assert compatible(_m()) == ["cpu"]
+    assert compatible(_m("535.104.05", os_="macos")) == ["cpu"]
+    amd = compatible(_m(gpus=[Gpu("gfx90a", None, None, "amd")]))
+    assert amd[0] == "rocm7.2" and "rocm6.2" in amd and amd[-1] == "cpu" and not any(a.startswith("cu") for a in amd)
+    old_amd = compatible(_m(gpus=[Gpu("gfx803", None, None, "amd")]))
+    assert not any(a.startswith("rocm6") or a.startswith("rocm7") for a in old_amd) and "rocm5.7" in old_amd
+    assert compatible(_m(gpus=[Gpu("Intel GPU 0x56a0", None, None, "intel")]))[0] == "xpu"
+    assert choose_mirrored(compatible(_m("470.182.03")), ["cpu", "cu121", "cu118"]) == "cu118"
+    assert choose_mirrored(["cpu"], ["cu121"]) is None
+
+
+# --- detection on recorded machines ------------------------------------------------
+def fake_tool(bindir: Path, name: str, stdout: Path | None, *, stderr_on_cap: Path | None = None,
+              fallback: Path | None = None, code: int = 0) -> None:
+    """A recorded stand-in for a real tool: prints the recorded output, like the tool did."""
+    bindir.mkdir(parents=True, exist_ok=True)
+    script = ["#!/bin/sh"]
+    if stderr_on_cap is not None:
+        script += ['case "$*" in *compute_cap*) cat "%s" >&2; exit 2;; esac' % stderr_on_cap]
+        stdout = fallback
+    if stdout is not None:
+        script.append(f'cat "{stdout}"')
+    script.append(f"exit {code}")
+    path = bindir / name
+    path.write_text("\n".join(script) + "\n")
+    path.chmod(0o755)
+
+
+def sysroot(tmp: Path, proc_version: str | None = None, sys_version: str | None = None,
+            gpu_info: bool = False, intel: bool = False) -> Path:
+    root = tmp / "root"
+    root.mkdir(exist_ok=True)
+    if proc_version:
+        (root / "proc/driver/nvidia").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(FIX / proc_version, root / "proc/driver/nvidia/version")
+    if gpu_info:
+        d = root / "proc/driver/nvidia/gpus/0000:07:00.0"
+        d.mkdir(parents=True)
+        shutil.copyfile(FIX / "proc_gpu_information_a100", d / "information")
+    if sys_version:
+        (root / "sys/module/nvidia").mkdir(parents=True)
+        (root / "sys/module/nvidia/version").write_text(sys_version + "\n")
+    if intel:
+        d = root / "sys/bus/pci/devices/0000:00:02.0"
+        d.mkdir(parents=True)
+        (d / "vendor").write_text("0x8086\n")
+        (d / "class").write_text("0x030000\n")
+        (d / "device").write_text("0x56a0\n")
+        n = root / "sys/bus/pci/devices/0000:00:1f.3"  # Intel audio: not a GPU
+        n.mkdir(parents=True)
+        (n / "vendor").write_text("0x8086\n")
+        (n / "class").write_text("0x040300\n")
+    return root
+
+
+def doctor(tmp: Path, *args: str, root: Path | None = None, env_extra: dict | None = None, check_rc=True):
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCHDEPOT_CUDA_DRIVER", "TORCHDEPOT_SYSROOT")}
+    env["PATH"] = f"{tmp / 'bin'}:/usr/bin:/bin"
+    env["TORCHDEPOT_SYSROOT"] = str(root or sysroot(tmp))
+    env.update(env_extra or {})
+    proc = subprocess.run([sys.executable, "-m", "torchdepot", "doctor", *args], capture_output=True, text=True,
+                          env=env, timeout=120)
+    if check_rc:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def doctor_json(tmp: Path, *args: str, **kw) -> dict:
+    return json.loads(doctor(tmp, "--json", *args, **kw).stdout)
+
+
+REQUIRED = {"os", "arch", "python", "glibc", "gpus", "driver", "max_cuda", "compatible", "recommended"}
+
+
+def test_single_gpu_nvidia_smi(tmp_path):
+    fake_tool(tmp_path / "bin", "nvidia-smi", FIX / "smi_single_535.csv")
+    r = doctor_json(tmp_path)
+    assert REQUIRED <= set(r)
+    assert r["gpus"] == [{"name": "NVIDIA A100-SXM4-40GB", "driver": "535.104.05", "compute_cap": "8.0", "vendor": "nvidia"}]
+    assert (r["driver"], r["driver_source"], r["max_cuda"], r["recommended"]) == ("535.104.05", "nvidia-smi", "12.9", "cu129")
+    assert r["compatible"][-1] == "cpu" and r["os"] == "linux" and r["python"] == f"{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+def test_multi_gpu_525(tmp_path):
+    fake_tool(tmp_path / "bin", "nvidia-smi", FIX / "smi_multi_525.csv")
+    r = doctor_json(tmp_path)
+    assert len(r["gpus"]) == 4 and {g["compute_cap"] for g in r["gpus"]} == {"7.0"}
+    assert r["max_cuda"] == "12.9" and r["recommended"] == "cu129"
+
+
+def test_multi_gpu_580_mixed(tmp_path):
+    fake_tool(tmp_path / "bin", "nvidia-smi", FIX / "smi_multi_580.csv")
+    r = doctor_json(tmp_path)
+    assert [g["name"] for g in r["gpus"]] == ["NVIDIA GeForce RTX 5090", "NVIDIA RTX A6000"]
+    assert r["max_cuda"] == "13.2" and r["recommended"] == "cu132"
+
+
+def test_driver_470_retries_without_compute_cap(tmp_path):
+    fake_tool(tmp_path / "bin", "nvidia-smi", None, stderr_on_cap=FIX / "smi_470_nocap.err", fallback=FIX / "smi_470_nocap.csv")
+    r = doctor_json(tmp_path)
+    assert r["gpus"] == [{"name": "Tesla T4", "driver": "470.182.03", "compute_cap": None, "vendor": "nvidia"}]
+    assert r["max_cuda"] == "11.8" and r["recommended"] == "cu118" and "cu121" not in r["compatible"]
+
+
+def test_procfs_before_nvidia_smi(tmp_path):
+    # /proc says 470 while nvidia-smi (recorded elsewhere) says 535: the file wins, as in uv
+    fake_tool(tmp_path / "bin", "nvidia-smi", FIX / "smi_single_535.csv")
+    r = doctor_json(tmp_path, root=sysroot(tmp_path, proc_version="proc_version_470"))
+    assert (r["driver"], r["driver_source"], r["recommended"]) == ("470.182.03", "procfs", "cu118")
+
+
+def test_procfs_open_module_without_smi(tmp_path):
+    r = doctor_json(tmp_path, root=sysroot(tmp_path, proc_version="proc_version_580_open"))
+    assert (r["driver"], r["driver_source"], r["max_cuda"]) == ("580.65.06", "procfs", "13.2")
+
+
+def test_procfs_gpu_names_and_sysfs_first(tmp_path):
+    root = sysroot(tmp_path, proc_version="proc_version_535", sys_version="550.54.15", gpu_info=True)
+    r = doctor_json(tmp_path, root=root)
+    assert (r["driver"], r["driver_source"]) == ("550.54.15", "sysfs")
+    assert r["gpus"] == [{"name": "NVIDIA A100-SXM4-40GB", "driver": "550.54.15", "compute_cap": None, "vendor": "nvidia"}]
+
+
+def test_env_override_wins(tmp_path):
+    fake_tool(tmp_path / "bin", "nvidia-smi", FIX / "smi_single_535.csv")
+    r = doctor_json(tmp_path, env_extra={"TORCHDEPOT_CUDA_DRIVER": "450.80.02"})
+    assert (r["driver"], r["driver_source"], r["max_cuda"]) == ("450.80.02", "env", "11.8")
+    bad = doctor_json(tmp_path, env_extra={"TORCHDEPOT_CUDA_DRIVER": "latest"})
+    assert bad["driver_source"] == "nvidia-smi" and any("TORCHDEPOT_CUDA_DRIVER" in n for n in bad["notes"])
+
+
+def test_no_gpu_machine(tmp_path):
+    r = doctor_json(tmp_path)
+    assert r["gpus"] == [] and r["driver"] is None and r["max_cuda"] is None
+    assert r["compatible"] == ["cpu"] and r["recommended"] == "cpu"
+    text = doctor(tmp_path).stdout
+    assert "gpu         none found" in text and "recommended cpu" in text
+
+
+def test_nvidia_smi_without_driver(tmp_path):
+    fake_tool(tmp_path / "bin", "nvidia-smi", FIX / "smi_no_driver.out", code=9)
+    r = doctor_json(tmp_path)
+    assert r["driver"] is None and r["recommended"] == "cpu"
+    assert any("couldn't communicate" in n for n in r["notes"])
+
+
+def test_amd_and_intel(tmp_path):
+    fake_tool(tmp_path / "bin", "rocm_agent_enumerator", FIX / "rocm_agents_mi250.txt")
+    r = doctor_json(tmp_path)
+    assert [g["name"] for g in r["gpus"]] == ["gfx90a", "gfx90a"] and r["recommended"] == "rocm7.2"
+    shutil.rmtree(tmp_path / "bin")
+    r = doctor_json(tmp_path, root=sysroot(tmp_path, intel=True))
+    assert [g["vendor"] for g in r["gpus"]] == ["intel"] and r["recommended"] == "xpu"
+
+
+def test_parse_smi_ignores_garbage():
+    assert parse_smi("No devices were found\n\n, ,\n") == []
+    assert detect(root="/nonexistent", env={"PATH": ""}, which=lambda n: None).gpus == ()
+
+
+# --- a mirror ----------------------------------------------------------------------
+def _manifest_mirror(root: Path) -> None:
+    targets = []
+    for acc, ver in (("cpu", "2.5.1"), ("cu121", "2.5.1"), ("cu118", "2.4.1"), ("cu118", "2.5.1")):
+        py = f"{sys.version_info[0]}.{sys.version_info[1]}"
+        targets.append({"id": f"{acc}-py{py.replace('.', '')}-linux-x86_64", "kind": "pip", "accelerator": acc,
+                        "python": py, "platform": "linux-x86_64", "index": f"whl/{acc}",
+                        "packages": [{"name": "torch", "version": f"{ver}+{acc}", "path": "p"}]})
+    (root / "manifest.json").write_text(json.dumps({"format": "torchdepot-manifest", "version": 1, "spec": {},
+                                                     "files": [], "targets": targets}))
+
+
+def test_mirror_manifest_choice(tmp_path):
+    mroot = tmp_path / "mirror"
+    mroot.mkdir()
+    _manifest_mirror(mroot)
+    with Server(mroot) as srv:
+        fake_tool(tmp_path / "bin", "nvidia-smi", None, stderr_on_cap=FIX / "smi_470_nocap.err", fallback=FIX / "smi_470_nocap.csv")
+        r = doctor_json(tmp_path, "--mirror", srv.url)
+        m = r["mirror"]
+        assert m["accelerators"] == ["cpu", "cu118", "cu121"] and m["accelerator"] == "cu118"
+        assert m["command"] == f"pip install --index-url {srv.url}/whl/cu118 torch==2.5.1"
+        shutil.rmtree(tmp_path / "bin")
+        r = doctor_json(tmp_path, "--mirror", srv.url)
+        assert r["mirror"]["command"] == f"pip install --index-url {srv.url}/whl/cpu torch==2.5.1"
+        text = doctor(tmp_path, "--mirror", srv.url).stdout
+        assert f"install     pip install --index-url {srv.url}/whl/cpu torch==2.5.1" in text
+
+
+def test_mirror_from_index_pages(tmp_path, data_dir):
+    """No manifest: the whl/ root lists variant dirs; versions come from the real 2023
+    torch page cut per variant."""
+    page = (data_dir / CAPTURE_2023 / "torch" / "index.html").read_text()
+    anchors = re.findall(r'<a href="[^"]+">[^<]*</a>', page)
+    whl = tmp_path / "mirror" / "whl"
+    for acc in ("cpu", "cu117", "cu118"):
+        (whl / acc / "torch").mkdir(parents=True)
+        (whl / acc / "torch" / "index.html").write_text("\n".join(a for a in anchors if f"/whl/{acc}/" in a))
+    (whl / "index.html").write_text('<a href="cpu/">cpu</a><a href="cu117/">cu117</a><a href="cu118/">cu118</a><a href="torch/">torch</a>')
+    with Server(tmp_path / "mirror") as srv:
+        fake_tool(tmp_path / "bin", "nvidia-smi", FIX / "smi_single_535.csv")
+        r = doctor_json(tmp_path, "--mirror", srv.url)
+    m = r["mirror"]
+    assert m["accelerators"] == ["cpu", "cu117", "cu118"] and m["accelerator"] == "cu118"
+    assert m["command"] == f"pip install --index-url {srv.url}/whl/cu118 torch==2.1.0"  # newest cu118 torch in the capture
+
+
+def test_mirror_unreachable_is_one_line_error(tmp_path):
+    proc = doctor(tmp_path, "--mirror", "http://127.0.0.1:9/", check_rc=False)
+    assert proc.returncode == 1 and proc.stderr.startswith("torchdepot: error: http://127.0.0.1:9") and "Traceback" not in proc.stderr
+
+
+# --- --check on an installed torch ---------------------------------------------------
+def fake_env(tmp: Path, torch_version: str, cuda: str | None, available: bool, numpy_broken: bool = False) -> str:
+    """A throwaway venv holding a recorded stand-in of an installed torch (its public
+    attributes only) and optionally a numpy that fails like an ABI mismatch does."""
+    venv = tmp / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    (site / "torch").mkdir()
+    (site / "torch" / "__init__.py").write_text(textwrap.dedent(f"""
+        __version__ = {torch_version!r}
+        class version:
+            cuda = {cuda!r}
+            hip = None
+        class cuda:
+            @staticmethod
+            def is_available():
+                return {available!r}
+            @staticmethod
+            def device_count():
+                return 1
+        def from_numpy(a):
+            return a
+    """))
+    if numpy_broken:
+        (site / "numpy").mkdir()
+        (site / "numpy" / "__init__.py").write_text(
+            "raise ImportError('numpy.core.multiarray failed to import')\n")
+    return str(venv / "bin" / "python")
+
+
+def test_check_cuda_build_too_new_for_driver(tmp_path):
+    py = fake_env(tmp_path, "2.5.1+cu124", "12.4", False)
+    fake_tool(tmp_path / "bin", "nvidia-smi", None, stderr_on_cap=FIX / "smi_470_nocap.err", fallback=FIX / "smi_470_nocap.csv")
+    proc = doctor(tmp_path, "--check", "--python", py, check_rc=False)
+    assert proc.returncode == 1
+    assert "problem     torch 2.5.1+cu124 needs CUDA 12.4 but the driver supports up to 11.8" in proc.stdout
+
+
+def test_check_ok_and_numpy_broken(tmp_path):
+    py = fake_env(tmp_path, "2.5.1+cpu", None, False)
+    r = doctor_json(tmp_path, "--check", "--python", py)
+    assert r["check"]["problems"] == [] and r["check"]["result"]["torch"] == "2.5.1+cpu"
+    shutil.rmtree(tmp_path / "venv")
+    py = fake_env(tmp_path, "2.5.1+cu121", "12.1", True, numpy_broken=True)
+    fake_tool(tmp_path / "bin", "nvidia-smi", FIX / "smi_single_535.csv")
+    proc = doctor(tmp_path, "--json", "--check", "--python", py, check_rc=False)
+    assert proc.returncode == 1
+    probs = json.loads(proc.stdout)["check"]["problems"]
+    assert probs == ["numpy: ImportError: numpy.core.multiarray failed to import"]
+
+
+def test_findings_pure():
+    base = {"torch": "2.5.1+cu121", "cuda": "12.1", "cuda_available": True, "numpy_error": None}
+    assert check.findings(base, "12.9", True) == []
+    assert "no NVIDIA driver" in check.findings(base, None, False)[0]
+    assert "is_available() == False" in check.findings({**base, "cuda_available": False}, "12.9", True)[0]
+    assert "CPU-only build" in check.findings({"torch": "2.5.1+cpu", "cuda": None}, "12.9", True)[0]
+    assert check.findings({"torch": None, "error": "x"}, None, False) == ["torch is not importable: x"]
