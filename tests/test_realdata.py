@@ -236,3 +236,23 @@ def test_ls_table_readable(served):
     assert row == ["2.1.0", "cu121", "L"]
     assert max(len(l) for l in lines) < 120
     assert "L=linux-x86_64" in proc.stdout
+
+
+def test_crawl_whole_index_from_root(served, client, data_dir):
+    """projects=None: every project on the root page; the capture lacks a few of their
+    pages (and keeps certifi as "cerifi/"), which become counted warnings, not a crash."""
+    said: list[str] = []
+    result = crawl_index(client, served.url + "/whl", None, warn=said.append)
+    root = fetch_root(client, served.url + "/whl")
+    missing = [p for p in root.projects if not (data_dir / CAPTURE_2023 / p).is_dir()]
+    assert missing and result.warnings["page not available"] == len(missing)
+    assert result.pages == len(root.projects) - len(missing)
+    assert len(said) == 1
+    wheel_hrefs = set()
+    for p in root.projects:
+        if p not in missing:
+            wheel_hrefs |= {h.split("#")[0] for h in _regex_hrefs(data_dir / CAPTURE_2023 / p / "index.html") if ".whl" in h}
+    # the three torchrec_cpu-0.1.1-3.X-none-any.whl files have a tag packaging rejects
+    bad = {h for h in wheel_hrefs if re.search(r"-3\.\d-none-any\.whl$", h)}
+    assert len(bad) == 3 and result.warnings["unparseable wheel filename"] == 3
+    assert {l.url for l, _ in result} == wheel_hrefs - bad
