@@ -437,7 +437,7 @@ def _verify_published(out: Path, result: MirrorResult, echo: Echo) -> None:
     vm = _optional("torchdepot.verifymirror")
     if vm is None:
         return
-    check = vm.verify_mirror(out, trust_cache=True)
+    check = vm.verify_mirror(out, trust_cache=True, clean=True)  # drops leftovers of killed runs
     if check.ok:
         return
     serious = [p for p in check.unrepaired if p.kind in ("missing", "corrupt", "dangling-link")]

@@ -252,9 +252,11 @@ def _repair(root: Path, manifest: mf.Manifest, problems: list[Problem], client) 
 
 
 def verify_mirror(root: Path, repair: bool = False, client=None, *, trust_cache: bool = False,
-                  check_index: bool = True) -> VerifyReport:
+                  check_index: bool = True, clean: bool = False) -> VerifyReport:
     """Check (and with ``repair``, fix) the mirror at ``root``. Caller holds the mirror lock.
 
+    ``clean`` removes only leftovers of interrupted writes (temp files, partial downloads):
+    what a sync does once it has published, since under the lock nothing else is writing.
     Raises :class:`TorchdepotError` when ``root`` has no readable manifest.
     """
     root = Path(root).resolve()
@@ -265,6 +267,14 @@ def verify_mirror(root: Path, repair: bool = False, client=None, *, trust_cache:
     problems += _scan_leftovers(root, {f.path for f in manifest.files})
     if repair and problems:
         problems = _repair(root, manifest, problems, client)
+    elif clean:
+        cleaned = []
+        for p in problems:
+            if p.kind in ("temp", "partial"):
+                _remove(root, p.path)
+                p = Problem(p.kind, p.path, p.detail + "; removed", True)
+            cleaned.append(p)
+        problems = cleaned
     if check_index:
         problems += _check_index(root, manifest)
     order = {"missing": 0, "corrupt": 1, "dangling-link": 2, "orphan": 3, "partial": 4, "temp": 5}
