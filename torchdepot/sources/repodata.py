@@ -16,6 +16,7 @@ import zstandard
 
 from ..condabuild import CondaRecord, record_from_repodata
 from ..errors import ParseError, UpstreamError
+from .links import warnings_summary
 
 SECTIONS = ("packages", "packages.conda")
 MAX_REPODATA_BYTES = 2 * 1024 * 1024 * 1024  # decompression bomb guard (conda-forge is ~1 GB)
@@ -72,11 +73,18 @@ def decompress_zst(body: bytes, url: str, limit: int = MAX_REPODATA_BYTES) -> by
     return data
 
 
+def _stderr(message: str) -> None:
+    import sys
+
+    print(f"torchdepot: warning: {message}", file=sys.stderr)
+
+
 def fetch_repodata(client, channel_url: str, subdir: str, *, channel: str | None = None,
-                   prefer_zst: bool = True) -> Repodata:
+                   prefer_zst: bool = True, warn=_stderr) -> Repodata:
     """GET ``<channel_url>/<subdir>/repodata.json[.zst]`` and parse it.
 
-    ``channel`` names the channel in the records (default: the URL's last segment)."""
+    ``channel`` names the channel in the records (default: the URL's last segment).
+    Skipped records are summarised once through ``warn`` (stderr by default)."""
     base = channel_url.rstrip("/")
     name = channel or base.rsplit("/", 1)[-1]
     url = f"{base}/{subdir}/repodata.json"
@@ -96,4 +104,6 @@ def fetch_repodata(client, channel_url: str, subdir: str, *, channel: str | None
     except ParseError as exc:
         raise UpstreamError(f"{source}: {exc}") from None
     result.source_url = source
+    if result.warnings and warn is not None:
+        warn(f"{source}: skipped {sum(result.warnings.values())} entries ({warnings_summary(result.warnings)})")
     return result
