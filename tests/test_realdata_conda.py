@@ -110,3 +110,19 @@ def test_lockfiles_and_url_list(data_dir):
     print("\nconda lock/list records:", dict(seen))
     assert seen[("pytorch", True)] > 100
     assert seen[("pytorch-cuda", True)] > 0 and seen[("torchvision", True)] > 0
+
+
+def test_corrupt_zst_falls_back_and_warns_once(data_dir, tmp_path):
+    import json
+
+    data = json.loads((data_dir / REPODATA).read_bytes())
+    data["packages"]["../evil-1.0-0.tar.bz2"] = {"name": "evil", "version": "1.0", "build": "0"}
+    d = tmp_path / "ch" / "linux-64"
+    d.mkdir(parents=True)
+    (d / "repodata.json").write_text(json.dumps(data))
+    (d / "repodata.json.zst").write_bytes(b"\x28\xb5\x2f\xfdgarbage")
+    said: list[str] = []
+    with Server(tmp_path) as srv, make_session() as client:
+        rd = fetch_repodata(client, srv.url + "/ch", "linux-64", warn=said.append)
+    assert rd.source_url.endswith("/repodata.json") and len(rd.records) == 2181
+    assert said == [f"{srv.url}/ch/linux-64/repodata.json: skipped 1 entries (1 unusable repodata record)"]
