@@ -76,6 +76,8 @@ def describe(exc: BaseException) -> str:
         ("Network is unreachable", "network unreachable"),
         ("RemoteDisconnected", "connection closed by server"),
         ("Connection reset", "connection reset"),
+        ("IncompleteRead", "body cut short by the server"),
+        ("Read timed out", "timed out"),
     ):
         if needle in text:
             return reason
