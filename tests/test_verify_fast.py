@@ -19,6 +19,23 @@ from torchdepot.verify.smoke import judge
 CPU = "cpu-py311-linux-x86_64"
 
 
+@pytest.fixture(autouse=True)
+def private_tmp(tmp_path, monkeypatch):
+    """Throwaway envs go under this test's tmp_path; --keep cleanup can never reach anything else."""
+    import tempfile
+
+    d = tmp_path / "tmp"
+    d.mkdir()
+    monkeypatch.setenv("TMPDIR", str(d))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    return d
+
+
+def remove_kept(kept: Path, private_tmp: Path) -> None:
+    assert kept.parent == private_tmp and kept.name.startswith("torchdepot-verify-"), kept
+    shutil.rmtree(kept)
+
+
 def cli(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
@@ -35,11 +52,7 @@ def results(res) -> dict:
     return {r["env"]: r for r in json.loads(res.stdout)["results"]}
 
 
-def test_verify_passes_and_removes_env(locked, tmp_path, monkeypatch):
-    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
-    (tmp_path / "tmp").mkdir()
-    import tempfile
-    monkeypatch.setattr(tempfile, "tempdir", None)
+def test_verify_passes_and_removes_env(locked, private_tmp):
     res = cli("verify", locked / "envs" / CPU, "--mirror", locked / "m", "--json")
     assert res.exit_code == 0, res.output
     r = results(res)[CPU]
@@ -49,7 +62,7 @@ def test_verify_passes_and_removes_env(locked, tmp_path, monkeypatch):
         "hashes vs mirror manifest": "pass", "install (hash-checked, mirror only)": "pass", "import torch": "pass",
         "version": "pass", "torch.version.cuda": "pass", "cuda.is_available": "info", "tensor op": "pass",
         "numpy interop": "not run"}
-    assert list((tmp_path / "tmp").iterdir()) == []  # throwaway env removed
+    assert list(private_tmp.iterdir()) == []  # throwaway env removed
 
 
 def test_other_python_is_resolve_only(locked):
@@ -104,28 +117,23 @@ def test_wrong_variant_fails_cuda_check(tmp_path):
     assert checks["torch.version.cuda"]["status"] == "fail" and "None != variant's 12.6" in checks["torch.version.cuda"]["detail"]
 
 
-def test_verify_over_http_and_keep(locked):
+def test_verify_over_http_and_keep(locked, private_tmp):
     with Server(locked / "m") as srv:
         res = cli("verify", locked / "envs" / CPU, "--mirror", srv.url, "--keep", "--json")
     assert res.exit_code == 0, res.output
     kept = Path(results(res)[CPU]["kept"])
-    try:
-        assert (kept / "bin" / "python").exists()
-        assert list(kept.glob("lib/python3.11/site-packages/torch/__init__.py"))
-    finally:
-        shutil.rmtree(kept.parent)
+    assert (kept / "venv" / "bin" / "python").exists()
+    assert list(kept.glob("venv/lib/python3.11/site-packages/torch/__init__.py"))
+    remove_kept(kept, private_tmp)
 
 
-def test_register_kernel_offline_is_one_line_failure(locked):
+def test_register_kernel_offline_is_one_line_failure(locked, private_tmp):
     res = cli("verify", locked / "envs" / CPU, "--mirror", locked / "m", "--register-kernel", "torch-cpu", "--json")
     r = results(res)[CPU]
-    try:
-        assert res.exit_code == 1
-        check = next(c for c in r["checks"] if c["name"] == "register kernel")
-        assert check["status"] == "fail" and "ipykernel cannot be installed from the mirror" in check["detail"]
-        assert r["kept"]  # --register-kernel keeps the env
-    finally:
-        shutil.rmtree(Path(r["kept"]).parent, ignore_errors=True)
+    assert res.exit_code == 1
+    check = next(c for c in r["checks"] if c["name"] == "register kernel")
+    assert check["status"] == "fail" and "ipykernel cannot be installed from the mirror" in check["detail"]
+    remove_kept(Path(r["kept"]), private_tmp)  # --register-kernel keeps the env
 
 
 def test_not_a_lock_folder_is_one_line_error(tmp_path):

@@ -126,93 +126,151 @@ def _venv_python(d: Path) -> Path:
 
 
 def verify_env(lock: EnvLock, opts: Options, manifest: Manifest | None) -> EnvResult:
+    """Verify the pip lock and/or the conda lock of one envs/<target> folder."""
     t0 = time.monotonic()
-    v = lock.variant
     checks: list[Check] = []
+    modes: list[str] = []
+    work = Path(tempfile.mkdtemp(prefix=f"torchdepot-verify-{lock.name}-", dir=opts.workdir))
+    keep = opts.keep or bool(opts.register_kernel)
+    try:
+        if lock.requirements.is_file():
+            modes.append(_verify_pip(lock, opts, manifest, checks, work))
+        conda = lock.conda_lock()
+        if conda is not None:
+            modes.append(_verify_conda(lock, conda, opts, manifest, checks, work))
+        if not modes:
+            checks.append(Check("locks", "fail", f"{lock.dir}: neither requirements.lock nor a conda lock"))
+            modes.append("precheck")
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+    failed = any(c.status == "fail" for c in checks)
+    installed = "installed" in modes
+    result = "fail" if failed else ("pass" if installed else "resolved")
+    mode = "installed" if installed else ("precheck" if "precheck" in modes else "resolve-only")
+    return EnvResult(lock.name, result, time.monotonic() - t0, tuple(checks), mode, str(work) if keep else None)
 
-    def done(result: str, mode: str, kept: str | None = None) -> EnvResult:
-        return EnvResult(lock.name, result, time.monotonic() - t0, tuple(checks), mode, kept)
 
-    if not lock.requirements.is_file():
-        checks.append(Check("pip lock", "not run", f"{lock.requirements} absent (conda-only target)"))
-        return _verify_conda(lock, opts, checks, done)
+def _smoke(py: Path | str, env: dict, timeout: float) -> tuple[dict | None, str]:
+    proc = _run([py, "-c", SCRIPT], env, timeout)
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1]), ""
+    except (ValueError, IndexError):
+        return None, _tail(proc)
+
+
+def _verify_pip(lock: EnvLock, opts: Options, manifest: Manifest | None, checks: list[Check], work: Path) -> str:
+    v = lock.variant
     if manifest is not None:
         problems = hash_problems(lock, manifest)
         if problems:
-            checks += [Check("hashes vs mirror manifest", "fail", p) for p in problems]
-            return done("fail", "precheck")
+            checks.extend(Check("hashes vs mirror manifest", "fail", p) for p in problems)
+            return "precheck"
         checks.append(Check("hashes vs mirror manifest", "pass", f"{len(lock.pins)} pins"))
     else:
         checks.append(Check("hashes vs mirror manifest", "not run", "mirror has no manifest.json; the installer checks hashes"))
     env = tool_env(opts.mirror_url, opts.env_extra)
     py = find_python(v["python"]) if v.get("platform") == host_platform() else None
     if py is None:
-        return _resolve_only(lock, opts, env, checks, done)
-    work = Path(tempfile.mkdtemp(prefix=f"torchdepot-verify-{lock.name}-", dir=opts.workdir))
-    keep = opts.keep or bool(opts.register_kernel)
+        return _resolve_only(lock, opts, env, checks)
     venv = work / "venv"
-    try:
-        proc = _run([uv_bin(), "venv", "--no-config", "--quiet", "--python", py, venv], env, opts.timeout)
-        if proc.returncode:
-            checks.append(Check("create env", "fail", _tail(proc)))
-            return done("fail", "installed")
-        vpy = _venv_python(venv)
-        # the lock itself names the index (--index-url ${TORCHDEPOT_MIRROR}/whl/<acc>); nothing else is consulted
-        proc = _run([uv_bin(), "pip", "install", "--no-config", "--python", vpy, "--require-hashes", "--no-deps",
-                     "--no-build", "-r", lock.requirements], env, opts.timeout)
-        if proc.returncode:
-            checks.append(Check("install (hash-checked, mirror only)", "fail", f"{lock.requirements}: {_tail(proc)}"))
-            return done("fail", "installed", str(venv) if keep else None)
-        checks.append(Check("install (hash-checked, mirror only)", "pass", f"{len(lock.pins)} packages"))
-        proc = _run([vpy, "-c", SCRIPT], env, opts.timeout)
-        try:
-            result = json.loads(proc.stdout.strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            checks.append(Check("smoke test", "fail", _tail(proc)))
-            return done("fail", "installed", str(venv) if keep else None)
-        want = next((p.version for p in lock.pins if p.name.lower() == "torch"), v.get("torch"))
-        checks += judge(result, want, v.get("cuda"), gpu_present())
-        if opts.register_kernel:
-            checks.append(_register_kernel(vpy, venv, opts.register_kernel, v.get("accelerator", "cpu"), env, opts.timeout))
-        ok = all(c.status != "fail" for c in checks)
-        return done("pass" if ok else "fail", "installed", str(venv) if keep else None)
-    finally:
-        if not keep:
-            shutil.rmtree(work, ignore_errors=True)
+    proc = _run([uv_bin(), "venv", "--no-config", "--quiet", "--python", py, venv], env, opts.timeout)
+    if proc.returncode:
+        checks.append(Check("create env", "fail", _tail(proc)))
+        return "installed"
+    vpy = _venv_python(venv)
+    # the lock itself names the index (--index-url ${TORCHDEPOT_MIRROR}/whl/<acc>); nothing else is consulted
+    proc = _run([uv_bin(), "pip", "install", "--no-config", "--python", vpy, "--require-hashes", "--no-deps",
+                 "--no-build", "-r", lock.requirements], env, opts.timeout)
+    if proc.returncode:
+        checks.append(Check("install (hash-checked, mirror only)", "fail", f"{lock.requirements}: {_tail(proc)}"))
+        return "installed"
+    checks.append(Check("install (hash-checked, mirror only)", "pass", f"{len(lock.pins)} packages"))
+    result, err = _smoke(vpy, env, opts.timeout)
+    if result is None:
+        checks.append(Check("smoke test", "fail", err))
+        return "installed"
+    want = next((p.version for p in lock.pins if p.name.lower() == "torch"), v.get("torch"))
+    checks.extend(judge(result, want, v.get("cuda"), gpu_present()))
+    if opts.register_kernel:
+        checks.append(_register_kernel(vpy, venv, opts.register_kernel, v.get("accelerator", "cpu"), env, opts.timeout))
+    return "installed"
 
 
-def _resolve_only(lock: EnvLock, opts: Options, env: dict, checks: list[Check], done) -> EnvResult:
+def _resolve_only(lock: EnvLock, opts: Options, env: dict, checks: list[Check]) -> str:
     v = lock.variant
     try:
         plat = target_platform(v["platform"])
     except TorchdepotError as exc:
         checks.append(Check("resolve (dry run)", "fail", str(exc)))
-        return done("fail", "resolve-only")
-    # uv evaluates markers for the target, not this host; --no-deps off: the mirror must hold the closure
+        return "resolve-only"
+    # uv evaluates markers for the target, not this host; deps on: the mirror must hold the closure
     proc = _run([uv_bin(), "pip", "compile", "--no-config", "--quiet", "--no-header", "--no-build",
                  "--python-version", v["python"], "--python-platform", plat.uv_platform, lock.requirements],
                 env, opts.timeout)
     why = f"cannot run python {v['python']} on {v['platform']} here (this is {host_platform()})"
     if proc.returncode:
         checks.append(Check("resolve (dry run)", "fail", f"{lock.requirements}: {_tail(proc)}"))
-        return done("fail", "resolve-only")
-    checks.append(Check("resolve (dry run)", "pass", f"{why}: resolved against the mirror only, not installed or run"))
-    return done("resolved", "resolve-only")
+    else:
+        checks.append(Check("resolve (dry run)", "pass", f"{why}: resolved against the mirror only, not installed or run"))
+    return "resolve-only"
 
 
-def _verify_conda(lock: EnvLock, opts: Options, checks: list[Check], done) -> EnvResult:
-    conda = lock.conda_lock()
-    if conda is None:
-        checks.append(Check("conda lock", "fail", f"{lock.dir}: no requirements.lock and no conda lock"))
-        return done("fail", "precheck")
-    text = conda.read_text(encoding="utf-8")
-    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith(("#", "@"))]
-    bad = [ln for ln in lines if "#sha256:" not in ln]
-    if bad:
-        checks.append(Check("conda lock hashes", "fail", f"{conda}: {len(bad)} line(s) without #sha256:"))
-        return done("fail", "precheck")
-    checks.append(Check("conda lock hashes", "pass", f"{len(lines)} packages (conda install not run by this verifier)"))
-    return done("resolved", "resolve-only")
+def _verify_conda(lock: EnvLock, path: Path, opts: Options, manifest: Manifest | None, checks: list[Check], work: Path) -> str:
+    from . import conda as cv
+
+    v = lock.variant
+    try:
+        pins = cv.parse_explicit(path.read_text(encoding="utf-8"), str(path))
+    except TorchdepotError as exc:
+        checks.append(Check("conda lock", "fail", str(exc)))
+        return "precheck"
+    if manifest is not None:
+        problems = cv.hash_problems(pins, manifest, path)
+        if problems:
+            checks.extend(Check("conda hashes vs mirror manifest", "fail", p) for p in problems)
+            return "precheck"
+        checks.append(Check("conda hashes vs mirror manifest", "pass", f"{len(pins)} packages"))
+    checks.append(cv.build_check(pins, v.get("accelerator", "")))
+    subdir = v.get("conda_subdir")
+    host_subdir = None
+    try:
+        host_subdir = target_platform(host_platform()).conda_subdir
+    except TorchdepotError:
+        pass
+    if subdir != host_subdir:
+        checks.append(Check("conda install", "not run", f"{subdir} packages cannot be installed on {host_platform()} (checked hashes and build only)"))
+        return "resolve-only"
+    prefix = work / "conda-prefix"
+    try:
+        n = cv.install(pins, opts.mirror_url, prefix, work, subdir)
+    except Exception as exc:  # rattler raises its own exception types; report, never a traceback
+        checks.append(Check("conda install (py-rattler, mirror only)", "fail", f"{path}: {' '.join(str(exc).split())[:400]}"))
+        return "installed"
+    checks.append(Check("conda install (py-rattler, mirror only)", "pass", f"{n} packages into a throwaway prefix"))
+    env = tool_env(opts.mirror_url, opts.env_extra)
+    py = prefix / "bin" / "python"
+    how = "prefix python"
+    if not py.exists():
+        # the channel carries no interpreter: run a matching host python on the prefix's site-packages
+        host_py = find_python(v["python"])
+        if host_py is None:
+            checks.append(Check("conda smoke test", "not run", f"no python {v['python']} in the prefix or on this machine"))
+            return "installed"
+        py, how = Path(host_py), f"host python {v['python']} + PYTHONPATH"
+        env["PYTHONPATH"] = str(prefix / "lib" / f"python{v['python']}" / "site-packages")
+        env["PYTHONNOUSERSITE"] = "1"
+    result, err = _smoke(py, env, opts.timeout)
+    if result is None:
+        checks.append(Check("conda smoke test", "fail", err))
+        return "installed"
+    want = next((p.filename.split("-")[1] for p in pins if p.filename.startswith("pytorch-")), None)
+    got = result.get("version")
+    if got and want and got.split("+")[0] == want:
+        result = {**result, "version": want}  # conda versions carry no local label
+    for c in judge(result, want, v.get("cuda"), gpu_present()):
+        checks.append(Check(f"conda {c.name}", c.status, (c.detail + f" [{how}]").strip()))
+    return "installed"
 
 
 def _register_kernel(vpy: Path, venv: Path, name: str, acc: str, env: dict, timeout: float) -> Check:
