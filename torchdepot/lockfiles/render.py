@@ -116,7 +116,10 @@ def environment_yml(tid: str, pip: Target | None, pip_pins: list[Pinned], conda:
         f"name: torchdepot-{tid}",
         "channels:",
     ]
-    chans = [conda.channel] if conda and conda.channel else channels
+    chans = channels
+    if conda:  # the target's own channel first, then any other channel its packages come from
+        used = sorted({"/".join(p.path.split("/")[:2]) for p in conda_pins if p.path.startswith("conda/")})
+        chans = list(dict.fromkeys(([conda.channel] if conda.channel else []) + used))
     lines += [f"  - {url(base, c)}" for c in chans]
     lines += ["  - nodefaults", "dependencies:"]
     have = set()

@@ -1,0 +1,103 @@
+"""Conda locks: a channel built from wheels with py-rattler-build, a conda + pip target sharing
+one id -> lock -> verify installs the explicit lock with py-rattler into a throwaway prefix and
+smoke-tests it; a CPU build in a CUDA lock and a tampered conda hash are failures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.test_lock_support import build_mirror, fake_torch_wheels
+from torchdepot.cli import main
+from torchdepot.conda.recipes import build_wheels, index_channel
+from torchdepot.fsutil import sha256_file
+from torchdepot.manifest import FileEntry, Target, TargetPackage, load, save
+from torchdepot.verify.conda import CondaPin, build_check
+
+CPU = "cpu-py311-linux-x86_64"
+
+
+@pytest.fixture(autouse=True)
+def private_tmp(tmp_path, monkeypatch):
+    import tempfile
+
+    d = tmp_path / "tmp"
+    d.mkdir()
+    monkeypatch.setenv("TMPDIR", str(d))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    return d
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture
+def mirror(tmp_path) -> Path:
+    wheels = fake_torch_wheels(tmp_path / "w")
+    root = tmp_path / "m"
+    m = build_mirror(root, wheels)
+    built = build_wheels(wheels, root / "conda" / "td", python="3.11", subdirs=("linux-64",))
+    index_channel(root / "conda" / "td")
+    pkgs = []
+    for b in built:
+        rel = b.path.resolve().relative_to(root.resolve()).as_posix()
+        sha, size = sha256_file(b.path)
+        m.files.append(FileEntry(rel, sha, size, "conda", b.name, b.version))
+        pkgs.append(TargetPackage(b.name, b.version, rel, build=b.build))
+    m.targets.append(Target(CPU, "conda", "cpu", "3.11", "linux-x86_64", tuple(pkgs), channel="conda/td", subdir="linux-64"))
+    save(root, m)
+    assert cli("lock", "--mirror", root, "--out", tmp_path / "envs").exit_code == 0
+    return root
+
+
+def test_conda_lock_installs_with_rattler_and_runs(mirror, tmp_path, private_tmp):
+    d = tmp_path / "envs" / CPU
+    assert sorted(p.name for p in d.iterdir()) == ["conda-linux-64.lock", "environment.yml", "pylock.toml",
+                                                   "requirements.lock", "variant.json"]
+    res = cli("verify", d, "--mirror", mirror, "--json")
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout)["results"][0]
+    st = {c["name"]: c["status"] for c in r["checks"]}
+    assert st["conda hashes vs mirror manifest"] == "pass" and st["conda build = variant"] == "pass"
+    assert st["conda install (py-rattler, mirror only)"] == "pass"
+    assert st["conda import torch"] == "pass" and st["conda version"] == "pass" and st["conda torch.version.cuda"] == "pass"
+    assert st["import torch"] == "pass"  # the pip lock of the same id was verified too
+    assert list(private_tmp.iterdir()) == []
+
+
+def test_conda_tampered_hash_named(mirror, tmp_path):
+    lock = tmp_path / "envs" / CPU / "conda-linux-64.lock"
+    text = lock.read_text()
+    sha = text.split("pytorch-2.13.0-cpu_py311_0.conda#sha256:")[1][:64]
+    lock.write_text(text.replace(sha, "1" * 64))
+    res = cli("verify", lock.parent, "--mirror", mirror)
+    assert res.exit_code == 1
+    assert f"{lock}: pytorch-2.13.0-cpu_py311_0.conda hash sha256:111111111111... != mirror's" in res.stdout
+
+
+def test_conda_tampered_hash_without_manifest_fails_install(mirror, tmp_path):
+    lock = tmp_path / "envs" / CPU / "conda-linux-64.lock"
+    text = lock.read_text()
+    sha = text.split("filelock-3.0.0-py311_0.conda#sha256:")[1][:64]
+    lock.write_text(text.replace(sha, "2" * 64))
+    (mirror / "manifest.json").unlink()
+    res = cli("verify", lock.parent, "--mirror", mirror)
+    assert res.exit_code == 1 and "conda install (py-rattler, mirror only): fail" in res.stdout
+    assert str(lock) in res.stdout
+
+
+@pytest.mark.parametrize("fname,acc,status", [
+    ("pytorch-2.5.1-py3.11_cpu_0.tar.bz2", "cpu", "pass"),
+    ("pytorch-2.5.1-py3.11_cpu_0.tar.bz2", "cu121", "fail"),  # a solver silently picked the CPU build
+    ("pytorch-2.5.1-py3.11_cuda12.1_cudnn9.1.0_0.tar.bz2", "cu121", "pass"),
+    ("pytorch-2.6.0-cuda126_mkl_py311_h0123456_302.conda", "cu126", "pass"),
+    ("pytorch-2.6.0-cpu_mkl_py311_h0123456_102.conda", "cu126", "fail"),
+    ("numpy-2.0.0-py311_0.conda", "cpu", "not run"),
+])
+def test_build_check(fname, acc, status):
+    assert build_check((CondaPin(f"http://m/conda/c/linux-64/{fname}", "0" * 64),), acc).status == status
