@@ -156,3 +156,48 @@ def test_driver_table_matches_shared_compat(data_dir):
     for r in rows:
         assert min_driver(r["cuda"]) == str(r["linux_min_driver"]), r
         assert min_driver(r["cuda"], "windows") == str(r["windows_min_driver"]), r
+
+
+# --- parsers of our own lock formats: round trip + only project errors on junk -------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from torchdepot.errors import TorchdepotError  # noqa: E402
+from torchdepot.lockfiles.render import Pinned, conda_explicit, requirements_lock  # noqa: E402
+from torchdepot.verify.conda import parse_explicit  # noqa: E402
+
+_names = st.from_regex(r"[a-z][a-z0-9]{0,6}(-[a-z0-9]{1,4})?", fullmatch=True)
+_versions = st.from_regex(r"[0-9]{1,2}(\.[0-9]{1,2}){0,2}(\+cu1[0-9]{2}|\+cpu)?", fullmatch=True)
+_sha = st.from_regex(r"[0-9a-f]{64}", fullmatch=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(_names, st.tuples(_versions, _sha), min_size=1, max_size=8))
+def test_requirements_lock_round_trip(pkgs):
+    from packaging.utils import canonicalize_name
+
+    pkgs = {str(canonicalize_name(n)): v for n, v in pkgs.items()}
+    pins = [Pinned(n, v, f"packages/{n}/{n}-{v}-py3-none-any.whl", sha, 1) for n, (v, sha) in sorted(pkgs.items())]
+    t = Target("cpu-py311-linux-x86_64", "pip", "cpu", "3.11", "linux-x86_64", index="whl/cpu")
+    parsed = parse_requirements(requirements_lock(t, pins, "${TORCHDEPOT_MIRROR}"), "x")
+    assert {(p.name, p.version, p.sha256) for p in parsed} == {(n, v, (sha,)) for n, (v, sha) in pkgs.items()}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(_names, _versions, _sha), min_size=1, max_size=8))
+def test_conda_explicit_round_trip(items):
+    pins = [Pinned(n, v, f"conda/c/linux-64/{n}-{v}-0.conda", sha, 1, "0") for n, v, sha in items]
+    t = Target("cpu-py311-linux-x86_64", "conda", "cpu", "3.11", "linux-x86_64", channel="conda/c", subdir="linux-64")
+    parsed = parse_explicit(conda_explicit(t, pins, "http://m"), "x")
+    assert [(p.filename, p.sha256) for p in parsed] == [(p.filename, p.sha256) for p in pins]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=300))
+def test_lock_parsers_raise_only_project_errors(text):
+    for parse in (parse_requirements, parse_explicit):
+        try:
+            parse(text, "x")
+        except TorchdepotError:
+            pass
