@@ -259,3 +259,34 @@ def test_mirror_against_a_hostile_index_writes_nothing_outside_root(tmp_path, co
     assert outside_root(tmp_path, {out, tmp_path / "uv-cache", tmp_path / "spec.yaml"}) == []
     names = {p.name for p in out.rglob("*")}
     assert not any("evil" in n or n == "passwd" for n in names)
+
+
+def test_mirror_refuses_a_dependency_on_a_host_outside_the_policy(tmp_path):
+    """The upstream's filelock page links a newer filelock on another host (``localhost``,
+    not named in the spec or pip config): the sync refuses it with one line and publishes
+    nothing from it."""
+    from tests.loopback_upstream import _metadata, make_wheel
+
+    with FaultServer() as server, FaultServer() as foreign:
+        up = populate(server, payload=20_000)
+        fname, data = make_wheel("filelock", "9.9.9", "py3-none-any", (), 20_000, 99)
+        foreign.add(f"/f/{fname}", data)
+        foreign.add(f"/f/{fname}.metadata", _metadata(data))
+        port = foreign.url.rsplit(":", 1)[1]
+        sha = hashlib.sha256(data).hexdigest()
+        msha = hashlib.sha256(_metadata(data)).hexdigest()
+        link = (f'<a href="http://localhost:{port}/f/{fname}#sha256={sha}" '
+                f'data-dist-info-metadata="sha256={msha}">{fname}</a>\n')
+        for page in ("/whl/cpu/filelock/index.html", "/simple/filelock/index.html"):
+            body = server.files[page][0].decode()
+            server.add(page, body.replace("</body>", link + "</body>").encode())
+        out = tmp_path / "out"
+        spec = write_spec(tmp_path / "spec.yaml", up.url, out)
+        proc = run_mirror(spec, mirror_env(up.url, tmp_path))
+        assert proc.returncode == 1
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith("torchdepot: error:") and "not allowed by the mirror's host policy" in last, last
+        assert foreign.hits[f"/f/{fname}"] == 0  # the wheel itself was never requested
+    assert not list(out.rglob(fname))
+    assert not (out / "manifest.json").exists()
+    assert outside_root(tmp_path, {out, tmp_path / "uv-cache", tmp_path / "spec.yaml"}) == []

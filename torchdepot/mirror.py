@@ -203,6 +203,19 @@ def _alternates(url: str, upstreams: tuple[str, ...]) -> tuple[str, ...]:
     return (url,)
 
 
+def _allowed_hosts(spec: MirrorSpec, pip: PipSources, default_index: str | None) -> set[str]:
+    """Issue 6 host policy: the upstreams, hosts the PyTorch index links to, and the hosts
+    of the pip configuration (for pip's default index, also the file host pip names)."""
+    from .hostpolicy import default_policy
+    from .pipconfig import pip_file_host
+
+    deps = list(pip.indexes) + list(pip.find_links)
+    if default_index:
+        deps.append(default_index)
+        deps.append(pip_file_host() or "")
+    return set(default_policy(spec.upstreams, [d for d in deps if d]).hosts)
+
+
 def file_key(f: ResolvedFile) -> str:
     return f"packages/{f.name}/{safe_filename(f.filename)}"
 
@@ -295,7 +308,8 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
             say(f"plan: {len(result.plans)} targets, {len(sizes)} unique files, {_fmt_size(total)}; nothing written (dry run)")
             return result
 
-        fetcher = Fetcher(out, client, jobs=spec.jobs, on_hash_mismatch=spec.on_hash_mismatch, progress=progress)
+        fetcher = Fetcher(out, client, jobs=spec.jobs, on_hash_mismatch=spec.on_hash_mismatch, progress=progress,
+                          allowed_hosts=_allowed_hosts(spec, pip, sources.default_index))
         report = fetcher.run(list(items.values()))
         result.report = report
         phase("fetch")
