@@ -434,3 +434,41 @@ def test_unsafe_key_is_refused(tmp_path, up):
     assert not (tmp_path / "escape.whl").exists()
     assert up.hits["/whl/z.whl"] == 0
     assert os.listdir(tmp_path) == ["root"]
+
+
+# -- whole syncs through the CLI ------------------------------------------------------------
+def test_sync_under_transient_faults_completes_and_verifies(tmp_path):
+    from tests.loopback_upstream import mirror_env, populate, run_mirror, write_spec
+    from torchdepot.verifymirror import verify_mirror
+
+    faults = [Fault("close_after", n=5000), Fault("status", status=503), Fault("truncate", n=7000),
+              Fault("html"), Fault("status", status=429, retry_after="0")]
+    with FaultServer() as server:
+        up = populate(server, payload=30_000)
+        for path, fault in zip(sorted(up.paths.values()), faults):
+            server.schedule(path, fault)
+        out = tmp_path / "out"
+        proc = run_mirror(write_spec(tmp_path / "spec.yaml", up.url, out), mirror_env(up.url, tmp_path))
+        assert proc.returncode == 0, proc.stderr
+        assert all(n == 2 for n in up.wheel_hits().values()), up.wheel_hits()
+    rep = verify_mirror(out)
+    assert rep.ok and rep.checked == 10
+
+
+def test_sync_under_a_persistent_fault_fails_with_one_line_and_publishes_no_index(tmp_path):
+    from tests.loopback_upstream import mirror_env, populate, run_mirror, write_spec
+
+    with FaultServer() as server:
+        up = populate(server, payload=30_000)
+        torch = next(p for f, p in up.paths.items() if f.startswith("torch-"))
+        server.always(torch, Fault("wrong_bytes"))
+        out = tmp_path / "out"
+        proc = run_mirror(write_spec(tmp_path / "spec.yaml", up.url, out), mirror_env(up.url, tmp_path))
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("torchdepot: error:") and "sha256 mismatch" in lines[-1] and "torch-2.5.0" in lines[-1]
+    assert "Traceback" not in proc.stderr
+    assert not (out / "manifest.json").exists() and not (out / "whl").exists()
+    assert not list((out / "packages").glob("torch/*.whl"))
+    # the files that did verify are kept for the next run
+    assert len(list((out / "packages").glob("*/*.whl"))) == 4
