@@ -8,6 +8,7 @@ import functools
 import http.server
 import os
 import re
+import socket
 import threading
 from pathlib import Path
 
@@ -25,6 +26,12 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
         ".zst": "application/zstd",
     }
     protocol_version = "HTTP/1.1"
+
+    def setup(self):
+        super().setup()
+        # Headers and body go out as separate small writes; with Nagle + delayed ACK each
+        # keep-alive response would stall ~40 ms. Real servers set TCP_NODELAY too.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, fmt, *args):  # keep test output quiet
         pass

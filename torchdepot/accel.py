@@ -8,6 +8,7 @@ A PyTorch build targets exactly one accelerator: ``cpu``, CUDA ``cuXY[Z]``, ROCm
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -81,6 +82,7 @@ def parse_accelerator(text: str) -> Accelerator:
     return acc
 
 
+@functools.lru_cache(maxsize=1024)  # pure and hot: every link's directories are tried
 def accelerator_from_dir(segment: str) -> Accelerator | None:
     """Accelerator named by an index directory such as ``cu80`` or ``cpu-cxx11-abi``."""
     s = segment.strip().lower()
@@ -109,6 +111,7 @@ _LABEL_CU_DOTTED = re.compile(r"cu\.(\d+)\.(\d+)(?:\..*)?")
 _LABEL_CU_PREFIX = re.compile(r"cu(\d{2,3})(?:torch[\d.]+.*)?")
 
 
+@functools.lru_cache(maxsize=1024)  # pure and hot: one call per labelled wheel
 def accelerator_from_local(label: str) -> Accelerator | None:
     """Accelerator stated by a PEP 440 local label, or None when it states none.
 

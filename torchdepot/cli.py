@@ -21,6 +21,12 @@ class _Group(click.Group):
         except TorchdepotError as exc:
             click.echo(f"torchdepot: error: {exc}", err=True)
             sys.exit(1)
+        except BrokenPipeError:
+            # `torchdepot ls | head`: the reader left; not an error worth a message.
+            try:
+                sys.stdout = None  # type: ignore[assignment]  # stop the interpreter re-flushing
+            finally:
+                sys.exit(0)
         except OSError as exc:
             where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
             click.echo(f"torchdepot: error: {where}{exc.strerror or exc}", err=True)

@@ -8,6 +8,7 @@ pip's ``--platform`` tag list, conda's subdir and virtual packages).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -40,6 +41,7 @@ class PlatformInfo:
         return "any" if self.os == "any" else f"{self.os}-{self.arch}"
 
 
+@functools.lru_cache(maxsize=4096)  # pure; index pages repeat a few dozen tags thousands of times
 def platform_from_tag(tag: str) -> PlatformInfo:
     """``manylinux_2_28_x86_64`` -> linux-x86_64 (glibc 2.28); ``win_amd64`` -> windows-amd64."""
     t = tag.lower()

@@ -80,17 +80,21 @@ def split_url(name_or_url: str) -> tuple[str, list[str], str | None]:
     text = name_or_url.strip()
     url = None
     if "://" in text:
+        # Plain string surgery instead of urlsplit: this runs once per index link (hot).
         url = text
-        path = urllib.parse.urlsplit(text).path
+        rest = text.split("://", 1)[1]
+        path = "/" + rest.split("/", 1)[1] if "/" in rest else ""
     else:
-        path = text.split("#", 1)[0].split("?", 1)[0]
-    path = urllib.parse.unquote(path)
+        path = text
+    path = path.split("#", 1)[0].split("?", 1)[0]
+    if "%" in path:
+        path = urllib.parse.unquote(path)
     dirname, filename = posixpath.split(path)
     dirs = [d for d in dirname.split("/") if d]
     return filename, dirs, url
 
 
-def accelerator_from_dirs(dirs: list[str]) -> Accelerator | None:
+def accelerator_from_dirs(dirs: list[str] | tuple[str, ...]) -> Accelerator | None:
     """Nearest directory naming an accelerator: ``/whl/cu80/x.whl``, ``/whl/nightly/cu126/x.whl``."""
     for seg in reversed(dirs):
         acc = accelerator_from_dir(seg)
@@ -120,7 +124,9 @@ def parse_wheel(name_or_url: str) -> WheelFile:
         raise ParseError(f"{filename!r} is not a valid wheel filename: {exc}") from None
     parts = filename[: -len(".whl")].split("-")
     py, abi, plat = parts[-3], parts[-2], parts[-1]
-    local = version.local
+    full_version = str(version)
+    public_version, _, local_part = full_version.partition("+")
+    local = local_part or None
     acc, source = None, None
     if local:
         acc = accelerator_from_local(local)
@@ -132,8 +138,8 @@ def parse_wheel(name_or_url: str) -> WheelFile:
     return WheelFile(
         filename=filename,
         name=str(name),
-        version=str(version),
-        public_version=version.public,
+        version=full_version,
+        public_version=public_version,
         local=local,
         build="".join(str(b) for b in build) if build else None,
         python_tags=_tag_part(py),
