@@ -472,3 +472,28 @@ def test_sync_under_a_persistent_fault_fails_with_one_line_and_publishes_no_inde
     assert not list((out / "packages").glob("torch/*.whl"))
     # the files that did verify are kept for the next run
     assert len(list((out / "packages").glob("*/*.whl"))) == 4
+
+
+def test_per_file_timeout_covers_all_candidate_urls(tmp_path, up):
+    data = _data(22)
+    a = up.add("/whl/slow1.whl", data)
+    b = up.add("/whl/slow2.whl", data)
+    for p in ("/whl/slow1.whl", "/whl/slow2.whl"):
+        up.always(p, Fault("drip", rate=20_000))
+    item = FetchItem("packages/p/slow-1.0-py3-none-any.whl", (a, b), _sha(data), len(data))
+    t = time.monotonic()
+    rep = _fetch(tmp_path, [item], file_timeout=0.6)
+    assert rep.results[0].status == "failed" and "timeout" in rep.results[0].error
+    assert time.monotonic() - t < 2.0  # not one timeout per URL
+
+
+def test_long_keys_get_a_bounded_partial_name(tmp_path, up):
+    data = _data(23)
+    name = "x" * 150 + "-1.0-py3-none-any.whl"
+    item = _item(up, name, data)
+    item = FetchItem("packages/" + "p" * 100 + "/" + name, item.urls, item.sha256, item.size)
+    f = Fetcher(tmp_path, _client(), progress=False)
+    assert len(f._partial_path(item.key).name) <= 255
+    up.schedule("/whl/" + name, Fault("truncate", n=SIZE // 2))
+    rep = f.run([item])
+    assert rep.results[0].status == "downloaded" and rep.results[0].resumed

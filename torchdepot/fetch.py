@@ -250,7 +250,10 @@ class Fetcher:
                 self._bar.update(n)
 
     def _partial_path(self, key: str) -> Path:
-        return self.partial_dir / (key.replace("/", "__") + ".part")
+        name = key.replace("/", "__")
+        if len(name) > 200:  # keep under NAME_MAX; a digest keeps it unique and stable for resume
+            name = name[:120] + "-" + hashlib.sha256(key.encode()).hexdigest()[:32]
+        return self.partial_dir / (name + ".part")
 
     def _one(self, item: FetchItem) -> FetchResult:
         dest = safe_join(self.root, item.key)
@@ -258,10 +261,11 @@ class Fetcher:
         if present is not None:
             return present
         errors: list[str] = []
+        started = time.monotonic()  # the per-file timeout covers every candidate URL
         attempts = 0
         for url in item.urls:
             try:
-                res = self._from_url(item, url, dest)
+                res = self._from_url(item, url, dest, started)
                 res.attempts += attempts
                 return res
             except _Fatal as exc:
@@ -346,9 +350,8 @@ class Fetcher:
             return resp
         raise _Fatal(f"{url}: more than {self.max_redirects} redirects")
 
-    def _from_url(self, item: FetchItem, url: str, dest: Path) -> FetchResult:
+    def _from_url(self, item: FetchItem, url: str, dest: Path, started: float) -> FetchResult:
         part = self._partial_path(item.key)
-        started = time.monotonic()
         mismatches = 0
         resumed = False
         fetched = 0
