@@ -31,12 +31,13 @@ RATE = 200_000  # bytes/s per connection: ~0.5 s a wheel, 2 in parallel
 LANES = [
     [("crawl", 0.1), ("download", 0.3), ("publish", 0.0)],
     [("crawl", 0.4), ("download", 0.6), ("publish", 0.05)],
-    [("crawl", 0.8), ("download", 0.9), ("publish", 0.1)],
+    [("crawl", 0.8), ("download", 0.9), ("publish", 0.04)],
     [("download", 0.1), ("download", 0.5), ("publish", 0.02)],
     [("crawl", 0.3), ("download", 0.2), ("publish", 0.0)],
-    [("crawl", 0.6), ("download", 0.7), ("publish", 0.15)],
+    [("crawl", 0.6), ("download", 0.7), ("publish", 0.06)],
     [("download", 0.05), ("download", 0.95), ("publish", 0.08)],
     [("crawl", 0.2), ("publish", 0.03), ("download", 0.4)],
+    [("crawl", 0.15), ("download", 0.45), ("publish", 0.01)],
 ]
 
 
