@@ -191,6 +191,7 @@ class Fetcher:
         allowed_hosts: set[str] | None = None,
         progress: bool | None = None,
         max_redirects: int = 10,
+        fsync: bool = False,
     ):
         if on_hash_mismatch not in ("fail", "warn"):
             raise ValueError("on_hash_mismatch must be 'fail' or 'warn'")
@@ -205,6 +206,10 @@ class Fetcher:
         self.allowed_hosts = allowed_hosts
         self.progress = progress
         self.max_redirects = max_redirects
+        # fsync each file before its rename: survives power loss, costs a disk flush per
+        # file. Off by default: a process crash cannot lose page-cache data, and after a
+        # power loss a short/zeroed file fails the size+hash check of the next sync.
+        self.fsync = fsync
         self.cache = HashCache(self.root)
         self.partial_dir = self.root / STATE_DIR / "partial"
         self._bar: tqdm | None = None
@@ -364,11 +369,12 @@ class Fetcher:
                 self.client.sleep_before_retry(attempt - 1, retry_after, limit=self._remaining(started))
                 self._check_time(started)
                 retry_after = None
+            hasher = hashlib.sha256()
             try:
                 if urllib.parse.urlsplit(url).scheme == "file":
-                    n, was_resumed = self._copy_local(url, part), False
+                    n, was_resumed = self._copy_local(url, part, hasher), False
                 else:
-                    n, was_resumed = self._download(item, url, part, started)
+                    n, was_resumed = self._download(item, url, part, started, hasher)
                 fetched += n
                 resumed = resumed or was_resumed
             except _Retry as exc:
@@ -378,8 +384,8 @@ class Fetcher:
                     with contextlib.suppress(FileNotFoundError):
                         part.unlink()
                 continue
-            # Complete body on disk: verify it.
-            digest, size = sha256_file(part)
+            # Complete body on disk: verify it (hashed while it streamed in, no second read).
+            digest, size = hasher.hexdigest(), part.stat().st_size
             if item.size is not None and size != item.size:
                 part.unlink()
                 last_error = f"{url}: got {size} bytes, expected {item.size}"
@@ -403,13 +409,15 @@ class Fetcher:
         raise _Fatal(last_error or f"{url}: failed after {self.attempts} attempts")
 
     def _publish(self, part: Path, dest: Path) -> None:
-        with open(part, "rb+") as fh:
-            os.fsync(fh.fileno())
+        if self.fsync:
+            with open(part, "rb+") as fh:
+                os.fsync(fh.fileno())
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(part, dest)
-        fsync_dir(dest.parent)
+        if self.fsync:
+            fsync_dir(dest.parent)
 
-    def _copy_local(self, url: str, part: Path) -> int:
+    def _copy_local(self, url: str, part: Path, hasher) -> int:
         """Copy a ``file://`` source (pip find-links dirs, local indexes) into ``part``."""
         src = file_url_path(url)
         copied = 0
@@ -417,13 +425,14 @@ class Fetcher:
             with open(src, "rb") as fin, open(part, "wb") as fout:
                 while chunk := fin.read(CHUNK):
                     fout.write(chunk)
+                    hasher.update(chunk)
                     copied += len(chunk)
                     self._advance(len(chunk))
         except FileNotFoundError:
             raise _Fatal(f"{url}: no such file") from None
         return copied
 
-    def _download(self, item: FetchItem, url: str, part: Path, started: float) -> tuple[int, bool]:
+    def _download(self, item: FetchItem, url: str, part: Path, started: float, hasher) -> tuple[int, bool]:
         """One HTTP attempt appending to ``part``. Returns (bytes received, resumed?)."""
         have = part.stat().st_size if part.exists() else 0
         if item.size is not None and have > item.size:
@@ -448,6 +457,7 @@ class Fetcher:
                                  restart=True)
                 mode, resumed = "ab", True
                 expected_len = int(m.group(2)) - have + 1
+                _hash_prefix(part, have, hasher)  # the bytes already on disk start the digest
             elif resp.status_code == 206:
                 raise _Retry(f"{url}: unrequested partial content", restart=True)
             elif resp.status_code != 200:
@@ -476,11 +486,20 @@ class Fetcher:
                     if limit is not None and received > limit:
                         raise _Retry(f"{url}: more bytes than the expected {item.size}", restart=True)
                     fh.write(chunk)  # a local disk error propagates: not the network's fault
+                    hasher.update(chunk)
                     self._advance(len(chunk))
                     self._check_time(started)
             if expected_len is not None and received < expected_len:
                 raise _Retry(f"{url}: body ended after {received} of {expected_len} bytes")
             return received, resumed
+
+
+def _hash_prefix(path: Path, length: int, hasher) -> None:
+    with open(path, "rb") as fh:
+        left = length
+        while left > 0 and (chunk := fh.read(min(CHUNK, left))):
+            hasher.update(chunk)
+            left -= len(chunk)
 
 
 def fetch_items(root: Path, items: list[FetchItem], client: Client, **kwargs) -> FetchReport:

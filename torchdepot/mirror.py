@@ -309,6 +309,7 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
             return result
 
         fetcher = Fetcher(out, client, jobs=spec.jobs, on_hash_mismatch=spec.on_hash_mismatch, progress=progress,
+                          fsync=spec.fsync,
                           allowed_hosts=_allowed_hosts(spec, pip, sources.default_index))
         report = fetcher.run(list(items.values()))
         result.report = report

@@ -29,7 +29,7 @@ DEFAULT_UPSTREAM = "https://download.pytorch.org/whl"
 DEFAULT_OUT = "mirror/out"
 KNOWN_KEYS = frozenset({
     "packages", "extra_packages", "accelerators", "pythons", "platforms", "channel", "out",
-    "upstreams", "on_hash_mismatch", "jobs", "conda", "targets",
+    "upstreams", "on_hash_mismatch", "jobs", "conda", "targets", "fsync",
 })
 _PYTHON = re.compile(r"3\.(\d{1,2})")
 
@@ -61,6 +61,7 @@ class MirrorSpec:
     upstreams: tuple[str, ...] = (DEFAULT_UPSTREAM,)
     on_hash_mismatch: str = "fail"
     jobs: int = 4
+    fsync: bool = False  # fsync each file before publishing it (power-loss durability; slower)
     conda: dict | None = None
     raw: dict | None = None
     extra_targets: tuple[PipTarget, ...] = ()  # `targets:` entries beyond the product (tools/fetch)
@@ -283,6 +284,10 @@ def parse_spec(data: dict, where: str = "mirror spec") -> MirrorSpec:
     if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= 64:
         raise SpecError(f"{where}: jobs: {jobs!r} is not a whole number from 1 to 64")
 
+    fsync = data.get("fsync", False)
+    if not isinstance(fsync, bool):
+        raise SpecError(f"{where}: fsync: {fsync!r} is not true or false")
+
     out = data.get("out") or DEFAULT_OUT
     if not isinstance(out, str):
         raise SpecError(f"{where}: out: expected a path string")
@@ -313,6 +318,8 @@ def parse_spec(data: dict, where: str = "mirror spec") -> MirrorSpec:
         "on_hash_mismatch": policy,
         "jobs": jobs,
     }
+    if fsync:  # only when set, so existing manifests stay byte-identical
+        raw["fsync"] = True
     if conda is not None:
         raw["conda"] = conda
     if extra_targets:
@@ -329,6 +336,7 @@ def parse_spec(data: dict, where: str = "mirror spec") -> MirrorSpec:
         upstreams=dedup(upstreams),
         on_hash_mismatch=policy,
         jobs=jobs,
+        fsync=fsync,
         conda=conda,
         raw=raw,
         extra_targets=tuple(extra_targets),

@@ -21,9 +21,11 @@ DEFAULT_SPEC = "mirror/mirror.yaml"
 @click.option("--dry-run", is_flag=True, help="Print the plan (per target: packages, files, size); write nothing.")
 @click.option("--on-hash-mismatch", type=click.Choice(["fail", "warn"]),
               help="When upstream's sha256 disagrees with the bytes: fail (default) or publish and record.")
+@click.option("--fsync", is_flag=True, default=None,
+              help="fsync every file before publishing it (survives power loss; slower on large mirrors).")
 @click.option("--wait", type=float, default=None, metavar="SECONDS",
               help="Wait this long for another run holding the mirror lock (default: fail at once).")
-def mirror_cmd(spec_path, out, upstreams, jobs, dry_run, on_hash_mismatch, wait) -> None:
+def mirror_cmd(spec_path, out, upstreams, jobs, dry_run, on_hash_mismatch, fsync, wait) -> None:
     """Mirror torch (+ dependencies) for every target in the spec, laid out like download.pytorch.org.
 
     \b
@@ -35,7 +37,7 @@ def mirror_cmd(spec_path, out, upstreams, jobs, dry_run, on_hash_mismatch, wait)
 
     spec = load_spec(spec_path)
     spec = with_overrides(spec, out=out, upstreams=list(upstreams) or None, jobs=jobs,
-                          on_hash_mismatch=on_hash_mismatch)
+                          on_hash_mismatch=on_hash_mismatch, fsync=fsync or None)
     result = sync(spec, dry_run=dry_run, wait=wait, out=Path(spec.out))
     if not dry_run:
         idx = "published" if result.index_changed else "unchanged"

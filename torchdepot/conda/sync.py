@@ -87,7 +87,8 @@ def sync_conda(spec, out: Path, *, client: Client | None = None, jobs: int = 4, 
             return CondaSyncResult(summary=f"dry run: {len(solutions)} targets solved, {len(items)} packages "
                                    f"({size / 1e6:.1f} MB) would be mirrored", solutions=solutions)
 
-        report = Fetcher(out, client, jobs=jobs, on_hash_mismatch=on_hash_mismatch, progress=progress).run(items)
+        report = Fetcher(out, client, jobs=jobs, on_hash_mismatch=on_hash_mismatch, progress=progress,
+                         fsync=getattr(spec, "fsync", False)).run(items)
         if report.failed:
             first = report.failed[0]
             cls = IntegrityError if first.hash_mismatch else UpstreamError
