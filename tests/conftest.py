@@ -57,3 +57,40 @@ def torch_wheel() -> Path:
         if not found:
             pytest.skip(f"cannot obtain torch=={TORCH_VERSION} CPU wheel: {proc.stderr.strip()[-300:]}")
     return found[0]
+
+
+# torch 2.13.0's runtime dependencies, plus numpy (the default spec adds it to every env).
+TORCH_DEPS = frozenset({"filelock", "typing-extensions", "setuptools", "sympy", "networkx", "jinja2", "fsspec",
+                        "mpmath", "markupsafe", "numpy"})
+
+
+def wheel_project(path: Path) -> str:
+    from packaging.utils import parse_wheel_filename
+
+    return str(parse_wheel_filename(path.name)[0])
+
+
+@pytest.fixture(scope="session")
+def dep_wheels(torch_wheel) -> list[Path]:
+    """torch's dependency wheels + numpy, fetched once with the MACHINE's pip config into the
+    cache outside the repo (as the torch wheel is); the tests then serve them on loopback."""
+    import subprocess
+    import sys
+
+    deps = TORCH_CACHE / "deps"
+
+    def have() -> list[Path]:
+        return sorted(p for p in deps.glob("*.whl") if wheel_project(p) in TORCH_DEPS)
+
+    if {wheel_project(p) for p in have()} != TORCH_DEPS:
+        deps.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--find-links", str(TORCH_CACHE),
+             f"torch=={TORCH_VERSION}", "numpy", "-d", str(deps)],
+            capture_output=True, text=True,
+        )
+        missing = TORCH_DEPS - {wheel_project(p) for p in have()}
+        if missing:
+            pytest.skip(f"cannot obtain torch's dependency wheels {sorted(missing)}: {proc.stderr.strip()[-300:]}")
+    # One wheel per project (the newest name sorts last) so upstream pages stay unambiguous.
+    return sorted({wheel_project(p): p for p in have()}.values())

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TORCH_CACHE
 from tests.httpserver import Server
 from tests.test_conda_channel import fast_client, stub_torch_wheels
 from torchdepot.accel import parse_accelerator
@@ -29,21 +28,9 @@ DEPS = ("filelock", "typing-extensions", "sympy", "mpmath", "networkx", "jinja2"
 
 
 @pytest.fixture(scope="module")
-def dep_wheels() -> list[Path]:
-    """torch's runtime deps, obtained with the MACHINE's pip config into a cache outside the repo."""
-    d = TORCH_CACHE / "deps"
-    d.mkdir(parents=True, exist_ok=True)
-
-    def have():
-        names = {p.name.split("-")[0].lower().replace("_", "-") for p in d.glob("*.whl")}
-        return all(n in names for n in DEPS)
-
-    if not have():
-        subprocess.run([sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--python-version", "3.11",
-                        "-d", str(d), *DEPS], capture_output=True, text=True)
-    if not have():
-        pytest.skip(f"cannot obtain torch's dependency wheels into {d}")
-    return sorted(p for p in d.glob("*.whl") if p.name.split("-")[0].lower().replace("_", "-") in DEPS)
+def dep_wheels(dep_wheels) -> list[Path]:
+    """The shared dependency wheels (tests/conftest.py), minus numpy: torch's runtime deps only."""
+    return [p for p in dep_wheels if p.name.split("-")[0].lower().replace("_", "-") in DEPS]
 
 
 def test_repackaged_real_torch_mirrors_solves_installs_and_imports(torch_wheel, dep_wheels, tmp_path):

@@ -11,32 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TORCH_CACHE, TORCH_VERSION
+from tests.conftest import TORCH_VERSION
 from tests.httpserver import Server
 from tests.mirror_upstream import build_upstreams, dead_url
 from tests.venvs import hermetic_env, make_venv, run
 
 ROOT = Path(__file__).resolve().parent.parent
-DEPS = TORCH_CACHE / "deps"
-NEEDED = {"filelock", "typing_extensions", "setuptools", "sympy", "networkx", "jinja2", "fsspec", "mpmath",
-          "markupsafe", "numpy"}
-
-
-@pytest.fixture(scope="session")
-def dep_wheels() -> list[Path]:
-    """torch's dependencies + numpy as real wheels, fetched once with the MACHINE's pip config."""
-
-    def have() -> list[Path]:
-        return sorted(p for p in DEPS.glob("*.whl") if not p.name.startswith("torch-"))
-
-    if not NEEDED <= {p.name.split("-", 1)[0].lower() for p in have()}:
-        DEPS.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run([sys.executable, "-m", "pip", "download", f"torch=={TORCH_VERSION}", "numpy",
-                               "-d", str(DEPS)], capture_output=True, text=True)
-        missing = NEEDED - {p.name.split("-", 1)[0].lower() for p in have()}
-        if missing:
-            pytest.skip(f"cannot obtain torch's dependency wheels ({sorted(missing)}): {proc.stderr.strip()[-300:]}")
-    return have()
 
 
 @pytest.mark.e2e

@@ -5,33 +5,17 @@ plain `pip install --require-hashes -r requirements.lock` into a fresh venv from
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import TORCH_CACHE
 from tests.httpserver import Server
 from tests.mirror_upstream import build_upstreams
 from tests.venvs import hermetic_env, make_venv, run
 
 CPU = "cpu-py311-linux-x86_64"
-DEPS = TORCH_CACHE / "deps"
-
-
-@pytest.fixture(scope="session")
-def dep_wheels(torch_wheel) -> list[Path]:
-    """torch's dependencies + numpy, downloaded once with the MACHINE's pip config (not hermetic)."""
-    if not list(DEPS.glob("numpy-*.whl")) or not list(DEPS.glob("sympy-*.whl")):
-        DEPS.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--find-links", str(TORCH_CACHE),
-                               f"torch=={torch_wheel.name.split('-')[1]}", "numpy", "-d", str(DEPS)],
-                              capture_output=True, text=True)
-        if proc.returncode:
-            pytest.skip(f"cannot download torch's dependencies: {proc.stderr.strip()[-300:]}")
-    return [p for p in sorted(DEPS.glob("*.whl")) if not p.name.startswith("torch-")]
 
 
 def td(*args, env=None, cwd=None) -> subprocess.CompletedProcess:

@@ -96,14 +96,17 @@ def accelerator_from_dir(segment: str) -> Accelerator | None:
         if s.endswith(suffix):
             s = s[: -len(suffix)]
             flags.add(flag)
+    return _canonical(s, frozenset(flags))
+
+
+def _canonical(s: str, flags: frozenset[str]) -> Accelerator | None:
+    """``cpu`` / ``xpu`` / ``cuXY[Z]`` / ``rocmX.Y[.Z]`` once suffixes and flags are stripped."""
     if s in ("cpu", "xpu"):
-        return Accelerator(s, (), frozenset(flags))
-    m = _CU_RE.fullmatch(s)
-    if m:
-        return Accelerator("cuda", _cuda_from_digits(m.group(1)), frozenset(flags))
-    m = _ROCM_RE.fullmatch(s)
-    if m:
-        return Accelerator("rocm", tuple(int(p) for p in m.group(1).split(".")), frozenset(flags))
+        return Accelerator(s, (), flags)
+    if m := _CU_RE.fullmatch(s):
+        return Accelerator("cuda", _cuda_from_digits(m.group(1)), flags)
+    if m := _ROCM_RE.fullmatch(s):
+        return Accelerator("rocm", tuple(int(p) for p in m.group(1).split(".")), flags)
     return None
 
 
@@ -127,19 +130,11 @@ def accelerator_from_local(label: str) -> Accelerator | None:
     elif s.endswith(".with.pypi.cudnn"):
         flags.add(FLAG_PYPI_CUDNN)
         s = s[: -len(".with.pypi.cudnn")]
-    if s in ("cpu", "xpu"):
-        return Accelerator(s, (), frozenset(flags))
-    m = _CU_RE.fullmatch(s)
-    if m:
-        return Accelerator("cuda", _cuda_from_digits(m.group(1)), frozenset(flags))
-    m = _ROCM_RE.fullmatch(s)
-    if m:
-        return Accelerator("rocm", tuple(int(p) for p in m.group(1).split(".")), frozenset(flags))
-    m = _LABEL_CU_DOTTED.fullmatch(s)
-    if m:
+    if acc := _canonical(s, frozenset(flags)):
+        return acc
+    if m := _LABEL_CU_DOTTED.fullmatch(s):
         return Accelerator("cuda", (int(m.group(1)), int(m.group(2))), frozenset(flags))
-    m = _LABEL_CU_PREFIX.fullmatch(s)
-    if m:
+    if m := _LABEL_CU_PREFIX.fullmatch(s):
         return Accelerator("cuda", _cuda_from_digits(m.group(1)), frozenset(flags))
     return None
 
