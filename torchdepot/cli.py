@@ -14,12 +14,17 @@ from . import __version__
 from .errors import TorchdepotError
 
 
+def _one_line(exc: BaseException) -> str:
+    # Messages quote user input (file names, YAML keys); keep the error a single line anyway.
+    return " ".join(str(exc).splitlines()) or type(exc).__name__
+
+
 class _Group(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except TorchdepotError as exc:
-            click.echo(f"torchdepot: error: {exc}", err=True)
+            click.echo(f"torchdepot: error: {_one_line(exc)}", err=True)
             sys.exit(1)
         except BrokenPipeError:
             # `torchdepot ls | head`: the reader left; not an error worth a message.

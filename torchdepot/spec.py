@@ -32,6 +32,13 @@ KNOWN_KEYS = frozenset({
     "upstreams", "on_hash_mismatch", "jobs", "conda", "targets", "fsync",
 })
 _PYTHON = re.compile(r"3\.(\d{1,2})")
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.\-]+")
+
+
+def quote_key(name: object) -> str:
+    """A YAML key as it should appear in a one-line error: plain keys bare, odd ones quoted."""
+    text = str(name)
+    return text if _PLAIN_KEY.fullmatch(text) else repr(text)
 
 
 @dataclass(frozen=True)
@@ -123,7 +130,7 @@ def _packages(data: dict, where: str) -> tuple[PackageSpec, ...]:
     items: list[tuple[str, str, str | None]] = []  # (key, name, constraint)
     if isinstance(raw, dict):
         for name, constraint in raw.items():
-            items.append((f"packages.{name}", str(name), None if constraint in (None, "", "*") else str(constraint)))
+            items.append((f"packages.{quote_key(name)}", str(name), None if constraint in (None, "", "*") else str(constraint)))
     elif isinstance(raw, list):
         for i, entry in enumerate(raw):
             key = f"packages[{i}]"
@@ -215,7 +222,7 @@ def _target(entry, where: str) -> PipTarget:
         raise SpecError(f"{where}: expected a mapping with accelerator, python, platform")
     extra = sorted(set(entry) - {"accelerator", "python", "platform", "torch"})
     if extra:
-        raise SpecError(f"{where}: {extra[0]}: unknown key (known: accelerator, python, platform, torch)")
+        raise SpecError(f"{where}: {quote_key(extra[0])}: unknown key (known: accelerator, python, platform, torch)")
     acc = _accelerator(entry.get("accelerator", "cpu"), f"{where}.accelerator")
     py = _python(entry.get("python", "host"), f"{where}.python")
     plat = _platform(entry.get("platform", "host"), f"{where}.platform")
@@ -237,7 +244,7 @@ def parse_spec(data: dict, where: str = "mirror spec") -> MirrorSpec:
         raise SpecError(f"{where}: expected a mapping at the top level, got {type(data).__name__}")
     unknown = sorted(str(k) for k in data if k not in KNOWN_KEYS)
     if unknown:
-        raise SpecError(f"{where}: {unknown[0]}: unknown key (known: {', '.join(sorted(KNOWN_KEYS))})")
+        raise SpecError(f"{where}: {quote_key(unknown[0])}: unknown key (known: {', '.join(sorted(KNOWN_KEYS))})")
     packages = _packages(data, where)
 
     extras = []

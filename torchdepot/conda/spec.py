@@ -25,6 +25,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from ..accel import Accelerator, parse_accelerator
 from ..errors import ParseError, SpecError
 from ..platforms import subdir_platform, target_platform
+from ..spec import quote_key
 
 DEFAULT_ORIGIN = "https://conda.anaconda.org"
 KNOWN_SUBDIRS = ("linux-64", "linux-aarch64", "osx-64", "osx-arm64", "win-64")
@@ -85,7 +86,7 @@ def _channel(key: str, item: object) -> ChannelSpec:
         raise _err(key, "must be a channel name, a URL, or a mapping with name and mirrors")
     unknown = set(item) - {"name", "mirrors"}
     if unknown:
-        raise _err(f"{key}.{sorted(unknown)[0]}", "unknown key (expected name, mirrors)")
+        raise _err(f"{key}.{quote_key(sorted(unknown, key=str)[0])}", "unknown key (expected name, mirrors)")
     name = item.get("name")
     if not isinstance(name, str) or not name.strip():
         raise _err(f"{key}.name", "must be a non-empty string")
@@ -166,7 +167,7 @@ def parse_conda_section(raw: object, spec: object) -> CondaConfig | None:
         raise _err("conda", "must be a mapping with channels (and optionally specs, subdirs)")
     unknown = set(raw) - {"channels", "specs", "subdirs"}
     if unknown:
-        raise _err(f"conda.{sorted(unknown)[0]}", "unknown key (expected channels, specs, subdirs)")
+        raise _err(f"conda.{quote_key(sorted(unknown, key=str)[0])}", "unknown key (expected channels, specs, subdirs)")
     chans = raw.get("channels")
     if not isinstance(chans, list) or not chans:
         raise _err("conda.channels", "must be a non-empty list")
