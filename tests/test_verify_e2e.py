@@ -73,6 +73,16 @@ def test_mirror_lock_verify_pip_install(tmp_path, torch_wheel, dep_wheels):
     proc = run([py, "-c", "import torch, numpy; print(torch.__version__, torch.from_numpy(numpy.ones(3)).sum().item())"])
     assert proc.stdout.split() == ["2.13.0+cpu", "3.0"], proc.stderr[-2000:]
 
+    # doctor --check on the real install, on this GPU-less machine (no driver recorded)
+    proc = td("doctor", "--check", "--python", py, "--json")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert report["driver"] is None and report["recommended"] == "cpu"
+    check = report["check"]
+    assert check["result"]["torch"] == "2.13.0+cpu" and check["result"]["cuda"] is None, check
+    assert check["result"]["cuda_available"] is False and check["result"]["numpy"], check
+    assert check["problems"] == [], check
+
     # tampering with the committed lock is caught and named
     lock = env_dir / "requirements.lock"
     sha = req.split("torch==2.13.0+cpu \\\n    --hash=sha256:")[1][:64]
