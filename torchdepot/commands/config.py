@@ -53,8 +53,7 @@ def config_group() -> None:
 @config_group.command("pip")
 @_common
 @click.option("--variant", default="cpu", show_default=True, help="Accelerator index: cpu, cu128, rocm6.4, xpu.")
-@click.option("--offline", is_flag=True, hidden=True)
-def pip_cmd(url: str, file: str | None, scope: str | None, dry_run: bool, variant: str, offline: bool) -> None:
+def pip_cmd(url: str, file: str | None, scope: str | None, dry_run: bool, variant: str) -> None:
     """Set index-url (and trusted-host for plain HTTP) in pip.conf.
 
     \b
@@ -71,8 +70,7 @@ def pip_cmd(url: str, file: str | None, scope: str | None, dry_run: bool, varian
 @click.option("--variant", default="cpu", show_default=True, help="Accelerator index: cpu, cu128, rocm6.4, xpu.")
 @click.option("--default-index/--no-default-index", default=True, show_default=True,
               help="Also make the mirror uv's default index (it serves torch's dependencies).")
-@click.option("--offline", is_flag=True, hidden=True)
-def uv_cmd(url: str, file: str | None, scope: str | None, dry_run: bool, variant: str, default_index: bool, offline: bool) -> None:
+def uv_cmd(url: str, file: str | None, scope: str | None, dry_run: bool, variant: str, default_index: bool) -> None:
     """Add [[index]] entries for the mirror to uv.toml.
 
     \b
