@@ -19,7 +19,42 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).splitlines()) or type(exc).__name__
 
 
+# command name -> module in torchdepot.commands defining it (in its COMMANDS list).
+# Modules are imported only when their command runs: the CLI starts without loading
+# requests, rattler, ruamel or zstandard for commands that do not need them.
+COMMAND_MODULES = {
+    "bundle": "bundle",
+    "unbundle": "bundle",
+    "conda": "conda",
+    "config": "config",
+    "doctor": "doctor",
+    "landing": "landing",
+    "lock": "lock",
+    "ls": "ls",
+    "matrix": "matrix",
+    "mirror": "mirror",
+    "parse": "parse",
+    "publish": "publish",
+    "recipes": "recipes",
+    "serve": "serve",
+    "verify": "verify",
+    "verify-mirror": "verify_mirror",
+}
+
+
 class _Group(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMAND_MODULES))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        module = COMMAND_MODULES.get(name)
+        if module is None:
+            return super().get_command(ctx, name)
+        import importlib
+
+        mod = importlib.import_module(f"{__package__}.commands.{module}")
+        return next((c for c in getattr(mod, "COMMANDS", []) if c.name == name), None)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -45,19 +80,3 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="torchdepot")
 def main() -> None:
     """Offline PyTorch mirrors, locks and verification for pip, uv and conda."""
-
-
-def _register() -> None:
-    # One module per command family; each exposes COMMANDS (a list of click commands).
-    import importlib
-    import pkgutil
-
-    from . import commands
-
-    for mod in sorted(m.name for m in pkgutil.iter_modules(commands.__path__)):
-        module = importlib.import_module(f"{commands.__name__}.{mod}")
-        for cmd in getattr(module, "COMMANDS", []):
-            main.add_command(cmd)
-
-
-_register()

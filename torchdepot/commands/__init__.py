@@ -1,2 +1,2 @@
-"""CLI command modules. Each module defines ``COMMANDS = [...]`` of click commands;
-``torchdepot.cli`` registers them all, so adding a command never edits a shared file."""
+"""CLI command modules. Each module defines ``COMMANDS = [...]`` of click commands and is
+named in ``torchdepot.cli.COMMAND_MODULES``, which imports it only when one of its commands runs."""
