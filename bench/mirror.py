@@ -12,8 +12,6 @@ Goals: fetch <= 1.2x cp, <= 0.3x pip download, no-op <= 1 s / 0 bytes, peak RSS 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 import tempfile

@@ -10,8 +10,6 @@ ratio compares like with like. Needs a mirror with a CPU target (`make mirror`).
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import subprocess
 import sys
 import tempfile

@@ -1,5 +1,4 @@
-import hashlib, os, tempfile
-from pathlib import Path
+import hashlib, os
 from tests.httpserver import Server
 from torchdepot.fetch import Fetcher, FetchItem
 from torchdepot.http import make_session, HttpConfig

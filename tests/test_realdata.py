@@ -56,7 +56,7 @@ def _regex_hrefs(path: Path) -> list[str]:
 def crawled(served, client, data_dir):
     """Every page of the three captures, crawled over HTTP: {capture: [Page]}."""
     out: dict[str, list] = {}
-    root = fetch_root(client, served.url + "/whl")
+    assert fetch_root(client, served.url + "/whl").projects  # the root page crawls too
     # every captured page: the root's projects that were captured, plus "cerifi/" (a
     # captured directory the root page does not list)
     dirs = sorted(p.name for p in (data_dir / CAPTURE_2023).iterdir() if p.is_dir())

@@ -5,7 +5,6 @@ smoke-tests it; a CPU build in a CUDA lock and a tampered conda hash are failure
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from tests.test_lock_support import build_mirror, fake_torch_wheels
 from torchdepot.cli import main
 from torchdepot.conda.recipes import build_wheels, index_channel
 from torchdepot.fsutil import sha256_file
-from torchdepot.manifest import FileEntry, Target, TargetPackage, load, save
+from torchdepot.manifest import FileEntry, Target, TargetPackage, save
 from torchdepot.verify.conda import CondaPin, build_check
 
 CPU = "cpu-py311-linux-x86_64"

@@ -16,7 +16,6 @@ import http.server
 import os
 import posixpath
 import re
-import shutil
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
