@@ -272,8 +272,6 @@ def unbundle(bundle: Path, dest: Path) -> UnbundleReport:
 
 
 def _write_landing(root: Path, manifest: mf.Manifest) -> None:
-    try:
-        from .landing import write_landing
-    except ImportError:
-        return
+    from ..landing import write_landing  # imported late: only unbundle needs the page renderer
+
     write_landing(root, manifest)
