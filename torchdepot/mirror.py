@@ -8,7 +8,6 @@ probe PyTorch upstreams (failover) -> pin torch* per target -> resolve each targ
 
 from __future__ import annotations
 
-import importlib
 import sys
 import time
 import urllib.parse
@@ -23,6 +22,7 @@ from . import manifest as mf
 from .errors import TorchdepotError, UpstreamError
 from .fetch import FetchItem, Fetcher, FetchReport
 from .fsutil import MirrorLock, atomic_write_text, safe_filename, safe_join
+from .landing import write_landing
 from .http import Client, HttpConfig, make_session
 from .pipconfig import PipSources, pip_default_index, read_pip_config
 from .publish import IndexFile, build_pages, ensure_metadata, publish
@@ -31,6 +31,7 @@ from .select import pin
 from .sources.links import Link
 from .sources.pep503 import parse_html
 from .spec import TORCH_PROJECTS, MirrorSpec, PipTarget
+from .verifymirror import verify_mirror
 
 Echo = Callable[[str], None]
 # Upstream probes fail fast: an unreachable PyTorch index must not stall the run.
@@ -383,29 +384,14 @@ def write_pylock(out: Path, p: TargetPlan, index_files: dict[str, IndexFile]) ->
     atomic_write_text(safe_join(out, f"targets/{p.target.id}/pylock.toml"), tomlkit.dumps(doc))
 
 
-def _optional(module: str):
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name and module.startswith(exc.name):
-            return None
-        raise
-
-
-def _conda(spec: MirrorSpec, out: Path, client: Client | None, dry_run: bool, result: MirrorResult, echo: Echo,
-           old: mf.Manifest | None) -> tuple[list[mf.FileEntry], list[mf.Target]]:
-    """Run the conda side (issue-4 module) when the spec has a ``conda:`` section."""
+def _conda(spec: MirrorSpec, out: Path, client: Client | None, dry_run: bool, result: MirrorResult,
+           echo: Echo) -> tuple[list[mf.FileEntry], list[mf.Target]]:
+    """Run the conda side when the spec has a ``conda:`` section."""
     if spec.conda is None:
         return [], []
-    conda_sync = _optional("torchdepot.conda.sync")
-    if conda_sync is None:
-        msg = "conda: section present but torchdepot.conda.sync is not available; skipped (previous conda entries kept)"
-        result.messages.append(msg)
-        echo(msg)
-        if old is None:
-            return [], []
-        return [f for f in old.files if f.kind == "conda"], [t for t in old.targets if t.kind == "conda"]
-    cres = conda_sync.sync_conda(spec, out, client=client, jobs=spec.jobs, on_hash_mismatch=spec.on_hash_mismatch,
+    from .conda.sync import sync_conda  # late: py-rattler loads only for specs with a conda section
+
+    cres = sync_conda(spec, out, client=client, jobs=spec.jobs, on_hash_mismatch=spec.on_hash_mismatch,
                                  dry_run=dry_run)
     if getattr(cres, "summary", None):
         result.messages.append(f"conda: {cres.summary}")
@@ -421,25 +407,17 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
     if dry_run:
         result = sync_pip(spec, out=out, dry_run=True, client=client, progress=progress, pip_sources=pip_sources,
                           echo=echo)
-        _conda(spec, out, client, True, result, echo, None)
+        _conda(spec, out, client, True, result, echo)
         return result
     out.mkdir(parents=True, exist_ok=True)
     with MirrorLock(out, wait):
-        old = None
-        if (out / mf.MANIFEST_NAME).is_file():
-            try:
-                old = mf.load(out)
-            except TorchdepotError:
-                old = None
         result = sync_pip(spec, out=out, client=client, progress=progress, pip_sources=pip_sources, echo=echo)
         files, targets = list(result.files), list(result.targets)
-        conda_files, conda_targets = _conda(spec, out, client, False, result, echo, old)
+        conda_files, conda_targets = _conda(spec, out, client, False, result, echo)
         files += conda_files
         targets += conda_targets
         manifest = mf.Manifest(files=files, targets=targets, spec=dict(spec.raw or {}))
-        landing = _optional("torchdepot.landing")
-        if landing is not None and hasattr(landing, "write_landing"):
-            landing.write_landing(out, manifest)
+        write_landing(out, manifest)
         mf.save(out, manifest)
         result.manifest = manifest
         _verify_published(out, result, echo)
@@ -449,10 +427,7 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
 def _verify_published(out: Path, result: MirrorResult, echo: Echo) -> None:
     """Re-check what was just published (issue 6): every manifest file hash-valid, every
     index link resolving. The fetcher's hash cache spares re-reading unchanged files."""
-    vm = _optional("torchdepot.verifymirror")
-    if vm is None:
-        return
-    check = vm.verify_mirror(out, trust_cache=True, clean=True)  # drops leftovers of killed runs
+    check = verify_mirror(out, trust_cache=True, clean=True)  # drops leftovers of killed runs
     if check.ok:
         return
     serious = [p for p in check.unrepaired if p.kind in ("missing", "corrupt", "dangling-link")]
