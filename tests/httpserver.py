@@ -78,7 +78,8 @@ class Server:
         self.root = Path(root)
         self.httpd = http.server.ThreadingHTTPServer((host, port), functools.partial(handler, directory=str(root)))
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        # A short poll: shutdown() waits up to one interval, and tests stop many servers.
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
     def url(self) -> str:

@@ -8,6 +8,8 @@ probe PyTorch upstreams (failover) -> pin torch* per target -> resolve each targ
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
 import urllib.parse
@@ -20,13 +22,14 @@ import tomlkit
 
 from . import manifest as mf
 from .errors import TorchdepotError, UpstreamError
-from .fetch import FetchItem, Fetcher, FetchReport
+from .fetch import Fetcher, FetchItem, FetchReport
 from .fsutil import MirrorLock, atomic_write_text, safe_filename, safe_join
-from .landing import write_landing
+from .hostguard import PROXY_VARS, HostGuard
 from .http import Client, HttpConfig, make_session
+from .landing import write_landing
 from .pipconfig import PipSources, pip_default_index, read_pip_config
 from .publish import IndexFile, build_pages, ensure_metadata, publish
-from .resolve import IndexPlan, ResolvedFile, resolve
+from .resolve import IndexPlan, ResolvedFile, ResolveError, resolve
 from .select import pin
 from .sources.links import Link
 from .sources.pep503 import parse_html
@@ -217,6 +220,29 @@ def _allowed_hosts(spec: MirrorSpec, pip: PipSources, default_index: str | None)
     return set(default_policy(spec.upstreams, [d for d in deps if d]).hosts)
 
 
+@contextlib.contextmanager
+def _guard(allowed: set[str], say: Callable[[str], None]):
+    """Run uv behind the host guard (yields the env to give it). A user who already routes
+    through their own proxy keeps it: the guard does not chain proxies, and says so."""
+    if any(os.environ.get(v) for v in PROXY_VARS):
+        say("host policy: a proxy is configured (HTTP(S)_PROXY), so uv's resolution traffic is not screened; "
+            "downloads still are")
+        yield {}
+        return
+    with HostGuard(allowed) as guard:
+        try:
+            yield guard.env()
+        except ResolveError as exc:
+            if guard.refused:  # the resolution failed because the policy kept uv off a host: say so
+                hosts = ", ".join(sorted(guard.refused))
+                raise ResolveError(f"resolver needed {hosts}, not allowed by the mirror's host policy; {exc}") from None
+            raise
+        finally:
+            for host, n in sorted(guard.refused.items()):
+                say(f"host policy: refused {n} request(s) from the resolver to {host} (not an upstream, "
+                    "a PyTorch-linked host or a pip-config host)")
+
+
 def file_key(f: ResolvedFile) -> str:
     return f"packages/{f.name}/{safe_filename(f.filename)}"
 
@@ -279,12 +305,14 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
         planned = [(t, *plan_target(spec, t, sources)) for t in targets]
         phase("upstreams")
 
-        def run_one(item):
-            t, reqs, plan, variant = item
-            files = resolve(t.id, reqs, t.python, t.platform, plan)
-            return TargetPlan(t, tuple(reqs), tuple(files), variant)
+        allowed = _allowed_hosts(spec, pip, sources.default_index)
+        with _guard(allowed, say) as guard_env:
+            def run_one(item):
+                t, reqs, plan, variant = item
+                files = resolve(t.id, reqs, t.python, t.platform, plan, env=guard_env)
+                return TargetPlan(t, tuple(reqs), tuple(files), variant)
 
-        result.plans = list(pool.map(run_one, planned))
+            result.plans = list(pool.map(run_one, planned))
         phase("resolve")
 
         items: dict[str, FetchItem] = {}
@@ -311,7 +339,7 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
 
         fetcher = Fetcher(out, client, jobs=spec.jobs, on_hash_mismatch=spec.on_hash_mismatch, progress=progress,
                           fsync=spec.fsync,
-                          allowed_hosts=_allowed_hosts(spec, pip, sources.default_index))
+                          allowed_hosts=allowed)
         report = fetcher.run(list(items.values()))
         result.report = report
         phase("fetch")
@@ -389,7 +417,9 @@ def _conda(spec: MirrorSpec, out: Path, client: Client | None, dry_run: bool, re
     """Run the conda side when the spec has a ``conda:`` section."""
     if spec.conda is None:
         return [], []
-    from .conda.sync import sync_conda  # late: py-rattler loads only for specs with a conda section
+    from .conda.sync import (
+        sync_conda,  # late: py-rattler loads only for specs with a conda section
+    )
 
     cres = sync_conda(spec, out, client=client, jobs=spec.jobs, on_hash_mismatch=spec.on_hash_mismatch,
                                  dry_run=dry_run)

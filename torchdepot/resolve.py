@@ -100,14 +100,16 @@ def _short_error(stderr: str) -> str:
 
 
 def resolve(target_id: str, requirements: list[str], python: str, platform: str, plan: IndexPlan,
-            timeout: float = 900) -> list[ResolvedFile]:
+            timeout: float = 900, env: dict[str, str] | None = None) -> list[ResolvedFile]:
+    """uv pip compile for one target; ``env`` adds variables (e.g. the host guard's proxy)."""
     with tempfile.TemporaryDirectory(prefix="torchdepot-resolve-") as tmp:
         req = Path(tmp) / "requirements.in"
         req.write_text("".join(r + "\n" for r in requirements))
         out = Path(tmp) / "pylock.toml"
         cmd = compile_command(req, out, python, platform, plan)
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=uv_env(), timeout=timeout)
+            proc = subprocess.run(cmd, capture_output=True, text=True, env={**uv_env(), **(env or {})},
+                                  timeout=timeout)
         except subprocess.TimeoutExpired:
             raise ResolveError(f"{target_id}: uv pip compile took longer than {timeout:g}s") from None
         except OSError as exc:
