@@ -6,6 +6,8 @@ traceback: :class:`~torchdepot.errors.TorchdepotError` and ``OSError`` are caugh
 
 from __future__ import annotations
 
+import importlib
+import os
 import sys
 
 import click
@@ -44,16 +46,14 @@ COMMAND_MODULES = {
 
 class _Group(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(set(super().list_commands(ctx)) | set(COMMAND_MODULES))
+        return sorted(COMMAND_MODULES)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         module = COMMAND_MODULES.get(name)
         if module is None:
-            return super().get_command(ctx, name)
-        import importlib
-
+            return None
         mod = importlib.import_module(f"{__package__}.commands.{module}")
-        return next((c for c in getattr(mod, "COMMANDS", []) if c.name == name), None)
+        return next((c for c in mod.COMMANDS if c.name == name), None)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -62,11 +62,10 @@ class _Group(click.Group):
             click.echo(f"torchdepot: error: {_one_line(exc)}", err=True)
             sys.exit(1)
         except BrokenPipeError:
-            # `torchdepot ls | head`: the reader left; not an error worth a message.
-            try:
-                sys.stdout = None  # type: ignore[assignment]  # stop the interpreter re-flushing
-            finally:
-                sys.exit(0)
+            # `torchdepot ls | head`: the reader left; not an error worth a message. Point
+            # stdout at devnull so the interpreter's final flush does not fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
         except OSError as exc:
             where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
             click.echo(f"torchdepot: error: {where}{exc.strerror or exc}", err=True)
