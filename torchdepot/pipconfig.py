@@ -16,7 +16,7 @@ import os
 import ast
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 # pip option sections that apply to ``pip install``/``pip download``, lowest priority first.
@@ -130,8 +130,7 @@ def read_pip_config(python: str | None = None, env: dict[str, str] | None = None
     if python is None and env is None:
         text = _config_list_in_process()
         if text is not None:
-            src = parse_config_list(text, os.environ)
-            return PipSources(src.index_url, src.extra_index_urls, src.find_links, src.no_index, "pip configuration")
+            return replace(parse_config_list(text, os.environ), note="pip configuration")
     env = dict(os.environ if env is None else env)
     cmd = [python or sys.executable, "-m", "pip", "config", "list"]
     try:
@@ -140,30 +139,28 @@ def read_pip_config(python: str | None = None, env: dict[str, str] | None = None
         note = "pip config list" if proc.returncode == 0 else "environment only (pip config list failed)"
     except (OSError, subprocess.TimeoutExpired):
         text, note = "", "environment only (pip not runnable)"
-    src = parse_config_list(text, env)
-    return PipSources(src.index_url, src.extra_index_urls, src.find_links, src.no_index, note)
+    return replace(parse_config_list(text, env), note=note)
 
 
-def pip_default_index(python: str | None = None, env: dict[str, str] | None = None) -> str | None:
-    """pip's built-in default index URL, asked from pip itself (never hard-coded here)."""
-    code = "from pip._internal.models.index import PyPI; print(PyPI.simple_url)"
+def _ask_pip(attr: str, python: str | None, env: dict[str, str] | None) -> str | None:
+    """``PyPI.<attr>`` from the interpreter's own pip (its defaults are never hard-coded here)."""
+    code = f"from pip._internal.models.index import PyPI; print(PyPI.{attr})"
     try:
         proc = subprocess.run([python or sys.executable, "-c", code], capture_output=True, text=True,
                               env=dict(os.environ if env is None else env), timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    url = proc.stdout.strip()
-    return url.rstrip("/") if proc.returncode == 0 and "://" in url else None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def pip_default_index(python: str | None = None, env: dict[str, str] | None = None) -> str | None:
+    """pip's built-in default index URL, asked from pip itself (never hard-coded here)."""
+    url = _ask_pip("simple_url", python, env) or ""
+    return url.rstrip("/") if "://" in url else None
 
 
 def pip_file_host(python: str | None = None, env: dict[str, str] | None = None) -> str | None:
     """The file host behind pip's built-in default index, asked from pip (never hard-coded):
     its pages link there, so the host policy must allow it when that index is used."""
-    code = "from pip._internal.models.index import PyPI; print(PyPI.file_storage_domain)"
-    try:
-        proc = subprocess.run([python or sys.executable, "-c", code], capture_output=True, text=True,
-                              env=dict(os.environ if env is None else env), timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    host = proc.stdout.strip().lower()
-    return host if proc.returncode == 0 and host and "/" not in host else None
+    host = (_ask_pip("file_storage_domain", python, env) or "").lower()
+    return host if host and "/" not in host else None
