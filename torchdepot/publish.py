@@ -158,17 +158,33 @@ def publish(root: Path, pages: dict[str, bytes]) -> tuple[str, bool]:
     link = root / INDEX_LINK
     if link.exists() and not link.is_symlink():
         raise TorchdepotError(f"{link}: exists and is not the index symlink torchdepot manages; move it away")
-    gen_dir = root / PUBLISH_DIR / gen
-    if live == gen and (gen_dir / INDEX_LINK / "index.html").is_file():
+    if live == gen and (root / PUBLISH_DIR / gen / INDEX_LINK / "index.html").is_file():
         return gen, False
-    build = root / PUBLISH_DIR / f".{gen}.tmp-{os.getpid()}"
-    shutil.rmtree(build, ignore_errors=True)
+    build = new_build_dir(root, gen)
     for rel, data in pages.items():
         path = safe_join(build / INDEX_LINK, rel)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
+    install_generation(root, build, gen)
+    prune(root, keep={gen, live} - {None})
+    return gen, True
+
+
+def new_build_dir(root: Path, gen: str) -> Path:
+    """An empty place to build generation ``gen`` (``<build>/whl/...``), on the filesystem of
+    its final place so :func:`install_generation` can rename it in."""
+    build = Path(root) / PUBLISH_DIR / f".{gen}.tmp-{os.getpid()}"
+    shutil.rmtree(build, ignore_errors=True)
+    return build
+
+
+def install_generation(root: Path, build: Path, gen: str) -> None:
+    """Install ``build`` (a directory holding ``whl/``) as generation ``gen`` and swap the
+    ``<root>/whl`` symlink to it with one rename: readers see the old index or the new one."""
+    root = Path(root)
     for d, _dirs, _files in os.walk(build, topdown=False):
         fsync_dir(Path(d))
+    gen_dir = root / PUBLISH_DIR / gen
     shutil.rmtree(gen_dir, ignore_errors=True)
     os.replace(build, gen_dir)
     fsync_dir(gen_dir.parent)
@@ -176,10 +192,8 @@ def publish(root: Path, pages: dict[str, bytes]) -> tuple[str, bool]:
     with contextlib.suppress(FileNotFoundError):
         tmp_link.unlink()
     os.symlink(f"{PUBLISH_DIR}/{gen}/{INDEX_LINK}", tmp_link)
-    os.replace(tmp_link, link)
+    os.replace(tmp_link, root / INDEX_LINK)
     fsync_dir(root)
-    prune(root, keep={gen, live} - {None})
-    return gen, True
 
 
 def prune(root: Path, keep: set[str]) -> None:
