@@ -315,14 +315,13 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
             result.plans = list(pool.map(run_one, planned))
         phase("resolve")
 
-        items: dict[str, FetchItem] = {}
+        unique: dict[str, ResolvedFile] = {}  # targets share most files: each is handled once
         for p in result.plans:
             for f in p.files:
-                key = file_key(f)
-                items.setdefault(key, FetchItem(key, _alternates(f.url, spec.upstreams), f.sha256, f.size))
+                unique.setdefault(file_key(f), f)
 
         if dry_run:
-            sizes = {k: _size_of(f, probe) for p in result.plans for f in p.files for k in [file_key(f)]}
+            sizes = {k: _size_of(f, probe) for k, f in unique.items()}
             for p in result.plans:
                 keys = {file_key(f) for f in p.files}
                 total = sum(sizes[k] or 0 for k in keys)
@@ -340,7 +339,8 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
         fetcher = Fetcher(out, client, jobs=spec.jobs, on_hash_mismatch=spec.on_hash_mismatch, progress=progress,
                           fsync=spec.fsync,
                           allowed_hosts=allowed)
-        report = fetcher.run(list(items.values()))
+        report = fetcher.run([FetchItem(k, _alternates(f.url, spec.upstreams), f.sha256, f.size)
+                              for k, f in unique.items()])
         result.report = report
         phase("fetch")
         for r in report.mismatches:
@@ -354,18 +354,14 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
         by_key = {r.key: r for r in report.results}
         entries: dict[str, mf.FileEntry] = {}
         index_files: dict[str, IndexFile] = {}
-        for p in result.plans:
-            for f in p.files:
-                key = file_key(f)
-                if key in index_files:
-                    continue
-                r = by_key[key]
-                meta_sha, req_py, meta_size = ensure_metadata(out, key, f.name)
-                index_files[key] = IndexFile(f.name, safe_filename(f.filename), key, r.sha256, req_py, meta_sha)
-                entries[key] = mf.FileEntry(key, r.sha256, r.size, "wheel", f.name, f.version, f.url,
-                                            r.upstream_sha256, r.hash_mismatch)
-                entries[key + ".metadata"] = mf.FileEntry(key + ".metadata", meta_sha, meta_size, "metadata",
-                                                          f.name, f.version)
+        for key, f in unique.items():
+            r = by_key[key]
+            meta_sha, req_py, meta_size = ensure_metadata(out, key, f.name)
+            index_files[key] = IndexFile(f.name, safe_filename(f.filename), key, r.sha256, req_py, meta_sha)
+            entries[key] = mf.FileEntry(key, r.sha256, r.size, "wheel", f.name, f.version, f.url,
+                                        r.upstream_sha256, r.hash_mismatch)
+            entries[key + ".metadata"] = mf.FileEntry(key + ".metadata", meta_sha, meta_size, "metadata",
+                                                      f.name, f.version)
         variants: dict[str, list[IndexFile]] = {}
         for p in result.plans:
             acc = p.target.accelerator
