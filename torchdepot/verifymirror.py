@@ -25,14 +25,14 @@ import os
 import re
 import shutil
 import urllib.parse
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import manifest as mf
 from .errors import TorchdepotError, UnsafePathError
-from .fetch import STATE_DIR, Fetcher, FetchItem, HashCache
-from .fsutil import MirrorLock, safe_join, sha256_file
+from .fetch import STATE_DIR, Fetcher, FetchItem, HashCache, hash_present
+from .fsutil import MirrorLock
+from .http import file_url_path
 
 PACKAGE_DIRS = ("packages", "conda")
 # Channel index files a conda publisher writes next to packages; never orphans.
@@ -90,17 +90,14 @@ def _check_files(root: Path, manifest: mf.Manifest, cache: HashCache | None) -> 
     problems = []
     for entry in manifest.files:
         try:
-            path = safe_join(root, entry.path)
+            present = hash_present(root, entry.path, cache)
         except UnsafePathError as exc:
             problems.append(Problem("corrupt", entry.path, str(exc)))
             continue
-        if not path.is_file():
+        if present is None:
             problems.append(Problem("missing", entry.path, "listed in manifest.json but not on disk"))
             continue
-        digest = cache.lookup(entry.path, path) if cache is not None else None
-        size = path.stat().st_size
-        if digest is None:
-            digest, size = sha256_file(path)
+        digest, size = present
         if size != entry.size:
             problems.append(Problem("corrupt", entry.path, f"{size} bytes, manifest says {entry.size}"))
         elif digest != entry.sha256:
@@ -158,11 +155,10 @@ def _check_index(root: Path, manifest: mf.Manifest) -> list[Problem]:
             page = parse_html(page_path.read_bytes(), page_path.as_uri())
             rel_page = _rel(root, page_path)
             for link in page.links:
-                parts = urllib.parse.urlsplit(link.url)
-                if parts.scheme != "file":
+                if urllib.parse.urlsplit(link.url).scheme != "file":
                     problems.append(Problem("dangling-link", rel_page, f"links outside the mirror: {link.url}"))
                     continue
-                target = Path(urllib.request.url2pathname(parts.path))
+                target = file_url_path(link.url)
                 try:
                     key = target.relative_to(root).as_posix()
                 except ValueError:
@@ -186,6 +182,11 @@ def _remove(root: Path, rel: str) -> None:
             path.unlink()
 
 
+def _derived(entry: mf.FileEntry) -> bool:
+    """A PEP 658 file the mirror wrote from its wheel (no upstream url to refetch it from)."""
+    return entry.path.endswith(".metadata") and entry.kind == "metadata" and not entry.url
+
+
 def _repair_metadata(root: Path, entry: mf.FileEntry) -> bool:
     """A PEP 658 file is derived from its wheel: rewrite it rather than fetch it."""
     from .publish import ensure_metadata
@@ -207,8 +208,7 @@ def _repair(root: Path, manifest: mf.Manifest, problems: list[Problem], client) 
             _remove(root, p.path)
             out.append(Problem(p.kind, p.path, p.detail + "; removed", True))
         elif p.kind in ("missing", "corrupt") and p.path in by_path:
-            entry = by_path[p.path]
-            if entry.path.endswith(".metadata") and entry.kind == "metadata" and not entry.url:
+            if _derived(by_path[p.path]):
                 continue  # after the wheels are back
             refetch[p.path] = p
         else:
@@ -244,7 +244,7 @@ def _repair(root: Path, manifest: mf.Manifest, problems: list[Problem], client) 
     for p in problems:  # derived files, now that their wheels are repaired
         if p.kind in ("missing", "corrupt") and p.path in by_path and p.path not in refetch:
             entry = by_path[p.path]
-            if entry.path.endswith(".metadata") and entry.kind == "metadata" and not entry.url:
+            if _derived(entry):
                 fixed = _repair_metadata(root, entry)
                 out.append(Problem(p.kind, p.path, p.detail + ("; rewritten from its wheel" if fixed
                                                                else "; could not be rewritten from its wheel"), fixed))
