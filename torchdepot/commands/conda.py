@@ -14,10 +14,9 @@ from pathlib import Path
 
 import click
 
-from ..accel import accelerator_sort_key
 from ..http import make_session
 from ..platforms import subdir_platform
-from .ls import PLATFORM_CODES, _python_key, _version_key
+from .ls import PLATFORM_CODES, _python_key, format_table, matrix_keys
 
 
 def _channel_url(text: str) -> str:
@@ -67,23 +66,10 @@ def render_matrix(package: str, records: list) -> str:
         plat = subdir_platform(r.subdir) or r.subdir
         cells[(r.version, acc)][py].add(PLATFORM_CODES.get(plat, r.subdir))
     cols = sorted(pythons, key=lambda p: _python_key(p) if p != "-" else (99,))
-
-    def acc_key(name: str):
-        a = accs.get(name)
-        return (1, ()) if a is None else (0, accelerator_sort_key(a))
-
-    keys = sorted(cells, key=lambda k: acc_key(k[1]))
-    keys = sorted(keys, key=lambda k: _version_key(k[0]), reverse=True)
-    header = ["version", "accelerator"] + cols
-    table = [header] + [[v, a] + ["".join(sorted(cells[(v, a)].get(c, ()))) for c in cols] for v, a in keys]
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    lines = [f"{package}: {len(records)} records"]
-    for i, row in enumerate(table):
-        lines.append("  ".join(cell.ljust(widths[j]) for j, cell in enumerate(row)).rstrip())
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    lines.append("subdirs: " + ", ".join(f"{c}={p}" for p, c in PLATFORM_CODES.items()) + "; '-' = build states no Python")
-    return "\n".join(lines)
+    body = [[v, a] + ["".join(sorted(cells[(v, a)].get(c, ()))) for c in cols] for v, a in matrix_keys(cells, accs)]
+    table = format_table(f"{package}: {len(records)} records", ["version", "accelerator"] + cols, body)
+    legend = "subdirs: " + ", ".join(f"{c}={p}" for p, c in PLATFORM_CODES.items()) + "; '-' = build states no Python"
+    return f"{table}\n{legend}"
 
 
 @click.group("conda")

@@ -63,6 +63,31 @@ def _python_key(py: str):
     return tuple(int(p) for p in py.split(".") if p.isdigit())
 
 
+def matrix_keys(cells, accs: dict) -> list[tuple[str, str]]:
+    """The (version, accelerator) row keys of an availability matrix: newest version first,
+    then accelerators in :func:`accelerator_sort_key` order (``accs`` maps a name to its
+    Accelerator, or None for ``unknown``, which sorts last). Shared by ``conda ls``."""
+
+    def acc_key(name: str):
+        a = accs.get(name)
+        return (1, ()) if a is None else (0, accelerator_sort_key(a))
+
+    keys = sorted(cells, key=lambda k: acc_key(k[1]))
+    return sorted(keys, key=lambda k: _version_key(k[0]), reverse=True)
+
+
+def format_table(title: str, header: list[str], body: list[list[str]]) -> str:
+    """``title``, then the header, a dash rule and ``body``, in left-aligned columns."""
+    table = [header] + body
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    lines = [title]
+    for i, r in enumerate(table):
+        lines.append("  ".join(cell.ljust(widths[j]) for j, cell in enumerate(r)).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def matrix_rows(wheels: list[WheelFile]) -> tuple[list[str], list[tuple[str, str, dict[str, str]]]]:
     """-> (python columns, rows of (version, accelerator, {python: platform codes}))."""
     cells: dict[tuple[str, str], dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
@@ -77,15 +102,9 @@ def matrix_rows(wheels: list[WheelFile]) -> tuple[list[str], list[tuple[str, str
             pythons.add(py)
             cells[(w.public_version, acc)][py].add(PLATFORM_CODES.get(w.platform.name, w.platform.name))
 
-    def acc_key(name: str):
-        a = accs.get(name)
-        return (1, ()) if a is None else (0, accelerator_sort_key(a))
-
     cols = sorted(pythons, key=lambda p: (_python_key(p.rstrip("t")), p.endswith("t")))
     rows = []
-    keys = sorted(cells, key=lambda k: acc_key(k[1]))
-    keys = sorted(keys, key=lambda k: _version_key(k[0]), reverse=True)
-    for version, acc in keys:
+    for version, acc in matrix_keys(cells, accs):
         row = {py: "".join(sorted(codes, key=lambda c: list(PLATFORM_CODES.values()).index(c)
                                   if c in PLATFORM_CODES.values() else 99))
                for py, codes in cells[(version, acc)].items()}
@@ -95,15 +114,8 @@ def matrix_rows(wheels: list[WheelFile]) -> tuple[list[str], list[tuple[str, str
 
 def render_table(project: str, wheels: list[WheelFile]) -> str:
     cols, rows = matrix_rows(wheels)
-    header = ["version", "accelerator"] + cols
-    table = [header] + [[v, a] + [row.get(c, "") for c in cols] for v, a, row in rows]
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    lines = [f"{project}: {len(wheels)} wheels"]
-    for i, r in enumerate(table):
-        lines.append("  ".join(cell.ljust(widths[j]) for j, cell in enumerate(r)).rstrip())
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    body = [[v, a] + [row.get(c, "") for c in cols] for v, a, row in rows]
+    return format_table(f"{project}: {len(wheels)} wheels", ["version", "accelerator"] + cols, body)
 
 
 LEGEND = "platforms: " + ", ".join(f"{c}={p}" for p, c in PLATFORM_CODES.items()) + "; 't' = free-threaded"
