@@ -125,6 +125,17 @@ def _list(data: dict, key: str, where: str, default: list) -> list:
     return value
 
 
+def _constraint(text: str, where: str) -> str:
+    """A validated version constraint; a bare version ("2.5.1") means exactly that release."""
+    if text[:1].isdigit():
+        text = "==" + text
+    try:
+        SpecifierSet(text)
+    except InvalidSpecifier:
+        raise SpecError(f"{where}: {text!r} is not a version constraint") from None
+    return text
+
+
 def _packages(data: dict, where: str) -> tuple[PackageSpec, ...]:
     raw = data.get("packages", ["torch"])
     items: list[tuple[str, str, str | None]] = []  # (key, name, constraint)
@@ -158,12 +169,7 @@ def _packages(data: dict, where: str) -> tuple[PackageSpec, ...]:
             raise SpecError(f"{where}: {key}: {name!r} is not one of {', '.join(TORCH_PROJECTS)} "
                             "(put other requirements in extra_packages)")
         if constraint is not None:
-            if constraint[:1].isdigit():
-                constraint = "==" + constraint  # "2.5.1" means exactly that release
-            try:
-                SpecifierSet(constraint)
-            except InvalidSpecifier:
-                raise SpecError(f"{where}: {key}: {constraint!r} is not a version constraint") from None
+            constraint = _constraint(constraint, f"{where}: {key}")
         if canon in out:
             raise SpecError(f"{where}: {key}: {canon} listed twice")
         out[canon] = PackageSpec(canon, constraint)
@@ -229,13 +235,7 @@ def _target(entry, where: str) -> PipTarget:
     _check_combination(acc, plat, where)
     torch = entry.get("torch")
     if torch is not None:
-        torch = str(torch)
-        if torch[:1].isdigit():
-            torch = "==" + torch
-        try:
-            SpecifierSet(torch)
-        except InvalidSpecifier:
-            raise SpecError(f"{where}.torch: {torch!r} is not a version constraint") from None
+        torch = _constraint(str(torch), f"{where}.torch")
     return PipTarget(acc, py, plat, target_id(acc, py, plat), torch)
 
 
