@@ -30,6 +30,15 @@ PLATFORM_CODES = {
 }
 
 
+_CODE_ORDER = {c: i for i, c in enumerate(PLATFORM_CODES.values())}
+
+
+def _code_key(code: str) -> tuple[int, str]:
+    """Legend order; platforms without a code (``linux-s390x``) after, by name, so a cell
+    reads the same on every run (set order of strings changes with the hash seed)."""
+    return (_CODE_ORDER.get(code, 99), code)
+
+
 def _python_ok(wheel: WheelFile, python: str | None) -> bool:
     if not python:
         return True
@@ -105,9 +114,7 @@ def matrix_rows(wheels: list[WheelFile]) -> tuple[list[str], list[tuple[str, str
     cols = sorted(pythons, key=lambda p: (_python_key(p.rstrip("t")), p.endswith("t")))
     rows = []
     for version, acc in matrix_keys(cells, accs):
-        row = {py: "".join(sorted(codes, key=lambda c: list(PLATFORM_CODES.values()).index(c)
-                                  if c in PLATFORM_CODES.values() else 99))
-               for py, codes in cells[(version, acc)].items()}
+        row = {py: "".join(sorted(codes, key=_code_key)) for py, codes in cells[(version, acc)].items()}
         rows.append((version, acc, row))
     return cols, rows
 
