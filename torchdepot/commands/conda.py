@@ -39,19 +39,11 @@ def load_channel(url: str, subdirs: tuple[str, ...]):
 
 
 def record_json(rec) -> dict:
-    return {
-        "filename": rec.filename,
-        "name": rec.name,
-        "version": rec.version,
-        "build": rec.build,
-        "build_number": rec.build_number,
-        "subdir": rec.subdir,
-        "accelerator": rec.accelerator.name if rec.accelerator else None,
-        "python": rec.python,
-        "sha256": rec.sha256,
-        "size": rec.size,
-        "depends": list(rec.depends),
-    }
+    """:meth:`CondaRecord.to_json` plus ``depends``; the channel is the one asked for, so it is left out."""
+    d = rec.to_json()
+    del d["channel"]
+    d["depends"] = list(rec.depends)
+    return d
 
 
 def render_matrix(package: str, records: list) -> str:
