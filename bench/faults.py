@@ -23,18 +23,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.faultserver import Fault, FaultServer  # noqa: E402
+from tests.faultserver import Fault, FaultServer, flaky_faults, leave_partial  # noqa: E402
 from torchdepot.fetch import Fetcher, FetchItem  # noqa: E402
 from torchdepot.http import Client, HttpConfig  # noqa: E402
 
 SIZE = 120_000
-FAULTS = [
-    Fault("close_after", n=SIZE // 3),
-    Fault("truncate", n=SIZE // 2),
-    Fault("status", status=500),
-    Fault("status", status=502),
-    Fault("status", status=503),
-    Fault("status", status=429, retry_after="0"),
+FAULTS = flaky_faults(SIZE) + [
     Fault("status", status=404),
     Fault("stall", n=500, seconds=0.6),
     Fault("drip", rate=400_000),
@@ -56,8 +50,9 @@ def _data(seed: int) -> bytes:
 def one_run(run: int, nfiles: int, rng: random.Random, faulty: bool, tmp: Path) -> dict:
     root = tmp / f"run{run}" / "root"
     expected: dict[str, bytes] = {}
+    client = Client(HttpConfig(retries=0, backoff=0.01, max_backoff=0.05, connect_timeout=2, read_timeout=0.3))
+    fetcher = Fetcher(root, client, attempts=3, file_timeout=5, deadline=30, progress=False)
     with FaultServer() as up:
-        other = None
         items = []
         for i in range(nfiles):
             data = _data(run * 1000 + i)
@@ -73,16 +68,12 @@ def one_run(run: int, nfiles: int, rng: random.Random, faulty: bool, tmp: Path) 
                 else:
                     up.always(f"/whl/{name}", fault)  # persistent
                 if rng.random() < 0.2:  # a partial left by an earlier crash, maybe garbage
-                    part = root / ".torchdepot" / "partial" / (key.replace("/", "__") + ".part")
-                    part.parent.mkdir(parents=True, exist_ok=True)
                     cut = rng.randint(1, SIZE - 1)
-                    part.write_bytes(data[:cut] if rng.random() < 0.7 else b"\0" * cut)
+                    leave_partial(fetcher, key, data[:cut] if rng.random() < 0.7 else b"\0" * cut)
             claim = hashlib.sha256(data).hexdigest() if rng.random() < 0.85 else None
             items.append(FetchItem(key, (url,), claim, SIZE if claim else None))
-        client = Client(HttpConfig(retries=0, backoff=0.01, max_backoff=0.05, connect_timeout=2, read_timeout=0.3))
-        report = Fetcher(root, client, attempts=3, file_timeout=5, deadline=30, progress=False).run(items)
+        report = fetcher.run(items)
         client.close()
-        del other
     corrupt = 0
     failed = 0
     for r in report.results:

@@ -65,6 +65,27 @@ class Fault:
             raise ValueError(f"unknown fault mode {self.mode!r}")
 
 
+def flaky_faults(size: int) -> list[Fault]:
+    """What a flaky upstream does most: bodies cut short and retryable statuses."""
+    return [
+        Fault("close_after", n=size // 3),
+        Fault("truncate", n=size // 2),
+        Fault("status", status=500),
+        Fault("status", status=502),
+        Fault("status", status=503),
+        Fault("status", status=429, retry_after="0"),
+    ]
+
+
+def leave_partial(fetcher, key: str, data: bytes):
+    """Put ``data`` where ``fetcher`` keeps the partial download of ``key``, as a crashed run
+    would leave it; returns that path."""
+    part = fetcher._partial_path(key)
+    part.parent.mkdir(parents=True, exist_ok=True)
+    part.write_bytes(data)
+    return part
+
+
 CHALLENGE = (b"<!DOCTYPE html><html><head><title>Just a moment...</title></head>"
              b"<body>Checking your browser before accessing the site.</body></html>")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faultserver import Fault, FaultServer
+from tests.faultserver import Fault, FaultServer, flaky_faults, leave_partial
 from torchdepot.fetch import Fetcher, FetchItem, FetchReport
 from torchdepot.http import Client, HttpConfig
 
@@ -79,13 +79,7 @@ def test_clean_download_baseline(tmp_path, up):
     assert rep.results[0].status == "downloaded" and up.hits["/whl/a-1.0-py3-none-any.whl"] == 1
 
 
-TRANSIENT = [
-    Fault("close_after", n=SIZE // 3),
-    Fault("truncate", n=SIZE // 2),
-    Fault("status", status=500),
-    Fault("status", status=502),
-    Fault("status", status=503),
-    Fault("status", status=429, retry_after="0"),
+TRANSIENT = flaky_faults(SIZE) + [
     Fault("html"),
     Fault("stall", n=1000, seconds=1.5),
     Fault("ignore_range"),
@@ -181,9 +175,7 @@ def test_resume_across_runs_after_a_crash(tmp_path, up):
     data = _data(8)
     item = _item(up, "h-1.0-py3-none-any.whl", data)
     f = Fetcher(tmp_path, _client(), progress=False)
-    part = f._partial_path(item.key)
-    part.parent.mkdir(parents=True, exist_ok=True)
-    part.write_bytes(data[:150_000])
+    leave_partial(f, item.key, data[:150_000])
     rep = f.run([item])
     check_invariants(tmp_path, rep, {item.key: data})
     assert rep.results[0].resumed and up.body_bytes["/whl/h-1.0-py3-none-any.whl"] == SIZE - 150_000
@@ -193,9 +185,7 @@ def test_corrupt_partial_is_caught_by_hash_and_restarted(tmp_path, up):
     data = _data(9)
     item = _item(up, "i-1.0-py3-none-any.whl", data)
     f = Fetcher(tmp_path, _client(), progress=False)
-    part = f._partial_path(item.key)
-    part.parent.mkdir(parents=True, exist_ok=True)
-    part.write_bytes(b"\0" * 100_000)  # garbage prefix: resume yields a wrong hash
+    leave_partial(f, item.key, b"\0" * 100_000)  # garbage prefix: resume yields a wrong hash
     rep = f.run([item])
     check_invariants(tmp_path, rep, {item.key: data})
     assert rep.results[0].status == "downloaded"
@@ -207,9 +197,7 @@ def test_range_not_honoured_restarts_cleanly(tmp_path, up, mode):
     data = _data(10)
     item = _item(up, "j-1.0-py3-none-any.whl", data)
     f = Fetcher(tmp_path, _client(), progress=False, attempts=3)
-    part = f._partial_path(item.key)
-    part.parent.mkdir(parents=True, exist_ok=True)
-    part.write_bytes(data[:80_000])
+    part = leave_partial(f, item.key, data[:80_000])
     up.schedule("/whl/j-1.0-py3-none-any.whl", Fault(mode))
     rep = f.run([item])
     check_invariants(tmp_path, rep, {item.key: data})
