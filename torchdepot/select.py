@@ -24,16 +24,9 @@ from .wheelname import WheelFile, parse_wheel
 
 
 @dataclass(frozen=True)
-class Candidate:
-    wheel: WheelFile
-    link: Link
-
-
-@dataclass(frozen=True)
 class Pin:
     project: str
     version: str  # full version, local label included: "2.13.0+cpu"
-    candidates: int  # how many matching files were seen (for messages)
 
     @property
     def requirement(self) -> str:
@@ -71,7 +64,7 @@ def matches_target(w: WheelFile, accelerator: str, python: str, platform: str,
     return wheel_accelerator(w) == accelerator
 
 
-def candidates(links: list[Link], project: str, accelerator: str, python: str, platform: str) -> list[Candidate]:
+def candidates(links: list[Link], project: str, accelerator: str, python: str, platform: str) -> list[WheelFile]:
     out = []
     for link in links:
         if link.yanked is not None or not link.filename.endswith(".whl"):
@@ -83,7 +76,7 @@ def candidates(links: list[Link], project: str, accelerator: str, python: str, p
         if w.name != project:
             continue
         if matches_target(w, accelerator, python, platform):
-            out.append(Candidate(w, link))
+            out.append(w)
     return out
 
 
@@ -105,22 +98,22 @@ def paired_prefix(project: str, torch_version: str) -> str | None:
     return None
 
 
-def choose(cands: list[Candidate], constraint: str | None, *, prereleases: bool = False,
+def choose(cands: list[WheelFile], constraint: str | None, *, prereleases: bool = False,
            prefix: str | None = None) -> Version | None:
     """Newest version among ``cands`` allowed by ``constraint`` (and a ``X.Y`` pairing prefix)."""
     try:
         spec = SpecifierSet(constraint or "")
     except InvalidSpecifier:
         return None
+    pre = prereleases or bool(spec.prereleases)
     best: Version | None = None
-    for c in cands:
+    for w in cands:
         try:
-            v = Version(c.wheel.version)
+            v = Version(w.version)
         except InvalidVersion:
             continue
         public = Version(v.public)
         # A local label never blocks a public-version constraint (PEP 440).
-        pre = prereleases or bool(spec.prereleases)
         if not (spec.contains(public, prereleases=pre) or spec.contains(v, prereleases=pre)):
             continue
         if prefix is not None and ".".join(str(p) for p in public.release[:2]) != prefix:
@@ -139,4 +132,4 @@ def pin(links: list[Link], project: str, accelerator: str, python: str, platform
         best = choose(cands, constraint, prereleases=prereleases)  # table unknown for this release
     if best is None:
         return None
-    return Pin(project, str(best), len(cands))
+    return Pin(project, str(best))
