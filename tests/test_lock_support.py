@@ -16,8 +16,12 @@ import urllib.parse
 import zipfile
 from pathlib import Path
 
+import pytest
+from click.testing import CliRunner
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
+from torchdepot.cli import main
+from torchdepot.fsutil import sha256_file
 from torchdepot.manifest import FileEntry, Manifest, Target, TargetPackage, save
 
 FAKE_TORCH = '''\
@@ -71,12 +75,23 @@ def fake_torch_wheels(d: Path, version: str = "2.13.0+cpu", cuda: str | None = N
     ]
 
 
-def _sha(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+@pytest.fixture(autouse=True, name="private_tmp")
+def private_tmp_fixture(tmp_path, monkeypatch):
+    """Throwaway envs go under this test's tmp_path; --keep cleanup can never reach anything else.
+
+    Autouse in every test module that imports ``private_tmp_fixture`` (the verify tests).
+    """
+    import tempfile
+
+    d = tmp_path / "tmp"
+    d.mkdir()
+    monkeypatch.setenv("TMPDIR", str(d))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    return d
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def build_mirror(root: Path, wheels: list[Path], acc: str = "cpu", python: str = "3.11",
@@ -94,8 +109,8 @@ def build_mirror(root: Path, wheels: list[Path], acc: str = "cpu", python: str =
                 os.link(w, dest)
             except OSError:
                 shutil.copyfile(w, dest)
-        sha = _sha(dest)
-        files.append(FileEntry(rel, sha, dest.stat().st_size, "wheel", proj, str(version), url=None))
+        sha, size = sha256_file(dest)
+        files.append(FileEntry(rel, sha, size, "wheel", proj, str(version), url=None))
         pkgs.append(TargetPackage(proj, str(version), rel))
         projects.setdefault(proj, []).append((w.name, sha))
     for a in {acc, *(x for x, _ in extra_targets)}:

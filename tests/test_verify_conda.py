@@ -8,31 +8,19 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from tests.test_lock_support import build_mirror, fake_torch_wheels
-from torchdepot.cli import main
+from tests.test_lock_support import (
+    build_mirror,
+    cli,
+    fake_torch_wheels,
+    private_tmp_fixture,  # noqa: F401 (autouse)
+)
 from torchdepot.conda.recipes import build_wheels, index_channel
 from torchdepot.fsutil import sha256_file
 from torchdepot.manifest import FileEntry, Target, TargetPackage, save
 from torchdepot.verify.conda import CondaPin, build_check
 
 CPU = "cpu-py311-linux-x86_64"
-
-
-@pytest.fixture(autouse=True)
-def private_tmp(tmp_path, monkeypatch):
-    import tempfile
-
-    d = tmp_path / "tmp"
-    d.mkdir()
-    monkeypatch.setenv("TMPDIR", str(d))
-    monkeypatch.setattr(tempfile, "tempdir", None)
-    return d
-
-
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture

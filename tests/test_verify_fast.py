@@ -12,32 +12,22 @@ import pytest
 from click.testing import CliRunner
 
 from tests.httpserver import Server
-from tests.test_lock_support import build_mirror, fake_torch_wheels, make_wheel
+from tests.test_lock_support import (
+    build_mirror,
+    cli,
+    fake_torch_wheels,
+    make_wheel,
+    private_tmp_fixture,  # noqa: F401 (autouse)
+)
 from torchdepot.cli import main
 from torchdepot.verify.smoke import judge
 
 CPU = "cpu-py311-linux-x86_64"
 
 
-@pytest.fixture(autouse=True)
-def private_tmp(tmp_path, monkeypatch):
-    """Throwaway envs go under this test's tmp_path; --keep cleanup can never reach anything else."""
-    import tempfile
-
-    d = tmp_path / "tmp"
-    d.mkdir()
-    monkeypatch.setenv("TMPDIR", str(d))
-    monkeypatch.setattr(tempfile, "tempdir", None)
-    return d
-
-
 def remove_kept(kept: Path, private_tmp: Path) -> None:
     assert kept.parent == private_tmp and kept.name.startswith("torchdepot-verify-"), kept
     shutil.rmtree(kept)
-
-
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture
