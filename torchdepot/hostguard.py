@@ -19,6 +19,7 @@ import urllib.parse
 
 _MAX_HEADER = 64 * 1024
 _IDLE = 120.0  # seconds a tunnel may sit silent before it is closed
+PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 _HOP_HEADERS = {b"proxy-connection", b"connection", b"keep-alive", b"proxy-authorization", b"te", b"upgrade"}
 
 
@@ -45,11 +46,10 @@ class _Handler(socketserver.StreamRequestHandler):
             else:
                 url = urllib.parse.urlsplit(target.decode("latin-1"))
                 host = (url.hostname or "").rstrip(".").lower()
-                if url.scheme != "http" or not self._allowed(host):
-                    if url.scheme != "http":
-                        self._refuse(host or target.decode("latin-1", "replace")[:80])
-                    return
-                self._forward(method, url, headers, host)
+                if url.scheme != "http":
+                    self._refuse(host or target.decode("latin-1", "replace")[:80])
+                elif self._allowed(host):
+                    self._forward(method, url, headers, host)
         except (OSError, ValueError):
             pass  # the client or upstream went away; nothing to clean up beyond the sockets
 
@@ -142,9 +142,7 @@ class HostGuard:
 
     def env(self) -> dict[str, str]:
         """Proxy variables for a child (both spellings; NO_PROXY cleared so nothing bypasses it)."""
-        url = self.url
-        return {"HTTP_PROXY": url, "HTTPS_PROXY": url, "ALL_PROXY": url, "http_proxy": url, "https_proxy": url,
-                "all_proxy": url, "NO_PROXY": "", "no_proxy": ""}
+        return {**dict.fromkeys(PROXY_VARS, self.url), "NO_PROXY": "", "no_proxy": ""}
 
     def __enter__(self) -> "HostGuard":
         self._thread.start()
@@ -154,5 +152,3 @@ class HostGuard:
         self._server.shutdown()
         self._server.server_close()
 
-
-PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
