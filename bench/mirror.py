@@ -72,6 +72,16 @@ def drop_cache_hint(paths: list[Path]) -> None:
                 pass
 
 
+def cp_seconds(files: list[Path], dest: Path, sync: bool = False) -> float:
+    """The baseline: ``cp`` of the same files into a fresh ``dest`` (then ``sync -f`` if asked)."""
+    dest.mkdir()
+    t0 = time.monotonic()
+    subprocess.run(["cp", *map(str, files), str(dest)], check=True)
+    if sync:
+        subprocess.run(["sync", "-f", str(dest)], check=True)
+    return time.monotonic() - t0
+
+
 def main() -> None:
     torch, deps = wheels()
     files = [torch, *deps]
@@ -89,18 +99,9 @@ def main() -> None:
             env = hermetic_env(PIP_INDEX_URL=f"{b.url}/simple")
             drop_cache_hint(files)
 
-            t0 = time.monotonic()
-            dest = tmp / "cp"
-            dest.mkdir()
-            subprocess.run(["cp", *map(str, files), str(dest)], check=True)
-            cp_s = time.monotonic() - t0
+            cp_s = cp_seconds(files, tmp / "cp")
             # The fetcher fsyncs every file before publishing it (durability); cp does not.
-            dest2 = tmp / "cp-sync"
-            dest2.mkdir()
-            t0 = time.monotonic()
-            subprocess.run(["cp", *map(str, files), str(dest2)], check=True)
-            subprocess.run(["sync", "-f", str(dest2)], check=True)
-            cp_sync_s = time.monotonic() - t0
+            cp_sync_s = cp_seconds(files, tmp / "cp-sync", sync=True)
 
             cold = mirror_run(spec, tmp / "out", env)
             noop = mirror_run(spec, tmp / "out", env)
