@@ -319,7 +319,7 @@ class Fetcher:
         if self.file_timeout is not None and now - started > self.file_timeout:
             raise _Fatal(f"per-file timeout of {self.file_timeout:g}s reached")
 
-    def _open(self, url: str, headers: dict, started: float | None = None) -> requests.Response:
+    def _open(self, url: str, headers: dict, started: float) -> requests.Response:
         """GET following redirects by hand so every hop's host passes the policy.
 
         One request per hop (the attempt loop in :meth:`_from_url` does the retrying, so
@@ -328,7 +328,7 @@ class Fetcher:
         """
         current = url
         timeout = None
-        left = self._remaining(started) if started is not None else None
+        left = self._remaining(started)
         if left is not None:
             connect, read = self.client.timeout
             timeout = (connect, max(0.05, min(read, left)))
@@ -442,9 +442,10 @@ class Fetcher:
         if have:
             headers["Range"] = f"bytes={have}-"
         resp = self._open(url, headers, started)
+        wants_html = item.key.endswith((".html", ".htm"))
         with contextlib.closing(resp):
             ctype = resp.headers.get("Content-Type", "").lower()
-            if ctype.startswith(HTML_TYPES) and not item.key.endswith((".html", ".htm")):
+            if ctype.startswith(HTML_TYPES) and not wants_html:
                 # A challenge/login page instead of the artifact: never store it.
                 raise _Retry(f"{url}: server sent an HTML page ({ctype}) instead of the file")
             resumed = False
@@ -468,7 +469,7 @@ class Fetcher:
                 expected_len = int(cl) if cl and cl.isascii() and cl.isdigit() else None
             received = 0
             limit = (item.size - (have if mode == "ab" else 0)) if item.size is not None else None
-            sniff = not resumed and not item.key.endswith((".html", ".htm"))
+            sniff = not resumed and not wants_html
             with open(part, mode) as fh:
                 while True:
                     # read1: whatever has arrived (not a full CHUNK), so the timeouts are
