@@ -27,7 +27,8 @@ from .fsutil import MirrorLock, atomic_write_text, safe_filename, safe_join
 from .hostguard import PROXY_VARS, HostGuard
 from .http import Client, HttpConfig, make_session
 from .landing import write_landing
-from .pipconfig import PipSources, pip_default_index, read_pip_config
+from .hostpolicy import default_policy
+from .pipconfig import PipSources, pip_default_index, pip_file_host, read_pip_config
 from .publish import IndexFile, build_pages, ensure_metadata, publish
 from .resolve import IndexPlan, ResolvedFile, ResolveError, resolve
 from .select import pin
@@ -63,7 +64,6 @@ class MirrorResult:
     generation: str | None = None
     index_changed: bool = False
     messages: list[str] = field(default_factory=list)
-    dry_run: bool = False
     seconds: float = 0.0
     manifest: mf.Manifest | None = None
     phases: dict[str, float] = field(default_factory=dict)  # seconds per step (bench/diagnostics)
@@ -210,9 +210,6 @@ def _alternates(url: str, upstreams: tuple[str, ...]) -> tuple[str, ...]:
 def _allowed_hosts(spec: MirrorSpec, pip: PipSources, default_index: str | None) -> set[str]:
     """Issue 6 host policy: the upstreams, hosts the PyTorch index links to, and the hosts
     of the pip configuration (for pip's default index, also the file host pip names)."""
-    from .hostpolicy import default_policy
-    from .pipconfig import pip_file_host
-
     deps = list(pip.indexes) + list(pip.find_links)
     if default_index:
         deps.append(default_index)
@@ -272,7 +269,7 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
     """The pip side: resolve, fetch, write metadata, locks and index pages (no manifest)."""
     started = time.monotonic()
     out = Path(out or spec.out)
-    result = MirrorResult(out=out, dry_run=dry_run)
+    result = MirrorResult(out=out)
 
     def say(msg: str) -> None:
         result.messages.append(msg)
@@ -419,7 +416,7 @@ def _conda(spec: MirrorSpec, out: Path, client: Client | None, dry_run: bool, re
 
     cres = sync_conda(spec, out, client=client, jobs=spec.jobs, on_hash_mismatch=spec.on_hash_mismatch,
                                  dry_run=dry_run)
-    if getattr(cres, "summary", None):
+    if cres.summary:
         result.messages.append(f"conda: {cres.summary}")
         echo(f"conda: {cres.summary}")
     return list(cres.files), list(cres.targets)
