@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
+import io
 import random
 import subprocess
 import sys
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from packaging.utils import canonicalize_name
 
 from tests.faultserver import FaultServer
 from tests.venvs import hermetic_env
@@ -49,8 +50,6 @@ def make_wheel(name: str, version: str, tag: str, requires: tuple[str, ...], pay
         h = base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b"=").decode()
         rec.append(f"{n},sha256={h},{len(d)}")
     files[f"{info}/RECORD"] = ("\n".join(rec + [f"{info}/RECORD,,"]) + "\n").encode()
-    import io
-
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
         for n, d in files.items():
@@ -73,8 +72,6 @@ class Upstream:
 
 
 def _metadata(wheel: bytes) -> bytes:
-    import io
-
     with zipfile.ZipFile(io.BytesIO(wheel)) as zf:
         return zf.read(next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA")))
 
@@ -87,8 +84,6 @@ def _page(links: list[tuple[str, str]]) -> bytes:
 def populate(server: FaultServer, payload: int = 200_000) -> Upstream:
     """Serve torch (+ deps) on /whl/cpu/ and the deps on /simple/; returns what was served."""
     wheels, paths = {}, {}
-    from packaging.utils import canonicalize_name
-
     by_project: dict[str, list[str]] = {}
     for i, (name, version, tag, req) in enumerate((TORCH,) + DEPS):
         fname, data = make_wheel(name, version, tag, req, payload, i)
@@ -153,4 +148,4 @@ def outside_root(tmp: Path, allowed: set[Path]) -> list[str]:
     return bad
 
 
-__all__ = ["populate", "write_spec", "mirror_env", "run_mirror", "mirror_cmd", "Upstream", "os"]
+__all__ = ["populate", "write_spec", "mirror_env", "run_mirror", "mirror_cmd", "Upstream"]
