@@ -89,23 +89,23 @@ def _kind(m: tarfile.TarInfo) -> str:
             tarfile.BLKTYPE: "block device", tarfile.FIFOTYPE: "fifo"}.get(m.type, f"type {m.type!r}")
 
 
-def _parse_doc(data: bytes) -> dict:
+def _parse_doc(data: bytes) -> tuple[dict, mf.Manifest]:
+    """-> (bundle manifest, the mirror-manifest subset it carries), both checked."""
     try:
         doc = json.loads(data)
         if doc.get("format") != FORMAT or doc.get("version") != VERSION:
             raise BundleError(f"{BUNDLE_MANIFEST}: not a torchdepot bundle v{VERSION}")
         for f in doc["files"]:
             BundleFile(**f)
-        mf.Manifest.from_json(json.dumps(doc["manifest"]), f"{BUNDLE_MANIFEST}: manifest")
-        return doc
+        return doc, mf.Manifest.from_json(json.dumps(doc["manifest"]), f"{BUNDLE_MANIFEST}: manifest")
     except (ValueError, KeyError, TypeError) as exc:
         raise BundleError(f"{BUNDLE_MANIFEST}: malformed ({exc})") from None
 
 
-def _extract(parts: list[Path], staging: Path) -> tuple[dict, dict[str, tuple[str, int]]]:
-    """Stream the archive into ``staging``; -> (bundle manifest, {path: (sha256, size)})."""
+def _extract(parts: list[Path], staging: Path) -> tuple[dict, mf.Manifest, dict[str, tuple[str, int]]]:
+    """Stream the archive into ``staging``; -> (bundle manifest, its manifest subset, {path: (sha256, size)})."""
     received: dict[str, tuple[str, int]] = {}
-    doc = None
+    doc = sub = None
     total = sum(p.stat().st_size for p in parts)
     with tqdm(total=total, unit="B", unit_scale=True, desc="unbundle", disable=None) as bar:
         raw = io.BufferedReader(_JoinedReader(parts, bar), CHUNK)
@@ -123,7 +123,7 @@ def _extract(parts: list[Path], staging: Path) -> tuple[dict, dict[str, tuple[st
                     if not member.isreg():
                         raise UnsafePathError(f"bundle member {member.name!r}: {_kind(member)} refused (regular files only)")
                     if member.name == BUNDLE_MANIFEST:
-                        doc = _parse_doc(tar.extractfile(member).read())
+                        doc, sub = _parse_doc(tar.extractfile(member).read())
                         continue
                     if doc is not None:
                         raise BundleError(f"{member.name}: member after {BUNDLE_MANIFEST} (bundle altered)")
@@ -149,7 +149,7 @@ def _extract(parts: list[Path], staging: Path) -> tuple[dict, dict[str, tuple[st
             raise
     if doc is None:
         raise BundleError(f"{parts[0]}: no {BUNDLE_MANIFEST} at the end (truncated bundle or missing part?)")
-    return doc, received
+    return doc, sub, received
 
 
 def _same_file(path: Path, sha: str, size: int) -> bool:
@@ -161,8 +161,8 @@ def _same_file(path: Path, sha: str, size: int) -> bool:
     return sha256_file(path)[0] == sha
 
 
-def _verify(doc: dict, received: dict[str, tuple[str, int]], dest: Path, existing: mf.Manifest | None) -> None:
-    listed = {f["path"]: f for f in doc["files"]}
+def _verify(listed: dict[str, dict], sub: mf.Manifest, received: dict[str, tuple[str, int]], dest: Path,
+            existing: mf.Manifest | None) -> None:
     for path in sorted(received):
         if path not in listed:
             raise IntegrityError(f"{path}: in the bundle but not in its manifest (bundle altered); nothing published")
@@ -173,7 +173,6 @@ def _verify(doc: dict, received: dict[str, tuple[str, int]], dest: Path, existin
         if size != f["size"] or sha != f["sha256"]:
             raise IntegrityError(f"{path}: sha256 {sha} (size {size}) does not match the bundle manifest "
                                  f"({f['sha256']}, size {f['size']}): bundle tampered or corrupted; nothing published")
-    sub = mf.Manifest.from_json(json.dumps(doc["manifest"]), BUNDLE_MANIFEST)
     have = existing.by_path() if existing else {}
     for e in sub.files:
         if e.path in listed:
@@ -242,11 +241,11 @@ def unbundle(bundle: Path, dest: Path) -> UnbundleReport:
         state.mkdir(exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix="unbundle-", dir=state))
         try:
-            doc, received = _extract(parts, staging)
+            doc, sub, received = _extract(parts, staging)
             existing = mf.load(dest) if (dest / mf.MANIFEST_NAME).exists() else None
-            _verify(doc, received, dest, existing)
-            report = UnbundleReport(incremental=bool(doc.get("incremental")), targets=list(doc.get("targets", [])))
             listed = {f["path"]: f for f in doc["files"]}
+            _verify(listed, sub, received, dest, existing)
+            report = UnbundleReport(incremental=bool(doc.get("incremental")), targets=list(doc.get("targets", [])))
             # files first, then locks, then indexes (repodata, targets/, whl/ swap), manifest last
             for role in ROLES:
                 whl_pages = []
@@ -263,7 +262,7 @@ def unbundle(bundle: Path, dest: Path) -> UnbundleReport:
                 if whl_pages:
                     _publish_whl(staging, dest, whl_pages)
                     report.published += whl_pages
-            merged = merge_manifests(existing, mf.Manifest.from_json(json.dumps(doc["manifest"]), BUNDLE_MANIFEST))
+            merged = merge_manifests(existing, sub)
             mf.save(dest, merged)
             _write_landing(dest, merged)
             return report
