@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
-import zstandard
 
 from ..errors import UpstreamError
 from ..fsutil import atomic_write_bytes, atomic_write_text, safe_join
 from ..http import Client, describe, file_url_path
+from ..sources.repodata import decompress_zst
 
 MAX_REPODATA_BYTES = 4 * 1024**3  # conda-forge linux-64 is ~0.4 GB uncompressed
 
@@ -32,17 +32,6 @@ class FetchedRepodata:
     url: str  # the exact file fetched
     path: Path  # the cached, decompressed repodata.json
     from_cache: bool  # answered 304 (or file:// unchanged)
-
-
-def _decompress(data: bytes, url: str) -> bytes:
-    try:
-        with zstandard.ZstdDecompressor().stream_reader(data) as reader:
-            out = reader.read(MAX_REPODATA_BYTES + 1)
-    except zstandard.ZstdError as exc:
-        raise UpstreamError(f"{url}: not a valid zstd stream ({exc})") from None
-    if len(out) > MAX_REPODATA_BYTES:
-        raise UpstreamError(f"{url}: repodata larger than {MAX_REPODATA_BYTES} bytes")
-    return out
 
 
 def _read_body(resp: requests.Response, url: str) -> bytes:
@@ -128,7 +117,7 @@ def fetch_repodata(client: Client, channel: str, mirrors: tuple[str, ...], subdi
                 continue
             if status == 304:
                 return FetchedRepodata(channel, subdir, base, url, cached, True)
-            data = _decompress(body, url) if fname.endswith(".zst") else body
+            data = decompress_zst(body, url, MAX_REPODATA_BYTES) if fname.endswith(".zst") else body
             new_meta = {"url": url, "etag": hdrs.get("etag"), "last_modified": hdrs.get("last-modified")}
             if meta.get("url") == url and cached.is_file() and cached.read_bytes() == data:
                 return FetchedRepodata(channel, subdir, base, url, cached, True)

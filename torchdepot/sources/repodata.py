@@ -63,13 +63,15 @@ def parse_repodata(body: bytes, channel: str, subdir: str) -> Repodata:
 
 
 def decompress_zst(body: bytes, url: str, limit: int = MAX_REPODATA_BYTES) -> bytes:
+    """Decompress ``repodata.json.zst``, refusing more than ``limit`` bytes of output.
+    Also used by the conda mirror's fetcher (torchdepot.conda.repodata_fetch)."""
     try:
         with zstandard.ZstdDecompressor().stream_reader(body) as reader:
             data = reader.read(limit + 1)
     except zstandard.ZstdError as exc:
-        raise UpstreamError(f"{url}: not valid zstd data ({exc})") from None
+        raise UpstreamError(f"{url}: not a valid zstd stream ({exc})") from None
     if len(data) > limit:
-        raise UpstreamError(f"{url}: decompressed repodata exceeds {limit} bytes")
+        raise UpstreamError(f"{url}: repodata larger than {limit} bytes")
     return data
 
 
