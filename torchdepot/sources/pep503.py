@@ -15,7 +15,7 @@ from __future__ import annotations
 import html
 import re
 
-from .links import Link, Page, make_link
+from .links import Page, make_link
 
 # A start tag's attribute run: quoted values may contain ">".
 _ATTRS = r"""((?:[^>"']|"[^"]*"|'[^']*')*)"""
@@ -136,7 +136,3 @@ def parse_html(body: bytes, base_url: str) -> Page:
         page.links.append(link)
     return page
 
-
-def anchors(page: Page) -> list[Link]:
-    """The page's file links (kept for callers that think in anchors)."""
-    return list(page.links)
