@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -19,7 +18,8 @@ from tqdm import tqdm
 
 from .. import manifest as mf
 from ..errors import IntegrityError, UnsafePathError
-from ..fsutil import MirrorLock, fsync_dir, safe_join, sha256_file
+from ..fsutil import MirrorLock, safe_join, sha256_file
+from ..publish import INDEX_LINK, install_generation, new_build_dir
 from .model import BUNDLE_MANIFEST, BundleError, BundleFile, CHUNK, FORMAT, ROLES, UnbundleReport, VERSION, ZSTD_MAGIC
 
 
@@ -217,18 +217,14 @@ def _publish_whl(staging: Path, dest: Path, paths: list[str]) -> None:
             _move(staging / p, safe_join(dest, p))
         return
     gen = f"unbundle-{time.time_ns()}"
-    tree = dest / ".publish" / gen / "whl"
+    build = new_build_dir(dest, gen)
+    tree = build / INDEX_LINK
     if link.is_dir():
         shutil.copytree(link.resolve(), tree, symlinks=False)
     tree.mkdir(parents=True, exist_ok=True)
     for p in paths:
         _move(staging / p, safe_join(tree, p[len("whl/"):]))
-    tmp = dest / f".whl.{os.getpid()}.tmp"
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    os.symlink(f".publish/{gen}/whl", tmp)
-    os.replace(tmp, link)
-    fsync_dir(dest)
+    install_generation(dest, build, gen)
 
 
 def unbundle(bundle: Path, dest: Path) -> UnbundleReport:
