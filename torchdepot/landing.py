@@ -17,6 +17,7 @@ from pathlib import Path
 from .accel import accelerator_from_dir, accelerator_sort_key
 from .drivers_min import min_nvidia_driver
 from .fsutil import atomic_write_text
+from .lockfiles.render import REQUIREMENTS
 from .manifest import Manifest, Target
 
 PLACEHOLDER = "MIRROR_URL"
@@ -89,10 +90,9 @@ def _pip_commands(v: Variant, root: Path) -> list[str]:
     reqs = " ".join([f"torch=={html.escape(v.torch_version)}"] + [f"{n}=={html.escape(ver)}" for n, ver in v.companions])
     cmds = [_cmd(f"pip install --index-url {_base('/' + index)} {reqs}"),
             _cmd(f"torchdepot config pip --url {_base()} --variant {html.escape(t.accelerator)}")]
-    lock = root / "envs" / t.id / "requirements.lock"
-    if lock.is_file():
+    if (root / "envs" / t.id / REQUIREMENTS).is_file():
         cmds.append(_cmd(f"TORCHDEPOT_MIRROR={_base()} pip install --require-hashes --no-deps "
-                         f"-r {_base(f'/envs/{t.id}/requirements.lock')}"))
+                         f"-r {_base(f'/envs/{t.id}/{REQUIREMENTS}')}"))
     return cmds
 
 

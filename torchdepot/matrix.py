@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from .accel import accelerator_from_dir, accelerator_sort_key
+from .lockfiles.render import PYLOCK, REQUIREMENTS, conda_lock_name
 from .manifest import Manifest
 
 HOSTED = {
@@ -25,8 +26,6 @@ HOSTED = {
 }
 _SELF_HOSTED_OS = {"linux": "linux", "windows": "windows", "macos": "macos"}
 _SELF_HOSTED_ARCH = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}
-# lock file per kind, first that exists wins (names written by `torchdepot lock`)
-LOCK_FILES = {"pip": ("requirements.lock", "pylock.toml"), "conda": ()}
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,11 @@ def runner_for(accelerator: str, platform: str) -> str | list[str]:
 
 
 def _lock_path(envs: Path, tid: str, kind: str, subdir: str | None, envs_label: str) -> str:
-    names = LOCK_FILES.get(kind, ()) if kind == "pip" else (f"conda-{subdir}.lock",) if subdir else ()
+    # the lock `torchdepot lock` writes for this kind; for pip the first that exists wins
+    if kind == "pip":
+        names: tuple[str, ...] = (REQUIREMENTS, PYLOCK)
+    else:
+        names = (conda_lock_name(subdir),) if subdir else ()
     for name in names:
         if (envs / tid / name).is_file():
             return f"{envs_label}/{tid}/{name}"

@@ -10,7 +10,7 @@ from pathlib import Path
 from packaging.utils import canonicalize_name
 
 from ..errors import TorchdepotError
-from ..lockfiles.render import REQUIREMENTS, VARIANT
+from ..lockfiles.render import REQUIREMENTS, VARIANT, conda_lock_name
 from ..manifest import Manifest
 
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)\s*\\?\s*$")
@@ -40,7 +40,7 @@ class EnvLock:
 
     def conda_lock(self) -> Path | None:
         sub = self.variant.get("conda_subdir")
-        p = self.dir / f"conda-{sub}.lock" if sub else None
+        p = self.dir / conda_lock_name(sub) if sub else None
         return p if p and p.is_file() else None
 
 
