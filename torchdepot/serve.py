@@ -43,8 +43,6 @@ _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
 def content_type(name: str) -> str:
-    if name.endswith(".tar.bz2"):
-        return "application/x-bzip2"
     return CONTENT_TYPES.get(posixpath.splitext(name)[1].lower(), "application/octet-stream")
 
 
