@@ -1,46 +1,15 @@
 """NVIDIA driver version -> the CUDA versions it can run (CUDA minor-version compatibility).
 
-The table is NVIDIA's release-notes Table 2 as used by uv (crates/uv-torch/src/backend.rs)
-and light-the-torch (_cb.py); see ../shared/data/compat.yaml ``minor_version_compatibility``
-(tests check this copy against it). Pure: no I/O.
+The table (``torchdepot.drivers_min.CUDA_DRIVER_MINIMUMS``) is NVIDIA's release-notes
+Table 2 as used by uv and light-the-torch. Pure: no I/O.
 """
 
 from __future__ import annotations
 
 import re
 
+from ..drivers_min import CUDA_DRIVER_MINIMUMS
 from ..errors import ParseError
-
-# (cuda, linux minimum driver, windows minimum driver), newest first.
-CUDA_DRIVER_MINIMUMS: tuple[tuple[str, str, str], ...] = (
-    ("13.2", "580", "580"),
-    ("13.0", "580", "580"),
-    ("12.9", "525.60.13", "528.33"),
-    ("12.8", "525.60.13", "528.33"),
-    ("12.6", "525.60.13", "528.33"),
-    ("12.5", "525.60.13", "528.33"),
-    ("12.4", "525.60.13", "528.33"),
-    ("12.3", "525.60.13", "528.33"),
-    ("12.2", "525.60.13", "528.33"),
-    ("12.1", "525.60.13", "528.33"),
-    ("12.0", "525.60.13", "528.33"),
-    ("11.8", "450.80.02", "452.39"),
-    ("11.7", "450.80.02", "452.39"),
-    ("11.6", "450.80.02", "452.39"),
-    ("11.5", "450.80.02", "452.39"),
-    ("11.4", "450.80.02", "452.39"),
-    ("11.3", "450.80.02", "452.39"),
-    ("11.2", "450.80.02", "452.39"),
-    ("11.1", "450.80.02", "452.39"),
-    ("11.0", "450.36.06", "451.22"),
-    ("10.2", "440.33", "441.22"),
-    ("10.1", "418.39", "418.96"),
-    ("10.0", "410.48", "411.31"),
-    ("9.2", "396.26", "398.26"),
-    ("9.1", "390.46", "391.29"),
-    ("9.0", "384.81", "385.54"),
-    ("8.0", "375.26", "376.51"),
-)
 
 _DRIVER = re.compile(r"\d+(?:\.\d+){0,3}")
 
