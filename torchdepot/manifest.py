@@ -114,6 +114,17 @@ def load(root: Path) -> Manifest:
         raise TorchdepotError(f"{path}: no manifest (is {root} a torchdepot mirror? run 'torchdepot mirror' first)") from None
 
 
+def fetch(url: str) -> Manifest:
+    """``<url>/manifest.json`` of a served (http, or file://) mirror. Raises UpstreamError
+    when it cannot be fetched and TorchdepotError when it is not a manifest."""
+    from .http import make_session  # late: requests is only needed for remote mirrors
+
+    murl = url.rstrip("/") + "/" + MANIFEST_NAME
+    with make_session() as client:
+        body, _ = client.get_bytes(murl)
+    return Manifest.from_json(body.decode("utf-8", "replace"), murl)
+
+
 def save(root: Path, manifest: Manifest) -> None:
     atomic_write_text(Path(root) / MANIFEST_NAME, manifest.to_json())
 

@@ -9,6 +9,7 @@ index offers them (so no multi-GB wheel is downloaded to learn its dependencies)
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 import urllib.parse
@@ -68,9 +69,16 @@ class ResolvedFile:
 
 
 def uv_bin() -> str:
-    from uv import find_uv_bin
+    """The uv binary of the ``uv`` package, else one on PATH."""
+    try:
+        from uv import find_uv_bin
 
-    return find_uv_bin()
+        return find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        found = shutil.which("uv")
+        if not found:
+            raise TorchdepotError("uv not found (pip install uv)") from None
+        return found
 
 
 def uv_env() -> dict[str, str]:

@@ -84,15 +84,13 @@ def uv_cmd(url: str, file: str | None, scope: str | None, dry_run: bool, variant
 
 def _mirror_channels(url: str) -> list[str]:
     """The conda channels a mirror publishes, from its manifest.json."""
-    from ..http import make_session
-    from ..manifest import MANIFEST_NAME, Manifest
+    from ..manifest import MANIFEST_NAME
+    from ..manifest import fetch as fetch_manifest
 
-    murl = url.rstrip("/") + "/" + MANIFEST_NAME
-    with make_session() as client:
-        body, _ = client.get_bytes(murl)
-    m = Manifest.from_json(body.decode("utf-8", "replace"), murl)
+    m = fetch_manifest(url)
     chans = sorted({t.channel.split("/", 1)[-1] for t in m.targets if t.kind == "conda" and t.channel})
     if not chans:
+        murl = url.rstrip("/") + "/" + MANIFEST_NAME
         raise TorchdepotError(f"{murl}: the mirror has no conda channels (give --channel NAME)")
     return chans
 

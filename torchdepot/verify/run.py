@@ -13,10 +13,12 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import TorchdepotError
+from ..errors import TorchdepotError, UpstreamError
 from ..lockfiles import BASE_ENV
-from ..manifest import MANIFEST_NAME, Manifest
+from ..manifest import Manifest
+from ..manifest import fetch as fetch_manifest
 from ..platforms import host_platform, target_platform
+from ..resolve import uv_bin
 from .locks import EnvLock, hash_problems
 from .smoke import SCRIPT, Check, judge
 
@@ -58,27 +60,11 @@ def mirror_url(where: str) -> str:
 
 
 def load_manifest(url: str) -> Manifest | None:
-    from ..http import make_session
-
-    murl = url + "/" + MANIFEST_NAME
+    """The served mirror's manifest, or None when it cannot be fetched (a malformed one raises)."""
     try:
-        with make_session() as client:
-            body, _ = client.get_bytes(murl)
-    except (TorchdepotError, OSError):
+        return fetch_manifest(url)
+    except (UpstreamError, OSError):
         return None
-    return Manifest.from_json(body.decode("utf-8", "replace"), murl)
-
-
-def uv_bin() -> str:
-    try:
-        import uv
-
-        return uv.find_uv_bin()
-    except Exception:
-        found = shutil.which("uv")
-        if not found:
-            raise TorchdepotError("uv not found (pip install uv)") from None
-        return found
 
 
 def tool_env(mirror: str, extra=()) -> dict[str, str]:
