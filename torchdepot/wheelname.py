@@ -12,7 +12,7 @@ import urllib.parse
 from dataclasses import dataclass
 
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
-from packaging.version import InvalidVersion
+from packaging.version import InvalidVersion, Version
 
 from .accel import Accelerator, accelerator_from_dir, accelerator_from_local
 from .errors import ParseError
@@ -73,6 +73,14 @@ class WheelFile:
             "url": self.url,
             "error": None,
         }
+
+
+def version_sort_key(text: str) -> tuple:
+    """Sort key for version strings: PEP 440 order; unparseable ones below every valid one."""
+    try:
+        return (1, Version(text))
+    except InvalidVersion:
+        return (0, text)
 
 
 def split_url(name_or_url: str) -> tuple[str, list[str], str | None]:

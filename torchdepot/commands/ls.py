@@ -12,12 +12,11 @@ import sys
 from collections import defaultdict
 
 import click
-from packaging.version import InvalidVersion, Version
 
 from ..accel import accelerator_sort_key, parse_accelerator
 from ..http import make_session
 from ..sources.crawl import crawl_index
-from ..wheelname import WheelFile
+from ..wheelname import WheelFile, version_sort_key
 
 # Short platform codes keep a cell narrow enough for a terminal; the legend prints below.
 PLATFORM_CODES = {
@@ -61,13 +60,6 @@ def select(items, accelerators: set[str] | None, python: str | None, platform: s
     return out
 
 
-def _version_key(text: str):
-    try:
-        return (1, Version(text))
-    except InvalidVersion:
-        return (0, text)
-
-
 def _python_key(py: str):
     return tuple(int(p) for p in py.split(".") if p.isdigit())
 
@@ -82,7 +74,7 @@ def matrix_keys(cells, accs: dict) -> list[tuple[str, str]]:
         return (1, ()) if a is None else (0, accelerator_sort_key(a))
 
     keys = sorted(cells, key=lambda k: acc_key(k[1]))
-    return sorted(keys, key=lambda k: _version_key(k[0]), reverse=True)
+    return sorted(keys, key=lambda k: version_sort_key(k[0]), reverse=True)
 
 
 def format_table(title: str, header: list[str], body: list[list[str]]) -> str:

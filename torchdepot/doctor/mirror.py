@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from packaging.version import InvalidVersion, Version
 
 from ..accel import accelerator_from_dir
 from ..errors import UpstreamError
 from ..sources.crawl import crawl_index, fetch_root
+from ..wheelname import version_sort_key
 
 
 @dataclass
@@ -34,14 +34,7 @@ class MirrorOffer:
         pool = per_py.get(python) or per_py.get("") or set()
         if not pool:
             return None
-        return max(pool, key=_vkey)
-
-
-def _vkey(v: str):
-    try:
-        return (1, Version(v))
-    except InvalidVersion:
-        return (0, v)
+        return max(pool, key=version_sort_key)
 
 
 def offer_from_manifest(url: str, doc: dict) -> MirrorOffer:
