@@ -22,12 +22,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.httpserver import Server  # noqa: E402
-from torchdepot.accel import parse_accelerator  # noqa: E402
-from torchdepot.conda import recipes as R  # noqa: E402
-from torchdepot.conda.solve import SubdirSource, open_sources, solve_target  # noqa: E402
-from torchdepot.conda.spec import CondaTarget  # noqa: E402
-from torchdepot.conda.sync import sync_conda  # noqa: E402
-from torchdepot.spec import MirrorSpec  # noqa: E402
+from torchdepot.model.accel import parse_accelerator
+from torchdepot.ship import recipes as R
+from torchdepot.resolve.conda import SubdirSource, open_sources, solve_target
+from torchdepot.spec.conda import CondaTarget
+from torchdepot.sync.conda import sync_conda
+from torchdepot.spec.mirror import MirrorSpec
 
 REPODATA = ROOT.parent / "shared" / "data" / "conda" / "repodata" / "pytorch_channel_linux-64_repodata.json"
 _VER = re.compile(r"\d+(?:\.\d+)*")

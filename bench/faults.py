@@ -24,8 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.faultserver import Fault, FaultServer, flaky_faults, leave_partial  # noqa: E402
-from torchdepot.fetch import Fetcher, FetchItem  # noqa: E402
-from torchdepot.http import Client, HttpConfig  # noqa: E402
+from torchdepot.fetch import Fetcher, FetchItem
+from torchdepot.net.http import Client, HttpConfig
 
 SIZE = 120_000
 FAULTS = flaky_faults(SIZE) + [

@@ -21,9 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.httpserver import Server  # noqa: E402
-from torchdepot.http import make_session  # noqa: E402
-from torchdepot.sources.crawl import page_url, wheels_of  # noqa: E402
-from torchdepot.sources.pep503 import parse_html  # noqa: E402
+from torchdepot.net.http import make_session
+from torchdepot.sources.crawl import page_url, wheels_of
+from torchdepot.sources.pep503 import parse_html
 
 CAPTURE = ROOT.parent / "shared" / "data" / "index_pages" / "download.pytorch.org_whl_simple_2023-10"
 HREF = re.compile(rb'href="([^"]+)"')

@@ -18,10 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from torchdepot.lockfiles.write import lock_mirror  # noqa: E402
-from torchdepot.manifest import load  # noqa: E402
-from torchdepot.verify.locks import read_env  # noqa: E402
-from torchdepot.verify.run import Options, mirror_url, tool_env, uv_bin, verify_env  # noqa: E402
+from torchdepot.lockfiles.write import lock_mirror
+from torchdepot.store.manifest import load
+from torchdepot.verify.locks import read_env
+from torchdepot.verify.run import Options, mirror_url, tool_env, uv_bin, verify_env
 
 
 def bare_install(mirror: Path, wheels: list[str], work: Path, cache: Path) -> float:

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
-from torchdepot import manifest as mf
-from torchdepot.fsutil import sha256_file
+from torchdepot.store import manifest as mf
+from torchdepot.store.fsutil import sha256_file
 
 CPU_ID = "cpu-py311-linux-x86_64"
 CONDA_CHANNEL = "pytorch-fixture"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
-from torchdepot.fsutil import sha256_file
+from torchdepot.store.fsutil import sha256_file
 
 
 def sha256(path: Path) -> str:

@@ -14,9 +14,8 @@ from click.testing import CliRunner
 from hypothesis import given, strategies as st
 
 from tests.mirror_fixture import CPU_ID, make_mirror
-from torchdepot import manifest as mf
-from torchdepot.bundle import (BUNDLE_MANIFEST, BundleError, bundle_parts, parse_size, plan_bundle, unbundle,
-                               write_bundle)
+from torchdepot.store import manifest as mf
+from torchdepot.ship.bundle import (BUNDLE_MANIFEST, BundleError, bundle_parts, parse_size, plan_bundle, unbundle, write_bundle)
 from torchdepot.cli import main
 from torchdepot.errors import IntegrityError, UnsafePathError
 

@@ -13,7 +13,7 @@ import pytest
 from tests.faultserver import Fault, FaultServer
 from tests.loopback_upstream import ROOT, mirror_cmd, mirror_env, populate, write_spec
 from torchdepot.errors import LockedError
-from torchdepot.fsutil import MirrorLock
+from torchdepot.store.fsutil import MirrorLock
 
 HOLD = """
 import sys, time
@@ -119,7 +119,7 @@ def test_two_cli_syncs_on_one_out_dir(tmp_path):
                     p.wait()
         # every wheel went over the wire exactly once: never two writers fetching the same file
         assert all(n == 1 for n in up.wheel_hits().values()), up.wheel_hits()
-    from torchdepot.verifymirror import verify_mirror
+    from torchdepot.sync.check import verify_mirror
 
     assert verify_mirror(out).ok
 

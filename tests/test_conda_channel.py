@@ -18,16 +18,16 @@ from hypothesis import given, strategies as st
 
 from tests.httpserver import Server
 from torchdepot.cli import main
-from torchdepot.conda import recipes as R
-from torchdepot.conda.publish import normalize_indexed_channel, repodata_bytes
-from torchdepot.conda.records import RepodataError, parse_repodata
-from torchdepot.conda.solve import keep_record, solve_target, SubdirSource
-from torchdepot.conda.spec import CondaTarget, parse_conda_section, pip_constraint_to_conda
-from torchdepot.conda.sync import sync_conda
-from torchdepot.accel import parse_accelerator
+from torchdepot.ship import recipes as R
+from torchdepot.store.channel import normalize_indexed_channel, repodata_bytes
+from torchdepot.sources.repodata import RepodataError, parse_repodata
+from torchdepot.resolve.conda import keep_record, solve_target, SubdirSource
+from torchdepot.spec.conda import CondaTarget, parse_conda_section, pip_constraint_to_conda
+from torchdepot.sync.conda import sync_conda
+from torchdepot.model.accel import parse_accelerator
 from torchdepot.errors import IntegrityError, SpecError, TorchdepotError
-from torchdepot.http import Client, HttpConfig
-from torchdepot.spec import MirrorSpec, PackageSpec
+from torchdepot.net.http import Client, HttpConfig
+from torchdepot.spec.mirror import MirrorSpec, PackageSpec
 
 REPODATA = "conda/repodata/pytorch_channel_linux-64_repodata.json"
 

@@ -17,12 +17,12 @@ import pytest
 
 from tests.httpserver import Server
 from tests.test_conda_channel import fast_client, stub_torch_wheels
-from torchdepot.accel import parse_accelerator
-from torchdepot.conda import recipes as R
-from torchdepot.conda.solve import SubdirSource, solve_target
-from torchdepot.conda.spec import CondaTarget
-from torchdepot.conda.sync import sync_conda
-from torchdepot.spec import MirrorSpec
+from torchdepot.model.accel import parse_accelerator
+from torchdepot.ship import recipes as R
+from torchdepot.resolve.conda import SubdirSource, solve_target
+from torchdepot.spec.conda import CondaTarget
+from torchdepot.sync.conda import sync_conda
+from torchdepot.spec.mirror import MirrorSpec
 
 DEPS = ("filelock", "typing-extensions", "sympy", "mpmath", "networkx", "jinja2", "markupsafe", "fsspec", "setuptools")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from tests.faultserver import Fault, FaultServer
 from tests.loopback_upstream import mirror_cmd, mirror_env, populate, write_spec
 from torchdepot.sources.pep503 import parse_html
-from torchdepot.verifymirror import verify_mirror
+from torchdepot.sync.check import verify_mirror
 
 PAYLOAD = 100_000
 RATE = 200_000  # bytes/s per connection: ~0.5 s a wheel, 2 in parallel

@@ -16,7 +16,7 @@ import pytest
 
 from tests.faultserver import Fault, FaultServer, flaky_faults, leave_partial
 from torchdepot.fetch import Fetcher, FetchItem, FetchReport
-from torchdepot.http import Client, HttpConfig
+from torchdepot.net.http import Client, HttpConfig
 
 SIZE = 200_000
 
@@ -427,7 +427,7 @@ def test_unsafe_key_is_refused(tmp_path, up):
 # -- whole syncs through the CLI ------------------------------------------------------------
 def test_sync_under_transient_faults_completes_and_verifies(tmp_path):
     from tests.loopback_upstream import mirror_env, populate, run_mirror, write_spec
-    from torchdepot.verifymirror import verify_mirror
+    from torchdepot.sync.check import verify_mirror
 
     faults = [Fault("close_after", n=5000), Fault("status", status=503), Fault("truncate", n=7000),
               Fault("html"), Fault("status", status=429, retry_after="0")]

@@ -1,7 +1,7 @@
 import hashlib, os
 from tests.httpserver import Server
 from torchdepot.fetch import Fetcher, FetchItem
-from torchdepot.http import make_session, HttpConfig
+from torchdepot.net.http import make_session, HttpConfig
 
 def test_fetch_roundtrip(tmp_path):
     up = tmp_path/"up"; up.mkdir()

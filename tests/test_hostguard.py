@@ -8,7 +8,7 @@ import socket
 import requests
 
 from tests.httpserver import Server
-from torchdepot.hostguard import HostGuard
+from torchdepot.net.hostguard import HostGuard
 
 
 def _server_with_file(tmp_path):

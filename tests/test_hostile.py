@@ -14,9 +14,9 @@ from tests.faultserver import Fault, FaultServer
 from tests.loopback_upstream import mirror_env, outside_root, populate, run_mirror, write_spec
 from torchdepot.errors import TorchdepotError, UnsafePathError, UpstreamError
 from torchdepot.fetch import Fetcher, FetchItem
-from torchdepot.fsutil import safe_filename, safe_join
-from torchdepot.hostpolicy import PYTORCH_LINKED_HOSTS, default_policy, filename_refusal, screen_links
-from torchdepot.http import Client, HttpConfig
+from torchdepot.store.fsutil import safe_filename, safe_join
+from torchdepot.net.hostpolicy import (PYTORCH_LINKED_HOSTS, default_policy, filename_refusal, screen_links)
+from torchdepot.net.http import Client, HttpConfig
 from torchdepot.sources.pep503 import parse_html
 from torchdepot.sources.pep691 import parse_json
 from torchdepot.sources.repodata import parse_repodata
@@ -249,7 +249,7 @@ def test_mirror_against_a_hostile_index_writes_nothing_outside_root(tmp_path, co
         assert "Traceback" not in proc.stderr
         assert proc.returncode == 0 or conflict, proc.stderr
         if proc.returncode == 0:
-            from torchdepot.verifymirror import verify_mirror
+            from torchdepot.sync.check import verify_mirror
 
             assert verify_mirror(out).ok
         else:

@@ -15,10 +15,10 @@ import pytest
 from click.testing import CliRunner
 
 from tests.mirror_fixture import CPU_ID, make_mirror
-from torchdepot import manifest as mf
+from torchdepot.store import manifest as mf
 from torchdepot.cli import main
-from torchdepot.landing import PLACEHOLDER, render, write_landing
-from torchdepot.serve import make_server, server_url
+from torchdepot.site.landing import PLACEHOLDER, render, write_landing
+from torchdepot.ship.serve import make_server, server_url
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 

@@ -12,11 +12,11 @@ import yaml
 from click.testing import CliRunner
 
 from tests.test_lock_support import build_mirror, fake_torch_wheels
-from torchdepot.accel import parse_accelerator
+from torchdepot.model.accel import parse_accelerator
 from torchdepot.cli import main
-from torchdepot.drivers_min import min_driver, min_nvidia_driver
+from torchdepot.model.cuda import min_driver, min_nvidia_driver
 from torchdepot.lockfiles.render import render
-from torchdepot.manifest import FileEntry, Manifest, Target, TargetPackage
+from torchdepot.store.manifest import FileEntry, Manifest, Target, TargetPackage
 from torchdepot.verify.locks import parse_requirements
 
 
@@ -163,9 +163,9 @@ def test_driver_table_matches_shared_compat(data_dir):
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from torchdepot.errors import TorchdepotError  # noqa: E402
-from torchdepot.lockfiles.render import Pinned, conda_explicit, requirements_lock  # noqa: E402
-from torchdepot.verify.conda import parse_explicit  # noqa: E402
+from torchdepot.errors import TorchdepotError
+from torchdepot.lockfiles.render import Pinned, conda_explicit, requirements_lock
+from torchdepot.verify.conda import parse_explicit
 
 _names = st.from_regex(r"[a-z][a-z0-9]{0,6}(-[a-z0-9]{1,4})?", fullmatch=True)
 _versions = st.from_regex(r"[0-9]{1,2}(\.[0-9]{1,2}){0,2}(\+cu1[0-9]{2}|\+cpu)?", fullmatch=True)

@@ -21,8 +21,8 @@ from click.testing import CliRunner
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from torchdepot.cli import main
-from torchdepot.fsutil import sha256_file
-from torchdepot.manifest import FileEntry, Manifest, Target, TargetPackage, save
+from torchdepot.store.fsutil import sha256_file
+from torchdepot.store.manifest import FileEntry, Manifest, Target, TargetPackage, save
 
 FAKE_TORCH = '''\
 __version__ = "{version}"

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from tests.mirror_fixture import CPU_ID, make_mirror
 from torchdepot.cli import main
-from torchdepot.matrix import runner_for
+from torchdepot.site.matrix import runner_for
 
 
 @pytest.fixture()

@@ -13,14 +13,14 @@ import pytest
 from tests.httpserver import Server
 from tests.mirror_upstream import build_upstreams, dead_url, make_wheel, sha256
 from tests.venvs import hermetic_env
-from torchdepot import manifest as mf
+from torchdepot.store import manifest as mf
 from torchdepot.errors import LockedError, TorchdepotError
-from torchdepot.fsutil import MirrorLock
-from torchdepot.http import HttpConfig, make_session
-from torchdepot.mirror import sync
-from torchdepot.pipconfig import PipSources
+from torchdepot.store.fsutil import MirrorLock
+from torchdepot.net.http import HttpConfig, make_session
+from torchdepot.sync.pip import sync
+from torchdepot.net.pipconfig import PipSources
 from torchdepot.sources.pep503 import parse_html
-from torchdepot.spec import parse_spec
+from torchdepot.spec.mirror import parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 TAG = "cp311-cp311-manylinux_2_28_x86_64"

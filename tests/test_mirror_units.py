@@ -8,8 +8,8 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from torchdepot.publish import IndexFile, build_pages, current_generation, generation_of, publish
-from torchdepot.select import paired_prefix, pin
+from torchdepot.store.pages import (IndexFile, build_pages, current_generation, generation_of, publish)
+from torchdepot.resolve.pin import paired_prefix, pin
 from torchdepot.sources.links import Link
 from torchdepot.sources.pep503 import parse_html
 

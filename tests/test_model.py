@@ -2,10 +2,10 @@
 
 import pytest
 
-from torchdepot.accel import Accelerator, parse_accelerator
-from torchdepot.condabuild import parse_build_string
+from torchdepot.model.accel import Accelerator, parse_accelerator
+from torchdepot.model.condabuild import parse_build_string
 from torchdepot.errors import ParseError
-from torchdepot.wheelname import parse_wheel
+from torchdepot.model.wheelname import parse_wheel
 
 
 @pytest.mark.parametrize(

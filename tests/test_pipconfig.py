@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.venvs import hermetic_env
-from torchdepot.pipconfig import PipSources, parse_config_list, pip_default_index, read_pip_config
+from torchdepot.net.pipconfig import (PipSources, parse_config_list, pip_default_index, read_pip_config)
 
 SAMPLE = """\
 :env:.default-timeout='180'

@@ -8,15 +8,15 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from torchdepot.accel import accelerator_from_dir, accelerator_from_local, parse_accelerator
-from torchdepot.condabuild import parse_build_string, record_from_repodata, split_conda_filename
+from torchdepot.model.accel import accelerator_from_dir, accelerator_from_local, parse_accelerator
+from torchdepot.model.condabuild import (parse_build_string, record_from_repodata, split_conda_filename)
 from torchdepot.errors import ParseError, TorchdepotError
 from torchdepot.sources.findlinks import parse_findlinks
 from torchdepot.sources.links import Page
 from torchdepot.sources.pep503 import parse_html
 from torchdepot.sources.pep691 import parse_json
 from torchdepot.sources.repodata import parse_repodata
-from torchdepot.wheelname import parse_wheel
+from torchdepot.model.wheelname import parse_wheel
 
 MANY = settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

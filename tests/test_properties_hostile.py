@@ -10,11 +10,11 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from torchdepot import manifest as mf
+from torchdepot.store import manifest as mf
 from torchdepot.errors import TorchdepotError, UnsafePathError
-from torchdepot.fsutil import safe_filename, safe_join
-from torchdepot.hostpolicy import default_policy, filename_refusal, host_of, screen_links
-from torchdepot.http import Client, HttpConfig, retry_after_seconds
+from torchdepot.store.fsutil import safe_filename, safe_join
+from torchdepot.net.hostpolicy import default_policy, filename_refusal, host_of, screen_links
+from torchdepot.net.http import Client, HttpConfig, retry_after_seconds
 from torchdepot.sources.links import Link
 
 MANY = settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])

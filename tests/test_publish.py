@@ -16,10 +16,10 @@ from click.testing import CliRunner
 
 from tests.mirror_fixture import make_mirror
 from tests.venvs import make_venv, run
-from torchdepot import manifest as mf
+from torchdepot.store import manifest as mf
 from torchdepot.cli import main
-from torchdepot.landing import write_landing
-from torchdepot.serve import make_server, server_url
+from torchdepot.site.landing import write_landing
+from torchdepot.ship.serve import make_server, server_url
 
 
 def _rclone() -> str:

@@ -19,7 +19,7 @@ from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
 from tests.httpserver import Server
 from torchdepot.errors import UpstreamError
-from torchdepot.http import make_session
+from torchdepot.net.http import make_session
 from torchdepot.sources.crawl import crawl_index, fetch_project_page, fetch_root
 from torchdepot.sources.findlinks import fetch_findlinks
 

@@ -11,8 +11,8 @@ import pytest
 import zstandard
 
 from tests.httpserver import Server
-from torchdepot.condabuild import package_accelerator, parse_build_string, split_conda_filename
-from torchdepot.http import make_session
+from torchdepot.model.condabuild import (package_accelerator, parse_build_string, split_conda_filename)
+from torchdepot.net.http import make_session
 from torchdepot.sources.repodata import fetch_repodata, parse_repodata
 
 REPODATA = "conda/repodata/pytorch_channel_linux-64_repodata.json"

@@ -18,7 +18,7 @@ from hypothesis import given, strategies as st
 
 from tests.mirror_fixture import make_mirror
 from tests.venvs import hermetic_env, make_venv, run
-from torchdepot.serve import make_server, nginx_config, parse_range
+from torchdepot.ship.serve import make_server, nginx_config, parse_range
 
 TD = Path(sys.executable).parent / "torchdepot"
 

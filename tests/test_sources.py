@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.httpserver import RangeHandler, Server
-from torchdepot.http import make_session
+from torchdepot.net.http import make_session
 from torchdepot.sources.crawl import crawl_index, fetch_project_page
 from torchdepot.sources.findlinks import parse_findlinks
 from torchdepot.sources.pep503 import parse_html

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from torchdepot.errors import SpecError
-from torchdepot.platforms import host_platform
-from torchdepot.spec import load_spec, parse_spec
+from torchdepot.model.platforms import host_platform
+from torchdepot.spec.mirror import load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 W = "mirror/mirror.yaml"

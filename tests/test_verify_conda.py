@@ -15,9 +15,9 @@ from tests.test_lock_support import (
     fake_torch_wheels,
     private_tmp_fixture,  # noqa: F401 (autouse)
 )
-from torchdepot.conda.recipes import build_wheels, index_channel
-from torchdepot.fsutil import sha256_file
-from torchdepot.manifest import FileEntry, Target, TargetPackage, save
+from torchdepot.ship.recipes import build_wheels, index_channel
+from torchdepot.store.fsutil import sha256_file
+from torchdepot.store.manifest import FileEntry, Target, TargetPackage, save
 from torchdepot.verify.conda import CondaPin, build_check
 
 CPU = "cpu-py311-linux-x86_64"

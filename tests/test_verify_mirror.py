@@ -12,8 +12,8 @@ import pytest
 
 from tests.faultserver import Fault, FaultServer
 from tests.loopback_upstream import ROOT, mirror_env, populate, run_mirror, write_spec
-from torchdepot import manifest as mf
-from torchdepot.verifymirror import verify_mirror
+from torchdepot.store import manifest as mf
+from torchdepot.sync.check import verify_mirror
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +155,7 @@ def test_traversal_in_manifest_is_refused(mirror):
 
 
 def test_locked_mirror_refuses_at_once(mirror):
-    from torchdepot.fsutil import MirrorLock
+    from torchdepot.store.fsutil import MirrorLock
 
     _up, root = mirror
     with MirrorLock(root):

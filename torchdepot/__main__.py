@@ -1,3 +1,3 @@
-from .cli import main
+from torchdepot.cli import main
 
 main()

@@ -12,8 +12,8 @@ import sys
 
 import click
 
-from . import __version__
-from .errors import TorchdepotError
+from torchdepot import __version__
+from torchdepot.errors import TorchdepotError
 
 
 def _one_line(exc: BaseException) -> str:

@@ -32,9 +32,9 @@ import requests
 import urllib3
 from tqdm import tqdm
 
-from .errors import IntegrityError, UpstreamError
-from .fsutil import atomic_write_text, fsync_dir, safe_join, sha256_file
-from .http import Client, HttpStatusError, describe, file_url_path, retry_after_seconds
+from torchdepot.errors import IntegrityError, UpstreamError
+from torchdepot.store.fsutil import atomic_write_text, fsync_dir, safe_join, sha256_file
+from torchdepot.net.http import (Client, HttpStatusError, describe, file_url_path, retry_after_seconds)
 
 CHUNK = 1024 * 1024
 STATE_DIR = ".torchdepot"

@@ -9,8 +9,8 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import TorchdepotError
-from ..fsutil import atomic_write_text
+from torchdepot.errors import TorchdepotError
+from torchdepot.store.fsutil import atomic_write_text
 
 
 class ConfigFileError(TorchdepotError):

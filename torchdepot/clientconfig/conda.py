@@ -9,7 +9,7 @@ from pathlib import Path
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from .common import ConfigFileError, Planned, join_url
+from torchdepot.clientconfig.common import ConfigFileError, Planned, join_url
 
 SCOPES = ("user", "site", "global")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import configparser
 import re
 
-from .common import ConfigFileError
+from torchdepot.clientconfig.common import ConfigFileError
 
 _SECTION = re.compile(r"^\s*\[([^\]]+)\]")
 _KEY = re.compile(r"^([^\s#;\[][^=:]*?)\s*[=:]")

@@ -6,8 +6,8 @@ import os
 import sys
 from pathlib import Path
 
-from . import ini
-from .common import Planned, join_url, plain_http_host
+from torchdepot.clientconfig import ini
+from torchdepot.clientconfig.common import Planned, join_url, plain_http_host
 
 SCOPES = ("user", "site", "global")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import tomlkit
 from tomlkit.exceptions import TOMLKitError
 
-from .common import ConfigFileError, Planned, join_url
+from torchdepot.clientconfig.common import ConfigFileError, Planned, join_url
 
 SCOPES = ("user", "site", "global")
 

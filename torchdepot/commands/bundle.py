@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..bundle import parse_size, plan_bundle, unbundle, write_bundle
+from torchdepot.ship.bundle import parse_size, plan_bundle, unbundle, write_bundle
 
 
 def _human(n: int) -> str:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import click
 
-from ..http import make_session
-from ..platforms import subdir_platform
-from .ls import PLATFORM_CODES, _python_key, format_table, matrix_keys
+from torchdepot.net.http import make_session
+from torchdepot.model.platforms import subdir_platform
+from torchdepot.commands.ls import PLATFORM_CODES, _python_key, format_table, matrix_keys
 
 
 def _channel_url(text: str) -> str:
@@ -26,8 +26,8 @@ def _channel_url(text: str) -> str:
 
 
 def load_channel(url: str, subdirs: tuple[str, ...]):
-    from ..conda.records import parse_repodata
-    from ..conda.repodata_fetch import RepodataCache, fetch_repodata
+    from torchdepot.sources.repodata import parse_repodata
+    from torchdepot.sources.channel import RepodataCache, fetch_repodata
 
     out = []
     with make_session() as client, tempfile.TemporaryDirectory(prefix="td-condals-") as tmp:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import click
 
-from ..clientconfig import conda as conda_cfg
-from ..clientconfig import pip as pip_cfg
-from ..clientconfig import uv as uv_cfg
-from ..clientconfig.common import Planned, check_url, commit, read_existing, unified_diff
-from ..errors import TorchdepotError
+from torchdepot.clientconfig import conda as conda_cfg
+from torchdepot.clientconfig import pip as pip_cfg
+from torchdepot.clientconfig import uv as uv_cfg
+from torchdepot.clientconfig.common import Planned, check_url, commit, read_existing, unified_diff
+from torchdepot.errors import TorchdepotError
 
 
 def _target(module, file: str | None, scope: str | None) -> Path:
@@ -84,8 +84,8 @@ def uv_cmd(url: str, file: str | None, scope: str | None, dry_run: bool, variant
 
 def _mirror_channels(url: str) -> list[str]:
     """The conda channels a mirror publishes, from its manifest.json."""
-    from ..manifest import MANIFEST_NAME
-    from ..manifest import fetch as fetch_manifest
+    from torchdepot.store.manifest import MANIFEST_NAME
+    from torchdepot.store.manifest import fetch as fetch_manifest
 
     m = fetch_manifest(url)
     chans = sorted({t.channel.split("/", 1)[-1] for t in m.targets if t.kind == "conda" and t.channel})

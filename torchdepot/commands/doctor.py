@@ -8,12 +8,12 @@ import sys
 
 import click
 
-from ..doctor import check as check_mod
-from ..doctor.detect import detect
-from ..doctor.drivers import min_driver
-from ..doctor.mirror import read_mirror
-from ..doctor.recommend import MirrorChoice, choose_mirrored, summary
-from ..http import make_session
+from torchdepot.doctor import check as check_mod
+from torchdepot.doctor.detect import detect
+from torchdepot.doctor.drivers import min_driver
+from torchdepot.doctor.mirror import read_mirror
+from torchdepot.doctor.recommend import MirrorChoice, choose_mirrored, summary
+from torchdepot.net.http import make_session
 
 
 def _text(report: dict) -> str:

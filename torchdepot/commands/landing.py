@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from .. import manifest as mf
-from ..landing import write_landing
+from torchdepot.store import manifest as mf
+from torchdepot.site.landing import write_landing
 
 
 @click.command("landing")

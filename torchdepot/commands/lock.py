@@ -6,15 +6,15 @@ from pathlib import Path
 
 import click
 
-from ..lockfiles import DEFAULT_BASE
-from ..lockfiles.write import lock_mirror
+from torchdepot.lockfiles import DEFAULT_BASE
+from torchdepot.lockfiles.write import lock_mirror
 
 
 def _mirror_dir(mirror: str | None, spec: str | None) -> Path:
     if mirror:
         return Path(mirror)
     if spec:
-        from ..spec import load_spec  # the mirror spec's ``out`` is where the mirror lives
+        from torchdepot.spec.mirror import load_spec
 
         return Path(load_spec(spec).out)
     return Path("mirror/out")

@@ -13,10 +13,10 @@ from collections import defaultdict
 
 import click
 
-from ..accel import accelerator_sort_key, parse_accelerator
-from ..http import make_session
-from ..sources.crawl import crawl_index
-from ..wheelname import WheelFile, version_sort_key
+from torchdepot.model.accel import accelerator_sort_key, parse_accelerator
+from torchdepot.net.http import make_session
+from torchdepot.sources.crawl import crawl_index
+from torchdepot.model.wheelname import WheelFile, version_sort_key
 
 # Short platform codes keep a cell narrow enough for a terminal; the legend prints below.
 PLATFORM_CODES = {

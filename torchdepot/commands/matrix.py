@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from .. import manifest as mf
-from ..matrix import jobs, render
+from torchdepot.store import manifest as mf
+from torchdepot.site.matrix import jobs, render
 
 
 @click.command("matrix")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..spec import load_spec, with_overrides
+from torchdepot.spec.mirror import load_spec, with_overrides
 
 DEFAULT_SPEC = "mirror/mirror.yaml"
 
@@ -33,7 +33,7 @@ def mirror_cmd(spec_path, out, upstreams, jobs, dry_run, on_hash_mismatch, fsync
       torchdepot mirror --spec mirror/mirror.yaml --out /srv/torch --jobs 8
       pip install --index-url file:///srv/torch/whl/cpu torch
     """
-    from ..mirror import sync
+    from torchdepot.sync.pip import sync
 
     spec = load_spec(spec_path)
     spec = with_overrides(spec, out=out, upstreams=list(upstreams) or None, jobs=jobs,
@@ -47,8 +47,8 @@ def mirror_cmd(spec_path, out, upstreams, jobs, dry_run, on_hash_mismatch, fsync
 
 def _base_spec(out: str | None):
     """The spec stored in the mirror's manifest, else the default spec file."""
-    from .. import manifest as mf
-    from ..spec import parse_spec
+    from torchdepot.store import manifest as mf
+    from torchdepot.spec.mirror import parse_spec
 
     spec = load_spec(DEFAULT_SPEC) if Path(DEFAULT_SPEC).is_file() else parse_spec({}, "default spec")
     root = Path(out) if out else spec.out
@@ -79,9 +79,9 @@ def fetch_tool(cuda, cpu, accelerator, python, torch_version, platform, out, ups
     """
     import sys
 
-    from ..accel import cuda_from_dotted
-    from ..errors import TorchdepotError
-    from ..mirror import sync
+    from torchdepot.model.accel import cuda_from_dotted
+    from torchdepot.errors import TorchdepotError
+    from torchdepot.sync.pip import sync
 
     try:
         if sum(bool(x) for x in (cuda, cpu, accelerator)) > 1:

@@ -7,8 +7,8 @@ import sys
 
 import click
 
-from ..errors import ParseError
-from ..wheelname import error_json, parse_wheel
+from torchdepot.errors import ParseError
+from torchdepot.model.wheelname import error_json, parse_wheel
 
 
 @click.command("parse")

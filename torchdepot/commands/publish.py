@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..publish_remote import plan, publish
+from torchdepot.ship.rclone import plan, publish
 
 
 @click.command("publish")

@@ -31,8 +31,8 @@ def build_cmd(wheels: tuple[Path, ...], out: Path, python: str | None, cuda: tup
       torchdepot recipes build --wheel mirror/out/packages/torch/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl
       conda install -c file://$PWD/recipes/out pytorch cpuonly
     """
-    from ..conda import recipes as R
-    from ..conda.publish import normalize_indexed_channel
+    from torchdepot.ship import recipes as R
+    from torchdepot.store.channel import normalize_indexed_channel
 
     wheel_list = list(wheels)
     if not wheel_list and DEFAULT_WHEEL_DIR.is_dir():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..serve import make_server, nginx_config, server_url
+from torchdepot.ship.serve import make_server, nginx_config, server_url
 
 
 @click.command("serve")

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import click
 
-from ..errors import TorchdepotError
-from ..lockfiles import BASE_ENV
-from ..verify.locks import read_env
-from ..verify.run import EnvResult, Options, load_manifest, mirror_url, verify_env
+from torchdepot.errors import TorchdepotError
+from torchdepot.lockfiles import BASE_ENV
+from torchdepot.verify.locks import read_env
+from torchdepot.verify.run import EnvResult, Options, load_manifest, mirror_url, verify_env
 
 
 def _env_dirs(args: tuple[str, ...]) -> list[Path]:

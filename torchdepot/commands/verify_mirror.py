@@ -26,7 +26,7 @@ def verify_mirror_cmd(root: str, repair: bool, as_json: bool, quick: bool, wait:
     Example:
       torchdepot verify-mirror /srv/torch --repair
     """
-    from ..verifymirror import report_json, verify_mirror_locked
+    from torchdepot.sync.check import report_json, verify_mirror_locked
 
     report = verify_mirror_locked(root, repair=repair, wait=wait, trust_cache=quick)
     if as_json:

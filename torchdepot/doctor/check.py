@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from ..errors import TorchdepotError
+from torchdepot.errors import TorchdepotError
 
 PROBE = r"""
 import json, sys

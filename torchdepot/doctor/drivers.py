@@ -1,6 +1,6 @@
 """NVIDIA driver version -> the CUDA versions it can run (CUDA minor-version compatibility).
 
-The table (``torchdepot.drivers_min.CUDA_DRIVER_MINIMUMS``) is NVIDIA's release-notes
+The table (``torchdepot.model.cuda.CUDA_DRIVER_MINIMUMS``) is NVIDIA's release-notes
 Table 2 as used by uv and light-the-torch. Pure: no I/O.
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 
-from ..drivers_min import CUDA_DRIVER_MINIMUMS
-from ..errors import ParseError
+from torchdepot.model.cuda import CUDA_DRIVER_MINIMUMS
+from torchdepot.errors import ParseError
 
 _DRIVER = re.compile(r"\d+(?:\.\d+){0,3}")
 

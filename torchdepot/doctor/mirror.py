@@ -8,10 +8,10 @@ import json
 from dataclasses import dataclass, field
 
 
-from ..accel import accelerator_from_dir
-from ..errors import UpstreamError
-from ..sources.crawl import crawl_index, fetch_root
-from ..wheelname import version_sort_key
+from torchdepot.model.accel import accelerator_from_dir
+from torchdepot.errors import UpstreamError
+from torchdepot.sources.crawl import crawl_index, fetch_root
+from torchdepot.model.wheelname import version_sort_key
 
 
 @dataclass

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..accel import Accelerator, accelerator_from_dir, accelerator_sort_key
-from .detect import Machine
-from .drivers import max_cuda, supports
+from torchdepot.model.accel import Accelerator, accelerator_from_dir, accelerator_sort_key
+from torchdepot.doctor.detect import Machine
+from torchdepot.doctor.drivers import max_cuda, supports
 
 # The accelerators PyTorch's index knows (uv's list of index URLs; compat.yaml
 # uv_known_pytorch_indexes), used when no mirror is given.

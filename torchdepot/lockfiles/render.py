@@ -9,12 +9,12 @@ from dataclasses import dataclass
 import tomlkit
 from packaging.utils import canonicalize_name
 
-from ..accel import parse_accelerator
-from ..drivers_min import min_nvidia_driver
-from ..errors import TorchdepotError
-from ..manifest import FileEntry, Manifest, Target
-from ..platforms import target_platform
-from . import DEFAULT_BASE
+from torchdepot.model.accel import parse_accelerator
+from torchdepot.model.cuda import min_nvidia_driver
+from torchdepot.errors import TorchdepotError
+from torchdepot.store.manifest import FileEntry, Manifest, Target
+from torchdepot.model.platforms import target_platform
+from torchdepot.lockfiles import DEFAULT_BASE
 
 REQUIREMENTS = "requirements.lock"
 PYLOCK = "pylock.toml"

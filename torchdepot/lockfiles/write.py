@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..fsutil import atomic_write_text, safe_join, safe_filename
-from ..manifest import load
-from . import DEFAULT_BASE
-from .render import render
+from torchdepot.store.fsutil import atomic_write_text, safe_join, safe_filename
+from torchdepot.store.manifest import load
+from torchdepot.lockfiles import DEFAULT_BASE
+from torchdepot.lockfiles.render import render
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The crawl edge: fetch index pages through one :class:`torchdepot.http.Client`, parse
+"""The crawl edge: fetch index pages through one :class:`torchdepot.net.http.Client`, parse
 them with the pure parsers, and return wheels in the shared model.
 
 A PyTorch-style index is addressed by its base (``http://host/whl``): the aggregate
@@ -15,10 +15,10 @@ import sys
 import urllib.parse
 from typing import Callable, Iterable
 
-from ..errors import ParseError, UpstreamError
-from ..wheelname import WheelFile, parse_wheel
-from .links import Link, Page, warnings_summary
-from .pep691 import ACCEPT, parse_response
+from torchdepot.errors import ParseError, UpstreamError
+from torchdepot.model.wheelname import WheelFile, parse_wheel
+from torchdepot.sources.links import Link, Page, warnings_summary
+from torchdepot.sources.pep691 import ACCEPT, parse_response
 
 Warn = Callable[[str], None]
 

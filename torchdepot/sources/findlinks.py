@@ -7,8 +7,8 @@ the accelerator survives only in the resolved URL. pip's ``-f`` reads them the s
 
 from __future__ import annotations
 
-from .links import Page
-from .pep503 import parse_html
+from torchdepot.sources.links import Page
+from torchdepot.sources.pep503 import parse_html
 
 
 def parse_findlinks(body: bytes, page_url: str) -> Page:
@@ -24,6 +24,6 @@ def parse_findlinks(body: bytes, page_url: str) -> Page:
 
 
 def fetch_findlinks(client, url: str) -> Page:
-    """GET and parse a find-links page through :class:`torchdepot.http.Client`."""
+    """GET and parse a find-links page through :class:`torchdepot.net.http.Client`."""
     body, meta = client.get_bytes(url)
     return parse_findlinks(body, meta.get("url") or url)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import html
 import re
 
-from .links import Page, make_link
+from torchdepot.sources.links import Page, make_link
 
 # A start tag's attribute run: quoted values may contain ">".
 _ATTRS = r"""((?:[^>"']|"[^"]*"|'[^']*')*)"""

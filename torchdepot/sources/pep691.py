@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 
-from .links import Page, make_link
-from .pep503 import parse_html
+from torchdepot.sources.links import Page, make_link
+from torchdepot.sources.pep503 import parse_html
 
 JSON_TYPE = "application/vnd.pypi.simple.v1+json"
 HTML_TYPES = ("application/vnd.pypi.simple.v1+html", "text/html")

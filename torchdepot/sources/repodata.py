@@ -1,111 +1,89 @@
-"""Conda channel listings: ``<channel>/<subdir>/repodata.json`` (or ``.json.zst``).
+"""Validate a subdir's ``repodata.json`` into :class:`~torchdepot.model.condabuild.CondaRecord` s.
 
-Pure parsing of ``packages`` (``.tar.bz2``) and ``packages.conda`` into
-:class:`torchdepot.condabuild.CondaRecord`; records that cannot be used are skipped and
-counted. Fetching prefers the zstd-compressed file (a tenth of the size) and falls back
-to plain JSON when the server lacks it.
+Upstream is untrusted: a file name or package name that could leave the channel
+directory (``/``, ``..``), truncated JSON, or a record that disagrees with its file
+name stops the sync with one line naming the channel, subdir and record, before
+anything is written.
 """
 
 from __future__ import annotations
 
-import collections
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 
-import zstandard
-
-from ..condabuild import CondaRecord, record_from_repodata
-from ..errors import ParseError, UpstreamError
-from .links import warnings_summary
-
-SECTIONS = ("packages", "packages.conda")
-MAX_REPODATA_BYTES = 2 * 1024 * 1024 * 1024  # decompression bomb guard (conda-forge is ~1 GB)
+from torchdepot.model.condabuild import CondaRecord, record_from_repodata
+from torchdepot.errors import ParseError, TorchdepotError, UnsafePathError
+from torchdepot.store.fsutil import safe_filename
 
 
-@dataclass
-class Repodata:
+class RepodataError(TorchdepotError):
+    """Repodata that cannot be mirrored safely; the message names channel/subdir/record."""
+
+
+@dataclass(frozen=True)
+class SubdirRepodata:
     channel: str
     subdir: str
-    records: list[CondaRecord] = field(default_factory=list)
-    warnings: collections.Counter = field(default_factory=collections.Counter)
-    info: dict = field(default_factory=dict)
-    source_url: str | None = None
+    where: str  # URL or path, for messages
+    info: dict
+    records: dict[str, CondaRecord]  # filename -> record
 
     def by_name(self, name: str) -> list[CondaRecord]:
-        return [r for r in self.records if r.name == name]
+        return [r for r in self.records.values() if r.name == name]
 
 
-def parse_repodata(body: bytes, channel: str, subdir: str) -> Repodata:
-    """Parse repodata JSON bytes. Raises :class:`ParseError` only when the document as a
-    whole is not repodata (not JSON, not an object); bad records are skipped."""
+def _check_name(where: str, filename: str, rec: object) -> None:
+    name = rec.get("name") if isinstance(rec, dict) else None
+    if isinstance(name, str) and ("/" in name or "\\" in name or ".." in name or not name):
+        raise RepodataError(f"{where}: record {filename!r} has unsafe package name {name!r}")
     try:
-        data = json.loads(body)
-    except (ValueError, TypeError, RecursionError) as exc:
-        raise ParseError(f"repodata for {channel}/{subdir} is not JSON: {str(exc)[:100]}") from None
-    if not isinstance(data, dict):
-        raise ParseError(f"repodata for {channel}/{subdir} is not a JSON object")
-    out = Repodata(channel=channel, subdir=subdir)
-    info = data.get("info")
-    out.info = info if isinstance(info, dict) else {}
-    for section in SECTIONS:
-        entries = data.get(section)
-        if entries is None:
-            continue
-        if not isinstance(entries, dict):
-            out.warnings[f"'{section}' is not an object"] += 1
-            continue
-        for filename, rec in entries.items():
+        safe_filename(filename)
+    except UnsafePathError:
+        raise RepodataError(f"{where}: unsafe package file name {filename!r}") from None
+    if "/" in filename or ".." in filename:
+        raise RepodataError(f"{where}: unsafe package file name {filename!r}")
+
+
+def parse_repodata(data: bytes | str, channel: str, subdir: str, where: str) -> SubdirRepodata:
+    """Parse and validate every record. Raises :class:`RepodataError` (one line)."""
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        msg = getattr(exc, "msg", str(exc))
+        pos = f" at line {exc.lineno} column {exc.colno}" if hasattr(exc, "lineno") else ""
+        raise RepodataError(f"{where}: not valid repodata JSON ({msg}{pos}; truncated download?)") from None
+    if not isinstance(doc, dict):
+        raise RepodataError(f"{where}: repodata is not a JSON object")
+    info = doc.get("info") if isinstance(doc.get("info"), dict) else {}
+    declared = info.get("subdir")
+    if isinstance(declared, str) and declared != subdir:
+        raise RepodataError(f"{where}: repodata is for subdir {declared!r}, expected {subdir!r}")
+    records: dict[str, CondaRecord] = {}
+    for key in ("packages", "packages.conda"):
+        table = doc.get(key) or {}
+        if not isinstance(table, dict):
+            raise RepodataError(f"{where}: {key!r} is not an object")
+        for filename, rec in table.items():
+            _check_name(where, filename, rec)
             try:
-                out.records.append(record_from_repodata(channel, subdir, filename, rec))
-            except ParseError:
-                out.warnings["unusable repodata record"] += 1
-    return out
+                records[filename] = record_from_repodata(channel, subdir, filename, rec)
+            except ParseError as exc:
+                raise RepodataError(f"{where}: {exc}") from None
+    return SubdirRepodata(channel, subdir, where, info, records)
 
 
-def decompress_zst(body: bytes, url: str, limit: int = MAX_REPODATA_BYTES) -> bytes:
-    """Decompress ``repodata.json.zst``, refusing more than ``limit`` bytes of output.
-    Also used by the conda mirror's fetcher (torchdepot.conda.repodata_fetch)."""
+def load_repodata(path: Path, channel: str, subdir: str, where: str | None = None) -> SubdirRepodata:
     try:
-        with zstandard.ZstdDecompressor().stream_reader(body) as reader:
-            data = reader.read(limit + 1)
-    except zstandard.ZstdError as exc:
-        raise UpstreamError(f"{url}: not a valid zstd stream ({exc})") from None
-    if len(data) > limit:
-        raise UpstreamError(f"{url}: repodata larger than {limit} bytes")
-    return data
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise RepodataError(f"{where or path}: {exc.strerror or exc}") from None
+    return parse_repodata(data, channel, subdir, where or str(path))
 
 
-def _stderr(message: str) -> None:
-    import sys
-
-    print(f"torchdepot: warning: {message}", file=sys.stderr)
-
-
-def fetch_repodata(client, channel_url: str, subdir: str, *, channel: str | None = None,
-                   prefer_zst: bool = True, warn=_stderr) -> Repodata:
-    """GET ``<channel_url>/<subdir>/repodata.json[.zst]`` and parse it.
-
-    ``channel`` names the channel in the records (default: the URL's last segment).
-    Skipped records are summarised once through ``warn`` (stderr by default)."""
-    base = channel_url.rstrip("/")
-    name = channel or base.rsplit("/", 1)[-1]
-    url = f"{base}/{subdir}/repodata.json"
-    body = None
-    source = url
-    if prefer_zst:
-        try:
-            raw, _ = client.get_bytes(url + ".zst")
-            body = decompress_zst(raw, url + ".zst")
-            source = url + ".zst"
-        except UpstreamError:
-            body = None  # not offered (404) or broken: the plain file is authoritative anyway
-    if body is None:
-        body, _ = client.get_bytes(url)
-    try:
-        result = parse_repodata(body, name, subdir)
-    except ParseError as exc:
-        raise UpstreamError(f"{source}: {exc}") from None
-    result.source_url = source
-    if result.warnings and warn is not None:
-        warn(f"{source}: skipped {sum(result.warnings.values())} entries ({warnings_summary(result.warnings)})")
-    return result
+def require_hashes(where: str, rec: CondaRecord) -> None:
+    """A record we mirror must say what its bytes are: sha256 and size."""
+    if rec.sha256 is None:
+        raise RepodataError(f"{where}: record {rec.filename!r} has no valid sha256; refusing to mirror it unverified")
+    if rec.size is None:
+        raise RepodataError(f"{where}: record {rec.filename!r} has no size")

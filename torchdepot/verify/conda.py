@@ -11,11 +11,11 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..condabuild import parse_build_string, split_conda_filename
-from ..errors import ParseError, TorchdepotError
-from ..lockfiles import BASE_ENV
-from ..manifest import Manifest
-from .smoke import Check
+from torchdepot.model.condabuild import parse_build_string, split_conda_filename
+from torchdepot.errors import ParseError, TorchdepotError
+from torchdepot.lockfiles import BASE_ENV
+from torchdepot.store.manifest import Manifest
+from torchdepot.verify.smoke import Check
 
 _LINE = re.compile(r"^(?P<url>\S+?)#sha256:(?P<sha>[0-9a-fA-F]{64})$")
 
@@ -84,7 +84,7 @@ def _repodata_records(channel_subdir_url: str, workdir: Path):
     """RepoDataRecords of one channel/subdir of the mirror (file:// read in place, http fetched)."""
     import rattler
 
-    from ..http import make_session
+    from torchdepot.net.http import make_session
 
     with make_session() as client:
         body, _ = client.get_bytes(channel_subdir_url + "/repodata.json")

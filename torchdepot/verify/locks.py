@@ -9,9 +9,9 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
-from ..errors import TorchdepotError
-from ..lockfiles.render import REQUIREMENTS, VARIANT, conda_lock_name
-from ..manifest import Manifest
+from torchdepot.errors import TorchdepotError
+from torchdepot.lockfiles.render import REQUIREMENTS, VARIANT, conda_lock_name
+from torchdepot.store.manifest import Manifest
 
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)\s*\\?\s*$")
 _HASH = re.compile(r"^\s*--hash=sha256:([0-9a-fA-F]+)\s*\\?\s*$")

@@ -13,14 +13,14 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import TorchdepotError, UpstreamError
-from ..lockfiles import BASE_ENV
-from ..manifest import Manifest
-from ..manifest import fetch as fetch_manifest
-from ..platforms import host_platform, target_platform
-from ..resolve import uv_bin
-from .locks import EnvLock, hash_problems
-from .smoke import SCRIPT, Check, judge
+from torchdepot.errors import TorchdepotError, UpstreamError
+from torchdepot.lockfiles import BASE_ENV
+from torchdepot.store.manifest import Manifest
+from torchdepot.store.manifest import fetch as fetch_manifest
+from torchdepot.model.platforms import host_platform, target_platform
+from torchdepot.resolve.uv import uv_bin
+from torchdepot.verify.locks import EnvLock, hash_problems
+from torchdepot.verify.smoke import SCRIPT, Check, judge
 
 
 @dataclass(frozen=True)
@@ -203,7 +203,7 @@ def _resolve_only(lock: EnvLock, opts: Options, env: dict, checks: list[Check]) 
 
 
 def _verify_conda(lock: EnvLock, path: Path, opts: Options, manifest: Manifest | None, checks: list[Check], work: Path) -> str:
-    from . import conda as cv
+    from torchdepot.verify import conda as cv
 
     v = lock.variant
     try:

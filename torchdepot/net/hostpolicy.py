@@ -1,0 +1,155 @@
+"""Which hosts a mirror may download from, and which index links it may follow. Pure.
+
+Default policy: the spec's upstreams, the hosts the PyTorch index is known to link to
+(``download-r2.pytorch.org`` for torch/vision/audio/triton/fbgemm, the CloudFront
+distribution ``pytorch/test-infra: s3_management/manage_v2.py`` writes for other
+packages, ``pypi.nvidia.com`` for ``nvidia-*``), and the dependency hosts the user's
+pip configuration names (index hosts plus, for pip's built-in default index, the file
+host pip itself knows; see :func:`torchdepot.net.pipconfig.pip_file_host`). Nothing about
+the public index is written here: those hosts come from pip at run time.
+
+A link is refused (and counted, never raised) when its scheme is not http(s), its host
+is outside the policy, its decoded filename could escape a directory, it is not a valid
+wheel / conda package name, or the same filename appears with two different hashes.
+"""
+
+from __future__ import annotations
+
+import collections
+import urllib.parse
+from dataclasses import dataclass
+from typing import Iterable
+
+PYTORCH_LINKED_HOSTS = frozenset({
+    "download.pytorch.org",
+    "download-r2.pytorch.org",
+    "d21usjoq99fcb9.cloudfront.net",  # test-infra manage_v2.py: absolute links for non-foundation packages
+    "pypi.nvidia.com",
+})
+SCHEMES = ("http", "https")
+
+
+def host_of(url: str) -> str:
+    """Lower-case host name of an http(s) URL ("" when there is none or it is unparseable)."""
+    try:
+        return (urllib.parse.urlsplit(url.strip()).hostname or "").rstrip(".").lower()
+    except ValueError:
+        return ""
+
+
+@dataclass(frozen=True)
+class HostPolicy:
+    hosts: frozenset[str]
+    allow_file: bool = False  # file:// links (only for local indexes the user configured)
+
+    def refusal(self, url: str) -> str | None:
+        """Why ``url`` must not be fetched under this policy, or None."""
+        try:
+            parts = urllib.parse.urlsplit(url.strip())
+            scheme = parts.scheme.lower()
+            parts.port  # noqa: B018 - raises ValueError on a malformed port
+        except ValueError:
+            return "unparseable URL"
+        if scheme == "file":
+            return None if self.allow_file else "file: link refused"
+        if scheme not in SCHEMES:
+            return f"{scheme or 'schemeless'}: link refused"
+        if parts.username is not None or parts.password is not None:
+            return "credentials in link refused"
+        host = host_of(url)
+        if not host:
+            return "link without host"
+        if host not in self.hosts:
+            return f"host {host} not allowed by the host policy"
+        return None
+
+    def allows(self, url: str) -> bool:
+        return self.refusal(url) is None
+
+    def with_hosts(self, *more: str) -> "HostPolicy":
+        return HostPolicy(self.hosts | {h.lower() for h in more if h}, self.allow_file)
+
+
+def default_policy(upstreams: Iterable[str] = (), dependency_urls: Iterable[str] = (),
+                   extra_hosts: Iterable[str] = (), allow_file: bool = False) -> HostPolicy:
+    """Upstream hosts + hosts the PyTorch index links to + pip-config dependency hosts
+    (``dependency_urls``: index / find-links URLs, or bare host names) + ``extra_hosts``."""
+    hosts = set(PYTORCH_LINKED_HOSTS)
+    for url in list(upstreams) + list(dependency_urls):
+        h = host_of(url) if "://" in url else url.strip().lower()
+        if h:
+            hosts.add(h)
+    hosts.update(h.strip().lower() for h in extra_hosts if h and h.strip())
+    return HostPolicy(frozenset(hosts), allow_file)
+
+
+# -- links -------------------------------------------------------------------------------
+PACKAGE_SUFFIXES = (".whl", ".conda", ".tar.bz2")
+
+
+def filename_refusal(name: str) -> str | None:
+    """Why a decoded file name must not be stored, or None for a valid wheel/conda name."""
+    from torchdepot.errors import TorchdepotError
+    from torchdepot.model.names import safe_filename
+
+    if not name:
+        return "empty file name"
+    decoded = urllib.parse.unquote(name)
+    if decoded in (".", "..") or "/" in decoded or "\\" in decoded or ".." in decoded.split("/"):
+        return "path traversal in file name"
+    try:
+        safe_filename(name)
+    except TorchdepotError:
+        return "unsafe file name"
+    if decoded.endswith(".whl"):
+        from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
+        try:
+            parse_wheel_filename(decoded)
+        except (InvalidWheelFilename, ValueError):
+            return "invalid wheel file name"
+        return None
+    if decoded.endswith((".conda", ".tar.bz2")):
+        stem = decoded[: -len(".conda")] if decoded.endswith(".conda") else decoded[: -len(".tar.bz2")]
+        parts = stem.rsplit("-", 2)
+        if len(parts) != 3 or not all(parts):
+            return "invalid conda package file name"
+        return None
+    if decoded.endswith(".metadata") and decoded[: -len(".metadata")].endswith(".whl"):
+        return filename_refusal(decoded[: -len(".metadata")])
+    return "not a wheel or conda package"
+
+
+@dataclass(frozen=True)
+class Screened:
+    kept: tuple  # links (any object with .url, .filename, .sha256)
+    warnings: collections.Counter
+
+
+def screen_links(links: Iterable, policy: HostPolicy) -> Screened:
+    """Keep the links a mirror may fetch; count every refusal by reason.
+
+    A file name listed twice with different hashes is ambiguous (one of them is not what
+    it claims): every copy is refused. Identical duplicates are kept once."""
+    warnings: collections.Counter = collections.Counter()
+    candidates = []
+    for link in links:
+        why = policy.refusal(link.url) or filename_refusal(link.filename)
+        if why:
+            warnings[why] += 1
+            continue
+        candidates.append(link)
+    hashes: dict[str, set] = collections.defaultdict(set)
+    for link in candidates:
+        if link.sha256:
+            hashes[link.filename].add(link.sha256)
+    kept, seen = [], set()
+    for link in candidates:
+        if len(hashes[link.filename]) > 1:
+            warnings["same file name with different hashes"] += 1
+            continue
+        if link.filename in seen:
+            continue
+        seen.add(link.filename)
+        kept.append(link)
+    return Screened(tuple(kept), warnings)

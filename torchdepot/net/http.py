@@ -1,0 +1,223 @@
+"""One HTTP client for every crawler and the fetcher: timeouts, bounded retries with
+backoff and jitter honouring ``Retry-After``, and errors that name the URL.
+
+Only ``http``/``https`` URLs go over the network; ``file://`` URLs (pip configs point
+at local indexes this way) are read from disk by :func:`get_bytes`.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+
+import requests
+
+from torchdepot import __version__
+from torchdepot.errors import UpstreamError
+
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class HttpStatusError(UpstreamError):
+    """An HTTP error status; ``retryable`` says whether trying again may help."""
+
+    def __init__(self, message: str, status: int, retry_after: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        return self.status in RETRY_STATUSES
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    retries: int = 4  # attempts after the first
+    backoff: float = 0.5  # first delay; doubles each retry, with jitter
+    max_backoff: float = 30.0
+    max_page_bytes: int = 64 * 1024 * 1024  # refuse index pages larger than this
+
+
+def make_session(config: HttpConfig | None = None) -> "Client":
+    return Client(config or HttpConfig())
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Parse ``Retry-After`` (seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():  # str.isdigit alone accepts "²", which float() refuses
+        return float(value)
+    try:
+        dt = parsedate_to_datetime(value)
+        return max(0.0, dt.timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError, IndexError, OSError):
+        return None
+
+
+def describe(exc: BaseException) -> str:
+    """A short reason for a network failure (DNS, refused, timeout...)."""
+    text = str(exc)
+    for needle, reason in (
+        ("Name or service not known", "DNS lookup failed"),
+        ("Temporary failure in name resolution", "DNS lookup failed"),
+        ("nodename nor servname", "DNS lookup failed"),
+        ("Connection refused", "connection refused"),
+        ("timed out", "timed out"),
+        ("Network is unreachable", "network unreachable"),
+        ("RemoteDisconnected", "connection closed by server"),
+        ("Connection reset", "connection reset"),
+        ("IncompleteRead", "body cut short by the server"),
+        ("Read timed out", "timed out"),
+    ):
+        if needle in text:
+            return reason
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+class Client:
+    """A thin wrapper over one :class:`requests.Session` (connection pooling)."""
+
+    def __init__(self, config: HttpConfig):
+        self.config = config
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = f"torchdepot/{__version__}"
+        # Sized for parallel downloads: one pool per host, enough connections for --jobs.
+        adapter = requests.adapters.HTTPAdapter(pool_connections=16, pool_maxsize=32, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def timeout(self) -> tuple[float, float]:
+        return (self.config.connect_timeout, self.config.read_timeout)
+
+    def backoff_delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before retry ``attempt`` (0-based): exponential, jittered, capped;
+        a server's ``Retry-After`` wins when longer, but never beyond ``max_backoff``."""
+        delay = min(self.config.max_backoff, self.config.backoff * (2**attempt))
+        delay = delay * (0.5 + random.random() / 2)  # jitter: spread retries of parallel jobs
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.config.max_backoff))
+        return delay
+
+    def sleep_before_retry(self, attempt: int, retry_after: float | None = None, limit: float | None = None) -> None:
+        delay = self.backoff_delay(attempt, retry_after)
+        if limit is not None:
+            delay = min(delay, max(0.0, limit))  # never sleep past a caller's deadline
+        time.sleep(delay)
+
+    def request(self, method: str, url: str, *, headers: dict | None = None, stream: bool = False,
+                allow_redirects: bool = True, retries: int | None = None,
+                timeout: tuple[float, float] | None = None) -> requests.Response:
+        """Send with bounded retries on connection errors and retryable statuses.
+
+        Returns the final response (status < 400). Raises :class:`UpstreamError` naming
+        the URL once retries are exhausted, :class:`HttpStatusError` for a status >= 400.
+        ``retries`` overrides the config (the fetcher runs its own attempt loop).
+        """
+        scheme = urllib.parse.urlsplit(url).scheme
+        if scheme not in ("http", "https"):
+            raise UpstreamError(f"{url}: refusing non-HTTP URL")
+        retries = self.config.retries if retries is None else max(0, retries)
+        last = ""
+        for attempt in range(retries + 1):
+            try:
+                resp = self.session.request(method, url, headers=headers, stream=stream,
+                                            timeout=timeout or self.timeout, allow_redirects=allow_redirects)
+            except requests.TooManyRedirects:
+                raise UpstreamError(f"{url}: too many redirects") from None
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                last = describe(exc)
+                if attempt < retries:
+                    self.sleep_before_retry(attempt)
+                    continue
+                raise UpstreamError(f"{url}: {last} (after {attempt + 1} attempts)") from None
+            except requests.RequestException as exc:
+                raise UpstreamError(f"{url}: {describe(exc)}") from None
+            ra = retry_after_seconds(resp.headers.get("Retry-After"))
+            if resp.status_code in RETRY_STATUSES and attempt < retries:
+                last = f"HTTP {resp.status_code}"
+                resp.close()
+                self.sleep_before_retry(attempt, ra)
+                continue
+            if resp.status_code >= 400:
+                status = resp.status_code
+                resp.close()
+                raise HttpStatusError(
+                    f"{url}: HTTP {status}" + (f" (after {attempt + 1} attempts)" if attempt else ""), status, ra)
+            return resp
+        raise UpstreamError(f"{url}: {last}")  # pragma: no cover - loop always returns/raises
+
+    def get_bytes(self, url: str, *, headers: dict | None = None) -> tuple[bytes, dict]:
+        """GET a whole (index-sized) body, capped at ``max_page_bytes``.
+
+        ``file://`` URLs and directories are read from disk. Returns (body, headers)
+        where headers carry ``content-type`` and the final ``url``.
+        """
+        if urllib.parse.urlsplit(url).scheme == "file":
+            return read_file_url(url, self.config.max_page_bytes)
+        resp = self.request("GET", url, headers=headers, stream=True)
+        try:
+            declared = resp.headers.get("Content-Length")
+            if declared and declared.isascii() and declared.isdigit() and int(declared) > self.config.max_page_bytes:
+                raise UpstreamError(f"{url}: page of {int(declared)} bytes exceeds the {self.config.max_page_bytes}-byte limit")
+            chunks, total = [], 0
+            for chunk in resp.iter_content(256 * 1024):
+                total += len(chunk)
+                if total > self.config.max_page_bytes:
+                    raise UpstreamError(f"{url}: page exceeds the {self.config.max_page_bytes}-byte limit")
+                chunks.append(chunk)
+            meta = {k.lower(): v for k, v in resp.headers.items()}
+            meta["url"] = resp.url
+            meta["status"] = str(resp.status_code)
+            return b"".join(chunks), meta
+        except requests.RequestException as exc:
+            raise UpstreamError(f"{url}: {describe(exc)}") from None
+        finally:
+            resp.close()
+
+
+def file_url_path(url: str) -> Path:
+    parts = urllib.parse.urlsplit(url)
+    return Path(urllib.request.url2pathname(parts.path))
+
+
+def read_file_url(url: str, limit: int) -> tuple[bytes, dict]:
+    """Read a ``file://`` index page. A directory is listed as a find-links page."""
+    path = file_url_path(url)
+    try:
+        if path.is_dir():
+            index = path / "index.html"
+            if index.is_file():
+                path = index
+            else:
+                links = "".join(
+                    f'<a href="{urllib.parse.quote(p.name)}">{p.name}</a>\n' for p in sorted(path.iterdir()) if p.is_file()
+                )
+                return f"<html><body>\n{links}</body></html>".encode(), {"content-type": "text/html", "url": path.as_uri() + "/"}
+        size = path.stat().st_size
+        if size > limit:
+            raise UpstreamError(f"{url}: page of {size} bytes exceeds the {limit}-byte limit")
+        return path.read_bytes(), {"content-type": "text/html", "url": url}
+    except OSError as exc:
+        raise UpstreamError(f"{url}: {exc.strerror or exc}") from None

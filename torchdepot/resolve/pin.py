@@ -1,0 +1,135 @@
+"""Choose torch / torchvision / torchaudio versions for one target from crawled links.
+
+Pure: links in, a pin out. A candidate must be a wheel for the target's Python (CPython
+``cpXY``, not free-threaded), platform, and accelerator. The accelerator of a wheel is its
+local label (``+cpu``), else its index directory (``/whl/cu80/``); an unlabelled wheel
+is a CPU build on macOS and Windows but a CUDA build of unknown version on Linux (the
+default index's Linux torch), so it is never taken for a Linux target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import InvalidVersion, Version
+
+from torchdepot.errors import ParseError
+from torchdepot.sources.links import Link
+from torchdepot.model.wheelname import WheelFile, parse_wheel
+
+# torchvision pairs with torch by minor version (pytorch/vision README table):
+# torch 2.N <-> torchvision 0.(N+15) for 2.0..2.13, torch 1.N <-> 0.(N+1) for 1.x.
+# torchaudio follows torch's major.minor from 2.1 on (lock files co-lock equal versions).
+
+
+@dataclass(frozen=True)
+class Pin:
+    project: str
+    version: str  # full version, local label included: "2.13.0+cpu"
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.project}=={self.version}"
+
+
+def wheel_accelerator(w: WheelFile) -> str | None:
+    if w.accelerator is not None:
+        return w.accelerator.name
+    if w.platform.os in ("macos", "windows"):
+        return "cpu"
+    return None
+
+
+def _glibc_ok(w: WheelFile, max_glibc: tuple[int, int]) -> bool:
+    return w.platform.glibc is None or w.platform.glibc <= max_glibc
+
+
+def matches_target(w: WheelFile, accelerator: str, python: str, platform: str,
+                   max_glibc: tuple[int, int] = (2, 28)) -> bool:
+    cp = "cp" + python.replace(".", "")
+    if cp not in w.python_tags and not any(t in ("py3", "py2.py3") for t in w.python_tags):
+        return False
+    if w.free_threaded:
+        return False
+    plat = w.platform
+    if plat.os != "any":
+        if plat.os != platform.split("-", 1)[0]:
+            return False
+        arch = platform.split("-", 1)[1]
+        if plat.arch != arch and not (plat.os == "macos" and plat.arch == "universal2"):
+            return False
+        if plat.os == "linux" and (plat.libc == "musl" or not _glibc_ok(w, max_glibc)):
+            return False
+    return wheel_accelerator(w) == accelerator
+
+
+def candidates(links: list[Link], project: str, accelerator: str, python: str, platform: str) -> list[WheelFile]:
+    out = []
+    for link in links:
+        if link.yanked is not None or not link.filename.endswith(".whl"):
+            continue
+        try:
+            w = parse_wheel(link.url)
+        except ParseError:
+            continue
+        if w.name != project:
+            continue
+        if matches_target(w, accelerator, python, platform):
+            out.append(w)
+    return out
+
+
+def paired_prefix(project: str, torch_version: str) -> str | None:
+    """``torchvision`` for torch 2.13.x -> "0.28"; torchaudio -> "2.13"; unknown -> None."""
+    try:
+        v = Version(torch_version)
+    except InvalidVersion:
+        return None
+    major, minor = v.release[0], (v.release[1] if len(v.release) > 1 else 0)
+    if project == "torchvision":
+        if major == 2:
+            return f"0.{minor + 15}"
+        if major == 1 and minor >= 4:
+            return f"0.{minor + 1}"
+        return None
+    if project == "torchaudio" and major == 2 and minor >= 1:
+        return f"{major}.{minor}"
+    return None
+
+
+def choose(cands: list[WheelFile], constraint: str | None, *, prereleases: bool = False,
+           prefix: str | None = None) -> Version | None:
+    """Newest version among ``cands`` allowed by ``constraint`` (and a ``X.Y`` pairing prefix)."""
+    try:
+        spec = SpecifierSet(constraint or "")
+    except InvalidSpecifier:
+        return None
+    pre = prereleases or bool(spec.prereleases)
+    best: Version | None = None
+    for w in cands:
+        try:
+            v = Version(w.version)
+        except InvalidVersion:
+            continue
+        public = Version(v.public)
+        # A local label never blocks a public-version constraint (PEP 440).
+        if not (spec.contains(public, prereleases=pre) or spec.contains(v, prereleases=pre)):
+            continue
+        if prefix is not None and ".".join(str(p) for p in public.release[:2]) != prefix:
+            continue
+        if best is None or v > best:
+            best = v
+    return best
+
+
+def pin(links: list[Link], project: str, accelerator: str, python: str, platform: str,
+        constraint: str | None, *, prereleases: bool = False, torch_version: str | None = None) -> Pin | None:
+    cands = candidates(links, project, accelerator, python, platform)
+    prefix = paired_prefix(project, torch_version) if torch_version else None
+    best = choose(cands, constraint, prereleases=prereleases, prefix=prefix)
+    if best is None and prefix is not None:
+        best = choose(cands, constraint, prereleases=prereleases)  # table unknown for this release
+    if best is None:
+        return None
+    return Pin(project, str(best))

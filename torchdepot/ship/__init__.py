@@ -1,0 +1,1 @@
+"""Getting a mirror to its users: bundles for air gaps, the static server, rclone publishing, conda recipes."""

@@ -1,0 +1,235 @@
+"""The mirror's landing page (``<root>/index.html``): what it holds and how to install from it.
+
+A matrix of torch versions x accelerators (rows) by platforms x Pythons (columns) with sizes,
+then per variant the copy-paste commands (pip, conda, ``torchdepot config``) and the minimum
+NVIDIA driver for CUDA builds. Every link is relative, so the page works under any base URL
+(and over ``file://``); a few lines of JS only fill the mirror's address into the commands
+(without JS they read ``MIRROR_URL``, explained on the page).
+"""
+
+from __future__ import annotations
+
+import html
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from torchdepot.model.accel import accelerator_from_dir, accelerator_sort_key
+from torchdepot.model.cuda import min_nvidia_driver
+from torchdepot.store.fsutil import atomic_write_text
+from torchdepot.lockfiles.render import REQUIREMENTS
+from torchdepot.store.manifest import Manifest, Target
+
+PLACEHOLDER = "MIRROR_URL"
+TORCH_NAMES = ("torch", "pytorch")
+COMPANIONS = ("torchvision", "torchaudio")
+
+
+@dataclass(frozen=True)
+class Variant:
+    kind: str  # pip | conda
+    target: Target
+    torch_version: str  # as mirrored, local label included ("2.13.0+cpu")
+    torch_size: int
+    total_size: int
+    companions: tuple[tuple[str, str], ...]  # (name, version) of torchvision/torchaudio
+
+    @property
+    def public_version(self) -> str:
+        return self.torch_version.split("+", 1)[0]
+
+
+def human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return str(n)
+
+
+def variants(manifest: Manifest) -> list[Variant]:
+    files = manifest.by_path()
+    out = []
+    for t in manifest.targets:
+        torch = next((p for p in t.packages if p.name in TORCH_NAMES), None)
+        if torch is None:
+            continue
+        sizes = [files[p.path].size for p in t.packages if p.path in files]
+        comp = tuple((p.name, p.version) for p in t.packages if p.name in COMPANIONS)
+        out.append(Variant(t.kind, t, torch.version, files[torch.path].size if torch.path in files else 0,
+                           sum(sizes), comp))
+    return out
+
+
+def _acc_key(name: str):
+    acc = accelerator_from_dir(name)
+    return accelerator_sort_key(acc) if acc else (9, name)
+
+
+def _version_key(v: str):
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return (0, Version(v))
+    except InvalidVersion:
+        return (1, v)
+
+
+def _base(path: str = "") -> str:
+    return f'<span class="base">{PLACEHOLDER}</span>{html.escape(path)}'
+
+
+def _cmd(text_html: str) -> str:
+    return f'<pre class="cmd"><code>{text_html}</code></pre>'
+
+
+def _pip_commands(v: Variant, root: Path) -> list[str]:
+    t = v.target
+    index = t.index or f"whl/{t.accelerator}"
+    reqs = " ".join([f"torch=={html.escape(v.torch_version)}"] + [f"{n}=={html.escape(ver)}" for n, ver in v.companions])
+    cmds = [_cmd(f"pip install --index-url {_base('/' + index)} {reqs}"),
+            _cmd(f"torchdepot config pip --url {_base()} --variant {html.escape(t.accelerator)}")]
+    if (root / "envs" / t.id / REQUIREMENTS).is_file():
+        cmds.append(_cmd(f"TORCHDEPOT_MIRROR={_base()} pip install --require-hashes --no-deps "
+                         f"-r {_base(f'/envs/{t.id}/{REQUIREMENTS}')}"))
+    return cmds
+
+
+def _conda_commands(v: Variant) -> list[str]:
+    t = v.target
+    channel = t.channel or "conda"
+    torch = next(p for p in t.packages if p.name in TORCH_NAMES)
+    spec = f"pytorch={torch.version}" + (f"={torch.build}" if torch.build else "")
+    return [_cmd(f"conda install --override-channels -c {_base('/' + channel)} {html.escape(spec)}"),
+            _cmd(f"torchdepot config conda --url {_base()}")]
+
+
+def render(manifest: Manifest, root: Path) -> str:
+    vs = variants(manifest)
+    columns = sorted({(v.target.platform, v.target.python) for v in vs},
+                     key=lambda c: (c[0], tuple(int(x) for x in c[1].split(".") if x.isdigit())))
+    rows: dict[tuple[str, str], dict[tuple[str, str], list[Variant]]] = defaultdict(lambda: defaultdict(list))
+    for v in vs:
+        rows[(v.public_version, v.target.accelerator)][(v.target.platform, v.target.python)].append(v)
+    # newest torch first; within a version newest GPU stack first, cpu last (two stable sorts)
+    row_keys = sorted(rows, key=lambda r: _acc_key(r[1]))
+    row_keys = sorted(row_keys, key=lambda r: _version_key(r[0]), reverse=True)
+
+    platforms = sorted({c[0] for c in columns})
+    head1 = "".join(f'<th colspan="{sum(1 for c in columns if c[0] == p)}">{html.escape(p)}</th>' for p in platforms)
+    head2 = "".join(f"<th>Python {html.escape(py)}</th>" for _, py in columns)
+    body = []
+    for version, acc in row_keys:
+        cells = []
+        for col in columns:
+            here = rows[(version, acc)].get(col, [])
+            if not here:
+                cells.append('<td class="none">—</td>')
+                continue
+            tid = here[0].target.id
+            kinds = " ".join(f'<span class="kind">{k}</span>' for k in sorted({v.kind for v in here}))
+            size = max(v.torch_size for v in here)
+            cells.append(f'<td class="have" data-variant="{html.escape(tid)}"><a href="#{html.escape(tid)}">'
+                         f'{human(size)}</a> {kinds}</td>')
+        drv = min_nvidia_driver(accelerator_from_dir(acc)) if accelerator_from_dir(acc) else None
+        drv_html = f'<br/><small>driver ≥ {html.escape(drv)}</small>' if drv else ""
+        body.append(f'<tr><th scope="row">torch {html.escape(version)}</th><th scope="row">{html.escape(acc)}{drv_html}</th>'
+                    + "".join(cells) + "</tr>")
+
+    sections = []
+    by_id: dict[str, list[Variant]] = defaultdict(list)
+    for v in vs:
+        by_id[v.target.id].append(v)
+    for tid in sorted(by_id, key=lambda i: (_acc_key(by_id[i][0].target.accelerator), i)):
+        group = sorted(by_id[tid], key=lambda v: v.kind, reverse=True)
+        t = group[0].target
+        acc = accelerator_from_dir(t.accelerator)
+        drivers = ""
+        if acc is not None and acc.kind == "cuda":
+            linux, windows = min_nvidia_driver(acc, "linux"), min_nvidia_driver(acc, "windows")
+            drivers = (f'<p class="driver">CUDA {html.escape(acc.cuda_version or "")}: needs NVIDIA driver '
+                       f'≥ <b>{html.escape(linux or "?")}</b> on Linux, ≥ <b>{html.escape(windows or "?")}</b> on Windows '
+                       "(check with <code>nvidia-smi</code> or <code>torchdepot doctor</code>).</p>")
+        elif acc is not None and acc.kind == "cpu":
+            drivers = '<p class="driver">CPU build: runs anywhere, no GPU driver needed.</p>'
+        parts = [f'<section class="variant" id="{html.escape(tid)}"><h3>{html.escape(tid)}</h3>', drivers]
+        for v in group:
+            links = []
+            if v.kind == "pip":
+                index = v.target.index or f"whl/{v.target.accelerator}"
+                links.append(f'<a href="{html.escape(index)}/">{html.escape(index)}/</a>')
+                cmds = _pip_commands(v, root)
+            else:
+                channel = v.target.channel or "conda"
+                links.append(f'<a href="{html.escape(channel)}/{html.escape(v.target.subdir or "noarch")}/repodata.json">'
+                             f'{html.escape(channel)}/{html.escape(v.target.subdir or "")}</a>')
+                cmds = _conda_commands(v)
+            if (root / "envs" / tid).is_dir():
+                links.append(f'<a href="envs/{html.escape(tid)}/">envs/{html.escape(tid)}/</a>')
+            parts.append(f'<h4>{v.kind}: torch {html.escape(v.torch_version)} — {human(v.torch_size)} '
+                         f'(environment {human(v.total_size)}) · {" · ".join(links)}</h4>')
+            parts += cmds
+        parts.append("</section>")
+        sections.append("\n".join(p for p in parts if p))
+
+    total = sum(f.size for f in manifest.files)
+    n_targets = len({(t.kind, t.id) for t in manifest.targets})
+    empty = "" if vs else "<p><b>This mirror holds no torch builds yet.</b> Run <code>torchdepot mirror</code>.</p>"
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8"/>
+<meta name="viewport" content="width=device-width, initial-scale=1"/>
+<title>PyTorch mirror (torchdepot)</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+th, td {{ border: 1px solid #ccc; padding: .35em .6em; text-align: center; }}
+thead th {{ background: #f0f3f7; }}
+tbody th {{ background: #fafafa; text-align: left; white-space: nowrap; }}
+td.have {{ background: #e9f7ec; }}
+td.none {{ color: #aaa; }}
+.kind {{ font-size: .75em; background: #dde6f3; border-radius: 3px; padding: 0 .3em; }}
+pre.cmd {{ background: #f6f8fa; border: 1px solid #e1e4e8; padding: .5em .8em; overflow-x: auto; margin: .3em 0; }}
+section.variant {{ border-top: 1px solid #ddd; margin-top: 1.2em; }}
+.driver {{ color: #555; }}
+.base {{ color: #0550ae; }}
+small {{ color: #666; }}
+</style>
+</head>
+<body>
+<h1>PyTorch mirror</h1>
+<p>{n_targets} target(s), {len(manifest.files)} files, {human(total)}. Files: <a href="manifest.json">manifest.json</a>
+· pip indexes: <a href="whl/">whl/</a>. Commands below use <code>{_base()}</code>: the address of
+this page's folder (filled in automatically when JavaScript is on; otherwise replace <code>{PLACEHOLDER}</code>).</p>
+{empty}
+<h2>What this mirror holds</h2>
+<table id="matrix">
+<thead><tr><th rowspan="2">torch</th><th rowspan="2">accelerator</th>{head1}</tr><tr>{head2}</tr></thead>
+<tbody>
+{chr(10).join(body)}
+</tbody>
+</table>
+<p><small>Sizes are the torch package; click a cell for the install commands. NVIDIA minimum drivers per NVIDIA's
+CUDA minor-version compatibility table (Linux).</small></p>
+<h2>Install</h2>
+{chr(10).join(sections)}
+<p><small>Generated by torchdepot from manifest.json.</small></p>
+<script>
+(function () {{
+  var base = new URL('.', location.href).href.replace(/\\/$/, '');
+  document.querySelectorAll('.base').forEach(function (el) {{ el.textContent = base; }});
+}})();
+</script>
+</body>
+</html>
+"""
+
+
+def write_landing(root: Path, manifest: Manifest) -> Path:
+    """Write ``<root>/index.html`` atomically; -> its path."""
+    root = Path(root)
+    path = root / "index.html"
+    atomic_write_text(path, render(manifest, root))
+    return path

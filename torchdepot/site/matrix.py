@@ -1,0 +1,103 @@
+"""CI matrices from a mirror: one job per (variant, Python, platform) the mirror can serve.
+
+Runner labels: hosted runners for CPU builds on each platform; GPU variants need a machine
+with the GPU, so they get self-hosted label sets (``[self-hosted, linux, x64, gpu, cuda-12.6]``,
+``[self-hosted, linux, x64, gpu, rocm-6.2]``) that a lab assigns to its runners.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from torchdepot.model.accel import accelerator_from_dir, accelerator_sort_key
+from torchdepot.lockfiles.render import PYLOCK, REQUIREMENTS, conda_lock_name
+from torchdepot.store.manifest import Manifest
+
+HOSTED = {
+    "linux-x86_64": "ubuntu-latest",
+    "linux-aarch64": "ubuntu-24.04-arm",
+    "windows-amd64": "windows-latest",
+    "macos-arm64": "macos-14",
+    "macos-x86_64": "macos-13",
+}
+_SELF_HOSTED_OS = {"linux": "linux", "windows": "windows", "macos": "macos"}
+_SELF_HOSTED_ARCH = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+@dataclass(frozen=True)
+class Job:
+    accelerator: str
+    python: str
+    platform: str
+    runner: str | list[str]
+    lock: str
+    kind: str
+    id: str
+
+
+def runner_for(accelerator: str, platform: str) -> str | list[str]:
+    acc = accelerator_from_dir(accelerator)
+    if acc is None or acc.kind == "cpu":
+        if platform in HOSTED:
+            return HOSTED[platform]
+        acc_label = "cpu"
+    elif acc.kind == "cuda":
+        acc_label = f"cuda-{acc.cuda_version}"
+    elif acc.kind == "rocm":
+        acc_label = "rocm-" + ".".join(str(p) for p in acc.version)
+    else:
+        acc_label = acc.kind
+    os_name, _, arch = platform.partition("-")
+    labels = ["self-hosted", _SELF_HOSTED_OS.get(os_name, os_name), _SELF_HOSTED_ARCH.get(arch, arch)]
+    if acc is not None and acc.is_gpu:
+        labels.append("gpu")
+    return labels + [acc_label]
+
+
+def _lock_path(envs: Path, tid: str, kind: str, subdir: str | None, envs_label: str) -> str:
+    # the lock `torchdepot lock` writes for this kind; for pip the first that exists wins
+    if kind == "pip":
+        names: tuple[str, ...] = (REQUIREMENTS, PYLOCK)
+    else:
+        names = (conda_lock_name(subdir),) if subdir else ()
+    for name in names:
+        if (envs / tid / name).is_file():
+            return f"{envs_label}/{tid}/{name}"
+    # not locked yet (`torchdepot lock` writes it): the folder a job should read
+    return f"{envs_label}/{tid}/" + (names[0] if names else "")
+
+
+def jobs(manifest: Manifest, envs: Path, envs_label: str = "envs") -> list[Job]:
+    out = []
+    for t in manifest.targets:
+        out.append(Job(t.accelerator, t.python, t.platform, runner_for(t.accelerator, t.platform),
+                       _lock_path(envs, t.id, t.kind, t.subdir, envs_label), t.kind, t.id))
+
+    def key(j: Job):
+        acc = accelerator_from_dir(j.accelerator)
+        py = tuple(int(p) for p in j.python.split(".") if p.isdigit())
+        return (accelerator_sort_key(acc) if acc else (9,), j.platform, py, j.kind)
+
+    return sorted(out, key=key)
+
+
+def render(js: list[Job], fmt: str) -> str:
+    rows = [asdict(j) for j in js]
+    if fmt == "json":
+        return json.dumps(rows, indent=1) + "\n"
+    if fmt == "github":
+        # one line: usable as `matrix: ${{ fromJSON(needs.x.outputs.matrix) }}` or pasted under strategy
+        return json.dumps({"include": rows}, separators=(",", ":")) + "\n"
+    if fmt == "gitlab":
+        # GitLab wants string values in parallel:matrix; a runner label list becomes a tags list
+        entries = []
+        for r in rows:
+            e = {k.upper(): (",".join(v) if isinstance(v, list) else str(v)) for k, v in r.items()}
+            entries.append(e)
+        doc = {"parallel": {"matrix": entries}}
+        return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
+    raise ValueError(fmt)

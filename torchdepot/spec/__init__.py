@@ -1,0 +1,1 @@
+"""The mirror spec: the user's YAML, validated whole into frozen typed values before anything is written."""

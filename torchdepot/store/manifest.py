@@ -1,0 +1,131 @@
+"""The mirror's manifest: what every published file is, and what each target needs.
+
+Layout of a mirror root (``<out>``)::
+
+    packages/<project>/<wheel>             wheels, stored once however many targets need them
+    packages/<project>/<wheel>.metadata    PEP 658 core metadata next to each wheel
+    whl/  (symlink -> .publish/<gen>/whl)  PEP 503 indexes laid out like download.pytorch.org:
+        whl/<accelerator>/<project>/index.html, whl/<project>/index.html (all variants)
+    conda/<channel>/<subdir>/<file>        conda packages + repodata.json(.zst); noarch/ always
+    targets/<target-id>/pylock.toml        per-target resolution (PEP 751)
+    manifest.json                          this file's schema; written LAST, atomically
+    index.html                             landing page
+    .torchdepot/                           state: hashes.json, partial/, .torchdepot.lock
+
+A target id is ``<accelerator>-py<XY>-<platform>`` (``cpu-py311-linux-x86_64``), the
+same name as the ``envs/`` lock folder. All paths are POSIX, relative to the root; all
+lists are sorted so equal inputs give byte-identical manifests.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from torchdepot.model.targets import target_id  # noqa: F401  (re-exported: manifest callers)
+from torchdepot.errors import TorchdepotError
+from torchdepot.store.fsutil import atomic_write_text, safe_join
+
+FORMAT = "torchdepot-manifest"
+VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str  # relative POSIX path under the root
+    sha256: str  # hash of the bytes we stored (never just upstream's claim)
+    size: int
+    kind: str  # "wheel" | "metadata" | "conda" | "other"
+    project: str | None = None
+    version: str | None = None
+    url: str | None = None  # where it came from
+    upstream_sha256: str | None = None  # what upstream claimed (may be None or differ)
+    hash_mismatch: bool = False  # upstream claim disagreed; accepted under --on-hash-mismatch warn
+
+
+@dataclass(frozen=True)
+class TargetPackage:
+    name: str
+    version: str
+    path: str  # file in the manifest's files
+    build: str | None = None  # conda build string
+    requires_python: str | None = None
+    extras: tuple = ()
+
+
+@dataclass(frozen=True)
+class Target:
+    id: str  # "<accelerator>-py<XY>-<platform>"
+    kind: str  # "pip" | "conda"
+    accelerator: str
+    python: str  # "3.11"
+    platform: str  # "linux-x86_64"
+    packages: tuple[TargetPackage, ...] = ()
+    index: str | None = None  # pip: "whl/cpu"
+    channel: str | None = None  # conda: "conda/<name>"
+    subdir: str | None = None  # conda: "linux-64"
+
+
+@dataclass
+class Manifest:
+    files: list[FileEntry] = field(default_factory=list)
+    targets: list[Target] = field(default_factory=list)
+    spec: dict = field(default_factory=dict)
+
+    def by_path(self) -> dict[str, FileEntry]:
+        return {f.path: f for f in self.files}
+
+    def to_json(self) -> str:
+        files = sorted((asdict(f) for f in self.files), key=lambda f: f["path"])
+        targets = []
+        for t in sorted(self.targets, key=lambda t: (t.kind, t.id)):
+            d = asdict(t)
+            d["packages"] = sorted(d["packages"], key=lambda p: (p["name"], p["path"]))
+            targets.append(d)
+        doc = {"format": FORMAT, "version": VERSION, "spec": self.spec, "files": files, "targets": targets}
+        return json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, where: str = MANIFEST_NAME) -> "Manifest":
+        try:
+            doc = json.loads(text)
+            if doc.get("format") != FORMAT or doc.get("version") != VERSION:
+                raise TorchdepotError(f"{where}: not a torchdepot manifest v{VERSION}")
+            files = [FileEntry(**f) for f in doc["files"]]
+            targets = []
+            for t in doc["targets"]:
+                pkgs = tuple(TargetPackage(**{**p, "extras": tuple(p.get("extras") or ())}) for p in t.get("packages", ()))
+                targets.append(Target(**{**t, "packages": pkgs}))
+            for f in files:
+                safe_join(Path("/nonexistent-root"), f.path)  # refuse traversal in a manifest
+            return cls(files=files, targets=targets, spec=doc.get("spec") or {})
+        except TorchdepotError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise TorchdepotError(f"{where}: malformed manifest ({exc})") from None
+
+
+def load(root: Path) -> Manifest:
+    path = Path(root) / MANIFEST_NAME
+    try:
+        return Manifest.from_json(path.read_text(encoding="utf-8"), str(path))
+    except FileNotFoundError:
+        raise TorchdepotError(f"{path}: no manifest (is {root} a torchdepot mirror? run 'torchdepot mirror' first)") from None
+
+
+def fetch(url: str) -> Manifest:
+    """``<url>/manifest.json`` of a served (http, or file://) mirror. Raises UpstreamError
+    when it cannot be fetched and TorchdepotError when it is not a manifest."""
+    from torchdepot.net.http import make_session
+
+    murl = url.rstrip("/") + "/" + MANIFEST_NAME
+    with make_session() as client:
+        body, _ = client.get_bytes(murl)
+    return Manifest.from_json(body.decode("utf-8", "replace"), murl)
+
+
+def save(root: Path, manifest: Manifest) -> None:
+    atomic_write_text(Path(root) / MANIFEST_NAME, manifest.to_json())
+

@@ -1,0 +1,206 @@
+"""Write the PEP 503 simple index laid out like download.pytorch.org, and swap it in atomically.
+
+Pages: ``whl/<accelerator>/<project>/index.html``, ``whl/<accelerator>/index.html``,
+aggregated ``whl/<project>/index.html`` and ``whl/index.html``. Links are relative (the
+mirror works over ``file://`` and under any HTTP sub-path), carry ``#sha256=`` of the bytes
+we stored, ``data-requires-python`` and PEP 658/714 ``data-core-metadata`` /
+``data-dist-info-metadata``.
+
+Pages are built into ``.publish/<generation>/whl`` (the generation is a hash of the
+pages, so equal inputs give the same name and bytes) and ``whl`` is a symlink replaced
+with ``os.replace``: a reader sees the old index or the new one, never a mix. The
+previous generation is kept (a reader that resolved the old link mid-install still
+finds its pages); older ones are removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.parser
+import hashlib
+import html
+import os
+import shutil
+import urllib.parse
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from packaging.utils import canonicalize_name
+
+from torchdepot.errors import TorchdepotError
+from torchdepot.store.fsutil import atomic_write_bytes, fsync_dir, safe_join
+
+PUBLISH_DIR = ".publish"
+INDEX_LINK = "whl"
+
+
+@dataclass(frozen=True)
+class IndexFile:
+    project: str  # canonical name
+    filename: str
+    path: str  # "packages/<project>/<filename>" relative to the root
+    sha256: str
+    requires_python: str | None = None
+    metadata_sha256: str | None = None
+
+
+# -- PEP 658 metadata -------------------------------------------------------------------
+def wheel_metadata(wheel: Path, project: str) -> bytes:
+    """``*.dist-info/METADATA`` of a wheel, read from the zip's central directory (no full load)."""
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            names = [n for n in zf.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA")]
+            want = canonicalize_name(project)
+            names.sort(key=lambda n: canonicalize_name(n.split("-", 1)[0]) != want)
+            if not names:
+                raise TorchdepotError(f"{wheel}: no .dist-info/METADATA in wheel")
+            return zf.read(names[0])
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise TorchdepotError(f"{wheel}: not a readable wheel ({exc})") from None
+
+
+def requires_python_of(metadata: bytes) -> str | None:
+    msg = email.parser.BytesHeaderParser().parsebytes(metadata)
+    value = msg.get("Requires-Python")
+    return str(value).strip() or None if value is not None else None
+
+
+def ensure_metadata(root: Path, path: str, project: str) -> tuple[str, str | None, int]:
+    """Write ``<path>.metadata`` next to a stored wheel (only if it changed).
+
+    Returns (sha256 of the metadata file, Requires-Python, size).
+    """
+    wheel = safe_join(root, path)
+    meta_path = safe_join(root, path + ".metadata")
+    data = wheel_metadata(wheel, project)
+    try:
+        current = meta_path.read_bytes()
+    except OSError:
+        current = None
+    if current != data:
+        atomic_write_bytes(meta_path, data)
+    return hashlib.sha256(data).hexdigest(), requires_python_of(data), len(data)
+
+
+# -- pages ------------------------------------------------------------------------------
+def _page(title: str, anchors: list[str]) -> bytes:
+    body = "".join(a + "<br/>\n" for a in anchors)
+    return (
+        "<!DOCTYPE html>\n<html>\n<head>\n<meta name=\"pypi:repository-version\" content=\"1.0\">\n"
+        f"<title>{html.escape(title)}</title>\n</head>\n<body>\n<h1>{html.escape(title)}</h1>\n"
+        f"{body}</body>\n</html>\n"
+    ).encode("utf-8")
+
+
+def _file_anchor(f: IndexFile, depth: int) -> str:
+    href = "../" * depth + "/".join(urllib.parse.quote(p) for p in f.path.split("/")) + f"#sha256={f.sha256}"
+    attrs = [f'href="{html.escape(href)}"']
+    if f.requires_python:
+        attrs.append(f'data-requires-python="{html.escape(f.requires_python)}"')
+    if f.metadata_sha256:
+        attrs.append(f'data-dist-info-metadata="sha256={f.metadata_sha256}"')
+        attrs.append(f'data-core-metadata="sha256={f.metadata_sha256}"')
+    return f"<a {' '.join(attrs)}>{html.escape(f.filename)}</a>"
+
+
+def _project_page(project: str, files: list[IndexFile], depth: int) -> bytes:
+    files = sorted({f.path: f for f in files}.values(), key=lambda f: f.filename)
+    return _page(f"Links for {project}", [_file_anchor(f, depth) for f in files])
+
+
+def _root_page(title: str, projects: list[str]) -> bytes:
+    return _page(title, [f'<a href="{urllib.parse.quote(p)}/">{html.escape(p)}</a>' for p in sorted(set(projects))])
+
+
+def build_pages(variants: dict[str, list[IndexFile]]) -> dict[str, bytes]:
+    """{accelerator: files its targets need} -> {path under whl/: page bytes}. Pure."""
+    pages: dict[str, bytes] = {}
+    everything: dict[str, list[IndexFile]] = {}
+    for acc, files in sorted(variants.items()):
+        by_project: dict[str, list[IndexFile]] = {}
+        for f in files:
+            by_project.setdefault(f.project, []).append(f)
+            everything.setdefault(f.project, []).append(f)
+        for project, pfiles in by_project.items():
+            # whl/<acc>/<project>/index.html -> ../../../packages/...
+            pages[f"{acc}/{project}/index.html"] = _project_page(project, pfiles, 3)
+        pages[f"{acc}/index.html"] = _root_page(f"Simple index ({acc})", list(by_project))
+    for project, pfiles in everything.items():
+        pages[f"{project}/index.html"] = _project_page(project, pfiles, 2)
+    pages["index.html"] = _root_page("Simple index", list(everything) + list(variants))
+    return dict(sorted(pages.items()))
+
+
+def generation_of(pages: dict[str, bytes]) -> str:
+    h = hashlib.sha256()
+    for path, data in sorted(pages.items()):
+        h.update(path.encode() + b"\0" + hashlib.sha256(data).digest())
+    return h.hexdigest()[:16]
+
+
+def current_generation(root: Path) -> str | None:
+    link = Path(root) / INDEX_LINK
+    if not link.is_symlink():
+        return None
+    parts = Path(os.readlink(link)).parts
+    return parts[1] if len(parts) == 3 and parts[0] == PUBLISH_DIR else None
+
+
+def publish(root: Path, pages: dict[str, bytes]) -> tuple[str, bool]:
+    """Build ``pages`` into a new generation and swap ``<root>/whl`` to it.
+
+    Returns (generation, changed). Same pages as the live generation: nothing is written.
+    """
+    root = Path(root)
+    gen = generation_of(pages)
+    live = current_generation(root)
+    link = root / INDEX_LINK
+    if link.exists() and not link.is_symlink():
+        raise TorchdepotError(f"{link}: exists and is not the index symlink torchdepot manages; move it away")
+    if live == gen and (root / PUBLISH_DIR / gen / INDEX_LINK / "index.html").is_file():
+        return gen, False
+    build = new_build_dir(root, gen)
+    for rel, data in pages.items():
+        path = safe_join(build / INDEX_LINK, rel)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    install_generation(root, build, gen)
+    prune(root, keep={gen, live} - {None})
+    return gen, True
+
+
+def new_build_dir(root: Path, gen: str) -> Path:
+    """An empty place to build generation ``gen`` (``<build>/whl/...``), on the filesystem of
+    its final place so :func:`install_generation` can rename it in."""
+    build = Path(root) / PUBLISH_DIR / f".{gen}.tmp-{os.getpid()}"
+    shutil.rmtree(build, ignore_errors=True)
+    return build
+
+
+def install_generation(root: Path, build: Path, gen: str) -> None:
+    """Install ``build`` (a directory holding ``whl/``) as generation ``gen`` and swap the
+    ``<root>/whl`` symlink to it with one rename: readers see the old index or the new one."""
+    root = Path(root)
+    for d, _dirs, _files in os.walk(build, topdown=False):
+        fsync_dir(Path(d))
+    gen_dir = root / PUBLISH_DIR / gen
+    shutil.rmtree(gen_dir, ignore_errors=True)
+    os.replace(build, gen_dir)
+    fsync_dir(gen_dir.parent)
+    tmp_link = root / f".{INDEX_LINK}.tmp-{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        tmp_link.unlink()
+    os.symlink(f"{PUBLISH_DIR}/{gen}/{INDEX_LINK}", tmp_link)
+    os.replace(tmp_link, root / INDEX_LINK)
+    fsync_dir(root)
+
+
+def prune(root: Path, keep: set[str]) -> None:
+    """Remove generations other than ``keep`` (live + previous) and stale temp builds."""
+    pub = Path(root) / PUBLISH_DIR
+    if not pub.is_dir():
+        return
+    for entry in pub.iterdir():
+        if entry.name not in keep:
+            shutil.rmtree(entry, ignore_errors=True)

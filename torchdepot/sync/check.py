@@ -1,0 +1,296 @@
+"""Check a mirror against its manifest, and optionally repair it.
+
+Re-hashes every file ``manifest.json`` lists (or trusts the fetcher's hash cache when
+size and mtime are unchanged, ``trust_cache=True``, which is what a sync uses), and
+looks for what a crash or a hand edit leaves behind:
+
+- ``missing`` / ``corrupt`` (wrong size or sha256): refetched from the entry's ``url``
+  through :class:`~torchdepot.fetch.Fetcher` (temp + hash + rename), or, for PEP 658
+  ``.metadata`` files, rewritten from their wheel;
+- ``orphan``: a package file under ``packages/`` or ``conda/`` the manifest does not list;
+- ``partial``: a leftover download in ``.torchdepot/partial/``;
+- ``temp``: a leftover temporary file or index build from an interrupted write;
+- ``dangling-link``: an index page under ``whl/`` linking to a file that is not in the
+  manifest, whose ``#sha256`` disagrees with it, or that points outside the mirror.
+
+``repair=True`` fixes the first four kinds; a dangling link is fixed by the next sync
+(the index is rebuilt from the manifest), so it stays a problem here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import urllib.parse
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from torchdepot.store import manifest as mf
+from torchdepot.errors import TorchdepotError, UnsafePathError
+from torchdepot.fetch import STATE_DIR, Fetcher, FetchItem, HashCache, hash_present
+from torchdepot.store.fsutil import MirrorLock
+from torchdepot.net.http import file_url_path
+
+PACKAGE_DIRS = ("packages", "conda")
+# Channel index files a conda publisher writes next to packages; never orphans.
+CONDA_INDEX_FILES = re.compile(
+    r"(current_)?repodata(_from_packages)?\.json(\.zst|\.bz2|\.jlap)?|channeldata\.json|index\.html|\.?run_exports\.json(\.zst)?"
+)
+_ATOMIC_TMP = re.compile(r"\..+\.[A-Za-z0-9_]+\.tmp")  # fsutil.atomic_write_bytes' temp names
+_BUILD_TMP = re.compile(r"\..+\.tmp-\d+")  # publish.py's index builds and symlink swaps
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: str  # missing | corrupt | orphan | partial | temp | dangling-link
+    path: str  # relative POSIX path under the root
+    detail: str
+    repaired: bool = False
+
+
+@dataclass
+class VerifyReport:
+    root: Path
+    checked: int = 0  # manifest files checked
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def unrepaired(self) -> list[Problem]:
+        return [p for p in self.problems if not p.repaired]
+
+    @property
+    def ok(self) -> bool:
+        return not self.unrepaired
+
+    def count(self, kind: str) -> int:
+        return sum(1 for p in self.problems if p.kind == kind)
+
+    def summary(self) -> str:
+        kinds = ("missing", "corrupt", "orphan", "partial", "temp", "dangling-link")
+        found = ", ".join(f"{self.count(k)} {k}" for k in kinds if self.count(k))
+        repaired = sum(1 for p in self.problems if p.repaired)
+        state = "ok" if self.ok else "NOT OK"
+        return (f"verify-mirror {self.root}: {state}: {self.checked} files checked"
+                + (f"; {found}" if found else "; no problems")
+                + (f"; {repaired} repaired" if repaired else ""))
+
+    def to_json(self) -> dict:
+        return {"root": str(self.root), "ok": self.ok, "checked": self.checked,
+                "problems": [asdict(p) for p in self.problems]}
+
+
+def _rel(root: Path, path: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _check_files(root: Path, manifest: mf.Manifest, cache: HashCache | None) -> tuple[list[Problem], int]:
+    problems = []
+    for entry in manifest.files:
+        try:
+            present = hash_present(root, entry.path, cache)
+        except UnsafePathError as exc:
+            problems.append(Problem("corrupt", entry.path, str(exc)))
+            continue
+        if present is None:
+            problems.append(Problem("missing", entry.path, "listed in manifest.json but not on disk"))
+            continue
+        digest, size = present
+        if size != entry.size:
+            problems.append(Problem("corrupt", entry.path, f"{size} bytes, manifest says {entry.size}"))
+        elif digest != entry.sha256:
+            problems.append(Problem("corrupt", entry.path, f"sha256 {digest}, manifest says {entry.sha256}"))
+    return problems, len(manifest.files)
+
+
+def _scan_leftovers(root: Path, listed: set[str]) -> list[Problem]:
+    problems = []
+    for top in PACKAGE_DIRS:
+        base = root / top
+        if not base.is_dir() or base.is_symlink():
+            continue
+        for dirpath, _dirs, files in os.walk(base):
+            for name in files:
+                rel = _rel(root, Path(dirpath) / name)
+                if rel in listed:
+                    continue
+                if _ATOMIC_TMP.fullmatch(name):
+                    problems.append(Problem("temp", rel, "leftover temporary file from an interrupted write"))
+                elif top == "conda" and CONDA_INDEX_FILES.fullmatch(name):
+                    continue
+                else:
+                    problems.append(Problem("orphan", rel, "not listed in manifest.json"))
+    partial = root / STATE_DIR / "partial"
+    if partial.is_dir():
+        for p in sorted(partial.iterdir()):
+            problems.append(Problem("partial", _rel(root, p), f"leftover partial download ({p.stat().st_size} bytes)"))
+    for p in sorted(root.iterdir()):
+        if _BUILD_TMP.fullmatch(p.name) or (_ATOMIC_TMP.fullmatch(p.name) and p.is_file()):
+            problems.append(Problem("temp", _rel(root, p), "leftover from an interrupted write"))
+    pub = root / ".publish"
+    if pub.is_dir():
+        for p in sorted(pub.iterdir()):
+            if _BUILD_TMP.fullmatch(p.name):
+                problems.append(Problem("temp", _rel(root, p), "leftover index build from an interrupted publish"))
+    return problems
+
+
+def _check_index(root: Path, manifest: mf.Manifest) -> list[Problem]:
+    """Every link on every page under ``whl/`` must resolve to a listed, hash-valid file."""
+    from torchdepot.sources.pep503 import parse_html
+
+    whl = root / "whl"
+    if not whl.is_dir():
+        return []
+    by_path = manifest.by_path()
+    problems = []
+    for dirpath, _dirs, files in os.walk(whl, followlinks=False):
+        for name in files:
+            if not name.endswith(".html"):
+                continue
+            page_path = Path(dirpath) / name
+            # Resolve relative links against the page's logical URL (through the whl symlink), as pip does.
+            page = parse_html(page_path.read_bytes(), page_path.as_uri())
+            rel_page = _rel(root, page_path)
+            for link in page.links:
+                if urllib.parse.urlsplit(link.url).scheme != "file":
+                    problems.append(Problem("dangling-link", rel_page, f"links outside the mirror: {link.url}"))
+                    continue
+                target = file_url_path(link.url)
+                try:
+                    key = target.relative_to(root).as_posix()
+                except ValueError:
+                    problems.append(Problem("dangling-link", rel_page, f"links outside the mirror: {link.url}"))
+                    continue
+                entry = by_path.get(key)
+                if entry is None:
+                    problems.append(Problem("dangling-link", rel_page, f"links {key}, which manifest.json does not list"))
+                elif link.sha256 is not None and link.sha256 != entry.sha256:
+                    problems.append(Problem("dangling-link", rel_page, f"links {key} with sha256 {link.sha256}, "
+                                                                       f"manifest says {entry.sha256}"))
+    return problems
+
+
+def _remove(root: Path, rel: str) -> None:
+    path = root / rel
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _derived(entry: mf.FileEntry) -> bool:
+    """A PEP 658 file the mirror wrote from its wheel (no upstream url to refetch it from)."""
+    return entry.path.endswith(".metadata") and entry.kind == "metadata" and not entry.url
+
+
+def _repair_metadata(root: Path, entry: mf.FileEntry) -> bool:
+    """A PEP 658 file is derived from its wheel: rewrite it rather than fetch it."""
+    from torchdepot.store.pages import ensure_metadata
+
+    wheel = entry.path[: -len(".metadata")]
+    try:
+        digest, _req, size = ensure_metadata(root, wheel, entry.project or wheel.rsplit("/", 2)[-2])
+    except (TorchdepotError, OSError):
+        return False
+    return digest == entry.sha256 and size == entry.size
+
+
+def _repair(root: Path, manifest: mf.Manifest, problems: list[Problem], client) -> list[Problem]:
+    by_path = manifest.by_path()
+    out: list[Problem] = []
+    refetch: dict[str, Problem] = {}
+    for p in problems:
+        if p.kind in ("orphan", "partial", "temp"):
+            _remove(root, p.path)
+            out.append(Problem(p.kind, p.path, p.detail + "; removed", True))
+        elif p.kind in ("missing", "corrupt") and p.path in by_path:
+            if _derived(by_path[p.path]):
+                continue  # after the wheels are back
+            refetch[p.path] = p
+        else:
+            out.append(p)
+    if refetch:
+        cache = HashCache(root)
+        for key in refetch:
+            cache.forget(key)  # a corrupt file may keep size+mtime: never trust the cache for it
+        cache.save()
+        items = []
+        for key, p in refetch.items():
+            entry = by_path[key]
+            if entry.url:
+                items.append(FetchItem(key, (entry.url,), entry.sha256, entry.size))
+            else:
+                out.append(Problem(p.kind, p.path, p.detail + "; no url in manifest.json to refetch from"))
+        if items:
+            from torchdepot.net.http import make_session
+
+            own = client is None
+            client = client or make_session()
+            try:
+                report = Fetcher(root, client, on_hash_mismatch="fail").run(items)
+            finally:
+                if own:
+                    client.close()
+            for r in report.results:
+                p = refetch[r.key]
+                if r.status == "failed":
+                    out.append(Problem(p.kind, p.path, f"{p.detail}; refetch failed: {r.error}"))
+                else:
+                    out.append(Problem(p.kind, p.path, f"{p.detail}; refetched from {r.url or 'cache'}", True))
+    for p in problems:  # derived files, now that their wheels are repaired
+        if p.kind in ("missing", "corrupt") and p.path in by_path and p.path not in refetch:
+            entry = by_path[p.path]
+            if _derived(entry):
+                fixed = _repair_metadata(root, entry)
+                out.append(Problem(p.kind, p.path, p.detail + ("; rewritten from its wheel" if fixed
+                                                               else "; could not be rewritten from its wheel"), fixed))
+    return out
+
+
+def verify_mirror(root: Path, repair: bool = False, client=None, *, trust_cache: bool = False,
+                  check_index: bool = True, clean: bool = False) -> VerifyReport:
+    """Check (and with ``repair``, fix) the mirror at ``root``. Caller holds the mirror lock.
+
+    ``clean`` removes only leftovers of interrupted writes (temp files, partial downloads):
+    what a sync does once it has published, since under the lock nothing else is writing.
+    Raises :class:`TorchdepotError` when ``root`` has no readable manifest.
+    """
+    root = Path(root).resolve()
+    manifest = mf.load(root)
+    cache = HashCache(root) if trust_cache else None
+    report = VerifyReport(root)
+    problems, report.checked = _check_files(root, manifest, cache)
+    problems += _scan_leftovers(root, {f.path for f in manifest.files})
+    if repair and problems:
+        problems = _repair(root, manifest, problems, client)
+    elif clean:
+        cleaned = []
+        for p in problems:
+            if p.kind in ("temp", "partial"):
+                _remove(root, p.path)
+                p = Problem(p.kind, p.path, p.detail + "; removed", True)
+            cleaned.append(p)
+        problems = cleaned
+    if check_index:
+        problems += _check_index(root, manifest)
+    order = {"missing": 0, "corrupt": 1, "dangling-link": 2, "orphan": 3, "partial": 4, "temp": 5}
+    report.problems = sorted(problems, key=lambda p: (order.get(p.kind, 9), p.path, p.detail))
+    return report
+
+
+def verify_mirror_locked(root: Path, repair: bool = False, client=None, *, wait: float | None = None,
+                         trust_cache: bool = False) -> VerifyReport:
+    """:func:`verify_mirror` under the mirror lock (a concurrent sync would look like orphans)."""
+    root = Path(root)
+    if not (root / mf.MANIFEST_NAME).is_file():
+        mf.load(root)  # raises the one-line "no manifest" error without creating a lock file
+    with MirrorLock(root, wait):
+        return verify_mirror(root, repair, client, trust_cache=trust_cache)
+
+
+def report_json(report: VerifyReport) -> str:
+    return json.dumps(report.to_json(), indent=1, sort_keys=True)

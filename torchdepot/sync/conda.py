@@ -1,0 +1,139 @@
+"""``sync_conda``: the conda half of ``torchdepot mirror``.
+
+spec -> repodata per channel/subdir (cached, failover) -> validated records -> one solve
+per target -> the union of solutions downloaded through :class:`~torchdepot.fetch.Fetcher`
+-> ``<out>/conda/<channel>/<subdir>/repodata.json`` with exactly those records.
+
+Nothing is written under ``<out>/conda`` until every repodata file parsed, every target
+solved and every record chosen has a sha256; repodata is written only after all its
+packages are in place. A failure leaves the previous channel as it was.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torchdepot.store import manifest as mf
+from torchdepot.errors import IntegrityError, UpstreamError
+from torchdepot.fetch import FetchItem, Fetcher
+from torchdepot.store.fsutil import safe_join, sha256_file
+from torchdepot.net.http import Client, HttpConfig
+from torchdepot.store.channel import write_repodata
+from torchdepot.sources.repodata import RepodataError, SubdirRepodata, load_repodata, require_hashes
+from torchdepot.sources.channel import RepodataCache, fetch_repodata
+from torchdepot.resolve.conda import Solution, SubdirSource, open_sources, solve_target
+from torchdepot.spec.conda import CondaConfig, parse_conda_section
+
+CACHE_DIR = ".torchdepot/cache/conda"
+
+
+@dataclass
+class CondaSyncResult:
+    files: list[mf.FileEntry] = field(default_factory=list)
+    targets: list[mf.Target] = field(default_factory=list)
+    summary: str = ""
+    solutions: list[Solution] = field(default_factory=list)
+
+
+def channel_path(name: str, subdir: str, filename: str | None = None) -> str:
+    return "/".join(p for p in ("conda", name, subdir, filename) if p)
+
+
+def _load_all(config: CondaConfig, client: Client, cache: RepodataCache) -> tuple[list[SubdirSource], dict]:
+    sources: list[SubdirSource] = []
+    parsed: dict[tuple[str, str], SubdirRepodata] = {}
+    for ch in config.channels:
+        for sd in config.all_subdirs:
+            got = fetch_repodata(client, ch.name, ch.mirrors, sd, cache)
+            parsed[(ch.name, sd)] = load_repodata(got.path, ch.name, sd, where=got.url)
+            sources.append(SubdirSource(ch.name, sd, got.base_url, got.path))
+    return sources, parsed
+
+
+def sync_conda(spec, out: Path, *, client: Client | None = None, jobs: int = 4, on_hash_mismatch: str = "fail",
+               dry_run: bool = False, progress: bool | None = None) -> CondaSyncResult:
+    config = parse_conda_section(getattr(spec, "conda", None), spec)
+    if config is None:
+        return CondaSyncResult(summary="no conda section")
+    out = Path(out)
+    own_client = client is None
+    client = client or Client(HttpConfig())
+    tmp = tempfile.TemporaryDirectory(prefix="td-conda-") if dry_run else None
+    try:
+        cache = RepodataCache(Path(tmp.name) if tmp else out / CACHE_DIR)
+        sources, parsed = _load_all(config, client, cache)
+        sparse = open_sources(sources)
+        solutions = [solve_target(list(config.specs), sources, t, sparse) for t in config.targets]
+
+        # channel/subdir/filename -> record, over every target (stored once)
+        chosen: dict[tuple[str, str, str], object] = {}
+        for sol in solutions:
+            for r in sol.records:
+                ch, sd, fname = sol.origin[str(r.url)]
+                rec = parsed[(ch, sd)].records.get(fname)
+                if rec is None:
+                    raise RepodataError(f"channel {ch!r} {sd}: solver chose {fname!r}, which its repodata lacks")
+                require_hashes(parsed[(ch, sd)].where, rec)
+                chosen[(ch, sd, fname)] = rec
+        # The mirror that served a channel's repodata is alive: try it first for its packages.
+        served = {src.channel: src.base_url for src in sources}
+        mirrors = {c.name: tuple(dict.fromkeys((served[c.name], *c.mirrors))) for c in config.channels}
+        items = [FetchItem(channel_path(ch, sd, fn), tuple(f"{m}/{sd}/{fn}" for m in mirrors[ch]), rec.sha256, rec.size)
+                 for (ch, sd, fn), rec in sorted(chosen.items())]
+        if dry_run:
+            size = sum(r.size or 0 for r in chosen.values())
+            return CondaSyncResult(summary=f"dry run: {len(solutions)} targets solved, {len(items)} packages "
+                                   f"({size / 1e6:.1f} MB) would be mirrored", solutions=solutions)
+
+        report = Fetcher(out, client, jobs=jobs, on_hash_mismatch=on_hash_mismatch, progress=progress,
+                         fsync=getattr(spec, "fsync", False)).run(items)
+        if report.failed:
+            first = report.failed[0]
+            cls = IntegrityError if first.hash_mismatch else UpstreamError
+            raise cls(f"conda: {len(report.failed)} of {len(items)} packages failed, previous channel kept; "
+                      f"first: {first.key}: {first.error}")
+        results = {r.key: r for r in report.results}
+
+        files: list[mf.FileEntry] = []
+        per_subdir: dict[tuple[str, str], dict[str, dict]] = {(c.name, sd): {} for c in config.channels
+                                                             for sd in config.all_subdirs}
+        for (ch, sd, fn), rec in sorted(chosen.items()):
+            key = channel_path(ch, sd, fn)
+            res = results[key]
+            raw = rec.raw_dict()
+            if res.hash_mismatch:
+                # Accepted under --on-hash-mismatch warn: describe the bytes we serve, not upstream's claim.
+                raw = {k: v for k, v in raw.items() if k != "md5"}
+                raw.update(sha256=res.sha256, size=res.size)
+            per_subdir[(ch, sd)][fn] = raw
+            files.append(mf.FileEntry(key, res.sha256 or "", res.size, "conda", rec.name, rec.version,
+                                      res.url or items[0].urls[0], rec.sha256, res.hash_mismatch))
+        for (ch, sd), records in sorted(per_subdir.items()):
+            channel_dir = safe_join(out, "conda", ch)
+            for p in write_repodata(channel_dir, sd, records):
+                digest, size = sha256_file(p)
+                files.append(mf.FileEntry(channel_path(ch, sd, p.name), digest, size, "conda"))
+
+        targets = []
+        primary = config.channels[0].name
+        for sol in solutions:
+            t = sol.target
+            pkgs = tuple(mf.TargetPackage(str(r.name.normalized), str(r.version), channel_path(*sol.origin[str(r.url)]),
+                                          build=str(r.build)) for r in sol.records)
+            targets.append(mf.Target(t.id, "conda", t.accelerator.name, t.python, t.platform, pkgs,
+                                     channel=f"conda/{primary}", subdir=t.subdir))
+        fetched = len(report.downloaded)
+        summary = (f"{len(targets)} targets solved; {len(items)} packages ({fetched} downloaded, "
+                   f"{len(report.present)} already present) in {len(config.channels)} channel(s); "
+                   f"{report.fetched_bytes / 1e6:.1f} MB fetched"
+                   + (f"; {len(report.mismatches)} upstream hash mismatches accepted" if report.mismatches else ""))
+        return CondaSyncResult(files, targets, summary, solutions)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+        if own_client:
+            client.close()
+
+
