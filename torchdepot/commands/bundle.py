@@ -6,15 +6,8 @@ from pathlib import Path
 
 import click
 
+from torchdepot.model.sizes import format_size
 from torchdepot.ship.bundle import parse_size, plan_bundle, unbundle, write_bundle
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 @click.command("bundle")
@@ -42,8 +35,8 @@ def bundle_cmd(root: Path, targets: tuple[str, ...], envs: Path, since: Path | N
     parts, doc = write_bundle(plan, out, zstd=zstd, split=parse_size(split) if split else None)
     size = sum(p.stat().st_size for p in parts)
     skipped = f", {plan.skipped} already on the other side" if since else ""
-    click.echo(f"bundled {len(doc['files'])} files ({_human(plan.total_bytes)}) for {len(plan.target_ids)} "
-               f"target(s){skipped} -> {', '.join(str(p) for p in parts)} ({_human(size)})")
+    click.echo(f"bundled {len(doc['files'])} files ({format_size(plan.total_bytes)}) for {len(plan.target_ids)} "
+               f"target(s){skipped} -> {', '.join(str(p) for p in parts)} ({format_size(size)})")
 
 
 @click.command("unbundle")

@@ -14,6 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from torchdepot.model.sizes import format_size
 from torchdepot.model.accel import accelerator_from_dir, accelerator_sort_key
 from torchdepot.model.cuda import min_nvidia_driver
 from torchdepot.store.fsutil import atomic_write_text
@@ -37,15 +38,6 @@ class Variant:
     @property
     def public_version(self) -> str:
         return self.torch_version.split("+", 1)[0]
-
-
-def human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return str(n)
 
 
 def variants(manifest: Manifest) -> list[Variant]:
@@ -131,7 +123,7 @@ def render(manifest: Manifest, root: Path) -> str:
             kinds = " ".join(f'<span class="kind">{k}</span>' for k in sorted({v.kind for v in here}))
             size = max(v.torch_size for v in here)
             cells.append(f'<td class="have" data-variant="{html.escape(tid)}"><a href="#{html.escape(tid)}">'
-                         f'{human(size)}</a> {kinds}</td>')
+                         f'{format_size(size)}</a> {kinds}</td>')
         drv = min_nvidia_driver(accelerator_from_dir(acc)) if accelerator_from_dir(acc) else None
         drv_html = f'<br/><small>driver ≥ {html.escape(drv)}</small>' if drv else ""
         body.append(f'<tr><th scope="row">torch {html.escape(version)}</th><th scope="row">{html.escape(acc)}{drv_html}</th>'
@@ -167,8 +159,8 @@ def render(manifest: Manifest, root: Path) -> str:
                 cmds = _conda_commands(v)
             if (root / "envs" / tid).is_dir():
                 links.append(f'<a href="envs/{html.escape(tid)}/">envs/{html.escape(tid)}/</a>')
-            parts.append(f'<h4>{v.kind}: torch {html.escape(v.torch_version)} — {human(v.torch_size)} '
-                         f'(environment {human(v.total_size)}) · {" · ".join(links)}</h4>')
+            parts.append(f'<h4>{v.kind}: torch {html.escape(v.torch_version)} — {format_size(v.torch_size)} '
+                         f'(environment {format_size(v.total_size)}) · {" · ".join(links)}</h4>')
             parts += cmds
         parts.append("</section>")
         sections.append("\n".join(p for p in parts if p))
@@ -200,7 +192,7 @@ small {{ color: #666; }}
 </head>
 <body>
 <h1>PyTorch mirror</h1>
-<p>{n_targets} target(s), {len(manifest.files)} files, {human(total)}. Files: <a href="manifest.json">manifest.json</a>
+<p>{n_targets} target(s), {len(manifest.files)} files, {format_size(total)}. Files: <a href="manifest.json">manifest.json</a>
 · pip indexes: <a href="whl/">whl/</a>. Commands below use <code>{_base()}</code>: the address of
 this page's folder (filled in automatically when JavaScript is on; otherwise replace <code>{PLACEHOLDER}</code>).</p>
 {empty}

@@ -32,6 +32,7 @@ from torchdepot.net.pipconfig import PipSources, pip_default_index, pip_file_hos
 from torchdepot.store.pages import IndexFile, build_pages, ensure_metadata, publish
 from torchdepot.resolve.uv import IndexPlan, ResolvedFile, ResolveError, resolve
 from torchdepot.resolve.pin import pin
+from torchdepot.model.sizes import format_size
 from torchdepot.sources.links import Link
 from torchdepot.sources.pep503 import parse_html
 from torchdepot.spec.mirror import TORCH_PROJECTS, MirrorSpec, PipTarget
@@ -259,10 +260,6 @@ def _size_of(f: ResolvedFile, probe: Client) -> int | None:
         return None
 
 
-def _fmt_size(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
-
-
 # -- the run --------------------------------------------------------------------------------
 def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False, client: Client | None = None,
              progress: bool | None = None, pip_sources: PipSources | None = None, echo: Echo = _stderr) -> MirrorResult:
@@ -323,14 +320,14 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
                 keys = {file_key(f) for f in p.files}
                 total = sum(sizes[k] or 0 for k in keys)
                 unknown = sum(1 for k in keys if sizes[k] is None)
-                say(f"{p.target.id}: {len(p.files)} packages, {len(keys)} files, {_fmt_size(total)}"
+                say(f"{p.target.id}: {len(p.files)} packages, {len(keys)} files, {format_size(total)}"
                     + (f" (+{unknown} of unknown size)" if unknown else "")
                     + f" [{' '.join(p.requirements)}] via {p.variant_url or 'pip configuration'}")
                 for f in p.files:
                     k = file_key(f)
-                    say(f"  {f.name}=={f.version}  {f.filename}  {_fmt_size(sizes[k]) if sizes[k] else '?'}  <- {f.url}")
+                    say(f"  {f.name}=={f.version}  {f.filename}  {format_size(sizes[k]) if sizes[k] else '?'}  <- {f.url}")
             total = sum(v or 0 for v in sizes.values())
-            say(f"plan: {len(result.plans)} targets, {len(sizes)} unique files, {_fmt_size(total)}; nothing written (dry run)")
+            say(f"plan: {len(result.plans)} targets, {len(sizes)} unique files, {format_size(total)}; nothing written (dry run)")
             return result
 
         fetcher = Fetcher(out, client, jobs=spec.jobs, on_hash_mismatch=spec.on_hash_mismatch, progress=progress,
