@@ -1,38 +1,47 @@
 # torchdepot: `make mirror` builds the mirror from mirror/mirror.yaml; `make test` runs the tests.
-# Everything runs from a project virtualenv (.venv) bootstrapped from pyproject.toml.
+# Everything runs from a project virtualenv (.venv) bootstrapped from pyproject.toml:
+# `make mirror` installs only the runtime dependencies; `make test` adds the test ones.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 TD     := $(VENV)/bin/torchdepot
-STAMP  := $(VENV)/.installed-stamp
+RUNTIME_STAMP := $(VENV)/.runtime-stamp
+TEST_STAMP    := $(VENV)/.test-stamp
 SPEC   ?= mirror/mirror.yaml
 PYTEST_ARGS ?=
+PIP_INSTALL := $(PY) -m pip install --disable-pip-version-check --progress-bar on
 
 .PHONY: venv mirror lock verify recipes test bench clean
 
-$(STAMP): pyproject.toml
+$(RUNTIME_STAMP): pyproject.toml
+	@echo "make: bootstrapping $(VENV) (runtime dependencies; once, about 15 s)"
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
-	touch $(STAMP)
+	$(PIP_INSTALL) -e . 2>&1 | grep -E --line-buffered '^(Collecting|Installing|Successfully|ERROR|error)' || true
+	@$(PY) -c "import torchdepot" && touch $@
 
-venv: $(STAMP)
+$(TEST_STAMP): $(RUNTIME_STAMP)
+	@echo "make: adding the test dependencies to $(VENV)"
+	$(PIP_INSTALL) -e '.[test]' 2>&1 | grep -E --line-buffered '^(Collecting|Installing|Successfully|ERROR|error)' || true
+	@$(PY) -c "import pytest, hypothesis" && touch $@
 
-mirror: $(STAMP)
+venv: $(RUNTIME_STAMP)
+
+mirror: $(RUNTIME_STAMP)
 	$(TD) mirror --spec $(SPEC)
 
-lock: $(STAMP)
+lock: $(RUNTIME_STAMP)
 	$(TD) lock --spec $(SPEC)
 
-verify: $(STAMP)
+verify: $(RUNTIME_STAMP)
 	$(TD) verify
 
-recipes: $(STAMP)
+recipes: $(RUNTIME_STAMP)
 	$(TD) recipes build
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
 
 clean:
