@@ -19,7 +19,7 @@ from torchdepot.net.hostpolicy import (PYTORCH_LINKED_HOSTS, default_policy, fil
 from torchdepot.net.http import Client, HttpConfig
 from torchdepot.sources.pep503 import parse_html
 from torchdepot.sources.pep691 import parse_json
-from torchdepot.sources.repodata import parse_repodata
+from torchdepot.sources.repodata import RepodataError, parse_repodata
 
 BASE = "http://127.0.0.1:1/whl/cpu/torch/"
 GOOD = "torch-2.5.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"
@@ -134,20 +134,46 @@ def test_invalid_utf8_page_is_parsed_with_a_warning():
     assert GOOD in [link.filename for link in page.links]
 
 
-def test_repodata_hostile_records():
-    good = {"name": "pytorch", "version": "2.5.1", "build": "py3.11_cpu_0", "build_number": 0,
-            "sha256": SHA_A, "md5": "0" * 32, "size": 10, "depends": [], "subdir": "linux-64"}
-    doc = {"info": {"subdir": "linux-64"}, "packages": {
-        "../../evil-1.0-0.tar.bz2": good, "/abs/evil-1.0-0.tar.bz2": good, "..\\evil-1.0-0.tar.bz2": good,
-        "%2e%2e%2fevil-1.0-0.tar.bz2": good, "nonsense": good, "pytorch-2.5.1-py3.11_cpu_0.tar.bz2": good,
-        "broken-1-0.tar.bz2": {"name": 5},
-    }, "packages.conda": {"pytorch-2.5.1-py3.11_cpu_0.conda": {**good, "sha256": SHA_B}}}
-    rd = parse_repodata(json.dumps(doc).encode(), "pytorch", "linux-64")
-    for r in rd.records:
-        fn = getattr(r, "filename", None) or getattr(r, "fn", "")
+GOOD_RECORD = {"name": "pytorch", "version": "2.5.1", "build": "py3.11_cpu_0", "build_number": 0,
+               "sha256": SHA_A, "md5": "0" * 32, "size": 10, "depends": [], "subdir": "linux-64"}
+HOSTILE_RECORDS = [
+    ("../../evil-1.0-0.tar.bz2", GOOD_RECORD), ("/abs/evil-1.0-0.tar.bz2", GOOD_RECORD),
+    ("..\\evil-1.0-0.tar.bz2", GOOD_RECORD), ("%2e%2e%2fevil-1.0-0.tar.bz2", GOOD_RECORD),
+    ("nonsense", GOOD_RECORD), ("broken-1-0.tar.bz2", {"name": 5}),
+    ("evil-1.0-0.tar.bz2", {**GOOD_RECORD, "name": "../evil"}),
+]
+
+
+def _one_line_repodata_error(body, where="https://conda.example.edu/pytorch/linux-64/repodata.json"):
+    with pytest.raises(RepodataError) as err:
+        parse_repodata(body, "pytorch", "linux-64", where)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(where), msg
+    return msg
+
+
+@pytest.mark.parametrize("filename,record", HOSTILE_RECORDS, ids=[f for f, _ in HOSTILE_RECORDS])
+def test_repodata_hostile_record_is_a_one_line_error(filename, record):
+    """The live parser stops on an unusable record before anything is written (beside good ones)."""
+    doc = {"info": {"subdir": "linux-64"},
+           "packages": {"pytorch-2.5.1-py3.11_cpu_0.tar.bz2": GOOD_RECORD, filename: record}}
+    msg = _one_line_repodata_error(json.dumps(doc).encode())
+    assert repr(filename) in msg or "evil" in msg
+
+
+def test_repodata_good_records_are_safe():
+    doc = {"info": {"subdir": "linux-64"},
+           "packages": {"pytorch-2.5.1-py3.11_cpu_0.tar.bz2": GOOD_RECORD},
+           "packages.conda": {"pytorch-2.5.1-py3.11_cpu_0.conda": {**GOOD_RECORD, "sha256": SHA_B}}}
+    rd = parse_repodata(json.dumps(doc).encode(), "pytorch", "linux-64", "here")
+    assert sorted(rd.records) == ["pytorch-2.5.1-py3.11_cpu_0.conda", "pytorch-2.5.1-py3.11_cpu_0.tar.bz2"]
+    for fn in rd.records:
         assert filename_refusal(fn) is None, fn
         safe_join("/nonexistent", "conda/pytorch/linux-64", safe_filename(fn))
-    assert sum(rd.warnings.values()) >= 5
+
+
+def test_repodata_for_another_subdir_is_refused():
+    assert "osx-64" in _one_line_repodata_error(json.dumps({"info": {"subdir": "osx-64"}}).encode())
 
 
 @pytest.mark.parametrize("body", [
@@ -156,13 +182,10 @@ def test_repodata_hostile_records():
     b"\xff\xfe not json",
     b"",
     b"null",
+    b'{"packages": "x"}',
 ])
 def test_repodata_broken_json_is_a_project_error(body):
-    try:
-        rd = parse_repodata(body, "pytorch", "linux-64")
-    except TorchdepotError:
-        return
-    assert rd.records == []
+    _one_line_repodata_error(body)
 
 
 def test_huge_repodata_parses_within_limits():
@@ -170,8 +193,8 @@ def test_huge_repodata_parses_within_limits():
     doc = {"packages": {f"x-1-{i}.tar.bz2": {**rec, "build": str(i)} for i in range(50_000)}}
     body = json.dumps(doc).encode()
     t = time.monotonic()
-    rd = parse_repodata(body, "c", "linux-64")
-    assert len(rd.records) + sum(rd.warnings.values()) == 50_000
+    rd = parse_repodata(body, "c", "linux-64", "big")
+    assert len(rd.records) == 50_000
     assert time.monotonic() - t < 20
 
 

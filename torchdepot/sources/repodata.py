@@ -49,6 +49,8 @@ def parse_repodata(data: bytes | str, channel: str, subdir: str, where: str) -> 
     """Parse and validate every record. Raises :class:`RepodataError` (one line)."""
     try:
         doc = json.loads(data)
+    except RecursionError:  # hostile nesting: the stdlib decoder recurses per level
+        raise RepodataError(f"{where}: repodata JSON is nested too deeply to be repodata") from None
     except ValueError as exc:
         msg = getattr(exc, "msg", str(exc))
         pos = f" at line {exc.lineno} column {exc.colno}" if hasattr(exc, "lineno") else ""
