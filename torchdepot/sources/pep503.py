@@ -17,10 +17,13 @@ import re
 
 from torchdepot.sources.links import Page, make_link
 
-# A start tag's attribute run: quoted values may contain ">".
-_ATTRS = r"""((?:[^>"']|"[^"]*"|'[^']*')*)"""
-_ANCHOR = re.compile(r"<a(?=[\s>/])" + _ATTRS + r">([^<]*)", re.I)
-_BASE = re.compile(r"<base(?=[\s>/])" + _ATTRS + r">", re.I)
+# A start tag's attribute run: quoted values may contain ">". Possessive quantifiers: the
+# run never backtracks, and a tag that does not close stops the scan (see _tags), so the
+# scanner is linear in the page size even on hostile input (``<a`` repeated, no ``>``).
+_RUN = re.compile(r"""(?:[^>"']++|"[^"]*+"|'[^']*+')*+""")
+_ANCHOR_START = re.compile(r"<a(?=[\s>/])", re.I)
+_BASE_START = re.compile(r"<base(?=[\s>/])", re.I)
+_LABEL = re.compile(r"[^<]*+")
 _ATTR = re.compile(r"""([^\s=/>"']+)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>"'=<`]+)))?""")
 _COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)
 _RAWTEXT = re.compile(r"<(script|style)\b.*?(?:</\1\s*>|\Z)", re.S | re.I)
@@ -49,6 +52,27 @@ def attributes(run: str) -> dict[str, str | None]:
             value = html.unescape(value)
         out[name] = value
     return out
+
+
+def _tags(text: str, start: re.Pattern, page: Page):
+    """``(attribute run, label)`` of each start tag ``start`` finds, in order.
+
+    A tag whose attribute run reaches the end of the page (no ``>``, or a quote that never
+    closes) swallows the rest of the page, as in an HTML tokenizer: the scan stops there
+    with one warning instead of rescanning the tail from every later ``<a`` (quadratic)."""
+    pos = 0
+    while True:
+        m = start.search(text, pos)
+        if m is None:
+            return
+        run = _RUN.match(text, m.end())
+        end = run.end()
+        if end >= len(text) or text[end] != ">":
+            page.warnings["unterminated tag (rest of page ignored)"] += 1
+            return
+        label = _LABEL.match(text, end + 1)
+        yield run.group(), label.group()
+        pos = label.end()
 
 
 def decode_body(body: bytes, page: Page) -> str:
@@ -102,16 +126,15 @@ def parse_html(body: bytes, base_url: str) -> Page:
         text = _RAWTEXT.sub("", text)
     base = base_url
     if "<base" in text or "<BASE" in text:
-        m = _BASE.search(text)
+        m = next(_tags(text, _BASE_START, Page(url=base_url)), None)
         if m:
-            href = (attributes(m.group(1)).get("href") or "").strip()
+            href = (attributes(m[0]).get("href") or "").strip()
             if href:
                 probe = Page(url=base_url)
                 link = make_link(base_url, href, probe)
                 if link is not None:
                     base = link.url
-    for m in _ANCHOR.finditer(text):
-        run = m.group(1)
+    for run, label in _tags(text, _ANCHOR_START, page):
         if run.startswith(' href="') and run.endswith('"') and run.count('"') == 2 and "&" not in run:
             attrs = None  # the machine-written common case: <a href="...">; no other attributes
             href = run[7:-1]
@@ -127,7 +150,7 @@ def parse_html(body: bytes, base_url: str) -> Page:
             continue
         if not link.filename:
             # a root page lists projects as directory links ("torch/")
-            label = m.group(2).strip()
+            label = label.strip()
             if "&" in label:
                 label = html.unescape(label)
             project = label or link.url.rstrip("/").rsplit("/", 1)[-1]
