@@ -30,6 +30,7 @@ import urllib.parse
 from dataclasses import dataclass
 
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)")
+_FLIP = bytes(b ^ 0x5A for b in range(256))
 
 MODES = (
     "ok",  # serve normally (Range honoured)
@@ -47,6 +48,8 @@ MODES = (
     "redirect_loop",  # 302 to itself forever
     "oversize",  # the right body followed by extra bytes (Content-Length says so)
     "chunked",  # no Content-Length: chunked transfer encoding (size unknown up front)
+    "range_reset",  # Range honoured (206), n body bytes, then an abrupt reset (a dropped piece)
+    "corrupt_range",  # Range honoured (206), right length, wrong content (a corrupt piece)
 )
 
 
@@ -187,29 +190,46 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 else:
                     time.sleep(fault.seconds)
                     self.close_connection = True
+            elif mode in ("range_reset", "corrupt_range"):
+                self._serve_ok(data, ctype, head, None, fault)
             else:  # ok / drip: Range honoured
                 self._serve_ok(data, ctype, head, fault.rate if mode == "drip" else None)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 
     def _range_start(self, size: int) -> int:
+        return self._range(size)[0]
+
+    def _range(self, size: int) -> tuple[int, int]:
+        """(first, last) asked for, clipped to the body; (0, size - 1) when none."""
         m = _RANGE.fullmatch((self.headers.get("Range") or "").strip())
         if m and int(m.group(1)) < size:
-            return int(m.group(1))
-        return 0
+            last = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
+            if last >= int(m.group(1)):
+                return int(m.group(1)), last
+        return 0, size - 1
 
-    def _serve_ok(self, data: bytes, ctype: str, head: bool, rate: float | None) -> None:
-        start = self._range_start(len(data))
-        if start:
+    def _serve_ok(self, data: bytes, ctype: str, head: bool, rate: float | None, fault: Fault | None = None) -> None:
+        start, last = self._range(len(data))
+        if self.headers.get("Range") and (start or last < len(data) - 1 or self.server.owner.validators):
             self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            self.send_header("Content-Range", f"bytes {start}-{last}/{len(data)}")
         else:
             self.send_response(200)
-        body = data[start:]
+        body = data[start:last + 1]
+        if fault is not None and fault.mode == "corrupt_range":
+            body = body.translate(_FLIP)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Accept-Ranges", "bytes")
+        for k, v in self.server.owner._validator_headers(self._path).items():
+            self.send_header(k, v)
         self.end_headers()
+        if fault is not None and fault.mode == "range_reset":
+            if not head:
+                self._write(body[: fault.n])
+            self._reset()
+            return
         if head:
             return
         if rate is None:
@@ -236,7 +256,11 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
 class FaultServer:
     """In-memory files with per-path fault schedules and request counters."""
 
-    def __init__(self, host: str = "127.0.0.1", default: Fault | None = None):
+    def __init__(self, host: str = "127.0.0.1", default: Fault | None = None, validators: bool = False):
+        # validators: send ETag and Last-Modified (they change when ``add`` replaces a file),
+        # and answer every Range with 206, as a CDN does.
+        self.validators = validators
+        self._versions: dict[str, int] = collections.Counter()
         self._lock = threading.Lock()
         self.files: dict[str, tuple[bytes, str]] = {}
         self._schedules: dict[str, collections.deque] = {}
@@ -257,6 +281,7 @@ class FaultServer:
                 "application/json" if path.endswith(".json") else "application/octet-stream")
         with self._lock:
             self.files[path] = (data, ctype)
+            self._versions[path] += 1
         return self.url + path
 
     def schedule(self, path: str, *faults: Fault) -> None:
@@ -287,6 +312,14 @@ class FaultServer:
             if path.endswith("/") and path + "index.html" in self.files:
                 return self.files[path + "index.html"]
         return None, "text/plain"
+
+    def _validator_headers(self, path: str) -> dict:
+        if not self.validators:
+            return {}
+        with self._lock:
+            version = self._versions.get(path, 0)
+        day = 1 + version % 28
+        return {"ETag": f'"v{version}"', "Last-Modified": f"Mon, {day:02d} Jan 2024 00:00:00 GMT"}
 
     def _next_fault(self, path: str, rng: str | None) -> Fault:
         with self._lock:

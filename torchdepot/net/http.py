@@ -8,6 +8,7 @@ at local indexes this way) are read from disk by :func:`get_bytes`.
 from __future__ import annotations
 
 import random
+import re
 import time
 import urllib.parse
 import urllib.request
@@ -50,18 +51,81 @@ def make_session(config: HttpConfig | None = None) -> "Client":
     return Client(config or HttpConfig())
 
 
+# Header numbers are bounded: a 5,000-digit value must not reach int() (it raises past
+# Python's digit limit) nor make a sleep or a seek absurd.
+_MAX_DIGITS = 19  # fits an int64 offset: far beyond any real file
+MAX_RETRY_AFTER = 24 * 3600.0  # seconds; callers cap further (HttpConfig.max_backoff)
+
+
 def retry_after_seconds(value: str | None) -> float | None:
-    """Parse ``Retry-After`` (seconds or an HTTP date)."""
-    if not value:
+    """Parse ``Retry-After`` (delay-seconds or an HTTP date) into seconds from now, in
+    ``[0, MAX_RETRY_AFTER]``; None when absent or unparseable (never raises)."""
+    if not value or len(value) > 64:
         return None
     value = value.strip()
     if value.isascii() and value.isdigit():  # str.isdigit alone accepts "²", which float() refuses
-        return float(value)
+        return min(float(value), MAX_RETRY_AFTER) if len(value) <= _MAX_DIGITS else MAX_RETRY_AFTER
     try:
         dt = parsedate_to_datetime(value)
-        return max(0.0, dt.timestamp() - time.time())
+        return min(MAX_RETRY_AFTER, max(0.0, dt.timestamp() - time.time()))
     except (TypeError, ValueError, OverflowError, IndexError, OSError):
         return None
+
+
+@dataclass(frozen=True)
+class ContentRange:
+    """A satisfied ``Content-Range: bytes first-last/total`` (``total`` None for ``*``)."""
+
+    first: int
+    last: int
+    total: int | None
+
+    @property
+    def length(self) -> int:
+        return self.last - self.first + 1
+
+
+_CONTENT_RANGE = re.compile(r"bytes[ \t]+(\d{1,19})-(\d{1,19})/(\d{1,19}|\*)", re.ASCII)
+_RANGE = re.compile(r"bytes[ \t]*=[ \t]*(\d{1,19})?[ \t]*-[ \t]*(\d{1,19})?", re.ASCII)
+
+
+def parse_content_range(value: str | None) -> ContentRange | None:
+    """Parse a 206's ``Content-Range``; None when absent, malformed or inconsistent
+    (first > last, or last beyond total). Never raises."""
+    if not value or len(value) > 128:
+        return None
+    m = _CONTENT_RANGE.fullmatch(value.strip())
+    if not m:
+        return None
+    first, last = int(m.group(1)), int(m.group(2))
+    total = None if m.group(3) == "*" else int(m.group(3))
+    if first > last or (total is not None and last >= total):
+        return None
+    return ContentRange(first=first, last=last, total=total)
+
+
+def parse_range(value: str | None, size: int) -> tuple[int, int] | None:
+    """A single ``Range: bytes=a-b`` / ``a-`` / ``-n`` against a body of ``size`` bytes ->
+    inclusive (first, last) clipped to the body; None when absent, malformed, multi-range
+    or unsatisfiable (a server then answers 200 or 416). Never raises."""
+    if not value or len(value) > 128 or size <= 0:
+        return None
+    m = _RANGE.fullmatch(value.strip())
+    if not m or (m.group(1) is None and m.group(2) is None):
+        return None
+    if m.group(1) is None:  # suffix: the last n bytes
+        n = int(m.group(2))
+        return None if n == 0 else (max(0, size - n), size - 1)
+    first = int(m.group(1))
+    last = size - 1 if m.group(2) is None else min(int(m.group(2)), size - 1)
+    if first >= size or first > last:
+        return None
+    return first, last
+
+
+def range_header(first: int, last: int | None = None) -> str:
+    """``Range`` for bytes ``first..last`` inclusive (open-ended when ``last`` is None)."""
+    return f"bytes={first}-" if last is None else f"bytes={first}-{last}"
 
 
 def describe(exc: BaseException) -> str:
@@ -94,7 +158,13 @@ class Client:
         self.session = requests.Session()
         self.session.headers["User-Agent"] = f"torchdepot/{__version__}"
         # Sized for parallel downloads: one pool per host, enough connections for --jobs.
-        adapter = requests.adapters.HTTPAdapter(pool_connections=16, pool_maxsize=32, max_retries=0)
+        self.size_pools(hosts=16, per_host=32)
+
+    def size_pools(self, *, hosts: int, per_host: int) -> None:
+        """Keep-alive pools for ``hosts`` hosts of ``per_host`` connections each (the fetcher
+        sizes them to its connection caps so no socket is opened and thrown away)."""
+        adapter = requests.adapters.HTTPAdapter(pool_connections=max(1, hosts), pool_maxsize=max(1, per_host),
+                                                max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
 

@@ -1,0 +1,121 @@
+"""Byte-range pieces of one segmented download, and their resume state (pure, plus one
+sidecar file).
+
+Invariants:
+- the pieces of a file tile ``[0, size)`` exactly, in order, without overlap;
+- the sidecar (``<partial>.pieces.json``) lists only pieces whose every byte is already in
+  the partial file; it is written atomically after the piece's bytes, so a crash leaves
+  the old list or the new one, never a piece claimed done that is not on disk;
+- a sidecar is trusted only for the same size, piece layout and validators (ETag,
+  Last-Modified): anything else means the upstream file changed, and the partial is
+  discarded.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torchdepot.store.fsutil import atomic_write_text
+
+SIDECAR_SUFFIX = ".pieces.json"
+SIDECAR_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Piece:
+    index: int
+    first: int  # inclusive byte offsets
+    last: int
+
+    @property
+    def length(self) -> int:
+        return self.last - self.first + 1
+
+
+@dataclass(frozen=True)
+class Validators:
+    """What identifies one upstream version of a file: a change in any means new bytes."""
+
+    size: int
+    etag: str | None = None
+    last_modified: str | None = None
+
+    @classmethod
+    def from_headers(cls, size: int, headers) -> "Validators":
+        etag = headers.get("ETag")
+        modified = headers.get("Last-Modified")
+        return cls(size=size, etag=etag[:256] if etag else None, last_modified=modified[:64] if modified else None)
+
+    def conflicts(self, other: "Validators") -> str | None:
+        """Why ``other`` is a different version than ``self`` (None: same, as far as known)."""
+        if self.size != other.size:
+            return f"Content-Length changed from {self.size} to {other.size}"
+        if self.etag and other.etag and self.etag != other.etag:
+            return f"ETag changed from {self.etag} to {other.etag}"
+        if self.last_modified and other.last_modified and self.last_modified != other.last_modified:
+            return f"Last-Modified changed from {self.last_modified} to {other.last_modified}"
+        return None
+
+
+def plan_pieces(size: int, piece_bytes: int, connections: int) -> tuple[Piece, ...]:
+    """Split ``size`` bytes into pieces of at least ``piece_bytes`` (the last may be shorter),
+    about two per connection so a slow connection's tail is small, never more than needed."""
+    if size <= 0:
+        return ()
+    target = max(piece_bytes, -(-size // max(1, 2 * connections)))
+    count = max(1, -(-size // target))
+    step = -(-size // count)
+    return tuple(Piece(index=i, first=i * step, last=min(size, (i + 1) * step) - 1)
+                 for i in range(count) if i * step < size)
+
+
+@dataclass
+class PieceState:
+    """The sidecar's content: layout, validators and the finished pieces."""
+
+    validators: Validators
+    piece_bytes: int
+    count: int
+    done: set[int] = field(default_factory=set)
+
+    def to_json(self) -> str:
+        return json.dumps({"version": SIDECAR_VERSION, "size": self.validators.size, "etag": self.validators.etag,
+                           "last_modified": self.validators.last_modified, "piece_bytes": self.piece_bytes,
+                           "count": self.count, "done": sorted(self.done)}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "PieceState | None":
+        """None for anything that is not a sidecar this version wrote (never raises)."""
+        try:
+            doc = json.loads(text)
+        except (ValueError, RecursionError):
+            return None
+        if not isinstance(doc, dict) or doc.get("version") != SIDECAR_VERSION:
+            return None
+        size, piece, count, done = doc.get("size"), doc.get("piece_bytes"), doc.get("count"), doc.get("done")
+        etag, modified = doc.get("etag"), doc.get("last_modified")
+        ints = (size, piece, count)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in ints):
+            return None
+        if not isinstance(done, list) or not all(isinstance(i, int) and 0 <= i < count for i in done):
+            return None
+        if not all(v is None or isinstance(v, str) for v in (etag, modified)):
+            return None
+        return cls(Validators(size, etag, modified), piece, count, set(done))
+
+
+def sidecar_path(part: Path) -> Path:
+    return part.with_name(part.name + SIDECAR_SUFFIX)
+
+
+def load_state(part: Path) -> PieceState | None:
+    try:
+        return PieceState.from_json(sidecar_path(part).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def save_state(part: Path, state: PieceState) -> None:
+    atomic_write_text(sidecar_path(part), state.to_json())

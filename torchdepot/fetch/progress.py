@@ -1,0 +1,128 @@
+"""Progress of a fetch: one tqdm bar (done/total bytes, rate, ETA) on a terminal, one line
+every few seconds when stderr is not a terminal (CI logs), and optional events for
+``--json`` consumers.
+
+Totals come from known sizes: a :class:`~torchdepot.fetch.FetchItem`'s ``size`` when the
+index stated it, else the first response's Content-Length. Thread-safe; no global state.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+from tqdm import tqdm
+
+from torchdepot.model.sizes import format_size
+
+LINE_INTERVAL = 5.0  # seconds between plain lines on a non-terminal
+EVENT_INTERVAL = 1.0  # seconds between "progress" events
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """``kind="progress"``: bytes so far; ``kind="file"``: one file finished (``key``, ``status``)."""
+
+    kind: Literal["progress", "file"]
+    done: int
+    total: int
+    rate: float  # bytes per second since the start
+    eta: float | None  # seconds; None while the total or the rate is unknown
+    files_done: int
+    files_total: int
+    key: str | None = None
+    status: str | None = None
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+class Progress:
+    """``enabled``: True (a bar), False (silent), None (a bar on a terminal, else plain lines)."""
+
+    def __init__(self, enabled: bool | None, callback: ProgressCallback | None = None, *,
+                 stream=None, line_interval: float = LINE_INTERVAL, desc: str = "fetch"):
+        self.stream = stream if stream is not None else sys.stderr
+        tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.bar: tqdm | None = None
+        self.lines = enabled is None and not tty
+        if enabled or (enabled is None and tty):
+            self.bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1000, desc=desc,
+                            file=self.stream, dynamic_ncols=True)
+        self.callback = callback
+        self.line_interval = line_interval
+        self.desc = desc
+        self.start = time.monotonic()
+        self.done = 0
+        self.total = 0
+        self.files_done = 0
+        self.files_total = 0
+        self._lock = threading.Lock()
+        self._last_line = self.start
+        self._last_event = 0.0
+
+    def add_file(self, size: int | None) -> None:
+        with self._lock:
+            self.files_total += 1
+            if size:
+                self.total += size
+                if self.bar is not None:
+                    self.bar.total = self.total
+                    self.bar.refresh()
+
+    def learn_size(self, size: int) -> None:
+        """A size first known from a response (the index did not state it)."""
+        self.add_total(size)
+
+    def add_total(self, n: int) -> None:
+        with self._lock:
+            self.total += n
+            if self.bar is not None:
+                self.bar.total = self.total
+
+    def advance(self, n: int) -> None:
+        if not n:
+            return
+        with self._lock:
+            self.done += n
+            if self.bar is not None:
+                self.bar.update(n)
+            now = time.monotonic()
+            line = self.lines and now - self._last_line >= self.line_interval
+            if line:
+                self._last_line = now
+            event = self.callback is not None and now - self._last_event >= EVENT_INTERVAL
+            if event:
+                self._last_event = now
+            snap = self._snapshot("progress", now) if (line or event) else None
+        if line:
+            print(self.format_line(snap), file=self.stream, flush=True)
+        if event:
+            self.callback(snap)
+
+    def file_done(self, key: str, status: str) -> None:
+        with self._lock:
+            self.files_done += 1
+            snap = self._snapshot("file", time.monotonic(), key, status)
+        if self.callback is not None:
+            self.callback(snap)
+
+    def _snapshot(self, kind, now: float, key: str | None = None, status: str | None = None) -> ProgressEvent:
+        rate = self.done / max(now - self.start, 1e-6)
+        eta = (max(0, self.total - self.done) / rate) if (self.total and rate > 0) else None
+        return ProgressEvent(kind=kind, done=self.done, total=self.total, rate=rate, eta=eta,
+                             files_done=self.files_done, files_total=self.files_total, key=key, status=status)
+
+    def format_line(self, ev: ProgressEvent) -> str:
+        total = f" / {format_size(ev.total)}" if ev.total else ""
+        eta = f", ETA {ev.eta:.0f} s" if ev.eta is not None else ""
+        return (f"{self.desc}: {format_size(ev.done)}{total}, {format_size(ev.rate)}/s{eta} "
+                f"({ev.files_done}/{ev.files_total} files)")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
