@@ -33,7 +33,7 @@ def test_committed_default_spec_is_newest_stable_cpu_for_the_host():
     assert spec.extra_packages == ("numpy",) and spec.channel == "stable"
     assert [t.id for t in spec.targets()] == [f"cpu-py{host_py.replace('.', '')}-{host_platform()}"]
     assert spec.upstreams == ("https://download.pytorch.org/whl",) and spec.out == Path("mirror/out")
-    assert spec.raw["pythons"] == [host_py] and spec.conda is None
+    assert spec.to_data()["pythons"] == [host_py] and spec.conda is None
 
 
 def test_full_spec_and_targets():
@@ -41,15 +41,15 @@ def test_full_spec_and_targets():
         "packages": ["torch>=2.5", {"name": "torchvision"}], "accelerators": ["cpu", "cu126", "rocm6.2"],
         "pythons": ["3.10", "3.12"], "platforms": ["linux-x86_64"], "channel": "nightly",
         "upstreams": ["https://mirror.example/whl/", "https://download.pytorch.org/whl"],
-        "on_hash_mismatch": "warn", "jobs": 8, "conda": {"channel": "pytorch"},
+        "on_hash_mismatch": "warn", "jobs": 8, "conda": {"channels": ["pytorch"]},
         "targets": [{"accelerator": "cu118", "python": "3.9", "platform": "windows-amd64", "torch": "2.1.0"}],
     }, W)
     assert [(p.name, p.constraint) for p in spec.packages] == [("torch", ">=2.5"), ("torchvision", None)]
     ids = [t.id for t in spec.targets()]
     assert len(ids) == 7 and ids[0] == "cpu-py310-linux-x86_64" and ids[-1] == "cu118-py39-windows-amd64"
     assert spec.targets()[-1].torch == "==2.1.0"
-    assert spec.upstreams[0] == "https://mirror.example/whl" and spec.jobs == 8 and spec.conda == {"channel": "pytorch"}
-    assert parse_spec(spec.raw, "round trip") == spec
+    assert spec.upstreams[0] == "https://mirror.example/whl" and spec.jobs == 8 and [c.name for c in spec.conda.channels] == ["pytorch"]
+    assert parse_spec(spec.to_data(), "round trip") == spec
 
 
 @pytest.mark.parametrize("data, expected", [
@@ -66,7 +66,7 @@ def test_full_spec_and_targets():
     ({"packages": ["torchvision"]}, "packages: must include torch"),
     ({"packages": ["torch>>2"]}, "packages[0]: 'torch>>2' is not a requirement"),
     ({"packages": {"torch": "~~1"}}, "packages.torch: '~~1' is not a version constraint"),
-    ({"channel": "beta"}, "channel: 'beta' is not one of stable, test, nightly"),
+    ({"channel": "beta"}, "channel: 'beta' is not one of stable, test, nightly, variant, test/variant"),
     ({"upstreams": ["download.pytorch.org/whl"]}, "upstreams[0]: 'download.pytorch.org/whl' is not an http(s)://"),
     ({"on_hash_mismatch": "ignore"}, "on_hash_mismatch: 'ignore' is not one of fail, warn"),
     ({"jobs": 0}, "jobs: 0 is not a whole number from 1 to 64"),
@@ -110,4 +110,4 @@ def test_any_input_gives_a_spec_or_a_one_line_spec_error(data):
     except SpecError as exc:
         assert "\n" not in str(exc) and str(exc).startswith(W)
         return
-    assert spec.targets() and parse_spec(spec.raw, "again") == spec
+    assert spec.targets() and parse_spec(spec.to_data(), "again") == spec

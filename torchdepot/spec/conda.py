@@ -25,7 +25,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from torchdepot.model.accel import Accelerator, parse_accelerator
 from torchdepot.errors import ParseError, SpecError
 from torchdepot.model.platforms import subdir_platform, target_platform
-from torchdepot.spec.mirror import quote_key
+from torchdepot.spec.bounds import quote_key, show, show_text
 
 DEFAULT_ORIGIN = "https://conda.anaconda.org"
 KNOWN_SUBDIRS = ("linux-64", "linux-aarch64", "osx-64", "osx-arm64", "win-64")
@@ -38,6 +38,9 @@ PIP_TO_CONDA = {"torch": "pytorch"}
 class ChannelSpec:
     name: str  # directory under <out>/conda/
     mirrors: tuple[str, ...]  # base URLs, tried in order
+
+    def to_data(self) -> dict:
+        return {"name": self.name, "mirrors": list(self.mirrors)}
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,11 @@ class CondaConfig:
     def all_subdirs(self) -> tuple[str, ...]:
         return tuple(sorted(set(self.subdirs) | {"noarch"}))
 
+    def to_data(self) -> dict:
+        """The section as spec data; parses back (with the same pip side) to an equal config."""
+        return {"channels": [c.to_data() for c in self.channels], "specs": list(self.specs),
+                "subdirs": list(self.subdirs) or ["noarch"]}
+
 
 def _err(key: str, msg: str) -> SpecError:
     return SpecError(f"{key}: {msg}")
@@ -73,9 +81,13 @@ def _err(key: str, msg: str) -> SpecError:
 def _check_url(key: str, url: object) -> str:
     if not isinstance(url, str) or not url.strip():
         raise _err(key, "must be a URL string")
-    parts = urllib.parse.urlsplit(url.strip())
-    if parts.scheme not in ("http", "https", "file") or (parts.scheme != "file" and not parts.hostname):
-        raise _err(key, f"{url!r} is not an http(s):// or file:// URL")
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+        hostname = parts.hostname
+    except ValueError:  # e.g. an unclosed [IPv6 bracket
+        raise _err(key, f"{show(url)} is not a URL") from None
+    if parts.scheme not in ("http", "https", "file") or (parts.scheme != "file" and not hostname):
+        raise _err(key, f"{show(url)} is not an http(s):// or file:// URL")
     return url.strip().rstrip("/")
 
 
@@ -100,7 +112,7 @@ def _channel(key: str, item: object) -> ChannelSpec:
     else:
         default_mirror = f"{DEFAULT_ORIGIN}/{name}"
     if not _CHANNEL_NAME.fullmatch(name) or ".." in name:
-        raise _err(f"{key}.name", f"{name!r} is not a usable channel name (letters, digits, . _ -)")
+        raise _err(f"{key}.name", f"{show(name)} is not a usable channel name (letters, digits, . _ -)")
     mirrors = item.get("mirrors")
     if mirrors is None:
         urls = (default_mirror,)
@@ -193,7 +205,7 @@ def parse_conda_section(raw: object, spec: object) -> CondaConfig | None:
         try:
             rattler.MatchSpec(s)
         except Exception as exc:  # rattler raises its own InvalidMatchSpecError
-            raise _err(f"conda.specs[{i}]", f"{s!r} is not a match spec ({str(exc).splitlines()[0]})") from None
+            raise _err(f"conda.specs[{i}]", f"{show(s)} is not a match spec ({show_text((str(exc).splitlines() or [type(exc).__name__])[0], 100)})") from None
 
     platforms = [str(p) for p in getattr(spec, "platforms", ()) or ()]
     subdirs_raw = raw.get("subdirs")
@@ -209,10 +221,12 @@ def parse_conda_section(raw: object, spec: object) -> CondaConfig | None:
             raise _err("conda.subdirs", "must be a non-empty list of conda subdirs")
         subdirs = []
         for i, s in enumerate(subdirs_raw):
+            if not isinstance(s, str):
+                raise _err(f"conda.subdirs[{i}]", f"{show(s)} is not a conda subdir name")
             if s == "noarch":
                 continue  # always mirrored
             if s not in KNOWN_SUBDIRS:
-                raise _err(f"conda.subdirs[{i}]", f"{s!r} is not a conda subdir ({', '.join(KNOWN_SUBDIRS)}, noarch)")
+                raise _err(f"conda.subdirs[{i}]", f"{show(s)} is not a conda subdir ({', '.join(KNOWN_SUBDIRS)}, noarch)")
             subdirs.append(s)
     subdirs = list(dict.fromkeys(subdirs))
 

@@ -1,44 +1,92 @@
-"""The mirror spec (``mirror/mirror.yaml``): what to mirror, validated with one-line errors.
+"""The mirror spec (``mirror/mirror.yaml``): what to mirror, as ONE typed, validated value.
 
-Pure: a dict in, a frozen :class:`MirrorSpec` out. Every error names the file and the
-key (``mirror/mirror.yaml: accelerators[1]: 'cu11' is not an accelerator``).
+:func:`load_spec` reads a bounded YAML file (:mod:`torchdepot.spec.bounds`) and :func:`parse_spec`
+turns the mapping into a frozen :class:`MirrorSpec`, the ``conda:`` section included, so a bad
+spec fails before anything is written. Every error is one line naming the file and the key
+(``mirror/mirror.yaml: accelerators[1]: 'cu11' is not an accelerator``). :meth:`MirrorSpec.to_data`
+is the inverse (stored in manifest.json); ``parse_spec(s.to_data()) == s``. :func:`with_overrides`
+replaces fields from the command line, validating only the changed ones with the same checks.
+
+Keys (all optional):
+
+``packages``        torch [+ torchvision, torchaudio], each with an optional PEP 440 constraint.
+``extra_packages``  other requirements mirrored with torch's closure (default: numpy).
+``accelerators``    cpu, cuXYZ, rocmX.Y, xpu (default: cpu).
+``pythons``         "3.11" ... or host (default: host). ``platforms``: linux-x86_64 ... or host.
+``targets``         extra {accelerator, python, platform[, torch]} targets (tools/fetch adds these).
+``channel``         :class:`Channel`: stable | test | nightly | variant | test/variant.
+``upstreams``       PyTorch index bases in failover order: URLs, or preset names from
+                    :data:`torchdepot.model.presets.UPSTREAM_PRESETS` (``ustc``, ``official`` ...),
+                    which become their base (``preset_for(base)`` gives the layout back).
+``out``             the mirror directory (relative: from the current directory).
+``on_hash_mismatch`` :class:`HashPolicy`: fail | warn. ``jobs``: 1..64 parallel downloads.
+``fsync``           fsync every file before publishing it.
+``keep``            retention: the newest N torch versions per target (default: keep all).
+``allow_hosts``     host names the mirror may download from beyond the default host policy.
+``exclude_newer``   a UTC time or date (``2026-06-01T00:00:00Z``): files uploaded later are ignored.
+``conda``           the conda section, see :mod:`torchdepot.spec.conda`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import enum
 import itertools
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 
-from torchdepot.model.accel import parse_accelerator
 from torchdepot.errors import ParseError, SpecError
-from torchdepot.model.targets import target_id
+from torchdepot.model.accel import parse_accelerator
 from torchdepot.model.platforms import host_platform, target_platform
+from torchdepot.model.presets import UPSTREAM_PRESETS
+from torchdepot.model.targets import target_id
+from torchdepot.spec.bounds import decode_text, load_yaml, quote_key, read_bounded, show
+from torchdepot.spec.conda import CondaConfig, parse_conda_section
+
+__all__ = ["Channel", "HashPolicy", "MirrorSpec", "PackageSpec", "PipTarget", "load_spec", "parse_spec",
+           "quote_key", "with_overrides"]
+
+
+class Channel(enum.StrEnum):
+    """Which PyTorch index tree: ``<upstream>/<prefix><variant>/``."""
+    STABLE = "stable"
+    TEST = "test"
+    NIGHTLY = "nightly"
+    VARIANT = "variant"  # PEP 817/825 variant wheels (issue 16)
+    TEST_VARIANT = "test/variant"
+
+    @property
+    def prerelease(self) -> bool:
+        return self is not Channel.STABLE and self is not Channel.VARIANT
+
+
+class HashPolicy(enum.StrEnum):
+    """What to do when upstream's sha256 disagrees with the bytes."""
+    FAIL = "fail"
+    WARN = "warn"
+
 
 TORCH_PROJECTS = ("torch", "torchvision", "torchaudio")
-CHANNELS = ("stable", "test", "nightly")
-POLICIES = ("fail", "warn")
-DEFAULT_UPSTREAM = "https://download.pytorch.org/whl"
+CHANNELS = tuple(c.value for c in Channel)
+POLICIES = tuple(p.value for p in HashPolicy)
+DEFAULT_UPSTREAM = UPSTREAM_PRESETS["official"].base
 DEFAULT_OUT = "mirror/out"
+MAX_KEEP = 1000
 KNOWN_KEYS = frozenset({
     "packages", "extra_packages", "accelerators", "pythons", "platforms", "channel", "out",
-    "upstreams", "on_hash_mismatch", "jobs", "conda", "targets", "fsync",
+    "upstreams", "on_hash_mismatch", "jobs", "conda", "targets", "fsync", "keep", "allow_hosts",
+    "exclude_newer",
 })
 _PYTHON = re.compile(r"3\.(\d{1,2})")
-_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.\-]+")
-
-
-def quote_key(name: object) -> str:
-    """A YAML key as it should appear in a one-line error: plain keys bare, odd ones quoted."""
-    text = str(name)
-    return text if _PLAIN_KEY.fullmatch(text) else repr(text)
+_HOST = re.compile(r"(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+_URL = re.compile(r"^(https?|file)://")
 
 
 @dataclass(frozen=True)
@@ -55,6 +103,10 @@ class PipTarget:
     id: str
     torch: str | None = None  # per-target torch constraint (tools/fetch --torch); None: the spec's
 
+    def to_data(self) -> dict:
+        return {"accelerator": self.accelerator, "python": self.python, "platform": self.platform,
+                **({"torch": self.torch} if self.torch else {})}
+
 
 @dataclass(frozen=True)
 class MirrorSpec:
@@ -63,15 +115,19 @@ class MirrorSpec:
     accelerators: tuple[str, ...] = ("cpu",)
     pythons: tuple[str, ...] = ()
     platforms: tuple[str, ...] = ()
-    channel: str = "stable"
+    channel: Channel = Channel.STABLE
     out: Path = Path(DEFAULT_OUT)
     upstreams: tuple[str, ...] = (DEFAULT_UPSTREAM,)
-    on_hash_mismatch: str = "fail"
+    on_hash_mismatch: HashPolicy = HashPolicy.FAIL
     jobs: int = 4
     fsync: bool = False  # fsync each file before publishing it (power-loss durability; slower)
-    conda: dict | None = None
-    raw: dict | None = None
+    # The validated conda section. Hand-built specs (tests) may still pass the raw mapping;
+    # parse_spec always stores a CondaConfig.
+    conda: CondaConfig | None = None
     extra_targets: tuple[PipTarget, ...] = ()  # `targets:` entries beyond the product (tools/fetch)
+    keep: int | None = None  # newest N torch versions per target; None keeps all
+    allow_hosts: tuple[str, ...] = ()  # extra download hosts beyond the default host policy
+    exclude_newer: dt.datetime | None = None  # UTC; files uploaded after it are ignored
 
     def targets(self) -> list[PipTarget]:
         """accelerators x pythons x platforms, then extra targets; one per id."""
@@ -86,6 +142,43 @@ class MirrorSpec:
     def package(self, name: str) -> PackageSpec | None:
         return next((p for p in self.packages if p.name == name), None)
 
+    def to_data(self) -> dict:
+        """The spec as plain YAML/JSON data (manifest.json's ``spec``); parses back to an equal spec.
+
+        Keys added after the first release appear only when set, so manifests of specs that
+        do not use them stay byte-identical.
+        """
+        data: dict = {
+            "packages": [p.name + (p.constraint or "") for p in self.packages],
+            "extra_packages": list(self.extra_packages),
+            "accelerators": list(self.accelerators),
+            "pythons": list(self.pythons),
+            "platforms": list(self.platforms),
+            "channel": str(self.channel),
+            "out": str(self.out),
+            "upstreams": list(self.upstreams),
+            "on_hash_mismatch": str(self.on_hash_mismatch),
+            "jobs": self.jobs,
+        }
+        if self.fsync:
+            data["fsync"] = True
+        if self.conda is not None:
+            data["conda"] = self.conda.to_data() if isinstance(self.conda, CondaConfig) else dict(self.conda)
+        if self.extra_targets:
+            data["targets"] = [t.to_data() for t in self.extra_targets]
+        if self.keep is not None:
+            data["keep"] = self.keep
+        if self.allow_hosts:
+            data["allow_hosts"] = list(self.allow_hosts)
+        if self.exclude_newer is not None:
+            data["exclude_newer"] = format_utc(self.exclude_newer)
+        return data
+
+
+def format_utc(when: dt.datetime) -> str:
+    """``2026-06-01T00:00:00Z``: the form uv's ``--exclude-newer`` and PEP 700 use."""
+    return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
 
 def _first(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -96,26 +189,21 @@ def host_python() -> str:
 
 
 def load_spec(path: Path | str) -> MirrorSpec:
-    """Read and validate a YAML spec. Relative ``out`` is taken from the current directory."""
+    """Read and validate a YAML spec (bounded: size, encoding, aliases, depth, number length).
+
+    Relative ``out`` is taken from the current directory. Raises only :class:`SpecError`.
+    """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read spec ({exc.strerror or exc})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SpecError(f"{path}: invalid YAML{where}: {problem}") from None
+    text = decode_text(read_bounded(path), str(path))
+    data = load_yaml(text, str(path))
     if data is None:
         data = {}
     return parse_spec(data, str(path))
 
 
-def _list(data: dict, key: str, where: str, default: list) -> list:
-    value = data.get(key, default)
+# -- one validator per key: (raw value, where) -> typed value ----------------------------------
+
+def _list(value: object, key: str, where: str, default: list) -> list:
     if value is None:
         value = default
     if isinstance(value, (str, int, float)):
@@ -125,23 +213,27 @@ def _list(data: dict, key: str, where: str, default: list) -> list:
     return value
 
 
+def _dedup(seq) -> tuple:
+    return tuple(dict.fromkeys(seq))
+
+
 def _constraint(text: str, where: str) -> str:
     """A validated version constraint; a bare version ("2.5.1") means exactly that release."""
     if text[:1].isdigit():
         text = "==" + text
     try:
         SpecifierSet(text)
-    except InvalidSpecifier:
-        raise SpecError(f"{where}: {text!r} is not a version constraint") from None
+    except (InvalidSpecifier, ValueError):
+        raise SpecError(f"{where}: {show(text)} is not a version constraint") from None
     return text
 
 
-def _packages(data: dict, where: str) -> tuple[PackageSpec, ...]:
-    raw = data.get("packages", ["torch"])
+def _packages(raw: object, where: str) -> tuple[PackageSpec, ...]:
     items: list[tuple[str, str, str | None]] = []  # (key, name, constraint)
     if isinstance(raw, dict):
         for name, constraint in raw.items():
-            items.append((f"packages.{quote_key(name)}", str(name), None if constraint in (None, "", "*") else str(constraint)))
+            items.append((f"packages.{quote_key(name)}", str(name),
+                          None if constraint in (None, "", "*") else str(constraint)))
     elif isinstance(raw, list):
         for i, entry in enumerate(raw):
             key = f"packages[{i}]"
@@ -153,10 +245,10 @@ def _packages(data: dict, where: str) -> tuple[PackageSpec, ...]:
             elif isinstance(entry, str):
                 try:
                     req = Requirement(entry)
-                except InvalidRequirement as exc:
-                    raise SpecError(f"{where}: {key}: {entry!r} is not a requirement ({_first(exc)})") from None
+                except (InvalidRequirement, ValueError) as exc:
+                    raise SpecError(f"{where}: {key}: {show(entry)} is not a requirement ({_first(exc)})") from None
                 if req.url or req.extras or req.marker:
-                    raise SpecError(f"{where}: {key}: {entry!r}: only a name and a version constraint are allowed")
+                    raise SpecError(f"{where}: {key}: {show(entry)}: only a name and a version constraint are allowed")
                 items.append((key, req.name, str(req.specifier) or None))
             else:
                 raise SpecError(f"{where}: {key}: expected a string like 'torch>=2.5' or a mapping")
@@ -166,7 +258,7 @@ def _packages(data: dict, where: str) -> tuple[PackageSpec, ...]:
     for key, name, constraint in items:
         canon = canonicalize_name(name)
         if canon not in TORCH_PROJECTS:
-            raise SpecError(f"{where}: {key}: {name!r} is not one of {', '.join(TORCH_PROJECTS)} "
+            raise SpecError(f"{where}: {key}: {show(name)} is not one of {', '.join(TORCH_PROJECTS)} "
                             "(put other requirements in extra_packages)")
         if constraint is not None:
             constraint = _constraint(constraint, f"{where}: {key}")
@@ -176,6 +268,16 @@ def _packages(data: dict, where: str) -> tuple[PackageSpec, ...]:
     if "torch" not in out:
         raise SpecError(f"{where}: packages: must include torch")
     return tuple(out[n] for n in TORCH_PROJECTS if n in out)
+
+
+def _extras(raw: object, where: str) -> tuple[str, ...]:
+    extras = []
+    for i, entry in enumerate(_list(raw, "extra_packages", where, ["numpy"])):
+        try:
+            extras.append(str(Requirement(str(entry))))
+        except (InvalidRequirement, ValueError) as exc:
+            raise SpecError(f"{where}: extra_packages[{i}]: {show(entry)} is not a requirement ({_first(exc)})") from None
+    return _dedup(extras)
 
 
 def _check_combination(acc: str, platform: str, where: str) -> None:
@@ -189,44 +291,46 @@ def _check_combination(acc: str, platform: str, where: str) -> None:
         raise SpecError(f"{where}: {acc!r} is impossible on {platform} (XPU wheels: linux-x86_64, windows-amd64)")
 
 
-def _python(entry, where: str) -> str:
+def _python(entry: object, where: str) -> str:
     if isinstance(entry, float):  # YAML reads 3.10 as 3.1: insist on quoting
         raise SpecError(f"{where}: write Python versions as strings ('{entry}' reads as the number {entry!r}; quote it)")
-    text = str(entry).strip()
+    text = str(entry).strip() if isinstance(entry, (str, int)) and not isinstance(entry, bool) else ""
     if text == "host":
         text = host_python()
     m = _PYTHON.fullmatch(text)
     if not m or not (6 <= int(m.group(1)) <= 20):
-        raise SpecError(f"{where}: {entry!r} is not a Python version like '3.11' (or 'host')")
+        raise SpecError(f"{where}: {show(entry)} is not a Python version like '3.11' (or 'host')")
     return text
 
 
-def _platform(entry, where: str) -> str:
-    text = str(entry).strip()
+def _platform(entry: object, where: str) -> str:
+    text = str(entry).strip() if isinstance(entry, str) else ""
     if text == "host":
         text = host_platform()
     try:
         return target_platform(text).name
-    except ParseError as exc:
-        raise SpecError(f"{where}: {exc}") from None
+    except (ParseError, ValueError):
+        raise SpecError(f"{where}: unknown platform {show(entry)} (linux-x86_64, linux-aarch64, "
+                        "windows-amd64, macos-arm64, macos-x86_64 or host)") from None
 
 
-def _accelerator(entry, where: str) -> str:
+def _accelerator(entry: object, where: str) -> str:
+    text = entry if isinstance(entry, str) else ""
     try:
-        acc = parse_accelerator(str(entry))
-    except ParseError:
+        acc = parse_accelerator(text) if len(text) <= 40 else None
+    except (ParseError, ValueError):  # ValueError: int() of a huge version number
         acc = None
     if acc is None or (acc.kind == "cuda" and acc.version[0] < 7):  # PyTorch's oldest CUDA build: cu75
-        raise SpecError(f"{where}: {entry!r} is not an accelerator (cpu, cuXYZ, rocmX.Y, xpu)") from None
+        raise SpecError(f"{where}: {show(entry)} is not an accelerator (cpu, cuXYZ, rocmX.Y, xpu)") from None
     if acc.flags:
-        raise SpecError(f"{where}: {entry!r} is a frozen legacy variant; name cpu, cuXYZ, rocmX.Y or xpu")
+        raise SpecError(f"{where}: {show(entry)} is a frozen legacy variant; name cpu, cuXYZ, rocmX.Y or xpu")
     return acc.name
 
 
-def _target(entry, where: str) -> PipTarget:
+def _target(entry: object, where: str) -> PipTarget:
     if not isinstance(entry, dict):
         raise SpecError(f"{where}: expected a mapping with accelerator, python, platform")
-    extra = sorted(set(entry) - {"accelerator", "python", "platform", "torch"})
+    extra = sorted((str(k) for k in set(entry) - {"accelerator", "python", "platform", "torch"}))
     if extra:
         raise SpecError(f"{where}: {quote_key(extra[0])}: unknown key (known: accelerator, python, platform, torch)")
     acc = _accelerator(entry.get("accelerator", "cpu"), f"{where}.accelerator")
@@ -239,119 +343,176 @@ def _target(entry, where: str) -> PipTarget:
     return PipTarget(acc, py, plat, target_id(acc, py, plat), torch)
 
 
-def parse_spec(data: dict, where: str = "mirror spec") -> MirrorSpec:
+def _targets(raw: object, where: str) -> tuple[PipTarget, ...]:
+    raw = raw or []
+    if not isinstance(raw, list):
+        raise SpecError(f"{where}: targets: expected a list of {{accelerator, python, platform[, torch]}} mappings")
+    return tuple(_target(entry, f"{where}: targets[{i}]") for i, entry in enumerate(raw))
+
+
+def _channel(raw: object, where: str) -> Channel:
+    try:
+        return Channel(raw or "stable")
+    except (ValueError, TypeError):
+        raise SpecError(f"{where}: channel: {show(raw)} is not one of {', '.join(CHANNELS)}") from None
+
+
+def _upstream(entry: object, where: str) -> str:
+    """A URL, or a preset name (``ustc``) -> the preset's base URL."""
+    text = entry.strip() if isinstance(entry, str) else ""
+    preset = UPSTREAM_PRESETS.get(text.lower())
+    if preset is not None:
+        return preset.base.rstrip("/")
+    text = text.rstrip("/")
+    if not _URL.match(text) or any(c.isspace() or ord(c) < 32 for c in text):
+        raise SpecError(f"{where}: {show(entry)} is not an http(s):// or file:// URL "
+                        f"nor a preset ({', '.join(sorted(UPSTREAM_PRESETS))})")
+    return text
+
+
+def _upstreams(raw: object, where: str) -> tuple[str, ...]:
+    out = _dedup(_upstream(e, f"{where}: upstreams[{i}]")
+                 for i, e in enumerate(_list(raw, "upstreams", where, [DEFAULT_UPSTREAM])))
+    if not out:
+        raise SpecError(f"{where}: upstreams: must name at least one PyTorch index base")
+    return out
+
+
+def _policy(raw: object, where: str) -> HashPolicy:
+    try:
+        return HashPolicy(raw or "fail")
+    except (ValueError, TypeError):
+        raise SpecError(f"{where}: on_hash_mismatch: {show(raw)} is not one of {', '.join(POLICIES)}") from None
+
+
+def _jobs(raw: object, where: str) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= 64:
+        raise SpecError(f"{where}: jobs: {show(raw)} is not a whole number from 1 to 64")
+    return raw
+
+
+def _fsync(raw: object, where: str) -> bool:
+    if not isinstance(raw, bool):
+        raise SpecError(f"{where}: fsync: {show(raw)} is not true or false")
+    return raw
+
+
+def _out(raw: object, where: str) -> Path:
+    raw = raw or DEFAULT_OUT
+    if not isinstance(raw, str) or "\x00" in raw:
+        raise SpecError(f"{where}: out: expected a path string")
+    return Path(raw)
+
+
+def _keep(raw: object, where: str) -> int | None:
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= MAX_KEEP:
+        raise SpecError(f"{where}: keep: {show(raw)} is not a whole number from 1 to {MAX_KEEP} "
+                        "(leave it out to keep every version)")
+    return raw
+
+
+def _allow_hosts(raw: object, where: str) -> tuple[str, ...]:
+    hosts = []
+    for i, entry in enumerate(_list(raw, "allow_hosts", where, [])):
+        text = entry.strip().rstrip(".").lower() if isinstance(entry, str) else ""
+        if not _HOST.fullmatch(text):
+            raise SpecError(f"{where}: allow_hosts[{i}]: {show(entry)} is not a host name (like mirror.example.org)")
+        hosts.append(text)
+    return _dedup(hosts)
+
+
+def _exclude_newer(raw: object, where: str) -> dt.datetime | None:
+    if raw is None:
+        return None
+    when: dt.datetime | None = None
+    if isinstance(raw, dt.datetime):
+        when = raw
+    elif isinstance(raw, dt.date):
+        when = dt.datetime(raw.year, raw.month, raw.day, tzinfo=dt.timezone.utc)
+    elif isinstance(raw, str) and len(raw) <= 40:
+        try:
+            when = dt.datetime.fromisoformat(raw.strip())
+        except ValueError:
+            when = None
+        if when is not None and len(raw.strip()) == 10:  # a bare date: midnight UTC
+            when = when.replace(tzinfo=dt.timezone.utc)
+    if when is None:
+        raise SpecError(f"{where}: exclude_newer: {show(raw)} is not a date or time like 2026-06-01T00:00:00Z")
+    if when.tzinfo is None:
+        raise SpecError(f"{where}: exclude_newer: {show(raw)} has no time zone; add Z for UTC")
+    return when.astimezone(dt.timezone.utc)
+
+
+# key -> (MirrorSpec field, validator); the conda section and the target product are cross-key.
+_FIELDS = {
+    "packages": ("packages", lambda raw, where: _packages(["torch"] if raw is None else raw, where)),
+    "extra_packages": ("extra_packages", _extras),
+    "channel": ("channel", _channel),
+    "out": ("out", _out),
+    "upstreams": ("upstreams", _upstreams),
+    "on_hash_mismatch": ("on_hash_mismatch", _policy),
+    "jobs": ("jobs", lambda raw, where: _jobs(4 if raw is None else raw, where)),
+    "fsync": ("fsync", lambda raw, where: _fsync(False if raw is None else raw, where)),
+    "targets": ("extra_targets", _targets),
+    "keep": ("keep", _keep),
+    "allow_hosts": ("allow_hosts", _allow_hosts),
+    "exclude_newer": ("exclude_newer", _exclude_newer),
+}
+
+
+def parse_spec(data: object, where: str = "mirror spec") -> MirrorSpec:
+    """Validate a spec mapping (as YAML gives it) into a :class:`MirrorSpec`; SpecError otherwise."""
     if not isinstance(data, dict):
         raise SpecError(f"{where}: expected a mapping at the top level, got {type(data).__name__}")
     unknown = sorted(str(k) for k in data if k not in KNOWN_KEYS)
     if unknown:
         raise SpecError(f"{where}: {quote_key(unknown[0])}: unknown key (known: {', '.join(sorted(KNOWN_KEYS))})")
-    packages = _packages(data, where)
+    fields = {field: check(data.get(key), where) for key, (field, check) in _FIELDS.items()}
 
-    extras = []
-    for i, entry in enumerate(_list(data, "extra_packages", where, ["numpy"])):
-        try:
-            extras.append(str(Requirement(str(entry))))
-        except InvalidRequirement as exc:
-            raise SpecError(f"{where}: extra_packages[{i}]: {entry!r} is not a requirement ({_first(exc)})") from None
-
-    accs = [_accelerator(e, f"{where}: accelerators[{i}]")
-            for i, e in enumerate(_list(data, "accelerators", where, ["cpu"]))]
+    accs = _dedup(_accelerator(e, f"{where}: accelerators[{i}]")
+                  for i, e in enumerate(_list(data.get("accelerators"), "accelerators", where, ["cpu"])))
     if not accs:
         raise SpecError(f"{where}: accelerators: must name at least one")
-
-    pythons = [_python(e, f"{where}: pythons[{i}]") for i, e in enumerate(_list(data, "pythons", where, ["host"]))]
+    pythons = _dedup(_python(e, f"{where}: pythons[{i}]")
+                     for i, e in enumerate(_list(data.get("pythons"), "pythons", where, ["host"])))
     if not pythons:
         raise SpecError(f"{where}: pythons: must name at least one")
-
-    platforms = [_platform(e, f"{where}: platforms[{i}]") for i, e in enumerate(_list(data, "platforms", where, ["host"]))]
+    platforms = _dedup(_platform(e, f"{where}: platforms[{i}]")
+                       for i, e in enumerate(_list(data.get("platforms"), "platforms", where, ["host"])))
     if not platforms:
         raise SpecError(f"{where}: platforms: must name at least one")
     for acc in accs:
         for plat in platforms:
             _check_combination(acc, plat, f"{where}: accelerators")
 
-    channel = str(data.get("channel") or "stable")
-    if channel not in CHANNELS:
-        raise SpecError(f"{where}: channel: {channel!r} is not one of {', '.join(CHANNELS)}")
-
-    upstreams = []
-    for i, entry in enumerate(_list(data, "upstreams", where, [DEFAULT_UPSTREAM])):
-        text = str(entry).strip().rstrip("/")
-        if not re.match(r"^(https?|file)://", text):
-            raise SpecError(f"{where}: upstreams[{i}]: {entry!r} is not an http(s):// or file:// URL")
-        upstreams.append(text)
-    if not upstreams:
-        raise SpecError(f"{where}: upstreams: must name at least one PyTorch index base")
-
-    policy = str(data.get("on_hash_mismatch") or "fail")
-    if policy not in POLICIES:
-        raise SpecError(f"{where}: on_hash_mismatch: {policy!r} is not one of fail, warn")
-
-    jobs = data.get("jobs", 4)
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= 64:
-        raise SpecError(f"{where}: jobs: {jobs!r} is not a whole number from 1 to 64")
-
-    fsync = data.get("fsync", False)
-    if not isinstance(fsync, bool):
-        raise SpecError(f"{where}: fsync: {fsync!r} is not true or false")
-
-    out = data.get("out") or DEFAULT_OUT
-    if not isinstance(out, str):
-        raise SpecError(f"{where}: out: expected a path string")
-
+    spec = MirrorSpec(accelerators=accs, pythons=pythons, platforms=platforms, **fields)
     conda = data.get("conda")
-    if conda is not None and not isinstance(conda, dict):
+    if conda is None:
+        return spec
+    if not isinstance(conda, dict):
         raise SpecError(f"{where}: conda: expected a mapping (or leave it out)")
-
-    extra_targets: list[PipTarget] = []
-    raw_targets = data.get("targets") or []
-    if not isinstance(raw_targets, list):
-        raise SpecError(f"{where}: targets: expected a list of {{accelerator, python, platform[, torch]}} mappings")
-    for i, entry in enumerate(raw_targets):
-        extra_targets.append(_target(entry, f"{where}: targets[{i}]"))
-
-    def dedup(seq):
-        return tuple(dict.fromkeys(seq))
-
-    raw = {
-        "packages": [p.name + (p.constraint or "") for p in packages],
-        "extra_packages": list(dedup(extras)),
-        "accelerators": list(dedup(accs)),
-        "pythons": list(dedup(pythons)),
-        "platforms": list(dedup(platforms)),
-        "channel": channel,
-        "out": out,
-        "upstreams": list(dedup(upstreams)),
-        "on_hash_mismatch": policy,
-        "jobs": jobs,
-    }
-    if fsync:  # only when set, so existing manifests stay byte-identical
-        raw["fsync"] = True
-    if conda is not None:
-        raw["conda"] = conda
-    if extra_targets:
-        raw["targets"] = [{"accelerator": t.accelerator, "python": t.python, "platform": t.platform,
-                           **({"torch": t.torch} if t.torch else {})} for t in extra_targets]
-    return MirrorSpec(
-        packages=packages,
-        extra_packages=dedup(extras),
-        accelerators=dedup(accs),
-        pythons=dedup(pythons),
-        platforms=dedup(platforms),
-        channel=channel,
-        out=Path(out),
-        upstreams=dedup(upstreams),
-        on_hash_mismatch=policy,
-        jobs=jobs,
-        fsync=fsync,
-        conda=conda,
-        raw=raw,
-        extra_targets=tuple(extra_targets),
-    )
+    try:
+        config = parse_conda_section(conda, spec)
+    except SpecError as exc:
+        raise SpecError(f"{where}: {exc}") from None
+    return dataclasses.replace(spec, conda=config)
 
 
-def with_overrides(spec: MirrorSpec, **changes) -> MirrorSpec:
-    """A copy of ``spec`` with raw keys replaced, re-validated (CLI flags, tools/fetch)."""
-    raw = dict(spec.raw or {})
-    raw.update({k: v for k, v in changes.items() if v is not None})
-    return parse_spec(raw, "command line")
+def with_overrides(spec: MirrorSpec, **changes: object) -> MirrorSpec:
+    """A copy of ``spec`` with keys replaced from the command line (``None`` = not given).
+
+    Each value is validated by its key's own check (``jobs=0`` fails as the spec would);
+    ``targets`` replaces the extra targets and is given as spec data (tools/fetch).
+    """
+    unknown = sorted(k for k in changes if k not in _FIELDS)
+    if unknown:
+        raise TypeError(f"with_overrides: not an overridable key: {unknown[0]}")
+    replaced = {}
+    for key, value in changes.items():
+        if value is None:
+            continue
+        field, check = _FIELDS[key]
+        replaced[field] = check(value, "command line")
+    return dataclasses.replace(spec, **replaced) if replaced else spec
