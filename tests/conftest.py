@@ -15,11 +15,16 @@ DATA = SHARED / "data"
 
 NO_SKIP = os.environ.get("TORCHDEPOT_NO_SKIP") == "1" or os.environ.get("CI", "").lower() in ("1", "true")
 
-# CI explores a fixed, reproducible set of examples (a failure there is a regression, not a
-# new random draw); developers' runs stay randomized and keep finding new counterexamples.
-settings.register_profile("ci", derandomize=True, print_blob=True)
-if NO_SKIP:
-    settings.load_profile("ci")
+# Two hypothesis profiles. `dev` (the default) keeps a local run fast and randomized, so it
+# keeps finding new counterexamples; `ci` runs the full 2,000 examples per property over a
+# fixed, reproducible set (a failure there is a regression, not a new random draw).
+# Property tests that want "the full count" leave max_examples to the profile; a test that
+# sets its own max_examples keeps it under both. HYPOTHESIS_PROFILE=ci runs CI's set locally.
+DEV_EXAMPLES = 200
+CI_EXAMPLES = 2000
+settings.register_profile("dev", max_examples=DEV_EXAMPLES)
+settings.register_profile("ci", max_examples=CI_EXAMPLES, derandomize=True, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if NO_SKIP else "dev"))
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -1,5 +1,8 @@
 """Property tests: the parsers take arbitrary text/bytes and only ever raise torchdepot's
-own errors; wheel filenames built from valid parts round-trip."""
+own errors; wheel filenames built from valid parts round-trip.
+
+The example count comes from the hypothesis profile (tests/conftest.py): 200 in `dev`, the
+full 2,000 under CI. The repodata property runs against the live parser (sources.repodata)."""
 
 from __future__ import annotations
 
@@ -10,19 +13,30 @@ from hypothesis import strategies as st
 
 from torchdepot.model.accel import accelerator_from_dir, accelerator_from_local, parse_accelerator
 from torchdepot.model.condabuild import (parse_build_string, record_from_repodata, split_conda_filename)
-from torchdepot.errors import ParseError, TorchdepotError
+from torchdepot.errors import TorchdepotError
 from torchdepot.sources.findlinks import parse_findlinks
 from torchdepot.sources.links import Page
 from torchdepot.sources.pep503 import parse_html
 from torchdepot.sources.pep691 import parse_json
-from torchdepot.sources.repodata import parse_repodata
+from torchdepot.sources.repodata import RepodataError, parse_repodata
 from torchdepot.model.wheelname import parse_wheel
 
-MANY = settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# max_examples is left to the loaded profile (dev: fast; ci: 2,000).
+MANY = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Text biased toward the characters these formats are made of, so examples get deep.
 ALPHABET = st.sampled_from(list("torchcu118rocm6.2xpupy3_-+%2B/.:#=whlcondatar.bz2hmanylinux_2_28x86_64<>\"' &;") + ["\x00", "é", "\n"])
 textish = st.one_of(st.text(), st.text(alphabet=ALPHABET, max_size=80))
+
+
+def test_example_count_comes_from_the_profile():
+    """CI (or HYPOTHESIS_PROFILE=ci) runs the full 2,000 examples; the dev profile fewer."""
+    import os
+
+    from tests.conftest import CI_EXAMPLES, DEV_EXAMPLES, NO_SKIP
+
+    ci = (os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if NO_SKIP else "dev")) == "ci"
+    assert settings().max_examples == (CI_EXAMPLES if ci else DEV_EXAMPLES) and DEV_EXAMPLES < CI_EXAMPLES == 2000
 
 
 def _only_ours(fn, *args):
@@ -113,11 +127,14 @@ record = st.fixed_dictionaries({}, optional={
 ))
 def test_parse_repodata_total(body):
     try:
-        rd = parse_repodata(body, "ch", "linux-64")
-    except ParseError:
+        rd = parse_repodata(body, "ch", "linux-64", "ch/linux-64")
+    except RepodataError as exc:
+        assert str(exc).startswith("ch/linux-64: ") and "\n" not in str(exc)
         return
-    for r in rd.records:
+    for filename, r in rd.records.items():
         assert isinstance(r.build_number, int)
+        assert r.filename == filename and "/" not in filename and ".." not in filename
+        assert r.channel == "ch" and r.subdir == "linux-64"
     for fn in ("pytorch-2.0.0-py3.10_cuda11.8_cudnn8.7.0_0.tar.bz2", "x"):
         _only_ours(record_from_repodata, "ch", "linux-64", fn, {"name": "pytorch"})
 

@@ -1,5 +1,6 @@
 """Conda side of the foundation on real data: the pytorch channel's repodata (served over
-HTTP, plain and .zst), lock files and the conda URL list."""
+HTTP, plain and .zst, through the live fetcher and its cache), lock files and the conda URL
+list. The parser is the live one (sources.repodata); the fetcher is sources.channel."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import pytest
 import zstandard
 
 from tests.httpserver import Server
+from torchdepot.errors import UpstreamError
 from torchdepot.model.condabuild import (package_accelerator, parse_build_string, split_conda_filename)
 from torchdepot.net.http import make_session
-from torchdepot.sources.repodata import fetch_repodata, parse_repodata
+from torchdepot.sources.channel import RepodataCache, fetch_repodata
+from torchdepot.sources.repodata import RepodataError, parse_repodata
 
 REPODATA = "conda/repodata/pytorch_channel_linux-64_repodata.json"
 
@@ -53,18 +56,34 @@ def channel(data_dir, tmp_path_factory):
         yield srv
 
 
-def test_repodata_over_http_zst_and_plain(channel):
+def test_repodata_over_http_zst_and_plain(channel, tmp_path):
+    cache = RepodataCache(tmp_path / "cache")
     with make_session() as client:
-        z = fetch_repodata(client, channel.url + "/pytorch", "linux-64")
-        p = fetch_repodata(client, channel.url + "/plain", "linux-64")
-    assert z.source_url.endswith("repodata.json.zst") and p.source_url.endswith("repodata.json")
-    assert len(z.records) == len(p.records) == 2181
-    assert not z.warnings and not p.warnings
-    assert z.records[0].channel == "pytorch" and z.records[0].subdir == "linux-64"
+        z = fetch_repodata(client, "pytorch", (channel.url + "/pytorch",), "linux-64", cache)
+        p = fetch_repodata(client, "plain", (channel.url + "/plain/",), "linux-64", cache)
+        # unchanged upstream: answered from the cache (304 on If-Modified-Since), not downloaded again
+        again = fetch_repodata(client, "pytorch", (channel.url + "/pytorch",), "linux-64", cache)
+    assert z.url.endswith("repodata.json.zst") and p.url.endswith("/plain/linux-64/repodata.json")
+    assert not z.from_cache and not p.from_cache and again.from_cache and again.path == z.path
+    zr = parse_repodata(z.path.read_bytes(), "pytorch", "linux-64", z.url)
+    pr = parse_repodata(p.path.read_bytes(), "pytorch", "linux-64", p.url)
+    assert len(zr.records) == len(pr.records) == 2181 and zr.records == pr.records
+    first = next(iter(zr.records.values()))
+    assert first.channel == "pytorch" and first.subdir == "linux-64"
+
+
+def test_failover_to_the_next_mirror(channel, tmp_path):
+    with make_session() as client:
+        got = fetch_repodata(client, "pytorch", (channel.url + "/absent", channel.url + "/plain"), "linux-64",
+                             RepodataCache(tmp_path))
+    assert got.base_url == channel.url + "/plain"
+    with make_session() as client, pytest.raises(UpstreamError, match="no mirror served repodata") as err:
+        fetch_repodata(client, "pytorch", (channel.url + "/absent",), "linux-64", RepodataCache(tmp_path))
+    assert "\n" not in str(err.value) and "/absent/linux-64/repodata.json" in str(err.value)
 
 
 def test_every_pytorch_record_maps_to_its_build(data_dir):
-    rd = parse_repodata((data_dir / REPODATA).read_bytes(), "pytorch", "linux-64")
+    rd = parse_repodata((data_dir / REPODATA).read_bytes(), "pytorch", "linux-64", REPODATA)
     pytorch = rd.by_name("pytorch")
     assert len(pytorch) > 250
     counts = collections.Counter()
@@ -77,17 +96,22 @@ def test_every_pytorch_record_maps_to_its_build(data_dir):
     assert counts["cpu"] > 0 and counts["cu118"] > 0 and counts["cu92"] > 0
 
 
-def test_bad_records_are_counted_not_fatal(data_dir):
+@pytest.mark.parametrize("filename,record", [
+    ("evil-1.0-0.tar.bz2", {"name": "other", "version": "1.0", "build": "0"}),
+    ("../escape-1.0-0.tar.bz2", {"name": "escape", "version": "1.0", "build": "0"}),
+    (None, "not an object"),
+])
+def test_one_bad_record_among_real_ones_stops_with_one_line(data_dir, filename, record):
+    """The live parser refuses the whole subdir (before anything is written), naming the record."""
     import json
 
     data = json.loads((data_dir / REPODATA).read_bytes())
-    name = next(iter(data["packages"]))
-    data["packages"]["evil-1.0-0.tar.bz2"] = {"name": "other", "version": "1.0", "build": "0"}
-    data["packages"]["../escape-1.0-0.tar.bz2"] = {"name": "escape", "version": "1.0", "build": "0"}
-    data["packages"][name] = "not an object"
-    rd = parse_repodata(json.dumps(data).encode(), "pytorch", "linux-64")
-    assert rd.warnings["unusable repodata record"] == 3
-    assert len(rd.records) == 2180
+    filename = filename or next(iter(data["packages"]))
+    data["packages"][filename] = record
+    with pytest.raises(RepodataError) as err:
+        parse_repodata(json.dumps(data).encode(), "pytorch", "linux-64", "pytorch/linux-64")
+    msg = str(err.value)
+    assert msg.startswith("pytorch/linux-64: ") and "\n" not in msg and repr(filename) in msg, msg
 
 
 def _conda_urls(text: str) -> list[str]:
@@ -112,17 +136,13 @@ def test_lockfiles_and_url_list(data_dir):
     assert seen[("pytorch-cuda", True)] > 0 and seen[("torchvision", True)] > 0
 
 
-def test_corrupt_zst_falls_back_and_warns_once(data_dir, tmp_path):
-    import json
-
-    data = json.loads((data_dir / REPODATA).read_bytes())
-    data["packages"]["../evil-1.0-0.tar.bz2"] = {"name": "evil", "version": "1.0", "build": "0"}
+def test_corrupt_zst_is_a_one_line_upstream_error(data_dir, tmp_path):
     d = tmp_path / "ch" / "linux-64"
     d.mkdir(parents=True)
-    (d / "repodata.json").write_text(json.dumps(data))
+    shutil.copyfile(data_dir / REPODATA, d / "repodata.json")
     (d / "repodata.json.zst").write_bytes(b"\x28\xb5\x2f\xfdgarbage")
-    said: list[str] = []
-    with Server(tmp_path) as srv, make_session() as client:
-        rd = fetch_repodata(client, srv.url + "/ch", "linux-64", warn=said.append)
-    assert rd.source_url.endswith("/repodata.json") and len(rd.records) == 2181
-    assert said == [f"{srv.url}/ch/linux-64/repodata.json: skipped 1 entries (1 unusable repodata record)"]
+    with Server(tmp_path) as srv, make_session() as client, pytest.raises(UpstreamError) as err:
+        fetch_repodata(client, "ch", (srv.url + "/ch",), "linux-64", RepodataCache(tmp_path / "cache"))
+    msg = str(err.value)
+    assert msg.startswith(f"{srv.url}/ch/linux-64/repodata.json.zst: not a valid zstd stream") and "\n" not in msg
+    assert not (tmp_path / "cache" / "ch" / "linux-64" / "repodata.json").exists()
