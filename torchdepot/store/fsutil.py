@@ -15,6 +15,7 @@ import urllib.parse
 from pathlib import Path
 
 from torchdepot.errors import LockedError, UnsafePathError
+from torchdepot.store.layout import LOCK_FILE, atomic_temp_affixes
 from torchdepot.model.names import safe_filename  # noqa: F401  (the store's callers use it from here)
 
 
@@ -32,7 +33,8 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` so a crash leaves the old file or the new one, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    prefix, suffix = atomic_temp_affixes(path.name)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -85,7 +87,7 @@ class MirrorLock:
     """
 
     def __init__(self, root: Path, wait: float | None = None):
-        self.path = Path(root) / ".torchdepot.lock"
+        self.path = Path(root) / LOCK_FILE
         self.wait = wait
         self.fd: int | None = None
 

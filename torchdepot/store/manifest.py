@@ -12,7 +12,7 @@ Layout of a mirror root (``<out>``)::
     index.html                             landing page
     .torchdepot/                           state: hashes.json, partial/, .torchdepot.lock
 
-A target id is ``<accelerator>-py<XY>-<platform>`` (``cpu-py311-linux-x86_64``), the
+Every name above is defined once in :mod:`torchdepot.store.layout`. A target id is ``<accelerator>-py<XY>-<platform>`` (``cpu-py311-linux-x86_64``), the
 same name as the ``envs/`` lock folder. All paths are POSIX, relative to the root; all
 lists are sorted so equal inputs give byte-identical manifests.
 """
@@ -26,10 +26,10 @@ from pathlib import Path
 from torchdepot.model.targets import target_id  # noqa: F401  (re-exported: manifest callers)
 from torchdepot.errors import TorchdepotError
 from torchdepot.store.fsutil import atomic_write_text, safe_join
+from torchdepot.store.layout import MANIFEST_NAME  # noqa: F401  (re-exported)
 
 FORMAT = "torchdepot-manifest"
 VERSION = 1
-MANIFEST_NAME = "manifest.json"
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,15 @@ looks for what a crash or a hand edit leaves behind:
   through :class:`~torchdepot.fetch.Fetcher` (temp + hash + rename), or, for PEP 658
   ``.metadata`` files, rewritten from their wheel;
 - ``orphan``: a package file under ``packages/`` or ``conda/`` the manifest does not list;
+- ``unknown``: an entry at the root that is not part of a mirror's layout;
 - ``partial``: a leftover download in ``.torchdepot/partial/``;
 - ``temp``: a leftover temporary file or index build from an interrupted write;
+- ``staging``: the staging dir of a killed unbundle or repair (``.torchdepot/stage-*``);
 - ``dangling-link``: an index page under ``whl/`` linking to a file that is not in the
   manifest, whose ``#sha256`` disagrees with it, or that points outside the mirror.
+
+Every name is recognised with the predicates of :mod:`torchdepot.store.layout`, the same
+module the writers build them with.
 
 ``repair=True`` fixes the first four kinds; a dangling link is fixed by the next sync
 (the index is rebuilt from the manifest), so it stays a problem here.
@@ -22,30 +27,33 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import urllib.parse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 from torchdepot.store import manifest as mf
 from torchdepot.errors import TorchdepotError, UnsafePathError
-from torchdepot.fetch import STATE_DIR, Fetcher, FetchItem, HashCache, hash_present
+from torchdepot.fetch import Fetcher, FetchItem, HashCache, hash_present
+from torchdepot.store import layout as L
 from torchdepot.store.fsutil import MirrorLock
 from torchdepot.net.http import file_url_path
 
-PACKAGE_DIRS = ("packages", "conda")
-# Channel index files a conda publisher writes next to packages; never orphans.
-CONDA_INDEX_FILES = re.compile(
-    r"(current_)?repodata(_from_packages)?\.json(\.zst|\.bz2|\.jlap)?|channeldata\.json|index\.html|\.?run_exports\.json(\.zst)?"
-)
-_ATOMIC_TMP = re.compile(r"\..+\.[A-Za-z0-9_]+\.tmp")  # fsutil.atomic_write_bytes' temp names
-_BUILD_TMP = re.compile(r"\..+\.tmp-\d+")  # publish.py's index builds and symlink swaps
+# Root entries a mirror (or a unbundle) creates; anything else at the top is reported as unknown.
+ROOT_ENTRIES = frozenset({L.PACKAGES_DIR, L.CONDA_DIR, L.INDEX_LINK, L.PUBLISH_DIR, L.TARGETS_DIR, L.ENVS_DIR,
+                          L.MANIFEST_NAME, L.LANDING_NAME, L.LOCK_FILE, L.STATE_DIR})
+# Names the mirror writes atomically at its root (their temps are its own leftovers).
+ROOT_ATOMIC = frozenset({L.MANIFEST_NAME, L.LANDING_NAME})
+
+
+ProblemKind = Literal["missing", "corrupt", "dangling-link", "orphan", "unknown", "partial", "temp", "staging"]
+KINDS: tuple[ProblemKind, ...] = get_args(ProblemKind)  # also the report's sort order
 
 
 @dataclass(frozen=True)
 class Problem:
-    kind: str  # missing | corrupt | orphan | partial | temp | dangling-link
+    kind: ProblemKind
     path: str  # relative POSIX path under the root
     detail: str
     repaired: bool = False
@@ -69,8 +77,7 @@ class VerifyReport:
         return sum(1 for p in self.problems if p.kind == kind)
 
     def summary(self) -> str:
-        kinds = ("missing", "corrupt", "orphan", "partial", "temp", "dangling-link")
-        found = ", ".join(f"{self.count(k)} {k}" for k in kinds if self.count(k))
+        found = ", ".join(f"{self.count(k)} {k}" for k in KINDS if self.count(k))
         repaired = sum(1 for p in self.problems if p.repaired)
         state = "ok" if self.ok else "NOT OK"
         return (f"verify-mirror {self.root}: {state}: {self.checked} files checked"
@@ -107,7 +114,7 @@ def _check_files(root: Path, manifest: mf.Manifest, cache: HashCache | None) -> 
 
 def _scan_leftovers(root: Path, listed: set[str]) -> list[Problem]:
     problems = []
-    for top in PACKAGE_DIRS:
+    for top in L.PACKAGE_DIRS:
         base = root / top
         if not base.is_dir() or base.is_symlink():
             continue
@@ -116,23 +123,33 @@ def _scan_leftovers(root: Path, listed: set[str]) -> list[Problem]:
                 rel = _rel(root, Path(dirpath) / name)
                 if rel in listed:
                     continue
-                if _ATOMIC_TMP.fullmatch(name):
+                if L.is_atomic_temp(name):
                     problems.append(Problem("temp", rel, "leftover temporary file from an interrupted write"))
-                elif top == "conda" and CONDA_INDEX_FILES.fullmatch(name):
+                elif top == L.CONDA_DIR and L.is_conda_index_file(name):
                     continue
                 else:
                     problems.append(Problem("orphan", rel, "not listed in manifest.json"))
-    partial = root / STATE_DIR / "partial"
+    partial = root / L.PARTIAL_DIR
     if partial.is_dir():
         for p in sorted(partial.iterdir()):
-            problems.append(Problem("partial", _rel(root, p), f"leftover partial download ({p.stat().st_size} bytes)"))
+            problems.append(Problem("partial", _rel(root, p), f"leftover partial download ({p.lstat().st_size} bytes)"))
+    state = root / L.STATE_DIR
+    if state.is_dir():
+        for p in sorted(state.iterdir()):
+            if L.stage_pid(p.name) is not None:  # under the mirror lock: its run was killed
+                problems.append(Problem("staging", _rel(root, p), "staging dir of an interrupted unbundle or repair"))
     for p in sorted(root.iterdir()):
-        if _BUILD_TMP.fullmatch(p.name) or (_ATOMIC_TMP.fullmatch(p.name) and p.is_file()):
-            problems.append(Problem("temp", _rel(root, p), "leftover from an interrupted write"))
-    pub = root / ".publish"
-    if pub.is_dir():
+        name = p.name
+        if L.build_temp_of(name) == L.INDEX_LINK:
+            problems.append(Problem("temp", name, "leftover index symlink from an interrupted publish"))
+        elif L.atomic_temp_of(name) in ROOT_ATOMIC and p.is_file() and not p.is_symlink():
+            problems.append(Problem("temp", name, "leftover from an interrupted write"))
+        elif name not in ROOT_ENTRIES:
+            problems.append(Problem("unknown", name, "not part of a torchdepot mirror (reported, never deleted)"))
+    pub = root / L.PUBLISH_DIR
+    if pub.is_dir() and not pub.is_symlink():
         for p in sorted(pub.iterdir()):
-            if _BUILD_TMP.fullmatch(p.name):
+            if L.is_build_temp(p.name):
                 problems.append(Problem("temp", _rel(root, p), "leftover index build from an interrupted publish"))
     return problems
 
@@ -277,8 +294,7 @@ def verify_mirror(root: Path, repair: bool = False, client=None, *, trust_cache:
         problems = cleaned
     if check_index:
         problems += _check_index(root, manifest)
-    order = {"missing": 0, "corrupt": 1, "dangling-link": 2, "orphan": 3, "partial": 4, "temp": 5}
-    report.problems = sorted(problems, key=lambda p: (order.get(p.kind, 9), p.path, p.detail))
+    report.problems = sorted(problems, key=lambda p: (KINDS.index(p.kind), p.path, p.detail))
     return report
 
 

@@ -1,0 +1,120 @@
+"""Every path and temporary-file name of a mirror root, named once.
+
+Writers build names with the functions here and :mod:`torchdepot.sync.check` recognises
+them with the matching predicates, so a leftover is classified by the same rule that made
+it (no regex re-spelling a name built elsewhere). Layout of ``<root>``::
+
+    packages/<project>/<file>         wheels + PEP 658 ``.metadata`` (PACKAGES_DIR)
+    conda/<channel>/<subdir>/<file>   conda packages + channel index files (CONDA_DIR)
+    whl -> .publish/<gen>/whl         the live index generation (INDEX_LINK, PUBLISH_DIR)
+    targets/<target-id>/              per-target locks written by a sync
+    envs/<target-id>/                 lock folders a bundle carries
+    manifest.json, index.html         written last, atomically
+    .torchdepot.lock                  the writer's flock (LOCK_FILE)
+    .torchdepot/                      state (STATE_DIR):
+        hashes.json                   the fetcher's hash cache
+        partial/                      downloads in flight (PARTIAL_DIR)
+        stage-<kind>-<pid>-<rand>/    staging of an unbundle or repair (one per run)
+        aside/<stamp>/                unknown files moved out by ``verify-mirror --repair --move-unknown``
+
+Temporary names (all dot-prefixed, so nothing serves or bundles them):
+
+- ``.<name>.<random>.tmp`` next to ``<name>``: :func:`atomic_temp_affixes` (fsutil's atomic writes);
+- ``.<name>.tmp-<pid>``: :func:`build_temp_name` (an index build under ``.publish/`` or a
+  symlink being swapped at the root).
+
+Pure: names and predicates only, no I/O.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Literal
+
+PACKAGES_DIR = "packages"
+CONDA_DIR = "conda"
+PACKAGE_DIRS = (PACKAGES_DIR, CONDA_DIR)
+INDEX_LINK = "whl"
+PUBLISH_DIR = ".publish"
+TARGETS_DIR = "targets"
+ENVS_DIR = "envs"
+MANIFEST_NAME = "manifest.json"
+LANDING_NAME = "index.html"
+LOCK_FILE = ".torchdepot.lock"
+STATE_DIR = ".torchdepot"
+HASHES_NAME = "hashes.json"
+PARTIAL_DIR = f"{STATE_DIR}/partial"
+ASIDE_DIR = f"{STATE_DIR}/aside"
+STAGE_PREFIX = "stage-"
+
+StageKind = Literal["unbundle", "repair"]
+
+_ATOMIC_SUFFIX = ".tmp"
+_BUILD_MARK = ".tmp-"
+# Files a conda channel indexer writes next to packages: part of the channel, never orphans.
+_CONDA_INDEX = re.compile(
+    r"(current_)?repodata(_from_packages)?\.json(\.zst|\.bz2|\.jlap)?|repodata_shards\.msgpack(\.zst)?"
+    r"|channeldata\.json|index\.html|\.?run_exports\.json(\.zst)?"
+)
+
+
+def atomic_temp_affixes(name: str) -> tuple[str, str]:
+    """(prefix, suffix) for ``tempfile.mkstemp`` when writing ``name`` atomically."""
+    return f".{name}.", _ATOMIC_SUFFIX
+
+
+def is_atomic_temp(name: str) -> bool:
+    """A name :func:`atomic_temp_affixes` + mkstemp made: ``.<name>.<random>.tmp``."""
+    if not (name.startswith(".") and name.endswith(_ATOMIC_SUFFIX)):
+        return False
+    body = name[1:-len(_ATOMIC_SUFFIX)]
+    target, dot, rand = body.rpartition(".")
+    return bool(dot and target and rand) and rand.replace("_", "").isalnum()
+
+
+def build_temp_name(name: str, pid: int | None = None) -> str:
+    """``.<name>.tmp-<pid>``: a directory or symlink being built before one rename installs it."""
+    return f".{name}{_BUILD_MARK}{os.getpid() if pid is None else pid}"
+
+
+def build_temp_of(name: str) -> str | None:
+    """The name a :func:`build_temp_name` was for (``whl`` for ``.whl.tmp-42``), else None."""
+    if not name.startswith("."):
+        return None
+    head, mark, pid = name.rpartition(_BUILD_MARK)
+    return head[1:] if mark and len(head) > 1 and pid.isdigit() else None
+
+
+def is_build_temp(name: str) -> bool:
+    return build_temp_of(name) is not None
+
+
+def atomic_temp_of(name: str) -> str | None:
+    """The name an atomic-write temp was for (``manifest.json`` for ``.manifest.json.k3j2.tmp``)."""
+    return name[1:-len(_ATOMIC_SUFFIX)].rpartition(".")[0] if is_atomic_temp(name) else None
+
+
+def stage_prefix(kind: StageKind, pid: int | None = None) -> str:
+    """Prefix of a run's staging dir under STATE_DIR (``tempfile.mkdtemp(prefix=...)``)."""
+    return f"{STAGE_PREFIX}{kind}-{os.getpid() if pid is None else pid}-"
+
+
+def stage_pid(name: str) -> int | None:
+    """The pid that made staging dir ``name``, or None when ``name`` is not one."""
+    if not name.startswith(STAGE_PREFIX):
+        return None
+    parts = name[len(STAGE_PREFIX):].split("-")
+    if len(parts) < 3 or parts[0] not in ("unbundle", "repair") or not parts[1].isdigit():
+        return None
+    return int(parts[1])
+
+
+def is_conda_index_file(name: str) -> bool:
+    return _CONDA_INDEX.fullmatch(name) is not None
+
+
+def package_top(rel: str) -> str | None:
+    """``packages`` / ``conda`` when POSIX path ``rel`` lies in a package dir, else None."""
+    top = rel.split("/", 1)[0]
+    return top if top in PACKAGE_DIRS and "/" in rel else None
