@@ -1,25 +1,44 @@
-""".condarc: the mirror's channels only (no ``defaults``), via ruamel.yaml round-trip."""
+""".condarc: put the mirror's channels first, without replacing the user's mirrors.
+
+The mirror's channels are added by full URL (``<url>/conda/<name>``) at the **front of
+``channels``** -- highest priority, so under strict channel priority the torch packages come
+from the mirror -- and nothing else is touched: ``default_channels``, ``custom_channels`` and
+``channel_alias`` (a TUNA-style .condarc's mirrors) stay as they are, and so does the order
+of the user's own channels (conda-forge stays where it was). When ``channels`` is absent,
+conda's implicit ``defaults`` is written after the mirror's, so it keeps working.
+Entries of the same mirror from an earlier run are replaced, never duplicated.
+
+``offline: true`` makes conda use only its cache and ``file://`` channels, so it is written
+only for a ``file://`` mirror (give ``--url /path/to/mirror``); for an HTTP mirror it is
+refused with one line. The YAML is edited with ruamel.yaml round-trip (comments kept).
+"""
 
 from __future__ import annotations
 
 import io
-import sys
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from ruamel.yaml import YAML
-from ruamel.yaml.error import YAMLError
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-from torchdepot.clientconfig.common import ConfigFileError, Planned, join_url
+from torchdepot.clientconfig.common import (ConfigFileError, ConfigValueError, FileChange, Plan, edit_text,
+                                            join_url)
 
 SCOPES = ("user", "site", "global")
+MAX_DEPTH = 50  # a .condarc is a few levels deep; deeper is hostile (and ruamel recurses)
 
 
-def scope_file(scope: str) -> Path:
-    """conda's search path: ``~/.condarc``, ``$PREFIX/.condarc``, ``/etc/conda/.condarc``."""
+def scope_file(scope: str, environ: Mapping[str, str] | None = None) -> Path:
+    """conda's search path: ``~/.condarc``, the ACTIVE env's ``$CONDA_PREFIX/.condarc``, ``/etc/conda/.condarc``."""
+    environ = os.environ if environ is None else environ
     if scope == "user":
         return Path.home() / ".condarc"
     if scope == "site":
-        return Path(sys.prefix) / ".condarc"
+        if not environ.get("CONDA_PREFIX"):
+            raise ConfigValueError("--scope site: no active conda environment (CONDA_PREFIX unset); activate it or give --file")
+        return Path(environ["CONDA_PREFIX"]) / ".condarc"
     return Path("/etc/conda/.condarc")
 
 
@@ -30,48 +49,89 @@ def _yaml() -> YAML:
     return y
 
 
-def plan(path: Path, old: str | None, url: str, channels: list[str], offline: bool = False) -> Planned:
-    y = _yaml()
+def _depth_ok(text: str) -> bool:
+    """Cheap bound before parsing: flow nesting and indentation both under MAX_DEPTH."""
+    depth = deepest = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+    if deepest > MAX_DEPTH:
+        return False
+    return all(len(ln) - len(ln.lstrip(" -")) <= 4 * MAX_DEPTH for ln in text.splitlines())
+
+
+def parse(text: str, where: str):
+    """Load a .condarc; malformed, hostile or non-mapping input is one ConfigFileError."""
+    if not _depth_ok(text):
+        raise ConfigFileError(f"{where}: nested more than {MAX_DEPTH} levels deep, left untouched")
     try:
-        doc = y.load(old or "") if (old or "").strip() else None
-    except YAMLError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ConfigFileError(f"{path}: malformed YAML, left untouched ({first})") from None
+        doc = _yaml().load(text) if text.strip() else None
+    except RecursionError:
+        raise ConfigFileError(f"{where}: nested too deeply, left untouched") from None
+    except Exception as exc:  # ruamel raises YAMLError but also ValueError/TypeError/... on odd input
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigFileError(f"{where}: malformed YAML, left untouched ({first})") from None
     if doc is None:
-        from ruamel.yaml.comments import CommentedMap
-
         doc = CommentedMap()
-    if not isinstance(doc, dict):
-        raise ConfigFileError(f"{path}: top level is not a mapping, left untouched")
-    alias = join_url(url, "conda")
-    chans = list(dict.fromkeys(channels))  # order is conda priority
-    notes = []
-    prev = doc.get("channels") or []
-    dropped = [c for c in prev if str(c) not in chans]
-    if dropped:
-        notes.append(f"channels replaced (were: {', '.join(map(str, dropped))}); the backup keeps them")
-    doc["channels"] = list(chans)
-    doc["channel_alias"] = alias
-    doc["default_channels"] = [join_url(alias, c) for c in chans]
-    custom = doc.get("custom_channels")
-    if not isinstance(custom, dict):
-        from ruamel.yaml.comments import CommentedMap
+    if not isinstance(doc, CommentedMap):
+        raise ConfigFileError(f"{where}: top level is not a mapping, left untouched")
+    return doc
 
-        custom = CommentedMap()
-    for c in chans:
-        custom[c] = alias
-    doc["custom_channels"] = custom
-    doc["show_channel_urls"] = True
+
+def channel_urls(url: str, channels: list[str]) -> list[str]:
+    return [join_url(url, "conda", c) for c in dict.fromkeys(channels)]
+
+
+def _edit(text: str, where: str, url: str, channels: list[str], offline: bool, notes: list[str]) -> tuple[str, list[str]]:
+    doc = parse(text, where)
+    ours = channel_urls(url, channels)
+    prefix = join_url(url, "conda") + "/"
+    prev = doc.get("channels")
+    if prev is None:
+        prev = ["defaults"]  # conda's implicit value: keep what the user had
+        notes.append("channels was unset (conda's default: defaults); defaults is kept after the mirror's")
+    if not isinstance(prev, list) or not all(isinstance(c, str) for c in prev):
+        raise ConfigFileError(f"{where}: 'channels' is not a list of names, left untouched")
+    rest = [c for c in prev if not str(c).rstrip("/").startswith(prefix) and str(c).rstrip("/") not in ours]
+    merged = [*ours, *rest]
+    seq = doc.get("channels")
+    if isinstance(seq, CommentedSeq):
+        # edit in place: ruamel keeps each remaining item's comment with it
+        for i in reversed(range(len(seq))):
+            if seq[i] not in rest:
+                del seq[i]
+        for i, c in enumerate(ours):
+            seq.insert(i, c)
+    else:
+        doc["channels"] = CommentedSeq(merged)
     if offline:
         doc["offline"] = True
     buf = io.StringIO()
-    y.dump(doc, buf)
-    env = [
-        ("CONDA_CHANNELS", ",".join(chans)),
-        ("CONDA_CHANNEL_ALIAS", alias),
-        ("CONDA_DEFAULT_CHANNELS", ",".join(join_url(alias, c) for c in chans)),
-        ("CONDA_SHOW_CHANNEL_URLS", "true"),
-    ]
+    try:
+        _yaml().dump(doc, buf)
+    except Exception as exc:  # a document ruamel read but cannot write back (odd tags...)
+        raise ConfigFileError(f"{where}: cannot be rewritten safely, left untouched ({type(exc).__name__})") from None
+    return buf.getvalue(), merged
+
+
+def plan(path: Path, old: str | None, url: str, channels: list[str], offline: bool = False) -> Plan:
+    if offline and not url.startswith("file:"):
+        raise ConfigValueError(f"--offline with {url}: conda offline reads only its cache and file:// channels, "
+                               "so it could not reach this mirror; for a mirror on this machine use --url /path/to/mirror")
+    notes: list[str] = []
+    merged: list[str] = []
+
+    def fn(text: str) -> str:
+        out, chans = _edit(text, str(path), url, channels, offline, notes)
+        merged.extend(chans)
+        return out
+
+    new = edit_text(old, fn)
+    env = [("CONDA_CHANNELS", ",".join(merged))]
     if offline:
         env.append(("CONDA_OFFLINE", "true"))
-    return Planned(Path(path), old, buf.getvalue(), tuple(env), tuple(notes))
+    notes.append("with channel_priority: strict, packages the mirror has come only from it")
+    return Plan((FileChange(Path(path), old, new),), tuple(env), tuple(notes))

@@ -1,9 +1,21 @@
-"""uv.toml: ``[[index]]`` entries for the mirror, merged with tomlkit (comments kept).
+"""uv.toml: the mirror as uv's first index, for the torch family, without replacing the user's.
 
-As uv's PyTorch guide recommends, the variant index is ``explicit = true`` (only packages
-pinned to it via ``[tool.uv.sources]`` use it); because a torchdepot variant index also
-serves torch's dependencies, the same URL is added as the ``default = true`` index (it
-replaces the public default), unless ``default_index=False``.
+Routing (uv, unlike pip, has index priority):
+
+- ``[[index]] name = "torchdepot"`` -- the mirror's variant index, listed **first**. uv's
+  default ``index-strategy = "first-index"`` takes each package from the first index that
+  has it, so torch, torchvision, torchaudio, triton (and the dependencies the mirror holds)
+  come only from the mirror -- a newer unlabelled torch elsewhere cannot win -- while a
+  package the mirror lacks (pandas) falls through to the user's indexes, default untouched.
+- ``[[index]] name = "torchdepot-<variant>", explicit = true`` -- for projects: uv refuses
+  ``sources`` in uv.toml, so pinning torch to it is a ``[tool.uv.sources]`` line in
+  pyproject.toml (printed as a note).
+- ``allow-insecure-host`` for a plain-HTTP mirror host.
+- ``--default-index`` additionally makes the mirror the default (for an air-gapped lab whose
+  mirror serves everything); other entries lose ``default`` then (uv allows one).
+
+Entries named ``torchdepot``/``torchdepot-*`` are ours and replaced on re-run; every other
+entry, comment and key is kept (tomlkit), and an inline ``index = [{...}]`` array stays inline.
 """
 
 from __future__ import annotations
@@ -13,11 +25,13 @@ import sys
 from pathlib import Path
 
 import tomlkit
-from tomlkit.exceptions import TOMLKitError
+from tomlkit.items import AoT, Array, InlineTable, Table
 
-from torchdepot.clientconfig.common import ConfigFileError, Planned, join_url
+from torchdepot.clientconfig.common import ConfigFileError, FileChange, Plan, edit_text, join_url, plain_http_host
 
 SCOPES = ("user", "site", "global")
+MAIN_NAME = "torchdepot"
+TORCH_FAMILY = ("torch", "torchvision", "torchaudio")
 
 
 def scope_file(scope: str) -> Path:
@@ -33,57 +47,91 @@ def scope_file(scope: str) -> Path:
 
 
 def index_name(variant: str) -> str:
-    return f"torchdepot-{variant}"
+    return f"{MAIN_NAME}-{variant}"
 
 
-def _entry(name: str, url: str, **flags: bool) -> tomlkit.items.Table:
-    t = tomlkit.table()
-    t.add("name", name)
-    t.add("url", url)
-    for k, v in flags.items():
-        t.add(k, v)
-    return t
+def _ours(name: object) -> bool:
+    n = str(name)
+    return n == MAIN_NAME or n.startswith(MAIN_NAME + "-")
 
 
-def plan(path: Path, old: str | None, url: str, variant: str = "cpu", default_index: bool = True) -> Planned:
+def parse(text: str, where: str) -> tomlkit.TOMLDocument:
+    """Parse uv.toml; anything that is not TOML (or nests beyond reason) is one ConfigFileError."""
     try:
-        doc = tomlkit.parse(old or "")
-    except TOMLKitError as exc:
-        raise ConfigFileError(f"{path}: malformed TOML, left untouched ({str(exc).splitlines()[0]})") from None
+        return tomlkit.parse(text)
+    except RecursionError:
+        raise ConfigFileError(f"{where}: nested too deeply, left untouched") from None
+    except Exception as exc:  # tomlkit raises a zoo (ParseError, ValueError, KeyError...) on bad input
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigFileError(f"{where}: malformed TOML, left untouched ({first})") from None
+
+
+def _edit(text: str, where: str, url: str, variant: str, default_index: bool, notes: list[str]) -> str:
+    doc = parse(text, where)
     index_url = join_url(url, "whl", variant)
-    wanted = [_entry(index_name(variant), index_url, explicit=True)]
-    if default_index:
-        wanted.append(_entry("torchdepot", index_url, default=True))
-    names = {str(e["name"]) for e in wanted}
     existing = doc.get("index")
-    if existing is not None and not isinstance(existing, tomlkit.items.AoT) and not isinstance(existing, list):
-        raise ConfigFileError(f"{path}: 'index' is not an array of tables, left untouched")
-    notes = []
-    kept = tomlkit.aot()
+    if existing is not None and not isinstance(existing, (AoT, Array)):
+        raise ConfigFileError(f"{where}: 'index' is not an array of tables, left untouched")
+    inline = isinstance(existing, Array)
+    wanted = [{"name": MAIN_NAME, "url": index_url, **({"default": True} if default_index else {})},
+              {"name": index_name(variant), "url": index_url, "explicit": True}]
+    kept = []
     for e in existing or []:
-        if not isinstance(e, dict):
-            raise ConfigFileError(f"{path}: an [[index]] entry is not a table, left untouched")
-        if str(e.get("name", "")) in names:
-            continue  # ours: replaced below, in place of the old entry
+        if not isinstance(e, (Table, InlineTable, dict)):
+            raise ConfigFileError(f"{where}: an index entry is not a table, left untouched")
+        if _ours(e.get("name", "")):
+            continue  # ours from an earlier run: replaced below
         if default_index and e.get("default") is True:
             del e["default"]  # uv allows one default; the mirror is it now
-            notes.append(f"index {e.get('name', e.get('url'))!r} was the default index; now the mirror is")
+            notes.append(f"index {str(e.get('name', e.get('url')))!r} was the default index; now the mirror is")
         kept.append(e)
-    merged = tomlkit.aot()
-    for e in wanted:  # first listed = highest priority
-        merged.append(e)
-    for e in kept:
-        merged.append(e)
+    if inline:
+        merged = tomlkit.array()
+        for w in wanted:
+            t = tomlkit.inline_table()
+            t.update(w)
+            merged.append(t)
+        for e in kept:
+            merged.append(e)
+        merged.multiline(True)
+    else:
+        merged = tomlkit.aot()
+        for w in wanted:
+            t = tomlkit.table()
+            t.update(w)
+            merged.append(t)
+        for e in kept:
+            merged.append(e)
+    host = plain_http_host(url)
+    if host:
+        hosts = doc.get("allow-insecure-host")
+        if hosts is None:
+            doc["allow-insecure-host"] = [host]  # tomlkit puts a new plain key before the tables
+        elif not isinstance(hosts, list):
+            raise ConfigFileError(f"{where}: 'allow-insecure-host' is not a list, left untouched")
+        elif host not in [str(h) for h in hosts]:
+            hosts.append(host)
     if "index" in doc:
         doc["index"] = merged
     else:
         doc.append("index", merged)
-    new = tomlkit.dumps(doc)
-    env = [("UV_INDEX", f"{index_name(variant)}={index_url}")]
+    strategy = doc.get("index-strategy")
+    if strategy is not None and str(strategy) != "first-index":
+        notes.append(f"index-strategy = {str(strategy)!r}: uv may take torch from another index; "
+                     "'first-index' (uv's default) keeps it on the mirror")
+    return tomlkit.dumps(doc)
+
+
+def plan(path: Path, old: str | None, url: str, variant: str = "cpu", default_index: bool = False) -> Plan:
+    notes: list[str] = []
+    new = edit_text(old, lambda t: _edit(t, str(path), url, variant, default_index, notes))
+    index_url = join_url(url, "whl", variant)
+    env = [("UV_INDEX", f"{MAIN_NAME}={index_url} {index_name(variant)}={index_url}")]
     if default_index:
         env.append(("UV_DEFAULT_INDEX", index_url))
-    notes.append(
-        f'in a project, pin torch to the mirror as uv recommends: [tool.uv.sources] torch = {{ index = "{index_name(variant)}" }} '
-        f'(same for torchvision, torchaudio)'
-    )
-    return Planned(Path(path), old, new, tuple(env), tuple(notes))
+    host = plain_http_host(url)
+    if host:
+        env.append(("UV_INSECURE_HOST", host))
+    sources = ", ".join(f'{p} = {{ index = "{index_name(variant)}" }}' for p in TORCH_FAMILY)
+    notes.append(f"in a project, pin the torch family to the mirror in pyproject.toml: [tool.uv.sources] {sources}")
+    return Plan((FileChange(Path(path), old, new),), tuple(env), tuple(notes))

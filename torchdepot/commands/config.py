@@ -1,35 +1,41 @@
-"""``torchdepot config pip|uv|conda``: point a client at the mirror (merge, backup, atomic write)."""
+"""``torchdepot config pip|uv|conda``: point a client at the mirror (merge, backup, atomic write).
+
+Argument parsing and printing only: values are checked (``clientconfig.common``), the mirror
+is asked what it has (``clientconfig.mirror``), and the writers plan the change.
+"""
 
 from __future__ import annotations
 
+import os
 import shlex
 from pathlib import Path
 
 import click
 
 from torchdepot.clientconfig import conda as conda_cfg
+from torchdepot.clientconfig import mirror
 from torchdepot.clientconfig import pip as pip_cfg
 from torchdepot.clientconfig import uv as uv_cfg
-from torchdepot.clientconfig.common import Planned, check_url, commit, read_existing, unified_diff
-from torchdepot.errors import TorchdepotError
+from torchdepot.clientconfig.common import ConfigValueError, Plan, check_name, check_url, commit, read_existing, unified_diff
 
 
-def _target(module, file: str | None, scope: str | None) -> Path:
+def _target(file: str | None, scope: str | None, scope_file) -> Path:
     if file and scope:
         raise click.UsageError("give --file or --scope, not both")
-    return Path(file) if file else module.scope_file(scope or "user")
+    return Path(file) if file else scope_file(scope or "user")
 
 
-def _finish(p: Planned, dry_run: bool) -> None:
+def _finish(p: Plan, dry_run: bool) -> None:
     if dry_run:
-        diff = unified_diff(p)
-        click.echo(diff if diff else f"# {p.path}: already up to date", nl=not diff)
-        click.echo(f"# dry run: {p.path} not written", err=True)
+        for c in p.changes:
+            diff = unified_diff(c)
+            click.echo(diff if diff else f"# {c.path}: already up to date", nl=not diff)
+        click.echo("# dry run: nothing written", err=True)
     elif not p.changed:
-        click.echo(f"{p.path}: already up to date", err=True)
+        click.echo(f"{p.changes[0].path}: already up to date", err=True)
     else:
-        bak = commit(p)
-        click.echo(f"wrote {p.path}" + (f" (backup: {bak})" if bak else ""), err=True)
+        for c, bak in commit(p):
+            click.echo(f"wrote {c.path}" + (f" (backup: {bak})" if bak else ""), err=True)
     for note in p.notes:
         click.echo(f"note: {note}", err=True)
     click.echo("# equivalent environment variables (for CI):", err=True)
@@ -39,9 +45,11 @@ def _finish(p: Planned, dry_run: bool) -> None:
 
 def _common(f):
     f = click.option("--dry-run", is_flag=True, help="Print a unified diff; write nothing.")(f)
-    f = click.option("--scope", type=click.Choice(["user", "site", "global"]), help="Which config file (default user).")(f)
+    f = click.option("--scope", type=click.Choice(["user", "site", "global"]),
+                     help="Which config file (default user; site = the ACTIVE venv/conda env).")(f)
     f = click.option("--file", "file", type=click.Path(dir_okay=False), help="Config file to merge into.")(f)
-    f = click.option("--url", required=True, help="Mirror base URL, e.g. http://mirror.lab:8080")(f)
+    f = click.option("--url", required=True,
+                     help="Mirror base URL (http://torchlab:8000) or a local mirror directory.")(f)
     return f
 
 
@@ -52,64 +60,70 @@ def config_group() -> None:
 
 @config_group.command("pip")
 @_common
-@click.option("--variant", default="cpu", show_default=True, help="Accelerator index: cpu, cu128, rocm6.4, xpu.")
+@click.option("--variant", default="cpu", show_default=True, help="Accelerator index on the mirror: cpu, cu126, rocm6.4, xpu.")
 def pip_cmd(url: str, file: str | None, scope: str | None, dry_run: bool, variant: str) -> None:
-    """Set index-url (and trusted-host for plain HTTP) in pip.conf.
+    """Add the mirror's variant index to pip.conf, keeping your index-url.
+
+    The mirror becomes an extra-index-url (plus trusted-host for plain HTTP), and the
+    builds it serves for the variant are pinned in torchdepot-constraints.txt next to
+    pip.conf, so `pip install torch` takes the mirror's build while other packages still
+    come from your own index. Re-run after the mirror gains a newer torch.
 
     \b
     Example:
-      torchdepot config pip --url http://mirror.lab:8080 --variant cu128 --scope user --dry-run
+      torchdepot config pip --url http://torchlab:8000 --variant cu126
     """
     url = check_url(url)
-    path = _target(pip_cfg, file, scope)
-    _finish(pip_cfg.plan(path, read_existing(path), url, variant), dry_run)
+    variant = check_name("--variant", variant)
+    path = _target(file, scope, pip_cfg.scope_file)
+    facts = mirror.probe(url)
+    facts.check_variant(variant)
+    cpath = pip_cfg.constraints_path(path)
+    _finish(pip_cfg.plan(path, read_existing(path), url, variant, facts.pins_for(variant),
+                         read_existing(cpath), os.environ), dry_run)
 
 
 @config_group.command("uv")
 @_common
-@click.option("--variant", default="cpu", show_default=True, help="Accelerator index: cpu, cu128, rocm6.4, xpu.")
-@click.option("--default-index/--no-default-index", default=True, show_default=True,
-              help="Also make the mirror uv's default index (it serves torch's dependencies).")
+@click.option("--variant", default="cpu", show_default=True, help="Accelerator index on the mirror: cpu, cu126, rocm6.4, xpu.")
+@click.option("--default-index/--no-default-index", default=False, show_default=True,
+              help="Also make the mirror uv's default index (only when it serves every package you use).")
 def uv_cmd(url: str, file: str | None, scope: str | None, dry_run: bool, variant: str, default_index: bool) -> None:
-    """Add [[index]] entries for the mirror to uv.toml.
+    """Add the mirror to uv.toml as its first index, keeping your default index.
 
     \b
     Example:
-      torchdepot config uv --url http://mirror.lab:8080 --variant cpu --file ./uv.toml
+      torchdepot config uv --url http://torchlab:8000 --variant cu126 --scope user
     """
     url = check_url(url)
-    path = _target(uv_cfg, file, scope)
+    variant = check_name("--variant", variant)
+    path = _target(file, scope, uv_cfg.scope_file)
+    mirror.probe(url).check_variant(variant)
     _finish(uv_cfg.plan(path, read_existing(path), url, variant, default_index), dry_run)
-
-
-def _mirror_channels(url: str) -> list[str]:
-    """The conda channels a mirror publishes, from its manifest.json."""
-    from torchdepot.store.manifest import MANIFEST_NAME
-    from torchdepot.store.manifest import fetch as fetch_manifest
-
-    m = fetch_manifest(url)
-    chans = sorted({t.channel.split("/", 1)[-1] for t in m.targets if t.kind == "conda" and t.channel})
-    if not chans:
-        murl = url.rstrip("/") + "/" + MANIFEST_NAME
-        raise TorchdepotError(f"{murl}: the mirror has no conda channels (give --channel NAME)")
-    return chans
 
 
 @config_group.command("conda")
 @_common
-@click.option("--channel", "channels", multiple=True, help="Channel name on the mirror (repeatable; default: read from the mirror's manifest.json).")
-@click.option("--offline", is_flag=True, help="Also set offline: true.")
+@click.option("--channel", "channels", multiple=True,
+              help="Channel name on the mirror (repeatable; default: every channel the mirror has).")
+@click.option("--offline", is_flag=True, help="Also set offline: true (only for a mirror on this machine: a directory or file:// URL).")
 @click.option("--variant", default=None, hidden=True)
-def conda_cmd(url: str, file: str | None, scope: str | None, dry_run: bool, channels: tuple[str, ...], offline: bool, variant) -> None:
-    """Set channels/channel_alias/custom_channels/default_channels in .condarc (no defaults).
+def conda_cmd(url: str, file: str | None, scope: str | None, dry_run: bool, channels: tuple[str, ...], offline: bool,
+              variant) -> None:
+    """Put the mirror's channels first in .condarc, keeping your channels and mirrors.
 
     \b
-    Example:
-      torchdepot config conda --url http://mirror.lab:8080 --channel conda-forge --offline --scope user
+    Examples:
+      torchdepot config conda --url http://torchlab:8000 --channel pytorch
+      torchdepot config conda --url /srv/torchdepot --offline    # a mirror on this machine
     """
     url = check_url(url)
-    path = _target(conda_cfg, file, scope)
-    chans = list(channels) or _mirror_channels(url)
+    chans = [check_name("--channel", c) for c in channels]
+    path = _target(file, scope, conda_cfg.scope_file)
+    facts = mirror.probe(url)
+    chans = facts.check_channels(chans) if chans else list(facts.channels)
+    if not chans:
+        raise ConfigValueError(f"{url}: the mirror has no conda channels")
     _finish(conda_cfg.plan(path, read_existing(path), url, chans, offline), dry_run)
 
 
