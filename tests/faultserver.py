@@ -132,6 +132,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _serve(self, head: bool) -> None:
         owner = self.server.owner
+        owner._active(+1, self.client_address)
+        try:
+            self._serve_counted(head)
+        finally:
+            owner._active(-1, self.client_address)
+
+    def _serve_counted(self, head: bool) -> None:
+        owner = self.server.owner
         self._path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
         data, ctype = owner._lookup(self._path)
         fault = owner._next_fault(self._path, self.headers.get("Range"))
@@ -269,6 +277,9 @@ class FaultServer:
         self.hits: collections.Counter = collections.Counter()
         self.body_bytes: collections.Counter = collections.Counter()
         self.ranges: dict[str, list] = collections.defaultdict(list)
+        self.peers: set = set()  # client (host, port)s seen: one per TCP connection
+        self.active = 0  # requests being served now, and the most at once
+        self.peak_active = 0
         self.httpd = _HTTPServer((host, 0), _Handler)
         self.httpd.owner = self
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
@@ -298,6 +309,8 @@ class FaultServer:
             self.hits.clear()
             self.body_bytes.clear()
             self.ranges.clear()
+            self.peers.clear()
+            self.peak_active = self.active
 
     @property
     def url(self) -> str:
@@ -329,6 +342,12 @@ class FaultServer:
             if queue:
                 return queue.popleft()
             return self._always.get(path, self.default)
+
+    def _active(self, delta: int, peer) -> None:
+        with self._lock:
+            self.active += delta
+            self.peak_active = max(self.peak_active, self.active)
+            self.peers.add(peer)
 
     def _count_bytes(self, path: str, n: int) -> None:
         with self._lock:
