@@ -1,0 +1,77 @@
+"""site.availability: the one availability matrix behind ``ls`` and ``conda ls``."""
+
+from __future__ import annotations
+
+from torchdepot.model.condabuild import record_from_repodata
+from torchdepot.model.wheelname import parse_wheel
+from torchdepot.site.availability import (CONDA_LEGEND, WHEEL_LEGEND, Entry, build_matrix, conda_matrix, render,
+                                          select_wheels, wheel_matrix)
+
+WHEELS = [parse_wheel(n) for n in (
+    "torch-2.5.1+cpu-cp311-cp311-linux_x86_64.whl",
+    "torch-2.5.1+cpu-cp311-cp311-win_amd64.whl",
+    "torch-2.5.1-cp311-none-macosx_11_0_arm64.whl",
+    "torch-2.5.1+cu121-cp311-cp311-linux_x86_64.whl",
+    "torch-2.5.1+cu118-cp310-cp310-linux_x86_64.whl",
+    "torch-2.5.1+cu118-cp313-cp313t-linux_x86_64.whl",
+    "torch-2.10.0+cpu-cp313-cp313-manylinux_2_28_aarch64.whl",
+    "torch-2.10.0+cpu-cp313-cp313-linux_s390x.whl",
+    "torch-2.10.0-py3-none-any.whl",
+)]
+
+
+def test_wheel_matrix_order_and_cells():
+    m = wheel_matrix("torch", WHEELS)
+    assert m.title == "torch: 9 wheels"
+    assert m.columns == ("3", "3.10", "3.11", "3.13", "3.13t")
+    # newest version first (2.10 > 2.5 numerically), then accelerators in accelerator_sort_key
+    # order (newest CUDA first, cpu after the GPUs), unknown last
+    assert [(r.version, r.accelerator) for r in m.rows] == [
+        ("2.10.0", "cpu"), ("2.10.0", "unknown"), ("2.5.1", "cu121"), ("2.5.1", "cu118"), ("2.5.1", "cpu"),
+        ("2.5.1", "unknown")]
+    cpu210 = m.rows[0]
+    assert cpu210.cell("3.13") == "Alinux-s390x"  # legend order, an uncoded platform after
+    assert m.rows[4].cell("3.11") == "LW" and m.rows[3].cell("3.13t") == "L" and m.rows[3].cell("3.10") == "L"
+    assert m.rows[1].cell("3") == "*" and m.rows[5].cell("3.11") == "M"
+
+
+def test_rendering_is_deterministic_and_aligned():
+    text = render(wheel_matrix("torch", WHEELS))
+    assert text == render(wheel_matrix("torch", list(reversed(WHEELS))))
+    lines = text.splitlines()
+    assert lines[1].split() == ["version", "accelerator", "3", "3.10", "3.11", "3.13", "3.13t"]
+    assert set(lines[2]) <= {"-", " "}
+    assert lines[3].split() == ["2.10.0", "cpu", "Alinux-s390x"]
+    assert "L=linux-x86_64" in WHEEL_LEGEND and "free-threaded" in WHEEL_LEGEND
+
+
+def test_conda_records_share_the_matrix():
+    def rec(subdir, fn, build, version="2.5.1"):
+        return record_from_repodata("pytorch", subdir, fn, {"name": fn.rsplit("-", 2)[0], "version": version,
+                                                             "build": build, "build_number": 0})
+
+    records = [rec("linux-64", "pytorch-2.5.1-py3.11_cuda11.8_cudnn9_0.tar.bz2", "py3.11_cuda11.8_cudnn9_0"),
+               rec("win-64", "pytorch-2.5.1-py3.11_cuda11.8_cudnn9_0.tar.bz2", "py3.11_cuda11.8_cudnn9_0"),
+               rec("linux-64", "pytorch-2.5.1-py3.9_cpu_0.tar.bz2", "py3.9_cpu_0"),
+               rec("noarch", "pytorch-mutex-1.0-cuda.tar.bz2", "cuda", "1.0")]
+    m = conda_matrix("pytorch", records)
+    assert m.columns == ("3.9", "3.11", "-")  # numeric order; "no Python" last
+    assert [(r.version, r.accelerator) for r in m.rows] == [("2.5.1", "cu118"), ("2.5.1", "cpu"),
+                                                             ("1.0", "unknown")]
+    assert m.rows[0].cell("3.11") == "LW" and m.rows[1].cell("3.9") == "L" and m.rows[2].cell("-") == "*"
+    assert "'-' = build states no Python" in CONDA_LEGEND
+
+
+def test_same_entries_same_matrix_whatever_the_source():
+    """Wheels and records reduce to the same Entry; the matrix never looks at where they came from."""
+    e = [Entry(version="1.0", accelerator=None, python="3.11", platform="L")]
+    assert build_matrix("x", e) == build_matrix("x", e * 3)
+
+
+def test_select_wheels_filters():
+    items = [(None, w) for w in WHEELS]
+    assert len(select_wheels(items, None, None, None)) == 9
+    got = select_wheels(items, {"cpu"}, "3.11", "linux-x86_64")
+    assert [w.filename for _, w in got] == ["torch-2.5.1+cpu-cp311-cp311-linux_x86_64.whl"]
+    assert {w.filename for _, w in select_wheels(items, {"unknown"}, None, "linux-x86_64")} == {
+        "torch-2.10.0-py3-none-any.whl"}
