@@ -81,6 +81,24 @@ def test_pylock_is_pep751(tmp_path, mirror):
     assert len(w["hashes"]["sha256"]) == 64 and w["size"] > 0
 
 
+def test_pylock_for_the_mirror_itself_uses_relative_paths():
+    """The mirror's targets/<id>/pylock.toml comes from the same writer, with file paths."""
+    from torchdepot.lockfiles.render import pins_for, pylock_toml
+
+    m = _conda_manifest()
+    pip = next(t for t in m.targets if t.kind == "pip")
+    doc = tomllib.loads(pylock_toml(pip, pins_for(pip, m.by_path()), "../..", location="path"))
+    assert [p["name"] for p in doc["packages"]] == ["numpy", "torch"]
+    torch = doc["packages"][1]
+    assert "index" not in torch
+    assert torch["wheels"] == [{"name": "torch-2.5.1+cpu-cp311-cp311-linux_x86_64.whl", "size": 7,
+                                "path": "../../packages/torch/torch-2.5.1+cpu-cp311-cp311-linux_x86_64.whl",
+                                "hashes": {"sha256": "c" * 64}}]
+    url_doc = tomllib.loads(pylock_toml(pip, pins_for(pip, m.by_path()), "http://m"))
+    assert url_doc["packages"][1]["wheels"][0]["url"] == "http://m/packages/torch/torch-2.5.1%2Bcpu-cp311-cp311-linux_x86_64.whl"
+    assert {k: v for k, v in doc.items() if k != "packages"} == {k: v for k, v in url_doc.items() if k != "packages"}
+
+
 def test_environment_yml_and_variant(tmp_path, mirror):
     lock(mirror, tmp_path / "e")
     d = tmp_path / "e" / "cu126-py310-linux-x86_64"

@@ -1,10 +1,19 @@
-"""Manifest -> lockfile texts. Pure and deterministic: sorted, no timestamps, no local paths."""
+"""Manifest -> lockfile texts. Pure and deterministic: sorted, no timestamps, no local paths.
+
+This is the project's only writer of each lock format; in particular :func:`pylock_toml` is
+the one PEP 751 writer, used both for ``envs/<id>/pylock.toml`` (``location="url"``: every
+wheel a URL under the mirror base) and for the mirror's own ``targets/<id>/pylock.toml``
+(``location="path"``: every wheel a path relative to the lock, so the mirror directory is
+usable offline as it stands).
+"""
 
 from __future__ import annotations
 
 import json
 import urllib.parse
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import tomlkit
 from packaging.utils import canonicalize_name
@@ -54,7 +63,9 @@ def url(base: str, path: str) -> str:
     return base.rstrip("/") + "/" + urllib.parse.quote(path, safe="/")
 
 
-def _pins(target: Target, files: dict[str, FileEntry]) -> list[Pinned]:
+def pins_for(target: Target, files: Mapping[str, FileEntry]) -> list[Pinned]:
+    """The target's packages with the hash and size of their file (``files``: the manifest's
+    files by path), sorted by canonical name. A package whose file is missing is an error."""
     out = []
     for p in target.packages:
         f = files.get(p.path)
@@ -77,7 +88,13 @@ def requirements_lock(t: Target, pins: list[Pinned], base: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def pylock_toml(t: Target, pins: list[Pinned], base: str) -> str:
+def pylock_toml(t: Target, pins: Sequence[Pinned], base: str, *, location: Literal["url", "path"] = "url") -> str:
+    """PEP 751 ``pylock.toml`` for one pip target.
+
+    ``location="url"``: each wheel is ``url = <base>/<quoted path>`` and each package names its
+    ``index`` (``<base>/<t.index>``). ``location="path"``: each wheel is ``path = <base>/<path>``
+    (a file path, not quoted; e.g. ``base="../.."`` from ``targets/<id>/``) and no index is named.
+    """
     sys_platform, machine = _MARKERS.get(t.platform, (None, None))
     env = f"python_version == '{t.python}'"
     if sys_platform:
@@ -93,9 +110,11 @@ def pylock_toml(t: Target, pins: list[Pinned], base: str) -> str:
         pkg = tomlkit.table()
         pkg.add("name", str(canonicalize_name(p.name)))
         pkg.add("version", p.version)
-        pkg.add("index", index)
+        if location == "url":
+            pkg.add("index", index)
         wheel = tomlkit.inline_table()
-        wheel.update({"name": p.filename, "url": url(base, p.path), "size": p.size, "hashes": {"sha256": p.sha256}})
+        where = {"url": url(base, p.path)} if location == "url" else {"path": base.rstrip("/") + "/" + p.path}
+        wheel.update({"name": p.filename, **where, "size": p.size, "hashes": {"sha256": p.sha256}})
         pkg.add("wheels", [wheel])
         pkgs.append(pkg)
     doc.add("packages", pkgs)
@@ -190,8 +209,8 @@ def render(manifest: Manifest, base: str = DEFAULT_BASE) -> dict[str, dict[str, 
     out: dict[str, dict[str, str]] = {}
     for tid in sorted(by_id):
         pip, conda = by_id[tid].get("pip"), by_id[tid].get("conda")
-        pip_pins = _pins(pip, files) if pip else []
-        conda_pins = _pins(conda, files) if conda else []
+        pip_pins = pins_for(pip, files) if pip else []
+        conda_pins = pins_for(conda, files) if conda else []
         docs = {}
         if pip:
             docs[REQUIREMENTS] = requirements_lock(pip, pip_pins, base)
