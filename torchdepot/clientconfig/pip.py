@@ -19,7 +19,8 @@ Trade-off: the pins name versions. When the mirror gains a newer torch, ``pip in
 keeps giving the pinned one until ``torchdepot config pip`` is re-run (it regenerates the
 file; the run says so). A version the mirror lacks for this Python fails to install with
 pip's "no matching distribution" instead of silently falling back to another index's CPU
-build. To escape the pins for one command: ``PIP_CONSTRAINT= pip install ...``.
+build. To escape the pins for one command: ``PIP_CONSTRAINT=/dev/null pip install ...``
+(pip ignores an empty PIP_CONSTRAINT; this also drops any other constraint files for that run).
 """
 
 from __future__ import annotations
