@@ -94,12 +94,14 @@ def test_bad_yaml_is_one_line(tmp_path):
 
 values = st.recursive(
     st.none() | st.booleans() | st.integers(-5, 100) | st.floats(allow_nan=False) | st.text(max_size=12)
-    | st.sampled_from(["cpu", "cu118", "3.11", "host", "linux-x86_64", "macos-arm64", "torch>=2", "fail", "nightly"]),
+    | st.sampled_from(["cpu", "cu118", "3.11", "host", "linux-x86_64", "macos-arm64", "torch>=2", "fail", "nightly",
+                      "test/variant", "ustc", "2026-06-01T00:00:00Z", "a.example", "conda-forge"]),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=8,
 )
 keys = st.sampled_from(["packages", "extra_packages", "accelerators", "pythons", "platforms", "channel", "out",
-                        "upstreams", "on_hash_mismatch", "jobs", "conda", "targets"])
+                        "upstreams", "on_hash_mismatch", "jobs", "conda", "targets", "keep", "allow_hosts",
+                        "exclude_newer", "fsync"])
 
 
 @settings(max_examples=300, deadline=None)

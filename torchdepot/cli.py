@@ -1,24 +1,20 @@
 """The ``torchdepot`` command line. Each subcommand lives in ``torchdepot/commands/``.
 
-Every error the user can cause ends as one line on stderr and a non-zero exit, never a
-traceback: :class:`~torchdepot.errors.TorchdepotError` and ``OSError`` are caught here.
+Every failure ends as one line on stderr, never a traceback (:mod:`torchdepot.commands.guard`):
+bad input exits 1, an unexpected exception exits 1 naming the command and the error type
+(``--debug`` shows the traceback instead), Ctrl-C exits 130, and usage errors keep click's exit 2.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
-import sys
 
 import click
 
 from torchdepot import __version__
-from torchdepot.errors import TorchdepotError
+from torchdepot.commands.guard import one_line_errors
 
-
-def _one_line(exc: BaseException) -> str:
-    # Messages quote user input (file names, YAML keys); keep the error a single line anyway.
-    return " ".join(str(exc).splitlines()) or type(exc).__name__
+_COMMAND_KEY = "torchdepot.command"
 
 
 # command name -> module in torchdepot.commands defining it (in its COMMANDS list).
@@ -55,27 +51,25 @@ class _Group(click.Group):
         mod = importlib.import_module(f"{__package__}.commands.{module}")
         return next((c for c in mod.COMMANDS if c.name == name), None)
 
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        # Named in the one-line report of an unexpected error, even one raised while the
+        # command's module is imported.
+        ctx.meta[_COMMAND_KEY] = args[0] if args else ""
+        name, cmd, rest = super().resolve_command(ctx, args)
+        ctx.meta[_COMMAND_KEY] = name or ctx.meta[_COMMAND_KEY]
+        return name, cmd, rest
+
     def invoke(self, ctx: click.Context):
-        try:
+        with one_line_errors("torchdepot", lambda: f"torchdepot {ctx.meta.get(_COMMAND_KEY, '')}".strip(),
+                             debug=bool(ctx.params.get("debug"))):
             return super().invoke(ctx)
-        except TorchdepotError as exc:
-            click.echo(f"torchdepot: error: {_one_line(exc)}", err=True)
-            sys.exit(1)
-        except BrokenPipeError:
-            # `torchdepot ls | head`: the reader left; not an error worth a message. Point
-            # stdout at devnull so the interpreter's final flush does not fail again.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            sys.exit(0)
-        except OSError as exc:
-            where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
-            click.echo(f"torchdepot: error: {where}{exc.strerror or exc}", err=True)
-            sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("torchdepot: interrupted", err=True)
-            sys.exit(130)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="Exit status: 0 ok; 1 error (one line on stderr, naming the input); 2 usage error "
+                    "(bad option or argument); 130 interrupted (Ctrl-C).")
 @click.version_option(__version__, prog_name="torchdepot")
-def main() -> None:
+@click.option("--debug", is_flag=True, envvar="TORCHDEPOT_DEBUG",
+              help="Show the traceback of an unexpected error instead of one line (also TORCHDEPOT_DEBUG=1).")
+def main(debug: bool) -> None:
     """Offline PyTorch mirrors, locks and verification for pip, uv and conda."""

@@ -1,4 +1,9 @@
-"""``torchdepot mirror``: build or update the offline pip mirror from a spec."""
+"""``torchdepot mirror`` (and ``tools/fetch``): build or update the offline mirror from a spec.
+
+Argument parsing and printing only: the spec is loaded and validated whole (conda section
+included), command-line values replace spec keys through ``with_overrides``, and the output
+directory is checked by :func:`torchdepot.store.outdir.check_out_dir` before anything is written.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,9 @@ from pathlib import Path
 
 import click
 
+from torchdepot.commands.guard import one_line_errors
 from torchdepot.spec.mirror import load_spec, with_overrides
+from torchdepot.store.outdir import check_out_dir
 
 DEFAULT_SPEC = "mirror/mirror.yaml"
 
@@ -25,19 +32,32 @@ DEFAULT_SPEC = "mirror/mirror.yaml"
               help="fsync every file before publishing it (survives power loss; slower on large mirrors).")
 @click.option("--wait", type=float, default=None, metavar="SECONDS",
               help="Wait this long for another run holding the mirror lock (default: fail at once).")
-def mirror_cmd(spec_path, out, upstreams, jobs, dry_run, on_hash_mismatch, fsync, wait) -> None:
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="HOST",
+              help="Also download from this host (repeatable; adds to the spec's allow_hosts).")
+@click.option("--exclude-newer", metavar="TIME",
+              help="Ignore files uploaded after this UTC time or date, e.g. 2026-06-01T00:00:00Z "
+                   "(overrides the spec's exclude_newer).")
+def mirror_cmd(spec_path, out, upstreams, jobs, dry_run, on_hash_mismatch, fsync, wait, allow_hosts,
+               exclude_newer) -> None:
     """Mirror torch (+ dependencies) for every target in the spec, laid out like download.pytorch.org.
+
+    OUT must be new, empty, or an existing torchdepot mirror; /, your home directory and
+    directories of other files are refused before anything is written.
 
     \b
     Example:
       torchdepot mirror --spec mirror/mirror.yaml --out /srv/torch --jobs 8
+      torchdepot mirror --exclude-newer 2026-06-01T00:00:00Z --allow-host files.mirror.example
       pip install --index-url file:///srv/torch/whl/cpu torch
     """
     from torchdepot.sync.pip import sync
 
     spec = load_spec(spec_path)
+    hosts = [*spec.allow_hosts, *allow_hosts] if allow_hosts else None
     spec = with_overrides(spec, out=out, upstreams=list(upstreams) or None, jobs=jobs,
-                          on_hash_mismatch=on_hash_mismatch, fsync=fsync or None)
+                          on_hash_mismatch=on_hash_mismatch, fsync=fsync or None, allow_hosts=hosts,
+                          exclude_newer=exclude_newer)
+    check_out_dir(spec.out)
     result = sync(spec, dry_run=dry_run, wait=wait, out=Path(spec.out))
     if not dry_run:
         idx = "published" if result.index_changed else "unchanged"
@@ -70,40 +90,36 @@ def _base_spec(out: str | None):
 @click.option("--upstream", "upstreams", multiple=True, metavar="URL", help="PyTorch index base (repeatable).")
 @click.option("--jobs", type=click.IntRange(1, 64), help="Parallel downloads.")
 @click.option("--dry-run", is_flag=True, help="Print the plan only.")
-def fetch_tool(cuda, cpu, accelerator, python, torch_version, platform, out, upstreams, jobs, dry_run) -> None:
+@click.option("--debug", is_flag=True, envvar="TORCHDEPOT_DEBUG",
+              help="Show the traceback of an unexpected error instead of one line.")
+def fetch_tool(cuda, cpu, accelerator, python, torch_version, platform, out, upstreams, jobs, dry_run, debug) -> None:
     """Add one target to the mirror and sync it.
 
     \b
     Example:
       tools/fetch --cuda cu118 --py 3.10 --torch 2.1.0 --out /srv/torch
     """
-    import sys
-
     from torchdepot.model.accel import cuda_from_dotted
-    from torchdepot.errors import TorchdepotError
     from torchdepot.sync.pip import sync
 
-    try:
+    with one_line_errors("tools/fetch", "tools/fetch", debug=debug):
         if sum(bool(x) for x in (cuda, cpu, accelerator)) > 1:
             raise click.UsageError("give one of --cuda, --cpu, --accelerator")
         acc = accelerator or "cpu"
         if cuda:
             acc = cuda_from_dotted(cuda).name if "." in cuda else cuda
         spec, root = _base_spec(out)
-        targets = list((spec.raw or {}).get("targets", []))
+        check_out_dir(root)
         entry = {"accelerator": acc, "python": python, "platform": platform}
         if torch_version:
             entry["torch"] = torch_version
-        targets.append(entry)
+        targets = [t.to_data() for t in spec.extra_targets] + [entry]
         spec = with_overrides(spec, targets=targets, out=str(root), upstreams=list(upstreams) or None, jobs=jobs)
         result = sync(spec, dry_run=dry_run, out=root)
         if not dry_run:
             added = spec.extra_targets[-1].id
             click.echo(f"mirror {result.out}: added {added}; {len(result.targets)} targets; {result.summary}; "
                        f"total {result.seconds:.1f} s")
-    except TorchdepotError as exc:
-        click.echo(f"tools/fetch: error: {exc}", err=True)
-        sys.exit(1)
 
 
 COMMANDS = [mirror_cmd]

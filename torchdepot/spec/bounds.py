@@ -9,7 +9,7 @@ Every limit is a module constant with a safe default, and every refusal is a one
   document with every alias expanded, counted on the composed node graph before any object
   is built (a 400-byte "billion laughs" is refused in milliseconds);
 - ``MAX_DEPTH``: nesting of sequences and mappings (no RecursionError on ``[[[[...``);
-- ``MAX_SCALAR``: characters in one scalar, and ``MAX_DIGITS`` in one run of digits, so a
+- ``MAX_SCALAR``: characters in one scalar (key or value), and ``MAX_DIGITS`` in one run of digits, so a
   5,000-digit number never reaches ``int()`` (Python refuses past 4,300 digits) nor a message.
 
 Pure apart from :func:`read_bounded`, which reads one file.
@@ -90,37 +90,46 @@ def decode_text(data: bytes, where: str) -> str:
 
 
 class _BoundedLoader(yaml.SafeLoader):
-    """SafeLoader that counts aliases and nesting while composing, before any object is built."""
+    """SafeLoader that bounds aliases, nesting and scalars while composing, before any object
+    is built, and knows the key path of the node being composed (for the message)."""
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._aliases = 0
-        self._depth = 0
+        self._path: list[str] = []
 
-    def _mark(self) -> str:
-        mark = self.peek_event().start_mark
-        return f"at line {mark.line + 1}, column {mark.column + 1}"
+    def _where(self, mark: yaml.Mark | None = None) -> str:
+        mark = mark or self.peek_event().start_mark
+        key = "".join(self._path).lstrip(".")
+        return f"{key + ': ' if key else ''}at line {mark.line + 1}, column {mark.column + 1}"
 
     def compose_node(self, parent, index):  # noqa: ANN001 (PyYAML's signature)
         if self.check_event(AliasEvent):
             self._aliases += 1
             if self._aliases > MAX_ALIASES:
-                raise SpecError(f"more than {MAX_ALIASES} YAML aliases {self._mark()} (an alias bomb?)")
-        self._depth += 1
+                raise SpecError(f"{self._where()}: more than {MAX_ALIASES} YAML aliases (an alias bomb?)")
+        if isinstance(index, yaml.ScalarNode):
+            self._path.append("." + quote_key(index.value))
+        elif isinstance(index, int) and not isinstance(index, bool):
+            self._path.append(f"[{index}]")
+        else:
+            self._path.append("")  # the document, or a mapping key being composed
         try:
-            if self._depth > MAX_DEPTH:
-                raise SpecError(f"nested deeper than {MAX_DEPTH} levels {self._mark()}")
+            if len(self._path) > MAX_DEPTH:
+                raise SpecError(f"{self._where()}: nested deeper than {MAX_DEPTH} levels")
             return super().compose_node(parent, index)
         finally:
-            self._depth -= 1
+            self._path.pop()
 
-    def construct_scalar(self, node):  # noqa: ANN001
-        value = super().construct_scalar(node)
-        if isinstance(value, str) and (len(value) > MAX_SCALAR or _LONG_DIGITS.search(value)):
-            what = f"a value of {len(value)} characters" if len(value) > MAX_SCALAR \
-                else f"a number of more than {MAX_DIGITS} digits"
-            raise SpecError(f"{what} at line {node.start_mark.line + 1}, column {node.start_mark.column + 1}")
-        return value
+    def compose_scalar_node(self, anchor):  # noqa: ANN001
+        node = super().compose_scalar_node(anchor)
+        value = node.value
+        if len(value) > MAX_SCALAR:
+            raise SpecError(f"{self._where(node.start_mark)}: a value of {len(value)} characters "
+                            f"(at most {MAX_SCALAR})")
+        if _LONG_DIGITS.search(value):
+            raise SpecError(f"{self._where(node.start_mark)}: a number of more than {MAX_DIGITS} digits")
+        return node
 
 
 def _expanded_size(root: yaml.Node) -> int:
@@ -142,8 +151,9 @@ def _expanded_size(root: yaml.Node) -> int:
 
 def load_yaml(text: str, where: str) -> object:
     """One YAML document, bounded as the module docstring says; errors are one line naming ``where``."""
-    loader = _BoundedLoader(text)
+    loader = None
     try:
+        loader = _BoundedLoader(text)  # the reader already rejects control characters here
         node = loader.get_single_node()
         if node is None:
             return None
@@ -160,4 +170,5 @@ def load_yaml(text: str, where: str) -> object:
     except (ValueError, RecursionError, MemoryError) as exc:  # int/float/timestamp overflow, last resorts
         raise SpecError(f"{where}: invalid YAML: {show_text(str(exc) or type(exc).__name__, 100)}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()

@@ -1,0 +1,98 @@
+"""``out:`` safety (issue 13.3): a mirror is written only into a new or empty directory or an
+existing mirror; /, $HOME (and above) and directories of other files are refused in one line,
+before anything is written, by ``torchdepot mirror`` and ``tools/fetch`` alike."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from torchdepot.cli import main
+from torchdepot.commands.mirror import fetch_tool
+from torchdepot.errors import UnsafePathError
+from torchdepot.store.outdir import check_out_dir, is_mirror
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    h = tmp_path / "home" / "alice"
+    h.mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(h))
+    return h
+
+
+def refused(path, expected: str) -> str:
+    with pytest.raises(UnsafePathError) as info:
+        check_out_dir(path)
+    msg = str(info.value)
+    assert expected in msg and "\n" not in msg, msg
+    return msg
+
+
+def test_new_empty_and_existing_mirrors_are_accepted(home):
+    assert check_out_dir(home / "mirror") == (home / "mirror").resolve()
+    assert check_out_dir(home / "a" / "b" / "c") == (home / "a" / "b" / "c").resolve()
+    (home / "empty").mkdir()
+    assert check_out_dir(home / "empty")
+    for marker in ("manifest.json", ".torchdepot", ".torchdepot.lock"):
+        m = home / f"m-{marker}"
+        m.mkdir()
+        (m / "index.html").write_text("old landing page")
+        (m / marker).mkdir() if marker == ".torchdepot" else (m / marker).write_text("{}")
+        assert is_mirror(m) and check_out_dir(m) == m.resolve()
+
+
+def test_refusals(home, tmp_path):
+    docs = home / "docs"
+    docs.mkdir()
+    (docs / "index.html").write_text("my page")
+    refused(docs, "not empty and not a torchdepot mirror (it has 'index.html', no manifest.json)")
+    (home / "notes.txt").write_text("x")
+    refused(home / "notes.txt", "exists and is not a directory")
+    refused("/", "refusing the file system root")
+    refused(home, "refusing your home directory")
+    refused(f"{home}/./", "refusing your home directory")
+    refused(home.parent, "a directory above your home")
+    (tmp_path / "link").symlink_to(home)
+    refused(tmp_path / "link", "refusing your home directory")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(UnsafePathError):
+        check_out_dir(tmp_path / "loop" / "x")
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_mirror_and_tools_fetch_refuse_before_writing(home, tmp_path):
+    user = home / "site"
+    user.mkdir()
+    (user / "index.html").write_text("<h1>my site</h1>")
+    (user / "manifest.json.tmp").write_text("not ours")  # looks like a temp name a sync cleans up
+    before = _snapshot(user)
+    spec = tmp_path / "mirror.yaml"
+    spec.write_text(f"out: {user}\naccelerators: [cpu]\npythons: ['3.11']\nplatforms: [linux-x86_64]\n"
+                    "upstreams: ['http://torchlab.invalid:8000/whl']\n")
+    runner = CliRunner()
+    for args in (["mirror", "--spec", str(spec)], ["mirror", "--spec", str(spec), "--dry-run"],
+                 ["mirror", "--spec", str(spec), "--out", str(home)]):
+        res = runner.invoke(main, args)
+        assert res.exit_code == 1, res.output
+        assert res.stderr.count("\n") == 1 and "Traceback" not in res.output
+        assert res.stderr.startswith("torchdepot: error: out ")
+    res = runner.invoke(fetch_tool, ["--cpu", "--py", "3.11", "--platform", "linux-x86_64", "--out", str(user),
+                                     "--upstream", "http://torchlab.invalid:8000/whl"])
+    assert res.exit_code == 1 and res.stderr.startswith("tools/fetch: error: out ") and res.stderr.count("\n") == 1
+    assert _snapshot(user) == before and sorted(os.listdir(user)) == ["index.html", "manifest.json.tmp"]
+
+
+def test_a_hostile_manifest_in_the_mirror_is_one_line_for_tools_fetch(tmp_path):
+    m = tmp_path / "m"
+    m.mkdir()
+    (m / "manifest.json").write_text(json.dumps([1, 2, 3]))
+    res = CliRunner().invoke(fetch_tool, ["--cpu", "--out", str(m)])
+    assert res.exit_code == 1 and "Traceback" not in res.output and res.stderr.count("\n") == 1, res.output

@@ -1,0 +1,63 @@
+"""Is a directory safe to write a mirror into? Checked before a run writes anything.
+
+A mirror root may be written when it does not exist yet, is an empty directory, or is already
+a torchdepot mirror (it holds ``manifest.json``, the ``.torchdepot/`` state dir or the
+``.torchdepot.lock`` a first, interrupted run leaves). Everything else is refused with one
+line (:class:`~torchdepot.errors.UnsafePathError`): a file, a non-empty directory of other
+things (a sync would overwrite its ``index.html``), ``/``, the user's home directory and the
+directories above it. Symlinks are resolved first, so a link to ``$HOME`` is ``$HOME``.
+
+Only reads the file system (stat and one directory listing).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from torchdepot.errors import UnsafePathError
+from torchdepot.store.layout import LOCK_FILE, MANIFEST_NAME, STATE_DIR
+
+MIRROR_MARKERS = (MANIFEST_NAME, STATE_DIR, LOCK_FILE)
+
+
+def _home() -> Path | None:
+    try:
+        return Path.home().resolve()
+    except (RuntimeError, KeyError, OSError):  # no HOME and no passwd entry
+        return None
+
+
+def is_mirror(root: Path) -> bool:
+    """True when ``root`` holds one of a mirror's own marker files."""
+    return any(os.path.lexists(root / name) for name in MIRROR_MARKERS)
+
+
+def check_out_dir(path: Path | str, *, what: str = "out") -> Path:
+    """The resolved ``path`` when a mirror may be written there; UnsafePathError (one line) otherwise."""
+    given = Path(path)
+    try:
+        root = given.expanduser().resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop on older Pythons
+        raise UnsafePathError(f"{what} {given}: cannot resolve the path ({getattr(exc, 'strerror', None) or exc})") from None
+    if root == Path(root.anchor):
+        raise UnsafePathError(f"{what} {given}: refusing the file system root; name a directory for the mirror")
+    home = _home()
+    if home is not None and (root == home or root in home.parents):
+        where = "your home directory" if root == home else f"a directory above your home ({home})"
+        raise UnsafePathError(f"{what} {given}: refusing {where}; name a subdirectory such as {home / 'torch-mirror'}")
+    if not os.path.lexists(root):
+        return root
+    if not root.is_dir():
+        raise UnsafePathError(f"{what} {given}: exists and is not a directory")
+    if is_mirror(root):
+        return root
+    try:
+        with os.scandir(root) as entries:
+            first = next(entries, None)
+    except OSError as exc:
+        raise UnsafePathError(f"{what} {given}: cannot list the directory ({exc.strerror or exc})") from None
+    if first is not None:
+        raise UnsafePathError(f"{what} {given}: not empty and not a torchdepot mirror (it has {first.name!r}, "
+                              f"no {MANIFEST_NAME}); use an empty or new directory")
+    return root
