@@ -1,10 +1,16 @@
 """torchdepot serve: Range/ETag/304/types/escape checks against the real server over TCP,
-pip installing from it, the CLI, and the generated nginx config run by Debian's nginx."""
+its bounds (idle sockets, bad requests, symlink loops), pip installing from it, the CLI and
+its banner run verbatim against a LAN host name, and the generated nginx config run by
+Debian's nginx."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import http.client
 import os
+import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -16,9 +22,12 @@ from pathlib import Path
 import pytest
 from hypothesis import given, strategies as st
 
+from tests.kit.lanproxy import LanProxy
 from tests.mirror_fixture import make_mirror
 from tests.venvs import hermetic_env, make_venv, run
-from torchdepot.ship.serve import make_server, nginx_config, parse_range
+from torchdepot.resolve.uv import uv_bin
+from torchdepot.ship.serve import (CONTENT_TYPES, ServeLimits, client_host, install_commands, make_server,
+                                   nginx_config, nginx_types, parse_range)
 
 TD = Path(sys.executable).parent / "torchdepot"
 
@@ -31,6 +40,8 @@ def mirror(tmp_path_factory) -> Path:
     outside = root.parent / "secret.txt"
     outside.write_text("secret")
     os.symlink(outside, root / "escape.txt")
+    os.symlink("loop-b", root / "loop-a")  # a symlink loop inside the root
+    os.symlink("loop-a", root / "loop-b")
     (root / ".torchdepot" / "hashes.json").write_text("{}")
     return root
 
@@ -136,6 +147,121 @@ def test_parse_range_never_raises(text):
     assert r is None or 0 <= r.start <= r.end < 100
 
 
+@given(st.from_regex(r"bytes=[0-9]{0,6000}-[0-9]{0,6000}", fullmatch=True) | st.text(alphabet="bytes=0123456789-, ", max_size=9000),
+       st.integers(0, 2**62))
+def test_parse_range_fuzz_huge_numbers(header, size):
+    r = parse_range(header, size)
+    assert r is None or 0 <= r.start <= r.end < size
+
+
+# -- bounds: idle sockets, hostile requests, no tracebacks ------------------------------------
+@contextlib.contextmanager
+def serving(root: Path, limits: ServeLimits = ServeLimits(), quiet: bool = True):
+    httpd = make_server(root, "127.0.0.1", 0, quiet=quiet, limits=limits)
+    t = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    t.start()
+    try:
+        yield httpd
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def raw_exchange(httpd, data: bytes) -> bytes:
+    with socket.create_connection(httpd.server_address[:2], timeout=10) as s:
+        s.sendall(data)
+        return s.recv(65536)
+
+
+def test_idle_sockets_do_not_starve_real_clients(mirror):
+    with serving(mirror, ServeLimits(workers=4)) as httpd:
+        idle = [socket.create_connection(httpd.server_address[:2], timeout=10) for _ in range(300)]
+        try:
+            # 300 idle connections (plus a few that sent half a request line) hold 4 workers at most
+            for s in idle[:3]:
+                s.sendall(b"GET /whl/cp")
+            started = time.monotonic()
+            for _ in range(5):
+                resp, body = request(httpd, WHEEL)
+                assert resp.status == 200 and body[:2] == b"PK"
+            took = time.monotonic() - started
+            assert took < 3.0, f"5 real GETs took {took:.2f}s behind 300 idle sockets"
+        finally:
+            for s in idle:
+                s.close()
+
+
+def test_idle_timeout_and_idle_cap_close_connections(mirror):
+    with serving(mirror, ServeLimits(idle_timeout=0.5, max_idle=10)) as httpd:
+        kept = socket.create_connection(httpd.server_address[:2], timeout=5)
+        started = time.monotonic()
+        assert kept.recv(1) == b""  # closed by the server, not by our 5 s timeout
+        assert time.monotonic() - started < 3
+        kept.close()
+    with serving(mirror, ServeLimits(idle_timeout=60, max_idle=10)) as httpd:
+        socks = [socket.create_connection(httpd.server_address[:2], timeout=5) for _ in range(25)]
+        time.sleep(0.5)
+        closed = 0
+        for s in socks[:15]:  # the oldest 15 were closed to keep 10
+            s.settimeout(3)
+            closed += s.recv(1) == b""
+        assert closed == 15
+        socks[-1].sendall(f"GET {WHEEL} HTTP/1.1\r\nHost: x\r\nRange: bytes=0-1\r\n\r\n".encode())
+        assert socks[-1].recv(4096).startswith(b"HTTP/1.1 206")  # the newest still serves
+        for s in socks:
+            s.close()
+
+
+def test_keep_alive_serves_several_requests_on_one_connection(mirror):
+    with serving(mirror, ServeLimits(workers=2)) as httpd:
+        conn = http.client.HTTPConnection(*httpd.server_address[:2], timeout=10)
+        for _ in range(20):
+            conn.request("GET", "/manifest.json")
+            r = conn.getresponse()
+            assert r.status == 200 and r.read()
+        # pipelined: two requests in one write are both answered
+        with socket.create_connection(httpd.server_address[:2], timeout=10) as s:
+            s.sendall(b"HEAD /manifest.json HTTP/1.1\r\nHost: x\r\n\r\n" * 2)
+            got = b""
+            while got.count(b"HTTP/1.1 200") < 2:
+                chunk = s.recv(65536)
+                assert chunk, got
+                got += chunk
+
+
+def test_hostile_requests_get_a_status_not_a_dropped_connection(mirror, capfd):
+    with serving(mirror, quiet=False) as httpd:
+        cases = [
+            (f"/packages/{'a' * 300}.whl", {}, 414),
+            (f"/{'b' * 300}/", {}, 414),
+            (WHEEL, {"Range": "bytes=" + "9" * 5000 + "-"}, 416),
+            (WHEEL, {"Range": "bytes=0-" + "1" * 5000}, 416),
+            (WHEEL, {"Range": "bytes=" + "1" * 50 + "-" + "2" * 50}, 416),
+            ("/loop-a", {}, 404),
+            ("/loop-a/", {}, 404),
+            ("/loop-a/x/y", {}, 404),
+            ("/whl/cpu/torch/", {"Accept": "application/vnd.pypi.simple.v1+json;q=" + "9" * 5000}, 200),
+        ]
+        conn = http.client.HTTPConnection(*httpd.server_address[:2], timeout=10)
+        for path, headers, status in cases:  # all on one connection: none of them drops it
+            conn.request("GET", path, headers=headers)
+            r = conn.getresponse()
+            r.read()
+            assert r.status == status, (path[:40], headers.keys(), r.status)
+        conn.close()
+        assert b"400" in raw_exchange(httpd, b"NONSENSE\r\n\r\n")  # an HTTP/0.9 answer: no status line
+        assert raw_exchange(httpd, b"GET / / HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 400")
+        assert raw_exchange(httpd, b"BREW /pot HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 501")
+        assert raw_exchange(httpd, b"GET /" + b"x" * 70_000 + b" HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 414")
+        assert raw_exchange(httpd, b"GET / HTTP/1.1\r\nX: " + b"y" * 70_000 + b"\r\n\r\n").startswith(b"HTTP/1.1 431")
+        assert raw_exchange(httpd, b"GET /\x00\xff HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 404")
+        resp, _ = request(httpd, "/manifest.json")  # still serving
+        assert resp.status == 200
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and err.count("\n") >= 10, err[-2000:]
+
+
+# -- the CLI -----------------------------------------------------------------------------------
 def _pip_install_from(url: str, tmp: Path) -> str:
     py = make_venv(tmp / "venv")
     proc = run([py, "-m", "pip", "install", "--no-cache-dir", "--index-url", f"{url}/whl/cpu", "torch==2.13.0+cpu"])
@@ -145,17 +271,93 @@ def _pip_install_from(url: str, tmp: Path) -> str:
     return proc.stdout.strip()
 
 
+def _start_cli(*args) -> tuple[subprocess.Popen, list[str]]:
+    proc = subprocess.Popen([TD, "serve", *map(str, args)], stdout=subprocess.PIPE, text=True, env=hermetic_env())
+    banner = [proc.stdout.readline() for _ in range(3)]
+    return proc, [line.rstrip("\n") for line in banner]
+
+
 def test_cli_serve_and_pip_install(mirror, tmp_path):
-    proc = subprocess.Popen([TD, "serve", "--root", mirror, "--port", "0", "--quiet"],
-                            stdout=subprocess.PIPE, text=True, env=hermetic_env())
+    proc, banner = _start_cli("--root", mirror, "--port", 0, "--quiet")
     try:
-        line = proc.stdout.readline()
-        assert line.startswith("Serving ") and "http://127.0.0.1:" in line, line
-        url = line.split(" at ", 1)[1].split("/ ", 1)[0]
+        assert banner[0].startswith("Serving ") and "http://127.0.0.1:" in banner[0], banner
+        url = re.search(r" at (http://\S+?)/$", banner[0]).group(1)
+        # loopback: pip trusts it as is, so the printed commands carry no trust options
+        assert banner[1] == f"  pip install --index-url {url}/whl/cpu torch"
+        assert banner[2] == f"  uv pip install --index-url {url}/whl/cpu torch"
         assert _pip_install_from(url, tmp_path) == "2.13.0+cpu"
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_banner_commands_work_verbatim_on_a_lan_host(mirror, tmp_path):
+    """`--public-host torchlab`: the banner's pip and uv lines, run exactly as printed through a
+    loopback proxy that routes the LAN name, install from plain HTTP; pip without the printed
+    trust option refuses the host (so the option is what makes it work)."""
+    proc, banner = _start_cli("--root", mirror, "--port", 0, "--quiet", "--public-host", "torchlab")
+    try:
+        m = re.match(r"Serving \S+ at http://torchlab:(\d+)/  \(listening on http://127\.0\.0\.1:(\d+)\)$", banner[0])
+        assert m and m.group(1) == m.group(2), banner
+        port = int(m.group(1))
+        pip_line, uv_line = banner[1].strip(), banner[2].strip()
+        assert pip_line == f"pip install --index-url http://torchlab:{port}/whl/cpu --trusted-host torchlab torch"
+        assert uv_line == f"uv pip install --index-url http://torchlab:{port}/whl/cpu --allow-insecure-host torchlab torch"
+        with LanProxy({f"torchlab:{port}": ("127.0.0.1", port)}) as proxy:
+            venv_dir = tmp_path / "venv"
+            py = make_venv(venv_dir)
+            uv_dir = tmp_path / "uvbin"
+            uv_dir.mkdir()
+            (uv_dir / "uv").symlink_to(uv_bin())
+            env = proxy.env(hermetic_env(PATH=f"{venv_dir / 'bin'}{os.pathsep}{uv_dir}{os.pathsep}{os.environ['PATH']}",
+                                         VIRTUAL_ENV=str(venv_dir), UV_NO_CACHE="1", PIP_NO_CACHE_DIR="1"))
+            untrusted = subprocess.run(shlex.split(pip_line.replace(" --trusted-host torchlab", "")),
+                                       env=env, capture_output=True, text=True)
+            assert untrusted.returncode != 0 and "torchlab" in untrusted.stdout + untrusted.stderr
+            done = subprocess.run(shlex.split(pip_line), env=env, capture_output=True, text=True)
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert run([py, "-c", "import torch; print(torch.__version__)"]).stdout.strip() == "2.13.0+cpu"
+            run([py, "-m", "pip", "uninstall", "-y", "torch", "filelock"])
+            done = subprocess.run(shlex.split(uv_line), env=env, capture_output=True, text=True)
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert run([py, "-c", "import torch; print(torch.__version__)"]).stdout.strip() == "2.13.0+cpu"
+            assert any(r.startswith(f"GET http://torchlab:{port}/whl/cpu/torch/") for r in proxy.seen)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_install_commands_and_client_host():
+    assert install_commands("http://127.0.0.1:8000/whl/cpu") == [
+        "pip install --index-url http://127.0.0.1:8000/whl/cpu torch",
+        "uv pip install --index-url http://127.0.0.1:8000/whl/cpu torch"]
+    assert install_commands("https://torch.lab/whl/cu126")[0] == "pip install --index-url https://torch.lab/whl/cu126 torch"
+    assert "--trusted-host fd00::1 " in install_commands("http://[fd00::1]:8000/whl/cpu")[0].replace("[", "").replace("]", "")
+    assert client_host("0.0.0.0") == socket.gethostname() == client_host("::")
+    assert client_host("torchlab") == "torchlab"
+
+
+def test_address_in_use_is_one_line_naming_the_port(mirror):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        proc = subprocess.run([TD, "serve", "--root", mirror, "--port", str(port)], capture_output=True, text=True,
+                              env=hermetic_env(), timeout=30)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr == f"torchdepot: error: cannot serve on 127.0.0.1:{port}: address already in use " \
+                          "(another server? pick another --port)\n"
+    assert errno.EADDRINUSE  # the errno the command maps (a typed check, not message text)
+
+
+# -- nginx ---------------------------------------------------------------------------------------
+def test_nginx_types_come_from_content_types():
+    conf = nginx_config(Path("/srv/mirror"))
+    block = conf.split("types {", 1)[1].split("}", 1)[0]
+    declared = {ext: line.split()[0] for line in block.strip().splitlines() for ext in line.strip(" ;").split()[1:]}
+    for suffix, mime in CONTENT_TYPES.items():
+        assert declared[suffix.lstrip(".")] == mime.split(";")[0], suffix
+    assert sum(len(v) for v in nginx_types().values()) == len(CONTENT_TYPES) == len(declared)
 
 
 def _free_port() -> int:
@@ -164,13 +366,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_nginx_serves_mirror_and_pip_installs(mirror, tmp_path):
+@contextlib.contextmanager
+def running_nginx(root: Path, tmp_path: Path):
+    """Debian's nginx running the generated config for ``root`` on a loopback port."""
     nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
     assert nginx, "nginx not installed: apt-get install -y nginx-light (.ci/run installs it)"
     port = _free_port()
     conf_dir = tmp_path / "nginx"
     (conf_dir / "logs").mkdir(parents=True)
-    block = nginx_config(mirror, port=port, listen=f"127.0.0.1:{port}")
+    block = nginx_config(root, port=port, listen=f"127.0.0.1:{port}")
     (conf_dir / "nginx.conf").write_text(f"""
 {"user root;" if os.geteuid() == 0 else ""}
 daemon off;
@@ -191,7 +395,6 @@ http {{
     proc = subprocess.Popen([nginx, "-c", conf_dir / "nginx.conf", "-p", conf_dir],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -201,6 +404,15 @@ http {{
                 assert proc.poll() is None, f"nginx exited: {proc.stdout.read()}"
                 assert time.monotonic() < deadline, "nginx did not start"
                 time.sleep(0.1)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_nginx_serves_mirror_and_pip_installs(mirror, tmp_path):
+    with running_nginx(mirror, tmp_path) as port:
+        url = f"http://127.0.0.1:{port}"
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         conn.request("GET", WHEEL, headers={"Range": "bytes=0-3"})
         r = conn.getresponse()
@@ -213,8 +425,10 @@ http {{
         r = conn.getresponse()
         r.read()
         assert r.status == 404
+        for name in ("manifest.json", "index.html"):
+            conn.request("GET", f"/{name}")
+            r = conn.getresponse()
+            r.read()
+            assert r.getheader("Content-Type").split(";")[0] == CONTENT_TYPES[os.path.splitext(name)[1]].split(";")[0]
         conn.close()
         assert _pip_install_from(url, tmp_path) == "2.13.0+cpu"
-    finally:
-        proc.terminate()
-        proc.wait(10)

@@ -2,11 +2,36 @@
 
 from __future__ import annotations
 
+import errno
+import re
+import sys
 from pathlib import Path
 
 import click
 
-from torchdepot.ship.serve import make_server, nginx_config, server_url
+from torchdepot.errors import TorchdepotError
+from torchdepot.ship.serve import (ServeLimits, client_url, install_commands, is_loopback, make_server,
+                                   nginx_config, server_url)
+from torchdepot.store import manifest as mf
+
+_DEFAULTS = ServeLimits()
+_HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[?[0-9A-Fa-f:.]{2,45}\]?")
+
+
+def _check_public_host(ctx, param, value: str | None) -> str | None:
+    # the name is printed into commands users paste: only a host name or an IP address
+    if value is not None and not _HOST_NAME.fullmatch(value):
+        raise click.BadParameter(f"{value!r} is not a host name or IP address")
+    return value.strip("[]") if value else value
+
+
+def _index_path(root: Path) -> str:
+    """The variant index to show in the banner: whl/cpu when the mirror has it, else its first."""
+    try:
+        indexes = sorted({t.index for t in mf.load(root).targets if t.kind == "pip" and t.index})
+    except (TorchdepotError, OSError, ValueError):
+        indexes = []
+    return "whl/cpu" if "whl/cpu" in indexes or not indexes else indexes[0]
 
 
 @click.command("serve")
@@ -14,16 +39,28 @@ from torchdepot.ship.serve import make_server, nginx_config, server_url
               show_default=True, help="Mirror root to serve.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind (localhost unless told otherwise; 0.0.0.0 for a lab).")
-@click.option("--port", type=int, default=8000, show_default=True, help="Port (0: any free port).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="Port (0: any free port).")
+@click.option("--public-host", default=None, metavar="NAME", callback=_check_public_host,
+              help="Host name clients use in the printed commands (default: --host, or this machine's "
+                   "name when --host is 0.0.0.0 or ::).")
 @click.option("--nginx-config", "nginx", is_flag=True, help="Print an nginx server block instead of serving.")
 @click.option("--server-name", default="_", show_default=True, help="nginx server_name (with --nginx-config).")
+@click.option("--workers", type=click.IntRange(1, 1024), default=_DEFAULTS.workers, show_default=True,
+              help="Requests answered at once (idle connections do not hold a worker).")
+@click.option("--idle-timeout", type=click.FloatRange(0.1, 3600), default=_DEFAULTS.idle_timeout,
+              show_default=True, help="Seconds an idle keep-alive connection is kept.")
+@click.option("--max-idle", type=click.IntRange(1, 100_000), default=_DEFAULTS.max_idle, show_default=True,
+              help="Idle connections kept; past this the oldest is closed.")
 @click.option("--quiet", is_flag=True, help="Do not log requests.")
-def serve_cmd(root: Path, host: str, port: int, nginx: bool, server_name: str, quiet: bool) -> None:
-    """Serve a mirror as static files (Range, ETag, 304), or print an nginx config.
+def serve_cmd(root: Path, host: str, port: int, public_host: str | None, nginx: bool, server_name: str, workers: int,
+              idle_timeout: float, max_idle: int, quiet: bool) -> None:
+    """Serve a mirror as static files (Range, ETag, 304, PEP 691 JSON), or print an nginx config.
 
     \b
     Examples:
       torchdepot serve --root mirror/out --port 8000
+      torchdepot serve --root mirror/out --host 0.0.0.0 --port 8000 --public-host torchlab
       torchdepot serve --nginx-config --root /srv/torch-mirror --port 80 --server-name torch.lab
     """
     if nginx:
@@ -31,10 +68,22 @@ def serve_cmd(root: Path, host: str, port: int, nginx: bool, server_name: str, q
         return
     if not root.is_dir():
         raise click.BadParameter(f"{root} is not a directory", param_hint="--root")
-    httpd = make_server(root, host, port, quiet=quiet)
-    url = server_url(httpd)
-    click.echo(f"Serving {root.resolve()} at {url}/  (pip install --index-url {url}/whl/cpu torch)", err=False)
-    import sys
+    limits = ServeLimits(workers=workers, idle_timeout=idle_timeout, request_timeout=_DEFAULTS.request_timeout,
+                         max_idle=max_idle)
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        httpd = make_server(root, host, port, quiet=quiet, limits=limits)
+    except OSError as exc:
+        reason = "address already in use (another server? pick another --port)" if exc.errno == errno.EADDRINUSE \
+            else (exc.strerror or str(exc))
+        raise TorchdepotError(f"cannot serve on {where}: {reason}") from None
+    url = client_url(httpd, public_host or host)
+    bound = server_url(httpd)
+    lines = [f"Serving {root.resolve()} at {url}/" + (f"  (listening on {bound})" if url != bound else "")]
+    lines += [f"  {cmd}" for cmd in install_commands(f"{url}/{_index_path(root)}")]
+    if not is_loopback(public_host or host):
+        lines.append("  plain HTTP: the trusted-host / allow-insecure-host options above are required off localhost")
+    click.echo("\n".join(lines))
     sys.stdout.flush()
     try:
         httpd.serve_forever()

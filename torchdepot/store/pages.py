@@ -30,6 +30,7 @@ from packaging.utils import canonicalize_name
 
 from torchdepot.errors import TorchdepotError
 from torchdepot.store.fsutil import atomic_write_bytes, fsync_dir, safe_join
+from torchdepot.store import simple_json
 
 PUBLISH_DIR = ".publish"
 INDEX_LINK = "whl"
@@ -43,6 +44,8 @@ class IndexFile:
     sha256: str
     requires_python: str | None = None
     metadata_sha256: str | None = None
+    size: int | None = None  # PEP 700, for the JSON twin (store/simple_json.py); None = unknown
+    upload_time: str | None = None  # PEP 700, only as upstream gave it; never invented
 
 
 # -- PEP 658 metadata -------------------------------------------------------------------
@@ -129,6 +132,7 @@ def build_pages(variants: dict[str, list[IndexFile]]) -> dict[str, bytes]:
     for project, pfiles in everything.items():
         pages[f"{project}/index.html"] = _project_page(project, pfiles, 2)
     pages["index.html"] = _root_page("Simple index", list(everything) + list(variants))
+    pages.update(simple_json.json_pages(pages, variants))  # PEP 691 index.json twins (store/simple_json.py)
     return dict(sorted(pages.items()))
 
 

@@ -351,7 +351,8 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
         for key, f in unique.items():
             r = by_key[key]
             meta_sha, req_py, meta_size = ensure_metadata(out, key, f.name)
-            index_files[key] = IndexFile(f.name, safe_filename(f.filename), key, r.sha256, req_py, meta_sha)
+            index_files[key] = IndexFile(f.name, safe_filename(f.filename), key, r.sha256, req_py, meta_sha,
+                                        size=r.size)  # size: PEP 700 in the JSON pages
             entries[key] = mf.FileEntry(key, r.sha256, r.size, "wheel", f.name, f.version, f.url,
                                         r.upstream_sha256, r.hash_mismatch)
             entries[key + ".metadata"] = mf.FileEntry(key + ".metadata", meta_sha, meta_size, "metadata",

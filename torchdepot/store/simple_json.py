@@ -1,0 +1,143 @@
+"""PEP 691 JSON twins of the PEP 503 pages: ``index.json`` next to every ``index.html``.
+
+Built from the very :class:`~torchdepot.store.pages.IndexFile` records the HTML pages are
+built from (one source, two renderings), so the two can never disagree on a file, a
+hash or a link. Project pages are ``application/vnd.pypi.simple.v1+json`` at api-version
+1.1 (PEP 700: ``size``, ``upload-time``, ``versions``); each file carries ``url``
+(relative, exactly the HTML page's href), ``hashes.sha256``, ``requires-python``,
+``core-metadata`` (PEP 714, with its sha256, plus the older ``dist-info-metadata``
+spelling) and ``yanked``.
+
+Invariants: nothing is invented. ``upload-time`` appears only when upstream gave one in
+the PEP 700 shape; a page with a file of unknown size is published at api-version 1.0
+without ``size`` rather than with a guess. Output is deterministic (sorted keys and
+files), so equal inputs give equal bytes and the publish generation hash stays stable.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.parse
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, parse_sdist_filename, parse_wheel_filename
+
+if TYPE_CHECKING:  # pages.py calls into this module; a runtime import would be circular
+    from torchdepot.store.pages import IndexFile
+
+JSON_MEDIA_TYPE = "application/vnd.pypi.simple.v1+json"
+HTML_MEDIA_TYPE = "application/vnd.pypi.simple.v1+html"
+JSON_PAGE = "index.json"
+HTML_PAGE = "index.html"
+API_VERSION = "1.1"  # PEP 700
+API_VERSION_NO_SIZE = "1.0"  # a page that cannot state every size (PEP 700 makes size mandatory)
+# PEP 700: UTC, "Z" suffix, seconds, up to 6 fractional digits.
+_UPLOAD_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
+
+
+@dataclass(frozen=True)
+class JsonFile:
+    """One file entry of a PEP 691 project page."""
+
+    filename: str
+    url: str  # relative to the page, as the HTML page's href (without the #sha256 fragment)
+    sha256: str
+    size: int | None = None
+    requires_python: str | None = None
+    metadata_sha256: str | None = None
+    upload_time: str | None = None
+    yanked: bool | str = False  # PEP 592: False, True, or the reason
+
+
+def valid_upload_time(value: str | None) -> str | None:
+    """``value`` when it is a PEP 700 upload time, else None (never passed on malformed)."""
+    return value if isinstance(value, str) and _UPLOAD_TIME.fullmatch(value) else None
+
+
+def version_of(filename: str) -> str | None:
+    try:
+        if filename.endswith(".whl"):
+            return str(parse_wheel_filename(filename)[1])
+        return str(parse_sdist_filename(filename)[1])
+    except (InvalidWheelFilename, InvalidSdistFilename):
+        return None
+
+
+def _entry(f: JsonFile) -> dict:
+    out: dict = {"filename": f.filename, "url": f.url, "hashes": {"sha256": f.sha256}}
+    if f.size is not None:
+        out["size"] = f.size
+    if f.requires_python:
+        out["requires-python"] = f.requires_python
+    if f.metadata_sha256:
+        meta = {"sha256": f.metadata_sha256}
+        out["core-metadata"] = meta  # PEP 714
+        out["dist-info-metadata"] = meta  # PEP 658 spelling, for older clients
+    else:
+        out["core-metadata"] = False
+    if f.upload_time:
+        out["upload-time"] = f.upload_time
+    out["yanked"] = f.yanked
+    return out
+
+
+def _dump(doc: dict) -> bytes:
+    return (json.dumps(doc, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def project_page(project: str, files: Iterable[JsonFile]) -> bytes:
+    """A PEP 691 project page (api-version 1.1 when every size is known)."""
+    files = sorted({f.url: f for f in files}.values(), key=lambda f: f.filename)
+    sized = all(f.size is not None for f in files)
+    versions = sorted({v for f in files if (v := version_of(f.filename))})
+    doc: dict = {"meta": {"api-version": API_VERSION if sized else API_VERSION_NO_SIZE},
+                 "name": project, "files": [_entry(f) for f in files]}
+    if sized:
+        doc["versions"] = versions
+    return _dump(doc)
+
+
+def root_page(projects: Iterable[str]) -> bytes:
+    """The PEP 691 project list."""
+    return _dump({"meta": {"api-version": API_VERSION},
+                  "projects": [{"name": p} for p in sorted(set(projects))]})
+
+
+def json_file(f: IndexFile, depth: int) -> JsonFile:
+    """An IndexFile as seen from a page ``depth`` directories below the root (same href as HTML)."""
+    url = "../" * depth + "/".join(urllib.parse.quote(p) for p in f.path.split("/"))
+    return JsonFile(filename=f.filename, url=url, sha256=f.sha256, size=f.size,
+                    requires_python=f.requires_python, metadata_sha256=f.metadata_sha256,
+                    upload_time=valid_upload_time(f.upload_time))
+
+
+def json_pages(html_pages: Mapping[str, bytes], variants: Mapping[str, list[IndexFile]]) -> dict[str, bytes]:
+    """{path under whl/ of each HTML page: bytes} -> the JSON twin of each, same directories.
+
+    Mirrors :func:`torchdepot.store.pages.build_pages`: ``<acc>/<project>/`` (depth 3),
+    ``<project>/`` aggregated (depth 2), ``<acc>/`` and the root project lists. Pure.
+    """
+    by_acc: dict[str, dict[str, list[IndexFile]]] = {}
+    everything: dict[str, list[IndexFile]] = {}
+    for acc, files in variants.items():
+        for f in files:
+            by_acc.setdefault(acc, {}).setdefault(f.project, []).append(f)
+            everything.setdefault(f.project, []).append(f)
+    out: dict[str, bytes] = {}
+    for rel in html_pages:
+        if not rel.endswith(HTML_PAGE):
+            continue
+        parts = rel.split("/")[:-1]
+        twin = "/".join([*parts, JSON_PAGE])
+        if not parts:
+            out[twin] = root_page(list(everything) + list(variants))
+        elif len(parts) == 1 and parts[0] in by_acc:
+            out[twin] = root_page(by_acc[parts[0]])
+        elif len(parts) == 1 and parts[0] in everything:
+            out[twin] = project_page(parts[0], [json_file(f, 2) for f in everything[parts[0]]])
+        elif len(parts) == 2 and parts[1] in by_acc.get(parts[0], {}):
+            out[twin] = project_page(parts[1], [json_file(f, 3) for f in by_acc[parts[0]][parts[1]]])
+    return out
