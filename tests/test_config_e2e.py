@@ -69,7 +69,10 @@ def _env(proxy: LanProxy, tmp: Path, **extra: str) -> dict[str, str]:
 
 
 def _torchdepot(proxy: LanProxy, tmp: Path, *args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(TORCHDEPOT), *args], capture_output=True, text=True, env=_env(proxy, tmp))
+    # pip's global/user file locations in tmp: this machine's own pip config is not the user's
+    env = _env(proxy, tmp, XDG_CONFIG_DIRS=str(tmp / "xdg"), XDG_CONFIG_HOME=str(tmp / "home" / ".config"),
+               HOME=str(tmp / "home"))
+    proc = subprocess.run([str(TORCHDEPOT), *args], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
 

@@ -78,6 +78,18 @@ CONDA_TUNA = textwrap.dedent("""\
     """)
 
 
+@pytest.fixture(autouse=True)
+def hermetic_pip_files(tmp_path, monkeypatch):
+    """pip's global/user config locations point into tmp: this machine's own pip config
+    (which lower-priority files the writer inherits from) must not leak into the tests."""
+    monkeypatch.setenv("XDG_CONFIG_DIRS", str(tmp_path / "xdg"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "home" / ".config"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for k in [k for k in os.environ if k.startswith("PIP_")]:
+        monkeypatch.delenv(k)
+    return tmp_path / "xdg" / "pip" / "pip.conf"
+
+
 @pytest.fixture(scope="module")
 def mirror_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("mirror") / "m"
@@ -164,6 +176,22 @@ def test_pip_https_new_file_and_rerun_and_variant_switch(tmp_path, URL):
     assert "torch==2.13.0+cu126" in (f.parent / pip_cfg.CONSTRAINTS_NAME).read_text()
 
 
+def test_pip_user_file_keeps_what_global_files_set(tmp_path, URL, hermetic_pip_files):
+    """pip merges files by key: a user-level constraint would hide the global one, so it is carried."""
+    hermetic_pip_files.parent.mkdir(parents=True)
+    hermetic_pip_files.write_text("[global]\nconstraint = /etc/site-constraints.txt\n"
+                                  "extra-index-url = file:///opt/local/simple\n")
+    res = run("config", "pip", "--url", URL, "--scope", "user")
+    assert res.exit_code == 0, res.output
+    user = pip_cfg.scope_file("user")
+    assert str(user).startswith(str(tmp_path / "home"))
+    cp = configparser.RawConfigParser()
+    cp.read_string(user.read_text())
+    assert cp.get("global", "constraint").split() == ["/etc/site-constraints.txt", str(user.parent / pip_cfg.CONSTRAINTS_NAME)]
+    assert cp.get("global", "extra-index-url").split() == ["file:///opt/local/simple", f"{URL}/whl/cpu"]
+    assert "kept from lower-priority pip config files" in res.output
+
+
 def test_pip_refuses_a_constraints_file_it_did_not_write(tmp_path, URL):
     f = tmp_path / "pip.conf"
     (tmp_path / pip_cfg.CONSTRAINTS_NAME).write_text("numpy<2\n")
@@ -219,6 +247,7 @@ def test_scope_site_is_the_active_environment(tmp_path, monkeypatch):
 def test_scopes_follow_pip(monkeypatch, tmp_path):
     from pip._internal.configuration import get_configuration_files, kinds
 
+    monkeypatch.delenv("XDG_CONFIG_HOME")
     files = get_configuration_files()
     assert pip_cfg.scope_file("user") == Path(files[kinds.USER][-1])
     assert pip_cfg.scope_file("global") == Path(files[kinds.GLOBAL][-1])

@@ -12,6 +12,9 @@ Routing (pip has no per-package index, and takes the highest version across ALL 
   torchaudio...) -- are **pinned in a pip constraints file** (``torchdepot-constraints.txt``
   next to pip.conf, added to pip's ``constraint`` list; the user's own constraint files stay).
   A constraint only restricts which versions may be installed; it installs nothing itself.
+- pip merges its config files by key (a user file's ``constraint`` hides the global file's),
+  so when a key is new in the file being written, the values lower-priority files give it
+  (``/etc/pip.conf``'s constraint file, a site-wide extra index) are carried into it.
 - Keys set in a command section (``[install] extra-index-url = ...``) override ``[global]``
   for that command, so ours go into every section that sets the same key, too.
 
@@ -67,6 +70,41 @@ def scope_file(scope: str, environ: Mapping[str, str] | None = None) -> Path:
         return Path("/etc") / name
 
 
+def lower_priority_files(path: Path) -> list[Path]:
+    """pip's config files that ``path`` overrides, lowest first (pip loads global, user, site,
+    then ``PIP_CONFIG_FILE``); a file pip does not know is taken as ``PIP_CONFIG_FILE``."""
+    try:
+        from pip._internal.configuration import get_configuration_files, kinds
+    except Exception:  # pip absent: nothing known to inherit
+        return []
+    files = get_configuration_files()
+    order = [kinds.GLOBAL, kinds.USER, kinds.SITE]
+    me = Path(os.path.abspath(path))
+    out: list[Path] = []
+    for kind in order:
+        for f in files.get(kind, []):
+            if Path(os.path.abspath(f)) == me:
+                return out
+            out.append(Path(f))
+    return out
+
+
+def inherited_values(files: list[Path]) -> dict[str, str]:
+    """``[global]`` values of our keys as pip would merge ``files`` (last wins); unreadable
+    or malformed files are skipped (pip itself would refuse them; that is not ours to fix)."""
+    out: dict[str, str] = {}
+    for f in files:
+        try:
+            cp = ini.validate(Path(f).read_text(encoding="utf-8"), str(f))
+        except (OSError, UnicodeDecodeError, ConfigFileError):
+            continue
+        if cp.has_section("global"):
+            for k, v in cp.items("global"):
+                if ini.norm_key(k) in _KEYS and v.strip():
+                    out[ini.norm_key(k)] = " ".join(v.split())
+    return out
+
+
 def constraints_path(conf: Path) -> Path:
     return Path(os.path.abspath(conf)).parent / CONSTRAINTS_NAME
 
@@ -88,18 +126,26 @@ def _merged(current: str | None, value: str, drop_prefix: str | None) -> str:
     return " ".join([*items, value])
 
 
-def _edit_conf(text: str, where: str, wanted: dict[str, tuple[str, str | None]]) -> str:
+def _edit_conf(text: str, where: str, wanted: dict[str, tuple[str, str | None]], inherited: Mapping[str, str],
+               notes: list[str]) -> str:
     ini.validate(text, where)
     for key, (value, drop) in wanted.items():
         sections = ["global", *(s for s in ini.sections_with(text, key) if s != "global")]
         for sec in sections:
-            text = ini.set_value(text, sec, key, _merged(ini.get(text, sec, key), value, drop))
+            current = ini.get(text, sec, key)
+            if current is None and sec == "global" and inherited.get(key):
+                current = inherited[key]
+                notes.append(f"{key} kept from lower-priority pip config files: {current}")
+            text = ini.set_value(text, sec, key, _merged(current, value, drop))
     return text
 
 
 def plan(path: Path, old: str | None, url: str, variant: str, pins: tuple[str, ...],
-         constraints_old: str | None = None, environ: Mapping[str, str] | None = None) -> Plan:
+         constraints_old: str | None = None, environ: Mapping[str, str] | None = None,
+         inherited: Mapping[str, str] | None = None) -> Plan:
+    """``inherited``: what lower-priority pip files set for our keys (:func:`inherited_values`)."""
     environ = {} if environ is None else environ
+    notes: list[str] = []
     index = join_url(url, "whl", variant)
     cpath = constraints_path(path)
     if constraints_old is not None and not constraints_old.startswith(CONSTRAINTS_HEADER):
@@ -110,9 +156,8 @@ def plan(path: Path, old: str | None, url: str, variant: str, pins: tuple[str, .
         wanted["trusted-host"] = (host, None)
     if pins:
         wanted["constraint"] = (str(cpath), None)
-    new = edit_text(old, lambda t: _edit_conf(t, str(path), wanted))
+    new = edit_text(old, lambda t: _edit_conf(t, str(path), wanted, inherited or {}, notes))
     changes = [FileChange(Path(path), old, new)]
-    notes = []
     if pins:
         ctext = constraints_text(index, url, variant, pins)
         changes.append(FileChange(cpath, constraints_old, ctext))

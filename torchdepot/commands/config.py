@@ -80,7 +80,8 @@ def pip_cmd(url: str, file: str | None, scope: str | None, dry_run: bool, varian
     facts.check_variant(variant)
     cpath = pip_cfg.constraints_path(path)
     _finish(pip_cfg.plan(path, read_existing(path), url, variant, facts.pins_for(variant),
-                         read_existing(cpath), os.environ), dry_run)
+                         read_existing(cpath), os.environ,
+                         pip_cfg.inherited_values(pip_cfg.lower_priority_files(path))), dry_run)
 
 
 @config_group.command("uv")
