@@ -19,6 +19,7 @@ lists are sorted so equal inputs give byte-identical manifests.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -88,23 +89,75 @@ class Manifest:
         return json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
     @classmethod
-    def from_json(cls, text: str, where: str = MANIFEST_NAME) -> "Manifest":
+    def from_json(cls, text: str | bytes, where: str = MANIFEST_NAME) -> "Manifest":
         try:
             doc = json.loads(text)
-            if doc.get("format") != FORMAT or doc.get("version") != VERSION:
-                raise TorchdepotError(f"{where}: not a torchdepot manifest v{VERSION}")
-            files = [FileEntry(**f) for f in doc["files"]]
-            targets = []
-            for t in doc["targets"]:
-                pkgs = tuple(TargetPackage(**{**p, "extras": tuple(p.get("extras") or ())}) for p in t.get("packages", ()))
-                targets.append(Target(**{**t, "packages": pkgs}))
-            for f in files:
-                safe_join(Path("/nonexistent-root"), f.path)  # refuse traversal in a manifest
-            return cls(files=files, targets=targets, spec=doc.get("spec") or {})
-        except TorchdepotError:
-            raise
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except RecursionError:
+            raise TorchdepotError(f"{where}: malformed manifest (nested too deeply)") from None
+        except ValueError as exc:
             raise TorchdepotError(f"{where}: malformed manifest ({exc})") from None
+        return cls.from_doc(doc, where)
+
+    @classmethod
+    def from_doc(cls, doc: object, where: str = MANIFEST_NAME) -> "Manifest":
+        """A parsed JSON document -> Manifest; every field's type is checked (one-line
+        :class:`TorchdepotError` naming ``where`` otherwise), no path may leave the root."""
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != VERSION:
+            raise TorchdepotError(f"{where}: not a torchdepot manifest v{VERSION}")
+        files = [_record(FileEntry, f, f"{where}: files[{i}]") for i, f in enumerate(_items(doc, "files", where))]
+        targets = []
+        for i, t in enumerate(_items(doc, "targets", where)):
+            at = f"{where}: targets[{i}]"
+            if not isinstance(t, dict):
+                raise TorchdepotError(f"{at}: not an object")
+            pkgs = tuple(_record(TargetPackage, {**p, "extras": p.get("extras") or ()} if isinstance(p, dict) else p,
+                                 f"{at}.packages[{j}]") for j, p in enumerate(_items(t, "packages", at, required=False)))
+            targets.append(_record(Target, {**t, "packages": pkgs}, at))
+        for f in files:
+            safe_join(Path("/nonexistent-root"), f.path)  # refuse traversal in a manifest
+        spec = doc.get("spec") or {}
+        if not isinstance(spec, dict):
+            raise TorchdepotError(f"{where}: spec: not an object")
+        return cls(files=files, targets=targets, spec=spec)
+
+
+# annotation (as written above) -> accepted JSON types; bool is not an int here
+_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,), "int": (int,), "bool": (bool,), "str | None": (str, type(None)),
+    "int | None": (int, type(None)), "tuple": (tuple, list), "tuple[TargetPackage, ...]": (tuple,),
+}
+
+
+def _items(doc: dict, key: str, where: str, required: bool = True) -> list:
+    value = doc.get(key, None if required else [])
+    if not isinstance(value, list):
+        raise TorchdepotError(f"{where}: {key}: {'missing' if value is None else 'not a list'}")
+    return value
+
+
+def _record(cls, data: object, where: str):
+    """``cls(**data)`` after checking keys and value types against ``cls``'s annotations."""
+    if not isinstance(data, dict):
+        raise TorchdepotError(f"{where}: not an object")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in data.items():
+        f = fields.get(key)
+        if f is None:
+            raise TorchdepotError(f"{where}: unknown field {str(key)[:40]!r}")
+        ok = _TYPES[f.type]
+        if not isinstance(value, ok) or (isinstance(value, bool) and bool not in ok):
+            raise TorchdepotError(f"{where}: {key}: expected {f.type}, got {type(value).__name__}")
+        if key == "extras" and not all(isinstance(x, str) for x in value):
+            raise TorchdepotError(f"{where}: extras: expected strings")
+        if key == "size" and value < 0:
+            raise TorchdepotError(f"{where}: size: negative")
+    missing = [n for n, f in fields.items() if n not in data and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise TorchdepotError(f"{where}: missing field {missing[0]!r}")
+    if "extras" in data:
+        data = {**data, "extras": tuple(data["extras"])}
+    return cls(**data)
 
 
 def load(root: Path) -> Manifest:
@@ -113,6 +166,8 @@ def load(root: Path) -> Manifest:
         return Manifest.from_json(path.read_text(encoding="utf-8"), str(path))
     except FileNotFoundError:
         raise TorchdepotError(f"{path}: no manifest (is {root} a torchdepot mirror? run 'torchdepot mirror' first)") from None
+    except UnicodeDecodeError as exc:
+        raise TorchdepotError(f"{path}: not a torchdepot manifest (not UTF-8 text at byte {exc.start})") from None
 
 
 def fetch(url: str) -> Manifest:
@@ -123,7 +178,7 @@ def fetch(url: str) -> Manifest:
     murl = url.rstrip("/") + "/" + MANIFEST_NAME
     with make_session() as client:
         body, _ = client.get_bytes(murl)
-    return Manifest.from_json(body.decode("utf-8", "replace"), murl)
+    return Manifest.from_json(body, murl)
 
 
 def save(root: Path, manifest: Manifest) -> None:

@@ -19,7 +19,8 @@ from torchdepot import __version__
 from torchdepot.store import manifest as mf
 from torchdepot.errors import IntegrityError
 from torchdepot.store.fsutil import fsync_dir
-from torchdepot.ship.bundle.model import BUNDLE_MANIFEST, BundleFile, BundlePlan, FORMAT, VERSION
+from torchdepot.ship.bundle.model import (BUNDLE_HEAD, BUNDLE_MANIFEST, FORMAT, HEAD_FORMAT, VERSION, BundleFile,
+                                          BundlePlan)
 
 
 # ---------------------------------------------------------------- writing
@@ -131,9 +132,17 @@ def write_bundle(plan: BundlePlan, out: Path, zstd: bool = False, split: int | N
             stream = comp
         with tqdm(total=plan.total_bytes, unit="B", unit_scale=True, desc="bundle", disable=None) as bar:
             with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                for pf in plan.files:
+                # the head declares every member's size up front: unbundle stages nothing else
+                sizes = [pf.source.stat().st_size for pf in plan.files]
+                head = {"format": HEAD_FORMAT, "version": VERSION,
+                        "files": [{"path": pf.path, "size": n, "role": pf.role} for pf, n in zip(plan.files, sizes)]}
+                blob = (json.dumps(head, sort_keys=True) + "\n").encode()
+                tar.addfile(_tarinfo(BUNDLE_HEAD, len(blob), time.time()), io.BytesIO(blob))
+                for pf, declared in zip(plan.files, sizes):
                     with open(pf.source, "rb") as fh:
                         st = os.fstat(fh.fileno())
+                        if st.st_size != declared:
+                            raise IntegrityError(f"{pf.source}: changed while bundling; bundle again")
                         reader = _HashingReader(fh, bar)
                         tar.addfile(_tarinfo(pf.path, st.st_size, st.st_mtime), reader)
                     sha = reader.h.hexdigest()

@@ -1,10 +1,20 @@
-"""Reading a bundle back: refuse unsafe members, stage, check every hash, then publish atomically."""
+"""Reading a bundle back: refuse unsafe members, stage (bounded by what the bundle declares),
+check everything, then publish in one transaction.
+
+Order: (1) every member is streamed into ``.torchdepot/stage-unbundle-*`` under the mirror
+lock, never more bytes than the head declares (or ``MAX_EXPANSION`` x the archive without a
+head); (2) every check runs: hashes, roles against paths, conflicts with the mirror, the
+incremental base, and the new manifest, landing page and ``whl/`` generation are built in
+staging; (3) only then the commit: each file goes in with ``os.replace`` (the file it
+replaces kept as a hard link in staging), ``whl`` is swapped by one symlink rename and
+``manifest.json`` comes last. Any failure during the commit rolls every step back, so a late
+failure publishes nothing. The next run removes the staging dir of a killed one."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
-import json
 import os
 import posixpath
 import re
@@ -18,9 +28,11 @@ from tqdm import tqdm
 
 from torchdepot.store import manifest as mf
 from torchdepot.errors import IntegrityError, UnsafePathError
-from torchdepot.store.fsutil import MirrorLock, safe_join, sha256_file
-from torchdepot.store.pages import INDEX_LINK, install_generation, new_build_dir
-from torchdepot.ship.bundle.model import (BUNDLE_MANIFEST, BundleError, BundleFile, CHUNK, FORMAT, ROLES, UnbundleReport, VERSION, ZSTD_MAGIC)
+from torchdepot.store import layout as L
+from torchdepot.store.fsutil import MirrorLock, fsync_dir, safe_join, sha256_file
+from torchdepot.ship.bundle.model import (BUNDLE_HEAD, BUNDLE_MANIFEST, CHUNK, EXPANSION_SLACK, MAX_DOC_BYTES,
+                                          MAX_EXPANSION, ROLES, BundleDoc, BundleError, BundleFile, UnbundleReport,
+                                          ZSTD_MAGIC, parse_doc, parse_head, role_of)
 
 
 # ---------------------------------------------------------------- reading
@@ -79,7 +91,7 @@ def _check_member_name(name: str) -> str:
     parts = norm.split("/")
     if ".." in parts or norm.startswith("."):
         raise UnsafePathError(f"bundle member {name!r}: path outside the destination refused")
-    if parts[0] in (".torchdepot", ".publish") or any(p.startswith(".") for p in parts):
+    if parts[0] in (L.STATE_DIR, L.PUBLISH_DIR) or any(p.startswith(".") for p in parts):
         raise UnsafePathError(f"bundle member {name!r}: hidden/state path refused")
     return norm
 
@@ -89,24 +101,24 @@ def _kind(m: tarfile.TarInfo) -> str:
             tarfile.BLKTYPE: "block device", tarfile.FIFOTYPE: "fifo"}.get(m.type, f"type {m.type!r}")
 
 
-def _parse_doc(data: bytes) -> tuple[dict, mf.Manifest]:
-    """-> (bundle manifest, the mirror-manifest subset it carries), both checked."""
-    try:
-        doc = json.loads(data)
-        if doc.get("format") != FORMAT or doc.get("version") != VERSION:
-            raise BundleError(f"{BUNDLE_MANIFEST}: not a torchdepot bundle v{VERSION}")
-        for f in doc["files"]:
-            BundleFile(**f)
-        return doc, mf.Manifest.from_json(json.dumps(doc["manifest"]), f"{BUNDLE_MANIFEST}: manifest")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BundleError(f"{BUNDLE_MANIFEST}: malformed ({exc})") from None
+def _read_doc(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    if member.size > MAX_DOC_BYTES:
+        raise BundleError(f"{member.name}: {member.size} bytes, more than a bundle document may hold")
+    return tar.extractfile(member).read()
 
 
-def _extract(parts: list[Path], staging: Path) -> tuple[dict, mf.Manifest, dict[str, tuple[str, int]]]:
-    """Stream the archive into ``staging``; -> (bundle manifest, its manifest subset, {path: (sha256, size)})."""
+def _extract(parts: list[Path], staging: Path) -> tuple[BundleDoc, dict[str, tuple[str, int]]]:
+    """Stream the archive into ``staging``; -> (bundle manifest, {path: (sha256, size)}).
+
+    Bounded: with a head, a member must be declared there with its exact size before a byte
+    of it is written and the members may not exceed the declared total; with or without one,
+    they may not exceed the archive's size times ``MAX_EXPANSION`` (plus slack)."""
     received: dict[str, tuple[str, int]] = {}
-    doc = sub = None
+    doc: BundleDoc | None = None
+    declared: dict[str, BundleFile] | None = None
     total = sum(p.stat().st_size for p in parts)
+    budget = total * MAX_EXPANSION + EXPANSION_SLACK
+    staged = 0
     with tqdm(total=total, unit="B", unit_scale=True, desc="unbundle", disable=None) as bar:
         raw = io.BufferedReader(_JoinedReader(parts, bar), CHUNK)
         src = raw
@@ -122,14 +134,27 @@ def _extract(parts: list[Path], staging: Path) -> tuple[dict, mf.Manifest, dict[
                         continue
                     if not member.isreg():
                         raise UnsafePathError(f"bundle member {member.name!r}: {_kind(member)} refused (regular files only)")
+                    if member.name == BUNDLE_HEAD:
+                        if declared is not None or received:
+                            raise BundleError(f"{BUNDLE_HEAD}: not the first member (bundle altered)")
+                        declared = {f.path: f for f in parse_head(_read_doc(tar, member))}
+                        budget = min(budget, sum(f.size for f in declared.values()))
+                        continue
                     if member.name == BUNDLE_MANIFEST:
-                        doc, sub = _parse_doc(tar.extractfile(member).read())
+                        doc = parse_doc(_read_doc(tar, member))
                         continue
                     if doc is not None:
                         raise BundleError(f"{member.name}: member after {BUNDLE_MANIFEST} (bundle altered)")
                     name = _check_member_name(member.name)
                     if name in received:
                         raise BundleError(f"{name}: appears twice in the bundle")
+                    if declared is not None and (name not in declared or declared[name].size != member.size):
+                        raise IntegrityError(f"{name}: not declared with this size ({member.size} bytes) in "
+                                             f"{BUNDLE_HEAD} (bundle altered); nothing published")
+                    staged += member.size
+                    if staged > budget:
+                        raise BundleError(f"{parts[0]}: expands past {budget} bytes, more than it declares "
+                                          "(decompression bomb?); nothing published")
                     dest = safe_join(staging, name)
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     h = hashlib.sha256()
@@ -149,7 +174,10 @@ def _extract(parts: list[Path], staging: Path) -> tuple[dict, mf.Manifest, dict[
             raise
     if doc is None:
         raise BundleError(f"{parts[0]}: no {BUNDLE_MANIFEST} at the end (truncated bundle or missing part?)")
-    return doc, sub, received
+    if declared is not None and {(f.path, f.size, f.role) for f in declared.values()} != \
+            {(f.path, f.size, f.role) for f in doc.files}:
+        raise IntegrityError(f"{BUNDLE_HEAD} and {BUNDLE_MANIFEST} disagree (bundle altered); nothing published")
+    return doc, received
 
 
 def _same_file(path: Path, sha: str, size: int) -> bool:
@@ -161,8 +189,8 @@ def _same_file(path: Path, sha: str, size: int) -> bool:
     return sha256_file(path)[0] == sha
 
 
-def _verify(listed: dict[str, dict], sub: mf.Manifest, received: dict[str, tuple[str, int]], dest: Path,
-            existing: mf.Manifest | None) -> None:
+def _verify(doc: BundleDoc, received: dict[str, tuple[str, int]], dest: Path, existing: mf.Manifest | None) -> None:
+    listed = {f.path: f for f in doc.files}
     for path in sorted(received):
         if path not in listed:
             raise IntegrityError(f"{path}: in the bundle but not in its manifest (bundle altered); nothing published")
@@ -170,13 +198,24 @@ def _verify(listed: dict[str, dict], sub: mf.Manifest, received: dict[str, tuple
         if path not in received:
             raise IntegrityError(f"{path}: listed in the bundle manifest but missing from the archive; nothing published")
         sha, size = received[path]
-        if size != f["size"] or sha != f["sha256"]:
+        if size != f.size or sha != f.sha256:
             raise IntegrityError(f"{path}: sha256 {sha} (size {size}) does not match the bundle manifest "
-                                 f"({f['sha256']}, size {f['size']}): bundle tampered or corrupted; nothing published")
+                                 f"({f.sha256}, size {f.size}): bundle tampered or corrupted; nothing published")
+        if role_of(path) != f.role:
+            raise IntegrityError(f"{path}: labelled {f.role!r} but only a {role_of(path) or 'no'!r} member may live "
+                                 "there (bundle altered); nothing published")
     have = existing.by_path() if existing else {}
-    for e in sub.files:
+    carried = {e.path for e in doc.manifest.files}
+    for path, f in listed.items():
+        if f.role == "file" and path not in carried:
+            raise IntegrityError(f"{path}: a package the bundle's manifest does not describe (bundle altered); "
+                                 "nothing published")
+        if f.role != "file" and path in have:
+            raise IntegrityError(f"{path}: the mirror lists it as a package; a bundle's {f.role} file may not "
+                                 "replace it (nothing published)")
+    for e in doc.manifest.files:
         if e.path in listed:
-            if listed[e.path]["sha256"] != e.sha256:
+            if listed[e.path].sha256 != e.sha256 or listed[e.path].size != e.size:
                 raise IntegrityError(f"{e.path}: bundle manifest and mirror manifest disagree; nothing published")
             continue
         # incremental bundle: the destination must already hold this exact file
@@ -186,87 +225,159 @@ def _verify(listed: dict[str, dict], sub: mf.Manifest, received: dict[str, tuple
             raise IntegrityError(f"{e.path}: the bundle is incremental and expects this file in {dest}, "
                                  "which lacks it (bundle again with --since <this mirror's manifest.json>)")
     for path, f in listed.items():
-        if f["role"] == "file":
+        if f.role == "file":
             target = safe_join(dest, path)
-            if target.exists() and not _same_file(target, f["sha256"], f["size"]):
+            if (target.exists() or target.is_symlink()) and not _same_file(target, f.sha256, f.size):
                 raise IntegrityError(f"{path}: {dest} already has a different file under this name; "
                                      "refusing to replace a mirrored package (nothing published)")
 
 
 def merge_manifests(old: mf.Manifest | None, new: mf.Manifest) -> mf.Manifest:
-    """Union: files by path and targets by (kind, id); the bundle's entries win."""
+    """Union: files by path and targets by (kind, id); the bundle's entries win. The
+    destination's own spec stays (its upstreams decide what ``verify-mirror --repair`` may
+    fetch); a new mirror takes the bundle's."""
     if old is None:
         return new
     files = {f.path: f for f in old.files}
     files.update({f.path: f for f in new.files})
     targets = {(t.kind, t.id): t for t in old.targets}
     targets.update({(t.kind, t.id): t for t in new.targets})
-    return mf.Manifest(files=list(files.values()), targets=list(targets.values()), spec=new.spec or old.spec)
+    return mf.Manifest(files=list(files.values()), targets=list(targets.values()), spec=old.spec or new.spec)
 
 
-def _move(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(src, dst)
+class _Commit:
+    """The publish step as a transaction: ``put`` moves a staged file in (what it replaces is
+    kept as a hard link under ``<staging>/.undo``), ``link`` swaps a symlink; ``rollback``
+    undoes every step in reverse, so a failure anywhere leaves the mirror as it was."""
+
+    def __init__(self, dest: Path, staging: Path):
+        self.dest, self.undo_dir = dest, staging / ".undo"
+        self.steps: list[tuple[Path, Path | None, str | None]] = []  # (target, backup, old link target)
+
+    def put(self, src: Path, target: Path) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        backup = None
+        if target.exists() and not target.is_symlink():
+            backup = self.undo_dir / str(len(self.steps))
+            backup.parent.mkdir(parents=True, exist_ok=True)
+            os.link(target, backup)
+        self.steps.append((target, backup, None))
+        os.replace(src, target)
+
+    def link(self, link: Path, to: str) -> None:
+        old = os.readlink(link) if link.is_symlink() else None
+        tmp = link.with_name(L.build_temp_name(link.name))
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        os.symlink(to, tmp)
+        self.steps.append((link, None, old or ""))
+        os.replace(tmp, link)
+
+    def rollback(self) -> None:
+        for target, backup, old_link in reversed(self.steps):
+            with contextlib.suppress(OSError):
+                if old_link is not None:
+                    if old_link:
+                        tmp = target.with_name(L.build_temp_name(target.name))
+                        with contextlib.suppress(FileNotFoundError):
+                            tmp.unlink()
+                        os.symlink(old_link, tmp)
+                        os.replace(tmp, target)
+                    else:
+                        target.unlink()
+                elif backup is not None:
+                    os.replace(backup, target)
+                elif target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                else:
+                    target.unlink()
+
+    def sync(self) -> None:
+        for d in sorted({t.parent for t, _b, _l in self.steps}):
+            fsync_dir(d)
 
 
-def _publish_whl(staging: Path, dest: Path, paths: list[str]) -> None:
-    """Overlay the bundle's whl/ pages on the current ones as a new generation; one rename swaps it."""
-    link = dest / "whl"
-    if link.exists() and not link.is_symlink():  # a plain directory: replace page by page
-        for p in paths:
-            _move(staging / p, safe_join(dest, p))
-        return
+def _prepare_whl(staging: Path, dest: Path, paths: list[str]) -> tuple[Path, str] | None:
+    """Build the next ``whl/`` generation in staging: the live pages overlaid with the
+    bundle's. -> (built tree, generation name), or None when ``whl`` is a plain directory
+    (pages then go in one by one)."""
+    link = dest / L.INDEX_LINK
+    if link.exists() and not link.is_symlink():
+        return None
     gen = f"unbundle-{time.time_ns()}"
-    build = new_build_dir(dest, gen)
-    tree = build / INDEX_LINK
+    tree = staging / ".whl-build" / L.INDEX_LINK
     if link.is_dir():
         shutil.copytree(link.resolve(), tree, symlinks=False)
     tree.mkdir(parents=True, exist_ok=True)
     for p in paths:
-        _move(staging / p, safe_join(tree, p[len("whl/"):]))
-    install_generation(dest, build, gen)
+        target = safe_join(tree, p[len(L.INDEX_LINK) + 1:])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / p, target)
+    return tree.parent, gen
+
+
+def _clean_stale_staging(dest: Path) -> None:
+    """Staging dirs of killed runs (we hold the lock: no other run is using one)."""
+    state = dest / L.STATE_DIR
+    if state.is_dir():
+        for p in state.iterdir():
+            if L.stage_pid(p.name) is not None and p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
 
 
 def unbundle(bundle: Path, dest: Path) -> UnbundleReport:
     """Check and merge a bundle into ``dest`` (created if needed). Nothing is visible unless all checks pass."""
+    from torchdepot.site.landing import render as render_landing
+
     parts = bundle_parts(bundle)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     with MirrorLock(dest):
-        state = dest / ".torchdepot"
+        state = dest / L.STATE_DIR
         state.mkdir(exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix="unbundle-", dir=state))
+        _clean_stale_staging(dest)
+        staging = Path(tempfile.mkdtemp(prefix=L.stage_prefix("unbundle"), dir=state))
         try:
-            doc, sub, received = _extract(parts, staging)
+            doc, received = _extract(parts, staging)
             existing = mf.load(dest) if (dest / mf.MANIFEST_NAME).exists() else None
-            listed = {f["path"]: f for f in doc["files"]}
-            _verify(listed, sub, received, dest, existing)
-            report = UnbundleReport(incremental=bool(doc.get("incremental")), targets=list(doc.get("targets", [])))
-            # files first, then locks, then indexes (repodata, targets/, whl/ swap), manifest last
+            _verify(doc, received, dest, existing)
+            report = UnbundleReport(incremental=doc.incremental, targets=list(doc.targets))
+            # prepare everything that can fail before the first visible change
+            moves: list[tuple[Path, Path, str]] = []  # (staged, target, path), files -> locks -> indexes
+            whl_pages: list[str] = []
             for role in ROLES:
-                whl_pages = []
-                for path in sorted(p for p, f in listed.items() if f["role"] == role):
-                    target = safe_join(dest, path)
+                for f in sorted((f for f in doc.files if f.role == role), key=lambda f: f.path):
+                    target = safe_join(dest, f.path)
                     if role == "file" and target.exists():
-                        report.unchanged.append(path)  # identical (checked in _verify)
-                        continue
-                    if role == "index" and path.startswith("whl/"):
-                        whl_pages.append(path)
-                        continue
-                    _move(staging / path, target)
+                        report.unchanged.append(f.path)  # identical (checked in _verify)
+                    elif role == "index" and f.path.startswith(L.INDEX_LINK + "/"):
+                        whl_pages.append(f.path)
+                    else:
+                        moves.append((staging / f.path, target, f.path))
+            whl = _prepare_whl(staging, dest, whl_pages) if whl_pages else None
+            if whl_pages and whl is None:  # whl/ is a plain directory: its pages go in like the others
+                moves += [(staging / p, safe_join(dest, p), p) for p in whl_pages]
+            merged = merge_manifests(existing, doc.manifest)
+            (staging / ".manifest").write_text(merged.to_json(), encoding="utf-8")
+            commit = _Commit(dest, staging)
+            try:
+                for src, target, path in moves:
+                    commit.put(src, target)
                     report.published.append(path)
-                if whl_pages:
-                    _publish_whl(staging, dest, whl_pages)
+                if whl is not None:
+                    build, gen = whl
+                    gen_dir = dest / L.PUBLISH_DIR / gen
+                    gen_dir.parent.mkdir(parents=True, exist_ok=True)
+                    commit.put(build, gen_dir)
+                    commit.link(dest / L.INDEX_LINK, f"{L.PUBLISH_DIR}/{gen}/{L.INDEX_LINK}")
                     report.published += whl_pages
-            merged = merge_manifests(existing, sub)
-            mf.save(dest, merged)
-            _write_landing(dest, merged)
+                (staging / ".landing").write_text(render_landing(merged, dest), encoding="utf-8")
+                commit.put(staging / ".landing", dest / L.LANDING_NAME)
+                commit.put(staging / ".manifest", dest / mf.MANIFEST_NAME)  # the commit point
+                commit.sync()
+            except BaseException:
+                commit.rollback()
+                raise
             return report
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-
-
-def _write_landing(root: Path, manifest: mf.Manifest) -> None:
-    from torchdepot.site.landing import write_landing
-
-    write_landing(root, manifest)
