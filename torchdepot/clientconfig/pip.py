@@ -78,7 +78,8 @@ def lower_priority_files(path: Path) -> list[Path]:
     except Exception:  # pip absent: nothing known to inherit
         return []
     files = get_configuration_files()
-    order = [kinds.GLOBAL, kinds.USER, kinds.SITE]
+    # not kinds.SITE: that is torchdepot's own interpreter's file, never the user's environment's
+    order = [kinds.GLOBAL, kinds.USER]
     me = Path(os.path.abspath(path))
     out: list[Path] = []
     for kind in order:
