@@ -213,3 +213,15 @@ def test_load_spec_fuzz_gives_a_spec_or_one_line_spec_error(tmp_path, content):
         assert "\n" not in str(exc) and str(exc).startswith(f"{p}: ")
         return
     assert spec.targets() and parse_spec(spec.to_data(), "again") == spec
+
+
+def test_the_optional_keys_documented_in_the_committed_spec_parse(tmp_path):
+    """mirror/mirror.yaml documents the optional keys as comments: uncommented, they must validate."""
+    import re
+
+    text = (Path(__file__).resolve().parent.parent / "mirror" / "mirror.yaml").read_text(encoding="utf-8")
+    head, tail = text.split("# Optional keys", 1)
+    body = re.sub(r"(?m)^# ?(?=[a-z ]{1,4}[a-z{-])", "", tail.split("\n", 1)[1])
+    spec = load_spec(write(tmp_path, head + body))
+    assert spec.keep == 2 and spec.allow_hosts and spec.exclude_newer and spec.fsync
+    assert spec.extra_targets and isinstance(spec.conda, CondaConfig)
