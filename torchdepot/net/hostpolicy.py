@@ -9,7 +9,8 @@ host pip itself knows; see :func:`torchdepot.net.pipconfig.pip_file_host`). Noth
 the public index is written here: those hosts come from pip at run time.
 
 A link is refused (and counted, never raised) when its scheme is not http(s), its host
-is outside the policy, its decoded filename could escape a directory, it is not a valid
+and port are outside the policy (an entry ``host`` allows the scheme's default port only,
+``host:port`` that port only), its decoded filename could escape a directory, it is not a valid
 wheel / conda package name, or the same filename appears with two different hashes.
 """
 
@@ -27,6 +28,35 @@ PYTORCH_LINKED_HOSTS = frozenset({
     "pypi.nvidia.com",
 })
 SCHEMES = ("http", "https")
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _split_port(entry: str) -> tuple[str, int | None]:
+    """``"host:8080"`` -> ("host", 8080); ``"host"`` -> ("host", None); IPv6 literals kept whole."""
+    host, sep, port = entry.rpartition(":")
+    if sep and port.isdigit() and "]" not in port and (host.endswith("]") or ":" not in host):
+        return host.strip("[]"), int(port)
+    return entry.strip("[]"), None
+
+
+def netloc_of(url: str) -> str:
+    """``host`` for a URL on its scheme's default port, ``host:port`` otherwise ("" if none).
+
+    A policy entry with a port allows only that port; one without allows only the default
+    ports: another service on an allowed host is another origin."""
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return ""
+    host = (parts.hostname or "").rstrip(".").lower()
+    if not host:
+        return ""
+    if ":" in host:
+        host = f"[{host}]"
+    if port is None or port == DEFAULT_PORTS.get(parts.scheme.lower()):
+        return host
+    return f"{host}:{port}"
 
 
 def host_of(url: str) -> str:
@@ -59,12 +89,22 @@ class HostPolicy:
         host = host_of(url)
         if not host:
             return "link without host"
-        if host not in self.hosts:
-            return f"host {host} not allowed by the host policy"
-        return None
+        port = parts.port
+        if port is None or port == DEFAULT_PORTS[scheme]:
+            if host in self.hosts or f"{host}:{DEFAULT_PORTS[scheme]}" in self.hosts:
+                return None
+        elif f"{host}:{port}" in self.hosts:
+            return None
+        where = host if port is None else f"{host}:{port}"
+        return f"host {where} not allowed by the host policy"
 
     def allows(self, url: str) -> bool:
         return self.refusal(url) is None
+
+    @property
+    def hostnames(self) -> frozenset[str]:
+        """Host names without ports (for checks that see only a host, like the fetcher's)."""
+        return frozenset(_split_port(h)[0] for h in self.hosts)
 
     def with_hosts(self, *more: str) -> "HostPolicy":
         return HostPolicy(self.hosts | {h.lower() for h in more if h}, self.allow_file)
@@ -76,7 +116,7 @@ def default_policy(upstreams: Iterable[str] = (), dependency_urls: Iterable[str]
     (``dependency_urls``: index / find-links URLs, or bare host names) + ``extra_hosts``."""
     hosts = set(PYTORCH_LINKED_HOSTS)
     for url in list(upstreams) + list(dependency_urls):
-        h = host_of(url) if "://" in url else url.strip().lower()
+        h = netloc_of(url) if "://" in url else url.strip().lower()
         if h:
             hosts.add(h)
     hosts.update(h.strip().lower() for h in extra_hosts if h and h.strip())
@@ -124,6 +164,7 @@ def filename_refusal(name: str) -> str | None:
 class Screened:
     kept: tuple  # links (any object with .url, .filename, .sha256)
     warnings: collections.Counter
+    refused: tuple = ()  # (link, reason) for every link refused (identical duplicates are not refusals)
 
 
 def screen_links(links: Iterable, policy: HostPolicy) -> Screened:
@@ -132,11 +173,13 @@ def screen_links(links: Iterable, policy: HostPolicy) -> Screened:
     A file name listed twice with different hashes is ambiguous (one of them is not what
     it claims): every copy is refused. Identical duplicates are kept once."""
     warnings: collections.Counter = collections.Counter()
+    refused = []
     candidates = []
     for link in links:
         why = policy.refusal(link.url) or filename_refusal(link.filename)
         if why:
             warnings[why] += 1
+            refused.append((link, why))
             continue
         candidates.append(link)
     hashes: dict[str, set] = collections.defaultdict(set)
@@ -146,10 +189,12 @@ def screen_links(links: Iterable, policy: HostPolicy) -> Screened:
     kept, seen = [], set()
     for link in candidates:
         if len(hashes[link.filename]) > 1:
-            warnings["same file name with different hashes"] += 1
+            why = "same file name with different hashes"
+            warnings[why] += 1
+            refused.append((link, why))
             continue
         if link.filename in seen:
             continue
         seen.add(link.filename)
         kept.append(link)
-    return Screened(tuple(kept), warnings)
+    return Screened(tuple(kept), warnings, tuple(refused))

@@ -128,25 +128,28 @@ def resolve(target_id: str, requirements: list[str], python: str, platform: str,
 
 
 def parse_pylock(text: str, base: Path, where: str = "pylock.toml") -> list[ResolvedFile]:
+    """Every wheel uv lists, one :class:`ResolvedFile` each.
+
+    uv lists every wheel of the chosen version that fits the target (compiled and pure, or
+    several manylinux tags): the target's installer picks among them, so all are kept."""
     doc = _toml.loads(text)
     files: list[ResolvedFile] = []
     for pkg in doc.get("packages", []):
         name = canonicalize_name(str(pkg.get("name", "")))
+        version = str(pkg.get("version", ""))
         wheels = pkg.get("wheels") or []
         if not wheels:
-            raise ResolveError(f"{where}: {name} {pkg.get('version')}: no wheel for this target (sdists are not mirrored)")
-        if len(wheels) != 1:
-            raise ResolveError(f"{where}: {name}: uv listed {len(wheels)} wheels, expected exactly one")
-        w = wheels[0]
-        if "url" in w:
-            url = str(w["url"])
-        elif "path" in w:
-            url = (base / str(w["path"])).resolve().as_uri()
-        else:
-            raise ResolveError(f"{where}: {name}: wheel entry without url or path")
-        filename = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1])
-        sha = (w.get("hashes") or {}).get("sha256")
-        size = w.get("size")
-        files.append(ResolvedFile(name, str(pkg.get("version", "")), url, filename,
-                                  str(sha).lower() if sha else None, int(size) if size is not None else None))
-    return sorted(files, key=lambda f: f.name)
+            raise ResolveError(f"{where}: {name} {version}: no wheel for this target (sdists are not mirrored)")
+        for w in wheels:
+            if "url" in w:
+                url = str(w["url"])
+            elif "path" in w:
+                url = (base / str(w["path"])).resolve().as_uri()
+            else:
+                raise ResolveError(f"{where}: {name}: wheel entry without url or path")
+            filename = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1])
+            sha = (w.get("hashes") or {}).get("sha256")
+            size = w.get("size")
+            files.append(ResolvedFile(name, version, url, filename,
+                                      str(sha).lower() if sha else None, int(size) if size is not None else None))
+    return sorted(files, key=lambda f: (f.name, f.filename))

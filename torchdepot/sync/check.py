@@ -18,13 +18,28 @@ looks for what a crash or a hand edit leaves behind:
 Every name is recognised with the predicates of :mod:`torchdepot.store.layout`, the same
 module the writers build them with.
 
-``repair=True`` fixes the first four kinds; a dangling link is fixed by the next sync
+Repair (``repair=True``) is bounded by what the mirror itself chose:
+
+- a refetch goes only to a URL the host policy allows (:func:`repair_policy`: the
+  upstreams of the mirror's own spec, the hosts the PyTorch index links to, the hosts of
+  the local pip configuration, and ``--allow-host``); it takes exactly the manifest's size;
+- a ``file:`` URL is read only under a local upstream or find-links directory of that
+  policy, and only when it names a regular file of exactly the manifest's size (never a
+  device such as ``/dev/zero``); unbundle drops the ``file:`` URLs a bundle carries;
+- temp files, partial downloads and staging dirs are the mirror's own (named by
+  :mod:`torchdepot.store.layout` in its own directories) and are removed; an orphan or an
+  unknown entry may be the user's: it is only reported, or with ``move_unknown`` moved
+  under ``.torchdepot/aside/<stamp>/``, never deleted.
+
+``repair=True`` fixes missing, corrupt, partial, temp and staging; a dangling link is fixed by the next sync
 (the index is rebuilt from the manifest), so it stays a problem here.
 """
 
 from __future__ import annotations
 
 import contextlib
+import stat
+import time
 import json
 import os
 import shutil
@@ -38,6 +53,7 @@ from torchdepot.errors import TorchdepotError, UnsafePathError
 from torchdepot.fetch import Fetcher, FetchItem, HashCache, hash_present
 from torchdepot.store import layout as L
 from torchdepot.store.fsutil import MirrorLock
+from torchdepot.net.hostpolicy import HostPolicy, default_policy
 from torchdepot.net.http import file_url_path
 
 # Root entries a mirror (or a unbundle) creates; anything else at the top is reported as unknown.
@@ -199,6 +215,59 @@ def _remove(root: Path, rel: str) -> None:
             path.unlink()
 
 
+def _move_aside(root: Path, rel: str, stamp: str) -> str:
+    """Move ``rel`` under ``.torchdepot/aside/<stamp>/`` (never deleted) -> its new path."""
+    dest = root / L.ASIDE_DIR / stamp / rel
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(root / rel, dest)
+    return _rel(root, dest)
+
+
+@dataclass(frozen=True)
+class RepairPolicy:
+    """Where a repair may read from: ``hosts`` for http(s), ``file_roots`` for ``file:``."""
+    hosts: HostPolicy
+    file_roots: tuple[Path, ...] = ()
+
+    def refusal(self, url: str, size: int) -> str | None:
+        """Why repair must not read ``url`` for a file of ``size`` bytes, or None."""
+        why = self.hosts.refusal(url)
+        if why is not None:
+            return why
+        if urllib.parse.urlsplit(url).scheme.lower() != "file":
+            return None
+        path = Path(os.path.abspath(file_url_path(url)))
+        if not any(path.is_relative_to(r) for r in self.file_roots):
+            return "file: URL outside the mirror's local upstreams and find-links"
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            return f"file: URL unreadable ({exc.strerror})"
+        if not stat.S_ISREG(st.st_mode):
+            return "file: URL is not a regular file"
+        if st.st_size != size:
+            return f"file: URL has {st.st_size} bytes, manifest.json says {size}"
+        return None
+
+
+def repair_policy(manifest: mf.Manifest, pip=None, extra_hosts=()) -> RepairPolicy:
+    """The policy a sync of this mirror used: its spec's upstreams, the PyTorch-linked hosts
+    and the pip configuration's hosts (``pip``: a PipSources; read here when None)."""
+    from torchdepot.net.pipconfig import pip_default_index, pip_file_host, read_pip_config
+
+    ups = manifest.spec.get("upstreams") if isinstance(manifest.spec, dict) else None
+    upstreams = [u for u in ups if isinstance(u, str)] if isinstance(ups, list) else []
+    pip = read_pip_config() if pip is None else pip
+    deps = list(pip.indexes) + list(pip.find_links)
+    if not pip.index_url and not pip.no_index:
+        deps += [pip_default_index() or "", pip_file_host() or ""]
+    local = [u for u in upstreams + deps if u.lower().startswith("file:")]
+    roots = tuple(Path(os.path.abspath(file_url_path(u))) for u in local)
+    hosts = default_policy(upstreams, [d for d in deps if d and not d.lower().startswith("file:")], extra_hosts,
+                           allow_file=bool(roots))
+    return RepairPolicy(hosts, roots)
+
+
 def _derived(entry: mf.FileEntry) -> bool:
     """A PEP 658 file the mirror wrote from its wheel (no upstream url to refetch it from)."""
     return entry.path.endswith(".metadata") and entry.kind == "metadata" and not entry.url
@@ -216,14 +285,22 @@ def _repair_metadata(root: Path, entry: mf.FileEntry) -> bool:
     return digest == entry.sha256 and size == entry.size
 
 
-def _repair(root: Path, manifest: mf.Manifest, problems: list[Problem], client) -> list[Problem]:
+def _repair(root: Path, manifest: mf.Manifest, problems: list[Problem], client, policy: RepairPolicy | None,
+            move_unknown: bool) -> list[Problem]:
     by_path = manifest.by_path()
     out: list[Problem] = []
     refetch: dict[str, Problem] = {}
+    stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
     for p in problems:
-        if p.kind in ("orphan", "partial", "temp"):
+        if p.kind in ("partial", "temp", "staging"):  # the mirror's own leftovers
             _remove(root, p.path)
             out.append(Problem(p.kind, p.path, p.detail + "; removed", True))
+        elif p.kind in ("orphan", "unknown"):  # maybe the user's: never deleted
+            if move_unknown:
+                moved = _move_aside(root, p.path, stamp)
+                out.append(Problem(p.kind, p.path, p.detail + f"; moved to {moved}", True))
+            else:
+                out.append(Problem(p.kind, p.path, p.detail + "; kept (--move-unknown moves it aside)"))
         elif p.kind in ("missing", "corrupt") and p.path in by_path:
             if _derived(by_path[p.path]):
                 continue  # after the wheels are back
@@ -235,20 +312,23 @@ def _repair(root: Path, manifest: mf.Manifest, problems: list[Problem], client) 
         for key in refetch:
             cache.forget(key)  # a corrupt file may keep size+mtime: never trust the cache for it
         cache.save()
+        policy = policy or repair_policy(manifest)
         items = []
         for key, p in refetch.items():
             entry = by_path[key]
-            if entry.url:
+            why = policy.refusal(entry.url, entry.size) if entry.url else "no url in manifest.json to refetch from"
+            if why is None:
                 items.append(FetchItem(key, (entry.url,), entry.sha256, entry.size))
             else:
-                out.append(Problem(p.kind, p.path, p.detail + "; no url in manifest.json to refetch from"))
+                out.append(Problem(p.kind, p.path, f"{p.detail}; not refetched: {why}"))
         if items:
             from torchdepot.net.http import make_session
 
             own = client is None
             client = client or make_session()
             try:
-                report = Fetcher(root, client, on_hash_mismatch="fail").run(items)
+                report = Fetcher(root, client, on_hash_mismatch="fail",
+                                 allowed_hosts=set(policy.hosts.hosts)).run(items)
             finally:
                 if own:
                     client.close()
@@ -269,10 +349,12 @@ def _repair(root: Path, manifest: mf.Manifest, problems: list[Problem], client) 
 
 
 def verify_mirror(root: Path, repair: bool = False, client=None, *, trust_cache: bool = False,
-                  check_index: bool = True, clean: bool = False) -> VerifyReport:
+                  check_index: bool = True, clean: bool = False, policy: RepairPolicy | None = None,
+                  move_unknown: bool = False) -> VerifyReport:
     """Check (and with ``repair``, fix) the mirror at ``root``. Caller holds the mirror lock.
 
-    ``clean`` removes only leftovers of interrupted writes (temp files, partial downloads):
+    ``clean`` removes only leftovers of interrupted writes (temp files, partial downloads,
+    staging dirs of killed runs):
     what a sync does once it has published, since under the lock nothing else is writing.
     Raises :class:`TorchdepotError` when ``root`` has no readable manifest.
     """
@@ -283,11 +365,11 @@ def verify_mirror(root: Path, repair: bool = False, client=None, *, trust_cache:
     problems, report.checked = _check_files(root, manifest, cache)
     problems += _scan_leftovers(root, {f.path for f in manifest.files})
     if repair and problems:
-        problems = _repair(root, manifest, problems, client)
+        problems = _repair(root, manifest, problems, client, policy, move_unknown)
     elif clean:
         cleaned = []
         for p in problems:
-            if p.kind in ("temp", "partial"):
+            if p.kind in ("temp", "partial", "staging"):
                 _remove(root, p.path)
                 p = Problem(p.kind, p.path, p.detail + "; removed", True)
             cleaned.append(p)
@@ -299,13 +381,18 @@ def verify_mirror(root: Path, repair: bool = False, client=None, *, trust_cache:
 
 
 def verify_mirror_locked(root: Path, repair: bool = False, client=None, *, wait: float | None = None,
-                         trust_cache: bool = False) -> VerifyReport:
+                         trust_cache: bool = False, move_unknown: bool = False,
+                         allow_hosts: tuple[str, ...] = ()) -> VerifyReport:
     """:func:`verify_mirror` under the mirror lock (a concurrent sync would look like orphans)."""
     root = Path(root)
     if not (root / mf.MANIFEST_NAME).is_file():
         mf.load(root)  # raises the one-line "no manifest" error without creating a lock file
     with MirrorLock(root, wait):
-        return verify_mirror(root, repair, client, trust_cache=trust_cache)
+        policy = None
+        if repair and allow_hosts:
+            base = repair_policy(mf.load(root))
+            policy = RepairPolicy(base.hosts.with_hosts(*allow_hosts), base.file_roots)
+        return verify_mirror(root, repair, client, trust_cache=trust_cache, policy=policy, move_unknown=move_unknown)
 
 
 def report_json(report: VerifyReport) -> str:

@@ -54,7 +54,9 @@ def _load_all(config: CondaConfig, client: Client, cache: RepodataCache) -> tupl
 
 def sync_conda(spec, out: Path, *, client: Client | None = None, jobs: int = 4, on_hash_mismatch: str = "fail",
                dry_run: bool = False, progress: bool | None = None) -> CondaSyncResult:
-    config = parse_conda_section(getattr(spec, "conda", None), spec)
+    config = spec.conda  # validated by the spec loader; hand-built specs may carry the raw mapping
+    if config is not None and not isinstance(config, CondaConfig):
+        config = parse_conda_section(config, spec)
     if config is None:
         return CondaSyncResult(summary="no conda section")
     out = Path(out)

@@ -1,58 +1,58 @@
 """Build or update an offline pip mirror from a :class:`~torchdepot.spec.mirror.MirrorSpec`.
 
-Order of a run (each step leaves the previous mirror valid if it fails):
-probe PyTorch upstreams (failover) -> pin torch* per target -> resolve each target with uv
--> fetch files (verified, temp + rename) -> PEP 658 metadata -> per-target pylock.toml
--> index pages (atomic swap) -> conda (if configured) -> landing page -> manifest.json last.
+The pipeline, one function per step, each leaving the previous mirror valid if it fails:
+
+1. plan (``sync/plan.py``): which PyTorch upstream serves each accelerator (failover, any
+   layout) and the pinned ``torch*`` requirements per target;
+2. resolve (``sync/resolution.py``): uv against the local view (``sync/view.py``) of
+   screened upstream links and verified metadata, never against upstream itself;
+3. fetch (``sync/download.py``): verified downloads with per-file failover;
+4. publish (``sync/pipindex.py``): PEP 658 metadata, pylock.toml per target, index pages
+   (atomic swap); then conda (if configured), the landing page and manifest.json last;
+5. check: re-verify what was published (``sync/check.py``).
+
+Every upstream read goes through one :class:`~torchdepot.sources.upstream.UpstreamReader`,
+so a run requests each page and each metadata file at most once; the counts are in
+:attr:`MirrorResult.requests`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
+import tempfile
 import time
 import urllib.parse
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import tomlkit
-
-from torchdepot.store import manifest as mf
 from torchdepot.errors import TorchdepotError, UpstreamError
-from torchdepot.fetch import Fetcher, FetchItem, FetchReport
-from torchdepot.store.fsutil import MirrorLock, atomic_write_text, safe_filename, safe_join
-from torchdepot.net.hostguard import PROXY_VARS, HostGuard
-from torchdepot.net.http import Client, HttpConfig, make_session
-from torchdepot.site.landing import write_landing
-from torchdepot.net.hostpolicy import default_policy
-from torchdepot.net.pipconfig import PipSources, pip_default_index, pip_file_host, read_pip_config
-from torchdepot.store.pages import IndexFile, build_pages, ensure_metadata, publish
-from torchdepot.resolve.uv import IndexPlan, ResolvedFile, ResolveError, resolve
-from torchdepot.resolve.pin import pin
+from torchdepot.fetch import FetchReport
 from torchdepot.model.sizes import format_size
-from torchdepot.sources.links import Link
-from torchdepot.sources.pep503 import parse_html
-from torchdepot.spec.mirror import TORCH_PROJECTS, MirrorSpec, PipTarget
+from torchdepot.net.http import Client, HttpConfig, make_session
+from torchdepot.net.pipconfig import PipSources, pip_default_index, pip_file_host, read_pip_config
+from torchdepot.site.landing import write_landing
+from torchdepot.sources.upstream import UpstreamReader
+from torchdepot.spec.mirror import MirrorSpec
+from torchdepot.store import manifest as mf
+from torchdepot.store.fsutil import MirrorLock
 from torchdepot.sync.check import verify_mirror
+from torchdepot.sync.download import fetch_files
+from torchdepot.sync.pipindex import publish_pip
+from torchdepot.sync.plan import (TargetPlan, dependency_sources, host_policy, locate_variants, plan_targets)
+from torchdepot.sync.resolution import Resolution, file_key, resolve_targets
+from torchdepot.sync.view import View, ViewSources
 
 Echo = Callable[[str], None]
-# Upstream probes fail fast: an unreachable PyTorch index must not stall the run.
+# Upstream pages fail fast: an unreachable PyTorch index must not stall the run.
 PROBE_CONFIG = HttpConfig(connect_timeout=5.0, read_timeout=30.0, retries=1, backoff=0.2, max_backoff=1.0)
+WORK_DIR = ".torchdepot/view"  # the local view, under the mirror (never published)
+
+__all__ = ["MirrorResult", "TargetPlan", "file_key", "sync", "sync_pip"]
 
 
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-@dataclass(frozen=True)
-class TargetPlan:
-    target: PipTarget
-    requirements: tuple[str, ...]
-    files: tuple[ResolvedFile, ...]
-    variant_url: str | None  # the PyTorch variant index used, None when from pip config alone
 
 
 @dataclass
@@ -68,6 +68,8 @@ class MirrorResult:
     seconds: float = 0.0
     manifest: mf.Manifest | None = None
     phases: dict[str, float] = field(default_factory=dict)  # seconds per step (bench/diagnostics)
+    requests: dict[str, int] = field(default_factory=dict)  # upstream requests: pages, metadata, ranges, wheels
+    refused: int = 0  # upstream links refused by the screen (summarised in one message)
 
     @property
     def summary(self) -> str:
@@ -75,184 +77,22 @@ class MirrorResult:
             return "dry run: nothing fetched"
         return self.report.summary()
 
-
-# -- upstream discovery -------------------------------------------------------------------
-def channel_prefix(channel: str) -> str:
-    return "" if channel == "stable" else f"{channel}/"
-
-
-class Sources:
-    """Crawls candidate pages once per run; remembers unreachable upstreams."""
-
-    def __init__(self, spec: MirrorSpec, pip: PipSources, probe: Client, echo: Echo, default_index: str | None):
-        self.spec = spec
-        self.pip = pip
-        self.probe = probe
-        self.echo = echo
-        self.default_index = default_index
-        self.dead: set[str] = set()
-        self.pages: dict[str, list[Link] | None] = {}
-        self.variant: dict[str, str | None] = {}
-        self.reported: set[str] = set()
-
-    def _get(self, url: str) -> list[Link] | None:
-        """Links on a page; None when the page does not exist (404) or its host is down."""
-        if url in self.pages:
-            return self.pages[url]
-        try:
-            body, meta = self.probe.get_bytes(url)
-            links = parse_html(body, meta.get("url", url)).links
-        except UpstreamError as exc:
-            links = None
-            if "HTTP 404" not in str(exc) and "No such file" not in str(exc):
-                raise
-        self.pages[url] = links
-        return links
-
-    def report_variant(self, acc: str) -> None:
-        """Say (once) that no PyTorch upstream serves ``acc``: the run goes on from pip's config."""
-        if self.variant.get(acc, "") is None and acc not in self.reported:
-            self.reported.add(acc)
-            self.echo(f"no PyTorch upstream reachable for {acc}; continuing from the pip configuration alone "
-                      f"({self.pip.describe()})")
-
-    def variant_url(self, acc: str, quiet: bool = False) -> str | None:
-        """First reachable PyTorch upstream's variant index for ``acc`` (failover order)."""
-        if acc in self.variant:
-            return self.variant[acc]
-        found = None
-        for i, base in enumerate(self.spec.upstreams):
-            if base in self.dead:
-                continue
-            url = f"{base}/{channel_prefix(self.spec.channel)}{acc}"
-            more = "; trying next" if i + 1 < len(self.spec.upstreams) else ""
-            try:
-                links = self._get(url + "/torch/")
-            except UpstreamError as exc:
-                self.dead.add(base)
-                reason = str(exc).split(": ", 1)[-1]
-                self.echo(f"upstream {base} unreachable: {reason}{more}")
-                continue
-            if links is None:
-                self.echo(f"upstream {base} has no {url.rsplit('/', 1)[-1]} torch index{more}")
-                continue
-            found = url
-            break
-        self.variant[acc] = found
-        if not quiet:
-            self.report_variant(acc)
-        return found
-
-    def pip_pages(self, project: str) -> list[str]:
-        urls = [f"{idx}/{project}/" for idx in self.pip.indexes]
-        if not self.pip.no_index and not self.pip.index_url and self.default_index:
-            urls.append(f"{self.default_index}/{project}/")
-        return urls + list(self.pip.find_links)
-
-    def links(self, acc: str, project: str) -> list[Link]:
-        out: list[Link] = []
-        variant = self.variant_url(acc)
-        if variant:
-            out += self._get(f"{variant}/{project}/") or []
-        for url in self.pip_pages(project):
-            try:
-                out += self._get(url) or []
-            except UpstreamError as exc:
-                self.pages[url] = None
-                self.echo(f"dependency source {url} unreachable: {str(exc).split(': ', 1)[-1]}; skipping it")
-        return out
+    def to_json(self) -> dict:
+        """The run's figures for ``--json`` output."""
+        return {"out": str(self.out), "targets": [t.id for t in self.targets], "generation": self.generation,
+                "index_changed": self.index_changed, "seconds": round(self.seconds, 3),
+                "requests": dict(self.requests), "links_refused": self.refused,
+                "phases": {k: round(v, 3) for k, v in self.phases.items()}}
 
 
-# -- planning -------------------------------------------------------------------------------
-def plan_target(spec: MirrorSpec, t: PipTarget, sources: Sources) -> tuple[list[str], IndexPlan, str | None]:
-    prerelease = spec.channel != "stable"
-    pins: list[str] = []
-    torch_version = None
-    for project in TORCH_PROJECTS:
-        pkg = spec.package(project)
-        if pkg is None:
-            continue
-        links = sources.links(t.accelerator, project)
-        constraint = (t.torch or pkg.constraint) if project == "torch" else pkg.constraint
-        p = pin(links, project, t.accelerator, t.python, t.platform, constraint,
-                prereleases=prerelease, torch_version=torch_version)
-        if p is None:
-            want = f" {constraint}" if constraint else ""
-            raise TorchdepotError(
-                f"{t.id}: no {project}{want} wheel for {t.accelerator}, Python {t.python}, {t.platform} in "
-                f"{len(links)} links from the reachable sources ({sources.pip.describe()})")
-        if project == "torch":
-            torch_version = p.version
-        pins.append(p.requirement)
-    variant = sources.variant_url(t.accelerator)
-    pip = sources.pip
-    plan = IndexPlan(
-        extra_index_urls=((variant,) if variant else ()) + pip.extra_index_urls,
-        index_url=pip.index_url,
-        no_index=pip.no_index,
-        find_links=pip.find_links,
-        # With the PyTorch index first, resolve like its --index-url instructions (first index
-        # wins); from pip config alone, merge all indexes as pip itself does.
-        index_strategy="first-index" if variant else "unsafe-best-match",
-        prereleases=prerelease,
-    )
-    return pins + list(spec.extra_packages), plan, variant
-
-
-def _alternates(url: str, upstreams: tuple[str, ...]) -> tuple[str, ...]:
-    """The same file on every configured PyTorch upstream (regional mirrors share the layout)."""
-    for base in upstreams:
-        if url.startswith(base + "/"):
-            rest = url[len(base):]
-            return tuple(dict.fromkeys([url] + [b + rest for b in upstreams]))
-    return (url,)
-
-
-def _allowed_hosts(spec: MirrorSpec, pip: PipSources, default_index: str | None) -> set[str]:
-    """Issue 6 host policy: the upstreams, hosts the PyTorch index links to, and the hosts
-    of the pip configuration (for pip's default index, also the file host pip names)."""
-    deps = list(pip.indexes) + list(pip.find_links)
-    if default_index:
-        deps.append(default_index)
-        deps.append(pip_file_host() or "")
-    return set(default_policy(spec.upstreams, [d for d in deps if d]).hosts)
-
-
-@contextlib.contextmanager
-def _guard(allowed: set[str], say: Callable[[str], None]):
-    """Run uv behind the host guard (yields the env to give it). A user who already routes
-    through their own proxy keeps it: the guard does not chain proxies, and says so."""
-    if any(os.environ.get(v) for v in PROXY_VARS):
-        say("host policy: a proxy is configured (HTTP(S)_PROXY), so uv's resolution traffic is not screened; "
-            "downloads still are")
-        yield {}
-        return
-    with HostGuard(allowed) as guard:
-        try:
-            yield guard.env()
-        except ResolveError as exc:
-            if guard.refused:  # the resolution failed because the policy kept uv off a host: say so
-                hosts = ", ".join(sorted(guard.refused))
-                raise ResolveError(f"resolver needed {hosts}, not allowed by the mirror's host policy; {exc}") from None
-            raise
-        finally:
-            for host, n in sorted(guard.refused.items()):
-                say(f"host policy: refused {n} request(s) from the resolver to {host} (not an upstream, "
-                    "a PyTorch-linked host or a pip-config host)")
-
-
-def file_key(f: ResolvedFile) -> str:
-    return f"packages/{f.name}/{safe_filename(f.filename)}"
-
-
-def _size_of(f: ResolvedFile, probe: Client) -> int | None:
-    if f.size is not None:
-        return f.size
-    parts = urllib.parse.urlsplit(f.url)
+def _size_of(url: str, size: int | None, probe: Client) -> int | None:
+    if size is not None:
+        return size
+    parts = urllib.parse.urlsplit(url)
     try:
         if parts.scheme == "file":
             return Path(urllib.parse.unquote(parts.path)).stat().st_size
-        resp = probe.request("HEAD", f.url)
+        resp = probe.request("HEAD", url)
         resp.close()
         cl = resp.headers.get("Content-Length")
         return int(cl) if cl and cl.isdigit() else None
@@ -260,11 +100,29 @@ def _size_of(f: ResolvedFile, probe: Client) -> int | None:
         return None
 
 
-# -- the run --------------------------------------------------------------------------------
+def _print_plan(resolution: Resolution, probe: Client, say: Echo) -> None:
+    sizes = {key: _size_of(vf.link.url, vf.link.size, probe) for key, vf, _acc in resolution.files}
+    urls = {key: vf.link.url for key, vf, _acc in resolution.files}
+    for p in resolution.targets:
+        keys = {file_key(f) for f in p.files}
+        total = sum(sizes[k] or 0 for k in keys)
+        unknown = sum(1 for k in keys if sizes[k] is None)
+        names = {f.name for f in p.files}
+        say(f"{p.target.id}: {len(names)} packages, {len(keys)} files, {format_size(total)}"
+            + (f" (+{unknown} of unknown size)" if unknown else "")
+            + f" [{' '.join(p.requirements)}] via {p.variant_url or 'pip configuration'}")
+        for f in p.files:
+            k = file_key(f)
+            say(f"  {f.name}=={f.version}  {f.filename}  {format_size(sizes[k]) if sizes[k] else '?'}  <- {urls[k]}")
+    total = sum(v or 0 for v in sizes.values())
+    say(f"plan: {len(resolution.targets)} targets, {len(sizes)} unique files, {format_size(total)}; "
+        "nothing written (dry run)")
+
+
 def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False, client: Client | None = None,
              progress: bool | None = None, pip_sources: PipSources | None = None, echo: Echo = _stderr) -> MirrorResult:
-    """The pip side: resolve, fetch, write metadata, locks and index pages (no manifest)."""
-    started = time.monotonic()
+    """The pip side: plan, resolve, fetch, publish metadata, locks and index pages (no manifest)."""
+    started = mark = time.monotonic()
     out = Path(out or spec.out)
     result = MirrorResult(out=out)
 
@@ -272,135 +130,66 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
         result.messages.append(msg)
         echo(msg)
 
-    own_client = client is None
-    client = client or make_session()
-    probe = Client(PROBE_CONFIG)
-    mark = time.monotonic()
-
     def phase(name: str) -> None:
         nonlocal mark
         now = time.monotonic()
         result.phases[name] = result.phases.get(name, 0.0) + now - mark
         mark = now
 
-    pool = ThreadPoolExecutor(max_workers=2)
+    own_client = client is None
+    client = client or make_session()
+    probe = Client(PROBE_CONFIG)
+    pip = pip_sources if pip_sources is not None else read_pip_config()
+    default_index = None if (pip.index_url or pip.no_index) else pip_default_index()
+    policy = host_policy(spec, pip, default_index, pip_file_host() if default_index else None)
+    reader = UpstreamReader(probe, policy)
+    scratch = tempfile.TemporaryDirectory(prefix="torchdepot-view-") if dry_run else None
+    workdir = Path(scratch.name) if scratch else out / WORK_DIR
+    view = None
     try:
-        # pip's config costs a subprocess: read it while the PyTorch upstreams are probed.
-        pip_future = pool.submit(lambda: pip_sources if pip_sources is not None else read_pip_config())
-        sources = Sources(spec, PipSources(), probe, say, None)
-        targets = spec.targets()
-        for acc in dict.fromkeys(t.accelerator for t in targets):
-            sources.variant_url(acc, quiet=True)
-        pip = pip_future.result()
-        sources.pip = pip
-        sources.default_index = None if (pip.index_url or pip.no_index) else pip_default_index()
-        for acc in dict.fromkeys(t.accelerator for t in targets):
-            sources.report_variant(acc)
-        planned = [(t, *plan_target(spec, t, sources)) for t in targets]
+        accelerators = list(dict.fromkeys(t.accelerator for t in spec.targets()))
+        indexes, find_links = dependency_sources(pip, default_index)
+        sources = ViewSources(variants=locate_variants(spec, reader, accelerators, pip, say),
+                              indexes=indexes, find_links=find_links)
+        view = View(reader=reader, policy=policy, sources=sources, workdir=workdir,
+                    on_hash_mismatch=spec.on_hash_mismatch, say=say)
+        plan = plan_targets(spec, view, pip)
         phase("upstreams")
-
-        allowed = _allowed_hosts(spec, pip, sources.default_index)
-        with _guard(allowed, say) as guard_env:
-            def run_one(item):
-                t, reqs, plan, variant = item
-                files = resolve(t.id, reqs, t.python, t.platform, plan, env=guard_env)
-                return TargetPlan(t, tuple(reqs), tuple(files), variant)
-
-            result.plans = list(pool.map(run_one, planned))
+        resolution = resolve_targets(plan, view, jobs=2)
+        result.plans = list(resolution.targets)
         phase("resolve")
-
-        unique: dict[str, ResolvedFile] = {}  # targets share most files: each is handled once
-        for p in result.plans:
-            for f in p.files:
-                unique.setdefault(file_key(f), f)
-
         if dry_run:
-            sizes = {k: _size_of(f, probe) for k, f in unique.items()}
-            for p in result.plans:
-                keys = {file_key(f) for f in p.files}
-                total = sum(sizes[k] or 0 for k in keys)
-                unknown = sum(1 for k in keys if sizes[k] is None)
-                say(f"{p.target.id}: {len(p.files)} packages, {len(keys)} files, {format_size(total)}"
-                    + (f" (+{unknown} of unknown size)" if unknown else "")
-                    + f" [{' '.join(p.requirements)}] via {p.variant_url or 'pip configuration'}")
-                for f in p.files:
-                    k = file_key(f)
-                    say(f"  {f.name}=={f.version}  {f.filename}  {format_size(sizes[k]) if sizes[k] else '?'}  <- {f.url}")
-            total = sum(v or 0 for v in sizes.values())
-            say(f"plan: {len(result.plans)} targets, {len(sizes)} unique files, {format_size(total)}; nothing written (dry run)")
+            _print_plan(resolution, probe, say)
             return result
-
-        fetcher = Fetcher(out, client, jobs=spec.jobs, on_hash_mismatch=spec.on_hash_mismatch, progress=progress,
-                          fsync=spec.fsync,
-                          allowed_hosts=allowed)
-        report = fetcher.run([FetchItem(k, _alternates(f.url, spec.upstreams), f.sha256, f.size)
-                              for k, f in unique.items()])
+        report = fetch_files(out, resolution, view, spec, client, policy, progress)
         result.report = report
         phase("fetch")
-        for r in report.mismatches:
-            say(f"warning: {r.key}: upstream sha256 {r.upstream_sha256} but the bytes hash to {r.sha256} "
-                "(accepted: --on-hash-mismatch warn; recorded in manifest.json)")
+        if spec.on_hash_mismatch == "warn":
+            for r in report.mismatches:
+                say(f"warning: {r.key}: upstream sha256 {r.upstream_sha256} but the bytes hash to {r.sha256} "
+                    "(accepted: on_hash_mismatch warn; recorded in manifest.json)")
         if report.failed:
             first = report.failed[0]
             raise TorchdepotError(f"{len(report.failed)} of {len(report.results)} files failed (index not updated); "
                                   f"first: {first.key}: {first.error}")
-
-        by_key = {r.key: r for r in report.results}
-        entries: dict[str, mf.FileEntry] = {}
-        index_files: dict[str, IndexFile] = {}
-        for key, f in unique.items():
-            r = by_key[key]
-            meta_sha, req_py, meta_size = ensure_metadata(out, key, f.name)
-            index_files[key] = IndexFile(f.name, safe_filename(f.filename), key, r.sha256, req_py, meta_sha,
-                                        size=r.size)  # size: PEP 700 in the JSON pages
-            entries[key] = mf.FileEntry(key, r.sha256, r.size, "wheel", f.name, f.version, f.url,
-                                        r.upstream_sha256, r.hash_mismatch)
-            entries[key + ".metadata"] = mf.FileEntry(key + ".metadata", meta_sha, meta_size, "metadata",
-                                                      f.name, f.version)
-        variants: dict[str, list[IndexFile]] = {}
-        for p in result.plans:
-            acc = p.target.accelerator
-            files = [index_files[file_key(f)] for f in p.files]
-            variants.setdefault(acc, []).extend(files)
-            write_pylock(out, p, index_files)
-            result.targets.append(mf.Target(
-                id=p.target.id, kind="pip", accelerator=acc, python=p.target.python, platform=p.target.platform,
-                packages=tuple(mf.TargetPackage(f.name, f.version, file_key(f),
-                                                requires_python=index_files[file_key(f)].requires_python)
-                               for f in p.files),
-                index=f"whl/{acc}"))
-        result.files = sorted(entries.values(), key=lambda e: e.path)
-        result.generation, result.index_changed = publish(out, build_pages(variants))
+        published = publish_pip(out, resolution, report, view)
+        result.files, result.targets = list(published.files), list(published.targets)
+        result.generation, result.index_changed = published.generation, published.changed
         phase("publish")
         return result
     finally:
-        pool.shutdown(wait=False)
+        if view is not None:
+            line = view.refusal_summary()
+            result.refused = int(line.split()[2]) if line else 0
+            if line:
+                say(line)
+        result.requests = reader.request_counts()
         probe.close()
         if own_client:
             client.close()
+        if scratch is not None:
+            scratch.cleanup()
         result.seconds = time.monotonic() - started
-
-
-def write_pylock(out: Path, p: TargetPlan, index_files: dict[str, IndexFile]) -> None:
-    """``targets/<id>/pylock.toml`` (PEP 751) pointing at the mirror's own files."""
-    doc = tomlkit.document()
-    doc["lock-version"] = "1.0"
-    doc["created-by"] = "torchdepot"
-    doc["requires-python"] = f"=={p.target.python}.*"
-    pkgs = tomlkit.aot()
-    for f in p.files:
-        key = file_key(f)
-        t = tomlkit.table()
-        t["name"] = f.name
-        t["version"] = f.version
-        wheel = tomlkit.inline_table()
-        wheel["name"] = index_files[key].filename
-        wheel["path"] = "../../" + key
-        wheel["hashes"] = {"sha256": index_files[key].sha256}
-        t["wheels"] = [wheel]
-        pkgs.append(t)
-    doc["packages"] = pkgs
-    atomic_write_text(safe_join(out, f"targets/{p.target.id}/pylock.toml"), tomlkit.dumps(doc))
 
 
 def _conda(spec: MirrorSpec, out: Path, client: Client | None, dry_run: bool, result: MirrorResult,
@@ -411,7 +200,7 @@ def _conda(spec: MirrorSpec, out: Path, client: Client | None, dry_run: bool, re
     from torchdepot.sync.conda import sync_conda
 
     cres = sync_conda(spec, out, client=client, jobs=spec.jobs, on_hash_mismatch=spec.on_hash_mismatch,
-                                 dry_run=dry_run)
+                      dry_run=dry_run)
     if cres.summary:
         result.messages.append(f"conda: {cres.summary}")
         echo(f"conda: {cres.summary}")
@@ -435,7 +224,7 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
         conda_files, conda_targets = _conda(spec, out, client, False, result, echo)
         files += conda_files
         targets += conda_targets
-        manifest = mf.Manifest(files=files, targets=targets, spec=dict(spec.raw or {}))
+        manifest = mf.Manifest(files=files, targets=targets, spec=spec.to_data())
         write_landing(out, manifest)
         mf.save(out, manifest)
         result.manifest = manifest
@@ -444,8 +233,8 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
 
 
 def _verify_published(out: Path, result: MirrorResult, echo: Echo) -> None:
-    """Re-check what was just published (issue 6): every manifest file hash-valid, every
-    index link resolving. The fetcher's hash cache spares re-reading unchanged files."""
+    """Re-check what was just published: every manifest file hash-valid, every index link
+    resolving. The fetcher's hash cache spares re-reading unchanged files."""
     check = verify_mirror(out, trust_cache=True, clean=True)  # drops leftovers of killed runs
     if check.ok:
         return

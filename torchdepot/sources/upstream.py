@@ -1,0 +1,247 @@
+"""The one reader of upstream for a run: index pages (any layout) and metadata files.
+
+Every byte the sync learns about upstream comes through an :class:`UpstreamReader`:
+
+- pages are asked for as PEP 691 JSON first and parsed by their Content-Type (PEP 503
+  HTML otherwise; find-links pages and bare directory listings are HTML too);
+- redirects are followed by hand and every hop must pass the host policy (host and
+  port), so a mirror that redirects to a host nobody allowed is a missing page, counted;
+- each URL is requested at most once per run (pages and metadata are cached, with one
+  lock per URL so concurrent resolver requests never fetch the same page twice);
+- a page that does not exist (HTTP 404/410 by :attr:`HttpStatusError.status`, or a
+  missing ``file://`` path) is ``None``; other failures raise :class:`UpstreamError`.
+
+The three upstream layouts (``model.presets.Layout``) are read by :func:`variant_links`.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import urllib.parse
+from dataclasses import dataclass
+from typing import Callable
+
+import requests
+from packaging.utils import canonicalize_name
+
+from torchdepot.errors import ParseError, UpstreamError
+from torchdepot.model.presets import Layout, preset_for
+from torchdepot.model.wheelname import parse_wheel
+from torchdepot.net.hostpolicy import HostPolicy
+from torchdepot.net.http import Client, HttpStatusError, file_url_path
+from torchdepot.sources.links import Link, Page
+from torchdepot.sources.pep691 import ACCEPT, parse_response
+
+MISSING_STATUSES = frozenset({404, 410})
+MAX_REDIRECTS = 10
+
+
+class RefusedRedirect(UpstreamError):
+    """A redirect to a URL the host policy refuses."""
+
+
+@dataclass(frozen=True)
+class Body:
+    data: bytes
+    url: str  # final URL after redirects
+    content_type: str | None
+    status: int
+    headers: dict
+
+
+class UpstreamReader:
+    """Cached, counted, policy-confined reads of upstream (thread-safe)."""
+
+    def __init__(self, client: Client, policy: HostPolicy):
+        self.client = client
+        self.policy = policy
+        self.counts: collections.Counter = collections.Counter()  # pages / metadata / ranges / wheels
+        self.refused: collections.Counter = collections.Counter()  # redirect refusals by reason
+        self._cache: dict[tuple[str, str], object] = {}
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    # -- one request per URL ------------------------------------------------------------
+    def _once(self, kind: str, url: str, load: Callable[[], object]):
+        key = (kind, url)
+        with self._lock:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self._cache:
+                try:
+                    self._cache[key] = load()
+                except UpstreamError as exc:
+                    self._cache[key] = exc
+            got = self._cache[key]
+        if isinstance(got, UpstreamError):
+            raise got
+        return got
+
+    def _count(self, kind: str) -> None:
+        with self._lock:
+            self.counts[kind] += 1
+
+    def get(self, url: str, kind: str, headers: dict | None = None, limit: int | None = None) -> Body | None:
+        """GET ``url`` following redirects only to URLs the policy allows; None for a missing page.
+
+        Uncached (callers cache): one call is one request per hop."""
+        if urllib.parse.urlsplit(url).scheme == "file":
+            self._count(kind)
+            if not file_url_path(url).exists():
+                return None
+            data, meta = self.client.get_bytes(url)
+            return Body(data, meta.get("url") or url, meta.get("content-type"), 200, meta)
+        limit = limit or self.client.config.max_page_bytes
+        resp = self.open(url, kind, headers)
+        if resp is None:
+            return None
+        try:
+            chunks, total = [], 0
+            for chunk in resp.iter_content(256 * 1024):
+                total += len(chunk)
+                if total > limit:
+                    raise UpstreamError(f"{url}: body exceeds the {limit}-byte limit")
+                chunks.append(chunk)
+            hdrs = {k.lower(): v for k, v in resp.headers.items()}
+            return Body(b"".join(chunks), resp.url, hdrs.get("content-type"), resp.status_code, hdrs)
+        except (OSError, requests.RequestException) as exc:
+            raise UpstreamError(f"{url}: {exc}") from None
+        finally:
+            resp.close()
+
+    def open(self, url: str, kind: str, headers: dict | None = None) -> requests.Response | None:
+        """A streamed GET of an http(s) URL, every redirect hop checked against the policy;
+        None for a missing page (404/410). The caller closes the response."""
+        current = url
+        for _hop in range(MAX_REDIRECTS + 1):
+            why = self.policy.refusal(current)
+            if why:
+                with self._lock:
+                    self.refused[why] += 1
+                raise RefusedRedirect(f"{url}: redirect to {current} refused ({why})")
+            self._count(kind)
+            try:
+                resp = self.client.request("GET", current, headers=headers, stream=True, allow_redirects=False)
+            except HttpStatusError as exc:
+                if exc.status in MISSING_STATUSES:
+                    return None
+                raise
+            if not resp.is_redirect:
+                return resp
+            current = urllib.parse.urljoin(current, resp.headers["Location"])
+            resp.close()
+        raise UpstreamError(f"{url}: more than {MAX_REDIRECTS} redirects")
+
+    def page(self, url: str) -> Page | None:
+        """The parsed page at ``url`` (JSON or HTML by Content-Type), None when it does not exist."""
+        def load() -> Page | None:
+            body = self.get(url, "pages", headers={"Accept": ACCEPT})
+            if body is None:
+                return None
+            return parse_response(body.data, body.content_type, body.url)
+
+        return self._once("page", url, load)
+
+    def metadata(self, url: str) -> bytes | None:
+        """A PEP 658 ``.metadata`` file (None when missing), fetched at most once."""
+        def load() -> bytes | None:
+            body = self.get(url, "metadata", limit=16 * 1024 * 1024)
+            return None if body is None else body.data
+
+        return self._once("metadata", url, load)
+
+    def pages(self) -> list[Page]:
+        """Every page read so far (for the refusal summary: each page's parser warnings)."""
+        with self._lock:
+            return [p for (kind, _url), p in self._cache.items() if kind == "page" and isinstance(p, Page)]
+
+    def request_counts(self) -> dict[str, int]:
+        with self._lock:
+            return {k: self.counts.get(k, 0) for k in ("pages", "metadata", "ranges", "wheels")}
+
+
+# -- layouts ------------------------------------------------------------------------------
+def layout_of(base: str) -> Layout:
+    """A preset's layout, a ``.html`` URL is a find-links page, anything else a PEP 503 tree
+    (:func:`variant_links` falls back to a flat listing when the tree has no project pages)."""
+    preset = preset_for(base)
+    if preset is not None:
+        return preset.layout
+    path = urllib.parse.urlsplit(base).path
+    return Layout.FINDLINKS if path.endswith((".html", ".htm")) else Layout.SIMPLE
+
+
+def _of_project(links: list[Link], project: str, accelerator: str | None) -> list[Link]:
+    """Wheels of ``project`` (for ``accelerator`` when the file names one) on a shared page."""
+    want = canonicalize_name(project)
+    out = []
+    for link in links:
+        if not link.filename.endswith(".whl"):
+            continue
+        try:
+            wheel = parse_wheel(link.url)
+        except ParseError:
+            continue
+        if wheel.name != want:
+            continue
+        if accelerator and wheel.accelerator is not None and wheel.accelerator.name != accelerator:
+            continue
+        out.append(link)
+    return out
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Where one accelerator's PyTorch files are: ``base`` read as ``layout``."""
+
+    base: str  # the upstream as configured
+    url: str  # the variant's own URL (tree root, listing, or the find-links page)
+    layout: Layout
+    accelerator: str
+
+
+def locate_variant(reader: UpstreamReader, base: str, prefix: str, accelerator: str) -> Variant | None:
+    """Where ``accelerator`` lives on upstream ``base`` (None: this upstream lacks it).
+
+    Raises UpstreamError when the upstream cannot be read at all."""
+    base = base.rstrip("/")
+    layout = layout_of(base)
+    if layout is Layout.FINDLINKS:
+        page = reader.page(base)
+        if page is None or not _of_project(page.links, "torch", accelerator):
+            return None
+        return Variant(base, base, layout, accelerator)
+    url = f"{base}/{prefix}{accelerator}"
+    if layout is Layout.SIMPLE and reader.page(f"{url}/torch/") is not None:
+        return Variant(base, url, Layout.SIMPLE, accelerator)
+    listing = reader.page(f"{url}/")
+    if listing is not None and _of_project(listing.links, "torch", accelerator):
+        return Variant(base, url, Layout.FLAT, accelerator)
+    return None
+
+
+def variant_links(reader: UpstreamReader, variant: Variant, project: str) -> list[Link] | None:
+    """``project``'s links on the variant, None when the variant does not carry the project."""
+    if variant.layout is Layout.SIMPLE:
+        norm = str(canonicalize_name(project))
+        page = reader.page(f"{variant.url}/{urllib.parse.quote(norm)}/")
+        if page is None and norm != project:
+            page = reader.page(f"{variant.url}/{urllib.parse.quote(project)}/")
+        return None if page is None else list(page.links)
+    page = reader.page(variant.url if variant.layout is Layout.FINDLINKS else f"{variant.url}/")
+    links = _of_project(page.links, project, variant.accelerator) if page is not None else []
+    return links or None
+
+
+def index_links(reader: UpstreamReader, index: str, project: str) -> list[Link]:
+    """``project``'s links on a PEP 503/691 index (the user's dependency index); [] if absent."""
+    norm = str(canonicalize_name(project))
+    page = reader.page(f"{index.rstrip('/')}/{urllib.parse.quote(norm)}/")
+    return [] if page is None else list(page.links)
+
+
+def findlinks_links(reader: UpstreamReader, url: str, project: str) -> list[Link]:
+    """``project``'s wheels on a find-links page or directory listing; [] if absent."""
+    page = reader.page(url)
+    return [] if page is None else _of_project(page.links, project, None)

@@ -1,0 +1,68 @@
+"""Publish (pip side): PEP 658 metadata, per-target pylock.toml and the index pages.
+
+Input: the :class:`~torchdepot.sync.resolution.Resolution`, the fetch report and the view
+(for upstream facts: upload time, size, metadata disagreements). Output:
+:class:`PipPublished`, the manifest entries and targets plus the index generation. The
+``.metadata`` published beside each wheel is read from the stored wheel itself, so it is
+correct even where upstream's was not; a disagreement the view saw is recorded on that
+``.metadata`` entry (``upstream_sha256`` + ``hash_mismatch``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from torchdepot.fetch import FetchReport
+from torchdepot.lockfiles.render import pins_for, pylock_toml
+from torchdepot.store import manifest as mf
+from torchdepot.store.fsutil import atomic_write_text, safe_filename, safe_join
+from torchdepot.store.pages import IndexFile, build_pages, ensure_metadata, publish
+from torchdepot.sync.resolution import Resolution, file_key
+from torchdepot.sync.view import View
+
+
+@dataclass(frozen=True)
+class PipPublished:
+    files: tuple[mf.FileEntry, ...]
+    targets: tuple[mf.Target, ...]
+    generation: str
+    changed: bool
+
+
+def publish_pip(out: Path, resolution: Resolution, report: FetchReport, view: View) -> PipPublished:
+    by_key = {r.key: r for r in report.results}
+    records = view.metadata_records()
+    entries: dict[str, mf.FileEntry] = {}
+    index_files: dict[str, IndexFile] = {}
+    for key, vf, _acc in resolution.files:
+        r = by_key[key]
+        meta_sha, req_py, meta_size = ensure_metadata(out, key, vf.project)
+        index_files[key] = IndexFile(vf.project, safe_filename(vf.filename), key, r.sha256, req_py, meta_sha)
+        version = next(f.version for tp in resolution.targets for f in tp.files if file_key(f) == key)
+        entries[key] = mf.FileEntry(path=key, sha256=r.sha256, size=r.size, kind="wheel", project=vf.project,
+                                    version=version, url=r.url or vf.link.url, upstream_sha256=r.upstream_sha256,
+                                    hash_mismatch=r.hash_mismatch)
+        rec = records.get(vf.filename)  # upstream's .metadata disagreeing with its declared hash
+        entries[key + ".metadata"] = mf.FileEntry(
+            path=key + ".metadata", sha256=meta_sha, size=meta_size, kind="metadata", project=vf.project,
+            version=version, upstream_sha256=rec.declared if rec is not None else None,
+            hash_mismatch=rec is not None and rec.mismatch)
+    variants: dict[str, list[IndexFile]] = {}
+    targets = []
+    for tp in resolution.targets:
+        t = tp.target
+        keys = list(dict.fromkeys(file_key(f) for f in tp.files))
+        variants.setdefault(t.accelerator, []).extend(index_files[k] for k in keys)
+        target = mf.Target(
+            id=t.id, kind="pip", accelerator=t.accelerator, python=t.python, platform=t.platform,
+            packages=tuple(mf.TargetPackage(name=f.name, version=f.version, path=file_key(f),
+                                            requires_python=index_files[file_key(f)].requires_python)
+                           for f in tp.files),
+            index=f"whl/{t.accelerator}")
+        targets.append(target)
+        atomic_write_text(safe_join(out, f"targets/{t.id}/pylock.toml"),
+                          pylock_toml(target, pins_for(target, entries), "../..", location="path"))
+    generation, changed = publish(out, build_pages(variants))
+    return PipPublished(files=tuple(sorted(entries.values(), key=lambda e: e.path)), targets=tuple(targets),
+                        generation=generation, changed=changed)

@@ -1,0 +1,117 @@
+"""Plan: where each accelerator's PyTorch files come from, and what each target requires.
+
+Input: the spec, the user's pip sources and the run's :class:`UpstreamReader`. Output: a
+:class:`Plan` (frozen) naming, per accelerator, the first reachable PyTorch upstream that
+carries it (failover in the spec's order, whatever its layout), and per target the pinned
+``torch*`` requirements (pinned against the screened view, so a hostile link cannot be
+pinned) plus the spec's extra packages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torchdepot.errors import TorchdepotError, UpstreamError
+from torchdepot.net.hostpolicy import HostPolicy, default_policy
+from torchdepot.net.pipconfig import PipSources
+from torchdepot.resolve.pin import pin
+from torchdepot.resolve.uv import ResolvedFile
+from torchdepot.sources.upstream import UpstreamReader, Variant, locate_variant
+from torchdepot.spec.mirror import TORCH_PROJECTS, MirrorSpec, PipTarget
+from torchdepot.sync.view import View, ViewSources
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TargetPlan:
+    target: PipTarget
+    requirements: tuple[str, ...]
+    variant_url: str | None  # the PyTorch variant used; None when from the pip configuration alone
+    files: tuple[ResolvedFile, ...] = ()  # filled by the resolve step
+
+
+@dataclass(frozen=True)
+class Plan:
+    targets: tuple[TargetPlan, ...]
+    sources: ViewSources
+    prereleases: bool
+
+
+def channel_prefix(channel: str) -> str:
+    return "" if channel == "stable" else f"{channel}/"
+
+
+def dependency_sources(pip: PipSources, default_index: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(indexes, find-links) the user's pip configuration reads, pip's default index last."""
+    indexes = pip.indexes
+    if not pip.no_index and not pip.index_url and default_index:
+        indexes += (default_index,)
+    return tuple(i.rstrip("/") for i in indexes), pip.find_links
+
+
+def host_policy(spec: MirrorSpec, pip: PipSources, default_index: str | None, file_host: str | None) -> HostPolicy:
+    """The upstreams, hosts the PyTorch index links to, the pip configuration's hosts (for
+    pip's default index also its file host), and the spec's ``allow_hosts``; ``file:``
+    only when the user configured a local source."""
+    indexes, find_links = dependency_sources(pip, default_index)
+    deps = list(indexes) + list(find_links) + ([file_host] if default_index and file_host else [])
+    local = any(u.startswith("file:") for u in list(spec.upstreams) + list(indexes) + list(find_links))
+    return default_policy(spec.upstreams, deps, getattr(spec, "allow_hosts", ()), allow_file=local)
+
+
+def locate_variants(spec: MirrorSpec, reader: UpstreamReader, accelerators: list[str], pip: PipSources,
+                    say: Say) -> tuple[tuple[str, Variant | None], ...]:
+    """Per accelerator, the first upstream (spec order) that carries it; each failure said once."""
+    dead: set[str] = set()
+    out = []
+    for acc in accelerators:
+        found = None
+        for i, base in enumerate(spec.upstreams):
+            if base in dead:
+                continue
+            more = "; trying next" if i + 1 < len(spec.upstreams) else ""
+            try:
+                found = locate_variant(reader, base, channel_prefix(spec.channel), acc)
+            except UpstreamError as exc:
+                dead.add(base)
+                say(f"upstream {base} unreachable: {str(exc).split(': ', 1)[-1]}{more}")
+                continue
+            if found is not None:
+                break
+            say(f"upstream {base} has no {acc} torch index{more}")
+        if found is None:
+            say(f"no PyTorch upstream reachable for {acc}; continuing from the pip configuration alone "
+                f"({pip.describe()})")
+        out.append((acc, found))
+    return tuple(out)
+
+
+def plan_targets(spec: MirrorSpec, view: View, pip: PipSources) -> Plan:
+    """Pin torch / torchvision / torchaudio per target against the screened view."""
+    prerelease = spec.channel != "stable"
+    plans = []
+    for t in spec.targets():
+        pins: list[str] = []
+        torch_version = None
+        for project in TORCH_PROJECTS:
+            pkg = spec.package(project)
+            if pkg is None:
+                continue
+            links = [f.link for f in view.project(t.accelerator, project)]
+            constraint = (t.torch or pkg.constraint) if project == "torch" else pkg.constraint
+            p = pin(links, project, t.accelerator, t.python, t.platform, constraint,
+                    prereleases=prerelease, torch_version=torch_version)
+            if p is None:
+                want = f" {constraint}" if constraint else ""
+                raise TorchdepotError(
+                    f"{t.id}: no {project}{want} wheel for {t.accelerator}, Python {t.python}, {t.platform} in "
+                    f"{len(links)} links from the reachable sources ({pip.describe()})")
+            if project == "torch":
+                torch_version = p.version
+            pins.append(p.requirement)
+        variant = view.sources.variant(t.accelerator)
+        plans.append(TargetPlan(target=t, requirements=tuple(pins) + tuple(spec.extra_packages),
+                                variant_url=variant.url if variant else None))
+    return Plan(targets=tuple(plans), sources=view.sources, prereleases=prerelease)

@@ -1,0 +1,362 @@
+"""The local view: the only index the resolver ever sees.
+
+Per accelerator, a PEP 503 + PEP 658 index built from screened upstream links and
+verified metadata, written under the run's work dir (``<acc>/<project>/index.html``,
+``<acc>/files/<wheel>.metadata``) and served by a loopback HTTP server the run starts
+(:meth:`View.serve`). Pages are built on demand as the resolver asks for them, so only the
+closure's pages are read, each once (the :class:`UpstreamReader` caches).
+
+Invariants:
+- a project's links come from the accelerator's PyTorch variant when it carries the
+  project (its ``--index-url`` instructions: first index wins), else from the user's
+  dependency sources (pip config: indexes and find-links, merged as pip does);
+- every link passes one screen (:func:`torchdepot.net.hostpolicy.screen_links`: scheme,
+  host and port, traversal, file-name validity, one name with two hashes); refusals are
+  counted once per URL and reported in one summary line, never fatal;
+- a view file is identified by name + sha256; the same file on another allowed source is
+  an alternate (per-file failover for metadata here, for downloads in the fetch step);
+- served metadata is the truth: upstream's ``.metadata`` when its declared hash agrees,
+  else METADATA read from the wheel (Range reads). A disagreement is recorded; under
+  ``on_hash_mismatch: fail`` it is one error line naming the file and both hashes;
+- every URL the resolver returns maps back to a view file (:meth:`View.lookup`).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hashlib
+import html
+import http.server
+import os
+import shutil
+import threading
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Literal
+
+from packaging.utils import canonicalize_name
+
+from torchdepot.errors import ParseError, TorchdepotError, UpstreamError
+from torchdepot.model.wheelname import parse_wheel
+from torchdepot.net.hostpolicy import HostPolicy, screen_links
+from torchdepot.net.http import file_url_path
+from torchdepot.sources.links import Link, warnings_summary
+from torchdepot.sources.upstream import UpstreamReader, Variant, findlinks_links, index_links, variant_links
+from torchdepot.sources.wheelmeta import remote_metadata
+from torchdepot.store.fsutil import atomic_write_bytes, safe_filename, safe_join
+
+Say = Callable[[str], None]
+
+
+class MetadataMismatchError(TorchdepotError):
+    """Upstream's .metadata disagrees with its declared hash under on_hash_mismatch: fail."""
+
+
+@dataclass(frozen=True)
+class ViewFile:
+    project: str  # canonical name
+    filename: str
+    link: Link  # the screened upstream link the resolver was shown
+
+
+@dataclass(frozen=True)
+class MetadataRecord:
+    filename: str  # the wheel's file name
+    sha256: str  # of the metadata the view served (and the mirror publishes)
+    declared: str | None  # the hash upstream's page declared for its .metadata
+    served: str | None  # the hash of upstream's .metadata bytes; None: missing or unreachable
+    source: Literal["upstream", "wheel"]
+
+    @property
+    def mismatch(self) -> bool:
+        return self.declared is not None and self.served is not None and self.served != self.declared
+
+
+@dataclass(frozen=True)
+class ViewSources:
+    variants: tuple[tuple[str, Variant | None], ...]  # accelerator -> its PyTorch variant (None: pip config alone)
+    indexes: tuple[str, ...]  # dependency indexes (PEP 503/691), priority order
+    find_links: tuple[str, ...]  # find-links pages / directories
+
+    def variant(self, accelerator: str) -> Variant | None:
+        return dict(self.variants).get(accelerator)
+
+
+@dataclass
+class View:
+    reader: UpstreamReader
+    policy: HostPolicy
+    sources: ViewSources
+    workdir: Path
+    on_hash_mismatch: str
+    say: Say
+    base_url: str = ""
+    refused: collections.Counter = field(default_factory=collections.Counter)
+    errors: list[str] = field(default_factory=list)
+    _files: dict[tuple[str, str], ViewFile] = field(default_factory=dict)
+    _projects: dict[tuple[str, str], list[ViewFile]] = field(default_factory=dict)
+    _metadata: dict[tuple[str, str], MetadataRecord] = field(default_factory=dict)
+    _refused_urls: set[tuple[str, str]] = field(default_factory=set)
+    _dead: set[str] = field(default_factory=set)
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+
+    # -- links -------------------------------------------------------------------------
+    def dependency_links(self, project: str) -> list[Link]:
+        """``project``'s links on every dependency source; an unreachable source is skipped (said once)."""
+        out: list[Link] = []
+        for kind, url in [("index", u) for u in self.sources.indexes] + [("find-links", u) for u in self.sources.find_links]:
+            if url in self._dead:
+                continue
+            try:
+                out += index_links(self.reader, url, project) if kind == "index" else findlinks_links(self.reader, url, project)
+            except UpstreamError as exc:
+                with self._lock:
+                    if url not in self._dead:
+                        self._dead.add(url)
+                        self.say(f"dependency source {url} unreachable: {str(exc).split(': ', 1)[-1]}; skipping it")
+        return out
+
+    def _screen(self, links: list[Link], project: str) -> list[Link]:
+        screened = screen_links(links, self.policy)
+        want = canonicalize_name(project)
+        with self._lock:  # pages are shared between accelerators: count each refused URL once
+            for link, why in screened.refused:
+                if (link.url, why) not in self._refused_urls:
+                    self._refused_urls.add((link.url, why))
+                    self.refused[why] += 1
+        out = []
+        for link in screened.kept:
+            if not link.filename.endswith(".whl"):
+                continue  # sdists and other files: the mirror serves wheels only
+            try:
+                if parse_wheel(link.url).name != want:
+                    continue
+            except ParseError:
+                continue
+            out.append(link)
+        return out
+
+    def project(self, accelerator: str, project: str) -> list[ViewFile]:
+        """The screened files of ``project`` for ``accelerator`` (computed once)."""
+        project = str(canonicalize_name(project))
+        key = (accelerator, project)
+        with self._lock:
+            if key in self._projects:
+                return self._projects[key]
+        variant = self.sources.variant(accelerator)
+        links = variant_links(self.reader, variant, project) if variant else None
+        kept = self._screen(links, project) if links else []
+        if not kept:  # not on the PyTorch variant (or nothing usable there): the user's sources
+            kept = self._screen(self.dependency_links(project), project)
+        files = [ViewFile(project, link.filename, link) for link in kept]
+        with self._lock:
+            for f in files:
+                self._files.setdefault((accelerator, f.filename), f)
+            self._projects[key] = files
+        return files
+
+    def alternates(self, accelerator: str, filename: str) -> tuple[Link, ...]:
+        """The same file (name + sha256) on the dependency sources, for failover."""
+        vf = self._files.get((accelerator, filename))
+        if vf is None or not vf.link.sha256:
+            return ()
+        links = self._screen(self.dependency_links(vf.project), vf.project)
+        return tuple(link for link in links if link.filename == filename and link.sha256 == vf.link.sha256
+                     and link.url != vf.link.url)
+
+    def lookup(self, url: str) -> ViewFile | None:
+        """The view file behind a URL the resolver returned; None for anything else."""
+        if not self.base_url or not url.startswith(self.base_url + "/"):
+            return None
+        parts = url[len(self.base_url) + 1:].split("/")
+        if len(parts) != 3 or parts[1] != "files":
+            return None
+        return self._files.get((parts[0], urllib.parse.unquote(parts[2])))
+
+    # -- pages and metadata ---------------------------------------------------------------
+    def page(self, accelerator: str, project: str) -> bytes | None:
+        files = self.project(accelerator, project)
+        if not files:
+            return None
+        anchors = []
+        for f in files:
+            link = f.link
+            href = f"../files/{urllib.parse.quote(f.filename)}" + (f"#sha256={link.sha256}" if link.sha256 else "")
+            attrs = f'href="{html.escape(href)}" data-core-metadata="true" data-dist-info-metadata="true"'
+            if link.requires_python:
+                attrs += f' data-requires-python="{html.escape(link.requires_python)}"'
+            if link.yanked is not None:
+                attrs += f' data-yanked="{html.escape(link.yanked)}"'
+            if link.upload_time:
+                attrs += f' data-upload-time="{html.escape(link.upload_time)}"'
+            anchors.append(f"<a {attrs}>{html.escape(f.filename)}</a><br/>\n")
+        body = ("<!DOCTYPE html>\n<html><body>\n" + "".join(anchors) + "</body></html>\n").encode()
+        atomic_write_bytes(safe_join(self.workdir, f"{accelerator}/{project}/index.html"), body)
+        return body
+
+    def metadata(self, accelerator: str, filename: str) -> bytes | None:
+        """Verified METADATA for a view file (None: unknown file, or refused under fail)."""
+        vf = self._files.get((accelerator, filename))
+        if vf is None:
+            return None
+        path = safe_join(self.workdir, f"{accelerator}/files/{safe_filename(filename)}.metadata")
+        with self._lock:
+            if (accelerator, filename) in self._metadata:
+                return path.read_bytes()
+        link = vf.link
+        data, served = None, None
+        if link.core_metadata:
+            try:
+                data = self.reader.metadata(link.metadata_url)
+            except UpstreamError:
+                data = None
+            if data is not None:
+                served = hashlib.sha256(data).hexdigest()
+        declared = link.metadata_sha256
+        if data is not None and served != declared and declared is not None:
+            if self.on_hash_mismatch == "fail":
+                self._error(f"{filename}.metadata: upstream declares sha256 {declared} but its .metadata hashes "
+                            f"to {served} (on_hash_mismatch: fail)")
+                return None
+            self.say(f"warning: {filename}.metadata: upstream declares sha256 {declared} but its .metadata hashes "
+                     f"to {served}; using the wheel's own METADATA (on_hash_mismatch: warn; recorded in manifest.json)")
+            data = None
+        source: Literal["upstream", "wheel"] = "upstream"
+        if data is None:
+            source = "wheel"
+            data = self._from_wheel(accelerator, vf)
+            if data is None:
+                return None
+        record = MetadataRecord(filename, hashlib.sha256(data).hexdigest(), declared, served, source)
+        atomic_write_bytes(path, data)
+        with self._lock:
+            self._metadata[(accelerator, filename)] = record
+        return data
+
+    def _from_wheel(self, accelerator: str, vf: ViewFile) -> bytes | None:
+        """METADATA from the wheel itself, then from the same file on another source."""
+        errors = []
+        for link in (vf.link,) + self.alternates(accelerator, vf.filename):
+            if link is not vf.link and link.core_metadata:
+                try:
+                    data = self.reader.metadata(link.metadata_url)
+                    if data is not None and (link.metadata_sha256 in (None, hashlib.sha256(data).hexdigest())):
+                        return data
+                except UpstreamError as exc:
+                    errors.append(str(exc))
+            try:
+                return remote_metadata(self.reader, link.url, vf.project)
+            except UpstreamError as exc:
+                errors.append(str(exc))
+        self._error(f"{vf.filename}: no metadata from any source ({errors[0] if errors else 'no source'})")
+        return None
+
+    def relay(self, accelerator: str, filename: str, handler: http.server.BaseHTTPRequestHandler) -> None:
+        """Stream a view file's bytes to the resolver. uv reads a wheel only when the index
+        gave no sha256 for it (it hashes it for the lock): nightly pages, find-links dirs."""
+        vf = self._files.get((accelerator, filename))
+        if vf is None:
+            handler.send_error(404)
+            return
+        if urllib.parse.urlsplit(vf.link.url).scheme == "file":
+            with open(file_url_path(vf.link.url), "rb") as src:
+                self._send(handler, src, os.fstat(src.fileno()).st_size)
+            return
+        resp = self.reader.open(vf.link.url, "wheels")
+        if resp is None:
+            handler.send_error(404)
+            return
+        try:
+            length = resp.headers.get("Content-Length")
+            self._send(handler, resp.raw, int(length) if length and length.isdigit() else None)
+        finally:
+            resp.close()
+
+    @staticmethod
+    def _send(handler: http.server.BaseHTTPRequestHandler, src, length: int | None) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/octet-stream")
+        if length is not None:
+            handler.send_header("Content-Length", str(length))
+        else:
+            handler.close_connection = True
+        handler.end_headers()
+        try:
+            shutil.copyfileobj(src, handler.wfile, 1024 * 1024)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def _error(self, line: str) -> None:
+        with self._lock:
+            if line not in self.errors:
+                self.errors.append(line)
+
+    def metadata_records(self) -> dict[str, MetadataRecord]:
+        """Wheel file name -> what the view served for its metadata."""
+        with self._lock:
+            return {fn: rec for (_acc, fn), rec in self._metadata.items()}
+
+    def refusal_summary(self) -> str | None:
+        """One line: every link refused by the page parsers or the screen, by reason."""
+        counts = collections.Counter(self.refused)
+        for page in self.reader.pages():
+            counts.update(page.warnings)
+        if not counts:
+            return None
+        return f"upstream: refused {sum(counts.values())} links ({warnings_summary(counts)})"
+
+    # -- the loopback server ----------------------------------------------------------------
+    @contextlib.contextmanager
+    def serve(self) -> Iterator[str]:
+        """Serve the view on 127.0.0.1 (a free port) for the duration; yields its base URL."""
+        view = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # the resolver's requests are not news
+                pass
+
+            def do_GET(self) -> None:
+                parts = [urllib.parse.unquote(p) for p in urllib.parse.urlsplit(self.path).path.split("/") if p]
+                body, ctype = None, "text/html"
+                try:
+                    if len(parts) == 2:
+                        body = view.page(parts[0], parts[1])
+                    elif len(parts) == 3 and parts[1] == "files" and parts[2].endswith(".metadata"):
+                        body, ctype = view.metadata(parts[0], parts[2][: -len(".metadata")]), "text/plain"
+                    elif len(parts) == 1:
+                        body = b"<!DOCTYPE html><html><body></body></html>\n"
+                except TorchdepotError as exc:
+                    view._error(str(exc))
+                    self.send_error(502)
+                    return
+                except Exception as exc:  # never a traceback from a server thread: one line, then 502
+                    view._error(f"local view: {type(exc).__name__}: {exc}")
+                    self.send_error(502)
+                    return
+                if body is None and len(parts) == 3 and parts[1] == "files":
+                    view.relay(parts[0], parts[2], self)
+                    return
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                try:
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the resolver hung up (it had what it needed)
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        self.base_url = f"http://127.0.0.1:{server.server_address[1]}"
+        try:
+            yield self.base_url
+        finally:
+            server.shutdown()
+            server.server_close()
