@@ -358,3 +358,20 @@ def test_fuzz_manifest_json(doc):
 def test_fuzz_raw_bytes(raw):
     _only_torchdepot_errors(parse_doc, raw)
     _only_torchdepot_errors(mf.Manifest.from_json, raw)
+
+
+def test_bundle_file_urls_are_dropped_so_repair_cannot_be_steered(src, tmp_path):
+    good = bundle(src, tmp_path / "good.tar")[0]
+
+    def edit(data, doc, head):
+        for f in doc["manifest"]["files"]:
+            f["url"] = "file:///dev/zero"
+
+    forged = _reforge(good, tmp_path / "forged.tar", edit)
+    dest = tmp_path / "dest"
+    unbundle(forged, dest)
+    assert all(f.url is None for f in mf.load(dest).files)
+    (dest / WHEEL).unlink()
+    rep = verify_mirror(dest, repair=True)
+    assert [(p.kind, p.path) for p in rep.unrepaired] == [("missing", WHEEL)]
+    assert "no url in manifest.json" in rep.unrepaired[0].detail

@@ -90,15 +90,23 @@ def test_damage_is_reported_then_repaired(mirror):
     assert doc["ok"] is False and len(doc["problems"]) == len(rep.problems)
 
     proc = _cli(str(root), "--repair")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "repaired" in proc.stdout
+    # everything is repaired but the orphan, which may be the user's: reported and kept
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "repaired" in proc.stdout and "PROBLEM\torphan" in proc.stdout
+    assert (root / "packages/torch/stray-1.0-py3-none-any.whl").read_bytes() == b"x"
     # only the two bad wheels were fetched again
     hits = up.wheel_hits()
     assert hits[os.path.basename(sympy.path)] == 1 and hits[os.path.basename(mpmath.path)] == 1
     assert sum(hits.values()) == 2
+    assert [p.kind for p in verify_mirror(root).problems] == ["orphan"]
+
+    proc = _cli(str(root), "--repair", "--move-unknown")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     after = verify_mirror(root)
     assert after.ok and after.problems == [], after.problems
     assert not (root / "packages/torch/stray-1.0-py3-none-any.whl").exists()
+    moved = list((root / ".torchdepot/aside").rglob("stray-1.0-py3-none-any.whl"))
+    assert len(moved) == 1 and moved[0].read_bytes() == b"x", "moved aside, never deleted"
 
 
 def test_repair_that_cannot_fetch_fails_and_keeps_going(mirror):
@@ -162,3 +170,78 @@ def test_locked_mirror_refuses_at_once(mirror):
         proc = _cli(str(root))
     assert proc.returncode == 1 and "another torchdepot run" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def _set_entry(root, path, **changes):
+    doc = json.loads((root / "manifest.json").read_text())
+    for f in doc["files"]:
+        if f["path"] == path:
+            f.update(changes)
+    (root / "manifest.json").write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("url", [
+    "file:///dev/zero",
+    "file:///etc/passwd",
+    "http://torchlab-elsewhere:8000/torch.whl",   # a host outside the policy (never contacted)
+    "http://127.0.0.1:1/torch.whl",                # the upstream's host, another port: another origin
+    "ftp://127.0.0.1/torch.whl",
+])
+def test_repair_reads_only_under_the_host_policy(mirror, url):
+    up, root = mirror
+    torch = _wheel(root, "torch")
+    (root / torch.path).unlink()
+    _set_entry(root, torch.path, url=url)
+    proc = _cli(str(root), "--repair")
+    assert proc.returncode == 1
+    assert "not refetched:" in proc.stdout, proc.stdout
+    assert not (root / torch.path).exists()
+    assert sum(up.wheel_hits().values()) == 0
+    assert not any(p.stat().st_size for p in (root / ".torchdepot/partial").glob("*")), "nothing was read"
+
+
+def test_repair_file_url_is_read_only_under_a_local_upstream_and_with_the_exact_size(mirror, tmp_path):
+    from torchdepot.net.hostpolicy import default_policy
+    from torchdepot.sync.check import RepairPolicy
+
+    up, root = mirror
+    torch = _wheel(root, "torch")
+    good = (root / torch.path).read_bytes()
+    local = tmp_path / "local-upstream"
+    local.mkdir()
+    (local / "torch.whl").write_bytes(good)
+    (local / "big.whl").write_bytes(good + b"more")
+    (root / torch.path).unlink()
+    policy = RepairPolicy(default_policy(allow_file=True), (local,))
+    _set_entry(root, torch.path, url=(local / "big.whl").as_uri())
+    rep = verify_mirror(root, repair=True, policy=policy)
+    assert any("bytes, manifest.json says" in p.detail for p in rep.problems) and not (root / torch.path).exists()
+    _set_entry(root, torch.path, url=(local / "torch.whl").as_uri())
+    rep = verify_mirror(root, repair=True, policy=policy)
+    assert rep.ok and (root / torch.path).read_bytes() == good
+
+
+def test_repair_takes_exactly_the_manifest_size(mirror):
+    up, root = mirror
+    torch = _wheel(root, "torch")
+    (root / torch.path).unlink()
+    up.server.always(up.paths[os.path.basename(torch.path)], Fault("oversize", n=10_000_000))
+    try:
+        proc = _cli(str(root), "--repair")
+    finally:
+        up.server.always(up.paths[os.path.basename(torch.path)], Fault())
+    assert proc.returncode == 1 and "refetch failed" in proc.stdout
+    assert not (root / torch.path).exists()
+    assert all(p.stat().st_size <= torch.size for p in (root / ".torchdepot/partial").glob("*"))
+
+
+def test_unknown_root_entries_are_reported_and_kept(mirror):
+    _up, root = mirror
+    (root / "notes.txt").write_text("the user's")
+    (root / ".manifest.json.x7k2p9.tmp").write_text("{")  # the mirror's own temp: removed by --repair
+    rep = verify_mirror(root)
+    assert {(p.kind, p.path) for p in rep.problems} == {("unknown", "notes.txt"), ("temp", ".manifest.json.x7k2p9.tmp")}
+    proc = _cli(str(root), "--repair")
+    assert proc.returncode == 1 and (root / "notes.txt").read_text() == "the user's"
+    assert not (root / ".manifest.json.x7k2p9.tmp").exists()
+    assert _cli(str(root), "--move-unknown").returncode == 2  # a usage error without --repair

@@ -327,8 +327,9 @@ def _repair(root: Path, manifest: mf.Manifest, problems: list[Problem], client, 
             own = client is None
             client = client or make_session()
             try:
-                report = Fetcher(root, client, on_hash_mismatch="fail",
-                                 allowed_hosts=set(policy.hosts.hosts)).run(items)
+                # the first URL was checked against the whole policy; redirects are held to its hosts
+                hops = {urllib.parse.urlsplit("//" + h).hostname or h for h in policy.hosts.hosts}
+                report = Fetcher(root, client, on_hash_mismatch="fail", allowed_hosts=hops).run(items)
             finally:
                 if own:
                     client.close()

@@ -13,6 +13,7 @@ failure publishes nothing. The next run removes the staging dir of a killed one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import os
@@ -245,6 +246,12 @@ def merge_manifests(old: mf.Manifest | None, new: mf.Manifest) -> mf.Manifest:
     return mf.Manifest(files=list(files.values()), targets=list(targets.values()), spec=old.spec or new.spec)
 
 
+def _without_local_urls(sub: mf.Manifest) -> mf.Manifest:
+    """A bundle's ``file:`` URLs name paths of another machine: never kept (repair would read them)."""
+    files = [dataclasses.replace(f, url=None) if f.url and f.url.lower().startswith("file:") else f for f in sub.files]
+    return mf.Manifest(files=files, targets=sub.targets, spec=sub.spec)
+
+
 class _Commit:
     """The publish step as a transaction: ``put`` moves a staged file in (what it replaces is
     kept as a hard link under ``<staging>/.undo``), ``link`` swaps a symlink; ``rollback``
@@ -357,7 +364,7 @@ def unbundle(bundle: Path, dest: Path) -> UnbundleReport:
             whl = _prepare_whl(staging, dest, whl_pages) if whl_pages else None
             if whl_pages and whl is None:  # whl/ is a plain directory: its pages go in like the others
                 moves += [(staging / p, safe_join(dest, p), p) for p in whl_pages]
-            merged = merge_manifests(existing, doc.manifest)
+            merged = merge_manifests(existing, _without_local_urls(doc.manifest))
             (staging / ".manifest").write_text(merged.to_json(), encoding="utf-8")
             commit = _Commit(dest, staging)
             try:
