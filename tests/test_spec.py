@@ -101,7 +101,7 @@ values = st.recursive(
 )
 keys = st.sampled_from(["packages", "extra_packages", "accelerators", "pythons", "platforms", "channel", "out",
                         "upstreams", "on_hash_mismatch", "jobs", "conda", "targets", "keep", "allow_hosts",
-                        "exclude_newer", "fsync"])
+                        "exclude_newer", "fsync", "connections", "connections_per_host"])
 
 
 @settings(max_examples=300, deadline=None)

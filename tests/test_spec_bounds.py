@@ -134,11 +134,13 @@ def test_new_keys(tmp_path):
         "channel: test/variant",
         "upstreams: [ustc, 'https://torch.lab.example/whl/', official]",
         "on_hash_mismatch: warn",
+        "connections: 32",
+        "connections_per_host: 4",
     ]) + "\n"))
     assert spec.keep == 2 and spec.allow_hosts == ("files.mirror.example", "cache.lab")
     assert spec.exclude_newer == dt.datetime(2026, 6, 1, tzinfo=dt.timezone.utc)
     assert spec.channel is Channel.TEST_VARIANT and spec.channel == "test/variant"
-    assert spec.on_hash_mismatch is HashPolicy.WARN
+    assert spec.on_hash_mismatch is HashPolicy.WARN and (spec.connections, spec.connections_per_host) == (32, 4)
     assert spec.upstreams == (UPSTREAM_PRESETS["ustc"].base, "https://torch.lab.example/whl",
                               UPSTREAM_PRESETS["official"].base)
     data = spec.to_data()
@@ -147,7 +149,8 @@ def test_new_keys(tmp_path):
     # Defaults: absent from the stored spec, so old manifests stay byte-identical.
     plain = parse_spec({}, "x")
     assert plain.keep is None and plain.allow_hosts == () and plain.exclude_newer is None
-    assert not {"keep", "allow_hosts", "exclude_newer", "conda", "fsync", "targets"} & set(plain.to_data())
+    assert not {"keep", "allow_hosts", "exclude_newer", "conda", "fsync", "targets", "connections",
+                "connections_per_host"} & set(plain.to_data())
     assert parse_spec({"channel": "variant"}, "x").channel is Channel.VARIANT
     assert parse_spec({"exclude_newer": "2026-06-01"}, "x").exclude_newer == dt.datetime(2026, 6, 1, tzinfo=dt.timezone.utc)
     assert parse_spec({"exclude_newer": dt.date(2026, 6, 1)}, "x").exclude_newer.tzinfo is dt.timezone.utc
@@ -155,6 +158,9 @@ def test_new_keys(tmp_path):
 
 @pytest.mark.parametrize("data, expected", [
     ({"keep": 0}, "keep: 0 is not a whole number from 1 to 1000"),
+    ({"connections": 0}, "connections: 0 is not a whole number from 1 to 256"),
+    ({"connections_per_host": "8"}, "connections_per_host: '8' is not a whole number from 1 to 64"),
+    ({"connections": 4, "connections_per_host": 8}, "connections_per_host: 8 is more than connections (4)"),
     ({"keep": True}, "keep: True is not a whole number"),
     ({"allow_hosts": ["http://x.example"]}, "allow_hosts[0]: 'http://x.example' is not a host name"),
     ({"allow_hosts": "a b"}, "allow_hosts[0]: 'a b' is not a host name"),

@@ -24,6 +24,9 @@ Keys (all optional):
 ``keep``            retention: the newest N torch versions per target (default: keep all).
 ``allow_hosts``     host names the mirror may download from beyond the default host policy.
 ``exclude_newer``   a UTC time or date (``2026-06-01T00:00:00Z``): files uploaded later are ignored.
+``connections``     the downloader's cap on sockets open at once, all hosts together (1..256), and
+``connections_per_host`` its cap per host (1..64); absent: the downloader's defaults
+                    (``torchdepot.fetch.engine.DEFAULT_CONNECTIONS`` / ``_PER_HOST``).
 ``conda``           the conda section, see :mod:`torchdepot.spec.conda`.
 """
 
@@ -82,7 +85,7 @@ MAX_KEEP = 1000
 KNOWN_KEYS = frozenset({
     "packages", "extra_packages", "accelerators", "pythons", "platforms", "channel", "out",
     "upstreams", "on_hash_mismatch", "jobs", "conda", "targets", "fsync", "keep", "allow_hosts",
-    "exclude_newer",
+    "exclude_newer", "connections", "connections_per_host",
 })
 _PYTHON = re.compile(r"3\.(\d{1,2})")
 _HOST = re.compile(r"(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
@@ -128,6 +131,8 @@ class MirrorSpec:
     keep: int | None = None  # newest N torch versions per target; None keeps all
     allow_hosts: tuple[str, ...] = ()  # extra download hosts beyond the default host policy
     exclude_newer: dt.datetime | None = None  # UTC; files uploaded after it are ignored
+    connections: int | None = None  # downloader socket caps; None: the downloader's defaults
+    connections_per_host: int | None = None
 
     def targets(self) -> list[PipTarget]:
         """accelerators x pythons x platforms, then extra targets; one per id."""
@@ -172,6 +177,10 @@ class MirrorSpec:
             data["allow_hosts"] = list(self.allow_hosts)
         if self.exclude_newer is not None:
             data["exclude_newer"] = format_utc(self.exclude_newer)
+        if self.connections is not None:
+            data["connections"] = self.connections
+        if self.connections_per_host is not None:
+            data["connections_per_host"] = self.connections_per_host
         return data
 
 
@@ -404,13 +413,18 @@ def _out(raw: object, where: str) -> Path:
     return Path(raw)
 
 
-def _keep(raw: object, where: str) -> int | None:
-    if raw is None:
-        return None
-    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= MAX_KEEP:
-        raise SpecError(f"{where}: keep: {show(raw)} is not a whole number from 1 to {MAX_KEEP} "
-                        "(leave it out to keep every version)")
-    return raw
+def _count(key: str, top: int, absent: str):
+    """A validator for an optional whole number from 1 to ``top``."""
+    def check(raw: object, where: str) -> int | None:
+        if raw is None:
+            return None
+        if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= top:
+            raise SpecError(f"{where}: {key}: {show(raw)} is not a whole number from 1 to {top} ({absent})")
+        return raw
+    return check
+
+
+_keep = _count("keep", MAX_KEEP, "leave it out to keep every version")
 
 
 def _allow_hosts(raw: object, where: str) -> tuple[str, ...]:
@@ -459,6 +473,9 @@ _FIELDS = {
     "keep": ("keep", _keep),
     "allow_hosts": ("allow_hosts", _allow_hosts),
     "exclude_newer": ("exclude_newer", _exclude_newer),
+    "connections": ("connections", _count("connections", 256, "leave it out for the downloader's default")),
+    "connections_per_host": ("connections_per_host",
+                             _count("connections_per_host", 64, "leave it out for the downloader's default")),
 }
 
 
@@ -488,6 +505,9 @@ def parse_spec(data: object, where: str = "mirror spec") -> MirrorSpec:
             _check_combination(acc, plat, f"{where}: accelerators")
 
     spec = MirrorSpec(accelerators=accs, pythons=pythons, platforms=platforms, **fields)
+    if spec.connections and spec.connections_per_host and spec.connections_per_host > spec.connections:
+        raise SpecError(f"{where}: connections_per_host: {spec.connections_per_host} is more than "
+                        f"connections ({spec.connections})")
     conda = data.get("conda")
     if conda is None:
         return spec
