@@ -140,7 +140,8 @@ def test_conda_and_pip_targets_share_a_folder():
     deps = env["dependencies"]
     assert "pytorch=2.5.1=py3.11_cpu_0" in deps and "pytorch-mutex=1.0=cpu" in deps
     pip = next(d for d in deps if isinstance(d, dict))["pip"]
-    assert pip == ["--index-url http://m/whl/cpu", "numpy==2.0.0"]  # torch comes from conda, not twice
+    # torch comes from conda, not twice; "m" is a plain-HTTP LAN host, so pip is told to trust it
+    assert pip == ["--index-url http://m/whl/cpu", "--trusted-host m", "numpy==2.0.0"]
     v = json.loads(docs["variant.json"])
     assert v["kinds"] == ["conda", "pip"] and v["torch"] == "2.5.1+cpu" and v["conda_subdir"] == "linux-64"
 

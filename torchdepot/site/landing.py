@@ -5,6 +5,12 @@ then per variant the copy-paste commands (pip, conda, ``torchdepot config``) and
 NVIDIA driver for CUDA builds. Every link is relative, so the page works under any base URL
 (and over ``file://``); a few lines of JS only fill the mirror's address into the commands
 (without JS they read ``MIRROR_URL``, explained on the page).
+
+Every printed install command works verbatim against a plain-HTTP mirror on a LAN host
+(``http://torchlab:8000``): pip commands carry ``--trusted-host``, uv commands
+``--allow-insecure-host`` (:mod:`torchdepot.model.trust`). With ``base`` given the page is
+rendered for that address (no script); otherwise the script fills in the address the page
+was loaded from and adds the trust options only when that address needs them.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from pathlib import Path
 from torchdepot.model.sizes import format_size
 from torchdepot.model.accel import accelerator_from_dir, accelerator_sort_key
 from torchdepot.model.cuda import min_nvidia_driver
+from torchdepot.model.trust import PIP_TRUST_OPTION, UV_TRUST_OPTION, insecure_host
 from torchdepot.store.fsutil import atomic_write_text
 from torchdepot.lockfiles.render import REQUIREMENTS
 from torchdepot.store.manifest import Manifest, Target
@@ -68,36 +75,71 @@ def _version_key(v: str):
         return (1, v)
 
 
-def _base(path: str = "") -> str:
-    return f'<span class="base">{PLACEHOLDER}</span>{html.escape(path)}'
+@dataclass(frozen=True)
+class Address:
+    """Where the commands point: a fixed ``base`` URL, or (None) the page's own address, filled
+    in by the script."""
+
+    base: str | None = None
+
+    def url(self, path: str = "") -> str:
+        if self.base is not None:
+            return html.escape(self.base.rstrip("/") + path)
+        return f'<span class="base">{PLACEHOLDER}</span>{html.escape(path)}'
+
+    def trust(self, option: str) -> str:
+        """``option host `` when the address is a plain-HTTP LAN host (nothing otherwise)."""
+        if self.base is not None:
+            host = insecure_host(self.base)
+            return html.escape(f"{option} {host} ") if host else ""
+        return f'<span class="trust" data-option="{html.escape(option)}"></span>'
 
 
 def _cmd(text_html: str) -> str:
     return f'<pre class="cmd"><code>{text_html}</code></pre>'
 
 
-def _pip_commands(v: Variant, root: Path) -> list[str]:
+def _pip_commands(v: Variant, root: Path, at: Address) -> list[str]:
     t = v.target
     index = t.index or f"whl/{t.accelerator}"
     reqs = " ".join([f"torch=={html.escape(v.torch_version)}"] + [f"{n}=={html.escape(ver)}" for n, ver in v.companions])
-    cmds = [_cmd(f"pip install --index-url {_base('/' + index)} {reqs}"),
-            _cmd(f"torchdepot config pip --url {_base()} --variant {html.escape(t.accelerator)}")]
+    cmds = [_cmd(f"pip install --index-url {at.url('/' + index)} {at.trust(PIP_TRUST_OPTION)}{reqs}"),
+            _cmd(f"uv pip install --index-url {at.url('/' + index)} {at.trust(UV_TRUST_OPTION)}{reqs}"),
+            _cmd(f"torchdepot config pip --url {at.url()} --variant {html.escape(t.accelerator)}")]
     if (root / "envs" / t.id / REQUIREMENTS).is_file():
-        cmds.append(_cmd(f"TORCHDEPOT_MIRROR={_base()} pip install --require-hashes --no-deps "
-                         f"-r {_base(f'/envs/{t.id}/{REQUIREMENTS}')}"))
+        cmds.append(_cmd(f"TORCHDEPOT_MIRROR={at.url()} pip install {at.trust(PIP_TRUST_OPTION)}--require-hashes "
+                         f"--no-deps -r {at.url(f'/envs/{t.id}/{REQUIREMENTS}')}"))
     return cmds
 
 
-def _conda_commands(v: Variant) -> list[str]:
+def _conda_commands(v: Variant, at: Address) -> list[str]:
     t = v.target
     channel = t.channel or "conda"
     torch = next(p for p in t.packages if p.name in TORCH_NAMES)
     spec = f"pytorch={torch.version}" + (f"={torch.build}" if torch.build else "")
-    return [_cmd(f"conda install --override-channels -c {_base('/' + channel)} {html.escape(spec)}"),
-            _cmd(f"torchdepot config conda --url {_base()}")]
+    return [_cmd(f"conda install --override-channels -c {at.url('/' + channel)} {html.escape(spec)}"),
+            _cmd(f"torchdepot config conda --url {at.url()}")]
 
 
-def render(manifest: Manifest, root: Path) -> str:
+# Fills the page's own address into the commands, and the trust options when pip would
+# refuse it (plain HTTP, host not localhost / 127.0.0.0/8 / ::1: the rule in model.trust).
+_SCRIPT = """<script>
+(function () {
+  var here = new URL('.', location.href);
+  var base = here.href.replace(/\\/$/, '');
+  var h = here.hostname.replace(/^\\[|\\]$/g, '');
+  var lan = here.protocol === 'http:' && !(h === 'localhost' || h === '::1' || /^127\\.\\d+\\.\\d+\\.\\d+$/.test(h));
+  document.querySelectorAll('.base').forEach(function (el) { el.textContent = base; });
+  document.querySelectorAll('.trust').forEach(function (el) {
+    el.textContent = lan ? el.getAttribute('data-option') + ' ' + here.host + ' ' : '';
+  });
+})();
+</script>"""
+
+
+def render(manifest: Manifest, root: Path, base: str | None = None) -> str:
+    """The page; ``base`` fixes the mirror address in every command (else the script fills it)."""
+    at = Address(base)
     vs = variants(manifest)
     columns = sorted({(v.target.platform, v.target.python) for v in vs},
                      key=lambda c: (c[0], tuple(int(x) for x in c[1].split(".") if x.isdigit())))
@@ -151,12 +193,12 @@ def render(manifest: Manifest, root: Path) -> str:
             if v.kind == "pip":
                 index = v.target.index or f"whl/{v.target.accelerator}"
                 links.append(f'<a href="{html.escape(index)}/">{html.escape(index)}/</a>')
-                cmds = _pip_commands(v, root)
+                cmds = _pip_commands(v, root, at)
             else:
                 channel = v.target.channel or "conda"
                 links.append(f'<a href="{html.escape(channel)}/{html.escape(v.target.subdir or "noarch")}/repodata.json">'
                              f'{html.escape(channel)}/{html.escape(v.target.subdir or "")}</a>')
-                cmds = _conda_commands(v)
+                cmds = _conda_commands(v, at)
             if (root / "envs" / tid).is_dir():
                 links.append(f'<a href="envs/{html.escape(tid)}/">envs/{html.escape(tid)}/</a>')
             parts.append(f'<h4>{v.kind}: torch {html.escape(v.torch_version)} — {format_size(v.torch_size)} '
@@ -167,6 +209,13 @@ def render(manifest: Manifest, root: Path) -> str:
 
     total = sum(f.size for f in manifest.files)
     n_targets = len({(t.kind, t.id) for t in manifest.targets})
+    if base is None:
+        intro = (f"Commands below use <code>{at.url()}</code>: the address of this page's folder (filled in "
+                 f"automatically when JavaScript is on; otherwise replace <code>{PLACEHOLDER}</code>, and for a "
+                 f"plain-HTTP mirror on a LAN host add <code>{PIP_TRUST_OPTION} HOST:PORT</code> to pip commands).")
+    else:
+        intro = f"Commands below use this mirror's address, <code>{html.escape(base)}</code>."
+    script = _SCRIPT if base is None else ""
     empty = "" if vs else "<p><b>This mirror holds no torch builds yet.</b> Run <code>torchdepot mirror</code>.</p>"
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -193,8 +242,7 @@ small {{ color: #666; }}
 <body>
 <h1>PyTorch mirror</h1>
 <p>{n_targets} target(s), {len(manifest.files)} files, {format_size(total)}. Files: <a href="manifest.json">manifest.json</a>
-· pip indexes: <a href="whl/">whl/</a>. Commands below use <code>{_base()}</code>: the address of
-this page's folder (filled in automatically when JavaScript is on; otherwise replace <code>{PLACEHOLDER}</code>).</p>
+· pip indexes: <a href="whl/">whl/</a>. {intro}</p>
 {empty}
 <h2>What this mirror holds</h2>
 <table id="matrix">
@@ -208,20 +256,15 @@ CUDA minor-version compatibility table (Linux).</small></p>
 <h2>Install</h2>
 {chr(10).join(sections)}
 <p><small>Generated by torchdepot from manifest.json.</small></p>
-<script>
-(function () {{
-  var base = new URL('.', location.href).href.replace(/\\/$/, '');
-  document.querySelectorAll('.base').forEach(function (el) {{ el.textContent = base; }});
-}})();
-</script>
+{script}
 </body>
 </html>
 """
 
 
-def write_landing(root: Path, manifest: Manifest) -> Path:
+def write_landing(root: Path, manifest: Manifest, base: str | None = None) -> Path:
     """Write ``<root>/index.html`` atomically; -> its path."""
     root = Path(root)
     path = root / "index.html"
-    atomic_write_text(path, render(manifest, root))
+    atomic_write_text(path, render(manifest, root, base))
     return path
