@@ -16,9 +16,10 @@ import pytest
 import yaml
 
 from tests.httpserver import Server
-from torchdepot.doctor import check, drivers
+from torchdepot.doctor import check
 from torchdepot.doctor.detect import Gpu, Machine, detect, parse_smi
-from torchdepot.doctor.recommend import choose_mirrored, compatible
+from torchdepot.doctor.recommend import MirrorChoice, assess, choose_mirrored
+from torchdepot.model import cuda as drivers
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "doctor"
 CAPTURE_2023 = "index_pages/download.pytorch.org_whl_simple_2023-10"
@@ -42,8 +43,10 @@ def test_max_cuda(driver, os_, expected):
 
 
 def test_untabled_cuda_inside_a_band():
-    assert drivers.supports("535.104.05", "12.7") and not drivers.supports("470.1", "12.7")
-    assert not drivers.supports("580.65.06", "14.0")
+    assert drivers.driver_supports("535.104.05", "12.7") and not drivers.driver_supports("470.1", "12.7")
+    assert not drivers.driver_supports("580.65.06", "14.0")  # a CUDA major newer than the table: unknown
+    assert drivers.min_driver("12.7") == "525.60.13" and drivers.min_driver("13.3") == "580"
+    assert drivers.min_driver("14.0") is None and drivers.min_driver("x") is None
 
 
 # --- pure recommendation ---------------------------------------------------------
@@ -51,20 +54,121 @@ def _m(driver=None, gpus=(), os_="linux"):
     return Machine(os=os_, arch="x86_64", python="3.11", glibc="2.36", gpus=tuple(gpus), driver=driver)
 
 
+def compatible(machine, offered=None):
+    return list(assess(machine, offered).compatible)
+
+
 def test_compatible_order_and_cpu_last():
     c = compatible(_m("535.104.05"))
-    assert c[0] == "cu129" and c[-1] == "cpu" and "cu130" not in c and "cu118" in c
-    assert compatible(_m("470.182.03"))[0] == "cu118"
-    assert compatible(_m("580.65.06"))[:2] == ["cu132", "cu130"]
+    assert c == ["cu126", "cpu"]  # current variants only: no cu80..cu102, no cu128 (not built since 2.11)
+    assert compatible(_m("580.65.06"))[:3] == ["cu132", "cu130", "cu126"]
     assert compatible(_m()) == ["cpu"]
     assert compatible(_m("535.104.05", os_="macos")) == ["cpu"]
     amd = compatible(_m(gpus=[Gpu("gfx90a", None, None, "amd")]))
-    assert amd[0] == "rocm7.2" and "rocm6.2" in amd and amd[-1] == "cpu" and not any(a.startswith("cu") for a in amd)
-    old_amd = compatible(_m(gpus=[Gpu("gfx803", None, None, "amd")]))
-    assert not any(a.startswith("rocm6") or a.startswith("rocm7") for a in old_amd) and "rocm5.7" in old_amd
+    assert amd == ["rocm7.2", "rocm7.1", "cpu"]
+    assert compatible(_m(gpus=[Gpu("gfx90a", None, None, "amd")]), {"cpu": ["2.5.1"], "rocm6.2": ["2.5.1"]})[0] == "rocm6.2"
+    assert compatible(_m(gpus=[Gpu("gfx803", None, None, "amd")]), {"rocm6.2": ["2.5.1"], "rocm5.7": ["2.3.1"]}) == ["rocm5.7", "cpu"]
     assert compatible(_m(gpus=[Gpu("Intel GPU 0x56a0", None, None, "intel")]))[0] == "xpu"
-    assert choose_mirrored(compatible(_m("470.182.03")), ["cpu", "cu121", "cu118"]) == "cu118"
-    assert choose_mirrored(["cpu"], ["cu121"]) is None
+    a = assess(_m("470.182.03", [Gpu("Tesla T4", "470.182.03", None)]), {"cpu": ["2.5.1"], "cu121": ["2.5.1"], "cu118": ["2.5.1"]})
+    assert choose_mirrored(a, {"cpu": ["2.5.1"], "cu121": ["2.5.1"], "cu118": ["2.5.1"]}) == ("cu118", "2.5.1")
+    assert choose_mirrored(assess(_m()), {"cu121": ["2.5.1"]}) is None
+
+
+def _gpu(name, cap, driver="580.65.06"):
+    return Gpu(name, driver, cap)
+
+
+@pytest.mark.parametrize("name, cap, driver, want", [
+    ("NVIDIA GeForce GTX 1080", "6.1", "580.65.06", "cu126"),  # the issue: never cu132 for Pascal
+    ("Tesla V100-SXM2-16GB", "7.0", "580.65.06", "cu126"),  # Volta: not in cu130/cu132
+    ("NVIDIA A100-SXM4-40GB", "8.0", "580.65.06", "cu132"),
+    ("NVIDIA GeForce RTX 4090", "8.9", "550.127.05", "cu126"),  # the driver caps it at 12.x
+    ("NVIDIA H100 80GB HBM3", "9.0", "580.65.06", "cu132"),
+    ("NVIDIA B200", "10.0", "580.65.06", "cu132"),
+    ("NVIDIA GeForce RTX 5090", "12.0", "525.60.13", "cu129"),  # no current build under 580: the newest older one with sm_120
+    ("Tesla K40m", "3.5", "580.65.06", "cpu"),
+])
+def test_architecture_decides(name, cap, driver, want):
+    a = assess(_m(driver, [_gpu(name, cap, driver)]))
+    assert a.recommended == want
+    idle = [w for w in a.warnings if "GPU will sit idle" in w]
+    assert bool(idle) == (want == "cpu")
+    if want == "cpu":
+        assert name in idle[0]
+
+
+def test_gtx1080_on_580_reasons():
+    a = assess(_m("580.65.06", [_gpu("NVIDIA GeForce GTX 1080", "6.1")]))
+    assert a.compatible == ("cu126", "cpu")
+    assert a.fit("cu132").fits == "no" and "sm_75" in a.fit("cu132").reason and "6.1" in a.fit("cu132").reason
+    assert a.fit("cu126").torch == "2.14"
+
+
+def test_old_driver_gets_the_newest_older_variant_that_fits():
+    a = assess(_m("470.182.03", [Gpu("Tesla T4", "470.182.03", None)]))  # no compute_cap: T4 is 7.5 by name
+    assert a.recommended == "cu118" and a.fit("cu118").torch == "2.7"
+    assert any("no current build fits" in w for w in a.warnings)
+
+
+def test_mirror_version_that_still_carries_the_arch():
+    """2.11.0+cu128 dropped Volta, 2.10.0+cu128 still has sm_70 (measured, pytorch#182250)."""
+    v100 = _m("535.104.05", [_gpu("Tesla V100-SXM2-16GB", "7.0", "535.104.05")])
+    offered = {"cu128": ("2.11.0", "2.10.0"), "cpu": ("2.11.0",)}
+    assert choose_mirrored(assess(v100, offered), offered) == ("cu128", "2.10.0")
+    only_new = {"cu128": ("2.11.0",), "cpu": ("2.11.0",)}
+    a = assess(v100, only_new)
+    assert choose_mirrored(a, only_new) == ("cpu", "2.11.0")
+    assert any("GPU will sit idle" in w and "sm_75" in w for w in a.warnings)
+
+
+def test_untabled_torch_is_allowed_last_with_a_warning():
+    h100 = _m("580.65.06", [_gpu("NVIDIA H100 80GB HBM3", "9.0")])
+    offered = {"cu132": ("2.30.0",), "cu130": ("2.13.0",)}
+    a = assess(h100, offered)
+    assert a.compatible == ("cu130", "cu132", "cpu")
+    offered = {"cu132": ("2.30.0",)}
+    a = assess(h100, offered)
+    assert a.recommended == "cu132" and any("get_arch_list" in w for w in a.warnings)
+
+
+def test_arch_table_facts():
+    b = drivers.arch_build("2.11.0", "cu128", "linux-x86_64")
+    assert b.arch_list == ("sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120")  # pytorch#182250, measured
+    assert drivers.arch_build("2.10.0", "cu128", "linux-x86_64").covers((7, 0))
+    assert drivers.arch_build("2.7.1", "cu128", "linux-x86_64").arch_list[-1] == "compute_120"
+    assert drivers.arch_build("2.7.1", "cu128", "linux-x86_64").covers((12, 1))
+    assert not drivers.arch_build("2.14", "cu130", "linux-x86_64").covers((6, 1))
+    assert drivers.arch_build("2.14", "cu126", "windows-amd64").covers((6, 1))
+    assert not drivers.arch_build("2.14", "cu126", "linux-x86_64").covers((10, 0))  # sm_90 SASS never runs on Blackwell
+    assert drivers.arch_build("2.3.0", "cu999", "linux-x86_64") is None
+    assert drivers.current_cuda_variants("linux-x86_64") == ("cu126", "cu130", "cu132")
+    with pytest.raises(Exception):
+        drivers.parse_compute_cap("sm_80")
+
+
+def test_arch_table_is_in_the_docs():
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "gpu-architectures.md").read_text()
+    for (minor, variant, platform), b in drivers.ARCH_TABLE.items():
+        assert f"| {minor[0]}.{minor[1]} | {variant} | {platform} | {' '.join(b.arch_list)} |" in doc
+    for key in drivers.ARCH_SOURCES:
+        assert f"`{key}`" in doc
+
+
+@pytest.mark.parametrize("url, pip, uv", [
+    ("http://torchlab:8000/whl/cu126", "pip install --index-url http://torchlab:8000/whl/cu126 --trusted-host torchlab:8000 torch==2.9.1",
+     "uv pip install --index-url http://torchlab:8000/whl/cu126 --allow-insecure-host torchlab:8000 torch==2.9.1"),
+    ("http://10.0.0.5/whl/cu126", "pip install --index-url http://10.0.0.5/whl/cu126 --trusted-host 10.0.0.5 torch==2.9.1",
+     "uv pip install --index-url http://10.0.0.5/whl/cu126 --allow-insecure-host 10.0.0.5 torch==2.9.1"),
+    ("https://torchlab.example/whl/cu126", "pip install --index-url https://torchlab.example/whl/cu126 torch==2.9.1",
+     "uv pip install --index-url https://torchlab.example/whl/cu126 torch==2.9.1"),
+    ("http://127.0.0.1:8000/whl/cu126", "pip install --index-url http://127.0.0.1:8000/whl/cu126 torch==2.9.1",
+     "uv pip install --index-url http://127.0.0.1:8000/whl/cu126 torch==2.9.1"),
+    ("http://localhost:8000/whl/cu126", "pip install --index-url http://localhost:8000/whl/cu126 torch==2.9.1",
+     "uv pip install --index-url http://localhost:8000/whl/cu126 torch==2.9.1"),
+])
+def test_install_commands(url, pip, uv):
+    c = MirrorChoice("cu126", "2.9.1", url)
+    assert (c.command, c.uv_command) == (pip, uv)
 
 
 # --- detection on recorded machines ------------------------------------------------
@@ -135,7 +239,7 @@ def test_single_gpu_nvidia_smi(tmp_path):
     r = doctor_json(tmp_path)
     assert REQUIRED <= set(r)
     assert r["gpus"] == [{"name": "NVIDIA A100-SXM4-40GB", "driver": "535.104.05", "compute_cap": "8.0", "vendor": "nvidia"}]
-    assert (r["driver"], r["driver_source"], r["max_cuda"], r["recommended"]) == ("535.104.05", "nvidia-smi", "12.9", "cu129")
+    assert (r["driver"], r["driver_source"], r["max_cuda"], r["recommended"]) == ("535.104.05", "nvidia-smi", "12.9", "cu126")
     assert r["compatible"][-1] == "cpu" and r["os"] == "linux" and r["python"] == f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 
@@ -143,7 +247,7 @@ def test_multi_gpu_525(tmp_path):
     fake_tool(tmp_path / "bin", "nvidia-smi", FIX / "smi_multi_525.csv")
     r = doctor_json(tmp_path)
     assert len(r["gpus"]) == 4 and {g["compute_cap"] for g in r["gpus"]} == {"7.0"}
-    assert r["max_cuda"] == "12.9" and r["recommended"] == "cu129"
+    assert r["max_cuda"] == "12.9" and r["recommended"] == "cu126"
 
 
 def test_multi_gpu_580_mixed(tmp_path):
@@ -153,11 +257,53 @@ def test_multi_gpu_580_mixed(tmp_path):
     assert r["max_cuda"] == "13.2" and r["recommended"] == "cu132"
 
 
+@pytest.mark.parametrize("fixture, gpus, caps, max_cuda, recommended, compatible", [
+    ("smi_gtx1080_580.csv", 1, {"6.1"}, "13.2", "cu126", ["cu126", "cpu"]),
+    ("smi_multi_525.csv", 4, {"7.0"}, "12.9", "cu126", ["cu126", "cpu"]),
+    ("smi_single_535.csv", 1, {"8.0"}, "12.9", "cu126", ["cu126", "cpu"]),
+    ("smi_rtx4090_550.csv", 1, {"8.9"}, "12.9", "cu126", ["cu126", "cpu"]),
+    ("smi_h100x8_570.csv", 8, {"9.0"}, "12.9", "cu126", ["cu126", "cpu"]),
+    ("smi_h200x2_580.csv", 2, {"9.0"}, "13.2", "cu132", ["cu132", "cu130", "cu126", "cpu"]),
+    ("smi_b200_580.csv", 1, {"10.0"}, "13.2", "cu132", ["cu132", "cu130", "cpu"]),
+    ("smi_multi_580.csv", 2, {"12.0", "8.6"}, "13.2", "cu132", ["cu132", "cu130", "cpu"]),
+])
+def test_recorded_gpus(tmp_path, fixture, gpus, caps, max_cuda, recommended, compatible):
+    """Recorded nvidia-smi of real GPU generations: the build must carry the architecture."""
+    fake_tool(tmp_path / "bin", "nvidia-smi", FIX / fixture)
+    r = doctor_json(tmp_path)
+    assert len(r["gpus"]) == gpus and {g["compute_cap"] for g in r["gpus"]} == caps
+    assert (r["max_cuda"], r["recommended"], r["compatible"]) == (max_cuda, recommended, compatible)
+    assert not any("sit idle" in w for w in r["warnings"])
+    # never the legacy variants on every run
+    assert not {"cu80", "cu90", "cu92", "cu100", "cu101", "cu102"} & {c["accelerator"] for c in r["candidates"]}
+
+
+def test_gtx1080_on_580_text(tmp_path):
+    fake_tool(tmp_path / "bin", "nvidia-smi", FIX / "smi_gtx1080_580.csv")
+    text = doctor(tmp_path).stdout
+    assert "recommended cu126 (needs driver >= 525.60.13), torch 2.14" in text
+    assert "not         cu132: builds carry sm_75 sm_80 sm_86 sm_90 sm_100 sm_120, not compute 6.1" in text
+    assert "rocm" not in text  # no AMD GPU: no noise about ROCm
+
+
+def test_gpu_idle_warning_on_cpu_fallback(tmp_path):
+    fake_tool(tmp_path / "bin", "nvidia-smi", FIX / "smi_k40_470_nocap.csv")
+    r = doctor_json(tmp_path)
+    assert r["recommended"] == "cpu" and r["gpus"][0]["compute_cap_from_name"] == "3.5"
+    idle = [w for w in r["warnings"] if "the GPU will sit idle" in w]
+    assert len(idle) == 1 and "Tesla K40m (compute 3.5)" in idle[0]
+    assert "warning     the GPU will sit idle" in doctor(tmp_path).stdout
+    fake_tool(tmp_path / "bin", "nvidia-smi", FIX / "smi_gtx1080_470_nocap.csv")
+    r = doctor_json(tmp_path)
+    assert r["recommended"] == "cu118" and any("no current build fits" in w for w in r["warnings"])
+
+
 def test_driver_470_retries_without_compute_cap(tmp_path):
     fake_tool(tmp_path / "bin", "nvidia-smi", None, stderr_on_cap=FIX / "smi_470_nocap.err", fallback=FIX / "smi_470_nocap.csv")
     r = doctor_json(tmp_path)
-    assert r["gpus"] == [{"name": "Tesla T4", "driver": "470.182.03", "compute_cap": None, "vendor": "nvidia"}]
-    assert r["max_cuda"] == "11.8" and r["recommended"] == "cu118" and "cu121" not in r["compatible"]
+    assert r["gpus"] == [{"name": "Tesla T4", "driver": "470.182.03", "compute_cap": None, "vendor": "nvidia",
+                          "compute_cap_from_name": "7.5"}]
+    assert r["max_cuda"] == "11.8" and r["recommended"] == "cu118" and r["compatible"] == ["cu118", "cpu"]
 
 
 def test_procfs_before_nvidia_smi(tmp_path):
@@ -176,7 +322,8 @@ def test_procfs_gpu_names_and_sysfs_first(tmp_path):
     root = sysroot(tmp_path, proc_version="proc_version_535", sys_version="550.54.15", gpu_info=True)
     r = doctor_json(tmp_path, root=root)
     assert (r["driver"], r["driver_source"]) == ("550.54.15", "sysfs")
-    assert r["gpus"] == [{"name": "NVIDIA A100-SXM4-40GB", "driver": "550.54.15", "compute_cap": None, "vendor": "nvidia"}]
+    assert r["gpus"] == [{"name": "NVIDIA A100-SXM4-40GB", "driver": "550.54.15", "compute_cap": None, "vendor": "nvidia",
+                          "compute_cap_from_name": "8.0"}]
 
 
 def test_env_override_wins(tmp_path):

@@ -10,9 +10,9 @@ import click
 
 from torchdepot.doctor import check as check_mod
 from torchdepot.doctor.detect import detect
-from torchdepot.doctor.drivers import min_driver
-from torchdepot.doctor.mirror import read_mirror
-from torchdepot.doctor.recommend import MirrorChoice, choose_mirrored, summary
+from torchdepot.doctor.mirror import MIRROR_HTTP, read_mirror
+from torchdepot.doctor.recommend import MirrorChoice, assess, choose_mirrored, summary
+from torchdepot.model.cuda import min_driver
 from torchdepot.net.http import make_session
 
 
@@ -37,16 +37,25 @@ def _text(report: dict) -> str:
         cuda = f"{rec[2:-1]}.{rec[-1]}"
         md = min_driver(cuda, report["os"])
         need = f" (needs driver >= {md})" if md else ""
-    lines.append(f"recommended {rec}{need}")
+    torch = next((c["torch"] for c in report.get("candidates") or [] if c["accelerator"] == rec and c["torch"]), None)
+    lines.append(f"recommended {rec}{need}" + (f", torch {torch}" if torch and rec != "cpu" else ""))
+    for c in report.get("candidates") or []:
+        if c["fits"] == "no" and not c["no_device"]:
+            lines.append(f"not         {c['accelerator']}: {c['reason']}")
     for note in report.get("notes") or []:
         lines.append(f"note        {note}")
+    for w in report.get("warnings") or []:
+        lines.append(f"warning     {w}")
     m = report.get("mirror")
     if m:
         if m.get("accelerator"):
             lines.append(f"mirror      {m['url']} offers {' '.join(m['accelerators'])}; use {m['accelerator']}")
             lines.append(f"install     {m['command']}")
+            lines.append(f"install     {m['uv_command']}")
         else:
             lines.append(f"mirror      {m['url']} offers {' '.join(m['accelerators']) or 'nothing'}: none fits this machine")
+        for w in m.get("warnings") or []:
+            lines.append(f"warning     {w}")
     c = report.get("check")
     if c:
         r = c["result"]
@@ -66,23 +75,37 @@ def _text(report: dict) -> str:
 @click.option("--check", "do_check", is_flag=True, help="Inspect the installed torch (exit 1 on problems).")
 @click.option("--python", "python", metavar="PATH", default=None, help="Interpreter to --check (default: this one).")
 def doctor_cmd(as_json: bool, mirror_url: str | None, do_check: bool, python: str | None) -> None:
-    """Which PyTorch build fits this machine (driver -> CUDA variant).
+    """Which PyTorch build fits this machine: the NVIDIA driver must run the build's CUDA
+    version AND the build must carry kernels for the GPU's architecture (compute
+    capability; docs/gpu-architectures.md). Without --mirror, only current variants
+    are listed. A GPU machine that ends on cpu gets a warning.
+
+    \b
+    Environment:
+      TORCHDEPOT_CUDA_DRIVER  use this NVIDIA driver version instead of detecting
+                              one (e.g. 550.54.15), as on a build host without a GPU
+      TORCHDEPOT_SYSROOT      read /proc and /sys under this directory instead of /
+                              (recorded machines, containers)
 
     \b
     Example:
-      torchdepot doctor --mirror http://mirror.lab:8000 --check
+      torchdepot doctor --mirror http://torchlab:8000 --check
     """
     machine = detect()
     report = summary(machine)
     if mirror_url:
-        with make_session() as client:
+        with make_session(MIRROR_HTTP) as client:
             offer = read_mirror(client, mirror_url)
-        acc = choose_mirrored(report["compatible"], offer.accelerators)
-        m = {"url": offer.url, "source": offer.source, "accelerators": offer.accelerators, "accelerator": acc,
-             "version": None, "index_url": None, "command": None}
-        if acc:
-            choice = MirrorChoice(acc, offer.best_version(acc, machine.python), offer.index_url(acc))
-            m.update(version=choice.version, index_url=choice.index_url, command=choice.command)
+        offered = offer.offered(machine.python)
+        a = assess(machine, offered)
+        pick = choose_mirrored(a, offered)
+        m = {"url": offer.url, "source": offer.source, "accelerators": offer.accelerators,
+             "accelerator": pick[0] if pick else None, "version": None, "index_url": None, "command": None,
+             "uv_command": None, "candidates": [f.to_json() for f in a.fits], "warnings": list(a.warnings)}
+        if pick:
+            choice = MirrorChoice(pick[0], pick[1], offer.index_url(pick[0]))
+            m.update(version=choice.version, index_url=choice.index_url, command=choice.command,
+                     uv_command=choice.uv_command)
         report["mirror"] = m
     problems: list[str] = []
     if do_check:

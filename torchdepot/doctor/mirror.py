@@ -1,6 +1,10 @@
 """What a torchdepot mirror (or any PyTorch-style index) offers: its accelerators and the
 torch version to pin for each. Reads ``<mirror>/manifest.json`` when present, else the
-``<mirror>/whl/`` root page and ``<mirror>/whl/<acc>/torch/`` pages."""
+``<mirror>/whl/`` root page and ``<mirror>/whl/<acc>/torch/`` pages.
+
+Bounded: :data:`MIRROR_HTTP` keeps connect timeouts short and retries few, and a mirror
+that cannot be reached at all (no connection to manifest.json) fails at once instead of
+being asked again for its pages: ``doctor --mirror`` on a dead host ends in seconds."""
 
 from __future__ import annotations
 
@@ -10,8 +14,13 @@ from dataclasses import dataclass, field
 
 from torchdepot.model.accel import accelerator_from_dir
 from torchdepot.errors import UpstreamError
+from torchdepot.net.http import HttpConfig, HttpStatusError
 from torchdepot.sources.crawl import crawl_index, fetch_root
 from torchdepot.model.wheelname import version_sort_key
+
+
+# Worst case on a host that drops packets: 2 attempts x 3 s connect + 1 s backoff.
+MIRROR_HTTP = HttpConfig(connect_timeout=3.0, read_timeout=15.0, retries=1, backoff=0.2, max_backoff=1.0)
 
 
 @dataclass
@@ -29,12 +38,19 @@ class MirrorOffer:
     def index_url(self, acc: str) -> str:
         return f"{self.url.rstrip('/')}/{self.index.get(acc) or 'whl/' + acc}"
 
-    def best_version(self, acc: str, python: str) -> str | None:
+    def versions_for(self, acc: str, python: str) -> tuple[str, ...]:
+        """Torch versions of ``acc`` for ``python`` ("3.11"), newest first."""
         per_py = self.versions.get(acc, {})
         pool = per_py.get(python) or per_py.get("") or set()
-        if not pool:
-            return None
-        return max(pool, key=version_sort_key)
+        return tuple(sorted(pool, key=version_sort_key, reverse=True))
+
+    def best_version(self, acc: str, python: str) -> str | None:
+        pool = self.versions_for(acc, python)
+        return pool[0] if pool else None
+
+    def offered(self, python: str) -> dict[str, tuple[str, ...]]:
+        """accelerator -> its torch versions for ``python``: what doctor judges."""
+        return {acc: self.versions_for(acc, python) for acc in self.accelerators}
 
 
 def offer_from_manifest(url: str, doc: dict) -> MirrorOffer:
@@ -60,8 +76,9 @@ def read_mirror(client, url: str) -> MirrorOffer:
         doc = json.loads(body)
         if isinstance(doc, dict) and isinstance(doc.get("targets"), list):
             return offer_from_manifest(base, doc)
-    except (UpstreamError, ValueError):
+    except (HttpStatusError, ValueError):
         pass  # not a torchdepot mirror (or no manifest yet): read the index pages
+    # any other UpstreamError (refused, DNS, timeout) propagates: the host is unreachable
     root = fetch_root(client, f"{base}/whl")
     accs = [p.strip("/") for p in root.projects if accelerator_from_dir(p.strip("/")) is not None]
     offer = MirrorOffer(url=base, source="whl/ root page")
