@@ -104,8 +104,13 @@ def test_file_link_on_a_dependency_page_publishes_nothing_local(tree, tmp_path):
     add_links(_a / "whl" / "cpu" / "filelock" / "index.html", [f'<a href="{local.as_uri()}">x</a>'])
     res, msgs = run(spec_for([a_url], tmp / "out"), b_url)
     assert names(res)["filelock"] == "3.20.0"
-    assert res.refused == 2, msgs
+    assert res.refused == 1, msgs  # A's page; B's filelock page is never read (A carries filelock)
     assert not list((tmp / "out").rglob("filelock-9.9.9*"))
+    # without filelock on A, B's page is read: its file: link is refused the same way
+    (_a / "whl" / "cpu" / "filelock" / "index.html").unlink()
+    res, msgs = run(spec_for([a_url], tmp / "out2"), b_url)
+    assert names(res)["filelock"] == "3.20.0" and res.refused == 1, msgs
+    assert not list((tmp / "out2").rglob("filelock-9.9.9*"))
 
 
 def _wrong_core_metadata(a: Path) -> str:

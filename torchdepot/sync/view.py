@@ -237,8 +237,13 @@ class View:
 
     def _from_wheel(self, accelerator: str, vf: ViewFile) -> bytes | None:
         """METADATA from the wheel itself, then from the same file on another source."""
-        errors = []
-        for link in (vf.link,) + self.alternates(accelerator, vf.filename):
+        errors: list[str] = []
+
+        def candidates() -> Iterator[Link]:  # alternates are looked up only when the link itself fails
+            yield vf.link
+            yield from self.alternates(accelerator, vf.filename)
+
+        for link in candidates():
             if link is not vf.link and link.core_metadata:
                 try:
                     data = self.reader.metadata(link.metadata_url)
