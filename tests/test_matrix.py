@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -16,13 +17,37 @@ from torchdepot.site.matrix import runner_for
 @pytest.fixture()
 def site(tmp_path):
     make_mirror(tmp_path / "mirror", envs=tmp_path / "envs")
+    r = CliRunner().invoke(main, ["lock", "--mirror", str(tmp_path / "mirror"), "--out", str(tmp_path / "envs")])
+    assert r.exit_code == 0, r.output
     return tmp_path
 
 
-def invoke(site, fmt):
-    r = CliRunner().invoke(main, ["matrix", "--mirror", str(site / "mirror"), "--envs", str(site / "envs"), "--format", fmt])
+def invoke(site, fmt, envs=None):
+    r = CliRunner().invoke(
+        main, ["matrix", "--mirror", str(site / "mirror"), "--envs", str(envs or site / "envs"), "--format", fmt])
     assert r.exit_code == 0, r.output
-    return r.output
+    return r.stdout
+
+
+def test_every_printed_lock_exists_and_unlocked_targets_are_named(site, tmp_path):
+    import shutil
+
+    rows = json.loads(invoke(site, "json"))
+    assert len(rows) == 4 and all((tmp_path / r["lock"]).is_file() or Path(r["lock"]).is_file() for r in rows)
+    shutil.rmtree(site / "envs" / "cu126-py311-linux-x86_64")
+    r = CliRunner().invoke(main, ["matrix", "--mirror", str(site / "mirror"), "--envs",
+                                                  str(site / "envs"), "--format", "json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)
+    assert len(rows) == 3 and all(Path(x["lock"]).is_file() for x in rows)
+    assert "cu126-py311-linux-x86_64" not in r.stdout
+    assert r.stderr.startswith("matrix: left out 1 target(s)") and "pip cu126-py311-linux-x86_64" in r.stderr
+    assert "torchdepot lock --mirror" in r.stderr
+    # no locks at all: one line, exit 1, nothing on stdout
+    r = CliRunner().invoke(main, ["matrix", "--mirror", str(site / "mirror"), "--envs",
+                                                  str(tmp_path / "none"), "--format", "github"])
+    assert r.exit_code == 1 and r.stdout == "" and r.stderr.startswith("torchdepot: error: ")
+    assert "no lock for any of the mirror's 4 target(s)" in r.stderr and r.stderr.count("\n") == 1
 
 
 def test_json(site):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -58,8 +59,9 @@ def runner_for(accelerator: str, platform: str) -> str | list[str]:
     return labels + [acc_label]
 
 
-def _lock_path(envs: Path, tid: str, kind: str, subdir: str | None, envs_label: str) -> str:
-    # the lock `torchdepot lock` writes for this kind; for pip the first that exists wins
+def _lock_path(envs: Path, tid: str, kind: str, subdir: str | None, envs_label: str) -> str | None:
+    """The lock `torchdepot lock` wrote for this kind (for pip the first that exists wins), as
+    ``<envs_label>/<id>/<name>``; None when there is none: a matrix never names a missing file."""
     if kind == "pip":
         names: tuple[str, ...] = (REQUIREMENTS, PYLOCK)
     else:
@@ -67,25 +69,36 @@ def _lock_path(envs: Path, tid: str, kind: str, subdir: str | None, envs_label: 
     for name in names:
         if (envs / tid / name).is_file():
             return f"{envs_label}/{tid}/{name}"
-    # not locked yet (`torchdepot lock` writes it): the folder a job should read
-    return f"{envs_label}/{tid}/" + (names[0] if names else "")
+    return None
 
 
-def jobs(manifest: Manifest, envs: Path, envs_label: str = "envs") -> list[Job]:
-    out = []
+@dataclass(frozen=True)
+class MatrixJobs:
+    jobs: tuple[Job, ...]  # one per target that has its lock, GPU variants first
+    unlocked: tuple[str, ...]  # "<kind> <target id>" of targets left out: no lock in envs/ yet
+
+
+def jobs(manifest: Manifest, envs: Path, envs_label: str = "envs") -> MatrixJobs:
+    """A job per manifest target whose lock exists under ``envs``; the others are listed in
+    ``unlocked`` (run ``torchdepot lock`` to write them), never given a path that does not exist."""
+    out, unlocked = [], []
     for t in manifest.targets:
-        out.append(Job(t.accelerator, t.python, t.platform, runner_for(t.accelerator, t.platform),
-                       _lock_path(envs, t.id, t.kind, t.subdir, envs_label), t.kind, t.id))
+        lock = _lock_path(envs, t.id, t.kind, t.subdir, envs_label)
+        if lock is None:
+            unlocked.append(f"{t.kind} {t.id}")
+            continue
+        out.append(Job(accelerator=t.accelerator, python=t.python, platform=t.platform,
+                       runner=runner_for(t.accelerator, t.platform), lock=lock, kind=t.kind, id=t.id))
 
     def key(j: Job):
         acc = accelerator_from_dir(j.accelerator)
         py = tuple(int(p) for p in j.python.split(".") if p.isdigit())
         return (accelerator_sort_key(acc) if acc else (9,), j.platform, py, j.kind)
 
-    return sorted(out, key=key)
+    return MatrixJobs(jobs=tuple(sorted(out, key=key)), unlocked=tuple(sorted(unlocked)))
 
 
-def render(js: list[Job], fmt: str) -> str:
+def render(js: Sequence[Job], fmt: str) -> str:
     rows = [asdict(j) for j in js]
     if fmt == "json":
         return json.dumps(rows, indent=1) + "\n"
