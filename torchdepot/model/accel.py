@@ -139,6 +139,23 @@ def accelerator_from_local(label: str) -> Accelerator | None:
     return None
 
 
+# PEP 825 variant labels as PyTorch names them (/whl/variant/): cuda12.8, rocm7.1, xpu, null.
+_VARIANT_CUDA = re.compile(r"cuda(\d+)\.(\d+)")
+NULL_VARIANT = "null"  # PEP 825: the label of the build with no variant properties (PyTorch's CPU build)
+
+
+@functools.lru_cache(maxsize=256)
+def accelerator_from_variant_label(label: str) -> Accelerator | None:
+    """``cuda12.8`` -> cu128, ``cuda13.0`` -> cu130, ``rocm7.1``, ``xpu``, ``null`` -> cpu;
+    None for a label that names no accelerator."""
+    s = label.lower()
+    if s == NULL_VARIANT:
+        return CPU
+    if m := _VARIANT_CUDA.fullmatch(s):
+        return Accelerator("cuda", (int(m.group(1)), int(m.group(2))))
+    return _canonical(s, frozenset())
+
+
 def cuda_from_dotted(version: str) -> Accelerator:
     """``"11.8"`` or ``"10.1.243"`` -> cu118 / cu101 (patch levels dropped)."""
     parts = version.split(".")

@@ -1,8 +1,14 @@
 """Wheel filenames (and URLs to them) -> :class:`WheelFile`.
 
 Name, version, build and tags come from ``packaging``; torchdepot adds the
-accelerator (from the local label, else the URL's directory, else unknown: never
-guessed) and a normalised platform.
+accelerator (from the local label, else the PEP 825 variant label, else the URL's
+directory, else unknown: never guessed) and a normalised platform.
+
+PEP 825 variant wheels: ``{dist}-{ver}(-{build})?-{py}-{abi}-{plat}(-{label})?.whl`` with
+label ``[0-9a-z_.]+``. With six dash-separated parts the third is a build tag when it
+starts with a digit, else the last part is the label; seven parts carry both. ``packaging``
+does not know labels yet (pypa/packaging#1148): the label is split off here and the rest
+is still parsed by ``packaging``, so every name it accepts parses as before.
 """
 
 from __future__ import annotations
@@ -12,9 +18,11 @@ import urllib.parse
 from dataclasses import dataclass
 
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+import re
+
 from packaging.version import InvalidVersion, Version
 
-from torchdepot.model.accel import Accelerator, accelerator_from_dir, accelerator_from_local
+from torchdepot.model.accel import Accelerator, accelerator_from_dir, accelerator_from_local, accelerator_from_variant_label
 from torchdepot.errors import ParseError
 from torchdepot.model.platforms import PlatformInfo, platform_of_tags
 
@@ -32,8 +40,9 @@ class WheelFile:
     platform_tags: tuple[str, ...]
     platform: PlatformInfo
     accelerator: Accelerator | None
-    accelerator_source: str | None  # "local" | "dir" | None
+    accelerator_source: str | None  # "local" | "variant" | "dir" | None
     url: str | None = None
+    variant_label: str | None = None  # PEP 825 label (``cuda12.8``, ``null``), None for a plain wheel
 
     @property
     def os(self) -> str:
@@ -71,6 +80,7 @@ class WheelFile:
             "arch": self.platform.arch,
             "glibc": ".".join(map(str, self.platform.glibc)) if self.platform.glibc else None,
             "url": self.url,
+            "variant_label": self.variant_label,
             "error": None,
         }
 
@@ -115,6 +125,22 @@ def _tag_part(part: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(part.split(".")))
 
 
+VARIANT_LABEL = re.compile(r"[0-9a-z_.]+")
+
+
+def split_variant_label(filename: str) -> tuple[str, str | None]:
+    """``torch-2.10.0-cp314-cp314t-manylinux_2_28_x86_64-cuda13.0.whl`` ->
+    (``torch-2.10.0-cp314-cp314t-manylinux_2_28_x86_64.whl``, ``cuda13.0``); a name without
+    a label comes back unchanged with None. Raises ParseError for an invalid label."""
+    parts = filename[: -len(".whl")].split("-")
+    if len(parts) == 7 or (len(parts) == 6 and not parts[2][:1].isdigit()):
+        label = parts[-1]
+        if not VARIANT_LABEL.fullmatch(label):
+            raise ParseError(f"{filename!r} is not a valid wheel filename: invalid variant label {label!r}")
+        return "-".join(parts[:-1]) + ".whl", label
+    return filename, None
+
+
 def parse_wheel(name_or_url: str) -> WheelFile:
     """Parse a wheel filename, a relative path such as ``cu92/torch-...whl``, or a URL.
 
@@ -126,11 +152,12 @@ def parse_wheel(name_or_url: str) -> WheelFile:
         raise ParseError(f"{name_or_url!r}: {exc}") from None
     if not filename.endswith(".whl"):
         raise ParseError(f"{filename or name_or_url!r} is not a wheel filename (no .whl suffix)")
+    plain, label = split_variant_label(filename)
     try:
-        name, version, build, _tags = parse_wheel_filename(filename)
+        name, version, build, _tags = parse_wheel_filename(plain)
     except (InvalidWheelFilename, InvalidVersion, ValueError) as exc:
         raise ParseError(f"{filename!r} is not a valid wheel filename: {exc}") from None
-    parts = filename[: -len(".whl")].split("-")
+    parts = plain[: -len(".whl")].split("-")
     py, abi, plat = parts[-3], parts[-2], parts[-1]
     full_version = str(version)
     public_version, _, local_part = full_version.partition("+")
@@ -139,6 +166,9 @@ def parse_wheel(name_or_url: str) -> WheelFile:
     if local:
         acc = accelerator_from_local(local)
         source = "local" if acc else None
+    if acc is None and label is not None:
+        acc = accelerator_from_variant_label(label)
+        source = "variant" if acc else None
     if acc is None:
         acc = accelerator_from_dirs(dirs)
         source = "dir" if acc else None
@@ -157,6 +187,7 @@ def parse_wheel(name_or_url: str) -> WheelFile:
         accelerator=acc,
         accelerator_source=source,
         url=url,
+        variant_label=label,
     )
 
 
@@ -180,5 +211,6 @@ def error_json(name_or_url: str, message: str) -> dict:
         "arch": None,
         "glibc": None,
         "url": None,
+        "variant_label": None,
         "error": message,
     }
