@@ -33,8 +33,8 @@ CHILD = """
 import json, resource, sys, time
 from pathlib import Path
 t0 = time.monotonic()
-from torchdepot.spec import load_spec, with_overrides
-from torchdepot.mirror import sync
+from torchdepot.spec.mirror import load_spec, with_overrides
+from torchdepot.sync.pip import sync
 spec = with_overrides(load_spec(sys.argv[1]), out=sys.argv[2])
 res = sync(spec, progress=False, echo=lambda m: None)
 self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -18,7 +18,7 @@ from torchdepot.store.fsutil import MirrorLock
 HOLD = """
 import sys, time
 sys.path.insert(0, {root!r})
-from torchdepot.fsutil import MirrorLock
+from torchdepot.store.fsutil import MirrorLock
 with MirrorLock({out!r}):
     print("locked", flush=True)
     time.sleep(float(sys.argv[1]))
