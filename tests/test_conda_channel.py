@@ -18,6 +18,7 @@ from hypothesis import given, strategies as st
 
 from tests.httpserver import Server
 from torchdepot.cli import main
+from tests.kit.condapython import build_python_placeholder
 from torchdepot.ship import recipes as R
 from torchdepot.store.channel import normalize_indexed_channel, repodata_bytes
 from torchdepot.sources.repodata import RepodataError, parse_repodata
@@ -69,6 +70,7 @@ def upstream(tmp_path_factory) -> Path:
     chan = root / "chan"
     R.build_metapackages(chan, ("12.6",))
     R.build_wheels(wheels, chan)
+    build_python_placeholder(chan, ("linux-64", "win-64"))  # pytorch depends on python (its cp tag)
     R.index_channel(chan)
     return chan
 

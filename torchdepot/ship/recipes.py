@@ -1,6 +1,15 @@
-"""Build the recipes in ``recipes/`` offline with py-rattler-build, into a local channel.
+"""Build the recipes shipped in ``recipes_data/`` offline with py-rattler-build, into a local channel.
 
-Each ``recipes/<name>/recipe.yaml`` is rendered by rattler-build's own renderer
+The recipes are package data (``torchdepot/ship/recipes_data/<name>/recipe.yaml``), so this
+works from an installed torchdepot, not only a checkout. py-rattler-build is the optional
+extra ``torchdepot[conda-build]``: :func:`require_rattler_build` says so in one line.
+
+A repackaged wheel depends on ``python`` matching its cp tag (``>=3.11,<3.12.0a0``) and on
+its Requires-Dist (markers evaluated for the subdir and Python) under conda-forge names
+(:mod:`torchdepot.ship.conda_names`); repackaged wheels get those names too, so a channel
+built from torch and its dependency wheels is self-consistent.
+
+Each ``recipes_data/<name>/recipe.yaml`` is rendered by rattler-build's own renderer
 (``Stage0Recipe.render``: jinja, ``if:`` selectors, match-spec validation); the files are
 staged here (a wheel is unpacked the way ``pip install --no-deps`` lays it out) and
 ``rattler_build.assemble_package(..., timestamp=FIXED)`` writes the ``.conda``. Same
@@ -11,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import email.parser
+import importlib.util
 import shutil
 import tempfile
 import zipfile
@@ -27,18 +37,24 @@ from torchdepot.store.fsutil import safe_join
 from torchdepot.model.platforms import target_platform
 from torchdepot.model.wheelname import parse_wheel
 from torchdepot.spec.conda import pip_constraint_to_conda
+from torchdepot.ship.conda_names import CondaNames, load_conda_names
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes_data"
+INSTALL_HINT = "pip install 'torchdepot[conda-build]'"
 # Fixed build time: packages carry no wall-clock time, so rebuilding is byte-identical.
 FIXED_TIMESTAMP = datetime(2024, 1, 1, tzinfo=timezone.utc)
 DEFAULT_CUDA = ("11.8", "12.6", "12.8")
 METAPACKAGES = ("pytorch-mutex", "cpuonly", "pytorch-cuda")
-# wheel project -> conda package name
-CONDA_NAME = {"torch": "pytorch"}
 
 
 class RecipeError(TorchdepotError):
     """A recipe or wheel that cannot be built; the message names it."""
+
+
+def require_rattler_build() -> None:
+    """Raise a one-line :class:`RecipeError` when the optional py-rattler-build is missing."""
+    if importlib.util.find_spec("rattler_build") is None:
+        raise RecipeError(f"recipes build needs py-rattler-build, an optional extra: {INSTALL_HINT}")
 
 
 @dataclass(frozen=True)
@@ -51,7 +67,8 @@ class BuiltPackage:
 
 
 def render(recipe: str, context: dict, target: str, recipes_dir: Path = RECIPES_DIR):
-    """Render ``recipes/<recipe>/recipe.yaml`` for one context -> Stage1 recipe."""
+    """Render ``recipes_data/<recipe>/recipe.yaml`` for one context -> Stage1 recipe."""
+    require_rattler_build()
     import rattler_build as rb
     from rattler_build.render import PlatformConfig
 
@@ -171,8 +188,15 @@ def _marker_env(subdir: str, python: str) -> dict:
     return env
 
 
-def wheel_depends(wheel: Path, subdir: str, python: str, available: set[str]) -> tuple[list[str], list[str]]:
-    """Requires-Dist -> (conda depends on packages built in this run, omitted requirement strings)."""
+def python_pin(python: str) -> str:
+    """``3.11`` -> ``python >=3.11,<3.12.0a0`` (conda-forge's pin for one minor version)."""
+    major, minor = python.split(".")[:2]
+    return f"python >={major}.{minor},<{major}.{int(minor) + 1}.0a0"
+
+
+def wheel_depends(wheel: Path, subdir: str, python: str, names: CondaNames) -> tuple[list[str], list[str]]:
+    """Requires-Dist -> (conda run requirements under conda-forge names, requirement strings
+    that are not valid PEP 508 and were left out). Extras-only requirements are skipped."""
     env = _marker_env(subdir, python)
     deps, omitted = [], []
     for text in _metadata(wheel).get_all("Requires-Dist") or []:
@@ -183,16 +207,13 @@ def wheel_depends(wheel: Path, subdir: str, python: str, available: set[str]) ->
             continue
         if req.marker is not None and not req.marker.evaluate({**env, "extra": ""}):
             continue
-        name = CONDA_NAME.get(canonicalize_name(req.name), canonicalize_name(req.name))
-        if name not in available:
-            omitted.append(text)
-            continue
         try:
             ver = pip_constraint_to_conda(str(req.specifier))
         except ParseError:
-            ver = ""
-        deps.append(f"{name} {ver}".strip())
-    return deps, omitted
+            omitted.append(text)
+            continue
+        deps.append(f"{names.conda_name(req.name)} {ver}".strip())
+    return list(dict.fromkeys(deps)), omitted
 
 
 @dataclass(frozen=True)
@@ -206,9 +227,11 @@ class WheelPlan:
     recipe: str
 
 
-def plan_wheels(wheels: list[Path], python: str | None = None, subdirs: tuple[str, ...] = ()) -> list[WheelPlan]:
+def plan_wheels(wheels: list[Path], python: str | None = None, subdirs: tuple[str, ...] = (),
+                names: CondaNames | None = None) -> list[WheelPlan]:
     """Decide what each wheel becomes. Platform wheels fix their own subdir and Python;
     pure wheels are built for every (subdir, python) of the platform wheels (or the given ones)."""
+    names = names or load_conda_names()
     parsed = []
     for w in wheels:
         try:
@@ -231,7 +254,7 @@ def plan_wheels(wheels: list[Path], python: str | None = None, subdirs: tuple[st
         pairs = [(sd, python) for sd, _ in pairs]
     plans = []
     for path, wf in parsed:
-        name = CONDA_NAME.get(wf.name, wf.name)
+        name = names.conda_name(wf.name)
         if wf.platform.os != "any":
             sd = target_platform(wf.platform.name).conda_subdir
             py = next(p for p in wf.pythons if "." in p)
@@ -240,7 +263,9 @@ def plan_wheels(wheels: list[Path], python: str | None = None, subdirs: tuple[st
             targets = list(dict.fromkeys(pairs))
         for sd, py in targets:
             glibc = ".".join(map(str, wf.platform.glibc)) if wf.platform.glibc else ""
+            major, minor = py.split(".")[:2]
             ctx = {"name": name, "version": wf.public_version, "python": py, "py": py.replace(".", ""),
+                   "python_next": f"{major}.{int(minor) + 1}",
                    "build_number": 0, "wheel": wf.filename, "glibc": glibc}
             recipe = "wheel"
             if name == "pytorch":
@@ -256,15 +281,16 @@ def plan_wheels(wheels: list[Path], python: str | None = None, subdirs: tuple[st
 
 def build_wheels(wheels: list[Path], out_channel: Path, *, python: str | None = None, subdirs: tuple[str, ...] = (),
                  compression_level: int = 3, recipes_dir: Path = RECIPES_DIR) -> list[BuiltPackage]:
-    plans = plan_wheels(wheels, python, subdirs)
-    available = {p.conda_name for p in plans}
+    require_rattler_build()
+    names = load_conda_names()
+    plans = plan_wheels(wheels, python, subdirs, names)
     built = []
     for plan in plans:
         stage1 = render(plan.recipe, plan.context, plan.subdir, recipes_dir)
-        deps, omitted = wheel_depends(plan.wheel, plan.subdir, plan.python, available - {plan.conda_name})
+        deps, omitted = wheel_depends(plan.wheel, plan.subdir, plan.python, names)
         desc = f"Repackaged from {plan.wheel.name} by torchdepot."
         if omitted:
-            desc += " Requirements not in this channel (install them separately): " + "; ".join(omitted)
+            desc += " Requirements that are not valid PEP 508 (left out): " + "; ".join(omitted)
         with tempfile.TemporaryDirectory(prefix="td-wheel-") as tmp:
             _unpack_wheel(plan.wheel, Path(tmp), plan.subdir, plan.python)
             built.append(_assemble(stage1, plan.subdir, out_channel, Path(tmp), deps, desc,
