@@ -67,6 +67,8 @@ def hostile_runs(root: Path) -> list[list[str]]:
         ["config", "uv", "--url", f"file://{lst}", "--file", str(root / "uv.toml")],
         ["config", "conda", "--url", f"file://{d}", "--file", str(root / "condarc")],
         ["doctor", "--mirror", f"file://{bad}"],
+        ["env", "create", bad, "--prefix", str(root / "envp"), "--mirror", bad],
+        ["env", "create", b, "--prefix", str(root / "envq"), "--register-kernel", "k"],
         ["landing", "--mirror", bad], ["landing", "--mirror", d], ["landing", "--mirror", lst],
         ["lock", "--mirror", bad, "--out", str(root / "envs")], ["lock", "--spec", b],
         ["ls", "--index", f"file://{b}"], ["ls", "--index", f"file://{bad}"],

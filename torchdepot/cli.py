@@ -26,6 +26,7 @@ COMMAND_MODULES = {
     "conda": "conda",
     "config": "config",
     "doctor": "doctor",
+    "env": "env",
     "landing": "landing",
     "lock": "lock",
     "ls": "ls",
