@@ -103,6 +103,9 @@ def bench_mirror(tmp: Path) -> None:
     up = tmp / "srv" / "up"
     R.build_metapackages(up, ("12.6",))
     R.build_wheels(wheels, up, compression_level=1)
+    from tests.kit.condapython import build_python_placeholder
+
+    build_python_placeholder(up)  # pytorch depends on python (its cp tag); conda-forge would provide it
     R.index_channel(up)
     files = sorted(p for p in up.rglob("*.conda"))
     size = sum(p.stat().st_size for p in files)
