@@ -45,7 +45,7 @@ def _table(results: list[EnvResult]) -> str:
 @click.option("--mirror", help=f"Mirror dir or URL (default: ${BASE_ENV}, else mirror/out).")
 @click.option("--keep", is_flag=True, help="Keep the throwaway environments.")
 @click.option("--json", "as_json", is_flag=True, help="JSON results for CI.")
-@click.option("--register-kernel", "kernel", metavar="NAME", help="Keep the env and register it as Jupyter kernel NAME.")
+@click.option("--register-kernel", "kernel", metavar="NAME", hidden=True)  # moved to `env create`; says so
 def verify_cmd(env_dirs: tuple[str, ...], mirror: str | None, keep: bool, as_json: bool, kernel: str | None) -> None:
     """Install every lock in a throwaway env (mirror only, hashes required) and smoke-test torch.
 
@@ -56,9 +56,12 @@ def verify_cmd(env_dirs: tuple[str, ...], mirror: str | None, keep: bool, as_jso
     Example:
       torchdepot verify envs/cpu-py311-linux-x86_64 --mirror http://127.0.0.1:8080 --json
     """
+    if kernel:  # a throwaway env is no place for a kernel Jupyter should keep finding
+        raise click.UsageError("verify installs into throwaway environments; for a Jupyter kernel use: "
+                               f"torchdepot env create ENV_DIR --prefix DIR --register-kernel {kernel}")
     url = mirror_url(mirror or os.environ.get(BASE_ENV) or "mirror/out")
     manifest = load_manifest(url)
-    opts = Options(mirror_url=url, keep=keep, register_kernel=kernel)
+    opts = Options(mirror_url=url, keep=keep)
     results = []
     for d in _env_dirs(env_dirs):
         r = verify_env(read_env(d), opts, manifest)

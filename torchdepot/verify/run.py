@@ -43,7 +43,6 @@ class EnvResult:
 class Options:
     mirror_url: str
     keep: bool = False
-    register_kernel: str | None = None
     workdir: Path | None = None
     timeout: float = 900.0
     env_extra: tuple[tuple[str, str], ...] = field(default_factory=tuple)
@@ -117,7 +116,7 @@ def verify_env(lock: EnvLock, opts: Options, manifest: Manifest | None) -> EnvRe
     checks: list[Check] = []
     modes: list[str] = []
     work = Path(tempfile.mkdtemp(prefix=f"torchdepot-verify-{lock.name}-", dir=opts.workdir))
-    keep = opts.keep or bool(opts.register_kernel)
+    keep = opts.keep
     try:
         if lock.requirements.is_file():
             modes.append(_verify_pip(lock, opts, manifest, checks, work))
@@ -178,8 +177,6 @@ def _verify_pip(lock: EnvLock, opts: Options, manifest: Manifest | None, checks:
         return "installed"
     want = next((p.version for p in lock.pins if p.name.lower() == "torch"), v.get("torch"))
     checks.extend(judge(result, want, v.get("cuda"), gpu_present()))
-    if opts.register_kernel:
-        checks.append(_register_kernel(vpy, venv, opts.register_kernel, v.get("accelerator", "cpu"), env, opts.timeout))
     return "installed"
 
 
@@ -257,18 +254,3 @@ def _verify_conda(lock: EnvLock, path: Path, opts: Options, manifest: Manifest |
     for c in judge(result, want, v.get("cuda"), gpu_present()):
         checks.append(Check(f"conda {c.name}", c.status, (c.detail + f" [{how}]").strip()))
     return "installed"
-
-
-def _register_kernel(vpy: Path, venv: Path, name: str, acc: str, env: dict, timeout: float) -> Check:
-    have = _run([vpy, "-c", "import ipykernel"], env, timeout)
-    if have.returncode:
-        # from the mirror's index only; ipykernel's dependencies must be mirrored too
-        idx = env[BASE_ENV].rstrip("/") + "/whl/" + acc
-        proc = _run([uv_bin(), "pip", "install", "--no-config", "--python", vpy, "--no-build", "--index-url", idx, "ipykernel"],
-                    env, timeout)
-        if proc.returncode:
-            return Check("register kernel", "fail", f"ipykernel cannot be installed from the mirror ({_tail(proc)[:200]})")
-    proc = _run([vpy, "-m", "ipykernel", "install", "--prefix", venv, "--name", name], env, timeout)
-    if proc.returncode:
-        return Check("register kernel", "fail", _tail(proc))
-    return Check("register kernel", "pass", f"{name} in {venv}/share/jupyter/kernels")
