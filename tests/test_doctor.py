@@ -473,3 +473,79 @@ def test_findings_pure():
     assert "is_available() == False" in check.findings({**base, "cuda_available": False}, "12.9", True)[0]
     assert "CPU-only build" in check.findings({"torch": "2.5.1+cpu", "cuda": None}, "12.9", True)[0]
     assert check.findings({"torch": None, "error": "x"}, None, False) == ["torch is not importable: x"]
+
+
+# --- the printed install line, verbatim, against a plain-HTTP mirror on a LAN name ------------
+def _tiny_mirror(root: Path) -> None:
+    from tests.mirror_upstream import make_wheel
+
+    py = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    wheel = make_wheel(root / "whl" / "cpu" / "torch", "torch", "2.5.1+cpu")
+    (root / "whl" / "cpu" / "torch" / "index.html").write_text(
+        f'<a href="{wheel.name.replace("+", "%2B")}">{wheel.name}</a>\n')
+    (root / "manifest.json").write_text(json.dumps({"format": "torchdepot-manifest", "version": 1, "spec": {}, "files": [],
+        "targets": [{"id": "cpu", "kind": "pip", "accelerator": "cpu", "python": py, "platform": "linux-x86_64",
+                     "index": "whl/cpu", "packages": [{"name": "torch", "version": "2.5.1+cpu", "path": "p"}]}]}))
+
+
+def test_printed_install_lines_work_verbatim_on_a_lan_host(tmp_path):
+    """doctor --mirror http://torchlab:8000 (a LAN name, plain HTTP) prints pip and uv lines;
+    each runs exactly as printed and installs the mirror's torch. Control: pip's line without
+    --trusted-host ignores the index, as on a real LAN."""
+    from tests.kit.lanproxy import LanProxy
+    from tests.venvs import hermetic_env, make_venv
+
+    _tiny_mirror(tmp_path / "mirror")
+    with Server(tmp_path / "mirror") as srv, LanProxy({"torchlab:8000": srv.httpd.server_address[:2]}) as proxy:
+        base = proxy.env(hermetic_env())
+        text = doctor(tmp_path, "--mirror", "http://torchlab:8000", env_extra={
+            k: v for k, v in base.items() if "proxy" in k.lower()}).stdout
+        lines = [ln.split(None, 1)[1] for ln in text.splitlines() if ln.startswith("install ")]
+        assert lines == ["pip install --index-url http://torchlab:8000/whl/cpu --trusted-host torchlab:8000 torch==2.5.1",
+                         "uv pip install --index-url http://torchlab:8000/whl/cpu --allow-insecure-host torchlab:8000 torch==2.5.1"]
+        for i, line in enumerate(lines):
+            venv = tmp_path / f"venv{i}"
+            py = make_venv(venv)
+            # own caches: other tests serve other mirrors under the same LAN name, and uv/pip cache pages by URL
+            env = {**base, "PATH": f"{venv / 'bin'}:{Path(sys.executable).parent}:/usr/bin:/bin", "VIRTUAL_ENV": str(venv),
+                   "UV_CACHE_DIR": str(tmp_path / "uv-cache"), "PIP_CACHE_DIR": str(tmp_path / "pip-cache")}
+            if i == 0:  # control first: the same line without the trust option fails
+                bare = subprocess.run(line.replace(" --trusted-host torchlab:8000", ""), shell=True, env=env,
+                                      capture_output=True, text=True, timeout=120)
+                assert bare.returncode != 0 and "torchlab" in bare.stdout + bare.stderr
+            proc = subprocess.run(line, shell=True, env=env, capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            got = subprocess.run([str(py), "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True)
+            assert got.stdout.strip() == "2.5.1+cpu"
+        assert any(s.startswith("GET http://torchlab:8000/whl/cpu/torch") for s in proxy.seen)
+
+
+def test_mirror_unreachable_fails_fast(tmp_path):
+    """A host that drops packets (a listening socket whose accept queue is full: SYNs go
+    unanswered): one line, within a bounded time, not 5 x 10 s per URL."""
+    import socket
+    import time
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(0)
+    port = srv.getsockname()[1]
+    fill = []
+    for _ in range(3):
+        s = socket.socket()
+        s.setblocking(False)
+        try:
+            s.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        fill.append(s)
+    try:
+        t = time.monotonic()
+        proc = doctor(tmp_path, "--mirror", f"http://127.0.0.1:{port}/", check_rc=False)
+        took = time.monotonic() - t
+    finally:
+        for s in (*fill, srv):
+            s.close()
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"torchdepot: error: http://127.0.0.1:{port}/manifest.json: timed out")
+    assert took < 15, took
