@@ -215,3 +215,23 @@ def test_no_wheel_for_the_target_is_one_line(tree, tmp_path):
         run(spec_for([a_url], tmp / "out", extra_packages=["winonly"]), b_url)
     msg = str(err.value)
     assert "\n" not in msg and "winonly" in msg and "cpu-py311-linux-x86_64" in msg, msg
+
+
+def test_upload_time_recorded_and_exclude_newer(tree):
+    """data-upload-time reaches manifest.json as given (never invented); exclude_newer leaves
+    out files uploaded later, so the older torch is mirrored."""
+    a, _b, a_url, b_url, tmp = tree
+    page = a / "whl" / "cpu" / "torch" / "index.html"
+    text = page.read_text().replace("<a href", '<a data-upload-time="2026-03-01T10:00:00.123456Z" href', 1)
+    page.write_text(text)
+    res, _ = run(spec_for([a_url], tmp / "out"), b_url)
+    files = mf.load(tmp / "out").by_path()
+    assert files[f"packages/torch/{TORCH}"].upload_time == "2026-03-01T10:00:00.123456Z"
+    assert files["packages/filelock/filelock-3.20.0-py3-none-any.whl"].upload_time is None
+    raw = (tmp / "out" / "manifest.json").read_text()
+    assert raw.count('"upload_time"') == 1
+    # a cutoff before that upload leaves torch without a candidate: one line, nothing invented
+    with pytest.raises(TorchdepotError, match="no torch wheel"):
+        run(spec_for([a_url], tmp / "out2", exclude_newer="2026-02-01T00:00:00Z"), b_url)
+    res, _ = run(spec_for([a_url], tmp / "out3", exclude_newer="2026-04-01"), b_url)
+    assert names(res)["torch"] == "2.13.0+cpu"

@@ -44,6 +44,7 @@ class FileEntry:
     url: str | None = None  # where it came from
     upstream_sha256: str | None = None  # what upstream claimed (may be None or differ)
     hash_mismatch: bool = False  # upstream claim disagreed; accepted under --on-hash-mismatch warn
+    upload_time: str | None = None  # PEP 700 / data-upload-time exactly as upstream gave it; never invented
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,9 @@ class Manifest:
         return {f.path: f for f in self.files}
 
     def to_json(self) -> str:
-        files = sorted((asdict(f) for f in self.files), key=lambda f: f["path"])
+        # upload_time appears only when upstream gave one: manifests of other files stay byte-identical
+        files = sorted(({k: v for k, v in asdict(f).items() if k != "upload_time" or v is not None}
+                        for f in self.files), key=lambda f: f["path"])
         targets = []
         for t in sorted(self.targets, key=lambda t: (t.kind, t.id)):
             d = asdict(t)

@@ -152,7 +152,7 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
         sources = ViewSources(variants=locate_variants(spec, reader, accelerators, pip, say),
                               indexes=indexes, find_links=find_links)
         view = View(reader=reader, policy=policy, sources=sources, workdir=workdir,
-                    on_hash_mismatch=spec.on_hash_mismatch, say=say)
+                    on_hash_mismatch=spec.on_hash_mismatch, say=say, exclude_newer=spec.exclude_newer)
         plan = plan_targets(spec, view, pip)
         phase("upstreams")
         resolution = resolve_targets(plan, view, jobs=2)

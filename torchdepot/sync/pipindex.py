@@ -42,7 +42,7 @@ def publish_pip(out: Path, resolution: Resolution, report: FetchReport, view: Vi
         version = next(f.version for tp in resolution.targets for f in tp.files if file_key(f) == key)
         entries[key] = mf.FileEntry(path=key, sha256=r.sha256, size=r.size, kind="wheel", project=vf.project,
                                     version=version, url=r.url or vf.link.url, upstream_sha256=r.upstream_sha256,
-                                    hash_mismatch=r.hash_mismatch)
+                                    hash_mismatch=r.hash_mismatch, upload_time=vf.link.upload_time)
         rec = records.get(vf.filename)  # upstream's .metadata disagreeing with its declared hash
         entries[key + ".metadata"] = mf.FileEntry(
             path=key + ".metadata", sha256=meta_sha, size=meta_size, kind="metadata", project=vf.project,

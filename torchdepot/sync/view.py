@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import datetime as dt
 import hashlib
 import html
 import http.server
@@ -52,6 +53,19 @@ Say = Callable[[str], None]
 
 class MetadataMismatchError(TorchdepotError):
     """Upstream's .metadata disagrees with its declared hash under on_hash_mismatch: fail."""
+
+
+def _uploaded_after(upload_time: str | None, cutoff: dt.datetime) -> bool:
+    """True when upstream's upload time (ISO 8601) is after ``cutoff``; unknown or unparseable: False."""
+    if not upload_time:
+        return False
+    try:
+        when = dt.datetime.fromisoformat(upload_time.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return when > cutoff
 
 
 @dataclass(frozen=True)
@@ -92,6 +106,7 @@ class View:
     workdir: Path
     on_hash_mismatch: str
     say: Say
+    exclude_newer: dt.datetime | None = None  # files uploaded later are left out (those without a time stay)
     base_url: str = ""
     refused: collections.Counter = field(default_factory=collections.Counter)
     errors: list[str] = field(default_factory=list)
@@ -130,6 +145,8 @@ class View:
         for link in screened.kept:
             if not link.filename.endswith(".whl"):
                 continue  # sdists and other files: the mirror serves wheels only
+            if self.exclude_newer is not None and _uploaded_after(link.upload_time, self.exclude_newer):
+                continue
             try:
                 if parse_wheel(link.url).name != want:
                     continue
