@@ -416,7 +416,8 @@ def test_mirror_unreachable_is_one_line_error(tmp_path):
 
 
 # --- --check on an installed torch ---------------------------------------------------
-def fake_env(tmp: Path, torch_version: str, cuda: str | None, available: bool, numpy_broken: bool = False) -> str:
+def fake_env(tmp: Path, torch_version: str, cuda: str | None, available: bool, numpy_broken: bool = False,
+             arch_list: tuple[str, ...] = ()) -> str:
     """A throwaway venv holding a recorded stand-in of an installed torch (its public
     attributes only) and optionally a numpy that fails like an ABI mismatch does."""
     venv = tmp / "venv"
@@ -435,6 +436,9 @@ def fake_env(tmp: Path, torch_version: str, cuda: str | None, available: bool, n
             @staticmethod
             def device_count():
                 return 1
+            @staticmethod
+            def get_arch_list():
+                return {list(arch_list)!r}
         def from_numpy(a):
             return a
     """))
@@ -466,6 +470,16 @@ def test_check_ok_and_numpy_broken(tmp_path):
     assert probs == ["numpy: ImportError: numpy.core.multiarray failed to import"]
 
 
+def test_check_build_without_the_gpus_arch(tmp_path):
+    """The issue's failure, caught after the fact: cu130 wheels on a GTX 1080."""
+    py = fake_env(tmp_path, "2.9.1+cu130", "13.0", True,
+                  arch_list=("sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"))
+    fake_tool(tmp_path / "bin", "nvidia-smi", FIX / "smi_gtx1080_580.csv")
+    proc = doctor(tmp_path, "--check", "--python", py, check_rc=False)
+    assert proc.returncode == 1
+    assert "problem     torch 2.9.1+cu130 has no kernels for compute 6.1 (its arch list: sm_75" in proc.stdout
+
+
 def test_findings_pure():
     base = {"torch": "2.5.1+cu121", "cuda": "12.1", "cuda_available": True, "numpy_error": None}
     assert check.findings(base, "12.9", True) == []
@@ -473,6 +487,9 @@ def test_findings_pure():
     assert "is_available() == False" in check.findings({**base, "cuda_available": False}, "12.9", True)[0]
     assert "CPU-only build" in check.findings({"torch": "2.5.1+cpu", "cuda": None}, "12.9", True)[0]
     assert check.findings({"torch": None, "error": "x"}, None, False) == ["torch is not importable: x"]
+    arches = {**base, "arch_list": ["sm_70", "sm_80", "compute_80"]}
+    assert check.findings(arches, "12.9", True, ((8, 6), (7, 5), (9, 0))) == []  # 7.5 via sm_70, 9.0 via PTX 8.0
+    assert "no kernels for compute 6.1" in check.findings(arches, "12.9", True, ((6, 1),))[0]
 
 
 # --- the printed install line, verbatim, against a plain-HTTP mirror on a LAN name ------------

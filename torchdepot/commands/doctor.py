@@ -11,7 +11,7 @@ import click
 from torchdepot.doctor import check as check_mod
 from torchdepot.doctor.detect import detect
 from torchdepot.doctor.mirror import MIRROR_HTTP, read_mirror
-from torchdepot.doctor.recommend import MirrorChoice, assess, choose_mirrored, summary
+from torchdepot.doctor.recommend import MirrorChoice, assess, choose_mirrored, nvidia_caps, summary
 from torchdepot.model.cuda import min_driver
 from torchdepot.net.http import make_session
 
@@ -111,7 +111,7 @@ def doctor_cmd(as_json: bool, mirror_url: str | None, do_check: bool, python: st
     if do_check:
         result = check_mod.probe(python or sys.executable)
         gpu = bool(machine.driver or machine.amd_gfx)
-        problems = check_mod.findings(result, report["max_cuda"], gpu)
+        problems = check_mod.findings(result, report["max_cuda"], gpu, nvidia_caps(machine) or ())
         report["check"] = {"python": python or sys.executable, "result": result, "problems": problems}
     if as_json:
         click.echo(json.dumps(report, sort_keys=True))

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from torchdepot.errors import ParseError
-from torchdepot.model.accel import Accelerator, accelerator_from_dir
+from torchdepot.model.accel import Accelerator
 
 # --- NVIDIA driver minimums ------------------------------------------------------------
 # (cuda, linux minimum driver, windows minimum driver), newest first.
@@ -218,6 +218,21 @@ def parse_arch_list(text: str) -> tuple[tuple[Cap, ...], tuple[Cap, ...]]:
     return tuple(sass), tuple(ptx)
 
 
+_ARCH_NAME = re.compile(r"(sm|compute)_(\d+)(\d)[a-z]?")
+
+
+def arch_list_covers(names: list[str] | tuple[str, ...], cap: Cap) -> bool:
+    """Does ``torch.cuda.get_arch_list()`` output (``["sm_75", ..., "compute_120"]``)
+    carry kernels for compute capability ``cap``? Unparseable names are ignored."""
+    sass: list[Cap] = []
+    ptx: list[Cap] = []
+    for n in names:
+        if m := _ARCH_NAME.fullmatch(n.strip()):
+            (sass if m.group(1) == "sm" else ptx).append((int(m.group(2)), int(m.group(3))))
+    return ArchBuild(torch=(0, 0), variant="", platform="linux-x86_64", sass=tuple(sass), ptx=tuple(ptx),
+                     confidence="H", sources=()).covers(cap)
+
+
 def _minor(text: str) -> tuple[int, int]:
     major, minor = text.split(".")[:2]
     return int(major), int(minor)
@@ -239,7 +254,6 @@ def _expand(rows) -> dict[tuple[tuple[int, int], str, str], ArchBuild]:
 
 
 ARCH_TABLE: dict[tuple[tuple[int, int], str, str], ArchBuild] = _expand(_ARCH_ROWS)
-NEWEST_TABLED_TORCH: tuple[int, int] = max(k[0] for k in ARCH_TABLE)
 # "Current" = the variants of the newest few tabled releases; older ones are shown only
 # when a mirror holds them or nothing current fits.
 CURRENT_RELEASES = 3
@@ -313,7 +327,3 @@ def rocm_coverage(variant: str, gfx: tuple[str, ...]) -> Coverage:
         return "unknown"
     return "yes" if all(g in table for g in gfx) else "no"
 
-
-def is_cuda_variant(name: str) -> bool:
-    acc = accelerator_from_dir(name)
-    return acc is not None and acc.kind == "cuda"
