@@ -78,7 +78,7 @@ def test_mirror_bundle_unbundle_serve_install(tmp_path, torch_wheel, dep_wheels)
     try:
         line = server.stdout.readline()
         assert "http://127.0.0.1:" in line, line
-        url = line.split(" at ", 1)[1].split("/ ", 1)[0]
+        url = line.split(" at ", 1)[1].split()[0].rstrip("/")
         py = make_venv(site_b / "venv")
         inst = run([py, "-m", "pip", "install", "--no-cache-dir", "--require-hashes", "--no-deps",
                     "-r", dest / "envs" / CPU / "requirements.lock"],

@@ -32,8 +32,7 @@ from torchdepot.errors import TorchdepotError
 from torchdepot.store.fsutil import atomic_write_bytes, fsync_dir, safe_join
 from torchdepot.store import simple_json
 
-PUBLISH_DIR = ".publish"
-INDEX_LINK = "whl"
+from torchdepot.store.layout import INDEX_LINK, PUBLISH_DIR, build_temp_name
 
 
 @dataclass(frozen=True)
@@ -177,7 +176,7 @@ def publish(root: Path, pages: dict[str, bytes]) -> tuple[str, bool]:
 def new_build_dir(root: Path, gen: str) -> Path:
     """An empty place to build generation ``gen`` (``<build>/whl/...``), on the filesystem of
     its final place so :func:`install_generation` can rename it in."""
-    build = Path(root) / PUBLISH_DIR / f".{gen}.tmp-{os.getpid()}"
+    build = Path(root) / PUBLISH_DIR / build_temp_name(gen)
     shutil.rmtree(build, ignore_errors=True)
     return build
 
@@ -192,7 +191,7 @@ def install_generation(root: Path, build: Path, gen: str) -> None:
     shutil.rmtree(gen_dir, ignore_errors=True)
     os.replace(build, gen_dir)
     fsync_dir(gen_dir.parent)
-    tmp_link = root / f".{INDEX_LINK}.tmp-{os.getpid()}"
+    tmp_link = root / build_temp_name(INDEX_LINK)
     with contextlib.suppress(FileNotFoundError):
         tmp_link.unlink()
     os.symlink(f"{PUBLISH_DIR}/{gen}/{INDEX_LINK}", tmp_link)
