@@ -211,3 +211,31 @@ def test_unterminated_tag_swallows_the_rest_like_an_html_tokenizer():
     page = parse_html(b'<a href="a-1.0-py3-none-any.whl">a</a><a title="x <a href="b-1.0-py3-none-any.whl">', "http://h/p/")
     assert [link.filename for link in page.links] == ["a-1.0-py3-none-any.whl"]
     assert page.warnings["unterminated tag (rest of page ignored)"] == 1
+
+
+# -- METADATA of a remote wheel: Range reads, else the whole wheel -------------------------
+@pytest.mark.parametrize("mode,ranges,wheels", [("ok", 2, 0), ("ignore_range", 1, 1)])
+def test_remote_metadata_reads_the_central_directory_by_range(tmp_path, mode, ranges, wheels):
+    import os
+
+    from tests.faultserver import Fault, FaultServer
+    from tests.mirror_upstream import make_wheel, wheel_metadata
+    from torchdepot.net.hostpolicy import default_policy
+    from torchdepot.net.http import HttpConfig
+    from torchdepot.sources.upstream import UpstreamReader
+    from torchdepot.sources.wheelmeta import remote_metadata
+
+    # a 3 MB wheel: one byte (for the size), then the last 64 KB (end record, central
+    # directory and, in this wheel, METADATA itself)
+    wheel = make_wheel(tmp_path, "big", "1.0", requires=("filelock",), payload=os.urandom(3_000_000))
+    data = wheel.read_bytes()
+    with FaultServer() as up:
+        url = up.add(f"/f/{wheel.name}", data)
+        if mode != "ok":
+            up.always(f"/f/{wheel.name}", Fault(mode))
+        reader = UpstreamReader(make_session(HttpConfig(retries=0)), default_policy([up.url]))
+        assert remote_metadata(reader, url, "big") == wheel_metadata(wheel)
+        counts = reader.request_counts()
+        assert (counts["ranges"], counts["wheels"]) == (ranges, wheels), counts
+        if mode == "ok":
+            assert up.body_bytes[f"/f/{wheel.name}"] < 200_000  # never the 3 MB

@@ -2,8 +2,8 @@
 
 When upstream's PEP 658 ``.metadata`` is missing or disagrees with its declared hash, the
 wheel itself is the truth. A wheel is a zip: its central directory sits at the end, so
-HTTP Range reads of the tail plus the METADATA member cost a few KB even for a 2.5 GB
-wheel. A server that ignores Range (answers 200) gets the whole wheel read once instead
+HTTP Range reads of the tail plus the METADATA member cost a few requests of at most
+64 KB each, even for a 2.5 GB wheel. A server that ignores Range (answers 200) gets the whole wheel read once instead
 (streamed to a temporary file). Requests are counted in the reader (``ranges``/``wheels``).
 """
 
@@ -92,14 +92,18 @@ def remote_metadata(reader: UpstreamReader, url: str, project: str) -> bytes:
             raise UpstreamError(f"{url}: not a readable wheel ({exc})") from None
     if reader.policy.refusal(url):
         raise UpstreamError(f"{url}: {reader.policy.refusal(url)}")
+    # One byte first: its Content-Range gives the size (servers that ignore suffix ranges,
+    # "bytes=-N", still honour this), or a 200 shows the server has no Range support at all.
     reader._count("ranges")
-    resp = reader.client.request("GET", url, headers={"Range": f"bytes=-{BLOCK}"}, stream=True, allow_redirects=False)
+    resp = reader.client.request("GET", url, headers={"Range": "bytes=0-0"}, stream=True, allow_redirects=False)
     try:
         total = _total(resp.headers.get("Content-Range")) if resp.status_code == 206 else None
         if total is not None:
-            tail = resp.content
+            view = _RangeFile(reader, url, total, b"")
+            view.tail = view._fetch(max(0, total - BLOCK), total)  # end record + central directory, usually
+            view.tail_start = total - len(view.tail)
             try:
-                with zipfile.ZipFile(io.BufferedReader(_RangeFile(reader, url, total, tail), BLOCK)) as zf:
+                with zipfile.ZipFile(io.BufferedReader(view, BLOCK)) as zf:
                     return _metadata_member(zf, project, url)
             except zipfile.BadZipFile as exc:
                 raise UpstreamError(f"{url}: not a readable wheel ({exc})") from None
