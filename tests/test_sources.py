@@ -239,3 +239,31 @@ def test_remote_metadata_reads_the_central_directory_by_range(tmp_path, mode, ra
         assert (counts["ranges"], counts["wheels"]) == (ranges, wheels), counts
         if mode == "ok":
             assert up.body_bytes[f"/f/{wheel.name}"] < 200_000  # never the 3 MB
+
+
+def test_redirects_are_confined_by_the_host_policy():
+    from tests.faultserver import Fault, FaultServer
+    from torchdepot.net.hostpolicy import default_policy
+    from torchdepot.net.http import HttpConfig
+    from torchdepot.sources.upstream import RefusedRedirect, UpstreamReader
+
+    page = b'<a href="torch-2.5.0%2Bcpu-cp311-cp311-linux_x86_64.whl">t</a>'
+    with FaultServer() as up, FaultServer() as origin:
+        origin.add("/whl/cpu/torch/", page, "text/html")
+        up.add("/whl/cpu/torch/", b"", "text/html")
+        up.always("/whl/cpu/torch/", Fault("redirect", location=origin.url + "/whl/cpu/torch/"))
+        client = make_session(HttpConfig(retries=0))
+        # the origin is on another port of the same host: not allowed unless named
+        refused = UpstreamReader(client, default_policy([up.url + "/whl"]))
+        with pytest.raises(RefusedRedirect, match="not allowed by the host policy"):
+            refused.page(up.url + "/whl/cpu/torch/")
+        assert origin.hits["/whl/cpu/torch/"] == 0
+        # asked again in the same run: no second request (the refusal is remembered)
+        with pytest.raises(RefusedRedirect):
+            refused.page(up.url + "/whl/cpu/torch/")
+        assert up.hits["/whl/cpu/torch/"] == 1
+        allowed = UpstreamReader(client, default_policy([up.url + "/whl", origin.url + "/whl"]))
+        got = allowed.page(up.url + "/whl/cpu/torch/")
+        assert [link.filename for link in got.links] == ["torch-2.5.0+cpu-cp311-cp311-linux_x86_64.whl"]
+        assert got.links[0].url.startswith(origin.url)  # relative links resolve against the final URL
+        assert allowed.request_counts()["pages"] == 2  # two hops, one page
