@@ -53,7 +53,7 @@ from torchdepot.net.http import (Client, HttpStatusError, describe, file_url_pat
                                  range_header, retry_after_seconds)
 from torchdepot.store.fsutil import atomic_write_text, fsync_dir, safe_join, sha256_file
 
-CHUNK = 1024 * 1024
+CHUNK = 256 * 1024  # per read: small enough that 32 threads hold little memory
 MB = 1_000_000
 STATE_DIR = ".torchdepot"
 HTML_TYPES = ("text/html", "application/xhtml")
@@ -63,8 +63,8 @@ _READ_ERRORS = (urllib3.exceptions.HTTPError, requests.RequestException, http.cl
 
 # Defaults that fit a CDN: it serves each connection a few MB/s and tolerates a handful
 # of connections per client host (aria2's -x caps at 16; browsers open 6 per host).
-DEFAULT_CONNECTIONS = 16  # sockets open at once, all hosts together
-DEFAULT_CONNECTIONS_PER_HOST = 8
+DEFAULT_CONNECTIONS = 32  # sockets open at once, all hosts together
+DEFAULT_CONNECTIONS_PER_HOST = 16
 DEFAULT_SPLIT_BYTES = 16 * MB  # files at least this large go out in pieces
 DEFAULT_PIECE_BYTES = 4 * MB  # and each piece is at least this large
 

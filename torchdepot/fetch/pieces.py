@@ -4,8 +4,8 @@ sidecar file).
 Invariants:
 - the pieces of a file tile ``[0, size)`` exactly, in order, without overlap;
 - the sidecar (``<partial>.pieces.json``) lists only pieces whose every byte is already in
-  the partial file; it is written atomically after the piece's bytes, so a crash leaves
-  the old list or the new one, never a piece claimed done that is not on disk;
+  the partial file; it is written atomically after the piece's bytes, so a killed process
+  leaves the old list or the new one, never a piece claimed done that is not written;
 - a sidecar is trusted only for the same size, piece layout and validators (ETag,
   Last-Modified): anything else means the upstream file changed, and the partial is
   discarded.
@@ -14,10 +14,9 @@ Invariants:
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from torchdepot.store.fsutil import atomic_write_text
 
 SIDECAR_SUFFIX = ".pieces.json"
 SIDECAR_VERSION = 1
@@ -118,4 +117,10 @@ def load_state(part: Path) -> PieceState | None:
 
 
 def save_state(part: Path, state: PieceState) -> None:
-    atomic_write_text(sidecar_path(part), state.to_json())
+    """Atomic (temp + rename) but not fsynced: it is written after every piece, and it only
+    has to survive a killed process, as the piece bytes it describes do (page cache). After
+    a power loss the assembled file's hash check still refuses a hole."""
+    path = sidecar_path(part)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(state.to_json(), encoding="utf-8")
+    os.replace(tmp, path)

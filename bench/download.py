@@ -1,0 +1,270 @@
+"""Download speed on a slow, far network: a loopback CDN that caps each connection and the
+total, and adds first-byte latency, serving a CUDA-like closure of valid wheels whose sizes
+have the cu128 closure's real relative proportions (scaled down to run in about a minute).
+
+Compared, each against the same server in this process: torchdepot's fetcher, ``pip
+download`` and ``uv pip install --target`` (both hermetic: no user or machine config,
+``--index-url`` to the loopback index, ``--no-deps``), and the bandwidth limit (bytes ÷
+total rate). Printed as ratios to the limit, plus torchdepot's peak RSS.
+
+Goals (issue 15): torchdepot <= 1.3x the limit, faster than uv; peak RSS <= 100 MB with
+16 or more connections.
+
+    python bench/download.py [--scale 0.05] [--conn-rate 8] [--total-rate 96] [--latency 0.03]
+                             [--connections N] [--per-host N] [--threshold-scale 1] [--skip pip,uv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.httpserver import RangeHandler, Server  # noqa: E402
+from tests.venvs import hermetic_env  # noqa: E402
+
+MB = 1_000_000
+# The cu128 closure of torch for Linux x86_64 / CPython (26 wheels), sizes in MB as
+# published; only their proportions matter here.
+CU128_MB = {
+    "torch": 888, "nvidia-cudnn-cu12": 706, "nvidia-cublas-cu12": 594, "nvidia-cusparse-cu12": 288,
+    "nvidia-cusparselt-cu12": 287, "nvidia-cusolver-cu12": 268, "nvidia-nccl-cu12": 201,
+    "nvidia-cufft-cu12": 193, "triton": 155, "nvidia-nvshmem-cu12": 125, "nvidia-cuda-nvrtc-cu12": 88,
+    "nvidia-curand-cu12": 64, "nvidia-nvjitlink-cu12": 39, "nvidia-cuda-cupti-cu12": 10, "sympy": 6.3,
+    "networkx": 2.0, "nvidia-cufile-cu12": 1.2, "setuptools": 1.2, "nvidia-cuda-runtime-cu12": 1.0,
+    "mpmath": 0.54, "fsspec": 0.2, "jinja2": 0.13, "nvidia-nvtx-cu12": 0.09, "typing-extensions": 0.045,
+    "markupsafe": 0.02, "filelock": 0.016,
+}
+
+
+# -- the wheels -------------------------------------------------------------------------------
+def _record_line(path: str, data: bytes) -> str:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"{path},sha256={digest},{len(data)}"
+
+
+def make_wheel(out: Path, name: str, size: int) -> Path:
+    """A valid, installable py3-none-any wheel of about ``size`` bytes (stored, random payload)."""
+    mod = name.replace("-", "_")
+    fn = out / f"{mod}-1.0.0-py3-none-any.whl"
+    dist = f"{mod}-1.0.0.dist-info"
+    files = {
+        f"{mod}/__init__.py": b"",
+        f"{mod}/payload.bin": os.urandom(max(0, size - 1000)),
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0.0\n".encode(),
+        f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: bench\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = "\n".join([_record_line(p, d) for p, d in files.items()] + [f"{dist}/RECORD,,"]) + "\n"
+    with zipfile.ZipFile(fn, "w", zipfile.ZIP_STORED) as z:
+        for p, d in files.items():
+            z.writestr(p, d)
+        z.writestr(f"{dist}/RECORD", record)
+    return fn
+
+
+def build_upstream(base: Path, scale: float) -> list[dict]:
+    """Wheels under base/files, a PEP 503 index under base/simple; returns the file list."""
+    files = base / "files"
+    files.mkdir(parents=True)
+    out = []
+    for name, mb in CU128_MB.items():
+        whl = make_wheel(files, name, max(4096, int(mb * MB * scale)))
+        data = whl.read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        page = base / "simple" / name
+        page.mkdir(parents=True)
+        (page / "index.html").write_text(
+            f'<html><body><a href="../../files/{whl.name}#sha256={sha}">{whl.name}</a></body></html>\n')
+        out.append({"name": name, "file": whl.name, "sha256": sha, "size": len(data)})
+    return out
+
+
+# -- the slow CDN -------------------------------------------------------------------------------
+class Bucket:
+    """A rate limit shared by whoever calls ``take``: no credit accrues while idle."""
+
+    def __init__(self, rate: float):
+        self.rate = rate
+        self.next = 0.0
+        self.lock = threading.Lock()
+
+    def take(self, n: int) -> None:
+        with self.lock:
+            now = time.monotonic()
+            self.next = max(now, self.next) + n / self.rate
+            wait = self.next - now
+        if wait > 0:
+            time.sleep(wait)
+
+
+class SlowHandler(RangeHandler):
+    """Per-connection rate, a shared total rate and first-byte latency on every response."""
+
+    STEP = 256 * 1024  # 32 ms at 8 MB/s: smooth enough, and cheap for a Python server
+
+    def send_head(self):
+        time.sleep(self.server.latency)
+        return super().send_head()
+
+    def copyfile(self, source, outputfile):
+        if not hasattr(self, "bucket"):
+            self.bucket = Bucket(self.server.conn_rate)  # the handler lives as long as its connection
+        left = getattr(self, "_range_left", None)
+        if left is None:
+            left = os.fstat(source.fileno()).st_size - source.tell()
+        offset = source.tell()
+        sock = self.connection.fileno()
+        while left > 0:
+            n = min(left, self.STEP)
+            self.bucket.take(n)
+            self.server.total_bucket.take(n)
+            while n > 0:  # sendfile: the bytes never pass through Python (the server is not the bottleneck)
+                sent = os.sendfile(sock, source.fileno(), offset, n)
+                if sent == 0:
+                    return
+                offset += sent
+                n -= sent
+                left -= sent
+
+
+def slow_server(root: Path, conn_rate: float, total_rate: float, latency: float) -> Server:
+    s = Server(root, handler=SlowHandler)
+    s.httpd.conn_rate = conn_rate
+    s.httpd.total_bucket = Bucket(total_rate)
+    s.httpd.latency = latency
+    s.httpd.request_queue_size = 128
+    return s
+
+
+# -- the contenders -------------------------------------------------------------------------------
+def timed(cmd: list[str], env: dict) -> tuple[float, subprocess.CompletedProcess]:
+    """Wall seconds of one child process (interpreter start included, as a user waits)."""
+    t = time.monotonic()
+    proc = subprocess.run(cmd, env=env, capture_output=True)
+    took = time.monotonic() - t
+    if proc.returncode != 0:
+        sys.exit(f"{Path(cmd[0]).name} failed ({proc.returncode}): {proc.stderr.decode()[-2000:]}")
+    return took, proc
+
+
+def child(args: argparse.Namespace) -> None:
+    """Runs in a fresh process: fetch the closure with torchdepot, print JSON figures."""
+    import resource
+
+    from torchdepot.fetch import Fetcher, FetchItem
+    from torchdepot.net.http import make_session
+
+    files = json.loads(Path(args.child).read_text())
+    items = [FetchItem(f"packages/{f['name']}/{f['file']}", (f"{args.url}/files/{f['file']}",), f["sha256"], f["size"])
+             for f in files]
+    fetcher = Fetcher(Path(args.out), make_session(), progress=False, connections=args.connections,
+                      connections_per_host=args.per_host, split_bytes=args.split_bytes, piece_bytes=args.piece_bytes)
+    t = time.monotonic()
+    rep = fetcher.run(items)
+    took = time.monotonic() - t
+    assert not rep.failed, rep.failed[0]
+    # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so it would report the
+    # parent's peak (it generated the wheels) instead of this process's.
+    rss = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"seconds": took, "rss": rss, "bytes": rep.fetched_bytes, "cpu": usage.ru_utime + usage.ru_stime}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scale", type=float, default=0.05, help="fraction of the real sizes (default 0.05: ~200 MB)")
+    ap.add_argument("--conn-rate", type=float, default=8, help="MB/s per connection")
+    ap.add_argument("--total-rate", type=float, default=96, help="MB/s for all connections")
+    ap.add_argument("--latency", type=float, default=0.03, help="first-byte latency per response, s")
+    ap.add_argument("--connections", type=int, default=None, help="torchdepot's total cap (default: its default)")
+    ap.add_argument("--per-host", type=int, default=None, help="torchdepot's per-host cap (default: its default)")
+    ap.add_argument("--threshold-scale", type=float, default=1.0,
+                    help="factor on torchdepot's split/piece size defaults (default 1: as shipped; "
+                         "--threshold-scale 0.05 splits the same files as at full size)")
+    ap.add_argument("--skip", default="", help="comma list of pip,uv to leave out")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--url", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--split-bytes", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--piece-bytes", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args)
+
+    from torchdepot.fetch import (DEFAULT_CONNECTIONS, DEFAULT_CONNECTIONS_PER_HOST, DEFAULT_PIECE_BYTES,
+                                  DEFAULT_SPLIT_BYTES)
+
+    connections = args.connections or DEFAULT_CONNECTIONS
+    per_host = args.per_host or DEFAULT_CONNECTIONS_PER_HOST
+    # The thresholds shrink with the file sizes, so the same files are split as at full size.
+    tscale = args.threshold_scale
+    split_bytes = max(64 * 1024, int(DEFAULT_SPLIT_BYTES * tscale))
+    piece_bytes = max(64 * 1024, int(DEFAULT_PIECE_BYTES * tscale))
+    skip = set(filter(None, args.skip.split(",")))
+    with tempfile.TemporaryDirectory(prefix="td-bench-download-") as tmp:
+        tmp = Path(tmp)
+        files = build_upstream(tmp / "up", args.scale)
+        total = sum(f["size"] for f in files)
+        manifest = tmp / "files.json"
+        manifest.write_text(json.dumps(files))
+        reqs = tmp / "requirements.txt"
+        reqs.write_text("".join(f"{f['name']}==1.0.0\n" for f in files))
+        limit = total / (args.total_rate * MB)
+        print(f"closure: {len(files)} wheels, {total / MB:.1f} MB (cu128 proportions x {args.scale}); "
+              f"CDN: {args.conn_rate:g} MB/s per connection, {args.total_rate:g} MB/s total, "
+              f"{args.latency * 1000:.0f} ms first-byte latency")
+        print(f"torchdepot: connections={connections}, connections_per_host={per_host}, "
+              f"split_bytes={split_bytes}, piece_bytes={piece_bytes} (defaults x {tscale:g})")
+        results: dict[str, float] = {}
+        with slow_server(tmp / "up", args.conn_rate * MB, args.total_rate * MB, args.latency) as srv:
+            env = hermetic_env(PYTHONPATH=str(ROOT))
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(manifest), "--url", srv.url,
+                   "--out", str(tmp / "td"), "--connections", str(connections), "--per-host", str(per_host),
+                   "--split-bytes", str(split_bytes), "--piece-bytes", str(piece_bytes)]
+            took, proc = timed(cmd, env)
+            figures = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+            results["torchdepot"] = took
+            rss = figures["rss"]
+            print(f"torchdepot fetch: {figures['seconds']:.2f} s inside the process, {took:.2f} s with "
+                  f"interpreter start; peak RSS {rss / MB:.1f} MB; CPU {figures['cpu']:.2f} s")
+            if "uv" not in skip:
+                uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+                cmd = [uv, "pip", "install", "--no-deps", "--target", str(tmp / "uv-target"), "--index-url",
+                       srv.url + "/simple", "--python", sys.executable, "--cache-dir", str(tmp / "uv-cache"),
+                       "-r", str(reqs)]
+                took, _ = timed(cmd, env)
+                results["uv pip install --target"] = took
+            if "pip" not in skip:
+                cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "-d",
+                       str(tmp / "pip-dl"), "--index-url", srv.url + "/simple", "-r", str(reqs)]
+                took, _ = timed(cmd, env)
+                results["pip download"] = took
+        print(f"\n{'':28s}{'seconds':>9s}{'x limit':>9s}")
+        print(f"{'bandwidth limit':28s}{limit:9.2f}{1.0:9.2f}")
+        for name, secs in results.items():
+            print(f"{name:28s}{secs:9.2f}{secs / limit:9.2f}")
+        td = results["torchdepot"]
+        if "uv pip install --target" in results:
+            print(f"torchdepot / uv: {td / results['uv pip install --target']:.2f}")
+        if "pip download" in results:
+            print(f"torchdepot / pip download: {td / results['pip download']:.2f}")
+        print(f"goals: <= 1.3x limit: {'met' if td / limit <= 1.3 else 'NOT met'}; "
+              f"peak RSS <= 100 MB: {'met' if rss <= 100 * MB else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
