@@ -12,7 +12,11 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
+from packaging import tags
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
 from torchdepot.errors import TorchdepotError
+from torchdepot.model.platforms import target_platform
 from torchdepot.resolve.uv import IndexPlan, ResolvedFile, ResolveError, resolve
 from torchdepot.store.fsutil import safe_filename
 from torchdepot.sync.plan import Plan, TargetPlan
@@ -37,6 +41,28 @@ def _upstream_file(view: View, target_id: str, f: ResolvedFile) -> tuple[Resolve
     return replace(f, url=link.url, sha256=link.sha256 or f.sha256, size=link.size if link.size is not None else f.size), vf
 
 
+def _without_a_fitting_wheel(view: View, t) -> str | None:
+    """One line naming a project the resolver was shown that has no wheel for target ``t``."""
+    major, minor = (int(x) for x in t.python.split(".")[:2])
+    plats = list(target_platform(t.platform).pip_tags)
+    supported = set(tags.cpython_tags((major, minor), platforms=plats))
+    supported |= set(tags.compatible_tags((major, minor), f"cp{major}{minor}", plats))
+    for project, files in sorted(view.served(t.accelerator).items()):
+        fits, versions = False, set()
+        for f in files:
+            try:
+                _name, version, _build, wheel_tags = parse_wheel_filename(f.filename)
+            except InvalidWheelFilename:
+                continue
+            versions.add(version)
+            fits = fits or bool(wheel_tags & supported)
+        if versions and not fits:
+            newest = max(versions)
+            return (f"{t.id}: {project} {newest}: no wheel for this target (Python {t.python}, {t.platform}); "
+                    f"its {len(files)} wheel(s) are for other platforms or Pythons (sdists are not mirrored)")
+    return None
+
+
 def resolve_targets(plan: Plan, view: View, jobs: int = 2) -> Resolution:
     """uv pip compile per target against ``view`` (served for the duration)."""
     def one(base: str, tp: TargetPlan) -> tuple[TargetPlan, list[tuple[ResolvedFile, ViewFile]]]:
@@ -48,6 +74,9 @@ def resolve_targets(plan: Plan, view: View, jobs: int = 2) -> Resolution:
         except ResolveError:
             if view.errors:  # the view refused something (metadata hash, no metadata): that is the cause
                 raise TorchdepotError(view.errors[0]) from None
+            unfit = _without_a_fitting_wheel(view, t)
+            if unfit:
+                raise ResolveError(unfit) from None
             raise
         mapped = [_upstream_file(view, t.id, f) for f in raw]
         return replace(tp, files=tuple(f for f, _ in mapped)), mapped

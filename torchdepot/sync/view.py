@@ -183,6 +183,11 @@ class View:
         return tuple(link for link in links if link.filename == filename and link.sha256 == vf.link.sha256
                      and link.url != vf.link.url)
 
+    def served(self, accelerator: str) -> dict[str, list[ViewFile]]:
+        """Every project page built for ``accelerator`` so far (what the resolver asked for)."""
+        with self._lock:
+            return {project: files for (acc, project), files in self._projects.items() if acc == accelerator}
+
     def lookup(self, url: str) -> ViewFile | None:
         """The view file behind a URL the resolver returned; None for anything else."""
         if not self.base_url or not url.startswith(self.base_url + "/"):
