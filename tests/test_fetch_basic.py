@@ -26,3 +26,24 @@ def test_fetch_roundtrip(tmp_path):
         assert r4.results[0].status == "downloaded" and r4.results[0].hash_mismatch
     r5 = Fetcher(out, make_session(), progress=False).run([FetchItem("packages/a/c.whl", ((up/"a.whl").as_uri(),), sha)])
     assert r5.results[0].status == "downloaded"
+
+
+def test_segmented_roundtrip_by_host_name_and_old_api(tmp_path):
+    """A LAN-style host name (not an IP), the batch helper, and a re-run that reads nothing."""
+    from tests.faultserver import FaultServer
+    from torchdepot.fetch import fetch_items
+
+    data = os.urandom(3_000_000)
+    sha = hashlib.sha256(data).hexdigest()
+    with FaultServer(validators=True) as up:
+        port = up.url.rsplit(":", 1)[1]
+        up.add("/whl/big.whl", data)
+        url = f"http://localhost:{port}/whl/big.whl"
+        item = FetchItem("packages/b/big-1.0-py3-none-any.whl", (url,), sha, len(data))
+        kw = dict(progress=False, split_bytes=1_000_000, piece_bytes=256 * 1024, allowed_hosts={"localhost"})
+        rep = fetch_items(tmp_path, [item], make_session(HttpConfig(retries=0)), **kw)
+        assert rep.results[0].status == "downloaded" and rep.fetched_bytes == len(data)
+        assert len(up.ranges["/whl/big.whl"]) > 1  # pieces
+        assert (tmp_path / item.key).read_bytes() == data
+        rep = fetch_items(tmp_path, [item], make_session(), **kw)
+        assert rep.results[0].status == "present" and up.hits["/whl/big.whl"] == len(up.ranges["/whl/big.whl"])

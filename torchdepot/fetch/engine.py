@@ -50,7 +50,7 @@ from torchdepot.fetch.pieces import (Piece, PieceState, Validators, load_state, 
                                      sidecar_path)
 from torchdepot.fetch.progress import Progress, ProgressCallback
 from torchdepot.net.http import (Client, HttpStatusError, describe, file_url_path, parse_content_range,
-                                 range_header, retry_after_seconds)
+                                 range_header)
 from torchdepot.store.fsutil import atomic_write_text, fsync_dir, safe_join, sha256_file
 
 CHUNK = 256 * 1024  # per read: small enough that 32 threads hold little memory
@@ -528,7 +528,8 @@ class Fetcher:
 
     @staticmethod
     def _drop_partial(part: Path) -> None:
-        for p in (part, sidecar_path(part)):
+        side = sidecar_path(part)
+        for p in (part, side, side.with_name(side.name + ".tmp")):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
 
@@ -551,7 +552,7 @@ class Fetcher:
                 retry_after = None
             if split:
                 try:
-                    n, was_resumed, extra = self._segmented(item, url, part, started, meter)
+                    n, was_resumed, _requests = self._segmented(item, url, part, started, meter)
                 except _Fallback as exc:
                     # Ranges unusable or the file changed: one connection, from zero.
                     self._drop_partial(part)
