@@ -26,7 +26,8 @@ from tests.kit.lanproxy import LanProxy
 from tests.mirror_fixture import make_mirror
 from tests.venvs import hermetic_env, make_venv, run
 from torchdepot.resolve.uv import uv_bin
-from torchdepot.ship.serve import (CONTENT_TYPES, ServeLimits, client_host, install_commands, make_server,
+from torchdepot.model.trust import install_commands
+from torchdepot.ship.serve import (CONTENT_TYPES, ServeLimits, client_host, make_server,
                                    nginx_config, nginx_types, parse_range)
 
 TD = Path(sys.executable).parent / "torchdepot"
@@ -301,8 +302,8 @@ def test_banner_commands_work_verbatim_on_a_lan_host(mirror, tmp_path):
         assert m and m.group(1) == m.group(2), banner
         port = int(m.group(1))
         pip_line, uv_line = banner[1].strip(), banner[2].strip()
-        assert pip_line == f"pip install --index-url http://torchlab:{port}/whl/cpu --trusted-host torchlab torch"
-        assert uv_line == f"uv pip install --index-url http://torchlab:{port}/whl/cpu --allow-insecure-host torchlab torch"
+        assert pip_line == f"pip install --index-url http://torchlab:{port}/whl/cpu --trusted-host torchlab:{port} torch"
+        assert uv_line == f"uv pip install --index-url http://torchlab:{port}/whl/cpu --allow-insecure-host torchlab:{port} torch"
         with LanProxy({f"torchlab:{port}": ("127.0.0.1", port)}) as proxy:
             venv_dir = tmp_path / "venv"
             py = make_venv(venv_dir)
@@ -328,11 +329,11 @@ def test_banner_commands_work_verbatim_on_a_lan_host(mirror, tmp_path):
 
 
 def test_install_commands_and_client_host():
-    assert install_commands("http://127.0.0.1:8000/whl/cpu") == [
+    assert install_commands("http://127.0.0.1:8000/whl/cpu") == (
         "pip install --index-url http://127.0.0.1:8000/whl/cpu torch",
-        "uv pip install --index-url http://127.0.0.1:8000/whl/cpu torch"]
+        "uv pip install --index-url http://127.0.0.1:8000/whl/cpu torch")
     assert install_commands("https://torch.lab/whl/cu126")[0] == "pip install --index-url https://torch.lab/whl/cu126 torch"
-    assert "--trusted-host fd00::1 " in install_commands("http://[fd00::1]:8000/whl/cpu")[0].replace("[", "").replace("]", "")
+    assert "--trusted-host '[fd00::1]:8000' " in install_commands("http://[fd00::1]:8000/whl/cpu")[0]
     assert client_host("0.0.0.0") == socket.gethostname() == client_host("::")
     assert client_host("torchlab") == "torchlab"
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import click
 
 from torchdepot.errors import TorchdepotError
-from torchdepot.ship.serve import (ServeLimits, client_url, install_commands, is_loopback, make_server,
-                                   nginx_config, server_url)
+from torchdepot.model.trust import insecure_host, install_commands
+from torchdepot.ship.serve import ServeLimits, client_url, make_server, nginx_config, server_url
 from torchdepot.store import manifest as mf
 
 _DEFAULTS = ServeLimits()
@@ -80,8 +80,9 @@ def serve_cmd(root: Path, host: str, port: int, public_host: str | None, nginx: 
     url = client_url(httpd, public_host or host)
     bound = server_url(httpd)
     lines = [f"Serving {root.resolve()} at {url}/" + (f"  (listening on {bound})" if url != bound else "")]
-    lines += [f"  {cmd}" for cmd in install_commands(f"{url}/{_index_path(root)}")]
-    if not is_loopback(public_host or host):
+    index = f"{url}/{_index_path(root)}"
+    lines += [f"  {cmd}" for cmd in install_commands(index)]
+    if insecure_host(index):
         lines.append("  plain HTTP: the trusted-host / allow-insecure-host options above are required off localhost")
     click.echo("\n".join(lines))
     sys.stdout.flush()

@@ -14,12 +14,10 @@ ends on ``cpu`` gets a warning saying why the GPU will sit idle.
 from __future__ import annotations
 
 import re
-import shlex
-import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from torchdepot.clientconfig.common import plain_http_host
+from torchdepot.model.trust import install_commands
 from torchdepot.doctor.detect import Gpu, Machine
 from torchdepot.errors import ParseError
 from torchdepot.model.accel import Accelerator, accelerator_from_dir, accelerator_sort_key
@@ -254,23 +252,6 @@ def summary(machine: Machine, offered: Mapping[str, Sequence[str]] | None = None
     return d
 
 
-# --- the install line ----------------------------------------------------------------
-def _loopback(host: str) -> bool:
-    host = host.strip("[]").lower()
-    return host == "localhost" or host.endswith(".localhost") or host == "::1" or host.startswith("127.")
-
-
-def insecure_host(index_url: str) -> str | None:
-    """``host[:port]`` that pip must be told to trust (``--trusted-host``) and uv to allow
-    (``--allow-insecure-host``): a plain-HTTP index on a host other than loopback. pip
-    trusts only localhost, 127.0.0.0/8 and ::1 over http, judged by the host string."""
-    host = plain_http_host(index_url)
-    if host is None:
-        return None
-    name = urllib.parse.urlsplit(index_url).hostname or ""
-    return None if _loopback(name) else host
-
-
 @dataclass(frozen=True)
 class MirrorChoice:
     accelerator: str
@@ -284,15 +265,11 @@ class MirrorChoice:
     @property
     def command(self) -> str:
         """pip, verbatim: works against a plain-HTTP mirror on a LAN host name too."""
-        host = insecure_host(self.index_url)
-        trust = f" --trusted-host {shlex.quote(host)}" if host else ""
-        return f"pip install --index-url {shlex.quote(self.index_url)}{trust} {self.requirement}"
+        return install_commands(self.index_url, self.requirement)[0]
 
     @property
     def uv_command(self) -> str:
-        host = insecure_host(self.index_url)
-        trust = f" --allow-insecure-host {shlex.quote(host)}" if host else ""
-        return f"uv pip install --index-url {shlex.quote(self.index_url)}{trust} {self.requirement}"
+        return install_commands(self.index_url, self.requirement)[1]
 
 
 def choose_mirrored(a: Assessment, offered: Mapping[str, Sequence[str]]) -> tuple[str, str | None] | None:

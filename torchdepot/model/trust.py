@@ -54,3 +54,15 @@ def uv_trust_args(url: str) -> tuple[str, ...]:
     """``("--allow-insecure-host", "torchlab:8000")`` for the same hosts; else ``()``."""
     host = insecure_host(url)
     return (UV_TRUST_OPTION, host) if host else ()
+
+
+def install_commands(index_url: str, requirement: str = "torch") -> tuple[str, str]:
+    """The pip and the uv command that install ``requirement`` from ``index_url`` verbatim,
+    trust options included where the host needs them. Every printed install line (doctor,
+    serve's banner, the landing page, lock headers) comes from here."""
+    import shlex
+
+    def line(tool: str, trust: tuple[str, ...]) -> str:
+        return " ".join([tool, "--index-url", *map(shlex.quote, (index_url, *trust, requirement))])
+
+    return line("pip install", pip_trust_args(index_url)), line("uv pip install", uv_trust_args(index_url))

@@ -517,11 +517,6 @@ def server_url(httpd: http.server.HTTPServer) -> str:
 _WILDCARDS = ("", "0.0.0.0", "::")
 
 
-def is_loopback(host: str) -> bool:
-    host = host.strip("[]").lower()
-    return host == "localhost" or host.endswith(".localhost") or host == "::1" or host.startswith("127.")
-
-
 def client_host(bound_host: str) -> str:
     """The host name clients on the LAN should use for a server bound to ``bound_host``."""
     return socket.gethostname() if bound_host in _WILDCARDS else bound_host
@@ -530,19 +525,6 @@ def client_host(bound_host: str) -> str:
 def client_url(httpd: http.server.HTTPServer, bound_host: str) -> str:
     host = client_host(bound_host)
     return f"http://{'[' + host + ']' if ':' in host else host}:{httpd.server_address[1]}"
-
-
-def install_commands(index_url: str, requirement: str = "torch") -> list[str]:
-    """pip and uv commands that work verbatim against ``index_url``: a plain-HTTP index on a
-    host other than loopback needs ``--trusted-host`` (pip) and ``--allow-insecure-host`` (uv)."""
-    parts = urllib.parse.urlsplit(index_url)
-    insecure = parts.scheme == "http" and not is_loopback(parts.hostname or "")
-    host = parts.hostname or ""
-    host = f"[{host}]" if ":" in host else host
-    return [
-        f"pip install --index-url {index_url} " + (f"--trusted-host {host} " if insecure else "") + requirement,
-        f"uv pip install --index-url {index_url} " + (f"--allow-insecure-host {host} " if insecure else "") + requirement,
-    ]
 
 
 # -- nginx -----------------------------------------------------------------------------
