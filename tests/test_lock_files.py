@@ -139,6 +139,7 @@ def test_conda_and_pip_targets_share_a_folder():
     assert env["channels"] == ["http://m/conda/pytorch", "nodefaults"]
     deps = env["dependencies"]
     assert "pytorch=2.5.1=py3.11_cpu_0" in deps and "pytorch-mutex=1.0=cpu" in deps
+    assert deps[0] == "python=3.11"  # pinned even when the solve's pins do not list python
     pip = next(d for d in deps if isinstance(d, dict))["pip"]
     # torch comes from conda, not twice; "m" is a plain-HTTP LAN host, so pip is told to trust it
     assert pip == ["--index-url http://m/whl/cpu", "--trusted-host m", "numpy==2.0.0"]

@@ -167,6 +167,8 @@ def environment_yml(tid: str, pip: Target | None, pip_pins: list[Pinned], conda:
     lines += ["  - nodefaults", "dependencies:"]
     have = set()
     if conda:
+        if "python" not in {p.name for p in conda_pins}:  # the env must get the Python the target was solved for
+            lines.append(f"  - python={t.python}")
         for p in conda_pins:
             lines.append(f"  - {p.name}={p.version}={p.build}" if p.build else f"  - {p.name}={p.version}")
             have.add(canonicalize_name(_CONDA_TO_PIP.get(p.name, p.name)))
