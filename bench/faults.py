@@ -8,7 +8,19 @@ published file is right. ``corrupt`` (a published file with wrong bytes, or a fa
 present at its final path) and ``outside root`` (any file written outside the run's
 root) must both be 0. Times are printed as a ratio to a fault-free baseline run.
 
-    python bench/faults.py [--runs 50] [--files 6] [--seed 1]
+Then the attack classes of issue 13 (:mod:`bench.attacks`), each a handful of concrete
+attempts run through the real CLI (``.venv/bin/torchdepot ...``) in a sandbox (fake HOME and
+XDG dirs, its own TMPDIR, PIP_CONFIG_FILE and caches) against loopback servers the bench
+starts: (a) published mirror corruption, (b) user files, (c) unbounded input, (d) tracebacks.
+Per class it prints the attempts, the runs that held, the corrupt files in the LIVE mirror
+(verify-mirror after each attempt, plus published files whose bytes changed in place), the
+files changed outside the command's root (damaged user files included), tracebacks, failures
+that were not one stderr line, and timeouts; then one line per attempt that did not hold.
+An attempt holds when the command succeeded with a verify-clean live mirror, or failed with at
+most one stderr line and a non-zero exit, left the published mirror verify-clean, wrote
+nothing outside its root, and passed the attack's own bound (see each module's docstring).
+
+    python bench/faults.py [--runs 50] [--files 6] [--seed 1] [--only matrix|attacks] [--classes abcd] [-v]
 """
 
 from __future__ import annotations
@@ -95,12 +107,57 @@ def one_run(run: int, nfiles: int, rng: random.Random, faulty: bool, tmp: Path) 
             "downloaded": len(report.downloaded)}
 
 
+def attacks(classes: str, verbose: bool) -> int:
+    """Run the attack classes; print the table. Returns the number of attempts that did not hold."""
+    from bench.attacks import publish, tracebacks, unbounded, userfiles
+    modules = {"a": ("published mirror corruption", publish), "b": ("user files", userfiles),
+               "c": ("unbounded input", unbounded), "d": ("tracebacks", tracebacks)}
+    rows, failed = [], []
+    t_all = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="td-attacks-") as d:
+        for key in classes:
+            title, mod = modules[key]
+            t = time.monotonic()
+            outs = mod.run(Path(d) / key)
+            rows.append((f"({key}) {title}", len(outs), sum(o.held for o in outs), sum(o.corrupt for o in outs),
+                         sum(o.outside for o in outs), sum(o.traceback for o in outs),
+                         sum(o.not_one_line for o in outs), sum(o.timed_out for o in outs), time.monotonic() - t))
+            failed += [o for o in outs if not o.held]
+            if verbose:
+                for o in outs:
+                    print(f"  {'held' if o.held else 'BROKE'} ({o.cls}) {o.name}: {o.note}", flush=True)
+    head = ("class", "attempts", "held", "corrupt-in-live-mirror", "outside-root", "tracebacks", "not-one-line",
+            "timeouts", "seconds")
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *[(r[0], *r[1:8], f"{r[8]:.0f}") for r in rows])]
+    print(f"\nattack classes (issue 13): {sum(r[1] for r in rows)} attempts in {time.monotonic() - t_all:.0f}s")
+    for r in [head, *[(r[0], *r[1:8], f"{r[8]:.0f}") for r in rows]]:
+        print("  ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w) for i, (x, w) in enumerate(zip(r, widths))))
+    total = ("total", *[sum(r[i] for r in rows) for i in range(1, 8)], f"{sum(r[8] for r in rows):.0f}")
+    print("  ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w) for i, (x, w) in enumerate(zip(total, widths))))
+    if failed:
+        print("\ndid not hold:")
+        for o in failed:
+            print(f"  ({o.cls}) {o.name}: {o.note}")
+    return len(failed)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--files", type=int, default=6)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--only", choices=("matrix", "attacks"), help="run only the fetch fault matrix or the attacks")
+    ap.add_argument("--classes", default="abcd", help="attack classes to run (default abcd)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="print every attempt as it finishes")
     args = ap.parse_args()
+    matrix_ok = True
+    if args.only != "attacks":
+        matrix_ok = matrix(args) == 0
+    broke = 0 if args.only == "matrix" else attacks(args.classes, args.verbose)
+    return 0 if matrix_ok and broke == 0 else 1
+
+
+def matrix(args) -> int:
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="td-faults-") as d:
         tmp = Path(d)

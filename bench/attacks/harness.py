@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -40,6 +41,7 @@ from tests.venvs import hermetic_env  # noqa: E402
 TD = str(ROOT / ".venv" / "bin" / "torchdepot")
 ATTEMPT_TIMEOUT = 60.0
 BAD_KINDS = ("missing", "corrupt", "dangling-link")
+PROGRESS = re.compile(r"fetch: .*\(\d+/\d+ files\)$")
 
 
 @dataclass(frozen=True)
@@ -247,7 +249,8 @@ def judge(cls: str, name: str, r: Run, *, corrupt: int = 0, outside: list[str] =
           note: str = "", expect_kill: bool = False) -> Outcome:
     text = r.stdout + r.stderr
     tb = "Traceback" in text
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    # The downloader's periodic progress lines (printed when stderr is not a TTY) are not error output.
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not PROGRESS.match(ln)]
     ended_ok = (r.killed and expect_kill) or r.rc == 0 or (r.rc not in (None, 0) and len(lines) <= 1)
     not_one_line = r.rc not in (None, 0) and len(lines) > 1
     held = ended_ok and not r.timed_out and not tb and corrupt == 0 and not outside and check
