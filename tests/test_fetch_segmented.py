@@ -284,3 +284,18 @@ def test_non_terminal_progress_prints_plain_lines(tmp_path, up):
     p.close()
     line = out.getvalue().strip()
     assert line.startswith("fetch: 1.0 MB / 2.0 MB,") and "ETA" in line and "(0/1 files)" in line
+
+
+def test_unknown_size_splits_once_the_first_answer_states_it(tmp_path, up):
+    """HTML indexes state no size: the first 200 streams piece 0, the rest go out in ranges."""
+    data = _data(50)
+    url = up.add("/whl/nosize-1.0-py3-none-any.whl", data)
+    item = FetchItem("packages/p/nosize-1.0-py3-none-any.whl", (url,), _sha(data), None)
+    events: list[ProgressEvent] = []
+    rep = _fetcher(tmp_path, on_progress=events.append).run([item])
+    res = rep.results[0]
+    assert res.status == "downloaded" and (tmp_path / item.key).read_bytes() == data, res
+    ranges = up.ranges["/whl/nosize-1.0-py3-none-any.whl"]
+    pieces = plan_pieces(SIZE, PIECE, 4)
+    assert ranges[0] is None and sorted(_bounded(ranges)) == [(p.first, p.last) for p in pieces[1:]]
+    assert res.fetched_bytes == SIZE and events[-1].total == SIZE  # the total learnt from Content-Length

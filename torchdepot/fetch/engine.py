@@ -214,11 +214,30 @@ class _Slots:
 
     @contextlib.contextmanager
     def hold(self, url: str):
+        """Hold a socket slot for ``url``'s host; ``release()`` on the yielded object gives
+        it back early (a file thread must not hold one while it waits for its pieces)."""
         host = urllib.parse.urlsplit(url).netloc
         with self.lock:
             sem = self.hosts.setdefault(host, threading.BoundedSemaphore(self.per_host_cap))
-        with sem, self.total:  # always host first, then total: no lock-order cycle
-            yield
+        sem.acquire()  # always host first, then total: no lock-order cycle
+        self.total.acquire()
+        held = _Held((self.total, sem))
+        try:
+            yield held
+        finally:
+            held.release()
+
+
+class _Held:
+    def __init__(self, sems: tuple[threading.BoundedSemaphore, ...]):
+        self.sems = sems
+        self.released = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            for sem in self.sems:
+                sem.release()
 
 
 @dataclass
@@ -237,6 +256,7 @@ class _Segmented:
     abort: threading.Event = field(default_factory=threading.Event)
     fetched: int = 0
     requests: int = 0
+    reached: dict[int, int] = field(default_factory=dict)  # piece -> next offset to write
 
 
 class Fetcher:
@@ -541,6 +561,7 @@ class Fetcher:
         last_error = ""
         retry_after: float | None = None
         split = self._splits(item, url)
+        may_split = True  # an unknown size may still split once the first response states it
         if not split and sidecar_path(part).exists():
             self._drop_partial(part)  # a piece file has holes: never resume it as one stream
         for attempt in range(self.attempts):
@@ -564,11 +585,13 @@ class Fetcher:
                 digest, size = sha256_file(part)  # the assembled file, hashed once, streamed
             else:
                 hasher = hashlib.sha256()
+                assembled = False
                 try:
                     if urllib.parse.urlsplit(url).scheme == "file":
                         n, was_resumed = self._copy_local(url, part, hasher), False
                     else:
-                        n, was_resumed = self._download(item, url, part, started, hasher, meter)
+                        n, was_resumed, assembled = self._download(item, url, part, started, hasher, meter,
+                                                                   may_split)
                     fetched += n
                     resumed = resumed or was_resumed
                 except _Retry as exc:
@@ -578,8 +601,15 @@ class Fetcher:
                         with contextlib.suppress(FileNotFoundError):
                             part.unlink()
                     continue
-                # Complete body on disk: hashed while it streamed in, no second read.
-                digest, size = hasher.hexdigest(), part.stat().st_size
+                except _Fallback as exc:
+                    self._drop_partial(part)
+                    may_split = False
+                    last_error = str(exc)
+                    continue
+                if assembled:  # split once its size was known: the pieces' file, hashed once
+                    digest, size = sha256_file(part)
+                else:  # complete body on disk: hashed while it streamed in, no second read
+                    digest, size = hasher.hexdigest(), part.stat().st_size
             if item.sha256 is not None and digest != item.sha256:
                 mismatches += 1
             why = self._verdict(item, url, part, digest, size, mismatches)
@@ -619,8 +649,12 @@ class Fetcher:
         return copied
 
     def _download(self, item: FetchItem, url: str, part: Path, started: float, hasher,
-                  meter: RateMeter) -> tuple[int, bool]:
-        """One HTTP attempt appending to ``part``. Returns (bytes received, resumed?)."""
+                  meter: RateMeter, may_split: bool = False) -> tuple[int, bool, bool]:
+        """One HTTP attempt appending to ``part``. Returns (bytes received, resumed?, split?).
+
+        A file of unknown size whose first answer is a large 200 that accepts ranges is
+        split there: this response streams the first piece, other connections the rest
+        (``split``: ``part`` is then complete but was not fed to ``hasher``)."""
         have = part.stat().st_size if part.exists() else 0
         if item.size is not None and have > item.size:
             part.unlink()
@@ -628,7 +662,7 @@ class Fetcher:
         headers = {"Accept-Encoding": "identity"}
         if have:
             headers["Range"] = range_header(have)
-        with self._slots.hold(url):
+        with self._slots.hold(url) as slot:
             resp = self._open(url, headers, started)
             wants_html = item.key.endswith((".html", ".htm"))
             with contextlib.closing(resp):
@@ -657,6 +691,11 @@ class Fetcher:
                     expected_len = int(cl) if cl and cl.isascii() and cl.isdigit() and len(cl) < 19 else None
                     if item.size is None and expected_len and not have:
                         self._progress.learn_size(expected_len)
+                        if (may_split and expected_len >= self.split_bytes and self.connections_per_host > 1
+                                and resp.headers.get("Accept-Ranges", "").strip().lower() == "bytes"):
+                            n, _, _ = self._segmented(item, url, part, started, meter, size=expected_len,
+                                                      first=resp, slot=slot)
+                            return n, False, True
                 received = 0
                 limit = (item.size - (have if mode == "ab" else 0)) if item.size is not None else None
                 sniff = not resumed and not wants_html
@@ -684,18 +723,21 @@ class Fetcher:
                 if expected_len is not None and received < expected_len:
                     raise _Retry(f"{url}: body ended after {received} of {expected_len} bytes")
                 _keep_alive(resp)
-                return received, resumed
+                return received, resumed, False
 
     # -- pieces -----------------------------------------------------------------
-    def _segmented(self, item: FetchItem, url: str, part: Path, started: float,
-                   meter: RateMeter) -> tuple[int, bool, int]:
-        """Fetch ``item`` as pieces over several connections into ``part``.
+    def _segmented(self, item: FetchItem, url: str, part: Path, started: float, meter: RateMeter, *,
+                   size: int | None = None, first: requests.Response | None = None,
+                   slot: _Held | None = None) -> tuple[int, bool, int]:
+        """Fetch ``item`` (``size`` bytes) as pieces over several connections into ``part``.
 
+        ``first``: an open 200 for the whole file (its ``slot`` held by the caller) that
+        streams the first piece before it is closed and the slot released.
         Returns (bytes received, resumed?, requests). Raises :class:`_Fallback` when ranges
         are not usable or the file changed, :class:`_Fatal` when a piece gives up (the
         finished pieces stay recorded for the next run).
         """
-        size = item.size
+        size = item.size if size is None else size
         assert size is not None
         pieces = plan_pieces(size, self.piece_bytes, self.connections_per_host)
         state = load_state(part)
@@ -704,12 +746,13 @@ class Fetcher:
             on_disk = part.stat().st_size
         except FileNotFoundError:
             on_disk = -1
-        if (state is not None and state.validators.size == size and state.count == len(pieces)
+        if (first is None and state is not None and state.validators.size == size and state.count == len(pieces)
                 and state.piece_bytes == self.piece_bytes and on_disk == size):
             resumed = bool(state.done)
         else:
             self._drop_partial(part)
-            state = PieceState(Validators(size=size), self.piece_bytes, len(pieces))
+            known = Validators(size=size) if first is None else Validators.from_headers(size, first.headers)
+            state = PieceState(known, self.piece_bytes, len(pieces))
         fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             os.ftruncate(fd, size)  # sparse: every piece writes at its own offset
@@ -718,8 +761,21 @@ class Fetcher:
             seg = _Segmented(item=item, url=url, part=part, fd=fd, pieces=pieces, state=state,
                              started=started, meter=meter)
             todo = [p for p in pieces if p.index not in state.done]
+            head = todo.pop(0) if first is not None else None
             futures = [self._pieces.submit(self._piece, seg, p) for p in todo]
             errors: list[BaseException] = []
+            if head is not None:
+                try:
+                    self._read_piece(seg, head, first, head.first, head.length)
+                    self._piece_done(seg, head)
+                except _Retry:  # cut short: fetched again as an ordinary piece
+                    futures.append(self._pieces.submit(self._piece, seg, head))
+                except BaseException as exc:
+                    seg.abort.set()
+                    errors.append(exc)
+                finally:
+                    first.close()  # the rest of its body belongs to the other pieces
+                    slot.release()  # never wait for the pieces while holding a socket slot
             for fut in futures:
                 try:
                     fut.result()
@@ -737,7 +793,6 @@ class Fetcher:
 
     def _piece(self, seg: _Segmented, piece: Piece) -> None:
         """Fetch one piece (retrying from where it stopped) and record it in the sidecar."""
-        pos = piece.first
         retry_after: float | None = None
         last = ""
         for attempt in range(self.attempts):
@@ -748,7 +803,9 @@ class Fetcher:
                 if attempt:
                     self.client.sleep_before_retry(attempt - 1, retry_after, limit=self._remaining(seg.started))
                     retry_after = None
-                pos = self._piece_request(seg, piece, pos)
+                with seg.lock:
+                    pos = seg.reached.get(piece.index, piece.first)
+                self._piece_request(seg, piece, pos)
                 break
             except _Retry as exc:
                 last, retry_after = str(exc), exc.retry_after
@@ -758,6 +815,10 @@ class Fetcher:
         else:
             seg.abort.set()
             raise _Fatal(last or f"{seg.url}: piece {piece.index} failed after {self.attempts} attempts")
+        self._piece_done(seg, piece)
+
+    @staticmethod
+    def _piece_done(seg: _Segmented, piece: Piece) -> None:
         with seg.lock:
             seg.state.done.add(piece.index)
             save_state(seg.part, seg.state)  # after the bytes: a recorded piece is on disk
@@ -788,30 +849,39 @@ class Fetcher:
                         seg.state.validators = seen  # the first answer names the version
                 if why is not None:
                     raise _Fallback(f"{url}: file changed during the download ({why})")
-                want = min(piece.last, cr.last) - pos + 1
-                got = 0
-                while got < want:
-                    if seg.abort.is_set():
-                        raise _Fatal("aborted")
-                    try:
-                        chunk = resp.raw.read1(min(CHUNK, want - got))
-                    except _READ_ERRORS as exc:
-                        raise _Retry(f"{url}: {describe(exc)} after {got} bytes of piece {piece.index}") from None
-                    if not chunk:
-                        break
-                    os.pwrite(seg.fd, chunk, pos)
-                    pos += len(chunk)
-                    got += len(chunk)
-                    with seg.lock:
-                        seg.fetched += len(chunk)
-                    self._advance(len(chunk))
-                    seg.meter.add(len(chunk), time.monotonic())
-                    self._check_time(seg.started, seg.meter, url)
+                pos = self._read_piece(seg, piece, resp, pos, min(piece.last, cr.last) - pos + 1)
                 if pos <= piece.last:
                     raise _Retry(f"{url}: piece {piece.index} ended at byte {pos}, before {piece.last + 1}")
                 if cr.last == piece.last:
                     _keep_alive(resp)  # body read exactly: the socket goes back to the pool
                 return pos
+
+
+    def _read_piece(self, seg: _Segmented, piece: Piece, resp: requests.Response, pos: int, want: int) -> int:
+        """Write up to ``want`` bytes of ``resp`` at ``pos``; returns the offset reached.
+        Raises :class:`_Retry` when the connection fails (the bytes so far stay written)."""
+        got = 0
+        while got < want:
+            if seg.abort.is_set():
+                raise _Fatal("aborted")
+            try:
+                chunk = resp.raw.read1(min(CHUNK, want - got))
+            except _READ_ERRORS as exc:
+                raise _Retry(f"{seg.url}: {describe(exc)} after {got} bytes of piece {piece.index}") from None
+            if not chunk:
+                break
+            os.pwrite(seg.fd, chunk, pos)
+            pos += len(chunk)
+            got += len(chunk)
+            with seg.lock:
+                seg.fetched += len(chunk)
+                seg.reached[piece.index] = pos  # a retry continues from here
+            self._advance(len(chunk))
+            seg.meter.add(len(chunk), time.monotonic())
+            self._check_time(seg.started, seg.meter, seg.url)
+        if got < want:
+            raise _Retry(f"{seg.url}: piece {piece.index} ended after {got} of {want} bytes")
+        return pos
 
 
 def _keep_alive(resp: requests.Response) -> None:
