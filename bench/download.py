@@ -120,6 +120,11 @@ class SlowHandler(RangeHandler):
         time.sleep(self.server.latency)
         return super().send_head()
 
+    def end_headers(self):
+        if not self.headers.get("Range"):  # a 200: say ranges work, as CDNs do (206s say it already)
+            self.send_header("Accept-Ranges", "bytes")
+        super().end_headers()
+
     def copyfile(self, source, outputfile):
         if not hasattr(self, "bucket"):
             self.bucket = Bucket(self.server.conn_rate)  # the handler lives as long as its connection
@@ -133,7 +138,10 @@ class SlowHandler(RangeHandler):
             self.bucket.take(n)
             self.server.total_bucket.take(n)
             while n > 0:  # sendfile: the bytes never pass through Python (the server is not the bottleneck)
-                sent = os.sendfile(sock, source.fileno(), offset, n)
+                try:
+                    sent = os.sendfile(sock, source.fileno(), offset, n)
+                except (BrokenPipeError, ConnectionResetError):
+                    return  # a client that took the first piece of a 200 and hung up: by design
                 if sent == 0:
                     return
                 offset += sent
@@ -169,8 +177,8 @@ def child(args: argparse.Namespace) -> None:
     from torchdepot.net.http import make_session
 
     files = json.loads(Path(args.child).read_text())
-    items = [FetchItem(f"packages/{f['name']}/{f['file']}", (f"{args.url}/files/{f['file']}",), f["sha256"], f["size"])
-             for f in files]
+    items = [FetchItem(f"packages/{f['name']}/{f['file']}", (f"{args.url}/files/{f['file']}",), f["sha256"],
+                       None if args.no_sizes else f["size"]) for f in files]
     fetcher = Fetcher(Path(args.out), make_session(), progress=False, connections=args.connections,
                       connections_per_host=args.per_host, split_bytes=args.split_bytes, piece_bytes=args.piece_bytes)
     t = time.monotonic()
@@ -195,6 +203,8 @@ def main() -> None:
     ap.add_argument("--threshold-scale", type=float, default=1.0,
                     help="factor on torchdepot's split/piece size defaults (default 1: as shipped; "
                          "--threshold-scale 0.05 splits the same files as at full size)")
+    ap.add_argument("--no-sizes", action="store_true",
+                    help="give torchdepot no sizes (as from an HTML index): it learns them from Content-Length")
     ap.add_argument("--skip", default="", help="comma list of pip,uv to leave out")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
@@ -228,13 +238,15 @@ def main() -> None:
               f"CDN: {args.conn_rate:g} MB/s per connection, {args.total_rate:g} MB/s total, "
               f"{args.latency * 1000:.0f} ms first-byte latency")
         print(f"torchdepot: connections={connections}, connections_per_host={per_host}, "
-              f"split_bytes={split_bytes}, piece_bytes={piece_bytes} (defaults x {tscale:g})")
+              f"split_bytes={split_bytes}, piece_bytes={piece_bytes} (defaults x {tscale:g})"
+              + ("; sizes not given (learnt from Content-Length)" if args.no_sizes else ""))
         results: dict[str, float] = {}
         with slow_server(tmp / "up", args.conn_rate * MB, args.total_rate * MB, args.latency) as srv:
             env = hermetic_env(PYTHONPATH=str(ROOT))
             cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(manifest), "--url", srv.url,
                    "--out", str(tmp / "td"), "--connections", str(connections), "--per-host", str(per_host),
-                   "--split-bytes", str(split_bytes), "--piece-bytes", str(piece_bytes)]
+                   "--split-bytes", str(split_bytes), "--piece-bytes", str(piece_bytes)] + (
+                ["--no-sizes"] if args.no_sizes else [])
             took, proc = timed(cmd, env)
             figures = json.loads(proc.stdout.decode().strip().splitlines()[-1])
             results["torchdepot"] = took

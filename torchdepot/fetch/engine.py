@@ -5,8 +5,9 @@ Invariants (the "nothing lost" contract):
 - bytes arrive in ``<root>/.torchdepot/partial/``; a file appears at its final path only
   by ``os.replace`` after its size and sha256 were checked, so a reader (or a crash)
   never sees half a file;
-- a file of at least ``split_bytes`` with a known size is fetched as byte-range pieces
-  over several connections; each piece is written at its offset in the partial file and
+- a file of at least ``split_bytes`` is fetched as byte-range pieces over several
+  connections (its size from the index, else from its first 200's Content-Length: that
+  response then streams the first piece); each piece is written at its offset in the partial file and
   recorded in a sidecar (see :mod:`torchdepot.fetch.pieces`) only once all its bytes are
   there, so a killed run resumes with the unfinished pieces only;
 - the assembled file is hashed once, streamed, before it is published: a corrupt piece
