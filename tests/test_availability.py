@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.kit.blackhole import blackhole
+
 from torchdepot.model.condabuild import record_from_repodata
 from torchdepot.model.wheelname import parse_wheel
 from torchdepot.site.availability import (CONDA_LEGEND, WHEEL_LEGEND, Entry, build_matrix, conda_matrix, render,
@@ -75,3 +83,21 @@ def test_select_wheels_filters():
     assert [w.filename for _, w in got] == ["torch-2.5.1+cpu-cp311-cp311-linux_x86_64.whl"]
     assert {w.filename for _, w in select_wheels(items, {"unknown"}, None, "linux-x86_64")} == {
         "torch-2.10.0-py3-none-any.whl"}
+
+
+@pytest.mark.parametrize("argv", [
+    ["ls", "--index", "http://127.0.0.1:{port}/whl", "--package", "torch"],
+    ["conda", "ls", "--channel", "http://127.0.0.1:{port}/pytorch", "--subdir", "linux-64"],
+])
+def test_unreachable_source_fails_fast_in_one_line(argv):
+    """A host that drops packets: one line and exit 1 within a bounded time (two short
+    attempts), not a sync's five patient ones per URL."""
+    with blackhole() as port:
+        start = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "torchdepot", *(a.format(port=port) for a in argv)],
+                              capture_output=True, text=True, timeout=120)
+        took = time.monotonic() - start
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("torchdepot: error: "), proc.stderr
+    assert f"127.0.0.1:{port}" in proc.stderr
+    assert took < 20, took

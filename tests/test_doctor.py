@@ -540,29 +540,14 @@ def test_printed_install_lines_work_verbatim_on_a_lan_host(tmp_path):
 def test_mirror_unreachable_fails_fast(tmp_path):
     """A host that drops packets (a listening socket whose accept queue is full: SYNs go
     unanswered): one line, within a bounded time, not 5 x 10 s per URL."""
-    import socket
     import time
 
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(0)
-    port = srv.getsockname()[1]
-    fill = []
-    for _ in range(3):
-        s = socket.socket()
-        s.setblocking(False)
-        try:
-            s.connect(("127.0.0.1", port))
-        except BlockingIOError:
-            pass
-        fill.append(s)
-    try:
+    from tests.kit.blackhole import blackhole
+
+    with blackhole() as port:
         t = time.monotonic()
         proc = doctor(tmp_path, "--mirror", f"http://127.0.0.1:{port}/", check_rc=False)
         took = time.monotonic() - t
-    finally:
-        for s in (*fill, srv):
-            s.close()
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith(f"torchdepot: error: http://127.0.0.1:{port}/manifest.json: timed out")
     assert took < 15, took

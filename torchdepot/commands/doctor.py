@@ -10,10 +10,10 @@ import click
 
 from torchdepot.doctor import check as check_mod
 from torchdepot.doctor.detect import detect
-from torchdepot.doctor.mirror import MIRROR_HTTP, read_mirror
+from torchdepot.doctor.mirror import read_mirror
 from torchdepot.doctor.recommend import MirrorChoice, assess, choose_mirrored, nvidia_caps, summary
 from torchdepot.model.cuda import min_driver
-from torchdepot.net.http import make_session
+from torchdepot.net.http import QUERY_HTTP, make_session
 
 
 def _text(report: dict) -> str:
@@ -94,7 +94,7 @@ def doctor_cmd(as_json: bool, mirror_url: str | None, do_check: bool, python: st
     machine = detect()
     report = summary(machine)
     if mirror_url:
-        with make_session(MIRROR_HTTP) as client:
+        with make_session(QUERY_HTTP) as client:
             offer = read_mirror(client, mirror_url)
         offered = offer.offered(machine.python)
         a = assess(machine, offered)

@@ -2,7 +2,7 @@
 torch version to pin for each. Reads ``<mirror>/manifest.json`` when present, else the
 ``<mirror>/whl/`` root page and ``<mirror>/whl/<acc>/torch/`` pages.
 
-Bounded: :data:`MIRROR_HTTP` keeps connect timeouts short and retries few, and a mirror
+Bounded: :data:`QUERY_HTTP` keeps connect timeouts short and retries few, and a mirror
 that cannot be reached at all (no connection to manifest.json) fails at once instead of
 being asked again for its pages: ``doctor --mirror`` on a dead host ends in seconds."""
 
@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 
 from torchdepot.model.accel import accelerator_from_dir
 from torchdepot.errors import UpstreamError
-from torchdepot.net.http import HttpConfig, HttpStatusError
+from torchdepot.net.http import QUERY_HTTP, HttpStatusError
 from torchdepot.sources.crawl import crawl_index, fetch_root
 from torchdepot.model.wheelname import version_sort_key
 
 
 # Worst case on a host that drops packets: 2 attempts x 3 s connect + 1 s backoff.
-MIRROR_HTTP = HttpConfig(connect_timeout=3.0, read_timeout=15.0, retries=1, backoff=0.2, max_backoff=1.0)
 
 
 @dataclass

@@ -47,6 +47,11 @@ class HttpConfig:
     max_page_bytes: int = 64 * 1024 * 1024  # refuse index pages larger than this
 
 
+# Interactive queries (ls, conda ls, doctor --mirror): a person is waiting, so an unreachable
+# host fails in seconds (two attempts, short timeouts) instead of a sync's patient retries.
+QUERY_HTTP = HttpConfig(connect_timeout=3.0, read_timeout=10.0, retries=1, backoff=0.2, max_backoff=1.0)
+
+
 def make_session(config: HttpConfig | None = None) -> "Client":
     return Client(config or HttpConfig())
 

@@ -178,10 +178,10 @@ def select_wheels(items, accelerators: set[str] | None, python: str | None, plat
 def index_wheels(index_url: str, projects: Sequence[str], accelerators: set[str] | None = None,
                  python: str | None = None, platform: str | None = None):
     """Crawl a PyTorch-style index and keep the ``(link, wheel)`` pairs that match the filters."""
-    from torchdepot.net.http import make_session
+    from torchdepot.net.http import QUERY_HTTP, make_session
     from torchdepot.sources.crawl import crawl_index
 
-    with make_session() as client:
+    with make_session(QUERY_HTTP) as client:
         items = crawl_index(client, index_url, list(projects))
     return select_wheels(items, accelerators, python, platform)
 
@@ -192,12 +192,12 @@ def channel_records(url: str, subdirs: Sequence[str]) -> list[CondaRecord]:
     import tempfile
     from pathlib import Path
 
-    from torchdepot.net.http import make_session
+    from torchdepot.net.http import QUERY_HTTP, make_session
     from torchdepot.sources.channel import RepodataCache, fetch_repodata
     from torchdepot.sources.repodata import parse_repodata
 
     records: list[CondaRecord] = []
-    with make_session() as client, tempfile.TemporaryDirectory(prefix="td-condals-") as tmp:
+    with make_session(QUERY_HTTP) as client, tempfile.TemporaryDirectory(prefix="td-condals-") as tmp:
         cache = RepodataCache(Path(tmp))
         for sd in subdirs:
             got = fetch_repodata(client, "channel", (url,), sd, cache, label=url)
