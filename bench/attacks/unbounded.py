@@ -109,7 +109,8 @@ def _metadata_attempt(tmp: Path) -> Outcome:
         site = Site(server, wheels, metadata=False)
 
         def check(r: Run, root: Path):
-            big = [p.name for p in root.rglob("*.metadata") if p.stat().st_size > 10 << 20]
+            big = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.metadata")
+                         if p.stat().st_size > 10 << 20)
             rss = r.peak_rss_kib / 1024
             return (rss < 512 and not big), (f"wheel {len(bomb) // 1024} KiB, METADATA 64 MiB; peak RSS {rss:.0f} MiB"
                                              + (f"; published {big}" if big else ""))

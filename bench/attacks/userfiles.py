@@ -46,7 +46,10 @@ def _out_attempt(tmp: Path, site: Site, name: str, out_for, project: dict[str, b
     top_before = set(os.listdir("/")) if out == Path("/") else set()
     before = snapshot(sb.base, sb.scratch)
     r = run_cli(sb, ["mirror", "--spec", str(spec), "--out", str(out)], env=mirror_env(sb, site))
-    outside = changed(before, snapshot(sb.base, sb.scratch), ())
+    # New files inside the out dir are the run's own; any pre-existing file changed or deleted, or
+    # anything new elsewhere, is damage.
+    outside = [p for p in changed(before, snapshot(sb.base, sb.scratch), ())
+               if p in before or not p.startswith(str(out).rstrip("/") + "/")]
     note = ""
     if out == Path("/"):
         new_top = set(os.listdir("/")) - top_before
