@@ -5,12 +5,12 @@ invariants, :mod:`.pieces` for the resume state, :mod:`.bounds` for the rate flo
 
 from torchdepot.fetch.bounds import DEFAULT_MIN_RATE, DEFAULT_RATE_WINDOW, RateFloor
 from torchdepot.fetch.engine import (DEFAULT_CONNECTIONS, DEFAULT_CONNECTIONS_PER_HOST, DEFAULT_PIECE_BYTES,
-                                     DEFAULT_SPLIT_BYTES, STATE_DIR, FetchItem, Fetcher, FetchReport,
+                                     DEFAULT_SPLIT_BYTES, FetchItem, Fetcher, FetchReport,
                                      FetchResult, HashCache, fetch_items, hash_present, looks_like_html)
 from torchdepot.fetch.progress import ProgressEvent
 from torchdepot.net.http import retry_after_seconds
 
 __all__ = ["DEFAULT_CONNECTIONS", "DEFAULT_CONNECTIONS_PER_HOST", "DEFAULT_MIN_RATE", "DEFAULT_PIECE_BYTES",
-           "DEFAULT_RATE_WINDOW", "DEFAULT_SPLIT_BYTES", "STATE_DIR", "FetchItem", "FetchReport", "FetchResult",
+           "DEFAULT_RATE_WINDOW", "DEFAULT_SPLIT_BYTES", "FetchItem", "FetchReport", "FetchResult",
            "Fetcher", "HashCache", "ProgressEvent", "RateFloor", "fetch_items", "hash_present",
            "looks_like_html", "retry_after_seconds"]

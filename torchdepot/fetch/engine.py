@@ -45,6 +45,7 @@ from pathlib import Path
 import requests
 import urllib3
 
+from torchdepot.store import layout as L
 from torchdepot.errors import IntegrityError, UpstreamError
 from torchdepot.fetch.bounds import DEFAULT_MIN_RATE, DEFAULT_RATE_WINDOW, RateFloor, RateMeter
 from torchdepot.fetch.pieces import (Piece, PieceState, Validators, load_state, plan_pieces, save_state,
@@ -56,7 +57,6 @@ from torchdepot.store.fsutil import atomic_write_text, fsync_dir, safe_join, sha
 
 CHUNK = 256 * 1024  # per read: small enough that 32 threads hold little memory
 MB = 1_000_000
-STATE_DIR = ".torchdepot"
 HTML_TYPES = ("text/html", "application/xhtml")
 HTML_MAGIC = (b"<!doctype html", b"<html", b"<head", b"<body")
 # What a failed read of a response body can raise, below and inside requests.
@@ -149,7 +149,7 @@ class HashCache:
     """``key -> (size, mtime_ns, sha256)`` for files this mirror verified before."""
 
     def __init__(self, root: Path):
-        self.path = Path(root) / STATE_DIR / "hashes.json"
+        self.path = Path(root) / L.STATE_DIR / L.HASHES_NAME
         self.lock = threading.Lock()
         self.data: dict[str, list] = {}
         try:
@@ -325,7 +325,7 @@ class Fetcher:
         self.floor = RateFloor(min_rate=max(0.0, min_rate), window=rate_window)
         self.on_progress = on_progress
         self.cache = HashCache(self.root)
-        self.partial_dir = self.root / STATE_DIR / "partial"
+        self.partial_dir = self.root / L.PARTIAL_DIR
         self.report: FetchReport | None = None
         self._progress: Progress | None = None
         self._slots: _Slots | None = None
