@@ -36,6 +36,7 @@ COMMAND_MODULES = {
     "publish": "publish",
     "recipes": "recipes",
     "serve": "serve",
+    "status": "status",
     "verify": "verify",
     "verify-mirror": "verify_mirror",
 }

@@ -37,9 +37,19 @@ DEFAULT_SPEC = "mirror/mirror.yaml"
 @click.option("--exclude-newer", metavar="TIME",
               help="Ignore files uploaded after this UTC time or date, e.g. 2026-06-01T00:00:00Z "
                    "(overrides the spec's exclude_newer).")
+@click.option("--prune", is_flag=True,
+              help="Drop the targets the mirror recorded (tools/fetch, earlier specs) that this spec does not "
+                   "ask for; each is listed with its size. Without it every recorded target is kept.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the run's figures as JSON on stdout (targets, torch versions, size, request counts, "
+                   "refused links, removals).")
 def mirror_cmd(spec_path, out, upstreams, jobs, dry_run, on_hash_mismatch, fsync, wait, allow_hosts,
-               exclude_newer) -> None:
+               exclude_newer, prune, as_json) -> None:
     """Mirror torch (+ dependencies) for every target in the spec, laid out like download.pytorch.org.
+
+    The mirror keeps every target it has recorded (targets tools/fetch added, and those of
+    earlier specs) unless --prune is given, and every torch version it published unless the
+    spec says keep: N (older versions then go at this sync, listed with their sizes).
 
     OUT must be new, empty, or an existing torchdepot mirror; /, your home directory and
     directories of other files are refused before anything is written.
@@ -47,6 +57,7 @@ def mirror_cmd(spec_path, out, upstreams, jobs, dry_run, on_hash_mismatch, fsync
     \b
     Example:
       torchdepot mirror --spec mirror/mirror.yaml --out /srv/torch --jobs 8
+      torchdepot mirror --out /srv/torch --prune
       torchdepot mirror --exclude-newer 2026-06-01T00:00:00Z --allow-host files.mirror.example
       pip install --index-url file:///srv/torch/whl/cpu torch
     """
@@ -58,11 +69,31 @@ def mirror_cmd(spec_path, out, upstreams, jobs, dry_run, on_hash_mismatch, fsync
                           on_hash_mismatch=on_hash_mismatch, fsync=fsync or None, allow_hosts=hosts,
                           exclude_newer=exclude_newer)
     check_out_dir(spec.out)
-    result = sync(spec, dry_run=dry_run, wait=wait, out=Path(spec.out))
-    if not dry_run:
-        idx = "published" if result.index_changed else "unchanged"
-        click.echo(f"mirror {result.out}: {len(result.targets)} targets; {result.summary}; "
-                   f"index {idx} (generation {result.generation}); total {result.seconds:.1f} s")
+    result = sync(spec, dry_run=dry_run, wait=wait, out=Path(spec.out), prune=prune)
+    _report(result, dry_run, as_json)
+
+
+def _report(result, dry_run: bool, as_json: bool, added: str | None = None) -> None:
+    """The run's closing lines (or its JSON): what it did, then what is on the mirror and what to run next."""
+    import json
+
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=1, sort_keys=True))
+        return
+    if dry_run:
+        return
+    from torchdepot.model.sizes import format_size
+
+    idx = "published" if result.index_changed else "unchanged"
+    click.echo(f"mirror {result.out}: {f'added {added}; ' if added else ''}{len(result.targets)} targets; "
+               f"{result.summary}; index {idx} (generation {result.generation}); verify-mirror {result.verify}; "
+               f"total {result.seconds:.1f} s")
+    versions: dict[str, list[str]] = {}
+    for target, version in sorted(result.torch_versions.items()):
+        versions.setdefault(version, []).append(target)
+    torch = "; ".join(f"torch {v} for {', '.join(ts)}" for v, ts in versions.items()) or "no pip targets"
+    click.echo(f"ready: {torch}; {format_size(result.size)} in {result.out}; "
+               f"next: torchdepot serve --root {result.out}  (or: torchdepot lock --mirror {result.out})")
 
 
 def _base_spec(out: str | None):
@@ -90,10 +121,16 @@ def _base_spec(out: str | None):
 @click.option("--upstream", "upstreams", multiple=True, metavar="URL", help="PyTorch index base (repeatable).")
 @click.option("--jobs", type=click.IntRange(1, 64), help="Parallel downloads.")
 @click.option("--dry-run", is_flag=True, help="Print the plan only.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run's figures as JSON on stdout.")
 @click.option("--debug", is_flag=True, envvar="TORCHDEPOT_DEBUG",
               help="Show the traceback of an unexpected error instead of one line.")
-def fetch_tool(cuda, cpu, accelerator, python, torch_version, platform, out, upstreams, jobs, dry_run, debug) -> None:
+def fetch_tool(cuda, cpu, accelerator, python, torch_version, platform, out, upstreams, jobs, dry_run, as_json,
+               debug) -> None:
     """Add one target to the mirror and sync it.
+
+    The mirror records the target, so later runs (tools/fetch or torchdepot mirror) keep it
+    until 'torchdepot mirror --prune'. Into a new directory only this target is mirrored; into
+    an existing mirror, this target plus every target it already holds.
 
     \b
     Example:
@@ -113,13 +150,11 @@ def fetch_tool(cuda, cpu, accelerator, python, torch_version, platform, out, ups
         entry = {"accelerator": acc, "python": python, "platform": platform}
         if torch_version:
             entry["torch"] = torch_version
-        targets = [t.to_data() for t in spec.extra_targets] + [entry]
-        spec = with_overrides(spec, targets=targets, out=str(root), upstreams=list(upstreams) or None, jobs=jobs)
-        result = sync(spec, dry_run=dry_run, out=root)
-        if not dry_run:
-            added = spec.extra_targets[-1].id
-            click.echo(f"mirror {result.out}: added {added}; {len(result.targets)} targets; {result.summary}; "
-                       f"total {result.seconds:.1f} s")
+        # validated as a spec `targets:` entry would be; recorded by the sync, not in the spec
+        (target,) = with_overrides(spec, targets=[entry]).extra_targets
+        spec = with_overrides(spec, out=str(root), upstreams=list(upstreams) or None, jobs=jobs)
+        result = sync(spec, dry_run=dry_run, out=root, add=[target], spec_targets=False)
+        _report(result, dry_run, as_json, added=target.id)
 
 
 COMMANDS = [mirror_cmd]

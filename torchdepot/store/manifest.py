@@ -15,6 +15,16 @@ Layout of a mirror root (``<out>``)::
 Every name above is defined once in :mod:`torchdepot.store.layout`. A target id is ``<accelerator>-py<XY>-<platform>`` (``cpu-py311-linux-x86_64``), the
 same name as the ``envs/`` lock folder. All paths are POSIX, relative to the root; all
 lists are sorted so equal inputs give byte-identical manifests.
+
+The mirror's own lifecycle (issue 14 part 1) is recorded here too, each key written only
+when set so manifests without it stay byte-identical:
+
+- ``recorded``: :class:`RecordedTarget` s, every pip target the mirror holds and who asked
+  for it (``spec`` or ``fetch`` = ``tools/fetch``). A sync keeps them all unless pruned.
+- ``releases``: :class:`Release` s, per target and torch version the wheels published for
+  it (retention ``keep: N`` counts these; older ones stay listed and indexed until dropped).
+- ``last_sync``: :class:`SyncRecord`, when the last sync finished and what its check found
+  (the only key that changes on a no-op re-sync).
 """
 
 from __future__ import annotations
@@ -55,6 +65,7 @@ class TargetPackage:
     build: str | None = None  # conda build string
     requires_python: str | None = None
     extras: tuple = ()
+    variants_json: str | None = None  # PEP 825: the wheel's label in variants.json (JSON text); None: no variant
 
 
 @dataclass(frozen=True)
@@ -70,11 +81,45 @@ class Target:
     subdir: str | None = None  # conda: "linux-64"
 
 
+ORIGINS = ("spec", "fetch")  # who asked for a recorded target: the spec, or tools/fetch
+
+
+@dataclass(frozen=True)
+class RecordedTarget:
+    """A pip target the mirror holds, kept by every later sync until ``--prune``."""
+    id: str
+    accelerator: str
+    python: str
+    platform: str
+    origin: str  # one of ORIGINS
+    torch: str | None = None  # its own torch constraint (tools/fetch --torch), None: the spec's
+
+
+@dataclass(frozen=True)
+class Release:
+    """The wheels published for one target and one torch version (``paths``: wheel paths in
+    ``files``; each one's ``.metadata`` lies beside it)."""
+    target: str  # target id
+    torch: str  # torch version, e.g. "2.13.0+cpu"
+    paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SyncRecord:
+    finished: str  # UTC, "2026-12-04T01:40:00Z"
+    seconds: float
+    verify: str  # "ok" | "NOT OK" | "unchecked" (the run stopped before its check)
+    detail: str = ""  # the check's summary line
+
+
 @dataclass
 class Manifest:
     files: list[FileEntry] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
     spec: dict = field(default_factory=dict)
+    recorded: list[RecordedTarget] = field(default_factory=list)
+    releases: list[Release] = field(default_factory=list)
+    last_sync: SyncRecord | None = None
 
     def by_path(self) -> dict[str, FileEntry]:
         return {f.path: f for f in self.files}
@@ -86,9 +131,17 @@ class Manifest:
         targets = []
         for t in sorted(self.targets, key=lambda t: (t.kind, t.id)):
             d = asdict(t)
-            d["packages"] = sorted(d["packages"], key=lambda p: (p["name"], p["path"]))
+            d["packages"] = sorted(({k: v for k, v in p.items() if k != "variants_json" or v is not None}
+                                    for p in d["packages"]), key=lambda p: (p["name"], p["path"]))
             targets.append(d)
         doc = {"format": FORMAT, "version": VERSION, "spec": self.spec, "files": files, "targets": targets}
+        if self.recorded:
+            doc["recorded"] = [asdict(r) for r in sorted(self.recorded, key=lambda r: r.id)]
+        if self.releases:
+            doc["releases"] = [{**asdict(r), "paths": sorted(r.paths)}
+                               for r in sorted(self.releases, key=lambda r: (r.target, r.torch))]
+        if self.last_sync is not None:
+            doc["last_sync"] = asdict(self.last_sync)
         return json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
     @classmethod
@@ -121,13 +174,32 @@ class Manifest:
         spec = doc.get("spec") or {}
         if not isinstance(spec, dict):
             raise TorchdepotError(f"{where}: spec: not an object")
-        return cls(files=files, targets=targets, spec=spec)
+        recorded = [_record(RecordedTarget, r, f"{where}: recorded[{i}]")
+                    for i, r in enumerate(_items(doc, "recorded", where, required=False))]
+        for i, r in enumerate(recorded):
+            if r.origin not in ORIGINS:
+                raise TorchdepotError(f"{where}: recorded[{i}]: origin: {r.origin[:40]!r} is not one of {', '.join(ORIGINS)}")
+        releases = []
+        for i, r in enumerate(_items(doc, "releases", where, required=False)):
+            at = f"{where}: releases[{i}]"
+            if isinstance(r, dict) and isinstance(r.get("paths"), list):
+                if not all(isinstance(p, str) for p in r["paths"]):
+                    raise TorchdepotError(f"{at}: paths: expected strings")
+                r = {**r, "paths": tuple(r["paths"])}
+            rel = _record(Release, r, at)
+            for p in rel.paths:
+                safe_join(Path("/nonexistent-root"), p)
+            releases.append(rel)
+        last = doc.get("last_sync")
+        last_sync = None if last is None else _record(SyncRecord, last, f"{where}: last_sync")
+        return cls(files=files, targets=targets, spec=spec, recorded=recorded, releases=releases, last_sync=last_sync)
 
 
 # annotation (as written above) -> accepted JSON types; bool is not an int here
 _TYPES: dict[str, tuple[type, ...]] = {
     "str": (str,), "int": (int,), "bool": (bool,), "str | None": (str, type(None)),
     "int | None": (int, type(None)), "tuple": (tuple, list), "tuple[TargetPackage, ...]": (tuple,),
+    "tuple[str, ...]": (tuple,), "float": (int, float),
 }
 
 

@@ -6,13 +6,23 @@ file actually came from. A file is identified by name + sha256: its candidates a
 screened link, the same path on the spec's other PyTorch upstreams (regional mirrors
 share the layout) and, when all of those fail, the same name and hash on the user's
 dependency sources (say, the ``nvidia-*`` host is down but the dependency index has them).
+
+Immutable publication (:mod:`torchdepot.store.publication`): before anything is fetched,
+each file gets its stored path (its usual ``packages/<project>/<file>``, or a new
+``packages/<project>/<digest16>/<file>`` when the committed manifest has other bytes under
+that name), and every path this run may write, or supersedes, is journaled. The report's
+:attr:`PipFetchReport.paths` maps each resolution key to its stored path; the results
+are keyed by stored path.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from torchdepot.fetch import Fetcher, FetchItem, FetchReport
+from torchdepot.store import publication as pub
+from torchdepot.store.fsutil import safe_join
+from torchdepot.fetch import DEFAULT_CONNECTIONS, DEFAULT_CONNECTIONS_PER_HOST, Fetcher, FetchItem, FetchReport
 from torchdepot.net.hostpolicy import HostPolicy
 from torchdepot.net.http import Client
 from torchdepot.spec.mirror import MirrorSpec
@@ -29,22 +39,56 @@ def same_path_elsewhere(url: str, upstreams: tuple[str, ...]) -> tuple[str, ...]
     return (url,)
 
 
+@dataclass
+class PipFetchReport(FetchReport):
+    """The fetch report plus where each resolution key is stored (results are keyed by that)."""
+    paths: dict[str, str] = field(default_factory=dict)
+
+    def stored(self, key: str) -> str:
+        return self.paths.get(key, key)
+
+
+def stored_paths(out: Path, resolution: Resolution) -> dict[str, str]:
+    """Resolution key -> stored path (immutable publication), journaled before any write."""
+    live = pub.live_manifest(out)
+    listed = live.by_path() if live is not None else {}
+    journal = pub.load_journal(out)
+    paths: dict[str, str] = {}
+    for key, vf, _acc in resolution.files:
+        if key not in paths:
+            paths[key] = pub.choose_path(key, pub.Claim(vf.link.sha256, vf.link.size), listed, journal,
+                                         lambda rel: safe_join(out, rel).exists())
+    touched: set[str] = set()
+    for key, path in paths.items():
+        if path not in listed:
+            touched.update((path, path + ".metadata"))  # staged by this run
+        if key != path:
+            touched.update((key, key + ".metadata"))  # superseded: removed once no manifest lists it
+    pub.record(out, touched)
+    return paths
+
+
 def fetch_files(out: Path, resolution: Resolution, view: View, spec: MirrorSpec, client: Client,
-                policy: HostPolicy, progress: bool | None) -> FetchReport:
+                policy: HostPolicy, progress: bool | None) -> PipFetchReport:
+    paths = stored_paths(out, resolution)
     fetcher = Fetcher(out, client, jobs=spec.jobs, on_hash_mismatch=spec.on_hash_mismatch, progress=progress,
-                      fsync=spec.fsync, allowed_hosts=set(policy.hostnames))
-    items = {key: FetchItem(key, same_path_elsewhere(vf.link.url, spec.upstreams), vf.link.sha256, vf.link.size)
+                      fsync=spec.fsync, allowed_hosts=set(policy.hostnames),
+                      connections=spec.connections or DEFAULT_CONNECTIONS,
+                      connections_per_host=spec.connections_per_host or DEFAULT_CONNECTIONS_PER_HOST)
+    items = {key: FetchItem(paths[key], same_path_elsewhere(vf.link.url, spec.upstreams), vf.link.sha256,
+                            vf.link.size)
              for key, vf, _acc in resolution.files}
     report = fetcher.run(list(items.values()))
     retry = []
+    failed = {r.key for r in report.failed}
     for key, vf, acc in resolution.files:
-        if key in {r.key for r in report.failed}:
+        if paths[key] in failed:
             alternates = tuple(link.url for link in view.alternates(acc, vf.filename))
             if alternates:
-                retry.append(FetchItem(key, alternates, vf.link.sha256, vf.link.size))
+                retry.append(FetchItem(paths[key], alternates, vf.link.sha256, vf.link.size))
     if not retry:
-        return report
+        return PipFetchReport(results=report.results, seconds=report.seconds, paths=paths)
     again = fetcher.run(retry)
     redone = {r.key for r in again.results}
-    return FetchReport(results=[r for r in report.results if r.key not in redone] + list(again.results),
-                       seconds=report.seconds + again.seconds)
+    return PipFetchReport(results=[r for r in report.results if r.key not in redone] + list(again.results),
+                          seconds=report.seconds + again.seconds, paths=paths)

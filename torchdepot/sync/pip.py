@@ -9,7 +9,13 @@ The pipeline, one function per step, each leaving the previous mirror valid if i
 3. fetch (``sync/download.py``): verified downloads with per-file failover;
 4. publish (``sync/pipindex.py``): PEP 658 metadata, pylock.toml per target, index pages
    (atomic swap); then conda (if configured), the landing page and manifest.json last;
-5. check: re-verify what was published (``sync/check.py``).
+5. check: re-verify what was published (``sync/check.py``), recorded in the manifest's
+   ``last_sync``.
+
+The target set and retention follow ``sync/lifecycle.py``: a sync covers what it is asked
+for plus every target the mirror recorded (``prune`` narrows it), keeps every torch version
+published per target unless the spec says ``keep: N``, and deletes exactly the files no kept
+release needs, each group listed with its size first, so a sync ends verify-clean.
 
 Every upstream read goes through one :class:`~torchdepot.sources.upstream.UpstreamReader`,
 so a run requests each page and each metadata file at most once; the counts are in
@@ -18,13 +24,15 @@ so a run requests each page and each metadata file at most once; the counts are 
 
 from __future__ import annotations
 
+import datetime as dt
+import shutil
 import sys
 import tempfile
 import time
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from torchdepot.errors import TorchdepotError, UpstreamError
 from torchdepot.fetch import FetchReport
@@ -33,9 +41,12 @@ from torchdepot.net.http import Client, HttpConfig, make_session
 from torchdepot.net.pipconfig import PipSources, pip_default_index, pip_file_host, read_pip_config
 from torchdepot.site.landing import write_landing
 from torchdepot.sources.upstream import UpstreamReader
-from torchdepot.spec.mirror import MirrorSpec
+from torchdepot.spec.mirror import MirrorSpec, PipTarget
 from torchdepot.store import manifest as mf
-from torchdepot.store.fsutil import MirrorLock
+from torchdepot.store.fsutil import MirrorLock, safe_join
+from torchdepot.store.layout import MANIFEST_NAME, TARGETS_DIR
+from torchdepot.store.pages import IndexFile, ensure_metadata
+from torchdepot.sync import lifecycle
 from torchdepot.sync.check import verify_mirror
 from torchdepot.sync.download import fetch_files
 from torchdepot.sync.pipindex import publish_pip
@@ -70,6 +81,21 @@ class MirrorResult:
     phases: dict[str, float] = field(default_factory=dict)  # seconds per step (bench/diagnostics)
     requests: dict[str, int] = field(default_factory=dict)  # upstream requests: pages, metadata, ranges, wheels
     refused: int = 0  # upstream links refused by the screen (summarised in one message)
+    releases: list[mf.Release] = field(default_factory=list)  # kept, per target and torch version
+    removals: list[lifecycle.Removal] = field(default_factory=list)  # what this run removed (pruned, keep: N)
+    dropped_releases: list[mf.Release] = field(default_factory=list)
+    target_set: lifecycle.TargetSet | None = None
+    verify: str = "unchecked"  # the closing check: "ok" | "NOT OK" | "unchecked"
+
+    @property
+    def torch_versions(self) -> dict[str, str]:
+        """target id -> the torch version this run resolved for it."""
+        return {tp.target.id: v for tp in self.plans for f in tp.files if f.name == "torch" for v in [f.version]}
+
+    @property
+    def size(self) -> int:
+        """Bytes of every file the manifest lists after this run."""
+        return sum(f.size for f in (self.manifest.files if self.manifest else self.files))
 
     @property
     def summary(self) -> str:
@@ -82,7 +108,11 @@ class MirrorResult:
         return {"out": str(self.out), "targets": [t.id for t in self.targets], "generation": self.generation,
                 "index_changed": self.index_changed, "seconds": round(self.seconds, 3),
                 "requests": dict(self.requests), "links_refused": self.refused,
-                "phases": {k: round(v, 3) for k, v in self.phases.items()}}
+                "phases": {k: round(v, 3) for k, v in self.phases.items()},
+                "torch": self.torch_versions, "size": self.size, "verify": self.verify,
+                "files": self.report.summary() if self.report else None,
+                "removed": [{"reason": r.reason, "files": list(r.paths), "size": r.size} for r in self.removals],
+                "releases": [{"target": r.target, "torch": r.torch, "files": len(r.paths)} for r in self.releases]}
 
 
 def _size_of(url: str, size: int | None, probe: Client) -> int | None:
@@ -120,8 +150,12 @@ def _print_plan(resolution: Resolution, probe: Client, say: Echo) -> None:
 
 
 def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False, client: Client | None = None,
-             progress: bool | None = None, pip_sources: PipSources | None = None, echo: Echo = _stderr) -> MirrorResult:
-    """The pip side: plan, resolve, fetch, publish metadata, locks and index pages (no manifest)."""
+             progress: bool | None = None, pip_sources: PipSources | None = None, echo: Echo = _stderr,
+             targets: Sequence[PipTarget] | None = None, previous: mf.Manifest | None = None) -> MirrorResult:
+    """The pip side: plan, resolve, fetch, publish metadata, locks and index pages (no manifest).
+
+    ``targets``: what to resolve (default: the spec's); ``previous``: the mirror's manifest
+    before this run, whose kept releases (:func:`lifecycle.retain`) stay listed and indexed."""
     started = mark = time.monotonic()
     out = Path(out or spec.out)
     result = MirrorResult(out=out)
@@ -147,13 +181,14 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
     workdir = Path(scratch.name) if scratch else out / WORK_DIR
     view = None
     try:
-        accelerators = list(dict.fromkeys(t.accelerator for t in spec.targets()))
+        run_targets = list(spec.targets() if targets is None else targets)
+        accelerators = list(dict.fromkeys(t.accelerator for t in run_targets))
         indexes, find_links = dependency_sources(pip, default_index)
         sources = ViewSources(variants=locate_variants(spec, reader, accelerators, pip, say),
                               indexes=indexes, find_links=find_links)
         view = View(reader=reader, policy=policy, sources=sources, workdir=workdir,
                     on_hash_mismatch=spec.on_hash_mismatch, say=say, exclude_newer=spec.exclude_newer)
-        plan = plan_targets(spec, view, pip)
+        plan = plan_targets(spec, view, pip, run_targets)
         phase("upstreams")
         resolution = resolve_targets(plan, view, jobs=2)
         result.plans = list(resolution.targets)
@@ -172,8 +207,14 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
             first = report.failed[0]
             raise TorchdepotError(f"{len(report.failed)} of {len(report.results)} files failed (index not updated); "
                                   f"first: {first.key}: {first.error}")
-        published = publish_pip(out, resolution, report, view)
-        result.files, result.targets = list(published.files), list(published.targets)
+        current = _current_releases(resolution)
+        kept, dropped = lifecycle.retain(lifecycle.releases_of(previous), current,
+                                         {tp.target.id for tp in resolution.targets}, spec.keep)
+        retained, pages, kept = _retained(out, previous, resolution, kept, say)
+        published = publish_pip(out, resolution, report, view, retained=pages)
+        result.files = sorted([*published.files, *retained], key=lambda e: e.path)
+        result.targets = list(published.targets)
+        result.releases, result.dropped_releases = list(kept), list(dropped)
         result.generation, result.index_changed = published.generation, published.changed
         phase("publish")
         return result
@@ -192,6 +233,60 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
         result.seconds = time.monotonic() - started
 
 
+def _current_releases(resolution: Resolution) -> tuple[mf.Release, ...]:
+    out = []
+    for tp in resolution.targets:
+        torch = next((f.version for f in tp.files if f.name == "torch"), None)
+        if torch:
+            out.append(mf.Release(target=tp.target.id, torch=torch,
+                                  paths=tuple(sorted({file_key(f) for f in tp.files}))))
+    return tuple(out)
+
+
+def _retained(out: Path, previous: mf.Manifest | None, resolution: Resolution, kept: tuple[mf.Release, ...],
+              say: Echo) -> tuple[list[mf.FileEntry], dict[str, list[IndexFile]], tuple[mf.Release, ...]]:
+    """Manifest entries and index files (per accelerator) of the kept releases' wheels that this
+    run did not resolve; a wheel no longer on disk leaves its release (said once)."""
+    if previous is None:
+        return [], {}, kept
+    before = previous.by_path()
+    current = {key for key, _vf, _acc in resolution.files}
+    acc_of = {tp.target.id: tp.target.accelerator for tp in resolution.targets}
+    current_of: dict[str, set[str]] = {}
+    for tp in resolution.targets:
+        current_of.setdefault(tp.target.accelerator, set()).update(file_key(f) for f in tp.files)
+    entries: dict[str, mf.FileEntry] = {}
+    index: dict[str, IndexFile] = {}
+    pages: dict[str, dict[str, IndexFile]] = {}
+    fixed = []
+    for rel in kept:
+        paths = []
+        for path in rel.paths:
+            wheel = before.get(path)
+            if path not in current and (wheel is None or not (out / path).is_file()):
+                say(f"warning: {rel.target} torch {rel.torch}: {path} is no longer on disk; dropped from the mirror")
+                continue
+            paths.append(path)
+            if path in current:
+                continue
+            if path not in index:
+                meta_sha, req_py, meta_size = ensure_metadata(out, path, wheel.project or "")
+                index[path] = IndexFile(wheel.project or "", path.rsplit("/", 1)[-1], path, wheel.sha256, req_py,
+                                        meta_sha, size=wheel.size, upload_time=wheel.upload_time)
+                meta = before.get(path + lifecycle.METADATA_SUFFIX)
+                entries[path] = wheel
+                entries[path + lifecycle.METADATA_SUFFIX] = mf.FileEntry(
+                    path=path + lifecycle.METADATA_SUFFIX, sha256=meta_sha, size=meta_size, kind="metadata",
+                    project=wheel.project, version=wheel.version,
+                    upstream_sha256=meta.upstream_sha256 if meta else None,
+                    hash_mismatch=bool(meta and meta.hash_mismatch))
+            acc = acc_of[rel.target]
+            if path not in current_of.get(acc, set()):
+                pages.setdefault(acc, {})[path] = index[path]
+        fixed.append(replace(rel, paths=tuple(paths)))
+    return list(entries.values()), {acc: list(files.values()) for acc, files in pages.items()}, tuple(fixed)
+
+
 def _conda(spec: MirrorSpec, out: Path, client: Client | None, dry_run: bool, result: MirrorResult,
            echo: Echo) -> tuple[list[mf.FileEntry], list[mf.Target]]:
     """Run the conda side when the spec has a ``conda:`` section."""
@@ -207,37 +302,94 @@ def _conda(spec: MirrorSpec, out: Path, client: Client | None, dry_run: bool, re
     return list(cres.files), list(cres.targets)
 
 
+def _previous(out: Path) -> mf.Manifest | None:
+    return mf.load(out) if (out / MANIFEST_NAME).is_file() else None
+
+
 def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = None, progress: bool | None = None,
          out: Path | None = None, wait: float | None = None, pip_sources: PipSources | None = None,
-         echo: Echo = _stderr) -> MirrorResult:
-    """A whole mirror run under the mirror lock: pip, conda, landing page, manifest last."""
+         echo: Echo = _stderr, add: Sequence[PipTarget] = (), spec_targets: bool = True,
+         prune: bool = False) -> MirrorResult:
+    """A whole mirror run under the mirror lock: pip, conda, landing page, manifest last.
+
+    Targets: the spec's (``spec_targets``) plus ``add`` (tools/fetch) plus every target the
+    mirror recorded before, unless ``prune``: then the recorded ones not asked for go, listed
+    with their sizes. Files no kept release needs are deleted after the new index and manifest
+    are in place, each group listed first; the closing check is recorded in ``last_sync``."""
+    started = time.monotonic()
     out = Path(out or spec.out)
+    asked = [*(spec.targets() if spec_targets else []), *add]
+    origin = "spec" if spec_targets else "fetch"
     if dry_run:
+        previous = _previous(out) if out.is_dir() else None
+        tset = lifecycle.target_set(asked, origin, previous, prune)
         result = sync_pip(spec, out=out, dry_run=True, client=client, progress=progress, pip_sources=pip_sources,
-                          echo=echo)
+                          echo=echo, targets=tset.run, previous=previous)
+        result.target_set = tset
+        if tset.dropped:
+            gone = {t.id for t in tset.dropped}
+            releases = lifecycle.releases_of(previous)
+            stay = lifecycle.needed_paths(tuple(r for r in releases if r.target not in gone))
+            for r in lifecycle.removals(previous, stay, tset.dropped,
+                                        tuple(r for r in releases if r.target in gone), spec.keep):
+                result.messages.append(f"would remove ({r.line()})")
+                echo(f"would remove ({r.line()})")
         _conda(spec, out, client, True, result, echo)
         return result
     out.mkdir(parents=True, exist_ok=True)
     with MirrorLock(out, wait):
-        result = sync_pip(spec, out=out, client=client, progress=progress, pip_sources=pip_sources, echo=echo)
+        previous = _previous(out)
+        tset = lifecycle.target_set(asked, origin, previous, prune)
+        result = sync_pip(spec, out=out, client=client, progress=progress, pip_sources=pip_sources, echo=echo,
+                          targets=tset.run, previous=previous)
+        result.target_set = tset
         files, targets = list(result.files), list(result.targets)
         conda_files, conda_targets = _conda(spec, out, client, False, result, echo)
         files += conda_files
         targets += conda_targets
-        manifest = mf.Manifest(files=files, targets=targets, spec=spec.to_data())
+        result.removals = list(lifecycle.removals(previous, {f.path for f in files}, tset.dropped,
+                                                  tuple(result.dropped_releases), spec.keep))
+        for r in result.removals:
+            result.messages.append(r.line())
+            echo(r.line())
+        manifest = mf.Manifest(files=files, targets=targets, spec=spec.to_data(), recorded=list(tset.recorded),
+                               releases=list(result.releases),
+                               last_sync=_sync_record(started, "unchecked", ""))
         write_landing(out, manifest)
         mf.save(out, manifest)
+        _remove(out, result.removals, tset.dropped)
+        check = _verify_published(out, result, echo)
+        result.verify = "ok" if check.ok else "NOT OK"
+        manifest = replace(manifest, last_sync=_sync_record(started, result.verify, check.summary()))
+        mf.save(out, manifest)
         result.manifest = manifest
-        _verify_published(out, result, echo)
+        result.seconds = time.monotonic() - started
         return result
 
 
-def _verify_published(out: Path, result: MirrorResult, echo: Echo) -> None:
+def _sync_record(started: float, verify: str, detail: str) -> mf.SyncRecord:
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return mf.SyncRecord(finished=now, seconds=round(time.monotonic() - started, 3), verify=verify, detail=detail)
+
+
+def _remove(out: Path, removals: list[lifecycle.Removal], dropped: tuple[mf.RecordedTarget, ...]) -> None:
+    """Delete what the new manifest no longer lists (the mirror's own files, already unlisted
+    and unindexed), and the per-target folders of pruned targets."""
+    for r in removals:
+        for path in r.paths:
+            safe_join(out, path).unlink(missing_ok=True)
+    for t in dropped:
+        folder = safe_join(out, f"{TARGETS_DIR}/{t.id}")
+        if folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder)
+
+
+def _verify_published(out: Path, result: MirrorResult, echo: Echo):
     """Re-check what was just published: every manifest file hash-valid, every index link
     resolving. The fetcher's hash cache spares re-reading unchanged files."""
     check = verify_mirror(out, trust_cache=True, clean=True)  # drops leftovers of killed runs
     if check.ok:
-        return
+        return check
     serious = [p for p in check.unrepaired if p.kind in ("missing", "corrupt", "dangling-link")]
     for p in check.unrepaired[:10]:
         msg = f"verify-mirror: {p.kind}: {p.path}: {p.detail}"
@@ -248,3 +400,4 @@ def _verify_published(out: Path, result: MirrorResult, echo: Echo) -> None:
     msg = f"{check.summary()} (run 'torchdepot verify-mirror {out} --repair' to clean up)"
     result.messages.append(msg)
     echo(msg)
+    return check

@@ -10,7 +10,7 @@ pinned) plus the spec's extra packages.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 from torchdepot.errors import TorchdepotError, UpstreamError
 from torchdepot.net.hostpolicy import HostPolicy, default_policy
@@ -18,7 +18,7 @@ from torchdepot.net.pipconfig import PipSources
 from torchdepot.resolve.pin import pin
 from torchdepot.resolve.uv import ResolvedFile
 from torchdepot.sources.upstream import UpstreamReader, Variant, locate_variant
-from torchdepot.spec.mirror import TORCH_PROJECTS, MirrorSpec, PipTarget
+from torchdepot.spec.mirror import TORCH_PROJECTS, Channel, MirrorSpec, PipTarget
 from torchdepot.sync.view import View, ViewSources
 
 Say = Callable[[str], None]
@@ -39,8 +39,8 @@ class Plan:
     prereleases: bool
 
 
-def channel_prefix(channel: str) -> str:
-    return "" if channel == "stable" else f"{channel}/"
+def channel_prefix(channel: Channel) -> str:
+    return "" if channel is Channel.STABLE else f"{channel}/"
 
 
 def dependency_sources(pip: PipSources, default_index: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -88,11 +88,12 @@ def locate_variants(spec: MirrorSpec, reader: UpstreamReader, accelerators: list
     return tuple(out)
 
 
-def plan_targets(spec: MirrorSpec, view: View, pip: PipSources) -> Plan:
-    """Pin torch / torchvision / torchaudio per target against the screened view."""
-    prerelease = spec.channel != "stable"
+def plan_targets(spec: MirrorSpec, view: View, pip: PipSources, targets: Sequence[PipTarget] | None = None) -> Plan:
+    """Pin torch / torchvision / torchaudio per target (``targets``, else the spec's) against
+    the screened view; pre-releases only on a channel that publishes them."""
+    prerelease = spec.channel.prerelease
     plans = []
-    for t in spec.targets():
+    for t in (spec.targets() if targets is None else targets):
         pins: list[str] = []
         torch_version = None
         for project in TORCH_PROJECTS:

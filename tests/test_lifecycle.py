@@ -1,0 +1,210 @@
+"""The mirror's lifecycle through the real CLI (issue 14 part 1): targets accumulate across
+``tools/fetch`` and ``torchdepot mirror``, ``--prune`` lists what goes with sizes, an upstream
+upgrade keeps the older torch (or ``keep: N`` drops it, listed), every sync ends verify-clean,
+and ``torchdepot status`` tells what the mirror holds. Loopback upstreams only."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.httpserver import Server
+from tests.mirror_upstream import build_upstreams, make_wheel
+from tests.venvs import hermetic_env
+from torchdepot.model.sizes import format_size
+from torchdepot.store import manifest as mf
+from torchdepot.sync import lifecycle
+
+ROOT = Path(__file__).resolve().parent.parent
+TAG = "cp311-cp311-manylinux_2_28_x86_64"
+CPU = "cpu-py311-linux-x86_64"
+CU118 = "cu118-py311-linux-x86_64"
+
+
+@pytest.fixture(scope="module")
+def wheels(tmp_path_factory):
+    d = tmp_path_factory.mktemp("wheels")
+    return {
+        "cpu": [make_wheel(d, "torch", "2.13.0+cpu", TAG, ("filelock",), ">=3.10", payload=os.urandom(150_000))],
+        "cpu-new": [make_wheel(d, "torch", "2.14.0+cpu", TAG, ("filelock",), ">=3.10", payload=os.urandom(160_000))],
+        "cu118": [make_wheel(d, "torch", "2.1.0+cu118", TAG, ("filelock",), ">=3.10", payload=os.urandom(400_000))],
+        "deps": [make_wheel(d, "filelock", "3.20.0", requires_python=">=3.9"),
+                 make_wheel(d, "numpy", "2.3.0", TAG, requires_python=">=3.11")],
+    }
+
+
+@pytest.fixture
+def site(tmp_path, wheels):
+    """(A: PyTorch-like upstream with cpu and cu118, B: dependency index, tmp, relayout(acc, torch wheels))."""
+    a, b = tmp_path / "A", tmp_path / "B"
+    a.mkdir()
+    b.mkdir()
+    with Server(b) as sb, Server(a) as sa:
+        def layout(acc: str, torch: list[Path]) -> None:
+            build_upstreams(a, b, sb.url, torch, wheels["deps"], acc=acc)
+
+        layout("cpu", wheels["cpu"])
+        layout("cu118", wheels["cu118"])
+        yield sa.url + "/whl", sb.url + "/simple", tmp_path, layout
+
+
+def cli(tmp: Path, b: str, *args: str) -> subprocess.CompletedProcess:
+    env = hermetic_env(PIP_INDEX_URL=b, UV_CACHE_DIR=str(tmp / "uv-cache"), TORCHDEPOT_NO_PROGRESS="1")
+    cmd = [str(ROOT / "tools" / "fetch"), *args[1:]] if args[0] == "tools/fetch" else \
+        [sys.executable, "-m", "torchdepot", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp, timeout=300)
+    print(f"$ {' '.join(args)}\n{proc.stdout}{proc.stderr}")  # shown with -s: what each command printed
+    return proc
+
+
+def cpu_spec(tmp: Path, a: str, **extra) -> Path:
+    path = tmp / "cpu.yaml"
+    lines = ["accelerators: [cpu]", "pythons: ['3.11']", "platforms: [linux-x86_64]", f"upstreams: [{a}]",
+             "extra_packages: [numpy]", *(f"{k}: {v}" for k, v in extra.items())]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def verify_clean(tmp: Path, b: str, m: Path) -> None:
+    proc = cli(tmp, b, "verify-mirror", str(m))
+    assert proc.returncode == 0 and ": ok: " in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert "orphan" not in proc.stdout + proc.stderr
+
+
+def torch_of(m: Path) -> dict[str, str]:
+    return {t.id: next(p.version for p in t.packages if p.name == "torch") for t in mf.load(m).targets}
+
+
+def test_fetch_then_cpu_spec_keeps_both_and_prune_lists_sizes(site):
+    a, b, tmp, _layout = site
+    m = tmp / "M"
+    # tools/fetch into a NEW directory mirrors only the target it was asked for
+    proc = cli(tmp, b, "tools/fetch", "--cuda", "cu118", "--py", "3.11", "--platform", "linux-x86_64",
+               "--out", str(m), "--upstream", a)
+    assert proc.returncode == 0, proc.stderr
+    assert torch_of(m) == {CU118: "2.1.0+cu118"}
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"ready: torch 2.1.0+cu118 for {CU118}; ") and f"next: torchdepot serve --root {m}" in last
+    verify_clean(tmp, b, m)
+
+    # the CPU spec into the same mirror (what `make mirror` runs) keeps cu118
+    spec = cpu_spec(tmp, a)
+    proc = cli(tmp, b, "mirror", "--spec", str(spec), "--out", str(m))
+    assert proc.returncode == 0, proc.stderr
+    assert torch_of(m) == {CU118: "2.1.0+cu118", CPU: "2.13.0+cpu"}
+    man = mf.load(m)
+    assert {(r.id, r.origin) for r in man.recorded} == {(CU118, "fetch"), (CPU, "spec")}
+    assert man.last_sync is not None and man.last_sync.verify == "ok"
+    assert (m / "whl" / "cu118" / "torch" / "index.html").is_file()
+    assert "removing" not in proc.stdout + proc.stderr
+    verify_clean(tmp, b, m)
+
+    # status: targets, torch versions, sizes, last sync, verify state
+    st = cli(tmp, b, "status", str(m))
+    assert st.returncode == 0, st.stderr
+    assert re.search(rf"^  {CU118} +fetch +torch 2\.1\.0\+cu118 +\d+ files +[\d.]+ [kM]B$", st.stdout, re.M), st.stdout
+    assert re.search(rf"^  {CPU} +spec +torch 2\.13\.0\+cpu ", st.stdout, re.M), st.stdout
+    assert "verify: ok" in st.stdout
+    doc = json.loads(cli(tmp, b, "status", str(m), "--json").stdout)
+    assert {t["id"]: t["torch"] for t in doc["targets"]} == {CU118: ["2.1.0+cu118"], CPU: ["2.13.0+cpu"]}
+    assert doc["last_sync"]["verify"] == "ok" and doc["size"] == sum(f.size for f in man.files)
+
+    # --prune: the recorded target the spec does not ask for goes, listed with its size
+    only_cu = [f for f in man.files if f.path.startswith("packages/torch/torch-2.1.0+cu118")]
+    size = sum(f.size for f in only_cu)
+    proc = cli(tmp, b, "mirror", "--spec", str(spec), "--out", str(m), "--prune")
+    assert proc.returncode == 0, proc.stderr
+    assert f"--prune: {CU118}: removing {len(only_cu)} files, {format_size(size)}" in proc.stderr, proc.stderr
+    assert torch_of(m) == {CPU: "2.13.0+cpu"}
+    assert not any((m / f.path).exists() for f in only_cu)
+    assert not (m / "targets" / CU118).exists() and not (m / "whl" / "cu118").exists()
+    assert (m / "packages" / "filelock").is_dir()  # shared with cpu: stays
+    verify_clean(tmp, b, m)
+
+
+def test_upgrade_keeps_old_torch_and_keep_n_drops_it(site, wheels):
+    a, b, tmp, layout = site
+    m = tmp / "M"
+    spec = cpu_spec(tmp, a)
+    assert cli(tmp, b, "mirror", "--spec", str(spec), "--out", str(m)).returncode == 0
+    old = "packages/torch/" + wheels["cpu"][0].name
+    # upstream publishes a newer torch: an ordinary upgrade
+    layout("cpu", wheels["cpu"] + wheels["cpu-new"])
+    proc = cli(tmp, b, "mirror", "--spec", str(spec), "--out", str(m), "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["torch"] == {CPU: "2.14.0+cpu"} and doc["verify"] == "ok" and doc["removed"] == []
+    assert doc["requests"] and "links_refused" in doc
+    man = mf.load(m)
+    assert sorted(r.torch for r in man.releases) == ["2.13.0+cpu", "2.14.0+cpu"]
+    page = (m / "whl" / "cpu" / "torch" / "index.html").read_text()
+    assert "torch-2.13.0" in page and "torch-2.14.0" in page  # the older one stays installable
+    assert (m / old).is_file() and old in man.by_path()
+    verify_clean(tmp, b, m)
+
+    # keep: 1 -> the older torch goes at this sync, listed with its size
+    spec = cpu_spec(tmp, a, keep=1)
+    gone = [f for f in man.files if f.path.startswith(old)]
+    proc = cli(tmp, b, "mirror", "--spec", str(spec), "--out", str(m))
+    assert proc.returncode == 0, proc.stderr
+    expect = f"keep 1: {CPU} torch 2.13.0+cpu: removing {len(gone)} files, {format_size(sum(f.size for f in gone))}"
+    assert expect in proc.stderr, proc.stderr
+    assert not (m / old).exists() and "torch-2.13.0" not in (m / "whl" / "cpu" / "torch" / "index.html").read_text()
+    assert [r.torch for r in mf.load(m).releases] == ["2.14.0+cpu"]
+    verify_clean(tmp, b, m)
+
+
+def test_fetch_into_new_dir_when_upstream_has_no_cpu_build(tmp_path, wheels):
+    a, b = tmp_path / "A", tmp_path / "B"
+    a.mkdir()
+    b.mkdir()
+    with Server(b) as sb, Server(a) as sa:
+        build_upstreams(a, b, sb.url, wheels["cu118"], wheels["deps"], acc="cu118")  # no whl/cpu at all
+        m = tmp_path / "M"
+        proc = cli(tmp_path, sb.url + "/simple", "tools/fetch", "--cuda", "11.8", "--py", "3.11",
+                   "--platform", "linux-x86_64", "--out", str(m), "--upstream", sa.url + "/whl")
+        assert proc.returncode == 0, proc.stderr
+        assert torch_of(m) == {CU118: "2.1.0+cu118"}
+        assert [r.origin for r in mf.load(m).recorded] == ["fetch"]
+        verify_clean(tmp_path, sb.url + "/simple", m)
+
+
+# -- the pure rules ---------------------------------------------------------------------------
+
+def _rel(target: str, torch: str, *paths: str) -> mf.Release:
+    return mf.Release(target=target, torch=torch, paths=tuple(paths))
+
+
+def test_retain_keeps_current_and_newest():
+    prev = (_rel("t", "2.11.0", "a"), _rel("t", "2.12.0", "b"), _rel("gone", "2.0", "z"))
+    cur = (_rel("t", "2.12.0", "c"),)
+    kept, dropped = lifecycle.retain(prev, cur, {"t"}, keep=None)
+    assert sorted((r.torch, r.paths) for r in kept) == [("2.11.0", ("a",)), ("2.12.0", ("b", "c"))]
+    assert [r.target for r in dropped] == ["gone"]
+    # keep 1 while the current version is older than one kept: current wins the slot
+    prev = (_rel("t", "2.13.0", "n"),)
+    kept, dropped = lifecycle.retain(prev, (_rel("t", "2.12.0", "c"),), {"t"}, keep=1)
+    assert [r.torch for r in kept] == ["2.12.0"] and [r.torch for r in dropped] == ["2.13.0"]
+
+
+def test_manifest_lifecycle_round_trip_and_old_manifests():
+    m = mf.Manifest(recorded=[mf.RecordedTarget(id=CPU, accelerator="cpu", python="3.11", platform="linux-x86_64",
+                                                origin="fetch", torch="==2.1")],
+                    releases=[_rel(CPU, "2.1.0", "packages/torch/t.whl")],
+                    last_sync=mf.SyncRecord(finished="2026-12-04T01:40:00Z", seconds=1.5, verify="ok"))
+    assert mf.Manifest.from_json(m.to_json()) == m
+    assert "recorded" not in mf.Manifest().to_json()  # manifests without a lifecycle stay as they were
+    bad = json.loads(m.to_json())
+    bad["recorded"][0]["origin"] = "elsewhere"
+    with pytest.raises(Exception, match=r"recorded\[0\]: origin"):
+        mf.Manifest.from_doc(bad)
+    bad = json.loads(m.to_json())
+    bad["releases"][0]["paths"] = ["../../etc/passwd"]
+    with pytest.raises(Exception):
+        mf.Manifest.from_doc(bad)

@@ -1,0 +1,30 @@
+"""``torchdepot status MIRROR``: what a mirror holds (targets, torch versions, sizes) and how its
+last sync ended. Argument parsing and printing only; the figures are :mod:`torchdepot.site.status`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.command("status")
+@click.argument("mirror", type=click.Path(file_okay=False, path_type=Path), default=Path("mirror/out"))
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status_cmd(mirror: Path, as_json: bool) -> None:
+    """Print a mirror's targets (who added each), torch versions, sizes, last sync and its verify state.
+
+    \b
+    Example:
+      torchdepot status mirror/out
+      torchdepot status /srv/torch --json
+    """
+    from torchdepot.site.status import mirror_status, render
+    from torchdepot.store import manifest as mf
+
+    status = mirror_status(mirror, mf.load(mirror))
+    click.echo(json.dumps(status.to_json(), indent=1, sort_keys=True) if as_json else render(status))
+
+
+COMMANDS = [status_cmd]

@@ -1,0 +1,83 @@
+"""What a mirror holds, for ``torchdepot status``: targets, torch versions, sizes, last sync.
+
+Pure: a :class:`~torchdepot.store.manifest.Manifest` in, a :class:`MirrorStatus` (and its text
+or JSON) out. A target's files are those of every release the mirror keeps for it (older torch
+versions included) plus what its current resolution lists, each with its ``.metadata``; a file
+several targets share counts for each of them, and once in the total.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from packaging.version import InvalidVersion, Version
+
+from torchdepot.model.sizes import format_size
+from torchdepot.store import manifest as mf
+
+METADATA = ".metadata"
+
+
+@dataclass(frozen=True)
+class TargetStatus:
+    id: str
+    kind: str  # "pip" | "conda"
+    origin: str  # "spec" | "fetch" (pip); "spec" for conda
+    torch: tuple[str, ...]  # torch versions held, newest first
+    files: int
+    size: int
+
+
+@dataclass(frozen=True)
+class MirrorStatus:
+    root: str
+    targets: tuple[TargetStatus, ...]
+    files: int
+    size: int
+    last_sync: mf.SyncRecord | None
+
+    def to_json(self) -> dict:
+        return {"root": self.root, "files": self.files, "size": self.size,
+                "targets": [{**asdict(t), "torch": list(t.torch)} for t in self.targets],
+                "last_sync": asdict(self.last_sync) if self.last_sync else None}
+
+
+def _newest_first(versions: set[str]) -> tuple[str, ...]:
+    def key(v: str):
+        try:
+            return (1, Version(v), v)
+        except InvalidVersion:
+            return (0, Version("0"), v)
+    return tuple(sorted(versions, key=key, reverse=True))
+
+
+def mirror_status(root: Path | str, manifest: mf.Manifest) -> MirrorStatus:
+    sizes = {f.path: f.size for f in manifest.files}
+    origin = {r.id: r.origin for r in manifest.recorded}
+    out = []
+    for t in sorted(manifest.targets, key=lambda t: (t.kind, t.id)):
+        paths = {p.path for p in t.packages}
+        versions = {p.version for p in t.packages if p.name in ("torch", "pytorch")}
+        for r in manifest.releases:
+            if r.target == t.id and t.kind == "pip":
+                paths |= set(r.paths)
+                versions.add(r.torch)
+        paths |= {p + METADATA for p in paths if p + METADATA in sizes}
+        held = [p for p in paths if p in sizes]
+        out.append(TargetStatus(id=t.id, kind=t.kind, origin=origin.get(t.id, "spec"),
+                                torch=_newest_first(versions), files=len(held), size=sum(sizes[p] for p in held)))
+    return MirrorStatus(root=str(root), targets=tuple(out), files=len(manifest.files),
+                        size=sum(sizes.values()), last_sync=manifest.last_sync)
+
+
+def render(status: MirrorStatus) -> str:
+    lines = [f"mirror {status.root}: {len(status.targets)} targets, {status.files} files, {format_size(status.size)}"]
+    s = status.last_sync
+    lines.append(f"last sync: {s.finished} ({s.seconds:.1f} s); verify: {s.verify}" if s
+                 else "last sync: not recorded (run 'torchdepot mirror' to record it); verify: unknown")
+    width = max((len(t.id) for t in status.targets), default=0)
+    for t in status.targets:
+        torch = ("torch " + ", ".join(t.torch)) if t.torch else "no torch"
+        lines.append(f"  {t.id:<{width}}  {t.origin:<5}  {torch}  {t.files} files  {format_size(t.size)}")
+    return "\n".join(lines)

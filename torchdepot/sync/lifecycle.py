@@ -1,0 +1,193 @@
+"""The mirror's lifecycle: which targets a sync covers, which torch versions it keeps, what goes.
+
+Pure: manifests and spec values in, decisions out; the orchestrator (``sync/pip.py``) does the
+I/O. The rules (issue 14 part 1):
+
+- **Targets accumulate.** A mirror records every pip target it holds
+  (:class:`~torchdepot.store.manifest.RecordedTarget`, with who asked: the spec or
+  ``tools/fetch``). A sync covers what it was asked for plus every recorded target; only
+  ``prune=True`` (``torchdepot mirror --prune``) narrows it to what was asked for, and the
+  targets that go are listed with their sizes.
+- **Versions accumulate, or ``keep: N``.** Per target, each torch version published is a
+  :class:`~torchdepot.store.manifest.Release` (its wheels, unioned over the runs that
+  published that version, so a lock written yesterday still finds its files). Without ``keep``
+  every release stays listed and indexed; with ``keep: N`` the version just resolved and the
+  newest others up to N stay, and older ones go at this sync, listed like a prune.
+- **Nothing goes silently, nothing is orphaned.** A file leaves the manifest only when no kept
+  release needs it; the orchestrator deletes exactly those files (they are the mirror's own),
+  so the sync ends verify-clean. Conda files are never touched here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from packaging.version import InvalidVersion, Version
+
+from torchdepot.model.sizes import format_size
+from torchdepot.spec.mirror import PipTarget
+from torchdepot.store import manifest as mf
+from torchdepot.store.layout import PACKAGES_DIR
+
+METADATA_SUFFIX = ".metadata"
+
+
+@dataclass(frozen=True)
+class TargetSet:
+    run: tuple[PipTarget, ...]  # the targets this sync resolves, in order
+    recorded: tuple[mf.RecordedTarget, ...]  # what the manifest records after it
+    dropped: tuple[mf.RecordedTarget, ...]  # recorded targets --prune removes
+
+
+@dataclass(frozen=True)
+class Removal:
+    """What leaves the mirror, grouped for one line each (a pruned target, a dropped version)."""
+    reason: str  # "--prune: cu118-py311-linux-x86_64" | "keep 2: cpu-py311-linux-x86_64 torch 2.11.0+cpu"
+    paths: tuple[str, ...]  # files (wheels and .metadata) that go
+    size: int
+
+    def line(self) -> str:
+        return f"{self.reason}: removing {len(self.paths)} files, {format_size(self.size)}"
+
+
+def as_pip_target(r: mf.RecordedTarget) -> PipTarget:
+    return PipTarget(accelerator=r.accelerator, python=r.python, platform=r.platform, id=r.id, torch=r.torch)
+
+
+def _record(t: PipTarget, origin: str) -> mf.RecordedTarget:
+    return mf.RecordedTarget(id=t.id, accelerator=t.accelerator, python=t.python, platform=t.platform,
+                             origin=origin, torch=t.torch)
+
+
+def recorded_of(previous: mf.Manifest | None) -> tuple[mf.RecordedTarget, ...]:
+    """The previous manifest's recorded targets; a manifest from before they were recorded
+    gives its pip targets (torch constraint from its stored spec's ``targets``)."""
+    if previous is None:
+        return ()
+    if previous.recorded:
+        return tuple(previous.recorded)
+    constraints = {}
+    for entry in previous.spec.get("targets") or []:
+        if isinstance(entry, dict) and entry.get("torch"):
+            key = f"{entry.get('accelerator')}-py{str(entry.get('python', '')).replace('.', '')}-{entry.get('platform')}"
+            constraints[key] = str(entry["torch"])
+    return tuple(mf.RecordedTarget(id=t.id, accelerator=t.accelerator, python=t.python, platform=t.platform,
+                                   origin="spec", torch=constraints.get(t.id))
+                 for t in previous.targets if t.kind == "pip")
+
+
+def target_set(asked: list[PipTarget], origin: str, previous: mf.Manifest | None, prune: bool) -> TargetSet:
+    """``asked`` (by the spec or tools/fetch, per ``origin``) plus every recorded target, unless ``prune``."""
+    before = {r.id: r for r in recorded_of(previous)}
+    run: dict[str, PipTarget] = {}
+    recorded: dict[str, mf.RecordedTarget] = {}
+    for t in asked:
+        run[t.id] = t
+        # a target the spec names is the spec's; one tools/fetch re-adds keeps its first origin
+        kept_origin = "spec" if origin == "spec" else (before[t.id].origin if t.id in before else origin)
+        recorded[t.id] = _record(t, kept_origin)
+    dropped = []
+    for r in before.values():
+        if r.id in run:
+            continue
+        if prune:
+            dropped.append(r)
+        else:
+            run[r.id] = as_pip_target(r)
+            recorded[r.id] = r
+    return TargetSet(run=tuple(run.values()), recorded=tuple(recorded.values()), dropped=tuple(dropped))
+
+
+def releases_of(previous: mf.Manifest | None) -> tuple[mf.Release, ...]:
+    """The previous manifest's releases; an older manifest gives one per pip target (its torch)."""
+    if previous is None:
+        return ()
+    if previous.releases:
+        return tuple(previous.releases)
+    out = []
+    for t in previous.targets:
+        torch = next((p.version for p in t.packages if p.name == "torch"), None)
+        if t.kind == "pip" and torch:
+            out.append(mf.Release(target=t.id, torch=torch, paths=tuple(sorted({p.path for p in t.packages}))))
+    return tuple(out)
+
+
+def _version_key(v: str) -> tuple:
+    try:
+        return (1, Version(v))
+    except InvalidVersion:
+        return (0, v)
+
+
+def retain(previous: tuple[mf.Release, ...], current: tuple[mf.Release, ...], live: set[str],
+           keep: int | None) -> tuple[tuple[mf.Release, ...], tuple[mf.Release, ...]]:
+    """(kept, dropped) releases after a sync that resolved ``current`` for targets ``live``.
+
+    A current release absorbs the previous paths of its (target, torch); per target the
+    current version and the newest others up to ``keep`` stay (all without ``keep``); releases
+    of targets no longer live are dropped."""
+    merged: dict[tuple[str, str], mf.Release] = {}
+    dropped: list[mf.Release] = []
+    for r in previous:
+        if r.target not in live:
+            dropped.append(r)
+        else:
+            merged[(r.target, r.torch)] = r
+    current_keys = set()
+    for r in current:
+        key = (r.target, r.torch)
+        current_keys.add(key)
+        old = merged.get(key)
+        paths = set(r.paths) | (set(old.paths) if old else set())
+        merged[key] = mf.Release(target=r.target, torch=r.torch, paths=tuple(sorted(paths)))
+    by_target: dict[str, list[mf.Release]] = {}
+    for r in merged.values():
+        by_target.setdefault(r.target, []).append(r)
+    kept: list[mf.Release] = []
+    for target, rels in sorted(by_target.items()):
+        # the version just resolved first, then the others newest first
+        cur = [r for r in rels if (r.target, r.torch) in current_keys]
+        others = sorted((r for r in rels if (r.target, r.torch) not in current_keys),
+                        key=lambda r: _version_key(r.torch), reverse=True)
+        ordered = cur + others
+        n = len(ordered) if keep is None else max(keep, len(cur))
+        kept += ordered[:n]
+        dropped += ordered[n:]
+    return tuple(kept), tuple(dropped)
+
+
+def needed_paths(releases: tuple[mf.Release, ...]) -> set[str]:
+    """Every wheel a release lists and its ``.metadata``."""
+    return {p + suffix for r in releases for p in r.paths for suffix in ("", METADATA_SUFFIX)}
+
+
+def is_pip_file(path: str) -> bool:
+    return path.startswith(PACKAGES_DIR + "/")
+
+
+def removals(previous: mf.Manifest | None, keep_paths: set[str], dropped_targets: tuple[mf.RecordedTarget, ...],
+             dropped_releases: tuple[mf.Release, ...], keep: int | None) -> tuple[Removal, ...]:
+    """The previous manifest's pip files not in ``keep_paths``, one :class:`Removal` per
+    dropped target or release (a file shared by several is named under the first), and any
+    rest (files no release recorded) under one more line."""
+    if previous is None:
+        return ()
+    sizes = {f.path: f.size for f in previous.files if is_pip_file(f.path)}
+    going = {p for p in sizes if p not in keep_paths}
+    out: list[Removal] = []
+    pruned = {t.id for t in dropped_targets}
+    groups: list[tuple[str, set[str]]] = []
+    for t in dropped_targets:
+        paths = needed_paths(tuple(r for r in dropped_releases if r.target == t.id))
+        groups.append((f"--prune: {t.id}", paths))
+    for r in dropped_releases:
+        if r.target not in pruned:
+            groups.append((f"keep {keep}: {r.target} torch {r.torch}", needed_paths((r,))))
+    for reason, paths in groups:
+        mine = tuple(sorted(p for p in paths if p in going))
+        going -= set(mine)
+        out.append(Removal(reason=reason, paths=mine, size=sum(sizes[p] for p in mine)))
+    if going:
+        rest = tuple(sorted(going))
+        out.append(Removal(reason="no longer needed by any target", paths=rest, size=sum(sizes[p] for p in rest)))
+    return tuple(out)
