@@ -1,5 +1,6 @@
-"""Property tests (2,000 examples each) for the fetch-adjacent pure pieces: whatever the
-input, they return a safe answer or raise the project's own error, never anything else."""
+"""Property tests for the fetch-adjacent pure pieces: whatever the input, they return a safe
+answer or raise the project's own error, never anything else. The example count comes from the
+hypothesis profile loaded in tests/conftest.py (dev: fast; ci: the full 2,000 each)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from torchdepot.net.hostpolicy import default_policy, filename_refusal, host_of,
 from torchdepot.net.http import Client, HttpConfig, retry_after_seconds
 from torchdepot.sources.links import Link
 
-MANY = settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# max_examples is left to the loaded profile (dev: fast; ci: 2,000).
+MANY = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ROOT = Path("/srv/mirror-root")
 
 # Path-ish text: separators, dots, encodings, drive letters, NULs and unicode mixed in.
@@ -132,3 +134,8 @@ def test_retry_after_parses_or_ignores(value):
     # whatever upstream says, the client never waits longer than its cap
     c = Client(HttpConfig(backoff=0.01, max_backoff=2.0))
     assert 0 <= c.backoff_delay(3, got) <= 2.0
+
+
+def test_example_count_follows_the_profile():
+    """These properties take their example count from the loaded profile (dev fast, ci 2,000)."""
+    assert MANY.max_examples == settings().max_examples
