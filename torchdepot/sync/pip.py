@@ -48,7 +48,7 @@ from torchdepot.store.layout import MANIFEST_NAME, TARGETS_DIR
 from torchdepot.store.pages import IndexFile, ensure_metadata
 from torchdepot.sync import lifecycle
 from torchdepot.sync.check import verify_mirror
-from torchdepot.sync.download import fetch_files
+from torchdepot.sync.download import PipFetchReport, fetch_files
 from torchdepot.sync.pipindex import publish_pip
 from torchdepot.sync.plan import (TargetPlan, dependency_sources, host_policy, locate_variants, plan_targets)
 from torchdepot.sync.resolution import Resolution, file_key, resolve_targets
@@ -207,10 +207,11 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
             first = report.failed[0]
             raise TorchdepotError(f"{len(report.failed)} of {len(report.results)} files failed (index not updated); "
                                   f"first: {first.key}: {first.error}")
-        current = _current_releases(resolution)
+        stored = report.stored if isinstance(report, PipFetchReport) else (lambda key: key)
+        current = _current_releases(resolution, stored)
         kept, dropped = lifecycle.retain(lifecycle.releases_of(previous), current,
                                          {tp.target.id for tp in resolution.targets}, spec.keep)
-        retained, pages, kept = _retained(out, previous, resolution, kept, say)
+        retained, pages, kept = _retained(out, previous, resolution, stored, kept, say)
         published = publish_pip(out, resolution, report, view, retained=pages)
         result.files = sorted([*published.files, *retained], key=lambda e: e.path)
         result.targets = list(published.targets)
@@ -233,28 +234,29 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
         result.seconds = time.monotonic() - started
 
 
-def _current_releases(resolution: Resolution) -> tuple[mf.Release, ...]:
+def _current_releases(resolution: Resolution, stored: Callable[[str], str]) -> tuple[mf.Release, ...]:
+    """Per target, the torch version resolved now and the stored paths of its closure."""
     out = []
     for tp in resolution.targets:
         torch = next((f.version for f in tp.files if f.name == "torch"), None)
         if torch:
             out.append(mf.Release(target=tp.target.id, torch=torch,
-                                  paths=tuple(sorted({file_key(f) for f in tp.files}))))
+                                  paths=tuple(sorted({stored(file_key(f)) for f in tp.files}))))
     return tuple(out)
 
 
-def _retained(out: Path, previous: mf.Manifest | None, resolution: Resolution, kept: tuple[mf.Release, ...],
-              say: Echo) -> tuple[list[mf.FileEntry], dict[str, list[IndexFile]], tuple[mf.Release, ...]]:
+def _retained(out: Path, previous: mf.Manifest | None, resolution: Resolution, stored: Callable[[str], str],
+              kept: tuple[mf.Release, ...], say: Echo) -> tuple[list[mf.FileEntry], dict[str, list[IndexFile]], tuple[mf.Release, ...]]:
     """Manifest entries and index files (per accelerator) of the kept releases' wheels that this
     run did not resolve; a wheel no longer on disk leaves its release (said once)."""
     if previous is None:
         return [], {}, kept
     before = previous.by_path()
-    current = {key for key, _vf, _acc in resolution.files}
+    current = {stored(key) for key, _vf, _acc in resolution.files}
     acc_of = {tp.target.id: tp.target.accelerator for tp in resolution.targets}
     current_of: dict[str, set[str]] = {}
     for tp in resolution.targets:
-        current_of.setdefault(tp.target.accelerator, set()).update(file_key(f) for f in tp.files)
+        current_of.setdefault(tp.target.accelerator, set()).update(stored(file_key(f)) for f in tp.files)
     entries: dict[str, mf.FileEntry] = {}
     index: dict[str, IndexFile] = {}
     pages: dict[str, dict[str, IndexFile]] = {}
