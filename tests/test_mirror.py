@@ -230,3 +230,26 @@ def test_tools_fetch_adds_a_target(upstreams, tmp_path):
     assert [(r.id, r.origin, r.torch) for r in man.recorded] == [("cpu-py311-linux-x86_64", "fetch", "==2.12.0")]
     torch = {t.id: {p.name: p.version for p in t.packages}["torch"] for t in man.targets}
     assert torch["cpu-py311-linux-x86_64"] == "2.12.0+cpu"
+
+
+def test_allow_hosts_with_port_reaches_the_host_policy(wheels, tmp_path):
+    """Dependency links on the PyTorch pages point at a file host (C) no configured source
+    names: refused (counted) unless ``allow_hosts`` names it as ``host:port``."""
+    torch, deps, _cuda_like = wheels
+    a, c, empty = tmp_path / "A", tmp_path / "C", tmp_path / "E"
+    for d in (a, c, empty / "simple"):
+        d.mkdir(parents=True)
+    (empty / "simple" / "index.html").write_text("<html><body></body></html>\n")
+    with Server(c) as sc, Server(a) as sa, Server(empty) as se:
+        build_upstreams(a, c, sc.url, torch, deps)
+        port = sc.url.rsplit(":", 1)[1]
+        with pytest.raises(TorchdepotError, match="numpy was not found"):
+            run(make_spec([sa.url + "/whl"], tmp_path / "refused"), se.url + "/simple")
+        res, msgs = run(make_spec([sa.url + "/whl"], tmp_path / "allowed", allow_hosts=[f"127.0.0.1:{port}"]),
+                        se.url + "/simple")
+        assert {f.name for f in res.plans[0].files} == {"torch", "filelock", "typing-extensions", "numpy"}
+        assert all(f.url.startswith(sc.url) for f in res.manifest.files if f.kind == "wheel" and f.project != "torch")
+        # another port on the same host stays refused
+        other = make_spec([sa.url + "/whl"], tmp_path / "other", allow_hosts=[f"127.0.0.1:{int(port) % 65535 + 1}"])
+        with pytest.raises(TorchdepotError, match="numpy was not found"):
+            run(other, se.url + "/simple")

@@ -32,8 +32,8 @@ DEFAULT_SPEC = "mirror/mirror.yaml"
               help="fsync every file before publishing it (survives power loss; slower on large mirrors).")
 @click.option("--wait", type=float, default=None, metavar="SECONDS",
               help="Wait this long for another run holding the mirror lock (default: fail at once).")
-@click.option("--allow-host", "allow_hosts", multiple=True, metavar="HOST",
-              help="Also download from this host (repeatable; adds to the spec's allow_hosts).")
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="HOST[:PORT]",
+              help="Also download from this host (HOST:PORT: that port only; repeatable; adds to the spec's allow_hosts).")
 @click.option("--exclude-newer", metavar="TIME",
               help="Ignore files uploaded after this UTC time or date, e.g. 2026-06-01T00:00:00Z "
                    "(overrides the spec's exclude_newer).")

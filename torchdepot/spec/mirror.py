@@ -22,7 +22,8 @@ Keys (all optional):
 ``on_hash_mismatch`` :class:`HashPolicy`: fail | warn. ``jobs``: 1..64 parallel downloads.
 ``fsync``           fsync every file before publishing it.
 ``keep``            retention: the newest N torch versions per target (default: keep all).
-``allow_hosts``     host names the mirror may download from beyond the default host policy.
+``allow_hosts``     host names (or ``host:port``, that port only) the mirror may download from
+                    beyond the default host policy.
 ``exclude_newer``   a UTC time or date (``2026-06-01T00:00:00Z``): files uploaded later are ignored.
 ``connections``     the downloader's cap on sockets open at once, all hosts together (1..256), and
 ``connections_per_host`` its cap per host (1..64); absent: the downloader's defaults
@@ -430,10 +431,15 @@ _keep = _count("keep", MAX_KEEP, "leave it out to keep every version")
 def _allow_hosts(raw: object, where: str) -> tuple[str, ...]:
     hosts = []
     for i, entry in enumerate(_list(raw, "allow_hosts", where, [])):
-        text = entry.strip().rstrip(".").lower() if isinstance(entry, str) else ""
-        if not _HOST.fullmatch(text):
-            raise SpecError(f"{where}: allow_hosts[{i}]: {show(entry)} is not a host name (like mirror.example.org)")
-        hosts.append(text)
+        text = entry.strip().lower() if isinstance(entry, str) else ""
+        host, colon, port = text.rpartition(":")  # host:port allows that port only (net.hostpolicy)
+        if not colon or not (port.isdigit() and 0 < int(port) < 65536):
+            host, colon, port = text, "", ""
+        host = host.rstrip(".")
+        if not _HOST.fullmatch(host):
+            raise SpecError(f"{where}: allow_hosts[{i}]: {show(entry)} is not a host name or host:port "
+                            "(like mirror.example.org or mirror.example.org:8080)")
+        hosts.append(f"{host}:{int(port)}" if colon else host)
     return _dedup(hosts)
 
 
