@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.faultserver import Fault, FaultServer
+from torchdepot.errors import UpstreamError
 from torchdepot.fetch import Fetcher, FetchItem
 from torchdepot.fetch.bounds import RateFloor, RateMeter
 from torchdepot.fetch.pieces import PieceState, Validators, plan_pieces
@@ -48,6 +49,18 @@ def test_dripping_upstream_hits_the_rate_floor(tmp_path, up, split):
     assert res.status == "failed" and "too slow" in res.error and url in res.error, res
     assert "\n" not in res.error and not (tmp_path / item.key).exists()
     assert took < 3.0, took
+
+
+def test_a_dripping_index_page_hits_the_page_deadline(up):
+    """Index pages have a whole-page deadline: 1 byte every few ms never trips the read timeout
+    (each recv gets a byte), so without it a sync would wait forever on one page."""
+    url = up.add("/whl/cpu/torch/", b"<html>" + b" " * 200_000 + b"</html>")
+    up.always("/whl/cpu/torch/", Fault("drip", rate=2_000))  # would take 100 s
+    client = Client(HttpConfig(retries=0, connect_timeout=2.0, read_timeout=2.0, page_deadline=1.0))
+    t = time.monotonic()
+    with pytest.raises(UpstreamError, match="page not complete after 1 s") as exc:
+        client.get_bytes(url)
+    assert url in str(exc.value) and time.monotonic() - t < 4.0
 
 
 def test_a_slow_link_above_the_floor_completes(tmp_path, up):

@@ -42,15 +42,29 @@ def test_new_empty_and_existing_mirrors_are_accepted(home):
         m = home / f"m-{marker}"
         m.mkdir()
         (m / "index.html").write_text("old landing page")
-        (m / marker).mkdir() if marker == ".torchdepot" else (m / marker).write_text("{}")
+        content = '{"files": [], "format": "torchdepot-manifest", "targets": []}' if marker == "manifest.json" else ""
+        (m / marker).mkdir() if marker == ".torchdepot" else (m / marker).write_text(content)
         assert is_mirror(m) and check_out_dir(m) == m.resolve()
+
+
+def test_a_manifest_json_of_something_else_is_not_a_mirror(home):
+    """Web apps and browser extensions have a manifest.json: the name alone must not let a sync
+    overwrite that directory's index.html and manifest.json."""
+    app = home / "webapp"
+    app.mkdir()
+    (app / "manifest.json").write_text('{"name": "my app", "start_url": "."}')
+    (app / "index.html").write_text("my page")
+    assert not is_mirror(app)
+    refused(app, "not empty and not a torchdepot mirror")
+    (app / "manifest.json").write_text("not json at all")
+    refused(app, "not empty and not a torchdepot mirror")
 
 
 def test_refusals(home, tmp_path):
     docs = home / "docs"
     docs.mkdir()
     (docs / "index.html").write_text("my page")
-    refused(docs, "not empty and not a torchdepot mirror (it has 'index.html', no manifest.json)")
+    refused(docs, "not empty and not a torchdepot mirror (it has 'index.html', no torchdepot manifest.json)")
     (home / "notes.txt").write_text("x")
     refused(home / "notes.txt", "exists and is not a directory")
     refused("/", "refusing the file system root")

@@ -7,8 +7,11 @@ at local indexes this way) are read from disk by :func:`get_bytes`.
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import socket
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -45,6 +48,7 @@ class HttpConfig:
     backoff: float = 0.5  # first delay; doubles each retry, with jitter
     max_backoff: float = 30.0
     max_page_bytes: int = 64 * 1024 * 1024  # refuse index pages larger than this
+    page_deadline: float = 120.0  # seconds for a whole page: a server dripping bytes never hits the read timeout
 
 
 # Interactive queries (ls, conda ls, doctor --mirror): a person is waiting, so an unreachable
@@ -252,6 +256,10 @@ class Client:
         if urllib.parse.urlsplit(url).scheme == "file":
             return read_file_url(url, self.config.max_page_bytes)
         resp = self.request("GET", url, headers=headers, stream=True)
+        expired = threading.Event()
+        watchdog = threading.Timer(self.config.page_deadline, _cut, args=(resp, expired))
+        watchdog.daemon = True
+        watchdog.start()
         try:
             declared = resp.headers.get("Content-Length")
             if declared and declared.isascii() and declared.isdigit() and int(declared) > self.config.max_page_bytes:
@@ -265,11 +273,28 @@ class Client:
             meta = {k.lower(): v for k, v in resp.headers.items()}
             meta["url"] = resp.url
             meta["status"] = str(resp.status_code)
+            if expired.is_set():
+                raise UpstreamError(f"{url}: page not complete after {self.config.page_deadline:g} s; gave up")
             return b"".join(chunks), meta
-        except requests.RequestException as exc:
+        except (requests.RequestException, OSError) as exc:
+            if expired.is_set():
+                raise UpstreamError(f"{url}: page not complete after {self.config.page_deadline:g} s; gave up") from None
             raise UpstreamError(f"{url}: {describe(exc)}") from None
         finally:
+            watchdog.cancel()
             resp.close()
+
+
+def _cut(resp: requests.Response, expired: threading.Event) -> None:
+    """Past the page deadline: shut the connection down, so the read blocked in the other
+    thread returns (closing the response object alone does not wake a blocked recv)."""
+    expired.set()
+    try:
+        fd = resp.raw._fp.fileno()  # http.client.HTTPResponse -> the socket's descriptor
+        with socket.socket(fileno=os.dup(fd)) as sock:  # shutdown acts on the connection, not the fd
+            sock.shutdown(socket.SHUT_RDWR)
+    except (AttributeError, OSError, ValueError):
+        pass
 
 
 def file_url_path(url: str) -> Path:

@@ -12,13 +12,14 @@ Only reads the file system (stat and one directory listing).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from torchdepot.errors import UnsafePathError
 from torchdepot.store.layout import LOCK_FILE, MANIFEST_NAME, STATE_DIR
+from torchdepot.store.manifest import FORMAT
 
-MIRROR_MARKERS = (MANIFEST_NAME, STATE_DIR, LOCK_FILE)
 
 
 def _home() -> Path | None:
@@ -29,8 +30,19 @@ def _home() -> Path | None:
 
 
 def is_mirror(root: Path) -> bool:
-    """True when ``root`` holds one of a mirror's own marker files."""
-    return any(os.path.lexists(root / name) for name in MIRROR_MARKERS)
+    """True when ``root`` holds a mirror's own state: the ``.torchdepot/`` dir, its lock file,
+    or a ``manifest.json`` that IS a torchdepot manifest (web apps and browser extensions
+    have a ``manifest.json`` of their own; a name alone proves nothing)."""
+    if any(os.path.lexists(root / name) for name in (STATE_DIR, LOCK_FILE)):
+        return True
+    path = root / MANIFEST_NAME
+    if not path.is_file():
+        return False
+    try:
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(doc, dict) and doc.get("format") == FORMAT
 
 
 def check_out_dir(path: Path | str, *, what: str = "out") -> Path:
@@ -59,5 +71,5 @@ def check_out_dir(path: Path | str, *, what: str = "out") -> Path:
         raise UnsafePathError(f"{what} {given}: cannot list the directory ({exc.strerror or exc})") from None
     if first is not None:
         raise UnsafePathError(f"{what} {given}: not empty and not a torchdepot mirror (it has {first.name!r}, "
-                              f"no {MANIFEST_NAME}); use an empty or new directory")
+                              f"no torchdepot {MANIFEST_NAME}); use an empty or new directory")
     return root
