@@ -5,6 +5,8 @@ them with the matching predicates, so a leftover is classified by the same rule 
 it (no regex re-spelling a name built elsewhere). Layout of ``<root>``::
 
     packages/<project>/<file>         wheels + PEP 658 ``.metadata`` (PACKAGES_DIR)
+    packages/<project>/<digest16>/<file>  a name whose bytes upstream changed after they were
+                                      published (:func:`changed_bytes_path`)
     conda/<channel>/<subdir>/<file>   conda packages + channel index files (CONDA_DIR)
     whl -> .publish/<gen>/whl         the live index generation (INDEX_LINK, PUBLISH_DIR)
     targets/<target-id>/              per-target locks written by a sync
@@ -13,9 +15,23 @@ it (no regex re-spelling a name built elsewhere). Layout of ``<root>``::
     .torchdepot.lock                  the writer's flock (LOCK_FILE)
     .torchdepot/                      state (STATE_DIR):
         hashes.json                   the fetcher's hash cache
+        publish.json                  the publication journal (PUBLISH_JOURNAL)
         partial/                      downloads in flight (PARTIAL_DIR)
         stage-<kind>-<pid>-<rand>/    staging of an unbundle or repair (one per run)
         aside/<stamp>/                unknown files moved out by ``verify-mirror --repair --move-unknown``
+
+Immutable publication (``docs/publication.md``, :mod:`torchdepot.store.publication`): a
+path the committed ``manifest.json`` lists never receives other bytes. A re-sync stages
+every new or changed file at a path no live page or manifest names; when upstream
+changes the bytes behind a published name, the new bytes go to
+``packages/<project>/<digest16>/<file>`` (``digest16``: the first 16 hex digits of the
+sha256 upstream declares for them; ``-<n>`` is appended if even that is taken), the
+next generation's pages and manifest point there, and the old path is removed only after
+the commit. Every path a run creates or supersedes is written to the journal
+``.torchdepot/publish.json`` first, so a killed run's files are recognised (``staged``)
+and cleaned up, and a file the mirror did not create is never deleted. Conda packages
+keep their names (a channel serves ``<subdir>/<file>``): a published one is never
+refetched; its repodata record describes the published bytes.
 
 Temporary names (all dot-prefixed, so nothing serves or bundles them):
 
@@ -28,7 +44,9 @@ Pure: names and predicates only, no I/O.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import posixpath
 import re
 from typing import Literal
 
@@ -45,6 +63,7 @@ LOCK_FILE = ".torchdepot.lock"
 STATE_DIR = ".torchdepot"
 HASHES_NAME = "hashes.json"
 PARTIAL_DIR = f"{STATE_DIR}/partial"
+PUBLISH_JOURNAL = f"{STATE_DIR}/publish.json"
 ASIDE_DIR = f"{STATE_DIR}/aside"
 STAGE_PREFIX = "stage-"
 
@@ -108,6 +127,20 @@ def stage_pid(name: str) -> int | None:
     if len(parts) < 3 or parts[0] not in ("unbundle", "repair") or not parts[1].isdigit():
         return None
     return int(parts[1])
+
+
+def changed_bytes_path(default: str, sha256: str | None, size: int | None, n: int = 0) -> str:
+    """``packages/<p>/<digest16>[-n]/<file>`` for new bytes behind ``default`` (``packages/<p>/<file>``).
+
+    ``digest16`` is the declared sha256's first 16 hex digits; without a usable declared
+    hash, ``z`` + 15 hex digits of a hash of the claim (size), so equal claims share a path.
+    """
+    head, name = posixpath.split(default)
+    if sha256 is not None and re.fullmatch(r"[0-9a-f]{64}", sha256):
+        digest = sha256[:16]
+    else:
+        digest = "z" + hashlib.sha256(f"{sha256}:{size}".encode()).hexdigest()[:15]
+    return f"{head}/{digest}{f'-{n}' if n else ''}/{name}"
 
 
 def is_conda_index_file(name: str) -> bool:

@@ -12,8 +12,16 @@ looks for what a crash or a hand edit leaves behind:
 - ``partial``: a leftover download in ``.torchdepot/partial/``;
 - ``temp``: a leftover temporary file or index build from an interrupted write;
 - ``staging``: the staging dir of a killed unbundle or repair (``.torchdepot/stage-*``);
+- ``staged``: a package file a sync created or superseded (it is in the publication
+  journal, :mod:`torchdepot.store.publication`) that the committed manifest does not list:
+  an interrupted run's download, or a superseded copy waiting for the post-commit cleanup;
 - ``dangling-link``: an index page under ``whl/`` linking to a file that is not in the
   manifest, whose ``#sha256`` disagrees with it, or that points outside the mirror.
+
+``partial``, ``temp``, ``staging`` and ``staged`` are leftovers of an interrupted run
+(:data:`LEFTOVER_KINDS`): no live page or manifest names them, so they are reported but
+do not make the mirror NOT OK; the next sync or ``--repair`` removes them. This is what
+makes "a SIGKILL at any moment leaves the live mirror verify-clean" checkable.
 
 Every name is recognised with the predicates of :mod:`torchdepot.store.layout`, the same
 module the writers build them with.
@@ -31,7 +39,7 @@ Repair (``repair=True``) is bounded by what the mirror itself chose:
   unknown entry may be the user's: it is only reported, or with ``move_unknown`` moved
   under ``.torchdepot/aside/<stamp>/``, never deleted.
 
-``repair=True`` fixes missing, corrupt, partial, temp and staging; a dangling link is fixed by the next sync
+``repair=True`` fixes missing, corrupt, partial, temp, staging and staged; a dangling link is fixed by the next sync
 (the index is rebuilt from the manifest), so it stays a problem here.
 """
 
@@ -52,6 +60,7 @@ from torchdepot.store import manifest as mf
 from torchdepot.errors import TorchdepotError, UnsafePathError
 from torchdepot.fetch import Fetcher, FetchItem, HashCache, hash_present
 from torchdepot.store import layout as L
+from torchdepot.store import publication as pub
 from torchdepot.store.fsutil import MirrorLock
 from torchdepot.net.hostpolicy import HostPolicy, default_policy
 from torchdepot.net.http import file_url_path
@@ -63,8 +72,11 @@ ROOT_ENTRIES = frozenset({L.PACKAGES_DIR, L.CONDA_DIR, L.INDEX_LINK, L.PUBLISH_D
 ROOT_ATOMIC = frozenset({L.MANIFEST_NAME, L.LANDING_NAME})
 
 
-ProblemKind = Literal["missing", "corrupt", "dangling-link", "orphan", "unknown", "partial", "temp", "staging"]
+ProblemKind = Literal["missing", "corrupt", "dangling-link", "orphan", "unknown", "partial", "temp", "staging",
+                      "staged"]
 KINDS: tuple[ProblemKind, ...] = get_args(ProblemKind)  # also the report's sort order
+# The mirror's own leftovers of an interrupted run: nothing live names them (reported, not NOT OK).
+LEFTOVER_KINDS: frozenset[ProblemKind] = frozenset({"partial", "temp", "staging", "staged"})
 
 
 @dataclass(frozen=True)
@@ -87,7 +99,8 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
-        return not self.unrepaired
+        """The live mirror serves exactly what its manifest says (leftovers aside)."""
+        return not [p for p in self.unrepaired if p.kind not in LEFTOVER_KINDS]
 
     def count(self, kind: str) -> int:
         return sum(1 for p in self.problems if p.kind == kind)
@@ -96,9 +109,12 @@ class VerifyReport:
         found = ", ".join(f"{self.count(k)} {k}" for k in KINDS if self.count(k))
         repaired = sum(1 for p in self.problems if p.repaired)
         state = "ok" if self.ok else "NOT OK"
+        leftovers = sum(1 for p in self.unrepaired if p.kind in LEFTOVER_KINDS)
         return (f"verify-mirror {self.root}: {state}: {self.checked} files checked"
                 + (f"; {found}" if found else "; no problems")
-                + (f"; {repaired} repaired" if repaired else ""))
+                + (f"; {repaired} repaired" if repaired else "")
+                + (f" ({leftovers} leftovers of an interrupted run: the next sync or --repair removes them)"
+                   if leftovers else ""))
 
     def to_json(self) -> dict:
         return {"root": str(self.root), "ok": self.ok, "checked": self.checked,
@@ -128,7 +144,7 @@ def _check_files(root: Path, manifest: mf.Manifest, cache: HashCache | None) -> 
     return problems, len(manifest.files)
 
 
-def _scan_leftovers(root: Path, listed: set[str]) -> list[Problem]:
+def _scan_leftovers(root: Path, listed: set[str], journal: frozenset[str] = frozenset()) -> list[Problem]:
     problems = []
     for top in L.PACKAGE_DIRS:
         base = root / top
@@ -141,6 +157,9 @@ def _scan_leftovers(root: Path, listed: set[str]) -> list[Problem]:
                     continue
                 if L.is_atomic_temp(name):
                     problems.append(Problem("temp", rel, "leftover temporary file from an interrupted write"))
+                elif rel in journal:
+                    problems.append(Problem("staged", rel, "written or superseded by a sync, not in the committed "
+                                                           "manifest (removed after the next commit)"))
                 elif top == L.CONDA_DIR and L.is_conda_index_file(name):
                     continue
                 else:
@@ -213,6 +232,15 @@ def _remove(root: Path, rel: str) -> None:
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+    if package_dir := L.package_top(rel):  # an emptied packages/<p>/<digest16>/ goes too
+        top = root / package_dir
+        parent = path.parent
+        while parent != top and parent.is_relative_to(top):
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
 
 
 def _move_aside(root: Path, rel: str, stamp: str) -> str:
@@ -292,7 +320,7 @@ def _repair(root: Path, manifest: mf.Manifest, problems: list[Problem], client, 
     refetch: dict[str, Problem] = {}
     stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
     for p in problems:
-        if p.kind in ("partial", "temp", "staging"):  # the mirror's own leftovers
+        if p.kind in LEFTOVER_KINDS:  # the mirror's own leftovers
             _remove(root, p.path)
             out.append(Problem(p.kind, p.path, p.detail + "; removed", True))
         elif p.kind in ("orphan", "unknown"):  # maybe the user's: never deleted
@@ -361,20 +389,26 @@ def verify_mirror(root: Path, repair: bool = False, client=None, *, trust_cache:
     """
     root = Path(root).resolve()
     manifest = mf.load(root)
+    journal = pub.load_journal(root)
+    listed = {f.path for f in manifest.files}
     cache = HashCache(root) if trust_cache else None
     report = VerifyReport(root)
     problems, report.checked = _check_files(root, manifest, cache)
-    problems += _scan_leftovers(root, {f.path for f in manifest.files})
+    problems += _scan_leftovers(root, listed, journal)
     if repair and problems:
         problems = _repair(root, manifest, problems, client, policy, move_unknown)
     elif clean:
         cleaned = []
         for p in problems:
-            if p.kind in ("temp", "partial", "staging"):
+            if p.kind in LEFTOVER_KINDS:
                 _remove(root, p.path)
                 p = Problem(p.kind, p.path, p.detail + "; removed", True)
             cleaned.append(p)
         problems = cleaned
+    if journal and (repair or clean):
+        # After a commit (clean) every journaled path is published or gone; a repair between
+        # runs forgets only what is gone (a widened manifest's entries may still be superseded).
+        pub.forget(root, [p for p in journal if (clean and p in listed) or not (root / p).exists()])
     if check_index:
         problems += _check_index(root, manifest)
     report.problems = sorted(problems, key=lambda p: (KINDS.index(p.kind), p.path, p.detail))

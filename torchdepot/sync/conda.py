@@ -7,6 +7,15 @@ per target -> the union of solutions downloaded through :class:`~torchdepot.fetc
 Nothing is written under ``<out>/conda`` until every repodata file parsed, every target
 solved and every record chosen has a sha256; repodata is written only after all its
 packages are in place. A failure leaves the previous channel as it was.
+
+Immutable publication (:mod:`torchdepot.store.publication`): a channel serves a package
+at ``<subdir>/<filename>``, so a conda file cannot move to a new path. A package the
+committed manifest lists is therefore never fetched again: if upstream now declares
+other bytes under its name, the published bytes are kept and their repodata record
+describes them (sha256 and size of what is served, upstream's md5 dropped), and the
+summary says so. New package paths are journaled before the fetch; on a re-sync the
+manifest is widened with the new packages (and without the old repodata entries) before
+``repodata.json`` is rewritten, so a kill at any point leaves every listed file valid.
 """
 
 from __future__ import annotations
@@ -17,10 +26,12 @@ from pathlib import Path
 
 from torchdepot.store import manifest as mf
 from torchdepot.errors import IntegrityError, UpstreamError
-from torchdepot.fetch import FetchItem, Fetcher
+from torchdepot.fetch import FetchItem, Fetcher, FetchResult
+from torchdepot.store import publication as pub
 from torchdepot.store.fsutil import safe_join, sha256_file
 from torchdepot.net.http import Client, HttpConfig
 from torchdepot.store.channel import write_repodata
+from torchdepot.store.layout import is_conda_index_file
 from torchdepot.sources.repodata import RepodataError, SubdirRepodata, load_repodata, require_hashes
 from torchdepot.sources.channel import RepodataCache, fetch_repodata
 from torchdepot.resolve.conda import Solution, SubdirSource, open_sources, solve_target
@@ -89,8 +100,17 @@ def sync_conda(spec, out: Path, *, client: Client | None = None, jobs: int = 4, 
             return CondaSyncResult(summary=f"dry run: {len(solutions)} targets solved, {len(items)} packages "
                                    f"({size / 1e6:.1f} MB) would be mirrored", solutions=solutions)
 
+        live = pub.live_manifest(out)
+        listed = live.by_path() if live is not None else {}
+        kept = {it.key: listed[it.key] for it in items
+                if it.key in listed and not pub.Claim(it.sha256, it.size).agrees(listed[it.key].sha256,
+                                                                               listed[it.key].size)}
+        pub.record(out, [it.key for it in items if it.key not in listed])  # before any byte is written
         report = Fetcher(out, client, jobs=jobs, on_hash_mismatch=on_hash_mismatch, progress=progress,
-                         fsync=getattr(spec, "fsync", False)).run(items)
+                         fsync=getattr(spec, "fsync", False)).run([it for it in items if it.key not in kept])
+        # Published under this name with other bytes: never replaced in place (the name is the path).
+        report.results += [FetchResult(key, "present", e.sha256, e.size, url=e.url, upstream_sha256=e.upstream_sha256)
+                           for key, e in kept.items()]
         if report.failed:
             first = report.failed[0]
             cls = IntegrityError if first.hash_mismatch else UpstreamError
@@ -105,13 +125,18 @@ def sync_conda(spec, out: Path, *, client: Client | None = None, jobs: int = 4, 
             key = channel_path(ch, sd, fn)
             res = results[key]
             raw = rec.raw_dict()
-            if res.hash_mismatch:
+            if res.hash_mismatch or key in kept:
                 # Accepted under --on-hash-mismatch warn: describe the bytes we serve, not upstream's claim.
                 raw = {k: v for k, v in raw.items() if k != "md5"}
                 raw.update(sha256=res.sha256, size=res.size)
             per_subdir[(ch, sd)][fn] = raw
             files.append(mf.FileEntry(key, res.sha256 or "", res.size, "conda", rec.name, rec.version,
                                       res.url or items[0].urls[0], rec.sha256, res.hash_mismatch))
+        if live is not None:  # list the new packages, unlist the repodata about to change, then write it
+            subdirs = tuple(channel_path(ch, sd) + "/" for ch, sd in per_subdir)
+            index_files = [e.path for e in live.files
+                           if e.path.startswith(subdirs) and is_conda_index_file(e.path.rsplit("/", 1)[-1])]
+            mf.save(out, pub.widened(mf.load(out), files, drop=index_files))
         for (ch, sd), records in sorted(per_subdir.items()):
             channel_dir = safe_join(out, "conda", ch)
             for p in write_repodata(channel_dir, sd, records):
@@ -127,10 +152,16 @@ def sync_conda(spec, out: Path, *, client: Client | None = None, jobs: int = 4, 
             targets.append(mf.Target(t.id, "conda", t.accelerator.name, t.python, t.platform, pkgs,
                                      channel=f"conda/{primary}", subdir=t.subdir))
         fetched = len(report.downloaded)
+        if kept:
+            summary_kept = (f"; {len(kept)} published package(s) kept although upstream now declares other bytes "
+                            f"under the same name (first: {sorted(kept)[0]})")
+        else:
+            summary_kept = ""
         summary = (f"{len(targets)} targets solved; {len(items)} packages ({fetched} downloaded, "
                    f"{len(report.present)} already present) in {len(config.channels)} channel(s); "
                    f"{report.fetched_bytes / 1e6:.1f} MB fetched"
-                   + (f"; {len(report.mismatches)} upstream hash mismatches accepted" if report.mismatches else ""))
+                   + (f"; {len(report.mismatches)} upstream hash mismatches accepted" if report.mismatches else "")
+                   + summary_kept)
         return CondaSyncResult(files, targets, summary, solutions)
     finally:
         if tmp is not None:

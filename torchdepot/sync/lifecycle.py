@@ -83,7 +83,7 @@ def target_set(asked: list[PipTarget], origin: str, previous: mf.Manifest | None
     recorded: dict[str, mf.RecordedTarget] = {}
     for t in asked:
         run[t.id] = t
-        # a target the spec names is the spec's; one tools/fetch re-adds keeps its first origin
+        # a target the spec names is the spec's; one tools/fetch or a lock re-adds keeps its first origin
         kept_origin = "spec" if origin == "spec" else (before[t.id].origin if t.id in before else origin)
         recorded[t.id] = _record(t, kept_origin)
     dropped = []
@@ -138,7 +138,9 @@ def retain(previous: tuple[mf.Release, ...], current: tuple[mf.Release, ...], li
         key = (r.target, r.torch)
         current_keys.add(key)
         old = merged.get(key)
-        paths = set(r.paths) | (set(old.paths) if old else set())
+        # a file name this run stored anew (its bytes changed upstream) replaces the old path
+        names = {p.rsplit("/", 1)[-1] for p in r.paths}
+        paths = set(r.paths) | ({p for p in old.paths if p.rsplit("/", 1)[-1] not in names} if old else set())
         merged[key] = mf.Release(target=r.target, torch=r.torch, paths=tuple(sorted(paths)))
     by_target: dict[str, list[mf.Release]] = {}
     for r in merged.values():
