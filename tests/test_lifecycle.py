@@ -36,6 +36,7 @@ def wheels(tmp_path_factory):
         "cu118": [make_wheel(d, "torch", "2.1.0+cu118", TAG, ("filelock",), ">=3.10", payload=os.urandom(400_000))],
         "deps": [make_wheel(d, "filelock", "3.20.0", requires_python=">=3.9"),
                  make_wheel(d, "numpy", "2.3.0", TAG, requires_python=">=3.11")],
+        "deps-new": [make_wheel(d, "filelock", "3.21.0", requires_python=">=3.9")],
     }
 
 
@@ -46,8 +47,8 @@ def site(tmp_path, wheels):
     a.mkdir()
     b.mkdir()
     with Server(b) as sb, Server(a) as sa:
-        def layout(acc: str, torch: list[Path]) -> None:
-            build_upstreams(a, b, sb.url, torch, wheels["deps"], acc=acc)
+        def layout(acc: str, torch: list[Path], deps: list[Path] = wheels["deps"]) -> None:
+            build_upstreams(a, b, sb.url, torch, deps, acc=acc)
 
         layout("cpu", wheels["cpu"])
         layout("cu118", wheels["cu118"])
@@ -173,6 +174,34 @@ def test_fetch_into_new_dir_when_upstream_has_no_cpu_build(tmp_path, wheels):
         assert torch_of(m) == {CU118: "2.1.0+cu118"}
         assert [r.origin for r in mf.load(m).recorded] == ["fetch"]
         verify_clean(tmp_path, sb.url + "/simple", m)
+
+
+def test_mirror_from_locks_rebuilds_the_locked_files_after_upstream_moved_on(site, wheels):
+    a, b, tmp, layout = site
+    spec = cpu_spec(tmp, a)
+    m1, m2, envs = tmp / "M1", tmp / "M2", tmp / "envs"
+    assert cli(tmp, b, "mirror", "--spec", str(spec), "--out", str(m1)).returncode == 0
+    assert cli(tmp, b, "lock", "--mirror", str(m1), "--out", str(envs)).returncode == 0
+    # later: upstream has a newer torch and a newer filelock; a plain sync would take them
+    layout("cpu", wheels["cpu"] + wheels["cpu-new"], wheels["deps"] + wheels["deps-new"])
+    proc = cli(tmp, b, "mirror", "--spec", str(spec), "--from-locks", str(envs), "--out", str(m2))
+    assert proc.returncode == 0, proc.stderr
+    locked = {(p.name, p.version, p.path) for p in mf.load(m1).targets[0].packages}
+    (t,) = mf.load(m2).targets
+    assert {(p.name, p.version, p.path) for p in t.packages} == locked
+    assert ("torch", "2.13.0+cpu") in {(n, v) for n, v, _ in locked} and ("filelock", "3.20.0") in {(n, v) for n, v, _ in locked}
+    sha1 = {f.path: f.sha256 for f in mf.load(m1).files}
+    assert {f.path: f.sha256 for f in mf.load(m2).files} == sha1  # the very same bytes
+    assert [r.origin for r in mf.load(m2).recorded] == ["locks"]
+    verify_clean(tmp, b, m2)
+    # a lock whose hash upstream does not have: one line naming the lock file, nothing fetched
+    lock = envs / CPU / "pylock.toml"
+    torch_sha = sha1[next(p for n, _v, p in locked if n == "torch")]
+    lock.write_text(lock.read_text().replace(torch_sha, "0" * 64))
+    bad = cli(tmp, b, "mirror", "--spec", str(spec), "--from-locks", str(envs), "--out", str(tmp / "M3"))
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith(
+        f"torchdepot: error: 1 locked wheel(s) not on any reachable upstream with the locked hash; first: {lock}: torch-2.13.0"), bad.stderr
+    assert not (tmp / "M3" / "packages").exists()
 
 
 # -- the pure rules ---------------------------------------------------------------------------

@@ -43,8 +43,12 @@ DEFAULT_SPEC = "mirror/mirror.yaml"
 @click.option("--json", "as_json", is_flag=True,
               help="Print the run's figures as JSON on stdout (targets, torch versions, size, request counts, "
                    "refused links, removals).")
+@click.option("--from-locks", "from_locks", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              metavar="DIR", help="Mirror exactly the wheels the lock folders in DIR pinned (each folder's "
+                                  "variant.json + pylock.toml, as 'torchdepot lock' writes envs/), instead of "
+                                  "resolving the spec's targets; upstreams and hosts still come from the spec.")
 def mirror_cmd(spec_path, out, upstreams, jobs, dry_run, on_hash_mismatch, fsync, wait, allow_hosts,
-               exclude_newer, prune, as_json) -> None:
+               exclude_newer, prune, as_json, from_locks) -> None:
     """Mirror torch (+ dependencies) for every target in the spec, laid out like download.pytorch.org.
 
     The mirror keeps every target it has recorded (targets tools/fetch added, and those of
@@ -58,6 +62,7 @@ def mirror_cmd(spec_path, out, upstreams, jobs, dry_run, on_hash_mismatch, fsync
     Example:
       torchdepot mirror --spec mirror/mirror.yaml --out /srv/torch --jobs 8
       torchdepot mirror --out /srv/torch --prune
+      torchdepot mirror --from-locks envs/ --out /srv/torch-ci
       torchdepot mirror --exclude-newer 2026-06-01T00:00:00Z --allow-host files.mirror.example
       pip install --index-url file:///srv/torch/whl/cpu torch
     """
@@ -69,7 +74,13 @@ def mirror_cmd(spec_path, out, upstreams, jobs, dry_run, on_hash_mismatch, fsync
                           on_hash_mismatch=on_hash_mismatch, fsync=fsync or None, allow_hosts=hosts,
                           exclude_newer=exclude_newer)
     check_out_dir(spec.out)
-    result = sync(spec, dry_run=dry_run, wait=wait, out=Path(spec.out), prune=prune)
+    locks = ()
+    if from_locks is not None:
+        from torchdepot.sync.locked import read_locks
+
+        locks = read_locks(from_locks)
+    result = sync(spec, dry_run=dry_run, wait=wait, out=Path(spec.out), prune=prune, locks=locks,
+                  spec_targets=not locks)
     _report(result, dry_run, as_json)
 
 

@@ -81,7 +81,7 @@ class Target:
     subdir: str | None = None  # conda: "linux-64"
 
 
-ORIGINS = ("spec", "fetch")  # who asked for a recorded target: the spec, or tools/fetch
+ORIGINS = ("spec", "fetch", "locks")  # who asked for a recorded target: the spec, tools/fetch, mirror --from-locks
 
 
 @dataclass(frozen=True)

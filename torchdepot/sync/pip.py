@@ -47,6 +47,7 @@ from torchdepot.store.fsutil import MirrorLock, safe_join
 from torchdepot.store.layout import MANIFEST_NAME, TARGETS_DIR
 from torchdepot.store.pages import IndexFile, ensure_metadata
 from torchdepot.sync import lifecycle
+from torchdepot.sync.locked import LockedEnv, locked_resolution
 from torchdepot.sync.check import verify_mirror
 from torchdepot.sync.download import PipFetchReport, fetch_files
 from torchdepot.sync.pipindex import publish_pip
@@ -151,11 +152,13 @@ def _print_plan(resolution: Resolution, probe: Client, say: Echo) -> None:
 
 def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False, client: Client | None = None,
              progress: bool | None = None, pip_sources: PipSources | None = None, echo: Echo = _stderr,
-             targets: Sequence[PipTarget] | None = None, previous: mf.Manifest | None = None) -> MirrorResult:
+             targets: Sequence[PipTarget] | None = None, previous: mf.Manifest | None = None,
+             locks: tuple[LockedEnv, ...] = ()) -> MirrorResult:
     """The pip side: plan, resolve, fetch, publish metadata, locks and index pages (no manifest).
 
     ``targets``: what to resolve (default: the spec's); ``previous``: the mirror's manifest
-    before this run, whose kept releases (:func:`lifecycle.retain`) stay listed and indexed."""
+    before this run, whose kept releases (:func:`lifecycle.retain`) stay listed and indexed;
+    ``locks``: targets taken exactly from lock folders (``sync/locked.py``), not resolved."""
     started = mark = time.monotonic()
     out = Path(out or spec.out)
     result = MirrorResult(out=out)
@@ -182,15 +185,23 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
     view = None
     try:
         run_targets = list(spec.targets() if targets is None else targets)
-        accelerators = list(dict.fromkeys(t.accelerator for t in run_targets))
+        locked_ids = {env.target.id for env in locks}
+        accelerators = list(dict.fromkeys([*(t.accelerator for t in run_targets),
+                                           *(env.target.accelerator for env in locks)]))
         indexes, find_links = dependency_sources(pip, default_index)
         sources = ViewSources(variants=locate_variants(spec, reader, accelerators, pip, say),
                               indexes=indexes, find_links=find_links)
         view = View(reader=reader, policy=policy, sources=sources, workdir=workdir,
                     on_hash_mismatch=spec.on_hash_mismatch, say=say, exclude_newer=spec.exclude_newer)
-        plan = plan_targets(spec, view, pip, run_targets)
+        plan = plan_targets(spec, view, pip, [t for t in run_targets if t.id not in locked_ids])
         phase("upstreams")
-        resolution = resolve_targets(plan, view, jobs=2)
+        resolution = resolve_targets(plan, view, jobs=2) if plan.targets else Resolution(targets=(), files=())
+        if locks:
+            locked = locked_resolution(locks, view)
+            merged: dict[str, tuple] = {}
+            for entry in locked.files + resolution.files:  # each file once, whoever needs it
+                merged.setdefault(entry[0], entry)
+            resolution = Resolution(targets=locked.targets + resolution.targets, files=tuple(merged.values()))
         result.plans = list(resolution.targets)
         phase("resolve")
         if dry_run:
@@ -311,22 +322,23 @@ def _previous(out: Path) -> mf.Manifest | None:
 def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = None, progress: bool | None = None,
          out: Path | None = None, wait: float | None = None, pip_sources: PipSources | None = None,
          echo: Echo = _stderr, add: Sequence[PipTarget] = (), spec_targets: bool = True,
-         prune: bool = False) -> MirrorResult:
+         prune: bool = False, locks: tuple[LockedEnv, ...] = ()) -> MirrorResult:
     """A whole mirror run under the mirror lock: pip, conda, landing page, manifest last.
 
     Targets: the spec's (``spec_targets``) plus ``add`` (tools/fetch) plus every target the
     mirror recorded before, unless ``prune``: then the recorded ones not asked for go, listed
     with their sizes. Files no kept release needs are deleted after the new index and manifest
-    are in place, each group listed first; the closing check is recorded in ``last_sync``."""
+    are in place, each group listed first; the closing check is recorded in ``last_sync``.
+    ``locks``: lock folders whose exact files are mirrored for their targets (``--from-locks``)."""
     started = time.monotonic()
     out = Path(out or spec.out)
-    asked = [*(spec.targets() if spec_targets else []), *add]
-    origin = "spec" if spec_targets else "fetch"
+    asked = [*(spec.targets() if spec_targets else []), *add, *(env.target for env in locks)]
+    origin = "locks" if locks else "spec" if spec_targets else "fetch"
     if dry_run:
         previous = _previous(out) if out.is_dir() else None
         tset = lifecycle.target_set(asked, origin, previous, prune)
         result = sync_pip(spec, out=out, dry_run=True, client=client, progress=progress, pip_sources=pip_sources,
-                          echo=echo, targets=tset.run, previous=previous)
+                          echo=echo, targets=tset.run, previous=previous, locks=locks)
         result.target_set = tset
         if tset.dropped:
             gone = {t.id for t in tset.dropped}
@@ -343,7 +355,7 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
         previous = _previous(out)
         tset = lifecycle.target_set(asked, origin, previous, prune)
         result = sync_pip(spec, out=out, client=client, progress=progress, pip_sources=pip_sources, echo=echo,
-                          targets=tset.run, previous=previous)
+                          targets=tset.run, previous=previous, locks=locks)
         result.target_set = tset
         files, targets = list(result.files), list(result.targets)
         conda_files, conda_targets = _conda(spec, out, client, False, result, echo)
