@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torchdepot.store import manifest as mf
 from torchdepot.errors import TorchdepotError, UnsafePathError
 from torchdepot.store.fsutil import safe_filename, safe_join
-from torchdepot.net.hostpolicy import default_policy, filename_refusal, host_of, screen_links
+from torchdepot.net.hostpolicy import default_policy, filename_refusal, host_of, netloc_of, screen_links
 from torchdepot.net.http import Client, HttpConfig, retry_after_seconds
 from torchdepot.sources.links import Link
 
@@ -77,8 +77,8 @@ def test_host_policy_answers_for_any_url(url):
     pol = default_policy(["http://127.0.0.1:8080/whl"])
     why = pol.refusal(url)
     assert why is None or isinstance(why, str)
-    if why is None:
-        assert host_of(url) in pol.hosts or url.strip().lower().startswith("file:")
+    if why is None:  # host AND port: an entry with a port allows that port only
+        assert netloc_of(url) in pol.hosts or url.strip().lower().startswith("file:")
     host_of(url)
 
 
