@@ -10,16 +10,21 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.httpserver import Server
+from tests.httpserver import RangeHandler, Server
 from tests.mirror_upstream import build_upstreams, make_wheel
 from tests.venvs import hermetic_env
 from torchdepot.model.sizes import format_size
+from torchdepot.net.http import HttpConfig, make_session
+from torchdepot.net.pipconfig import PipSources
+from torchdepot.spec.mirror import parse_spec
 from torchdepot.store import manifest as mf
 from torchdepot.sync import lifecycle
+from torchdepot.sync.pip import sync
 
 ROOT = Path(__file__).resolve().parent.parent
 TAG = "cp311-cp311-manylinux_2_28_x86_64"
@@ -202,6 +207,35 @@ def test_mirror_from_locks_rebuilds_the_locked_files_after_upstream_moved_on(sit
     assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith(
         f"torchdepot: error: 1 locked wheel(s) not on any reachable upstream with the locked hash; first: {lock}: torch-2.13.0"), bad.stderr
     assert not (tmp / "M3" / "packages").exists()
+
+
+class LoggingHandler(RangeHandler):
+    log: list[tuple[float, str]] = []  # replaced per test
+
+    def send_head(self):
+        type(self).log.append((time.monotonic(), self.path))
+        return super().send_head()
+
+
+def test_pinned_torch_downloads_while_the_closure_resolves(tmp_path, wheels):
+    """Issue 15 part 3: torch is known before its closure resolves, so its download starts
+    first: the torch GET reaches upstream before the resolver asks for a dependency page."""
+    a, b = tmp_path / "A", tmp_path / "B"
+    a.mkdir()
+    b.mkdir()
+    handler = type("Log", (LoggingHandler,), {"log": []})
+    with Server(b) as sb, Server(a, handler=handler) as sa:
+        build_upstreams(a, b, sb.url, wheels["cpu"], wheels["deps"])
+        spec = parse_spec({"accelerators": ["cpu"], "pythons": ["3.11"], "platforms": ["linux-x86_64"],
+                           "upstreams": [sa.url + "/whl"], "out": str(tmp_path / "M"), "extra_packages": ["numpy"]})
+        res = sync(spec, client=make_session(HttpConfig(retries=1, backoff=0.01)), progress=False,
+                   pip_sources=PipSources(index_url=sb.url + "/simple"), echo=lambda _m: None)
+    torch_get = [t for t, path in handler.log if path.endswith(".whl") and "/torch-" in path]
+    numpy_page = [t for t, path in handler.log if path.startswith("/whl/cpu/numpy/")]
+    assert len(torch_get) == 1 and numpy_page, handler.log
+    assert torch_get[0] < numpy_page[0], handler.log
+    assert {r.key.split("/")[1] for r in res.report.results} == {"torch", "filelock", "numpy"}
+    assert res.report.fetched_bytes > 150_000 and res.verify == "ok"
 
 
 # -- the pure rules ---------------------------------------------------------------------------

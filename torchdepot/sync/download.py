@@ -68,13 +68,20 @@ def stored_paths(out: Path, resolution: Resolution) -> dict[str, str]:
     return paths
 
 
+def make_fetcher(out: Path, spec: MirrorSpec, client: Client, policy: HostPolicy, progress: bool | None) -> Fetcher:
+    """The run's one downloader configuration (jobs, hash policy, host and socket caps from the spec)."""
+    return Fetcher(out, client, jobs=spec.jobs, on_hash_mismatch=spec.on_hash_mismatch, progress=progress,
+                   fsync=spec.fsync, allowed_hosts=set(policy.hostnames),
+                   connections=spec.connections or DEFAULT_CONNECTIONS,
+                   connections_per_host=spec.connections_per_host or DEFAULT_CONNECTIONS_PER_HOST)
+
+
 def fetch_files(out: Path, resolution: Resolution, view: View, spec: MirrorSpec, client: Client,
-                policy: HostPolicy, progress: bool | None) -> PipFetchReport:
+                policy: HostPolicy, progress: bool | None, fetcher: Fetcher | None = None) -> PipFetchReport:
+    """``fetcher``: one already started by :func:`make_fetcher` with files submitted early (pinned
+    before the closure resolved); a file submitted again joins its download in flight."""
     paths = stored_paths(out, resolution)
-    fetcher = Fetcher(out, client, jobs=spec.jobs, on_hash_mismatch=spec.on_hash_mismatch, progress=progress,
-                      fsync=spec.fsync, allowed_hosts=set(policy.hostnames),
-                      connections=spec.connections or DEFAULT_CONNECTIONS,
-                      connections_per_host=spec.connections_per_host or DEFAULT_CONNECTIONS_PER_HOST)
+    fetcher = fetcher or make_fetcher(out, spec, client, policy, progress)
     items = {key: FetchItem(paths[key], same_path_elsewhere(vf.link.url, spec.upstreams), vf.link.sha256,
                             vf.link.size)
              for key, vf, _acc in resolution.files}

@@ -34,22 +34,27 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
+from packaging.version import InvalidVersion, Version
+
 from torchdepot.errors import TorchdepotError, UpstreamError
-from torchdepot.fetch import FetchReport
+from torchdepot.fetch import Fetcher, FetchItem, FetchReport
 from torchdepot.model.sizes import format_size
 from torchdepot.net.http import Client, HttpConfig, make_session
 from torchdepot.net.pipconfig import PipSources, pip_default_index, pip_file_host, read_pip_config
 from torchdepot.site.landing import write_landing
 from torchdepot.sources.upstream import UpstreamReader
-from torchdepot.spec.mirror import MirrorSpec, PipTarget
+from torchdepot.resolve.pin import candidates
+from torchdepot.resolve.uv import ResolvedFile
+from torchdepot.spec.mirror import TORCH_PROJECTS, MirrorSpec, PipTarget
 from torchdepot.store import manifest as mf
 from torchdepot.store.fsutil import MirrorLock, safe_join
 from torchdepot.store.layout import MANIFEST_NAME, TARGETS_DIR
+from torchdepot.store import publication
 from torchdepot.store.pages import IndexFile, ensure_metadata
 from torchdepot.sync import lifecycle
 from torchdepot.sync.locked import LockedEnv, locked_resolution
 from torchdepot.sync.check import verify_mirror
-from torchdepot.sync.download import PipFetchReport, fetch_files
+from torchdepot.sync.download import PipFetchReport, fetch_files, make_fetcher, same_path_elsewhere
 from torchdepot.sync.pipindex import publish_pip
 from torchdepot.sync.plan import (TargetPlan, dependency_sources, host_policy, locate_variants, plan_targets)
 from torchdepot.sync.resolution import Resolution, file_key, resolve_targets
@@ -59,6 +64,7 @@ Echo = Callable[[str], None]
 # Upstream pages fail fast: an unreachable PyTorch index must not stall the run.
 PROBE_CONFIG = HttpConfig(connect_timeout=5.0, read_timeout=30.0, retries=1, backoff=0.2, max_backoff=1.0)
 WORK_DIR = ".torchdepot/view"  # the local view, under the mirror (never published)
+RESOLVE_JOBS = 4  # targets resolved at once (uv waits mostly on the view's loopback server)
 
 __all__ = ["MirrorResult", "TargetPlan", "file_key", "sync", "sync_pip"]
 
@@ -183,6 +189,8 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
     scratch = tempfile.TemporaryDirectory(prefix="torchdepot-view-") if dry_run else None
     workdir = Path(scratch.name) if scratch else out / WORK_DIR
     view = None
+    fetcher: Fetcher | None = None
+    early: set[str] = set()
     try:
         run_targets = list(spec.targets() if targets is None else targets)
         locked_ids = {env.target.id for env in locks}
@@ -195,7 +203,10 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
                     on_hash_mismatch=spec.on_hash_mismatch, say=say, exclude_newer=spec.exclude_newer)
         plan = plan_targets(spec, view, pip, [t for t in run_targets if t.id not in locked_ids])
         phase("upstreams")
-        resolution = resolve_targets(plan, view, jobs=2) if plan.targets else Resolution(targets=(), files=())
+        if not dry_run:  # the pinned torch wheels download while their closures resolve
+            fetcher = make_fetcher(out, spec, client, policy, progress)
+            early = _submit_pinned(out, plan, view, spec, fetcher, previous)
+        resolution = resolve_targets(plan, view, jobs=RESOLVE_JOBS) if plan.targets else Resolution(targets=(), files=())
         if locks:
             locked = locked_resolution(locks, view)
             merged: dict[str, tuple] = {}
@@ -207,7 +218,9 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
         if dry_run:
             _print_plan(resolution, probe, say)
             return result
-        report = fetch_files(out, resolution, view, spec, client, policy, progress)
+        report = fetch_files(out, resolution, view, spec, client, policy, progress, fetcher=fetcher)
+        fetcher = None
+        report = _drop_unused(out, report, early, resolution)
         result.report = report
         phase("fetch")
         if spec.on_hash_mismatch == "warn":
@@ -236,6 +249,8 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
             result.refused = int(line.split()[2]) if line else 0
             if line:
                 say(line)
+        if fetcher is not None:  # the run stopped before its fetch step: let early downloads finish
+            fetcher.close()
         result.requests = reader.request_counts()
         probe.close()
         if own_client:
@@ -243,6 +258,58 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
         if scratch is not None:
             scratch.cleanup()
         result.seconds = time.monotonic() - started
+
+
+def _submit_pinned(out: Path, plan, view: View, spec: MirrorSpec, fetcher: Fetcher,
+                   previous: mf.Manifest | None) -> set[str]:
+    """Start downloading each pinned torch / torchvision / torchaudio wheel now (issue 15: torch
+    is known before its closure resolves). Only a pin with exactly one wheel for its target is
+    submitted, and only when that file is new to the mirror (neither listed nor on disk); its
+    path is journaled first (immutable publication), as the fetch step would. Returns the keys."""
+    listed = previous.by_path() if previous is not None else {}
+    items: dict[str, FetchItem] = {}
+    for tp in plan.targets:
+        t = tp.target
+        for req in tp.requirements:
+            project, _, version = req.partition("==")
+            if project not in TORCH_PROJECTS or not version:
+                continue
+            links = [vf.link for vf in view.project(t.accelerator, project)]
+            wheels = {w.filename for w in candidates(links, project, t.accelerator, t.python, t.platform)
+                      if _same_version(w.version, version)}
+            if len(wheels) != 1:
+                continue
+            (filename,) = wheels
+            vf = next(vf for vf in view.project(t.accelerator, project) if vf.filename == filename)
+            key = file_key(ResolvedFile(name=project, version=version, url=vf.link.url, filename=filename,
+                                        sha256=vf.link.sha256, size=vf.link.size))
+            if key in listed or safe_join(out, key).exists() or not vf.link.sha256:
+                continue
+            items[key] = FetchItem(key, same_path_elsewhere(vf.link.url, spec.upstreams), vf.link.sha256, vf.link.size)
+    if items:
+        publication.record(out, {p for key in items for p in (key, key + lifecycle.METADATA_SUFFIX)})
+        fetcher.start()
+        for item in sorted(items.values(), key=lambda i: -(i.size or 0)):
+            fetcher.submit(item)
+    return set(items)
+
+
+def _same_version(a: str, b: str) -> bool:
+    try:
+        return Version(a) == Version(b)
+    except InvalidVersion:
+        return a == b
+
+
+def _drop_unused(out: Path, report, early: set[str], resolution: Resolution):
+    """An early download the resolver did not choose after all: removed, and out of the report."""
+    used = {report.stored(key) if isinstance(report, PipFetchReport) else key for key, _vf, _acc in resolution.files}
+    unused = early - used
+    if not unused:
+        return report
+    for key in unused:
+        safe_join(out, key).unlink(missing_ok=True)
+    return replace(report, results=[r for r in report.results if r.key not in unused])
 
 
 def _current_releases(resolution: Resolution, stored: Callable[[str], str]) -> tuple[mf.Release, ...]:
