@@ -109,6 +109,19 @@ def test_damage_is_reported_then_repaired(mirror):
     assert len(moved) == 1 and moved[0].read_bytes() == b"x", "moved aside, never deleted"
 
 
+def test_a_user_file_named_like_a_temp_is_never_deleted(mirror):
+    """The index link's build temp is always a symlink: a user's regular file that happens to be
+    named ``.whl.tmp-1`` (pid 1 is alive, too) is unknown, reported and kept by --repair."""
+    _up, root = mirror
+    (root / ".whl.tmp-1").write_text("the user's notes")
+    os.symlink("whl-gen-x", root / ".whl.tmp-999999")  # what a killed publish leaves
+    kinds = {(p.kind, p.path) for p in verify_mirror(root).problems}
+    assert ("unknown", ".whl.tmp-1") in kinds and ("temp", ".whl.tmp-999999") in kinds
+    proc = _cli(str(root), "--repair")
+    assert (root / ".whl.tmp-1").read_text() == "the user's notes", proc.stdout
+    assert not os.path.lexists(root / ".whl.tmp-999999")
+
+
 def test_repair_that_cannot_fetch_fails_and_keeps_going(mirror):
     up, root = mirror
     torch = _wheel(root, "torch")

@@ -175,7 +175,7 @@ def _scan_leftovers(root: Path, listed: set[str], journal: frozenset[str] = froz
                 problems.append(Problem("staging", _rel(root, p), "staging dir of an interrupted unbundle or repair"))
     for p in sorted(root.iterdir()):
         name = p.name
-        if L.build_temp_of(name) == L.INDEX_LINK:
+        if L.build_temp_of(name) == L.INDEX_LINK and p.is_symlink():  # the mirror only ever makes a symlink here
             problems.append(Problem("temp", name, "leftover index symlink from an interrupted publish"))
         elif L.atomic_temp_of(name) in ROOT_ATOMIC and p.is_file() and not p.is_symlink():
             problems.append(Problem("temp", name, "leftover from an interrupted write"))
