@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -120,6 +121,15 @@ def test_fetch_then_cpu_spec_keeps_both_and_prune_lists_sizes(site):
     doc = json.loads(cli(tmp, b, "status", str(m), "--json").stdout)
     assert {t["id"]: t["torch"] for t in doc["targets"]} == {CU118: ["2.1.0+cu118"], CPU: ["2.13.0+cpu"]}
     assert doc["last_sync"]["verify"] == "ok" and doc["size"] == sum(f.size for f in man.files)
+
+    # upstream drops cu118 (or is unreachable for it): the CPU sync still succeeds, cu118 stays as published
+    shutil.rmtree(tmp / "A" / "whl" / "cu118")
+    proc = cli(tmp, b, "mirror", "--spec", str(spec), "--out", str(m))
+    assert proc.returncode == 0, proc.stderr
+    assert f"warning: {CU118}: kept as published (torch 2.1.0+cu118); not updated: {CU118}: no torch wheel" in proc.stderr
+    assert torch_of(m) == {CU118: "2.1.0+cu118", CPU: "2.13.0+cpu"} and "removing" not in proc.stderr
+    assert "torch-2.1.0" in (m / "whl" / "cu118" / "torch" / "index.html").read_text()
+    verify_clean(tmp, b, m)
 
     # --prune: the recorded target the spec does not ask for goes, listed with its size
     only_cu = [f for f in man.files if f.path.startswith("packages/torch/torch-2.1.0+cu118")]

@@ -159,12 +159,14 @@ def _print_plan(resolution: Resolution, probe: Client, say: Echo) -> None:
 def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False, client: Client | None = None,
              progress: bool | None = None, pip_sources: PipSources | None = None, echo: Echo = _stderr,
              targets: Sequence[PipTarget] | None = None, previous: mf.Manifest | None = None,
-             locks: tuple[LockedEnv, ...] = ()) -> MirrorResult:
+             locks: tuple[LockedEnv, ...] = (), tolerate: frozenset[str] = frozenset()) -> MirrorResult:
     """The pip side: plan, resolve, fetch, publish metadata, locks and index pages (no manifest).
 
     ``targets``: what to resolve (default: the spec's); ``previous``: the mirror's manifest
     before this run, whose kept releases (:func:`lifecycle.retain`) stay listed and indexed;
-    ``locks``: targets taken exactly from lock folders (``sync/locked.py``), not resolved."""
+    ``locks``: targets taken exactly from lock folders (``sync/locked.py``), not resolved;
+    ``tolerate``: targets that, when they cannot be pinned now (upstream dropped or lost their
+    variant), keep what ``previous`` published for them, said in one line each."""
     started = mark = time.monotonic()
     out = Path(out or spec.out)
     result = MirrorResult(out=out)
@@ -201,7 +203,8 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
                               indexes=indexes, find_links=find_links)
         view = View(reader=reader, policy=policy, sources=sources, workdir=workdir,
                     on_hash_mismatch=spec.on_hash_mismatch, say=say, exclude_newer=spec.exclude_newer)
-        plan = plan_targets(spec, view, pip, [t for t in run_targets if t.id not in locked_ids])
+        plan = plan_targets(spec, view, pip, [t for t in run_targets if t.id not in locked_ids], tolerate)
+        carried = _carried(plan, previous, say)
         phase("upstreams")
         if not dry_run:  # the pinned torch wheels download while their closures resolve
             fetcher = make_fetcher(out, spec, client, policy, progress)
@@ -234,11 +237,12 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
         stored = report.stored if isinstance(report, PipFetchReport) else (lambda key: key)
         current = _current_releases(resolution, stored)
         kept, dropped = lifecycle.retain(lifecycle.releases_of(previous), current,
-                                         {tp.target.id for tp in resolution.targets}, spec.keep)
-        retained, pages, kept = _retained(out, previous, resolution, stored, kept, say)
+                                         {tp.target.id for tp in resolution.targets} | {t.id for t in carried},
+                                         spec.keep)
+        retained, pages, kept = _retained(out, previous, resolution, stored, kept, carried, say)
         published = publish_pip(out, resolution, report, view, retained=pages)
         result.files = sorted([*published.files, *retained], key=lambda e: e.path)
-        result.targets = list(published.targets)
+        result.targets = [*published.targets, *carried]
         result.releases, result.dropped_releases = list(kept), list(dropped)
         result.generation, result.index_changed = published.generation, published.changed
         phase("publish")
@@ -258,6 +262,19 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
         if scratch is not None:
             scratch.cleanup()
         result.seconds = time.monotonic() - started
+
+
+def _carried(plan, previous: mf.Manifest | None, say: Echo) -> list[mf.Target]:
+    """The published state of each target the plan skipped (it could not be pinned now)."""
+    before = {t.id: t for t in (previous.targets if previous else []) if t.kind == "pip"}
+    out = []
+    for t, why in plan.skipped:
+        if t.id not in before:
+            raise TorchdepotError(why)  # nothing published to keep
+        torch = next((p.version for p in before[t.id].packages if p.name == "torch"), "?")
+        say(f"warning: {t.id}: kept as published (torch {torch}); not updated: {why}")
+        out.append(before[t.id])
+    return out
 
 
 def _submit_pinned(out: Path, plan, view: View, spec: MirrorSpec, fetcher: Fetcher,
@@ -324,7 +341,7 @@ def _current_releases(resolution: Resolution, stored: Callable[[str], str]) -> t
 
 
 def _retained(out: Path, previous: mf.Manifest | None, resolution: Resolution, stored: Callable[[str], str],
-              kept: tuple[mf.Release, ...], say: Echo) -> tuple[list[mf.FileEntry], dict[str, list[IndexFile]], tuple[mf.Release, ...]]:
+              kept: tuple[mf.Release, ...], carried: list[mf.Target], say: Echo) -> tuple[list[mf.FileEntry], dict[str, list[IndexFile]], tuple[mf.Release, ...]]:
     """Manifest entries and index files (per accelerator) of the kept releases' wheels that this
     run did not resolve; a wheel no longer on disk leaves its release (said once)."""
     if previous is None:
@@ -332,6 +349,7 @@ def _retained(out: Path, previous: mf.Manifest | None, resolution: Resolution, s
     before = previous.by_path()
     current = {stored(key) for key, _vf, _acc in resolution.files}
     acc_of = {tp.target.id: tp.target.accelerator for tp in resolution.targets}
+    acc_of.update((t.id, t.accelerator) for t in carried)
     current_of: dict[str, set[str]] = {}
     for tp in resolution.targets:
         current_of.setdefault(tp.target.accelerator, set()).update(stored(file_key(f)) for f in tp.files)
@@ -405,7 +423,8 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
         previous = _previous(out) if out.is_dir() else None
         tset = lifecycle.target_set(asked, origin, previous, prune)
         result = sync_pip(spec, out=out, dry_run=True, client=client, progress=progress, pip_sources=pip_sources,
-                          echo=echo, targets=tset.run, previous=previous, locks=locks)
+                          echo=echo, targets=tset.run, previous=previous, locks=locks,
+                          tolerate=frozenset(t.id for t in tset.run) - {t.id for t in asked})
         result.target_set = tset
         if tset.dropped:
             gone = {t.id for t in tset.dropped}
@@ -422,7 +441,8 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
         previous = _previous(out)
         tset = lifecycle.target_set(asked, origin, previous, prune)
         result = sync_pip(spec, out=out, client=client, progress=progress, pip_sources=pip_sources, echo=echo,
-                          targets=tset.run, previous=previous, locks=locks)
+                          targets=tset.run, previous=previous, locks=locks,
+                          tolerate=frozenset(t.id for t in tset.run) - {t.id for t in asked})
         result.target_set = tset
         files, targets = list(result.files), list(result.targets)
         conda_files, conda_targets = _conda(spec, out, client, False, result, echo)

@@ -37,6 +37,7 @@ class Plan:
     targets: tuple[TargetPlan, ...]
     sources: ViewSources
     prereleases: bool
+    skipped: tuple[tuple[PipTarget, str], ...] = ()  # (target, why): tolerated targets that could not be pinned
 
 
 def channel_prefix(channel: Channel) -> str:
@@ -88,31 +89,44 @@ def locate_variants(spec: MirrorSpec, reader: UpstreamReader, accelerators: list
     return tuple(out)
 
 
-def plan_targets(spec: MirrorSpec, view: View, pip: PipSources, targets: Sequence[PipTarget] | None = None) -> Plan:
+def plan_targets(spec: MirrorSpec, view: View, pip: PipSources, targets: Sequence[PipTarget] | None = None,
+                 tolerate: frozenset[str] = frozenset()) -> Plan:
     """Pin torch / torchvision / torchaudio per target (``targets``, else the spec's) against
-    the screened view; pre-releases only on a channel that publishes them."""
+    the screened view; pre-releases only on a channel that publishes them. A target in
+    ``tolerate`` (one the mirror holds but this run was not asked for) that cannot be pinned
+    lands in ``Plan.skipped`` instead of failing the run."""
     prerelease = spec.channel.prerelease
-    plans = []
+    plans, skipped = [], []
     for t in (spec.targets() if targets is None else targets):
-        pins: list[str] = []
-        torch_version = None
-        for project in TORCH_PROJECTS:
-            pkg = spec.package(project)
-            if pkg is None:
-                continue
-            links = [f.link for f in view.project(t.accelerator, project)]
-            constraint = (t.torch or pkg.constraint) if project == "torch" else pkg.constraint
-            p = pin(links, project, t.accelerator, t.python, t.platform, constraint,
-                    prereleases=prerelease, torch_version=torch_version)
-            if p is None:
-                want = f" {constraint}" if constraint else ""
-                raise TorchdepotError(
-                    f"{t.id}: no {project}{want} wheel for {t.accelerator}, Python {t.python}, {t.platform} in "
-                    f"{len(links)} links from the reachable sources ({pip.describe()})")
-            if project == "torch":
-                torch_version = p.version
-            pins.append(p.requirement)
-        variant = view.sources.variant(t.accelerator)
-        plans.append(TargetPlan(target=t, requirements=tuple(pins) + tuple(spec.extra_packages),
-                                variant_url=variant.url if variant else None))
-    return Plan(targets=tuple(plans), sources=view.sources, prereleases=prerelease)
+        try:
+            plans.append(_plan_target(spec, view, pip, t, prerelease))
+        except TorchdepotError as exc:
+            if t.id not in tolerate:
+                raise
+            skipped.append((t, str(exc)))
+    return Plan(targets=tuple(plans), sources=view.sources, prereleases=prerelease, skipped=tuple(skipped))
+
+
+def _plan_target(spec: MirrorSpec, view: View, pip: PipSources, t: PipTarget, prerelease: bool) -> TargetPlan:
+    """One target's pins (torch first: torchvision / torchaudio pair with its version)."""
+    pins: list[str] = []
+    torch_version = None
+    for project in TORCH_PROJECTS:
+        pkg = spec.package(project)
+        if pkg is None:
+            continue
+        links = [f.link for f in view.project(t.accelerator, project)]
+        constraint = (t.torch or pkg.constraint) if project == "torch" else pkg.constraint
+        p = pin(links, project, t.accelerator, t.python, t.platform, constraint,
+                prereleases=prerelease, torch_version=torch_version)
+        if p is None:
+            want = f" {constraint}" if constraint else ""
+            raise TorchdepotError(
+                f"{t.id}: no {project}{want} wheel for {t.accelerator}, Python {t.python}, {t.platform} in "
+                f"{len(links)} links from the reachable sources ({pip.describe()})")
+        if project == "torch":
+            torch_version = p.version
+        pins.append(p.requirement)
+    variant = view.sources.variant(t.accelerator)
+    return TargetPlan(target=t, requirements=tuple(pins) + tuple(spec.extra_packages),
+                      variant_url=variant.url if variant else None)
