@@ -134,6 +134,10 @@ def test_fetch_then_cpu_spec_keeps_both_and_prune_lists_sizes(site):
     # --prune: the recorded target the spec does not ask for goes, listed with its size
     only_cu = [f for f in man.files if f.path.startswith("packages/torch/torch-2.1.0+cu118")]
     size = sum(f.size for f in only_cu)
+    dry = cli(tmp, b, "mirror", "--spec", str(spec), "--out", str(m), "--prune", "--dry-run")
+    line = f"--prune: {CU118}: removing {len(only_cu)} files, {format_size(size)}"
+    assert dry.returncode == 0 and f"would remove ({line})" in dry.stderr, dry.stderr
+    assert torch_of(m) == {CU118: "2.1.0+cu118", CPU: "2.13.0+cpu"}  # a dry run removes nothing
     proc = cli(tmp, b, "mirror", "--spec", str(spec), "--out", str(m), "--prune")
     assert proc.returncode == 0, proc.stderr
     assert f"--prune: {CU118}: removing {len(only_cu)} files, {format_size(size)}" in proc.stderr, proc.stderr
