@@ -180,6 +180,12 @@ def test_upgrade_keeps_old_torch_and_keep_n_drops_it(site, wheels):
     verify_clean(tmp, b, m)
 
 
+def test_status_of_a_directory_that_is_no_mirror_is_one_line(tmp_path):
+    proc = cli(tmp_path, "http://127.0.0.1:9/simple", "status", str(tmp_path))
+    assert proc.returncode == 1 and proc.stderr.startswith("torchdepot: error: ") and "no manifest" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
 def test_fetch_into_new_dir_when_upstream_has_no_cpu_build(tmp_path, wheels):
     a, b = tmp_path / "A", tmp_path / "B"
     a.mkdir()

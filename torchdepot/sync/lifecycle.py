@@ -191,5 +191,6 @@ def removals(previous: mf.Manifest | None, keep_paths: set[str], dropped_targets
         out.append(Removal(reason=reason, paths=mine, size=sum(sizes[p] for p in mine)))
     if going:
         rest = tuple(sorted(going))
-        out.append(Removal(reason="no longer needed by any target", paths=rest, size=sum(sizes[p] for p in rest)))
+        out.append(Removal(reason="superseded (no kept release lists them)", paths=rest,
+                           size=sum(sizes[p] for p in rest)))
     return tuple(out)
