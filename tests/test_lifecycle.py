@@ -128,6 +128,8 @@ def test_fetch_then_cpu_spec_keeps_both_and_prune_lists_sizes(site):
     assert proc.returncode == 0, proc.stderr
     assert f"warning: {CU118}: kept as published (torch 2.1.0+cu118); not updated: {CU118}: no torch wheel" in proc.stderr
     assert torch_of(m) == {CU118: "2.1.0+cu118", CPU: "2.13.0+cpu"} and "removing" not in proc.stderr
+    assert proc.stdout.strip().splitlines()[-1].startswith(
+        f"ready: torch 2.13.0+cpu for {CPU}; torch 2.1.0+cu118 for {CU118}; ")
     assert "torch-2.1.0" in (m / "whl" / "cu118" / "torch" / "index.html").read_text()
     verify_clean(tmp, b, m)
 
