@@ -9,6 +9,7 @@ pinned) plus the spec's extra packages.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -22,6 +23,7 @@ from torchdepot.spec.mirror import TORCH_PROJECTS, Channel, MirrorSpec, PipTarge
 from torchdepot.sync.view import View, ViewSources
 
 Say = Callable[[str], None]
+PIN_JOBS = 8  # targets pinned at once (page reads; the view and the reader are thread-safe)
 
 
 @dataclass(frozen=True)
@@ -96,14 +98,25 @@ def plan_targets(spec: MirrorSpec, view: View, pip: PipSources, targets: Sequenc
     ``tolerate`` (one the mirror holds but this run was not asked for) that cannot be pinned
     lands in ``Plan.skipped`` instead of failing the run."""
     prerelease = spec.channel.prerelease
-    plans, skipped = [], []
-    for t in (spec.targets() if targets is None else targets):
+    todo = list(spec.targets() if targets is None else targets)
+
+    def one(t: PipTarget) -> TargetPlan | TorchdepotError:
         try:
-            plans.append(_plan_target(spec, view, pip, t, prerelease))
+            return _plan_target(spec, view, pip, t, prerelease)
         except TorchdepotError as exc:
-            if t.id not in tolerate:
-                raise
-            skipped.append((t, str(exc)))
+            return exc
+
+    # Targets pin concurrently: each accelerator's pages are read once (the view caches), in parallel.
+    with ThreadPoolExecutor(max_workers=max(1, min(PIN_JOBS, len(todo)))) as pool:
+        outcomes = list(pool.map(one, todo))
+    plans, skipped = [], []
+    for t, outcome in zip(todo, outcomes):
+        if isinstance(outcome, TargetPlan):
+            plans.append(outcome)
+        elif t.id in tolerate:
+            skipped.append((t, str(outcome)))
+        else:
+            raise outcome
     return Plan(targets=tuple(plans), sources=view.sources, prereleases=prerelease, skipped=tuple(skipped))
 
 
