@@ -5,6 +5,11 @@ the one PEP 751 writer, used both for ``envs/<id>/pylock.toml`` (``location="url
 wheel a URL under the mirror base) and for the mirror's own ``targets/<id>/pylock.toml``
 (``location="path"``: every wheel a path relative to the lock, so the mirror directory is
 usable offline as it stands).
+
+PEP 825 variant wheels: a package whose wheel carries a variant label gets a
+``[packages.variants-json]`` table in ``pylock.toml`` (``$schema``, ``default-priorities``
+and ``variants`` restricted to the locked label, the shape uv writes and reads), and the
+lock folder's ``variant.json`` names each such package's label under ``variant_labels``.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ class Pinned:
     sha256: str
     size: int
     build: str | None = None
+    variants_json: str | None = None  # PEP 825 variants data of the wheel's label (JSON text)
 
     @property
     def filename(self) -> str:
@@ -72,7 +78,7 @@ def pins_for(target: Target, files: Mapping[str, FileEntry]) -> list[Pinned]:
         f = files.get(p.path)
         if f is None:
             raise TorchdepotError(f"manifest.json: target {target.id} needs {p.path}, which is not in the manifest's files")
-        out.append(Pinned(p.name, p.version, p.path, f.sha256, f.size, p.build))
+        out.append(Pinned(p.name, p.version, p.path, f.sha256, f.size, p.build, p.variants_json))
     return sorted(out, key=lambda p: (canonicalize_name(p.name), p.version, p.path))
 
 
@@ -135,9 +141,38 @@ def pylock_toml(t: Target, pins: Sequence[Pinned], base: str, *, location: Liter
         where = {"url": url(base, p.path)} if location == "url" else {"path": base.rstrip("/") + "/" + p.path}
         wheel.update({"name": p.filename, **where, "size": p.size, "hashes": {"sha256": p.sha256}})
         pkg.add("wheels", [wheel])
+        if p.variants_json:
+            pkg.add("variants-json", _toml_value(json.loads(p.variants_json)))
         pkgs.append(pkg)
     doc.add("packages", pkgs)
     return tomlkit.dumps(doc)
+
+
+def _toml_value(doc: dict) -> tomlkit.items.Table:
+    """A JSON object as a TOML table: nested objects inline, as uv writes ``variants-json``."""
+    def inline(value):
+        if isinstance(value, dict):
+            t = tomlkit.inline_table()
+            for k, v in value.items():
+                t[k] = inline(v)
+            return t
+        return value
+
+    table = tomlkit.table()
+    for k, v in doc.items():
+        table[k] = inline(v)
+    return table
+
+
+def variant_labels(pins: Sequence[Pinned]) -> dict[str, str]:
+    """Canonical project -> the PEP 825 label of its locked wheel, for labelled wheels."""
+    out = {}
+    for p in pins:
+        if p.variants_json:
+            labels = list(json.loads(p.variants_json).get("variants") or {})
+            if labels:
+                out[str(canonicalize_name(p.name))] = labels[0]
+    return out
 
 
 def conda_explicit(t: Target, pins: list[Pinned], base: str) -> str:
@@ -213,6 +248,9 @@ def variant_json(tid: str, pip: Target | None, pip_pins: list[Pinned], conda: Ta
         "conda_subdir": conda.subdir if conda else None,
         "files": sorted(files),
     }
+    labels = variant_labels(pip_pins)
+    if labels:  # PEP 825: installing this lock needs an installer that selects variant wheels
+        doc["variant_labels"] = labels
     return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
 

@@ -144,9 +144,11 @@ def filename_refusal(name: str) -> str | None:
     if decoded.endswith(".whl"):
         from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
-        try:
-            parse_wheel_filename(decoded)
-        except (InvalidWheelFilename, ValueError):
+        from torchdepot.model.wheelname import split_variant_label
+
+        try:  # a PEP 825 variant label is valid too (packaging does not know labels yet)
+            parse_wheel_filename(split_variant_label(decoded)[0])
+        except (InvalidWheelFilename, ValueError, TorchdepotError):
             return "invalid wheel file name"
         return None
     if decoded.endswith((".conda", ".tar.bz2")):

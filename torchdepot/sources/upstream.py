@@ -12,6 +12,14 @@ Every byte the sync learns about upstream comes through an :class:`UpstreamReade
   missing ``file://`` path) is ``None``; other failures raise :class:`UpstreamError`.
 
 The three upstream layouts (``model.presets.Layout``) are read by :func:`variant_links`.
+
+PEP 825 variant channels (``/whl/variant/``, ``/whl/test/variant/``) put every accelerator's
+wheels on one project page, told apart by the variant label in the file name (``-cuda12.8``,
+``-null`` for CPU) and linked beside ``{name}-{version}-variants.json``. A variant there is
+the channel's tree plus the label of the accelerator (:attr:`Variant.label`); its links are
+the wheels of that label and the variants.json files (:func:`variant_links`), and
+:meth:`UpstreamReader.fresh` reads a variants.json anew on every run, since PEP 825 says it
+is not immutable.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from torchdepot.net.hostpolicy import HostPolicy
 from torchdepot.net.http import Client, HttpStatusError, file_url_path
 from torchdepot.sources.links import Link, Page
 from torchdepot.sources.pep691 import ACCEPT, parse_response
+from torchdepot.sources.variants import is_variants_json
 
 MISSING_STATUSES = frozenset({404, 410})
 MAX_REDIRECTS = 10
@@ -151,6 +160,11 @@ class UpstreamReader:
 
         return self._once("metadata", url, load)
 
+    def fresh(self, url: str, limit: int) -> bytes | None:
+        """A file read anew (never cached: PEP 825's variants.json is not immutable); None when missing."""
+        body = self.get(url, "metadata", limit=limit)
+        return None if body is None else body.data
+
     def pages(self) -> list[Page]:
         """Every page read so far (for the refusal summary: each page's parser warnings)."""
         with self._lock:
@@ -199,6 +213,7 @@ class Variant:
     url: str  # the variant's own URL (tree root, listing, or the find-links page)
     layout: Layout
     accelerator: str
+    label: str | None = None  # PEP 825 variant label on a variant channel (``cuda12.8``, ``null``)
 
 
 def locate_variant(reader: UpstreamReader, base: str, prefix: str, accelerator: str) -> Variant | None:
@@ -207,6 +222,8 @@ def locate_variant(reader: UpstreamReader, base: str, prefix: str, accelerator: 
     Raises UpstreamError when the upstream cannot be read at all."""
     base = base.rstrip("/")
     layout = layout_of(base)
+    if is_variant_prefix(prefix) and layout is not Layout.FINDLINKS:
+        return _locate_labelled(reader, base, prefix, accelerator)
     if layout is Layout.FINDLINKS:
         page = reader.page(base)
         if page is None or not _of_project(page.links, "torch", accelerator):
@@ -221,8 +238,62 @@ def locate_variant(reader: UpstreamReader, base: str, prefix: str, accelerator: 
     return None
 
 
+def is_variant_prefix(prefix: str) -> bool:
+    """``variant/`` and ``test/variant/``: a PEP 825 channel (one tree, labels in file names)."""
+    return prefix.rstrip("/").rsplit("/", 1)[-1] == "variant"
+
+
+def label_of(links: list[Link], project: str, accelerator: str) -> str | None:
+    """The variant label whose wheels of ``project`` build for ``accelerator`` (cu128 ->
+    ``cuda12.8``, cpu -> ``null``), read from the file names; None when none does."""
+    want = canonicalize_name(project)
+    for link in links:
+        if not link.filename.endswith(".whl"):
+            continue
+        try:
+            wheel = parse_wheel(link.filename)
+        except ParseError:
+            continue
+        if wheel.name == want and wheel.variant_label and wheel.accelerator is not None \
+                and wheel.accelerator.name == accelerator:
+            return wheel.variant_label
+    return None
+
+
+def _locate_labelled(reader: UpstreamReader, base: str, prefix: str, accelerator: str) -> Variant | None:
+    url = f"{base}/{prefix.strip('/')}"
+    page = reader.page(f"{url}/torch/")
+    label = label_of(list(page.links), "torch", accelerator) if page is not None else None
+    return None if label is None else Variant(base, url, Layout.SIMPLE, accelerator, label)
+
+
+def _labelled(links: list[Link], label: str) -> list[Link]:
+    """The wheels of one variant label and the variants.json files of a variant page."""
+    out = []
+    for link in links:
+        if is_variants_json(link.filename):
+            out.append(link)
+            continue
+        try:
+            if link.filename.endswith(".whl") and parse_wheel(link.filename).variant_label == label:
+                out.append(link)
+        except ParseError:
+            continue
+    return out
+
+
 def variant_links(reader: UpstreamReader, variant: Variant, project: str) -> list[Link] | None:
-    """``project``'s links on the variant, None when the variant does not carry the project."""
+    """``project``'s links on the variant, None when the variant does not carry the project.
+
+    On a variant channel: the wheels of the variant's label plus the variants.json links; a
+    project without any labelled wheel (a plain dependency beside torch) keeps all its links."""
+    if variant.label is not None:
+        links = _simple_links(reader, variant, project)
+        if links is None:
+            return None
+        labelled = _labelled(links, variant.label)
+        has_variants = any(is_variants_json(link.filename) for link in links)
+        return labelled if has_variants else links
     if variant.layout is Layout.SIMPLE:
         norm = str(canonicalize_name(project))
         page = reader.page(f"{variant.url}/{urllib.parse.quote(norm)}/")
@@ -232,6 +303,14 @@ def variant_links(reader: UpstreamReader, variant: Variant, project: str) -> lis
     page = reader.page(variant.url if variant.layout is Layout.FINDLINKS else f"{variant.url}/")
     links = _of_project(page.links, project, variant.accelerator) if page is not None else []
     return links or None
+
+
+def _simple_links(reader: UpstreamReader, variant: Variant, project: str) -> list[Link] | None:
+    norm = str(canonicalize_name(project))
+    page = reader.page(f"{variant.url}/{urllib.parse.quote(norm)}/")
+    if page is None and norm != project:
+        page = reader.page(f"{variant.url}/{urllib.parse.quote(project)}/")
+    return None if page is None else list(page.links)
 
 
 def index_links(reader: UpstreamReader, index: str, project: str) -> list[Link]:

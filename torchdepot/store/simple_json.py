@@ -25,6 +25,9 @@ from typing import TYPE_CHECKING
 
 from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, parse_sdist_filename, parse_wheel_filename
 
+from torchdepot.errors import ParseError
+from torchdepot.model.wheelname import split_variant_label
+
 if TYPE_CHECKING:  # pages.py calls into this module; a runtime import would be circular
     from torchdepot.store.pages import IndexFile
 
@@ -59,10 +62,10 @@ def valid_upload_time(value: str | None) -> str | None:
 
 def version_of(filename: str) -> str | None:
     try:
-        if filename.endswith(".whl"):
-            return str(parse_wheel_filename(filename)[1])
+        if filename.endswith(".whl"):  # a PEP 825 variant label is not part of the version
+            return str(parse_wheel_filename(split_variant_label(filename)[0])[1])
         return str(parse_sdist_filename(filename)[1])
-    except (InvalidWheelFilename, InvalidSdistFilename):
+    except (InvalidWheelFilename, InvalidSdistFilename, ParseError):
         return None
 
 

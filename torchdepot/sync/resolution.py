@@ -4,7 +4,8 @@ Input: a :class:`~torchdepot.sync.plan.Plan` and its :class:`~torchdepot.sync.vi
 Output: :class:`Resolution`, the plan's targets with their files, each mapped back to
 the screened upstream link it came from. uv never sees an upstream page: its only index
 is the view's loopback server, so an odd link upstream cannot stop it and a URL it
-returns that is not a view file is refused with one line.
+returns that is not a view file is refused with one line. A PEP 825 variant wheel comes
+back under its own file name (label included), though uv was shown it without the label.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ def _upstream_file(view: View, target_id: str, f: ResolvedFile) -> tuple[Resolve
     if vf is None:
         raise ResolveError(f"{target_id}: the resolver returned {f.url}, which is not a screened upstream link; refused")
     link = vf.link
-    return replace(f, url=link.url, sha256=link.sha256 or f.sha256, size=link.size if link.size is not None else f.size), vf
+    # filename: a variant wheel was shown to the resolver without its label (sync/view.py)
+    return replace(f, url=link.url, filename=vf.filename, sha256=link.sha256 or f.sha256,
+                   size=link.size if link.size is not None else f.size), vf
 
 
 def _without_a_fitting_wheel(view: View, t) -> str | None:

@@ -18,7 +18,15 @@ Invariants:
 - served metadata is the truth: upstream's ``.metadata`` when its declared hash agrees,
   else METADATA read from the wheel (Range reads). A disagreement is recorded; under
   ``on_hash_mismatch: fail`` it is one error line naming the file and both hashes;
-- every URL the resolver returns maps back to a view file (:meth:`View.lookup`).
+- every URL the resolver returns maps back to a view file (:meth:`View.lookup`);
+- PEP 825 variant wheels (a variant channel): the view shows the resolver only the target's
+  label, under the file name without the label (``torch-2.10.0-cp311-cp311-linux_x86_64.whl``
+  for ``...-null.whl``), with the variant markers of its METADATA evaluated for that label
+  (:func:`torchdepot.sources.variants.evaluate_variant_markers`), so a resolver that knows
+  neither labels nor variant markers resolves the target as the label's own index would;
+  the recorded metadata hash stays that of the wheel's own METADATA. The project's
+  ``{name}-{version}-variants.json`` links are kept (:meth:`View.variants_json`), read anew
+  each run.
 """
 
 from __future__ import annotations
@@ -45,6 +53,10 @@ from torchdepot.net.hostpolicy import HostPolicy, screen_links
 from torchdepot.net.http import file_url_path
 from torchdepot.sources.links import Link, warnings_summary
 from torchdepot.sources.upstream import UpstreamReader, Variant, findlinks_links, index_links, variant_links
+from torchdepot.sources.variants import (MAX_VARIANTS_JSON, NULL_LABEL, VariantsJson, VariantsJsonError,
+                                         evaluate_variant_markers, is_variants_json, parse_variants_json,
+                                         variants_json_key)
+from torchdepot.model.wheelname import split_variant_label
 from torchdepot.sources.wheelmeta import remote_metadata
 from torchdepot.store.fsutil import atomic_write_bytes, safe_filename, safe_join
 
@@ -73,6 +85,12 @@ class ViewFile:
     project: str  # canonical name
     filename: str
     link: Link  # the screened upstream link the resolver was shown
+    label: str | None = None  # PEP 825 variant label, None for a plain wheel
+
+    @property
+    def shown(self) -> str:
+        """The name the resolver sees: the file name without its variant label."""
+        return split_variant_label(self.filename)[0] if self.label else self.filename
 
 
 @dataclass(frozen=True)
@@ -114,6 +132,8 @@ class View:
     _projects: dict[tuple[str, str], list[ViewFile]] = field(default_factory=dict)
     _metadata: dict[tuple[str, str], MetadataRecord] = field(default_factory=dict)
     _refused_urls: set[tuple[str, str]] = field(default_factory=set)
+    _variants_links: dict[tuple[str, str], tuple[Link, ...]] = field(default_factory=dict)
+    _variants_docs: dict[str, tuple[VariantsJson, bytes] | None] = field(default_factory=dict)
     _dead: set[str] = field(default_factory=set)
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -133,9 +153,17 @@ class View:
                         self.say(f"dependency source {url} unreachable: {str(exc).split(': ', 1)[-1]}; skipping it")
         return out
 
-    def _screen(self, links: list[Link], project: str) -> list[Link]:
-        screened = screen_links(links, self.policy)
+    def _screen(self, links: list[Link], project: str, keep: list[Link] | None = None) -> list[Link]:
+        """The wheels of ``project`` that pass the screen; ``keep`` collects its variants.json links."""
         want = canonicalize_name(project)
+        if keep is not None:  # variants.json links: the host policy and a safe name, like any file
+            for link in links:
+                if is_variants_json(link.filename) and variants_json_key(link.filename) \
+                        and variants_json_key(link.filename)[0] == want and not self.policy.refusal(link.url) \
+                        and _safe_name(link.filename):
+                    keep.append(link)
+        links = [link for link in links if not is_variants_json(link.filename)]
+        screened = screen_links(links, self.policy)
         with self._lock:  # pages are shared between accelerators: count each refused URL once
             for link, why in screened.refused:
                 if (link.url, why) not in self._refused_urls:
@@ -164,15 +192,65 @@ class View:
                 return self._projects[key]
         variant = self.sources.variant(accelerator)
         links = variant_links(self.reader, variant, project) if variant else None
-        kept = self._screen(links, project) if links else []
+        vjson: list[Link] = []
+        kept = self._screen(links, project, vjson) if links else []
         if not kept:  # not on the PyTorch variant (or nothing usable there): the user's sources
+            vjson = []
             kept = self._screen(self.dependency_links(project), project)
-        files = [ViewFile(project, link.filename, link) for link in kept]
+        label = variant.label if variant else None
+        files = [ViewFile(project, link.filename, link, label if _label(link.filename) == label else None)
+                 for link in kept]
         with self._lock:
             for f in files:
                 self._files.setdefault((accelerator, f.filename), f)
+                self._files.setdefault((accelerator, f.shown), f)
             self._projects[key] = files
+            self._variants_links[key] = tuple(vjson)
         return files
+
+    def variants_json(self, accelerator: str, project: str, version: str) -> tuple[Link, VariantsJson, bytes] | None:
+        """``{project}-{version}-variants.json`` beside the accelerator's variant wheels: its
+        link, parsed content and bytes, read from upstream once per run (never from an
+        earlier run: PEP 825 says it may change). None when upstream lists none."""
+        project = str(canonicalize_name(project))
+        with self._lock:
+            links = self._variants_links.get((accelerator, project), ())
+        link = next((lk for lk in links if variants_json_key(lk.filename) == (project, version)), None)
+        if link is None:
+            return None
+        with self._lock:
+            if link.url in self._variants_docs:
+                got = self._variants_docs[link.url]
+                return None if got is None else (link, *got)
+        try:
+            data = self.reader.fresh(link.url, MAX_VARIANTS_JSON + 1)
+        except UpstreamError as exc:
+            raise TorchdepotError(f"{link.filename}: cannot read it from upstream: {exc}") from None
+        got = None
+        if data is not None:
+            sha = hashlib.sha256(data).hexdigest()
+            if link.sha256 and sha != link.sha256:
+                raise MetadataMismatchError(f"{link.filename}: upstream declares sha256 {link.sha256} but the file "
+                                            f"hashes to {sha}")
+            try:
+                got = (parse_variants_json(data, link.filename), data)
+            except VariantsJsonError as exc:
+                raise TorchdepotError(str(exc)) from None
+        with self._lock:
+            self._variants_docs[link.url] = got
+        return None if got is None else (link, *got)
+
+    def _properties(self, accelerator: str, vf: ViewFile) -> dict:
+        """The properties of a view file's label, from the index-level variants.json."""
+        if vf.label is None or vf.label == NULL_LABEL:
+            return {}
+        version = parse_wheel(vf.filename).version
+        got = self.variants_json(accelerator, vf.project, version)
+        props = got[1].properties(vf.label) if got else None
+        if props is None:
+            raise TorchdepotError(f"{vf.filename}: its label {vf.label!r} is not in upstream's "
+                                  f"{vf.project}-{version}-variants.json")
+        return props
 
     def alternates(self, accelerator: str, filename: str) -> tuple[Link, ...]:
         """The same file (name + sha256) on the dependency sources, for failover."""
@@ -205,7 +283,7 @@ class View:
         anchors = []
         for f in files:
             link = f.link
-            href = f"../files/{urllib.parse.quote(f.filename)}" + (f"#sha256={link.sha256}" if link.sha256 else "")
+            href = f"../files/{urllib.parse.quote(f.shown)}" + (f"#sha256={link.sha256}" if link.sha256 else "")
             attrs = f'href="{html.escape(href)}" data-core-metadata="true" data-dist-info-metadata="true"'
             if link.requires_python:
                 attrs += f' data-requires-python="{html.escape(link.requires_python)}"'
@@ -213,7 +291,7 @@ class View:
                 attrs += f' data-yanked="{html.escape(link.yanked)}"'
             if link.upload_time:
                 attrs += f' data-upload-time="{html.escape(link.upload_time)}"'
-            anchors.append(f"<a {attrs}>{html.escape(f.filename)}</a><br/>\n")
+            anchors.append(f"<a {attrs}>{html.escape(f.shown)}</a><br/>\n")
         body = ("<!DOCTYPE html>\n<html><body>\n" + "".join(anchors) + "</body></html>\n").encode()
         atomic_write_bytes(safe_join(self.workdir, f"{accelerator}/{project}/index.html"), body)
         return body
@@ -223,7 +301,8 @@ class View:
         vf = self._files.get((accelerator, filename))
         if vf is None:
             return None
-        path = safe_join(self.workdir, f"{accelerator}/files/{safe_filename(filename)}.metadata")
+        filename = vf.filename  # the record is the wheel's own; the page showed vf.shown
+        path = safe_join(self.workdir, f"{accelerator}/files/{safe_filename(vf.shown)}.metadata")
         with self._lock:
             if (accelerator, filename) in self._metadata:
                 return path.read_bytes()
@@ -252,6 +331,8 @@ class View:
             if data is None:
                 return None
         record = MetadataRecord(filename, hashlib.sha256(data).hexdigest(), declared, served, source)
+        if vf.label is not None:  # the resolver sees the label's view of the variant markers
+            data = evaluate_variant_markers(data, vf.label, self._properties(accelerator, vf))
         atomic_write_bytes(path, data)
         with self._lock:
             self._metadata[(accelerator, filename)] = record
@@ -325,6 +406,11 @@ class View:
         with self._lock:
             return {fn: rec for (_acc, fn), rec in self._metadata.items()}
 
+    def labels(self) -> dict[str, str]:
+        """Wheel file name -> its PEP 825 variant label, for every labelled view file."""
+        with self._lock:
+            return {f.filename: f.label for f in self._files.values() if f.label}
+
     def refusal_summary(self) -> str | None:
         """One line: every link refused by the page parsers or the screen, by reason."""
         counts = collections.Counter(self.refused)
@@ -387,3 +473,17 @@ class View:
         finally:
             server.shutdown()
             server.server_close()
+
+
+def _label(filename: str) -> str | None:
+    try:
+        return split_variant_label(filename)[1]
+    except ParseError:
+        return None
+
+
+def _safe_name(filename: str) -> bool:
+    try:
+        return safe_filename(filename) == filename
+    except TorchdepotError:
+        return False

@@ -144,6 +144,13 @@ def _smoke(py: Path | str, env: dict, timeout: float) -> tuple[dict | None, str]
         return None, _tail(proc)
 
 
+def variant_args(lock: EnvLock) -> list[str]:
+    """uv's preview flag for a lock of PEP 825 variant wheels (``variant_labels`` in its
+    variant.json): uv then picks the label from the mirror's page and variants.json, and
+    ``--require-hashes`` holds it to the locked wheel."""
+    return ["--preview-features", "wheel-variants"] if lock.variant.get("variant_labels") else []
+
+
 def _verify_pip(lock: EnvLock, opts: Options, manifest: Manifest | None, checks: list[Check], work: Path) -> str:
     v = lock.variant
     if manifest is not None:
@@ -165,8 +172,8 @@ def _verify_pip(lock: EnvLock, opts: Options, manifest: Manifest | None, checks:
         return "installed"
     vpy = _venv_python(venv)
     # the lock itself names the index (--index-url ${TORCHDEPOT_MIRROR}/whl/<acc>); nothing else is consulted
-    proc = _run([uv_bin(), "pip", "install", "--no-config", "--python", vpy, "--require-hashes", "--no-deps",
-                 "--no-build", "-r", lock.requirements], env, opts.timeout)
+    proc = _run([uv_bin(), "pip", "install", "--no-config", *variant_args(lock), "--python", vpy,
+                 "--require-hashes", "--no-deps", "--no-build", "-r", lock.requirements], env, opts.timeout)
     if proc.returncode:
         checks.append(Check("install (hash-checked, mirror only)", "fail", f"{lock.requirements}: {_tail(proc)}"))
         return "installed"
@@ -188,7 +195,7 @@ def _resolve_only(lock: EnvLock, opts: Options, env: dict, checks: list[Check]) 
         checks.append(Check("resolve (dry run)", "fail", str(exc)))
         return "resolve-only"
     # uv evaluates markers for the target, not this host; deps on: the mirror must hold the closure
-    proc = _run([uv_bin(), "pip", "compile", "--no-config", "--quiet", "--no-header", "--no-build",
+    proc = _run([uv_bin(), "pip", "compile", "--no-config", *variant_args(lock), "--quiet", "--no-header", "--no-build",
                  "--python-version", v["python"], "--python-platform", plat.uv_platform, lock.requirements],
                 env, opts.timeout)
     why = f"cannot run python {v['python']} on {v['platform']} here (this is {host_platform()})"

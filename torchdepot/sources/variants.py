@@ -1,0 +1,197 @@
+"""PEP 825 index-level variant metadata (``{name}-{version}-variants.json``) and variant markers.
+
+Pure: bytes in, typed values out, linear in the input and bounded.
+
+- :func:`parse_variants_json` checks the shape PEP 825 gives (``$schema``,
+  ``default-priorities.namespace``, ``variants.{label}.{namespace}.{feature}: [values]``,
+  the reserved ``null`` label with no properties) and raises :class:`VariantsJsonError`
+  (one line naming the file) otherwise. Keys it does not know (``providers``,
+  ``static-properties``: prototype extensions) are kept in the text, not interpreted.
+- :func:`is_variants_json` tells a ``{name}-{version}-variants.json`` link on an index page
+  from a wheel; :func:`variants_json_name` is that file's name for a project and version.
+- :func:`evaluate_variant_markers` rewrites a wheel's METADATA for one label: every variant
+  marker atom (``variant_label == 'cuda12.8'``, ``'nvidia' in variant_namespaces``,
+  ``'nvidia :: cuda' in variant_features``, ``'nvidia :: cuda :: 12.8' in
+  variant_properties``) becomes an always-true or always-false ``python_full_version``
+  comparison, so a resolver that does not know variant markers evaluates the rest of the
+  marker (Python, platform) for the target as usual. Lines without variant atoms are kept
+  byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from packaging.utils import canonicalize_name
+
+from torchdepot.errors import TorchdepotError
+
+MAX_VARIANTS_JSON = 4 * 1024 * 1024  # upstream's file is a few kB; anything huge is refused
+NULL_LABEL = "null"
+_NAME = re.compile(r"[a-z0-9_]+")  # namespace and feature names (PEP 825)
+_VALUE = re.compile(r"[a-z0-9_.]+")  # feature values and labels
+_LABEL = re.compile(r"[0-9a-z_.]{1,16}")
+_SUFFIX = "-variants.json"
+
+
+class VariantsJsonError(TorchdepotError):
+    """A ``*-variants.json`` file that is not PEP 825 variant metadata."""
+
+
+Properties = dict[str, dict[str, tuple[str, ...]]]  # namespace -> feature -> values
+
+
+@dataclass(frozen=True)
+class VariantsJson:
+    schema: str
+    namespaces: tuple[str, ...]  # default-priorities.namespace, in order
+    variants: dict[str, Properties]  # label -> properties
+    text: str  # the file as upstream served it (what the mirror stores and hashes)
+
+    def properties(self, label: str) -> Properties | None:
+        return self.variants.get(label)
+
+    def for_labels(self, labels: set[str] | frozenset[str]) -> dict:
+        """The document restricted to ``labels`` (the pylock ``variants-json`` table): the
+        standard keys only, as a plain JSON-shaped dict."""
+        doc = json.loads(self.text)
+        out: dict = {"$schema": self.schema, "default-priorities": doc["default-priorities"]}
+        out["variants"] = {lb: doc["variants"][lb] for lb in sorted(labels) if lb in doc["variants"]}
+        return out
+
+
+def variants_json_name(project: str, version: str) -> str:
+    """``{name}-{version}-variants.json`` with the name normalised as in wheel file names."""
+    return f"{str(canonicalize_name(project)).replace('-', '_')}-{version}{_SUFFIX}"
+
+
+def is_variants_json(filename: str) -> bool:
+    return filename.endswith(_SUFFIX) and filename.count("-") >= 2
+
+
+def variants_json_key(filename: str) -> tuple[str, str] | None:
+    """``torch-2.10.0-variants.json`` -> (canonical project, version); None for other names."""
+    if not is_variants_json(filename):
+        return None
+    stem = filename[: -len(_SUFFIX)]
+    name, _, version = stem.rpartition("-")
+    if not name or not version:
+        return None
+    return str(canonicalize_name(name)), version
+
+
+def _fail(where: str, why: str) -> VariantsJsonError:
+    return VariantsJsonError(f"{where}: not PEP 825 variant metadata ({why})")
+
+
+def _properties(where: str, label: str, value: object) -> Properties:
+    if not isinstance(value, dict):
+        raise _fail(where, f"variants.{label} is not an object")
+    out: Properties = {}
+    for ns, features in value.items():
+        if not isinstance(ns, str) or not _NAME.fullmatch(ns) or not isinstance(features, dict):
+            raise _fail(where, f"variants.{label}: bad namespace {str(ns)[:40]!r}")
+        feats: dict[str, tuple[str, ...]] = {}
+        for feat, values in features.items():
+            if not isinstance(feat, str) or not _NAME.fullmatch(feat) or not isinstance(values, list):
+                raise _fail(where, f"variants.{label}.{ns}: bad feature {str(feat)[:40]!r}")
+            if not all(isinstance(v, str) and _VALUE.fullmatch(v) for v in values):
+                raise _fail(where, f"variants.{label}.{ns}.{feat}: bad value")
+            feats[feat] = tuple(values)
+        out[ns] = feats
+    return out
+
+
+def parse_variants_json(data: bytes, where: str) -> VariantsJson:
+    """Bytes of a ``variants.json`` (index level) or ``variant.json`` (in a wheel) -> VariantsJson."""
+    if len(data) > MAX_VARIANTS_JSON:
+        raise _fail(where, f"larger than {MAX_VARIANTS_JSON} bytes")
+    try:
+        text = data.decode("utf-8")
+        doc = json.loads(text)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise _fail(where, f"not JSON: {str(exc)[:80]}") from None
+    if not isinstance(doc, dict):
+        raise _fail(where, "not an object")
+    schema = doc.get("$schema")
+    if not isinstance(schema, str) or not schema:
+        raise _fail(where, "no $schema")
+    pri = doc.get("default-priorities")
+    ns = pri.get("namespace") if isinstance(pri, dict) else None
+    if not isinstance(ns, list) or not all(isinstance(n, str) and _NAME.fullmatch(n) for n in ns) \
+            or len(set(ns)) != len(ns):
+        raise _fail(where, "default-priorities.namespace is not a list of unique namespaces")
+    variants = doc.get("variants")
+    if not isinstance(variants, dict):
+        raise _fail(where, "no variants object")
+    parsed: dict[str, Properties] = {}
+    for label, props in variants.items():
+        if not isinstance(label, str) or not _LABEL.fullmatch(label):
+            raise _fail(where, f"bad variant label {str(label)[:40]!r}")
+        parsed[label] = _properties(where, label, props)
+        if label == NULL_LABEL and any(parsed[label].values()):
+            raise _fail(where, "the null variant has properties")
+        missing = [n for n in parsed[label] if n not in ns]
+        if missing:
+            raise _fail(where, f"namespace {missing[0]!r} of {label} is not in default-priorities.namespace")
+    return VariantsJson(schema=schema, namespaces=tuple(ns), variants=parsed, text=text)
+
+
+# -- variant markers ------------------------------------------------------------------------
+_TRUE = "python_full_version >= '0'"
+_FALSE = "python_full_version < '0'"
+_Q = r"""(?:'([^'\n]*)'|"([^"\n]*)")"""
+_ATOMS = (
+    re.compile(rf"variant_label\s*(==|!=)\s*{_Q}"),
+    re.compile(rf"{_Q}\s*(==|!=)\s*variant_label"),
+    re.compile(rf"{_Q}\s*(not\s+in|in)\s*(variant_namespaces|variant_features|variant_properties)"),
+)
+
+
+def _members(props: Properties, which: str) -> set[str]:
+    if which == "variant_namespaces":
+        return {ns for ns, feats in props.items() if any(feats.values())}
+    if which == "variant_features":
+        return {f"{ns} :: {f}" for ns, feats in props.items() for f, vals in feats.items() if vals}
+    return {f"{ns} :: {f} :: {v}" for ns, feats in props.items() for f, vals in feats.items() for v in vals}
+
+
+def _norm(text: str) -> str:
+    return " :: ".join(part.strip() for part in text.split("::"))
+
+
+def evaluate_marker_text(marker: str, label: str, props: Properties) -> str:
+    """``marker`` with every variant atom replaced by a constant comparison for ``label``."""
+    def label_atom(m: re.Match, op_first: bool) -> str:
+        op, value = (m.group(1), m.group(2) if m.group(2) is not None else m.group(3)) if op_first else \
+            (m.group(3), m.group(1) if m.group(1) is not None else m.group(2))
+        return _TRUE if (value == label) == (op == "==") else _FALSE
+
+    def member_atom(m: re.Match) -> str:
+        value = m.group(1) if m.group(1) is not None else m.group(2)
+        negate = m.group(3).split()[0] == "not"
+        return _TRUE if (_norm(value) in _members(props, m.group(4))) != negate else _FALSE
+
+    marker = _ATOMS[0].sub(lambda m: label_atom(m, True), marker)
+    marker = _ATOMS[1].sub(lambda m: label_atom(m, False), marker)
+    return _ATOMS[2].sub(member_atom, marker)
+
+
+def has_variant_markers(metadata: bytes) -> bool:
+    return b"variant_" in metadata
+
+
+def evaluate_variant_markers(metadata: bytes, label: str, props: Properties) -> bytes:
+    """METADATA with the variant markers of its ``Requires-Dist`` lines evaluated for ``label``."""
+    if not has_variant_markers(metadata):
+        return metadata
+    out = []
+    for line in metadata.split(b"\n"):
+        if line[:14].lower() == b"requires-dist:" and b"variant_" in line and b";" in line:
+            text = line.decode("utf-8", "replace")
+            req, _, marker = text.partition(";")
+            line = f"{req};{evaluate_marker_text(marker, label, props)}".encode()
+        out.append(line)
+    return b"\n".join(out)
