@@ -223,6 +223,12 @@ def test_variant_channel_mirror_lock_and_uv_install(upstream, tmp_path):
                                       "variants": {"cuda12.8": CUDA}}
     assert "variants-json" not in next(p for p in lock["packages"] if p["name"] == "filelock")
 
+    # the landing page says which label each target is, and how to install it
+    landing = (out / "index.html").read_text()
+    assert "variant cuda12.8" in landing and "variant null" in landing
+    assert "uv pip install --preview-features wheel-variants --index-url" in landing
+    assert "pip install --index-url MIRROR_URL/whl/cpu" not in landing  # pip cannot install variant wheels
+
     # uv --preview-features wheel-variants, from the mirror alone, picks null on this CPU host
     venv = tmp_path / "venv"
     env = hermetic_env()
@@ -237,6 +243,13 @@ def test_variant_channel_mirror_lock_and_uv_install(upstream, tmp_path):
                                  capture_output=True, text=True)
             assert got.stdout.strip() == "null", got.stderr
 
+        # ls: rows by the accelerator each label names, and the labels
+        proc = subprocess.run([sys.executable, "-m", "torchdepot", "ls", "--index", f"{s.url}/whl"],
+                              capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert "cu128" in proc.stdout and "cpu" in proc.stdout, proc.stdout
+        assert "variant labels (PEP 825): cpu=null, cu128=cuda12.8" in proc.stdout, proc.stdout
+
         # `torchdepot lock` + `torchdepot verify`: the null lock installs with uv's preview flag
         td = [sys.executable, "-m", "torchdepot"]
         proc = subprocess.run([*td, "lock", "--mirror", out, "--out", tmp_path / "envs"], capture_output=True,
@@ -249,6 +262,12 @@ def test_variant_channel_mirror_lock_and_uv_install(upstream, tmp_path):
                               env=env)
         report = proc.stdout
         assert '"install (hash-checked, mirror only)"' in report and proc.returncode == 0, report + proc.stderr
+        (result,) = json.loads(report)["results"]
+        assert result["result"] == "pass" and result["mode"] == "installed", report
+        # the cuda12.8 lock: uv never selects a GPU variant on a host without one: said, not failed
+        proc = subprocess.run([*td, "verify", tmp_path / "envs" / "cu128-py311-linux-x86_64", "--mirror", s.url,
+                               "--json"], capture_output=True, text=True, env=env)
+        assert proc.returncode == 0 and "cuda12.8 needs its accelerator" in proc.stdout, proc.stdout + proc.stderr
 
 
 def test_changed_variants_json_is_fetched_again_and_republished(upstream, tmp_path):
@@ -274,3 +293,17 @@ def test_changed_variants_json_is_fetched_again_and_republished(upstream, tmp_pa
     # unchanged upstream: the next sync reads it again (not cached as immutable) and changes nothing
     res, _ = mirror(url, out, accelerators=("cpu",))
     assert not res.index_changed and res.requests["metadata"] >= 1
+
+
+def test_test_variant_channel_reads_its_own_tree(upstream, tmp_path):
+    """``channel: test/variant`` reads ``/whl/test/variant/``, not the stable variant tree."""
+    root, url = upstream
+    (root / "whl" / "test").mkdir()
+    (root / "whl" / "variant").rename(root / "whl" / "test" / "variant")
+    spec = parse_spec({"accelerators": ["cpu"], "pythons": ["3.11"], "platforms": ["linux-x86_64"],
+                       "extra_packages": [], "channel": "test/variant", "upstreams": [f"{url}/whl"],
+                       "out": str(tmp_path / "m")}, "spec")
+    res = sync(spec, client=make_session(HttpConfig(retries=0)), progress=False, echo=lambda m: None,
+               pip_sources=PipSources(index_url=f"{url}/simple"))
+    assert files_of(res, "cpu")["torch"].endswith("-null.whl")
+    assert res.plans[0].variant_url == f"{url}/whl/test/variant"

@@ -3,7 +3,9 @@
 Rows are version x accelerator, columns Python versions, cells the platforms that have
 a wheel (the matrix is :mod:`torchdepot.site.availability`, shared with ``conda ls``).
 ``--json`` prints one object per wheel instead (the ``parse --json`` keys plus ``url`` and
-``sha256``). This module only parses options and prints.
+``sha256``). PEP 825 variant wheels (a ``/whl/variant/`` index) are rows by the
+accelerator their label names (``cuda12.8`` -> cu128, ``null`` -> cpu); one line lists the
+labels. This module only parses options and prints.
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ def ls_cmd(index_url, packages, accelerators, python, platform, as_json) -> None
         return
     for matrix in matrices:
         out.write(render(matrix) + "\n\n")
+    labels = sorted({(w.accelerator.name if w.accelerator else UNKNOWN, w.variant_label)
+                     for _, w in chosen if w.variant_label})
+    if labels:  # PEP 825 variant wheels: which label each accelerator row is
+        out.write("variant labels (PEP 825): " + ", ".join(f"{a}={lb}" for a, lb in labels) + "\n")
     out.write(WHEEL_LEGEND + "\n")
 
 

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from torchdepot.model.sizes import format_size
+from torchdepot.errors import ParseError
 from torchdepot.model.accel import accelerator_from_dir, accelerator_sort_key
+from torchdepot.model.wheelname import split_variant_label
 from torchdepot.model.cuda import min_nvidia_driver
 from torchdepot.model.trust import PIP_TRUST_OPTION, UV_TRUST_OPTION, insecure_host
 from torchdepot.store.fsutil import atomic_write_text
@@ -41,6 +43,7 @@ class Variant:
     torch_size: int
     total_size: int
     companions: tuple[tuple[str, str], ...]  # (name, version) of torchvision/torchaudio
+    label: str | None = None  # PEP 825 variant label of the torch wheel (``cuda12.8``, ``null``)
 
     @property
     def public_version(self) -> str:
@@ -57,7 +60,7 @@ def variants(manifest: Manifest) -> list[Variant]:
         sizes = [files[p.path].size for p in t.packages if p.path in files]
         comp = tuple((p.name, p.version) for p in t.packages if p.name in COMPANIONS)
         out.append(Variant(t.kind, t, torch.version, files[torch.path].size if torch.path in files else 0,
-                           sum(sizes), comp))
+                           sum(sizes), comp, _label(torch.path) if t.kind == "pip" else None))
     return out
 
 
@@ -99,10 +102,22 @@ def _cmd(text_html: str) -> str:
     return f'<pre class="cmd"><code>{text_html}</code></pre>'
 
 
+def _label(path: str) -> str | None:
+    try:
+        return split_variant_label(path.rsplit("/", 1)[-1])[1]
+    except ParseError:
+        return None
+
+
 def _pip_commands(v: Variant, root: Path, at: Address) -> list[str]:
     t = v.target
     index = t.index or f"whl/{t.accelerator}"
     reqs = " ".join([f"torch=={html.escape(v.torch_version)}"] + [f"{n}=={html.escape(ver)}" for n, ver in v.companions])
+    if v.label:  # pip does not install PEP 825 variant wheels yet; uv does, behind a preview flag
+        return [f'<p class="driver">PEP 825 variant wheel, label <code>{html.escape(v.label)}</code>: install with '
+                "uv's <code>--preview-features wheel-variants</code> (pip does not select variant wheels yet).</p>",
+                _cmd(f"uv pip install --preview-features wheel-variants --index-url {at.url('/' + index)} "
+                     f"{at.trust(UV_TRUST_OPTION)}{reqs}")]
     cmds = [_cmd(f"pip install --index-url {at.url('/' + index)} {at.trust(PIP_TRUST_OPTION)}{reqs}"),
             _cmd(f"uv pip install --index-url {at.url('/' + index)} {at.trust(UV_TRUST_OPTION)}{reqs}"),
             _cmd(f"torchdepot config pip --url {at.url()} --variant {html.escape(t.accelerator)}")]
@@ -168,6 +183,8 @@ def render(manifest: Manifest, root: Path, base: str | None = None) -> str:
                          f'{format_size(size)}</a> {kinds}</td>')
         drv = min_nvidia_driver(accelerator_from_dir(acc)) if accelerator_from_dir(acc) else None
         drv_html = f'<br/><small>driver ≥ {html.escape(drv)}</small>' if drv else ""
+        labels = sorted({v.label for col in rows[(version, acc)].values() for v in col if v.label})
+        drv_html += "".join(f'<br/><small class="label">variant {html.escape(lb)}</small>' for lb in labels)
         body.append(f'<tr><th scope="row">torch {html.escape(version)}</th><th scope="row">{html.escape(acc)}{drv_html}</th>'
                     + "".join(cells) + "</tr>")
 

@@ -162,6 +162,13 @@ def _verify_pip(lock: EnvLock, opts: Options, manifest: Manifest | None, checks:
     else:
         checks.append(Check("hashes vs mirror manifest", "not run", "mirror has no manifest.json; the installer checks hashes"))
     env = tool_env(opts.mirror_url, opts.env_extra)
+    gpu_labels = sorted({lb for lb in (v.get("variant_labels") or {}).values() if lb != "null"})
+    if gpu_labels and not gpu_present():
+        # uv picks a variant wheel by this host's hardware: a GPU label is never selected here
+        checks.append(Check("install (hash-checked, mirror only)", "not run",
+                            f"variant {', '.join(gpu_labels)} needs its accelerator on this host (no GPU here); "
+                            "uv selects variant wheels by the hardware it runs on"))
+        return "resolve-only"
     py = find_python(v["python"]) if v.get("platform") == host_platform() else None
     if py is None:
         return _resolve_only(lock, opts, env, checks)
