@@ -3,14 +3,14 @@ Range support (pip and our fetcher resume with it). Not a mock: requests go over
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import http.server
 import os
 import re
 import socket
-import threading
 from pathlib import Path
+
+from tests.kit.serving import ThreadedServer
 
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)")
 
@@ -71,26 +71,9 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
             left -= len(chunk)
 
 
-class Server:
+class Server(ThreadedServer):
     """``with Server(root) as s: s.url`` -> ``http://127.0.0.1:PORT``."""
 
     def __init__(self, root: Path, host: str = "127.0.0.1", port: int = 0, handler=RangeHandler):
         self.root = Path(root)
-        self.httpd = http.server.ThreadingHTTPServer((host, port), functools.partial(handler, directory=str(root)))
-        self.httpd.daemon_threads = True
-        # A short poll: shutdown() waits up to one interval, and tests stop many servers.
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> "Server":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        with contextlib.suppress(Exception):
-            self.httpd.server_close()
+        self._serve(http.server.ThreadingHTTPServer((host, port), functools.partial(handler, directory=str(root))))

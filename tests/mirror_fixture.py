@@ -8,66 +8,26 @@ pages under ``.publish/<gen>/whl`` behind a ``whl`` symlink, a conda channel wit
 Targets: ``cpu-py311-linux-x86_64`` (installable: torch 2.13.0+cpu + filelock),
 ``cu126-py311-linux-x86_64``, ``cu118-py310-windows-amd64`` (pip) and a conda
 ``cpu-py311-linux-x86_64`` target. ``cpu_wheels=[...]`` replaces the CPU target's files with
-real wheels (e.g. the real torch wheel and its dependencies).
+real wheels (e.g. the real torch wheel and its dependencies). Wheels come from tests/kit/wheels.py.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import html
 import json
 import os
 import shutil
 import urllib.parse
-import zipfile
 from pathlib import Path
 
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
+from tests.kit.wheels import build_wheel, wheel_metadata, write_sidecar
 from torchdepot.store import manifest as mf
 from torchdepot.store.fsutil import sha256_file
 
 CPU_ID = "cpu-py311-linux-x86_64"
 CONDA_CHANNEL = "pytorch-fixture"
-
-
-def _record_line(name: str, data: bytes) -> str:
-    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-    return f"{name},sha256={digest},{len(data)}"
-
-
-def build_wheel(out_dir: Path, name: str, version: str, tag: str = "py3-none-any",
-                requires: tuple[str, ...] = (), module: str | None = None) -> Path:
-    """A minimal valid wheel: ``import <module>`` gives ``__version__ == version``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    dist = name.replace("-", "_")
-    module = module or dist
-    fname = f"{dist}-{version}-{tag}.whl"
-    info = f"{dist}-{version}.dist-info"
-    metadata = "Metadata-Version: 2.1\nName: {}\nVersion: {}\n{}".format(
-        name, version, "".join(f"Requires-Dist: {r}\n" for r in requires))
-    files = {
-        f"{module}/__init__.py": f"__version__ = {version!r}\n".encode(),
-        f"{info}/METADATA": metadata.encode(),
-        f"{info}/WHEEL": f"Wheel-Version: 1.0\nGenerator: mirror_fixture\nRoot-Is-Purelib: true\nTag: {tag}\n".encode(),
-    }
-    record = [_record_line(n, d) for n, d in files.items()] + [f"{info}/RECORD,,"]
-    files[f"{info}/RECORD"] = ("\n".join(record) + "\n").encode()
-    path = out_dir / fname
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        for n, d in files.items():
-            zi = zipfile.ZipInfo(n, date_time=(2024, 1, 1, 0, 0, 0))
-            zf.writestr(zi, d)
-    return path
-
-
-def wheel_metadata(wheel: Path) -> bytes:
-    with zipfile.ZipFile(wheel) as zf:
-        for n in zf.namelist():
-            if n.endswith(".dist-info/METADATA") and n.count("/") == 1:
-                return zf.read(n)
-    raise ValueError(f"{wheel}: no METADATA")
 
 
 def _add_wheel(root: Path, wheel: Path, files: list[mf.FileEntry], link: bool = False) -> mf.FileEntry:
@@ -82,8 +42,7 @@ def _add_wheel(root: Path, wheel: Path, files: list[mf.FileEntry], link: bool = 
     sha, size = sha256_file(dest)
     entry = mf.FileEntry(path=f"packages/{project}/{wheel.name}", sha256=sha, size=size, kind="wheel",
                          project=project, version=str(version))
-    meta = dest.with_name(dest.name + ".metadata")
-    meta.write_bytes(wheel_metadata(dest))
+    meta = write_sidecar(dest)
     msha, msize = sha256_file(meta)
     files += [entry, mf.FileEntry(path=entry.path + ".metadata", sha256=msha, size=msize, kind="metadata",
                                   project=project, version=str(version))]
@@ -201,3 +160,7 @@ def make_mirror(root: Path, envs: Path | None = None, cpu_wheels: list[Path] | N
     m = mf.Manifest(files=files, targets=targets, spec={"packages": ["torch"], "fixture": True})
     mf.save(root, m)
     return m
+
+
+__all__ = ["CONDA_CHANNEL", "CPU_ID", "build_wheel", "make_mirror", "wheel_metadata", "write_pages",
+           "write_requirements_lock"]

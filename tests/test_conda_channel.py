@@ -3,13 +3,11 @@ solving with variant guards, mirroring a recipes-built channel, and bad repodata
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import shutil
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from click.testing import CliRunner
 from hypothesis import given, strategies as st
 
 from tests.httpserver import Server
+from tests.kit.wheels import build_wheel
 from torchdepot.cli import main
 from tests.kit.condapython import build_python_placeholder
 from torchdepot.ship import recipes as R
@@ -33,32 +32,13 @@ from torchdepot.spec.mirror import MirrorSpec, PackageSpec
 REPODATA = "conda/repodata/pytorch_channel_linux-64_repodata.json"
 
 
-def make_wheel(directory: Path, name: str, version: str, tag: str, files: dict[str, str]) -> Path:
-    """A real-format wheel (METADATA, WHEEL, RECORD with hashes)."""
-    dist = f"{name}-{version.split('+')[0]}.dist-info"
-    members = dict(files)
-    members[f"{dist}/METADATA"] = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
-    members[f"{dist}/WHEEL"] = f"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: false\nTag: {tag}\n"
-    rec = []
-    for k, v in members.items():
-        d = base64.urlsafe_b64encode(hashlib.sha256(v.encode()).digest()).rstrip(b"=").decode()
-        rec.append(f"{k},sha256={d},{len(v.encode())}")
-    members[f"{dist}/RECORD"] = "\n".join(rec + [f"{dist}/RECORD,,"]) + "\n"
-    path = directory / f"{name}-{version}-{tag}.whl"
-    with zipfile.ZipFile(path, "w") as zf:
-        for k, v in members.items():
-            zf.writestr(zipfile.ZipInfo(k, (2020, 1, 1, 0, 0, 0)), v)
-    return path
-
-
 def stub_torch_wheels(directory: Path) -> list[Path]:
     """Small torch wheels labelled cpu / cu126 for linux and windows (the real CPU wheel is
     exercised in test_conda_e2e.py); same version and build number, so CPU and CUDA tie."""
     out = []
     for acc in ("cpu", "cu126"):
         for tag in ("cp311-cp311-manylinux_2_28_x86_64", "cp311-cp311-win_amd64"):
-            out.append(make_wheel(directory, "torch", f"2.13.0+{acc}", tag,
-                                  {"torch/__init__.py": f'__version__ = "2.13.0+{acc}"\n'}))
+            out.append(build_wheel(directory, "torch", f"2.13.0+{acc}", tag, purelib=False))
     return out
 
 

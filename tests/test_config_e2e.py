@@ -12,7 +12,6 @@ The user's config points at ``regional.lab`` before ``config`` runs. After it:
 
 from __future__ import annotations
 
-import html
 import os
 import subprocess
 import textwrap
@@ -22,7 +21,9 @@ import pytest
 
 from tests.httpserver import Server
 from tests.kit.lanproxy import LanProxy
-from tests.mirror_fixture import _add_wheel, build_wheel, write_pages
+from tests.kit.upstream import pep503
+from tests.kit.wheels import build_wheel
+from tests.mirror_fixture import _add_wheel, write_pages
 from tests.venvs import hermetic_env, make_venv
 from torchdepot.store import manifest as mf
 
@@ -41,22 +42,13 @@ def _mirror(root: Path, scratch: Path) -> None:
     mf.save(root, mf.Manifest(files=files, targets=[target], spec={"packages": ["torch"]}))
 
 
-def _simple_index(root: Path, wheels: list[Path]) -> None:
-    """A plain PEP 503 index, as a regional mirror of the public index serves it."""
-    for w in wheels:
-        project = w.name.split("-", 1)[0].replace("_", "-").lower()
-        d = root / "simple" / project
-        d.mkdir(parents=True, exist_ok=True)
-        (d / w.name).write_bytes(w.read_bytes())
-        (d / "index.html").write_text(f'<html><body><a href="{html.escape(w.name)}">{html.escape(w.name)}</a></body></html>\n')
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     base = tmp_path_factory.mktemp("lab")
     _mirror(base / "mirror", base / "scratch")
-    _simple_index(base / "regional", [build_wheel(base / "scratch2", "torch", "2.14.0"),
-                                      build_wheel(base / "scratch2", "pandalike", "1.0")])
+    # a plain PEP 503 index, as a regional mirror of the public index serves it
+    pep503([build_wheel(base / "scratch2", "torch", "2.14.0"), build_wheel(base / "scratch2", "pandalike", "1.0")],
+           pages=["/simple"], files="/files", metadata=False).write(base / "regional")
     with Server(base / "mirror") as m, Server(base / "regional") as r, \
             LanProxy({"torchlab:8000": m.httpd.server_address[:2], "regional.lab": r.httpd.server_address[:2]}) as proxy:
         yield base, proxy

@@ -494,12 +494,11 @@ def test_findings_pure():
 
 # --- the printed install line, verbatim, against a plain-HTTP mirror on a LAN name ------------
 def _tiny_mirror(root: Path) -> None:
-    from tests.mirror_upstream import make_wheel
+    from tests.kit.upstream import pep503
+    from tests.kit.wheels import wheel_bytes
 
     py = f"{sys.version_info[0]}.{sys.version_info[1]}"
-    wheel = make_wheel(root / "whl" / "cpu" / "torch", "torch", "2.5.1+cpu")
-    (root / "whl" / "cpu" / "torch" / "index.html").write_text(
-        f'<a href="{wheel.name.replace("+", "%2B")}">{wheel.name}</a>\n')
+    pep503([wheel_bytes("torch", "2.5.1+cpu")], pages=["/whl/cpu"], files="/whl/cpu/torch", metadata=False).write(root)
     (root / "manifest.json").write_text(json.dumps({"format": "torchdepot-manifest", "version": 1, "spec": {}, "files": [],
         "targets": [{"id": "cpu", "kind": "pip", "accelerator": "cpu", "python": py, "platform": "linux-x86_64",
                      "index": "whl/cpu", "packages": [{"name": "torch", "version": "2.5.1+cpu", "path": "p"}]}]}))

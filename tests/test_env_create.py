@@ -24,7 +24,7 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 from tests.conftest import TORCH_CACHE
 from tests.httpserver import Server
 from tests.kit.lanproxy import LanProxy
-from tests.test_lock_support import build_mirror, cli, fake_torch_wheels
+from tests.kit.lockmirror import build_mirror, cli, fake_torch_wheels
 from tests.venvs import hermetic_env
 from torchdepot.store.fsutil import sha256_file
 

@@ -289,16 +289,17 @@ def test_mirror_refuses_a_dependency_on_a_host_outside_the_policy(tmp_path):
     not named in the spec or pip config): the screen refuses that link (counted in one
     summary line, never fatal), the sync completes with the allowed filelock, and nothing
     is requested from the foreign host."""
-    from tests.loopback_upstream import _metadata, make_wheel
+    from tests.kit.upstream import padded_wheel
 
     with FaultServer() as server, FaultServer() as foreign:
         up = populate(server, payload=20_000)
-        fname, data = make_wheel("filelock", "9.9.9", "py3-none-any", (), 20_000, 99)
-        foreign.add(f"/f/{fname}", data)
-        foreign.add(f"/f/{fname}.metadata", _metadata(data))
+        wheel = padded_wheel("filelock", "9.9.9", "py3-none-any", (), 20_000, 99)
+        fname = wheel.filename
+        foreign.add(f"/f/{fname}", wheel.data)
+        foreign.add(f"/f/{fname}.metadata", wheel.metadata)
         port = foreign.url.rsplit(":", 1)[1]
-        sha = hashlib.sha256(data).hexdigest()
-        msha = hashlib.sha256(_metadata(data)).hexdigest()
+        sha = wheel.sha256
+        msha = hashlib.sha256(wheel.metadata).hexdigest()
         link = (f'<a href="http://localhost:{port}/f/{fname}#sha256={sha}" '
                 f'data-dist-info-metadata="sha256={msha}">{fname}</a>\n')
         for page in ("/whl/cpu/filelock/index.html", "/simple/filelock/index.html"):

@@ -26,8 +26,8 @@ from click.testing import CliRunner
 
 from tests.httpserver import Server
 from tests.kit.lanproxy import LanProxy
-from tests.mirror_upstream import make_wheel
-from tests.test_lock_support import build_mirror
+from tests.kit.wheels import build_wheel
+from tests.kit.lockmirror import build_mirror
 from tests.venvs import hermetic_env, make_venv
 from torchdepot.cli import main
 from torchdepot.site.landing import write_landing
@@ -54,8 +54,8 @@ def printed_commands(page: str) -> list[str]:
 @pytest.fixture(scope="module")
 def lan(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lan")
-    wheels = [make_wheel(tmp / "w", "torch", "2.13.0+cpu", requires=("filelock>=3",)),
-              make_wheel(tmp / "w", "filelock", "3.0.0")]
+    wheels = [build_wheel(tmp / "w", "torch", "2.13.0+cpu", requires=("filelock>=3",)),
+              build_wheel(tmp / "w", "filelock", "3.0.0")]
     root = tmp / "mirror"
     build_mirror(root, wheels)
     _cli("lock", "--mirror", str(root), "--out", str(root / "envs"))  # placeholder base, served with the mirror

@@ -13,7 +13,7 @@ import requests
 
 from tests.httpserver import Server
 from tests.kit.lanproxy import LanProxy
-from tests.mirror_upstream import make_wheel
+from tests.kit.wheels import build_wheel
 from tests.venvs import hermetic_env, run
 
 
@@ -73,7 +73,7 @@ def test_env_routes_http_and_clears_bypass():
 def test_pip_applies_its_lan_trust_rule_through_the_proxy(tmp_path):
     """The point of the proxy: pip refuses a plain-HTTP LAN host unless --trusted-host names it."""
     simple = tmp_path / "mirror" / "simple" / "tinypkg"
-    wheel = make_wheel(simple, "tinypkg", "1.0")
+    wheel = build_wheel(simple, "tinypkg", "1.0")
     (simple / "index.html").write_text(f'<a href="{wheel.name}">{wheel.name}</a>\n')
     with Server(tmp_path / "mirror") as server, LanProxy({"torchlab:8000": server.httpd.server_address[:2]}) as proxy:
         env = proxy.env(hermetic_env())

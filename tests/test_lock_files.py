@@ -11,7 +11,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from tests.test_lock_support import build_mirror, fake_torch_wheels
+from tests.kit.lockmirror import build_mirror, fake_torch_wheels
 from torchdepot.model.accel import parse_accelerator
 from torchdepot.cli import main
 from torchdepot.model.cuda import min_driver, min_nvidia_driver

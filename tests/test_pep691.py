@@ -5,8 +5,6 @@ and real installers consuming them: pip (download + install), uv (which asks for
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import http.client
 import json
 import os
@@ -16,7 +14,6 @@ import subprocess
 import sys
 import threading
 import urllib.parse
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -25,6 +22,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
+from tests.kit.wheels import build_wheel
 from tests.venvs import hermetic_env, make_venv, run
 from torchdepot.resolve.uv import uv_bin
 from torchdepot.ship.serve import make_server, negotiate
@@ -37,31 +35,6 @@ from torchdepot.store.simple_json import JSON_MEDIA_TYPE, JsonFile, project_page
 TD = Path(sys.executable).parent / "torchdepot"
 UV_ACCEPT = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.01"
 OLD, NEW = "2026-01-15T08:00:00Z", "2026-06-15T12:30:00.123456Z"
-
-
-# -- a tiny wheel builder (Requires-Python and dependencies, valid RECORD) ---------------------
-def _record(name: str, data: bytes) -> str:
-    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-    return f"{name},sha256={digest},{len(data)}"
-
-
-def make_wheel(out: Path, name: str, version: str, requires: tuple[str, ...] = (),
-               requires_python: str | None = ">=3.8") -> Path:
-    dist = name.replace("-", "_")
-    info = f"{dist}-{version}.dist-info"
-    meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
-    meta += f"Requires-Python: {requires_python}\n" if requires_python else ""
-    meta += "".join(f"Requires-Dist: {r}\n" for r in requires)
-    files = {f"{dist}/__init__.py": f"__version__ = {version!r}\n".encode(),
-             f"{info}/METADATA": meta.encode(),
-             f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test_pep691\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
-    files[f"{info}/RECORD"] = ("\n".join([_record(n, d) for n, d in files.items()] + [f"{info}/RECORD,,"]) + "\n").encode()
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{dist}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        for n, d in files.items():
-            zf.writestr(zipfile.ZipInfo(n, date_time=(2024, 1, 1, 0, 0, 0)), d)
-    return path
 
 
 def publish_mirror(root: Path, wheels: dict[str, list[tuple[Path, str | None]]]) -> None:
@@ -84,9 +57,9 @@ def publish_mirror(root: Path, wheels: dict[str, list[tuple[Path, str | None]]])
 def mirror(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("pep691")
     wheels = tmp / "wheels"
-    demo1 = make_wheel(wheels, "demo-pkg", "1.0")
-    demo2 = make_wheel(wheels, "demo-pkg", "2.0", requires=("helper",))
-    helper = make_wheel(wheels, "helper", "1.0", requires_python=None)
+    demo1 = build_wheel(wheels, "demo-pkg", "1.0", requires_python=">=3.8")
+    demo2 = build_wheel(wheels, "demo-pkg", "2.0", requires=("helper",), requires_python=">=3.8")
+    helper = build_wheel(wheels, "helper", "1.0")
     root = tmp / "mirror"
     # helper has no upload time upstream: it must stay absent, never invented
     publish_mirror(root, {"cpu": [(demo1, OLD), (demo2, NEW), (helper, None)], "cu126": [(demo2, NEW)]})

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_lock_support import (
+from tests.kit.lockmirror import (
     build_mirror,
     cli,
     fake_torch_wheels,

@@ -12,13 +12,14 @@ import pytest
 from click.testing import CliRunner
 
 from tests.httpserver import Server
-from tests.test_lock_support import (
+from tests.kit.lockmirror import (
+    FAKE_TORCH,
     build_mirror,
     cli,
     fake_torch_wheels,
-    make_wheel,
     private_tmp_fixture,  # noqa: F401 (autouse)
 )
+from tests.kit.wheels import build_wheel
 from torchdepot.cli import main
 from torchdepot.verify.smoke import judge
 
@@ -95,9 +96,8 @@ def test_tampered_hash_caught_by_installer_without_manifest(locked):
 
 def test_wrong_variant_fails_cuda_check(tmp_path):
     # a lock that claims cu126 but whose torch reports no CUDA (a CPU build slipped in)
-    wheels = [make_wheel(tmp_path / "w", "torch", "2.13.0+cu126", {"torch/__init__.py":
-              (Path(__file__).parent / "test_lock_support.py").read_text().split("FAKE_TORCH = '''\\\n")[1].split("'''")[0]
-              .format(version="2.13.0+cpu", cuda=None)})]
+    wheels = [build_wheel(tmp_path / "w", "torch", "2.13.0+cu126",
+                          files={"torch/__init__.py": FAKE_TORCH.format(version="2.13.0+cpu", cuda=None)})]
     build_mirror(tmp_path / "m", wheels, acc="cu126")
     cli("lock", "--mirror", tmp_path / "m", "--out", tmp_path / "envs")
     res = cli("verify", tmp_path / "envs" / "cu126-py311-linux-x86_64", "--mirror", tmp_path / "m", "--json")

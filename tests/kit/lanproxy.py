@@ -27,9 +27,10 @@ import contextlib
 import http.client
 import http.server
 import ipaddress
-import threading
 import urllib.parse
 from collections.abc import Mapping
+
+from tests.kit.serving import ThreadedServer
 
 # Hop-by-hop headers (RFC 9110 7.6.1) are for one connection and are not forwarded.
 _HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authorization", "proxy-authenticate",
@@ -115,7 +116,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_OPTIONS = _forward
 
 
-class LanProxy:
+class LanProxy(ThreadedServer):
     """``with LanProxy({"torchlab:8000": ("127.0.0.1", port)}) as p: p.url, p.env(base)``.
 
     A route name without a port means port 80 (``"torchlab"`` serves ``http://torchlab/``).
@@ -125,15 +126,8 @@ class LanProxy:
 
     def __init__(self, routes: Mapping[str, tuple[str, int]]):
         handler = type("_RoutedHandler", (_Handler,), {"routes": _normalise(routes)})
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.httpd.daemon_threads = True
+        self._serve(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler))
         self.httpd.seen = []  # type: ignore[attr-defined]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}"
 
     @property
     def seen(self) -> list[str]:
@@ -145,12 +139,3 @@ class LanProxy:
         env = {k: v for k, v in base_env.items() if k not in _PROXY_VARS}
         env.update(http_proxy=self.url, HTTP_PROXY=self.url)
         return env
-
-    def __enter__(self) -> "LanProxy":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        with contextlib.suppress(Exception):
-            self.httpd.server_close()

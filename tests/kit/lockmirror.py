@@ -1,4 +1,4 @@
-"""Helpers shared by the lock/verify tests: tiny wheels and a hand-built mirror.
+"""Helpers shared by the lock/verify tests: a stand-in torch wheel and a hand-built mirror.
 
 The hand-built mirror follows torchdepot/manifest.py's layout (packages/, whl/<acc>/<project>/,
 manifest.json) so lock/verify can be tested in seconds with a stand-in ``torch`` wheel;
@@ -7,19 +7,17 @@ the e2e test uses the real torch wheel through ``torchdepot mirror``.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import html
 import os
 import shutil
 import urllib.parse
-import zipfile
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
+from tests.kit.upstream import link, page as pep503_page, project_list
+from tests.kit.wheels import build_wheel
 from torchdepot.cli import main
 from torchdepot.store.fsutil import sha256_file
 from torchdepot.store.manifest import FileEntry, Manifest, Target, TargetPackage, save
@@ -46,32 +44,10 @@ def from_numpy(a):
 '''
 
 
-def make_wheel(d: Path, name: str, version: str, files: dict[str, str], tag: str = "py3-none-any") -> Path:
-    d.mkdir(parents=True, exist_ok=True)
-    dist = f"{name.replace('-', '_')}-{version}"
-    path = d / f"{dist}-{tag}.whl"
-    meta = {
-        f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-        f"{dist}.dist-info/WHEEL": f"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: {tag}\n",
-    }
-    allf = {**files, **meta}
-    record = []
-    for n, text in allf.items():
-        b = text.encode()
-        digest = base64.urlsafe_b64encode(hashlib.sha256(b).digest()).rstrip(b"=").decode()
-        record.append(f"{n},sha256={digest},{len(b)}")
-    record.append(f"{dist}.dist-info/RECORD,,")
-    with zipfile.ZipFile(path, "w") as z:
-        for n, text in sorted(allf.items()):
-            z.writestr(zipfile.ZipInfo(n, (2020, 1, 1, 0, 0, 0)), text)
-        z.writestr(zipfile.ZipInfo(f"{dist}.dist-info/RECORD", (2020, 1, 1, 0, 0, 0)), "\n".join(record) + "\n")
-    return path
-
-
 def fake_torch_wheels(d: Path, version: str = "2.13.0+cpu", cuda: str | None = None) -> list[Path]:
     return [
-        make_wheel(d, "torch", version, {"torch/__init__.py": FAKE_TORCH.format(version=version, cuda=cuda)}),
-        make_wheel(d, "filelock", "3.0.0", {"filelock/__init__.py": "X = 1\n"}),
+        build_wheel(d, "torch", version, files={"torch/__init__.py": FAKE_TORCH.format(version=version, cuda=cuda)}),
+        build_wheel(d, "filelock", "3.0.0", files={"filelock/__init__.py": "X = 1\n"}),
     ]
 
 
@@ -117,13 +93,8 @@ def build_mirror(root: Path, wheels: list[Path], acc: str = "cpu", python: str =
         for proj, entries in projects.items():
             page = root / "whl" / a / proj / "index.html"
             page.parent.mkdir(parents=True, exist_ok=True)
-            links = "".join(
-                f'<a href="../../../packages/{proj}/{urllib.parse.quote(n)}#sha256={s}">{html.escape(n)}</a><br/>\n'
-                for n, s in entries
-            )
-            page.write_text(f"<!DOCTYPE html><html><body>\n{links}</body></html>\n")
-        (root / "whl" / a / "index.html").write_text(
-            "<html><body>\n" + "".join(f'<a href="{p}/">{p}</a><br/>\n' for p in sorted(projects)) + "</body></html>\n")
+            page.write_bytes(pep503_page(link(f"../../../packages/{proj}/{urllib.parse.quote(n)}", n, s) for n, s in entries))
+        (root / "whl" / a / "index.html").write_bytes(project_list(projects))
     targets = [Target(f"{acc}-py{python.replace('.', '')}-{platform}", "pip", acc, python, platform, tuple(pkgs), index=f"whl/{acc}")]
     for a, py in extra_targets:
         targets.append(Target(f"{a}-py{py.replace('.', '')}-{platform}", "pip", a, py, platform, tuple(pkgs), index=f"whl/{a}"))
