@@ -42,6 +42,10 @@ TAG = "cp311-cp311-manylinux_2_28_x86_64"
 CUDA = {"nvidia": {"cuda_version_lower_bound": ["12.8"], "sm_arch": ["100_real", "120_real", "80_real", "90_real"]}}
 VARIANTS = {"null": {}, "cuda12.8": CUDA}
 PRIORITIES = {"namespace": ["nvidia"]}
+# a provider extension as the variant prototypes publish it (the shape uv 0.13.9 accepts; it is
+# not in PEP 825 and stays out of the locks)
+PROVIDERS = {"nvidia": {"requires": ["nvidia-variant-provider>=0.0.1,<1.0.0"],
+                        "plugin-api": "nvidia_variant_provider.plugin:NvidiaVariantPlugin"}}
 # what the smoke test of `torchdepot verify` touches, in a few lines (the real wheel is 190 MB)
 FAKE_TORCH = '''__version__ = "2.10.0"
 LABEL = {label!r}
@@ -111,7 +115,8 @@ def upstream(tmp_path):
     variant_wheel(torch, "null", ("filelock",))
     variant_wheel(torch, "cuda12.8", ("filelock", "nvidia-fake-cu12 ; variant_label == 'cuda12.8'",
                                       "nvidia-extra ; 'nvidia' in variant_namespaces and sys_platform == 'win32'"))
-    write_variants_json(root, {"$schema": SCHEMA, "default-priorities": PRIORITIES, "variants": VARIANTS})
+    write_variants_json(root, {"$schema": SCHEMA, "default-priorities": PRIORITIES, "variants": VARIANTS,
+                               "providers": PROVIDERS})
     for name, version in (("filelock", "3.20.0"), ("nvidia-fake-cu12", "12.8.1"), ("nvidia-extra", "1.0")):
         w = make_wheel(root / "simple" / name, name, version)
         (root / "simple" / name / "index.html").write_text(_page([_anchor(w.name, w.name, sha256(w))]))
@@ -307,3 +312,22 @@ def test_test_variant_channel_reads_its_own_tree(upstream, tmp_path):
                pip_sources=PipSources(index_url=f"{url}/simple"))
     assert files_of(res, "cpu")["torch"].endswith("-null.whl")
     assert res.plans[0].variant_url == f"{url}/whl/test/variant"
+
+
+def test_variants_json_hash_mismatch_fails_or_is_recorded(upstream, tmp_path):
+    root, url = upstream
+    page = root / "whl/variant/torch/index.html"
+    real = sha256(root / "whl/variant/torch/torch-2.10.0-variants.json")
+    page.write_text(page.read_text().replace(real, "0" * 64))
+    with pytest.raises(Exception, match=r"torch-2.10.0-variants.json: upstream declares sha256 0{64} but the file "
+                                        rf"hashes to {real} \(on_hash_mismatch: fail\)"):
+        mirror(url, tmp_path / "m1", accelerators=("cpu",))
+    spec = parse_spec({"accelerators": ["cpu"], "pythons": ["3.11"], "platforms": ["linux-x86_64"],
+                       "extra_packages": [], "channel": "variant", "upstreams": [f"{url}/whl"],
+                       "out": str(tmp_path / "m2"), "on_hash_mismatch": "warn"}, "spec")
+    msgs: list[str] = []
+    sync(spec, client=make_session(HttpConfig(retries=0)), progress=False, echo=msgs.append,
+         pip_sources=PipSources(index_url=f"{url}/simple"))
+    (vj,) = [f for f in mf.load(tmp_path / "m2").files if f.kind == "variants-json"]
+    assert vj.sha256 == real and vj.upstream_sha256 == "0" * 64 and vj.hash_mismatch
+    assert any(m.startswith("warning: torch-2.10.0-variants.json: upstream declares") for m in msgs), msgs

@@ -104,6 +104,7 @@ def publish_variants_json(out: Path, resolution: Resolution, view: View) -> Vari
             atomic_write_bytes(target, data)
         result.entries[path] = mf.FileEntry(path=path, sha256=sha, size=len(data), kind=KIND, project=vf.project,
                                             version=version, url=link.url, upstream_sha256=link.sha256,
+                                            hash_mismatch=link.sha256 is not None and link.sha256 != sha,
                                             upload_time=link.upload_time)
         result.index_files[path] = IndexFile(vf.project, link.filename, path, sha, size=len(data),
                                              upload_time=link.upload_time)

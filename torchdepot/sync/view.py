@@ -230,8 +230,10 @@ class View:
         if data is not None:
             sha = hashlib.sha256(data).hexdigest()
             if link.sha256 and sha != link.sha256:
-                raise MetadataMismatchError(f"{link.filename}: upstream declares sha256 {link.sha256} but the file "
-                                            f"hashes to {sha}")
+                line = f"{link.filename}: upstream declares sha256 {link.sha256} but the file hashes to {sha}"
+                if self.on_hash_mismatch == "fail":
+                    raise MetadataMismatchError(f"{line} (on_hash_mismatch: fail)")
+                self.say(f"warning: {line} (accepted: on_hash_mismatch warn; recorded in manifest.json)")
             try:
                 got = (parse_variants_json(data, link.filename), data)
             except VariantsJsonError as exc:
