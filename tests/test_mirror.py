@@ -253,3 +253,31 @@ def test_allow_hosts_with_port_reaches_the_host_policy(wheels, tmp_path):
         other = make_spec([sa.url + "/whl"], tmp_path / "other", allow_hosts=[f"127.0.0.1:{int(port) % 65535 + 1}"])
         with pytest.raises(TorchdepotError, match="numpy was not found"):
             run(other, se.url + "/simple")
+
+
+def test_a_no_op_resync_skips_the_resolver_and_a_changed_page_does_not(upstreams, monkeypatch):
+    """Issue 15: re-resolution is skipped when its inputs are unchanged (the mirror keeps each
+    target's answer and the digests of the view pages it depended on); any page change
+    (here upstream drops torch 2.12.0 from its page) runs the resolver again."""
+    from torchdepot.sync import resolution
+
+    a, b, tmp = upstreams
+    out = tmp / "out"
+    spec = make_spec([a], out)
+    calls: list[str] = []
+    real = resolution.resolve
+    monkeypatch.setattr(resolution, "resolve", lambda tid, *args, **kw: calls.append(tid) or real(tid, *args, **kw))
+    res1, _ = run(spec, b)
+    manifest1 = without_last_sync(out)
+    assert calls == ["cpu-py311-linux-x86_64"]
+    res2, _ = run(spec, b)
+    assert calls == ["cpu-py311-linux-x86_64"], "a no-op re-sync ran the resolver"
+    assert without_last_sync(out) == manifest1 and res2.report.fetched_bytes == 0
+    assert {f.filename for f in res2.plans[0].files} == {f.filename for f in res1.plans[0].files}
+    page = tmp / "A" / "whl" / "cpu" / "torch" / "index.html"
+    page.write_text("".join(ln for ln in page.read_text().splitlines(keepends=True) if "2.12.0" not in ln))
+    run(spec, b)
+    assert calls == ["cpu-py311-linux-x86_64"] * 2, "a changed upstream page must be resolved again"
+    (out / ".torchdepot" / "resolutions.json").write_text("{not json")
+    run(spec, b)  # an unreadable cache is only a cache: resolve again
+    assert len(calls) == 3

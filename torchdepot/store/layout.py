@@ -17,6 +17,8 @@ it (no regex re-spelling a name built elsewhere). Layout of ``<root>``::
         hashes.json                   the fetcher's hash cache
         publish.json                  the publication journal (PUBLISH_JOURNAL)
         partial/                      downloads in flight (PARTIAL_DIR)
+        view/                         the local index the resolver reads (VIEW_DIR; rebuilt each run)
+        resolutions.json              each target's last resolution and its inputs (RESOLUTIONS)
         stage-<kind>-<pid>-<rand>/    staging of an unbundle or repair (one per run)
         aside/<stamp>/                unknown files moved out by ``verify-mirror --repair --move-unknown``
 
@@ -63,6 +65,8 @@ LOCK_FILE = ".torchdepot.lock"
 STATE_DIR = ".torchdepot"
 HASHES_NAME = "hashes.json"
 PARTIAL_DIR = f"{STATE_DIR}/partial"
+VIEW_DIR = f"{STATE_DIR}/view"
+RESOLUTIONS = f"{STATE_DIR}/resolutions.json"
 PUBLISH_JOURNAL = f"{STATE_DIR}/publish.json"
 ASIDE_DIR = f"{STATE_DIR}/aside"
 STAGE_PREFIX = "stage-"

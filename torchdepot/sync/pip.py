@@ -48,6 +48,7 @@ from torchdepot.resolve.uv import ResolvedFile
 from torchdepot.spec.mirror import TORCH_PROJECTS, MirrorSpec, PipTarget
 from torchdepot.store import manifest as mf
 from torchdepot.store.fsutil import MirrorLock, safe_join
+from torchdepot.store import layout as L
 from torchdepot.store.layout import MANIFEST_NAME, TARGETS_DIR
 from torchdepot.store import publication
 from torchdepot.store.pages import IndexFile, ensure_metadata
@@ -63,7 +64,6 @@ from torchdepot.sync.view import View, ViewSources
 Echo = Callable[[str], None]
 # Upstream pages fail fast: an unreachable PyTorch index must not stall the run.
 PROBE_CONFIG = HttpConfig(connect_timeout=5.0, read_timeout=30.0, retries=1, backoff=0.2, max_backoff=1.0)
-WORK_DIR = ".torchdepot/view"  # the local view, under the mirror (never published)
 RESOLVE_JOBS = 4  # targets resolved at once (uv waits mostly on the view's loopback server)
 
 __all__ = ["MirrorResult", "TargetPlan", "file_key", "sync", "sync_pip"]
@@ -191,7 +191,7 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
     policy = host_policy(spec, pip, default_index, pip_file_host() if default_index else None)
     reader = UpstreamReader(probe, policy)
     scratch = tempfile.TemporaryDirectory(prefix="torchdepot-view-") if dry_run else None
-    workdir = Path(scratch.name) if scratch else out / WORK_DIR
+    workdir = Path(scratch.name) if scratch else out / L.VIEW_DIR
     view = None
     fetcher: Fetcher | None = None
     early: set[str] = set()
@@ -204,14 +204,16 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
         sources = ViewSources(variants=locate_variants(spec, reader, accelerators, pip, say),
                               indexes=indexes, find_links=find_links)
         view = View(reader=reader, policy=policy, sources=sources, workdir=workdir,
-                    on_hash_mismatch=spec.on_hash_mismatch, say=say, exclude_newer=spec.exclude_newer)
+                    on_hash_mismatch=spec.on_hash_mismatch, say=say, exclude_newer=spec.exclude_newer,
+                    known_hashes={e.url: e.sha256 for e in (previous.files if previous else ())
+                                  if e.url and e.kind == "wheel" and not e.hash_mismatch})
         plan = plan_targets(spec, view, pip, [t for t in run_targets if t.id not in locked_ids], tolerate)
         carried = _carried(plan, previous, say)
         phase("upstreams")
         if not dry_run:  # the pinned torch wheels download while their closures resolve
             fetcher = make_fetcher(out, spec, client, policy, progress)
             early = _submit_pinned(out, plan, view, spec, fetcher, previous)
-        resolution = resolve_targets(plan, view, jobs=RESOLVE_JOBS) if plan.targets else Resolution(targets=(), files=())
+        resolution = resolve_targets(plan, view, jobs=RESOLVE_JOBS, cache=None if dry_run else out / L.RESOLUTIONS) if plan.targets else Resolution(targets=(), files=())
         if locks:
             locked = locked_resolution(locks, view)
             merged: dict[str, tuple] = {}

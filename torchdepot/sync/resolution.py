@@ -6,12 +6,23 @@ the screened upstream link it came from. uv never sees an upstream page: its onl
 is the view's loopback server, so an odd link upstream cannot stop it and a URL it
 returns that is not a view file is refused with one line. A PEP 825 variant wheel comes
 back under its own file name (label included), though uv was shown it without the label.
+
+A target whose inputs are unchanged is not resolved again: ``cache`` (the mirror's
+``.torchdepot/resolutions.json``) keeps each target's last answer with its key (uv's
+version, the requirements, Python, platform, options) and a digest of every view page the
+resolver could have read for its accelerator. The pages are rebuilt from this run's
+upstream reads and compared; one byte of difference (a new file, hash, yank, upload time)
+runs uv again. So a no-op re-sync reads upstream but does not run the resolver.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+import json
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 from packaging import tags
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
@@ -19,7 +30,7 @@ from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 from torchdepot.errors import TorchdepotError
 from torchdepot.model.platforms import target_platform
 from torchdepot.resolve.uv import IndexPlan, ResolvedFile, ResolveError, resolve
-from torchdepot.store.fsutil import safe_filename
+from torchdepot.store.fsutil import atomic_write_text, safe_filename
 from torchdepot.sync.plan import Plan, TargetPlan
 from torchdepot.sync.view import View, ViewFile
 
@@ -66,28 +77,90 @@ def _without_a_fitting_wheel(view: View, t) -> str | None:
     return None
 
 
-def resolve_targets(plan: Plan, view: View, jobs: int = 2) -> Resolution:
-    """uv pip compile per target against ``view`` (served for the duration)."""
+def _inputs_key(tp: TargetPlan, index: IndexPlan, view: View) -> str:
+    try:
+        uv_version = importlib.metadata.version("uv")
+    except importlib.metadata.PackageNotFoundError:
+        uv_version = "?"
+    t = tp.target
+    doc = [uv_version, t.id, list(tp.requirements), t.python, t.platform, index.args(),
+           str(view.exclude_newer), view.on_hash_mismatch]
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _page_digests(view: View, accelerator: str, projects) -> dict[str, str]:
+    out = {}
+    for project in sorted(projects):
+        body = view.page(accelerator, project)
+        out[project] = hashlib.sha256(body).hexdigest() if body is not None else "absent"
+    return out
+
+
+def _load_cache(path: Path | None) -> dict:
+    if path is None:
+        return {}
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return {}  # a cache: unreadable means resolve again
+    return doc if isinstance(doc, dict) else {}
+
+
+def _from_cache(entry, key: str, view: View, accelerator: str) -> list[ResolvedFile] | None:
+    """The cached answer when its key and every page it depended on are unchanged; else None."""
+    if not isinstance(entry, dict) or entry.get("key") != key or not isinstance(entry.get("pages"), dict):
+        return None
+    try:
+        if _page_digests(view, accelerator, entry["pages"]) != entry["pages"]:
+            return None
+        files = [ResolvedFile(**f) for f in entry["files"]]
+    except (TypeError, KeyError, TorchdepotError):
+        return None
+    shown = [view.lookup_shown(accelerator, f.url) for f in files]
+    if not all(shown):
+        return None
+    for vf in shown:  # the metadata the resolver would have read: checked and recorded as in a run of uv
+        view.metadata(accelerator, vf.shown)
+    return None if view.errors else files
+
+
+def resolve_targets(plan: Plan, view: View, jobs: int = 2, cache: Path | None = None) -> Resolution:
+    """uv pip compile per target against ``view`` (served for the duration); a target whose
+    inputs and pages are unchanged since ``cache`` was written reuses its answer."""
+    cached = _load_cache(cache)
+    fresh: dict[str, dict] = {}
+
     def one(base: str, tp: TargetPlan) -> tuple[TargetPlan, list[tuple[ResolvedFile, ViewFile]]]:
         t = tp.target
         index = IndexPlan(index_url=f"{base}/{t.accelerator}", index_strategy="first-index",
                           prereleases=plan.prereleases)
-        try:
-            raw = resolve(t.id, list(tp.requirements), t.python, t.platform, index)
-        except ResolveError:
-            if view.errors:  # the view refused something (metadata hash, no metadata): that is the cause
-                raise TorchdepotError(view.errors[0]) from None
-            unfit = _without_a_fitting_wheel(view, t)
-            if unfit:
-                raise ResolveError(unfit) from None
-            raise
+        key = _inputs_key(tp, replace(index, index_url=t.accelerator), view)
+        hit = _from_cache(cached.get(t.id), key, view, t.accelerator)
+        if hit is not None:
+            raw = [replace(f, url=f"{base}/{f.url}") for f in hit]
+        else:
+            try:
+                raw = resolve(t.id, list(tp.requirements), t.python, t.platform, index)
+            except ResolveError:
+                if view.errors:  # the view refused something (metadata hash, no metadata): that is the cause
+                    raise TorchdepotError(view.errors[0]) from None
+                unfit = _without_a_fitting_wheel(view, t)
+                if unfit:
+                    raise ResolveError(unfit) from None
+                raise
         mapped = [_upstream_file(view, t.id, f) for f in raw]
+        fresh[t.id] = {"key": key, "files": [asdict(replace(f, url=f.url[len(base) + 1:])) for f in raw]}
         return replace(tp, files=tuple(f for f, _ in mapped)), mapped
 
     with view.serve() as base, ThreadPoolExecutor(max_workers=max(1, min(jobs, len(plan.targets) or 1))) as pool:
         done = list(pool.map(lambda tp: one(base, tp), plan.targets))
     if view.errors:
         raise TorchdepotError(view.errors[0])
+    if cache is not None:
+        for tp, _ in done:  # every page the resolvers read for the accelerator, as of now
+            entry = fresh[tp.target.id]
+            entry["pages"] = _page_digests(view, tp.target.accelerator, view.served(tp.target.accelerator))
+        atomic_write_text(cache, json.dumps({**cached, **fresh}, indent=1, sort_keys=True) + "\n")
     files: dict[str, tuple[str, ViewFile, str]] = {}
     for tp, mapped in done:
         for f, vf in mapped:

@@ -58,7 +58,7 @@ from torchdepot.sources.variants import (MAX_VARIANTS_JSON, NULL_LABEL, Variants
                                          variants_json_key)
 from torchdepot.model.wheelname import split_variant_label
 from torchdepot.sources.wheelmeta import remote_metadata
-from torchdepot.store.fsutil import atomic_write_bytes, safe_filename, safe_join
+from torchdepot.store.fsutil import atomic_write_bytes, safe_filename, safe_join, sha256_file
 
 Say = Callable[[str], None]
 
@@ -126,6 +126,10 @@ class View:
     say: Say
     exclude_newer: dt.datetime | None = None  # files uploaded later are left out (those without a time stay)
     base_url: str = ""
+    # upstream URL -> sha256 of the bytes the mirror already holds from it (the previous
+    # manifest): a link without a hash gets this one, so the resolver need not download a
+    # published wheel again to hash it for the lock (a no-op re-sync stays a no-op)
+    known_hashes: dict[str, str] = field(default_factory=dict)
     refused: collections.Counter = field(default_factory=collections.Counter)
     errors: list[str] = field(default_factory=list)
     _files: dict[tuple[str, str], ViewFile] = field(default_factory=dict)
@@ -135,6 +139,7 @@ class View:
     _variants_links: dict[tuple[str, str], tuple[Link, ...]] = field(default_factory=dict)
     _variants_docs: dict[str, tuple[VariantsJson, bytes] | None] = field(default_factory=dict)
     _dead: set[str] = field(default_factory=set)
+    _local_hashes: dict[str, str | None] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     # -- links -------------------------------------------------------------------------
@@ -277,6 +282,13 @@ class View:
             return None
         return self._files.get((parts[0], urllib.parse.unquote(parts[2])))
 
+    def lookup_shown(self, accelerator: str, rel: str) -> ViewFile | None:
+        """The view file behind ``<acc>/files/<shown>`` (a cached resolution's URL)."""
+        parts = rel.split("/")
+        if len(parts) != 3 or parts[0] != accelerator or parts[1] != "files":
+            return None
+        return self._files.get((accelerator, urllib.parse.unquote(parts[2])))
+
     # -- pages and metadata ---------------------------------------------------------------
     def page(self, accelerator: str, project: str) -> bytes | None:
         files = self.project(accelerator, project)
@@ -285,7 +297,8 @@ class View:
         anchors = []
         for f in files:
             link = f.link
-            href = f"../files/{urllib.parse.quote(f.shown)}" + (f"#sha256={link.sha256}" if link.sha256 else "")
+            sha256 = link.sha256 or self._hash_of(link)
+            href = f"../files/{urllib.parse.quote(f.shown)}" + (f"#sha256={sha256}" if sha256 else "")
             attrs = f'href="{html.escape(href)}" data-core-metadata="true" data-dist-info-metadata="true"'
             if link.requires_python:
                 attrs += f' data-requires-python="{html.escape(link.requires_python)}"'
@@ -362,6 +375,21 @@ class View:
                 errors.append(str(exc))
         self._error(f"{vf.filename}: no metadata from any source ({errors[0] if errors else 'no source'})")
         return None
+
+    def _hash_of(self, link: Link) -> str | None:
+        """A hash for a link upstream gave none: what the mirror holds from that URL, or, for a
+        local file (a find-links dir), its bytes hashed here once: cheaper than the resolver
+        streaming it through the view to hash it."""
+        known = self.known_hashes.get(link.url)
+        if known or urllib.parse.urlsplit(link.url).scheme != "file":
+            return known
+        with self._lock:
+            if link.url not in self._local_hashes:
+                try:
+                    self._local_hashes[link.url] = sha256_file(file_url_path(link.url))[0]
+                except OSError:
+                    self._local_hashes[link.url] = None
+            return self._local_hashes[link.url]
 
     def relay(self, accelerator: str, filename: str, handler: http.server.BaseHTTPRequestHandler) -> None:
         """Stream a view file's bytes to the resolver. uv reads a wheel only when the index
