@@ -106,3 +106,17 @@ def dep_wheels(torch_wheel) -> list[Path]:
             pytest.skip(f"cannot obtain torch's dependency wheels {sorted(missing)}: {proc.stderr.strip()[-300:]}")
     # One wheel per project (the newest name sorts last) so upstream pages stay unambiguous.
     return sorted({wheel_project(p): p for p in have()}.values())
+
+
+@pytest.fixture(scope="session")
+def torch_mirror(tmp_path_factory, torch_wheel, dep_wheels):
+    """The real torch CPU wheel mirrored ONCE per session by ``torchdepot mirror`` from loopback
+    upstreams (tests/kit/torchmirror.py), shared by the end-to-end tests that only read a
+    mirror. A test that would change it works on ``torch_mirror.copy(dest)``; teardown fails if
+    anything under the shared mirror was written."""
+    from tests.kit.torchmirror import torch_mirror as make
+
+    with make(tmp_path_factory.mktemp("torch-mirror"), torch_wheel, dep_wheels) as mirror:
+        yield mirror
+        changed = mirror.changed()
+        assert not changed, f"tests wrote into the shared torch mirror: {changed[:10]}"

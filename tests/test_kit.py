@@ -13,7 +13,7 @@ from email.parser import Parser
 
 from packaging.utils import parse_wheel_filename
 
-from tests.kit.torchmirror import _state
+from tests.kit.torchmirror import TorchMirror, _state
 from tests.kit.upstream import Tree, pep503, pytorch_upstreams
 from tests.kit.wheels import build_wheel, wheel_bytes, wheel_metadata
 from torchdepot.model.wheelname import parse_wheel
@@ -78,3 +78,16 @@ def test_tree_writes_and_links_files(tmp_path):
     before = _state(tmp_path / "root")
     (tmp_path / "root/extra.txt").write_bytes(b"yy")
     assert {p for p in before if before[p] != _state(tmp_path / "root").get(p)} == {"extra.txt"}
+
+
+def test_torch_mirror_copy_shares_wheels_but_not_the_lock_file(tmp_path):
+    root = tmp_path / "mirror"
+    wheel = build_wheel(root / "packages" / "demo", "demo", "1.0")
+    (root / ".torchdepot.lock").write_text("")
+    shared = TorchMirror(root=root, spec=tmp_path / "spec", env={}, dead="", first_run=None, state=_state(root))
+    copy = shared.copy(tmp_path / "copy")
+    assert (copy / "packages/demo" / wheel.name).stat().st_ino == wheel.stat().st_ino
+    (copy / ".torchdepot.lock").write_text("4242")  # what a run in the copy does to its lock
+    assert shared.changed() == []
+    (root / ".torchdepot.lock").write_text("4242")
+    assert shared.changed() == [".torchdepot.lock"]

@@ -18,8 +18,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TORCH_VERSION
-from tests.httpserver import Server
-from tests.mirror_upstream import build_upstreams
 from tests.venvs import hermetic_env, make_venv, run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,18 +39,13 @@ def visible(root: Path) -> list[str]:
 
 
 @pytest.mark.e2e
-def test_mirror_bundle_unbundle_serve_install(tmp_path, torch_wheel, dep_wheels):
+def test_mirror_bundle_unbundle_serve_install(tmp_path, torch_wheel, torch_mirror):
     site_a, site_b, usb = tmp_path / "site-a", tmp_path / "site-b", tmp_path / "usb"
-    for d in (site_a / "upA", site_a / "upB", usb):
+    for d in (site_a, usb):
         d.mkdir(parents=True)
-    mirror, envs = site_a / "mirror", site_a / "envs"
-    spec = site_a / "mirror.yaml"
-    with Server(site_a / "upB") as b, Server(site_a / "upA") as a:
-        build_upstreams(site_a / "upA", site_a / "upB", b.url, [torch_wheel], dep_wheels)
-        spec.write_text("packages: [torch]\nextra_packages: [numpy]\naccelerators: [cpu]\npythons: ['3.11']\n"
-                        f"platforms: [linux-x86_64]\nupstreams: [{a.url}/whl]\n")
-        proc = td("mirror", "--spec", spec, "--out", mirror, env=hermetic_env(PIP_INDEX_URL=f"{b.url}/simple"))
-        assert proc.returncode == 0, proc.stderr[-3000:]
+    mirror, envs = torch_mirror.root, site_a / "envs"  # the session's `torchdepot mirror` run
+    proc = torch_mirror.first_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
     proc = td("lock", "--mirror", mirror, "--out", envs)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lock_a = envs / CPU / "requirements.lock"

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from tests.httpserver import Server
-from tests.mirror_upstream import build_upstreams
 from tests.venvs import hermetic_env, make_venv, run
 
 CPU = "cpu-py311-linux-x86_64"
@@ -28,19 +27,11 @@ def snapshot(d: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.e2e
-def test_mirror_lock_verify_pip_install(tmp_path, torch_wheel, dep_wheels):
-    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "mirror"
-    a.mkdir(), b.mkdir()
-    with Server(a) as up_a, Server(b) as up_b:
-        build_upstreams(a, b, up_b.url, [torch_wheel], dep_wheels)
-        spec = tmp_path / "mirror.yaml"
-        spec.write_text(json.dumps({
-            "packages": ["torch==2.13.0"], "extra_packages": ["numpy"], "accelerators": ["cpu"],
-            "pythons": ["3.11"], "platforms": ["linux-x86_64"], "out": str(out), "upstreams": [f"{up_a.url}/whl"],
-        }))
-        # dependencies come from "the user's pip configuration": here a loopback simple index
-        proc = td("mirror", "--spec", spec, env=hermetic_env(PIP_INDEX_URL=f"{up_b.url}/simple"))
-        assert proc.returncode == 0, proc.stderr[-2000:]
+def test_mirror_lock_verify_pip_install(tmp_path, torch_mirror):
+    # the session's `torchdepot mirror` run; dependencies came from "the user's pip
+    # configuration": there a loopback simple index
+    proc, out = torch_mirror.first_run, torch_mirror.root
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
     # lock twice -> byte-identical
     proc = td("lock", "--mirror", out, "--out", tmp_path / "envs")
