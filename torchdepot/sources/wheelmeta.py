@@ -14,11 +14,10 @@ import tempfile
 import urllib.parse
 import zipfile
 
-from packaging.utils import canonicalize_name
-
-from torchdepot.errors import UpstreamError
+from torchdepot.errors import TorchdepotError, UpstreamError
 from torchdepot.net.http import file_url_path
 from torchdepot.sources.upstream import UpstreamReader
+from torchdepot.store.pages import metadata_member
 
 BLOCK = 64 * 1024
 
@@ -49,6 +48,8 @@ class _RangeFile(io.RawIOBase):
         self.reader._count("ranges")
         resp = self.reader.client.request("GET", self.url, headers={"Range": f"bytes={start}-{end - 1}"},
                                           stream=False, allow_redirects=False)
+        if resp.status_code == 200 and start == 0 and end >= self.size and len(resp.content) == self.size:
+            return resp.content  # a range that is the whole file may be answered 200 (RFC 9110 allows it)
         if resp.status_code != 206:
             raise UpstreamError(f"{self.url}: server ignored a Range request (HTTP {resp.status_code})")
         return resp.content
@@ -68,12 +69,10 @@ class _RangeFile(io.RawIOBase):
 
 
 def _metadata_member(zf: zipfile.ZipFile, project: str, where: str) -> bytes:
-    names = [n for n in zf.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA")]
-    want = canonicalize_name(project)
-    names.sort(key=lambda n: canonicalize_name(n.split("-", 1)[0]) != want)
-    if not names:
-        raise UpstreamError(f"{where}: no .dist-info/METADATA in the wheel")
-    return zf.read(names[0])
+    try:
+        return metadata_member(zf, project, where)
+    except TorchdepotError as exc:
+        raise UpstreamError(str(exc)) from None
 
 
 def _total(content_range: str | None) -> int | None:

@@ -48,16 +48,35 @@ class IndexFile:
 
 
 # -- PEP 658 metadata -------------------------------------------------------------------
+# A real METADATA is kilobytes (torch's is ~10 kB); a wheel whose METADATA inflates past this
+# is refused before it is inflated whole (a 64 KiB zip can hold 512 MiB of it).
+MAX_METADATA_BYTES = 10 * 1000 * 1000
+
+
+def metadata_member(zf: zipfile.ZipFile, project: str, where: str) -> bytes:
+    """The ``*.dist-info/METADATA`` member of an open wheel, inflated at most to the cap.
+    The one reader of a wheel's METADATA (local wheels here; remote ones in sources.wheelmeta)."""
+    names = [n for n in zf.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA")]
+    want = canonicalize_name(project)
+    names.sort(key=lambda n: canonicalize_name(n.split("-", 1)[0]) != want)
+    if not names:
+        raise TorchdepotError(f"{where}: no .dist-info/METADATA in the wheel")
+    info = zf.getinfo(names[0])
+    too_big = f"{where}: {names[0]} is larger than the {MAX_METADATA_BYTES}-byte cap for METADATA; refused"
+    if info.file_size > MAX_METADATA_BYTES:
+        raise TorchdepotError(too_big)
+    with zf.open(info) as fh:  # streamed: the declared size may lie
+        data = fh.read(MAX_METADATA_BYTES + 1)
+    if len(data) > MAX_METADATA_BYTES:
+        raise TorchdepotError(too_big)
+    return data
+
+
 def wheel_metadata(wheel: Path, project: str) -> bytes:
     """``*.dist-info/METADATA`` of a wheel, read from the zip's central directory (no full load)."""
     try:
         with zipfile.ZipFile(wheel) as zf:
-            names = [n for n in zf.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA")]
-            want = canonicalize_name(project)
-            names.sort(key=lambda n: canonicalize_name(n.split("-", 1)[0]) != want)
-            if not names:
-                raise TorchdepotError(f"{wheel}: no .dist-info/METADATA in wheel")
-            return zf.read(names[0])
+            return metadata_member(zf, project, str(wheel))
     except (zipfile.BadZipFile, OSError) as exc:
         raise TorchdepotError(f"{wheel}: not a readable wheel ({exc})") from None
 
