@@ -12,7 +12,6 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import urllib.parse
 from pathlib import Path
 
@@ -22,10 +21,11 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
+from tests.kit.serving import request, serve_mirror
 from tests.kit.wheels import build_wheel
 from tests.venvs import hermetic_env, make_venv, run
 from torchdepot.resolve.uv import uv_bin
-from torchdepot.ship.serve import make_server, negotiate
+from torchdepot.ship.serve import negotiate
 from torchdepot.sources.pep503 import parse_html
 from torchdepot.sources.pep691 import parse_json
 from torchdepot.store.fsutil import sha256_file
@@ -68,20 +68,12 @@ def mirror(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(mirror):
-    httpd = make_server(mirror, "127.0.0.1", 0, quiet=True)
-    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
+    with serve_mirror(mirror) as httpd:
+        yield httpd
 
 
 def get(httpd, path, accept=None):
-    conn = http.client.HTTPConnection(*httpd.server_address[:2], timeout=10)
-    conn.request("GET", path, headers={"Accept": accept} if accept else {})
-    resp = conn.getresponse()
-    body = resp.read()
-    conn.close()
-    return resp, body
+    return request(httpd, path, headers={"Accept": accept} if accept else {})
 
 
 # -- the shape PEP 691 / PEP 700 / PEP 714 prescribe -------------------------------------------

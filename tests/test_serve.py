@@ -15,7 +15,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -23,11 +22,12 @@ import pytest
 from hypothesis import given, strategies as st
 
 from tests.kit.lanproxy import LanProxy
+from tests.kit.serving import request, serve_mirror
 from tests.mirror_fixture import make_mirror
 from tests.venvs import hermetic_env, make_venv, run
 from torchdepot.resolve.uv import uv_bin
 from torchdepot.model.trust import install_commands
-from torchdepot.ship.serve import (CONTENT_TYPES, ServeLimits, client_host, make_server,
+from torchdepot.ship.serve import (CONTENT_TYPES, ServeLimits, client_host,
                                    nginx_config, nginx_types, parse_range)
 
 TD = Path(sys.executable).parent / "torchdepot"
@@ -49,22 +49,8 @@ def mirror(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(mirror):
-    httpd = make_server(mirror, "127.0.0.1", 0, quiet=True)
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
-    t.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-
-
-def request(httpd, path, method="GET", headers=None):
-    host, port = httpd.server_address[:2]
-    conn = http.client.HTTPConnection(host, port, timeout=10)
-    conn.request(method, path, headers=headers or {})
-    resp = conn.getresponse()
-    body = resp.read()
-    conn.close()
-    return resp, body
+    with serve_mirror(mirror) as httpd:
+        yield httpd
 
 
 WHEEL = "/packages/torch/torch-2.13.0%2Bcpu-py3-none-any.whl"
@@ -156,18 +142,6 @@ def test_parse_range_fuzz_huge_numbers(header, size):
 
 
 # -- bounds: idle sockets, hostile requests, no tracebacks ------------------------------------
-@contextlib.contextmanager
-def serving(root: Path, limits: ServeLimits = ServeLimits(), quiet: bool = True):
-    httpd = make_server(root, "127.0.0.1", 0, quiet=quiet, limits=limits)
-    t = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    t.start()
-    try:
-        yield httpd
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-
-
 def raw_exchange(httpd, data: bytes) -> bytes:
     with socket.create_connection(httpd.server_address[:2], timeout=10) as s:
         s.sendall(data)
@@ -175,7 +149,7 @@ def raw_exchange(httpd, data: bytes) -> bytes:
 
 
 def test_idle_sockets_do_not_starve_real_clients(mirror):
-    with serving(mirror, ServeLimits(workers=4)) as httpd:
+    with serve_mirror(mirror, ServeLimits(workers=4)) as httpd:
         idle = [socket.create_connection(httpd.server_address[:2], timeout=10) for _ in range(300)]
         try:
             # 300 idle connections (plus a few that sent half a request line) hold 4 workers at most
@@ -193,13 +167,13 @@ def test_idle_sockets_do_not_starve_real_clients(mirror):
 
 
 def test_idle_timeout_and_idle_cap_close_connections(mirror):
-    with serving(mirror, ServeLimits(idle_timeout=0.5, max_idle=10)) as httpd:
+    with serve_mirror(mirror, ServeLimits(idle_timeout=0.5, max_idle=10)) as httpd:
         kept = socket.create_connection(httpd.server_address[:2], timeout=5)
         started = time.monotonic()
         assert kept.recv(1) == b""  # closed by the server, not by our 5 s timeout
         assert time.monotonic() - started < 3
         kept.close()
-    with serving(mirror, ServeLimits(idle_timeout=60, max_idle=10)) as httpd:
+    with serve_mirror(mirror, ServeLimits(idle_timeout=60, max_idle=10)) as httpd:
         socks = [socket.create_connection(httpd.server_address[:2], timeout=5) for _ in range(25)]
         time.sleep(0.5)
         closed = 0
@@ -214,7 +188,7 @@ def test_idle_timeout_and_idle_cap_close_connections(mirror):
 
 
 def test_keep_alive_serves_several_requests_on_one_connection(mirror):
-    with serving(mirror, ServeLimits(workers=2)) as httpd:
+    with serve_mirror(mirror, ServeLimits(workers=2)) as httpd:
         conn = http.client.HTTPConnection(*httpd.server_address[:2], timeout=10)
         for _ in range(20):
             conn.request("GET", "/manifest.json")
@@ -231,7 +205,7 @@ def test_keep_alive_serves_several_requests_on_one_connection(mirror):
 
 
 def test_hostile_requests_get_a_status_not_a_dropped_connection(mirror, capfd):
-    with serving(mirror, quiet=False) as httpd:
+    with serve_mirror(mirror, quiet=False) as httpd:
         cases = [
             (f"/packages/{'a' * 300}.whl", {}, 414),
             (f"/{'b' * 300}/", {}, 414),

@@ -1,5 +1,7 @@
 """The lifecycle every loopback test server shares: a ThreadingHTTPServer run on a daemon
-thread, ``with`` starts it and stops it, ``url`` is where it listens.
+thread, ``with`` starts it and stops it, ``url`` is where it listens. Also ``torchdepot
+serve``'s own server run the same way (:func:`serve_mirror`) and one plain request
+(:func:`request`).
 
 Invariants: daemon request threads (a test never waits on a stuck client); a short poll
 interval, since ``shutdown()`` waits up to one interval and tests stop many servers.
@@ -8,9 +10,14 @@ interval, since ``shutdown()`` waits up to one interval and tests stop many serv
 from __future__ import annotations
 
 import contextlib
+import http.client
 import http.server
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Self
+
+from torchdepot.ship.serve import MirrorServer, ServeLimits, make_server
 
 
 class ThreadedServer:
@@ -37,3 +44,25 @@ class ThreadedServer:
         self.httpd.shutdown()
         with contextlib.suppress(Exception):
             self.httpd.server_close()
+
+
+@contextlib.contextmanager
+def serve_mirror(root: Path, limits: ServeLimits = ServeLimits(), quiet: bool = True) -> Iterator[MirrorServer]:
+    """``torchdepot serve``'s own server for ``root`` on a loopback port, for as long as the block runs."""
+    httpd = make_server(root, "127.0.0.1", 0, quiet=quiet, limits=limits)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        yield httpd
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def request(httpd, path: str, method: str = "GET", headers: dict[str, str] | None = None):
+    """One request on a fresh connection: ``(response, body)``."""
+    conn = http.client.HTTPConnection(*httpd.server_address[:2], timeout=10)
+    conn.request(method, path, headers=headers or {})
+    resp = conn.getresponse()
+    body = resp.read()
+    conn.close()
+    return resp, body
