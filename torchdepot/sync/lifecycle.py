@@ -16,6 +16,11 @@ I/O. The rules (issue 14 part 1):
 - **Nothing goes silently, nothing is orphaned.** A file leaves the manifest only when no kept
   release needs it; the orchestrator deletes exactly those files (they are the mirror's own),
   so the sync ends verify-clean. Conda files are never touched here.
+- **Removals are journaled before the commit.** :func:`removed_paths` is what the orchestrator
+  records in the publication journal (:func:`torchdepot.store.publication.record`) before it
+  saves the manifest that unlists them: a run killed between that commit and the deletion
+  leaves ``staged`` leftovers (not ``orphan`` files), which ``verify-mirror`` accepts and the
+  next sync removes.
 """
 
 from __future__ import annotations
@@ -48,6 +53,11 @@ class Removal:
 
     def line(self) -> str:
         return f"{self.reason}: removing {len(self.paths)} files, {format_size(self.size)}"
+
+
+def removed_paths(removals: tuple[Removal, ...] | list[Removal]) -> frozenset[str]:
+    """Every file the ``removals`` delete: what is journaled before the commit that unlists them."""
+    return frozenset(p for r in removals for p in r.paths)
 
 
 def as_pip_target(r: mf.RecordedTarget) -> PipTarget:

@@ -460,6 +460,8 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
         manifest = mf.Manifest(files=files, targets=targets, spec=spec.to_data(), recorded=list(tset.recorded),
                                releases=list(result.releases),
                                last_sync=_sync_record(started, "unchecked", ""))
+        # journaled before the commit: a kill before _remove leaves staged leftovers, not orphans
+        publication.record(out, lifecycle.removed_paths(result.removals))
         write_landing(out, manifest)
         mf.save(out, manifest)
         _remove(out, result.removals, tset.dropped)

@@ -11,6 +11,11 @@ Storage never changes a published file in place: the file lives at
 bytes go to ``packages/<project>/<digest16>/<name>`` (:func:`store.layout.changed_bytes_path`,
 the digest of the new bytes), and the next generation's pages and manifest point there.
 The bytes stored are upstream's, unmodified (their hash is what upstream's link declares).
+
+Every file this step writes is recorded in the publication journal
+(:func:`torchdepot.store.publication.record`) before its first byte is written, so a run
+killed before its commit leaves a ``staged`` leftover (not an ``orphan``) that the next sync
+removes.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 from torchdepot.errors import TorchdepotError
 from torchdepot.model.wheelname import parse_wheel
 from torchdepot.store import manifest as mf
+from torchdepot.store import publication
 from torchdepot.store.fsutil import atomic_write_bytes, safe_join
 from torchdepot.store.layout import PACKAGES_DIR, changed_bytes_path
 from torchdepot.store.pages import IndexFile
@@ -67,18 +73,23 @@ def _published(out: Path) -> dict[tuple[str, str], str]:
 
 
 def store_path(out: Path, project: str, filename: str, sha256: str,
-               published: dict[tuple[str, str], str] | None = None) -> str:
+               published: dict[tuple[str, str], str] | None = None,
+               pending: dict[str, bytes] | None = None) -> str:
     """Where bytes hashing to ``sha256`` live: where the manifest already lists them, else the
-    plain path if free or holding the same bytes, else a path named by their digest."""
+    plain path if free or holding the same bytes, else a path named by their digest.
+    ``pending``: paths this run is about to write (journaled, not yet on disk), and their bytes."""
     if published and (filename, sha256) in published:
         return published[(filename, sha256)]
     default = f"{PACKAGES_DIR}/{project}/{filename}"
     path, n = default, 0
     while True:
-        try:
-            current = safe_join(out, path).read_bytes()
-        except FileNotFoundError:
-            return path
+        if pending and path in pending:
+            current = pending[path]
+        else:
+            try:
+                current = safe_join(out, path).read_bytes()
+            except FileNotFoundError:
+                return path
         if hashlib.sha256(current).hexdigest() == sha256:
             return path
         path = changed_bytes_path(default, sha256, None, n)
@@ -86,9 +97,12 @@ def store_path(out: Path, project: str, filename: str, sha256: str,
 
 
 def publish_variants_json(out: Path, resolution: Resolution, view: View) -> VariantsPublished:
-    """Store the variants.json of every variant wheel in the resolution; see the module docstring."""
+    """Store the variants.json of every variant wheel in the resolution; see the module docstring.
+
+    The paths are chosen first, journaled together, and only then written."""
     result = VariantsPublished()
     published = _published(out)
+    writes: dict[str, bytes] = {}
     for key, vf, acc in resolution.files:
         if vf.label is None:
             continue
@@ -98,10 +112,9 @@ def publish_variants_json(out: Path, resolution: Resolution, view: View) -> Vari
             continue  # upstream lists none: PEP 825 says it must; the wheel is still served
         link, _doc, data = got
         sha = hashlib.sha256(data).hexdigest()
-        path = store_path(out, vf.project, link.filename, sha, published)
-        target = safe_join(out, path)
-        if not target.exists():
-            atomic_write_bytes(target, data)
+        path = store_path(out, vf.project, link.filename, sha, published, writes)
+        if path not in writes and not safe_join(out, path).exists():
+            writes[path] = data
         result.entries[path] = mf.FileEntry(path=path, sha256=sha, size=len(data), kind=KIND, project=vf.project,
                                             version=version, url=link.url, upstream_sha256=link.sha256,
                                             hash_mismatch=link.sha256 is not None and link.sha256 != sha,
@@ -111,4 +124,8 @@ def publish_variants_json(out: Path, resolution: Resolution, view: View) -> Vari
         result.by_wheel[key] = path
         result.labels[key] = vf.label
         result.texts[path] = data.decode("utf-8")
+    if writes:
+        publication.record(out, writes)
+        for path, data in writes.items():
+            atomic_write_bytes(safe_join(out, path), data)
     return result
