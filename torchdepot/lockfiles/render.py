@@ -107,9 +107,10 @@ def requirements_lock(t: Target, pins: list[Pinned], base: str) -> str:
         lines.append("#   plain-HTTP mirror on a LAN host (TORCHDEPOT_MIRROR=http://torchlab:8000): "
                      "add --trusted-host torchlab:8000")
     lines += [*_pip_options(t, base), ""]
-    for p in pins:
-        lines.append(f"{canonicalize_name(p.name)}=={p.version} \\")
-        lines.append(f"    --hash=sha256:{p.sha256}")
+    for (name, version), group in _by_release(pins):  # pip rejects a project named twice
+        hashes = [f"    --hash=sha256:{h}" for h in dict.fromkeys(p.sha256 for p in group)]
+        lines.append(f"{name}=={version} \\")
+        lines += [h + " \\" for h in hashes[:-1]] + hashes[-1:]
     return "\n".join(lines) + "\n"
 
 
@@ -131,21 +132,48 @@ def pylock_toml(t: Target, pins: Sequence[Pinned], base: str, *, location: Liter
     doc.add("created-by", "torchdepot")
     pkgs = tomlkit.aot()
     index = url(base, t.index or f"whl/{t.accelerator}")
-    for p in pins:
+    for (name, version), group in _by_release(pins):
         pkg = tomlkit.table()
-        pkg.add("name", str(canonicalize_name(p.name)))
-        pkg.add("version", p.version)
+        pkg.add("name", name)
+        pkg.add("version", version)
         if location == "url":
             pkg.add("index", index)
-        wheel = tomlkit.inline_table()
-        where = {"url": url(base, p.path)} if location == "url" else {"path": base.rstrip("/") + "/" + p.path}
-        wheel.update({"name": p.filename, **where, "size": p.size, "hashes": {"sha256": p.sha256}})
-        pkg.add("wheels", [wheel])
-        if p.variants_json:
-            pkg.add("variants-json", _toml_value(json.loads(p.variants_json)))
+        wheels = tomlkit.array()
+        wheels.multiline(len(group) > 1)
+        for p in group:
+            wheel = tomlkit.inline_table()
+            where = {"url": url(base, p.path)} if location == "url" else {"path": base.rstrip("/") + "/" + p.path}
+            wheel.update({"name": p.filename, **where, "size": p.size, "hashes": {"sha256": p.sha256}})
+            wheels.append(wheel)
+        pkg.add("wheels", wheels)
+        variants = _merged_variants(group)
+        if variants:
+            pkg.add("variants-json", _toml_value(variants))
         pkgs.append(pkg)
     doc.add("packages", pkgs)
     return tomlkit.dumps(doc)
+
+
+def _by_release(pins: Sequence[Pinned]) -> list[tuple[tuple[str, str], list[Pinned]]]:
+    """Pins grouped by (canonical name, version), wheels sorted by file name: one release may
+    have several wheels that fit a target (compiled + pure, several manylinux tags), and PEP 751
+    (like a requirements file) lists each release once with all of its files."""
+    groups: dict[tuple[str, str], list[Pinned]] = {}
+    for p in pins:
+        groups.setdefault((str(canonicalize_name(p.name)), p.version), []).append(p)
+    return [(key, sorted(ps, key=lambda p: p.filename)) for key, ps in sorted(groups.items())]
+
+
+def _merged_variants(group: Sequence[Pinned]) -> dict | None:
+    """One ``variants-json`` for a release: the first wheel's document, with every wheel's
+    labels under ``variants`` (one release's wheels share its variants.json)."""
+    docs = [json.loads(p.variants_json) for p in group if p.variants_json]
+    if not docs:
+        return None
+    merged = dict(docs[0])
+    if any("variants" in d for d in docs):
+        merged["variants"] = {k: v for d in docs for k, v in (d.get("variants") or {}).items()}
+    return merged
 
 
 def _toml_value(doc: dict) -> tomlkit.items.Table:
@@ -215,7 +243,7 @@ def environment_yml(tid: str, pip: Target | None, pip_pins: list[Pinned], conda:
             lines.append("  - pip")
         lines.append("  - pip:")
         lines += [f"    - {opt}" for opt in _pip_options(pip, base)]
-        lines += [f"    - {canonicalize_name(p.name)}=={p.version}" for p in rest]
+        lines += [f"    - {name}=={version}" for (name, version), _ in _by_release(rest)]
     return "\n".join(lines) + "\n"
 
 
