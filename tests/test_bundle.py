@@ -286,3 +286,57 @@ def test_parse_size_rejects():
     for bad in ("", "G", "-1", "4X", "0"):
         with pytest.raises(BundleError):
             parse_size(bad)
+
+
+# -- PEP 691: every index.json twin travels with its index.html ------------------------------
+
+def republish_pages(root: Path) -> None:
+    """Replace the fixture's hand-written pages by the sync's own (HTML + PEP 691 JSON twins)."""
+    from torchdepot.store.pages import IndexFile, build_pages, publish
+
+    m = mf.load(root)
+    by_path = m.by_path()
+    variants: dict[str, list[IndexFile]] = {}
+    for t in m.targets:
+        if t.kind != "pip":
+            continue
+        for p in t.packages:
+            e, meta = by_path[p.path], by_path.get(p.path + ".metadata")
+            variants.setdefault(t.accelerator, []).append(IndexFile(
+                e.project, p.path.rsplit("/", 1)[1], p.path, e.sha256, p.requires_python,
+                meta.sha256 if meta else None, size=e.size, upload_time="2026-01-15T08:00:00Z"))
+    publish(root, build_pages(variants))
+
+
+def pages(root: Path, name: str) -> dict[str, bytes]:
+    whl = root / "whl"
+    return {str(p.relative_to(whl)): p.read_bytes() for p in sorted(whl.rglob(name))}
+
+
+@pytest.mark.parametrize("targets", [[CPU_ID], None], ids=["selected-targets", "whole-mirror"])
+def test_json_twins_round_trip(src, tmp_path, targets):
+    republish_pages(src)
+    html_src, json_src = pages(src, "index.html"), pages(src, "index.json")
+    assert {k.replace(".html", ".json") for k in html_src} == set(json_src) and len(json_src) > 5
+    out = tmp_path / "m.tar.zst"
+    bundle(src, out, targets=targets, zstd=True)
+    with tarfile.open(fileobj=__import__("zstandard").open(out, "rb"), mode="r|") as tar:
+        names = {m.name for m in tar}
+    carried = {n for n in names if n.startswith("whl/") and n.endswith("/index.html") or n == "whl/index.html"}
+    assert carried and {n.replace(".html", ".json") for n in carried} <= names
+    from torchdepot.ship.bundle.model import role_of
+
+    assert {role_of(n) for n in names if n.endswith("index.json")} == {"index"}  # pages, never packages
+    dest = tmp_path / "d"
+    unbundle(out, dest)
+    html_dest, json_dest = pages(dest, "index.html"), pages(dest, "index.json")
+    # the unbundled mirror serves index.json beside every index.html, byte-identical to the source's
+    assert {k.replace(".html", ".json") for k in html_dest} == set(json_dest)
+    assert json_dest == {k: json_src[k] for k in json_dest} and html_dest == {k: html_src[k] for k in html_dest}
+    assert "index.json" in json_dest and "cpu/torch/index.json" in json_dest
+    if targets:
+        assert not [k for k in json_dest if k.startswith(("cu126/", "cu118/"))]
+    from torchdepot.sync.check import verify_mirror
+
+    rep = verify_mirror(dest)
+    assert rep.ok, rep.problems

@@ -7,8 +7,10 @@ import posixpath
 from pathlib import Path
 
 
+from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
 from torchdepot.store.fsutil import safe_join
+from torchdepot.store.simple_json import HTML_PAGE, JSON_PAGE
 from torchdepot.ship.bundle.model import BundleError, BundlePlan, PlannedFile
 
 
@@ -80,10 +82,11 @@ def plan_bundle(root: Path, targets: list[str] | None = None, envs: Path | None 
     if targets:
         for ix in pip_indexes:
             index += _walk_files(safe_join(root, ix), ix)
-        if (root / "whl" / "index.html").is_file():
-            index.append(("whl/index.html", root / "whl" / "index.html"))
+        for page in (HTML_PAGE, JSON_PAGE):  # the root project list and its PEP 691 twin
+            if (root / L.INDEX_LINK / page).is_file():
+                index.append((f"{L.INDEX_LINK}/{page}", root / L.INDEX_LINK / page))
     else:
-        index += _walk_files(root / "whl", "whl")
+        index += _walk_files(root / L.INDEX_LINK, L.INDEX_LINK)
     for t in chosen:
         if t.kind == "conda" and t.channel:
             for subdir in sorted({t.subdir or "noarch", "noarch"}):
