@@ -18,16 +18,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TORCH_VERSION
+from tests.kit.cli import ROOT, td
 from tests.venvs import hermetic_env, make_venv, run
 
-ROOT = Path(__file__).resolve().parent.parent
 CPU = "cpu-py311-linux-x86_64"
-
-
-def td(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "torchdepot", *map(str, args)], capture_output=True, text=True,
-                          env=env or hermetic_env(), cwd=ROOT, timeout=timeout)
-    return proc
 
 
 def visible(root: Path) -> list[str]:

@@ -5,21 +5,15 @@ plain `pip install --require-hashes -r requirements.lock` into a fresh venv from
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.httpserver import Server
+from tests.kit.cli import td
 from tests.venvs import hermetic_env, make_venv, run
 
 CPU = "cpu-py311-linux-x86_64"
-
-
-def td(*args, env=None, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "torchdepot", *map(str, args)], capture_output=True, text=True,
-                          env=env or hermetic_env(), cwd=cwd)
 
 
 def snapshot(d: Path) -> dict[str, bytes]:

@@ -17,16 +17,14 @@ import contextlib
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.httpserver import Server
+from tests.kit.cli import td
 from tests.kit.upstream import dead_url, pytorch_upstreams
 from tests.venvs import hermetic_env
-
-ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def _state(root: Path) -> dict[str, tuple[int, int]]:
@@ -72,8 +70,7 @@ class TorchMirror:
 
 
 def _mirror(spec: Path, out: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "torchdepot", "mirror", "--spec", str(spec), "--out", str(out)],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    return td("mirror", "--spec", spec, "--out", out, env=env)
 
 
 @contextlib.contextmanager
