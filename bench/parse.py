@@ -2,8 +2,9 @@
 
 Baseline, same run, same bytes: a plain regex scan ``re.findall(rb'href="([^"]+)"', body)``.
 Two comparisons are printed:
-  end-to-end  : fetch every page over HTTP + torchdepot parse (Links + WheelFile model)
-                vs fetch the same pages + regex scan
+  end-to-end  : read every page through the one upstream reader (sources.upstream.UpstreamReader,
+                a fresh one per repetition: its cache would answer a second read) + the
+                wheel model, vs fetch the same pages + regex scan
   parse only  : torchdepot.sources.pep503.parse_html on the in-memory bytes vs the regex scan
 Goal (issue 2): within 3x of the regex scan.
 """
@@ -21,9 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.httpserver import Server  # noqa: E402
-from torchdepot.net.http import make_session
-from torchdepot.sources.crawl import page_url, wheels_of
-from torchdepot.sources.pep503 import parse_html
+from torchdepot.net.hostpolicy import default_policy  # noqa: E402
+from torchdepot.net.http import make_session  # noqa: E402
+from torchdepot.sources.pep503 import parse_html  # noqa: E402
+from torchdepot.sources.upstream import UpstreamReader, page_url, wheels_on  # noqa: E402
 
 CAPTURE = ROOT.parent / "shared" / "data" / "index_pages" / "download.pytorch.org_whl_simple_2023-10"
 HREF = re.compile(rb'href="([^"]+)"')
@@ -61,16 +63,18 @@ def main() -> int:
             def fetch_parse():
                 n = 0
                 warnings = collections.Counter()
+                reader = UpstreamReader(client, default_policy([base]))
                 for u in urls:
-                    body, _ = client.get_bytes(u)
-                    page = parse_html(body, u)
+                    page = reader.page(u)
                     n += len(page.links) + len(page.projects)
-                    wheels_of(page, warnings)
+                    wheels_on(page.links, warnings=warnings)
+                assert reader.request_counts()["pages"] == len(urls)  # one request per page
                 return n
 
             def fetch_links():
-                # crawl + page parse into Links, without building the wheel model
-                return sum(len((p := parse_html(client.get_bytes(u)[0], u)).links) + len(p.projects) for u in urls)
+                # the reader's crawl + page parse into Links, without building the wheel model
+                reader = UpstreamReader(client, default_policy([base]))
+                return sum(len((p := reader.page(u)).links) + len(p.projects) for u in urls)
 
             fetch_regex()  # warm the connection pool and page cache
             t_base, n_base = best(fetch_regex)
@@ -88,7 +92,7 @@ def main() -> int:
     pages = [parse_html(b, u) for b, u in zip(bodies, urls)]
 
     def model_only():
-        return sum(len(wheels_of(p, warnings)) for p in pages)
+        return sum(len(wheels_on(p.links, warnings=warnings)) for p in pages)
 
     t_m, n_m = best(model_only)
     size = sum(len(b) for b in bodies)

@@ -1,7 +1,8 @@
 """The foundation on the REAL captures in ../shared/data (issue 2, "Done when").
 
-Captures are served from a real HTTP server on 127.0.0.1 and crawled through the real
-client; the 2023 capture's absolute hrefs to the upstream host are parsed, never fetched.
+Captures are served from a real HTTP server on 127.0.0.1 and crawled through the one reader
+of upstream (sources.upstream.UpstreamReader over the real client); the 2023 capture's
+absolute hrefs to the upstream host are parsed, never fetched.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
 from tests.httpserver import Server
 from torchdepot.errors import UpstreamError
+from torchdepot.net.hostpolicy import default_policy
 from torchdepot.net.http import make_session
-from torchdepot.sources.crawl import crawl_index, fetch_project_page, fetch_root
-from torchdepot.sources.findlinks import fetch_findlinks
+from torchdepot.sources.upstream import UpstreamReader, crawl_wheels, project_page, root_page
 
 ROOT = Path(__file__).resolve().parent.parent
 CAPTURE_2023 = "index_pages/download.pytorch.org_whl_simple_2023-10"
@@ -47,6 +48,11 @@ def client():
         yield c
 
 
+def reader_for(client, srv) -> UpstreamReader:
+    """A fresh reader (its own cache and counts) confined to the test server."""
+    return UpstreamReader(client, default_policy([srv.url]))
+
+
 def _regex_hrefs(path: Path) -> list[str]:
     # An independent oracle for "what links does this page have": a plain regex scan.
     return re.findall(r'href="([^"]+)"', path.read_text())
@@ -54,26 +60,32 @@ def _regex_hrefs(path: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def crawled(served, client, data_dir):
-    """Every page of the three captures, crawled over HTTP: {capture: [Page]}."""
+    """Every page of the three captures, crawled over HTTP: {capture: [Page]}, one request each."""
     out: dict[str, list] = {}
-    assert fetch_root(client, served.url + "/whl").projects  # the root page crawls too
+    reader = reader_for(client, served)
+    assert root_page(reader, served.url + "/whl").projects  # the root page crawls too
     # every captured page: the root's projects that were captured, plus "cerifi/" (a
     # captured directory the root page does not list)
     dirs = sorted(p.name for p in (data_dir / CAPTURE_2023).iterdir() if p.is_dir())
-    out["2023"] = [fetch_project_page(client, served.url + "/whl", p) for p in dirs]
-    root24 = fetch_root(client, served.url + "/p2024")
-    out["2024"] = [fetch_project_page(client, served.url + "/p2024", p) for p in root24.projects]
-    out["2021"] = [fetch_findlinks(client, served.url + "/whl21/torch_stable.html")]
+    out["2023"] = [project_page(reader, served.url + "/whl", p) for p in dirs]
+    root24 = root_page(reader, served.url + "/p2024")
+    out["2024"] = [project_page(reader, served.url + "/p2024", p) for p in root24.projects]
+    out["2021"] = [reader.page(served.url + "/whl21/torch_stable.html")]  # a find-links page
+    pages = 1 + len(dirs) + 1 + len(root24.projects) + 1
+    assert reader.request_counts() == {"pages": pages, "metadata": 0, "ranges": 0, "wheels": 0}
     return out
 
 
 def test_root_pages(served, client, data_dir):
-    root = fetch_root(client, served.url + "/whl")
+    reader = reader_for(client, served)
+    root = root_page(reader, served.url + "/whl")
     dirs = sorted(p.name for p in (data_dir / CAPTURE_2023).iterdir() if p.is_dir())
     assert set(dirs) - set(root.projects) == {"cerifi"}  # captured, but not linked from the root
     assert len(root.projects) == len(_regex_hrefs(data_dir / CAPTURE_2023 / "index.html"))
     assert "torch" in root.projects and "Jinja2" in root.projects
-    assert fetch_root(client, served.url + "/p2024").projects == ["torch", "torchaudio", "torchvision"]
+    assert root_page(reader, served.url + "/p2024").projects == ["torch", "torchaudio", "torchvision"]
+    with pytest.raises(UpstreamError, match=r"/nowhere/: not found"):
+        root_page(reader, served.url + "/nowhere")
 
 
 def test_every_anchor_is_crawled(crawled, data_dir):
@@ -175,12 +187,14 @@ def test_parse_contract_exit_codes(tmp_path):
 
 
 def test_crawl_index_pytorch_style(served, client, data_dir):
-    result = crawl_index(client, served.url + "/whl", ["torch", "torchvision"], warn=None)
-    torch = [w for _, w in result if w.name == "torch"]
+    reader = reader_for(client, served)
+    result = crawl_wheels(reader, served.url + "/whl", ["torch", "torchvision"])
+    torch = [w for _, w in result.items if w.name == "torch"]
     expected = [h for h in _regex_hrefs(data_dir / CAPTURE_2023 / "torch" / "index.html")]
     assert len(torch) == len(set(h.split("#")[0] for h in expected))
     accs = collections.Counter(w.accelerator.name if w.accelerator else None for w in torch)
     assert accs["cu118"] > 0 and accs["cpu"] > 0 and accs["rocm5.6"] > 0
+    assert result.pages == 2 and reader.request_counts()["pages"] == 2  # one request per page
 
 
 @pytest.fixture(scope="module")
@@ -201,16 +215,17 @@ def variant_tree(data_dir, tmp_path_factory):
 
 def test_crawl_per_variant_pages(variant_tree, client):
     srv, counts = variant_tree
-    seen: list[str] = []
-    result = crawl_index(client, srv.url + "/whl", ["torch"], accelerators=["cu118", "cpu", "cu999"], warn=seen.append)
-    accs = collections.Counter(w.accelerator.name for _, w in result)
+    reader = reader_for(client, srv)
+    result = crawl_wheels(reader, srv.url + "/whl", ["torch"], accelerators=["cu118", "cpu", "cu999"])
+    accs = collections.Counter(w.accelerator.name for _, w in result.items)
     assert accs == {"cu118": counts["cu118"], "cpu": counts["cpu"]}
-    assert result.warnings["page not available"] == 1 and len(seen) == 1 and "1 page not available" in seen[0]
-    # a variant index is a base of its own
-    cu118 = crawl_index(client, srv.url + "/whl/cu118", ["torch"], warn=None)
-    assert len(cu118) == counts["cu118"]
+    assert result.warnings["page not available"] == 1 and "1 page not available" in result.summary(srv.url)
+    # a variant index is a base of its own (and its page was read already: no second request)
+    cu118 = crawl_wheels(reader, srv.url + "/whl/cu118", ["torch"])
+    assert len(cu118.items) == counts["cu118"]
+    assert reader.request_counts()["pages"] == 3
     with pytest.raises(UpstreamError, match=r"/whl/cu999/torch/"):
-        crawl_index(client, srv.url + "/whl", ["torch"], accelerators=["cu999"], warn=None)
+        crawl_wheels(reader, srv.url + "/whl", ["torch"], accelerators=["cu999"])
 
 
 def test_ls_json_returns_every_torch_wheel(served, data_dir):
@@ -241,13 +256,14 @@ def test_ls_table_readable(served):
 def test_crawl_whole_index_from_root(served, client, data_dir):
     """projects=None: every project on the root page; the capture lacks a few of their
     pages (and keeps certifi as "cerifi/"), which become counted warnings, not a crash."""
-    said: list[str] = []
-    result = crawl_index(client, served.url + "/whl", None, warn=said.append)
-    root = fetch_root(client, served.url + "/whl")
+    reader = reader_for(client, served)
+    result = crawl_wheels(reader, served.url + "/whl", None)
+    root = root_page(reader, served.url + "/whl")
     missing = [p for p in root.projects if not (data_dir / CAPTURE_2023 / p).is_dir()]
     assert missing and result.warnings["page not available"] == len(missing)
     assert result.pages == len(root.projects) - len(missing)
-    assert len(said) == 1
+    said = result.summary(served.url + "/whl")
+    assert said.startswith(served.url + "/whl: skipped ") and "\n" not in said  # one line
     wheel_hrefs = set()
     for p in root.projects:
         if p not in missing:
@@ -255,4 +271,17 @@ def test_crawl_whole_index_from_root(served, client, data_dir):
     # the three torchrec_cpu-0.1.1-3.X-none-any.whl files have a tag packaging rejects
     bad = {h for h in wheel_hrefs if re.search(r"-3\.\d-none-any\.whl$", h)}
     assert len(bad) == 3 and result.warnings["unparseable wheel filename"] == 3
-    assert {l.url for l, _ in result} == wheel_hrefs - bad
+    assert {l.url for l, _ in result.items} == wheel_hrefs - bad
+    # one request per page: the root, each project page that exists, and for a missing page
+    # its name as listed plus (when it differs) its normalised form
+    extra = sum(1 for p in missing if p != str(canonicalize_name(p)))
+    assert reader.request_counts()["pages"] == 1 + len(root.projects) + extra
+
+
+def test_ls_one_request_per_page(served):
+    """`torchdepot ls` on the real capture reads each project page once and nothing else."""
+    from torchdepot.site.availability import index_wheels
+
+    listing = index_wheels(served.url + "/whl", ["torch", "torchvision", "torchaudio"])
+    assert listing.requests == 3 and listing.skipped is None
+    assert {w.name for _, w in listing.items} == {"torch", "torchvision", "torchaudio"}

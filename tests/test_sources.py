@@ -7,11 +7,13 @@ import json
 import pytest
 
 from tests.httpserver import RangeHandler, Server
+from torchdepot.net.hostpolicy import default_policy
 from torchdepot.net.http import make_session
-from torchdepot.sources.crawl import crawl_index, fetch_project_page
 from torchdepot.sources.findlinks import parse_findlinks
 from torchdepot.sources.pep503 import parse_html
-from torchdepot.sources.pep691 import JSON_TYPE, parse_json, parse_response
+from torchdepot.sources.pep691 import ACCEPT, parse_json, parse_response
+from torchdepot.sources.upstream import UpstreamReader, crawl_wheels, project_page
+from torchdepot.store.simple_json import JSON_MEDIA_TYPE
 
 SHA = "a" * 64
 
@@ -103,7 +105,7 @@ def test_pep691_json_page():
     assert root.projects == ["torch"] and root.warnings["malformed project entry"] == 1
     assert parse_json(b"[1]", "u").warnings["JSON page is not an object"] == 1
     assert parse_json(b"\xff", "u").warnings["invalid JSON page"] == 1
-    assert parse_response(body, JSON_TYPE + "; charset=utf-8", "http://h.test/simple/torch/").links
+    assert parse_response(body, JSON_MEDIA_TYPE + "; charset=utf-8", "http://h.test/simple/torch/").links
     assert parse_response(b'<a href="z-1-py3-none-any.whl">', "text/html", "http://h/").links
 
 
@@ -113,14 +115,14 @@ class Negotiating(RangeHandler):
     def do_GET(self):
         accept = self.headers.get("Accept", "")
         path = self.translate_path(self.path)
-        if path.endswith("/") and JSON_TYPE in accept:
+        if path.endswith("/") and JSON_MEDIA_TYPE in accept:
             try:
                 body = open(path + "index.json", "rb").read()
             except OSError:
                 body = None
             if body is not None:
                 self.send_response(200)
-                self.send_header("Content-Type", JSON_TYPE)
+                self.send_header("Content-Type", JSON_MEDIA_TYPE)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -144,31 +146,56 @@ def tree(tmp_path):
         yield srv
 
 
+def _reader(client, url: str) -> UpstreamReader:
+    return UpstreamReader(client, default_policy([url]))
+
+
 def test_negotiation_json_then_html(tree):
+    assert ACCEPT.startswith(JSON_MEDIA_TYPE + ",")  # the mirror's own media type, named once
     with make_session() as client:
-        j = fetch_project_page(client, tree.url + "/json", "torch")
-        h = fetch_project_page(client, tree.url + "/html", "torch")
+        reader = _reader(client, tree.url)
+        j = project_page(reader, tree.url + "/json", "torch")
+        h = project_page(reader, tree.url + "/html", "torch")
     assert [l.sha256 for l in j.links] == [SHA]
     assert len(h.links) == 4
+    assert reader.request_counts()["pages"] == 2
 
 
 def test_crawl_counts_and_reports_once(tree):
-    said: list[str] = []
     with make_session() as client:
-        got = crawl_index(client, tree.url + "/html", ["torch"], warn=said.append)
-        cf = crawl_index(client, tree.url + "/cf", ["torch"], warn=said.append)
-    assert [w.filename for _, w in got] == ["torch-2.1.0+cu121-cp311-cp311-linux_x86_64.whl"]
+        reader = _reader(client, tree.url)
+        got = crawl_wheels(reader, tree.url + "/html", ["torch"])
+        cf = crawl_wheels(reader, tree.url + "/cf", ["torch"])
+    assert [w.filename for _, w in got.items] == ["torch-2.1.0+cu121-cp311-cp311-linux_x86_64.whl"]
     assert got.warnings == {"not a wheel": 1, "unparseable wheel filename": 1, "wheel of another project": 1,
                             "refused gopher: link": 1}
-    assert list(cf) == [] and cf.warnings["bot challenge page instead of an index"] == 1
-    assert len(said) == 2 and "skipped 4 entries" in said[0]
+    assert cf.items == () and cf.warnings["bot challenge page instead of an index"] == 1
+    said = [got.summary(tree.url + "/html"), cf.summary(tree.url + "/cf")]
+    assert "skipped 4 entries" in said[0] and said[0].startswith(tree.url + "/html: ")
+    assert crawl_wheels(reader, tree.url + "/json", ["torch"]).summary(tree.url) is None  # nothing skipped
 
 
 def test_crawl_missing_project_names_url(tree):
     from torchdepot.errors import UpstreamError
 
     with make_session() as client, pytest.raises(UpstreamError, match="/html/nope/"):
-        crawl_index(client, tree.url + "/html", ["nope"], warn=None)
+        crawl_wheels(_reader(client, tree.url), tree.url + "/html", ["nope"])
+
+
+def test_project_page_as_named_then_normalised(tmp_path):
+    """The name as the index spells it is one request; a name the index keeps only in its
+    PEP 503 form costs one more (and a repeated read none: the reader caches)."""
+    for d in ("Jinja2", "markupsafe"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "index.html").write_text(f'<a href="{d}-1.0-py3-none-any.whl">x</a>')
+    with Server(tmp_path) as srv, make_session() as client:
+        reader = _reader(client, srv.url)
+        assert project_page(reader, srv.url, "Jinja2").links
+        assert reader.request_counts()["pages"] == 1
+        assert project_page(reader, srv.url, "MarkupSafe").links  # MarkupSafe/ 404, then markupsafe/
+        assert project_page(reader, srv.url, "markupsafe") is not None
+        assert reader.request_counts()["pages"] == 3
+        assert project_page(reader, srv.url, "nope") is None
 
 
 # -- the HTML scanner is linear and never raises on adversarial pages ---------------------

@@ -35,7 +35,10 @@ def ls_cmd(index_url, packages, accelerators, python, platform, as_json) -> None
       torchdepot ls --index http://127.0.0.1:8000/whl --package torch --python 3.11
     """
     wanted = {a if a == UNKNOWN else parse_accelerator(a).name for a in accelerators} or None
-    chosen = index_wheels(index_url, list(packages) or ["torch"], wanted, python, platform)
+    listing = index_wheels(index_url, list(packages) or ["torch"], wanted, python, platform)
+    if listing.skipped:
+        click.echo(f"torchdepot: warning: {listing.skipped}", err=True)
+    chosen = listing.items
     out = sys.stdout
     if as_json:
         for link, wheel in chosen:

@@ -1,6 +1,8 @@
 """What a torchdepot mirror (or any PyTorch-style index) offers: its accelerators and the
 torch version to pin for each. Reads ``<mirror>/manifest.json`` when present, else the
-``<mirror>/whl/`` root page and ``<mirror>/whl/<acc>/torch/`` pages.
+``<mirror>/whl/`` root page and ``<mirror>/whl/<acc>/torch/`` pages, all through the one
+upstream reader (:class:`torchdepot.sources.upstream.UpstreamReader`: one request per page,
+redirects confined to the mirror's host).
 
 Bounded: :data:`QUERY_HTTP` keeps connect timeouts short and retries few, and a mirror
 that cannot be reached at all (no connection to manifest.json) fails at once instead of
@@ -11,15 +13,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-
-from torchdepot.model.accel import accelerator_from_dir
 from torchdepot.errors import UpstreamError
-from torchdepot.net.http import QUERY_HTTP, HttpStatusError
-from torchdepot.sources.crawl import crawl_index, fetch_root
+from torchdepot.model.accel import accelerator_from_dir
 from torchdepot.model.wheelname import version_sort_key
-
-
-# Worst case on a host that drops packets: 2 attempts x 3 s connect + 1 s backoff.
+from torchdepot.net.hostpolicy import default_policy
+from torchdepot.net.http import HttpStatusError
+from torchdepot.sources.upstream import UpstreamReader, crawl_wheels, root_page
 
 
 @dataclass
@@ -68,17 +67,21 @@ def offer_from_manifest(url: str, doc: dict) -> MirrorOffer:
 
 
 def read_mirror(client, url: str) -> MirrorOffer:
-    """Ask the mirror what it holds: manifest.json first, then the whl/ pages."""
+    """Ask the mirror what it holds: manifest.json first, then the whl/ pages.
+
+    ``client`` is a :data:`torchdepot.net.http.QUERY_HTTP` session (worst case on a host
+    that drops packets: 2 attempts x 3 s connect + 1 s backoff)."""
     base = url.rstrip("/")
+    reader = UpstreamReader(client, default_policy([base]))
     try:
-        body, _ = client.get_bytes(f"{base}/manifest.json")
-        doc = json.loads(body)
+        body = reader.get(f"{base}/manifest.json", "metadata")
+        doc = json.loads(body.data) if body is not None else None
         if isinstance(doc, dict) and isinstance(doc.get("targets"), list):
             return offer_from_manifest(base, doc)
     except (HttpStatusError, ValueError):
         pass  # not a torchdepot mirror (or no manifest yet): read the index pages
     # any other UpstreamError (refused, DNS, timeout) propagates: the host is unreachable
-    root = fetch_root(client, f"{base}/whl")
+    root = root_page(reader, f"{base}/whl")
     accs = [p.strip("/") for p in root.projects if accelerator_from_dir(p.strip("/")) is not None]
     offer = MirrorOffer(url=base, source="whl/ root page")
     if not accs:
@@ -88,7 +91,7 @@ def read_mirror(client, url: str) -> MirrorOffer:
         per_py = offer.versions.setdefault(name, {})
         offer.index[name] = f"whl/{acc}"
         try:
-            wheels = crawl_index(client, f"{base}/whl/{acc}", ["torch"], warn=None)
+            wheels = crawl_wheels(reader, f"{base}/whl/{acc}", ["torch"]).items
         except UpstreamError:
             continue  # an accelerator dir without torch: listed, nothing to pin
         for _, w in wheels:

@@ -175,15 +175,30 @@ def select_wheels(items, accelerators: set[str] | None, python: str | None, plat
     return out
 
 
+@dataclass(frozen=True)
+class Listing:
+    """What ``ls`` shows: the matching ``(link, wheel)`` pairs, the one line for what the
+    crawl skipped (None if nothing), and the requests it took (one per page)."""
+
+    items: tuple
+    skipped: str | None
+    requests: int
+
+
 def index_wheels(index_url: str, projects: Sequence[str], accelerators: set[str] | None = None,
-                 python: str | None = None, platform: str | None = None):
-    """Crawl a PyTorch-style index and keep the ``(link, wheel)`` pairs that match the filters."""
+                 python: str | None = None, platform: str | None = None) -> Listing:
+    """Crawl a PyTorch-style index through the one upstream reader and keep the pairs that
+    match the filters. Bounded by :data:`QUERY_HTTP`: a host that cannot be reached fails
+    in seconds; redirects stay on the index's own host (and the hosts it is known to link to)."""
+    from torchdepot.net.hostpolicy import default_policy
     from torchdepot.net.http import QUERY_HTTP, make_session
-    from torchdepot.sources.crawl import crawl_index
+    from torchdepot.sources.upstream import UpstreamReader, crawl_wheels
 
     with make_session(QUERY_HTTP) as client:
-        items = crawl_index(client, index_url, list(projects))
-    return select_wheels(items, accelerators, python, platform)
+        reader = UpstreamReader(client, default_policy([index_url]))
+        crawl = crawl_wheels(reader, index_url, list(projects))
+    return Listing(items=tuple(select_wheels(crawl.items, accelerators, python, platform)),
+                   skipped=crawl.summary(index_url), requests=reader.request_counts()["pages"])
 
 
 def channel_records(url: str, subdirs: Sequence[str]) -> list[CondaRecord]:

@@ -21,9 +21,3 @@ def parse_findlinks(body: bytes, page_url: str) -> Page:
         page.warnings["directory link on a find-links page"] += len(page.projects)
         page.projects = []
     return page
-
-
-def fetch_findlinks(client, url: str) -> Page:
-    """GET and parse a find-links page through :class:`torchdepot.net.http.Client`."""
-    body, meta = client.get_bytes(url)
-    return parse_findlinks(body, meta.get("url") or url)

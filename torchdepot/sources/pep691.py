@@ -11,10 +11,10 @@ import json
 
 from torchdepot.sources.links import Page, make_link
 from torchdepot.sources.pep503 import parse_html
+from torchdepot.store.simple_json import HTML_MEDIA_TYPE, JSON_MEDIA_TYPE
 
-JSON_TYPE = "application/vnd.pypi.simple.v1+json"
-HTML_TYPES = ("application/vnd.pypi.simple.v1+html", "text/html")
-ACCEPT = f"{JSON_TYPE}, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.1"
+# The media types are the ones the mirror itself serves (store.simple_json): named once.
+ACCEPT = f"{JSON_MEDIA_TYPE}, {HTML_MEDIA_TYPE};q=0.2, text/html;q=0.1"
 
 
 def _str(value) -> str | None:
@@ -100,6 +100,6 @@ def parse_json(body: bytes, url: str) -> Page:
 def parse_response(body: bytes, content_type: str | None, url: str) -> Page:
     """Dispatch on the response's Content-Type: PEP 691 JSON, else HTML."""
     ctype = (content_type or "").split(";", 1)[0].strip().lower()
-    if ctype == JSON_TYPE or (ctype == "application/json" and body[:1] == b"{"):
+    if ctype == JSON_MEDIA_TYPE or (ctype == "application/json" and body[:1] == b"{"):
         return parse_json(body, url)
     return parse_html(body, url)

@@ -12,6 +12,10 @@ Every byte the sync learns about upstream comes through an :class:`UpstreamReade
   missing ``file://`` path) is ``None``; other failures raise :class:`UpstreamError`.
 
 The three upstream layouts (``model.presets.Layout``) are read by :func:`variant_links`.
+A PyTorch-style index as a whole (``torchdepot ls``, ``doctor --mirror``: the aggregate
+pages ``<base>/<project>/``, per-variant pages ``<base>/<acc>/<project>/``, the root page
+listing projects or ``<acc>/`` directories) is read by :func:`crawl_wheels` and
+:func:`root_page`, through the same reader: one request per page, the same policy.
 
 PEP 825 variant channels (``/whl/variant/``, ``/whl/test/variant/``) put every accelerator's
 wheels on one project page, told apart by the variant label in the file name (``-cuda12.8``,
@@ -35,10 +39,10 @@ from packaging.utils import canonicalize_name
 
 from torchdepot.errors import ParseError, UpstreamError
 from torchdepot.model.presets import Layout, preset_for
-from torchdepot.model.wheelname import parse_wheel
+from torchdepot.model.wheelname import WheelFile, parse_wheel
 from torchdepot.net.hostpolicy import HostPolicy
 from torchdepot.net.http import Client, HttpStatusError, file_url_path
-from torchdepot.sources.links import Link, Page
+from torchdepot.sources.links import Link, Page, warnings_summary
 from torchdepot.sources.pep691 import ACCEPT, parse_response
 from torchdepot.sources.variants import is_variants_json
 
@@ -186,23 +190,34 @@ def layout_of(base: str) -> Layout:
     return Layout.FINDLINKS if path.endswith((".html", ".htm")) else Layout.SIMPLE
 
 
-def _of_project(links: list[Link], project: str, accelerator: str | None) -> list[Link]:
-    """Wheels of ``project`` (for ``accelerator`` when the file names one) on a shared page."""
-    want = canonicalize_name(project)
+def wheels_on(links, project: str | None = None, accelerator: str | None = None,
+              warnings: collections.Counter | None = None) -> list[tuple[Link, WheelFile]]:
+    """The links that are wheels (of ``project`` when given; for ``accelerator`` when given and
+    the file names one), parsed; what is skipped is counted in ``warnings`` by reason."""
+    skipped: collections.Counter = warnings if warnings is not None else collections.Counter()
+    want = canonicalize_name(project) if project else None
     out = []
     for link in links:
         if not link.filename.endswith(".whl"):
+            skipped["not a wheel"] += 1
             continue
         try:
             wheel = parse_wheel(link.url)
         except ParseError:
+            skipped["unparseable wheel filename"] += 1
             continue
-        if wheel.name != want:
+        if want and wheel.name != want:
+            skipped["wheel of another project"] += 1
             continue
         if accelerator and wheel.accelerator is not None and wheel.accelerator.name != accelerator:
             continue
-        out.append(link)
+        out.append((link, wheel))
     return out
+
+
+def _of_project(links: list[Link], project: str, accelerator: str | None) -> list[Link]:
+    """Wheels of ``project`` (for ``accelerator`` when the file names one) on a shared page."""
+    return [link for link, _ in wheels_on(links, project, accelerator)]
 
 
 @dataclass(frozen=True)
@@ -295,28 +310,20 @@ def variant_links(reader: UpstreamReader, variant: Variant, project: str) -> lis
         has_variants = any(is_variants_json(link.filename) for link in links)
         return labelled if has_variants else links
     if variant.layout is Layout.SIMPLE:
-        norm = str(canonicalize_name(project))
-        page = reader.page(f"{variant.url}/{urllib.parse.quote(norm)}/")
-        if page is None and norm != project:
-            page = reader.page(f"{variant.url}/{urllib.parse.quote(project)}/")
-        return None if page is None else list(page.links)
+        return _simple_links(reader, variant, project)
     page = reader.page(variant.url if variant.layout is Layout.FINDLINKS else f"{variant.url}/")
     links = _of_project(page.links, project, variant.accelerator) if page is not None else []
     return links or None
 
 
 def _simple_links(reader: UpstreamReader, variant: Variant, project: str) -> list[Link] | None:
-    norm = str(canonicalize_name(project))
-    page = reader.page(f"{variant.url}/{urllib.parse.quote(norm)}/")
-    if page is None and norm != project:
-        page = reader.page(f"{variant.url}/{urllib.parse.quote(project)}/")
+    page = project_page(reader, variant.url, project)
     return None if page is None else list(page.links)
 
 
 def index_links(reader: UpstreamReader, index: str, project: str) -> list[Link]:
     """``project``'s links on a PEP 503/691 index (the user's dependency index); [] if absent."""
-    norm = str(canonicalize_name(project))
-    page = reader.page(f"{index.rstrip('/')}/{urllib.parse.quote(norm)}/")
+    page = project_page(reader, index, project)
     return [] if page is None else list(page.links)
 
 
@@ -324,3 +331,93 @@ def findlinks_links(reader: UpstreamReader, url: str, project: str) -> list[Link
     """``project``'s wheels on a find-links page or directory listing; [] if absent."""
     page = reader.page(url)
     return [] if page is None else _of_project(page.links, project, None)
+
+
+# -- a PyTorch-style index as a whole ----------------------------------------------------------
+def page_url(index: str, *segments: str) -> str:
+    """``page_url("http://h/whl", "cu118", "torch")`` -> ``http://h/whl/cu118/torch/``."""
+    quoted = "/".join(urllib.parse.quote(s.strip("/"), safe="") for s in segments if s)
+    return f"{index.rstrip('/')}/{quoted}/" if quoted else f"{index.rstrip('/')}/"
+
+
+def project_page(reader: UpstreamReader, index: str, project: str) -> Page | None:
+    """The page ``<index>/<project>/``, None when the index has none.
+
+    The name as given first (a root page's own spelling: the 2023 PyTorch capture keeps
+    ``Jinja2/``; a resolver's names are already normalised), then its PEP 503 normalised
+    form when that differs: one request when the name is the index's own."""
+    page = reader.page(page_url(index, project))
+    norm = str(canonicalize_name(project))
+    if page is None and norm != project:
+        page = reader.page(page_url(index, norm))
+    return page
+
+
+def root_page(reader: UpstreamReader, index: str) -> Page:
+    """The root page ``<index>/``: its ``projects`` (project or ``<acc>/`` directories).
+
+    Raises UpstreamError naming the URL when there is none."""
+    url = page_url(index)
+    page = reader.page(url)
+    if page is None:
+        raise UpstreamError(f"{url}: not found")
+    return page
+
+
+@dataclass(frozen=True)
+class Crawl:
+    """The wheels an index offers, with what was skipped on the way (counted by reason)."""
+
+    items: tuple[tuple[Link, WheelFile], ...]
+    warnings: collections.Counter
+    pages: int  # project pages read
+
+    def summary(self, index: str) -> str | None:
+        """One line for everything skipped (None when nothing was)."""
+        if not self.warnings:
+            return None
+        return f"{index}: skipped {sum(self.warnings.values())} entries ({warnings_summary(self.warnings)})"
+
+
+def crawl_wheels(reader: UpstreamReader, index: str, projects: list[str] | None = None,
+                 accelerators: list[str] | None = None) -> Crawl:
+    """The wheels of ``projects`` on a PyTorch-style index (``http://host/whl``).
+
+    ``accelerators=None`` reads the aggregate pages ``<index>/<project>/`` (a variant index
+    such as ``.../whl/cu118`` is an index of its own); otherwise each ``<index>/<acc>/<project>/``.
+    ``projects=None`` takes every project of the root page. A page that is missing or
+    unreadable is counted ("page not available"), not fatal, unless it was the one page
+    asked for or no page at all could be read: then UpstreamError names the URL. A URL on
+    several pages (variant pages repeat the variant-less files) is kept once."""
+    warnings: collections.Counter = collections.Counter()
+    if projects is None:
+        root = root_page(reader, index)
+        warnings.update(root.warnings)
+        projects = list(root.projects)
+    bases = [index] if accelerators is None else [page_url(index, a) for a in accelerators]
+    only_one = accelerators is None and len(projects) == 1
+    seen: set[str] = set()
+    items: list[tuple[Link, WheelFile]] = []
+    pages, failures = 0, []
+    for base in bases:
+        for project in projects:
+            try:
+                page = project_page(reader, base, project)
+                if page is None:
+                    raise UpstreamError(f"{page_url(base, project)}: not found")
+            except UpstreamError as exc:
+                if only_one:
+                    raise
+                failures.append(str(exc))
+                warnings["page not available"] += 1
+                continue
+            pages += 1
+            warnings.update(page.warnings)
+            for link, wheel in wheels_on(page.links, project, warnings=warnings):
+                if link.url not in seen:
+                    seen.add(link.url)
+                    items.append((link, wheel))
+    if pages == 0 and failures:
+        raise UpstreamError(failures[0] if len(failures) == 1
+                            else f"no index page could be read ({failures[0]}; {len(failures) - 1} more)")
+    return Crawl(items=tuple(items), warnings=warnings, pages=pages)
