@@ -258,3 +258,91 @@ def test_unknown_root_entries_are_reported_and_kept(mirror):
     assert proc.returncode == 1 and (root / "notes.txt").read_text() == "the user's"
     assert not (root / ".manifest.json.x7k2p9.tmp").exists()
     assert _cli(str(root), "--move-unknown").returncode == 2  # a usage error without --repair
+
+
+# -- PEP 691 index.json twins --------------------------------------------------------------
+
+def _json_page(root, rel="whl/cpu/torch/index.json"):
+    return (root / rel).resolve()  # the live generation's file (whl is a symlink)
+
+
+def _pages(root):
+    whl = root / "whl"
+    return {str(p.relative_to(whl)): p.read_bytes() for p in sorted(whl.rglob("index.*"))}
+
+
+def test_corrupt_json_hash_is_one_problem_and_repair_rebuilds_the_page(mirror):
+    _up, root = mirror
+    before, gen = _pages(root), os.readlink(root / "whl")
+    assert sum(k.endswith("index.json") for k in before) == sum(k.endswith("index.html") for k in before) > 3
+    page = _json_page(root)
+    doc = json.loads(page.read_text())
+    good = doc["files"][0]["hashes"]["sha256"]
+    doc["files"][0]["hashes"]["sha256"] = "0" * 64
+    page.write_text(json.dumps(doc))
+
+    rep = verify_mirror(root)
+    assert [(p.kind, p.path) for p in rep.problems] == [("bad-json-page", "whl/cpu/torch/index.json")]
+    assert f"hashes.sha256 {'0' * 64}, manifest says {good}" in rep.problems[0].detail and not rep.ok
+    proc = _cli(str(root))
+    assert proc.returncode == 1 and "PROBLEM\tbad-json-page\twhl/cpu/torch/index.json" in proc.stdout, proc.stdout
+
+    proc = _cli(str(root), "--repair")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 bad-json-page; 1 repaired" in proc.stdout and "rebuilt from its index.html twin" in proc.stdout
+    assert os.readlink(root / "whl") != gen, "a new generation, swapped in whole"
+    assert _pages(root) == before  # the writer gave back exactly the published pages
+    after = verify_mirror(root)
+    assert after.ok and after.problems == []
+
+
+@pytest.mark.parametrize("damage,expect", [
+    (lambda d: "{not json", "not JSON"),
+    (lambda d: json.dumps({"files": d["files"]}), "not a PEP 691 page"),
+    (lambda d: json.dumps({**d, "files": d["files"][1:]}), "its index.html twin"),
+    (lambda d: json.dumps({**d, "files": [{**d["files"][0], "url": "../../../packages/torch/ghost-1.0-py3-none-any.whl"}]
+                                         + d["files"][1:]}), "which manifest.json does not list"),
+    (lambda d: json.dumps({**d, "files": [{**d["files"][0], "url": "http://127.0.0.1:9/x-1.0-py3-none-any.whl"}]
+                                         + d["files"][1:]}), "outside the mirror"),
+    (lambda d: json.dumps({**d, "files": [{**d["files"][0], "size": 1}] + d["files"][1:]}), "size 1, manifest says"),
+], ids=["unparseable", "no-meta", "file-dropped", "ghost-file", "outside", "wrong-size"])
+def test_each_json_fault_is_one_problem(mirror, damage, expect):
+    _up, root = mirror
+    page = _json_page(root)
+    page.write_text(damage(json.loads(page.read_text())))
+    rep = verify_mirror(root)
+    assert [(p.kind, p.path) for p in rep.problems] == [("bad-json-page", "whl/cpu/torch/index.json")], rep.problems
+    assert expect in rep.problems[0].detail, rep.problems[0].detail
+    assert verify_mirror(root, repair=True).ok and verify_mirror(root).problems == []
+
+
+def test_json_page_without_a_twin_and_a_root_list_that_disagrees(mirror):
+    _up, root = mirror
+    stray = _json_page(root).parent.parent / "ghost" / "index.json"
+    stray.parent.mkdir()
+    stray.write_text(json.dumps({"meta": {"api-version": "1.1"}, "name": "ghost", "files": []}))
+    root_page = _json_page(root, "whl/index.json")
+    doc = json.loads(root_page.read_text())
+    root_page.write_text(json.dumps({**doc, "projects": doc["projects"] + [{"name": "ghost"}]}))
+    rep = verify_mirror(root)
+    got = {p.path: p.detail for p in rep.problems if p.kind == "bad-json-page"}
+    assert set(got) == {"whl/cpu/ghost/index.json", "whl/index.json"} and len(rep.problems) == 2
+    assert "no index.html twin" in got["whl/cpu/ghost/index.json"] and "lists projects" in got["whl/index.json"]
+    rep = verify_mirror(root, repair=True)
+    assert rep.ok and not (root / "whl/cpu/ghost").exists()
+
+
+def test_repair_does_not_rebuild_from_hand_edited_html(mirror):
+    """When the HTML pages are not what the writer makes, the JSON is not rebuilt from them:
+    the problem stays and names the run that rebuilds every page."""
+    _up, root = mirror
+    torch = _wheel(root, "torch")
+    html_page = _json_page(root, "whl/cpu/torch/index.html")
+    html_page.write_text(html_page.read_text().replace("</body>", "<!-- edited by hand --></body>"))
+    page = _json_page(root)
+    page.write_text(page.read_text().replace(torch.sha256, "1" * 64))
+    gen = os.readlink(root / "whl")
+    rep = verify_mirror(root, repair=True)
+    assert [p.kind for p in rep.problems] == ["bad-json-page"] and not rep.ok
+    assert "not rebuilt: the live index.html pages are not the ones" in rep.problems[0].detail
+    assert "torchdepot mirror" in rep.problems[0].detail and os.readlink(root / "whl") == gen

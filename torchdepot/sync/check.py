@@ -17,6 +17,10 @@ looks for what a crash or a hand edit leaves behind:
   an interrupted run's download, or a superseded copy waiting for the post-commit cleanup;
 - ``dangling-link``: an index page under ``whl/`` linking to a file that is not in the
   manifest, whose ``#sha256`` disagrees with it, or that points outside the mirror.
+- ``bad-json-page``: a PEP 691 ``index.json`` under ``whl/`` that does not parse, whose file
+  entries name a file the manifest does not list (or outside the mirror) or with another
+  ``hashes.sha256`` or ``size``, or that lists other files (or projects) than its
+  ``index.html`` twin. One problem per page.
 
 ``partial``, ``temp``, ``staging`` and ``staged`` are leftovers of an interrupted run
 (:data:`LEFTOVER_KINDS`): no live page or manifest names them, so they are reported but
@@ -40,7 +44,12 @@ Repair (``repair=True``) is bounded by what the mirror itself chose:
   under ``.torchdepot/aside/<stamp>/``, never deleted.
 
 ``repair=True`` fixes missing, corrupt, partial, temp, staging and staged; a dangling link is fixed by the next sync
-(the index is rebuilt from the manifest), so it stays a problem here.
+(the index is rebuilt from the manifest), so it stays a problem here. A bad JSON page is
+rebuilt: the page writer (:func:`torchdepot.store.pages.build_pages`) is fed the records read
+back from the live ``whl/<acc>/<project>/index.html`` pages (sizes and upload times from the
+manifest) and, only when it gives back exactly the live HTML pages, its output is published
+as a new ``whl/`` generation (one symlink swap); otherwise the problem stays, naming the
+sync that rebuilds the pages.
 """
 
 from __future__ import annotations
@@ -61,9 +70,11 @@ from torchdepot.errors import TorchdepotError, UnsafePathError
 from torchdepot.fetch import Fetcher, FetchItem, HashCache, hash_present
 from torchdepot.store import layout as L
 from torchdepot.store import publication as pub
-from torchdepot.store.fsutil import MirrorLock
+from torchdepot.store.fsutil import MirrorLock, safe_join
 from torchdepot.net.hostpolicy import HostPolicy, default_policy
 from torchdepot.net.http import file_url_path
+from torchdepot.store.pages import IndexFile
+from torchdepot.store.simple_json import HTML_PAGE, JSON_PAGE
 
 # Root entries a mirror (or a unbundle) creates; anything else at the top is reported as unknown.
 ROOT_ENTRIES = frozenset({L.PACKAGES_DIR, L.CONDA_DIR, L.INDEX_LINK, L.PUBLISH_DIR, L.TARGETS_DIR, L.ENVS_DIR,
@@ -72,7 +83,7 @@ ROOT_ENTRIES = frozenset({L.PACKAGES_DIR, L.CONDA_DIR, L.INDEX_LINK, L.PUBLISH_D
 ROOT_ATOMIC = frozenset({L.MANIFEST_NAME, L.LANDING_NAME})
 
 
-ProblemKind = Literal["missing", "corrupt", "dangling-link", "orphan", "unknown", "partial", "temp", "staging",
+ProblemKind = Literal["missing", "corrupt", "dangling-link", "bad-json-page", "orphan", "unknown", "partial", "temp", "staging",
                       "staged"]
 KINDS: tuple[ProblemKind, ...] = get_args(ProblemKind)  # also the report's sort order
 # The mirror's own leftovers of an interrupted run: nothing live names them (reported, not NOT OK).
@@ -189,40 +200,151 @@ def _scan_leftovers(root: Path, listed: set[str], journal: frozenset[str] = froz
     return problems
 
 
-def _check_index(root: Path, manifest: mf.Manifest) -> list[Problem]:
-    """Every link on every page under ``whl/`` must resolve to a listed, hash-valid file."""
+def _link_key(root: Path, url: str) -> str | None:
+    """The path under ``root`` a page's (``file:``-resolved) link names, or None when it leaves the mirror."""
+    if urllib.parse.urlsplit(url).scheme != "file":
+        return None
+    try:
+        return file_url_path(url).relative_to(root).as_posix()
+    except ValueError:
+        return None
+
+
+def _check_html_page(root: Path, page_path: Path, by_path: dict[str, mf.FileEntry]) -> list[Problem]:
     from torchdepot.sources.pep503 import parse_html
 
-    whl = root / "whl"
+    # Resolve relative links against the page's logical URL (through the whl symlink), as pip does.
+    page = parse_html(page_path.read_bytes(), page_path.as_uri())
+    rel_page = _rel(root, page_path)
+    problems = []
+    for link in page.links:
+        key = _link_key(root, link.url)
+        if key is None:
+            problems.append(Problem("dangling-link", rel_page, f"links outside the mirror: {link.url}"))
+            continue
+        entry = by_path.get(key)
+        if entry is None:
+            problems.append(Problem("dangling-link", rel_page, f"links {key}, which manifest.json does not list"))
+        elif link.sha256 is not None and link.sha256 != entry.sha256:
+            problems.append(Problem("dangling-link", rel_page, f"links {key} with sha256 {link.sha256}, "
+                                                               f"manifest says {entry.sha256}"))
+    return problems
+
+
+def _json_page_issues(root: Path, page_path: Path, by_path: dict[str, mf.FileEntry]) -> list[str]:
+    """What is wrong with one PEP 691 ``index.json``: it must parse, every file entry must name
+    a listed file with its sha256 (and size), and it must list what its ``index.html`` twin lists."""
+    from torchdepot.sources.pep503 import parse_html
+    from torchdepot.sources.pep691 import parse_json
+
+    body = page_path.read_bytes()
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        return [f"not JSON ({exc})"]
+    if not isinstance(doc, dict) or not isinstance(doc.get("meta"), dict) or \
+            not (isinstance(doc.get("files"), list) or isinstance(doc.get("projects"), list)):
+        return ["not a PEP 691 page (no meta, or neither files nor projects)"]
+    page = parse_json(body, page_path.as_uri())
+    issues = [f"{n} {why}" for why, n in sorted(page.warnings.items())]
+    for link in page.links:
+        key = _link_key(root, link.url)
+        entry = by_path.get(key) if key is not None else None
+        if key is None:
+            issues.append(f"{link.filename}: url outside the mirror: {link.href}")
+        elif entry is None:
+            issues.append(f"{link.filename}: url {key}, which manifest.json does not list")
+        elif link.sha256 != entry.sha256:
+            issues.append(f"{link.filename}: hashes.sha256 {link.sha256}, manifest says {entry.sha256}")
+        elif link.size is not None and link.size != entry.size:
+            issues.append(f"{link.filename}: size {link.size}, manifest says {entry.size}")
+    twin = page_path.with_name(HTML_PAGE)
+    if not twin.is_file():
+        return issues + [f"no {HTML_PAGE} twin beside it"]
+    html = parse_html(twin.read_bytes(), twin.as_uri())
+    listed, twin_listed = {ln.url for ln in page.links}, {ln.url for ln in html.links}
+    if listed != twin_listed:
+        only = sorted(listed - twin_listed)[:1] or sorted(twin_listed - listed)[:1]
+        issues.append(f"lists {len(listed)} files, its {HTML_PAGE} twin {len(twin_listed)} "
+                      f"(first difference: {only[0].rsplit('/', 1)[-1]})")
+    if sorted(set(page.projects)) != sorted(set(html.projects)):
+        issues.append(f"lists projects {sorted(set(page.projects))[:5]}, its {HTML_PAGE} twin "
+                      f"{sorted(set(html.projects))[:5]}")
+    return issues
+
+
+def _check_index(root: Path, manifest: mf.Manifest) -> list[Problem]:
+    """Every link on every page under ``whl/`` must resolve to a listed, hash-valid file, and
+    every PEP 691 ``index.json`` must agree with the manifest and with its ``index.html`` twin
+    (one ``bad-json-page`` problem per page: the page is rebuilt whole)."""
+    whl = root / L.INDEX_LINK
     if not whl.is_dir():
         return []
     by_path = manifest.by_path()
     problems = []
     for dirpath, _dirs, files in os.walk(whl, followlinks=False):
         for name in files:
-            if not name.endswith(".html"):
-                continue
             page_path = Path(dirpath) / name
-            # Resolve relative links against the page's logical URL (through the whl symlink), as pip does.
-            page = parse_html(page_path.read_bytes(), page_path.as_uri())
-            rel_page = _rel(root, page_path)
-            for link in page.links:
-                if urllib.parse.urlsplit(link.url).scheme != "file":
-                    problems.append(Problem("dangling-link", rel_page, f"links outside the mirror: {link.url}"))
-                    continue
-                target = file_url_path(link.url)
-                try:
-                    key = target.relative_to(root).as_posix()
-                except ValueError:
-                    problems.append(Problem("dangling-link", rel_page, f"links outside the mirror: {link.url}"))
-                    continue
-                entry = by_path.get(key)
-                if entry is None:
-                    problems.append(Problem("dangling-link", rel_page, f"links {key}, which manifest.json does not list"))
-                elif link.sha256 is not None and link.sha256 != entry.sha256:
-                    problems.append(Problem("dangling-link", rel_page, f"links {key} with sha256 {link.sha256}, "
-                                                                       f"manifest says {entry.sha256}"))
+            if name.endswith(".html"):
+                problems += _check_html_page(root, page_path, by_path)
+            elif name == JSON_PAGE:
+                issues = _json_page_issues(root, page_path, by_path)
+                if issues:
+                    more = f" (+{len(issues) - 3} more)" if len(issues) > 3 else ""
+                    problems.append(Problem("bad-json-page", _rel(root, page_path), "; ".join(issues[:3]) + more))
     return problems
+
+
+def _live_index_files(root: Path, manifest: mf.Manifest) -> dict[str, list[IndexFile]] | None:
+    """The live ``whl/<acc>/<project>/index.html`` pages read back into the records the page
+    writer builds from (sizes and upload times from the manifest), or None when a page links
+    something the manifest does not list."""
+    from torchdepot.sources.pep503 import parse_html
+
+    whl = root / L.INDEX_LINK
+    by_path = manifest.by_path()
+    variants: dict[str, list[IndexFile]] = {}
+    for acc_dir in sorted(p for p in whl.iterdir() if p.is_dir()):
+        for page_path in sorted(acc_dir.glob(f"*/{HTML_PAGE}")):
+            page = parse_html(page_path.read_bytes(), page_path.as_uri())
+            for link in page.links:
+                key = _link_key(root, link.url)
+                entry = by_path.get(key) if key is not None else None
+                if entry is None:
+                    return None
+                variants.setdefault(acc_dir.name, []).append(IndexFile(
+                    page_path.parent.name, key.rsplit("/", 1)[-1], key, entry.sha256, link.requires_python,
+                    link.metadata_sha256, size=entry.size, upload_time=entry.upload_time))
+    return variants
+
+
+def _rebuild_json_pages(root: Path, manifest: mf.Manifest) -> str | None:
+    """Publish a new ``whl/`` generation whose JSON twins are rebuilt by the page writer from
+    the live HTML pages (through one atomic symlink swap). -> None when done, else why not:
+    only when the writer, fed the live pages' records, gives back exactly the live HTML pages
+    is it certain the new JSON says what the HTML says."""
+    from torchdepot.store.pages import build_pages, current_generation, install_generation, new_build_dir, prune
+
+    variants = _live_index_files(root, manifest)
+    if variants is None:
+        return "the index.html pages link files manifest.json does not list"
+    pages = build_pages(variants)
+    whl = root / L.INDEX_LINK
+    live = {_rel(whl, p): p.read_bytes() for p in whl.rglob("*.html") if p.is_file()}
+    if live != {k: v for k, v in pages.items() if k.endswith(".html")}:
+        return "the live index.html pages are not the ones the page writer makes from them"
+    # Not pages.publish: the generation is named by its pages' hash, which the damaged live
+    # generation already bears (it was damaged in place), so publish would see nothing to do.
+    live_gen = current_generation(root)
+    gen = f"repair-{time.time_ns()}"
+    build = new_build_dir(root, gen)
+    for rel, data in pages.items():
+        path = safe_join(build / L.INDEX_LINK, rel)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    install_generation(root, build, gen)
+    prune(root, keep={gen, live_gen} - {None})  # the old one stays for a reader mid-install
+    return None
 
 
 def _remove(root: Path, rel: str) -> None:
@@ -377,6 +499,20 @@ def _repair(root: Path, manifest: mf.Manifest, problems: list[Problem], client, 
     return out
 
 
+def _repair_json_pages(root: Path, manifest: mf.Manifest, problems: list[Problem]) -> list[Problem]:
+    """Rebuild the JSON twins (a new generation) and check again: what is gone is repaired."""
+    why = _rebuild_json_pages(root, manifest)
+    if why is not None:
+        return [Problem(p.kind, p.path, f"{p.detail}; not rebuilt: {why} (the next `torchdepot mirror` run "
+                                        "rebuilds every page from manifest.json)") if p.kind == "bad-json-page" else p
+                for p in problems]
+    after = _check_index(root, manifest)
+    still = {(p.kind, p.path) for p in after}
+    fixed = [Problem(p.kind, p.path, p.detail + "; rebuilt from its index.html twin", True)
+             for p in problems if p.kind == "bad-json-page" and (p.kind, p.path) not in still]
+    return fixed + after
+
+
 def verify_mirror(root: Path, repair: bool = False, client=None, *, trust_cache: bool = False,
                   check_index: bool = True, clean: bool = False, policy: RepairPolicy | None = None,
                   move_unknown: bool = False) -> VerifyReport:
@@ -410,7 +546,10 @@ def verify_mirror(root: Path, repair: bool = False, client=None, *, trust_cache:
         # runs forgets only what is gone (a widened manifest's entries may still be superseded).
         pub.forget(root, [p for p in journal if (clean and p in listed) or not (root / p).exists()])
     if check_index:
-        problems += _check_index(root, manifest)
+        index_problems = _check_index(root, manifest)
+        if repair and any(p.kind == "bad-json-page" for p in index_problems):
+            index_problems = _repair_json_pages(root, manifest, index_problems)
+        problems += index_problems
     report.problems = sorted(problems, key=lambda p: (KINDS.index(p.kind), p.path, p.detail))
     return report
 
