@@ -49,7 +49,7 @@ from torchdepot.spec.mirror import TORCH_PROJECTS, MirrorSpec, PipTarget
 from torchdepot.store import manifest as mf
 from torchdepot.store.fsutil import MirrorLock, safe_join
 from torchdepot.store import layout as L
-from torchdepot.store.layout import MANIFEST_NAME, TARGETS_DIR
+from torchdepot.store.layout import MANIFEST_NAME
 from torchdepot.store import publication
 from torchdepot.store.pages import IndexFile, ensure_metadata
 from torchdepot.sync import lifecycle
@@ -461,10 +461,10 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
                                releases=list(result.releases),
                                last_sync=_sync_record(started, "unchecked", ""))
         # journaled before the commit: a kill before _remove leaves staged leftovers, not orphans
-        publication.record(out, lifecycle.removed_paths(result.removals))
+        publication.record(out, lifecycle.removed_paths(result.removals) | lifecycle.target_dirs(tset.dropped))
         write_landing(out, manifest)
         mf.save(out, manifest)
-        _remove(out, result.removals, tset.dropped)
+        _remove(out, result.removals, {t.id for t in targets})
         check = _verify_published(out, result, echo)
         result.verify = "ok" if check.ok else "NOT OK"
         manifest = replace(manifest, last_sync=_sync_record(started, result.verify, check.summary()))
@@ -479,16 +479,19 @@ def _sync_record(started: float, verify: str, detail: str) -> mf.SyncRecord:
     return mf.SyncRecord(finished=now, seconds=round(time.monotonic() - started, 3), verify=verify, detail=detail)
 
 
-def _remove(out: Path, removals: list[lifecycle.Removal], dropped: tuple[mf.RecordedTarget, ...]) -> None:
+def _remove(out: Path, removals: list[lifecycle.Removal], live: set[str]) -> None:
     """Delete what the new manifest no longer lists (the mirror's own files, already unlisted
-    and unindexed), and the per-target folders of pruned targets."""
+    and unindexed), and the journaled per-target folders of targets not ``live`` (pruned now
+    or by a killed run)."""
     for r in removals:
         for path in r.paths:
             safe_join(out, path).unlink(missing_ok=True)
-    for t in dropped:
-        folder = safe_join(out, f"{TARGETS_DIR}/{t.id}")
+    stale, forget = lifecycle.stale_target_dirs(publication.load_journal(out), live)
+    for rel in sorted(stale):
+        folder = safe_join(out, rel)
         if folder.is_dir() and not folder.is_symlink():
             shutil.rmtree(folder)
+    publication.forget(out, forget)
 
 
 def _verify_published(out: Path, result: MirrorResult, echo: Echo):
@@ -497,7 +500,7 @@ def _verify_published(out: Path, result: MirrorResult, echo: Echo):
     check = verify_mirror(out, trust_cache=True, clean=True)  # drops leftovers of killed runs
     if check.ok:
         return check
-    serious = [p for p in check.unrepaired if p.kind in ("missing", "corrupt", "dangling-link")]
+    serious = [p for p in check.unrepaired if p.kind in ("missing", "corrupt", "dangling-link", "bad-json-page")]
     for p in check.unrepaired[:10]:
         msg = f"verify-mirror: {p.kind}: {p.path}: {p.detail}"
         result.messages.append(msg)
