@@ -198,6 +198,31 @@ def test_project_page_as_named_then_normalised(tmp_path):
         assert project_page(reader, srv.url, "nope") is None
 
 
+def test_reader_bounds_a_dripping_page_and_a_declared_size():
+    """The reader has the client's whole-page deadline (a drip never trips the read timeout,
+    so without it ls, doctor and a sync would wait on one page) and checks Content-Length first."""
+    import time
+
+    from tests.faultserver import Fault, FaultServer
+    from torchdepot.errors import UpstreamError
+    from torchdepot.net.http import Client, HttpConfig
+
+    with FaultServer() as up:
+        url = up.add("/whl/cpu/torch/", b"<html>" + b" " * 90_000 + b"</html>", "text/html")
+        up.always("/whl/cpu/torch/", Fault("drip", rate=2_000))  # would take 45 s
+        big = up.add("/whl/big/torch/", b" " * 300_000, "text/html")
+        client = Client(HttpConfig(retries=0, connect_timeout=2.0, read_timeout=2.0, page_deadline=1.0,
+                                   max_page_bytes=100_000))
+        reader = UpstreamReader(client, default_policy([up.url]))
+        t = time.monotonic()
+        with pytest.raises(UpstreamError, match="page not complete after 1 s") as exc:
+            reader.page(url)
+        assert url in str(exc.value) and "\n" not in str(exc.value) and time.monotonic() - t < 4.0
+        # refused on the declared size, before the body is read (the streamed check says "body exceeds")
+        with pytest.raises(UpstreamError, match="body of 300000 bytes exceeds the 100000-byte limit"):
+            reader.page(big)
+
+
 # -- the HTML scanner is linear and never raises on adversarial pages ---------------------
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402

@@ -257,7 +257,7 @@ class Client:
             return read_file_url(url, self.config.max_page_bytes)
         resp = self.request("GET", url, headers=headers, stream=True)
         expired = threading.Event()
-        watchdog = threading.Timer(self.config.page_deadline, _cut, args=(resp, expired))
+        watchdog = threading.Timer(self.config.page_deadline, cut_connection, args=(resp, expired))
         watchdog.daemon = True
         watchdog.start()
         try:
@@ -285,7 +285,7 @@ class Client:
             resp.close()
 
 
-def _cut(resp: requests.Response, expired: threading.Event) -> None:
+def cut_connection(resp: requests.Response, expired: threading.Event) -> None:
     """Past the page deadline: shut the connection down, so the read blocked in the other
     thread returns (closing the response object alone does not wake a blocked recv)."""
     expired.set()

@@ -8,6 +8,8 @@ Every byte the sync learns about upstream comes through an :class:`UpstreamReade
   port), so a mirror that redirects to a host nobody allowed is a missing page, counted;
 - each URL is requested at most once per run (pages and metadata are cached, with one
   lock per URL so concurrent resolver requests never fetch the same page twice);
+- a body is bounded in bytes (the caller's limit, a declared Content-Length checked first)
+  and in time (the client's ``page_deadline`` for the whole body);
 - a page that does not exist (HTTP 404/410 by :attr:`HttpStatusError.status`, or a
   missing ``file://`` path) is ``None``; other failures raise :class:`UpstreamError`.
 
@@ -41,7 +43,7 @@ from torchdepot.errors import ParseError, UpstreamError
 from torchdepot.model.presets import Layout, preset_for
 from torchdepot.model.wheelname import WheelFile, parse_wheel
 from torchdepot.net.hostpolicy import HostPolicy
-from torchdepot.net.http import Client, HttpStatusError, file_url_path
+from torchdepot.net.http import Client, HttpStatusError, cut_connection, file_url_path
 from torchdepot.sources.links import Link, Page, warnings_summary
 from torchdepot.sources.pep691 import ACCEPT, parse_response
 from torchdepot.sources.variants import is_variants_json
@@ -109,18 +111,31 @@ class UpstreamReader:
         resp = self.open(url, kind, headers)
         if resp is None:
             return None
+        # a whole-body deadline: a server dripping a byte per recv never trips the read timeout
+        deadline = self.client.config.page_deadline
+        expired = threading.Event()
+        watchdog = threading.Timer(deadline, cut_connection, args=(resp, expired))
+        watchdog.daemon = True
+        watchdog.start()
+        gave_up = f"{url}: page not complete after {deadline:g} s; gave up"
         try:
+            declared = resp.headers.get("Content-Length")
+            if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
+                raise UpstreamError(f"{url}: body of {int(declared)} bytes exceeds the {limit}-byte limit")
             chunks, total = [], 0
             for chunk in resp.iter_content(256 * 1024):
                 total += len(chunk)
                 if total > limit:
                     raise UpstreamError(f"{url}: body exceeds the {limit}-byte limit")
                 chunks.append(chunk)
+            if expired.is_set():
+                raise UpstreamError(gave_up)
             hdrs = {k.lower(): v for k, v in resp.headers.items()}
             return Body(b"".join(chunks), resp.url, hdrs.get("content-type"), resp.status_code, hdrs)
         except (OSError, requests.RequestException) as exc:
-            raise UpstreamError(f"{url}: {exc}") from None
+            raise UpstreamError(gave_up if expired.is_set() else f"{url}: {exc}") from None
         finally:
+            watchdog.cancel()
             resp.close()
 
     def open(self, url: str, kind: str, headers: dict | None = None) -> requests.Response | None:
