@@ -101,3 +101,30 @@ def test_unreachable_source_fails_fast_in_one_line(argv):
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("torchdepot: error: "), proc.stderr
     assert f"127.0.0.1:{port}" in proc.stderr
     assert took < 20, took
+
+
+def test_ls_reads_through_the_one_upstream_reader():
+    """`ls` reads each page once through sources.upstream.UpstreamReader, so a redirect to
+    another origin (here another port on the index's host) is refused in one line."""
+    from click.testing import CliRunner
+
+    from tests.faultserver import Fault, FaultServer
+    from torchdepot.cli import main
+    from torchdepot.site.availability import index_wheels
+
+    page = (b'<a href="torch-2.5.1%2Bcpu-cp311-cp311-linux_x86_64.whl">a</a>'
+            b'<a href="torch-2.5.1%2Bcu121-cp311-cp311-linux_x86_64.whl">b</a><a href="notes.txt">n</a>')
+    with FaultServer() as up, FaultServer() as other:
+        up.add("/whl/torch/", page, "text/html")
+        listing = index_wheels(up.url + "/whl", ["torch"], {"cpu"}, "3.11", "linux-x86_64")
+        assert [w.filename for _, w in listing.items] == ["torch-2.5.1+cpu-cp311-cp311-linux_x86_64.whl"]
+        assert listing.requests == 1 and up.hits["/whl/torch/"] == 1
+        assert listing.skipped == f"{up.url}/whl: skipped 1 entries (1 not a wheel)"
+
+        other.add("/whl/torch/", page, "text/html")
+        up.add("/moved/torch/", b"", "text/html")
+        up.always("/moved/torch/", Fault("redirect", location=other.url + "/whl/torch/"))
+        res = CliRunner().invoke(main, ["ls", "--index", up.url + "/moved", "--package", "torch"])
+    assert res.exit_code == 1 and res.stderr.count("\n") == 1, res.output
+    assert res.stderr.startswith(f"torchdepot: error: {up.url}/moved/torch/: redirect to {other.url}/whl/torch/ refused")
+    assert other.hits["/whl/torch/"] == 0
