@@ -20,7 +20,8 @@ I/O. The rules (issue 14 part 1):
   records in the publication journal (:func:`torchdepot.store.publication.record`) before it
   saves the manifest that unlists them: a run killed between that commit and the deletion
   leaves ``staged`` leftovers (not ``orphan`` files), which ``verify-mirror`` accepts and the
-  next sync removes.
+  next sync removes. A pruned target's folder (``targets/<id>/``, its pylock.toml) is journaled
+  too: :func:`stale_target_dirs` finds one a killed run left, and the next sync removes it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from packaging.version import InvalidVersion, Version
 from torchdepot.model.sizes import format_size
 from torchdepot.spec.mirror import PipTarget
 from torchdepot.store import manifest as mf
-from torchdepot.store.layout import PACKAGES_DIR
+from torchdepot.store.layout import PACKAGES_DIR, TARGETS_DIR
 
 METADATA_SUFFIX = ".metadata"
 
@@ -58,6 +59,19 @@ class Removal:
 def removed_paths(removals: tuple[Removal, ...] | list[Removal]) -> frozenset[str]:
     """Every file the ``removals`` delete: what is journaled before the commit that unlists them."""
     return frozenset(p for r in removals for p in r.paths)
+
+
+def target_dirs(targets: tuple[mf.RecordedTarget, ...]) -> frozenset[str]:
+    """The per-target folders (``targets/<id>``) of ``targets``, as journal paths."""
+    return frozenset(f"{TARGETS_DIR}/{t.id}" for t in targets)
+
+
+def stale_target_dirs(journal: frozenset[str], live: set[str]) -> tuple[frozenset[str], frozenset[str]]:
+    """(remove, forget): journaled target folders whose target is not ``live`` (pruned, maybe by
+    a killed run) go; those of live targets (a killed prune was not repeated) leave the journal."""
+    dirs = {p for p in journal if p.startswith(TARGETS_DIR + "/") and p.count("/") == 1}
+    stale = frozenset(p for p in dirs if p.split("/", 1)[1] not in live)
+    return stale, frozenset(dirs) - stale
 
 
 def as_pip_target(r: mf.RecordedTarget) -> PipTarget:
