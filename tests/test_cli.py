@@ -77,6 +77,7 @@ def hostile_runs(root: Path) -> list[list[str]]:
         ["publish", "--to", str(root / "pub"), "--mirror", bad, "--dry-run"],
         ["recipes", "build", "--wheel", b, "--out", str(root / "rout")],
         ["serve", "--root", d, "--nginx-config"],
+        ["status", bad], ["status", d], ["status", lst], ["status", "--json", bad],
         ["verify", str(root / "badmirror"), "--mirror", bad],
         ["verify-mirror", bad], ["verify-mirror", d], ["verify-mirror", lst],
     ]

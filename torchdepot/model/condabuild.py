@@ -154,7 +154,7 @@ def record_from_repodata(channel: str, subdir: str, filename: str, rec: dict) ->
     if not all(isinstance(x, str) for x in (name, version, build)):
         raise ParseError(f"{filename!r}: record lacks name/version/build")
     if (name, version, build) != (fname, fver, fbuild):
-        raise ParseError(f"{filename!r}: record says {name}-{version}-{build}")
+        raise ParseError(f"{filename!r}: record says {f'{name}-{version}-{build}'!r}")  # repr: upstream text stays one line
     parsed = parse_build_string(build)
     bn = rec.get("build_number")
     if not isinstance(bn, int) or isinstance(bn, bool):
