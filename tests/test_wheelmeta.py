@@ -9,6 +9,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.kit.wheels import build_wheel
 from torchdepot.errors import TorchdepotError, UpstreamError
@@ -16,7 +18,7 @@ from torchdepot.net.hostpolicy import default_policy
 from torchdepot.net.http import Client, HttpConfig
 from torchdepot.sources.upstream import UpstreamReader
 from torchdepot.sources.wheelmeta import remote_metadata
-from torchdepot.store.pages import MAX_METADATA_BYTES, wheel_metadata
+from torchdepot.store.pages import MAX_METADATA_BYTES, requires_python_of, wheel_metadata
 
 
 def _bomb(path: Path, size: int) -> Path:
@@ -98,3 +100,27 @@ def test_remote_metadata_bomb_is_one_upstream_error(tmp_path, served):
     with pytest.raises(UpstreamError, match="cap for METADATA") as exc:
         remote_metadata(_reader(url), url, "bomb")
     assert "\n" not in str(exc.value)
+
+
+@settings(deadline=None)
+@given(st.binary(max_size=2000))
+def test_any_metadata_bytes_are_read_and_parsed_without_a_crash(tmp_path_factory, metadata):
+    """Wheel METADATA is external input: whatever bytes it holds, reading it returns them and
+    its Requires-Python is a string or None; nothing else is raised."""
+    path = tmp_path_factory.mktemp("w") / "fuzz-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("fuzz-1.0.dist-info/METADATA", metadata)
+    assert wheel_metadata(path, "fuzz") == metadata
+    rp = requires_python_of(metadata)
+    assert rp is None or isinstance(rp, str)
+
+
+@settings(deadline=None)
+@given(st.binary(max_size=4000))
+def test_any_wheel_bytes_give_metadata_or_one_line(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("w") / "fuzz-1.0-py3-none-any.whl"
+    path.write_bytes(data)
+    try:
+        wheel_metadata(path, "fuzz")
+    except TorchdepotError as exc:
+        assert "\n" not in str(exc)
