@@ -1,13 +1,17 @@
 """Downloads into a mirror root: parallel, segmented over several connections for large
-files, resumable, hash-checked, bounded (see :mod:`torchdepot.fetch.engine` for the
-invariants, :mod:`.pieces` for the resume state, :mod:`.bounds` for the rate floor and
-:mod:`.progress` for the display and ``--json`` events)."""
+files, resumable, hash-checked, bounded. :mod:`.engine` orchestrates and publishes (the
+"nothing lost" invariants); :mod:`.items` holds the items, results and hash cache;
+:mod:`.pool` the socket caps, the policed request and the time bounds; :mod:`.single` the
+one-connection resumed download; :mod:`.segmented` the byte-range pieces and
+:mod:`.pieces` their resume state; :mod:`.bounds` the rate floor; :mod:`.progress` the
+display and ``--json`` events."""
 
 from torchdepot.fetch.bounds import DEFAULT_MIN_RATE, DEFAULT_RATE_WINDOW, RateFloor
-from torchdepot.fetch.engine import (DEFAULT_CONNECTIONS, DEFAULT_CONNECTIONS_PER_HOST, DEFAULT_PIECE_BYTES,
-                                     DEFAULT_SPLIT_BYTES, FetchItem, Fetcher, FetchReport,
-                                     FetchResult, HashCache, fetch_items, hash_present, looks_like_html)
+from torchdepot.fetch.engine import Fetcher, fetch_items
+from torchdepot.fetch.items import FetchItem, FetchReport, FetchResult, HashCache, hash_present, looks_like_html
+from torchdepot.fetch.pool import DEFAULT_CONNECTIONS, DEFAULT_CONNECTIONS_PER_HOST
 from torchdepot.fetch.progress import ProgressEvent
+from torchdepot.fetch.segmented import DEFAULT_PIECE_BYTES, DEFAULT_SPLIT_BYTES
 from torchdepot.net.http import retry_after_seconds
 
 __all__ = ["DEFAULT_CONNECTIONS", "DEFAULT_CONNECTIONS_PER_HOST", "DEFAULT_MIN_RATE", "DEFAULT_PIECE_BYTES",

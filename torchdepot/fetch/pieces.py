@@ -6,6 +6,8 @@ Invariants:
 - the sidecar (``<partial>.pieces.json``) lists only pieces whose every byte is already in
   the partial file; it is written atomically after the piece's bytes, so a killed process
   leaves the old list or the new one, never a piece claimed done that is not written;
+- a partial file is dropped together with its sidecar (:func:`drop_partial`), so no
+  sidecar outlives the bytes it describes;
 - a sidecar is trusted only for the same size, piece layout and validators (ETag,
   Last-Modified): anything else means the upstream file changed, and the partial is
   discarded.
@@ -13,6 +15,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -121,6 +124,18 @@ def save_state(part: Path, state: PieceState) -> None:
     has to survive a killed process, as the piece bytes it describes do (page cache). After
     a power loss the assembled file's hash check still refuses a hole."""
     path = sidecar_path(part)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = _sidecar_tmp(path)
     tmp.write_text(state.to_json(), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def _sidecar_tmp(side: Path) -> Path:
+    return side.with_name(side.name + ".tmp")
+
+
+def drop_partial(part: Path) -> None:
+    """Remove a partial file with its sidecar (and a sidecar write a kill left behind)."""
+    side = sidecar_path(part)
+    for p in (part, side, _sidecar_tmp(side)):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
