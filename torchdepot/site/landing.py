@@ -109,9 +109,17 @@ def _label(path: str) -> str | None:
         return None
 
 
+def _index_of(t: Target) -> str:
+    return t.index or f"whl/{t.accelerator}"
+
+
+def _channel_of(t: Target) -> str:
+    return t.channel or "conda"
+
+
 def _pip_commands(v: Variant, root: Path, at: Address) -> list[str]:
     t = v.target
-    index = t.index or f"whl/{t.accelerator}"
+    index = _index_of(t)
     reqs = " ".join([f"torch=={html.escape(v.torch_version)}"] + [f"{n}=={html.escape(ver)}" for n, ver in v.companions])
     if v.label:  # pip does not install PEP 825 variant wheels yet; uv does, behind a preview flag
         return [f'<p class="driver">PEP 825 variant wheel, label <code>{html.escape(v.label)}</code>: install with '
@@ -129,7 +137,7 @@ def _pip_commands(v: Variant, root: Path, at: Address) -> list[str]:
 
 def _conda_commands(v: Variant, at: Address) -> list[str]:
     t = v.target
-    channel = t.channel or "conda"
+    channel = _channel_of(t)
     torch = next(p for p in t.packages if p.name in TORCH_NAMES)
     spec = f"pytorch={torch.version}" + (f"={torch.build}" if torch.build else "")
     return [_cmd(f"conda install --override-channels -c {at.url('/' + channel)} {html.escape(spec)}"),
@@ -152,89 +160,121 @@ _SCRIPT = """<script>
 </script>"""
 
 
-def render(manifest: Manifest, root: Path, base: str | None = None) -> str:
-    """The page; ``base`` fixes the mirror address in every command (else the script fills it)."""
-    at = Address(base)
-    vs = variants(manifest)
-    columns = sorted({(v.target.platform, v.target.python) for v in vs},
-                     key=lambda c: (c[0], tuple(int(x) for x in c[1].split(".") if x.isdigit())))
-    rows: dict[tuple[str, str], dict[tuple[str, str], list[Variant]]] = defaultdict(lambda: defaultdict(list))
+Column = tuple[str, str]  # (platform, python): a column of the matrix
+Row = tuple[str, str]  # (public torch version, accelerator): a row of the matrix
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """The matrix table's HTML: its two header rows and one ``<tr>`` per row, in page order."""
+
+    head1: str
+    head2: str
+    rows: tuple[str, ...]
+
+
+def _grid(vs: list[Variant]) -> dict[Row, dict[Column, list[Variant]]]:
+    rows: dict[Row, dict[Column, list[Variant]]] = defaultdict(lambda: defaultdict(list))
     for v in vs:
         rows[(v.public_version, v.target.accelerator)][(v.target.platform, v.target.python)].append(v)
+    return rows
+
+
+def _row_order(rows: dict[Row, dict[Column, list[Variant]]]) -> list[Row]:
     # newest torch first; within a version newest GPU stack first, cpu last (two stable sorts)
     row_keys = sorted(rows, key=lambda r: _acc_key(r[1]))
-    row_keys = sorted(row_keys, key=lambda r: _version_key(r[0]), reverse=True)
+    return sorted(row_keys, key=lambda r: _version_key(r[0]), reverse=True)
 
+
+def _matrix_cell(here: list[Variant]) -> str:
+    if not here:
+        return '<td class="none">—</td>'
+    tid = here[0].target.id
+    kinds = " ".join(f'<span class="kind">{k}</span>' for k in sorted({v.kind for v in here}))
+    size = max(v.torch_size for v in here)
+    return (f'<td class="have" data-variant="{html.escape(tid)}"><a href="#{html.escape(tid)}">'
+            f'{format_size(size)}</a> {kinds}</td>')
+
+
+def _matrix_row(row: Row, cells: dict[Column, list[Variant]], columns: list[Column]) -> str:
+    version, acc = row
+    drv = min_nvidia_driver(accelerator_from_dir(acc)) if accelerator_from_dir(acc) else None
+    drv_html = f'<br/><small>driver ≥ {html.escape(drv)}</small>' if drv else ""
+    labels = sorted({v.label for col in cells.values() for v in col if v.label})
+    drv_html += "".join(f'<br/><small class="label">variant {html.escape(lb)}</small>' for lb in labels)
+    return (f'<tr><th scope="row">torch {html.escape(version)}</th><th scope="row">{html.escape(acc)}{drv_html}</th>'
+            + "".join(_matrix_cell(cells.get(col, [])) for col in columns) + "</tr>")
+
+
+def _matrix(vs: list[Variant]) -> Matrix:
+    """Torch versions x accelerators (rows) by platforms x Pythons (columns)."""
+    columns = sorted({(v.target.platform, v.target.python) for v in vs},
+                     key=lambda c: (c[0], tuple(int(x) for x in c[1].split(".") if x.isdigit())))
+    grid = _grid(vs)
     platforms = sorted({c[0] for c in columns})
-    head1 = "".join(f'<th colspan="{sum(1 for c in columns if c[0] == p)}">{html.escape(p)}</th>' for p in platforms)
-    head2 = "".join(f"<th>Python {html.escape(py)}</th>" for _, py in columns)
-    body = []
-    for version, acc in row_keys:
-        cells = []
-        for col in columns:
-            here = rows[(version, acc)].get(col, [])
-            if not here:
-                cells.append('<td class="none">—</td>')
-                continue
-            tid = here[0].target.id
-            kinds = " ".join(f'<span class="kind">{k}</span>' for k in sorted({v.kind for v in here}))
-            size = max(v.torch_size for v in here)
-            cells.append(f'<td class="have" data-variant="{html.escape(tid)}"><a href="#{html.escape(tid)}">'
-                         f'{format_size(size)}</a> {kinds}</td>')
-        drv = min_nvidia_driver(accelerator_from_dir(acc)) if accelerator_from_dir(acc) else None
-        drv_html = f'<br/><small>driver ≥ {html.escape(drv)}</small>' if drv else ""
-        labels = sorted({v.label for col in rows[(version, acc)].values() for v in col if v.label})
-        drv_html += "".join(f'<br/><small class="label">variant {html.escape(lb)}</small>' for lb in labels)
-        body.append(f'<tr><th scope="row">torch {html.escape(version)}</th><th scope="row">{html.escape(acc)}{drv_html}</th>'
-                    + "".join(cells) + "</tr>")
+    return Matrix(
+        head1="".join(f'<th colspan="{sum(1 for c in columns if c[0] == p)}">{html.escape(p)}</th>' for p in platforms),
+        head2="".join(f"<th>Python {html.escape(py)}</th>" for _, py in columns),
+        rows=tuple(_matrix_row(row, grid[row], columns) for row in _row_order(grid)))
 
-    sections = []
+
+def _driver_note(accelerator: str) -> str:
+    """The driver a target's build needs ('' for an accelerator without a note)."""
+    acc = accelerator_from_dir(accelerator)
+    if acc is not None and acc.kind == "cuda":
+        linux, windows = min_nvidia_driver(acc, "linux"), min_nvidia_driver(acc, "windows")
+        return (f'<p class="driver">CUDA {html.escape(acc.cuda_version or "")}: needs NVIDIA driver '
+                f'≥ <b>{html.escape(linux or "?")}</b> on Linux, ≥ <b>{html.escape(windows or "?")}</b> on Windows '
+                "(check with <code>nvidia-smi</code> or <code>torchdepot doctor</code>).</p>")
+    if acc is not None and acc.kind == "cpu":
+        return '<p class="driver">CPU build: runs anywhere, no GPU driver needed.</p>'
+    return ""
+
+
+def _variant_block(v: Variant, root: Path, at: Address) -> list[str]:
+    """One variant's heading (sizes and links) and its install commands."""
+    tid = v.target.id
+    if v.kind == "pip":
+        index = _index_of(v.target)
+        links = [f'<a href="{html.escape(index)}/">{html.escape(index)}/</a>']
+        cmds = _pip_commands(v, root, at)
+    else:
+        channel = _channel_of(v.target)
+        links = [f'<a href="{html.escape(channel)}/{html.escape(v.target.subdir or "noarch")}/repodata.json">'
+                 f'{html.escape(channel)}/{html.escape(v.target.subdir or "")}</a>']
+        cmds = _conda_commands(v, at)
+    if (root / "envs" / tid).is_dir():
+        links.append(f'<a href="envs/{html.escape(tid)}/">envs/{html.escape(tid)}/</a>')
+    return [f'<h4>{v.kind}: torch {html.escape(v.torch_version)} — {format_size(v.torch_size)} '
+            f'(environment {format_size(v.total_size)}) · {" · ".join(links)}</h4>', *cmds]
+
+
+def _sections(vs: list[Variant], root: Path, at: Address) -> list[str]:
+    """One ``<section>`` per target id (pip before conda), ordered like the matrix's accelerators."""
     by_id: dict[str, list[Variant]] = defaultdict(list)
     for v in vs:
         by_id[v.target.id].append(v)
+    sections = []
     for tid in sorted(by_id, key=lambda i: (_acc_key(by_id[i][0].target.accelerator), i)):
         group = sorted(by_id[tid], key=lambda v: v.kind, reverse=True)
-        t = group[0].target
-        acc = accelerator_from_dir(t.accelerator)
-        drivers = ""
-        if acc is not None and acc.kind == "cuda":
-            linux, windows = min_nvidia_driver(acc, "linux"), min_nvidia_driver(acc, "windows")
-            drivers = (f'<p class="driver">CUDA {html.escape(acc.cuda_version or "")}: needs NVIDIA driver '
-                       f'≥ <b>{html.escape(linux or "?")}</b> on Linux, ≥ <b>{html.escape(windows or "?")}</b> on Windows '
-                       "(check with <code>nvidia-smi</code> or <code>torchdepot doctor</code>).</p>")
-        elif acc is not None and acc.kind == "cpu":
-            drivers = '<p class="driver">CPU build: runs anywhere, no GPU driver needed.</p>'
-        parts = [f'<section class="variant" id="{html.escape(tid)}"><h3>{html.escape(tid)}</h3>', drivers]
+        parts = [f'<section class="variant" id="{html.escape(tid)}"><h3>{html.escape(tid)}</h3>',
+                 _driver_note(group[0].target.accelerator)]
         for v in group:
-            links = []
-            if v.kind == "pip":
-                index = v.target.index or f"whl/{v.target.accelerator}"
-                links.append(f'<a href="{html.escape(index)}/">{html.escape(index)}/</a>')
-                cmds = _pip_commands(v, root, at)
-            else:
-                channel = v.target.channel or "conda"
-                links.append(f'<a href="{html.escape(channel)}/{html.escape(v.target.subdir or "noarch")}/repodata.json">'
-                             f'{html.escape(channel)}/{html.escape(v.target.subdir or "")}</a>')
-                cmds = _conda_commands(v, at)
-            if (root / "envs" / tid).is_dir():
-                links.append(f'<a href="envs/{html.escape(tid)}/">envs/{html.escape(tid)}/</a>')
-            parts.append(f'<h4>{v.kind}: torch {html.escape(v.torch_version)} — {format_size(v.torch_size)} '
-                         f'(environment {format_size(v.total_size)}) · {" · ".join(links)}</h4>')
-            parts += cmds
+            parts += _variant_block(v, root, at)
         parts.append("</section>")
         sections.append("\n".join(p for p in parts if p))
+    return sections
 
-    total = sum(f.size for f in manifest.files)
-    n_targets = len({(t.kind, t.id) for t in manifest.targets})
-    if base is None:
-        intro = (f"Commands below use <code>{at.url()}</code>: the address of this page's folder (filled in "
-                 f"automatically when JavaScript is on; otherwise replace <code>{PLACEHOLDER}</code>, and for a "
-                 f"plain-HTTP mirror on a LAN host add <code>{PIP_TRUST_OPTION} HOST:PORT</code> to pip commands).")
-    else:
-        intro = f"Commands below use this mirror's address, <code>{html.escape(base)}</code>."
-    script = _SCRIPT if base is None else ""
-    empty = "" if vs else "<p><b>This mirror holds no torch builds yet.</b> Run <code>torchdepot mirror</code>.</p>"
-    return f"""<!DOCTYPE html>
+
+def _intro(at: Address) -> str:
+    if at.base is None:
+        return (f"Commands below use <code>{at.url()}</code>: the address of this page's folder (filled in "
+                f"automatically when JavaScript is on; otherwise replace <code>{PLACEHOLDER}</code>, and for a "
+                f"plain-HTTP mirror on a LAN host add <code>{PIP_TRUST_OPTION} HOST:PORT</code> to pip commands).")
+    return f"Commands below use this mirror's address, <code>{html.escape(at.base)}</code>."
+
+
+_PAGE = """<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8"/>
@@ -258,25 +298,38 @@ small {{ color: #666; }}
 </head>
 <body>
 <h1>PyTorch mirror</h1>
-<p>{n_targets} target(s), {len(manifest.files)} files, {format_size(total)}. Files: <a href="manifest.json">manifest.json</a>
+<p>{n_targets} target(s), {n_files} files, {total}. Files: <a href="manifest.json">manifest.json</a>
 · pip indexes: <a href="whl/">whl/</a>. {intro}</p>
 {empty}
 <h2>What this mirror holds</h2>
 <table id="matrix">
 <thead><tr><th rowspan="2">torch</th><th rowspan="2">accelerator</th>{head1}</tr><tr>{head2}</tr></thead>
 <tbody>
-{chr(10).join(body)}
+{body}
 </tbody>
 </table>
 <p><small>Sizes are the torch package; click a cell for the install commands. NVIDIA minimum drivers per NVIDIA's
 CUDA minor-version compatibility table (Linux).</small></p>
 <h2>Install</h2>
-{chr(10).join(sections)}
+{sections}
 <p><small>Generated by torchdepot from manifest.json.</small></p>
 {script}
 </body>
 </html>
 """
+
+
+def render(manifest: Manifest, root: Path, base: str | None = None) -> str:
+    """The page; ``base`` fixes the mirror address in every command (else the script fills it)."""
+    at = Address(base)
+    vs = variants(manifest)
+    matrix = _matrix(vs)
+    return _PAGE.format(
+        n_targets=len({(t.kind, t.id) for t in manifest.targets}), n_files=len(manifest.files),
+        total=format_size(sum(f.size for f in manifest.files)), intro=_intro(at),
+        empty="" if vs else "<p><b>This mirror holds no torch builds yet.</b> Run <code>torchdepot mirror</code>.</p>",
+        head1=matrix.head1, head2=matrix.head2, body="\n".join(matrix.rows),
+        sections="\n".join(_sections(vs, root, at)), script=_SCRIPT if base is None else "")
 
 
 def write_landing(root: Path, manifest: Manifest, base: str | None = None) -> Path:

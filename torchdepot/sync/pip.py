@@ -39,6 +39,7 @@ from packaging.version import InvalidVersion, Version
 from torchdepot.errors import TorchdepotError, UpstreamError
 from torchdepot.fetch import Fetcher, FetchItem, FetchReport
 from torchdepot.model.sizes import format_size
+from torchdepot.net.hostpolicy import HostPolicy
 from torchdepot.net.http import Client, HttpConfig, make_session
 from torchdepot.net.pipconfig import PipSources, pip_default_index, pip_file_host, read_pip_config
 from torchdepot.site.landing import write_landing
@@ -57,7 +58,8 @@ from torchdepot.sync.locked import LockedEnv, locked_resolution
 from torchdepot.sync.check import verify_mirror
 from torchdepot.sync.download import PipFetchReport, fetch_files, make_fetcher, same_path_elsewhere
 from torchdepot.sync.pipindex import publish_pip
-from torchdepot.sync.plan import (TargetPlan, dependency_sources, host_policy, locate_variants, plan_targets)
+from torchdepot.sync.plan import (Plan, TargetPlan, dependency_sources, host_policy, locate_variants,
+                                  plan_targets)
 from torchdepot.sync.resolution import Resolution, file_key, resolve_targets
 from torchdepot.sync.view import View, ViewSources
 
@@ -158,6 +160,137 @@ def _print_plan(resolution: Resolution, probe: Client, say: Echo) -> None:
         "nothing written (dry run)")
 
 
+class _Log:
+    """A run's messages (kept in its result and echoed) and its seconds per step."""
+
+    def __init__(self, result: MirrorResult, echo: Echo, mark: float) -> None:
+        self.result, self.echo, self.mark = result, echo, mark
+
+    def say(self, msg: str) -> None:
+        self.result.messages.append(msg)
+        self.echo(msg)
+
+    def phase(self, name: str) -> None:
+        now = time.monotonic()
+        self.result.phases[name] = self.result.phases.get(name, 0.0) + now - self.mark
+        self.mark = now
+
+
+@dataclass(frozen=True)
+class _Edge:
+    """Where a run reads from: the user's pip sources, pip's default index (None when the user
+    configured an index or none at all), the host policy, and the one upstream reader."""
+
+    pip: PipSources
+    default_index: str | None
+    policy: HostPolicy
+    reader: UpstreamReader
+
+
+def _edge(spec: MirrorSpec, probe: Client, pip_sources: PipSources | None) -> _Edge:
+    pip = pip_sources if pip_sources is not None else read_pip_config()
+    default_index = None if (pip.index_url or pip.no_index) else pip_default_index()
+    policy = host_policy(spec, pip, default_index, pip_file_host() if default_index else None)
+    return _Edge(pip=pip, default_index=default_index, policy=policy, reader=UpstreamReader(probe, policy))
+
+
+@dataclass
+class _Held:
+    """What a run holds open (set as it opens); :meth:`close` releases it however the run ends."""
+
+    client: Client
+    own_client: bool
+    probe: Client
+    scratch: tempfile.TemporaryDirectory | None = None
+    view: View | None = None
+    fetcher: Fetcher | None = None  # early downloads, until the fetch step takes it over
+
+    def close(self, result: MirrorResult, reader: UpstreamReader, say: Echo) -> None:
+        if self.view is not None:
+            line = self.view.refusal_summary()
+            result.refused = int(line.split()[2]) if line else 0
+            if line:
+                say(line)
+        if self.fetcher is not None:  # the run stopped before its fetch step: let early downloads finish
+            self.fetcher.close()
+        result.requests = reader.request_counts()
+        self.probe.close()
+        if self.own_client:
+            self.client.close()
+        if self.scratch is not None:
+            self.scratch.cleanup()
+
+
+def _accelerators(run_targets: list[PipTarget], locks: tuple[LockedEnv, ...]) -> list[str]:
+    """The run's accelerators, each once, in target order."""
+    return list(dict.fromkeys([*(t.accelerator for t in run_targets), *(env.target.accelerator for env in locks)]))
+
+
+def _open_view(spec: MirrorSpec, edge: _Edge, accelerators: list[str], workdir: Path,
+               previous: mf.Manifest | None, say: Echo) -> View:
+    """The screened local index uv reads: each accelerator from the first upstream carrying it,
+    dependencies from the user's pip sources, hashes the mirror already holds reused."""
+    indexes, find_links = dependency_sources(edge.pip, edge.default_index)
+    sources = ViewSources(variants=locate_variants(spec, edge.reader, accelerators, edge.pip, say),
+                          indexes=indexes, find_links=find_links)
+    return View(reader=edge.reader, policy=edge.policy, sources=sources, workdir=workdir,
+                on_hash_mismatch=spec.on_hash_mismatch, say=say, exclude_newer=spec.exclude_newer,
+                known_hashes={e.url: e.sha256 for e in (previous.files if previous else ())
+                              if e.url and e.kind == "wheel" and not e.hash_mismatch})
+
+
+def _resolve(plan: Plan, view: View, locks: tuple[LockedEnv, ...], cache: Path | None) -> Resolution:
+    """uv for the planned targets (unchanged inputs reuse ``cache``), plus the locked targets' files."""
+    resolution = resolve_targets(plan, view, jobs=RESOLVE_JOBS, cache=cache) if plan.targets else Resolution(targets=(), files=())
+    if not locks:
+        return resolution
+    locked = locked_resolution(locks, view)
+    merged: dict[str, tuple] = {}
+    for entry in locked.files + resolution.files:  # each file once, whoever needs it
+        merged.setdefault(entry[0], entry)
+    return Resolution(targets=locked.targets + resolution.targets, files=tuple(merged.values()))
+
+
+def _check_fetched(report: FetchReport, spec: MirrorSpec, say: Echo) -> None:
+    """Each accepted upstream hash mismatch said; any failed file stops the run (index unchanged)."""
+    if spec.on_hash_mismatch == "warn":
+        for r in report.mismatches:
+            say(f"warning: {r.key}: upstream sha256 {r.upstream_sha256} but the bytes hash to {r.sha256} "
+                "(accepted: on_hash_mismatch warn; recorded in manifest.json)")
+    if report.failed:
+        first = report.failed[0]
+        raise TorchdepotError(f"{len(report.failed)} of {len(report.results)} files failed (index not updated); "
+                              f"first: {first.key}: {first.error}")
+
+
+@dataclass(frozen=True)
+class _PipPublication:
+    """What the publish step listed: files and targets (kept releases and carried targets
+    included), the releases kept and dropped, and the index generation."""
+
+    files: list[mf.FileEntry]
+    targets: list[mf.Target]
+    releases: list[mf.Release]
+    dropped: list[mf.Release]
+    generation: str
+    changed: bool
+
+
+def _publish(out: Path, spec: MirrorSpec, previous: mf.Manifest | None, resolution: Resolution,
+             report: FetchReport, view: View, carried: list[mf.Target], say: Echo) -> _PipPublication:
+    """Retention (``keep: N``) over the previous and current releases, then metadata, locks and pages."""
+    stored = report.stored if isinstance(report, PipFetchReport) else (lambda key: key)
+    current = _current_releases(resolution, stored)
+    kept, dropped = lifecycle.retain(lifecycle.releases_of(previous), current,
+                                     {tp.target.id for tp in resolution.targets} | {t.id for t in carried},
+                                     spec.keep)
+    retained, pages, kept = _retained(out, previous, resolution, stored, kept, carried, say)
+    published = publish_pip(out, resolution, report, view, retained=pages)
+    return _PipPublication(files=sorted([*published.files, *retained], key=lambda e: e.path),
+                           targets=[*published.targets, *carried], releases=list(kept), dropped=list(dropped),
+                           generation=published.generation, changed=published.changed)
+
+
 def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False, client: Client | None = None,
              progress: bool | None = None, pip_sources: PipSources | None = None, echo: Echo = _stderr,
              targets: Sequence[PipTarget] | None = None, previous: mf.Manifest | None = None,
@@ -169,102 +302,43 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
     ``locks``: targets taken exactly from lock folders (``sync/locked.py``), not resolved;
     ``tolerate``: targets that, when they cannot be pinned now (upstream dropped or lost their
     variant), keep what ``previous`` published for them, said in one line each."""
-    started = mark = time.monotonic()
+    started = time.monotonic()
     out = Path(out or spec.out)
     result = MirrorResult(out=out)
-
-    def say(msg: str) -> None:
-        result.messages.append(msg)
-        echo(msg)
-
-    def phase(name: str) -> None:
-        nonlocal mark
-        now = time.monotonic()
-        result.phases[name] = result.phases.get(name, 0.0) + now - mark
-        mark = now
-
-    own_client = client is None
-    client = client or make_session()
-    probe = Client(PROBE_CONFIG)
-    pip = pip_sources if pip_sources is not None else read_pip_config()
-    default_index = None if (pip.index_url or pip.no_index) else pip_default_index()
-    policy = host_policy(spec, pip, default_index, pip_file_host() if default_index else None)
-    reader = UpstreamReader(probe, policy)
-    scratch = tempfile.TemporaryDirectory(prefix="torchdepot-view-") if dry_run else None
-    workdir = Path(scratch.name) if scratch else out / L.VIEW_DIR
-    view = None
-    fetcher: Fetcher | None = None
+    log = _Log(result, echo, mark=started)
+    held = _Held(client=client or make_session(), own_client=client is None, probe=Client(PROBE_CONFIG))
+    edge = _edge(spec, held.probe, pip_sources)
+    held.scratch = tempfile.TemporaryDirectory(prefix="torchdepot-view-") if dry_run else None
+    workdir = Path(held.scratch.name) if held.scratch else out / L.VIEW_DIR
     early: set[str] = set()
     try:
         run_targets = list(spec.targets() if targets is None else targets)
         locked_ids = {env.target.id for env in locks}
-        accelerators = list(dict.fromkeys([*(t.accelerator for t in run_targets),
-                                           *(env.target.accelerator for env in locks)]))
-        indexes, find_links = dependency_sources(pip, default_index)
-        sources = ViewSources(variants=locate_variants(spec, reader, accelerators, pip, say),
-                              indexes=indexes, find_links=find_links)
-        view = View(reader=reader, policy=policy, sources=sources, workdir=workdir,
-                    on_hash_mismatch=spec.on_hash_mismatch, say=say, exclude_newer=spec.exclude_newer,
-                    known_hashes={e.url: e.sha256 for e in (previous.files if previous else ())
-                                  if e.url and e.kind == "wheel" and not e.hash_mismatch})
-        plan = plan_targets(spec, view, pip, [t for t in run_targets if t.id not in locked_ids], tolerate)
-        carried = _carried(plan, previous, say)
-        phase("upstreams")
+        held.view = view = _open_view(spec, edge, _accelerators(run_targets, locks), workdir, previous, log.say)
+        plan = plan_targets(spec, view, edge.pip, [t for t in run_targets if t.id not in locked_ids], tolerate)
+        carried = _carried(plan, previous, log.say)
+        log.phase("upstreams")
         if not dry_run:  # the pinned torch wheels download while their closures resolve
-            fetcher = make_fetcher(out, spec, client, policy, progress)
-            early = _submit_pinned(out, plan, view, spec, fetcher, previous)
-        resolution = resolve_targets(plan, view, jobs=RESOLVE_JOBS, cache=None if dry_run else out / L.RESOLUTIONS) if plan.targets else Resolution(targets=(), files=())
-        if locks:
-            locked = locked_resolution(locks, view)
-            merged: dict[str, tuple] = {}
-            for entry in locked.files + resolution.files:  # each file once, whoever needs it
-                merged.setdefault(entry[0], entry)
-            resolution = Resolution(targets=locked.targets + resolution.targets, files=tuple(merged.values()))
+            held.fetcher = make_fetcher(out, spec, held.client, edge.policy, progress)
+            early = _submit_pinned(out, plan, view, spec, held.fetcher, previous)
+        resolution = _resolve(plan, view, locks, None if dry_run else out / L.RESOLUTIONS)
         result.plans = list(resolution.targets)
-        phase("resolve")
+        log.phase("resolve")
         if dry_run:
-            _print_plan(resolution, probe, say)
+            _print_plan(resolution, held.probe, log.say)
             return result
-        report = fetch_files(out, resolution, view, spec, client, policy, progress, fetcher=fetcher)
-        fetcher = None
-        report = _drop_unused(out, report, early, resolution)
-        result.report = report
-        phase("fetch")
-        if spec.on_hash_mismatch == "warn":
-            for r in report.mismatches:
-                say(f"warning: {r.key}: upstream sha256 {r.upstream_sha256} but the bytes hash to {r.sha256} "
-                    "(accepted: on_hash_mismatch warn; recorded in manifest.json)")
-        if report.failed:
-            first = report.failed[0]
-            raise TorchdepotError(f"{len(report.failed)} of {len(report.results)} files failed (index not updated); "
-                                  f"first: {first.key}: {first.error}")
-        stored = report.stored if isinstance(report, PipFetchReport) else (lambda key: key)
-        current = _current_releases(resolution, stored)
-        kept, dropped = lifecycle.retain(lifecycle.releases_of(previous), current,
-                                         {tp.target.id for tp in resolution.targets} | {t.id for t in carried},
-                                         spec.keep)
-        retained, pages, kept = _retained(out, previous, resolution, stored, kept, carried, say)
-        published = publish_pip(out, resolution, report, view, retained=pages)
-        result.files = sorted([*published.files, *retained], key=lambda e: e.path)
-        result.targets = [*published.targets, *carried]
-        result.releases, result.dropped_releases = list(kept), list(dropped)
-        result.generation, result.index_changed = published.generation, published.changed
-        phase("publish")
+        report = fetch_files(out, resolution, view, spec, held.client, edge.policy, progress, fetcher=held.fetcher)
+        held.fetcher = None
+        result.report = report = _drop_unused(out, report, early, resolution)
+        log.phase("fetch")
+        _check_fetched(report, spec, log.say)
+        done = _publish(out, spec, previous, resolution, report, view, carried, log.say)
+        result.files, result.targets, result.generation = done.files, done.targets, done.generation
+        result.releases, result.dropped_releases, result.index_changed = done.releases, done.dropped, done.changed
+        log.phase("publish")
         return result
     finally:
-        if view is not None:
-            line = view.refusal_summary()
-            result.refused = int(line.split()[2]) if line else 0
-            if line:
-                say(line)
-        if fetcher is not None:  # the run stopped before its fetch step: let early downloads finish
-            fetcher.close()
-        result.requests = reader.request_counts()
-        probe.close()
-        if own_client:
-            client.close()
-        if scratch is not None:
-            scratch.cleanup()
+        held.close(result, edge.reader, log.say)
         result.seconds = time.monotonic() - started
 
 
