@@ -293,3 +293,19 @@ def test_manifest_lifecycle_round_trip_and_old_manifests():
     bad["releases"][0]["paths"] = ["../../etc/passwd"]
     with pytest.raises(Exception):
         mf.Manifest.from_doc(bad)
+
+
+def test_json_output_is_one_document_with_progress_events_on_stderr(site):
+    """Issue 15: `mirror --json` prints one result document on stdout; the download progress
+    comes as JSON lines on stderr (one per file at least), each with done/total bytes."""
+    a, b, tmp, _layout = site
+    m = tmp / "J"
+    proc = cli(tmp, b, "mirror", "--spec", str(cpu_spec(tmp, a)), "--out", str(m), "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["torch"] == {CPU: "2.13.0+cpu"} and doc["verify"] == "ok"
+    events = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    files = [e for e in events if e["event"] == "file"]
+    assert len(files) == 3 and all(e["status"] == "downloaded" for e in files), events
+    last = files[-1]
+    assert last["files_done"] == last["files_total"] == 3 and last["done"] == last["total"] > 150_000

@@ -80,8 +80,24 @@ def mirror_cmd(spec_path, out, upstreams, jobs, dry_run, on_hash_mismatch, fsync
 
         locks = read_locks(from_locks)
     result = sync(spec, dry_run=dry_run, wait=wait, out=Path(spec.out), prune=prune, locks=locks,
-                  spec_targets=not locks)
+                  spec_targets=not locks, **_json_progress(as_json))
     _report(result, dry_run, as_json)
+
+
+def _json_progress(as_json: bool) -> dict:
+    """Under --json: no bar; each download progress event is one JSON line on stderr
+    (``{"event": "progress", "done": ..., "total": ..., "rate": ..., "eta": ...}``),
+    while stdout keeps the one result document."""
+    if not as_json:
+        return {}
+    import dataclasses
+    import json
+
+    def emit(ev) -> None:
+        doc = {"event": ev.kind, **{k: v for k, v in dataclasses.asdict(ev).items() if k != "kind" and v is not None}}
+        click.echo(json.dumps(doc, sort_keys=True), err=True)
+
+    return {"progress": False, "on_progress": emit}
 
 
 def _report(result, dry_run: bool, as_json: bool, added: str | None = None) -> None:
@@ -164,7 +180,7 @@ def fetch_tool(cuda, cpu, accelerator, python, torch_version, platform, out, ups
         # validated as a spec `targets:` entry would be; recorded by the sync, not in the spec
         (target,) = with_overrides(spec, targets=[entry]).extra_targets
         spec = with_overrides(spec, out=str(root), upstreams=list(upstreams) or None, jobs=jobs)
-        result = sync(spec, dry_run=dry_run, out=root, add=[target], spec_targets=False)
+        result = sync(spec, dry_run=dry_run, out=root, add=[target], spec_targets=False, **_json_progress(as_json))
         _report(result, dry_run, as_json, added=target.id)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from torchdepot.store import publication as pub
 from torchdepot.store.fsutil import safe_join
 from torchdepot.fetch import DEFAULT_CONNECTIONS, DEFAULT_CONNECTIONS_PER_HOST, Fetcher, FetchItem, FetchReport
+from torchdepot.fetch.progress import ProgressCallback
 from torchdepot.net.hostpolicy import HostPolicy
 from torchdepot.net.http import Client
 from torchdepot.spec.mirror import MirrorSpec
@@ -68,10 +69,12 @@ def stored_paths(out: Path, resolution: Resolution) -> dict[str, str]:
     return paths
 
 
-def make_fetcher(out: Path, spec: MirrorSpec, client: Client, policy: HostPolicy, progress: bool | None) -> Fetcher:
-    """The run's one downloader configuration (jobs, hash policy, host and socket caps from the spec)."""
+def make_fetcher(out: Path, spec: MirrorSpec, client: Client, policy: HostPolicy, progress: bool | None,
+                 on_progress: ProgressCallback | None = None) -> Fetcher:
+    """The run's one downloader configuration (jobs, hash policy, host and socket caps from the spec);
+    ``on_progress`` receives progress events (``mirror --json`` prints them as JSON lines)."""
     return Fetcher(out, client, jobs=spec.jobs, on_hash_mismatch=spec.on_hash_mismatch, progress=progress,
-                   fsync=spec.fsync, allowed_hosts=set(policy.hostnames),
+                   on_progress=on_progress, fsync=spec.fsync, allowed_hosts=set(policy.hostnames),
                    connections=spec.connections or DEFAULT_CONNECTIONS,
                    connections_per_host=spec.connections_per_host or DEFAULT_CONNECTIONS_PER_HOST)
 

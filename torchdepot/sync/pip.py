@@ -38,6 +38,7 @@ from packaging.version import InvalidVersion, Version
 
 from torchdepot.errors import TorchdepotError, UpstreamError
 from torchdepot.fetch import Fetcher, FetchItem, FetchReport
+from torchdepot.fetch.progress import ProgressCallback
 from torchdepot.model.sizes import format_size
 from torchdepot.net.hostpolicy import HostPolicy
 from torchdepot.net.http import Client, HttpConfig, make_session
@@ -294,7 +295,8 @@ def _publish(out: Path, spec: MirrorSpec, previous: mf.Manifest | None, resoluti
 def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False, client: Client | None = None,
              progress: bool | None = None, pip_sources: PipSources | None = None, echo: Echo = _stderr,
              targets: Sequence[PipTarget] | None = None, previous: mf.Manifest | None = None,
-             locks: tuple[LockedEnv, ...] = (), tolerate: frozenset[str] = frozenset()) -> MirrorResult:
+             locks: tuple[LockedEnv, ...] = (), tolerate: frozenset[str] = frozenset(),
+             on_progress: ProgressCallback | None = None) -> MirrorResult:
     """The pip side: plan, resolve, fetch, publish metadata, locks and index pages (no manifest).
 
     ``targets``: what to resolve (default: the spec's); ``previous``: the mirror's manifest
@@ -319,7 +321,7 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
         carried = _carried(plan, previous, log.say)
         log.phase("upstreams")
         if not dry_run:  # the pinned torch wheels download while their closures resolve
-            held.fetcher = make_fetcher(out, spec, held.client, edge.policy, progress)
+            held.fetcher = make_fetcher(out, spec, held.client, edge.policy, progress, on_progress)
             early = _submit_pinned(out, plan, view, spec, held.fetcher, previous)
         resolution = _resolve(plan, view, locks, None if dry_run else out / L.RESOLUTIONS)
         result.plans = list(resolution.targets)
@@ -485,7 +487,8 @@ def _previous(out: Path) -> mf.Manifest | None:
 def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = None, progress: bool | None = None,
          out: Path | None = None, wait: float | None = None, pip_sources: PipSources | None = None,
          echo: Echo = _stderr, add: Sequence[PipTarget] = (), spec_targets: bool = True,
-         prune: bool = False, locks: tuple[LockedEnv, ...] = ()) -> MirrorResult:
+         prune: bool = False, locks: tuple[LockedEnv, ...] = (),
+         on_progress: ProgressCallback | None = None) -> MirrorResult:
     """A whole mirror run under the mirror lock: pip, conda, landing page, manifest last.
 
     Targets: the spec's (``spec_targets``) plus ``add`` (tools/fetch) plus every target the
@@ -519,7 +522,7 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
         previous = _previous(out)
         tset = lifecycle.target_set(asked, origin, previous, prune)
         result = sync_pip(spec, out=out, client=client, progress=progress, pip_sources=pip_sources, echo=echo,
-                          targets=tset.run, previous=previous, locks=locks,
+                          targets=tset.run, previous=previous, locks=locks, on_progress=on_progress,
                           tolerate=frozenset(t.id for t in tset.run) - {t.id for t in asked})
         result.target_set = tset
         files, targets = list(result.files), list(result.targets)
