@@ -42,6 +42,7 @@ test: $(TEST_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(TEST_STAMP)
+	$(TD) mirror --spec $(SPEC)   # bench/verify.py locks and verifies this mirror
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
 
 clean:

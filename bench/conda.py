@@ -93,13 +93,13 @@ def bench_mirror(tmp: Path) -> None:
     # a channel of real .conda files: metapackages + a 40 MB pytorch-labelled payload per variant
     import os
     sys.path.insert(0, str(ROOT))
-    from tests.test_conda_channel import make_wheel
+    from tests.kit.wheels import build_wheel
 
     wheels = []
     for acc in ("cpu", "cu126"):
         blob = os.urandom(40 * 1024 * 1024).hex()[: 40 * 1024 * 1024]
-        wheels.append(make_wheel(tmp, "torch", f"2.13.0+{acc}", "cp311-cp311-manylinux_2_28_x86_64",
-                                 {"torch/__init__.py": "", "torch/blob.txt": blob}))
+        wheels.append(build_wheel(tmp, "torch", f"2.13.0+{acc}", "cp311-cp311-manylinux_2_28_x86_64",
+                                  files={"torch/__init__.py": "", "torch/blob.txt": blob}, purelib=False))
     up = tmp / "srv" / "up"
     R.build_metapackages(up, ("12.6",))
     R.build_wheels(wheels, up, compression_level=1)

@@ -25,7 +25,8 @@ from bench.attacks.harness import (Outcome, Sandbox, changed, judge, live_corrup
                                    sha256_of, snapshot, verify_bad)
 from bench.attacks.upstream import PAYLOAD, Site, build_mirror, fresh_copy, mirror_env, original_wheels
 from tests.faultserver import Fault, FaultServer
-from tests.loopback_upstream import make_wheel, write_spec
+from bench.attacks.upstream import make_wheel
+from tests.loopback_upstream import write_spec
 
 CLS = "a"
 BUNDLE_HEAD = "torchdepot-bundle-head.json"

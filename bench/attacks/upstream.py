@@ -15,7 +15,19 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from bench.attacks.harness import Sandbox, copy_tree, run_cli
 from tests.faultserver import FaultServer
-from tests.loopback_upstream import DEPS, TORCH, _metadata, _page, make_wheel, write_spec
+from tests.kit.upstream import DEPS, TORCH, padded_wheel
+from tests.kit.wheels import wheel_metadata as _metadata
+from tests.loopback_upstream import write_spec
+
+
+def _page(links: list[tuple[str, str]]) -> bytes:
+    body = "".join(f'<a href="{href}">{text}</a><br/>\n' for href, text in links)
+    return f"<!DOCTYPE html><html><body>\n{body}</body></html>\n".encode()
+
+
+def make_wheel(name: str, version: str, tag: str, requires: tuple[str, ...], payload: int, seed: int) -> tuple[str, bytes]:
+    w = padded_wheel(name, version, tag, requires, payload, seed)
+    return w.filename, w.data
 
 PAYLOAD = 100_000
 
