@@ -11,6 +11,7 @@ import socket
 from pathlib import Path
 
 from tests.kit.serving import ThreadedServer
+from torchdepot.ship.serve import CONTENT_TYPES
 
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)")
 
@@ -18,12 +19,7 @@ _RANGE = re.compile(r"bytes=(\d+)-(\d*)")
 class RangeHandler(http.server.SimpleHTTPRequestHandler):
     extensions_map = {
         **http.server.SimpleHTTPRequestHandler.extensions_map,
-        ".whl": "application/octet-stream",
-        ".metadata": "application/octet-stream",
-        ".conda": "application/octet-stream",
-        ".bz2": "application/x-bzip2",
-        ".json": "application/json",
-        ".zst": "application/zstd",
+        **CONTENT_TYPES,  # what torchdepot serve sends, so tests see the same types
     }
     protocol_version = "HTTP/1.1"
 

@@ -19,6 +19,7 @@ import zstandard
 from click.testing import CliRunner
 from hypothesis import given, settings, strategies as st
 
+from tests.kit.zeros import Zeros
 from tests.mirror_fixture import make_mirror
 from tests.test_bundle import bundle, snapshot
 from torchdepot.cli import main
@@ -186,7 +187,6 @@ def test_killed_run_staging_is_reported_then_cleaned_by_the_next_unbundle(src, t
 def _zstd_bomb(path: Path, members: list[tuple[str, int]], head: dict | None = None, gib: float = 1.0) -> Path:
     """A zstd tar whose members are runs of zeros (``size`` bytes each): tiny on disk."""
     cctx = zstandard.ZstdCompressor(level=1)
-    zero = bytes(4 * 1024 * 1024)
     with open(path, "wb") as fh, cctx.stream_writer(fh, closefd=False) as z, \
             tarfile.open(fileobj=z, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         if head is not None:
@@ -197,19 +197,7 @@ def _zstd_bomb(path: Path, members: list[tuple[str, int]], head: dict | None = N
         for name, size in members:
             ti = tarfile.TarInfo(name)
             ti.size = size
-
-            class Zeros(io.RawIOBase):
-                left = size
-
-                def readable(self):
-                    return True
-
-                def read(self, n=-1):
-                    n = min(self.left, len(zero) if n < 0 else n)
-                    self.left -= n
-                    return zero[:n]
-
-            tar.addfile(ti, Zeros())
+            tar.addfile(ti, Zeros(size))
     return path
 
 

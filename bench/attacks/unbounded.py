@@ -39,6 +39,7 @@ from bench.attacks.harness import (TD, Outcome, Run, Sandbox, changed, judge, li
 from bench.attacks.upstream import Site, build_mirror, fresh_copy, mirror_env, original_wheels
 from tests.faultserver import Fault, FaultServer
 from bench.attacks.upstream import _page
+from tests.kit.zeros import Zeros
 from tests.loopback_upstream import write_spec
 
 CLS = "c"
@@ -122,23 +123,11 @@ def _metadata_attempt(tmp: Path) -> Outcome:
 
 
 def _zstd_bomb(path: Path, member: str, size: int) -> Path:
-    zero = bytes(4 << 20)
     with open(path, "wb") as fh, zstandard.ZstdCompressor(level=3).stream_writer(fh, closefd=False) as z, \
             tarfile.open(fileobj=z, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         ti = tarfile.TarInfo(member)
         ti.size = size
-
-        class Zeros(io.RawIOBase):
-            left = size
-
-            def readable(self):
-                return True
-
-            def read(self, n=-1):
-                n = min(self.left, len(zero) if n < 0 else n)
-                self.left -= n
-                return zero[:n]
-        tar.addfile(ti, Zeros())
+        tar.addfile(ti, Zeros(size))
     return path
 
 

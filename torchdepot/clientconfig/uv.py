@@ -85,23 +85,16 @@ def _edit(text: str, where: str, url: str, variant: str, default_index: bool, no
             del e["default"]  # uv allows one default; the mirror is it now
             notes.append(f"index {str(e.get('name', e.get('url')))!r} was the default index; now the mirror is")
         kept.append(e)
+    # the user's own shape is kept: an inline ``index = [{...}]`` array, or ``[[index]]`` tables
+    merged, entry = (tomlkit.array(), tomlkit.inline_table) if inline else (tomlkit.aot(), tomlkit.table)
+    for w in wanted:
+        t = entry()
+        t.update(w)
+        merged.append(t)
+    for e in kept:
+        merged.append(e)
     if inline:
-        merged = tomlkit.array()
-        for w in wanted:
-            t = tomlkit.inline_table()
-            t.update(w)
-            merged.append(t)
-        for e in kept:
-            merged.append(e)
         merged.multiline(True)
-    else:
-        merged = tomlkit.aot()
-        for w in wanted:
-            t = tomlkit.table()
-            t.update(w)
-            merged.append(t)
-        for e in kept:
-            merged.append(e)
     host = plain_http_host(url)
     if host:
         hosts = doc.get("allow-insecure-host")

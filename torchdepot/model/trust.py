@@ -15,6 +15,7 @@ The host is written as in the URL, ``host[:port]`` lower-cased without credentia
 from __future__ import annotations
 
 import ipaddress
+import shlex
 import urllib.parse
 
 PIP_TRUST_OPTION = "--trusted-host"
@@ -60,8 +61,6 @@ def install_commands(index_url: str, requirement: str = "torch") -> tuple[str, s
     """The pip and the uv command that install ``requirement`` from ``index_url`` verbatim,
     trust options included where the host needs them. Every printed install line (doctor,
     serve's banner, the landing page, lock headers) comes from here."""
-    import shlex
-
     def line(tool: str, trust: tuple[str, ...]) -> str:
         return " ".join([tool, "--index-url", *map(shlex.quote, (index_url, *trust, requirement))])
 

@@ -140,6 +140,7 @@ class View:
     _variants_docs: dict[str, tuple[VariantsJson, bytes] | None] = field(default_factory=dict)
     _dead: set[str] = field(default_factory=set)
     _local_hashes: dict[str, str | None] = field(default_factory=dict)
+    _pages: dict[tuple[str, str], bytes | None] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     # -- links -------------------------------------------------------------------------
@@ -291,6 +292,18 @@ class View:
 
     # -- pages and metadata ---------------------------------------------------------------
     def page(self, accelerator: str, project: str) -> bytes | None:
+        """A project's page, built and written once per run (the resolver and the resolution
+        cache's digests both read it; its files and hashes do not change within a run)."""
+        key = (accelerator, project)
+        with self._lock:
+            if key in self._pages:
+                return self._pages[key]
+        body = self._build_page(accelerator, project)
+        with self._lock:
+            self._pages[key] = body
+        return body
+
+    def _build_page(self, accelerator: str, project: str) -> bytes | None:
         files = self.project(accelerator, project)
         if not files:
             return None
