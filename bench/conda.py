@@ -23,11 +23,11 @@ sys.path.insert(0, str(ROOT))
 
 from tests.httpserver import Server  # noqa: E402
 from torchdepot.model.accel import parse_accelerator
-from torchdepot.ship import recipes as R
 from torchdepot.resolve.conda import SubdirSource, open_sources, solve_target
+from torchdepot.ship import recipes as R
 from torchdepot.spec.conda import CondaTarget
-from torchdepot.sync.conda import sync_conda
 from torchdepot.spec.mirror import MirrorSpec
+from torchdepot.sync.conda import sync_conda
 
 REPODATA = ROOT.parent / "shared" / "data" / "conda" / "repodata" / "pytorch_channel_linux-64_repodata.json"
 _VER = re.compile(r"\d+(?:\.\d+)*")

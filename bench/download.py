@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
-import http.server
 import json
 import os
 import shutil
@@ -215,8 +214,12 @@ def main() -> None:
     if args.child:
         return child(args)
 
-    from torchdepot.fetch import (DEFAULT_CONNECTIONS, DEFAULT_CONNECTIONS_PER_HOST, DEFAULT_PIECE_BYTES,
-                                  DEFAULT_SPLIT_BYTES)
+    from torchdepot.fetch import (
+        DEFAULT_CONNECTIONS,
+        DEFAULT_CONNECTIONS_PER_HOST,
+        DEFAULT_PIECE_BYTES,
+        DEFAULT_SPLIT_BYTES,
+    )
 
     connections = args.connections or DEFAULT_CONNECTIONS
     per_host = args.per_host or DEFAULT_CONNECTIONS_PER_HOST

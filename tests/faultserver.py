@@ -95,7 +95,7 @@ CHALLENGE = (b"<!DOCTYPE html><html><head><title>Just a moment...</title></head>
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: "_HTTPServer"
+    server: _HTTPServer
 
     def log_message(self, fmt, *args):  # quiet tests
         pass
@@ -252,7 +252,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 class _HTTPServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
-    owner: "FaultServer"
+    owner: FaultServer
 
     def handle_error(self, request, client_address) -> None:
         # A client that hangs up mid-body (by design, in these tests) is not an error.
@@ -354,7 +354,7 @@ class FaultServer:
             self.body_bytes[path] += n
 
     # -- lifecycle -----------------------------------------------------------------
-    def __enter__(self) -> "FaultServer":
+    def __enter__(self) -> FaultServer:
         self.thread.start()
         return self
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.kit.upstream import dead_url, pytorch_upstreams
-from tests.kit.wheels import build_wheel as make_wheel, sha256, wheel_metadata
+from tests.kit.wheels import build_wheel as make_wheel
+from tests.kit.wheels import sha256, wheel_metadata
 
 
 def build_upstreams(a_root: Path, b_root: Path, b_url: str, torch_wheels: list[Path], dep_wheels: list[Path],

@@ -9,11 +9,18 @@ import time
 import pytest
 
 from tests.kit.blackhole import blackhole
-
 from torchdepot.model.condabuild import record_from_repodata
 from torchdepot.model.wheelname import parse_wheel
-from torchdepot.site.availability import (CONDA_LEGEND, WHEEL_LEGEND, Entry, build_matrix, conda_matrix, render,
-                                          select_wheels, wheel_matrix)
+from torchdepot.site.availability import (
+    CONDA_LEGEND,
+    WHEEL_LEGEND,
+    Entry,
+    build_matrix,
+    conda_matrix,
+    render,
+    select_wheels,
+    wheel_matrix,
+)
 
 WHEELS = [parse_wheel(n) for n in (
     "torch-2.5.1+cpu-cp311-cp311-linux_x86_64.whl",
@@ -39,8 +46,11 @@ def test_wheel_matrix_order_and_cells():
         ("2.5.1", "unknown")]
     cpu210 = m.rows[0]
     assert cpu210.cell("3.13") == "Alinux-s390x"  # legend order, an uncoded platform after
-    assert m.rows[4].cell("3.11") == "LW" and m.rows[3].cell("3.13t") == "L" and m.rows[3].cell("3.10") == "L"
-    assert m.rows[1].cell("3") == "*" and m.rows[5].cell("3.11") == "M"
+    assert m.rows[4].cell("3.11") == "LW"
+    assert m.rows[3].cell("3.13t") == "L"
+    assert m.rows[3].cell("3.10") == "L"
+    assert m.rows[1].cell("3") == "*"
+    assert m.rows[5].cell("3.11") == "M"
 
 
 def test_rendering_is_deterministic_and_aligned():
@@ -50,7 +60,8 @@ def test_rendering_is_deterministic_and_aligned():
     assert lines[1].split() == ["version", "accelerator", "3", "3.10", "3.11", "3.13", "3.13t"]
     assert set(lines[2]) <= {"-", " "}
     assert lines[3].split() == ["2.10.0", "cpu", "Alinux-s390x"]
-    assert "L=linux-x86_64" in WHEEL_LEGEND and "free-threaded" in WHEEL_LEGEND
+    assert "L=linux-x86_64" in WHEEL_LEGEND
+    assert "free-threaded" in WHEEL_LEGEND
 
 
 def test_conda_records_share_the_matrix():
@@ -66,7 +77,9 @@ def test_conda_records_share_the_matrix():
     assert m.columns == ("3.9", "3.11", "-")  # numeric order; "no Python" last
     assert [(r.version, r.accelerator) for r in m.rows] == [("2.5.1", "cu118"), ("2.5.1", "cpu"),
                                                              ("1.0", "unknown")]
-    assert m.rows[0].cell("3.11") == "LW" and m.rows[1].cell("3.9") == "L" and m.rows[2].cell("-") == "*"
+    assert m.rows[0].cell("3.11") == "LW"
+    assert m.rows[1].cell("3.9") == "L"
+    assert m.rows[2].cell("-") == "*"
     assert "'-' = build states no Python" in CONDA_LEGEND
 
 
@@ -118,7 +131,8 @@ def test_ls_reads_through_the_one_upstream_reader():
         up.add("/whl/torch/", page, "text/html")
         listing = index_wheels(up.url + "/whl", ["torch"], {"cpu"}, "3.11", "linux-x86_64")
         assert [w.filename for _, w in listing.items] == ["torch-2.5.1+cpu-cp311-cp311-linux_x86_64.whl"]
-        assert listing.requests == 1 and up.hits["/whl/torch/"] == 1
+        assert listing.requests == 1
+        assert up.hits["/whl/torch/"] == 1
         assert listing.skipped == f"{up.url}/whl: skipped 1 entries (1 not a wheel)"
 
         other.add("/whl/torch/", page, "text/html")

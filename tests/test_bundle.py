@@ -11,16 +11,25 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.mirror_fixture import CPU_ID, make_mirror
-from torchdepot.store import manifest as mf
-from torchdepot.ship.bundle import (BUNDLE_MANIFEST, BundleError, bundle_parts, parse_size, plan_bundle, unbundle, write_bundle)
 from torchdepot.cli import main
 from torchdepot.errors import IntegrityError, UnsafePathError
+from torchdepot.ship.bundle import (
+    BUNDLE_MANIFEST,
+    BundleError,
+    bundle_parts,
+    parse_size,
+    plan_bundle,
+    unbundle,
+    write_bundle,
+)
+from torchdepot.store import manifest as mf
 
 
-@pytest.fixture()
+@pytest.fixture
 def src(tmp_path) -> Path:
     root = tmp_path / "site-a" / "mirror"
     make_mirror(root)
@@ -69,7 +78,8 @@ def test_full_roundtrip_into_empty_dir(src, tmp_path):
     dest = tmp_path / "site-b" / "mirror"
     report = unbundle(parts[0], dest)
     assert mirror_view(dest) == mirror_view(src)
-    assert (dest / "whl").is_symlink() and (dest / "whl" / "cpu" / "torch" / "index.html").is_file()
+    assert (dest / "whl").is_symlink()
+    assert (dest / "whl" / "cpu" / "torch" / "index.html").is_file()
     assert (dest / "envs" / CPU_ID / "requirements.lock").read_bytes() == (envs_of(src) / CPU_ID / "requirements.lock").read_bytes()
     assert mf.load(dest).to_json() == mf.load(src).to_json()
     assert not [p for p in (dest / ".torchdepot").iterdir() if p.name.startswith("unbundle-")], "staging cleaned"
@@ -82,8 +92,10 @@ def test_zstd_split_parts_and_stale_parts(src, tmp_path):
     for i in (1, 2, 40, 41, 999):  # leftovers from an older, bigger bundle must not be joined in
         out.with_name(f"m.tar.zst.{i:03d}").write_bytes(b"junk")
     parts = bundle(src, out, zstd=True, split=1024)
-    assert len(parts) > 1 and all(p.stat().st_size <= 1024 for p in parts)
-    assert parts[0].name == "m.tar.zst.000" and not out.exists()
+    assert len(parts) > 1
+    assert all(p.stat().st_size <= 1024 for p in parts)
+    assert parts[0].name == "m.tar.zst.000"
+    assert not out.exists()
     assert not out.with_name("m.tar.zst.040").exists()
     assert parts[0].read_bytes()[:4] == b"\x28\xb5\x2f\xfd"
     assert bundle_parts(out) == parts == bundle_parts(parts[0])
@@ -187,7 +199,8 @@ def test_hostile_members_refused(tmp_path, make):
     with pytest.raises(UnsafePathError, match="refused"):
         unbundle(bad, dest)
     assert snapshot(dest) == {}
-    assert not (tmp_path / "evil.txt").exists() and not Path("/tmp/evil-abs.txt").exists()
+    assert not (tmp_path / "evil.txt").exists()
+    assert not Path("/tmp/evil-abs.txt").exists()
 
 
 def _typed(name: str, type_: bytes, linkname: str = "") -> tarfile.TarInfo:
@@ -203,7 +216,8 @@ def test_targets_subset(src, tmp_path):
     with tarfile.open(out) as tar:
         names = set(tar.getnames())
     assert "packages/torch/torch-2.13.0+cpu-py3-none-any.whl" in names
-    assert "whl/cpu/torch/index.html" in names and "conda/pytorch-fixture/linux-64/repodata.json" in names
+    assert "whl/cpu/torch/index.html" in names
+    assert "conda/pytorch-fixture/linux-64/repodata.json" in names
     assert not [n for n in names if "cu126" in n or "cu118" in n]
     dest = tmp_path / "d"
     unbundle(out, dest)
@@ -250,7 +264,8 @@ def test_conflicting_package_is_not_replaced(src, tmp_path):
     victim.write_bytes(b"different bytes")
     with pytest.raises(IntegrityError, match="filelock-3.16.1-py3-none-any.whl: .* different file"):
         unbundle(out, dest)
-    assert victim.read_bytes() == b"different bytes" and not (dest / "manifest.json").exists()
+    assert victim.read_bytes() == b"different bytes"
+    assert not (dest / "manifest.json").exists()
 
 
 def test_damaged_mirror_is_not_bundled(src, tmp_path):
@@ -260,7 +275,8 @@ def test_damaged_mirror_is_not_bundled(src, tmp_path):
     wheel.write_bytes(bytes(data))
     with pytest.raises(IntegrityError, match="filelock-3.16.1-py3-none-any.whl: sha256"):
         bundle(src, tmp_path / "x.tar")
-    assert not (tmp_path / "x.tar").exists() and not list(tmp_path.glob("x.tar*"))
+    assert not (tmp_path / "x.tar").exists()
+    assert not list(tmp_path.glob("x.tar*"))
 
 
 def test_cli_bundle_unbundle(src, tmp_path):
@@ -271,9 +287,11 @@ def test_cli_bundle_unbundle(src, tmp_path):
     assert "cli.tar.zst.000" in r.output
     r = CliRunner().invoke(main, ["unbundle", str(out), "--to", str(tmp_path / "d")])
     assert r.exit_code == 0, r.output
-    assert "published" in r.output and (tmp_path / "d" / "envs" / CPU_ID / "requirements.lock").is_file()
+    assert "published" in r.output
+    assert (tmp_path / "d" / "envs" / CPU_ID / "requirements.lock").is_file()
     r = CliRunner().invoke(main, ["bundle", "--mirror", str(src), "--split", "lots", "--out", str(tmp_path / "y")])
-    assert r.exit_code == 1 and "--split 'lots'" in r.output
+    assert r.exit_code == 1
+    assert "--split 'lots'" in r.output
 
 
 @given(st.integers(1, 10**6), st.sampled_from(["", "K", "M", "G", "k", "Gi", "GiB", "MB"]))
@@ -317,13 +335,15 @@ def pages(root: Path, name: str) -> dict[str, bytes]:
 def test_json_twins_round_trip(src, tmp_path, targets):
     republish_pages(src)
     html_src, json_src = pages(src, "index.html"), pages(src, "index.json")
-    assert {k.replace(".html", ".json") for k in html_src} == set(json_src) and len(json_src) > 5
+    assert {k.replace(".html", ".json") for k in html_src} == set(json_src)
+    assert len(json_src) > 5
     out = tmp_path / "m.tar.zst"
     bundle(src, out, targets=targets, zstd=True)
     with tarfile.open(fileobj=__import__("zstandard").open(out, "rb"), mode="r|") as tar:
         names = {m.name for m in tar}
     carried = {n for n in names if n.startswith("whl/") and n.endswith("/index.html") or n == "whl/index.html"}
-    assert carried and {n.replace(".html", ".json") for n in carried} <= names
+    assert carried
+    assert {n.replace(".html", ".json") for n in carried} <= names
     from torchdepot.ship.bundle.model import role_of
 
     assert {role_of(n) for n in names if n.endswith("index.json")} == {"index"}  # pages, never packages
@@ -332,8 +352,10 @@ def test_json_twins_round_trip(src, tmp_path, targets):
     html_dest, json_dest = pages(dest, "index.html"), pages(dest, "index.json")
     # the unbundled mirror serves index.json beside every index.html, byte-identical to the source's
     assert {k.replace(".html", ".json") for k in html_dest} == set(json_dest)
-    assert json_dest == {k: json_src[k] for k in json_dest} and html_dest == {k: html_src[k] for k in html_dest}
-    assert "index.json" in json_dest and "cpu/torch/index.json" in json_dest
+    assert json_dest == {k: json_src[k] for k in json_dest}
+    assert html_dest == {k: html_src[k] for k in html_dest}
+    assert "index.json" in json_dest
+    assert "cpu/torch/index.json" in json_dest
     if targets:
         assert not [k for k in json_dest if k.startswith(("cu126/", "cu118/"))]
     from torchdepot.sync.check import verify_mirror

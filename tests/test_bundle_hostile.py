@@ -17,15 +17,24 @@ from pathlib import Path
 import pytest
 import zstandard
 from click.testing import CliRunner
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+import torchdepot.ship.bundle.unbundle  # noqa: F401  (the module, for monkeypatching)
 from tests.kit.zeros import Zeros
 from tests.mirror_fixture import make_mirror
 from tests.test_bundle import bundle, snapshot
 from torchdepot.cli import main
 from torchdepot.errors import IntegrityError, TorchdepotError
-from torchdepot.ship.bundle import BUNDLE_HEAD, BUNDLE_MANIFEST, BundleError, parse_doc, parse_head, unbundle
-import torchdepot.ship.bundle.unbundle  # noqa: F401  (the module, for monkeypatching)
+from torchdepot.ship.bundle import (
+    BUNDLE_HEAD,
+    BUNDLE_MANIFEST,
+    BundleError,
+    parse_doc,
+    parse_head,
+    unbundle,
+)
+
 unbundle_mod = sys.modules["torchdepot.ship.bundle.unbundle"]
 from torchdepot.store import manifest as mf
 from torchdepot.sync.check import verify_mirror
@@ -34,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WHEEL = "packages/filelock/filelock-3.16.1-py3-none-any.whl"
 
 
-@pytest.fixture()
+@pytest.fixture
 def src(tmp_path) -> Path:
     root = tmp_path / "site-a" / "mirror"
     make_mirror(root)
@@ -73,7 +82,7 @@ def _file(path: str, data: bytes, role: str) -> dict:
 
 # -- roles ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("path,role", [
+@pytest.mark.parametrize(("path", "role"), [
     (WHEEL, "index"),                        # replace a mirrored wheel by calling it an index page
     (WHEEL, "lock"),
     ("packages/filelock/evil-1.0-py3-none-any.whl", "index"),
@@ -166,7 +175,8 @@ def test_late_failure_publishes_nothing(src, tmp_path, monkeypatch, fail_at):
     assert not [p for p in (dest / ".torchdepot").iterdir() if p.name.startswith("stage-")]
     monkeypatch.undo()
     unbundle(out, dest)  # and the same bundle then goes in cleanly
-    assert extra.is_file() and verify_mirror(dest).ok
+    assert extra.is_file()
+    assert verify_mirror(dest).ok
 
 
 def test_killed_run_staging_is_reported_then_cleaned_by_the_next_unbundle(src, tmp_path):
@@ -179,7 +189,8 @@ def test_killed_run_staging_is_reported_then_cleaned_by_the_next_unbundle(src, t
     rep = verify_mirror(dest)
     assert [(p.kind, p.path) for p in rep.problems] == [("staging", ".torchdepot/stage-unbundle-999999-abcd")]
     unbundle(out, dest)
-    assert not stale.exists() and verify_mirror(dest).ok
+    assert not stale.exists()
+    assert verify_mirror(dest).ok
 
 
 # -- bounds --------------------------------------------------------------------------------
@@ -213,7 +224,8 @@ def test_small_zstd_bundle_cannot_stage_a_gigabyte(tmp_path):
     with pytest.raises(BundleError, match="expands past .* declares"):
         unbundle(bomb, dest)
     assert time.monotonic() - t0 < 5
-    assert _staged_bytes(dest) == 0 and snapshot(dest) == {}
+    assert _staged_bytes(dest) == 0
+    assert snapshot(dest) == {}
 
 
 def test_member_larger_than_its_head_declares_is_refused_before_staging(tmp_path):
@@ -279,7 +291,9 @@ def test_deeply_nested_documents_are_one_line(tmp_path):
     bad = tmp_path / "deep.tar"
     _write(bad, [(BUNDLE_MANIFEST, deep.encode())])
     r = CliRunner().invoke(main, ["unbundle", str(bad), "--to", str(tmp_path / "d")])
-    assert r.exit_code == 1 and "nested too deeply" in r.output and len(r.output.strip().splitlines()) == 1
+    assert r.exit_code == 1
+    assert "nested too deeply" in r.output
+    assert len(r.output.strip().splitlines()) == 1
     # a mirror whose manifest.json is nested that deep: verify-mirror says so in one line
     root = tmp_path / "m"
     root.mkdir()
@@ -287,7 +301,8 @@ def test_deeply_nested_documents_are_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "torchdepot", "verify-mirror", str(root)], capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
     assert proc.returncode == 1 and proc.stderr.startswith("torchdepot: error:"), proc.stderr[-500:]
-    assert len(proc.stderr.strip().splitlines()) == 1 and "nested too deeply" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "nested too deeply" in proc.stderr
 
 
 # -- fuzz ------------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ def test_help_lists_every_command_and_errors_are_one_line():
     for name in COMMAND_MODULES:
         assert name in out
     res = runner.invoke(main, ["parse", "not-a-wheel"])
-    assert res.exit_code == 1 and "not a wheel filename" in res.output
+    assert res.exit_code == 1
+    assert "not a wheel filename" in res.output
 
 
 # -- zero tracebacks (issue 13.6) ----------------------------------------------------------------
@@ -120,19 +121,27 @@ def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback():
     assert res.stderr.startswith("torchdepot: error: torchdepot mirror: unexpected KeyError: 'no such key'")
     assert "--debug" in res.stderr
     dbg = _run_patched("return {}['no such key']", "--debug", "mirror")
-    assert dbg.returncode == 1 and "Traceback (most recent call last)" in dbg.stderr and "KeyError" in dbg.stderr
+    assert dbg.returncode == 1
+    assert "Traceback (most recent call last)" in dbg.stderr
+    assert "KeyError" in dbg.stderr
     env = _run_patched("return {}['no such key']", "mirror", env_extra={"TORCHDEPOT_DEBUG": "1"})
     assert "Traceback" in env.stderr
     intr = _run_patched("raise KeyboardInterrupt", "mirror")
-    assert intr.returncode == 130 and intr.stderr == "torchdepot: interrupted\n"
+    assert intr.returncode == 130
+    assert intr.stderr == "torchdepot: interrupted\n"
     mem = _run_patched("raise MemoryError", "mirror")
-    assert mem.returncode == 1 and "unexpected MemoryError" in mem.stderr and mem.stderr.count("\n") == 1
+    assert mem.returncode == 1
+    assert "unexpected MemoryError" in mem.stderr
+    assert mem.stderr.count("\n") == 1
 
 
 def test_usage_errors_keep_exit_2_and_help_documents_the_exit_status():
     runner = CliRunner()
     res = runner.invoke(main, ["mirror", "--jobs", "0"])
-    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert res.exit_code == 2
+    assert "Traceback" not in res.output
     assert runner.invoke(main, ["no-such-command"]).exit_code == 2
     help_text = " ".join(runner.invoke(main, ["--help"]).output.split())
-    assert "2 usage error" in help_text and "130 interrupted" in help_text and "--debug" in help_text
+    assert "2 usage error" in help_text
+    assert "130 interrupted" in help_text
+    assert "--debug" in help_text

@@ -36,13 +36,14 @@ def test_second_writer_fails_at_once_with_a_clear_message(tmp_path):
     holder = _holder(tmp_path, 5)
     try:
         t = time.monotonic()
-        with pytest.raises(LockedError) as exc:
-            with MirrorLock(tmp_path):
-                pass
+        with pytest.raises(LockedError) as exc, MirrorLock(tmp_path):
+            pass
         assert time.monotonic() - t < 0.5
         msg = str(exc.value)
-        assert "another torchdepot run is writing this mirror" in msg and f"pid {holder.pid}" in msg
-        assert "--wait" in msg and "\n" not in msg
+        assert "another torchdepot run is writing this mirror" in msg
+        assert f"pid {holder.pid}" in msg
+        assert "--wait" in msg
+        assert "\n" not in msg
     finally:
         holder.kill()
         holder.wait()
@@ -73,10 +74,8 @@ def test_sigkilled_holder_never_wedges_the_mirror(tmp_path):
 
 
 def test_lock_is_exclusive_within_one_process_too(tmp_path):
-    with MirrorLock(tmp_path):
-        with pytest.raises(LockedError):
-            with MirrorLock(tmp_path):
-                pass
+    with MirrorLock(tmp_path), pytest.raises(LockedError), MirrorLock(tmp_path):
+        pass
 
 
 def test_two_cli_syncs_on_one_out_dir(tmp_path):
@@ -101,7 +100,8 @@ def test_two_cli_syncs_on_one_out_dir(tmp_path):
             assert first.poll() is None, "run 1 finished too early for the test to mean anything"
             assert second.returncode == 1
             lines = second.stderr.strip().splitlines()
-            assert lines[-1].startswith("torchdepot: error:") and "another torchdepot run is writing" in lines[-1]
+            assert lines[-1].startswith("torchdepot: error:")
+            assert "another torchdepot run is writing" in lines[-1]
             assert f"pid {first.pid}" in lines[-1]
             third = subprocess.Popen(mirror_cmd(spec, "--wait", "120"), env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, cwd=str(tmp_path))
@@ -111,7 +111,8 @@ def test_two_cli_syncs_on_one_out_dir(tmp_path):
             out3, err3 = third.communicate(timeout=120)
             assert third.returncode == 0, err3
             assert time.monotonic() >= t_first_done
-            assert "5 already present" in out3 and "0 downloaded" in out3
+            assert "5 already present" in out3
+            assert "0 downloaded" in out3
         finally:
             for p in (first,):
                 if p.poll() is None:
@@ -133,7 +134,8 @@ def test_verify_mirror_repair_waits_for_a_sync(tmp_path):
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         cmd = [sys.executable, "-m", "torchdepot", "verify-mirror", str(tmp_path), "--repair"]
         now = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
-        assert now.returncode == 1 and "another torchdepot run" in now.stderr
+        assert now.returncode == 1
+        assert "another torchdepot run" in now.stderr
         later = subprocess.run(cmd + ["--wait", "30"], capture_output=True, text=True, env=env, timeout=60)
         assert later.returncode == 0, later.stderr
         assert time.monotonic() - t > 0.9

@@ -12,22 +12,23 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.httpserver import Server
+from tests.kit.condapython import build_python_placeholder
 from tests.kit.wheels import build_wheel
 from torchdepot.cli import main
-from tests.kit.condapython import build_python_placeholder
-from torchdepot.ship import recipes as R
-from torchdepot.store.channel import normalize_indexed_channel, repodata_bytes
-from torchdepot.sources.repodata import RepodataError, parse_repodata
-from torchdepot.resolve.conda import keep_record, solve_target, SubdirSource
-from torchdepot.spec.conda import CondaTarget, parse_conda_section, pip_constraint_to_conda
-from torchdepot.sync.conda import sync_conda
-from torchdepot.model.accel import parse_accelerator
 from torchdepot.errors import IntegrityError, SpecError, TorchdepotError
+from torchdepot.model.accel import parse_accelerator
 from torchdepot.net.http import Client, HttpConfig
+from torchdepot.resolve.conda import SubdirSource, keep_record, solve_target
+from torchdepot.ship import recipes as R
+from torchdepot.sources.repodata import RepodataError, parse_repodata
+from torchdepot.spec.conda import CondaTarget, parse_conda_section, pip_constraint_to_conda
 from torchdepot.spec.mirror import MirrorSpec, PackageSpec
+from torchdepot.store.channel import normalize_indexed_channel, repodata_bytes
+from torchdepot.sync.conda import sync_conda
 
 REPODATA = "conda/repodata/pytorch_channel_linux-64_repodata.json"
 
@@ -79,7 +80,7 @@ def test_spec_defaults_and_targets():
         ["cpu-py311-linux-x86_64", "cu118-py311-linux-x86_64", "cpu-py311-windows-amd64", "cu118-py311-windows-amd64"])
 
 
-@pytest.mark.parametrize("conda,key", [
+@pytest.mark.parametrize(("conda", "key"), [
     ({"channels": [{"name": "x", "mirrors": ["http://ok.example/x", "ftp://bad"]}]}, "conda.channels[0].mirrors[1]"),
     ({"channels": []}, "conda.channels"),
     ({"channels": ["x"], "subdirs": ["linux-65"]}, "conda.subdirs[0]"),
@@ -92,7 +93,8 @@ def test_spec_errors_name_the_key(conda, key):
     spec = MirrorSpec(pythons=("3.11",), platforms=("linux-x86_64",), conda=conda)
     with pytest.raises(SpecError) as exc:
         parse_conda_section(conda, spec)
-    assert str(exc.value).startswith(key + ":") and "\n" not in str(exc.value)
+    assert str(exc.value).startswith(key + ":")
+    assert "\n" not in str(exc.value)
 
 
 @given(st.sampled_from([">=", "<=", "<", ">", "==", "!=", "~="]),
@@ -110,7 +112,8 @@ def test_every_real_pytorch_record_maps_to_its_stated_accelerator(data_dir):
     data = (data_dir / REPODATA).read_bytes()
     rd = parse_repodata(data, "pytorch", "linux-64", "pytorch/linux-64")
     torch = rd.by_name("pytorch")
-    assert len(torch) == 276 and len(rd.records) == 2181
+    assert len(torch) == 276
+    assert len(rd.records) == 2181
     for r in torch:
         acc = r.accelerator.name
         if "_cpu_" in r.build or r.build.startswith("cpu"):
@@ -133,11 +136,14 @@ def test_conda_ls_json_over_loopback(data_dir, tmp_path):
     keys = {"filename", "name", "version", "build", "build_number", "subdir", "accelerator", "python"}
     assert all(keys <= set(r) for r in rows)
     torch = [r for r in rows if r["name"] == "pytorch"]
-    assert len(torch) == 276 and all(r["accelerator"] for r in torch)
+    assert len(torch) == 276
+    assert all(r["accelerator"] for r in torch)
     one = next(r for r in torch if r["build"] == "py3.10_cuda11.8_cudnn8.7.0_0")
     assert (one["accelerator"], one["python"]) == ("cu118", "3.10")
     assert table.exit_code == 0
-    assert "pytorch: 276 records" in table.output and "cu118" in table.output and "3.10" in table.output
+    assert "pytorch: 276 records" in table.output
+    assert "cu118" in table.output
+    assert "3.10" in table.output
 
 
 # -- solving ---------------------------------------------------------------------------
@@ -193,13 +199,15 @@ def test_mirror_from_loopback_is_exact_and_reproducible(upstream, tmp_path):
     for t in res.targets:
         torch = next(p for p in t.packages if p.name == "pytorch")
         assert torch.build == ("cpu_py311_0" if t.accelerator == "cpu" else "cuda126_py311_0")
-        assert t.kind == "conda" and t.channel == "conda/test"
+        assert t.kind == "conda"
+        assert t.channel == "conda/test"
         assert all(p.path.startswith(f"conda/test/{t.subdir}/") or p.path.startswith("conda/test/noarch/") for p in t.packages)
     up = {**json.loads((upstream / "linux-64" / "repodata.json").read_text())["packages.conda"]}
     mine = json.loads((out / "conda/test/linux-64/repodata.json").read_text())
     assert set(mine["packages.conda"]) == set(up)  # both linux builds are needed by some target
     for fn, rec in mine["packages.conda"].items():
-        assert rec["sha256"] == up[fn]["sha256"] and "indexed_timestamp" not in rec
+        assert rec["sha256"] == up[fn]["sha256"]
+        assert "indexed_timestamp" not in rec
         assert hashlib.sha256((out / "conda/test/linux-64" / fn).read_bytes()).hexdigest() == rec["sha256"]
     noarch = json.loads((out / "conda/test/noarch/repodata.json").read_text())
     assert set(noarch["packages.conda"]) == {"pytorch-mutex-1.0-cpu.conda", "pytorch-mutex-1.0-cuda.conda"}
@@ -208,7 +216,8 @@ def test_mirror_from_loopback_is_exact_and_reproducible(upstream, tmp_path):
     assert zstandard.ZstdDecompressor().decompress((out / "conda/test/noarch/repodata.json.zst").read_bytes()) == \
         (out / "conda/test/noarch/repodata.json").read_bytes()
     paths = {f.path for f in res.files}
-    assert "conda/test/win-64/repodata.json" in paths and all(f.kind == "conda" for f in res.files)
+    assert "conda/test/win-64/repodata.json" in paths
+    assert all(f.kind == "conda" for f in res.files)
 
 
 def test_normalized_index_is_reproducible(upstream, tmp_path):
@@ -222,15 +231,14 @@ def test_normalized_index_is_reproducible(upstream, tmp_path):
 
 # -- bad repodata -------------------------------------------------------------------------
 
-@pytest.fixture()
+@pytest.fixture
 def mirrored(upstream, tmp_path):
     """A good mirror first; then upstream goes bad in a copy served on loopback."""
     bad = tmp_path / "srv" / "chan"
     shutil.copytree(upstream, bad)
     out = tmp_path / "out"
-    with Server(tmp_path / "srv") as s:
-        with fast_client() as c:
-            sync_conda(spec_for(f"{s.url}/chan"), out, client=c)
+    with Server(tmp_path / "srv") as s, fast_client() as c:
+        sync_conda(spec_for(f"{s.url}/chan"), out, client=c)
     return bad, out
 
 
@@ -269,7 +277,7 @@ def _dotdot_filename(chan):
     _rewrite(chan, "linux-64", f)
 
 
-@pytest.mark.parametrize("breaker,err,needle", [
+@pytest.mark.parametrize(("breaker", "err", "needle"), [
     (_truncate, RepodataError, "not valid repodata JSON"),
     (_drop_sha, RepodataError, "no valid sha256"),
     (_wrong_hash, IntegrityError, "sha256 mismatch"),
@@ -286,11 +294,11 @@ def test_bad_repodata_is_one_line_and_keeps_previous_channel(mirrored, tmp_path,
         before = _tree(out / "conda")
     breaker(bad)
     outside = sorted(p for p in tmp_path.rglob("*") if out not in p.parents and p != out)
-    with Server(bad.parent) as s, fast_client() as c:
-        with pytest.raises(err) as exc:
-            sync_conda(spec_for(f"{s.url}/chan"), out, client=c)
+    with Server(bad.parent) as s, fast_client() as c, pytest.raises(err) as exc:
+        sync_conda(spec_for(f"{s.url}/chan"), out, client=c)
     msg = str(exc.value)
-    assert needle in msg and "\n" not in msg
+    assert needle in msg
+    assert "\n" not in msg
     assert _tree(out / "conda") == before  # previous channel intact
     assert sorted(p for p in tmp_path.rglob("*") if out not in p.parents and p != out) == outside
     assert not (tmp_path / "etc").exists()
@@ -300,10 +308,12 @@ def test_cli_reports_bad_channel_in_one_line(tmp_path):
     res = subprocess.run([sys.executable, "-m", "torchdepot", "conda", "ls", "--channel", str(tmp_path / "nope")],
                          capture_output=True, text=True)
     assert res.returncode == 1
-    assert res.stderr.startswith("torchdepot: error: ") and res.stderr.count("\n") == 1
+    assert res.stderr.startswith("torchdepot: error: ")
+    assert res.stderr.count("\n") == 1
 
 
 def test_repodata_bytes_sorted_and_stable():
     a = repodata_bytes("noarch", {"b-1-0.conda": {"name": "b", "indexed_timestamp": 5}, "a-1-0.tar.bz2": {"name": "a"}})
     b = repodata_bytes("noarch", {"a-1-0.tar.bz2": {"name": "a"}, "b-1-0.conda": {"name": "b", "indexed_timestamp": 9}})
-    assert a == b and b"indexed_timestamp" not in a
+    assert a == b
+    assert b"indexed_timestamp" not in a

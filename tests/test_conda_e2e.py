@@ -20,11 +20,11 @@ from tests.httpserver import Server
 from tests.kit.condapython import build_python_placeholder
 from tests.test_conda_channel import fast_client, stub_torch_wheels
 from torchdepot.model.accel import parse_accelerator
-from torchdepot.ship import recipes as R
 from torchdepot.resolve.conda import SubdirSource, solve_target
+from torchdepot.ship import recipes as R
 from torchdepot.spec.conda import CondaTarget
-from torchdepot.sync.conda import sync_conda
 from torchdepot.spec.mirror import MirrorSpec
+from torchdepot.sync.conda import sync_conda
 
 DEPS = ("filelock", "typing-extensions", "sympy", "mpmath", "networkx", "jinja2", "markupsafe", "fsspec", "setuptools")
 
@@ -45,7 +45,8 @@ def test_repackaged_real_torch_mirrors_solves_installs_and_imports(torch_wheel, 
     R.index_channel(up)
     cpu_pkg = next(b for b in built if b.name == "pytorch" and b.subdir == "linux-64" and b.build == "cpu_py311_0")
     meta = json.loads((up / "linux-64" / "repodata.json").read_text())["packages.conda"][cpu_pkg.path.name]
-    assert "python >=3.11,<3.12.0a0" in meta["depends"] and "pytorch-mutex ==1.0 cpu" in meta["depends"]
+    assert "python >=3.11,<3.12.0a0" in meta["depends"]
+    assert "pytorch-mutex ==1.0 cpu" in meta["depends"]
     assert "sympy >=1.13.3" in meta["depends"]
     # every runtime requirement of the wheel, under its conda-forge name (typing-extensions -> typing_extensions)
     dep_names = {d.split()[0] for d in meta["depends"]}
@@ -60,7 +61,8 @@ def test_repackaged_real_torch_mirrors_solves_installs_and_imports(torch_wheel, 
             res = sync_conda(spec, out, client=c, jobs=4)
     chan = out / "conda" / "local-up"
     linux = json.loads((chan / "linux-64" / "repodata.json").read_text())["packages.conda"]
-    assert cpu_pkg.path.name in linux and linux[cpu_pkg.path.name]["sha256"] == meta["sha256"]
+    assert cpu_pkg.path.name in linux
+    assert linux[cpu_pkg.path.name]["sha256"] == meta["sha256"]
     assert {"sympy", "filelock", "typing_extensions", "python"} <= {r["name"] for r in linux.values()}
     assert (chan / "noarch" / "repodata.json").is_file()
     assert len(res.targets) == 4
@@ -130,7 +132,9 @@ def test_recipes_build_takes_several_wheels_outside_a_checkout(tmp_path):
     by_name = {r["name"]: r for r in linux.values()}
     assert set(by_name) == {"pytorch", "typing_extensions"}
     deps = by_name["pytorch"]["depends"]
-    assert "python >=3.12,<3.13.0a0" in deps and "typing_extensions >=4.10.0" in deps and "sympy >=1.13.3" in deps
+    assert "python >=3.12,<3.13.0a0" in deps
+    assert "typing_extensions >=4.10.0" in deps
+    assert "sympy >=1.13.3" in deps
     assert not any(d.startswith(("intel-openmp", "opt-einsum", "opt_einsum")) for d in deps), deps
     assert "python >=3.12,<3.13.0a0" in by_name["typing_extensions"]["depends"]
     assert R.RECIPES_DIR.is_relative_to(Path(R.__file__).resolve().parent)
@@ -150,7 +154,8 @@ def test_pypi_conda_name_mapping():
     from torchdepot.ship.conda_names import SNAPSHOT, load_conda_names, parse_mapping
 
     names = load_conda_names()
-    assert names.conda_name("torch") == "pytorch" and names.conda_name("Typing_Extensions") == "typing_extensions"
+    assert names.conda_name("torch") == "pytorch"
+    assert names.conda_name("Typing_Extensions") == "typing_extensions"
     assert names.conda_name("SymPy") == "sympy"  # unlisted: the normalised PyPI name
     assert len(parse_mapping(SNAPSHOT.read_text(), "snap").mapping) > 100
     for bad in ("- a\n- b\n", "a: [", "&a [*a]"):

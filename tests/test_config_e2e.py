@@ -123,6 +123,7 @@ def test_config_pip_refuses_a_variant_the_lan_mirror_lacks(lab, tmp_path):
     conf = tmp_path / "pip.conf"
     proc = subprocess.run([str(TORCHDEPOT), "config", "pip", "--url", MIRROR, "--variant", "cu128", "--file", str(conf)],
                           capture_output=True, text=True, env=_env(proxy, tmp_path))
-    assert proc.returncode == 1 and not conf.exists()
+    assert proc.returncode == 1
+    assert not conf.exists()
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "cu128" in lines[0] and "cu126" in lines[0], proc.stderr

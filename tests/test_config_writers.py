@@ -167,7 +167,9 @@ def test_pip_https_new_file_and_rerun_and_variant_switch(tmp_path, URL):
     assert backups(f) == []
     once = f.read_text()
     res = run("config", "pip", "--url", URL, "--file", str(f))
-    assert f.read_text() == once and "already up to date" in res.output and backups(f) == []
+    assert f.read_text() == once
+    assert "already up to date" in res.output
+    assert backups(f) == []
     run("config", "pip", "--url", URL, "--file", str(f), "--variant", "cu126")
     cp = configparser.RawConfigParser()
     cp.read_string(f.read_text())
@@ -197,10 +199,11 @@ def test_pip_refuses_a_constraints_file_it_did_not_write(tmp_path, URL):
     (tmp_path / pip_cfg.CONSTRAINTS_NAME).write_text("numpy<2\n")
     res = CliRunner().invoke(main, ["config", "pip", "--url", URL, "--file", str(f)])
     one_line_error(res, pip_cfg.CONSTRAINTS_NAME, "not written by torchdepot")
-    assert not f.exists() and (tmp_path / pip_cfg.CONSTRAINTS_NAME).read_text() == "numpy<2\n"
+    assert not f.exists()
+    assert (tmp_path / pip_cfg.CONSTRAINTS_NAME).read_text() == "numpy<2\n"
 
 
-@pytest.mark.parametrize("args,needle", [
+@pytest.mark.parametrize(("args", "needle"), [
     (["--variant", "cu999"], "--variant 'cu999'"),
     (["--variant", "cu126\nindex-url = http://evil.example/simple"], "--variant"),
     (["--variant", "cu126 "], "--variant"),
@@ -216,7 +219,8 @@ def test_pip_values_are_checked_before_anything_is_written(tmp_path, URL, args, 
     argv = ["config", "pip", "--file", str(f)] + (["--url", URL] if "--url" not in args else []) + args
     res = CliRunner().invoke(main, argv)
     one_line_error(res, needle)
-    assert f.read_text() == PIP_OLD and sorted(p.name for p in tmp_path.iterdir()) == ["pip.conf"]
+    assert f.read_text() == PIP_OLD
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pip.conf"]
 
 
 def test_variant_not_on_mirror_names_what_it_has(tmp_path, URL):
@@ -263,7 +267,9 @@ def test_uv_mirror_first_user_default_kept(tmp_path, URL):
     res = run("config", "uv", "--url", URL, "--file", str(f))
     assert res.exit_code == 0, res.output
     new = f.read_text()
-    assert "# uv settings, hand written" in new and "# our proxy" in new and "# company index" in new
+    assert "# uv settings, hand written" in new
+    assert "# our proxy" in new
+    assert "# company index" in new
     doc = tomlkit.parse(new).unwrap()
     assert doc["index"] == [
         {"name": "torchdepot", "url": f"{URL}/whl/cpu"},
@@ -271,9 +277,11 @@ def test_uv_mirror_first_user_default_kept(tmp_path, URL):
         {"name": "internal", "url": "https://internal.example/simple", "default": True},  # still the default
     ]
     assert doc["allow-insecure-host"] == [host(URL)]
-    assert doc["pip"]["compile-bytecode"] is True and doc["native-tls"] is True
+    assert doc["pip"]["compile-bytecode"] is True
+    assert doc["native-tls"] is True
     assert [b.read_text() for b in backups(f)] == [UV_OLD]
-    assert f"UV_INSECURE_HOST={host(URL)}" in res.output and "[tool.uv.sources]" in res.output
+    assert f"UV_INSECURE_HOST={host(URL)}" in res.output
+    assert "[tool.uv.sources]" in res.output
     run("config", "uv", "--url", URL, "--file", str(f), "--variant", "cu126")  # re-run replaces, never duplicates
     names = [str(e["name"]) for e in tomlkit.parse(f.read_text())["index"]]
     assert names == ["torchdepot", "torchdepot-cu126", "internal"]
@@ -287,7 +295,8 @@ def test_uv_inline_index_array_is_merged_not_a_traceback(tmp_path, URL):
     assert res.exit_code == 0, res.output
     doc = tomlkit.parse(f.read_text()).unwrap()
     assert [e["name"] for e in doc["index"]] == ["torchdepot", "torchdepot-cpu", "corp"]
-    assert doc["index"][0]["default"] is True and "default" not in doc["index"][2]
+    assert doc["index"][0]["default"] is True
+    assert "default" not in doc["index"][2]
     assert "index = [" in f.read_text()  # stays inline
 
 
@@ -313,7 +322,10 @@ def test_conda_tuna_condarc_keeps_the_users_mirrors(tmp_path, URL):
     res = run("config", "conda", "--url", URL, "--file", str(f), "--channel", CONDA_CHANNEL)
     assert res.exit_code == 0, res.output
     new = f.read_text()
-    assert "# my condarc" in new and "# corporate proxy" in new and "# big disk" in new and "# community" in new
+    assert "# my condarc" in new
+    assert "# corporate proxy" in new
+    assert "# big disk" in new
+    assert "# community" in new
     old, doc = YAML(typ="safe").load(CONDA_TUNA), YAML(typ="safe").load(new)
     assert doc["channels"] == [f"{URL}/conda/{CONDA_CHANNEL}", "defaults", "conda-forge"]
     for key in ("default_channels", "custom_channels", "channel_alias", "ssl_verify", "envs_dirs"):
@@ -322,7 +334,8 @@ def test_conda_tuna_condarc_keeps_the_users_mirrors(tmp_path, URL):
     assert [b.read_text() for b in backups(f)] == [CONDA_TUNA]
     assert f"export CONDA_CHANNELS={URL}/conda/{CONDA_CHANNEL},defaults,conda-forge" in res.output
     res = run("config", "conda", "--url", URL, "--file", str(f))  # re-run (channels from the mirror)
-    assert YAML(typ="safe").load(f.read_text())["channels"] == doc["channels"] and "already up to date" in res.output
+    assert YAML(typ="safe").load(f.read_text())["channels"] == doc["channels"]
+    assert "already up to date" in res.output
 
 
 def test_conda_without_channels_keeps_defaults(tmp_path, URL):
@@ -359,23 +372,25 @@ def test_conda_channel_checked_against_mirror(tmp_path, URL):
 KINDS = [("pip", "pip.conf", PIP_OLD), ("uv", "uv.toml", UV_OLD), ("conda", ".condarc", CONDA_TUNA)]
 
 
-@pytest.mark.parametrize("kind,name,old", KINDS)
+@pytest.mark.parametrize(("kind", "name", "old"), KINDS)
 def test_dry_run_writes_nothing(tmp_path, URL, kind, name, old):
     f = tmp_path / name
     f.write_text(old)
     before = f.stat().st_mtime_ns
     res = run("config", kind, "--url", URL, "--file", str(f), "--dry-run")
     assert res.exit_code == 0
-    assert f.read_text() == old and f.stat().st_mtime_ns == before
+    assert f.read_text() == old
+    assert f.stat().st_mtime_ns == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no backup, no temp file, no constraints
-    assert f"--- {f}" in res.output and f"+++ {f}" in res.output
+    assert f"--- {f}" in res.output
+    assert f"+++ {f}" in res.output
     assert any(ln.startswith("+") and URL in ln for ln in res.output.splitlines())
 
 
 DEEP = 100_000
 
 
-@pytest.mark.parametrize("kind,name,bad", [
+@pytest.mark.parametrize(("kind", "name", "bad"), [
     ("pip", "pip.conf", "[global\nindex-url = x\n"),
     ("pip", "pip.conf", "index-url = no-section\n"),
     ("pip", "pip.conf", b"[global]\nindex-url = \xff\n"),
@@ -402,7 +417,7 @@ def test_malformed_file_clear_error_untouched(tmp_path, URL, kind, name, bad):
 # --- the file stays the user's ------------------------------------------------------------
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root (CI runs as root)")
-@pytest.mark.parametrize("kind,name,old", KINDS)
+@pytest.mark.parametrize(("kind", "name", "old"), KINDS)
 def test_owner_group_mode_kept_for_file_and_backup(tmp_path, URL, kind, name, old):
     f = tmp_path / name
     f.write_text(old)
@@ -427,7 +442,7 @@ def test_new_file_under_sudo_belongs_to_the_home_owner(tmp_path, URL):
         assert (p.stat().st_uid, p.stat().st_gid) == (1234, 2345), p
 
 
-@pytest.mark.parametrize("kind,name,old", KINDS)
+@pytest.mark.parametrize(("kind", "name", "old"), KINDS)
 def test_symlink_is_written_through(tmp_path, URL, kind, name, old):
     dotfiles = tmp_path / "dotfiles"
     dotfiles.mkdir()
@@ -438,22 +453,26 @@ def test_symlink_is_written_through(tmp_path, URL, kind, name, old):
     link.symlink_to(real)
     res = run("config", kind, "--url", URL, "--file", str(link))
     assert res.exit_code == 0, res.output
-    assert link.is_symlink() and os.readlink(link) == str(real)
-    assert real.read_text() != old and URL in real.read_text()
-    assert [b.read_text() for b in backups(link)] == [old] and not backups(real)
+    assert link.is_symlink()
+    assert os.readlink(link) == str(real)
+    assert real.read_text() != old
+    assert URL in real.read_text()
+    assert [b.read_text() for b in backups(link)] == [old]
+    assert not backups(real)
 
 
-@pytest.mark.parametrize("kind,name,old", KINDS)
+@pytest.mark.parametrize(("kind", "name", "old"), KINDS)
 def test_read_only_file_is_refused(tmp_path, URL, kind, name, old):
     f = tmp_path / name
     f.write_text(old)
     f.chmod(0o444)
     res = CliRunner().invoke(main, ["config", kind, "--url", URL, "--file", str(f)])
     one_line_error(res, str(f), "read-only")
-    assert f.read_text() == old and sorted(p.name for p in tmp_path.iterdir()) == [name]
+    assert f.read_text() == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
 
 
-@pytest.mark.parametrize("kind,name,old", KINDS)
+@pytest.mark.parametrize(("kind", "name", "old"), KINDS)
 def test_crlf_and_bom_are_kept(tmp_path, URL, kind, name, old):
     f = tmp_path / name
     raw = ("\ufeff" + old.replace("\n", "\r\n")).encode()
@@ -461,7 +480,8 @@ def test_crlf_and_bom_are_kept(tmp_path, URL, kind, name, old):
     res = run("config", kind, "--url", URL, "--file", str(f))
     assert res.exit_code == 0, res.output
     new = f.read_bytes()
-    assert new.startswith("\ufeff".encode()) and URL.encode() in new
+    assert new.startswith("\ufeff".encode())
+    assert URL.encode() in new
     assert new.count(b"\n") == new.count(b"\r\n") > old.count("\n")
     assert [b.read_bytes() for b in backups(f)] == [raw]
 

@@ -156,7 +156,8 @@ def test_sigkill_in_the_prune_window_leaves_live_mirror_verify_clean(site):
     spec = cpu_spec(tmp, a)
     base = _base(tmp, b, "base", ("mirror", "--spec", str(_cu118_spec(tmp, a))), ("mirror", "--spec", str(spec)))
     gone = [f.path for f in mf.load(base).files if "+cu118" in f.path]
-    assert gone and (base / "targets" / CU118).is_dir()
+    assert gone
+    assert (base / "targets" / CU118).is_dir()
     prune = ("mirror", "--spec", str(spec), "--prune")
     seen = {}
     for label, point in POINTS.items():
@@ -166,7 +167,8 @@ def test_sigkill_in_the_prune_window_leaves_live_mirror_verify_clean(site):
         # in the removal window the unlisted files still there are the journal's (staged), not orphans
         assert ("staged" in seen[label]) == bool(_unlisted(m, gone)), (label, seen[label])
         if label in ("committed", "1 removed", "2 removed", "files removed"):
-            assert CU118 not in {t.id for t in mf.load(m).targets} and _unlisted(m, gone) is not None
+            assert CU118 not in {t.id for t in mf.load(m).targets}
+            assert _unlisted(m, gone) is not None
         proc = _run(tmp, b, *prune, "--out", str(m))
         assert proc.returncode == 0, (label, proc.stderr)
         _converged(m)
@@ -193,7 +195,8 @@ def test_sigkill_in_the_keep_window_leaves_live_mirror_verify_clean(site, wheels
     proc = _run(tmp, b, "mirror", "--spec", str(spec), "--out", str(base))
     assert proc.returncode == 0, proc.stderr
     old = [f.path for f in mf.load(base).files if "torch-2.13.0" in f.path]
-    assert len(old) == 2 and sorted(r.torch for r in mf.load(base).releases) == ["2.13.0+cpu", "2.14.0+cpu"]
+    assert len(old) == 2
+    assert sorted(r.torch for r in mf.load(base).releases) == ["2.13.0+cpu", "2.14.0+cpu"]
     run = ("mirror", "--spec", str(keep1))
     seen = {}
     points = {k: v for k, v in POINTS.items() if k != "files removed"}  # no target folder goes here
@@ -245,10 +248,17 @@ def test_a_killed_prune_then_a_plain_sync_keeps_the_target_and_forgets_the_journ
 def test_sigkill_after_a_changed_variants_json_is_written_leaves_no_orphan(tmp_path, when):
     """A re-sync where upstream changed torch's variants.json: killed after the new file is
     written (before any manifest lists it), the live mirror is verify-clean; the next run converges."""
-    from tests.test_variants import PRIORITIES, SCHEMA, VARIANTS, upstream as _up  # noqa: F401
-    from tests.test_variants import variant_wheel, write_variants_json, _anchor, _page
     from tests.httpserver import Server
     from tests.mirror_upstream import make_wheel, sha256
+    from tests.test_variants import (  # noqa: F401
+        PRIORITIES,
+        SCHEMA,
+        VARIANTS,
+        _anchor,
+        _page,
+        variant_wheel,
+        write_variants_json,
+    )
 
     root = tmp_path / "up"
     torch = root / "whl" / "variant" / "torch"
@@ -270,7 +280,8 @@ def test_sigkill_after_a_changed_variants_json_is_written_leaves_no_orphan(tmp_p
         point = ("torchdepot.sync.pipindex:publish_variants_json:exit" if when == "written"
                  else "torchdepot.sync.pipindex:publish")
         _killed_at(tmp_path, b, point, "mirror", "--spec", str(spec), "--out", str(m))
-        assert (m / new_path).is_file() and new_path in publication.load_journal(m)
+        assert (m / new_path).is_file()
+        assert new_path in publication.load_journal(m)
         assert (new_path in mf.load(m).by_path()) == (when == "widened")
         _live_verify(tmp_path, b, m, when)
         proc = _run(tmp_path, b, "mirror", "--spec", str(spec), "--out", str(m))

@@ -29,10 +29,10 @@ CAPTURE_2023 = "index_pages/download.pytorch.org_whl_simple_2023-10"
 def test_table_matches_compat_yaml(data_dir):
     doc = yaml.safe_load((data_dir / "compat.yaml").read_text())
     rows = doc["nvidia_driver_minimums"]["minor_version_compatibility"]["rows"]
-    assert drivers.CUDA_DRIVER_MINIMUMS == tuple((str(r["cuda"]), str(r["linux_min_driver"]), str(r["windows_min_driver"])) for r in rows)
+    assert tuple((str(r["cuda"]), str(r["linux_min_driver"]), str(r["windows_min_driver"])) for r in rows) == drivers.CUDA_DRIVER_MINIMUMS
 
 
-@pytest.mark.parametrize("driver, os_, expected", [
+@pytest.mark.parametrize(("driver", "os_", "expected"), [
     ("470.182.03", "linux", "11.8"), ("525.60.13", "linux", "12.9"), ("525.60.12", "linux", "11.8"),
     ("535.104.05", "linux", "12.9"), ("580.65.06", "linux", "13.2"), ("450.36.06", "linux", "11.0"),
     ("450.80.02", "linux", "11.8"), ("396.26", "linux", "9.2"), ("300.1", "linux", None),
@@ -43,10 +43,13 @@ def test_max_cuda(driver, os_, expected):
 
 
 def test_untabled_cuda_inside_a_band():
-    assert drivers.driver_supports("535.104.05", "12.7") and not drivers.driver_supports("470.1", "12.7")
+    assert drivers.driver_supports("535.104.05", "12.7")
+    assert not drivers.driver_supports("470.1", "12.7")
     assert not drivers.driver_supports("580.65.06", "14.0")  # a CUDA major newer than the table: unknown
-    assert drivers.min_driver("12.7") == "525.60.13" and drivers.min_driver("13.3") == "580"
-    assert drivers.min_driver("14.0") is None and drivers.min_driver("x") is None
+    assert drivers.min_driver("12.7") == "525.60.13"
+    assert drivers.min_driver("13.3") == "580"
+    assert drivers.min_driver("14.0") is None
+    assert drivers.min_driver("x") is None
 
 
 # --- pure recommendation ---------------------------------------------------------
@@ -78,7 +81,7 @@ def _gpu(name, cap, driver="580.65.06"):
     return Gpu(name, driver, cap)
 
 
-@pytest.mark.parametrize("name, cap, driver, want", [
+@pytest.mark.parametrize(("name", "cap", "driver", "want"), [
     ("NVIDIA GeForce GTX 1080", "6.1", "580.65.06", "cu126"),  # the issue: never cu132 for Pascal
     ("Tesla V100-SXM2-16GB", "7.0", "580.65.06", "cu126"),  # Volta: not in cu130/cu132
     ("NVIDIA A100-SXM4-40GB", "8.0", "580.65.06", "cu132"),
@@ -100,13 +103,16 @@ def test_architecture_decides(name, cap, driver, want):
 def test_gtx1080_on_580_reasons():
     a = assess(_m("580.65.06", [_gpu("NVIDIA GeForce GTX 1080", "6.1")]))
     assert a.compatible == ("cu126", "cpu")
-    assert a.fit("cu132").fits == "no" and "sm_75" in a.fit("cu132").reason and "6.1" in a.fit("cu132").reason
+    assert a.fit("cu132").fits == "no"
+    assert "sm_75" in a.fit("cu132").reason
+    assert "6.1" in a.fit("cu132").reason
     assert a.fit("cu126").torch == "2.14"
 
 
 def test_old_driver_gets_the_newest_older_variant_that_fits():
     a = assess(_m("470.182.03", [Gpu("Tesla T4", "470.182.03", None)]))  # no compute_cap: T4 is 7.5 by name
-    assert a.recommended == "cu118" and a.fit("cu118").torch == "2.7"
+    assert a.recommended == "cu118"
+    assert a.fit("cu118").torch == "2.7"
     assert any("no current build fits" in w for w in a.warnings)
 
 
@@ -128,7 +134,8 @@ def test_untabled_torch_is_allowed_last_with_a_warning():
     assert a.compatible == ("cu130", "cu132", "cpu")
     offered = {"cu132": ("2.30.0",)}
     a = assess(h100, offered)
-    assert a.recommended == "cu132" and any("get_arch_list" in w for w in a.warnings)
+    assert a.recommended == "cu132"
+    assert any("get_arch_list" in w for w in a.warnings)
 
 
 def test_arch_table_facts():
@@ -154,7 +161,7 @@ def test_arch_table_is_in_the_docs():
         assert f"`{key}`" in doc
 
 
-@pytest.mark.parametrize("url, pip, uv", [
+@pytest.mark.parametrize(("url", "pip", "uv"), [
     ("http://torchlab:8000/whl/cu126", "pip install --index-url http://torchlab:8000/whl/cu126 --trusted-host torchlab:8000 torch==2.9.1",
      "uv pip install --index-url http://torchlab:8000/whl/cu126 --allow-insecure-host torchlab:8000 torch==2.9.1"),
     ("http://10.0.0.5/whl/cu126", "pip install --index-url http://10.0.0.5/whl/cu126 --trusted-host 10.0.0.5 torch==2.9.1",
@@ -178,7 +185,7 @@ def fake_tool(bindir: Path, name: str, stdout: Path | None, *, stderr_on_cap: Pa
     bindir.mkdir(parents=True, exist_ok=True)
     script = ["#!/bin/sh"]
     if stderr_on_cap is not None:
-        script += ['case "$*" in *compute_cap*) cat "%s" >&2; exit 2;; esac' % stderr_on_cap]
+        script += [f'case "$*" in *compute_cap*) cat "{stderr_on_cap}" >&2; exit 2;; esac']
         stdout = fallback
     if stdout is not None:
         script.append(f'cat "{stdout}"')
@@ -237,27 +244,32 @@ REQUIRED = {"os", "arch", "python", "glibc", "gpus", "driver", "max_cuda", "comp
 def test_single_gpu_nvidia_smi(tmp_path):
     fake_tool(tmp_path / "bin", "nvidia-smi", FIX / "smi_single_535.csv")
     r = doctor_json(tmp_path)
-    assert REQUIRED <= set(r)
+    assert set(r) >= REQUIRED
     assert r["gpus"] == [{"name": "NVIDIA A100-SXM4-40GB", "driver": "535.104.05", "compute_cap": "8.0", "vendor": "nvidia"}]
     assert (r["driver"], r["driver_source"], r["max_cuda"], r["recommended"]) == ("535.104.05", "nvidia-smi", "12.9", "cu126")
-    assert r["compatible"][-1] == "cpu" and r["os"] == "linux" and r["python"] == f"{sys.version_info[0]}.{sys.version_info[1]}"
+    assert r["compatible"][-1] == "cpu"
+    assert r["os"] == "linux"
+    assert r["python"] == f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 
 def test_multi_gpu_525(tmp_path):
     fake_tool(tmp_path / "bin", "nvidia-smi", FIX / "smi_multi_525.csv")
     r = doctor_json(tmp_path)
-    assert len(r["gpus"]) == 4 and {g["compute_cap"] for g in r["gpus"]} == {"7.0"}
-    assert r["max_cuda"] == "12.9" and r["recommended"] == "cu126"
+    assert len(r["gpus"]) == 4
+    assert {g["compute_cap"] for g in r["gpus"]} == {"7.0"}
+    assert r["max_cuda"] == "12.9"
+    assert r["recommended"] == "cu126"
 
 
 def test_multi_gpu_580_mixed(tmp_path):
     fake_tool(tmp_path / "bin", "nvidia-smi", FIX / "smi_multi_580.csv")
     r = doctor_json(tmp_path)
     assert [g["name"] for g in r["gpus"]] == ["NVIDIA GeForce RTX 5090", "NVIDIA RTX A6000"]
-    assert r["max_cuda"] == "13.2" and r["recommended"] == "cu132"
+    assert r["max_cuda"] == "13.2"
+    assert r["recommended"] == "cu132"
 
 
-@pytest.mark.parametrize("fixture, gpus, caps, max_cuda, recommended, compatible", [
+@pytest.mark.parametrize(("fixture", "gpus", "caps", "max_cuda", "recommended", "compatible"), [
     ("smi_gtx1080_580.csv", 1, {"6.1"}, "13.2", "cu126", ["cu126", "cpu"]),
     ("smi_multi_525.csv", 4, {"7.0"}, "12.9", "cu126", ["cu126", "cpu"]),
     ("smi_single_535.csv", 1, {"8.0"}, "12.9", "cu126", ["cu126", "cpu"]),
@@ -271,7 +283,8 @@ def test_recorded_gpus(tmp_path, fixture, gpus, caps, max_cuda, recommended, com
     """Recorded nvidia-smi of real GPU generations: the build must carry the architecture."""
     fake_tool(tmp_path / "bin", "nvidia-smi", FIX / fixture)
     r = doctor_json(tmp_path)
-    assert len(r["gpus"]) == gpus and {g["compute_cap"] for g in r["gpus"]} == caps
+    assert len(r["gpus"]) == gpus
+    assert {g["compute_cap"] for g in r["gpus"]} == caps
     assert (r["max_cuda"], r["recommended"], r["compatible"]) == (max_cuda, recommended, compatible)
     assert not any("sit idle" in w for w in r["warnings"])
     # never the legacy variants on every run
@@ -289,13 +302,16 @@ def test_gtx1080_on_580_text(tmp_path):
 def test_gpu_idle_warning_on_cpu_fallback(tmp_path):
     fake_tool(tmp_path / "bin", "nvidia-smi", FIX / "smi_k40_470_nocap.csv")
     r = doctor_json(tmp_path)
-    assert r["recommended"] == "cpu" and r["gpus"][0]["compute_cap_from_name"] == "3.5"
+    assert r["recommended"] == "cpu"
+    assert r["gpus"][0]["compute_cap_from_name"] == "3.5"
     idle = [w for w in r["warnings"] if "the GPU will sit idle" in w]
-    assert len(idle) == 1 and "Tesla K40m (compute 3.5)" in idle[0]
+    assert len(idle) == 1
+    assert "Tesla K40m (compute 3.5)" in idle[0]
     assert "warning     the GPU will sit idle" in doctor(tmp_path).stdout
     fake_tool(tmp_path / "bin", "nvidia-smi", FIX / "smi_gtx1080_470_nocap.csv")
     r = doctor_json(tmp_path)
-    assert r["recommended"] == "cu118" and any("no current build fits" in w for w in r["warnings"])
+    assert r["recommended"] == "cu118"
+    assert any("no current build fits" in w for w in r["warnings"])
 
 
 def test_driver_470_retries_without_compute_cap(tmp_path):
@@ -303,7 +319,9 @@ def test_driver_470_retries_without_compute_cap(tmp_path):
     r = doctor_json(tmp_path)
     assert r["gpus"] == [{"name": "Tesla T4", "driver": "470.182.03", "compute_cap": None, "vendor": "nvidia",
                           "compute_cap_from_name": "7.5"}]
-    assert r["max_cuda"] == "11.8" and r["recommended"] == "cu118" and r["compatible"] == ["cu118", "cpu"]
+    assert r["max_cuda"] == "11.8"
+    assert r["recommended"] == "cu118"
+    assert r["compatible"] == ["cu118", "cpu"]
 
 
 def test_procfs_before_nvidia_smi(tmp_path):
@@ -331,31 +349,39 @@ def test_env_override_wins(tmp_path):
     r = doctor_json(tmp_path, env_extra={"TORCHDEPOT_CUDA_DRIVER": "450.80.02"})
     assert (r["driver"], r["driver_source"], r["max_cuda"]) == ("450.80.02", "env", "11.8")
     bad = doctor_json(tmp_path, env_extra={"TORCHDEPOT_CUDA_DRIVER": "latest"})
-    assert bad["driver_source"] == "nvidia-smi" and any("TORCHDEPOT_CUDA_DRIVER" in n for n in bad["notes"])
+    assert bad["driver_source"] == "nvidia-smi"
+    assert any("TORCHDEPOT_CUDA_DRIVER" in n for n in bad["notes"])
 
 
 def test_no_gpu_machine(tmp_path):
     r = doctor_json(tmp_path)
-    assert r["gpus"] == [] and r["driver"] is None and r["max_cuda"] is None
-    assert r["compatible"] == ["cpu"] and r["recommended"] == "cpu"
+    assert r["gpus"] == []
+    assert r["driver"] is None
+    assert r["max_cuda"] is None
+    assert r["compatible"] == ["cpu"]
+    assert r["recommended"] == "cpu"
     text = doctor(tmp_path).stdout
-    assert "gpu         none found" in text and "recommended cpu" in text
+    assert "gpu         none found" in text
+    assert "recommended cpu" in text
 
 
 def test_nvidia_smi_without_driver(tmp_path):
     fake_tool(tmp_path / "bin", "nvidia-smi", FIX / "smi_no_driver.out", code=9)
     r = doctor_json(tmp_path)
-    assert r["driver"] is None and r["recommended"] == "cpu"
+    assert r["driver"] is None
+    assert r["recommended"] == "cpu"
     assert any("couldn't communicate" in n for n in r["notes"])
 
 
 def test_amd_and_intel(tmp_path):
     fake_tool(tmp_path / "bin", "rocm_agent_enumerator", FIX / "rocm_agents_mi250.txt")
     r = doctor_json(tmp_path)
-    assert [g["name"] for g in r["gpus"]] == ["gfx90a", "gfx90a"] and r["recommended"] == "rocm7.2"
+    assert [g["name"] for g in r["gpus"]] == ["gfx90a", "gfx90a"]
+    assert r["recommended"] == "rocm7.2"
     shutil.rmtree(tmp_path / "bin")
     r = doctor_json(tmp_path, root=sysroot(tmp_path, intel=True))
-    assert [g["vendor"] for g in r["gpus"]] == ["intel"] and r["recommended"] == "xpu"
+    assert [g["vendor"] for g in r["gpus"]] == ["intel"]
+    assert r["recommended"] == "xpu"
 
 
 def test_parse_smi_ignores_garbage():
@@ -383,7 +409,8 @@ def test_mirror_manifest_choice(tmp_path):
         fake_tool(tmp_path / "bin", "nvidia-smi", None, stderr_on_cap=FIX / "smi_470_nocap.err", fallback=FIX / "smi_470_nocap.csv")
         r = doctor_json(tmp_path, "--mirror", srv.url)
         m = r["mirror"]
-        assert m["accelerators"] == ["cpu", "cu118", "cu121"] and m["accelerator"] == "cu118"
+        assert m["accelerators"] == ["cpu", "cu118", "cu121"]
+        assert m["accelerator"] == "cu118"
         assert m["command"] == f"pip install --index-url {srv.url}/whl/cu118 torch==2.5.1"
         shutil.rmtree(tmp_path / "bin")
         r = doctor_json(tmp_path, "--mirror", srv.url)
@@ -406,13 +433,16 @@ def test_mirror_from_index_pages(tmp_path, data_dir):
         fake_tool(tmp_path / "bin", "nvidia-smi", FIX / "smi_single_535.csv")
         r = doctor_json(tmp_path, "--mirror", srv.url)
     m = r["mirror"]
-    assert m["accelerators"] == ["cpu", "cu117", "cu118"] and m["accelerator"] == "cu118"
+    assert m["accelerators"] == ["cpu", "cu117", "cu118"]
+    assert m["accelerator"] == "cu118"
     assert m["command"] == f"pip install --index-url {srv.url}/whl/cu118 torch==2.1.0"  # newest cu118 torch in the capture
 
 
 def test_mirror_unreachable_is_one_line_error(tmp_path):
     proc = doctor(tmp_path, "--mirror", "http://127.0.0.1:9/", check_rc=False)
-    assert proc.returncode == 1 and proc.stderr.startswith("torchdepot: error: http://127.0.0.1:9") and "Traceback" not in proc.stderr
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("torchdepot: error: http://127.0.0.1:9")
+    assert "Traceback" not in proc.stderr
 
 
 # --- --check on an installed torch ---------------------------------------------------
@@ -460,7 +490,8 @@ def test_check_cuda_build_too_new_for_driver(tmp_path):
 def test_check_ok_and_numpy_broken(tmp_path):
     py = fake_env(tmp_path, "2.5.1+cpu", None, False)
     r = doctor_json(tmp_path, "--check", "--python", py)
-    assert r["check"]["problems"] == [] and r["check"]["result"]["torch"] == "2.5.1+cpu"
+    assert r["check"]["problems"] == []
+    assert r["check"]["result"]["torch"] == "2.5.1+cpu"
     shutil.rmtree(tmp_path / "venv")
     py = fake_env(tmp_path, "2.5.1+cu121", "12.1", True, numpy_broken=True)
     fake_tool(tmp_path / "bin", "nvidia-smi", FIX / "smi_single_535.csv")
@@ -528,7 +559,8 @@ def test_printed_install_lines_work_verbatim_on_a_lan_host(tmp_path):
             if i == 0:  # control first: the same line without the trust option fails
                 bare = subprocess.run(line.replace(" --trusted-host torchlab:8000", ""), shell=True, env=env,
                                       capture_output=True, text=True, timeout=120)
-                assert bare.returncode != 0 and "torchlab" in bare.stdout + bare.stderr
+                assert bare.returncode != 0
+                assert "torchlab" in bare.stdout + bare.stderr
             proc = subprocess.run(line, shell=True, env=env, capture_output=True, text=True, timeout=120)
             assert proc.returncode == 0, proc.stdout + proc.stderr
             got = subprocess.run([str(py), "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True)
@@ -547,6 +579,8 @@ def test_mirror_unreachable_fails_fast(tmp_path):
         t = time.monotonic()
         proc = doctor(tmp_path, "--mirror", f"http://127.0.0.1:{port}/", check_rc=False)
         took = time.monotonic() - t
-    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1
+    assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith(f"torchdepot: error: http://127.0.0.1:{port}/manifest.json: timed out")
     assert took < 15, took

@@ -24,7 +24,8 @@ def test_mirror_then_offline_pip_install(tmp_path, torch_wheel, torch_mirror):
     wheel = out / "packages" / "torch" / torch_wheel.name
     assert wheel.stat().st_size == torch_wheel.stat().st_size
     page = (out / "whl" / "cpu" / "torch" / "index.html").read_text()
-    assert "torch-2.13.0%2Bcpu" in page and 'data-core-metadata="sha256=' in page
+    assert "torch-2.13.0%2Bcpu" in page
+    assert 'data-core-metadata="sha256=' in page
     for dep in ("numpy", "sympy", "filelock", "jinja2", "markupsafe"):
         assert (out / "whl" / "cpu" / dep / "index.html").is_file(), dep
     # Re-run: nothing fetched.

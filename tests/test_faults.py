@@ -6,6 +6,7 @@ one-line reason and nothing at its final path. Small files, short backoff: secon
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -59,7 +60,7 @@ def check_invariants(root: Path, report: FetchReport, expected: dict[str, bytes]
     assert seen <= published | {".torchdepot.lock"}, seen - published
 
 
-@pytest.fixture()
+@pytest.fixture
 def up():
     with FaultServer() as s:
         yield s
@@ -76,7 +77,8 @@ def test_clean_download_baseline(tmp_path, up):
     item = _item(up, "a-1.0-py3-none-any.whl", data)
     rep = _fetch(tmp_path, [item])
     check_invariants(tmp_path, rep, {item.key: data})
-    assert rep.results[0].status == "downloaded" and up.hits["/whl/a-1.0-py3-none-any.whl"] == 1
+    assert rep.results[0].status == "downloaded"
+    assert up.hits["/whl/a-1.0-py3-none-any.whl"] == 1
 
 
 TRANSIENT = flaky_faults(SIZE) + [
@@ -150,7 +152,8 @@ def test_wrong_bytes_under_warn_policy_is_published_and_flagged(tmp_path, up):
     up.always("/whl/f-1.0-py3-none-any.whl", Fault("wrong_bytes"))
     rep = _fetch(tmp_path, [item], on_hash_mismatch="warn")
     res = rep.results[0]
-    assert res.status == "downloaded" and res.hash_mismatch
+    assert res.status == "downloaded"
+    assert res.hash_mismatch
     stored = (tmp_path / item.key).read_bytes()
     assert res.sha256 == _sha(stored) != item.sha256
 
@@ -164,7 +167,8 @@ def test_resume_with_range_refetches_only_the_rest(tmp_path, up):
     rep = _fetch(tmp_path, [item])
     check_invariants(tmp_path, rep, {item.key: data})
     res = rep.results[0]
-    assert res.status == "downloaded" and res.resumed
+    assert res.status == "downloaded"
+    assert res.resumed
     assert up.ranges["/whl/g-1.0-py3-none-any.whl"] == [None, f"bytes={cut}-"]
     # bytes sent for the second attempt = the rest only
     assert up.body_bytes["/whl/g-1.0-py3-none-any.whl"] - cut == SIZE - cut < SIZE
@@ -178,7 +182,8 @@ def test_resume_across_runs_after_a_crash(tmp_path, up):
     leave_partial(f, item.key, data[:150_000])
     rep = f.run([item])
     check_invariants(tmp_path, rep, {item.key: data})
-    assert rep.results[0].resumed and up.body_bytes["/whl/h-1.0-py3-none-any.whl"] == SIZE - 150_000
+    assert rep.results[0].resumed
+    assert up.body_bytes["/whl/h-1.0-py3-none-any.whl"] == SIZE - 150_000
 
 
 def test_corrupt_partial_is_caught_by_hash_and_restarted(tmp_path, up):
@@ -209,7 +214,9 @@ def test_404_is_not_retried(tmp_path, up):
     item = FetchItem("packages/p/k-1.0-py3-none-any.whl", (up.url + "/whl/missing.whl",), None)
     rep = _fetch(tmp_path, [item], attempts=5)
     res = rep.results[0]
-    assert res.status == "failed" and "404" in res.error and up.hits["/whl/missing.whl"] == 1
+    assert res.status == "failed"
+    assert "404" in res.error
+    assert up.hits["/whl/missing.whl"] == 1
 
 
 def test_failover_to_second_url(tmp_path, up):
@@ -315,7 +322,8 @@ def test_redirect_loop_is_bounded(tmp_path, up):
     item = FetchItem("packages/p/loop-1.0-py3-none-any.whl", (up.url + "/whl/loop.whl",), None)
     rep = _fetch(tmp_path, [item], max_redirects=5, attempts=3)
     res = rep.results[0]
-    assert res.status == "failed" and "redirect" in res.error
+    assert res.status == "failed"
+    assert "redirect" in res.error
     assert up.hits["/whl/loop.whl"] == 6  # one chain of 1 + 5 hops, not retried
 
 
@@ -329,8 +337,11 @@ def test_redirect_to_another_host_needs_policy(tmp_path, up):
         item = FetchItem("packages/p/t-1.0-py3-none-any.whl", (up.url + "/whl/t.whl",), _sha(data), len(data))
         rep = _fetch(tmp_path, [item], allowed_hosts={"127.0.0.1"})
         res = rep.results[0]
-        assert res.status == "failed" and "not allowed" in res.error and "localhost" in res.error
-        assert other.hits["/files/t.whl"] == 0 and up.hits["/whl/t.whl"] == 1
+        assert res.status == "failed"
+        assert "not allowed" in res.error
+        assert "localhost" in res.error
+        assert other.hits["/files/t.whl"] == 0
+        assert up.hits["/whl/t.whl"] == 1
         check_invariants(tmp_path, rep, {item.key: data})
         rep = _fetch(tmp_path, [item], allowed_hosts={"127.0.0.1", "localhost"})
         assert rep.results[0].status == "downloaded"
@@ -341,7 +352,8 @@ def test_first_url_host_is_also_checked(tmp_path, up):
     data = _data(18)
     item = _item(up, "u-1.0-py3-none-any.whl", data)
     rep = _fetch(tmp_path, [item], allowed_hosts={"download.pytorch.org"})
-    assert rep.results[0].status == "failed" and up.hits["/whl/u-1.0-py3-none-any.whl"] == 0
+    assert rep.results[0].status == "failed"
+    assert up.hits["/whl/u-1.0-py3-none-any.whl"] == 0
 
 
 def test_no_partial_file_is_ever_visible_at_the_final_path(tmp_path, up):
@@ -354,10 +366,8 @@ def test_no_partial_file_is_ever_visible_at_the_final_path(tmp_path, up):
 
     def watch():
         while not stop.is_set():
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 seen.append(len(final.read_bytes()))
-            except FileNotFoundError:
-                pass
             time.sleep(0.002)
 
     w = threading.Thread(target=watch)
@@ -411,7 +421,8 @@ def test_file_url_source(tmp_path):
     check_invariants(root, rep, {item.key: data})
     bad = FetchItem("packages/x/y-1.0-py3-none-any.whl", ((tmp_path / "nope.whl").as_uri(),), None)
     rep = _fetch(root, [bad])
-    assert rep.results[0].status == "failed" and "no such file" in rep.results[0].error
+    assert rep.results[0].status == "failed"
+    assert "no such file" in rep.results[0].error
 
 
 def test_unsafe_key_is_refused(tmp_path, up):
@@ -440,7 +451,8 @@ def test_sync_under_transient_faults_completes_and_verifies(tmp_path):
         assert proc.returncode == 0, proc.stderr
         assert all(n == 2 for n in up.wheel_hits().values()), up.wheel_hits()
     rep = verify_mirror(out)
-    assert rep.ok and rep.checked == 10
+    assert rep.ok
+    assert rep.checked == 10
 
 
 def test_sync_under_a_persistent_fault_fails_with_one_line_and_publishes_no_index(tmp_path):
@@ -454,9 +466,12 @@ def test_sync_under_a_persistent_fault_fails_with_one_line_and_publishes_no_inde
         proc = run_mirror(write_spec(tmp_path / "spec.yaml", up.url, out), mirror_env(up.url, tmp_path))
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
-    assert lines[-1].startswith("torchdepot: error:") and "sha256 mismatch" in lines[-1] and "torch-2.5.0" in lines[-1]
+    assert lines[-1].startswith("torchdepot: error:")
+    assert "sha256 mismatch" in lines[-1]
+    assert "torch-2.5.0" in lines[-1]
     assert "Traceback" not in proc.stderr
-    assert not (out / "manifest.json").exists() and not (out / "whl").exists()
+    assert not (out / "manifest.json").exists()
+    assert not (out / "whl").exists()
     assert not list((out / "packages").glob("torch/*.whl"))
     # the files that did verify are kept for the next run
     assert len(list((out / "packages").glob("*/*.whl"))) == 4
@@ -471,7 +486,8 @@ def test_per_file_timeout_covers_all_candidate_urls(tmp_path, up):
     item = FetchItem("packages/p/slow-1.0-py3-none-any.whl", (a, b), _sha(data), len(data))
     t = time.monotonic()
     rep = _fetch(tmp_path, [item], file_timeout=0.6)
-    assert rep.results[0].status == "failed" and "timeout" in rep.results[0].error
+    assert rep.results[0].status == "failed"
+    assert "timeout" in rep.results[0].error
     assert time.monotonic() - t < 2.0  # not one timeout per URL
 
 
@@ -484,4 +500,5 @@ def test_long_keys_get_a_bounded_partial_name(tmp_path, up):
     assert len(f._partial_path(item.key).name) <= 255
     up.schedule("/whl/" + name, Fault("truncate", n=SIZE // 2))
     rep = f.run([item])
-    assert rep.results[0].status == "downloaded" and rep.results[0].resumed
+    assert rep.results[0].status == "downloaded"
+    assert rep.results[0].resumed

@@ -1,7 +1,10 @@
-import hashlib, os
+import hashlib
+import os
+
 from tests.httpserver import Server
 from torchdepot.fetch import Fetcher, FetchItem
-from torchdepot.net.http import make_session, HttpConfig
+from torchdepot.net.http import HttpConfig, make_session
+
 
 def test_fetch_roundtrip(tmp_path):
     up = tmp_path/"up"; up.mkdir()
@@ -15,15 +18,19 @@ def test_fetch_roundtrip(tmp_path):
         part.write_bytes(data[:1_000_000])
         r = f.run([FetchItem("packages/a/a.whl", (s.url+"/a.whl",), sha, len(data))])
         assert r.results[0].status == "downloaded", r.results[0]
-        assert r.results[0].resumed and r.results[0].fetched_bytes == 2_000_000
+        assert r.results[0].resumed
+        assert r.results[0].fetched_bytes == 2_000_000
         assert (out/"packages/a/a.whl").read_bytes() == data
         r2 = Fetcher(out, make_session(), progress=False).run([FetchItem("packages/a/a.whl", (s.url+"/a.whl",), sha, len(data))])
-        assert r2.results[0].status == "present" and r2.fetched_bytes == 0
+        assert r2.results[0].status == "present"
+        assert r2.fetched_bytes == 0
         # wrong claimed hash -> fail policy publishes nothing
         r3 = Fetcher(out, make_session(HttpConfig(retries=0, backoff=0.01)), progress=False).run([FetchItem("packages/a/b.whl", (s.url+"/a.whl",), "0"*64)])
-        assert r3.results[0].status == "failed" and not (out/"packages/a/b.whl").exists()
+        assert r3.results[0].status == "failed"
+        assert not (out/"packages/a/b.whl").exists()
         r4 = Fetcher(out, make_session(HttpConfig(retries=0, backoff=0.01)), progress=False, on_hash_mismatch="warn").run([FetchItem("packages/a/b.whl", (s.url+"/a.whl",), "0"*64)])
-        assert r4.results[0].status == "downloaded" and r4.results[0].hash_mismatch
+        assert r4.results[0].status == "downloaded"
+        assert r4.results[0].hash_mismatch
     r5 = Fetcher(out, make_session(), progress=False).run([FetchItem("packages/a/c.whl", ((up/"a.whl").as_uri(),), sha)])
     assert r5.results[0].status == "downloaded"
 
@@ -42,8 +49,10 @@ def test_segmented_roundtrip_by_host_name_and_old_api(tmp_path):
         item = FetchItem("packages/b/big-1.0-py3-none-any.whl", (url,), sha, len(data))
         kw = dict(progress=False, split_bytes=1_000_000, piece_bytes=256 * 1024, allowed_hosts={"localhost"})
         rep = fetch_items(tmp_path, [item], make_session(HttpConfig(retries=0)), **kw)
-        assert rep.results[0].status == "downloaded" and rep.fetched_bytes == len(data)
+        assert rep.results[0].status == "downloaded"
+        assert rep.fetched_bytes == len(data)
         assert len(up.ranges["/whl/big.whl"]) > 1  # pieces
         assert (tmp_path / item.key).read_bytes() == data
         rep = fetch_items(tmp_path, [item], make_session(), **kw)
-        assert rep.results[0].status == "present" and up.hits["/whl/big.whl"] == len(up.ranges["/whl/big.whl"])
+        assert rep.results[0].status == "present"
+        assert up.hits["/whl/big.whl"] == len(up.ranges["/whl/big.whl"])

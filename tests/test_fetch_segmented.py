@@ -62,7 +62,7 @@ def _bounded(ranges: list) -> list[tuple[int, int]]:
     return out
 
 
-@pytest.fixture()
+@pytest.fixture
 def up():
     with FaultServer(validators=True) as s:
         yield s
@@ -77,7 +77,8 @@ def test_large_file_goes_out_in_pieces_every_byte_once(tmp_path, up):
     assert (tmp_path / item.key).read_bytes() == data
     path = "/whl/torch-1.0-py3-none-any.whl"
     pieces = plan_pieces(SIZE, PIECE, 4)
-    assert len(pieces) == 8 and sorted(_bounded(up.ranges[path])) == [(p.first, p.last) for p in pieces]
+    assert len(pieces) == 8
+    assert sorted(_bounded(up.ranges[path])) == [(p.first, p.last) for p in pieces]
     assert up.body_bytes[path] == SIZE  # every byte once
     assert up.ranges["/whl/small-1.0-py3-none-any.whl"] == [None]  # small files: one plain request
     assert not sidecar_path(_fetcher(tmp_path)._partial_path(item.key)).exists()
@@ -131,7 +132,8 @@ def test_piece_resume_after_sigkill_refetches_only_unfinished_pieces(tmp_path, u
     state = load_state(part)
     pieces = plan_pieces(SIZE, PIECE, 8)
     done = {p for p in pieces if p.index in state.done}
-    assert len(done) == 4 and len(pieces) == 16
+    assert len(done) == 4
+    assert len(pieces) == 16
     assert not (tmp_path / item.key).exists()
     time.sleep(0.3)  # requests the child sent just before it died reach the log first
     first_run = set(_bounded(up.ranges[path]))
@@ -161,7 +163,8 @@ def test_server_that_ignores_range_falls_back_to_one_connection(tmp_path, up):
     assert (tmp_path / item.key).read_bytes() == data
     assert up.ranges[path][-1] is None  # the restart: one plain request from zero
     part = _fetcher(tmp_path)._partial_path(item.key)
-    assert not part.exists() and not sidecar_path(part).exists()
+    assert not part.exists()
+    assert not sidecar_path(part).exists()
 
 
 def _change_when_requested(up: FaultServer, path: str, new: bytes, after_hits: int) -> threading.Thread:
@@ -187,7 +190,8 @@ def test_file_that_changes_mid_download_restarts_on_one_connection(tmp_path, up)
     res = rep.results[0]
     assert res.status == "downloaded", res
     # never a mix of two versions: the whole file is the new one
-    assert (tmp_path / item.key).read_bytes() == new and res.sha256 == _sha(new)
+    assert (tmp_path / item.key).read_bytes() == new
+    assert res.sha256 == _sha(new)
     assert None in up.ranges[path]  # fell back to a plain request from zero
 
 
@@ -201,7 +205,8 @@ def test_changed_file_under_a_hash_claim_is_refused(tmp_path, up):
     t.join()
     res = rep.results[0]
     assert res.status == "failed" and res.hash_mismatch and "sha256 mismatch" in res.error, res
-    assert "\n" not in res.error and not (tmp_path / item.key).exists()
+    assert "\n" not in res.error
+    assert not (tmp_path / item.key).exists()
 
 
 def test_resume_of_a_changed_file_discards_the_old_pieces(tmp_path, up):
@@ -214,7 +219,8 @@ def test_resume_of_a_changed_file_discards_the_old_pieces(tmp_path, up):
     rep = _fetcher(tmp_path, connections_per_host=2, connections=2).run([item])
     assert rep.results[0].status == "failed"
     part = _fetcher(tmp_path)._partial_path(item.key)
-    assert load_state(part) is not None and load_state(part).done
+    assert load_state(part) is not None
+    assert load_state(part).done
     up.add(path, new)
     up.always(path, Fault("ok"))
     up.reset_counters()
@@ -243,7 +249,8 @@ def test_a_corrupt_piece_is_caught_by_the_hash_of_the_assembled_file(tmp_path, u
     path = "/whl/corrupt-1.0-py3-none-any.whl"
     up.schedule(path, Fault("corrupt_range"))  # one bad piece: retried once from scratch
     rep = _fetcher(tmp_path).run([item])
-    assert rep.results[0].status == "downloaded" and (tmp_path / item.key).read_bytes() == data
+    assert rep.results[0].status == "downloaded"
+    assert (tmp_path / item.key).read_bytes() == data
     assert up.body_bytes[path] == 2 * SIZE
 
     bad = _item(up, "always-1.0-py3-none-any.whl", _data(13))
@@ -253,7 +260,8 @@ def test_a_corrupt_piece_is_caught_by_the_hash_of_the_assembled_file(tmp_path, u
     assert res.status == "failed" and res.hash_mismatch and "sha256 mismatch" in res.error, res
     assert not (tmp_path / bad.key).exists()
     part = _fetcher(tmp_path)._partial_path(bad.key)
-    assert not part.exists() and not sidecar_path(part).exists()
+    assert not part.exists()
+    assert not sidecar_path(part).exists()
 
 
 def test_submit_starts_each_file_at_once_and_reports_progress(tmp_path, up):
@@ -267,7 +275,8 @@ def test_submit_starts_each_file_at_once_and_reports_progress(tmp_path, up):
     rep = f.report
     assert [r.status for r in rep.results] == ["downloaded"] * 4
     files = [e for e in events if e.kind == "file"]
-    assert len(files) == 4 and files[-1].files_done == 4
+    assert len(files) == 4
+    assert files[-1].files_done == 4
     total = sum(i.size for i in items)
     assert files[-1].done == files[-1].total == total == rep.fetched_bytes
 
@@ -283,7 +292,9 @@ def test_non_terminal_progress_prints_plain_lines(tmp_path, up):
     p.advance(1_000_000)
     p.close()
     line = out.getvalue().strip()
-    assert line.startswith("fetch: 1.0 MB / 2.0 MB,") and "ETA" in line and "(0/1 files)" in line
+    assert line.startswith("fetch: 1.0 MB / 2.0 MB,")
+    assert "ETA" in line
+    assert "(0/1 files)" in line
 
 
 def test_unknown_size_splits_once_the_first_answer_states_it(tmp_path, up):
@@ -297,5 +308,7 @@ def test_unknown_size_splits_once_the_first_answer_states_it(tmp_path, up):
     assert res.status == "downloaded" and (tmp_path / item.key).read_bytes() == data, res
     ranges = up.ranges["/whl/nosize-1.0-py3-none-any.whl"]
     pieces = plan_pieces(SIZE, PIECE, 4)
-    assert ranges[0] is None and sorted(_bounded(ranges)) == [(p.first, p.last) for p in pieces[1:]]
-    assert res.fetched_bytes == SIZE and events[-1].total == SIZE  # the total learnt from Content-Length
+    assert ranges[0] is None
+    assert sorted(_bounded(ranges)) == [(p.first, p.last) for p in pieces[1:]]
+    assert res.fetched_bytes == SIZE
+    assert events[-1].total == SIZE

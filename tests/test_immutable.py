@@ -16,7 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.faultserver import Fault, FaultServer
 from tests.httpserver import Server
@@ -78,7 +79,8 @@ def test_changed_bytes_go_to_a_new_path_and_a_late_failure_keeps_the_live_mirror
         mp_name, _ = republish(up, "mpmath", seed=102)
         server.always(up.paths[mp_name], Fault("wrong_bytes"))
         failed = run_mirror(spec, env)
-        assert failed.returncode == 1 and "failed" in failed.stderr
+        assert failed.returncode == 1
+        assert "failed" in failed.stderr
         # The live mirror is the previous generation, whole: same bytes at the same path, verify-clean.
         assert (out / old_path).read_bytes() == old_bytes
         assert linked(out, "torch")[torch_name] == old_path
@@ -95,14 +97,18 @@ def test_changed_bytes_go_to_a_new_path_and_a_late_failure_keeps_the_live_mirror
     assert linked(out, "torch")[torch_name] == new_path
     assert (out / new_path).read_bytes() == new_bytes
     listed = mf.load(out).by_path()
-    assert new_path in listed and new_path + ".metadata" in listed and old_path not in listed
+    assert new_path in listed
+    assert new_path + ".metadata" in listed
+    assert old_path not in listed
     # superseded copies are removed after the commit; nothing else is left behind
-    assert not (out / old_path).exists() and not (out / (old_path + ".metadata")).exists()
+    assert not (out / old_path).exists()
+    assert not (out / (old_path + ".metadata")).exists()
     assert not (out / PUBLISH_JOURNAL).exists()
     rep = verify_mirror(out)
     assert rep.ok and rep.problems == [], rep.problems
     pylock = (out / "targets/cpu-py311-linux-x86_64/pylock.toml").read_text()
-    assert new_path in pylock and f'"{old_path}"' not in pylock
+    assert new_path in pylock
+    assert f'"{old_path}"' not in pylock
 
 
 def test_user_file_at_a_package_path_is_never_overwritten(tmp_path):
@@ -166,7 +172,9 @@ def test_conda_package_changed_upstream_keeps_published_bytes(tmp_path):
     assert (out / key).read_bytes() == published == b"A" * 5000
     assert "kept although upstream now declares other bytes" in res2.summary
     rd = json.loads((out / "conda/t/noarch/repodata.json").read_text())["packages.conda"][fname]
-    assert rd["sha256"] == hashlib.sha256(published).hexdigest() and rd["size"] == 5000 and "md5" not in rd
+    assert rd["sha256"] == hashlib.sha256(published).hexdigest()
+    assert rd["size"] == 5000
+    assert "md5" not in rd
     mf.save(out, mf.Manifest(files=res2.files, targets=res2.targets))
     rep = verify_mirror(out)
     assert rep.ok and rep.problems == [], rep.problems

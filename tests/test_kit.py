@@ -59,11 +59,14 @@ def test_pep503_pages_read_back_with_hashes_and_lies():
     torch_page = parse_html(a.files["/whl/cpu/torch/index.html"], "http://a.lab/whl/cpu/torch/")
     (link,) = torch_page.links
     assert link.url == "http://a.lab/whl/cpu/torch-2.5.0%2Bcpu-cp311-cp311-manylinux_2_28_x86_64.whl"
-    assert link.sha256 == good.sha256 and link.metadata_sha256 == hashlib.sha256(good.metadata).hexdigest()
+    assert link.sha256 == good.sha256
+    assert link.metadata_sha256 == hashlib.sha256(good.metadata).hexdigest()
     assert a.files["/whl/cpu/" + good.filename + ".metadata"] == good.metadata
     (dep_link,) = parse_html(a.files["/whl/cpu/filelock/index.html"], "http://a.lab/whl/cpu/filelock/").links
-    assert dep_link.url == f"http://b.lab:81/files/{dep.filename}" and dep_link.sha256 == "f" * 64
-    assert "/files/" + dep.filename not in a.files and b.files["/files/" + dep.filename] == dep.data
+    assert dep_link.url == f"http://b.lab:81/files/{dep.filename}"
+    assert dep_link.sha256 == "f" * 64
+    assert "/files/" + dep.filename not in a.files
+    assert b.files["/files/" + dep.filename] == dep.data
     (simple,) = parse_html(b.files["/simple/filelock/index.html"], "http://b.lab:81/simple/filelock/").links
     assert simple.sha256 == dep.sha256
     assert b"filelock/" in b.files["/simple/index.html"]

@@ -26,8 +26,8 @@ from click.testing import CliRunner
 
 from tests.httpserver import Server
 from tests.kit.lanproxy import LanProxy
-from tests.kit.wheels import build_wheel
 from tests.kit.lockmirror import build_mirror
+from tests.kit.wheels import build_wheel
 from tests.venvs import hermetic_env, make_venv
 from torchdepot.cli import main
 from torchdepot.site.landing import write_landing
@@ -100,7 +100,7 @@ def test_landing_commands_for_a_given_address_verbatim(lan):
     commands = [c for c in printed_commands((root / "index.html").read_text()) if "pip install" in c]
     ran = 0
     for command in commands:
-        if f"/whl/cpu " not in command and TID not in command:
+        if "/whl/cpu " not in command and TID not in command:
             continue  # other variants of the page; this mirror holds cpu only
         proc = run_printed(lan, command)
         assert proc.returncode == 0, (command, proc.stdout[-1500:] + proc.stderr[-1500:])
@@ -138,7 +138,7 @@ def test_landing_page_as_a_browser_shows_it_from_the_lan_host(lan, tmp_path):
         assert proc.returncode == 0, (command, proc.stdout[-1500:] + proc.stderr[-1500:])
 
 
-@pytest.mark.parametrize("url,host", [
+@pytest.mark.parametrize(("url", "host"), [
     ("http://torchlab:8000", "torchlab:8000"), ("http://TorchLab/whl/cpu", "torchlab"), ("http://u:p@lab:81/x", "lab:81"),
     ("http://[fd00::1]:8000/", "[fd00::1]:8000"), ("http://10.0.0.5:8000", "10.0.0.5:8000"),
     ("https://torchlab", None), ("http://localhost:8000", None), ("http://127.9.9.9", None), ("http://[::1]:80", None),

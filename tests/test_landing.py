@@ -15,10 +15,10 @@ import pytest
 from click.testing import CliRunner
 
 from tests.mirror_fixture import CPU_ID, make_mirror
-from torchdepot.store import manifest as mf
 from torchdepot.cli import main
-from torchdepot.site.landing import PLACEHOLDER, render, write_landing
 from torchdepot.ship.serve import make_server, server_url
+from torchdepot.site.landing import PLACEHOLDER, render, write_landing
+from torchdepot.store import manifest as mf
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -35,16 +35,22 @@ def test_page_without_js_holds_matrix_commands_and_drivers(mirror):
     page = (mirror / "index.html").read_text()
     assert page.startswith("<!DOCTYPE html>")
     for tid in (CPU_ID, "cu126-py311-linux-x86_64", "cu118-py310-windows-amd64"):
-        assert f'data-variant="{tid}"' in page and f'id="{tid}"' in page
+        assert f'data-variant="{tid}"' in page
+        assert f'id="{tid}"' in page
     plain = html.unescape(re.sub(r"<[^>]+>", "", page))
     assert f"pip install --index-url {PLACEHOLDER}/whl/cu118 torch==2.7.0+cu118" in plain
     assert f"pip install --index-url {PLACEHOLDER}/whl/cpu torch==2.13.0+cpu" in plain
     assert f"conda install --override-channels -c {PLACEHOLDER}/conda/pytorch-fixture pytorch=2.13.0=cpu_py311_0" in plain
     assert f"torchdepot config pip --url {PLACEHOLDER} --variant cu126" in plain
     assert f"-r {PLACEHOLDER}/envs/{CPU_ID}/requirements.lock" in plain
-    assert "≥ 525.60.13" in plain and "≥ 528.33" in plain and "≥ 450.80.02" in plain and "≥ 452.39" in plain
+    assert "≥ 525.60.13" in plain
+    assert "≥ 528.33" in plain
+    assert "≥ 450.80.02" in plain
+    assert "≥ 452.39" in plain
     # links are relative (work under any base), none absolute
-    assert 'href="whl/cpu/"' in page and 'href="http' not in page and 'href="/' not in page
+    assert 'href="whl/cpu/"' in page
+    assert 'href="http' not in page
+    assert 'href="/' not in page
 
 
 def test_empty_mirror_and_escaping(tmp_path):
@@ -54,7 +60,8 @@ def test_empty_mirror_and_escaping(tmp_path):
                   packages=(mf.TargetPackage(name="torch", version="2.0<script>", path="packages/torch/x.whl"),),
                   index="whl/cpu")
     page = render(mf.Manifest(files=[mf.FileEntry("packages/torch/x.whl", "0" * 64, 5, "wheel")], targets=[t]), tmp_path)
-    assert "2.0<script>" not in page and "2.0&lt;script&gt;" in page
+    assert "2.0<script>" not in page
+    assert "2.0&lt;script&gt;" in page
 
 
 def test_cli_landing(tmp_path):
@@ -65,7 +72,8 @@ def test_cli_landing(tmp_path):
     assert r.exit_code == 0, r.output
     assert "cu126-py311-linux-x86_64" in (root / "index.html").read_text()
     r = CliRunner().invoke(main, ["landing", "--mirror", str(tmp_path / "nope")])
-    assert r.exit_code == 1 and "no manifest" in r.output
+    assert r.exit_code == 1
+    assert "no manifest" in r.output
 
 
 def _chromium() -> str:
@@ -103,7 +111,9 @@ def test_renders_in_headless_chromium(mirror, tmp_path):
         proc = subprocess.run(common + [f"--screenshot={shot}", "--window-size=1280,900", "--hide-scrollbars", url],
                               capture_output=True, text=True, timeout=90, env=env)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+        assert shot.is_file()
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert shot.stat().st_size > 10_000
     finally:
         httpd.shutdown()
         httpd.server_close()

@@ -28,11 +28,15 @@ def test_get_head_and_range_through_the_lan_name(served):
     _, proxy = served
     proxies = {"http": proxy.url}
     got = requests.get("http://torchlab:8000/hello.txt", proxies=proxies, timeout=10)
-    assert got.status_code == 200 and got.content == b"0123456789" * 1000
+    assert got.status_code == 200
+    assert got.content == b"0123456789" * 1000
     head = requests.head("http://torchlab:8000/hello.txt", proxies=proxies, timeout=10)
-    assert head.status_code == 200 and head.headers["Content-Length"] == "10000" and head.content == b""
+    assert head.status_code == 200
+    assert head.headers["Content-Length"] == "10000"
+    assert head.content == b""
     part = requests.get("http://torchlab:8000/hello.txt", headers={"Range": "bytes=5-9"}, proxies=proxies, timeout=10)
-    assert part.status_code == 206 and part.content == b"56789"
+    assert part.status_code == 206
+    assert part.content == b"56789"
     missing = requests.get("http://torchlab:8000/nope", proxies=proxies, timeout=10)
     assert missing.status_code == 404
     assert proxy.seen[0] == "GET http://torchlab:8000/hello.txt"

@@ -97,7 +97,8 @@ def test_fetch_then_cpu_spec_keeps_both_and_prune_lists_sizes(site):
     assert proc.returncode == 0, proc.stderr
     assert torch_of(m) == {CU118: "2.1.0+cu118"}
     last = proc.stdout.strip().splitlines()[-1]
-    assert last.startswith(f"ready: torch 2.1.0+cu118 for {CU118}; ") and f"next: torchdepot serve --root {m}" in last
+    assert last.startswith(f"ready: torch 2.1.0+cu118 for {CU118}; ")
+    assert f"next: torchdepot serve --root {m}" in last
     verify_clean(tmp, b, m)
 
     # the CPU spec into the same mirror (what `make mirror` runs) keeps cu118
@@ -107,7 +108,8 @@ def test_fetch_then_cpu_spec_keeps_both_and_prune_lists_sizes(site):
     assert torch_of(m) == {CU118: "2.1.0+cu118", CPU: "2.13.0+cpu"}
     man = mf.load(m)
     assert {(r.id, r.origin) for r in man.recorded} == {(CU118, "fetch"), (CPU, "spec")}
-    assert man.last_sync is not None and man.last_sync.verify == "ok"
+    assert man.last_sync is not None
+    assert man.last_sync.verify == "ok"
     assert (m / "whl" / "cu118" / "torch" / "index.html").is_file()
     assert "removing" not in proc.stdout + proc.stderr
     verify_clean(tmp, b, m)
@@ -120,14 +122,16 @@ def test_fetch_then_cpu_spec_keeps_both_and_prune_lists_sizes(site):
     assert "verify: ok" in st.stdout
     doc = json.loads(cli(tmp, b, "status", str(m), "--json").stdout)
     assert {t["id"]: t["torch"] for t in doc["targets"]} == {CU118: ["2.1.0+cu118"], CPU: ["2.13.0+cpu"]}
-    assert doc["last_sync"]["verify"] == "ok" and doc["size"] == sum(f.size for f in man.files)
+    assert doc["last_sync"]["verify"] == "ok"
+    assert doc["size"] == sum(f.size for f in man.files)
 
     # upstream drops cu118 (or is unreachable for it): the CPU sync still succeeds, cu118 stays as published
     shutil.rmtree(tmp / "A" / "whl" / "cu118")
     proc = cli(tmp, b, "mirror", "--spec", str(spec), "--out", str(m))
     assert proc.returncode == 0, proc.stderr
     assert f"warning: {CU118}: kept as published (torch 2.1.0+cu118); not updated: {CU118}: no torch wheel" in proc.stderr
-    assert torch_of(m) == {CU118: "2.1.0+cu118", CPU: "2.13.0+cpu"} and "removing" not in proc.stderr
+    assert torch_of(m) == {CU118: "2.1.0+cu118", CPU: "2.13.0+cpu"}
+    assert "removing" not in proc.stderr
     assert proc.stdout.strip().splitlines()[-1].startswith(
         f"ready: torch 2.13.0+cpu for {CPU}; torch 2.1.0+cu118 for {CU118}; ")
     assert "torch-2.1.0" in (m / "whl" / "cu118" / "torch" / "index.html").read_text()
@@ -145,7 +149,8 @@ def test_fetch_then_cpu_spec_keeps_both_and_prune_lists_sizes(site):
     assert f"--prune: {CU118}: removing {len(only_cu)} files, {format_size(size)}" in proc.stderr, proc.stderr
     assert torch_of(m) == {CPU: "2.13.0+cpu"}
     assert not any((m / f.path).exists() for f in only_cu)
-    assert not (m / "targets" / CU118).exists() and not (m / "whl" / "cu118").exists()
+    assert not (m / "targets" / CU118).exists()
+    assert not (m / "whl" / "cu118").exists()
     assert (m / "packages" / "filelock").is_dir()  # shared with cpu: stays
     verify_clean(tmp, b, m)
 
@@ -161,13 +166,18 @@ def test_upgrade_keeps_old_torch_and_keep_n_drops_it(site, wheels):
     proc = cli(tmp, b, "mirror", "--spec", str(spec), "--out", str(m), "--json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
-    assert doc["torch"] == {CPU: "2.14.0+cpu"} and doc["verify"] == "ok" and doc["removed"] == []
-    assert doc["requests"] and "links_refused" in doc
+    assert doc["torch"] == {CPU: "2.14.0+cpu"}
+    assert doc["verify"] == "ok"
+    assert doc["removed"] == []
+    assert doc["requests"]
+    assert "links_refused" in doc
     man = mf.load(m)
     assert sorted(r.torch for r in man.releases) == ["2.13.0+cpu", "2.14.0+cpu"]
     page = (m / "whl" / "cpu" / "torch" / "index.html").read_text()
-    assert "torch-2.13.0" in page and "torch-2.14.0" in page  # the older one stays installable
-    assert (m / old).is_file() and old in man.by_path()
+    assert "torch-2.13.0" in page
+    assert "torch-2.14.0" in page
+    assert (m / old).is_file()
+    assert old in man.by_path()
     verify_clean(tmp, b, m)
 
     # keep: 1 -> the older torch goes at this sync, listed with its size
@@ -177,14 +187,17 @@ def test_upgrade_keeps_old_torch_and_keep_n_drops_it(site, wheels):
     assert proc.returncode == 0, proc.stderr
     expect = f"keep 1: {CPU} torch 2.13.0+cpu: removing {len(gone)} files, {format_size(sum(f.size for f in gone))}"
     assert expect in proc.stderr, proc.stderr
-    assert not (m / old).exists() and "torch-2.13.0" not in (m / "whl" / "cpu" / "torch" / "index.html").read_text()
+    assert not (m / old).exists()
+    assert "torch-2.13.0" not in (m / "whl" / "cpu" / "torch" / "index.html").read_text()
     assert [r.torch for r in mf.load(m).releases] == ["2.14.0+cpu"]
     verify_clean(tmp, b, m)
 
 
 def test_status_of_a_directory_that_is_no_mirror_is_one_line(tmp_path):
     proc = cli(tmp_path, "http://127.0.0.1:9/simple", "status", str(tmp_path))
-    assert proc.returncode == 1 and proc.stderr.startswith("torchdepot: error: ") and "no manifest" in proc.stderr
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("torchdepot: error: ")
+    assert "no manifest" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
@@ -216,7 +229,8 @@ def test_mirror_from_locks_rebuilds_the_locked_files_after_upstream_moved_on(sit
     locked = {(p.name, p.version, p.path) for p in mf.load(m1).targets[0].packages}
     (t,) = mf.load(m2).targets
     assert {(p.name, p.version, p.path) for p in t.packages} == locked
-    assert ("torch", "2.13.0+cpu") in {(n, v) for n, v, _ in locked} and ("filelock", "3.20.0") in {(n, v) for n, v, _ in locked}
+    assert ("torch", "2.13.0+cpu") in {(n, v) for n, v, _ in locked}
+    assert ("filelock", "3.20.0") in {(n, v) for n, v, _ in locked}
     sha1 = {f.path: f.sha256 for f in mf.load(m1).files}
     assert {f.path: f.sha256 for f in mf.load(m2).files} == sha1  # the very same bytes
     assert [r.origin for r in mf.load(m2).recorded] == ["locks"]
@@ -257,7 +271,8 @@ def test_pinned_torch_downloads_while_the_closure_resolves(tmp_path, wheels):
     assert len(torch_get) == 1 and numpy_page, handler.log
     assert torch_get[0] < numpy_page[0], handler.log
     assert {r.key.split("/")[1] for r in res.report.results} == {"torch", "filelock", "numpy"}
-    assert res.report.fetched_bytes > 150_000 and res.verify == "ok"
+    assert res.report.fetched_bytes > 150_000
+    assert res.verify == "ok"
 
 
 # -- the pure rules ---------------------------------------------------------------------------
@@ -275,7 +290,8 @@ def test_retain_keeps_current_and_newest():
     # keep 1 while the current version is older than one kept: current wins the slot
     prev = (_rel("t", "2.13.0", "n"),)
     kept, dropped = lifecycle.retain(prev, (_rel("t", "2.12.0", "c"),), {"t"}, keep=1)
-    assert [r.torch for r in kept] == ["2.12.0"] and [r.torch for r in dropped] == ["2.13.0"]
+    assert [r.torch for r in kept] == ["2.12.0"]
+    assert [r.torch for r in dropped] == ["2.13.0"]
 
 
 def test_manifest_lifecycle_round_trip_and_old_manifests():
@@ -303,9 +319,11 @@ def test_json_output_is_one_document_with_progress_events_on_stderr(site):
     proc = cli(tmp, b, "mirror", "--spec", str(cpu_spec(tmp, a)), "--out", str(m), "--json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
-    assert doc["torch"] == {CPU: "2.13.0+cpu"} and doc["verify"] == "ok"
+    assert doc["torch"] == {CPU: "2.13.0+cpu"}
+    assert doc["verify"] == "ok"
     events = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
     files = [e for e in events if e["event"] == "file"]
     assert len(files) == 3 and all(e["status"] == "downloaded" for e in files), events
     last = files[-1]
-    assert last["files_done"] == last["files_total"] == 3 and last["done"] == last["total"] > 150_000
+    assert last["files_done"] == last["files_total"] == 3
+    assert last["done"] == last["total"] > 150_000

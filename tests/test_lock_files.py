@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 from click.testing import CliRunner
 
 from tests.kit.lockmirror import build_mirror, fake_torch_wheels
-from torchdepot.model.accel import parse_accelerator
 from torchdepot.cli import main
-from torchdepot.model.cuda import min_driver, min_nvidia_driver
 from torchdepot.lockfiles.render import render
+from torchdepot.model.accel import parse_accelerator
+from torchdepot.model.cuda import min_driver, min_nvidia_driver
 from torchdepot.store.manifest import FileEntry, Manifest, Target, TargetPackage
 from torchdepot.verify.locks import parse_requirements
 
@@ -71,14 +71,17 @@ def test_requirements_lock_pins_and_hashes(tmp_path, mirror):
 def test_pylock_is_pep751(tmp_path, mirror):
     lock(mirror, tmp_path / "e", "--base-url", "http://mirror.lab:8080/")
     doc = tomllib.loads((tmp_path / "e" / "cpu-py311-linux-x86_64" / "pylock.toml").read_text())
-    assert doc["lock-version"] == "1.0" and doc["created-by"] == "torchdepot"
+    assert doc["lock-version"] == "1.0"
+    assert doc["created-by"] == "torchdepot"
     assert doc["requires-python"] == "==3.11.*"
     assert "sys_platform == 'linux'" in doc["environments"][0]
     torch = next(p for p in doc["packages"] if p["name"] == "torch")
     w = torch["wheels"][0]
-    assert torch["version"] == "2.13.0+cpu" and torch["index"] == "http://mirror.lab:8080/whl/cpu"
+    assert torch["version"] == "2.13.0+cpu"
+    assert torch["index"] == "http://mirror.lab:8080/whl/cpu"
     assert w["url"] == "http://mirror.lab:8080/packages/torch/torch-2.13.0%2Bcpu-py3-none-any.whl"
-    assert len(w["hashes"]["sha256"]) == 64 and w["size"] > 0
+    assert len(w["hashes"]["sha256"]) == 64
+    assert w["size"] > 0
 
 
 def test_pylock_for_the_mirror_itself_uses_relative_paths():
@@ -106,10 +109,14 @@ def test_environment_yml_and_variant(tmp_path, mirror):
     assert env["name"] == "torchdepot-cu126-py310-linux-x86_64"
     assert env["channels"][-1] == "nodefaults"
     pip = env["dependencies"][-1]["pip"]
-    assert pip[0] == "--index-url ${TORCHDEPOT_MIRROR}/whl/cu126" and "torch==2.13.0+cpu" in pip
+    assert pip[0] == "--index-url ${TORCHDEPOT_MIRROR}/whl/cu126"
+    assert "torch==2.13.0+cpu" in pip
     v = json.loads((d / "variant.json").read_text())
-    assert v["accelerator"] == "cu126" and v["cuda"] == "12.6" and v["python"] == "3.10"
-    assert v["min_nvidia_driver"] == "525.60.13" and v["torch"] == "2.13.0+cpu"
+    assert v["accelerator"] == "cu126"
+    assert v["cuda"] == "12.6"
+    assert v["python"] == "3.10"
+    assert v["min_nvidia_driver"] == "525.60.13"
+    assert v["torch"] == "2.13.0+cpu"
 
 
 def _conda_manifest() -> Manifest:
@@ -133,18 +140,22 @@ def test_conda_and_pip_targets_share_a_folder():
     docs = out["cpu-py311-linux-x86_64"]
     assert sorted(docs) == ["conda-linux-64.lock", "environment.yml", "pylock.toml", "requirements.lock", "variant.json"]
     explicit = docs["conda-linux-64.lock"].splitlines()
-    assert "@EXPLICIT" in explicit and "# platform: linux-64" in explicit
+    assert "@EXPLICIT" in explicit
+    assert "# platform: linux-64" in explicit
     assert "http://m/conda/pytorch/linux-64/pytorch-2.5.1-py3.11_cpu_0.tar.bz2#sha256:" + "a" * 64 in explicit
     env = yaml.safe_load(docs["environment.yml"])
     assert env["channels"] == ["http://m/conda/pytorch", "nodefaults"]
     deps = env["dependencies"]
-    assert "pytorch=2.5.1=py3.11_cpu_0" in deps and "pytorch-mutex=1.0=cpu" in deps
+    assert "pytorch=2.5.1=py3.11_cpu_0" in deps
+    assert "pytorch-mutex=1.0=cpu" in deps
     assert deps[0] == "python=3.11"  # pinned even when the solve's pins do not list python
     pip = next(d for d in deps if isinstance(d, dict))["pip"]
     # torch comes from conda, not twice; "m" is a plain-HTTP LAN host, so pip is told to trust it
     assert pip == ["--index-url http://m/whl/cpu", "--trusted-host m", "numpy==2.0.0"]
     v = json.loads(docs["variant.json"])
-    assert v["kinds"] == ["conda", "pip"] and v["torch"] == "2.5.1+cpu" and v["conda_subdir"] == "linux-64"
+    assert v["kinds"] == ["conda", "pip"]
+    assert v["torch"] == "2.5.1+cpu"
+    assert v["conda_subdir"] == "linux-64"
 
 
 def test_missing_file_in_manifest_is_an_error(tmp_path):
@@ -158,10 +169,12 @@ def test_missing_file_in_manifest_is_an_error(tmp_path):
 
 def test_lock_without_manifest_is_one_line_error(tmp_path):
     res = CliRunner().invoke(main, ["lock", "--mirror", str(tmp_path), "--out", str(tmp_path / "e")])
-    assert res.exit_code == 1 and res.output.startswith("torchdepot: error: ") and "manifest.json" in res.output
+    assert res.exit_code == 1
+    assert res.output.startswith("torchdepot: error: ")
+    assert "manifest.json" in res.output
 
 
-@pytest.mark.parametrize("acc,os_name,want", [
+@pytest.mark.parametrize(("acc", "os_name", "want"), [
     ("cu130", "linux", "580"), ("cu128", "linux", "525.60.13"), ("cu126", "windows", "528.33"),
     ("cu118", "linux", "450.80.02"), ("cu110", "linux", "450.36.06"), ("cu102", "linux", "440.33"),
     ("cu92", "linux", "396.26"), ("cpu", "linux", None), ("rocm6.2", "linux", None),
@@ -179,6 +192,8 @@ def test_driver_table_matches_shared_compat(data_dir):
 
 
 # --- parsers of our own lock formats: round trip + only project errors on junk -------------
+
+import contextlib
 
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
@@ -217,7 +232,5 @@ def test_conda_explicit_round_trip(items):
 @given(st.text(max_size=300))
 def test_lock_parsers_raise_only_project_errors(text):
     for parse in (parse_requirements, parse_explicit):
-        try:
+        with contextlib.suppress(TorchdepotError):
             parse(text, "x")
-        except TorchdepotError:
-            pass

@@ -13,14 +13,14 @@ import pytest
 from tests.httpserver import Server
 from tests.mirror_upstream import build_upstreams, dead_url, make_wheel, sha256
 from tests.venvs import hermetic_env
-from torchdepot.store import manifest as mf
 from torchdepot.errors import LockedError, TorchdepotError
-from torchdepot.store.fsutil import MirrorLock
 from torchdepot.net.http import HttpConfig, make_session
-from torchdepot.sync.pip import sync
 from torchdepot.net.pipconfig import PipSources
 from torchdepot.sources.pep503 import parse_html
 from torchdepot.spec.mirror import parse_spec
+from torchdepot.store import manifest as mf
+from torchdepot.store.fsutil import MirrorLock
+from torchdepot.sync.pip import sync
 
 ROOT = Path(__file__).resolve().parent.parent
 TAG = "cp311-cp311-manylinux_2_28_x86_64"
@@ -93,7 +93,8 @@ def test_mirror_failover_publish_and_idempotent_rerun(upstreams):
     res, msgs = run(spec, b)
     # the dead upstream is reported in one line and the next one is used
     assert any(m.startswith(f"upstream {dead} unreachable: ") and m.endswith("; trying next") for m in msgs), msgs
-    assert res.report.fetched_bytes > 300_000 and not res.report.failed
+    assert res.report.fetched_bytes > 300_000
+    assert not res.report.failed
     names = {f.name: f.version for f in res.plans[0].files}
     assert names == {"torch": "2.13.0+cpu", "filelock": "3.20.0", "typing-extensions": "4.15.0", "numpy": "2.3.0"}
     # index laid out like download.pytorch.org, relative links with our hashes and PEP 658 metadata
@@ -101,10 +102,12 @@ def test_mirror_failover_publish_and_idempotent_rerun(upstreams):
     parsed = parse_html(page.read_bytes(), page.as_uri())
     (link,) = parsed.links
     stored = out / "packages" / "torch" / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"
-    assert link.url == stored.as_uri().replace("+", "%2B") and link.sha256 == sha256(stored)
+    assert link.url == stored.as_uri().replace("+", "%2B")
+    assert link.sha256 == sha256(stored)
     assert link.requires_python == ">=3.10"
     meta = Path(str(stored) + ".metadata")
-    assert link.metadata_sha256 == sha256(meta) and b"Name: torch" in meta.read_bytes()
+    assert link.metadata_sha256 == sha256(meta)
+    assert b"Name: torch" in meta.read_bytes()
     assert 'href="../../../packages/' in page.read_text()
     # dependencies appear in the variant index that needs them, and in the aggregate
     for project in ("filelock", "typing-extensions", "numpy"):
@@ -119,7 +122,9 @@ def test_mirror_failover_publish_and_idempotent_rerun(upstreams):
     assert files[str(stored.relative_to(out))].url.startswith(a + "/cpu/")
     assert files[str(stored.relative_to(out)) + ".metadata"].kind == "metadata"
     (t,) = man.targets
-    assert t.id == "cpu-py311-linux-x86_64" and t.index == "whl/cpu" and len(t.packages) == 4
+    assert t.id == "cpu-py311-linux-x86_64"
+    assert t.index == "whl/cpu"
+    assert len(t.packages) == 4
     assert man.spec["upstreams"] == [dead, a]
     assert "torch==2.13.0+cpu" in res.plans[0].requirements
     lock = (out / "targets" / t.id / "pylock.toml").read_text()
@@ -129,9 +134,12 @@ def test_mirror_failover_publish_and_idempotent_rerun(upstreams):
     manifest_before = (out / "manifest.json").read_bytes()
     gen = os.readlink(out / "whl")
     res2, _ = run(spec, b)
-    assert res2.report.fetched_bytes == 0 and len(res2.report.present) == 4
-    assert not res2.index_changed and os.readlink(out / "whl") == gen
-    assert tree_bytes(out) == before and without_last_sync(out) == without_last_sync(out, manifest_before)
+    assert res2.report.fetched_bytes == 0
+    assert len(res2.report.present) == 4
+    assert not res2.index_changed
+    assert os.readlink(out / "whl") == gen
+    assert tree_bytes(out) == before
+    assert without_last_sync(out) == without_last_sync(out, manifest_before)
 
 
 def test_dry_run_writes_nothing(upstreams):
@@ -153,7 +161,8 @@ def test_resume_half_written_file(upstreams, wheels):
     part.write_bytes(torch.read_bytes()[:100_000])
     res, _ = run(make_spec([a], out), b)
     r = next(r for r in res.report.results if r.key == key)
-    assert r.resumed and r.fetched_bytes == torch.stat().st_size - 100_000
+    assert r.resumed
+    assert r.fetched_bytes == torch.stat().st_size - 100_000
     assert sha256(out / key) == sha256(torch)
 
 
@@ -163,12 +172,15 @@ def test_hash_mismatch_policies(upstreams):
     out = tmp / "out-mm"
     with pytest.raises(TorchdepotError, match=r"failed \(index not updated\).*filelock.*sha256 mismatch"):
         run(make_spec([a], out), b)
-    assert not (out / "whl").exists() and not (out / "manifest.json").exists()
+    assert not (out / "whl").exists()
+    assert not (out / "manifest.json").exists()
     assert not list((out / "packages").glob("filelock/*.whl"))
     res, msgs = run(make_spec([a], out, on_hash_mismatch="warn"), b)
     assert any("filelock" in m and "upstream sha256 ffff" in m for m in msgs), msgs
     entry = next(f for f in mf.load(out).files if f.project == "filelock" and f.kind == "wheel")
-    assert entry.hash_mismatch and entry.upstream_sha256 == "f" * 64 and entry.sha256 == sha256(out / entry.path)
+    assert entry.hash_mismatch
+    assert entry.upstream_sha256 == "f" * 64
+    assert entry.sha256 == sha256(out / entry.path)
     assert f"#sha256={entry.sha256}" in (out / "whl" / "cpu" / "filelock" / "index.html").read_text()
 
 
@@ -194,9 +206,8 @@ def test_second_writer_is_refused(upstreams):
     a, b, tmp = upstreams
     out = tmp / "out-lock"
     out.mkdir()
-    with MirrorLock(out):
-        with pytest.raises(LockedError):
-            run(make_spec([a], out), b)
+    with MirrorLock(out), pytest.raises(LockedError):
+        run(make_spec([a], out), b)
 
 
 def test_cli_subprocess_and_errors(upstreams, tmp_path):
@@ -272,7 +283,8 @@ def test_a_no_op_resync_skips_the_resolver_and_a_changed_page_does_not(upstreams
     assert calls == ["cpu-py311-linux-x86_64"]
     res2, _ = run(spec, b)
     assert calls == ["cpu-py311-linux-x86_64"], "a no-op re-sync ran the resolver"
-    assert without_last_sync(out) == manifest1 and res2.report.fetched_bytes == 0
+    assert without_last_sync(out) == manifest1
+    assert res2.report.fetched_bytes == 0
     assert {f.filename for f in res2.plans[0].files} == {f.filename for f in res1.plans[0].files}
     page = tmp / "A" / "whl" / "cpu" / "torch" / "index.html"
     page.write_text("".join(ln for ln in page.read_text().splitlines(keepends=True) if "2.12.0" not in ln))

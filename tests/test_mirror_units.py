@@ -8,10 +8,16 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from torchdepot.store.pages import (IndexFile, build_pages, current_generation, generation_of, publish)
 from torchdepot.resolve.pin import paired_prefix, pin
 from torchdepot.sources.links import Link
 from torchdepot.sources.pep503 import parse_html
+from torchdepot.store.pages import (
+    IndexFile,
+    build_pages,
+    current_generation,
+    generation_of,
+    publish,
+)
 
 BASE = "https://download.pytorch.org/whl"
 
@@ -84,7 +90,9 @@ def test_pages_layout_links_and_attributes():
     page = parse_html(pages["cpu/torch/index.html"], "http://m/sub/whl/cpu/torch/")
     (link,) = page.links
     assert link.url == "http://m/sub/packages/torch/torch-2.13.0%2Bcpu-cp311-cp311-manylinux_2_28_x86_64.whl"
-    assert link.sha256 == "a" * 64 and link.requires_python == ">=3.10,<4" and link.metadata_sha256 == "b" * 64
+    assert link.sha256 == "a" * 64
+    assert link.requires_python == ">=3.10,<4"
+    assert link.metadata_sha256 == "b" * 64
     assert b'data-requires-python="&gt;=3.10,&lt;4"' in pages["cpu/torch/index.html"]
     agg = parse_html(pages["torch/index.html"], "http://m/whl/torch/")
     assert [lk.url.rsplit("/", 1)[1] for lk in agg.links] == [
@@ -99,11 +107,14 @@ def test_pages_layout_links_and_attributes():
 def test_publish_swaps_atomically_keeps_previous_and_prunes(tmp_path: Path):
     first = build_pages(_files())
     gen1, changed = publish(tmp_path, first)
-    assert changed and os.readlink(tmp_path / "whl") == f".publish/{gen1}/whl" and gen1 == generation_of(first)
+    assert changed
+    assert os.readlink(tmp_path / "whl") == f".publish/{gen1}/whl"
+    assert gen1 == generation_of(first)
     assert publish(tmp_path, first) == (gen1, False)
     second = build_pages({"cpu": _files()["cpu"]})
     gen2, _ = publish(tmp_path, second)
-    assert current_generation(tmp_path) == gen2 and (tmp_path / ".publish" / gen1).is_dir()  # previous kept
+    assert current_generation(tmp_path) == gen2
+    assert (tmp_path / ".publish" / gen1).is_dir()
     assert not (tmp_path / "whl" / "cu126").exists()
     gen3, _ = publish(tmp_path, build_pages({"cu126": _files()["cu126"]}))
     assert sorted(p.name for p in (tmp_path / ".publish").iterdir()) == sorted([gen2, gen3])
@@ -129,5 +140,6 @@ def test_pages_round_trip_through_the_parser(entries):
         for f in files:
             page = parse_html(pages[f"{acc}/{f.project}/index.html"], f"http://h/whl/{acc}/{f.project}/")
             match = [lk for lk in page.links if lk.filename == f.filename]
-            assert match and match[0].url.startswith("http://h/packages/")
+            assert match
+            assert match[0].url.startswith("http://h/packages/")
             assert any(lk.requires_python == (f.requires_python or None) for lk in match)

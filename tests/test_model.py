@@ -2,14 +2,14 @@
 
 import pytest
 
+from torchdepot.errors import ParseError
 from torchdepot.model.accel import Accelerator, parse_accelerator
 from torchdepot.model.condabuild import parse_build_string
-from torchdepot.errors import ParseError
 from torchdepot.model.wheelname import parse_wheel
 
 
 @pytest.mark.parametrize(
-    "text, acc, source, plat, glibc",
+    ("text", "acc", "source", "plat", "glibc"),
     [
         ("torch-2.7.0+cu128-cp310-cp310-manylinux_2_28_aarch64.whl", "cu128", "local", "linux-aarch64", (2, 28)),
         ("torch-2.7.0%2Bcu128-cp310-cp310-win_amd64.whl", "cu128", "local", "windows-amd64", None),
@@ -38,7 +38,9 @@ def test_wheel_shapes(text, acc, source, plat, glibc):
 def test_wheel_fields():
     w = parse_wheel("torch-2.6.0.dev20250102+cu126-cp313-cp313t-manylinux_2_28_x86_64.whl")
     assert (w.name, w.public_version, w.local) == ("torch", "2.6.0.dev20250102", "cu126")
-    assert w.python_tags == ("cp313",) and w.abi_tags == ("cp313t",) and w.free_threaded
+    assert w.python_tags == ("cp313",)
+    assert w.abi_tags == ("cp313t",)
+    assert w.free_threaded
     assert w.pythons == ("3.13",)
     assert w.accelerator == Accelerator("cuda", (12, 6))
     assert w.accelerator.cuda_version == "12.6"
@@ -51,7 +53,7 @@ def test_wheel_errors(bad):
 
 
 @pytest.mark.parametrize(
-    "build, acc, py, number",
+    ("build", "acc", "py", "number"),
     [
         ("py3.10_cuda11.8_cudnn8.7.0_0", "cu118", "3.10", 0),
         ("py3.7_cuda10.1.243_cudnn7.6.3_0", "cu101", "3.7", 0),
@@ -75,7 +77,7 @@ def test_conda_builds(build, acc, py, number):
     assert b.build_number == number
 
 
-@pytest.mark.parametrize("text, name", [("cu118", "cu118"), ("rocm6.2.4", "rocm6.2.4"), ("cpu", "cpu"), ("xpu", "xpu"), ("cu117_pypi_cudnn", "cu117")])
+@pytest.mark.parametrize(("text", "name"), [("cu118", "cu118"), ("rocm6.2.4", "rocm6.2.4"), ("cpu", "cpu"), ("xpu", "xpu"), ("cu117_pypi_cudnn", "cu117")])
 def test_parse_accelerator(text, name):
     assert parse_accelerator(text).name == name
 

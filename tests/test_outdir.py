@@ -44,7 +44,8 @@ def test_new_empty_and_existing_mirrors_are_accepted(home):
         (m / "index.html").write_text("old landing page")
         content = '{"files": [], "format": "torchdepot-manifest", "targets": []}' if marker == "manifest.json" else ""
         (m / marker).mkdir() if marker == ".torchdepot" else (m / marker).write_text(content)
-        assert is_mirror(m) and check_out_dir(m) == m.resolve()
+        assert is_mirror(m)
+        assert check_out_dir(m) == m.resolve()
 
 
 def test_a_manifest_json_of_something_else_is_not_a_mirror(home):
@@ -96,12 +97,16 @@ def test_mirror_and_tools_fetch_refuse_before_writing(home, tmp_path):
                  ["mirror", "--spec", str(spec), "--out", str(home)]):
         res = runner.invoke(main, args)
         assert res.exit_code == 1, res.output
-        assert res.stderr.count("\n") == 1 and "Traceback" not in res.output
+        assert res.stderr.count("\n") == 1
+        assert "Traceback" not in res.output
         assert res.stderr.startswith("torchdepot: error: out ")
     res = runner.invoke(fetch_tool, ["--cpu", "--py", "3.11", "--platform", "linux-x86_64", "--out", str(user),
                                      "--upstream", "http://torchlab.invalid:8000/whl"])
-    assert res.exit_code == 1 and res.stderr.startswith("tools/fetch: error: out ") and res.stderr.count("\n") == 1
-    assert _snapshot(user) == before and sorted(os.listdir(user)) == ["index.html", "manifest.json.tmp"]
+    assert res.exit_code == 1
+    assert res.stderr.startswith("tools/fetch: error: out ")
+    assert res.stderr.count("\n") == 1
+    assert _snapshot(user) == before
+    assert sorted(os.listdir(user)) == ["index.html", "manifest.json.tmp"]
 
 
 def test_a_hostile_manifest_in_the_mirror_is_one_line_for_tools_fetch(tmp_path):

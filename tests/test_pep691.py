@@ -16,7 +16,8 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
@@ -85,12 +86,18 @@ def check_project_page(doc: dict) -> None:
     assert set(doc) <= {"meta", "name", "files", "versions"}, doc.keys()
     assert doc["meta"]["api-version"] == "1.1"
     assert doc["name"] == canonicalize_name(doc["name"])
-    assert isinstance(doc["files"], list) and isinstance(doc["versions"], list)
+    assert isinstance(doc["files"], list)
+    assert isinstance(doc["versions"], list)
     for f in doc["files"]:
-        assert isinstance(f["filename"], str) and "/" not in f["filename"]
-        assert isinstance(f["url"], str) and not urllib.parse.urlsplit(f["url"]).scheme  # relative
-        assert f["hashes"] and all(_HEX64.fullmatch(v) for v in f["hashes"].values())
-        assert isinstance(f["size"], int) and not isinstance(f["size"], bool) and f["size"] >= 0  # PEP 700: mandatory
+        assert isinstance(f["filename"], str)
+        assert "/" not in f["filename"]
+        assert isinstance(f["url"], str)
+        assert not urllib.parse.urlsplit(f["url"]).scheme
+        assert f["hashes"]
+        assert all(_HEX64.fullmatch(v) for v in f["hashes"].values())
+        assert isinstance(f["size"], int)
+        assert not isinstance(f["size"], bool)
+        assert f["size"] >= 0
         assert isinstance(f["yanked"], (bool, str))
         if "requires-python" in f:
             SpecifierSet(f["requires-python"])
@@ -112,7 +119,8 @@ def test_json_pages_have_the_pep691_pep700_shape_and_match_the_html(mirror):
         doc = json.loads(twin.read_bytes())
         url = html_page.as_uri()
         if "files" not in doc:  # a project list
-            assert doc["meta"]["api-version"] in ("1.0", "1.1") and all(set(p) == {"name"} for p in doc["projects"])
+            assert doc["meta"]["api-version"] in ("1.0", "1.1")
+            assert all(set(p) == {"name"} for p in doc["projects"])
             assert sorted(parse_json(twin.read_bytes(), url).projects) == sorted(
                 urllib.parse.unquote(u.rstrip("/").rsplit("/", 1)[-1]) for u in _hrefs(html_page))
             continue
@@ -120,7 +128,8 @@ def test_json_pages_have_the_pep691_pep700_shape_and_match_the_html(mirror):
         # one source, two renderings: the same files, URLs, hashes, metadata and requires-python
         as_json = {(link.url, link.sha256, link.core_metadata, link.requires_python) for link in parse_json(twin.read_bytes(), url).links}
         as_html = {(link.url, link.sha256, link.core_metadata, link.requires_python) for link in parse_html(html_page.read_bytes(), url).links}
-        assert as_json == as_html and as_json
+        assert as_json == as_html
+        assert as_json
         for f in doc["files"]:  # every URL reaches the stored bytes with the stated hash and size
             target = Path(urllib.parse.unquote(urllib.parse.urlsplit(urllib.parse.urljoin(url, f["url"])).path))
             sha, size = sha256_file(target)
@@ -139,14 +148,17 @@ def test_upload_time_only_when_known(mirror):
     assert times == {"demo_pkg-1.0-py3-none-any.whl": OLD, "demo_pkg-2.0-py3-none-any.whl": NEW}
     assert doc["versions"] == ["1.0", "2.0"]
     helper = json.loads((mirror / "whl/cpu/helper/index.json").read_bytes())["files"][0]
-    assert "upload-time" not in helper and "requires-python" not in helper  # never invented
+    assert "upload-time" not in helper
+    assert "requires-python" not in helper
 
 
 def test_unknown_size_or_bad_time_is_not_guessed():
     page = json.loads(project_page("x", [JsonFile("x-1.0-py3-none-any.whl", "../x-1.0-py3-none-any.whl", "a" * 64,
                                                   upload_time=valid_upload_time("yesterday"))]))
-    assert page["meta"]["api-version"] == "1.0" and "versions" not in page
-    assert "size" not in page["files"][0] and "upload-time" not in page["files"][0]
+    assert page["meta"]["api-version"] == "1.0"
+    assert "versions" not in page
+    assert "size" not in page["files"][0]
+    assert "upload-time" not in page["files"][0]
 
 
 @given(st.text(max_size=40))
@@ -156,7 +168,7 @@ def test_valid_upload_time_passes_only_pep700_times(text):
 
 
 # -- content negotiation -----------------------------------------------------------------------
-@pytest.mark.parametrize("accept,want", [
+@pytest.mark.parametrize(("accept", "want"), [
     (None, "html"), ("*/*", "html"), ("text/html", "html"),
     (UV_ACCEPT, "json"),
     ("application/vnd.pypi.simple.v1+json", "json"),
@@ -177,11 +189,14 @@ def test_negotiate_never_raises(text):
 
 def test_serve_negotiates_directory_urls(server):
     resp, body = get(server, "/whl/cpu/demo-pkg/", UV_ACCEPT)
-    assert resp.status == 200 and resp.getheader("Content-Type") == JSON_MEDIA_TYPE
+    assert resp.status == 200
+    assert resp.getheader("Content-Type") == JSON_MEDIA_TYPE
     assert resp.getheader("Vary") == "Accept"
     check_project_page(json.loads(body))
     resp, body = get(server, "/whl/cpu/demo-pkg/")
-    assert resp.status == 200 and resp.getheader("Content-Type").startswith("text/html") and b"<a " in body
+    assert resp.status == 200
+    assert resp.getheader("Content-Type").startswith("text/html")
+    assert b"<a " in body
     assert resp.getheader("Vary") == "Accept"
     resp, body = get(server, "/whl/cpu/", UV_ACCEPT)
     assert {p["name"] for p in json.loads(body)["projects"]} == {"demo-pkg", "helper"}
@@ -215,7 +230,7 @@ class Served:
         self.log.close()
 
 
-@pytest.fixture()
+@pytest.fixture
 def served(mirror, tmp_path):
     s = Served(mirror, tmp_path / "serve.log")
     yield s

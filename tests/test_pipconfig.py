@@ -8,7 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.venvs import hermetic_env
-from torchdepot.net.pipconfig import (PipSources, parse_config_list, pip_default_index, read_pip_config)
+from torchdepot.net.pipconfig import (
+    PipSources,
+    parse_config_list,
+    pip_default_index,
+    read_pip_config,
+)
 
 SAMPLE = """\
 :env:.default-timeout='180'
@@ -38,12 +43,14 @@ def test_env_vars_win_and_are_space_separated_lists(tmp_path):
     assert src.index_url == "http://127.0.0.1:9/simple"
     assert src.extra_index_urls == ("http://a/simple", "http://b/simple")
     assert src.find_links == ((tmp_path / "links").as_uri(), (tmp_path / "other").as_uri())
-    assert src.no_index and "no-index" in src.describe()
+    assert src.no_index
+    assert "no-index" in src.describe()
 
 
 def test_nothing_configured_means_pips_default():
     src = parse_config_list("", env={})
-    assert src == PipSources(note="pip config list") and src.index_url is None
+    assert src == PipSources(note="pip config list")
+    assert src.index_url is None
     assert "index-url=(pip default)" in src.describe()
 
 
@@ -60,7 +67,9 @@ def test_real_pip_reads_a_config_file(tmp_path):
 
 def test_pip_default_index_is_asked_from_pip():
     url = pip_default_index(env=hermetic_env())
-    assert url and url.startswith("https://") and url.endswith("/simple")
+    assert url
+    assert url.startswith("https://")
+    assert url.endswith("/simple")
 
 
 @settings(max_examples=300, deadline=None)
@@ -79,6 +88,8 @@ def test_in_process_read_equals_pip_cli(tmp_path, monkeypatch):
     monkeypatch.setenv("PIP_CONFIG_FILE", str(cfg))
     fast = read_pip_config()
     cli = read_pip_config(env=dict(__import__("os").environ))
-    assert fast.note == "pip configuration" and cli.note == "pip config list"
+    assert fast.note == "pip configuration"
+    assert cli.note == "pip config list"
     assert (fast.index_url, fast.extra_index_urls, fast.find_links) == (cli.index_url, cli.extra_index_urls, cli.find_links)
-    assert fast.index_url == "http://127.0.0.1:4/s" and fast.extra_index_urls == ("file:///srv/a", "file:///srv/b")
+    assert fast.index_url == "http://127.0.0.1:4/s"
+    assert fast.extra_index_urls == ("file:///srv/a", "file:///srv/b")

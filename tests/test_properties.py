@@ -6,20 +6,25 @@ full 2,000 under CI. The repodata property runs against the live parser (sources
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from torchdepot.model.accel import accelerator_from_dir, accelerator_from_local, parse_accelerator
-from torchdepot.model.condabuild import (parse_build_string, record_from_repodata, split_conda_filename)
 from torchdepot.errors import TorchdepotError
+from torchdepot.model.accel import accelerator_from_dir, accelerator_from_local, parse_accelerator
+from torchdepot.model.condabuild import (
+    parse_build_string,
+    record_from_repodata,
+    split_conda_filename,
+)
+from torchdepot.model.wheelname import parse_wheel
 from torchdepot.sources.findlinks import parse_findlinks
 from torchdepot.sources.links import Page
 from torchdepot.sources.pep503 import parse_html
 from torchdepot.sources.pep691 import parse_json
 from torchdepot.sources.repodata import RepodataError, parse_repodata
-from torchdepot.model.wheelname import parse_wheel
 
 # max_examples is left to the loaded profile (dev: fast; ci: 2,000).
 MANY = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -36,14 +41,13 @@ def test_example_count_comes_from_the_profile():
     from tests.conftest import CI_EXAMPLES, DEV_EXAMPLES, NO_SKIP
 
     ci = (os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if NO_SKIP else "dev")) == "ci"
-    assert settings().max_examples == (CI_EXAMPLES if ci else DEV_EXAMPLES) and DEV_EXAMPLES < CI_EXAMPLES == 2000
+    assert settings().max_examples == (CI_EXAMPLES if ci else DEV_EXAMPLES)
+    assert DEV_EXAMPLES < CI_EXAMPLES == 2000
 
 
 def _only_ours(fn, *args):
-    try:
+    with contextlib.suppress(TorchdepotError):
         fn(*args)
-    except TorchdepotError:
-        pass
 
 
 @MANY
@@ -82,7 +86,8 @@ def test_parse_html_total(pieces, base):
     page = parse_html(body, base)
     assert isinstance(page, Page)
     for link in page.links:
-        assert link.filename and "/" not in link.filename
+        assert link.filename
+        assert "/" not in link.filename
     parse_findlinks(body, base)
 
 
@@ -129,12 +134,16 @@ def test_parse_repodata_total(body):
     try:
         rd = parse_repodata(body, "ch", "linux-64", "ch/linux-64")
     except RepodataError as exc:
-        assert str(exc).startswith("ch/linux-64: ") and "\n" not in str(exc)
+        assert str(exc).startswith("ch/linux-64: ")
+        assert "\n" not in str(exc)
         return
     for filename, r in rd.records.items():
         assert isinstance(r.build_number, int)
-        assert r.filename == filename and "/" not in filename and ".." not in filename
-        assert r.channel == "ch" and r.subdir == "linux-64"
+        assert r.filename == filename
+        assert "/" not in filename
+        assert ".." not in filename
+        assert r.channel == "ch"
+        assert r.subdir == "linux-64"
     for fn in ("pytorch-2.0.0-py3.10_cuda11.8_cudnn8.7.0_0.tar.bz2", "x"):
         _only_ours(record_from_repodata, "ch", "linux-64", fn, {"name": "pytorch"})
 
@@ -163,8 +172,11 @@ def test_wheel_round_trip(name, rel, loc, py, abi, pl, d, encode):
     w = parse_wheel(text)
     assert w.filename == filename
     assert w.name == name.replace("_", "-")
-    assert w.local == loc and w.version.split("+")[0] == w.public_version
-    assert ".".join(w.python_tags) == py and w.abi_tags == (abi,) and ".".join(w.platform_tags) == pl
+    assert w.local == loc
+    assert w.version.split("+")[0] == w.public_version
+    assert ".".join(w.python_tags) == py
+    assert w.abi_tags == (abi,)
+    assert ".".join(w.platform_tags) == pl
     stated = accelerator_from_local(loc) if loc else None
     expected = stated.name if stated else (d.rsplit("/", 1)[-1] if d else None)
     assert (w.accelerator.name if w.accelerator else None) == expected

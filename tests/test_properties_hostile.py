@@ -11,12 +11,18 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from torchdepot.store import manifest as mf
 from torchdepot.errors import TorchdepotError, UnsafePathError
-from torchdepot.store.fsutil import safe_filename, safe_join
-from torchdepot.net.hostpolicy import default_policy, filename_refusal, host_of, netloc_of, screen_links
+from torchdepot.net.hostpolicy import (
+    default_policy,
+    filename_refusal,
+    host_of,
+    netloc_of,
+    screen_links,
+)
 from torchdepot.net.http import Client, HttpConfig, retry_after_seconds
 from torchdepot.sources.links import Link
+from torchdepot.store import manifest as mf
+from torchdepot.store.fsutil import safe_filename, safe_join
 
 # max_examples is left to the loaded profile (dev: fast; ci: 2,000).
 MANY = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -47,7 +53,11 @@ def test_safe_filename_is_a_bare_name(name):
         out = safe_filename(name)
     except UnsafePathError:
         return
-    assert out and "/" not in out and "\\" not in out and "\x00" not in out and out not in (".", "..")
+    assert out
+    assert "/" not in out
+    assert "\\" not in out
+    assert "\x00" not in out
+    assert out not in (".", "..")
     assert posixpath.basename(out) == out
     assert safe_join(ROOT, "packages", out).parent == ROOT.resolve() / "packages"
 
@@ -91,7 +101,8 @@ def test_screen_links_keeps_only_safe_unambiguous_links(entries):
     names = [link.filename for link in s.kept]
     assert len(names) == len(set(names))
     for link in s.kept:
-        assert pol.allows(link.url) and filename_refusal(link.filename) is None
+        assert pol.allows(link.url)
+        assert filename_refusal(link.filename) is None
     refused = sum(1 for lk in links if pol.refusal(lk.url) or filename_refusal(lk.filename))
     assert sum(s.warnings.values()) >= refused  # every refusal is counted
     assert len(s.kept) + sum(s.warnings.values()) <= len(links)

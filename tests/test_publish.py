@@ -16,10 +16,10 @@ from click.testing import CliRunner
 
 from tests.mirror_fixture import make_mirror
 from tests.venvs import make_venv, run
-from torchdepot.store import manifest as mf
 from torchdepot.cli import main
-from torchdepot.site.landing import write_landing
 from torchdepot.ship.serve import make_server, server_url
+from torchdepot.site.landing import write_landing
+from torchdepot.store import manifest as mf
 
 
 def _rclone() -> str:
@@ -28,7 +28,7 @@ def _rclone() -> str:
     return exe
 
 
-@pytest.fixture()
+@pytest.fixture
 def mirror(tmp_path) -> Path:
     root = tmp_path / "mirror"
     make_mirror(root, envs=root / "envs")
@@ -36,7 +36,7 @@ def mirror(tmp_path) -> Path:
     return root
 
 
-@pytest.fixture()
+@pytest.fixture
 def wrapped(tmp_path, monkeypatch):
     """rclone on PATH -> a wrapper logging each call and what the destination held before it."""
     real = _rclone()
@@ -71,13 +71,18 @@ def test_upload_order_files_first_indexes_last(mirror, tmp_path, wrapped, monkey
     assert packages <= before_indexes, "every package is up before any index"
     assert not [p for p in before_indexes if p.startswith("whl/") or "repodata" in p]
     before_manifest = set(calls[3]["dest_before"])
-    assert "whl/cpu/torch/index.html" in before_manifest and "conda/pytorch-fixture/linux-64/repodata.json" in before_manifest
-    assert "manifest.json" not in before_manifest and "index.html" not in before_manifest
-    assert calls[3]["argv"][2].endswith("manifest.json") and calls[4]["argv"][2].endswith("index.html")
+    assert "whl/cpu/torch/index.html" in before_manifest
+    assert "conda/pytorch-fixture/linux-64/repodata.json" in before_manifest
+    assert "manifest.json" not in before_manifest
+    assert "index.html" not in before_manifest
+    assert calls[3]["argv"][2].endswith("manifest.json")
+    assert calls[4]["argv"][2].endswith("index.html")
     assert "manifest.json" in calls[4]["dest_before"]
     # a real tree: whl/ is files (no symlink), state dirs stay home
-    assert (dest / "whl").is_dir() and not (dest / "whl").is_symlink()
-    assert not (dest / ".publish").exists() and not (dest / ".torchdepot").exists()
+    assert (dest / "whl").is_dir()
+    assert not (dest / "whl").is_symlink()
+    assert not (dest / ".publish").exists()
+    assert not (dest / ".torchdepot").exists()
     assert (dest / "manifest.json").read_bytes() == (mirror / "manifest.json").read_bytes()
 
 
@@ -86,15 +91,18 @@ def test_dry_run_copies_nothing(mirror, tmp_path, wrapped):
     assert r.exit_code == 0, r.output
     lines = r.output.splitlines()
     assert [ln.split(":")[0] for ln in lines] == ["packages", "locks", "indexes", "manifest", "landing"]
-    assert not (tmp_path / "d").exists() and not wrapped.exists()
+    assert not (tmp_path / "d").exists()
+    assert not wrapped.exists()
 
 
 def test_missing_rclone_and_bad_mirror(mirror, tmp_path, monkeypatch):
     r = CliRunner().invoke(main, ["publish", "--mirror", str(tmp_path / "nope"), "--to", str(tmp_path / "d"), "--dry-run"])
-    assert r.exit_code == 1 and "no manifest" in r.output
+    assert r.exit_code == 1
+    assert "no manifest" in r.output
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
     r = CliRunner().invoke(main, ["publish", "--mirror", str(mirror), "--to", str(tmp_path / "d")])
-    assert r.exit_code == 1 and "rclone not found" in r.output
+    assert r.exit_code == 1
+    assert "rclone not found" in r.output
 
 
 def test_failed_step_stops_before_indexes(mirror, tmp_path, monkeypatch):
@@ -105,7 +113,9 @@ def test_failed_step_stops_before_indexes(mirror, tmp_path, monkeypatch):
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
     r = CliRunner().invoke(main, ["publish", "--mirror", str(mirror), "--to", str(tmp_path / "d")])
-    assert r.exit_code == 1 and "step 'packages' failed (exit 7)" in r.output and "permission denied" in r.output
+    assert r.exit_code == 1
+    assert "step 'packages' failed (exit 7)" in r.output
+    assert "permission denied" in r.output
 
 
 def test_rclone_config_remote_then_pip_install_from_published(mirror, tmp_path, wrapped):

@@ -9,17 +9,16 @@ mirror's own ``targets/<id>/pylock.toml`` (paths relative to the lock).
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from tests.httpserver import Server
 from tests.kit.lockmirror import build_mirror, cli, fake_torch_wheels
 from tests.kit.wheels import build_wheel
 from tests.venvs import hermetic_env, run
 from torchdepot.lockfiles.render import pins_for, pylock_toml
-from torchdepot.store.manifest import load
 from torchdepot.verify.locks import parse_requirements
 
 UV = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "uv"

@@ -82,7 +82,8 @@ def test_root_pages(served, client, data_dir):
     dirs = sorted(p.name for p in (data_dir / CAPTURE_2023).iterdir() if p.is_dir())
     assert set(dirs) - set(root.projects) == {"cerifi"}  # captured, but not linked from the root
     assert len(root.projects) == len(_regex_hrefs(data_dir / CAPTURE_2023 / "index.html"))
-    assert "torch" in root.projects and "Jinja2" in root.projects
+    assert "torch" in root.projects
+    assert "Jinja2" in root.projects
     assert root_page(reader, served.url + "/p2024").projects == ["torch", "torchaudio", "torchvision"]
     with pytest.raises(UpstreamError, match=r"/nowhere/: not found"):
         root_page(reader, served.url + "/nowhere")
@@ -92,7 +93,8 @@ def test_every_anchor_is_crawled(crawled, data_dir):
     pages_2023 = sorted((data_dir / CAPTURE_2023).glob("*/index.html"))
     expected = sum(len(_regex_hrefs(p)) for p in pages_2023)
     got = sum(len(p.links) for p in crawled["2023"])
-    assert got == expected and got > 3900
+    assert got == expected
+    assert got > 3900
     assert all(not p.warnings for p in crawled["2023"])
     # absolute hrefs are kept verbatim (host included); hashes come from the fragment
     torch = next(p for p in crawled["2023"] if p.url.endswith("/whl/torch/"))
@@ -176,13 +178,20 @@ def test_parse_contract_exit_codes(tmp_path):
     good, bad = (json.loads(l) for l in ok.stdout.splitlines())
     keys = {"filename", "name", "version", "local", "accelerator", "python_tags", "abi_tags",
             "platform_tags", "os", "arch", "error"}
-    assert keys <= set(good) and keys <= set(bad)
-    assert good["accelerator"] == "cu121" and good["error"] is None and good["os"] == "linux"
-    assert bad["error"] and bad["name"] is None
+    assert keys <= set(good)
+    assert keys <= set(bad)
+    assert good["accelerator"] == "cu121"
+    assert good["error"] is None
+    assert good["os"] == "linux"
+    assert bad["error"]
+    assert bad["name"] is None
     none = run("--json", "not-a-wheel", "x.tar.gz")
-    assert none.returncode != 0 and len(none.stdout.splitlines()) == 2
+    assert none.returncode != 0
+    assert len(none.stdout.splitlines()) == 2
     plain = run("https://download.pytorch.org/whl/cu80/torch-0.3.0.post4-cp36-cp36m-linux_x86_64.whl")
-    assert plain.returncode == 0 and "cu80" in plain.stdout and plain.stdout.count("\n") == 1
+    assert plain.returncode == 0
+    assert "cu80" in plain.stdout
+    assert plain.stdout.count("\n") == 1
     assert run().returncode != 0  # no input at all is a usage error
 
 
@@ -193,8 +202,11 @@ def test_crawl_index_pytorch_style(served, client, data_dir):
     expected = [h for h in _regex_hrefs(data_dir / CAPTURE_2023 / "torch" / "index.html")]
     assert len(torch) == len(set(h.split("#")[0] for h in expected))
     accs = collections.Counter(w.accelerator.name if w.accelerator else None for w in torch)
-    assert accs["cu118"] > 0 and accs["cpu"] > 0 and accs["rocm5.6"] > 0
-    assert result.pages == 2 and reader.request_counts()["pages"] == 2  # one request per page
+    assert accs["cu118"] > 0
+    assert accs["cpu"] > 0
+    assert accs["rocm5.6"] > 0
+    assert result.pages == 2
+    assert reader.request_counts()["pages"] == 2
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +231,8 @@ def test_crawl_per_variant_pages(variant_tree, client):
     result = crawl_wheels(reader, srv.url + "/whl", ["torch"], accelerators=["cu118", "cpu", "cu999"])
     accs = collections.Counter(w.accelerator.name for _, w in result.items)
     assert accs == {"cu118": counts["cu118"], "cpu": counts["cpu"]}
-    assert result.warnings["page not available"] == 1 and "1 page not available" in result.summary(srv.url)
+    assert result.warnings["page not available"] == 1
+    assert "1 page not available" in result.summary(srv.url)
     # a variant index is a base of its own (and its page was read already: no second request)
     cu118 = crawl_wheels(reader, srv.url + "/whl/cu118", ["torch"])
     assert len(cu118.items) == counts["cu118"]
@@ -235,7 +248,8 @@ def test_ls_json_returns_every_torch_wheel(served, data_dir):
     rows = [json.loads(l) for l in proc.stdout.splitlines()]
     hrefs = {h.split("#")[0] for h in _regex_hrefs(data_dir / CAPTURE_2023 / "torch" / "index.html")}
     assert {r["url"] for r in rows} == hrefs
-    assert len(rows) == len(hrefs) == 1494 and all(r["name"] == "torch" for r in rows)
+    assert len(rows) == len(hrefs) == 1494
+    assert all(r["name"] == "torch" for r in rows)
     assert sum(1 for r in rows if r["sha256"]) == 1128  # as many as the page has fragments
 
 
@@ -260,17 +274,20 @@ def test_crawl_whole_index_from_root(served, client, data_dir):
     result = crawl_wheels(reader, served.url + "/whl", None)
     root = root_page(reader, served.url + "/whl")
     missing = [p for p in root.projects if not (data_dir / CAPTURE_2023 / p).is_dir()]
-    assert missing and result.warnings["page not available"] == len(missing)
+    assert missing
+    assert result.warnings["page not available"] == len(missing)
     assert result.pages == len(root.projects) - len(missing)
     said = result.summary(served.url + "/whl")
-    assert said.startswith(served.url + "/whl: skipped ") and "\n" not in said  # one line
+    assert said.startswith(served.url + "/whl: skipped ")
+    assert "\n" not in said
     wheel_hrefs = set()
     for p in root.projects:
         if p not in missing:
             wheel_hrefs |= {h.split("#")[0] for h in _regex_hrefs(data_dir / CAPTURE_2023 / p / "index.html") if ".whl" in h}
     # the three torchrec_cpu-0.1.1-3.X-none-any.whl files have a tag packaging rejects
     bad = {h for h in wheel_hrefs if re.search(r"-3\.\d-none-any\.whl$", h)}
-    assert len(bad) == 3 and result.warnings["unparseable wheel filename"] == 3
+    assert len(bad) == 3
+    assert result.warnings["unparseable wheel filename"] == 3
     assert {l.url for l, _ in result.items} == wheel_hrefs - bad
     # one request per page: the root, each project page that exists, and for a missing page
     # its name as listed plus (when it differs) its normalised form
@@ -283,5 +300,6 @@ def test_ls_one_request_per_page(served):
     from torchdepot.site.availability import index_wheels
 
     listing = index_wheels(served.url + "/whl", ["torch", "torchvision", "torchaudio"])
-    assert listing.requests == 3 and listing.skipped is None
+    assert listing.requests == 3
+    assert listing.skipped is None
     assert {w.name for _, w in listing.items} == {"torch", "torchvision", "torchaudio"}

@@ -13,7 +13,11 @@ import zstandard
 
 from tests.httpserver import Server
 from torchdepot.errors import UpstreamError
-from torchdepot.model.condabuild import (package_accelerator, parse_build_string, split_conda_filename)
+from torchdepot.model.condabuild import (
+    package_accelerator,
+    parse_build_string,
+    split_conda_filename,
+)
 from torchdepot.net.http import make_session
 from torchdepot.sources.channel import RepodataCache, fetch_repodata
 from torchdepot.sources.repodata import RepodataError, parse_repodata
@@ -63,13 +67,19 @@ def test_repodata_over_http_zst_and_plain(channel, tmp_path):
         p = fetch_repodata(client, "plain", (channel.url + "/plain/",), "linux-64", cache)
         # unchanged upstream: answered from the cache (304 on If-Modified-Since), not downloaded again
         again = fetch_repodata(client, "pytorch", (channel.url + "/pytorch",), "linux-64", cache)
-    assert z.url.endswith("repodata.json.zst") and p.url.endswith("/plain/linux-64/repodata.json")
-    assert not z.from_cache and not p.from_cache and again.from_cache and again.path == z.path
+    assert z.url.endswith("repodata.json.zst")
+    assert p.url.endswith("/plain/linux-64/repodata.json")
+    assert not z.from_cache
+    assert not p.from_cache
+    assert again.from_cache
+    assert again.path == z.path
     zr = parse_repodata(z.path.read_bytes(), "pytorch", "linux-64", z.url)
     pr = parse_repodata(p.path.read_bytes(), "pytorch", "linux-64", p.url)
-    assert len(zr.records) == len(pr.records) == 2181 and zr.records == pr.records
+    assert len(zr.records) == len(pr.records) == 2181
+    assert zr.records == pr.records
     first = next(iter(zr.records.values()))
-    assert first.channel == "pytorch" and first.subdir == "linux-64"
+    assert first.channel == "pytorch"
+    assert first.subdir == "linux-64"
 
 
 def test_failover_to_the_next_mirror(channel, tmp_path):
@@ -79,7 +89,8 @@ def test_failover_to_the_next_mirror(channel, tmp_path):
     assert got.base_url == channel.url + "/plain"
     with make_session() as client, pytest.raises(UpstreamError, match="no mirror served repodata") as err:
         fetch_repodata(client, "pytorch", (channel.url + "/absent",), "linux-64", RepodataCache(tmp_path))
-    assert "\n" not in str(err.value) and "/absent/linux-64/repodata.json" in str(err.value)
+    assert "\n" not in str(err.value)
+    assert "/absent/linux-64/repodata.json" in str(err.value)
 
 
 def test_every_pytorch_record_maps_to_its_build(data_dir):
@@ -91,12 +102,15 @@ def test_every_pytorch_record_maps_to_its_build(data_dir):
         got = r.accelerator.name if r.accelerator else None
         assert got == expected_accelerator(r.name, r.version, r.build), r.build
         assert got is not None, r.build  # every linux-64 pytorch build states cpu or cuda
-        assert r.python and r.python == re.match(r"py(\d\.\d+)", r.build).group(1)
+        assert r.python
+        assert r.python == re.match(r"py(\d\.\d+)", r.build).group(1)
         counts[got] += 1
-    assert counts["cpu"] > 0 and counts["cu118"] > 0 and counts["cu92"] > 0
+    assert counts["cpu"] > 0
+    assert counts["cu118"] > 0
+    assert counts["cu92"] > 0
 
 
-@pytest.mark.parametrize("filename,record", [
+@pytest.mark.parametrize(("filename", "record"), [
     ("evil-1.0-0.tar.bz2", {"name": "other", "version": "1.0", "build": "0"}),
     ("../escape-1.0-0.tar.bz2", {"name": "escape", "version": "1.0", "build": "0"}),
     (None, "not an object"),
@@ -133,7 +147,8 @@ def test_lockfiles_and_url_list(data_dir):
             seen[(name, got is not None)] += 1
     print("\nconda lock/list records:", dict(seen))
     assert seen[("pytorch", True)] > 100
-    assert seen[("pytorch-cuda", True)] > 0 and seen[("torchvision", True)] > 0
+    assert seen[("pytorch-cuda", True)] > 0
+    assert seen[("torchvision", True)] > 0
 
 
 def test_corrupt_zst_is_a_one_line_upstream_error(data_dir, tmp_path):
@@ -144,5 +159,6 @@ def test_corrupt_zst_is_a_one_line_upstream_error(data_dir, tmp_path):
     with Server(tmp_path) as srv, make_session() as client, pytest.raises(UpstreamError) as err:
         fetch_repodata(client, "ch", (srv.url + "/ch",), "linux-64", RepodataCache(tmp_path / "cache"))
     msg = str(err.value)
-    assert msg.startswith(f"{srv.url}/ch/linux-64/repodata.json.zst: not a valid zstd stream") and "\n" not in msg
+    assert msg.startswith(f"{srv.url}/ch/linux-64/repodata.json.zst: not a valid zstd stream")
+    assert "\n" not in msg
     assert not (tmp_path / "cache" / "ch" / "linux-64" / "repodata.json").exists()

@@ -43,14 +43,16 @@ def test_mirror_bundle_unbundle_serve_install(tmp_path, torch_wheel, torch_mirro
     proc = td("lock", "--mirror", mirror, "--out", envs)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lock_a = envs / CPU / "requirements.lock"
-    assert lock_a.is_file() and "--hash=sha256:" in lock_a.read_text()
+    assert lock_a.is_file()
+    assert "--hash=sha256:" in lock_a.read_text()
 
     # site A -> media: zstd, split like a size-limited stick
     proc = td("bundle", "--mirror", mirror, "--envs", envs, "--targets", CPU, "--zstd", "--split", "64M",
               "--out", usb / "torch-cpu.tar.zst")
     assert proc.returncode == 0, proc.stderr[-3000:]
     parts = sorted(usb.glob("torch-cpu.tar.zst.*"))
-    assert len(parts) >= 2 and all(p.stat().st_size <= 64 * 1024 * 1024 for p in parts)
+    assert len(parts) >= 2
+    assert all(p.stat().st_size <= 64 * 1024 * 1024 for p in parts)
 
     # site B: an empty directory on "another machine"; the upstreams are gone
     dest = site_b / "mirror"
@@ -58,7 +60,8 @@ def test_mirror_bundle_unbundle_serve_install(tmp_path, torch_wheel, torch_mirro
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (dest / "packages" / "torch" / torch_wheel.name).stat().st_size == torch_wheel.stat().st_size
     assert (dest / "envs" / CPU / "requirements.lock").read_bytes() == lock_a.read_bytes()
-    assert (dest / "index.html").is_file() and CPU in (dest / "index.html").read_text()
+    assert (dest / "index.html").is_file()
+    assert CPU in (dest / "index.html").read_text()
 
     server = subprocess.Popen([sys.executable, "-m", "torchdepot", "serve", "--root", dest, "--port", "0", "--quiet"],
                               stdout=subprocess.PIPE, text=True, env=hermetic_env(), cwd=ROOT)
@@ -94,6 +97,7 @@ def test_mirror_bundle_unbundle_serve_install(tmp_path, torch_wheel, torch_mirro
     fresh = site_b / "fresh"
     proc = td("unbundle", plain, "--to", fresh)
     assert proc.returncode == 1
-    assert f"torchdepot: error: {member}: sha256" in proc.stderr and "nothing published" in proc.stderr
+    assert f"torchdepot: error: {member}: sha256" in proc.stderr
+    assert "nothing published" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert visible(fresh) == []

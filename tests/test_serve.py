@@ -19,16 +19,23 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.kit.lanproxy import LanProxy
 from tests.kit.serving import request, serve_mirror
 from tests.mirror_fixture import make_mirror
 from tests.venvs import hermetic_env, make_venv, run
-from torchdepot.resolve.uv import uv_bin
 from torchdepot.model.trust import install_commands
-from torchdepot.ship.serve import (CONTENT_TYPES, ServeLimits, client_host,
-                                   nginx_config, nginx_types, parse_range)
+from torchdepot.resolve.uv import uv_bin
+from torchdepot.ship.serve import (
+    CONTENT_TYPES,
+    ServeLimits,
+    client_host,
+    nginx_config,
+    nginx_types,
+    parse_range,
+)
 
 TD = Path(sys.executable).parent / "torchdepot"
 
@@ -59,7 +66,8 @@ WHEEL = "/packages/torch/torch-2.13.0%2Bcpu-py3-none-any.whl"
 def test_full_get_types_and_cache_headers(server, mirror):
     data = (mirror / "packages/torch/torch-2.13.0+cpu-py3-none-any.whl").read_bytes()
     resp, body = request(server, WHEEL)
-    assert resp.status == 200 and body == data
+    assert resp.status == 200
+    assert body == data
     assert resp.getheader("Content-Type") == "application/octet-stream"
     assert "immutable" in resp.getheader("Cache-Control")
     assert resp.getheader("Accept-Ranges") == "bytes"
@@ -67,38 +75,49 @@ def test_full_get_types_and_cache_headers(server, mirror):
     assert resp.getheader("Content-Type") == "application/json"
     assert "max-age=60" in resp.getheader("Cache-Control")
     resp, _ = request(server, "/whl/cpu/torch/")  # through the whl -> .publish symlink
-    assert resp.status == 200 and resp.getheader("Content-Type").startswith("text/html")
+    assert resp.status == 200
+    assert resp.getheader("Content-Type").startswith("text/html")
     resp, _ = request(server, "/conda/pytorch-fixture/linux-64/pytorch-2.13.0-cpu_py311_0.conda")
-    assert resp.status == 200 and resp.getheader("Content-Type") == "application/octet-stream"
+    assert resp.status == 200
+    assert resp.getheader("Content-Type") == "application/octet-stream"
     resp, body = request(server, WHEEL, method="HEAD")
-    assert resp.status == 200 and body == b"" and int(resp.getheader("Content-Length")) == len(data)
+    assert resp.status == 200
+    assert body == b""
+    assert int(resp.getheader("Content-Length")) == len(data)
 
 
 def test_ranges(server, mirror):
     data = (mirror / "packages/torch/torch-2.13.0+cpu-py3-none-any.whl").read_bytes()
     size = len(data)
     resp, body = request(server, WHEEL, headers={"Range": "bytes=10-19"})
-    assert resp.status == 206 and body == data[10:20]
+    assert resp.status == 206
+    assert body == data[10:20]
     assert resp.getheader("Content-Range") == f"bytes 10-19/{size}"
     resp, body = request(server, WHEEL, headers={"Range": "bytes=100-"})
-    assert resp.status == 206 and body == data[100:]
+    assert resp.status == 206
+    assert body == data[100:]
     resp, body = request(server, WHEEL, headers={"Range": "bytes=-7"})
-    assert resp.status == 206 and body == data[-7:]
+    assert resp.status == 206
+    assert body == data[-7:]
     resp, _ = request(server, WHEEL, headers={"Range": f"bytes={size}-"})
-    assert resp.status == 416 and resp.getheader("Content-Range") == f"bytes */{size}"
+    assert resp.status == 416
+    assert resp.getheader("Content-Range") == f"bytes */{size}"
     resp, _ = request(server, WHEEL, headers={"Range": "bytes=5-2"})
     assert resp.status == 416
     # a stale If-Range validator: the whole file, not a slice of a changed one
     resp, body = request(server, WHEEL, headers={"Range": "bytes=0-3", "If-Range": '"stale"'})
-    assert resp.status == 200 and body == data
+    assert resp.status == 200
+    assert body == data
 
 
 def test_etag_and_last_modified_give_304(server):
     resp, _ = request(server, "/whl/cpu/torch/index.html")
     etag, lm = resp.getheader("ETag"), resp.getheader("Last-Modified")
-    assert etag and lm
+    assert etag
+    assert lm
     resp, body = request(server, "/whl/cpu/torch/index.html", headers={"If-None-Match": etag})
-    assert resp.status == 304 and body == b""
+    assert resp.status == 304
+    assert body == b""
     resp, _ = request(server, "/whl/cpu/torch/index.html", headers={"If-Modified-Since": lm})
     assert resp.status == 304
     resp, _ = request(server, "/whl/cpu/torch/index.html", headers={"If-None-Match": '"other"'})
@@ -107,16 +126,19 @@ def test_etag_and_last_modified_give_304(server):
 
 def test_directories_and_escapes(server):
     resp, _ = request(server, "/whl/cpu/torch")
-    assert resp.status == 301 and resp.getheader("Location") == "/whl/cpu/torch/"
+    assert resp.status == 301
+    assert resp.getheader("Location") == "/whl/cpu/torch/"
     resp, body = request(server, "/")
-    assert resp.status == 200 and b"landing" in body
+    assert resp.status == 200
+    assert b"landing" in body
     resp, _ = request(server, "/packages/")  # no index.html, no listing
     assert resp.status == 404
     for bad in ("/../../../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "/packages/..%2f..%2f..%2fetc/passwd",
                 "/escape.txt", "/.torchdepot/hashes.json", "/whl/..%5c..%5cetc", "/missing.whl"):
         resp, body = request(server, bad)
         assert resp.status == 404, bad
-        assert b"secret" not in body and b"root:" not in body
+        assert b"secret" not in body
+        assert b"root:" not in body
 
 
 @given(st.integers(0, 10_000), st.integers(0, 10_000), st.integers(1, 5_000))
@@ -125,7 +147,10 @@ def test_parse_range_property(a, b, size):
     if a >= size or b < a:
         assert r is None
     else:
-        assert r is not None and r.start == a and r.end == min(b, size - 1) and 0 <= r.start <= r.end < size
+        assert r is not None
+        assert r.start == a
+        assert r.end == min(b, size - 1)
+        assert 0 <= r.start <= r.end < size
 
 
 @given(st.text(max_size=30))
@@ -158,7 +183,8 @@ def test_idle_sockets_do_not_starve_real_clients(mirror):
             started = time.monotonic()
             for _ in range(5):
                 resp, body = request(httpd, WHEEL)
-                assert resp.status == 200 and body[:2] == b"PK"
+                assert resp.status == 200
+                assert body[:2] == b"PK"
             took = time.monotonic() - started
             assert took < 3.0, f"5 real GETs took {took:.2f}s behind 300 idle sockets"
         finally:
@@ -193,7 +219,8 @@ def test_keep_alive_serves_several_requests_on_one_connection(mirror):
         for _ in range(20):
             conn.request("GET", "/manifest.json")
             r = conn.getresponse()
-            assert r.status == 200 and r.read()
+            assert r.status == 200
+            assert r.read()
         # pipelined: two requests in one write are both answered
         with socket.create_connection(httpd.server_address[:2], timeout=10) as s:
             s.sendall(b"HEAD /manifest.json HTTP/1.1\r\nHost: x\r\n\r\n" * 2)
@@ -288,7 +315,8 @@ def test_banner_commands_work_verbatim_on_a_lan_host(mirror, tmp_path):
                                          VIRTUAL_ENV=str(venv_dir), UV_NO_CACHE="1", PIP_NO_CACHE_DIR="1"))
             untrusted = subprocess.run(shlex.split(pip_line.replace(" --trusted-host torchlab", "")),
                                        env=env, capture_output=True, text=True)
-            assert untrusted.returncode != 0 and "torchlab" in untrusted.stdout + untrusted.stderr
+            assert untrusted.returncode != 0
+            assert "torchlab" in untrusted.stdout + untrusted.stderr
             done = subprocess.run(shlex.split(pip_line), env=env, capture_output=True, text=True)
             assert done.returncode == 0, done.stdout + done.stderr
             assert run([py, "-c", "import torch; print(torch.__version__)"]).stdout.strip() == "2.13.0+cpu"
@@ -319,7 +347,8 @@ def test_address_in_use_is_one_line_naming_the_port(mirror):
         port = busy.getsockname()[1]
         proc = subprocess.run([TD, "serve", "--root", mirror, "--port", str(port)], capture_output=True, text=True,
                               env=hermetic_env(), timeout=30)
-    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.returncode == 1
+    assert proc.stdout == ""
     assert proc.stderr == f"torchdepot: error: cannot serve on 127.0.0.1:{port}: address already in use " \
                           "(another server? pick another --port)\n"
     assert errno.EADDRINUSE  # the errno the command maps (a typed check, not message text)
@@ -391,11 +420,14 @@ def test_nginx_serves_mirror_and_pip_installs(mirror, tmp_path):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         conn.request("GET", WHEEL, headers={"Range": "bytes=0-3"})
         r = conn.getresponse()
-        assert r.status == 206 and r.read() == b"PK\x03\x04"
+        assert r.status == 206
+        assert r.read() == b"PK\x03\x04"
         assert "immutable" in r.getheader("Cache-Control")
         conn.request("GET", "/whl/cpu/torch/")
         r = conn.getresponse()
-        assert r.status == 200 and b"torch-2.13.0" in r.read() and "max-age=60" in r.getheader("Cache-Control")
+        assert r.status == 200
+        assert b"torch-2.13.0" in r.read()
+        assert "max-age=60" in r.getheader("Cache-Control")
         conn.request("GET", "/.torchdepot/hashes.json")
         r = conn.getresponse()
         r.read()

@@ -51,14 +51,22 @@ def test_project_page_attributes_and_hostile_links():
     ]
     a, b, c = page.links[:3]
     assert a.url == "http://mirror.test/whl/cu118/torch-2.1.0%2Bcu118-cp311-cp311-linux_x86_64.whl"
-    assert a.sha256 == SHA and a.requires_python == ">=3.8" and a.metadata_sha256 == "b" * 64
-    assert a.upload_time == "2023-10-04T12:00:00Z" and a.yanked is None
+    assert a.sha256 == SHA
+    assert a.requires_python == ">=3.8"
+    assert a.metadata_sha256 == "b" * 64
+    assert a.upload_time == "2023-10-04T12:00:00Z"
+    assert a.yanked is None
     assert b.url == "http://mirror.test/whl/torch/torch-2.1.0-cp311-none-macosx_11_0_arm64.whl"
-    assert b.core_metadata == "true" and b.yanked == "" and b.metadata_url == b.url + ".metadata"
-    assert c.url.startswith("https://other.example/") and c.sha256 is None and c.yanked == "bad build"
+    assert b.core_metadata == "true"
+    assert b.yanked == ""
+    assert b.metadata_url == b.url + ".metadata"
+    assert c.url.startswith("https://other.example/")
+    assert c.sha256 is None
+    assert c.yanked == "bad build"
     w = page.warnings
     assert w["refused javascript: link"] == w["refused ftp: link"] == w["refused file: link"] == 1
-    assert w["path separator in filename"] == 2 and w["anchor without href"] == 1
+    assert w["path separator in filename"] == 2
+    assert w["anchor without href"] == 1
 
 
 def test_root_page_and_base_tag():
@@ -70,14 +78,16 @@ def test_root_page_and_base_tag():
 
 def test_challenge_page_yields_nothing():
     page = parse_html(CHALLENGE, "http://mirror.test/whl/torch/")
-    assert page.links == [] and page.warnings["bot challenge page instead of an index"] == 1
+    assert page.links == []
+    assert page.warnings["bot challenge page instead of an index"] == 1
 
 
 def test_findlinks_relative_to_page():
     page = parse_findlinks(b'<a href="cu92/torch-1.5.0%2Bcu92-cp37-cp37m-linux_x86_64.whl">cu92/torch</a><br>'
                            b'<a href="sub/">dir</a>', "http://h.test/whl/torch_stable.html")
     assert page.links[0].url == "http://h.test/whl/cu92/torch-1.5.0%2Bcu92-cp37-cp37m-linux_x86_64.whl"
-    assert page.projects == [] and page.warnings["directory link on a find-links page"] == 1
+    assert page.projects == []
+    assert page.warnings["directory link on a find-links page"] == 1
 
 
 def test_pep691_json_page():
@@ -98,11 +108,18 @@ def test_pep691_json_page():
     page = parse_json(body, "http://h.test/simple/torch/")
     a, b = page.links
     assert a.url == "http://h.test/cpu/torch-2.1.0%2Bcpu-cp311-cp311-linux_x86_64.whl"
-    assert a.sha256 == SHA and a.core_metadata == "sha256=" + "c" * 64 and a.size == 123 and a.yanked is None
-    assert b.yanked == "broken" and b.core_metadata == "true" and b.size is None
-    assert page.warnings["malformed file entry"] == 2 and page.warnings["refused javascript: link"] == 1
+    assert a.sha256 == SHA
+    assert a.core_metadata == "sha256=" + "c" * 64
+    assert a.size == 123
+    assert a.yanked is None
+    assert b.yanked == "broken"
+    assert b.core_metadata == "true"
+    assert b.size is None
+    assert page.warnings["malformed file entry"] == 2
+    assert page.warnings["refused javascript: link"] == 1
     root = parse_json(b'{"meta": {}, "projects": [{"name": "torch"}, {"nope": 1}]}', "http://h/")
-    assert root.projects == ["torch"] and root.warnings["malformed project entry"] == 1
+    assert root.projects == ["torch"]
+    assert root.warnings["malformed project entry"] == 1
     assert parse_json(b"[1]", "u").warnings["JSON page is not an object"] == 1
     assert parse_json(b"\xff", "u").warnings["invalid JSON page"] == 1
     assert parse_response(body, JSON_MEDIA_TYPE + "; charset=utf-8", "http://h.test/simple/torch/").links
@@ -169,9 +186,11 @@ def test_crawl_counts_and_reports_once(tree):
     assert [w.filename for _, w in got.items] == ["torch-2.1.0+cu121-cp311-cp311-linux_x86_64.whl"]
     assert got.warnings == {"not a wheel": 1, "unparseable wheel filename": 1, "wheel of another project": 1,
                             "refused gopher: link": 1}
-    assert cf.items == () and cf.warnings["bot challenge page instead of an index"] == 1
+    assert cf.items == ()
+    assert cf.warnings["bot challenge page instead of an index"] == 1
     said = [got.summary(tree.url + "/html"), cf.summary(tree.url + "/cf")]
-    assert "skipped 4 entries" in said[0] and said[0].startswith(tree.url + "/html: ")
+    assert "skipped 4 entries" in said[0]
+    assert said[0].startswith(tree.url + "/html: ")
     assert crawl_wheels(reader, tree.url + "/json", ["torch"]).summary(tree.url) is None  # nothing skipped
 
 
@@ -217,7 +236,9 @@ def test_reader_bounds_a_dripping_page_and_a_declared_size():
         t = time.monotonic()
         with pytest.raises(UpstreamError, match="page not complete after 1 s") as exc:
             reader.page(url)
-        assert url in str(exc.value) and "\n" not in str(exc.value) and time.monotonic() - t < 4.0
+        assert url in str(exc.value)
+        assert "\n" not in str(exc.value)
+        assert time.monotonic() - t < 4.0
         # refused on the declared size, before the body is read (the streamed check says "body exceeds")
         with pytest.raises(UpstreamError, match="body of 300000 bytes exceeds the 100000-byte limit"):
             reader.page(big)
@@ -240,7 +261,9 @@ def test_adversarial_html_never_raises_and_links_are_safe(pieces, noise):
     page = parse_html("".join(pieces).encode() + noise, "http://up.example/whl/cpu/torch/")
     for link in page.links:
         assert link.url.startswith("http://") or link.url.startswith("https://")
-        assert "/" not in link.filename and "\\" not in link.filename and link.filename not in (".", "..")
+        assert "/" not in link.filename
+        assert "\\" not in link.filename
+        assert link.filename not in (".", "..")
 
 
 @pytest.mark.parametrize("body", [
@@ -266,7 +289,7 @@ def test_unterminated_tag_swallows_the_rest_like_an_html_tokenizer():
 
 
 # -- METADATA of a remote wheel: Range reads, else the whole wheel -------------------------
-@pytest.mark.parametrize("mode,ranges,wheels", [("ok", 2, 0), ("ignore_range", 1, 1)])
+@pytest.mark.parametrize(("mode", "ranges", "wheels"), [("ok", 2, 0), ("ignore_range", 1, 1)])
 def test_remote_metadata_reads_the_central_directory_by_range(tmp_path, mode, ranges, wheels):
     import os
 

@@ -20,7 +20,8 @@ def err(data) -> str:
     with pytest.raises(SpecError) as info:
         parse_spec(data, W)
     msg = str(info.value)
-    assert "\n" not in msg and msg.startswith(f"{W}: ")
+    assert "\n" not in msg
+    assert msg.startswith(f"{W}: ")
     return msg
 
 
@@ -29,11 +30,15 @@ def test_committed_default_spec_is_newest_stable_cpu_for_the_host():
     import sys
 
     host_py = f"{sys.version_info.major}.{sys.version_info.minor}"
-    assert [p.name for p in spec.packages] == ["torch"] and spec.packages[0].constraint is None
-    assert spec.extra_packages == ("numpy",) and spec.channel == "stable"
+    assert [p.name for p in spec.packages] == ["torch"]
+    assert spec.packages[0].constraint is None
+    assert spec.extra_packages == ("numpy",)
+    assert spec.channel == "stable"
     assert [t.id for t in spec.targets()] == [f"cpu-py{host_py.replace('.', '')}-{host_platform()}"]
-    assert spec.upstreams == ("https://download.pytorch.org/whl",) and spec.out == Path("mirror/out")
-    assert spec.to_data()["pythons"] == [host_py] and spec.conda is None
+    assert spec.upstreams == ("https://download.pytorch.org/whl",)
+    assert spec.out == Path("mirror/out")
+    assert spec.to_data()["pythons"] == [host_py]
+    assert spec.conda is None
 
 
 def test_full_spec_and_targets():
@@ -46,13 +51,17 @@ def test_full_spec_and_targets():
     }, W)
     assert [(p.name, p.constraint) for p in spec.packages] == [("torch", ">=2.5"), ("torchvision", None)]
     ids = [t.id for t in spec.targets()]
-    assert len(ids) == 7 and ids[0] == "cpu-py310-linux-x86_64" and ids[-1] == "cu118-py39-windows-amd64"
+    assert len(ids) == 7
+    assert ids[0] == "cpu-py310-linux-x86_64"
+    assert ids[-1] == "cu118-py39-windows-amd64"
     assert spec.targets()[-1].torch == "==2.1.0"
-    assert spec.upstreams[0] == "https://mirror.example/whl" and spec.jobs == 8 and [c.name for c in spec.conda.channels] == ["pytorch"]
+    assert spec.upstreams[0] == "https://mirror.example/whl"
+    assert spec.jobs == 8
+    assert [c.name for c in spec.conda.channels] == ["pytorch"]
     assert parse_spec(spec.to_data(), "round trip") == spec
 
 
-@pytest.mark.parametrize("data, expected", [
+@pytest.mark.parametrize(("data", "expected"), [
     ({"accelerators": ["cpu", "cu11"]}, "accelerators[1]: 'cu11' is not an accelerator (cpu, cuXYZ, rocmX.Y, xpu)"),
     ({"accelerators": ["cuda"]}, "accelerators[0]: 'cuda' is not an accelerator"),
     ({"pythons": [3.10]}, "pythons[0]: write Python versions as strings"),
@@ -85,7 +94,8 @@ def test_bad_yaml_is_one_line(tmp_path):
     p.write_text("accelerators: [cpu\npythons: ['3.11']\n")
     with pytest.raises(SpecError) as info:
         load_spec(p)
-    assert str(info.value).startswith(f"{p}: invalid YAML at line ") and "\n" not in str(info.value)
+    assert str(info.value).startswith(f"{p}: invalid YAML at line ")
+    assert "\n" not in str(info.value)
     with pytest.raises(SpecError, match="cannot read spec"):
         load_spec(tmp_path / "missing.yaml")
     (tmp_path / "empty.yaml").write_text("")
@@ -110,6 +120,8 @@ def test_any_input_gives_a_spec_or_a_one_line_spec_error(data):
     try:
         spec = parse_spec(data, W)
     except SpecError as exc:
-        assert "\n" not in str(exc) and str(exc).startswith(W)
+        assert "\n" not in str(exc)
+        assert str(exc).startswith(W)
         return
-    assert spec.targets() and parse_spec(spec.to_data(), "again") == spec
+    assert spec.targets()
+    assert parse_spec(spec.to_data(), "again") == spec

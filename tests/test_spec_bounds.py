@@ -68,7 +68,7 @@ def test_unreadable_specs(tmp_path):
     assert "cannot read spec" in spec_error(tmp_path / "missing.yaml")
 
 
-@pytest.mark.parametrize("content, expected", [
+@pytest.mark.parametrize(("content", "expected"), [
     ("accelerators: [cpu]\n".encode("utf-16"), "is UTF-16"),
     ("accelerators: [cpu]\n".encode("utf-16-le"), "NUL bytes"),  # no BOM
     ("accelerators: [cpu]\n".encode("utf-32"), "is UTF-32"),
@@ -84,7 +84,7 @@ def test_utf8_bom_is_accepted(tmp_path):
     assert load_spec(write(tmp_path, "\ufeffaccelerators: [cpu]\n".encode())).accelerators == ("cpu",)
 
 
-@pytest.mark.parametrize("content, expected", [
+@pytest.mark.parametrize(("content", "expected"), [
     ("targets: " + "[" * 200 + "]" * 200 + "\n", "targets[0][0]"),
     ("conda:\n" + "".join("  " * i + "  k:\n" for i in range(60)), "conda.k.k"),
     ("packages: " + "{a: " * 500 + "1" + "}" * 500, "nested deeper than"),
@@ -92,10 +92,11 @@ def test_utf8_bom_is_accepted(tmp_path):
 ])
 def test_deep_nesting(tmp_path, content, expected):
     msg = spec_error(write(tmp_path, content))
-    assert expected in msg and "nested deeper than 32 levels" in msg
+    assert expected in msg
+    assert "nested deeper than 32 levels" in msg
 
 
-@pytest.mark.parametrize("content, key", [
+@pytest.mark.parametrize(("content", "key"), [
     (f"accelerators: [cu{BIG}]", "accelerators[0]"),
     (f"accelerators: ['rocm{BIG}.1']", "accelerators[0]"),
     (f"packages: ['torch=={BIG}']", "packages[0]"),
@@ -122,7 +123,8 @@ def test_conda_section_is_validated_by_the_loader(tmp_path):
     good = write(tmp_path, "platforms: [linux-x86_64]\npythons: ['3.11']\nconda:\n  channels: [conda-forge]\n"
                  "  specs: [pytorch]\n", "good.yaml")
     spec = load_spec(good)
-    assert isinstance(spec.conda, CondaConfig) and spec.conda.all_subdirs == ("linux-64", "noarch")
+    assert isinstance(spec.conda, CondaConfig)
+    assert spec.conda.all_subdirs == ("linux-64", "noarch")
     assert parse_spec(spec.to_data(), "again") == spec
 
 
@@ -137,18 +139,24 @@ def test_new_keys(tmp_path):
         "connections: 32",
         "connections_per_host: 4",
     ]) + "\n"))
-    assert spec.keep == 2 and spec.allow_hosts == ("files.mirror.example", "cache.lab")
+    assert spec.keep == 2
+    assert spec.allow_hosts == ("files.mirror.example", "cache.lab")
     assert spec.exclude_newer == dt.datetime(2026, 6, 1, tzinfo=dt.timezone.utc)
-    assert spec.channel is Channel.TEST_VARIANT and spec.channel == "test/variant"
-    assert spec.on_hash_mismatch is HashPolicy.WARN and (spec.connections, spec.connections_per_host) == (32, 4)
+    assert spec.channel is Channel.TEST_VARIANT
+    assert spec.channel == "test/variant"
+    assert spec.on_hash_mismatch is HashPolicy.WARN
+    assert (spec.connections, spec.connections_per_host) == (32, 4)
     assert spec.upstreams == (UPSTREAM_PRESETS["ustc"].base, "https://torch.lab.example/whl",
                               UPSTREAM_PRESETS["official"].base)
     data = spec.to_data()
-    assert data["exclude_newer"] == "2026-06-01T00:00:00Z" and data["channel"] == "test/variant"
+    assert data["exclude_newer"] == "2026-06-01T00:00:00Z"
+    assert data["channel"] == "test/variant"
     assert parse_spec(data, "again") == spec
     # Defaults: absent from the stored spec, so old manifests stay byte-identical.
     plain = parse_spec({}, "x")
-    assert plain.keep is None and plain.allow_hosts == () and plain.exclude_newer is None
+    assert plain.keep is None
+    assert plain.allow_hosts == ()
+    assert plain.exclude_newer is None
     assert not {"keep", "allow_hosts", "exclude_newer", "conda", "fsync", "targets", "connections",
                 "connections_per_host"} & set(plain.to_data())
     assert parse_spec({"channel": "variant"}, "x").channel is Channel.VARIANT
@@ -156,7 +164,7 @@ def test_new_keys(tmp_path):
     assert parse_spec({"exclude_newer": dt.date(2026, 6, 1)}, "x").exclude_newer.tzinfo is dt.timezone.utc
 
 
-@pytest.mark.parametrize("data, expected", [
+@pytest.mark.parametrize(("data", "expected"), [
     ({"keep": 0}, "keep: 0 is not a whole number from 1 to 1000"),
     ({"connections": 0}, "connections: 0 is not a whole number from 1 to 256"),
     ({"connections_per_host": "8"}, "connections_per_host: '8' is not a whole number from 1 to 64"),
@@ -173,7 +181,8 @@ def test_new_keys(tmp_path):
 def test_new_key_errors(data, expected):
     with pytest.raises(SpecError) as info:
         parse_spec(data, "mirror.yaml")
-    assert expected in str(info.value) and "\n" not in str(info.value)
+    assert expected in str(info.value)
+    assert "\n" not in str(info.value)
 
 
 def test_with_overrides_replaces_and_validates_only_what_changed():
@@ -184,8 +193,12 @@ def test_with_overrides_replaces_and_validates_only_what_changed():
     new = with_overrides(spec, out="/srv/torch", jobs=8, upstreams=["sjtu"], allow_hosts=["a.example"],
                          exclude_newer="2026-01-02T03:04:05+01:00", on_hash_mismatch="warn",
                          targets=[{"accelerator": "cu118", "python": "3.10", "platform": "linux-x86_64"}])
-    assert new.out == Path("/srv/torch") and new.jobs == 8 and new.keep == 3 and new.conda == spec.conda
-    assert new.upstreams == (UPSTREAM_PRESETS["sjtu"].base,) and new.allow_hosts == ("a.example",)
+    assert new.out == Path("/srv/torch")
+    assert new.jobs == 8
+    assert new.keep == 3
+    assert new.conda == spec.conda
+    assert new.upstreams == (UPSTREAM_PRESETS["sjtu"].base,)
+    assert new.allow_hosts == ("a.example",)
     assert new.exclude_newer == dt.datetime(2026, 1, 2, 2, 4, 5, tzinfo=dt.timezone.utc)
     assert [t.id for t in new.extra_targets] == ["cu118-py310-linux-x86_64"]
     assert parse_spec(new.to_data(), "again") == new
@@ -216,9 +229,11 @@ def test_load_spec_fuzz_gives_a_spec_or_one_line_spec_error(tmp_path, content):
     try:
         spec = load_spec(p)
     except SpecError as exc:
-        assert "\n" not in str(exc) and str(exc).startswith(f"{p}: ")
+        assert "\n" not in str(exc)
+        assert str(exc).startswith(f"{p}: ")
         return
-    assert spec.targets() and parse_spec(spec.to_data(), "again") == spec
+    assert spec.targets()
+    assert parse_spec(spec.to_data(), "again") == spec
 
 
 def test_the_optional_keys_documented_in_the_committed_spec_parse(tmp_path):
@@ -229,5 +244,9 @@ def test_the_optional_keys_documented_in_the_committed_spec_parse(tmp_path):
     head, tail = text.split("# Optional keys", 1)
     body = re.sub(r"(?m)^# ?(?=[a-z ]{1,4}[a-z{-])", "", tail.split("\n", 1)[1])
     spec = load_spec(write(tmp_path, head + body))
-    assert spec.keep == 2 and spec.allow_hosts and spec.exclude_newer and spec.fsync
-    assert spec.extra_targets and isinstance(spec.conda, CondaConfig)
+    assert spec.keep == 2
+    assert spec.allow_hosts
+    assert spec.exclude_newer
+    assert spec.fsync
+    assert spec.extra_targets
+    assert isinstance(spec.conda, CondaConfig)

@@ -90,7 +90,8 @@ def test_every_layout_gives_the_same_mirror(origin, tmp_path):
             "flat": _mirror([sl.url + "/pytorch-wheels"], tmp_path / "out-flat", index),
         }
     files, pages, _ = results["origin"]
-    assert f"packages/torch/{torch[0].name}" in files and "packages/filelock/filelock-3.20.0-py3-none-any.whl" in files
+    assert f"packages/torch/{torch[0].name}" in files
+    assert "packages/filelock/filelock-3.20.0-py3-none-any.whl" in files
     for name, (f, p, res) in results.items():
         assert f == files, name
         assert p == pages, name
@@ -105,6 +106,7 @@ def test_layouts_of_presets_and_urls():
         "official": Layout.SIMPLE, "ustc": Layout.SIMPLE, "nju": Layout.SIMPLE, "sjtu": Layout.FINDLINKS,
         "aliyun": Layout.FLAT}
     for preset in UPSTREAM_PRESETS.values():
-        assert preset.base.startswith("https://") and layout_of(preset.base) is preset.layout
+        assert preset.base.startswith("https://")
+        assert layout_of(preset.base) is preset.layout
     assert layout_of("http://mirror.lan/whl/torch_stable.html") is Layout.FINDLINKS
     assert layout_of("http://mirror.lan/whl") is Layout.SIMPLE  # a flat listing is detected when read

@@ -11,19 +11,20 @@ content-addressed when it changes), locks it into pylock.toml, and uv's
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import html
-import io
 import json
 import subprocess
 import sys
-import tomllib
 import urllib.parse
 import zipfile
 from pathlib import Path
 
 import pytest
-from hypothesis import given, strategies as st
+import tomllib
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.httpserver import Server
 from tests.mirror_upstream import make_wheel, sha256
@@ -31,8 +32,14 @@ from tests.venvs import hermetic_env
 from torchdepot.net.http import HttpConfig, make_session
 from torchdepot.net.pipconfig import PipSources
 from torchdepot.resolve.uv import uv_bin
-from torchdepot.sources.variants import (VariantsJsonError, evaluate_marker_text, evaluate_variant_markers,
-                                         parse_variants_json, variants_json_key, variants_json_name)
+from torchdepot.sources.variants import (
+    VariantsJsonError,
+    evaluate_marker_text,
+    evaluate_variant_markers,
+    parse_variants_json,
+    variants_json_key,
+    variants_json_name,
+)
 from torchdepot.spec.mirror import parse_spec
 from torchdepot.store import manifest as mf
 from torchdepot.sync.pip import sync
@@ -143,7 +150,8 @@ def files_of(res, acc: str) -> dict[str, str]:
 def test_variants_json_shape_is_checked():
     doc = {"$schema": SCHEMA, "default-priorities": PRIORITIES, "variants": VARIANTS}
     v = parse_variants_json(json.dumps(doc).encode(), "t-variants.json")
-    assert v.namespaces == ("nvidia",) and v.properties("null") == {}
+    assert v.namespaces == ("nvidia",)
+    assert v.properties("null") == {}
     assert v.properties("cuda12.8")["nvidia"]["cuda_version_lower_bound"] == ("12.8",)
     bad = [
         {**doc, "variants": {"null": CUDA}},  # null has no properties
@@ -169,7 +177,9 @@ def test_variant_markers_are_evaluated_for_the_label():
             b"Requires-Dist: d ; 'nvidia :: sm_arch' not in variant_features\n")
     cuda = evaluate_variant_markers(meta, "cuda12.8", props).decode()
     null = evaluate_variant_markers(meta, "null", {}).decode()
-    assert "Requires-Dist: filelock\n" in cuda and "variant_" not in cuda and "variant_" not in null
+    assert "Requires-Dist: filelock\n" in cuda
+    assert "variant_" not in cuda
+    assert "variant_" not in null
     from packaging.requirements import Requirement
     env = {"python_version": "3.11", "python_full_version": "3.11.7"}
 
@@ -191,10 +201,8 @@ def test_marker_text_without_variant_atoms_is_unchanged(text):
                                               lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
                                               max_leaves=12).map(lambda d: json.dumps(d).encode()))
 def test_variants_json_parser_fails_only_with_its_error(data):
-    try:
+    with contextlib.suppress(VariantsJsonError):
         parse_variants_json(data, "x")
-    except VariantsJsonError:
-        pass
 
 
 # -- the mirror ---------------------------------------------------------------------------------
@@ -210,7 +218,8 @@ def test_variant_channel_mirror_lock_and_uv_install(upstream, tmp_path):
     man = mf.load(out)
     (vj,) = [f for f in man.files if f.kind == "variants-json"]
     upstream_file = root / "whl/variant/torch/torch-2.10.0-variants.json"
-    assert vj.path == "packages/torch/torch-2.10.0-variants.json" and vj.sha256 == sha256(upstream_file)
+    assert vj.path == "packages/torch/torch-2.10.0-variants.json"
+    assert vj.sha256 == sha256(upstream_file)
     assert (out / vj.path).read_bytes() == upstream_file.read_bytes()
     # the wheels' PEP 658 metadata is their own (variant markers kept), not the view's evaluation
     cu_meta = next(f for f in man.files if f.path.endswith("cuda12.8.whl.metadata"))
@@ -230,7 +239,8 @@ def test_variant_channel_mirror_lock_and_uv_install(upstream, tmp_path):
 
     # the landing page says which label each target is, and how to install it
     landing = (out / "index.html").read_text()
-    assert "variant cuda12.8" in landing and "variant null" in landing
+    assert "variant cuda12.8" in landing
+    assert "variant null" in landing
     assert "uv pip install --preview-features wheel-variants --index-url" in landing
     assert "pip install --index-url MIRROR_URL/whl/cpu" not in landing  # pip cannot install variant wheels
 
@@ -294,10 +304,12 @@ def test_changed_variants_json_is_fetched_again_and_republished(upstream, tmp_pa
     old = out / first.path
     assert not old.exists() or old.read_bytes() == old_bytes
     assert (out / second.path).read_bytes() != old_bytes
-    assert res.index_changed and second.path.split("/", 2)[2] in (out / "whl/cpu/torch/index.html").read_text()
+    assert res.index_changed
+    assert second.path.split("/", 2)[2] in (out / "whl/cpu/torch/index.html").read_text()
     # unchanged upstream: the next sync reads it again (not cached as immutable) and changes nothing
     res, _ = mirror(url, out, accelerators=("cpu",))
-    assert not res.index_changed and res.requests["metadata"] >= 1
+    assert not res.index_changed
+    assert res.requests["metadata"] >= 1
 
 
 def test_test_variant_channel_reads_its_own_tree(upstream, tmp_path):
@@ -329,5 +341,7 @@ def test_variants_json_hash_mismatch_fails_or_is_recorded(upstream, tmp_path):
     sync(spec, client=make_session(HttpConfig(retries=0)), progress=False, echo=msgs.append,
          pip_sources=PipSources(index_url=f"{url}/simple"))
     (vj,) = [f for f in mf.load(tmp_path / "m2").files if f.kind == "variants-json"]
-    assert vj.sha256 == real and vj.upstream_sha256 == "0" * 64 and vj.hash_mismatch
+    assert vj.sha256 == real
+    assert vj.upstream_sha256 == "0" * 64
+    assert vj.hash_mismatch
     assert any(m.startswith("warning: torch-2.10.0-variants.json: upstream declares") for m in msgs), msgs

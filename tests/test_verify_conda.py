@@ -50,9 +50,12 @@ def test_conda_lock_installs_with_rattler_and_runs(mirror, tmp_path, private_tmp
     assert res.exit_code == 0, res.output
     r = json.loads(res.stdout)["results"][0]
     st = {c["name"]: c["status"] for c in r["checks"]}
-    assert st["conda hashes vs mirror manifest"] == "pass" and st["conda build = variant"] == "pass"
+    assert st["conda hashes vs mirror manifest"] == "pass"
+    assert st["conda build = variant"] == "pass"
     assert st["conda install (py-rattler, mirror only)"] == "pass"
-    assert st["conda import torch"] == "pass" and st["conda version"] == "pass" and st["conda torch.version.cuda"] == "pass"
+    assert st["conda import torch"] == "pass"
+    assert st["conda version"] == "pass"
+    assert st["conda torch.version.cuda"] == "pass"
     assert st["import torch"] == "pass"  # the pip lock of the same id was verified too
     assert list(private_tmp.iterdir()) == []
 
@@ -74,11 +77,12 @@ def test_conda_tampered_hash_without_manifest_fails_install(mirror, tmp_path):
     lock.write_text(text.replace(sha, "2" * 64))
     (mirror / "manifest.json").unlink()
     res = cli("verify", lock.parent, "--mirror", mirror)
-    assert res.exit_code == 1 and "conda install (py-rattler, mirror only): fail" in res.stdout
+    assert res.exit_code == 1
+    assert "conda install (py-rattler, mirror only): fail" in res.stdout
     assert str(lock) in res.stdout
 
 
-@pytest.mark.parametrize("fname,acc,status", [
+@pytest.mark.parametrize(("fname", "acc", "status"), [
     ("pytorch-2.5.1-py3.11_cpu_0.tar.bz2", "cpu", "pass"),
     ("pytorch-2.5.1-py3.11_cpu_0.tar.bz2", "cu121", "fail"),  # a solver silently picked the CPU build
     ("pytorch-2.5.1-py3.11_cuda12.1_cudnn9.1.0_0.tar.bz2", "cu121", "pass"),

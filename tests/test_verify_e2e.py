@@ -35,9 +35,12 @@ def test_mirror_lock_verify_pip_install(tmp_path, torch_mirror):
     assert snapshot(tmp_path / "envs") == first
     env_dir = tmp_path / "envs" / CPU
     req = (env_dir / "requirements.lock").read_text()
-    assert "torch==2.13.0+cpu \\\n    --hash=sha256:" in req and "numpy==" in req
+    assert "torch==2.13.0+cpu \\\n    --hash=sha256:" in req
+    assert "numpy==" in req
     variant = json.loads((env_dir / "variant.json").read_text())
-    assert variant["torch"] == "2.13.0+cpu" and variant["cuda"] is None and variant["min_nvidia_driver"] is None
+    assert variant["torch"] == "2.13.0+cpu"
+    assert variant["cuda"] is None
+    assert variant["min_nvidia_driver"] is None
 
     with Server(out) as mirror:
         # verify: throwaway env, mirror only, hashes, real import torch + numpy interop
@@ -45,7 +48,8 @@ def test_mirror_lock_verify_pip_install(tmp_path, torch_mirror):
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
         r = json.loads(proc.stdout)["results"][0]
         status = {c["name"]: c["status"] for c in r["checks"]}
-        assert r["result"] == "pass" and r["mode"] == "installed"
+        assert r["result"] == "pass"
+        assert r["mode"] == "installed"
         for name in ("hashes vs mirror manifest", "install (hash-checked, mirror only)", "import torch", "version",
                      "torch.version.cuda", "tensor op", "numpy interop"):
             assert status[name] == "pass", (name, r["checks"])
@@ -62,7 +66,8 @@ def test_mirror_lock_verify_pip_install(tmp_path, torch_mirror):
     proc = td("doctor", "--check", "--python", py, "--json")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads(proc.stdout)
-    assert report["driver"] is None and report["recommended"] == "cpu"
+    assert report["driver"] is None
+    assert report["recommended"] == "cpu"
     check = report["check"]
     assert check["result"]["torch"] == "2.13.0+cpu" and check["result"]["cuda"] is None, check
     assert check["result"]["cuda_available"] is False and check["result"]["numpy"], check

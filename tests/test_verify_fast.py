@@ -47,7 +47,9 @@ def test_verify_passes_and_removes_env(locked, private_tmp):
     res = cli("verify", locked / "envs" / CPU, "--mirror", locked / "m", "--json")
     assert res.exit_code == 0, res.output
     r = results(res)[CPU]
-    assert r["result"] == "pass" and r["mode"] == "installed" and r["kept"] is None
+    assert r["result"] == "pass"
+    assert r["mode"] == "installed"
+    assert r["kept"] is None
     status = {c["name"]: c["status"] for c in r["checks"]}
     assert status == {
         "hashes vs mirror manifest": "pass", "install (hash-checked, mirror only)": "pass", "import torch": "pass",
@@ -59,7 +61,8 @@ def test_verify_passes_and_removes_env(locked, private_tmp):
 def test_other_python_is_resolve_only(locked):
     res = cli("verify", locked / "envs" / "cpu-py39-linux-x86_64", "--mirror", locked / "m")
     assert res.exit_code == 0, res.output
-    assert "resolved (dry run only)" in res.stdout and "resolve (dry run): pass" in res.stdout
+    assert "resolved (dry run only)" in res.stdout
+    assert "resolve (dry run): pass" in res.stdout
 
 
 def test_other_python_missing_package_fails_resolve(locked):
@@ -68,7 +71,8 @@ def test_other_python_missing_package_fails_resolve(locked):
     req.write_text(req.read_text().replace("filelock==3.0.0", "filelock==9.9.9"))
     (locked / "m" / "manifest.json").unlink()  # no precheck: the resolver itself must notice
     res = cli("verify", req.parent, "--mirror", locked / "m")
-    assert res.exit_code == 1 and "resolve (dry run): fail" in res.stdout
+    assert res.exit_code == 1
+    assert "resolve (dry run): fail" in res.stdout
 
 
 def test_tampered_hash_fails_naming_the_file(locked):
@@ -91,7 +95,8 @@ def test_tampered_hash_caught_by_installer_without_manifest(locked):
     res = cli("verify", req.parent, "--mirror", locked / "m")
     assert res.exit_code == 1
     assert "install (hash-checked, mirror only): fail" in res.stdout
-    assert str(req) in res.stdout and "filelock" in res.stdout
+    assert str(req) in res.stdout
+    assert "filelock" in res.stdout
 
 
 def test_wrong_variant_fails_cuda_check(tmp_path):
@@ -103,8 +108,10 @@ def test_wrong_variant_fails_cuda_check(tmp_path):
     res = cli("verify", tmp_path / "envs" / "cu126-py311-linux-x86_64", "--mirror", tmp_path / "m", "--json")
     assert res.exit_code == 1
     checks = {c["name"]: c for c in results(res)["cu126-py311-linux-x86_64"]["checks"]}
-    assert checks["version"]["status"] == "fail" and "2.13.0+cpu != lock's 2.13.0+cu126" in checks["version"]["detail"]
-    assert checks["torch.version.cuda"]["status"] == "fail" and "None != variant's 12.6" in checks["torch.version.cuda"]["detail"]
+    assert checks["version"]["status"] == "fail"
+    assert "2.13.0+cpu != lock's 2.13.0+cu126" in checks["version"]["detail"]
+    assert checks["torch.version.cuda"]["status"] == "fail"
+    assert "None != variant's 12.6" in checks["torch.version.cuda"]["detail"]
 
 
 def test_verify_over_http_and_keep(locked, private_tmp):
@@ -121,15 +128,18 @@ def test_register_kernel_points_to_env_create(locked):
     """A throwaway env is no place for a kernel: verify says, in click's usage format, what to run."""
     res = CliRunner().invoke(main, ["verify", str(locked / "envs" / CPU), "--mirror", str(locked / "m"),
                                     "--register-kernel", "torch-cpu"])
-    assert res.exit_code == 2 and "torchdepot env create ENV_DIR --prefix DIR --register-kernel torch-cpu" in res.stderr
+    assert res.exit_code == 2
+    assert "torchdepot env create ENV_DIR --prefix DIR --register-kernel torch-cpu" in res.stderr
 
 
 def test_not_a_lock_folder_is_one_line_error(tmp_path):
     res = CliRunner().invoke(main, ["verify", str(tmp_path), "--mirror", str(tmp_path)])
-    assert res.exit_code == 1 and res.output.startswith("torchdepot: error: ") and "variant.json" in res.output
+    assert res.exit_code == 1
+    assert res.output.startswith("torchdepot: error: ")
+    assert "variant.json" in res.output
 
 
-@pytest.mark.parametrize("result,want,cuda,gpu,failing", [
+@pytest.mark.parametrize(("result", "want", "cuda", "gpu", "failing"), [
     ({"version": "2.1.0+cpu", "cuda": None, "cuda_available": False, "tensor_sum": 12.0, "numpy": None}, "2.1.0+cpu", None, False, []),
     ({"version": "2.1.0+cu121", "cuda": "12.1", "cuda_available": False, "tensor_sum": 12.0, "numpy": "1.26", "from_numpy_sum": 3.0},
      "2.1.0+cu121", "12.1", True, ["cuda.is_available"]),

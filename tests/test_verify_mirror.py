@@ -27,7 +27,7 @@ def built(tmp_path_factory):
         yield up, tmp / "out"
 
 
-@pytest.fixture()
+@pytest.fixture
 def mirror(built, tmp_path):
     up, src = built
     dst = tmp_path / "out"
@@ -49,9 +49,12 @@ def _wheel(root, project):
 def test_clean_mirror_is_ok(mirror):
     _up, root = mirror
     rep = verify_mirror(root)
-    assert rep.ok and rep.checked == 10 and rep.problems == []
+    assert rep.ok
+    assert rep.checked == 10
+    assert rep.problems == []
     proc = _cli(str(root))
-    assert proc.returncode == 0 and "ok: 10 files checked; no problems" in proc.stdout
+    assert proc.returncode == 0
+    assert "ok: 10 files checked; no problems" in proc.stdout
 
 
 def test_damage_is_reported_then_repaired(mirror):
@@ -77,7 +80,8 @@ def test_damage_is_reported_then_repaired(mirror):
     rep = verify_mirror(root)
     kinds = {(p.kind, p.path) for p in rep.problems}
     assert ("corrupt", sympy.path) in kinds
-    assert ("missing", mpmath.path) in kinds and ("missing", mpmath.path + ".metadata") in kinds
+    assert ("missing", mpmath.path) in kinds
+    assert ("missing", mpmath.path + ".metadata") in kinds
     assert ("orphan", "packages/torch/stray-1.0-py3-none-any.whl") in kinds
     assert ("partial", ".torchdepot/partial/x.part") in kinds
     assert ("temp", "packages/torch/.index.abc123.tmp") in kinds
@@ -87,16 +91,19 @@ def test_damage_is_reported_then_repaired(mirror):
     proc = _cli(str(root), "--json")
     assert proc.returncode == 1
     doc = json.loads(proc.stdout)
-    assert doc["ok"] is False and len(doc["problems"]) == len(rep.problems)
+    assert doc["ok"] is False
+    assert len(doc["problems"]) == len(rep.problems)
 
     proc = _cli(str(root), "--repair")
     # everything is repaired but the orphan, which may be the user's: reported and kept
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "repaired" in proc.stdout and "PROBLEM\torphan" in proc.stdout
+    assert "repaired" in proc.stdout
+    assert "PROBLEM\torphan" in proc.stdout
     assert (root / "packages/torch/stray-1.0-py3-none-any.whl").read_bytes() == b"x"
     # only the two bad wheels were fetched again
     hits = up.wheel_hits()
-    assert hits[os.path.basename(sympy.path)] == 1 and hits[os.path.basename(mpmath.path)] == 1
+    assert hits[os.path.basename(sympy.path)] == 1
+    assert hits[os.path.basename(mpmath.path)] == 1
     assert sum(hits.values()) == 2
     assert [p.kind for p in verify_mirror(root).problems] == ["orphan"]
 
@@ -116,7 +123,8 @@ def test_a_user_file_named_like_a_temp_is_never_deleted(mirror):
     (root / ".whl.tmp-1").write_text("the user's notes")
     os.symlink("whl-gen-x", root / ".whl.tmp-999999")  # what a killed publish leaves
     kinds = {(p.kind, p.path) for p in verify_mirror(root).problems}
-    assert ("unknown", ".whl.tmp-1") in kinds and ("temp", ".whl.tmp-999999") in kinds
+    assert ("unknown", ".whl.tmp-1") in kinds
+    assert ("temp", ".whl.tmp-999999") in kinds
     proc = _cli(str(root), "--repair")
     assert (root / ".whl.tmp-1").read_text() == "the user's notes", proc.stdout
     assert not os.path.lexists(root / ".whl.tmp-999999")
@@ -132,9 +140,11 @@ def test_repair_that_cannot_fetch_fails_and_keeps_going(mirror):
     finally:
         up.server.always(up.paths[os.path.basename(torch.path)], Fault())
     assert proc.returncode == 1
-    assert "refetch failed" in proc.stdout and "sha256 mismatch" in proc.stdout
+    assert "refetch failed" in proc.stdout
+    assert "sha256 mismatch" in proc.stdout
     assert not (root / torch.path).exists()  # wrong bytes were never published
-    assert len(proc.stderr.strip().splitlines()) == 1 and "NOT OK" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "NOT OK" in proc.stderr
 
 
 def test_dangling_index_link_is_reported(mirror):
@@ -146,7 +156,8 @@ def test_dangling_index_link_is_reported(mirror):
                                             '<a href="http://127.0.0.1:9/x-1.0-py3-none-any.whl">x</a></body>'))
     rep = verify_mirror(root)
     details = [p.detail for p in rep.problems if p.kind == "dangling-link"]
-    assert any("ghost" in d for d in details) and any("outside the mirror" in d for d in details)
+    assert any("ghost" in d for d in details)
+    assert any("outside the mirror" in d for d in details)
     assert not rep.ok
 
 
@@ -162,7 +173,8 @@ def test_wrong_hash_fragment_in_index_is_reported(mirror):
 def test_no_manifest_is_a_one_line_error(tmp_path):
     proc = _cli(str(tmp_path / "nothing"))
     assert proc.returncode == 1
-    assert proc.stderr.startswith("torchdepot: error:") and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.startswith("torchdepot: error:")
+    assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "nothing").exists()
 
 
@@ -172,7 +184,8 @@ def test_traversal_in_manifest_is_refused(mirror):
     doc["files"][0]["path"] = "../../etc/passwd"
     (root / "manifest.json").write_text(json.dumps(doc))
     proc = _cli(str(root))
-    assert proc.returncode == 1 and "escapes" in proc.stderr
+    assert proc.returncode == 1
+    assert "escapes" in proc.stderr
 
 
 def test_locked_mirror_refuses_at_once(mirror):
@@ -181,7 +194,8 @@ def test_locked_mirror_refuses_at_once(mirror):
     _up, root = mirror
     with MirrorLock(root):
         proc = _cli(str(root))
-    assert proc.returncode == 1 and "another torchdepot run" in proc.stderr
+    assert proc.returncode == 1
+    assert "another torchdepot run" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
@@ -228,10 +242,12 @@ def test_repair_file_url_is_read_only_under_a_local_upstream_and_with_the_exact_
     policy = RepairPolicy(default_policy(allow_file=True), (local,))
     _set_entry(root, torch.path, url=(local / "big.whl").as_uri())
     rep = verify_mirror(root, repair=True, policy=policy)
-    assert any("bytes, manifest.json says" in p.detail for p in rep.problems) and not (root / torch.path).exists()
+    assert any("bytes, manifest.json says" in p.detail for p in rep.problems)
+    assert not (root / torch.path).exists()
     _set_entry(root, torch.path, url=(local / "torch.whl").as_uri())
     rep = verify_mirror(root, repair=True, policy=policy)
-    assert rep.ok and (root / torch.path).read_bytes() == good
+    assert rep.ok
+    assert (root / torch.path).read_bytes() == good
 
 
 def test_repair_takes_exactly_the_manifest_size(mirror):
@@ -243,7 +259,8 @@ def test_repair_takes_exactly_the_manifest_size(mirror):
         proc = _cli(str(root), "--repair")
     finally:
         up.server.always(up.paths[os.path.basename(torch.path)], Fault())
-    assert proc.returncode == 1 and "refetch failed" in proc.stdout
+    assert proc.returncode == 1
+    assert "refetch failed" in proc.stdout
     assert not (root / torch.path).exists()
     assert all(p.stat().st_size <= torch.size for p in (root / ".torchdepot/partial").glob("*"))
 
@@ -255,7 +272,8 @@ def test_unknown_root_entries_are_reported_and_kept(mirror):
     rep = verify_mirror(root)
     assert {(p.kind, p.path) for p in rep.problems} == {("unknown", "notes.txt"), ("temp", ".manifest.json.x7k2p9.tmp")}
     proc = _cli(str(root), "--repair")
-    assert proc.returncode == 1 and (root / "notes.txt").read_text() == "the user's"
+    assert proc.returncode == 1
+    assert (root / "notes.txt").read_text() == "the user's"
     assert not (root / ".manifest.json.x7k2p9.tmp").exists()
     assert _cli(str(root), "--move-unknown").returncode == 2  # a usage error without --repair
 
@@ -283,20 +301,23 @@ def test_corrupt_json_hash_is_one_problem_and_repair_rebuilds_the_page(mirror):
 
     rep = verify_mirror(root)
     assert [(p.kind, p.path) for p in rep.problems] == [("bad-json-page", "whl/cpu/torch/index.json")]
-    assert f"hashes.sha256 {'0' * 64}, manifest says {good}" in rep.problems[0].detail and not rep.ok
+    assert f"hashes.sha256 {'0' * 64}, manifest says {good}" in rep.problems[0].detail
+    assert not rep.ok
     proc = _cli(str(root))
     assert proc.returncode == 1 and "PROBLEM\tbad-json-page\twhl/cpu/torch/index.json" in proc.stdout, proc.stdout
 
     proc = _cli(str(root), "--repair")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "1 bad-json-page; 1 repaired" in proc.stdout and "rebuilt from its index.html twin" in proc.stdout
+    assert "1 bad-json-page; 1 repaired" in proc.stdout
+    assert "rebuilt from its index.html twin" in proc.stdout
     assert os.readlink(root / "whl") != gen, "a new generation, swapped in whole"
     assert _pages(root) == before  # the writer gave back exactly the published pages
     after = verify_mirror(root)
-    assert after.ok and after.problems == []
+    assert after.ok
+    assert after.problems == []
 
 
-@pytest.mark.parametrize("damage,expect", [
+@pytest.mark.parametrize(("damage", "expect"), [
     (lambda d: "{not json", "not JSON"),
     (lambda d: json.dumps({"files": d["files"]}), "not a PEP 691 page"),
     (lambda d: json.dumps({**d, "files": d["files"][1:]}), "its index.html twin"),
@@ -313,7 +334,8 @@ def test_each_json_fault_is_one_problem(mirror, damage, expect):
     rep = verify_mirror(root)
     assert [(p.kind, p.path) for p in rep.problems] == [("bad-json-page", "whl/cpu/torch/index.json")], rep.problems
     assert expect in rep.problems[0].detail, rep.problems[0].detail
-    assert verify_mirror(root, repair=True).ok and verify_mirror(root).problems == []
+    assert verify_mirror(root, repair=True).ok
+    assert verify_mirror(root).problems == []
 
 
 def test_json_page_without_a_twin_and_a_root_list_that_disagrees(mirror):
@@ -326,10 +348,13 @@ def test_json_page_without_a_twin_and_a_root_list_that_disagrees(mirror):
     root_page.write_text(json.dumps({**doc, "projects": doc["projects"] + [{"name": "ghost"}]}))
     rep = verify_mirror(root)
     got = {p.path: p.detail for p in rep.problems if p.kind == "bad-json-page"}
-    assert set(got) == {"whl/cpu/ghost/index.json", "whl/index.json"} and len(rep.problems) == 2
-    assert "no index.html twin" in got["whl/cpu/ghost/index.json"] and "lists projects" in got["whl/index.json"]
+    assert set(got) == {"whl/cpu/ghost/index.json", "whl/index.json"}
+    assert len(rep.problems) == 2
+    assert "no index.html twin" in got["whl/cpu/ghost/index.json"]
+    assert "lists projects" in got["whl/index.json"]
     rep = verify_mirror(root, repair=True)
-    assert rep.ok and not (root / "whl/cpu/ghost").exists()
+    assert rep.ok
+    assert not (root / "whl/cpu/ghost").exists()
 
 
 def test_repair_does_not_rebuild_from_hand_edited_html(mirror):
@@ -343,6 +368,8 @@ def test_repair_does_not_rebuild_from_hand_edited_html(mirror):
     page.write_text(page.read_text().replace(torch.sha256, "1" * 64))
     gen = os.readlink(root / "whl")
     rep = verify_mirror(root, repair=True)
-    assert [p.kind for p in rep.problems] == ["bad-json-page"] and not rep.ok
+    assert [p.kind for p in rep.problems] == ["bad-json-page"]
+    assert not rep.ok
     assert "not rebuilt: the live index.html pages are not the ones" in rep.problems[0].detail
-    assert "torchdepot mirror" in rep.problems[0].detail and os.readlink(root / "whl") == gen
+    assert "torchdepot mirror" in rep.problems[0].detail
+    assert os.readlink(root / "whl") == gen

@@ -91,7 +91,8 @@ def test_remote_metadata_when_the_whole_file_range_is_answered_200(tmp_path, ser
     _WholeRangeIs200.body = build_wheel(tmp_path, "small", "1.0", requires=("filelock",)).read_bytes()
     url = f"http://127.0.0.1:{served.server_address[1]}/small-1.0-py3-none-any.whl"
     meta = remote_metadata(_reader(url), url, "small")
-    assert b"Name: small" in meta and b"Requires-Dist: filelock" in meta
+    assert b"Name: small" in meta
+    assert b"Requires-Dist: filelock" in meta
 
 
 def test_remote_metadata_bomb_is_one_upstream_error(tmp_path, served):

@@ -28,13 +28,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+import contextlib
 
 from tests.venvs import hermetic_env  # noqa: E402
 
@@ -141,10 +143,8 @@ def run_cli(sb: Sandbox, args: list[str], *, env: dict | None = None, timeout: f
 
 def _reap_group(pgid: int) -> None:
     """Kill what the command left running in its own session (uv children)."""
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 # -- snapshots: what changed outside the allowed paths --------------------------------------------

@@ -21,11 +21,28 @@ from pathlib import Path
 
 import yaml
 
-from bench.attacks.harness import (Outcome, Sandbox, changed, judge, live_corrupt, manifest_files, run_cli,
-                                   sha256_of, snapshot, verify_bad)
-from bench.attacks.upstream import PAYLOAD, Site, build_mirror, fresh_copy, mirror_env, original_wheels
+from bench.attacks.harness import (
+    Outcome,
+    Sandbox,
+    changed,
+    judge,
+    live_corrupt,
+    manifest_files,
+    run_cli,
+    sha256_of,
+    snapshot,
+    verify_bad,
+)
+from bench.attacks.upstream import (
+    PAYLOAD,
+    Site,
+    build_mirror,
+    fresh_copy,
+    make_wheel,
+    mirror_env,
+    original_wheels,
+)
 from tests.faultserver import Fault, FaultServer
-from bench.attacks.upstream import make_wheel
 from tests.loopback_upstream import write_spec
 
 CLS = "a"

@@ -13,8 +13,8 @@ import json
 import tarfile
 from pathlib import Path
 
-from tests.mirror_fixture import CONDA_CHANNEL, make_mirror
 from bench.attacks.harness import Outcome, Sandbox, changed, judge, run_cli, snapshot
+from tests.mirror_fixture import CONDA_CHANNEL, make_mirror
 
 CLS = "d"
 DEEP = 100_000

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import http.client
 import io
@@ -34,11 +35,27 @@ from pathlib import Path
 
 import zstandard
 
-from bench.attacks.harness import (TD, Outcome, Run, Sandbox, changed, judge, live_corrupt, manifest_files, run_cli,
-                                   snapshot, verify_bad)
-from bench.attacks.upstream import Site, build_mirror, fresh_copy, mirror_env, original_wheels
+from bench.attacks.harness import (
+    TD,
+    Outcome,
+    Run,
+    Sandbox,
+    changed,
+    judge,
+    live_corrupt,
+    manifest_files,
+    run_cli,
+    snapshot,
+    verify_bad,
+)
+from bench.attacks.upstream import (
+    Site,
+    build_mirror,
+    fresh_copy,
+    mirror_env,
+    original_wheels,
+)
 from tests.faultserver import Fault, FaultServer
-from bench.attacks.upstream import _page
 from tests.kit.zeros import Zeros
 from tests.loopback_upstream import write_spec
 
@@ -135,10 +152,8 @@ def _du(d: Path) -> int:
     total = 0
     for dirpath, _dirs, files in os.walk(d):
         for f in files:
-            try:
+            with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(dirpath, f)).st_blocks * 512
-            except OSError:
-                pass
     return total
 
 

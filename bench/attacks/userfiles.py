@@ -13,7 +13,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bench.attacks.harness import Outcome, Sandbox, changed, judge, live_corrupt, manifest_files, run_cli, snapshot
+from bench.attacks.harness import (
+    Outcome,
+    Sandbox,
+    changed,
+    judge,
+    live_corrupt,
+    manifest_files,
+    run_cli,
+    snapshot,
+)
 from bench.attacks.upstream import Site, build_mirror, fresh_copy, mirror_env, original_wheels
 from tests.faultserver import FaultServer
 from tests.loopback_upstream import write_spec

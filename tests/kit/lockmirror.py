@@ -16,7 +16,8 @@ import pytest
 from click.testing import CliRunner
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
-from tests.kit.upstream import link, page as pep503_page, project_list
+from tests.kit.upstream import link, project_list
+from tests.kit.upstream import page as pep503_page
 from tests.kit.wheels import build_wheel
 from torchdepot.cli import main
 from torchdepot.store.fsutil import sha256_file

@@ -28,9 +28,9 @@ import stat
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from torchdepot.errors import TorchdepotError
 

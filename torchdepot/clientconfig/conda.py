@@ -23,8 +23,14 @@ from pathlib import Path
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-from torchdepot.clientconfig.common import (ConfigFileError, ConfigValueError, FileChange, Plan, edit_text,
-                                            join_url)
+from torchdepot.clientconfig.common import (
+    ConfigFileError,
+    ConfigValueError,
+    FileChange,
+    Plan,
+    edit_text,
+    join_url,
+)
 
 SCOPES = ("user", "site", "global")
 MAX_DEPTH = 50  # a .condarc is a few levels deep; deeper is hostile (and ruamel recurses)

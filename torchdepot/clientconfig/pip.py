@@ -34,8 +34,16 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from torchdepot.clientconfig import ini
-from torchdepot.clientconfig.common import (ConfigFileError, ConfigValueError, FileChange, Plan, edit_text, join_url, logical,
-                                            plain_http_host)
+from torchdepot.clientconfig.common import (
+    ConfigFileError,
+    ConfigValueError,
+    FileChange,
+    Plan,
+    edit_text,
+    join_url,
+    logical,
+    plain_http_host,
+)
 
 SCOPES = ("user", "site", "global")
 CONSTRAINTS_NAME = "torchdepot-constraints.txt"

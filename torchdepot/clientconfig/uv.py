@@ -27,7 +27,14 @@ from pathlib import Path
 import tomlkit
 from tomlkit.items import AoT, Array, InlineTable, Table
 
-from torchdepot.clientconfig.common import ConfigFileError, FileChange, Plan, edit_text, join_url, plain_http_host
+from torchdepot.clientconfig.common import (
+    ConfigFileError,
+    FileChange,
+    Plan,
+    edit_text,
+    join_url,
+    plain_http_host,
+)
 
 SCOPES = ("user", "site", "global")
 MAIN_NAME = "torchdepot"

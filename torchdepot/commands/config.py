@@ -16,7 +16,15 @@ from torchdepot.clientconfig import conda as conda_cfg
 from torchdepot.clientconfig import mirror
 from torchdepot.clientconfig import pip as pip_cfg
 from torchdepot.clientconfig import uv as uv_cfg
-from torchdepot.clientconfig.common import ConfigValueError, Plan, check_name, check_url, commit, read_existing, unified_diff
+from torchdepot.clientconfig.common import (
+    ConfigValueError,
+    Plan,
+    check_name,
+    check_url,
+    commit,
+    read_existing,
+    unified_diff,
+)
 
 
 def _target(file: str | None, scope: str | None, scope_file) -> Path:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from torchdepot.store import manifest as mf
 from torchdepot.site.landing import write_landing
+from torchdepot.store import manifest as mf
 
 
 @click.command("landing")

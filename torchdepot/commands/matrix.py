@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from torchdepot.errors import TorchdepotError
-from torchdepot.store import manifest as mf
 from torchdepot.site.matrix import jobs, render
+from torchdepot.store import manifest as mf
 
 
 @click.command("matrix")

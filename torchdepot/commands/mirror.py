@@ -125,8 +125,8 @@ def _report(result, dry_run: bool, as_json: bool, added: str | None = None) -> N
 
 def _base_spec(out: str | None):
     """The spec stored in the mirror's manifest, else the default spec file."""
-    from torchdepot.store import manifest as mf
     from torchdepot.spec.mirror import parse_spec
+    from torchdepot.store import manifest as mf
 
     spec = load_spec(DEFAULT_SPEC) if Path(DEFAULT_SPEC).is_file() else parse_spec({}, "default spec")
     root = Path(out) if out else spec.out

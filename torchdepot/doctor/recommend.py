@@ -17,13 +17,27 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from torchdepot.model.trust import install_commands
 from torchdepot.doctor.detect import Gpu, Machine
 from torchdepot.errors import ParseError
 from torchdepot.model.accel import Accelerator, accelerator_from_dir, accelerator_sort_key
-from torchdepot.model.cuda import (CURRENT_ROCM, ArchBuild, Cap, Coverage, arch_build, coverage, current_cuda_variants,
-                                   driver_supports, max_cuda, min_nvidia_driver, newest_build, newest_covering_build,
-                                   parse_compute_cap, rocm_coverage, tabled_cuda_variants)
+from torchdepot.model.cuda import (
+    CURRENT_ROCM,
+    ArchBuild,
+    Cap,
+    Coverage,
+    arch_build,
+    coverage,
+    current_cuda_variants,
+    driver_supports,
+    max_cuda,
+    min_nvidia_driver,
+    newest_build,
+    newest_covering_build,
+    parse_compute_cap,
+    rocm_coverage,
+    tabled_cuda_variants,
+)
+from torchdepot.model.trust import install_commands
 from torchdepot.model.wheelname import version_sort_key
 
 # Compute capability by GPU model, for drivers whose nvidia-smi cannot report it (< 510) and

@@ -8,7 +8,14 @@ display and ``--json`` events."""
 
 from torchdepot.fetch.bounds import DEFAULT_MIN_RATE, DEFAULT_RATE_WINDOW, RateFloor
 from torchdepot.fetch.engine import Fetcher, fetch_items
-from torchdepot.fetch.items import FetchItem, FetchReport, FetchResult, HashCache, hash_present, looks_like_html
+from torchdepot.fetch.items import (
+           FetchItem,
+           FetchReport,
+           FetchResult,
+           HashCache,
+           hash_present,
+           looks_like_html,
+)
 from torchdepot.fetch.pool import DEFAULT_CONNECTIONS, DEFAULT_CONNECTIONS_PER_HOST
 from torchdepot.fetch.progress import ProgressEvent
 from torchdepot.fetch.segmented import DEFAULT_PIECE_BYTES, DEFAULT_SPLIT_BYTES

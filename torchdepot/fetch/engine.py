@@ -36,8 +36,15 @@ from torchdepot.errors import IntegrityError
 from torchdepot.fetch.bounds import DEFAULT_MIN_RATE, DEFAULT_RATE_WINDOW, RateFloor, RateMeter
 from torchdepot.fetch.items import FetchItem, FetchReport, FetchResult, HashCache, present_result
 from torchdepot.fetch.pieces import drop_partial, sidecar_path
-from torchdepot.fetch.pool import (DEFAULT_CONNECTIONS, DEFAULT_CONNECTIONS_PER_HOST, Fallback, Fatal, Pool, Retry,
-                                   Slots)
+from torchdepot.fetch.pool import (
+    DEFAULT_CONNECTIONS,
+    DEFAULT_CONNECTIONS_PER_HOST,
+    Fallback,
+    Fatal,
+    Pool,
+    Retry,
+    Slots,
+)
 from torchdepot.fetch.progress import Progress, ProgressCallback
 from torchdepot.fetch.segmented import DEFAULT_PIECE_BYTES, DEFAULT_SPLIT_BYTES, Segmenter
 from torchdepot.fetch.single import Streamer
@@ -137,7 +144,7 @@ class Fetcher:
             report = self.close()
         return report
 
-    def start(self) -> "Fetcher":
+    def start(self) -> Fetcher:
         """Open the pools and the progress display; the whole-run deadline starts now."""
         if self._files is not None:
             return self
@@ -162,7 +169,7 @@ class Fetcher:
         self.report = None
         return self
 
-    def submit(self, item: FetchItem) -> "Future[FetchResult]":
+    def submit(self, item: FetchItem) -> Future[FetchResult]:
         """Start fetching ``item`` now; the future never raises (a failure is a result)."""
         if self._files is None:
             raise RuntimeError("Fetcher.submit before start()")
@@ -192,7 +199,7 @@ class Fetcher:
         self.report = report
         return report
 
-    def __enter__(self) -> "Fetcher":
+    def __enter__(self) -> Fetcher:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -45,12 +45,12 @@ class Validators:
     last_modified: str | None = None
 
     @classmethod
-    def from_headers(cls, size: int, headers) -> "Validators":
+    def from_headers(cls, size: int, headers) -> Validators:
         etag = headers.get("ETag")
         modified = headers.get("Last-Modified")
         return cls(size=size, etag=etag[:256] if etag else None, last_modified=modified[:64] if modified else None)
 
-    def conflicts(self, other: "Validators") -> str | None:
+    def conflicts(self, other: Validators) -> str | None:
         """Why ``other`` is a different version than ``self`` (None: same, as far as known)."""
         if self.size != other.size:
             return f"Content-Length changed from {self.size} to {other.size}"
@@ -88,7 +88,7 @@ class PieceState:
                            "count": self.count, "done": sorted(self.done)}, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "PieceState | None":
+    def from_json(cls, text: str) -> PieceState | None:
         """None for anything that is not a sidecar this version wrote (never raises)."""
         try:
             doc = json.loads(text)

@@ -33,8 +33,15 @@ import requests
 from torchdepot.errors import IntegrityError
 from torchdepot.fetch.bounds import RateMeter
 from torchdepot.fetch.items import FetchItem
-from torchdepot.fetch.pieces import (Piece, PieceState, Validators, drop_partial, load_state, plan_pieces,
-                                     save_state)
+from torchdepot.fetch.pieces import (
+    Piece,
+    PieceState,
+    Validators,
+    drop_partial,
+    load_state,
+    plan_pieces,
+    save_state,
+)
 from torchdepot.fetch.pool import CHUNK, READ_ERRORS, Fallback, Fatal, Held, Pool, Retry, keep_alive
 from torchdepot.net.http import describe, parse_content_range, range_header
 

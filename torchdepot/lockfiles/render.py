@@ -23,13 +23,13 @@ from typing import Literal
 import tomlkit
 from packaging.utils import canonicalize_name
 
+from torchdepot.errors import TorchdepotError
+from torchdepot.lockfiles import DEFAULT_BASE
 from torchdepot.model.accel import parse_accelerator
 from torchdepot.model.cuda import min_nvidia_driver
-from torchdepot.errors import TorchdepotError
-from torchdepot.store.manifest import FileEntry, Manifest, Target
 from torchdepot.model.platforms import target_platform
 from torchdepot.model.trust import pip_trust_args
-from torchdepot.lockfiles import DEFAULT_BASE
+from torchdepot.store.manifest import FileEntry, Manifest, Target
 
 REQUIREMENTS = "requirements.lock"
 PYLOCK = "pylock.toml"

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from torchdepot.store.fsutil import atomic_write_text, safe_join, safe_filename
-from torchdepot.store.manifest import load
 from torchdepot.lockfiles import DEFAULT_BASE
 from torchdepot.lockfiles.render import render
+from torchdepot.store.fsutil import atomic_write_text, safe_filename, safe_join
+from torchdepot.store.manifest import load
 
 
 @dataclass(frozen=True)

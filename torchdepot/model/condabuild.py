@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from torchdepot.model.accel import Accelerator, cuda_from_dotted
 from torchdepot.errors import ParseError
+from torchdepot.model.accel import Accelerator, cuda_from_dotted
 
 _PY = re.compile(r"(?:^|_|(?<=\d))py(\d)(\.?)(\d{1,2})(t?)(?=_|h[0-9a-f]{4}|cpu|cuda|cu\d|$)")
 _CUDA_DOTTED = re.compile(r"(?:^|_)cuda(\d{1,2}\.\d+)(?:\.\d+)*")

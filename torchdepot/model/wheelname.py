@@ -13,17 +13,22 @@ is still parsed by ``packaging``, so every name it accepts parses as before.
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
+import re
 import urllib.parse
 from dataclasses import dataclass
 
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
-import re
-
 from packaging.version import InvalidVersion, Version
 
-from torchdepot.model.accel import Accelerator, accelerator_from_dir, accelerator_from_local, accelerator_from_variant_label
 from torchdepot.errors import ParseError
+from torchdepot.model.accel import (
+    Accelerator,
+    accelerator_from_dir,
+    accelerator_from_local,
+    accelerator_from_variant_label,
+)
 from torchdepot.model.platforms import PlatformInfo, platform_of_tags
 
 
@@ -194,10 +199,8 @@ def parse_wheel(name_or_url: str) -> WheelFile:
 def error_json(name_or_url: str, message: str) -> dict:
     """The ``parse --json`` object for an input that is not a wheel."""
     filename = name_or_url
-    try:
+    with contextlib.suppress(ValueError, TypeError):
         filename = split_url(name_or_url)[0] or name_or_url
-    except (ValueError, TypeError):
-        pass
     return {
         "filename": filename,
         "name": None,

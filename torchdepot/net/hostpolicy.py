@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import collections
 import urllib.parse
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 PYTORCH_LINKED_HOSTS = frozenset({
     "download.pytorch.org",
@@ -106,7 +106,7 @@ class HostPolicy:
         """Host names without ports (for checks that see only a host, like the fetcher's)."""
         return frozenset(_split_port(h)[0] for h in self.hosts)
 
-    def with_hosts(self, *more: str) -> "HostPolicy":
+    def with_hosts(self, *more: str) -> HostPolicy:
         return HostPolicy(self.hosts | {h.lower() for h in more if h}, self.allow_file)
 
 

@@ -56,7 +56,7 @@ class HttpConfig:
 QUERY_HTTP = HttpConfig(connect_timeout=3.0, read_timeout=10.0, retries=1, backoff=0.2, max_backoff=1.0)
 
 
-def make_session(config: HttpConfig | None = None) -> "Client":
+def make_session(config: HttpConfig | None = None) -> Client:
     return Client(config or HttpConfig())
 
 
@@ -180,7 +180,7 @@ class Client:
     def close(self) -> None:
         self.session.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -12,8 +12,8 @@ machine installs, not what a mirror for other machines must hold.
 
 from __future__ import annotations
 
-import os
 import ast
+import os
 import subprocess
 import sys
 from dataclasses import dataclass, replace

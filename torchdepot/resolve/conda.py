@@ -24,9 +24,9 @@ from pathlib import Path
 import rattler
 from rattler import GenericVirtualPackage, MatchSpec, PackageName, Version
 
+from torchdepot.errors import ParseError, TorchdepotError
 from torchdepot.model.accel import Accelerator
 from torchdepot.model.condabuild import parse_build_string
-from torchdepot.errors import ParseError, TorchdepotError
 from torchdepot.spec.conda import CondaTarget
 
 # Packages that exist once per accelerator and must match the target's exactly.

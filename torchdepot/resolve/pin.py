@@ -15,8 +15,8 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from torchdepot.errors import ParseError
-from torchdepot.sources.links import Link
 from torchdepot.model.wheelname import WheelFile, parse_wheel
+from torchdepot.sources.links import Link
 
 # torchvision pairs with torch by minor version (pytorch/vision README table):
 # torch 2.N <-> torchvision 0.(N+15) for 2.0..2.13, torch 1.N <-> 0.(N+1) for 1.x.

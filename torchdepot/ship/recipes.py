@@ -30,14 +30,13 @@ from pathlib import Path, PurePosixPath
 
 from packaging.markers import default_environment
 from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import canonicalize_name
 
 from torchdepot.errors import ParseError, TorchdepotError, UnsafePathError
-from torchdepot.store.fsutil import safe_join
 from torchdepot.model.platforms import target_platform
 from torchdepot.model.wheelname import parse_wheel
-from torchdepot.spec.conda import pip_constraint_to_conda
 from torchdepot.ship.conda_names import CondaNames, load_conda_names
+from torchdepot.spec.conda import pip_constraint_to_conda
+from torchdepot.store.fsutil import safe_join
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes_data"
 INSTALL_HINT = "pip install 'torchdepot[conda-build]'"

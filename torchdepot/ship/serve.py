@@ -22,6 +22,7 @@ log gets one line, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import http
 import http.server
@@ -222,10 +223,8 @@ class MirrorHandler(http.server.BaseHTTPRequestHandler):
             self.log_error("error answering %r: %s: %s", getattr(self, "path", "?"), type(exc).__name__,
                            " ".join(str(exc).splitlines())[:200])
             if not self._headers_done:
-                try:
+                with contextlib.suppress(OSError):
                     self._error(500)
-                except OSError:
-                    pass
 
     def do_GET(self):
         self._answer(body=True)
@@ -378,16 +377,12 @@ class _Connection:
         except OSError:
             return False
         finally:
-            try:
+            with contextlib.suppress(OSError):
                 self.sock.settimeout(timeout)
-            except OSError:
-                pass
 
     def close(self, server: MirrorServer) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.handler.finish()
-        except OSError:
-            pass
         server.shutdown_request(self.sock)
 
 
@@ -423,10 +418,8 @@ class MirrorServer(http.server.HTTPServer):
 
     def _park(self, conn: _Connection) -> None:
         self._returned.put(conn)
-        try:
+        with contextlib.suppress(OSError):
             self._wake_w.send(b"\0")
-        except OSError:
-            pass
 
     def _turn(self, conn: _Connection) -> None:
         try:
@@ -485,10 +478,8 @@ class MirrorServer(http.server.HTTPServer):
     def server_close(self):
         super().server_close()
         self._stopping.set()
-        try:
+        with contextlib.suppress(OSError):
             self._wake_w.send(b"\0")
-        except OSError:
-            pass
         if self._parker.is_alive():
             self._parker.join(5)
         self._pool.shutdown(wait=False, cancel_futures=True)

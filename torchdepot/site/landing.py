@@ -20,14 +20,14 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from torchdepot.model.sizes import format_size
 from torchdepot.errors import ParseError
-from torchdepot.model.accel import accelerator_from_dir, accelerator_sort_key
-from torchdepot.model.wheelname import split_variant_label
-from torchdepot.model.cuda import min_nvidia_driver
-from torchdepot.model.trust import PIP_TRUST_OPTION, UV_TRUST_OPTION, insecure_host
-from torchdepot.store.fsutil import atomic_write_text
 from torchdepot.lockfiles.render import REQUIREMENTS
+from torchdepot.model.accel import accelerator_from_dir, accelerator_sort_key
+from torchdepot.model.cuda import min_nvidia_driver
+from torchdepot.model.sizes import format_size
+from torchdepot.model.trust import PIP_TRUST_OPTION, UV_TRUST_OPTION, insecure_host
+from torchdepot.model.wheelname import split_variant_label
+from torchdepot.store.fsutil import atomic_write_text
 from torchdepot.store.manifest import Manifest, Target
 
 PLACEHOLDER = "MIRROR_URL"

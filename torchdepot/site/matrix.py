@@ -8,14 +8,14 @@ with the GPU, so they get self-hosted label sets (``[self-hosted, linux, x64, gp
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
 
-from torchdepot.model.accel import accelerator_from_dir, accelerator_sort_key
 from torchdepot.lockfiles.render import PYLOCK, REQUIREMENTS, conda_lock_name
+from torchdepot.model.accel import accelerator_from_dir, accelerator_sort_key
 from torchdepot.store.manifest import Manifest
 
 HOSTED = {

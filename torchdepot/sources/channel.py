@@ -18,8 +18,8 @@ import requests
 import zstandard
 
 from torchdepot.errors import UpstreamError
-from torchdepot.store.fsutil import atomic_write_bytes, atomic_write_text, safe_join
 from torchdepot.net.http import Client, describe, file_url_path
+from torchdepot.store.fsutil import atomic_write_bytes, atomic_write_text, safe_join
 
 MAX_REPODATA_BYTES = 4 * 1024**3  # conda-forge linux-64 is ~0.4 GB uncompressed
 

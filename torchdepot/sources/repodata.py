@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from torchdepot.model.condabuild import CondaRecord, record_from_repodata
 from torchdepot.errors import ParseError, TorchdepotError, UnsafePathError
+from torchdepot.model.condabuild import CondaRecord, record_from_repodata
 from torchdepot.store.fsutil import safe_filename
 
 

@@ -33,8 +33,8 @@ from __future__ import annotations
 import collections
 import threading
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import requests
 from packaging.utils import canonicalize_name

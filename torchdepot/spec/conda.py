@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
-from torchdepot.model.accel import Accelerator, parse_accelerator
 from torchdepot.errors import ParseError, SpecError
+from torchdepot.model.accel import Accelerator, parse_accelerator
 from torchdepot.model.platforms import subdir_platform, target_platform
 from torchdepot.spec.bounds import quote_key, show, show_text
 

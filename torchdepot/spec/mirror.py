@@ -340,7 +340,7 @@ def _accelerator(entry: object, where: str) -> str:
 def _target(entry: object, where: str) -> PipTarget:
     if not isinstance(entry, dict):
         raise SpecError(f"{where}: expected a mapping with accelerator, python, platform")
-    extra = sorted((str(k) for k in set(entry) - {"accelerator", "python", "platform", "torch"}))
+    extra = sorted(str(k) for k in set(entry) - {"accelerator", "python", "platform", "torch"})
     if extra:
         raise SpecError(f"{where}: {quote_key(extra[0])}: unknown key (known: accelerator, python, platform, torch)")
     acc = _accelerator(entry.get("accelerator", "cpu"), f"{where}.accelerator")

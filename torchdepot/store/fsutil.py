@@ -11,13 +11,11 @@ import posixpath
 import re
 import tempfile
 import time
-import urllib.parse
 from pathlib import Path
 
 from torchdepot.errors import LockedError, UnsafePathError
-from torchdepot.store.layout import LOCK_FILE, atomic_temp_affixes
 from torchdepot.model.names import safe_filename  # noqa: F401  (the store's callers use it from here)
-
+from torchdepot.store.layout import LOCK_FILE, atomic_temp_affixes
 
 
 def fsync_dir(path: Path) -> None:
@@ -91,7 +89,7 @@ class MirrorLock:
         self.wait = wait
         self.fd: int | None = None
 
-    def __enter__(self) -> "MirrorLock":
+    def __enter__(self) -> MirrorLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = None if self.wait is None else time.monotonic() + self.wait

@@ -34,8 +34,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from torchdepot.model.targets import target_id  # noqa: F401  (re-exported: manifest callers)
 from torchdepot.errors import TorchdepotError
+from torchdepot.model.targets import target_id  # noqa: F401  (re-exported: manifest callers)
 from torchdepot.store.fsutil import atomic_write_text, safe_join
 from torchdepot.store.layout import MANIFEST_NAME  # noqa: F401  (re-exported)
 
@@ -145,7 +145,7 @@ class Manifest:
         return json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
     @classmethod
-    def from_json(cls, text: str | bytes, where: str = MANIFEST_NAME) -> "Manifest":
+    def from_json(cls, text: str | bytes, where: str = MANIFEST_NAME) -> Manifest:
         try:
             doc = json.loads(text)
         except RecursionError:
@@ -155,7 +155,7 @@ class Manifest:
         return cls.from_doc(doc, where)
 
     @classmethod
-    def from_doc(cls, doc: object, where: str = MANIFEST_NAME) -> "Manifest":
+    def from_doc(cls, doc: object, where: str = MANIFEST_NAME) -> Manifest:
         """A parsed JSON document -> Manifest; every field's type is checked (one-line
         :class:`TorchdepotError` naming ``where`` otherwise), no path may leave the root."""
         if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != VERSION:

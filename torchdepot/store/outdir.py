@@ -21,7 +21,6 @@ from torchdepot.store.layout import LOCK_FILE, MANIFEST_NAME, STATE_DIR
 from torchdepot.store.manifest import FORMAT
 
 
-
 def _home() -> Path | None:
     try:
         return Path.home().resolve()

@@ -29,9 +29,8 @@ from pathlib import Path
 from packaging.utils import canonicalize_name
 
 from torchdepot.errors import TorchdepotError
-from torchdepot.store.fsutil import atomic_write_bytes, fsync_dir, safe_join
 from torchdepot.store import simple_json
-
+from torchdepot.store.fsutil import atomic_write_bytes, fsync_dir, safe_join
 from torchdepot.store.layout import INDEX_LINK, PUBLISH_DIR, build_temp_name
 
 
@@ -111,7 +110,7 @@ def _page(title: str, anchors: list[str]) -> bytes:
         "<!DOCTYPE html>\n<html>\n<head>\n<meta name=\"pypi:repository-version\" content=\"1.0\">\n"
         f"<title>{html.escape(title)}</title>\n</head>\n<body>\n<h1>{html.escape(title)}</h1>\n"
         f"{body}</body>\n</html>\n"
-    ).encode("utf-8")
+    ).encode()
 
 
 def _file_anchor(f: IndexFile, depth: int) -> str:

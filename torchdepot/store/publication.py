@@ -22,9 +22,9 @@ import contextlib
 import dataclasses
 import json
 import posixpath
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 from torchdepot.errors import TorchdepotError
 from torchdepot.store import manifest as mf

@@ -55,24 +55,24 @@ sync that rebuilds the pages.
 from __future__ import annotations
 
 import contextlib
-import stat
-import time
 import json
 import os
 import shutil
+import stat
+import time
 import urllib.parse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
-from torchdepot.store import manifest as mf
 from torchdepot.errors import TorchdepotError, UnsafePathError
 from torchdepot.fetch import Fetcher, FetchItem, HashCache, hash_present
-from torchdepot.store import layout as L
-from torchdepot.store import publication as pub
-from torchdepot.store.fsutil import MirrorLock, safe_join
 from torchdepot.net.hostpolicy import HostPolicy, default_policy
 from torchdepot.net.http import file_url_path
+from torchdepot.store import layout as L
+from torchdepot.store import manifest as mf
+from torchdepot.store import publication as pub
+from torchdepot.store.fsutil import MirrorLock, safe_join
 from torchdepot.store.pages import IndexFile
 from torchdepot.store.simple_json import HTML_PAGE, JSON_PAGE
 
@@ -323,7 +323,13 @@ def _rebuild_json_pages(root: Path, manifest: mf.Manifest) -> str | None:
     the live HTML pages (through one atomic symlink swap). -> None when done, else why not:
     only when the writer, fed the live pages' records, gives back exactly the live HTML pages
     is it certain the new JSON says what the HTML says."""
-    from torchdepot.store.pages import build_pages, current_generation, install_generation, new_build_dir, prune
+    from torchdepot.store.pages import (
+        build_pages,
+        current_generation,
+        install_generation,
+        new_build_dir,
+        prune,
+    )
 
     variants = _live_index_files(root, manifest)
     if variants is None:

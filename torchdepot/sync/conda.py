@@ -24,19 +24,19 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from torchdepot.store import manifest as mf
 from torchdepot.errors import IntegrityError, UpstreamError
-from torchdepot.fetch import FetchItem, Fetcher, FetchReport, FetchResult
+from torchdepot.fetch import Fetcher, FetchItem, FetchReport, FetchResult
 from torchdepot.model.condabuild import CondaRecord
-from torchdepot.store import publication as pub
-from torchdepot.store.fsutil import safe_join, sha256_file
 from torchdepot.net.http import Client, HttpConfig
-from torchdepot.store.channel import write_repodata
-from torchdepot.store.layout import is_conda_index_file
-from torchdepot.sources.repodata import RepodataError, SubdirRepodata, load_repodata, require_hashes
-from torchdepot.sources.channel import RepodataCache, fetch_repodata
 from torchdepot.resolve.conda import Solution, SubdirSource, open_sources, solve_target
+from torchdepot.sources.channel import RepodataCache, fetch_repodata
+from torchdepot.sources.repodata import RepodataError, SubdirRepodata, load_repodata, require_hashes
 from torchdepot.spec.conda import CondaConfig, parse_conda_section
+from torchdepot.store import manifest as mf
+from torchdepot.store import publication as pub
+from torchdepot.store.channel import write_repodata
+from torchdepot.store.fsutil import safe_join, sha256_file
+from torchdepot.store.layout import is_conda_index_file
 
 CACHE_DIR = ".torchdepot/cache/conda"
 

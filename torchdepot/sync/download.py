@@ -20,13 +20,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from torchdepot.store import publication as pub
-from torchdepot.store.fsutil import safe_join
-from torchdepot.fetch import DEFAULT_CONNECTIONS, DEFAULT_CONNECTIONS_PER_HOST, Fetcher, FetchItem, FetchReport
+from torchdepot.fetch import (
+    DEFAULT_CONNECTIONS,
+    DEFAULT_CONNECTIONS_PER_HOST,
+    Fetcher,
+    FetchItem,
+    FetchReport,
+)
 from torchdepot.fetch.progress import ProgressCallback
 from torchdepot.net.hostpolicy import HostPolicy
 from torchdepot.net.http import Client
 from torchdepot.spec.mirror import MirrorSpec
+from torchdepot.store import publication as pub
+from torchdepot.store.fsutil import safe_join
 from torchdepot.sync.resolution import Resolution
 from torchdepot.sync.view import View
 

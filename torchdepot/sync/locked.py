@@ -20,10 +20,10 @@ Invariants:
 from __future__ import annotations
 
 import json
-import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import tomllib
 from packaging.utils import canonicalize_name
 
 from torchdepot.errors import TorchdepotError

@@ -30,9 +30,9 @@ import sys
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
 
 from packaging.version import InvalidVersion, Version
 
@@ -43,24 +43,30 @@ from torchdepot.model.sizes import format_size
 from torchdepot.net.hostpolicy import HostPolicy
 from torchdepot.net.http import Client, HttpConfig, make_session
 from torchdepot.net.pipconfig import PipSources, pip_default_index, pip_file_host, read_pip_config
-from torchdepot.site.landing import write_landing
-from torchdepot.sources.upstream import UpstreamReader
 from torchdepot.resolve.pin import candidates
 from torchdepot.resolve.uv import ResolvedFile
+from torchdepot.site.landing import write_landing
+from torchdepot.sources.upstream import UpstreamReader
 from torchdepot.spec.mirror import TORCH_PROJECTS, MirrorSpec, PipTarget
-from torchdepot.store import manifest as mf
-from torchdepot.store.fsutil import MirrorLock, safe_join
 from torchdepot.store import layout as L
-from torchdepot.store.layout import MANIFEST_NAME
+from torchdepot.store import manifest as mf
 from torchdepot.store import publication
+from torchdepot.store.fsutil import MirrorLock, safe_join
+from torchdepot.store.layout import MANIFEST_NAME
 from torchdepot.store.pages import IndexFile, ensure_metadata
 from torchdepot.sync import lifecycle
-from torchdepot.sync.locked import LockedEnv, locked_resolution
 from torchdepot.sync.check import verify_mirror
 from torchdepot.sync.download import PipFetchReport, fetch_files, make_fetcher, same_path_elsewhere
+from torchdepot.sync.locked import LockedEnv, locked_resolution
 from torchdepot.sync.pipindex import publish_pip
-from torchdepot.sync.plan import (Plan, TargetPlan, dependency_sources, host_policy, locate_variants,
-                                  plan_targets)
+from torchdepot.sync.plan import (
+    Plan,
+    TargetPlan,
+    dependency_sources,
+    host_policy,
+    locate_variants,
+    plan_targets,
+)
 from torchdepot.sync.resolution import Resolution, file_key, resolve_targets
 from torchdepot.sync.view import View, ViewSources
 

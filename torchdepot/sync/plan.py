@@ -9,9 +9,9 @@ pinned) plus the spec's extra packages.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from torchdepot.errors import TorchdepotError, UpstreamError
 from torchdepot.net.hostpolicy import HostPolicy, default_policy

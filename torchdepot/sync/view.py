@@ -41,22 +41,35 @@ import os
 import shutil
 import threading
 import urllib.parse
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import Literal
 
 from packaging.utils import canonicalize_name
 
 from torchdepot.errors import ParseError, TorchdepotError, UpstreamError
-from torchdepot.model.wheelname import parse_wheel
+from torchdepot.model.wheelname import parse_wheel, split_variant_label
 from torchdepot.net.hostpolicy import HostPolicy, screen_links
 from torchdepot.net.http import file_url_path
 from torchdepot.sources.links import Link, warnings_summary
-from torchdepot.sources.upstream import UpstreamReader, Variant, findlinks_links, index_links, variant_links
-from torchdepot.sources.variants import (MAX_VARIANTS_JSON, NULL_LABEL, VariantsJson, VariantsJsonError,
-                                         evaluate_variant_markers, is_variants_json, parse_variants_json,
-                                         variants_json_key)
-from torchdepot.model.wheelname import split_variant_label
+from torchdepot.sources.upstream import (
+    UpstreamReader,
+    Variant,
+    findlinks_links,
+    index_links,
+    variant_links,
+)
+from torchdepot.sources.variants import (
+    MAX_VARIANTS_JSON,
+    NULL_LABEL,
+    VariantsJson,
+    VariantsJsonError,
+    evaluate_variant_markers,
+    is_variants_json,
+    parse_variants_json,
+    variants_json_key,
+)
 from torchdepot.sources.wheelmeta import remote_metadata
 from torchdepot.store.fsutil import atomic_write_bytes, safe_filename, safe_join, sha256_file
 
@@ -434,10 +447,8 @@ class View:
         else:
             handler.close_connection = True
         handler.end_headers()
-        try:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             shutil.copyfileobj(src, handler.wfile, 1024 * 1024)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
 
     def _error(self, line: str) -> None:
         with self._lock:

@@ -11,9 +11,9 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from torchdepot.model.condabuild import parse_build_string, split_conda_filename
 from torchdepot.errors import ParseError, TorchdepotError
 from torchdepot.lockfiles import BASE_ENV
+from torchdepot.model.condabuild import parse_build_string, split_conda_filename
 from torchdepot.store.manifest import Manifest
 from torchdepot.verify.smoke import Check
 

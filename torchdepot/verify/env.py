@@ -27,7 +27,16 @@ from torchdepot.errors import TorchdepotError
 from torchdepot.model.platforms import host_platform
 from torchdepot.resolve.uv import uv_bin
 from torchdepot.verify.locks import EnvLock, hash_problems, read_env
-from torchdepot.verify.run import _run, _smoke, _tail, _venv_python, find_python, gpu_present, load_manifest, tool_env
+from torchdepot.verify.run import (
+    _run,
+    _smoke,
+    _tail,
+    _venv_python,
+    find_python,
+    gpu_present,
+    load_manifest,
+    tool_env,
+)
 from torchdepot.verify.smoke import Check, judge
 
 KERNEL_PACKAGE = "ipykernel"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,10 +16,10 @@ from pathlib import Path
 
 from torchdepot.errors import TorchdepotError, UpstreamError
 from torchdepot.lockfiles import BASE_ENV
-from torchdepot.store.manifest import Manifest
-from torchdepot.store.manifest import fetch as fetch_manifest
 from torchdepot.model.platforms import host_platform, target_platform
 from torchdepot.resolve.uv import uv_bin
+from torchdepot.store.manifest import Manifest
+from torchdepot.store.manifest import fetch as fetch_manifest
 from torchdepot.verify.locks import EnvLock, hash_problems
 from torchdepot.verify.smoke import SCRIPT, Check, judge
 
@@ -231,10 +232,8 @@ def _verify_conda(lock: EnvLock, path: Path, opts: Options, manifest: Manifest |
     checks.append(cv.build_check(pins, v.get("accelerator", "")))
     subdir = v.get("conda_subdir")
     host_subdir = None
-    try:
+    with contextlib.suppress(TorchdepotError):
         host_subdir = target_platform(host_platform()).conda_subdir
-    except TorchdepotError:
-        pass
     if subdir != host_subdir:
         checks.append(Check("conda install", "not run", f"{subdir} packages cannot be installed on {host_platform()} (checked hashes and build only)"))
         return "resolve-only"

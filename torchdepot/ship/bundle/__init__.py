@@ -22,8 +22,20 @@ Modules: ``model`` (format and types), ``select`` (what goes in), ``archive`` (w
 """
 
 from torchdepot.ship.bundle.archive import write_bundle
-from torchdepot.ship.bundle.model import (BUNDLE_HEAD, BUNDLE_MANIFEST, BundleDoc, BundleError, BundleFile, BundlePlan,
-                                          PlannedFile, UnbundleReport, parse_doc, parse_head, parse_size, role_of)
+from torchdepot.ship.bundle.model import (
+                                          BUNDLE_HEAD,
+                                          BUNDLE_MANIFEST,
+                                          BundleDoc,
+                                          BundleError,
+                                          BundleFile,
+                                          BundlePlan,
+                                          PlannedFile,
+                                          UnbundleReport,
+                                          parse_doc,
+                                          parse_head,
+                                          parse_size,
+                                          role_of,
+)
 from torchdepot.ship.bundle.select import plan_bundle
 from torchdepot.ship.bundle.unbundle import bundle_parts, merge_manifests, unbundle
 

@@ -16,12 +16,18 @@ from pathlib import Path
 from tqdm import tqdm
 
 from torchdepot import __version__
-from torchdepot.store import manifest as mf
 from torchdepot.errors import IntegrityError
+from torchdepot.ship.bundle.model import (
+    BUNDLE_HEAD,
+    BUNDLE_MANIFEST,
+    FORMAT,
+    HEAD_FORMAT,
+    VERSION,
+    BundleFile,
+    BundlePlan,
+)
+from torchdepot.store import manifest as mf
 from torchdepot.store.fsutil import fsync_dir
-from torchdepot.ship.bundle.model import (BUNDLE_HEAD, BUNDLE_MANIFEST, FORMAT, HEAD_FORMAT, VERSION, BundleFile,
-                                          BundlePlan)
-
 
 # ---------------------------------------------------------------- writing
 

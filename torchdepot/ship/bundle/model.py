@@ -13,17 +13,15 @@ labelling it an index or a lock file.
 
 from __future__ import annotations
 
-import re
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
-
+from torchdepot.errors import TorchdepotError
 from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
-from torchdepot.errors import TorchdepotError
-
 
 BUNDLE_MANIFEST = "torchdepot-bundle.json"
 BUNDLE_HEAD = "torchdepot-bundle-head.json"

@@ -6,13 +6,11 @@ import os
 import posixpath
 from pathlib import Path
 
-
+from torchdepot.ship.bundle.model import BundleError, BundlePlan, PlannedFile
 from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
 from torchdepot.store.fsutil import safe_join
 from torchdepot.store.simple_json import HTML_PAGE, JSON_PAGE
-from torchdepot.ship.bundle.model import BundleError, BundlePlan, PlannedFile
-
 
 # ---------------------------------------------------------------- selection
 

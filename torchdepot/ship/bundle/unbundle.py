@@ -27,14 +27,27 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from torchdepot.store import manifest as mf
 from torchdepot.errors import IntegrityError, UnsafePathError
+from torchdepot.ship.bundle.model import (
+    BUNDLE_HEAD,
+    BUNDLE_MANIFEST,
+    CHUNK,
+    EXPANSION_SLACK,
+    MAX_DOC_BYTES,
+    MAX_EXPANSION,
+    ROLES,
+    ZSTD_MAGIC,
+    BundleDoc,
+    BundleError,
+    BundleFile,
+    UnbundleReport,
+    parse_doc,
+    parse_head,
+    role_of,
+)
 from torchdepot.store import layout as L
+from torchdepot.store import manifest as mf
 from torchdepot.store.fsutil import MirrorLock, fsync_dir, safe_join, sha256_file
-from torchdepot.ship.bundle.model import (BUNDLE_HEAD, BUNDLE_MANIFEST, CHUNK, EXPANSION_SLACK, MAX_DOC_BYTES,
-                                          MAX_EXPANSION, ROLES, BundleDoc, BundleError, BundleFile, UnbundleReport,
-                                          ZSTD_MAGIC, parse_doc, parse_head, role_of)
-
 
 # ---------------------------------------------------------------- reading
 
