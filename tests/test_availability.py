@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 
 import pytest
 
-from tests.kit.blackhole import blackhole
+from tests.kit.blackhole import CONNECT_ENV, blackhole
 from torchdepot.model.condabuild import record_from_repodata
 from torchdepot.model.wheelname import parse_wheel
 from torchdepot.site.availability import (
@@ -104,15 +105,18 @@ def test_select_wheels_filters():
 ])
 def test_unreachable_source_fails_fast_in_one_line(argv):
     """A host that drops packets: one line and exit 1 within a bounded time (two short
-    attempts), not a sync's five patient ones per URL."""
+    attempts), not a sync's five patient ones per URL. The connect timeout is injected short
+    (tests/kit/blackhole.py): the attempts are counted, not waited out at 3 s each."""
     with blackhole() as port:
         start = time.monotonic()
         proc = subprocess.run([sys.executable, "-m", "torchdepot", *(a.format(port=port) for a in argv)],
-                              capture_output=True, text=True, timeout=120)
+                              capture_output=True, text=True, timeout=120, env={**os.environ, **CONNECT_ENV})
         took = time.monotonic() - start
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("torchdepot: error: "), proc.stderr
     assert f"127.0.0.1:{port}" in proc.stderr
+    urls = 2 if argv[0] == "conda" else 1  # conda tries repodata.json.zst, then repodata.json
+    assert proc.stderr.count("timed out (after 2 attempts)") == urls, proc.stderr
     assert took < 20, took
 
 

@@ -107,7 +107,7 @@ def test_uv_pip_install_torch_from_mirror_pandas_from_users_index(lab, tmp_path)
     cfg = tmp_path / "uv.toml"
     cfg.write_text(f'[[index]]\nname = "regional"\nurl = "{REGIONAL}/simple"\ndefault = true\n')
     _torchdepot(proxy, tmp_path, "config", "uv", "--url", MIRROR, "--variant", "cu126", "--file", str(cfg))
-    py = make_venv(tmp_path / "venv")
+    py = make_venv(tmp_path / "venv", pip=False)
     env = _env(proxy, tmp_path, UV_CONFIG_FILE=str(cfg))
     env.pop("UV_NO_CONFIG", None)
     proc = subprocess.run([uv_bin(), "pip", "install", "--python", str(py), "torch", "pandalike"],

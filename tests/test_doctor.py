@@ -573,14 +573,14 @@ def test_mirror_unreachable_fails_fast(tmp_path):
     unanswered): one line, within a bounded time, not 5 x 10 s per URL."""
     import time
 
-    from tests.kit.blackhole import blackhole
+    from tests.kit.blackhole import CONNECT_ENV, blackhole
 
-    with blackhole() as port:
+    with blackhole() as port:  # connect timeout injected short: attempts counted, not waited out
         t = time.monotonic()
-        proc = doctor(tmp_path, "--mirror", f"http://127.0.0.1:{port}/", check_rc=False)
+        proc = doctor(tmp_path, "--mirror", f"http://127.0.0.1:{port}/", check_rc=False, env_extra=CONNECT_ENV)
         took = time.monotonic() - t
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.startswith(f"torchdepot: error: http://127.0.0.1:{port}/manifest.json: timed out")
+    assert proc.stderr.startswith(f"torchdepot: error: http://127.0.0.1:{port}/manifest.json: timed out (after 2 attempts)")
     assert took < 15, took

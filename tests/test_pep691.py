@@ -258,7 +258,7 @@ def _uv_install(py: Path, *args) -> subprocess.CompletedProcess:
 
 
 def test_uv_consumes_json_from_the_served_mirror(served, tmp_path):
-    py = make_venv(tmp_path / "venv")
+    py = make_venv(tmp_path / "venv", pip=False)
     proc = _uv_install(py, "--index-url", f"{served.url}/whl/cpu", "demo-pkg")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert run([py, "-c", "import demo_pkg, helper; print(demo_pkg.__version__)"]).stdout.strip() == "2.0"
@@ -267,7 +267,7 @@ def test_uv_consumes_json_from_the_served_mirror(served, tmp_path):
 
 
 def test_uv_exclude_newer_travels_back_in_time(served, tmp_path):
-    py = make_venv(tmp_path / "venv")
+    py = make_venv(tmp_path / "venv", pip=False)
     proc = _uv_install(py, "--index-url", f"{served.url}/whl/cpu", "--exclude-newer", "2026-03-01T00:00:00Z", "demo-pkg")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert run([py, "-c", "import demo_pkg; print(demo_pkg.__version__)"]).stdout.strip() == "1.0"
@@ -293,7 +293,7 @@ def test_nginx_negotiates_like_serve(mirror, tmp_path):
             if want == JSON_MEDIA_TYPE:
                 check_project_page(json.loads(body))
         conn.close()
-        py = make_venv(tmp_path / "venv")
+        py = make_venv(tmp_path / "venv", pip=False)
         proc = _uv_install(py, "--index-url", f"http://127.0.0.1:{port}/whl/cpu", "--exclude-newer", "2026-03-01", "demo-pkg")
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert run([py, "-c", "import demo_pkg; print(demo_pkg.__version__)"]).stdout.strip() == "1.0"

@@ -7,6 +7,7 @@ at local indexes this way) are read from disk by :func:`get_bytes`.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import re
@@ -15,14 +16,15 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import requests
 
 from torchdepot import __version__
-from torchdepot.errors import UpstreamError
+from torchdepot.errors import ParseError, UpstreamError
 
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -54,6 +56,27 @@ class HttpConfig:
 # Interactive queries (ls, conda ls, doctor --mirror): a person is waiting, so an unreachable
 # host fails in seconds (two attempts, short timeouts) instead of a sync's patient retries.
 QUERY_HTTP = HttpConfig(connect_timeout=3.0, read_timeout=10.0, retries=1, backoff=0.2, max_backoff=1.0)
+
+
+# TORCHDEPOT_CONNECT_TIMEOUT=SECONDS caps every connect timeout above: for a network where an
+# unreachable host should fail sooner, and for the tests' host that drops packets (they need not
+# wait out 3 s per attempt to see how many attempts a command makes).
+CONNECT_TIMEOUT_ENV = "TORCHDEPOT_CONNECT_TIMEOUT"
+MAX_CONNECT_TIMEOUT = 600.0
+
+
+def with_connect_cap(config: HttpConfig, environ: Mapping[str, str]) -> HttpConfig:
+    """``config`` with its connect timeout capped by ``environ[CONNECT_TIMEOUT_ENV]`` when set."""
+    raw = environ.get(CONNECT_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return config
+    try:
+        cap = float(raw) if len(raw) <= 32 else math.nan
+    except ValueError:
+        cap = math.nan
+    if not 0 < cap <= MAX_CONNECT_TIMEOUT:  # NaN fails too
+        raise ParseError(f"{CONNECT_TIMEOUT_ENV}={raw[:32]!r}: not a number of seconds in (0, {MAX_CONNECT_TIMEOUT:g}]")
+    return replace(config, connect_timeout=min(config.connect_timeout, cap))
 
 
 def make_session(config: HttpConfig | None = None) -> Client:
@@ -163,7 +186,7 @@ class Client:
     """A thin wrapper over one :class:`requests.Session` (connection pooling)."""
 
     def __init__(self, config: HttpConfig):
-        self.config = config
+        self.config = with_connect_cap(config, os.environ)
         self.session = requests.Session()
         self.session.headers["User-Agent"] = f"torchdepot/{__version__}"
         # Sized for parallel downloads: one pool per host, enough connections for --jobs.
