@@ -1,13 +1,16 @@
-"""SIGKILL `torchdepot mirror` at many points (crawl, download, publish), re-run, converge.
+"""SIGKILL `torchdepot mirror` at named points (crawl, download, publish), re-run, converge.
 
 Re-syncs where upstream changed the bytes behind names are killed too: after each kill the
 LIVE mirror passes `torchdepot verify-mirror` (immutable publication, docs/publication.md).
 
-A slow-drip loopback upstream stretches the download phase; kills are triggered by what
-the test observes (time since start, bytes the server sent, files that reached their
-final path), not by hooks in the code. After every kill: no file at a final path is
-corrupt and every link of a published index resolves to a hash-valid file. After the
-final run: verify-mirror is clean, and no file published before a kill was fetched again.
+Every kill point is named and deterministic, as in tests/test_crash_lifecycle.py: the real CLI
+runs in a child (``KILLER``) that SIGKILLs its own process group (uv included) when the named
+event happens, so the process dies exactly as from an outside ``kill -9`` (no handler, no
+cleanup), at a point the test names rather than at a wall-clock offset. Each point must be
+reached (the run must die by SIGKILL), so the counts asserted below are exact. After every
+kill: no file at a final path is corrupt and every link of a published index resolves to a
+hash-valid file. After the final run: verify-mirror is clean, and no file published before a
+kill was fetched again.
 """
 
 from __future__ import annotations
@@ -15,10 +18,10 @@ from __future__ import annotations
 import collections
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -30,21 +33,94 @@ from torchdepot.store import manifest as mf
 from torchdepot.sync.check import verify_mirror
 
 PAYLOAD = 100_000
-RATE = 200_000  # bytes/s per connection: ~0.5 s a wheel, 2 in parallel
 
-# Per lane (a fresh output dir): the trigger of each successive run, then a run to completion.
+# Runs `torchdepot <args>` and SIGKILLs its process group at POINT (argv[1]), "<event>:<n>":
+#   page:n        after the n-th upstream page or metadata file was read (crawl)
+#   chunk:n       when the fetcher receives its n-th body chunk, before writing it (mid-download)
+#   placed:n      after the n-th wheel reached its final path
+#   unlink:n      after the n-th file deletion (a re-sync removing superseded copies)
+#   enter:<module>:<function>:n / exit:...   on entry to / return from the n-th call
+KILLER = r'''
+import os, pathlib, signal, sys, importlib, threading
+point, args = sys.argv[1], sys.argv[2:]
+event, *target, nth = point.split(":")
+nth, seen, lock = int(nth), [0], threading.Lock()
+
+def tick():
+    with lock:
+        seen[0] += 1
+        if seen[0] == nth:
+            os.killpg(0, signal.SIGKILL)  # this process and its uv children, nothing else
+
+def wrap(owner, name, before=False):
+    real = getattr(owner, name)
+    def wrapped(*a, **k):
+        if before:
+            tick()
+        out = real(*a, **k)
+        if not before:
+            tick()
+        return out
+    setattr(owner, name, wrapped)
+
+if event == "page":
+    import torchdepot.sources.upstream as upstream
+    wrap(upstream.UpstreamReader, "get")
+elif event == "chunk":
+    import urllib3.response
+    real_read1 = urllib3.response.HTTPResponse.read1
+    def read1(self, *a, **k):
+        data = real_read1(self, *a, **k)
+        if data:
+            tick()
+        return data
+    urllib3.response.HTTPResponse.read1 = read1
+elif event == "placed":
+    real_replace = os.replace
+    def replace(src, dst, *a, **k):
+        real_replace(src, dst, *a, **k)
+        if str(dst).endswith(".whl"):
+            tick()
+    os.replace = replace
+elif event == "unlink":
+    wrap(pathlib.Path, "unlink")
+else:  # enter/exit: patched before the CLI imports its users, so `from m import f` binds the wrapper
+    module, function = target
+    wrap(importlib.import_module(module), function, before=event == "enter")
+from torchdepot.cli import main
+sys.argv = ["torchdepot", *args]
+main()
+'''
+
+RESOLVE = "torchdepot.resolve.uv:resolve"
+JOURNAL = "torchdepot.store.publication:record"
+SIDECARS = "torchdepot.sync.pipindex:publish_pip"  # PEP 658 metadata, pylock.toml, then the index
+PAGES = "torchdepot.store.pages:publish"  # builds the new index generation and swaps it in
+SAVE = "torchdepot.store.manifest:save"
+PHASES = {"page": "crawl", "chunk": "download", "placed": "download", "unlink": "publish"}
+PHASE_OF_CALL = {RESOLVE: "crawl", JOURNAL: "crawl", SIDECARS: "publish", PAGES: "publish", SAVE: "publish"}
+
+
+def phase_of(point: str) -> str:
+    event, *target, _n = point.split(":")
+    return PHASES.get(event) or PHASE_OF_CALL[":".join(target)]
+
+
+# First syncs, per lane (a fresh output dir): the kill point of each successive run, then a run
+# to completion. Each point is reachable whatever the earlier kills of its lane left: a crawl
+# kill may leave at most torch (downloaded early, during the resolve) in place, and a lane's
+# later download point asks for no more wheels than are still missing (5 in all).
+# In a first sync the manifest is saved twice: the commit, then the closing check's record.
 LANES = [
-    [("crawl", 0.1), ("download", 0.3), ("publish", 0.0)],
-    [("crawl", 0.4), ("download", 0.6), ("publish", 0.05)],
-    [("crawl", 0.8), ("download", 0.9), ("publish", 0.04)],
-    [("download", 0.1), ("download", 0.5), ("publish", 0.02)],
-    [("crawl", 0.3), ("download", 0.2), ("publish", 0.0)],
-    [("crawl", 0.6), ("download", 0.7), ("publish", 0.06)],
-    [("download", 0.05), ("download", 0.95), ("publish", 0.08)],
-    [("crawl", 0.2), ("publish", 0.03), ("download", 0.4)],
-    [("crawl", 0.15), ("download", 0.45), ("publish", 0.01)],
+    ["page:1", "chunk:1", f"exit:{PAGES}:1"],
+    ["page:4", "placed:1", f"enter:{SAVE}:1"],
+    [f"enter:{RESOLVE}:1", "chunk:2", f"exit:{SAVE}:1"],
+    [f"exit:{RESOLVE}:1", "placed:2", f"enter:{SIDECARS}:1"],
+    ["page:8", "placed:3", f"exit:{SIDECARS}:1"],
+    [f"exit:{JOURNAL}:1", "chunk:4", f"enter:{PAGES}:1"],
+    ["page:6", "placed:4", f"enter:{SAVE}:2"],
 ]
-
+FIRST_SYNC_KILLS = 21  # 7 per phase; the README's figure
 
 def _published_wheels(out: Path, wheels: dict[str, bytes]) -> dict[str, bool]:
     """filename -> hash-valid, for every wheel at its final path."""
@@ -72,93 +148,76 @@ def _check_published_index(out: Path) -> list[str]:
     return bad
 
 
-def _run_until(cmd, env, cwd, trigger, server, up, out, published=None) -> tuple[str | None, subprocess.Popen]:
-    """Start a run; SIGKILL it when ``trigger`` fires. Returns (phase killed in, process).
-    ``published(out)``: filename -> valid for the files the run is expected to write."""
-    published = published or (lambda o: _published_wheels(o, up.wheels))
-    kind, arg = trigger
-    total = sum(len(d) for d in up.wheels.values())
-    sent0 = sum(server.body_bytes[p] for p in up.paths.values())
-    requests0 = sum(server.hits[p] for p in up.paths.values())
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # its own group: uv children die with it
-    start = time.monotonic()
-    fired_at = None
-    while proc.poll() is None and time.monotonic() - start < 60:
-        now = time.monotonic()
-        if kind == "crawl":
-            fire = now - start >= arg
-        elif kind == "download":
-            sent = sum(server.body_bytes[p] for p in up.paths.values()) - sent0
-            fire = sent >= arg * total
-        else:  # publish: every wheel is at its final path, the index/manifest not yet (re)written
-            fire = len(published(out)) == len(up.wheels)
-        if fire and fired_at is None:
-            fired_at = now
-        if fired_at is not None and now - fired_at >= (arg if kind == "publish" else 0):
-            break
-        time.sleep(0.003)
-    if proc.poll() is not None:
-        proc.communicate()
-        return None, proc  # finished before the trigger: not a kill
-    # Phase from what is observable at the moment of the kill.
-    wheel_requests = sum(server.hits[p] for p in up.paths.values()) - requests0
-    done = published(out)
-    phase = "crawl" if wheel_requests == 0 and not done else (
-        "publish" if len(done) == len(up.wheels) else "download")
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate()
-    return phase, proc
+def _killed_at(point: str, spec: Path, env: dict, cwd: Path) -> None:
+    """One `torchdepot mirror` run, SIGKILLed at ``point``; fails if the point was not reached."""
+    proc = subprocess.run([sys.executable, "-c", KILLER, point, "mirror", "--spec", str(spec)], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=120, start_new_session=True)
+    assert proc.returncode == -signal.SIGKILL, (point, proc.returncode, proc.stderr[-2000:])
 
 
-def test_sigkill_at_many_points_converges(tmp_path):
+def _run(spec: Path, env: dict, cwd: Path) -> None:
+    proc = subprocess.run(mirror_cmd(spec), env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_sigkill_at_named_points_of_a_first_sync_converges(tmp_path):
     kills: collections.Counter = collections.Counter()
+    torch = {"torch"}
     with FaultServer() as server:
         up = populate(server, payload=PAYLOAD)
-        for path in up.paths.values():
-            server.always(path, Fault("drip", rate=RATE))
         env = mirror_env(up.url, tmp_path)
         for n, lane in enumerate(LANES):
             server.reset_counters()
             out = tmp_path / f"out{n}"
             spec = write_spec(tmp_path / f"spec{n}.yaml", up.url, out)
-            cmd = mirror_cmd(spec)
             hits_when_published: dict[str, int] = {}
-            for trigger in lane:
-                phase, proc = _run_until(cmd, env, str(tmp_path), trigger, server, up, out)
-                if phase is None:
-                    assert proc.returncode == 0, proc.stderr
-                    continue
+            for point in lane:
+                _killed_at(point, spec, env, tmp_path)
+                phase = phase_of(point)
                 kills[phase] += 1
                 # After the kill: nothing corrupt at a final path, no index link to a bad file.
                 published = _published_wheels(out, up.wheels)
                 assert all(published.values()), f"corrupt file published: {published}"
                 assert _check_published_index(out) == []
+                projects = {name.split("-")[0] for name in published}
+                if phase == "publish":
+                    assert len(published) == len(up.wheels), (point, published)
+                elif point.startswith("placed:"):  # this run placed n (a parallel job may add one)
+                    assert len(published) >= int(point.split(":")[1]), (point, published)
+                elif phase == "download":  # mid-body: some wheel is not in place yet
+                    assert len(published) < len(up.wheels), (point, published)
+                elif lane.index(point) == 0:  # a crawl kill: at most torch, fetched while uv resolves
+                    assert projects <= torch, (point, published)
                 for name in published:
                     hits_when_published.setdefault(name, server.hits[up.paths[name]])
-            final = subprocess.run(cmd, env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
-            assert final.returncode == 0, final.stderr
+            _run(spec, env, tmp_path)
             report = verify_mirror(out)  # full re-hash
-            assert report.ok and report.problems == [], (n, report.problems)
+            assert report.ok, (n, report.problems)
+            assert report.problems == [], (n, report.problems)
             assert _check_published_index(out) == []
             assert all(_published_wheels(out, up.wheels).values())
             assert set(_published_wheels(out, up.wheels)) == set(up.wheels)
             for name, hits in hits_when_published.items():
                 assert server.hits[up.paths[name]] == hits, f"lane {n}: {name} downloaded again after it was published"
-    total = sum(kills.values())
-    print(f"kills by phase: {dict(kills)} (total {total})")
-    assert total >= 20, kills
-    assert all(kills[p] >= 3 for p in ("crawl", "download", "publish")), kills
+    print(f"kills by phase: {dict(kills)} (total {sum(kills.values())})")
+    assert sum(kills.values()) == FIRST_SYNC_KILLS == sum(len(lane) for lane in LANES)
+    assert kills == {"crawl": 7, "download": 7, "publish": 7}, kills
 
 
 # -- re-syncs where upstream changed the bytes behind names (issue 13 (a)) ------------------
+# From a complete mirror whose upstream then re-published torch and mpmath under the same names
+# (2 changed wheels, 2 chunks each). In a re-sync the manifest is saved three times: widened
+# (the live one plus the new files, before the index swap), the commit, the closing check's
+# record; the superseded copies are deleted between the last two. A resolve point can only open
+# a lane (once resolved, the next run reuses the resolution).
 RESYNC_LANES = [
-    [("crawl", 0.1), ("download", 0.05), ("publish", 0.0)],
-    [("crawl", 0.5), ("download", 0.15), ("publish", 0.02)],
-    [("download", 0.02), ("download", 0.25), ("publish", 0.05)],
-    [("crawl", 0.3), ("publish", 0.01), ("publish", 0.08)],
-    [("download", 0.1), ("publish", 0.03), ("crawl", 0.2)],
+    [f"enter:{RESOLVE}:1", "chunk:1", f"exit:{SAVE}:1"],
+    ["page:3", "placed:1", f"exit:{PAGES}:1"],
+    ["placed:2", f"exit:{SAVE}:2", f"enter:{SAVE}:3"],
+    ["unlink:1", f"exit:{SIDECARS}:1", "page:1"],
+    ["chunk:3", "placed:1", f"enter:{PAGES}:1"],
 ]
+RESYNC_KILLS = 15  # the README's figure
 
 
 def _verify_cli(out: Path, env: dict) -> subprocess.CompletedProcess:
@@ -176,52 +235,38 @@ def test_sigkill_during_resync_with_changed_bytes_leaves_live_mirror_verify_clea
     with FaultServer() as server:
         up = populate(server, payload=PAYLOAD)
         env = mirror_env(up.url, tmp_path)
+        base = tmp_path / "base"
+        spec = write_spec(tmp_path / "base.yaml", up.url, base)
+        _run(spec, env, tmp_path)
+        # upstream re-publishes torch and mpmath under the same names with new bytes
+        changed = [padded_wheel(*row, PAYLOAD, 1000 + i)
+                   for i, row in enumerate(r for r in (TORCH, *DEPS) if r[0] in ("torch", "mpmath"))]
+        pep503(changed, pages=["/whl/cpu", "/simple"], files="/whl/files", indexes=False).serve(server)
+        for w in changed:
+            up.wheels[w.filename] = w.data
+        for path in up.paths.values():
+            server.always(path, Fault())
         for n, lane in enumerate(RESYNC_LANES):
             out = tmp_path / f"re{n}"
+            shutil.copytree(base, out, symlinks=True)
             spec = write_spec(tmp_path / f"re{n}.yaml", up.url, out)
-            for path in up.paths.values():
-                server.always(path, Fault())
-            first = subprocess.run(mirror_cmd(spec), env=env, cwd=str(tmp_path), capture_output=True, text=True,
-                                   timeout=120)
-            assert first.returncode == 0, first.stderr
-            # upstream re-publishes torch and mpmath under the same names with new bytes
-            changed = [padded_wheel(*row, PAYLOAD, 1000 + 10 * n + i)
-                       for i, row in enumerate(r for r in (TORCH, *DEPS) if r[0] in ("torch", "mpmath"))]
-            pep503(changed, pages=["/whl/cpu", "/simple"], files="/whl/files", indexes=False).serve(server)
-            for w in changed:
-                up.wheels[w.filename] = w.data
-            for path in up.paths.values():
-                server.always(path, Fault("drip", rate=RATE))
-            server.reset_counters()
-
-            def staged(o: Path) -> dict[str, bool]:
-                found = {p.name: p.read_bytes() == up.wheels[p.name] for p in (o / "packages").rglob("*.whl")
-                         if p.name in up.wheels}
-                return {k: v for k, v in found.items() if v}
-
-            for trigger in lane:
-                phase, proc = _run_until(mirror_cmd(spec), env, str(tmp_path), trigger, server, up, out, staged)
-                if phase is None:
-                    assert proc.returncode == 0, proc.stderr
-                    continue
-                kills[phase] += 1
+            for point in lane:
+                _killed_at(point, spec, env, tmp_path)
+                kills[phase_of(point)] += 1
                 check = _verify_cli(out, env)
-                assert check.returncode == 0, (n, trigger, check.stdout, check.stderr)
+                assert check.returncode == 0, (n, point, check.stdout, check.stderr)
                 verified += 1
                 assert _check_published_index(out) == []
-            final = subprocess.run(mirror_cmd(spec), env=env, cwd=str(tmp_path), capture_output=True, text=True,
-                                   timeout=120)
-            assert final.returncode == 0, final.stderr
+            _run(spec, env, tmp_path)
             report = verify_mirror(out)
-            assert report.ok and report.problems == [], (n, report.problems)
+            assert report.ok, (n, report.problems)
+            assert report.problems == [], (n, report.problems)
             listed = {f.path.rsplit("/", 1)[-1]: f for f in mf.load(out).files if f.kind == "wheel"}
             for w in changed:
                 assert listed[w.filename].sha256 == hashlib.sha256(w.data).hexdigest()
                 assert (out / listed[w.filename].path).read_bytes() == w.data
                 # one copy left: superseded and unpublished ones were removed after the commit
                 assert list((out / "packages").rglob(w.filename)) == [out / listed[w.filename].path]
-    total = sum(kills.values())
-    print(f"re-sync kills by phase: {dict(kills)} (total {total}); live verify-mirror clean after {verified}")
-    assert total >= 10 and verified == total, kills
-    # the unchanged wheels are already in place, so an early kill reads as "download" here
-    assert kills["download"] >= 4 and kills["publish"] >= 4, kills
+    print(f"re-sync kills by phase: {dict(kills)}; live verify-mirror clean after {verified}")
+    assert verified == sum(kills.values()) == RESYNC_KILLS == sum(len(lane) for lane in RESYNC_LANES)
+    assert kills == {"crawl": 3, "download": 5, "publish": 7}, kills
