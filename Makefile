@@ -1,4 +1,6 @@
-# torchdepot: `make mirror` builds the mirror from mirror/mirror.yaml; `make test` runs the tests.
+# torchdepot: `make mirror` builds the mirror from mirror/mirror.yaml; `make test` runs the fast
+# tests (not marked slow or e2e), `make test-all` every test, `make test-pythons` the fast tier on
+# Python 3.10, 3.12 and 3.13 (uv venvs under .venvs/).
 # Everything runs from a project virtualenv (.venv) bootstrapped from pyproject.toml:
 # `make mirror` installs only the runtime dependencies; `make test` adds the test ones.
 PYTHON ?= python3
@@ -10,8 +12,14 @@ TEST_STAMP    := $(VENV)/.test-stamp
 SPEC   ?= mirror/mirror.yaml
 PYTEST_ARGS ?=
 PIP_INSTALL := $(PY) -m pip install --disable-pip-version-check --progress-bar on
+FAST   := -m "not e2e and not slow"
+# The fast tier's properties run the dev profile's 200 examples (CI's full 2,000 run in test-all).
+FAST_PROFILE ?= dev
+PYENV_ROOT ?= $(HOME)/.pyenv
+PYTHONS ?= 3.10.13 3.12.1 3.13.0
+TEST_CACHE := $(HOME)/.cache/torchdepot-tests
 
-.PHONY: venv mirror lock verify recipes test bench clean
+.PHONY: venv mirror lock verify recipes test test-all test-pythons lint bench clean clean-cache
 
 $(RUNTIME_STAMP): pyproject.toml
 	@echo "make: bootstrapping $(VENV) (runtime dependencies; once, about 15 s)"
@@ -39,11 +47,37 @@ recipes: $(RUNTIME_STAMP)
 	$(TD) recipes build
 
 test: $(TEST_STAMP)
+	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-$(FAST_PROFILE)} $(PY) -m pytest $(FAST) $(PYTEST_ARGS)
+
+test-all: $(TEST_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# One venv per interpreter (pyenv's, by version; uv creates it in 0.1 s), the project installed
+# editable with its test extra by pip, so the pip configuration (index, find-links, constraints)
+# applies as for .venv; then the fast tier.
+test-pythons: $(TEST_STAMP)
+	@set -e; for v in $(PYTHONS); do \
+	  py=$(PYENV_ROOT)/versions/$$v/bin/python; dir=.venvs/py$$v; start=$$(date +%s); \
+	  echo "make: Python $$v: $$dir"; \
+	  $(VENV)/bin/uv venv --quiet --allow-existing --python $$py $$dir; \
+	  $(PIP_INSTALL) --python $$dir/bin/python --quiet --no-compile -e '.[test]' 2>&1 | grep -v "is ignored: it is neither" || true; \
+	  $$dir/bin/python -c "import torchdepot, pytest, hypothesis"; \
+	  HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-$(FAST_PROFILE)} $$dir/bin/python -m pytest $(FAST) $(PYTEST_ARGS); \
+	  echo "make: Python $$v: fast tier passed in $$(( $$(date +%s) - start )) s"; \
+	done
+
+# Placeholder: the lint gate (ruff, mypy) replaces this target.
+lint:
+	@echo "make lint: no lint gate configured yet"
 
 bench: $(TEST_STAMP)
 	$(TD) mirror --spec $(SPEC)   # bench/verify.py locks and verifies this mirror
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) mirror/out recipes/out .pytest_cache
+	rm -rf $(VENV) .venvs mirror/out recipes/out .pytest_cache
+
+# The tests' download cache (the real torch wheel and its dependencies, about 400 MB), kept
+# outside the repo so `make clean` does not force a new download; TORCHDEPOT_TEST_CACHE moves it.
+clean-cache:
+	rm -rf "$${TORCHDEPOT_TEST_CACHE:-$(TEST_CACHE)}"

@@ -78,6 +78,7 @@ def test_lock_is_exclusive_within_one_process_too(tmp_path):
         pass
 
 
+@pytest.mark.slow
 def test_two_cli_syncs_on_one_out_dir(tmp_path):
     """Run 1 holds the lock while downloading slowly; run 2 refuses at once; run 3 queues
     with --wait and finishes after run 1 without fetching anything again."""

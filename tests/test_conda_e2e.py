@@ -26,6 +26,8 @@ from torchdepot.spec.conda import CondaTarget
 from torchdepot.spec.mirror import MirrorSpec
 from torchdepot.sync.conda import sync_conda
 
+pytestmark = pytest.mark.e2e  # the real torch wheel, repackaged, solved and installed
+
 DEPS = ("filelock", "typing-extensions", "sympy", "mpmath", "networkx", "jinja2", "markupsafe", "fsspec", "setuptools")
 
 

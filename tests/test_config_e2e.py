@@ -69,6 +69,7 @@ def _torchdepot(proxy: LanProxy, tmp: Path, *args: str) -> subprocess.CompletedP
     return proc
 
 
+@pytest.mark.slow
 def test_pip_install_torch_from_mirror_pandas_from_users_index(lab, tmp_path):
     _, proxy = lab
     conf = tmp_path / "home" / ".config" / "pip" / "pip.conf"
@@ -100,6 +101,7 @@ def test_pip_install_torch_from_mirror_pandas_from_users_index(lab, tmp_path):
     assert any(s.startswith(f"GET {REGIONAL}/simple/pandalike") for s in seen)
 
 
+@pytest.mark.slow
 def test_uv_pip_install_torch_from_mirror_pandas_from_users_index(lab, tmp_path):
     from torchdepot.resolve.uv import uv_bin
 

@@ -592,6 +592,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_sigkill_mid_write_leaves_old_or_new(tmp_path):
     a = "[global]\n" + "".join(f"key{i} = {'a' * 60}\n" for i in range(40000))  # ~2.8 MB: writes take time
     b = "[global]\n" + "".join(f"key{i} = {'b' * 60}\n" for i in range(40000))

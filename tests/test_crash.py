@@ -26,11 +26,15 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from tests.faultserver import Fault, FaultServer
 from tests.loopback_upstream import mirror_cmd, mirror_env, populate, write_spec
 from torchdepot.sources.pep503 import parse_html
 from torchdepot.store import manifest as mf
 from torchdepot.sync.check import verify_mirror
+
+pytestmark = pytest.mark.slow  # SIGKILL suites: dozens of real CLI runs
 
 PAYLOAD = 100_000
 

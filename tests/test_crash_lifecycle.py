@@ -28,6 +28,8 @@ from torchdepot.store import publication
 from torchdepot.store.layout import PUBLISH_JOURNAL
 from torchdepot.sync.check import verify_mirror
 
+pytestmark = pytest.mark.slow  # SIGKILL suites: dozens of real CLI runs
+
 # Runs `torchdepot <args>` and SIGKILLs itself at POINT (argv[1]): "<module>:<function>[:<when>]"
 # kills on entry ("enter", default) or on return ("exit") of that function; "unlink:<k>" after
 # the k-th file the lifecycle's removal step deletes, "rmtree" when it is about to remove a folder.

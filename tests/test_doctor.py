@@ -535,6 +535,7 @@ def _tiny_mirror(root: Path) -> None:
                      "index": "whl/cpu", "packages": [{"name": "torch", "version": "2.5.1+cpu", "path": "p"}]}]}))
 
 
+@pytest.mark.slow
 def test_printed_install_lines_work_verbatim_on_a_lan_host(tmp_path):
     """doctor --mirror http://torchlab:8000 (a LAN name, plain HTTP) prints pip and uv lines;
     each runs exactly as printed and installs the mirror's torch. Control: pip's line without

@@ -436,6 +436,7 @@ def test_unsafe_key_is_refused(tmp_path, up):
 
 
 # -- whole syncs through the CLI ------------------------------------------------------------
+@pytest.mark.slow
 def test_sync_under_transient_faults_completes_and_verifies(tmp_path):
     from tests.loopback_upstream import mirror_env, populate, run_mirror, write_spec
     from torchdepot.sync.check import verify_mirror

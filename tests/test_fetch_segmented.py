@@ -195,6 +195,7 @@ def test_file_that_changes_mid_download_restarts_on_one_connection(tmp_path, up)
     assert None in up.ranges[path]  # fell back to a plain request from zero
 
 
+@pytest.mark.slow
 def test_changed_file_under_a_hash_claim_is_refused(tmp_path, up):
     old, new = _data(7), _data(8)
     item = _item(up, "moved-1.0-py3-none-any.whl", old)

@@ -193,6 +193,7 @@ def test_repodata_broken_json_is_a_project_error(body):
     _one_line_repodata_error(body)
 
 
+@pytest.mark.slow
 def test_huge_repodata_parses_within_limits():
     rec = {"name": "x", "version": "1", "build": "0", "build_number": 0, "sha256": SHA_A, "size": 1, "depends": []}
     doc = {"packages": {f"x-1-{i}.tar.bz2": {**rec, "build": str(i)} for i in range(50_000)}}
@@ -228,6 +229,7 @@ def test_50mb_page_is_refused_by_the_size_cap(mode):
         assert up.body_bytes["/whl/cpu/torch/"] <= len(body)
 
 
+@pytest.mark.slow
 def test_50mb_page_within_default_cap_is_parsed_in_bounded_time():
     body = _big_page(50 * 1024 * 1024)
     with FaultServer() as up:
@@ -261,6 +263,7 @@ def test_fetcher_refuses_hosts_outside_policy_and_unsafe_keys(tmp_path):
 
 
 # -- end to end: a hostile upstream through `torchdepot mirror` ----------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("conflict", [False, True], ids=["hostile-links", "plus-conflicting-duplicate"])
 def test_mirror_against_a_hostile_index_writes_nothing_outside_root(tmp_path, conflict):
     with FaultServer() as server:
@@ -291,6 +294,7 @@ def test_mirror_against_a_hostile_index_writes_nothing_outside_root(tmp_path, co
     assert not any("evil" in n or n == "passwd" for n in names)
 
 
+@pytest.mark.slow
 def test_mirror_refuses_a_dependency_on_a_host_outside_the_policy(tmp_path):
     """The upstream's filelock page links a newer filelock on another host (``localhost``,
     not named in the spec or pip config): the screen refuses that link (counted in one

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -61,6 +62,7 @@ def linked(out: Path, project: str) -> dict[str, str]:
     return found
 
 
+@pytest.mark.slow
 def test_changed_bytes_go_to_a_new_path_and_a_late_failure_keeps_the_live_mirror(tmp_path):
     with FaultServer() as server:
         up = populate(server, payload=PAYLOAD)
@@ -111,6 +113,7 @@ def test_changed_bytes_go_to_a_new_path_and_a_late_failure_keeps_the_live_mirror
     assert f'"{old_path}"' not in pylock
 
 
+@pytest.mark.slow
 def test_user_file_at_a_package_path_is_never_overwritten(tmp_path):
     """A file the mirror did not create at the path new bytes would take: they go to the next one."""
     with FaultServer() as server:

@@ -74,6 +74,7 @@ def test_env_routes_http_and_clears_bypass():
         proxy.httpd.server_close()
 
 
+@pytest.mark.slow
 def test_pip_applies_its_lan_trust_rule_through_the_proxy(tmp_path):
     """The point of the proxy: pip refuses a plain-HTTP LAN host unless --trusted-host names it."""
     simple = tmp_path / "mirror" / "simple" / "tinypkg"

@@ -88,6 +88,7 @@ def torch_of(m: Path) -> dict[str, str]:
     return {t.id: next(p.version for p in t.packages if p.name == "torch") for t in mf.load(m).targets}
 
 
+@pytest.mark.slow
 def test_fetch_then_cpu_spec_keeps_both_and_prune_lists_sizes(site):
     a, b, tmp, _layout = site
     m = tmp / "M"
@@ -155,6 +156,7 @@ def test_fetch_then_cpu_spec_keeps_both_and_prune_lists_sizes(site):
     verify_clean(tmp, b, m)
 
 
+@pytest.mark.slow
 def test_upgrade_keeps_old_torch_and_keep_n_drops_it(site, wheels):
     a, b, tmp, layout = site
     m = tmp / "M"
@@ -201,6 +203,7 @@ def test_status_of_a_directory_that_is_no_mirror_is_one_line(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_fetch_into_new_dir_when_upstream_has_no_cpu_build(tmp_path, wheels):
     a, b = tmp_path / "A", tmp_path / "B"
     a.mkdir()
@@ -216,6 +219,7 @@ def test_fetch_into_new_dir_when_upstream_has_no_cpu_build(tmp_path, wheels):
         verify_clean(tmp_path, sb.url + "/simple", m)
 
 
+@pytest.mark.slow
 def test_mirror_from_locks_rebuilds_the_locked_files_after_upstream_moved_on(site, wheels):
     a, b, tmp, layout = site
     spec = cpu_spec(tmp, a)
@@ -311,6 +315,7 @@ def test_manifest_lifecycle_round_trip_and_old_manifests():
         mf.Manifest.from_doc(bad)
 
 
+@pytest.mark.slow
 def test_json_output_is_one_document_with_progress_events_on_stderr(site):
     """Issue 15: `mirror --json` prints one result document on stdout; the download progress
     comes as JSON lines on stderr (one per file at least), each with done/total bytes."""

@@ -210,6 +210,7 @@ def test_second_writer_is_refused(upstreams):
         run(make_spec([a], out), b)
 
 
+@pytest.mark.slow
 def test_cli_subprocess_and_errors(upstreams, tmp_path):
     a, b, tmp = upstreams
     spec_file = tmp_path / "spec.yaml"
@@ -243,6 +244,7 @@ def test_tools_fetch_adds_a_target(upstreams, tmp_path):
     assert torch["cpu-py311-linux-x86_64"] == "2.12.0+cpu"
 
 
+@pytest.mark.slow
 def test_allow_hosts_with_port_reaches_the_host_policy(wheels, tmp_path):
     """Dependency links on the PyTorch pages point at a file host (C) no configured source
     names: refused (counted) unless ``allow_hosts`` names it as ``host:port``."""
@@ -266,6 +268,7 @@ def test_allow_hosts_with_port_reaches_the_host_policy(wheels, tmp_path):
             run(other, se.url + "/simple")
 
 
+@pytest.mark.slow
 def test_a_no_op_resync_skips_the_resolver_and_a_changed_page_does_not(upstreams, monkeypatch):
     """Issue 15: re-resolution is skipped when its inputs are unchanged (the mirror keeps each
     target's answer and the digests of the view pages it depended on); any page change

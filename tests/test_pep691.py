@@ -237,6 +237,7 @@ def served(mirror, tmp_path):
     s.close()
 
 
+@pytest.mark.slow
 def test_pip_download_and_install_consume_the_served_mirror(served, tmp_path):
     py = make_venv(tmp_path / "venv")
     index = f"{served.url}/whl/cpu"
@@ -257,6 +258,7 @@ def _uv_install(py: Path, *args) -> subprocess.CompletedProcess:
                env=hermetic_env(UV_NO_CACHE="1"))
 
 
+@pytest.mark.slow
 def test_uv_consumes_json_from_the_served_mirror(served, tmp_path):
     py = make_venv(tmp_path / "venv", pip=False)
     proc = _uv_install(py, "--index-url", f"{served.url}/whl/cpu", "demo-pkg")
@@ -266,6 +268,7 @@ def test_uv_consumes_json_from_the_served_mirror(served, tmp_path):
     assert json_lines and all(line.endswith(" index.json") for line in json_lines), served.requests()
 
 
+@pytest.mark.slow
 def test_uv_exclude_newer_travels_back_in_time(served, tmp_path):
     py = make_venv(tmp_path / "venv", pip=False)
     proc = _uv_install(py, "--index-url", f"{served.url}/whl/cpu", "--exclude-newer", "2026-03-01T00:00:00Z", "demo-pkg")
@@ -278,6 +281,7 @@ def test_uv_exclude_newer_travels_back_in_time(served, tmp_path):
 
 
 # -- nginx: the same negotiation from the generated config ---------------------------------------
+@pytest.mark.slow
 def test_nginx_negotiates_like_serve(mirror, tmp_path):
     from tests.test_serve import running_nginx
 

@@ -279,6 +279,7 @@ def _start_cli(*args) -> tuple[subprocess.Popen, list[str]]:
     return proc, [line.rstrip("\n") for line in banner]
 
 
+@pytest.mark.slow
 def test_cli_serve_and_pip_install(mirror, tmp_path):
     proc, banner = _start_cli("--root", mirror, "--port", 0, "--quiet")
     try:
@@ -293,6 +294,7 @@ def test_cli_serve_and_pip_install(mirror, tmp_path):
         proc.wait(10)
 
 
+@pytest.mark.slow
 def test_banner_commands_work_verbatim_on_a_lan_host(mirror, tmp_path):
     """`--public-host torchlab`: the banner's pip and uv lines, run exactly as printed through a
     loopback proxy that routes the LAN name, install from plain HTTP; pip without the printed
@@ -414,6 +416,7 @@ http {{
         proc.wait(10)
 
 
+@pytest.mark.slow
 def test_nginx_serves_mirror_and_pip_installs(mirror, tmp_path):
     with running_nginx(mirror, tmp_path) as port:
         url = f"http://127.0.0.1:{port}"

@@ -27,6 +27,8 @@ from torchdepot.net.pipconfig import PipSources
 from torchdepot.spec.mirror import parse_spec
 from torchdepot.sync.pip import sync
 
+pytestmark = pytest.mark.e2e  # real wheels from the machine's index, installed and imported
+
 CACHE = Path.home() / ".cache" / "torchdepot-tests" / "extra-deps"
 EXTRAS = ("requests", "ipykernel", "matplotlib")
 IMPORTS = ("requests", "ipykernel", "matplotlib", "charset_normalizer", "torch")

@@ -135,6 +135,7 @@ def test_wrong_core_metadata_fail_is_one_line(tree):
     assert not (tmp / "out" / "whl").exists()
 
 
+@pytest.mark.slow
 def test_wrong_core_metadata_warn_publishes_correct_metadata(tree, wheels):
     a, _b, a_url, b_url, tmp = tree
     _wrong_core_metadata(a)
@@ -175,6 +176,7 @@ def test_missing_metadata_is_read_from_the_wheel(tree):
     assert res.requests["ranges"] + res.requests["wheels"] >= 1
 
 
+@pytest.mark.slow
 def test_nvidia_host_down_same_files_from_the_dependency_index(tree, wheels):
     a, b, a_url, b_url, tmp = tree
     nv = wheels[1][1]

@@ -57,6 +57,7 @@ def _mirror(upstreams: list[str], out: Path, index: str) -> tuple[dict[str, str]
     return files, pages, res
 
 
+@pytest.mark.slow
 def test_every_layout_gives_the_same_mirror(origin, tmp_path):
     root, o_url, index, torch = origin
     # USTC/NJU: a PEP 503 tree at another base whose links are absolute to the origin

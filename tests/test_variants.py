@@ -206,6 +206,7 @@ def test_variants_json_parser_fails_only_with_its_error(data):
 
 
 # -- the mirror ---------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_variant_channel_mirror_lock_and_uv_install(upstream, tmp_path):
     root, url = upstream
     out = tmp_path / "mirror"
@@ -285,6 +286,7 @@ def test_variant_channel_mirror_lock_and_uv_install(upstream, tmp_path):
         assert proc.returncode == 0 and "cuda12.8 needs its accelerator" in proc.stdout, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_changed_variants_json_is_fetched_again_and_republished(upstream, tmp_path):
     root, url = upstream
     out = tmp_path / "mirror"

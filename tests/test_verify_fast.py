@@ -58,6 +58,7 @@ def test_verify_passes_and_removes_env(locked, private_tmp):
     assert list(private_tmp.iterdir()) == []  # throwaway env removed
 
 
+@pytest.mark.slow
 def test_other_python_is_resolve_only(locked):
     res = cli("verify", locked / "envs" / "cpu-py39-linux-x86_64", "--mirror", locked / "m")
     assert res.exit_code == 0, res.output
@@ -65,6 +66,7 @@ def test_other_python_is_resolve_only(locked):
     assert "resolve (dry run): pass" in res.stdout
 
 
+@pytest.mark.slow
 def test_other_python_missing_package_fails_resolve(locked):
     # a lock pin the mirror cannot serve for that target must fail even in resolve-only mode
     req = locked / "envs" / "cpu-py39-linux-x86_64" / "requirements.lock"

@@ -57,6 +57,7 @@ def test_clean_mirror_is_ok(mirror):
     assert "ok: 10 files checked; no problems" in proc.stdout
 
 
+@pytest.mark.slow
 def test_damage_is_reported_then_repaired(mirror):
     up, root = mirror
     sympy = _wheel(root, "sympy")
@@ -250,6 +251,7 @@ def test_repair_file_url_is_read_only_under_a_local_upstream_and_with_the_exact_
     assert (root / torch.path).read_bytes() == good
 
 
+@pytest.mark.slow
 def test_repair_takes_exactly_the_manifest_size(mirror):
     up, root = mirror
     torch = _wheel(root, "torch")
