@@ -15,16 +15,32 @@ DATA = SHARED / "data"
 
 NO_SKIP = os.environ.get("TORCHDEPOT_NO_SKIP") == "1" or os.environ.get("CI", "").lower() in ("1", "true")
 
-# Two hypothesis profiles. `dev` (the default) keeps a local run fast and randomized, so it
+# Three hypothesis profiles. `dev` (the default) keeps a local run fast and randomized, so it
 # keeps finding new counterexamples; `ci` runs the full 2,000 examples per property over a
-# fixed, reproducible set (a failure there is a regression, not a new random draw).
+# fixed, reproducible set (a failure there is a regression, not a new random draw); `fast` is
+# the fast tier's (`make test`): every property still runs, with at most 50 examples.
 # Property tests that want "the full count" leave max_examples to the profile; a test that
-# sets its own max_examples keeps it under both. HYPOTHESIS_PROFILE=ci runs CI's set locally.
+# sets its own max_examples keeps it under dev and ci. HYPOTHESIS_PROFILE=ci runs CI's set locally.
 DEV_EXAMPLES = 200
 CI_EXAMPLES = 2000
+FAST_EXAMPLES = 50
+PROFILE_EXAMPLES = {"dev": DEV_EXAMPLES, "ci": CI_EXAMPLES, "fast": FAST_EXAMPLES}
 settings.register_profile("dev", max_examples=DEV_EXAMPLES)
 settings.register_profile("ci", max_examples=CI_EXAMPLES, derandomize=True, print_blob=True)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if NO_SKIP else "dev"))
+settings.register_profile("fast", max_examples=FAST_EXAMPLES, derandomize=NO_SKIP, print_blob=True)
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if NO_SKIP else "dev")
+settings.load_profile(PROFILE)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under the `fast` profile a property's own max_examples is capped at FAST_EXAMPLES too."""
+    if PROFILE != "fast":
+        return
+    for item in items:
+        test = getattr(item, "obj", None)
+        own = getattr(test, "_hypothesis_internal_use_settings", None)  # what @settings attached
+        if isinstance(own, settings) and own.max_examples > FAST_EXAMPLES:
+            test._hypothesis_internal_use_settings = settings(own, max_examples=FAST_EXAMPLES)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -82,6 +82,7 @@ def _chromium() -> str:
     return exe
 
 
+@pytest.mark.slow
 def test_renders_in_headless_chromium(mirror, tmp_path):
     exe = _chromium()
     httpd = make_server(mirror, "127.0.0.1", 0, quiet=True)

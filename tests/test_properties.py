@@ -35,14 +35,23 @@ textish = st.one_of(st.text(), st.text(alphabet=ALPHABET, max_size=80))
 
 
 def test_example_count_comes_from_the_profile():
-    """CI (or HYPOTHESIS_PROFILE=ci) runs the full 2,000 examples; the dev profile fewer."""
+    """CI (or HYPOTHESIS_PROFILE=ci) runs the full 2,000 examples; the dev profile fewer, the
+    fast tier's (`make test`) fewest."""
     import os
 
-    from tests.conftest import CI_EXAMPLES, DEV_EXAMPLES, NO_SKIP
+    from tests.conftest import (
+        CI_EXAMPLES,
+        DEV_EXAMPLES,
+        FAST_EXAMPLES,
+        NO_SKIP,
+        PROFILE,
+        PROFILE_EXAMPLES,
+    )
 
-    ci = (os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if NO_SKIP else "dev")) == "ci"
-    assert settings().max_examples == (CI_EXAMPLES if ci else DEV_EXAMPLES)
-    assert DEV_EXAMPLES < CI_EXAMPLES == 2000
+    chosen = os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if NO_SKIP else "dev")
+    assert chosen == PROFILE
+    assert settings().max_examples == PROFILE_EXAMPLES[PROFILE]
+    assert FAST_EXAMPLES < DEV_EXAMPLES < CI_EXAMPLES == 2000
 
 
 def _only_ours(fn, *args):

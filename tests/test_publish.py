@@ -118,6 +118,7 @@ def test_failed_step_stops_before_indexes(mirror, tmp_path, monkeypatch):
     assert "permission denied" in r.output
 
 
+@pytest.mark.slow
 def test_rclone_config_remote_then_pip_install_from_published(mirror, tmp_path, wrapped):
     (tmp_path / "rclone.conf").write_text("[labstore]\ntype = local\n")
     dest_dir = tmp_path / "store" / "torch"
