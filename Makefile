@@ -57,15 +57,18 @@ test-all: $(TEST_STAMP)
 # editable with its test extra by pip, so the pip configuration (index, find-links, constraints)
 # applies as for .venv; then the fast tier.
 test-pythons: $(TEST_STAMP)
-	@set -e; for v in $(PYTHONS); do \
+	@failed=""; for v in $(PYTHONS); do \
 	  py=$(PYENV_ROOT)/versions/$$v/bin/python; dir=.venvs/py$$v; start=$$(date +%s); \
 	  echo "make: Python $$v: $$dir"; \
-	  $(VENV)/bin/uv venv --quiet --allow-existing --python $$py $$dir; \
-	  $(PIP_INSTALL) --python $$dir/bin/python --quiet --no-compile -e '.[test]' 2>&1 | grep -v "is ignored: it is neither" || true; \
-	  $$dir/bin/python -c "import torchdepot, pytest, hypothesis"; \
-	  HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-$(FAST_PROFILE)} $$dir/bin/python -m pytest $(FAST) $(PYTEST_ARGS); \
-	  echo "make: Python $$v: fast tier passed in $$(( $$(date +%s) - start )) s"; \
-	done
+	  if $(VENV)/bin/uv venv --quiet --allow-existing --python $$py $$dir \
+	     && { $(PY) -m pip --python $$dir/bin/python install --disable-pip-version-check --quiet --no-compile -e '.[test]' 2>&1 \
+	          | grep -v "is ignored: it is neither" || true; } \
+	     && $$dir/bin/python -c "import torchdepot, pytest, hypothesis" \
+	     && HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-$(FAST_PROFILE)} $$dir/bin/python -m pytest $(FAST) $(PYTEST_ARGS); \
+	  then echo "make: Python $$v: fast tier passed in $$(( $$(date +%s) - start )) s"; \
+	  else echo "make: Python $$v: FAILED after $$(( $$(date +%s) - start )) s"; failed="$$failed $$v"; fi; \
+	done; \
+	if [ -n "$$failed" ]; then echo "make: fast tier failed on Python$$failed"; exit 1; fi
 
 # Placeholder: the lint gate (ruff, mypy) replaces this target.
 lint:
