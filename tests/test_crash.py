@@ -40,7 +40,8 @@ PAYLOAD = 100_000
 
 # Runs `torchdepot <args>` and SIGKILLs its process group at POINT (argv[1]), "<event>:<n>":
 #   page:n        after the n-th upstream page or metadata file was read (crawl)
-#   chunk:n       when the fetcher receives its n-th body chunk, before writing it (mid-download)
+#   chunk:n       when the fetcher receives its n-th body chunk, before writing it (mid-download);
+#                 a file may arrive in one chunk, so n is at most the number of files still to fetch
 #   placed:n      after the n-th wheel reached its final path
 #   unlink:n      after the n-th file deletion (a re-sync removing superseded copies)
 #   enter:<module>:<function>:n / exit:...   on entry to / return from the n-th call
@@ -113,7 +114,8 @@ def phase_of(point: str) -> str:
 # First syncs, per lane (a fresh output dir): the kill point of each successive run, then a run
 # to completion. Each point is reachable whatever the earlier kills of its lane left: a crawl
 # kill may leave at most torch (downloaded early, during the resolve) in place, and a lane's
-# later download point asks for no more wheels than are still missing (5 in all).
+# later download point asks for no more placements, nor chunks (a file may come in one), than
+# there are wheels still missing (5 in all).
 # In a first sync the manifest is saved twice: the commit, then the closing check's record.
 LANES = [
     ["page:1", "chunk:1", f"exit:{PAGES}:1"],
@@ -210,7 +212,7 @@ def test_sigkill_at_named_points_of_a_first_sync_converges(tmp_path):
 
 # -- re-syncs where upstream changed the bytes behind names (issue 13 (a)) ------------------
 # From a complete mirror whose upstream then re-published torch and mpmath under the same names
-# (2 changed wheels, 2 chunks each). In a re-sync the manifest is saved three times: widened
+# (2 changed wheels: at least 2 chunks, exactly 2 placements). In a re-sync the manifest is saved three times: widened
 # (the live one plus the new files, before the index swap), the commit, the closing check's
 # record; the superseded copies are deleted between the last two. A resolve point can only open
 # a lane (once resolved, the next run reuses the resolution).
@@ -219,7 +221,7 @@ RESYNC_LANES = [
     ["page:3", "placed:1", f"exit:{PAGES}:1"],
     ["placed:2", f"exit:{SAVE}:2", f"enter:{SAVE}:3"],
     ["unlink:1", f"exit:{SIDECARS}:1", "page:1"],
-    ["chunk:3", "placed:1", f"enter:{PAGES}:1"],
+    ["chunk:2", "placed:1", f"enter:{PAGES}:1"],
 ]
 RESYNC_KILLS = 15  # the README's figure
 
