@@ -72,9 +72,7 @@ def keep_record(build: str, target: CondaTarget) -> bool:
         return True
     if parsed.accelerator is not None and parsed.accelerator.name != target.accelerator.name:
         return False
-    if parsed.python is not None and parsed.python != target.python:
-        return False
-    return True
+    return parsed.python is None or parsed.python == target.python
 
 
 def build_globs(acc: Accelerator) -> tuple[str, ...]:

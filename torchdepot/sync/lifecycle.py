@@ -170,7 +170,7 @@ def retain(previous: tuple[mf.Release, ...], current: tuple[mf.Release, ...], li
     for r in merged.values():
         by_target.setdefault(r.target, []).append(r)
     kept: list[mf.Release] = []
-    for target, rels in sorted(by_target.items()):
+    for _target, rels in sorted(by_target.items()):
         # the version just resolved first, then the others newest first
         cur = [r for r in rels if (r.target, r.torch) in current_keys]
         others = sorted((r for r in rels if (r.target, r.torch) not in current_keys),

@@ -110,7 +110,7 @@ def plan_targets(spec: MirrorSpec, view: View, pip: PipSources, targets: Sequenc
     with ThreadPoolExecutor(max_workers=max(1, min(PIN_JOBS, len(todo)))) as pool:
         outcomes = list(pool.map(one, todo))
     plans, skipped = [], []
-    for t, outcome in zip(todo, outcomes):
+    for t, outcome in zip(todo, outcomes, strict=True):
         if isinstance(outcome, TargetPlan):
             plans.append(outcome)
         elif t.id in tolerate:

@@ -79,7 +79,7 @@ def tool_env(mirror: str, extra=()) -> dict[str, str]:
 
 
 def find_python(version: str) -> str | None:
-    if "%d.%d" % sys.version_info[:2] == version and not hasattr(sys, "pypy_version_info"):
+    if f"{sys.version_info[0]}.{sys.version_info[1]}" == version and not hasattr(sys, "pypy_version_info"):
         return sys.executable
     proc = subprocess.run([uv_bin(), "python", "find", "--no-config", version], capture_output=True, text=True,
                           env=tool_env(""))
