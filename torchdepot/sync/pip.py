@@ -57,6 +57,7 @@ from torchdepot.store.pages import IndexFile, ensure_metadata
 from torchdepot.sync import lifecycle
 from torchdepot.sync.check import verify_mirror
 from torchdepot.sync.download import PipFetchReport, fetch_files, make_fetcher, same_path_elsewhere
+from torchdepot.sync.follow import follow_upstream, save_record
 from torchdepot.sync.locked import LockedEnv, locked_resolution
 from torchdepot.sync.pipindex import publish_pip
 from torchdepot.sync.plan import (
@@ -504,6 +505,7 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
     ``locks``: lock folders whose exact files are mirrored for their targets (``--from-locks``)."""
     started = time.monotonic()
     out = Path(out or spec.out)
+    spec, followed = follow_upstream(spec, out, pip_sources=pip_sources, prune=prune, say=echo)
     asked = [*(spec.targets() if spec_targets else []), *add, *(env.target for env in locks)]
     origin = "locks" if locks else "spec" if spec_targets else "fetch"
     if dry_run:
@@ -553,6 +555,8 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
         manifest = replace(manifest, last_sync=_sync_record(started, result.verify, check.summary()))
         mf.save(out, manifest)
         result.manifest = manifest
+        if followed is not None:
+            save_record(out, followed)
         result.seconds = time.monotonic() - started
         return result
 
