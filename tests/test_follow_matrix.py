@@ -135,8 +135,10 @@ def test_current_matrix_picks_newest_release_per_constraint():
     m = current_matrix(wheels, None, False, ["linux-x86_64"])
     assert m == Matrix("2.15.0", frozenset({("cu130", "3.12", "linux-x86_64")}))
     m = current_matrix(wheels, "<2.15", False, ["linux-x86_64"])
-    assert m is not None and m.torch == "2.14.0"
-    assert m.accelerators() == ("cu126", "cpu") and m.pythons() == ("3.11",)
+    assert m is not None
+    assert m.torch == "2.14.0"
+    assert m.accelerators() == ("cu126", "cpu")
+    assert m.pythons() == ("3.11",)
     assert current_matrix(wheels, None, True, ["linux-x86_64"]).torch == "2.16.0.dev20260101"
     assert current_matrix(wheels, None, False, ["macos-arm64"]) is None
     assert Matrix.from_data(m.to_data()) == m
@@ -173,7 +175,8 @@ def test_changes_account_for_every_difference(a, b):
 def test_spec_current_round_trips_and_needs_expanding():
     spec = parse_spec({"accelerators": ["current", "cu118"], "pythons": ["current"], "platforms": ["linux-x86_64"]})
     assert spec.follow == {"accelerators", "pythons"}
-    assert spec.accelerators == ("cu118",) and spec.pythons == ()
+    assert spec.accelerators == ("cu118",)
+    assert spec.pythons == ()
     assert parse_spec(spec.to_data()) == spec
     with pytest.raises(SpecError, match="must be expanded"):
         spec.targets()
