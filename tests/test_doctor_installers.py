@@ -130,7 +130,8 @@ def test_conda_solver_follows_the_printed_env(tmp_path, fixture, build):
         "vp = [v.into_generic() for v in VirtualPackage.detect(VirtualPackageOverrides.from_env())]\n"
         f"recs = asyncio.run(rattler.solve([rattler.Channel({str(channel)!r})], ['pytorch'],\n"
         "    platforms=['linux-64', 'noarch'], virtual_packages=vp, timestamp_policy='allow-missing'))\n"
-        "print([r.build for r in recs if r.name.normalized == 'pytorch'][0])\n"
+        "print([r.build for r in recs if r.name.normalized == 'pytorch'][0], flush=True)\n"
+        "import os; os._exit(0)  # py-rattler 0.28 can abort in its runtime's teardown at exit\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONDA_OVERRIDE_")}
     (tmp_path / "solve.py").write_text(solve)
