@@ -234,7 +234,7 @@ def _verify_conda(lock: EnvLock, path: Path, opts: Options, manifest: Manifest |
     host_subdir = None
     with contextlib.suppress(TorchdepotError):
         host_subdir = target_platform(host_platform()).conda_subdir
-    if subdir != host_subdir:
+    if not isinstance(subdir, str) or subdir != host_subdir:
         checks.append(Check("conda install", "not run", f"{subdir} packages cannot be installed on {host_platform()} (checked hashes and build only)"))
         return "resolve-only"
     prefix = work / "conda-prefix"
