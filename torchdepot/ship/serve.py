@@ -26,6 +26,7 @@ import contextlib
 import email.utils
 import http
 import http.server
+import io
 import os
 import posixpath
 import queue
@@ -39,7 +40,7 @@ import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 from torchdepot.store.simple_json import HTML_MEDIA_TYPE, HTML_PAGE, JSON_MEDIA_TYPE, JSON_PAGE
 
@@ -348,7 +349,9 @@ class _Connection:
 
     def __init__(self, sock: socket.socket, address, server: MirrorServer):
         self.sock = sock
-        handler = server.RequestHandlerClass.__new__(server.RequestHandlerClass)
+        # typeshed types RequestHandlerClass as a callable; make_server sets it to MirrorHandler
+        cls = cast("type[MirrorHandler]", server.RequestHandlerClass)
+        handler = cls.__new__(cls)
         handler.request, handler.client_address, handler.server = sock, address, server
         handler.setup()  # socket timeout + rfile/wfile, once per connection
         self.handler = handler
@@ -373,7 +376,8 @@ class _Connection:
         timeout = self.sock.gettimeout()
         try:
             self.sock.settimeout(0)
-            return bool(self.handler.rfile.peek(1))
+            rfile = self.handler.rfile  # a BufferedReader (StreamRequestHandler's default rbufsize)
+            return isinstance(rfile, io.BufferedReader) and bool(rfile.peek(1))
         except OSError:
             return False
         finally:
@@ -447,7 +451,7 @@ class MirrorServer(http.server.HTTPServer):
                     except (BlockingIOError, OSError):
                         pass
                     continue
-                conn = key.fileobj
+                conn = cast(_Connection, key.fileobj)  # everything else registered is a parked _Connection
                 sel.unregister(conn)
                 idle.pop(conn, None)
                 self._pool.submit(self._turn, conn)
@@ -499,6 +503,7 @@ def make_server(root: Path, host: str = "127.0.0.1", port: int = 8000, quiet: bo
 
 def server_url(httpd: http.server.HTTPServer) -> str:
     host, port = httpd.server_address[:2]
+    assert isinstance(host, str)  # an AF_INET/AF_INET6 address (typeshed allows bytes)
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{port}"
