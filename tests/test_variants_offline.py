@@ -11,10 +11,13 @@ import sys
 
 from tests.httpserver import Server
 from tests.mirror_upstream import make_wheel, sha256
-from tests.test_variants import TAG, _anchor, _page, mirror, upstream, uv_bin  # noqa: F401 (fixture)
+from tests import test_variants
+from tests.test_variants import _anchor, _page, mirror, uv_bin
 from tests.venvs import hermetic_env
 from torchdepot.sources.variants import parse_variants_json
 from torchdepot.store import manifest as mf
+
+upstream = test_variants.upstream  # the fixture: /whl/variant/ (null, cuda12.8) and /simple/
 
 
 def _add_provider(root):
