@@ -9,9 +9,9 @@ import json
 import subprocess
 import sys
 
+from tests import test_variants
 from tests.httpserver import Server
 from tests.mirror_upstream import make_wheel, sha256
-from tests import test_variants
 from tests.test_variants import _anchor, _page, mirror, uv_bin
 from tests.venvs import hermetic_env
 from torchdepot.sources.variants import parse_variants_json
