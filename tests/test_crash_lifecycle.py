@@ -135,7 +135,8 @@ def _unlisted(m: Path, paths: list[str]) -> list[str]:
 
 def _converged(m: Path) -> None:
     report = verify_mirror(m)  # a full re-hash
-    assert report.ok and report.problems == [], report.problems
+    assert report.ok, report.problems
+    assert report.problems == [], report.problems
     assert not (m / PUBLISH_JOURNAL).exists(), publication.load_journal(m)
 
 
@@ -152,7 +153,7 @@ def _copy(src: Path, dest: Path) -> Path:
     return dest
 
 
-def test_sigkill_in_the_prune_window_leaves_live_mirror_verify_clean(site):
+def test_sigkill_in_the_prune_window_leaves_live_mirror_verify_clean(site):  # noqa: F811 - the fixture imported above
     a, b, tmp, _layout = site
     spec = cpu_spec(tmp, a)
     base = _base(tmp, b, "base", ("mirror", "--spec", str(_cu118_spec(tmp, a))), ("mirror", "--spec", str(spec)))
@@ -228,7 +229,7 @@ def test_sigkill_in_the_keep_window_leaves_live_mirror_verify_clean(site, wheels
     assert len(timed) >= 2, timed
 
 
-def test_a_killed_prune_then_a_plain_sync_keeps_the_target_and_forgets_the_journal(site):
+def test_a_killed_prune_then_a_plain_sync_keeps_the_target_and_forgets_the_journal(site):  # noqa: F811 - the fixture imported above
     """A run killed after journaling but before its commit, followed by a run that does not prune:
     nothing is lost, and the journal entries of what stayed are dropped."""
     a, b, tmp, _layout = site
