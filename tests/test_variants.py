@@ -308,8 +308,14 @@ def test_changed_variants_json_is_fetched_again_and_republished(upstream, tmp_pa
     res, msgs = mirror(url, out, accelerators=("cpu",))
     second = next(f for f in mf.load(out).files if f.kind == "variants-json")
     new_sha = sha256(root / "whl/variant/torch/torch-2.10.0-variants.json")
-    assert second.sha256 == new_sha != first.sha256
-    assert second.path == f"packages/torch/{new_sha[:16]}/torch-2.10.0-variants.json"
+    # the mirror holds only the null build: its file lists only null (PEP 825: the variants
+    # available on the index), upstream's claim is recorded beside it
+    assert second.upstream_sha256 == new_sha
+    assert second.sha256 != first.sha256
+    assert second.path == f"packages/torch/{second.sha256[:16]}/torch-2.10.0-variants.json"
+    stored = json.loads((out / second.path).read_text())
+    assert list(stored["variants"]) == ["null"]
+    assert stored["default-priorities"] == {"namespace": ["nvidia", "intel"]}
     # nothing published is changed in place: the old path keeps its bytes while listed (the
     # publication step may drop it once superseded), the new bytes live at their own path
     old = out / first.path
@@ -345,7 +351,8 @@ def test_variants_json_hash_mismatch_fails_or_is_recorded(upstream, tmp_path):
     with pytest.raises(TorchdepotError, match=r"torch-2.10.0-variants.json: upstream declares sha256 0{64} but the file "
                                         rf"hashes to {real} \(on_hash_mismatch: fail\)"):
         mirror(url, tmp_path / "m1", accelerators=("cpu",))
-    spec = parse_spec({"accelerators": ["cpu"], "pythons": ["3.11"], "platforms": ["linux-x86_64"],
+    # both builds mirrored: the stored file is upstream's, byte for byte (a subset would be ours)
+    spec = parse_spec({"accelerators": ["cpu", "cu128"], "pythons": ["3.11"], "platforms": ["linux-x86_64"],
                        "extra_packages": [], "channel": "variant", "upstreams": [f"{url}/whl"],
                        "out": str(tmp_path / "m2"), "on_hash_mismatch": "warn"}, "spec")
     msgs: list[str] = []
