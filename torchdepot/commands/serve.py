@@ -11,7 +11,8 @@ import click
 
 from torchdepot.errors import TorchdepotError
 from torchdepot.model.trust import insecure_host, install_commands
-from torchdepot.ship.serve import ServeLimits, client_url, make_server, nginx_config, server_url
+from torchdepot.ship.nginx import nginx_config
+from torchdepot.ship.serve import ServeLimits, client_url, make_server, server_url
 from torchdepot.store import manifest as mf
 
 _DEFAULTS = ServeLimits()
