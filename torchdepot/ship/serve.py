@@ -251,8 +251,8 @@ class MirrorHandler(http.server.BaseHTTPRequestHandler):
         except RequestRefused as exc:
             self._error(exc.status)
 
-    def _error(self, code: int, extra: dict[str, str] | None = None) -> None:
-        body = f"{code} {http.HTTPStatus(code).phrase}\n".encode()
+    def _error(self, code: int, extra: dict[str, str] | None = None, why: str = "") -> None:
+        body = f"{code} {http.HTTPStatus(code).phrase}{': ' + why if why else ''}\n".encode()
         self.send_response(code)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
@@ -266,23 +266,32 @@ class MirrorHandler(http.server.BaseHTTPRequestHandler):
         target = resolve_under(self.root, self.path)
         if target is None:
             return self._error(404)
-        negotiated: dict[str, str] = {}
         try:
             is_dir = target.is_dir()
         except OSError:
             return self._error(404)
         if is_dir:
-            url = urllib.parse.urlsplit(self.path).path
-            if not url.endswith("/"):
-                self.send_response(301)
-                self.send_header("Location", url + "/")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
+            if self._redirect_to_slash():
+                return None
             want = negotiate(self.headers.get("Accept"))
             target = target / (JSON_PAGE if want == "json" and (target / JSON_PAGE).is_file() else HTML_PAGE)
             self._served = target.name
-            negotiated["Vary"] = "Accept"
+            return self._send_file(target, body, {"Vary": "Accept"})
+        return self._send_file(target, body)
+
+    def _redirect_to_slash(self) -> bool:
+        """A directory URL without its slash: 301 to it (True when sent)."""
+        url = urllib.parse.urlsplit(self.path).path
+        if url.endswith("/"):
+            return False
+        self.send_response(301)
+        self.send_header("Location", url + "/")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        return True
+
+    def _send_file(self, target: Path, body: bool, negotiated: dict[str, str] | None = None) -> None:
+        """Answer with the file at ``target`` (validators, 304, Range), or 404 when it cannot be opened."""
         try:
             fh = open(target, "rb")  # noqa: SIM115 - closed by the with below, after the 404 branch
         except OSError:  # missing, a directory, unreadable, a symlink loop, a name too long
@@ -296,14 +305,14 @@ class MirrorHandler(http.server.BaseHTTPRequestHandler):
                 "Last-Modified": last_modified,
                 "Cache-Control": cache_control(self.path),
                 "Accept-Ranges": "bytes",
-                **negotiated,
+                **(negotiated or {}),
             }
             if self._not_modified(etag, st.st_mtime):
                 self.send_response(304)
                 for k, v in headers.items():
                     self.send_header(k, v)
                 self.end_headers()
-                return
+                return None
             size = st.st_size
             rng_header = self.headers.get("Range")
             if_range = self.headers.get("If-Range")
@@ -327,6 +336,7 @@ class MirrorHandler(http.server.BaseHTTPRequestHandler):
             if body:
                 fh.seek(start)
                 _copy(fh, self.wfile, length)
+        return None
 
     def _not_modified(self, etag: str, mtime: float) -> bool:
         inm = self.headers.get("If-None-Match")
@@ -635,10 +645,13 @@ class MirrorServer(http.server.HTTPServer):
 
 
 def make_server(root: Path, host: str = "127.0.0.1", port: int = 8000, quiet: bool = False,
-                limits: ServeLimits = ServeLimits()) -> MirrorServer:
+                limits: ServeLimits = ServeLimits(), handler_class: type[MirrorHandler] = MirrorHandler,
+                **handler_attrs: object) -> MirrorServer:
+    """The server for ``root``; ``handler_class`` (a :class:`MirrorHandler`) with ``handler_attrs``
+    set on it answers the requests (the pull-through cache passes its own)."""
     root = Path(root).resolve()
-    handler = type("BoundMirrorHandler", (MirrorHandler,),
-                   {"root": root, "quiet": quiet, "timeout": limits.request_timeout})
+    handler = type("BoundMirrorHandler", (handler_class,),
+                   {"root": root, "quiet": quiet, "timeout": limits.request_timeout, **handler_attrs})
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     server_cls = type("BoundMirrorServer", (MirrorServer,), {"address_family": family})
     return server_cls((host, port), handler, limits)

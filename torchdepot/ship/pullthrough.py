@@ -1,0 +1,561 @@
+"""The pull-through cache behind ``torchdepot serve --pull-through``: what a client asks for
+and the mirror lacks is fetched once from upstream, checked, published into the mirror, and
+served from there.
+
+Pages. ``/whl/<variant>/<project>/`` (and the aggregate ``/whl/<project>/``) is built by
+merging the mirror's own page (it wins for a file name it has) with the project's links on
+the upstreams (the PyTorch index bases, then the dependency indexes of the user's pip
+configuration), read through the one :class:`~torchdepot.sources.upstream.UpstreamReader`
+and screened by the same host policy and file-name rules as a sync. Only wheels whose link
+declares a sha256 are offered. Every link is relative (``../../../packages/<project>/<file>``):
+no page ever names an upstream host. The merged page (HTML and its PEP 691 JSON twin, the
+store's own writers) and what it offers (URL, sha256, size per path) are written under
+``.torchdepot/pullthrough/`` and served until ``page_ttl`` passes or the mirror's own page
+changes; an upstream that cannot be read then leaves the last page (or the mirror's own) in
+service, and a page with neither is a 404.
+
+Files. A miss under ``packages/`` that a served page offered is fetched by the sync's
+:class:`~torchdepot.fetch.Fetcher` (partial file, size and sha256 check, rename into place):
+journaled first, then its PEP 658 metadata written and both added to ``manifest.json`` under
+the mirror's writer lock, as a sync publishes. Concurrent requests for one path share one
+download (coalescing), which runs on its own thread: a slow or vanished client never holds
+it. Bytes that fail the check are never published and never sent (502).
+
+Degraded. ``offline`` serves only the mirror. An upstream failure marks upstream down for
+``down_for`` seconds, during which misses are answered at once (503 for a file, the last
+page for a page) instead of waiting on it again.
+
+Misses. Every request the mirror could not answer from what it held (a page built or
+refreshed from upstream, a file fetched or not available) is one JSON line in
+``.torchdepot/misses.jsonl`` (bounded): time, kind, project, file, variant, outcome.
+:func:`publish_misses` (``mirror --from-misses``) turns the files asked for into the
+mirror's own index, so the next bundle carries them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import functools
+import json
+import os
+import re
+import threading
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+
+from torchdepot.errors import TorchdepotError, UpstreamError
+from torchdepot.fetch import Fetcher, FetchItem
+from torchdepot.model.accel import accelerator_from_dir
+from torchdepot.model.wheelname import split_variant_label
+from torchdepot.net.hostpolicy import HostPolicy, screen_links
+from torchdepot.net.http import Client, HttpConfig
+from torchdepot.ship.serve import MirrorHandler, negotiate
+from torchdepot.sources.links import Link
+from torchdepot.sources.pep691 import parse_response
+from torchdepot.sources.upstream import UpstreamReader, page_url, project_page
+from torchdepot.store import layout as L
+from torchdepot.store import manifest as mf
+from torchdepot.store import pages as pg
+from torchdepot.store import publication as pub
+from torchdepot.store.fsutil import MirrorLock, atomic_write_bytes, safe_join
+from torchdepot.store.simple_json import HTML_PAGE, JSON_MEDIA_TYPE, JSON_PAGE
+
+# Pull-through answers a person's pip: an unreachable upstream must fail in seconds, not retry.
+PULL_HTTP = HttpConfig(connect_timeout=2.0, read_timeout=20.0, retries=0, backoff=0.2, max_backoff=1.0,
+                       page_deadline=60.0)
+MISSES_MAX_BYTES = 32 * 1024 * 1024  # the miss log stops growing here (one line says so)
+OFFERS_NAME = "offers.json"
+_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+Outcome = Literal["fetched", "refreshed", "built", "missing", "offline", "upstream-down", "refused"]
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where misses are read from: PyTorch index bases (failover order) with the channel's
+    prefix (``""``, ``nightly/``), the dependency indexes of the pip configuration, and the
+    host policy every URL and redirect must pass."""
+
+    upstreams: tuple[str, ...]
+    indexes: tuple[str, ...]
+    policy: HostPolicy
+    prefix: str = ""
+
+
+@dataclass(frozen=True)
+class Settings:
+    page_ttl: float = 600.0  # seconds a built page is served before upstream is asked again
+    offline: bool = False  # serve only what the mirror holds
+    down_for: float = 30.0  # after an upstream failure, misses are answered at once for this long
+    file_wait: float = 3600.0  # longest a request waits for its file's download
+    downloads: int = 8  # files downloaded at once
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A file a served page lists that the mirror may not hold yet."""
+
+    path: str  # packages/<project>/<file> (or the changed-bytes path)
+    project: str
+    filename: str
+    url: str
+    sha256: str
+    size: int | None = None
+    variant: str | None = None
+
+
+@dataclass(frozen=True)
+class Miss:
+    time: str
+    kind: Literal["page", "file"]
+    project: str
+    outcome: Outcome
+    file: str | None = None
+    variant: str | None = None
+    url: str | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class Refusal:
+    status: int
+    why: str
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+
+
+# -- the mirror's own page ------------------------------------------------------------------------
+def _page_dir(variant: str | None, project: str) -> str:
+    return f"{variant}/{project}" if variant else project
+
+
+_LOCAL_BASE = "http://mirror.invalid/"  # the mirror's own pages are parsed as if served here
+
+
+def local_files(root: Path, variant: str | None, project: str) -> list[pg.IndexFile]:
+    """The files the mirror's live page ``whl/<variant>/<project>/`` lists (its PEP 691 twin
+    when there is one, else the HTML), paths relative to the root; [] when it has none."""
+    where = f"{L.INDEX_LINK}/{_page_dir(variant, project)}"
+    for name, ctype in ((JSON_PAGE, JSON_MEDIA_TYPE), (HTML_PAGE, "text/html")):
+        try:
+            data = (root / where / name).read_bytes()
+        except OSError:
+            continue
+        try:
+            page = parse_response(data, ctype, f"{_LOCAL_BASE}{where}/")
+        except (TorchdepotError, ValueError, RecursionError):
+            continue
+        out = []
+        for link in page.links:
+            if not link.url.startswith(_LOCAL_BASE) or not link.sha256:
+                continue
+            rel = urllib.parse.unquote(link.url[len(_LOCAL_BASE):])
+            if not rel.startswith(f"{L.PACKAGES_DIR}/") or ".." in rel.split("/"):
+                continue
+            out.append(pg.IndexFile(project=project, filename=link.filename, path=rel, sha256=link.sha256,
+                                    requires_python=link.requires_python, metadata_sha256=link.metadata_sha256,
+                                    size=link.size, upload_time=link.upload_time))
+        return out
+    return []
+
+
+def _wheel_of(link: Link, project: str) -> bool:
+    if not link.filename.endswith(".whl") or not link.sha256:
+        return False
+    try:
+        name = parse_wheel_filename(split_variant_label(link.filename)[0])[0]
+    except (InvalidWheelFilename, TorchdepotError, ValueError):
+        return False
+    return canonicalize_name(name) == project
+
+
+# -- the cache --------------------------------------------------------------------------------------
+class PullThrough:
+    """Pages and files of one mirror root, pulled from ``sources`` on a miss (thread-safe)."""
+
+    def __init__(self, root: Path, sources: Sources, settings: Settings = Settings(), client: Client | None = None):
+        self.root = Path(root).resolve()
+        self.sources = sources
+        self.settings = settings
+        self.client = client or Client(PULL_HTTP)
+        self.state = self.root / L.PULLTHROUGH_DIR
+        self._lock = threading.Lock()
+        self._publish_lock = threading.Lock()
+        self._page_locks: dict[tuple[str, str], threading.Lock] = {}
+        self._inflight: dict[str, Future[Path | Refusal]] = {}
+        self._offers: dict[str, Offer] = {}
+        self._downloads = ThreadPoolExecutor(max_workers=settings.downloads, thread_name_prefix="pullthrough")
+        self._down_until = 0.0
+        self._log_full = False
+        self.upstream_files = Counter[str]()  # downloads started per path (for tests and the bench)
+
+    def close(self) -> None:
+        self._downloads.shutdown(wait=False, cancel_futures=True)
+        self.client.close()
+
+    # -- upstream health ----------------------------------------------------------------
+    def _upstream_usable(self) -> bool:
+        return not self.settings.offline and time.monotonic() >= self._down_until
+
+    def _mark_down(self) -> None:
+        self._down_until = time.monotonic() + self.settings.down_for
+
+    # -- pages --------------------------------------------------------------------------
+    def page(self, variant: str | None, project: str, want: str) -> Path | None:
+        """The page file to answer ``whl/<variant>/<project>/`` with (``want``: "json" or
+        "html"), built or refreshed from upstream when due; None when there is none."""
+        name = JSON_PAGE if want == "json" else HTML_PAGE
+        built = self.state / L.INDEX_LINK / _page_dir(variant, project)
+        own = self.root / L.INDEX_LINK / _page_dir(variant, project)
+        with self._lock:
+            lock = self._page_locks.setdefault((variant or "", project), threading.Lock())
+        with lock:
+            if self._due(built, own):
+                self._build(variant, project, built)
+        for d in (built, own):
+            if (d / name).is_file():
+                return d / name
+        return None
+
+    def _due(self, built: Path, own: Path) -> bool:
+        try:
+            made = (built / OFFERS_NAME).stat().st_mtime
+        except OSError:
+            return True
+        for name in (JSON_PAGE, HTML_PAGE):
+            with contextlib.suppress(OSError):
+                if (own / name).stat().st_mtime > made:
+                    return True  # the mirror's own page changed (a sync): merge again
+        return time.time() - made > self.settings.page_ttl
+
+    def _build(self, variant: str | None, project: str, dest: Path) -> None:
+        local = local_files(self.root, variant, project)
+        if not self._upstream_usable():
+            if not (dest / OFFERS_NAME).is_file() and not local:
+                self._record(Miss(time=_now(), kind="page", project=project, variant=variant,
+                                  outcome="offline" if self.settings.offline else "upstream-down"))
+            return
+        try:
+            links = self._upstream_links(variant, project)
+        except UpstreamError:
+            self._mark_down()
+            if not (dest / OFFERS_NAME).is_file() and not local:
+                self._record(Miss(time=_now(), kind="page", project=project, variant=variant, outcome="upstream-down"))
+            return
+        if links is None and not local:
+            self._record(Miss(time=_now(), kind="page", project=project, variant=variant, outcome="missing"))
+            return
+        offers, files = self._merge(variant, project, local, links or [])
+        acc = variant or "_"
+        pages = pg.build_pages({acc: files})
+        rel = _page_dir(variant, project)
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in (HTML_PAGE, JSON_PAGE):
+            atomic_write_bytes(dest / name, pages[f"{rel}/{name}"] if variant else pages[f"{project}/{name}"])
+        doc = {"offers": [asdict(o) for o in offers]}
+        atomic_write_bytes(dest / OFFERS_NAME, (json.dumps(doc, indent=0, sort_keys=True) + "\n").encode())
+        with self._lock:
+            self._offers.update((o.path, o) for o in offers)
+        if offers:
+            self._record(Miss(time=_now(), kind="page", project=project, variant=variant, outcome="built"))
+
+    def _upstream_links(self, variant: str | None, project: str) -> list[Link] | None:
+        """The project's links on every source (PyTorch bases first); None when no source has
+        a page for it. Raises UpstreamError when no source could be read at all."""
+        reader = UpstreamReader(self.client, self.sources.policy)  # one per build: pages are re-read per TTL
+        bases = [page_url(b, self.sources.prefix.strip("/"), variant or "") for b in self.sources.upstreams]
+        links: list[Link] | None = None
+        errors: list[UpstreamError] = []
+        for base in [*bases, *self.sources.indexes]:
+            try:
+                page = project_page(reader, base, project)
+            except UpstreamError as exc:
+                errors.append(exc)
+                continue
+            if page is not None:
+                links = [*(links or []), *page.links]
+        if links is None and errors and len(errors) == len(bases) + len(self.sources.indexes):
+            raise errors[0]
+        return links
+
+    def _merge(self, variant: str | None, project: str, local: list[pg.IndexFile],
+               links: list[Link]) -> tuple[list[Offer], list[pg.IndexFile]]:
+        live = pub.live_manifest(self.root)
+        by_path = live.by_path() if live is not None else {}
+        journal = pub.load_journal(self.root)
+        have = {f.filename for f in local}
+        files = list(local)
+        offers: list[Offer] = []
+        screened = screen_links(links, self.sources.policy)
+        for link in screened.kept:
+            if link.filename in have or not _wheel_of(link, project):
+                continue
+            have.add(link.filename)
+            assert link.sha256 is not None
+            default = f"{L.PACKAGES_DIR}/{project}/{link.filename}"
+            try:
+                path = pub.choose_path(default, pub.Claim(link.sha256, link.size), by_path, journal,
+                                       lambda rel: (self.root / rel).exists())
+            except TorchdepotError:
+                continue
+            held = by_path.get(path)
+            meta = by_path.get(path + ".metadata") if held is not None else None
+            files.append(pg.IndexFile(project=project, filename=link.filename, path=path, sha256=link.sha256,
+                                      requires_python=link.requires_python,
+                                      metadata_sha256=meta.sha256 if meta is not None else None,
+                                      size=held.size if held is not None else link.size,
+                                      upload_time=link.upload_time))
+            if held is None:
+                offers.append(Offer(path=path, project=project, filename=link.filename, url=link.url,
+                                    sha256=link.sha256, size=link.size, variant=variant))
+        return offers, files
+
+    # -- files --------------------------------------------------------------------------
+    def offer(self, rel: str) -> Offer | None:
+        """What a built page offered at ``rel`` (memory first, then the pages on disk)."""
+        with self._lock:
+            got = self._offers.get(rel)
+        if got is not None:
+            return got
+        parts = rel.split("/")
+        if len(parts) < 3 or parts[0] != L.PACKAGES_DIR:
+            return None
+        project = parts[1]
+        base = self.state / L.INDEX_LINK
+        for offers in [*base.glob(f"*/{project}/{OFFERS_NAME}"), base / project / OFFERS_NAME]:
+            for o in _read_offers(offers):
+                if o.path == rel:
+                    with self._lock:
+                        self._offers[rel] = o
+                    return o
+        return None
+
+    def file(self, rel: str) -> Path | Refusal:
+        """The published file at ``rel``, fetched now if a served page offered it."""
+        target = self.root / rel
+        if target.is_file():
+            return target
+        offer = self.offer(rel)
+        parts = rel.split("/")
+        project = parts[1] if len(parts) > 2 else ""
+        if offer is None:
+            self._record(Miss(time=_now(), kind="file", project=project, file=parts[-1], outcome="missing"))
+            return Refusal(404, "not in this mirror, and no page this server built offers it")
+        if not self._upstream_usable():
+            outcome: Outcome = "offline" if self.settings.offline else "upstream-down"
+            self._record(self._file_miss(offer, outcome))
+            if self.settings.offline:
+                return Refusal(404, "not in this mirror (serving offline)")
+            return Refusal(503, "upstream unreachable; retry later")
+        with self._lock:
+            fut = self._inflight.get(rel)
+            if fut is None:
+                fut = self._downloads.submit(self._fetch, offer)
+                self._inflight[rel] = fut
+                self.upstream_files[rel] += 1
+                fut.add_done_callback(functools.partial(self._done, rel))
+        try:
+            return fut.result(timeout=self.settings.file_wait)
+        except FutureTimeout:
+            return Refusal(504, "upstream download still running; retry later")
+
+    def _done(self, rel: str, _fut: Future[Path | Refusal]) -> None:
+        with self._lock:
+            self._inflight.pop(rel, None)
+
+    def _file_miss(self, offer: Offer, outcome: Outcome) -> Miss:
+        return Miss(time=_now(), kind="file", project=offer.project, file=offer.filename, variant=offer.variant,
+                    url=offer.url, sha256=offer.sha256, outcome=outcome)
+
+    def _fetch(self, offer: Offer) -> Path | Refusal:
+        """Download, check, publish one offered file (runs on the download pool)."""
+        try:
+            got = fetch_offer(self.root, offer, self.client, self.sources.policy, self._publish_lock)
+        except Exception as exc:  # never lose the waiters to a bug: they get a status
+            got = Refusal(500, f"pull-through error: {_first_line(exc)}")
+        if isinstance(got, Refusal) and got.status == 503:
+            self._mark_down()
+        elif isinstance(got, Path):
+            self._stale(offer.project)
+        self._record(self._file_miss(offer, "fetched" if isinstance(got, Path) else "refused"))
+        return got
+
+    def _stale(self, project: str) -> None:
+        """The project's built pages are due: next time they list the file as the mirror's own
+        (its stored hash and PEP 658 metadata). Until rebuilt they still serve, links unchanged."""
+        base = self.state / L.INDEX_LINK
+        for offers in [*base.glob(f"*/{project}/{OFFERS_NAME}"), base / project / OFFERS_NAME]:
+            with contextlib.suppress(OSError):
+                os.utime(offers, (0, 0))
+
+    # -- the miss log -------------------------------------------------------------------
+    def _record(self, miss: Miss) -> None:
+        line = json.dumps({k: v for k, v in asdict(miss).items() if v is not None}, sort_keys=True) + "\n"
+        path = self.root / L.MISSES_LOG
+        with self._lock:
+            if self._log_full:
+                return
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+                try:
+                    if os.fstat(fd).st_size > MISSES_MAX_BYTES:
+                        self._log_full = True
+                        line = json.dumps({"time": miss.time, "kind": "log-full"}) + "\n"
+                    os.write(fd, line.encode())
+                finally:
+                    os.close(fd)
+            except OSError:
+                self._log_full = True  # a full disk must not fail the request: stop logging
+
+
+def _read_offers(path: Path) -> list[Offer]:
+    try:
+        doc = json.loads(path.read_bytes())
+        return [Offer(**o) for o in doc["offers"]]
+    except (OSError, ValueError, RecursionError, KeyError, TypeError):
+        return []
+
+
+def fetch_offer(root: Path, offer: Offer, client: Client, policy: HostPolicy,
+                publish_lock: threading.Lock) -> Path | Refusal:
+    """Fetch ``offer`` into ``root`` as a sync would: journaled, downloaded to a partial file,
+    size and sha256 checked, renamed into place, metadata written, added to the manifest."""
+    if policy.refusal(offer.url):
+        return Refusal(502, f"{offer.url}: not allowed by the host policy")
+    rel, meta_rel = offer.path, offer.path + ".metadata"
+    with publish_lock:
+        pub.record(root, [rel, meta_rel])
+    fetcher = Fetcher(root, client, jobs=1, attempts=2, allowed_hosts=set(policy.hostnames), progress=False)
+    result = fetcher.run([FetchItem(key=rel, urls=(offer.url,), sha256=offer.sha256, size=offer.size)]).results[0]
+    if result.status == "failed":
+        with publish_lock:
+            pub.forget(root, [rel, meta_rel])
+        why = (result.error or "no detail").splitlines()[0][:200]
+        if result.hash_mismatch or result.fetched_bytes:  # bytes arrived, and were not the declared ones
+            return Refusal(502, f"upstream bytes failed the size/sha256 check; not stored ({why})")
+        return Refusal(503, f"upstream unreachable ({why})")
+    path = safe_join(root, rel)
+    try:
+        meta_sha, _requires_python, meta_size = pg.ensure_metadata(root, rel, offer.project)
+    except TorchdepotError as exc:  # the declared bytes are not a readable wheel: not published
+        with publish_lock:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            pub.forget(root, [rel, meta_rel])
+        return Refusal(502, _first_line(exc))
+    entries = [
+        mf.FileEntry(path=rel, sha256=result.sha256 or offer.sha256, size=result.size, kind="wheel",
+                     project=offer.project, version=_version(offer.filename), url=offer.url,
+                     upstream_sha256=offer.sha256),
+        mf.FileEntry(path=meta_rel, sha256=meta_sha, size=meta_size, kind="metadata", project=offer.project,
+                     version=_version(offer.filename)),
+    ]
+    with publish_lock:
+        try:
+            with MirrorLock(root, wait=30):
+                live = pub.live_manifest(root) or mf.Manifest()
+                mf.save(root, pub.widened(live, entries))
+                pub.forget(root, [rel, meta_rel])
+        except TorchdepotError:
+            pass  # a sync holds the mirror: the checked file is served, journaled; the sync's check settles it
+    return path
+
+
+def _version(filename: str) -> str | None:
+    try:
+        return str(parse_wheel_filename(split_variant_label(filename)[0])[1])
+    except (InvalidWheelFilename, TorchdepotError, ValueError):
+        return None
+
+
+# -- the handler -------------------------------------------------------------------------------------
+class PullThroughHandler(MirrorHandler):
+    """:class:`MirrorHandler` with the cache in front of ``whl/`` pages and ``packages/`` files."""
+
+    cache: PullThrough
+
+    def _serve(self, body: bool) -> None:
+        url = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
+        parts = [p for p in url.split("/") if p]
+        if parts and parts[0] == L.INDEX_LINK and len(parts) in (2, 3) \
+                and all(_SEGMENT.fullmatch(p) for p in parts[1:]) and url.endswith("/") \
+                and not (len(parts) == 2 and accelerator_from_dir(parts[1]) is not None):
+            variant = parts[1] if len(parts) == 3 else None
+            project = str(canonicalize_name(parts[-1]))
+            page = self.cache.page(variant, project, negotiate(self.headers.get("Accept")))
+            if page is None:
+                return self._error(404)
+            self._served = f"pull-through {page.name}" if self.cache.state in page.parents else page.name
+            return self._send_file(page, body, {"Vary": "Accept"})
+        if len(parts) >= 3 and parts[0] == L.PACKAGES_DIR and all(_SEGMENT.fullmatch(p) for p in parts):
+            target = self.root.joinpath(*parts)
+            if not target.exists():
+                got = self.cache.file("/".join(parts))
+                if isinstance(got, Refusal):
+                    extra = {"Retry-After": "30"} if got.status in (503, 504) else None
+                    return self._error(got.status, extra, got.why)
+        return super()._serve(body)
+
+
+# -- miss log: read, summarise, publish -------------------------------------------------------------
+def read_misses(root: Path, limit: int = MISSES_MAX_BYTES) -> list[Miss]:
+    """The miss log of ``root`` ([] when there is none); malformed lines are skipped."""
+    path = Path(root) / L.MISSES_LOG
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(limit + 1024 * 1024)
+    except OSError:
+        return []
+    out = []
+    for line in data.splitlines():
+        try:
+            doc = json.loads(line)
+            if isinstance(doc, dict) and doc.get("kind") in ("page", "file"):
+                out.append(Miss(**doc))
+        except (ValueError, TypeError, RecursionError):
+            continue
+    return out
+
+
+@dataclass(frozen=True)
+class MissSummary:
+    pages: int
+    files: int
+    fetched: int
+    not_served: int
+    projects: tuple[tuple[str, int], ...] = field(default=())  # most asked-for first
+
+    def lines(self) -> list[str]:
+        if not (self.pages or self.files):
+            return []
+        top = ", ".join(f"{p} ({n})" for p, n in self.projects[:10])
+        return [f"pull-through misses: {self.files} file requests ({self.fetched} fetched from upstream, "
+                f"{self.not_served} not served), {self.pages} pages built from upstream",
+                f"  most asked for: {top}",
+                "  turn them into mirrored content: torchdepot mirror --from-misses <this mirror>"]
+
+
+def summarize(misses: Iterable[Miss]) -> MissSummary:
+    misses = list(misses)
+    files = [m for m in misses if m.kind == "file"]
+    projects = Counter(m.project for m in misses if m.project)
+    return MissSummary(pages=sum(1 for m in misses if m.kind == "page" and m.outcome == "built"),
+                       files=len(files), fetched=sum(1 for m in files if m.outcome == "fetched"),
+                       not_served=sum(1 for m in files if m.outcome != "fetched"),
+                       projects=tuple(projects.most_common()))
