@@ -298,3 +298,41 @@ def test_pip_and_uv_install_through_an_empty_root_then_with_upstream_gone(tmp_pa
         assert proc.returncode == 0, proc.stdout + proc.stderr
     assert run([venv2 / "bin" / "python", "-c", "import torch, filelock"]).returncode == 0
     assert os.path.exists(root / "manifest.json")
+
+
+def test_miss_log_to_mirror_to_bundle(tmp_path):
+    """What clients pulled through is logged; `mirror --from-misses` lists it on the mirror's
+    own index (a new generation); `bundle` carries it; the unbundled copy serves it statically."""
+    torch, dep = _wheels()
+    root = tmp_path / "mirror"
+    make_mirror(root)
+    with FaultServer() as up:
+        _upstream(up, torch, dep)
+        with pull_server(root, _sources(up.url)) as (httpd, _cache):
+            get(httpd, "/whl/cpu/torch/")
+            assert get(httpd, "/packages/torch/" + torch.filename.replace("+", "%2B"))[0].status == 200
+            get(httpd, "/whl/cpu/mpmath/")  # asked for, on no source: a page miss, nothing to mirror
+        before = os.readlink(root / "whl")
+        assert torch.filename not in (root / "whl/cpu/torch/index.html").read_text().replace("%2B", "+")
+        env = hermetic_env(PIP_INDEX_URL=f"{up.url}/simple")
+        proc = subprocess.run([TD, "mirror", "--from-misses", root, "--upstream", f"{up.url}/whl"],
+                              capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "1 files asked for through pull-through are now in the index (0 fetched now" in proc.stdout
+    assert os.readlink(root / "whl") != before  # a new generation, swapped in one rename
+    page = (root / "whl/cpu/torch/index.html").read_text()
+    assert torch.filename.replace("+", "%2B") in page
+    assert "torch-2.13.0%2Bcpu" in page  # the mirror's own files stay listed
+    assert torch.filename.replace("+", "%2B") in (root / "whl/torch/index.html").read_text()
+    proc = subprocess.run([TD, "verify-mirror", root], capture_output=True, text=True, env=hermetic_env(), timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    bundle = tmp_path / "b.tar"
+    proc = subprocess.run([TD, "bundle", "--mirror", root, "--out", bundle], capture_output=True, text=True,
+                          env=hermetic_env(), timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    other = tmp_path / "airgapped"
+    proc = subprocess.run([TD, "unbundle", bundle, "--to", other], capture_output=True, text=True,
+                          env=hermetic_env(), timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (other / "packages/torch" / torch.filename).read_bytes() == torch.data
+    assert torch.filename.replace("+", "%2B") in (other / "whl/cpu/torch/index.html").read_text()

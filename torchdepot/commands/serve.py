@@ -127,26 +127,30 @@ def serve_cmd(root: Path, host: str, port: int, public_host: str | None, nginx: 
 
 
 def _pull_through(root: Path, upstreams: tuple[str, ...], spec_path: Path | None, offline: bool, page_ttl: float):
-    """The cache for ``--pull-through``: upstreams as for ``mirror`` (``--upstream``, else the
-    spec's, else the default), dependency indexes from the pip configuration, the sync's host policy."""
+    """The cache for ``--pull-through``."""
     from torchdepot.net.hostpolicy import HostPolicy
-    from torchdepot.net.pipconfig import pip_default_index, pip_file_host, read_pip_config
     from torchdepot.ship.pullthrough import PullThrough, Settings, Sources
-    from torchdepot.spec.mirror import MirrorSpec, load_spec, with_overrides
-    from torchdepot.sync.plan import channel_prefix, dependency_sources, host_policy
 
     settings = Settings(page_ttl=page_ttl, offline=offline)
     if offline:
         return PullThrough(root, Sources(upstreams=(), indexes=(), policy=HostPolicy(frozenset())), settings)
+    return PullThrough(root, pull_sources(spec_path, upstreams), settings)
+
+
+def pull_sources(spec_path: Path | None, upstreams: tuple[str, ...]):
+    """Where pull-through misses come from, as for ``mirror``: ``upstreams`` (else the spec's,
+    else the default), the channel and ``allow_hosts`` of the spec, dependency indexes from the
+    pip configuration, and the sync's host policy."""
+    from torchdepot.net.pipconfig import pip_default_index, pip_file_host, read_pip_config
+    from torchdepot.ship.pullthrough import Sources
+    from torchdepot.spec.mirror import MirrorSpec, load_spec, with_overrides
+    from torchdepot.sync.plan import channel_prefix, dependency_sources, host_policy
+
     spec = load_spec(spec_path) if spec_path is not None else MirrorSpec()
     spec = with_overrides(spec, upstreams=list(upstreams) or None)
     pip = read_pip_config()
     default_index = None if (pip.index_url or pip.no_index) else pip_default_index()
     policy = host_policy(spec, pip, default_index, pip_file_host() if default_index else None)
     indexes, _find_links = dependency_sources(pip, default_index)
-    sources = Sources(upstreams=tuple(spec.upstreams), indexes=indexes, policy=policy,
-                      prefix=channel_prefix(spec.channel))
-    return PullThrough(root, sources, settings)
-
-
-COMMANDS = [serve_cmd]
+    return Sources(upstreams=tuple(spec.upstreams), indexes=indexes, policy=policy,
+                   prefix=channel_prefix(spec.channel))

@@ -559,3 +559,85 @@ def summarize(misses: Iterable[Miss]) -> MissSummary:
                        files=len(files), fetched=sum(1 for m in files if m.outcome == "fetched"),
                        not_served=sum(1 for m in files if m.outcome != "fetched"),
                        projects=tuple(projects.most_common()))
+
+
+@dataclass(frozen=True)
+class MissesPublished:
+    files: int  # files asked for that the new index lists
+    fetched: int  # of them, fetched now (asked for but not yet fetched by serve)
+    unknown: int  # file requests no page offered: nothing to mirror them from
+    failed: tuple[str, ...]  # one line each
+    generation: str | None  # the index generation now live (None: nothing to publish)
+
+
+def publish_misses(root: Path, client: Client, policy: HostPolicy) -> MissesPublished:
+    """``mirror --from-misses``: every file the miss log says was asked for (and a served page
+    offered) becomes the mirror's own: fetched now if serve did not, then listed on the mirror's
+    index pages (a new generation, swapped atomically), so ``bundle`` carries it."""
+    root = Path(root).resolve()
+    wanted: dict[str, Offer] = {}
+    unknown = 0
+    for m in read_misses(root):
+        if m.kind != "file":
+            continue
+        if not (m.url and m.sha256 and m.file):
+            unknown += 1
+            continue
+        project = str(canonicalize_name(m.project))
+        path = f"{L.PACKAGES_DIR}/{project}/{m.file}"
+        offer = Offer(path=path, project=project, filename=m.file, url=m.url, sha256=m.sha256, variant=m.variant)
+        wanted.setdefault(path, offer)
+    failed: list[str] = []
+    fetched = 0
+    lock = threading.Lock()
+    live = pub.live_manifest(root) or mf.Manifest()
+    held = live.by_path()
+    ready: list[Offer] = []
+    for offer in wanted.values():
+        entry = held.get(offer.path)
+        if entry is not None and entry.sha256 == offer.sha256:
+            ready.append(offer)
+            continue
+        got = fetch_offer(root, offer, client, policy, lock)
+        if isinstance(got, Refusal):
+            failed.append(f"{offer.filename}: {got.why}")
+            continue
+        fetched += 1
+        ready.append(offer)
+    if not ready:
+        return MissesPublished(files=0, fetched=0, unknown=unknown, failed=tuple(failed), generation=None)
+    with MirrorLock(root, wait=30):
+        held = (pub.live_manifest(root) or mf.Manifest()).by_path()
+        variants = _live_variants(root)
+        names = sorted(variants) or ["cpu"]
+        for offer in ready:
+            entry, meta = held.get(offer.path), held.get(offer.path + ".metadata")
+            if entry is None:
+                continue
+            rp = None
+            with contextlib.suppress(OSError):
+                rp = pg.requires_python_of(safe_join(root, offer.path + ".metadata").read_bytes())
+            f = pg.IndexFile(project=offer.project, filename=offer.filename, path=offer.path, sha256=entry.sha256,
+                             requires_python=rp, metadata_sha256=meta.sha256 if meta is not None else None,
+                             size=entry.size)
+            for acc in [offer.variant] if offer.variant else names:
+                files = variants.setdefault(acc, [])
+                if all(x.filename != f.filename for x in files):
+                    files.append(f)
+        gen, _changed = pg.publish(root, pg.build_pages(variants))
+    return MissesPublished(files=len(ready), fetched=fetched, unknown=unknown, failed=tuple(failed), generation=gen)
+
+
+def _live_variants(root: Path) -> dict[str, list[pg.IndexFile]]:
+    """{variant: files} of the live index (every ``whl/<variant>/<project>/`` page)."""
+    out: dict[str, list[pg.IndexFile]] = {}
+    index = root / L.INDEX_LINK
+    if not index.is_dir():
+        return out
+    for vdir in sorted(p for p in index.iterdir() if p.is_dir()):
+        projects = [p for p in vdir.iterdir() if p.is_dir()]
+        if accelerator_from_dir(vdir.name) is None and not projects:
+            continue
+        for pdir in sorted(projects):
+            out.setdefault(vdir.name, []).extend(local_files(root, vdir.name, pdir.name))
+    return out
