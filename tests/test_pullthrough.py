@@ -336,3 +336,52 @@ def test_miss_log_to_mirror_to_bundle(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (other / "packages/torch" / torch.filename).read_bytes() == torch.data
     assert torch.filename.replace("+", "%2B") in (other / "whl/cpu/torch/index.html").read_text()
+
+
+def _start_cli(*args: object, env: dict[str, str]) -> tuple[subprocess.Popen, list[str]]:
+    proc = subprocess.Popen([TD, "serve", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    assert proc.stdout is not None
+    banner = [proc.stdout.readline().rstrip("\n") for _ in range(4)]
+    return proc, banner
+
+
+class _At:
+    """``get`` against a port (a CLI server)."""
+
+    def __init__(self, port: int):
+        self.server_address = ("127.0.0.1", port)
+
+
+def test_cli_pull_through_and_offline(tmp_path):
+    torch, dep = _wheels()
+    root = tmp_path / "new-mirror"  # need not exist yet
+    env = hermetic_env(PIP_INDEX_URL="")
+    with FaultServer() as up:
+        _upstream(up, torch, dep)
+        env = hermetic_env(PIP_INDEX_URL=f"{up.url}/simple")  # the dependency index, from pip's configuration
+        proc, banner = _start_cli("--root", root, "--port", 0, "--quiet", "--pull-through", "--upstream",
+                                  f"{up.url}/whl", env=env)
+        try:
+            assert banner[1] == f"  pull-through: misses fetched from {up.url}/whl", banner
+            port = int(re.search(r":(\d+)/", banner[0]).group(1))
+            assert get(_At(port), "/whl/cpu/filelock/")[0].status == 200  # from the pip index
+            resp, data = get(_At(port), f"/packages/filelock/{dep.filename}")
+            assert resp.status == 200
+            assert data == dep.data
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    proc, banner = _start_cli("--root", root, "--port", 0, "--quiet", "--pull-through", "--offline", env=env)
+    try:
+        assert banner[1] == "  pull-through: offline, serving only what the mirror holds"
+        port = int(re.search(r":(\d+)/", banner[0]).group(1))
+        assert get(_At(port), f"/packages/filelock/{dep.filename}")[1] == dep.data
+        assert get(_At(port), "/whl/cpu/filelock/")[0].status == 200
+        assert get(_At(port), "/whl/cpu/numpy/")[0].status == 404
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    bad = subprocess.run([TD, "serve", "--root", root, "--offline"], capture_output=True, text=True, env=env, timeout=60)
+    assert bad.returncode == 2
+    assert "--pull-through" in bad.stderr

@@ -154,3 +154,6 @@ def pull_sources(spec_path: Path | None, upstreams: tuple[str, ...]):
     indexes, _find_links = dependency_sources(pip, default_index)
     return Sources(upstreams=tuple(spec.upstreams), indexes=indexes, policy=policy,
                    prefix=channel_prefix(spec.channel))
+
+
+COMMANDS = [serve_cmd]
