@@ -385,3 +385,54 @@ def test_cli_pull_through_and_offline(tmp_path):
     bad = subprocess.run([TD, "serve", "--root", root, "--offline"], capture_output=True, text=True, env=env, timeout=60)
     assert bad.returncode == 2
     assert "--pull-through" in bad.stderr
+
+
+def _conda_channel(up: FaultServer, pkg: bytes, lie: bool = False) -> str:
+    fn = "tinypkg-1.0-h0_0.conda"
+    sha = "0" * 64 if lie else hashlib.sha256(pkg).hexdigest()
+    doc = {"info": {"subdir": "linux-64", "base_url": f"{up.url}/elsewhere"}, "packages": {},
+           "packages.conda": {fn: {"name": "tinypkg", "version": "1.0", "build": "h0_0", "build_number": 0,
+                                   "depends": [], "sha256": sha, "size": len(pkg)}}}
+    up.add("/chan/linux-64/repodata.json", json.dumps(doc).encode())
+    up.add(f"/chan/linux-64/{fn}", pkg)
+    return fn
+
+
+def test_conda_repodata_refreshed_per_ttl_and_packages_fetched_once(tmp_path):
+    root = tmp_path / "mirror"
+    root.mkdir()
+    pkg = os.urandom(50_000)
+    with FaultServer() as up:
+        fn = _conda_channel(up, pkg)
+        sources = Sources(upstreams=(), indexes=(), policy=default_policy([up.url]),
+                          conda=(("chan", (f"{up.url}/chan",)),))
+        with pull_server(root, sources, Settings(page_ttl=3600)) as (httpd, _cache):
+            resp, body = get(httpd, "/conda/chan/linux-64/repodata.json")
+            assert resp.status == 200
+            doc = json.loads(body)
+            assert list(doc["packages.conda"]) == [fn]
+            assert "base_url" not in doc["info"]  # clients fetch packages from this mirror
+            assert get(httpd, "/conda/chan/linux-64/repodata.json")[0].status == 200
+            assert up.hits["/chan/linux-64/repodata.json"] == 1  # within the TTL: not asked again
+            for _ in range(3):
+                resp, data = get(httpd, f"/conda/chan/linux-64/{fn}")
+                assert resp.status == 200
+                assert data == pkg
+            assert up.hits[f"/chan/linux-64/{fn}"] == 1
+            assert get(httpd, "/conda/other/linux-64/repodata.json")[0].status == 404
+    entry = mf.load(root).by_path()[f"conda/chan/linux-64/{fn}"]
+    assert entry.kind == "conda"
+    assert entry.sha256 == hashlib.sha256(pkg).hexdigest()
+
+
+def test_conda_package_with_a_lying_hash_is_not_served(tmp_path):
+    root = tmp_path / "mirror"
+    root.mkdir()
+    with FaultServer() as up:
+        fn = _conda_channel(up, os.urandom(10_000), lie=True)
+        sources = Sources(upstreams=(), indexes=(), policy=default_policy([up.url]),
+                          conda=(("chan", (f"{up.url}/chan",)),))
+        with pull_server(root, sources) as (httpd, _cache):
+            assert get(httpd, "/conda/chan/linux-64/repodata.json")[0].status == 200
+            assert get(httpd, f"/conda/chan/linux-64/{fn}")[0].status == 502
+    assert not (root / "conda/chan/linux-64" / fn).exists()

@@ -141,6 +141,7 @@ def pull_sources(spec_path: Path | None, upstreams: tuple[str, ...]):
     """Where pull-through misses come from, as for ``mirror``: ``upstreams`` (else the spec's,
     else the default), the channel and ``allow_hosts`` of the spec, dependency indexes from the
     pip configuration, and the sync's host policy."""
+    from torchdepot.net.hostpolicy import netloc_of
     from torchdepot.net.pipconfig import pip_default_index, pip_file_host, read_pip_config
     from torchdepot.ship.pullthrough import Sources
     from torchdepot.spec.mirror import MirrorSpec, load_spec, with_overrides
@@ -152,8 +153,10 @@ def pull_sources(spec_path: Path | None, upstreams: tuple[str, ...]):
     default_index = None if (pip.index_url or pip.no_index) else pip_default_index()
     policy = host_policy(spec, pip, default_index, pip_file_host() if default_index else None)
     indexes, _find_links = dependency_sources(pip, default_index)
-    return Sources(upstreams=tuple(spec.upstreams), indexes=indexes, policy=policy,
-                   prefix=channel_prefix(spec.channel))
+    conda = tuple((c.name, c.mirrors) for c in spec.conda.channels) if spec.conda is not None else ()
+    mirrors = [u for _name, urls in conda for u in urls]
+    return Sources(upstreams=tuple(spec.upstreams), indexes=indexes, policy=policy.with_hosts(*map(netloc_of, mirrors)),
+                   prefix=channel_prefix(spec.channel), conda=conda)
 
 
 COMMANDS = [serve_cmd]

@@ -60,8 +60,10 @@ from torchdepot.model.wheelname import split_variant_label
 from torchdepot.net.hostpolicy import HostPolicy, screen_links
 from torchdepot.net.http import Client, HttpConfig
 from torchdepot.ship.serve import MirrorHandler, negotiate
+from torchdepot.sources.channel import RepodataCache, fetch_repodata
 from torchdepot.sources.links import Link
 from torchdepot.sources.pep691 import parse_response
+from torchdepot.sources.repodata import RepodataError, parse_repodata
 from torchdepot.sources.upstream import UpstreamReader, page_url, project_page
 from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
@@ -89,6 +91,7 @@ class Sources:
     indexes: tuple[str, ...]
     policy: HostPolicy
     prefix: str = ""
+    conda: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (channel name, its mirrors) of the spec's conda section
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,7 @@ class Offer:
     sha256: str
     size: int | None = None
     variant: str | None = None
+    kind: Literal["wheel", "conda"] = "wheel"
 
 
 @dataclass(frozen=True)
@@ -237,7 +241,7 @@ class PullThrough:
             made = (built / OFFERS_NAME).stat().st_mtime
         except OSError:
             return True
-        for name in (JSON_PAGE, HTML_PAGE):
+        for name in (JSON_PAGE, HTML_PAGE, "repodata.json"):
             with contextlib.suppress(OSError):
                 if (own / name).stat().st_mtime > made:
                     return True  # the mirror's own page changed (a sync): merge again
@@ -333,6 +337,13 @@ class PullThrough:
         if got is not None:
             return got
         parts = rel.split("/")
+        if len(parts) == 4 and parts[0] == L.CONDA_DIR:
+            for o in _read_offers(self.state / L.CONDA_DIR / parts[1] / parts[2] / OFFERS_NAME):
+                if o.path == rel:
+                    with self._lock:
+                        self._offers[rel] = o
+                    return o
+            return None
         if len(parts) < 3 or parts[0] != L.PACKAGES_DIR:
             return None
         project = parts[1]
@@ -395,6 +406,52 @@ class PullThrough:
         self._record(self._file_miss(offer, "fetched" if isinstance(got, Path) else "refused"))
         return got
 
+    # -- conda ---------------------------------------------------------------------------
+    def repodata(self, channel: str, subdir: str) -> Path | None:
+        """``conda/<channel>/<subdir>/repodata.json``: the mirror's own records merged over
+        upstream's (refreshed at most once per ``page_ttl``); None when there is neither."""
+        mirrors = dict(self.sources.conda).get(channel)
+        own = self.root / L.CONDA_DIR / channel / subdir / "repodata.json"
+        built = self.state / L.CONDA_DIR / channel / subdir / "repodata.json"
+        if mirrors is not None:
+            with self._lock:
+                lock = self._page_locks.setdefault((f"conda:{channel}", subdir), threading.Lock())
+            with lock:
+                if self._due(built.parent, own.parent) and self._upstream_usable():
+                    self._build_repodata(channel, subdir, mirrors, own, built)
+        for path in (built, own):
+            if path.is_file():
+                return path
+        return None
+
+    def _build_repodata(self, channel: str, subdir: str, mirrors: tuple[str, ...], own: Path, built: Path) -> None:
+        cache = RepodataCache(self.state / "conda-cache")
+        try:
+            got = fetch_repodata(self.client, channel, mirrors, subdir, cache)
+            upstream = parse_repodata(got.path.read_bytes(), channel, subdir, got.url)
+        except (UpstreamError, RepodataError, OSError):
+            self._mark_down()
+            self._record(Miss(time=_now(), kind="page", project=f"conda:{channel}", variant=subdir,
+                              outcome="upstream-down"))
+            return
+        local = {}
+        with contextlib.suppress(OSError, RepodataError):
+            local = parse_repodata(own.read_bytes(), channel, subdir, str(own)).records
+        doc: dict = {"info": {"subdir": subdir}, "packages": {}, "packages.conda": {}, "repodata_version": 1}
+        offers = []
+        for fn, rec in {**upstream.records, **local}.items():
+            doc["packages.conda" if fn.endswith(".conda") else "packages"][fn] = dict(rec.raw)
+            if fn not in local and rec.sha256:
+                offers.append(Offer(path=f"{L.CONDA_DIR}/{channel}/{subdir}/{fn}", project=rec.name, filename=fn,
+                                    url=f"{got.base_url}/{subdir}/{urllib.parse.quote(fn)}", sha256=rec.sha256,
+                                    size=rec.size, variant=f"conda:{channel}/{subdir}", kind="conda"))
+        built.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(built, json.dumps(doc, sort_keys=True).encode())
+        atomic_write_bytes(built.parent / OFFERS_NAME,  # last: its time is the refresh's
+                           (json.dumps({"offers": [asdict(o) for o in offers]}, sort_keys=True) + "\n").encode())
+        with self._lock:
+            self._offers.update((o.path, o) for o in offers)
+
     def _stale(self, project: str) -> None:
         """The project's built pages are due: next time they list the file as the mirror's own
         (its stored hash and PEP 658 metadata). Until rebuilt they still serve, links unchanged."""
@@ -451,21 +508,20 @@ def fetch_offer(root: Path, offer: Offer, client: Client, policy: HostPolicy,
             return Refusal(502, f"upstream bytes failed the size/sha256 check; not stored ({why})")
         return Refusal(503, f"upstream unreachable ({why})")
     path = safe_join(root, rel)
-    try:
-        meta_sha, _requires_python, meta_size = pg.ensure_metadata(root, rel, offer.project)
-    except TorchdepotError as exc:  # the declared bytes are not a readable wheel: not published
-        with publish_lock:
-            with contextlib.suppress(OSError):
-                path.unlink()
-            pub.forget(root, [rel, meta_rel])
-        return Refusal(502, _first_line(exc))
-    entries = [
-        mf.FileEntry(path=rel, sha256=result.sha256 or offer.sha256, size=result.size, kind="wheel",
-                     project=offer.project, version=_version(offer.filename), url=offer.url,
-                     upstream_sha256=offer.sha256),
-        mf.FileEntry(path=meta_rel, sha256=meta_sha, size=meta_size, kind="metadata", project=offer.project,
-                     version=_version(offer.filename)),
-    ]
+    entries = [mf.FileEntry(path=rel, sha256=result.sha256 or offer.sha256, size=result.size, kind=offer.kind,
+                            project=offer.project, version=_version(offer.filename) if offer.kind == "wheel" else None,
+                            url=offer.url, upstream_sha256=offer.sha256)]
+    if offer.kind == "wheel":
+        try:
+            meta_sha, _requires_python, meta_size = pg.ensure_metadata(root, rel, offer.project)
+        except TorchdepotError as exc:  # the declared bytes are not a readable wheel: not published
+            with publish_lock:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                pub.forget(root, [rel, meta_rel])
+            return Refusal(502, _first_line(exc))
+        entries.append(mf.FileEntry(path=meta_rel, sha256=meta_sha, size=meta_size, kind="metadata",
+                                    project=offer.project, version=_version(offer.filename)))
     with publish_lock:
         try:
             with MirrorLock(root, wait=30):
@@ -503,6 +559,17 @@ class PullThroughHandler(MirrorHandler):
                 return self._error(404)
             self._served = f"pull-through {page.name}" if self.cache.state in page.parents else page.name
             return self._send_file(page, body, {"Vary": "Accept"})
+        if len(parts) == 4 and parts[0] == L.CONDA_DIR and all(_SEGMENT.fullmatch(p) for p in parts):
+            if parts[3] == "repodata.json":
+                path = self.cache.repodata(parts[1], parts[2])
+                if path is None:
+                    return self._error(404)
+                return self._send_file(path, body)
+            if parts[3].endswith((".conda", ".tar.bz2")) and not self.root.joinpath(*parts).exists():
+                got = self.cache.file("/".join(parts))
+                if isinstance(got, Refusal):
+                    extra = {"Retry-After": "30"} if got.status in (503, 504) else None
+                    return self._error(got.status, extra, got.why)
         if len(parts) >= 3 and parts[0] == L.PACKAGES_DIR and all(_SEGMENT.fullmatch(p) for p in parts):
             target = self.root.joinpath(*parts)
             if not target.exists():
