@@ -256,7 +256,7 @@ def test_header_dribblers_hold_no_worker(mirror):
 def test_per_client_cap_closes_the_oldest_parked_connection(mirror):
     with serve_mirror(mirror, ServeLimits(max_per_client=5)) as httpd:
         socks = [socket.create_connection(httpd.server_address[:2], timeout=5) for _ in range(5)]
-        time.sleep(0.3)
+        time.sleep(1.3)  # past the grace a new connection is spared for
         extra = socket.create_connection(httpd.server_address[:2], timeout=5)  # over the cap ...
         socks[0].settimeout(3)
         assert socks[0].recv(1) == b""  # ... the client's oldest parked one is closed to make room
@@ -297,6 +297,7 @@ def test_descriptor_limit_is_never_exhausted(mirror):
                 held.append(s)
                 if i % 2:
                     s.sendall(b"GET / HTTP/1.1\r\n")
+        time.sleep(1.5)  # past the grace: the flood's settled connections give way
         for _ in range(5):
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
             conn.request("GET", WHEEL)

@@ -405,6 +405,7 @@ class _Connection:
         handler.rfile = self.reader
         self.handler = handler
         self.deadline = 0.0  # when the selector thread gives up on it (idle or head deadline)
+        self.parked_at = 0.0  # when it last came back to the selector thread
         self.head_started: float | None = None  # first byte of a request head seen at
 
     def fileno(self) -> int:
@@ -461,6 +462,7 @@ class _Connection:
 
 HEAD_READ = 16 * 1024
 HEAD_MAX = 65_536 + 1024  # the handler's own line limit (65,536) plus a margin: past it, 414/431
+EVICT_GRACE = 1.0  # seconds a new or just-answered connection is spared by the caps' eviction
 EVICT_HEADROOM = 8  # connections accepted past a cap while the oldest parked ones are closed
 FD_RESERVE = 16  # descriptors kept free for the listener, files being served and upstream sockets
 
@@ -608,7 +610,8 @@ class MirrorServer(http.server.HTTPServer):
                     conn = self._returned.get_nowait()
                 except queue.Empty:
                     break
-                conn.deadline = time.monotonic() + limits.idle_timeout
+                conn.parked_at = time.monotonic()
+                conn.deadline = conn.parked_at + limits.idle_timeout
                 try:
                     sel.register(conn, selectors.EVENT_READ)
                 except (ValueError, OSError):
@@ -620,10 +623,15 @@ class MirrorServer(http.server.HTTPServer):
                     who = self._evict.get_nowait()
                 except queue.Empty:
                     break
-                victim = next((c for c in parked if who is None or c.client == who), None)
+                # a connection parked for less than EVICT_GRACE is a client about to send: spared
+                settled = time.monotonic() - EVICT_GRACE
+                victim = next((c for c in parked if (who is None or c.client == who) and c.parked_at <= settled), None)
                 if victim is not None:
                     drop(victim)
             now = time.monotonic()
+            settled = [c for c in parked if c.parked_at <= now - EVICT_GRACE]
+            while settled and self._open > self.max_connections - EVICT_HEADROOM:  # keep the headroom free
+                drop(settled.pop(0))
             for conn in [c for c in parked if c.deadline <= now]:
                 drop(conn)
             while len(parked) > limits.max_idle:
