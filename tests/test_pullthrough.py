@@ -15,10 +15,13 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.faultserver import Fault, FaultServer
 from tests.kit.upstream import dead_url, padded_wheel, pep503
@@ -436,3 +439,36 @@ def test_conda_package_with_a_lying_hash_is_not_served(tmp_path):
             assert get(httpd, "/conda/chan/linux-64/repodata.json")[0].status == 200
             assert get(httpd, f"/conda/chan/linux-64/{fn}")[0].status == 502
     assert not (root / "conda/chan/linux-64" / fn).exists()
+
+
+@given(st.binary(max_size=2000))
+def test_miss_log_reader_never_raises(tmp_path_factory, data):
+    root = tmp_path_factory.mktemp("log")
+    (root / ".torchdepot").mkdir()
+    (root / ".torchdepot" / "misses.jsonl").write_bytes(data)
+    for m in read_misses(root):
+        assert m.kind in ("page", "file")
+
+
+@pytest.fixture(scope="module")
+def offline_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pt") / "mirror"
+    make_mirror(root)
+    (root.parent / "secret.txt").write_text("secret")
+    with pull_server(root, Sources(upstreams=(), indexes=(), policy=default_policy()),
+                     Settings(offline=True)) as (httpd, _cache):
+        yield httpd
+
+
+_PATH_PART = st.sampled_from(["whl", "cpu", "torch", "packages", "conda", "..", ".", "%2e%2e", ".torchdepot",
+                              "pullthrough", "index.json", "misses.jsonl", "secret.txt", "%2F", "a" * 300, ""])
+
+
+@given(st.lists(_PATH_PART | st.text(min_size=1, max_size=12), max_size=6), st.booleans())
+def test_any_path_gets_a_status_and_never_leaves_the_root(offline_server, parts, slash):
+    path = "/" + "/".join(urllib.parse.quote(p, safe="%") for p in parts) + ("/" if slash else "")
+    resp, body = get(offline_server, path)
+    assert resp.status in (200, 301, 404, 414), (path, resp.status)
+    assert b"secret" not in body
+    if "pullthrough" in path or "misses" in path:
+        assert resp.status != 200
