@@ -73,8 +73,11 @@ def pull_server(root: Path, sources: Sources, settings: Settings | None = None) 
         cache.close()
 
 
-def get(httpd, path: str, headers: dict[str, str] | None = None) -> tuple[http.client.HTTPResponse, bytes]:
+def get(httpd, path: str, headers: dict[str, str] | None = None,
+        version: str = "HTTP/1.1") -> tuple[http.client.HTTPResponse, bytes]:
     conn = http.client.HTTPConnection(*httpd.server_address[:2], timeout=30)
+    if version == "HTTP/1.0":
+        conn._http_vsn, conn._http_vsn_str = 10, "HTTP/1.0"
     conn.request("GET", path, headers=headers or {})
     resp = conn.getresponse()
     body = resp.read()
@@ -157,11 +160,18 @@ def test_corrupted_upstream_file_is_never_served_nor_stored(tmp_path):
         _upstream(up, torch, dep, lie={"torch": "0" * 64})  # the page declares other bytes than it serves
         with pull_server(root, _sources(up.url)) as (httpd, _cache):
             assert get(httpd, "/whl/cpu/torch/")[0].status == 200
-            for _ in range(2):
-                resp, body = get(httpd, "/packages/torch/" + torch.filename.replace("+", "%2B"))
-                assert resp.status == 502
-                assert torch.data[:100] not in body
-                assert b"sha256" in body
+            url = "/packages/torch/" + torch.filename.replace("+", "%2B")
+            # the first client is streamed the bytes as they arrive: the response never completes
+            with pytest.raises(http.client.IncompleteRead):
+                get(httpd, url)
+            resp, body = get(httpd, url, version="HTTP/1.0")  # and a client that cannot be streamed
+            assert resp.status == 502
+            assert b"sha256" in body
+            assert torch.data[:100] not in body
+            hits = up.hits[f"/whl/cpu/{torch.filename}"]
+            resp, body = get(httpd, url)  # said again at once, upstream not asked again
+            assert resp.status == 502
+            assert up.hits[f"/whl/cpu/{torch.filename}"] == hits
     assert not (root / "packages" / "torch" / torch.filename).exists()
     assert list((root / ".torchdepot" / "partial").iterdir()) == []
     assert not (root / "manifest.json").exists() or f"packages/torch/{torch.filename}" not in mf.load(root).by_path()
@@ -437,6 +447,7 @@ def test_conda_package_with_a_lying_hash_is_not_served(tmp_path):
                           conda=(("chan", (f"{up.url}/chan",)),))
         with pull_server(root, sources) as (httpd, _cache):
             assert get(httpd, "/conda/chan/linux-64/repodata.json")[0].status == 200
+            assert get(httpd, f"/conda/chan/linux-64/{fn}", version="HTTP/1.0")[0].status == 502
             assert get(httpd, f"/conda/chan/linux-64/{fn}")[0].status == 502
     assert not (root / "conda/chan/linux-64" / fn).exists()
 
@@ -472,3 +483,26 @@ def test_any_path_gets_a_status_and_never_leaves_the_root(offline_server, parts,
     assert b"secret" not in body
     if "pullthrough" in path or "misses" in path:
         assert resp.status != 200
+
+
+def test_a_waiting_client_is_streamed_the_bytes_as_they_arrive(tmp_path):
+    torch, dep = _wheels(payload=600_000)
+    root = tmp_path / "mirror"
+    root.mkdir()
+    with FaultServer() as up:
+        _upstream(up, torch, dep)
+        up.always(f"/whl/cpu/{torch.filename}", Fault("drip", rate=300_000.0))  # ~2 s for the file
+        with pull_server(root, _sources(up.url)) as (httpd, _cache):
+            get(httpd, "/whl/cpu/torch/")
+            conn = http.client.HTTPConnection(*httpd.server_address[:2], timeout=30)
+            started = time.monotonic()
+            conn.request("GET", "/packages/torch/" + torch.filename.replace("+", "%2B"))
+            resp = conn.getresponse()
+            first = resp.read(1000)
+            first_at = time.monotonic() - started
+            rest = resp.read()
+            done_at = time.monotonic() - started
+            conn.close()
+    assert resp.status == 200
+    assert first + rest == torch.data
+    assert first_at < 1.0 < done_at, (first_at, done_at)  # bytes flowed long before the download ended

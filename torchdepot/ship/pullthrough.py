@@ -18,8 +18,14 @@ Files. A miss under ``packages/`` that a served page offered is fetched by the s
 :class:`~torchdepot.fetch.Fetcher` (partial file, size and sha256 check, rename into place):
 journaled first, then its PEP 658 metadata written and both added to ``manifest.json`` under
 the mirror's writer lock, as a sync publishes. Concurrent requests for one path share one
-download (coalescing), which runs on its own thread: a slow or vanished client never holds
-it. Bytes that fail the check are never published and never sent (502).
+download (coalescing), which runs on its own thread, in one connection: a slow or vanished client
+never holds it. Bytes that fail the check are never published.
+
+A client waiting for a download is sent the bytes as they arrive (chunked); the response is
+completed only when the download passed its check and the bytes sent hash to the declared
+sha256, otherwise the connection closes without the last chunk. A failed file is answered
+with its status (502 bad bytes, 503 unreachable) for ``down_for`` seconds without asking
+upstream again.
 
 Degraded. ``offline`` serves only the mirror. An upstream failure marks upstream down for
 ``down_for`` seconds, during which misses are answered at once (503 for a file, the last
@@ -37,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
+import hashlib
 import json
 import os
 import re
@@ -55,11 +62,12 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 
 from torchdepot.errors import TorchdepotError, UpstreamError
 from torchdepot.fetch import Fetcher, FetchItem
+from torchdepot.fetch.engine import partial_path
 from torchdepot.model.accel import accelerator_from_dir
 from torchdepot.model.wheelname import split_variant_label
 from torchdepot.net.hostpolicy import HostPolicy, screen_links
 from torchdepot.net.http import Client, HttpConfig
-from torchdepot.ship.serve import MirrorHandler, negotiate
+from torchdepot.ship.serve import MirrorHandler, cache_control, content_type, negotiate
 from torchdepot.sources.channel import RepodataCache, fetch_repodata
 from torchdepot.sources.links import Link
 from torchdepot.sources.pep691 import parse_response
@@ -77,6 +85,8 @@ PULL_HTTP = HttpConfig(connect_timeout=2.0, read_timeout=20.0, retries=0, backof
                        page_deadline=60.0)
 MISSES_MAX_BYTES = 32 * 1024 * 1024  # the miss log stops growing here (one line says so)
 OFFERS_NAME = "offers.json"
+SEQUENTIAL = 1 << 62  # split_bytes no file reaches: pull-through downloads are never in pieces
+STREAM_CHUNK = 256 * 1024
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 Outcome = Literal["fetched", "refreshed", "built", "missing", "offline", "upstream-down", "refused"]
 
@@ -133,6 +143,15 @@ class Miss:
 class Refusal:
     status: int
     why: str
+
+
+@dataclass(frozen=True)
+class Download:
+    """A file being fetched: its result, where its bytes arrive, and what they must hash to."""
+
+    future: Future[Path | Refusal]
+    partial: Path
+    sha256: str
 
 
 def _now() -> str:
@@ -202,6 +221,7 @@ class PullThrough:
         self._publish_lock = threading.Lock()
         self._page_locks: dict[tuple[str, str], threading.Lock] = {}
         self._inflight: dict[str, Future[Path | Refusal]] = {}
+        self._failed: dict[str, tuple[float, Refusal]] = {}  # path -> (until, why): recent failures
         self._offers: dict[str, Offer] = {}
         self._downloads = ThreadPoolExecutor(max_workers=settings.downloads, thread_name_prefix="pullthrough")
         self._down_until = 0.0
@@ -357,7 +377,19 @@ class PullThrough:
         return None
 
     def file(self, rel: str) -> Path | Refusal:
-        """The published file at ``rel``, fetched now if a served page offered it."""
+        """The published file at ``rel``, fetched now (and waited for) if a served page offered it."""
+        got = self.start(rel)
+        return self.wait(got) if isinstance(got, Download) else got
+
+    def wait(self, dl: Download) -> Path | Refusal:
+        try:
+            return dl.future.result(timeout=self.settings.file_wait)
+        except FutureTimeout:
+            return Refusal(504, "upstream download still running; retry later")
+
+    def start(self, rel: str) -> Path | Refusal | Download:
+        """The published file at ``rel``, or its download (started now, or the one already
+        running: one per path), or why neither."""
         target = self.root / rel
         if target.is_file():
             return target
@@ -374,16 +406,16 @@ class PullThrough:
                 return Refusal(404, "not in this mirror (serving offline)")
             return Refusal(503, "upstream unreachable; retry later")
         with self._lock:
+            failed = self._failed.get(rel)
+            if failed is not None and failed[0] > time.monotonic():
+                return failed[1]  # failed a moment ago: said again at once, upstream is not asked again
             fut = self._inflight.get(rel)
             if fut is None:
                 fut = self._downloads.submit(self._fetch, offer)
                 self._inflight[rel] = fut
                 self.upstream_files[rel] += 1
                 fut.add_done_callback(functools.partial(self._done, rel))
-        try:
-            return fut.result(timeout=self.settings.file_wait)
-        except FutureTimeout:
-            return Refusal(504, "upstream download still running; retry later")
+        return Download(future=fut, partial=partial_path(self.root, rel), sha256=offer.sha256)
 
     def _done(self, rel: str, _fut: Future[Path | Refusal]) -> None:
         with self._lock:
@@ -399,6 +431,9 @@ class PullThrough:
             got = fetch_offer(self.root, offer, self.client, self.sources.policy, self._publish_lock)
         except Exception as exc:  # never lose the waiters to a bug: they get a status
             got = Refusal(500, f"pull-through error: {_first_line(exc)}")
+        if isinstance(got, Refusal):
+            with self._lock:
+                self._failed[offer.path] = (time.monotonic() + self.settings.down_for, got)
         if isinstance(got, Refusal) and got.status == 503:
             self._mark_down()
         elif isinstance(got, Path):
@@ -498,7 +533,9 @@ def fetch_offer(root: Path, offer: Offer, client: Client, policy: HostPolicy,
     rel, meta_rel = offer.path, offer.path + ".metadata"
     with publish_lock:
         pub.record(root, [rel, meta_rel])
-    fetcher = Fetcher(root, client, jobs=1, attempts=2, allowed_hosts=set(policy.hostnames), progress=False)
+    # one connection, in order: the partial file is a prefix of the file, which clients may be streamed
+    fetcher = Fetcher(root, client, jobs=1, attempts=2, allowed_hosts=set(policy.hostnames), progress=False,
+                      split_bytes=SEQUENTIAL)
     result = fetcher.run([FetchItem(key=rel, urls=(offer.url,), sha256=offer.sha256, size=offer.size)]).results[0]
     if result.status == "failed":
         with publish_lock:
@@ -566,18 +603,82 @@ class PullThroughHandler(MirrorHandler):
                     return self._error(404)
                 return self._send_file(path, body)
             if parts[3].endswith((".conda", ".tar.bz2")) and not self.root.joinpath(*parts).exists():
-                got = self.cache.file("/".join(parts))
-                if isinstance(got, Refusal):
-                    extra = {"Retry-After": "30"} if got.status in (503, 504) else None
-                    return self._error(got.status, extra, got.why)
-        if len(parts) >= 3 and parts[0] == L.PACKAGES_DIR and all(_SEGMENT.fullmatch(p) for p in parts):
-            target = self.root.joinpath(*parts)
-            if not target.exists():
-                got = self.cache.file("/".join(parts))
-                if isinstance(got, Refusal):
-                    extra = {"Retry-After": "30"} if got.status in (503, 504) else None
-                    return self._error(got.status, extra, got.why)
+                return self._miss("/".join(parts), body)
+        if len(parts) >= 3 and parts[0] == L.PACKAGES_DIR and all(_SEGMENT.fullmatch(p) for p in parts) \
+                and not self.root.joinpath(*parts).exists():
+            return self._miss("/".join(parts), body)
         return super()._serve(body)
+
+    def _miss(self, rel: str, body: bool) -> None:
+        got = self.cache.start(rel)
+        if isinstance(got, Download):
+            if body and self.request_version == "HTTP/1.1" and not self.headers.get("Range"):
+                return self._stream(got)
+            got = self.cache.wait(got)
+        if isinstance(got, Refusal):
+            return self._error(got.status, {"Retry-After": "30"} if got.status in (503, 504) else None, got.why)
+        return super()._serve(body)
+
+    def _stream(self, dl: Download) -> None:
+        """Send the file while it downloads (chunked): the bytes as they arrive, and the last
+        chunk only once the download passed its check and what was sent hashes to the declared
+        sha256. Otherwise the connection is closed without it, so a client never holds a
+        complete response with bytes that failed the check."""
+        self.send_response(200)
+        self.send_header("Content-Type", content_type(dl.partial.name.removesuffix(".part")))
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Cache-Control", cache_control(self.path))
+        self.end_headers()
+        digest = hashlib.sha256()
+        sent = 0
+        fh = None
+        try:
+            while True:
+                if fh is None:
+                    with contextlib.suppress(OSError):
+                        fh = open(dl.partial, "rb")  # noqa: SIM115 - closed in the finally below
+                chunk = fh.read(STREAM_CHUNK) if fh is not None else b""
+                if chunk:
+                    self._chunk(chunk, digest)
+                    sent += len(chunk)
+                    continue
+                if dl.future.done():
+                    break
+                if fh is not None and _replaced(fh, dl.partial):
+                    raise _Restarted  # the download started over: what was sent may not be its prefix
+                time.sleep(0.05)
+            result = self.cache.wait(dl)
+            if isinstance(result, Path):
+                with open(result, "rb") as rest:
+                    rest.seek(sent)
+                    while chunk := rest.read(STREAM_CHUNK):
+                        self._chunk(chunk, digest)
+            if isinstance(result, Path) and digest.hexdigest() == dl.sha256:
+                self.wfile.write(b"0\r\n\r\n")
+                return None
+            raise _Restarted
+        except (_Restarted, OSError):
+            self.close_connection = True  # incomplete: the client retries and finds the file (or the reason)
+            return None
+        finally:
+            if fh is not None:
+                fh.close()
+
+    def _chunk(self, data: bytes, digest: hashlib._Hash) -> None:
+        self.wfile.write(b"%x\r\n" % len(data) + data + b"\r\n")
+        digest.update(data)
+
+
+class _Restarted(Exception):
+    """A streamed response that must end incomplete."""
+
+
+def _replaced(fh, path: Path) -> bool:
+    """True when ``path`` now names another file than the open ``fh`` (a restarted download)."""
+    try:
+        return os.stat(path).st_ino != os.fstat(fh.fileno()).st_ino
+    except OSError:
+        return False  # renamed into place (or gone): the result says which
 
 
 # -- miss log: read, summarise, publish -------------------------------------------------------------
