@@ -293,7 +293,7 @@ class MirrorHandler(http.server.BaseHTTPRequestHandler):
     def _send_file(self, target: Path, body: bool, negotiated: dict[str, str] | None = None) -> None:
         """Answer with the file at ``target`` (validators, 304, Range), or 404 when it cannot be opened."""
         try:
-            fh = open(target, "rb")  # noqa: SIM115 - closed by the with below, after the 404 branch
+            fh = open(target, "rb")  # noqa: SIM115 - closed by the with below; only open() errors are a 404
         except OSError:  # missing, a directory, unreadable, a symlink loop, a name too long
             return self._error(404)
         with fh:
