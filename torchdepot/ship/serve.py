@@ -376,7 +376,7 @@ class _PrefixedSocketIO(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buf) -> int:  # type: ignore[override]
+    def readinto(self, buf) -> int:
         if self.prefix:
             n = min(len(buf), len(self.prefix))
             buf[:n] = self.prefix[:n]
@@ -624,8 +624,8 @@ class MirrorServer(http.server.HTTPServer):
                 except queue.Empty:
                     break
                 # a connection parked for less than EVICT_GRACE is a client about to send: spared
-                settled = time.monotonic() - EVICT_GRACE
-                victim = next((c for c in parked if (who is None or c.client == who) and c.parked_at <= settled), None)
+                since = time.monotonic() - EVICT_GRACE
+                victim = next((c for c in parked if (who is None or c.client == who) and c.parked_at <= since), None)
                 if victim is not None:
                     drop(victim)
             now = time.monotonic()
