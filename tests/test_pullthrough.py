@@ -119,6 +119,25 @@ def test_page_then_file_fetched_once_and_published(tmp_path):
     assert not (root / ".torchdepot" / "publish.json").exists()
     proc = subprocess.run([TD, "verify-mirror", root], capture_output=True, text=True, env=hermetic_env(), timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = subprocess.run([TD, "status", root], capture_output=True, text=True, env=hermetic_env(), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "pull-through misses: 2 file requests (2 fetched from upstream, 0 not served), 2 pages built" in proc.stdout
+
+
+def test_spec_gives_the_same_inputs(tmp_path):
+    from torchdepot.commands.serve import pull_sources
+
+    spec = tmp_path / "mirror.yaml"
+    spec.write_text("upstreams: [http://127.0.0.1:9/whl]\nchannel: nightly\nallow_hosts: [files.lab:8443]\n"
+                    "conda:\n  channels: [{name: chan, mirrors: [http://127.0.0.2:9/chan]}]\n  specs: [pytorch]\n")
+    sources = pull_sources(spec, ())
+    assert sources.upstreams == ("http://127.0.0.1:9/whl",)
+    assert sources.prefix == "nightly/"
+    assert sources.conda == (("chan", ("http://127.0.0.2:9/chan",)),)
+    assert sources.policy.allows("https://files.lab:8443/x.whl")
+    assert sources.policy.allows("http://127.0.0.2:9/chan/linux-64/x.conda")
+    assert not sources.policy.allows("http://evil.example/x.whl")
+    assert pull_sources(spec, ("http://127.0.0.3:9/whl",)).upstreams == ("http://127.0.0.3:9/whl",)  # --upstream wins
 
 
 def test_forty_clients_share_one_upstream_download(tmp_path):
