@@ -297,7 +297,8 @@ def test_hostile_upstream_links_are_screened(tmp_path):
         _upstream(up, torch, dep)
         evil = (f'<a href="http://evil.example/x/torch-9.0.0-py3-none-any.whl#sha256={"a" * 64}">x</a>'
                 f'<a href="{up.url}/whl/cpu/..%2F..%2Fetc%2Ftorch-8.0.0-py3-none-any.whl#sha256={"b" * 64}">y</a>'
-                f'<a href="{up.url}/whl/cpu/torch-7.0.0-py3-none-any.whl">no hash</a>')
+                f'<a href="{up.url}/whl/cpu/torch-7.0.0-py3-none-any.whl">no hash</a>'
+                f'<a href="{up.url}/whl/cpu/torch-6.0.0-py3-none-any.whl#sha256={"c" * 64}" data-yanked="">yanked</a>')
         up.add("/whl/cpu/torch/", f"<html><body>{evil}</body></html>".encode())
         with pull_server(root, _sources(up.url)) as (httpd, _cache):
             resp, page = get(httpd, "/whl/cpu/torch/")

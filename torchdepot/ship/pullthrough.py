@@ -7,7 +7,7 @@ merging the mirror's own page (it wins for a file name it has) with the project'
 the upstreams (the PyTorch index bases, then the dependency indexes of the user's pip
 configuration), read through the one :class:`~torchdepot.sources.upstream.UpstreamReader`
 and screened by the same host policy and file-name rules as a sync. Only wheels whose link
-declares a sha256 are offered. Every link is relative (``../../../packages/<project>/<file>``):
+declares a sha256 and that are not yanked are offered. Every link is relative (``../../../packages/<project>/<file>``):
 no page ever names an upstream host. The merged page (HTML and its PEP 691 JSON twin, the
 store's own writers) and what it offers (URL, sha256, size per path) are written under
 ``.torchdepot/pullthrough/`` and served until ``page_ttl`` passes or the mirror's own page
@@ -327,7 +327,8 @@ class PullThrough:
         offers: list[Offer] = []
         screened = screen_links(links, self.sources.policy)
         for link in screened.kept:
-            if link.filename in have or not _wheel_of(link, project):
+            # a yanked file is left out: the store's pages cannot mark it yanked, and pip would then pick it
+            if link.filename in have or not _wheel_of(link, project) or link.yanked is not None:
                 continue
             have.add(link.filename)
             assert link.sha256 is not None
