@@ -222,7 +222,6 @@ class PullThrough:
         self._page_locks: dict[tuple[str, str], threading.Lock] = {}
         self._inflight: dict[str, Future[Path | Refusal]] = {}
         self._failed: dict[str, tuple[float, Refusal]] = {}  # path -> (until, why): recent failures
-        self._offers: dict[str, Offer] = {}
         self._downloads = ThreadPoolExecutor(max_workers=settings.downloads, thread_name_prefix="pullthrough")
         self._down_until = 0.0
         self._log_full = False
@@ -293,8 +292,6 @@ class PullThrough:
             atomic_write_bytes(dest / name, pages[f"{rel}/{name}"] if variant else pages[f"{project}/{name}"])
         doc = {"offers": [asdict(o) for o in offers]}
         atomic_write_bytes(dest / OFFERS_NAME, (json.dumps(doc, indent=0, sort_keys=True) + "\n").encode())
-        with self._lock:
-            self._offers.update((o.path, o) for o in offers)
         if offers:
             self._record(Miss(time=_now(), kind="page", project=project, variant=variant, outcome="built"))
 
@@ -352,28 +349,19 @@ class PullThrough:
 
     # -- files --------------------------------------------------------------------------
     def offer(self, rel: str) -> Offer | None:
-        """What a built page offered at ``rel`` (memory first, then the pages on disk)."""
-        with self._lock:
-            got = self._offers.get(rel)
-        if got is not None:
-            return got
+        """What the latest built page offers at ``rel`` (read from disk: a rebuilt page's offer,
+        with upstream's current hash, is the one that counts; nothing accumulates in memory)."""
         parts = rel.split("/")
         if len(parts) == 4 and parts[0] == L.CONDA_DIR:
-            for o in _read_offers(self.state / L.CONDA_DIR / parts[1] / parts[2] / OFFERS_NAME):
-                if o.path == rel:
-                    with self._lock:
-                        self._offers[rel] = o
-                    return o
+            places = [self.state / L.CONDA_DIR / parts[1] / parts[2] / OFFERS_NAME]
+        elif len(parts) >= 3 and parts[0] == L.PACKAGES_DIR:
+            base = self.state / L.INDEX_LINK
+            places = [*base.glob(f"*/{parts[1]}/{OFFERS_NAME}"), base / parts[1] / OFFERS_NAME]
+        else:
             return None
-        if len(parts) < 3 or parts[0] != L.PACKAGES_DIR:
-            return None
-        project = parts[1]
-        base = self.state / L.INDEX_LINK
-        for offers in [*base.glob(f"*/{project}/{OFFERS_NAME}"), base / project / OFFERS_NAME]:
-            for o in _read_offers(offers):
+        for place in places:
+            for o in _read_offers(place):
                 if o.path == rel:
-                    with self._lock:
-                        self._offers[rel] = o
                     return o
         return None
 
@@ -433,8 +421,11 @@ class PullThrough:
         except Exception as exc:  # never lose the waiters to a bug: they get a status
             got = Refusal(500, f"pull-through error: {_first_line(exc)}")
         if isinstance(got, Refusal):
+            now = time.monotonic()
             with self._lock:
-                self._failed[offer.path] = (time.monotonic() + self.settings.down_for, got)
+                for rel in [r for r, (until, _why) in self._failed.items() if until <= now]:
+                    del self._failed[rel]  # only recent failures are kept
+                self._failed[offer.path] = (now + self.settings.down_for, got)
         if isinstance(got, Refusal) and got.status == 503:
             self._mark_down()
         elif isinstance(got, Path):
@@ -485,8 +476,6 @@ class PullThrough:
         atomic_write_bytes(built, json.dumps(doc, sort_keys=True).encode())
         atomic_write_bytes(built.parent / OFFERS_NAME,  # last: its time is the refresh's
                            (json.dumps({"offers": [asdict(o) for o in offers]}, sort_keys=True) + "\n").encode())
-        with self._lock:
-            self._offers.update((o.path, o) for o in offers)
 
     def _stale(self, project: str) -> None:
         """The project's built pages are due: next time they list the file as the mirror's own
