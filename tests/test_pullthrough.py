@@ -78,11 +78,12 @@ def get(httpd, path: str, headers: dict[str, str] | None = None,
     conn = http.client.HTTPConnection(*httpd.server_address[:2], timeout=30)
     if version == "HTTP/1.0":
         conn._http_vsn, conn._http_vsn_str = 10, "HTTP/1.0"
-    conn.request("GET", path, headers=headers or {})
-    resp = conn.getresponse()
-    body = resp.read()
-    conn.close()
-    return resp, body
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp, resp.read()
+    finally:
+        conn.close()
 
 
 def _hrefs(html: bytes) -> list[str]:
