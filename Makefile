@@ -70,9 +70,9 @@ test-pythons: $(TEST_STAMP)
 	done; \
 	if [ -n "$$failed" ]; then echo "make: fast tier failed on Python$$failed"; exit 1; fi
 
-# Placeholder: the lint gate (ruff, mypy) replaces this target.
-lint:
-	@echo "make lint: no lint gate configured yet"
+lint: $(TEST_STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m mypy torchdepot
 
 bench: $(TEST_STAMP)
 	$(TD) mirror --spec $(SPEC)   # bench/verify.py locks and verifies this mirror

@@ -61,6 +61,7 @@ import shutil
 import stat
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
@@ -309,8 +310,7 @@ def _live_index_files(root: Path, manifest: mf.Manifest) -> dict[str, list[Index
             page = parse_html(page_path.read_bytes(), page_path.as_uri())
             for link in page.links:
                 key = _link_key(root, link.url)
-                entry = by_path.get(key) if key is not None else None
-                if entry is None:
+                if key is None or (entry := by_path.get(key)) is None:
                     return None
                 variants.setdefault(acc_dir.name, []).append(IndexFile(
                     page_path.parent.name, key.rsplit("/", 1)[-1], key, entry.sha256, link.requires_python,
@@ -349,7 +349,7 @@ def _rebuild_json_pages(root: Path, manifest: mf.Manifest) -> str | None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     install_generation(root, build, gen)
-    prune(root, keep={gen, live_gen} - {None})  # the old one stays for a reader mid-install
+    prune(root, keep={g for g in (gen, live_gen) if g is not None})  # the old one stays for a reader mid-install
     return None
 
 
@@ -473,7 +473,7 @@ def _repair(root: Path, manifest: mf.Manifest, problems: list[Problem], client, 
         for key, p in refetch.items():
             entry = by_path[key]
             why = policy.refusal(entry.url, entry.size) if entry.url else "no url in manifest.json to refetch from"
-            if why is None:
+            if why is None and entry.url:  # (why is None only when there is a url)
                 items.append(FetchItem(key, (entry.url,), entry.sha256, entry.size))
             else:
                 out.append(Problem(p.kind, p.path, f"{p.detail}; not refetched: {why}"))
@@ -577,3 +577,20 @@ def verify_mirror_locked(root: Path, repair: bool = False, client=None, *, wait:
 
 def report_json(report: VerifyReport) -> str:
     return json.dumps(report.to_json(), indent=1, sort_keys=True)
+
+
+def verify_published(out: Path, say: Callable[[str], None]) -> VerifyReport:
+    """A sync's closing check of what it just published: every manifest file hash-valid, every
+    index link resolving (the fetcher's hash cache spares re-reading unchanged files), and the
+    leftovers of killed runs dropped. Up to 10 problems said; a missing or corrupt file, a
+    dangling link or a bad JSON page stops the run."""
+    check = verify_mirror(out, trust_cache=True, clean=True)
+    if check.ok:
+        return check
+    serious = [p for p in check.unrepaired if p.kind in ("missing", "corrupt", "dangling-link", "bad-json-page")]
+    for p in check.unrepaired[:10]:
+        say(f"verify-mirror: {p.kind}: {p.path}: {p.detail}")
+    if serious:
+        raise TorchdepotError(f"{check.summary()}; first: {serious[0].path}: {serious[0].detail}")
+    say(f"{check.summary()} (run 'torchdepot verify-mirror {out} --repair' to clean up)")
+    return check
