@@ -67,6 +67,7 @@ def _spec(tmp: Path, a: str, accelerators: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_current_follows_releases_and_keeps_what_upstream_drops(release):
     a, b, tmp, publish = release
     publish({"cpu": ["2.14.0"], "cu126": ["2.14.0"], "cu130": ["2.14.0"]})

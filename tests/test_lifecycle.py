@@ -198,6 +198,7 @@ def test_upgrade_keeps_old_torch_and_keep_n_drops_it(site, wheels):
     verify_clean(tmp, b, m)
 
 
+@pytest.mark.slow
 def test_dry_run_lists_exactly_what_keep_n_then_removes(site, wheels):
     """``--dry-run`` and the real run share one removal plan: with ``keep: 1`` the dry run lists
     the older torch (file by file, in --json too) that the real run then removes, and removes nothing."""
