@@ -1,6 +1,6 @@
 # torchdepot: `make mirror` builds the mirror from mirror/mirror.yaml; `make test` runs the fast
 # tests (not marked slow or e2e), `make test-all` every test, `make test-pythons` the fast tier on
-# Python 3.10, 3.12 and 3.13 (uv venvs under .venvs/).
+# Python 3.10, 3.12 and 3.13 (venvs under .venvs/).
 # Everything runs from a project virtualenv (.venv) bootstrapped from pyproject.toml:
 # `make mirror` installs only the runtime dependencies; `make test` adds the test ones.
 PYTHON ?= python3
@@ -53,14 +53,14 @@ test: $(TEST_STAMP)
 test-all: $(TEST_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# One venv per interpreter (pyenv's, by version; uv creates it in 0.1 s), the project installed
-# editable with its test extra by pip, so the pip configuration (index, find-links, constraints)
-# applies as for .venv; then the fast tier.
+# One venv per interpreter (pyenv's, by version), with pip in it as in .venv (the tests run
+# `python -m pip config list`), the project installed editable with its test extra by pip, so the
+# pip configuration (index, find-links, constraints) applies as for .venv; then the fast tier.
 test-pythons: $(TEST_STAMP)
 	@failed=""; for v in $(PYTHONS); do \
 	  py=$(PYENV_ROOT)/versions/$$v/bin/python; dir=.venvs/py$$v; start=$$(date +%s); \
 	  echo "make: Python $$v: $$dir"; \
-	  if $(VENV)/bin/uv venv --quiet --allow-existing --python $$py $$dir \
+	  if { [ -x $$dir/bin/pip ] || $$py -m venv $$dir; } \
 	     && { $(PY) -m pip --python $$dir/bin/python install --disable-pip-version-check --quiet --no-compile -e '.[test]' 2>&1 \
 	          | grep -v "is ignored: it is neither" || true; } \
 	     && $$dir/bin/python -c "import torchdepot, pytest, hypothesis" \
