@@ -19,6 +19,7 @@ it (no regex re-spelling a name built elsewhere). Layout of ``<root>``::
         partial/                      downloads in flight (PARTIAL_DIR)
         view/                         the local index the resolver reads (VIEW_DIR; rebuilt each run)
         resolutions.json              each target's last resolution and its inputs (RESOLUTIONS)
+        metadata/                     METADATA by content hash, kept between runs (METADATA_CACHE)
         stage-<kind>-<pid>-<rand>/    staging of an unbundle or repair (one per run)
         aside/<stamp>/                unknown files moved out by ``verify-mirror --repair --move-unknown``
 
@@ -67,6 +68,7 @@ HASHES_NAME = "hashes.json"
 PARTIAL_DIR = f"{STATE_DIR}/partial"
 VIEW_DIR = f"{STATE_DIR}/view"
 RESOLUTIONS = f"{STATE_DIR}/resolutions.json"
+METADATA_CACHE = f"{STATE_DIR}/metadata"
 PUBLISH_JOURNAL = f"{STATE_DIR}/publish.json"
 ASIDE_DIR = f"{STATE_DIR}/aside"
 STAGE_PREFIX = "stage-"

@@ -17,9 +17,11 @@ are keyed by stored path.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from torchdepot.errors import UpstreamError
 from torchdepot.fetch import (
     DEFAULT_CONNECTIONS,
     DEFAULT_CONNECTIONS_PER_HOST,
@@ -30,11 +32,12 @@ from torchdepot.fetch import (
 from torchdepot.fetch.progress import ProgressCallback
 from torchdepot.net.hostpolicy import HostPolicy
 from torchdepot.net.http import Client
+from torchdepot.resolve.uv import ResolvedFile
 from torchdepot.spec.mirror import MirrorSpec
 from torchdepot.store import publication as pub
 from torchdepot.store.fsutil import safe_join
-from torchdepot.sync.resolution import Resolution
-from torchdepot.sync.view import View
+from torchdepot.sync.resolution import Resolution, file_key
+from torchdepot.sync.view import View, ViewFile, WholeFile
 
 
 def same_path_elsewhere(url: str, upstreams: tuple[str, ...]) -> tuple[str, ...]:
@@ -83,6 +86,35 @@ def make_fetcher(out: Path, spec: MirrorSpec, client: Client, policy: HostPolicy
                    on_progress=on_progress, fsync=spec.fsync, allowed_hosts=set(policy.hostnames),
                    connections=spec.connections or DEFAULT_CONNECTIONS,
                    connections_per_host=spec.connections_per_host or DEFAULT_CONNECTIONS_PER_HOST)
+
+
+def whole_into_store(out: Path, spec: MirrorSpec, fetcher: Fetcher) -> tuple[WholeFile, set[str]]:
+    """The view's :data:`~torchdepot.sync.view.WholeFile` for a real run: a file the resolver
+    must read whole (upstream gave no hash) is downloaded by the run's ``fetcher`` (progress,
+    pieces, failover to the other PyTorch upstreams, hashed as it arrives) straight to the
+    path the fetch step will store it at, journaled first; the fetch step then joins that
+    download instead of starting another. Returns the callable and the set of stored paths it
+    wrote (so a file the resolver did not choose after all is removed again)."""
+    lock = threading.Lock()
+    written: set[str] = set()
+
+    def whole(_accelerator: str, vf: ViewFile) -> Path | None:
+        key = file_key(ResolvedFile(name=vf.project, version="", url=vf.link.url, filename=vf.filename,
+                                    sha256=vf.link.sha256, size=vf.link.size))
+        with lock:  # one journal writer at a time (resolver requests arrive in parallel)
+            live = pub.live_manifest(out)
+            path = pub.choose_path(key, pub.Claim(vf.link.sha256, vf.link.size), live.by_path() if live else {},
+                                   pub.load_journal(out), lambda rel: safe_join(out, rel).exists())
+            pub.record(out, {path, path + ".metadata"})
+            fetcher.start()
+            written.add(path)
+        result = fetcher.submit(FetchItem(path, same_path_elsewhere(vf.link.url, spec.upstreams), vf.link.sha256,
+                                          vf.link.size)).result()
+        if result.status == "failed":
+            raise UpstreamError(result.error or f"{vf.link.url}: download failed")
+        return safe_join(out, path)
+
+    return whole, written
 
 
 def fetch_files(out: Path, resolution: Resolution, view: View, spec: MirrorSpec, client: Client,

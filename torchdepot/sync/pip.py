@@ -56,7 +56,13 @@ from torchdepot.store.layout import MANIFEST_NAME
 from torchdepot.store.pages import IndexFile, ensure_metadata
 from torchdepot.sync import lifecycle
 from torchdepot.sync.check import verify_mirror
-from torchdepot.sync.download import PipFetchReport, fetch_files, make_fetcher, same_path_elsewhere
+from torchdepot.sync.download import (
+    PipFetchReport,
+    fetch_files,
+    make_fetcher,
+    same_path_elsewhere,
+    whole_into_store,
+)
 from torchdepot.sync.locked import LockedEnv, locked_resolution
 from torchdepot.sync.pipindex import publish_pip
 from torchdepot.sync.plan import (
@@ -234,16 +240,18 @@ def _accelerators(run_targets: list[PipTarget], locks: tuple[LockedEnv, ...]) ->
 
 
 def _open_view(spec: MirrorSpec, edge: _Edge, accelerators: list[str], workdir: Path,
-               previous: mf.Manifest | None, say: Echo) -> View:
+               previous: mf.Manifest | None, say: Echo, out: Path, dry_run: bool) -> View:
     """The screened local index uv reads: each accelerator from the first upstream carrying it,
     dependencies from the user's pip sources, hashes the mirror already holds reused."""
     indexes, find_links = dependency_sources(edge.pip, edge.default_index)
     sources = ViewSources(variants=locate_variants(spec, edge.reader, accelerators, edge.pip, say),
                           indexes=indexes, find_links=find_links)
+    held = [e for e in (previous.files if previous else ()) if e.url and e.kind == "wheel" and not e.hash_mismatch]
     return View(reader=edge.reader, policy=edge.policy, sources=sources, workdir=workdir,
                 on_hash_mismatch=spec.on_hash_mismatch, say=say, exclude_newer=spec.exclude_newer,
-                known_hashes={e.url: e.sha256 for e in (previous.files if previous else ())
-                              if e.url and e.kind == "wheel" and not e.hash_mismatch})
+                known_hashes={e.url: e.sha256 for e in held if e.url},
+                local_wheels={e.url: safe_join(out, e.path) for e in held if e.url},
+                metadata_cache=out / L.METADATA_CACHE, cache_writes=not dry_run)
 
 
 def _resolve(plan: Plan, view: View, locks: tuple[LockedEnv, ...], cache: Path | None) -> Resolution:
@@ -322,14 +330,17 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
     try:
         run_targets = list(spec.targets() if targets is None else targets)
         locked_ids = {env.target.id for env in locks}
-        held.view = view = _open_view(spec, edge, _accelerators(run_targets, locks), workdir, previous, log.say)
+        held.view = view = _open_view(spec, edge, _accelerators(run_targets, locks), workdir, previous, log.say,
+                                           out, dry_run)
         plan = plan_targets(spec, view, edge.pip, [t for t in run_targets if t.id not in locked_ids], tolerate)
         carried = _carried(plan, previous, log.say)
         log.phase("upstreams")
         if not dry_run:  # the pinned torch wheels download while their closures resolve
             held.fetcher = make_fetcher(out, spec, held.client, edge.policy, progress, on_progress)
             early = _submit_pinned(out, plan, view, spec, held.fetcher, previous)
+            view.whole, relayed = whole_into_store(out, spec, held.fetcher)
         resolution = _resolve(plan, view, locks, None if dry_run else out / L.RESOLUTIONS)
+        early |= set() if dry_run else relayed
         result.plans = list(resolution.targets)
         log.phase("resolve")
         if dry_run:

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import requests
 from packaging.utils import canonicalize_name
 
 from torchdepot.errors import ParseError, TorchdepotError, UpstreamError
@@ -71,9 +72,13 @@ from torchdepot.sources.variants import (
     variants_json_key,
 )
 from torchdepot.sources.wheelmeta import remote_metadata
-from torchdepot.store.fsutil import atomic_write_bytes, safe_filename, safe_join, sha256_file
+from torchdepot.store.fsutil import safe_filename, safe_join, sha256_file
 
 Say = Callable[[str], None]
+# (accelerator, view file) -> the whole file on local disk, downloaded once (hashed as it
+# arrived); None when it cannot be had. A real run stores it in the mirror, where the fetch
+# step finds it; a dry run keeps it in the scratch view.
+WholeFile = Callable[[str, "ViewFile"], "Path | None"]
 
 
 class MetadataMismatchError(TorchdepotError):
@@ -143,6 +148,12 @@ class View:
     # manifest): a link without a hash gets this one, so the resolver need not download a
     # published wheel again to hash it for the lock (a no-op re-sync stays a no-op)
     known_hashes: dict[str, str] = field(default_factory=dict)
+    whole: WholeFile | None = None  # see WholeFile; None: downloaded into the work dir
+    # upstream URL -> the wheel the mirror holds from it (the previous manifest): its METADATA
+    # is read from local disk, not by Range requests across the link
+    local_wheels: dict[str, Path] = field(default_factory=dict)
+    metadata_cache: Path | None = None  # content-addressed METADATA kept between runs
+    cache_writes: bool = True  # False in a dry run: the mirror is only read
     refused: collections.Counter = field(default_factory=collections.Counter)
     errors: list[str] = field(default_factory=list)
     _files: dict[tuple[str, str], ViewFile] = field(default_factory=dict)
@@ -154,6 +165,8 @@ class View:
     _dead: set[str] = field(default_factory=set)
     _local_hashes: dict[str, str | None] = field(default_factory=dict)
     _pages: dict[tuple[str, str], bytes | None] = field(default_factory=dict)
+    _wholes: dict[str, Path | None] = field(default_factory=dict)
+    _whole_locks: dict[str, threading.Lock] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     # -- links -------------------------------------------------------------------------
@@ -334,7 +347,7 @@ class View:
                 attrs += f' data-upload-time="{html.escape(link.upload_time)}"'
             anchors.append(f"<a {attrs}>{html.escape(f.shown)}</a><br/>\n")
         body = ("<!DOCTYPE html>\n<html><body>\n" + "".join(anchors) + "</body></html>\n").encode()
-        atomic_write_bytes(safe_join(self.workdir, f"{accelerator}/{project}/index.html"), body)
+        write_scratch(safe_join(self.workdir, f"{accelerator}/{project}/index.html"), body)
         return body
 
     def metadata(self, accelerator: str, filename: str) -> bytes | None:
@@ -347,7 +360,64 @@ class View:
         with self._lock:
             if (accelerator, filename) in self._metadata:
                 return path.read_bytes()
+        got = self._cached_metadata(vf)
+        if got is not None:
+            data, record = got
+        else:
+            data, record = self._fresh_metadata(accelerator, vf)
+            if data is None or record is None:
+                return None
+        if vf.label is not None:  # the resolver sees the label's view of the variant markers
+            data = evaluate_variant_markers(data, vf.label, self._properties(accelerator, vf))
+        write_scratch(path, data)
+        with self._lock:
+            self._metadata[(accelerator, filename)] = record
+        return data
+
+    # The metadata cache (``.torchdepot/metadata/``), content-addressed so an entry can never
+    # be stale: ``core-<sha256>`` holds upstream .metadata bytes that hash to the name (checked
+    # again on reading); ``wheel-<sha256>`` holds the METADATA inside the wheel of that sha256.
+    def _cached_metadata(self, vf: ViewFile) -> tuple[bytes, MetadataRecord] | None:
         link = vf.link
+        declared = link.metadata_sha256
+        if link.core_metadata and declared:
+            data = self._cache_read(f"core-{declared}")
+            if data is not None and hashlib.sha256(data).hexdigest() == declared:
+                return data, MetadataRecord(vf.filename, declared, declared, declared, "upstream")
+            return None
+        if link.core_metadata:
+            return None  # upstream's .metadata without a hash: read it (it may disagree with the wheel)
+        sha = link.sha256 or self.known_hashes.get(link.url)
+        if not sha:
+            return None
+        data = self._cache_read(f"wheel-{sha}")
+        local = self.local_wheels.get(link.url)
+        if data is None and local is not None and link.sha256 in (None, self.known_hashes.get(link.url)):
+            try:  # the mirror holds this very wheel: its central directory is on local disk
+                data = remote_metadata(self.reader, local.as_uri(), vf.project)
+            except UpstreamError:
+                return None
+            self._cache_write(f"wheel-{sha}", data)
+        if data is None:
+            return None
+        return data, MetadataRecord(vf.filename, hashlib.sha256(data).hexdigest(), None, None, "wheel")
+
+    def _cache_read(self, name: str) -> bytes | None:
+        if self.metadata_cache is None:
+            return None
+        try:
+            return (self.metadata_cache / name).read_bytes()
+        except OSError:
+            return None
+
+    def _cache_write(self, name: str, data: bytes) -> None:
+        if self.metadata_cache is not None and self.cache_writes:
+            with contextlib.suppress(OSError):  # a cache: a failed write costs a read next run
+                write_scratch(self.metadata_cache / name, data)
+
+    def _fresh_metadata(self, accelerator: str, vf: ViewFile) -> tuple[bytes | None, MetadataRecord | None]:
+        """METADATA read from upstream (its .metadata, else the wheel's by Range), and what was seen."""
+        filename, link = vf.filename, vf.link
         data, served = None, None
         if link.core_metadata:
             try:
@@ -361,7 +431,7 @@ class View:
             if self.on_hash_mismatch == "fail":
                 self._error(f"{filename}.metadata: upstream declares sha256 {declared} but its .metadata hashes "
                             f"to {served} (on_hash_mismatch: fail)")
-                return None
+                return None, None
             self.say(f"warning: {filename}.metadata: upstream declares sha256 {declared} but its .metadata hashes "
                      f"to {served}; using the wheel's own METADATA (on_hash_mismatch: warn; recorded in manifest.json)")
             data = None
@@ -370,14 +440,13 @@ class View:
             source = "wheel"
             data = self._from_wheel(accelerator, vf)
             if data is None:
-                return None
+                return None, None
         record = MetadataRecord(filename, hashlib.sha256(data).hexdigest(), declared, served, source)
-        if vf.label is not None:  # the resolver sees the label's view of the variant markers
-            data = evaluate_variant_markers(data, vf.label, self._properties(accelerator, vf))
-        atomic_write_bytes(path, data)
-        with self._lock:
-            self._metadata[(accelerator, filename)] = record
-        return data
+        if source == "upstream" and declared is not None:
+            self._cache_write(f"core-{declared}", data)
+        elif declared is None and not link.core_metadata and (link.sha256 or self.known_hashes.get(link.url)):
+            self._cache_write(f"wheel-{link.sha256 or self.known_hashes[link.url]}", data)
+        return data, record
 
     def _from_wheel(self, accelerator: str, vf: ViewFile) -> bytes | None:
         """METADATA from the wheel itself, then from the same file on another source."""
@@ -418,25 +487,54 @@ class View:
             return self._local_hashes[link.url]
 
     def relay(self, accelerator: str, filename: str, handler: http.server.BaseHTTPRequestHandler) -> None:
-        """Stream a view file's bytes to the resolver. uv reads a wheel only when the index
-        gave no sha256 for it (it hashes it for the lock): nightly pages, find-links dirs."""
+        """Send a view file's bytes to the resolver. uv reads a wheel only when the index gave no
+        sha256 for it (it hashes it for the lock; twice, in fact): nightly pages, flat listings,
+        find-links dirs. The wheel crosses the far link once: it is downloaded whole, once per
+        run (:meth:`local_copy`), and every read is served from that local copy."""
         vf = self._files.get((accelerator, filename))
         if vf is None:
             handler.send_error(404)
             return
-        if urllib.parse.urlsplit(vf.link.url).scheme == "file":
-            with open(file_url_path(vf.link.url), "rb") as src:
-                self._send(handler, src, os.fstat(src.fileno()).st_size)
+        local = self.local_copy(accelerator, vf)
+        if local is None:
+            handler.send_error(502)
             return
+        with open(local, "rb") as src:
+            self._send(handler, src, os.fstat(src.fileno()).st_size)
+
+    def local_copy(self, accelerator: str, vf: ViewFile) -> Path | None:
+        """The whole file of ``vf`` on local disk: a ``file://`` link's own path, else downloaded
+        once per run (concurrent callers wait for the one download)."""
+        url = vf.link.url
+        if urllib.parse.urlsplit(url).scheme == "file":
+            return file_url_path(url)
+        with self._lock:
+            lock = self._whole_locks.setdefault(url, threading.Lock())
+        with lock:
+            if url not in self._wholes:
+                try:
+                    self._wholes[url] = self.whole(accelerator, vf) if self.whole else self._download(vf)
+                except (UpstreamError, OSError, requests.RequestException) as exc:
+                    self._error(f"{vf.filename}: cannot download it from upstream: {exc}")
+                    self._wholes[url] = None
+            return self._wholes[url]
+
+    def _download(self, vf: ViewFile) -> Path | None:
+        """``vf`` streamed into the work dir (a dry run's scratch view)."""
+        dest = safe_join(self.workdir, f"wheels/{safe_filename(vf.filename)}")
         resp = self.reader.open(vf.link.url, "wheels")
         if resp is None:
-            handler.send_error(404)
-            return
+            return None
         try:
-            length = resp.headers.get("Content-Length")
-            self._send(handler, resp.raw, int(length) if length and length.isdigit() else None)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            part = dest.with_name(dest.name + ".part")
+            with open(part, "wb") as out:
+                for chunk in resp.iter_content(1024 * 1024):
+                    out.write(chunk)
+            os.replace(part, dest)
         finally:
             resp.close()
+        return dest
 
     @staticmethod
     def _send(handler: http.server.BaseHTTPRequestHandler, src, length: int | None) -> None:
@@ -527,6 +625,16 @@ class View:
         finally:
             server.shutdown()
             server.server_close()
+
+
+def write_scratch(path: Path, data: bytes) -> None:
+    """Replace ``path`` atomically (a reader never sees half of it) but without fsync: the view
+    and the metadata cache are rebuilt from upstream if a power loss leaves one short, and
+    the content-addressed cache is checked on reading."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def _label(filename: str) -> str | None:

@@ -1,0 +1,71 @@
+"""Each byte crosses the far link once per sync (issue 21): a hashless upstream (an
+Aliyun-style flat listing of the PyTorch variant, and a dependency index whose pages give
+no hashes and no ``.metadata``) is mirrored with every wheel's body sent at most once by
+the server (size + 1 MB allows for the few KB of Range reads of each zip's central
+directory), counted at a real loopback server."""
+
+from __future__ import annotations
+
+import html
+
+import pytest
+
+from tests.faultserver import FaultServer
+from tests.kit.upstream import DEPS, TORCH, padded_wheel, pep503
+from torchdepot.net.http import HttpConfig, make_session
+from torchdepot.net.pipconfig import PipSources
+from torchdepot.spec.mirror import parse_spec
+from torchdepot.store import manifest as mf
+from torchdepot.sync.pip import sync
+
+MB = 1024 * 1024
+
+
+def _flat_listing(names: list[str]) -> bytes:
+    rows = "\n".join(f'<a href="{html.escape(n.replace("+", "%2B"))}">{html.escape(n)}</a>  2025-01-01 00:00  3M'
+                     for n in names)
+    return f'<html><body><pre><a href="../">../</a>\n{rows}\n</pre></body></html>\n'.encode()
+
+
+@pytest.fixture
+def hashless(tmp_path):
+    torch = padded_wheel(*TORCH, payload=3 * MB, seed=1)
+    deps = [padded_wheel(*spec, payload=MB + MB // 2, seed=2 + i) for i, spec in enumerate(DEPS)]
+    with FaultServer() as up:
+        up.add(f"/pytorch-wheels/cpu/{torch.filename}", torch.data)
+        up.add("/pytorch-wheels/cpu/", _flat_listing([torch.filename]))
+        tree = pep503(deps, pages=["/simple"], files="/files", metadata=False)
+        for path, content in tree.files.items():
+            if path.endswith("index.html") and "/simple/" in path:  # no hashes on the dependency pages
+                content = content.replace(b"#sha256=", b"#nohash=")
+            up.add(path, content)
+        sizes = {torch.filename: len(torch.data), **{w.filename: len(w.data) for w in deps}}
+        paths = {torch.filename: f"/pytorch-wheels/cpu/{torch.filename}",
+                 **{w.filename: f"/files/{w.filename}" for w in deps}}
+        yield up, sizes, paths, tmp_path
+
+
+def _sync(up, tmp_path, **kw):
+    spec = parse_spec({"accelerators": ["cpu"], "pythons": ["3.11"], "platforms": ["linux-x86_64"],
+                       "extra_packages": [], "upstreams": [up.url + "/pytorch-wheels"],
+                       "out": str(tmp_path / "out"), "jobs": 2}, "test spec")
+    msgs: list[str] = []
+    res = sync(spec, client=make_session(HttpConfig(retries=0)), progress=False, echo=msgs.append,
+               pip_sources=PipSources(index_url=up.url + "/simple"), **kw)
+    return res, msgs
+
+
+def test_hashless_upstream_sends_each_wheel_once(hashless):
+    up, sizes, paths, tmp_path = hashless
+    res, msgs = _sync(up, tmp_path)
+    sent = {name: up.body_bytes[path] for name, path in paths.items()}
+    print(f"\nFIGURES sent={sent} sizes={sizes} requests={res.requests} ranges={dict(up.ranges)}")
+    files = {e.path.rsplit("/", 1)[-1]: e for e in mf.load(tmp_path / "out").files if e.kind == "wheel"}
+    assert set(files) == set(sizes), msgs
+    for name, size in sizes.items():
+        assert files[name].size == size
+        assert sent[name] <= size + MB, (name, sent[name], size)
+    # a no-op re-sync sends no wheel bytes at all
+    up.reset_counters()
+    _sync(up, tmp_path)
+    assert {name: up.body_bytes[path] for name, path in paths.items()} == dict.fromkeys(sizes, 0)
