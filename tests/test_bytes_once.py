@@ -31,7 +31,7 @@ def _flat_listing(names: list[str]) -> bytes:
 def hashless(tmp_path):
     torch = padded_wheel(*TORCH, payload=3 * MB, seed=1)
     deps = [padded_wheel(*spec, payload=MB + MB // 2, seed=2 + i) for i, spec in enumerate(DEPS)]
-    with FaultServer() as up:
+    with FaultServer(validators=True) as up:
         up.add(f"/pytorch-wheels/cpu/{torch.filename}", torch.data)
         up.add("/pytorch-wheels/cpu/", _flat_listing([torch.filename]))
         tree = pep503(deps, pages=["/simple"], files="/files", metadata=False)
@@ -69,3 +69,26 @@ def test_hashless_upstream_sends_each_wheel_once(hashless):
     up.reset_counters()
     _sync(up, tmp_path)
     assert {name: up.body_bytes[path] for name, path in paths.items()} == dict.fromkeys(sizes, 0)
+
+
+def test_no_op_rereads_pages_conditionally(hashless):
+    """Pages are kept with their validators; a re-sync sends If-None-Match and a 304 costs no
+    body; a page upstream changed (new ETag) is read in full again."""
+    up, _sizes, _paths, tmp_path = hashless
+    first, _ = _sync(up, tmp_path)
+    assert first.requests["unchanged"] == 0
+    up.reset_counters()
+    again, msgs = _sync(up, tmp_path)
+    print(f"\nFIGURES no-op requests={again.requests} seconds={again.seconds:.2f}")
+    assert again.requests["pages"] == first.requests["pages"]
+    missing = [path for path in up.hits if up._lookup(path)[0] is None]
+    assert missing == ["/pytorch-wheels/cpu/torch/"]  # the layout probe (404): nothing to revalidate
+    assert again.requests["unchanged"] == again.requests["pages"] - len(missing), msgs
+    assert sum(n for path, n in up.body_bytes.items() if path not in missing) == 0  # only 304s
+    assert again.requests["metadata"] == again.requests["ranges"] == again.requests["wheels"] == 0
+    changed = "/simple/filelock/index.html"
+    up.add(changed, up.files[changed][0])  # same bytes, new ETag: read again, in full
+    up.reset_counters()
+    third, _ = _sync(up, tmp_path)
+    assert third.requests["unchanged"] == third.requests["pages"] - len(missing) - 1
+    assert up.body_bytes["/simple/filelock/"] == len(up.files[changed][0])

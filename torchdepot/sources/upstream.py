@@ -8,6 +8,9 @@ Every byte the sync learns about upstream comes through an :class:`UpstreamReade
   port), so a mirror that redirects to a host nobody allowed is a missing page, counted;
 - each URL is requested at most once per run (pages and metadata are cached, with one
   lock per URL so concurrent resolver requests never fetch the same page twice);
+- pages kept between runs (:meth:`UpstreamReader.keep_pages`) are re-read conditionally
+  (``If-None-Match``/``If-Modified-Since``); a 304 is served from the kept copy, counted as
+  ``unchanged``; a kept copy is used only for the URL it was read from;
 - a body is bounded in bytes (the caller's limit, a declared Content-Length checked first)
   and in time (the client's ``page_deadline`` for the whole body);
 - a page that does not exist (HTTP 404/410 by :attr:`HttpStatusError.status`, or a
@@ -31,10 +34,15 @@ is not immutable.
 from __future__ import annotations
 
 import collections
+import contextlib
+import hashlib
+import json
+import os
 import threading
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import requests
 from packaging.utils import canonicalize_name
@@ -76,6 +84,8 @@ class UpstreamReader:
         self._cache: dict[tuple[str, str], object] = {}
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._lock = threading.Lock()
+        self._page_dir: Path | None = None  # pages kept between runs (keep_pages)
+        self._page_writes = False
 
     # -- one request per URL ------------------------------------------------------------
     def _once(self, kind: str, url: str, load: Callable[[], object]):
@@ -161,15 +171,74 @@ class UpstreamReader:
             resp.close()
         raise UpstreamError(f"{url}: more than {MAX_REDIRECTS} redirects")
 
+    def keep_pages(self, folder: Path, *, write: bool = True) -> None:
+        """Keep pages between runs in ``folder`` and re-read them conditionally
+        (``If-None-Match``/``If-Modified-Since``): a page upstream answers 304 for costs no body.
+        ``write``: False to only read the kept pages (a dry run leaves the mirror as it is)."""
+        self._page_dir, self._page_writes = folder, write
+
     def page(self, url: str) -> Page | None:
         """The parsed page at ``url`` (JSON or HTML by Content-Type), None when it does not exist."""
         def load() -> Page | None:
-            body = self.get(url, "pages", headers={"Accept": ACCEPT})
+            kept = self._kept_page(url)
+            headers = {"Accept": ACCEPT}
+            if kept is not None:
+                if kept.headers.get("etag"):
+                    headers["If-None-Match"] = kept.headers["etag"]
+                if kept.headers.get("last-modified"):
+                    headers["If-Modified-Since"] = kept.headers["last-modified"]
+            body = self.get(url, "pages", headers=headers)
             if body is None:
                 return None
+            if body.status == 304 and kept is not None:
+                self._count("unchanged")
+                body = kept
+            elif body.status == 200:
+                self._keep_page(url, body)
             return parse_response(body.data, body.content_type, body.url)
 
         return self._once("page", url, load)
+
+    # A kept page is one file named by the URL's sha256: a JSON line (final URL, content type,
+    # validators), a newline, then the body as upstream sent it.
+    def _page_file(self, url: str) -> Path | None:
+        if self._page_dir is None or urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+            return None
+        return self._page_dir / hashlib.sha256(url.encode()).hexdigest()
+
+    def _kept_page(self, url: str) -> Body | None:
+        path = self._page_file(url)
+        try:
+            raw = path.read_bytes() if path is not None else None
+        except OSError:
+            return None
+        if not raw or b"\n" not in raw:
+            return None
+        head, _, data = raw.partition(b"\n")
+        try:
+            meta = json.loads(head)
+        except (ValueError, RecursionError):
+            return None
+        if not isinstance(meta, dict) or meta.get("request") != url or not isinstance(meta.get("url"), str):
+            return None
+        hdrs = {k: v for k, v in meta.items() if k in ("etag", "last-modified") and isinstance(v, str)}
+        ctype = meta.get("content-type") if isinstance(meta.get("content-type"), str) else None
+        return Body(data, meta["url"], ctype, 200, hdrs)
+
+    def _keep_page(self, url: str, body: Body) -> None:
+        path = self._page_file(url)
+        validators = {k: body.headers[k] for k in ("etag", "last-modified") if body.headers.get(k)}
+        if path is None or not self._page_writes or not validators:
+            return  # nothing to revalidate with: the next run reads the page anew anyway
+        head = json.dumps({"request": url, "url": body.url, "content-type": body.content_type, **validators})
+        tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
+        try:  # a cache: no fsync, and a failed write only costs a full read next run
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(head.encode() + b"\n" + body.data)
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
     def metadata(self, url: str) -> bytes | None:
         """A PEP 658 ``.metadata`` file (None when missing), fetched at most once."""
@@ -191,7 +260,7 @@ class UpstreamReader:
 
     def request_counts(self) -> dict[str, int]:
         with self._lock:
-            return {k: self.counts.get(k, 0) for k in ("pages", "metadata", "ranges", "wheels")}
+            return {k: self.counts.get(k, 0) for k in ("pages", "unchanged", "metadata", "ranges", "wheels")}
 
 
 # -- layouts ------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ it (no regex re-spelling a name built elsewhere). Layout of ``<root>``::
         view/                         the local index the resolver reads (VIEW_DIR; rebuilt each run)
         resolutions.json              each target's last resolution and its inputs (RESOLUTIONS)
         metadata/                     METADATA by content hash, kept between runs (METADATA_CACHE)
+        pages/                        upstream pages with their validators, re-read conditionally (PAGE_CACHE)
         stage-<kind>-<pid>-<rand>/    staging of an unbundle or repair (one per run)
         aside/<stamp>/                unknown files moved out by ``verify-mirror --repair --move-unknown``
 
@@ -69,6 +70,7 @@ PARTIAL_DIR = f"{STATE_DIR}/partial"
 VIEW_DIR = f"{STATE_DIR}/view"
 RESOLUTIONS = f"{STATE_DIR}/resolutions.json"
 METADATA_CACHE = f"{STATE_DIR}/metadata"
+PAGE_CACHE = f"{STATE_DIR}/pages"
 PUBLISH_JOURNAL = f"{STATE_DIR}/publish.json"
 ASIDE_DIR = f"{STATE_DIR}/aside"
 STAGE_PREFIX = "stage-"

@@ -324,6 +324,7 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
     log = _Log(result, echo, mark=started)
     held = _Held(client=client or make_session(), own_client=client is None, probe=Client(PROBE_CONFIG))
     edge = _edge(spec, held.probe, pip_sources)
+    edge.reader.keep_pages(out / L.PAGE_CACHE, write=not dry_run)
     held.scratch = tempfile.TemporaryDirectory(prefix="torchdepot-view-") if dry_run else None
     workdir = Path(held.scratch.name) if held.scratch else out / L.VIEW_DIR
     early: set[str] = set()
