@@ -33,6 +33,7 @@ from torchdepot.resolve.uv import IndexPlan, ResolvedFile, ResolveError, resolve
 from torchdepot.store.fsutil import atomic_write_text, safe_filename
 from torchdepot.sync.plan import Plan, TargetPlan
 from torchdepot.sync.view import View, ViewFile
+from torchdepot.sync.viewserver import serve_view
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ def resolve_targets(plan: Plan, view: View, jobs: int = 2, cache: Path | None = 
         fresh[t.id] = {"key": key, "files": [asdict(replace(f, url=f.url[len(base) + 1:])) for f in raw]}
         return replace(tp, files=tuple(f for f, _ in mapped)), mapped
 
-    with view.serve() as base, ThreadPoolExecutor(max_workers=max(1, min(jobs, len(plan.targets) or 1))) as pool:
+    with serve_view(view) as base, ThreadPoolExecutor(max_workers=max(1, min(jobs, len(plan.targets) or 1))) as pool:
         done = list(pool.map(lambda tp: one(base, tp), plan.targets))
     if view.errors:
         raise TorchdepotError(view.errors[0])

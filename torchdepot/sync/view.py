@@ -3,7 +3,7 @@
 Per accelerator, a PEP 503 + PEP 658 index built from screened upstream links and
 verified metadata, written under the run's work dir (``<acc>/<project>/index.html``,
 ``<acc>/files/<wheel>.metadata``) and served by a loopback HTTP server the run starts
-(:meth:`View.serve`). Pages are built on demand as the resolver asks for them, so only the
+(:func:`torchdepot.sync.viewserver.serve_view`). Pages are built on demand as the resolver asks for them, so only the
 closure's pages are read, each once (the :class:`UpstreamReader` caches).
 
 Invariants:
@@ -36,9 +36,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import html
-import http.server
 import os
-import shutil
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -486,22 +484,6 @@ class View:
                     self._local_hashes[link.url] = None
             return self._local_hashes[link.url]
 
-    def relay(self, accelerator: str, filename: str, handler: http.server.BaseHTTPRequestHandler) -> None:
-        """Send a view file's bytes to the resolver. uv reads a wheel only when the index gave no
-        sha256 for it (it hashes it for the lock; twice, in fact): nightly pages, flat listings,
-        find-links dirs. The wheel crosses the far link once: it is downloaded whole, once per
-        run (:meth:`local_copy`), and every read is served from that local copy."""
-        vf = self._files.get((accelerator, filename))
-        if vf is None:
-            handler.send_error(404)
-            return
-        local = self.local_copy(accelerator, vf)
-        if local is None:
-            handler.send_error(502)
-            return
-        with open(local, "rb") as src:
-            self._send(handler, src, os.fstat(src.fileno()).st_size)
-
     def local_copy(self, accelerator: str, vf: ViewFile) -> Path | None:
         """The whole file of ``vf`` on local disk: a ``file://`` link's own path, else downloaded
         once per run (concurrent callers wait for the one download)."""
@@ -536,17 +518,13 @@ class View:
             resp.close()
         return dest
 
-    @staticmethod
-    def _send(handler: http.server.BaseHTTPRequestHandler, src, length: int | None) -> None:
-        handler.send_response(200)
-        handler.send_header("Content-Type", "application/octet-stream")
-        if length is not None:
-            handler.send_header("Content-Length", str(length))
-        else:
-            handler.close_connection = True
-        handler.end_headers()
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            shutil.copyfileobj(src, handler.wfile, 1024 * 1024)
+    def file(self, accelerator: str, filename: str) -> ViewFile | None:
+        """The view file shown to the resolver as ``filename`` (None: not a view file)."""
+        return self._files.get((accelerator, filename))
+
+    def error(self, line: str) -> None:
+        """Record a refusal or failure (each line once); the run reports the first."""
+        self._error(line)
 
     def _error(self, line: str) -> None:
         with self._lock:
@@ -571,60 +549,6 @@ class View:
         if not counts:
             return None
         return f"upstream: refused {sum(counts.values())} links ({warnings_summary(counts)})"
-
-    # -- the loopback server ----------------------------------------------------------------
-    @contextlib.contextmanager
-    def serve(self) -> Iterator[str]:
-        """Serve the view on 127.0.0.1 (a free port) for the duration; yields its base URL."""
-        view = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:  # the resolver's requests are not news
-                pass
-
-            def do_GET(self) -> None:
-                parts = [urllib.parse.unquote(p) for p in urllib.parse.urlsplit(self.path).path.split("/") if p]
-                body, ctype = None, "text/html"
-                try:
-                    if len(parts) == 2:
-                        body = view.page(parts[0], parts[1])
-                    elif len(parts) == 3 and parts[1] == "files" and parts[2].endswith(".metadata"):
-                        body, ctype = view.metadata(parts[0], parts[2][: -len(".metadata")]), "text/plain"
-                    elif len(parts) == 1:
-                        body = b"<!DOCTYPE html><html><body></body></html>\n"
-                except TorchdepotError as exc:
-                    view._error(str(exc))
-                    self.send_error(502)
-                    return
-                except Exception as exc:  # never a traceback from a server thread: one line, then 502
-                    view._error(f"local view: {type(exc).__name__}: {exc}")
-                    self.send_error(502)
-                    return
-                if body is None and len(parts) == 3 and parts[1] == "files":
-                    view.relay(parts[0], parts[2], self)
-                    return
-                if body is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                try:
-                    self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the resolver hung up (it had what it needed)
-
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        self.base_url = f"http://127.0.0.1:{server.server_address[1]}"
-        try:
-            yield self.base_url
-        finally:
-            server.shutdown()
-            server.server_close()
 
 
 def write_scratch(path: Path, data: bytes) -> None:
