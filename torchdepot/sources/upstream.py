@@ -39,9 +39,11 @@ import hashlib
 import json
 import os
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import requests
@@ -228,6 +230,8 @@ class UpstreamReader:
     def _keep_page(self, url: str, body: Body) -> None:
         path = self._page_file(url)
         validators = {k: body.headers[k] for k in ("etag", "last-modified") if body.headers.get(k)}
+        if "last-modified" in validators and not _settled(validators["last-modified"], body.headers.get("date")):
+            del validators["last-modified"]  # changed within the clock's resolution: may change again unseen
         if path is None or not self._page_writes or not validators:
             return  # nothing to revalidate with: the next run reads the page anew anyway
         head = json.dumps({"request": url, "url": body.url, "content-type": body.content_type, **validators})
@@ -261,6 +265,19 @@ class UpstreamReader:
     def request_counts(self) -> dict[str, int]:
         with self._lock:
             return {k: self.counts.get(k, 0) for k in ("pages", "unchanged", "metadata", "ranges", "wheels")}
+
+
+def _settled(last_modified: str, date: str | None) -> bool:
+    """True when a page's ``Last-Modified`` is older than the second it was served in (plus
+    one): a page written in the same second as it was read may change again within that
+    second, and ``If-Modified-Since`` (one-second resolution) would miss it (git's "racily
+    clean" rule)."""
+    try:
+        modified = parsedate_to_datetime(last_modified).timestamp()
+        served = parsedate_to_datetime(date).timestamp() if date else time.time()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return False
+    return modified < served - 1
 
 
 # -- layouts ------------------------------------------------------------------------------
