@@ -9,6 +9,7 @@ default index's Linux torch), so it is never taken for a Linux target.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -64,15 +65,20 @@ def matches_target(w: WheelFile, accelerator: str, python: str, platform: str,
     return wheel_accelerator(w) == accelerator
 
 
-def candidates(links: list[Link], project: str, accelerator: str, python: str, platform: str) -> list[WheelFile]:
+def candidates(links: list[Link], project: str, accelerator: str, python: str, platform: str,
+               parsed: Mapping[str, WheelFile] | None = None) -> list[WheelFile]:
+    """The wheels among ``links`` for the target. ``parsed``: URL -> its file name already
+    parsed (the view parses each link once per run; every target then reuses it)."""
     out = []
     for link in links:
         if link.yanked is not None or not link.filename.endswith(".whl"):
             continue
-        try:
-            w = parse_wheel(link.url)
-        except ParseError:
-            continue
+        w = parsed.get(link.url) if parsed is not None else None
+        if w is None:
+            try:
+                w = parse_wheel(link.url)
+            except ParseError:
+                continue
         if w.name != project:
             continue
         if matches_target(w, accelerator, python, platform):
@@ -124,8 +130,9 @@ def choose(cands: list[WheelFile], constraint: str | None, *, prereleases: bool 
 
 
 def pin(links: list[Link], project: str, accelerator: str, python: str, platform: str,
-        constraint: str | None, *, prereleases: bool = False, torch_version: str | None = None) -> Pin | None:
-    cands = candidates(links, project, accelerator, python, platform)
+        constraint: str | None, *, prereleases: bool = False, torch_version: str | None = None,
+        parsed: Mapping[str, WheelFile] | None = None) -> Pin | None:
+    cands = candidates(links, project, accelerator, python, platform, parsed)
     prefix = paired_prefix(project, torch_version) if torch_version else None
     best = choose(cands, constraint, prereleases=prereleases, prefix=prefix)
     if best is None and prefix is not None:

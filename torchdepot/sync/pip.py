@@ -390,7 +390,7 @@ def _submit_pinned(out: Path, plan, view: View, spec: MirrorSpec, fetcher: Fetch
             if project not in TORCH_PROJECTS or not version:
                 continue
             links = [vf.link for vf in view.project(t.accelerator, project)]
-            wheels = {w.filename for w in candidates(links, project, t.accelerator, t.python, t.platform)
+            wheels = {w.filename for w in candidates(links, project, t.accelerator, t.python, t.platform, view.wheels)
                       if _same_version(w.version, version)}
             if len(wheels) != 1:
                 continue

@@ -47,13 +47,17 @@ def publish_pip(out: Path, resolution: Resolution, report: FetchReport, view: Vi
     records = view.metadata_records()
     entries: dict[str, mf.FileEntry] = {}
     index_files: dict[str, IndexFile] = {}
+    versions: dict[str, str] = {}  # resolution key -> version: one pass, not one scan per file
+    for tp in resolution.targets:
+        for f in tp.files:
+            versions.setdefault(file_key(f), f.version)
     for rkey, vf, _acc in resolution.files:
         key = stored(rkey)
         r = by_key[key]
         meta_sha, req_py, meta_size = ensure_metadata(out, key, vf.project)
         index_files[key] = IndexFile(vf.project, safe_filename(vf.filename), key, r.sha256, req_py, meta_sha,
                                      size=r.size, upload_time=vf.link.upload_time)  # PEP 700 in the JSON pages
-        version = next(f.version for tp in resolution.targets for f in tp.files if file_key(f) == rkey)
+        version = versions[rkey]
         entries[key] = mf.FileEntry(path=key, sha256=r.sha256, size=r.size, kind="wheel", project=vf.project,
                                     version=version, url=r.url or vf.link.url, upstream_sha256=r.upstream_sha256,
                                     hash_mismatch=r.hash_mismatch, upload_time=vf.link.upload_time)
@@ -64,13 +68,14 @@ def publish_pip(out: Path, resolution: Resolution, report: FetchReport, view: Vi
             hash_mismatch=rec is not None and rec.mismatch)
     vj = publish_variants_json(out, resolution, view)  # PEP 825 variants.json, read anew each run
     entries.update(vj.entries)
-    variants: dict[str, list[IndexFile]] = {}
+    variants: dict[str, dict[str, IndexFile]] = {}  # per accelerator, each file once (by path)
     targets = []
     for tp in resolution.targets:
         t = tp.target
         keys = list(dict.fromkeys(stored(file_key(f)) for f in tp.files))
-        variants.setdefault(t.accelerator, []).extend([*(index_files[k] for k in keys),
-                                                       *vj.links_for(file_key(f) for f in tp.files)])
+        listed = variants.setdefault(t.accelerator, {})
+        for f in [*(index_files[k] for k in keys), *vj.links_for(file_key(f) for f in tp.files)]:
+            listed.setdefault(f.path, f)
         target = mf.Target(
             id=t.id, kind="pip", accelerator=t.accelerator, python=t.python, platform=t.platform,
             packages=tuple(mf.TargetPackage(name=f.name, version=f.version, path=stored(file_key(f)),
@@ -82,10 +87,12 @@ def publish_pip(out: Path, resolution: Resolution, report: FetchReport, view: Vi
         atomic_write_text(safe_join(out, f"targets/{t.id}/pylock.toml"),
                           pylock_toml(target, pins_for(target, entries), "../..", location="path"))
     for acc, kept in (retained or {}).items():
-        variants.setdefault(acc, []).extend(kept)
+        listed = variants.setdefault(acc, {})
+        for f in kept:
+            listed.setdefault(f.path, f)
     live = pub.live_manifest(out)
     if live is not None:  # a re-sync: the live index is replaced only once its files are listed
         mf.save(out, pub.widened(live, entries.values()))
-    generation, changed = publish(out, build_pages(variants))
+    generation, changed = publish(out, build_pages({acc: list(files.values()) for acc, files in variants.items()}))
     return PipPublished(files=tuple(sorted(entries.values(), key=lambda e: e.path)), targets=tuple(targets),
                         generation=generation, changed=changed)

@@ -131,7 +131,7 @@ def _plan_target(spec: MirrorSpec, view: View, pip: PipSources, t: PipTarget, pr
         links = [f.link for f in view.project(t.accelerator, project)]
         constraint = (t.torch or pkg.constraint) if project == "torch" else pkg.constraint
         p = pin(links, project, t.accelerator, t.python, t.platform, constraint,
-                prereleases=prerelease, torch_version=torch_version)
+                prereleases=prerelease, torch_version=torch_version, parsed=view.wheels)
         if p is None:
             want = f" {constraint}" if constraint else ""
             raise TorchdepotError(

@@ -90,11 +90,7 @@ def _inputs_key(tp: TargetPlan, index: IndexPlan, view: View) -> str:
 
 
 def _page_digests(view: View, accelerator: str, projects) -> dict[str, str]:
-    out = {}
-    for project in sorted(projects):
-        body = view.page(accelerator, project)
-        out[project] = hashlib.sha256(body).hexdigest() if body is not None else "absent"
-    return out
+    return {project: view.page_digest(accelerator, project) for project in sorted(projects)}
 
 
 def _load_cache(path: Path | None) -> dict:
@@ -121,7 +117,8 @@ def _from_cache(entry, key: str, view: View, accelerator: str) -> list[ResolvedF
     if not all(shown):
         return None
     for vf in shown:  # the metadata the resolver would have read: checked and recorded as in a run of uv
-        view.metadata(accelerator, vf.shown)
+        if not view.has_metadata(accelerator, vf.shown):
+            view.metadata(accelerator, vf.shown)
     return None if view.errors else files
 
 

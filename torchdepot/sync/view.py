@@ -39,7 +39,7 @@ import html
 import os
 import threading
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -48,7 +48,7 @@ import requests
 from packaging.utils import canonicalize_name
 
 from torchdepot.errors import ParseError, TorchdepotError, UpstreamError
-from torchdepot.model.wheelname import parse_wheel, split_variant_label
+from torchdepot.model.wheelname import WheelFile, parse_wheel, split_variant_label
 from torchdepot.net.hostpolicy import HostPolicy, screen_links
 from torchdepot.net.http import file_url_path
 from torchdepot.sources.links import Link, warnings_summary
@@ -164,6 +164,8 @@ class View:
     _local_hashes: dict[str, str | None] = field(default_factory=dict)
     _pages: dict[tuple[str, str], bytes | None] = field(default_factory=dict)
     _wholes: dict[str, Path | None] = field(default_factory=dict)
+    _wheels: dict[str, WheelFile] = field(default_factory=dict)
+    _digests: dict[tuple[str, str], str] = field(default_factory=dict)
     _whole_locks: dict[str, threading.Lock] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -206,12 +208,20 @@ class View:
             if self.exclude_newer is not None and _uploaded_after(link.upload_time, self.exclude_newer):
                 continue
             try:
-                if parse_wheel(link.url).name != want:
-                    continue
+                wheel = parse_wheel(link.url)
             except ParseError:
                 continue
+            if wheel.name != want:
+                continue
+            with self._lock:
+                self._wheels[link.url] = wheel
             out.append(link)
         return out
+
+    @property
+    def wheels(self) -> Mapping[str, WheelFile]:
+        """URL -> its parsed file name, for every screened wheel so far (parsed once per run)."""
+        return self._wheels
 
     def project(self, accelerator: str, project: str) -> list[ViewFile]:
         """The screened files of ``project`` for ``accelerator`` (computed once)."""
@@ -326,6 +336,24 @@ class View:
         with self._lock:
             self._pages[key] = body
         return body
+
+    def page_digest(self, accelerator: str, project: str) -> str:
+        """sha256 of a project's page ("absent" when it has none), computed once per run."""
+        key = (accelerator, project)
+        with self._lock:
+            if key in self._digests:
+                return self._digests[key]
+        body = self.page(accelerator, project)
+        digest = hashlib.sha256(body).hexdigest() if body is not None else "absent"
+        with self._lock:
+            self._digests[key] = digest
+        return digest
+
+    def has_metadata(self, accelerator: str, filename: str) -> bool:
+        """True once :meth:`metadata` recorded the file's metadata this run."""
+        vf = self._files.get((accelerator, filename))
+        with self._lock:
+            return vf is not None and (accelerator, vf.filename) in self._metadata
 
     def _build_page(self, accelerator: str, project: str) -> bytes | None:
         files = self.project(accelerator, project)
