@@ -12,6 +12,7 @@ import pytest
 
 from tests.faultserver import FaultServer
 from tests.kit.upstream import DEPS, TORCH, padded_wheel, pep503
+from torchdepot.model.sizes import format_size
 from torchdepot.net.http import HttpConfig, make_session
 from torchdepot.net.pipconfig import PipSources
 from torchdepot.spec.mirror import parse_spec
@@ -92,3 +93,18 @@ def test_no_op_rereads_pages_conditionally(hashless):
     third, _ = _sync(up, tmp_path)
     assert third.requests["unchanged"] == third.requests["pages"] - len(missing) - 1
     assert up.body_bytes["/simple/filelock/"] == len(up.files[changed][0])
+
+
+def test_dry_run_uses_the_caches_and_the_sizes_it_has(hashless):
+    """``--dry-run`` after a sync: the resolution cache and the manifest's sizes, no request
+    for any wheel (no HEAD per file, no Range read), and the mirror left as it was."""
+    up, sizes, paths, tmp_path = hashless
+    _sync(up, tmp_path)
+    state = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    up.reset_counters()
+    res, msgs = _sync(up, tmp_path, dry_run=True)
+    assert {name: up.hits[path] for name, path in paths.items()} == dict.fromkeys(sizes, 0)
+    assert res.requests["unchanged"] == res.requests["pages"] - 1  # all but the 404 layout probe
+    total = sum(sizes.values())
+    assert msgs[-1].startswith(f"plan: 1 targets, {len(sizes)} unique files, {format_size(total)}"), msgs
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*") if p.is_file()} == state

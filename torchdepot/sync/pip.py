@@ -29,14 +29,13 @@ import shutil
 import sys
 import tempfile
 import time
-import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
-from torchdepot.errors import TorchdepotError, UpstreamError
+from torchdepot.errors import TorchdepotError
 from torchdepot.fetch import Fetcher, FetchItem, FetchReport
 from torchdepot.fetch.progress import ProgressCallback
 from torchdepot.model.sizes import format_size
@@ -139,23 +138,13 @@ class MirrorResult:
                 "releases": [{"target": r.target, "torch": r.torch, "files": len(r.paths)} for r in self.releases]}
 
 
-def _size_of(url: str, size: int | None, probe: Client) -> int | None:
-    if size is not None:
-        return size
-    parts = urllib.parse.urlsplit(url)
-    try:
-        if parts.scheme == "file":
-            return Path(urllib.parse.unquote(parts.path)).stat().st_size
-        resp = probe.request("HEAD", url)
-        resp.close()
-        cl = resp.headers.get("Content-Length")
-        return int(cl) if cl and cl.isdigit() else None
-    except (OSError, UpstreamError):
-        return None
-
-
-def _print_plan(resolution: Resolution, probe: Client, say: Echo) -> None:
-    sizes = {key: _size_of(vf.link.url, vf.link.size, probe) for key, vf, _acc in resolution.files}
+def _print_plan(resolution: Resolution, previous: mf.Manifest | None, say: Echo) -> None:
+    """Each target's files and sizes as the index gave them (PEP 700 ``size``, uv's lock, the
+    mirror's manifest for a file it holds): no request per file; a size nobody gave is '?'."""
+    held = {e.url: e.size for e in (previous.files if previous else ()) if e.url and e.kind == "wheel"}
+    resolved = {file_key(f): f.size for tp in resolution.targets for f in tp.files if f.size is not None}
+    sizes = {key: vf.link.size if vf.link.size is not None else resolved.get(key, held.get(vf.link.url))
+             for key, vf, _acc in resolution.files}
     urls = {key: vf.link.url for key, vf, _acc in resolution.files}
     for p in resolution.targets:
         keys = {file_key(f) for f in p.files}
@@ -254,9 +243,11 @@ def _open_view(spec: MirrorSpec, edge: _Edge, accelerators: list[str], workdir: 
                 metadata_cache=out / L.METADATA_CACHE, cache_writes=not dry_run)
 
 
-def _resolve(plan: Plan, view: View, locks: tuple[LockedEnv, ...], cache: Path | None) -> Resolution:
+def _resolve(plan: Plan, view: View, locks: tuple[LockedEnv, ...], cache: Path | None,
+             write_cache: bool = True) -> Resolution:
     """uv for the planned targets (unchanged inputs reuse ``cache``), plus the locked targets' files."""
-    resolution = resolve_targets(plan, view, jobs=RESOLVE_JOBS, cache=cache) if plan.targets else Resolution(targets=(), files=())
+    resolution = resolve_targets(plan, view, jobs=RESOLVE_JOBS, cache=cache, write_cache=write_cache) \
+        if plan.targets else Resolution(targets=(), files=())
     if not locks:
         return resolution
     locked = locked_resolution(locks, view)
@@ -340,12 +331,12 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
             held.fetcher = make_fetcher(out, spec, held.client, edge.policy, progress, on_progress)
             early = _submit_pinned(out, plan, view, spec, held.fetcher, previous)
             view.whole, relayed = whole_into_store(out, spec, held.fetcher)
-        resolution = _resolve(plan, view, locks, None if dry_run else out / L.RESOLUTIONS)
+        resolution = _resolve(plan, view, locks, out / L.RESOLUTIONS, write_cache=not dry_run)
         early |= set() if dry_run else relayed
         result.plans = list(resolution.targets)
         log.phase("resolve")
         if dry_run:
-            _print_plan(resolution, held.probe, log.say)
+            _print_plan(resolution, previous, log.say)
             return result
         report = fetch_files(out, resolution, view, spec, held.client, edge.policy, progress, fetcher=held.fetcher)
         held.fetcher = None

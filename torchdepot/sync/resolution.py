@@ -122,9 +122,11 @@ def _from_cache(entry, key: str, view: View, accelerator: str) -> list[ResolvedF
     return None if view.errors else files
 
 
-def resolve_targets(plan: Plan, view: View, jobs: int = 2, cache: Path | None = None) -> Resolution:
+def resolve_targets(plan: Plan, view: View, jobs: int = 2, cache: Path | None = None,
+                    write_cache: bool = True) -> Resolution:
     """uv pip compile per target against ``view`` (served for the duration); a target whose
-    inputs and pages are unchanged since ``cache`` was written reuses its answer."""
+    inputs and pages are unchanged since ``cache`` was written reuses its answer (a dry run
+    reads the cache but leaves it as it is: ``write_cache`` False)."""
     cached = _load_cache(cache)
     fresh: dict[str, dict] = {}
 
@@ -154,7 +156,7 @@ def resolve_targets(plan: Plan, view: View, jobs: int = 2, cache: Path | None = 
         done = list(pool.map(lambda tp: one(base, tp), plan.targets))
     if view.errors:
         raise TorchdepotError(view.errors[0])
-    if cache is not None:
+    if cache is not None and write_cache:
         for tp, _ in done:  # every page the resolvers read for the accelerator, as of now
             entry = fresh[tp.target.id]
             entry["pages"] = _page_digests(view, tp.target.accelerator, view.served(tp.target.accelerator))
