@@ -207,14 +207,16 @@ class View:
                 continue  # sdists and other files: the mirror serves wheels only
             if self.exclude_newer is not None and _uploaded_after(link.upload_time, self.exclude_newer):
                 continue
-            try:
-                wheel = parse_wheel(link.url)
-            except ParseError:
-                continue
+            wheel = self._wheels.get(link.url)  # the same URL on several accelerators' pages: parsed once
+            if wheel is None:
+                try:
+                    wheel = parse_wheel(link.url)
+                except ParseError:
+                    continue
+                with self._lock:
+                    self._wheels[link.url] = wheel
             if wheel.name != want:
                 continue
-            with self._lock:
-                self._wheels[link.url] = wheel
             out.append(link)
         return out
 
