@@ -7,8 +7,8 @@ bounds of :mod:`.pool`):
 - bytes arrive in ``<root>/.torchdepot/partial/``; a file appears at its final path only
   by ``os.replace`` after its size and sha256 were checked, so a reader (or a crash)
   never sees half a file;
-- a file of at least ``split_bytes`` goes out in pieces; a piece file has holes, so it is
-  never resumed as one stream, and when ranges prove unusable it is dropped and the file
+- a file of at least ``split_bytes`` (two pieces: no other threshold) goes out in pieces;
+  a piece file has holes, so it is never resumed as one stream, and when ranges prove unusable it is dropped and the file
   restarts from zero over one connection;
 - the assembled file is hashed once, streamed, before it is published: a corrupt piece
   fails the check like any other wrong byte;
@@ -247,7 +247,7 @@ class Fetcher:
                            attempts=attempts)
 
     def _splits(self, item: FetchItem, url: str) -> bool:
-        return (item.size is not None and self._segments.worth_splitting(item.size)
+        return (item.size is not None and self._segments.worth_splitting(item.size, url)
                 and urllib.parse.urlsplit(url).scheme in ("http", "https"))
 
     def _verdict(self, item: FetchItem, url: str, part: Path, digest: str, size: int, mismatches: int) -> str | None:
@@ -275,7 +275,8 @@ class Fetcher:
         fetched = 0
         last_error = ""
         retry_after: float | None = None
-        split = self._splits(item, url)
+        # a one-stream partial (no sidecar) is resumed as one stream: its bytes are a prefix
+        split = self._splits(item, url) and not (part.exists() and not sidecar_path(part).exists())
         may_split = True  # an unknown size may still split once the first response states it
         if not split and sidecar_path(part).exists():
             drop_partial(part)  # a piece file has holes: never resume it as one stream

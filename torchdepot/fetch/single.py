@@ -69,7 +69,7 @@ class Streamer:
                 ans = _answer(resp, url, part, have, hasher, wants_html)
                 if resp.status_code == 200 and item.size is None and ans.expected_len and not have:
                     self.pool.progress.learn_size(ans.expected_len)
-                    if may_split and self._splits_here(resp, ans.expected_len):
+                    if may_split and self._splits_here(resp, ans.expected_len, url):
                         n, _, _ = self.segmenter.fetch(item, url, part, started, meter, size=ans.expected_len,
                                                        first=resp, slot=slot)
                         return n, False, True
@@ -81,8 +81,8 @@ class Streamer:
                 keep_alive(resp)
                 return received, ans.resumed, False
 
-    def _splits_here(self, resp: requests.Response, size: int) -> bool:
-        return (self.segmenter.worth_splitting(size)
+    def _splits_here(self, resp: requests.Response, size: int, url: str) -> bool:
+        return (self.segmenter.worth_splitting(size, url)
                 and resp.headers.get("Accept-Ranges", "").strip().lower() == "bytes")
 
     def _stream(self, resp: requests.Response, url: str, part: Path, mode: str, hasher, started: float,
