@@ -15,9 +15,11 @@ import http.server
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Self
+from typing import TypeVar
 
 from torchdepot.ship.serve import MirrorServer, ServeLimits, make_server
+
+_S = TypeVar("_S", bound="ThreadedServer")
 
 
 class ThreadedServer:
@@ -36,7 +38,7 @@ class ThreadedServer:
         host, port = self.httpd.server_address[:2]
         return f"http://{host}:{port}"
 
-    def __enter__(self) -> Self:
+    def __enter__(self: _S) -> _S:
         self.thread.start()
         return self
 
@@ -47,9 +49,9 @@ class ThreadedServer:
 
 
 @contextlib.contextmanager
-def serve_mirror(root: Path, limits: ServeLimits = ServeLimits(), quiet: bool = True) -> Iterator[MirrorServer]:
+def serve_mirror(root: Path, limits: ServeLimits | None = None, quiet: bool = True) -> Iterator[MirrorServer]:
     """``torchdepot serve``'s own server for ``root`` on a loopback port, for as long as the block runs."""
-    httpd = make_server(root, "127.0.0.1", 0, quiet=quiet, limits=limits)
+    httpd = make_server(root, "127.0.0.1", 0, quiet=quiet, limits=limits or ServeLimits())
     threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         yield httpd

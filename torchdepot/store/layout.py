@@ -71,6 +71,7 @@ VIEW_DIR = f"{STATE_DIR}/view"
 RESOLUTIONS = f"{STATE_DIR}/resolutions.json"
 METADATA_CACHE = f"{STATE_DIR}/metadata"
 PAGE_CACHE = f"{STATE_DIR}/pages"
+MATRIX_RECORD = f"{STATE_DIR}/matrix.json"  # `current`: upstream's release matrix at the last sync
 PUBLISH_JOURNAL = f"{STATE_DIR}/publish.json"
 ASIDE_DIR = f"{STATE_DIR}/aside"
 STAGE_PREFIX = "stage-"

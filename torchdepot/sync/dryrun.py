@@ -1,0 +1,53 @@
+"""The dry run's printer: per target what a sync would fetch (with the sizes already known: no
+request per file), and what it would remove.
+
+What it would remove comes from the same :func:`torchdepot.sync.lifecycle.plan_removals` the
+real run calls; the dry run only prints, it writes nothing under the mirror.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torchdepot.model.sizes import format_size
+from torchdepot.store import manifest as mf
+from torchdepot.sync import lifecycle
+from torchdepot.sync.resolution import Resolution, file_key
+
+Echo = Callable[[str], None]
+
+
+def print_plan(resolution: Resolution, previous: mf.Manifest | None, say: Echo) -> None:
+    """One line per target (packages, files, bytes, requirements, upstream), one per file, a total.
+
+    Sizes are the ones already known: the index's (PEP 700 ``size``), uv's lock, the mirror's
+    manifest for a file it holds; no request per file. A size nobody gave is '?'."""
+    held = {e.url: e.size for e in (previous.files if previous else ()) if e.url and e.kind == "wheel"}
+    resolved = {file_key(f): f.size for tp in resolution.targets for f in tp.files if f.size is not None}
+    sizes = {key: vf.link.size if vf.link.size is not None else resolved.get(key, held.get(vf.link.url))
+             for key, vf, _acc in resolution.files}
+    urls = {key: vf.link.url for key, vf, _acc in resolution.files}
+    for p in resolution.targets:
+        keys = {file_key(f) for f in p.files}
+        total = sum(sizes[k] or 0 for k in keys)
+        unknown = sum(1 for k in keys if sizes[k] is None)
+        names = {f.name for f in p.files}
+        say(f"{p.target.id}: {len(names)} packages, {len(keys)} files, {format_size(total)}"
+            + (f" (+{unknown} of unknown size)" if unknown else "")
+            + f" [{' '.join(p.requirements)}] via {p.variant_url or 'pip configuration'}")
+        for f in p.files:
+            k = file_key(f)
+            say(f"  {f.name}=={f.version}  {f.filename}  {format_size(sizes[k]) if sizes[k] else '?'}  <- {urls[k]}")
+    total = sum(v or 0 for v in sizes.values())
+    say(f"plan: {len(resolution.targets)} targets, {len(sizes)} unique files, {format_size(total)}; "
+        "nothing written (dry run)")
+
+
+def print_removals(removals: tuple[lifecycle.Removal, ...] | list[lifecycle.Removal], asked: bool,
+                   say: Echo) -> None:
+    """Each group the real run would remove, in its order; when removing was ``asked`` for
+    (``--prune`` or ``keep: N``) and nothing goes, one line saying so."""
+    for r in removals:
+        say(f"would remove ({r.line()})")
+    if asked and not removals:
+        say("would remove nothing")
