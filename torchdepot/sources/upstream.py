@@ -49,12 +49,13 @@ from pathlib import Path
 import requests
 from packaging.utils import canonicalize_name
 
+from torchdepot import __version__
 from torchdepot.errors import ParseError, UpstreamError
 from torchdepot.model.presets import Layout, preset_for
 from torchdepot.model.wheelname import WheelFile, parse_wheel
 from torchdepot.net.hostpolicy import HostPolicy
 from torchdepot.net.http import Client, HttpStatusError, cut_connection, file_url_path
-from torchdepot.sources.links import Link, Page, warnings_summary
+from torchdepot.sources.links import Link, Page, page_from_json, page_to_json, warnings_summary
 from torchdepot.sources.pep691 import ACCEPT, parse_response
 from torchdepot.sources.variants import is_variants_json
 
@@ -194,10 +195,14 @@ class UpstreamReader:
                 return None
             if body.status == 304 and kept is not None:
                 self._count("unchanged")
+                parsed = self._kept_parse(url, kept)
+                if parsed is not None:
+                    return parsed
                 body = kept
-            elif body.status == 200:
-                self._keep_page(url, body)
-            return parse_response(body.data, body.content_type, body.url)
+            page = parse_response(body.data, body.content_type, body.url)
+            if body.status == 200:
+                self._keep_page(url, body, page)
+            return page
 
         return self._once("page", url, load)
 
@@ -227,7 +232,7 @@ class UpstreamReader:
         ctype = meta.get("content-type") if isinstance(meta.get("content-type"), str) else None
         return Body(data, meta["url"], ctype, 200, hdrs)
 
-    def _keep_page(self, url: str, body: Body) -> None:
+    def _keep_page(self, url: str, body: Body, page: Page) -> None:
         path = self._page_file(url)
         validators = {k: body.headers[k] for k in ("etag", "last-modified") if body.headers.get(k)}
         if "last-modified" in validators and not _settled(validators["last-modified"], body.headers.get("date")):
@@ -235,14 +240,17 @@ class UpstreamReader:
         if path is None or not self._page_writes or not validators:
             return  # nothing to revalidate with: the next run reads the page anew anyway
         head = json.dumps({"request": url, "url": body.url, "content-type": body.content_type, **validators})
-        tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
-        try:  # a cache: no fsync, and a failed write only costs a full read next run
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(head.encode() + b"\n" + body.data)
-            os.replace(tmp, path)
+        _write_kept(path, head.encode() + b"\n" + body.data)
+        _write_kept(path.with_name(path.name + PARSED_SUFFIX), page_to_json(page, _parse_tag(body)))
+
+    def _kept_parse(self, url: str, kept: Body) -> Page | None:
+        """The parse of a kept page saved beside it, when it is of these very bytes and this parser."""
+        path = self._page_file(url)
+        try:
+            data = path.with_name(path.name + PARSED_SUFFIX).read_bytes() if path is not None else None
         except OSError:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+            return None
+        return page_from_json(data, _parse_tag(kept)) if data else None
 
     def metadata(self, url: str) -> bytes | None:
         """A PEP 658 ``.metadata`` file (None when missing), fetched at most once."""
@@ -265,6 +273,27 @@ class UpstreamReader:
     def request_counts(self) -> dict[str, int]:
         with self._lock:
             return {k: self.counts.get(k, 0) for k in ("pages", "unchanged", "metadata", "ranges", "wheels")}
+
+
+PARSED_SUFFIX = ".parsed.json"
+
+
+def _parse_tag(body: Body) -> str:
+    """What a saved parse must match: the parser (this torchdepot), the body and its type."""
+    digest = hashlib.sha256(body.data).hexdigest()
+    return f"{__version__}:{body.content_type}:{body.url}:{digest}"
+
+
+def _write_kept(path: Path, data: bytes) -> None:
+    """A cache file: atomic, no fsync; a failed write only costs a full read next run."""
+    tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def _settled(last_modified: str, date: str | None) -> bool:

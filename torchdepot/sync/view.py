@@ -166,6 +166,8 @@ class View:
     _wholes: dict[str, Path | None] = field(default_factory=dict)
     _wheels: dict[str, WheelFile] = field(default_factory=dict)
     _digests: dict[tuple[str, str], str] = field(default_factory=dict)
+    _screens: dict[tuple[str, tuple[Link, ...], bool], tuple[tuple[Link, ...], tuple[Link, ...]]] = \
+        field(default_factory=dict)
     _whole_locks: dict[str, threading.Lock] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -186,7 +188,26 @@ class View:
         return out
 
     def _screen(self, links: list[Link], project: str, keep: list[Link] | None = None) -> list[Link]:
-        """The wheels of ``project`` that pass the screen; ``keep`` collects its variants.json links."""
+        """The wheels of ``project`` that pass the screen; ``keep`` collects its variants.json links.
+
+        Computed once per distinct list of links: every accelerator's page of a dependency
+        (download.pytorch.org lists numpy under each ``/whl/<acc>/``) resolves to the same links."""
+        key = (str(canonicalize_name(project)), tuple(links), keep is not None)
+        with self._lock:
+            hit = self._screens.get(key)
+        if hit is not None:
+            if keep is not None:
+                keep.extend(hit[1])
+            return list(hit[0])
+        found: list[Link] = []
+        out = self._screen_once(links, project, found if keep is not None else None)
+        if keep is not None:
+            keep.extend(found)
+        with self._lock:
+            self._screens[key] = (tuple(out), tuple(found))
+        return out
+
+    def _screen_once(self, links: list[Link], project: str, keep: list[Link] | None) -> list[Link]:
         want = canonicalize_name(project)
         if keep is not None:  # variants.json links: the host policy and a safe name, like any file
             for link in links:
