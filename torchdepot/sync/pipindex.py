@@ -16,6 +16,7 @@ links. ``manifest.json`` with this run's targets is the commit (``sync/pip.py``)
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,13 @@ from torchdepot.lockfiles.render import pins_for, pylock_toml
 from torchdepot.store import manifest as mf
 from torchdepot.store import publication as pub
 from torchdepot.store.fsutil import atomic_write_text, safe_filename, safe_join
-from torchdepot.store.pages import IndexFile, build_pages, ensure_metadata, publish
+from torchdepot.store.pages import (
+    IndexFile,
+    build_pages,
+    ensure_metadata,
+    publish,
+    requires_python_of,
+)
 from torchdepot.sync.download import PipFetchReport
 from torchdepot.sync.resolution import Resolution, file_key
 from torchdepot.sync.variants import publish_variants_json
@@ -45,6 +52,8 @@ def publish_pip(out: Path, resolution: Resolution, report: FetchReport, view: Vi
     stored = report.stored if isinstance(report, PipFetchReport) else (lambda key: key)
     by_key = {r.key: r for r in report.results}
     records = view.metadata_records()
+    live = pub.live_manifest(out)
+    listed = live.by_path() if live is not None else {}
     entries: dict[str, mf.FileEntry] = {}
     index_files: dict[str, IndexFile] = {}
     versions: dict[str, str] = {}  # resolution key -> version: one pass, not one scan per file
@@ -54,7 +63,8 @@ def publish_pip(out: Path, resolution: Resolution, report: FetchReport, view: Vi
     for rkey, vf, _acc in resolution.files:
         key = stored(rkey)
         r = by_key[key]
-        meta_sha, req_py, meta_size = ensure_metadata(out, key, vf.project)
+        meta_sha, req_py, meta_size = _published_metadata(out, key, r.sha256, listed) \
+            or ensure_metadata(out, key, vf.project)
         index_files[key] = IndexFile(vf.project, safe_filename(vf.filename), key, r.sha256, req_py, meta_sha,
                                      size=r.size, upload_time=vf.link.upload_time)  # PEP 700 in the JSON pages
         version = versions[rkey]
@@ -84,15 +94,41 @@ def publish_pip(out: Path, resolution: Resolution, report: FetchReport, view: Vi
                            for f in tp.files),
             index=f"whl/{t.accelerator}")
         targets.append(target)
-        atomic_write_text(safe_join(out, f"targets/{t.id}/pylock.toml"),
+        _write_if_changed(safe_join(out, f"targets/{t.id}/pylock.toml"),
                           pylock_toml(target, pins_for(target, entries), "../..", location="path"))
     for acc, kept in (retained or {}).items():
         listed = variants.setdefault(acc, {})
         for f in kept:
             listed.setdefault(f.path, f)
-    live = pub.live_manifest(out)
     if live is not None:  # a re-sync: the live index is replaced only once its files are listed
         mf.save(out, pub.widened(live, entries.values()))
     generation, changed = publish(out, build_pages({acc: list(files.values()) for acc, files in variants.items()}))
     return PipPublished(files=tuple(sorted(entries.values(), key=lambda e: e.path)), targets=tuple(targets),
                         generation=generation, changed=changed)
+
+
+def _published_metadata(out: Path, key: str, sha256: str,
+                        listed: dict[str, mf.FileEntry]) -> tuple[str, str | None, int] | None:
+    """(sha256, Requires-Python, size) of the ``.metadata`` the committed manifest lists beside
+    this very wheel, read from that small file (not from the wheel's zip) when its bytes are
+    still the listed ones; None: write it from the wheel (:func:`ensure_metadata`)."""
+    wheel, meta = listed.get(key), listed.get(key + ".metadata")
+    if wheel is None or meta is None or wheel.sha256 != sha256:
+        return None
+    try:
+        data = safe_join(out, key + ".metadata").read_bytes()
+    except OSError:
+        return None
+    if len(data) != meta.size or hashlib.sha256(data).hexdigest() != meta.sha256:
+        return None
+    return meta.sha256, requires_python_of(data), len(data)
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """A target's lock rewritten only when its bytes change (a no-op sync writes none)."""
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return
+    except (OSError, UnicodeDecodeError):
+        pass
+    atomic_write_text(path, text)
