@@ -14,7 +14,7 @@ from pathlib import Path
 
 from torchdepot.errors import ParseError, TorchdepotError, UnsafePathError
 from torchdepot.model.condabuild import CondaRecord, record_from_repodata
-from torchdepot.store.fsutil import safe_filename
+from torchdepot.model.names import conda_filename, conda_package_name
 
 
 class RepodataError(TorchdepotError):
@@ -34,15 +34,17 @@ class SubdirRepodata:
 
 
 def _check_name(where: str, filename: str, rec: object) -> None:
+    """Conda's own name rule (``_libgcc_mutex`` is valid); the file name checked as a path."""
     name = rec.get("name") if isinstance(rec, dict) else None
-    if isinstance(name, str) and ("/" in name or "\\" in name or ".." in name or not name):
-        raise RepodataError(f"{where}: record {filename!r} has unsafe package name {name!r}")
+    if isinstance(name, str):
+        try:
+            conda_package_name(name)
+        except UnsafePathError:
+            raise RepodataError(f"{where}: record {filename[:300]!r} has unsafe package name {name[:300]!r}") from None
     try:
-        safe_filename(filename)
+        conda_filename(filename)
     except UnsafePathError:
-        raise RepodataError(f"{where}: unsafe package file name {filename!r}") from None
-    if "/" in filename or ".." in filename:
-        raise RepodataError(f"{where}: unsafe package file name {filename!r}")
+        raise RepodataError(f"{where}: unsafe package file name {filename[:300]!r}") from None
 
 
 def parse_repodata(data: bytes | str, channel: str, subdir: str, where: str) -> SubdirRepodata:
