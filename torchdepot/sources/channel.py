@@ -1,39 +1,59 @@
-"""Fetch ``<channel>/<subdir>/repodata.json`` with mirror failover and an HTTP cache.
+"""Fetch ``<channel>/<subdir>/repodata.json`` with mirror failover, an HTTP cache and bounds.
 
 ``repodata.json.zst`` is tried first (10x smaller), then ``repodata.json``. The body is
 cached under ``<cache>/<channel>/<subdir>/`` with its ETag / Last-Modified, and the
 next fetch sends ``If-None-Match`` / ``If-Modified-Since``: an unchanged channel
 answers 304 and nothing is downloaded twice.
+
+Every body is bounded like an index page (issue 22 item 8), and never held in memory:
+- a whole-body deadline (the client's ``page_deadline``): a server dripping a byte every
+  few seconds is cut off, not waited on;
+- a cap on the decompressed size (``RepodataLimits.max_bytes``) and on the inflation ratio
+  past a floor (``max_ratio``): a 114 KB ``.zst`` that inflates to 3.6 GB, or a gzip
+  ``Content-Encoding`` bomb, is refused after a bounded amount of output;
+- decoding streams to a ``.part`` file next to the cache entry, removed on any failure,
+  so nothing large is left in ``.torchdepot/cache``.
+JSON depth is bounded by the reader (py-rattler's ``SparseRepoData``, serde): nesting is
+skipped, never recursed into by Python.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import threading
+import time
 import urllib.parse
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import requests
 import zstandard
 
 from torchdepot.errors import UpstreamError
-from torchdepot.net.http import Client, describe, file_url_path
-from torchdepot.store.fsutil import atomic_write_bytes, atomic_write_text, safe_join
+from torchdepot.model.sizes import format_size
+from torchdepot.net.http import Client, cut_connection, describe, file_url_path
+from torchdepot.store.fsutil import atomic_write_text, fsync_dir, safe_join
 
-MAX_REPODATA_BYTES = 4 * 1024**3  # conda-forge linux-64 is ~0.4 GB uncompressed
+CHUNK = 256 * 1024
+STEP = 4 * 1024 * 1024  # most output one decompression step may produce
 
 
-def decompress_zst(body: bytes, url: str, limit: int = MAX_REPODATA_BYTES) -> bytes:
-    """Decompress ``repodata.json.zst``, refusing more than ``limit`` bytes of output."""
-    try:
-        with zstandard.ZstdDecompressor().stream_reader(body) as reader:
-            data = reader.read(limit + 1)
-    except zstandard.ZstdError as exc:
-        raise UpstreamError(f"{url}: not a valid zstd stream ({exc})") from None
-    if len(data) > limit:
-        raise UpstreamError(f"{url}: repodata larger than {limit} bytes")
-    return data
+@dataclass(frozen=True)
+class RepodataLimits:
+    """Bounds of one repodata body. conda-forge linux-64 is ~0.4 GB decompressed at ~12x."""
+
+    max_bytes: int = 2 * 1024**3  # decompressed
+    max_ratio: float = 200.0  # decompressed / compressed, checked past ``ratio_floor``
+    ratio_floor: int = 64 * 1024**2
+    deadline: float | None = None  # seconds for the whole body; None: the client's page_deadline
+
+
+DEFAULT_LIMITS = RepodataLimits()
 
 
 @dataclass(frozen=True)
@@ -46,93 +66,245 @@ class FetchedRepodata:
     from_cache: bool  # answered 304 (or file:// unchanged)
 
 
-def _read_body(resp: requests.Response, url: str) -> bytes:
-    chunks, total = [], 0
+class RepodataRefused(UpstreamError):
+    """A repodata body refused for its shape (a bomb, too large) or its pace (past the deadline):
+    not a missing file, so no sibling URL is tried instead."""
+
+
+class _Budget:
+    """Counts decompressed output against the size cap and the inflation ratio."""
+
+    def __init__(self, url: str, limits: RepodataLimits):
+        self.url, self.limits = url, limits
+        self.out = 0
+
+    def add(self, n: int, compressed: int) -> None:
+        self.out += n
+        lim = self.limits
+        if self.out > lim.max_bytes:
+            raise RepodataRefused(f"{self.url}: repodata larger than {format_size(lim.max_bytes)} decompressed; refused")
+        if self.out > lim.ratio_floor and compressed > 0 and self.out > lim.max_ratio * compressed:
+            raise RepodataRefused(f"{self.url}: repodata inflates more than {lim.max_ratio:g}x "
+                                f"({format_size(compressed)} -> over {format_size(self.out)}); refused as a bomb")
+
+
+def _write_zst(src: BinaryIO, compressed_size: int, dst: BinaryIO, budget: _Budget) -> None:
+    """Stream-decompress a zstd body, one bounded step at a time."""
+    reader = zstandard.ZstdDecompressor().stream_reader(src, read_size=CHUNK)
     try:
-        for chunk in resp.iter_content(1024 * 1024):
-            total += len(chunk)
-            if total > MAX_REPODATA_BYTES:
-                raise UpstreamError(f"{url}: repodata larger than {MAX_REPODATA_BYTES} bytes")
-            chunks.append(chunk)
-    except requests.RequestException as exc:
-        raise UpstreamError(f"{url}: {describe(exc)}") from None
-    cl = resp.headers.get("Content-Length")
-    if cl and cl.isdigit() and int(cl) != total:
-        raise UpstreamError(f"{url}: body ended after {total} of {cl} bytes")
-    return b"".join(chunks)
+        while True:
+            block = reader.read(STEP)
+            if not block:
+                return
+            budget.add(len(block), compressed_size)
+            dst.write(block)
+    except zstandard.ZstdError as exc:
+        raise RepodataRefused(f"{budget.url}: not a valid zstd stream ({exc})") from None
+
+
+class _Gunzip:
+    """``Content-Encoding: gzip``/``deflate`` decoded by us in bounded steps (urllib3 would
+    inflate a whole network chunk at once)."""
+
+    def __init__(self, encoding: str):
+        self.d = zlib.decompressobj(zlib.MAX_WBITS | 32 if encoding == "gzip" else zlib.MAX_WBITS)
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        try:
+            out = self.d.decompress(data, STEP)
+            while out:
+                yield out
+                out = self.d.decompress(self.d.unconsumed_tail, STEP) if self.d.unconsumed_tail else b""
+        except zlib.error as exc:
+            raise UpstreamError(f"invalid compressed body ({exc})") from None
 
 
 class RepodataCache:
     def __init__(self, root: Path):
         self.root = Path(root)
 
-    def _dir(self, channel: str, subdir: str) -> Path:
+    def dir(self, channel: str, subdir: str) -> Path:
         return safe_join(self.root, channel, subdir)
 
     def meta(self, channel: str, subdir: str) -> dict:
         try:
-            d = json.loads((self._dir(channel, subdir) / "meta.json").read_text())
+            d = json.loads((self.dir(channel, subdir) / "meta.json").read_text())
             return d if isinstance(d, dict) else {}
         except (OSError, ValueError):
             return {}
 
     def body(self, channel: str, subdir: str) -> Path:
-        return self._dir(channel, subdir) / "repodata.json"
+        return self.dir(channel, subdir) / "repodata.json"
 
-    def store(self, channel: str, subdir: str, data: bytes, meta: dict) -> Path:
+    def commit(self, channel: str, subdir: str, part: Path, meta: dict) -> Path:
         path = self.body(channel, subdir)
-        atomic_write_bytes(path, data)
+        os.replace(part, path)
+        fsync_dir(path.parent)
         atomic_write_text(path.parent / "meta.json", json.dumps(meta, sort_keys=True))
         return path
 
 
-def _get(client: Client, url: str, headers: dict) -> tuple[int, bytes, dict]:
-    """-> (status, body, lowercased headers). file:// reads the disk (status 200)."""
-    if urllib.parse.urlsplit(url).scheme == "file":
-        try:
-            return 200, file_url_path(url).read_bytes(), {}
-        except OSError as exc:
-            raise UpstreamError(f"{url}: {exc.strerror or exc}") from None
-    resp = client.request("GET", url, headers=headers, stream=True)
-    with contextlib.closing(resp):
+def _decode_to(part: Path, raw: Path | None, chunks: Iterator[bytes] | None, compressed: Callable[[], int],
+               zst: bool, budget: _Budget) -> None:
+    """Write the decompressed body to ``part``: from a downloaded ``.zst`` file, or from
+    (already transfer-decoded) chunks."""
+    with open(part, "wb") as dst:
+        if zst:
+            assert raw is not None
+            with open(raw, "rb") as src:
+                _write_zst(src, raw.stat().st_size, dst, budget)
+        else:
+            assert chunks is not None
+            for block in chunks:
+                budget.add(len(block), compressed())
+                dst.write(block)
+
+
+def _http_body(client: Client, url: str, headers: dict, limits: RepodataLimits,
+               sink: Callable[[Iterator[bytes], Callable[[], int]], None]) -> tuple[int, dict]:
+    """GET ``url`` and pass the transfer-decoded body, chunk by chunk, to ``sink(chunks, compressed)``
+    under the body deadline. -> (status, lowercased headers); 304 passes nothing."""
+    resp = client.request("GET", url, headers=headers, stream=True)  # >= 400: HttpStatusError, an UpstreamError
+    deadline = limits.deadline if limits.deadline is not None else client.config.page_deadline
+    expired = threading.Event()
+    watchdog = threading.Timer(deadline, cut_connection, args=(resp, expired))
+    watchdog.daemon = True
+    watchdog.start()
+    started = time.monotonic()
+    gave_up = f"{url}: repodata not complete after {deadline:g} s; gave up"
+    try:
+        hdrs = {k.lower(): v for k, v in resp.headers.items()}
         if resp.status_code == 304:
-            return 304, b"", {k.lower(): v for k, v in resp.headers.items()}
+            return 304, hdrs
         if resp.status_code != 200:
             raise UpstreamError(f"{url}: HTTP {resp.status_code}")
-        body = _read_body(resp, url)
-        return 200, body, {k.lower(): v for k, v in resp.headers.items()}
+        encoding = hdrs.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("identity", "gzip", "deflate", ""):
+            raise UpstreamError(f"{url}: unsupported Content-Encoding {encoding[:40]!r}")
+        received = [0]
+
+        def raw_chunks() -> Iterator[bytes]:
+            for chunk in resp.raw.stream(CHUNK, decode_content=False):
+                received[0] += len(chunk)
+                if expired.is_set() or time.monotonic() - started > deadline:
+                    raise RepodataRefused(gave_up)
+                yield chunk
+
+        def decoded() -> Iterator[bytes]:
+            if encoding in ("gzip", "deflate"):
+                gz = _Gunzip(encoding)
+                for chunk in raw_chunks():
+                    yield from gz.feed(chunk)
+            else:
+                yield from raw_chunks()
+
+        sink(decoded(), lambda: received[0])
+        if expired.is_set():
+            raise RepodataRefused(gave_up)
+        declared = hdrs.get("content-length", "")
+        if declared.isascii() and declared.isdigit() and len(declared) < 19 and int(declared) != received[0]:
+            raise UpstreamError(f"{url}: body ended after {received[0]} of {declared} bytes")
+        return 200, hdrs
+    except (requests.RequestException, OSError) as exc:
+        if expired.is_set():
+            raise RepodataRefused(gave_up) from None
+        raise UpstreamError(f"{url}: {describe(exc)}") from None
+    except UpstreamError as exc:
+        if expired.is_set() and "gave up" not in str(exc):
+            raise RepodataRefused(gave_up) from None
+        raise
+    finally:
+        watchdog.cancel()
+        resp.close()
+
+
+def _fetch_one(client: Client, url: str, headers: dict, zst: bool, part: Path, limits: RepodataLimits) -> tuple[int, dict]:
+    """Download and decode one candidate into ``part``. -> (status, headers)."""
+    budget = _Budget(url, limits)
+    raw = part.with_name(part.name + ".zst")
+    try:
+        if urllib.parse.urlsplit(url).scheme == "file":
+            src = file_url_path(url)
+            try:
+                if zst:
+                    with open(src, "rb") as f, open(part, "wb") as dst:
+                        _write_zst(f, os.fstat(f.fileno()).st_size, dst, budget)
+                else:
+                    with open(src, "rb") as f:
+                        _decode_to(part, None, iter(lambda: f.read(CHUNK), b""), lambda: 0, False, budget)
+            except OSError as exc:
+                raise UpstreamError(f"{url}: {exc.strerror or exc}") from None
+            return 200, {}
+        if zst:
+            def to_raw(chunks: Iterator[bytes], compressed: Callable[[], int]) -> None:
+                with open(raw, "wb") as f:
+                    for block in chunks:  # the .zst itself is bounded by the cap too
+                        budget.add(len(block), 0)
+                        f.write(block)
+            status, hdrs = _http_body(client, url, headers, limits, to_raw)
+            if status == 200:
+                _decode_to(part, raw, None, lambda: 0, True, _Budget(url, limits))
+            return status, hdrs
+
+        def to_part(chunks: Iterator[bytes], compressed: Callable[[], int]) -> None:
+            _decode_to(part, None, chunks, compressed, False, budget)
+        return _http_body(client, url, headers, limits, to_part)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            part.unlink()
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            raw.unlink()
 
 
 def fetch_repodata(client: Client, channel: str, mirrors: tuple[str, ...], subdir: str,
-                   cache: RepodataCache, label: str | None = None) -> FetchedRepodata:
+                   cache: RepodataCache, label: str | None = None,
+                   limits: RepodataLimits = DEFAULT_LIMITS) -> FetchedRepodata:
     """Fetch one subdir's repodata from the first mirror that answers.
 
     Raises :class:`UpstreamError` naming every URL tried when none does.
     """
     meta = cache.meta(channel, subdir)
     cached = cache.body(channel, subdir)
+    d = cache.dir(channel, subdir)
+    d.mkdir(parents=True, exist_ok=True)
+    part = d / "repodata.json.part"
     errors: list[str] = []
     for base in mirrors:
         base = base.rstrip("/")
         for fname in ("repodata.json.zst", "repodata.json"):
             url = f"{base}/{subdir}/{fname}"
-            headers = {"Accept-Encoding": "gzip"}
+            headers = {"Accept-Encoding": "gzip, deflate"}
             if meta.get("url") == url and cached.is_file():
                 if meta.get("etag"):
                     headers["If-None-Match"] = meta["etag"]
                 if meta.get("last_modified"):
                     headers["If-Modified-Since"] = meta["last_modified"]
             try:
-                status, body, hdrs = _get(client, url, headers)
+                status, hdrs = _fetch_one(client, url, headers, fname.endswith(".zst"), part, limits)
+            except RepodataRefused:
+                raise  # a hostile, broken or stalled body is not a missing file: stop here, in one line
             except UpstreamError as exc:
                 errors.append(str(exc))
                 continue
             if status == 304:
                 return FetchedRepodata(channel, subdir, base, url, cached, True)
-            data = decompress_zst(body, url, MAX_REPODATA_BYTES) if fname.endswith(".zst") else body
             new_meta = {"url": url, "etag": hdrs.get("etag"), "last_modified": hdrs.get("last-modified")}
-            if meta.get("url") == url and cached.is_file() and cached.read_bytes() == data:
+            if meta.get("url") == url and cached.is_file() and _same_file(cached, part):
+                part.unlink()
                 return FetchedRepodata(channel, subdir, base, url, cached, True)
-            path = cache.store(channel, subdir, data, new_meta)
-            return FetchedRepodata(channel, subdir, base, url, path, False)
+            return FetchedRepodata(channel, subdir, base, url, cache.commit(channel, subdir, part, new_meta), False)
     raise UpstreamError(f"channel {label or channel!r} {subdir}: no mirror served repodata ({'; '.join(errors)})")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(CHUNK), fb.read(CHUNK)
+            if x != y:
+                return False
+            if not x:
+                return True

@@ -85,6 +85,27 @@ def load_repodata(path: Path, channel: str, subdir: str, where: str | None = Non
     return parse_repodata(data, channel, subdir, where or str(path))
 
 
+# Fields py-rattler adds to a record it read (where it came from): not part of upstream's record.
+_LOCATION_FIELDS = ("fn", "url", "channel")
+
+
+def chosen_record(channel: str, subdir: str, filename: str, record_json: str, where: str) -> CondaRecord:
+    """One record the solver chose (``RepoDataRecord.to_json()``), validated as strictly as a
+    parsed one: conda's name rule, a safe file name that agrees with the record."""
+    try:
+        rec = json.loads(record_json)
+    except ValueError:
+        raise RepodataError(f"{where}: record {filename[:300]!r} is not JSON") from None
+    if not isinstance(rec, dict):
+        raise RepodataError(f"{where}: record {filename[:300]!r} is not an object")
+    rec = {k: v for k, v in rec.items() if k not in _LOCATION_FIELDS}
+    _check_name(where, filename, rec)
+    try:
+        return record_from_repodata(channel, subdir, filename, rec)
+    except ParseError as exc:
+        raise RepodataError(f"{where}: {exc}") from None
+
+
 def require_hashes(where: str, rec: CondaRecord) -> None:
     """A record we mirror must say what its bytes are: sha256 and size."""
     if rec.sha256 is None:

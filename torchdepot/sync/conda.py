@@ -30,7 +30,7 @@ from torchdepot.model.condabuild import CondaRecord
 from torchdepot.net.http import Client, HttpConfig
 from torchdepot.resolve.conda import Solution, SubdirSource, open_sources, solve_target
 from torchdepot.sources.channel import RepodataCache, fetch_repodata
-from torchdepot.sources.repodata import RepodataError, SubdirRepodata, load_repodata, require_hashes
+from torchdepot.sources.repodata import chosen_record, require_hashes
 from torchdepot.spec.conda import CondaConfig, parse_conda_section
 from torchdepot.store import manifest as mf
 from torchdepot.store import publication as pub
@@ -53,15 +53,15 @@ def channel_path(name: str, subdir: str, filename: str | None = None) -> str:
     return "/".join(p for p in ("conda", name, subdir, filename) if p)
 
 
-def _load_all(config: CondaConfig, client: Client, cache: RepodataCache) -> tuple[list[SubdirSource], dict]:
+def _load_all(config: CondaConfig, client: Client, cache: RepodataCache) -> list[SubdirSource]:
+    """Each channel/subdir's repodata fetched (bounded, cached); its records stay on disk,
+    read lazily per package name by py-rattler, never parsed one by one in Python."""
     sources: list[SubdirSource] = []
-    parsed: dict[tuple[str, str], SubdirRepodata] = {}
     for ch in config.channels:
         for sd in config.all_subdirs:
             got = fetch_repodata(client, ch.name, ch.mirrors, sd, cache)
-            parsed[(ch.name, sd)] = load_repodata(got.path, ch.name, sd, where=got.url)
-            sources.append(SubdirSource(ch.name, sd, got.base_url, got.path))
-    return sources, parsed
+            sources.append(SubdirSource(ch.name, sd, got.base_url, got.path, where=got.url))
+    return sources
 
 
 Chosen = dict[tuple[str, str, str], CondaRecord]  # (channel, subdir, filename) -> record, over every target
@@ -85,17 +85,18 @@ class _Solved:
 
 
 def _solve(config: CondaConfig, client: Client, cache: RepodataCache) -> _Solved:
-    sources, parsed = _load_all(config, client, cache)
+    sources = _load_all(config, client, cache)
     sparse = open_sources(sources)
     solutions = [solve_target(list(config.specs), sources, t, sparse) for t in config.targets]
+    where = {(s.channel, s.subdir): s.where for s in sources}
     chosen: Chosen = {}
     for sol in solutions:
         for r in sol.records:
             ch, sd, fname = sol.origin[str(r.url)]
-            rec = parsed[(ch, sd)].records.get(fname)
-            if rec is None:
-                raise RepodataError(f"channel {ch!r} {sd}: solver chose {fname!r}, which its repodata lacks")
-            require_hashes(parsed[(ch, sd)].where, rec)
+            if (ch, sd, fname) in chosen:
+                continue
+            rec = chosen_record(ch, sd, fname, r.to_json(), where[(ch, sd)])
+            require_hashes(where[(ch, sd)], rec)
             chosen[(ch, sd, fname)] = rec
     return _Solved(sources=sources, solutions=solutions, chosen=chosen)
 
