@@ -34,9 +34,9 @@ from torchdepot.sources.repodata import chosen_record, require_hashes
 from torchdepot.spec.conda import CondaConfig, parse_conda_section
 from torchdepot.store import manifest as mf
 from torchdepot.store import publication as pub
-from torchdepot.store.channel import write_repodata
+from torchdepot.store.channel import index_channel
 from torchdepot.store.fsutil import safe_join, sha256_file
-from torchdepot.store.layout import is_conda_index_file
+from torchdepot.store.layout import STATE_DIR, is_conda_index_file
 
 CACHE_DIR = ".torchdepot/cache/conda"
 
@@ -175,11 +175,13 @@ def _publish(out: Path, config: CondaConfig, chosen: Chosen, fetched: _Fetched, 
         index_files = [e.path for e in live.files
                        if e.path.startswith(subdirs) and is_conda_index_file(e.path.rsplit("/", 1)[-1])]
         mf.save(out, pub.widened(mf.load(out), files, drop=index_files))
-    for (ch, sd), records in sorted(per_subdir.items()):
+    for ch in sorted({ch for ch, _ in per_subdir}):
         channel_dir = safe_join(out, "conda", ch)
-        for p in write_repodata(channel_dir, sd, records):
-            digest, size = sha256_file(p)
-            files.append(mf.FileEntry(channel_path(ch, sd, p.name), digest, size, "conda"))
+        subdirs = {sd: records for (c, sd), records in per_subdir.items() if c == ch}
+        for index in index_channel(channel_dir, subdirs, out / STATE_DIR):
+            for rel in index.files:
+                digest, size = sha256_file(channel_dir / rel)
+                files.append(mf.FileEntry(f"conda/{ch}/{rel}", digest, size, "conda"))
     return files
 
 

@@ -92,6 +92,8 @@ def plan_bundle(root: Path, targets: list[str] | None = None, envs: Path | None 
                 for name in sorted(os.listdir(d)) if d.is_dir() else []:
                     if name.startswith(("repodata", "channeldata")) or name == "index.html":
                         index.append((f"{t.channel}/{subdir}/{name}", d / name))
+                if (d / "shards").is_dir():  # the CEP-16 shard index names these
+                    index += _walk_files(d / "shards", f"{t.channel}/{subdir}/shards")
             ch = safe_join(root, t.channel)
             if (ch / "channeldata.json").is_file():
                 index.append((f"{t.channel}/channeldata.json", ch / "channeldata.json"))

@@ -1,0 +1,117 @@
+"""A conda-forge-shaped upstream (tests/kit/condaforge.py: real names, both formats, repodata as
+json, zst and CEP-16 shards) mirrored for a CPU and a CUDA target; the published channel is a
+real channel: per subdir repodata.json, .zst and a shard index generated for the subset, and a
+client that reads only the shards (py-rattler's Gateway) finds every package and solves."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import rattler
+from rattler import Gateway, GenericVirtualPackage, MatchSpec, PackageName, SourceConfig, Version
+
+from tests.httpserver import Server
+from tests.kit.condaforge import FORGE, build_forge_channel
+from torchdepot.net.http import Client, HttpConfig
+from torchdepot.spec.mirror import MirrorSpec
+from torchdepot.sync.conda import sync_conda
+
+CUDA_BUILD = next(p.build for p in FORGE if p.name == "pytorch" and p.build.startswith("cuda"))
+CPU_BUILD = next(p.build for p in FORGE if p.name == "pytorch" and p.build.startswith("cpu"))
+
+
+@pytest.fixture(scope="module")
+def forge(tmp_path_factory) -> Path:
+    return build_forge_channel(tmp_path_factory.mktemp("up") / "conda-forge")
+
+
+@pytest.fixture(scope="module")
+def mirrored(forge, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mirror")
+    with Server(forge.parent) as s, Client(HttpConfig(retries=0, connect_timeout=2, read_timeout=10)) as c:
+        spec = MirrorSpec(accelerators=("cpu", "cu126"), pythons=("3.11",), platforms=("linux-x86_64",),
+                          conda={"channels": [{"name": "conda-forge", "mirrors": [f"{s.url}/conda-forge"]}],
+                                 "specs": ["pytorch"]})
+        res = sync_conda(spec, out, client=c)
+    return out, res
+
+
+def test_cuda_build_through_cuda_version_and_cpu_build_pulls_no_cuda(mirrored):
+    _, res = mirrored
+    by_acc = {t.accelerator: {p.name: p for p in t.packages} for t in res.targets}
+    assert by_acc["cu126"]["pytorch"].build == CUDA_BUILD
+    assert "cuda-version" in by_acc["cu126"]
+    assert "cuda-cudart" in by_acc["cu126"]
+    assert by_acc["cpu"]["pytorch"].build == CPU_BUILD
+    assert not [n for n in by_acc["cpu"] if n.startswith("cuda")]
+    for names in by_acc.values():  # conda-forge's real names made it through
+        assert {"_libgcc_mutex", "_openmp_mutex", "python_abi", "libgcc"} <= set(names)
+
+
+def test_published_channel_has_every_index_form_for_the_subset(mirrored):
+    out, res = mirrored
+    sd = out / "conda/conda-forge/linux-64"
+    doc = json.loads((sd / "repodata.json").read_text())
+    listed = set(doc["packages"]) | set(doc["packages.conda"])
+    chosen = {Path(p.path).name for t in res.targets for p in t.packages if "/linux-64/" in p.path}
+    assert listed == chosen  # exactly the subset: pytorch-gpu was not asked for
+    assert "pytorch-gpu-2.7.1-cuda126_ha999a5f_300.conda" not in listed
+    assert {f for f in listed if f.endswith(".tar.bz2")} == {"_libgcc_mutex-0.1-conda_forge.tar.bz2",
+                                                               "_openmp_mutex-4.5-2_gnu.tar.bz2"}
+    for name in ("repodata.json.zst", "repodata_shards.msgpack.zst"):
+        assert (sd / name).is_file()
+    shards = sorted((sd / "shards").iterdir())
+    assert len(shards) == len({doc["packages.conda"].get(f, doc["packages"].get(f))["name"] for f in listed})
+    paths = {f.path for f in res.files}
+    assert {f"conda/conda-forge/linux-64/shards/{p.name}" for p in shards} <= paths
+    assert "conda/conda-forge/linux-64/repodata_shards.msgpack.zst" in paths
+
+
+def _shards_only(out: Path, dest: Path) -> Path:
+    """The mirror's channel without repodata.json / .zst: only the shard index and shards."""
+    shutil.copytree(out / "conda/conda-forge", dest)
+    for p in list(dest.rglob("repodata.json*")):
+        p.unlink()
+    return dest
+
+
+def test_a_shard_only_client_finds_every_package_and_solves(mirrored, tmp_path):
+    out, res = mirrored
+    chan = _shards_only(out, tmp_path / "srv" / "conda-forge")
+    with Server(tmp_path / "srv") as s:
+        gw = Gateway(cache_dir=tmp_path / "gw-cache", default_config=SourceConfig(sharded_enabled=True))
+        channel = rattler.Channel(f"{s.url}/conda-forge")
+        for t in res.targets:
+            names = [p.name for p in t.packages]
+            found = asyncio.run(gw.query([channel], ["linux-64", "noarch"], names, recursive=False))
+            files = {r.file_name for recs in found for r in recs}
+            assert {Path(p.path).name for p in t.packages} <= files
+            vp = [GenericVirtualPackage(PackageName("__glibc"), Version("2.28"), rattler.BuildString("0")),
+                  GenericVirtualPackage(PackageName("__unix"), Version("0"), rattler.BuildString("0")),
+                  GenericVirtualPackage(PackageName("__linux"), Version("5.10"), rattler.BuildString("0"))]
+            if t.accelerator == "cu126":
+                vp.append(GenericVirtualPackage(PackageName("__cuda"), Version("12.6"), rattler.BuildString("0")))
+            solved = asyncio.run(rattler.solve([channel], [MatchSpec("pytorch")], gateway=gw,
+                                               platforms=["linux-64", "noarch"], virtual_packages=vp))
+            torch = next(r for r in solved if r.name.normalized == "pytorch")
+            assert str(torch.build) == (CUDA_BUILD if t.accelerator == "cu126" else CPU_BUILD)
+    assert not list(chan.rglob("repodata.json*"))
+
+
+def test_shard_index_is_reproducible(forge, mirrored, tmp_path):
+    out, _ = mirrored
+    again = tmp_path / "again"
+    with Server(forge.parent) as s, Client(HttpConfig(retries=0)) as c:
+        spec = MirrorSpec(accelerators=("cpu", "cu126"), pythons=("3.11",), platforms=("linux-x86_64",),
+                          conda={"channels": [{"name": "conda-forge", "mirrors": [f"{s.url}/conda-forge"]}],
+                                 "specs": ["pytorch"]})
+        sync_conda(spec, again, client=c)
+    for sd in ("linux-64", "noarch"):
+        for name in ("repodata.json", "repodata.json.zst", "repodata_shards.msgpack.zst"):
+            a = out / "conda/conda-forge" / sd / name
+            b = again / "conda/conda-forge" / sd / name
+            assert a.read_bytes() == b.read_bytes(), f"{sd}/{name}"
