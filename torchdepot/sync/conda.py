@@ -211,12 +211,27 @@ def _summary(config: CondaConfig, targets: list[mf.Target], items: list[FetchIte
             + summary_kept)
 
 
-def sync_conda(spec, out: Path, *, client: Client | None = None, jobs: int = 4, on_hash_mismatch: str = "fail",
-               dry_run: bool = False, progress: bool | None = None) -> CondaSyncResult:
-    """Solve every conda target, fetch the union of the solutions, publish the channels."""
+@dataclass(frozen=True)
+class CondaPrepared:
+    """The conda side solved and its packages fetched (new paths journaled, no index written):
+    what :func:`publish_conda` commits. A run with nothing to publish carries only a summary."""
+
+    config: CondaConfig | None
+    solved: _Solved | None = None
+    items: tuple[FetchItem, ...] = ()
+    fetched: _Fetched | None = None
+    live: mf.Manifest | None = None
+    summary: str = ""
+
+
+def prepare_conda(spec, out: Path, *, client: Client | None = None, jobs: int = 4, on_hash_mismatch: str = "fail",
+                  dry_run: bool = False, progress: bool | None = None) -> CondaPrepared:
+    """Repodata, one solve per target and the packages' downloads: every step that can fail on
+    upstream's account. Runs before the pip side publishes anything (one transaction: a conda
+    failure leaves the live mirror as it was); nothing under ``<out>/conda`` is indexed yet."""
     config = _config(spec)
     if config is None:
-        return CondaSyncResult(summary="no conda section")
+        return CondaPrepared(config=None, summary="no conda section")
     out = Path(out)
     own_client = client is None
     client = client or Client(HttpConfig())
@@ -225,15 +240,34 @@ def sync_conda(spec, out: Path, *, client: Client | None = None, jobs: int = 4, 
         solved = _solve(config, client, RepodataCache(Path(tmp.name) if tmp else out / CACHE_DIR))
         items = _fetch_items(config, solved)
         if dry_run:
-            return _dry_run(solved, items)
+            return CondaPrepared(config=config, solved=solved, items=tuple(items),
+                                 summary=_dry_run(solved, items).summary)
         live = pub.live_manifest(out)
         fetched = _fetch(out, spec, client, items, live, jobs=jobs, on_hash_mismatch=on_hash_mismatch,
                          progress=progress)
-        files = _publish(out, config, solved.chosen, fetched, items, live)
-        targets = _targets(config, solved.solutions)
-        return CondaSyncResult(files, targets, _summary(config, targets, items, fetched), solved.solutions)
+        return CondaPrepared(config=config, solved=solved, items=tuple(items), fetched=fetched, live=live)
     finally:
         if tmp is not None:
             tmp.cleanup()
         if own_client:
             client.close()
+
+
+def publish_conda(prepared: CondaPrepared, out: Path) -> CondaSyncResult:
+    """Index the prepared packages (repodata, .zst, shards) and describe them for the manifest."""
+    if prepared.config is None or prepared.solved is None:
+        return CondaSyncResult(summary=prepared.summary)
+    if prepared.fetched is None:  # a dry run
+        return CondaSyncResult(summary=prepared.summary, solutions=prepared.solved.solutions)
+    config, solved, items, fetched = prepared.config, prepared.solved, list(prepared.items), prepared.fetched
+    files = _publish(Path(out), config, solved.chosen, fetched, items, prepared.live)
+    targets = _targets(config, solved.solutions)
+    return CondaSyncResult(files, targets, _summary(config, targets, items, fetched), solved.solutions)
+
+
+def sync_conda(spec, out: Path, *, client: Client | None = None, jobs: int = 4, on_hash_mismatch: str = "fail",
+               dry_run: bool = False, progress: bool | None = None) -> CondaSyncResult:
+    """Solve every conda target, fetch the union of the solutions, publish the channels."""
+    prepared = prepare_conda(spec, out, client=client, jobs=jobs, on_hash_mismatch=on_hash_mismatch,
+                             dry_run=dry_run, progress=progress)
+    return publish_conda(prepared, out)
