@@ -14,7 +14,7 @@ import pytest
 import rattler
 from rattler import Gateway, GenericVirtualPackage, MatchSpec, PackageName, SourceConfig, Version
 
-from tests.httpserver import Server
+from tests.httpserver import RangeHandler, Server
 from tests.kit.condaforge import FORGE, build_forge_channel
 from torchdepot.net.http import Client, HttpConfig
 from torchdepot.spec.mirror import MirrorSpec
@@ -115,3 +115,37 @@ def test_shard_index_is_reproducible(forge, mirrored, tmp_path):
             a = out / "conda/conda-forge" / sd / name
             b = again / "conda/conda-forge" / sd / name
             assert a.read_bytes() == b.read_bytes(), f"{sd}/{name}"
+
+
+class _Logged(RangeHandler):
+    log: list[str] = []  # replaced per test
+
+    def send_head(self):
+        type(self).log.append(self.path)
+        return super().send_head()
+
+
+def _shard_of(channel: Path, subdir: str, name: str) -> str:
+    import msgpack
+    import zstandard
+
+    with open(channel / subdir / "repodata_shards.msgpack.zst", "rb") as f:
+        index = msgpack.unpackb(zstandard.ZstdDecompressor().stream_reader(f).read())
+    return index["shards"][name].hex()
+
+
+def test_sharded_upstream_fetches_only_the_closure_shards(forge, tmp_path):
+    handler = type("Log", (_Logged,), {"log": []})
+    with Server(forge.parent, handler=handler) as s, Client(HttpConfig(retries=0)) as c:
+        spec = MirrorSpec(accelerators=("cpu",), pythons=("3.11",), platforms=("linux-x86_64",),
+                          conda={"channels": [{"name": "conda-forge", "mirrors": [f"{s.url}/conda-forge"]}],
+                                 "specs": ["pytorch"]})
+        res = sync_conda(spec, tmp_path / "out", client=c)
+    log = handler.log
+    assert not [p for p in log if "/repodata.json" in p]  # neither repodata.json nor its .zst
+    assert "/conda-forge/linux-64/repodata_shards.msgpack.zst" in log
+    shards = {p.rsplit("/", 1)[1] for p in log if "/shards/" in p}
+    assert f"{_shard_of(forge, 'linux-64', 'pytorch')}.msgpack.zst" in shards
+    assert f"{_shard_of(forge, 'linux-64', 'pytorch-gpu')}.msgpack.zst" not in shards  # outside the closure
+    torch = next(p for t in res.targets for p in t.packages if p.name == "pytorch")
+    assert torch.build == CPU_BUILD

@@ -308,3 +308,83 @@ def _same_file(a: Path, b: Path) -> bool:
                 return False
             if not x:
                 return True
+
+
+# -- CEP-16 sharded repodata -------------------------------------------------------------------
+SHARD_INDEX = "repodata_shards.msgpack.zst"
+# Fields py-rattler adds to a record it read (where it came from): not part of the record.
+_LOCATION_FIELDS = ("fn", "url", "channel")
+
+
+def has_shards(client: Client, base: str, subdirs: tuple[str, ...], limits: RepodataLimits = DEFAULT_LIMITS) -> bool:
+    """True when ``base`` serves a CEP-16 shard index for every subdir (a bounded GET each; the
+    index is small: one hash per package name)."""
+    if urllib.parse.urlsplit(base).scheme not in ("http", "https"):
+        return False
+    for sd in subdirs:
+        url = f"{base.rstrip('/')}/{sd}/{SHARD_INDEX}"
+        sink_limits = RepodataLimits(max_bytes=min(limits.max_bytes, 256 * 1024**2), deadline=limits.deadline)
+        budget = _Budget(url, sink_limits)
+
+        def drain(chunks: Iterator[bytes], compressed: Callable[[], int], budget: _Budget = budget) -> None:
+            for block in chunks:
+                budget.add(len(block), 0)
+        try:
+            status, _ = _http_body(client, url, {}, sink_limits, drain)
+        except RepodataRefused:
+            raise
+        except UpstreamError:
+            return False
+        if status != 200:
+            return False
+    return True
+
+
+def fetch_sharded(channel: str, base: str, subdirs: tuple[str, ...], specs: tuple[str, ...], cache: RepodataCache,
+                  deadline: float) -> dict[str, Path]:
+    """The records of ``specs``' closure, read through the channel's shards only (py-rattler's
+    Gateway fetches the shard index and one shard per package name it reaches), written per
+    subdir as a repodata.json the solver reads like a full one. -> subdir -> path.
+
+    Bounded in time as a whole (``deadline`` seconds); each shard is one package name's records."""
+    import asyncio
+
+    import rattler
+    from rattler import Gateway, SourceConfig
+
+    gw_cache = cache.root / "gateway"
+    gw_cache.mkdir(parents=True, exist_ok=True)
+    # no-cache: py-rattler 0.28 revalidates a cached shard index conditionally and then fails on the
+    # 304 a plain static server answers; the closure's shards are few, fetching them again is cheap
+    gateway = Gateway(cache_dir=gw_cache, default_config=SourceConfig(sharded_enabled=True, cache_action="no-cache"),
+                      max_concurrent_requests=8)
+    names = list(specs)
+
+    async def query() -> list:
+        return await asyncio.wait_for(
+            gateway.query([rattler.Channel(base)], list(subdirs), names, recursive=True), deadline)
+    try:
+        result = asyncio.run(query())
+    except asyncio.TimeoutError:
+        raise RepodataRefused(f"{base}: sharded repodata not complete after {deadline:g} s; gave up") from None
+    except Exception as exc:  # rattler's fetch/parse errors: upstream's, in one line
+        raise UpstreamError(f"{base}: sharded repodata: {' '.join(str(exc).split())[:300]}") from None
+    per_subdir: dict[str, dict[str, dict]] = {sd: {} for sd in subdirs}
+    for records in result:
+        for r in records:
+            rec = {k: v for k, v in json.loads(r.to_json()).items() if k not in _LOCATION_FIELDS}
+            sd = rec.get("subdir")
+            if sd in per_subdir:
+                per_subdir[sd][r.file_name] = rec
+    out: dict[str, Path] = {}
+    for sd, recs in per_subdir.items():
+        doc = {"info": {"subdir": sd},
+               "packages": {f: r for f, r in sorted(recs.items()) if f.endswith(".tar.bz2")},
+               "packages.conda": {f: r for f, r in sorted(recs.items()) if not f.endswith(".tar.bz2")},
+               "repodata_version": 1}
+        d = cache.dir(channel, sd)
+        d.mkdir(parents=True, exist_ok=True)
+        part = d / "repodata.json.part"
+        part.write_text(json.dumps(doc, sort_keys=True))
+        out[sd] = cache.commit(channel, sd, part, {"url": f"{base.rstrip('/')}/{sd}/{SHARD_INDEX}", "sharded": True})
+    return out

@@ -29,7 +29,13 @@ from torchdepot.fetch import Fetcher, FetchItem, FetchReport, FetchResult
 from torchdepot.model.condabuild import CondaRecord
 from torchdepot.net.http import Client, HttpConfig
 from torchdepot.resolve.conda import Solution, SubdirSource, open_sources, solve_target
-from torchdepot.sources.channel import RepodataCache, fetch_repodata
+from torchdepot.sources.channel import (
+    SHARD_INDEX,
+    RepodataCache,
+    fetch_repodata,
+    fetch_sharded,
+    has_shards,
+)
 from torchdepot.sources.repodata import chosen_record, require_hashes
 from torchdepot.spec.conda import CondaConfig, parse_conda_section
 from torchdepot.store import manifest as mf
@@ -58,6 +64,15 @@ def _load_all(config: CondaConfig, client: Client, cache: RepodataCache) -> list
     read lazily per package name by py-rattler, never parsed one by one in Python."""
     sources: list[SubdirSource] = []
     for ch in config.channels:
+        sharded = next((m for m in ch.mirrors if has_shards(client, m, config.all_subdirs)), None)
+        if sharded is not None:  # CEP-16: only the closure's shards are fetched
+            specs = tuple(dict.fromkeys((*config.specs, "python")))
+            paths = fetch_sharded(ch.name, sharded, config.all_subdirs, specs, cache,
+                                  client.config.page_deadline)
+            base = sharded.rstrip("/")
+            sources += [SubdirSource(ch.name, sd, base, paths[sd], where=f"{base}/{sd}/{SHARD_INDEX}")
+                        for sd in config.all_subdirs]
+            continue
         for sd in config.all_subdirs:
             got = fetch_repodata(client, ch.name, ch.mirrors, sd, cache)
             sources.append(SubdirSource(ch.name, sd, got.base_url, got.path, where=got.url))
