@@ -149,3 +149,47 @@ def test_sharded_upstream_fetches_only_the_closure_shards(forge, tmp_path):
     assert f"{_shard_of(forge, 'linux-64', 'pytorch-gpu')}.msgpack.zst" not in shards  # outside the closure
     torch = next(p for t in res.targets for p in t.packages if p.name == "pytorch")
     assert torch.build == CPU_BUILD
+
+
+# -- per-variant targets: explicit virtual packages, the legacy channel's notice ---------------
+
+def _vp(target) -> dict[str, tuple[str, str]]:
+    from torchdepot.resolve.conda import virtual_packages
+
+    return {str(v.name.normalized): (str(v.version), str(v.build_string)) for v in virtual_packages(target)}
+
+
+@pytest.mark.parametrize(("acc", "platform", "subdir", "cuda", "glibc", "arch"), [
+    ("cpu", "linux-x86_64", "linux-64", None, "2.28", "x86_64"),
+    ("cu126", "linux-x86_64", "linux-64", "12.6", "2.28", "x86_64"),
+    ("cu130", "linux-aarch64", "linux-aarch64", "13.0", "2.28", "aarch64"),
+    ("cu126", "windows-amd64", "win-64", "12.6", None, "x86_64"),
+])
+def test_virtual_packages_are_explicit_per_target(acc, platform, subdir, cuda, glibc, arch):
+    from torchdepot.model.accel import parse_accelerator
+    from torchdepot.spec.conda import CondaTarget
+
+    vp = _vp(CondaTarget(parse_accelerator(acc), "3.11", platform, subdir))
+    assert vp.get("__cuda", (None,))[0] == cuda
+    assert vp.get("__glibc", (None,))[0] == glibc
+    assert vp["__archspec"] == ("1", arch)
+
+
+def test_legacy_pytorch_channel_says_its_frozen_version_and_the_cve_once(forge, tmp_path):
+    lines: list[str] = []
+    with Server(forge.parent) as s, Client(HttpConfig(retries=0)) as c:
+        # a mirror of the legacy channel, by name (its URL here is a loopback copy)
+        spec = MirrorSpec(accelerators=("cpu", "cu126"), pythons=("3.11",), platforms=("linux-x86_64",),
+                          conda={"channels": [{"name": "pytorch", "mirrors": [f"{s.url}/conda-forge"]}],
+                                 "specs": ["pytorch"]})
+        sync_conda(spec, tmp_path / "out", client=c, dry_run=True, say=lines.append)
+        quiet: list[str] = []
+        spec = MirrorSpec(accelerators=("cpu",), pythons=("3.11",), platforms=("linux-x86_64",),
+                          conda={"channels": [{"name": "conda-forge", "mirrors": [f"{s.url}/conda-forge"]}],
+                                 "specs": ["pytorch"]})
+        sync_conda(spec, tmp_path / "out2", client=c, dry_run=True, say=quiet.append)
+    assert len(lines) == 1  # once per sync, not per target
+    assert "2.5.x" in lines[0]
+    assert "CVE-2025-32434" in lines[0]
+    assert "conda-forge" in lines[0]
+    assert quiet == []

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,8 +41,23 @@ class SolveError(TorchdepotError):
     """No closure for a target, or one that would install the wrong variant."""
 
 
-def virtual_packages(target: CondaTarget, glibc: str = GLIBC) -> list[GenericVirtualPackage]:
-    """The virtual packages a machine of this target has (``__cuda`` only for CUDA)."""
+def platform_glibc(platform: str) -> str:
+    """The glibc a target platform promises (``linux-x86_64`` -> manylinux_2_28 -> ``2.28``)."""
+    from torchdepot.model.platforms import target_platform
+
+    try:
+        triple = target_platform(platform).uv_platform
+    except ParseError:
+        return GLIBC
+    m = re.search(r"manylinux_(\d+)_(\d+)", triple)
+    return f"{m.group(1)}.{m.group(2)}" if m else GLIBC
+
+
+def virtual_packages(target: CondaTarget, glibc: str | None = None) -> list[GenericVirtualPackage]:
+    """The virtual packages a machine of this target has, set explicitly (never detected):
+    ``__cuda`` from the accelerator (CPU: none; cu126: 12.6), ``__glibc`` from the platform,
+    ``__archspec`` from the subdir, and the OS's own."""
+    glibc = glibc or platform_glibc(target.platform)
     os_ = target.subdir.split("-", 1)[0]
     vp: list[tuple[str, str, str]] = []
     if os_ == "linux":

@@ -34,10 +34,28 @@ _CHANNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")
 PIP_TO_CONDA = {"torch": "pytorch"}
 
 
+# The legacy ``pytorch`` channel stopped at 2.5.x (PyTorch's conda builds ended there), before the
+# fix for CVE-2025-32434 (torch.load(weights_only=True) can still run code); conda-forge carries
+# current PyTorch. It stays an opt-in source; selecting it says so once per sync.
+LEGACY_PYTORCH_FROZEN = "2.5.x"
+LEGACY_PYTORCH_CVE = "CVE-2025-32434"
+
+
 @dataclass(frozen=True)
 class ChannelSpec:
     name: str  # directory under <out>/conda/
     mirrors: tuple[str, ...]  # base URLs, tried in order
+
+    @property
+    def legacy_pytorch(self) -> bool:
+        """The (frozen) ``pytorch`` channel, by name or by any mirror's last path segment."""
+        return self.name == "pytorch" or any(
+            urllib.parse.urlsplit(m).path.rstrip("/").rsplit("/", 1)[-1] == "pytorch" for m in self.mirrors)
+
+    def legacy_notice(self) -> str:
+        return (f"conda: channel {self.name!r} is the legacy pytorch channel, frozen at PyTorch "
+                f"{LEGACY_PYTORCH_FROZEN}, before the fix for {LEGACY_PYTORCH_CVE} (torch.load with "
+                "weights_only=True); current PyTorch for conda is on conda-forge (pytorch, pytorch-gpu)")
 
     def to_data(self) -> dict:
         return {"name": self.name, "mirrors": list(self.mirrors)}

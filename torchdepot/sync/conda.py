@@ -20,7 +20,9 @@ manifest is widened with the new packages (and without the old repodata entries)
 
 from __future__ import annotations
 
+import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -240,13 +242,18 @@ class CondaPrepared:
 
 
 def prepare_conda(spec, out: Path, *, client: Client | None = None, jobs: int = 4, on_hash_mismatch: str = "fail",
-                  dry_run: bool = False, progress: bool | None = None) -> CondaPrepared:
+                  dry_run: bool = False, progress: bool | None = None,
+                  say: Callable[[str], None] | None = None) -> CondaPrepared:
     """Repodata, one solve per target and the packages' downloads: every step that can fail on
     upstream's account. Runs before the pip side publishes anything (one transaction: a conda
-    failure leaves the live mirror as it was); nothing under ``<out>/conda`` is indexed yet."""
+    failure leaves the live mirror as it was); nothing under ``<out>/conda`` is indexed yet.
+    ``say`` gets the legacy-channel notice (once per run, per legacy channel)."""
     config = _config(spec)
     if config is None:
         return CondaPrepared(config=None, summary="no conda section")
+    for ch in config.channels:
+        if ch.legacy_pytorch:
+            (say or _stderr)(ch.legacy_notice())
     out = Path(out)
     own_client = client is None
     client = client or Client(HttpConfig())
@@ -280,9 +287,14 @@ def publish_conda(prepared: CondaPrepared, out: Path) -> CondaSyncResult:
     return CondaSyncResult(files, targets, _summary(config, targets, items, fetched), solved.solutions)
 
 
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
 def sync_conda(spec, out: Path, *, client: Client | None = None, jobs: int = 4, on_hash_mismatch: str = "fail",
-               dry_run: bool = False, progress: bool | None = None) -> CondaSyncResult:
+               dry_run: bool = False, progress: bool | None = None,
+               say: Callable[[str], None] | None = None) -> CondaSyncResult:
     """Solve every conda target, fetch the union of the solutions, publish the channels."""
     prepared = prepare_conda(spec, out, client=client, jobs=jobs, on_hash_mismatch=on_hash_mismatch,
-                             dry_run=dry_run, progress=progress)
+                             dry_run=dry_run, progress=progress, say=say)
     return publish_conda(prepared, out)

@@ -124,7 +124,7 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
         result.seconds = time.monotonic() - started
 
 
-def _conda_prepare(spec: MirrorSpec, out: Path, client: Client | None, dry_run: bool):
+def _conda_prepare(spec: MirrorSpec, out: Path, client: Client | None, dry_run: bool, say: Echo):
     """The conda side's solve and downloads, before the pip side publishes (one transaction:
     a conda failure publishes nothing). None when the spec has no ``conda:`` section."""
     if spec.conda is None:
@@ -132,7 +132,7 @@ def _conda_prepare(spec: MirrorSpec, out: Path, client: Client | None, dry_run: 
     from torchdepot.sync.conda import prepare_conda
 
     return prepare_conda(spec, out, client=client, jobs=spec.jobs, on_hash_mismatch=spec.on_hash_mismatch,
-                         dry_run=dry_run)
+                         dry_run=dry_run, say=say)
 
 
 def _conda_publish(prepared, out: Path, say: Echo) -> tuple[list[mf.FileEntry], list[mf.Target]]:
@@ -171,13 +171,13 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
                           previous=previous, locks=locks)
         log = RunLog(result, echo, mark=started)
         dryrun.print_removals(result.removals, prune or spec.keep is not None, log.say)
-        _conda_publish(_conda_prepare(spec, out, client, True), out, log.say)
+        _conda_publish(_conda_prepare(spec, out, client, True, log.say), out, log.say)
         return result
     out.mkdir(parents=True, exist_ok=True)
     with MirrorLock(out, wait):
         previous = mf.load(out) if (out / L.MANIFEST_NAME).is_file() else None
         tset = lifecycle.target_set(asked, origin, previous, prune)
-        conda = _conda_prepare(spec, out, client, False)  # fails before anything is published
+        conda = _conda_prepare(spec, out, client, False, echo)  # fails before anything is published
         result = sync_pip(spec, out=out, client=client, progress=progress, pip_sources=pip_sources, echo=echo,
                           target_set=tset, previous=previous, locks=locks, on_progress=on_progress)
         log = RunLog(result, echo, mark=started)
