@@ -1,7 +1,9 @@
 """One transaction (issue 20 item 7): a sync whose conda side fails publishes nothing. The conda
 solve and downloads run before the pip side publishes, so a first sync with a failing conda
 solve leaves no ``whl/`` and no manifest, and a re-sync leaves the live mirror as it was
-(``status`` and ``verify-mirror`` exit 0, the same tree)."""
+(``status`` and ``verify-mirror`` exit 0, the same tree). Then the per-target locks of such a
+mirror: ``environment.yml``, ``@EXPLICIT`` with sha256 and a rattler/pixi ``pixi.lock``, installed
+with py-rattler from the mirror alone and checked against the installed records."""
 
 from __future__ import annotations
 
@@ -80,3 +82,42 @@ def test_resync_with_a_failing_conda_solve_leaves_the_live_mirror_as_it_was(site
     assert status.returncode == 0, status.stdout + status.stderr
     check = td("verify-mirror", out)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+# -- locks: environment.yml, @EXPLICIT with sha256, and a rattler/pixi lock, installed from the mirror alone
+
+
+def test_locks_install_from_the_mirror_alone_and_match_the_installed_records(site, tmp_path):
+    import asyncio
+
+    import rattler
+
+    from torchdepot.verify.conda import installed_problems, parse_explicit
+
+    out = site[3] / "M"
+    assert run(site, out, ["pytorch"]).verify == "ok"
+    envs = tmp_path / "envs"
+    base = out.resolve().as_uri()
+    res = td("lock", "--mirror", out, "--out", envs, "--base-url", base)
+    assert res.returncode == 0, res.stdout + res.stderr
+    folder = envs / "cpu-py311-linux-x86_64"
+    names = sorted(p.name for p in folder.iterdir())
+    assert {"environment.yml", "conda-linux-64.lock", "pixi.lock"} <= set(names)
+    pins = parse_explicit((folder / "conda-linux-64.lock").read_text(), "lock")
+    assert all(len(p.sha256) == 64 for p in pins)
+    assert any(p.filename.startswith("_libgcc_mutex-") for p in pins)
+    lock = rattler.LockFile.from_path(folder / "pixi.lock")
+    env = lock.default_environment()
+    records = env.conda_repodata_records()["linux-64"]
+    assert sorted(r.file_name for r in records) == sorted(p.filename for p in pins)
+    assert all(str(r.url).startswith(base + "/conda/conda-forge/") for r in records)  # the mirror, nothing else
+    prefix = tmp_path / "prefix"
+    asyncio.run(rattler.install(records, target_prefix=prefix, cache_dir=tmp_path / "pkgs", show_progress=False,
+                                execute_link_scripts=False))
+    assert installed_problems(prefix, pins) == []
+    assert (prefix / "share" / "td-forge" / "pytorch.txt").read_text().startswith("pytorch 2.7.1 cpu_generic")
+    # a record that is not what the lock says is named
+    meta = next((prefix / "conda-meta").glob("python_abi-*.json"))
+    meta.write_text(meta.read_text().replace(next(p.sha256 for p in pins if p.filename.startswith("python_abi")),
+                                             "f" * 64))
+    assert [p for p in installed_problems(prefix, pins) if p.startswith("python_abi-")]

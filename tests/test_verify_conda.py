@@ -53,6 +53,7 @@ def test_conda_lock_installs_with_rattler_and_runs(mirror, tmp_path, private_tmp
     assert st["conda hashes vs mirror manifest"] == "pass"
     assert st["conda build = variant"] == "pass"
     assert st["conda install (py-rattler, mirror only)"] == "pass"
+    assert st["conda installed records = lock"] == "pass"
     assert st["conda import torch"] == "pass"
     assert st["conda version"] == "pass"
     assert st["conda torch.version.cuda"] == "pass"
