@@ -215,7 +215,8 @@ def solve_target(specs: list[str], sources: list[SubdirSource], target: CondaTar
     constraints = _pins(specs, sources, sparse, target)
     try:
         records = asyncio.run(rattler.solve(
-            filtered, match_specs, platforms=[target.subdir, "noarch"],
+            # target.subdir is a validated conda subdir; rattler types the names as a Literal
+            filtered, match_specs, platforms=[target.subdir, "noarch"],  # type: ignore[list-item]
             virtual_packages=virtual_packages(target), constraints=constraints,
             channel_priority=rattler.ChannelPriority.Strict, timestamp_policy="allow-missing",
         ))

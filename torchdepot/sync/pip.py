@@ -87,6 +87,8 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
         held.view = view = session.open_view(spec, edge, session.accelerators(list(tset.run), locks), workdir,
                                              previous, log.say)
         plan = plan_targets(spec, view, edge.pip, [t for t in tset.run if t.id not in locked_ids], tset.tolerate)
+        for warning in dict.fromkeys(w for tp in plan.targets for w in tp.warnings):
+            log.say(warning)
         carried = retention.carried_targets(plan, previous, log.say)
         log.phase("upstreams")
         if not dry_run:  # the pinned torch wheels download while their closures resolve
