@@ -73,6 +73,8 @@ def rattler_lock(mirror: Path, target: Target, base: str) -> str:
     missing = {f for fs in by_subdir.values() for f in fs} - {r.file_name for r in records}
     if missing:
         raise TorchdepotError(f"target {target.id}: {sorted(missing)[0]} is not in the mirror's repodata")
+    if not target.subdir:
+        raise TorchdepotError(f"manifest.json: conda target {target.id} names no subdir")
     platform = LockPlatform(target.subdir)
     lock = LockFile([platform])
     channels = sorted({url(base, f"conda/{ch}") for ch, _ in by_subdir})

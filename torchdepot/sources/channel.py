@@ -29,7 +29,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import requests
 import zstandard
@@ -359,10 +359,11 @@ def fetch_sharded(channel: str, base: str, subdirs: tuple[str, ...], specs: tupl
     gateway = Gateway(cache_dir=gw_cache, default_config=SourceConfig(sharded_enabled=True, cache_action="no-cache"),
                       max_concurrent_requests=8)
     names = list(specs)
+    platforms: list[Any] = list(subdirs)  # rattler types them as its subdir literals
 
     async def query() -> list:
         return await asyncio.wait_for(
-            gateway.query([rattler.Channel(base)], list(subdirs), names, recursive=True), deadline)
+            gateway.query([rattler.Channel(base)], platforms, names, recursive=True), deadline)
     try:
         result = asyncio.run(query())
     except asyncio.TimeoutError:

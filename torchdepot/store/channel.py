@@ -90,7 +90,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def _created_at(records: dict[str, dict]) -> str:
+def _created_at(records: dict[str, dict[str, object]]) -> str:
     stamps = [r.get("timestamp") for r in records.values()]
     newest = max((t for t in stamps if isinstance(t, int) and not isinstance(t, bool) and t > 0), default=0)
     if newest > 10**11:  # conda timestamps are in milliseconds (older records: seconds)
@@ -102,7 +102,7 @@ def _created_at(records: dict[str, dict]) -> str:
 def _normalize_shard_index(path: Path, created_at: str) -> None:
     """The shard index re-encoded deterministically: ``created_at`` from the records, shards sorted
     by name (rattler writes the map in hash order and stamps the clock)."""
-    import msgpack
+    import msgpack  # type: ignore[import-untyped]  # no stubs published
 
     with open(path, "rb") as f:
         doc = msgpack.unpackb(zstandard.ZstdDecompressor().stream_reader(f).read(), raw=False)
@@ -117,7 +117,7 @@ def _normalize_shard_index(path: Path, created_at: str) -> None:
     path.write_bytes(zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True, threads=0).compress(data))
 
 
-def index_channel(channel_dir: Path, per_subdir: dict[str, dict[str, dict]], state_dir: Path) -> list[SubdirIndex]:
+def index_channel(channel_dir: Path, per_subdir: dict[str, dict[str, dict[str, object]]], state_dir: Path) -> list[SubdirIndex]:
     """Index exactly ``per_subdir`` (subdir -> filename -> upstream record) of the packages in
     ``channel_dir`` and publish each subdir's index files there (atomic each, in order).
 

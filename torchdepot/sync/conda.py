@@ -194,8 +194,8 @@ def _publish(out: Path, config: CondaConfig, chosen: Chosen, fetched: _Fetched, 
         mf.save(out, pub.widened(mf.load(out), files, drop=index_files))
     for ch in sorted({ch for ch, _ in per_subdir}):
         channel_dir = safe_join(out, "conda", ch)
-        subdirs = {sd: records for (c, sd), records in per_subdir.items() if c == ch}
-        for index in index_channel(channel_dir, subdirs, out / STATE_DIR):
+        of_channel = {sd: records for (c, sd), records in per_subdir.items() if c == ch}
+        for index in index_channel(channel_dir, of_channel, out / STATE_DIR):
             for rel in index.files:
                 digest, size = sha256_file(channel_dir / rel)
                 files.append(mf.FileEntry(f"conda/{ch}/{rel}", digest, size, "conda"))
