@@ -26,7 +26,7 @@ from torchdepot.resolve.conda import SubdirSource, keep_record, solve_target
 from torchdepot.ship import recipes as R
 from torchdepot.sources.repodata import RepodataError, parse_repodata
 from torchdepot.spec.conda import CondaTarget, parse_conda_section, pip_constraint_to_conda
-from torchdepot.spec.mirror import MirrorSpec, PackageSpec
+from torchdepot.spec.mirror import MirrorSpec, PackageSpec, pip_side
 from torchdepot.store.channel import normalize_indexed_channel, repodata_bytes
 from torchdepot.sync.conda import sync_conda
 
@@ -71,7 +71,7 @@ def test_spec_defaults_and_targets():
     spec = MirrorSpec(packages=(PackageSpec("torch", ">=2.5,<2.6"),), extra_packages=("numpy",),
                       accelerators=("cpu", "cu118"), pythons=("3.11",), platforms=("linux-x86_64", "windows-amd64"),
                       conda={"channels": ["conda-forge", "https://mirror.example/conda/pytorch"]})
-    cfg = parse_conda_section(spec.conda, spec)
+    cfg = parse_conda_section(spec.conda, pip_side(spec))
     assert cfg.specs == ("pytorch <2.6,>=2.5", "numpy")
     assert [c.name for c in cfg.channels] == ["conda-forge", "pytorch"]
     assert cfg.channels[0].mirrors == ("https://conda.anaconda.org/conda-forge",)
@@ -92,7 +92,7 @@ def test_spec_defaults_and_targets():
 def test_spec_errors_name_the_key(conda, key):
     spec = MirrorSpec(pythons=("3.11",), platforms=("linux-x86_64",), conda=conda)
     with pytest.raises(SpecError) as exc:
-        parse_conda_section(conda, spec)
+        parse_conda_section(conda, pip_side(spec))
     assert str(exc.value).startswith(key + ":")
     assert "\n" not in str(exc.value)
 

@@ -40,6 +40,7 @@ from torchdepot.sources.channel import (
 )
 from torchdepot.sources.repodata import chosen_record, require_hashes
 from torchdepot.spec.conda import CondaConfig, parse_conda_section
+from torchdepot.spec.mirror import pip_side
 from torchdepot.store import manifest as mf
 from torchdepot.store import publication as pub
 from torchdepot.store.channel import index_channel
@@ -87,7 +88,7 @@ Chosen = dict[tuple[str, str, str], CondaRecord]  # (channel, subdir, filename) 
 def _config(spec) -> CondaConfig | None:
     config = spec.conda  # validated by the spec loader; hand-built specs may carry the raw mapping
     if config is not None and not isinstance(config, CondaConfig):
-        config = parse_conda_section(config, spec)
+        config = parse_conda_section(config, pip_side(spec))
     return config
 
 
