@@ -193,3 +193,20 @@ def test_legacy_pytorch_channel_says_its_frozen_version_and_the_cve_once(forge, 
     assert "CVE-2025-32434" in lines[0]
     assert "conda-forge" in lines[0]
     assert quiet == []
+
+
+def test_channeldata_and_run_exports_published_for_the_subset(mirrored):
+    out, res = mirrored
+    chan = out / "conda/conda-forge"
+    run_exports = json.loads((chan / "linux-64/run_exports.json").read_text())
+    listed = set(json.loads((chan / "linux-64/repodata.json").read_text())["packages.conda"])
+    assert set(run_exports["packages.conda"]) == listed  # exactly the mirrored files
+    assert run_exports["packages.conda"]["libgcc-15.1.0-h767d61c_2.conda"]["run_exports"] == {
+        "strong": ["libgcc >=15.1.0"]}
+    assert "_libgcc_mutex-0.1-conda_forge.tar.bz2" in run_exports["packages"]
+    channeldata = json.loads((chan / "channeldata.json").read_text())
+    assert "pytorch-gpu" not in channeldata["packages"]  # not mirrored
+    assert {"pytorch", "cuda-version", "_openmp_mutex"} <= set(channeldata["packages"])
+    assert channeldata["subdirs"] == ["linux-64", "noarch"]
+    paths = {f.path for f in res.files}
+    assert {"conda/conda-forge/channeldata.json", "conda/conda-forge/linux-64/run_exports.json"} <= paths

@@ -121,3 +121,21 @@ def test_locks_install_from_the_mirror_alone_and_match_the_installed_records(sit
     meta.write_text(meta.read_text().replace(next(p.sha256 for p in pins if p.filename.startswith("python_abi")),
                                              "f" * 64))
     assert [p for p in installed_problems(prefix, pins) if p.startswith("python_abi-")]
+
+
+def test_bundle_carries_the_shards_and_the_channel_metadata(site, tmp_path):
+    out = site[3] / "M"
+    assert run(site, out, ["pytorch"]).verify == "ok"
+    archive = tmp_path / "m.tar"
+    res = td("bundle", "--mirror", out, "--out", archive)
+    assert res.returncode == 0, res.stdout + res.stderr
+    dest = tmp_path / "lab"
+    res = td("unbundle", archive, "--to", dest)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for rel in ("conda/conda-forge/linux-64/repodata_shards.msgpack.zst", "conda/conda-forge/linux-64/run_exports.json",
+                "conda/conda-forge/channeldata.json"):
+        assert (dest / rel).read_bytes() == (out / rel).read_bytes(), rel
+    shards = sorted(p.name for p in (out / "conda/conda-forge/linux-64/shards").iterdir())
+    assert sorted(p.name for p in (dest / "conda/conda-forge/linux-64/shards").iterdir()) == shards
+    check = td("verify-mirror", dest)
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -103,7 +103,31 @@ def build_forge_channel(channel: Path, packages: tuple[Pkg, ...] = FORGE, shards
                                 archive_type=ArchiveType.TarBz2 if p.tar_bz2 else ArchiveType.Conda)
     (channel / "noarch").mkdir(exist_ok=True)
     asyncio.run(index_fs(channel, write_zst=True, write_shards=shards, force=True))
+    write_channel_metadata(channel, packages)
     return channel
+
+
+# what conda-forge's run_exports.json says for a few of these (the rest export nothing)
+RUN_EXPORTS = {"libgcc": {"strong": ["libgcc >=15.1.0"]}, "libgomp": {"weak": ["libgomp >=15.1.0"]},
+               "cuda-cudart": {"weak": ["cuda-cudart >=12.6.77,<13.0a0"]}}
+
+
+def write_channel_metadata(channel: Path, packages: tuple[Pkg, ...] = FORGE) -> None:
+    """``channeldata.json`` and per subdir ``run_exports.json``, as conda-forge publishes them."""
+    subdirs = sorted({p.subdir for p in packages} | {"noarch"})
+    for sd in subdirs:
+        doc: dict = {"info": {"subdir": sd}, "packages": {}, "packages.conda": {}}
+        for p in packages:
+            if p.subdir == sd:
+                doc["packages" if p.tar_bz2 else "packages.conda"][p.filename] = {
+                    "run_exports": RUN_EXPORTS.get(p.name, {})}
+        (channel / sd / "run_exports.json").write_text(json.dumps(doc, indent=1, sort_keys=True))
+    names = sorted({p.name for p in packages})
+    channeldata = {"channeldata_version": 1, "subdirs": subdirs, "packages": {
+        n: {"subdirs": sorted({p.subdir for p in packages if p.name == n}),
+            "version": max(p.version for p in packages if p.name == n), "license": "BSD-3-Clause",
+            "run_exports": {}} for n in names}}
+    (channel / "channeldata.json").write_text(json.dumps(channeldata, indent=1, sort_keys=True))
 
 
 def synthetic_repodata(n_records: int, names: int = 20_000) -> dict:

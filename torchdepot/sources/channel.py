@@ -389,3 +389,28 @@ def fetch_sharded(channel: str, base: str, subdirs: tuple[str, ...], specs: tupl
         part.write_text(json.dumps(doc, sort_keys=True))
         out[sd] = cache.commit(channel, sd, part, {"url": f"{base.rstrip('/')}/{sd}/{SHARD_INDEX}", "sharded": True})
     return out
+
+
+# -- channel metadata beside the repodata ----------------------------------------------------
+METADATA_LIMITS = RepodataLimits(max_bytes=256 * 1024**2)
+
+
+def fetch_optional(client: Client, url: str, dest: Path, limits: RepodataLimits = METADATA_LIMITS) -> Path | None:
+    """Fetch an optional channel file (``channeldata.json``, ``<subdir>/run_exports.json``) to
+    ``dest``, under the same bounds as repodata. None when upstream does not have it (or fails
+    to serve it: these files help clients, the channel works without them); a hostile body is
+    still refused."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    try:
+        status, _ = _fetch_one(client, url, {"Accept-Encoding": "gzip, deflate"}, url.endswith(".zst"), part, limits)
+    except RepodataRefused:
+        raise
+    except UpstreamError:
+        return None
+    if status != 200:
+        with contextlib.suppress(OSError):
+            part.unlink()
+        return None
+    os.replace(part, dest)
+    return dest

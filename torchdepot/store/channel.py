@@ -167,3 +167,43 @@ def index_channel(channel_dir: Path, per_subdir: dict[str, dict[str, dict[str, o
                 (dst / SHARDS_DIR).rmdir()  # only when no shard was written
             out.append(SubdirIndex(sd, tuple(files)))
     return out
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
+def subset_run_exports(path: Path, filenames: set[str]) -> bytes | None:
+    """Upstream's ``<subdir>/run_exports.json`` restricted to the mirrored files (sorted, stable);
+    None when the file is not the expected shape or lists none of them."""
+    doc = _read_json(path)
+    if not isinstance(doc, dict):
+        return None
+    out: dict[str, object] = {"info": doc.get("info") if isinstance(doc.get("info"), dict) else {}}
+    found = False
+    for key in ("packages", "packages.conda"):
+        table = doc.get(key)
+        table = table if isinstance(table, dict) else {}
+        kept = {fn: table[fn] for fn in sorted(filenames) if fn in table}
+        found = found or bool(kept)
+        out[key] = kept
+    if not found:
+        return None
+    return (json.dumps(out, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def subset_channeldata(path: Path, names: set[str], subdirs: set[str]) -> bytes | None:
+    """Upstream's ``channeldata.json`` restricted to the mirrored package names and subdirs."""
+    doc = _read_json(path)
+    if not isinstance(doc, dict) or not isinstance(doc.get("packages"), dict):
+        return None
+    pkgs = {n: doc["packages"][n] for n in sorted(names) if n in doc["packages"]}
+    if not pkgs:
+        return None
+    out = {k: v for k, v in doc.items() if k not in ("packages", "subdirs")}
+    out["packages"] = pkgs
+    out["subdirs"] = sorted(subdirs)
+    return (json.dumps(out, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")

@@ -34,6 +34,7 @@ from torchdepot.resolve.conda import Solution, SubdirSource, open_sources, solve
 from torchdepot.sources.channel import (
     SHARD_INDEX,
     RepodataCache,
+    fetch_optional,
     fetch_repodata,
     fetch_sharded,
     has_shards,
@@ -43,8 +44,8 @@ from torchdepot.spec.conda import CondaConfig, parse_conda_section
 from torchdepot.spec.mirror import pip_side
 from torchdepot.store import manifest as mf
 from torchdepot.store import publication as pub
-from torchdepot.store.channel import index_channel
-from torchdepot.store.fsutil import safe_join, sha256_file
+from torchdepot.store.channel import index_channel, subset_channeldata, subset_run_exports
+from torchdepot.store.fsutil import atomic_write_bytes, safe_join, sha256_file
 from torchdepot.store.layout import STATE_DIR, is_conda_index_file
 
 CACHE_DIR = ".torchdepot/cache/conda"
@@ -125,6 +126,50 @@ def _fetch_items(config: CondaConfig, solved: _Solved) -> list[FetchItem]:
     mirrors = {c.name: tuple(dict.fromkeys((served[c.name], *c.mirrors))) for c in config.channels}
     return [FetchItem(channel_path(ch, sd, fn), tuple(f"{m}/{sd}/{fn}" for m in mirrors[ch]), rec.sha256, rec.size)
             for (ch, sd, fn), rec in sorted(solved.chosen.items())]
+
+
+def _channel_metadata(config: CondaConfig, solved: _Solved, client: Client, cache: Path):
+    """Upstream's ``channeldata.json`` and each subdir's ``run_exports.json``, where it has them,
+    from the mirror that served the channel's repodata."""
+    served = {src.channel: src.base_url.rstrip("/") for src in solved.sources}
+    run_exports, channeldata = [], []
+    for ch in config.channels:
+        base = served.get(ch.name)
+        if base is None:
+            continue
+        d = safe_join(cache, ch.name)
+        got = fetch_optional(client, f"{base}/channeldata.json", d / "channeldata.json")
+        if got is not None:
+            channeldata.append((ch.name, got))
+        for sd in config.all_subdirs:
+            got = fetch_optional(client, f"{base}/{sd}/run_exports.json", safe_join(d, sd) / "run_exports.json")
+            if got is not None:
+                run_exports.append(((ch.name, sd), got))
+    return tuple(run_exports), tuple(channeldata)
+
+
+def _publish_metadata(out: Path, prepared: CondaPrepared) -> list[mf.FileEntry]:
+    """The mirrored subset of upstream's run_exports.json / channeldata.json, next to the repodata."""
+    assert prepared.solved is not None
+    chosen = prepared.solved.chosen
+    files: list[mf.FileEntry] = []
+    for (ch, sd), path in prepared.run_exports:
+        data = subset_run_exports(path, {fn for (c, s, fn) in chosen if (c, s) == (ch, sd)})
+        if data is not None:
+            target = safe_join(out, "conda", ch, sd, "run_exports.json")
+            atomic_write_bytes(target, data)
+            digest, size = sha256_file(target)
+            files.append(mf.FileEntry(channel_path(ch, sd, "run_exports.json"), digest, size, "conda"))
+    for ch, path in prepared.channeldata:
+        names = {rec.name for (c, _s, _f), rec in chosen.items() if c == ch}
+        subdirs = {s for (c, s, _f) in chosen if c == ch} | {"noarch"}
+        data = subset_channeldata(path, names, subdirs)
+        if data is not None:
+            target = safe_join(out, "conda", ch, "channeldata.json")
+            atomic_write_bytes(target, data)
+            digest, size = sha256_file(target)
+            files.append(mf.FileEntry(f"conda/{ch}/channeldata.json", digest, size, "conda"))
+    return files
 
 
 def _dry_run(solved: _Solved, items: list[FetchItem]) -> CondaSyncResult:
@@ -240,6 +285,9 @@ class CondaPrepared:
     fetched: _Fetched | None = None
     live: mf.Manifest | None = None
     summary: str = ""
+    # upstream's optional channel files, fetched (bounded) into the cache: (channel, subdir or "") -> path
+    run_exports: tuple[tuple[tuple[str, str], Path], ...] = ()
+    channeldata: tuple[tuple[str, Path], ...] = ()
 
 
 def prepare_conda(spec, out: Path, *, client: Client | None = None, jobs: int = 4, on_hash_mismatch: str = "fail",
@@ -268,7 +316,9 @@ def prepare_conda(spec, out: Path, *, client: Client | None = None, jobs: int = 
         live = pub.live_manifest(out)
         fetched = _fetch(out, spec, client, items, live, jobs=jobs, on_hash_mismatch=on_hash_mismatch,
                          progress=progress)
-        return CondaPrepared(config=config, solved=solved, items=tuple(items), fetched=fetched, live=live)
+        run_exports, channeldata = _channel_metadata(config, solved, client, out / CACHE_DIR)
+        return CondaPrepared(config=config, solved=solved, items=tuple(items), fetched=fetched, live=live,
+                             run_exports=run_exports, channeldata=channeldata)
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -284,6 +334,7 @@ def publish_conda(prepared: CondaPrepared, out: Path) -> CondaSyncResult:
         return CondaSyncResult(summary=prepared.summary, solutions=prepared.solved.solutions)
     config, solved, items, fetched = prepared.config, prepared.solved, list(prepared.items), prepared.fetched
     files = _publish(Path(out), config, solved.chosen, fetched, items, prepared.live)
+    files += _publish_metadata(Path(out), prepared)
     targets = _targets(config, solved.solutions)
     return CondaSyncResult(files, targets, _summary(config, targets, items, fetched), solved.solutions)
 
