@@ -1,8 +1,10 @@
 """Conda names: conda's own rule (a leading ``_`` is valid), file names checked as paths,
-hostile names refused; every package file name in the real lock files in shared/data/conda passes."""
+hostile names refused; every package file name in the real lock files in shared/data/conda passes.
+Also the parsers of upstream's optional channel files (channeldata.json, run_exports.json)."""
 
 from __future__ import annotations
 
+import json
 import re
 import urllib.parse
 from pathlib import Path
@@ -76,8 +78,6 @@ def test_repodata_with_leading_underscore_names_parses():
     doc = {"info": {"subdir": "linux-64"}, "packages": {
         "_libgcc_mutex-0.1-conda_forge.tar.bz2": {"name": "_libgcc_mutex", "version": "0.1", "build": "conda_forge",
                                                   "build_number": 0, "depends": []}}}
-    import json
-
     rd = parse_repodata(json.dumps(doc), "conda-forge", "linux-64", "here")
     assert list(rd.records) == ["_libgcc_mutex-0.1-conda_forge.tar.bz2"]
 
@@ -117,3 +117,23 @@ def test_valid_conda_filenames_pass(name, version, build, ext):
     if ".." in fn:
         return
     assert conda_filename(fn) == fn
+
+
+# -- upstream's optional channel files: any bytes give the subset or nothing, never an exception --
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+                     lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=12), c, max_size=4),
+                     max_leaves=20)
+
+
+@given(st.one_of(st.binary(max_size=200), _json.map(lambda d: json.dumps(d).encode())),
+       st.sets(st.text(max_size=12), max_size=3))
+def test_channel_metadata_subsets_are_total(tmp_path_factory, body, names):
+    from torchdepot.store.channel import subset_channeldata, subset_run_exports
+
+    path = tmp_path_factory.getbasetemp() / "channel-meta.json"  # one file, rewritten per example
+    path.write_bytes(body)
+    for out in (subset_run_exports(path, names), subset_channeldata(path, names, {"noarch"})):
+        if out is not None:
+            doc = json.loads(out)
+            assert isinstance(doc, dict)
