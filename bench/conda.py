@@ -121,7 +121,8 @@ res = sync_conda(spec, {out!r}, dry_run=True)
 total = time.perf_counter() - t0
 torch = [r for s in res.solutions for r in s.records if str(r.name.normalized) == "pytorch"]
 print(json.dumps({{"total": total, "solve": sum(solve_s), "rss": hwm(),
-                  "build": str(torch[0].build), "n": sum(len(s.records) for s in res.solutions)}}))
+                  "build": str(torch[0].build), "n": sum(len(s.records) for s in res.solutions)}}), flush=True)
+import os; os._exit(0)  # py-rattler 0.28 can abort in its runtime's teardown at interpreter exit
 """
 
 _CHILD_PLAIN = """
@@ -141,14 +142,15 @@ recs = asyncio.run(rattler.solve_with_sparse_repodata([MatchSpec("pytorch"), Mat
 total = time.perf_counter() - t0
 torch = [r for r in recs if str(r.name.normalized) == "pytorch"]
 print(json.dumps({{"total": total, "rss": hwm(),
-                  "build": str(torch[0].build), "n": len(recs)}}))
+                  "build": str(torch[0].build), "n": len(recs)}}), flush=True)
+import os; os._exit(0)  # py-rattler 0.28 can abort in its runtime's teardown at interpreter exit
 """
 
 
 def _child(code: str) -> dict:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
-        raise SystemExit(f"bench child failed: {proc.stderr[-2000:]}")
+        raise SystemExit(f"bench child failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
