@@ -210,3 +210,21 @@ def test_channeldata_and_run_exports_published_for_the_subset(mirrored):
     assert channeldata["subdirs"] == ["linux-64", "noarch"]
     paths = {f.path for f in res.files}
     assert {"conda/conda-forge/channeldata.json", "conda/conda-forge/linux-64/run_exports.json"} <= paths
+
+
+def test_conda_ls_reads_only_the_asked_packages_natively(forge):
+    from click.testing import CliRunner
+
+    from torchdepot.cli import main
+
+    with Server(forge.parent) as s:
+        res = CliRunner().invoke(main, ["conda", "ls", "--channel", f"{s.url}/conda-forge", "--subdir", "linux-64",
+                                        "--package", "pytorch", "--package", "_libgcc_mutex", "--json"])
+        table = CliRunner().invoke(main, ["conda", "ls", "--channel", f"{s.url}/conda-forge", "--subdir", "linux-64"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert sorted((r["name"], r["accelerator"]) for r in rows) == [
+        ("_libgcc_mutex", None), ("pytorch", "cpu"), ("pytorch", "cu126")]
+    assert table.exit_code == 0, table.output
+    assert "cu126" in table.stdout
+    assert "cpu" in table.stdout

@@ -47,6 +47,7 @@ def build_cmd(wheels: tuple[Path, ...], more_wheels: tuple[Path, ...], out: Path
         if wheel_list:
             click.echo(f"using {len(wheel_list)} torch wheel(s) from {DEFAULT_WHEEL_DIR}/")
     built = []
+    R.plan_wheels(wheel_list, python)  # a bad wheel fails in one line before any progress is printed
     # one line per step as it starts: repackaging a torch wheel takes minutes, never silently
     if not no_metapackages:
         click.echo("building the metapackages (pytorch-mutex, cpuonly, pytorch-cuda) ...", err=True)
