@@ -122,3 +122,32 @@ def test_walkthrough_mirror_serve_configure_install(upstreams, tmp_path):
     assert status.returncode == 0, status.stdout + status.stderr
     check = td("verify-mirror", out, env=env)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_config_conda_semantics_on_an_existing_condarc(tmp_path):
+    """custom_channels / mirrored_channels gain the mirrored names only; the user's other entries stay;
+    channel_alias moves only with --channel-alias."""
+    from torchdepot.clientconfig.conda import plan
+
+    old = textwrap.dedent("""\
+        channels: [conda-forge, bioconda]
+        custom_channels:
+          bioconda: https://mirrors.example/cloud
+        mirrored_channels:
+          bioconda: [https://mirrors.example/cloud/bioconda]
+        channel_alias: https://mirrors.example/anaconda
+        """)
+    url = "http://torchlab:8000"
+    new = plan(tmp_path / ".condarc", old, url, ["conda-forge", "pytorch"]).changes[0].new
+    doc = YAML(typ="safe").load(new)
+    assert conda_channel_url(doc, "conda-forge") == f"{url}/conda/conda-forge"
+    assert conda_channel_url(doc, "pytorch") == f"{url}/conda/pytorch"
+    assert conda_channel_url(doc, "bioconda") == "https://mirrors.example/cloud/bioconda"  # untouched
+    assert conda_channel_url(doc, "nvidia") == "https://mirrors.example/anaconda/nvidia"  # alias kept
+    assert doc["mirrored_channels"] == {"bioconda": ["https://mirrors.example/cloud/bioconda"],
+                                        "conda-forge": [f"{url}/conda/conda-forge"],
+                                        "pytorch": [f"{url}/conda/pytorch"]}
+    alias = plan(tmp_path / ".condarc", old, url, ["conda-forge"], alias=True).changes[0].new
+    adoc = YAML(typ="safe").load(alias)
+    assert adoc["channel_alias"] == f"{url}/conda"
+    assert conda_channel_url(adoc, "nvidia") == f"{url}/conda/nvidia"  # every named channel: air-gapped
