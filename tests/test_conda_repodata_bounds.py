@@ -213,3 +213,89 @@ def test_bad_zst_is_one_line(tmp_path):
     assert "\n" not in str(exc.value)
     assert isinstance(exc.value, TorchdepotError)
     assert sum(cache_files(tmp_path).values()) == 0
+
+
+# -- CEP-16 shards: fetched by the same bounded reader, each checked against the index's sha256 --
+
+def _zmsgpack(doc: object) -> bytes:
+    import msgpack
+
+    return zstandard.ZstdCompressor().compress(msgpack.packb(doc, use_bin_type=True))
+
+
+def _shard(name: str = "pytorch") -> bytes:
+    rec = {"name": name, "version": "2.7.1", "build": "cpu_0", "build_number": 0, "depends": ["python >=3.11"],
+           "sha256": bytes(range(32)), "md5": bytes(16), "size": 10, "subdir": "linux-64"}
+    return _zmsgpack({"packages": {}, "packages.conda": {f"{name}-2.7.1-cpu_0.conda": rec}, "removed": []})
+
+
+def _sharded(up: Upstream, shard: bytes, digest: bytes | None = None, shards_base: str = "./shards/") -> None:
+    import hashlib
+
+    digest = digest if digest is not None else hashlib.sha256(shard).digest()
+    for sd in ("linux-64", "noarch"):
+        shards = {"pytorch": digest} if sd == "linux-64" else {}
+        up.routes[f"/cf/{sd}/repodata_shards.msgpack.zst"] = Route(_zmsgpack(
+            {"version": 1, "info": {"subdir": sd, "base_url": "", "shards_base_url": shards_base}, "shards": shards}))
+    up.routes[f"/cf/linux-64/shards/{digest.hex()}.msgpack.zst"] = Route(shard)
+
+
+def sharded(up: Upstream, cache: Path, deadline: float = 120.0):
+    from torchdepot.sources.channel import fetch_sharded
+
+    with client(deadline) as c:
+        return fetch_sharded(c, "cf", f"{up.url}/cf", ("linux-64", "noarch"), ("pytorch",), RepodataCache(cache))
+
+
+def test_sharded_closure_is_read_and_hashes_become_hex(tmp_path):
+    with Upstream() as up:
+        _sharded(up, _shard())
+        paths = sharded(up, tmp_path)
+    doc = json.loads(paths["linux-64"].read_text())
+    rec = doc["packages.conda"]["pytorch-2.7.1-cpu_0.conda"]
+    assert rec["sha256"] == bytes(range(32)).hex()
+    assert json.loads(paths["noarch"].read_text())["packages.conda"] == {}
+
+
+def test_no_shard_index_means_none(tmp_path):
+    with Upstream() as up:
+        assert sharded(up, tmp_path) is None
+
+
+def test_shard_whose_bytes_differ_from_the_index_is_refused(tmp_path):
+    with Upstream() as up:
+        _sharded(up, _shard(), digest=bytes(32))
+        up.routes[f"/cf/linux-64/shards/{bytes(32).hex()}.msgpack.zst"] = Route(_shard())
+        with pytest.raises(RepodataRefused) as exc:
+            sharded(up, tmp_path)
+    assert "do not match the sha256" in str(exc.value)
+
+
+def test_shard_bomb_is_refused(tmp_path, zst_bomb):
+    with Upstream() as up:
+        _sharded(up, zst_bomb)  # its hash is right: the inflation bound must stop it
+        with pytest.raises(RepodataRefused) as exc:
+            sharded(up, tmp_path)
+    assert "refused as a bomb" in str(exc.value)
+
+
+def test_shards_elsewhere_are_refused(tmp_path):
+    with Upstream() as up:
+        _sharded(up, _shard(), shards_base="http://elsewhere.example/shards/")
+        with pytest.raises(RepodataRefused) as exc:
+            sharded(up, tmp_path)
+    assert "leaves the channel" in str(exc.value)
+
+
+def test_dripping_shard_is_cut_at_the_deadline(tmp_path):
+    with Upstream() as up:
+        shard = _shard()
+        _sharded(up, shard)
+        import hashlib
+
+        up.routes[f"/cf/linux-64/shards/{hashlib.sha256(shard).hexdigest()}.msgpack.zst"] = Route(shard, drip=0.5)
+        t0 = time.monotonic()
+        with pytest.raises(RepodataRefused) as exc:
+            sharded(up, tmp_path, deadline=1.5)
+    assert "gave up" in str(exc.value)
+    assert time.monotonic() - t0 < 6

@@ -1,6 +1,9 @@
-"""Fetch ``<channel>/<subdir>/repodata.json`` with mirror failover, an HTTP cache and bounds.
+"""Fetch a channel's repodata with mirror failover, an HTTP cache and bounds.
 
-``repodata.json.zst`` is tried first (10x smaller), then ``repodata.json``. The body is
+A channel that serves a CEP-16 shard index (``<subdir>/repodata_shards.msgpack.zst``) is read
+through its shards: only those of the names the specs' closure reaches, each checked against
+the sha256 its index names (:func:`fetch_sharded`). Otherwise ``repodata.json.zst`` is tried
+first (10x smaller), then ``repodata.json``. The body is
 cached under ``<cache>/<channel>/<subdir>/`` with its ETag / Last-Modified, and the
 next fetch sends ``If-None-Match`` / ``If-Modified-Since``: an unchanged channel
 answers 304 and nothing is downloaded twice.
@@ -20,8 +23,10 @@ skipped, never recursed into by Python.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
+import re
 import threading
 import time
 import urllib.parse
@@ -36,7 +41,7 @@ import zstandard
 
 from torchdepot.errors import UpstreamError
 from torchdepot.model.sizes import format_size
-from torchdepot.net.http import Client, cut_connection, describe, file_url_path
+from torchdepot.net.http import Client, HttpStatusError, cut_connection, describe, file_url_path
 from torchdepot.store.fsutil import atomic_write_text, fsync_dir, safe_join
 
 CHUNK = 256 * 1024
@@ -312,83 +317,147 @@ def _same_file(a: Path, b: Path) -> bool:
 
 # -- CEP-16 sharded repodata -------------------------------------------------------------------
 SHARD_INDEX = "repodata_shards.msgpack.zst"
-# Fields py-rattler adds to a record it read (where it came from): not part of the record.
-_LOCATION_FIELDS = ("fn", "url", "channel")
+# One package name's records: small (conda-forge's largest shards are a few MB decompressed).
+SHARD_LIMITS = RepodataLimits(max_bytes=256 * 1024**2, ratio_floor=16 * 1024**2)
+MAX_SHARDS = 20_000  # names in one closure, over all subdirs: far beyond any real one
+_DEP_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 
 
-def has_shards(client: Client, base: str, subdirs: tuple[str, ...], limits: RepodataLimits = DEFAULT_LIMITS) -> bool:
-    """True when ``base`` serves a CEP-16 shard index for every subdir (a bounded GET each; the
-    index is small: one hash per package name)."""
-    if urllib.parse.urlsplit(base).scheme not in ("http", "https"):
-        return False
-    for sd in subdirs:
-        url = f"{base.rstrip('/')}/{sd}/{SHARD_INDEX}"
-        sink_limits = RepodataLimits(max_bytes=min(limits.max_bytes, 256 * 1024**2), deadline=limits.deadline)
-        budget = _Budget(url, sink_limits)
+def _small_body(client: Client, url: str, limits: RepodataLimits) -> bytes | None:
+    """A whole (compressed) body in memory, under the size cap and the deadline; None for a 404."""
+    chunks: list[bytes] = []
+    budget = _Budget(url, limits)
 
-        def drain(chunks: Iterator[bytes], compressed: Callable[[], int], budget: _Budget = budget) -> None:
-            for block in chunks:
-                budget.add(len(block), 0)
-        try:
-            status, _ = _http_body(client, url, {}, sink_limits, drain)
-        except RepodataRefused:
-            raise
-        except UpstreamError:
-            return False
-        if status != 200:
-            return False
-    return True
-
-
-def fetch_sharded(channel: str, base: str, subdirs: tuple[str, ...], specs: tuple[str, ...], cache: RepodataCache,
-                  deadline: float) -> dict[str, Path]:
-    """The records of ``specs``' closure, read through the channel's shards only (py-rattler's
-    Gateway fetches the shard index and one shard per package name it reaches), written per
-    subdir as a repodata.json the solver reads like a full one. -> subdir -> path.
-
-    Bounded in time as a whole (``deadline`` seconds); each shard is one package name's records."""
-    import asyncio
-
-    import rattler
-    from rattler import Gateway, SourceConfig
-
-    gw_cache = cache.root / "gateway"
-    gw_cache.mkdir(parents=True, exist_ok=True)
-    # no-cache: py-rattler 0.28 revalidates a cached shard index conditionally and then fails on the
-    # 304 a plain static server answers; the closure's shards are few, fetching them again is cheap
-    gateway = Gateway(cache_dir=gw_cache, default_config=SourceConfig(sharded_enabled=True, cache_action="no-cache"),
-                      max_concurrent_requests=8)
-    names = list(specs)
-    platforms: list[Any] = list(subdirs)  # rattler types them as its subdir literals
-
-    async def query() -> list:
-        return await asyncio.wait_for(
-            gateway.query([rattler.Channel(base)], platforms, names, recursive=True), deadline)
+    def keep(blocks: Iterator[bytes], compressed: Callable[[], int]) -> None:
+        for block in blocks:
+            budget.add(len(block), 0)
+            chunks.append(block)
     try:
-        result = asyncio.run(query())
-    except asyncio.TimeoutError:
-        raise RepodataRefused(f"{base}: sharded repodata not complete after {deadline:g} s; gave up") from None
-    except Exception as exc:  # rattler's fetch/parse errors: upstream's, in one line
-        raise UpstreamError(f"{base}: sharded repodata: {' '.join(str(exc).split())[:300]}") from None
-    per_subdir: dict[str, dict[str, dict]] = {sd: {} for sd in subdirs}
-    for records in result:
-        for r in records:
-            rec = {k: v for k, v in json.loads(r.to_json()).items() if k not in _LOCATION_FIELDS}
-            sd = rec.get("subdir")
-            if sd in per_subdir:
-                per_subdir[sd][r.file_name] = rec
+        status, _ = _http_body(client, url, {}, limits, keep)
+    except RepodataRefused:
+        raise
+    except HttpStatusError as exc:
+        if exc.status in (404, 410):
+            return None
+        raise
+    return b"".join(chunks) if status == 200 else None
+
+
+def _unzstd(data: bytes, url: str, limits: RepodataLimits) -> bytes:
+    out = io.BytesIO()
+    _write_zst(io.BytesIO(data), len(data), out, _Budget(url, limits))
+    return out.getvalue()
+
+
+def _unpack(data: bytes, url: str) -> dict[str, Any]:
+    import msgpack
+
+    try:
+        doc = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack's ExtraData, FormatError, StackError, ValueError...
+        raise RepodataRefused(f"{url}: not a valid msgpack document ({type(exc).__name__})") from None
+    if not isinstance(doc, dict):
+        raise RepodataRefused(f"{url}: not a msgpack map")
+    return doc
+
+
+def _plain(value: object) -> object:
+    """A shard record as repodata.json has it: msgpack's binary hashes (sha256, md5) as hex."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def fetch_sharded(client: Client, channel: str, base: str, subdirs: tuple[str, ...], specs: tuple[str, ...],
+                  cache: RepodataCache, limits: RepodataLimits = SHARD_LIMITS) -> dict[str, Path] | None:
+    """The records of ``specs``' closure read through the channel's CEP-16 shards only: the shard
+    index of each subdir, then one shard per package name the closure reaches (by the names in
+    each record's ``depends``), each body bounded like repodata and checked against the sha256
+    the index names. Written per subdir as a repodata.json that py-rattler's SparseRepoData
+    reads like a full one. None when ``base`` has no shard index for every subdir (then the
+    caller reads repodata.json(.zst))."""
+    import hashlib
+
+    base = base.rstrip("/")
+    if urllib.parse.urlsplit(base).scheme not in ("http", "https"):
+        return None
+    indexes: dict[str, tuple[str, dict[str, Any]]] = {}
+    for sd in subdirs:
+        url = f"{base}/{sd}/{SHARD_INDEX}"
+        body = _small_body(client, url, limits)
+        if body is None:
+            return None
+        doc = _unpack(_unzstd(body, url, limits), url)
+        shards, info = doc.get("shards"), doc.get("info")
+        if not isinstance(shards, dict) or (info is not None and not isinstance(info, dict)):
+            raise RepodataRefused(f"{url}: not a CEP-16 shard index (no 'shards' map)")
+        rel = (info or {}).get("shards_base_url") or "./shards/"
+        shards_base = urllib.parse.urljoin(url, rel if isinstance(rel, str) else "./shards/")
+        if not shards_base.startswith(f"{base}/"):  # a shard index cannot send us to another host
+            raise RepodataRefused(f"{url}: shards_base_url {str(rel)[:100]!r} leaves the channel")
+        indexes[sd] = (shards_base, shards)
+    wanted = [_spec_name(s) for s in specs]
+    seen: set[str] = set()
+    per_subdir: dict[str, dict[str, dict[str, object]]] = {sd: {} for sd in subdirs}
+    fetched = 0
+    while wanted:
+        name = wanted.pop()
+        if name in seen or name.startswith("__"):
+            continue
+        seen.add(name)
+        for sd, (shards_base, shards) in indexes.items():
+            digest = shards.get(name)
+            if not isinstance(digest, bytes) or len(digest) != 32:
+                continue
+            fetched += 1
+            if fetched > MAX_SHARDS:
+                raise RepodataRefused(f"{base}: closure reaches more than {MAX_SHARDS} shards; refused")
+            url = f"{shards_base}{digest.hex()}.msgpack.zst"
+            body = _small_body(client, url, limits)
+            if body is None:
+                raise UpstreamError(f"{url}: shard for {name!r} listed in the index but missing")
+            if hashlib.sha256(body).digest() != digest:
+                raise RepodataRefused(f"{url}: shard bytes do not match the sha256 the index names")
+            shard = _unpack(_unzstd(body, url, limits), url)
+            for key in ("packages", "packages.conda"):
+                table = shard.get(key)
+                for fn, rec in (table.items() if isinstance(table, dict) else ()):
+                    if not isinstance(fn, str) or not isinstance(rec, dict):
+                        continue
+                    record = _plain(rec)
+                    assert isinstance(record, dict)
+                    per_subdir[sd][fn] = record
+                    for dep in record.get("depends") or ():
+                        m = _DEP_NAME.match(dep) if isinstance(dep, str) else None
+                        if m and m.group(0) not in seen:
+                            wanted.append(m.group(0))
     out: dict[str, Path] = {}
     for sd, recs in per_subdir.items():
-        doc = {"info": {"subdir": sd},
-               "packages": {f: r for f, r in sorted(recs.items()) if f.endswith(".tar.bz2")},
-               "packages.conda": {f: r for f, r in sorted(recs.items()) if not f.endswith(".tar.bz2")},
-               "repodata_version": 1}
+        doc_out = {"info": {"subdir": sd},
+                   "packages": {f: r for f, r in sorted(recs.items()) if f.endswith(".tar.bz2")},
+                   "packages.conda": {f: r for f, r in sorted(recs.items()) if not f.endswith(".tar.bz2")},
+                   "repodata_version": 1}
         d = cache.dir(channel, sd)
         d.mkdir(parents=True, exist_ok=True)
         part = d / "repodata.json.part"
-        part.write_text(json.dumps(doc, sort_keys=True))
-        out[sd] = cache.commit(channel, sd, part, {"url": f"{base.rstrip('/')}/{sd}/{SHARD_INDEX}", "sharded": True})
+        part.write_text(json.dumps(doc_out, sort_keys=True))
+        out[sd] = cache.commit(channel, sd, part, {"url": f"{base}/{sd}/{SHARD_INDEX}", "sharded": True})
     return out
+
+
+def _spec_name(spec: str) -> str:
+    """The package name a match spec string names (``pytorch >=2.5`` -> ``pytorch``), by py-rattler."""
+    import rattler
+
+    try:
+        name = rattler.MatchSpec(spec).name
+    except Exception as exc:  # rattler's InvalidMatchSpecError
+        raise UpstreamError(f"{spec!r}: not a match spec ({' '.join(str(exc).split())[:100]})") from None
+    return str(name.normalized) if name is not None else spec.split()[0]
 
 
 # -- channel metadata beside the repodata ----------------------------------------------------

@@ -34,10 +34,10 @@ from torchdepot.resolve.conda import Solution, SubdirSource, open_sources, solve
 from torchdepot.sources.channel import (
     SHARD_INDEX,
     RepodataCache,
+    RepodataRefused,
     fetch_optional,
     fetch_repodata,
     fetch_sharded,
-    has_shards,
 )
 from torchdepot.sources.repodata import chosen_record, require_hashes
 from torchdepot.spec.conda import CondaConfig, parse_conda_section
@@ -68,12 +68,20 @@ def _load_all(config: CondaConfig, client: Client, cache: RepodataCache) -> list
     read lazily per package name by py-rattler, never parsed one by one in Python."""
     sources: list[SubdirSource] = []
     for ch in config.channels:
-        sharded = next((m for m in ch.mirrors if has_shards(client, m, config.all_subdirs)), None)
-        if sharded is not None:  # CEP-16: only the closure's shards are fetched
-            specs = tuple(dict.fromkeys((*config.specs, "python")))
-            paths = fetch_sharded(ch.name, sharded, config.all_subdirs, specs, cache,
-                                  client.config.page_deadline)
-            base = sharded.rstrip("/")
+        specs = tuple(dict.fromkeys((*config.specs, "python")))
+        sharded = None
+        for mirror in ch.mirrors:  # CEP-16: only the closure's shards are fetched
+            try:
+                paths = fetch_sharded(client, ch.name, mirror, config.all_subdirs, specs, cache)
+            except RepodataRefused:
+                raise
+            except UpstreamError:
+                paths = None  # this mirror is down: the next one, or the full repodata below
+            if paths is not None:
+                sharded = (mirror.rstrip("/"), paths)
+                break
+        if sharded is not None:
+            base, paths = sharded
             sources += [SubdirSource(ch.name, sd, base, paths[sd], where=f"{base}/{sd}/{SHARD_INDEX}")
                         for sd in config.all_subdirs]
             continue
