@@ -350,7 +350,7 @@ def _unzstd(data: bytes, url: str, limits: RepodataLimits) -> bytes:
 
 
 def _unpack(data: bytes, url: str) -> dict[str, Any]:
-    import msgpack
+    import msgpack  # type: ignore[import-untyped]  # no stubs published
 
     try:
         doc = msgpack.unpackb(data, raw=False, strict_map_key=True)
