@@ -1,12 +1,17 @@
 """``sync_conda``: the conda half of ``torchdepot mirror``.
 
-spec -> repodata per channel/subdir (cached, failover) -> validated records -> one solve
-per target -> the union of solutions downloaded through :class:`~torchdepot.fetch.Fetcher`
--> ``<out>/conda/<channel>/<subdir>/repodata.json`` with exactly those records.
+spec -> repodata per channel/subdir (CEP-16 shards of the closure, or repodata.json(.zst);
+bounded, cached, failover) read lazily by py-rattler -> one solve per target -> the chosen
+records validated -> the union of solutions downloaded through :class:`~torchdepot.fetch.Fetcher`
+-> ``<out>/conda/<channel>/<subdir>/`` indexed by rattler (repodata.json, .zst, shard index)
+with exactly those records, plus upstream's channeldata.json / run_exports.json subset.
 
-Nothing is written under ``<out>/conda`` until every repodata file parsed, every target
-solved and every record chosen has a sha256; repodata is written only after all its
-packages are in place. A failure leaves the previous channel as it was.
+Two phases, so that pip and conda commit together (``sync/pip.py``): :func:`prepare_conda`
+(everything that can fail on upstream's account: repodata, solves, downloads) runs before
+the pip side publishes anything; :func:`publish_conda` (the index) after. Nothing is indexed
+under ``<out>/conda`` until every target solved and every record chosen has a sha256; repodata
+is written only after all its packages are in place. A failure leaves the previous channel
+as it was.
 
 Immutable publication (:mod:`torchdepot.store.publication`): a channel serves a package
 at ``<subdir>/<filename>``, so a conda file cannot move to a new path. A package the
