@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import requests
+import urllib3
 import zstandard
 
 from torchdepot.errors import UpstreamError
@@ -210,7 +211,8 @@ def _http_body(client: Client, url: str, headers: dict, limits: RepodataLimits,
         if declared.isascii() and declared.isdigit() and len(declared) < 19 and int(declared) != received[0]:
             raise UpstreamError(f"{url}: body ended after {received[0]} of {declared} bytes")
         return 200, hdrs
-    except (requests.RequestException, OSError) as exc:
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        # raw.stream raises urllib3's own errors (ProtocolError when the deadline cuts the socket)
         if expired.is_set():
             raise RepodataRefused(gave_up) from None
         raise UpstreamError(f"{url}: {describe(exc)}") from None
