@@ -63,6 +63,7 @@ def publish_pip(out: Path, resolution: Resolution, report: FetchReport, view: Vi
     for rkey, vf, _acc in resolution.files:
         key = stored(rkey)
         r = by_key[key]
+        assert r.sha256 is not None  # check_fetched stopped the run at any file that did not arrive
         meta_sha, req_py, meta_size = _published_metadata(out, key, r.sha256, listed) \
             or ensure_metadata(out, key, vf.project)
         index_files[key] = IndexFile(vf.project, safe_filename(vf.filename), key, r.sha256, req_py, meta_sha,
@@ -83,9 +84,9 @@ def publish_pip(out: Path, resolution: Resolution, report: FetchReport, view: Vi
     for tp in resolution.targets:
         t = tp.target
         keys = list(dict.fromkeys(stored(file_key(f)) for f in tp.files))
-        listed = variants.setdefault(t.accelerator, {})
-        for f in [*(index_files[k] for k in keys), *vj.links_for(file_key(f) for f in tp.files)]:
-            listed.setdefault(f.path, f)
+        page_files = variants.setdefault(t.accelerator, {})
+        for ix in [*(index_files[k] for k in keys), *vj.links_for(file_key(f) for f in tp.files)]:
+            page_files.setdefault(ix.path, ix)
         target = mf.Target(
             id=t.id, kind="pip", accelerator=t.accelerator, python=t.python, platform=t.platform,
             packages=tuple(mf.TargetPackage(name=f.name, version=f.version, path=stored(file_key(f)),
@@ -97,9 +98,9 @@ def publish_pip(out: Path, resolution: Resolution, report: FetchReport, view: Vi
         _write_if_changed(safe_join(out, f"targets/{t.id}/pylock.toml"),
                           pylock_toml(target, pins_for(target, entries), "../..", location="path"))
     for acc, kept in (retained or {}).items():
-        listed = variants.setdefault(acc, {})
-        for f in kept:
-            listed.setdefault(f.path, f)
+        page_files = variants.setdefault(acc, {})
+        for ix in kept:
+            page_files.setdefault(ix.path, ix)
     if live is not None:  # a re-sync: the live index is replaced only once its files are listed
         mf.save(out, pub.widened(live, entries.values()))
     generation, changed = publish(out, build_pages({acc: list(files.values()) for acc, files in variants.items()}))

@@ -211,8 +211,8 @@ class View:
         want = canonicalize_name(project)
         if keep is not None:  # variants.json links: the host policy and a safe name, like any file
             for link in links:
-                if is_variants_json(link.filename) and variants_json_key(link.filename) \
-                        and variants_json_key(link.filename)[0] == want and not self.policy.refusal(link.url) \
+                if is_variants_json(link.filename) and (vkey := variants_json_key(link.filename)) \
+                        and vkey[0] == want and not self.policy.refusal(link.url) \
                         and _safe_name(link.filename):
                     keep.append(link)
         links = [link for link in links if not is_variants_json(link.filename)]
@@ -410,12 +410,12 @@ class View:
             if (accelerator, filename) in self._metadata:
                 return path.read_bytes()
         got = self._cached_metadata(vf)
-        if got is not None:
-            data, record = got
-        else:
-            data, record = self._fresh_metadata(accelerator, vf)
-            if data is None or record is None:
+        if got is None:
+            fresh, seen = self._fresh_metadata(accelerator, vf)
+            if fresh is None or seen is None:
                 return None
+            got = fresh, seen
+        data, record = got
         if vf.label is not None:  # the resolver sees the label's view of the variant markers
             data = evaluate_variant_markers(data, vf.label, self._properties(accelerator, vf))
         write_scratch(path, data)
@@ -468,7 +468,7 @@ class View:
         """METADATA read from upstream (its .metadata, else the wheel's by Range), and what was seen."""
         filename, link = vf.filename, vf.link
         data, served = None, None
-        if link.core_metadata:
+        if link.metadata_url:  # set exactly when the link offers core metadata
             try:
                 data = self.reader.metadata(link.metadata_url)
             except UpstreamError:
@@ -506,7 +506,7 @@ class View:
             yield from self.alternates(accelerator, vf.filename)
 
         for link in candidates():
-            if link is not vf.link and link.core_metadata:
+            if link is not vf.link and link.metadata_url:  # set exactly when the link offers core metadata
                 try:
                     data = self.reader.metadata(link.metadata_url)
                     if data is not None and (link.metadata_sha256 in (None, hashlib.sha256(data).hexdigest())):
