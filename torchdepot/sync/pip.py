@@ -24,6 +24,7 @@ so a run requests each page and each metadata file at most once; the counts are 
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -50,7 +51,8 @@ from torchdepot.sync.resolution import Resolution, file_key, resolve_targets
 from torchdepot.sync.result import Echo, MirrorResult, RunLog, sync_record
 from torchdepot.sync.variants import KIND as VARIANTS_JSON
 
-RESOLVE_JOBS = 4  # targets resolved at once (uv waits mostly on the view's loopback server)
+# targets resolved at once: up to the cores, and at least 4 (uv waits mostly on the view's loopback server)
+RESOLVE_JOBS = max(4, os.cpu_count() or 1)
 # Named here so a test can stop a run at each step of the commit (tests/test_crash_lifecycle.py).
 _remove, _verify_published = retention.remove, verify_published
 
