@@ -35,6 +35,7 @@ from torchdepot.clientconfig.common import (
     join_url,
     plain_http_host,
 )
+from torchdepot.errors import one_line
 
 SCOPES = ("user", "site", "global")
 MAIN_NAME = "torchdepot"
@@ -69,7 +70,7 @@ def parse(text: str, where: str) -> tomlkit.TOMLDocument:
     except RecursionError:
         raise ConfigFileError(f"{where}: nested too deeply, left untouched") from None
     except Exception as exc:  # tomlkit raises a zoo (ParseError, ValueError, KeyError...) on bad input
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = one_line(exc)
         raise ConfigFileError(f"{where}: malformed TOML, left untouched ({first})") from None
 
 

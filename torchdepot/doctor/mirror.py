@@ -10,10 +10,9 @@ being asked again for its pages: ``doctor --mirror`` on a dead host ends in seco
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
-from torchdepot.errors import UpstreamError
+from torchdepot.errors import ParseError, UpstreamError, load_json
 from torchdepot.model.accel import accelerator_from_dir
 from torchdepot.model.wheelname import version_sort_key
 from torchdepot.net.hostpolicy import default_policy
@@ -75,7 +74,7 @@ def read_mirror(client, url: str) -> MirrorOffer:
     reader = UpstreamReader(client, default_policy([base]))
     try:
         body = reader.get(f"{base}/manifest.json", "metadata")
-        doc = json.loads(body.data) if body is not None else None
+        doc = load_json(body.data, f"{base}/manifest.json", error=ParseError) if body is not None else None
         if isinstance(doc, dict) and isinstance(doc.get("targets"), list):
             return offer_from_manifest(base, doc)
     except (HttpStatusError, ValueError):

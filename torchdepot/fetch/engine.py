@@ -32,7 +32,7 @@ import urllib.parse
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from torchdepot.errors import IntegrityError
+from torchdepot.errors import IntegrityError, one_line
 from torchdepot.fetch.bounds import DEFAULT_MIN_RATE, DEFAULT_RATE_WINDOW, RateFloor, RateMeter
 from torchdepot.fetch.items import FetchItem, FetchReport, FetchResult, HashCache, present_result
 from torchdepot.fetch.pieces import drop_partial, sidecar_path
@@ -210,7 +210,7 @@ class Fetcher:
         try:
             res = self._one(item)
         except Exception as exc:  # a bug must not lose the other files' results
-            res = FetchResult(item.key, "failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+            res = FetchResult(item.key, "failed", error=f"{type(exc).__name__}: {one_line(exc)}")
         self._progress.file_done(item.key, res.status)
         return res
 

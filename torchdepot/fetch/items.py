@@ -20,6 +20,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from torchdepot.errors import TorchdepotError, load_json
 from torchdepot.store import layout as L
 from torchdepot.store.fsutil import atomic_write_text, safe_join, sha256_file
 
@@ -99,11 +100,11 @@ class HashCache:
         self.lock = threading.Lock()
         self.data: dict[str, list] = {}
         try:
-            loaded = json.loads(self.path.read_text())
+            loaded = load_json(self.path.read_bytes(), str(self.path))
             if isinstance(loaded, dict):
                 self.data = {k: v for k, v in loaded.items() if isinstance(v, list) and len(v) == 3}
-        except (OSError, ValueError):
-            pass
+        except (OSError, TorchdepotError):
+            pass  # a cache: unreadable means hash again
 
     def lookup(self, key: str, path: Path) -> str | None:
         try:

@@ -21,6 +21,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from torchdepot.errors import TorchdepotError, load_json
+
 SIDECAR_SUFFIX = ".pieces.json"
 SIDECAR_VERSION = 1
 
@@ -91,8 +93,8 @@ class PieceState:
     def from_json(cls, text: str) -> PieceState | None:
         """None for anything that is not a sidecar this version wrote (never raises)."""
         try:
-            doc = json.loads(text)
-        except (ValueError, RecursionError):
+            doc = load_json(text, "sidecar")
+        except TorchdepotError:
             return None
         if not isinstance(doc, dict) or doc.get("version") != SIDECAR_VERSION:
             return None

@@ -90,10 +90,11 @@ class WheelFile:
         }
 
 
-def version_sort_key(text: str) -> tuple:
-    """Sort key for version strings: PEP 440 order; unparseable ones below every valid one."""
+def version_sort_key(text: str) -> tuple[int, Version | str, str] | tuple[int, str]:
+    """The one sort key for version strings: PEP 440 order (equal versions by their text, so the
+    order is total); unparseable ones below every valid one (last when sorting newest first)."""
     try:
-        return (1, Version(text))
+        return (1, Version(text), text)
     except InvalidVersion:
         return (0, text)
 

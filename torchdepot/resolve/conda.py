@@ -24,7 +24,7 @@ from pathlib import Path
 import rattler
 from rattler import GenericVirtualPackage, MatchSpec, PackageName, Version
 
-from torchdepot.errors import ParseError, TorchdepotError
+from torchdepot.errors import ParseError, TorchdepotError, one_line
 from torchdepot.model.accel import Accelerator
 from torchdepot.model.condabuild import parse_build_string
 from torchdepot.spec.conda import CondaTarget
@@ -186,7 +186,7 @@ def solve_target(specs: list[str], sources: list[SubdirSource], target: CondaTar
             channel_priority=rattler.ChannelPriority.Strict, timestamp_policy="allow-missing",
         ))
     except Exception as exc:  # rattler.exceptions.SolverError and friends
-        first = " ".join(str(exc).split())[:400]
+        first = one_line(exc)
         raise SolveError(f"target {target.id} ({target.subdir}): no solution for {', '.join(specs)}: {first}") from None
     check_solution(records, target)
     origin = {}

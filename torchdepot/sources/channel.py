@@ -17,7 +17,7 @@ from pathlib import Path
 import requests
 import zstandard
 
-from torchdepot.errors import UpstreamError
+from torchdepot.errors import TorchdepotError, UpstreamError, load_json
 from torchdepot.net.http import Client, describe, file_url_path
 from torchdepot.store.fsutil import atomic_write_bytes, atomic_write_text, safe_join
 
@@ -71,9 +71,10 @@ class RepodataCache:
 
     def meta(self, channel: str, subdir: str) -> dict:
         try:
-            d = json.loads((self._dir(channel, subdir) / "meta.json").read_text())
+            path = self._dir(channel, subdir) / "meta.json"
+            d = load_json(path.read_bytes(), str(path))
             return d if isinstance(d, dict) else {}
-        except (OSError, ValueError):
+        except (OSError, TorchdepotError):
             return {}
 
     def body(self, channel: str, subdir: str) -> Path:

@@ -8,11 +8,10 @@ anything is written.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from torchdepot.errors import ParseError, TorchdepotError, UnsafePathError
+from torchdepot.errors import ParseError, TorchdepotError, UnsafePathError, load_json
 from torchdepot.model.condabuild import CondaRecord, record_from_repodata
 from torchdepot.store.fsutil import safe_filename
 
@@ -47,14 +46,7 @@ def _check_name(where: str, filename: str, rec: object) -> None:
 
 def parse_repodata(data: bytes | str, channel: str, subdir: str, where: str) -> SubdirRepodata:
     """Parse and validate every record. Raises :class:`RepodataError` (one line)."""
-    try:
-        doc = json.loads(data)
-    except RecursionError:  # hostile nesting: the stdlib decoder recurses per level
-        raise RepodataError(f"{where}: repodata JSON is nested too deeply to be repodata") from None
-    except ValueError as exc:
-        msg = getattr(exc, "msg", str(exc))
-        pos = f" at line {exc.lineno} column {exc.colno}" if hasattr(exc, "lineno") else ""
-        raise RepodataError(f"{where}: not valid repodata JSON ({msg}{pos}; truncated download?)") from None
+    doc = load_json(data, where, what="repodata JSON", error=RepodataError)
     if not isinstance(doc, dict):
         raise RepodataError(f"{where}: repodata is not a JSON object")
     info = doc.get("info") if isinstance(doc.get("info"), dict) else {}

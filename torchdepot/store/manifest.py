@@ -34,8 +34,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from torchdepot.errors import TorchdepotError
-from torchdepot.model.targets import target_id  # noqa: F401  (re-exported: manifest callers)
+from torchdepot.errors import TorchdepotError, load_json
+from torchdepot.model.targets import TORCH_NAMES, target_id  # noqa: F401  (target_id re-exported: manifest callers)
 from torchdepot.store.fsutil import atomic_write_text, safe_join
 from torchdepot.store.layout import MANIFEST_NAME  # noqa: F401  (re-exported)
 
@@ -79,6 +79,11 @@ class Target:
     index: str | None = None  # pip: "whl/cpu"
     channel: str | None = None  # conda: "conda/<name>"
     subdir: str | None = None  # conda: "linux-64"
+
+    @property
+    def torch(self) -> str | None:
+        """The torch version this target serves (pip ``torch``, conda ``pytorch``); None without one."""
+        return next((p.version for p in self.packages if p.name in TORCH_NAMES), None)
 
 
 ORIGINS = ("spec", "fetch", "locks")  # who asked for a recorded target: the spec, tools/fetch, mirror --from-locks
@@ -146,13 +151,7 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str | bytes, where: str = MANIFEST_NAME) -> Manifest:
-        try:
-            doc = json.loads(text)
-        except RecursionError:
-            raise TorchdepotError(f"{where}: malformed manifest (nested too deeply)") from None
-        except ValueError as exc:
-            raise TorchdepotError(f"{where}: malformed manifest ({exc})") from None
-        return cls.from_doc(doc, where)
+        return cls.from_doc(load_json(text, where, what="manifest JSON"), where)
 
     @classmethod
     def from_doc(cls, doc: object, where: str = MANIFEST_NAME) -> Manifest:

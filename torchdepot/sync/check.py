@@ -66,7 +66,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
-from torchdepot.errors import TorchdepotError, UnsafePathError
+from torchdepot.errors import TorchdepotError, UnsafePathError, load_json
 from torchdepot.fetch import Fetcher, FetchItem, HashCache, hash_present
 from torchdepot.net.hostpolicy import HostPolicy, default_policy
 from torchdepot.net.http import file_url_path
@@ -240,8 +240,8 @@ def _json_page_issues(root: Path, page_path: Path, by_path: dict[str, mf.FileEnt
 
     body = page_path.read_bytes()
     try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError) as exc:
+        doc = load_json(body, page_path.name)
+    except TorchdepotError as exc:
         return [f"not JSON ({exc})"]
     if not isinstance(doc, dict) or not isinstance(doc.get("meta"), dict) or \
             not (isinstance(doc.get("files"), list) or isinstance(doc.get("projects"), list)):

@@ -28,9 +28,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from packaging.version import InvalidVersion, Version
-
 from torchdepot.model.sizes import format_size
+from torchdepot.model.wheelname import version_sort_key
 from torchdepot.spec.mirror import PipTarget
 from torchdepot.store import manifest as mf
 from torchdepot.store.layout import PACKAGES_DIR, TARGETS_DIR
@@ -135,17 +134,10 @@ def releases_of(previous: mf.Manifest | None) -> tuple[mf.Release, ...]:
         return tuple(previous.releases)
     out = []
     for t in previous.targets:
-        torch = next((p.version for p in t.packages if p.name == "torch"), None)
+        torch = t.torch
         if t.kind == "pip" and torch:
             out.append(mf.Release(target=t.id, torch=torch, paths=tuple(sorted({p.path for p in t.packages}))))
     return tuple(out)
-
-
-def _version_key(v: str) -> tuple:
-    try:
-        return (1, Version(v))
-    except InvalidVersion:
-        return (0, v)
 
 
 def retain(previous: tuple[mf.Release, ...], current: tuple[mf.Release, ...], live: set[str],
@@ -179,7 +171,7 @@ def retain(previous: tuple[mf.Release, ...], current: tuple[mf.Release, ...], li
         # the version just resolved first, then the others newest first
         cur = [r for r in rels if (r.target, r.torch) in current_keys]
         others = sorted((r for r in rels if (r.target, r.torch) not in current_keys),
-                        key=lambda r: _version_key(r.torch), reverse=True)
+                        key=lambda r: version_sort_key(r.torch), reverse=True)
         ordered = cur + others
         n = len(ordered) if keep is None else max(keep, len(cur))
         kept += ordered[:n]

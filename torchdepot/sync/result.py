@@ -46,7 +46,7 @@ class MirrorResult:
     @property
     def torch_versions(self) -> dict[str, str]:
         """target id -> the torch version it serves after this run (resolved now, or kept as published)."""
-        out = {t.id: p.version for t in self.targets for p in t.packages if p.name in ("torch", "pytorch")}
+        out = {t.id: t.torch for t in self.targets if t.torch}
         out.update((tp.target.id, f.version) for tp in self.plans for f in tp.files if f.name == "torch")
         return out
 

@@ -72,7 +72,7 @@ def carried_targets(plan: Plan, previous: mf.Manifest | None, say: Echo) -> list
     for t, why in plan.skipped:
         if t.id not in before:
             raise TorchdepotError(why)  # nothing published to keep
-        torch = next((p.version for p in before[t.id].packages if p.name == "torch"), "?")
+        torch = before[t.id].torch or "?"
         say(f"warning: {t.id}: kept as published (torch {torch}); not updated: {why}")
         out.append(before[t.id])
     return out

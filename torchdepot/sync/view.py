@@ -169,7 +169,7 @@ class View:
                 with self._lock:
                     if url not in self._dead:
                         self._dead.add(url)
-                        self.say(f"dependency source {url} unreachable: {str(exc).split(': ', 1)[-1]}; skipping it")
+                        self.say(f"dependency source {url} unreachable: {exc.detail}; skipping it")
         return out
 
     def _screen(self, links: list[Link], project: str, keep: list[Link] | None = None) -> list[Link]:
@@ -465,14 +465,15 @@ class View:
         with self._lock:
             return {f.filename: f.label for f in self._files.values() if f.label}
 
-    def refusal_summary(self) -> str | None:
-        """One line: every link refused by the page parsers or the screen, by reason."""
+    def refusal_summary(self) -> tuple[int, str] | None:
+        """(how many, one line): every link refused by the page parsers or the screen, by reason."""
         counts = collections.Counter(self.refused)
         for page in self.reader.pages():
             counts.update(page.warnings)
         if not counts:
             return None
-        return f"upstream: refused {sum(counts.values())} links ({warnings_summary(counts)})"
+        n = sum(counts.values())
+        return n, f"upstream: refused {n} links ({warnings_summary(counts)})"
 
     # -- the loopback server ----------------------------------------------------------------
     @contextlib.contextmanager
