@@ -11,8 +11,9 @@ Keys (all optional):
 
 ``packages``        torch [+ torchvision, torchaudio], each with an optional PEP 440 constraint.
 ``extra_packages``  other requirements mirrored with torch's closure (default: numpy).
-``accelerators``    cpu, cuXYZ, rocmX.Y, xpu (default: cpu).
-``pythons``         "3.11" ... or host (default: host). ``platforms``: linux-x86_64 ... or host.
+``accelerators``    cpu, cuXYZ, rocmX.Y, xpu (default: cpu), or ``current``: every accelerator upstream
+                    ships for the selected torch (expanded by each sync; see model.release_matrix).
+``pythons``         "3.11" ... or host (default: host), or ``current``. ``platforms``: linux-x86_64 ... or host.
 ``targets``         extra {accelerator, python, platform[, torch]} targets (tools/fetch adds these).
 ``channel``         :class:`Channel`: stable | test | nightly | variant | test/variant.
 ``upstreams``       PyTorch index bases in failover order: URLs, or preset names from
@@ -35,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import enum
 import itertools
 import re
 import sys
@@ -50,6 +50,8 @@ from torchdepot.errors import ParseError, SpecError, one_line
 from torchdepot.model.accel import parse_accelerator
 from torchdepot.model.platforms import host_platform, target_platform
 from torchdepot.model.presets import UPSTREAM_PRESETS
+from torchdepot.model.release_matrix import CURRENT, follow
+from torchdepot.model.strenum import StrEnum
 from torchdepot.model.targets import target_id
 from torchdepot.spec.bounds import decode_text, load_yaml, quote_key, read_bounded, show
 from torchdepot.spec.conda import CondaConfig, parse_conda_section
@@ -58,7 +60,7 @@ __all__ = ["Channel", "HashPolicy", "MirrorSpec", "PackageSpec", "PipTarget", "l
            "quote_key", "with_overrides"]
 
 
-class Channel(enum.StrEnum):
+class Channel(StrEnum):
     """Which PyTorch index tree: ``<upstream>/<prefix><variant>/``."""
     STABLE = "stable"
     TEST = "test"
@@ -71,7 +73,7 @@ class Channel(enum.StrEnum):
         return self is not Channel.STABLE and self is not Channel.VARIANT
 
 
-class HashPolicy(enum.StrEnum):
+class HashPolicy(StrEnum):
     """What to do when upstream's sha256 disagrees with the bytes."""
     FAIL = "fail"
     WARN = "warn"
@@ -134,16 +136,41 @@ class MirrorSpec:
     exclude_newer: dt.datetime | None = None  # UTC; files uploaded after it are ignored
     connections: int | None = None  # downloader socket caps; None: the downloader's defaults
     connections_per_host: int | None = None
+    # `accelerators: [current]` / `pythons: [current]`: which lists follow upstream's release
+    # matrix; a sync expands them (sync.follow) into matrix_cells before asking for targets.
+    follow: frozenset[str] = frozenset()
+    matrix_cells: frozenset[tuple[str, str, str]] | None = None  # (accelerator, python, platform)
 
     def targets(self) -> list[PipTarget]:
-        """accelerators x pythons x platforms, then extra targets; one per id."""
-        out = {
-            target_id(a, py, plat): PipTarget(a, py, plat, target_id(a, py, plat))
-            for a, py, plat in itertools.product(self.accelerators, self.pythons, self.platforms)
-        }
+        """accelerators x pythons x platforms, then extra targets; one per id. A list that
+        follows upstream (``current``) takes the expanded matrix's values per platform."""
+        if self.follow:
+            out = self._followed_targets()
+        else:
+            out = {
+                target_id(a, py, plat): PipTarget(a, py, plat, target_id(a, py, plat))
+                for a, py, plat in itertools.product(self.accelerators, self.pythons, self.platforms)
+            }
         for t in self.extra_targets:
             out[t.id] = t
         return list(out.values())
+
+    def _followed_targets(self) -> dict[str, PipTarget]:
+        if self.matrix_cells is None:
+            raise SpecError("spec: 'current' must be expanded from upstream's release matrix by a sync first")
+        cells = self.matrix_cells
+        out: dict[str, PipTarget] = {}
+        for plat in self.platforms:
+            accs = follow(self.accelerators, "accelerators" in self.follow, cells, "accelerators", plat)
+            pys = follow(self.pythons, "pythons" in self.follow, cells, "pythons", plat)
+            for a, py in itertools.product(accs, pys):
+                both_follow = a not in self.accelerators and py not in self.pythons
+                if both_follow and (a, py, plat) not in cells:
+                    continue  # a cell upstream does not ship (cu126 has no 3.14 build, say)
+                if not _possible(a, plat):
+                    continue
+                out[target_id(a, py, plat)] = PipTarget(a, py, plat, target_id(a, py, plat))
+        return out
 
     def package(self, name: str) -> PackageSpec | None:
         return next((p for p in self.packages if p.name == name), None)
@@ -157,8 +184,8 @@ class MirrorSpec:
         data: dict = {
             "packages": [p.name + (p.constraint or "") for p in self.packages],
             "extra_packages": list(self.extra_packages),
-            "accelerators": list(self.accelerators),
-            "pythons": list(self.pythons),
+            "accelerators": [CURRENT] * ("accelerators" in self.follow) + list(self.accelerators),
+            "pythons": [CURRENT] * ("pythons" in self.follow) + list(self.pythons),
             "platforms": list(self.platforms),
             "channel": str(self.channel),
             "out": str(self.out),
@@ -284,6 +311,14 @@ def _extras(raw: object, where: str) -> tuple[str, ...]:
         except (InvalidRequirement, ValueError) as exc:
             raise SpecError(f"{where}: extra_packages[{i}]: {show(entry)} is not a requirement ({one_line(exc)})") from None
     return _dedup(extras)
+
+
+def _possible(acc: str, platform: str) -> bool:
+    try:
+        _check_combination(acc, platform, "")
+    except SpecError:
+        return False
+    return True
 
 
 def _check_combination(acc: str, platform: str, where: str) -> None:
@@ -449,7 +484,8 @@ def _exclude_newer(raw: object, where: str) -> dt.datetime | None:
         when = dt.datetime(raw.year, raw.month, raw.day, tzinfo=dt.timezone.utc)
     elif isinstance(raw, str) and len(raw) <= 40:
         try:
-            when = dt.datetime.fromisoformat(raw.strip())
+            text = raw.strip()  # Python 3.10's fromisoformat does not read a trailing Z
+            when = dt.datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text)
         except ValueError:
             when = None
         if when is not None and len(raw.strip()) == 10:  # a bare date: midnight UTC
@@ -490,13 +526,15 @@ def parse_spec(data: object, where: str = "mirror spec") -> MirrorSpec:
         raise SpecError(f"{where}: {quote_key(unknown[0])}: unknown key (known: {', '.join(sorted(KNOWN_KEYS))})")
     fields = {field: check(data.get(key), where) for key, (field, check) in _FIELDS.items()}
 
+    raw_accs = _list(data.get("accelerators"), "accelerators", where, ["cpu"])
+    raw_pys = _list(data.get("pythons"), "pythons", where, ["host"])
+    follows = frozenset(key for key, raw in (("accelerators", raw_accs), ("pythons", raw_pys)) if CURRENT in raw)
     accs = _dedup(_accelerator(e, f"{where}: accelerators[{i}]")
-                  for i, e in enumerate(_list(data.get("accelerators"), "accelerators", where, ["cpu"])))
-    if not accs:
+                  for i, e in enumerate(raw_accs) if e != CURRENT)
+    if not accs and "accelerators" not in follows:
         raise SpecError(f"{where}: accelerators: must name at least one")
-    pythons = _dedup(_python(e, f"{where}: pythons[{i}]")
-                     for i, e in enumerate(_list(data.get("pythons"), "pythons", where, ["host"])))
-    if not pythons:
+    pythons = _dedup(_python(e, f"{where}: pythons[{i}]") for i, e in enumerate(raw_pys) if e != CURRENT)
+    if not pythons and "pythons" not in follows:
         raise SpecError(f"{where}: pythons: must name at least one")
     platforms = _dedup(_platform(e, f"{where}: platforms[{i}]")
                        for i, e in enumerate(_list(data.get("platforms"), "platforms", where, ["host"])))
@@ -506,7 +544,7 @@ def parse_spec(data: object, where: str = "mirror spec") -> MirrorSpec:
         for plat in platforms:
             _check_combination(acc, plat, f"{where}: accelerators")
 
-    spec = MirrorSpec(accelerators=accs, pythons=pythons, platforms=platforms, **fields)
+    spec = MirrorSpec(accelerators=accs, pythons=pythons, platforms=platforms, follow=follows, **fields)
     if spec.connections and spec.connections_per_host and spec.connections_per_host > spec.connections:
         raise SpecError(f"{where}: connections_per_host: {spec.connections_per_host} is more than "
                         f"connections ({spec.connections})")

@@ -19,10 +19,15 @@ Invariants:
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import tomllib
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
 from packaging.utils import canonicalize_name
 
 from torchdepot.errors import TorchdepotError, load_json, one_line
