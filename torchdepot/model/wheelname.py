@@ -90,6 +90,10 @@ class WheelFile:
         }
 
 
+# PEP 658: a wheel's core metadata is served at the wheel's URL + this suffix.
+METADATA_SUFFIX = ".metadata"
+
+
 def version_sort_key(text: str) -> tuple[int, Version | str, str] | tuple[int, str]:
     """The one sort key for version strings: PEP 440 order (equal versions by their text, so the
     order is total); unparseable ones below every valid one (last when sorting newest first)."""

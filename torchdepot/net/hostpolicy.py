@@ -131,6 +131,7 @@ def filename_refusal(name: str) -> str | None:
     """Why a decoded file name must not be stored, or None for a valid wheel/conda name."""
     from torchdepot.errors import TorchdepotError
     from torchdepot.model.names import safe_filename
+    from torchdepot.model.wheelname import METADATA_SUFFIX
 
     if not name:
         return "empty file name"
@@ -157,8 +158,8 @@ def filename_refusal(name: str) -> str | None:
         if len(parts) != 3 or not all(parts):
             return "invalid conda package file name"
         return None
-    if decoded.endswith(".metadata") and decoded[: -len(".metadata")].endswith(".whl"):
-        return filename_refusal(decoded[: -len(".metadata")])
+    if decoded.endswith(METADATA_SUFFIX) and decoded[: -len(METADATA_SUFFIX)].endswith(".whl"):
+        return filename_refusal(decoded[: -len(METADATA_SUFFIX)])
     return "not a wheel or conda package"
 
 

@@ -14,8 +14,7 @@ from pathlib import Path
 from torchdepot.model.sizes import format_size
 from torchdepot.model.wheelname import version_sort_key
 from torchdepot.store import manifest as mf
-
-METADATA = ".metadata"
+from torchdepot.store.layout import metadata_path
 
 
 @dataclass(frozen=True)
@@ -57,7 +56,7 @@ def mirror_status(root: Path | str, manifest: mf.Manifest) -> MirrorStatus:
             if r.target == t.id and t.kind == "pip":
                 paths |= set(r.paths)
                 versions.add(r.torch)
-        paths |= {p + METADATA for p in paths if p + METADATA in sizes}
+        paths |= {metadata_path(p) for p in paths if metadata_path(p) in sizes}
         held = [p for p in paths if p in sizes]
         out.append(TargetStatus(id=t.id, kind=t.kind, origin=origin.get(t.id, "spec"),
                                 torch=_newest_first(versions), files=len(held), size=sum(sizes[p] for p in held)))

@@ -31,7 +31,7 @@ from packaging.utils import canonicalize_name
 from torchdepot.errors import TorchdepotError
 from torchdepot.store import simple_json
 from torchdepot.store.fsutil import atomic_write_bytes, fsync_dir, safe_join
-from torchdepot.store.layout import INDEX_LINK, PUBLISH_DIR, build_temp_name
+from torchdepot.store.layout import INDEX_LINK, PUBLISH_DIR, build_temp_name, metadata_path
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def ensure_metadata(root: Path, path: str, project: str) -> tuple[str, str | Non
     Returns (sha256 of the metadata file, Requires-Python, size).
     """
     wheel = safe_join(root, path)
-    meta_path = safe_join(root, path + ".metadata")
+    meta_path = safe_join(root, metadata_path(path))
     data = wheel_metadata(wheel, project)
     try:
         current = meta_path.read_bytes()

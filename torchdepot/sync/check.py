@@ -427,14 +427,14 @@ def repair_policy(manifest: mf.Manifest, pip=None, extra_hosts=()) -> RepairPoli
 
 def _derived(entry: mf.FileEntry) -> bool:
     """A PEP 658 file the mirror wrote from its wheel (no upstream url to refetch it from)."""
-    return entry.path.endswith(".metadata") and entry.kind == "metadata" and not entry.url
+    return L.is_metadata_path(entry.path) and entry.kind == "metadata" and not entry.url
 
 
 def _repair_metadata(root: Path, entry: mf.FileEntry) -> bool:
     """A PEP 658 file is derived from its wheel: rewrite it rather than fetch it."""
     from torchdepot.store.pages import ensure_metadata
 
-    wheel = entry.path[: -len(".metadata")]
+    wheel = L.wheel_of_metadata(entry.path)
     try:
         digest, _req, size = ensure_metadata(root, wheel, entry.project or wheel.rsplit("/", 2)[-2])
     except (TorchdepotError, OSError):

@@ -32,13 +32,14 @@ from torchdepot.resolve.conda import Solution, SubdirSource, open_sources, solve
 from torchdepot.sources.channel import RepodataCache, fetch_repodata
 from torchdepot.sources.repodata import RepodataError, SubdirRepodata, load_repodata, require_hashes
 from torchdepot.spec.conda import CondaConfig, parse_conda_section
+from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
 from torchdepot.store import publication as pub
 from torchdepot.store.channel import write_repodata
 from torchdepot.store.fsutil import safe_join, sha256_file
 from torchdepot.store.layout import is_conda_index_file
 
-CACHE_DIR = ".torchdepot/cache/conda"
+CACHE_DIR = L.CONDA_CACHE_DIR
 
 
 @dataclass
@@ -190,7 +191,7 @@ def _targets(config: CondaConfig, solutions: list[Solution]) -> list[mf.Target]:
         pkgs = tuple(mf.TargetPackage(str(r.name.normalized), str(r.version), channel_path(*sol.origin[str(r.url)]),
                                       build=str(r.build)) for r in sol.records)
         targets.append(mf.Target(t.id, "conda", t.accelerator.name, t.python, t.platform, pkgs,
-                                 channel=f"conda/{primary}", subdir=t.subdir))
+                                 channel=L.conda_channel(primary), subdir=t.subdir))
     return targets
 
 

@@ -33,6 +33,7 @@ from torchdepot.fetch.progress import ProgressCallback
 from torchdepot.net.hostpolicy import HostPolicy
 from torchdepot.net.http import Client
 from torchdepot.spec.mirror import MirrorSpec
+from torchdepot.store import layout as L
 from torchdepot.store import publication as pub
 from torchdepot.store.fsutil import safe_join
 from torchdepot.sync.resolution import Resolution
@@ -70,9 +71,9 @@ def stored_paths(out: Path, resolution: Resolution) -> dict[str, str]:
     touched: set[str] = set()
     for key, path in paths.items():
         if path not in listed:
-            touched.update((path, path + ".metadata"))  # staged by this run
+            touched.update((path, L.metadata_path(path)))  # staged by this run
         if key != path:
-            touched.update((key, key + ".metadata"))  # superseded: removed once no manifest lists it
+            touched.update((key, L.metadata_path(key)))  # superseded: removed once no manifest lists it
     pub.record(out, touched)
     return paths
 

@@ -17,10 +17,10 @@ from torchdepot.fetch import Fetcher, FetchItem, FetchReport
 from torchdepot.resolve.pin import candidates
 from torchdepot.resolve.uv import ResolvedFile
 from torchdepot.spec.mirror import TORCH_PROJECTS, MirrorSpec
+from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
 from torchdepot.store import publication
 from torchdepot.store.fsutil import safe_join
-from torchdepot.sync import lifecycle
 from torchdepot.sync.download import PipFetchReport, same_path_elsewhere
 from torchdepot.sync.plan import Plan
 from torchdepot.sync.resolution import Resolution, file_key
@@ -51,7 +51,7 @@ def submit_pinned(out: Path, plan: Plan, view: View, spec: MirrorSpec, fetcher: 
                 continue
             items[key] = FetchItem(key, same_path_elsewhere(vf.link.url, spec.upstreams), vf.link.sha256, vf.link.size)
     if items:
-        publication.record(out, {p for key in items for p in (key, key + lifecycle.METADATA_SUFFIX)})
+        publication.record(out, {p for key in items for p in (key, L.metadata_path(key))})
         fetcher.start()
         for item in sorted(items.values(), key=lambda i: -(i.size or 0)):
             fetcher.submit(item)

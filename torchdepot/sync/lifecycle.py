@@ -32,9 +32,7 @@ from torchdepot.model.sizes import format_size
 from torchdepot.model.wheelname import version_sort_key
 from torchdepot.spec.mirror import PipTarget
 from torchdepot.store import manifest as mf
-from torchdepot.store.layout import PACKAGES_DIR, TARGETS_DIR
-
-METADATA_SUFFIX = ".metadata"
+from torchdepot.store.layout import PACKAGES_DIR, TARGETS_DIR, metadata_path, target_dir
 
 
 @dataclass(frozen=True)
@@ -65,7 +63,7 @@ def removed_paths(removals: tuple[Removal, ...] | list[Removal]) -> frozenset[st
 
 def target_dirs(targets: tuple[mf.RecordedTarget, ...]) -> frozenset[str]:
     """The per-target folders (``targets/<id>``) of ``targets``, as journal paths."""
-    return frozenset(f"{TARGETS_DIR}/{t.id}" for t in targets)
+    return frozenset(target_dir(t.id) for t in targets)
 
 
 def stale_target_dirs(journal: frozenset[str], live: set[str]) -> tuple[frozenset[str], frozenset[str]]:
@@ -181,7 +179,7 @@ def retain(previous: tuple[mf.Release, ...], current: tuple[mf.Release, ...], li
 
 def needed_paths(releases: tuple[mf.Release, ...]) -> set[str]:
     """Every wheel a release lists and its ``.metadata``."""
-    return {p + suffix for r in releases for p in r.paths for suffix in ("", METADATA_SUFFIX)}
+    return {q for r in releases for p in r.paths for q in (p, metadata_path(p))}
 
 
 def is_pip_file(path: str) -> bool:

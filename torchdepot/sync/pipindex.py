@@ -21,6 +21,7 @@ from pathlib import Path
 
 from torchdepot.fetch import FetchReport
 from torchdepot.lockfiles.render import pins_for, pylock_toml
+from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
 from torchdepot.store import publication as pub
 from torchdepot.store.fsutil import atomic_write_text, safe_filename, safe_join
@@ -58,8 +59,8 @@ def publish_pip(out: Path, resolution: Resolution, report: FetchReport, view: Vi
                                     version=version, url=r.url or vf.link.url, upstream_sha256=r.upstream_sha256,
                                     hash_mismatch=r.hash_mismatch, upload_time=vf.link.upload_time)
         rec = records.get(vf.filename)  # upstream's .metadata disagreeing with its declared hash
-        entries[key + ".metadata"] = mf.FileEntry(
-            path=key + ".metadata", sha256=meta_sha, size=meta_size, kind="metadata", project=vf.project,
+        entries[L.metadata_path(key)] = mf.FileEntry(
+            path=L.metadata_path(key), sha256=meta_sha, size=meta_size, kind="metadata", project=vf.project,
             version=version, upstream_sha256=rec.declared if rec is not None else None,
             hash_mismatch=rec is not None and rec.mismatch)
     vj = publish_variants_json(out, resolution, view)  # PEP 825 variants.json, read anew each run
@@ -77,9 +78,9 @@ def publish_pip(out: Path, resolution: Resolution, report: FetchReport, view: Vi
                                             requires_python=index_files[stored(file_key(f))].requires_python,
                                             variants_json=vj.variants_for(file_key(f)))
                            for f in tp.files),
-            index=f"whl/{t.accelerator}")
+            index=L.pip_index(t.accelerator))
         targets.append(target)
-        atomic_write_text(safe_join(out, f"targets/{t.id}/pylock.toml"),
+        atomic_write_text(safe_join(out, L.target_lock(t.id)),
                           pylock_toml(target, pins_for(target, entries), "../..", location="path"))
     for acc, kept in (retained or {}).items():
         variants.setdefault(acc, []).extend(kept)

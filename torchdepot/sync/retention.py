@@ -16,6 +16,7 @@ from pathlib import Path
 
 from torchdepot.errors import TorchdepotError
 from torchdepot.fetch import FetchReport
+from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
 from torchdepot.store import publication
 from torchdepot.store.fsutil import safe_join
@@ -45,7 +46,7 @@ def current_releases(resolution: Resolution, stored: Stored) -> tuple[mf.Release
 def resolved_paths(resolution: Resolution, stored: Stored) -> frozenset[str]:
     """Every wheel the resolution stores and its ``.metadata``."""
     return frozenset(p for key, _vf, _acc in resolution.files
-                     for p in (stored(key), stored(key) + lifecycle.METADATA_SUFFIX))
+                     for p in (stored(key), L.metadata_path(stored(key))))
 
 
 def missing_paths(out: Path, previous: mf.Manifest | None) -> frozenset[str]:
@@ -104,10 +105,10 @@ def _retained(out: Path, previous: mf.Manifest | None, resolution: Resolution, s
                 meta_sha, req_py, meta_size = ensure_metadata(out, path, wheel.project or "")
                 index[path] = IndexFile(wheel.project or "", path.rsplit("/", 1)[-1], path, wheel.sha256, req_py,
                                         meta_sha, size=wheel.size, upload_time=wheel.upload_time)
-                meta = before.get(path + lifecycle.METADATA_SUFFIX)
+                meta = before.get(L.metadata_path(path))
                 entries[path] = wheel
-                entries[path + lifecycle.METADATA_SUFFIX] = mf.FileEntry(
-                    path=path + lifecycle.METADATA_SUFFIX, sha256=meta_sha, size=meta_size, kind="metadata",
+                entries[L.metadata_path(path)] = mf.FileEntry(
+                    path=L.metadata_path(path), sha256=meta_sha, size=meta_size, kind="metadata",
                     project=wheel.project, version=wheel.version,
                     upstream_sha256=meta.upstream_sha256 if meta else None,
                     hash_mismatch=bool(meta and meta.hash_mismatch))

@@ -52,8 +52,8 @@ def plan_bundle(root: Path, targets: list[str] | None = None, envs: Path | None 
         for t in chosen:
             for p in t.packages:
                 wanted.add(p.path)
-                if p.path + ".metadata" in by_path:
-                    wanted.add(p.path + ".metadata")
+                if L.metadata_path(p.path) in by_path:
+                    wanted.add(L.metadata_path(p.path))
         entries = [by_path[p] for p in sorted(wanted) if p in by_path]
         lost = sorted(wanted - set(by_path))
         if lost:
@@ -96,11 +96,11 @@ def plan_bundle(root: Path, targets: list[str] | None = None, envs: Path | None 
             if (ch / "channeldata.json").is_file():
                 index.append((f"{t.channel}/channeldata.json", ch / "channeldata.json"))
     for tid in ids:
-        index += _walk_files(safe_join(root, "targets", tid), f"targets/{tid}")
+        index += _walk_files(safe_join(root, L.target_dir(tid)), L.target_dir(tid))
     locks: list[tuple[str, Path]] = []
     if envs is not None:
         for tid in ids:
-            locks += _walk_files(Path(envs) / tid, f"envs/{tid}")
+            locks += _walk_files(Path(envs) / tid, L.env_dir(tid))
     seen: set[str] = {f.path for f in files}
     for role, group in (("lock", locks), ("index", index)):
         for rel, src in group:
