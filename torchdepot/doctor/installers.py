@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torchdepot.model.accel import Accelerator, accelerator_from_dir, variant_label
-from torchdepot.model.cuda import Cap
+from torchdepot.model.gpu_tables import Cap
 
 
 @dataclass(frozen=True)

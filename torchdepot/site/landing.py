@@ -23,7 +23,7 @@ from pathlib import Path
 from torchdepot.errors import ParseError
 from torchdepot.lockfiles.render import REQUIREMENTS
 from torchdepot.model.accel import accelerator_from_dir, accelerator_sort_key
-from torchdepot.model.cuda import min_nvidia_driver
+from torchdepot.model.gpu_tables import min_nvidia_driver
 from torchdepot.model.sizes import format_size
 from torchdepot.model.trust import PIP_TRUST_OPTION, UV_TRUST_OPTION, insecure_host
 from torchdepot.model.wheelname import split_variant_label, version_sort_key

@@ -244,17 +244,6 @@ def load(root: Path) -> Manifest:
         raise TorchdepotError(f"{path}: not a torchdepot manifest (not UTF-8 text at byte {exc.start})") from None
 
 
-def fetch(url: str) -> Manifest:
-    """``<url>/manifest.json`` of a served (http, or file://) mirror. Raises UpstreamError
-    when it cannot be fetched and TorchdepotError when it is not a manifest."""
-    from torchdepot.net.http import make_session
-
-    murl = url.rstrip("/") + "/" + MANIFEST_NAME
-    with make_session() as client:
-        body, _ = client.get_bytes(murl)
-    return Manifest.from_json(body, murl)
-
-
 def save(root: Path, manifest: Manifest) -> None:
     atomic_write_text(Path(root) / MANIFEST_NAME, manifest.to_json())
 

@@ -74,7 +74,7 @@ from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
 from torchdepot.store import publication as pub
 from torchdepot.store.fsutil import MirrorLock, safe_join
-from torchdepot.store.pages import IndexFile
+from torchdepot.store.index_file import IndexFile
 from torchdepot.store.simple_json import HTML_PAGE, JSON_PAGE
 
 # Root entries a mirror (or a unbundle) creates; anything else at the top is reported as unknown.

@@ -25,7 +25,8 @@ from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
 from torchdepot.store import publication as pub
 from torchdepot.store.fsutil import atomic_write_text, safe_filename, safe_join
-from torchdepot.store.pages import IndexFile, build_pages, ensure_metadata, publish
+from torchdepot.store.index_file import IndexFile
+from torchdepot.store.pages import build_pages, ensure_metadata, publish
 from torchdepot.sync.download import PipFetchReport
 from torchdepot.sync.resolution import Resolution, file_key
 from torchdepot.sync.variants import publish_variants_json

@@ -20,7 +20,8 @@ from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
 from torchdepot.store import publication
 from torchdepot.store.fsutil import safe_join
-from torchdepot.store.pages import IndexFile, ensure_metadata
+from torchdepot.store.index_file import IndexFile
+from torchdepot.store.pages import ensure_metadata
 from torchdepot.sync import lifecycle
 from torchdepot.sync.download import PipFetchReport
 from torchdepot.sync.pipindex import publish_pip

@@ -30,8 +30,8 @@ from torchdepot.model.wheelname import parse_wheel
 from torchdepot.store import manifest as mf
 from torchdepot.store import publication
 from torchdepot.store.fsutil import atomic_write_bytes, safe_join
+from torchdepot.store.index_file import IndexFile
 from torchdepot.store.layout import PACKAGES_DIR, changed_bytes_path
-from torchdepot.store.pages import IndexFile
 from torchdepot.sync.resolution import Resolution
 from torchdepot.sync.view import View
 

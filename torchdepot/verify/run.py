@@ -18,8 +18,8 @@ from torchdepot.errors import TorchdepotError, UpstreamError, one_line
 from torchdepot.lockfiles import BASE_ENV
 from torchdepot.model.platforms import host_platform, target_platform
 from torchdepot.resolve.uv import uv_bin
+from torchdepot.sources.served import fetch_manifest
 from torchdepot.store.manifest import Manifest
-from torchdepot.store.manifest import fetch as fetch_manifest
 from torchdepot.verify.locks import EnvLock, hash_problems
 from torchdepot.verify.smoke import SCRIPT, Check, judge
 
