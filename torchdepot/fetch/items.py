@@ -19,6 +19,7 @@ import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from torchdepot.errors import TorchdepotError, load_json
 from torchdepot.store import layout as L
@@ -41,10 +42,13 @@ class FetchItem:
     size: int | None = None  # expected size, when upstream states it
 
 
+FetchStatus = Literal["downloaded", "present", "failed"]  # fetched now | already stored | not stored
+
+
 @dataclass
 class FetchResult:
     key: str
-    status: str  # "downloaded" | "present" | "failed"
+    status: FetchStatus
     sha256: str | None = None
     size: int = 0
     fetched_bytes: int = 0
@@ -158,9 +162,10 @@ def present_result(root: Path, item: FetchItem, dest: Path, cache: HashCache, po
     if item.size is not None and size != item.size:
         return None
     if item.sha256 is None or digest == item.sha256:
-        return FetchResult(item.key, "present", digest, size, upstream_sha256=item.sha256)
+        return FetchResult(key=item.key, status="present", sha256=digest, size=size, upstream_sha256=item.sha256)
     # Present but different from what upstream now claims: a mismatch accepted
     # under the warn policy before stays; under fail it is refetched.
     if policy == "warn":
-        return FetchResult(item.key, "present", digest, size, upstream_sha256=item.sha256, hash_mismatch=True)
+        return FetchResult(key=item.key, status="present", sha256=digest, size=size, upstream_sha256=item.sha256,
+                           hash_mismatch=True)
     return None

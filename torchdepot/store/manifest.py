@@ -33,6 +33,7 @@ import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 from torchdepot.errors import TorchdepotError, load_json
 from torchdepot.model.targets import TORCH_NAMES, target_id  # noqa: F401  (target_id re-exported: manifest callers)
@@ -43,12 +44,18 @@ FORMAT = "torchdepot-manifest"
 VERSION = 1
 
 
+# what a listed file is: a wheel, its PEP 658 metadata, a conda package or channel file, a PEP 825
+# variants.json, anything else
+FileKind = Literal["wheel", "metadata", "conda", "variants-json", "other"]
+TargetKind = Literal["pip", "conda"]
+
+
 @dataclass(frozen=True)
 class FileEntry:
     path: str  # relative POSIX path under the root
     sha256: str  # hash of the bytes we stored (never just upstream's claim)
     size: int
-    kind: str  # "wheel" | "metadata" | "conda" | "other"
+    kind: FileKind
     project: str | None = None
     version: str | None = None
     url: str | None = None  # where it came from
@@ -71,7 +78,7 @@ class TargetPackage:
 @dataclass(frozen=True)
 class Target:
     id: str  # "<accelerator>-py<XY>-<platform>"
-    kind: str  # "pip" | "conda"
+    kind: TargetKind
     accelerator: str
     python: str  # "3.11"
     platform: str  # "linux-x86_64"
@@ -86,7 +93,7 @@ class Target:
         return next((p.version for p in self.packages if p.name in TORCH_NAMES), None)
 
 
-ORIGINS = ("spec", "fetch", "locks")  # who asked for a recorded target: the spec, tools/fetch, mirror --from-locks
+Origin = Literal["spec", "fetch", "locks"]  # who asked for a recorded target: the spec, tools/fetch, mirror --from-locks
 
 
 @dataclass(frozen=True)
@@ -96,7 +103,7 @@ class RecordedTarget:
     accelerator: str
     python: str
     platform: str
-    origin: str  # one of ORIGINS
+    origin: Origin  # who asked for it
     torch: str | None = None  # its own torch constraint (tools/fetch --torch), None: the spec's
 
 
@@ -175,9 +182,6 @@ class Manifest:
             raise TorchdepotError(f"{where}: spec: not an object")
         recorded = [_record(RecordedTarget, r, f"{where}: recorded[{i}]")
                     for i, r in enumerate(_items(doc, "recorded", where, required=False))]
-        for i, r in enumerate(recorded):
-            if r.origin not in ORIGINS:
-                raise TorchdepotError(f"{where}: recorded[{i}]: origin: {r.origin[:40]!r} is not one of {', '.join(ORIGINS)}")
         releases = []
         for i, r in enumerate(_items(doc, "releases", where, required=False)):
             at = f"{where}: releases[{i}]"
@@ -196,10 +200,14 @@ class Manifest:
 
 # annotation (as written above) -> accepted JSON types; bool is not an int here
 _TYPES: dict[str, tuple[type, ...]] = {
-    "str": (str,), "int": (int,), "bool": (bool,), "str | None": (str, type(None)),
+    "str": (str,), "FileKind": (str,), "TargetKind": (str,), "Origin": (str,), "int": (int,), "bool": (bool,), "str | None": (str, type(None)),
     "int | None": (int, type(None)), "tuple": (tuple, list), "tuple[TargetPackage, ...]": (tuple,),
     "tuple[str, ...]": (tuple,), "float": (int, float),
 }
+
+
+_LITERALS: dict[str, tuple[str, ...]] = {"FileKind": get_args(FileKind), "TargetKind": get_args(TargetKind),
+                                         "Origin": get_args(Origin)}
 
 
 def _items(doc: dict, key: str, where: str, required: bool = True) -> list:
@@ -221,6 +229,8 @@ def _record(cls, data: object, where: str):
         ok = _TYPES[f.type]
         if not isinstance(value, ok) or (isinstance(value, bool) and bool not in ok):
             raise TorchdepotError(f"{where}: {key}: expected {f.type}, got {type(value).__name__}")
+        if f.type in _LITERALS and value not in _LITERALS[f.type]:
+            raise TorchdepotError(f"{where}: {key}: {str(value)[:40]!r} is not one of {', '.join(_LITERALS[f.type])}")
         if key == "extras" and not all(isinstance(x, str) for x in value):
             raise TorchdepotError(f"{where}: extras: expected strings")
         if key == "size" and value < 0:

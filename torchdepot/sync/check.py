@@ -442,68 +442,97 @@ def _repair_metadata(root: Path, entry: mf.FileEntry) -> bool:
     return digest == entry.sha256 and size == entry.size
 
 
-def _repair(root: Path, manifest: mf.Manifest, problems: list[Problem], client, policy: RepairPolicy | None,
-            move_unknown: bool) -> list[Problem]:
-    by_path = manifest.by_path()
+def _triage(root: Path, problems: list[Problem], by_path: dict[str, mf.FileEntry],
+            move_unknown: bool) -> tuple[list[Problem], dict[str, Problem]]:
+    """Step 1: the mirror's own leftovers removed; orphans and unknown files kept (or, with
+    ``move_unknown``, moved aside: never deleted); listed files that are missing or corrupt
+    returned to refetch (a derived ``.metadata`` waits for its wheel)."""
     out: list[Problem] = []
     refetch: dict[str, Problem] = {}
     stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
     for p in problems:
         if p.kind in LEFTOVER_KINDS:  # the mirror's own leftovers
             _remove(root, p.path)
-            out.append(Problem(p.kind, p.path, p.detail + "; removed", True))
+            out.append(Problem(kind=p.kind, path=p.path, detail=p.detail + "; removed", repaired=True))
         elif p.kind in ("orphan", "unknown"):  # maybe the user's: never deleted
             if move_unknown:
                 moved = _move_aside(root, p.path, stamp)
-                out.append(Problem(p.kind, p.path, p.detail + f"; moved to {moved}", True))
+                out.append(Problem(kind=p.kind, path=p.path, detail=p.detail + f"; moved to {moved}", repaired=True))
             else:
-                out.append(Problem(p.kind, p.path, p.detail + "; kept (--move-unknown moves it aside)"))
+                out.append(Problem(kind=p.kind, path=p.path, detail=p.detail + "; kept (--move-unknown moves it aside)"))
         elif p.kind in ("missing", "corrupt") and p.path in by_path:
-            if _derived(by_path[p.path]):
-                continue  # after the wheels are back
-            refetch[p.path] = p
+            if not _derived(by_path[p.path]):
+                refetch[p.path] = p
         else:
             out.append(p)
-    if refetch:
-        cache = HashCache(root)
-        for key in refetch:
-            cache.forget(key)  # a corrupt file may keep size+mtime: never trust the cache for it
-        cache.save()
-        policy = policy or repair_policy(manifest)
-        items = []
-        for key, p in refetch.items():
-            entry = by_path[key]
-            why = policy.refusal(entry.url, entry.size) if entry.url else "no url in manifest.json to refetch from"
-            if why is None:
-                items.append(FetchItem(key, (entry.url,), entry.sha256, entry.size))
-            else:
-                out.append(Problem(p.kind, p.path, f"{p.detail}; not refetched: {why}"))
-        if items:
-            from torchdepot.net.http import make_session
+    return out, refetch
 
-            own = client is None
-            client = client or make_session()
-            try:
-                # the first URL was checked against the whole policy; redirects are held to its hosts
-                hops = {urllib.parse.urlsplit("//" + h).hostname or h for h in policy.hosts.hosts}
-                report = Fetcher(root, client, on_hash_mismatch="fail", allowed_hosts=hops).run(items)
-            finally:
-                if own:
-                    client.close()
-            for r in report.results:
-                p = refetch[r.key]
-                if r.status == "failed":
-                    out.append(Problem(p.kind, p.path, f"{p.detail}; refetch failed: {r.error}"))
-                else:
-                    out.append(Problem(p.kind, p.path, f"{p.detail}; refetched from {r.url or 'cache'}", True))
-    for p in problems:  # derived files, now that their wheels are repaired
-        if p.kind in ("missing", "corrupt") and p.path in by_path and p.path not in refetch:
-            entry = by_path[p.path]
-            if _derived(entry):
-                fixed = _repair_metadata(root, entry)
-                out.append(Problem(p.kind, p.path, p.detail + ("; rewritten from its wheel" if fixed
-                                                               else "; could not be rewritten from its wheel"), fixed))
+
+def _refetch(root: Path, manifest: mf.Manifest, refetch: dict[str, Problem], client,
+             policy: RepairPolicy | None) -> list[Problem]:
+    """Step 2: each missing or corrupt file fetched again from its recorded URL, if the repair
+    policy allows that URL, hash-checked against the manifest."""
+    if not refetch:
+        return []
+    by_path = manifest.by_path()
+    cache = HashCache(root)
+    for key in refetch:
+        cache.forget(key)  # a corrupt file may keep size+mtime: never trust the cache for it
+    cache.save()
+    policy = policy or repair_policy(manifest)
+    out: list[Problem] = []
+    items = []
+    for key, p in refetch.items():
+        entry = by_path[key]
+        why = policy.refusal(entry.url, entry.size) if entry.url else "no url in manifest.json to refetch from"
+        if why is None:
+            items.append(FetchItem(key, (entry.url,), entry.sha256, entry.size))
+        else:
+            out.append(Problem(kind=p.kind, path=p.path, detail=f"{p.detail}; not refetched: {why}"))
+    if not items:
+        return out
+    from torchdepot.net.http import make_session
+
+    own = client is None
+    client = client or make_session()
+    try:
+        # the first URL was checked against the whole policy; redirects are held to its hosts
+        hops = {urllib.parse.urlsplit("//" + h).hostname or h for h in policy.hosts.hosts}
+        report = Fetcher(root, client, on_hash_mismatch="fail", allowed_hosts=hops).run(items)
+    finally:
+        if own:
+            client.close()
+    for r in report.results:
+        p = refetch[r.key]
+        if r.status == "failed":
+            out.append(Problem(kind=p.kind, path=p.path, detail=f"{p.detail}; refetch failed: {r.error}"))
+        else:
+            out.append(Problem(kind=p.kind, path=p.path, detail=f"{p.detail}; refetched from {r.url or 'cache'}",
+                               repaired=True))
     return out
+
+
+def _rewrite_derived(root: Path, problems: list[Problem], by_path: dict[str, mf.FileEntry]) -> list[Problem]:
+    """Step 3: each missing or corrupt ``.metadata`` the mirror derived rewritten from its
+    wheel (run after step 2, which brings the wheels back)."""
+    out: list[Problem] = []
+    for p in problems:
+        entry = by_path.get(p.path)
+        if p.kind in ("missing", "corrupt") and entry is not None and _derived(entry):
+            fixed = _repair_metadata(root, entry)
+            out.append(Problem(kind=p.kind, path=p.path, repaired=fixed,
+                               detail=p.detail + ("; rewritten from its wheel" if fixed
+                                                  else "; could not be rewritten from its wheel")))
+    return out
+
+
+def _repair(root: Path, manifest: mf.Manifest, problems: list[Problem], client, policy: RepairPolicy | None,
+            move_unknown: bool) -> list[Problem]:
+    """Triage, refetch, then rewrite what is derived from the refetched files."""
+    by_path = manifest.by_path()
+    out, refetch = _triage(root, problems, by_path, move_unknown)
+    out += _refetch(root, manifest, refetch, client, policy)
+    return out + _rewrite_derived(root, problems, by_path)
 
 
 def _repair_json_pages(root: Path, manifest: mf.Manifest, problems: list[Problem]) -> list[Problem]:

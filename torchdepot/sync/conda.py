@@ -135,7 +135,7 @@ def _fetch(out: Path, spec, client: Client, items: list[FetchItem], live: mf.Man
     report = Fetcher(out, client, jobs=jobs, on_hash_mismatch=on_hash_mismatch, progress=progress,
                      fsync=getattr(spec, "fsync", False)).run([it for it in items if it.key not in kept])
     # Published under this name with other bytes: never replaced in place (the name is the path).
-    report.results += [FetchResult(key, "present", e.sha256, e.size, url=e.url, upstream_sha256=e.upstream_sha256)
+    report.results += [FetchResult(key=key, status="present", sha256=e.sha256, size=e.size, url=e.url, upstream_sha256=e.upstream_sha256)
                        for key, e in kept.items()]
     if report.failed:
         first = report.failed[0]
@@ -161,8 +161,9 @@ def _package_entries(config: CondaConfig, chosen: Chosen, fetched: _Fetched,
             raw = {k: v for k, v in raw.items() if k != "md5"}
             raw.update(sha256=res.sha256, size=res.size)
         per_subdir[(ch, sd)][fn] = raw
-        files.append(mf.FileEntry(key, res.sha256 or "", res.size, "conda", rec.name, rec.version,
-                                  res.url or items[0].urls[0], rec.sha256, res.hash_mismatch))
+        files.append(mf.FileEntry(path=key, sha256=res.sha256 or "", size=res.size, kind="conda", project=rec.name,
+                                  version=rec.version, url=res.url or items[0].urls[0],
+                                  upstream_sha256=rec.sha256, hash_mismatch=res.hash_mismatch))
     return files, per_subdir
 
 
@@ -179,7 +180,7 @@ def _publish(out: Path, config: CondaConfig, chosen: Chosen, fetched: _Fetched, 
         channel_dir = safe_join(out, "conda", ch)
         for p in write_repodata(channel_dir, sd, records):
             digest, size = sha256_file(p)
-            files.append(mf.FileEntry(channel_path(ch, sd, p.name), digest, size, "conda"))
+            files.append(mf.FileEntry(path=channel_path(ch, sd, p.name), sha256=digest, size=size, kind="conda"))
     return files
 
 

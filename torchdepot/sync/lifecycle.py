@@ -78,7 +78,7 @@ def as_pip_target(r: mf.RecordedTarget) -> PipTarget:
     return PipTarget(accelerator=r.accelerator, python=r.python, platform=r.platform, id=r.id, torch=r.torch)
 
 
-def _record(t: PipTarget, origin: str) -> mf.RecordedTarget:
+def _record(t: PipTarget, origin: mf.Origin) -> mf.RecordedTarget:
     return mf.RecordedTarget(id=t.id, accelerator=t.accelerator, python=t.python, platform=t.platform,
                              origin=origin, torch=t.torch)
 
@@ -100,7 +100,7 @@ def recorded_of(previous: mf.Manifest | None) -> tuple[mf.RecordedTarget, ...]:
                  for t in previous.targets if t.kind == "pip")
 
 
-def target_set(asked: list[PipTarget], origin: str, previous: mf.Manifest | None, prune: bool) -> TargetSet:
+def target_set(asked: list[PipTarget], origin: mf.Origin, previous: mf.Manifest | None, prune: bool) -> TargetSet:
     """``asked`` (by the spec or tools/fetch, per ``origin``) plus every recorded target, unless ``prune``."""
     before = {r.id: r for r in recorded_of(previous)}
     run: dict[str, PipTarget] = {}

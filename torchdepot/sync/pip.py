@@ -154,7 +154,7 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
     out = Path(out or spec.out)
     spec, followed = follow_upstream(spec, out, pip_sources=pip_sources, prune=prune, say=echo)
     asked = [*(spec.targets() if spec_targets else []), *add, *(env.target for env in locks)]
-    origin = "locks" if locks else "spec" if spec_targets else "fetch"
+    origin: mf.Origin = "locks" if locks else "spec" if spec_targets else "fetch"
     if dry_run:
         previous = mf.load(out) if (out / L.MANIFEST_NAME).is_file() else None
         result = sync_pip(spec, out=out, dry_run=True, client=client, progress=progress, pip_sources=pip_sources,

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from torchdepot.fetch import FetchReport
 from torchdepot.store import manifest as mf
@@ -20,6 +20,7 @@ from torchdepot.sync import lifecycle
 from torchdepot.sync.plan import TargetPlan
 
 Echo = Callable[[str], None]
+Verdict = Literal["ok", "NOT OK", "unchecked"]  # a sync's closing check, as last_sync records it
 
 
 @dataclass
@@ -41,7 +42,7 @@ class MirrorResult:
     removals: list[lifecycle.Removal] = field(default_factory=list)  # what this run removes (pruned, keep: N)
     dropped_releases: list[mf.Release] = field(default_factory=list)
     target_set: lifecycle.TargetSet | None = None
-    verify: str = "unchecked"  # the closing check: "ok" | "NOT OK" | "unchecked"
+    verify: Verdict = "unchecked"  # the closing check
 
     @property
     def torch_versions(self) -> dict[str, str]:
