@@ -143,16 +143,16 @@ def _check_files(root: Path, manifest: mf.Manifest, cache: HashCache | None) -> 
         try:
             present = hash_present(root, entry.path, cache)
         except UnsafePathError as exc:
-            problems.append(Problem("corrupt", entry.path, str(exc)))
+            problems.append(Problem(kind="corrupt", path=entry.path, detail=str(exc)))
             continue
         if present is None:
-            problems.append(Problem("missing", entry.path, "listed in manifest.json but not on disk"))
+            problems.append(Problem(kind="missing", path=entry.path, detail="listed in manifest.json but not on disk"))
             continue
         digest, size = present
         if size != entry.size:
-            problems.append(Problem("corrupt", entry.path, f"{size} bytes, manifest says {entry.size}"))
+            problems.append(Problem(kind="corrupt", path=entry.path, detail=f"{size} bytes, manifest says {entry.size}"))
         elif digest != entry.sha256:
-            problems.append(Problem("corrupt", entry.path, f"sha256 {digest}, manifest says {entry.sha256}"))
+            problems.append(Problem(kind="corrupt", path=entry.path, detail=f"sha256 {digest}, manifest says {entry.sha256}"))
     return problems, len(manifest.files)
 
 
@@ -168,36 +168,36 @@ def _scan_leftovers(root: Path, listed: set[str], journal: frozenset[str] = froz
                 if rel in listed:
                     continue
                 if L.is_atomic_temp(name):
-                    problems.append(Problem("temp", rel, "leftover temporary file from an interrupted write"))
+                    problems.append(Problem(kind="temp", path=rel, detail="leftover temporary file from an interrupted write"))
                 elif rel in journal:
-                    problems.append(Problem("staged", rel, "written or superseded by a sync, not in the committed "
+                    problems.append(Problem(kind="staged", path=rel, detail="written or superseded by a sync, not in the committed "
                                                            "manifest (removed after the next commit)"))
                 elif top == L.CONDA_DIR and L.is_conda_index_file(name):
                     continue
                 else:
-                    problems.append(Problem("orphan", rel, "not listed in manifest.json"))
+                    problems.append(Problem(kind="orphan", path=rel, detail="not listed in manifest.json"))
     partial = root / L.PARTIAL_DIR
     if partial.is_dir():
         for p in sorted(partial.iterdir()):
-            problems.append(Problem("partial", _rel(root, p), f"leftover partial download ({p.lstat().st_size} bytes)"))
+            problems.append(Problem(kind="partial", path=_rel(root, p), detail=f"leftover partial download ({p.lstat().st_size} bytes)"))
     state = root / L.STATE_DIR
     if state.is_dir():
         for p in sorted(state.iterdir()):
             if L.stage_pid(p.name) is not None:  # under the mirror lock: its run was killed
-                problems.append(Problem("staging", _rel(root, p), "staging dir of an interrupted unbundle or repair"))
+                problems.append(Problem(kind="staging", path=_rel(root, p), detail="staging dir of an interrupted unbundle or repair"))
     for p in sorted(root.iterdir()):
         name = p.name
         if L.build_temp_of(name) == L.INDEX_LINK and p.is_symlink():  # the mirror only ever makes a symlink here
-            problems.append(Problem("temp", name, "leftover index symlink from an interrupted publish"))
+            problems.append(Problem(kind="temp", path=name, detail="leftover index symlink from an interrupted publish"))
         elif L.atomic_temp_of(name) in ROOT_ATOMIC and p.is_file() and not p.is_symlink():
-            problems.append(Problem("temp", name, "leftover from an interrupted write"))
+            problems.append(Problem(kind="temp", path=name, detail="leftover from an interrupted write"))
         elif name not in ROOT_ENTRIES:
-            problems.append(Problem("unknown", name, "not part of a torchdepot mirror (reported, never deleted)"))
+            problems.append(Problem(kind="unknown", path=name, detail="not part of a torchdepot mirror (reported, never deleted)"))
     pub = root / L.PUBLISH_DIR
     if pub.is_dir() and not pub.is_symlink():
         for p in sorted(pub.iterdir()):
             if L.is_build_temp(p.name):
-                problems.append(Problem("temp", _rel(root, p), "leftover index build from an interrupted publish"))
+                problems.append(Problem(kind="temp", path=_rel(root, p), detail="leftover index build from an interrupted publish"))
     return problems
 
 
@@ -221,13 +221,13 @@ def _check_html_page(root: Path, page_path: Path, by_path: dict[str, mf.FileEntr
     for link in page.links:
         key = _link_key(root, link.url)
         if key is None:
-            problems.append(Problem("dangling-link", rel_page, f"links outside the mirror: {link.url}"))
+            problems.append(Problem(kind="dangling-link", path=rel_page, detail=f"links outside the mirror: {link.url}"))
             continue
         entry = by_path.get(key)
         if entry is None:
-            problems.append(Problem("dangling-link", rel_page, f"links {key}, which manifest.json does not list"))
+            problems.append(Problem(kind="dangling-link", path=rel_page, detail=f"links {key}, which manifest.json does not list"))
         elif link.sha256 is not None and link.sha256 != entry.sha256:
-            problems.append(Problem("dangling-link", rel_page, f"links {key} with sha256 {link.sha256}, "
+            problems.append(Problem(kind="dangling-link", path=rel_page, detail=f"links {key} with sha256 {link.sha256}, "
                                                                f"manifest says {entry.sha256}"))
     return problems
 
@@ -292,7 +292,7 @@ def _check_index(root: Path, manifest: mf.Manifest) -> list[Problem]:
                 issues = _json_page_issues(root, page_path, by_path)
                 if issues:
                     more = f" (+{len(issues) - 3} more)" if len(issues) > 3 else ""
-                    problems.append(Problem("bad-json-page", _rel(root, page_path), "; ".join(issues[:3]) + more))
+                    problems.append(Problem(kind="bad-json-page", path=_rel(root, page_path), detail="; ".join(issues[:3]) + more))
     return problems
 
 
@@ -314,8 +314,8 @@ def _live_index_files(root: Path, manifest: mf.Manifest) -> dict[str, list[Index
                 if entry is None:
                     return None
                 variants.setdefault(acc_dir.name, []).append(IndexFile(
-                    page_path.parent.name, key.rsplit("/", 1)[-1], key, entry.sha256, link.requires_python,
-                    link.metadata_sha256, size=entry.size, upload_time=entry.upload_time))
+                    project=page_path.parent.name, filename=key.rsplit("/", 1)[-1], path=key, sha256=entry.sha256, requires_python=link.requires_python,
+                    metadata_sha256=link.metadata_sha256, size=entry.size, upload_time=entry.upload_time))
     return variants
 
 
@@ -486,7 +486,7 @@ def _refetch(root: Path, manifest: mf.Manifest, refetch: dict[str, Problem], cli
         entry = by_path[key]
         why = policy.refusal(entry.url, entry.size) if entry.url else "no url in manifest.json to refetch from"
         if why is None:
-            items.append(FetchItem(key, (entry.url,), entry.sha256, entry.size))
+            items.append(FetchItem(key=key, urls=(entry.url,), sha256=entry.sha256, size=entry.size))
         else:
             out.append(Problem(kind=p.kind, path=p.path, detail=f"{p.detail}; not refetched: {why}"))
     if not items:
@@ -539,12 +539,12 @@ def _repair_json_pages(root: Path, manifest: mf.Manifest, problems: list[Problem
     """Rebuild the JSON twins (a new generation) and check again: what is gone is repaired."""
     why = _rebuild_json_pages(root, manifest)
     if why is not None:
-        return [Problem(p.kind, p.path, f"{p.detail}; not rebuilt: {why} (the next `torchdepot mirror` run "
+        return [Problem(kind=p.kind, path=p.path, detail=f"{p.detail}; not rebuilt: {why} (the next `torchdepot mirror` run "
                                         "rebuilds every page from manifest.json)") if p.kind == "bad-json-page" else p
                 for p in problems]
     after = _check_index(root, manifest)
     still = {(p.kind, p.path) for p in after}
-    fixed = [Problem(p.kind, p.path, p.detail + "; rebuilt from its index.html twin", True)
+    fixed = [Problem(kind=p.kind, path=p.path, detail=p.detail + "; rebuilt from its index.html twin", repaired=True)
              for p in problems if p.kind == "bad-json-page" and (p.kind, p.path) not in still]
     return fixed + after
 
@@ -574,7 +574,7 @@ def verify_mirror(root: Path, repair: bool = False, client=None, *, trust_cache:
         for p in problems:
             if p.kind in LEFTOVER_KINDS:
                 _remove(root, p.path)
-                p = Problem(p.kind, p.path, p.detail + "; removed", True)
+                p = Problem(kind=p.kind, path=p.path, detail=p.detail + "; removed", repaired=True)
             cleaned.append(p)
         problems = cleaned
     if journal and (repair or clean):

@@ -105,7 +105,7 @@ def _fetch_items(config: CondaConfig, solved: _Solved) -> list[FetchItem]:
     # The mirror that served a channel's repodata is alive: try it first for its packages.
     served = {src.channel: src.base_url for src in solved.sources}
     mirrors = {c.name: tuple(dict.fromkeys((served[c.name], *c.mirrors))) for c in config.channels}
-    return [FetchItem(channel_path(ch, sd, fn), tuple(f"{m}/{sd}/{fn}" for m in mirrors[ch]), rec.sha256, rec.size)
+    return [FetchItem(key=channel_path(ch, sd, fn), urls=tuple(f"{m}/{sd}/{fn}" for m in mirrors[ch]), sha256=rec.sha256, size=rec.size)
             for (ch, sd, fn), rec in sorted(solved.chosen.items())]
 
 

@@ -94,8 +94,8 @@ def fetch_files(out: Path, resolution: Resolution, view: View, spec: MirrorSpec,
     before the closure resolved); a file submitted again joins its download in flight."""
     paths = stored_paths(out, resolution)
     fetcher = fetcher or make_fetcher(out, spec, client, policy, progress)
-    items = {key: FetchItem(paths[key], same_path_elsewhere(vf.link.url, spec.upstreams), vf.link.sha256,
-                            vf.link.size)
+    items = {key: FetchItem(key=paths[key], urls=same_path_elsewhere(vf.link.url, spec.upstreams), sha256=vf.link.sha256,
+                            size=vf.link.size)
              for key, vf, _acc in resolution.files}
     report = fetcher.run(list(items.values()))
     retry = []
@@ -104,7 +104,7 @@ def fetch_files(out: Path, resolution: Resolution, view: View, spec: MirrorSpec,
         if paths[key] in failed:
             alternates = tuple(link.url for link in view.alternates(acc, vf.filename))
             if alternates:
-                retry.append(FetchItem(paths[key], alternates, vf.link.sha256, vf.link.size))
+                retry.append(FetchItem(key=paths[key], urls=alternates, sha256=vf.link.sha256, size=vf.link.size))
     if not retry:
         return PipFetchReport(results=report.results, seconds=report.seconds, paths=paths)
     again = fetcher.run(retry)

@@ -49,7 +49,7 @@ def submit_pinned(out: Path, plan: Plan, view: View, spec: MirrorSpec, fetcher: 
                                         sha256=vf.link.sha256, size=vf.link.size))
             if key in listed or safe_join(out, key).exists() or not vf.link.sha256:
                 continue
-            items[key] = FetchItem(key, same_path_elsewhere(vf.link.url, spec.upstreams), vf.link.sha256, vf.link.size)
+            items[key] = FetchItem(key=key, urls=same_path_elsewhere(vf.link.url, spec.upstreams), sha256=vf.link.sha256, size=vf.link.size)
     if items:
         publication.record(out, {p for key in items for p in (key, L.metadata_path(key))})
         fetcher.start()

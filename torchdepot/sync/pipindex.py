@@ -53,7 +53,7 @@ def publish_pip(out: Path, resolution: Resolution, report: FetchReport, view: Vi
         key = stored(rkey)
         r = by_key[key]
         meta_sha, req_py, meta_size = ensure_metadata(out, key, vf.project)
-        index_files[key] = IndexFile(vf.project, safe_filename(vf.filename), key, r.sha256, req_py, meta_sha,
+        index_files[key] = IndexFile(project=vf.project, filename=safe_filename(vf.filename), path=key, sha256=r.sha256, requires_python=req_py, metadata_sha256=meta_sha,
                                      size=r.size, upload_time=vf.link.upload_time)  # PEP 700 in the JSON pages
         version = next(f.version for tp in resolution.targets for f in tp.files if file_key(f) == rkey)
         entries[key] = mf.FileEntry(path=key, sha256=r.sha256, size=r.size, kind="wheel", project=vf.project,

@@ -104,8 +104,8 @@ def _retained(out: Path, previous: mf.Manifest | None, resolution: Resolution, s
             wheel = before[path]
             if path not in index:
                 meta_sha, req_py, meta_size = ensure_metadata(out, path, wheel.project or "")
-                index[path] = IndexFile(wheel.project or "", path.rsplit("/", 1)[-1], path, wheel.sha256, req_py,
-                                        meta_sha, size=wheel.size, upload_time=wheel.upload_time)
+                index[path] = IndexFile(project=wheel.project or "", filename=path.rsplit("/", 1)[-1], path=path, sha256=wheel.sha256, requires_python=req_py,
+                                        metadata_sha256=meta_sha, size=wheel.size, upload_time=wheel.upload_time)
                 meta = before.get(L.metadata_path(path))
                 entries[path] = wheel
                 entries[L.metadata_path(path)] = mf.FileEntry(

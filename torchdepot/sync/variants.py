@@ -119,7 +119,7 @@ def publish_variants_json(out: Path, resolution: Resolution, view: View) -> Vari
                                             version=version, url=link.url, upstream_sha256=link.sha256,
                                             hash_mismatch=link.sha256 is not None and link.sha256 != sha,
                                             upload_time=link.upload_time)
-        result.index_files[path] = IndexFile(vf.project, link.filename, path, sha, size=len(data),
+        result.index_files[path] = IndexFile(project=vf.project, filename=link.filename, path=path, sha256=sha, size=len(data),
                                              upload_time=link.upload_time)
         result.by_wheel[key] = path
         result.labels[key] = vf.label
