@@ -122,8 +122,8 @@ def layer_violations(path: Path, pkg: Path = PKG, allowed: dict[str, tuple[str, 
     src = layer_of(path, pkg)
     if src == "__init__":
         return []
-    bad = []
-    for line, mod in imports_of(path, pkg):
+    bad: list[str] = []
+    for line, mod in dict.fromkeys(imports_of(path, pkg)):  # each (line, module) once
         dst = _target_layer(mod, pkg)
         if dst is None or dst == src:
             continue

@@ -215,10 +215,7 @@ class Fetcher:
         return res
 
     def _partial_path(self, key: str) -> Path:
-        name = key.replace("/", "__")
-        if len(name) > 200:  # keep under NAME_MAX; a digest keeps it unique and stable for resume
-            name = name[:120] + "-" + hashlib.sha256(key.encode()).hexdigest()[:32]
-        return self.partial_dir / (name + ".part")
+        return partial_path(self.root, key)
 
     def _one(self, item: FetchItem) -> FetchResult:
         dest = safe_join(self.root, item.key)
@@ -358,6 +355,15 @@ class Fetcher:
                            url=url, error=None, upstream_sha256=item.sha256,
                            hash_mismatch=item.sha256 is not None and digest != item.sha256, resumed=resumed,
                            attempts=attempts)
+
+
+def partial_path(root: Path, key: str) -> Path:
+    """Where the bytes of ``key`` arrive before their check (a reader may follow a
+    one-connection download there: the pull-through cache streams it to waiting clients)."""
+    name = key.replace("/", "__")
+    if len(name) > 200:  # keep under NAME_MAX; a digest keeps it unique and stable for resume
+        name = name[:120] + "-" + hashlib.sha256(key.encode()).hexdigest()[:32]
+    return Path(root) / L.PARTIAL_DIR / (name + ".part")
 
 
 def fetch_items(root: Path, items: list[FetchItem], client: Client, **kwargs) -> FetchReport:

@@ -174,7 +174,7 @@ def cuda_from_dotted(version: str) -> Accelerator:
     return Accelerator("cuda", (int(parts[0]), int(parts[1])))
 
 
-def accelerator_sort_key(acc: Accelerator) -> tuple:
+def accelerator_sort_key(acc: Accelerator) -> tuple[int, tuple[int, ...]]:
     """Newest GPU stacks first, cpu last (the order ``doctor`` lists them in)."""
     order = {"cuda": 0, "rocm": 1, "xpu": 2, "cpu": 3}
     return (order[acc.kind], tuple(-p for p in acc.version))

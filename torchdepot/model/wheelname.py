@@ -71,7 +71,7 @@ class WheelFile:
     def free_threaded(self) -> bool:
         return any(a.endswith("t") and a.startswith("cp") for a in self.abi_tags)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, object]:
         return {
             "filename": self.filename,
             "name": self.name,
@@ -201,7 +201,7 @@ def parse_wheel(name_or_url: str) -> WheelFile:
     )
 
 
-def error_json(name_or_url: str, message: str) -> dict:
+def error_json(name_or_url: str, message: str) -> dict[str, object]:
     """The ``parse --json`` object for an input that is not a wheel."""
     filename = name_or_url
     with contextlib.suppress(ValueError, TypeError):

@@ -49,7 +49,7 @@ def parse_repodata(data: bytes | str, channel: str, subdir: str, where: str) -> 
     doc = load_json(data, where, what="repodata JSON", error=RepodataError)
     if not isinstance(doc, dict):
         raise RepodataError(f"{where}: repodata is not a JSON object")
-    info = doc.get("info") if isinstance(doc.get("info"), dict) else {}
+    info = info_doc if isinstance(info_doc := doc.get("info"), dict) else {}
     declared = info.get("subdir")
     if isinstance(declared, str) and declared != subdir:
         raise RepodataError(f"{where}: repodata is for subdir {declared!r}, expected {subdir!r}")

@@ -39,8 +39,10 @@ import datetime as dt
 import itertools
 import re
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -58,6 +60,8 @@ from torchdepot.spec.conda import CondaConfig, parse_conda_section
 
 __all__ = ["Channel", "HashPolicy", "MirrorSpec", "PackageSpec", "PipTarget", "load_spec", "parse_spec",
            "quote_key", "with_overrides"]
+
+_T = TypeVar("_T")
 
 
 class Channel(StrEnum):
@@ -109,7 +113,7 @@ class PipTarget:
     id: str
     torch: str | None = None  # per-target torch constraint (tools/fetch --torch); None: the spec's
 
-    def to_data(self) -> dict:
+    def to_data(self) -> dict[str, object]:
         return {"accelerator": self.accelerator, "python": self.python, "platform": self.platform,
                 **({"torch": self.torch} if self.torch else {})}
 
@@ -175,13 +179,13 @@ class MirrorSpec:
     def package(self, name: str) -> PackageSpec | None:
         return next((p for p in self.packages if p.name == name), None)
 
-    def to_data(self) -> dict:
+    def to_data(self) -> dict[str, object]:
         """The spec as plain YAML/JSON data (manifest.json's ``spec``); parses back to an equal spec.
 
         Keys added after the first release appear only when set, so manifests of specs that
         do not use them stay byte-identical.
         """
-        data: dict = {
+        data: dict[str, object] = {
             "packages": [p.name + (p.constraint or "") for p in self.packages],
             "extra_packages": list(self.extra_packages),
             "accelerators": [CURRENT] * ("accelerators" in self.follow) + list(self.accelerators),
@@ -236,7 +240,7 @@ def load_spec(path: Path | str) -> MirrorSpec:
 
 # -- one validator per key: (raw value, where) -> typed value ----------------------------------
 
-def _list(value: object, key: str, where: str, default: list) -> list:
+def _list(value: object, key: str, where: str, default: list[object]) -> list[object]:
     if value is None:
         value = default
     if isinstance(value, (str, int, float)):
@@ -246,7 +250,7 @@ def _list(value: object, key: str, where: str, default: list) -> list:
     return value
 
 
-def _dedup(seq) -> tuple:
+def _dedup(seq: Iterable[_T]) -> tuple[_T, ...]:
     return tuple(dict.fromkeys(seq))
 
 
@@ -445,7 +449,7 @@ def _out(raw: object, where: str) -> Path:
     return Path(raw)
 
 
-def _count(key: str, top: int, absent: str):
+def _count(key: str, top: int, absent: str) -> Callable[[object, str], int | None]:
     """A validator for an optional whole number from 1 to ``top``."""
     def check(raw: object, where: str) -> int | None:
         if raw is None:
@@ -498,7 +502,9 @@ def _exclude_newer(raw: object, where: str) -> dt.datetime | None:
 
 
 # key -> (MirrorSpec field, validator); the conda section and the target product are cross-key.
-_FIELDS = {
+# Each validator returns its own field's type, so the table's value type is Any (MirrorSpec's
+# constructor checks nothing at run time; the validators are the checks).
+_FIELDS: dict[str, tuple[str, Callable[[object, str], Any]]] = {
     "packages": ("packages", lambda raw, where: _packages(["torch"] if raw is None else raw, where)),
     "extra_packages": ("extra_packages", _extras),
     "channel": ("channel", _channel),
@@ -569,7 +575,7 @@ def with_overrides(spec: MirrorSpec, **changes: object) -> MirrorSpec:
     unknown = sorted(k for k in changes if k not in _FIELDS)
     if unknown:
         raise TypeError(f"with_overrides: not an overridable key: {unknown[0]}")
-    replaced = {}
+    replaced: dict[str, Any] = {}
     for key, value in changes.items():
         if value is None:
             continue

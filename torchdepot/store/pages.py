@@ -30,7 +30,7 @@ from packaging.utils import canonicalize_name
 from torchdepot.errors import TorchdepotError
 from torchdepot.store import simple_json
 from torchdepot.store.fsutil import atomic_write_bytes, fsync_dir, safe_join
-from torchdepot.store.index_file import IndexFile
+from torchdepot.store.index_file import IndexFile as IndexFile  # re-exported: the pages' record
 from torchdepot.store.layout import INDEX_LINK, PUBLISH_DIR, build_temp_name, metadata_path
 
 # -- PEP 658 metadata -------------------------------------------------------------------
@@ -174,7 +174,7 @@ def publish(root: Path, pages: dict[str, bytes]) -> tuple[str, bool]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     install_generation(root, build, gen)
-    prune(root, keep={gen, live} - {None})
+    prune(root, keep={g for g in (gen, live) if g is not None})
     return gen, True
 
 

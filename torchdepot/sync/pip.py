@@ -87,6 +87,8 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
         held.view = view = session.open_view(spec, edge, session.accelerators(list(tset.run), locks), workdir,
                                              previous, log.say)
         plan = plan_targets(spec, view, edge.pip, [t for t in tset.run if t.id not in locked_ids], tset.tolerate)
+        for warning in dict.fromkeys(w for tp in plan.targets for w in tp.warnings):
+            log.say(warning)
         carried = retention.carried_targets(plan, previous, log.say)
         log.phase("upstreams")
         if not dry_run:  # the pinned torch wheels download while their closures resolve
@@ -105,10 +107,10 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
                 f.path for f in (previous.files if previous else ()) if f.kind == VARIANTS_JSON}
             removal_plan = retention.plan(out, previous, resolution, str, live, tset.dropped, spec.keep, listed)
         else:
-            report = fetch_files(out, resolution, view, spec, held.client, edge.policy, progress,
-                                 fetcher=held.fetcher)
+            fetched = fetch_files(out, resolution, view, spec, held.client, edge.policy, progress,
+                                  fetcher=held.fetcher)
             held.fetcher = None
-            result.report = report = early.drop_unused(out, report, early_keys, resolution)
+            result.report = report = early.drop_unused(out, fetched, early_keys, resolution)
             log.phase("fetch")
             check_fetched(report, spec, log.say)
             done = retention.publish_with_retention(out, previous, resolution, report, view, carried, tset,

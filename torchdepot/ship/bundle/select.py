@@ -21,7 +21,7 @@ from torchdepot.store.simple_json import HTML_PAGE, JSON_PAGE
 # ---------------------------------------------------------------- selection
 
 def _walk_files(top: Path, rel_prefix: str) -> list[tuple[str, Path]]:
-    out = []
+    out: list[tuple[str, Path]] = []
     if not top.is_dir():
         return out
     for dirpath, dirnames, filenames in os.walk(top):  # follows the top symlink (whl/), not inner ones
