@@ -61,20 +61,19 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False, client: Client | None = None,
-             progress: bool | None = None, pip_sources: PipSources | None = None, echo: Echo = _stderr,
-             target_set: lifecycle.TargetSet | None = None, previous: mf.Manifest | None = None,
-             locks: tuple[LockedEnv, ...] = (), on_progress: ProgressCallback | None = None) -> MirrorResult:
+def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dry_run: bool = False,
+             client: Client | None = None, progress: bool | None = None, pip_sources: PipSources | None = None,
+             echo: Echo = _stderr, previous: mf.Manifest | None = None, locks: tuple[LockedEnv, ...] = (),
+             on_progress: ProgressCallback | None = None) -> MirrorResult:
     """The pip side: plan, resolve, fetch, publish metadata, locks and index pages (no manifest).
 
-    ``target_set``: what to resolve, prune and tolerate (default: the spec's targets);
-    ``previous``: the mirror's manifest before this run, whose kept releases
+    ``out`` and ``target_set`` (what to resolve, prune and tolerate) are :func:`sync`'s, decided
+    there once; ``previous``: the mirror's manifest before this run, whose kept releases
     (:func:`lifecycle.plan_removals`) stay listed and indexed; ``locks``: targets taken exactly
     from lock folders (``sync/locked.py``), not resolved. A dry run writes nothing under ``out``
     and plans the same removals the real run makes."""
     started = time.monotonic()
-    out = Path(out or spec.out)
-    tset = target_set or lifecycle.target_set(list(spec.targets()), "spec", None, prune=False)
+    tset = target_set
     result = MirrorResult(out=out, target_set=tset)
     log = RunLog(result, echo, mark=started)
     held = session.Held(client=client or make_session(), own_client=client is None, probe=Client(session.PROBE_CONFIG))
@@ -140,6 +139,10 @@ def _conda(spec: MirrorSpec, out: Path, client: Client | None, dry_run: bool,
     return list(cres.files), list(cres.targets)
 
 
+def _previous(out: Path) -> mf.Manifest | None:
+    return mf.load(out) if (out / L.MANIFEST_NAME).is_file() else None
+
+
 def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = None, progress: bool | None = None,
          out: Path | None = None, wait: float | None = None, pip_sources: PipSources | None = None,
          echo: Echo = _stderr, add: Sequence[PipTarget] = (), spec_targets: bool = True,
@@ -158,7 +161,7 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
     asked = [*(spec.targets() if spec_targets else []), *add, *(env.target for env in locks)]
     origin: mf.Origin = "locks" if locks else "spec" if spec_targets else "fetch"
     if dry_run:
-        previous = mf.load(out) if (out / L.MANIFEST_NAME).is_file() else None
+        previous = _previous(out)
         result = sync_pip(spec, out=out, dry_run=True, client=client, progress=progress, pip_sources=pip_sources,
                           echo=echo, target_set=lifecycle.target_set(asked, origin, previous, prune),
                           previous=previous, locks=locks)
@@ -168,7 +171,7 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
         return result
     out.mkdir(parents=True, exist_ok=True)
     with MirrorLock(out, wait):
-        previous = mf.load(out) if (out / L.MANIFEST_NAME).is_file() else None
+        previous = _previous(out)
         tset = lifecycle.target_set(asked, origin, previous, prune)
         result = sync_pip(spec, out=out, client=client, progress=progress, pip_sources=pip_sources, echo=echo,
                           target_set=tset, previous=previous, locks=locks, on_progress=on_progress)
