@@ -18,6 +18,7 @@ from torchdepot.model.wheelname import version_sort_key
 from torchdepot.net.hostpolicy import default_policy
 from torchdepot.net.http import HttpStatusError
 from torchdepot.sources.upstream import UpstreamReader, crawl_wheels, root_page
+from torchdepot.store.layout import pip_index
 
 
 @dataclass
@@ -90,9 +91,9 @@ def read_mirror(client, url: str) -> MirrorOffer:
         assert parsed is not None  # accs holds only the directories it parses
         name = parsed.name
         per_py = offer.versions.setdefault(name, {})
-        offer.index[name] = f"whl/{acc}"
+        offer.index[name] = pip_index(acc)
         try:
-            wheels = crawl_wheels(reader, f"{base}/whl/{acc}", ["torch"]).items
+            wheels = crawl_wheels(reader, f"{base}/{pip_index(acc)}", ["torch"]).items
         except UpstreamError:
             continue  # an accelerator dir without torch: listed, nothing to pin
         for _, w in wheels:
