@@ -311,7 +311,7 @@ def _live_index_files(root: Path, manifest: mf.Manifest) -> dict[str, list[Index
             for link in page.links:
                 key = _link_key(root, link.url)
                 entry = by_path.get(key) if key is not None else None
-                if entry is None:
+                if key is None or entry is None:
                     return None
                 variants.setdefault(acc_dir.name, []).append(IndexFile(
                     project=page_path.parent.name, filename=key.rsplit("/", 1)[-1], path=key, sha256=entry.sha256, requires_python=link.requires_python,
@@ -350,7 +350,7 @@ def _rebuild_json_pages(root: Path, manifest: mf.Manifest) -> str | None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     install_generation(root, build, gen)
-    prune(root, keep={gen, live_gen} - {None})  # the old one stays for a reader mid-install
+    prune(root, keep={g for g in (gen, live_gen) if g is not None})  # the old one stays for a reader mid-install
     return None
 
 
@@ -484,9 +484,10 @@ def _refetch(root: Path, manifest: mf.Manifest, refetch: dict[str, Problem], cli
     items = []
     for key, p in refetch.items():
         entry = by_path[key]
-        why = policy.refusal(entry.url, entry.size) if entry.url else "no url in manifest.json to refetch from"
-        if why is None:
-            items.append(FetchItem(key=key, urls=(entry.url,), sha256=entry.sha256, size=entry.size))
+        url = entry.url
+        why = policy.refusal(url, entry.size) if url else "no url in manifest.json to refetch from"
+        if url and why is None:
+            items.append(FetchItem(key=key, urls=(url,), sha256=entry.sha256, size=entry.size))
         else:
             out.append(Problem(kind=p.kind, path=p.path, detail=f"{p.detail}; not refetched: {why}"))
     if not items:
