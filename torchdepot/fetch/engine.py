@@ -120,10 +120,11 @@ class Fetcher:
         self.cache = HashCache(self.root)
         self.partial_dir = self.root / L.PARTIAL_DIR
         self.report: FetchReport | None = None
-        self._progress: Progress | None = None
-        self._pool: Pool | None = None
-        self._segments: Segmenter | None = None
-        self._streams: Streamer | None = None
+        # set by start() (and kept after close()); used only between the two
+        self._progress: Progress
+        self._pool: Pool
+        self._segments: Segmenter
+        self._streams: Streamer
         self._files: ThreadPoolExecutor | None = None
         self._pieces: ThreadPoolExecutor | None = None
         self._futures: dict[str, Future] = {}
@@ -182,7 +183,7 @@ class Fetcher:
 
     def close(self) -> FetchReport:
         """Wait for every submitted file; return (and keep in ``report``) the results."""
-        if self._files is None:
+        if self._files is None or self._pieces is None:  # both set by start(), cleared here
             return self.report or FetchReport()
         report = FetchReport()
         try:
