@@ -12,7 +12,7 @@ import os
 import posixpath
 from pathlib import Path
 
-from torchdepot.ship.bundle.model import BundleError, BundlePlan, PlannedFile, Role
+from torchdepot.ship.bundle.model import BundleError, BundlePlan, PlannedFile, Role, role_of
 from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
 from torchdepot.store.fsutil import safe_join
@@ -83,7 +83,9 @@ def _package_files(root: Path, entries: list[mf.FileEntry], since: Path | None) 
         src = safe_join(root, e.path)
         if not src.is_file():
             raise BundleError(f"{e.path}: listed in {mf.MANIFEST_NAME} but missing from {root}")
-        files.append(PlannedFile(path=e.path, source=src, role="file", expect_sha256=e.sha256))
+        # a conda channel's index files (repodata, shards, run_exports...) are listed in the manifest
+        # too: their role is the one their path allows, as unbundle checks it
+        files.append(PlannedFile(path=e.path, source=src, role=role_of(e.path) or "file", expect_sha256=e.sha256))
     return files, skipped
 
 
@@ -111,8 +113,10 @@ def _conda_index_files(root: Path, chosen: list[mf.Target]) -> list[tuple[str, P
         for subdir in sorted({t.subdir or "noarch", "noarch"}):
             d = safe_join(root, t.channel, subdir)
             for name in sorted(os.listdir(d)) if d.is_dir() else []:
-                if L.is_conda_index_file(name) and (d / name).is_file():
+                if L.is_conda_index_file(name) and (d / name).is_file():  # repodata(.zst), shard index, run_exports, ...
                     out.append((f"{t.channel}/{subdir}/{name}", d / name))
+            if (d / "shards").is_dir():  # the CEP-16 shard index names these
+                out += _walk_files(d / "shards", f"{t.channel}/{subdir}/shards")
         ch = safe_join(root, t.channel)
         if (ch / "channeldata.json").is_file():
             out.append((f"{t.channel}/channeldata.json", ch / "channeldata.json"))
