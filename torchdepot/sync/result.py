@@ -18,6 +18,7 @@ from torchdepot.fetch import FetchReport
 from torchdepot.store import manifest as mf
 from torchdepot.sync import lifecycle
 from torchdepot.sync.plan import TargetPlan
+from torchdepot.sync.tombstones import Keeper
 
 Echo = Callable[[str], None]
 
@@ -42,6 +43,8 @@ class MirrorResult:
     dropped_releases: list[mf.Release] = field(default_factory=list)
     target_set: lifecycle.TargetSet | None = None
     verify: str = "unchecked"  # the closing check: "ok" | "NOT OK" | "unchecked"
+    keeper: Keeper | None = None  # what the view saw of the files the mirror holds (sync/tombstones.py)
+    tombstones: list[mf.Tombstone] = field(default_factory=list)  # kept files upstream deleted or changed
 
     @property
     def torch_versions(self) -> dict[str, str]:

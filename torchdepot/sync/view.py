@@ -143,6 +143,9 @@ class View:
     # manifest): a link without a hash gets this one, so the resolver need not download a
     # published wheel again to hash it for the lock (a no-op re-sync stays a no-op)
     known_hashes: dict[str, str] = field(default_factory=dict)
+    # (accelerator, project, screened links) -> the mirror's own copies to add: wheels it
+    # published that upstream no longer lists (sync/tombstones.py); None: nothing added
+    held: Callable[[str, str, list[Link]], list[Link]] | None = None
     refused: collections.Counter = field(default_factory=collections.Counter)
     errors: list[str] = field(default_factory=list)
     _files: dict[tuple[str, str], ViewFile] = field(default_factory=dict)
@@ -216,6 +219,8 @@ class View:
         if not kept:  # not on the PyTorch variant (or nothing usable there): the user's sources
             vjson = []
             kept = self._screen(self.dependency_links(project), project)
+        if self.held is not None:
+            kept = kept + self.held(accelerator, project, kept)
         label = variant.label if variant else None
         files = [ViewFile(project, link.filename, link, label if _label(link.filename) == label else None)
                  for link in kept]
