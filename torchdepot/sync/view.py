@@ -219,7 +219,7 @@ class View:
         if not kept:  # not on the PyTorch variant (or nothing usable there): the user's sources
             vjson = []
             kept = self._screen(self.dependency_links(project), project)
-        if self.held is not None:
+        if self.held is not None and variant is not None and not self._dead:  # read whole: absent means deleted
             kept = kept + self.held(accelerator, project, kept)
         label = variant.label if variant else None
         files = [ViewFile(project, link.filename, link, label if _label(link.filename) == label else None)
