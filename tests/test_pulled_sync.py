@@ -31,7 +31,8 @@ def test_pulled_wheel_survives_a_spec_sync_into_the_same_root(tmp_path):
         with pull_server(out, _sources(server.url)) as (httpd, _cache):
             assert get(httpd, "/whl/cpu/six/")[0].status == 200
             resp, data = get(httpd, f"/{rel}")
-            assert resp.status == 200 and data == six.data
+            assert resp.status == 200
+            assert data == six.data
         assert mf.load(out).pulled == [rel]
 
         env = mirror_env(server.url, tmp_path)
@@ -54,7 +55,8 @@ def test_pulled_wheel_survives_a_spec_sync_into_the_same_root(tmp_path):
     threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         resp, data = get(httpd, f"/{rel}")
-        assert resp.status == 200 and data == six.data
+        assert resp.status == 200
+        assert data == six.data
     finally:
         httpd.shutdown()
         httpd.server_close()
@@ -72,4 +74,5 @@ def test_a_pulled_file_changed_on_disk_is_not_carried(tmp_path):
     assert carry(tmp_path, previous, [], []).pulled == [rel]
     (tmp_path / rel).write_bytes(b"abd")
     carried = carry(tmp_path, previous, [], [])
-    assert carried.pulled == [] and carried.files == []
+    assert carried.pulled == []
+    assert carried.files == []

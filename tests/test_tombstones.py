@@ -15,12 +15,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.faultserver import FaultServer
-from tests.kit.lockmirror import FAKE_TORCH, cli
-from tests.kit.lockmirror import private_tmp_fixture  # noqa: F401 (autouse)
+from tests.kit.lockmirror import (
+    FAKE_TORCH,
+    cli,
+    private_tmp_fixture,  # noqa: F401 (autouse)
+)
 from tests.kit.upstream import pep503
 from tests.kit.wheels import BuiltWheel, wheel_bytes
 from tests.loopback_upstream import mirror_env, run_mirror, write_spec
+from torchdepot.errors import TorchdepotError
 from torchdepot.store import manifest as mf
 from torchdepot.store.layout import changed_bytes_path
 from torchdepot.sync.check import verify_mirror
@@ -122,7 +128,8 @@ def test_changed_bytes_go_to_a_new_path_and_the_old_path_stays_while_referenced(
         old_bytes = (out / f"packages/{CUDNN}/{old.filename}").read_bytes()
 
         changed = cudnn("9.1.0.70", seed=7)
-        assert changed.filename == old.filename and changed.sha256 != old.sha256
+        assert changed.filename == old.filename
+        assert changed.sha256 != old.sha256
         serve(server, changed)
         second = run_mirror(spec, env)
         assert second.returncode == 0, second.stderr
@@ -136,18 +143,22 @@ def test_changed_bytes_go_to_a_new_path_and_the_old_path_stays_while_referenced(
         manifest = mf.load(out)
         listed = manifest.by_path()
         assert listed[path].sha256 == hashlib.sha256(old_bytes).hexdigest()
-        assert path + ".metadata" in listed and new_path + ".metadata" in listed
+        assert path + ".metadata" in listed
+        assert new_path + ".metadata" in listed
         assert [(t.path, t.reason, t.replaced_by) for t in manifest.tombstones] == [(path, "changed", new_path)]
         page = (out / "whl" / "cpu" / CUDNN / "index.html").read_text()
-        assert new_path in page and f'"../../../{path}' not in page, "the pages name each file once: the new bytes"
+        assert new_path in page
+        assert f'"../../../{path}' not in page, "the pages name each file once: the new bytes"
         rep = verify_mirror(out)
-        assert rep.ok and rep.problems == [], rep.problems
+        assert rep.ok
+        assert rep.problems == [], rep.problems
 
         # a re-sync keeps it (the target is still recorded); --prune lets it go
         again = run_mirror(spec, env)
         assert again.returncode == 0, again.stderr
         assert line in again.stderr
-        assert (out / path).is_file() and path in mf.load(out).by_path()
+        assert (out / path).is_file()
+        assert path in mf.load(out).by_path()
         pruned = run_mirror(spec, env, "--prune")
         assert pruned.returncode == 0, pruned.stderr
         assert "tombstone" not in pruned.stderr
@@ -172,9 +183,11 @@ def test_settle_lets_go_of_targets_no_longer_recorded(tmp_path):
     (tmp_path / path).write_bytes(b"x")
     keeper = Keeper.of(previous, tmp_path)
     kept = settle(tmp_path, previous, keeper, [], [], [], [], live={TARGET}, prune=False)
-    assert [t.path for t in kept.tombstones] == [path] and [f.path for f in kept.files] == [path]
+    assert [t.path for t in kept.tombstones] == [path]
+    assert [f.path for f in kept.files] == [path]
     gone = settle(tmp_path, previous, keeper, [], [], [], [], live={"other"}, prune=False)
-    assert gone.tombstones == [] and gone.files == []
+    assert gone.tombstones == []
+    assert gone.files == []
 
 
 def test_manifest_round_trips_tombstones_and_pulled():
@@ -183,13 +196,10 @@ def test_manifest_round_trips_tombstones_and_pulled():
                                  targets=("b", "a"))]
     m.pulled = ["packages/y/y-1-py3-none-any.whl"]
     back = mf.Manifest.from_json(m.to_json())
-    assert back.tombstones[0].targets == ("a", "b") and back.pulled == m.pulled
+    assert back.tombstones[0].targets == ("a", "b")
+    assert back.pulled == m.pulled
     assert "tombstones" not in mf.Manifest().to_json()
     doc = json.loads(m.to_json())
     doc["tombstones"][0]["reason"] = "gone"
-    try:
+    with pytest.raises(TorchdepotError, match=r"^m\.json: tombstones\[0\]: reason"):  # one line naming file and key
         mf.Manifest.from_doc(doc, "m.json")
-    except Exception as exc:  # one line naming the file and the key
-        assert str(exc).startswith("m.json: tombstones[0]: reason")
-    else:
-        raise AssertionError("an unknown reason must be refused")
