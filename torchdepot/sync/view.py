@@ -138,14 +138,14 @@ class View:
     on_hash_mismatch: str
     say: Say
     exclude_newer: dt.datetime | None = None  # files uploaded later are left out (those without a time stay)
+    # (accelerator, project, screened links) -> the mirror's own copies to add: wheels it
+    # published that upstream no longer lists (sync/tombstones.py); None: nothing added
+    held: Callable[[str, str, list[Link]], list[Link]] | None = None
     base_url: str = ""
     # upstream URL -> sha256 of the bytes the mirror already holds from it (the previous
     # manifest): a link without a hash gets this one, so the resolver need not download a
     # published wheel again to hash it for the lock (a no-op re-sync stays a no-op)
     known_hashes: dict[str, str] = field(default_factory=dict)
-    # (accelerator, project, screened links) -> the mirror's own copies to add: wheels it
-    # published that upstream no longer lists (sync/tombstones.py); None: nothing added
-    held: Callable[[str, str, list[Link]], list[Link]] | None = None
     refused: collections.Counter = field(default_factory=collections.Counter)
     errors: list[str] = field(default_factory=list)
     _files: dict[tuple[str, str], ViewFile] = field(default_factory=dict)
