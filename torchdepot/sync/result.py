@@ -38,13 +38,13 @@ class MirrorResult:
     phases: dict[str, float] = field(default_factory=dict)  # seconds per step (bench/diagnostics)
     requests: dict[str, int] = field(default_factory=dict)  # upstream requests: pages, metadata, ranges, wheels
     refused: int = 0  # upstream links refused by the screen (summarised in one message)
+    keeper: Keeper | None = None  # what the view saw of the files the mirror holds (sync/tombstones.py)
+    tombstones: list[mf.Tombstone] = field(default_factory=list)  # kept files upstream deleted or changed
     releases: list[mf.Release] = field(default_factory=list)  # kept, per target and torch version
     removals: list[lifecycle.Removal] = field(default_factory=list)  # what this run removes (pruned, keep: N)
     dropped_releases: list[mf.Release] = field(default_factory=list)
     target_set: lifecycle.TargetSet | None = None
     verify: str = "unchecked"  # the closing check: "ok" | "NOT OK" | "unchecked"
-    keeper: Keeper | None = None  # what the view saw of the files the mirror holds (sync/tombstones.py)
-    tombstones: list[mf.Tombstone] = field(default_factory=list)  # kept files upstream deleted or changed
 
     @property
     def torch_versions(self) -> dict[str, str]:
