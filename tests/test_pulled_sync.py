@@ -10,6 +10,8 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 from tests.faultserver import FaultServer
 from tests.kit.upstream import padded_wheel, pep503, populate
 from tests.loopback_upstream import mirror_env, run_mirror, write_spec
@@ -20,6 +22,7 @@ from torchdepot.store import manifest as mf
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # several CLI syncs (4-7 s)
 def test_pulled_wheel_survives_a_spec_sync_into_the_same_root(tmp_path):
     six = padded_wheel("six", "1.16.0", "py2.py3-none-any", (), 2_000, 9)
     out = tmp_path / "out"

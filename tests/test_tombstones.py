@@ -64,6 +64,7 @@ def td(*args: object) -> subprocess.CompletedProcess:
                           timeout=120, cwd=str(ROOT), env=mirror_env("http://127.0.0.1:9", Path("/nonexistent")))
 
 
+@pytest.mark.slow  # several CLI syncs (4-7 s)
 def test_deleted_pin_is_kept_reported_listed_and_an_old_lock_still_installs(tmp_path):
     old, new = cudnn("9.1.0.70"), cudnn("9.2.0")
     with FaultServer() as server:
@@ -117,6 +118,7 @@ def test_deleted_pin_is_kept_reported_listed_and_an_old_lock_still_installs(tmp_
         assert verify_mirror(out).ok
 
 
+@pytest.mark.slow  # several CLI syncs (4-7 s)
 def test_changed_bytes_go_to_a_new_path_and_the_old_path_stays_while_referenced(tmp_path):
     old = cudnn("9.1.0.70")
     with FaultServer() as server:
