@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.faultserver import FaultServer
 from tests.kit.lockmirror import (
@@ -28,6 +30,7 @@ from tests.kit.wheels import BuiltWheel, wheel_bytes
 from tests.loopback_upstream import mirror_env, run_mirror, write_spec
 from torchdepot.errors import TorchdepotError
 from torchdepot.store import manifest as mf
+from torchdepot.store.fsutil import safe_join
 from torchdepot.store.layout import changed_bytes_path
 from torchdepot.sync.check import verify_mirror
 from torchdepot.sync.tombstones import Keeper, settle
@@ -205,3 +208,37 @@ def test_manifest_round_trips_tombstones_and_pulled():
     doc["tombstones"][0]["reason"] = "gone"
     with pytest.raises(TorchdepotError, match=r"^m\.json: tombstones\[0\]: reason"):  # one line naming file and key
         mf.Manifest.from_doc(doc, "m.json")
+
+
+_json = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=12)),
+                     lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                             st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+                     max_leaves=12)
+_tombstone = st.fixed_dictionaries(
+    {"path": st.one_of(st.text(max_size=20), st.sampled_from(["../x", "/etc/passwd", "packages/a/a.whl"])),
+     "project": _json, "version": _json, "reason": st.one_of(st.sampled_from(["deleted", "changed"]), _json)},
+    optional={"targets": _json, "replaced_by": _json, "bogus": _json})
+
+
+@given(tombstones=st.one_of(_json, st.lists(_tombstone, max_size=3)), pulled=_json)
+def test_manifest_tombstones_and_pulled_refuse_bad_input_in_one_line(tombstones, pulled):
+    """Hostile ``tombstones`` / ``pulled`` values: a manifest or one TorchdepotError, never another exception,
+    and nothing accepted leaves the root."""
+    doc = {"format": mf.FORMAT, "version": mf.VERSION, "spec": {}, "files": [], "targets": [],
+           "tombstones": tombstones, "pulled": pulled}
+    try:
+        m = mf.Manifest.from_doc(doc, "m.json")
+    except TorchdepotError as exc:
+        refused = str(exc)
+    else:
+        refused = ""
+    assert "\n" not in refused
+    if refused:
+        return
+    for path in [t.path for t in m.tombstones] + m.pulled:
+        safe_join(tmp_root(), path)
+    assert all(t.reason in mf.TOMBSTONE_REASONS for t in m.tombstones)
+
+
+def tmp_root() -> Path:
+    return Path("/nonexistent-root")
