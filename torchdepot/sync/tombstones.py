@@ -162,8 +162,8 @@ def settle(root: Path, previous: mf.Manifest | None, keeper: Keeper | None, file
         now[path] = before[path]
         if path + META in before:
             now[path + META] = before[path + META]
-    for path in out:  # the view offered a file: URL; the entry keeps where the bytes came from
-        if path in now and (now[path].url or "").startswith("file:") and before[path].url:
+    for path in deleted & set(now):  # the view offered a file: URL; the entry keeps where the bytes came from
+        if (now[path].url or "").startswith("file:") and path in before and before[path].url:
             now[path] = replace(now[path], url=before[path].url)
     kept = {p for path in restore for p in (path, path + META)}
     return Settled(sorted(now.values(), key=lambda f: f.path), spare(removals, kept, previous),
