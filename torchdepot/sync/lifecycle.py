@@ -27,6 +27,7 @@ I/O. The rules (issue 14 part 1):
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from torchdepot.model.sizes import format_size
 from torchdepot.model.wheelname import version_sort_key
@@ -45,12 +46,17 @@ class TargetSet:
     tolerate: frozenset[str] = frozenset()
 
 
+# --prune dropped the target | keep: N dropped the release | no kept release lists the files
+RemovalKind = Literal["prune", "keep", "superseded"]
+
+
 @dataclass(frozen=True)
 class Removal:
     """What leaves the mirror, grouped for one line each (a pruned target, a dropped version)."""
     reason: str  # "--prune: cu118-py311-linux-x86_64" | "keep 2: cpu-py311-linux-x86_64 torch 2.11.0+cpu"
     paths: tuple[str, ...]  # files (wheels and .metadata) that go
     size: int
+    kind: RemovalKind = "superseded"  # why, for code (``reason`` is for people)
 
     def line(self) -> str:
         return f"{self.reason}: removing {len(self.paths)} files, {format_size(self.size)}"
@@ -197,20 +203,20 @@ def removals(previous: mf.Manifest | None, keep_paths: set[str], dropped_targets
     going = {p for p in sizes if p not in keep_paths}
     out: list[Removal] = []
     pruned = {t.id for t in dropped_targets}
-    groups: list[tuple[str, set[str]]] = []
+    groups: list[tuple[RemovalKind, str, set[str]]] = []
     for t in dropped_targets:
         paths = needed_paths(tuple(r for r in dropped_releases if r.target == t.id))
-        groups.append((f"--prune: {t.id}", paths))
+        groups.append(("prune", f"--prune: {t.id}", paths))
     for r in dropped_releases:
         if r.target not in pruned:
-            groups.append((f"keep {keep}: {r.target} torch {r.torch}", needed_paths((r,))))
-    for reason, paths in groups:
+            groups.append(("keep", f"keep {keep}: {r.target} torch {r.torch}", needed_paths((r,))))
+    for kind, reason, paths in groups:
         mine = tuple(sorted(p for p in paths if p in going))
         going -= set(mine)
-        out.append(Removal(reason=reason, paths=mine, size=sum(sizes[p] for p in mine)))
+        out.append(Removal(kind=kind, reason=reason, paths=mine, size=sum(sizes[p] for p in mine)))
     if going:
         rest = tuple(sorted(going))
-        out.append(Removal(reason="superseded (no kept release lists them)", paths=rest,
+        out.append(Removal(kind="superseded", reason="superseded (no kept release lists them)", paths=rest,
                            size=sum(sizes[p] for p in rest)))
     return tuple(out)
 
