@@ -40,7 +40,7 @@ from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
 from torchdepot.store import publication
 from torchdepot.store.fsutil import MirrorLock
-from torchdepot.sync import dryrun, early, lifecycle, pulled, retention, session, tombstones
+from torchdepot.sync import conda_side, dryrun, early, lifecycle, retention, session, tombstones
 from torchdepot.sync.check import verify_published
 from torchdepot.sync.download import check_fetched, fetch_files, make_fetcher
 from torchdepot.sync.follow import follow_upstream, save_record
@@ -126,29 +126,6 @@ def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dr
         result.seconds = time.monotonic() - started
 
 
-def _conda_prepare(spec: MirrorSpec, out: Path, client: Client | None, dry_run: bool, say: Echo):
-    """The conda side's solve and downloads, before the pip side publishes (one transaction:
-    a conda failure publishes nothing). None when the spec has no ``conda:`` section."""
-    if spec.conda is None:
-        return None
-    from torchdepot.sync.conda import prepare_conda
-
-    return prepare_conda(spec, out, client=client, jobs=spec.jobs, on_hash_mismatch=spec.on_hash_mismatch,
-                         dry_run=dry_run, say=say)
-
-
-def _conda_publish(prepared, out: Path, say: Echo) -> tuple[list[mf.FileEntry], list[mf.Target]]:
-    """Index the prepared conda channels; their files and targets for the manifest."""
-    if prepared is None:
-        return [], []
-    from torchdepot.sync.conda import publish_conda
-
-    cres = publish_conda(prepared, out)
-    if cres.summary:
-        say(f"conda: {cres.summary}")
-    return list(cres.files), list(cres.targets)
-
-
 def _previous(out: Path) -> mf.Manifest | None:
     return mf.load(out) if (out / L.MANIFEST_NAME).is_file() else None
 
@@ -172,27 +149,28 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
     origin: mf.Origin = "locks" if locks else "spec" if spec_targets else "fetch"
     if dry_run:
         previous = _previous(out)
+        tset = lifecycle.target_set(asked, origin, previous, prune)
         result = sync_pip(spec, out=out, dry_run=True, client=client, progress=progress, pip_sources=pip_sources,
-                          echo=echo, target_set=lifecycle.target_set(asked, origin, previous, prune),
-                          previous=previous, locks=locks)
+                          echo=echo, target_set=tset, previous=previous, locks=locks)
         log = RunLog(result, echo, mark=started)
+        result.removals = retention.settle_dry(out, previous, result.keeper, tset, list(result.releases),
+                                               result.removals, prune)
         dryrun.print_removals(result.removals, prune or spec.keep is not None, log.say)
-        _conda_publish(_conda_prepare(spec, out, client, True, log.say), out, log.say)
+        conda_side.publish(conda_side.prepare(spec, out, client, True, log.say), out, log.say)
         return result
     out.mkdir(parents=True, exist_ok=True)
     with MirrorLock(out, wait):
         previous = _previous(out)
         tset = lifecycle.target_set(asked, origin, previous, prune)
-        conda = _conda_prepare(spec, out, client, False, echo)  # fails before anything is published
+        conda = conda_side.prepare(spec, out, client, False, echo)  # fails before anything is published
         result = sync_pip(spec, out=out, client=client, progress=progress, pip_sources=pip_sources, echo=echo,
                           target_set=tset, previous=previous, locks=locks, on_progress=on_progress)
         log = RunLog(result, echo, mark=started)
-        conda_files, conda_targets = _conda_publish(conda, out, log.say)
+        conda_files, conda_targets = conda_side.publish(conda, out, log.say)
         files, targets = [*result.files, *conda_files], [*result.targets, *conda_targets]
-        kept = tombstones.settle(out, previous, result.keeper, files, targets, result.releases, result.removals,
-                                 {t.id for t in targets}, prune)
-        held = pulled.carry(out, previous, kept.files, kept.removals)  # what serve --pull-through published
-        files, result.removals, result.tombstones = held.files, held.removals, kept.tombstones
+        held = retention.settle(out, previous, result.keeper, files, targets, list(result.releases), result.removals,
+                                {t.id for t in targets}, prune)
+        files, result.removals, result.tombstones = held.files, held.removals, held.tombstones
         for t in result.tombstones:
             log.say(t.line())
         for r in result.removals:

@@ -22,7 +22,7 @@ from torchdepot.store import publication
 from torchdepot.store.fsutil import safe_join
 from torchdepot.store.index_file import IndexFile
 from torchdepot.store.pages import ensure_metadata
-from torchdepot.sync import lifecycle
+from torchdepot.sync import lifecycle, pulled, tombstones
 from torchdepot.sync.download import PipFetchReport
 from torchdepot.sync.pipindex import publish_pip
 from torchdepot.sync.plan import Plan
@@ -164,3 +164,42 @@ def remove(out: Path, removals: list[lifecycle.Removal], live: set[str]) -> None
         if folder.is_dir() and not folder.is_symlink():
             shutil.rmtree(folder)
     publication.forget(out, forget)
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What a sync commits after the tombstone rules and the pull-through carry."""
+
+    files: list[mf.FileEntry]
+    removals: list[lifecycle.Removal]
+    tombstones: list[mf.Tombstone]
+    pulled: list[str]
+
+
+def settle(out: Path, previous: mf.Manifest | None, keeper: tombstones.Keeper | None, files: list[mf.FileEntry],
+           targets: list[mf.Target], releases: list[mf.Release], removals: list[lifecycle.Removal],
+           live: set[str], prune: bool) -> Settled:
+    """The tombstone rules (``sync/tombstones.py``), then the files ``serve --pull-through``
+    published carried over (``sync/pulled.py``), over what a sync is about to commit. The real
+    run passes its new files; the dry run, which has none, passes what stays of the previous
+    manifest, so it lists the removals the real run then makes."""
+    kept = tombstones.settle(out, previous, keeper, files, targets, releases, removals, live, prune)
+    held = pulled.carry(out, previous, kept.files, kept.removals)
+    return Settled(files=held.files, removals=held.removals, tombstones=kept.tombstones, pulled=held.pulled)
+
+
+def staying(previous: mf.Manifest | None, removals: list[lifecycle.Removal]) -> list[mf.FileEntry]:
+    """The previous manifest's entries that no removal takes: the dry run's stand-in for the
+    files the real run lists."""
+    going = lifecycle.removed_paths(removals)
+    return [f for f in (previous.files if previous else ()) if f.path not in going]
+
+
+def settle_dry(out: Path, previous: mf.Manifest | None, keeper: tombstones.Keeper | None, tset: lifecycle.TargetSet,
+               releases: list[mf.Release], removals: list[lifecycle.Removal], prune: bool) -> list[lifecycle.Removal]:
+    """:func:`settle` for a dry run: what stays of the previous manifest stands for the new
+    files, its targets still served for the new targets."""
+    before = list(previous.targets) if previous else []
+    live = {t.id for t in tset.run} | {t.id for t in before if t.kind == "conda"}
+    return settle(out, previous, keeper, staying(previous, removals), [t for t in before if t.id in live],
+                  releases, removals, live, prune).removals
