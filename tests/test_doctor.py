@@ -20,7 +20,7 @@ from torchdepot.doctor import check
 from torchdepot.doctor.detect import Gpu, Machine, detect, parse_smi
 from torchdepot.doctor.recommend import MirrorChoice, assess, choose_mirrored
 from torchdepot.errors import ParseError
-from torchdepot.model import cuda as drivers
+from torchdepot.model import gpu_tables as drivers
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "doctor"
 CAPTURE_2023 = "index_pages/download.pytorch.org_whl_simple_2023-10"

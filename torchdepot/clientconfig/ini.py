@@ -12,6 +12,7 @@ import configparser
 import re
 
 from torchdepot.clientconfig.common import ConfigFileError
+from torchdepot.errors import one_line
 
 _SECTION = re.compile(r"^\s*\[([^\]]+)\]")
 _KEY = re.compile(r"^([^\s#;\[][^=:]*?)\s*[=:]")
@@ -27,7 +28,7 @@ def validate(text: str, where: str) -> configparser.RawConfigParser:
     try:
         cp.read_string(text, source=where)
     except configparser.Error as exc:
-        first = str(exc).strip().splitlines()[0]
+        first = one_line(exc)
         raise ConfigFileError(f"{where}: malformed INI, left untouched ({first})") from None
     return cp
 

@@ -14,7 +14,7 @@ from torchdepot.doctor.detect import detect
 from torchdepot.doctor.installers import InstallerFacts, installer_facts
 from torchdepot.doctor.mirror import read_mirror
 from torchdepot.doctor.recommend import MirrorChoice, assess, choose_mirrored, nvidia_caps, summary
-from torchdepot.model.cuda import min_driver
+from torchdepot.model.gpu_tables import min_driver
 from torchdepot.net.http import QUERY_HTTP, make_session
 
 

@@ -10,15 +10,15 @@ being asked again for its pages: ``doctor --mirror`` on a dead host ends in seco
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
-from torchdepot.errors import UpstreamError
+from torchdepot.errors import ParseError, UpstreamError, load_json
 from torchdepot.model.accel import accelerator_from_dir
 from torchdepot.model.wheelname import version_sort_key
 from torchdepot.net.hostpolicy import default_policy
 from torchdepot.net.http import HttpStatusError
 from torchdepot.sources.upstream import UpstreamReader, crawl_wheels, root_page
+from torchdepot.store.layout import pip_index
 
 
 @dataclass
@@ -75,7 +75,7 @@ def read_mirror(client, url: str) -> MirrorOffer:
     reader = UpstreamReader(client, default_policy([base]))
     try:
         body = reader.get(f"{base}/manifest.json", "metadata")
-        doc = json.loads(body.data) if body is not None else None
+        doc = load_json(body.data, f"{base}/manifest.json", error=ParseError) if body is not None else None
         if isinstance(doc, dict) and isinstance(doc.get("targets"), list):
             return offer_from_manifest(base, doc)
     except (HttpStatusError, ValueError):
@@ -91,9 +91,9 @@ def read_mirror(client, url: str) -> MirrorOffer:
         assert parsed is not None  # accs holds only the directories it parses
         name = parsed.name
         per_py = offer.versions.setdefault(name, {})
-        offer.index[name] = f"whl/{acc}"
+        offer.index[name] = pip_index(acc)
         try:
-            wheels = crawl_wheels(reader, f"{base}/whl/{acc}", ["torch"]).items
+            wheels = crawl_wheels(reader, f"{base}/{pip_index(acc)}", ["torch"]).items
         except UpstreamError:
             continue  # an accelerator dir without torch: listed, nothing to pin
         for _, w in wheels:

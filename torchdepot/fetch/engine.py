@@ -32,7 +32,7 @@ import urllib.parse
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from torchdepot.errors import IntegrityError
+from torchdepot.errors import IntegrityError, one_line
 from torchdepot.fetch.bounds import DEFAULT_MIN_RATE, DEFAULT_RATE_WINDOW, RateFloor, RateMeter
 from torchdepot.fetch.items import FetchItem, FetchReport, FetchResult, HashCache, present_result
 from torchdepot.fetch.pieces import drop_partial, sidecar_path
@@ -211,7 +211,7 @@ class Fetcher:
         try:
             res = self._one(item)
         except Exception as exc:  # a bug must not lose the other files' results
-            res = FetchResult(item.key, "failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+            res = FetchResult(key=item.key, status="failed", error=f"{type(exc).__name__}: {one_line(exc)}")
         self._progress.file_done(item.key, res.status)
         return res
 
@@ -237,11 +237,11 @@ class Fetcher:
                 attempts += 1
             except IntegrityError as exc:
                 # Upstream served bytes that disagree with its own claim: do not publish.
-                return FetchResult(item.key, "failed", error=str(exc), url=url,
+                return FetchResult(key=item.key, status="failed", error=str(exc), url=url,
                                    upstream_sha256=item.sha256, hash_mismatch=True)
         if not item.urls:
             errors.append("no URL to fetch from")
-        return FetchResult(item.key, "failed", error="; ".join(errors), upstream_sha256=item.sha256,
+        return FetchResult(key=item.key, status="failed", error="; ".join(errors), upstream_sha256=item.sha256,
                            attempts=attempts)
 
     def _splits(self, item: FetchItem, url: str) -> bool:

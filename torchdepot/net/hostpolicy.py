@@ -131,6 +131,7 @@ def filename_refusal(name: str) -> str | None:
     """Why a decoded file name must not be stored, or None for a valid wheel/conda name."""
     from torchdepot.errors import TorchdepotError
     from torchdepot.model.names import safe_filename, safe_path_name
+    from torchdepot.model.wheelname import METADATA_SUFFIX
 
     if not name:
         return "empty file name"
@@ -161,8 +162,8 @@ def filename_refusal(name: str) -> str | None:
         except TorchdepotError:
             return "invalid conda package file name"
         return None
-    if decoded.endswith(".metadata") and decoded[: -len(".metadata")].endswith(".whl"):
-        return filename_refusal(decoded[: -len(".metadata")])
+    if decoded.endswith(METADATA_SUFFIX) and decoded[: -len(METADATA_SUFFIX)].endswith(".whl"):
+        return filename_refusal(decoded[: -len(METADATA_SUFFIX)])
     return "not a wheel or conda package"
 
 

@@ -8,6 +8,8 @@ import re
 import urllib.parse
 from dataclasses import dataclass, field
 
+from torchdepot.model.wheelname import METADATA_SUFFIX
+
 _HEX = re.compile(r"[0-9a-f]+")
 
 ALLOWED_SCHEMES = ("http", "https")
@@ -33,7 +35,7 @@ class Link:
 
     @property
     def metadata_url(self) -> str | None:
-        return self.url + ".metadata" if self.core_metadata else None
+        return self.url + METADATA_SUFFIX if self.core_metadata else None
 
 
 @dataclass

@@ -50,11 +50,11 @@ import requests
 from packaging.utils import canonicalize_name
 
 from torchdepot import __version__
-from torchdepot.errors import ParseError, UpstreamError
+from torchdepot.errors import ParseError, Reason, UpstreamError
 from torchdepot.model.presets import Layout, preset_for
 from torchdepot.model.wheelname import WheelFile, parse_wheel
 from torchdepot.net.hostpolicy import HostPolicy
-from torchdepot.net.http import Client, HttpStatusError, cut_connection, file_url_path
+from torchdepot.net.http import Client, HttpStatusError, cut_connection, describe, file_url_path
 from torchdepot.sources.links import Link, Page, page_from_json, page_to_json, warnings_summary
 from torchdepot.sources.pep691 import ACCEPT, parse_response
 from torchdepot.sources.variants import is_variants_json
@@ -130,23 +130,26 @@ class UpstreamReader:
         watchdog = threading.Timer(deadline, cut_connection, args=(resp, expired))
         watchdog.daemon = True
         watchdog.start()
-        gave_up = f"{url}: page not complete after {deadline:g} s; gave up"
+        gave_up = f"page not complete after {deadline:g} s; gave up"
         try:
             declared = resp.headers.get("Content-Length")
             if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
-                raise UpstreamError(f"{url}: body of {int(declared)} bytes exceeds the {limit}-byte limit")
+                raise UpstreamError.at(url, f"body of {int(declared)} bytes exceeds the {limit}-byte limit",
+                                       Reason.REFUSED)
             chunks, total = [], 0
             for chunk in resp.iter_content(256 * 1024):
                 total += len(chunk)
                 if total > limit:
-                    raise UpstreamError(f"{url}: body exceeds the {limit}-byte limit")
+                    raise UpstreamError.at(url, f"body exceeds the {limit}-byte limit", Reason.REFUSED)
                 chunks.append(chunk)
             if expired.is_set():
-                raise UpstreamError(gave_up)
+                raise UpstreamError.at(url, gave_up, Reason.UNREACHABLE)
             hdrs = {k.lower(): v for k, v in resp.headers.items()}
             return Body(b"".join(chunks), resp.url, hdrs.get("content-type"), resp.status_code, hdrs)
         except (OSError, requests.RequestException) as exc:
-            raise UpstreamError(gave_up if expired.is_set() else f"{url}: {exc}") from None
+            if expired.is_set():
+                raise UpstreamError.at(url, gave_up, Reason.UNREACHABLE) from None
+            raise UpstreamError.at(url, describe(exc), Reason.UNREACHABLE) from None
         finally:
             watchdog.cancel()
             resp.close()
@@ -160,7 +163,7 @@ class UpstreamReader:
             if why:
                 with self._lock:
                     self.refused[why] += 1
-                raise RefusedRedirect(f"{url}: redirect to {current} refused ({why})")
+                raise RefusedRedirect.at(url, f"redirect to {current} refused ({why})", Reason.REFUSED)
             self._count(kind)
             try:
                 resp = self.client.request("GET", current, headers=headers, stream=True, allow_redirects=False)
@@ -172,7 +175,7 @@ class UpstreamReader:
                 return resp
             current = urllib.parse.urljoin(current, resp.headers["Location"])
             resp.close()
-        raise UpstreamError(f"{url}: more than {MAX_REDIRECTS} redirects")
+        raise UpstreamError.at(url, f"more than {MAX_REDIRECTS} redirects", Reason.REFUSED)
 
     def keep_pages(self, folder: Path, *, write: bool = True) -> None:
         """Keep pages between runs in ``folder`` and re-read them conditionally
@@ -490,7 +493,7 @@ def root_page(reader: UpstreamReader, index: str) -> Page:
     url = page_url(index)
     page = reader.page(url)
     if page is None:
-        raise UpstreamError(f"{url}: not found")
+        raise UpstreamError.at(url, "not found", Reason.NOT_FOUND)
     return page
 
 
@@ -534,7 +537,7 @@ def crawl_wheels(reader: UpstreamReader, index: str, projects: list[str] | None 
             try:
                 page = project_page(reader, base, project)
                 if page is None:
-                    raise UpstreamError(f"{page_url(base, project)}: not found")
+                    raise UpstreamError.at(page_url(base, project), "not found", Reason.NOT_FOUND)
             except UpstreamError as exc:
                 if only_one:
                     raise

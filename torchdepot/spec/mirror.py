@@ -48,7 +48,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 
-from torchdepot.errors import ParseError, SpecError
+from torchdepot.errors import ParseError, SpecError, one_line
 from torchdepot.model.accel import parse_accelerator
 from torchdepot.model.platforms import host_platform, target_platform
 from torchdepot.model.presets import UPSTREAM_PRESETS
@@ -221,10 +221,6 @@ def format_utc(when: dt.datetime) -> str:
     return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _first(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
 def host_python() -> str:
     return f"{sys.version_info.major}.{sys.version_info.minor}"
 
@@ -287,7 +283,7 @@ def _packages(raw: object, where: str) -> tuple[PackageSpec, ...]:
                 try:
                     req = Requirement(entry)
                 except (InvalidRequirement, ValueError) as exc:
-                    raise SpecError(f"{where}: {key}: {show(entry)} is not a requirement ({_first(exc)})") from None
+                    raise SpecError(f"{where}: {key}: {show(entry)} is not a requirement ({one_line(exc)})") from None
                 if req.url or req.extras or req.marker:
                     raise SpecError(f"{where}: {key}: {show(entry)}: only a name and a version constraint are allowed")
                 items.append((key, req.name, str(req.specifier) or None))
@@ -317,7 +313,7 @@ def _extras(raw: object, where: str) -> tuple[str, ...]:
         try:
             extras.append(str(Requirement(str(entry))))
         except (InvalidRequirement, ValueError) as exc:
-            raise SpecError(f"{where}: extra_packages[{i}]: {show(entry)} is not a requirement ({_first(exc)})") from None
+            raise SpecError(f"{where}: extra_packages[{i}]: {show(entry)} is not a requirement ({one_line(exc)})") from None
     return _dedup(extras)
 
 

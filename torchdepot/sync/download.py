@@ -35,6 +35,7 @@ from torchdepot.net.hostpolicy import HostPolicy
 from torchdepot.net.http import Client
 from torchdepot.resolve.uv import ResolvedFile
 from torchdepot.spec.mirror import MirrorSpec
+from torchdepot.store import layout as L
 from torchdepot.store import publication as pub
 from torchdepot.store.fsutil import safe_join
 from torchdepot.sync.resolution import Resolution, file_key
@@ -72,9 +73,9 @@ def stored_paths(out: Path, resolution: Resolution) -> dict[str, str]:
     touched: set[str] = set()
     for key, path in paths.items():
         if path not in listed:
-            touched.update((path, path + ".metadata"))  # staged by this run
+            touched.update((path, L.metadata_path(path)))  # staged by this run
         if key != path:
-            touched.update((key, key + ".metadata"))  # superseded: removed once no manifest lists it
+            touched.update((key, L.metadata_path(key)))  # superseded: removed once no manifest lists it
     pub.record(out, touched)
     return paths
 
@@ -124,8 +125,8 @@ def fetch_files(out: Path, resolution: Resolution, view: View, spec: MirrorSpec,
     before the closure resolved); a file submitted again joins its download in flight."""
     paths = stored_paths(out, resolution)
     fetcher = fetcher or make_fetcher(out, spec, client, policy, progress)
-    items = {key: FetchItem(paths[key], same_path_elsewhere(vf.link.url, spec.upstreams), vf.link.sha256,
-                            vf.link.size)
+    items = {key: FetchItem(key=paths[key], urls=same_path_elsewhere(vf.link.url, spec.upstreams), sha256=vf.link.sha256,
+                            size=vf.link.size)
              for key, vf, _acc in resolution.files}
     report = fetcher.run(list(items.values()))
     retry = []
@@ -134,7 +135,7 @@ def fetch_files(out: Path, resolution: Resolution, view: View, spec: MirrorSpec,
         if paths[key] in failed:
             alternates = tuple(link.url for link in view.alternates(acc, vf.filename))
             if alternates:
-                retry.append(FetchItem(paths[key], alternates, vf.link.sha256, vf.link.size))
+                retry.append(FetchItem(key=paths[key], urls=alternates, sha256=vf.link.sha256, size=vf.link.size))
     if not retry:
         return PipFetchReport(results=report.results, seconds=report.seconds, paths=paths)
     again = fetcher.run(retry)

@@ -41,7 +41,7 @@ from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
 from torchdepot.store import publication
 from torchdepot.store.fsutil import MirrorLock
-from torchdepot.sync import dryrun, early, lifecycle, retention, session
+from torchdepot.sync import conda_side, dryrun, early, lifecycle, retention, session, tombstones
 from torchdepot.sync.check import verify_published
 from torchdepot.sync.download import check_fetched, fetch_files, make_fetcher, whole_into_store
 from torchdepot.sync.follow import follow_upstream, save_record
@@ -63,20 +63,19 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False, client: Client | None = None,
-             progress: bool | None = None, pip_sources: PipSources | None = None, echo: Echo = _stderr,
-             target_set: lifecycle.TargetSet | None = None, previous: mf.Manifest | None = None,
-             locks: tuple[LockedEnv, ...] = (), on_progress: ProgressCallback | None = None) -> MirrorResult:
+def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dry_run: bool = False,
+             client: Client | None = None, progress: bool | None = None, pip_sources: PipSources | None = None,
+             echo: Echo = _stderr, previous: mf.Manifest | None = None, locks: tuple[LockedEnv, ...] = (),
+             on_progress: ProgressCallback | None = None) -> MirrorResult:
     """The pip side: plan, resolve, fetch, publish metadata, locks and index pages (no manifest).
 
-    ``target_set``: what to resolve, prune and tolerate (default: the spec's targets);
-    ``previous``: the mirror's manifest before this run, whose kept releases
+    ``out`` and ``target_set`` (what to resolve, prune and tolerate) are :func:`sync`'s, decided
+    there once; ``previous``: the mirror's manifest before this run, whose kept releases
     (:func:`lifecycle.plan_removals`) stay listed and indexed; ``locks``: targets taken exactly
     from lock folders (``sync/locked.py``), not resolved. A dry run writes nothing under ``out``
     and plans the same removals the real run makes."""
     started = time.monotonic()
-    out = Path(out or spec.out)
-    tset = target_set or lifecycle.target_set(list(spec.targets()), "spec", None, prune=False)
+    tset = target_set
     result = MirrorResult(out=out, target_set=tset)
     log = RunLog(result, echo, mark=started)
     held = session.Held(client=client or make_session(), own_client=client is None, probe=Client(session.PROBE_CONFIG))
@@ -89,6 +88,7 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
         locked_ids = {env.target.id for env in locks}
         held.view = view = session.open_view(spec, edge, session.accelerators(list(tset.run), locks), workdir,
                                              previous, log.say, out, dry_run)
+        view.held = result.keeper = tombstones.Keeper.of(previous, out)  # upstream's deletions: the mirror's copy
         plan = plan_targets(spec, view, edge.pip, [t for t in tset.run if t.id not in locked_ids], tset.tolerate)
         for warning in dict.fromkeys(w for tp in plan.targets for w in tp.warnings):
             log.say(warning)
@@ -113,10 +113,10 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
                 f.path for f in (previous.files if previous else ()) if f.kind == VARIANTS_JSON}
             removal_plan = retention.plan(out, previous, resolution, str, live, tset.dropped, spec.keep, listed)
         else:
-            report = fetch_files(out, resolution, view, spec, held.client, edge.policy, progress,
-                                 fetcher=held.fetcher)
+            fetched = fetch_files(out, resolution, view, spec, held.client, edge.policy, progress,
+                                  fetcher=held.fetcher)
             held.fetcher = None
-            result.report = report = early.drop_unused(out, report, early_keys, resolution)
+            result.report = report = early.drop_unused(out, fetched, early_keys, resolution)
             log.phase("fetch")
             check_fetched(report, spec, log.say)
             done = retention.publish_with_retention(out, previous, resolution, report, view, carried, tset,
@@ -132,27 +132,8 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
         result.seconds = time.monotonic() - started
 
 
-def _conda_prepare(spec: MirrorSpec, out: Path, client: Client | None, dry_run: bool, say: Echo):
-    """The conda side's solve and downloads, before the pip side publishes (one transaction:
-    a conda failure publishes nothing). None when the spec has no ``conda:`` section."""
-    if spec.conda is None:
-        return None
-    from torchdepot.sync.conda import prepare_conda
-
-    return prepare_conda(spec, out, client=client, jobs=spec.jobs, on_hash_mismatch=spec.on_hash_mismatch,
-                         dry_run=dry_run, say=say)
-
-
-def _conda_publish(prepared, out: Path, say: Echo) -> tuple[list[mf.FileEntry], list[mf.Target]]:
-    """Index the prepared conda channels; their files and targets for the manifest."""
-    if prepared is None:
-        return [], []
-    from torchdepot.sync.conda import publish_conda
-
-    cres = publish_conda(prepared, out)
-    if cres.summary:
-        say(f"conda: {cres.summary}")
-    return list(cres.files), list(cres.targets)
+def _previous(out: Path) -> mf.Manifest | None:
+    return mf.load(out) if (out / L.MANIFEST_NAME).is_file() else None
 
 
 def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = None, progress: bool | None = None,
@@ -171,30 +152,38 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
     out = Path(out or spec.out)
     spec, followed = follow_upstream(spec, out, pip_sources=pip_sources, prune=prune, say=echo)
     asked = [*(spec.targets() if spec_targets else []), *add, *(env.target for env in locks)]
-    origin = "locks" if locks else "spec" if spec_targets else "fetch"
+    origin: mf.Origin = "locks" if locks else "spec" if spec_targets else "fetch"
     if dry_run:
-        previous = mf.load(out) if (out / L.MANIFEST_NAME).is_file() else None
+        previous = _previous(out)
+        tset = lifecycle.target_set(asked, origin, previous, prune)
         result = sync_pip(spec, out=out, dry_run=True, client=client, progress=progress, pip_sources=pip_sources,
-                          echo=echo, target_set=lifecycle.target_set(asked, origin, previous, prune),
-                          previous=previous, locks=locks)
+                          echo=echo, target_set=tset, previous=previous, locks=locks)
         log = RunLog(result, echo, mark=started)
+        result.removals = retention.settle_dry(out, previous, result.keeper, tset, list(result.releases),
+                                               result.removals, prune)
         dryrun.print_removals(result.removals, prune or spec.keep is not None, log.say)
-        _conda_publish(_conda_prepare(spec, out, client, True, log.say), out, log.say)
+        conda_side.publish(conda_side.prepare(spec, out, client, True, log.say), out, log.say)
         return result
     out.mkdir(parents=True, exist_ok=True)
     with MirrorLock(out, wait):
-        previous = mf.load(out) if (out / L.MANIFEST_NAME).is_file() else None
+        previous = _previous(out)
         tset = lifecycle.target_set(asked, origin, previous, prune)
-        conda = _conda_prepare(spec, out, client, False, echo)  # fails before anything is published
+        conda = conda_side.prepare(spec, out, client, False, echo)  # fails before anything is published
         result = sync_pip(spec, out=out, client=client, progress=progress, pip_sources=pip_sources, echo=echo,
                           target_set=tset, previous=previous, locks=locks, on_progress=on_progress)
         log = RunLog(result, echo, mark=started)
-        conda_files, conda_targets = _conda_publish(conda, out, log.say)
+        conda_files, conda_targets = conda_side.publish(conda, out, log.say)
         files, targets = [*result.files, *conda_files], [*result.targets, *conda_targets]
+        held = retention.settle(out, previous, result.keeper, files, targets, list(result.releases), result.removals,
+                                {t.id for t in targets}, prune)
+        files, result.removals, result.tombstones = held.files, held.removals, held.tombstones
+        for t in result.tombstones:
+            log.say(t.line())
         for r in result.removals:
             log.say(r.line())
         manifest = mf.Manifest(files=files, targets=targets, spec=spec.to_data(), recorded=list(tset.recorded),
-                               releases=list(result.releases), last_sync=sync_record(started, "unchecked", ""))
+                               releases=list(result.releases), last_sync=sync_record(started, "unchecked", ""),
+                               tombstones=result.tombstones, pulled=held.pulled)
         # journaled before the commit: a kill before _remove leaves staged leftovers, not orphans
         publication.record(out, lifecycle.removed_paths(result.removals) | lifecycle.target_dirs(tset.dropped))
         write_landing(out, manifest)

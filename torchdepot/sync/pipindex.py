@@ -22,16 +22,12 @@ from pathlib import Path
 
 from torchdepot.fetch import FetchReport
 from torchdepot.lockfiles.render import pins_for, pylock_toml
+from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
 from torchdepot.store import publication as pub
 from torchdepot.store.fsutil import atomic_write_text, safe_filename, safe_join
-from torchdepot.store.pages import (
-    IndexFile,
-    build_pages,
-    ensure_metadata,
-    publish,
-    requires_python_of,
-)
+from torchdepot.store.index_file import IndexFile
+from torchdepot.store.pages import build_pages, ensure_metadata, publish, requires_python_of
 from torchdepot.sync.download import PipFetchReport
 from torchdepot.sync.resolution import Resolution, file_key
 from torchdepot.sync.variants import publish_variants_json
@@ -66,15 +62,15 @@ def publish_pip(out: Path, resolution: Resolution, report: FetchReport, view: Vi
         assert r.sha256 is not None  # check_fetched stopped the run at any file that did not arrive
         meta_sha, req_py, meta_size = _published_metadata(out, key, r.sha256, listed) \
             or ensure_metadata(out, key, vf.project)
-        index_files[key] = IndexFile(vf.project, safe_filename(vf.filename), key, r.sha256, req_py, meta_sha,
+        index_files[key] = IndexFile(project=vf.project, filename=safe_filename(vf.filename), path=key, sha256=r.sha256, requires_python=req_py, metadata_sha256=meta_sha,
                                      size=r.size, upload_time=vf.link.upload_time)  # PEP 700 in the JSON pages
         version = versions[rkey]
         entries[key] = mf.FileEntry(path=key, sha256=r.sha256, size=r.size, kind="wheel", project=vf.project,
                                     version=version, url=r.url or vf.link.url, upstream_sha256=r.upstream_sha256,
                                     hash_mismatch=r.hash_mismatch, upload_time=vf.link.upload_time)
         rec = records.get(vf.filename)  # upstream's .metadata disagreeing with its declared hash
-        entries[key + ".metadata"] = mf.FileEntry(
-            path=key + ".metadata", sha256=meta_sha, size=meta_size, kind="metadata", project=vf.project,
+        entries[L.metadata_path(key)] = mf.FileEntry(
+            path=L.metadata_path(key), sha256=meta_sha, size=meta_size, kind="metadata", project=vf.project,
             version=version, upstream_sha256=rec.declared if rec is not None else None,
             hash_mismatch=rec is not None and rec.mismatch)
     vj = publish_variants_json(out, resolution, view)  # PEP 825 variants.json, read anew each run
@@ -93,9 +89,9 @@ def publish_pip(out: Path, resolution: Resolution, report: FetchReport, view: Vi
                                             requires_python=index_files[stored(file_key(f))].requires_python,
                                             variants_json=vj.variants_for(file_key(f)))
                            for f in tp.files),
-            index=f"whl/{t.accelerator}")
+            index=L.pip_index(t.accelerator))
         targets.append(target)
-        _write_if_changed(safe_join(out, f"targets/{t.id}/pylock.toml"),
+        _write_if_changed(safe_join(out, L.target_lock(t.id)),
                           pylock_toml(target, pins_for(target, entries), "../..", location="path"))
     for acc, kept in (retained or {}).items():
         page_files = variants.setdefault(acc, {})

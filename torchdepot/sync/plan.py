@@ -82,7 +82,7 @@ def locate_variants(spec: MirrorSpec, reader: UpstreamReader, accelerators: list
                 found = locate_variant(reader, base, channel_prefix(spec.channel), acc)
             except UpstreamError as exc:
                 dead.add(base)
-                say(f"upstream {base} unreachable: {str(exc).split(': ', 1)[-1]}{more}")
+                say(f"upstream {base} unreachable: {exc.detail}{more}")
                 continue
             if found is not None:
                 break

@@ -31,6 +31,7 @@ from torchdepot.errors import TorchdepotError
 from torchdepot.model.platforms import target_platform
 from torchdepot.resolve.uv import IndexPlan, ResolvedFile, ResolveError, resolve
 from torchdepot.store.fsutil import atomic_write_text, safe_filename
+from torchdepot.store.layout import package_path
 from torchdepot.sync.plan import Plan, TargetPlan
 from torchdepot.sync.view import View, ViewFile
 from torchdepot.sync.viewserver import serve_view
@@ -43,7 +44,7 @@ class Resolution:
 
 
 def file_key(f: ResolvedFile) -> str:
-    return f"packages/{f.name}/{safe_filename(f.filename)}"
+    return package_path(f.name, safe_filename(f.filename))
 
 
 def _upstream_file(view: View, target_id: str, f: ResolvedFile) -> tuple[ResolvedFile, ViewFile]:

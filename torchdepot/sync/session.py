@@ -62,9 +62,9 @@ class Held:
 
     def close(self, result: MirrorResult, reader: UpstreamReader, say: Echo) -> None:
         if self.view is not None:
-            line = self.view.refusal_summary()
-            result.refused = int(line.split()[2]) if line else 0
-            if line:
+            refused = self.view.refusal_summary()
+            if refused is not None:
+                result.refused, line = refused
                 say(line)
         if self.fetcher is not None:  # the run stopped before its fetch step: let early downloads finish
             self.fetcher.close()

@@ -141,6 +141,9 @@ class View:
     on_hash_mismatch: str
     say: Say
     exclude_newer: dt.datetime | None = None  # files uploaded later are left out (those without a time stay)
+    # (accelerator, project, screened links) -> the mirror's own copies to add: wheels it
+    # published that upstream no longer lists (sync/tombstones.py); None: nothing added
+    held: Callable[[str, str, list[Link]], list[Link]] | None = None
     base_url: str = ""
     # upstream URL -> sha256 of the bytes the mirror already holds from it (the previous
     # manifest): a link without a hash gets this one, so the resolver need not download a
@@ -184,7 +187,7 @@ class View:
                 with self._lock:
                     if url not in self._dead:
                         self._dead.add(url)
-                        self.say(f"dependency source {url} unreachable: {str(exc).split(': ', 1)[-1]}; skipping it")
+                        self.say(f"dependency source {url} unreachable: {exc.detail}; skipping it")
         return out
 
     def _screen(self, links: list[Link], project: str, keep: list[Link] | None = None) -> list[Link]:
@@ -260,6 +263,8 @@ class View:
         if not kept:  # not on the PyTorch variant (or nothing usable there): the user's sources
             vjson = []
             kept = self._screen(self.dependency_links(project), project)
+        if self.held is not None and variant is not None and not self._dead:  # read whole: absent means deleted
+            kept = kept + self.held(accelerator, project, kept)
         label = variant.label if variant else None
         files = [ViewFile(project, link.filename, link, label if _label(link.filename) == label else None)
                  for link in kept]
@@ -592,14 +597,15 @@ class View:
         with self._lock:
             return {f.filename: f.label for f in self._files.values() if f.label}
 
-    def refusal_summary(self) -> str | None:
-        """One line: every link refused by the page parsers or the screen, by reason."""
+    def refusal_summary(self) -> tuple[int, str] | None:
+        """(how many, one line): every link refused by the page parsers or the screen, by reason."""
         counts = collections.Counter(self.refused)
         for page in self.reader.pages():
             counts.update(page.warnings)
         if not counts:
             return None
-        return f"upstream: refused {sum(counts.values())} links ({warnings_summary(counts)})"
+        n = sum(counts.values())
+        return n, f"upstream: refused {n} links ({warnings_summary(counts)})"
 
 
 def write_scratch(path: Path, data: bytes) -> None:

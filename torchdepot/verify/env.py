@@ -66,9 +66,12 @@ class EnvCreated:
         return not any(c.status == "fail" for c in self.checks)
 
 
+KERNEL_NAME_RULE = "a kernel name is letters, digits, '.', '_' and '-' only"
+
+
 def check_kernel_name(name: str) -> str:
     if not _KERNEL_NAME.fullmatch(name):
-        raise EnvCreateError(f"--register-kernel {name!r}: a kernel name is letters, digits, '.', '_' and '-' only")
+        raise EnvCreateError(f"--register-kernel {name!r}: {KERNEL_NAME_RULE}")
     return name
 
 

@@ -14,12 +14,12 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from torchdepot.errors import TorchdepotError, UpstreamError
+from torchdepot.errors import TorchdepotError, UpstreamError, one_line
 from torchdepot.lockfiles import BASE_ENV
 from torchdepot.model.platforms import host_platform, target_platform
 from torchdepot.resolve.uv import uv_bin
+from torchdepot.sources.served import fetch_manifest
 from torchdepot.store.manifest import Manifest
-from torchdepot.store.manifest import fetch as fetch_manifest
 from torchdepot.verify.locks import EnvLock, hash_problems
 from torchdepot.verify.smoke import SCRIPT, Check, judge
 
@@ -241,7 +241,7 @@ def _verify_conda(lock: EnvLock, path: Path, opts: Options, manifest: Manifest |
     try:
         n = cv.install(pins, opts.mirror_url, prefix, work, subdir)
     except Exception as exc:  # rattler raises its own exception types; report, never a traceback
-        checks.append(Check("conda install (py-rattler, mirror only)", "fail", f"{path}: {' '.join(str(exc).split())[:400]}"))
+        checks.append(Check("conda install (py-rattler, mirror only)", "fail", f"{path}: {one_line(exc)}"))
         return "installed"
     checks.append(Check("conda install (py-rattler, mirror only)", "pass", f"{n} packages into a throwaway prefix"))
     mismatched = cv.installed_problems(prefix, pins)
