@@ -253,7 +253,7 @@ def summary(machine: Machine, offered: Mapping[str, Sequence[str]] | None = None
     """The ``doctor --json`` object (without the mirror part)."""
     a = assess(machine, offered)
     d = machine.to_json()
-    for g, j in zip(machine.gpus, d["gpus"]):
+    for g, j in zip(machine.gpus, d["gpus"], strict=True):
         cap, source = gpu_cap(g) if g.vendor == "nvidia" else (None, None)
         if cap and source == "name":
             j["compute_cap_from_name"] = f"{cap[0]}.{cap[1]}"
