@@ -8,6 +8,7 @@ from __future__ import annotations
 import configparser
 import os
 import random
+import shlex
 import signal
 import subprocess
 import sys
@@ -109,7 +110,9 @@ def run(*args, **kw):
 
 def one_line_error(res, *needles):
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert res.exit_code == 1 and len(lines) == 1 and lines[0].startswith("torchdepot: error: "), res.output
+    assert res.exit_code == 1, res.output
+    assert len(lines) == 1, res.output
+    assert lines[0].startswith("torchdepot: error: "), res.output
     for n in needles:
         assert n in lines[0], lines[0]
     return lines[0]
@@ -144,9 +147,53 @@ def test_pip_keeps_index_url_adds_extra_index_and_pin(tmp_path, URL):
     pins = [ln for ln in cfile.read_text().splitlines() if not ln.startswith("#")]
     assert pins == ["torch==2.13.0+cu126"]
     assert [b.read_text() for b in backups(f)] == [PIP_OLD]
+    # A PIP_* variable replaces the file's whole value: the CI lines keep the user's hosts and constraints.
     assert f"export PIP_EXTRA_INDEX_URL={URL}/whl/cu126" in res.output
-    assert f"export PIP_TRUSTED_HOST={host(URL)}" in res.output
-    assert f"export PIP_CONSTRAINT={cfile}" in res.output
+    assert f"export PIP_TRUSTED_HOST='regional.example {host(URL)}'" in res.output
+    assert f"export PIP_CONSTRAINT='/etc/lab-constraints.txt {cfile}'" in res.output
+
+
+def test_pip_ci_variables_keep_the_existing_extra_indexes_hosts_and_constraints(tmp_path, URL):
+    """Issue 22 item 18: the printed "equivalent environment variables" would have dropped them."""
+    f = tmp_path / "pip.conf"
+    f.write_text("[global]\nextra-index-url =\n    https://extra.example/simple\n    https://more.example/simple\n"
+                 "trusted-host = extra.example\nconstraint = /etc/c1.txt\n")
+    res = run("config", "pip", "--url", URL, "--file", str(f))
+    assert res.exit_code == 0, res.output
+    exports = dict(ln[len("export "):].split("=", 1) for ln in res.output.splitlines() if ln.startswith("export "))
+    env = {k: shlex.split(v)[0] for k, v in exports.items()}
+    cp = configparser.RawConfigParser()
+    cp.read_string(f.read_text())
+    for key in ("extra-index-url", "trusted-host", "constraint"):
+        assert env["PIP_" + key.upper().replace("-", "_")].split() == cp.get("global", key).split()
+    assert env["PIP_EXTRA_INDEX_URL"].split() == ["https://extra.example/simple", "https://more.example/simple",
+                                                   f"{URL}/whl/cpu"]
+    assert env["PIP_TRUSTED_HOST"].split() == ["extra.example", host(URL)]
+    assert env["PIP_CONSTRAINT"].split() == ["/etc/c1.txt", str(tmp_path / pip_cfg.CONSTRAINTS_NAME)]
+
+
+@pytest.mark.parametrize("suffix", ["/whl/cu126", "/whl/cu126/"])
+def test_pip_url_of_a_variant_index_is_taken_as_root_and_variant(tmp_path, URL, suffix):
+    """Issue 22 item 18: the URL serve's banner prints (``<root>/whl/<variant>``) got a bare HTTP 404."""
+    f = tmp_path / "pip.conf"
+    res = run("config", "pip", "--url", URL + suffix, "--file", str(f))
+    assert res.exit_code == 0, res.output
+    cp = configparser.RawConfigParser()
+    cp.read_string(f.read_text())
+    assert cp.get("global", "extra-index-url") == f"{URL}/whl/cu126"
+    assert "torch==2.13.0+cu126" in (tmp_path / pip_cfg.CONSTRAINTS_NAME).read_text()
+
+
+def test_pip_url_of_one_variant_with_another_variant_is_refused(tmp_path, URL):
+    res = CliRunner().invoke(main, ["config", "pip", "--url", URL + "/whl/cu126", "--variant", "cpu",
+                                    "--file", str(tmp_path / "pip.conf")])
+    one_line_error(res, "--url", "cu126", f"--url {URL}")
+    assert not (tmp_path / "pip.conf").exists()
+
+
+def test_pip_url_that_is_not_the_mirror_root_says_so(tmp_path, URL):
+    res = CliRunner().invoke(main, ["config", "pip", "--url", URL + "/packages", "--file", str(tmp_path / "pip.conf")])
+    one_line_error(res, "HTTP 404", "--url wants the mirror root")
 
 
 def test_pip_command_sections_that_override_global_get_ours_too(tmp_path, URL):
