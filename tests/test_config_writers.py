@@ -622,6 +622,75 @@ def test_ini_set_value_property(text, value):
     assert all(ini.norm_key(ln.split("=")[0]) == "index-url" for ln in removed)
 
 
+def test_spaced_header_is_not_global(tmp_path, URL):
+    """Issue 22 item 14: configparser (so pip) reads ``[ global ]`` as a section named " global ",
+    not [global]: the writer adds a real [global] instead of writing where pip never looks."""
+    f = tmp_path / "pip.conf"
+    f.write_text("[ global ]\ntimeout = 5\n")
+    assert run("config", "pip", "--url", URL, "--file", str(f)).exit_code == 0
+    cp = configparser.RawConfigParser()
+    cp.read_string(f.read_text())
+    assert cp.get("global", "extra-index-url") == f"{URL}/whl/cpu"
+    assert dict(cp.items(" global ")) == {"timeout": "5"}
+
+
+def test_fake_header_inside_a_continuation_line_is_part_of_the_value(tmp_path, URL):
+    """Issue 22 item 14: an indented ``[global]`` under a key continues that key's value."""
+    f = tmp_path / "pip.conf"
+    old = ("[install]\nextra-index-url =\n    https://one.example/simple\n\n    [global]\n"
+           "    extra-index-url = https://two.example/simple\n[global]\ntimeout = 5\n")
+    f.write_text(old)
+    before = configparser.RawConfigParser()
+    before.read_string(old)
+    assert run("config", "pip", "--url", URL, "--file", str(f)).exit_code == 0
+    cp = configparser.RawConfigParser()
+    cp.read_string(f.read_text())
+    assert cp.get("global", "extra-index-url") == f"{URL}/whl/cpu"
+    assert cp.get("global", "timeout") == "5"
+    assert cp.get("install", "extra-index-url").split() == [
+        *before.get("install", "extra-index-url").split(), f"{URL}/whl/cpu"]
+
+
+_sec_name = st.sampled_from(["global", "install", " global ", "global ", "download"])
+_indent = st.sampled_from(["", " ", "  ", "\t"])
+
+
+@st.composite
+def tricky_ini_docs(draw):
+    """Headers with spaces, indented keys, multi-line values whose lines look like headers or
+    keys, blank and comment lines inside values: every shape configparser has a rule for."""
+    lines = []
+    for sec in draw(st.lists(_sec_name, unique=True, max_size=4)):
+        lines.append(f"{draw(_indent)}[{sec}]")
+        for _ in range(draw(st.integers(0, 3))):
+            key_indent = draw(st.sampled_from(["", " "]))
+            lines.append(f"{key_indent}{draw(st.sampled_from(['index-url', 'timeout', 'extra_index_url']))} = "
+                         f"{draw(_val)}")
+            for _ in range(draw(st.integers(0, 3))):
+                cont = draw(st.sampled_from(["[global]", "index-url = x", "v", "", "# c", "; c"]))
+                lines.append(cont if cont in ("", "# c", "; c") and draw(st.booleans())
+                             else key_indent + "    " + cont)
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=400, deadline=None)
+@given(tricky_ini_docs(), _val)
+def test_ini_set_value_follows_configparser(text, value):
+    try:
+        before = ini.validate(text, "t")
+    except TorchdepotError:
+        return  # duplicate sections or keys: the writer refuses those files
+    new = ini.set_value(text, "global", "index-url", value)
+    after = ini.validate(new, "t")
+    assert after.get("global", "index-url") == value
+    for sec in before.sections():
+        for k, v in before.items(sec):
+            if not (sec == "global" and ini.norm_key(k) == "index-url"):
+                assert after.get(sec, k) == v, (sec, k)
+    assert sorted(ini.sections_with(text, "index-url")) == sorted(
+        sec for sec in before.sections() if any(ini.norm_key(k) == "index-url" for k in before.options(sec)))
+
+
 # --- crash safety: SIGKILL the writer at random points -----------------------------------
 
 _WRITER = """
