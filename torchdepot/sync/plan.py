@@ -13,10 +13,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from torchdepot.errors import TorchdepotError, UpstreamError
+from torchdepot.errors import ParseError, TorchdepotError, UpstreamError
+from torchdepot.model.wheelname import parse_wheel
 from torchdepot.net.hostpolicy import HostPolicy, default_policy
 from torchdepot.net.pipconfig import PipSources
-from torchdepot.resolve.pin import pin
+from torchdepot.resolve.pin import matches_target, pin
 from torchdepot.resolve.uv import ResolvedFile
 from torchdepot.sources.upstream import UpstreamReader, Variant, locate_variant
 from torchdepot.spec.mirror import TORCH_PROJECTS, Channel, MirrorSpec, PipTarget
@@ -110,7 +111,7 @@ def plan_targets(spec: MirrorSpec, view: View, pip: PipSources, targets: Sequenc
     with ThreadPoolExecutor(max_workers=max(1, min(PIN_JOBS, len(todo)))) as pool:
         outcomes = list(pool.map(one, todo))
     plans, skipped = [], []
-    for t, outcome in zip(todo, outcomes):
+    for t, outcome in zip(todo, outcomes, strict=True):
         if isinstance(outcome, TargetPlan):
             plans.append(outcome)
         elif t.id in tolerate:
@@ -118,6 +119,21 @@ def plan_targets(spec: MirrorSpec, view: View, pip: PipSources, targets: Sequenc
         else:
             raise outcome
     return Plan(targets=tuple(plans), sources=view.sources, prereleases=prerelease, skipped=tuple(skipped))
+
+
+def _pinned_files_usable(view: View, t: PipTarget, files: list, version: str) -> bool:
+    """Read the METADATA of the pinned version's wheels for ``t`` (the resolver would read it
+    next); False when one of them was excluded for bytes that are no usable wheel."""
+    for f in files:
+        try:
+            w = parse_wheel(f.filename)
+        except ParseError:
+            continue
+        if w.version == version and matches_target(w, t.accelerator, t.python, t.platform):
+            view.metadata(t.accelerator, f.shown)
+            if (t.accelerator, f.filename) in view.excluded:
+                return False
+    return True
 
 
 def _plan_target(spec: MirrorSpec, view: View, pip: PipSources, t: PipTarget, prerelease: bool) -> TargetPlan:
@@ -128,10 +144,14 @@ def _plan_target(spec: MirrorSpec, view: View, pip: PipSources, t: PipTarget, pr
         pkg = spec.package(project)
         if pkg is None:
             continue
-        links = [f.link for f in view.project(t.accelerator, project)]
         constraint = (t.torch or pkg.constraint) if project == "torch" else pkg.constraint
-        p = pin(links, project, t.accelerator, t.python, t.platform, constraint,
-                prereleases=prerelease, torch_version=torch_version)
+        while True:  # a pinned build whose bytes fail is excluded by the view: pin again without it
+            files = [f for f in view.project(t.accelerator, project) if (t.accelerator, f.filename) not in view.excluded]
+            links = [f.link for f in files]
+            p = pin(links, project, t.accelerator, t.python, t.platform, constraint,
+                    prereleases=prerelease, torch_version=torch_version)
+            if p is None or _pinned_files_usable(view, t, files, p.version):
+                break
         if p is None:
             want = f" {constraint}" if constraint else ""
             raise TorchdepotError(

@@ -121,7 +121,37 @@ def _from_cache(entry, key: str, view: View, accelerator: str) -> list[ResolvedF
         return None
     for vf in shown:  # the metadata the resolver would have read: checked and recorded as in a run of uv
         view.metadata(accelerator, vf.shown)
+    if any((accelerator, vf.filename) in view.excluded for vf in shown):
+        return None  # a file it picked is excluded now: resolve again
     return None if view.errors else files
+
+
+MAX_EXCLUSION_ROUNDS = 5  # resolver runs per target after the first, each one with a file fewer
+
+
+def _resolve_excluding(view: View, tp: TargetPlan, index: IndexPlan) -> list[ResolvedFile]:
+    """uv for one target; when the view excluded a file during the run (its bytes are no usable
+    wheel: sync/view.py ``exclude``), uv runs again on pages without it, at most
+    :data:`MAX_EXCLUSION_ROUNDS` more times."""
+    t = tp.target
+    for round_ in range(MAX_EXCLUSION_ROUNDS + 1):
+        before = len(view.excluded)
+        try:
+            raw = resolve(t.id, list(tp.requirements), t.python, t.platform, index)
+        except ResolveError:
+            if view.errors:  # the view refused something (metadata hash, no metadata): that is the cause
+                raise TorchdepotError(view.errors[0]) from None
+            if len(view.excluded) > before and round_ < MAX_EXCLUSION_ROUNDS:
+                continue
+            unfit = _without_a_fitting_wheel(view, t)
+            if unfit:
+                raise ResolveError(unfit) from None
+            raise
+        picked = [view.lookup(f.url) for f in raw]
+        if not any(vf is not None and (t.accelerator, vf.filename) in view.excluded for vf in picked):
+            return raw
+    raise ResolveError(f"{t.id}: still picking excluded files after {MAX_EXCLUSION_ROUNDS} more resolver runs: "
+                       + "; ".join(sorted(fn for _acc, fn in view.excluded)))
 
 
 def resolve_targets(plan: Plan, view: View, jobs: int = 2, cache: Path | None = None) -> Resolution:
@@ -139,15 +169,7 @@ def resolve_targets(plan: Plan, view: View, jobs: int = 2, cache: Path | None = 
         if hit is not None:
             raw = [replace(f, url=f"{base}/{f.url}") for f in hit]
         else:
-            try:
-                raw = resolve(t.id, list(tp.requirements), t.python, t.platform, index)
-            except ResolveError:
-                if view.errors:  # the view refused something (metadata hash, no metadata): that is the cause
-                    raise TorchdepotError(view.errors[0]) from None
-                unfit = _without_a_fitting_wheel(view, t)
-                if unfit:
-                    raise ResolveError(unfit) from None
-                raise
+            raw = _resolve_excluding(view, tp, index)
         mapped = [_upstream_file(view, t.id, f) for f in raw]
         fresh[t.id] = {"key": key, "files": [asdict(replace(f, url=f.url[len(base) + 1:])) for f in raw]}
         return replace(tp, files=tuple(f for f, _ in mapped)), mapped

@@ -1,0 +1,136 @@
+"""A candidate whose bytes fail is left out, not the whole target (issue 22 items 9 and 11).
+
+Upstream lists torch 2.12 (a good wheel) and, newer, one bad candidate: a wheel whose METADATA
+carries 100,000 ``Requires-Dist`` lines (it took the resolver 419 s at 1.5 GB), or a ``.whl``
+whose bytes are not a zip, or a wheel with no METADATA. The sync excludes it in one line,
+resolves again without it, and publishes torch 2.12. A METADATA under the cap is untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from tests.httpserver import Server
+from tests.kit.upstream import Tree, link, page, pep503
+from tests.kit.wheels import wheel_bytes
+from torchdepot.net.http import HttpConfig, make_session
+from torchdepot.net.pipconfig import PipSources
+from torchdepot.sources.wheelmeta import MAX_REQUIRES_DIST, metadata_refusal
+from torchdepot.spec.mirror import parse_spec
+from torchdepot.store import manifest as mf
+from torchdepot.sync.pip import sync
+
+TAG = "cp311-cp311-manylinux_2_28_x86_64"
+GOOD = wheel_bytes("torch", "2.12.0+cpu", TAG, ("filelock",), ">=3.10")
+FILELOCK = wheel_bytes("filelock", "3.20.0")
+
+
+def _bomb() -> tuple[str, bytes]:
+    w = wheel_bytes("torch", "2.13.0+cpu", TAG, tuple(f"pkg{i}>=1.0" for i in range(100_000)), ">=3.10")
+    return w.filename, w.data
+
+
+def _not_a_zip() -> tuple[str, bytes]:
+    return f"torch-2.13.0+cpu-{TAG}.whl", b"<html>this is not a wheel</html>\n" * 100
+
+
+def _no_metadata() -> tuple[str, bytes]:
+    w = wheel_bytes("torch", "2.13.0+cpu", TAG, files={"torch/__init__.py": b""})
+    import io
+    import zipfile
+    src, out = zipfile.ZipFile(io.BytesIO(w.data)), io.BytesIO()
+    with zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            if not info.filename.endswith("/METADATA"):
+                dst.writestr(info, src.read(info))
+    return w.filename, out.getvalue()
+
+
+def _mirror(tmp: Path, bad: tuple[str, bytes]) -> tuple[object, list[str], dict[str, str], float]:
+    """Upstream: /whl/cpu/torch/ lists the bad file (no PEP 658 sidecar: the view reads the
+    wheel) and the good one; /simple has filelock. Returns the result, the run's lines, the
+    manifest's files and the seconds it took."""
+    name, data = bad
+    tree = Tree()
+    tree.add(f"/whl/cpu/{name}", data)
+    tree.add(f"/whl/cpu/{GOOD.filename}", GOOD.data)
+    anchors = [link(f"/whl/cpu/{urllib.parse.quote(name)}", name, hashlib.sha256(data).hexdigest()),
+               link(f"/whl/cpu/{urllib.parse.quote(GOOD.filename)}", GOOD.filename, GOOD.sha256)]
+    tree.add("/whl/cpu/torch/index.html", page(anchors))
+    tree |= pep503([FILELOCK], pages=["/simple"], files="/files", metadata=False)
+    tree.write(tmp / "up")
+    out = tmp / "out"
+    with Server(tmp / "up") as srv:
+        spec = parse_spec({"accelerators": ["cpu"], "pythons": ["3.11"], "platforms": ["linux-x86_64"],
+                           "extra_packages": [], "upstreams": [srv.url + "/whl"], "out": str(out), "jobs": 2},
+                          "test spec")
+        lines: list[str] = []
+        t = time.monotonic()
+        res = sync(spec, client=make_session(HttpConfig(retries=0)), progress=False, echo=lines.append,
+                   pip_sources=PipSources(index_url=srv.url + "/simple"))
+        took = time.monotonic() - t
+    return res, lines, {e.path: e.sha256 for e in mf.load(out).files}, took
+
+
+@pytest.mark.parametrize(("make", "why"), [
+    (_bomb, "100000 Requires-Dist lines, over the cap"),
+    (_not_a_zip, "not a readable wheel"),
+    (_no_metadata, "no .dist-info/METADATA"),
+])
+def test_a_bad_candidate_is_excluded_and_the_target_resolved_without_it(tmp_path, make, why):
+    bad = make()
+    _res, lines, files, took = _mirror(tmp_path, bad)
+    said = [ln for ln in lines if ln.startswith(f"excluded {bad[0]}")]
+    assert len(said) == 1, lines
+    assert why in said[0]
+    assert "\n" not in said[0]
+    assert f"packages/torch/{GOOD.filename}" in files
+    assert not any(bad[0] in p for p in files)
+    assert took < 60, took  # the 100,000-line METADATA took 419 s before the cap
+
+
+def test_a_bad_dependency_candidate_is_left_to_the_resolver_again(tmp_path):
+    """Not a pinned project: uv itself met the bad file; it runs again on pages without it."""
+    bad = wheel_bytes("filelock", "3.21.0", requires=tuple(f"pkg{i}" for i in range(MAX_REQUIRES_DIST + 1)))
+    tree = pep503([GOOD], pages=["/whl/cpu"], files="/whl/cpu", indexes=False)
+    tree |= pep503([FILELOCK, bad], pages=["/simple"], files="/files", metadata=False)
+    tree.write(tmp_path / "up")
+    with Server(tmp_path / "up") as srv:
+        spec = parse_spec({"accelerators": ["cpu"], "pythons": ["3.11"], "platforms": ["linux-x86_64"],
+                           "extra_packages": [], "upstreams": [srv.url + "/whl"], "out": str(tmp_path / "out"),
+                           "jobs": 2}, "test spec")
+        lines: list[str] = []
+        sync(spec, client=make_session(HttpConfig(retries=0)), progress=False, echo=lines.append,
+             pip_sources=PipSources(index_url=srv.url + "/simple"))
+    files = {e.path for e in mf.load(tmp_path / "out").files}
+    assert "packages/filelock/filelock-3.20.0-py3-none-any.whl" in files
+    assert [ln for ln in lines if ln.startswith(f"excluded {bad.filename}")], lines
+
+
+def test_metadata_refusal_counts_requires_dist_in_the_header_only():
+    head = b"Metadata-Version: 2.1\nName: x\nVersion: 1\n"
+    at_cap = head + b"Requires-Dist: a\n" * MAX_REQUIRES_DIST + b"\n"
+    assert metadata_refusal(at_cap) is None
+    assert "over the cap" in (metadata_refusal(at_cap[:-1] + b"requires-dist: b\n\n") or "")
+    # the long description (after the blank line) is text, not headers
+    assert metadata_refusal(head + b"\n" + b"Requires-Dist: a\n" * (MAX_REQUIRES_DIST * 2)) is None
+
+
+def test_metadata_refusal_is_linear():
+    """100,000 lines: well under a second (a ratio bound, not a timing test: 10x the lines
+    costs no more than ~30x the time of the small one)."""
+    small = b"Requires-Dist: a\n" * 10_000 + b"\n"
+    big = b"Requires-Dist: a\n" * 100_000 + b"\n"
+
+    def cost(data: bytes) -> float:
+        best = float("inf")
+        for _ in range(3):
+            t = time.perf_counter()
+            metadata_refusal(data)
+            best = min(best, time.perf_counter() - t)
+        return best
+    assert cost(big) < 30 * cost(small) + 0.05
