@@ -134,3 +134,40 @@ def test_metadata_refusal_is_linear():
             best = min(best, time.perf_counter() - t)
         return best
     assert cost(big) < 30 * cost(small) + 0.05
+
+
+@pytest.mark.parametrize("path", ["/whl/cpu/%2e%2e/%2E%2E/evil/", "/whl/cpu/../evil/", "/whl/cpu/./",
+                                  "/whl/cpu/..%5c", "/whl/%2e/cpu/"])
+def test_dot_segments_in_a_link_path_are_refused_by_the_screen(path):
+    """Issue 22 item 11: only the file name was checked for traversal; the path's own dot
+    segments (percent-encoded too) let a link reach another directory of an allowed host."""
+    from torchdepot.net.hostpolicy import default_policy
+    policy = default_policy(["http://a.example/whl"])
+    assert policy.refusal(f"http://a.example{path}{GOOD.filename}") == "dot segment in URL path refused"
+    assert policy.refusal(f"http://a.example/whl/cpu/{GOOD.filename}") is None
+    assert policy.refusal("http://a.example/whl/cpu/a..b/x.whl") is None  # ".." inside a name is no segment
+
+
+def test_a_newer_torch_behind_encoded_dot_segments_is_refused_in_the_sync(tmp_path):
+    """The issue's case end to end: the page links a newer wheel through ``%2e%2e`` on the
+    allowed host, whose bytes are not a wheel; the screen refuses the link, 2.12 is published."""
+    name = f"torch-2.14.0+cpu-{TAG}.whl"
+    tree = Tree()
+    tree.add(f"/whl/evil/{name}", b"not a wheel")
+    tree.add(f"/whl/cpu/{GOOD.filename}", GOOD.data)
+    anchors = [link(f"/whl/cpu/%2e%2e/evil/{urllib.parse.quote(name)}", name),
+               link(f"/whl/cpu/{urllib.parse.quote(GOOD.filename)}", GOOD.filename, GOOD.sha256)]
+    tree.add("/whl/cpu/torch/index.html", page(anchors))
+    tree |= pep503([FILELOCK], pages=["/simple"], files="/files", metadata=False)
+    tree.write(tmp_path / "up")
+    with Server(tmp_path / "up") as srv:
+        spec = parse_spec({"accelerators": ["cpu"], "pythons": ["3.11"], "platforms": ["linux-x86_64"],
+                           "extra_packages": [], "upstreams": [srv.url + "/whl"], "out": str(tmp_path / "out"),
+                           "jobs": 2}, "test spec")
+        lines: list[str] = []
+        res = sync(spec, client=make_session(HttpConfig(retries=0)), progress=False, echo=lines.append,
+                   pip_sources=PipSources(index_url=srv.url + "/simple"))
+    files = {e.path for e in mf.load(tmp_path / "out").files}
+    assert f"packages/torch/{GOOD.filename}" in files
+    assert res.refused == 1
+    assert any("dot segment in URL path refused" in ln for ln in lines), lines
