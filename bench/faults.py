@@ -128,12 +128,12 @@ def attacks(classes: str, verbose: bool) -> int:
                     print(f"  {'held' if o.held else 'BROKE'} ({o.cls}) {o.name}: {o.note}", flush=True)
     head = ("class", "attempts", "held", "corrupt-in-live-mirror", "outside-root", "tracebacks", "not-one-line",
             "timeouts", "seconds")
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *[(r[0], *r[1:8], f"{r[8]:.0f}") for r in rows])]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *[(r[0], *r[1:8], f"{r[8]:.0f}") for r in rows], strict=True)]
     print(f"\nattack classes (issue 13): {sum(r[1] for r in rows)} attempts in {time.monotonic() - t_all:.0f}s")
     for r in [head, *[(r[0], *r[1:8], f"{r[8]:.0f}") for r in rows]]:
-        print("  ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w) for i, (x, w) in enumerate(zip(r, widths))))
+        print("  ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w) for i, (x, w) in enumerate(zip(r, widths, strict=True))))
     total = ("total", *[sum(r[i] for r in rows) for i in range(1, 8)], f"{sum(r[8] for r in rows):.0f}")
-    print("  ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w) for i, (x, w) in enumerate(zip(total, widths))))
+    print("  ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w) for i, (x, w) in enumerate(zip(total, widths, strict=True))))
     if failed:
         print("\ndid not hold:")
         for o in failed:

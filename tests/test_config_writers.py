@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import tomlkit
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
@@ -30,7 +30,7 @@ from torchdepot.clientconfig import conda as conda_cfg
 from torchdepot.clientconfig import ini
 from torchdepot.clientconfig import pip as pip_cfg
 from torchdepot.clientconfig import uv as uv_cfg
-from torchdepot.clientconfig.common import logical
+from torchdepot.clientconfig.common import ConfigFileError, logical
 from torchdepot.errors import TorchdepotError
 
 PIP_OLD = textwrap.dedent("""\
@@ -609,8 +609,9 @@ def ini_docs(draw):
 def test_ini_set_value_property(text, value):
     try:
         before = ini.validate(text, "t")
-    except Exception:
-        return  # duplicate keys etc.: the writer refuses those files (tested above)
+    except ConfigFileError:
+        before = None
+    assume(before is not None)  # duplicate keys etc.: the writer refuses those files (tested above)
     new = ini.set_value(text, "global", "index-url", value)
     after = ini.validate(new, "t")
     assert after.get("global", "index-url") == value

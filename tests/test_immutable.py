@@ -105,7 +105,8 @@ def test_changed_bytes_go_to_a_new_path_and_a_late_failure_keeps_the_live_mirror
     assert not (out / (old_path + ".metadata")).exists()
     assert not (out / PUBLISH_JOURNAL).exists()
     rep = verify_mirror(out)
-    assert rep.ok and rep.problems == [], rep.problems
+    assert rep.ok, rep.problems
+    assert rep.problems == [], rep.problems
     pylock = (out / "targets/cpu-py311-linux-x86_64/pylock.toml").read_text()
     assert new_path in pylock
     assert f'"{old_path}"' not in pylock
@@ -177,7 +178,8 @@ def test_conda_package_changed_upstream_keeps_published_bytes(tmp_path):
     assert "md5" not in rd
     mf.save(out, mf.Manifest(files=res2.files, targets=res2.targets))
     rep = verify_mirror(out)
-    assert rep.ok and rep.problems == [], rep.problems
+    assert rep.ok, rep.problems
+    assert rep.problems == [], rep.problems
 
 
 # -- the pure path choice -------------------------------------------------------------

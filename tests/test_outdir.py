@@ -29,7 +29,8 @@ def refused(path, expected: str) -> str:
     with pytest.raises(UnsafePathError) as info:
         check_out_dir(path)
     msg = str(info.value)
-    assert expected in msg and "\n" not in msg, msg
+    assert expected in msg, msg
+    assert "\n" not in msg, msg
     return msg
 
 
@@ -114,4 +115,6 @@ def test_a_hostile_manifest_in_the_mirror_is_one_line_for_tools_fetch(tmp_path):
     m.mkdir()
     (m / "manifest.json").write_text(json.dumps([1, 2, 3]))
     res = CliRunner().invoke(fetch_tool, ["--cpu", "--out", str(m)])
-    assert res.exit_code == 1 and "Traceback" not in res.output and res.stderr.count("\n") == 1, res.output
+    assert res.exit_code == 1, res.output
+    assert "Traceback" not in res.output, res.output
+    assert res.stderr.count("\n") == 1, res.output

@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 
 from torchdepot.errors import LockedError, UnsafePathError
-from torchdepot.model.names import safe_filename  # noqa: F401  (the store's callers use it from here)
+from torchdepot.model.names import (
+    safe_filename as safe_filename,  # re-exported: the store's callers use it from here
+)
 from torchdepot.store.layout import LOCK_FILE, atomic_temp_affixes
 
 
@@ -118,7 +120,7 @@ class MirrorLock:
         self.fd = fd
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.fd is not None:
             with contextlib.suppress(OSError):
                 os.ftruncate(self.fd, 0)
