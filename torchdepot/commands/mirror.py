@@ -86,6 +86,16 @@ def mirror_cmd(spec_path, out, upstreams, jobs, dry_run, on_hash_mismatch, fsync
     result = sync(spec, dry_run=dry_run, wait=wait, out=Path(spec.out), prune=prune, locks=locks,
                   spec_targets=not locks, **_json_progress(as_json))
     _report(result, dry_run, as_json)
+    _fail_if_partial(result)
+
+
+def _fail_if_partial(result) -> None:
+    """Exit non-zero, in one line, when some targets could not be synced (each named above)."""
+    from torchdepot.errors import TorchdepotError
+
+    if result.failed:
+        ids = [why.split(":", 1)[0] for why in result.failed]
+        raise TorchdepotError(f"{len(ids)} target(s) not synced: {', '.join(ids)} (the others are published)")
 
 
 def _json_progress(as_json: bool) -> dict:
@@ -186,6 +196,7 @@ def fetch_tool(cuda, cpu, accelerator, python, torch_version, platform, out, ups
         spec = with_overrides(spec, out=str(root), upstreams=list(upstreams) or None, jobs=jobs)
         result = sync(spec, dry_run=dry_run, out=root, add=[target], spec_targets=False, **_json_progress(as_json))
         _report(result, dry_run, as_json, added=target.id)
+        _fail_if_partial(result)
 
 
 COMMANDS = [mirror_cmd]

@@ -90,6 +90,9 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
         for warning in dict.fromkeys(w for tp in plan.targets for w in tp.warnings):
             log.say(warning)
         carried = retention.carried_targets(plan, previous, log.say)
+        result.failed = [why for _t, why in plan.failed]
+        for why in result.failed:  # said first; the run goes on with the others and fails at its end
+            log.say(f"error: {why}")
         log.phase("upstreams")
         if not dry_run:  # the pinned torch wheels download while their closures resolve
             held.fetcher = make_fetcher(out, spec, held.client, edge.policy, progress, on_progress)

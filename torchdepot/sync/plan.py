@@ -23,7 +23,7 @@ from torchdepot.resolve.pin import matches_target, pin
 from torchdepot.resolve.uv import ResolvedFile
 from torchdepot.sources.upstream import UpstreamReader, Variant, locate_variant
 from torchdepot.spec.mirror import TORCH_PROJECTS, Channel, MirrorSpec, PipTarget
-from torchdepot.sync.view import View, ViewSources
+from torchdepot.sync.view import MetadataMismatchError, View, ViewSources
 
 Say = Callable[[str], None]
 PIN_JOBS = 8  # targets pinned at once (page reads; the view and the reader are thread-safe)
@@ -44,6 +44,9 @@ class Plan:
     sources: ViewSources
     prereleases: bool
     skipped: tuple[tuple[PipTarget, str], ...] = ()  # (target, why): tolerated targets that could not be pinned
+    # (target, why): asked-for targets that could not be pinned while others could (a Python
+    # upstream lacks): the run syncs and publishes the others, names these, and exits non-zero
+    failed: tuple[tuple[PipTarget, str], ...] = ()
 
 
 def channel_prefix(channel: Channel) -> str:
@@ -100,7 +103,8 @@ def plan_targets(spec: MirrorSpec, view: View, pip: PipSources, targets: Sequenc
     """Pin torch / torchvision / torchaudio per target (``targets``, else the spec's) against
     the screened view; pre-releases only on a channel that publishes them. A target in
     ``tolerate`` (one the mirror holds but this run was not asked for) that cannot be pinned
-    lands in ``Plan.skipped`` instead of failing the run."""
+    lands in ``Plan.skipped`` instead of failing the run; an asked-for one in ``Plan.failed``
+    (the run goes on with the others, and fails at its end) unless none could be pinned."""
     prerelease = spec.channel.prerelease
     todo = list(spec.targets() if targets is None else targets)
 
@@ -113,15 +117,20 @@ def plan_targets(spec: MirrorSpec, view: View, pip: PipSources, targets: Sequenc
     # Targets pin concurrently: each accelerator's pages are read once (the view caches), in parallel.
     with ThreadPoolExecutor(max_workers=max(1, min(PIN_JOBS, len(todo)))) as pool:
         outcomes = list(pool.map(one, todo))
-    plans, skipped = [], []
+    plans, skipped, failed = [], [], []
     for t, outcome in zip(todo, outcomes, strict=True):
         if isinstance(outcome, TargetPlan):
             plans.append(outcome)
         elif t.id in tolerate:
             skipped.append((t, str(outcome)))
+        elif isinstance(outcome, MetadataMismatchError):
+            raise outcome  # on_hash_mismatch: fail is the spec's word for the whole run
         else:
-            raise outcome
-    return Plan(targets=tuple(plans), sources=view.sources, prereleases=prerelease, skipped=tuple(skipped))
+            failed.append((t, outcome))
+    if failed and not plans:
+        raise failed[0][1]  # nothing to sync: the run fails as it always did
+    return Plan(targets=tuple(plans), sources=view.sources, prereleases=prerelease, skipped=tuple(skipped),
+                failed=tuple((t, str(exc)) for t, exc in failed))
 
 
 def _pinned_files_usable(view: View, t: PipTarget, files: list, version: str) -> bool:

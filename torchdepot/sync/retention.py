@@ -75,6 +75,8 @@ def carried_targets(plan: Plan, previous: mf.Manifest | None, say: Echo) -> list
         torch = next((p.version for p in before[t.id].packages if p.name == "torch"), "?")
         say(f"warning: {t.id}: kept as published (torch {torch}); not updated: {why}")
         out.append(before[t.id])
+    # an asked-for target that failed this run keeps what it had (it is named as failed at the end)
+    out += [before[t.id] for t, _why in plan.failed if t.id in before]
     return out
 
 
