@@ -126,9 +126,13 @@ def _report(result, dry_run: bool, as_json: bool, added: str | None = None) -> N
     from torchdepot.model.sizes import format_size
 
     idx = "published" if result.index_changed else "unchanged"
-    click.echo(f"mirror {result.out}: {f'added {added}; ' if added else ''}{len(result.targets)} targets; "
-               f"{result.summary}; index {idx} (generation {result.generation}); verify-mirror {result.verify}; "
-               f"total {result.seconds:.1f} s")
+    # What the mirror holds is counted as `torchdepot status` counts it (every manifest file,
+    # .metadata included); what this run fetched is counted in packages.
+    held = len(result.manifest.files) if result.manifest is not None else len(result.files)
+    fetched = result.report.summary("packages fetched") if result.report is not None else result.summary
+    click.echo(f"mirror {result.out}: {f'added {added}; ' if added else ''}{len(result.targets)} targets, "
+               f"{held} files ({format_size(result.size)}); this run: {fetched}; index {idx} "
+               f"(generation {result.generation}); verify-mirror {result.verify}; total {result.seconds:.1f} s")
     versions: dict[str, list[str]] = {}
     for target, version in sorted(result.torch_versions.items()):
         versions.setdefault(version, []).append(target)
