@@ -171,3 +171,26 @@ def test_a_newer_torch_behind_encoded_dot_segments_is_refused_in_the_sync(tmp_pa
     assert f"packages/torch/{GOOD.filename}" in files
     assert res.refused == 1
     assert any("dot segment in URL path refused" in ln for ln in lines), lines
+
+
+def test_sdists_of_the_users_index_are_not_counted_as_refusals(tmp_path):
+    """Issue 22 item 20: 'refused 1899 links (1899 not a wheel or conda package)' on every run
+    counted the sdists on the user's own index. They are left out silently; a link the screen
+    stops (another host) is still counted."""
+    tree = pep503([GOOD], pages=["/whl/cpu"], files="/whl/cpu", indexes=False)
+    tree |= pep503([FILELOCK], pages=["/simple"], files="/files", metadata=False)
+    tree.write(tmp_path / "up")
+    page_file = tmp_path / "up" / "simple" / "filelock" / "index.html"
+    extra = "".join(f'<a href="/files/filelock-3.{i}.0.tar.gz">filelock-3.{i}.0.tar.gz</a>\n' for i in range(50))
+    extra += '<a href="http://elsewhere.example/filelock-9.0.0-py3-none-any.whl">x</a>\n'
+    page_file.write_text(page_file.read_text().replace("</body>", extra + "</body>"))
+    with Server(tmp_path / "up") as srv:
+        spec = parse_spec({"accelerators": ["cpu"], "pythons": ["3.11"], "platforms": ["linux-x86_64"],
+                           "extra_packages": [], "upstreams": [srv.url + "/whl"], "out": str(tmp_path / "out"),
+                           "jobs": 2}, "test spec")
+        lines: list[str] = []
+        res = sync(spec, client=make_session(HttpConfig(retries=0)), progress=False, echo=lines.append,
+                   pip_sources=PipSources(index_url=srv.url + "/simple"))
+    assert res.refused == 1, lines
+    (line,) = [ln for ln in lines if ln.startswith("upstream: refused")]
+    assert line == "upstream: refused 1 links (1 host elsewhere.example not allowed by the host policy)"

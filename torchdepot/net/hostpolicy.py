@@ -138,6 +138,7 @@ def default_policy(upstreams: Iterable[str] = (), dependency_urls: Iterable[str]
 
 # -- links -------------------------------------------------------------------------------
 PACKAGE_SUFFIXES = (".whl", ".conda", ".tar.bz2")
+NOT_A_PACKAGE = "not a wheel or conda package"
 
 
 def filename_refusal(name: str) -> str | None:
@@ -172,7 +173,7 @@ def filename_refusal(name: str) -> str | None:
         return None
     if decoded.endswith(".metadata") and decoded[: -len(".metadata")].endswith(".whl"):
         return filename_refusal(decoded[: -len(".metadata")])
-    return "not a wheel or conda package"
+    return NOT_A_PACKAGE
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,10 @@ class Screened:
 
 
 def screen_links(links: Iterable, policy: HostPolicy) -> Screened:
-    """Keep the links a mirror may fetch; count every refusal by reason.
+    """Keep the links a mirror may fetch; count every refusal by reason. A file on an allowed
+    URL that is simply not a wheel or conda package (the sdists of the user's own index) is
+    left out without being counted: a refusal is what the screen stops, not what the mirror
+    never takes.
 
     A file name listed twice with different hashes is ambiguous (one of them is not what
     it claims): every copy is refused. Identical duplicates are kept once."""
@@ -191,7 +195,11 @@ def screen_links(links: Iterable, policy: HostPolicy) -> Screened:
     refused = []
     candidates = []
     for link in links:
-        why = policy.refusal(link.url) or filename_refusal(link.filename)
+        why = policy.refusal(link.url)
+        if why is None:
+            why = filename_refusal(link.filename)
+            if why == NOT_A_PACKAGE:
+                continue  # an sdist or any other file the policy allows: not mirrored, not a refusal
         if why:
             warnings[why] += 1
             refused.append((link, why))
