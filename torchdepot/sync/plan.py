@@ -19,7 +19,7 @@ from torchdepot.errors import ParseError, TorchdepotError, UpstreamError
 from torchdepot.model.wheelname import parse_wheel
 from torchdepot.net.hostpolicy import HostPolicy, default_policy
 from torchdepot.net.pipconfig import PipSources
-from torchdepot.resolve.pin import matches_target, pin
+from torchdepot.resolve.pin import matches_target, no_pin_reason, pin
 from torchdepot.resolve.uv import ResolvedFile
 from torchdepot.sources.upstream import UpstreamReader, Variant, locate_variant
 from torchdepot.spec.mirror import TORCH_PROJECTS, Channel, MirrorSpec, PipTarget
@@ -166,6 +166,10 @@ def _plan_target(spec: MirrorSpec, view: View, pip: PipSources, t: PipTarget, pr
                 break
         if p is None:
             want = f" {constraint}" if constraint else ""
+            why = no_pin_reason(links, project, t.accelerator, t.python, t.platform, constraint)
+            if why:
+                raise TorchdepotError(f"{t.id}: no {project}{want} wheel for {t.accelerator}, Python {t.python}, "
+                                      f"{t.platform}: {why}")
             raise TorchdepotError(
                 f"{t.id}: no {project}{want} wheel for {t.accelerator}, Python {t.python}, {t.platform} in "
                 f"{len(links)} links from the reachable sources ({pip.describe()})")
