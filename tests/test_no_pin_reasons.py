@@ -72,3 +72,33 @@ def test_python_39_target_gets_the_python_it_needs_from_the_cli(tmp_path):
     assert last == ("torchdepot: error: cpu-py39-linux-x86_64: no torch wheel for cpu, Python 3.9, linux-x86_64: "
                     "torch 2.13.0 needs Python >=3.10 (its cpu wheels for linux-x86_64 are for Python 3.10, 3.11); "
                     "this target is Python 3.9"), proc.stderr
+
+
+def test_a_plain_folder_of_wheels_is_a_find_links_upstream(tmp_path):
+    """Issue 22 item 21: ``upstreams: [file:///srv/wheels]`` with the wheels right in it (no
+    ``cpu/`` below) was refused ("has no cpu torch index"); pip reads such a folder as
+    find-links, and so does the mirror now."""
+    from torchdepot.net.http import HttpConfig, make_session
+    from torchdepot.net.pipconfig import PipSources
+    from torchdepot.spec.mirror import parse_spec
+    from torchdepot.store import manifest as mf
+    from torchdepot.sync.pip import sync
+
+    torch = wheel_bytes("torch", "2.13.0+cpu", f"cp311-cp311-{LINUX}", ("filelock",), ">=3.10")
+    filelock = wheel_bytes("filelock", "3.20.0")
+    folder = tmp_path / "wheels"
+    folder.mkdir()
+    (folder / torch.filename).write_bytes(torch.data)
+    pep503([filelock], pages=["/simple"], files="/files", metadata=False).write(tmp_path / "up")
+    with Server(tmp_path / "up") as srv:
+        spec = parse_spec({"accelerators": ["cpu"], "pythons": ["3.11"], "platforms": ["linux-x86_64"],
+                           "extra_packages": [], "upstreams": [folder.as_uri()], "out": str(tmp_path / "out"),
+                           "jobs": 2}, "test spec")
+        lines: list[str] = []
+        sync(spec, client=make_session(HttpConfig(retries=0)), progress=False, echo=lines.append,
+             pip_sources=PipSources(index_url=srv.url + "/simple"))
+    assert not [ln for ln in lines if "has no cpu torch index" in ln], lines
+    files = {e.path: e for e in mf.load(tmp_path / "out").files}
+    assert f"packages/torch/{torch.filename}" in files
+    assert files[f"packages/torch/{torch.filename}"].sha256 == torch.sha256
+    assert "packages/filelock/filelock-3.20.0-py3-none-any.whl" in files
