@@ -21,6 +21,8 @@ it (no regex re-spelling a name built elsewhere). Layout of ``<root>``::
         resolutions.json              each target's last resolution and its inputs (RESOLUTIONS)
         stage-<kind>-<pid>-<rand>/    staging of an unbundle or repair (one per run)
         aside/<stamp>/                unknown files moved out by ``verify-mirror --repair --move-unknown``
+        pullthrough/whl/...           ``serve --pull-through``'s merged pages and what each offers (PULLTHROUGH_DIR)
+        misses.jsonl                  what ``serve --pull-through`` was asked for and did not hold (MISSES_LOG)
 
 Immutable publication (``docs/publication.md``, :mod:`torchdepot.store.publication`): a
 path the committed ``manifest.json`` lists never receives other bytes. A re-sync stages
@@ -70,6 +72,8 @@ RESOLUTIONS = f"{STATE_DIR}/resolutions.json"
 MATRIX_RECORD = f"{STATE_DIR}/matrix.json"  # `current`: upstream's release matrix at the last sync
 PUBLISH_JOURNAL = f"{STATE_DIR}/publish.json"
 ASIDE_DIR = f"{STATE_DIR}/aside"
+PULLTHROUGH_DIR = f"{STATE_DIR}/pullthrough"
+MISSES_LOG = f"{STATE_DIR}/misses.jsonl"
 STAGE_PREFIX = "stage-"
 
 StageKind = Literal["unbundle", "repair"]

@@ -180,8 +180,8 @@ class View:
         want = canonicalize_name(project)
         if keep is not None:  # variants.json links: the host policy and a safe name, like any file
             for link in links:
-                if is_variants_json(link.filename) and variants_json_key(link.filename) \
-                        and variants_json_key(link.filename)[0] == want and not self.policy.refusal(link.url) \
+                if is_variants_json(link.filename) and (vkey := variants_json_key(link.filename)) \
+                        and vkey[0] == want and not self.policy.refusal(link.url) \
                         and _safe_name(link.filename):
                     keep.append(link)
         links = [link for link in links if not is_variants_json(link.filename)]
@@ -356,7 +356,7 @@ class View:
                 return path.read_bytes()
         link = vf.link
         data, served = None, None
-        if link.core_metadata:
+        if link.metadata_url:  # set exactly when the link offers core metadata
             try:
                 data = self.reader.metadata(link.metadata_url)
             except UpstreamError:
@@ -400,7 +400,7 @@ class View:
 
         bad: list[str] = []  # sources whose bytes are no usable wheel (not merely unreachable)
         for link in candidates():
-            if link is not vf.link and link.core_metadata:
+            if link is not vf.link and link.metadata_url:  # set exactly when the link offers core metadata
                 try:
                     data = self.reader.metadata(link.metadata_url)
                     if data is not None and (link.metadata_sha256 in (None, hashlib.sha256(data).hexdigest())):

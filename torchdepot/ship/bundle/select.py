@@ -6,7 +6,7 @@ import os
 import posixpath
 from pathlib import Path
 
-from torchdepot.ship.bundle.model import BundleError, BundlePlan, PlannedFile
+from torchdepot.ship.bundle.model import BundleError, BundlePlan, PlannedFile, Role
 from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
 from torchdepot.store.fsutil import safe_join
@@ -15,7 +15,7 @@ from torchdepot.store.simple_json import HTML_PAGE, JSON_PAGE
 # ---------------------------------------------------------------- selection
 
 def _walk_files(top: Path, rel_prefix: str) -> list[tuple[str, Path]]:
-    out = []
+    out: list[tuple[str, Path]] = []
     if not top.is_dir():
         return out
     for dirpath, dirnames, filenames in os.walk(top):  # follows the top symlink (whl/), not inner ones
@@ -102,7 +102,8 @@ def plan_bundle(root: Path, targets: list[str] | None = None, envs: Path | None 
         for tid in ids:
             locks += _walk_files(Path(envs) / tid, f"envs/{tid}")
     seen: set[str] = {f.path for f in files}
-    for role, group in (("lock", locks), ("index", index)):
+    by_role: tuple[tuple[Role, list[tuple[str, Path]]], ...] = (("lock", locks), ("index", index))
+    for role, group in by_role:
         for rel, src in group:
             if rel not in seen:
                 seen.add(rel)

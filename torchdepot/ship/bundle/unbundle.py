@@ -24,6 +24,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
 from tqdm import tqdm
 
@@ -73,7 +74,7 @@ def bundle_parts(path: Path) -> list[Path]:
 class _JoinedReader(io.RawIOBase):
     def __init__(self, parts: list[Path], bar):
         self.parts = list(parts)
-        self.fh = None
+        self.fh: io.BufferedReader | None = None
         self.bar = bar
 
     def readable(self) -> bool:
@@ -118,7 +119,9 @@ def _kind(m: tarfile.TarInfo) -> str:
 def _read_doc(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     if member.size > MAX_DOC_BYTES:
         raise BundleError(f"{member.name}: {member.size} bytes, more than a bundle document may hold")
-    return tar.extractfile(member).read()
+    fin = tar.extractfile(member)
+    assert fin is not None  # _extract refuses every member but regular files first
+    return fin.read()
 
 
 def _extract(parts: list[Path], staging: Path) -> tuple[BundleDoc, dict[str, tuple[str, int]]]:
@@ -135,7 +138,7 @@ def _extract(parts: list[Path], staging: Path) -> tuple[BundleDoc, dict[str, tup
     staged = 0
     with tqdm(total=total, unit="B", unit_scale=True, desc="unbundle", disable=None) as bar:
         raw = io.BufferedReader(_JoinedReader(parts, bar), CHUNK)
-        src = raw
+        src: IO[bytes] = raw
         if raw.peek(4)[:4] == ZSTD_MAGIC:
             import zstandard
 
@@ -174,6 +177,7 @@ def _extract(parts: list[Path], staging: Path) -> tuple[BundleDoc, dict[str, tup
                     h = hashlib.sha256()
                     n = 0
                     fin = tar.extractfile(member)
+                    assert fin is not None  # a regular file (isreg() above)
                     with open(dest, "wb") as out:
                         while chunk := fin.read(CHUNK):
                             h.update(chunk)
