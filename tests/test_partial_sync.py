@@ -72,3 +72,28 @@ def test_a_target_published_before_keeps_what_it_had(tmp_path):
     assert sorted(t.id for t in manifest.targets) == ["cpu-py311-linux-x86_64", "cpu-py312-linux-x86_64"]
     assert f"packages/torch/{T312.filename}" in {f.path for f in manifest.files}
     assert "verify-mirror ok" in proc.stdout
+
+
+def test_a_target_the_resolver_cannot_close_fails_alone(tmp_path):
+    """Both Pythons pin torch, but its dependency has a cp311 wheel only: 3.12's resolution
+    fails, 3.11 is published, the run names 3.12 and exits 1."""
+    dep = wheel_bytes("onlyhere", "1.0", "cp311-cp311-manylinux_2_28_x86_64")
+    wheels = [wheel_bytes("torch", "2.12.0+cpu", f"cp{v}-cp{v}-manylinux_2_28_x86_64", ("onlyhere",), ">=3.10")
+              for v in (311, 312)]
+    tree = Tree()
+    for w in wheels:
+        tree.add(f"/whl/cpu/{w.filename}", w.data)
+    tree.add("/whl/cpu/torch/index.html",
+             page(link(f"/whl/cpu/{urllib.parse.quote(w.filename)}", w.filename, w.sha256) for w in wheels))
+    tree |= pep503([dep], pages=["/simple"], files="/files", metadata=False)
+    tree.write(tmp_path / "up")
+    out = tmp_path / "out"
+    with Server(tmp_path / "up") as srv:
+        proc = run_mirror(_spec(tmp_path / "spec.yaml", srv.url, out), mirror_env(srv.url, tmp_path))
+    assert proc.returncode == 1, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr
+    assert errors[0].startswith("error: cpu-py312-linux-x86_64: ")
+    assert proc.stderr.rstrip().splitlines()[-1] == (
+        "torchdepot: error: 1 target(s) not synced: cpu-py312-linux-x86_64 (the others are published)")
+    assert [t.id for t in mf.load(out).targets] == ["cpu-py311-linux-x86_64"]

@@ -100,6 +100,11 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
         resolved = (resolve_targets(plan, view, jobs=RESOLVE_JOBS, cache=None if dry_run else out / L.RESOLUTIONS)
                     if plan.targets else Resolution(targets=(), files=()))
         resolution = with_locked(resolved, locks, view)
+        if resolved.failed:  # each named; what it had published stays (retention.carried_failed)
+            carried += retention.carried_failed([tid for tid, _why in resolved.failed], previous)
+            for _tid, why in resolved.failed:
+                result.failed.append(why)
+                log.say(f"error: {why}")
         result.plans = list(resolution.targets)
         log.phase("resolve")
         live = frozenset(tp.target.id for tp in resolution.targets) | {t.id for t in carried}

@@ -39,6 +39,9 @@ from torchdepot.sync.view import View, ViewFile
 class Resolution:
     targets: tuple[TargetPlan, ...]
     files: tuple[tuple[str, ViewFile, str], ...]  # (mirror key, view file, accelerator), each file once
+    # (target id, why): targets the resolver found no answer for while others resolved; the run
+    # publishes the others, names these and fails at its end (one target does not stop a sync)
+    failed: tuple[tuple[str, str], ...] = ()
 
 
 def file_key(f: ResolvedFile) -> str:
@@ -175,9 +178,14 @@ def resolve_targets(plan: Plan, view: View, jobs: int = 2, cache: Path | None = 
         return replace(tp, files=tuple(f for f, _ in mapped)), mapped
 
     with view.serve() as base, ThreadPoolExecutor(max_workers=max(1, min(jobs, len(plan.targets) or 1))) as pool:
-        done = list(pool.map(lambda tp: one(base, tp), plan.targets))
+        outcomes = list(pool.map(lambda tp: _outcome(one, base, tp), plan.targets))
     if view.errors:
         raise TorchdepotError(view.errors[0])
+    done = [o for o in outcomes if not isinstance(o, TorchdepotError)]
+    failed = [(tp.target.id, o) for tp, o in zip(plan.targets, outcomes, strict=True)
+              if isinstance(o, TorchdepotError)]
+    if failed and not done:
+        raise failed[0][1]  # nothing resolved: the run fails as it always did
     if cache is not None:
         for tp, _ in done:  # every page the resolvers read for the accelerator, as of now
             entry = fresh[tp.target.id]
@@ -187,4 +195,13 @@ def resolve_targets(plan: Plan, view: View, jobs: int = 2, cache: Path | None = 
     for tp, mapped in done:
         for f, vf in mapped:
             files.setdefault(file_key(f), (file_key(f), vf, tp.target.accelerator))
-    return Resolution(targets=tuple(tp for tp, _ in done), files=tuple(files.values()))
+    return Resolution(targets=tuple(tp for tp, _ in done), files=tuple(files.values()),
+                      failed=tuple((tid, str(exc)) for tid, exc in failed))
+
+
+def _outcome(one, base: str, tp: TargetPlan):
+    """``one(base, tp)``, or the one-line error that target ended in."""
+    try:
+        return one(base, tp)
+    except TorchdepotError as exc:
+        return exc

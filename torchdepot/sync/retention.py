@@ -65,6 +65,12 @@ def plan(out: Path, previous: mf.Manifest | None, resolution: Resolution, stored
                                    listed=listed, missing=missing_paths(out, previous))
 
 
+def carried_failed(ids: list[str], previous: mf.Manifest | None) -> list[mf.Target]:
+    """The published state of targets that failed this run after planning (it stays as it was)."""
+    before = {t.id: t for t in (previous.targets if previous else []) if t.kind == "pip"}
+    return [before[i] for i in ids if i in before]
+
+
 def carried_targets(plan: Plan, previous: mf.Manifest | None, say: Echo) -> list[mf.Target]:
     """The published state of each target the plan skipped (it could not be pinned now)."""
     before = {t.id: t for t in (previous.targets if previous else []) if t.kind == "pip"}
