@@ -17,6 +17,7 @@ import pytest
 from tests.httpserver import Server
 from tests.kit.upstream import Tree, link, page, pep503
 from tests.kit.wheels import wheel_bytes
+from torchdepot.errors import TorchdepotError
 from torchdepot.net.http import HttpConfig, make_session
 from torchdepot.net.pipconfig import PipSources
 from torchdepot.sources.wheelmeta import MAX_REQUIRES_DIST, metadata_refusal
@@ -194,3 +195,24 @@ def test_sdists_of_the_users_index_are_not_counted_as_refusals(tmp_path):
     assert res.refused == 1, lines
     (line,) = [ln for ln in lines if ln.startswith("upstream: refused")]
     assert line == "upstream: refused 1 links (1 host elsewhere.example not allowed by the host policy)"
+
+
+def test_when_the_only_candidate_is_bad_the_run_fails_in_one_line_naming_why(tmp_path):
+    name, data = _not_a_zip()
+    tree = Tree()
+    tree.add(f"/whl/cpu/{name}", data)
+    tree.add("/whl/cpu/torch/index.html", page([link(f"/whl/cpu/{urllib.parse.quote(name)}", name,
+                                                     hashlib.sha256(data).hexdigest())]))
+    tree |= pep503([FILELOCK], pages=["/simple"], files="/files", metadata=False)
+    tree.write(tmp_path / "up")
+    with Server(tmp_path / "up") as srv:
+        spec = parse_spec({"accelerators": ["cpu"], "pythons": ["3.11"], "platforms": ["linux-x86_64"],
+                           "extra_packages": [], "upstreams": [srv.url + "/whl"], "out": str(tmp_path / "out"),
+                           "jobs": 2}, "test spec")
+        lines: list[str] = []
+        with pytest.raises(TorchdepotError) as info:
+            sync(spec, client=make_session(HttpConfig(retries=0)), progress=False, echo=lines.append,
+                 pip_sources=PipSources(index_url=srv.url + "/simple"))
+    assert "1 candidate(s) excluded, none left" in str(info.value)
+    assert "not a readable wheel" in str(info.value)
+    assert not [ln for ln in lines if ln.startswith("excluded ")], lines  # the error line says it all

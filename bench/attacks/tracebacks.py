@@ -101,7 +101,8 @@ def _parse_big_label(sb: Sandbox):
 
 def _exclude_newer_cli(when: str):
     def make(sb: Sandbox):
-        return ["mirror", "--dry-run", "--out", str(sb.work / "out"), "--exclude-newer", when], (sb.work / "out",)
+        return ["mirror", "--dry-run", "--spec", str(_spec(sb, SPEC_OK)), "--out", str(sb.work / "out"),
+                "--exclude-newer", when], (sb.work / "out",)
     return make
 
 

@@ -100,6 +100,8 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
         resolved = (resolve_targets(plan, view, jobs=RESOLVE_JOBS, cache=None if dry_run else out / L.RESOLUTIONS)
                     if plan.targets else Resolution(targets=(), files=()))
         resolution = with_locked(resolved, locks, view)
+        for line in view.exclusion_lines():
+            log.say(line)
         if resolved.failed:  # each named; what it had published stays (retention.carried_failed)
             carried += retention.carried_failed([tid for tid, _why in resolved.failed], previous)
             for _tid, why in resolved.failed:

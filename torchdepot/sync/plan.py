@@ -133,6 +133,13 @@ def plan_targets(spec: MirrorSpec, view: View, pip: PipSources, targets: Sequenc
                 failed=tuple((t, str(exc)) for t, exc in failed))
 
 
+def _for_target(filename: str, t: PipTarget) -> bool:
+    try:
+        return matches_target(parse_wheel(filename), t.accelerator, t.python, t.platform)
+    except ParseError:
+        return False
+
+
 def _pinned_files_usable(view: View, t: PipTarget, files: list, version: str) -> bool:
     """Read the METADATA of the pinned version's wheels for ``t`` (the resolver would read it
     next); False when one of them was excluded for bytes that are no usable wheel."""
@@ -166,7 +173,10 @@ def _plan_target(spec: MirrorSpec, view: View, pip: PipSources, t: PipTarget, pr
                 break
         if p is None:
             want = f" {constraint}" if constraint else ""
-            why = no_pin_reason(links, project, t.accelerator, t.python, t.platform, constraint)
+            gone = [view.excluded[(t.accelerator, f.filename)] for f in view.project(t.accelerator, project)
+                    if (t.accelerator, f.filename) in view.excluded and _for_target(f.filename, t)]
+            why = (f"{len(gone)} candidate(s) excluded, none left: {gone[0]}" if gone else
+                   no_pin_reason(links, project, t.accelerator, t.python, t.platform, constraint))
             if why:
                 raise TorchdepotError(f"{t.id}: no {project}{want} wheel for {t.accelerator}, Python {t.python}, "
                                       f"{t.platform}: {why}")

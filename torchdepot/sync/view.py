@@ -468,14 +468,19 @@ class View:
             shutil.copyfileobj(src, handler.wfile, 1024 * 1024)
 
     def exclude(self, accelerator: str, vf: ViewFile, reason: str) -> None:
-        """Leave ``vf`` out of this run: its page is rebuilt without it, and one line says so."""
+        """Leave ``vf`` out of this run: its page is rebuilt without it (:meth:`exclusion_lines`)."""
         key = (accelerator, vf.filename)
         with self._lock:
             if key in self.excluded:
                 return
             self.excluded[key] = reason
             self._pages.pop((accelerator, vf.project), None)
-        self.say(f"excluded {vf.filename} ({accelerator}): {reason}; resolving again without it")
+
+    def exclusion_lines(self) -> list[str]:
+        """One line per excluded file: said once the run has resolved without them (a run that
+        fails instead names the reason in its one error line)."""
+        with self._lock:
+            return [f"excluded {fn} ({acc}): {why}; resolved without it" for (acc, fn), why in self.excluded.items()]
 
     def _error(self, line: str) -> None:
         with self._lock:
