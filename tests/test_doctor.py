@@ -657,3 +657,14 @@ def test_mirror_unreachable_fails_fast(tmp_path):
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith(f"torchdepot: error: http://127.0.0.1:{port}/manifest.json: timed out")
     assert took < 15, took
+
+
+def test_deeply_nested_manifest_is_one_line_after_the_local_report(tmp_path):
+    """Issue 22 item 12: a manifest.json nested 100,000 deep was 'unexpected RecursionError (a bug)'."""
+    mroot = tmp_path / "mirror"
+    mroot.mkdir()
+    (mroot / "manifest.json").write_text('{"targets": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    proc = doctor(tmp_path, "--mirror", mroot.as_uri(), check_rc=False)
+    assert proc.returncode == 1
+    assert proc.stdout.startswith("machine     ")
+    assert proc.stderr == f"torchdepot: error: {mroot.as_uri()}/manifest.json: nested too deeply to be a torchdepot manifest\n"

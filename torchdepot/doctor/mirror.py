@@ -117,7 +117,10 @@ def read_mirror(client, url: str, deadline: float = DOCTOR_DEADLINE) -> MirrorOf
     reader = UpstreamReader(client, default_policy([base]))
     try:
         body = reader.get(f"{base}/manifest.json", "metadata")
-        doc = json.loads(body.data) if body is not None else None
+        try:
+            doc = json.loads(body.data) if body is not None else None
+        except RecursionError:  # a hostile manifest.json nested past the parser's depth
+            raise UpstreamError(f"{base}/manifest.json: nested too deeply to be a torchdepot manifest") from None
         if isinstance(doc, dict) and isinstance(doc.get("targets"), list):
             return offer_from_manifest(base, doc)
     except (HttpStatusError, ValueError):
