@@ -216,3 +216,40 @@ def test_when_the_only_candidate_is_bad_the_run_fails_in_one_line_naming_why(tmp
     assert "1 candidate(s) excluded, none left" in str(info.value)
     assert "not a readable wheel" in str(info.value)
     assert not [ln for ln in lines if ln.startswith("excluded ")], lines  # the error line says it all
+
+
+def test_a_wheel_whose_download_is_no_wheel_is_excluded_and_resolved_again(tmp_path):
+    """Upstream's PEP 658 .metadata for torch 2.13 is fine, and the page's sha256 matches the
+    bytes, but the bytes are not a wheel: only the download shows it. The run drops the file,
+    resolves again without it and publishes 2.12; nothing of 2.13 stays on disk."""
+    from tests.kit.wheels import wheel_metadata
+    real = wheel_bytes("torch", "2.13.0+cpu", TAG, ("filelock",), ">=3.10")
+    junk = b"\x00not a wheel at all\x00" * 4096
+    meta = wheel_metadata(real.data)
+    tree = Tree()
+    tree.add(f"/whl/cpu/{real.filename}", junk)
+    tree.add(f"/whl/cpu/{real.filename}.metadata", meta)
+    tree.add(f"/whl/cpu/{GOOD.filename}", GOOD.data)
+    tree.add(f"/whl/cpu/{GOOD.filename}.metadata", GOOD.metadata)
+    anchors = [link(f"/whl/cpu/{urllib.parse.quote(real.filename)}", real.filename,
+                    hashlib.sha256(junk).hexdigest(), hashlib.sha256(meta).hexdigest()),
+               link(f"/whl/cpu/{urllib.parse.quote(GOOD.filename)}", GOOD.filename, GOOD.sha256,
+                    hashlib.sha256(GOOD.metadata).hexdigest())]
+    tree.add("/whl/cpu/torch/index.html", page(anchors))
+    tree |= pep503([FILELOCK], pages=["/simple"], files="/files", metadata=False)
+    tree.write(tmp_path / "up")
+    out = tmp_path / "out"
+    with Server(tmp_path / "up") as srv:
+        spec = parse_spec({"accelerators": ["cpu"], "pythons": ["3.11"], "platforms": ["linux-x86_64"],
+                           "extra_packages": [], "upstreams": [srv.url + "/whl"], "out": str(out), "jobs": 2},
+                          "test spec")
+        lines: list[str] = []
+        res = sync(spec, client=make_session(HttpConfig(retries=0)), progress=False, echo=lines.append,
+                   pip_sources=PipSources(index_url=srv.url + "/simple"))
+    assert res.verify == "ok"
+    files = {e.path for e in mf.load(out).files}
+    assert f"packages/torch/{GOOD.filename}" in files
+    assert not [p for p in out.rglob(f"{real.filename}*") if ".torchdepot" not in p.parts]  # published or left
+    said = [ln for ln in lines if ln.startswith(f"excluded {real.filename}")]
+    assert len(said) == 1, lines
+    assert "not a readable wheel" in said[0]
