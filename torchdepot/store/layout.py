@@ -84,6 +84,7 @@ _BUILD_MARK = ".tmp-"
 _CONDA_INDEX = re.compile(
     r"(current_)?repodata(_from_packages)?\.json(\.zst|\.bz2|\.jlap)?|repodata_shards\.msgpack(\.zst)?"
     r"|channeldata\.json|index\.html|\.?run_exports\.json(\.zst)?"
+    r"|[0-9a-f]{64}\.msgpack\.zst"  # a CEP-16 shard (under <subdir>/shards/), content-addressed
 )
 
 

@@ -146,15 +146,24 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
         result.seconds = time.monotonic() - started
 
 
-def _conda(spec: MirrorSpec, out: Path, client: Client | None, dry_run: bool,
-           say: Echo) -> tuple[list[mf.FileEntry], list[mf.Target]]:
-    """Run the conda side when the spec has a ``conda:`` section."""
+def _conda_prepare(spec: MirrorSpec, out: Path, client: Client | None, dry_run: bool, say: Echo):
+    """The conda side's solve and downloads, before the pip side publishes (one transaction:
+    a conda failure publishes nothing). None when the spec has no ``conda:`` section."""
     if spec.conda is None:
-        return [], []
-    from torchdepot.sync.conda import sync_conda
+        return None
+    from torchdepot.sync.conda import prepare_conda
 
-    cres = sync_conda(spec, out, client=client, jobs=spec.jobs, on_hash_mismatch=spec.on_hash_mismatch,
-                      dry_run=dry_run)
+    return prepare_conda(spec, out, client=client, jobs=spec.jobs, on_hash_mismatch=spec.on_hash_mismatch,
+                         dry_run=dry_run, say=say)
+
+
+def _conda_publish(prepared, out: Path, say: Echo) -> tuple[list[mf.FileEntry], list[mf.Target]]:
+    """Index the prepared conda channels; their files and targets for the manifest."""
+    if prepared is None:
+        return [], []
+    from torchdepot.sync.conda import publish_conda
+
+    cres = publish_conda(prepared, out)
     if cres.summary:
         say(f"conda: {cres.summary}")
     return list(cres.files), list(cres.targets)
@@ -184,12 +193,13 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
                           previous=previous, locks=locks)
         log = RunLog(result, echo, mark=started)
         dryrun.print_removals(result.removals, prune or spec.keep is not None, log.say)
-        _conda(spec, out, client, True, log.say)
+        _conda_publish(_conda_prepare(spec, out, client, True, log.say), out, log.say)
         return result
     out.mkdir(parents=True, exist_ok=True)
     with MirrorLock(out, wait):
         previous = mf.load(out) if (out / L.MANIFEST_NAME).is_file() else None
         tset = lifecycle.target_set(asked, origin, previous, prune)
+        conda = _conda_prepare(spec, out, client, False, echo)  # fails before anything is published
         excluded: dict[tuple[str, str], str] = {}
         for attempt in range(MAX_BAD_WHEEL_PASSES):
             try:
@@ -202,7 +212,7 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
                     raise
                 excluded.update(exc.excluded)
         log = RunLog(result, echo, mark=started)
-        conda_files, conda_targets = _conda(spec, out, client, False, log.say)
+        conda_files, conda_targets = _conda_publish(conda, out, log.say)
         files, targets = [*result.files, *conda_files], [*result.targets, *conda_targets]
         for r in result.removals:
             log.say(r.line())
