@@ -13,6 +13,8 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.httpserver import Server
 from tests.kit.upstream import Tree, link, page, pep503
@@ -253,3 +255,17 @@ def test_a_wheel_whose_download_is_no_wheel_is_excluded_and_resolved_again(tmp_p
     said = [ln for ln in lines if ln.startswith(f"excluded {real.filename}")]
     assert len(said) == 1, lines
     assert "not a readable wheel" in said[0]
+
+
+_segment = st.sampled_from([".", "..", "%2e", "%2E%2e", ".%2e", "a", "whl", "cpu", "a..b", "...", "%2f", "x%5c..",
+                            "%252e%252e"])
+
+
+@given(st.lists(_segment, min_size=1, max_size=6))
+def test_dot_segment_refusal_matches_the_decoded_path(segments):
+    from torchdepot.net.hostpolicy import default_policy
+    policy = default_policy(["http://a.example/whl"])
+    path = "/" + "/".join(segments) + "/" + GOOD.filename
+    decoded = urllib.parse.unquote(path).replace("\\", "/").split("/")
+    dotted = any(s in (".", "..") for s in decoded) or any(s in (".", "..") for s in path.split("/"))
+    assert (policy.refusal("http://a.example" + path) == "dot segment in URL path refused") == dotted
