@@ -57,20 +57,27 @@ def test_a_python_upstream_lacks_fails_alone(tmp_path):
 
 
 def test_a_target_published_before_keeps_what_it_had(tmp_path):
+    """Both Pythons published with torch 2.12; then the spec asks torch>=2.13, which upstream
+    has for 3.11 only: 3.11 moves to 2.13, 3.12 fails (named, exit 1) and keeps its 2.12."""
     out = tmp_path / "out"
     _upstream(tmp_path / "up", [T311, T312])
     with Server(tmp_path / "up") as srv:
         first = run_mirror(_spec(tmp_path / "spec.yaml", srv.url, out), mirror_env(srv.url, tmp_path))
     assert first.returncode == 0, first.stderr
-    (tmp_path / "up" / "whl" / "cpu" / "torch" / "index.html").write_bytes(
-        page([link(f"/whl/cpu/{urllib.parse.quote(T311.filename)}", T311.filename, T311.sha256)]))
+    newer = wheel_bytes("torch", "2.13.0+cpu", "cp311-cp311-manylinux_2_28_x86_64", ("filelock",), ">=3.10")
+    _upstream(tmp_path / "up", [T311, T312, newer])
     with Server(tmp_path / "up") as srv:
-        proc = run_mirror(_spec(tmp_path / "spec.yaml", srv.url, out), mirror_env(srv.url, tmp_path))
+        spec = _spec(tmp_path / "spec.yaml", srv.url, out)
+        spec.write_text(spec.read_text().replace("- torch", "- torch>=2.13"))
+        proc = run_mirror(spec, mirror_env(srv.url, tmp_path))
     assert proc.returncode == 1, proc.stderr
-    assert "cpu-py312-linux-x86_64" in proc.stderr.rstrip().splitlines()[-1]
+    assert proc.stderr.rstrip().splitlines()[-1] == (
+        "torchdepot: error: 1 target(s) not synced: cpu-py312-linux-x86_64 (the others are published)")
     manifest = mf.load(out)
     assert sorted(t.id for t in manifest.targets) == ["cpu-py311-linux-x86_64", "cpu-py312-linux-x86_64"]
-    assert f"packages/torch/{T312.filename}" in {f.path for f in manifest.files}
+    paths = {f.path for f in manifest.files}
+    assert f"packages/torch/{T312.filename}" in paths
+    assert f"packages/torch/{newer.filename}" in paths
     assert "verify-mirror ok" in proc.stdout
 
 

@@ -40,7 +40,7 @@ from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
 from torchdepot.store import publication
 from torchdepot.store.fsutil import MirrorLock
-from torchdepot.sync import dryrun, early, lifecycle, retention, session
+from torchdepot.sync import dryrun, early, lifecycle, pulled, retention, session, tombstones
 from torchdepot.sync.check import verify_published
 from torchdepot.sync.download import (
     BadCandidates,
@@ -95,6 +95,7 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
         held.view = view = session.open_view(spec, edge, session.accelerators(list(tset.run), locks), workdir,
                                              previous, log.say)
         view.excluded.update(excluded or {})  # files an earlier pass of this run downloaded and found bad
+        view.held = result.keeper = tombstones.Keeper.of(previous, out)  # upstream's deletions: the mirror's copy
         plan = plan_targets(spec, view, edge.pip, [t for t in tset.run if t.id not in locked_ids], tset.tolerate)
         for warning in dict.fromkeys(w for tp in plan.targets for w in tp.warnings):
             log.say(warning)
@@ -214,10 +215,17 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
         log = RunLog(result, echo, mark=started)
         conda_files, conda_targets = _conda_publish(conda, out, log.say)
         files, targets = [*result.files, *conda_files], [*result.targets, *conda_targets]
+        kept = tombstones.settle(out, previous, result.keeper, files, targets, result.releases, result.removals,
+                                 {t.id for t in targets}, prune)
+        held = pulled.carry(out, previous, kept.files, kept.removals)  # what serve --pull-through published
+        files, result.removals, result.tombstones = held.files, held.removals, kept.tombstones
+        for t in result.tombstones:
+            log.say(t.line())
         for r in result.removals:
             log.say(r.line())
         manifest = mf.Manifest(files=files, targets=targets, spec=spec.to_data(), recorded=list(tset.recorded),
-                               releases=list(result.releases), last_sync=sync_record(started, "unchecked", ""))
+                               releases=list(result.releases), last_sync=sync_record(started, "unchecked", ""),
+                               tombstones=result.tombstones, pulled=held.pulled)
         # journaled before the commit: a kill before _remove leaves staged leftovers, not orphans
         publication.record(out, lifecycle.removed_paths(result.removals) | lifecycle.target_dirs(tset.dropped))
         write_landing(out, manifest)

@@ -138,6 +138,9 @@ class View:
     on_hash_mismatch: str
     say: Say
     exclude_newer: dt.datetime | None = None  # files uploaded later are left out (those without a time stay)
+    # (accelerator, project, screened links) -> the mirror's own copies to add: wheels it
+    # published that upstream no longer lists (sync/tombstones.py); None: nothing added
+    held: Callable[[str, str, list[Link]], list[Link]] | None = None
     base_url: str = ""
     # upstream URL -> sha256 of the bytes the mirror already holds from it (the previous
     # manifest): a link without a hash gets this one, so the resolver need not download a
@@ -219,6 +222,8 @@ class View:
         if not kept:  # not on the PyTorch variant (or nothing usable there): the user's sources
             vjson = []
             kept = self._screen(self.dependency_links(project), project)
+        if self.held is not None and variant is not None and not self._dead:  # read whole: absent means deleted
+            kept = kept + self.held(accelerator, project, kept)
         label = variant.label if variant else None
         files = [ViewFile(project, link.filename, link, label if _label(link.filename) == label else None)
                  for link in kept]
