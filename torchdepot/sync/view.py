@@ -70,7 +70,7 @@ from torchdepot.sources.variants import (
     parse_variants_json,
     variants_json_key,
 )
-from torchdepot.sources.wheelmeta import remote_metadata
+from torchdepot.sources.wheelmeta import BadWheelError, metadata_refusal, remote_metadata
 from torchdepot.store.fsutil import atomic_write_bytes, safe_filename, safe_join, sha256_file
 
 Say = Callable[[str], None]
@@ -157,6 +157,9 @@ class View:
     _dead: set[str] = field(default_factory=set)
     _local_hashes: dict[str, str | None] = field(default_factory=dict)
     _pages: dict[tuple[str, str], bytes | None] = field(default_factory=dict)
+    # (accelerator, file name) -> why its bytes failed (not a zip, no METADATA, over a cap): the
+    # file leaves the pages and the resolver runs again without it (sync/resolution.py)
+    excluded: dict[tuple[str, str], str] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     # -- links -------------------------------------------------------------------------
@@ -327,6 +330,8 @@ class View:
             return None
         anchors = []
         for f in files:
+            if (accelerator, f.filename) in self.excluded:
+                continue
             link = f.link
             sha256 = link.sha256 or self._hash_of(link)
             href = f"../files/{urllib.parse.quote(f.shown)}" + (f"#sha256={sha256}" if sha256 else "")
@@ -350,6 +355,8 @@ class View:
         filename = vf.filename  # the record is the wheel's own; the page showed vf.shown
         path = safe_join(self.workdir, f"{accelerator}/files/{safe_filename(vf.shown)}.metadata")
         with self._lock:
+            if (accelerator, filename) in self.excluded:
+                return None
             if (accelerator, filename) in self._metadata:
                 return path.read_bytes()
         link = vf.link
@@ -376,6 +383,10 @@ class View:
             data = self._from_wheel(accelerator, vf)
             if data is None:
                 return None
+        refusal = metadata_refusal(data)
+        if refusal:
+            self.exclude(accelerator, vf, refusal)
+            return None
         record = MetadataRecord(filename, hashlib.sha256(data).hexdigest(), declared, served, source)
         if vf.label is not None:  # the resolver sees the label's view of the variant markers
             data = evaluate_variant_markers(data, vf.label, self._properties(accelerator, vf))
@@ -392,6 +403,7 @@ class View:
             yield vf.link
             yield from self.alternates(accelerator, vf.filename)
 
+        bad: list[str] = []  # sources whose bytes are no usable wheel (not merely unreachable)
         for link in candidates():
             if link is not vf.link and link.metadata_url:  # set exactly when the link offers core metadata
                 try:
@@ -402,8 +414,13 @@ class View:
                     errors.append(str(exc))
             try:
                 return remote_metadata(self.reader, link.url, vf.project)
+            except BadWheelError as exc:
+                bad.append(str(exc))
             except UpstreamError as exc:
                 errors.append(str(exc))
+        if bad:
+            self.exclude(accelerator, vf, bad[0])
+            return None
         self._error(f"{vf.filename}: no metadata from any source ({errors[0] if errors else 'no source'})")
         return None
 
@@ -454,6 +471,21 @@ class View:
         handler.end_headers()
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             shutil.copyfileobj(src, handler.wfile, 1024 * 1024)
+
+    def exclude(self, accelerator: str, vf: ViewFile, reason: str) -> None:
+        """Leave ``vf`` out of this run: its page is rebuilt without it (:meth:`exclusion_lines`)."""
+        key = (accelerator, vf.filename)
+        with self._lock:
+            if key in self.excluded:
+                return
+            self.excluded[key] = reason
+            self._pages.pop((accelerator, vf.project), None)
+
+    def exclusion_lines(self) -> list[str]:
+        """One line per excluded file: said once the run has resolved without them (a run that
+        fails instead names the reason in its one error line)."""
+        with self._lock:
+            return [f"excluded {fn} ({acc}): {why}; resolved without it" for (acc, fn), why in self.excluded.items()]
 
     def _error(self, line: str) -> None:
         with self._lock:
@@ -509,8 +541,10 @@ class View:
                     self.send_error(502)
                     return
                 if body is None and len(parts) == 3 and parts[1] == "files":
-                    view.relay(parts[0], parts[2], self)
-                    return
+                    vf = view._files.get((parts[0], parts[2].removesuffix(".metadata")))
+                    if vf is None or (parts[0], vf.filename) not in view.excluded:
+                        view.relay(parts[0], parts[2], self)
+                        return
                 if body is None:
                     self.send_error(404)
                     return
