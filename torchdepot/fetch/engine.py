@@ -177,7 +177,7 @@ class Fetcher:
         with self._lock:
             fut = self._futures.get(item.key)
             if fut is None:
-                self._progress.add_file(item.size)
+                self._progress.add_file(item.size, item.key)
                 fut = self._futures[item.key] = self._files.submit(self._guarded, item)
         return fut
 
@@ -212,7 +212,7 @@ class Fetcher:
             res = self._one(item)
         except Exception as exc:  # a bug must not lose the other files' results
             res = FetchResult(key=item.key, status="failed", error=f"{type(exc).__name__}: {one_line(exc)}")
-        self._progress.file_done(item.key, res.status)
+        self._progress.file_done(item.key, res.status, res.size)
         return res
 
     def _partial_path(self, key: str) -> Path:

@@ -72,7 +72,7 @@ class Streamer:
             with contextlib.closing(resp):
                 ans = _answer(resp, url, part, have, hasher, wants_html)
                 if resp.status_code == 200 and item.size is None and ans.expected_len and not have:
-                    self.pool.progress.learn_size(ans.expected_len)
+                    self.pool.progress.learn_size(ans.expected_len, item.key)
                     if may_split and self._splits_here(resp, ans.expected_len, url):
                         n, _, _ = self.segmenter.fetch(item, url, part, started, meter, size=ans.expected_len,
                                                        first=resp, slot=slot)

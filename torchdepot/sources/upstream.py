@@ -383,6 +383,11 @@ def locate_variant(reader: UpstreamReader, base: str, prefix: str, accelerator: 
     listing = reader.page(f"{url}/")
     if listing is not None and _of_project(listing.links, "torch", accelerator):
         return Variant(base, url, Layout.FLAT, accelerator)
+    if urllib.parse.urlsplit(base).scheme == "file" and file_url_path(base).is_dir():
+        # a plain folder of wheels (no <accelerator>/ under it): read as find-links, as pip reads it
+        folder = reader.page(base)
+        if folder is not None and _of_project(folder.links, "torch", accelerator):
+            return Variant(base, base, Layout.FINDLINKS, accelerator)
     return None
 
 

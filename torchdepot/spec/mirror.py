@@ -218,7 +218,8 @@ class MirrorSpec:
 
 def format_utc(when: dt.datetime) -> str:
     """``2026-06-01T00:00:00Z``: the form uv's ``--exclude-newer`` and PEP 700 use."""
-    return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # isoformat, not strftime: %Y writes year 1 as "1", which is no ISO date.
+    return when.astimezone(dt.timezone.utc).replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
 
 
 def host_python() -> str:
@@ -498,7 +499,12 @@ def _exclude_newer(raw: object, where: str) -> dt.datetime | None:
         raise SpecError(f"{where}: exclude_newer: {show(raw)} is not a date or time like 2026-06-01T00:00:00Z")
     if when.tzinfo is None:
         raise SpecError(f"{where}: exclude_newer: {show(raw)} has no time zone; add Z for UTC")
-    return when.astimezone(dt.timezone.utc)
+    try:
+        return when.astimezone(dt.timezone.utc)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is a time before year 1 in UTC
+        shown = repr(raw.isoformat()) if isinstance(raw, dt.datetime) else show(raw)
+        raise SpecError(f"{where}: exclude_newer: {shown} is out of range in UTC "
+                        "(years 1 to 9999)") from None
 
 
 # key -> (MirrorSpec field, validator); the conda section and the target product are cross-key.

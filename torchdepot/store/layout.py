@@ -57,7 +57,9 @@ import posixpath
 import re
 from typing import Literal
 
-from torchdepot.model.wheelname import METADATA_SUFFIX as METADATA_SUFFIX  # re-exported: the mirror's suffix
+from torchdepot.model.wheelname import (
+    METADATA_SUFFIX as METADATA_SUFFIX,  # re-exported: the mirror's suffix
+)
 
 PACKAGES_DIR = "packages"
 CONDA_DIR = "conda"

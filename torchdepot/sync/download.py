@@ -144,6 +144,45 @@ def fetch_files(out: Path, resolution: Resolution, view: View, spec: MirrorSpec,
                           seconds=report.seconds + again.seconds, paths=paths)
 
 
+class BadCandidates(TorchdepotError):
+    """Downloaded wheels whose bytes are no usable wheel (not a zip, no METADATA): the sync
+    runs again with them excluded (``sync/pip.py``); ``excluded``: (accelerator, file name) -> why."""
+
+    def __init__(self, excluded: dict[tuple[str, str], str]) -> None:
+        (acc, name), why = next(iter(excluded.items()))
+        super().__init__(f"{name} ({acc}): {why}")
+        self.excluded = excluded
+
+
+def reject_bad_wheels(out: Path, resolution: Resolution, report: PipFetchReport) -> None:
+    """Raise :class:`BadCandidates` for each wheel this run downloaded whose bytes are not a
+    wheel (upstream's ``.metadata`` was fine, so only the bytes show it); each such file is
+    removed first: nothing this run wrote stays behind unlisted."""
+    import zipfile
+
+    from torchdepot.store.pages import metadata_member
+
+    downloaded = {r.key for r in report.downloaded}
+    bad: dict[tuple[str, str], str] = {}
+    for key, vf, acc in resolution.files:
+        path = report.stored(key)
+        if path not in downloaded or not path.endswith(".whl"):
+            continue
+        where = safe_join(out, path)
+        try:
+            with zipfile.ZipFile(where) as zf:
+                metadata_member(zf, vf.project, vf.link.url)
+        except (zipfile.BadZipFile, OSError) as exc:
+            bad[(acc, vf.filename)] = f"{vf.link.url}: not a readable wheel ({exc})"
+        except TorchdepotError as exc:
+            bad[(acc, vf.filename)] = str(exc)
+        else:
+            continue
+        where.unlink(missing_ok=True)
+    if bad:
+        raise BadCandidates(bad)
+
+
 def check_fetched(report: FetchReport, spec: MirrorSpec, say: Callable[[str], None]) -> None:
     """Each accepted upstream hash mismatch said; any failed file stops the run (index unchanged)."""
     if spec.on_hash_mismatch == "warn":

@@ -43,7 +43,14 @@ from torchdepot.store import publication
 from torchdepot.store.fsutil import MirrorLock
 from torchdepot.sync import conda_side, dryrun, early, lifecycle, retention, session, tombstones
 from torchdepot.sync.check import verify_published
-from torchdepot.sync.download import check_fetched, fetch_files, make_fetcher, whole_into_store
+from torchdepot.sync.download import (
+    BadCandidates,
+    check_fetched,
+    fetch_files,
+    make_fetcher,
+    reject_bad_wheels,
+    whole_into_store,
+)
 from torchdepot.sync.follow import follow_upstream, save_record
 from torchdepot.sync.locked import LockedEnv, with_locked
 from torchdepot.sync.plan import TargetPlan, plan_targets
@@ -51,8 +58,8 @@ from torchdepot.sync.resolution import Resolution, file_key, resolve_targets
 from torchdepot.sync.result import Echo, MirrorResult, RunLog, sync_record
 from torchdepot.sync.variants import KIND as VARIANTS_JSON
 
-# targets resolved at once: up to the cores, and at least 4 (uv waits mostly on the view's loopback server)
-RESOLVE_JOBS = max(4, os.cpu_count() or 1)
+MAX_BAD_WHEEL_PASSES = 3  # a run's passes when downloaded wheels turn out to be no wheels
+RESOLVE_JOBS = max(4, os.cpu_count() or 1)  # targets resolved at once: up to the cores, at least 4
 # Named here so a test can stop a run at each step of the commit (tests/test_crash_lifecycle.py).
 _remove, _verify_published = retention.remove, verify_published
 
@@ -66,7 +73,8 @@ def _stderr(msg: str) -> None:
 def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dry_run: bool = False,
              client: Client | None = None, progress: bool | None = None, pip_sources: PipSources | None = None,
              echo: Echo = _stderr, previous: mf.Manifest | None = None, locks: tuple[LockedEnv, ...] = (),
-             on_progress: ProgressCallback | None = None) -> MirrorResult:
+             on_progress: ProgressCallback | None = None,
+             excluded: dict[tuple[str, str], str] | None = None) -> MirrorResult:
     """The pip side: plan, resolve, fetch, publish metadata, locks and index pages (no manifest).
 
     ``out`` and ``target_set`` (what to resolve, prune and tolerate) are :func:`sync`'s, decided
@@ -88,11 +96,15 @@ def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dr
         locked_ids = {env.target.id for env in locks}
         held.view = view = session.open_view(spec, edge, session.accelerators(list(tset.run), locks), workdir,
                                              previous, log.say, out, dry_run)
+        view.excluded.update(excluded or {})  # files an earlier pass of this run downloaded and found bad
         view.held = result.keeper = tombstones.Keeper.of(previous, out)  # upstream's deletions: the mirror's copy
         plan = plan_targets(spec, view, edge.pip, [t for t in tset.run if t.id not in locked_ids], tset.tolerate)
         for warning in dict.fromkeys(w for tp in plan.targets for w in tp.warnings):
             log.say(warning)
         carried = retention.carried_targets(plan, previous, log.say)
+        result.failed = [why for _t, why in plan.failed]
+        for why in result.failed:  # said first; the run goes on with the others and fails at its end
+            log.say(f"error: {why}")
         log.phase("upstreams")
         if not dry_run:  # the pinned torch wheels download while their closures resolve
             held.fetcher = make_fetcher(out, spec, held.client, edge.policy, progress, on_progress)
@@ -103,6 +115,13 @@ def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dr
         if not dry_run:
             early_keys |= relayed
         resolution = with_locked(resolved, locks, view)
+        for line in view.exclusion_lines():
+            log.say(line)
+        if resolved.failed:  # each named; what it had published stays (retention.carried_failed)
+            carried += retention.carried_failed([tid for tid, _why in resolved.failed], previous)
+            for _tid, why in resolved.failed:
+                result.failed.append(why)
+                log.say(f"error: {why}")
         result.plans = list(resolution.targets)
         log.phase("resolve")
         live = frozenset(tp.target.id for tp in resolution.targets) | {t.id for t in carried}
@@ -119,6 +138,7 @@ def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dr
             result.report = report = early.drop_unused(out, fetched, early_keys, resolution)
             log.phase("fetch")
             check_fetched(report, spec, log.say)
+            reject_bad_wheels(out, resolution, report)  # the caller runs again without them
             done = retention.publish_with_retention(out, previous, resolution, report, view, carried, tset,
                                                     spec.keep, log.say)
             result.files, result.targets, result.generation = done.files, done.targets, done.generation
@@ -169,8 +189,17 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
         previous = _previous(out)
         tset = lifecycle.target_set(asked, origin, previous, prune)
         conda = conda_side.prepare(spec, out, client, False, echo)  # fails before anything is published
-        result = sync_pip(spec, out=out, client=client, progress=progress, pip_sources=pip_sources, echo=echo,
-                          target_set=tset, previous=previous, locks=locks, on_progress=on_progress)
+        excluded: dict[tuple[str, str], str] = {}
+        for attempt in range(MAX_BAD_WHEEL_PASSES):
+            try:
+                result = sync_pip(spec, out=out, client=client, progress=progress, pip_sources=pip_sources,
+                                  echo=echo, target_set=tset, previous=previous, locks=locks,
+                                  on_progress=on_progress, excluded=excluded)
+                break
+            except BadCandidates as exc:  # downloaded bytes that are no wheel: resolve again without them
+                if attempt + 1 == MAX_BAD_WHEEL_PASSES:
+                    raise
+                excluded.update(exc.excluded)
         log = RunLog(result, echo, mark=started)
         conda_files, conda_targets = conda_side.publish(conda, out, log.say)
         files, targets = [*result.files, *conda_files], [*result.targets, *conda_targets]

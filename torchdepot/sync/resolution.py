@@ -41,6 +41,9 @@ from torchdepot.sync.viewserver import serve_view
 class Resolution:
     targets: tuple[TargetPlan, ...]
     files: tuple[tuple[str, ViewFile, str], ...]  # (mirror key, view file, accelerator), each file once
+    # (target id, why): targets the resolver found no answer for while others resolved; the run
+    # publishes the others, names these and fails at its end (one target does not stop a sync)
+    failed: tuple[tuple[str, str], ...] = ()
 
 
 def file_key(f: ResolvedFile) -> str:
@@ -123,7 +126,37 @@ def _from_cache(entry, key: str, view: View, accelerator: str) -> list[ResolvedF
     for vf in shown:  # the metadata the resolver would have read: checked and recorded as in a run of uv
         if not view.has_metadata(accelerator, vf.shown):
             view.metadata(accelerator, vf.shown)
+    if any((accelerator, vf.filename) in view.excluded for vf in shown):
+        return None  # a file it picked is excluded now: resolve again
     return None if view.errors else files
+
+
+MAX_EXCLUSION_ROUNDS = 5  # resolver runs per target after the first, each one with a file fewer
+
+
+def _resolve_excluding(view: View, tp: TargetPlan, index: IndexPlan) -> list[ResolvedFile]:
+    """uv for one target; when the view excluded a file during the run (its bytes are no usable
+    wheel: sync/view.py ``exclude``), uv runs again on pages without it, at most
+    :data:`MAX_EXCLUSION_ROUNDS` more times."""
+    t = tp.target
+    for round_ in range(MAX_EXCLUSION_ROUNDS + 1):
+        before = len(view.excluded)
+        try:
+            raw = resolve(t.id, list(tp.requirements), t.python, t.platform, index)
+        except ResolveError:
+            if view.errors:  # the view refused something (metadata hash, no metadata): that is the cause
+                raise TorchdepotError(view.errors[0]) from None
+            if len(view.excluded) > before and round_ < MAX_EXCLUSION_ROUNDS:
+                continue
+            unfit = _without_a_fitting_wheel(view, t)
+            if unfit:
+                raise ResolveError(unfit) from None
+            raise
+        picked = [view.lookup(f.url) for f in raw]
+        if not any(vf is not None and (t.accelerator, vf.filename) in view.excluded for vf in picked):
+            return raw
+    raise ResolveError(f"{t.id}: still picking excluded files after {MAX_EXCLUSION_ROUNDS} more resolver runs: "
+                       + "; ".join(sorted(fn for _acc, fn in view.excluded)))
 
 
 def resolve_targets(plan: Plan, view: View, jobs: int = 2, cache: Path | None = None,
@@ -144,23 +177,20 @@ def resolve_targets(plan: Plan, view: View, jobs: int = 2, cache: Path | None = 
         if hit is not None:
             raw = [replace(f, url=f"{base}/{f.url}") for f in hit]
         else:
-            try:
-                raw = resolve(t.id, list(tp.requirements), t.python, t.platform, index)
-            except ResolveError:
-                if view.errors:  # the view refused something (metadata hash, no metadata): that is the cause
-                    raise TorchdepotError(view.errors[0]) from None
-                unfit = _without_a_fitting_wheel(view, t)
-                if unfit:
-                    raise ResolveError(unfit) from None
-                raise
+            raw = _resolve_excluding(view, tp, index)
         mapped = [_upstream_file(view, t.id, f) for f in raw]
         fresh[t.id] = {"key": key, "files": [asdict(replace(f, url=f.url[len(base) + 1:])) for f in raw]}
         return replace(tp, files=tuple(f for f, _ in mapped)), mapped
 
     with serve_view(view) as base, ThreadPoolExecutor(max_workers=max(1, min(jobs, len(plan.targets) or 1))) as pool:
-        done = list(pool.map(lambda tp: one(base, tp), plan.targets))
+        outcomes = list(pool.map(lambda tp: _outcome(one, base, tp), plan.targets))
     if view.errors:
         raise TorchdepotError(view.errors[0])
+    done = [o for o in outcomes if not isinstance(o, TorchdepotError)]
+    failed = [(tp.target.id, o) for tp, o in zip(plan.targets, outcomes, strict=True)
+              if isinstance(o, TorchdepotError)]
+    if failed and not done:
+        raise failed[0][1]  # nothing resolved: the run fails as it always did
     if cache is not None and write_cache:
         for tp, _ in done:  # every page the resolvers read for the accelerator, as of now
             entry = fresh[tp.target.id]
@@ -170,4 +200,13 @@ def resolve_targets(plan: Plan, view: View, jobs: int = 2, cache: Path | None = 
     for tp, mapped in done:
         for f, vf in mapped:
             files.setdefault(file_key(f), (file_key(f), vf, tp.target.accelerator))
-    return Resolution(targets=tuple(tp for tp, _ in done), files=tuple(files.values()))
+    return Resolution(targets=tuple(tp for tp, _ in done), files=tuple(files.values()),
+                      failed=tuple((tid, str(exc)) for tid, exc in failed))
+
+
+def _outcome(one, base: str, tp: TargetPlan):
+    """``one(base, tp)``, or the one-line error that target ended in."""
+    try:
+        return one(base, tp)
+    except TorchdepotError as exc:
+        return exc

@@ -46,6 +46,7 @@ class MirrorResult:
     dropped_releases: list[mf.Release] = field(default_factory=list)
     target_set: lifecycle.TargetSet | None = None
     verify: Verdict = "unchecked"  # the closing check
+    failed: list[str] = field(default_factory=list)  # one line per target this run could not sync
 
     @property
     def torch_versions(self) -> dict[str, str]:
@@ -74,7 +75,8 @@ class MirrorResult:
                 "torch": self.torch_versions, "size": self.size, "verify": self.verify,
                 "files": self.report.summary() if self.report else None,
                 "removed": [{"reason": r.reason, "files": list(r.paths), "size": r.size} for r in self.removals],
-                "releases": [{"target": r.target, "torch": r.torch, "files": len(r.paths)} for r in self.releases]}
+                "releases": [{"target": r.target, "torch": r.torch, "files": len(r.paths)} for r in self.releases],
+                "failed": list(self.failed)}
 
 
 class RunLog:

@@ -67,6 +67,12 @@ def plan(out: Path, previous: mf.Manifest | None, resolution: Resolution, stored
                                    listed=listed, missing=missing_paths(out, previous))
 
 
+def carried_failed(ids: list[str], previous: mf.Manifest | None) -> list[mf.Target]:
+    """The published state of targets that failed this run after planning (it stays as it was)."""
+    before = {t.id: t for t in (previous.targets if previous else []) if t.kind == "pip"}
+    return [before[i] for i in ids if i in before]
+
+
 def carried_targets(plan: Plan, previous: mf.Manifest | None, say: Echo) -> list[mf.Target]:
     """The published state of each target the plan skipped (it could not be pinned now)."""
     before = {t.id: t for t in (previous.targets if previous else []) if t.kind == "pip"}
@@ -77,6 +83,8 @@ def carried_targets(plan: Plan, previous: mf.Manifest | None, say: Echo) -> list
         torch = before[t.id].torch or "?"
         say(f"warning: {t.id}: kept as published (torch {torch}); not updated: {why}")
         out.append(before[t.id])
+    # an asked-for target that failed this run keeps what it had (it is named as failed at the end)
+    out += [before[t.id] for t, _why in plan.failed if t.id in before]
     return out
 
 

@@ -69,7 +69,7 @@ from torchdepot.sources.variants import (
     parse_variants_json,
     variants_json_key,
 )
-from torchdepot.sources.wheelmeta import remote_metadata
+from torchdepot.sources.wheelmeta import BadWheelError, metadata_refusal, remote_metadata
 from torchdepot.store.fsutil import safe_filename, safe_join, sha256_file
 
 Say = Callable[[str], None]
@@ -172,6 +172,9 @@ class View:
     _screens: dict[tuple[str, tuple[Link, ...], bool], tuple[tuple[Link, ...], tuple[Link, ...]]] = \
         field(default_factory=dict)
     _whole_locks: dict[str, threading.Lock] = field(default_factory=dict)
+    # (accelerator, file name) -> why its bytes failed (not a zip, no METADATA, over a cap): the
+    # file leaves the pages and the resolver runs again without it (sync/resolution.py)
+    excluded: dict[tuple[str, str], str] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     # -- links -------------------------------------------------------------------------
@@ -389,6 +392,8 @@ class View:
             return None
         anchors = []
         for f in files:
+            if (accelerator, f.filename) in self.excluded:
+                continue
             link = f.link
             sha256 = link.sha256 or self._hash_of(link)
             href = f"../files/{urllib.parse.quote(f.shown)}" + (f"#sha256={sha256}" if sha256 else "")
@@ -412,6 +417,8 @@ class View:
         filename = vf.filename  # the record is the wheel's own; the page showed vf.shown
         path = safe_join(self.workdir, f"{accelerator}/files/{safe_filename(vf.shown)}.metadata")
         with self._lock:
+            if (accelerator, filename) in self.excluded:
+                return None
             if (accelerator, filename) in self._metadata:
                 return path.read_bytes()
         got = self._cached_metadata(vf)
@@ -451,6 +458,8 @@ class View:
                 data = remote_metadata(self.reader, local.as_uri(), vf.project)
             except UpstreamError:
                 return None
+            if metadata_refusal(data):
+                return None  # read from upstream instead, where a refusal excludes the file
             self._cache_write(f"wheel-{sha}", data)
         if data is None:
             return None
@@ -495,6 +504,10 @@ class View:
             data = self._from_wheel(accelerator, vf)
             if data is None:
                 return None, None
+        refusal = metadata_refusal(data)
+        if refusal:
+            self.exclude(accelerator, vf, refusal)
+            return None, None
         record = MetadataRecord(filename, hashlib.sha256(data).hexdigest(), declared, served, source)
         if source == "upstream" and declared is not None:
             self._cache_write(f"core-{declared}", data)
@@ -510,6 +523,7 @@ class View:
             yield vf.link
             yield from self.alternates(accelerator, vf.filename)
 
+        bad: list[str] = []  # sources whose bytes are no usable wheel (not merely unreachable)
         for link in candidates():
             if link is not vf.link and link.metadata_url:  # set exactly when the link offers core metadata
                 try:
@@ -520,8 +534,13 @@ class View:
                     errors.append(str(exc))
             try:
                 return remote_metadata(self.reader, link.url, vf.project)
+            except BadWheelError as exc:
+                bad.append(str(exc))
             except UpstreamError as exc:
                 errors.append(str(exc))
+        if bad:
+            self.exclude(accelerator, vf, bad[0])
+            return None
         self._error(f"{vf.filename}: no metadata from any source ({errors[0] if errors else 'no source'})")
         return None
 
@@ -581,6 +600,21 @@ class View:
     def error(self, line: str) -> None:
         """Record a refusal or failure (each line once); the run reports the first."""
         self._error(line)
+
+    def exclude(self, accelerator: str, vf: ViewFile, reason: str) -> None:
+        """Leave ``vf`` out of this run: its page is rebuilt without it (:meth:`exclusion_lines`)."""
+        key = (accelerator, vf.filename)
+        with self._lock:
+            if key in self.excluded:
+                return
+            self.excluded[key] = reason
+            self._pages.pop((accelerator, vf.project), None)
+
+    def exclusion_lines(self) -> list[str]:
+        """One line per excluded file: said once the run has resolved without them (a run that
+        fails instead names the reason in its one error line)."""
+        with self._lock:
+            return [f"excluded {fn} ({acc}): {why}; resolved without it" for (acc, fn), why in self.excluded.items()]
 
     def _error(self, line: str) -> None:
         with self._lock:

@@ -36,7 +36,7 @@ def _relay(view: View, accelerator: str, filename: str, handler: http.server.Bas
     sha256 for it (it hashes it for the lock; twice, in fact): nightly pages, flat listings,
     find-links dirs."""
     vf = view.file(accelerator, filename)
-    if vf is None:
+    if vf is None or (accelerator, vf.filename) in view.excluded:  # excluded: its bytes are no usable wheel
         handler.send_error(404)
         return
     local = view.local_copy(accelerator, vf)
