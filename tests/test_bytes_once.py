@@ -11,11 +11,12 @@ import html
 import pytest
 
 from tests.faultserver import FaultServer
-from tests.kit.upstream import DEPS, TORCH, padded_wheel, pep503
+from tests.kit.upstream import DEPS, TORCH, padded_wheel, pep503, populate
 from torchdepot.model.sizes import format_size
 from torchdepot.net.http import HttpConfig, make_session
 from torchdepot.net.pipconfig import PipSources
 from torchdepot.spec.mirror import parse_spec
+from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
 from torchdepot.sync.pip import sync
 
@@ -108,3 +109,27 @@ def test_dry_run_uses_the_caches_and_the_sizes_it_has(hashless):
     total = sum(sizes.values())
     assert msgs[-1].startswith(f"plan: 1 targets, {len(sizes)} unique files, {format_size(total)}"), msgs
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*") if p.is_file()} == state
+
+
+def test_metadata_is_kept_by_its_hash_and_never_fetched_twice(tmp_path):
+    """An upstream with hashes and PEP 658 ``.metadata``: a second sync that must run the
+    resolver again (its resolution cache gone) reads every ``.metadata`` from the cache kept by
+    its declared hash, not from upstream."""
+    with FaultServer(validators=True) as up:
+        populate(up, payload=10_000)
+        spec = parse_spec({"accelerators": ["cpu"], "pythons": ["3.11"], "platforms": ["linux-x86_64"],
+                           "extra_packages": [], "upstreams": [up.url + "/whl"], "out": str(tmp_path / "out"),
+                           "jobs": 2}, "test spec")
+
+        def run():
+            return sync(spec, client=make_session(HttpConfig(retries=0)), progress=False, echo=lambda m: None,
+                        pip_sources=PipSources(index_url=up.url + "/simple"))
+
+        first = run()
+        assert first.requests["metadata"] >= 5  # torch and its four dependencies
+        (tmp_path / "out" / L.RESOLUTIONS).unlink()  # the resolver runs again and asks for every .metadata
+        up.reset_counters()
+        again = run()
+        assert again.requests["metadata"] == 0, again.requests
+        assert not [p for p in up.hits if p.endswith(".metadata")]
+        assert again.requests["unchanged"] == again.requests["pages"]
