@@ -43,7 +43,7 @@ PAYLOAD = 100_000
 #   chunk:n       when the fetcher receives its n-th body chunk, before writing it (mid-download);
 #                 a file may arrive in one chunk, so n is at most the number of files still to fetch
 #   placed:n      after the n-th wheel reached its final path
-#   unlink:n      after the n-th file deletion (a re-sync removing superseded copies)
+#   unlink:n      after the n-th file deletion (after a re-sync's commit: its journal is cleared)
 #   enter:<module>:<function>:n / exit:...   on entry to / return from the n-th call
 KILLER = r'''
 import os, pathlib, signal, sys, importlib, threading
@@ -212,10 +212,10 @@ def test_sigkill_at_named_points_of_a_first_sync_converges(tmp_path):
 
 # -- re-syncs where upstream changed the bytes behind names (issue 13 (a)) ------------------
 # From a complete mirror whose upstream then re-published torch and mpmath under the same names
-# (2 changed wheels: at least 2 chunks, exactly 2 placements). In a re-sync the manifest is saved three times: widened
-# (the live one plus the new files, before the index swap), the commit, the closing check's
-# record; the superseded copies are deleted between the last two. A resolve point can only open
-# a lane (once resolved, the next run reuses the resolution).
+# (2 changed wheels: at least 2 chunks, exactly 2 placements). In a re-sync the manifest is saved
+# three times: widened (the live one plus the new files, before the index swap), the commit, the
+# closing check's record; the journal is cleared between the last two (the old copies stay as
+# tombstones). A resolve point can only open a lane (the next run reuses the resolution).
 RESYNC_LANES = [
     [f"enter:{RESOLVE}:1", "chunk:1", f"exit:{SAVE}:1"],
     ["page:3", "placed:1", f"exit:{PAGES}:1"],
@@ -267,12 +267,16 @@ def test_sigkill_during_resync_with_changed_bytes_leaves_live_mirror_verify_clea
             report = verify_mirror(out)
             assert report.ok, (n, report.problems)
             assert report.problems == [], (n, report.problems)
-            listed = {f.path.rsplit("/", 1)[-1]: f for f in mf.load(out).files if f.kind == "wheel"}
+            manifest = mf.load(out)
+            kept = {t.path for t in manifest.tombstones}  # the old bytes, kept at their old path (sync/tombstones.py)
+            listed = {f.path.rsplit("/", 1)[-1]: f for f in manifest.files if f.kind == "wheel" and f.path not in kept}
             for w in changed:
                 assert listed[w.filename].sha256 == hashlib.sha256(w.data).hexdigest()
                 assert (out / listed[w.filename].path).read_bytes() == w.data
-                # one copy left: superseded and unpublished ones were removed after the commit
-                assert list((out / "packages").rglob(w.filename)) == [out / listed[w.filename].path]
+                # the new copy and the old one's tombstone: superseded and unpublished ones were removed
+                old = [out / p for p in kept if p.rsplit("/", 1)[-1] == w.filename]
+                assert len(old) == 1, (n, sorted(kept))
+                assert sorted((out / "packages").rglob(w.filename)) == sorted([out / listed[w.filename].path, *old])
     print(f"re-sync kills by phase: {dict(kills)}; live verify-mirror clean after {verified}")
     assert verified == sum(kills.values()) == RESYNC_KILLS == sum(len(lane) for lane in RESYNC_LANES)
     assert kills == {"crawl": 3, "download": 5, "publish": 7}, kills

@@ -54,7 +54,7 @@ from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -553,7 +553,8 @@ def fetch_offer(root: Path, offer: Offer, client: Client, policy: HostPolicy,
         try:
             with MirrorLock(root, wait=30):
                 live = pub.live_manifest(root) or mf.Manifest()
-                mf.save(root, pub.widened(live, entries))
+                # named in ``pulled``: a later sync keeps what pull-through published (sync/pulled.py)
+                mf.save(root, replace(pub.widened(live, entries), pulled=sorted({*live.pulled, rel})))
                 pub.forget(root, [rel, meta_rel])
         except TorchdepotError:
             pass  # a sync holds the mirror: the checked file is served, journaled; the sync's check settles it

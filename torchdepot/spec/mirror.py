@@ -48,7 +48,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 
-from torchdepot.errors import ParseError, SpecError
+from torchdepot.errors import ParseError, SpecError, one_line
 from torchdepot.model.accel import parse_accelerator
 from torchdepot.model.platforms import host_platform, target_platform
 from torchdepot.model.presets import UPSTREAM_PRESETS
@@ -56,7 +56,7 @@ from torchdepot.model.release_matrix import CURRENT, follow
 from torchdepot.model.strenum import StrEnum
 from torchdepot.model.targets import target_id
 from torchdepot.spec.bounds import decode_text, load_yaml, quote_key, read_bounded, show
-from torchdepot.spec.conda import CondaConfig, parse_conda_section
+from torchdepot.spec.conda import CondaConfig, PipSide, parse_conda_section
 
 __all__ = ["Channel", "HashPolicy", "MirrorSpec", "PackageSpec", "PipTarget", "load_spec", "parse_spec",
            "quote_key", "with_overrides"]
@@ -218,11 +218,8 @@ class MirrorSpec:
 
 def format_utc(when: dt.datetime) -> str:
     """``2026-06-01T00:00:00Z``: the form uv's ``--exclude-newer`` and PEP 700 use."""
-    return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _first(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    # isoformat, not strftime: %Y writes year 1 as "1", which is no ISO date.
+    return when.astimezone(dt.timezone.utc).replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
 
 
 def host_python() -> str:
@@ -287,7 +284,7 @@ def _packages(raw: object, where: str) -> tuple[PackageSpec, ...]:
                 try:
                     req = Requirement(entry)
                 except (InvalidRequirement, ValueError) as exc:
-                    raise SpecError(f"{where}: {key}: {show(entry)} is not a requirement ({_first(exc)})") from None
+                    raise SpecError(f"{where}: {key}: {show(entry)} is not a requirement ({one_line(exc)})") from None
                 if req.url or req.extras or req.marker:
                     raise SpecError(f"{where}: {key}: {show(entry)}: only a name and a version constraint are allowed")
                 items.append((key, req.name, str(req.specifier) or None))
@@ -317,7 +314,7 @@ def _extras(raw: object, where: str) -> tuple[str, ...]:
         try:
             extras.append(str(Requirement(str(entry))))
         except (InvalidRequirement, ValueError) as exc:
-            raise SpecError(f"{where}: extra_packages[{i}]: {show(entry)} is not a requirement ({_first(exc)})") from None
+            raise SpecError(f"{where}: extra_packages[{i}]: {show(entry)} is not a requirement ({one_line(exc)})") from None
     return _dedup(extras)
 
 
@@ -502,7 +499,12 @@ def _exclude_newer(raw: object, where: str) -> dt.datetime | None:
         raise SpecError(f"{where}: exclude_newer: {show(raw)} is not a date or time like 2026-06-01T00:00:00Z")
     if when.tzinfo is None:
         raise SpecError(f"{where}: exclude_newer: {show(raw)} has no time zone; add Z for UTC")
-    return when.astimezone(dt.timezone.utc)
+    try:
+        return when.astimezone(dt.timezone.utc)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is a time before year 1 in UTC
+        shown = repr(raw.isoformat()) if isinstance(raw, dt.datetime) else show(raw)
+        raise SpecError(f"{where}: exclude_newer: {shown} is out of range in UTC "
+                        "(years 1 to 9999)") from None
 
 
 # key -> (MirrorSpec field, validator); the conda section and the target product are cross-key.
@@ -564,10 +566,17 @@ def parse_spec(data: object, where: str = "mirror spec") -> MirrorSpec:
     if not isinstance(conda, dict):
         raise SpecError(f"{where}: conda: expected a mapping (or leave it out)")
     try:
-        config = parse_conda_section(conda, spec)
+        config = parse_conda_section(conda, pip_side(spec))
     except SpecError as exc:
         raise SpecError(f"{where}: {exc}") from None
     return dataclasses.replace(spec, conda=config)
+
+
+def pip_side(spec: MirrorSpec) -> PipSide:
+    """The fields of ``spec`` the conda section is validated against."""
+    return PipSide(packages=tuple((p.name, p.constraint) for p in spec.packages),
+                   extra_packages=tuple(spec.extra_packages), accelerators=tuple(spec.accelerators),
+                   pythons=tuple(spec.pythons), platforms=tuple(spec.platforms))
 
 
 def with_overrides(spec: MirrorSpec, **changes: object) -> MirrorSpec:

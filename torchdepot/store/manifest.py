@@ -25,6 +25,10 @@ when set so manifests without it stay byte-identical:
   it (retention ``keep: N`` counts these; older ones stay listed and indexed until dropped).
 - ``last_sync``: :class:`SyncRecord`, when the last sync finished and what its check found
   (the only key that changes on a no-op re-sync).
+- ``tombstones``: :class:`Tombstone` s, published wheels upstream no longer serves as the
+  mirror holds them (deleted, or re-published with other bytes), kept for the targets named.
+- ``pulled``: the paths ``serve --pull-through`` published; a sync keeps their entries (and
+  a wheel's ``.metadata``) while the files are on disk with the listed bytes.
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
-from torchdepot.errors import TorchdepotError
+from torchdepot.errors import TorchdepotError, load_json
+from torchdepot.model.targets import TORCH_NAMES
 from torchdepot.model.targets import target_id as target_id  # re-exported: manifest callers
 from torchdepot.store.fsutil import atomic_write_text, safe_join
 from torchdepot.store.layout import MANIFEST_NAME as MANIFEST_NAME  # re-exported
@@ -44,12 +49,18 @@ FORMAT = "torchdepot-manifest"
 VERSION = 1
 
 
+# what a listed file is: a wheel, its PEP 658 metadata, a conda package or channel file, a PEP 825
+# variants.json, anything else
+FileKind = Literal["wheel", "metadata", "conda", "variants-json", "other"]
+TargetKind = Literal["pip", "conda"]
+
+
 @dataclass(frozen=True)
 class FileEntry:
     path: str  # relative POSIX path under the root
     sha256: str  # hash of the bytes we stored (never just upstream's claim)
     size: int
-    kind: str  # "wheel" | "metadata" | "conda" | "other"
+    kind: FileKind
     project: str | None = None
     version: str | None = None
     url: str | None = None  # where it came from
@@ -72,7 +83,7 @@ class TargetPackage:
 @dataclass(frozen=True)
 class Target:
     id: str  # "<accelerator>-py<XY>-<platform>"
-    kind: str  # "pip" | "conda"
+    kind: TargetKind
     accelerator: str
     python: str  # "3.11"
     platform: str  # "linux-x86_64"
@@ -81,8 +92,13 @@ class Target:
     channel: str | None = None  # conda: "conda/<name>"
     subdir: str | None = None  # conda: "linux-64"
 
+    @property
+    def torch(self) -> str | None:
+        """The torch version this target serves (pip ``torch``, conda ``pytorch``); None without one."""
+        return next((p.version for p in self.packages if p.name in TORCH_NAMES), None)
 
-ORIGINS = ("spec", "fetch", "locks")  # who asked for a recorded target: the spec, tools/fetch, mirror --from-locks
+
+Origin = Literal["spec", "fetch", "locks"]  # who asked for a recorded target: the spec, tools/fetch, mirror --from-locks
 
 
 @dataclass(frozen=True)
@@ -92,7 +108,7 @@ class RecordedTarget:
     accelerator: str
     python: str
     platform: str
-    origin: str  # one of ORIGINS
+    origin: Origin  # who asked for it
     torch: str | None = None  # its own torch constraint (tools/fetch --torch), None: the spec's
 
 
@@ -103,6 +119,27 @@ class Release:
     target: str  # target id
     torch: str  # torch version, e.g. "2.13.0+cpu"
     paths: tuple[str, ...] = ()
+
+
+TOMBSTONE_REASONS = ("deleted", "changed")
+
+
+@dataclass(frozen=True)
+class Tombstone:
+    """A published wheel upstream no longer serves as the mirror holds it, kept at ``path``
+    (listed in ``files``, with its ``.metadata``) while a target in ``targets`` is recorded."""
+    path: str
+    project: str
+    version: str
+    reason: str  # "deleted": upstream no longer lists it; "changed": it lists other bytes under the name
+    targets: tuple[str, ...] = ()  # the recorded targets it is kept for
+    replaced_by: str | None = None  # "changed": the path the new bytes were stored at
+
+    def line(self) -> str:
+        why = ("upstream no longer lists it" if self.reason == "deleted" else
+               "upstream re-published it with other bytes" + (f" (now {self.replaced_by})" if self.replaced_by else ""))
+        kept = f"; kept for {', '.join(self.targets)}" if self.targets else ""
+        return f"tombstone: {self.project} {self.version} ({self.path}): {why}{kept}"
 
 
 @dataclass(frozen=True)
@@ -121,6 +158,8 @@ class Manifest:
     recorded: list[RecordedTarget] = field(default_factory=list)
     releases: list[Release] = field(default_factory=list)
     last_sync: SyncRecord | None = None
+    tombstones: list[Tombstone] = field(default_factory=list)
+    pulled: list[str] = field(default_factory=list)  # paths serve --pull-through published
 
     def by_path(self) -> dict[str, FileEntry]:
         return {f.path: f for f in self.files}
@@ -143,17 +182,16 @@ class Manifest:
                                for r in sorted(self.releases, key=lambda r: (r.target, r.torch))]
         if self.last_sync is not None:
             doc["last_sync"] = asdict(self.last_sync)
+        if self.tombstones:
+            doc["tombstones"] = [{**asdict(t), "targets": sorted(t.targets)}
+                                 for t in sorted(self.tombstones, key=lambda t: t.path)]
+        if self.pulled:
+            doc["pulled"] = sorted(set(self.pulled))
         return json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
     @classmethod
     def from_json(cls, text: str | bytes, where: str = MANIFEST_NAME) -> Manifest:
-        try:
-            doc = json.loads(text)
-        except RecursionError:
-            raise TorchdepotError(f"{where}: malformed manifest (nested too deeply)") from None
-        except ValueError as exc:
-            raise TorchdepotError(f"{where}: malformed manifest ({exc})") from None
-        return cls.from_doc(doc, where)
+        return cls.from_doc(load_json(text, where, what="manifest JSON"), where)
 
     @classmethod
     def from_doc(cls, doc: object, where: str = MANIFEST_NAME) -> Manifest:
@@ -177,9 +215,6 @@ class Manifest:
             raise TorchdepotError(f"{where}: spec: not an object")
         recorded = [_record(RecordedTarget, r, f"{where}: recorded[{i}]")
                     for i, r in enumerate(_items(doc, "recorded", where, required=False))]
-        for i, rt in enumerate(recorded):
-            if rt.origin not in ORIGINS:
-                raise TorchdepotError(f"{where}: recorded[{i}]: origin: {rt.origin[:40]!r} is not one of {', '.join(ORIGINS)}")
         releases = []
         for i, r in enumerate(_items(doc, "releases", where, required=False)):
             at = f"{where}: releases[{i}]"
@@ -193,7 +228,25 @@ class Manifest:
             releases.append(rel)
         last = doc.get("last_sync")
         last_sync = None if last is None else _record(SyncRecord, last, f"{where}: last_sync")
-        return cls(files=files, targets=targets, spec=spec, recorded=recorded, releases=releases, last_sync=last_sync)
+        tombstones = []
+        for i, t in enumerate(_items(doc, "tombstones", where, required=False)):
+            at = f"{where}: tombstones[{i}]"
+            if isinstance(t, dict) and isinstance(t.get("targets"), list):
+                if not all(isinstance(x, str) for x in t["targets"]):
+                    raise TorchdepotError(f"{at}: targets: expected strings")
+                t = {**t, "targets": tuple(t["targets"])}
+            ts = _record(Tombstone, t, at)
+            if ts.reason not in TOMBSTONE_REASONS:
+                raise TorchdepotError(f"{at}: reason: {ts.reason[:40]!r} is not one of {', '.join(TOMBSTONE_REASONS)}")
+            safe_join(Path("/nonexistent-root"), ts.path)
+            tombstones.append(ts)
+        pulled = _items(doc, "pulled", where, required=False)
+        for i, item in enumerate(pulled):
+            if not isinstance(item, str):
+                raise TorchdepotError(f"{where}: pulled[{i}]: expected a string")
+            safe_join(Path("/nonexistent-root"), item)
+        return cls(files=files, targets=targets, spec=spec, recorded=recorded, releases=releases, last_sync=last_sync,
+                   tombstones=tombstones, pulled=[str(p) for p in pulled])
 
 
 if TYPE_CHECKING:
@@ -202,10 +255,14 @@ _D = TypeVar("_D", bound="DataclassInstance")
 
 # annotation (as written above) -> accepted JSON types; bool is not an int here
 _TYPES: dict[str, tuple[type, ...]] = {
-    "str": (str,), "int": (int,), "bool": (bool,), "str | None": (str, type(None)),
+    "str": (str,), "FileKind": (str,), "TargetKind": (str,), "Origin": (str,),
+    "int": (int,), "bool": (bool,), "str | None": (str, type(None)),
     "int | None": (int, type(None)), "tuple[TargetPackage, ...]": (tuple,),
     "tuple[str, ...]": (tuple, list), "float": (int, float),  # lists become tuples in _record
 }
+# Literal annotations -> their values, checked at this boundary
+_LITERALS: dict[str, tuple[str, ...]] = {"FileKind": get_args(FileKind), "TargetKind": get_args(TargetKind),
+                                         "Origin": get_args(Origin)}
 
 
 def _items(doc: dict[str, object], key: str, where: str, required: bool = True) -> list[object]:
@@ -227,6 +284,8 @@ def _record(cls: type[_D], data: object, where: str) -> _D:
         ok = _TYPES[str(f.type)]  # annotations are strings here (from __future__ import annotations)
         if not isinstance(value, ok) or (isinstance(value, bool) and bool not in ok):
             raise TorchdepotError(f"{where}: {key}: expected {f.type}, got {type(value).__name__}")
+        if str(f.type) in _LITERALS and value not in _LITERALS[str(f.type)]:
+            raise TorchdepotError(f"{where}: {key}: {str(value)[:40]!r} is not one of {', '.join(_LITERALS[str(f.type)])}")
         if key == "extras" and not (isinstance(value, (tuple, list)) and all(isinstance(x, str) for x in value)):
             raise TorchdepotError(f"{where}: extras: expected strings")
         if key == "size" and isinstance(value, int) and value < 0:
@@ -248,17 +307,6 @@ def load(root: Path) -> Manifest:
         raise TorchdepotError(f"{path}: no manifest (is {root} a torchdepot mirror? run 'torchdepot mirror' first)") from None
     except UnicodeDecodeError as exc:
         raise TorchdepotError(f"{path}: not a torchdepot manifest (not UTF-8 text at byte {exc.start})") from None
-
-
-def fetch(url: str) -> Manifest:
-    """``<url>/manifest.json`` of a served (http, or file://) mirror. Raises UpstreamError
-    when it cannot be fetched and TorchdepotError when it is not a manifest."""
-    from torchdepot.net.http import make_session
-
-    murl = url.rstrip("/") + "/" + MANIFEST_NAME
-    with make_session() as client:
-        body, _ = client.get_bytes(murl)
-    return Manifest.from_json(body, murl)
 
 
 def save(root: Path, manifest: Manifest) -> None:
