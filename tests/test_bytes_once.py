@@ -73,6 +73,7 @@ def test_hashless_upstream_sends_each_wheel_once(hashless):
     assert {name: up.body_bytes[path] for name, path in paths.items()} == dict.fromkeys(sizes, 0)
 
 
+@pytest.mark.slow
 def test_no_op_rereads_pages_conditionally(hashless):
     """Pages are kept with their validators; a re-sync sends If-None-Match and a 304 costs no
     body; a page upstream changed (new ETag) is read in full again."""

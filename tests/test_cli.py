@@ -3,6 +3,7 @@
 import importlib
 import pkgutil
 
+import pytest
 from click.testing import CliRunner
 
 from torchdepot import commands
@@ -33,8 +34,6 @@ def test_help_lists_every_command_and_errors_are_one_line():
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
 
 
 @pytest.fixture
@@ -116,6 +115,7 @@ def _run_patched(code: str, *args: str, env_extra: dict | None = None) -> subpro
     return subprocess.run([sys.executable, "-c", prog, *args], capture_output=True, text=True, timeout=60, env=env)
 
 
+@pytest.mark.slow
 def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback():
     res = _run_patched("return {}['no such key']", "mirror")
     assert res.returncode == 1, res.stderr

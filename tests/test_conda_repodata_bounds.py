@@ -126,6 +126,7 @@ def gzip_bomb() -> bytes:
     return b"".join([c.compress(block) for _ in range(16)] + [c.flush()])
 
 
+@pytest.mark.slow
 def test_dripping_repodata_is_cut_at_the_deadline(tmp_path):
     with Upstream() as up:
         up.routes["/conda-forge/linux-64/repodata.json"] = Route(GOOD, drip=0.5)
@@ -287,6 +288,7 @@ def test_shards_elsewhere_are_refused(tmp_path):
     assert "leaves the channel" in str(exc.value)
 
 
+@pytest.mark.slow
 def test_dripping_shard_is_cut_at_the_deadline(tmp_path):
     with Upstream() as up:
         shard = _shard()

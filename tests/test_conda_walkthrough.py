@@ -76,6 +76,7 @@ def test_readme_has_the_conda_walkthrough():
         assert cmd in text, cmd
 
 
+@pytest.mark.slow
 def test_walkthrough_mirror_serve_configure_install(upstreams, tmp_path):
     a, b, c = upstreams
     spec = tmp_path / "mirror.yaml"

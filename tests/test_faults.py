@@ -460,6 +460,7 @@ def test_sync_under_transient_faults_completes_and_verifies(tmp_path):
     assert rep.checked == 10
 
 
+@pytest.mark.slow
 def test_sync_under_a_persistent_fault_fails_with_one_line_and_publishes_no_index(tmp_path):
     from tests.loopback_upstream import mirror_env, populate, run_mirror, write_spec
 

@@ -86,6 +86,7 @@ def without_last_sync(root: Path, text: bytes | None = None) -> dict:
     return doc
 
 
+@pytest.mark.slow
 def test_mirror_failover_publish_and_idempotent_rerun(upstreams):
     a, b, tmp = upstreams
     out = tmp / "out"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import urllib.parse
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.httpserver import Server
@@ -56,6 +57,7 @@ def test_a_python_upstream_lacks_fails_alone(tmp_path):
     assert "verify-mirror ok" in proc.stdout
 
 
+@pytest.mark.slow
 def test_a_target_published_before_keeps_what_it_had(tmp_path):
     """Both Pythons published with torch 2.12; then the spec asks torch>=2.13, which upstream
     has for 3.11 only: 3.11 moves to 2.13, 3.12 fails (named, exit 1) and keeps its 2.12."""
@@ -81,6 +83,7 @@ def test_a_target_published_before_keeps_what_it_had(tmp_path):
     assert "verify-mirror ok" in proc.stdout
 
 
+@pytest.mark.slow
 def test_a_target_the_resolver_cannot_close_fails_alone(tmp_path):
     """Both Pythons pin torch, but its dependency has a cp311 wheel only: 3.12's resolution
     fails, 3.11 is published, the run names 3.12 and exits 1."""

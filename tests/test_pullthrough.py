@@ -334,6 +334,7 @@ def test_pip_and_uv_install_through_an_empty_root_then_with_upstream_gone(tmp_pa
     assert os.path.exists(root / "manifest.json")
 
 
+@pytest.mark.slow
 def test_miss_log_to_mirror_to_bundle(tmp_path):
     """What clients pulled through is logged; `mirror --from-misses` lists it on the mirror's
     own index (a new generation); `bundle` carries it; the unbundled copy serves it statically."""
@@ -506,6 +507,7 @@ def test_any_path_gets_a_status_and_never_leaves_the_root(offline_server, parts,
         assert resp.status != 200
 
 
+@pytest.mark.slow
 def test_a_waiting_client_is_streamed_the_bytes_as_they_arrive(tmp_path):
     torch, dep = _wheels(payload=600_000)
     root = tmp_path / "mirror"

@@ -126,6 +126,7 @@ def _expected_accelerator(href: str) -> str | None:
     return None
 
 
+@pytest.mark.slow
 def test_parse_json_on_every_wheel_link(crawled, data_dir, tmp_path):
     """Done-when: every distinct wheel link (captures + pytorch_wheel_urls.txt) through
     ``torchdepot parse --json --from-file`` equals packaging's parse."""

@@ -222,6 +222,7 @@ def _dribble(httpd, n: int) -> list[socket.socket]:
     return socks
 
 
+@pytest.mark.slow
 def test_header_dribblers_hold_no_worker(mirror):
     """40 connections that send one header byte at a time (every 0.25 s, always inside any
     per-read timeout) hold none of 32 workers: a real client gets its page within 1 s,
@@ -253,6 +254,7 @@ def test_header_dribblers_hold_no_worker(mirror):
                 s.close()
 
 
+@pytest.mark.slow
 def test_per_client_cap_closes_the_oldest_parked_connection(mirror):
     with serve_mirror(mirror, ServeLimits(max_per_client=5)) as httpd:
         socks = [socket.create_connection(httpd.server_address[:2], timeout=5) for _ in range(5)]
@@ -281,6 +283,7 @@ httpd.serve_forever(poll_interval=0.05)
 """
 
 
+@pytest.mark.slow
 def test_descriptor_limit_is_never_exhausted(mirror):
     """Under ``ulimit -n 64``, 150 open connections (idle and dribbling) never take the
     server's last descriptor: connections are capped to fit, oldest parked closed first,
