@@ -82,6 +82,7 @@ MATRIX_RECORD = f"{STATE_DIR}/matrix.json"  # `current`: upstream's release matr
 PUBLISH_JOURNAL = f"{STATE_DIR}/publish.json"
 ASIDE_DIR = f"{STATE_DIR}/aside"
 PULLTHROUGH_DIR = f"{STATE_DIR}/pullthrough"
+PULLTHROUGH_CONDA_CACHE = f"{PULLTHROUGH_DIR}/conda-cache"  # upstream repodata pull-through serves from
 MISSES_LOG = f"{STATE_DIR}/misses.jsonl"
 STAGE_PREFIX = "stage-"
 CONDA_CACHE_DIR = f"{STATE_DIR}/cache/conda"  # repodata fetched by conda syncs
