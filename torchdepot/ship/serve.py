@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from torchdepot.errors import one_line
 from torchdepot.store.layout import PACKAGES_DIR
 from torchdepot.store.simple_json import HTML_MEDIA_TYPE, HTML_PAGE, JSON_MEDIA_TYPE, JSON_PAGE
 
@@ -234,7 +235,7 @@ class MirrorHandler(http.server.BaseHTTPRequestHandler):
         except Exception as exc:  # a bug or an unforeseen input: answer, log one line, go on serving
             self.close_connection = True
             self.log_error("error answering %r: %s: %s", getattr(self, "path", "?"), type(exc).__name__,
-                           " ".join(str(exc).splitlines())[:200])
+                           one_line(exc, 200))
             if not self._headers_done:
                 with contextlib.suppress(OSError):
                     self._error(500)
