@@ -39,7 +39,7 @@ from torchdepot.ship.pullthrough import (
     read_misses,
 )
 from torchdepot.ship.serve import MirrorServer, make_server
-from torchdepot.sources.repodata import RepodataError, splice_repodata
+from torchdepot.sources.repodata import RepodataError, check_depth, splice_repodata
 from torchdepot.store import manifest as mf
 
 TD = Path(sys.executable).parent / "torchdepot"
@@ -601,6 +601,8 @@ def test_splice_drops_base_url_and_handles_empty_and_missing_objects(tmp_path):
     assert _splice(tmp_path, b"{}", {}) == {"info": {"subdir": "linux-64"}}
     with pytest.raises(RepodataError):
         _splice(tmp_path, b'{"info": {"packages": {}}}', {"a-1-0.tar.bz2": rec})
+    with pytest.raises(RepodataError, match="nested deeper"):  # a client's parser would recurse on it
+        _splice(tmp_path, b'{"packages": {"a-1-0.conda": ' + b"[" * 1000 + b"]" * 1000 + b"}}", {})
     with pytest.raises(RepodataError):  # a base_url somewhere else would still send clients away
         _splice(tmp_path, b'{"packages": {"x": {"base_url": "http://x/"}}}', {})
     assert not (tmp_path / "out.json.part").exists()
@@ -623,3 +625,46 @@ def test_splice_adds_exactly_the_extra_records(tmp_path_factory, upstream, extra
     doc = _splice(tmp, data, extra)
     assert doc["packages.conda"] == {**upstream, **extra}
     assert {k: v for k, v in doc.items() if k in other} == other
+
+
+def _depth(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+_TRICKY = st.text(alphabet='[]{}"\\ab\n', max_size=6)
+_NESTED = st.recursive(st.none() | st.integers() | _TRICKY,
+                       lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TRICKY, inner, max_size=3),
+                       max_leaves=30)
+
+
+@given(_NESTED, st.integers(min_value=1, max_value=8))
+def test_depth_check_agrees_with_a_parser(tmp_path_factory, doc, limit):
+    """Brackets, quotes and backslashes inside strings never count; the depth is the parser's."""
+    path = tmp_path_factory.mktemp("depth") / "r.json"
+    path.write_bytes(json.dumps(doc).encode())
+    if _depth(doc) <= limit:
+        check_depth(path, "r.json", limit)
+    else:
+        with pytest.raises(RepodataError, match="nested deeper"):
+            check_depth(path, "r.json", limit)
+
+
+def test_conda_hostile_repodata_is_refused_and_upstream_not_marked_down(tmp_path):
+    """A nested (or inflating) repodata body is refused with a 404; it is not an upstream that
+    is down, so the channel's other subdir is still served at once."""
+    root = tmp_path / "mirror"
+    root.mkdir()
+    with FaultServer() as up:
+        up.add("/chan/linux-64/repodata.json", b'{"info": {}, "packages.conda": {"a-1-0.conda": '
+               + b"[" * 100_000 + b"]" * 100_000 + b"}}")
+        up.add("/chan/noarch/repodata.json", json.dumps({"info": {"subdir": "noarch"}, "packages": {}}).encode())
+        sources = Sources(upstreams=(), indexes=(), policy=default_policy([up.url]),
+                          conda=(("chan", (f"{up.url}/chan",)),))
+        with pull_server(root, sources) as (httpd, _cache):
+            assert get(httpd, "/conda/chan/linux-64/repodata.json")[0].status == 404
+            assert get(httpd, "/conda/chan/noarch/repodata.json")[0].status == 200
+    assert [m.outcome for m in read_misses(root)] == ["refused"]

@@ -76,7 +76,7 @@ from torchdepot.model.wheelname import split_variant_label
 from torchdepot.net.hostpolicy import HostPolicy, screen_links
 from torchdepot.net.http import Client, HttpConfig
 from torchdepot.ship.serve import MirrorHandler, cache_control, content_type, negotiate
-from torchdepot.sources.channel import RepodataCache, fetch_repodata
+from torchdepot.sources.channel import RepodataCache, RepodataRefused, fetch_repodata
 from torchdepot.sources.links import Link
 from torchdepot.sources.pep691 import parse_response
 from torchdepot.sources.repodata import RepodataError, parse_repodata, splice_repodata
@@ -478,6 +478,10 @@ class PullThrough:
         cache = RepodataCache(self.root / L.PULLTHROUGH_CONDA_CACHE)
         try:
             got = fetch_repodata(self.client, channel, mirrors, subdir, cache)
+        except RepodataRefused:  # a hostile body (a bomb, past its deadline), not a host that is down
+            self._record(Miss(time=_now(), kind="page", project=f"conda:{channel}", variant=subdir,
+                              outcome="refused"))
+            return
         except UpstreamError:
             self._mark_down()
             self._record(Miss(time=_now(), kind="page", project=f"conda:{channel}", variant=subdir,

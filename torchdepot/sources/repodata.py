@@ -139,14 +139,56 @@ def _peek(fh: BinaryIO, offset: int, n: int) -> bytes:
     return fh.read(n)
 
 
+# JSON depth without a parser, in C-speed passes over bytes: escapes dropped, then everything but
+# quotes and brackets; adjacent quote pairs (a string with no bracket in it, or two strings
+# meeting) dropped, then the few strings left; innermost bracket pairs then removed once per
+# pass: the passes needed are the depth.
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)
+_NOT_STRUCTURE = bytes(c for c in range(256) if c not in b'[]{}"')
+_QUOTED = re.compile(rb'"[^"]*"')
+_EMPTY_PAIR = re.compile(rb"\[\]|\{\}")
+MAX_DEPTH = 64  # a record is 3 deep; conda's own client recurses (Python's json) on what we serve
+
+
+def _structure(path: Path) -> bytes:
+    """The brackets of the JSON file at ``path`` that are outside strings, in order."""
+    out = bytearray()
+    carry = b""
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_SCAN):
+            buf = carry + chunk
+            # an escape cut by the read: its backslash goes with the next chunk
+            odd = (len(buf) - len(buf.rstrip(b"\\"))) % 2
+            buf, carry = (buf[:-1], b"\\") if odd else (buf, b"")
+            out += _ESCAPE.sub(b"", buf).translate(None, _NOT_STRUCTURE)
+    return _QUOTED.sub(b"", bytes(out).replace(b'""', b""))
+
+
+def check_depth(path: Path, where: str, limit: int = MAX_DEPTH) -> None:
+    """Refuse (:class:`RepodataError`) a JSON file nested deeper than ``limit`` (or with
+    unbalanced brackets): what we serve must not make a client's parser recurse without bound.
+    Streamed; the scanning is done by ``re``/``bytes`` (no Python loop per byte or record)."""
+    brackets = _structure(path)
+    for _ in range(limit):
+        if not brackets:
+            return
+        inner = _EMPTY_PAIR.sub(b"", brackets)
+        if inner == brackets:
+            break
+        brackets = inner
+    if brackets:
+        raise RepodataError(f"{where}: repodata nested deeper than {limit} levels (or unbalanced); refused")
+
+
 def splice_repodata(src: Path, dest: Path, subdir: str, extra: dict[str, dict[str, Any]], where: str) -> None:
     """Write ``src`` (upstream's repodata.json, already bounded on download) to ``dest`` with the
     records ``extra`` ({file name: record}) added to ``packages``/``packages.conda`` and its
     ``info`` replaced by ``{"subdir": ...}`` plus upstream's other fields except ``base_url``
     (CEP-15: a client would fetch packages from there, not from us). The records themselves
     are copied as bytes, never parsed: a 1M-record conda-forge subdir costs two streamed
-    passes. The caller checks the result with a real parser (py-rattler) before serving it.
+    passes and a depth check (:func:`check_depth`). The caller checks the result with a real parser (py-rattler) before serving it.
     Raises :class:`RepodataError` (one line naming ``where``) for a layout it cannot splice."""
+    check_depth(src, where)
     at = {k.decode(): v for k, v in _scan(src, _SPLICE_KEYS).items()}
     edits: list[tuple[int, int, bytes]] = []  # (offset, resume at, bytes written there)
     front: list[bytes] = []  # top-level members added right after the root ``{``
