@@ -15,6 +15,7 @@ it (no regex re-spelling a name built elsewhere). Layout of ``<root>``::
     .torchdepot.lock                  the writer's flock (LOCK_FILE)
     .torchdepot/                      state (STATE_DIR):
         hashes.json                   the fetcher's hash cache
+        cache/                        conda repodata cache (CACHE_DIR)
         publish.json                  the publication journal (PUBLISH_JOURNAL)
         partial/                      downloads in flight (PARTIAL_DIR)
         view/                         the local index the resolver reads (VIEW_DIR; rebuilt each run)
@@ -70,6 +71,13 @@ RESOLUTIONS = f"{STATE_DIR}/resolutions.json"
 PUBLISH_JOURNAL = f"{STATE_DIR}/publish.json"
 ASIDE_DIR = f"{STATE_DIR}/aside"
 STAGE_PREFIX = "stage-"
+CACHE_DIR = f"{STATE_DIR}/cache"
+# Every path under a root the tool itself creates, parents before children. Each must be a real
+# file or directory (or absent), never a symlink: a planted link would move state, staging,
+# downloads or the next index outside the root (:func:`torchdepot.store.fsutil.refuse_planted_links`).
+OWN_PATHS = (STATE_DIR, PARTIAL_DIR, VIEW_DIR, ASIDE_DIR, CACHE_DIR, f"{CACHE_DIR}/conda", f"{STATE_DIR}/{HASHES_NAME}",
+             RESOLUTIONS, PUBLISH_JOURNAL, PUBLISH_DIR, PACKAGES_DIR, CONDA_DIR, TARGETS_DIR, ENVS_DIR, MANIFEST_NAME,
+             LANDING_NAME, LOCK_FILE)
 
 StageKind = Literal["unbundle", "repair"]
 

@@ -567,7 +567,7 @@ def verify_mirror_locked(root: Path, repair: bool = False, client=None, *, wait:
     root = Path(root)
     if not (root / mf.MANIFEST_NAME).is_file():
         mf.load(root)  # raises the one-line "no manifest" error without creating a lock file
-    with MirrorLock(root, wait):
+    with MirrorLock(root, wait, read_only=not repair):
         policy = None
         if repair and allow_hosts:
             base = repair_policy(mf.load(root))
