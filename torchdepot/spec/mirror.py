@@ -37,6 +37,7 @@ import dataclasses
 import datetime as dt
 import enum
 import itertools
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -408,10 +409,19 @@ def _fsync(raw: object, where: str) -> bool:
 
 
 def _out(raw: object, where: str) -> Path:
+    """The mirror directory, with a leading ``~`` / ``~user`` expanded here, once: every later
+    step (the out-dir check, the writes, the printed ``serve --root``) sees the same path."""
     raw = raw or DEFAULT_OUT
+    if isinstance(raw, os.PathLike):
+        raw = os.fspath(raw)
     if not isinstance(raw, str) or "\x00" in raw:
         raise SpecError(f"{where}: out: expected a path string")
-    return Path(raw)
+    path = Path(os.path.expanduser(raw))
+    if path.parts and path.parts[0].startswith("~"):
+        # not expandable (unknown user, no home), or "./~/x", which a shell would read as home
+        raise SpecError(f"{where}: out: {raw!r} starts with '~' that names no home directory here; "
+                        "write the directory as an absolute path")
+    return path
 
 
 def _count(key: str, top: int, absent: str):

@@ -5,7 +5,8 @@ a torchdepot mirror (it holds ``manifest.json``, the ``.torchdepot/`` state dir 
 ``.torchdepot.lock`` a first, interrupted run leaves). Everything else is refused with one
 line (:class:`~torchdepot.errors.UnsafePathError`): a file, a non-empty directory of other
 things (a sync would overwrite its ``index.html``), ``/``, the user's home directory and the
-directories above it. Symlinks are resolved first, so a link to ``$HOME`` is ``$HOME``.
+directories above it. Symlinks are resolved first, so a link to ``$HOME`` is ``$HOME``. A
+leading ``~`` is refused, never expanded: the path checked is the path written.
 
 Only reads the file system (stat and one directory listing).
 """
@@ -47,8 +48,13 @@ def is_mirror(root: Path) -> bool:
 def check_out_dir(path: Path | str, *, what: str = "out") -> Path:
     """The resolved ``path`` when a mirror may be written there; UnsafePathError (one line) otherwise."""
     given = Path(path)
+    if given.parts and given.parts[0].startswith("~"):
+        # The caller writes where it is given: expanding here would check another directory
+        # than the one written (the spec expands ``~`` once, when it is read).
+        raise UnsafePathError(f"{what} {given}: a leading '~' is not expanded here; give the directory "
+                              "as an absolute path")
     try:
-        root = given.expanduser().resolve()
+        root = given.resolve()
     except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop on older Pythons
         raise UnsafePathError(f"{what} {given}: cannot resolve the path ({getattr(exc, 'strerror', None) or exc})") from None
     if root == Path(root.anchor):

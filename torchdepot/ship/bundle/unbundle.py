@@ -48,6 +48,7 @@ from torchdepot.ship.bundle.model import (
 from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
 from torchdepot.store.fsutil import MirrorLock, fsync_dir, safe_join, sha256_file
+from torchdepot.store.outdir import check_out_dir
 
 # ---------------------------------------------------------------- reading
 
@@ -84,7 +85,7 @@ class _JoinedReader(io.RawIOBase):
             if self.fh is None:
                 if not self.parts:
                     return 0
-                self.fh = open(self.parts.pop(0), "rb")
+                self.fh = open(self.parts.pop(0), "rb")  # noqa: SIM115  (held across reads, closed below)
             n = self.fh.readinto(b)
             if n:
                 self.bar.update(n)
@@ -351,6 +352,7 @@ def unbundle(bundle: Path, dest: Path) -> UnbundleReport:
 
     parts = bundle_parts(bundle)
     dest = Path(dest)
+    check_out_dir(dest, what="unbundle --to")  # mirror's rules: never into $HOME or a dir of other files
     dest.mkdir(parents=True, exist_ok=True)
     with MirrorLock(dest):
         state = dest / L.STATE_DIR
