@@ -27,3 +27,7 @@ class UnsafePathError(TorchdepotError):
 
 class LockedError(TorchdepotError):
     """Another torchdepot process holds the mirror's lock."""
+
+
+class DiskFullError(TorchdepotError):
+    """A write failed for want of space (ENOSPC / EDQUOT); the message names the file."""

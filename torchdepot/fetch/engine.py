@@ -50,7 +50,7 @@ from torchdepot.fetch.segmented import DEFAULT_PIECE_BYTES, DEFAULT_SPLIT_BYTES,
 from torchdepot.fetch.single import Streamer
 from torchdepot.net.http import Client
 from torchdepot.store import layout as L
-from torchdepot.store.fsutil import fsync_dir, safe_join, sha256_file
+from torchdepot.store.fsutil import fsync_dir, safe_join, sha256_file, writing
 
 
 class Fetcher:
@@ -208,7 +208,8 @@ class Fetcher:
     # -- one file ---------------------------------------------------------------
     def _guarded(self, item: FetchItem) -> FetchResult:
         try:
-            res = self._one(item)
+            with writing(self.root / item.key):  # a full disk names the file (write() errors carry no name)
+                res = self._one(item)
         except Exception as exc:  # a bug must not lose the other files' results
             res = FetchResult(item.key, "failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0])
         self._progress.file_done(item.key, res.status)

@@ -17,9 +17,10 @@ import re
 import stat
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from torchdepot.errors import LockedError, UnsafePathError
+from torchdepot.errors import DiskFullError, LockedError, UnsafePathError
 from torchdepot.model.names import safe_filename  # noqa: F401  (the store's callers use it from here)
 from torchdepot.store.layout import (
     INDEX_LINK,
@@ -41,23 +42,37 @@ def fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+@contextlib.contextmanager
+def writing(path: Path | str) -> Iterator[None]:
+    """Name ``path`` when the disk is full: a failed ``write()`` carries no file name, so
+    ENOSPC / EDQUOT inside the block become one :class:`DiskFullError` line naming it."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        what = "disk quota exceeded" if exc.errno == errno.EDQUOT else "no space left on device"
+        raise DiskFullError(f"{path}: {what}; free some space and re-run") from None
+
+
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` so a crash leaves the old file or the new one, never half."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    prefix, suffix = atomic_temp_affixes(path.name)
-    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        prefix, suffix = atomic_temp_affixes(path.name)
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, mode)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
     fsync_dir(path.parent)
 
 

@@ -47,7 +47,7 @@ from torchdepot.ship.bundle.model import (
 )
 from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
-from torchdepot.store.fsutil import MirrorLock, fsync_dir, safe_join, sha256_file
+from torchdepot.store.fsutil import MirrorLock, fsync_dir, safe_join, sha256_file, writing
 from torchdepot.store.outdir import check_out_dir
 
 # ---------------------------------------------------------------- reading
@@ -175,7 +175,7 @@ def _extract(parts: list[Path], staging: Path) -> tuple[BundleDoc, dict[str, tup
                     h = hashlib.sha256()
                     n = 0
                     fin = tar.extractfile(member)
-                    with open(dest, "wb") as out:
+                    with writing(dest), open(dest, "wb") as out:
                         while chunk := fin.read(CHUNK):
                             h.update(chunk)
                             n += len(chunk)
@@ -328,7 +328,11 @@ def _prepare_whl(staging: Path, dest: Path, paths: list[str]) -> tuple[Path, str
     gen = f"unbundle-{time.time_ns()}"
     tree = staging / ".whl-build" / L.INDEX_LINK
     if link.is_dir():
-        shutil.copytree(link.resolve(), tree, symlinks=False)
+        try:
+            shutil.copytree(link.resolve(), tree, symlinks=False)
+        except shutil.Error as exc:  # its message is a list of every (src, dst, why): say the first
+            src_, dst_, why = exc.args[0][0]
+            raise BundleError(f"{dst_}: cannot copy the live index page {src_} ({why}); nothing published") from None
     tree.mkdir(parents=True, exist_ok=True)
     for p in paths:
         target = safe_join(tree, p[len(L.INDEX_LINK) + 1:])
