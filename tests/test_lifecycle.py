@@ -193,6 +193,34 @@ def test_upgrade_keeps_old_torch_and_keep_n_drops_it(site, wheels):
     verify_clean(tmp, b, m)
 
 
+def test_dry_run_lists_exactly_what_keep_n_then_removes(site, wheels):
+    """``--dry-run`` and the real run share one removal plan: with ``keep: 1`` the dry run lists
+    the older torch (file by file, in --json too) that the real run then removes, and removes nothing."""
+    a, b, tmp, layout = site
+    m = tmp / "M"
+    assert cli(tmp, b, "mirror", "--spec", str(cpu_spec(tmp, a)), "--out", str(m)).returncode == 0
+    old = "packages/torch/" + wheels["cpu"][0].name
+    layout("cpu", wheels["cpu"] + wheels["cpu-new"])
+    spec = cpu_spec(tmp, a, keep=1)
+    gone = [f for f in mf.load(m).files if f.path.startswith(old)]
+    line = f"keep 1: {CPU} torch 2.13.0+cpu: removing {len(gone)} files, {format_size(sum(f.size for f in gone))}"
+    dry = cli(tmp, b, "mirror", "--spec", str(spec), "--out", str(m), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"would remove ({line})" in dry.stderr, dry.stderr
+    assert (m / old).is_file()  # a dry run removes nothing
+    dry_json = json.loads(cli(tmp, b, "mirror", "--spec", str(spec), "--out", str(m), "--dry-run", "--json").stdout)
+    real = cli(tmp, b, "mirror", "--spec", str(spec), "--out", str(m), "--json")
+    assert real.returncode == 0, real.stderr
+    assert line in real.stderr
+    assert dry_json["removed"] == json.loads(real.stdout)["removed"]
+    assert dry_json["removed"][0]["files"] == sorted(f.path for f in gone)
+    assert not (m / old).exists()
+    # nothing left to remove: a dry run asked to prune says so in one line
+    dry = cli(tmp, b, "mirror", "--spec", str(spec), "--out", str(m), "--prune", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert [ln for ln in dry.stderr.splitlines() if "remov" in ln] == ["would remove nothing"], dry.stderr
+
+
 def test_status_of_a_directory_that_is_no_mirror_is_one_line(tmp_path):
     proc = cli(tmp_path, "http://127.0.0.1:9/simple", "status", str(tmp_path))
     assert proc.returncode == 1

@@ -9,10 +9,15 @@ mirror's own ``targets/<id>/pylock.toml`` (paths relative to the lock).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
-import tomllib
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
 
 from tests.httpserver import Server
 from tests.kit.lockmirror import build_mirror, cli, fake_torch_wheels

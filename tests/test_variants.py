@@ -22,9 +22,13 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import tomllib
 from hypothesis import given
 from hypothesis import strategies as st
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
 
 from tests.httpserver import Server
 from tests.mirror_upstream import make_wheel, sha256

@@ -15,9 +15,11 @@ import http.server
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Self
+from typing import TypeVar
 
 from torchdepot.ship.serve import MirrorServer, ServeLimits, make_server
+
+_S = TypeVar("_S", bound="ThreadedServer")
 
 
 class ThreadedServer:
@@ -36,7 +38,7 @@ class ThreadedServer:
         host, port = self.httpd.server_address[:2]
         return f"http://{host}:{port}"
 
-    def __enter__(self) -> Self:
+    def __enter__(self: _S) -> _S:
         self.thread.start()
         return self
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import urllib.parse
 from dataclasses import dataclass
@@ -21,10 +22,10 @@ from packaging.utils import canonicalize_name
 from torchdepot.errors import TorchdepotError
 from torchdepot.model.platforms import target_platform
 
-try:  # Python >= 3.11
+if sys.version_info >= (3, 11):
     import tomllib as _toml
-except ModuleNotFoundError:  # pragma: no cover - 3.10
-    import tomlkit as _toml  # type: ignore[no-redef]
+else:  # pragma: no cover - Python 3.10
+    import tomli as _toml
 
 
 class ResolveError(TorchdepotError):

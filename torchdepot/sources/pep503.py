@@ -17,13 +17,15 @@ import re
 
 from torchdepot.sources.links import Page, make_link
 
-# A start tag's attribute run: quoted values may contain ">". Possessive quantifiers: the
-# run never backtracks, and a tag that does not close stops the scan (see _tags), so the
-# scanner is linear in the page size even on hostile input (``<a`` repeated, no ``>``).
-_RUN = re.compile(r"""(?:[^>"']++|"[^"]*+"|'[^']*+')*+""")
+# A start tag's attribute run: quoted values may contain ">". Nothing follows the repeat in
+# these patterns, so the first greedy path is the match and it never backtracks (the same
+# result as possessive quantifiers, which Python 3.10 lacks); a tag that does not close stops
+# the scan (see _tags), so the scanner is linear in the page size even on hostile input
+# (``<a`` repeated, no ``>``).
+_RUN = re.compile(r"""(?:[^>"']+|"[^"]*"|'[^']*')*""")
 _ANCHOR_START = re.compile(r"<a(?=[\s>/])", re.I)
 _BASE_START = re.compile(r"<base(?=[\s>/])", re.I)
-_LABEL = re.compile(r"[^<]*+")
+_LABEL = re.compile(r"[^<]*")
 _ATTR = re.compile(r"""([^\s=/>"']+)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>"'=<`]+)))?""")
 _COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)
 _RAWTEXT = re.compile(r"<(script|style)\b.*?(?:</\1\s*>|\Z)", re.S | re.I)

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import enum
 import itertools
 import os
 import re
@@ -51,6 +50,7 @@ from torchdepot.errors import ParseError, SpecError
 from torchdepot.model.accel import parse_accelerator
 from torchdepot.model.platforms import host_platform, target_platform
 from torchdepot.model.presets import UPSTREAM_PRESETS
+from torchdepot.model.strenum import StrEnum
 from torchdepot.model.targets import target_id
 from torchdepot.spec.bounds import decode_text, load_yaml, quote_key, read_bounded, show
 from torchdepot.spec.conda import CondaConfig, parse_conda_section
@@ -59,7 +59,7 @@ __all__ = ["Channel", "HashPolicy", "MirrorSpec", "PackageSpec", "PipTarget", "l
            "quote_key", "with_overrides"]
 
 
-class Channel(enum.StrEnum):
+class Channel(StrEnum):
     """Which PyTorch index tree: ``<upstream>/<prefix><variant>/``."""
     STABLE = "stable"
     TEST = "test"
@@ -72,7 +72,7 @@ class Channel(enum.StrEnum):
         return self is not Channel.STABLE and self is not Channel.VARIANT
 
 
-class HashPolicy(enum.StrEnum):
+class HashPolicy(StrEnum):
     """What to do when upstream's sha256 disagrees with the bytes."""
     FAIL = "fail"
     WARN = "warn"
@@ -463,7 +463,8 @@ def _exclude_newer(raw: object, where: str) -> dt.datetime | None:
         when = dt.datetime(raw.year, raw.month, raw.day, tzinfo=dt.timezone.utc)
     elif isinstance(raw, str) and len(raw) <= 40:
         try:
-            when = dt.datetime.fromisoformat(raw.strip())
+            text = raw.strip()  # Python 3.10's fromisoformat does not read a trailing Z
+            when = dt.datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text)
         except ValueError:
             when = None
         if when is not None and len(raw.strip()) == 10:  # a bare date: midnight UTC

@@ -61,6 +61,7 @@ import shutil
 import stat
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
@@ -577,3 +578,20 @@ def verify_mirror_locked(root: Path, repair: bool = False, client=None, *, wait:
 
 def report_json(report: VerifyReport) -> str:
     return json.dumps(report.to_json(), indent=1, sort_keys=True)
+
+
+def verify_published(out: Path, say: Callable[[str], None]) -> VerifyReport:
+    """A sync's closing check of what it just published: every manifest file hash-valid, every
+    index link resolving (the fetcher's hash cache spares re-reading unchanged files), and the
+    leftovers of killed runs dropped. Up to 10 problems said; a missing or corrupt file, a
+    dangling link or a bad JSON page stops the run."""
+    check = verify_mirror(out, trust_cache=True, clean=True)
+    if check.ok:
+        return check
+    serious = [p for p in check.unrepaired if p.kind in ("missing", "corrupt", "dangling-link", "bad-json-page")]
+    for p in check.unrepaired[:10]:
+        say(f"verify-mirror: {p.kind}: {p.path}: {p.detail}")
+    if serious:
+        raise TorchdepotError(f"{check.summary()}; first: {serious[0].path}: {serious[0].detail}")
+    say(f"{check.summary()} (run 'torchdepot verify-mirror {out} --repair' to clean up)")
+    return check

@@ -17,9 +17,11 @@ are keyed by stored path.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from torchdepot.errors import TorchdepotError
 from torchdepot.fetch import (
     DEFAULT_CONNECTIONS,
     DEFAULT_CONNECTIONS_PER_HOST,
@@ -108,3 +110,15 @@ def fetch_files(out: Path, resolution: Resolution, view: View, spec: MirrorSpec,
     redone = {r.key for r in again.results}
     return PipFetchReport(results=[r for r in report.results if r.key not in redone] + list(again.results),
                           seconds=report.seconds + again.seconds, paths=paths)
+
+
+def check_fetched(report: FetchReport, spec: MirrorSpec, say: Callable[[str], None]) -> None:
+    """Each accepted upstream hash mismatch said; any failed file stops the run (index unchanged)."""
+    if spec.on_hash_mismatch == "warn":
+        for r in report.mismatches:
+            say(f"warning: {r.key}: upstream sha256 {r.upstream_sha256} but the bytes hash to {r.sha256} "
+                "(accepted: on_hash_mismatch warn; recorded in manifest.json)")
+    if report.failed:
+        first = report.failed[0]
+        raise TorchdepotError(f"{len(report.failed)} of {len(report.results)} files failed (index not updated); "
+                              f"first: {first.key}: {first.error}")

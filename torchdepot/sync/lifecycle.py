@@ -26,7 +26,7 @@ I/O. The rules (issue 14 part 1):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from packaging.version import InvalidVersion, Version
 
@@ -43,6 +43,9 @@ class TargetSet:
     run: tuple[PipTarget, ...]  # the targets this sync resolves, in order
     recorded: tuple[mf.RecordedTarget, ...]  # what the manifest records after it
     dropped: tuple[mf.RecordedTarget, ...]  # recorded targets --prune removes
+    # targets run only because the mirror recorded them: when one cannot be pinned now it keeps
+    # what the mirror published for it (said in one line), instead of failing the run
+    tolerate: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,9 @@ def target_set(asked: list[PipTarget], origin: str, previous: mf.Manifest | None
         else:
             run[r.id] = as_pip_target(r)
             recorded[r.id] = r
-    return TargetSet(run=tuple(run.values()), recorded=tuple(recorded.values()), dropped=tuple(dropped))
+    asked_ids = {t.id for t in asked}
+    return TargetSet(run=tuple(run.values()), recorded=tuple(recorded.values()), dropped=tuple(dropped),
+                     tolerate=frozenset(run) - asked_ids)
 
 
 def releases_of(previous: mf.Manifest | None) -> tuple[mf.Release, ...]:
@@ -170,7 +175,7 @@ def retain(previous: tuple[mf.Release, ...], current: tuple[mf.Release, ...], li
     for r in merged.values():
         by_target.setdefault(r.target, []).append(r)
     kept: list[mf.Release] = []
-    for target, rels in sorted(by_target.items()):
+    for _target, rels in sorted(by_target.items()):
         # the version just resolved first, then the others newest first
         cur = [r for r in rels if (r.target, r.torch) in current_keys]
         others = sorted((r for r in rels if (r.target, r.torch) not in current_keys),
@@ -218,3 +223,33 @@ def removals(previous: mf.Manifest | None, keep_paths: set[str], dropped_targets
         out.append(Removal(reason="superseded (no kept release lists them)", paths=rest,
                            size=sum(sizes[p] for p in rest)))
     return tuple(out)
+
+
+@dataclass(frozen=True)
+class RemovalPlan:
+    """Retention's decision for one sync: the releases kept (each without the wheels ``lost``)
+    and dropped, and the files that leave the mirror, grouped for one line each."""
+
+    kept: tuple[mf.Release, ...]
+    dropped: tuple[mf.Release, ...]
+    removals: tuple[Removal, ...]
+    lost: tuple[tuple[mf.Release, str], ...]  # (kept release, its wheel no longer on disk): dropped from it
+
+
+def plan_removals(previous: mf.Manifest | None, current: tuple[mf.Release, ...], live: frozenset[str],
+                  dropped_targets: tuple[mf.RecordedTarget, ...], keep: int | None, *,
+                  listed: frozenset[str], missing: frozenset[str] = frozenset()) -> RemovalPlan:
+    """What a sync keeps and removes; the dry run and the real run both call this.
+
+    ``current``: the releases resolved now (``live``: every target the run serves, resolved or
+    kept as published); ``listed``: the pip paths this run publishes itself (its wheels, their
+    ``.metadata``, variants.json files); ``missing``: previously published wheels that are gone
+    from disk (they leave their release). Every previous pip file neither ``listed`` nor needed
+    by a kept release is removed."""
+    kept, dropped = retain(releases_of(previous), current, set(live), keep)
+    lost = tuple((r, p) for r in kept for p in r.paths if p in missing and p not in listed)
+    gone = {p for _r, p in lost}
+    kept = tuple(replace(r, paths=tuple(p for p in r.paths if p not in gone)) for r in kept)
+    stay = set(listed) | needed_paths(kept)
+    return RemovalPlan(kept=kept, dropped=dropped, removals=removals(previous, stay, dropped_targets, dropped, keep),
+                       lost=lost)

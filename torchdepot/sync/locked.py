@@ -20,10 +20,15 @@ Invariants:
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import tomllib
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
 from packaging.utils import canonicalize_name
 
 from torchdepot.errors import TorchdepotError
@@ -134,3 +139,14 @@ def locked_resolution(envs: tuple[LockedEnv, ...], view: View) -> Resolution:
         raise TorchdepotError(f"{len(missing)} locked wheel(s) not on any reachable upstream with the locked hash; "
                               f"first: {missing[0]}")
     return Resolution(targets=tuple(plans), files=tuple(files.values()))
+
+
+def with_locked(resolution: Resolution, locks: tuple[LockedEnv, ...], view: View) -> Resolution:
+    """``resolution`` plus the locked targets' files (``mirror --from-locks``), each file once."""
+    if not locks:
+        return resolution
+    locked = locked_resolution(locks, view)
+    merged: dict[str, tuple[str, ViewFile, str]] = {}
+    for entry in locked.files + resolution.files:  # each file once, whoever needs it
+        merged.setdefault(entry[0], entry)
+    return Resolution(targets=locked.targets + resolution.targets, files=tuple(merged.values()))

@@ -1,0 +1,164 @@
+"""Retention's I/O around :func:`torchdepot.sync.lifecycle.plan_removals` (which decides).
+
+The publish step (:func:`publish_with_retention`): the releases resolved now, the kept older
+releases' wheels listed and indexed again, then the pip side published; and the removal step
+(:func:`remove`): the files the committed manifest no longer lists deleted, and the journaled
+folders of pruned targets. The dry run (``sync/dryrun.py``) calls the same ``plan_removals``
+with what this run would publish, so it lists exactly what the real run removes.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from torchdepot.errors import TorchdepotError
+from torchdepot.fetch import FetchReport
+from torchdepot.store import manifest as mf
+from torchdepot.store import publication
+from torchdepot.store.fsutil import safe_join
+from torchdepot.store.pages import IndexFile, ensure_metadata
+from torchdepot.sync import lifecycle
+from torchdepot.sync.download import PipFetchReport
+from torchdepot.sync.pipindex import publish_pip
+from torchdepot.sync.plan import Plan
+from torchdepot.sync.resolution import Resolution, file_key
+from torchdepot.sync.view import View
+
+Echo = Callable[[str], None]
+Stored = Callable[[str], str]  # resolution key -> the path the fetch stored it at
+
+
+def current_releases(resolution: Resolution, stored: Stored) -> tuple[mf.Release, ...]:
+    """Per target, the torch version resolved now and the stored paths of its closure."""
+    out = []
+    for tp in resolution.targets:
+        torch = next((f.version for f in tp.files if f.name == "torch"), None)
+        if torch:
+            out.append(mf.Release(target=tp.target.id, torch=torch,
+                                  paths=tuple(sorted({stored(file_key(f)) for f in tp.files}))))
+    return tuple(out)
+
+
+def resolved_paths(resolution: Resolution, stored: Stored) -> frozenset[str]:
+    """Every wheel the resolution stores and its ``.metadata``."""
+    return frozenset(p for key, _vf, _acc in resolution.files
+                     for p in (stored(key), stored(key) + lifecycle.METADATA_SUFFIX))
+
+
+def missing_paths(out: Path, previous: mf.Manifest | None) -> frozenset[str]:
+    """Wheels a previous release lists that the manifest does not, or that are gone from disk."""
+    if previous is None:
+        return frozenset()
+    before = previous.by_path()
+    return frozenset(p for r in lifecycle.releases_of(previous) for p in r.paths
+                     if p not in before or not (out / p).is_file())
+
+
+def plan(out: Path, previous: mf.Manifest | None, resolution: Resolution, stored: Stored,
+         live: frozenset[str], dropped_targets: tuple[mf.RecordedTarget, ...], keep: int | None,
+         listed: frozenset[str]) -> lifecycle.RemovalPlan:
+    """:func:`lifecycle.plan_removals` for this run's resolution (``listed``: what it publishes)."""
+    return lifecycle.plan_removals(previous, current_releases(resolution, stored), live, dropped_targets, keep,
+                                   listed=listed, missing=missing_paths(out, previous))
+
+
+def carried_targets(plan: Plan, previous: mf.Manifest | None, say: Echo) -> list[mf.Target]:
+    """The published state of each target the plan skipped (it could not be pinned now)."""
+    before = {t.id: t for t in (previous.targets if previous else []) if t.kind == "pip"}
+    out = []
+    for t, why in plan.skipped:
+        if t.id not in before:
+            raise TorchdepotError(why)  # nothing published to keep
+        torch = next((p.version for p in before[t.id].packages if p.name == "torch"), "?")
+        say(f"warning: {t.id}: kept as published (torch {torch}); not updated: {why}")
+        out.append(before[t.id])
+    return out
+
+
+def _retained(out: Path, previous: mf.Manifest | None, resolution: Resolution, stored: Stored,
+              kept: tuple[mf.Release, ...], carried: list[mf.Target]
+              ) -> tuple[list[mf.FileEntry], dict[str, list[IndexFile]]]:
+    """Manifest entries and index files (per accelerator) of the kept releases' wheels that this
+    run did not resolve."""
+    if previous is None:
+        return [], {}
+    before = previous.by_path()
+    current = {stored(key) for key, _vf, _acc in resolution.files}
+    acc_of = {tp.target.id: tp.target.accelerator for tp in resolution.targets}
+    acc_of.update((t.id, t.accelerator) for t in carried)
+    current_of: dict[str, set[str]] = {}
+    for tp in resolution.targets:
+        current_of.setdefault(tp.target.accelerator, set()).update(stored(file_key(f)) for f in tp.files)
+    entries: dict[str, mf.FileEntry] = {}
+    index: dict[str, IndexFile] = {}
+    pages: dict[str, dict[str, IndexFile]] = {}
+    for rel in kept:
+        for path in rel.paths:
+            if path in current:
+                continue
+            wheel = before[path]
+            if path not in index:
+                meta_sha, req_py, meta_size = ensure_metadata(out, path, wheel.project or "")
+                index[path] = IndexFile(wheel.project or "", path.rsplit("/", 1)[-1], path, wheel.sha256, req_py,
+                                        meta_sha, size=wheel.size, upload_time=wheel.upload_time)
+                meta = before.get(path + lifecycle.METADATA_SUFFIX)
+                entries[path] = wheel
+                entries[path + lifecycle.METADATA_SUFFIX] = mf.FileEntry(
+                    path=path + lifecycle.METADATA_SUFFIX, sha256=meta_sha, size=meta_size, kind="metadata",
+                    project=wheel.project, version=wheel.version,
+                    upstream_sha256=meta.upstream_sha256 if meta else None,
+                    hash_mismatch=bool(meta and meta.hash_mismatch))
+            acc = acc_of[rel.target]
+            if path not in current_of.get(acc, set()):
+                pages.setdefault(acc, {})[path] = index[path]
+    return list(entries.values()), {acc: list(files.values()) for acc, files in pages.items()}
+
+
+@dataclass(frozen=True)
+class PipPublication:
+    """What the publish step listed: files and targets (kept releases and carried targets
+    included), retention's plan over them, and the index generation."""
+
+    files: list[mf.FileEntry]
+    targets: list[mf.Target]
+    plan: lifecycle.RemovalPlan
+    generation: str
+    changed: bool
+
+
+def publish_with_retention(out: Path, previous: mf.Manifest | None, resolution: Resolution, report: FetchReport,
+                           view: View, carried: list[mf.Target], tset: lifecycle.TargetSet, keep: int | None,
+                           say: Echo) -> PipPublication:
+    """Retention (``keep: N``) over the previous and current releases, then metadata, locks and pages."""
+    stored: Stored = report.stored if isinstance(report, PipFetchReport) else (lambda key: key)
+    live = frozenset(tp.target.id for tp in resolution.targets) | {t.id for t in carried}
+    # the pages need the kept releases before publishing; the removals need every path the
+    # publication lists (variants.json paths are chosen while publishing): plan, publish, plan again
+    before = plan(out, previous, resolution, stored, live, tset.dropped, keep, resolved_paths(resolution, stored))
+    for rel, path in before.lost:
+        say(f"warning: {rel.target} torch {rel.torch}: {path} is no longer on disk; dropped from the mirror")
+    retained, pages = _retained(out, previous, resolution, stored, before.kept, carried)
+    published = publish_pip(out, resolution, report, view, retained=pages)
+    listed = frozenset(e.path for e in published.files)
+    return PipPublication(files=sorted([*published.files, *retained], key=lambda e: e.path),
+                          targets=[*published.targets, *carried],
+                          plan=plan(out, previous, resolution, stored, live, tset.dropped, keep, listed),
+                          generation=published.generation, changed=published.changed)
+
+
+def remove(out: Path, removals: list[lifecycle.Removal], live: set[str]) -> None:
+    """Delete what the new manifest no longer lists (the mirror's own files, already unlisted
+    and unindexed), and the journaled per-target folders of targets not ``live`` (pruned now
+    or by a killed run)."""
+    for r in removals:
+        for path in r.paths:
+            safe_join(out, path).unlink(missing_ok=True)
+    stale, forget = lifecycle.stale_target_dirs(publication.load_journal(out), live)
+    for rel in sorted(stale):
+        folder = safe_join(out, rel)
+        if folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder)
+    publication.forget(out, forget)

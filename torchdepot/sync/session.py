@@ -1,0 +1,92 @@
+"""What one pip run opens and must close: where it reads from (:class:`Edge`), and what it
+holds (:class:`Held`: HTTP clients, the scratch folder of a dry run, the view, early downloads).
+
+:meth:`Held.close` runs however the run ends (a ``finally``): it says the screen's refusal
+line, lets early downloads finish, records the request counts and closes what the run opened.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from torchdepot.fetch import Fetcher
+from torchdepot.net.hostpolicy import HostPolicy
+from torchdepot.net.http import Client, HttpConfig
+from torchdepot.net.pipconfig import PipSources, pip_default_index, pip_file_host, read_pip_config
+from torchdepot.sources.upstream import UpstreamReader
+from torchdepot.spec.mirror import MirrorSpec, PipTarget
+from torchdepot.store import manifest as mf
+from torchdepot.sync.locked import LockedEnv
+from torchdepot.sync.plan import dependency_sources, host_policy, locate_variants
+from torchdepot.sync.result import MirrorResult
+from torchdepot.sync.view import View, ViewSources
+
+Echo = Callable[[str], None]
+# Upstream pages fail fast: an unreachable PyTorch index must not stall the run.
+PROBE_CONFIG = HttpConfig(connect_timeout=5.0, read_timeout=30.0, retries=1, backoff=0.2, max_backoff=1.0)
+
+
+@dataclass(frozen=True)
+class Edge:
+    """Where a run reads from: the user's pip sources, pip's default index (None when the user
+    configured an index or none at all), the host policy, and the one upstream reader."""
+
+    pip: PipSources
+    default_index: str | None
+    policy: HostPolicy
+    reader: UpstreamReader
+
+
+def edge(spec: MirrorSpec, probe: Client, pip_sources: PipSources | None) -> Edge:
+    pip = pip_sources if pip_sources is not None else read_pip_config()
+    default_index = None if (pip.index_url or pip.no_index) else pip_default_index()
+    policy = host_policy(spec, pip, default_index, pip_file_host() if default_index else None)
+    return Edge(pip=pip, default_index=default_index, policy=policy, reader=UpstreamReader(probe, policy))
+
+
+@dataclass
+class Held:
+    """What a run holds open (set as it opens); :meth:`close` releases it however the run ends."""
+
+    client: Client
+    own_client: bool
+    probe: Client
+    scratch: tempfile.TemporaryDirectory[str] | None = None
+    view: View | None = None
+    fetcher: Fetcher | None = None  # early downloads, until the fetch step takes it over
+
+    def close(self, result: MirrorResult, reader: UpstreamReader, say: Echo) -> None:
+        if self.view is not None:
+            line = self.view.refusal_summary()
+            result.refused = int(line.split()[2]) if line else 0
+            if line:
+                say(line)
+        if self.fetcher is not None:  # the run stopped before its fetch step: let early downloads finish
+            self.fetcher.close()
+        result.requests = reader.request_counts()
+        self.probe.close()
+        if self.own_client:
+            self.client.close()
+        if self.scratch is not None:
+            self.scratch.cleanup()
+
+
+def accelerators(run_targets: list[PipTarget], locks: tuple[LockedEnv, ...]) -> list[str]:
+    """The run's accelerators, each once, in target order."""
+    return list(dict.fromkeys([*(t.accelerator for t in run_targets), *(env.target.accelerator for env in locks)]))
+
+
+def open_view(spec: MirrorSpec, edge: Edge, accelerators: list[str], workdir: Path,
+              previous: mf.Manifest | None, say: Echo) -> View:
+    """The screened local index uv reads: each accelerator from the first upstream carrying it,
+    dependencies from the user's pip sources, hashes the mirror already holds reused."""
+    indexes, find_links = dependency_sources(edge.pip, edge.default_index)
+    sources = ViewSources(variants=locate_variants(spec, edge.reader, accelerators, edge.pip, say),
+                          indexes=indexes, find_links=find_links)
+    return View(reader=edge.reader, policy=edge.policy, sources=sources, workdir=workdir,
+                on_hash_mismatch=spec.on_hash_mismatch, say=say, exclude_newer=spec.exclude_newer,
+                known_hashes={e.url: e.sha256 for e in (previous.files if previous else ())
+                              if e.url and e.kind == "wheel" and not e.hash_mismatch})
