@@ -17,6 +17,7 @@ it (no regex re-spelling a name built elsewhere). Layout of ``<root>``::
         hashes.json                   the fetcher's hash cache
         cache/                        conda repodata cache (CACHE_DIR)
         publish.json                  the publication journal (PUBLISH_JOURNAL)
+        retired.json                  paths that held other bytes once, with their sha256 (RETIRED)
         partial/                      downloads in flight (PARTIAL_DIR)
         view/                         the local index the resolver reads (VIEW_DIR; rebuilt each run)
         resolutions.json              each target's last resolution and its inputs (RESOLUTIONS)
@@ -69,6 +70,7 @@ PARTIAL_DIR = f"{STATE_DIR}/partial"
 VIEW_DIR = f"{STATE_DIR}/view"
 RESOLUTIONS = f"{STATE_DIR}/resolutions.json"
 PUBLISH_JOURNAL = f"{STATE_DIR}/publish.json"
+RETIRED = f"{STATE_DIR}/retired.json"
 ASIDE_DIR = f"{STATE_DIR}/aside"
 STAGE_PREFIX = "stage-"
 CACHE_DIR = f"{STATE_DIR}/cache"
@@ -76,7 +78,7 @@ CACHE_DIR = f"{STATE_DIR}/cache"
 # file or directory (or absent), never a symlink: a planted link would move state, staging,
 # downloads or the next index outside the root (:func:`torchdepot.store.fsutil.refuse_planted_links`).
 OWN_PATHS = (STATE_DIR, PARTIAL_DIR, VIEW_DIR, ASIDE_DIR, CACHE_DIR, f"{CACHE_DIR}/conda", f"{STATE_DIR}/{HASHES_NAME}",
-             RESOLUTIONS, PUBLISH_JOURNAL, PUBLISH_DIR, PACKAGES_DIR, CONDA_DIR, TARGETS_DIR, ENVS_DIR, MANIFEST_NAME,
+             RESOLUTIONS, PUBLISH_JOURNAL, RETIRED, PUBLISH_DIR, PACKAGES_DIR, CONDA_DIR, TARGETS_DIR, ENVS_DIR, MANIFEST_NAME,
              LANDING_NAME, LOCK_FILE)
 
 StageKind = Literal["unbundle", "repair"]

@@ -16,7 +16,9 @@ looks for what a crash or a hand edit leaves behind:
   journal, :mod:`torchdepot.store.publication`) that the committed manifest does not list:
   an interrupted run's download, or a superseded copy waiting for the post-commit cleanup;
 - ``dangling-link``: an index page under ``whl/`` linking to a file that is not in the
-  manifest, whose ``#sha256`` disagrees with it, or that points outside the mirror.
+  manifest, whose ``#sha256`` disagrees with it, or that points outside the mirror; or a
+  ``targets/<id>/pylock.toml`` naming a wheel the manifest does not list with that sha256
+  or the live index does not link (a lock newer than the index).
 - ``bad-json-page``: a PEP 691 ``index.json`` under ``whl/`` that does not parse, whose file
   entries name a file the manifest does not list (or outside the mirror) or with another
   ``hashes.sha256`` or ``size``, or that lists other files (or projects) than its
@@ -57,6 +59,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import posixpath
 import shutil
 import stat
 import time
@@ -66,8 +69,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
 from torchdepot.errors import TorchdepotError, UnsafePathError
 from torchdepot.fetch import Fetcher, FetchItem, HashCache, hash_present
+from torchdepot.lockfiles.render import PYLOCK
 from torchdepot.net.hostpolicy import HostPolicy, default_policy
 from torchdepot.net.http import file_url_path
 from torchdepot.store import layout as L
@@ -211,7 +220,8 @@ def _link_key(root: Path, url: str) -> str | None:
         return None
 
 
-def _check_html_page(root: Path, page_path: Path, by_path: dict[str, mf.FileEntry]) -> list[Problem]:
+def _check_html_page(root: Path, page_path: Path, by_path: dict[str, mf.FileEntry],
+                     linked: set[str] | None = None) -> list[Problem]:
     from torchdepot.sources.pep503 import parse_html
 
     # Resolve relative links against the page's logical URL (through the whl symlink), as pip does.
@@ -223,6 +233,8 @@ def _check_html_page(root: Path, page_path: Path, by_path: dict[str, mf.FileEntr
         if key is None:
             problems.append(Problem("dangling-link", rel_page, f"links outside the mirror: {link.url}"))
             continue
+        if linked is not None:
+            linked.add(key)
         entry = by_path.get(key)
         if entry is None:
             problems.append(Problem("dangling-link", rel_page, f"links {key}, which manifest.json does not list"))
@@ -283,17 +295,59 @@ def _check_index(root: Path, manifest: mf.Manifest) -> list[Problem]:
         return []
     by_path = manifest.by_path()
     problems = []
+    linked: set[str] = set()
     for dirpath, _dirs, files in os.walk(whl, followlinks=False):
         for name in files:
             page_path = Path(dirpath) / name
             if name.endswith(".html"):
-                problems += _check_html_page(root, page_path, by_path)
+                problems += _check_html_page(root, page_path, by_path, linked)
             elif name == JSON_PAGE:
                 issues = _json_page_issues(root, page_path, by_path)
                 if issues:
                     more = f" (+{len(issues) - 3} more)" if len(issues) > 3 else ""
                     problems.append(Problem("bad-json-page", _rel(root, page_path), "; ".join(issues[:3]) + more))
+    return problems + _check_target_locks(root, by_path, linked)
+
+
+def _check_target_locks(root: Path, by_path: dict[str, mf.FileEntry], linked: set[str]) -> list[Problem]:
+    """Every wheel a ``targets/<id>/pylock.toml`` names must be listed with that sha256 and
+    linked by the live index: a lock written by a run whose index never went live (or an
+    index swapped back under it) is a ``dangling-link``, fixed by the next sync."""
+    targets = root / L.TARGETS_DIR
+    if not targets.is_dir() or targets.is_symlink():
+        return []
+    problems = []
+    for lock in sorted(targets.glob(f"*/{PYLOCK}")):
+        rel_lock = _rel(root, lock)
+        try:
+            doc = tomllib.loads(lock.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            problems.append(Problem("dangling-link", rel_lock, f"unreadable lock ({exc})"))
+            continue
+        for why in _lock_issues(lock.parent.name, doc, by_path, linked):
+            problems.append(Problem("dangling-link", rel_lock, why))
+            break  # one problem per lock: the next sync rewrites it whole
     return problems
+
+
+def _lock_issues(tid: str, doc: dict, by_path: dict[str, mf.FileEntry], linked: set[str]) -> list[str]:
+    issues = []
+    packages = doc.get("packages")
+    for pkg in packages if isinstance(packages, list) else []:
+        for wheel in (pkg.get("wheels") or []) if isinstance(pkg, dict) else []:
+            where = wheel.get("path") if isinstance(wheel, dict) else None
+            if not isinstance(where, str):
+                continue  # a url= lock (not written by a sync) names no file of this mirror
+            key = posixpath.normpath(posixpath.join(L.TARGETS_DIR, tid, where))
+            sha = (wheel.get("hashes") or {}).get("sha256")
+            entry = by_path.get(key)
+            if entry is None:
+                issues.append(f"names {key}, which manifest.json does not list")
+            elif sha != entry.sha256:
+                issues.append(f"names {key} with sha256 {sha}, manifest says {entry.sha256}")
+            elif key not in linked:
+                issues.append(f"names {key}, which the live index does not link (a lock newer than the index)")
+    return issues
 
 
 def _live_index_files(root: Path, manifest: mf.Manifest) -> dict[str, list[IndexFile]] | None:

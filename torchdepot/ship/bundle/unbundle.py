@@ -384,6 +384,8 @@ def unbundle(bundle: Path, dest: Path) -> UnbundleReport:
                         report.unchanged.append(f.path)  # identical (checked in _verify)
                     elif role == "index" and f.path.startswith(L.INDEX_LINK + "/"):
                         whl_pages.append(f.path)
+                    elif role == "index" and f.path.startswith(L.TARGETS_DIR + "/"):
+                        moves["lock"].append((staging / f.path, target, f.path))  # pylock.toml: after the index
                     else:
                         moves[role].append((staging / f.path, target, f.path))
             whl = _prepare_whl(staging, dest, whl_pages) if whl_pages else None
@@ -410,7 +412,7 @@ def unbundle(bundle: Path, dest: Path) -> UnbundleReport:
                     commit.put(src, target)
                     report.published.append(path)
                 commit.put(staging / ".widened", dest / mf.MANIFEST_NAME)
-                for src, target, path in moves["index"]:
+                for src, target, path in moves["index"]:  # conda repodata, a plain whl/ dir's pages
                     commit.put(src, target)
                     report.published.append(path)
                 if whl is not None:
