@@ -128,7 +128,7 @@ def state_is_old_or_new(dest: Path, old: Path | None, new: Path) -> None:
     assert not [p for p in report.problems if p.kind == "orphan"]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("into", ["base", "fresh"])
 def test_a_kill_at_every_commit_step_leaves_old_or_new_and_converges(setup, into, monkeypatch):
     old = setup["base"] if into == "base" else None
