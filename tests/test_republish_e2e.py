@@ -1,21 +1,26 @@
 """A re-published wheel over three syncs, with a client HTTP cache in between (issue 21 item 3,
 issue 22 item 5).
 
-Upstream replaces filelock's bytes under the same name after the first sync. pip, run exactly
-as ``serve``'s banner prints it with one HTTP cache for all three rounds, installs from the
-mirror after each sync. Before: the second sync moved the new bytes to a new path, the third
-moved them back to the old URL (downloading them again); that URL had served the old bytes
-with ``immutable`` caching, so pip took them from its cache and failed "THESE PACKAGES DO NOT
-MATCH THE HASHES". Now the new bytes stay at their new path, the old URL never serves other
-bytes, and the third sync downloads nothing and publishes nothing.
+Upstream replaces filelock's bytes under the same name after the first sync. After each sync
+pip, run exactly as ``serve``'s banner prints it, installs from the mirror, and a client that
+honours ``Cache-Control`` (one cache for all three rounds: an ``immutable`` response is never
+fetched again) fetches every file every page links and checks it against the page's hash.
+pip itself caches only HTTPS responses, so the HTTP cache is this client's. Before: the second
+sync moved the new bytes to a new path, the third moved them back to the old URL (downloading
+them again); that URL had served the old bytes as ``immutable``, so a caching client kept them
+and failed the hash check ("THESE PACKAGES DO NOT MATCH THE HASHES"). Now the new bytes stay at
+their new path, the old URL never serves other bytes, and the third sync downloads nothing and
+publishes nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 import threading
 
 import pytest
+import requests
 
 from tests.faultserver import FaultServer
 from tests.kit.upstream import DEPS, padded_wheel, pep503
@@ -36,6 +41,36 @@ def republish_filelock(up, seed: int) -> tuple[str, bytes]:
     return wheel.filename, wheel.data
 
 
+class CachingClient:
+    """GETs through one HTTP cache that honours ``immutable`` (kept forever, never revalidated)."""
+
+    def __init__(self) -> None:
+        self.cache: dict[str, bytes] = {}
+
+    def get(self, url: str) -> bytes:
+        if url in self.cache:
+            return self.cache[url]
+        resp = requests.get(url, timeout=30)
+        resp.raise_for_status()
+        if "immutable" in resp.headers.get("Cache-Control", ""):
+            self.cache[url] = resp.content
+        return resp.content
+
+    def check_index(self, index: str) -> int:
+        """Fetch every file every project page links; each must match the page's sha256."""
+        from torchdepot.sources.pep503 import parse_html
+
+        checked = 0
+        for project in parse_html(self.get(index + "/"), index + "/").projects:
+            page_url = f"{index}/{project}/"
+            for link in parse_html(self.get(page_url), page_url).links:
+                url = link.url.split("#", 1)[0]
+                got = hashlib.sha256(self.get(url)).hexdigest()
+                assert got == link.sha256, f"{url}: the cached bytes hash to {got}, the page says {link.sha256}"
+                checked += 1
+        return checked
+
+
 def test_a_republished_wheel_settles_in_one_sync_and_a_cached_client_still_installs(tmp_path):
     cache = tmp_path / "pip-cache"
     out = tmp_path / "out"
@@ -50,10 +85,13 @@ def test_a_republished_wheel_settles_in_one_sync_and_a_cached_client_still_insta
         argv = shlex.split(pip_line)
         assert argv[:2] == ["pip", "install"]
 
+        client = CachingClient()
+
         def install(round_: int) -> None:
             py = make_venv(tmp_path / f"venv{round_}")
             done = run([py, "-m", *argv], env=hermetic_env(PIP_CACHE_DIR=str(cache)), timeout=300)
             assert done.returncode == 0, f"round {round_}: {pip_line}\n{done.stdout[-2000:]}{done.stderr[-3000:]}"
+            assert client.check_index(f"{server_url(httpd)}/whl/cpu") >= 5, round_
 
         try:
             install(1)
