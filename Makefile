@@ -11,7 +11,7 @@ SPEC   ?= mirror/mirror.yaml
 PYTEST_ARGS ?=
 PIP_INSTALL := $(PY) -m pip install --disable-pip-version-check --progress-bar on
 
-.PHONY: venv mirror lock verify recipes test bench clean
+.PHONY: venv mirror lock verify recipes test lint bench clean
 
 $(RUNTIME_STAMP): pyproject.toml
 	@echo "make: bootstrapping $(VENV) (runtime dependencies; once, about 15 s)"
@@ -40,6 +40,10 @@ recipes: $(RUNTIME_STAMP)
 
 test: $(TEST_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(TEST_STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m mypy torchdepot
 
 bench: $(TEST_STAMP)
 	$(TD) mirror --spec $(SPEC)   # bench/verify.py locks and verifies this mirror

@@ -186,7 +186,7 @@ def child(args: argparse.Namespace) -> None:
     assert not rep.failed, rep.failed[0]
     # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so it would report the
     # parent's peak (it generated the wheels) instead of this process's.
-    rss = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    rss = next(int(line.split()[1]) * 1024 for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"seconds": took, "rss": rss, "bytes": rep.fetched_bytes, "cpu": usage.ru_utime + usage.ru_stime}))
 

@@ -85,11 +85,11 @@ def main() -> int:
     t_rx, n_rx = best(lambda: sum(len(HREF.findall(b)) for b in bodies))
 
     def parse_only():
-        return sum(len(p.links) + len(p.projects) for p in (parse_html(b, u) for b, u in zip(bodies, urls)))
+        return sum(len(p.links) + len(p.projects) for p in (parse_html(b, u) for b, u in zip(bodies, urls, strict=True)))
 
     t_p, n_p = best(parse_only)
     warnings = collections.Counter()
-    pages = [parse_html(b, u) for b, u in zip(bodies, urls)]
+    pages = [parse_html(b, u) for b, u in zip(bodies, urls, strict=True)]
 
     def model_only():
         return sum(len(wheels_on(p.links, warnings=warnings)) for p in pages)

@@ -44,7 +44,7 @@ def lock_and_verify(mirror: Path, target: str, work: Path, cache: Path) -> tuple
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mirror", default="mirror/out")
-    ap.add_argument("--target", default="cpu-py%d%d-linux-x86_64" % sys.version_info[:2])
+    ap.add_argument("--target", default=f"cpu-py{sys.version_info[0]}{sys.version_info[1]}-linux-x86_64")
     args = ap.parse_args()
     mirror = Path(args.mirror).resolve()
     try:

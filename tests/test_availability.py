@@ -110,8 +110,10 @@ def test_unreachable_source_fails_fast_in_one_line(argv):
         proc = subprocess.run([sys.executable, "-m", "torchdepot", *(a.format(port=port) for a in argv)],
                               capture_output=True, text=True, timeout=120)
         took = time.monotonic() - start
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("torchdepot: error: "), proc.stderr
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("torchdepot: error: "), proc.stderr
     assert f"127.0.0.1:{port}" in proc.stderr
     assert took < 20, took
 
@@ -139,6 +141,7 @@ def test_ls_reads_through_the_one_upstream_reader():
         up.add("/moved/torch/", b"", "text/html")
         up.always("/moved/torch/", Fault("redirect", location=other.url + "/whl/torch/"))
         res = CliRunner().invoke(main, ["ls", "--index", up.url + "/moved", "--package", "torch"])
-    assert res.exit_code == 1 and res.stderr.count("\n") == 1, res.output
+    assert res.exit_code == 1, res.output
+    assert res.stderr.count("\n") == 1, res.output
     assert res.stderr.startswith(f"torchdepot: error: {up.url}/moved/torch/: redirect to {other.url}/whl/torch/ refused")
     assert other.hits["/whl/torch/"] == 0

@@ -98,7 +98,8 @@ def test_every_command_with_hostile_input_fails_in_one_line(hostile):
             continue
         assert res.exit_code in (0, 1), where
         if res.exit_code == 1:
-            assert res.stderr.count("\n") == 1 and res.stderr.startswith("torchdepot: "), where
+            assert res.stderr.count("\n") == 1, where
+            assert res.stderr.startswith("torchdepot: "), where
             assert "unexpected" not in res.stderr, where  # a known failure, not the last line of defence
 
 
@@ -117,7 +118,9 @@ def _run_patched(code: str, *args: str, env_extra: dict | None = None) -> subpro
 
 def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback():
     res = _run_patched("return {}['no such key']", "mirror")
-    assert res.returncode == 1 and "Traceback" not in res.stderr and res.stderr.count("\n") == 1, res.stderr
+    assert res.returncode == 1, res.stderr
+    assert "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.count("\n") == 1, res.stderr
     assert res.stderr.startswith("torchdepot: error: torchdepot mirror: unexpected KeyError: 'no such key'")
     assert "--debug" in res.stderr
     dbg = _run_patched("return {}['no such key']", "--debug", "mirror")

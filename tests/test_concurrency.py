@@ -53,9 +53,8 @@ def test_wait_times_out_then_succeeds_after_release(tmp_path):
     holder = _holder(tmp_path, 1.0)
     try:
         t = time.monotonic()
-        with pytest.raises(LockedError, match="after waiting 0.3s"):
-            with MirrorLock(tmp_path, wait=0.3):
-                pass
+        with pytest.raises(LockedError, match="after waiting 0.3s"), MirrorLock(tmp_path, wait=0.3):
+            pass
         assert 0.25 < time.monotonic() - t < 1.0
         with MirrorLock(tmp_path, wait=10):
             assert time.monotonic() - t > 0.9  # got it only once the holder let go (~1 s)
@@ -93,7 +92,8 @@ def test_two_cli_syncs_on_one_out_dir(tmp_path):
         try:
             deadline = time.monotonic() + 60
             while not any(server.hits[p] for p in up.paths.values()):  # run 1 is downloading
-                assert time.monotonic() < deadline and first.poll() is None, first.communicate()
+                assert time.monotonic() < deadline, first.communicate()
+                assert first.poll() is None, first.communicate()
                 time.sleep(0.05)
             second = subprocess.run(mirror_cmd(spec), env=env, capture_output=True, text=True, cwd=str(tmp_path),
                                     timeout=60)

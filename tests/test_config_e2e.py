@@ -126,4 +126,6 @@ def test_config_pip_refuses_a_variant_the_lan_mirror_lacks(lab, tmp_path):
     assert proc.returncode == 1
     assert not conf.exists()
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "cu128" in lines[0] and "cu126" in lines[0], proc.stderr
+    assert len(lines) == 1, proc.stderr
+    assert "cu128" in lines[0], proc.stderr
+    assert "cu126" in lines[0], proc.stderr

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import tomlkit
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
@@ -29,7 +29,7 @@ from torchdepot.clientconfig import conda as conda_cfg
 from torchdepot.clientconfig import ini
 from torchdepot.clientconfig import pip as pip_cfg
 from torchdepot.clientconfig import uv as uv_cfg
-from torchdepot.clientconfig.common import logical
+from torchdepot.clientconfig.common import ConfigFileError, logical
 from torchdepot.errors import TorchdepotError
 
 PIP_OLD = textwrap.dedent("""\
@@ -109,7 +109,9 @@ def run(*args, **kw):
 
 def one_line_error(res, *needles):
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert res.exit_code == 1 and len(lines) == 1 and lines[0].startswith("torchdepot: error: "), res.output
+    assert res.exit_code == 1, res.output
+    assert len(lines) == 1, res.output
+    assert lines[0].startswith("torchdepot: error: "), res.output
     for n in needles:
         assert n in lines[0], lines[0]
     return lines[0]
@@ -562,8 +564,9 @@ def ini_docs(draw):
 def test_ini_set_value_property(text, value):
     try:
         before = ini.validate(text, "t")
-    except Exception:
-        return  # duplicate keys etc.: the writer refuses those files (tested above)
+    except ConfigFileError:
+        before = None
+    assume(before is not None)  # duplicate keys etc.: the writer refuses those files (tested above)
     new = ini.set_value(text, "global", "index-url", value)
     after = ini.validate(new, "t")
     assert after.get("global", "index-url") == value

@@ -139,7 +139,8 @@ def test_sigkill_at_many_points_converges(tmp_path):
             final = subprocess.run(cmd, env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
             assert final.returncode == 0, final.stderr
             report = verify_mirror(out)  # full re-hash
-            assert report.ok and report.problems == [], (n, report.problems)
+            assert report.ok, (n, report.problems)
+            assert report.problems == [], (n, report.problems)
             assert _check_published_index(out) == []
             assert all(_published_wheels(out, up.wheels).values())
             assert set(_published_wheels(out, up.wheels)) == set(up.wheels)
@@ -213,7 +214,8 @@ def test_sigkill_during_resync_with_changed_bytes_leaves_live_mirror_verify_clea
                                    timeout=120)
             assert final.returncode == 0, final.stderr
             report = verify_mirror(out)
-            assert report.ok and report.problems == [], (n, report.problems)
+            assert report.ok, (n, report.problems)
+            assert report.problems == [], (n, report.problems)
             listed = {f.path.rsplit("/", 1)[-1]: f for f in mf.load(out).files if f.kind == "wheel"}
             for w in changed:
                 assert listed[w.filename].sha256 == hashlib.sha256(w.data).hexdigest()
@@ -222,6 +224,8 @@ def test_sigkill_during_resync_with_changed_bytes_leaves_live_mirror_verify_clea
                 assert list((out / "packages").rglob(w.filename)) == [out / listed[w.filename].path]
     total = sum(kills.values())
     print(f"re-sync kills by phase: {dict(kills)} (total {total}); live verify-mirror clean after {verified}")
-    assert total >= 10 and verified == total, kills
+    assert total >= 10, kills
+    assert verified == total, kills
     # the unchanged wheels are already in place, so an early kill reads as "download" here
-    assert kills["download"] >= 4 and kills["publish"] >= 4, kills
+    assert kills["download"] >= 4, kills
+    assert kills["publish"] >= 4, kills

@@ -19,6 +19,7 @@ from tests.httpserver import Server
 from torchdepot.doctor import check
 from torchdepot.doctor.detect import Gpu, Machine, detect, parse_smi
 from torchdepot.doctor.recommend import MirrorChoice, assess, choose_mirrored
+from torchdepot.errors import ParseError
 from torchdepot.model import cuda as drivers
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "doctor"
@@ -149,7 +150,7 @@ def test_arch_table_facts():
     assert not drivers.arch_build("2.14", "cu126", "linux-x86_64").covers((10, 0))  # sm_90 SASS never runs on Blackwell
     assert drivers.arch_build("2.3.0", "cu999", "linux-x86_64") is None
     assert drivers.current_cuda_variants("linux-x86_64") == ("cu126", "cu130", "cu132")
-    with pytest.raises(Exception):
+    with pytest.raises(ParseError, match="'sm_80' is not a compute capability"):
         drivers.parse_compute_cap("sm_80")
 
 

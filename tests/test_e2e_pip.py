@@ -30,7 +30,8 @@ def test_mirror_then_offline_pip_install(tmp_path, torch_wheel, torch_mirror):
         assert (out / "whl" / "cpu" / dep / "index.html").is_file(), dep
     # Re-run: nothing fetched.
     again = torch_mirror.mirror(out)
-    assert again.returncode == 0 and "0 downloaded, 11 already present" in again.stdout, again.stdout
+    assert again.returncode == 0, again.stdout
+    assert "0 downloaded, 11 already present" in again.stdout, again.stdout
 
     # Upstreams are gone: only the mirror serves now.
     with Server(out) as m:

@@ -51,7 +51,8 @@ def check_invariants(root: Path, report: FetchReport, expected: dict[str, bytes]
             assert r.sha256 == _sha(expected[r.key])
         else:
             assert r.status == "failed"
-            assert r.error and "\n" not in r.error, r
+            assert r.error, r
+            assert "\n" not in r.error, r
             assert not final.exists(), f"{r.key} published despite failure: {r.error}"
     # Nothing but published files (and the state dir) under the root.
     published = {r.key for r in report.results if r.status != "failed"}
@@ -132,7 +133,8 @@ def test_no_claimed_hash_still_refuses_html_and_flags_nothing_wrong(tmp_path, up
         assert res.status == "downloaded"
         assert res.sha256 == _sha((tmp_path / item.key).read_bytes())
     else:
-        assert res.status == "failed" and "HTML" in res.error, res
+        assert res.status == "failed", res
+        assert "HTML" in res.error, res
         assert not (tmp_path / item.key).exists()
 
 
@@ -268,7 +270,8 @@ def test_per_file_timeout_on_slow_drip(tmp_path, up):
     took = time.monotonic() - t
     res = rep.results[0]
     check_invariants(tmp_path, rep, {item.key: data})
-    assert res.status == "failed" and "timeout" in res.error, res
+    assert res.status == "failed", res
+    assert "timeout" in res.error, res
     assert took < 3.0, took
 
 
@@ -279,7 +282,8 @@ def test_per_file_timeout_on_a_stalled_body(tmp_path, up):
     t = time.monotonic()
     rep = _fetch(tmp_path, [item], _client(read_timeout=10), file_timeout=0.6)
     res = rep.results[0]
-    assert res.status == "failed" and "timeout" in res.error, res
+    assert res.status == "failed", res
+    assert "timeout" in res.error, res
     assert time.monotonic() - t < 2.5
 
 
@@ -444,7 +448,7 @@ def test_sync_under_transient_faults_completes_and_verifies(tmp_path):
               Fault("html"), Fault("status", status=429, retry_after="0")]
     with FaultServer() as server:
         up = populate(server, payload=30_000)
-        for path, fault in zip(sorted(up.paths.values()), faults):
+        for path, fault in zip(sorted(up.paths.values()), faults, strict=True):
             server.schedule(path, fault)
         out = tmp_path / "out"
         proc = run_mirror(write_spec(tmp_path / "spec.yaml", up.url, out), mirror_env(up.url, tmp_path))

@@ -94,16 +94,16 @@ def test_connections_are_capped_and_kept_alive(tmp_path, up):
     assert len(up.peers) <= 2  # 13 requests over two pooled sockets
 
 
-_CHILD = """
+_CHILD = f"""
 import sys
 from pathlib import Path
 from torchdepot.fetch import Fetcher, FetchItem
 from torchdepot.net.http import Client, HttpConfig
 root, url, sha, size = sys.argv[1:5]
 f = Fetcher(Path(root), Client(HttpConfig(retries=0)), progress=False, split_bytes=500_000,
-            piece_bytes=%d, connections=8, connections_per_host=8)
+            piece_bytes={PIECE}, connections=8, connections_per_host=8)
 f.run([FetchItem("packages/p/big-1.0-py3-none-any.whl", (url,), sha, int(size))])
-""" % PIECE
+"""
 
 
 def test_piece_resume_after_sigkill_refetches_only_unfinished_pieces(tmp_path, up):
@@ -142,7 +142,8 @@ def test_piece_resume_after_sigkill_refetches_only_unfinished_pieces(tmp_path, u
     rep = Fetcher(tmp_path, _client(), progress=False, split_bytes=500_000, piece_bytes=PIECE,
                   connections=8, connections_per_host=8).run([item])
     res = rep.results[0]
-    assert res.status == "downloaded" and res.resumed, res
+    assert res.status == "downloaded", res
+    assert res.resumed, res
     assert (tmp_path / item.key).read_bytes() == data
     second_run = _bounded(up.ranges[path])
     starts = {a for a, _ in second_run}
@@ -204,7 +205,9 @@ def test_changed_file_under_a_hash_claim_is_refused(tmp_path, up):
     rep = _fetcher(tmp_path, attempts=3).run([item])
     t.join()
     res = rep.results[0]
-    assert res.status == "failed" and res.hash_mismatch and "sha256 mismatch" in res.error, res
+    assert res.status == "failed", res
+    assert res.hash_mismatch, res
+    assert "sha256 mismatch" in res.error, res
     assert "\n" not in res.error
     assert not (tmp_path / item.key).exists()
 
@@ -257,7 +260,9 @@ def test_a_corrupt_piece_is_caught_by_the_hash_of_the_assembled_file(tmp_path, u
     up.always("/whl/always-1.0-py3-none-any.whl", Fault("corrupt_range"))
     rep = _fetcher(tmp_path).run([bad])
     res = rep.results[0]
-    assert res.status == "failed" and res.hash_mismatch and "sha256 mismatch" in res.error, res
+    assert res.status == "failed", res
+    assert res.hash_mismatch, res
+    assert "sha256 mismatch" in res.error, res
     assert not (tmp_path / bad.key).exists()
     part = _fetcher(tmp_path)._partial_path(bad.key)
     assert not part.exists()
@@ -305,7 +310,8 @@ def test_unknown_size_splits_once_the_first_answer_states_it(tmp_path, up):
     events: list[ProgressEvent] = []
     rep = _fetcher(tmp_path, on_progress=events.append).run([item])
     res = rep.results[0]
-    assert res.status == "downloaded" and (tmp_path / item.key).read_bytes() == data, res
+    assert res.status == "downloaded", res
+    assert (tmp_path / item.key).read_bytes() == data, res
     ranges = up.ranges["/whl/nosize-1.0-py3-none-any.whl"]
     pieces = plan_pieces(SIZE, PIECE, 4)
     assert ranges[0] is None

@@ -153,7 +153,8 @@ def _one_line_repodata_error(body, where="https://conda.example.edu/pytorch/linu
     with pytest.raises(RepodataError) as err:
         parse_repodata(body, "pytorch", "linux-64", where)
     msg = str(err.value)
-    assert "\n" not in msg and msg.startswith(where), msg
+    assert "\n" not in msg, msg
+    assert msg.startswith(where), msg
     return msg
 
 

@@ -19,6 +19,7 @@ import pytest
 from tests.httpserver import RangeHandler, Server
 from tests.mirror_upstream import build_upstreams, make_wheel
 from tests.venvs import hermetic_env
+from torchdepot.errors import TorchdepotError, UnsafePathError
 from torchdepot.model.sizes import format_size
 from torchdepot.net.http import HttpConfig, make_session
 from torchdepot.net.pipconfig import PipSources
@@ -80,7 +81,8 @@ def cpu_spec(tmp: Path, a: str, **extra) -> Path:
 
 def verify_clean(tmp: Path, b: str, m: Path) -> None:
     proc = cli(tmp, b, "verify-mirror", str(m))
-    assert proc.returncode == 0 and ": ok: " in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert ": ok: " in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     assert "orphan" not in proc.stdout + proc.stderr
 
 
@@ -142,7 +144,8 @@ def test_fetch_then_cpu_spec_keeps_both_and_prune_lists_sizes(site):
     size = sum(f.size for f in only_cu)
     dry = cli(tmp, b, "mirror", "--spec", str(spec), "--out", str(m), "--prune", "--dry-run")
     line = f"--prune: {CU118}: removing {len(only_cu)} files, {format_size(size)}"
-    assert dry.returncode == 0 and f"would remove ({line})" in dry.stderr, dry.stderr
+    assert dry.returncode == 0, dry.stderr
+    assert f"would remove ({line})" in dry.stderr, dry.stderr
     assert torch_of(m) == {CU118: "2.1.0+cu118", CPU: "2.13.0+cpu"}  # a dry run removes nothing
     proc = cli(tmp, b, "mirror", "--spec", str(spec), "--out", str(m), "--prune")
     assert proc.returncode == 0, proc.stderr
@@ -268,7 +271,8 @@ def test_mirror_from_locks_rebuilds_the_locked_files_after_upstream_moved_on(sit
     torch_sha = sha1[next(p for n, _v, p in locked if n == "torch")]
     lock.write_text(lock.read_text().replace(torch_sha, "0" * 64))
     bad = cli(tmp, b, "mirror", "--spec", str(spec), "--from-locks", str(envs), "--out", str(tmp / "M3"))
-    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith(
+    assert bad.returncode == 1, bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].startswith(
         f"torchdepot: error: 1 locked wheel(s) not on any reachable upstream with the locked hash; first: {lock}: torch-2.13.0"), bad.stderr
     assert not (tmp / "M3" / "packages").exists()
 
@@ -296,7 +300,8 @@ def test_pinned_torch_downloads_while_the_closure_resolves(tmp_path, wheels):
                    pip_sources=PipSources(index_url=sb.url + "/simple"), echo=lambda _m: None)
     torch_get = [t for t, path in handler.log if path.endswith(".whl") and "/torch-" in path]
     numpy_page = [t for t, path in handler.log if path.startswith("/whl/cpu/numpy/")]
-    assert len(torch_get) == 1 and numpy_page, handler.log
+    assert len(torch_get) == 1, handler.log
+    assert numpy_page, handler.log
     assert torch_get[0] < numpy_page[0], handler.log
     assert {r.key.split("/")[1] for r in res.report.results} == {"torch", "filelock", "numpy"}
     assert res.report.fetched_bytes > 150_000
@@ -331,11 +336,11 @@ def test_manifest_lifecycle_round_trip_and_old_manifests():
     assert "recorded" not in mf.Manifest().to_json()  # manifests without a lifecycle stay as they were
     bad = json.loads(m.to_json())
     bad["recorded"][0]["origin"] = "elsewhere"
-    with pytest.raises(Exception, match=r"recorded\[0\]: origin"):
+    with pytest.raises(TorchdepotError, match=r"recorded\[0\]: origin"):
         mf.Manifest.from_doc(bad)
     bad = json.loads(m.to_json())
     bad["releases"][0]["paths"] = ["../../etc/passwd"]
-    with pytest.raises(Exception):
+    with pytest.raises(UnsafePathError, match=r"'\.\./\.\./etc/passwd' escapes"):
         mf.Manifest.from_doc(bad)
 
 
@@ -351,7 +356,8 @@ def test_json_output_is_one_document_with_progress_events_on_stderr(site):
     assert doc["verify"] == "ok"
     events = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
     files = [e for e in events if e["event"] == "file"]
-    assert len(files) == 3 and all(e["status"] == "downloaded" for e in files), events
+    assert len(files) == 3, events
+    assert all(e["status"] == "downloaded" for e in files), events
     last = files[-1]
     assert last["files_done"] == last["files_total"] == 3
     assert last["done"] == last["total"] > 150_000

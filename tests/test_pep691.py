@@ -212,7 +212,7 @@ def test_serve_negotiates_directory_urls(server):
 class Served:
     def __init__(self, root: Path, log: Path):
         self.log_path = log
-        self.log = open(log, "w")
+        self.log = open(log, "w")  # noqa: SIM115 - the server writes it for the fixture's lifetime; close() closes it
         self.proc = subprocess.Popen([TD, "serve", "--root", root, "--port", "0"], stdout=subprocess.PIPE,
                                      stderr=self.log, text=True, env=hermetic_env())
         self.banner = self.proc.stdout.readline()
@@ -263,7 +263,8 @@ def test_uv_consumes_json_from_the_served_mirror(served, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert run([py, "-c", "import demo_pkg, helper; print(demo_pkg.__version__)"]).stdout.strip() == "2.0"
     json_lines = [line for line in served.requests() if '"GET /whl/cpu/demo-pkg/ HTTP/1.1" 200' in line]
-    assert json_lines and all(line.endswith(" index.json") for line in json_lines), served.requests()
+    assert json_lines, served.requests()
+    assert all(line.endswith(" index.json") for line in json_lines), served.requests()
 
 
 def test_uv_exclude_newer_travels_back_in_time(served, tmp_path):
@@ -288,7 +289,8 @@ def test_nginx_negotiates_like_serve(mirror, tmp_path):
             conn.request("GET", "/whl/cpu/demo-pkg/", headers={"Accept": accept} if accept else {})
             r = conn.getresponse()
             body = r.read()
-            assert r.status == 200 and r.getheader("Content-Type").startswith(want), (accept, r.getheader("Content-Type"))
+            assert r.status == 200, (accept, r.getheader("Content-Type"))
+            assert r.getheader("Content-Type").startswith(want), (accept, r.getheader("Content-Type"))
             assert r.getheader("Vary") == "Accept"
             if want == JSON_MEDIA_TYPE:
                 check_project_page(json.loads(body))

@@ -145,13 +145,14 @@ def test_parse_json_on_every_wheel_link(crawled, data_dir, tmp_path):
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(rows) == len(links)
     counts = collections.Counter()
-    for href, row in zip(links, rows):
+    for href, row in zip(links, rows, strict=True):
         filename = urllib.parse.unquote(urllib.parse.urlsplit(href.split("#")[0]).path.rsplit("/", 1)[-1])
         try:
             name, version, _build, tags = parse_wheel_filename(filename)
         except InvalidWheelFilename:
             # packaging rejects it (e.g. torchrec_cpu-0.1.1-3.7-none-any.whl): so must we
-            assert row["error"] and row["name"] is None, href
+            assert row["error"], href
+            assert row["name"] is None, href
             counts["errors"] += 1
             continue
         assert row["error"] is None, (href, row["error"])

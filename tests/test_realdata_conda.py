@@ -125,7 +125,9 @@ def test_one_bad_record_among_real_ones_stops_with_one_line(data_dir, filename, 
     with pytest.raises(RepodataError) as err:
         parse_repodata(json.dumps(data).encode(), "pytorch", "linux-64", "pytorch/linux-64")
     msg = str(err.value)
-    assert msg.startswith("pytorch/linux-64: ") and "\n" not in msg and repr(filename) in msg, msg
+    assert msg.startswith("pytorch/linux-64: "), msg
+    assert "\n" not in msg, msg
+    assert repr(filename) in msg, msg
 
 
 def _conda_urls(text: str) -> list[str]:

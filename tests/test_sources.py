@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -134,7 +135,7 @@ class Negotiating(RangeHandler):
         path = self.translate_path(self.path)
         if path.endswith("/") and JSON_MEDIA_TYPE in accept:
             try:
-                body = open(path + "index.json", "rb").read()
+                body = Path(path + "index.json").read_bytes()
             except OSError:
                 body = None
             if body is not None:

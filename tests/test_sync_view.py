@@ -96,7 +96,8 @@ def test_hostile_torch_page_completes_with_the_real_closure(tree, tmp_path):
     out = tmp / "out"
     assert not any(p.name in (evil, "local.whl") for p in out.rglob("*"))
     # one request per page and per metadata file
-    assert res.requests["pages"] <= 4 and res.requests["metadata"] <= 3, res.requests
+    assert res.requests["pages"] <= 4, res.requests
+    assert res.requests["metadata"] <= 3, res.requests
 
 
 def test_file_link_on_a_dependency_page_publishes_nothing_local(tree, tmp_path):
@@ -111,7 +112,8 @@ def test_file_link_on_a_dependency_page_publishes_nothing_local(tree, tmp_path):
     # without filelock on A, B's page is read: its file: link is refused the same way
     (_a / "whl" / "cpu" / "filelock" / "index.html").unlink()
     res, msgs = run(spec_for([a_url], tmp / "out2"), b_url)
-    assert names(res)["filelock"] == "3.20.0" and res.refused == 1, msgs
+    assert names(res)["filelock"] == "3.20.0", msgs
+    assert res.refused == 1, msgs
     assert not list((tmp / "out2").rglob("filelock-9.9.9*"))
 
 
@@ -129,7 +131,10 @@ def test_wrong_core_metadata_fail_is_one_line(tree):
     with pytest.raises(TorchdepotError) as err:
         run(spec_for([a_url], tmp / "out"), b_url)
     msg = str(err.value)
-    assert "\n" not in msg and TORCH in msg and "0" * 64 in msg and real in msg, msg
+    assert "\n" not in msg, msg
+    assert TORCH in msg, msg
+    assert "0" * 64 in msg, msg
+    assert real in msg, msg
     assert "accepted" not in msg
     assert "None" not in msg
     assert not (tmp / "out" / "whl").exists()
@@ -160,7 +165,8 @@ def test_wrong_core_metadata_warn_publishes_correct_metadata(tree, wheels):
                          "--python-version", "3.11", "--python-platform", "x86_64-manylinux_2_28",
                          "--cache-dir", str(tmp / "uvc")],
                         env={**env, "UV_PYTHON_DOWNLOADS": "never"}, capture_output=True, text=True)
-    assert uv.returncode == 0 and "nvidia-fake-cu12==12.8.1" in uv.stdout, uv.stderr
+    assert uv.returncode == 0, uv.stderr
+    assert "nvidia-fake-cu12==12.8.1" in uv.stdout, uv.stderr
 
 
 def test_missing_metadata_is_read_from_the_wheel(tree):

@@ -33,6 +33,7 @@ else:  # Python 3.10
 from tests.httpserver import Server
 from tests.mirror_upstream import make_wheel, sha256
 from tests.venvs import hermetic_env
+from torchdepot.errors import TorchdepotError
 from torchdepot.net.http import HttpConfig, make_session
 from torchdepot.net.pipconfig import PipSources
 from torchdepot.resolve.uv import uv_bin
@@ -215,8 +216,10 @@ def test_variant_channel_mirror_lock_and_uv_install(upstream, tmp_path):
     out = tmp_path / "mirror"
     res, msgs = mirror(url, out)
     cpu, cu = files_of(res, "cpu"), files_of(res, "cu128")
-    assert cpu["torch"] == f"torch-2.10.0-{TAG}-null.whl" and "nvidia-fake-cu12" not in cpu, msgs
-    assert cu["torch"] == f"torch-2.10.0-{TAG}-cuda12.8.whl" and "nvidia-fake-cu12" in cu, msgs
+    assert cpu["torch"] == f"torch-2.10.0-{TAG}-null.whl", msgs
+    assert "nvidia-fake-cu12" not in cpu, msgs
+    assert cu["torch"] == f"torch-2.10.0-{TAG}-cuda12.8.whl", msgs
+    assert "nvidia-fake-cu12" in cu, msgs
     assert "nvidia-extra" not in cu  # its marker holds only on win32
 
     man = mf.load(out)
@@ -266,7 +269,8 @@ def test_variant_channel_mirror_lock_and_uv_install(upstream, tmp_path):
         proc = subprocess.run([sys.executable, "-m", "torchdepot", "ls", "--index", f"{s.url}/whl"],
                               capture_output=True, text=True, env=env)
         assert proc.returncode == 0, proc.stderr
-        assert "cu128" in proc.stdout and "cpu" in proc.stdout, proc.stdout
+        assert "cu128" in proc.stdout, proc.stdout
+        assert "cpu" in proc.stdout, proc.stdout
         assert "variant labels (PEP 825): cpu=null, cu128=cuda12.8" in proc.stdout, proc.stdout
 
         # `torchdepot lock` + `torchdepot verify`: the null lock installs with uv's preview flag
@@ -280,13 +284,16 @@ def test_variant_channel_mirror_lock_and_uv_install(upstream, tmp_path):
         proc = subprocess.run([*td, "verify", envdir, "--mirror", s.url, "--json"], capture_output=True, text=True,
                               env=env)
         report = proc.stdout
-        assert '"install (hash-checked, mirror only)"' in report and proc.returncode == 0, report + proc.stderr
+        assert '"install (hash-checked, mirror only)"' in report, report + proc.stderr
+        assert proc.returncode == 0, report + proc.stderr
         (result,) = json.loads(report)["results"]
-        assert result["result"] == "pass" and result["mode"] == "installed", report
+        assert result["result"] == "pass", report
+        assert result["mode"] == "installed", report
         # the cuda12.8 lock: uv never selects a GPU variant on a host without one: said, not failed
         proc = subprocess.run([*td, "verify", tmp_path / "envs" / "cu128-py311-linux-x86_64", "--mirror", s.url,
                                "--json"], capture_output=True, text=True, env=env)
-        assert proc.returncode == 0 and "cuda12.8 needs its accelerator" in proc.stdout, proc.stdout + proc.stderr
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "cuda12.8 needs its accelerator" in proc.stdout, proc.stdout + proc.stderr
 
 
 def test_changed_variants_json_is_fetched_again_and_republished(upstream, tmp_path):
@@ -301,8 +308,14 @@ def test_changed_variants_json_is_fetched_again_and_republished(upstream, tmp_pa
     res, msgs = mirror(url, out, accelerators=("cpu",))
     second = next(f for f in mf.load(out).files if f.kind == "variants-json")
     new_sha = sha256(root / "whl/variant/torch/torch-2.10.0-variants.json")
-    assert second.sha256 == new_sha != first.sha256
-    assert second.path == f"packages/torch/{new_sha[:16]}/torch-2.10.0-variants.json"
+    # the mirror holds only the null build: its file lists only null (PEP 825: the variants
+    # available on the index), upstream's claim is recorded beside it
+    assert second.upstream_sha256 == new_sha
+    assert second.sha256 != first.sha256
+    assert second.path == f"packages/torch/{second.sha256[:16]}/torch-2.10.0-variants.json"
+    stored = json.loads((out / second.path).read_text())
+    assert list(stored["variants"]) == ["null"]
+    assert stored["default-priorities"] == {"namespace": ["nvidia", "intel"]}
     # nothing published is changed in place: the old path keeps its bytes while listed (the
     # publication step may drop it once superseded), the new bytes live at their own path
     old = out / first.path
@@ -335,10 +348,11 @@ def test_variants_json_hash_mismatch_fails_or_is_recorded(upstream, tmp_path):
     page = root / "whl/variant/torch/index.html"
     real = sha256(root / "whl/variant/torch/torch-2.10.0-variants.json")
     page.write_text(page.read_text().replace(real, "0" * 64))
-    with pytest.raises(Exception, match=r"torch-2.10.0-variants.json: upstream declares sha256 0{64} but the file "
+    with pytest.raises(TorchdepotError, match=r"torch-2.10.0-variants.json: upstream declares sha256 0{64} but the file "
                                         rf"hashes to {real} \(on_hash_mismatch: fail\)"):
         mirror(url, tmp_path / "m1", accelerators=("cpu",))
-    spec = parse_spec({"accelerators": ["cpu"], "pythons": ["3.11"], "platforms": ["linux-x86_64"],
+    # both builds mirrored: the stored file is upstream's, byte for byte (a subset would be ours)
+    spec = parse_spec({"accelerators": ["cpu", "cu128"], "pythons": ["3.11"], "platforms": ["linux-x86_64"],
                        "extra_packages": [], "channel": "variant", "upstreams": [f"{url}/whl"],
                        "out": str(tmp_path / "m2"), "on_hash_mismatch": "warn"}, "spec")
     msgs: list[str] = []

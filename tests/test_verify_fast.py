@@ -27,7 +27,8 @@ CPU = "cpu-py311-linux-x86_64"
 
 
 def remove_kept(kept: Path, private_tmp: Path) -> None:
-    assert kept.parent == private_tmp and kept.name.startswith("torchdepot-verify-"), kept
+    assert kept.parent == private_tmp, kept
+    assert kept.name.startswith("torchdepot-verify-"), kept
     shutil.rmtree(kept)
 
 

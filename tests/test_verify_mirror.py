@@ -110,10 +110,12 @@ def test_damage_is_reported_then_repaired(mirror):
     proc = _cli(str(root), "--repair", "--move-unknown")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     after = verify_mirror(root)
-    assert after.ok and after.problems == [], after.problems
+    assert after.ok, after.problems
+    assert after.problems == [], after.problems
     assert not (root / "packages/torch/stray-1.0-py3-none-any.whl").exists()
     moved = list((root / ".torchdepot/aside").rglob("stray-1.0-py3-none-any.whl"))
-    assert len(moved) == 1 and moved[0].read_bytes() == b"x", "moved aside, never deleted"
+    assert len(moved) == 1, "moved aside, never deleted"
+    assert moved[0].read_bytes() == b"x", "moved aside, never deleted"
 
 
 def test_a_user_file_named_like_a_temp_is_never_deleted(mirror):
@@ -304,7 +306,8 @@ def test_corrupt_json_hash_is_one_problem_and_repair_rebuilds_the_page(mirror):
     assert f"hashes.sha256 {'0' * 64}, manifest says {good}" in rep.problems[0].detail
     assert not rep.ok
     proc = _cli(str(root))
-    assert proc.returncode == 1 and "PROBLEM\tbad-json-page\twhl/cpu/torch/index.json" in proc.stdout, proc.stdout
+    assert proc.returncode == 1, proc.stdout
+    assert "PROBLEM\tbad-json-page\twhl/cpu/torch/index.json" in proc.stdout, proc.stdout
 
     proc = _cli(str(root), "--repair")
     assert proc.returncode == 0, proc.stdout + proc.stderr

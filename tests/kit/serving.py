@@ -49,9 +49,9 @@ class ThreadedServer:
 
 
 @contextlib.contextmanager
-def serve_mirror(root: Path, limits: ServeLimits = ServeLimits(), quiet: bool = True) -> Iterator[MirrorServer]:
+def serve_mirror(root: Path, limits: ServeLimits | None = None, quiet: bool = True) -> Iterator[MirrorServer]:
     """``torchdepot serve``'s own server for ``root`` on a loopback port, for as long as the block runs."""
-    httpd = make_server(root, "127.0.0.1", 0, quiet=quiet, limits=limits)
+    httpd = make_server(root, "127.0.0.1", 0, quiet=quiet, limits=limits or ServeLimits())
     threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         yield httpd

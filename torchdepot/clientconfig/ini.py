@@ -93,7 +93,9 @@ def set_value(text: str, section: str, key: str, value: str) -> str:
         keys = [(k, a, b) for k, a, b in _key_spans(lines, s, e) if k == norm_key(key)]
         if keys:
             _, a, b = keys[-1]  # configparser keeps the last; so do we
-            spelled = _KEY.match(lines[a]).group(1)
+            m = _KEY.match(lines[a])
+            assert m is not None  # _key_spans starts each span on a line _KEY matches
+            spelled = m.group(1)
             lines[a:b] = [f"{spelled} = {value}{nl}"]
             return "".join(lines)
         # insert after the section's last non-blank, non-comment line

@@ -100,7 +100,7 @@ def _edit(text: str, where: str, url: str, variant: str, default_index: bool, no
         merged.append(t)
     for e in kept:
         merged.append(e)
-    if inline:
+    if isinstance(merged, Array):  # the inline shape
         merged.multiline(True)
     host = plain_http_host(url)
     if host:

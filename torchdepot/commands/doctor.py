@@ -4,12 +4,14 @@ recommend one, and (``--mirror``) the mirrored build to install and its command.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 
 import click
 
 from torchdepot.doctor import check as check_mod
 from torchdepot.doctor.detect import detect
+from torchdepot.doctor.installers import InstallerFacts, installer_facts
 from torchdepot.doctor.mirror import read_mirror
 from torchdepot.doctor.recommend import MirrorChoice, assess, choose_mirrored, nvidia_caps, summary
 from torchdepot.model.cuda import min_driver
@@ -42,6 +44,9 @@ def _text(report: dict) -> str:
     for c in report.get("candidates") or []:
         if c["fits"] == "no" and not c["no_device"]:
             lines.append(f"not         {c['accelerator']}: {c['reason']}")
+    inst = report.get("installers")
+    if inst:
+        lines.extend(_installer_lines(inst))
     for note in report.get("notes") or []:
         lines.append(f"note        {note}")
     for w in report.get("warnings") or []:
@@ -69,12 +74,30 @@ def _text(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _installer_lines(inst: dict) -> list[str]:
+    """The decision in each installer's words (the same facts as ``--format env``)."""
+    conda = inst["conda"]
+    lines = [f"uv          --torch-backend {inst['uv']['torch_backend']}  (or UV_TORCH_BACKEND)"]
+    if conda["CONDA_OVERRIDE_CUDA"] is not None:
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in inst["env"].items() if k.startswith("CONDA_"))
+        lines.append(f"conda       {env} " + " ".join(shlex.quote(s) for s in conda["specs"]))
+    props = ", ".join(inst["variant"]["properties"])
+    lines.append(f"variant     {inst['variant']['label']}" + (f" ({props})" if props else ""))
+    return lines
+
+
+def _env_text(facts: InstallerFacts) -> str:
+    return "\n".join(f"export {k}={shlex.quote(v)}" for k, v in facts.env().items())
+
+
 @click.command("doctor")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (same as --format json).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "env"]), default=None,
+              help="text (default), json, or env: shell exports of the decision for uv and conda.")
 @click.option("--mirror", "mirror_url", metavar="URL", help="A torchdepot mirror (or PyTorch-style index root) to choose from.")
 @click.option("--check", "do_check", is_flag=True, help="Inspect the installed torch (exit 1 on problems).")
 @click.option("--python", "python", metavar="PATH", default=None, help="Interpreter to --check (default: this one).")
-def doctor_cmd(as_json: bool, mirror_url: str | None, do_check: bool, python: str | None) -> None:
+def doctor_cmd(as_json: bool, fmt: str | None, mirror_url: str | None, do_check: bool, python: str | None) -> None:
     """Which PyTorch build fits this machine: the NVIDIA driver must run the build's CUDA
     version AND the build must carry kernels for the GPU's architecture (compute
     capability; docs/gpu-architectures.md). Without --mirror, only current variants
@@ -88,8 +111,9 @@ def doctor_cmd(as_json: bool, mirror_url: str | None, do_check: bool, python: st
                               (recorded machines, containers)
 
     \b
-    Example:
+    Examples:
       torchdepot doctor --mirror http://torchlab:8000 --check
+      eval "$(torchdepot doctor --format env)"   # UV_TORCH_BACKEND, CONDA_OVERRIDE_CUDA(_ARCH)
     """
     machine = detect()
     report = summary(machine)
@@ -107,14 +131,20 @@ def doctor_cmd(as_json: bool, mirror_url: str | None, do_check: bool, python: st
             m.update(version=choice.version, index_url=choice.index_url, command=choice.command,
                      uv_command=choice.uv_command)
         report["mirror"] = m
+    chosen = (report.get("mirror") or {}).get("accelerator") or report["recommended"]
+    torch = next((c["torch"] for c in report.get("candidates") or [] if c["accelerator"] == chosen), None)
+    facts = installer_facts(chosen, nvidia_caps(machine), torch)
+    report["installers"] = facts.to_json()
     problems: list[str] = []
     if do_check:
         result = check_mod.probe(python or sys.executable)
         gpu = bool(machine.driver or machine.amd_gfx)
         problems = check_mod.findings(result, report["max_cuda"], gpu, nvidia_caps(machine) or ())
         report["check"] = {"python": python or sys.executable, "result": result, "problems": problems}
-    if as_json:
+    if as_json or fmt == "json":
         click.echo(json.dumps(report, sort_keys=True))
+    elif fmt == "env":
+        click.echo(_env_text(facts))
     else:
         click.echo(_text(report))
     if problems:

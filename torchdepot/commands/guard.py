@@ -58,7 +58,7 @@ def one_line_errors(prog: str, command: str | Callable[[], str], debug: bool = F
         if debug:
             raise
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
-        fail(f"error: {where}{one_line(exc.strerror or exc)}")
+        fail(f"error: {where}{exc.strerror or one_line(exc)}")  # strerror: the OS's one short line
     except KeyboardInterrupt:
         fail("interrupted", EXIT_INTERRUPTED)
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, never a traceback

@@ -8,12 +8,16 @@ directory is checked by :func:`torchdepot.store.outdir.check_out_dir` before any
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from torchdepot.commands.guard import one_line_errors
 from torchdepot.spec.mirror import load_spec, with_overrides
 from torchdepot.store.outdir import check_out_dir
+
+if TYPE_CHECKING:
+    from torchdepot.sync.locked import LockedEnv
 
 DEFAULT_SPEC = "mirror/mirror.yaml"
 
@@ -74,7 +78,7 @@ def mirror_cmd(spec_path, out, upstreams, jobs, dry_run, on_hash_mismatch, fsync
                           on_hash_mismatch=on_hash_mismatch, fsync=fsync or None, allow_hosts=hosts,
                           exclude_newer=exclude_newer)
     check_out_dir(spec.out)
-    locks = ()
+    locks: tuple[LockedEnv, ...] = ()
     if from_locks is not None:
         from torchdepot.sync.locked import read_locks
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -39,7 +40,7 @@ def verify_mirror_cmd(root: str, repair: bool, move_unknown: bool, allow_hosts: 
     if (move_unknown or allow_hosts) and not repair:
         raise click.UsageError("--move-unknown and --allow-host need --repair")
 
-    report = verify_mirror_locked(root, repair=repair, wait=wait, trust_cache=quick, move_unknown=move_unknown,
+    report = verify_mirror_locked(Path(root), repair=repair, wait=wait, trust_cache=quick, move_unknown=move_unknown,
                                   allow_hosts=allow_hosts)
     if as_json:
         click.echo(report_json(report))

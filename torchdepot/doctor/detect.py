@@ -119,7 +119,7 @@ def driver_from_files(root: Path) -> tuple[str | None, str | None]:
 
 def gpus_from_procfs(root: Path, driver: str | None) -> list[Gpu]:
     """GPU models from ``/proc/driver/nvidia/gpus/*/information`` (no nvidia-smi needed)."""
-    out = []
+    out: list[Gpu] = []
     base = root / "proc/driver/nvidia/gpus"
     try:
         entries = sorted(base.iterdir())
@@ -185,7 +185,7 @@ def amd_gpus(which: Callable[[str], str | None], run: Runner) -> list[Gpu]:
 
 def intel_gpus(root: Path) -> list[Gpu]:
     """Intel display controllers (PCI class 0x03xxxx, vendor 0x8086) -> xpu candidates."""
-    out = []
+    out: list[Gpu] = []
     base = root / "sys/bus/pci/devices"
     try:
         devices = sorted(base.iterdir())

@@ -87,7 +87,9 @@ def read_mirror(client, url: str) -> MirrorOffer:
     if not accs:
         raise UpstreamError(f"{base}/whl/: lists no accelerator directories (cpu/, cu121/, ...)")
     for acc in accs:
-        name = accelerator_from_dir(acc).name
+        parsed = accelerator_from_dir(acc)
+        assert parsed is not None  # accs holds only the directories it parses
+        name = parsed.name
         per_py = offer.versions.setdefault(name, {})
         offer.index[name] = f"whl/{acc}"
         try:

@@ -19,7 +19,12 @@ from dataclasses import dataclass
 
 from torchdepot.doctor.detect import Gpu, Machine
 from torchdepot.errors import ParseError
-from torchdepot.model.accel import Accelerator, accelerator_from_dir, accelerator_sort_key
+from torchdepot.model.accel import (
+    Accelerator,
+    accelerator_from_dir,
+    accelerator_sort_key,
+    parse_accelerator,
+)
 from torchdepot.model.cuda import (
     CURRENT_ROCM,
     ArchBuild,
@@ -162,7 +167,8 @@ def _judge_cuda(machine: Machine, acc: Accelerator, versions: Sequence[str] | No
             why = "GPU compute capability unknown" if build is not None else f"architectures of torch {v} {acc.name} not tabled"
             best_unknown = Fit(acc.name, v, "unknown", why)
         if verdict == "no" and last_no is None:
-            last_no = Fit(acc.name, v, "no", f"torch {v} {acc.name} carries {' '.join(build.arch_list)}, "
+            carried = " ".join(build.arch_list) if build is not None else "no tabled architectures"
+            last_no = Fit(acc.name, v, "no", f"torch {v} {acc.name} carries {carried}, "
                                              f"not compute {_caps_text(caps or ())}")
     if best_unknown is not None:
         return best_unknown
@@ -195,7 +201,7 @@ def _judge(machine: Machine, name: str, versions: Sequence[str] | None, platform
 def _order(fits: list[Fit]) -> list[Fit]:
     rank = {"yes": 0, "unknown": 1}
     usable = [f for f in fits if f.fits in rank and f.accelerator != "cpu"]
-    usable.sort(key=lambda f: (rank[f.fits], accelerator_sort_key(accelerator_from_dir(f.accelerator))))
+    usable.sort(key=lambda f: (rank[f.fits], accelerator_sort_key(parse_accelerator(f.accelerator))))
     return usable
 
 
@@ -221,10 +227,10 @@ def assess(machine: Machine, offered: Mapping[str, Sequence[str]] | None = None)
                                                platform, caps)) is not None]
     usable = _order(fits)
     warnings: list[str] = []
-    if offered is None and platform and machine.driver and not any(accelerator_from_dir(f.accelerator).kind == "cuda"
+    if offered is None and platform and machine.driver and not any(parse_accelerator(f.accelerator).kind == "cuda"
                                                                      for f in usable):
         # Nothing current fits this NVIDIA GPU: offer the newest older variant that still does.
-        for name in sorted(tabled_cuda_variants(platform), key=lambda n: accelerator_sort_key(accelerator_from_dir(n))):
+        for name in sorted(tabled_cuda_variants(platform), key=lambda n: accelerator_sort_key(parse_accelerator(n))):
             if name in names:
                 continue
             f = _judge(machine, name, None, platform, caps)
@@ -253,7 +259,7 @@ def summary(machine: Machine, offered: Mapping[str, Sequence[str]] | None = None
     """The ``doctor --json`` object (without the mirror part)."""
     a = assess(machine, offered)
     d = machine.to_json()
-    for g, j in zip(machine.gpus, d["gpus"]):
+    for g, j in zip(machine.gpus, d["gpus"], strict=True):
         cap, source = gpu_cap(g) if g.vendor == "nvidia" else (None, None)
         if cap and source == "name":
             j["compute_cap_from_name"] = f"{cap[0]}.{cap[1]}"

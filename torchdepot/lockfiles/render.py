@@ -252,7 +252,7 @@ def variant_json(tid: str, pip: Target | None, pip_pins: list[Pinned], conda: Ta
     acc = parse_accelerator(t.accelerator)
     os_name = target_platform(t.platform).os
     versions = {}
-    for pins, kind in ((conda_pins, "conda"), (pip_pins, "pip")):  # pip wins: it carries the local label
+    for pins in (conda_pins, pip_pins):  # pip wins: it carries the local label
         for p in pins:
             name = _CONDA_TO_PIP.get(p.name, p.name)
             if name in ("torch", "torchvision", "torchaudio"):

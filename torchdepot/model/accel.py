@@ -156,6 +156,16 @@ def accelerator_from_variant_label(label: str) -> Accelerator | None:
     return _canonical(s, frozenset())
 
 
+def variant_label(acc: Accelerator) -> str:
+    """The PEP 825 label PyTorch gives a build: cu126 -> ``cuda12.6``, cpu -> ``null``,
+    ``rocm7.1``, ``xpu`` (the inverse of :func:`accelerator_from_variant_label`)."""
+    if acc.kind == "cuda":
+        return f"cuda{acc.cuda_version}"
+    if acc.kind == "cpu":
+        return NULL_VARIANT
+    return acc.name
+
+
 def cuda_from_dotted(version: str) -> Accelerator:
     """``"11.8"`` or ``"10.1.243"`` -> cu118 / cu101 (patch levels dropped)."""
     parts = version.split(".")
@@ -164,7 +174,7 @@ def cuda_from_dotted(version: str) -> Accelerator:
     return Accelerator("cuda", (int(parts[0]), int(parts[1])))
 
 
-def accelerator_sort_key(acc: Accelerator) -> tuple:
+def accelerator_sort_key(acc: Accelerator) -> tuple[int, tuple[int, ...]]:
     """Newest GPU stacks first, cpu last (the order ``doctor`` lists them in)."""
     order = {"cuda": 0, "rocm": 1, "xpu": 2, "cpu": 3}
     return (order[acc.kind], tuple(-p for p in acc.version))

@@ -102,7 +102,7 @@ class CondaRecord:
     # the original record, for republishing; not part of equality (values may be lists)
     raw: tuple[tuple[str, object], ...] = field(default=(), compare=False)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, object]:
         return {
             "channel": self.channel,
             "subdir": self.subdir,
@@ -117,11 +117,11 @@ class CondaRecord:
             "size": self.size,
         }
 
-    def raw_dict(self) -> dict:
+    def raw_dict(self) -> dict[str, object]:
         return dict(self.raw)
 
 
-def _strings(value) -> tuple[str, ...]:
+def _strings(value: object) -> tuple[str, ...]:
     """The strings of a JSON list (repodata from the wild may hold anything here)."""
     if not isinstance(value, list):
         return ()
@@ -141,7 +141,7 @@ def package_accelerator(name: str, version: str, build: CondaBuild) -> Accelerat
     return build.accelerator
 
 
-def record_from_repodata(channel: str, subdir: str, filename: str, rec: dict) -> CondaRecord:
+def record_from_repodata(channel: str, subdir: str, filename: str, rec: object) -> CondaRecord:
     """Build a :class:`CondaRecord` from one ``packages``/``packages.conda`` entry.
 
     Raises :class:`ParseError` for records that are not usable (bad filename, missing
@@ -151,7 +151,7 @@ def record_from_repodata(channel: str, subdir: str, filename: str, rec: dict) ->
         raise ParseError(f"{filename!r}: record is not an object")
     fname, fver, fbuild, _ = split_conda_filename(filename)
     name, version, build = rec.get("name"), rec.get("version"), rec.get("build")
-    if not all(isinstance(x, str) for x in (name, version, build)):
+    if not (isinstance(name, str) and isinstance(version, str) and isinstance(build, str)):
         raise ParseError(f"{filename!r}: record lacks name/version/build")
     if (name, version, build) != (fname, fver, fbuild):
         raise ParseError(f"{filename!r}: record says {f'{name}-{version}-{build}'!r}")  # repr: upstream text stays one line

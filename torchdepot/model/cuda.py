@@ -20,6 +20,7 @@ Pure data and pure functions: no I/O.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -238,7 +239,7 @@ def _minor(text: str) -> tuple[int, int]:
     return int(major), int(minor)
 
 
-def _expand(rows) -> dict[tuple[tuple[int, int], str, str], ArchBuild]:
+def _expand(rows: Iterable[tuple[str, str, Platform, str, Confidence, str]]) -> dict[tuple[tuple[int, int], str, str], ArchBuild]:
     out: dict[tuple[tuple[int, int], str, str], ArchBuild] = {}
     for span, variant, platform, arches, confidence, sources in rows:
         first, _, last = span.partition("-")

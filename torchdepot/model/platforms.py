@@ -53,8 +53,8 @@ def platform_from_tag(tag: str) -> PlatformInfo:
     m = _MANYLINUX_RE.fullmatch(t)
     if m:
         libc = "glibc" if m.group(1) == "manylinux" else "musl"
-        glibc = (int(m.group(2)), int(m.group(3))) if libc == "glibc" else None
-        return PlatformInfo("linux", m.group(4), glibc, libc)
+        min_glibc = (int(m.group(2)), int(m.group(3))) if libc == "glibc" else None
+        return PlatformInfo("linux", m.group(4), min_glibc, libc)
     if t.startswith("linux_"):
         return PlatformInfo("linux", t[len("linux_") :], None, "glibc")
     if t == "win32":

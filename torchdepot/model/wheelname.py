@@ -71,7 +71,7 @@ class WheelFile:
     def free_threaded(self) -> bool:
         return any(a.endswith("t") and a.startswith("cp") for a in self.abi_tags)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, object]:
         return {
             "filename": self.filename,
             "name": self.name,
@@ -90,7 +90,7 @@ class WheelFile:
         }
 
 
-def version_sort_key(text: str) -> tuple:
+def version_sort_key(text: str) -> tuple[int, Version | str]:
     """Sort key for version strings: PEP 440 order; unparseable ones below every valid one."""
     try:
         return (1, Version(text))
@@ -196,7 +196,7 @@ def parse_wheel(name_or_url: str) -> WheelFile:
     )
 
 
-def error_json(name_or_url: str, message: str) -> dict:
+def error_json(name_or_url: str, message: str) -> dict[str, object]:
     """The ``parse --json`` object for an input that is not a wheel."""
     filename = name_or_url
     with contextlib.suppress(ValueError, TypeError):

@@ -290,7 +290,8 @@ def cut_connection(resp: requests.Response, expired: threading.Event) -> None:
     thread returns (closing the response object alone does not wake a blocked recv)."""
     expired.set()
     try:
-        fd = resp.raw._fp.fileno()  # http.client.HTTPResponse -> the socket's descriptor
+        # http.client.HTTPResponse -> the socket's descriptor; None (closed) raises AttributeError, caught below
+        fd = resp.raw._fp.fileno()  # type: ignore[union-attr]
         with socket.socket(fileno=os.dup(fd)) as sock:  # shutdown acts on the connection, not the fd
             sock.shutdown(socket.SHUT_RDWR)
     except (AttributeError, OSError, ValueError):

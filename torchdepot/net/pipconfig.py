@@ -16,6 +16,7 @@ import ast
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def _truthy(value: str) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
-def parse_config_list(text: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> PipSources:
+def parse_config_list(text: str, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> PipSources:
     """Parse ``pip config list`` output (``section.key='value'`` lines) plus PIP_* env vars.
 
     pip's precedence: environment > command section (install/download) > global.

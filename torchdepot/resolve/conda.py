@@ -72,9 +72,7 @@ def keep_record(build: str, target: CondaTarget) -> bool:
         return True
     if parsed.accelerator is not None and parsed.accelerator.name != target.accelerator.name:
         return False
-    if parsed.python is not None and parsed.python != target.python:
-        return False
-    return True
+    return parsed.python is None or parsed.python == target.python
 
 
 def build_globs(acc: Accelerator) -> tuple[str, ...]:
@@ -181,7 +179,8 @@ def solve_target(specs: list[str], sources: list[SubdirSource], target: CondaTar
     constraints = _pins(specs, sources, sparse, target)
     try:
         records = asyncio.run(rattler.solve(
-            filtered, match_specs, platforms=[target.subdir, "noarch"],
+            # target.subdir is a validated conda subdir; rattler types the names as a Literal
+            filtered, match_specs, platforms=[target.subdir, "noarch"],  # type: ignore[list-item]
             virtual_packages=virtual_packages(target), constraints=constraints,
             channel_priority=rattler.ChannelPriority.Strict, timestamp_policy="allow-missing",
         ))

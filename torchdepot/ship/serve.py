@@ -271,7 +271,7 @@ class MirrorHandler(http.server.BaseHTTPRequestHandler):
             self._served = target.name
             negotiated["Vary"] = "Accept"
         try:
-            fh = open(target, "rb")
+            fh = open(target, "rb")  # noqa: SIM115 - closed by the with below; only open() errors are a 404
         except OSError:  # missing, a directory, unreadable, a symlink loop, a name too long
             return self._error(404)
         with fh:

@@ -198,7 +198,7 @@ def _matrix_cell(here: list[Variant]) -> str:
 
 def _matrix_row(row: Row, cells: dict[Column, list[Variant]], columns: list[Column]) -> str:
     version, acc = row
-    drv = min_nvidia_driver(accelerator_from_dir(acc)) if accelerator_from_dir(acc) else None
+    drv = min_nvidia_driver(a) if (a := accelerator_from_dir(acc)) else None
     drv_html = f'<br/><small>driver ≥ {html.escape(drv)}</small>' if drv else ""
     labels = sorted({v.label for col in cells.values() for v in col if v.label})
     drv_html += "".join(f'<br/><small class="label">variant {html.escape(lb)}</small>' for lb in labels)

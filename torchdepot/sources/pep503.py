@@ -68,11 +68,13 @@ def _tags(text: str, start: re.Pattern, page: Page):
         if m is None:
             return
         run = _RUN.match(text, m.end())
+        assert run is not None  # the pattern matches the empty string
         end = run.end()
         if end >= len(text) or text[end] != ">":
             page.warnings["unterminated tag (rest of page ignored)"] += 1
             return
         label = _LABEL.match(text, end + 1)
+        assert label is not None  # the pattern matches the empty string
         yield run.group(), label.group()
         pos = label.end()
 
@@ -130,7 +132,7 @@ def parse_html(body: bytes, base_url: str) -> Page:
     if "<base" in text or "<BASE" in text:
         m = next(_tags(text, _BASE_START, Page(url=base_url)), None)
         if m:
-            href = (attributes(m[0]).get("href") or "").strip()
+            href: str | None = (attributes(m[0]).get("href") or "").strip()
             if href:
                 probe = Page(url=base_url)
                 link = make_link(base_url, href, probe)

@@ -53,11 +53,11 @@ def parse_repodata(data: bytes | str, channel: str, subdir: str, where: str) -> 
         raise RepodataError(f"{where}: repodata JSON is nested too deeply to be repodata") from None
     except ValueError as exc:
         msg = getattr(exc, "msg", str(exc))
-        pos = f" at line {exc.lineno} column {exc.colno}" if hasattr(exc, "lineno") else ""
+        pos = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
         raise RepodataError(f"{where}: not valid repodata JSON ({msg}{pos}; truncated download?)") from None
     if not isinstance(doc, dict):
         raise RepodataError(f"{where}: repodata is not a JSON object")
-    info = doc.get("info") if isinstance(doc.get("info"), dict) else {}
+    info = info_doc if isinstance(info_doc := doc.get("info"), dict) else {}
     declared = info.get("subdir")
     if isinstance(declared, str) and declared != subdir:
         raise RepodataError(f"{where}: repodata is for subdir {declared!r}, expected {subdir!r}")

@@ -5,8 +5,9 @@ Pure: bytes in, typed values out, linear in the input and bounded.
 - :func:`parse_variants_json` checks the shape PEP 825 gives (``$schema``,
   ``default-priorities.namespace``, ``variants.{label}.{namespace}.{feature}: [values]``,
   the reserved ``null`` label with no properties) and raises :class:`VariantsJsonError`
-  (one line naming the file) otherwise. Keys it does not know (``providers``,
-  ``static-properties``: prototype extensions) are kept in the text, not interpreted.
+  (one line naming the file) otherwise. Keys it does not know (``static-properties``: a
+  prototype extension) are kept in the text, not interpreted; ``providers.{ns}.requires`` names
+  the plugin packages a variant-aware installer runs, which a mirror must carry to work offline.
 - :func:`is_variants_json` tells a ``{name}-{version}-variants.json`` link on an index page
   from a wheel; :func:`variants_json_name` is that file's name for a project and version.
 - :func:`evaluate_variant_markers` rewrites a wheel's METADATA for one label: every variant
@@ -24,12 +25,14 @@ import json
 import re
 from dataclasses import dataclass
 
+from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from torchdepot.errors import TorchdepotError
 
 MAX_VARIANTS_JSON = 4 * 1024 * 1024  # upstream's file is a few kB; anything huge is refused
 NULL_LABEL = "null"
+MAX_PROVIDER_REQUIRES = 16  # per namespace: upstream names one plugin package
 _NAME = re.compile(r"[a-z0-9_]+")  # namespace and feature names (PEP 825)
 _VALUE = re.compile(r"[a-z0-9_.]+")  # feature values and labels
 _LABEL = re.compile(r"[0-9a-z_.]{1,16}")
@@ -52,6 +55,35 @@ class VariantsJson:
 
     def properties(self, label: str) -> Properties | None:
         return self.variants.get(label)
+
+    def provider_requires(self, label: str) -> tuple[str, ...]:
+        """The plugin packages (PEP 508 requirements, as the prototypes' ``providers.{ns}.requires``
+        names them) that select ``label``: one per namespace the label has properties in. An
+        entry that is not a valid requirement is left out (the file's shape is upstream's)."""
+        doc = json.loads(self.text)
+        providers = doc.get("providers")
+        if not isinstance(providers, dict):
+            return ()
+        out: list[str] = []
+        for ns in self.properties(label) or {}:
+            entry = providers.get(ns)
+            requires = entry.get("requires") if isinstance(entry, dict) else None
+            for req in requires[:MAX_PROVIDER_REQUIRES] if isinstance(requires, list) else ():
+                if not isinstance(req, str) or len(req) > 500:
+                    continue
+                try:
+                    out.append(str(Requirement(req)))
+                except InvalidRequirement:
+                    continue
+        return tuple(dict.fromkeys(out))
+
+    def subset_text(self, labels: set[str] | frozenset[str]) -> str:
+        """The file as upstream wrote it, every key kept (providers, static properties ...),
+        but ``variants`` restricted to ``labels``: PEP 825 says an index's variants.json MUST
+        list the variants available on that index, and a mirror holds only some builds."""
+        doc = json.loads(self.text)
+        doc["variants"] = {lb: props for lb, props in doc["variants"].items() if lb in labels}
+        return json.dumps(doc, indent=2, sort_keys=False) + "\n"
 
     def for_labels(self, labels: set[str] | frozenset[str]) -> dict:
         """The document restricted to ``labels`` (the pylock ``variants-json`` table): the

@@ -20,6 +20,7 @@ from __future__ import annotations
 import codecs
 import re
 from pathlib import Path
+from typing import Any
 
 import yaml
 from yaml.events import AliasEvent
@@ -33,7 +34,7 @@ MAX_DEPTH = 32
 MAX_SCALAR = 4096
 MAX_DIGITS = 32  # the longest real number in a spec: a version part or a date, far below this
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_.\-]+")
-_LONG_DIGITS = re.compile(r"\d{%d,}" % (MAX_DIGITS + 1))
+_LONG_DIGITS = re.compile(rf"\d{{{MAX_DIGITS + 1},}}")
 _BOMS = (
     (codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
     (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"),
@@ -99,11 +100,12 @@ class _BoundedLoader(yaml.SafeLoader):
         self._path: list[str] = []
 
     def _where(self, mark: yaml.Mark | None = None) -> str:
-        mark = mark or self.peek_event().start_mark
+        # types-PyYAML leaves Parser.peek_event unannotated (it returns the next Event)
+        mark = mark or self.peek_event().start_mark  # type: ignore[no-untyped-call]
         key = "".join(self._path).lstrip(".")
         return f"{key + ': ' if key else ''}at line {mark.line + 1}, column {mark.column + 1}"
 
-    def compose_node(self, parent, index):  # noqa: ANN001 (PyYAML's signature)
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:  # index: a key node or a position
         if self.check_event(AliasEvent):
             self._aliases += 1
             if self._aliases > MAX_ALIASES:
@@ -117,11 +119,12 @@ class _BoundedLoader(yaml.SafeLoader):
         try:
             if len(self._path) > MAX_DEPTH:
                 raise SpecError(f"{self._where()}: nested deeper than {MAX_DEPTH} levels")
-            return super().compose_node(parent, index)
+            # types-PyYAML types index as int; PyYAML also passes the key node (see above)
+            return super().compose_node(parent, index)  # type: ignore[arg-type]
         finally:
             self._path.pop()
 
-    def compose_scalar_node(self, anchor):  # noqa: ANN001
+    def compose_scalar_node(self, anchor: dict[Any, yaml.Node]) -> yaml.ScalarNode:
         node = super().compose_scalar_node(anchor)
         value = node.value
         if len(value) > MAX_SCALAR:

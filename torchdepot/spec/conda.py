@@ -39,7 +39,7 @@ class ChannelSpec:
     name: str  # directory under <out>/conda/
     mirrors: tuple[str, ...]  # base URLs, tried in order
 
-    def to_data(self) -> dict:
+    def to_data(self) -> dict[str, object]:
         return {"name": self.name, "mirrors": list(self.mirrors)}
 
 
@@ -68,7 +68,7 @@ class CondaConfig:
     def all_subdirs(self) -> tuple[str, ...]:
         return tuple(sorted(set(self.subdirs) | {"noarch"}))
 
-    def to_data(self) -> dict:
+    def to_data(self) -> dict[str, object]:
         """The section as spec data; parses back (with the same pip side) to an equal config."""
         return {"channels": [c.to_data() for c in self.channels], "specs": list(self.specs),
                 "subdirs": list(self.subdirs) or ["noarch"]}
@@ -114,6 +114,7 @@ def _channel(key: str, item: object) -> ChannelSpec:
     if not _CHANNEL_NAME.fullmatch(name) or ".." in name:
         raise _err(f"{key}.name", f"{show(name)} is not a usable channel name (letters, digits, . _ -)")
     mirrors = item.get("mirrors")
+    urls: tuple[str, ...]
     if mirrors is None:
         urls = (default_mirror,)
     else:

@@ -11,8 +11,9 @@ Keys (all optional):
 
 ``packages``        torch [+ torchvision, torchaudio], each with an optional PEP 440 constraint.
 ``extra_packages``  other requirements mirrored with torch's closure (default: numpy).
-``accelerators``    cpu, cuXYZ, rocmX.Y, xpu (default: cpu).
-``pythons``         "3.11" ... or host (default: host). ``platforms``: linux-x86_64 ... or host.
+``accelerators``    cpu, cuXYZ, rocmX.Y, xpu (default: cpu), or ``current``: every accelerator upstream
+                    ships for the selected torch (expanded by each sync; see model.release_matrix).
+``pythons``         "3.11" ... or host (default: host), or ``current``. ``platforms``: linux-x86_64 ... or host.
 ``targets``         extra {accelerator, python, platform[, torch]} targets (tools/fetch adds these).
 ``channel``         :class:`Channel`: stable | test | nightly | variant | test/variant.
 ``upstreams``       PyTorch index bases in failover order: URLs, or preset names from
@@ -39,8 +40,10 @@ import itertools
 import os
 import re
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -50,6 +53,7 @@ from torchdepot.errors import ParseError, SpecError
 from torchdepot.model.accel import parse_accelerator
 from torchdepot.model.platforms import host_platform, target_platform
 from torchdepot.model.presets import UPSTREAM_PRESETS
+from torchdepot.model.release_matrix import CURRENT, follow
 from torchdepot.model.strenum import StrEnum
 from torchdepot.model.targets import target_id
 from torchdepot.spec.bounds import decode_text, load_yaml, quote_key, read_bounded, show
@@ -57,6 +61,8 @@ from torchdepot.spec.conda import CondaConfig, parse_conda_section
 
 __all__ = ["Channel", "HashPolicy", "MirrorSpec", "PackageSpec", "PipTarget", "load_spec", "parse_spec",
            "quote_key", "with_overrides"]
+
+_T = TypeVar("_T")
 
 
 class Channel(StrEnum):
@@ -108,7 +114,7 @@ class PipTarget:
     id: str
     torch: str | None = None  # per-target torch constraint (tools/fetch --torch); None: the spec's
 
-    def to_data(self) -> dict:
+    def to_data(self) -> dict[str, object]:
         return {"accelerator": self.accelerator, "python": self.python, "platform": self.platform,
                 **({"torch": self.torch} if self.torch else {})}
 
@@ -135,31 +141,56 @@ class MirrorSpec:
     exclude_newer: dt.datetime | None = None  # UTC; files uploaded after it are ignored
     connections: int | None = None  # downloader socket caps; None: the downloader's defaults
     connections_per_host: int | None = None
+    # `accelerators: [current]` / `pythons: [current]`: which lists follow upstream's release
+    # matrix; a sync expands them (sync.follow) into matrix_cells before asking for targets.
+    follow: frozenset[str] = frozenset()
+    matrix_cells: frozenset[tuple[str, str, str]] | None = None  # (accelerator, python, platform)
 
     def targets(self) -> list[PipTarget]:
-        """accelerators x pythons x platforms, then extra targets; one per id."""
-        out = {
-            target_id(a, py, plat): PipTarget(a, py, plat, target_id(a, py, plat))
-            for a, py, plat in itertools.product(self.accelerators, self.pythons, self.platforms)
-        }
+        """accelerators x pythons x platforms, then extra targets; one per id. A list that
+        follows upstream (``current``) takes the expanded matrix's values per platform."""
+        if self.follow:
+            out = self._followed_targets()
+        else:
+            out = {
+                target_id(a, py, plat): PipTarget(a, py, plat, target_id(a, py, plat))
+                for a, py, plat in itertools.product(self.accelerators, self.pythons, self.platforms)
+            }
         for t in self.extra_targets:
             out[t.id] = t
         return list(out.values())
 
+    def _followed_targets(self) -> dict[str, PipTarget]:
+        if self.matrix_cells is None:
+            raise SpecError("spec: 'current' must be expanded from upstream's release matrix by a sync first")
+        cells = self.matrix_cells
+        out: dict[str, PipTarget] = {}
+        for plat in self.platforms:
+            accs = follow(self.accelerators, "accelerators" in self.follow, cells, "accelerators", plat)
+            pys = follow(self.pythons, "pythons" in self.follow, cells, "pythons", plat)
+            for a, py in itertools.product(accs, pys):
+                both_follow = a not in self.accelerators and py not in self.pythons
+                if both_follow and (a, py, plat) not in cells:
+                    continue  # a cell upstream does not ship (cu126 has no 3.14 build, say)
+                if not _possible(a, plat):
+                    continue
+                out[target_id(a, py, plat)] = PipTarget(a, py, plat, target_id(a, py, plat))
+        return out
+
     def package(self, name: str) -> PackageSpec | None:
         return next((p for p in self.packages if p.name == name), None)
 
-    def to_data(self) -> dict:
+    def to_data(self) -> dict[str, object]:
         """The spec as plain YAML/JSON data (manifest.json's ``spec``); parses back to an equal spec.
 
         Keys added after the first release appear only when set, so manifests of specs that
         do not use them stay byte-identical.
         """
-        data: dict = {
+        data: dict[str, object] = {
             "packages": [p.name + (p.constraint or "") for p in self.packages],
             "extra_packages": list(self.extra_packages),
-            "accelerators": list(self.accelerators),
-            "pythons": list(self.pythons),
+            "accelerators": [CURRENT] * ("accelerators" in self.follow) + list(self.accelerators),
+            "pythons": [CURRENT] * ("pythons" in self.follow) + list(self.pythons),
             "platforms": list(self.platforms),
             "channel": str(self.channel),
             "out": str(self.out),
@@ -214,7 +245,7 @@ def load_spec(path: Path | str) -> MirrorSpec:
 
 # -- one validator per key: (raw value, where) -> typed value ----------------------------------
 
-def _list(value: object, key: str, where: str, default: list) -> list:
+def _list(value: object, key: str, where: str, default: list[object]) -> list[object]:
     if value is None:
         value = default
     if isinstance(value, (str, int, float)):
@@ -224,7 +255,7 @@ def _list(value: object, key: str, where: str, default: list) -> list:
     return value
 
 
-def _dedup(seq) -> tuple:
+def _dedup(seq: Iterable[_T]) -> tuple[_T, ...]:
     return tuple(dict.fromkeys(seq))
 
 
@@ -289,6 +320,14 @@ def _extras(raw: object, where: str) -> tuple[str, ...]:
         except (InvalidRequirement, ValueError) as exc:
             raise SpecError(f"{where}: extra_packages[{i}]: {show(entry)} is not a requirement ({_first(exc)})") from None
     return _dedup(extras)
+
+
+def _possible(acc: str, platform: str) -> bool:
+    try:
+        _check_combination(acc, platform, "")
+    except SpecError:
+        return False
+    return True
 
 
 def _check_combination(acc: str, platform: str, where: str) -> None:
@@ -424,7 +463,7 @@ def _out(raw: object, where: str) -> Path:
     return path
 
 
-def _count(key: str, top: int, absent: str):
+def _count(key: str, top: int, absent: str) -> Callable[[object, str], int | None]:
     """A validator for an optional whole number from 1 to ``top``."""
     def check(raw: object, where: str) -> int | None:
         if raw is None:
@@ -477,7 +516,9 @@ def _exclude_newer(raw: object, where: str) -> dt.datetime | None:
 
 
 # key -> (MirrorSpec field, validator); the conda section and the target product are cross-key.
-_FIELDS = {
+# Each validator returns its own field's type, so the table's value type is Any (MirrorSpec's
+# constructor checks nothing at run time; the validators are the checks).
+_FIELDS: dict[str, tuple[str, Callable[[object, str], Any]]] = {
     "packages": ("packages", lambda raw, where: _packages(["torch"] if raw is None else raw, where)),
     "extra_packages": ("extra_packages", _extras),
     "channel": ("channel", _channel),
@@ -505,13 +546,15 @@ def parse_spec(data: object, where: str = "mirror spec") -> MirrorSpec:
         raise SpecError(f"{where}: {quote_key(unknown[0])}: unknown key (known: {', '.join(sorted(KNOWN_KEYS))})")
     fields = {field: check(data.get(key), where) for key, (field, check) in _FIELDS.items()}
 
+    raw_accs = _list(data.get("accelerators"), "accelerators", where, ["cpu"])
+    raw_pys = _list(data.get("pythons"), "pythons", where, ["host"])
+    follows = frozenset(key for key, raw in (("accelerators", raw_accs), ("pythons", raw_pys)) if CURRENT in raw)
     accs = _dedup(_accelerator(e, f"{where}: accelerators[{i}]")
-                  for i, e in enumerate(_list(data.get("accelerators"), "accelerators", where, ["cpu"])))
-    if not accs:
+                  for i, e in enumerate(raw_accs) if e != CURRENT)
+    if not accs and "accelerators" not in follows:
         raise SpecError(f"{where}: accelerators: must name at least one")
-    pythons = _dedup(_python(e, f"{where}: pythons[{i}]")
-                     for i, e in enumerate(_list(data.get("pythons"), "pythons", where, ["host"])))
-    if not pythons:
+    pythons = _dedup(_python(e, f"{where}: pythons[{i}]") for i, e in enumerate(raw_pys) if e != CURRENT)
+    if not pythons and "pythons" not in follows:
         raise SpecError(f"{where}: pythons: must name at least one")
     platforms = _dedup(_platform(e, f"{where}: platforms[{i}]")
                        for i, e in enumerate(_list(data.get("platforms"), "platforms", where, ["host"])))
@@ -521,7 +564,7 @@ def parse_spec(data: object, where: str = "mirror spec") -> MirrorSpec:
         for plat in platforms:
             _check_combination(acc, plat, f"{where}: accelerators")
 
-    spec = MirrorSpec(accelerators=accs, pythons=pythons, platforms=platforms, **fields)
+    spec = MirrorSpec(accelerators=accs, pythons=pythons, platforms=platforms, follow=follows, **fields)
     if spec.connections and spec.connections_per_host and spec.connections_per_host > spec.connections:
         raise SpecError(f"{where}: connections_per_host: {spec.connections_per_host} is more than "
                         f"connections ({spec.connections})")
@@ -546,7 +589,7 @@ def with_overrides(spec: MirrorSpec, **changes: object) -> MirrorSpec:
     unknown = sorted(k for k in changes if k not in _FIELDS)
     if unknown:
         raise TypeError(f"with_overrides: not an overridable key: {unknown[0]}")
-    replaced = {}
+    replaced: dict[str, Any] = {}
     for key, value in changes.items():
         if value is None:
             continue

@@ -21,9 +21,10 @@ VOLATILE = ("indexed_timestamp",)
 ZSTD_LEVEL = 19
 
 
-def repodata_bytes(subdir: str, records: dict[str, dict]) -> bytes:
+def repodata_bytes(subdir: str, records: dict[str, dict[str, object]]) -> bytes:
     """Deterministic repodata.json: ``.conda`` under ``packages.conda``, the rest under ``packages``."""
-    pkgs, conda = {}, {}
+    pkgs: dict[str, dict[str, object]] = {}
+    conda: dict[str, dict[str, object]] = {}
     for fname in sorted(records):
         rec = {k: v for k, v in records[fname].items() if k not in VOLATILE}
         (conda if fname.endswith(".conda") else pkgs)[fname] = rec
@@ -31,7 +32,7 @@ def repodata_bytes(subdir: str, records: dict[str, dict]) -> bytes:
     return (json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def write_repodata(channel_dir: Path, subdir: str, records: dict[str, dict]) -> tuple[Path, Path]:
+def write_repodata(channel_dir: Path, subdir: str, records: dict[str, dict[str, object]]) -> tuple[Path, Path]:
     """Write ``repodata.json.zst`` then ``repodata.json`` for one subdir (atomic each)."""
     data = repodata_bytes(subdir, records)
     # one thread, fixed level, no content-size surprises: the same bytes every time

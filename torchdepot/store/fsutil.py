@@ -21,7 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from torchdepot.errors import DiskFullError, LockedError, UnsafePathError
-from torchdepot.model.names import safe_filename  # noqa: F401  (the store's callers use it from here)
+from torchdepot.model.names import (
+    safe_filename as safe_filename,  # re-exported: the store's callers use it from here
+)
 from torchdepot.store.layout import (
     INDEX_LINK,
     LOCK_FILE,

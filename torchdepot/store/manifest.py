@@ -33,11 +33,12 @@ import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from torchdepot.errors import TorchdepotError
-from torchdepot.model.targets import target_id  # noqa: F401  (re-exported: manifest callers)
+from torchdepot.model.targets import target_id as target_id  # re-exported: manifest callers
 from torchdepot.store.fsutil import atomic_write_text, safe_join
-from torchdepot.store.layout import MANIFEST_NAME  # noqa: F401  (re-exported)
+from torchdepot.store.layout import MANIFEST_NAME as MANIFEST_NAME  # re-exported
 
 FORMAT = "torchdepot-manifest"
 VERSION = 1
@@ -64,7 +65,7 @@ class TargetPackage:
     path: str  # file in the manifest's files
     build: str | None = None  # conda build string
     requires_python: str | None = None
-    extras: tuple = ()
+    extras: tuple[str, ...] = ()
     variants_json: str | None = None  # PEP 825: the wheel's label in variants.json (JSON text); None: no variant
 
 
@@ -116,7 +117,7 @@ class SyncRecord:
 class Manifest:
     files: list[FileEntry] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
-    spec: dict = field(default_factory=dict)
+    spec: dict[str, Any] = field(default_factory=dict)  # the spec as JSON data (MirrorSpec.to_data)
     recorded: list[RecordedTarget] = field(default_factory=list)
     releases: list[Release] = field(default_factory=list)
     last_sync: SyncRecord | None = None
@@ -176,9 +177,9 @@ class Manifest:
             raise TorchdepotError(f"{where}: spec: not an object")
         recorded = [_record(RecordedTarget, r, f"{where}: recorded[{i}]")
                     for i, r in enumerate(_items(doc, "recorded", where, required=False))]
-        for i, r in enumerate(recorded):
-            if r.origin not in ORIGINS:
-                raise TorchdepotError(f"{where}: recorded[{i}]: origin: {r.origin[:40]!r} is not one of {', '.join(ORIGINS)}")
+        for i, rt in enumerate(recorded):
+            if rt.origin not in ORIGINS:
+                raise TorchdepotError(f"{where}: recorded[{i}]: origin: {rt.origin[:40]!r} is not one of {', '.join(ORIGINS)}")
         releases = []
         for i, r in enumerate(_items(doc, "releases", where, required=False)):
             at = f"{where}: releases[{i}]"
@@ -195,22 +196,26 @@ class Manifest:
         return cls(files=files, targets=targets, spec=spec, recorded=recorded, releases=releases, last_sync=last_sync)
 
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+_D = TypeVar("_D", bound="DataclassInstance")
+
 # annotation (as written above) -> accepted JSON types; bool is not an int here
 _TYPES: dict[str, tuple[type, ...]] = {
     "str": (str,), "int": (int,), "bool": (bool,), "str | None": (str, type(None)),
-    "int | None": (int, type(None)), "tuple": (tuple, list), "tuple[TargetPackage, ...]": (tuple,),
-    "tuple[str, ...]": (tuple,), "float": (int, float),
+    "int | None": (int, type(None)), "tuple[TargetPackage, ...]": (tuple,),
+    "tuple[str, ...]": (tuple, list), "float": (int, float),  # lists become tuples in _record
 }
 
 
-def _items(doc: dict, key: str, where: str, required: bool = True) -> list:
+def _items(doc: dict[str, object], key: str, where: str, required: bool = True) -> list[object]:
     value = doc.get(key, None if required else [])
     if not isinstance(value, list):
         raise TorchdepotError(f"{where}: {key}: {'missing' if value is None else 'not a list'}")
     return value
 
 
-def _record(cls, data: object, where: str):
+def _record(cls: type[_D], data: object, where: str) -> _D:
     """``cls(**data)`` after checking keys and value types against ``cls``'s annotations."""
     if not isinstance(data, dict):
         raise TorchdepotError(f"{where}: not an object")
@@ -219,12 +224,12 @@ def _record(cls, data: object, where: str):
         f = fields.get(key)
         if f is None:
             raise TorchdepotError(f"{where}: unknown field {str(key)[:40]!r}")
-        ok = _TYPES[f.type]
+        ok = _TYPES[str(f.type)]  # annotations are strings here (from __future__ import annotations)
         if not isinstance(value, ok) or (isinstance(value, bool) and bool not in ok):
             raise TorchdepotError(f"{where}: {key}: expected {f.type}, got {type(value).__name__}")
-        if key == "extras" and not all(isinstance(x, str) for x in value):
+        if key == "extras" and not (isinstance(value, (tuple, list)) and all(isinstance(x, str) for x in value)):
             raise TorchdepotError(f"{where}: extras: expected strings")
-        if key == "size" and value < 0:
+        if key == "size" and isinstance(value, int) and value < 0:
             raise TorchdepotError(f"{where}: size: negative")
     missing = [n for n, f in fields.items() if n not in data and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]

@@ -187,7 +187,7 @@ def publish(root: Path, pages: dict[str, bytes]) -> tuple[str, bool]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     install_generation(root, build, gen)
-    prune(root, keep={gen, live} - {None})
+    prune(root, keep={g for g in (gen, live) if g is not None})
     return gen, True
 
 

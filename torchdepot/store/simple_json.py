@@ -74,8 +74,8 @@ def version_of(filename: str) -> str | None:
         return None
 
 
-def _entry(f: JsonFile) -> dict:
-    out: dict = {"filename": f.filename, "url": f.url, "hashes": {"sha256": f.sha256}}
+def _entry(f: JsonFile) -> dict[str, object]:
+    out: dict[str, object] = {"filename": f.filename, "url": f.url, "hashes": {"sha256": f.sha256}}
     if f.size is not None:
         out["size"] = f.size
     if f.requires_python:
@@ -92,7 +92,7 @@ def _entry(f: JsonFile) -> dict:
     return out
 
 
-def _dump(doc: dict) -> bytes:
+def _dump(doc: dict[str, object]) -> bytes:
     return (json.dumps(doc, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
 
 
@@ -101,7 +101,7 @@ def project_page(project: str, files: Iterable[JsonFile]) -> bytes:
     files = sorted({f.url: f for f in files}.values(), key=lambda f: f.filename)
     sized = all(f.size is not None for f in files)
     versions = sorted({v for f in files if (v := version_of(f.filename))})
-    doc: dict = {"meta": {"api-version": API_VERSION if sized else API_VERSION_NO_SIZE},
+    doc: dict[str, object] = {"meta": {"api-version": API_VERSION if sized else API_VERSION_NO_SIZE},
                  "name": project, "files": [_entry(f) for f in files]}
     if sized:
         doc["versions"] = versions

@@ -43,6 +43,7 @@ from torchdepot.store.fsutil import MirrorLock
 from torchdepot.sync import dryrun, early, lifecycle, retention, session
 from torchdepot.sync.check import verify_published
 from torchdepot.sync.download import check_fetched, fetch_files, make_fetcher
+from torchdepot.sync.follow import follow_upstream, save_record
 from torchdepot.sync.locked import LockedEnv, with_locked
 from torchdepot.sync.plan import TargetPlan, plan_targets
 from torchdepot.sync.resolution import Resolution, file_key, resolve_targets
@@ -86,6 +87,8 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
         held.view = view = session.open_view(spec, edge, session.accelerators(list(tset.run), locks), workdir,
                                              previous, log.say)
         plan = plan_targets(spec, view, edge.pip, [t for t in tset.run if t.id not in locked_ids], tset.tolerate)
+        for warning in dict.fromkeys(w for tp in plan.targets for w in tp.warnings):
+            log.say(warning)
         carried = retention.carried_targets(plan, previous, log.say)
         log.phase("upstreams")
         if not dry_run:  # the pinned torch wheels download while their closures resolve
@@ -151,6 +154,7 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
     ``locks``: lock folders whose exact files are mirrored for their targets (``--from-locks``)."""
     started = time.monotonic()
     out = Path(out or spec.out)
+    spec, followed = follow_upstream(spec, out, pip_sources=pip_sources, prune=prune, say=echo)
     asked = [*(spec.targets() if spec_targets else []), *add, *(env.target for env in locks)]
     origin = "locks" if locks else "spec" if spec_targets else "fetch"
     if dry_run:
@@ -185,5 +189,7 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
         manifest = replace(manifest, last_sync=sync_record(started, result.verify, check.summary()))
         mf.save(out, manifest)
         result.manifest = manifest
+        if followed is not None:
+            save_record(out, followed)
         result.seconds = time.monotonic() - started
         return result

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from packaging.requirements import Requirement
+
 from torchdepot.errors import TorchdepotError, UpstreamError
 from torchdepot.net.hostpolicy import HostPolicy, default_policy
 from torchdepot.net.pipconfig import PipSources
@@ -32,6 +34,7 @@ class TargetPlan:
     requirements: tuple[str, ...]
     variant_url: str | None  # the PyTorch variant used; None when from the pip configuration alone
     files: tuple[ResolvedFile, ...] = ()  # filled by the resolve step
+    warnings: tuple[str, ...] = ()  # said once by the run (a variant provider no source carries)
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,7 @@ def plan_targets(spec: MirrorSpec, view: View, pip: PipSources, targets: Sequenc
     with ThreadPoolExecutor(max_workers=max(1, min(PIN_JOBS, len(todo)))) as pool:
         outcomes = list(pool.map(one, todo))
     plans, skipped = [], []
-    for t, outcome in zip(todo, outcomes):
+    for t, outcome in zip(todo, outcomes, strict=True):
         if isinstance(outcome, TargetPlan):
             plans.append(outcome)
         elif t.id in tolerate:
@@ -141,5 +144,26 @@ def _plan_target(spec: MirrorSpec, view: View, pip: PipSources, t: PipTarget, pr
             torch_version = p.version
         pins.append(p.requirement)
     variant = view.sources.variant(t.accelerator)
-    return TargetPlan(target=t, requirements=tuple(pins) + tuple(spec.extra_packages),
-                      variant_url=variant.url if variant else None)
+    providers, warnings = _provider_requires(view, t, variant.label, torch_version) \
+        if variant is not None and variant.label and torch_version else ((), ())
+    return TargetPlan(target=t, requirements=tuple(pins) + tuple(spec.extra_packages) + providers,
+                      variant_url=variant.url if variant else None, warnings=warnings)
+
+
+def _provider_requires(view: View, t: PipTarget, label: str,
+                       torch_version: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(requirements, warnings): the variant provider plugins (PEP 817) a variant-aware
+    installer runs to select ``label``, mirrored with the target's closure so an air-gapped
+    install finds them. A plugin no allowed source carries is said, not fatal: the null variant
+    and installers with a built-in provider need none."""
+    got = view.variants_json(t.accelerator, "torch", torch_version)
+    reqs, warnings = [], []
+    for req in got[1].provider_requires(label) if got is not None else ():
+        name = Requirement(req).name
+        if view.project(t.accelerator, name):
+            reqs.append(req)
+        else:
+            warnings.append(f"warning: {t.id}: variant provider {req} (named by torch {torch_version}'s "
+                            "variants.json) is on no allowed source; offline installers that run it will miss "
+                            "it (add its index to your pip configuration or allow_hosts)")
+    return tuple(reqs), tuple(warnings)

@@ -10,7 +10,10 @@ Storage never changes a published file in place: the file lives at
 ``packages/<project>/<name>-<version>-variants.json`` until upstream changes it; changed
 bytes go to ``packages/<project>/<digest16>/<name>`` (:func:`store.layout.changed_bytes_path`,
 the digest of the new bytes), and the next generation's pages and manifest point there.
-The bytes stored are upstream's, unmodified (their hash is what upstream's link declares).
+The bytes stored are upstream's, unmodified (their hash is what upstream's link declares),
+when the mirror holds every label the file lists; otherwise ``variants`` is narrowed to the
+labels the mirror holds (every other key kept), since PEP 825 says the file MUST list the
+variants available on the index, and ``upstream_sha256`` keeps upstream's claim.
 
 Every file this step writes is recorded in the publication journal
 (:func:`torchdepot.store.publication.record`) before its first byte is written, so a run
@@ -99,10 +102,13 @@ def store_path(out: Path, project: str, filename: str, sha256: str,
 def publish_variants_json(out: Path, resolution: Resolution, view: View) -> VariantsPublished:
     """Store the variants.json of every variant wheel in the resolution; see the module docstring.
 
-    The paths are chosen first, journaled together, and only then written."""
+    A file lists only the labels the mirror holds for its release (PEP 825: the variants
+    available on the index); when the mirror holds them all, upstream's bytes are kept as they
+    are. The paths are chosen first, journaled together, and only then written."""
     result = VariantsPublished()
     published = _published(out)
     writes: dict[str, bytes] = {}
+    held: dict[str, tuple] = {}  # variants.json URL -> (link, doc, upstream bytes, project, version, labels, keys)
     for key, vf, acc in resolution.files:
         if vf.label is None:
             continue
@@ -110,20 +116,27 @@ def publish_variants_json(out: Path, resolution: Resolution, view: View) -> Vari
         got = view.variants_json(acc, vf.project, version)
         if got is None:
             continue  # upstream lists none: PEP 825 says it must; the wheel is still served
-        link, _doc, data = got
+        link, doc, data = got
+        entry = held.setdefault(link.url, (link, doc, data, vf.project, version, set(), []))
+        entry[5].add(vf.label)
+        entry[6].append((key, vf.label))
+    for link, doc, upstream_data, project, version, labels, keys in held.values():
+        data = upstream_data if labels >= set(doc.variants) else doc.subset_text(labels).encode()
+        upstream_sha = hashlib.sha256(upstream_data).hexdigest()
         sha = hashlib.sha256(data).hexdigest()
-        path = store_path(out, vf.project, link.filename, sha, published, writes)
+        path = store_path(out, project, link.filename, sha, published, writes)
         if path not in writes and not safe_join(out, path).exists():
             writes[path] = data
-        result.entries[path] = mf.FileEntry(path=path, sha256=sha, size=len(data), kind=KIND, project=vf.project,
+        result.entries[path] = mf.FileEntry(path=path, sha256=sha, size=len(data), kind=KIND, project=project,
                                             version=version, url=link.url, upstream_sha256=link.sha256,
-                                            hash_mismatch=link.sha256 is not None and link.sha256 != sha,
+                                            hash_mismatch=link.sha256 is not None and link.sha256 != upstream_sha,
                                             upload_time=link.upload_time)
-        result.index_files[path] = IndexFile(vf.project, link.filename, path, sha, size=len(data),
+        result.index_files[path] = IndexFile(project, link.filename, path, sha, size=len(data),
                                              upload_time=link.upload_time)
-        result.by_wheel[key] = path
-        result.labels[key] = vf.label
         result.texts[path] = data.decode("utf-8")
+        for key, label in keys:
+            result.by_wheel[key] = path
+            result.labels[key] = label
     if writes:
         publication.record(out, writes)
         for path, data in writes.items():

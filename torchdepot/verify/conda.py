@@ -99,7 +99,8 @@ def install(pins: tuple[CondaPin, ...], mirror: str, prefix: Path, workdir: Path
     """Install exactly the lock's files into ``prefix`` with py-rattler. Returns the count."""
     import rattler
 
-    records, wanted = [], {}
+    records = []
+    wanted: dict[str, list[CondaPin]] = {}
     for p in pins:
         wanted.setdefault(p.resolved(mirror).rsplit("/", 1)[0], []).append(p)
     for base, group in sorted(wanted.items()):

@@ -79,7 +79,7 @@ def tool_env(mirror: str, extra=()) -> dict[str, str]:
 
 
 def find_python(version: str) -> str | None:
-    if "%d.%d" % sys.version_info[:2] == version and not hasattr(sys, "pypy_version_info"):
+    if f"{sys.version_info[0]}.{sys.version_info[1]}" == version and not hasattr(sys, "pypy_version_info"):
         return sys.executable
     proc = subprocess.run([uv_bin(), "python", "find", "--no-config", version], capture_output=True, text=True,
                           env=tool_env(""))
@@ -234,7 +234,7 @@ def _verify_conda(lock: EnvLock, path: Path, opts: Options, manifest: Manifest |
     host_subdir = None
     with contextlib.suppress(TorchdepotError):
         host_subdir = target_platform(host_platform()).conda_subdir
-    if subdir != host_subdir:
+    if not isinstance(subdir, str) or subdir != host_subdir:
         checks.append(Check("conda install", "not run", f"{subdir} packages cannot be installed on {host_platform()} (checked hashes and build only)"))
         return "resolve-only"
     prefix = work / "conda-prefix"

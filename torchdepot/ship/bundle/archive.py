@@ -56,7 +56,7 @@ class _PartWriter(io.RawIOBase):
         final = self._final(len(self.parts))
         tmp = final.with_name(final.name + ".part")
         self.parts.append(tmp)
-        self.fh = open(tmp, "wb")
+        self.fh = open(tmp, "wb")  # noqa: SIM115 - the writer keeps it across write() calls, closed by the next part or close()
         self.left = self.split or -1
 
     def write(self, b) -> int:
@@ -136,39 +136,39 @@ def write_bundle(plan: BundlePlan, out: Path, zstd: bool = False, split: int | N
 
             comp = zstandard.ZstdCompressor(level=level, threads=-1, write_checksum=True).stream_writer(sink, closefd=False)
             stream = comp
-        with tqdm(total=plan.total_bytes, unit="B", unit_scale=True, desc="bundle", disable=None) as bar:
-            with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                # the head declares every member's size up front: unbundle stages nothing else
-                sizes = [pf.source.stat().st_size for pf in plan.files]
-                head = {"format": HEAD_FORMAT, "version": VERSION,
-                        "files": [{"path": pf.path, "size": n, "role": pf.role} for pf, n in zip(plan.files, sizes)]}
-                blob = (json.dumps(head, sort_keys=True) + "\n").encode()
-                tar.addfile(_tarinfo(BUNDLE_HEAD, len(blob), time.time()), io.BytesIO(blob))
-                for pf, declared in zip(plan.files, sizes):
-                    with open(pf.source, "rb") as fh:
-                        st = os.fstat(fh.fileno())
-                        if st.st_size != declared:
-                            raise IntegrityError(f"{pf.source}: changed while bundling; bundle again")
-                        reader = _HashingReader(fh, bar)
-                        tar.addfile(_tarinfo(pf.path, st.st_size, st.st_mtime), reader)
-                    sha = reader.h.hexdigest()
-                    if pf.expect_sha256 and sha != pf.expect_sha256:
-                        raise IntegrityError(f"{pf.path}: sha256 {sha} differs from {mf.MANIFEST_NAME} "
-                                             f"({pf.expect_sha256}); the mirror is damaged, re-run 'torchdepot mirror'")
-                    records.append(BundleFile(pf.path, reader.n, sha, pf.role))
-                doc = {
-                    "format": FORMAT,
-                    "version": VERSION,
-                    "created_by": f"torchdepot {__version__}",
-                    "created": int(time.time()),
-                    "targets": plan.target_ids,
-                    "incremental": plan.since is not None,
-                    "spec": plan.manifest.spec,
-                    "files": [asdict(r) for r in records],
-                    "manifest": json.loads(plan.manifest.to_json()),
-                }
-                data = (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
-                tar.addfile(_tarinfo(BUNDLE_MANIFEST, len(data), time.time()), io.BytesIO(data))
+        with tqdm(total=plan.total_bytes, unit="B", unit_scale=True, desc="bundle", disable=None) as bar, \
+                tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            # the head declares every member's size up front: unbundle stages nothing else
+            sizes = [pf.source.stat().st_size for pf in plan.files]
+            head = {"format": HEAD_FORMAT, "version": VERSION,
+                    "files": [{"path": pf.path, "size": n, "role": pf.role} for pf, n in zip(plan.files, sizes, strict=True)]}
+            blob = (json.dumps(head, sort_keys=True) + "\n").encode()
+            tar.addfile(_tarinfo(BUNDLE_HEAD, len(blob), time.time()), io.BytesIO(blob))
+            for pf, declared in zip(plan.files, sizes, strict=True):
+                with open(pf.source, "rb") as fh:
+                    st = os.fstat(fh.fileno())
+                    if st.st_size != declared:
+                        raise IntegrityError(f"{pf.source}: changed while bundling; bundle again")
+                    reader = _HashingReader(fh, bar)
+                    tar.addfile(_tarinfo(pf.path, st.st_size, st.st_mtime), reader)
+                sha = reader.h.hexdigest()
+                if pf.expect_sha256 and sha != pf.expect_sha256:
+                    raise IntegrityError(f"{pf.path}: sha256 {sha} differs from {mf.MANIFEST_NAME} "
+                                         f"({pf.expect_sha256}); the mirror is damaged, re-run 'torchdepot mirror'")
+                records.append(BundleFile(pf.path, reader.n, sha, pf.role))
+            doc = {
+                "format": FORMAT,
+                "version": VERSION,
+                "created_by": f"torchdepot {__version__}",
+                "created": int(time.time()),
+                "targets": plan.target_ids,
+                "incremental": plan.since is not None,
+                "spec": plan.manifest.spec,
+                "files": [asdict(r) for r in records],
+                "manifest": json.loads(plan.manifest.to_json()),
+            }
+            data = (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
+            tar.addfile(_tarinfo(BUNDLE_MANIFEST, len(data), time.time()), io.BytesIO(data))
         if comp is not None:
             comp.flush(zstandard.FLUSH_FRAME)
             comp.close()

@@ -91,7 +91,7 @@ class _JoinedReader(io.RawIOBase):
             if self.fh is None:
                 if not self.parts:
                     return 0
-                self.fh = open(self.parts.pop(0), "rb")  # noqa: SIM115  (held across reads, closed below)
+                self.fh = open(self.parts.pop(0), "rb")  # noqa: SIM115 - read across readinto() calls, closed at its end
             n = self.fh.readinto(b)
             if n:
                 self.bar.update(n)
