@@ -62,6 +62,7 @@ import os
 import posixpath
 import shutil
 import stat
+import sys
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -69,10 +70,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 from torchdepot.errors import TorchdepotError, UnsafePathError
 from torchdepot.fetch import Fetcher, FetchItem, HashCache, hash_present

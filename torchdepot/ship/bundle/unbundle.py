@@ -29,6 +29,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
 from tqdm import tqdm
 
@@ -80,7 +81,7 @@ def bundle_parts(path: Path) -> list[Path]:
 class _JoinedReader(io.RawIOBase):
     def __init__(self, parts: list[Path], bar):
         self.parts = list(parts)
-        self.fh = None
+        self.fh: io.BufferedReader | None = None
         self.bar = bar
 
     def readable(self) -> bool:
@@ -125,7 +126,14 @@ def _kind(m: tarfile.TarInfo) -> str:
 def _read_doc(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     if member.size > MAX_DOC_BYTES:
         raise BundleError(f"{member.name}: {member.size} bytes, more than a bundle document may hold")
-    return tar.extractfile(member).read()
+    return _member_reader(tar, member).read()
+
+
+def _member_reader(tar: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
+    fh = tar.extractfile(member)
+    if fh is None:  # only for members that are not regular files, which are refused before
+        raise BundleError(f"bundle member {member.name!r}: not a regular file")
+    return fh
 
 
 def _extract(parts: list[Path], staging: Path) -> tuple[BundleDoc, dict[str, tuple[str, int]]]:
@@ -142,7 +150,7 @@ def _extract(parts: list[Path], staging: Path) -> tuple[BundleDoc, dict[str, tup
     staged = 0
     with tqdm(total=total, unit="B", unit_scale=True, desc="unbundle", disable=None) as bar:
         raw = io.BufferedReader(_JoinedReader(parts, bar), CHUNK)
-        src = raw
+        src: IO[bytes] = raw
         if raw.peek(4)[:4] == ZSTD_MAGIC:
             import zstandard
 
@@ -180,7 +188,7 @@ def _extract(parts: list[Path], staging: Path) -> tuple[BundleDoc, dict[str, tup
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     h = hashlib.sha256()
                     n = 0
-                    fin = tar.extractfile(member)
+                    fin = _member_reader(tar, member)
                     with writing(dest), open(dest, "wb") as out:
                         while chunk := fin.read(CHUNK):
                             h.update(chunk)
