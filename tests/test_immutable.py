@@ -290,3 +290,16 @@ def test_a_resync_failing_after_the_manifest_is_widened_keeps_the_old_locks(tmp_
     stale = [p for p in rep.unrepaired if p.kind == "dangling-link"]
     assert [p.path for p in stale] == [lock]
     assert "live index does not link" in stale[0].detail
+
+
+def test_a_retired_path_is_not_reused_without_a_claim_either():
+    """A hashless upstream (no sha256, no size): the bytes are unknown until downloaded, so a
+    path that once served other bytes is skipped, and the copy already published stays put."""
+    default = "packages/x/x-1-py3-none-any.whl"
+    retired = {default: "aa" * 32}
+    got = pub.choose_path(default, pub.Claim(), {}, frozenset(), lambda p: False, retired)
+    assert got != default
+    assert got == changed_bytes_path(default, None, None)
+    live = {got: _entry(got, "bb" * 32, 5)}
+    assert pub.choose_path(default, pub.Claim(), live, frozenset(), lambda p: p in live, retired) == got
+    assert pub.choose_path(default, pub.Claim(), {}, frozenset(), lambda p: True) == default  # never retired

@@ -58,11 +58,12 @@ def choose_path(default: str, claim: Claim, live: dict[str, mf.FileEntry], journ
     bytes (``retired``: path -> the sha256 it held, kept after its file is removed, so a URL
     that served X never serves Z), and either the mirror's own (journaled) or absent. With no
     claim at all there is nothing to disagree with: the fetcher keeps what is there, so
-    ``default`` is returned.
+    ``default`` is returned, unless it is retired (its bytes are unknown until downloaded: a
+    free ``z<hash>`` path, or the live copy already there, takes them).
     """
-    if claim.sha256 is None and claim.size is None:
-        return default
     retired = retired or {}
+    if claim.sha256 is None and claim.size is None and default not in retired:
+        return default
     candidates = [default, *(changed_bytes_path(default, claim.sha256, claim.size, n) for n in range(MAX_CANDIDATES))]
     for path in candidates:
         entry = live.get(path)
