@@ -82,7 +82,8 @@ def test_a_lock_file_symlink_never_truncates_its_target(site, tmp_path, a_bundle
 
 @pytest.mark.parametrize("rel", [".torchdepot", ".torchdepot/partial", ".publish", "packages", "targets",
                                  ".torchdepot/publish.json", "manifest.json"])
-@pytest.mark.parametrize("command", ["verify-mirror", "verify-mirror --repair", "unbundle", "mirror"])
+@pytest.mark.parametrize("command", ["verify-mirror", "verify-mirror --repair", "unbundle", "mirror",
+                                     "mirror --dry-run"])
 def test_a_planted_state_symlink_is_refused_naming_it(site, tmp_path, a_bundle, rel, command):
     """The real thing is moved outside the root and a link left in its place: a run would
     write state, staging, downloads or the next index there (and verify said ok)."""
@@ -101,8 +102,8 @@ def test_a_planted_state_symlink_is_refused_naming_it(site, tmp_path, a_bundle, 
                     for p in outside.parent.rglob("*"))
     if command.startswith("verify-mirror"):
         result = run(*command.split(), str(site))
-    elif command == "mirror":
-        result = run("mirror", "--spec", str(dead_spec(tmp_path, site)))
+    elif command.startswith("mirror"):
+        result = run("mirror", "--spec", str(dead_spec(tmp_path, site)), *command.split()[1:])
     else:
         result = run("unbundle", str(a_bundle), "--to", str(site))
     one_line_naming(result, own)

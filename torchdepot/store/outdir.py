@@ -8,7 +8,8 @@ things (a sync would overwrite its ``index.html``), ``/``, the user's home direc
 directories above it. Symlinks are resolved first, so a link to ``$HOME`` is ``$HOME``. A
 leading ``~`` is refused, never expanded: the path checked is the path written.
 
-Only reads the file system (stat and one directory listing).
+Only reads the file system (stat and one directory listing; lstat of the paths a mirror
+writes, :func:`~torchdepot.store.fsutil.refuse_planted_links`, when it is one).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 from pathlib import Path
 
 from torchdepot.errors import UnsafePathError
+from torchdepot.store.fsutil import refuse_planted_links
 from torchdepot.store.layout import LOCK_FILE, MANIFEST_NAME, STATE_DIR
 from torchdepot.store.manifest import FORMAT
 
@@ -68,6 +70,7 @@ def check_out_dir(path: Path | str, *, what: str = "out") -> Path:
     if not root.is_dir():
         raise UnsafePathError(f"{what} {given}: exists and is not a directory")
     if is_mirror(root):
+        refuse_planted_links(root)  # the writer's lock checks again; a dry run refuses here too
         return root
     try:
         with os.scandir(root) as entries:
