@@ -289,7 +289,7 @@ def test_a_resync_failing_after_the_manifest_is_widened_keeps_the_old_locks(tmp_
     assert not rep.ok
     stale = [p for p in rep.unrepaired if p.kind == "dangling-link"]
     assert [p.path for p in stale] == [lock]
-    assert "live index does not link" in stale[0].detail
+    assert "no live or kept index generation links" in stale[0].detail
 
 
 def test_a_retired_path_is_not_reused_without_a_claim_either():

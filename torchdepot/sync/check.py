@@ -312,12 +312,15 @@ def _check_index(root: Path, manifest: mf.Manifest) -> list[Problem]:
 
 def _check_target_locks(root: Path, by_path: dict[str, mf.FileEntry], linked: set[str]) -> list[Problem]:
     """Every wheel a ``targets/<id>/pylock.toml`` names must be listed with that sha256 and
-    linked by the live index: a lock written by a run whose index never went live (or an
-    index swapped back under it) is a ``dangling-link``, fixed by the next sync."""
+    linked by the live index or the previous generation kept beside it (a run killed between
+    the index swap and its lock writes leaves the old locks over the new index: they still
+    name listed files of the generation before). A lock whose files no generation links was
+    written by a run whose index never went live: a ``dangling-link``, fixed by the next sync."""
     targets = root / L.TARGETS_DIR
     if not targets.is_dir() or targets.is_symlink():
         return []
     problems = []
+    kept: set[str] | None = None  # links of the kept generations, read only when needed
     for lock in sorted(targets.glob(f"*/{PYLOCK}")):
         rel_lock = _rel(root, lock)
         try:
@@ -325,14 +328,20 @@ def _check_target_locks(root: Path, by_path: dict[str, mf.FileEntry], linked: se
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             problems.append(Problem("dangling-link", rel_lock, f"unreadable lock ({exc})"))
             continue
-        for why in _lock_issues(lock.parent.name, doc, by_path, linked):
-            problems.append(Problem("dangling-link", rel_lock, why))
-            break  # one problem per lock: the next sync rewrites it whole
+        issues, unlinked = _lock_issues(lock.parent.name, doc, by_path, linked)
+        if unlinked and not issues:
+            kept = _kept_generation_links(root) if kept is None else kept
+            issues = [f"names {key}, which no live or kept index generation links (a lock newer than the index)"
+                      for key in unlinked if key not in kept]
+        if issues:
+            problems.append(Problem("dangling-link", rel_lock, issues[0]))  # one per lock: rewritten whole
     return problems
 
 
-def _lock_issues(tid: str, doc: dict, by_path: dict[str, mf.FileEntry], linked: set[str]) -> list[str]:
-    issues = []
+def _lock_issues(tid: str, doc: dict[str, object], by_path: dict[str, mf.FileEntry],
+                 linked: set[str]) -> tuple[list[str], list[str]]:
+    """-> (problems, listed keys the live index does not link)."""
+    issues, unlinked = [], []
     packages = doc.get("packages")
     for pkg in packages if isinstance(packages, list) else []:
         for wheel in (pkg.get("wheels") or []) if isinstance(pkg, dict) else []:
@@ -347,8 +356,27 @@ def _lock_issues(tid: str, doc: dict, by_path: dict[str, mf.FileEntry], linked: 
             elif sha != entry.sha256:
                 issues.append(f"names {key} with sha256 {sha}, manifest says {entry.sha256}")
             elif key not in linked:
-                issues.append(f"names {key}, which the live index does not link (a lock newer than the index)")
-    return issues
+                unlinked.append(key)
+    return issues, unlinked
+
+
+def _kept_generation_links(root: Path) -> set[str]:
+    """Every file linked by the HTML pages of the index generations under ``.publish/``."""
+    from torchdepot.sources.pep503 import parse_html
+
+    keys: set[str] = set()
+    pub_dir = root / L.PUBLISH_DIR
+    if not pub_dir.is_dir() or pub_dir.is_symlink():
+        return keys
+    for gen in sorted(p for p in pub_dir.iterdir() if p.is_dir() and not p.is_symlink() and not L.is_build_temp(p.name)):
+        # pages are read where a reader of that generation would resolve them: through whl/
+        for page_path in (gen / L.INDEX_LINK).glob(f"*/*/{HTML_PAGE}"):
+            logical = root / L.INDEX_LINK / page_path.relative_to(gen / L.INDEX_LINK)
+            for link in parse_html(page_path.read_bytes(), logical.as_uri()).links:
+                key = _link_key(root, link.url)
+                if key is not None:
+                    keys.add(key)
+    return keys
 
 
 def _live_index_files(root: Path, manifest: mf.Manifest) -> dict[str, list[IndexFile]] | None:
