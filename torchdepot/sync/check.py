@@ -321,7 +321,10 @@ def _check_target_locks(root: Path, by_path: dict[str, mf.FileEntry], linked: se
         return []
     problems = []
     kept: set[str] | None = None  # links of the kept generations, read only when needed
+    journal = pub.load_journal(root)
     for lock in sorted(targets.glob(f"*/{PYLOCK}")):
+        if f"{L.TARGETS_DIR}/{lock.parent.name}" in journal:
+            continue  # a pruned target's folder, removed after the commit (a leftover, not live)
         rel_lock = _rel(root, lock)
         try:
             doc = tomllib.loads(lock.read_text(encoding="utf-8"))
