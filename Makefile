@@ -35,7 +35,14 @@ lock: $(RUNTIME_STAMP)
 verify: $(RUNTIME_STAMP)
 	$(TD) verify
 
-recipes: $(RUNTIME_STAMP)
+# `recipes build` needs the conda-build extra (py-rattler-build); installed once, with progress
+CONDA_BUILD_STAMP := $(VENV)/.conda-build-stamp
+$(CONDA_BUILD_STAMP): $(RUNTIME_STAMP)
+	@echo "make: adding the conda-build extra (py-rattler-build) to $(VENV)"
+	$(PIP_INSTALL) -e '.[conda-build]' 2>&1 | grep -E --line-buffered '^(Collecting|Installing|Successfully|ERROR|error)' || true
+	@$(PY) -c "import rattler_build" && touch $@
+
+recipes: $(CONDA_BUILD_STAMP)
 	$(TD) recipes build
 
 test: $(TEST_STAMP)

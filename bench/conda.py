@@ -1,4 +1,11 @@
-"""Conda benchmarks (goals from issue 4), baseline measured in the same process:
+"""Conda benchmarks, baselines measured in the same run:
+
+0. (issue 20) a conda-forge-sized channel: 300k synthetic linux-64 records with conda-forge's
+   real names and shapes (tests/kit/condaforge.py), served over loopback as repodata.json.zst;
+   the conda side of ``mirror --dry-run`` for one cu126 target, in a fresh process: wall time,
+   the solve's own time and peak RSS; goal: solve <= 5 s, peak RSS <= 500 MB. Baseline: a plain
+   ``rattler.solve_with_sparse_repodata`` of the same specs and virtual packages over the same
+   files, in its own process (the ratio is ours / plain).
 
 1. solve time per target over the real legacy ``pytorch`` channel repodata (2,181
    records; synthetic python/dependency records added so pytorch is installable);
@@ -89,6 +96,86 @@ def bench_solve(tmp: Path) -> None:
               f"pytorch {torch.version} {torch.build}  goal <=50 ms: {'ok' if best <= 50 else 'MISSED'}")
 
 
+_CHILD_OURS = """
+import json, sys, time
+sys.path.insert(0, {root!r})
+def hwm():  # this process's peak RSS in KiB (ru_maxrss would carry the parent's across exec)
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
+from torchdepot.spec.mirror import MirrorSpec
+import torchdepot.resolve.conda as rc
+from torchdepot.sync.conda import sync_conda
+solve_s = []
+inner = rc.solve_target
+def timed(*a, **k):
+    t0 = time.perf_counter()
+    try:
+        return inner(*a, **k)
+    finally:
+        solve_s.append(time.perf_counter() - t0)
+import torchdepot.sync.conda as sc
+sc.solve_target = timed
+spec = MirrorSpec(accelerators=("cu126",), pythons=("3.11",), platforms=("linux-x86_64",),
+                  conda={{"channels": [{{"name": "conda-forge", "mirrors": [{url!r}]}}], "specs": ["pytorch"]}})
+t0 = time.perf_counter()
+res = sync_conda(spec, {out!r}, dry_run=True)
+total = time.perf_counter() - t0
+torch = [r for s in res.solutions for r in s.records if str(r.name.normalized) == "pytorch"]
+print(json.dumps({{"total": total, "solve": sum(solve_s), "rss": hwm(),
+                  "build": str(torch[0].build), "n": sum(len(s.records) for s in res.solutions)}}), flush=True)
+import os; os._exit(0)  # py-rattler 0.28 can abort in its runtime's teardown at interpreter exit
+"""
+
+_CHILD_PLAIN = """
+import asyncio, json, time
+import rattler
+def hwm():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
+from rattler import Channel, GenericVirtualPackage, MatchSpec, PackageName, SparseRepoData, Version
+t0 = time.perf_counter()
+chan = Channel({base!r})
+sparse = [SparseRepoData(chan, sd, {chan_dir!r} + "/" + sd + "/repodata.json") for sd in ("linux-64", "noarch")]
+vp = [GenericVirtualPackage(PackageName(n), Version(v), rattler.BuildString(b)) for n, v, b in
+      (("__linux", "5.10", "0"), ("__glibc", "2.28", "0"), ("__unix", "0", "0"), ("__archspec", "1", "x86_64"),
+       ("__cuda", "12.6", "0"))]
+recs = asyncio.run(rattler.solve_with_sparse_repodata([MatchSpec("pytorch"), MatchSpec("python 3.11.*")], sparse,
+                                                      virtual_packages=vp))
+total = time.perf_counter() - t0
+torch = [r for r in recs if str(r.name.normalized) == "pytorch"]
+print(json.dumps({{"total": total, "rss": hwm(),
+                  "build": str(torch[0].build), "n": len(recs)}}), flush=True)
+import os; os._exit(0)  # py-rattler 0.28 can abort in its runtime's teardown at interpreter exit
+"""
+
+
+def _child(code: str) -> dict:
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench child failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_forge(tmp: Path, n_records: int = 300_000) -> None:
+    from tests.kit.condaforge import write_synthetic_channel
+
+    chan = write_synthetic_channel(tmp / "forge" / "conda-forge", n_records)
+    zst = (chan / "linux-64" / "repodata.json.zst").stat().st_size
+    raw = (chan / "linux-64" / "repodata.json").stat().st_size
+    print(f"conda-forge-sized channel: {n_records} linux-64 records, repodata.json {raw / 1e6:.0f} MB "
+          f"(.zst {zst / 1e6:.1f} MB)")
+    with Server(tmp / "forge") as s:
+        ours = _child(_CHILD_OURS.format(root=str(ROOT), url=f"{s.url}/conda-forge", out=str(tmp / "out-dry")))
+    # the plain baseline reads the same decompressed files from disk (no download, no cache)
+    plain = _child(_CHILD_PLAIN.format(base=f"file://{chan}", chan_dir=str(chan)))
+    rss, prss = ours["rss"] / 1024, plain["rss"] / 1024  # VmHWM is in KiB
+    print(f"  sync_conda --dry-run (fetch .zst over loopback + decode + 1 solve): {ours['total']:.2f} s, "
+          f"solve {ours['solve']:.2f} s, peak RSS {rss:.0f} MB; pytorch {ours['build']}, {ours['n']} records")
+    print(f"  plain rattler.solve_with_sparse_repodata (files on disk): {plain['total']:.2f} s, "
+          f"peak RSS {prss:.0f} MB; pytorch {plain['build']}, {plain['n']} records")
+    print(f"  ratio ours/plain: time {ours['total'] / plain['total']:.2f}x (solve only {ours['solve'] / plain['total']:.2f}x), "
+          f"RSS {rss / prss:.2f}x; goal solve <=5 s: {'ok' if ours['solve'] <= 5 else 'MISSED'}, "
+          f"RSS <=500 MB: {'ok' if rss <= 500 else 'MISSED'}")
+
+
 def bench_mirror(tmp: Path) -> None:
     # a channel of real .conda files: metapackages + a 40 MB pytorch-labelled payload per variant
     import os
@@ -137,6 +224,9 @@ def bench_mirror(tmp: Path) -> None:
 
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory(prefix="td-bench-conda-") as d:
+        bench_forge(Path(d), int(sys.argv[1]) if len(sys.argv) > 1 else 300_000)
+        if "--forge-only" in sys.argv:
+            raise SystemExit(0)
         bench_solve(Path(d))
         bench_mirror(Path(d))
         shutil.rmtree(d, ignore_errors=True)

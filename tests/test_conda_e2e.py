@@ -128,6 +128,9 @@ def test_recipes_build_takes_several_wheels_outside_a_checkout(tmp_path):
                 work)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "2 packages in channel" in proc.stdout, proc.stdout
+    # progress before each package (a torch wheel takes minutes): never silent
+    assert "[1/2] repackaging torch-2.13.0+cpu" in proc.stderr, proc.stderr
+    assert "[2/2] repackaging typing_extensions-4.12.2" in proc.stderr, proc.stderr
     linux = json.loads((tmp_path / "chan" / "linux-64" / "repodata.json").read_text())["packages.conda"]
     by_name = {r["name"]: r for r in linux.values()}
     assert set(by_name) == {"pytorch", "typing_extensions"}

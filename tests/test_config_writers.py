@@ -330,8 +330,11 @@ def test_conda_tuna_condarc_keeps_the_users_mirrors(tmp_path, URL):
     assert "# community" in new
     old, doc = YAML(typ="safe").load(CONDA_TUNA), YAML(typ="safe").load(new)
     assert doc["channels"] == [f"{URL}/conda/{CONDA_CHANNEL}", "defaults", "conda-forge"]
-    for key in ("default_channels", "custom_channels", "channel_alias", "ssl_verify", "envs_dirs"):
+    for key in ("default_channels", "channel_alias", "ssl_verify", "envs_dirs"):
         assert doc[key] == old[key], key
+    # the user's custom channels stay; the mirrored channel's name now resolves to the mirror
+    assert doc["custom_channels"] == {**old["custom_channels"], CONDA_CHANNEL: f"{URL}/conda"}
+    assert doc["mirrored_channels"] == {CONDA_CHANNEL: [f"{URL}/conda/{CONDA_CHANNEL}"]}
     assert "offline" not in doc
     assert [b.read_text() for b in backups(f)] == [CONDA_TUNA]
     assert f"export CONDA_CHANNELS={URL}/conda/{CONDA_CHANNEL},defaults,conda-forge" in res.output

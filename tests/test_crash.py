@@ -216,12 +216,16 @@ def test_sigkill_during_resync_with_changed_bytes_leaves_live_mirror_verify_clea
             report = verify_mirror(out)
             assert report.ok, (n, report.problems)
             assert report.problems == [], (n, report.problems)
-            listed = {f.path.rsplit("/", 1)[-1]: f for f in mf.load(out).files if f.kind == "wheel"}
+            manifest = mf.load(out)
+            kept = {t.path for t in manifest.tombstones}  # the old bytes, kept at their old path (sync/tombstones.py)
+            listed = {f.path.rsplit("/", 1)[-1]: f for f in manifest.files if f.kind == "wheel" and f.path not in kept}
             for w in changed:
                 assert listed[w.filename].sha256 == hashlib.sha256(w.data).hexdigest()
                 assert (out / listed[w.filename].path).read_bytes() == w.data
-                # one copy left: superseded and unpublished ones were removed after the commit
-                assert list((out / "packages").rglob(w.filename)) == [out / listed[w.filename].path]
+                # the new copy and the old one's tombstone: superseded and unpublished ones were removed
+                old = [out / p for p in kept if p.rsplit("/", 1)[-1] == w.filename]
+                assert len(old) == 1, (n, sorted(kept))
+                assert sorted((out / "packages").rglob(w.filename)) == sorted([out / listed[w.filename].path, *old])
     total = sum(kills.values())
     print(f"re-sync kills by phase: {dict(kills)} (total {total}); live verify-mirror clean after {verified}")
     assert total >= 10, kills

@@ -2,7 +2,7 @@
 
 Upstream re-publishes a wheel under the same name with new bytes: the re-sync stores them
 at a new path, the live mirror stays verify-clean when the re-sync fails late, and the
-old copy is removed only after the commit. Conda packages keep their published bytes.
+old copy stays listed at its old path (a tombstone) while its target is recorded. Conda packages keep their published bytes.
 Plus the pure path choice (property-tested) and the journal.
 """
 
@@ -99,10 +99,11 @@ def test_changed_bytes_go_to_a_new_path_and_a_late_failure_keeps_the_live_mirror
     listed = mf.load(out).by_path()
     assert new_path in listed
     assert new_path + ".metadata" in listed
-    assert old_path not in listed
-    # superseded copies are removed after the commit; nothing else is left behind
-    assert not (out / old_path).exists()
-    assert not (out / (old_path + ".metadata")).exists()
+    # the old bytes stay listed at their old path (a tombstone, sync/tombstones.py) while the
+    # target is recorded, off the pages; nothing else is left behind
+    assert listed[old_path].sha256 == hashlib.sha256(old_bytes).hexdigest()
+    assert (out / old_path).read_bytes() == old_bytes
+    assert "tombstone: torch 2.5.0+cpu" in done.stderr
     assert not (out / PUBLISH_JOURNAL).exists()
     rep = verify_mirror(out)
     assert rep.ok, rep.problems
@@ -110,6 +111,7 @@ def test_changed_bytes_go_to_a_new_path_and_a_late_failure_keeps_the_live_mirror
     pylock = (out / "targets/cpu-py311-linux-x86_64/pylock.toml").read_text()
     assert new_path in pylock
     assert f'"{old_path}"' not in pylock
+    # (--prune lets them go: tests/test_tombstones.py)
 
 
 def test_user_file_at_a_package_path_is_never_overwritten(tmp_path):

@@ -5,6 +5,7 @@ list. The parser is the live one (sources.repodata); the fetcher is sources.chan
 from __future__ import annotations
 
 import collections
+import json
 import re
 import shutil
 
@@ -117,8 +118,6 @@ def test_every_pytorch_record_maps_to_its_build(data_dir):
 ])
 def test_one_bad_record_among_real_ones_stops_with_one_line(data_dir, filename, record):
     """The live parser refuses the whole subdir (before anything is written), naming the record."""
-    import json
-
     data = json.loads((data_dir / REPODATA).read_bytes())
     filename = filename or next(iter(data["packages"]))
     data["packages"][filename] = record
@@ -164,3 +163,28 @@ def test_corrupt_zst_is_a_one_line_upstream_error(data_dir, tmp_path):
     assert msg.startswith(f"{srv.url}/ch/linux-64/repodata.json.zst: not a valid zstd stream")
     assert "\n" not in msg
     assert not (tmp_path / "cache" / "ch" / "linux-64" / "repodata.json").exists()
+
+
+def test_real_pytorch_channel_read_natively_and_every_record_valid(data_dir, tmp_path):
+    """The real legacy ``pytorch`` channel through the sync's own path: py-rattler's SparseRepoData
+    (records per name, no Python parse of the whole file), each record validated as a chosen one."""
+    import rattler
+
+    from torchdepot.resolve.conda import SubdirSource, open_sources
+    from torchdepot.sources.repodata import chosen_record
+
+    src = SubdirSource("pytorch", "linux-64", "https://conda.example/pytorch", data_dir / REPODATA, where=REPODATA)
+    sparse = open_sources([src])["pytorch"]["linux-64"]
+    raw = json.loads((data_dir / REPODATA).read_bytes())
+    files = {**raw.get("packages", {}), **raw.get("packages.conda", {})}
+    assert sorted(sparse.package_names()) == sorted({r["name"] for r in files.values()})
+    seen = 0
+    for name in sparse.package_names():
+        for r in sparse.load_records(rattler.PackageName(name)):
+            rec = chosen_record("pytorch", "linux-64", r.file_name, r.to_json(), REPODATA)
+            assert rec.sha256 == files[r.file_name].get("sha256")
+            if rec.name in ("pytorch", "torchvision", "pytorch-cuda"):  # the oracle's scope
+                assert expected_accelerator(rec.name, rec.version, rec.build) == (
+                    rec.accelerator.name if rec.accelerator else None)
+            seen += 1
+    assert seen == len(files)

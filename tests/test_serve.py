@@ -28,12 +28,11 @@ from tests.mirror_fixture import make_mirror
 from tests.venvs import hermetic_env, make_venv, run
 from torchdepot.model.trust import install_commands
 from torchdepot.resolve.uv import uv_bin
+from torchdepot.ship.nginx import nginx_config, nginx_types
 from torchdepot.ship.serve import (
     CONTENT_TYPES,
     ServeLimits,
     client_host,
-    nginx_config,
-    nginx_types,
     parse_range,
 )
 
@@ -73,13 +72,15 @@ def test_full_get_types_and_cache_headers(server, mirror):
     assert resp.getheader("Accept-Ranges") == "bytes"
     resp, body = request(server, "/manifest.json")
     assert resp.getheader("Content-Type") == "application/json"
-    assert "max-age=60" in resp.getheader("Cache-Control")
+    assert resp.getheader("Cache-Control") == "no-cache"  # may change: revalidated by ETag
     resp, _ = request(server, "/whl/cpu/torch/")  # through the whl -> .publish symlink
     assert resp.status == 200
     assert resp.getheader("Content-Type").startswith("text/html")
+    assert resp.getheader("Cache-Control") == "no-cache"
     resp, _ = request(server, "/conda/pytorch-fixture/linux-64/pytorch-2.13.0-cpu_py311_0.conda")
     assert resp.status == 200
     assert resp.getheader("Content-Type") == "application/octet-stream"
+    assert "immutable" not in resp.getheader("Cache-Control")  # only packages/ paths never change
     resp, body = request(server, WHEEL, method="HEAD")
     assert resp.status == 200
     assert body == b""
@@ -211,6 +212,107 @@ def test_idle_timeout_and_idle_cap_close_connections(mirror):
         assert socks[-1].recv(4096).startswith(b"HTTP/1.1 206")  # the newest still serves
         for s in socks:
             s.close()
+
+
+def _dribble(httpd, n: int) -> list[socket.socket]:
+    """``n`` connections that each sent the start of a request head and nothing more yet."""
+    socks = [socket.create_connection(httpd.server_address[:2], timeout=10) for _ in range(n)]
+    for s in socks:
+        s.sendall(b"GET /whl/cpu/torch/ HTTP/1.1\r\nX-")
+    return socks
+
+
+def test_header_dribblers_hold_no_worker(mirror):
+    """40 connections that send one header byte at a time (every 0.25 s, always inside any
+    per-read timeout) hold none of 32 workers: a real client gets its page within 1 s,
+    every round; a head not complete within header_timeout is closed."""
+    with serve_mirror(mirror, ServeLimits(workers=32, header_timeout=2.0)) as httpd:
+        slow = _dribble(httpd, 40)
+        try:
+            worst = 0.0
+            for _ in range(5):  # a bounded loop: ~1.3 s of dribbling, inside the header deadline
+                for s in slow:
+                    with contextlib.suppress(OSError):
+                        s.sendall(b"a")
+                started = time.monotonic()
+                resp, body = request(httpd, "/whl/cpu/torch/")
+                worst = max(worst, time.monotonic() - started)
+                assert resp.status == 200
+                assert b"torch-2.13.0" in body
+                time.sleep(0.25)
+            assert worst < 1.0, f"a page took {worst:.2f}s behind 40 dribbling connections"
+            started = time.monotonic()
+            slow[0].settimeout(10)
+            closed = b""
+            with contextlib.suppress(ConnectionResetError):
+                closed = slow[0].recv(1)
+            assert closed == b""  # the header deadline closed it
+            assert time.monotonic() - started < 5
+        finally:
+            for s in slow:
+                s.close()
+
+
+def test_per_client_cap_closes_the_oldest_parked_connection(mirror):
+    with serve_mirror(mirror, ServeLimits(max_per_client=5)) as httpd:
+        socks = [socket.create_connection(httpd.server_address[:2], timeout=5) for _ in range(5)]
+        time.sleep(1.3)  # past the grace a new connection is spared for
+        extra = socket.create_connection(httpd.server_address[:2], timeout=5)  # over the cap ...
+        socks[0].settimeout(3)
+        assert socks[0].recv(1) == b""  # ... the client's oldest parked one is closed to make room
+        extra.sendall(b"HEAD /manifest.json HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert extra.recv(4096).startswith(b"HTTP/1.1 200")  # and the new one answered
+        for s in socks[1:]:
+            s.settimeout(0.2)
+            with pytest.raises(TimeoutError):  # the others are kept
+                s.recv(1)
+        for s in [*socks, extra]:
+            s.close()
+
+
+_FD_SCRIPT = """
+import resource, sys, threading
+from pathlib import Path
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+from torchdepot.ship.serve import make_server
+httpd = make_server(Path(sys.argv[1]), "127.0.0.1", 0, quiet=True)
+print(httpd.server_address[1], httpd.max_connections, flush=True)
+httpd.serve_forever(poll_interval=0.05)
+"""
+
+
+def test_descriptor_limit_is_never_exhausted(mirror):
+    """Under ``ulimit -n 64``, 150 open connections (idle and dribbling) never take the
+    server's last descriptor: connections are capped to fit, oldest parked closed first,
+    and a real client is still answered."""
+    proc = subprocess.Popen([sys.executable, "-c", _FD_SCRIPT, str(mirror)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    held: list[socket.socket] = []
+    try:
+        port, cap = map(int, proc.stdout.readline().split())
+        assert 4 <= cap < 64
+        for i in range(150):
+            with contextlib.suppress(OSError):
+                s = socket.create_connection(("127.0.0.1", port), timeout=5)
+                held.append(s)
+                if i % 2:
+                    s.sendall(b"GET / HTTP/1.1\r\n")
+        time.sleep(1.5)  # past the grace: the flood's settled connections give way
+        for _ in range(5):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", WHEEL)
+            r = conn.getresponse()
+            assert r.status == 200
+            assert r.read()[:2] == b"PK"
+            conn.close()
+        assert proc.poll() is None
+    finally:
+        for s in held:
+            s.close()
+        proc.terminate()
+        err = proc.communicate(timeout=10)[1]
+    assert "Too many open files" not in err, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
 
 
 def test_keep_alive_serves_several_requests_on_one_connection(mirror):
@@ -430,7 +532,7 @@ def test_nginx_serves_mirror_and_pip_installs(mirror, tmp_path):
         r = conn.getresponse()
         assert r.status == 200
         assert b"torch-2.13.0" in r.read()
-        assert "max-age=60" in r.getheader("Cache-Control")
+        assert r.getheader("Cache-Control") == "no-cache"
         conn.request("GET", "/.torchdepot/hashes.json")
         r = conn.getresponse()
         r.read()

@@ -53,6 +53,7 @@ def test_conda_lock_installs_with_rattler_and_runs(mirror, tmp_path, private_tmp
     assert st["conda hashes vs mirror manifest"] == "pass"
     assert st["conda build = variant"] == "pass"
     assert st["conda install (py-rattler, mirror only)"] == "pass"
+    assert st["conda installed records = lock"] == "pass"
     assert st["conda import torch"] == "pass"
     assert st["conda version"] == "pass"
     assert st["conda torch.version.cuda"] == "pass"
@@ -92,3 +93,37 @@ def test_conda_tampered_hash_without_manifest_fails_install(mirror, tmp_path):
 ])
 def test_build_check(fname, acc, status):
     assert build_check((CondaPin(f"http://m/conda/c/linux-64/{fname}", "0" * 64),), acc).status == status
+
+
+@pytest.mark.e2e  # builds a ~10 MB conda python from this machine's interpreter
+def test_conda_env_with_its_own_python_imports_torch_inside_the_prefix(tmp_path, private_tmp):
+    """The channel carries a runnable conda ``python`` (tests/kit/condapython.build_host_python: the
+    Debian interpreter and stdlib under the conda layout), so verify runs the smoke test with the
+    prefix's own interpreter, not a host Python on its site-packages."""
+    from tests.kit.condapython import build_host_python, host_python_available
+
+    assert host_python_available("3.11"), "this test needs /usr/bin/python3.11 (Debian's python3.11 package)"
+    wheels = fake_torch_wheels(tmp_path / "w")
+    root = tmp_path / "m"
+    m = build_mirror(root, wheels)
+    chan = root / "conda" / "td"
+    built = [b.path for b in build_wheels(wheels, chan, python="3.11", subdirs=("linux-64",))]
+    built.append(build_host_python(chan, "3.11"))
+    index_channel(chan)
+    pkgs = []
+    for path in built:
+        rel = Path(path).resolve().relative_to(root.resolve()).as_posix()
+        sha, size = sha256_file(Path(path))
+        name, version, build = Path(path).name[: -len(".conda")].rsplit("-", 2)
+        m.files.append(FileEntry(rel, sha, size, "conda", name, version))
+        pkgs.append(TargetPackage(name, version, rel, build=build))
+    m.targets.append(Target(CPU, "conda", "cpu", "3.11", "linux-x86_64", tuple(pkgs), channel="conda/td",
+                            subdir="linux-64"))
+    save(root, m)
+    assert cli("lock", "--mirror", root, "--out", tmp_path / "envs").exit_code == 0
+    res = cli("verify", tmp_path / "envs" / CPU, "--mirror", root, "--json")
+    assert res.exit_code == 0, res.output
+    checks = {c["name"]: c for c in json.loads(res.stdout)["results"][0]["checks"]}
+    assert checks["conda installed records = lock"]["status"] == "pass"
+    assert checks["conda import torch"]["status"] == "pass"
+    assert "[prefix python]" in checks["conda import torch"]["detail"]

@@ -1,3 +1,3 @@
-from torchdepot.cli import main
+from torchdepot.cli import entry
 
-main()
+entry()

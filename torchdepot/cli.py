@@ -7,7 +7,10 @@ bad input exits 1, an unexpected exception exits 1 naming the command and the er
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+import sys
 
 import click
 
@@ -75,3 +78,28 @@ class _Group(click.Group):
               help="Show the traceback of an unexpected error instead of one line (also TORCHDEPOT_DEBUG=1).")
 def main(debug: bool) -> None:
     """Offline PyTorch mirrors, locks and verification for pip, uv and conda."""
+
+
+def entry() -> None:
+    """The console script (and ``python -m torchdepot``): :data:`main`, then a plain exit.
+
+    py-rattler 0.28 can abort while the interpreter finalizes after it ran (its runtime's
+    threads outlive the GIL: "PyGILState_Release ... finalizing", exit 134/139), which would turn
+    a finished ``mirror`` into a crash. When rattler was loaded, the streams are flushed and the
+    process leaves with its real exit status without finalizing; nothing is left to clean up
+    by then, since every file is written atomically and every lock released."""
+    try:
+        main.main(prog_name="torchdepot")
+        code: int = 0
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:  # a message given to sys.exit: printed as Python would
+            print(exc.code, file=sys.stderr)
+            code = 1
+    if "rattler" in sys.modules:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+    raise SystemExit(code)

@@ -1,4 +1,15 @@
-""".condarc: put the mirror's channels first, without replacing the user's mirrors.
+""".condarc: put the mirror's channels first, and make their names resolve to the mirror.
+
+conda's documented semantics (configuration/mirroring, settings):
+- ``channels``: the search list; the mirror's channels go first by full URL (below);
+- ``custom_channels``: ``name: base`` makes the channel ``name`` resolve to ``<base>/<name>``,
+  taking precedence over ``channel_alias``; each mirrored channel gets ``name: <url>/conda``, so
+  ``-c conda-forge`` / ``-c pytorch`` (and an environment.yml naming them) use the mirror while
+  other community channels keep resolving as before;
+- ``mirrored_channels`` (conda >= 24.9, mamba 2): ``name: [URLs]``; each mirrored channel maps
+  to the mirror's URL only (a listed dead mirror makes mamba 2 fail the subdir);
+- ``channel_alias``: the base of *every* named channel; set to ``<url>/conda`` only with
+  ``alias=True`` (an air-gapped machine, where nothing else is reachable anyway).
 
 The mirror's channels are added by full URL (``<url>/conda/<name>``) at the **front of
 ``channels``** -- highest priority, so under strict channel priority the torch packages come
@@ -91,7 +102,18 @@ def channel_urls(url: str, channels: list[str]) -> list[str]:
     return [join_url(url, "conda", c) for c in dict.fromkeys(channels)]
 
 
-def _edit(text: str, where: str, url: str, channels: list[str], offline: bool, notes: list[str]) -> tuple[str, list[str]]:
+def _mapping(doc: CommentedMap, key: str, where: str) -> CommentedMap:
+    value = doc.get(key)
+    if value is None:
+        value = CommentedMap()
+        doc[key] = value
+    if not isinstance(value, CommentedMap):
+        raise ConfigFileError(f"{where}: {key!r} is not a mapping, left untouched")
+    return value
+
+
+def _edit(text: str, where: str, url: str, channels: list[str], offline: bool, notes: list[str],
+          alias: bool = False) -> tuple[str, list[str]]:
     doc = parse(text, where)
     ours = channel_urls(url, channels)
     prefix = join_url(url, "conda") + "/"
@@ -113,6 +135,14 @@ def _edit(text: str, where: str, url: str, channels: list[str], offline: bool, n
             seq.insert(i, c)
     else:
         doc["channels"] = CommentedSeq(merged)
+    base = join_url(url, "conda")
+    custom = _mapping(doc, "custom_channels", where)
+    mirrored = _mapping(doc, "mirrored_channels", where)
+    for c in dict.fromkeys(channels):
+        custom[c] = base  # conda: <base>/<name>
+        mirrored[c] = CommentedSeq([join_url(url, "conda", c)])
+    if alias:
+        doc["channel_alias"] = base
     if offline:
         doc["offline"] = True
     buf = io.StringIO()
@@ -123,7 +153,8 @@ def _edit(text: str, where: str, url: str, channels: list[str], offline: bool, n
     return buf.getvalue(), merged
 
 
-def plan(path: Path, old: str | None, url: str, channels: list[str], offline: bool = False) -> Plan:
+def plan(path: Path, old: str | None, url: str, channels: list[str], offline: bool = False,
+         alias: bool = False) -> Plan:
     if offline and not url.startswith("file:"):
         raise ConfigValueError(f"--offline with {url}: conda offline reads only its cache and file:// channels, "
                                "so it could not reach this mirror; for a mirror on this machine use --url /path/to/mirror")
@@ -131,7 +162,7 @@ def plan(path: Path, old: str | None, url: str, channels: list[str], offline: bo
     merged: list[str] = []
 
     def fn(text: str) -> str:
-        out, chans = _edit(text, str(path), url, channels, offline, notes)
+        out, chans = _edit(text, str(path), url, channels, offline, notes, alias)
         merged.extend(chans)
         return out
 
@@ -140,4 +171,6 @@ def plan(path: Path, old: str | None, url: str, channels: list[str], offline: bo
     if offline:
         env.append(("CONDA_OFFLINE", "true"))
     notes.append("with channel_priority: strict, packages the mirror has come only from it")
+    notes.append(f"-c {' / -c '.join(dict.fromkeys(channels))} now resolve to the mirror (custom_channels; "
+                 "mirrored_channels for conda >= 24.9 and mamba 2)")
     return Plan((FileChange(Path(path), old, new),), tuple(env), tuple(notes))

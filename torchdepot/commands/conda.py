@@ -52,7 +52,8 @@ def ls_cmd(channel: str, subdirs: tuple[str, ...], packages: tuple[str, ...], as
     """
     url = _channel_url(channel)
     subdirs = tuple(dict.fromkeys(subdirs or ("linux-64", "noarch")))
-    records = channel_records(url, subdirs)
+    # the table reads only its packages (natively, per name); --json without --package reads all
+    records = channel_records(url, subdirs, packages or (() if as_json else ("pytorch",)))
     if as_json:
         for r in records:
             if not packages or r.name in packages:

@@ -116,10 +116,13 @@ def uv_cmd(url: str, file: str | None, scope: str | None, dry_run: bool, variant
 @click.option("--channel", "channels", multiple=True,
               help="Channel name on the mirror (repeatable; default: every channel the mirror has).")
 @click.option("--offline", is_flag=True, help="Also set offline: true (only for a mirror on this machine: a directory or file:// URL).")
+@click.option("--channel-alias", "alias", is_flag=True,
+              help="Also point channel_alias at the mirror: EVERY named channel resolves to it (air-gapped machines).")
 @click.option("--variant", default=None, hidden=True)
 def conda_cmd(url: str, file: str | None, scope: str | None, dry_run: bool, channels: tuple[str, ...], offline: bool,
-              variant) -> None:
-    """Put the mirror's channels first in .condarc, keeping your channels and mirrors.
+              alias: bool, variant) -> None:
+    """Put the mirror's channels first in .condarc and make their names (-c conda-forge) resolve to
+    it (custom_channels, mirrored_channels), keeping your other channels and mirrors.
 
     \b
     Examples:
@@ -133,7 +136,7 @@ def conda_cmd(url: str, file: str | None, scope: str | None, dry_run: bool, chan
     chans = facts.check_channels(chans) if chans else list(facts.channels)
     if not chans:
         raise ConfigValueError(f"{url}: the mirror has no conda channels")
-    _finish(conda_cfg.plan(path, read_existing(path), url, chans, offline), dry_run)
+    _finish(conda_cfg.plan(path, read_existing(path), url, chans, offline, alias), dry_run)
 
 
 COMMANDS = [config_group]

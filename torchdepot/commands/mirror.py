@@ -51,8 +51,11 @@ DEFAULT_SPEC = "mirror/mirror.yaml"
               metavar="DIR", help="Mirror exactly the wheels the lock folders in DIR pinned (each folder's "
                                   "variant.json + pylock.toml, as 'torchdepot lock' writes envs/), instead of "
                                   "resolving the spec's targets; upstreams and hosts still come from the spec.")
+@click.option("--from-misses", "from_misses", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              metavar="DIR", help="Make the files 'serve --pull-through' was asked for in mirror DIR (its miss log) "
+                                  "the mirror's own: fetched if needed and listed on its index, for the next bundle.")
 def mirror_cmd(spec_path, out, upstreams, jobs, dry_run, on_hash_mismatch, fsync, wait, allow_hosts,
-               exclude_newer, prune, as_json, from_locks) -> None:
+               exclude_newer, prune, as_json, from_locks, from_misses) -> None:
     """Mirror torch (+ dependencies) for every target in the spec, laid out like download.pytorch.org.
 
     The mirror keeps every target it has recorded (targets tools/fetch added, and those of
@@ -67,9 +70,12 @@ def mirror_cmd(spec_path, out, upstreams, jobs, dry_run, on_hash_mismatch, fsync
       torchdepot mirror --spec mirror/mirror.yaml --out /srv/torch --jobs 8
       torchdepot mirror --out /srv/torch --prune
       torchdepot mirror --from-locks envs/ --out /srv/torch-ci
+      torchdepot mirror --from-misses /srv/torch
       torchdepot mirror --exclude-newer 2026-06-01T00:00:00Z --allow-host files.mirror.example
       pip install --index-url file:///srv/torch/whl/cpu torch
     """
+    if from_misses is not None:
+        return _from_misses(from_misses, spec_path, upstreams)
     from torchdepot.sync.pip import sync
 
     spec = load_spec(spec_path)
@@ -86,6 +92,26 @@ def mirror_cmd(spec_path, out, upstreams, jobs, dry_run, on_hash_mismatch, fsync
     result = sync(spec, dry_run=dry_run, wait=wait, out=Path(spec.out), prune=prune, locks=locks,
                   spec_targets=not locks, **_json_progress(as_json))
     _report(result, dry_run, as_json)
+
+
+def _from_misses(root: Path, spec_path: str, upstreams: tuple[str, ...]) -> None:
+    """``--from-misses DIR``: the pull-through miss log of DIR into DIR's own index."""
+    from torchdepot.commands.serve import pull_sources
+    from torchdepot.net.http import make_session
+    from torchdepot.ship.pullthrough import publish_misses
+
+    check_out_dir(root, what="--from-misses")
+    spec = Path(spec_path) if Path(spec_path).is_file() or spec_path != DEFAULT_SPEC else None
+    sources = pull_sources(spec, upstreams)
+    with make_session() as client:
+        done = publish_misses(root, client, sources.policy)
+    for line in done.failed:
+        click.echo(f"not mirrored: {line}", err=True)
+    click.echo(f"{root}: {done.files} files asked for through pull-through are now in the index "
+               f"({done.fetched} fetched now, {done.unknown} requests for files no page offered)"
+               + (f"; generation {done.generation}" if done.generation else ""))
+    if done.failed:
+        raise click.exceptions.Exit(1)
 
 
 def _json_progress(as_json: bool) -> dict:

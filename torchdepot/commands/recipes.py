@@ -47,10 +47,16 @@ def build_cmd(wheels: tuple[Path, ...], more_wheels: tuple[Path, ...], out: Path
         if wheel_list:
             click.echo(f"using {len(wheel_list)} torch wheel(s) from {DEFAULT_WHEEL_DIR}/")
     built = []
+    R.plan_wheels(wheel_list, python)  # a bad wheel fails in one line before any progress is printed
+    # one line per step as it starts: repackaging a torch wheel takes minutes, never silently
     if not no_metapackages:
+        click.echo("building the metapackages (pytorch-mutex, cpuonly, pytorch-cuda) ...", err=True)
         built += R.build_metapackages(out, tuple(cuda) or R.DEFAULT_CUDA)
     if wheel_list:
-        built += R.build_wheels(wheel_list, out, python=python)
+        built += R.build_wheels(wheel_list, out, python=python, on_start=lambda i, n, plan: click.echo(
+            f"[{i}/{n}] repackaging {plan.wheel.name} as {plan.conda_name} ({plan.subdir}, python {plan.python}) ...",
+            err=True))
+    click.echo(f"indexing {out} ...", err=True)
     R.index_channel(out)
     normalize_indexed_channel(out)
     for b in built:

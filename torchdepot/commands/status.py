@@ -20,11 +20,21 @@ def status_cmd(mirror: Path, as_json: bool) -> None:
       torchdepot status mirror/out
       torchdepot status /srv/torch --json
     """
+    from torchdepot.ship.pullthrough import read_misses, summarize
     from torchdepot.site.status import mirror_status, render
     from torchdepot.store import manifest as mf
 
     status = mirror_status(mirror, mf.load(mirror))
-    click.echo(json.dumps(status.to_json(), indent=1, sort_keys=True) if as_json else render(status))
+    misses = summarize(read_misses(mirror))  # what serve --pull-through was asked for and lacked
+    if as_json:
+        doc = status.to_json()
+        if misses.files or misses.pages:
+            doc["pull_through_misses"] = {"files": misses.files, "fetched": misses.fetched,
+                                          "not_served": misses.not_served, "pages": misses.pages,
+                                          "projects": dict(misses.projects)}
+        click.echo(json.dumps(doc, indent=1, sort_keys=True))
+    else:
+        click.echo("\n".join([render(status), *misses.lines()]))
 
 
 COMMANDS = [status_cmd]

@@ -120,10 +120,11 @@ class Fetcher:
         self.cache = HashCache(self.root)
         self.partial_dir = self.root / L.PARTIAL_DIR
         self.report: FetchReport | None = None
-        self._progress: Progress | None = None
-        self._pool: Pool | None = None
-        self._segments: Segmenter | None = None
-        self._streams: Streamer | None = None
+        # set by start() (and kept after close()); used only between the two
+        self._progress: Progress
+        self._pool: Pool
+        self._segments: Segmenter
+        self._streams: Streamer
         self._files: ThreadPoolExecutor | None = None
         self._pieces: ThreadPoolExecutor | None = None
         self._futures: dict[str, Future] = {}
@@ -182,7 +183,7 @@ class Fetcher:
 
     def close(self) -> FetchReport:
         """Wait for every submitted file; return (and keep in ``report``) the results."""
-        if self._files is None:
+        if self._files is None or self._pieces is None:  # both set by start(), cleared here
             return self.report or FetchReport()
         report = FetchReport()
         try:
@@ -216,10 +217,7 @@ class Fetcher:
         return res
 
     def _partial_path(self, key: str) -> Path:
-        name = key.replace("/", "__")
-        if len(name) > 200:  # keep under NAME_MAX; a digest keeps it unique and stable for resume
-            name = name[:120] + "-" + hashlib.sha256(key.encode()).hexdigest()[:32]
-        return self.partial_dir / (name + ".part")
+        return partial_path(self.root, key)
 
     def _one(self, item: FetchItem) -> FetchResult:
         dest = safe_join(self.root, item.key)
@@ -359,6 +357,15 @@ class Fetcher:
                            url=url, error=None, upstream_sha256=item.sha256,
                            hash_mismatch=item.sha256 is not None and digest != item.sha256, resumed=resumed,
                            attempts=attempts)
+
+
+def partial_path(root: Path, key: str) -> Path:
+    """Where the bytes of ``key`` arrive before their check (a reader may follow a
+    one-connection download there: the pull-through cache streams it to waiting clients)."""
+    name = key.replace("/", "__")
+    if len(name) > 200:  # keep under NAME_MAX; a digest keeps it unique and stable for resume
+        name = name[:120] + "-" + hashlib.sha256(key.encode()).hexdigest()[:32]
+    return Path(root) / L.PARTIAL_DIR / (name + ".part")
 
 
 def fetch_items(root: Path, items: list[FetchItem], client: Client, **kwargs) -> FetchReport:

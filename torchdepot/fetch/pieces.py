@@ -20,6 +20,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeGuard
 
 SIDECAR_SUFFIX = ".pieces.json"
 SIDECAR_VERSION = 1
@@ -98,14 +99,17 @@ class PieceState:
             return None
         size, piece, count, done = doc.get("size"), doc.get("piece_bytes"), doc.get("count"), doc.get("done")
         etag, modified = doc.get("etag"), doc.get("last_modified")
-        ints = (size, piece, count)
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in ints):
+        if not (_positive_int(size) and _positive_int(piece) and _positive_int(count)):
             return None
         if not isinstance(done, list) or not all(isinstance(i, int) and 0 <= i < count for i in done):
             return None
         if not all(v is None or isinstance(v, str) for v in (etag, modified)):
             return None
         return cls(Validators(size, etag, modified), piece, count, set(done))
+
+
+def _positive_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def sidecar_path(part: Path) -> Path:

@@ -99,9 +99,9 @@ class Progress:
             if event:
                 self._last_event = now
             snap = self._snapshot("progress", now) if (line or event) else None
-        if line:
+        if line and snap is not None:
             print(self.format_line(snap), file=self.stream, flush=True)
-        if event:
+        if event and snap is not None and self.callback is not None:
             self.callback(snap)
 
     def file_done(self, key: str, status: str) -> None:

@@ -109,7 +109,7 @@ class Segmenter:
             head = todo.pop(0) if first is not None else None
             futures = [self.executor.submit(self._piece, seg, p) for p in todo]
             errors: list[BaseException] = []
-            if head is not None:
+            if head is not None and first is not None:
                 self._stream_head(seg, head, first, slot, futures, errors)
             for fut in futures:
                 try:
@@ -150,7 +150,8 @@ class Segmenter:
             errors.append(exc)
         finally:
             first.close()  # the rest of its body belongs to the other pieces
-            slot.release()  # never wait for the pieces while holding a socket slot
+            if slot is not None:
+                slot.release()  # never wait for the pieces while holding a socket slot
 
     def _piece(self, seg: _Segmented, piece: Piece) -> None:
         """Fetch one piece (retrying from where it stopped) and record it in the sidecar."""

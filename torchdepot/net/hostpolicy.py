@@ -130,7 +130,7 @@ PACKAGE_SUFFIXES = (".whl", ".conda", ".tar.bz2")
 def filename_refusal(name: str) -> str | None:
     """Why a decoded file name must not be stored, or None for a valid wheel/conda name."""
     from torchdepot.errors import TorchdepotError
-    from torchdepot.model.names import safe_filename
+    from torchdepot.model.names import safe_filename, safe_path_name
 
     if not name:
         return "empty file name"
@@ -138,7 +138,9 @@ def filename_refusal(name: str) -> str | None:
     if decoded in (".", "..") or "/" in decoded or "\\" in decoded or ".." in decoded.split("/"):
         return "path traversal in file name"
     try:
-        safe_filename(name)
+        safe_path_name(name)
+        if not decoded.endswith((".conda", ".tar.bz2")):
+            safe_filename(name)
     except TorchdepotError:
         return "unsafe file name"
     if decoded.endswith(".whl"):
@@ -152,9 +154,11 @@ def filename_refusal(name: str) -> str | None:
             return "invalid wheel file name"
         return None
     if decoded.endswith((".conda", ".tar.bz2")):
-        stem = decoded[: -len(".conda")] if decoded.endswith(".conda") else decoded[: -len(".tar.bz2")]
-        parts = stem.rsplit("-", 2)
-        if len(parts) != 3 or not all(parts):
+        from torchdepot.model.names import conda_filename
+
+        try:  # conda's own name rule (``_libgcc_mutex`` is valid), checked as a path
+            conda_filename(name)
+        except TorchdepotError:
             return "invalid conda package file name"
         return None
     if decoded.endswith(".metadata") and decoded[: -len(".metadata")].endswith(".whl"):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from rattler import GenericVirtualPackage, MatchSpec, PackageName, Version
 from torchdepot.errors import ParseError, TorchdepotError
 from torchdepot.model.accel import Accelerator
 from torchdepot.model.condabuild import parse_build_string
+from torchdepot.sources.repodata import RepodataError
 from torchdepot.spec.conda import CondaTarget
 
 # Packages that exist once per accelerator and must match the target's exactly.
@@ -39,8 +41,23 @@ class SolveError(TorchdepotError):
     """No closure for a target, or one that would install the wrong variant."""
 
 
-def virtual_packages(target: CondaTarget, glibc: str = GLIBC) -> list[GenericVirtualPackage]:
-    """The virtual packages a machine of this target has (``__cuda`` only for CUDA)."""
+def platform_glibc(platform: str) -> str:
+    """The glibc a target platform promises (``linux-x86_64`` -> manylinux_2_28 -> ``2.28``)."""
+    from torchdepot.model.platforms import target_platform
+
+    try:
+        triple = target_platform(platform).uv_platform
+    except ParseError:
+        return GLIBC
+    m = re.search(r"manylinux_(\d+)_(\d+)", triple)
+    return f"{m.group(1)}.{m.group(2)}" if m else GLIBC
+
+
+def virtual_packages(target: CondaTarget, glibc: str | None = None) -> list[GenericVirtualPackage]:
+    """The virtual packages a machine of this target has, set explicitly (never detected):
+    ``__cuda`` from the accelerator (CPU: none; cu126: 12.6), ``__glibc`` from the platform,
+    ``__archspec`` from the subdir, and the OS's own."""
+    glibc = glibc or platform_glibc(target.platform)
     os_ = target.subdir.split("-", 1)[0]
     vp: list[tuple[str, str, str]] = []
     if os_ == "linux":
@@ -93,21 +110,30 @@ class SubdirSource:
     subdir: str
     base_url: str  # records' URLs are <base_url>/<subdir>/<file>
     path: Path  # repodata.json on disk
+    where: str = ""  # the URL it was fetched from, for messages
 
 
 class _FilteredSource:
     """A ``rattler.RepoDataSource`` hiding records that state the wrong variant."""
 
-    def __init__(self, sparse: dict[str, rattler.SparseRepoData], target: CondaTarget):
+    def __init__(self, sparse: dict[str, rattler.SparseRepoData], target: CondaTarget, where: dict[str, str]):
         self.sparse = sparse
         self.target = target
+        self.where = where  # subdir -> URL, for messages
         self.seen: dict[str, list[str]] = {}  # name -> kept builds (for pins)
+        self.errors: list[str] = []  # records py-rattler refused (bad name, bad JSON), one line each
 
     async def fetch_package_records(self, platform, name):
         sp = self.sparse.get(str(platform))
         if sp is None:
             return []
-        recs = [r for r in sp.load_records(name) if keep_record(str(r.build), self.target)]
+        try:
+            loaded = sp.load_records(name)
+        except Exception as exc:  # rattler's InvalidPackageNameError, ParseError...: upstream's fault
+            self.errors.append(f"{self.where.get(str(platform), platform)}: unsafe or invalid record for "
+                               f"{str(name)[:100]!r}: {one_line(exc)}")
+            raise
+        recs = [r for r in loaded if keep_record(str(r.build), self.target)]
         self.seen.setdefault(str(name.normalized if hasattr(name, "normalized") else name), []).extend(
             str(r.build) for r in recs)
         return recs
@@ -157,12 +183,21 @@ def check_solution(records, target: CondaTarget) -> None:
             raise SolveError(f"target {target.id}: solver picked {name} {r.build} for Python {parsed.python}")
 
 
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    return " ".join(str(exc).split())[:limit]
+
+
 def open_sources(sources: list[SubdirSource]) -> dict[str, dict[str, rattler.SparseRepoData]]:
-    """channel -> subdir -> SparseRepoData (records load lazily, per package name)."""
+    """channel -> subdir -> SparseRepoData (records load lazily, per package name; the file is
+    memory-mapped and indexed by name without building a Python object per record)."""
     out: dict[str, dict[str, rattler.SparseRepoData]] = {}
     for src in sources:
         chan = rattler.Channel(src.base_url)
-        out.setdefault(src.channel, {})[src.subdir] = rattler.SparseRepoData(chan, src.subdir, str(src.path))
+        try:
+            out.setdefault(src.channel, {})[src.subdir] = rattler.SparseRepoData(chan, src.subdir, str(src.path))
+        except Exception as exc:  # truncated or malformed JSON: serde's message names line and column
+            raise RepodataError(f"{src.where or src.path}: not valid repodata JSON ({one_line(exc)}; "
+                                "truncated download?)") from None
     return out
 
 
@@ -171,7 +206,8 @@ def solve_target(specs: list[str], sources: list[SubdirSource], target: CondaTar
     """Solve ``specs`` for ``target`` over ``sources`` (channel order = priority)."""
     sparse = sparse if sparse is not None else open_sources(sources)
     channels = list(dict.fromkeys(s.channel for s in sources))
-    filtered = [_FilteredSource(sparse[c], target) for c in channels]
+    where = {c: {s.subdir: s.where or str(s.path) for s in sources if s.channel == c} for c in channels}
+    filtered = [_FilteredSource(sparse[c], target, where[c]) for c in channels]
     match_specs = [MatchSpec(s) for s in specs]
     has_python = any("python" in sp.package_names() for c in channels for sp in sparse[c].values())
     if has_python and not any(str(m.name.normalized) == "python" for m in match_specs):
@@ -185,7 +221,10 @@ def solve_target(specs: list[str], sources: list[SubdirSource], target: CondaTar
             channel_priority=rattler.ChannelPriority.Strict, timestamp_policy="allow-missing",
         ))
     except Exception as exc:  # rattler.exceptions.SolverError and friends
-        first = " ".join(str(exc).split())[:400]
+        bad = [e for f in filtered for e in f.errors]
+        if bad:
+            raise RepodataError(bad[0]) from None
+        first = one_line(exc, 400)
         raise SolveError(f"target {target.id} ({target.subdir}): no solution for {', '.join(specs)}: {first}") from None
     check_solution(records, target)
     origin = {}

@@ -51,9 +51,10 @@ def plan(root: Path, dest: str, extra: list[str] | None = None) -> list[Step]:
     if not (root / MANIFEST_NAME).is_file():
         raise PublishError(f"{root / MANIFEST_NAME}: no manifest (is {root} a torchdepot mirror?)")
     steps = [
-        Step("packages", _copy(root, dest, ["/packages/**", "/conda/**.conda", "/conda/**.tar.bz2"], extra)),
+        Step("packages", _copy(root, dest, ["/packages/**", "/conda/**.conda", "/conda/**.tar.bz2",
+                                             "/conda/**/shards/**"], extra)),
         Step("locks", _copy(root, dest, ["/envs/**", "/targets/**"], extra)),
-        Step("indexes", _copy(root, dest, ["/whl/**", "/conda/**/repodata*", "/conda/**/channeldata.json",
+        Step("indexes", _copy(root, dest, ["/whl/**", "/conda/**/repodata*", "/conda/**/channeldata.json", "/conda/**/run_exports.json",
                                            "/conda/**/index.html"], extra)),
         Step("manifest", ("copyto", str(root / MANIFEST_NAME), _join(dest, MANIFEST_NAME), *extra)),
     ]

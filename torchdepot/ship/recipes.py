@@ -24,6 +24,7 @@ import importlib.util
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -279,12 +280,16 @@ def plan_wheels(wheels: list[Path], python: str | None = None, subdirs: tuple[st
 
 
 def build_wheels(wheels: list[Path], out_channel: Path, *, python: str | None = None, subdirs: tuple[str, ...] = (),
-                 compression_level: int = 3, recipes_dir: Path = RECIPES_DIR) -> list[BuiltPackage]:
+                 compression_level: int = 3, recipes_dir: Path = RECIPES_DIR,
+                 on_start: Callable[[int, int, WheelPlan], None] | None = None) -> list[BuiltPackage]:
+    """Repackage each wheel as planned; ``on_start(i, n, plan)`` before each package (progress)."""
     require_rattler_build()
     names = load_conda_names()
     plans = plan_wheels(wheels, python, subdirs, names)
     built = []
-    for plan in plans:
+    for i, plan in enumerate(plans, 1):
+        if on_start is not None:
+            on_start(i, len(plans), plan)
         stage1 = render(plan.recipe, plan.context, plan.subdir, recipes_dir)
         deps, omitted = wheel_depends(plan.wheel, plan.subdir, plan.python, names)
         desc = f"Repackaged from {plan.wheel.name} by torchdepot."

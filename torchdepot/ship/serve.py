@@ -1,35 +1,41 @@
-"""A static file server good enough for a lab, and an nginx config for a real one.
+"""A static file server good enough for a lab (the nginx config for a real one is :mod:`.nginx`).
 
 Serving a mirror is serving static files: HTTP Range (206/416), content types for wheels,
 metadata and conda files, ``ETag``/``Last-Modified`` with 304s, ``index.html`` for
-directories (no listings), short cache lifetimes for indexes and ``immutable`` for
-packages. A request can never leave the root: the path is resolved (symlinks followed)
+directories (no listings), ``immutable`` for ``packages/`` (a path there never receives
+other bytes) and revalidation (``no-cache`` + ETag) for everything else. A request can never leave the root: the path is resolved (symlinks followed)
 and must stay under the resolved root, so the mirror's own ``whl -> .publish/<gen>/whl``
 link works while a link pointing outside is refused. Hidden names (``.torchdepot``) are
 not served.
 
 PEP 691: a directory URL answers with ``index.json`` (``application/vnd.pypi.simple.v1+json``)
 when the client's Accept header prefers it (q-values; ties go to JSON, wildcards to HTML),
-else ``index.html``; both carry ``Vary: Accept``. The nginx config does the same with a map.
+else ``index.html``; both carry ``Vary: Accept``.
 
 Bounds (:class:`ServeLimits`): a connection holds a worker only while a request is being
-read or answered. Idle keep-alive connections wait in one selector thread, are closed
-after ``idle_timeout`` and, past ``max_idle``, oldest first; so a flood of idle sockets
-cannot starve real clients. Requests are answered by a fixed pool of ``workers`` threads.
+answered. Idle keep-alive connections, and connections still sending their request head,
+wait in one selector thread that reads heads without blocking: a head not complete within
+``header_timeout`` is closed, an idle connection after ``idle_timeout`` and, past
+``max_idle``, oldest first. Connections are capped in total (fitted to the descriptor
+limit) and per client address. So neither a flood of idle sockets nor connections
+dribbling a header byte at a time can hold the workers real clients need. Requests are answered by a fixed pool of ``workers`` threads.
 A bad request gets a status (400/404/414/416/431), never a dropped connection, and the
 log gets one line, never a traceback.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import email.utils
 import http
 import http.server
+import io
 import os
 import posixpath
 import queue
 import re
+import resource
 import selectors
 import socket
 import sys
@@ -41,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from torchdepot.store.layout import PACKAGES_DIR
 from torchdepot.store.simple_json import HTML_MEDIA_TYPE, HTML_PAGE, JSON_MEDIA_TYPE, JSON_PAGE
 
 CONTENT_TYPES = {
@@ -60,8 +67,8 @@ CONTENT_TYPES = {
     ".css": "text/css",
     ".js": "text/javascript",
 }
-PACKAGE_SUFFIXES = (".whl", ".metadata", ".conda", ".tar.bz2")
-INDEX_MAX_AGE = 60  # indexes change on every sync: clients revalidate soon
+IMMUTABLE = "public, max-age=31536000, immutable"
+REVALIDATE = "no-cache"  # may be stored, but revalidated (ETag / If-Modified-Since) before each use
 # 18 digits is an exabyte: longer numbers are not a file we hold (and int() of 5,000 digits raises)
 _RANGE = re.compile(r"bytes=(\d{0,18})-(\d{0,18})")
 RANGE_HEADER_MAX = 64
@@ -76,6 +83,9 @@ class ServeLimits:
     idle_timeout: float = 30.0  # seconds a keep-alive connection may sit idle between requests
     request_timeout: float = 15.0  # seconds a socket read/write may stall inside a request
     max_idle: int = 512  # idle connections kept; beyond this the oldest is closed
+    header_timeout: float = 10.0  # seconds from a request head's first byte to its blank line
+    max_connections: int = 1024  # connections held at once (lowered to fit the descriptor limit)
+    max_per_client: int = 64  # connections one client address may hold at once
 
 
 def content_type(name: str) -> str:
@@ -84,11 +94,14 @@ def content_type(name: str) -> str:
     return CONTENT_TYPES.get(posixpath.splitext(name)[1].lower(), "application/octet-stream")
 
 
-def cache_control(name: str) -> str:
-    # a package file's name pins its bytes (its hash is in every index), so it never changes
-    if name.endswith(PACKAGE_SUFFIXES):
-        return "public, max-age=31536000, immutable"
-    return f"public, max-age={INDEX_MAX_AGE}, must-revalidate"
+def cache_control(url_path: str) -> str:
+    """The Cache-Control of a file by its URL path: ``immutable`` only under ``packages/``,
+    where a path never receives other bytes (new bytes get a new path, docs/publication.md);
+    pages, the manifest, locks and conda files may change, so clients revalidate (ETag)."""
+    parts = [p for p in urllib.parse.unquote(urllib.parse.urlsplit(url_path).path).split("/") if p]
+    if len(parts) >= 3 and parts[0] == PACKAGES_DIR and parts[-1] not in (HTML_PAGE, JSON_PAGE):
+        return IMMUTABLE
+    return REVALIDATE
 
 
 @dataclass(frozen=True)
@@ -238,8 +251,8 @@ class MirrorHandler(http.server.BaseHTTPRequestHandler):
         except RequestRefused as exc:
             self._error(exc.status)
 
-    def _error(self, code: int, extra: dict[str, str] | None = None) -> None:
-        body = f"{code} {http.HTTPStatus(code).phrase}\n".encode()
+    def _error(self, code: int, extra: dict[str, str] | None = None, why: str = "") -> None:
+        body = f"{code} {http.HTTPStatus(code).phrase}{': ' + why if why else ''}\n".encode()
         self.send_response(code)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
@@ -253,23 +266,32 @@ class MirrorHandler(http.server.BaseHTTPRequestHandler):
         target = resolve_under(self.root, self.path)
         if target is None:
             return self._error(404)
-        negotiated: dict[str, str] = {}
         try:
             is_dir = target.is_dir()
         except OSError:
             return self._error(404)
         if is_dir:
-            url = urllib.parse.urlsplit(self.path).path
-            if not url.endswith("/"):
-                self.send_response(301)
-                self.send_header("Location", url + "/")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
+            if self._redirect_to_slash():
+                return None
             want = negotiate(self.headers.get("Accept"))
             target = target / (JSON_PAGE if want == "json" and (target / JSON_PAGE).is_file() else HTML_PAGE)
             self._served = target.name
-            negotiated["Vary"] = "Accept"
+            return self._send_file(target, body, {"Vary": "Accept"})
+        return self._send_file(target, body)
+
+    def _redirect_to_slash(self) -> bool:
+        """A directory URL without its slash: 301 to it (True when sent)."""
+        url = urllib.parse.urlsplit(self.path).path
+        if url.endswith("/"):
+            return False
+        self.send_response(301)
+        self.send_header("Location", url + "/")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        return True
+
+    def _send_file(self, target: Path, body: bool, negotiated: dict[str, str] | None = None) -> None:
+        """Answer with the file at ``target`` (validators, 304, Range), or 404 when it cannot be opened."""
         try:
             fh = open(target, "rb")  # noqa: SIM115 - closed by the with below; only open() errors are a 404
         except OSError:  # missing, a directory, unreadable, a symlink loop, a name too long
@@ -281,16 +303,16 @@ class MirrorHandler(http.server.BaseHTTPRequestHandler):
             headers = {
                 "ETag": etag,
                 "Last-Modified": last_modified,
-                "Cache-Control": cache_control(target.name),
+                "Cache-Control": cache_control(self.path),
                 "Accept-Ranges": "bytes",
-                **negotiated,
+                **(negotiated or {}),
             }
             if self._not_modified(etag, st.st_mtime):
                 self.send_response(304)
                 for k, v in headers.items():
                     self.send_header(k, v)
                 self.end_headers()
-                return
+                return None
             size = st.st_size
             rng_header = self.headers.get("Range")
             if_range = self.headers.get("If-Range")
@@ -314,6 +336,7 @@ class MirrorHandler(http.server.BaseHTTPRequestHandler):
             if body:
                 fh.seek(start)
                 _copy(fh, self.wfile, length)
+        return None
 
     def _not_modified(self, etag: str, mtime: float) -> bool:
         inm = self.headers.get("If-None-Match")
@@ -343,23 +366,72 @@ def _copy(src, dst, length: int) -> None:
         pass  # client went away (e.g. pip cancelled): nothing to do
 
 
+class _PrefixedSocketIO(io.RawIOBase):
+    """A socket's byte stream with the bytes the selector thread already read in front."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.prefix = bytearray()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        if self.prefix:
+            n = min(len(buf), len(self.prefix))
+            buf[:n] = self.prefix[:n]
+            del self.prefix[:n]
+            return n
+        return self.sock.recv_into(buf)
+
+
 class _Connection:
-    """One client connection and its handler, kept across keep-alive requests."""
+    """One client connection and its handler, kept across keep-alive requests.
+
+    Between requests it is parked in the selector thread, which also reads the next
+    request's head (non-blocking) until the blank line: a worker only ever gets a
+    connection whose request head is complete (or too long to be one, answered 414/431)."""
 
     def __init__(self, sock: socket.socket, address, server: MirrorServer):
         self.sock = sock
-        handler = server.RequestHandlerClass.__new__(server.RequestHandlerClass)
+        self.client = address[0] if isinstance(address, tuple) else str(address)
+        cls: type[MirrorHandler] = server.RequestHandlerClass  # type: ignore[assignment]
+        handler = cls.__new__(cls)
         handler.request, handler.client_address, handler.server = sock, address, server
         handler.setup()  # socket timeout + rfile/wfile, once per connection
+        handler.rfile.close()  # setup()'s socket file: its reference would keep the fd open after close
+        self.stream = _PrefixedSocketIO(sock)
+        self.reader = io.BufferedReader(self.stream, 64 * 1024)
+        handler.rfile = self.reader
         self.handler = handler
-        self.deadline = 0.0
+        self.deadline = 0.0  # when the selector thread gives up on it (idle or head deadline)
+        self.parked_at = 0.0  # when it last came back to the selector thread
+        self.head_started: float | None = None  # first byte of a request head seen at
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    def read_head(self) -> bool | None:
+        """Read what the client sent (without blocking): True when a request head is complete
+        (or too long to be one), False to keep waiting, None when the client closed."""
+        try:
+            data = self.sock.recv(HEAD_READ, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return None
+        if not data:
+            return None
+        self.stream.prefix += data
+        head = self.stream.prefix
+        # a request head ends at a blank line; an HTTP/0.9 line at its first line end
+        return b"\r\n\r\n" in head or b"\n\n" in head or len(head) > HEAD_MAX \
+            or (b"\n" in head and b" HTTP/" not in head.split(b"\n", 1)[0])
+
     def serve(self) -> bool:
         """Answer the waiting request (and any pipelined behind it); True to keep the connection."""
         h = self.handler
+        self.head_started = None
         while True:
             h.close_connection = True
             h.handle_one_request()
@@ -370,10 +442,12 @@ class _Connection:
 
     def _buffered(self) -> bool:
         # bytes already read into rfile's buffer never wake the selector: look without blocking
+        if self.stream.prefix:
+            return True
         timeout = self.sock.gettimeout()
         try:
             self.sock.settimeout(0)
-            return bool(self.handler.rfile.peek(1))
+            return bool(self.reader.peek(1))
         except OSError:
             return False
         finally:
@@ -386,28 +460,76 @@ class _Connection:
         server.shutdown_request(self.sock)
 
 
+HEAD_READ = 16 * 1024
+HEAD_MAX = 65_536 + 1024  # the handler's own line limit (65,536) plus a margin: past it, 414/431
+EVICT_GRACE = 1.0  # seconds a new or just-answered connection is spared by the caps' eviction
+EVICT_HEADROOM = 8  # connections accepted past a cap while the oldest parked ones are closed
+FD_RESERVE = 16  # descriptors kept free for the listener, files being served and upstream sockets
+
+
+def connection_cap(limits: ServeLimits) -> int:
+    """Connections held at once: ``limits.max_connections``, lowered to fit the process's
+    descriptor limit (each connection is one fd; each busy worker may open a file and a socket)."""
+    try:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (OSError, ValueError):
+        soft = resource.RLIM_INFINITY
+    if soft == resource.RLIM_INFINITY:
+        return limits.max_connections
+    spare = soft - FD_RESERVE - 2 * min(limits.workers, soft // 4)
+    return max(EVICT_HEADROOM + 4, min(limits.max_connections, spare))
+
+
 class MirrorServer(http.server.HTTPServer):
-    """HTTP server with a bounded worker pool and a selector that parks idle connections."""
+    """HTTP server with a bounded worker pool and a selector thread that holds every
+    connection that is not being answered: idle ones, and ones still sending their request
+    head (read there without blocking, under ``header_timeout``). Connections are capped in
+    total (:func:`connection_cap`) and per client address (``max_per_client``): past a cap
+    the holder's oldest parked connection is closed; past the total and its headroom, the
+    new one is."""
 
     request_queue_size = 128
 
     def __init__(self, address, handler, limits: ServeLimits = ServeLimits()):
         self.limits = limits
+        self.max_connections = connection_cap(limits)
         # everything server_close() touches exists before the bind (which may fail and call it)
         self._pool = ThreadPoolExecutor(max_workers=limits.workers, thread_name_prefix="torchdepot-serve")
         self._returned: queue.SimpleQueue[_Connection] = queue.SimpleQueue()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._stopping = threading.Event()
+        self._count_lock = threading.Lock()
+        self._open = 0  # connections held (parked or answered)
+        self._per_client: collections.Counter[str] = collections.Counter()
+        self._evict: queue.SimpleQueue[str | None] = queue.SimpleQueue()  # a client (None: anyone) over its cap
         self._parker = threading.Thread(target=self._park_loop, name="torchdepot-serve-idle", daemon=True)
         super().__init__(address, handler)
         self._parker.start()
 
     # the accept loop (serve_forever) hands every new connection to the parking thread
     def process_request(self, request, client_address):
+        client = client_address[0] if isinstance(client_address, tuple) else str(client_address)
+        with self._count_lock:
+            # past a cap, the holder's oldest parked connection makes room and the new one is
+            # taken (a client over its own cap only ever cycles its own connections); only the
+            # descriptor-fitted total, headroom spent, refuses a connection
+            over_client = self._per_client[client] >= self.limits.max_per_client
+            if over_client or self._open >= self.max_connections - EVICT_HEADROOM:
+                self._evict.put(client if over_client else None)
+            refuse = self._open >= self.max_connections
+            if not refuse:
+                self._open += 1
+                self._per_client[client] += 1
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+        if refuse:
+            self.shutdown_request(request)
+            return
         try:
             conn = _Connection(request, client_address, self)
         except OSError:
+            self._release(client)
             self.shutdown_request(request)
             return
         self._park(conn)
@@ -415,6 +537,24 @@ class MirrorServer(http.server.HTTPServer):
     def handle_error(self, request, client_address):
         exc = sys.exc_info()[1]
         sys.stderr.write(f"torchdepot serve: {client_address}: {type(exc).__name__}: {exc}\n")
+
+    def _handle_request_noblock(self):
+        with contextlib.suppress(OSError):
+            super()._handle_request_noblock()
+        # out of descriptors: the listener stays readable, so do not spin on accept()
+        if self._open >= self.max_connections:
+            time.sleep(0.01)
+
+    def _release(self, client: str) -> None:
+        with self._count_lock:
+            self._open -= 1
+            self._per_client[client] -= 1
+            if self._per_client[client] <= 0:
+                del self._per_client[client]
+
+    def _close(self, conn: _Connection) -> None:
+        conn.close(self)
+        self._release(conn.client)
 
     def _park(self, conn: _Connection) -> None:
         self._returned.put(conn)
@@ -430,16 +570,22 @@ class MirrorServer(http.server.HTTPServer):
         if keep and not self._stopping.is_set():
             self._park(conn)
         else:
-            conn.close(self)
+            self._close(conn)
 
     def _park_loop(self) -> None:
         sel = selectors.DefaultSelector()
         sel.register(self._wake_r, selectors.EVENT_READ)
-        idle: dict[_Connection, None] = {}  # insertion order = oldest first
+        parked: dict[_Connection, None] = {}  # insertion order = oldest first
+        limits = self.limits
+
+        def drop(conn: _Connection) -> None:
+            parked.pop(conn, None)
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                sel.unregister(conn)
+            self._close(conn)
+
         while not self._stopping.is_set():
-            now = time.monotonic()
-            timeout = min([1.0] + [max(0.0, c.deadline - now) for c in list(idle)[:1]])
-            for key, _ in sel.select(timeout):
+            for key, _ in sel.select(0.25):
                 if key.fileobj is self._wake_r:
                     try:
                         while self._wake_r.recv(4096):
@@ -448,31 +594,50 @@ class MirrorServer(http.server.HTTPServer):
                         pass
                     continue
                 conn = key.fileobj
-                sel.unregister(conn)
-                idle.pop(conn, None)
-                self._pool.submit(self._turn, conn)
+                assert isinstance(conn, _Connection)
+                got = conn.read_head()
+                if got is None:
+                    drop(conn)
+                elif got:
+                    sel.unregister(conn)
+                    parked.pop(conn, None)
+                    self._pool.submit(self._turn, conn)
+                elif conn.head_started is None:  # the first bytes of a head: its deadline starts
+                    conn.head_started = time.monotonic()
+                    conn.deadline = conn.head_started + limits.header_timeout
             while True:
                 try:
                     conn = self._returned.get_nowait()
                 except queue.Empty:
                     break
-                conn.deadline = time.monotonic() + self.limits.idle_timeout
+                conn.parked_at = time.monotonic()
+                conn.deadline = conn.parked_at + limits.idle_timeout
                 try:
                     sel.register(conn, selectors.EVENT_READ)
                 except (ValueError, OSError):
-                    conn.close(self)
+                    self._close(conn)
                     continue
-                idle[conn] = None
-            now = time.monotonic()
-            while idle:
-                oldest = next(iter(idle))
-                if len(idle) <= self.limits.max_idle and oldest.deadline > now:
+                parked[conn] = None
+            while True:  # a cap was hit: close the oldest parked connection of that client (or anyone's)
+                try:
+                    who = self._evict.get_nowait()
+                except queue.Empty:
                     break
-                del idle[oldest]
-                sel.unregister(oldest)
-                oldest.close(self)
-        for conn in list(idle):
-            conn.close(self)
+                # a connection parked for less than EVICT_GRACE is a client about to send: spared
+                since = time.monotonic() - EVICT_GRACE
+                victim = next((c for c in parked if (who is None or c.client == who) and c.parked_at <= since), None)
+                if victim is not None:
+                    drop(victim)
+            now = time.monotonic()
+            settled = [c for c in parked if c.parked_at <= now - EVICT_GRACE]
+            while settled and self._open > self.max_connections - EVICT_HEADROOM:  # keep the headroom free
+                drop(settled.pop(0))
+            for conn in [c for c in parked if c.deadline <= now]:
+                drop(conn)
+            while len(parked) > limits.max_idle:
+                drop(next(iter(parked)))
+        for conn in list(parked):
+            drop(conn)
         sel.close()
 
     def server_close(self):
@@ -488,17 +653,21 @@ class MirrorServer(http.server.HTTPServer):
 
 
 def make_server(root: Path, host: str = "127.0.0.1", port: int = 8000, quiet: bool = False,
-                limits: ServeLimits = ServeLimits()) -> MirrorServer:
+                limits: ServeLimits = ServeLimits(), handler_class: type[MirrorHandler] = MirrorHandler,
+                **handler_attrs: object) -> MirrorServer:
+    """The server for ``root``; ``handler_class`` (a :class:`MirrorHandler`) with ``handler_attrs``
+    set on it answers the requests (the pull-through cache passes its own)."""
     root = Path(root).resolve()
-    handler = type("BoundMirrorHandler", (MirrorHandler,),
-                   {"root": root, "quiet": quiet, "timeout": limits.request_timeout})
+    handler = type("BoundMirrorHandler", (handler_class,),
+                   {"root": root, "quiet": quiet, "timeout": limits.request_timeout, **handler_attrs})
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     server_cls = type("BoundMirrorServer", (MirrorServer,), {"address_family": family})
     return server_cls((host, port), handler, limits)
 
 
 def server_url(httpd: http.server.HTTPServer) -> str:
-    host, port = httpd.server_address[:2]
+    address, port = httpd.server_address[:2]
+    host = address.decode() if isinstance(address, bytes) else str(address)
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{port}"
@@ -516,75 +685,3 @@ def client_host(bound_host: str) -> str:
 def client_url(httpd: http.server.HTTPServer, bound_host: str) -> str:
     host = client_host(bound_host)
     return f"http://{'[' + host + ']' if ':' in host else host}:{httpd.server_address[1]}"
-
-
-# -- nginx -----------------------------------------------------------------------------
-def nginx_types() -> dict[str, list[str]]:
-    """CONTENT_TYPES as nginx's ``types { mime ext...; }`` (nginx matches the last suffix;
-    charset comes from the ``charset`` directive, not the type)."""
-    out: dict[str, list[str]] = {}
-    for suffix, mime in CONTENT_TYPES.items():
-        out.setdefault(mime.split(";")[0].strip(), []).append(suffix.rsplit(".", 1)[-1])
-    return out
-
-
-# nginx has no q-value parser: JSON whenever the client lists a PEP 691 JSON type without q=0
-NGINX_ACCEPT_JSON = r"~*application/vnd\.pypi\.simple\.(v1|latest)\+json(?!\s*;\s*q\s*=\s*0(\.0*)?\s*(,|$))"
-NGINX_INDEX_VAR = "$torchdepot_index"
-
-
-def nginx_config(root: Path, port: int = 80, server_name: str = "_", listen: str | None = None) -> str:
-    """An nginx ``map`` and ``server { }`` block serving the mirror at ``root`` (include the
-    text inside ``http { }``). Types come from :data:`CONTENT_TYPES`; directory URLs answer
-    ``index.json`` to clients asking for PEP 691 JSON, ``index.html`` otherwise."""
-    root = Path(root).resolve()
-    types = "\n".join(f"        {mime} {' '.join(exts)};" for mime, exts in nginx_types().items())
-    json_re, html_re = (re.escape(name) for name in (JSON_PAGE, HTML_PAGE))
-    index_cache = f'add_header Cache-Control "public, max-age={INDEX_MAX_AGE}, must-revalidate";'
-    return f"""\
-# torchdepot mirror: static files only. Generated by `torchdepot serve --nginx-config`.
-# PEP 691: clients that ask for JSON get index.json, everyone else index.html.
-map $http_accept {NGINX_INDEX_VAR} {{
-    default {HTML_PAGE};
-    "{NGINX_ACCEPT_JSON}" {JSON_PAGE};
-}}
-server {{
-    listen {listen or port};
-    server_name {server_name};
-    root {root};
-    index {NGINX_INDEX_VAR} {HTML_PAGE};
-    autoindex off;
-    # whl/ is a symlink to .publish/<generation>/whl, swapped atomically on publish
-    disable_symlinks off;
-    charset utf-8;
-    types {{
-{types}
-    }}
-    default_type application/octet-stream;
-
-    # state (.torchdepot/) and hidden files are never served; .publish/ is reached via whl/
-    location ~ /\\. {{
-        return 404;
-    }}
-    # index pages: one URL, two representations (Accept)
-    location ~ /{json_re}$ {{
-        types {{ }}
-        default_type {JSON_MEDIA_TYPE};
-        add_header Vary Accept;
-        {index_cache}
-    }}
-    location ~ /{html_re}$ {{
-        add_header Vary Accept;
-        {index_cache}
-    }}
-    # package files are named by content (hash in every index): cache forever
-    location ~ \\.(whl|metadata|conda|tar\\.bz2)$ {{
-        add_header Cache-Control "public, max-age=31536000, immutable";
-    }}
-    # indexes change on every sync: short lifetime, then revalidate (ETag / Last-Modified)
-    location / {{
-        {index_cache}
-        try_files $uri $uri/ =404;
-    }}
-}}
-"""

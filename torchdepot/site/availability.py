@@ -201,20 +201,29 @@ def index_wheels(index_url: str, projects: Sequence[str], accelerators: set[str]
                    skipped=crawl.summary(index_url), requests=reader.request_counts()["pages"])
 
 
-def channel_records(url: str, subdirs: Sequence[str]) -> list[CondaRecord]:
-    """Every record of ``url``'s ``subdirs`` (fetched into a throwaway cache, then parsed by
-    the same validating parser a sync uses), sorted by subdir and file name."""
+def channel_records(url: str, subdirs: Sequence[str], names: Sequence[str] = ()) -> list[CondaRecord]:
+    """The records of ``url``'s ``subdirs`` (fetched, bounded, into a throwaway cache), sorted by
+    subdir and file name. With ``names``, only those packages, read natively per name (py-rattler's
+    SparseRepoData: a conda-forge subdir is never parsed record by record); without, every record,
+    through the same validating parser as a sync's chosen records."""
     import tempfile
     from pathlib import Path
 
+    import rattler
+
     from torchdepot.net.http import QUERY_HTTP, make_session
+    from torchdepot.resolve.conda import SubdirSource, open_sources
     from torchdepot.sources.channel import RepodataCache, fetch_repodata
-    from torchdepot.sources.repodata import parse_repodata
+    from torchdepot.sources.repodata import chosen_record
 
     records: list[CondaRecord] = []
     with make_session(QUERY_HTTP) as client, tempfile.TemporaryDirectory(prefix="td-condals-") as tmp:
         cache = RepodataCache(Path(tmp))
         for sd in subdirs:
             got = fetch_repodata(client, "channel", (url,), sd, cache, label=url)
-            records.extend(parse_repodata(got.path.read_bytes(), url, sd, got.url).records.values())
+            sparse = open_sources([SubdirSource("channel", sd, url, got.path, where=got.url)])["channel"][sd]
+            have = set(sparse.package_names())
+            for name in sorted(have & set(names)) if names else sorted(have):
+                for r in sparse.load_records(rattler.PackageName(name)):
+                    records.append(chosen_record(url, sd, r.file_name, r.to_json(), got.url))
     return sorted(records, key=lambda r: (r.subdir, r.filename))

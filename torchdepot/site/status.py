@@ -36,11 +36,13 @@ class MirrorStatus:
     files: int
     size: int
     last_sync: mf.SyncRecord | None
+    tombstones: tuple[mf.Tombstone, ...] = ()  # kept files upstream deleted or changed
 
     def to_json(self) -> dict:
         return {"root": self.root, "files": self.files, "size": self.size,
                 "targets": [{**asdict(t), "torch": list(t.torch)} for t in self.targets],
-                "last_sync": asdict(self.last_sync) if self.last_sync else None}
+                "last_sync": asdict(self.last_sync) if self.last_sync else None,
+                "tombstones": [{**asdict(t), "targets": list(t.targets)} for t in self.tombstones]}
 
 
 def _newest_first(versions: set[str]) -> tuple[str, ...]:
@@ -68,7 +70,8 @@ def mirror_status(root: Path | str, manifest: mf.Manifest) -> MirrorStatus:
         out.append(TargetStatus(id=t.id, kind=t.kind, origin=origin.get(t.id, "spec"),
                                 torch=_newest_first(versions), files=len(held), size=sum(sizes[p] for p in held)))
     return MirrorStatus(root=str(root), targets=tuple(out), files=len(manifest.files),
-                        size=sum(sizes.values()), last_sync=manifest.last_sync)
+                        size=sum(sizes.values()), last_sync=manifest.last_sync,
+                        tombstones=tuple(sorted(manifest.tombstones, key=lambda t: t.path)))
 
 
 def render(status: MirrorStatus) -> str:
@@ -80,4 +83,7 @@ def render(status: MirrorStatus) -> str:
     for t in status.targets:
         torch = ("torch " + ", ".join(t.torch)) if t.torch else "no torch"
         lines.append(f"  {t.id:<{width}}  {t.origin:<5}  {torch}  {t.files} files  {format_size(t.size)}")
+    if status.tombstones:
+        lines.append(f"{len(status.tombstones)} tombstone(s): kept files upstream no longer serves as published")
+        lines.extend(f"  {t.line()}" for t in status.tombstones)
     return "\n".join(lines)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from torchdepot.errors import ParseError, TorchdepotError, UnsafePathError
 from torchdepot.model.condabuild import CondaRecord, record_from_repodata
-from torchdepot.store.fsutil import safe_filename
+from torchdepot.model.names import conda_filename, conda_package_name
 
 
 class RepodataError(TorchdepotError):
@@ -34,15 +34,17 @@ class SubdirRepodata:
 
 
 def _check_name(where: str, filename: str, rec: object) -> None:
+    """Conda's own name rule (``_libgcc_mutex`` is valid); the file name checked as a path."""
     name = rec.get("name") if isinstance(rec, dict) else None
-    if isinstance(name, str) and ("/" in name or "\\" in name or ".." in name or not name):
-        raise RepodataError(f"{where}: record {filename!r} has unsafe package name {name!r}")
+    if isinstance(name, str):
+        try:
+            conda_package_name(name)
+        except UnsafePathError:
+            raise RepodataError(f"{where}: record {filename[:300]!r} has unsafe package name {name[:300]!r}") from None
     try:
-        safe_filename(filename)
+        conda_filename(filename)
     except UnsafePathError:
-        raise RepodataError(f"{where}: unsafe package file name {filename!r}") from None
-    if "/" in filename or ".." in filename:
-        raise RepodataError(f"{where}: unsafe package file name {filename!r}")
+        raise RepodataError(f"{where}: unsafe package file name {filename[:300]!r}") from None
 
 
 def parse_repodata(data: bytes | str, channel: str, subdir: str, where: str) -> SubdirRepodata:
@@ -81,6 +83,27 @@ def load_repodata(path: Path, channel: str, subdir: str, where: str | None = Non
     except OSError as exc:
         raise RepodataError(f"{where or path}: {exc.strerror or exc}") from None
     return parse_repodata(data, channel, subdir, where or str(path))
+
+
+# Fields py-rattler adds to a record it read (where it came from): not part of upstream's record.
+_LOCATION_FIELDS = ("fn", "url", "channel")
+
+
+def chosen_record(channel: str, subdir: str, filename: str, record_json: str, where: str) -> CondaRecord:
+    """One record the solver chose (``RepoDataRecord.to_json()``), validated as strictly as a
+    parsed one: conda's name rule, a safe file name that agrees with the record."""
+    try:
+        rec = json.loads(record_json)
+    except ValueError:
+        raise RepodataError(f"{where}: record {filename[:300]!r} is not JSON") from None
+    if not isinstance(rec, dict):
+        raise RepodataError(f"{where}: record {filename[:300]!r} is not an object")
+    rec = {k: v for k, v in rec.items() if k not in _LOCATION_FIELDS}
+    _check_name(where, filename, rec)
+    try:
+        return record_from_repodata(channel, subdir, filename, rec)
+    except ParseError as exc:
+        raise RepodataError(f"{where}: {exc}") from None
 
 
 def require_hashes(where: str, rec: CondaRecord) -> None:

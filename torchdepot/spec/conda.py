@@ -34,10 +34,28 @@ _CHANNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")
 PIP_TO_CONDA = {"torch": "pytorch"}
 
 
+# The legacy ``pytorch`` channel stopped at 2.5.x (PyTorch's conda builds ended there), before the
+# fix for CVE-2025-32434 (torch.load(weights_only=True) can still run code); conda-forge carries
+# current PyTorch. It stays an opt-in source; selecting it says so once per sync.
+LEGACY_PYTORCH_FROZEN = "2.5.x"
+LEGACY_PYTORCH_CVE = "CVE-2025-32434"
+
+
 @dataclass(frozen=True)
 class ChannelSpec:
     name: str  # directory under <out>/conda/
     mirrors: tuple[str, ...]  # base URLs, tried in order
+
+    @property
+    def legacy_pytorch(self) -> bool:
+        """The (frozen) ``pytorch`` channel, by name or by any mirror's last path segment."""
+        return self.name == "pytorch" or any(
+            urllib.parse.urlsplit(m).path.rstrip("/").rsplit("/", 1)[-1] == "pytorch" for m in self.mirrors)
+
+    def legacy_notice(self) -> str:
+        return (f"conda: channel {self.name!r} is the legacy pytorch channel, frozen at PyTorch "
+                f"{LEGACY_PYTORCH_FROZEN}, before the fix for {LEGACY_PYTORCH_CVE} (torch.load with "
+                "weights_only=True); current PyTorch for conda is on conda-forge (pytorch, pytorch-gpu)")
 
     def to_data(self) -> dict[str, object]:
         return {"name": self.name, "mirrors": list(self.mirrors)}
@@ -154,26 +172,35 @@ def pip_constraint_to_conda(constraint: str) -> str:
     return ",".join(out)
 
 
-def default_specs(spec: object) -> tuple[str, ...]:
+@dataclass(frozen=True)
+class PipSide:
+    """What the conda section reads from the rest of the spec (spec/mirror.py builds it: the
+    conda section is parsed before a MirrorSpec exists to hold it)."""
+
+    packages: tuple[tuple[str, str | None], ...] = ()  # (pip project, PEP 440 constraint or None)
+    extra_packages: tuple[str, ...] = ()
+    accelerators: tuple[str | Accelerator, ...] = ()
+    pythons: tuple[str, ...] = ()
+    platforms: tuple[str, ...] = ()
+
+
+def default_specs(side: PipSide) -> tuple[str, ...]:
     """Conda specs from the pip side's ``packages`` and ``extra_packages``."""
     out: list[str] = []
-    for i, pkg in enumerate(getattr(spec, "packages", ()) or ()):
-        name = getattr(pkg, "name", pkg if isinstance(pkg, str) else None)
-        if not isinstance(name, str):
-            continue
+    for i, (name, constraint) in enumerate(side.packages):
         conda_name = PIP_TO_CONDA.get(name.lower(), name.lower())
         try:
-            ver = pip_constraint_to_conda(getattr(pkg, "constraint", "") or "")
+            ver = pip_constraint_to_conda(constraint or "")
         except ParseError as exc:
             raise _err(f"packages[{i}]", str(exc)) from None
         out.append(f"{conda_name} {ver}".strip())
-    for name in getattr(spec, "extra_packages", ()) or ():
-        out.append(PIP_TO_CONDA.get(str(name).lower(), str(name).lower()))
+    for extra in side.extra_packages:
+        out.append(PIP_TO_CONDA.get(extra.lower(), extra.lower()))
     return tuple(dict.fromkeys(out))
 
 
-def parse_conda_section(raw: object, spec: object) -> CondaConfig | None:
-    """Validate ``spec.conda`` (``raw``) against the rest of the spec. None when absent."""
+def parse_conda_section(raw: object, side: PipSide) -> CondaConfig | None:
+    """Validate the ``conda:`` section (``raw``) against the pip side. None when absent."""
     if raw is None:
         return None
     if not isinstance(raw, dict):
@@ -193,7 +220,7 @@ def parse_conda_section(raw: object, spec: object) -> CondaConfig | None:
 
     specs_raw = raw.get("specs")
     if specs_raw is None:
-        specs = default_specs(spec)
+        specs = default_specs(side)
     else:
         if not isinstance(specs_raw, list) or not all(isinstance(s, str) and s.strip() for s in specs_raw):
             raise _err("conda.specs", "must be a list of match specs (strings)")
@@ -208,7 +235,7 @@ def parse_conda_section(raw: object, spec: object) -> CondaConfig | None:
         except Exception as exc:  # rattler raises its own InvalidMatchSpecError
             raise _err(f"conda.specs[{i}]", f"{show(s)} is not a match spec ({show_text((str(exc).splitlines() or [type(exc).__name__])[0], 100)})") from None
 
-    platforms = [str(p) for p in getattr(spec, "platforms", ()) or ()]
+    platforms = list(side.platforms)
     subdirs_raw = raw.get("subdirs")
     if subdirs_raw is None:
         subdirs = []
@@ -232,12 +259,12 @@ def parse_conda_section(raw: object, spec: object) -> CondaConfig | None:
     subdirs = list(dict.fromkeys(subdirs))
 
     accels = []
-    for i, a in enumerate(getattr(spec, "accelerators", ()) or ("cpu",)):
+    for i, a in enumerate(side.accelerators or ("cpu",)):
         try:
             accels.append(a if isinstance(a, Accelerator) else parse_accelerator(str(a)))
         except ParseError as exc:
             raise _err(f"accelerators[{i}]", str(exc)) from None
-    pythons = [str(p) for p in getattr(spec, "pythons", ()) or ()]
+    pythons = list(side.pythons)
     if not pythons:
         raise _err("pythons", "the conda targets need at least one Python version")
     targets = tuple(

@@ -57,7 +57,7 @@ from torchdepot.model.release_matrix import CURRENT, follow
 from torchdepot.model.strenum import StrEnum
 from torchdepot.model.targets import target_id
 from torchdepot.spec.bounds import decode_text, load_yaml, quote_key, read_bounded, show
-from torchdepot.spec.conda import CondaConfig, parse_conda_section
+from torchdepot.spec.conda import CondaConfig, PipSide, parse_conda_section
 
 __all__ = ["Channel", "HashPolicy", "MirrorSpec", "PackageSpec", "PipTarget", "load_spec", "parse_spec",
            "quote_key", "with_overrides"]
@@ -574,10 +574,17 @@ def parse_spec(data: object, where: str = "mirror spec") -> MirrorSpec:
     if not isinstance(conda, dict):
         raise SpecError(f"{where}: conda: expected a mapping (or leave it out)")
     try:
-        config = parse_conda_section(conda, spec)
+        config = parse_conda_section(conda, pip_side(spec))
     except SpecError as exc:
         raise SpecError(f"{where}: {exc}") from None
     return dataclasses.replace(spec, conda=config)
+
+
+def pip_side(spec: MirrorSpec) -> PipSide:
+    """The fields of ``spec`` the conda section is validated against."""
+    return PipSide(packages=tuple((p.name, p.constraint) for p in spec.packages),
+                   extra_packages=tuple(spec.extra_packages), accelerators=tuple(spec.accelerators),
+                   pythons=tuple(spec.pythons), platforms=tuple(spec.platforms))
 
 
 def with_overrides(spec: MirrorSpec, **changes: object) -> MirrorSpec:

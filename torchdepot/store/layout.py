@@ -23,6 +23,8 @@ it (no regex re-spelling a name built elsewhere). Layout of ``<root>``::
         resolutions.json              each target's last resolution and its inputs (RESOLUTIONS)
         stage-<kind>-<pid>-<rand>/    staging of an unbundle or repair (one per run)
         aside/<stamp>/                unknown files moved out by ``verify-mirror --repair --move-unknown``
+        pullthrough/whl/...           ``serve --pull-through``'s merged pages and what each offers (PULLTHROUGH_DIR)
+        misses.jsonl                  what ``serve --pull-through`` was asked for and did not hold (MISSES_LOG)
 
 Immutable publication (``docs/publication.md``, :mod:`torchdepot.store.publication`): a
 path the committed ``manifest.json`` lists never receives other bytes. A re-sync stages
@@ -73,6 +75,8 @@ MATRIX_RECORD = f"{STATE_DIR}/matrix.json"  # `current`: upstream's release matr
 PUBLISH_JOURNAL = f"{STATE_DIR}/publish.json"
 RETIRED = f"{STATE_DIR}/retired.json"
 ASIDE_DIR = f"{STATE_DIR}/aside"
+PULLTHROUGH_DIR = f"{STATE_DIR}/pullthrough"
+MISSES_LOG = f"{STATE_DIR}/misses.jsonl"
 STAGE_PREFIX = "stage-"
 CACHE_DIR = f"{STATE_DIR}/cache"
 # Every path under a root the tool itself creates, parents before children. Each must be a real
@@ -90,6 +94,7 @@ _BUILD_MARK = ".tmp-"
 _CONDA_INDEX = re.compile(
     r"(current_)?repodata(_from_packages)?\.json(\.zst|\.bz2|\.jlap)?|repodata_shards\.msgpack(\.zst)?"
     r"|channeldata\.json|index\.html|\.?run_exports\.json(\.zst)?"
+    r"|[0-9a-f]{64}\.msgpack\.zst"  # a CEP-16 shard (under <subdir>/shards/), content-addressed
 )
 
 

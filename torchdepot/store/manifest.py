@@ -25,6 +25,10 @@ when set so manifests without it stay byte-identical:
   it (retention ``keep: N`` counts these; older ones stay listed and indexed until dropped).
 - ``last_sync``: :class:`SyncRecord`, when the last sync finished and what its check found
   (the only key that changes on a no-op re-sync).
+- ``tombstones``: :class:`Tombstone` s, published wheels upstream no longer serves as the
+  mirror holds them (deleted, or re-published with other bytes), kept for the targets named.
+- ``pulled``: the paths ``serve --pull-through`` published; a sync keeps their entries (and
+  a wheel's ``.metadata``) while the files are on disk with the listed bytes.
 """
 
 from __future__ import annotations
@@ -105,6 +109,27 @@ class Release:
     paths: tuple[str, ...] = ()
 
 
+TOMBSTONE_REASONS = ("deleted", "changed")
+
+
+@dataclass(frozen=True)
+class Tombstone:
+    """A published wheel upstream no longer serves as the mirror holds it, kept at ``path``
+    (listed in ``files``, with its ``.metadata``) while a target in ``targets`` is recorded."""
+    path: str
+    project: str
+    version: str
+    reason: str  # "deleted": upstream no longer lists it; "changed": it lists other bytes under the name
+    targets: tuple[str, ...] = ()  # the recorded targets it is kept for
+    replaced_by: str | None = None  # "changed": the path the new bytes were stored at
+
+    def line(self) -> str:
+        why = ("upstream no longer lists it" if self.reason == "deleted" else
+               "upstream re-published it with other bytes" + (f" (now {self.replaced_by})" if self.replaced_by else ""))
+        kept = f"; kept for {', '.join(self.targets)}" if self.targets else ""
+        return f"tombstone: {self.project} {self.version} ({self.path}): {why}{kept}"
+
+
 @dataclass(frozen=True)
 class SyncRecord:
     finished: str  # UTC, "2026-12-04T01:40:00Z"
@@ -121,6 +146,8 @@ class Manifest:
     recorded: list[RecordedTarget] = field(default_factory=list)
     releases: list[Release] = field(default_factory=list)
     last_sync: SyncRecord | None = None
+    tombstones: list[Tombstone] = field(default_factory=list)
+    pulled: list[str] = field(default_factory=list)  # paths serve --pull-through published
 
     def by_path(self) -> dict[str, FileEntry]:
         return {f.path: f for f in self.files}
@@ -143,6 +170,11 @@ class Manifest:
                                for r in sorted(self.releases, key=lambda r: (r.target, r.torch))]
         if self.last_sync is not None:
             doc["last_sync"] = asdict(self.last_sync)
+        if self.tombstones:
+            doc["tombstones"] = [{**asdict(t), "targets": sorted(t.targets)}
+                                 for t in sorted(self.tombstones, key=lambda t: t.path)]
+        if self.pulled:
+            doc["pulled"] = sorted(set(self.pulled))
         return json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
     @classmethod
@@ -193,7 +225,25 @@ class Manifest:
             releases.append(rel)
         last = doc.get("last_sync")
         last_sync = None if last is None else _record(SyncRecord, last, f"{where}: last_sync")
-        return cls(files=files, targets=targets, spec=spec, recorded=recorded, releases=releases, last_sync=last_sync)
+        tombstones = []
+        for i, t in enumerate(_items(doc, "tombstones", where, required=False)):
+            at = f"{where}: tombstones[{i}]"
+            if isinstance(t, dict) and isinstance(t.get("targets"), list):
+                if not all(isinstance(x, str) for x in t["targets"]):
+                    raise TorchdepotError(f"{at}: targets: expected strings")
+                t = {**t, "targets": tuple(t["targets"])}
+            ts = _record(Tombstone, t, at)
+            if ts.reason not in TOMBSTONE_REASONS:
+                raise TorchdepotError(f"{at}: reason: {ts.reason[:40]!r} is not one of {', '.join(TOMBSTONE_REASONS)}")
+            safe_join(Path("/nonexistent-root"), ts.path)
+            tombstones.append(ts)
+        pulled = _items(doc, "pulled", where, required=False)
+        for i, item in enumerate(pulled):
+            if not isinstance(item, str):
+                raise TorchdepotError(f"{where}: pulled[{i}]: expected a string")
+            safe_join(Path("/nonexistent-root"), item)
+        return cls(files=files, targets=targets, spec=spec, recorded=recorded, releases=releases, last_sync=last_sync,
+                   tombstones=tombstones, pulled=[str(p) for p in pulled])
 
 
 if TYPE_CHECKING:

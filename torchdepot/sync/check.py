@@ -396,8 +396,7 @@ def _live_index_files(root: Path, manifest: mf.Manifest) -> dict[str, list[Index
             page = parse_html(page_path.read_bytes(), page_path.as_uri())
             for link in page.links:
                 key = _link_key(root, link.url)
-                entry = by_path.get(key) if key is not None else None
-                if entry is None:
+                if key is None or (entry := by_path.get(key)) is None:
                     return None
                 variants.setdefault(acc_dir.name, []).append(IndexFile(
                     page_path.parent.name, key.rsplit("/", 1)[-1], key, entry.sha256, link.requires_python,
@@ -436,7 +435,7 @@ def _rebuild_json_pages(root: Path, manifest: mf.Manifest) -> str | None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     install_generation(root, build, gen)
-    prune(root, keep={gen, live_gen} - {None})  # the old one stays for a reader mid-install
+    prune(root, keep={g for g in (gen, live_gen) if g is not None})  # the old one stays for a reader mid-install
     return None
 
 
@@ -560,7 +559,7 @@ def _repair(root: Path, manifest: mf.Manifest, problems: list[Problem], client, 
         for key, p in refetch.items():
             entry = by_path[key]
             why = policy.refusal(entry.url, entry.size) if entry.url else "no url in manifest.json to refetch from"
-            if why is None:
+            if why is None and entry.url:  # (why is None only when there is a url)
                 items.append(FetchItem(key, (entry.url,), entry.sha256, entry.size))
             else:
                 out.append(Problem(p.kind, p.path, f"{p.detail}; not refetched: {why}"))

@@ -1,12 +1,17 @@
 """``sync_conda``: the conda half of ``torchdepot mirror``.
 
-spec -> repodata per channel/subdir (cached, failover) -> validated records -> one solve
-per target -> the union of solutions downloaded through :class:`~torchdepot.fetch.Fetcher`
--> ``<out>/conda/<channel>/<subdir>/repodata.json`` with exactly those records.
+spec -> repodata per channel/subdir (CEP-16 shards of the closure, or repodata.json(.zst);
+bounded, cached, failover) read lazily by py-rattler -> one solve per target -> the chosen
+records validated -> the union of solutions downloaded through :class:`~torchdepot.fetch.Fetcher`
+-> ``<out>/conda/<channel>/<subdir>/`` indexed by rattler (repodata.json, .zst, shard index)
+with exactly those records, plus upstream's channeldata.json / run_exports.json subset.
 
-Nothing is written under ``<out>/conda`` until every repodata file parsed, every target
-solved and every record chosen has a sha256; repodata is written only after all its
-packages are in place. A failure leaves the previous channel as it was.
+Two phases, so that pip and conda commit together (``sync/pip.py``): :func:`prepare_conda`
+(everything that can fail on upstream's account: repodata, solves, downloads) runs before
+the pip side publishes anything; :func:`publish_conda` (the index) after. Nothing is indexed
+under ``<out>/conda`` until every target solved and every record chosen has a sha256; repodata
+is written only after all its packages are in place. A failure leaves the previous channel
+as it was.
 
 Immutable publication (:mod:`torchdepot.store.publication`): a channel serves a package
 at ``<subdir>/<filename>``, so a conda file cannot move to a new path. A package the
@@ -20,7 +25,9 @@ manifest is widened with the new packages (and without the old repodata entries)
 
 from __future__ import annotations
 
+import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,14 +36,22 @@ from torchdepot.fetch import Fetcher, FetchItem, FetchReport, FetchResult
 from torchdepot.model.condabuild import CondaRecord
 from torchdepot.net.http import Client, HttpConfig
 from torchdepot.resolve.conda import Solution, SubdirSource, open_sources, solve_target
-from torchdepot.sources.channel import RepodataCache, fetch_repodata
-from torchdepot.sources.repodata import RepodataError, SubdirRepodata, load_repodata, require_hashes
+from torchdepot.sources.channel import (
+    SHARD_INDEX,
+    RepodataCache,
+    RepodataRefused,
+    fetch_optional,
+    fetch_repodata,
+    fetch_sharded,
+)
+from torchdepot.sources.repodata import chosen_record, require_hashes
 from torchdepot.spec.conda import CondaConfig, parse_conda_section
+from torchdepot.spec.mirror import pip_side
 from torchdepot.store import manifest as mf
 from torchdepot.store import publication as pub
-from torchdepot.store.channel import write_repodata
-from torchdepot.store.fsutil import safe_join, sha256_file
-from torchdepot.store.layout import is_conda_index_file
+from torchdepot.store.channel import index_channel, subset_channeldata, subset_run_exports
+from torchdepot.store.fsutil import atomic_write_bytes, safe_join, sha256_file
+from torchdepot.store.layout import STATE_DIR, is_conda_index_file
 
 CACHE_DIR = ".torchdepot/cache/conda"
 
@@ -53,15 +68,32 @@ def channel_path(name: str, subdir: str, filename: str | None = None) -> str:
     return "/".join(p for p in ("conda", name, subdir, filename) if p)
 
 
-def _load_all(config: CondaConfig, client: Client, cache: RepodataCache) -> tuple[list[SubdirSource], dict]:
+def _load_all(config: CondaConfig, client: Client, cache: RepodataCache) -> list[SubdirSource]:
+    """Each channel/subdir's repodata fetched (bounded, cached); its records stay on disk,
+    read lazily per package name by py-rattler, never parsed one by one in Python."""
     sources: list[SubdirSource] = []
-    parsed: dict[tuple[str, str], SubdirRepodata] = {}
     for ch in config.channels:
+        specs = tuple(dict.fromkeys((*config.specs, "python")))
+        sharded = None
+        for mirror in ch.mirrors:  # CEP-16: only the closure's shards are fetched
+            try:
+                paths = fetch_sharded(client, ch.name, mirror, config.all_subdirs, specs, cache)
+            except RepodataRefused:
+                raise
+            except UpstreamError:
+                paths = None  # this mirror is down: the next one, or the full repodata below
+            if paths is not None:
+                sharded = (mirror.rstrip("/"), paths)
+                break
+        if sharded is not None:
+            base, paths = sharded
+            sources += [SubdirSource(ch.name, sd, base, paths[sd], where=f"{base}/{sd}/{SHARD_INDEX}")
+                        for sd in config.all_subdirs]
+            continue
         for sd in config.all_subdirs:
             got = fetch_repodata(client, ch.name, ch.mirrors, sd, cache)
-            parsed[(ch.name, sd)] = load_repodata(got.path, ch.name, sd, where=got.url)
-            sources.append(SubdirSource(ch.name, sd, got.base_url, got.path))
-    return sources, parsed
+            sources.append(SubdirSource(ch.name, sd, got.base_url, got.path, where=got.url))
+    return sources
 
 
 Chosen = dict[tuple[str, str, str], CondaRecord]  # (channel, subdir, filename) -> record, over every target
@@ -70,7 +102,7 @@ Chosen = dict[tuple[str, str, str], CondaRecord]  # (channel, subdir, filename) 
 def _config(spec) -> CondaConfig | None:
     config = spec.conda  # validated by the spec loader; hand-built specs may carry the raw mapping
     if config is not None and not isinstance(config, CondaConfig):
-        config = parse_conda_section(config, spec)
+        config = parse_conda_section(config, pip_side(spec))
     return config
 
 
@@ -85,17 +117,18 @@ class _Solved:
 
 
 def _solve(config: CondaConfig, client: Client, cache: RepodataCache) -> _Solved:
-    sources, parsed = _load_all(config, client, cache)
+    sources = _load_all(config, client, cache)
     sparse = open_sources(sources)
     solutions = [solve_target(list(config.specs), sources, t, sparse) for t in config.targets]
+    where = {(s.channel, s.subdir): s.where for s in sources}
     chosen: Chosen = {}
     for sol in solutions:
         for r in sol.records:
             ch, sd, fname = sol.origin[str(r.url)]
-            rec = parsed[(ch, sd)].records.get(fname)
-            if rec is None:
-                raise RepodataError(f"channel {ch!r} {sd}: solver chose {fname!r}, which its repodata lacks")
-            require_hashes(parsed[(ch, sd)].where, rec)
+            if (ch, sd, fname) in chosen:
+                continue
+            rec = chosen_record(ch, sd, fname, r.to_json(), where[(ch, sd)])
+            require_hashes(where[(ch, sd)], rec)
             chosen[(ch, sd, fname)] = rec
     return _Solved(sources=sources, solutions=solutions, chosen=chosen)
 
@@ -106,6 +139,50 @@ def _fetch_items(config: CondaConfig, solved: _Solved) -> list[FetchItem]:
     mirrors = {c.name: tuple(dict.fromkeys((served[c.name], *c.mirrors))) for c in config.channels}
     return [FetchItem(channel_path(ch, sd, fn), tuple(f"{m}/{sd}/{fn}" for m in mirrors[ch]), rec.sha256, rec.size)
             for (ch, sd, fn), rec in sorted(solved.chosen.items())]
+
+
+def _channel_metadata(config: CondaConfig, solved: _Solved, client: Client, cache: Path):
+    """Upstream's ``channeldata.json`` and each subdir's ``run_exports.json``, where it has them,
+    from the mirror that served the channel's repodata."""
+    served = {src.channel: src.base_url.rstrip("/") for src in solved.sources}
+    run_exports, channeldata = [], []
+    for ch in config.channels:
+        base = served.get(ch.name)
+        if base is None:
+            continue
+        d = safe_join(cache, ch.name)
+        got = fetch_optional(client, f"{base}/channeldata.json", d / "channeldata.json")
+        if got is not None:
+            channeldata.append((ch.name, got))
+        for sd in config.all_subdirs:
+            got = fetch_optional(client, f"{base}/{sd}/run_exports.json", safe_join(d, sd) / "run_exports.json")
+            if got is not None:
+                run_exports.append(((ch.name, sd), got))
+    return tuple(run_exports), tuple(channeldata)
+
+
+def _publish_metadata(out: Path, prepared: CondaPrepared) -> list[mf.FileEntry]:
+    """The mirrored subset of upstream's run_exports.json / channeldata.json, next to the repodata."""
+    assert prepared.solved is not None
+    chosen = prepared.solved.chosen
+    files: list[mf.FileEntry] = []
+    for (ch, sd), path in prepared.run_exports:
+        data = subset_run_exports(path, {fn for (c, s, fn) in chosen if (c, s) == (ch, sd)})
+        if data is not None:
+            target = safe_join(out, "conda", ch, sd, "run_exports.json")
+            atomic_write_bytes(target, data)
+            digest, size = sha256_file(target)
+            files.append(mf.FileEntry(channel_path(ch, sd, "run_exports.json"), digest, size, "conda"))
+    for ch, path in prepared.channeldata:
+        names = {rec.name for (c, _s, _f), rec in chosen.items() if c == ch}
+        subdirs = {s for (c, s, _f) in chosen if c == ch} | {"noarch"}
+        data = subset_channeldata(path, names, subdirs)
+        if data is not None:
+            target = safe_join(out, "conda", ch, "channeldata.json")
+            atomic_write_bytes(target, data)
+            digest, size = sha256_file(target)
+            files.append(mf.FileEntry(f"conda/{ch}/channeldata.json", digest, size, "conda"))
+    return files
 
 
 def _dry_run(solved: _Solved, items: list[FetchItem]) -> CondaSyncResult:
@@ -174,11 +251,13 @@ def _publish(out: Path, config: CondaConfig, chosen: Chosen, fetched: _Fetched, 
         index_files = [e.path for e in live.files
                        if e.path.startswith(subdirs) and is_conda_index_file(e.path.rsplit("/", 1)[-1])]
         mf.save(out, pub.widened(mf.load(out), files, drop=index_files))
-    for (ch, sd), records in sorted(per_subdir.items()):
+    for ch in sorted({ch for ch, _ in per_subdir}):
         channel_dir = safe_join(out, "conda", ch)
-        for p in write_repodata(channel_dir, sd, records):
-            digest, size = sha256_file(p)
-            files.append(mf.FileEntry(channel_path(ch, sd, p.name), digest, size, "conda"))
+        of_channel = {sd: records for (c, sd), records in per_subdir.items() if c == ch}
+        for index in index_channel(channel_dir, of_channel, out / STATE_DIR):
+            for rel in index.files:
+                digest, size = sha256_file(channel_dir / rel)
+                files.append(mf.FileEntry(f"conda/{ch}/{rel}", digest, size, "conda"))
     return files
 
 
@@ -208,12 +287,35 @@ def _summary(config: CondaConfig, targets: list[mf.Target], items: list[FetchIte
             + summary_kept)
 
 
-def sync_conda(spec, out: Path, *, client: Client | None = None, jobs: int = 4, on_hash_mismatch: str = "fail",
-               dry_run: bool = False, progress: bool | None = None) -> CondaSyncResult:
-    """Solve every conda target, fetch the union of the solutions, publish the channels."""
+@dataclass(frozen=True)
+class CondaPrepared:
+    """The conda side solved and its packages fetched (new paths journaled, no index written):
+    what :func:`publish_conda` commits. A run with nothing to publish carries only a summary."""
+
+    config: CondaConfig | None
+    solved: _Solved | None = None
+    items: tuple[FetchItem, ...] = ()
+    fetched: _Fetched | None = None
+    live: mf.Manifest | None = None
+    summary: str = ""
+    # upstream's optional channel files, fetched (bounded) into the cache: (channel, subdir or "") -> path
+    run_exports: tuple[tuple[tuple[str, str], Path], ...] = ()
+    channeldata: tuple[tuple[str, Path], ...] = ()
+
+
+def prepare_conda(spec, out: Path, *, client: Client | None = None, jobs: int = 4, on_hash_mismatch: str = "fail",
+                  dry_run: bool = False, progress: bool | None = None,
+                  say: Callable[[str], None] | None = None) -> CondaPrepared:
+    """Repodata, one solve per target and the packages' downloads: every step that can fail on
+    upstream's account. Runs before the pip side publishes anything (one transaction: a conda
+    failure leaves the live mirror as it was); nothing under ``<out>/conda`` is indexed yet.
+    ``say`` gets the legacy-channel notice (once per run, per legacy channel)."""
     config = _config(spec)
     if config is None:
-        return CondaSyncResult(summary="no conda section")
+        return CondaPrepared(config=None, summary="no conda section")
+    for ch in config.channels:
+        if ch.legacy_pytorch:
+            (say or _stderr)(ch.legacy_notice())
     out = Path(out)
     own_client = client is None
     client = client or Client(HttpConfig())
@@ -222,15 +324,42 @@ def sync_conda(spec, out: Path, *, client: Client | None = None, jobs: int = 4, 
         solved = _solve(config, client, RepodataCache(Path(tmp.name) if tmp else out / CACHE_DIR))
         items = _fetch_items(config, solved)
         if dry_run:
-            return _dry_run(solved, items)
+            return CondaPrepared(config=config, solved=solved, items=tuple(items),
+                                 summary=_dry_run(solved, items).summary)
         live = pub.live_manifest(out)
         fetched = _fetch(out, spec, client, items, live, jobs=jobs, on_hash_mismatch=on_hash_mismatch,
                          progress=progress)
-        files = _publish(out, config, solved.chosen, fetched, items, live)
-        targets = _targets(config, solved.solutions)
-        return CondaSyncResult(files, targets, _summary(config, targets, items, fetched), solved.solutions)
+        run_exports, channeldata = _channel_metadata(config, solved, client, out / CACHE_DIR)
+        return CondaPrepared(config=config, solved=solved, items=tuple(items), fetched=fetched, live=live,
+                             run_exports=run_exports, channeldata=channeldata)
     finally:
         if tmp is not None:
             tmp.cleanup()
         if own_client:
             client.close()
+
+
+def publish_conda(prepared: CondaPrepared, out: Path) -> CondaSyncResult:
+    """Index the prepared packages (repodata, .zst, shards) and describe them for the manifest."""
+    if prepared.config is None or prepared.solved is None:
+        return CondaSyncResult(summary=prepared.summary)
+    if prepared.fetched is None:  # a dry run
+        return CondaSyncResult(summary=prepared.summary, solutions=prepared.solved.solutions)
+    config, solved, items, fetched = prepared.config, prepared.solved, list(prepared.items), prepared.fetched
+    files = _publish(Path(out), config, solved.chosen, fetched, items, prepared.live)
+    files += _publish_metadata(Path(out), prepared)
+    targets = _targets(config, solved.solutions)
+    return CondaSyncResult(files, targets, _summary(config, targets, items, fetched), solved.solutions)
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def sync_conda(spec, out: Path, *, client: Client | None = None, jobs: int = 4, on_hash_mismatch: str = "fail",
+               dry_run: bool = False, progress: bool | None = None,
+               say: Callable[[str], None] | None = None) -> CondaSyncResult:
+    """Solve every conda target, fetch the union of the solutions, publish the channels."""
+    prepared = prepare_conda(spec, out, client=client, jobs=jobs, on_hash_mismatch=on_hash_mismatch,
+                             dry_run=dry_run, progress=progress, say=say)
+    return publish_conda(prepared, out)

@@ -49,7 +49,7 @@ def print_plan(resolution: Resolution, probe: Client, say: Echo) -> None:
             + f" [{' '.join(p.requirements)}] via {p.variant_url or 'pip configuration'}")
         for f in p.files:
             k = file_key(f)
-            say(f"  {f.name}=={f.version}  {f.filename}  {format_size(sizes[k]) if sizes[k] else '?'}  <- {urls[k]}")
+            say(f"  {f.name}=={f.version}  {f.filename}  {format_size(n) if (n := sizes[k]) else '?'}  <- {urls[k]}")
     total = sum(v or 0 for v in sizes.values())
     say(f"plan: {len(resolution.targets)} targets, {len(sizes)} unique files, {format_size(total)}; "
         "nothing written (dry run)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 from packaging.version import InvalidVersion, Version
 
@@ -25,6 +26,8 @@ from torchdepot.sync.download import PipFetchReport, same_path_elsewhere
 from torchdepot.sync.plan import Plan
 from torchdepot.sync.resolution import Resolution, file_key
 from torchdepot.sync.view import View
+
+_Report = TypeVar("_Report", bound=FetchReport)  # the report comes back as the type it went in
 
 
 def submit_pinned(out: Path, plan: Plan, view: View, spec: MirrorSpec, fetcher: Fetcher,
@@ -65,7 +68,7 @@ def _same_version(a: str, b: str) -> bool:
         return a == b
 
 
-def drop_unused(out: Path, report: FetchReport, early: set[str], resolution: Resolution) -> FetchReport:
+def drop_unused(out: Path, report: _Report, early: set[str], resolution: Resolution) -> _Report:
     """An early download the resolver did not choose after all: removed, and out of the report."""
     used = {report.stored(key) if isinstance(report, PipFetchReport) else key for key, _vf, _acc in resolution.files}
     unused = early - used

@@ -119,7 +119,8 @@ def _find(view: View, acc: str, w: LockedWheel) -> ViewFile | None:
 
 def locked_resolution(envs: tuple[LockedEnv, ...], view: View) -> Resolution:
     """The locked wheels as a Resolution, each mapped to a screened upstream link."""
-    plans, files, missing = [], {}, []
+    plans, missing = [], []
+    files: dict[str, tuple[str, ViewFile, str]] = {}
     for env in envs:
         acc = env.target.accelerator
         resolved = []

@@ -40,7 +40,7 @@ from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
 from torchdepot.store import publication
 from torchdepot.store.fsutil import MirrorLock
-from torchdepot.sync import dryrun, early, lifecycle, retention, session
+from torchdepot.sync import dryrun, early, lifecycle, pulled, retention, session, tombstones
 from torchdepot.sync.check import verify_published
 from torchdepot.sync.download import check_fetched, fetch_files, make_fetcher
 from torchdepot.sync.follow import follow_upstream, save_record
@@ -86,6 +86,7 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
         locked_ids = {env.target.id for env in locks}
         held.view = view = session.open_view(spec, edge, session.accelerators(list(tset.run), locks), workdir,
                                              previous, log.say)
+        view.held = result.keeper = tombstones.Keeper.of(previous, out)  # upstream's deletions: the mirror's copy
         plan = plan_targets(spec, view, edge.pip, [t for t in tset.run if t.id not in locked_ids], tset.tolerate)
         for warning in dict.fromkeys(w for tp in plan.targets for w in tp.warnings):
             log.say(warning)
@@ -126,15 +127,24 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
         result.seconds = time.monotonic() - started
 
 
-def _conda(spec: MirrorSpec, out: Path, client: Client | None, dry_run: bool,
-           say: Echo) -> tuple[list[mf.FileEntry], list[mf.Target]]:
-    """Run the conda side when the spec has a ``conda:`` section."""
+def _conda_prepare(spec: MirrorSpec, out: Path, client: Client | None, dry_run: bool, say: Echo):
+    """The conda side's solve and downloads, before the pip side publishes (one transaction:
+    a conda failure publishes nothing). None when the spec has no ``conda:`` section."""
     if spec.conda is None:
-        return [], []
-    from torchdepot.sync.conda import sync_conda
+        return None
+    from torchdepot.sync.conda import prepare_conda
 
-    cres = sync_conda(spec, out, client=client, jobs=spec.jobs, on_hash_mismatch=spec.on_hash_mismatch,
-                      dry_run=dry_run)
+    return prepare_conda(spec, out, client=client, jobs=spec.jobs, on_hash_mismatch=spec.on_hash_mismatch,
+                         dry_run=dry_run, say=say)
+
+
+def _conda_publish(prepared, out: Path, say: Echo) -> tuple[list[mf.FileEntry], list[mf.Target]]:
+    """Index the prepared conda channels; their files and targets for the manifest."""
+    if prepared is None:
+        return [], []
+    from torchdepot.sync.conda import publish_conda
+
+    cres = publish_conda(prepared, out)
     if cres.summary:
         say(f"conda: {cres.summary}")
     return list(cres.files), list(cres.targets)
@@ -164,21 +174,29 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
                           previous=previous, locks=locks)
         log = RunLog(result, echo, mark=started)
         dryrun.print_removals(result.removals, prune or spec.keep is not None, log.say)
-        _conda(spec, out, client, True, log.say)
+        _conda_publish(_conda_prepare(spec, out, client, True, log.say), out, log.say)
         return result
     out.mkdir(parents=True, exist_ok=True)
     with MirrorLock(out, wait):
         previous = mf.load(out) if (out / L.MANIFEST_NAME).is_file() else None
         tset = lifecycle.target_set(asked, origin, previous, prune)
+        conda = _conda_prepare(spec, out, client, False, echo)  # fails before anything is published
         result = sync_pip(spec, out=out, client=client, progress=progress, pip_sources=pip_sources, echo=echo,
                           target_set=tset, previous=previous, locks=locks, on_progress=on_progress)
         log = RunLog(result, echo, mark=started)
-        conda_files, conda_targets = _conda(spec, out, client, False, log.say)
+        conda_files, conda_targets = _conda_publish(conda, out, log.say)
         files, targets = [*result.files, *conda_files], [*result.targets, *conda_targets]
+        kept = tombstones.settle(out, previous, result.keeper, files, targets, result.releases, result.removals,
+                                 {t.id for t in targets}, prune)
+        held = pulled.carry(out, previous, kept.files, kept.removals)  # what serve --pull-through published
+        files, result.removals, result.tombstones = held.files, held.removals, kept.tombstones
+        for t in result.tombstones:
+            log.say(t.line())
         for r in result.removals:
             log.say(r.line())
         manifest = mf.Manifest(files=files, targets=targets, spec=spec.to_data(), recorded=list(tset.recorded),
-                               releases=list(result.releases), last_sync=sync_record(started, "unchecked", ""))
+                               releases=list(result.releases), last_sync=sync_record(started, "unchecked", ""),
+                               tombstones=result.tombstones, pulled=held.pulled)
         # journaled before the commit: a kill before _remove leaves staged leftovers, not orphans
         publication.record(out, lifecycle.removed_paths(result.removals) | lifecycle.target_dirs(tset.dropped))
         write_landing(out, manifest)

@@ -51,6 +51,7 @@ def publish_pip(out: Path, resolution: Resolution, report: FetchReport, view: Vi
     for rkey, vf, _acc in resolution.files:
         key = stored(rkey)
         r = by_key[key]
+        assert r.sha256 is not None  # check_fetched stopped the run at any file that did not arrive
         meta_sha, req_py, meta_size = ensure_metadata(out, key, vf.project)
         index_files[key] = IndexFile(vf.project, safe_filename(vf.filename), key, r.sha256, req_py, meta_sha,
                                      size=r.size, upload_time=vf.link.upload_time)  # PEP 700 in the JSON pages

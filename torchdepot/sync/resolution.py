@@ -116,8 +116,8 @@ def _from_cache(entry, key: str, view: View, accelerator: str) -> list[ResolvedF
         files = [ResolvedFile(**f) for f in entry["files"]]
     except (TypeError, KeyError, TorchdepotError):
         return None
-    shown = [view.lookup_shown(accelerator, f.url) for f in files]
-    if not all(shown):
+    shown = [vf for f in files if (vf := view.lookup_shown(accelerator, f.url)) is not None]
+    if len(shown) != len(files):
         return None
     for vf in shown:  # the metadata the resolver would have read: checked and recorded as in a run of uv
         view.metadata(accelerator, vf.shown)

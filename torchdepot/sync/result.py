@@ -18,6 +18,7 @@ from torchdepot.fetch import FetchReport
 from torchdepot.store import manifest as mf
 from torchdepot.sync import lifecycle
 from torchdepot.sync.plan import TargetPlan
+from torchdepot.sync.tombstones import Keeper
 
 Echo = Callable[[str], None]
 
@@ -37,6 +38,8 @@ class MirrorResult:
     phases: dict[str, float] = field(default_factory=dict)  # seconds per step (bench/diagnostics)
     requests: dict[str, int] = field(default_factory=dict)  # upstream requests: pages, metadata, ranges, wheels
     refused: int = 0  # upstream links refused by the screen (summarised in one message)
+    keeper: Keeper | None = None  # what the view saw of the files the mirror holds (sync/tombstones.py)
+    tombstones: list[mf.Tombstone] = field(default_factory=list)  # kept files upstream deleted or changed
     releases: list[mf.Release] = field(default_factory=list)  # kept, per target and torch version
     removals: list[lifecycle.Removal] = field(default_factory=list)  # what this run removes (pruned, keep: N)
     dropped_releases: list[mf.Release] = field(default_factory=list)

@@ -138,6 +138,9 @@ class View:
     on_hash_mismatch: str
     say: Say
     exclude_newer: dt.datetime | None = None  # files uploaded later are left out (those without a time stay)
+    # (accelerator, project, screened links) -> the mirror's own copies to add: wheels it
+    # published that upstream no longer lists (sync/tombstones.py); None: nothing added
+    held: Callable[[str, str, list[Link]], list[Link]] | None = None
     base_url: str = ""
     # upstream URL -> sha256 of the bytes the mirror already holds from it (the previous
     # manifest): a link without a hash gets this one, so the resolver need not download a
@@ -177,8 +180,8 @@ class View:
         want = canonicalize_name(project)
         if keep is not None:  # variants.json links: the host policy and a safe name, like any file
             for link in links:
-                if is_variants_json(link.filename) and variants_json_key(link.filename) \
-                        and variants_json_key(link.filename)[0] == want and not self.policy.refusal(link.url) \
+                if is_variants_json(link.filename) and (vkey := variants_json_key(link.filename)) \
+                        and vkey[0] == want and not self.policy.refusal(link.url) \
                         and _safe_name(link.filename):
                     keep.append(link)
         links = [link for link in links if not is_variants_json(link.filename)]
@@ -216,6 +219,8 @@ class View:
         if not kept:  # not on the PyTorch variant (or nothing usable there): the user's sources
             vjson = []
             kept = self._screen(self.dependency_links(project), project)
+        if self.held is not None and variant is not None and not self._dead:  # read whole: absent means deleted
+            kept = kept + self.held(accelerator, project, kept)
         label = variant.label if variant else None
         files = [ViewFile(project, link.filename, link, label if _label(link.filename) == label else None)
                  for link in kept]
@@ -349,7 +354,7 @@ class View:
                 return path.read_bytes()
         link = vf.link
         data, served = None, None
-        if link.core_metadata:
+        if link.metadata_url:  # set exactly when the link offers core metadata
             try:
                 data = self.reader.metadata(link.metadata_url)
             except UpstreamError:
@@ -388,7 +393,7 @@ class View:
             yield from self.alternates(accelerator, vf.filename)
 
         for link in candidates():
-            if link is not vf.link and link.core_metadata:
+            if link is not vf.link and link.metadata_url:  # set exactly when the link offers core metadata
                 try:
                     data = self.reader.metadata(link.metadata_url)
                     if data is not None and (link.metadata_sha256 in (None, hashlib.sha256(data).hexdigest())):

@@ -117,3 +117,21 @@ def install(pins: tuple[CondaPin, ...], mirror: str, prefix: Path, workdir: Path
     asyncio.run(rattler.install(records, target_prefix=prefix, cache_dir=workdir / "pkgs", show_progress=False,
                                 execute_link_scripts=False))
     return len(records)
+
+
+def installed_problems(prefix: Path, pins: tuple[CondaPin, ...]) -> list[str]:
+    """The prefix's installed records (``conda-meta/*.json``, read by py-rattler) against the
+    lock: exactly the locked files, each with the locked sha256. [] when they agree."""
+    import rattler
+
+    got: dict[str, str] = {}
+    for meta in sorted((prefix / "conda-meta").glob("*.json")):
+        rec = rattler.PrefixRecord.from_path(meta)
+        sha = rec.sha256.hex() if isinstance(rec.sha256, (bytes, bytearray)) else str(rec.sha256 or "")
+        got[rec.file_name] = sha.lower()
+    want = {p.filename: p.sha256 for p in pins}
+    out = [f"{fn}: locked, not installed" for fn in sorted(set(want) - set(got))]
+    out += [f"{fn}: installed, not in the lock" for fn in sorted(set(got) - set(want))]
+    out += [f"{fn}: installed sha256 {got[fn][:12]}... != locked {want[fn][:12]}..."
+            for fn in sorted(set(want) & set(got)) if got[fn] != want[fn]]
+    return out

@@ -244,6 +244,9 @@ def _verify_conda(lock: EnvLock, path: Path, opts: Options, manifest: Manifest |
         checks.append(Check("conda install (py-rattler, mirror only)", "fail", f"{path}: {' '.join(str(exc).split())[:400]}"))
         return "installed"
     checks.append(Check("conda install (py-rattler, mirror only)", "pass", f"{n} packages into a throwaway prefix"))
+    mismatched = cv.installed_problems(prefix, pins)
+    checks.append(Check("conda installed records = lock", "fail" if mismatched else "pass",
+                        "; ".join(mismatched[:3]) if mismatched else f"{n} records, sha256 each"))
     env = tool_env(opts.mirror_url, opts.env_extra)
     py = prefix / "bin" / "python"
     how = "prefix python"

@@ -12,6 +12,7 @@ import tarfile
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import IO, BinaryIO, cast
 
 from tqdm import tqdm
 
@@ -40,9 +41,8 @@ class _PartWriter(io.RawIOBase):
     def __init__(self, out: Path, split: int | None):
         self.out, self.split = Path(out), split
         self.parts: list[Path] = []
-        self.fh = None
         self.left = 0
-        self._open_next()
+        self.fh: BinaryIO = self._open_part()
 
     def writable(self) -> bool:
         return True
@@ -51,13 +51,15 @@ class _PartWriter(io.RawIOBase):
         return self.out if self.split is None else self.out.with_name(f"{self.out.name}.{i:03d}")
 
     def _open_next(self) -> None:
-        if self.fh:
-            self.fh.close()
+        self.fh.close()
+        self.fh = self._open_part()
+
+    def _open_part(self) -> BinaryIO:
         final = self._final(len(self.parts))
         tmp = final.with_name(final.name + ".part")
         self.parts.append(tmp)
-        self.fh = open(tmp, "wb")  # noqa: SIM115 - the writer keeps it across write() calls, closed by the next part or close()
         self.left = self.split or -1
+        return open(tmp, "wb")  # noqa: SIM115 - the writer keeps it across write() calls, closed by the next part or close()
 
     def write(self, b) -> int:
         view = memoryview(b).cast("B")
@@ -130,11 +132,11 @@ def write_bundle(plan: BundlePlan, out: Path, zstd: bool = False, split: int | N
     records: list[BundleFile] = []
     try:
         comp = None
-        stream = sink
+        stream: IO[bytes] = cast(IO[bytes], sink)  # a RawIOBase: tarfile and zstandard only call write()
         if zstd:
             import zstandard
 
-            comp = zstandard.ZstdCompressor(level=level, threads=-1, write_checksum=True).stream_writer(sink, closefd=False)
+            comp = zstandard.ZstdCompressor(level=level, threads=-1, write_checksum=True).stream_writer(stream, closefd=False)
             stream = comp
         with tqdm(total=plan.total_bytes, unit="B", unit_scale=True, desc="bundle", disable=None) as bar, \
                 tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:

@@ -56,7 +56,7 @@ class BundleFile:
 class PlannedFile:
     path: str
     source: Path
-    role: str
+    role: Role
     expect_sha256: str | None = None  # manifest.json's record, checked while streaming
 
 

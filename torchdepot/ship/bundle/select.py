@@ -6,7 +6,7 @@ import os
 import posixpath
 from pathlib import Path
 
-from torchdepot.ship.bundle.model import BundleError, BundlePlan, PlannedFile
+from torchdepot.ship.bundle.model import BundleError, BundlePlan, PlannedFile, Role, role_of
 from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
 from torchdepot.store.fsutil import safe_join
@@ -15,7 +15,7 @@ from torchdepot.store.simple_json import HTML_PAGE, JSON_PAGE
 # ---------------------------------------------------------------- selection
 
 def _walk_files(top: Path, rel_prefix: str) -> list[tuple[str, Path]]:
-    out = []
+    out: list[tuple[str, Path]] = []
     if not top.is_dir():
         return out
     for dirpath, dirnames, filenames in os.walk(top):  # follows the top symlink (whl/), not inner ones
@@ -73,7 +73,9 @@ def plan_bundle(root: Path, targets: list[str] | None = None, envs: Path | None 
         src = safe_join(root, e.path)
         if not src.is_file():
             raise BundleError(f"{e.path}: listed in {mf.MANIFEST_NAME} but missing from {root}")
-        files.append(PlannedFile(e.path, src, "file", e.sha256))
+        # a conda channel's index files (repodata, shards, run_exports...) are listed in the manifest
+        # too: their role is the one their path allows, as unbundle checks it
+        files.append(PlannedFile(e.path, src, role_of(e.path) or "file", e.sha256))
 
     index: list[tuple[str, Path]] = []
     pip_indexes = sorted({t.index for t in chosen if t.kind == "pip" and t.index})
@@ -90,8 +92,10 @@ def plan_bundle(root: Path, targets: list[str] | None = None, envs: Path | None 
             for subdir in sorted({t.subdir or "noarch", "noarch"}):
                 d = safe_join(root, t.channel, subdir)
                 for name in sorted(os.listdir(d)) if d.is_dir() else []:
-                    if name.startswith(("repodata", "channeldata")) or name == "index.html":
+                    if L.is_conda_index_file(name):  # repodata(.zst), shard index, run_exports, ...
                         index.append((f"{t.channel}/{subdir}/{name}", d / name))
+                if (d / "shards").is_dir():  # the CEP-16 shard index names these
+                    index += _walk_files(d / "shards", f"{t.channel}/{subdir}/shards")
             ch = safe_join(root, t.channel)
             if (ch / "channeldata.json").is_file():
                 index.append((f"{t.channel}/channeldata.json", ch / "channeldata.json"))
@@ -102,7 +106,8 @@ def plan_bundle(root: Path, targets: list[str] | None = None, envs: Path | None 
         for tid in ids:
             locks += _walk_files(Path(envs) / tid, f"envs/{tid}")
     seen: set[str] = {f.path for f in files}
-    for role, group in (("lock", locks), ("index", index)):
+    by_role: tuple[tuple[Role, list[tuple[str, Path]]], ...] = (("lock", locks), ("index", index))
+    for role, group in by_role:
         for rel, src in group:
             if rel not in seen:
                 seen.add(rel)
