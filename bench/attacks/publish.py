@@ -11,9 +11,10 @@
 
 Class (f) (:func:`run_republish`, issue 22 items 5 and 7, issue 21 item 3):
 
-- upstream re-publishes filelock under the same name; over three syncs no package URL may
-  serve two byte strings, and the third sync downloads nothing and leaves the index unchanged;
-- unbundle SIGKILLed 0-28 ms after its commit starts, into a new directory and into an existing
+- upstream re-publishes filelock under the same name; the second sync runs with ``--prune`` (so
+  the old path goes); over three syncs no package URL may serve two byte strings, and the third
+  sync downloads nothing and leaves the index unchanged;
+- unbundle SIGKILLed 0-28 ms after its commit moves its first file in, into a new directory and into an existing
   mirror that lacks filelock: the live mirror stays verify-clean, and ``verify-mirror --repair``
   then the next unbundle converge.
 """
@@ -270,7 +271,8 @@ def _republish_attempt(base: Path, tmp: Path, site: Site) -> Outcome:
     site.republish(fname, make_wheel("filelock", "3.16.1", "py3-none-any", (), PAYLOAD, 997)[1])
     before = snapshot(sb.base, sb.scratch)
     try:
-        second = run_cli(sb, ["mirror", "--spec", str(spec)], env=mirror_env(sb, site))
+        # --prune lets the old path go (without it the old bytes stay listed for the recorded target)
+        second = run_cli(sb, ["mirror", "--spec", str(spec), "--prune"], env=mirror_env(sb, site))
         record()
         site.server.reset_counters()
         third = run_cli(sb, ["mirror", "--spec", str(spec)], env=mirror_env(sb, site))
@@ -289,9 +291,9 @@ def _republish_attempt(base: Path, tmp: Path, site: Site) -> Outcome:
 
 
 def _unbundle_kill_attempt(base: Path, tmp: Path, bundle: Path, name: str, delay: float, fresh: bool) -> Outcome:
-    """SIGKILL unbundle ``delay`` s after its commit starts (the staged landing page appears just
-    before it): the live mirror must be verify-clean, then ``verify-mirror --repair`` and the
-    next unbundle must converge to a verify-clean mirror."""
+    """SIGKILL unbundle ``delay`` s after its commit moves its first file in: the live mirror must
+    be verify-clean, then ``verify-mirror --repair`` and the next unbundle must converge to a
+    verify-clean mirror."""
     sb = Sandbox(tmp / name)
     dest = sb.work / "dest"
     if not fresh:
@@ -299,16 +301,22 @@ def _unbundle_kill_attempt(base: Path, tmp: Path, bundle: Path, name: str, delay
         _drop_filelock(dest, base)
     published = manifest_files(dest)
     planted = verify_bad(sb, dest) if not fresh else set()
+    was_bad = _not_ok(sb, dest)
     fired: list[float] = []
+    first = dest / "packages" / ("" if fresh else "filelock")  # appears with the commit's first file
 
     def kill_when() -> bool:
-        if not fired and any(dest.glob(".torchdepot/stage-unbundle-*/.landing")):
+        if not fired and first.exists():
             fired.append(time.monotonic())
         return bool(fired) and time.monotonic() - fired[0] >= delay
     before = snapshot(sb.base, sb.scratch)
     r = run_cli(sb, ["unbundle", str(bundle), "--to", str(dest)], kill_when=kill_when, poll=0.001)
     corrupt, note = live_corrupt(sb, dest, published, planted)
-    notes = [note, "" if fired else "commit never reached"]
+    new_bad = _not_ok(sb, dest) - was_bad  # orphans and bad JSON pages too, not only broken links
+    corrupt = max(corrupt, len(new_bad))
+    notes = [note, "" if fired else "commit never reached",
+             f"verify-mirror NOT OK: {', '.join(sorted(f'{k} {Path(p).name}' for k, p in new_bad))[:160]}"
+             if new_bad else ""]
     converged = True
     if (dest / "manifest.json").exists():
         repair = run_cli(sb, ["verify-mirror", str(dest), "--repair"])
@@ -322,6 +330,18 @@ def _unbundle_kill_attempt(base: Path, tmp: Path, bundle: Path, name: str, delay
     outside = changed(before, snapshot(sb.base, sb.scratch), (dest,))
     return judge(CLS_REPUB, name, r, corrupt=corrupt, outside=outside, check=converged,
                  note="; ".join(n for n in notes if n), expect_kill=True)
+
+
+def _not_ok(sb: Sandbox, root: Path) -> set[tuple[str, str]]:
+    """(kind, path) of every problem that makes ``verify-mirror`` say NOT OK (leftovers aside)."""
+    if not (root / "manifest.json").exists():
+        return set()
+    r = run_cli(sb, ["verify-mirror", str(root), "--json"])
+    try:
+        problems = json.loads(r.stdout)["problems"]
+    except (ValueError, KeyError, TypeError):
+        return {("unreadable", (r.stderr.strip().splitlines() or ["verify-mirror failed"])[-1][:80])}
+    return {(p["kind"], p["path"]) for p in problems if p["kind"] not in ("partial", "temp", "staging", "staged")}
 
 
 def run_republish(tmp: Path) -> list[Outcome]:
