@@ -204,7 +204,7 @@ def main() -> None:
                          "--threshold-scale 0.05 splits the same files as at full size)")
     ap.add_argument("--no-sizes", action="store_true",
                     help="give torchdepot no sizes (as from an HTML index): it learns them from Content-Length")
-    ap.add_argument("--skip", default="", help="comma list of pip,uv to leave out")
+    ap.add_argument("--skip", default="", help="comma list of pip,uv,fixed to leave out")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -253,9 +253,16 @@ def main() -> None:
             took, proc = timed(cmd, env)
             figures = json.loads(proc.stdout.decode().strip().splitlines()[-1])
             results["torchdepot"] = took
+            results["torchdepot (in process)"] = figures["seconds"]
             rss = figures["rss"]
             print(f"torchdepot fetch: {figures['seconds']:.2f} s inside the process, {took:.2f} s with "
                   f"interpreter start; peak RSS {rss / MB:.1f} MB; CPU {figures['cpu']:.2f} s")
+            if "fixed" not in skip:  # the same fetcher with issue 15's fixed split threshold, for the ratio
+                fixed = [*cmd[:cmd.index("--split-bytes")], "--split-bytes", str(int(16 * MB * tscale)),
+                         "--piece-bytes", str(int(4 * MB * tscale))] + (["--no-sizes"] if args.no_sizes else [])
+                fixed[fixed.index("--out") + 1] = str(tmp / "td-fixed")  # a fresh mirror: every byte again
+                took_fixed, proc = timed(fixed, env)
+                results["torchdepot, fixed 16 MB split"] = took_fixed
             if "uv" not in skip:
                 uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
                 cmd = [uv, "pip", "install", "--no-deps", "--target", str(tmp / "uv-target"), "--index-url",
@@ -277,7 +284,11 @@ def main() -> None:
             print(f"torchdepot / uv: {td / results['uv pip install --target']:.2f}")
         if "pip download" in results:
             print(f"torchdepot / pip download: {td / results['pip download']:.2f}")
-        print(f"goals: <= 1.3x limit: {'met' if td / limit <= 1.3 else 'NOT met'}; "
+        if "torchdepot, fixed 16 MB split" in results:
+            print(f"torchdepot / the same with a fixed 16 MB split threshold: "
+                  f"{td / results['torchdepot, fixed 16 MB split']:.2f}")
+        print(f"goals: <= 1.3x limit: {'met' if td / limit <= 1.3 else 'NOT met'} "
+              f"(in process: {results['torchdepot (in process)'] / limit:.2f}x); "
               f"peak RSS <= 100 MB: {'met' if rss <= 100 * MB else 'NOT met'}")
 
 

@@ -218,6 +218,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return 0, size - 1
 
     def _serve_ok(self, data: bytes, ctype: str, head: bool, rate: float | None, fault: Fault | None = None) -> None:
+        validators = self.server.owner._validator_headers(self._path)
+        if validators and self.headers.get("If-None-Match") == validators["ETag"]:
+            self.send_response(304)  # a conditional re-read of an unchanged file: no body
+            for k, v in validators.items():
+                self.send_header(k, v)
+            self.end_headers()
+            return
         start, last = self._range(len(data))
         if self.headers.get("Range") and (start or last < len(data) - 1 or self.server.owner.validators):
             self.send_response(206)
@@ -266,7 +273,7 @@ class FaultServer:
 
     def __init__(self, host: str = "127.0.0.1", default: Fault | None = None, validators: bool = False):
         # validators: send ETag and Last-Modified (they change when ``add`` replaces a file),
-        # and answer every Range with 206, as a CDN does.
+        # answer a matching If-None-Match with 304, and every Range with 206, as a CDN does.
         self.validators = validators
         self._versions: dict[str, int] = collections.Counter()
         self._lock = threading.Lock()
@@ -330,6 +337,8 @@ class FaultServer:
         if not self.validators:
             return {}
         with self._lock:
+            if path not in self.files and path.endswith("/"):
+                path += "index.html"  # a page served for its directory changes with that file
             version = self._versions.get(path, 0)
         day = 1 + version % 28
         return {"ETag": f'"v{version}"', "Last-Modified": f"Mon, {day:02d} Jan 2024 00:00:00 GMT"}

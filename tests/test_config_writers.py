@@ -8,6 +8,7 @@ from __future__ import annotations
 import configparser
 import os
 import random
+import shlex
 import signal
 import subprocess
 import sys
@@ -146,9 +147,53 @@ def test_pip_keeps_index_url_adds_extra_index_and_pin(tmp_path, URL):
     pins = [ln for ln in cfile.read_text().splitlines() if not ln.startswith("#")]
     assert pins == ["torch==2.13.0+cu126"]
     assert [b.read_text() for b in backups(f)] == [PIP_OLD]
+    # A PIP_* variable replaces the file's whole value: the CI lines keep the user's hosts and constraints.
     assert f"export PIP_EXTRA_INDEX_URL={URL}/whl/cu126" in res.output
-    assert f"export PIP_TRUSTED_HOST={host(URL)}" in res.output
-    assert f"export PIP_CONSTRAINT={cfile}" in res.output
+    assert f"export PIP_TRUSTED_HOST='regional.example {host(URL)}'" in res.output
+    assert f"export PIP_CONSTRAINT='/etc/lab-constraints.txt {cfile}'" in res.output
+
+
+def test_pip_ci_variables_keep_the_existing_extra_indexes_hosts_and_constraints(tmp_path, URL):
+    """Issue 22 item 18: the printed "equivalent environment variables" would have dropped them."""
+    f = tmp_path / "pip.conf"
+    f.write_text("[global]\nextra-index-url =\n    https://extra.example/simple\n    https://more.example/simple\n"
+                 "trusted-host = extra.example\nconstraint = /etc/c1.txt\n")
+    res = run("config", "pip", "--url", URL, "--file", str(f))
+    assert res.exit_code == 0, res.output
+    exports = dict(ln[len("export "):].split("=", 1) for ln in res.output.splitlines() if ln.startswith("export "))
+    env = {k: shlex.split(v)[0] for k, v in exports.items()}
+    cp = configparser.RawConfigParser()
+    cp.read_string(f.read_text())
+    for key in ("extra-index-url", "trusted-host", "constraint"):
+        assert env["PIP_" + key.upper().replace("-", "_")].split() == cp.get("global", key).split()
+    assert env["PIP_EXTRA_INDEX_URL"].split() == ["https://extra.example/simple", "https://more.example/simple",
+                                                   f"{URL}/whl/cpu"]
+    assert env["PIP_TRUSTED_HOST"].split() == ["extra.example", host(URL)]
+    assert env["PIP_CONSTRAINT"].split() == ["/etc/c1.txt", str(tmp_path / pip_cfg.CONSTRAINTS_NAME)]
+
+
+@pytest.mark.parametrize("suffix", ["/whl/cu126", "/whl/cu126/"])
+def test_pip_url_of_a_variant_index_is_taken_as_root_and_variant(tmp_path, URL, suffix):
+    """Issue 22 item 18: the URL serve's banner prints (``<root>/whl/<variant>``) got a bare HTTP 404."""
+    f = tmp_path / "pip.conf"
+    res = run("config", "pip", "--url", URL + suffix, "--file", str(f))
+    assert res.exit_code == 0, res.output
+    cp = configparser.RawConfigParser()
+    cp.read_string(f.read_text())
+    assert cp.get("global", "extra-index-url") == f"{URL}/whl/cu126"
+    assert "torch==2.13.0+cu126" in (tmp_path / pip_cfg.CONSTRAINTS_NAME).read_text()
+
+
+def test_pip_url_of_one_variant_with_another_variant_is_refused(tmp_path, URL):
+    res = CliRunner().invoke(main, ["config", "pip", "--url", URL + "/whl/cu126", "--variant", "cpu",
+                                    "--file", str(tmp_path / "pip.conf")])
+    one_line_error(res, "--url", "cu126", f"--url {URL}")
+    assert not (tmp_path / "pip.conf").exists()
+
+
+def test_pip_url_that_is_not_the_mirror_root_says_so(tmp_path, URL):
+    res = CliRunner().invoke(main, ["config", "pip", "--url", URL + "/packages", "--file", str(tmp_path / "pip.conf")])
+    one_line_error(res, "HTTP 404", "--url wants the mirror root")
 
 
 def test_pip_command_sections_that_override_global_get_ours_too(tmp_path, URL):
@@ -579,6 +624,75 @@ def test_ini_set_value_property(text, value):
                 assert after.get(sec, k) == v
     removed = [ln for ln in text.splitlines() if ln not in new.splitlines()]
     assert all(ini.norm_key(ln.split("=")[0]) == "index-url" for ln in removed)
+
+
+def test_spaced_header_is_not_global(tmp_path, URL):
+    """Issue 22 item 14: configparser (so pip) reads ``[ global ]`` as a section named " global ",
+    not [global]: the writer adds a real [global] instead of writing where pip never looks."""
+    f = tmp_path / "pip.conf"
+    f.write_text("[ global ]\ntimeout = 5\n")
+    assert run("config", "pip", "--url", URL, "--file", str(f)).exit_code == 0
+    cp = configparser.RawConfigParser()
+    cp.read_string(f.read_text())
+    assert cp.get("global", "extra-index-url") == f"{URL}/whl/cpu"
+    assert dict(cp.items(" global ")) == {"timeout": "5"}
+
+
+def test_fake_header_inside_a_continuation_line_is_part_of_the_value(tmp_path, URL):
+    """Issue 22 item 14: an indented ``[global]`` under a key continues that key's value."""
+    f = tmp_path / "pip.conf"
+    old = ("[install]\nextra-index-url =\n    https://one.example/simple\n\n    [global]\n"
+           "    extra-index-url = https://two.example/simple\n[global]\ntimeout = 5\n")
+    f.write_text(old)
+    before = configparser.RawConfigParser()
+    before.read_string(old)
+    assert run("config", "pip", "--url", URL, "--file", str(f)).exit_code == 0
+    cp = configparser.RawConfigParser()
+    cp.read_string(f.read_text())
+    assert cp.get("global", "extra-index-url") == f"{URL}/whl/cpu"
+    assert cp.get("global", "timeout") == "5"
+    assert cp.get("install", "extra-index-url").split() == [
+        *before.get("install", "extra-index-url").split(), f"{URL}/whl/cpu"]
+
+
+_sec_name = st.sampled_from(["global", "install", " global ", "global ", "download"])
+_indent = st.sampled_from(["", " ", "  ", "\t"])
+
+
+@st.composite
+def tricky_ini_docs(draw):
+    """Headers with spaces, indented keys, multi-line values whose lines look like headers or
+    keys, blank and comment lines inside values: every shape configparser has a rule for."""
+    lines = []
+    for sec in draw(st.lists(_sec_name, unique=True, max_size=4)):
+        lines.append(f"{draw(_indent)}[{sec}]")
+        for _ in range(draw(st.integers(0, 3))):
+            key_indent = draw(st.sampled_from(["", " "]))
+            lines.append(f"{key_indent}{draw(st.sampled_from(['index-url', 'timeout', 'extra_index_url']))} = "
+                         f"{draw(_val)}")
+            for _ in range(draw(st.integers(0, 3))):
+                cont = draw(st.sampled_from(["[global]", "index-url = x", "v", "", "# c", "; c"]))
+                lines.append(cont if cont in ("", "# c", "; c") and draw(st.booleans())
+                             else key_indent + "    " + cont)
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=400, deadline=None)
+@given(tricky_ini_docs(), _val)
+def test_ini_set_value_follows_configparser(text, value):
+    try:
+        before = ini.validate(text, "t")
+    except TorchdepotError:
+        return  # duplicate sections or keys: the writer refuses those files
+    new = ini.set_value(text, "global", "index-url", value)
+    after = ini.validate(new, "t")
+    assert after.get("global", "index-url") == value
+    for sec in before.sections():
+        for k, v in before.items(sec):
+            if not (sec == "global" and ini.norm_key(k) == "index-url"):
+                assert after.get(sec, k) == v, (sec, k)
+    assert sorted(ini.sections_with(text, "index-url")) == sorted(
+        sec for sec in before.sections() if any(ini.norm_key(k) == "index-url" for k in before.options(sec)))
 
 
 # --- crash safety: SIGKILL the writer at random points -----------------------------------

@@ -20,7 +20,7 @@ from torchdepot.doctor import check
 from torchdepot.doctor.detect import Gpu, Machine, detect, parse_smi
 from torchdepot.doctor.recommend import MirrorChoice, assess, choose_mirrored
 from torchdepot.errors import ParseError
-from torchdepot.model import cuda as drivers
+from torchdepot.model import gpu_tables as drivers
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "doctor"
 CAPTURE_2023 = "index_pages/download.pytorch.org_whl_simple_2023-10"
@@ -446,6 +446,78 @@ def test_mirror_unreachable_is_one_line_error(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_mirror_down_still_prints_the_local_report_then_the_error(tmp_path):
+    """Issue 22 item 17: the machine/GPU report needs no network; it prints, then the error, exit 1.
+    The address has no scheme, as people type it: http:// is assumed, and said."""
+    fake_tool(tmp_path / "bin", "nvidia-smi", FIX / "smi_single_535.csv")
+    proc = doctor(tmp_path, "--mirror", "127.0.0.1:9", check_rc=False)
+    assert proc.returncode == 1
+    assert proc.stdout.startswith("machine     ")
+    assert "gpu         " in proc.stdout
+    assert "recommended " in proc.stdout
+    assert "assumed http://127.0.0.1:9" in proc.stdout
+    assert proc.stderr.startswith("torchdepot: error: http://127.0.0.1:9/")
+    assert "redirect" not in proc.stderr
+    assert proc.stderr.count("\n") == 1
+    r = json.loads(doctor(tmp_path, "--json", "--mirror", "127.0.0.1:9", check_rc=False).stdout)
+    assert r["recommended"]
+    assert r["mirror"]["url"] == "http://127.0.0.1:9"
+    assert r["mirror"]["error"].startswith("http://127.0.0.1:9/")
+
+
+def test_mirror_without_a_scheme_is_read_over_http(tmp_path):
+    mroot = tmp_path / "mirror"
+    mroot.mkdir()
+    _manifest_mirror(mroot)
+    with Server(mroot) as srv:
+        bare = srv.url.split("://", 1)[1]
+        r = doctor_json(tmp_path, "--mirror", bare)
+    assert r["mirror"]["accelerators"] == ["cpu", "cu118", "cu121"]
+    assert r["mirror"]["command"] == f"pip install --index-url {srv.url}/whl/cpu torch==2.5.1"
+    assert r["mirror"]["note"].startswith(f"{bare!r} has no scheme")
+
+
+def test_mirror_url_completion(tmp_path):
+    from torchdepot.doctor.mirror import mirror_url
+    assert mirror_url("http://torchlab:8000") == ("http://torchlab:8000", None)
+    assert mirror_url("torchlab:8000")[0] == "http://torchlab:8000"
+    assert mirror_url(str(tmp_path))[0] == tmp_path.resolve().as_uri()
+
+
+@pytest.mark.e2e
+def test_mirror_that_accepts_and_never_answers_ends_in_seconds(tmp_path):
+    """A listening socket nobody reads: the connection is accepted (backlog), no byte comes back.
+    It took 21 s (2 attempts x 10 s read timeout + backoff); the bound is one short read."""
+    import socket
+    import time
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(50)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        start = time.monotonic()
+        proc = doctor(tmp_path, "--mirror", url, check_rc=False)
+        took = time.monotonic() - start
+    assert proc.returncode == 1
+    assert proc.stdout.startswith("machine     ")
+    assert proc.stderr.startswith(f"torchdepot: error: {url}/manifest.json: timed out")
+    assert took < 10, took
+
+
+def test_doctor_deadline_stops_asking_for_pages(tmp_path):
+    """The whole read is bounded, not only each request: past the deadline no page is asked for."""
+    from torchdepot.doctor.mirror import DOCTOR_HTTP, read_mirror
+    from torchdepot.errors import UpstreamError
+    from torchdepot.net.http import make_session
+    whl = tmp_path / "mirror" / "whl"
+    (whl / "cpu" / "torch").mkdir(parents=True)
+    (whl / "index.html").write_text('<a href="cpu/">cpu</a>')
+    (whl / "cpu" / "torch" / "index.html").write_text("")
+    with Server(tmp_path / "mirror") as srv, make_session(DOCTOR_HTTP) as client:
+        with pytest.raises(UpstreamError, match="no complete answer within 0 s"):
+            read_mirror(client, srv.url, deadline=0.0)
+        assert read_mirror(client, srv.url).accelerators == ["cpu"]
+
+
 # --- --check on an installed torch ---------------------------------------------------
 def fake_env(tmp: Path, torch_version: str, cuda: str | None, available: bool, numpy_broken: bool = False,
              arch_list: tuple[str, ...] = ()) -> str:
@@ -585,3 +657,17 @@ def test_mirror_unreachable_fails_fast(tmp_path):
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith(f"torchdepot: error: http://127.0.0.1:{port}/manifest.json: timed out")
     assert took < 15, took
+
+
+def test_deeply_nested_manifest_is_one_line_after_the_local_report(tmp_path):
+    """Issue 22 item 12: a manifest.json nested 100,000 deep was 'unexpected RecursionError (a bug)'."""
+    mroot = tmp_path / "mirror"
+    mroot.mkdir()
+    (mroot / "manifest.json").write_text('{"targets": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    proc = doctor(tmp_path, "--mirror", mroot.as_uri(), check_rc=False)
+    assert proc.returncode == 1
+    assert proc.stdout.startswith("machine     ")
+    # not a torchdepot manifest (errors.load_json): read as a plain index, which it is not either
+    assert proc.stderr.startswith(f"torchdepot: error: {mroot.as_uri()}/")
+    assert proc.stderr.count("\n") == 1
+    assert "RecursionError" not in proc.stderr

@@ -19,7 +19,7 @@ def test_mirror_then_offline_pip_install(tmp_path, torch_wheel, torch_mirror):
     proc = torch_mirror.first_run
     assert proc.returncode == 0, proc.stderr
     assert f"upstream {torch_mirror.dead} unreachable" in proc.stderr
-    assert "11 files: 11 downloaded" in proc.stdout, proc.stdout
+    assert "11 packages fetched: 11 downloaded" in proc.stdout, proc.stdout
     out = torch_mirror.copy(tmp_path / "mirror")  # the re-run below is this test's own
     wheel = out / "packages" / "torch" / torch_wheel.name
     assert wheel.stat().st_size == torch_wheel.stat().st_size

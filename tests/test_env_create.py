@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -158,3 +159,68 @@ def test_usage_errors_exit_2(site):
     bad = td(site, "env", "create", site["envs"] / TID, "--prefix", site["tmp"] / "x", "--display-name", "X")
     assert bad.returncode == 2
     assert "--display-name needs --register-kernel" in bad.stderr
+
+
+def _floor_2_28(wheel: Path, dest: Path) -> Path:
+    """A cached wheel built for a newer glibc (debugpy: manylinux_2_34), re-tagged manylinux_2_28:
+    the mirror's linux-x86_64 target takes glibc <= 2.28, as the public index's older builds are.
+    The bytes still run here (this host's glibc is newer); WHEEL and RECORD say the new tag."""
+    import base64
+    import hashlib
+    import zipfile
+
+    m = re.search(r"manylinux_2_(\d+)_x86_64", wheel.name)
+    if m is None or int(m.group(1)) <= 28:
+        return wheel
+    out = dest / re.sub(r"manylinux_2_\d+_x86_64", "manylinux_2_28_x86_64", wheel.name)
+    with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        members = {i.filename: src.read(i) for i in src.infolist()}
+        info = next(n for n in members if n.endswith(".dist-info/WHEEL"))
+        members[info] = re.sub(rb"manylinux_2_\d+_x86_64", b"manylinux_2_28_x86_64", members[info])
+        record = next(n for n in members if n.endswith(".dist-info/RECORD"))
+        digest = base64.urlsafe_b64encode(hashlib.sha256(members[info]).digest()).rstrip(b"=").decode()
+        lines = [f"{info},sha256={digest},{len(members[info])}" if ln.startswith(info + ",") else ln
+                 for ln in members[record].decode().splitlines()]
+        members[record] = ("\n".join(lines) + "\n").encode()
+        for name, data in members.items():
+            dst.writestr(name, data)
+    return out
+
+
+def test_walkthrough_step5_ipykernel_comes_from_extra_packages(tmp_path, jupyter_wheels):
+    """README step 5 as written (issue 22 item 23): ipykernel is added to the spec's
+    extra_packages and the mirror synced with the real `torchdepot mirror`; then the lock is
+    written with --base-url http://torchlab:8000 and `env create --register-kernel` runs against
+    it through the LAN name. Before, the walkthrough skipped the first step and failed."""
+    from tests.kit.upstream import pep503
+    from tests.loopback_upstream import mirror_env
+
+    wheels = fake_torch_wheels(tmp_path / "w")
+    torch = [w for w in wheels if w.name.startswith("torch-")]
+    deps = [w for w in wheels if not w.name.startswith("torch-")]
+    deps += [_floor_2_28(w, tmp_path / "w") for w in jupyter_wheels]
+    tree = pep503(torch, pages=["/whl/cpu"], files="/whl/cpu", indexes=False)
+    tree |= pep503(deps, pages=["/simple"], files="/files", metadata=False)
+    tree.write(tmp_path / "up")
+    root, home = tmp_path / "mirror", tmp_path / "home"
+    home.mkdir()
+    with Server(tmp_path / "up") as up:
+        spec = tmp_path / "mirror.yaml"
+        spec.write_text(f"packages: [torch]\nextra_packages: [filelock, ipykernel]\naccelerators: [cpu]\n"
+                        f"pythons: ['3.11']\nplatforms: [linux-x86_64]\nupstreams: ['{up.url}/whl']\nout: {root}\n")
+        synced = subprocess.run([TD, "mirror", "--spec", str(spec)], env=mirror_env(up.url, tmp_path),
+                                capture_output=True, text=True, timeout=600)
+    assert synced.returncode == 0, synced.stderr[-2000:]
+    assert list((root / "packages" / "ipykernel").glob("ipykernel-*.whl"))
+    locked = subprocess.run([TD, "lock", "--mirror", str(root), "--out", str(tmp_path / "envs"), "--base-url", LAN],
+                            capture_output=True, text=True, timeout=120)
+    assert locked.returncode == 0, locked.stderr
+    with Server(root) as server, LanProxy({"torchlab:8000": server.httpd.server_address[:2]}) as proxy:
+        env = proxy.env(hermetic_env(HOME=str(home), JUPYTER_DATA_DIR=str(tmp_path / "jupyter-data")))
+        prefix = tmp_path / "envs-persistent" / "torch-cpu"
+        proc = subprocess.run([TD, "env", "create", str(tmp_path / "envs" / TID), "--prefix", str(prefix),
+                               "--mirror", LAN, "--register-kernel", "torch-cpu"],
+                              env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "registered Jupyter kernel torch-cpu" in proc.stdout
+    assert any(r.startswith(f"GET {LAN}/whl/cpu/ipykernel/") for r in proxy.seen)

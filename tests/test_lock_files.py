@@ -20,7 +20,7 @@ from tests.kit.lockmirror import build_mirror, fake_torch_wheels
 from torchdepot.cli import main
 from torchdepot.lockfiles.render import render
 from torchdepot.model.accel import parse_accelerator
-from torchdepot.model.cuda import min_driver, min_nvidia_driver
+from torchdepot.model.gpu_tables import min_driver, min_nvidia_driver
 from torchdepot.store.manifest import FileEntry, Manifest, Target, TargetPackage
 from torchdepot.verify.locks import parse_requirements
 

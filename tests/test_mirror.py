@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -219,7 +220,12 @@ def test_cli_subprocess_and_errors(upstreams, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "torchdepot", "mirror", "--spec", str(spec_file), "--out", str(out),
                            "--jobs", "2"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "4 files: 4 downloaded, 0 already present (skipped), 0 failed" in proc.stdout
+    assert "this run: 4 packages fetched: 4 downloaded, 0 already present (skipped), 0 failed" in proc.stdout
+    # the files it says the mirror holds are the files `status` counts (issue 22 item 19)
+    held = int(re.search(r"targets, (\d+) files \(", proc.stdout).group(1))
+    status = subprocess.run([sys.executable, "-m", "torchdepot", "status", str(out), "--json"],
+                            capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert held == json.loads(status.stdout)["files"], (proc.stdout, status.stdout)
     assert json.loads((out / "manifest.json").read_text())["targets"][0]["id"] == "cpu-py311-linux-x86_64"
     spec_file.write_text("accelerators: [cpu, cu11]\n")
     bad = subprocess.run([sys.executable, "-m", "torchdepot", "mirror", "--spec", str(spec_file)],

@@ -39,8 +39,13 @@ def test_pulled_wheel_survives_a_spec_sync_into_the_same_root(tmp_path):
         assert mf.load(out).pulled == [rel]
 
         env = mirror_env(server.url, tmp_path)
-        synced = run_mirror(write_spec(tmp_path / "spec.yaml", server.url, out), env)
+        spec = write_spec(tmp_path / "spec.yaml", server.url, out)
+        dry = run_mirror(spec, env, "--dry-run")  # lists what the real run removes: not the pulled file
+        assert dry.returncode == 0, dry.stderr
+        assert "would remove" not in dry.stderr, dry.stderr
+        synced = run_mirror(spec, env)
         assert synced.returncode == 0, synced.stderr
+        assert "removing" not in synced.stderr, synced.stderr
         again = run_mirror(tmp_path / "spec.yaml", env)  # a second sync reads the manifest the first wrote
         assert again.returncode == 0, again.stderr
 

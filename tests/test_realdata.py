@@ -72,7 +72,7 @@ def crawled(served, client, data_dir):
     out["2024"] = [project_page(reader, served.url + "/p2024", p) for p in root24.projects]
     out["2021"] = [reader.page(served.url + "/whl21/torch_stable.html")]  # a find-links page
     pages = 1 + len(dirs) + 1 + len(root24.projects) + 1
-    assert reader.request_counts() == {"pages": pages, "metadata": 0, "ranges": 0, "wheels": 0}
+    assert reader.request_counts() == {"pages": pages, "unchanged": 0, "metadata": 0, "ranges": 0, "wheels": 0}
     return out
 
 

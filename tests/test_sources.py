@@ -343,3 +343,32 @@ def test_redirects_are_confined_by_the_host_policy():
         assert [link.filename for link in got.links] == ["torch-2.5.0+cpu-cp311-cp311-linux_x86_64.whl"]
         assert got.links[0].url.startswith(origin.url)  # relative links resolve against the final URL
         assert allowed.request_counts()["pages"] == 2  # two hops, one page
+
+
+def test_a_kept_parse_round_trips_and_nothing_else_is_taken():
+    """An unchanged page (304) is not parsed again: its parse is kept beside it as JSON, taken
+    back only with the same tag (parser version, body digest), and never raises on junk."""
+    from torchdepot.sources.links import Link, Page, page_from_json, page_to_json
+
+    page = Page(url="http://h/whl/cpu/torch/", links=[
+        Link(url="http://h/whl/t-1-py3-none-any.whl", filename="t-1-py3-none-any.whl", sha256="a" * 64,
+             requires_python=">=3.9", core_metadata="sha256=" + "b" * 64, yanked="", upload_time="2025", size=7,
+             href="../t-1-py3-none-any.whl")], projects=["torch"])
+    page.warnings["not a wheel"] += 2
+    data = page_to_json(page, "tag")
+    back = page_from_json(data, "tag")
+    assert back == page
+    assert back.links[0].href == "../t-1-py3-none-any.whl"
+    assert page_from_json(data, "other tag") is None
+    for junk in (b"", b"{", b"[]", b'{"tag": "tag"}', b'{"tag":"tag","url":"u","links":[[1]],"warnings":{},'
+                 b'"projects":[]}', data.replace(b",7,", b',"7",')):
+        assert page_from_json(junk, "tag") is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_a_kept_parse_never_raises(data):
+    from torchdepot.sources.links import Page, page_from_json
+
+    got = page_from_json(data, "t")  # raising would fail the test
+    assert got is None or isinstance(got, Page)

@@ -152,3 +152,37 @@ def test_not_a_lock_folder_is_one_line_error(tmp_path):
 ])
 def test_judge(result, want, cuda, gpu, failing):
     assert [c.name for c in judge(result, want, cuda, gpu) if c.status == "fail"] == failing
+
+
+def test_lock_written_with_base_url_is_installed_from_mirror(tmp_path, private_tmp):
+    """Issue 22 item 15: the air-gap case. The lock was written for another URL (lock --base-url,
+    a host this machine cannot reach); verify and env create check hashes against --mirror AND
+    install from it, saying so with both URLs."""
+    build_mirror(tmp_path / "m", fake_torch_wheels(tmp_path / "w"))
+    dead = "http://127.0.0.1:9"
+    assert cli("lock", "--mirror", tmp_path / "m", "--out", tmp_path / "envs", "--base-url", dead).exit_code == 0
+    assert f"--index-url {dead}/whl/cpu" in (tmp_path / "envs" / CPU / "requirements.lock").read_text()
+    with Server(tmp_path / "m") as srv:
+        res = cli("verify", tmp_path / "envs" / CPU, "--mirror", srv.url, "--json")
+        assert res.exit_code == 0, res.output
+        checks = {c["name"]: c for c in results(res)[CPU]["checks"]}
+        assert checks["install (hash-checked, mirror only)"]["status"] == "pass"
+        assert dead in checks["index"]["detail"]
+        assert f"{srv.url}/whl/cpu" in checks["index"]["detail"]
+        made = cli("env", "create", tmp_path / "envs" / CPU, "--prefix", tmp_path / "env", "--mirror", srv.url)
+    assert made.exit_code == 0, made.output
+    assert f"index: pass (the lock names {dead}/whl/cpu" in made.output
+    assert list((tmp_path / "env").glob("lib/python3.11/site-packages/torch/__init__.py"))
+
+
+def test_lock_index_that_is_no_mirror_index_fails_naming_both_urls(tmp_path):
+    from torchdepot.errors import TorchdepotError
+    from torchdepot.verify.locks import EnvLock
+    from torchdepot.verify.run import requirements_for
+    (tmp_path / "requirements.lock").write_text("--index-url http://old.example/simple\nx==1 \\\n    --hash=sha256:"
+                                                + "0" * 64 + "\n")
+    lock = EnvLock(tmp_path, {}, ())
+    with pytest.raises(TorchdepotError, match="http://old.example/simple.*--mirror http://new.example"):
+        requirements_for(lock, "http://new.example", tmp_path)
+    (tmp_path / "requirements.lock").write_text("--index-url ${TORCHDEPOT_MIRROR}/whl/cpu\n")
+    assert requirements_for(lock, "http://new.example", tmp_path) == (lock.requirements, None)

@@ -3,7 +3,8 @@
 Bundle documents that are a list, hold a list as a path or an int as targets; a uv.toml with an
 inline ``index = [{...}]`` array; a deeply nested ``.condarc``, ``manifest.json`` and spec; a
 UTF-16 and a Latin-1 spec; 5,000-digit numbers in a version, an accelerator, a Python and a
-wheel name. Held: success, or a non-zero exit with one stderr line; never 'Traceback'.
+wheel name; a 5,000-digit variant label, ROCm label and glibc floor; an ``exclude_newer`` that
+leaves years 1..9999 in UTC (command line and spec). Held: success, or a non-zero exit with one stderr line; never 'Traceback'.
 """
 
 from __future__ import annotations
@@ -91,6 +92,20 @@ def _parse_big(sb: Sandbox):
     return ["parse", f"torch-{BIG}.0+cu{BIG}-cp311-cp311-manylinux_2_28_x86_64.whl"], ()
 
 
+def _parse_big_label(sb: Sandbox):
+    """A PEP 825 variant label, a ROCm local label and a glibc floor with 5,000 digits."""
+    return ["parse", f"torch-2.0-cp311-cp311-linux_x86_64-cuda1.{BIG}.whl",
+            f"torch-2.0+rocm6.{BIG}-cp311-cp311-linux_x86_64.whl",
+            f"torch-2.0-cp311-cp311-manylinux_2_{BIG}_x86_64.whl"], ()
+
+
+def _exclude_newer_cli(when: str):
+    def make(sb: Sandbox):
+        return ["mirror", "--dry-run", "--spec", str(_spec(sb, SPEC_OK)), "--out", str(sb.work / "out"),
+                "--exclude-newer", when], (sb.work / "out",)
+    return make
+
+
 SPEC_OK = "packages: [torch]\naccelerators: [cpu]\npythons: ['3.11']\nplatforms: [linux-x86_64]\nupstreams: ['http://127.0.0.1:9/whl']\n"
 
 
@@ -111,5 +126,12 @@ def run(tmp: Path) -> list[Outcome]:
         ("spec-5000-digit-accelerator", _mirror_spec(SPEC_OK.replace("[cpu]", f"[cu{BIG}]"), "--dry-run")),
         ("spec-5000-digit-python", _mirror_spec(SPEC_OK.replace("'3.11'", f"'3.{BIG}'"), "--dry-run")),
         ("parse-5000-digit-wheel-name", _parse_big),
+        ("parse-5000-digit-variant-label", _parse_big_label),
+        ("exclude-newer-before-year-1-cli", _exclude_newer_cli("0001-01-01T00:00:00+01:00")),
+        ("exclude-newer-after-year-9999-cli", _exclude_newer_cli("9999-12-31T23:59:59-01:00")),
+        ("exclude-newer-before-year-1-spec",
+         _mirror_spec(SPEC_OK + "exclude_newer: 0001-01-01T00:00:00+01:00\n", "--dry-run")),
+        ("exclude-newer-after-year-9999-spec",
+         _mirror_spec(SPEC_OK + "exclude_newer: '9999-12-31T23:59:59-01:00'\n", "--dry-run")),
     ]
     return [_attempt(tmp, name, make) for name, make in cases]

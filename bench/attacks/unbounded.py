@@ -7,6 +7,10 @@
   ``HttpConfig.page_deadline``); the two drips run in background threads;
 - a wheel whose METADATA inflates to 64 MiB (no PEP 658 file upstream): peak RSS of the
   torchdepot process under 512 MiB, and no published ``.metadata`` over 10 MB;
+- a newer torch wheel whose METADATA has 100,000 ``Requires-Dist`` lines (took 419 s at 1.5 GB):
+  the sync ends under 60 s, excludes it in one line and publishes the older torch;
+- a newer "torch" linked through ``%2e%2e`` path segments on the allowed host, bytes not a
+  wheel: refused by the screen, the older torch published;
 - a 1 GiB-of-zeros zstd bundle (~33 KB): at most 64 MiB ever on disk under the destination;
 - ``verify-mirror --repair`` with a manifest whose url is ``file:///dev/zero`` or a loopback
   host outside the policy: done under 30 s, nothing read from the other host;
@@ -137,6 +141,46 @@ def _metadata_attempt(tmp: Path) -> Outcome:
             return (rss < 512 and not big), (f"wheel {len(bomb) // 1024} KiB, METADATA 64 MiB; peak RSS {rss:.0f} MiB"
                                              + (f"; published {big}" if big else ""))
         return _sync(tmp, site, "metadata-inflates-to-64MiB", check=check)
+
+
+def _newer_torch(requires: tuple[str, ...]) -> tuple[str, bytes]:
+    from tests.kit.upstream import TORCH
+    from tests.kit.wheels import wheel_bytes
+    name, _version, tag, _req = TORCH
+    w = wheel_bytes(name, "2.99.0+cpu", tag, requires)
+    return w.filename, w.data
+
+
+def _published_torch(root: Path) -> list[str]:
+    return sorted(p.name for p in (root / "packages" / "torch").glob("*.whl")) if (root / "packages").is_dir() else []
+
+
+def _requires_dist_attempt(tmp: Path) -> Outcome:
+    wheels = original_wheels(payload=20_000)
+    fname, data = _newer_torch(tuple(f"pkg{i}>=1.0" for i in range(100_000)))
+    wheels[fname] = data
+    with FaultServer(validators=True) as server:
+        site = Site(server, wheels, metadata=False)  # no PEP 658 file: read from the wheel
+
+        def check(r: Run, root: Path):
+            said = "excluded " + fname in r.stdout + r.stderr
+            torch = _published_torch(root)
+            ok = r.rc == 0 and r.seconds < 60 and said and fname not in torch and bool(torch)
+            return ok, f"METADATA {len(data) // 1024} KiB zipped; excluded said: {said}; published {torch}"
+        return _sync(tmp, site, "metadata-100k-requires-dist", timeout=120, check=check)
+
+
+def _dot_segment_attempt(tmp: Path) -> Outcome:
+    with FaultServer() as server:
+        site = Site(server, original_wheels(payload=20_000))
+        fname, _ = _newer_torch(())
+        site.link_behind_dot_segments(fname, b"<html>not a wheel</html>")
+
+        def check(r: Run, root: Path):
+            torch = _published_torch(root)
+            said = "dot segment in URL path refused" in r.stdout + r.stderr
+            return (r.rc == 0 and said and fname not in torch and bool(torch)), f"refusal said: {said}; published {torch}"
+        return _sync(tmp, site, "link-with-encoded-dot-segments", check=check)
 
 
 def _zstd_bomb(path: Path, member: str, size: int) -> Path:
@@ -313,6 +357,8 @@ def run(tmp: Path) -> list[Outcome]:
     out.append(_html_attempt(tmp, 64 << 10, "html-unclosed-a-64KB"))
     out.append(_html_attempt(tmp, 1 << 20, "html-unclosed-a-1MB"))
     out.append(_metadata_attempt(tmp))
+    out.append(_requires_dist_attempt(tmp))
+    out.append(_dot_segment_attempt(tmp))
     out.append(_zstd_attempt(tmp))
     with FaultServer() as server:
         site = Site(server, original_wheels(payload=20_000))

@@ -3,7 +3,8 @@ published mirror the bench builds from it once (with the real ``torchdepot mirro
 
 Same layout as :mod:`tests.loopback_upstream` (``/whl/cpu/<project>/`` with ``#sha256`` and
 PEP 658 links, ``/simple/`` for dependencies), built from a ``filename -> bytes`` dict so an
-attack can swap the bytes behind a name (:meth:`Site.republish`) or a page (:meth:`Site.page`).
+attack can swap the bytes behind a name (:meth:`Site.republish`) or a page (:meth:`Site.page`), or
+link a file through ``%2e%2e`` path segments (:meth:`Site.link_behind_dot_segments`).
 """
 
 from __future__ import annotations
@@ -82,6 +83,15 @@ class Site:
     def page(self, project: str, body: bytes) -> None:
         self.server.add(f"/whl/cpu/{project}/index.html", body)
         self.server.add(f"/simple/{project}/index.html", body)
+
+    def link_behind_dot_segments(self, fname: str, data: bytes) -> None:
+        """Upstream's torch page also links ``fname`` (a newer "torch") through a path with
+        ``%2e%2e`` segments on the same, allowed host; its bytes (``data``) live elsewhere."""
+        torch = self.torch_name()
+        good = f"/whl/files/{torch.replace('+', '%2B')}#sha256={hashlib.sha256(self.wheels[torch]).hexdigest()}"
+        self.server.add(f"/evil/{fname}", data)
+        evil = f"/whl/files/%2e%2e/%2e%2e/evil/{fname.replace('+', '%2B')}#sha256={hashlib.sha256(data).hexdigest()}"
+        self.page("torch", _page([(good, torch), (evil, fname)]))
 
     def republish(self, fname: str, data: bytes) -> None:
         """Upstream replaces the bytes behind ``fname`` (same name, new sha256 on the page)."""

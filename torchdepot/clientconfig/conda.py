@@ -42,6 +42,7 @@ from torchdepot.clientconfig.common import (
     edit_text,
     join_url,
 )
+from torchdepot.errors import one_line
 
 SCOPES = ("user", "site", "global")
 MAX_DEPTH = 50  # a .condarc is a few levels deep; deeper is hostile (and ruamel recurses)
@@ -89,7 +90,7 @@ def parse(text: str, where: str):
     except RecursionError:
         raise ConfigFileError(f"{where}: nested too deeply, left untouched") from None
     except Exception as exc:  # ruamel raises YAMLError but also ValueError/TypeError/... on odd input
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = one_line(exc)
         raise ConfigFileError(f"{where}: malformed YAML, left untouched ({first})") from None
     if doc is None:
         doc = CommentedMap()

@@ -1,7 +1,7 @@
 """What a served mirror offers, as the config writers need it: variants, channels, pins.
 
 Read from the mirror's own ``manifest.json`` (http(s) or file://, via
-:func:`torchdepot.store.manifest.fetch`), so ``--variant`` and ``--channel`` are checked
+:func:`torchdepot.sources.served.fetch_manifest`), so ``--variant`` and ``--channel`` are checked
 against what the mirror really has, and pip's constraint pins name the builds it serves.
 :func:`facts` is pure; :func:`probe` does the fetch.
 """
@@ -14,6 +14,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from torchdepot.clientconfig.common import ConfigValueError
+from torchdepot.sources.served import fetch_manifest
 from torchdepot.store import manifest as mf
 
 
@@ -78,4 +79,4 @@ def facts(url: str, m: mf.Manifest) -> MirrorFacts:
 
 def probe(url: str) -> MirrorFacts:
     """Fetch and read ``<url>/manifest.json`` (raises a one-line TorchdepotError when it can't)."""
-    return facts(url, mf.fetch(url))
+    return facts(url, fetch_manifest(url))

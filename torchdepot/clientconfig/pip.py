@@ -44,6 +44,7 @@ from torchdepot.clientconfig.common import (
     logical,
     plain_http_host,
 )
+from torchdepot.store.layout import INDEX_LINK
 
 SCOPES = ("user", "site", "global")
 CONSTRAINTS_NAME = "torchdepot-constraints.txt"
@@ -149,17 +150,22 @@ def _edit_conf(text: str, where: str, wanted: dict[str, tuple[str, str | None]],
     return text
 
 
+def _env_name(key: str) -> str:
+    """``extra-index-url`` -> ``PIP_EXTRA_INDEX_URL`` (pip's own mapping of options to variables)."""
+    return "PIP_" + key.upper().replace("-", "_")
+
+
 def plan(path: Path, old: str | None, url: str, variant: str, pins: tuple[str, ...],
          constraints_old: str | None = None, environ: Mapping[str, str] | None = None,
          inherited: Mapping[str, str] | None = None) -> Plan:
     """``inherited``: what lower-priority pip files set for our keys (:func:`inherited_values`)."""
     environ = {} if environ is None else environ
     notes: list[str] = []
-    index = join_url(url, "whl", variant)
+    index = join_url(url, INDEX_LINK, variant)
     cpath = constraints_path(path)
     if constraints_old is not None and not constraints_old.startswith(CONSTRAINTS_HEADER):
         raise ConfigFileError(f"{cpath}: exists and was not written by torchdepot; left untouched")
-    wanted: dict[str, tuple[str, str | None]] = {"extra-index-url": (index, join_url(url, "whl") + "/")}
+    wanted: dict[str, tuple[str, str | None]] = {"extra-index-url": (index, join_url(url, INDEX_LINK) + "/")}
     host = plain_http_host(url)
     if host:
         wanted["trusted-host"] = (host, None)
@@ -175,15 +181,16 @@ def plan(path: Path, old: str | None, url: str, variant: str, pins: tuple[str, .
         notes.append(f"the mirror has no +{variant} builds to pin; pip takes the highest version across all indexes")
     body = logical(old)
     index_url = ini.get(body, "global", "index-url")
-    if index_url and index_url.startswith(join_url(url, "whl") + "/"):
+    if index_url and index_url.startswith(join_url(url, INDEX_LINK) + "/"):
         notes.append(f"index-url is the mirror ({index_url}); set it back to your own index (the oldest backup has it)")
     if (ini.get(body, "global", "no-index") or "").lower() in ("1", "true", "yes", "on"):
         notes.append("no-index is set: pip ignores every index, the mirror's too")
-    env = [("PIP_EXTRA_INDEX_URL", index)]
-    if host:
-        env.append(("PIP_TRUSTED_HOST", host))
-    if pins:
-        env.append(("PIP_CONSTRAINT", str(cpath)))
+    # A PIP_* variable replaces the file's whole value for its key: the CI lines carry what the
+    # written [global] ends up with (the user's extra indexes, trusted hosts and constraint
+    # files, plus ours), not ours alone.
+    merged = logical(new)
+    env = [(_env_name(key), " ".join((ini.get(merged, "global", key) or wanted[key][0]).split()))
+           for key in wanted]
     for var, _ in env:
         if environ.get(var) is not None:
             notes.append(f"{var} is set in your environment and overrides the file")

@@ -35,6 +35,8 @@ from torchdepot.clientconfig.common import (
     join_url,
     plain_http_host,
 )
+from torchdepot.errors import one_line
+from torchdepot.store.layout import INDEX_LINK
 
 SCOPES = ("user", "site", "global")
 MAIN_NAME = "torchdepot"
@@ -69,13 +71,13 @@ def parse(text: str, where: str) -> tomlkit.TOMLDocument:
     except RecursionError:
         raise ConfigFileError(f"{where}: nested too deeply, left untouched") from None
     except Exception as exc:  # tomlkit raises a zoo (ParseError, ValueError, KeyError...) on bad input
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = one_line(exc)
         raise ConfigFileError(f"{where}: malformed TOML, left untouched ({first})") from None
 
 
 def _edit(text: str, where: str, url: str, variant: str, default_index: bool, notes: list[str]) -> str:
     doc = parse(text, where)
-    index_url = join_url(url, "whl", variant)
+    index_url = join_url(url, INDEX_LINK, variant)
     existing = doc.get("index")
     if existing is not None and not isinstance(existing, (AoT, Array)):
         raise ConfigFileError(f"{where}: 'index' is not an array of tables, left untouched")
@@ -125,7 +127,7 @@ def _edit(text: str, where: str, url: str, variant: str, default_index: bool, no
 def plan(path: Path, old: str | None, url: str, variant: str = "cpu", default_index: bool = False) -> Plan:
     notes: list[str] = []
     new = edit_text(old, lambda t: _edit(t, str(path), url, variant, default_index, notes))
-    index_url = join_url(url, "whl", variant)
+    index_url = join_url(url, INDEX_LINK, variant)
     env = [("UV_INDEX", f"{MAIN_NAME}={index_url} {index_name(variant)}={index_url}")]
     if default_index:
         env.append(("UV_DEFAULT_INDEX", index_url))

@@ -27,6 +27,36 @@ from torchdepot.clientconfig.common import (
 )
 
 
+def split_variant_url(url: str, variant: str | None) -> tuple[str, str]:
+    """``http://torchlab:8000/whl/cpu`` (the URL serve's banner shows) -> the mirror root and
+    its variant; ``.../whl`` -> the root. ``--variant`` naming another variant is refused."""
+    from torchdepot.model.accel import accelerator_from_dir
+
+    parts = url.rstrip("/").rsplit("/", 2)
+    if len(parts) == 3 and parts[1] == "whl" and accelerator_from_dir(parts[2]) is not None and "://" in parts[0]:
+        root, named = parts[0], parts[2]
+        if variant is not None and variant != named:
+            raise ConfigValueError(f"--url {url!r} is the mirror's {named} index but --variant is {variant}; "
+                                   f"give the mirror root --url {root}")
+        return root, named
+    if url.rstrip("/").endswith("/whl") and "://" in url.rstrip("/")[: -len("/whl")]:
+        return url.rstrip("/")[: -len("/whl")], variant or "cpu"
+    return url, variant or "cpu"
+
+
+def _probe_root(url: str) -> mirror.MirrorFacts:
+    """The mirror's facts; a URL with no manifest.json under it is named as not the mirror root."""
+    from torchdepot.net.http import HttpStatusError
+
+    try:
+        return mirror.probe(url)
+    except HttpStatusError as exc:
+        if exc.status != 404:
+            raise
+        raise ConfigValueError(f"--url {url}: no manifest.json there (HTTP 404); --url wants the mirror root, "
+                               "like http://torchlab:8000 (the part before /whl/ in the URL serve prints)") from None
+
+
 def _target(file: str | None, scope: str | None, scope_file) -> Path:
     if file and scope:
         raise click.UsageError("give --file or --scope, not both")
@@ -68,8 +98,10 @@ def config_group() -> None:
 
 @config_group.command("pip")
 @_common
-@click.option("--variant", default="cpu", show_default=True, help="Accelerator index on the mirror: cpu, cu126, rocm6.4, xpu.")
-def pip_cmd(url: str, file: str | None, scope: str | None, dry_run: bool, variant: str) -> None:
+@click.option("--variant", default=None,
+              help="Accelerator index on the mirror: cpu, cu126, rocm6.4, xpu.  [default: cpu, or the one "
+                   "--url names]")
+def pip_cmd(url: str, file: str | None, scope: str | None, dry_run: bool, variant: str | None) -> None:
     """Add the mirror's variant index to pip.conf, keeping your index-url.
 
     The mirror becomes an extra-index-url (plus trusted-host for plain HTTP), and the
@@ -80,11 +112,12 @@ def pip_cmd(url: str, file: str | None, scope: str | None, dry_run: bool, varian
     \b
     Example:
       torchdepot config pip --url http://torchlab:8000 --variant cu126
+      torchdepot config pip --url http://torchlab:8000/whl/cu126   # the URL serve prints
     """
-    url = check_url(url)
+    url, variant = split_variant_url(check_url(url), variant)
     variant = check_name("--variant", variant)
     path = _target(file, scope, pip_cfg.scope_file)
-    facts = mirror.probe(url)
+    facts = _probe_root(url)
     facts.check_variant(variant)
     cpath = pip_cfg.constraints_path(path)
     _finish(pip_cfg.plan(path, read_existing(path), url, variant, facts.pins_for(variant),

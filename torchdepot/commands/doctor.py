@@ -12,10 +12,11 @@ import click
 from torchdepot.doctor import check as check_mod
 from torchdepot.doctor.detect import detect
 from torchdepot.doctor.installers import InstallerFacts, installer_facts
-from torchdepot.doctor.mirror import read_mirror
+from torchdepot.doctor.mirror import DOCTOR_HTTP, mirror_url, read_mirror
 from torchdepot.doctor.recommend import MirrorChoice, assess, choose_mirrored, nvidia_caps, summary
-from torchdepot.model.cuda import min_driver
-from torchdepot.net.http import QUERY_HTTP, make_session
+from torchdepot.errors import TorchdepotError
+from torchdepot.model.gpu_tables import min_driver
+from torchdepot.net.http import make_session
 
 
 def _text(report: dict) -> str:
@@ -53,7 +54,9 @@ def _text(report: dict) -> str:
         lines.append(f"warning     {w}")
     m = report.get("mirror")
     if m:
-        if m.get("accelerator"):
+        if m.get("error"):
+            lines.append(f"mirror      {m['url']}: not read (the error follows)")
+        elif m.get("accelerator"):
             lines.append(f"mirror      {m['url']} offers {' '.join(m['accelerators'])}; use {m['accelerator']}")
             lines.append(f"install     {m['command']}")
             lines.append(f"install     {m['uv_command']}")
@@ -61,6 +64,8 @@ def _text(report: dict) -> str:
             lines.append(f"mirror      {m['url']} offers {' '.join(m['accelerators']) or 'nothing'}: none fits this machine")
         for w in m.get("warnings") or []:
             lines.append(f"warning     {w}")
+        if m.get("note"):
+            lines.append(f"note        {m['note']}")
     c = report.get("check")
     if c:
         r = c["result"]
@@ -94,10 +99,10 @@ def _env_text(facts: InstallerFacts) -> str:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object (same as --format json).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "env"]), default=None,
               help="text (default), json, or env: shell exports of the decision for uv and conda.")
-@click.option("--mirror", "mirror_url", metavar="URL", help="A torchdepot mirror (or PyTorch-style index root) to choose from.")
+@click.option("--mirror", "mirror_url_text", metavar="URL", help="A torchdepot mirror (or PyTorch-style index root) to choose from.")
 @click.option("--check", "do_check", is_flag=True, help="Inspect the installed torch (exit 1 on problems).")
 @click.option("--python", "python", metavar="PATH", default=None, help="Interpreter to --check (default: this one).")
-def doctor_cmd(as_json: bool, fmt: str | None, mirror_url: str | None, do_check: bool, python: str | None) -> None:
+def doctor_cmd(as_json: bool, fmt: str | None, mirror_url_text: str | None, do_check: bool, python: str | None) -> None:
     """Which PyTorch build fits this machine: the NVIDIA driver must run the build's CUDA
     version AND the build must carry kernels for the GPU's architecture (compute
     capability; docs/gpu-architectures.md). Without --mirror, only current variants
@@ -117,20 +122,17 @@ def doctor_cmd(as_json: bool, fmt: str | None, mirror_url: str | None, do_check:
     """
     machine = detect()
     report = summary(machine)
-    if mirror_url:
-        with make_session(QUERY_HTTP) as client:
-            offer = read_mirror(client, mirror_url)
-        offered = offer.offered(machine.python)
-        a = assess(machine, offered)
-        pick = choose_mirrored(a, offered)
-        m = {"url": offer.url, "source": offer.source, "accelerators": offer.accelerators,
-             "accelerator": pick[0] if pick else None, "version": None, "index_url": None, "command": None,
-             "uv_command": None, "candidates": [f.to_json() for f in a.fits], "warnings": list(a.warnings)}
-        if pick:
-            choice = MirrorChoice(pick[0], pick[1], offer.index_url(pick[0]))
-            m.update(version=choice.version, index_url=choice.index_url, command=choice.command,
-                     uv_command=choice.uv_command)
-        report["mirror"] = m
+    mirror_error: TorchdepotError | None = None
+    if mirror_url_text:
+        url, note = mirror_url(mirror_url_text)
+        try:
+            report["mirror"] = _mirror_report(machine, url)
+        except TorchdepotError as exc:
+            # The local report is the part that needs no network: it always prints, then the error.
+            mirror_error = exc
+            report["mirror"] = {"url": url, "error": str(exc)}
+        if note:
+            report["mirror"]["note"] = note
     chosen = (report.get("mirror") or {}).get("accelerator") or report["recommended"]
     torch = next((c["torch"] for c in report.get("candidates") or [] if c["accelerator"] == chosen), None)
     facts = installer_facts(chosen, nvidia_caps(machine), torch)
@@ -147,8 +149,27 @@ def doctor_cmd(as_json: bool, fmt: str | None, mirror_url: str | None, do_check:
         click.echo(_env_text(facts))
     else:
         click.echo(_text(report))
+    if mirror_error is not None:
+        raise mirror_error
     if problems:
         sys.exit(1)
+
+
+def _mirror_report(machine, url: str) -> dict:
+    """The ``mirror`` part of the report: what the mirror offers and the build to install."""
+    with make_session(DOCTOR_HTTP) as client:
+        offer = read_mirror(client, url)
+    offered = offer.offered(machine.python)
+    a = assess(machine, offered)
+    pick = choose_mirrored(a, offered)
+    m = {"url": offer.url, "source": offer.source, "accelerators": offer.accelerators,
+         "accelerator": pick[0] if pick else None, "version": None, "index_url": None, "command": None,
+         "uv_command": None, "candidates": [f.to_json() for f in a.fits], "warnings": list(a.warnings)}
+    if pick:
+        choice = MirrorChoice(pick[0], pick[1], offer.index_url(pick[0]))
+        m.update(version=choice.version, index_url=choice.index_url, command=choice.command,
+                 uv_command=choice.uv_command)
+    return m
 
 
 COMMANDS = [doctor_cmd]

@@ -9,7 +9,13 @@ from pathlib import Path
 import click
 
 from torchdepot.lockfiles import BASE_ENV
-from torchdepot.verify.env import EnvCreateError, Kernel, check_kernel_name, create_env
+from torchdepot.verify.env import (
+    KERNEL_NAME_RULE,
+    EnvCreateError,
+    Kernel,
+    check_kernel_name,
+    create_env,
+)
 from torchdepot.verify.run import mirror_url
 
 
@@ -18,8 +24,8 @@ def _kernel_name(ctx, param, value: str | None) -> str | None:
         return None
     try:
         return check_kernel_name(value)
-    except EnvCreateError as exc:  # a usage error: click's exit 2
-        raise click.BadParameter(str(exc).split(": ", 1)[-1]) from None
+    except EnvCreateError:  # a usage error: click's exit 2
+        raise click.BadParameter(KERNEL_NAME_RULE) from None
 
 
 @click.group("env")

@@ -23,16 +23,10 @@ from collections.abc import Callable, Iterator
 
 import click
 
-from torchdepot.errors import TorchdepotError
+from torchdepot.errors import TorchdepotError, one_line
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
-
-
-def one_line(exc: BaseException, limit: int = 400) -> str:
-    """The exception's message on one line (messages quote user input), cut to ``limit``."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 @contextlib.contextmanager

@@ -92,6 +92,16 @@ def mirror_cmd(spec_path, out, upstreams, jobs, dry_run, on_hash_mismatch, fsync
     result = sync(spec, dry_run=dry_run, wait=wait, out=Path(spec.out), prune=prune, locks=locks,
                   spec_targets=not locks, **_json_progress(as_json))
     _report(result, dry_run, as_json)
+    _fail_if_partial(result)
+
+
+def _fail_if_partial(result) -> None:
+    """Exit non-zero, in one line, when some targets could not be synced (each named above)."""
+    from torchdepot.errors import TorchdepotError
+
+    if result.failed:
+        ids = [why.split(":", 1)[0] for why in result.failed]
+        raise TorchdepotError(f"{len(ids)} target(s) not synced: {', '.join(ids)} (the others are published)")
 
 
 def _from_misses(root: Path, spec_path: str, upstreams: tuple[str, ...]) -> None:
@@ -142,9 +152,13 @@ def _report(result, dry_run: bool, as_json: bool, added: str | None = None) -> N
     from torchdepot.model.sizes import format_size
 
     idx = "published" if result.index_changed else "unchanged"
-    click.echo(f"mirror {result.out}: {f'added {added}; ' if added else ''}{len(result.targets)} targets; "
-               f"{result.summary}; index {idx} (generation {result.generation}); verify-mirror {result.verify}; "
-               f"total {result.seconds:.1f} s")
+    # What the mirror holds is counted as `torchdepot status` counts it (every manifest file,
+    # .metadata included); what this run fetched is counted in packages.
+    held = len(result.manifest.files) if result.manifest is not None else len(result.files)
+    fetched = result.report.summary("packages fetched") if result.report is not None else result.summary
+    click.echo(f"mirror {result.out}: {f'added {added}; ' if added else ''}{len(result.targets)} targets, "
+               f"{held} files ({format_size(result.size)}); this run: {fetched}; index {idx} "
+               f"(generation {result.generation}); verify-mirror {result.verify}; total {result.seconds:.1f} s")
     versions: dict[str, list[str]] = {}
     for target, version in sorted(result.torch_versions.items()):
         versions.setdefault(version, []).append(target)
@@ -212,6 +226,7 @@ def fetch_tool(cuda, cpu, accelerator, python, torch_version, platform, out, ups
         spec = with_overrides(spec, out=str(root), upstreams=list(upstreams) or None, jobs=jobs)
         result = sync(spec, dry_run=dry_run, out=root, add=[target], spec_targets=False, **_json_progress(as_json))
         _report(result, dry_run, as_json, added=target.id)
+        _fail_if_partial(result)
 
 
 COMMANDS = [mirror_cmd]

@@ -7,7 +7,7 @@ import json
 import subprocess
 
 from torchdepot.errors import TorchdepotError
-from torchdepot.model.cuda import Cap, arch_list_covers
+from torchdepot.model.gpu_tables import Cap, arch_list_covers
 
 PROBE = r"""
 import json, sys

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from torchdepot.errors import ParseError
-from torchdepot.model.cuda import parse_driver
+from torchdepot.model.gpu_tables import parse_driver
 
 SMI_QUERY = ["--query-gpu=driver_version,name,compute_cap", "--format=csv,noheader"]
 SMI_QUERY_OLD = ["--query-gpu=driver_version,name", "--format=csv,noheader"]  # drivers < 510 lack compute_cap

@@ -23,7 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torchdepot.model.accel import Accelerator, accelerator_from_dir, variant_label
-from torchdepot.model.cuda import Cap
+from torchdepot.model.gpu_tables import Cap
+from torchdepot.store import layout
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def installer_facts(accelerator: str, caps: tuple[Cap, ...] | None, torch: str |
         override = None
         specs = ()
     return InstallerFacts(
-        accelerator=acc.name, torch=torch, pip_index=f"whl/{acc.name}", uv_torch_backend=acc.name,
+        accelerator=acc.name, torch=torch, pip_index=layout.pip_index(acc.name), uv_torch_backend=acc.name,
         conda_override_cuda=override, conda_override_cuda_arch=cuda_arch, conda_specs=specs,
         variant_label=label, variant_properties=props,
     )

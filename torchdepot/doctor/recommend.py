@@ -2,7 +2,7 @@
 mirror's builds fits best. No I/O.
 
 A CUDA build fits when the NVIDIA driver can run its CUDA version AND its compiled
-architectures include every NVIDIA GPU's compute capability (model.cuda's tables): a
+architectures include every NVIDIA GPU's compute capability (model.gpu_tables's tables): a
 GTX 1080 (6.1) on driver 580 gets cu126, never cu130/cu132, whose builds start at sm_75.
 Without a mirror only *current* variants are considered (those of the newest tabled
 releases); an older variant is offered only when nothing current fits the GPU. A build
@@ -25,7 +25,7 @@ from torchdepot.model.accel import (
     accelerator_sort_key,
     parse_accelerator,
 )
-from torchdepot.model.cuda import (
+from torchdepot.model.gpu_tables import (
     CURRENT_ROCM,
     ArchBuild,
     Cap,

@@ -7,8 +7,8 @@ bounds of :mod:`.pool`):
 - bytes arrive in ``<root>/.torchdepot/partial/``; a file appears at its final path only
   by ``os.replace`` after its size and sha256 were checked, so a reader (or a crash)
   never sees half a file;
-- a file of at least ``split_bytes`` goes out in pieces; a piece file has holes, so it is
-  never resumed as one stream, and when ranges prove unusable it is dropped and the file
+- a file of at least ``split_bytes`` (two pieces: no other threshold) goes out in pieces;
+  a piece file has holes, so it is never resumed as one stream, and when ranges prove unusable it is dropped and the file
   restarts from zero over one connection;
 - the assembled file is hashed once, streamed, before it is published: a corrupt piece
   fails the check like any other wrong byte;
@@ -32,7 +32,7 @@ import urllib.parse
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from torchdepot.errors import IntegrityError
+from torchdepot.errors import IntegrityError, one_line
 from torchdepot.fetch.bounds import DEFAULT_MIN_RATE, DEFAULT_RATE_WINDOW, RateFloor, RateMeter
 from torchdepot.fetch.items import FetchItem, FetchReport, FetchResult, HashCache, present_result
 from torchdepot.fetch.pieces import drop_partial, sidecar_path
@@ -177,7 +177,7 @@ class Fetcher:
         with self._lock:
             fut = self._futures.get(item.key)
             if fut is None:
-                self._progress.add_file(item.size)
+                self._progress.add_file(item.size, item.key)
                 fut = self._futures[item.key] = self._files.submit(self._guarded, item)
         return fut
 
@@ -212,8 +212,8 @@ class Fetcher:
             with writing(self.root / item.key):  # a full disk names the file (write() errors carry no name)
                 res = self._one(item)
         except Exception as exc:  # a bug must not lose the other files' results
-            res = FetchResult(item.key, "failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0])
-        self._progress.file_done(item.key, res.status)
+            res = FetchResult(key=item.key, status="failed", error=f"{type(exc).__name__}: {one_line(exc)}")
+        self._progress.file_done(item.key, res.status, res.size)
         return res
 
     def _partial_path(self, key: str) -> Path:
@@ -238,15 +238,15 @@ class Fetcher:
                 attempts += 1
             except IntegrityError as exc:
                 # Upstream served bytes that disagree with its own claim: do not publish.
-                return FetchResult(item.key, "failed", error=str(exc), url=url,
+                return FetchResult(key=item.key, status="failed", error=str(exc), url=url,
                                    upstream_sha256=item.sha256, hash_mismatch=True)
         if not item.urls:
             errors.append("no URL to fetch from")
-        return FetchResult(item.key, "failed", error="; ".join(errors), upstream_sha256=item.sha256,
+        return FetchResult(key=item.key, status="failed", error="; ".join(errors), upstream_sha256=item.sha256,
                            attempts=attempts)
 
     def _splits(self, item: FetchItem, url: str) -> bool:
-        return (item.size is not None and self._segments.worth_splitting(item.size)
+        return (item.size is not None and self._segments.worth_splitting(item.size, url)
                 and urllib.parse.urlsplit(url).scheme in ("http", "https"))
 
     def _verdict(self, item: FetchItem, url: str, part: Path, digest: str, size: int, mismatches: int) -> str | None:
@@ -274,7 +274,8 @@ class Fetcher:
         fetched = 0
         last_error = ""
         retry_after: float | None = None
-        split = self._splits(item, url)
+        # a one-stream partial (no sidecar) is resumed as one stream: its bytes are a prefix
+        split = self._splits(item, url) and not (part.exists() and not sidecar_path(part).exists())
         may_split = True  # an unknown size may still split once the first response states it
         if not split and sidecar_path(part).exists():
             drop_partial(part)  # a piece file has holes: never resume it as one stream

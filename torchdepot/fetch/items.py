@@ -19,7 +19,9 @@ import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
+from torchdepot.errors import TorchdepotError, load_json
 from torchdepot.store import layout as L
 from torchdepot.store.fsutil import atomic_write_text, safe_join, sha256_file
 
@@ -40,10 +42,13 @@ class FetchItem:
     size: int | None = None  # expected size, when upstream states it
 
 
+FetchStatus = Literal["downloaded", "present", "failed"]  # fetched now | already stored | not stored
+
+
 @dataclass
 class FetchResult:
     key: str
-    status: str  # "downloaded" | "present" | "failed"
+    status: FetchStatus
     sha256: str | None = None
     size: int = 0
     fetched_bytes: int = 0
@@ -80,11 +85,11 @@ class FetchReport:
     def mismatches(self) -> list[FetchResult]:
         return [r for r in self.results if r.hash_mismatch]
 
-    def summary(self) -> str:
+    def summary(self, noun: str = "files") -> str:
         secs = max(self.seconds, 1e-9)
         mb = self.fetched_bytes / 1e6
         return (
-            f"{len(self.results)} files: {len(self.downloaded)} downloaded, "
+            f"{len(self.results)} {noun}: {len(self.downloaded)} downloaded, "
             f"{len(self.present)} already present (skipped), {len(self.failed)} failed; "
             f"{mb:.1f} MB in {self.seconds:.1f} s ({mb / secs:.1f} MB/s)"
             + (f"; {len(self.mismatches)} upstream hash mismatches" if self.mismatches else "")
@@ -99,11 +104,11 @@ class HashCache:
         self.lock = threading.Lock()
         self.data: dict[str, list] = {}
         try:
-            loaded = json.loads(self.path.read_text())
+            loaded = load_json(self.path.read_bytes(), str(self.path))
             if isinstance(loaded, dict):
                 self.data = {k: v for k, v in loaded.items() if isinstance(v, list) and len(v) == 3}
-        except (OSError, ValueError):
-            pass
+        except (OSError, TorchdepotError):
+            pass  # a cache: unreadable means hash again
 
     def lookup(self, key: str, path: Path) -> str | None:
         try:
@@ -157,9 +162,10 @@ def present_result(root: Path, item: FetchItem, dest: Path, cache: HashCache, po
     if item.size is not None and size != item.size:
         return None
     if item.sha256 is None or digest == item.sha256:
-        return FetchResult(item.key, "present", digest, size, upstream_sha256=item.sha256)
+        return FetchResult(key=item.key, status="present", sha256=digest, size=size, upstream_sha256=item.sha256)
     # Present but different from what upstream now claims: a mismatch accepted
     # under the warn policy before stays; under fail it is refetched.
     if policy == "warn":
-        return FetchResult(item.key, "present", digest, size, upstream_sha256=item.sha256, hash_mismatch=True)
+        return FetchResult(key=item.key, status="present", sha256=digest, size=size, upstream_sha256=item.sha256,
+                           hash_mismatch=True)
     return None

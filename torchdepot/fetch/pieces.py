@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeGuard
 
+from torchdepot.errors import TorchdepotError, load_json
+
 SIDECAR_SUFFIX = ".pieces.json"
 SIDECAR_VERSION = 1
 
@@ -92,8 +94,8 @@ class PieceState:
     def from_json(cls, text: str) -> PieceState | None:
         """None for anything that is not a sidecar this version wrote (never raises)."""
         try:
-            doc = json.loads(text)
-        except (ValueError, RecursionError):
+            doc = load_json(text, "sidecar")
+        except TorchdepotError:
             return None
         if not isinstance(doc, dict) or doc.get("version") != SIDECAR_VERSION:
             return None

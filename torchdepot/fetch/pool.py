@@ -50,10 +50,12 @@ class Retry(Exception):
     """Try this URL again (after ``retry_after`` when the server said so); ``restart``:
     the partial file is unusable and goes first."""
 
-    def __init__(self, reason: str, retry_after: float | None = None, restart: bool = False):
+    def __init__(self, reason: str, retry_after: float | None = None, restart: bool = False,
+                 status: int | None = None):
         super().__init__(reason)
         self.retry_after = retry_after
         self.restart = restart
+        self.status = status  # the HTTP status that asked for the retry (429, 503...), if any
 
 
 class Fallback(Exception):
@@ -172,7 +174,7 @@ class Pool:
                                            retries=0, timeout=timeout)
             except HttpStatusError as exc:
                 if exc.retryable:
-                    raise Retry(str(exc), exc.retry_after) from None
+                    raise Retry(str(exc), exc.retry_after, status=exc.status) from None
                 raise Fatal(str(exc)) from None  # 404/403/410...: trying again will not help
             except UpstreamError as exc:
                 raise Retry(str(exc)) from None

@@ -3,7 +3,11 @@ every few seconds when stderr is not a terminal (CI logs), and optional events f
 ``--json`` consumers.
 
 Totals come from known sizes: a :class:`~torchdepot.fetch.FetchItem`'s ``size`` when the
-index stated it, else the first response's Content-Length. Thread-safe; no global state.
+index stated it, else the first response's Content-Length, else the file's size once it is
+done; a file already present (or failed) leaves the total when it is done. Bytes received
+again after a failed attempt are not the files' bytes: the count stops at the total and the
+line names the excess as retried ("192.9 MB / 192.9 MB, +15.0 MB retried"), so the closing
+line never reads 207.9 MB of 192.9 MB. Thread-safe; no global state.
 """
 
 from __future__ import annotations
@@ -62,27 +66,38 @@ class Progress:
         self.files_done = 0
         self.files_total = 0
         self._lock = threading.Lock()
+        self._expected: dict[str, int | None] = {}  # key -> the size its total includes (None: not yet known)
         self._last_line = self.start
         self._last_event = 0.0
 
-    def add_file(self, size: int | None) -> None:
+    def add_file(self, size: int | None, key: str | None = None) -> None:
         with self._lock:
             self.files_total += 1
+            if key is not None:
+                self._expected[key] = size or None
             if size:
                 self.total += size
                 if self.bar is not None:
                     self.bar.total = self.total
                     self.bar.refresh()
 
-    def learn_size(self, size: int) -> None:
+    def learn_size(self, size: int, key: str | None = None) -> None:
         """A size first known from a response (the index did not state it)."""
+        with self._lock:
+            if key is not None:
+                if self._expected.get(key):
+                    return  # counted already (a second attempt learns it again)
+                self._expected[key] = size
         self.add_total(size)
 
     def add_total(self, n: int) -> None:
         with self._lock:
-            self.total += n
-            if self.bar is not None:
-                self.bar.total = self.total
+            self.add_total_locked(n)
+
+    def add_total_locked(self, n: int) -> None:
+        self.total = max(0, self.total + n)
+        if self.bar is not None:
+            self.bar.total = max(self.total, self.done)
 
     def advance(self, n: int) -> None:
         if not n:
@@ -104,9 +119,15 @@ class Progress:
         if event and snap is not None and self.callback is not None:
             self.callback(snap)
 
-    def file_done(self, key: str, status: str) -> None:
+    def file_done(self, key: str, status: str, size: int | None = None) -> None:
+        """``size``: the file's bytes when ``status`` is "downloaded"."""
         with self._lock:
             self.files_done += 1
+            expected = self._expected.pop(key, None)
+            if status != "downloaded":  # present or failed: its bytes will not come
+                self.add_total_locked(-(expected or 0))
+            elif expected is None and size:
+                self.add_total_locked(size)
             snap = self._snapshot("file", time.monotonic(), key, status)
         if self.callback is not None:
             self.callback(snap)
@@ -118,12 +139,27 @@ class Progress:
                              files_done=self.files_done, files_total=self.files_total, key=key, status=status)
 
     def format_line(self, ev: ProgressEvent) -> str:
-        total = f" / {format_size(ev.total)}" if ev.total else ""
+        done, retried, whole = ev.done, 0, ev.total
+        if whole and done > whole:
+            if ev.files_done >= ev.files_total:  # every size is known: the excess was received twice
+                done, retried = whole, done - whole
+            else:  # a size still unknown (no index stated it): the total is at least what came
+                whole = done
+        total = f" / {format_size(whole)}" if whole else ""
+        extra = f", +{format_size(retried)} retried" if retried else ""
         eta = f", ETA {ev.eta:.0f} s" if ev.eta is not None else ""
-        return (f"{self.desc}: {format_size(ev.done)}{total}, {format_size(ev.rate)}/s{eta} "
+        return (f"{self.desc}: {format_size(done)}{total}{extra}, {format_size(ev.rate)}/s{eta} "
                 f"({ev.files_done}/{ev.files_total} files)")
 
+    def final_line(self) -> str:
+        """The closing line (every file done): received bytes against the files' bytes."""
+        with self._lock:
+            snap = self._snapshot("progress", time.monotonic())
+        return self.format_line(snap)
+
     def close(self) -> None:
+        if self.lines and self.files_total and self.done:  # the closing figures, as the last line
+            print(self.final_line(), file=self.stream, flush=True)
         if self.bar is not None:
             self.bar.close()
             self.bar = None

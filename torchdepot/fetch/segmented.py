@@ -2,10 +2,17 @@
 file (the layout and the resume sidecar are :mod:`torchdepot.fetch.pieces`).
 
 Invariants:
-- a file of at least ``split_bytes`` is split when more than one connection per host is
-  allowed; its size comes from the index, else from its first 200's Content-Length, and
-  that response then streams the first piece (its slot released before the file waits
-  for the other pieces, so a waiting file never holds a socket);
+- there is no size threshold beyond the smallest piece: a file large enough for two pieces
+  (``split_bytes``, by default twice ``piece_bytes``, about 1 MB) is split when more than
+  one connection per host is allowed and its host has not refused parallel ranges; the
+  pieces of every file share one queue of connections, so a free connection always takes
+  the next piece and a large file's tail is one piece, not the whole file; its size comes
+  from the index, else from its first 200's Content-Length, and that response then streams
+  the first piece (its slot released before the file waits for the other pieces, so a
+  waiting file never holds a socket);
+- a host that answers a piece request with 429 or 503 while another piece of the same file
+  is in flight refuses parallel ranges: the file restarts over one connection
+  (:class:`~torchdepot.fetch.pool.Fallback`) and no later file from that host is split;
 - each piece is written at its own offset (``pwrite`` into a sparse file) and recorded in
   the sidecar only once all its bytes are there, so a killed run resumes with the
   unfinished pieces only; a cut piece retries from the byte it reached;
@@ -24,6 +31,8 @@ import contextlib
 import os
 import threading
 import time
+import urllib.parse
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,8 +55,9 @@ from torchdepot.fetch.pool import CHUNK, READ_ERRORS, Fallback, Fatal, Held, Poo
 from torchdepot.net.http import describe, parse_content_range, range_header
 
 MB = 1_000_000
-DEFAULT_SPLIT_BYTES = 16 * MB  # files at least this large go out in pieces
-DEFAULT_PIECE_BYTES = 4 * MB  # and each piece is at least this large
+DEFAULT_PIECE_BYTES = 1 * MB  # the smallest piece (aria2's -k is 1M too)
+DEFAULT_SPLIT_BYTES = 2 * DEFAULT_PIECE_BYTES  # no threshold of its own: any file that makes two pieces
+REFUSALS = frozenset({429, 503})  # an extra connection refused: the host wants one stream per file
 
 
 @dataclass
@@ -66,6 +76,7 @@ class _Segmented:
     abort: threading.Event = field(default_factory=threading.Event)
     fetched: int = 0
     requests: int = 0
+    active: int = 0  # piece requests holding a connection now
     reached: dict[int, int] = field(default_factory=dict)  # piece -> next offset to write
 
 
@@ -79,9 +90,11 @@ class Segmenter:
     piece_bytes: int
     connections_per_host: int
     attempts: int
+    refused: set[str] = field(default_factory=set)  # hosts that refused parallel ranges this run
 
-    def worth_splitting(self, size: int) -> bool:
-        return size >= self.split_bytes and self.connections_per_host > 1
+    def worth_splitting(self, size: int, url: str = "") -> bool:
+        return (size >= self.split_bytes and self.connections_per_host > 1
+                and urllib.parse.urlsplit(url).netloc not in self.refused)
 
     def fetch(self, item: FetchItem, url: str, part: Path, started: float, meter: RateMeter, *,
               size: int | None = None, first: requests.Response | None = None,
@@ -141,7 +154,8 @@ class Segmenter:
                      futures: list[Future], errors: list[BaseException]) -> None:
         """Read the first piece from the whole-file response ``first``, then let it go."""
         try:
-            self._read_piece(seg, head, first, head.first, head.length)
+            with _connected(seg):
+                self._read_piece(seg, head, first, head.first, head.length)
             self._piece_done(seg, head)
         except Retry:  # cut short: fetched again as an ordinary piece
             futures.append(self.executor.submit(self._piece, seg, head))
@@ -188,13 +202,21 @@ class Segmenter:
     def _piece_request(self, seg: _Segmented, piece: Piece, pos: int) -> int:
         """One range request for ``pos..piece.last``; returns the next offset (past the piece)."""
         url = seg.url
-        with self.pool.hold(url):
+        with self.pool.hold(url), _connected(seg):
             if seg.abort.is_set():
                 raise Fatal("aborted")
             with seg.lock:
                 seg.requests += 1
-            resp = self.pool.open(url, {"Accept-Encoding": "identity", "Range": range_header(pos, piece.last)},
-                                  seg.started)
+            try:
+                resp = self.pool.open(url, {"Accept-Encoding": "identity", "Range": range_header(pos, piece.last)},
+                                      seg.started)
+            except Retry as exc:
+                with seg.lock:
+                    parallel = seg.active > 1
+                if exc.status in REFUSALS and parallel:  # refused as an extra connection: one stream
+                    self.refused.add(urllib.parse.urlsplit(url).netloc)
+                    raise Fallback(f"{url}: server refuses parallel ranges ({exc})") from None
+                raise
             with contextlib.closing(resp):
                 if resp.status_code == 200:
                     raise Fallback(f"{url}: server ignores Range (200 to a piece request)")
@@ -237,6 +259,18 @@ class Segmenter:
         if got < want:
             raise Retry(f"{seg.url}: piece {piece.index} ended after {got} of {want} bytes")
         return pos
+
+
+@contextlib.contextmanager
+def _connected(seg: _Segmented) -> Iterator[None]:
+    """Count a request of ``seg`` as in flight for the duration (the parallel-range refusal rule)."""
+    with seg.lock:
+        seg.active += 1
+    try:
+        yield
+    finally:
+        with seg.lock:
+            seg.active -= 1
 
 
 def _same_version(seg: _Segmented, seen: Validators) -> None:

@@ -12,8 +12,10 @@ Invariants:
   body shorter than its Content-Length, is an error, never a published file;
 - every chunk is checked against the bounds while it arrives (``read1``), so a server
   dripping bytes is cut off by the rate floor and the timeouts;
-- a file of unknown size whose first 200 is large and accepts ranges is split right
-  there: that response streams the first piece (see :mod:`torchdepot.fetch.segmented`).
+- a file of unknown size whose first 200 is large (``UNSIZED_SPLIT_PIECES`` pieces or more:
+  what that response already sent past the first piece is dropped, so it must be small
+  against the file) and accepts ranges is split right there: that response streams the
+  first piece (see :mod:`torchdepot.fetch.segmented`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from torchdepot.fetch.items import HTML_TYPES, FetchItem, looks_like_html
 from torchdepot.fetch.pool import CHUNK, READ_ERRORS, Fatal, Pool, Retry, keep_alive
 from torchdepot.fetch.segmented import Segmenter
 from torchdepot.net.http import describe, file_url_path, parse_content_range, range_header
+
+UNSIZED_SPLIT_PIECES = 8  # a file of unknown size is split from its first 200 when at least this many pieces
 
 
 @dataclass(frozen=True)
@@ -68,8 +72,8 @@ class Streamer:
             with contextlib.closing(resp):
                 ans = _answer(resp, url, part, have, hasher, wants_html)
                 if resp.status_code == 200 and item.size is None and ans.expected_len and not have:
-                    self.pool.progress.learn_size(ans.expected_len)
-                    if may_split and self._splits_here(resp, ans.expected_len):
+                    self.pool.progress.learn_size(ans.expected_len, item.key)
+                    if may_split and self._splits_here(resp, ans.expected_len, url):
                         n, _, _ = self.segmenter.fetch(item, url, part, started, meter, size=ans.expected_len,
                                                        first=resp, slot=slot)
                         return n, False, True
@@ -81,8 +85,11 @@ class Streamer:
                 keep_alive(resp)
                 return received, ans.resumed, False
 
-    def _splits_here(self, resp: requests.Response, size: int) -> bool:
-        return (self.segmenter.worth_splitting(size)
+    def _splits_here(self, resp: requests.Response, size: int, url: str) -> bool:
+        # the rest of this response's body, already in flight when it is closed, crosses the
+        # link for nothing: split here only where that is small against the file
+        return (size >= UNSIZED_SPLIT_PIECES * self.segmenter.piece_bytes
+                and self.segmenter.worth_splitting(size, url)
                 and resp.headers.get("Accept-Ranges", "").strip().lower() == "bytes")
 
     def _stream(self, resp: requests.Response, url: str, part: Path, mode: str, hasher, started: float,

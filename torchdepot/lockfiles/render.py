@@ -26,7 +26,7 @@ from packaging.utils import canonicalize_name
 from torchdepot.errors import TorchdepotError
 from torchdepot.lockfiles import DEFAULT_BASE
 from torchdepot.model.accel import parse_accelerator
-from torchdepot.model.cuda import min_nvidia_driver
+from torchdepot.model.gpu_tables import min_nvidia_driver
 from torchdepot.model.platforms import target_platform
 from torchdepot.model.trust import pip_trust_args
 from torchdepot.store.manifest import FileEntry, Manifest, Target

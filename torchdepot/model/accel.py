@@ -61,7 +61,8 @@ CPU = Accelerator("cpu")
 XPU = Accelerator("xpu")
 
 _CU_RE = re.compile(r"cu(\d{2,3})")
-_ROCM_RE = re.compile(r"rocm(\d+(?:\.\d+){1,2})")
+# Version parts are bounded ({1,4} digits): a 5,000-digit "label" names no accelerator (int() would refuse it).
+_ROCM_RE = re.compile(r"rocm(\d{1,4}(?:\.\d{1,4}){1,2})")
 
 
 def _cuda_from_digits(digits: str) -> tuple[int, int]:
@@ -110,7 +111,7 @@ def _canonical(s: str, flags: frozenset[str]) -> Accelerator | None:
     return None
 
 
-_LABEL_CU_DOTTED = re.compile(r"cu\.(\d+)\.(\d+)(?:\..*)?")
+_LABEL_CU_DOTTED = re.compile(r"cu\.(\d{1,4})\.(\d{1,4})(?:\..*)?")
 _LABEL_CU_PREFIX = re.compile(r"cu(\d{2,3})(?:torch[\d.]+.*)?")
 
 
@@ -140,7 +141,7 @@ def accelerator_from_local(label: str) -> Accelerator | None:
 
 
 # PEP 825 variant labels as PyTorch names them (/whl/variant/): cuda12.8, rocm7.1, xpu, null.
-_VARIANT_CUDA = re.compile(r"cuda(\d+)\.(\d+)")
+_VARIANT_CUDA = re.compile(r"cuda(\d{1,4})\.(\d{1,4})")
 NULL_VARIANT = "null"  # PEP 825: the label of the build with no variant properties (PyTorch's CPU build)
 
 
@@ -169,7 +170,7 @@ def variant_label(acc: Accelerator) -> str:
 def cuda_from_dotted(version: str) -> Accelerator:
     """``"11.8"`` or ``"10.1.243"`` -> cu118 / cu101 (patch levels dropped)."""
     parts = version.split(".")
-    if len(parts) < 2 or not all(p.isdigit() for p in parts[:2]):
+    if len(parts) < 2 or not all(p.isdigit() and len(p) <= 4 for p in parts[:2]):
         raise ParseError(f"{version!r} is not a CUDA version X.Y")
     return Accelerator("cuda", (int(parts[0]), int(parts[1])))
 

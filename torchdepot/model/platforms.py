@@ -23,8 +23,9 @@ PLATFORMS = (
 )
 
 _MANYLINUX_LEGACY = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
-_MANYLINUX_RE = re.compile(r"(manylinux|musllinux)_(\d+)_(\d+)_(.+)")
-_MACOS_RE = re.compile(r"macosx_(\d+)_(\d+)_(.+)")
+# Bounded digit runs: a 5,000-digit glibc version is no platform tag (and int() would refuse it).
+_MANYLINUX_RE = re.compile(r"(manylinux|musllinux)_(\d{1,4})_(\d{1,4})_(.+)")
+_MACOS_RE = re.compile(r"macosx_(\d{1,4})_(\d{1,4})_(.+)")
 
 _ARCH_ALIASES = {"amd64": "x86_64", "x86_64": "x86_64", "aarch64": "aarch64", "arm64": "arm64"}
 

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+# The torch package of a target: its pip name and its conda name.
+TORCH_NAMES = ("torch", "pytorch")
+
 
 def target_id(accelerator: str, python: str, platform: str) -> str:
     return f"{accelerator}-py{python.replace('.', '')}-{platform}"

@@ -90,10 +90,15 @@ class WheelFile:
         }
 
 
-def version_sort_key(text: str) -> tuple[int, Version | str]:
-    """Sort key for version strings: PEP 440 order; unparseable ones below every valid one."""
+# PEP 658: a wheel's core metadata is served at the wheel's URL + this suffix.
+METADATA_SUFFIX = ".metadata"
+
+
+def version_sort_key(text: str) -> tuple[int, Version | str, str] | tuple[int, str]:
+    """The one sort key for version strings: PEP 440 order (equal versions by their text, so the
+    order is total); unparseable ones below every valid one (last when sorting newest first)."""
     try:
-        return (1, Version(text))
+        return (1, Version(text), text)
     except InvalidVersion:
         return (0, text)
 

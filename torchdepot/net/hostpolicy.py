@@ -8,7 +8,8 @@ pip configuration names (index hosts plus, for pip's built-in default index, the
 host pip itself knows; see :func:`torchdepot.net.pipconfig.pip_file_host`). Nothing about
 the public index is written here: those hosts come from pip at run time.
 
-A link is refused (and counted, never raised) when its scheme is not http(s), its host
+A link is refused (and counted, never raised) when its path has a ``.`` or ``..`` segment
+(``%2e%2e`` included, once decoded), its scheme is not http(s), its host
 and port are outside the policy (an entry ``host`` allows the scheme's default port only,
 ``host:port`` that port only), its decoded filename could escape a directory, it is not a valid
 wheel / conda package name, or the same filename appears with two different hashes.
@@ -67,6 +68,16 @@ def host_of(url: str) -> str:
         return ""
 
 
+def _has_dot_segment(path: str) -> bool:
+    """A ``.`` or ``..`` segment in a URL path, as written or once percent-decoded (``%2e%2e``),
+    with ``\\`` taken as a separator too (some servers do): where it leads is the server's
+    normalisation, not the link's host policy, so such a URL is refused, not followed."""
+    for text in (path, urllib.parse.unquote(path)):
+        if any(seg in (".", "..") for seg in text.replace("\\", "/").split("/")):
+            return True
+    return False
+
+
 @dataclass(frozen=True)
 class HostPolicy:
     hosts: frozenset[str]
@@ -80,6 +91,8 @@ class HostPolicy:
             parts.port  # noqa: B018 - raises ValueError on a malformed port
         except ValueError:
             return "unparseable URL"
+        if _has_dot_segment(parts.path):
+            return "dot segment in URL path refused"
         if scheme == "file":
             return None if self.allow_file else "file: link refused"
         if scheme not in SCHEMES:
@@ -125,12 +138,14 @@ def default_policy(upstreams: Iterable[str] = (), dependency_urls: Iterable[str]
 
 # -- links -------------------------------------------------------------------------------
 PACKAGE_SUFFIXES = (".whl", ".conda", ".tar.bz2")
+NOT_A_PACKAGE = "not a wheel or conda package"
 
 
 def filename_refusal(name: str) -> str | None:
     """Why a decoded file name must not be stored, or None for a valid wheel/conda name."""
     from torchdepot.errors import TorchdepotError
     from torchdepot.model.names import safe_filename, safe_path_name
+    from torchdepot.model.wheelname import METADATA_SUFFIX
 
     if not name:
         return "empty file name"
@@ -161,9 +176,9 @@ def filename_refusal(name: str) -> str | None:
         except TorchdepotError:
             return "invalid conda package file name"
         return None
-    if decoded.endswith(".metadata") and decoded[: -len(".metadata")].endswith(".whl"):
-        return filename_refusal(decoded[: -len(".metadata")])
-    return "not a wheel or conda package"
+    if decoded.endswith(METADATA_SUFFIX) and decoded[: -len(METADATA_SUFFIX)].endswith(".whl"):
+        return filename_refusal(decoded[: -len(METADATA_SUFFIX)])
+    return NOT_A_PACKAGE
 
 
 @dataclass(frozen=True)
@@ -174,7 +189,10 @@ class Screened:
 
 
 def screen_links(links: Iterable, policy: HostPolicy) -> Screened:
-    """Keep the links a mirror may fetch; count every refusal by reason.
+    """Keep the links a mirror may fetch; count every refusal by reason. A file on an allowed
+    URL that is simply not a wheel or conda package (the sdists of the user's own index) is
+    left out without being counted: a refusal is what the screen stops, not what the mirror
+    never takes.
 
     A file name listed twice with different hashes is ambiguous (one of them is not what
     it claims): every copy is refused. Identical duplicates are kept once."""
@@ -182,7 +200,11 @@ def screen_links(links: Iterable, policy: HostPolicy) -> Screened:
     refused = []
     candidates = []
     for link in links:
-        why = policy.refusal(link.url) or filename_refusal(link.filename)
+        why = policy.refusal(link.url)
+        if why is None:
+            why = filename_refusal(link.filename)
+            if why == NOT_A_PACKAGE:
+                continue  # an sdist or any other file the policy allows: not mirrored, not a refusal
         if why:
             warnings[why] += 1
             refused.append((link, why))

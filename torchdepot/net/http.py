@@ -7,6 +7,8 @@ at local indexes this way) are read from disk by :func:`get_bytes`.
 
 from __future__ import annotations
 
+import errno
+import http.client
 import os
 import random
 import re
@@ -20,9 +22,10 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import requests
+import urllib3.exceptions
 
 from torchdepot import __version__
-from torchdepot.errors import UpstreamError
+from torchdepot.errors import Reason, UpstreamError, one_line
 
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -30,10 +33,16 @@ RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 class HttpStatusError(UpstreamError):
     """An HTTP error status; ``retryable`` says whether trying again may help."""
 
-    def __init__(self, message: str, status: int, retry_after: float | None = None):
-        super().__init__(message)
+    def __init__(self, message: str, status: int, retry_after: float | None = None, *,
+                 detail: str | None = None) -> None:
+        super().__init__(message, detail=detail, reason=Reason.NOT_FOUND if status in (404, 410) else Reason.STATUS)
         self.status = status
         self.retry_after = retry_after
+
+    @classmethod
+    def at_status(cls, url: str, detail: str, status: int, retry_after: float | None = None) -> HttpStatusError:
+        """``<url>: <detail>`` for HTTP ``status``."""
+        return cls(f"{url}: {detail}", status, retry_after, detail=detail)
 
     @property
     def retryable(self) -> bool:
@@ -137,26 +146,45 @@ def range_header(first: int, last: int | None = None) -> str:
     return f"bytes={first}-" if last is None else f"bytes={first}-{last}"
 
 
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what it wraps: requests wraps urllib3's errors (in ``args``), which keep the
+    socket error as ``reason`` or ``__cause__``. Bounded (a chain is short; a cycle stops)."""
+    seen: list[BaseException] = []
+    todo = [exc]
+    while todo and len(seen) < 32:
+        e = todo.pop(0)
+        if any(e is s for s in seen):
+            continue
+        seen.append(e)
+        todo += [c for c in (e.__cause__, e.__context__, getattr(e, "reason", None), *e.args)
+                 if isinstance(c, BaseException)]
+    return seen
+
+
+# (exception type, reason), most specific first: read from the exception's type and its causes,
+# never from its message text
+_REASONS: tuple[tuple[type[BaseException], str], ...] = (
+    (socket.gaierror, "DNS lookup failed"),
+    (urllib3.exceptions.NameResolutionError, "DNS lookup failed"),
+    (ConnectionRefusedError, "connection refused"),
+    (http.client.RemoteDisconnected, "connection closed by server"),
+    (ConnectionResetError, "connection reset"),
+    (http.client.IncompleteRead, "body cut short by the server"),
+    (urllib3.exceptions.IncompleteRead, "body cut short by the server"),
+    (requests.Timeout, "timed out"),
+    (TimeoutError, "timed out"),
+)
+
+
 def describe(exc: BaseException) -> str:
     """A short reason for a network failure (DNS, refused, timeout...)."""
-    text = str(exc)
-    for needle, reason in (
-        ("Name or service not known", "DNS lookup failed"),
-        ("Temporary failure in name resolution", "DNS lookup failed"),
-        ("nodename nor servname", "DNS lookup failed"),
-        ("Connection refused", "connection refused"),
-        ("timed out", "timed out"),
-        ("Network is unreachable", "network unreachable"),
-        ("RemoteDisconnected", "connection closed by server"),
-        ("Connection reset", "connection reset"),
-        ("IncompleteRead", "body cut short by the server"),
-        ("Read timed out", "timed out"),
-    ):
-        if needle in text:
+    causes = _causes(exc)
+    if any(isinstance(e, OSError) and e.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH) for e in causes):
+        return "network unreachable"
+    for kind, reason in _REASONS:
+        if any(isinstance(e, kind) for e in causes):
             return reason
-    if isinstance(exc, requests.Timeout):
-        return "timed out"
-    return text.splitlines()[0][:200] if text else type(exc).__name__
+    return one_line(exc, 200)
 
 
 class Client:
@@ -216,7 +244,7 @@ class Client:
         """
         scheme = urllib.parse.urlsplit(url).scheme
         if scheme not in ("http", "https"):
-            raise UpstreamError(f"{url}: refusing non-HTTP URL")
+            raise UpstreamError.at(url, "refusing non-HTTP URL", Reason.REFUSED)
         retries = self.config.retries if retries is None else max(0, retries)
         last = ""
         for attempt in range(retries + 1):
@@ -224,15 +252,15 @@ class Client:
                 resp = self.session.request(method, url, headers=headers, stream=stream,
                                             timeout=timeout or self.timeout, allow_redirects=allow_redirects)
             except requests.TooManyRedirects:
-                raise UpstreamError(f"{url}: too many redirects") from None
+                raise UpstreamError.at(url, "too many redirects", Reason.REFUSED) from None
             except (requests.ConnectionError, requests.Timeout) as exc:
                 last = describe(exc)
                 if attempt < retries:
                     self.sleep_before_retry(attempt)
                     continue
-                raise UpstreamError(f"{url}: {last} (after {attempt + 1} attempts)") from None
+                raise UpstreamError.at(url, f"{last} (after {attempt + 1} attempts)", Reason.UNREACHABLE) from None
             except requests.RequestException as exc:
-                raise UpstreamError(f"{url}: {describe(exc)}") from None
+                raise UpstreamError.at(url, describe(exc), Reason.UNREACHABLE) from None
             ra = retry_after_seconds(resp.headers.get("Retry-After"))
             if resp.status_code in RETRY_STATUSES and attempt < retries:
                 last = f"HTTP {resp.status_code}"
@@ -242,10 +270,10 @@ class Client:
             if resp.status_code >= 400:
                 status = resp.status_code
                 resp.close()
-                raise HttpStatusError(
-                    f"{url}: HTTP {status}" + (f" (after {attempt + 1} attempts)" if attempt else ""), status, ra)
+                raise HttpStatusError.at_status(
+                    url, f"HTTP {status}" + (f" (after {attempt + 1} attempts)" if attempt else ""), status, ra)
             return resp
-        raise UpstreamError(f"{url}: {last}")  # pragma: no cover - loop always returns/raises
+        raise UpstreamError.at(url, last, Reason.UNREACHABLE)  # pragma: no cover - loop always returns/raises
 
     def get_bytes(self, url: str, *, headers: dict | None = None) -> tuple[bytes, dict]:
         """GET a whole (index-sized) body, capped at ``max_page_bytes``.
@@ -263,23 +291,26 @@ class Client:
         try:
             declared = resp.headers.get("Content-Length")
             if declared and declared.isascii() and declared.isdigit() and int(declared) > self.config.max_page_bytes:
-                raise UpstreamError(f"{url}: page of {int(declared)} bytes exceeds the {self.config.max_page_bytes}-byte limit")
+                raise UpstreamError.at(url, f"page of {int(declared)} bytes exceeds the {self.config.max_page_bytes}-byte limit",
+                                      Reason.REFUSED)
             chunks, total = [], 0
             for chunk in resp.iter_content(256 * 1024):
                 total += len(chunk)
                 if total > self.config.max_page_bytes:
-                    raise UpstreamError(f"{url}: page exceeds the {self.config.max_page_bytes}-byte limit")
+                    raise UpstreamError.at(url, f"page exceeds the {self.config.max_page_bytes}-byte limit", Reason.REFUSED)
                 chunks.append(chunk)
             meta = {k.lower(): v for k, v in resp.headers.items()}
             meta["url"] = resp.url
             meta["status"] = str(resp.status_code)
             if expired.is_set():
-                raise UpstreamError(f"{url}: page not complete after {self.config.page_deadline:g} s; gave up")
+                raise UpstreamError.at(url, f"page not complete after {self.config.page_deadline:g} s; gave up",
+                                       Reason.UNREACHABLE)
             return b"".join(chunks), meta
         except (requests.RequestException, OSError) as exc:
             if expired.is_set():
-                raise UpstreamError(f"{url}: page not complete after {self.config.page_deadline:g} s; gave up") from None
-            raise UpstreamError(f"{url}: {describe(exc)}") from None
+                raise UpstreamError.at(url, f"page not complete after {self.config.page_deadline:g} s; gave up",
+                                       Reason.UNREACHABLE) from None
+            raise UpstreamError.at(url, describe(exc), Reason.UNREACHABLE) from None
         finally:
             watchdog.cancel()
             resp.close()
@@ -318,7 +349,8 @@ def read_file_url(url: str, limit: int) -> tuple[bytes, dict]:
                 return f"<html><body>\n{links}</body></html>".encode(), {"content-type": "text/html", "url": path.as_uri() + "/"}
         size = path.stat().st_size
         if size > limit:
-            raise UpstreamError(f"{url}: page of {size} bytes exceeds the {limit}-byte limit")
+            raise UpstreamError.at(url, f"page of {size} bytes exceeds the {limit}-byte limit", Reason.REFUSED)
         return path.read_bytes(), {"content-type": "text/html", "url": url}
     except OSError as exc:
-        raise UpstreamError(f"{url}: {exc.strerror or exc}") from None
+        raise UpstreamError.at(url, one_line(exc.strerror or exc),
+                               Reason.NOT_FOUND if isinstance(exc, FileNotFoundError) else Reason.OTHER) from None

@@ -25,7 +25,7 @@ from pathlib import Path
 import rattler
 from rattler import GenericVirtualPackage, MatchSpec, PackageName, Version
 
-from torchdepot.errors import ParseError, TorchdepotError
+from torchdepot.errors import ParseError, TorchdepotError, one_line
 from torchdepot.model.accel import Accelerator
 from torchdepot.model.condabuild import parse_build_string
 from torchdepot.sources.repodata import RepodataError
@@ -131,7 +131,7 @@ class _FilteredSource:
             loaded = sp.load_records(name)
         except Exception as exc:  # rattler's InvalidPackageNameError, ParseError...: upstream's fault
             self.errors.append(f"{self.where.get(str(platform), platform)}: unsafe or invalid record for "
-                               f"{str(name)[:100]!r}: {one_line(exc)}")
+                               f"{str(name)[:100]!r}: {one_line(exc, 300)}")
             raise
         recs = [r for r in loaded if keep_record(str(r.build), self.target)]
         self.seen.setdefault(str(name.normalized if hasattr(name, "normalized") else name), []).extend(
@@ -183,10 +183,6 @@ def check_solution(records, target: CondaTarget) -> None:
             raise SolveError(f"target {target.id}: solver picked {name} {r.build} for Python {parsed.python}")
 
 
-def one_line(exc: BaseException, limit: int = 300) -> str:
-    return " ".join(str(exc).split())[:limit]
-
-
 def open_sources(sources: list[SubdirSource]) -> dict[str, dict[str, rattler.SparseRepoData]]:
     """channel -> subdir -> SparseRepoData (records load lazily, per package name; the file is
     memory-mapped and indexed by name without building a Python object per record)."""
@@ -196,7 +192,7 @@ def open_sources(sources: list[SubdirSource]) -> dict[str, dict[str, rattler.Spa
         try:
             out.setdefault(src.channel, {})[src.subdir] = rattler.SparseRepoData(chan, src.subdir, str(src.path))
         except Exception as exc:  # truncated or malformed JSON: serde's message names line and column
-            raise RepodataError(f"{src.where or src.path}: not valid repodata JSON ({one_line(exc)}; "
+            raise RepodataError(f"{src.where or src.path}: not valid repodata JSON ({one_line(exc, 300)}; "
                                 "truncated download?)") from None
     return out
 

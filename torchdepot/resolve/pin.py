@@ -9,12 +9,14 @@ default index's Linux torch), so it is never taken for a Linux target.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from torchdepot.errors import ParseError
+from torchdepot.model.presets import OFFICIAL, UPSTREAM_PRESETS
 from torchdepot.model.wheelname import WheelFile, parse_wheel
 from torchdepot.sources.links import Link
 
@@ -64,15 +66,20 @@ def matches_target(w: WheelFile, accelerator: str, python: str, platform: str,
     return wheel_accelerator(w) == accelerator
 
 
-def candidates(links: list[Link], project: str, accelerator: str, python: str, platform: str) -> list[WheelFile]:
+def candidates(links: list[Link], project: str, accelerator: str, python: str, platform: str,
+               parsed: Mapping[str, WheelFile] | None = None) -> list[WheelFile]:
+    """The wheels among ``links`` for the target. ``parsed``: URL -> its file name already
+    parsed (the view parses each link once per run; every target then reuses it)."""
     out = []
     for link in links:
         if link.yanked is not None or not link.filename.endswith(".whl"):
             continue
-        try:
-            w = parse_wheel(link.url)
-        except ParseError:
-            continue
+        w = parsed.get(link.url) if parsed is not None else None
+        if w is None:
+            try:
+                w = parse_wheel(link.url)
+            except ParseError:
+                continue
         if w.name != project:
             continue
         if matches_target(w, accelerator, python, platform):
@@ -124,8 +131,9 @@ def choose(cands: list[WheelFile], constraint: str | None, *, prereleases: bool 
 
 
 def pin(links: list[Link], project: str, accelerator: str, python: str, platform: str,
-        constraint: str | None, *, prereleases: bool = False, torch_version: str | None = None) -> Pin | None:
-    cands = candidates(links, project, accelerator, python, platform)
+        constraint: str | None, *, prereleases: bool = False, torch_version: str | None = None,
+        parsed: Mapping[str, WheelFile] | None = None) -> Pin | None:
+    cands = candidates(links, project, accelerator, python, platform, parsed)
     prefix = paired_prefix(project, torch_version) if torch_version else None
     best = choose(cands, constraint, prereleases=prereleases, prefix=prefix)
     if best is None and prefix is not None:
@@ -133,3 +141,54 @@ def pin(links: list[Link], project: str, accelerator: str, python: str, platform
     if best is None:
         return None
     return Pin(project, str(best))
+
+
+def no_pin_reason(links: list[Link], project: str, accelerator: str, python: str, platform: str,
+                  constraint: str | None = None) -> str | None:
+    """Why :func:`pin` found nothing, when the links say more than "no wheel": the builds of
+    ``project`` for this platform are all for other Pythons ("needs Python >=3.10"), or all for
+    other accelerators (the CUDA builds of the public index, when the PyTorch index is
+    missing). None when neither is the case. Pure."""
+    wheels: list[tuple[WheelFile, Link]] = []
+    for link in links:
+        if link.yanked is not None or not link.filename.endswith(".whl"):
+            continue
+        try:
+            w = parse_wheel(link.url)
+        except ParseError:
+            continue
+        if w.name == project:
+            wheels.append((w, link))
+    if not wheels:
+        return None
+    try:
+        spec = SpecifierSet(constraint or "")
+    except InvalidSpecifier:
+        spec = SpecifierSet()
+    other_python = [(w, lk) for w, lk in wheels
+                    if any(matches_target(w, accelerator, py, platform) for py in w.pythons if "." in py)
+                    and spec.contains(Version(w.version).public, prereleases=True)]
+    if other_python:
+        w, lk = max(other_python, key=lambda wl: Version(wl[0].version))
+        public = Version(w.version).public
+        pys = sorted({py for v, _ in other_python if Version(v.version).public == public for py in v.pythons
+                      if "." in py}, key=lambda p: tuple(int(x) for x in p.split(".")))
+        needs = lk.requires_python or (f"{pys[0]} to {pys[-1]}" if len(pys) > 1 else pys[0])
+        return (f"{project} {public} needs Python {needs} (its {accelerator} wheels for {platform} are for "
+                f"Python {', '.join(pys)}); this target is Python {python}")
+    other_acc = sorted({wheel_accelerator(w) or "unlabelled (CUDA)" for w, _ in wheels
+                        if _fits_but_accelerator(w, python, platform) and wheel_accelerator(w) != accelerator})
+    if other_acc:
+        regional = ", ".join(name for name in UPSTREAM_PRESETS if name != OFFICIAL.name)
+        return (f"the {project} wheels found for Python {python}, {platform} are {', '.join(other_acc)} builds, "
+                f"none {accelerator}: add the PyTorch index to upstreams ({OFFICIAL.name}, or a regional preset: "
+                f"{regional})")
+    return None
+
+
+def _fits_but_accelerator(w: WheelFile, python: str, platform: str) -> bool:
+    """Python and platform fit; the accelerator is not stated (the public index's Linux torch)."""
+    cp = "cp" + python.replace(".", "")
+    if cp not in w.python_tags and not any(t in ("py3", "py2.py3") for t in w.python_tags):
+        return False
+    return w.platform.os in ("any", platform.split("-", 1)[0])

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 from packaging.utils import canonicalize_name
 
-from torchdepot.errors import TorchdepotError
+from torchdepot.errors import TorchdepotError, one_line
 
 SNAPSHOT = Path(__file__).resolve().parent / "recipes_data" / "pypi-conda-names.yaml"
 
@@ -36,7 +36,7 @@ def parse_mapping(text: str, source: str) -> CondaNames:
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise TorchdepotError(f"{source}: not YAML ({' '.join(str(exc).split())[:200]})") from None
+        raise TorchdepotError(f"{source}: not YAML ({one_line(exc, 200)})") from None
     if not isinstance(doc, dict):
         raise TorchdepotError(f"{source}: not a PyPI -> conda name mapping")
     mapping = {canonicalize_name(str(k)): str(v["conda_forge"]) for k, v in doc.items()

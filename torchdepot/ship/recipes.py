@@ -32,7 +32,7 @@ from pathlib import Path, PurePosixPath
 from packaging.markers import default_environment
 from packaging.requirements import InvalidRequirement, Requirement
 
-from torchdepot.errors import ParseError, TorchdepotError, UnsafePathError
+from torchdepot.errors import ParseError, TorchdepotError, UnsafePathError, one_line
 from torchdepot.model.platforms import target_platform
 from torchdepot.model.wheelname import parse_wheel
 from torchdepot.ship.conda_names import CondaNames, load_conda_names
@@ -80,7 +80,7 @@ def render(recipe: str, context: dict, target: str, recipes_dir: Path = RECIPES_
         variants = stage0.render(rb.VariantConfig({}), rb.RenderConfig(
             platform=PlatformConfig(target_platform=target), extra_context=context))
     except Exception as exc:  # rattler_build's PyRattlerBuildError and parse errors
-        raise RecipeError(f"{path}: {' '.join(str(exc).split())[:300]}") from None
+        raise RecipeError(f"{path}: {one_line(exc, 300)}") from None
     if len(variants) != 1:
         raise RecipeError(f"{path}: rendered {len(variants)} variants, expected 1")
     return variants[0].recipe
@@ -112,7 +112,7 @@ def _assemble(stage1, subdir: str, out_channel: Path, files_dir: Path | None, ex
             compression_level=compression_level, detect_prefix=detect_prefix,
         )
     except Exception as exc:
-        raise RecipeError(f"{stage1.package.name}: assemble_package failed: {' '.join(str(exc).split())[:300]}") from None
+        raise RecipeError(f"{stage1.package.name}: assemble_package failed: {one_line(exc, 300)}") from None
     finally:
         if empty is not None:
             shutil.rmtree(empty, ignore_errors=True)
@@ -311,4 +311,4 @@ def index_channel(channel: Path) -> None:
     try:
         asyncio.run(index_fs(channel, write_zst=True, write_shards=False, force=True))
     except Exception as exc:
-        raise RecipeError(f"{channel}: indexing failed: {' '.join(str(exc).split())[:300]}") from None
+        raise RecipeError(f"{channel}: indexing failed: {one_line(exc, 300)}") from None

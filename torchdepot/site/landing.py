@@ -23,10 +23,10 @@ from pathlib import Path
 from torchdepot.errors import ParseError
 from torchdepot.lockfiles.render import REQUIREMENTS
 from torchdepot.model.accel import accelerator_from_dir, accelerator_sort_key
-from torchdepot.model.cuda import min_nvidia_driver
+from torchdepot.model.gpu_tables import min_nvidia_driver
 from torchdepot.model.sizes import format_size
 from torchdepot.model.trust import PIP_TRUST_OPTION, UV_TRUST_OPTION, insecure_host
-from torchdepot.model.wheelname import split_variant_label
+from torchdepot.model.wheelname import split_variant_label, version_sort_key
 from torchdepot.store.fsutil import atomic_write_text
 from torchdepot.store.manifest import Manifest, Target
 
@@ -67,15 +67,6 @@ def variants(manifest: Manifest) -> list[Variant]:
 def _acc_key(name: str):
     acc = accelerator_from_dir(name)
     return accelerator_sort_key(acc) if acc else (9, name)
-
-
-def _version_key(v: str):
-    from packaging.version import InvalidVersion, Version
-
-    try:
-        return (0, Version(v))
-    except InvalidVersion:
-        return (1, v)
 
 
 @dataclass(frozen=True)
@@ -183,7 +174,7 @@ def _grid(vs: list[Variant]) -> dict[Row, dict[Column, list[Variant]]]:
 def _row_order(rows: dict[Row, dict[Column, list[Variant]]]) -> list[Row]:
     # newest torch first; within a version newest GPU stack first, cpu last (two stable sorts)
     row_keys = sorted(rows, key=lambda r: _acc_key(r[1]))
-    return sorted(row_keys, key=lambda r: _version_key(r[0]), reverse=True)
+    return sorted(row_keys, key=lambda r: version_sort_key(r[0]), reverse=True)
 
 
 def _matrix_cell(here: list[Variant]) -> str:

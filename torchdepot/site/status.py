@@ -11,12 +11,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from packaging.version import InvalidVersion, Version
-
 from torchdepot.model.sizes import format_size
+from torchdepot.model.wheelname import version_sort_key
 from torchdepot.store import manifest as mf
-
-METADATA = ".metadata"
+from torchdepot.store.layout import metadata_path
 
 
 @dataclass(frozen=True)
@@ -46,12 +44,7 @@ class MirrorStatus:
 
 
 def _newest_first(versions: set[str]) -> tuple[str, ...]:
-    def key(v: str):
-        try:
-            return (1, Version(v), v)
-        except InvalidVersion:
-            return (0, Version("0"), v)
-    return tuple(sorted(versions, key=key, reverse=True))
+    return tuple(sorted(versions, key=version_sort_key, reverse=True))
 
 
 def mirror_status(root: Path | str, manifest: mf.Manifest) -> MirrorStatus:
@@ -60,12 +53,12 @@ def mirror_status(root: Path | str, manifest: mf.Manifest) -> MirrorStatus:
     out = []
     for t in sorted(manifest.targets, key=lambda t: (t.kind, t.id)):
         paths = {p.path for p in t.packages}
-        versions = {p.version for p in t.packages if p.name in ("torch", "pytorch")}
+        versions = {t.torch} if t.torch else set()
         for r in manifest.releases:
             if r.target == t.id and t.kind == "pip":
                 paths |= set(r.paths)
                 versions.add(r.torch)
-        paths |= {p + METADATA for p in paths if p + METADATA in sizes}
+        paths |= {metadata_path(p) for p in paths if metadata_path(p) in sizes}
         held = [p for p in paths if p in sizes]
         out.append(TargetStatus(id=t.id, kind=t.kind, origin=origin.get(t.id, "spec"),
                                 torch=_newest_first(versions), files=len(held), size=sum(sizes[p] for p in held)))

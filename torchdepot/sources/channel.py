@@ -40,7 +40,7 @@ import requests
 import urllib3
 import zstandard
 
-from torchdepot.errors import UpstreamError
+from torchdepot.errors import TorchdepotError, UpstreamError, load_json
 from torchdepot.model.sizes import format_size
 from torchdepot.net.http import Client, HttpStatusError, cut_connection, describe, file_url_path
 from torchdepot.store.fsutil import atomic_write_text, fsync_dir, safe_join
@@ -134,9 +134,10 @@ class RepodataCache:
 
     def meta(self, channel: str, subdir: str) -> dict:
         try:
-            d = json.loads((self.dir(channel, subdir) / "meta.json").read_text())
+            path = self.dir(channel, subdir) / "meta.json"
+            d = load_json(path.read_bytes(), str(path))
             return d if isinstance(d, dict) else {}
-        except (OSError, ValueError):
+        except (OSError, TorchdepotError):
             return {}
 
     def body(self, channel: str, subdir: str) -> Path:

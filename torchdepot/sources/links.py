@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import collections
+import json
 import re
 import urllib.parse
 from dataclasses import dataclass, field
+
+from torchdepot.model.wheelname import METADATA_SUFFIX
 
 _HEX = re.compile(r"[0-9a-f]+")
 
@@ -32,7 +35,7 @@ class Link:
 
     @property
     def metadata_url(self) -> str | None:
-        return self.url + ".metadata" if self.core_metadata else None
+        return self.url + METADATA_SUFFIX if self.core_metadata else None
 
 
 @dataclass
@@ -42,6 +45,47 @@ class Page:
     warnings: collections.Counter = field(default_factory=collections.Counter)
     projects: list[str] = field(default_factory=list)  # for root pages: project names
     checked_hosts: set[str] = field(default_factory=set, repr=False, compare=False)
+
+
+_LINK_FIELDS = ("url", "filename", "sha256", "requires_python", "core_metadata", "yanked", "upload_time", "size",
+                "href")
+
+
+def page_to_json(page: Page, tag: str) -> bytes:
+    """A parsed page as JSON, so an unchanged page (HTTP 304) is not parsed again; ``tag``
+    names the parser and the body it came from (checked by :func:`page_from_json`)."""
+    rows = [[getattr(link, f) for f in _LINK_FIELDS] for link in page.links]
+    return json.dumps({"tag": tag, "url": page.url, "links": rows, "warnings": dict(page.warnings),
+                       "projects": page.projects}, separators=(",", ":")).encode()
+
+
+def page_from_json(data: bytes, tag: str) -> Page | None:
+    """The page :func:`page_to_json` wrote with the same ``tag``; None for anything else (never raises)."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict) or doc.get("tag") != tag or not isinstance(doc.get("url"), str):
+        return None
+    rows, warnings, projects = doc.get("links"), doc.get("warnings"), doc.get("projects")
+    if not isinstance(rows, list) or not isinstance(warnings, dict) or not isinstance(projects, list):
+        return None
+    links = []
+    for row in rows:
+        if not isinstance(row, list) or len(row) != len(_LINK_FIELDS):
+            return None
+        values = dict(zip(_LINK_FIELDS, row, strict=True))
+        if not isinstance(values["url"], str) or not isinstance(values["filename"], str):
+            return None
+        if not all(values[f] is None or isinstance(values[f], str) for f in _LINK_FIELDS if f not in ("size",)):
+            return None
+        if values["size"] is not None and (not isinstance(values["size"], int) or isinstance(values["size"], bool)):
+            return None
+        links.append(Link(**values))
+    if not all(isinstance(k, str) and isinstance(v, int) for k, v in warnings.items()) \
+            or not all(isinstance(p, str) for p in projects):
+        return None
+    return Page(url=doc["url"], links=links, warnings=collections.Counter(warnings), projects=projects)
 
 
 def split_fragment(href: str) -> tuple[str, str | None]:

@@ -7,8 +7,7 @@ Content-Type decide which parser runs.
 
 from __future__ import annotations
 
-import json
-
+from torchdepot.errors import TorchdepotError, load_json
 from torchdepot.sources.links import Page, make_link
 from torchdepot.sources.pep503 import parse_html
 from torchdepot.store.simple_json import HTML_MEDIA_TYPE, JSON_MEDIA_TYPE
@@ -50,8 +49,8 @@ def parse_json(body: bytes, url: str) -> Page:
     empty page with one warning."""
     page = Page(url=url)
     try:
-        data = json.loads(body)
-    except (ValueError, TypeError, RecursionError):
+        data = load_json(body, url)
+    except TorchdepotError:
         page.warnings["invalid JSON page"] += 1
         return page
     if not isinstance(data, dict):

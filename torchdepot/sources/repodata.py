@@ -8,11 +8,10 @@ anything is written.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from torchdepot.errors import ParseError, TorchdepotError, UnsafePathError
+from torchdepot.errors import ParseError, TorchdepotError, UnsafePathError, load_json
 from torchdepot.model.condabuild import CondaRecord, record_from_repodata
 from torchdepot.model.names import conda_filename, conda_package_name
 
@@ -49,14 +48,7 @@ def _check_name(where: str, filename: str, rec: object) -> None:
 
 def parse_repodata(data: bytes | str, channel: str, subdir: str, where: str) -> SubdirRepodata:
     """Parse and validate every record. Raises :class:`RepodataError` (one line)."""
-    try:
-        doc = json.loads(data)
-    except RecursionError:  # hostile nesting: the stdlib decoder recurses per level
-        raise RepodataError(f"{where}: repodata JSON is nested too deeply to be repodata") from None
-    except ValueError as exc:
-        msg = getattr(exc, "msg", str(exc))
-        pos = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
-        raise RepodataError(f"{where}: not valid repodata JSON ({msg}{pos}; truncated download?)") from None
+    doc = load_json(data, where, what="repodata JSON", error=RepodataError)
     if not isinstance(doc, dict):
         raise RepodataError(f"{where}: repodata is not a JSON object")
     info = info_doc if isinstance(info_doc := doc.get("info"), dict) else {}
@@ -92,10 +84,7 @@ _LOCATION_FIELDS = ("fn", "url", "channel")
 def chosen_record(channel: str, subdir: str, filename: str, record_json: str, where: str) -> CondaRecord:
     """One record the solver chose (``RepoDataRecord.to_json()``), validated as strictly as a
     parsed one: conda's name rule, a safe file name that agrees with the record."""
-    try:
-        rec = json.loads(record_json)
-    except ValueError:
-        raise RepodataError(f"{where}: record {filename[:300]!r} is not JSON") from None
+    rec = load_json(record_json, f"{where}: record {filename[:300]!r}", error=RepodataError)
     if not isinstance(rec, dict):
         raise RepodataError(f"{where}: record {filename[:300]!r} is not an object")
     rec = {k: v for k, v in rec.items() if k not in _LOCATION_FIELDS}

@@ -8,6 +8,9 @@ Every byte the sync learns about upstream comes through an :class:`UpstreamReade
   port), so a mirror that redirects to a host nobody allowed is a missing page, counted;
 - each URL is requested at most once per run (pages and metadata are cached, with one
   lock per URL so concurrent resolver requests never fetch the same page twice);
+- pages kept between runs (:meth:`UpstreamReader.keep_pages`) are re-read conditionally
+  (``If-None-Match``/``If-Modified-Since``); a 304 is served from the kept copy, counted as
+  ``unchanged``; a kept copy is used only for the URL it was read from;
 - a body is bounded in bytes (the caller's limit, a declared Content-Length checked first)
   and in time (the client's ``page_deadline`` for the whole body);
 - a page that does not exist (HTTP 404/410 by :attr:`HttpStatusError.status`, or a
@@ -31,20 +34,28 @@ is not immutable.
 from __future__ import annotations
 
 import collections
+import contextlib
+import hashlib
+import json
+import os
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from pathlib import Path
 
 import requests
 from packaging.utils import canonicalize_name
 
-from torchdepot.errors import ParseError, UpstreamError
+from torchdepot import __version__
+from torchdepot.errors import ParseError, Reason, UpstreamError
 from torchdepot.model.presets import Layout, preset_for
 from torchdepot.model.wheelname import WheelFile, parse_wheel
 from torchdepot.net.hostpolicy import HostPolicy
-from torchdepot.net.http import Client, HttpStatusError, cut_connection, file_url_path
-from torchdepot.sources.links import Link, Page, warnings_summary
+from torchdepot.net.http import Client, HttpStatusError, cut_connection, describe, file_url_path
+from torchdepot.sources.links import Link, Page, page_from_json, page_to_json, warnings_summary
 from torchdepot.sources.pep691 import ACCEPT, parse_response
 from torchdepot.sources.variants import is_variants_json
 
@@ -76,6 +87,8 @@ class UpstreamReader:
         self._cache: dict[tuple[str, str], object] = {}
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._lock = threading.Lock()
+        self._page_dir: Path | None = None  # pages kept between runs (keep_pages)
+        self._page_writes = False
 
     # -- one request per URL ------------------------------------------------------------
     def _once(self, kind: str, url: str, load: Callable[[], object]):
@@ -117,23 +130,26 @@ class UpstreamReader:
         watchdog = threading.Timer(deadline, cut_connection, args=(resp, expired))
         watchdog.daemon = True
         watchdog.start()
-        gave_up = f"{url}: page not complete after {deadline:g} s; gave up"
+        gave_up = f"page not complete after {deadline:g} s; gave up"
         try:
             declared = resp.headers.get("Content-Length")
             if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
-                raise UpstreamError(f"{url}: body of {int(declared)} bytes exceeds the {limit}-byte limit")
+                raise UpstreamError.at(url, f"body of {int(declared)} bytes exceeds the {limit}-byte limit",
+                                       Reason.REFUSED)
             chunks, total = [], 0
             for chunk in resp.iter_content(256 * 1024):
                 total += len(chunk)
                 if total > limit:
-                    raise UpstreamError(f"{url}: body exceeds the {limit}-byte limit")
+                    raise UpstreamError.at(url, f"body exceeds the {limit}-byte limit", Reason.REFUSED)
                 chunks.append(chunk)
             if expired.is_set():
-                raise UpstreamError(gave_up)
+                raise UpstreamError.at(url, gave_up, Reason.UNREACHABLE)
             hdrs = {k.lower(): v for k, v in resp.headers.items()}
             return Body(b"".join(chunks), resp.url, hdrs.get("content-type"), resp.status_code, hdrs)
         except (OSError, requests.RequestException) as exc:
-            raise UpstreamError(gave_up if expired.is_set() else f"{url}: {exc}") from None
+            if expired.is_set():
+                raise UpstreamError.at(url, gave_up, Reason.UNREACHABLE) from None
+            raise UpstreamError.at(url, describe(exc), Reason.UNREACHABLE) from None
         finally:
             watchdog.cancel()
             resp.close()
@@ -147,7 +163,7 @@ class UpstreamReader:
             if why:
                 with self._lock:
                     self.refused[why] += 1
-                raise RefusedRedirect(f"{url}: redirect to {current} refused ({why})")
+                raise RefusedRedirect.at(url, f"redirect to {current} refused ({why})", Reason.REFUSED)
             self._count(kind)
             try:
                 resp = self.client.request("GET", current, headers=headers, stream=True, allow_redirects=False)
@@ -159,17 +175,85 @@ class UpstreamReader:
                 return resp
             current = urllib.parse.urljoin(current, resp.headers["Location"])
             resp.close()
-        raise UpstreamError(f"{url}: more than {MAX_REDIRECTS} redirects")
+        raise UpstreamError.at(url, f"more than {MAX_REDIRECTS} redirects", Reason.REFUSED)
+
+    def keep_pages(self, folder: Path, *, write: bool = True) -> None:
+        """Keep pages between runs in ``folder`` and re-read them conditionally
+        (``If-None-Match``/``If-Modified-Since``): a page upstream answers 304 for costs no body.
+        ``write``: False to only read the kept pages (a dry run leaves the mirror as it is)."""
+        self._page_dir, self._page_writes = folder, write
 
     def page(self, url: str) -> Page | None:
         """The parsed page at ``url`` (JSON or HTML by Content-Type), None when it does not exist."""
         def load() -> Page | None:
-            body = self.get(url, "pages", headers={"Accept": ACCEPT})
+            kept = self._kept_page(url)
+            headers = {"Accept": ACCEPT}
+            if kept is not None:
+                if kept.headers.get("etag"):
+                    headers["If-None-Match"] = kept.headers["etag"]
+                if kept.headers.get("last-modified"):
+                    headers["If-Modified-Since"] = kept.headers["last-modified"]
+            body = self.get(url, "pages", headers=headers)
             if body is None:
                 return None
-            return parse_response(body.data, body.content_type, body.url)
+            if body.status == 304 and kept is not None:
+                self._count("unchanged")
+                parsed = self._kept_parse(url, kept)
+                if parsed is not None:
+                    return parsed
+                body = kept
+            page = parse_response(body.data, body.content_type, body.url)
+            if body.status == 200:
+                self._keep_page(url, body, page)
+            return page
 
         return self._once("page", url, load)
+
+    # A kept page is one file named by the URL's sha256: a JSON line (final URL, content type,
+    # validators), a newline, then the body as upstream sent it.
+    def _page_file(self, url: str) -> Path | None:
+        if self._page_dir is None or urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+            return None
+        return self._page_dir / hashlib.sha256(url.encode()).hexdigest()
+
+    def _kept_page(self, url: str) -> Body | None:
+        path = self._page_file(url)
+        try:
+            raw = path.read_bytes() if path is not None else None
+        except OSError:
+            return None
+        if not raw or b"\n" not in raw:
+            return None
+        head, _, data = raw.partition(b"\n")
+        try:
+            meta = json.loads(head)
+        except (ValueError, RecursionError):
+            return None
+        if not isinstance(meta, dict) or meta.get("request") != url or not isinstance(meta.get("url"), str):
+            return None
+        hdrs = {k: v for k, v in meta.items() if k in ("etag", "last-modified") and isinstance(v, str)}
+        ctype = meta.get("content-type") if isinstance(meta.get("content-type"), str) else None
+        return Body(data, meta["url"], ctype, 200, hdrs)
+
+    def _keep_page(self, url: str, body: Body, page: Page) -> None:
+        path = self._page_file(url)
+        validators = {k: body.headers[k] for k in ("etag", "last-modified") if body.headers.get(k)}
+        if "last-modified" in validators and not _settled(validators["last-modified"], body.headers.get("date")):
+            del validators["last-modified"]  # changed within the clock's resolution: may change again unseen
+        if path is None or not self._page_writes or not validators:
+            return  # nothing to revalidate with: the next run reads the page anew anyway
+        head = json.dumps({"request": url, "url": body.url, "content-type": body.content_type, **validators})
+        _write_kept(path, head.encode() + b"\n" + body.data)
+        _write_kept(path.with_name(path.name + PARSED_SUFFIX), page_to_json(page, _parse_tag(body)))
+
+    def _kept_parse(self, url: str, kept: Body) -> Page | None:
+        """The parse of a kept page saved beside it, when it is of these very bytes and this parser."""
+        path = self._page_file(url)
+        try:
+            data = path.with_name(path.name + PARSED_SUFFIX).read_bytes() if path is not None else None
+        except OSError:
+            return None
+        return page_from_json(data, _parse_tag(kept)) if data else None
 
     def metadata(self, url: str) -> bytes | None:
         """A PEP 658 ``.metadata`` file (None when missing), fetched at most once."""
@@ -191,7 +275,41 @@ class UpstreamReader:
 
     def request_counts(self) -> dict[str, int]:
         with self._lock:
-            return {k: self.counts.get(k, 0) for k in ("pages", "metadata", "ranges", "wheels")}
+            return {k: self.counts.get(k, 0) for k in ("pages", "unchanged", "metadata", "ranges", "wheels")}
+
+
+PARSED_SUFFIX = ".parsed.json"
+
+
+def _parse_tag(body: Body) -> str:
+    """What a saved parse must match: the parser (this torchdepot), the body and its type."""
+    digest = hashlib.sha256(body.data).hexdigest()
+    return f"{__version__}:{body.content_type}:{body.url}:{digest}"
+
+
+def _write_kept(path: Path, data: bytes) -> None:
+    """A cache file: atomic, no fsync; a failed write only costs a full read next run."""
+    tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _settled(last_modified: str, date: str | None) -> bool:
+    """True when a page's ``Last-Modified`` is older than the second it was served in (plus
+    one): a page written in the same second as it was read may change again within that
+    second, and ``If-Modified-Since`` (one-second resolution) would miss it (git's "racily
+    clean" rule)."""
+    try:
+        modified = parsedate_to_datetime(last_modified).timestamp()
+        served = parsedate_to_datetime(date).timestamp() if date else time.time()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return False
+    return modified < served - 1
 
 
 # -- layouts ------------------------------------------------------------------------------
@@ -265,6 +383,11 @@ def locate_variant(reader: UpstreamReader, base: str, prefix: str, accelerator: 
     listing = reader.page(f"{url}/")
     if listing is not None and _of_project(listing.links, "torch", accelerator):
         return Variant(base, url, Layout.FLAT, accelerator)
+    if urllib.parse.urlsplit(base).scheme == "file" and file_url_path(base).is_dir():
+        # a plain folder of wheels (no <accelerator>/ under it): read as find-links, as pip reads it
+        folder = reader.page(base)
+        if folder is not None and _of_project(folder.links, "torch", accelerator):
+            return Variant(base, base, Layout.FINDLINKS, accelerator)
     return None
 
 
@@ -375,7 +498,7 @@ def root_page(reader: UpstreamReader, index: str) -> Page:
     url = page_url(index)
     page = reader.page(url)
     if page is None:
-        raise UpstreamError(f"{url}: not found")
+        raise UpstreamError.at(url, "not found", Reason.NOT_FOUND)
     return page
 
 
@@ -419,7 +542,7 @@ def crawl_wheels(reader: UpstreamReader, index: str, projects: list[str] | None 
             try:
                 page = project_page(reader, base, project)
                 if page is None:
-                    raise UpstreamError(f"{page_url(base, project)}: not found")
+                    raise UpstreamError.at(page_url(base, project), "not found", Reason.NOT_FOUND)
             except UpstreamError as exc:
                 if only_one:
                     raise

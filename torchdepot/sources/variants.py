@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from torchdepot.errors import TorchdepotError
+from torchdepot.errors import TorchdepotError, load_json, one_line
 
 MAX_VARIANTS_JSON = 4 * 1024 * 1024  # upstream's file is a few kB; anything huge is refused
 NULL_LABEL = "null"
@@ -142,9 +142,9 @@ def parse_variants_json(data: bytes, where: str) -> VariantsJson:
         raise _fail(where, f"larger than {MAX_VARIANTS_JSON} bytes")
     try:
         text = data.decode("utf-8")
-        doc = json.loads(text)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise _fail(where, f"not JSON: {str(exc)[:80]}") from None
+        doc = load_json(text, where)
+    except (UnicodeDecodeError, TorchdepotError) as exc:
+        raise _fail(where, f"not JSON: {one_line(exc, 80)}") from None
     if not isinstance(doc, dict):
         raise _fail(where, "not an object")
     schema = doc.get("$schema")

@@ -5,6 +5,13 @@ wheel itself is the truth. A wheel is a zip: its central directory sits at the e
 HTTP Range reads of the tail plus the METADATA member cost a few requests of at most
 64 KB each, even for a 2.5 GB wheel. A server that ignores Range (answers 200) gets the whole wheel read once instead
 (streamed to a temporary file). Requests are counted in the reader (``ranges``/``wheels``).
+
+Bytes that are not a usable wheel (not a zip, no METADATA, METADATA over its caps) raise
+:class:`BadWheelError`, so a sync can leave that one candidate out instead of failing: it
+says what the file is, not that upstream is unreachable. :func:`metadata_refusal` bounds what
+a resolver is shown: METADATA with more than :data:`MAX_REQUIRES_DIST` ``Requires-Dist`` lines
+(a 2.3 MB METADATA with 100,000 of them took 419 s and 1.5 GB in the resolver) is refused,
+counted in one linear pass over the header block.
 """
 
 from __future__ import annotations
@@ -20,6 +27,25 @@ from torchdepot.sources.upstream import UpstreamReader
 from torchdepot.store.pages import metadata_member
 
 BLOCK = 64 * 1024
+# The most Requires-Dist lines a wheel's METADATA may carry. Real wheels carry tens (torch 2.x:
+# ~30; the largest meta-packages a few hundred); each one is a page the resolver asks for.
+MAX_REQUIRES_DIST = 2000
+
+
+class BadWheelError(UpstreamError):
+    """The file's bytes are not a usable wheel (not a zip, no METADATA, METADATA too large)."""
+
+
+def metadata_refusal(data: bytes) -> str | None:
+    """Why a METADATA is refused (one line), or None. Linear: one pass over the header block."""
+    header = data.split(b"\n\n", 1)[0]
+    count = 0
+    for line in header.split(b"\n"):
+        if line[:14].lower() == b"requires-dist:":
+            count += 1
+    if count > MAX_REQUIRES_DIST:
+        return (f"METADATA has {count} Requires-Dist lines, over the cap of {MAX_REQUIRES_DIST}; refused")
+    return None
 
 
 class _RangeFile(io.RawIOBase):
@@ -72,7 +98,7 @@ def _metadata_member(zf: zipfile.ZipFile, project: str, where: str) -> bytes:
     try:
         return metadata_member(zf, project, where)
     except TorchdepotError as exc:
-        raise UpstreamError(str(exc)) from None
+        raise BadWheelError(str(exc)) from None
 
 
 def _total(content_range: str | None) -> int | None:
@@ -87,8 +113,10 @@ def remote_metadata(reader: UpstreamReader, url: str, project: str) -> bytes:
         try:
             with zipfile.ZipFile(file_url_path(url)) as zf:
                 return _metadata_member(zf, project, url)
-        except (OSError, zipfile.BadZipFile) as exc:
-            raise UpstreamError(f"{url}: not a readable wheel ({exc})") from None
+        except zipfile.BadZipFile as exc:
+            raise BadWheelError(f"{url}: not a readable wheel ({exc})") from None
+        except OSError as exc:
+            raise UpstreamError(f"{url}: cannot read it ({exc})") from None
     if reader.policy.refusal(url):
         raise UpstreamError(f"{url}: {reader.policy.refusal(url)}")
     # One byte first: its Content-Range gives the size (servers that ignore suffix ranges,
@@ -105,7 +133,7 @@ def remote_metadata(reader: UpstreamReader, url: str, project: str) -> bytes:
                 with zipfile.ZipFile(io.BufferedReader(view, BLOCK)) as zf:
                     return _metadata_member(zf, project, url)
             except zipfile.BadZipFile as exc:
-                raise UpstreamError(f"{url}: not a readable wheel ({exc})") from None
+                raise BadWheelError(f"{url}: not a readable wheel ({exc})") from None
         # No Range support: read the whole wheel once, to disk, not memory.
         reader._count("wheels")
         with tempfile.TemporaryFile() as tmp:
@@ -116,7 +144,7 @@ def remote_metadata(reader: UpstreamReader, url: str, project: str) -> bytes:
                 with zipfile.ZipFile(tmp) as zf:
                     return _metadata_member(zf, project, url)
             except zipfile.BadZipFile as exc:
-                raise UpstreamError(f"{url}: not a readable wheel ({exc})") from None
+                raise BadWheelError(f"{url}: not a readable wheel ({exc})") from None
     except OSError as exc:
         raise UpstreamError(f"{url}: {exc}") from None
     finally:

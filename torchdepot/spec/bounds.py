@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 from yaml.events import AliasEvent
 
-from torchdepot.errors import SpecError
+from torchdepot.errors import SpecError, one_line
 
 MAX_SPEC_BYTES = 256 * 1024  # a real spec is under 2 KB
 MAX_ALIASES = 100
@@ -168,7 +168,7 @@ def load_yaml(text: str, where: str) -> object:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+        problem = getattr(exc, "problem", None) or one_line(exc, 200)
         raise SpecError(f"{where}: invalid YAML{at}: {problem}") from None
     except (ValueError, RecursionError, MemoryError) as exc:  # int/float/timestamp overflow, last resorts
         raise SpecError(f"{where}: invalid YAML: {show_text(str(exc) or type(exc).__name__, 100)}") from None

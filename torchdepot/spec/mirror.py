@@ -34,22 +34,22 @@ Keys (all optional):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import itertools
-import os
 import re
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, TypeVar
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 
-from torchdepot.errors import ParseError, SpecError
+from torchdepot.errors import ParseError, SpecError, one_line
 from torchdepot.model.accel import parse_accelerator
 from torchdepot.model.platforms import host_platform, target_platform
 from torchdepot.model.presets import UPSTREAM_PRESETS
@@ -219,11 +219,8 @@ class MirrorSpec:
 
 def format_utc(when: dt.datetime) -> str:
     """``2026-06-01T00:00:00Z``: the form uv's ``--exclude-newer`` and PEP 700 use."""
-    return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _first(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    # isoformat, not strftime: %Y writes year 1 as "1", which is no ISO date.
+    return when.astimezone(dt.timezone.utc).replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
 
 
 def host_python() -> str:
@@ -288,7 +285,7 @@ def _packages(raw: object, where: str) -> tuple[PackageSpec, ...]:
                 try:
                     req = Requirement(entry)
                 except (InvalidRequirement, ValueError) as exc:
-                    raise SpecError(f"{where}: {key}: {show(entry)} is not a requirement ({_first(exc)})") from None
+                    raise SpecError(f"{where}: {key}: {show(entry)} is not a requirement ({one_line(exc)})") from None
                 if req.url or req.extras or req.marker:
                     raise SpecError(f"{where}: {key}: {show(entry)}: only a name and a version constraint are allowed")
                 items.append((key, req.name, str(req.specifier) or None))
@@ -318,7 +315,7 @@ def _extras(raw: object, where: str) -> tuple[str, ...]:
         try:
             extras.append(str(Requirement(str(entry))))
         except (InvalidRequirement, ValueError) as exc:
-            raise SpecError(f"{where}: extra_packages[{i}]: {show(entry)} is not a requirement ({_first(exc)})") from None
+            raise SpecError(f"{where}: extra_packages[{i}]: {show(entry)} is not a requirement ({one_line(exc)})") from None
     return _dedup(extras)
 
 
@@ -451,13 +448,16 @@ def _out(raw: object, where: str) -> Path:
     """The mirror directory, with a leading ``~`` / ``~user`` expanded here, once: every later
     step (the out-dir check, the writes, the printed ``serve --root``) sees the same path."""
     raw = raw or DEFAULT_OUT
-    if isinstance(raw, os.PathLike):
-        raw = os.fspath(raw)
+    if isinstance(raw, PurePath):
+        raw = str(raw)
     if not isinstance(raw, str) or "\x00" in raw:
         raise SpecError(f"{where}: out: expected a path string")
-    path = Path(os.path.expanduser(raw))
+    path = Path(raw)
+    if raw.startswith("~"):  # not "./~/x": Path drops the "./", so ask the text
+        with contextlib.suppress(RuntimeError):  # an unknown user, or no home directory: refused below
+            path = path.expanduser()
     if path.parts and path.parts[0].startswith("~"):
-        # not expandable (unknown user, no home), or "./~/x", which a shell would read as home
+        # not expandable, or "./~/x", which a shell would read as the home directory
         raise SpecError(f"{where}: out: {raw!r} starts with '~' that names no home directory here; "
                         "write the directory as an absolute path")
     return path
@@ -512,7 +512,12 @@ def _exclude_newer(raw: object, where: str) -> dt.datetime | None:
         raise SpecError(f"{where}: exclude_newer: {show(raw)} is not a date or time like 2026-06-01T00:00:00Z")
     if when.tzinfo is None:
         raise SpecError(f"{where}: exclude_newer: {show(raw)} has no time zone; add Z for UTC")
-    return when.astimezone(dt.timezone.utc)
+    try:
+        return when.astimezone(dt.timezone.utc)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is a time before year 1 in UTC
+        shown = repr(raw.isoformat()) if isinstance(raw, dt.datetime) else show(raw)
+        raise SpecError(f"{where}: exclude_newer: {shown} is out of range in UTC "
+                        "(years 1 to 9999)") from None
 
 
 # key -> (MirrorSpec field, validator); the conda section and the target product are cross-key.

@@ -9,18 +9,20 @@ it (no regex re-spelling a name built elsewhere). Layout of ``<root>``::
                                       published (:func:`changed_bytes_path`)
     conda/<channel>/<subdir>/<file>   conda packages + channel index files (CONDA_DIR)
     whl -> .publish/<gen>/whl         the live index generation (INDEX_LINK, PUBLISH_DIR)
-    targets/<target-id>/              per-target locks written by a sync
+    targets/<target-id>/pylock.toml   per-target locks written by a sync (TARGETS_DIR)
     envs/<target-id>/                 lock folders a bundle carries
     manifest.json, index.html         written last, atomically
     .torchdepot.lock                  the writer's flock (LOCK_FILE)
     .torchdepot/                      state (STATE_DIR):
         hashes.json                   the fetcher's hash cache
-        cache/                        conda repodata cache (CACHE_DIR)
         publish.json                  the publication journal (PUBLISH_JOURNAL)
         retired.json                  paths that held other bytes once, with their sha256 (RETIRED)
         partial/                      downloads in flight (PARTIAL_DIR)
+        cache/conda/                  repodata a conda sync fetched (CONDA_CACHE_DIR)
         view/                         the local index the resolver reads (VIEW_DIR; rebuilt each run)
         resolutions.json              each target's last resolution and its inputs (RESOLUTIONS)
+        metadata/                     METADATA by content hash, kept between runs (METADATA_CACHE)
+        pages/                        upstream pages with their validators, re-read conditionally (PAGE_CACHE)
         stage-<kind>-<pid>-<rand>/    staging of an unbundle or repair (one per run)
         aside/<stamp>/                unknown files moved out by ``verify-mirror --repair --move-unknown``
         pullthrough/whl/...           ``serve --pull-through``'s merged pages and what each offers (PULLTHROUGH_DIR)
@@ -56,6 +58,10 @@ import posixpath
 import re
 from typing import Literal
 
+from torchdepot.model.wheelname import (
+    METADATA_SUFFIX as METADATA_SUFFIX,  # re-exported: the mirror's suffix
+)
+
 PACKAGES_DIR = "packages"
 CONDA_DIR = "conda"
 PACKAGE_DIRS = (PACKAGES_DIR, CONDA_DIR)
@@ -71,6 +77,8 @@ HASHES_NAME = "hashes.json"
 PARTIAL_DIR = f"{STATE_DIR}/partial"
 VIEW_DIR = f"{STATE_DIR}/view"
 RESOLUTIONS = f"{STATE_DIR}/resolutions.json"
+METADATA_CACHE = f"{STATE_DIR}/metadata"
+PAGE_CACHE = f"{STATE_DIR}/pages"
 MATRIX_RECORD = f"{STATE_DIR}/matrix.json"  # `current`: upstream's release matrix at the last sync
 PUBLISH_JOURNAL = f"{STATE_DIR}/publish.json"
 RETIRED = f"{STATE_DIR}/retired.json"
@@ -78,13 +86,16 @@ ASIDE_DIR = f"{STATE_DIR}/aside"
 PULLTHROUGH_DIR = f"{STATE_DIR}/pullthrough"
 MISSES_LOG = f"{STATE_DIR}/misses.jsonl"
 STAGE_PREFIX = "stage-"
+CONDA_CACHE_DIR = f"{STATE_DIR}/cache/conda"  # repodata fetched by conda syncs
+PYLOCK_NAME = "pylock.toml"  # a target's lock under TARGETS_DIR/<id>/
 CACHE_DIR = f"{STATE_DIR}/cache"
 # Every path under a root the tool itself creates, parents before children. Each must be a real
 # file or directory (or absent), never a symlink: a planted link would move state, staging,
 # downloads or the next index outside the root (:func:`torchdepot.store.fsutil.refuse_planted_links`).
-OWN_PATHS = (STATE_DIR, PARTIAL_DIR, VIEW_DIR, ASIDE_DIR, CACHE_DIR, f"{CACHE_DIR}/conda", f"{STATE_DIR}/{HASHES_NAME}",
-             RESOLUTIONS, PUBLISH_JOURNAL, RETIRED, PUBLISH_DIR, PACKAGES_DIR, CONDA_DIR, TARGETS_DIR, ENVS_DIR, MANIFEST_NAME,
-             LANDING_NAME, LOCK_FILE)
+OWN_PATHS = (STATE_DIR, PARTIAL_DIR, VIEW_DIR, ASIDE_DIR, CACHE_DIR, CONDA_CACHE_DIR, METADATA_CACHE, PAGE_CACHE,
+             PULLTHROUGH_DIR, f"{STATE_DIR}/{HASHES_NAME}", RESOLUTIONS, MATRIX_RECORD, PUBLISH_JOURNAL, RETIRED,
+             MISSES_LOG, PUBLISH_DIR, PACKAGES_DIR, CONDA_DIR, TARGETS_DIR, ENVS_DIR, MANIFEST_NAME, LANDING_NAME,
+             LOCK_FILE)
 
 StageKind = Literal["unbundle", "repair"]
 
@@ -96,6 +107,49 @@ _CONDA_INDEX = re.compile(
     r"|channeldata\.json|index\.html|\.?run_exports\.json(\.zst)?"
     r"|[0-9a-f]{64}\.msgpack\.zst"  # a CEP-16 shard (under <subdir>/shards/), content-addressed
 )
+
+
+def package_path(project: str, filename: str) -> str:
+    """``packages/<project>/<file>``: where a wheel is stored (``filename`` already safe)."""
+    return f"{PACKAGES_DIR}/{project}/{filename}"
+
+
+def metadata_path(wheel_path: str) -> str:
+    """The PEP 658 ``.metadata`` stored next to the wheel at ``wheel_path``."""
+    return wheel_path + METADATA_SUFFIX
+
+
+def is_metadata_path(path: str) -> bool:
+    return path.endswith(METADATA_SUFFIX)
+
+
+def wheel_of_metadata(path: str) -> str:
+    """The wheel path a :func:`metadata_path` was made from."""
+    return path[: -len(METADATA_SUFFIX)] if is_metadata_path(path) else path
+
+
+def pip_index(accelerator: str) -> str:
+    """``whl/<accelerator>``: a pip target's index, relative to the root."""
+    return f"{INDEX_LINK}/{accelerator}"
+
+
+def target_dir(target_id: str) -> str:
+    """``targets/<id>``: the per-target folder a sync writes (its lock)."""
+    return f"{TARGETS_DIR}/{target_id}"
+
+
+def target_lock(target_id: str) -> str:
+    return f"{target_dir(target_id)}/{PYLOCK_NAME}"
+
+
+def env_dir(target_id: str) -> str:
+    """``envs/<id>``: a lock folder a bundle carries."""
+    return f"{ENVS_DIR}/{target_id}"
+
+
+def conda_channel(name: str) -> str:
+    """``conda/<name>``: a conda channel of the mirror."""
+    return f"{CONDA_DIR}/{name}"
 
 
 def atomic_temp_affixes(name: str) -> tuple[str, str]:

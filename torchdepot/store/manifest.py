@@ -37,9 +37,10 @@ import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
-from torchdepot.errors import TorchdepotError
+from torchdepot.errors import TorchdepotError, load_json
+from torchdepot.model.targets import TORCH_NAMES
 from torchdepot.model.targets import target_id as target_id  # re-exported: manifest callers
 from torchdepot.store.fsutil import atomic_write_text, safe_join
 from torchdepot.store.layout import MANIFEST_NAME as MANIFEST_NAME  # re-exported
@@ -48,12 +49,18 @@ FORMAT = "torchdepot-manifest"
 VERSION = 1
 
 
+# what a listed file is: a wheel, its PEP 658 metadata, a conda package or channel file, a PEP 825
+# variants.json, anything else
+FileKind = Literal["wheel", "metadata", "conda", "variants-json", "other"]
+TargetKind = Literal["pip", "conda"]
+
+
 @dataclass(frozen=True)
 class FileEntry:
     path: str  # relative POSIX path under the root
     sha256: str  # hash of the bytes we stored (never just upstream's claim)
     size: int
-    kind: str  # "wheel" | "metadata" | "conda" | "other"
+    kind: FileKind
     project: str | None = None
     version: str | None = None
     url: str | None = None  # where it came from
@@ -76,7 +83,7 @@ class TargetPackage:
 @dataclass(frozen=True)
 class Target:
     id: str  # "<accelerator>-py<XY>-<platform>"
-    kind: str  # "pip" | "conda"
+    kind: TargetKind
     accelerator: str
     python: str  # "3.11"
     platform: str  # "linux-x86_64"
@@ -85,8 +92,13 @@ class Target:
     channel: str | None = None  # conda: "conda/<name>"
     subdir: str | None = None  # conda: "linux-64"
 
+    @property
+    def torch(self) -> str | None:
+        """The torch version this target serves (pip ``torch``, conda ``pytorch``); None without one."""
+        return next((p.version for p in self.packages if p.name in TORCH_NAMES), None)
 
-ORIGINS = ("spec", "fetch", "locks")  # who asked for a recorded target: the spec, tools/fetch, mirror --from-locks
+
+Origin = Literal["spec", "fetch", "locks"]  # who asked for a recorded target: the spec, tools/fetch, mirror --from-locks
 
 
 @dataclass(frozen=True)
@@ -96,7 +108,7 @@ class RecordedTarget:
     accelerator: str
     python: str
     platform: str
-    origin: str  # one of ORIGINS
+    origin: Origin  # who asked for it
     torch: str | None = None  # its own torch constraint (tools/fetch --torch), None: the spec's
 
 
@@ -179,13 +191,7 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str | bytes, where: str = MANIFEST_NAME) -> Manifest:
-        try:
-            doc = json.loads(text)
-        except RecursionError:
-            raise TorchdepotError(f"{where}: malformed manifest (nested too deeply)") from None
-        except ValueError as exc:
-            raise TorchdepotError(f"{where}: malformed manifest ({exc})") from None
-        return cls.from_doc(doc, where)
+        return cls.from_doc(load_json(text, where, what="manifest JSON"), where)
 
     @classmethod
     def from_doc(cls, doc: object, where: str = MANIFEST_NAME) -> Manifest:
@@ -209,9 +215,6 @@ class Manifest:
             raise TorchdepotError(f"{where}: spec: not an object")
         recorded = [_record(RecordedTarget, r, f"{where}: recorded[{i}]")
                     for i, r in enumerate(_items(doc, "recorded", where, required=False))]
-        for i, rt in enumerate(recorded):
-            if rt.origin not in ORIGINS:
-                raise TorchdepotError(f"{where}: recorded[{i}]: origin: {rt.origin[:40]!r} is not one of {', '.join(ORIGINS)}")
         releases = []
         for i, r in enumerate(_items(doc, "releases", where, required=False)):
             at = f"{where}: releases[{i}]"
@@ -252,10 +255,14 @@ _D = TypeVar("_D", bound="DataclassInstance")
 
 # annotation (as written above) -> accepted JSON types; bool is not an int here
 _TYPES: dict[str, tuple[type, ...]] = {
-    "str": (str,), "int": (int,), "bool": (bool,), "str | None": (str, type(None)),
+    "str": (str,), "FileKind": (str,), "TargetKind": (str,), "Origin": (str,),
+    "int": (int,), "bool": (bool,), "str | None": (str, type(None)),
     "int | None": (int, type(None)), "tuple[TargetPackage, ...]": (tuple,),
     "tuple[str, ...]": (tuple, list), "float": (int, float),  # lists become tuples in _record
 }
+# Literal annotations -> their values, checked at this boundary
+_LITERALS: dict[str, tuple[str, ...]] = {"FileKind": get_args(FileKind), "TargetKind": get_args(TargetKind),
+                                         "Origin": get_args(Origin)}
 
 
 def _items(doc: dict[str, object], key: str, where: str, required: bool = True) -> list[object]:
@@ -277,6 +284,8 @@ def _record(cls: type[_D], data: object, where: str) -> _D:
         ok = _TYPES[str(f.type)]  # annotations are strings here (from __future__ import annotations)
         if not isinstance(value, ok) or (isinstance(value, bool) and bool not in ok):
             raise TorchdepotError(f"{where}: {key}: expected {f.type}, got {type(value).__name__}")
+        if str(f.type) in _LITERALS and value not in _LITERALS[str(f.type)]:
+            raise TorchdepotError(f"{where}: {key}: {str(value)[:40]!r} is not one of {', '.join(_LITERALS[str(f.type)])}")
         if key == "extras" and not (isinstance(value, (tuple, list)) and all(isinstance(x, str) for x in value)):
             raise TorchdepotError(f"{where}: extras: expected strings")
         if key == "size" and isinstance(value, int) and value < 0:
@@ -298,17 +307,6 @@ def load(root: Path) -> Manifest:
         raise TorchdepotError(f"{path}: no manifest (is {root} a torchdepot mirror? run 'torchdepot mirror' first)") from None
     except UnicodeDecodeError as exc:
         raise TorchdepotError(f"{path}: not a torchdepot manifest (not UTF-8 text at byte {exc.start})") from None
-
-
-def fetch(url: str) -> Manifest:
-    """``<url>/manifest.json`` of a served (http, or file://) mirror. Raises UpstreamError
-    when it cannot be fetched and TorchdepotError when it is not a manifest."""
-    from torchdepot.net.http import make_session
-
-    murl = url.rstrip("/") + "/" + MANIFEST_NAME
-    with make_session() as client:
-        body, _ = client.get_bytes(murl)
-    return Manifest.from_json(body, murl)
 
 
 def save(root: Path, manifest: Manifest) -> None:

@@ -23,7 +23,6 @@ import os
 import shutil
 import urllib.parse
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from packaging.utils import canonicalize_name
@@ -31,20 +30,8 @@ from packaging.utils import canonicalize_name
 from torchdepot.errors import TorchdepotError
 from torchdepot.store import simple_json
 from torchdepot.store.fsutil import atomic_write_bytes, fsync_dir, safe_join
-from torchdepot.store.layout import INDEX_LINK, PUBLISH_DIR, build_temp_name
-
-
-@dataclass(frozen=True)
-class IndexFile:
-    project: str  # canonical name
-    filename: str
-    path: str  # "packages/<project>/<filename>" relative to the root
-    sha256: str
-    requires_python: str | None = None
-    metadata_sha256: str | None = None
-    size: int | None = None  # PEP 700, for the JSON twin (store/simple_json.py); None = unknown
-    upload_time: str | None = None  # PEP 700, only as upstream gave it; never invented
-
+from torchdepot.store.index_file import IndexFile as IndexFile  # re-exported: the pages' record
+from torchdepot.store.layout import INDEX_LINK, PUBLISH_DIR, build_temp_name, metadata_path
 
 # -- PEP 658 metadata -------------------------------------------------------------------
 # A real METADATA is kilobytes (torch's is ~10 kB); a wheel whose METADATA inflates past this
@@ -92,7 +79,7 @@ def ensure_metadata(root: Path, path: str, project: str) -> tuple[str, str | Non
     Returns (sha256 of the metadata file, Requires-Python, size).
     """
     wheel = safe_join(root, path)
-    meta_path = safe_join(root, path + ".metadata")
+    meta_path = safe_join(root, metadata_path(path))
     data = wheel_metadata(wheel, project)
     try:
         current = meta_path.read_bytes()

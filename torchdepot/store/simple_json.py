@@ -1,6 +1,6 @@
 """PEP 691 JSON twins of the PEP 503 pages: ``index.json`` next to every ``index.html``.
 
-Built from the very :class:`~torchdepot.store.pages.IndexFile` records the HTML pages are
+Built from the very :class:`~torchdepot.store.index_file.IndexFile` records the HTML pages are
 built from (one source, two renderings), so the two can never disagree on a file, a
 hash or a link. Project pages are ``application/vnd.pypi.simple.v1+json`` at api-version
 1.1 (PEP 700: ``size``, ``upload-time``, ``versions``); each file carries ``url``
@@ -21,7 +21,6 @@ import re
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from packaging.utils import (
     InvalidSdistFilename,
@@ -32,9 +31,7 @@ from packaging.utils import (
 
 from torchdepot.errors import ParseError
 from torchdepot.model.wheelname import split_variant_label
-
-if TYPE_CHECKING:  # pages.py calls into this module; a runtime import would be circular
-    from torchdepot.store.pages import IndexFile
+from torchdepot.store.index_file import IndexFile
 
 JSON_MEDIA_TYPE = "application/vnd.pypi.simple.v1+json"
 HTML_MEDIA_TYPE = "application/vnd.pypi.simple.v1+html"

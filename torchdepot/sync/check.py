@@ -75,16 +75,15 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-from torchdepot.errors import TorchdepotError, UnsafePathError
+from torchdepot.errors import TorchdepotError, UnsafePathError, load_json
 from torchdepot.fetch import Fetcher, FetchItem, HashCache, hash_present
-from torchdepot.lockfiles.render import PYLOCK
 from torchdepot.net.hostpolicy import HostPolicy, default_policy
 from torchdepot.net.http import file_url_path
 from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
 from torchdepot.store import publication as pub
 from torchdepot.store.fsutil import MirrorLock, safe_join
-from torchdepot.store.pages import IndexFile
+from torchdepot.store.index_file import IndexFile
 from torchdepot.store.simple_json import HTML_PAGE, JSON_PAGE
 
 # Root entries a mirror (or a unbundle) creates; anything else at the top is reported as unknown.
@@ -153,16 +152,16 @@ def _check_files(root: Path, manifest: mf.Manifest, cache: HashCache | None) -> 
         try:
             present = hash_present(root, entry.path, cache)
         except UnsafePathError as exc:
-            problems.append(Problem("corrupt", entry.path, str(exc)))
+            problems.append(Problem(kind="corrupt", path=entry.path, detail=str(exc)))
             continue
         if present is None:
-            problems.append(Problem("missing", entry.path, "listed in manifest.json but not on disk"))
+            problems.append(Problem(kind="missing", path=entry.path, detail="listed in manifest.json but not on disk"))
             continue
         digest, size = present
         if size != entry.size:
-            problems.append(Problem("corrupt", entry.path, f"{size} bytes, manifest says {entry.size}"))
+            problems.append(Problem(kind="corrupt", path=entry.path, detail=f"{size} bytes, manifest says {entry.size}"))
         elif digest != entry.sha256:
-            problems.append(Problem("corrupt", entry.path, f"sha256 {digest}, manifest says {entry.sha256}"))
+            problems.append(Problem(kind="corrupt", path=entry.path, detail=f"sha256 {digest}, manifest says {entry.sha256}"))
     return problems, len(manifest.files)
 
 
@@ -178,36 +177,36 @@ def _scan_leftovers(root: Path, listed: set[str], journal: frozenset[str] = froz
                 if rel in listed:
                     continue
                 if L.is_atomic_temp(name):
-                    problems.append(Problem("temp", rel, "leftover temporary file from an interrupted write"))
+                    problems.append(Problem(kind="temp", path=rel, detail="leftover temporary file from an interrupted write"))
                 elif rel in journal:
-                    problems.append(Problem("staged", rel, "written or superseded by a sync, not in the committed "
+                    problems.append(Problem(kind="staged", path=rel, detail="written or superseded by a sync, not in the committed "
                                                            "manifest (removed after the next commit)"))
                 elif top == L.CONDA_DIR and L.is_conda_index_file(name):
                     continue
                 else:
-                    problems.append(Problem("orphan", rel, "not listed in manifest.json"))
+                    problems.append(Problem(kind="orphan", path=rel, detail="not listed in manifest.json"))
     partial = root / L.PARTIAL_DIR
     if partial.is_dir():
         for p in sorted(partial.iterdir()):
-            problems.append(Problem("partial", _rel(root, p), f"leftover partial download ({p.lstat().st_size} bytes)"))
+            problems.append(Problem(kind="partial", path=_rel(root, p), detail=f"leftover partial download ({p.lstat().st_size} bytes)"))
     state = root / L.STATE_DIR
     if state.is_dir():
         for p in sorted(state.iterdir()):
             if L.stage_pid(p.name) is not None:  # under the mirror lock: its run was killed
-                problems.append(Problem("staging", _rel(root, p), "staging dir of an interrupted unbundle or repair"))
+                problems.append(Problem(kind="staging", path=_rel(root, p), detail="staging dir of an interrupted unbundle or repair"))
     for p in sorted(root.iterdir()):
         name = p.name
         if L.build_temp_of(name) == L.INDEX_LINK and p.is_symlink():  # the mirror only ever makes a symlink here
-            problems.append(Problem("temp", name, "leftover index symlink from an interrupted publish"))
+            problems.append(Problem(kind="temp", path=name, detail="leftover index symlink from an interrupted publish"))
         elif L.atomic_temp_of(name) in ROOT_ATOMIC and p.is_file() and not p.is_symlink():
-            problems.append(Problem("temp", name, "leftover from an interrupted write"))
+            problems.append(Problem(kind="temp", path=name, detail="leftover from an interrupted write"))
         elif name not in ROOT_ENTRIES:
-            problems.append(Problem("unknown", name, "not part of a torchdepot mirror (reported, never deleted)"))
+            problems.append(Problem(kind="unknown", path=name, detail="not part of a torchdepot mirror (reported, never deleted)"))
     pub = root / L.PUBLISH_DIR
     if pub.is_dir() and not pub.is_symlink():
         for p in sorted(pub.iterdir()):
             if L.is_build_temp(p.name):
-                problems.append(Problem("temp", _rel(root, p), "leftover index build from an interrupted publish"))
+                problems.append(Problem(kind="temp", path=_rel(root, p), detail="leftover index build from an interrupted publish"))
     return problems
 
 
@@ -232,15 +231,15 @@ def _check_html_page(root: Path, page_path: Path, by_path: dict[str, mf.FileEntr
     for link in page.links:
         key = _link_key(root, link.url)
         if key is None:
-            problems.append(Problem("dangling-link", rel_page, f"links outside the mirror: {link.url}"))
+            problems.append(Problem(kind="dangling-link", path=rel_page, detail=f"links outside the mirror: {link.url}"))
             continue
         if linked is not None:
             linked.add(key)
         entry = by_path.get(key)
         if entry is None:
-            problems.append(Problem("dangling-link", rel_page, f"links {key}, which manifest.json does not list"))
+            problems.append(Problem(kind="dangling-link", path=rel_page, detail=f"links {key}, which manifest.json does not list"))
         elif link.sha256 is not None and link.sha256 != entry.sha256:
-            problems.append(Problem("dangling-link", rel_page, f"links {key} with sha256 {link.sha256}, "
+            problems.append(Problem(kind="dangling-link", path=rel_page, detail=f"links {key} with sha256 {link.sha256}, "
                                                                f"manifest says {entry.sha256}"))
     return problems
 
@@ -253,8 +252,8 @@ def _json_page_issues(root: Path, page_path: Path, by_path: dict[str, mf.FileEnt
 
     body = page_path.read_bytes()
     try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError) as exc:
+        doc = load_json(body, page_path.name)
+    except TorchdepotError as exc:
         return [f"not JSON ({exc})"]
     if not isinstance(doc, dict) or not isinstance(doc.get("meta"), dict) or \
             not (isinstance(doc.get("files"), list) or isinstance(doc.get("projects"), list)):
@@ -306,7 +305,7 @@ def _check_index(root: Path, manifest: mf.Manifest) -> list[Problem]:
                 issues = _json_page_issues(root, page_path, by_path)
                 if issues:
                     more = f" (+{len(issues) - 3} more)" if len(issues) > 3 else ""
-                    problems.append(Problem("bad-json-page", _rel(root, page_path), "; ".join(issues[:3]) + more))
+                    problems.append(Problem(kind="bad-json-page", path=_rel(root, page_path), detail="; ".join(issues[:3]) + more))
     return problems + _check_target_locks(root, by_path, linked)
 
 
@@ -322,14 +321,14 @@ def _check_target_locks(root: Path, by_path: dict[str, mf.FileEntry], linked: se
     problems = []
     kept: set[str] | None = None  # links of the kept generations, read only when needed
     journal = pub.load_journal(root)
-    for lock in sorted(targets.glob(f"*/{PYLOCK}")):
+    for lock in sorted(targets.glob(f"*/{L.PYLOCK_NAME}")):
         if f"{L.TARGETS_DIR}/{lock.parent.name}" in journal:
             continue  # a pruned target's folder, removed after the commit (a leftover, not live)
         rel_lock = _rel(root, lock)
         try:
             doc = tomllib.loads(lock.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            problems.append(Problem("dangling-link", rel_lock, f"unreadable lock ({exc})"))
+            problems.append(Problem(kind="dangling-link", path=rel_lock, detail=f"unreadable lock ({exc})"))
             continue
         issues, unlinked = _lock_issues(lock.parent.name, doc, by_path, linked)
         if unlinked and not issues:
@@ -337,7 +336,7 @@ def _check_target_locks(root: Path, by_path: dict[str, mf.FileEntry], linked: se
             issues = [f"names {key}, which no live or kept index generation links (a lock newer than the index)"
                       for key in unlinked if key not in kept]
         if issues:
-            problems.append(Problem("dangling-link", rel_lock, issues[0]))  # one per lock: rewritten whole
+            problems.append(Problem(kind="dangling-link", path=rel_lock, detail=issues[0]))  # one per lock: rewritten whole
     return problems
 
 
@@ -396,11 +395,12 @@ def _live_index_files(root: Path, manifest: mf.Manifest) -> dict[str, list[Index
             page = parse_html(page_path.read_bytes(), page_path.as_uri())
             for link in page.links:
                 key = _link_key(root, link.url)
-                if key is None or (entry := by_path.get(key)) is None:
+                entry = by_path.get(key) if key is not None else None
+                if key is None or entry is None:
                     return None
                 variants.setdefault(acc_dir.name, []).append(IndexFile(
-                    page_path.parent.name, key.rsplit("/", 1)[-1], key, entry.sha256, link.requires_python,
-                    link.metadata_sha256, size=entry.size, upload_time=entry.upload_time))
+                    project=page_path.parent.name, filename=key.rsplit("/", 1)[-1], path=key, sha256=entry.sha256, requires_python=link.requires_python,
+                    metadata_sha256=link.metadata_sha256, size=entry.size, upload_time=entry.upload_time))
     return variants
 
 
@@ -512,14 +512,14 @@ def repair_policy(manifest: mf.Manifest, pip=None, extra_hosts=()) -> RepairPoli
 
 def _derived(entry: mf.FileEntry) -> bool:
     """A PEP 658 file the mirror wrote from its wheel (no upstream url to refetch it from)."""
-    return entry.path.endswith(".metadata") and entry.kind == "metadata" and not entry.url
+    return L.is_metadata_path(entry.path) and entry.kind == "metadata" and not entry.url
 
 
 def _repair_metadata(root: Path, entry: mf.FileEntry) -> bool:
     """A PEP 658 file is derived from its wheel: rewrite it rather than fetch it."""
     from torchdepot.store.pages import ensure_metadata
 
-    wheel = entry.path[: -len(".metadata")]
+    wheel = L.wheel_of_metadata(entry.path)
     try:
         digest, _req, size = ensure_metadata(root, wheel, entry.project or wheel.rsplit("/", 2)[-2])
     except (TorchdepotError, OSError):
@@ -527,80 +527,110 @@ def _repair_metadata(root: Path, entry: mf.FileEntry) -> bool:
     return digest == entry.sha256 and size == entry.size
 
 
-def _repair(root: Path, manifest: mf.Manifest, problems: list[Problem], client, policy: RepairPolicy | None,
-            move_unknown: bool) -> list[Problem]:
-    by_path = manifest.by_path()
+def _triage(root: Path, problems: list[Problem], by_path: dict[str, mf.FileEntry],
+            move_unknown: bool) -> tuple[list[Problem], dict[str, Problem]]:
+    """Step 1: the mirror's own leftovers removed; orphans and unknown files kept (or, with
+    ``move_unknown``, moved aside: never deleted); listed files that are missing or corrupt
+    returned to refetch (a derived ``.metadata`` waits for its wheel)."""
     out: list[Problem] = []
     refetch: dict[str, Problem] = {}
     stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
     for p in problems:
         if p.kind in LEFTOVER_KINDS:  # the mirror's own leftovers
             _remove(root, p.path)
-            out.append(Problem(p.kind, p.path, p.detail + "; removed", True))
+            out.append(Problem(kind=p.kind, path=p.path, detail=p.detail + "; removed", repaired=True))
         elif p.kind in ("orphan", "unknown"):  # maybe the user's: never deleted
             if move_unknown:
                 moved = _move_aside(root, p.path, stamp)
-                out.append(Problem(p.kind, p.path, p.detail + f"; moved to {moved}", True))
+                out.append(Problem(kind=p.kind, path=p.path, detail=p.detail + f"; moved to {moved}", repaired=True))
             else:
-                out.append(Problem(p.kind, p.path, p.detail + "; kept (--move-unknown moves it aside)"))
+                out.append(Problem(kind=p.kind, path=p.path, detail=p.detail + "; kept (--move-unknown moves it aside)"))
         elif p.kind in ("missing", "corrupt") and p.path in by_path:
-            if _derived(by_path[p.path]):
-                continue  # after the wheels are back
-            refetch[p.path] = p
+            if not _derived(by_path[p.path]):
+                refetch[p.path] = p
         else:
             out.append(p)
-    if refetch:
-        cache = HashCache(root)
-        for key in refetch:
-            cache.forget(key)  # a corrupt file may keep size+mtime: never trust the cache for it
-        cache.save()
-        policy = policy or repair_policy(manifest)
-        items = []
-        for key, p in refetch.items():
-            entry = by_path[key]
-            why = policy.refusal(entry.url, entry.size) if entry.url else "no url in manifest.json to refetch from"
-            if why is None and entry.url:  # (why is None only when there is a url)
-                items.append(FetchItem(key, (entry.url,), entry.sha256, entry.size))
-            else:
-                out.append(Problem(p.kind, p.path, f"{p.detail}; not refetched: {why}"))
-        if items:
-            from torchdepot.net.http import make_session
+    return out, refetch
 
-            own = client is None
-            client = client or make_session()
-            try:
-                # the first URL was checked against the whole policy; redirects are held to its hosts
-                hops = {urllib.parse.urlsplit("//" + h).hostname or h for h in policy.hosts.hosts}
-                report = Fetcher(root, client, on_hash_mismatch="fail", allowed_hosts=hops).run(items)
-            finally:
-                if own:
-                    client.close()
-            for r in report.results:
-                p = refetch[r.key]
-                if r.status == "failed":
-                    out.append(Problem(p.kind, p.path, f"{p.detail}; refetch failed: {r.error}"))
-                else:
-                    out.append(Problem(p.kind, p.path, f"{p.detail}; refetched from {r.url or 'cache'}", True))
-    for p in problems:  # derived files, now that their wheels are repaired
-        if p.kind in ("missing", "corrupt") and p.path in by_path and p.path not in refetch:
-            entry = by_path[p.path]
-            if _derived(entry):
-                fixed = _repair_metadata(root, entry)
-                out.append(Problem(p.kind, p.path, p.detail + ("; rewritten from its wheel" if fixed
-                                                               else "; could not be rewritten from its wheel"), fixed))
+
+def _refetch(root: Path, manifest: mf.Manifest, refetch: dict[str, Problem], client,
+             policy: RepairPolicy | None) -> list[Problem]:
+    """Step 2: each missing or corrupt file fetched again from its recorded URL, if the repair
+    policy allows that URL, hash-checked against the manifest."""
+    if not refetch:
+        return []
+    by_path = manifest.by_path()
+    cache = HashCache(root)
+    for key in refetch:
+        cache.forget(key)  # a corrupt file may keep size+mtime: never trust the cache for it
+    cache.save()
+    policy = policy or repair_policy(manifest)
+    out: list[Problem] = []
+    items = []
+    for key, p in refetch.items():
+        entry = by_path[key]
+        url = entry.url
+        why = policy.refusal(url, entry.size) if url else "no url in manifest.json to refetch from"
+        if url and why is None:
+            items.append(FetchItem(key=key, urls=(url,), sha256=entry.sha256, size=entry.size))
+        else:
+            out.append(Problem(kind=p.kind, path=p.path, detail=f"{p.detail}; not refetched: {why}"))
+    if not items:
+        return out
+    from torchdepot.net.http import make_session
+
+    own = client is None
+    client = client or make_session()
+    try:
+        # the first URL was checked against the whole policy; redirects are held to its hosts
+        hops = {urllib.parse.urlsplit("//" + h).hostname or h for h in policy.hosts.hosts}
+        report = Fetcher(root, client, on_hash_mismatch="fail", allowed_hosts=hops).run(items)
+    finally:
+        if own:
+            client.close()
+    for r in report.results:
+        p = refetch[r.key]
+        if r.status == "failed":
+            out.append(Problem(kind=p.kind, path=p.path, detail=f"{p.detail}; refetch failed: {r.error}"))
+        else:
+            out.append(Problem(kind=p.kind, path=p.path, detail=f"{p.detail}; refetched from {r.url or 'cache'}",
+                               repaired=True))
     return out
+
+
+def _rewrite_derived(root: Path, problems: list[Problem], by_path: dict[str, mf.FileEntry]) -> list[Problem]:
+    """Step 3: each missing or corrupt ``.metadata`` the mirror derived rewritten from its
+    wheel (run after step 2, which brings the wheels back)."""
+    out: list[Problem] = []
+    for p in problems:
+        entry = by_path.get(p.path)
+        if p.kind in ("missing", "corrupt") and entry is not None and _derived(entry):
+            fixed = _repair_metadata(root, entry)
+            out.append(Problem(kind=p.kind, path=p.path, repaired=fixed,
+                               detail=p.detail + ("; rewritten from its wheel" if fixed
+                                                  else "; could not be rewritten from its wheel")))
+    return out
+
+
+def _repair(root: Path, manifest: mf.Manifest, problems: list[Problem], client, policy: RepairPolicy | None,
+            move_unknown: bool) -> list[Problem]:
+    """Triage, refetch, then rewrite what is derived from the refetched files."""
+    by_path = manifest.by_path()
+    out, refetch = _triage(root, problems, by_path, move_unknown)
+    out += _refetch(root, manifest, refetch, client, policy)
+    return out + _rewrite_derived(root, problems, by_path)
 
 
 def _repair_json_pages(root: Path, manifest: mf.Manifest, problems: list[Problem]) -> list[Problem]:
     """Rebuild the JSON twins (a new generation) and check again: what is gone is repaired."""
     why = _rebuild_json_pages(root, manifest)
     if why is not None:
-        return [Problem(p.kind, p.path, f"{p.detail}; not rebuilt: {why} (the next `torchdepot mirror` run "
+        return [Problem(kind=p.kind, path=p.path, detail=f"{p.detail}; not rebuilt: {why} (the next `torchdepot mirror` run "
                                         "rebuilds every page from manifest.json)") if p.kind == "bad-json-page" else p
                 for p in problems]
     after = _check_index(root, manifest)
     still = {(p.kind, p.path) for p in after}
-    fixed = [Problem(p.kind, p.path, p.detail + "; rebuilt from its index.html twin", True)
+    fixed = [Problem(kind=p.kind, path=p.path, detail=p.detail + "; rebuilt from its index.html twin", repaired=True)
              for p in problems if p.kind == "bad-json-page" and (p.kind, p.path) not in still]
     return fixed + after
 
@@ -630,7 +660,7 @@ def verify_mirror(root: Path, repair: bool = False, client=None, *, trust_cache:
         for p in problems:
             if p.kind in LEFTOVER_KINDS:
                 _remove(root, p.path)
-                p = Problem(p.kind, p.path, p.detail + "; removed", True)
+                p = Problem(kind=p.kind, path=p.path, detail=p.detail + "; removed", repaired=True)
             cleaned.append(p)
         problems = cleaned
     if journal and (repair or clean):

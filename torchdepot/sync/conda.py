@@ -47,13 +47,14 @@ from torchdepot.sources.channel import (
 from torchdepot.sources.repodata import chosen_record, require_hashes
 from torchdepot.spec.conda import CondaConfig, parse_conda_section
 from torchdepot.spec.mirror import pip_side
+from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
 from torchdepot.store import publication as pub
 from torchdepot.store.channel import index_channel, subset_channeldata, subset_run_exports
 from torchdepot.store.fsutil import atomic_write_bytes, safe_join, sha256_file
 from torchdepot.store.layout import STATE_DIR, is_conda_index_file
 
-CACHE_DIR = ".torchdepot/cache/conda"
+CACHE_DIR = L.CONDA_CACHE_DIR
 
 
 @dataclass
@@ -137,7 +138,7 @@ def _fetch_items(config: CondaConfig, solved: _Solved) -> list[FetchItem]:
     # The mirror that served a channel's repodata is alive: try it first for its packages.
     served = {src.channel: src.base_url for src in solved.sources}
     mirrors = {c.name: tuple(dict.fromkeys((served[c.name], *c.mirrors))) for c in config.channels}
-    return [FetchItem(channel_path(ch, sd, fn), tuple(f"{m}/{sd}/{fn}" for m in mirrors[ch]), rec.sha256, rec.size)
+    return [FetchItem(key=channel_path(ch, sd, fn), urls=tuple(f"{m}/{sd}/{fn}" for m in mirrors[ch]), sha256=rec.sha256, size=rec.size)
             for (ch, sd, fn), rec in sorted(solved.chosen.items())]
 
 
@@ -211,7 +212,7 @@ def _fetch(out: Path, spec, client: Client, items: list[FetchItem], live: mf.Man
     report = Fetcher(out, client, jobs=jobs, on_hash_mismatch=on_hash_mismatch, progress=progress,
                      fsync=getattr(spec, "fsync", False)).run([it for it in items if it.key not in kept])
     # Published under this name with other bytes: never replaced in place (the name is the path).
-    report.results += [FetchResult(key, "present", e.sha256, e.size, url=e.url, upstream_sha256=e.upstream_sha256)
+    report.results += [FetchResult(key=key, status="present", sha256=e.sha256, size=e.size, url=e.url, upstream_sha256=e.upstream_sha256)
                        for key, e in kept.items()]
     if report.failed:
         first = report.failed[0]
@@ -237,8 +238,9 @@ def _package_entries(config: CondaConfig, chosen: Chosen, fetched: _Fetched,
             raw = {k: v for k, v in raw.items() if k != "md5"}
             raw.update(sha256=res.sha256, size=res.size)
         per_subdir[(ch, sd)][fn] = raw
-        files.append(mf.FileEntry(key, res.sha256 or "", res.size, "conda", rec.name, rec.version,
-                                  res.url or items[0].urls[0], rec.sha256, res.hash_mismatch))
+        files.append(mf.FileEntry(path=key, sha256=res.sha256 or "", size=res.size, kind="conda", project=rec.name,
+                                  version=rec.version, url=res.url or items[0].urls[0],
+                                  upstream_sha256=rec.sha256, hash_mismatch=res.hash_mismatch))
     return files, per_subdir
 
 
@@ -257,7 +259,7 @@ def _publish(out: Path, config: CondaConfig, chosen: Chosen, fetched: _Fetched, 
         for index in index_channel(channel_dir, of_channel, out / STATE_DIR):
             for rel in index.files:
                 digest, size = sha256_file(channel_dir / rel)
-                files.append(mf.FileEntry(f"conda/{ch}/{rel}", digest, size, "conda"))
+                files.append(mf.FileEntry(path=f"{L.conda_channel(ch)}/{rel}", sha256=digest, size=size, kind="conda"))
     return files
 
 
@@ -269,7 +271,7 @@ def _targets(config: CondaConfig, solutions: list[Solution]) -> list[mf.Target]:
         pkgs = tuple(mf.TargetPackage(str(r.name.normalized), str(r.version), channel_path(*sol.origin[str(r.url)]),
                                       build=str(r.build)) for r in sol.records)
         targets.append(mf.Target(t.id, "conda", t.accelerator.name, t.python, t.platform, pkgs,
-                                 channel=f"conda/{primary}", subdir=t.subdir))
+                                 channel=L.conda_channel(primary), subdir=t.subdir))
     return targets
 
 

@@ -17,11 +17,12 @@ are keyed by stored path.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from torchdepot.errors import TorchdepotError
+from torchdepot.errors import TorchdepotError, UpstreamError
 from torchdepot.fetch import (
     DEFAULT_CONNECTIONS,
     DEFAULT_CONNECTIONS_PER_HOST,
@@ -32,11 +33,13 @@ from torchdepot.fetch import (
 from torchdepot.fetch.progress import ProgressCallback
 from torchdepot.net.hostpolicy import HostPolicy
 from torchdepot.net.http import Client
+from torchdepot.resolve.uv import ResolvedFile
 from torchdepot.spec.mirror import MirrorSpec
+from torchdepot.store import layout as L
 from torchdepot.store import publication as pub
 from torchdepot.store.fsutil import safe_join
-from torchdepot.sync.resolution import Resolution
-from torchdepot.sync.view import View
+from torchdepot.sync.resolution import Resolution, file_key
+from torchdepot.sync.view import View, ViewFile, WholeFile
 
 
 def same_path_elsewhere(url: str, upstreams: tuple[str, ...]) -> tuple[str, ...]:
@@ -72,9 +75,9 @@ def stored_paths(out: Path, resolution: Resolution) -> dict[str, str]:
     superseded: dict[str, str] = {}
     for key, path in paths.items():
         if path not in listed:
-            touched.update((path, path + ".metadata"))  # staged by this run
+            touched.update((path, L.metadata_path(path)))  # staged by this run
         if key != path:
-            touched.update((key, key + ".metadata"))  # superseded: removed once no manifest lists it
+            touched.update((key, L.metadata_path(key)))  # superseded: removed once no manifest lists it
         superseded.update(pub.superseded(key, path, listed))  # those URLs served these bytes: never others
     pub.retire(out, superseded)
     pub.record(out, touched)
@@ -91,14 +94,43 @@ def make_fetcher(out: Path, spec: MirrorSpec, client: Client, policy: HostPolicy
                    connections_per_host=spec.connections_per_host or DEFAULT_CONNECTIONS_PER_HOST)
 
 
+def whole_into_store(out: Path, spec: MirrorSpec, fetcher: Fetcher) -> tuple[WholeFile, set[str]]:
+    """The view's :data:`~torchdepot.sync.view.WholeFile` for a real run: a file the resolver
+    must read whole (upstream gave no hash) is downloaded by the run's ``fetcher`` (progress,
+    pieces, failover to the other PyTorch upstreams, hashed as it arrives) straight to the
+    path the fetch step will store it at, journaled first; the fetch step then joins that
+    download instead of starting another. Returns the callable and the set of stored paths it
+    wrote (so a file the resolver did not choose after all is removed again)."""
+    lock = threading.Lock()
+    written: set[str] = set()
+
+    def whole(_accelerator: str, vf: ViewFile) -> Path | None:
+        key = file_key(ResolvedFile(name=vf.project, version="", url=vf.link.url, filename=vf.filename,
+                                    sha256=vf.link.sha256, size=vf.link.size))
+        with lock:  # one journal writer at a time (resolver requests arrive in parallel)
+            live = pub.live_manifest(out)
+            path = pub.choose_path(key, pub.Claim(vf.link.sha256, vf.link.size), live.by_path() if live else {},
+                                   pub.load_journal(out), lambda rel: safe_join(out, rel).exists())
+            pub.record(out, {path, path + ".metadata"})
+            fetcher.start()
+            written.add(path)
+        result = fetcher.submit(FetchItem(path, same_path_elsewhere(vf.link.url, spec.upstreams), vf.link.sha256,
+                                          vf.link.size)).result()
+        if result.status == "failed":
+            raise UpstreamError(result.error or f"{vf.link.url}: download failed")
+        return safe_join(out, path)
+
+    return whole, written
+
+
 def fetch_files(out: Path, resolution: Resolution, view: View, spec: MirrorSpec, client: Client,
                 policy: HostPolicy, progress: bool | None, fetcher: Fetcher | None = None) -> PipFetchReport:
     """``fetcher``: one already started by :func:`make_fetcher` with files submitted early (pinned
     before the closure resolved); a file submitted again joins its download in flight."""
     paths = stored_paths(out, resolution)
     fetcher = fetcher or make_fetcher(out, spec, client, policy, progress)
-    items = {key: FetchItem(paths[key], same_path_elsewhere(vf.link.url, spec.upstreams), vf.link.sha256,
-                            vf.link.size)
+    items = {key: FetchItem(key=paths[key], urls=same_path_elsewhere(vf.link.url, spec.upstreams), sha256=vf.link.sha256,
+                            size=vf.link.size)
              for key, vf, _acc in resolution.files}
     report = fetcher.run(list(items.values()))
     retry = []
@@ -107,13 +139,52 @@ def fetch_files(out: Path, resolution: Resolution, view: View, spec: MirrorSpec,
         if paths[key] in failed:
             alternates = tuple(link.url for link in view.alternates(acc, vf.filename))
             if alternates:
-                retry.append(FetchItem(paths[key], alternates, vf.link.sha256, vf.link.size))
+                retry.append(FetchItem(key=paths[key], urls=alternates, sha256=vf.link.sha256, size=vf.link.size))
     if not retry:
         return PipFetchReport(results=report.results, seconds=report.seconds, paths=paths)
     again = fetcher.run(retry)
     redone = {r.key for r in again.results}
     return PipFetchReport(results=[r for r in report.results if r.key not in redone] + list(again.results),
                           seconds=report.seconds + again.seconds, paths=paths)
+
+
+class BadCandidates(TorchdepotError):
+    """Downloaded wheels whose bytes are no usable wheel (not a zip, no METADATA): the sync
+    runs again with them excluded (``sync/pip.py``); ``excluded``: (accelerator, file name) -> why."""
+
+    def __init__(self, excluded: dict[tuple[str, str], str]) -> None:
+        (acc, name), why = next(iter(excluded.items()))
+        super().__init__(f"{name} ({acc}): {why}")
+        self.excluded = excluded
+
+
+def reject_bad_wheels(out: Path, resolution: Resolution, report: PipFetchReport) -> None:
+    """Raise :class:`BadCandidates` for each wheel this run downloaded whose bytes are not a
+    wheel (upstream's ``.metadata`` was fine, so only the bytes show it); each such file is
+    removed first: nothing this run wrote stays behind unlisted."""
+    import zipfile
+
+    from torchdepot.store.pages import metadata_member
+
+    downloaded = {r.key for r in report.downloaded}
+    bad: dict[tuple[str, str], str] = {}
+    for key, vf, acc in resolution.files:
+        path = report.stored(key)
+        if path not in downloaded or not path.endswith(".whl"):
+            continue
+        where = safe_join(out, path)
+        try:
+            with zipfile.ZipFile(where) as zf:
+                metadata_member(zf, vf.project, vf.link.url)
+        except (zipfile.BadZipFile, OSError) as exc:
+            bad[(acc, vf.filename)] = f"{vf.link.url}: not a readable wheel ({exc})"
+        except TorchdepotError as exc:
+            bad[(acc, vf.filename)] = str(exc)
+        else:
+            continue
+        where.unlink(missing_ok=True)
+    if bad:
+        raise BadCandidates(bad)
 
 
 def check_fetched(report: FetchReport, spec: MirrorSpec, say: Callable[[str], None]) -> None:

@@ -1,5 +1,5 @@
-"""The dry run's printer: per target what a sync would fetch (sizes asked of upstream when the
-index does not say), and what it would remove.
+"""The dry run's printer: per target what a sync would fetch (with the sizes already known: no
+request per file), and what it would remove.
 
 What it would remove comes from the same :func:`torchdepot.sync.lifecycle.plan_removals` the
 real run calls; the dry run only prints, it writes nothing under the mirror.
@@ -7,37 +7,25 @@ real run calls; the dry run only prints, it writes nothing under the mirror.
 
 from __future__ import annotations
 
-import urllib.parse
 from collections.abc import Callable
-from pathlib import Path
 
-from torchdepot.errors import UpstreamError
 from torchdepot.model.sizes import format_size
-from torchdepot.net.http import Client
+from torchdepot.store import manifest as mf
 from torchdepot.sync import lifecycle
 from torchdepot.sync.resolution import Resolution, file_key
 
 Echo = Callable[[str], None]
 
 
-def _size_of(url: str, size: int | None, probe: Client) -> int | None:
-    if size is not None:
-        return size
-    parts = urllib.parse.urlsplit(url)
-    try:
-        if parts.scheme == "file":
-            return Path(urllib.parse.unquote(parts.path)).stat().st_size
-        resp = probe.request("HEAD", url)
-        resp.close()
-        cl = resp.headers.get("Content-Length")
-        return int(cl) if cl and cl.isdigit() else None
-    except (OSError, UpstreamError):
-        return None
+def print_plan(resolution: Resolution, previous: mf.Manifest | None, say: Echo) -> None:
+    """One line per target (packages, files, bytes, requirements, upstream), one per file, a total.
 
-
-def print_plan(resolution: Resolution, probe: Client, say: Echo) -> None:
-    """One line per target (packages, files, bytes, requirements, upstream), one per file, a total."""
-    sizes = {key: _size_of(vf.link.url, vf.link.size, probe) for key, vf, _acc in resolution.files}
+    Sizes are the ones already known: the index's (PEP 700 ``size``), uv's lock, the mirror's
+    manifest for a file it holds; no request per file. A size nobody gave is '?'."""
+    held = {e.url: e.size for e in (previous.files if previous else ()) if e.url and e.kind == "wheel"}
+    resolved = {file_key(f): f.size for tp in resolution.targets for f in tp.files if f.size is not None}
+    sizes = {key: vf.link.size if vf.link.size is not None else resolved.get(key, held.get(vf.link.url))
+             for key, vf, _acc in resolution.files}
     urls = {key: vf.link.url for key, vf, _acc in resolution.files}
     for p in resolution.targets:
         keys = {file_key(f) for f in p.files}
@@ -49,7 +37,8 @@ def print_plan(resolution: Resolution, probe: Client, say: Echo) -> None:
             + f" [{' '.join(p.requirements)}] via {p.variant_url or 'pip configuration'}")
         for f in p.files:
             k = file_key(f)
-            say(f"  {f.name}=={f.version}  {f.filename}  {format_size(n) if (n := sizes[k]) else '?'}  <- {urls[k]}")
+            size = sizes[k]
+            say(f"  {f.name}=={f.version}  {f.filename}  {format_size(size) if size else '?'}  <- {urls[k]}")
     total = sum(v or 0 for v in sizes.values())
     say(f"plan: {len(resolution.targets)} targets, {len(sizes)} unique files, {format_size(total)}; "
         "nothing written (dry run)")

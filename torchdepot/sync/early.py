@@ -18,10 +18,10 @@ from torchdepot.fetch import Fetcher, FetchItem, FetchReport
 from torchdepot.resolve.pin import candidates
 from torchdepot.resolve.uv import ResolvedFile
 from torchdepot.spec.mirror import TORCH_PROJECTS, MirrorSpec
+from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
 from torchdepot.store import publication
 from torchdepot.store.fsutil import safe_join
-from torchdepot.sync import lifecycle
 from torchdepot.sync.download import PipFetchReport, same_path_elsewhere
 from torchdepot.sync.plan import Plan
 from torchdepot.sync.resolution import Resolution, file_key
@@ -42,7 +42,7 @@ def submit_pinned(out: Path, plan: Plan, view: View, spec: MirrorSpec, fetcher: 
             if project not in TORCH_PROJECTS or not version:
                 continue
             links = [vf.link for vf in view.project(t.accelerator, project)]
-            wheels = {w.filename for w in candidates(links, project, t.accelerator, t.python, t.platform)
+            wheels = {w.filename for w in candidates(links, project, t.accelerator, t.python, t.platform, view.wheels)
                       if _same_version(w.version, version)}
             if len(wheels) != 1:
                 continue
@@ -52,9 +52,9 @@ def submit_pinned(out: Path, plan: Plan, view: View, spec: MirrorSpec, fetcher: 
                                         sha256=vf.link.sha256, size=vf.link.size))
             if key in listed or safe_join(out, key).exists() or not vf.link.sha256:
                 continue
-            items[key] = FetchItem(key, same_path_elsewhere(vf.link.url, spec.upstreams), vf.link.sha256, vf.link.size)
+            items[key] = FetchItem(key=key, urls=same_path_elsewhere(vf.link.url, spec.upstreams), sha256=vf.link.sha256, size=vf.link.size)
     if items:
-        publication.record(out, {p for key in items for p in (key, key + lifecycle.METADATA_SUFFIX)})
+        publication.record(out, {p for key in items for p in (key, L.metadata_path(key))})
         fetcher.start()
         for item in sorted(items.values(), key=lambda i: -(i.size or 0)):
             fetcher.submit(item)

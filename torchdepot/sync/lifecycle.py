@@ -27,15 +27,13 @@ I/O. The rules (issue 14 part 1):
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-
-from packaging.version import InvalidVersion, Version
+from typing import Literal
 
 from torchdepot.model.sizes import format_size
+from torchdepot.model.wheelname import version_sort_key
 from torchdepot.spec.mirror import PipTarget
 from torchdepot.store import manifest as mf
-from torchdepot.store.layout import PACKAGES_DIR, TARGETS_DIR
-
-METADATA_SUFFIX = ".metadata"
+from torchdepot.store.layout import PACKAGES_DIR, TARGETS_DIR, metadata_path, target_dir
 
 
 @dataclass(frozen=True)
@@ -48,12 +46,17 @@ class TargetSet:
     tolerate: frozenset[str] = frozenset()
 
 
+# --prune dropped the target | keep: N dropped the release | no kept release lists the files
+RemovalKind = Literal["prune", "keep", "superseded"]
+
+
 @dataclass(frozen=True)
 class Removal:
     """What leaves the mirror, grouped for one line each (a pruned target, a dropped version)."""
     reason: str  # "--prune: cu118-py311-linux-x86_64" | "keep 2: cpu-py311-linux-x86_64 torch 2.11.0+cpu"
     paths: tuple[str, ...]  # files (wheels and .metadata) that go
     size: int
+    kind: RemovalKind = "superseded"  # why, for code (``reason`` is for people)
 
     def line(self) -> str:
         return f"{self.reason}: removing {len(self.paths)} files, {format_size(self.size)}"
@@ -66,7 +69,7 @@ def removed_paths(removals: tuple[Removal, ...] | list[Removal]) -> frozenset[st
 
 def target_dirs(targets: tuple[mf.RecordedTarget, ...]) -> frozenset[str]:
     """The per-target folders (``targets/<id>``) of ``targets``, as journal paths."""
-    return frozenset(f"{TARGETS_DIR}/{t.id}" for t in targets)
+    return frozenset(target_dir(t.id) for t in targets)
 
 
 def stale_target_dirs(journal: frozenset[str], live: set[str]) -> tuple[frozenset[str], frozenset[str]]:
@@ -81,7 +84,7 @@ def as_pip_target(r: mf.RecordedTarget) -> PipTarget:
     return PipTarget(accelerator=r.accelerator, python=r.python, platform=r.platform, id=r.id, torch=r.torch)
 
 
-def _record(t: PipTarget, origin: str) -> mf.RecordedTarget:
+def _record(t: PipTarget, origin: mf.Origin) -> mf.RecordedTarget:
     return mf.RecordedTarget(id=t.id, accelerator=t.accelerator, python=t.python, platform=t.platform,
                              origin=origin, torch=t.torch)
 
@@ -103,7 +106,7 @@ def recorded_of(previous: mf.Manifest | None) -> tuple[mf.RecordedTarget, ...]:
                  for t in previous.targets if t.kind == "pip")
 
 
-def target_set(asked: list[PipTarget], origin: str, previous: mf.Manifest | None, prune: bool) -> TargetSet:
+def target_set(asked: list[PipTarget], origin: mf.Origin, previous: mf.Manifest | None, prune: bool) -> TargetSet:
     """``asked`` (by the spec or tools/fetch, per ``origin``) plus every recorded target, unless ``prune``."""
     before = {r.id: r for r in recorded_of(previous)}
     run: dict[str, PipTarget] = {}
@@ -135,17 +138,10 @@ def releases_of(previous: mf.Manifest | None) -> tuple[mf.Release, ...]:
         return tuple(previous.releases)
     out = []
     for t in previous.targets:
-        torch = next((p.version for p in t.packages if p.name == "torch"), None)
+        torch = t.torch
         if t.kind == "pip" and torch:
             out.append(mf.Release(target=t.id, torch=torch, paths=tuple(sorted({p.path for p in t.packages}))))
     return tuple(out)
-
-
-def _version_key(v: str) -> tuple:
-    try:
-        return (1, Version(v))
-    except InvalidVersion:
-        return (0, v)
 
 
 def retain(previous: tuple[mf.Release, ...], current: tuple[mf.Release, ...], live: set[str],
@@ -179,7 +175,7 @@ def retain(previous: tuple[mf.Release, ...], current: tuple[mf.Release, ...], li
         # the version just resolved first, then the others newest first
         cur = [r for r in rels if (r.target, r.torch) in current_keys]
         others = sorted((r for r in rels if (r.target, r.torch) not in current_keys),
-                        key=lambda r: _version_key(r.torch), reverse=True)
+                        key=lambda r: version_sort_key(r.torch), reverse=True)
         ordered = cur + others
         n = len(ordered) if keep is None else max(keep, len(cur))
         kept += ordered[:n]
@@ -189,7 +185,7 @@ def retain(previous: tuple[mf.Release, ...], current: tuple[mf.Release, ...], li
 
 def needed_paths(releases: tuple[mf.Release, ...]) -> set[str]:
     """Every wheel a release lists and its ``.metadata``."""
-    return {p + suffix for r in releases for p in r.paths for suffix in ("", METADATA_SUFFIX)}
+    return {q for r in releases for p in r.paths for q in (p, metadata_path(p))}
 
 
 def is_pip_file(path: str) -> bool:
@@ -207,20 +203,20 @@ def removals(previous: mf.Manifest | None, keep_paths: set[str], dropped_targets
     going = {p for p in sizes if p not in keep_paths}
     out: list[Removal] = []
     pruned = {t.id for t in dropped_targets}
-    groups: list[tuple[str, set[str]]] = []
+    groups: list[tuple[RemovalKind, str, set[str]]] = []
     for t in dropped_targets:
         paths = needed_paths(tuple(r for r in dropped_releases if r.target == t.id))
-        groups.append((f"--prune: {t.id}", paths))
+        groups.append(("prune", f"--prune: {t.id}", paths))
     for r in dropped_releases:
         if r.target not in pruned:
-            groups.append((f"keep {keep}: {r.target} torch {r.torch}", needed_paths((r,))))
-    for reason, paths in groups:
+            groups.append(("keep", f"keep {keep}: {r.target} torch {r.torch}", needed_paths((r,))))
+    for kind, reason, paths in groups:
         mine = tuple(sorted(p for p in paths if p in going))
         going -= set(mine)
-        out.append(Removal(reason=reason, paths=mine, size=sum(sizes[p] for p in mine)))
+        out.append(Removal(kind=kind, reason=reason, paths=mine, size=sum(sizes[p] for p in mine)))
     if going:
         rest = tuple(sorted(going))
-        out.append(Removal(reason="superseded (no kept release lists them)", paths=rest,
+        out.append(Removal(kind="superseded", reason="superseded (no kept release lists them)", paths=rest,
                            size=sum(sizes[p] for p in rest)))
     return tuple(out)
 

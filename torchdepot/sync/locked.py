@@ -19,7 +19,6 @@ Invariants:
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,7 +30,7 @@ else:  # pragma: no cover - Python 3.10
 
 from packaging.utils import canonicalize_name
 
-from torchdepot.errors import TorchdepotError
+from torchdepot.errors import TorchdepotError, load_json, one_line
 from torchdepot.lockfiles.render import PYLOCK, VARIANT
 from torchdepot.model.targets import target_id
 from torchdepot.resolve.uv import ResolvedFile
@@ -90,10 +89,10 @@ def read_locks(root: Path) -> tuple[LockedEnv, ...]:
         if not lock.is_file():
             continue
         try:
-            variant = json.loads(vpath.read_text(encoding="utf-8"))
+            variant = load_json(vpath.read_bytes(), str(vpath))
             doc = tomllib.loads(lock.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
-            raise TorchdepotError(f"{d}: unreadable lock ({str(exc).splitlines()[0][:120]})") from None
+            raise TorchdepotError(f"{d}: unreadable lock ({one_line(exc, 120)})") from None
         try:
             acc, py, plat = (str(variant[k]) for k in ("accelerator", "python", "platform"))
         except (KeyError, TypeError):

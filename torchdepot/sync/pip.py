@@ -24,6 +24,7 @@ so a run requests each page and each metadata file at most once; the counts are 
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -40,9 +41,16 @@ from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
 from torchdepot.store import publication
 from torchdepot.store.fsutil import MirrorLock
-from torchdepot.sync import dryrun, early, lifecycle, pulled, retention, session, tombstones
+from torchdepot.sync import conda_side, dryrun, early, lifecycle, retention, session, tombstones
 from torchdepot.sync.check import verify_published
-from torchdepot.sync.download import check_fetched, fetch_files, make_fetcher
+from torchdepot.sync.download import (
+    BadCandidates,
+    check_fetched,
+    fetch_files,
+    make_fetcher,
+    reject_bad_wheels,
+    whole_into_store,
+)
 from torchdepot.sync.follow import follow_upstream, save_record
 from torchdepot.sync.locked import LockedEnv, with_locked
 from torchdepot.sync.plan import TargetPlan, plan_targets
@@ -50,7 +58,8 @@ from torchdepot.sync.resolution import Resolution, file_key, resolve_targets
 from torchdepot.sync.result import Echo, MirrorResult, RunLog, sync_record
 from torchdepot.sync.variants import KIND as VARIANTS_JSON
 
-RESOLVE_JOBS = 4  # targets resolved at once (uv waits mostly on the view's loopback server)
+MAX_BAD_WHEEL_PASSES = 3  # a run's passes when downloaded wheels turn out to be no wheels
+RESOLVE_JOBS = max(4, os.cpu_count() or 1)  # targets resolved at once: up to the cores, at least 4
 # Named here so a test can stop a run at each step of the commit (tests/test_crash_lifecycle.py).
 _remove, _verify_published = retention.remove, verify_published
 
@@ -61,59 +70,75 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False, client: Client | None = None,
-             progress: bool | None = None, pip_sources: PipSources | None = None, echo: Echo = _stderr,
-             target_set: lifecycle.TargetSet | None = None, previous: mf.Manifest | None = None,
-             locks: tuple[LockedEnv, ...] = (), on_progress: ProgressCallback | None = None) -> MirrorResult:
+def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dry_run: bool = False,
+             client: Client | None = None, progress: bool | None = None, pip_sources: PipSources | None = None,
+             echo: Echo = _stderr, previous: mf.Manifest | None = None, locks: tuple[LockedEnv, ...] = (),
+             on_progress: ProgressCallback | None = None,
+             excluded: dict[tuple[str, str], str] | None = None) -> MirrorResult:
     """The pip side: plan, resolve, fetch, publish metadata, locks and index pages (no manifest).
 
-    ``target_set``: what to resolve, prune and tolerate (default: the spec's targets);
-    ``previous``: the mirror's manifest before this run, whose kept releases
+    ``out`` and ``target_set`` (what to resolve, prune and tolerate) are :func:`sync`'s, decided
+    there once; ``previous``: the mirror's manifest before this run, whose kept releases
     (:func:`lifecycle.plan_removals`) stay listed and indexed; ``locks``: targets taken exactly
     from lock folders (``sync/locked.py``), not resolved. A dry run writes nothing under ``out``
     and plans the same removals the real run makes."""
     started = time.monotonic()
-    out = Path(out or spec.out)
-    tset = target_set or lifecycle.target_set(list(spec.targets()), "spec", None, prune=False)
+    tset = target_set
     result = MirrorResult(out=out, target_set=tset)
     log = RunLog(result, echo, mark=started)
     held = session.Held(client=client or make_session(), own_client=client is None, probe=Client(session.PROBE_CONFIG))
     edge = session.edge(spec, held.probe, pip_sources)
+    edge.reader.keep_pages(out / L.PAGE_CACHE, write=not dry_run)  # pages re-read conditionally
     held.scratch = tempfile.TemporaryDirectory(prefix="torchdepot-view-") if dry_run else None
     workdir = Path(held.scratch.name) if held.scratch else out / L.VIEW_DIR
     early_keys: set[str] = set()
     try:
         locked_ids = {env.target.id for env in locks}
         held.view = view = session.open_view(spec, edge, session.accelerators(list(tset.run), locks), workdir,
-                                             previous, log.say)
+                                             previous, log.say, out, dry_run)
+        view.excluded.update(excluded or {})  # files an earlier pass of this run downloaded and found bad
         view.held = result.keeper = tombstones.Keeper.of(previous, out)  # upstream's deletions: the mirror's copy
         plan = plan_targets(spec, view, edge.pip, [t for t in tset.run if t.id not in locked_ids], tset.tolerate)
         for warning in dict.fromkeys(w for tp in plan.targets for w in tp.warnings):
             log.say(warning)
         carried = retention.carried_targets(plan, previous, log.say)
+        result.failed = [why for _t, why in plan.failed]
+        for why in result.failed:  # said first; the run goes on with the others and fails at its end
+            log.say(f"error: {why}")
         log.phase("upstreams")
         if not dry_run:  # the pinned torch wheels download while their closures resolve
             held.fetcher = make_fetcher(out, spec, held.client, edge.policy, progress, on_progress)
             early_keys = early.submit_pinned(out, plan, view, spec, held.fetcher, previous)
-        resolved = (resolve_targets(plan, view, jobs=RESOLVE_JOBS, cache=None if dry_run else out / L.RESOLUTIONS)
+            view.whole, relayed = whole_into_store(out, spec, held.fetcher)  # a hashless wheel: fetched once
+        resolved = (resolve_targets(plan, view, jobs=RESOLVE_JOBS, cache=out / L.RESOLUTIONS, write_cache=not dry_run)
                     if plan.targets else Resolution(targets=(), files=()))
+        if not dry_run:
+            early_keys |= relayed
         resolution = with_locked(resolved, locks, view)
+        for line in view.exclusion_lines():
+            log.say(line)
+        if resolved.failed:  # each named; what it had published stays (retention.carried_failed)
+            carried += retention.carried_failed([tid for tid, _why in resolved.failed], previous)
+            for _tid, why in resolved.failed:
+                result.failed.append(why)
+                log.say(f"error: {why}")
         result.plans = list(resolution.targets)
         log.phase("resolve")
         live = frozenset(tp.target.id for tp in resolution.targets) | {t.id for t in carried}
         if dry_run:
-            dryrun.print_plan(resolution, held.probe, log.say)
+            dryrun.print_plan(resolution, previous, log.say)
             # the real run lists what it resolves and re-lists the variants.json files it reads anew
             listed = retention.resolved_paths(resolution, str) | {
                 f.path for f in (previous.files if previous else ()) if f.kind == VARIANTS_JSON}
             removal_plan = retention.plan(out, previous, resolution, str, live, tset.dropped, spec.keep, listed)
         else:
-            report = fetch_files(out, resolution, view, spec, held.client, edge.policy, progress,
-                                 fetcher=held.fetcher)
+            fetched = fetch_files(out, resolution, view, spec, held.client, edge.policy, progress,
+                                  fetcher=held.fetcher)
             held.fetcher = None
-            result.report = report = early.drop_unused(out, report, early_keys, resolution)
+            result.report = report = early.drop_unused(out, fetched, early_keys, resolution)
             log.phase("fetch")
             check_fetched(report, spec, log.say)
+            reject_bad_wheels(out, resolution, report)  # the caller runs again without them
             done = retention.publish_with_retention(out, previous, resolution, report, view, carried, tset,
                                                     spec.keep, log.say)
             result.files, result.targets, result.generation = done.files, done.targets, done.generation
@@ -127,27 +152,8 @@ def sync_pip(spec: MirrorSpec, *, out: Path | None = None, dry_run: bool = False
         result.seconds = time.monotonic() - started
 
 
-def _conda_prepare(spec: MirrorSpec, out: Path, client: Client | None, dry_run: bool, say: Echo):
-    """The conda side's solve and downloads, before the pip side publishes (one transaction:
-    a conda failure publishes nothing). None when the spec has no ``conda:`` section."""
-    if spec.conda is None:
-        return None
-    from torchdepot.sync.conda import prepare_conda
-
-    return prepare_conda(spec, out, client=client, jobs=spec.jobs, on_hash_mismatch=spec.on_hash_mismatch,
-                         dry_run=dry_run, say=say)
-
-
-def _conda_publish(prepared, out: Path, say: Echo) -> tuple[list[mf.FileEntry], list[mf.Target]]:
-    """Index the prepared conda channels; their files and targets for the manifest."""
-    if prepared is None:
-        return [], []
-    from torchdepot.sync.conda import publish_conda
-
-    cres = publish_conda(prepared, out)
-    if cres.summary:
-        say(f"conda: {cres.summary}")
-    return list(cres.files), list(cres.targets)
+def _previous(out: Path) -> mf.Manifest | None:
+    return mf.load(out) if (out / L.MANIFEST_NAME).is_file() else None
 
 
 def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = None, progress: bool | None = None,
@@ -166,30 +172,40 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
     out = Path(out or spec.out)
     spec, followed = follow_upstream(spec, out, pip_sources=pip_sources, prune=prune, say=echo)
     asked = [*(spec.targets() if spec_targets else []), *add, *(env.target for env in locks)]
-    origin = "locks" if locks else "spec" if spec_targets else "fetch"
+    origin: mf.Origin = "locks" if locks else "spec" if spec_targets else "fetch"
     if dry_run:
-        previous = mf.load(out) if (out / L.MANIFEST_NAME).is_file() else None
+        previous = _previous(out)
+        tset = lifecycle.target_set(asked, origin, previous, prune)
         result = sync_pip(spec, out=out, dry_run=True, client=client, progress=progress, pip_sources=pip_sources,
-                          echo=echo, target_set=lifecycle.target_set(asked, origin, previous, prune),
-                          previous=previous, locks=locks)
+                          echo=echo, target_set=tset, previous=previous, locks=locks)
         log = RunLog(result, echo, mark=started)
+        result.removals = retention.settle_dry(out, previous, result.keeper, tset, list(result.releases),
+                                               result.removals, prune)
         dryrun.print_removals(result.removals, prune or spec.keep is not None, log.say)
-        _conda_publish(_conda_prepare(spec, out, client, True, log.say), out, log.say)
+        conda_side.publish(conda_side.prepare(spec, out, client, True, log.say), out, log.say)
         return result
     out.mkdir(parents=True, exist_ok=True)
     with MirrorLock(out, wait):
-        previous = mf.load(out) if (out / L.MANIFEST_NAME).is_file() else None
+        previous = _previous(out)
         tset = lifecycle.target_set(asked, origin, previous, prune)
-        conda = _conda_prepare(spec, out, client, False, echo)  # fails before anything is published
-        result = sync_pip(spec, out=out, client=client, progress=progress, pip_sources=pip_sources, echo=echo,
-                          target_set=tset, previous=previous, locks=locks, on_progress=on_progress)
+        conda = conda_side.prepare(spec, out, client, False, echo)  # fails before anything is published
+        excluded: dict[tuple[str, str], str] = {}
+        for attempt in range(MAX_BAD_WHEEL_PASSES):
+            try:
+                result = sync_pip(spec, out=out, client=client, progress=progress, pip_sources=pip_sources,
+                                  echo=echo, target_set=tset, previous=previous, locks=locks,
+                                  on_progress=on_progress, excluded=excluded)
+                break
+            except BadCandidates as exc:  # downloaded bytes that are no wheel: resolve again without them
+                if attempt + 1 == MAX_BAD_WHEEL_PASSES:
+                    raise
+                excluded.update(exc.excluded)
         log = RunLog(result, echo, mark=started)
-        conda_files, conda_targets = _conda_publish(conda, out, log.say)
+        conda_files, conda_targets = conda_side.publish(conda, out, log.say)
         files, targets = [*result.files, *conda_files], [*result.targets, *conda_targets]
-        kept = tombstones.settle(out, previous, result.keeper, files, targets, result.releases, result.removals,
-                                 {t.id for t in targets}, prune)
-        held = pulled.carry(out, previous, kept.files, kept.removals)  # what serve --pull-through published
-        files, result.removals, result.tombstones = held.files, held.removals, kept.tombstones
+        held = retention.settle(out, previous, result.keeper, files, targets, list(result.releases), result.removals,
+                                {t.id for t in targets}, prune)
+        files, result.removals, result.tombstones = held.files, held.removals, held.tombstones
         for t in result.tombstones:
             log.say(t.line())
         for r in result.removals:

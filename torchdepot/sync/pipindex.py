@@ -17,15 +17,18 @@ names is linked by the live index. ``manifest.json`` with this run's targets is 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from torchdepot.fetch import FetchReport
 from torchdepot.lockfiles.render import pins_for, pylock_toml
+from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
 from torchdepot.store import publication as pub
 from torchdepot.store.fsutil import atomic_write_text, safe_filename, safe_join
-from torchdepot.store.pages import IndexFile, build_pages, ensure_metadata, publish
+from torchdepot.store.index_file import IndexFile
+from torchdepot.store.pages import build_pages, ensure_metadata, publish, requires_python_of
 from torchdepot.sync.download import PipFetchReport
 from torchdepot.sync.resolution import Resolution, file_key
 from torchdepot.sync.variants import publish_variants_json
@@ -46,51 +49,87 @@ def publish_pip(out: Path, resolution: Resolution, report: FetchReport, view: Vi
     stored = report.stored if isinstance(report, PipFetchReport) else (lambda key: key)
     by_key = {r.key: r for r in report.results}
     records = view.metadata_records()
+    live = pub.live_manifest(out)
+    listed = live.by_path() if live is not None else {}
     entries: dict[str, mf.FileEntry] = {}
     index_files: dict[str, IndexFile] = {}
+    versions: dict[str, str] = {}  # resolution key -> version: one pass, not one scan per file
+    for tp in resolution.targets:
+        for f in tp.files:
+            versions.setdefault(file_key(f), f.version)
     for rkey, vf, _acc in resolution.files:
         key = stored(rkey)
         r = by_key[key]
         assert r.sha256 is not None  # check_fetched stopped the run at any file that did not arrive
-        meta_sha, req_py, meta_size = ensure_metadata(out, key, vf.project)
-        index_files[key] = IndexFile(vf.project, safe_filename(vf.filename), key, r.sha256, req_py, meta_sha,
+        meta_sha, req_py, meta_size = _published_metadata(out, key, r.sha256, listed) \
+            or ensure_metadata(out, key, vf.project)
+        index_files[key] = IndexFile(project=vf.project, filename=safe_filename(vf.filename), path=key, sha256=r.sha256, requires_python=req_py, metadata_sha256=meta_sha,
                                      size=r.size, upload_time=vf.link.upload_time)  # PEP 700 in the JSON pages
-        version = next(f.version for tp in resolution.targets for f in tp.files if file_key(f) == rkey)
+        version = versions[rkey]
         entries[key] = mf.FileEntry(path=key, sha256=r.sha256, size=r.size, kind="wheel", project=vf.project,
                                     version=version, url=r.url or vf.link.url, upstream_sha256=r.upstream_sha256,
                                     hash_mismatch=r.hash_mismatch, upload_time=vf.link.upload_time)
         rec = records.get(vf.filename)  # upstream's .metadata disagreeing with its declared hash
-        entries[key + ".metadata"] = mf.FileEntry(
-            path=key + ".metadata", sha256=meta_sha, size=meta_size, kind="metadata", project=vf.project,
+        entries[L.metadata_path(key)] = mf.FileEntry(
+            path=L.metadata_path(key), sha256=meta_sha, size=meta_size, kind="metadata", project=vf.project,
             version=version, upstream_sha256=rec.declared if rec is not None else None,
             hash_mismatch=rec is not None and rec.mismatch)
     vj = publish_variants_json(out, resolution, view)  # PEP 825 variants.json, read anew each run
     entries.update(vj.entries)
-    variants: dict[str, list[IndexFile]] = {}
+    variants: dict[str, dict[str, IndexFile]] = {}  # per accelerator, each file once (by path)
     targets = []
     for tp in resolution.targets:
         t = tp.target
         keys = list(dict.fromkeys(stored(file_key(f)) for f in tp.files))
-        variants.setdefault(t.accelerator, []).extend([*(index_files[k] for k in keys),
-                                                       *vj.links_for(file_key(f) for f in tp.files)])
+        page_files = variants.setdefault(t.accelerator, {})
+        for ix in [*(index_files[k] for k in keys), *vj.links_for(file_key(f) for f in tp.files)]:
+            page_files.setdefault(ix.path, ix)
         target = mf.Target(
             id=t.id, kind="pip", accelerator=t.accelerator, python=t.python, platform=t.platform,
             packages=tuple(mf.TargetPackage(name=f.name, version=f.version, path=stored(file_key(f)),
                                             requires_python=index_files[stored(file_key(f))].requires_python,
                                             variants_json=vj.variants_for(file_key(f)))
                            for f in tp.files),
-            index=f"whl/{t.accelerator}")
+            index=L.pip_index(t.accelerator))
         targets.append(target)
     for acc, kept in (retained or {}).items():
-        variants.setdefault(acc, []).extend(kept)
-    live = pub.live_manifest(out)
+        page_files = variants.setdefault(acc, {})
+        for ix in kept:
+            page_files.setdefault(ix.path, ix)
     if live is not None:  # a re-sync: the live index is replaced only once its files are listed
         mf.save(out, pub.widened(live, entries.values()))
-    generation, changed = publish(out, build_pages(variants))
+    generation, changed = publish(out, build_pages({acc: list(files.values()) for acc, files in variants.items()}))
     # Each target's lock names files the index now links: written only after the swap, so a run
     # that fails earlier leaves the old locks over the old index (verify-mirror checks they agree).
     for target in targets:
-        atomic_write_text(safe_join(out, f"targets/{target.id}/pylock.toml"),
+        _write_if_changed(safe_join(out, L.target_lock(target.id)),
                           pylock_toml(target, pins_for(target, entries), "../..", location="path"))
     return PipPublished(files=tuple(sorted(entries.values(), key=lambda e: e.path)), targets=tuple(targets),
                         generation=generation, changed=changed)
+
+
+def _published_metadata(out: Path, key: str, sha256: str,
+                        listed: dict[str, mf.FileEntry]) -> tuple[str, str | None, int] | None:
+    """(sha256, Requires-Python, size) of the ``.metadata`` the committed manifest lists beside
+    this very wheel, read from that small file (not from the wheel's zip) when its bytes are
+    still the listed ones; None: write it from the wheel (:func:`ensure_metadata`)."""
+    wheel, meta = listed.get(key), listed.get(key + ".metadata")
+    if wheel is None or meta is None or wheel.sha256 != sha256:
+        return None
+    try:
+        data = safe_join(out, key + ".metadata").read_bytes()
+    except OSError:
+        return None
+    if len(data) != meta.size or hashlib.sha256(data).hexdigest() != meta.sha256:
+        return None
+    return meta.sha256, requires_python_of(data), len(data)
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """A target's lock rewritten only when its bytes change (a no-op sync writes none)."""
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return
+    except (OSError, UnicodeDecodeError):
+        pass
+    atomic_write_text(path, text)

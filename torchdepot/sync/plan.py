@@ -15,14 +15,15 @@ from dataclasses import dataclass
 
 from packaging.requirements import Requirement
 
-from torchdepot.errors import TorchdepotError, UpstreamError
+from torchdepot.errors import ParseError, TorchdepotError, UpstreamError
+from torchdepot.model.wheelname import parse_wheel
 from torchdepot.net.hostpolicy import HostPolicy, default_policy
 from torchdepot.net.pipconfig import PipSources
-from torchdepot.resolve.pin import pin
+from torchdepot.resolve.pin import matches_target, no_pin_reason, pin
 from torchdepot.resolve.uv import ResolvedFile
 from torchdepot.sources.upstream import UpstreamReader, Variant, locate_variant
 from torchdepot.spec.mirror import TORCH_PROJECTS, Channel, MirrorSpec, PipTarget
-from torchdepot.sync.view import View, ViewSources
+from torchdepot.sync.view import MetadataMismatchError, View, ViewSources
 
 Say = Callable[[str], None]
 PIN_JOBS = 8  # targets pinned at once (page reads; the view and the reader are thread-safe)
@@ -43,6 +44,9 @@ class Plan:
     sources: ViewSources
     prereleases: bool
     skipped: tuple[tuple[PipTarget, str], ...] = ()  # (target, why): tolerated targets that could not be pinned
+    # (target, why): asked-for targets that could not be pinned while others could (a Python
+    # upstream lacks): the run syncs and publishes the others, names these, and exits non-zero
+    failed: tuple[tuple[PipTarget, str], ...] = ()
 
 
 def channel_prefix(channel: Channel) -> str:
@@ -82,7 +86,7 @@ def locate_variants(spec: MirrorSpec, reader: UpstreamReader, accelerators: list
                 found = locate_variant(reader, base, channel_prefix(spec.channel), acc)
             except UpstreamError as exc:
                 dead.add(base)
-                say(f"upstream {base} unreachable: {str(exc).split(': ', 1)[-1]}{more}")
+                say(f"upstream {base} unreachable: {exc.detail}{more}")
                 continue
             if found is not None:
                 break
@@ -99,7 +103,8 @@ def plan_targets(spec: MirrorSpec, view: View, pip: PipSources, targets: Sequenc
     """Pin torch / torchvision / torchaudio per target (``targets``, else the spec's) against
     the screened view; pre-releases only on a channel that publishes them. A target in
     ``tolerate`` (one the mirror holds but this run was not asked for) that cannot be pinned
-    lands in ``Plan.skipped`` instead of failing the run."""
+    lands in ``Plan.skipped`` instead of failing the run; an asked-for one in ``Plan.failed``
+    (the run goes on with the others, and fails at its end) unless none could be pinned."""
     prerelease = spec.channel.prerelease
     todo = list(spec.targets() if targets is None else targets)
 
@@ -112,15 +117,42 @@ def plan_targets(spec: MirrorSpec, view: View, pip: PipSources, targets: Sequenc
     # Targets pin concurrently: each accelerator's pages are read once (the view caches), in parallel.
     with ThreadPoolExecutor(max_workers=max(1, min(PIN_JOBS, len(todo)))) as pool:
         outcomes = list(pool.map(one, todo))
-    plans, skipped = [], []
+    plans, skipped, failed = [], [], []
     for t, outcome in zip(todo, outcomes, strict=True):
         if isinstance(outcome, TargetPlan):
             plans.append(outcome)
         elif t.id in tolerate:
             skipped.append((t, str(outcome)))
+        elif isinstance(outcome, MetadataMismatchError):
+            raise outcome  # on_hash_mismatch: fail is the spec's word for the whole run
         else:
-            raise outcome
-    return Plan(targets=tuple(plans), sources=view.sources, prereleases=prerelease, skipped=tuple(skipped))
+            failed.append((t, outcome))
+    if failed and not plans:
+        raise failed[0][1]  # nothing to sync: the run fails as it always did
+    return Plan(targets=tuple(plans), sources=view.sources, prereleases=prerelease, skipped=tuple(skipped),
+                failed=tuple((t, str(exc)) for t, exc in failed))
+
+
+def _for_target(filename: str, t: PipTarget) -> bool:
+    try:
+        return matches_target(parse_wheel(filename), t.accelerator, t.python, t.platform)
+    except ParseError:
+        return False
+
+
+def _pinned_files_usable(view: View, t: PipTarget, files: list, version: str) -> bool:
+    """Read the METADATA of the pinned version's wheels for ``t`` (the resolver would read it
+    next); False when one of them was excluded for bytes that are no usable wheel."""
+    for f in files:
+        try:
+            w = parse_wheel(f.filename)
+        except ParseError:
+            continue
+        if w.version == version and matches_target(w, t.accelerator, t.python, t.platform):
+            view.metadata(t.accelerator, f.shown)
+            if (t.accelerator, f.filename) in view.excluded:
+                return False
+    return True
 
 
 def _plan_target(spec: MirrorSpec, view: View, pip: PipSources, t: PipTarget, prerelease: bool) -> TargetPlan:
@@ -131,12 +163,23 @@ def _plan_target(spec: MirrorSpec, view: View, pip: PipSources, t: PipTarget, pr
         pkg = spec.package(project)
         if pkg is None:
             continue
-        links = [f.link for f in view.project(t.accelerator, project)]
         constraint = (t.torch or pkg.constraint) if project == "torch" else pkg.constraint
-        p = pin(links, project, t.accelerator, t.python, t.platform, constraint,
-                prereleases=prerelease, torch_version=torch_version)
+        while True:  # a pinned build whose bytes fail is excluded by the view: pin again without it
+            files = [f for f in view.project(t.accelerator, project) if (t.accelerator, f.filename) not in view.excluded]
+            links = [f.link for f in files]
+            p = pin(links, project, t.accelerator, t.python, t.platform, constraint,
+                    prereleases=prerelease, torch_version=torch_version, parsed=view.wheels)
+            if p is None or _pinned_files_usable(view, t, files, p.version):
+                break
         if p is None:
             want = f" {constraint}" if constraint else ""
+            gone = [view.excluded[(t.accelerator, f.filename)] for f in view.project(t.accelerator, project)
+                    if (t.accelerator, f.filename) in view.excluded and _for_target(f.filename, t)]
+            why = (f"{len(gone)} candidate(s) excluded, none left: {gone[0]}" if gone else
+                   no_pin_reason(links, project, t.accelerator, t.python, t.platform, constraint))
+            if why:
+                raise TorchdepotError(f"{t.id}: no {project}{want} wheel for {t.accelerator}, Python {t.python}, "
+                                      f"{t.platform}: {why}")
             raise TorchdepotError(
                 f"{t.id}: no {project}{want} wheel for {t.accelerator}, Python {t.python}, {t.platform} in "
                 f"{len(links)} links from the reachable sources ({pip.describe()})")

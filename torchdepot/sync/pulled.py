@@ -18,9 +18,10 @@ from pathlib import Path
 
 from torchdepot.fetch.items import HashCache, hash_present
 from torchdepot.store import manifest as mf
+from torchdepot.store.layout import METADATA_SUFFIX
 from torchdepot.sync import lifecycle
 
-META = lifecycle.METADATA_SUFFIX
+META = METADATA_SUFFIX  # PEP 658, named in store/layout.py
 
 
 @dataclass(frozen=True)

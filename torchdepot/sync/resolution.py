@@ -31,18 +31,23 @@ from torchdepot.errors import TorchdepotError
 from torchdepot.model.platforms import target_platform
 from torchdepot.resolve.uv import IndexPlan, ResolvedFile, ResolveError, resolve
 from torchdepot.store.fsutil import atomic_write_text, safe_filename
+from torchdepot.store.layout import package_path
 from torchdepot.sync.plan import Plan, TargetPlan
 from torchdepot.sync.view import View, ViewFile
+from torchdepot.sync.viewserver import serve_view
 
 
 @dataclass(frozen=True)
 class Resolution:
     targets: tuple[TargetPlan, ...]
     files: tuple[tuple[str, ViewFile, str], ...]  # (mirror key, view file, accelerator), each file once
+    # (target id, why): targets the resolver found no answer for while others resolved; the run
+    # publishes the others, names these and fails at its end (one target does not stop a sync)
+    failed: tuple[tuple[str, str], ...] = ()
 
 
 def file_key(f: ResolvedFile) -> str:
-    return f"packages/{f.name}/{safe_filename(f.filename)}"
+    return package_path(f.name, safe_filename(f.filename))
 
 
 def _upstream_file(view: View, target_id: str, f: ResolvedFile) -> tuple[ResolvedFile, ViewFile]:
@@ -77,11 +82,14 @@ def _without_a_fitting_wheel(view: View, t) -> str | None:
     return None
 
 
-def _inputs_key(tp: TargetPlan, index: IndexPlan, view: View) -> str:
+def _uv_version() -> str:
     try:
-        uv_version = importlib.metadata.version("uv")
+        return importlib.metadata.version("uv")
     except importlib.metadata.PackageNotFoundError:
-        uv_version = "?"
+        return "?"
+
+
+def _inputs_key(tp: TargetPlan, index: IndexPlan, view: View, uv_version: str) -> str:
     t = tp.target
     doc = [uv_version, t.id, list(tp.requirements), t.python, t.platform, index.args(),
            str(view.exclude_newer), view.on_hash_mismatch]
@@ -89,11 +97,7 @@ def _inputs_key(tp: TargetPlan, index: IndexPlan, view: View) -> str:
 
 
 def _page_digests(view: View, accelerator: str, projects) -> dict[str, str]:
-    out = {}
-    for project in sorted(projects):
-        body = view.page(accelerator, project)
-        out[project] = hashlib.sha256(body).hexdigest() if body is not None else "absent"
-    return out
+    return {project: view.page_digest(accelerator, project) for project in sorted(projects)}
 
 
 def _load_cache(path: Path | None) -> dict:
@@ -120,43 +124,74 @@ def _from_cache(entry, key: str, view: View, accelerator: str) -> list[ResolvedF
     if len(shown) != len(files):
         return None
     for vf in shown:  # the metadata the resolver would have read: checked and recorded as in a run of uv
-        view.metadata(accelerator, vf.shown)
+        if not view.has_metadata(accelerator, vf.shown):
+            view.metadata(accelerator, vf.shown)
+    if any((accelerator, vf.filename) in view.excluded for vf in shown):
+        return None  # a file it picked is excluded now: resolve again
     return None if view.errors else files
 
 
-def resolve_targets(plan: Plan, view: View, jobs: int = 2, cache: Path | None = None) -> Resolution:
+MAX_EXCLUSION_ROUNDS = 5  # resolver runs per target after the first, each one with a file fewer
+
+
+def _resolve_excluding(view: View, tp: TargetPlan, index: IndexPlan) -> list[ResolvedFile]:
+    """uv for one target; when the view excluded a file during the run (its bytes are no usable
+    wheel: sync/view.py ``exclude``), uv runs again on pages without it, at most
+    :data:`MAX_EXCLUSION_ROUNDS` more times."""
+    t = tp.target
+    for round_ in range(MAX_EXCLUSION_ROUNDS + 1):
+        before = len(view.excluded)
+        try:
+            raw = resolve(t.id, list(tp.requirements), t.python, t.platform, index)
+        except ResolveError:
+            if view.errors:  # the view refused something (metadata hash, no metadata): that is the cause
+                raise TorchdepotError(view.errors[0]) from None
+            if len(view.excluded) > before and round_ < MAX_EXCLUSION_ROUNDS:
+                continue
+            unfit = _without_a_fitting_wheel(view, t)
+            if unfit:
+                raise ResolveError(unfit) from None
+            raise
+        picked = [view.lookup(f.url) for f in raw]
+        if not any(vf is not None and (t.accelerator, vf.filename) in view.excluded for vf in picked):
+            return raw
+    raise ResolveError(f"{t.id}: still picking excluded files after {MAX_EXCLUSION_ROUNDS} more resolver runs: "
+                       + "; ".join(sorted(fn for _acc, fn in view.excluded)))
+
+
+def resolve_targets(plan: Plan, view: View, jobs: int = 2, cache: Path | None = None,
+                    write_cache: bool = True) -> Resolution:
     """uv pip compile per target against ``view`` (served for the duration); a target whose
-    inputs and pages are unchanged since ``cache`` was written reuses its answer."""
+    inputs and pages are unchanged since ``cache`` was written reuses its answer (a dry run
+    reads the cache but leaves it as it is: ``write_cache`` False)."""
     cached = _load_cache(cache)
+    uv_version = _uv_version()  # once per run: a metadata scan per call
     fresh: dict[str, dict] = {}
 
     def one(base: str, tp: TargetPlan) -> tuple[TargetPlan, list[tuple[ResolvedFile, ViewFile]]]:
         t = tp.target
         index = IndexPlan(index_url=f"{base}/{t.accelerator}", index_strategy="first-index",
                           prereleases=plan.prereleases)
-        key = _inputs_key(tp, replace(index, index_url=t.accelerator), view)
+        key = _inputs_key(tp, replace(index, index_url=t.accelerator), view, uv_version)
         hit = _from_cache(cached.get(t.id), key, view, t.accelerator)
         if hit is not None:
             raw = [replace(f, url=f"{base}/{f.url}") for f in hit]
         else:
-            try:
-                raw = resolve(t.id, list(tp.requirements), t.python, t.platform, index)
-            except ResolveError:
-                if view.errors:  # the view refused something (metadata hash, no metadata): that is the cause
-                    raise TorchdepotError(view.errors[0]) from None
-                unfit = _without_a_fitting_wheel(view, t)
-                if unfit:
-                    raise ResolveError(unfit) from None
-                raise
+            raw = _resolve_excluding(view, tp, index)
         mapped = [_upstream_file(view, t.id, f) for f in raw]
         fresh[t.id] = {"key": key, "files": [asdict(replace(f, url=f.url[len(base) + 1:])) for f in raw]}
         return replace(tp, files=tuple(f for f, _ in mapped)), mapped
 
-    with view.serve() as base, ThreadPoolExecutor(max_workers=max(1, min(jobs, len(plan.targets) or 1))) as pool:
-        done = list(pool.map(lambda tp: one(base, tp), plan.targets))
+    with serve_view(view) as base, ThreadPoolExecutor(max_workers=max(1, min(jobs, len(plan.targets) or 1))) as pool:
+        outcomes = list(pool.map(lambda tp: _outcome(one, base, tp), plan.targets))
     if view.errors:
         raise TorchdepotError(view.errors[0])
-    if cache is not None:
+    done = [o for o in outcomes if not isinstance(o, TorchdepotError)]
+    failed = [(tp.target.id, o) for tp, o in zip(plan.targets, outcomes, strict=True)
+              if isinstance(o, TorchdepotError)]
+    if failed and not done:
+        raise failed[0][1]  # nothing resolved: the run fails as it always did
+    if cache is not None and write_cache:
         for tp, _ in done:  # every page the resolvers read for the accelerator, as of now
             entry = fresh[tp.target.id]
             entry["pages"] = _page_digests(view, tp.target.accelerator, view.served(tp.target.accelerator))
@@ -165,4 +200,13 @@ def resolve_targets(plan: Plan, view: View, jobs: int = 2, cache: Path | None = 
     for tp, mapped in done:
         for f, vf in mapped:
             files.setdefault(file_key(f), (file_key(f), vf, tp.target.accelerator))
-    return Resolution(targets=tuple(tp for tp, _ in done), files=tuple(files.values()))
+    return Resolution(targets=tuple(tp for tp, _ in done), files=tuple(files.values()),
+                      failed=tuple((tid, str(exc)) for tid, exc in failed))
+
+
+def _outcome(one, base: str, tp: TargetPlan):
+    """``one(base, tp)``, or the one-line error that target ended in."""
+    try:
+        return one(base, tp)
+    except TorchdepotError as exc:
+        return exc

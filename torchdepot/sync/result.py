@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from torchdepot.fetch import FetchReport
 from torchdepot.store import manifest as mf
@@ -21,6 +21,7 @@ from torchdepot.sync.plan import TargetPlan
 from torchdepot.sync.tombstones import Keeper
 
 Echo = Callable[[str], None]
+Verdict = Literal["ok", "NOT OK", "unchecked"]  # a sync's closing check, as last_sync records it
 
 
 @dataclass
@@ -44,12 +45,13 @@ class MirrorResult:
     removals: list[lifecycle.Removal] = field(default_factory=list)  # what this run removes (pruned, keep: N)
     dropped_releases: list[mf.Release] = field(default_factory=list)
     target_set: lifecycle.TargetSet | None = None
-    verify: str = "unchecked"  # the closing check: "ok" | "NOT OK" | "unchecked"
+    verify: Verdict = "unchecked"  # the closing check
+    failed: list[str] = field(default_factory=list)  # one line per target this run could not sync
 
     @property
     def torch_versions(self) -> dict[str, str]:
         """target id -> the torch version it serves after this run (resolved now, or kept as published)."""
-        out = {t.id: p.version for t in self.targets for p in t.packages if p.name in ("torch", "pytorch")}
+        out = {t.id: t.torch for t in self.targets if t.torch}
         out.update((tp.target.id, f.version) for tp in self.plans for f in tp.files if f.name == "torch")
         return out
 
@@ -73,7 +75,8 @@ class MirrorResult:
                 "torch": self.torch_versions, "size": self.size, "verify": self.verify,
                 "files": self.report.summary() if self.report else None,
                 "removed": [{"reason": r.reason, "files": list(r.paths), "size": r.size} for r in self.removals],
-                "releases": [{"target": r.target, "torch": r.torch, "files": len(r.paths)} for r in self.releases]}
+                "releases": [{"target": r.target, "torch": r.torch, "files": len(r.paths)} for r in self.releases],
+                "failed": list(self.failed)}
 
 
 class RunLog:

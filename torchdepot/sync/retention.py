@@ -16,11 +16,13 @@ from pathlib import Path
 
 from torchdepot.errors import TorchdepotError
 from torchdepot.fetch import FetchReport
+from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
 from torchdepot.store import publication
 from torchdepot.store.fsutil import safe_join
-from torchdepot.store.pages import IndexFile, ensure_metadata
-from torchdepot.sync import lifecycle
+from torchdepot.store.index_file import IndexFile
+from torchdepot.store.pages import ensure_metadata
+from torchdepot.sync import lifecycle, pulled, tombstones
 from torchdepot.sync.download import PipFetchReport
 from torchdepot.sync.pipindex import publish_pip
 from torchdepot.sync.plan import Plan
@@ -45,7 +47,7 @@ def current_releases(resolution: Resolution, stored: Stored) -> tuple[mf.Release
 def resolved_paths(resolution: Resolution, stored: Stored) -> frozenset[str]:
     """Every wheel the resolution stores and its ``.metadata``."""
     return frozenset(p for key, _vf, _acc in resolution.files
-                     for p in (stored(key), stored(key) + lifecycle.METADATA_SUFFIX))
+                     for p in (stored(key), L.metadata_path(stored(key))))
 
 
 def missing_paths(out: Path, previous: mf.Manifest | None) -> frozenset[str]:
@@ -65,6 +67,12 @@ def plan(out: Path, previous: mf.Manifest | None, resolution: Resolution, stored
                                    listed=listed, missing=missing_paths(out, previous))
 
 
+def carried_failed(ids: list[str], previous: mf.Manifest | None) -> list[mf.Target]:
+    """The published state of targets that failed this run after planning (it stays as it was)."""
+    before = {t.id: t for t in (previous.targets if previous else []) if t.kind == "pip"}
+    return [before[i] for i in ids if i in before]
+
+
 def carried_targets(plan: Plan, previous: mf.Manifest | None, say: Echo) -> list[mf.Target]:
     """The published state of each target the plan skipped (it could not be pinned now)."""
     before = {t.id: t for t in (previous.targets if previous else []) if t.kind == "pip"}
@@ -72,9 +80,11 @@ def carried_targets(plan: Plan, previous: mf.Manifest | None, say: Echo) -> list
     for t, why in plan.skipped:
         if t.id not in before:
             raise TorchdepotError(why)  # nothing published to keep
-        torch = next((p.version for p in before[t.id].packages if p.name == "torch"), "?")
+        torch = before[t.id].torch or "?"
         say(f"warning: {t.id}: kept as published (torch {torch}); not updated: {why}")
         out.append(before[t.id])
+    # an asked-for target that failed this run keeps what it had (it is named as failed at the end)
+    out += [before[t.id] for t, _why in plan.failed if t.id in before]
     return out
 
 
@@ -102,12 +112,12 @@ def _retained(out: Path, previous: mf.Manifest | None, resolution: Resolution, s
             wheel = before[path]
             if path not in index:
                 meta_sha, req_py, meta_size = ensure_metadata(out, path, wheel.project or "")
-                index[path] = IndexFile(wheel.project or "", path.rsplit("/", 1)[-1], path, wheel.sha256, req_py,
-                                        meta_sha, size=wheel.size, upload_time=wheel.upload_time)
-                meta = before.get(path + lifecycle.METADATA_SUFFIX)
+                index[path] = IndexFile(project=wheel.project or "", filename=path.rsplit("/", 1)[-1], path=path, sha256=wheel.sha256, requires_python=req_py,
+                                        metadata_sha256=meta_sha, size=wheel.size, upload_time=wheel.upload_time)
+                meta = before.get(L.metadata_path(path))
                 entries[path] = wheel
-                entries[path + lifecycle.METADATA_SUFFIX] = mf.FileEntry(
-                    path=path + lifecycle.METADATA_SUFFIX, sha256=meta_sha, size=meta_size, kind="metadata",
+                entries[L.metadata_path(path)] = mf.FileEntry(
+                    path=L.metadata_path(path), sha256=meta_sha, size=meta_size, kind="metadata",
                     project=wheel.project, version=wheel.version,
                     upstream_sha256=meta.upstream_sha256 if meta else None,
                     hash_mismatch=bool(meta and meta.hash_mismatch))
@@ -162,3 +172,42 @@ def remove(out: Path, removals: list[lifecycle.Removal], live: set[str]) -> None
         if folder.is_dir() and not folder.is_symlink():
             shutil.rmtree(folder)
     publication.forget(out, forget)
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What a sync commits after the tombstone rules and the pull-through carry."""
+
+    files: list[mf.FileEntry]
+    removals: list[lifecycle.Removal]
+    tombstones: list[mf.Tombstone]
+    pulled: list[str]
+
+
+def settle(out: Path, previous: mf.Manifest | None, keeper: tombstones.Keeper | None, files: list[mf.FileEntry],
+           targets: list[mf.Target], releases: list[mf.Release], removals: list[lifecycle.Removal],
+           live: set[str], prune: bool) -> Settled:
+    """The tombstone rules (``sync/tombstones.py``), then the files ``serve --pull-through``
+    published carried over (``sync/pulled.py``), over what a sync is about to commit. The real
+    run passes its new files; the dry run, which has none, passes what stays of the previous
+    manifest, so it lists the removals the real run then makes."""
+    kept = tombstones.settle(out, previous, keeper, files, targets, releases, removals, live, prune)
+    held = pulled.carry(out, previous, kept.files, kept.removals)
+    return Settled(files=held.files, removals=held.removals, tombstones=kept.tombstones, pulled=held.pulled)
+
+
+def staying(previous: mf.Manifest | None, removals: list[lifecycle.Removal]) -> list[mf.FileEntry]:
+    """The previous manifest's entries that no removal takes: the dry run's stand-in for the
+    files the real run lists."""
+    going = lifecycle.removed_paths(removals)
+    return [f for f in (previous.files if previous else ()) if f.path not in going]
+
+
+def settle_dry(out: Path, previous: mf.Manifest | None, keeper: tombstones.Keeper | None, tset: lifecycle.TargetSet,
+               releases: list[mf.Release], removals: list[lifecycle.Removal], prune: bool) -> list[lifecycle.Removal]:
+    """:func:`settle` for a dry run: what stays of the previous manifest stands for the new
+    files, its targets still served for the new targets."""
+    before = list(previous.targets) if previous else []
+    live = {t.id for t in tset.run} | {t.id for t in before if t.kind == "conda"}
+    return settle(out, previous, keeper, staying(previous, removals), [t for t in before if t.id in live],
+                  releases, removals, live, prune).removals

@@ -18,7 +18,9 @@ from torchdepot.net.http import Client, HttpConfig
 from torchdepot.net.pipconfig import PipSources, pip_default_index, pip_file_host, read_pip_config
 from torchdepot.sources.upstream import UpstreamReader
 from torchdepot.spec.mirror import MirrorSpec, PipTarget
+from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
+from torchdepot.store.fsutil import safe_join
 from torchdepot.sync.locked import LockedEnv
 from torchdepot.sync.plan import dependency_sources, host_policy, locate_variants
 from torchdepot.sync.result import MirrorResult
@@ -60,9 +62,9 @@ class Held:
 
     def close(self, result: MirrorResult, reader: UpstreamReader, say: Echo) -> None:
         if self.view is not None:
-            line = self.view.refusal_summary()
-            result.refused = int(line.split()[2]) if line else 0
-            if line:
+            refused = self.view.refusal_summary()
+            if refused is not None:
+                result.refused, line = refused
                 say(line)
         if self.fetcher is not None:  # the run stopped before its fetch step: let early downloads finish
             self.fetcher.close()
@@ -80,13 +82,16 @@ def accelerators(run_targets: list[PipTarget], locks: tuple[LockedEnv, ...]) -> 
 
 
 def open_view(spec: MirrorSpec, edge: Edge, accelerators: list[str], workdir: Path,
-              previous: mf.Manifest | None, say: Echo) -> View:
+              previous: mf.Manifest | None, say: Echo, out: Path | None = None, dry_run: bool = False) -> View:
     """The screened local index uv reads: each accelerator from the first upstream carrying it,
-    dependencies from the user's pip sources, hashes the mirror already holds reused."""
+    dependencies from the user's pip sources, hashes and wheels the mirror already holds reused
+    (its METADATA read from local disk), the mirror's metadata cache read (written unless a dry run)."""
     indexes, find_links = dependency_sources(edge.pip, edge.default_index)
     sources = ViewSources(variants=locate_variants(spec, edge.reader, accelerators, edge.pip, say),
                           indexes=indexes, find_links=find_links)
+    held = [e for e in (previous.files if previous else ()) if e.url and e.kind == "wheel" and not e.hash_mismatch]
     return View(reader=edge.reader, policy=edge.policy, sources=sources, workdir=workdir,
                 on_hash_mismatch=spec.on_hash_mismatch, say=say, exclude_newer=spec.exclude_newer,
-                known_hashes={e.url: e.sha256 for e in (previous.files if previous else ())
-                              if e.url and e.kind == "wheel" and not e.hash_mismatch})
+                known_hashes={e.url: e.sha256 for e in held if e.url},
+                local_wheels={e.url: safe_join(out, e.path) for e in held if e.url} if out is not None else {},
+                metadata_cache=out / L.METADATA_CACHE if out is not None else None, cache_writes=not dry_run)

@@ -31,10 +31,11 @@ from packaging.utils import canonicalize_name
 from torchdepot.sources.links import Link
 from torchdepot.store import manifest as mf
 from torchdepot.store.fsutil import safe_join
+from torchdepot.store.layout import METADATA_SUFFIX
 from torchdepot.sync import lifecycle
 from torchdepot.sync.pulled import spare
 
-META = lifecycle.METADATA_SUFFIX
+META = METADATA_SUFFIX  # PEP 658, named in store/layout.py
 
 
 def _name(path: str) -> str:
@@ -137,7 +138,7 @@ def settle(root: Path, previous: mf.Manifest | None, keeper: Keeper | None, file
     out: dict[str, mf.Tombstone] = {}
     restore: set[str] = set()
     # what --prune and keep: N remove is let go; only the superseded copy of a changed name stays
-    let_go = {p for r in removals if not r.reason.startswith("superseded") for p in r.paths}
+    let_go = {p for r in removals if r.kind != "superseded" for p in r.paths}
 
     def kept_for(path: str) -> tuple[str, ...]:
         refs = refs_now.get(path) or refs_before.get(path, set())

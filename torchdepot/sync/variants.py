@@ -33,12 +33,12 @@ from torchdepot.model.wheelname import parse_wheel
 from torchdepot.store import manifest as mf
 from torchdepot.store import publication
 from torchdepot.store.fsutil import atomic_write_bytes, safe_join
+from torchdepot.store.index_file import IndexFile
 from torchdepot.store.layout import PACKAGES_DIR, changed_bytes_path
-from torchdepot.store.pages import IndexFile
 from torchdepot.sync.resolution import Resolution
 from torchdepot.sync.view import View
 
-KIND = "variants-json"
+KIND: mf.FileKind = "variants-json"
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ def publish_variants_json(out: Path, resolution: Resolution, view: View) -> Vari
                                             version=version, url=link.url, upstream_sha256=link.sha256,
                                             hash_mismatch=link.sha256 is not None and link.sha256 != upstream_sha,
                                             upload_time=link.upload_time)
-        result.index_files[path] = IndexFile(project, link.filename, path, sha, size=len(data),
+        result.index_files[path] = IndexFile(project=project, filename=link.filename, path=path, sha256=sha, size=len(data),
                                              upload_time=link.upload_time)
         result.texts[path] = data.decode("utf-8")
         for key, label in keys:

@@ -3,7 +3,7 @@
 Per accelerator, a PEP 503 + PEP 658 index built from screened upstream links and
 verified metadata, written under the run's work dir (``<acc>/<project>/index.html``,
 ``<acc>/files/<wheel>.metadata``) and served by a loopback HTTP server the run starts
-(:meth:`View.serve`). Pages are built on demand as the resolver asks for them, so only the
+(:func:`torchdepot.sync.viewserver.serve_view`). Pages are built on demand as the resolver asks for them, so only the
 closure's pages are read, each once (the :class:`UpstreamReader` caches).
 
 Invariants:
@@ -36,20 +36,19 @@ import contextlib
 import datetime as dt
 import hashlib
 import html
-import http.server
 import os
-import shutil
 import threading
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import requests
 from packaging.utils import canonicalize_name
 
 from torchdepot.errors import ParseError, TorchdepotError, UpstreamError
-from torchdepot.model.wheelname import parse_wheel, split_variant_label
+from torchdepot.model.wheelname import WheelFile, parse_wheel, split_variant_label
 from torchdepot.net.hostpolicy import HostPolicy, screen_links
 from torchdepot.net.http import file_url_path
 from torchdepot.sources.links import Link, warnings_summary
@@ -70,10 +69,14 @@ from torchdepot.sources.variants import (
     parse_variants_json,
     variants_json_key,
 )
-from torchdepot.sources.wheelmeta import remote_metadata
-from torchdepot.store.fsutil import atomic_write_bytes, safe_filename, safe_join, sha256_file
+from torchdepot.sources.wheelmeta import BadWheelError, metadata_refusal, remote_metadata
+from torchdepot.store.fsutil import safe_filename, safe_join, sha256_file
 
 Say = Callable[[str], None]
+# (accelerator, view file) -> the whole file on local disk, downloaded once (hashed as it
+# arrived); None when it cannot be had. A real run stores it in the mirror, where the fetch
+# step finds it; a dry run keeps it in the scratch view.
+WholeFile = Callable[[str, "ViewFile"], "Path | None"]
 
 
 class MetadataMismatchError(TorchdepotError):
@@ -146,6 +149,12 @@ class View:
     # manifest): a link without a hash gets this one, so the resolver need not download a
     # published wheel again to hash it for the lock (a no-op re-sync stays a no-op)
     known_hashes: dict[str, str] = field(default_factory=dict)
+    whole: WholeFile | None = None  # see WholeFile; None: downloaded into the work dir
+    # upstream URL -> the wheel the mirror holds from it (the previous manifest): its METADATA
+    # is read from local disk, not by Range requests across the link
+    local_wheels: dict[str, Path] = field(default_factory=dict)
+    metadata_cache: Path | None = None  # content-addressed METADATA kept between runs
+    cache_writes: bool = True  # False in a dry run: the mirror is only read
     refused: collections.Counter = field(default_factory=collections.Counter)
     errors: list[str] = field(default_factory=list)
     _files: dict[tuple[str, str], ViewFile] = field(default_factory=dict)
@@ -157,6 +166,15 @@ class View:
     _dead: set[str] = field(default_factory=set)
     _local_hashes: dict[str, str | None] = field(default_factory=dict)
     _pages: dict[tuple[str, str], bytes | None] = field(default_factory=dict)
+    _wholes: dict[str, Path | None] = field(default_factory=dict)
+    _wheels: dict[str, WheelFile] = field(default_factory=dict)
+    _digests: dict[tuple[str, str], str] = field(default_factory=dict)
+    _screens: dict[tuple[str, tuple[Link, ...], bool], tuple[tuple[Link, ...], tuple[Link, ...]]] = \
+        field(default_factory=dict)
+    _whole_locks: dict[str, threading.Lock] = field(default_factory=dict)
+    # (accelerator, file name) -> why its bytes failed (not a zip, no METADATA, over a cap): the
+    # file leaves the pages and the resolver runs again without it (sync/resolution.py)
+    excluded: dict[tuple[str, str], str] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     # -- links -------------------------------------------------------------------------
@@ -172,11 +190,30 @@ class View:
                 with self._lock:
                     if url not in self._dead:
                         self._dead.add(url)
-                        self.say(f"dependency source {url} unreachable: {str(exc).split(': ', 1)[-1]}; skipping it")
+                        self.say(f"dependency source {url} unreachable: {exc.detail}; skipping it")
         return out
 
     def _screen(self, links: list[Link], project: str, keep: list[Link] | None = None) -> list[Link]:
-        """The wheels of ``project`` that pass the screen; ``keep`` collects its variants.json links."""
+        """The wheels of ``project`` that pass the screen; ``keep`` collects its variants.json links.
+
+        Computed once per distinct list of links: every accelerator's page of a dependency
+        (download.pytorch.org lists numpy under each ``/whl/<acc>/``) resolves to the same links."""
+        key = (str(canonicalize_name(project)), tuple(links), keep is not None)
+        with self._lock:
+            hit = self._screens.get(key)
+        if hit is not None:
+            if keep is not None:
+                keep.extend(hit[1])
+            return list(hit[0])
+        found: list[Link] = []
+        out = self._screen_once(links, project, found if keep is not None else None)
+        if keep is not None:
+            keep.extend(found)
+        with self._lock:
+            self._screens[key] = (tuple(out), tuple(found))
+        return out
+
+    def _screen_once(self, links: list[Link], project: str, keep: list[Link] | None) -> list[Link]:
         want = canonicalize_name(project)
         if keep is not None:  # variants.json links: the host policy and a safe name, like any file
             for link in links:
@@ -197,13 +234,23 @@ class View:
                 continue  # sdists and other files: the mirror serves wheels only
             if self.exclude_newer is not None and _uploaded_after(link.upload_time, self.exclude_newer):
                 continue
-            try:
-                if parse_wheel(link.url).name != want:
+            wheel = self._wheels.get(link.url)  # the same URL on several accelerators' pages: parsed once
+            if wheel is None:
+                try:
+                    wheel = parse_wheel(link.url)
+                except ParseError:
                     continue
-            except ParseError:
+                with self._lock:
+                    self._wheels[link.url] = wheel
+            if wheel.name != want:
                 continue
             out.append(link)
         return out
+
+    @property
+    def wheels(self) -> Mapping[str, WheelFile]:
+        """URL -> its parsed file name, for every screened wheel so far (parsed once per run)."""
+        return self._wheels
 
     def project(self, accelerator: str, project: str) -> list[ViewFile]:
         """The screened files of ``project`` for ``accelerator`` (computed once)."""
@@ -321,12 +368,32 @@ class View:
             self._pages[key] = body
         return body
 
+    def page_digest(self, accelerator: str, project: str) -> str:
+        """sha256 of a project's page ("absent" when it has none), computed once per run."""
+        key = (accelerator, project)
+        with self._lock:
+            if key in self._digests:
+                return self._digests[key]
+        body = self.page(accelerator, project)
+        digest = hashlib.sha256(body).hexdigest() if body is not None else "absent"
+        with self._lock:
+            self._digests[key] = digest
+        return digest
+
+    def has_metadata(self, accelerator: str, filename: str) -> bool:
+        """True once :meth:`metadata` recorded the file's metadata this run."""
+        vf = self._files.get((accelerator, filename))
+        with self._lock:
+            return vf is not None and (accelerator, vf.filename) in self._metadata
+
     def _build_page(self, accelerator: str, project: str) -> bytes | None:
         files = self.project(accelerator, project)
         if not files:
             return None
         anchors = []
         for f in files:
+            if (accelerator, f.filename) in self.excluded:
+                continue
             link = f.link
             sha256 = link.sha256 or self._hash_of(link)
             href = f"../files/{urllib.parse.quote(f.shown)}" + (f"#sha256={sha256}" if sha256 else "")
@@ -339,7 +406,7 @@ class View:
                 attrs += f' data-upload-time="{html.escape(link.upload_time)}"'
             anchors.append(f"<a {attrs}>{html.escape(f.shown)}</a><br/>\n")
         body = ("<!DOCTYPE html>\n<html><body>\n" + "".join(anchors) + "</body></html>\n").encode()
-        atomic_write_bytes(safe_join(self.workdir, f"{accelerator}/{project}/index.html"), body)
+        write_scratch(safe_join(self.workdir, f"{accelerator}/{project}/index.html"), body)
         return body
 
     def metadata(self, accelerator: str, filename: str) -> bytes | None:
@@ -350,9 +417,70 @@ class View:
         filename = vf.filename  # the record is the wheel's own; the page showed vf.shown
         path = safe_join(self.workdir, f"{accelerator}/files/{safe_filename(vf.shown)}.metadata")
         with self._lock:
+            if (accelerator, filename) in self.excluded:
+                return None
             if (accelerator, filename) in self._metadata:
                 return path.read_bytes()
+        got = self._cached_metadata(vf)
+        if got is None:
+            fresh, seen = self._fresh_metadata(accelerator, vf)
+            if fresh is None or seen is None:
+                return None
+            got = fresh, seen
+        data, record = got
+        if vf.label is not None:  # the resolver sees the label's view of the variant markers
+            data = evaluate_variant_markers(data, vf.label, self._properties(accelerator, vf))
+        write_scratch(path, data)
+        with self._lock:
+            self._metadata[(accelerator, filename)] = record
+        return data
+
+    # The metadata cache (``.torchdepot/metadata/``), content-addressed so an entry can never
+    # be stale: ``core-<sha256>`` holds upstream .metadata bytes that hash to the name (checked
+    # again on reading); ``wheel-<sha256>`` holds the METADATA inside the wheel of that sha256.
+    def _cached_metadata(self, vf: ViewFile) -> tuple[bytes, MetadataRecord] | None:
         link = vf.link
+        declared = link.metadata_sha256
+        if link.core_metadata and declared:
+            data = self._cache_read(f"core-{declared}")
+            if data is not None and hashlib.sha256(data).hexdigest() == declared:
+                return data, MetadataRecord(vf.filename, declared, declared, declared, "upstream")
+            return None
+        if link.core_metadata:
+            return None  # upstream's .metadata without a hash: read it (it may disagree with the wheel)
+        sha = link.sha256 or self.known_hashes.get(link.url)
+        if not sha:
+            return None
+        data = self._cache_read(f"wheel-{sha}")
+        local = self.local_wheels.get(link.url)
+        if data is None and local is not None and link.sha256 in (None, self.known_hashes.get(link.url)):
+            try:  # the mirror holds this very wheel: its central directory is on local disk
+                data = remote_metadata(self.reader, local.as_uri(), vf.project)
+            except UpstreamError:
+                return None
+            if metadata_refusal(data):
+                return None  # read from upstream instead, where a refusal excludes the file
+            self._cache_write(f"wheel-{sha}", data)
+        if data is None:
+            return None
+        return data, MetadataRecord(vf.filename, hashlib.sha256(data).hexdigest(), None, None, "wheel")
+
+    def _cache_read(self, name: str) -> bytes | None:
+        if self.metadata_cache is None:
+            return None
+        try:
+            return (self.metadata_cache / name).read_bytes()
+        except OSError:
+            return None
+
+    def _cache_write(self, name: str, data: bytes) -> None:
+        if self.metadata_cache is not None and self.cache_writes:
+            with contextlib.suppress(OSError):  # a cache: a failed write costs a read next run
+                write_scratch(self.metadata_cache / name, data)
+
+    def _fresh_metadata(self, accelerator: str, vf: ViewFile) -> tuple[bytes | None, MetadataRecord | None]:
+        """METADATA read from upstream (its .metadata, else the wheel's by Range), and what was seen."""
+        filename, link = vf.filename, vf.link
         data, served = None, None
         if link.metadata_url:  # set exactly when the link offers core metadata
             try:
@@ -366,7 +494,7 @@ class View:
             if self.on_hash_mismatch == "fail":
                 self._error(f"{filename}.metadata: upstream declares sha256 {declared} but its .metadata hashes "
                             f"to {served} (on_hash_mismatch: fail)")
-                return None
+                return None, None
             self.say(f"warning: {filename}.metadata: upstream declares sha256 {declared} but its .metadata hashes "
                      f"to {served}; using the wheel's own METADATA (on_hash_mismatch: warn; recorded in manifest.json)")
             data = None
@@ -375,14 +503,17 @@ class View:
             source = "wheel"
             data = self._from_wheel(accelerator, vf)
             if data is None:
-                return None
+                return None, None
+        refusal = metadata_refusal(data)
+        if refusal:
+            self.exclude(accelerator, vf, refusal)
+            return None, None
         record = MetadataRecord(filename, hashlib.sha256(data).hexdigest(), declared, served, source)
-        if vf.label is not None:  # the resolver sees the label's view of the variant markers
-            data = evaluate_variant_markers(data, vf.label, self._properties(accelerator, vf))
-        atomic_write_bytes(path, data)
-        with self._lock:
-            self._metadata[(accelerator, filename)] = record
-        return data
+        if source == "upstream" and declared is not None:
+            self._cache_write(f"core-{declared}", data)
+        elif declared is None and not link.core_metadata and (link.sha256 or self.known_hashes.get(link.url)):
+            self._cache_write(f"wheel-{link.sha256 or self.known_hashes[link.url]}", data)
+        return data, record
 
     def _from_wheel(self, accelerator: str, vf: ViewFile) -> bytes | None:
         """METADATA from the wheel itself, then from the same file on another source."""
@@ -392,6 +523,7 @@ class View:
             yield vf.link
             yield from self.alternates(accelerator, vf.filename)
 
+        bad: list[str] = []  # sources whose bytes are no usable wheel (not merely unreachable)
         for link in candidates():
             if link is not vf.link and link.metadata_url:  # set exactly when the link offers core metadata
                 try:
@@ -402,8 +534,13 @@ class View:
                     errors.append(str(exc))
             try:
                 return remote_metadata(self.reader, link.url, vf.project)
+            except BadWheelError as exc:
+                bad.append(str(exc))
             except UpstreamError as exc:
                 errors.append(str(exc))
+        if bad:
+            self.exclude(accelerator, vf, bad[0])
+            return None
         self._error(f"{vf.filename}: no metadata from any source ({errors[0] if errors else 'no source'})")
         return None
 
@@ -422,38 +559,62 @@ class View:
                     self._local_hashes[link.url] = None
             return self._local_hashes[link.url]
 
-    def relay(self, accelerator: str, filename: str, handler: http.server.BaseHTTPRequestHandler) -> None:
-        """Stream a view file's bytes to the resolver. uv reads a wheel only when the index
-        gave no sha256 for it (it hashes it for the lock): nightly pages, find-links dirs."""
-        vf = self._files.get((accelerator, filename))
-        if vf is None:
-            handler.send_error(404)
-            return
-        if urllib.parse.urlsplit(vf.link.url).scheme == "file":
-            with open(file_url_path(vf.link.url), "rb") as src:
-                self._send(handler, src, os.fstat(src.fileno()).st_size)
-            return
+    def local_copy(self, accelerator: str, vf: ViewFile) -> Path | None:
+        """The whole file of ``vf`` on local disk: a ``file://`` link's own path, else downloaded
+        once per run (concurrent callers wait for the one download)."""
+        url = vf.link.url
+        if urllib.parse.urlsplit(url).scheme == "file":
+            return file_url_path(url)
+        with self._lock:
+            lock = self._whole_locks.setdefault(url, threading.Lock())
+        with lock:
+            if url not in self._wholes:
+                try:
+                    self._wholes[url] = self.whole(accelerator, vf) if self.whole else self._download(vf)
+                except (UpstreamError, OSError, requests.RequestException) as exc:
+                    self._error(f"{vf.filename}: cannot download it from upstream: {exc}")
+                    self._wholes[url] = None
+            return self._wholes[url]
+
+    def _download(self, vf: ViewFile) -> Path | None:
+        """``vf`` streamed into the work dir (a dry run's scratch view)."""
+        dest = safe_join(self.workdir, f"wheels/{safe_filename(vf.filename)}")
         resp = self.reader.open(vf.link.url, "wheels")
         if resp is None:
-            handler.send_error(404)
-            return
+            return None
         try:
-            length = resp.headers.get("Content-Length")
-            self._send(handler, resp.raw, int(length) if length and length.isdigit() else None)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            part = dest.with_name(dest.name + ".part")
+            with open(part, "wb") as out:
+                for chunk in resp.iter_content(1024 * 1024):
+                    out.write(chunk)
+            os.replace(part, dest)
         finally:
             resp.close()
+        return dest
 
-    @staticmethod
-    def _send(handler: http.server.BaseHTTPRequestHandler, src, length: int | None) -> None:
-        handler.send_response(200)
-        handler.send_header("Content-Type", "application/octet-stream")
-        if length is not None:
-            handler.send_header("Content-Length", str(length))
-        else:
-            handler.close_connection = True
-        handler.end_headers()
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            shutil.copyfileobj(src, handler.wfile, 1024 * 1024)
+    def file(self, accelerator: str, filename: str) -> ViewFile | None:
+        """The view file shown to the resolver as ``filename`` (None: not a view file)."""
+        return self._files.get((accelerator, filename))
+
+    def error(self, line: str) -> None:
+        """Record a refusal or failure (each line once); the run reports the first."""
+        self._error(line)
+
+    def exclude(self, accelerator: str, vf: ViewFile, reason: str) -> None:
+        """Leave ``vf`` out of this run: its page is rebuilt without it (:meth:`exclusion_lines`)."""
+        key = (accelerator, vf.filename)
+        with self._lock:
+            if key in self.excluded:
+                return
+            self.excluded[key] = reason
+            self._pages.pop((accelerator, vf.project), None)
+
+    def exclusion_lines(self) -> list[str]:
+        """One line per excluded file: said once the run has resolved without them (a run that
+        fails instead names the reason in its one error line)."""
+        with self._lock:
+            return [f"excluded {fn} ({acc}): {why}; resolved without it" for (acc, fn), why in self.excluded.items()]
 
     def _error(self, line: str) -> None:
         with self._lock:
@@ -470,66 +631,25 @@ class View:
         with self._lock:
             return {f.filename: f.label for f in self._files.values() if f.label}
 
-    def refusal_summary(self) -> str | None:
-        """One line: every link refused by the page parsers or the screen, by reason."""
+    def refusal_summary(self) -> tuple[int, str] | None:
+        """(how many, one line): every link refused by the page parsers or the screen, by reason."""
         counts = collections.Counter(self.refused)
         for page in self.reader.pages():
             counts.update(page.warnings)
         if not counts:
             return None
-        return f"upstream: refused {sum(counts.values())} links ({warnings_summary(counts)})"
+        n = sum(counts.values())
+        return n, f"upstream: refused {n} links ({warnings_summary(counts)})"
 
-    # -- the loopback server ----------------------------------------------------------------
-    @contextlib.contextmanager
-    def serve(self) -> Iterator[str]:
-        """Serve the view on 127.0.0.1 (a free port) for the duration; yields its base URL."""
-        view = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:  # the resolver's requests are not news
-                pass
-
-            def do_GET(self) -> None:
-                parts = [urllib.parse.unquote(p) for p in urllib.parse.urlsplit(self.path).path.split("/") if p]
-                body, ctype = None, "text/html"
-                try:
-                    if len(parts) == 2:
-                        body = view.page(parts[0], parts[1])
-                    elif len(parts) == 3 and parts[1] == "files" and parts[2].endswith(".metadata"):
-                        body, ctype = view.metadata(parts[0], parts[2][: -len(".metadata")]), "text/plain"
-                    elif len(parts) == 1:
-                        body = b"<!DOCTYPE html><html><body></body></html>\n"
-                except TorchdepotError as exc:
-                    view._error(str(exc))
-                    self.send_error(502)
-                    return
-                except Exception as exc:  # never a traceback from a server thread: one line, then 502
-                    view._error(f"local view: {type(exc).__name__}: {exc}")
-                    self.send_error(502)
-                    return
-                if body is None and len(parts) == 3 and parts[1] == "files":
-                    view.relay(parts[0], parts[2], self)
-                    return
-                if body is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the resolver hung up (it had what it needed)
-                    self.wfile.write(body)
-
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        self.base_url = f"http://127.0.0.1:{server.server_address[1]}"
-        try:
-            yield self.base_url
-        finally:
-            server.shutdown()
-            server.server_close()
+def write_scratch(path: Path, data: bytes) -> None:
+    """Replace ``path`` atomically (a reader never sees half of it) but without fsync: the view
+    and the metadata cache are rebuilt from upstream if a power loss leaves one short, and
+    the content-addressed cache is checked on reading."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def _label(filename: str) -> str | None:

@@ -35,6 +35,7 @@ from torchdepot.verify.run import (
     find_python,
     gpu_present,
     load_manifest,
+    requirements_for,
     tool_env,
 )
 from torchdepot.verify.smoke import Check, judge
@@ -66,9 +67,12 @@ class EnvCreated:
         return not any(c.status == "fail" for c in self.checks)
 
 
+KERNEL_NAME_RULE = "a kernel name is letters, digits, '.', '_' and '-' only"
+
+
 def check_kernel_name(name: str) -> str:
     if not _KERNEL_NAME.fullmatch(name):
-        raise EnvCreateError(f"--register-kernel {name!r}: a kernel name is letters, digits, '.', '_' and '-' only")
+        raise EnvCreateError(f"--register-kernel {name!r}: {KERNEL_NAME_RULE}")
     return name
 
 
@@ -162,14 +166,24 @@ def create_env(lock_dir: Path, prefix: Path, mirror: str, kernel: Kernel | None 
     py, index = _plan_checks(lock, mirror, prefix, kernel)
     env = tool_env(mirror, env_extra)
     checks: list[Check] = [Check("hashes vs mirror manifest", "pass", f"{len(lock.pins)} pins")]
+    with tempfile.TemporaryDirectory(prefix="torchdepot-env-") as tmp:
+        req, moved = requirements_for(lock, mirror, Path(tmp))  # before the prefix exists: may refuse
+        if moved is not None:
+            checks.append(moved)
+        return _create(lock, prefix, mirror, kernel, py, index, env, checks, req, timeout, t0)
+
+
+def _create(lock: EnvLock, prefix: Path, mirror: str, kernel: Kernel | None, py: str, index: str, env: dict,
+            checks: list[Check], req: Path, timeout: float, t0: float) -> EnvCreated:
     proc = _run([uv_bin(), "venv", "--no-config", "--quiet", "--python", py, prefix], env, timeout)
     if proc.returncode:
         raise EnvCreateError(f"--prefix {prefix}: cannot create the environment: {_tail(proc)}")
     vpy = _venv_python(prefix)
     kernel_dir = None
-    # the lock names its index (--index-url ${TORCHDEPOT_MIRROR}/whl/<acc>); nothing else is consulted
+    # the lock names its index (--index-url ${TORCHDEPOT_MIRROR}/whl/<acc>, or a --base-url one
+    # pointed at --mirror here); nothing else is consulted
     proc = _run([uv_bin(), "pip", "install", "--no-config", "--python", vpy, "--require-hashes", "--no-deps",
-                 "--no-build", "-r", lock.requirements], env, timeout)
+                 "--no-build", "-r", req], env, timeout)
     if proc.returncode:
         checks.append(Check("install (hash-checked, mirror only)", "fail", f"{lock.requirements}: {_tail(proc)}"))
         return EnvCreated(prefix, vpy, tuple(checks), None, time.monotonic() - t0)

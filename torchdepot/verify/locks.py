@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
-from torchdepot.errors import TorchdepotError
+from torchdepot.errors import TorchdepotError, load_json
 from torchdepot.lockfiles.render import REQUIREMENTS, VARIANT, conda_lock_name
 from torchdepot.store.manifest import Manifest
 
@@ -70,11 +69,9 @@ def read_env(d: Path) -> EnvLock:
     d = Path(d)
     vpath = d / VARIANT
     try:
-        variant = json.loads(vpath.read_text(encoding="utf-8"))
+        variant = load_json(vpath.read_bytes(), str(vpath))
     except FileNotFoundError:
         raise TorchdepotError(f"{vpath}: missing (is {d} a folder written by 'torchdepot lock'?)") from None
-    except ValueError as exc:
-        raise TorchdepotError(f"{vpath}: not JSON ({exc})") from None
     req = d / REQUIREMENTS
     pins = parse_requirements(req.read_text(encoding="utf-8"), str(req)) if req.is_file() else ()
     return EnvLock(d, variant, pins)

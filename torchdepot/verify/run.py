@@ -14,12 +14,13 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from torchdepot.errors import TorchdepotError, UpstreamError
+from torchdepot.errors import TorchdepotError, UpstreamError, one_line
 from torchdepot.lockfiles import BASE_ENV
 from torchdepot.model.platforms import host_platform, target_platform
+from torchdepot.model.trust import pip_trust_args
 from torchdepot.resolve.uv import uv_bin
+from torchdepot.sources.served import fetch_manifest
 from torchdepot.store.manifest import Manifest
-from torchdepot.store.manifest import fetch as fetch_manifest
 from torchdepot.verify.locks import EnvLock, hash_problems
 from torchdepot.verify.smoke import SCRIPT, Check, judge
 
@@ -57,6 +58,32 @@ def mirror_url(where: str) -> str:
     if not p.is_dir():
         raise TorchdepotError(f"--mirror {where}: not a directory or http(s)/file URL")
     return p.resolve().as_uri()
+
+
+def requirements_for(lock: EnvLock, mirror: str, work: Path) -> tuple[Path, Check | None]:
+    """The requirements file to install ``lock`` from ``mirror``. A lock written with the
+    placeholder base (``${TORCHDEPOT_MIRROR}``) is used as it is; one written with
+    ``lock --base-url URL`` names its own index: when that is not ``mirror``, a copy whose
+    ``--index-url`` (and trust) point at ``mirror`` goes under ``work``, and a check says so,
+    naming both URLs. The hashes stay the lock's: they were checked against ``mirror``."""
+    text = lock.requirements.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    index = next((ln.split(None, 1)[1].strip() for ln in lines
+                  if ln.startswith("--index-url ") and len(ln.split(None, 1)) == 2), None)
+    if index is None or index.startswith("${" + BASE_ENV + "}"):
+        return lock.requirements, None
+    base, sep, rel = index.partition("/whl/")
+    if not sep:
+        raise TorchdepotError(f"{lock.requirements}: its index {index} is not a mirror's whl/ index; "
+                              f"cannot install it from --mirror {mirror}")
+    if base.rstrip("/") == mirror.rstrip("/"):
+        return lock.requirements, None
+    moved = f"{mirror.rstrip('/')}/whl/{rel}"
+    kept = [ln for ln in lines if not ln.startswith(("--index-url ", "--trusted-host"))]
+    head = [f"--index-url {moved}", *([" ".join(pip_trust_args(moved))] if pip_trust_args(moved) else [])]
+    out = work / "requirements.lock"
+    out.write_text("\n".join([*head, *kept]) + "\n", encoding="utf-8")
+    return out, Check("index", "pass", f"the lock names {index} (lock --base-url); installing from --mirror {moved}")
 
 
 def load_manifest(url: str) -> Manifest | None:
@@ -163,6 +190,9 @@ def _verify_pip(lock: EnvLock, opts: Options, manifest: Manifest | None, checks:
     else:
         checks.append(Check("hashes vs mirror manifest", "not run", "mirror has no manifest.json; the installer checks hashes"))
     env = tool_env(opts.mirror_url, opts.env_extra)
+    req, moved = requirements_for(lock, opts.mirror_url, work)
+    if moved is not None:
+        checks.append(moved)
     gpu_labels = sorted({lb for lb in (v.get("variant_labels") or {}).values() if lb != "null"})
     if gpu_labels and not gpu_present():
         # uv picks a variant wheel by this host's hardware: a GPU label is never selected here
@@ -172,7 +202,7 @@ def _verify_pip(lock: EnvLock, opts: Options, manifest: Manifest | None, checks:
         return "resolve-only"
     py = find_python(v["python"]) if v.get("platform") == host_platform() else None
     if py is None:
-        return _resolve_only(lock, opts, env, checks)
+        return _resolve_only(lock, opts, env, checks, req)
     venv = work / "venv"
     proc = _run([uv_bin(), "venv", "--no-config", "--quiet", "--python", py, venv], env, opts.timeout)
     if proc.returncode:
@@ -181,7 +211,7 @@ def _verify_pip(lock: EnvLock, opts: Options, manifest: Manifest | None, checks:
     vpy = _venv_python(venv)
     # the lock itself names the index (--index-url ${TORCHDEPOT_MIRROR}/whl/<acc>); nothing else is consulted
     proc = _run([uv_bin(), "pip", "install", "--no-config", *variant_args(lock), "--python", vpy,
-                 "--require-hashes", "--no-deps", "--no-build", "-r", lock.requirements], env, opts.timeout)
+                 "--require-hashes", "--no-deps", "--no-build", "-r", req], env, opts.timeout)
     if proc.returncode:
         checks.append(Check("install (hash-checked, mirror only)", "fail", f"{lock.requirements}: {_tail(proc)}"))
         return "installed"
@@ -195,7 +225,7 @@ def _verify_pip(lock: EnvLock, opts: Options, manifest: Manifest | None, checks:
     return "installed"
 
 
-def _resolve_only(lock: EnvLock, opts: Options, env: dict, checks: list[Check]) -> str:
+def _resolve_only(lock: EnvLock, opts: Options, env: dict, checks: list[Check], req: Path) -> str:
     v = lock.variant
     try:
         plat = target_platform(v["platform"])
@@ -204,7 +234,7 @@ def _resolve_only(lock: EnvLock, opts: Options, env: dict, checks: list[Check]) 
         return "resolve-only"
     # uv evaluates markers for the target, not this host; deps on: the mirror must hold the closure
     proc = _run([uv_bin(), "pip", "compile", "--no-config", *variant_args(lock), "--quiet", "--no-header", "--no-build",
-                 "--python-version", v["python"], "--python-platform", plat.uv_platform, lock.requirements],
+                 "--python-version", v["python"], "--python-platform", plat.uv_platform, req],
                 env, opts.timeout)
     why = f"cannot run python {v['python']} on {v['platform']} here (this is {host_platform()})"
     if proc.returncode:
@@ -241,7 +271,7 @@ def _verify_conda(lock: EnvLock, path: Path, opts: Options, manifest: Manifest |
     try:
         n = cv.install(pins, opts.mirror_url, prefix, work, subdir)
     except Exception as exc:  # rattler raises its own exception types; report, never a traceback
-        checks.append(Check("conda install (py-rattler, mirror only)", "fail", f"{path}: {' '.join(str(exc).split())[:400]}"))
+        checks.append(Check("conda install (py-rattler, mirror only)", "fail", f"{path}: {one_line(exc)}"))
         return "installed"
     checks.append(Check("conda install (py-rattler, mirror only)", "pass", f"{n} packages into a throwaway prefix"))
     mismatched = cv.installed_problems(prefix, pins)

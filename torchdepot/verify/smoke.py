@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 # Runs in the env's own interpreter; prints one JSON line. Each step is isolated so one
 # failure still reports the others.
@@ -37,10 +38,13 @@ print(json.dumps(r))
 """
 
 
+CheckStatus = Literal["pass", "fail", "not run", "info"]
+
+
 @dataclass(frozen=True)
 class Check:
     name: str
-    status: str  # "pass" | "fail" | "not run" | "info"
+    status: CheckStatus
     detail: str = ""
 
 

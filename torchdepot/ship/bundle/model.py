@@ -13,13 +13,12 @@ labelling it an index or a lock file.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
-from torchdepot.errors import TorchdepotError
+from torchdepot.errors import TorchdepotError, load_json
 from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
 
@@ -120,12 +119,7 @@ class BundleDoc:
 
 
 def _load(data: bytes, name: str, fmt: str) -> dict:
-    try:
-        doc = json.loads(data)
-    except RecursionError:
-        raise BundleError(f"{name}: malformed (nested too deeply)") from None
-    except ValueError as exc:
-        raise BundleError(f"{name}: malformed ({exc})") from None
+    doc = load_json(data, name, error=BundleError)
     if not isinstance(doc, dict) or doc.get("format") != fmt or doc.get("version") != VERSION:
         raise BundleError(f"{name}: not a torchdepot bundle v{VERSION}")
     return doc

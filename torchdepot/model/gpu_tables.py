@@ -1,5 +1,6 @@
-"""CUDA facts, the one copy: which NVIDIA driver a CUDA variant needs, and which GPU
-architectures each PyTorch release build carries (plus the ROCm gfx table).
+"""GPU toolkit tables, the one copy: which NVIDIA driver a CUDA variant needs, which GPU
+architectures each PyTorch release build carries, and the ROCm gfx table (which AMD GPUs
+ROCm builds run on).
 
 Driver table: NVIDIA's minor-version compatibility table (CUDA release notes, Table 2) as
 tabled by uv's uv-torch backend and light-the-torch (../shared/DOMAIN.md §4,
