@@ -2,8 +2,11 @@
 sidecar file).
 
 Invariants:
-- the pieces of a file tile ``[0, size)`` exactly, in order, without overlap;
-- the sidecar (``<partial>.pieces.json``) lists only pieces whose every byte is already in
+- the pieces of a file tile ``[0, size)`` exactly, in order, without overlap; the sidecar
+  counts fixed blocks of ``piece_bytes`` (aria2's bitfield), while the ranges the
+  connections fetch (:func:`plan_runs`) are runs of whole blocks whose ends move when a
+  free connection takes the second half of one (:mod:`torchdepot.fetch.segmented`);
+- the sidecar (``<partial>.pieces.json``) lists only blocks whose every byte is already in
   the partial file; it is written atomically after the piece's bytes, so a killed process
   leaves the old list or the new one, never a piece claimed done that is not written;
 - a partial file is dropped together with its sidecar (:func:`drop_partial`), so no
@@ -16,6 +19,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 from dataclasses import dataclass, field
@@ -74,6 +78,32 @@ def plan_pieces(size: int, piece_bytes: int, connections: int) -> tuple[Piece, .
     step = -(-size // count)
     return tuple(Piece(index=i, first=i * step, last=min(size, (i + 1) * step) - 1)
                  for i in range(count) if i * step < size)
+
+
+def block_count(size: int, block: int) -> int:
+    return -(-size // block)
+
+
+def plan_runs(size: int, block: int, done: set[int], connections: int) -> list[tuple[int, int]]:
+    """The byte ranges ``[first, end)`` still to fetch: each gap between finished blocks,
+    the gaps cut on block boundaries into about ``connections`` runs in all (each gap its
+    share by length, at least one run), the runs of one gap of about equal length."""
+    count = block_count(size, block)
+    gaps: list[tuple[int, int]] = []  # [first block, end block)
+    start: int | None = None
+    for i in range(count + 1):
+        if i < count and i not in done:
+            start = i if start is None else start
+        elif start is not None:
+            gaps.append((start, i))
+            start = None
+    left = sum(b - a for a, b in gaps)
+    runs: list[tuple[int, int]] = []
+    for a, b in gaps:
+        parts = max(1, min(b - a, round(max(1, connections) * (b - a) / left)))
+        cuts = [a + (b - a) * k // parts for k in range(parts + 1)]
+        runs += [(x * block, min(size, y * block)) for x, y in itertools.pairwise(cuts)]
+    return runs
 
 
 @dataclass
