@@ -77,7 +77,8 @@ def test_large_file_goes_out_in_pieces_every_byte_once(tmp_path, up):
     assert (tmp_path / item.key).read_bytes() == data
     path = "/whl/torch-1.0-py3-none-any.whl"
     runs = plan_runs(SIZE, PIECE, set(), 4)  # one run per connection, on block boundaries
-    assert len(runs) == 4 and all(a % PIECE == 0 for a, _ in runs)
+    assert len(runs) == 4
+    assert all(a % PIECE == 0 for a, _ in runs)
     asked = _bounded(up.ranges[path])
     assert set(asked) >= {(a, b - 1) for a, b in runs}  # then second halves taken by free connections
     assert {r.key: r.fetched_bytes for r in rep.results}[item.key] == SIZE  # every byte written once
@@ -132,7 +133,8 @@ def test_piece_resume_after_sigkill_refetches_only_unfinished_pieces(tmp_path, u
         child.send_signal(signal.SIGKILL)
         child.wait()
     state = load_state(part)
-    assert state is not None and state.count == 16  # blocks of PIECE bytes
+    assert state is not None
+    assert state.count == 16
     done = {(i * PIECE, min(SIZE, (i + 1) * PIECE) - 1) for i in state.done}
     assert 4 <= len(done) < 16
     assert not (tmp_path / item.key).exists()
@@ -320,6 +322,7 @@ def test_unknown_size_splits_once_the_first_answer_states_it(tmp_path, up):
     ranges = up.ranges["/whl/nosize-1.0-py3-none-any.whl"]
     assert ranges[0] is None
     asked = _bounded(ranges)
-    assert len(asked) >= 3 and all(a % PIECE == 0 and a > 0 for a, _ in asked)
+    assert len(asked) >= 3
+    assert all(a % PIECE == 0 and a > 0 for a, _ in asked)
     assert res.fetched_bytes == SIZE
     assert events[-1].total == SIZE
