@@ -4,19 +4,23 @@ file (the layout and the resume sidecar are :mod:`torchdepot.fetch.pieces`).
 Invariants:
 - there is no size threshold beyond the smallest piece: a file large enough for two pieces
   (``split_bytes``, by default twice ``piece_bytes``, about 1 MB) is split when more than
-  one connection per host is allowed and its host has not refused parallel ranges; the
-  pieces of every file share one queue of connections, so a free connection always takes
-  the next piece and a large file's tail is one piece, not the whole file; its size comes
-  from the index, else from its first 200's Content-Length, and that response then streams
-  the first piece (its slot released before the file waits for the other pieces, so a
-  waiting file never holds a socket);
+  one connection per host is allowed and its host has not refused parallel ranges; its size
+  comes from the index, else from its first 200's Content-Length;
+- a file starts as one run per connection (:func:`~torchdepot.fetch.pieces.plan_runs`, or
+  the whole file for that first 200, which keeps streaming from byte 0); a connection whose
+  run is done, when no piece task and no whole file waits for a socket, takes the second
+  half of the run with the most bytes left (aria2's rule), cut on a block boundary, never
+  leaving either side under one block; the owner stops at the new boundary (checked under
+  the file's lock before each write, so no byte is written by both), and only what was in
+  flight past it crossed the link for nothing;
+- a waiting file never holds a socket: the first 200's slot is released once its run ends;
 - a host that answers a piece request with 429 or 503 while another piece of the same file
   is in flight refuses parallel ranges: the file restarts over one connection
   (:class:`~torchdepot.fetch.pool.Fallback`) and no later file from that host is split;
-- each piece is written at its own offset (``pwrite`` into a sparse file) and recorded in
-  the sidecar only once all its bytes are there, so a killed run resumes with the
-  unfinished pieces only; a cut piece retries from the byte it reached;
-- a sidecar is reused only for the same size, piece layout and an unchanged file on disk;
+- each run is written at its own offset (``pwrite`` into a sparse file); each block is
+  recorded in the sidecar once all its bytes are there, so a killed run resumes with the
+  unfinished blocks only; a cut run retries from the byte it reached;
+- a sidecar is reused only for the same size, block size and an unchanged file on disk;
 - a server that ignores Range (200 to a piece request), a wrong ``Content-Range``, or a
   file that changes during the download (ETag, Last-Modified or size differ between
   responses or from the sidecar) raises :class:`~torchdepot.fetch.pool.Fallback`: the
@@ -319,14 +323,15 @@ class Segmenter:
             if not chunk:
                 break
             with seg.lock:
-                # the end may have moved while this chunk was read: what lies past it is another run's
+                # the end may have moved while this chunk was read: what lies past it is another
+                # run's; claiming the bytes here (pos) is what a steal splits after
                 chunk = chunk[:max(0, run.end - pos)]
-                if chunk:
-                    os.pwrite(seg.fd, chunk, pos)
-                    run.pos = pos + len(chunk)
-                    seg.fetched += len(chunk)
-                    _record(seg, run)
+                run.pos = pos + len(chunk)
+                seg.fetched += len(chunk)
             if chunk:
+                os.pwrite(seg.fd, chunk, pos)  # outside the lock: only this thread writes these bytes
+                with seg.lock:
+                    _record(seg, run, pos + len(chunk))
                 self.pool.advance(len(chunk))
                 seg.meter.add(len(chunk), time.monotonic())
             self.pool.check_time(seg.started, seg.meter, seg.url)
@@ -353,10 +358,11 @@ def _steal(seg: _Segmented, block: int) -> _Run | None:
     return seg.add_run(mid, end)
 
 
-def _record(seg: _Segmented, run: _Run) -> None:
-    """Under ``seg.lock``: record in the sidecar each block ``run`` has now fully written."""
+def _record(seg: _Segmented, run: _Run, written: int) -> None:
+    """Under ``seg.lock``: record in the sidecar each block of ``run`` now fully written
+    (up to ``written``, which this thread has just written)."""
     grew = False
-    while run.marked < run.pos and min(run.marked + seg.block, seg.size) <= run.pos:
+    while run.marked < written and min(run.marked + seg.block, seg.size) <= written:
         seg.state.done.add(run.marked // seg.block)
         run.marked += seg.block
         grew = True
