@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import random
 
 import pytest
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 
 from tests.faultserver import Fault, FaultServer
 from torchdepot.fetch import DEFAULT_SPLIT_BYTES, Fetcher, FetchItem
-from torchdepot.fetch.pieces import block_count, plan_runs
+from torchdepot.fetch.pieces import block_count, plan_runs, sidecar_path
 from torchdepot.net.http import Client, HttpConfig
 
 MB = 1_000_000
@@ -147,3 +148,22 @@ def test_runs_cover_exactly_the_unfinished_blocks(size, block, done, conns):
     left = {i for i in range(count) if i not in done}
     assert sum(b - a for a, b in covered) == sum(min(size, (i + 1) * block) - i * block for i in left)
     assert len(runs) <= count - len(done)  # never a run under one block
+
+
+def test_a_sidecar_of_the_old_piece_layout_is_not_read_as_blocks(tmp_path, up):
+    # 3.5 blocks over 2 connections: the old layout made 4 pieces of 0.875 block, so its
+    # "pieces 0 and 1 done" covers 1.75 blocks, not the 2 blocks that "blocks 0 and 1" would
+    size = 7 * KB128 // 2
+    data = random.Random(5).randbytes(size)
+    item = FetchItem("packages/p/old.whl", (up.add("/whl/old.whl", data),), None, size)  # no hash to catch it
+    fetcher = Fetcher(tmp_path, _client(), **STEAL)
+    part = fetcher._partial_path(item.key)
+    part.parent.mkdir(parents=True)
+    have = 7 * KB128 // 4
+    part.write_bytes(data[:have] + bytes(size - have))
+    sidecar_path(part).write_text(json.dumps({"version": 1, "size": size, "etag": None, "last_modified": None,
+                                              "piece_bytes": KB128, "count": 4, "done": [0, 1]}))
+    res = fetcher.run([item]).results[0]
+    assert res.status == "downloaded", res
+    assert not res.resumed
+    assert (tmp_path / item.key).read_bytes() == data

@@ -29,7 +29,7 @@ from typing import TypeGuard
 from torchdepot.errors import TorchdepotError, load_json
 
 SIDECAR_SUFFIX = ".pieces.json"
-SIDECAR_VERSION = 1
+SIDECAR_VERSION = 2  # 2: done lists fixed blocks of piece_bytes (1 listed the pieces of a per-file layout)
 
 
 @dataclass(frozen=True)
