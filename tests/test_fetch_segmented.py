@@ -223,7 +223,8 @@ def test_resume_of_a_changed_file_discards_the_old_pieces(tmp_path, up):
     item = _item(up, "swap-1.0-py3-none-any.whl", old, with_hash=False)
     path = "/whl/swap-1.0-py3-none-any.whl"
     # a first run that gives up after some pieces (404 for the rest) leaves a sidecar
-    up.schedule(path, Fault("ok"))  # 1 of the 2 runs
+    # one run is served, the other drips; the half the served one then takes is refused
+    up.schedule(path, Fault("ok"), Fault("drip", rate=50_000))
     up.always(path, Fault("status", status=404))
     rep = _fetcher(tmp_path, connections=2).run([item])
     assert rep.results[0].status == "failed"
