@@ -7,13 +7,13 @@ Invariants:
   connections fetch (:func:`plan_runs`) are runs of whole blocks whose ends move when a
   free connection takes the second half of one (:mod:`torchdepot.fetch.segmented`);
 - the sidecar (``<partial>.pieces.json``) lists only blocks whose every byte is already in
-  the partial file; it is written atomically after the piece's bytes, so a killed process
-  leaves the old list or the new one, never a piece claimed done that is not written;
+  the partial file; it is written atomically after the block's bytes, so a killed process
+  leaves the old list or the new one, never a block claimed done that is not written;
 - a partial file is dropped together with its sidecar (:func:`drop_partial`), so no
   sidecar outlives the bytes it describes;
-- a sidecar is trusted only for the same size, piece layout and validators (ETag,
-  Last-Modified): anything else means the upstream file changed, and the partial is
-  discarded.
+- a sidecar is trusted only for its own version, the same size, block size and validators
+  (ETag, Last-Modified): anything else means the upstream file changed (or an older
+  layout), and the partial is discarded.
 """
 
 from __future__ import annotations
@@ -70,7 +70,8 @@ class Validators:
 
 def plan_pieces(size: int, piece_bytes: int, connections: int) -> tuple[Piece, ...]:
     """Split ``size`` bytes into pieces of at least ``piece_bytes`` (the last may be shorter),
-    about two per connection so a slow connection's tail is small, never more than needed."""
+    about two per connection, never more than needed (the fixed layout before the runs of
+    :func:`plan_runs`; kept for its property test)."""
     if size <= 0:
         return ()
     target = max(piece_bytes, -(-size // max(1, 2 * connections)))
