@@ -7,7 +7,8 @@ bounds of :mod:`.pool`):
 - bytes arrive in ``<root>/.torchdepot/partial/``; a file appears at its final path only
   by ``os.replace`` after its size and sha256 were checked, so a reader (or a crash)
   never sees half a file;
-- a file of at least ``split_bytes`` (two pieces: no other threshold) goes out in pieces;
+- a file of at least ``split_bytes`` (two pieces: no other threshold) goes out in pieces,
+  whose ranges free connections split further while they are in flight (aria2's rule);
   a piece file has holes, so it is never resumed as one stream, and when ranges prove unusable it is dropped and the file
   restarts from zero over one connection;
 - the assembled file is hashed once, streamed, before it is published: a corrupt piece
