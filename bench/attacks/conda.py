@@ -1,4 +1,4 @@
-"""Class (e): conda repodata (issue 22 item 8), through the real CLI against a loopback channel.
+"""Class (g): conda repodata (issue 22 item 8), through the real CLI against a loopback channel.
 
 Each hostile body is served as ``conda-forge/linux-64/repodata.json(.zst)`` (``noarch`` is a
 valid empty subdir), and read two ways: by ``torchdepot mirror`` with a ``conda:`` section (a
@@ -47,7 +47,7 @@ from tests.faultserver import FaultServer
 from tests.kit.zeros import Zeros
 from tests.test_conda_repodata_bounds import Route, Upstream
 
-CLS = "e"
+CLS = "g"
 EMPTY_NOARCH = json.dumps({"info": {"subdir": "noarch"}, "packages": {}, "packages.conda": {}}).encode()
 MAX_LEFT = 64 << 20
 MAX_RSS_MIB = 512
