@@ -11,7 +11,11 @@ root) must both be 0. Times are printed as a ratio to a fault-free baseline run.
 Then the attack classes of issue 13 (:mod:`bench.attacks`), each a handful of concrete
 attempts run through the real CLI (``.venv/bin/torchdepot ...``) in a sandbox (fake HOME and
 XDG dirs, its own TMPDIR, PIP_CONFIG_FILE and caches) against loopback servers the bench
-starts: (a) published mirror corruption, (b) user files, (c) unbounded input, (d) tracebacks.
+starts: (a) published mirror corruption, (b) user files, (c) unbounded input, (d) tracebacks,
+(e) planted symlinks, unbundle's destination and ``~`` in ``out:`` (issue 22 items 1-4),
+(f) a package URL reused for other bytes and unbundle's commit killed (issue 22 items 5, 7),
+(g) conda repodata (:mod:`bench.attacks.conda`: a dripping, inflating or deeply nested
+``repodata.json``, read by ``mirror`` and by ``serve --pull-through``; issue 22 item 8).
 Per class it prints the attempts, the runs that held, the corrupt files in the LIVE mirror
 (verify-mirror after each attempt, plus published files whose bytes changed in place), the
 files changed outside the command's root (damaged user files included), tracebacks, failures
@@ -20,7 +24,7 @@ An attempt holds when the command succeeded with a verify-clean live mirror, or 
 most one stderr line and a non-zero exit, left the published mirror verify-clean, wrote
 nothing outside its root, and passed the attack's own bound (see each module's docstring).
 
-    python bench/faults.py [--runs 50] [--files 6] [--seed 1] [--only matrix|attacks] [--classes abcd] [-v]
+    python bench/faults.py [--runs 50] [--files 6] [--seed 1] [--only matrix|attacks] [--classes abcdefg] [-v]
 """
 
 from __future__ import annotations
@@ -109,16 +113,19 @@ def one_run(run: int, nfiles: int, rng: random.Random, faulty: bool, tmp: Path) 
 
 def attacks(classes: str, verbose: bool) -> int:
     """Run the attack classes; print the table. Returns the number of attempts that did not hold."""
-    from bench.attacks import publish, tracebacks, unbounded, userfiles
-    modules = {"a": ("published mirror corruption", publish), "b": ("user files", userfiles),
-               "c": ("unbounded input", unbounded), "d": ("tracebacks", tracebacks)}
+    from bench.attacks import conda, publish, tracebacks, unbounded, userfiles
+    modules = {"a": ("published mirror corruption", publish.run), "b": ("user files", userfiles.run),
+               "c": ("unbounded input", unbounded.run), "d": ("tracebacks", tracebacks.run),
+               "e": ("planted links, unbundle --to, ~ in out:", userfiles.run_links),
+               "f": ("URL reuse, unbundle commit kills", publish.run_republish),
+               "g": ("conda repodata", conda.run)}
     rows, failed = [], []
     t_all = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="td-attacks-") as d:
         for key in classes:
-            title, mod = modules[key]
+            title, run_class = modules[key]
             t = time.monotonic()
-            outs = mod.run(Path(d) / key)
+            outs = run_class(Path(d) / key)
             rows.append((f"({key}) {title}", len(outs), sum(o.held for o in outs), sum(o.corrupt for o in outs),
                          sum(o.outside for o in outs), sum(o.traceback for o in outs),
                          sum(o.not_one_line for o in outs), sum(o.timed_out for o in outs), time.monotonic() - t))
@@ -129,7 +136,7 @@ def attacks(classes: str, verbose: bool) -> int:
     head = ("class", "attempts", "held", "corrupt-in-live-mirror", "outside-root", "tracebacks", "not-one-line",
             "timeouts", "seconds")
     widths = [max(len(str(x)) for x in col) for col in zip(head, *[(r[0], *r[1:8], f"{r[8]:.0f}") for r in rows], strict=True)]
-    print(f"\nattack classes (issue 13): {sum(r[1] for r in rows)} attempts in {time.monotonic() - t_all:.0f}s")
+    print(f"\nattack classes (issues 13, 22): {sum(r[1] for r in rows)} attempts in {time.monotonic() - t_all:.0f}s")
     for r in [head, *[(r[0], *r[1:8], f"{r[8]:.0f}") for r in rows]]:
         print("  ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w) for i, (x, w) in enumerate(zip(r, widths, strict=True))))
     total = ("total", *[sum(r[i] for r in rows) for i in range(1, 8)], f"{sum(r[8] for r in rows):.0f}")
@@ -147,7 +154,7 @@ def main() -> int:
     ap.add_argument("--files", type=int, default=6)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--only", choices=("matrix", "attacks"), help="run only the fetch fault matrix or the attacks")
-    ap.add_argument("--classes", default="abcd", help="attack classes to run (default abcd)")
+    ap.add_argument("--classes", default="abcdefg", help="attack classes to run (default abcdefg)")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every attempt as it finishes")
     args = ap.parse_args()
     matrix_ok = True

@@ -259,6 +259,7 @@ def test_conflicting_package_is_not_replaced(src, tmp_path):
     out = tmp_path / "m.tar"
     bundle(src, out)
     dest = tmp_path / "d"
+    (dest / ".torchdepot").mkdir(parents=True)  # a mirror (a plain dir of other files is refused outright)
     victim = dest / "packages/filelock/filelock-3.16.1-py3-none-any.whl"
     victim.parent.mkdir(parents=True)
     victim.write_bytes(b"different bytes")

@@ -1,17 +1,24 @@
 """Segmentation without a size threshold (issue 21): every file large enough for two pieces
 of the smallest size (about 1 MB) goes out in pieces that share the run's connections, and a
 host that refuses an extra connection (429/503 while another piece of the file is in flight)
-gets one stream per file from then on. Real loopback servers; bytes counted at the server."""
+gets one stream per file from then on; a connection that is free takes the second half of
+the largest run still in flight (aria2's rule), on block boundaries, never under one block.
+Real loopback servers; requests, ranges and bytes counted at the server."""
 
 from __future__ import annotations
 
 import hashlib
+import itertools
+import json
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.faultserver import Fault, FaultServer
 from torchdepot.fetch import DEFAULT_SPLIT_BYTES, Fetcher, FetchItem
+from torchdepot.fetch.pieces import block_count, plan_runs, sidecar_path
 from torchdepot.net.http import Client, HttpConfig
 
 MB = 1_000_000
@@ -71,3 +78,92 @@ def test_a_host_refusing_parallel_ranges_gets_one_stream(tmp_path, up, status):
     assert asked[-1] is None  # after the refusal: the whole file over one connection
     assert _requests(up, "b.whl") == [None]  # and every later file from that host
     assert up.body_bytes["/whl/a.whl"] <= 2 * len(first) + MB  # bounded waste before the fallback
+
+
+# -- aria2's rule: a free connection takes the second half of the largest remaining run ----------
+KB128 = 128 * 1024
+STEAL = dict(piece_bytes=KB128, split_bytes=2 * KB128, connections=2, connections_per_host=2, progress=False)
+
+
+def _bounded(asked: list) -> list[tuple[int, int]]:
+    out = []
+    for r in asked:
+        if r and r.startswith("bytes=") and not r.endswith("-"):
+            a, b = r[6:].split("-")
+            out.append((int(a), int(b)))
+    return out
+
+
+def test_a_free_connection_splits_a_large_run_in_flight(tmp_path, up):
+    data = random.Random(3).randbytes(16 * KB128)
+    item = _item(up, "steal.whl", data)
+    # two runs of 8 blocks: one drips, the other is served at once and, once done, takes
+    # the second half of what the dripping one has left, again and again
+    up.schedule("/whl/steal.whl", Fault("drip", rate=1 * MB), Fault("ok"))
+    up.always("/whl/steal.whl", Fault("ok"))
+    report = Fetcher(tmp_path, _client(), **STEAL).run([item])
+    res = report.results[0]
+    assert res.status == "downloaded", res
+    assert (tmp_path / item.key).read_bytes() == data
+    assert res.fetched_bytes == len(data)  # the owner stopped where the thief began
+    asked = _bounded(_requests(up, "steal.whl"))
+    runs = [(0, 8 * KB128 - 1), (8 * KB128, 16 * KB128 - 1)]
+    assert set(runs) <= set(asked)  # one run per connection first
+    # (which of the two drips is up to the order the server saw them in)
+    stolen = [(a, b) for a, b in asked if (a, b) not in runs]
+    assert stolen, asked  # ranges that start inside the dripping run while it was in flight
+    assert all(any(x < a <= y for x, y in runs) for a, _ in stolen)
+    assert all(a % KB128 == 0 for a, _ in stolen)  # on block boundaries
+    assert all(b - a + 1 >= KB128 for a, b in stolen)  # never under the smallest piece
+    # the dripping owner was cut where the first stolen half begins: no byte written twice,
+    # and at most what was in flight at that boundary crossed the link for nothing
+    assert up.body_bytes["/whl/steal.whl"] <= len(data) + 2 * KB128
+
+
+def test_unknown_size_of_a_few_pieces_splits_without_dropping_its_first_answer(tmp_path, up):
+    data = random.Random(4).randbytes(3 * KB128 + 5)  # 4 blocks: far under the old 8-piece bound
+    url = up.add("/whl/nosize.whl", data)
+    item = FetchItem("packages/p/nosize.whl", (url,), hashlib.sha256(data).hexdigest(), None)
+    up.schedule("/whl/nosize.whl", Fault("drip", rate=1 * MB))  # the first answer is slow
+    up.always("/whl/nosize.whl", Fault("ok"))
+    res = Fetcher(tmp_path, _client(), **STEAL).run([item]).results[0]
+    assert res.status == "downloaded", res
+    assert (tmp_path / item.key).read_bytes() == data
+    asked = _requests(up, "nosize.whl")
+    assert asked[0] is None
+    assert _bounded(asked)  # the rest of its answer was taken over by a range
+    assert res.fetched_bytes == len(data)
+    assert up.body_bytes["/whl/nosize.whl"] <= len(data) + KB128  # not the whole rest of the first answer
+
+
+@given(st.integers(1, 10**10), st.integers(64 * 1024, 10**8), st.sets(st.integers(0, 200)), st.integers(1, 64))
+def test_runs_cover_exactly_the_unfinished_blocks(size, block, done, conns):
+    count = block_count(size, block)
+    done = {i for i in done if i < count}
+    runs = plan_runs(size, block, done, conns)
+    covered = [(a, b) for a, b in runs]
+    assert all(a < b for a, b in covered)
+    assert all(a % block == 0 for a, _ in covered)
+    assert all(b1 <= a2 for (_, b1), (a2, _) in itertools.pairwise(covered))
+    left = {i for i in range(count) if i not in done}
+    assert sum(b - a for a, b in covered) == sum(min(size, (i + 1) * block) - i * block for i in left)
+    assert len(runs) <= count - len(done)  # never a run under one block
+
+
+def test_a_sidecar_of_the_old_piece_layout_is_not_read_as_blocks(tmp_path, up):
+    # 3.5 blocks over 2 connections: the old layout made 4 pieces of 0.875 block, so its
+    # "pieces 0 and 1 done" covers 1.75 blocks, not the 2 blocks that "blocks 0 and 1" would
+    size = 7 * KB128 // 2
+    data = random.Random(5).randbytes(size)
+    item = FetchItem("packages/p/old.whl", (up.add("/whl/old.whl", data),), None, size)  # no hash to catch it
+    fetcher = Fetcher(tmp_path, _client(), **STEAL)
+    part = fetcher._partial_path(item.key)
+    part.parent.mkdir(parents=True)
+    have = 7 * KB128 // 4
+    part.write_bytes(data[:have] + bytes(size - have))
+    sidecar_path(part).write_text(json.dumps({"version": 1, "size": size, "etag": None, "last_modified": None,
+                                              "piece_bytes": KB128, "count": 4, "done": [0, 1]}))
+    res = fetcher.run([item]).results[0]
+    assert res.status == "downloaded", res
+    assert not res.resumed
+    assert (tmp_path / item.key).read_bytes() == data

@@ -230,3 +230,81 @@ def test_journal_records_merges_and_forgets(tmp_path):
     assert not (tmp_path / PUBLISH_JOURNAL).exists()
     (tmp_path / PUBLISH_JOURNAL).write_text('{"paths": ["../../etc/passwd", "/abs", "packages/ok.whl"]}')
     assert pub.load_journal(tmp_path) == {"packages/ok.whl"}
+
+
+def test_bytes_that_moved_stay_and_a_retired_path_never_gets_other_bytes(tmp_path):
+    """Issue 21 item 3 / 22 item 5: X at P, then Z at Q (P removed): the next sync keeps Z at Q
+    (it used to move back to P, downloaded again), and P never serves bytes other than X."""
+    default = "packages/filelock/filelock-3.16.1-py3-none-any.whl"
+    x, z, w = "aa" * 32, "bb" * 32, "cc" * 32
+    q = changed_bytes_path(default, z, 10)
+    live = {q: _entry(q, z, 10)}
+    retired = {default: x}
+    assert pub.choose_path(default, pub.Claim(z, 10), live, frozenset(), lambda p: p in live, retired) == q
+    assert pub.choose_path(default, pub.Claim(z, 10), live, frozenset(), lambda p: p in live) == q  # even unrecorded
+    got = pub.choose_path(default, pub.Claim(w, 10), live, frozenset(), lambda p: p in live, retired)
+    assert got == changed_bytes_path(default, w, 10)
+    assert pub.choose_path(default, pub.Claim(x, 10), live, frozenset(), lambda p: p in live, retired) == default
+    # what a run supersedes is remembered before it writes, with the .metadata beside it
+    live[default] = _entry(default, x, 10)
+    live[default + ".metadata"] = _entry(default + ".metadata", "dd" * 32, 3)
+    assert pub.superseded(default, q, live) == {default: x, default + ".metadata": "dd" * 32}
+    pub.retire(tmp_path, pub.superseded(default, q, live))
+    pub.retire(tmp_path, {q: z})
+    assert pub.load_retired(tmp_path) == {default: x, default + ".metadata": "dd" * 32, q: z}
+
+
+def test_a_resync_failing_after_the_manifest_is_widened_keeps_the_old_locks(tmp_path, monkeypatch):
+    """Issue 22 item 6: the new targets/<id>/pylock.toml went live over the old index when the
+    index swap failed after the manifest was widened; verify said ok. Now the locks follow the
+    swap, and verify-mirror reports a lock naming a file the live index does not link."""
+    from click.testing import CliRunner
+
+    import torchdepot.sync.pipindex as pipindex
+    from torchdepot.cli import main
+    from torchdepot.errors import TorchdepotError
+
+    lock = "targets/cpu-py311-linux-x86_64/pylock.toml"
+    with FaultServer() as server:
+        up = populate(server, payload=PAYLOAD)
+        env = mirror_env(up.url, tmp_path)
+        out = tmp_path / "out"
+        spec = write_spec(tmp_path / "spec.yaml", up.url, out)
+        assert run_mirror(spec, env).returncode == 0
+        before = (out / lock).read_text()
+        torch_name, new_bytes = republish(up, "torch", seed=111)
+
+        def swap_fails(*_a, **_k):
+            raise TorchdepotError("index swap failed (test)")
+        monkeypatch.setattr(pipindex, "publish", swap_fails)
+        res = CliRunner().invoke(main, ["mirror", "--spec", str(spec)], env=env)
+        assert res.exit_code == 1, res.output
+        assert "index swap failed" in res.output
+    new_path = changed_bytes_path(f"packages/torch/{torch_name}", hashlib.sha256(new_bytes).hexdigest(),
+                                  len(new_bytes))
+    assert new_path in mf.load(out).by_path(), "the manifest was widened before the failure"
+    assert (out / lock).read_text() == before
+    rep = verify_mirror(out)
+    assert rep.ok, rep.problems
+    # the old writer's state: the new lock over the old index is noticed
+    (out / lock).write_text(before.replace(f"packages/torch/{torch_name}", new_path).replace(
+        hashlib.sha256((out / f"packages/torch/{torch_name}").read_bytes()).hexdigest(),
+        hashlib.sha256(new_bytes).hexdigest()))
+    rep = verify_mirror(out)
+    assert not rep.ok
+    stale = [p for p in rep.unrepaired if p.kind == "dangling-link"]
+    assert [p.path for p in stale] == [lock]
+    assert "no live or kept index generation links" in stale[0].detail
+
+
+def test_a_retired_path_is_not_reused_without_a_claim_either():
+    """A hashless upstream (no sha256, no size): the bytes are unknown until downloaded, so a
+    path that once served other bytes is skipped, and the copy already published stays put."""
+    default = "packages/x/x-1-py3-none-any.whl"
+    retired = {default: "aa" * 32}
+    got = pub.choose_path(default, pub.Claim(), {}, frozenset(), lambda p: False, retired)
+    assert got != default
+    assert got == changed_bytes_path(default, None, None)
+    live = {got: _entry(got, "bb" * 32, 5)}
+    assert pub.choose_path(default, pub.Claim(), live, frozenset(), lambda p: p in live, retired) == got
+    assert pub.choose_path(default, pub.Claim(), {}, frozenset(), lambda p: True) == default  # never retired

@@ -118,3 +118,58 @@ def test_a_hostile_manifest_in_the_mirror_is_one_line_for_tools_fetch(tmp_path):
     assert res.exit_code == 1, res.output
     assert "Traceback" not in res.output, res.output
     assert res.stderr.count("\n") == 1, res.output
+
+
+def test_unbundle_has_the_same_destination_rules_as_mirror(home, tmp_path):
+    """Issue 22 item 3: unbundle --to a non-empty non-mirror dir or $HOME overwrote index.html
+    and whl/... with no backup and exited 0."""
+    from tests.mirror_fixture import make_mirror
+    from torchdepot.ship.bundle import plan_bundle, write_bundle
+
+    src = tmp_path / "src" / "mirror"
+    make_mirror(src)
+    parts, _ = write_bundle(plan_bundle(src, None, None, None), tmp_path / "b.tar")
+    user = home / "site"
+    (user / "whl").mkdir(parents=True)
+    (user / "index.html").write_text("<h1>my site</h1>")
+    (user / "whl" / "notes.txt").write_text("mine")
+    (home / "index.html").write_text("home page")
+    before, home_before = _snapshot(user), _snapshot(home)
+    runner = CliRunner()
+    for dest, why in ((user, "not empty and not a torchdepot mirror"), (home, "refusing your home directory"),
+                      (home.parent, "a directory above your home")):
+        res = runner.invoke(main, ["unbundle", str(parts[0]), "--to", str(dest)])
+        assert res.exit_code == 1, res.output
+        assert res.stderr.count("\n") == 1, res.stderr
+        assert res.stderr.startswith("torchdepot: error: unbundle --to "), res.stderr
+        assert why in res.stderr, res.stderr
+    assert _snapshot(user) == before
+    assert _snapshot(home) == home_before
+    res = runner.invoke(main, ["unbundle", str(parts[0]), "--to", str(home / "new-mirror")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["unbundle", str(parts[0]), "--to", str(home / "new-mirror")])  # a mirror now
+    assert res.exit_code == 0, res.output
+
+
+def test_tilde_in_out_is_expanded_once_and_the_banner_names_that_path(home, tmp_path, monkeypatch):
+    """Issue 22 item 4: ``out: ~/site`` was checked as $HOME/site but written to ./~/site."""
+    from torchdepot.errors import SpecError
+    from torchdepot.spec.mirror import parse_spec, with_overrides
+
+    monkeypatch.chdir(tmp_path)
+    base = {"accelerators": ["cpu"], "pythons": ["3.11"], "platforms": ["linux-x86_64"],
+            "upstreams": ["http://127.0.0.1:9/whl"]}
+    assert parse_spec({**base, "out": "~/site"}).out == home / "site"
+    assert with_overrides(parse_spec(base), out="~/site").out == home / "site"
+    for raw in ("./~/site", "~no-such-user-here/site"):
+        with pytest.raises(SpecError, match="starts with '~'"):
+            parse_spec({**base, "out": raw})
+    with pytest.raises(UnsafePathError, match="leading '~'"):
+        check_out_dir("~/site")
+    # the refusal of $HOME itself is checked at the expanded path, where it would be written
+    spec = tmp_path / "mirror.yaml"
+    spec.write_text("out: '~'\n" + "".join(f"{k}: {v!r}\n" for k, v in base.items()).replace("'", '"'))
+    res = CliRunner().invoke(main, ["mirror", "--spec", str(spec)])
+    assert res.exit_code == 1, res.output
+    assert "refusing your home directory" in res.stderr, res.output
+    assert not (tmp_path / "~").exists()

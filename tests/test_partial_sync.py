@@ -107,3 +107,16 @@ def test_a_target_the_resolver_cannot_close_fails_alone(tmp_path):
     assert proc.stderr.rstrip().splitlines()[-1] == (
         "torchdepot: error: 1 target(s) not synced: cpu-py312-linux-x86_64 (the others are published)")
     assert [t.id for t in mf.load(out).targets] == ["cpu-py311-linux-x86_64"]
+
+
+def test_failed_targets_are_named_by_id_never_parsed_from_their_line(tmp_path):
+    from torchdepot.commands.mirror import _fail_if_partial
+    from torchdepot.errors import TorchdepotError
+    from torchdepot.sync.result import MirrorResult, TargetFailure
+
+    result = MirrorResult(out=tmp_path, failed=[TargetFailure(target="cu126-py312-linux-x86_64",
+                                                              line="no torch wheel: https://host:8443/whl/cu126 has none")])
+    with pytest.raises(TorchdepotError, match=r"^1 target\(s\) not synced: cu126-py312-linux-x86_64 \(the others"):
+        _fail_if_partial(result)
+    assert result.to_json()["failed_targets"] == ["cu126-py312-linux-x86_64"]
+    _fail_if_partial(MirrorResult(out=tmp_path))  # nothing failed: no error

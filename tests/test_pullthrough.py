@@ -24,6 +24,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.faultserver import Fault, FaultServer
+from tests.kit.condaforge import FORGE, build_forge_channel
 from tests.kit.upstream import dead_url, padded_wheel, pep503
 from tests.kit.wheels import BuiltWheel
 from tests.mirror_fixture import make_mirror
@@ -38,6 +39,7 @@ from torchdepot.ship.pullthrough import (
     read_misses,
 )
 from torchdepot.ship.serve import MirrorServer, make_server
+from torchdepot.sources.repodata import RepodataError, check_depth, splice_repodata
 from torchdepot.store import manifest as mf
 
 TD = Path(sys.executable).parent / "torchdepot"
@@ -529,3 +531,142 @@ def test_a_waiting_client_is_streamed_the_bytes_as_they_arrive(tmp_path):
     assert resp.status == 200
     assert first + rest == torch.data
     assert first_at < 1.0 < done_at, (first_at, done_at)  # bytes flowed long before the download ended
+
+
+def test_conda_forge_shaped_channel_through_the_native_reader(tmp_path):
+    """A conda-forge-shaped channel (real names, .conda and .tar.bz2, repodata.json and .zst):
+    the served repodata is upstream's plus the mirror's own record upstream lacks, read by
+    py-rattler; a package is fetched once on first request and kept."""
+    import rattler
+
+    channel = build_forge_channel(tmp_path / "up" / "conda-forge", shards=False)
+    root = tmp_path / "mirror"
+    own_pkg = os.urandom(5_000)
+    own_fn = "labtool-1.0-h0_0.conda"
+    own_dir = root / "conda" / "conda-forge" / "linux-64"
+    own_dir.mkdir(parents=True)
+    (own_dir / own_fn).write_bytes(own_pkg)
+    (own_dir / "repodata.json").write_text(json.dumps({
+        "info": {"subdir": "linux-64"}, "packages": {},
+        "packages.conda": {own_fn: {"name": "labtool", "version": "1.0", "build": "h0_0", "build_number": 0,
+                                    "depends": [], "subdir": "linux-64", "size": len(own_pkg),
+                                    "sha256": hashlib.sha256(own_pkg).hexdigest()}}}))
+    upstream_records = json.loads((channel / "linux-64" / "repodata.json").read_bytes())
+    with FaultServer() as up:
+        for f in channel.rglob("*"):
+            if f.is_file():
+                up.add(f"/conda-forge/{f.relative_to(channel).as_posix()}", f.read_bytes())
+        sources = Sources(upstreams=(), indexes=(), policy=default_policy([up.url]),
+                          conda=(("conda-forge", (f"{up.url}/conda-forge",)),))
+        with pull_server(root, sources, Settings(page_ttl=3600)) as (httpd, _cache):
+            resp, body = get(httpd, "/conda/conda-forge/linux-64/repodata.json")
+            assert resp.status == 200
+            get(httpd, "/conda/conda-forge/linux-64/repodata.json")
+            assert up.hits["/conda-forge/linux-64/repodata.json.zst"] == 1  # the .zst, once per TTL
+            served = tmp_path / "served.json"
+            served.write_bytes(body)
+            sparse = rattler.SparseRepoData(rattler.Channel(f"http://{httpd.server_address[0]}/c"), "linux-64",
+                                            str(served))
+            names = set(sparse.package_names())
+            assert {"_libgcc_mutex", "_openmp_mutex", "pytorch", "python_abi", "labtool"} <= names
+            doc = json.loads(body)
+            assert "base_url" not in doc["info"]
+            assert set(doc["packages"]) == set(upstream_records["packages"])  # the .tar.bz2 ones
+            assert set(doc["packages.conda"]) == {*upstream_records["packages.conda"], own_fn}
+            cpu = next(p for p in FORGE if p.name == "pytorch" and p.build.startswith("cpu"))
+            mutex = next(p for p in FORGE if p.name == "_libgcc_mutex")
+            for p in (cpu, mutex):
+                want = (channel / p.subdir / p.filename).read_bytes()
+                for _ in range(3):
+                    resp, data = get(httpd, f"/conda/conda-forge/{p.subdir}/{p.filename}")
+                    assert resp.status == 200
+                    assert data == want
+                assert up.hits[f"/conda-forge/{p.subdir}/{p.filename}"] == 1
+            assert get(httpd, "/conda/conda-forge/linux-64/nothere-1.0-h0_0.conda")[0].status == 404
+    held = mf.load(root).by_path()
+    assert held[f"conda/conda-forge/linux-64/{cpu.filename}"].kind == "conda"
+
+
+def _splice(tmp_path: Path, upstream: bytes, extra: dict) -> dict:
+    src, dest = tmp_path / "up.json", tmp_path / "out.json"
+    src.write_bytes(upstream)
+    splice_repodata(src, dest, "linux-64", extra, "up.json")
+    return json.loads(dest.read_bytes())
+
+
+def test_splice_drops_base_url_and_handles_empty_and_missing_objects(tmp_path):
+    rec = {"name": "a", "version": "1", "build": "0"}
+    doc = _splice(tmp_path, b' {"packages": {}, "info": {"subdir": "linux-64", "base_url": "http://x/"}}',
+                  {"a-1-0.conda": rec, "a-1-0.tar.bz2": rec})
+    assert doc == {"info": {"subdir": "linux-64"}, "packages": {"a-1-0.tar.bz2": rec},
+                   "packages.conda": {"a-1-0.conda": rec}}
+    assert _splice(tmp_path, b"{}", {}) == {"info": {"subdir": "linux-64"}}
+    with pytest.raises(RepodataError):
+        _splice(tmp_path, b'{"info": {"packages": {}}}', {"a-1-0.tar.bz2": rec})
+    with pytest.raises(RepodataError, match="nested deeper"):  # a client's parser would recurse on it
+        _splice(tmp_path, b'{"packages": {"a-1-0.conda": ' + b"[" * 1000 + b"]" * 1000 + b"}}", {})
+    with pytest.raises(RepodataError):  # a base_url somewhere else would still send clients away
+        _splice(tmp_path, b'{"packages": {"x": {"base_url": "http://x/"}}}', {})
+    assert not (tmp_path / "out.json.part").exists()
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                     max_leaves=12)
+_RECORDS = st.dictionaries(st.text(max_size=8).map(lambda s: s + ".conda"), st.dictionaries(st.text(max_size=4), _JSON,
+                                                                                               max_size=2), max_size=3)
+
+
+@given(_RECORDS, _RECORDS, st.dictionaries(st.sampled_from(["removed", "repodata_version", "x"]), _JSON, max_size=2),
+       st.booleans())
+def test_splice_adds_exactly_the_extra_records(tmp_path_factory, upstream, extra, other, indent):
+    tmp = tmp_path_factory.mktemp("splice")
+    extra = {k: v for k, v in extra.items() if k not in upstream}
+    data = json.dumps({**other, "packages.conda": upstream, "info": {"subdir": "linux-64"}},
+                      indent=1 if indent else None).encode()
+    doc = _splice(tmp, data, extra)
+    assert doc["packages.conda"] == {**upstream, **extra}
+    assert {k: v for k, v in doc.items() if k in other} == other
+
+
+def _depth(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+_TRICKY = st.text(alphabet='[]{}"\\ab\n', max_size=6)
+_NESTED = st.recursive(st.none() | st.integers() | _TRICKY,
+                       lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TRICKY, inner, max_size=3),
+                       max_leaves=30)
+
+
+@given(_NESTED, st.integers(min_value=1, max_value=8))
+def test_depth_check_agrees_with_a_parser(tmp_path_factory, doc, limit):
+    """Brackets, quotes and backslashes inside strings never count; the depth is the parser's."""
+    path = tmp_path_factory.mktemp("depth") / "r.json"
+    path.write_bytes(json.dumps(doc).encode())
+    if _depth(doc) <= limit:
+        check_depth(path, "r.json", limit)
+    else:
+        with pytest.raises(RepodataError, match="nested deeper"):
+            check_depth(path, "r.json", limit)
+
+
+def test_conda_hostile_repodata_is_refused_and_upstream_not_marked_down(tmp_path):
+    """A nested (or inflating) repodata body is refused with a 404; it is not an upstream that
+    is down, so the channel's other subdir is still served at once."""
+    root = tmp_path / "mirror"
+    root.mkdir()
+    with FaultServer() as up:
+        up.add("/chan/linux-64/repodata.json", b'{"info": {}, "packages.conda": {"a-1-0.conda": '
+               + b"[" * 100_000 + b"]" * 100_000 + b"}}")
+        up.add("/chan/noarch/repodata.json", json.dumps({"info": {"subdir": "noarch"}, "packages": {}}).encode())
+        sources = Sources(upstreams=(), indexes=(), policy=default_policy([up.url]),
+                          conda=(("chan", (f"{up.url}/chan",)),))
+        with pull_server(root, sources) as (httpd, _cache):
+            assert get(httpd, "/conda/chan/linux-64/repodata.json")[0].status == 404
+            assert get(httpd, "/conda/chan/noarch/repodata.json")[0].status == 200
+    assert [m.outcome for m in read_misses(root)] == ["refused"]

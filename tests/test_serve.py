@@ -550,3 +550,19 @@ def test_nginx_serves_mirror_and_pip_installs(mirror, tmp_path):
             assert r.getheader("Content-Type").split(";")[0] == CONTENT_TYPES[os.path.splitext(name)[1]].split(";")[0]
         conn.close()
         assert _pip_install_from(url, tmp_path) == "2.13.0+cpu"
+
+
+@pytest.mark.parametrize(("path", "immutable"), [
+    ("/packages/torch/torch-2.13.0%2Bcpu-cp311-cp311-linux_x86_64.whl", True),
+    ("/packages/torch/0123456789abcdef/torch-2.13.0-py3-none-any.whl", True),  # changed bytes: their own path
+    ("/packages/torch/torch-2.13.0-py3-none-any.whl.metadata", False),  # rewritten if its extraction changes
+    ("/packages/torch/torch-2.10.0-variants.json", False),  # narrowed to the labels the mirror holds
+    ("/packages/torch/", False),
+    ("/conda/conda-forge/linux-64/pytorch-2.9.1-cpu_generic_py311_h0_0.conda", False),
+    ("/whl/cpu/torch/index.html", False),
+    ("/manifest.json", False),
+])
+def test_only_wheels_under_packages_are_immutable(path, immutable):
+    from torchdepot.ship.serve import IMMUTABLE, REVALIDATE, cache_control
+
+    assert cache_control(path) == (IMMUTABLE if immutable else REVALIDATE)

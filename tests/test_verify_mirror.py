@@ -146,8 +146,10 @@ def test_repair_that_cannot_fetch_fails_and_keeps_going(mirror):
     assert "refetch failed" in proc.stdout
     assert "sha256 mismatch" in proc.stdout
     assert not (root / torch.path).exists()  # wrong bytes were never published
-    assert len(proc.stderr.strip().splitlines()) == 1
-    assert "NOT OK" in proc.stderr
+    *progress, verdict = proc.stderr.strip().splitlines()
+    assert "NOT OK" in verdict  # the one line that says what is wrong, after the refetch's progress
+    assert all(line.startswith("fetch: ") for line in progress), progress
+    assert not progress or progress[-1].endswith("(1/1 files, 1 failed)"), progress
 
 
 def test_dangling_index_link_is_reported(mirror):

@@ -87,3 +87,7 @@ def load_json(data: str | bytes, where: str, *, what: str = "JSON", limit: int =
         raise error(f"{where}: not valid {what} (nested too deeply)") from None
     except (ValueError, TypeError) as exc:  # JSONDecodeError, bad UTF-8
         raise error(f"{where}: not valid {what} ({one_line(exc, 200)})") from None
+
+
+class DiskFullError(TorchdepotError):
+    """A write failed for want of space (ENOSPC / EDQUOT); the message names the file."""

@@ -8,6 +8,15 @@
 - a late failure in unbundle (a split bundle's last part truncated; a member whose parent
   path is a file in the destination, so the commit fails after the first files moved);
 - a re-sync whose spec's conda section is invalid.
+
+Class (f) (:func:`run_republish`, issue 22 items 5 and 7, issue 21 item 3):
+
+- upstream re-publishes filelock under the same name; the second sync runs with ``--prune`` (so
+  the old path goes); over three syncs no package URL may serve two byte strings, and the third
+  sync downloads nothing and leaves the index unchanged;
+- unbundle SIGKILLed 0-28 ms after its commit moves its first file in, into a new directory and into an existing
+  mirror that lacks filelock: the live mirror stays verify-clean, and ``verify-mirror --repair``
+  then the next unbundle converge.
 """
 
 from __future__ import annotations
@@ -237,4 +246,117 @@ def run(tmp: Path) -> list[Outcome]:
                                      prepare_dest=_drop_filelock))
         out.append(_unbundle_attempt(base, tmp, "unbundle-late-commit-failure", _cli_bundle,
                                      prepare_dest=_blocked_commit))
+    return out
+
+
+# -- class (f): a URL never reused, re-publication settles, unbundle's commit killed -----------------
+
+CLS_REPUB = "f"
+
+
+def _republish_attempt(base: Path, tmp: Path, site: Site) -> Outcome:
+    """Upstream re-publishes filelock twice (X -> Z, then Z stays): over three syncs no package
+    URL may serve two different byte strings, the third sync downloads and publishes nothing."""
+    sb = Sandbox(tmp / "republish-three-syncs")
+    root = fresh_copy(base, sb.work / "mirror")
+    spec = write_spec(sb.work / "spec.yaml", site.url, root)
+    served: dict[str, set[str]] = {}
+
+    def record() -> None:
+        for path, sha in manifest_files(root).items():
+            served.setdefault(path, set()).add(sha)
+    record()
+    originals = dict(site.wheels)
+    fname = next(f for f in originals if f.startswith("filelock-"))
+    site.republish(fname, make_wheel("filelock", "3.16.1", "py3-none-any", (), PAYLOAD, 997)[1])
+    before = snapshot(sb.base, sb.scratch)
+    try:
+        # --prune lets the old path go (without it the old bytes stay listed for the recorded target)
+        second = run_cli(sb, ["mirror", "--spec", str(spec), "--prune"], env=mirror_env(sb, site))
+        record()
+        site.server.reset_counters()
+        third = run_cli(sb, ["mirror", "--spec", str(spec)], env=mirror_env(sb, site))
+        record()
+        fetched = sum(site.server.body_bytes[Site.path(f)] for f in site.wheels)
+    finally:
+        site.publish(originals)
+    reused = sorted(p for p, shas in served.items() if len(shas) > 1)
+    settled = third.rc == 0 and "index unchanged" in third.stdout and fetched == 0
+    corrupt, note = live_corrupt(sb, root, manifest_files(root))
+    outside = changed(before, snapshot(sb.base, sb.scratch), (root,))
+    bits = [note] + ([f"reused for other bytes: {', '.join(Path(p).name for p in reused)}"] if reused else []) + \
+        ([] if settled else [f"third sync not a no-op (rc={third.rc}, {fetched} wheel bytes fetched)"])
+    return judge(CLS_REPUB, "republish-three-syncs", third if second.rc == 0 else second, corrupt=corrupt,
+                 outside=outside, check=second.rc == 0 and not reused and settled, note="; ".join(b for b in bits if b))
+
+
+def _unbundle_kill_attempt(base: Path, tmp: Path, bundle: Path, name: str, delay: float, fresh: bool) -> Outcome:
+    """SIGKILL unbundle ``delay`` s after its commit moves its first file in: the live mirror must
+    be verify-clean, then ``verify-mirror --repair`` and the next unbundle must converge to a
+    verify-clean mirror."""
+    sb = Sandbox(tmp / name)
+    dest = sb.work / "dest"
+    if not fresh:
+        fresh_copy(base, dest)
+        _drop_filelock(dest, base)
+    published = manifest_files(dest)
+    planted = verify_bad(sb, dest) if not fresh else set()
+    was_bad = _not_ok(sb, dest)
+    fired: list[float] = []
+    first = dest / "packages" / ("" if fresh else "filelock")  # appears with the commit's first file
+
+    def kill_when() -> bool:
+        if not fired and first.exists():
+            fired.append(time.monotonic())
+        return bool(fired) and time.monotonic() - fired[0] >= delay
+    before = snapshot(sb.base, sb.scratch)
+    r = run_cli(sb, ["unbundle", str(bundle), "--to", str(dest)], kill_when=kill_when, poll=0.001)
+    corrupt, note = live_corrupt(sb, dest, published, planted)
+    new_bad = _not_ok(sb, dest) - was_bad  # orphans and bad JSON pages too, not only broken links
+    corrupt = max(corrupt, len(new_bad))
+    notes = [note, "" if fired else "commit never reached",
+             f"verify-mirror NOT OK: {', '.join(sorted(f'{k} {Path(p).name}' for k, p in new_bad))[:160]}"
+             if new_bad else ""]
+    converged = True
+    if (dest / "manifest.json").exists():
+        repair = run_cli(sb, ["verify-mirror", str(dest), "--repair"])
+        converged = repair.rc == 0 or bool(planted)
+        notes.append("" if converged else f"--repair: {repair.stderr.strip()[-120:]}")
+    again = run_cli(sb, ["unbundle", str(bundle), "--to", str(dest)])
+    after_corrupt, after_note = live_corrupt(sb, dest, manifest_files(dest), planted)
+    converged = converged and again.rc == 0 and after_corrupt == 0
+    if not converged:
+        notes.append(f"did not converge: rc={again.rc} {after_note} {again.stderr.strip()[-120:]}")
+    outside = changed(before, snapshot(sb.base, sb.scratch), (dest,))
+    return judge(CLS_REPUB, name, r, corrupt=corrupt, outside=outside, check=converged,
+                 note="; ".join(n for n in notes if n), expect_kill=True)
+
+
+def _not_ok(sb: Sandbox, root: Path) -> set[tuple[str, str]]:
+    """(kind, path) of every problem that makes ``verify-mirror`` say NOT OK (leftovers aside)."""
+    if not (root / "manifest.json").exists():
+        return set()
+    r = run_cli(sb, ["verify-mirror", str(root), "--json"])
+    try:
+        problems = json.loads(r.stdout)["problems"]
+    except (ValueError, KeyError, TypeError):
+        return {("unreadable", (r.stderr.strip().splitlines() or ["verify-mirror failed"])[-1][:80])}
+    return {(p["kind"], p["path"]) for p in problems if p["kind"] not in ("partial", "temp", "staging", "staged")}
+
+
+def run_republish(tmp: Path) -> list[Outcome]:
+    out: list[Outcome] = []
+    with FaultServer() as server:
+        site = Site(server, original_wheels())
+        sb0 = Sandbox(tmp / "f-base")
+        base = build_mirror(site, sb0, sb0.work / "mirror")
+        out.append(_republish_attempt(base, tmp, site))
+        bundle = _cli_bundle(sb0, base)
+        if bundle is None:
+            raise RuntimeError("bundle of the base mirror failed")
+        for i in range(8):
+            for fresh in (True, False):
+                delay = i * 0.004
+                kind = "fresh" if fresh else "existing"
+                out.append(_unbundle_kill_attempt(base, tmp, bundle, f"unbundle-kill-{kind}-{i * 4}ms", delay, fresh))
     return out

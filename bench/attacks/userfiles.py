@@ -1,4 +1,5 @@
-"""Class (b): the user's own files.
+"""Class (b): the user's own files; class (e) (:func:`run_links`): planted symlinks, unbundle's
+destination and ``~`` in ``out:``.
 
 - ``out:`` at a non-empty directory that is not a mirror (with files named like the mirror's own
   index, manifest and temp files), at ``/`` and at ``$HOME`` (a fake HOME in the sandbox);
@@ -6,6 +7,13 @@
 - the config writers (run as this user, root here) on a file owned by another user, a symlinked
   file (a dotfiles repo), a read-only file, a CRLF file, and a newline in ``--url``/``--variant``.
   Every config path is under the sandbox's HOME/XDG dirs; PIP_CONFIG_FILE points there too.
+
+Class (e): ``.torchdepot.lock``, ``.torchdepot``, ``.torchdepot/partial`` and ``.publish``
+planted as symlinks to the user's files, met by ``verify-mirror`` (with and without
+``--repair``), ``mirror`` and ``unbundle``: held when refused in one line naming the link, with
+nothing changed anywhere. ``unbundle --to`` a non-empty directory of the user's and ``$HOME``:
+held when refused with nothing changed. ``out: ~/site``: held when the mirror is at
+``$HOME/site``, no ``./~`` was made, and the banner's ``serve --root`` names ``$HOME/site``.
 """
 
 from __future__ import annotations
@@ -246,4 +254,90 @@ def run(tmp: Path) -> list[Outcome]:
             ok, note = _post_no_injection(sb, f)
             out.append(judge(CLS, f"config-{tool}-newline-in-url", r, outside=changed(before, after, ()),
                              check=ok and r.rc != 0, note=note or ("accepted" if r.rc == 0 else "")))
+    return out
+
+
+# -- class (e): planted symlinks, unbundle's destination, ``~`` in out: (issue 22 items 1-4) -------
+
+CLS_LINKS = "e"
+LOCK = ".torchdepot.lock"
+PLANTED = (LOCK, ".torchdepot", ".torchdepot/partial", ".publish")
+
+
+def _planted_attempt(base: Path, tmp: Path, site: Site, bundle: Path, rel: str, command: str) -> Outcome:
+    """``rel`` moved out of the root (or a victim file made) and a symlink left in its place:
+    the command must refuse in one line naming the link and change nothing it points at."""
+    name = f"planted-{rel.strip('.').replace('/', '-')}-{command.replace(' ', '')}"
+    sb = Sandbox(tmp / name)
+    root = fresh_copy(base, sb.work / "mirror")
+    victim = sb.home / "victim" / rel.strip(".").replace("/", "_")
+    victim.parent.mkdir(parents=True)
+    own = root / rel
+    if rel == LOCK:
+        own.unlink(missing_ok=True)
+        victim.write_bytes(b"the user's file behind the lock link\n")
+    else:
+        if own.exists():
+            os.rename(own, victim)
+        else:
+            victim.mkdir()
+        (victim / "mine.txt").write_bytes(b"mine\n")
+    own.symlink_to(victim)
+    spec = write_spec(sb.work / "spec.yaml", site.url, root)
+    before = snapshot(sb.base, sb.scratch)
+    if command.startswith("verify-mirror"):
+        r = run_cli(sb, [*command.split(), str(root)])
+    elif command == "mirror":
+        r = run_cli(sb, ["mirror", "--spec", str(spec)], env=mirror_env(sb, site))
+    else:
+        r = run_cli(sb, ["unbundle", str(bundle), "--to", str(root)])
+    outside = changed(before, snapshot(sb.base, sb.scratch), ())
+    named = str(own) in r.stderr and "symlink" in r.stderr
+    return judge(CLS_LINKS, name, r, outside=outside, check=r.rc != 0 and named,
+                 note="" if named else "the planted link is not named" if r.rc else "accepted")
+
+
+
+def _unbundle_dest_attempt(tmp: Path, bundle: Path, name: str, dest_for) -> Outcome:
+    sb = Sandbox(tmp / name)
+    _plant(sb.home / "project", {k: v for k, v in USER_FILES.items() if k != "manifest.json"})
+    _plant(sb.home, {".bashrc": b"export PS1='$ '\n"})
+    before = snapshot(sb.base, sb.scratch)
+    r = run_cli(sb, ["unbundle", str(bundle), "--to", str(dest_for(sb))])
+    outside = changed(before, snapshot(sb.base, sb.scratch), ())
+    return judge(CLS_LINKS, name, r, outside=outside, check=r.rc != 0, note="accepted" if r.rc == 0 else "")
+
+
+def _tilde_attempt(tmp: Path, site: Site) -> Outcome:
+    """``out: ~/site``: written at $HOME/site, where it was checked, and the banner names it."""
+    sb = Sandbox(tmp / "out-tilde")
+    spec = write_spec(sb.work / "spec.yaml", site.url, Path("unused"))
+    spec.write_text(spec.read_text().replace("out: unused", "out: ~/site"))
+    before = snapshot(sb.base, sb.scratch)
+    r = run_cli(sb, ["mirror", "--spec", str(spec)], env=mirror_env(sb, site))
+    site_dir = sb.home / "site"
+    outside = changed(before, snapshot(sb.base, sb.scratch), (site_dir,))
+    ok = r.rc == 0 and (site_dir / "manifest.json").is_file() and f"serve --root {site_dir}" in r.stdout \
+        and not (sb.work / "~").exists()
+    return judge(CLS_LINKS, "out-tilde-home-site", r, outside=outside, check=ok,
+                 note="" if ok else f"./~ exists: {(sb.work / '~').exists()}; banner: {r.stdout.strip()[-160:]!r}")
+
+
+def run_links(tmp: Path) -> list[Outcome]:
+    out: list[Outcome] = []
+    with FaultServer() as server:
+        site = Site(server, original_wheels(payload=20_000))
+        sb0 = Sandbox(tmp / "e-base")
+        base = build_mirror(site, sb0, sb0.work / "mirror")
+        r = run_cli(sb0, ["bundle", "--mirror", str(base), "--envs", str(sb0.work / "no-envs"), "--out",
+                          str(sb0.work / "b.tar")])
+        if r.rc != 0:
+            raise RuntimeError(f"bundle failed: {r.stderr.strip()[-300:]}")
+        bundle = sb0.work / "b.tar"
+        for rel in PLANTED:
+            for command in ("verify-mirror", "verify-mirror --repair", "mirror", "unbundle"):
+                out.append(_planted_attempt(base, tmp, site, bundle, rel, command))
+        out.append(_unbundle_dest_attempt(tmp, bundle, "unbundle-to-nonempty-user-dir", lambda sb: sb.home / "project"))
+        out.append(_unbundle_dest_attempt(tmp, bundle, "unbundle-to-home", lambda sb: sb.home))
+        out.append(_tilde_attempt(tmp, site))
     return out

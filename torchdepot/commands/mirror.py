@@ -18,6 +18,7 @@ from torchdepot.store.outdir import check_out_dir
 
 if TYPE_CHECKING:
     from torchdepot.sync.locked import LockedEnv
+    from torchdepot.sync.result import MirrorResult
 
 DEFAULT_SPEC = "mirror/mirror.yaml"
 
@@ -95,12 +96,12 @@ def mirror_cmd(spec_path, out, upstreams, jobs, dry_run, on_hash_mismatch, fsync
     _fail_if_partial(result)
 
 
-def _fail_if_partial(result) -> None:
+def _fail_if_partial(result: MirrorResult) -> None:
     """Exit non-zero, in one line, when some targets could not be synced (each named above)."""
     from torchdepot.errors import TorchdepotError
 
     if result.failed:
-        ids = [why.split(":", 1)[0] for why in result.failed]
+        ids = [f.target for f in result.failed]
         raise TorchdepotError(f"{len(ids)} target(s) not synced: {', '.join(ids)} (the others are published)")
 
 

@@ -7,7 +7,8 @@ bounds of :mod:`.pool`):
 - bytes arrive in ``<root>/.torchdepot/partial/``; a file appears at its final path only
   by ``os.replace`` after its size and sha256 were checked, so a reader (or a crash)
   never sees half a file;
-- a file of at least ``split_bytes`` (two pieces: no other threshold) goes out in pieces;
+- a file of at least ``split_bytes`` (two pieces: no other threshold) goes out in pieces,
+  whose ranges free connections split further while they are in flight (aria2's rule);
   a piece file has holes, so it is never resumed as one stream, and when ranges prove unusable it is dropped and the file
   restarts from zero over one connection;
 - the assembled file is hashed once, streamed, before it is published: a corrupt piece
@@ -50,7 +51,7 @@ from torchdepot.fetch.segmented import DEFAULT_PIECE_BYTES, DEFAULT_SPLIT_BYTES,
 from torchdepot.fetch.single import Streamer
 from torchdepot.net.http import Client
 from torchdepot.store import layout as L
-from torchdepot.store.fsutil import fsync_dir, safe_join, sha256_file
+from torchdepot.store.fsutil import fsync_dir, safe_join, sha256_file, writing
 
 
 class Fetcher:
@@ -209,7 +210,8 @@ class Fetcher:
     # -- one file ---------------------------------------------------------------
     def _guarded(self, item: FetchItem) -> FetchResult:
         try:
-            res = self._one(item)
+            with writing(self.root / item.key):  # a full disk names the file (write() errors carry no name)
+                res = self._one(item)
         except Exception as exc:  # a bug must not lose the other files' results
             res = FetchResult(key=item.key, status="failed", error=f"{type(exc).__name__}: {one_line(exc)}")
         self._progress.file_done(item.key, res.status, res.size)

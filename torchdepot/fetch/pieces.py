@@ -2,20 +2,24 @@
 sidecar file).
 
 Invariants:
-- the pieces of a file tile ``[0, size)`` exactly, in order, without overlap;
-- the sidecar (``<partial>.pieces.json``) lists only pieces whose every byte is already in
-  the partial file; it is written atomically after the piece's bytes, so a killed process
-  leaves the old list or the new one, never a piece claimed done that is not written;
+- the pieces of a file tile ``[0, size)`` exactly, in order, without overlap; the sidecar
+  counts fixed blocks of ``piece_bytes`` (aria2's bitfield), while the ranges the
+  connections fetch (:func:`plan_runs`) are runs of whole blocks whose ends move when a
+  free connection takes the second half of one (:mod:`torchdepot.fetch.segmented`);
+- the sidecar (``<partial>.pieces.json``) lists only blocks whose every byte is already in
+  the partial file; it is written atomically after the block's bytes, so a killed process
+  leaves the old list or the new one, never a block claimed done that is not written;
 - a partial file is dropped together with its sidecar (:func:`drop_partial`), so no
   sidecar outlives the bytes it describes;
-- a sidecar is trusted only for the same size, piece layout and validators (ETag,
-  Last-Modified): anything else means the upstream file changed, and the partial is
-  discarded.
+- a sidecar is trusted only for its own version, the same size, block size and validators
+  (ETag, Last-Modified): anything else means the upstream file changed (or an older
+  layout), and the partial is discarded.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 from dataclasses import dataclass, field
@@ -25,7 +29,7 @@ from typing import TypeGuard
 from torchdepot.errors import TorchdepotError, load_json
 
 SIDECAR_SUFFIX = ".pieces.json"
-SIDECAR_VERSION = 1
+SIDECAR_VERSION = 2  # 2: done lists fixed blocks of piece_bytes (1 listed the pieces of a per-file layout)
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,8 @@ class Validators:
 
 def plan_pieces(size: int, piece_bytes: int, connections: int) -> tuple[Piece, ...]:
     """Split ``size`` bytes into pieces of at least ``piece_bytes`` (the last may be shorter),
-    about two per connection so a slow connection's tail is small, never more than needed."""
+    about two per connection, never more than needed (the fixed layout before the runs of
+    :func:`plan_runs`; kept for its property test)."""
     if size <= 0:
         return ()
     target = max(piece_bytes, -(-size // max(1, 2 * connections)))
@@ -74,6 +79,32 @@ def plan_pieces(size: int, piece_bytes: int, connections: int) -> tuple[Piece, .
     step = -(-size // count)
     return tuple(Piece(index=i, first=i * step, last=min(size, (i + 1) * step) - 1)
                  for i in range(count) if i * step < size)
+
+
+def block_count(size: int, block: int) -> int:
+    return -(-size // block)
+
+
+def plan_runs(size: int, block: int, done: set[int], connections: int) -> list[tuple[int, int]]:
+    """The byte ranges ``[first, end)`` still to fetch: each gap between finished blocks,
+    the gaps cut on block boundaries into about ``connections`` runs in all (each gap its
+    share by length, at least one run), the runs of one gap of about equal length."""
+    count = block_count(size, block)
+    gaps: list[tuple[int, int]] = []  # [first block, end block)
+    start: int | None = None
+    for i in range(count + 1):
+        if i < count and i not in done:
+            start = i if start is None else start
+        elif start is not None:
+            gaps.append((start, i))
+            start = None
+    left = sum(b - a for a, b in gaps)
+    runs: list[tuple[int, int]] = []
+    for a, b in gaps:
+        parts = max(1, min(b - a, round(max(1, connections) * (b - a) / left)))
+        cuts = [a + (b - a) * k // parts for k in range(parts + 1)]
+        runs += [(x * block, min(size, y * block)) for x, y in itertools.pairwise(cuts)]
+    return runs
 
 
 @dataclass

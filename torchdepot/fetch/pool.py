@@ -84,6 +84,7 @@ class Slots:
         self.per_host_cap = per_host
         self.hosts: dict[str, threading.BoundedSemaphore] = {}
         self.lock = threading.Lock()
+        self.waiting = 0  # requests blocked on a cap now: a free connection goes to them first
 
     @contextlib.contextmanager
     def hold(self, url: str):
@@ -92,8 +93,14 @@ class Slots:
         host = urllib.parse.urlsplit(url).netloc
         with self.lock:
             sem = self.hosts.setdefault(host, threading.BoundedSemaphore(self.per_host_cap))
-        sem.acquire()  # always host first, then total: no lock-order cycle
-        self.total.acquire()
+        with self.lock:
+            self.waiting += 1
+        try:
+            sem.acquire()  # always host first, then total: no lock-order cycle
+            self.total.acquire()
+        finally:
+            with self.lock:
+                self.waiting -= 1
         held = Held((self.total, sem))
         try:
             yield held

@@ -40,6 +40,7 @@ class ProgressEvent:
     files_total: int
     key: str | None = None
     status: str | None = None
+    files_failed: int = 0  # of files_done, the ones that failed (their bytes never counted)
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
@@ -64,6 +65,7 @@ class Progress:
         self.done = 0
         self.total = 0
         self.files_done = 0
+        self.files_failed = 0
         self.files_total = 0
         self._lock = threading.Lock()
         self._expected: dict[str, int | None] = {}  # key -> the size its total includes (None: not yet known)
@@ -123,6 +125,7 @@ class Progress:
         """``size``: the file's bytes when ``status`` is "downloaded"."""
         with self._lock:
             self.files_done += 1
+            self.files_failed += status == "failed"
             expected = self._expected.pop(key, None)
             if status != "downloaded":  # present or failed: its bytes will not come
                 self.add_total_locked(-(expected or 0))
@@ -136,7 +139,8 @@ class Progress:
         rate = self.done / max(now - self.start, 1e-6)
         eta = (max(0, self.total - self.done) / rate) if (self.total and rate > 0) else None
         return ProgressEvent(kind=kind, done=self.done, total=self.total, rate=rate, eta=eta,
-                             files_done=self.files_done, files_total=self.files_total, key=key, status=status)
+                             files_done=self.files_done, files_total=self.files_total, key=key, status=status,
+                             files_failed=self.files_failed)
 
     def format_line(self, ev: ProgressEvent) -> str:
         done, retried, whole = ev.done, 0, ev.total
@@ -148,8 +152,9 @@ class Progress:
         total = f" / {format_size(whole)}" if whole else ""
         extra = f", +{format_size(retried)} retried" if retried else ""
         eta = f", ETA {ev.eta:.0f} s" if ev.eta is not None else ""
+        failed = f", {ev.files_failed} failed" if ev.files_failed else ""
         return (f"{self.desc}: {format_size(done)}{total}{extra}, {format_size(ev.rate)}/s{eta} "
-                f"({ev.files_done}/{ev.files_total} files)")
+                f"({ev.files_done}/{ev.files_total} files{failed})")
 
     def final_line(self) -> str:
         """The closing line (every file done): received bytes against the files' bytes."""

@@ -4,19 +4,23 @@ file (the layout and the resume sidecar are :mod:`torchdepot.fetch.pieces`).
 Invariants:
 - there is no size threshold beyond the smallest piece: a file large enough for two pieces
   (``split_bytes``, by default twice ``piece_bytes``, about 1 MB) is split when more than
-  one connection per host is allowed and its host has not refused parallel ranges; the
-  pieces of every file share one queue of connections, so a free connection always takes
-  the next piece and a large file's tail is one piece, not the whole file; its size comes
-  from the index, else from its first 200's Content-Length, and that response then streams
-  the first piece (its slot released before the file waits for the other pieces, so a
-  waiting file never holds a socket);
+  one connection per host is allowed and its host has not refused parallel ranges; its size
+  comes from the index, else from its first 200's Content-Length;
+- a file starts as one run per connection (:func:`~torchdepot.fetch.pieces.plan_runs`, or
+  the whole file for that first 200, which keeps streaming from byte 0); a connection whose
+  run is done, when no piece task and no whole file waits for a socket, takes the second
+  half of the run with the most bytes left (aria2's rule), cut on a block boundary, never
+  leaving either side under one block; the owner stops at the new boundary (checked under
+  the file's lock before each write, so no byte is written by both), and only what was in
+  flight past it crossed the link for nothing;
+- a waiting file never holds a socket: the first 200's slot is released once its run ends;
 - a host that answers a piece request with 429 or 503 while another piece of the same file
   is in flight refuses parallel ranges: the file restarts over one connection
   (:class:`~torchdepot.fetch.pool.Fallback`) and no later file from that host is split;
-- each piece is written at its own offset (``pwrite`` into a sparse file) and recorded in
-  the sidecar only once all its bytes are there, so a killed run resumes with the
-  unfinished pieces only; a cut piece retries from the byte it reached;
-- a sidecar is reused only for the same size, piece layout and an unchanged file on disk;
+- each run is written at its own offset (``pwrite`` into a sparse file); each block is
+  recorded in the sidecar once all its bytes are there, so a killed run resumes with the
+  unfinished blocks only; a cut run retries from the byte it reached;
+- a sidecar is reused only for the same size, block size and an unchanged file on disk;
 - a server that ignores Range (200 to a piece request), a wrong ``Content-Range``, or a
   file that changes during the download (ETag, Last-Modified or size differ between
   responses or from the sidecar) raises :class:`~torchdepot.fetch.pool.Fallback`: the
@@ -43,12 +47,12 @@ from torchdepot.errors import IntegrityError
 from torchdepot.fetch.bounds import RateMeter
 from torchdepot.fetch.items import FetchItem
 from torchdepot.fetch.pieces import (
-    Piece,
     PieceState,
     Validators,
+    block_count,
     drop_partial,
     load_state,
-    plan_pieces,
+    plan_runs,
     save_state,
 )
 from torchdepot.fetch.pool import CHUNK, READ_ERRORS, Fallback, Fatal, Held, Pool, Retry, keep_alive
@@ -61,6 +65,18 @@ REFUSALS = frozenset({429, 503})  # an extra connection refused: the host wants 
 
 
 @dataclass
+class _Run:
+    """One connection's share of a file: bytes ``[pos, end)`` still to write. ``end`` only
+    shrinks (a free connection took the second half), under the file's lock."""
+
+    index: int
+    first: int
+    pos: int
+    end: int
+    marked: int  # blocks before this offset are recorded in the sidecar
+
+
+@dataclass
 class _Segmented:
     """One file's piece download in flight (shared by its piece tasks)."""
 
@@ -68,16 +84,35 @@ class _Segmented:
     url: str
     part: Path
     fd: int
-    pieces: tuple[Piece, ...]
+    size: int
+    block: int
     state: PieceState
     started: float
     meter: RateMeter
+    runs: list[_Run] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     abort: threading.Event = field(default_factory=threading.Event)
     fetched: int = 0
     requests: int = 0
+    steals: int = 0
     active: int = 0  # piece requests holding a connection now
-    reached: dict[int, int] = field(default_factory=dict)  # piece -> next offset to write
+
+    def add_run(self, first: int, end: int) -> _Run:
+        run = _Run(index=len(self.runs), first=first, pos=first, end=end, marked=first)
+        self.runs.append(run)
+        return run
+
+
+class _Backlog:
+    """Piece tasks submitted but not started: work that waits for a connection."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.count = 0
+
+    def add(self, n: int) -> None:
+        with self.lock:
+            self.count += n
 
 
 @dataclass(frozen=True)
@@ -91,6 +126,7 @@ class Segmenter:
     connections_per_host: int
     attempts: int
     refused: set[str] = field(default_factory=set)  # hosts that refused parallel ranges this run
+    backlog: _Backlog = field(default_factory=_Backlog)
 
     def worth_splitting(self, size: int, url: str = "") -> bool:
         return (size >= self.split_bytes and self.connections_per_host > 1
@@ -102,29 +138,37 @@ class Segmenter:
         """Fetch ``item`` (``size`` bytes) as pieces over several connections into ``part``.
 
         ``first``: an open 200 for the whole file (its ``slot`` held by the caller) that
-        streams the first piece before it is closed and the slot released.
+        owns the whole file until free connections take the second halves of what is left.
         Returns (bytes received, resumed?, requests). Raises :class:`Fallback` when ranges
         are not usable or the file changed, :class:`Fatal` when a piece gives up (the
-        finished pieces stay recorded for the next run).
+        finished blocks stay recorded for the next run).
         """
         size = item.size if size is None else size
         assert size is not None
-        pieces = plan_pieces(size, self.piece_bytes, self.connections_per_host)
-        state, resumed = self._state(part, size, len(pieces), first)
+        count = block_count(size, self.piece_bytes)
+        state, resumed = self._state(part, size, count, first)
         fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             os.ftruncate(fd, size)  # sparse: every piece writes at its own offset
             if not resumed:
                 save_state(part, state)
-            seg = _Segmented(item=item, url=url, part=part, fd=fd, pieces=pieces, state=state,
-                             started=started, meter=meter)
-            todo = [p for p in pieces if p.index not in state.done]
-            head = todo.pop(0) if first is not None else None
-            futures = [self.executor.submit(self._piece, seg, p) for p in todo]
+            seg = _Segmented(item=item, url=url, part=part, fd=fd, size=size, block=self.piece_bytes,
+                             state=state, started=started, meter=meter)
+            want = min(self.connections_per_host, count - len(state.done))
+            if first is not None:  # the open response owns the file; the others take halves of it
+                head: _Run | None = seg.add_run(0, size)
+                todo: list[_Run] = []
+            else:
+                head = None
+                todo = [seg.add_run(a, b) for a, b in plan_runs(size, self.piece_bytes, state.done, want)]
+            stealers = max(0, want - len(todo) - (head is not None))
+            self.backlog.add(len(todo) + stealers)
+            futures = [self.executor.submit(self._work, seg, r, True) for r in todo]
+            futures += [self.executor.submit(self._work, seg, None, True) for _ in range(stealers)]
             errors: list[BaseException] = []
             if head is not None and first is not None:
                 self._stream_head(seg, head, first, slot, futures, errors)
-            for fut in futures:
+            for fut in futures:  # (the head may append a retry of its run)
                 try:
                     fut.result()
                 except BaseException as exc:  # collected; the first real cause wins below
@@ -150,65 +194,92 @@ class Segmenter:
         known = Validators(size=size) if first is None else Validators.from_headers(size, first.headers)
         return PieceState(known, self.piece_bytes, count), False
 
-    def _stream_head(self, seg: _Segmented, head: Piece, first: requests.Response, slot: Held | None,
+    def _stream_head(self, seg: _Segmented, head: _Run, first: requests.Response, slot: Held | None,
                      futures: list[Future], errors: list[BaseException]) -> None:
-        """Read the first piece from the whole-file response ``first``, then let it go."""
+        """Read the head run from the whole-file response ``first``, then let it go and, as
+        a free connection, take the second halves of the others' runs."""
+        go_on = False
         try:
             with _connected(seg):
-                self._read_piece(seg, head, first, head.first, head.length)
-            self._piece_done(seg, head)
-        except Retry:  # cut short: fetched again as an ordinary piece
-            futures.append(self.executor.submit(self._piece, seg, head))
+                self._read_run(seg, head, first, seg.size)
+            go_on = True
+        except Retry:  # cut short: the rest of its run is fetched as an ordinary piece
+            self.backlog.add(1)
+            futures.append(self.executor.submit(self._work, seg, head, True))
         except BaseException as exc:
             seg.abort.set()
             errors.append(exc)
         finally:
-            first.close()  # the rest of its body belongs to the other pieces
+            first.close()  # what it sent past the head's end belongs to the other runs
             if slot is not None:
                 slot.release()  # never wait for the pieces while holding a socket slot
+        if go_on and (run := self._next(seg)) is not None:
+            try:
+                self._work(seg, run, False)
+            except BaseException as exc:
+                errors.append(exc)
 
-    def _piece(self, seg: _Segmented, piece: Piece) -> None:
-        """Fetch one piece (retrying from where it stopped) and record it in the sidecar."""
+    def _free(self) -> bool:
+        """Whether a connection that just finished may stay with this file: no piece task and
+        no whole file waits for one (aria2's rule: a free connection takes the second half
+        of the largest remaining piece only when no new work waits)."""
+        return self.backlog.count == 0 and self.pool.slots.waiting == 0
+
+    def _next(self, seg: _Segmented) -> _Run | None:
+        if seg.abort.is_set() or not self._free():
+            return None
+        with seg.lock:
+            return _steal(seg, self.piece_bytes)
+
+    def _work(self, seg: _Segmented, run: _Run | None, queued: bool) -> None:
+        """Fetch ``run`` (or a stolen half when None), then keep stealing while free."""
+        if queued:
+            self.backlog.add(-1)
+        if run is None:
+            with seg.lock:
+                run = _steal(seg, self.piece_bytes)
+        while run is not None:
+            self._piece(seg, run)
+            run = self._next(seg)
+
+    def _piece(self, seg: _Segmented, run: _Run) -> None:
+        """Fetch one run to its (possibly moving) end, retrying from where it stopped."""
         retry_after: float | None = None
         last = ""
         for attempt in range(self.attempts):
             if seg.abort.is_set():
                 raise Fatal("aborted")
+            with seg.lock:
+                if run.pos >= run.end:
+                    return
             try:
                 self.pool.check_time(seg.started, seg.meter, seg.url)
                 if attempt:
                     self.pool.backoff(attempt, retry_after, seg.started)
                     retry_after = None
-                with seg.lock:
-                    pos = seg.reached.get(piece.index, piece.first)
-                self._piece_request(seg, piece, pos)
-                break
+                self._piece_request(seg, run)
+                return
             except Retry as exc:
                 last, retry_after = str(exc), exc.retry_after
             except BaseException:
                 seg.abort.set()  # the others stop at their next chunk
                 raise
-        else:
-            seg.abort.set()
-            raise Fatal(last or f"{seg.url}: piece {piece.index} failed after {self.attempts} attempts")
-        self._piece_done(seg, piece)
+        seg.abort.set()
+        raise Fatal(last or f"{seg.url}: piece {run.index} failed after {self.attempts} attempts")
 
-    @staticmethod
-    def _piece_done(seg: _Segmented, piece: Piece) -> None:
-        with seg.lock:
-            seg.state.done.add(piece.index)
-            save_state(seg.part, seg.state)  # after the bytes: a recorded piece is on disk
-
-    def _piece_request(self, seg: _Segmented, piece: Piece, pos: int) -> int:
-        """One range request for ``pos..piece.last``; returns the next offset (past the piece)."""
+    def _piece_request(self, seg: _Segmented, run: _Run) -> None:
+        """One range request for the rest of ``run``; returns once it reached its end."""
         url = seg.url
         with self.pool.hold(url), _connected(seg):
             if seg.abort.is_set():
                 raise Fatal("aborted")
             with seg.lock:
                 seg.requests += 1
+                pos, last = run.pos, run.end - 1
+            if pos > last:
+                return
             try:
-                resp = self.pool.open(url, {"Accept-Encoding": "identity", "Range": range_header(pos, piece.last)},
+                resp = self.pool.open(url, {"Accept-Encoding": "identity", "Range": range_header(pos, last)},
                                       seg.started)
             except Retry as exc:
                 with seg.lock:
@@ -225,40 +296,78 @@ class Segmenter:
                 cr = parse_content_range(resp.headers.get("Content-Range"))
                 if cr is None or cr.total is None or cr.first != pos:
                     raise Fallback(f"{url}: bad Content-Range {resp.headers.get('Content-Range')!r} "
-                                   f"for bytes {pos}-{piece.last}")
+                                   f"for bytes {pos}-{last}")
                 _same_version(seg, Validators.from_headers(cr.total, resp.headers))
-                pos = self._read_piece(seg, piece, resp, pos, min(piece.last, cr.last) - pos + 1)
-                if pos <= piece.last:
-                    raise Retry(f"{url}: piece {piece.index} ended at byte {pos}, before {piece.last + 1}")
-                if cr.last == piece.last:
-                    keep_alive(resp)  # body read exactly: the socket goes back to the pool
-                return pos
+                self._read_run(seg, run, resp, min(last, cr.last) + 1)
+                with seg.lock:
+                    whole = run.end - 1 == last == cr.last  # nobody took a part: body read exactly
+                if whole:
+                    keep_alive(resp)  # the socket goes back to the pool
 
-    def _read_piece(self, seg: _Segmented, piece: Piece, resp: requests.Response, pos: int, want: int) -> int:
-        """Write up to ``want`` bytes of ``resp`` at ``pos``; returns the offset reached.
-        Raises :class:`Retry` when the connection fails (the bytes so far stay written)."""
-        got = 0
-        while got < want:
+    def _read_run(self, seg: _Segmented, run: _Run, resp: requests.Response, stop: int) -> None:
+        """Write ``resp``'s bytes at ``run.pos`` until the run's end (it may move closer) or
+        ``stop``; raises :class:`Retry` when the connection fails or ends short (the bytes so
+        far stay written and recorded by whole blocks)."""
+        while True:
+            with seg.lock:
+                want = min(run.end, stop) - run.pos
+                pos = run.pos
+            if want <= 0:
+                break
             if seg.abort.is_set():
                 raise Fatal("aborted")
             try:
-                chunk = resp.raw.read1(min(CHUNK, want - got))
+                chunk = resp.raw.read1(min(CHUNK, want))
             except READ_ERRORS as exc:
-                raise Retry(f"{seg.url}: {describe(exc)} after {got} bytes of piece {piece.index}") from None
+                raise Retry(f"{seg.url}: {describe(exc)} at byte {pos} of piece {run.index}") from None
             if not chunk:
                 break
-            os.pwrite(seg.fd, chunk, pos)
-            pos += len(chunk)
-            got += len(chunk)
             with seg.lock:
+                # the end may have moved while this chunk was read: what lies past it is another
+                # run's; claiming the bytes here (pos) is what a steal splits after
+                chunk = chunk[:max(0, run.end - pos)]
+                run.pos = pos + len(chunk)
                 seg.fetched += len(chunk)
-                seg.reached[piece.index] = pos  # a retry continues from here
-            self.pool.advance(len(chunk))
-            seg.meter.add(len(chunk), time.monotonic())
+            if chunk:
+                os.pwrite(seg.fd, chunk, pos)  # outside the lock: only this thread writes these bytes
+                with seg.lock:
+                    _record(seg, run, pos + len(chunk))
+                self.pool.advance(len(chunk))
+                seg.meter.add(len(chunk), time.monotonic())
             self.pool.check_time(seg.started, seg.meter, seg.url)
-        if got < want:
-            raise Retry(f"{seg.url}: piece {piece.index} ended after {got} of {want} bytes")
-        return pos
+        with seg.lock:
+            short = run.pos < run.end
+            at = run.pos
+        if short:
+            raise Retry(f"{seg.url}: piece {run.index} ended at byte {at}, before {run.end}")
+
+
+def _steal(seg: _Segmented, block: int) -> _Run | None:
+    """aria2's rule, under ``seg.lock``: split the run with the most bytes left at a block
+    boundary near the middle of what it has left; its owner stops there, and the second
+    half is a new run. None when no run has two blocks' worth left."""
+    live = [r for r in seg.runs if r.end - r.pos >= 2 * block]
+    if not live:
+        return None
+    big = max(live, key=lambda r: r.end - r.pos)
+    mid = -(-(big.pos + (big.end - big.pos) // 2) // block) * block
+    if not big.pos < mid < big.end:
+        return None
+    end, big.end = big.end, mid
+    seg.steals += 1
+    return seg.add_run(mid, end)
+
+
+def _record(seg: _Segmented, run: _Run, written: int) -> None:
+    """Under ``seg.lock``: record in the sidecar each block of ``run`` now fully written
+    (up to ``written``, which this thread has just written)."""
+    grew = False
+    while run.marked < written and min(run.marked + seg.block, seg.size) <= written:
+        seg.state.done.add(run.marked // seg.block)
+        run.marked += seg.block
+        grew = True
+    if grew:
+        save_state(seg.part, seg.state)  # after the bytes: a recorded block is on disk
 
 
 @contextlib.contextmanager

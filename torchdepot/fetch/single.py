@@ -12,10 +12,11 @@ Invariants:
   body shorter than its Content-Length, is an error, never a published file;
 - every chunk is checked against the bounds while it arrives (``read1``), so a server
   dripping bytes is cut off by the rate floor and the timeouts;
-- a file of unknown size whose first 200 is large (``UNSIZED_SPLIT_PIECES`` pieces or more:
-  what that response already sent past the first piece is dropped, so it must be small
-  against the file) and accepts ranges is split right there: that response streams the
-  first piece (see :mod:`torchdepot.fetch.segmented`).
+- a file of unknown size whose first 200 states a size of two pieces or more and accepts
+  ranges is split right there: that response keeps streaming from byte 0 and owns the
+  whole file, while free connections take the second halves of what is left (see
+  :mod:`torchdepot.fetch.segmented`); it is closed only where another run begins, so
+  what crosses the link for nothing is at most what was in flight at that boundary.
 """
 
 from __future__ import annotations
@@ -32,8 +33,6 @@ from torchdepot.fetch.items import HTML_TYPES, FetchItem, looks_like_html
 from torchdepot.fetch.pool import CHUNK, READ_ERRORS, Fatal, Pool, Retry, keep_alive
 from torchdepot.fetch.segmented import Segmenter
 from torchdepot.net.http import describe, file_url_path, parse_content_range, range_header
-
-UNSIZED_SPLIT_PIECES = 8  # a file of unknown size is split from its first 200 when at least this many pieces
 
 
 @dataclass(frozen=True)
@@ -86,10 +85,8 @@ class Streamer:
                 return received, ans.resumed, False
 
     def _splits_here(self, resp: requests.Response, size: int, url: str) -> bool:
-        # the rest of this response's body, already in flight when it is closed, crosses the
-        # link for nothing: split here only where that is small against the file
-        return (size >= UNSIZED_SPLIT_PIECES * self.segmenter.piece_bytes
-                and self.segmenter.worth_splitting(size, url)
+        # this response is never cut before another run's start, so no size bound of its own
+        return (self.segmenter.worth_splitting(size, url)
                 and resp.headers.get("Accept-Ranges", "").strip().lower() == "bytes")
 
     def _stream(self, resp: requests.Response, url: str, part: Path, mode: str, hasher, started: float,

@@ -3,7 +3,7 @@
 Invariants: the same content types (:data:`torchdepot.ship.serve.CONTENT_TYPES`), the same
 PEP 691 negotiation (``index.json`` for clients that ask for JSON, ``index.html`` otherwise,
 ``Vary: Accept``), the same cache rule (:func:`torchdepot.ship.serve.cache_control`:
-``immutable`` only under ``packages/``, whose paths never receive other bytes; everything else
+``immutable`` only for wheels under ``packages/``, whose paths never receive other bytes; everything else
 revalidates with its ETag), and hidden names (``.torchdepot``, ``.publish``) never served
 directly. Pure: returns text.
 """
@@ -80,8 +80,8 @@ server {{
         add_header Vary Accept;
         {revalidate}
     }}
-    # packages/: a path never receives other bytes (new bytes get a new path): cache forever
-    location ~ ^/{PACKAGES_DIR}/ {{
+    # wheels: a path never receives other bytes (new bytes get a new path): cache forever
+    location ~ ^/{PACKAGES_DIR}/.+\\.whl$ {{
         add_header Cache-Control "{IMMUTABLE}";
     }}
     # everything else (manifest, locks, conda files) may change: revalidate (ETag / Last-Modified)

@@ -27,6 +27,13 @@ sha256, otherwise the connection closes without the last chunk. A failed file is
 with its status (502 bad bytes, 503 unreachable) for ``down_for`` seconds without asking
 upstream again.
 
+Conda. ``conda/<channel>/<subdir>/repodata.json`` of a spec's channel is upstream's, fetched by
+the sync's bounded reader (streamed; size, inflation and time capped; conditional on the cached
+copy) at most once per ``page_ttl``, its ``info.base_url`` dropped and the mirror's own records
+that upstream lacks spliced in as bytes: upstream's records are never parsed in Python, and the
+result is checked by py-rattler's native reader before it is served. A package miss is looked up
+in that file by package name (``SparseRepoData``, one name's records) and fetched like a wheel.
+
 Degraded. ``offline`` serves only the mirror. An upstream failure marks upstream down for
 ``down_for`` seconds, during which misses are answered at once (503 for a file, the last
 page for a page) instead of waiting on it again.
@@ -58,9 +65,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+import rattler
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
-from torchdepot.errors import TorchdepotError, UpstreamError
+from torchdepot.errors import TorchdepotError, UpstreamError, load_json, one_line
 from torchdepot.fetch import Fetcher, FetchItem
 from torchdepot.fetch.engine import partial_path
 from torchdepot.model.accel import accelerator_from_dir
@@ -68,10 +76,10 @@ from torchdepot.model.wheelname import split_variant_label
 from torchdepot.net.hostpolicy import HostPolicy, screen_links
 from torchdepot.net.http import Client, HttpConfig
 from torchdepot.ship.serve import MirrorHandler, cache_control, content_type, negotiate
-from torchdepot.sources.channel import RepodataCache, fetch_repodata
+from torchdepot.sources.channel import RepodataCache, RepodataRefused, fetch_repodata
 from torchdepot.sources.links import Link
 from torchdepot.sources.pep691 import parse_response
-from torchdepot.sources.repodata import RepodataError, parse_repodata
+from torchdepot.sources.repodata import RepodataError, parse_repodata, splice_repodata
 from torchdepot.sources.upstream import UpstreamReader, page_url, project_page
 from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
@@ -85,9 +93,12 @@ PULL_HTTP = HttpConfig(connect_timeout=2.0, read_timeout=20.0, retries=0, backof
                        page_deadline=60.0)
 MISSES_MAX_BYTES = 32 * 1024 * 1024  # the miss log stops growing here (one line says so)
 OFFERS_NAME = "offers.json"
+CONDA_SOURCE_NAME = "source.json"  # the upstream mirror a served repodata came from; its time is the refresh's
+REPODATA_NAME = "repodata.json"
 SEQUENTIAL = 1 << 62  # split_bytes no file reaches: pull-through downloads are never in pieces
 STREAM_CHUNK = 256 * 1024
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+_CONDA_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,199}")  # conda-forge's ``_libgcc_mutex``
 Outcome = Literal["fetched", "refreshed", "built", "missing", "offline", "upstream-down", "refused"]
 
 
@@ -154,12 +165,17 @@ class Download:
     sha256: str
 
 
+def _open_sparse(base_url: str, subdir: str, path: Path, where: str) -> rattler.SparseRepoData:
+    """py-rattler's native reader of ``path``: the whole file checked once (JSON depth bounded
+    by serde), records then loaded per package name. Raises :class:`RepodataError`."""
+    try:
+        return rattler.SparseRepoData(rattler.Channel(base_url), subdir, str(path))
+    except Exception as exc:  # serde's message names line and column
+        raise RepodataError(f"{where}: not valid repodata JSON ({one_line(exc, 300)})") from None
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0][:300]
 
 
 # -- the mirror's own page ------------------------------------------------------------------------
@@ -225,6 +241,9 @@ class PullThrough:
         self._downloads = ThreadPoolExecutor(max_workers=settings.downloads, thread_name_prefix="pullthrough")
         self._down_until = 0.0
         self._log_full = False
+        self._sparse_lock = threading.Lock()
+        # (channel, subdir) -> (mtime of the served repodata, its sparse reader): opened once per refresh
+        self._sparse: dict[tuple[str, str], tuple[int, rattler.SparseRepoData]] = {}
         self.upstream_files = Counter[str]()  # downloads started per path (for tests and the bench)
 
     def close(self) -> None:
@@ -255,12 +274,12 @@ class PullThrough:
                 return d / name
         return None
 
-    def _due(self, built: Path, own: Path) -> bool:
+    def _due(self, built: Path, own: Path, marker: str = OFFERS_NAME) -> bool:
         try:
-            made = (built / OFFERS_NAME).stat().st_mtime
+            made = (built / marker).stat().st_mtime
         except OSError:
             return True
-        for name in (JSON_PAGE, HTML_PAGE, "repodata.json"):
+        for name in (JSON_PAGE, HTML_PAGE, REPODATA_NAME):
             with contextlib.suppress(OSError):
                 if (own / name).stat().st_mtime > made:
                     return True  # the mirror's own page changed (a sync): merge again
@@ -336,7 +355,7 @@ class PullThrough:
             except TorchdepotError:
                 continue
             held = by_path.get(path)
-            meta = by_path.get(path + ".metadata") if held is not None else None
+            meta = by_path.get(L.metadata_path(path)) if held is not None else None
             files.append(pg.IndexFile(project=project, filename=link.filename, path=path, sha256=link.sha256,
                                       requires_python=link.requires_python,
                                       metadata_sha256=meta.sha256 if meta is not None else None,
@@ -353,8 +372,8 @@ class PullThrough:
         with upstream's current hash, is the one that counts; nothing accumulates in memory)."""
         parts = rel.split("/")
         if len(parts) == 4 and parts[0] == L.CONDA_DIR:
-            places = [self.state / L.CONDA_DIR / parts[1] / parts[2] / OFFERS_NAME]
-        elif len(parts) >= 3 and parts[0] == L.PACKAGES_DIR:
+            return self._conda_offer(parts[1], parts[2], parts[3])
+        if len(parts) >= 3 and parts[0] == L.PACKAGES_DIR:
             base = self.state / L.INDEX_LINK
             places = [*base.glob(f"*/{parts[1]}/{OFFERS_NAME}"), base / parts[1] / OFFERS_NAME]
         else:
@@ -419,7 +438,7 @@ class PullThrough:
         try:
             got = fetch_offer(self.root, offer, self.client, self.sources.policy, self._publish_lock)
         except Exception as exc:  # never lose the waiters to a bug: they get a status
-            got = Refusal(500, f"pull-through error: {_first_line(exc)}")
+            got = Refusal(500, f"pull-through error: {one_line(exc, 300)}")
         if isinstance(got, Refusal):
             now = time.monotonic()
             with self._lock:
@@ -435,16 +454,16 @@ class PullThrough:
 
     # -- conda ---------------------------------------------------------------------------
     def repodata(self, channel: str, subdir: str) -> Path | None:
-        """``conda/<channel>/<subdir>/repodata.json``: the mirror's own records merged over
-        upstream's (refreshed at most once per ``page_ttl``); None when there is neither."""
+        """``conda/<channel>/<subdir>/repodata.json``: upstream's, with the mirror's own records
+        added (refreshed at most once per ``page_ttl``); None when there is neither."""
         mirrors = dict(self.sources.conda).get(channel)
-        own = self.root / L.CONDA_DIR / channel / subdir / "repodata.json"
-        built = self.state / L.CONDA_DIR / channel / subdir / "repodata.json"
+        own = self.root / L.CONDA_DIR / channel / subdir / REPODATA_NAME
+        built = self.state / L.CONDA_DIR / channel / subdir / REPODATA_NAME
         if mirrors is not None:
             with self._lock:
                 lock = self._page_locks.setdefault((f"conda:{channel}", subdir), threading.Lock())
             with lock:
-                if self._due(built.parent, own.parent) and self._upstream_usable():
+                if self._due(built.parent, own.parent, CONDA_SOURCE_NAME) and self._upstream_usable():
                     self._build_repodata(channel, subdir, mirrors, own, built)
         for path in (built, own):
             if path.is_file():
@@ -452,30 +471,86 @@ class PullThrough:
         return None
 
     def _build_repodata(self, channel: str, subdir: str, mirrors: tuple[str, ...], own: Path, built: Path) -> None:
-        cache = RepodataCache(self.state / "conda-cache")
+        """Fetch upstream's repodata through the sync's bounded reader (streamed, size, inflation
+        and time capped, conditional on the cached copy), add the mirror's own records that
+        upstream lacks (spliced as bytes: upstream's records are never parsed in Python), and
+        check the result with py-rattler's native reader, which also bounds its depth."""
+        cache = RepodataCache(self.root / L.PULLTHROUGH_CONDA_CACHE)
         try:
             got = fetch_repodata(self.client, channel, mirrors, subdir, cache)
-            upstream = parse_repodata(got.path.read_bytes(), channel, subdir, got.url)
-        except (UpstreamError, RepodataError, OSError):
+        except RepodataRefused:  # a hostile body (a bomb, past its deadline), not a host that is down
+            self._record(Miss(time=_now(), kind="page", project=f"conda:{channel}", variant=subdir,
+                              outcome="refused"))
+            return
+        except UpstreamError:
             self._mark_down()
             self._record(Miss(time=_now(), kind="page", project=f"conda:{channel}", variant=subdir,
                               outcome="upstream-down"))
             return
-        local = {}
-        with contextlib.suppress(OSError, RepodataError):
+        try:
+            upstream = _open_sparse(got.base_url, subdir, got.path, got.url)
+            extra = self._own_records(channel, subdir, own, upstream)
+            splice_repodata(got.path, built, subdir, extra, got.url)
+            _open_sparse(got.base_url, subdir, built, got.url)
+        except RepodataError:
+            self._record(Miss(time=_now(), kind="page", project=f"conda:{channel}", variant=subdir,
+                              outcome="refused"))
+            return
+        with self._sparse_lock:
+            self._sparse.pop((channel, subdir), None)
+        atomic_write_bytes(built.parent / CONDA_SOURCE_NAME,  # last: its time is the refresh's
+                           (json.dumps({"base_url": got.base_url, "url": got.url}, sort_keys=True) + "\n").encode())
+
+    @staticmethod
+    def _own_records(channel: str, subdir: str, own: Path, upstream: rattler.SparseRepoData) -> dict[str, dict]:
+        """The mirror's own records (its published subset, small) whose files upstream does
+        not list with the same sha256; those are added to what is served. A file name upstream
+        lists with other bytes keeps upstream's record (one key per file name)."""
+        try:
             local = parse_repodata(own.read_bytes(), channel, subdir, str(own)).records
-        doc: dict = {"info": {"subdir": subdir}, "packages": {}, "packages.conda": {}, "repodata_version": 1}
-        offers = []
-        for fn, rec in {**upstream.records, **local}.items():
-            doc["packages.conda" if fn.endswith(".conda") else "packages"][fn] = dict(rec.raw)
-            if fn not in local and rec.sha256:
-                offers.append(Offer(path=f"{L.CONDA_DIR}/{channel}/{subdir}/{fn}", project=rec.name, filename=fn,
-                                    url=f"{got.base_url}/{subdir}/{urllib.parse.quote(fn)}", sha256=rec.sha256,
-                                    size=rec.size, variant=f"conda:{channel}/{subdir}", kind="conda"))
-        built.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(built, json.dumps(doc, sort_keys=True).encode())
-        atomic_write_bytes(built.parent / OFFERS_NAME,  # last: its time is the refresh's
-                           (json.dumps({"offers": [asdict(o) for o in offers]}, sort_keys=True) + "\n").encode())
+        except (OSError, RepodataError):
+            return {}
+        listed: dict[str, str | None] = {}
+        for name in sorted({rec.name for rec in local.values()}):
+            with contextlib.suppress(Exception):  # rattler's InvalidPackageNameError: not upstream's
+                for r in upstream.load_records(rattler.PackageName(name)):
+                    listed[r.file_name] = r.sha256.hex() if r.sha256 is not None else None
+        return {fn: dict(rec.raw) for fn, rec in local.items() if fn not in listed}
+
+    def _conda_offer(self, channel: str, subdir: str, filename: str) -> Offer | None:
+        """The served repodata's record for ``filename``, looked up by package name through
+        py-rattler's sparse reader (one name's records, never the whole file), as an offer."""
+        built = self.state / L.CONDA_DIR / channel / subdir / REPODATA_NAME
+        try:
+            src = load_json((built.parent / CONDA_SOURCE_NAME).read_bytes(), str(built.parent / CONDA_SOURCE_NAME))
+            base_url = src["base_url"]
+            stamp = built.stat().st_mtime_ns
+        except (OSError, TorchdepotError, KeyError, TypeError):
+            return None
+        if not isinstance(base_url, str):
+            return None
+        stem = filename.removesuffix(".conda").removesuffix(".tar.bz2")
+        name = stem.rsplit("-", 2)[0] if stem.count("-") >= 2 else None
+        if name is None:
+            return None
+        with self._sparse_lock:
+            held = self._sparse.get((channel, subdir))
+            if held is None or held[0] != stamp:
+                try:
+                    held = (stamp, _open_sparse(base_url, subdir, built, str(built)))
+                except RepodataError:
+                    return None
+                self._sparse[(channel, subdir)] = held
+            try:
+                records = held[1].load_records(rattler.PackageName(name))
+            except Exception:  # rattler's InvalidPackageNameError: no such record
+                return None
+        for r in records:
+            if r.file_name == filename and r.sha256 is not None:
+                return Offer(path=f"{L.CONDA_DIR}/{channel}/{subdir}/{filename}", project=str(r.name.normalized),
+                             filename=filename, url=f"{base_url}/{subdir}/{urllib.parse.quote(filename)}",
+                             sha256=r.sha256.hex(), size=r.size, variant=f"conda:{channel}/{subdir}", kind="conda")
+        return None
 
     def _stale(self, project: str) -> None:
         """The project's built pages are due: next time they list the file as the mirror's own
@@ -508,9 +583,9 @@ class PullThrough:
 
 def _read_offers(path: Path) -> list[Offer]:
     try:
-        doc = json.loads(path.read_bytes())
+        doc = load_json(path.read_bytes(), str(path))
         return [Offer(**o) for o in doc["offers"]]
-    except (OSError, ValueError, RecursionError, KeyError, TypeError):
+    except (OSError, TorchdepotError, KeyError, TypeError):
         return []
 
 
@@ -520,7 +595,7 @@ def fetch_offer(root: Path, offer: Offer, client: Client, policy: HostPolicy,
     size and sha256 checked, renamed into place, metadata written, added to the manifest."""
     if policy.refusal(offer.url):
         return Refusal(502, f"{offer.url}: not allowed by the host policy")
-    rel, meta_rel = offer.path, offer.path + ".metadata"
+    rel, meta_rel = offer.path, L.metadata_path(offer.path)
     with publish_lock:
         pub.record(root, [rel, meta_rel])
     # one connection, in order: the partial file is a prefix of the file, which clients may be streamed
@@ -530,7 +605,7 @@ def fetch_offer(root: Path, offer: Offer, client: Client, policy: HostPolicy,
     if result.status == "failed":
         with publish_lock:
             pub.forget(root, [rel, meta_rel])
-        why = (result.error or "no detail").splitlines()[0][:200]
+        why = one_line(result.error or "no detail", 200)
         if result.hash_mismatch or result.fetched_bytes:  # bytes arrived, and were not the declared ones
             return Refusal(502, f"upstream bytes failed the size/sha256 check; not stored ({why})")
         return Refusal(503, f"upstream unreachable ({why})")
@@ -546,7 +621,7 @@ def fetch_offer(root: Path, offer: Offer, client: Client, policy: HostPolicy,
                 with contextlib.suppress(OSError):
                     path.unlink()
                 pub.forget(root, [rel, meta_rel])
-            return Refusal(502, _first_line(exc))
+            return Refusal(502, one_line(exc, 300))
         entries.append(mf.FileEntry(path=meta_rel, sha256=meta_sha, size=meta_size, kind="metadata",
                                     project=offer.project, version=_version(offer.filename)))
     with publish_lock:
@@ -587,7 +662,7 @@ class PullThroughHandler(MirrorHandler):
                 return self._error(404)
             self._served = f"pull-through {page.name}" if self.cache.state in page.parents else page.name
             return self._send_file(page, body, {"Vary": "Accept"})
-        if len(parts) == 4 and parts[0] == L.CONDA_DIR and all(_SEGMENT.fullmatch(p) for p in parts):
+        if len(parts) == 4 and parts[0] == L.CONDA_DIR and all(_CONDA_SEGMENT.fullmatch(p) for p in parts):
             if parts[3] == "repodata.json":
                 path = self.cache.repodata(parts[1], parts[2])
                 if path is None:
@@ -684,10 +759,10 @@ def read_misses(root: Path, limit: int = MISSES_MAX_BYTES) -> list[Miss]:
     out = []
     for line in data.splitlines():
         try:
-            doc = json.loads(line)
+            doc = load_json(line, str(path))
             if isinstance(doc, dict) and doc.get("kind") in ("page", "file"):
                 out.append(Miss(**doc))
-        except (ValueError, TypeError, RecursionError):
+        except (TorchdepotError, TypeError):
             continue
     return out
 
@@ -770,12 +845,12 @@ def publish_misses(root: Path, client: Client, policy: HostPolicy) -> MissesPubl
         variants = _live_variants(root)
         names = sorted(variants) or ["cpu"]
         for offer in ready:
-            entry, meta = held.get(offer.path), held.get(offer.path + ".metadata")
+            entry, meta = held.get(offer.path), held.get(L.metadata_path(offer.path))
             if entry is None:
                 continue
             rp = None
             with contextlib.suppress(OSError):
-                rp = pg.requires_python_of(safe_join(root, offer.path + ".metadata").read_bytes())
+                rp = pg.requires_python_of(safe_join(root, L.metadata_path(offer.path)).read_bytes())
             f = pg.IndexFile(project=offer.project, filename=offer.filename, path=offer.path, sha256=entry.sha256,
                              requires_python=rp, metadata_sha256=meta.sha256 if meta is not None else None,
                              size=entry.size)

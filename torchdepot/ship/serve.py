@@ -2,8 +2,8 @@
 
 Serving a mirror is serving static files: HTTP Range (206/416), content types for wheels,
 metadata and conda files, ``ETag``/``Last-Modified`` with 304s, ``index.html`` for
-directories (no listings), ``immutable`` for ``packages/`` (a path there never receives
-other bytes) and revalidation (``no-cache`` + ETag) for everything else. A request can never leave the root: the path is resolved (symlinks followed)
+directories (no listings), ``immutable`` for wheels under ``packages/`` (a path there never
+receives other bytes) and revalidation (``no-cache`` + ETag) for everything else. A request can never leave the root: the path is resolved (symlinks followed)
 and must stay under the resolved root, so the mirror's own ``whl -> .publish/<gen>/whl``
 link works while a link pointing outside is refused. Hidden names (``.torchdepot``) are
 not served.
@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from torchdepot.errors import one_line
 from torchdepot.store.layout import PACKAGES_DIR
 from torchdepot.store.simple_json import HTML_MEDIA_TYPE, HTML_PAGE, JSON_MEDIA_TYPE, JSON_PAGE
 
@@ -94,12 +95,17 @@ def content_type(name: str) -> str:
     return CONTENT_TYPES.get(posixpath.splitext(name)[1].lower(), "application/octet-stream")
 
 
+IMMUTABLE_SUFFIX = ".whl"  # a wheel under packages/: one path, one set of bytes
+
+
 def cache_control(url_path: str) -> str:
-    """The Cache-Control of a file by its URL path: ``immutable`` only under ``packages/``,
-    where a path never receives other bytes (new bytes get a new path, docs/publication.md);
-    pages, the manifest, locks and conda files may change, so clients revalidate (ETag)."""
+    """The Cache-Control of a file by its URL path: ``immutable`` only for a wheel under
+    ``packages/``, whose path never receives other bytes (new bytes get a new path and a
+    retired path is never reused, docs/publication.md). Everything else may change: pages,
+    the manifest, locks, conda files, ``.metadata`` (rewritten if its extraction changes) and
+    ``variants.json`` (narrowed to the labels held), so clients revalidate (ETag)."""
     parts = [p for p in urllib.parse.unquote(urllib.parse.urlsplit(url_path).path).split("/") if p]
-    if len(parts) >= 3 and parts[0] == PACKAGES_DIR and parts[-1] not in (HTML_PAGE, JSON_PAGE):
+    if len(parts) >= 3 and parts[0] == PACKAGES_DIR and parts[-1].endswith(IMMUTABLE_SUFFIX):
         return IMMUTABLE
     return REVALIDATE
 
@@ -234,7 +240,7 @@ class MirrorHandler(http.server.BaseHTTPRequestHandler):
         except Exception as exc:  # a bug or an unforeseen input: answer, log one line, go on serving
             self.close_connection = True
             self.log_error("error answering %r: %s: %s", getattr(self, "path", "?"), type(exc).__name__,
-                           " ".join(str(exc).splitlines())[:200])
+                           one_line(exc, 200))
             if not self._headers_done:
                 with contextlib.suppress(OSError):
                     self._error(500)

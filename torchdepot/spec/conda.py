@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
-from torchdepot.errors import ParseError, SpecError
+from torchdepot.errors import ParseError, SpecError, one_line
 from torchdepot.model.accel import Accelerator, parse_accelerator
 from torchdepot.model.platforms import subdir_platform, target_platform
 from torchdepot.spec.bounds import quote_key, show, show_text
@@ -233,7 +233,7 @@ def parse_conda_section(raw: object, side: PipSide) -> CondaConfig | None:
         try:
             rattler.MatchSpec(s)
         except Exception as exc:  # rattler raises its own InvalidMatchSpecError
-            raise _err(f"conda.specs[{i}]", f"{show(s)} is not a match spec ({show_text((str(exc).splitlines() or [type(exc).__name__])[0], 100)})") from None
+            raise _err(f"conda.specs[{i}]", f"{show(s)} is not a match spec ({show_text(one_line(exc), 100)})") from None
 
     platforms = list(side.platforms)
     subdirs_raw = raw.get("subdirs")

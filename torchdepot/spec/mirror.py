@@ -34,6 +34,7 @@ Keys (all optional):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import itertools
@@ -41,7 +42,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, TypeVar
 
 from packaging.requirements import InvalidRequirement, Requirement
@@ -444,10 +445,22 @@ def _fsync(raw: object, where: str) -> bool:
 
 
 def _out(raw: object, where: str) -> Path:
+    """The mirror directory, with a leading ``~`` / ``~user`` expanded here, once: every later
+    step (the out-dir check, the writes, the printed ``serve --root``) sees the same path."""
     raw = raw or DEFAULT_OUT
+    if isinstance(raw, PurePath):
+        raw = str(raw)
     if not isinstance(raw, str) or "\x00" in raw:
         raise SpecError(f"{where}: out: expected a path string")
-    return Path(raw)
+    path = Path(raw)
+    if raw.startswith("~"):  # not "./~/x": Path drops the "./", so ask the text
+        with contextlib.suppress(RuntimeError):  # an unknown user, or no home directory: refused below
+            path = path.expanduser()
+    if path.parts and path.parts[0].startswith("~"):
+        # not expandable, or "./~/x", which a shell would read as the home directory
+        raise SpecError(f"{where}: out: {raw!r} starts with '~' that names no home directory here; "
+                        "write the directory as an absolute path")
+    return path
 
 
 def _count(key: str, top: int, absent: str) -> Callable[[object, str], int | None]:

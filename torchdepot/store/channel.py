@@ -28,7 +28,7 @@ from pathlib import Path
 
 import zstandard
 
-from torchdepot.errors import TorchdepotError
+from torchdepot.errors import TorchdepotError, load_json
 from torchdepot.store.fsutil import atomic_write_bytes, safe_join
 
 # Fields a re-index stamps with the current time: not reproducible, not needed to install.
@@ -62,7 +62,9 @@ def write_repodata(channel_dir: Path, subdir: str, records: dict[str, dict[str, 
 def normalize_indexed_channel(channel_dir: Path) -> None:
     """Rewrite what ``rattler.index.index_fs`` wrote without its wall-clock fields."""
     for rd in sorted(Path(channel_dir).glob("*/repodata.json")):
-        doc = json.loads(rd.read_bytes())
+        doc = load_json(rd.read_bytes(), str(rd), what="repodata JSON", error=ChannelIndexError)
+        if not isinstance(doc, dict):
+            raise ChannelIndexError(f"{rd}: repodata is not a JSON object")
         records = {**(doc.get("packages") or {}), **(doc.get("packages.conda") or {})}
         write_repodata(Path(channel_dir), rd.parent.name, records)
 
@@ -171,8 +173,8 @@ def index_channel(channel_dir: Path, per_subdir: dict[str, dict[str, dict[str, o
 
 def _read_json(path: Path) -> object:
     try:
-        return json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError):
+        return load_json(path.read_bytes(), str(path))
+    except (OSError, TorchdepotError):
         return None
 
 

@@ -16,6 +16,7 @@ it (no regex re-spelling a name built elsewhere). Layout of ``<root>``::
     .torchdepot/                      state (STATE_DIR):
         hashes.json                   the fetcher's hash cache
         publish.json                  the publication journal (PUBLISH_JOURNAL)
+        retired.json                  paths that held other bytes once, with their sha256 (RETIRED)
         partial/                      downloads in flight (PARTIAL_DIR)
         cache/conda/                  repodata a conda sync fetched (CONDA_CACHE_DIR)
         view/                         the local index the resolver reads (VIEW_DIR; rebuilt each run)
@@ -80,12 +81,22 @@ METADATA_CACHE = f"{STATE_DIR}/metadata"
 PAGE_CACHE = f"{STATE_DIR}/pages"
 MATRIX_RECORD = f"{STATE_DIR}/matrix.json"  # `current`: upstream's release matrix at the last sync
 PUBLISH_JOURNAL = f"{STATE_DIR}/publish.json"
+RETIRED = f"{STATE_DIR}/retired.json"
 ASIDE_DIR = f"{STATE_DIR}/aside"
 PULLTHROUGH_DIR = f"{STATE_DIR}/pullthrough"
+PULLTHROUGH_CONDA_CACHE = f"{PULLTHROUGH_DIR}/conda-cache"  # upstream repodata pull-through serves from
 MISSES_LOG = f"{STATE_DIR}/misses.jsonl"
 STAGE_PREFIX = "stage-"
 CONDA_CACHE_DIR = f"{STATE_DIR}/cache/conda"  # repodata fetched by conda syncs
 PYLOCK_NAME = "pylock.toml"  # a target's lock under TARGETS_DIR/<id>/
+CACHE_DIR = f"{STATE_DIR}/cache"
+# Every path under a root the tool itself creates, parents before children. Each must be a real
+# file or directory (or absent), never a symlink: a planted link would move state, staging,
+# downloads or the next index outside the root (:func:`torchdepot.store.fsutil.refuse_planted_links`).
+OWN_PATHS = (STATE_DIR, PARTIAL_DIR, VIEW_DIR, ASIDE_DIR, CACHE_DIR, CONDA_CACHE_DIR, METADATA_CACHE, PAGE_CACHE,
+             PULLTHROUGH_DIR, f"{STATE_DIR}/{HASHES_NAME}", RESOLUTIONS, MATRIX_RECORD, PUBLISH_JOURNAL, RETIRED,
+             MISSES_LOG, PUBLISH_DIR, PACKAGES_DIR, CONDA_DIR, TARGETS_DIR, ENVS_DIR, MANIFEST_NAME, LANDING_NAME,
+             LOCK_FILE)
 
 StageKind = Literal["unbundle", "repair"]
 

@@ -5,9 +5,11 @@ a torchdepot mirror (it holds ``manifest.json``, the ``.torchdepot/`` state dir 
 ``.torchdepot.lock`` a first, interrupted run leaves). Everything else is refused with one
 line (:class:`~torchdepot.errors.UnsafePathError`): a file, a non-empty directory of other
 things (a sync would overwrite its ``index.html``), ``/``, the user's home directory and the
-directories above it. Symlinks are resolved first, so a link to ``$HOME`` is ``$HOME``.
+directories above it. Symlinks are resolved first, so a link to ``$HOME`` is ``$HOME``. A
+leading ``~`` is refused, never expanded: the path checked is the path written.
 
-Only reads the file system (stat and one directory listing).
+Only reads the file system (stat and one directory listing; lstat of the paths a mirror
+writes, :func:`~torchdepot.store.fsutil.refuse_planted_links`, when it is one).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 from pathlib import Path
 
 from torchdepot.errors import UnsafePathError
+from torchdepot.store.fsutil import refuse_planted_links
 from torchdepot.store.layout import LOCK_FILE, MANIFEST_NAME, STATE_DIR
 from torchdepot.store.manifest import FORMAT
 
@@ -47,8 +50,13 @@ def is_mirror(root: Path) -> bool:
 def check_out_dir(path: Path | str, *, what: str = "out") -> Path:
     """The resolved ``path`` when a mirror may be written there; UnsafePathError (one line) otherwise."""
     given = Path(path)
+    if given.parts and given.parts[0].startswith("~"):
+        # The caller writes where it is given: expanding here would check another directory
+        # than the one written (the spec expands ``~`` once, when it is read).
+        raise UnsafePathError(f"{what} {given}: a leading '~' is not expanded here; give the directory "
+                              "as an absolute path")
     try:
-        root = given.expanduser().resolve()
+        root = given.resolve()
     except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop on older Pythons
         raise UnsafePathError(f"{what} {given}: cannot resolve the path ({getattr(exc, 'strerror', None) or exc})") from None
     if root == Path(root.anchor):
@@ -62,6 +70,7 @@ def check_out_dir(path: Path | str, *, what: str = "out") -> Path:
     if not root.is_dir():
         raise UnsafePathError(f"{what} {given}: exists and is not a directory")
     if is_mirror(root):
+        refuse_planted_links(root)  # the writer's lock checks again; a dry run refuses here too
         return root
     try:
         with os.scandir(root) as entries:

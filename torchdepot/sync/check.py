@@ -16,7 +16,9 @@ looks for what a crash or a hand edit leaves behind:
   journal, :mod:`torchdepot.store.publication`) that the committed manifest does not list:
   an interrupted run's download, or a superseded copy waiting for the post-commit cleanup;
 - ``dangling-link``: an index page under ``whl/`` linking to a file that is not in the
-  manifest, whose ``#sha256`` disagrees with it, or that points outside the mirror.
+  manifest, whose ``#sha256`` disagrees with it, or that points outside the mirror; or a
+  ``targets/<id>/pylock.toml`` naming a wheel the manifest does not list with that sha256
+  or the live index does not link (a lock newer than the index).
 - ``bad-json-page``: a PEP 691 ``index.json`` under ``whl/`` that does not parse, whose file
   entries name a file the manifest does not list (or outside the mirror) or with another
   ``hashes.sha256`` or ``size``, or that lists other files (or projects) than its
@@ -57,14 +59,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import posixpath
 import shutil
 import stat
+import sys
 import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 from torchdepot.errors import TorchdepotError, UnsafePathError, load_json
 from torchdepot.fetch import Fetcher, FetchItem, HashCache, hash_present
@@ -211,7 +220,8 @@ def _link_key(root: Path, url: str) -> str | None:
         return None
 
 
-def _check_html_page(root: Path, page_path: Path, by_path: dict[str, mf.FileEntry]) -> list[Problem]:
+def _check_html_page(root: Path, page_path: Path, by_path: dict[str, mf.FileEntry],
+                     linked: set[str] | None = None) -> list[Problem]:
     from torchdepot.sources.pep503 import parse_html
 
     # Resolve relative links against the page's logical URL (through the whl symlink), as pip does.
@@ -223,6 +233,8 @@ def _check_html_page(root: Path, page_path: Path, by_path: dict[str, mf.FileEntr
         if key is None:
             problems.append(Problem(kind="dangling-link", path=rel_page, detail=f"links outside the mirror: {link.url}"))
             continue
+        if linked is not None:
+            linked.add(key)
         entry = by_path.get(key)
         if entry is None:
             problems.append(Problem(kind="dangling-link", path=rel_page, detail=f"links {key}, which manifest.json does not list"))
@@ -283,17 +295,90 @@ def _check_index(root: Path, manifest: mf.Manifest) -> list[Problem]:
         return []
     by_path = manifest.by_path()
     problems = []
+    linked: set[str] = set()
     for dirpath, _dirs, files in os.walk(whl, followlinks=False):
         for name in files:
             page_path = Path(dirpath) / name
             if name.endswith(".html"):
-                problems += _check_html_page(root, page_path, by_path)
+                problems += _check_html_page(root, page_path, by_path, linked)
             elif name == JSON_PAGE:
                 issues = _json_page_issues(root, page_path, by_path)
                 if issues:
                     more = f" (+{len(issues) - 3} more)" if len(issues) > 3 else ""
                     problems.append(Problem(kind="bad-json-page", path=_rel(root, page_path), detail="; ".join(issues[:3]) + more))
+    return problems + _check_target_locks(root, by_path, linked)
+
+
+def _check_target_locks(root: Path, by_path: dict[str, mf.FileEntry], linked: set[str]) -> list[Problem]:
+    """Every wheel a ``targets/<id>/pylock.toml`` names must be listed with that sha256 and
+    linked by the live index or the previous generation kept beside it (a run killed between
+    the index swap and its lock writes leaves the old locks over the new index: they still
+    name listed files of the generation before). A lock whose files no generation links was
+    written by a run whose index never went live: a ``dangling-link``, fixed by the next sync."""
+    targets = root / L.TARGETS_DIR
+    if not targets.is_dir() or targets.is_symlink():
+        return []
+    problems = []
+    kept: set[str] | None = None  # links of the kept generations, read only when needed
+    journal = pub.load_journal(root)
+    for lock in sorted(targets.glob(f"*/{L.PYLOCK_NAME}")):
+        if f"{L.TARGETS_DIR}/{lock.parent.name}" in journal:
+            continue  # a pruned target's folder, removed after the commit (a leftover, not live)
+        rel_lock = _rel(root, lock)
+        try:
+            doc = tomllib.loads(lock.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            problems.append(Problem(kind="dangling-link", path=rel_lock, detail=f"unreadable lock ({exc})"))
+            continue
+        issues, unlinked = _lock_issues(lock.parent.name, doc, by_path, linked)
+        if unlinked and not issues:
+            kept = _kept_generation_links(root) if kept is None else kept
+            issues = [f"names {key}, which no live or kept index generation links (a lock newer than the index)"
+                      for key in unlinked if key not in kept]
+        if issues:
+            problems.append(Problem(kind="dangling-link", path=rel_lock, detail=issues[0]))  # one per lock: rewritten whole
     return problems
+
+
+def _lock_issues(tid: str, doc: dict[str, object], by_path: dict[str, mf.FileEntry],
+                 linked: set[str]) -> tuple[list[str], list[str]]:
+    """-> (problems, listed keys the live index does not link)."""
+    issues, unlinked = [], []
+    packages = doc.get("packages")
+    for pkg in packages if isinstance(packages, list) else []:
+        for wheel in (pkg.get("wheels") or []) if isinstance(pkg, dict) else []:
+            where = wheel.get("path") if isinstance(wheel, dict) else None
+            if not isinstance(where, str):
+                continue  # a url= lock (not written by a sync) names no file of this mirror
+            key = posixpath.normpath(posixpath.join(L.TARGETS_DIR, tid, where))
+            sha = (wheel.get("hashes") or {}).get("sha256")
+            entry = by_path.get(key)
+            if entry is None:
+                issues.append(f"names {key}, which manifest.json does not list")
+            elif sha != entry.sha256:
+                issues.append(f"names {key} with sha256 {sha}, manifest says {entry.sha256}")
+            elif key not in linked:
+                unlinked.append(key)
+    return issues, unlinked
+
+
+def _kept_generation_links(root: Path) -> set[str]:
+    """Every file linked by the HTML pages of the index generations under ``.publish/``."""
+    from torchdepot.sources.pep503 import parse_html
+
+    keys: set[str] = set()
+    pub_dir = root / L.PUBLISH_DIR
+    if not pub_dir.is_dir() or pub_dir.is_symlink():
+        return keys
+    for gen in sorted(p for p in pub_dir.iterdir() if p.is_dir() and not p.is_symlink() and not L.is_build_temp(p.name)):
+        # pages are read where a reader of that generation would resolve them: through whl/
+        for page_path in (gen / L.INDEX_LINK).glob(f"*/*/{HTML_PAGE}"):
+            logical = root / L.INDEX_LINK / page_path.relative_to(gen / L.INDEX_LINK)
+            for link in parse_html(page_path.read_bytes(), logical.as_uri()).links:
+                key = _link_key(root, link.url)
+                if key is not None:
+                    keys.add(key)
+    return keys
 
 
 def _live_index_files(root: Path, manifest: mf.Manifest) -> dict[str, list[IndexFile]] | None:
@@ -598,7 +683,7 @@ def verify_mirror_locked(root: Path, repair: bool = False, client=None, *, wait:
     root = Path(root)
     if not (root / mf.MANIFEST_NAME).is_file():
         mf.load(root)  # raises the one-line "no manifest" error without creating a lock file
-    with MirrorLock(root, wait):
+    with MirrorLock(root, wait, read_only=not repair):
         policy = None
         if repair and allow_hosts:
             base = repair_policy(mf.load(root))

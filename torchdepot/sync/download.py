@@ -65,17 +65,21 @@ def stored_paths(out: Path, resolution: Resolution) -> dict[str, str]:
     live = pub.live_manifest(out)
     listed = live.by_path() if live is not None else {}
     journal = pub.load_journal(out)
+    retired = pub.load_retired(out)
     paths: dict[str, str] = {}
     for key, vf, _acc in resolution.files:
         if key not in paths:
             paths[key] = pub.choose_path(key, pub.Claim(vf.link.sha256, vf.link.size), listed, journal,
-                                         lambda rel: safe_join(out, rel).exists())
+                                         lambda rel: safe_join(out, rel).exists(), retired)
     touched: set[str] = set()
+    superseded: dict[str, str] = {}
     for key, path in paths.items():
         if path not in listed:
             touched.update((path, L.metadata_path(path)))  # staged by this run
         if key != path:
             touched.update((key, L.metadata_path(key)))  # superseded: removed once no manifest lists it
+        superseded.update(pub.superseded(key, path, listed))  # those URLs served these bytes: never others
+    pub.retire(out, superseded)
     pub.record(out, touched)
     return paths
 

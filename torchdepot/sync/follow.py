@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from torchdepot.errors import TorchdepotError, UpstreamError
+from torchdepot.errors import TorchdepotError, UpstreamError, load_json
 from torchdepot.model.release_matrix import Matrix, current_matrix, matrix_changes, missing_explicit
 from torchdepot.net.http import Client, HttpConfig
 from torchdepot.net.pipconfig import PipSources, pip_default_index, pip_file_host, read_pip_config
@@ -52,8 +52,8 @@ def load_record(out: Path) -> FollowRecord | None:
     try:
         if not path.is_file() or path.is_symlink() or path.stat().st_size > MAX_RECORD:
             return None
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError):
+        data = load_json(path.read_bytes(), str(path))
+    except (OSError, TorchdepotError):
         return None
     upstream = Matrix.from_data(data.get("upstream")) if isinstance(data, dict) else None
     return FollowRecord(upstream=upstream) if upstream is not None else None

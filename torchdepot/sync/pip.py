@@ -55,7 +55,7 @@ from torchdepot.sync.follow import follow_upstream, save_record
 from torchdepot.sync.locked import LockedEnv, with_locked
 from torchdepot.sync.plan import TargetPlan, plan_targets
 from torchdepot.sync.resolution import Resolution, file_key, resolve_targets
-from torchdepot.sync.result import Echo, MirrorResult, RunLog, sync_record
+from torchdepot.sync.result import Echo, MirrorResult, RunLog, TargetFailure, sync_record
 from torchdepot.sync.variants import KIND as VARIANTS_JSON
 
 MAX_BAD_WHEEL_PASSES = 3  # a run's passes when downloaded wheels turn out to be no wheels
@@ -102,9 +102,9 @@ def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dr
         for warning in dict.fromkeys(w for tp in plan.targets for w in tp.warnings):
             log.say(warning)
         carried = retention.carried_targets(plan, previous, log.say)
-        result.failed = [why for _t, why in plan.failed]
-        for why in result.failed:  # said first; the run goes on with the others and fails at its end
-            log.say(f"error: {why}")
+        result.failed = [TargetFailure(target=t.id, line=why) for t, why in plan.failed]
+        for failure in result.failed:  # said first; the run goes on with the others and fails at its end
+            log.say(f"error: {failure.line}")
         log.phase("upstreams")
         if not dry_run:  # the pinned torch wheels download while their closures resolve
             held.fetcher = make_fetcher(out, spec, held.client, edge.policy, progress, on_progress)
@@ -119,8 +119,8 @@ def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dr
             log.say(line)
         if resolved.failed:  # each named; what it had published stays (retention.carried_failed)
             carried += retention.carried_failed([tid for tid, _why in resolved.failed], previous)
-            for _tid, why in resolved.failed:
-                result.failed.append(why)
+            for tid, why in resolved.failed:
+                result.failed.append(TargetFailure(target=tid, line=why))
                 log.say(f"error: {why}")
         result.plans = list(resolution.targets)
         log.phase("resolve")

@@ -11,7 +11,8 @@ Each file is published at the path the fetch stored it at (:class:`PipFetchRepor
 a name whose bytes changed upstream gets a new path, never new bytes at the old one).
 On a re-sync, before the new pages go live, the committed manifest is widened with the
 new files (same targets): every state a kill can leave lists every file a live page
-links. ``manifest.json`` with this run's targets is the commit (``sync/pip.py``).
+links. The per-target ``pylock.toml`` files follow the index swap: every file a live lock
+names is linked by the live index. ``manifest.json`` with this run's targets is the commit (``sync/pip.py``).
 """
 
 from __future__ import annotations
@@ -91,8 +92,6 @@ def publish_pip(out: Path, resolution: Resolution, report: FetchReport, view: Vi
                            for f in tp.files),
             index=L.pip_index(t.accelerator))
         targets.append(target)
-        _write_if_changed(safe_join(out, L.target_lock(t.id)),
-                          pylock_toml(target, pins_for(target, entries), "../..", location="path"))
     for acc, kept in (retained or {}).items():
         page_files = variants.setdefault(acc, {})
         for ix in kept:
@@ -100,6 +99,11 @@ def publish_pip(out: Path, resolution: Resolution, report: FetchReport, view: Vi
     if live is not None:  # a re-sync: the live index is replaced only once its files are listed
         mf.save(out, pub.widened(live, entries.values()))
     generation, changed = publish(out, build_pages({acc: list(files.values()) for acc, files in variants.items()}))
+    # Each target's lock names files the index now links: written only after the swap, so a run
+    # that fails earlier leaves the old locks over the old index (verify-mirror checks they agree).
+    for target in targets:
+        _write_if_changed(safe_join(out, L.target_lock(target.id)),
+                          pylock_toml(target, pins_for(target, entries), "../..", location="path"))
     return PipPublished(files=tuple(sorted(entries.values(), key=lambda e: e.path)), targets=tuple(targets),
                         generation=generation, changed=changed)
 

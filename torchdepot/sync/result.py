@@ -24,6 +24,15 @@ Echo = Callable[[str], None]
 Verdict = Literal["ok", "NOT OK", "unchecked"]  # a sync's closing check, as last_sync records it
 
 
+@dataclass(frozen=True)
+class TargetFailure:
+    """A target this run could not sync: its id (what callers act on) and the one line said
+    about it (what a person reads). Nothing is ever parsed back out of ``line``."""
+
+    target: str
+    line: str
+
+
 @dataclass
 class MirrorResult:
     out: Path
@@ -46,7 +55,7 @@ class MirrorResult:
     dropped_releases: list[mf.Release] = field(default_factory=list)
     target_set: lifecycle.TargetSet | None = None
     verify: Verdict = "unchecked"  # the closing check
-    failed: list[str] = field(default_factory=list)  # one line per target this run could not sync
+    failed: list[TargetFailure] = field(default_factory=list)  # each target this run could not sync
 
     @property
     def torch_versions(self) -> dict[str, str]:
@@ -76,7 +85,7 @@ class MirrorResult:
                 "files": self.report.summary() if self.report else None,
                 "removed": [{"reason": r.reason, "files": list(r.paths), "size": r.size} for r in self.removals],
                 "releases": [{"target": r.target, "torch": r.torch, "files": len(r.paths)} for r in self.releases],
-                "failed": list(self.failed)}
+                "failed": [f.line for f in self.failed], "failed_targets": [f.target for f in self.failed]}
 
 
 class RunLog:

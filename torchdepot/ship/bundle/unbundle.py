@@ -5,9 +5,14 @@ Order: (1) every member is streamed into ``.torchdepot/stage-unbundle-*`` under 
 lock, never more bytes than the head declares (or ``MAX_EXPANSION`` x the archive without a
 head); (2) every check runs: hashes, roles against paths, conflicts with the mirror, the
 incremental base, and the new manifest, landing page and ``whl/`` generation are built in
-staging; (3) only then the commit: each file goes in with ``os.replace`` (the file it
-replaces kept as a hard link in staging), ``whl`` is swapped by one symlink rename and
-``manifest.json`` comes last. Any failure during the commit rolls every step back, so a late
+staging; (3) only then the commit, journaled like a sync's (``docs/publication.md``): the new
+package paths are recorded in ``.torchdepot/publish.json`` first, then each goes in with
+``os.replace`` (a file it replaces kept as a hard link in staging); the manifest is widened
+with them before any index changes; then the index files (``whl`` swapped by one symlink
+rename), the locks, the landing page and the merged ``manifest.json`` last. A SIGKILL at any
+point leaves a mirror whose manifest lists every file a live page names: the old state plus
+journaled ("staged") leftovers, or the new one; the next unbundle or ``verify-mirror
+--repair`` converges. Any failure during the commit rolls every step back, so a late
 failure publishes nothing. The next run removes the staging dir of a killed one."""
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import IO
 
 from tqdm import tqdm
 
-from torchdepot.errors import IntegrityError, UnsafePathError
+from torchdepot.errors import IntegrityError, TorchdepotError, UnsafePathError
 from torchdepot.ship.bundle.model import (
     BUNDLE_HEAD,
     BUNDLE_MANIFEST,
@@ -48,7 +53,9 @@ from torchdepot.ship.bundle.model import (
 )
 from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
-from torchdepot.store.fsutil import MirrorLock, fsync_dir, safe_join, sha256_file
+from torchdepot.store import publication as pub
+from torchdepot.store.fsutil import MirrorLock, fsync_dir, safe_join, sha256_file, writing
+from torchdepot.store.outdir import check_out_dir
 
 # ---------------------------------------------------------------- reading
 
@@ -119,9 +126,14 @@ def _kind(m: tarfile.TarInfo) -> str:
 def _read_doc(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     if member.size > MAX_DOC_BYTES:
         raise BundleError(f"{member.name}: {member.size} bytes, more than a bundle document may hold")
-    fin = tar.extractfile(member)
-    assert fin is not None  # _extract refuses every member but regular files first
-    return fin.read()
+    return _member_reader(tar, member).read()
+
+
+def _member_reader(tar: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
+    fh = tar.extractfile(member)
+    if fh is None:  # only for members that are not regular files, which are refused before
+        raise BundleError(f"bundle member {member.name!r}: not a regular file")
+    return fh
 
 
 def _extract(parts: list[Path], staging: Path) -> tuple[BundleDoc, dict[str, tuple[str, int]]]:
@@ -176,9 +188,8 @@ def _extract(parts: list[Path], staging: Path) -> tuple[BundleDoc, dict[str, tup
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     h = hashlib.sha256()
                     n = 0
-                    fin = tar.extractfile(member)
-                    assert fin is not None  # a regular file (isreg() above)
-                    with open(dest, "wb") as out:
+                    fin = _member_reader(tar, member)
+                    with writing(dest), open(dest, "wb") as out:
                         while chunk := fin.read(CHUNK):
                             h.update(chunk)
                             n += len(chunk)
@@ -331,7 +342,11 @@ def _prepare_whl(staging: Path, dest: Path, paths: list[str]) -> tuple[Path, str
     gen = f"unbundle-{time.time_ns()}"
     tree = staging / ".whl-build" / L.INDEX_LINK
     if link.is_dir():
-        shutil.copytree(link.resolve(), tree, symlinks=False)
+        try:
+            shutil.copytree(link.resolve(), tree, symlinks=False)
+        except shutil.Error as exc:  # its message is a list of every (src, dst, why): say the first
+            src_, dst_, why = exc.args[0][0]
+            raise BundleError(f"{dst_}: cannot copy the live index page {src_} ({why}); nothing published") from None
     tree.mkdir(parents=True, exist_ok=True)
     for p in paths:
         target = safe_join(tree, p[len(L.INDEX_LINK) + 1:])
@@ -355,6 +370,7 @@ def unbundle(bundle: Path, dest: Path) -> UnbundleReport:
 
     parts = bundle_parts(bundle)
     dest = Path(dest)
+    check_out_dir(dest, what="unbundle --to")  # mirror's rules: never into $HOME or a dir of other files
     dest.mkdir(parents=True, exist_ok=True)
     with MirrorLock(dest):
         state = dest / L.STATE_DIR
@@ -367,7 +383,7 @@ def unbundle(bundle: Path, dest: Path) -> UnbundleReport:
             _verify(doc, received, dest, existing)
             report = UnbundleReport(incremental=doc.incremental, targets=list(doc.targets))
             # prepare everything that can fail before the first visible change
-            moves: list[tuple[Path, Path, str]] = []  # (staged, target, path), files -> locks -> indexes
+            moves: dict[str, list[tuple[Path, Path, str]]] = {role: [] for role in ROLES}  # (staged, target, path)
             whl_pages: list[str] = []
             for role in ROLES:
                 for f in sorted((f for f in doc.files if f.role == role), key=lambda f: f.path):
@@ -376,16 +392,35 @@ def unbundle(bundle: Path, dest: Path) -> UnbundleReport:
                         report.unchanged.append(f.path)  # identical (checked in _verify)
                     elif role == "index" and f.path.startswith(L.INDEX_LINK + "/"):
                         whl_pages.append(f.path)
+                    elif role == "index" and f.path.startswith(L.TARGETS_DIR + "/"):
+                        moves["lock"].append((staging / f.path, target, f.path))  # pylock.toml: after the index
                     else:
-                        moves.append((staging / f.path, target, f.path))
+                        moves[role].append((staging / f.path, target, f.path))
             whl = _prepare_whl(staging, dest, whl_pages) if whl_pages else None
             if whl_pages and whl is None:  # whl/ is a plain directory: its pages go in like the others
-                moves += [(staging / p, safe_join(dest, p), p) for p in whl_pages]
-            merged = merge_manifests(existing, _without_local_urls(doc.manifest))
+                moves["index"] += [(staging / p, safe_join(dest, p), p) for p in whl_pages]
+            carried = _without_local_urls(doc.manifest)
+            merged = merge_manifests(existing, carried)
             (staging / ".manifest").write_text(merged.to_json(), encoding="utf-8")
+            # The widened manifest: what is live plus the new packages, minus what the bundle's index
+            # files replace. Saved before any index goes live, so every state a kill can leave lists
+            # every file a live page or repodata names (as a sync does, docs/publication.md).
+            replaced = [f.path for f in doc.files if f.role != "file"]
+            base = existing if existing is not None else dataclasses.replace(merged, files=[], targets=[])
+            widened = pub.widened(base, [e for e in carried.files if role_of(e.path) == "file"], drop=replaced)
+            (staging / ".widened").write_text(widened.to_json(), encoding="utf-8")
+            (staging / ".landing").write_text(render_landing(merged, dest), encoding="utf-8")
+            # Journaled before the first byte lands: a kill leaves them as the mirror's own "staged"
+            # leftovers (never orphans), which the next run or verify-mirror --repair removes.
+            new_paths = [path for _src, _target, path in moves["file"]]
+            pub.record(dest, new_paths)
             commit = _Commit(dest, staging)
             try:
-                for src, target, path in moves:
+                for src, target, path in moves["file"]:
+                    commit.put(src, target)
+                    report.published.append(path)
+                commit.put(staging / ".widened", dest / mf.MANIFEST_NAME)
+                for src, target, path in moves["index"]:  # conda repodata, a plain whl/ dir's pages
                     commit.put(src, target)
                     report.published.append(path)
                 if whl is not None:
@@ -395,13 +430,19 @@ def unbundle(bundle: Path, dest: Path) -> UnbundleReport:
                     commit.put(build, gen_dir)
                     commit.link(dest / L.INDEX_LINK, f"{L.PUBLISH_DIR}/{gen}/{L.INDEX_LINK}")
                     report.published += whl_pages
-                (staging / ".landing").write_text(render_landing(merged, dest), encoding="utf-8")
+                for src, target, path in moves["lock"]:  # locks name the new files: after the index
+                    commit.put(src, target)
+                    report.published.append(path)
                 commit.put(staging / ".landing", dest / L.LANDING_NAME)
                 commit.put(staging / ".manifest", dest / mf.MANIFEST_NAME)  # the commit point
                 commit.sync()
             except BaseException:
                 commit.rollback()
+                with contextlib.suppress(OSError, TorchdepotError):
+                    pub.forget(dest, [p for p in new_paths if not os.path.lexists(dest / p)])
                 raise
+            # listed now, with any a killed run left (found identical above, so "unchanged" this time)
+            pub.forget(dest, [f.path for f in doc.files if f.role == "file"])
             return report
         finally:
             shutil.rmtree(staging, ignore_errors=True)
