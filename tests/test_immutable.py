@@ -254,6 +254,7 @@ def test_bytes_that_moved_stay_and_a_retired_path_never_gets_other_bytes(tmp_pat
     assert pub.load_retired(tmp_path) == {default: x, default + ".metadata": "dd" * 32, q: z}
 
 
+@pytest.mark.slow
 def test_a_resync_failing_after_the_manifest_is_widened_keeps_the_old_locks(tmp_path, monkeypatch):
     """Issue 22 item 6: the new targets/<id>/pylock.toml went live over the old index when the
     index swap failed after the manifest was widened; verify said ok. Now the locks follow the
