@@ -24,7 +24,7 @@ from torchdepot.net.http import Client, HttpConfig
 ROOT = Path(__file__).resolve().parent.parent
 SIZE = 2_000_000
 PIECE = 128 * 1024
-SPLIT = dict(split_bytes=500_000, piece_bytes=PIECE, connections=8, connections_per_host=4)
+SPLIT = dict(split_bytes=500_000, piece_bytes=PIECE, head_steal_bytes=500_000, connections=8, connections_per_host=4)
 
 
 def _data(seed: int, size: int = SIZE) -> bytes:

@@ -47,7 +47,12 @@ from torchdepot.fetch.pool import (
     Slots,
 )
 from torchdepot.fetch.progress import Progress, ProgressCallback
-from torchdepot.fetch.segmented import DEFAULT_PIECE_BYTES, DEFAULT_SPLIT_BYTES, Segmenter
+from torchdepot.fetch.segmented import (
+    DEFAULT_HEAD_STEAL_BYTES,
+    DEFAULT_PIECE_BYTES,
+    DEFAULT_SPLIT_BYTES,
+    Segmenter,
+)
 from torchdepot.fetch.single import Streamer
 from torchdepot.net.http import Client
 from torchdepot.store import layout as L
@@ -91,6 +96,7 @@ class Fetcher:
         connections_per_host: int = DEFAULT_CONNECTIONS_PER_HOST,
         split_bytes: int = DEFAULT_SPLIT_BYTES,
         piece_bytes: int = DEFAULT_PIECE_BYTES,
+        head_steal_bytes: int = DEFAULT_HEAD_STEAL_BYTES,
         min_rate: float = DEFAULT_MIN_RATE,
         rate_window: float = DEFAULT_RATE_WINDOW,
         on_progress: ProgressCallback | None = None,
@@ -116,6 +122,7 @@ class Fetcher:
         self.connections_per_host = max(1, min(connections_per_host, self.connections))
         self.split_bytes = max(1, split_bytes)
         self.piece_bytes = max(64 * 1024, piece_bytes)
+        self.head_steal_bytes = max(0, head_steal_bytes)
         self.floor = RateFloor(min_rate=max(0.0, min_rate), window=rate_window)
         self.on_progress = on_progress
         self.cache = HashCache(self.root)
@@ -165,7 +172,7 @@ class Fetcher:
         self._pieces = ThreadPoolExecutor(max_workers=self.connections, thread_name_prefix="piece")
         self._segments = Segmenter(pool=self._pool, executor=self._pieces, split_bytes=self.split_bytes,
                                    piece_bytes=self.piece_bytes, connections_per_host=self.connections_per_host,
-                                   attempts=self.attempts)
+                                   attempts=self.attempts, head_steal_bytes=self.head_steal_bytes)
         self._streams = Streamer(pool=self._pool, segmenter=self._segments)
         self._futures = {}
         self.report = None

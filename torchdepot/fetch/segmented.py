@@ -61,6 +61,10 @@ from torchdepot.net.http import describe, parse_content_range, range_header
 MB = 1_000_000
 DEFAULT_PIECE_BYTES = 1 * MB  # the smallest piece (aria2's -k is 1M too)
 DEFAULT_SPLIT_BYTES = 2 * DEFAULT_PIECE_BYTES  # no threshold of its own: any file that makes two pieces
+# A whole-file 200 (size unknown until it answered) is cut only while this much is left: the
+# server keeps sending past the cut until the connection closes, so every cut costs what is in
+# flight (on a fast link, socket buffers of a few MB) and is worth it only for a large rest.
+DEFAULT_HEAD_STEAL_BYTES = 4 * DEFAULT_PIECE_BYTES
 REFUSALS = frozenset({429, 503})  # an extra connection refused: the host wants one stream per file
 
 
@@ -74,6 +78,7 @@ class _Run:
     pos: int
     end: int
     marked: int  # blocks before this offset are recorded in the sidecar
+    unbounded: bool = False  # a 200 for the whole file: the server sends on past any cut
 
 
 @dataclass
@@ -97,8 +102,8 @@ class _Segmented:
     steals: int = 0
     active: int = 0  # piece requests holding a connection now
 
-    def add_run(self, first: int, end: int) -> _Run:
-        run = _Run(index=len(self.runs), first=first, pos=first, end=end, marked=first)
+    def add_run(self, first: int, end: int, unbounded: bool = False) -> _Run:
+        run = _Run(index=len(self.runs), first=first, pos=first, end=end, marked=first, unbounded=unbounded)
         self.runs.append(run)
         return run
 
@@ -125,6 +130,7 @@ class Segmenter:
     piece_bytes: int
     connections_per_host: int
     attempts: int
+    head_steal_bytes: int = DEFAULT_HEAD_STEAL_BYTES
     refused: set[str] = field(default_factory=set)  # hosts that refused parallel ranges this run
     backlog: _Backlog = field(default_factory=_Backlog)
 
@@ -156,7 +162,7 @@ class Segmenter:
                              state=state, started=started, meter=meter)
             want = min(self.connections_per_host, count - len(state.done))
             if first is not None:  # the open response owns the file; the others take halves of it
-                head: _Run | None = seg.add_run(0, size)
+                head: _Run | None = seg.add_run(0, size, unbounded=True)
                 todo: list[_Run] = []
             else:
                 head = None
@@ -229,7 +235,7 @@ class Segmenter:
         if seg.abort.is_set() or not self._free():
             return None
         with seg.lock:
-            return _steal(seg, self.piece_bytes)
+            return _steal(seg, self.piece_bytes, self.head_steal_bytes)
 
     def _work(self, seg: _Segmented, run: _Run | None, queued: bool) -> None:
         """Fetch ``run`` (or a stolen half when None), then keep stealing while free."""
@@ -237,7 +243,7 @@ class Segmenter:
             self.backlog.add(-1)
         if run is None:
             with seg.lock:
-                run = _steal(seg, self.piece_bytes)
+                run = _steal(seg, self.piece_bytes, self.head_steal_bytes)
         while run is not None:
             self._piece(seg, run)
             run = self._next(seg)
@@ -342,11 +348,12 @@ class Segmenter:
             raise Retry(f"{seg.url}: piece {run.index} ended at byte {at}, before {run.end}")
 
 
-def _steal(seg: _Segmented, block: int) -> _Run | None:
+def _steal(seg: _Segmented, block: int, head_min: int = DEFAULT_HEAD_STEAL_BYTES) -> _Run | None:
     """aria2's rule, under ``seg.lock``: split the run with the most bytes left at a block
     boundary near the middle of what it has left; its owner stops there, and the second
-    half is a new run. None when no run has two blocks' worth left."""
-    live = [r for r in seg.runs if r.end - r.pos >= 2 * block]
+    half is a new run. None when no run has two blocks' worth left (``head_min`` for a
+    whole-file 200, whose server sends on past the cut)."""
+    live = [r for r in seg.runs if r.end - r.pos >= max(2 * block, head_min if r.unbounded else 0)]
     if not live:
         return None
     big = max(live, key=lambda r: r.end - r.pos)
