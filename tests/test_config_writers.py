@@ -740,3 +740,11 @@ def test_sigkill_mid_write_leaves_old_or_new(tmp_path):
     assert torn_temps > 0  # and some kills did land mid-write (a half-written temp file was left)
     # leftover temp files are hidden dot-files next to the target, never the target itself
     assert all(p.name.startswith(".pip.conf.") for p in target.parent.iterdir() if p != target)
+
+
+@pytest.mark.parametrize("text", ["? ?\n", "? [a, b]\n: 1\n", "1: x\n", "null: x\n"])
+def test_condarc_with_a_key_that_is_not_a_name_is_left_untouched(text):
+    """Found by the fuzzer: ``? ?`` loaded as a null key and was written back as YAML that conda's
+    own (safe) loader refuses."""
+    with pytest.raises(TorchdepotError, match=r"^/cfg/\.condarc: a key that is not a name \(\w+\), left untouched$"):
+        conda_cfg.plan(Path("/cfg/.condarc"), text, FUZZ_URL, ["pytorch"])

@@ -9,6 +9,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests import test_variants
 from tests.httpserver import Server
 from tests.mirror_upstream import make_wheel, sha256
@@ -59,6 +61,7 @@ def test_provider_on_no_source_is_one_warning_not_a_failure(upstream, tmp_path):
     assert res.targets
 
 
+@pytest.mark.slow  # an install into a venv of this interpreter, from cp311 wheels (test-all runs 3.11)
 def test_cpu_only_mirror_lists_null_and_uv_installs_it_offline(upstream, tmp_path):
     root, url = upstream
     out = tmp_path / "m"

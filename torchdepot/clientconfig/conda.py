@@ -96,6 +96,11 @@ def parse(text: str, where: str):
         doc = CommentedMap()
     if not isinstance(doc, CommentedMap):
         raise ConfigFileError(f"{where}: top level is not a mapping, left untouched")
+    for key in doc:
+        if not isinstance(key, str):
+            # conda reads only string keys; a null or complex key (``? ?``) would be written
+            # back as YAML that conda's own loader refuses
+            raise ConfigFileError(f"{where}: a key that is not a name ({type(key).__name__}), left untouched")
     return doc
 
 

@@ -59,6 +59,11 @@ def check_out_dir(path: Path | str, *, what: str = "out") -> Path:
         root = given.resolve()
     except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop on older Pythons
         raise UnsafePathError(f"{what} {given}: cannot resolve the path ({getattr(exc, 'strerror', None) or exc})") from None
+    # Python 3.13's resolve() leaves a symlink loop unresolved instead of raising: a link left in
+    # the resolved path is one it could not follow
+    looped = next((p for p in (root, *root.parents) if os.path.islink(p)), None)
+    if looped is not None:
+        raise UnsafePathError(f"{what} {given}: cannot resolve the path (symlink loop at {looped})")
     if root == Path(root.anchor):
         raise UnsafePathError(f"{what} {given}: refusing the file system root; name a directory for the mirror")
     home = _home()
