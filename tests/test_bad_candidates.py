@@ -53,6 +53,19 @@ def _no_metadata() -> tuple[str, bytes]:
     return w.filename, out.getvalue()
 
 
+def _sync_served(tmp: Path, lines: list[str]) -> tuple[object, float]:
+    """Serve ``tmp/up`` and sync one cpu target from it into ``tmp/out`` (pip's index: its
+    /simple); the run's lines go to ``lines``. Returns the result and the sync's seconds."""
+    with Server(tmp / "up") as srv:
+        spec = parse_spec({"accelerators": ["cpu"], "pythons": ["3.11"], "platforms": ["linux-x86_64"],
+                           "extra_packages": [], "upstreams": [srv.url + "/whl"], "out": str(tmp / "out"),
+                           "jobs": 2}, "test spec")
+        t = time.monotonic()
+        res = sync(spec, client=make_session(HttpConfig(retries=0)), progress=False, echo=lines.append,
+                   pip_sources=PipSources(index_url=srv.url + "/simple"))
+        return res, time.monotonic() - t
+
+
 def _mirror(tmp: Path, bad: tuple[str, bytes]) -> tuple[object, list[str], dict[str, str], float]:
     """Upstream: /whl/cpu/torch/ lists the bad file (no PEP 658 sidecar: the view reads the
     wheel) and the good one; /simple has filelock. Returns the result, the run's lines, the
@@ -66,17 +79,9 @@ def _mirror(tmp: Path, bad: tuple[str, bytes]) -> tuple[object, list[str], dict[
     tree.add("/whl/cpu/torch/index.html", page(anchors))
     tree |= pep503([FILELOCK], pages=["/simple"], files="/files", metadata=False)
     tree.write(tmp / "up")
-    out = tmp / "out"
-    with Server(tmp / "up") as srv:
-        spec = parse_spec({"accelerators": ["cpu"], "pythons": ["3.11"], "platforms": ["linux-x86_64"],
-                           "extra_packages": [], "upstreams": [srv.url + "/whl"], "out": str(out), "jobs": 2},
-                          "test spec")
-        lines: list[str] = []
-        t = time.monotonic()
-        res = sync(spec, client=make_session(HttpConfig(retries=0)), progress=False, echo=lines.append,
-                   pip_sources=PipSources(index_url=srv.url + "/simple"))
-        took = time.monotonic() - t
-    return res, lines, {e.path: e.sha256 for e in mf.load(out).files}, took
+    lines: list[str] = []
+    res, took = _sync_served(tmp, lines)
+    return res, lines, {e.path: e.sha256 for e in mf.load(tmp / "out").files}, took
 
 
 @pytest.mark.parametrize(("make", "why"), [
@@ -163,13 +168,8 @@ def test_a_newer_torch_behind_encoded_dot_segments_is_refused_in_the_sync(tmp_pa
     tree.add("/whl/cpu/torch/index.html", page(anchors))
     tree |= pep503([FILELOCK], pages=["/simple"], files="/files", metadata=False)
     tree.write(tmp_path / "up")
-    with Server(tmp_path / "up") as srv:
-        spec = parse_spec({"accelerators": ["cpu"], "pythons": ["3.11"], "platforms": ["linux-x86_64"],
-                           "extra_packages": [], "upstreams": [srv.url + "/whl"], "out": str(tmp_path / "out"),
-                           "jobs": 2}, "test spec")
-        lines: list[str] = []
-        res = sync(spec, client=make_session(HttpConfig(retries=0)), progress=False, echo=lines.append,
-                   pip_sources=PipSources(index_url=srv.url + "/simple"))
+    lines: list[str] = []
+    res, _took = _sync_served(tmp_path, lines)
     files = {e.path for e in mf.load(tmp_path / "out").files}
     assert f"packages/torch/{GOOD.filename}" in files
     assert res.refused == 1
@@ -187,13 +187,8 @@ def test_sdists_of_the_users_index_are_not_counted_as_refusals(tmp_path):
     extra = "".join(f'<a href="/files/filelock-3.{i}.0.tar.gz">filelock-3.{i}.0.tar.gz</a>\n' for i in range(50))
     extra += '<a href="http://elsewhere.example/filelock-9.0.0-py3-none-any.whl">x</a>\n'
     page_file.write_text(page_file.read_text().replace("</body>", extra + "</body>"))
-    with Server(tmp_path / "up") as srv:
-        spec = parse_spec({"accelerators": ["cpu"], "pythons": ["3.11"], "platforms": ["linux-x86_64"],
-                           "extra_packages": [], "upstreams": [srv.url + "/whl"], "out": str(tmp_path / "out"),
-                           "jobs": 2}, "test spec")
-        lines: list[str] = []
-        res = sync(spec, client=make_session(HttpConfig(retries=0)), progress=False, echo=lines.append,
-                   pip_sources=PipSources(index_url=srv.url + "/simple"))
+    lines: list[str] = []
+    res, _took = _sync_served(tmp_path, lines)
     assert res.refused == 1, lines
     (line,) = [ln for ln in lines if ln.startswith("upstream: refused")]
     assert line == "upstream: refused 1 links (1 host elsewhere.example not allowed by the host policy)"
@@ -207,14 +202,9 @@ def test_when_the_only_candidate_is_bad_the_run_fails_in_one_line_naming_why(tmp
                                                      hashlib.sha256(data).hexdigest())]))
     tree |= pep503([FILELOCK], pages=["/simple"], files="/files", metadata=False)
     tree.write(tmp_path / "up")
-    with Server(tmp_path / "up") as srv:
-        spec = parse_spec({"accelerators": ["cpu"], "pythons": ["3.11"], "platforms": ["linux-x86_64"],
-                           "extra_packages": [], "upstreams": [srv.url + "/whl"], "out": str(tmp_path / "out"),
-                           "jobs": 2}, "test spec")
-        lines: list[str] = []
-        with pytest.raises(TorchdepotError) as info:
-            sync(spec, client=make_session(HttpConfig(retries=0)), progress=False, echo=lines.append,
-                 pip_sources=PipSources(index_url=srv.url + "/simple"))
+    lines: list[str] = []
+    with pytest.raises(TorchdepotError) as info:
+        _sync_served(tmp_path, lines)
     assert "1 candidate(s) excluded, none left" in str(info.value)
     assert "not a readable wheel" in str(info.value)
     assert not [ln for ln in lines if ln.startswith("excluded ")], lines  # the error line says it all
@@ -241,13 +231,8 @@ def test_a_wheel_whose_download_is_no_wheel_is_excluded_and_resolved_again(tmp_p
     tree |= pep503([FILELOCK], pages=["/simple"], files="/files", metadata=False)
     tree.write(tmp_path / "up")
     out = tmp_path / "out"
-    with Server(tmp_path / "up") as srv:
-        spec = parse_spec({"accelerators": ["cpu"], "pythons": ["3.11"], "platforms": ["linux-x86_64"],
-                           "extra_packages": [], "upstreams": [srv.url + "/whl"], "out": str(out), "jobs": 2},
-                          "test spec")
-        lines: list[str] = []
-        res = sync(spec, client=make_session(HttpConfig(retries=0)), progress=False, echo=lines.append,
-                   pip_sources=PipSources(index_url=srv.url + "/simple"))
+    lines: list[str] = []
+    res, _took = _sync_served(tmp_path, lines)
     assert res.verify == "ok"
     files = {e.path for e in mf.load(out).files}
     assert f"packages/torch/{GOOD.filename}" in files

@@ -19,6 +19,12 @@ from torchdepot.model.gpu_tables import min_driver
 from torchdepot.net.http import make_session
 
 
+def _torch_of(report: dict, accelerator: str) -> str | None:
+    """The torch release the judged candidate ``accelerator`` holds for (None: not tabled)."""
+    return next((c["torch"] for c in report.get("candidates") or [] if c["accelerator"] == accelerator and c["torch"]),
+                None)
+
+
 def _text(report: dict) -> str:
     lines = [
         f"machine     {report['os']}-{report['arch']}, Python {report['python']}"
@@ -40,7 +46,7 @@ def _text(report: dict) -> str:
         cuda = f"{rec[2:-1]}.{rec[-1]}"
         md = min_driver(cuda, report["os"])
         need = f" (needs driver >= {md})" if md else ""
-    torch = next((c["torch"] for c in report.get("candidates") or [] if c["accelerator"] == rec and c["torch"]), None)
+    torch = _torch_of(report, rec)
     lines.append(f"recommended {rec}{need}" + (f", torch {torch}" if torch and rec != "cpu" else ""))
     for c in report.get("candidates") or []:
         if c["fits"] == "no" and not c["no_device"]:
@@ -134,7 +140,7 @@ def doctor_cmd(as_json: bool, fmt: str | None, mirror_url_text: str | None, do_c
         if note:
             report["mirror"]["note"] = note
     chosen = (report.get("mirror") or {}).get("accelerator") or report["recommended"]
-    torch = next((c["torch"] for c in report.get("candidates") or [] if c["accelerator"] == chosen), None)
+    torch = _torch_of(report, chosen)
     facts = installer_facts(chosen, nvidia_caps(machine), torch)
     report["installers"] = facts.to_json()
     problems: list[str] = []

@@ -218,11 +218,7 @@ class Manifest:
         releases = []
         for i, r in enumerate(_items(doc, "releases", where, required=False)):
             at = f"{where}: releases[{i}]"
-            if isinstance(r, dict) and isinstance(r.get("paths"), list):
-                if not all(isinstance(p, str) for p in r["paths"]):
-                    raise TorchdepotError(f"{at}: paths: expected strings")
-                r = {**r, "paths": tuple(r["paths"])}
-            rel = _record(Release, r, at)
+            rel = _record(Release, _strings_tupled(r, "paths", at), at)
             for p in rel.paths:
                 safe_join(Path("/nonexistent-root"), p)
             releases.append(rel)
@@ -231,11 +227,7 @@ class Manifest:
         tombstones = []
         for i, t in enumerate(_items(doc, "tombstones", where, required=False)):
             at = f"{where}: tombstones[{i}]"
-            if isinstance(t, dict) and isinstance(t.get("targets"), list):
-                if not all(isinstance(x, str) for x in t["targets"]):
-                    raise TorchdepotError(f"{at}: targets: expected strings")
-                t = {**t, "targets": tuple(t["targets"])}
-            ts = _record(Tombstone, t, at)
+            ts = _record(Tombstone, _strings_tupled(t, "targets", at), at)
             if ts.reason not in TOMBSTONE_REASONS:
                 raise TorchdepotError(f"{at}: reason: {ts.reason[:40]!r} is not one of {', '.join(TOMBSTONE_REASONS)}")
             safe_join(Path("/nonexistent-root"), ts.path)
@@ -270,6 +262,16 @@ def _items(doc: dict[str, object], key: str, where: str, required: bool = True) 
     if not isinstance(value, list):
         raise TorchdepotError(f"{where}: {key}: {'missing' if value is None else 'not a list'}")
     return value
+
+
+def _strings_tupled(obj: object, key: str, at: str) -> object:
+    """``obj`` with its list of strings under ``key`` as a tuple (the frozen record's type);
+    anything else is left for :func:`_record` to refuse."""
+    if isinstance(obj, dict) and isinstance(obj.get(key), list):
+        if not all(isinstance(x, str) for x in obj[key]):
+            raise TorchdepotError(f"{at}: {key}: expected strings")
+        return {**obj, key: tuple(obj[key])}
+    return obj
 
 
 def _record(cls: type[_D], data: object, where: str) -> _D:

@@ -21,19 +21,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from torchdepot.errors import TorchdepotError, UpstreamError, load_json
+from torchdepot.errors import TorchdepotError, UpstreamError, load_json, one_line
 from torchdepot.model.release_matrix import Matrix, current_matrix, matrix_changes, missing_explicit
-from torchdepot.net.http import Client, HttpConfig
-from torchdepot.net.pipconfig import PipSources, pip_default_index, pip_file_host, read_pip_config
+from torchdepot.net.http import Client
+from torchdepot.net.pipconfig import PipSources
 from torchdepot.sources.upstream import UpstreamReader, crawl_wheels, page_url
 from torchdepot.spec.mirror import MirrorSpec
 from torchdepot.store import layout as L
 from torchdepot.store.fsutil import atomic_write_text, safe_join
-from torchdepot.sync.plan import channel_prefix, host_policy
+from torchdepot.sync import session
+from torchdepot.sync.plan import channel_prefix
 
 Say = Callable[[str], None]
 MAX_RECORD = 4 * 1024 * 1024  # the record is ours, but a mirror dir may hold anything
-_PROBE = HttpConfig(connect_timeout=5.0, read_timeout=30.0, retries=1, backoff=0.2, max_backoff=1.0)
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def _read_matrix(spec: MirrorSpec, reader: UpstreamReader, say: Say) -> Matrix |
         try:
             crawl = crawl_wheels(reader, index, ["torch"])
         except UpstreamError as exc:
-            say(f"current: {index}/torch/ not readable ({exc.args[0] if exc.args else exc}){more}")
+            say(f"current: {index}/torch/ not readable ({one_line(exc)}){more}")
             continue
         matrix = current_matrix((w for _, w in crawl.items), constraint, spec.channel.prerelease, spec.platforms)
         if matrix is not None:
@@ -90,11 +90,8 @@ def follow_upstream(spec: MirrorSpec, out: Path, *, pip_sources: PipSources | No
     if not spec.follow:
         return spec, None
     previous = load_record(out) if out.is_dir() else None
-    pip = pip_sources if pip_sources is not None else read_pip_config()
-    default_index = None if (pip.index_url or pip.no_index) else pip_default_index()
-    policy = host_policy(spec, pip, default_index, pip_file_host() if default_index else None)
-    with Client(_PROBE) as probe:
-        matrix = _read_matrix(spec, UpstreamReader(probe, policy), say)
+    with Client(session.PROBE_CONFIG) as probe:
+        matrix = _read_matrix(spec, session.edge(spec, probe, pip_sources).reader, say)
     if matrix is None:
         if previous is None:
             raise TorchdepotError("current: no upstream listed a torch release matrix "

@@ -30,6 +30,8 @@ from pathlib import Path
 
 from torchdepot.errors import TorchdepotError
 from torchdepot.model.wheelname import parse_wheel
+from torchdepot.sources.links import Link
+from torchdepot.sources.variants import VariantsJson
 from torchdepot.store import manifest as mf
 from torchdepot.store import publication
 from torchdepot.store.fsutil import atomic_write_bytes, safe_join
@@ -99,6 +101,19 @@ def store_path(out: Path, project: str, filename: str, sha256: str,
         n += 1
 
 
+@dataclass
+class _Held:
+    """One upstream variants.json and what the mirror holds of its release."""
+
+    link: Link
+    doc: VariantsJson
+    data: bytes  # upstream's bytes
+    project: str
+    version: str
+    labels: set[str] = field(default_factory=set)  # the labels the mirror holds
+    keys: list[tuple[str, str]] = field(default_factory=list)  # (wheel key, its label)
+
+
 def publish_variants_json(out: Path, resolution: Resolution, view: View) -> VariantsPublished:
     """Store the variants.json of every variant wheel in the resolution; see the module docstring.
 
@@ -108,7 +123,7 @@ def publish_variants_json(out: Path, resolution: Resolution, view: View) -> Vari
     result = VariantsPublished()
     published = _published(out)
     writes: dict[str, bytes] = {}
-    held: dict[str, tuple] = {}  # variants.json URL -> (link, doc, upstream bytes, project, version, labels, keys)
+    held: dict[str, _Held] = {}  # variants.json URL -> the release it describes and the labels held
     for key, vf, acc in resolution.files:
         if vf.label is None:
             continue
@@ -117,12 +132,13 @@ def publish_variants_json(out: Path, resolution: Resolution, view: View) -> Vari
         if got is None:
             continue  # upstream lists none: PEP 825 says it must; the wheel is still served
         link, doc, data = got
-        entry = held.setdefault(link.url, (link, doc, data, vf.project, version, set(), []))
-        entry[5].add(vf.label)
-        entry[6].append((key, vf.label))
-    for link, doc, upstream_data, project, version, labels, keys in held.values():
-        data = upstream_data if labels >= set(doc.variants) else doc.subset_text(labels).encode()
-        upstream_sha = hashlib.sha256(upstream_data).hexdigest()
+        entry = held.setdefault(link.url, _Held(link, doc, data, vf.project, version))
+        entry.labels.add(vf.label)
+        entry.keys.append((key, vf.label))
+    for h in held.values():
+        link, project, version = h.link, h.project, h.version
+        data = h.data if h.labels >= set(h.doc.variants) else h.doc.subset_text(h.labels).encode()
+        upstream_sha = hashlib.sha256(h.data).hexdigest()
         sha = hashlib.sha256(data).hexdigest()
         path = store_path(out, project, link.filename, sha, published, writes)
         if path not in writes and not safe_join(out, path).exists():
@@ -134,7 +150,7 @@ def publish_variants_json(out: Path, resolution: Resolution, view: View) -> Vari
         result.index_files[path] = IndexFile(project=project, filename=link.filename, path=path, sha256=sha, size=len(data),
                                              upload_time=link.upload_time)
         result.texts[path] = data.decode("utf-8")
-        for key, label in keys:
+        for key, label in h.keys:
             result.by_wheel[key] = path
             result.labels[key] = label
     if writes:
