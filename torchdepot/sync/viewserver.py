@@ -29,6 +29,7 @@ from torchdepot.errors import TorchdepotError
 from torchdepot.sync.view import View
 
 EMPTY_ROOT = b"<!DOCTYPE html><html><body></body></html>\n"
+POLL_S = 0.02  # serve_forever's poll interval: how long shutdown() may wait
 
 
 def _relay(view: View, accelerator: str, filename: str, handler: http.server.BaseHTTPRequestHandler) -> None:
@@ -101,7 +102,8 @@ def serve_view(view: View) -> Iterator[str]:
     set as ``view.base_url``, which :meth:`View.lookup` maps resolver URLs back with)."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(view))
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # a short poll: shutdown() waits up to one interval (the default 0.5 s is a no-op's largest wait)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": POLL_S}, daemon=True)
     thread.start()
     view.base_url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
