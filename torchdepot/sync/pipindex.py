@@ -18,9 +18,11 @@ names is linked by the live index. ``manifest.json`` with this run's targets is 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from torchdepot import __version__
 from torchdepot.fetch import FetchReport
 from torchdepot.lockfiles.render import pins_for, pylock_toml
 from torchdepot.store import layout as L
@@ -97,13 +99,13 @@ def publish_pip(out: Path, resolution: Resolution, report: FetchReport, view: Vi
         for ix in kept:
             page_files.setdefault(ix.path, ix)
     if live is not None:  # a re-sync: the live index is replaced only once its files are listed
-        mf.save(out, pub.widened(live, entries.values()))
+        wide = pub.widened(live, entries.values())
+        if wide.files != live.files:  # a no-op lists nothing new: the committed manifest already is this
+            mf.save(out, wide)
     generation, changed = publish(out, build_pages({acc: list(files.values()) for acc, files in variants.items()}))
     # Each target's lock names files the index now links: written only after the swap, so a run
     # that fails earlier leaves the old locks over the old index (verify-mirror checks they agree).
-    for target in targets:
-        _write_if_changed(safe_join(out, L.target_lock(target.id)),
-                          pylock_toml(target, pins_for(target, entries), "../..", location="path"))
+    _write_locks(out, targets, entries)
     return PipPublished(files=tuple(sorted(entries.values(), key=lambda e: e.path)), targets=tuple(targets),
                         generation=generation, changed=changed)
 
@@ -123,6 +125,40 @@ def _published_metadata(out: Path, key: str, sha256: str,
     if len(data) != meta.size or hashlib.sha256(data).hexdigest() != meta.sha256:
         return None
     return meta.sha256, requires_python_of(data), len(data)
+
+
+def _write_locks(out: Path, targets: list[mf.Target], entries: dict[str, mf.FileEntry]) -> None:
+    """Each target's pylock.toml. A lock whose inputs (target, pins, this torchdepot) hash to
+    what :data:`L.LOCK_KEYS` recorded, and whose file still holds the bytes recorded with them,
+    is not rendered again (a no-op re-sync renders none); the record is a cache: unreadable
+    means render."""
+    keys_path = safe_join(out, L.LOCK_KEYS)
+    try:
+        doc = json.loads(keys_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        doc = {}
+    kept = doc if isinstance(doc, dict) else {}
+    fresh: dict[str, list[str]] = {}
+    for target in targets:
+        path = safe_join(out, L.target_lock(target.id))
+        pins = pins_for(target, entries)
+        key = hashlib.sha256(repr((__version__, target, pins)).encode()).hexdigest()
+        was = kept.get(target.id)
+        if isinstance(was, list) and len(was) == 2 and was[0] == key and _sha256_of(path) == was[1]:
+            fresh[target.id] = was
+            continue
+        text = pylock_toml(target, pins, "../..", location="path")
+        _write_if_changed(path, text)
+        fresh[target.id] = [key, hashlib.sha256(text.encode()).hexdigest()]
+    if fresh != kept:
+        atomic_write_text(keys_path, json.dumps(fresh, indent=0, sort_keys=True) + "\n")
+
+
+def _sha256_of(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def _write_if_changed(path: Path, text: str) -> None:

@@ -82,7 +82,7 @@ def _without_a_fitting_wheel(view: View, t) -> str | None:
     return None
 
 
-def _uv_version() -> str:
+def uv_version() -> str:
     try:
         return importlib.metadata.version("uv")
     except importlib.metadata.PackageNotFoundError:
@@ -165,14 +165,14 @@ def resolve_targets(plan: Plan, view: View, jobs: int = 2, cache: Path | None = 
     inputs and pages are unchanged since ``cache`` was written reuses its answer (a dry run
     reads the cache but leaves it as it is: ``write_cache`` False)."""
     cached = _load_cache(cache)
-    uv_version = _uv_version()  # once per run: a metadata scan per call
+    uv = uv_version()  # once per run: a metadata scan per call
     fresh: dict[str, dict] = {}
 
     def one(base: str, tp: TargetPlan) -> tuple[TargetPlan, list[tuple[ResolvedFile, ViewFile]]]:
         t = tp.target
         index = IndexPlan(index_url=f"{base}/{t.accelerator}", index_strategy="first-index",
                           prereleases=plan.prereleases)
-        key = _inputs_key(tp, replace(index, index_url=t.accelerator), view, uv_version)
+        key = _inputs_key(tp, replace(index, index_url=t.accelerator), view, uv)
         hit = _from_cache(cached.get(t.id), key, view, t.accelerator)
         if hit is not None:
             raw = [replace(f, url=f"{base}/{f.url}") for f in hit]

@@ -56,6 +56,8 @@ class MirrorResult:
     target_set: lifecycle.TargetSet | None = None
     verify: Verdict = "unchecked"  # the closing check
     failed: list[TargetFailure] = field(default_factory=list)  # each target this run could not sync
+    # every upstream page the run read: URL -> kept (revalidated next run) | absent; None: not revalidatable
+    pages_seen: dict[str, bool] | None = None
 
     @property
     def torch_versions(self) -> dict[str, str]:
