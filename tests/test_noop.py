@@ -1,0 +1,137 @@
+"""A no-op re-sync costs what changed (issue 21): with the spec, the manifest and every upstream
+page unchanged (each answering 304), a sync replays the last clean run's record
+(``sync/settled.py``): no resolution, no lock rendered, no page published, no file but
+``manifest.json``, the landing page and the record rewritten, and the same result and lines as a
+whole no-op. Anything changed (a page, the spec, a file of the mirror) runs the whole sync,
+which changes the mirror, reading a changed page's body once. Counted at a real loopback server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.faultserver import FaultServer
+from tests.kit.upstream import TORCH, padded_wheel, pep503, populate
+from torchdepot.net.http import HttpConfig, make_session
+from torchdepot.net.pipconfig import PipSources
+from torchdepot.spec.mirror import parse_spec
+from torchdepot.store import layout as L
+from torchdepot.store import manifest as mf
+from torchdepot.sync.pip import sync
+
+# what a replay rewrites: the commit (last_sync), the landing page that shows it, the record,
+REWRITTEN = {L.MANIFEST_NAME, L.LANDING_NAME, L.SETTLED, L.LOCK_FILE}  # and the flock every run takes
+
+
+@pytest.fixture
+def upstream():
+    with FaultServer(validators=True) as server:
+        yield populate(server, payload=20_000)
+
+
+def _sync(up, tmp_path: Path, **spec_kw):
+    spec = parse_spec({"accelerators": ["cpu"], "pythons": ["3.11"], "platforms": ["linux-x86_64"],
+                       "extra_packages": [], "upstreams": [up.url + "/whl"], "out": str(tmp_path / "out"),
+                       "jobs": 2, **spec_kw}, "test spec")
+    msgs: list[str] = []
+    res = sync(spec, client=make_session(HttpConfig(retries=0)), progress=False, echo=msgs.append,
+               pip_sources=PipSources(index_url=up.url + "/simple"))
+    return res, msgs
+
+
+def _state(out: Path) -> dict[str, int]:
+    """Every file under the mirror (state, view and caches included) -> its mtime."""
+    return {p.relative_to(out).as_posix(): p.stat().st_mtime_ns for p in out.rglob("*")
+            if p.is_file() and p.relative_to(out).as_posix() not in REWRITTEN}
+
+
+def _comparable(res) -> dict:
+    doc = res.to_json()
+    for key in ("seconds", "phases"):
+        doc.pop(key)
+    return doc
+
+
+def _without_last_sync(out: Path) -> dict:
+    doc = json.loads((out / L.MANIFEST_NAME).read_text())
+    doc.pop("last_sync")
+    return doc
+
+
+def test_no_op_replays_without_resolving_or_publishing(upstream, tmp_path):
+    out = tmp_path / "out"
+    first, _ = _sync(upstream, tmp_path)
+    assert "resolve" in first.phases
+    assert (out / L.SETTLED).is_file()
+    before, committed = _state(out), _without_last_sync(out)
+    upstream.server.reset_counters()
+    again, msgs = _sync(upstream, tmp_path)
+    assert "resolve" not in again.phases, again.phases  # nothing planned, resolved, fetched or published
+    assert _state(out) == before  # no lock, index page, view file, cache entry or wheel rewritten
+    assert _without_last_sync(out) == committed
+    assert again.verify == "ok"
+    assert again.manifest is not None
+    assert again.manifest.last_sync.verify == "ok"
+    absent = [p for p in upstream.server.hits if upstream.server._lookup(p)[0] is None]
+    assert again.requests["unchanged"] == again.requests["pages"] - len(absent) > 0
+    assert sum(n for p, n in upstream.server.body_bytes.items() if p not in absent) == 0  # only 304s
+    # the same result, lines and requests as the whole no-op it stands for
+    (out / L.SETTLED).unlink()
+    whole, whole_msgs = _sync(upstream, tmp_path)
+    assert "resolve" in whole.phases
+    assert _comparable(again) == _comparable(whole)
+    assert msgs == whole_msgs
+    assert _without_last_sync(out) == committed
+    third, _ = _sync(upstream, tmp_path)  # the whole no-op wrote the record again
+    assert "resolve" not in third.phases
+
+
+def test_a_changed_page_still_changes_the_mirror(upstream, tmp_path):
+    """A new torch on upstream's page: the next sync runs whole, picks it, reads that page's
+    body once (the replay's revalidation hands it on), and the sync after is a replay again."""
+    _sync(upstream, tmp_path)
+    newer = padded_wheel(TORCH[0], "2.5.1+cpu", *TORCH[2:], payload=20_000, seed=9)
+    old = [padded_wheel(*TORCH, payload=20_000, seed=0)]
+    tree = pep503([*old, newer], pages=["/whl/cpu"], files="/whl/files", indexes=False)
+    for path, content in tree.files.items():
+        if "/torch/" in path or newer.filename in path:
+            upstream.server.add(path, content)
+    upstream.server.reset_counters()
+    res, _ = _sync(upstream, tmp_path)
+    assert "resolve" in res.phases
+    assert res.torch_versions == {"cpu-py311-linux-x86_64": "2.5.1+cpu"}
+    page = tree.files["/whl/cpu/torch/index.html"]
+    assert upstream.server.body_bytes["/whl/cpu/torch/"] == len(page)  # read once, not twice
+    files = {e.path.rsplit("/", 1)[-1] for e in mf.load(tmp_path / "out").files}
+    assert newer.filename in files
+    again, _ = _sync(upstream, tmp_path)
+    assert "resolve" not in again.phases
+    assert again.torch_versions == res.torch_versions
+
+
+def test_a_changed_spec_runs_whole(upstream, tmp_path):
+    _sync(upstream, tmp_path)
+    res, _ = _sync(upstream, tmp_path, extra_packages=["mpmath"])
+    assert "resolve" in res.phases
+
+
+def test_a_missing_file_runs_whole_and_is_fetched_again(upstream, tmp_path):
+    out = tmp_path / "out"
+    _sync(upstream, tmp_path)
+    wheel = next(e.path for e in mf.load(out).files if e.kind == "wheel" and e.project == "filelock")
+    (out / wheel).unlink()
+    res, _ = _sync(upstream, tmp_path)
+    assert "resolve" in res.phases
+    assert res.verify == "ok"
+    assert (out / wheel).is_file()
+
+
+def test_an_unreadable_record_runs_whole(upstream, tmp_path):
+    out = tmp_path / "out"
+    _sync(upstream, tmp_path)
+    (out / L.SETTLED).write_text("{not json")
+    res, _ = _sync(upstream, tmp_path)
+    assert "resolve" in res.phases
+    assert json.loads((out / L.SETTLED).read_text())["manifest"]  # written anew by the clean run
