@@ -135,3 +135,14 @@ def test_an_unreadable_record_runs_whole(upstream, tmp_path):
     res, _ = _sync(upstream, tmp_path)
     assert "resolve" in res.phases
     assert json.loads((out / L.SETTLED).read_text())["manifest"]  # written anew by the clean run
+
+
+def test_a_deleted_lock_runs_whole_and_is_written_again(upstream, tmp_path):
+    out = tmp_path / "out"
+    _sync(upstream, tmp_path)
+    lock = out / L.target_lock("cpu-py311-linux-x86_64")
+    text = lock.read_text()
+    lock.unlink()
+    res, _ = _sync(upstream, tmp_path)
+    assert "resolve" in res.phases
+    assert lock.read_text() == text

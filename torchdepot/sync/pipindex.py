@@ -127,17 +127,31 @@ def _published_metadata(out: Path, key: str, sha256: str,
     return meta.sha256, requires_python_of(data), len(data)
 
 
+def _lock_keys(out: Path) -> dict:
+    try:
+        doc = json.loads(safe_join(out, L.LOCK_KEYS).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return {}  # a cache: unreadable means render again
+    return doc if isinstance(doc, dict) else {}
+
+
+def locks_intact(out: Path, target_ids: list[str]) -> bool:
+    """True when each target's pylock.toml still holds the bytes its last rendering wrote."""
+    keys = _lock_keys(out)
+    for tid in target_ids:
+        was = keys.get(tid)
+        if not (isinstance(was, list) and len(was) == 2 and _sha256_of(safe_join(out, L.target_lock(tid))) == was[1]):
+            return False
+    return True
+
+
 def _write_locks(out: Path, targets: list[mf.Target], entries: dict[str, mf.FileEntry]) -> None:
     """Each target's pylock.toml. A lock whose inputs (target, pins, this torchdepot) hash to
     what :data:`L.LOCK_KEYS` recorded, and whose file still holds the bytes recorded with them,
     is not rendered again (a no-op re-sync renders none); the record is a cache: unreadable
     means render."""
     keys_path = safe_join(out, L.LOCK_KEYS)
-    try:
-        doc = json.loads(keys_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        doc = {}
-    kept = doc if isinstance(doc, dict) else {}
+    kept = _lock_keys(out)
     fresh: dict[str, list[str]] = {}
     for target in targets:
         path = safe_join(out, L.target_lock(target.id))

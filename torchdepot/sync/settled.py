@@ -11,8 +11,8 @@ Invariants:
   the live index generation, the fetch results and every page URL.
 - A later run replays it only when ``manifest.json`` is byte for byte that one, the inputs
   digest is the same, every listed file is present with its size and hash (the fetcher's hash
-  cache: no file bytes read) and the generation is live, and every page answers 304 (an absent
-  one is still absent). Anything else removes the record and the whole run goes on (a whole
+  cache: no file bytes read), every target's pylock.toml holds the bytes last rendered, the
+  generation is live, and every page answers 304 (an absent one is still absent). Anything else removes the record and the whole run goes on (a whole
   run removes it before it starts, and writes a new one when it ends clean).
 - A replay removes the record before it asks upstream; a changed page it reads is kept and
   handed to the whole run that follows through the same reader (read once), so a kill at any
@@ -43,6 +43,7 @@ from torchdepot.store.pages import current_generation
 from torchdepot.sync import lifecycle, session
 from torchdepot.sync.check import verify_mirror
 from torchdepot.sync.download import PipFetchReport
+from torchdepot.sync.pipindex import locks_intact
 from torchdepot.sync.result import Echo, MirrorResult, RunLog, sync_record
 
 REVALIDATE_JOBS = 16  # conditional page requests in flight at once (the probe client's pool is sized to it)
@@ -143,7 +144,8 @@ def replay(out: Path, previous: mf.Manifest, tset: lifecycle.TargetSet, inputs: 
         forget(out)
         return None
     check = verify_mirror(out, trust_cache=True, clean=True, check_index=False, manifest=previous)
-    if not check.ok or not (out / L.INDEX_LINK / "index.html").is_file():
+    if not check.ok or not (out / L.INDEX_LINK / "index.html").is_file() \
+            or not locks_intact(out, [t.id for t in previous.targets if t.kind == "pip"]):
         forget(out)
         return None
     # From here the kept pages may change (a changed page is kept as read, once): the record
