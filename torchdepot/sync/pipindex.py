@@ -99,9 +99,7 @@ def publish_pip(out: Path, resolution: Resolution, report: FetchReport, view: Vi
         for ix in kept:
             page_files.setdefault(ix.path, ix)
     if live is not None:  # a re-sync: the live index is replaced only once its files are listed
-        wide = pub.widened(live, entries.values())
-        if wide.files != live.files:  # a no-op lists nothing new: the committed manifest already is this
-            mf.save(out, wide)
+        mf.save(out, pub.widened(live, entries.values()))
     generation, changed = publish(out, build_pages({acc: list(files.values()) for acc, files in variants.items()}))
     # Each target's lock names files the index now links: written only after the swap, so a run
     # that fails earlier leaves the old locks over the old index (verify-mirror checks they agree).
