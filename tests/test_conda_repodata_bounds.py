@@ -164,14 +164,15 @@ def _shard(name: str = "pytorch") -> bytes:
     return _zmsgpack({"packages": {}, "packages.conda": {f"{name}-2.7.1-cpu_0.conda": rec}, "removed": []})
 
 
-def _sharded(up: Upstream, shard: bytes, digest: bytes | None = None, shards_base: str = "./shards/") -> None:
+def _sharded(up: Upstream, shard: bytes, digest: bytes | None = None, shards_base: str = "./shards/",
+             base_url: str = "") -> None:
     import hashlib
 
     digest = digest if digest is not None else hashlib.sha256(shard).digest()
     for sd in ("linux-64", "noarch"):
         shards = {"pytorch": digest} if sd == "linux-64" else {}
         up.routes[f"/cf/{sd}/repodata_shards.msgpack.zst"] = Route(_zmsgpack(
-            {"version": 1, "info": {"subdir": sd, "base_url": "", "shards_base_url": shards_base}, "shards": shards}))
+            {"version": 1, "info": {"subdir": sd, "base_url": base_url, "shards_base_url": shards_base}, "shards": shards}))
     up.routes[f"/cf/linux-64/shards/{digest.hex()}.msgpack.zst"] = Route(shard)
 
 
@@ -186,10 +187,11 @@ def test_sharded_closure_is_read_and_hashes_become_hex(tmp_path):
     with Upstream() as up:
         _sharded(up, _shard())
         paths = sharded(up, tmp_path)
-    doc = json.loads(paths["linux-64"].read_text())
+    doc = json.loads(paths["linux-64"].path.read_text())
     rec = doc["packages.conda"]["pytorch-2.7.1-cpu_0.conda"]
     assert rec["sha256"] == bytes(range(32)).hex()
-    assert json.loads(paths["noarch"].read_text())["packages.conda"] == {}
+    assert json.loads(paths["noarch"].path.read_text())["packages.conda"] == {}
+    assert paths["linux-64"].packages_url == f"{up.url}/cf/linux-64/"  # no base_url: beside the index
 
 
 def test_no_shard_index_means_none(tmp_path):
@@ -212,6 +214,21 @@ def test_shard_bomb_is_refused(tmp_path, zst_bomb):
         with pytest.raises(RepodataRefused) as exc:
             sharded(up, tmp_path)
     assert "refused as a bomb" in str(exc.value)
+
+
+def test_packages_elsewhere_in_the_channel_are_where_base_url_says(tmp_path):
+    with Upstream() as up:
+        _sharded(up, _shard(), base_url="../pkgs/")
+        paths = sharded(up, tmp_path)
+    assert paths["linux-64"].packages_url == f"{up.url}/cf/pkgs/"
+
+
+def test_packages_outside_the_channel_are_refused(tmp_path):
+    with Upstream() as up:
+        _sharded(up, _shard(), base_url="http://elsewhere.example/pkgs/")
+        with pytest.raises(RepodataRefused) as exc:
+            sharded(up, tmp_path)
+    assert "base_url 'http://elsewhere.example/pkgs/' leaves the channel" in str(exc.value)
 
 
 def test_shards_elsewhere_are_refused(tmp_path):
