@@ -208,6 +208,22 @@ def test_gpu_variant_with_overridden_properties_and_the_null_variant(tmp_path):
                         "NV_VARIANT_PROVIDER_FORCE_CUDA_DRIVER_VERSION": "12.6"}) == "null"
 
 
+def test_a_plugin_namespace_cannot_be_made_static_beside_the_wheels(tmp_path):
+    """Why the mirror relays providers and never rewrites them: uv 0.13.9 selects by the index's
+    variants.json but checks the wheel it installs against the providers in the wheel's own
+    variant.json, so static properties that only the index states fail the install."""
+    up = write_variant_upstream(tmp_path / "up", doc(STATIC), labels=["cuda12.8"], wheel_doc=doc(PLUGIN))
+    e = hermetic_env(NV_VARIANT_PROVIDER_FORCE_CUDA_DRIVER_VERSION="12.6")  # as if no fitting GPU, on any host
+    venv = tmp_path / "v"
+    subprocess.run([uv_bin(), "venv", "-q", "--python", sys.executable, venv], check=True, env=e)
+    with Server(up) as s:
+        proc = subprocess.run([uv_bin(), "pip", "install", "--preview-features", "wheel-variants", "--no-cache",
+                               "--python", venv / "bin/python", "--index-url", f"{s.url}/whl/variant",
+                               "--extra-index-url", f"{s.url}/simple", "torch"], capture_output=True, text=True, env=e)
+    assert proc.returncode != 0
+    assert "Wheel variant `cuda12.8` requires unsupported properties" in proc.stderr, proc.stderr
+
+
 # -- the README's variant offline commands, as printed ------------------------------------------
 def _readme_block() -> str:
     text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")

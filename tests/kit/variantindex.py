@@ -40,15 +40,16 @@ def _page(paths: Iterable[Path]) -> str:
 
 def write_variant_upstream(root: Path, doc: Mapping, *, labels: Iterable[str] | None = None,
                            requires: tuple[str, ...] = ("filelock",), deps: Mapping[str, str] | None = None,
-                           version: str = VERSION, tag: str = TAG) -> Path:
+                           version: str = VERSION, tag: str = TAG, wheel_doc: Mapping | None = None) -> Path:
     """Write the tree under ``root`` (see the module docstring) and return ``root``.
 
     ``labels``: the wheels to build (default: every label in ``doc``); ``requires``: each torch
-    wheel's Requires-Dist; ``deps``: dependency name -> version on ``simple/`` (default: filelock)."""
+    wheel's Requires-Dist; ``deps``: dependency name -> version on ``simple/`` (default: filelock);
+    ``wheel_doc``: what the wheels' own ``variant.json`` says instead of ``doc`` (a disagreement)."""
     torch = root / "whl" / "variant" / "torch"
     for label in labels if labels is not None else doc["variants"]:
         build_wheel(torch, "torch", version, tag, requires, ">=3.10", variant=label,
-                    variant_json=wheel_variant_json(doc, label),
+                    variant_json=wheel_variant_json({**(wheel_doc or doc), "variants": doc["variants"]}, label),
                     files={"torch/__init__.py": f"__version__ = {version!r}\nLABEL = {label!r}\n"})
     (torch / f"torch-{version}-variants.json").write_text(json.dumps(doc, indent=1))
     (torch / "index.html").write_text(_page(p for p in torch.iterdir() if p.name.endswith((".whl", ".json"))))
