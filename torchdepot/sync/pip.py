@@ -227,10 +227,13 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
 
 
 def _whole_run(spec: MirrorSpec, out: Path, started: float, previous: mf.Manifest | None,
-               tset: lifecycle.TargetSet, followed: FollowRecord | None, prune: bool, inputs: str | None, edge: session.Edge | None, *,
+               tset: lifecycle.TargetSet, followed: FollowRecord | None, prune: bool, inputs: str | None,
+               edge: session.Edge | None, *,
                client: Client | None, progress: bool | None, pip_sources: PipSources | None, echo: Echo,
                locks: tuple[LockedEnv, ...], on_progress: ProgressCallback | None) -> MirrorResult:
-    """:func:`sync`'s run under the lock when the no-op shortcut did not apply."""
+    """:func:`sync`'s run under the lock when the no-op shortcut did not apply. ``inputs``: its
+    digest when the run may leave a record for the next one (``sync/settled.py``); ``edge``: the
+    shortcut's sources and reader, whose pages are not read again."""
     conda = conda_side.prepare(spec, out, client, False, echo)  # fails before anything is published
     excluded: dict[tuple[str, str], str] = {}
     pip_said = 0
