@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.faultserver import FaultServer
 from tests.kit.upstream import TORCH, padded_wheel, pep503, populate
@@ -19,6 +21,7 @@ from torchdepot.net.pipconfig import PipSources
 from torchdepot.spec.mirror import parse_spec
 from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
+from torchdepot.sync import settled
 from torchdepot.sync.pip import sync
 
 # what a replay rewrites: the commit (last_sync), the landing page that shows it, the record,
@@ -146,3 +149,44 @@ def test_a_deleted_lock_runs_whole_and_is_written_again(upstream, tmp_path):
     res, _ = _sync(upstream, tmp_path)
     assert "resolve" in res.phases
     assert lock.read_text() == text
+
+
+def test_a_replay_killed_after_keeping_a_changed_page_leaves_no_record(upstream, tmp_path, monkeypatch):
+    """The replay removes the record before it keeps a changed page: a run that dies right after
+    the revalidation (here: raises there) leaves no record to replay over the page it kept, and
+    the next sync picks the change up."""
+    out = tmp_path / "out"
+    _sync(upstream, tmp_path)
+    newer = padded_wheel(TORCH[0], "2.5.1+cpu", *TORCH[2:], payload=20_000, seed=9)
+    tree = pep503([padded_wheel(*TORCH, payload=20_000, seed=0), newer], pages=["/whl/cpu"], files="/whl/files",
+                  indexes=False)
+    for path, content in tree.files.items():
+        if "/torch/" in path or newer.filename in path:
+            upstream.server.add(path, content)
+    revalidate = settled._unchanged
+
+    def dies_after(reader, pages):
+        revalidate(reader, pages)  # the changed page is kept by now
+        raise RuntimeError("killed")
+
+    with monkeypatch.context() as m:
+        m.setattr(settled, "_unchanged", dies_after)
+        with pytest.raises(RuntimeError):
+            _sync(upstream, tmp_path)
+    assert not (out / L.SETTLED).exists()
+    res, _ = _sync(upstream, tmp_path)
+    assert "resolve" in res.phases
+    assert res.torch_versions == {"cpu-py311-linux-x86_64": "2.5.1+cpu"}
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(doc=st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(
+                            ["inputs", "manifest", "generation", "pages", "results", "x"]), inner, max_size=6),
+                        max_leaves=12))
+def test_any_record_file_is_read_or_ignored(tmp_path, doc):
+    """A damaged settled.json is a cache miss (None), never an exception."""
+    (tmp_path / L.STATE_DIR).mkdir(exist_ok=True)
+    (tmp_path / L.SETTLED).write_text(json.dumps(doc))
+    got = settled._load(tmp_path)
+    assert got is None or isinstance(got, settled.Record)
