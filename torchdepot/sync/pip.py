@@ -17,6 +17,10 @@ for plus every target the mirror recorded (``prune`` narrows it), keeps every to
 published per target unless the spec says ``keep: N``, and deletes exactly the files no kept
 release needs, each group listed with its size first, so a sync ends verify-clean.
 
+A re-sync whose spec, pip sources and manifest are those of the last clean run, and whose pages
+all answer 304, replays that run's record instead (``sync/settled.py``: only ``last_sync`` is
+committed); otherwise the whole pipeline runs, with the reader the replay attempt opened.
+
 Every upstream read goes through one :class:`~torchdepot.sources.upstream.UpstreamReader`,
 so a run requests each page and each metadata file at most once; the counts are in
 :attr:`MirrorResult.requests`.
