@@ -190,3 +190,19 @@ def test_any_record_file_is_read_or_ignored(tmp_path, doc):
     (tmp_path / L.SETTLED).write_text(json.dumps(doc))
     got = settled._load(tmp_path)
     assert got is None or isinstance(got, settled.Record)
+
+
+def test_a_page_re_stamped_with_the_same_bytes_is_still_a_no_op(upstream, tmp_path):
+    """A server that sends new validators for bytes it did not change (a regenerated index):
+    the page body comes back once, and the sync is still a replay."""
+    _sync(upstream, tmp_path)
+    path = "/whl/cpu/torch/index.html"
+    upstream.server.add(path, upstream.server.files[path][0])  # same bytes, new ETag
+    upstream.server.reset_counters()
+    res, _ = _sync(upstream, tmp_path)
+    assert "resolve" not in res.phases
+    assert upstream.server.body_bytes["/whl/cpu/torch/"] == len(upstream.server.files[path][0])
+    upstream.server.reset_counters()
+    again, _ = _sync(upstream, tmp_path)  # kept with its new validators: a 304 now
+    assert "resolve" not in again.phases
+    assert upstream.server.body_bytes["/whl/cpu/torch/"] == 0

@@ -262,8 +262,10 @@ class UpstreamReader:
     def revalidate(self, url: str) -> Literal["unchanged", "changed", "absent"]:
         """Ask upstream whether the kept page at ``url`` changed: "unchanged" (a 304 to its
         validators; the kept copy is not parsed until :meth:`page` asks for it, with no second
-        request), "absent" (404/410), else "changed" (a page that is not kept counts as changed):
-        its body is parsed, kept and served by :meth:`page` as if read there (read once)."""
+        request), "absent" (404/410), else "changed" (a page that is not kept counts as changed).
+        A body that comes back (200) is parsed, kept and served by :meth:`page` as if read there
+        (read once); when it is byte for byte the kept one (a server that re-stamps its validators
+        without a change) the page is "unchanged" too."""
         kept = self._kept_validators(url)
         headers = {"Accept": ACCEPT}
         if kept is not None:
@@ -281,9 +283,13 @@ class UpstreamReader:
                 self._revalidated.add(url)
             return "unchanged"
         if body.status == 200:
+            before = self._kept_page(url) if kept is not None else None
             page = parse_response(body.data, body.content_type, body.url)
             self._keep_page(url, body, page)
             self._settle(url, page)
+            if before is not None and (before.data, before.url, before.content_type) == \
+                    (body.data, body.url, body.content_type):
+                return "unchanged"
         return "changed"
 
     def _settle(self, url: str, page: Page | None) -> None:

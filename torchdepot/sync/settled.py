@@ -12,7 +12,8 @@ Invariants:
 - A later run replays it only when ``manifest.json`` is byte for byte that one, the inputs
   digest is the same, every listed file is present with its size and hash (the fetcher's hash
   cache: no file bytes read), every target's pylock.toml holds the bytes last rendered, the
-  generation is live, and every page answers 304 (an absent one is still absent). Anything else removes the record and the whole run goes on (a whole
+  generation is live, and every page answers 304 or the very bytes kept (an absent one is
+  still absent). Anything else removes the record and the whole run goes on (a whole
   run removes it before it starts, and writes a new one when it ends clean).
 - A replay removes the record before it asks upstream; a changed page it reads is kept and
   handed to the whole run that follows through the same reader (read once), so a kill at any
@@ -119,7 +120,7 @@ def _save(out: Path, rec: Record) -> None:
 
 
 def _unchanged(reader: UpstreamReader, pages: dict[str, bool]) -> bool:
-    """True when every kept page answers 304 and every absent one is still absent."""
+    """True when every kept page answers 304 (or its kept bytes) and every absent one is still absent."""
     def one(item: tuple[str, bool]) -> bool:
         url, kept = item
         try:
