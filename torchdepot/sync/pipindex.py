@@ -34,7 +34,7 @@ from torchdepot.store.pages import build_pages, ensure_metadata, publish, requir
 from torchdepot.sync.download import PipFetchReport
 from torchdepot.sync.resolution import Resolution, file_key
 from torchdepot.sync.variants import publish_variants_json
-from torchdepot.sync.view import View
+from torchdepot.sync.view import View, write_scratch
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ def _write_locks(out: Path, targets: list[mf.Target], entries: dict[str, mf.File
         _write_if_changed(path, text)
         fresh[target.id] = [key, hashlib.sha256(text.encode()).hexdigest()]
     if fresh != kept:
-        atomic_write_text(keys_path, json.dumps(fresh, indent=0, sort_keys=True) + "\n")
+        write_scratch(keys_path, (json.dumps(fresh, indent=0, sort_keys=True) + "\n").encode())  # a cache: no fsync
 
 
 def _sha256_of(path: Path) -> str | None:
