@@ -400,7 +400,8 @@ def _live_index_files(root: Path, manifest: mf.Manifest) -> dict[str, list[Index
                     return None
                 variants.setdefault(acc_dir.name, []).append(IndexFile(
                     project=page_path.parent.name, filename=key.rsplit("/", 1)[-1], path=key, sha256=entry.sha256, requires_python=link.requires_python,
-                    metadata_sha256=link.metadata_sha256, size=entry.size, upload_time=entry.upload_time))
+                    metadata_sha256=link.metadata_sha256, size=entry.size, upload_time=entry.upload_time,
+                    yanked=link.yanked))
     return variants
 
 
