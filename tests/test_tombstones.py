@@ -162,6 +162,17 @@ def test_changed_bytes_go_to_a_new_path_and_the_old_path_stays_while_referenced(
         twin = parse_json((out / "whl" / "cpu" / CUDNN / "index.json").read_bytes(), "http://m/whl/cpu/x/")
         assert [(ln.url, ln.sha256, ln.yanked) for ln in twin.links] == [(ln.url, ln.sha256, ln.yanked)
                                                                          for ln in page.links]
+        # a JSON twin that un-yanks the retired copy is a problem; repair rebuilds it from the HTML
+        pages = {p: p.read_bytes() for p in (out / "whl").rglob("index.*")}
+        json_page = out / "whl" / "cpu" / CUDNN / "index.json"
+        doc = json.loads(json_page.read_bytes())
+        doc["files"][1]["yanked"] = False
+        json_page.write_text(json.dumps(doc))
+        problems = verify_mirror(out).problems
+        assert [(p.kind, p.detail) for p in problems] == [
+            ("bad-json-page", f"{old.filename}: yanked is not what its index.html twin says")]
+        assert verify_mirror(out, repair=True).ok
+        assert {p: p.read_bytes() for p in (out / "whl").rglob("index.*")} == pages
         rep = verify_mirror(out)
         assert rep.ok
         assert rep.problems == [], rep.problems
