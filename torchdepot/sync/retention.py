@@ -144,7 +144,7 @@ def retire(out: Path, previous: mf.Manifest | None, keeper: tombstones.Keeper | 
            stored: Stored, live: frozenset[str], prune: bool, first: lifecycle.RemovalPlan) -> frozenset[str]:
     """:func:`tombstones.retire` over this run (``first``: the plan before publishing): the
     paths of the retired copies listed again and their ``.metadata``; the real and dry runs alike."""
-    resolved = {stored(key) for key, _vf, _acc in resolution.files} | {p for r in first.kept for p in r.paths}
+    resolved = [stored(key) for key, _vf, _acc in resolution.files] + [p for r in first.kept for p in r.paths]
     kept = tombstones.retire(out, previous, keeper, live=live, prune=prune, removals=first.removals,
                              resolved=resolved)
     return frozenset(q for p in kept for q in (p, L.metadata_path(p)))

@@ -28,7 +28,7 @@ not read keeps its tombstones as they were.
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -146,14 +146,15 @@ def _let_go(removals: Iterable[lifecycle.Removal]) -> set[str]:
 
 
 def retire(root: Path, previous: mf.Manifest | None, keeper: Keeper | None, *, live: Collection[str],
-           prune: bool, removals: Iterable[lifecycle.Removal], resolved: Collection[str]) -> dict[str, str | None]:
+           prune: bool, removals: Iterable[lifecycle.Removal], resolved: Sequence[str]) -> dict[str, str | None]:
     """Which copies of changed names stay published beside the new bytes (recorded in
     ``keeper.retired`` and returned: path -> the path of the name's new bytes, or None).
 
     One decision for the real run (which lists them: :func:`listing`) and the dry run. A copy
     stays while a ``live`` target it was kept for is recorded, unless the user lets go
     (``prune``, or ``keep: N`` dropping its release among ``removals``) or its file is gone.
-    ``resolved``: the wheel paths this run stores itself (not a retired copy, whatever its bytes)."""
+    ``resolved``: the wheel paths this run lists itself, those it stores first (not a retired
+    copy, whatever its bytes; the first of a name is where its new bytes are)."""
     if previous is None or keeper is None:
         return {}
     before = previous.by_path()
@@ -163,7 +164,7 @@ def retire(root: Path, previous: mf.Manifest | None, keeper: Keeper | None, *, l
     live_ids = set(live)
     now = set(resolved)
     by_name: dict[str, str] = {}
-    for p in sorted(now):
+    for p in resolved:
         by_name.setdefault(_name(p), p)
     out: dict[str, str | None] = {}
     for path in sorted((set(keeper.changed) | set(carried)) - keeper.relisted - keeper.deleted - now):
