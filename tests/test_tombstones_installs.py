@@ -118,7 +118,7 @@ def test_the_locks_before_and_after_a_republication_both_install_with_pip_and_uv
             assert got == (NEW, NEW), transport
 
 
-@pytest.mark.slow  # a dry run and a real sync per upstream change (about 10 s)
+@pytest.mark.slow  # a dry run and a real sync per upstream change (about 12 s)
 def test_the_dry_run_prints_the_tombstone_lines_the_real_sync_prints(tmp_path):
     old, new = cudnn("9.1.0.70"), cudnn("9.2.0")
     changed = cudnn("9.1.0.70", seed=NEW)
@@ -134,15 +134,27 @@ def test_the_dry_run_prints_the_tombstone_lines_the_real_sync_prints(tmp_path):
             assert proc.returncode == 0, proc.stderr
             return [ln for ln in proc.stderr.splitlines() if ln.startswith("tombstone:")]
 
+        path = f"packages/{CUDNN}/{old.filename}"
+        new_path = changed_bytes_path(path, changed.sha256, len(changed.data))
+        said = []
         for change in (lambda: delete(server, old, new),  # deleted upstream
                        lambda: serve(server, torch(), changed, new),  # re-published with other bytes
-                       lambda: None):  # a re-sync: the retired copy stays
+                       lambda: None,  # a re-sync: the retired copy stays
+                       lambda: serve(server, torch(), old, new)):  # the first bytes again: the other copy retires
             change()
             manifest_before = (out / "manifest.json").read_bytes()
             dry = lines("--dry-run")
             assert (out / "manifest.json").read_bytes() == manifest_before, "a dry run writes nothing"
             real = lines()
             assert dry == real
-            assert len(real) == 1, real
-        assert "re-published it with other bytes (now packages/" in real[0], real
+            said += real
+        gone, changed_line = "upstream no longer lists it", "upstream re-published it with other bytes"
+        assert said == [f"tombstone: {CUDNN} 9.1.0.70 ({path}): {gone}; kept for {TARGET}",
+                        f"tombstone: {CUDNN} 9.1.0.70 ({path}): {changed_line} (now {new_path}); kept for {TARGET}",
+                        f"tombstone: {CUDNN} 9.1.0.70 ({path}): {changed_line} (now {new_path}); kept for {TARGET}",
+                        f"tombstone: {CUDNN} 9.1.0.70 ({new_path}): {changed_line} (now {path}); kept for {TARGET}"]
+        page = (out / "whl" / "cpu" / CUDNN / "index.html").read_text()
+        assert page.index(path) < page.index(new_path), "the first bytes are the live copy again, listed first"
         assert lines("--prune", "--dry-run") == lines("--prune") == []  # --prune lets go, in both
+        assert not (out / new_path).exists()
+        assert verify_mirror(out).problems == []
