@@ -20,10 +20,12 @@ import pytest
 
 from tests.faultserver import FaultServer
 from tests.kit.lockmirror import (
+    FAKE_TORCH,
     cli,
     private_tmp_fixture,  # noqa: F401 (autouse)
 )
 from tests.kit.serving import request, serve_mirror
+from tests.kit.wheels import BuiltWheel, wheel_bytes
 from tests.loopback_upstream import mirror_env, run_mirror, write_spec
 from tests.test_tombstones import CUDNN, TARGET, cudnn, delete, serve, torch
 from tests.venvs import hermetic_env, make_venv, run
@@ -158,3 +160,53 @@ def test_the_dry_run_prints_the_tombstone_lines_the_real_sync_prints(tmp_path):
         assert lines("--prune", "--dry-run") == lines("--prune") == []  # --prune lets go, in both
         assert not (out / new_path).exists()
         assert verify_mirror(out).problems == []
+
+
+def torch_at(version: str) -> BuiltWheel:
+    """The stand-in torch (tests/test_tombstones.py: torch) at another version, pinning the same cudnn."""
+    return wheel_bytes("torch", f"{version}+cpu", requires=(f"{CUDNN}==9.1.0.70",),
+                       files={"torch/__init__.py": FAKE_TORCH.format(version=f"{version}+cpu", cuda=None)})
+
+
+@pytest.mark.slow  # three syncs, two verifies and 6 installs (about 20 s)
+def test_a_kept_release_pinning_the_old_bytes_installs_beside_the_new_release(tmp_path):
+    """Upstream ships torch 2.6 and re-publishes the cudnn wheel both releases pin: the kept 2.5
+    release keeps the old bytes (listed by retention, yanked on the page it shares with 2.6's
+    copy), its lock installs them; 2.6's lock and an install without a hash get the new bytes."""
+    old, changed = cudnn("9.1.0.70", seed=OLD), cudnn("9.1.0.70", seed=NEW)
+    with FaultServer() as server:
+        serve(server, torch_at("2.5.0"), old)
+        env = mirror_env(server.url, tmp_path)
+        out = tmp_path / "out"
+        spec = write_spec(tmp_path / "spec.yaml", server.url, out)
+        assert run_mirror(spec, env).returncode == 0
+        assert cli("lock", "--mirror", out, "--out", tmp_path / "before").exit_code == 0
+
+        serve(server, torch_at("2.5.0"), torch_at("2.6.0"), changed)
+        dry, real = run_mirror(spec, env, "--dry-run"), run_mirror(spec, env)
+        assert (dry.returncode, real.returncode) == (0, 0), dry.stderr + real.stderr
+        assert cli("lock", "--mirror", out, "--out", tmp_path / "after").exit_code == 0
+
+    path = f"packages/{CUDNN}/{old.filename}"
+    new_path = changed_bytes_path(path, changed.sha256, len(changed.data))
+    line = (f"tombstone: {CUDNN} 9.1.0.70 ({path}): upstream re-published it with other bytes (now {new_path}); "
+            f"kept for {TARGET}")
+    for proc in (dry, real):
+        assert [ln for ln in proc.stderr.splitlines() if ln.startswith("tombstone:")] == [line], proc.stderr
+    manifest = mf.load(out)
+    assert sorted(r.torch for r in manifest.releases) == ["2.5.0+cpu", "2.6.0+cpu"]
+    page = json.loads((out / "whl" / "cpu" / CUDNN / "index.json").read_bytes())
+    assert [(f["hashes"]["sha256"], f["yanked"]) for f in page["files"]] == [(changed.sha256, False),
+                                                                             (old.sha256, RETIRED_REASON)]
+    assert verify_mirror(out).problems == []
+    base, cache = out.as_uri(), tmp_path / "uv-cache"
+    for name, want in (("before", OLD), ("after", NEW)):
+        lock = tmp_path / name / TARGET
+        res = cli("verify", lock, "--mirror", out, "--json")
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.stdout)["results"][0]["result"] == "pass"
+        req = lock / "requirements.lock"
+        assert (pip_install(tmp_path / "venv", base, "--require-hashes", "-r", req),
+                uv_install(tmp_path / "venv", base, cache, "--require-hashes", req)) == (want, want), name
+    plain = ("--index-url", f"{base}/whl/cpu", f"{CUDNN}==9.1.0.70")
+    assert (pip_install(tmp_path / "venv", base, *plain), uv_install(tmp_path / "venv", base, cache, *plain)) == (NEW, NEW)

@@ -179,6 +179,10 @@ def publish_with_retention(out: Path, previous: mf.Manifest | None, resolution: 
     for rel, path in before.lost:
         say(f"warning: {rel.target} torch {rel.torch}: {path} is no longer on disk; dropped from the mirror")
     retained, pages = _retained(out, previous, resolution, stored, before.kept, carried)
+    current: dict[str, set[str]] = {}
+    for tp in resolution.targets:
+        current.setdefault(tp.target.accelerator, set()).update(stored(file_key(f)) for f in tp.files)
+    pages = tombstones.yank_kept(pages, keeper, current)
     retire(out, previous, keeper, resolution, stored, live, tset.prune, before)
     accelerators = {tp.target.id: tp.target.accelerator for tp in resolution.targets}
     accelerators.update((t.id, t.accelerator) for t in carried)

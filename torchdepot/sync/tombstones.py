@@ -90,6 +90,8 @@ class Keeper:
     relisted: set[str] = field(default_factory=set)  # paths upstream lists with the same bytes
     # retired copies this run lists again (retire): path -> where the name's new bytes are
     retired: dict[str, str | None] = field(default_factory=dict)
+    # file name -> the path this run lists it at (retire: what it stores first, then kept releases)
+    listed_at: dict[str, str] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -166,6 +168,7 @@ def retire(root: Path, previous: mf.Manifest | None, keeper: Keeper | None, *, l
     by_name: dict[str, str] = {}
     for p in resolved:
         by_name.setdefault(_name(p), p)
+    keeper.listed_at = by_name
     out: dict[str, str | None] = {}
     for path in sorted((set(keeper.changed) | set(carried)) - keeper.relisted - keeper.deleted - now):
         old = before.get(path)
@@ -216,6 +219,22 @@ def listing(root: Path, previous: mf.Manifest | None, keeper: Keeper | None,
     return Listing(entries=tuple(entries), pages=pages)
 
 
+def yank_kept(pages: Mapping[str, list[IndexFile]], keeper: Keeper | None,
+              current: Mapping[str, Collection[str]]) -> dict[str, list[IndexFile]]:
+    """Kept releases' copies (``pages``: per accelerator) of names upstream re-published, on a
+    page that also lists this run's copy of the name (``current``: per accelerator, the paths it
+    resolved): yanked like a retired copy, so an install without their hash gets the new bytes.
+    A copy alone on its page stays as it is (yanked, the name would be gone there for a range)."""
+    if keeper is None or not keeper.changed:
+        return dict(pages)
+    out: dict[str, list[IndexFile]] = {}
+    for acc, files in pages.items():
+        names = {_name(p) for p in current.get(acc, ())}
+        out[acc] = [replace(f, yanked=RETIRED_REASON) if f.path in keeper.changed and f.filename in names else f
+                    for f in files]
+    return out
+
+
 @dataclass(frozen=True)
 class Settled:
     """The manifest's files and the removals after tombstones, and the tombstones themselves."""
@@ -244,11 +263,8 @@ def settle(previous: mf.Manifest | None, keeper: Keeper | None, files: Iterable[
     changed = keeper.changed if keeper else {}
     relisted = keeper.relisted if keeper else set()
     retired = keeper.retired if keeper else {}
+    by_name = keeper.listed_at if keeper else {}  # where each name's bytes are now (the dry run alike)
     carried = {t.path: t for t in previous.tombstones}
-    by_name: dict[str, str] = {}
-    for p in sorted(now):
-        if now[p].kind == "wheel" and p not in retired:
-            by_name.setdefault(_name(p), p)
     out: dict[str, mf.Tombstone] = {}
 
     def kept_for(path: str) -> tuple[str, ...]:
@@ -264,7 +280,7 @@ def settle(previous: mf.Manifest | None, keeper: Keeper | None, files: Iterable[
         kept_by = kept_for(path)
         if not kept_by:
             continue  # no recorded target needs it: it goes like any other file
-        replaced = retired.get(path) if path in retired else by_name.get(_name(path)) if reason == "changed" else None
+        replaced = by_name.get(_name(path)) if reason == "changed" else None
         out[path] = mf.Tombstone(path=path, project=old.project, version=old.version or "?", reason=reason,
                                  targets=kept_by, replaced_by=replaced if replaced != path else None)
     for path in deleted & set(now):  # the view offered a file: URL; the entry keeps where the bytes came from
