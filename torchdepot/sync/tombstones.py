@@ -14,8 +14,10 @@ re-publishes a name with other bytes. The mirror keeps its copy:
   written before (``--require-hashes``) still installs with pip and uv: both keep only the
   candidate whose hash the lock allows, and a pin ``==`` allows a yanked one; an install
   without that hash gets the new bytes (pip skips a yanked file another file of the version can
-  replace, uv takes the first of equal candidates). The old path is retired
-  (``.torchdepot/retired.json``): it never receives other bytes, so ``immutable`` stays true.
+  replace, uv takes the first of equal candidates). A kept older release that pins the old
+  bytes lists them anyway (retention); on a page beside the new bytes they are yanked alike
+  (:func:`yank_kept`). The old path is retired (``.torchdepot/retired.json``): it never
+  receives other bytes, so ``immutable`` stays true.
 
 Each is a :class:`~torchdepot.store.manifest.Tombstone` in the manifest, said in one line per
 sync (and by ``mirror --dry-run``, which decides with the same functions). A tombstone ends when
