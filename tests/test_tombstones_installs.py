@@ -64,7 +64,7 @@ def uv_install(tmp: Path, base: str, cache: Path, *args: object) -> int:
     return installed(py)
 
 
-@pytest.mark.slow  # two syncs, two verifies and 14 installs into throwaway venvs (about 30 s)
+@pytest.mark.slow  # two syncs, two verifies and 12 installs into throwaway venvs (about 15 s)
 def test_the_locks_before_and_after_a_republication_both_install_with_pip_and_uv(tmp_path):
     old, changed = cudnn("9.1.0.70", seed=OLD), cudnn("9.1.0.70", seed=NEW)
     with FaultServer() as server:
@@ -120,7 +120,7 @@ def test_the_locks_before_and_after_a_republication_both_install_with_pip_and_uv
             assert got == (NEW, NEW), transport
 
 
-@pytest.mark.slow  # a dry run and a real sync per upstream change (about 12 s)
+@pytest.mark.slow  # a dry run and a real sync per upstream change (about 15 s)
 def test_the_dry_run_prints_the_tombstone_lines_the_real_sync_prints(tmp_path):
     old, new = cudnn("9.1.0.70"), cudnn("9.2.0")
     changed = cudnn("9.1.0.70", seed=NEW)
@@ -168,7 +168,7 @@ def torch_at(version: str) -> BuiltWheel:
                        files={"torch/__init__.py": FAKE_TORCH.format(version=f"{version}+cpu", cuda=None)})
 
 
-@pytest.mark.slow  # three syncs, two verifies and 6 installs (about 20 s)
+@pytest.mark.slow  # three syncs, two verifies and 6 installs (about 11 s)
 def test_a_kept_release_pinning_the_old_bytes_installs_beside_the_new_release(tmp_path):
     """Upstream ships torch 2.6 and re-publishes the cudnn wheel both releases pin: the kept 2.5
     release keeps the old bytes (listed by retention, yanked on the page it shares with 2.6's
