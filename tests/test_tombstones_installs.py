@@ -132,9 +132,13 @@ def test_the_dry_run_prints_the_tombstone_lines_the_real_sync_prints(tmp_path):
         assert run_mirror(spec, env).returncode == 0
 
         def lines(*extra: str) -> list[str]:
-            proc = run_mirror(spec, env, *extra)
+            """The run's tombstone lines; its --json says the same ones."""
+            proc = run_mirror(spec, env, *extra, "--json")
             assert proc.returncode == 0, proc.stderr
-            return [ln for ln in proc.stderr.splitlines() if ln.startswith("tombstone:")]
+            said = [ln for ln in proc.stderr.splitlines() if ln.startswith("tombstone:")]
+            assert [mf.Tombstone(**{**t, "targets": tuple(t["targets"])}).line()
+                    for t in json.loads(proc.stdout)["tombstones"]] == said
+            return said
 
         path = f"packages/{CUDNN}/{old.filename}"
         new_path = changed_bytes_path(path, changed.sha256, len(changed.data))
