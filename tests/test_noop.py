@@ -206,3 +206,35 @@ def test_a_page_re_stamped_with_the_same_bytes_is_still_a_no_op(upstream, tmp_pa
     again, _ = _sync(upstream, tmp_path)  # kept with its new validators: a 304 now
     assert "resolve" not in again.phases
     assert upstream.server.body_bytes["/whl/cpu/torch/"] == 0
+
+
+def test_a_replay_says_the_tombstone_lines_a_whole_no_op_says(tmp_path):
+    """Upstream drops a file a target pins: the mirror keeps it (a tombstone, said in one line
+    each sync). The replayed no-op says that line and returns what the whole no-op returns."""
+    from tests.kit.wheels import wheel_bytes
+
+    cudnn = wheel_bytes("nvidia-cudnn-cu12", "9.1.0.70", module="nvidia_cudnn", payload=b"\0" * 2000)
+    torch = wheel_bytes("torch", "2.5.0+cpu", requires=("nvidia-cudnn-cu12==9.1.0.70",))
+    with FaultServer(validators=True) as server:
+        pep503([torch, cudnn], pages=["/whl/cpu", "/simple"], files="/whl/files").serve(server)
+
+        class Up:
+            url = server.url
+
+        _sync(Up, tmp_path)
+        pep503([torch], pages=["/whl/cpu", "/simple"], files="/whl/files", indexes=False).serve(server)
+        for root in ("/whl/cpu", "/simple"):  # the cudnn pages list nothing now, and the file is gone
+            server.add(f"{root}/nvidia-cudnn-cu12/index.html", b"<html><body></body></html>")
+        with server._lock:
+            server.files.pop(f"/whl/files/{cudnn.filename}", None)
+        whole_first, first_msgs = _sync(Up, tmp_path)
+        assert whole_first.tombstones, first_msgs
+        _sync(Up, tmp_path)  # settles: the record of a clean run with the tombstone
+        replayed, msgs = _sync(Up, tmp_path)
+        assert "resolve" not in replayed.phases
+        assert any("tombstone" in m for m in msgs), msgs
+        (tmp_path / "out" / L.SETTLED).unlink()
+        whole, whole_msgs = _sync(Up, tmp_path)
+        assert "resolve" in whole.phases
+        assert msgs == whole_msgs
+        assert _comparable(replayed) == _comparable(whole)
