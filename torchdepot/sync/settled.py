@@ -35,6 +35,7 @@ from pathlib import Path
 from torchdepot import __version__
 from torchdepot.errors import TorchdepotError
 from torchdepot.fetch import FetchResult
+from torchdepot.site.landing import write_landing
 from torchdepot.sources.upstream import UpstreamReader
 from torchdepot.spec.mirror import MirrorSpec
 from torchdepot.store import layout as L
@@ -45,6 +46,7 @@ from torchdepot.sync import lifecycle, session
 from torchdepot.sync.check import verify_mirror
 from torchdepot.sync.download import PipFetchReport
 from torchdepot.sync.pipindex import locks_intact
+from torchdepot.sync.resolution import uv_version
 from torchdepot.sync.result import Echo, MirrorResult, RunLog, sync_record
 
 REVALIDATE_JOBS = 16  # conditional page requests in flight at once (the probe client's pool is sized to it)
@@ -63,8 +65,6 @@ class Record:
 
 def inputs_digest(spec: MirrorSpec, tset: lifecycle.TargetSet, prune: bool, edge: session.Edge) -> str:
     """What the pip side's outcome depends on besides upstream's pages and the mirror's manifest."""
-    from torchdepot.sync.resolution import uv_version
-
     doc = {"torchdepot": __version__, "uv": uv_version(), "spec": spec.to_data(), "prune": prune,
            "run": [repr(t) for t in tset.run], "recorded": [repr(r) for r in tset.recorded],
            "dropped": [repr(r) for r in tset.dropped], "tolerate": sorted(tset.tolerate),
@@ -167,8 +167,6 @@ def replay(out: Path, previous: mf.Manifest, tset: lifecycle.TargetSet, inputs: 
         log.say(t.line())
     result.verify = "ok"
     manifest = replace(previous, last_sync=sync_record(started, "ok", check.summary()))
-    from torchdepot.site.landing import write_landing
-
     write_landing(out, manifest)
     mf.save(out, manifest)
     sha = _manifest_sha256(out)
