@@ -37,9 +37,9 @@ from torchdepot.net.http import Client, make_session
 from torchdepot.net.pipconfig import PipSources
 from torchdepot.site.landing import write_landing
 from torchdepot.spec.mirror import MirrorSpec, PipTarget
+from torchdepot.store import cachefiles, publication
 from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
-from torchdepot.store import publication
 from torchdepot.store.fsutil import MirrorLock
 from torchdepot.sync import conda_side, dryrun, early, lifecycle, retention, session, tombstones
 from torchdepot.sync.check import verify_published
@@ -143,6 +143,7 @@ def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dr
                                                     spec.keep, log.say)
             result.files, result.targets, result.generation = done.files, done.targets, done.generation
             result.index_changed, removal_plan = done.changed, done.plan
+            result.cache_used = {L.PAGE_CACHE: edge.reader.kept_page_names(), L.METADATA_CACHE: view.metadata_cache_used()}
             log.phase("publish")
         result.releases, result.dropped_releases = list(removal_plan.kept), list(removal_plan.dropped)
         result.removals = list(removal_plan.removals)
@@ -168,7 +169,7 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
     with their sizes. Files no kept release needs are deleted after the new index and manifest
     are in place, each group listed first; the closing check is recorded in ``last_sync``.
     ``locks``: lock folders whose exact files are mirrored for their targets (``--from-locks``)."""
-    started = time.monotonic()
+    started, wall_started = time.monotonic(), time.time()
     out = Path(out or spec.out)
     spec, followed = follow_upstream(spec, out, pip_sources=pip_sources, prune=prune, say=echo)
     asked = [*(spec.targets() if spec_targets else []), *add, *(env.target for env in locks)]
@@ -225,5 +226,9 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
         result.manifest = manifest
         if followed is not None:
             save_record(out, followed)
+        if result.cache_used is not None and not result.failed:  # a complete sync: what it used is current
+            swept = cachefiles.sweep(out, result.cache_used, wall_started)
+            if (line := swept.line()) is not None:
+                log.say(line)
         result.seconds = time.monotonic() - started
         return result
