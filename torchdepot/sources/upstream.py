@@ -260,7 +260,7 @@ class UpstreamReader:
         the entries of the page cache this run used (the cache sweep keeps them)."""
         with self._lock:
             urls = [url for kind, url in self._cache if kind == "page"]
-        names = set()
+        names: set[str] = set()
         for url in urls:
             path = self._page_file(url)
             if path is not None:

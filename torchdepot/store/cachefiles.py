@@ -86,6 +86,15 @@ def _touch(folder: Path, rel: str, names: Iterable[str]) -> None:
                 os.utime(path)
 
 
+def write_entry(folder: Path, name: str, data: bytes) -> None:
+    """Write one cache entry by atomic rename (a reader never sees half of it), without fsync:
+    an entry is checked against its name on reading, and a lost one is read from upstream again."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{name}.{os.getpid()}.tmp"
+    tmp.write_bytes(data)
+    os.replace(tmp, folder / name)
+
+
 def load_syncs(root: Path) -> list[float]:
     """The recorded start times (oldest first); [] when there is no usable record."""
     try:

@@ -1,0 +1,170 @@
+"""The regional operator's mode (``releases:``, sync/regional.py) against a loopback upstream
+of download.pytorch.org's shape (tests/kit/regional.py): every matching release with its
+paired torchvision / torchaudio and the dependency closure from the same per-accelerator
+index, published as ``whl/<acc>/`` indexes; a no-op re-sync that sends no file bytes; a new
+upstream release that is the only download of the next sync; the caps; the dry run."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from packaging.specifiers import SpecifierSet
+
+from tests.faultserver import FaultServer
+from tests.kit import regional as kit
+from torchdepot.errors import SpecError, TorchdepotError
+from torchdepot.net.http import HttpConfig, make_session
+from torchdepot.net.pipconfig import PipSources
+from torchdepot.spec.mirror import parse_spec
+from torchdepot.store import layout as L
+from torchdepot.store import manifest as mf
+from torchdepot.sync.pip import sync
+
+
+def _spec(up, out, **over):
+    data = {"releases": "torch>=2.0", "packages": ["torch", "torchvision", "torchaudio"], "extra_packages": [],
+            "accelerators": ["all"], "pythons": ["all"], "platforms": ["all"], "upstreams": [up.url + "/whl"],
+            "out": str(out), "jobs": 4, **over}
+    return parse_spec(data, "regional.yaml")
+
+
+def _sync(up, out, dry_run=False, **over):
+    msgs: list[str] = []
+    res = sync(_spec(up, out, **over), client=make_session(HttpConfig(retries=0)), progress=False,
+               echo=msgs.append, pip_sources=PipSources(no_index=True), dry_run=dry_run)
+    return res, msgs
+
+
+def _page_names(out, acc, project):
+    page = out / L.INDEX_LINK / acc / project / "index.html"
+    return set(re.findall(r">([^<]+\.whl)</a>", page.read_text())) if page.is_file() else set()
+
+
+def _wheel_bodies(up):
+    return sum(n for path, n in up.body_bytes.items() if path.endswith(".whl"))
+
+
+@pytest.fixture
+def upstream():
+    with FaultServer(validators=True) as up:
+        yield up, kit.serve(up)
+
+
+def test_every_matching_release_its_pairs_and_closure_per_accelerator(upstream, tmp_path):
+    up, every = upstream
+    out = tmp_path / "out"
+    res, msgs = _sync(up, out)
+    want = kit.expected(every, releases=("2.0.0", "2.1.0"))
+    files = {e.path.rsplit("/", 1)[-1] for e in mf.load(out).files if e.kind == "wheel"}
+    assert files == want, msgs
+    assert res.verify == "ok", msgs
+    assert any("dependency triton is not on the cu121 index" in m for m in msgs), msgs
+    # per-accelerator indexes, as upstream lays them out
+    assert {p.name for p in (out / L.INDEX_LINK).iterdir() if (p / "torch").is_dir()} == {"cpu", "cu118", "cu121"}
+    cpu_torch = _page_names(out, "cpu", "torch")
+    assert cpu_torch == {f.filename for f in every if f.acc == "cpu" and f.project == "torch"
+                         and f.torch in ("2.0.0", "2.1.0")}
+    assert not any("1.13" in n for n in cpu_torch)
+    assert _page_names(out, "cu118", "nvidia-cublas-cu11")
+    assert not _page_names(out, "cpu", "nvidia-cublas-cu11")
+    assert _page_names(out, "cu121", "mpmath") == {n for n in want if n.startswith("mpmath-1.3.0")}
+    assert not _page_names(out, "cpu", "opt-einsum")  # an extra's dependency only
+    torchaudio = _page_names(out, "cu118", "torchaudio")
+    assert {n.split("-")[1] for n in torchaudio} == {"2.0.0+cu118", "2.1.0+cu118"}
+    listed = mf.load(out).by_path()
+    assert all(L.metadata_path(p) in listed for p, e in listed.items() if e.kind == "wheel")
+    assert all((out / p).is_file() for p in listed)
+
+
+def test_a_no_op_sends_no_file_bytes_and_a_new_release_is_the_only_download(upstream, tmp_path):
+    up, every = upstream
+    out = tmp_path / "out"
+    first, _ = _sync(up, out)
+    up.reset_counters()
+    again, msgs = _sync(up, out)
+    assert _wheel_bodies(up) == 0, msgs
+    assert again.requests["metadata"] == 0  # every METADATA came from the cache
+    assert again.requests["unchanged"] == again.requests["pages"] - 1  # only 304s, and triton's 404
+    assert up.hits["/whl/cu121/triton/"] == 1
+    assert not again.index_changed
+    assert again.manifest is not None
+    assert first.manifest is not None
+    assert again.manifest.files == first.manifest.files
+    # upstream publishes torch 2.1.1 for cpu: only its files (torch, paired vision/audio) come
+    with FaultServer(validators=True) as newer:
+        every2 = kit.serve(newer, extra_torch=(("cpu", "2.1.1"),))
+        before = {e.path for e in mf.load(out).files}
+        spec_over = {"upstreams": [newer.url + "/whl"]}
+        res, msgs = _sync(newer, out, **spec_over)
+        added = {e.path.rsplit("/", 1)[-1] for e in mf.load(out).files if e.path not in before and e.kind == "wheel"}
+    new_files = {f.filename for f in every2 if f.torch == "2.1.1"}
+    assert added == new_files, msgs
+    downloaded = {r.key.rsplit("/", 1)[-1] for r in res.report.downloaded} if res.report else set()
+    # the other host serves the same bytes at the same paths: everything else is already held
+    assert downloaded == new_files, msgs
+
+
+def test_filters_narrow_the_mirror(upstream, tmp_path):
+    up, every = upstream
+    out = tmp_path / "out"
+    _sync(up, out, accelerators=["cu118"], pythons=["3.10"], platforms=["linux-x86_64"], releases="torch==2.1.*")
+    files = {e.path.rsplit("/", 1)[-1] for e in mf.load(out).files if e.kind == "wheel"}
+    assert files == kit.expected(every, releases=("2.1.0",), accs=("cu118",), pythons=("3.10",),
+                                 platforms=("linux-x86_64",))
+    assert {p.name for p in (out / L.INDEX_LINK).iterdir() if (p / "torch").is_dir()} == {"cu118"}
+
+
+def test_dry_run_prints_counts_and_bytes_and_writes_nothing(upstream, tmp_path):
+    up, every = upstream
+    out = tmp_path / "out"
+    res, msgs = _sync(up, out, dry_run=True)
+    want = kit.expected(every, releases=("2.0.0", "2.1.0"))
+    assert any(m.startswith(f"releases: {len(want)} files over 3 accelerators, {len(want)} new") for m in msgs), msgs
+    assert _wheel_bodies(up) == 0
+    assert not out.exists()
+    assert res.manifest is None
+
+
+@pytest.mark.parametrize(("over", "words"), [
+    ({"max_files": 5}, "over max_files (5)"),
+    ({"max_bytes": "1 kB"}, "over max_bytes (1.0 kB)"),
+])
+def test_caps_stop_the_run_in_one_line_before_any_download(upstream, tmp_path, over, words):
+    up, _every = upstream
+    out = tmp_path / "out"
+    # the kit's pages give no PEP 700 size: the byte cap is checked again on what arrives
+    with pytest.raises(TorchdepotError) as err:
+        _sync(up, out, **over)
+    assert words in str(err.value)
+    assert "\n" not in str(err.value)
+    assert not (out / L.MANIFEST_NAME).exists()
+    if "max_files" in over:
+        assert _wheel_bodies(up) == 0
+
+
+@pytest.mark.parametrize(("data", "words"), [
+    ({"accelerators": ["all"]}, "'all' needs releases:"),
+    ({"releases": "numpy>=1"}, "is not a torch version constraint"),
+    ({"releases": "torch>=2.0", "targets": [{"accelerator": "cpu", "python": "3.11", "platform": "linux-x86_64"}]},
+     "targets: does not apply to a regional mirror"),
+    ({"releases": "torch>=2.0", "accelerators": ["current"]}, "'current' does not apply with releases:"),
+    ({"max_files": 3}, "applies only to a regional mirror"),
+    ({"releases": ">=2.0", "max_bytes": "lots"}, "is not a byte count"),
+])
+def test_spec_keys_refuse_in_one_line(data, words):
+    with pytest.raises(SpecError) as err:
+        parse_spec({"pythons": ["3.11"], "platforms": ["linux-x86_64"], **data}, "m.yaml")
+    assert words in str(err.value)
+    assert str(err.value).startswith("m.yaml: ")
+
+
+def test_spec_keys_round_trip():
+    spec = parse_spec({"releases": "torch>=2.0,<2.9", "accelerators": ["all"], "pythons": ["3.12", "3.13"],
+                       "platforms": ["all"], "max_files": 20000, "max_bytes": "2.5 TB"}, "m.yaml")
+    assert SpecifierSet(spec.releases or "") == SpecifierSet(">=2.0,<2.9")
+    assert spec.every == frozenset({"accelerators", "platforms"})
+    assert spec.max_bytes == 2_500_000_000_000
+    assert parse_spec(json.loads(json.dumps(spec.to_data()))) == spec
+    assert parse_spec({"releases": "2.5.1", "pythons": ["3.11"]}).releases == "==2.5.1"
