@@ -78,6 +78,7 @@ def test_every_matching_release_its_pairs_and_closure_per_accelerator(upstream, 
     assert all((out / p).is_file() for p in listed)
 
 
+@pytest.mark.slow
 def test_a_no_op_sends_no_file_bytes_and_a_new_release_is_the_only_download(upstream, tmp_path):
     up, every = upstream
     out = tmp_path / "out"
@@ -129,7 +130,7 @@ def test_dry_run_prints_counts_and_bytes_and_writes_nothing(upstream, tmp_path):
 
 @pytest.mark.parametrize(("over", "words"), [
     ({"max_files": 5}, "over max_files (5)"),
-    ({"max_bytes": "1 kB"}, "over max_bytes (1.0 kB)"),
+    pytest.param({"max_bytes": "1 kB"}, "over max_bytes (1.0 kB)", marks=pytest.mark.slow),  # downloads first
 ])
 def test_caps_stop_the_run_in_one_line_before_any_download(upstream, tmp_path, over, words):
     up, _every = upstream
@@ -168,3 +169,33 @@ def test_spec_keys_round_trip():
     assert spec.max_bytes == 2_500_000_000_000
     assert parse_spec(json.loads(json.dumps(spec.to_data()))) == spec
     assert parse_spec({"releases": "2.5.1", "pythons": ["3.11"]}).releases == "==2.5.1"
+
+
+@pytest.mark.slow
+def test_the_readme_spec_and_commands_work_as_printed(upstream, tmp_path):
+    """README "A regional operator's mirror": its spec, with the upstream and out replaced by the
+    test's loopback ones, and both printed commands."""
+    import yaml
+
+    from tests.kit.cli import ROOT, td
+    from tests.venvs import hermetic_env
+
+    up, every = upstream
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("**A regional operator's mirror.**", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    data = yaml.safe_load(block)
+    assert data["releases"] == "torch>=2.0"
+    data.update(upstreams=[up.url + "/whl"], out=str(tmp_path / "srv"))
+    spec = tmp_path / "regional.yaml"
+    spec.write_text(yaml.safe_dump(data))
+    commands = re.findall(r"`torchdepot (mirror --spec regional\.yaml[^`]*)`", section.split("**Variant", 1)[0])
+    assert commands == ["mirror --spec regional.yaml --dry-run", "mirror --spec regional.yaml"]
+    env = hermetic_env(PIP_INDEX_URL=up.url + "/simple")
+    want = kit.expected(every, releases=("2.0.0", "2.1.0"))
+    for command in commands:
+        args = [str(spec) if a == "regional.yaml" else a for a in command.split()]
+        proc = td(*args, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert f"releases: {len(want)} files over 3 accelerators" in proc.stderr + proc.stdout
+    assert {e.path.rsplit("/", 1)[-1] for e in mf.load(tmp_path / "srv").files if e.kind == "wheel"} == want

@@ -460,8 +460,11 @@ def _store_paths(out: Path, sel: Selection, listed: dict[str, mf.FileEntry]) -> 
             paths[url] = held.path
         else:
             default = L.package_path(c.project, safe_filename(c.link.filename))
-            paths[url] = pub.choose_path(default, claim, listed, journal | frozenset(taken),
-                                         lambda rel: rel in taken or safe_join(out, rel).exists(), retired)
+            path = pub.choose_path(default, claim, listed, journal, lambda rel: safe_join(out, rel).exists(), retired)
+            if path in taken:  # one name from two URLs (rare): the second takes another free path
+                path = pub.choose_path(default, claim, listed, journal - taken,
+                                       lambda rel: rel in taken or safe_join(out, rel).exists(), retired)
+            paths[url] = path
         taken.add(paths[url])
     return paths
 
