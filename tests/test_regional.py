@@ -115,6 +115,11 @@ def test_filters_narrow_the_mirror(upstream, tmp_path):
     assert files == kit.expected(every, releases=("2.1.0",), accs=("cu118",), pythons=("3.10",),
                                  platforms=("linux-x86_64",))
     assert {p.name for p in (out / L.INDEX_LINK).iterdir() if (p / "torch").is_dir()} == {"cu118"}
+    # packages narrows the torch projects: torch alone, and its closure (no numpy: torchvision's)
+    _sync(up, out, accelerators=["cu118"], pythons=["3.10"], platforms=["linux-x86_64"], releases="torch==2.1.*",
+          packages=["torch"])
+    files = {e.path.rsplit("/", 1)[-1] for e in mf.load(out).files if e.kind == "wheel"}
+    assert {n.split("-")[0] for n in files} == {"torch", "filelock", "sympy", "mpmath", "nvidia_cublas_cu11"}
 
 
 def test_dry_run_prints_counts_and_bytes_and_writes_nothing(upstream, tmp_path):

@@ -196,10 +196,12 @@ class Closure:
                     if (w.accelerator is None or (w.accelerator.name == acc and not w.accelerator.flags))
                     and _fits(self.spec, w) and not _newer(self.spec, link)]
 
-        for project in TORCH_PROJECTS:
+        for pkg in self.spec.packages:  # torch first (spec order is TORCH_PROJECTS')
+            project = pkg.name
+            narrowed = _spec_set(pkg.constraint, prerelease) if pkg.constraint else None
             for link, w in wheels(project):
                 version = _version(w)
-                if version is None:
+                if version is None or (narrowed is not None and version not in narrowed):
                     continue
                 if project == "torch":
                     if version not in releases:
