@@ -93,6 +93,9 @@ def test_a_no_op_sends_no_file_bytes_and_a_new_release_is_the_only_download(upst
     assert again.manifest is not None
     assert first.manifest is not None
     assert again.manifest.files == first.manifest.files
+    assert again.manifest.last_sync is not None
+    assert again.manifest.last_sync.detail.startswith("unchanged since the closing check of ")
+    assert again.verify == "ok"
     # upstream publishes torch 2.1.1 for cpu: only its files (torch, paired vision/audio) come
     with FaultServer(validators=True) as newer:
         every2 = kit.serve(newer, extra_torch=(("cpu", "2.1.1"),))

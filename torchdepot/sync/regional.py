@@ -30,14 +30,19 @@ by the per-target pipeline (``sync/pip.py``):
    no longer selected leave the pages and the manifest, then the disk.
 
 The next sync re-reads pages conditionally, reads no metadata it has cached, downloads only
-what is new, and rewrites nothing when nothing changed. State stays small: links and wheel
+what is new, and rewrites nothing when nothing changed: when the files, the spec and the pages
+it would build (by digest, ``.torchdepot/regional.json``) are those the last sync published and
+its closing check passed, only the manifest's ``last_sync`` is written ("unchanged since the
+closing check of ..."); ``verify-mirror`` re-checks on demand. State stays small: links and wheel
 names, never file bodies (the bench checks the 300 MB goal).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import email.parser
 import hashlib
+import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -48,7 +53,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from torchdepot.errors import TorchdepotError, UpstreamError, one_line
+from torchdepot.errors import TorchdepotError, UpstreamError, load_json, one_line
 from torchdepot.fetch import FetchItem, FetchReport
 from torchdepot.fetch.progress import ProgressCallback
 from torchdepot.model.platforms import target_platform
@@ -66,9 +71,15 @@ from torchdepot.store import cachefiles
 from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
 from torchdepot.store import publication as pub
-from torchdepot.store.fsutil import MirrorLock, safe_filename, safe_join
+from torchdepot.store.fsutil import MirrorLock, atomic_write_text, safe_filename, safe_join
 from torchdepot.store.index_file import IndexFile
-from torchdepot.store.pages import build_pages, ensure_metadata, publish, requires_python_of
+from torchdepot.store.pages import (
+    build_pages,
+    current_generation,
+    ensure_metadata,
+    publish,
+    requires_python_of,
+)
 from torchdepot.sync import session
 from torchdepot.sync.check import verify_published
 from torchdepot.sync.download import check_fetched, make_fetcher
@@ -414,26 +425,14 @@ def _run(spec: MirrorSpec, out: Path, result: MirrorResult, log: RunLog, dry_run
             new_bytes = sum(r.size for r in report.results if r.status == "downloaded")
             check_bounds(spec, Counted(counted.files, counted.new, counted.known_bytes, 0),
                          fetched=new_bytes if counted.unknown else 0)
-            entries, index = _entries(out, sel, paths, report, listed)
-            gone = sorted(p for p in listed if p not in entries and listed[p].kind in ("wheel", "metadata"))
-            pub.record(out, gone)  # journaled before the commit: a kill leaves leftovers, not orphans
-            if previous is not None:
-                mf.save(out, pub.widened(previous, entries.values()))
-            result.generation, result.index_changed = publish(out, build_pages(index))
-            manifest = mf.Manifest(files=sorted(entries.values(), key=lambda e: e.path), spec=spec.to_data(),
-                                   last_sync=sync_record(started, "unchecked", ""))
-            write_landing(out, manifest)
-            mf.save(out, manifest)
-            for path in gone:
-                safe_join(out, path).unlink(missing_ok=True)
-            pub.forget(out, [*gone, *entries])
-            if gone:
-                log.say(f"releases: removed {len(gone)} files no longer selected")
-            log.phase("publish")
-            check = verify_published(out, log.say)
-            result.verify = "ok" if check.ok else "NOT OK"
-            manifest.last_sync = sync_record(started, result.verify, check.summary())
-            mf.save(out, manifest)
+            entries, index = _entries(out, sel, paths, report, listed, spec.fsync)
+            manifest = _unchanged(out, spec, previous, entries, index, started) if previous is not None else None
+            if manifest is not None:  # nothing to publish: the pages, files and closing check stand
+                result.generation, result.verify = current_generation(out), "ok"
+                mf.save(out, manifest)
+                log.phase("publish")
+            else:
+                manifest = _publish(out, spec, previous, entries, index, result, log, started)
             result.manifest, result.files = manifest, manifest.files
             result.requests = edge.reader.request_counts()
             swept = cachefiles.sweep(out, {L.PAGE_CACHE: edge.reader.kept_page_names(),
@@ -445,6 +444,67 @@ def _run(spec: MirrorSpec, out: Path, result: MirrorResult, log: RunLog, dry_run
         if own:
             client.close()
         result.seconds = time.monotonic() - started
+
+
+def _publish(out: Path, spec: MirrorSpec, previous: mf.Manifest | None, entries: dict[str, mf.FileEntry],
+             index: dict[str, list[IndexFile]], result: MirrorResult, log: RunLog, started: float) -> mf.Manifest:
+    """Pages and manifest: the manifest widened before the new pages go live, committed after
+    them; files no longer selected removed after the commit; the closing check recorded."""
+    listed = previous.by_path() if previous is not None else {}
+    gone = sorted(p for p in listed if p not in entries and listed[p].kind in ("wheel", "metadata"))
+    pub.record(out, gone)  # journaled before the commit: a kill leaves leftovers, not orphans
+    if previous is not None:
+        mf.save(out, pub.widened(previous, entries.values()))
+    result.generation, result.index_changed = publish(out, build_pages(index))
+    manifest = mf.Manifest(files=sorted(entries.values(), key=lambda e: e.path), spec=spec.to_data(),
+                           last_sync=sync_record(started, "unchecked", ""))
+    write_landing(out, manifest)
+    mf.save(out, manifest)
+    for path in gone:
+        safe_join(out, path).unlink(missing_ok=True)
+    pub.forget(out, [*gone, *entries])
+    if gone:
+        log.say(f"releases: removed {len(gone)} files no longer selected")
+    log.phase("publish")
+    check = verify_published(out, log.say)
+    result.verify = "ok" if check.ok else "NOT OK"
+    manifest.last_sync = sync_record(started, result.verify, check.summary())
+    mf.save(out, manifest)
+    if check.ok:
+        atomic_write_text(safe_join(out, L.REGIONAL_RECORD), json.dumps(
+            {"index": _digest(index), "generation": result.generation}) + "\n")
+    return manifest
+
+
+def _digest(index: dict[str, list[IndexFile]]) -> str:
+    """What the pages are built from, as one sha256 (equal digests: equal pages)."""
+    h = hashlib.sha256()
+    for acc in sorted(index):
+        for f in index[acc]:
+            h.update(json.dumps([acc, f.project, f.filename, f.path, f.sha256, f.requires_python,
+                                 f.metadata_sha256, f.size, f.upload_time]).encode())
+    return h.hexdigest()
+
+
+def _unchanged(out: Path, spec: MirrorSpec, previous: mf.Manifest, entries: dict[str, mf.FileEntry],
+               index: dict[str, list[IndexFile]], started: float) -> mf.Manifest | None:
+    """The committed manifest with this run's ``last_sync``, when this run would publish exactly
+    what the last one did and checked (same spec, files, pages and live generation); else None."""
+    last = previous.last_sync
+    if last is None or last.verify != "ok" or previous.spec != spec.to_data() or previous.targets:
+        return None
+    if len(previous.files) != len(entries) or any(entries.get(f.path) != f for f in previous.files):
+        return None
+    try:
+        path = safe_join(out, L.REGIONAL_RECORD)
+        record = load_json(path.read_bytes(), str(path)) if path.stat().st_size < 4096 else None
+    except (OSError, TorchdepotError):
+        return None
+    if not isinstance(record, dict) or record.get("generation") != current_generation(out) \
+            or record.get("index") != _digest(index):
+        return None
+    return dataclasses.replace(previous, last_sync=sync_record(
+        started, "ok", f"unchanged since the closing check of {last.finished}: {last.detail}"))
 
 
 def _store_paths(out: Path, sel: Selection, listed: dict[str, mf.FileEntry]) -> dict[str, str]:
@@ -484,8 +544,8 @@ def _fetch(out: Path, spec: MirrorSpec, sel: Selection, paths: dict[str, str], l
     return make_fetcher(out, spec, client, edge.policy, progress, on_progress).run(items)
 
 
-def _entries(out: Path, sel: Selection, paths: dict[str, str], report: FetchReport,
-             listed: dict[str, mf.FileEntry]) -> tuple[dict[str, mf.FileEntry], dict[str, list[IndexFile]]]:
+def _entries(out: Path, sel: Selection, paths: dict[str, str], report: FetchReport, listed: dict[str, mf.FileEntry],
+             fsync: bool) -> tuple[dict[str, mf.FileEntry], dict[str, list[IndexFile]]]:
     by_key = {r.key: r for r in report.results}
     entries: dict[str, mf.FileEntry] = {}
     files: dict[str, IndexFile] = {}
@@ -494,7 +554,7 @@ def _entries(out: Path, sel: Selection, paths: dict[str, str], report: FetchRepo
         r = by_key[key]
         assert r.sha256 is not None  # check_fetched stopped the run at any file that did not arrive
         meta_sha, req_py, meta_size = _listed_metadata(out, key, r.sha256, listed) \
-            or ensure_metadata(out, key, c.project)
+            or ensure_metadata(out, key, c.project, fsync=fsync)
         files[url] = IndexFile(project=c.project, filename=safe_filename(c.link.filename), path=key, sha256=r.sha256,
                                requires_python=req_py, metadata_sha256=meta_sha, size=r.size,
                                upload_time=c.link.upload_time)
