@@ -255,3 +255,23 @@ def test_readme_variant_commands_work_as_printed(tmp_path):
         plain = _run_block("".join(lines[:first + 1]), s, tmp_path / "a")
         assert plain == "null" if not gpu_present() else plain in ("null", "cuda12.8")
         assert _run_block(block, s, tmp_path / "b") == "cuda12.8"
+
+
+def test_doctor_env_selects_the_variant_it_decided(tmp_path):
+    """`eval "$(torchdepot doctor --format env)"` on a recorded H200 with driver 580 (sm_90; doctor
+    decides cu130) then a variant install with no GPU here: the printed NVIDIA provider overrides
+    make uv take the cuda12.8 build, the newest label the mirror holds up to that decision."""
+    import shlex
+
+    from tests.test_doctor import FIX, doctor, fake_tool
+
+    fake_tool(tmp_path / "bin", "nvidia-smi", FIX / "smi_h200x2_580.csv")
+    exports = doctor(tmp_path, "--format", "env").stdout
+    env = dict(shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in exports.splitlines())
+    assert env["NV_VARIANT_PROVIDER_FORCE_CUDA_DRIVER_VERSION"] == env["CONDA_OVERRIDE_CUDA"]
+    assert env["NV_VARIANT_PROVIDER_FORCE_SM_ARCH"] == "9.0"
+    up = write_variant_upstream(tmp_path / "up", doc(PLUGIN))
+    out, _, _ = _served(up, tmp_path, ("cpu", "cu128"))
+    nv = {k: v for k, v in env.items() if k.startswith("NV_VARIANT_PROVIDER_")}
+    with Server(out) as s:
+        assert _install(f"{s.url}/whl", tmp_path / "v", **nv) == "cuda12.8"
