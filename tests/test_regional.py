@@ -10,6 +10,8 @@ import json
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from packaging.specifiers import SpecifierSet
 
 from tests.faultserver import FaultServer
@@ -78,7 +80,6 @@ def test_every_matching_release_its_pairs_and_closure_per_accelerator(upstream, 
     assert all((out / p).is_file() for p in listed)
 
 
-@pytest.mark.slow
 def test_a_no_op_sends_no_file_bytes_and_a_new_release_is_the_only_download(upstream, tmp_path):
     up, every = upstream
     out = tmp_path / "out"
@@ -138,7 +139,7 @@ def test_dry_run_prints_counts_and_bytes_and_writes_nothing(upstream, tmp_path):
 
 @pytest.mark.parametrize(("over", "words"), [
     ({"max_files": 5}, "over max_files (5)"),
-    pytest.param({"max_bytes": "1 kB"}, "over max_bytes (1.0 kB)", marks=pytest.mark.slow),  # downloads first
+    ({"max_bytes": "1 kB"}, "over max_bytes (1.0 kB)"),  # downloads first: the pages state no size
 ])
 def test_caps_stop_the_run_in_one_line_before_any_download(upstream, tmp_path, over, words):
     up, _every = upstream
@@ -207,3 +208,40 @@ def test_the_readme_spec_and_commands_work_as_printed(upstream, tmp_path):
         assert proc.returncode == 0, proc.stderr
         assert f"releases: {len(want)} files over 3 accelerators" in proc.stderr + proc.stdout
     assert {e.path.rsplit("/", 1)[-1] for e in mf.load(tmp_path / "srv").files if e.kind == "wheel"} == want
+
+
+def test_a_per_target_mirror_is_not_turned_into_a_regional_one(upstream, tmp_path):
+    up, _every = upstream
+    out = tmp_path / "out"
+    out.mkdir()
+    target = mf.Target(id="cpu-py311-linux-x86_64", kind="pip", accelerator="cpu", python="3.11",
+                       platform="linux-x86_64", packages=(), index="whl/cpu")
+    mf.save(out, mf.Manifest(targets=[target]))
+    with pytest.raises(TorchdepotError, match="holds a per-target mirror .1 targets.; a regional mirror"):
+        _sync(up, out)
+    assert _wheel_bodies(up) == 0
+
+
+text = st.one_of(st.text(max_size=30), st.integers(-10, 10**15), st.floats(allow_nan=True), st.none(),
+                 st.booleans(), st.lists(st.text(max_size=5), max_size=2),
+                 st.from_regex(r"(torch)?\s?[<>=!~]{0,3}\s?[0-9.*]{0,8}( ?[kKmMgGtT]?[bB])?", fullmatch=True))
+
+
+@given(releases=text, max_bytes=text, max_files=text)
+@settings(max_examples=200, deadline=None)
+def test_the_regional_keys_give_a_spec_or_one_line_spec_error(releases, max_bytes, max_files):
+    data = {"releases": releases, "max_bytes": max_bytes, "max_files": max_files, "accelerators": ["all"],
+            "pythons": ["3.11"], "platforms": ["all"]}
+    error = None
+    try:
+        spec = parse_spec(data, "m.yaml")
+    except SpecError as exc:
+        error = str(exc)
+    if error is not None:
+        assert "\n" not in error
+        assert error.startswith("m.yaml: ")
+        return
+    assert spec.releases is not None
+    SpecifierSet(spec.releases)
+    assert spec.max_bytes is None or spec.max_bytes >= 1
+    assert parse_spec(spec.to_data()) == spec

@@ -16,6 +16,7 @@ test (from the generator's own table, not from pages).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import urllib.parse
 from dataclasses import dataclass
@@ -48,7 +49,8 @@ def _paired(project: str, torch: str) -> str:
     return f"2.{minor}.{patch}" if major == 2 else f"0.{minor}.{patch}"
 
 
-def files(extra_torch: tuple[tuple[str, str], ...] = ()) -> list[File]:
+@functools.lru_cache(maxsize=4)  # built once per session: the same bytes every time
+def files(extra_torch: tuple[tuple[str, str], ...] = ()) -> tuple[File, ...]:
     """Every wheel of the upstream; ``extra_torch``: (acc, version) releases added later."""
     out = []
     releases = {acc: (*versions, *(v for a, v in extra_torch if a == acc)) for acc, versions in RELEASES.items()}
@@ -83,10 +85,10 @@ def files(extra_torch: tuple[tuple[str, str], ...] = ()) -> list[File]:
     for acc, project in CUBLAS.items():
         w = wheel_bytes(project, "12.1.0", f"py3-none-{TAGS['linux-x86_64']}")
         out.append(File("deps", acc, project, w.filename, w.data, platform="linux-x86_64"))
-    return out
+    return tuple(out)
 
 
-def serve(server, extra_torch: tuple[tuple[str, str], ...] = ()) -> list[File]:
+def serve(server, extra_torch: tuple[tuple[str, str], ...] = ()) -> tuple[File, ...]:
     """Add the upstream's files and pages to a FaultServer; returns its files."""
     every = files(extra_torch)
     pages: dict[str, list[str]] = {}
@@ -107,7 +109,7 @@ def serve(server, extra_torch: tuple[tuple[str, str], ...] = ()) -> list[File]:
     return every
 
 
-def expected(every: list[File], *, releases: tuple[str, ...], accs: tuple[str, ...] | None = None,
+def expected(every: tuple[File, ...], *, releases: tuple[str, ...], accs: tuple[str, ...] | None = None,
              pythons: tuple[str, ...] | None = None, platforms: tuple[str, ...] | None = None) -> set[str]:
     """The file names a regional sync of ``releases`` (torch versions) must carry."""
     def fits(f: File) -> bool:

@@ -41,12 +41,15 @@ from __future__ import annotations
 
 import dataclasses
 import email.parser
+import functools
 import hashlib
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -86,6 +89,10 @@ from torchdepot.sync.download import check_fetched, make_fetcher
 from torchdepot.sync.plan import channel_prefix
 from torchdepot.sync.result import Echo, MirrorResult, RunLog, sync_record
 
+ACC_JOBS = 4  # accelerators walked at once
+PAGE_JOBS = 4  # pages or METADATA read at once per accelerator
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 MAX_DEPTH = 32  # dependency levels followed (a real closure is under 10)
 MAX_PROJECTS = 5_000  # distinct projects per accelerator's closure
 MAX_METADATA = 16 * 1024 * 1024
@@ -207,6 +214,8 @@ class Closure:
                     if (w.accelerator is None or (w.accelerator.name == acc and not w.accelerator.flags))
                     and _fits(self.spec, w) and not _newer(self.spec, link)]
 
+        self._map(lambda name: project_page(self.reader, page_url(index, acc), name),
+                  [p.name for p in self.spec.packages])  # the pages read at once, then walked in order
         for pkg in self.spec.packages:  # torch first (spec order is TORCH_PROJECTS')
             project = pkg.name
             narrowed = _spec_set(pkg.constraint, prerelease) if pkg.constraint else None
@@ -230,8 +239,8 @@ class Closure:
             wanted.setdefault(str(canonicalize_name(req.name)), []).append(req.specifier)
         done_projects: set[str] = set(TORCH_PROJECTS)
         for _depth in range(MAX_DEPTH):
-            for chosen in self._one_per_version(todo):
-                for name, specifier in self._requires(chosen):
+            for requires in self._map(self._requires, self._one_per_version(todo)):
+                for name, specifier in requires:
                     if name not in done_projects:
                         wanted.setdefault(name, []).append(specifier)
             todo = []
@@ -240,6 +249,7 @@ class Closure:
                 break
             if len(done_projects) + len(fresh) > MAX_PROJECTS:
                 raise TorchdepotError(f"releases: {acc}: the dependency closure names more than {MAX_PROJECTS} projects")
+            self._map(lambda name: project_page(self.reader, page_url(index, acc), name), sorted(fresh))
             for name, specifiers in sorted(fresh.items()):
                 done_projects.add(name)
                 found = wheels(name)
@@ -252,6 +262,15 @@ class Closure:
                         take(name, link, w)
             wanted = {}
         self.sel.listed[acc] = urls
+
+    @staticmethod
+    def _map(fn: Callable[[_T], _R], items: list[_T]) -> list[_R]:
+        """``fn`` over ``items`` with up to PAGE_JOBS at once: upstream is latency-bound, and the
+        reader (one request per URL, thread-safe) serves a page to whoever asks first."""
+        if len(items) <= 1:
+            return [fn(i) for i in items]
+        with ThreadPoolExecutor(max_workers=min(PAGE_JOBS, len(items))) as pool:
+            return list(pool.map(fn, items))
 
     @staticmethod
     def _paired(project: str, version: Version, torch_versions: set[str]) -> bool:
@@ -333,14 +352,18 @@ def select(spec: MirrorSpec, reader: UpstreamReader, out: Path, dry_run: bool, s
         sel = Selection()
         walk = Closure(spec, reader, out / L.METADATA_CACHE, not dry_run, sel, say)
         try:
-            for acc in discover_accelerators(spec, reader, index, say):
-                walk.accelerator(index, acc)
+            accs = discover_accelerators(spec, reader, index, say)
+            with ThreadPoolExecutor(max_workers=max(1, min(ACC_JOBS, len(accs)))) as pool:
+                list(pool.map(functools.partial(walk.accelerator, index), accs))
         except UpstreamError as exc:
             failures.append(one_line(exc))
             say(f"releases: upstream {base} unreachable ({exc.detail}); trying the next")
             continue
-        for name, accs in sorted(sel.missing.items()):
-            say(f"releases: dependency {name} is not on the {', '.join(sorted(accs))} index; not mirrored")
+        for name, lacking in sorted(sel.missing.items()):
+            say(f"releases: dependency {name} is not on the {', '.join(sorted(lacking))} index; not mirrored")
+        # the order of a run that walked one accelerator at a time: the same on every run
+        sel.listed = {acc: sel.listed[acc] for acc in accs if acc in sel.listed}
+        sel.files = {url: sel.files[url] for urls in sel.listed.values() for url in urls}
         return sel
     raise TorchdepotError(f"releases: no upstream could be read ({failures[0] if failures else 'none named'})")
 
@@ -400,6 +423,9 @@ def _run(spec: MirrorSpec, out: Path, result: MirrorResult, log: RunLog, dry_run
     own = client is None
     client = client or make_session()
     previous = pub.live_manifest(out) if (out / L.MANIFEST_NAME).is_file() else None
+    if previous is not None and previous.targets:
+        raise TorchdepotError(f"{out}: holds a per-target mirror ({len(previous.targets)} targets); a regional "
+                              "mirror (releases:) goes into a new out directory")
     listed = previous.by_path() if previous is not None else {}
     try:
         with Client(session.PROBE_CONFIG) as probe:
