@@ -222,6 +222,18 @@ def test_a_per_target_mirror_is_not_turned_into_a_regional_one(upstream, tmp_pat
     assert _wheel_bodies(up) == 0
 
 
+def test_a_regional_mirror_is_not_synced_per_target(upstream, tmp_path):
+    up, _every = upstream
+    out = tmp_path / "out"
+    _sync(up, out, accelerators=["cu118"], pythons=["3.10"], platforms=["linux-x86_64"])
+    before = mf.load(out).files
+    spec = parse_spec({"accelerators": ["cu118"], "pythons": ["3.10"], "platforms": ["linux-x86_64"],
+                       "upstreams": [up.url + "/whl"], "out": str(out)}, "per-target.yaml")
+    with pytest.raises(TorchdepotError, match="holds a regional mirror"):
+        sync(spec, progress=False, echo=lambda m: None, pip_sources=PipSources(no_index=True))
+    assert mf.load(out).files == before
+
+
 text = st.one_of(st.text(max_size=30), st.integers(-10, 10**15), st.floats(allow_nan=True), st.none(),
                  st.booleans(), st.lists(st.text(max_size=5), max_size=2),
                  st.from_regex(r"(torch)?\s?[<>=!~]{0,3}\s?[0-9.*]{0,8}( ?[kKmMgGtT]?[bB])?", fullmatch=True))

@@ -54,7 +54,7 @@ from torchdepot.sync.download import (
 from torchdepot.sync.follow import follow_upstream, save_record
 from torchdepot.sync.locked import LockedEnv, with_locked
 from torchdepot.sync.plan import TargetPlan, plan_targets
-from torchdepot.sync.regional import sync_regional
+from torchdepot.sync.regional import refuse_regional_out, sync_regional
 from torchdepot.sync.resolution import Resolution, file_key, resolve_targets
 from torchdepot.sync.result import Echo, MirrorResult, RunLog, TargetFailure, sync_record
 from torchdepot.sync.variants import KIND as VARIANTS_JSON
@@ -175,6 +175,7 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
     if spec.releases is not None:  # a regional operator's mirror: every matching release, no targets
         return sync_regional(spec, out=out, dry_run=dry_run, client=client, progress=progress,
                              pip_sources=pip_sources, echo=echo, wait=wait, on_progress=on_progress)
+    refuse_regional_out(out)
     spec, followed = follow_upstream(spec, out, pip_sources=pip_sources, prune=prune, say=echo)
     asked = [*(spec.targets() if spec_targets else []), *add, *(env.target for env in locks)]
     origin: mf.Origin = "locks" if locks else "spec" if spec_targets else "fetch"

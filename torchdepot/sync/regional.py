@@ -402,6 +402,14 @@ def check_bounds(spec: MirrorSpec, counted: Counted, fetched: int = 0) -> None:
                               f"({format_size(cap_bytes)}); narrow the spec or raise max_bytes")
 
 
+def refuse_regional_out(out: Path) -> None:
+    """A per-target sync into a regional mirror would drop every file no target needs: refused
+    (one stat: the record only a regional sync writes)."""
+    if (out / L.REGIONAL_RECORD).is_file():
+        raise TorchdepotError(f"{out}: holds a regional mirror (releases:); sync it with its own spec, or give "
+                              "this spec a new out directory")
+
+
 def sync_regional(spec: MirrorSpec, *, out: Path, dry_run: bool = False, client: Client | None = None,
                   progress: bool | None = None, pip_sources: PipSources | None = None, echo: Echo,
                   wait: float | None = None, on_progress: ProgressCallback | None = None) -> MirrorResult:
