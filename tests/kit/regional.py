@@ -2,7 +2,8 @@
 
 A variant of bench/regional.py's generator, small enough for fast tests: torch 1.13.1, 2.0.0
 and 2.1.0 (with torchvision and torchaudio of the paired lines) for cpu, cu118 and cu121 over
-two Pythons and linux-x86_64 (+ macOS arm64 for cpu, unlabelled as upstream names them); the
+two Pythons and linux-x86_64 (+ macOS arm64 for cpu, unlabelled as upstream names them, and
+Windows for CUDA, listed first and naming no nvidia-* library, as upstream's bundle CUDA); the
 dependencies listed on every ``/whl/<acc>/`` page as upstream does, linking one shared file
 folder: ``filelock`` (two versions), ``sympy`` -> ``mpmath<1.4`` (1.3.0 and 1.4.0: only the
 first is in the closure), ``numpy`` per Python and platform, ``nvidia-cublas-cu11/12`` (on
@@ -26,7 +27,11 @@ from tests.kit.wheels import wheel_bytes, wheel_metadata
 
 RELEASES = {"cpu": ("1.13.1", "2.0.0", "2.1.0"), "cu118": ("2.0.0", "2.1.0"), "cu121": ("2.1.0",)}
 PYTHONS = ("3.10", "3.11")
-TAGS = {"linux-x86_64": "manylinux_2_28_x86_64", "macos-arm64": "macosx_11_0_arm64"}
+TAGS = {"linux-x86_64": "manylinux_2_28_x86_64", "macos-arm64": "macosx_11_0_arm64", "windows-amd64": "win_amd64"}
+# per accelerator, the platforms its torch builds for, in page order: a CUDA index lists its
+# Windows builds (CUDA bundled: no nvidia-* requirement) before its Linux ones (nvidia-* named)
+PLATFORMS = {"cpu": ("linux-x86_64", "macos-arm64"), "cu118": ("windows-amd64", "linux-x86_64"),
+             "cu121": ("windows-amd64", "linux-x86_64")}
 CUBLAS = {"cu118": "nvidia-cublas-cu11", "cu121": "nvidia-cublas-cu12"}
 
 
@@ -58,13 +63,13 @@ def files(extra_torch: tuple[tuple[str, str], ...] = ()) -> tuple[File, ...]:
         for torch in versions:
             for py in PYTHONS:
                 cp = "cp" + py.replace(".", "")
-                for plat in TAGS if acc == "cpu" else ("linux-x86_64",):
+                for plat in PLATFORMS[acc]:
                     label = "" if plat.startswith("macos") else f"+{acc}"
                     tag = f"{cp}-{'none' if label == '' else cp}-{TAGS[plat]}"
                     deps = ["filelock", "sympy", "opt-einsum>=3.3 ; extra == 'opt-einsum'"]
-                    if acc in CUBLAS:
+                    if acc in CUBLAS and plat.startswith("linux"):
                         deps.append(f"{CUBLAS[acc]} ; platform_system == 'Linux'")
-                    if acc == "cu121":
+                    if acc == "cu121" and plat.startswith("linux"):
                         deps.append("triton ; platform_system == 'Linux'")
                     for project, version, requires in (
                             ("torch", torch + label, tuple(deps)),

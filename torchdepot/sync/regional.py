@@ -105,6 +105,7 @@ class Chosen:
     project: str
     version: str
     link: Link
+    platform: str = ""  # os-arch from the wheel's tags ("linux-x86_64", "any-any"): whose METADATA is read
 
 
 @dataclass
@@ -203,7 +204,7 @@ class Closure:
                 return
             seen.add(link.url)
             urls.append(link.url)
-            chosen = self.sel.files.setdefault(link.url, Chosen(project, w.version, link))
+            chosen = self.sel.files.setdefault(link.url, Chosen(project, w.version, link, f"{w.os}-{w.arch}"))
             todo.append(chosen)
 
         def wheels(project: str) -> list[tuple[Link, WheelFile]]:
@@ -279,11 +280,12 @@ class Closure:
 
     @staticmethod
     def _one_per_version(chosen: Iterable[Chosen]) -> list[Chosen]:
-        """One file per (project, version) whose METADATA is read: a release's wheels share
-        their Requires-Dist (platform differences are markers, and every marker is followed)."""
-        out: dict[tuple[str, str], Chosen] = {}
+        """One file per (project, version, platform) whose METADATA is read: a release's wheels
+        for one platform share their Requires-Dist, but not across platforms (torch's Linux CUDA
+        wheels name nvidia-* libraries, its Windows ones bundle them)."""
+        out: dict[tuple[str, str, str], Chosen] = {}
         for c in chosen:
-            key = (c.project, c.version)
+            key = (c.project, c.version, c.platform)
             if key not in out or (c.link.core_metadata and not out[key].link.core_metadata):
                 out[key] = c
         return list(out.values())
