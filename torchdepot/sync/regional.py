@@ -15,7 +15,7 @@ by the per-target pipeline (``sync/pip.py``):
    transitively. No resolver runs: at thousands of (release x target) combinations uv per
    combination is not affordable, and upstream's per-variant pages already are the curated set
    its users install from. Python and platform filters apply to every file (``py3-none-any``
-   and ``abi3`` wheels always fit). Dependencies are read once per distinct (project, version)
+   and ``abi3`` wheels always fit). Dependencies are read once per (project, version, platform)
    per index, from PEP 658 ``.metadata`` (cached by hash in ``.torchdepot/metadata``) or by
    Range from the wheel's zip.
 2. *bound*: more than ``max_files`` files, or more known bytes than ``max_bytes``, is one error
