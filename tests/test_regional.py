@@ -32,10 +32,10 @@ def _spec(up, out, **over):
     return parse_spec(data, "regional.yaml")
 
 
-def _sync(up, out, dry_run=False, **over):
+def _sync(up, out, dry_run=False, prune=False, **over):
     msgs: list[str] = []
     res = sync(_spec(up, out, **over), client=make_session(HttpConfig(retries=0)), progress=False,
-               echo=msgs.append, pip_sources=PipSources(no_index=True), dry_run=dry_run)
+               echo=msgs.append, pip_sources=PipSources(no_index=True), dry_run=dry_run, prune=prune)
     return res, msgs
 
 
@@ -111,6 +111,37 @@ def test_a_no_op_sends_no_file_bytes_and_a_new_release_is_the_only_download(upst
     assert downloaded == new_files, msgs
 
 
+def test_what_a_sync_no_longer_selects_is_kept_until_prune(upstream, tmp_path):
+    up, every = upstream
+    out = tmp_path / "out"
+    _sync(up, out)
+    before = {e.path for e in mf.load(out).files}
+    old_cpu_torch = _page_names(out, "cpu", "torch")
+    res, msgs = _sync(up, out, releases="torch==2.1.*")  # the spec narrows: 2.0 is no longer selected
+    kept_line = [m for m in msgs if m.startswith("releases: kept ")]
+    assert kept_line, msgs
+    assert "--prune removes them" in kept_line[0]
+    assert {e.path for e in mf.load(out).files} == before  # listed, indexed and on disk as before
+    assert _page_names(out, "cpu", "torch") == old_cpu_torch
+    assert res.verify == "ok"
+    (out / L.REGIONAL_RECORD).rename(tmp_path / "record")  # without the record: kept, never deleted unasked
+    res, msgs = _sync(up, out, releases="torch==2.1.*")
+    assert {e.path for e in mf.load(out).files} == before, msgs
+    assert any("no index page can carry" in m for m in msgs), msgs
+    assert all((out / p).is_file() for p in before)
+    assert res.verify == "ok", msgs
+    again, _ = _sync(up, out, releases="torch==2.1.*")
+    assert again.manifest is not None
+    assert again.manifest.last_sync is not None
+    assert again.manifest.last_sync.detail.startswith("unchanged since")  # the carried files are no change
+    res, msgs = _sync(up, out, releases="torch==2.1.*", prune=True)
+    files = {e.path.rsplit("/", 1)[-1] for e in mf.load(out).files if e.kind == "wheel"}
+    assert files == kit.expected(every, releases=("2.1.0",)), msgs
+    assert any(m.startswith("releases: removed ") for m in msgs), msgs
+    assert not any((out / p).exists() for p in before - {e.path for e in mf.load(out).files})
+    assert not any("2.0.0" in n for n in _page_names(out, "cpu", "torch"))
+
+
 def test_filters_narrow_the_mirror(upstream, tmp_path):
     up, every = upstream
     out = tmp_path / "out"
@@ -121,7 +152,7 @@ def test_filters_narrow_the_mirror(upstream, tmp_path):
     assert {p.name for p in (out / L.INDEX_LINK).iterdir() if (p / "torch").is_dir()} == {"cu118"}
     # packages narrows the torch projects: torch alone, and its closure (no numpy: torchvision's)
     _sync(up, out, accelerators=["cu118"], pythons=["3.10"], platforms=["linux-x86_64"], releases="torch==2.1.*",
-          packages=["torch"])
+          packages=["torch"], prune=True)
     files = {e.path.rsplit("/", 1)[-1] for e in mf.load(out).files if e.kind == "wheel"}
     assert {n.split("-")[0] for n in files} == {"torch", "filelock", "sympy", "mpmath", "nvidia_cublas_cu11"}
 

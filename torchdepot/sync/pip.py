@@ -173,7 +173,7 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
     started, wall_started = time.monotonic(), time.time()
     out = Path(out or spec.out)
     if spec.releases is not None:  # a regional operator's mirror: every matching release, no targets
-        return sync_regional(spec, out=out, dry_run=dry_run, client=client, progress=progress,
+        return sync_regional(spec, out=out, dry_run=dry_run, prune=prune, client=client, progress=progress,
                              pip_sources=pip_sources, echo=echo, wait=wait, on_progress=on_progress)
     refuse_regional_out(out)
     spec, followed = follow_upstream(spec, out, pip_sources=pip_sources, prune=prune, say=echo)

@@ -26,8 +26,11 @@ by the per-target pipeline (``sync/pip.py``):
    are not requested again; new bytes behind a published name go to a new path
    (``store.publication``), journaled before they are written.
 5. *publish*: ``.metadata`` beside each wheel, one ``whl/<acc>/`` index per accelerator as
-   upstream lays it out (generation swap), the manifest widened first and committed last; files
-   no longer selected leave the pages and the manifest, then the disk.
+   upstream lays it out (generation swap), the manifest widened first and committed last. A file
+   the last sync published that this one no longer selects (upstream stopped listing it, a page
+   was missing, the spec narrowed) stays listed and indexed under its accelerator, said in one
+   line, until ``--prune``: then it leaves the pages and the manifest, then the disk. Which
+   accelerator listed which path is kept in ``.torchdepot/regional.json``.
 
 The next sync re-reads pages conditionally, reads no metadata it has cached, downloads only
 what is new, and rewrites nothing when nothing changed: when the files, the spec and the pages
@@ -44,6 +47,7 @@ import email.parser
 import functools
 import hashlib
 import json
+import posixpath
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -412,24 +416,38 @@ def refuse_regional_out(out: Path) -> None:
                               "this spec a new out directory")
 
 
-def sync_regional(spec: MirrorSpec, *, out: Path, dry_run: bool = False, client: Client | None = None,
-                  progress: bool | None = None, pip_sources: PipSources | None = None, echo: Echo,
-                  wait: float | None = None, on_progress: ProgressCallback | None = None) -> MirrorResult:
-    """One regional sync (see the module docstring); a dry run writes nothing under ``out``."""
-    started, wall_started = time.monotonic(), time.time()
+@dataclass(frozen=True)
+class Options:
+    """How one regional sync runs (what :func:`sync_regional` was given)."""
+
+    dry_run: bool
+    prune: bool
+    client: Client | None
+    progress: bool | None
+    pip_sources: PipSources | None
+    on_progress: ProgressCallback | None
+    wall_started: float  # time.time() at the start: the cache sweep's clock
+
+
+def sync_regional(spec: MirrorSpec, *, out: Path, dry_run: bool = False, prune: bool = False,
+                  client: Client | None = None, progress: bool | None = None, pip_sources: PipSources | None = None,
+                  echo: Echo, wait: float | None = None, on_progress: ProgressCallback | None = None) -> MirrorResult:
+    """One regional sync (see the module docstring); a dry run writes nothing under ``out``;
+    ``prune`` removes the files this sync no longer selects (kept and listed otherwise)."""
+    opts = Options(dry_run=dry_run, prune=prune, client=client, progress=progress, pip_sources=pip_sources,
+                   on_progress=on_progress, wall_started=time.time())
     result = MirrorResult(out=out)
-    log = RunLog(result, echo, mark=started)
+    log = RunLog(result, echo, mark=time.monotonic())
     if dry_run:
-        return _run(spec, out, result, log, True, client, progress, pip_sources, on_progress, wall_started)
+        return _run(spec, out, result, log, opts)
     out.mkdir(parents=True, exist_ok=True)
     with MirrorLock(out, wait):
-        return _run(spec, out, result, log, False, client, progress, pip_sources, on_progress, wall_started)
+        return _run(spec, out, result, log, opts)
 
 
-def _run(spec: MirrorSpec, out: Path, result: MirrorResult, log: RunLog, dry_run: bool, client: Client | None,
-         progress: bool | None, pip_sources: PipSources | None, on_progress: ProgressCallback | None,
-         wall_started: float) -> MirrorResult:
+def _run(spec: MirrorSpec, out: Path, result: MirrorResult, log: RunLog, opts: Options) -> MirrorResult:
     started = time.monotonic()
+    dry_run, prune, client = opts.dry_run, opts.prune, opts.client
     own = client is None
     client = client or make_session()
     previous = pub.live_manifest(out) if (out / L.MANIFEST_NAME).is_file() else None
@@ -439,7 +457,7 @@ def _run(spec: MirrorSpec, out: Path, result: MirrorResult, log: RunLog, dry_run
     listed = previous.by_path() if previous is not None else {}
     try:
         with Client(session.PROBE_CONFIG) as probe:
-            edge = session.edge(spec, probe, pip_sources)
+            edge = session.edge(spec, probe, opts.pip_sources)
             edge.reader.keep_pages(out / L.PAGE_CACHE, write=not dry_run)
             sel = select(spec, edge.reader, out, dry_run, log.say)
             result.requests = edge.reader.request_counts()
@@ -454,7 +472,7 @@ def _run(spec: MirrorSpec, out: Path, result: MirrorResult, log: RunLog, dry_run
             if dry_run:
                 return result
             paths = _store_paths(out, sel, listed)
-            report = _fetch(out, spec, sel, paths, listed, client, edge, progress, on_progress)
+            report = _fetch(out, spec, sel, paths, listed, client, edge, opts.progress, opts.on_progress)
             result.report = report
             log.phase("fetch")
             check_fetched(report, spec, log.say)
@@ -462,6 +480,14 @@ def _run(spec: MirrorSpec, out: Path, result: MirrorResult, log: RunLog, dry_run
             check_bounds(spec, Counted(counted.files, counted.new, counted.known_bytes, 0),
                          fetched=new_bytes if counted.unknown else 0)
             entries, index = _entries(out, sel, paths, report, listed, spec.fsync)
+            if not prune and (kept := _carried(out, listed, entries, index, spec.fsync)):
+                log.say(f"releases: kept {kept} files this sync no longer selects (upstream stopped listing them "
+                        "or the spec narrowed); --prune removes them")
+            unindexed = [p for p, e in listed.items() if p not in entries and e.kind in ("wheel", "metadata")]
+            if not prune and unindexed:  # no record of their accelerator: listed, never deleted unasked
+                entries.update((p, listed[p]) for p in unindexed)
+                log.say(f"releases: kept {len(unindexed)} files the manifest lists but no index page can carry "
+                        f"(no record of their accelerator in {L.REGIONAL_RECORD}); --prune removes them")
             manifest = _unchanged(out, spec, previous, entries, index, started) if previous is not None else None
             if manifest is not None:  # nothing to publish: the pages, files and closing check stand
                 result.generation, result.verify = current_generation(out), "ok"
@@ -472,7 +498,7 @@ def _run(spec: MirrorSpec, out: Path, result: MirrorResult, log: RunLog, dry_run
             result.manifest, result.files = manifest, manifest.files
             result.requests = edge.reader.request_counts()
             swept = cachefiles.sweep(out, {L.PAGE_CACHE: edge.reader.kept_page_names(),
-                                           L.METADATA_CACHE: frozenset(sel.cache_used)}, wall_started)
+                                           L.METADATA_CACHE: frozenset(sel.cache_used)}, opts.wall_started)
             if (line := swept.line()) is not None:
                 log.say(line)
             return result
@@ -508,8 +534,52 @@ def _publish(out: Path, spec: MirrorSpec, previous: mf.Manifest | None, entries:
     mf.save(out, manifest)
     if check.ok:
         atomic_write_text(safe_join(out, L.REGIONAL_RECORD), json.dumps(
-            {"index": _digest(index), "generation": result.generation}) + "\n")
+            {"index": _digest(index), "generation": result.generation,
+             "listed": {acc: [f.path for f in files] for acc, files in index.items()}}) + "\n")
     return manifest
+
+
+MAX_RECORD = 64 * 1024 * 1024  # the record is ours, but a mirror dir may hold anything
+
+
+def _load_record(out: Path) -> dict[str, object] | None:
+    """The last checked regional sync's record (digest, generation, paths per accelerator); None
+    when there is none or it is not one (never fatal: the sync then publishes and writes it anew)."""
+    try:
+        path = safe_join(out, L.REGIONAL_RECORD)
+        record = load_json(path.read_bytes(), str(path)) if path.stat().st_size < MAX_RECORD else None
+    except (OSError, TorchdepotError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _carried(out: Path, listed: dict[str, mf.FileEntry], entries: dict[str, mf.FileEntry],
+             index: dict[str, list[IndexFile]], fsync: bool) -> int:
+    """Files the last sync published that this one no longer selects (upstream dropped them, a
+    page was missing, or the spec narrowed): kept, listed and indexed under their accelerator as
+    before, until ``--prune``. Returns how many wheels were carried."""
+    record = _load_record(out)
+    by_acc = record.get("listed") if record is not None else None
+    if not isinstance(by_acc, dict):
+        return 0
+    carried: set[str] = set()
+    for acc, paths in by_acc.items():
+        if not isinstance(acc, str) or not isinstance(paths, list):
+            continue
+        for path in paths:
+            entry = listed.get(path) if isinstance(path, str) else None
+            meta = listed.get(L.metadata_path(path)) if entry is not None else None
+            if entry is None or meta is None or entry.kind != "wheel" or entry.project is None \
+                    or (path in entries and path not in carried):
+                continue
+            facts = _listed_metadata(out, path, entry.sha256, listed) or \
+                ensure_metadata(out, path, entry.project, fsync=fsync)
+            index.setdefault(acc, []).append(IndexFile(
+                project=entry.project, filename=posixpath.basename(path), path=path, sha256=entry.sha256,
+                requires_python=facts[1], metadata_sha256=facts[0], size=entry.size, upload_time=entry.upload_time))
+            entries[path], entries[meta.path] = entry, meta
+            carried.add(path)
+    return len(carried)
 
 
 def _digest(index: dict[str, list[IndexFile]]) -> str:
@@ -531,12 +601,8 @@ def _unchanged(out: Path, spec: MirrorSpec, previous: mf.Manifest, entries: dict
         return None
     if len(previous.files) != len(entries) or any(entries.get(f.path) != f for f in previous.files):
         return None
-    try:
-        path = safe_join(out, L.REGIONAL_RECORD)
-        record = load_json(path.read_bytes(), str(path)) if path.stat().st_size < 4096 else None
-    except (OSError, TorchdepotError):
-        return None
-    if not isinstance(record, dict) or record.get("generation") != current_generation(out) \
+    record = _load_record(out)
+    if record is None or record.get("generation") != current_generation(out) \
             or record.get("index") != _digest(index):
         return None
     return dataclasses.replace(previous, last_sync=sync_record(
