@@ -6,8 +6,10 @@ upstream release that is the only download of the next sync; the caps; the dry r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import urllib.parse
 
 import pytest
 from hypothesis import given, settings
@@ -140,6 +142,27 @@ def test_what_a_sync_no_longer_selects_is_kept_until_prune(upstream, tmp_path):
     assert any(m.startswith("releases: removed ") for m in msgs), msgs
     assert not any((out / p).exists() for p in before - {e.path for e in mf.load(out).files})
     assert not any("2.0.0" in n for n in _page_names(out, "cpu", "torch"))
+
+
+def test_a_hashless_upstream_reads_metadata_by_range_and_sends_each_wheel_once(tmp_path):
+    with FaultServer(validators=True) as up:
+        every = kit.serve(up, hashless=True)
+        out = tmp_path / "out"
+        res, msgs = _sync(up, out)
+        files = {e.path.rsplit("/", 1)[-1]: e for e in mf.load(out).files if e.kind == "wheel"}
+        assert set(files) == kit.expected(every, releases=("2.0.0", "2.1.0")), msgs
+        assert res.requests["ranges"] > 0
+        assert res.requests["metadata"] == 0
+        sizes = {f.filename: len(f.data) for f in every}
+        for path, sent in up.body_bytes.items():
+            name = urllib.parse.unquote(path.rsplit("/", 1)[-1])
+            if name in files:  # the central directory by Range, then the body once
+                assert sent <= 2 * sizes[name] + 64 * 1024, (name, sent)
+        assert all(e.sha256 == hashlib.sha256((out / e.path).read_bytes()).hexdigest() for e in files.values())
+        up.reset_counters()
+        again, _ = _sync(up, out)
+        assert _wheel_bodies(up) == 0
+        assert again.requests["ranges"] == 0  # METADATA by the wheel's sha256, from the cache
 
 
 def test_filters_narrow_the_mirror(upstream, tmp_path):

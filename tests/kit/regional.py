@@ -93,8 +93,9 @@ def files(extra_torch: tuple[tuple[str, str], ...] = ()) -> tuple[File, ...]:
     return tuple(out)
 
 
-def serve(server, extra_torch: tuple[tuple[str, str], ...] = ()) -> tuple[File, ...]:
-    """Add the upstream's files and pages to a FaultServer; returns its files."""
+def serve(server, extra_torch: tuple[tuple[str, str], ...] = (), hashless: bool = False) -> tuple[File, ...]:
+    """Add the upstream's files and pages to a FaultServer; returns its files. ``hashless``:
+    the pages give no ``#sha256=`` and no ``.metadata`` (a regional mirror's flat copy)."""
     every = files(extra_torch)
     pages: dict[str, list[str]] = {}
     for f in every:
@@ -102,8 +103,8 @@ def serve(server, extra_torch: tuple[tuple[str, str], ...] = ()) -> tuple[File, 
         meta = wheel_metadata(f.data)
         server.add(path, f.data)
         server.add(path + ".metadata", meta)
-        anchor = link(urllib.parse.quote(path), f.filename, hashlib.sha256(f.data).hexdigest(),
-                      hashlib.sha256(meta).hexdigest())
+        anchor = link(urllib.parse.quote(path), f.filename, None if hashless else hashlib.sha256(f.data).hexdigest(),
+                      None if hashless else hashlib.sha256(meta).hexdigest())
         listed_on = [f.acc] if f.acc is not None else list(RELEASES)
         for acc in listed_on:
             pages.setdefault(f"/whl/{acc}/{f.project}/", []).append(anchor)

@@ -86,6 +86,7 @@ from torchdepot.store.pages import (
     ensure_metadata,
     publish,
     requires_python_of,
+    wheel_metadata,
 )
 from torchdepot.sync import session
 from torchdepot.sync.check import verify_published
@@ -190,10 +191,12 @@ class Closure:
     """The per-accelerator walk: roots from the torch projects, then Requires-Dist, transitively."""
 
     def __init__(self, spec: MirrorSpec, reader: UpstreamReader, cache: Path | None, cache_writes: bool,
-                 sel: Selection, say: Echo) -> None:
+                 sel: Selection, say: Echo, root: Path, held: dict[str, tuple[str, str]] | None = None) -> None:
         self.spec, self.reader, self.cache, self.cache_writes, self.sel, self.say = \
             spec, reader, cache, cache_writes, sel, say
-        self.requires: dict[str, list[str]] = {}  # metadata URL or wheel URL -> Requires-Dist names+specs
+        # upstream URL -> (sha256, stored path under root) of the wheels the mirror holds: a hashless
+        # link's METADATA is then cached by that hash and read from local disk, not by Range again
+        self.root, self.held = root, held or {}
 
     def accelerator(self, index: str, acc: str) -> None:
         urls: list[str] = []
@@ -314,8 +317,9 @@ class Closure:
         """The file's METADATA: the cache by hash, else its ``.metadata``, else by Range."""
         link = c.link
         declared = link.metadata_sha256 if link.core_metadata else None
-        name = f"core-{declared}" if declared else f"wheel-{link.sha256}" if link.sha256 and not link.core_metadata \
-            else None
+        held = self.held.get(link.url)
+        sha = link.sha256 or (held[0] if held is not None else None)
+        name = f"core-{declared}" if declared else f"wheel-{sha}" if sha and not link.core_metadata else None
         if name is not None and self.cache is not None:
             try:
                 data = (self.cache / name).read_bytes()
@@ -328,6 +332,8 @@ class Closure:
         try:
             if link.metadata_url:
                 got = self.reader.metadata(link.metadata_url)
+            elif held is not None and held[0] == sha and (local := safe_join(self.root, held[1])).is_file():
+                got = wheel_metadata(local, c.project)  # the mirror's own copy of these bytes
             else:
                 got = remote_metadata(self.reader, link.url, c.project)
         except (UpstreamError, TorchdepotError) as exc:
@@ -349,14 +355,18 @@ class Closure:
         return data
 
 
-def select(spec: MirrorSpec, reader: UpstreamReader, out: Path, dry_run: bool, say: Echo) -> Selection:
-    """Every file the regional mirror carries, from the first upstream (spec order) that answers."""
+def select(spec: MirrorSpec, reader: UpstreamReader, out: Path, dry_run: bool, say: Echo,
+           listed: dict[str, mf.FileEntry] | None = None) -> Selection:
+    """Every file the regional mirror carries, from the first upstream (spec order) that answers;
+    ``listed``: the committed manifest's files (their hashes and local copies serve hashless links)."""
+    held = {e.url: (e.sha256, e.path) for e in (listed or {}).values()
+            if e.kind == "wheel" and e.url and not e.hash_mismatch}
     prefix = channel_prefix(spec.channel).rstrip("/")
     failures = []
     for base in spec.upstreams:
         index = page_url(base, prefix).rstrip("/") if prefix else base.rstrip("/")
         sel = Selection()
-        walk = Closure(spec, reader, out / L.METADATA_CACHE, not dry_run, sel, say)
+        walk = Closure(spec, reader, out / L.METADATA_CACHE, not dry_run, sel, say, out, held)
         try:
             accs = discover_accelerators(spec, reader, index, say)
             with ThreadPoolExecutor(max_workers=max(1, min(ACC_JOBS, len(accs)))) as pool:
@@ -459,7 +469,7 @@ def _run(spec: MirrorSpec, out: Path, result: MirrorResult, log: RunLog, opts: O
         with Client(session.PROBE_CONFIG) as probe:
             edge = session.edge(spec, probe, opts.pip_sources)
             edge.reader.keep_pages(out / L.PAGE_CACHE, write=not dry_run)
-            sel = select(spec, edge.reader, out, dry_run, log.say)
+            sel = select(spec, edge.reader, out, dry_run, log.say, listed)
             result.requests = edge.reader.request_counts()
             log.phase("select")
             counted = count(sel, listed)
