@@ -25,6 +25,7 @@ from torchdepot.spec.mirror import parse_spec
 from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
 from torchdepot.sync.pip import sync
+from torchdepot.sync.regional import requires_of
 
 
 def _spec(up, out, **over):
@@ -311,3 +312,23 @@ def test_the_regional_keys_give_a_spec_or_one_line_spec_error(releases, max_byte
     SpecifierSet(spec.releases)
     assert spec.max_bytes is None or spec.max_bytes >= 1
     assert parse_spec(spec.to_data()) == spec
+
+
+@given(st.one_of(st.binary(max_size=400),
+                 st.lists(st.one_of(st.text(max_size=40), st.from_regex(r"[a-zA-Z][\w.-]{0,8}( ?[<>=!~]=? ?[0-9.*]{1,6})?"
+                                                                         r"( ; extra == '[a-z]+')?", fullmatch=True)),
+                          max_size=6).map(lambda reqs: ("Metadata-Version: 2.1\nName: x\n"
+                                                        + "".join(f"Requires-Dist: {r}\n" for r in reqs)).encode(
+                                                            "utf-8", "surrogatepass"))))
+@settings(max_examples=200, deadline=None)
+def test_requires_of_reads_any_metadata_without_raising(data):
+    for name, specifier in requires_of(data):
+        assert name == name.lower()
+        assert isinstance(specifier, SpecifierSet)
+
+
+def test_requires_of_follows_markers_but_not_extras():
+    data = (b"Metadata-Version: 2.1\nName: torch\nRequires-Dist: filelock\n"
+            b"Requires-Dist: nvidia-cublas-cu12==12.8.4.1; platform_system == \"Linux\"\n"
+            b"Requires-Dist: opt-einsum>=3.3; extra == \"opt-einsum\"\nRequires-Dist: not a requirement !!\n")
+    assert [(n, str(s)) for n, s in requires_of(data)] == [("filelock", ""), ("nvidia-cublas-cu12", "==12.8.4.1")]

@@ -101,6 +101,7 @@ _R = TypeVar("_R")
 MAX_DEPTH = 32  # dependency levels followed (a real closure is under 10)
 MAX_PROJECTS = 5_000  # distinct projects per accelerator's closure
 MAX_METADATA = 16 * 1024 * 1024
+MAX_REQUIRES = 10_000  # Requires-Dist lines read from one METADATA
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,27 @@ def _newer(spec: MirrorSpec, link: Link) -> bool:
     if spec.exclude_newer is None or not link.upload_time:
         return False
     return link.upload_time > spec.exclude_newer.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def requires_of(metadata: bytes) -> list[tuple[str, SpecifierSet]]:
+    """(canonical name, specifier) of each ``Requires-Dist`` in a METADATA file (upstream's bytes:
+    anything unparsable is skipped, never raised), every marker but an extra's followed: a
+    regional mirror serves every platform's machines, and ``pip install torch`` takes no extra."""
+    try:
+        msg = email.parser.BytesParser().parsebytes(metadata[:MAX_METADATA], headersonly=True)
+        lines = [str(t) for t in msg.get_all("Requires-Dist") or []]
+    except (ValueError, TypeError, LookupError):  # a malformed header or charset
+        return []
+    out = []
+    for text in lines[:MAX_REQUIRES]:
+        try:
+            req = Requirement(text)
+        except (InvalidRequirement, ValueError):
+            continue
+        if req.marker is not None and "extra" in str(req.marker):
+            continue
+        out.append((str(canonicalize_name(req.name)), req.specifier))
+    return out
 
 
 def _audio_line(project: str, torch: str) -> str | None:
@@ -299,19 +321,7 @@ class Closure:
 
     def _requires(self, c: Chosen) -> list[tuple[str, SpecifierSet]]:
         data = self._metadata(c)
-        if data is None:
-            return []
-        msg = email.parser.BytesParser().parsebytes(data, headersonly=True)
-        out = []
-        for text in msg.get_all("Requires-Dist") or []:
-            try:
-                req = Requirement(str(text))
-            except InvalidRequirement:
-                continue
-            if req.marker is not None and "extra" in str(req.marker):
-                continue  # an optional feature's dependency: not what `pip install torch` takes
-            out.append((str(canonicalize_name(req.name)), req.specifier))
-        return out
+        return [] if data is None else requires_of(data)
 
     def _metadata(self, c: Chosen) -> bytes | None:
         """The file's METADATA: the cache by hash, else its ``.metadata``, else by Range."""
