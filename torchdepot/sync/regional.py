@@ -72,7 +72,7 @@ from torchdepot.resolve.pin import paired_prefix
 from torchdepot.site.landing import write_landing
 from torchdepot.sources.links import Link
 from torchdepot.sources.upstream import UpstreamReader, page_url, project_page, wheels_on
-from torchdepot.sources.wheelmeta import remote_metadata
+from torchdepot.sources.wheelmeta import MAX_REQUIRES_DIST, metadata_refusal, remote_metadata
 from torchdepot.spec.mirror import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, TORCH_PROJECTS, MirrorSpec
 from torchdepot.store import cachefiles
 from torchdepot.store import layout as L
@@ -101,7 +101,6 @@ _R = TypeVar("_R")
 MAX_DEPTH = 32  # dependency levels followed (a real closure is under 10)
 MAX_PROJECTS = 5_000  # distinct projects per accelerator's closure
 MAX_METADATA = 16 * 1024 * 1024
-MAX_REQUIRES = 10_000  # Requires-Dist lines read from one METADATA
 
 
 @dataclass(frozen=True)
@@ -169,7 +168,7 @@ def requires_of(metadata: bytes) -> list[tuple[str, SpecifierSet]]:
     except (ValueError, TypeError, LookupError):  # a malformed header or charset
         return []
     out = []
-    for text in lines[:MAX_REQUIRES]:
+    for text in lines[:MAX_REQUIRES_DIST]:
         try:
             req = Requirement(text)
         except (InvalidRequirement, ValueError):
@@ -352,6 +351,9 @@ class Closure:
         if got is None or len(got) > MAX_METADATA:
             return None
         data = got
+        if (why := metadata_refusal(data)) is not None:
+            self.say(f"warning: {link.filename}: {why}; its dependencies are not followed")
+            return None
         if declared is not None and hashlib.sha256(data).hexdigest() != declared:
             self.say(f"warning: {link.filename}.metadata does not hash to the sha256 upstream declares; "
                      "its dependencies are not followed")
