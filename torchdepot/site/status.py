@@ -40,7 +40,7 @@ class MirrorStatus:
         return {"root": self.root, "files": self.files, "size": self.size,
                 "targets": [{**asdict(t), "torch": list(t.torch)} for t in self.targets],
                 "last_sync": asdict(self.last_sync) if self.last_sync else None,
-                "tombstones": [{**asdict(t), "targets": list(t.targets)} for t in self.tombstones]}
+                "tombstones": [t.to_json() for t in self.tombstones]}
 
 
 def _newest_first(versions: set[str]) -> tuple[str, ...]:

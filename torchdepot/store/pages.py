@@ -109,11 +109,14 @@ def _file_anchor(f: IndexFile, depth: int) -> str:
     if f.metadata_sha256:
         attrs.append(f'data-dist-info-metadata="sha256={f.metadata_sha256}"')
         attrs.append(f'data-core-metadata="sha256={f.metadata_sha256}"')
+    if f.yanked is not None:
+        attrs.append(f'data-yanked="{html.escape(f.yanked)}"')
     return f"<a {' '.join(attrs)}>{html.escape(f.filename)}</a>"
 
 
 def _project_page(project: str, files: list[IndexFile], depth: int) -> bytes:
-    files = sorted({f.path: f for f in files}.values(), key=lambda f: f.filename)
+    # a yanked copy after the live file of its name: uv takes the first of equal candidates
+    files = sorted({f.path: f for f in files}.values(), key=lambda f: (f.filename, f.yanked is not None))
     return _page(f"Links for {project}", [_file_anchor(f, depth) for f in files])
 
 

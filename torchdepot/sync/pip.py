@@ -57,7 +57,6 @@ from torchdepot.sync.plan import TargetPlan, plan_targets
 from torchdepot.sync.regional import refuse_regional_out, sync_regional
 from torchdepot.sync.resolution import Resolution, file_key, resolve_targets
 from torchdepot.sync.result import Echo, MirrorResult, RunLog, TargetFailure, sync_record
-from torchdepot.sync.variants import KIND as VARIANTS_JSON
 
 MAX_BAD_WHEEL_PASSES = 3  # a run's passes when downloaded wheels turn out to be no wheels
 RESOLVE_JOBS = max(4, os.cpu_count() or 1)  # targets resolved at once: up to the cores, at least 4
@@ -128,10 +127,7 @@ def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dr
         live = frozenset(tp.target.id for tp in resolution.targets) | {t.id for t in carried}
         if dry_run:
             dryrun.print_plan(resolution, previous, log.say)
-            # the real run lists what it resolves and re-lists the variants.json files it reads anew
-            listed = retention.resolved_paths(resolution, str) | {
-                f.path for f in (previous.files if previous else ()) if f.kind == VARIANTS_JSON}
-            removal_plan = retention.plan(out, previous, resolution, str, live, tset.dropped, spec.keep, listed)
+            removal_plan = retention.plan_dry(out, previous, resolution, live, tset, spec.keep, result.keeper)
         else:
             fetched = fetch_files(out, resolution, view, spec, held.client, edge.policy, progress,
                                   fetcher=held.fetcher)
@@ -141,7 +137,7 @@ def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dr
             check_fetched(report, spec, log.say)
             reject_bad_wheels(out, resolution, report)  # the caller runs again without them
             done = retention.publish_with_retention(out, previous, resolution, report, view, carried, tset,
-                                                    spec.keep, log.say)
+                                                    spec.keep, log.say, result.keeper)
             result.files, result.targets, result.generation = done.files, done.targets, done.generation
             result.index_changed, removal_plan = done.changed, done.plan
             result.cache_used = {L.PAGE_CACHE: edge.reader.kept_page_names(), L.METADATA_CACHE: view.metadata_cache_used()}
@@ -185,8 +181,9 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
         result = sync_pip(spec, out=out, dry_run=True, client=client, progress=progress, pip_sources=pip_sources,
                           echo=echo, target_set=tset, previous=previous, locks=locks)
         log = RunLog(result, echo, mark=started)
-        result.removals = retention.settle_dry(out, previous, result.keeper, tset, list(result.releases),
-                                               result.removals, prune)
+        dry = retention.settle_dry(out, previous, result.keeper, tset, list(result.releases), result.removals)
+        result.removals, result.tombstones = dry.removals, dry.tombstones
+        dryrun.print_tombstones(result.tombstones, log.say)  # the lines the real run prints
         dryrun.print_removals(result.removals, prune or spec.keep is not None, log.say)
         conda_side.publish(conda_side.prepare(spec, out, client, True, log.say), out, log.say)
         return result
@@ -210,7 +207,7 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
         conda_files, conda_targets = conda_side.publish(conda, out, log.say)
         files, targets = [*result.files, *conda_files], [*result.targets, *conda_targets]
         held = retention.settle(out, previous, result.keeper, files, targets, list(result.releases), result.removals,
-                                {t.id for t in targets}, prune)
+                                {t.id for t in targets})
         files, result.removals, result.tombstones = held.files, held.removals, held.tombstones
         for t in result.tombstones:
             log.say(t.line())

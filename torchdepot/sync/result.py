@@ -86,6 +86,7 @@ class MirrorResult:
                 "torch": self.torch_versions, "size": self.size, "verify": self.verify,
                 "files": self.report.summary() if self.report else None,
                 "removed": [{"reason": r.reason, "files": list(r.paths), "size": r.size} for r in self.removals],
+                "tombstones": [t.to_json() for t in self.tombstones],
                 "releases": [{"target": r.target, "torch": r.torch, "files": len(r.paths)} for r in self.releases],
                 "failed": [f.line for f in self.failed], "failed_targets": [f.target for f in self.failed]}
 
