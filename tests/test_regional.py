@@ -81,6 +81,18 @@ def test_every_matching_release_its_pairs_and_closure_per_accelerator(upstream, 
     listed = mf.load(out).by_path()
     assert all(L.metadata_path(p) in listed for p, e in listed.items() if e.kind == "wheel")
     assert all((out / p).is_file() for p in listed)
+    # status tells a regional mirror by accelerator, not as "0 targets"
+    from tests.kit.cli import td
+
+    proc = td("status", str(out))
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert text.startswith(f"mirror {out}: regional, releases torch>=2.0, 3 accelerators, {len(listed)} files"), text
+    for acc in ("cpu", "cu118", "cu121"):
+        held = sorted({f.torch for f in every if f.acc == acc and f.project == "torch"} & {"2.0.0", "2.1.0"},
+                      reverse=True)
+        wheels = len(_page_names(out, acc, "torch"))
+        assert f"  {acc:<5}  torch {', '.join(held)}  {wheels} torch wheels" in text.splitlines(), text
 
 
 def test_a_no_op_sends_no_file_bytes_and_a_new_release_is_the_only_download(upstream, tmp_path):

@@ -575,6 +575,17 @@ def _load_record(out: Path) -> dict[str, object] | None:
     return record if isinstance(record, dict) else None
 
 
+def listed_by_accelerator(out: Path) -> dict[str, tuple[str, ...]]:
+    """Which paths each accelerator's index listed at the last checked regional sync ({} when
+    there is no such record), for ``status``."""
+    record = _load_record(out)
+    listed = record.get("listed") if record is not None else None
+    if not isinstance(listed, dict):
+        return {}
+    return {acc: tuple(p for p in paths if isinstance(p, str)) for acc, paths in listed.items()
+            if isinstance(acc, str) and isinstance(paths, list)}
+
+
 def _carried(out: Path, listed: dict[str, mf.FileEntry], entries: dict[str, mf.FileEntry],
              index: dict[str, list[IndexFile]], fsync: bool) -> int:
     """Files the last sync published that this one no longer selects (upstream dropped them, a
