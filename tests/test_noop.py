@@ -24,8 +24,8 @@ from torchdepot.store import manifest as mf
 from torchdepot.sync import settled
 from torchdepot.sync.pip import sync
 
-# what a replay rewrites: the commit (last_sync), the landing page that shows it, the record,
-REWRITTEN = {L.MANIFEST_NAME, L.LANDING_NAME, L.SETTLED, L.LOCK_FILE}  # and the flock every run takes
+# what a replay rewrites: the commit (last_sync), the landing page that shows it, the record, the sweep's record,
+REWRITTEN = {L.MANIFEST_NAME, L.LANDING_NAME, L.SETTLED, L.CACHE_SYNCS, L.LOCK_FILE}  # and the flock every run takes
 
 
 @pytest.fixture
@@ -44,10 +44,12 @@ def _sync(up, tmp_path: Path, **spec_kw):
     return res, msgs
 
 
-def _state(out: Path) -> dict[str, int]:
-    """Every file under the mirror (state, view and caches included) -> its mtime."""
-    return {p.relative_to(out).as_posix(): p.stat().st_mtime_ns for p in out.rglob("*")
-            if p.is_file() and p.relative_to(out).as_posix() not in REWRITTEN}
+def _state(out: Path) -> dict[str, int | bytes]:
+    """Every file under the mirror (state and view included) -> its mtime; a cache entry (which
+    the closing sweep touches to keep it) -> its bytes."""
+    caches = (L.PAGE_CACHE + "/", L.METADATA_CACHE + "/")
+    return {rel: (p.read_bytes() if rel.startswith(caches) else p.stat().st_mtime_ns)
+            for p in out.rglob("*") if p.is_file() and (rel := p.relative_to(out).as_posix()) not in REWRITTEN}
 
 
 def _comparable(res) -> dict:
@@ -182,7 +184,7 @@ def test_a_replay_killed_after_keeping_a_changed_page_leaves_no_record(upstream,
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(doc=st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
                         lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(
-                            ["inputs", "manifest", "generation", "pages", "results", "x"]), inner, max_size=6),
+                            ["inputs", "manifest", "generation", "pages", "results", "cache", "x"]), inner, max_size=6),
                         max_leaves=12))
 def test_any_record_file_is_read_or_ignored(tmp_path, doc):
     """A damaged settled.json is a cache miss (None), never an exception."""

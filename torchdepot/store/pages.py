@@ -73,8 +73,9 @@ def requires_python_of(metadata: bytes) -> str | None:
     return str(value).strip() or None if value is not None else None
 
 
-def ensure_metadata(root: Path, path: str, project: str) -> tuple[str, str | None, int]:
-    """Write ``<path>.metadata`` next to a stored wheel (only if it changed).
+def ensure_metadata(root: Path, path: str, project: str, *, fsync: bool = True) -> tuple[str, str | None, int]:
+    """Write ``<path>.metadata`` next to a stored wheel (only if it changed; ``fsync=False``:
+    without flushing it to disk, as the wheels themselves are unless the spec says ``fsync``).
 
     Returns (sha256 of the metadata file, Requires-Python, size).
     """
@@ -86,7 +87,7 @@ def ensure_metadata(root: Path, path: str, project: str) -> tuple[str, str | Non
     except OSError:
         current = None
     if current != data:
-        atomic_write_bytes(meta_path, data)
+        atomic_write_bytes(meta_path, data, fsync=fsync)
     return hashlib.sha256(data).hexdigest(), requires_python_of(data), len(data)
 
 

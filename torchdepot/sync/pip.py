@@ -41,9 +41,9 @@ from torchdepot.net.http import Client, make_session
 from torchdepot.net.pipconfig import PipSources
 from torchdepot.site.landing import write_landing
 from torchdepot.spec.mirror import MirrorSpec, PipTarget
+from torchdepot.store import cachefiles, publication
 from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
-from torchdepot.store import publication
 from torchdepot.store.fsutil import MirrorLock
 from torchdepot.sync import (
     conda_side,
@@ -67,6 +67,7 @@ from torchdepot.sync.download import (
 from torchdepot.sync.follow import FollowRecord, follow_upstream, save_record
 from torchdepot.sync.locked import LockedEnv, with_locked
 from torchdepot.sync.plan import TargetPlan, plan_targets
+from torchdepot.sync.regional import refuse_regional_out, sync_regional
 from torchdepot.sync.resolution import Resolution, file_key, resolve_targets
 from torchdepot.sync.result import Echo, MirrorResult, RunLog, TargetFailure, sync_record
 
@@ -158,6 +159,7 @@ def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dr
                                                     spec.keep, log.say, result.keeper)
             result.files, result.targets, result.generation = done.files, done.targets, done.generation
             result.index_changed, removal_plan = done.changed, done.plan
+            result.cache_used = {L.PAGE_CACHE: edge.reader.kept_page_names(), L.METADATA_CACHE: view.metadata_cache_used()}
             log.phase("publish")
         result.releases, result.dropped_releases = list(removal_plan.kept), list(removal_plan.dropped)
         result.removals = list(removal_plan.removals)
@@ -183,8 +185,12 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
     with their sizes. Files no kept release needs are deleted after the new index and manifest
     are in place, each group listed first; the closing check is recorded in ``last_sync``.
     ``locks``: lock folders whose exact files are mirrored for their targets (``--from-locks``)."""
-    started = time.monotonic()
+    started, wall_started = time.monotonic(), time.time()
     out = Path(out or spec.out)
+    if spec.releases is not None:  # a regional operator's mirror: every matching release, no targets
+        return sync_regional(spec, out=out, dry_run=dry_run, prune=prune, client=client, progress=progress,
+                             pip_sources=pip_sources, echo=echo, wait=wait, on_progress=on_progress)
+    refuse_regional_out(out)
     spec, followed = follow_upstream(spec, out, pip_sources=pip_sources, prune=prune, say=echo)
     asked = [*(spec.targets() if spec_targets else []), *add, *(env.target for env in locks)]
     origin: mf.Origin = "locks" if locks else "spec" if spec_targets else "fetch"
@@ -211,7 +217,8 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
             probe.size_pools(hosts=4, per_host=settled.REVALIDATE_JOBS)
             edge = session.edge(spec, probe, pip_sources)
             inputs = settled.inputs_digest(spec, tset, prune, edge)
-            done = settled.replay(out, previous, tset, inputs, edge, started, echo) if previous is not None else None
+            done = settled.replay(out, previous, tset, inputs, edge, started, wall_started, echo) \
+                if previous is not None else None
             if done is not None:
                 probe.close()
                 if followed is not None:
@@ -219,7 +226,7 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
                 return done
         settled.forget(out)
         try:
-            return _whole_run(spec, out, started, previous, tset, followed, inputs, edge, client=client,
+            return _whole_run(spec, out, started, wall_started, previous, tset, followed, inputs, edge, client=client,
                               progress=progress, pip_sources=pip_sources, echo=echo, locks=locks,
                               on_progress=on_progress)
         finally:
@@ -227,7 +234,7 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
                 probe.close()
 
 
-def _whole_run(spec: MirrorSpec, out: Path, started: float, previous: mf.Manifest | None,
+def _whole_run(spec: MirrorSpec, out: Path, started: float, wall_started: float, previous: mf.Manifest | None,
                tset: lifecycle.TargetSet, followed: FollowRecord | None, inputs: str | None,
                edge: session.Edge | None, *,
                client: Client | None, progress: bool | None, pip_sources: PipSources | None, echo: Echo,
@@ -278,5 +285,9 @@ def _whole_run(spec: MirrorSpec, out: Path, started: float, previous: mf.Manifes
         settled.record(out, inputs, result, result.pages_seen)
     if followed is not None:
         save_record(out, followed)
+    if result.cache_used is not None and not result.failed:  # a complete sync: what it used is current
+        swept = cachefiles.sweep(out, result.cache_used, wall_started)
+        if (line := swept.line()) is not None:
+            log.say(line)
     result.seconds = time.monotonic() - started
     return result

@@ -58,6 +58,8 @@ class MirrorResult:
     failed: list[TargetFailure] = field(default_factory=list)  # each target this run could not sync
     # every upstream page the run read: URL -> kept (revalidated next run) | absent; None: not revalidatable
     pages_seen: dict[str, bool] | None = None
+    # cache folder -> the entries this run read or wrote (store/cachefiles.py sweeps the rest)
+    cache_used: dict[str, frozenset[str]] | None = None
 
     @property
     def torch_versions(self) -> dict[str, str]:

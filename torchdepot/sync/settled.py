@@ -18,8 +18,9 @@ Invariants:
 - A replay removes the record before it asks upstream; a changed page it reads is kept and
   handed to the whole run that follows through the same reader (read once), so a kill at any
   point leaves either no record or one whose pages are all unchanged. It writes
-  ``manifest.json`` (its ``last_sync``), the landing page and the record, nothing else, and
-  says what a whole no-op says: the tombstone lines.
+  ``manifest.json`` (its ``last_sync``), the landing page and the record, then sweeps the caches
+  keeping what the recorded run used (as the whole no-op would), and says what a whole no-op
+  says: the tombstone lines and the sweep's.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from torchdepot.fetch import FetchResult
 from torchdepot.site.landing import write_landing
 from torchdepot.sources.upstream import UpstreamReader
 from torchdepot.spec.mirror import MirrorSpec
+from torchdepot.store import cachefiles
 from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
 from torchdepot.store.fsutil import atomic_write_text, safe_join
@@ -61,6 +63,7 @@ class Record:
     generation: str
     pages: dict[str, bool]  # URL -> kept (revalidated by a conditional request) | absent (404)
     results: tuple[dict, ...]  # the fetch report's results (_RESULT_FIELDS): all present on a replay
+    cache: dict[str, list[str]]  # cache folder -> the entries the run used (a replay keeps them, as it would)
 
 
 def inputs_digest(spec: MirrorSpec, tset: lifecycle.TargetSet, prune: bool, edge: session.Edge) -> str:
@@ -93,12 +96,14 @@ def _load(out: Path) -> Record | None:
             return None
         doc = json.loads(path.read_text(encoding="utf-8"))
         rec = Record(inputs=doc["inputs"], manifest=doc["manifest"], generation=doc["generation"],
-                     pages=doc["pages"], results=tuple(doc["results"]))
+                     pages=doc["pages"], results=tuple(doc["results"]), cache=doc["cache"])
     except (OSError, ValueError, RecursionError, KeyError, TypeError):
         return None  # a cache: unreadable means the whole run
     ok = (all(isinstance(v, str) for v in (rec.inputs, rec.manifest, rec.generation))
           and isinstance(rec.pages, dict) and all(isinstance(v, bool) for v in rec.pages.values())
-          and all(isinstance(r, dict) and set(r) == set(_RESULT_FIELDS) for r in rec.results))
+          and all(isinstance(r, dict) and set(r) == set(_RESULT_FIELDS) for r in rec.results)
+          and isinstance(rec.cache, dict) and all(isinstance(v, list) and all(isinstance(n, str) for n in v)
+                                                  for v in rec.cache.values()))
     return rec if ok else None
 
 
@@ -106,11 +111,14 @@ def record(out: Path, inputs: str, result: MirrorResult, pages: dict[str, bool] 
     """Write the record of the run that just committed ``result`` (see the module's rules;
     the caller checked the run's own conditions)."""
     sha = _manifest_sha256(out)
-    if pages is None or sha is None or result.generation is None or not isinstance(result.report, PipFetchReport):
+    if pages is None or sha is None or result.generation is None or not isinstance(result.report, PipFetchReport) \
+            or result.cache_used is None:
         forget(out)
         return
     results = [{k: getattr(r, k) for k in _RESULT_FIELDS} for r in result.report.results]
-    _save(out, Record(inputs=inputs, manifest=sha, generation=result.generation, pages=pages, results=tuple(results)))
+    cache = {rel: sorted(names) for rel, names in result.cache_used.items()}
+    _save(out, Record(inputs=inputs, manifest=sha, generation=result.generation, pages=pages, results=tuple(results),
+                      cache=cache))
 
 
 def _save(out: Path, rec: Record) -> None:
@@ -136,9 +144,10 @@ def _unchanged(reader: UpstreamReader, pages: dict[str, bool]) -> bool:
 
 
 def replay(out: Path, previous: mf.Manifest, tset: lifecycle.TargetSet, inputs: str, edge: session.Edge,
-           started: float, echo: Echo) -> MirrorResult | None:
+           started: float, wall_started: float, echo: Echo) -> MirrorResult | None:
     """The no-op, committed from the record when everything it names is unchanged; None (and
-    the record removed) when the whole run must go on."""
+    the record removed) when the whole run must go on. Like a whole sync it ends with the cache
+    sweep (``store/cachefiles.py``), keeping what the recorded run used."""
     rec = _load(out)
     if rec is None or rec.inputs != inputs or rec.manifest != _manifest_sha256(out) \
             or current_generation(out) != rec.generation:
@@ -173,6 +182,10 @@ def replay(out: Path, previous: mf.Manifest, tset: lifecycle.TargetSet, inputs: 
     if sha is not None:
         _save(out, replace(rec, manifest=sha))
     result.manifest = manifest
+    result.cache_used = {rel: frozenset(names) for rel, names in rec.cache.items()}
+    swept = cachefiles.sweep(out, result.cache_used, wall_started)
+    if (line := swept.line()) is not None:
+        log.say(line)
     log.phase("publish")
     result.seconds = time.monotonic() - started
     return result
