@@ -240,3 +240,40 @@ def test_a_replay_says_the_tombstone_lines_a_whole_no_op_says(tmp_path):
         assert "resolve" in whole.phases
         assert msgs == whole_msgs
         assert _comparable(replayed) == _comparable(whole)
+
+
+@pytest.mark.slow  # real CLI runs, SIGKILLed (about 5 s)
+def test_sigkill_anywhere_in_a_replay_leaves_the_mirror_clean_and_the_next_sync_right(tmp_path):
+    """A replay SIGKILLed after its revalidation, around its manifest save and after its record
+    is written: the live mirror is verify-clean and lists what it listed, and the next sync
+    (whole or replayed) commits the same mirror. Each point must be reached."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.loopback_upstream import mirror_env, run_mirror, write_spec
+    from tests.loopback_upstream import populate as populate_cli
+    from tests.test_crash import KILLER
+    from torchdepot.sync.check import verify_mirror
+
+    points = ["exit:torchdepot.sync.settled:_unchanged:1", "enter:torchdepot.store.manifest:save:1",
+              "exit:torchdepot.store.manifest:save:1", "exit:torchdepot.sync.settled:_save:1"]
+    with FaultServer(validators=True) as server:
+        up = populate_cli(server, payload=20_000)
+        env = mirror_env(up.url, tmp_path)
+        out = tmp_path / "out"
+        spec = write_spec(tmp_path / "mirror.yaml", up.url, out)
+        assert run_mirror(spec, env).returncode == 0
+        committed = _without_last_sync(out)
+        for point in points:
+            assert (out / L.SETTLED).is_file(), point  # the run before left a record: this one replays
+            proc = subprocess.run([sys.executable, "-c", KILLER, point, "mirror", "--spec", str(spec)], env=env,
+                                  cwd=tmp_path, capture_output=True, text=True, timeout=120, start_new_session=True)
+            assert proc.returncode == -signal.SIGKILL, (point, proc.returncode, proc.stderr[-2000:])
+            assert verify_mirror(out).ok, point
+            assert _without_last_sync(out) == committed, point
+            again = run_mirror(spec, env, "--json")
+            assert again.returncode == 0, (point, again.stderr)
+            assert _without_last_sync(out) == committed, point
+        last = run_mirror(spec, env, "--json")
+        assert "resolve" not in json.loads(last.stdout)["phases"]
