@@ -247,11 +247,16 @@ def test_the_optional_keys_documented_in_the_committed_spec_parse(tmp_path):
 
     text = (Path(__file__).resolve().parent.parent / "mirror" / "mirror.yaml").read_text(encoding="utf-8")
     head, tail = text.split("# Optional keys", 1)
-    body = re.sub(r"(?m)^# ?(?=[a-z ]{1,4}[a-z{-])", "", tail.split("\n", 1)[1])
-    spec = load_spec(write(tmp_path, head + body))
+    # the per-target keys, and the regional ones (which exclude targets, keep and conda) on their own
+    per_target, regional = tail.split("\n", 1)[1].split("# A regional operator's mirror", 1)
+    uncomment = lambda block: re.sub(r"(?m)^# ?(?=[a-z ]{1,4}[a-z{-])", "", block)  # noqa: E731
+    spec = load_spec(write(tmp_path, head + uncomment(per_target)))
     assert spec.keep == 2
     assert spec.allow_hosts
     assert spec.exclude_newer
     assert spec.fsync
     assert spec.extra_targets
     assert isinstance(spec.conda, CondaConfig)
+    spec = load_spec(write(tmp_path, head + uncomment(regional.split("\n", 1)[1])))
+    assert spec.releases == ">=2.0"
+    assert (spec.max_files, spec.max_bytes) == (100000, 10 * 10**12)
