@@ -95,11 +95,17 @@ def _handler(view: View) -> type[http.server.BaseHTTPRequestHandler]:
     return Handler
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    # uv opens a connection per page it wants, dozens at once: the default backlog of 5 drops
+    # the rest of the SYNs, and each dropped one costs the resolver a 1 s retransmit
+    request_queue_size = 128
+
+
 @contextlib.contextmanager
 def serve_view(view: View) -> Iterator[str]:
     """Serve ``view`` on 127.0.0.1 (a free port) for the duration; yields its base URL (also
     set as ``view.base_url``, which :meth:`View.lookup` maps resolver URLs back with)."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(view))
+    server = _Server(("127.0.0.1", 0), _handler(view))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
