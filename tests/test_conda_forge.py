@@ -228,3 +228,31 @@ def test_conda_ls_reads_only_the_asked_packages_natively(forge):
     assert table.exit_code == 0, table.output
     assert "cu126" in table.stdout
     assert "cpu" in table.stdout
+
+
+def test_packages_are_fetched_where_the_shard_index_base_url_says(forge, tmp_path):
+    """CEP-16 ``base_url``: a channel whose shard index keeps linux-64's packages under another
+    folder of the channel; the packages exist only there, so the default path would 404."""
+    import msgpack
+    import zstandard
+
+    chan = tmp_path / "up" / "conda-forge"
+    shutil.copytree(forge, chan)
+    sd = chan / "linux-64"
+    (chan / "pkgs" / "linux-64").mkdir(parents=True)
+    for pkg in [*sd.glob("*.conda"), *sd.glob("*.tar.bz2")]:
+        pkg.rename(chan / "pkgs" / "linux-64" / pkg.name)
+    index_path = sd / "repodata_shards.msgpack.zst"
+    index = msgpack.unpackb(zstandard.ZstdDecompressor().stream_reader(index_path.open("rb")).read())
+    index["info"]["base_url"] = "../pkgs/linux-64/"
+    index_path.write_bytes(zstandard.ZstdCompressor().compress(msgpack.packb(index)))
+    handler = type("Log", (_Logged,), {"log": []})
+    with Server(chan.parent, handler=handler) as s, Client(HttpConfig(retries=0)) as c:
+        spec = MirrorSpec(accelerators=("cpu",), pythons=("3.11",), platforms=("linux-x86_64",),
+                          conda={"channels": [{"name": "conda-forge", "mirrors": [f"{s.url}/conda-forge"]}],
+                                 "specs": ["pytorch"]})
+        res = sync_conda(spec, tmp_path / "out", client=c)
+    torch = next(p for t in res.targets for p in t.packages if p.name == "pytorch")
+    assert (tmp_path / "out" / torch.path).is_file()
+    assert f"/conda-forge/pkgs/linux-64/{Path(torch.path).name}" in handler.log
+    assert not [p for p in handler.log if p.startswith("/conda-forge/linux-64/") and p.endswith(".conda")]

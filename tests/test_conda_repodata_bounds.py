@@ -5,19 +5,16 @@ requests: an unchanged channel answers 304 and is not downloaded again."""
 
 from __future__ import annotations
 
-import http.server
 import io
 import json
-import threading
 import time
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import zstandard
 
-from tests.kit.serving import ThreadedServer
+from tests.kit.routed import Route, Upstream
 from tests.kit.zeros import Zeros
 from torchdepot.errors import TorchdepotError, UpstreamError
 from torchdepot.net.http import Client, HttpConfig
@@ -31,69 +28,6 @@ from torchdepot.sources.channel import (
 GOOD = json.dumps({"info": {"subdir": "linux-64"}, "packages": {}, "packages.conda": {
     "_libgcc_mutex-0.1-conda_forge.conda": {"name": "_libgcc_mutex", "version": "0.1", "build": "conda_forge",
                                             "build_number": 0, "depends": []}}}).encode()
-
-
-@dataclass
-class Route:
-    body: bytes
-    headers: dict = field(default_factory=dict)
-    drip: float = 0.0  # seconds between single bytes
-    etag: str | None = None
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        owner: Upstream = self.server.owner  # type: ignore[attr-defined]
-        owner.requests.append((self.path, dict(self.headers)))
-        route = owner.routes.get(self.path)
-        if route is None:
-            self.send_response(404)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        if route.etag and self.headers.get("If-None-Match") == route.etag:
-            self.send_response(304)
-            self.send_header("ETag", route.etag)
-            self.end_headers()
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(route.body)))
-        if route.etag:
-            self.send_header("ETag", route.etag)
-        for k, v in route.headers.items():
-            self.send_header(k, v)
-        self.end_headers()
-        try:
-            if route.drip:
-                for i in range(len(route.body)):
-                    if owner.stop.is_set():
-                        return
-                    self.wfile.write(route.body[i:i + 1])
-                    self.wfile.flush()
-                    time.sleep(route.drip)
-            else:
-                self.wfile.write(route.body)
-        except OSError:
-            pass
-
-
-class Upstream(ThreadedServer):
-    def __init__(self) -> None:
-        self.routes: dict[str, Route] = {}
-        self.requests: list[tuple[str, dict]] = []
-        self.stop = threading.Event()
-        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        httpd.owner = self  # type: ignore[attr-defined]
-        self._serve(httpd)
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        super().__exit__(*exc)
 
 
 def client(deadline: float = 120.0) -> Client:
@@ -230,14 +164,15 @@ def _shard(name: str = "pytorch") -> bytes:
     return _zmsgpack({"packages": {}, "packages.conda": {f"{name}-2.7.1-cpu_0.conda": rec}, "removed": []})
 
 
-def _sharded(up: Upstream, shard: bytes, digest: bytes | None = None, shards_base: str = "./shards/") -> None:
+def _sharded(up: Upstream, shard: bytes, digest: bytes | None = None, shards_base: str = "./shards/",
+             base_url: str = "") -> None:
     import hashlib
 
     digest = digest if digest is not None else hashlib.sha256(shard).digest()
     for sd in ("linux-64", "noarch"):
         shards = {"pytorch": digest} if sd == "linux-64" else {}
         up.routes[f"/cf/{sd}/repodata_shards.msgpack.zst"] = Route(_zmsgpack(
-            {"version": 1, "info": {"subdir": sd, "base_url": "", "shards_base_url": shards_base}, "shards": shards}))
+            {"version": 1, "info": {"subdir": sd, "base_url": base_url, "shards_base_url": shards_base}, "shards": shards}))
     up.routes[f"/cf/linux-64/shards/{digest.hex()}.msgpack.zst"] = Route(shard)
 
 
@@ -252,10 +187,11 @@ def test_sharded_closure_is_read_and_hashes_become_hex(tmp_path):
     with Upstream() as up:
         _sharded(up, _shard())
         paths = sharded(up, tmp_path)
-    doc = json.loads(paths["linux-64"].read_text())
+    doc = json.loads(paths["linux-64"].path.read_text())
     rec = doc["packages.conda"]["pytorch-2.7.1-cpu_0.conda"]
     assert rec["sha256"] == bytes(range(32)).hex()
-    assert json.loads(paths["noarch"].read_text())["packages.conda"] == {}
+    assert json.loads(paths["noarch"].path.read_text())["packages.conda"] == {}
+    assert paths["linux-64"].packages_url == f"{up.url}/cf/linux-64/"  # no base_url: beside the index
 
 
 def test_no_shard_index_means_none(tmp_path):
@@ -278,6 +214,21 @@ def test_shard_bomb_is_refused(tmp_path, zst_bomb):
         with pytest.raises(RepodataRefused) as exc:
             sharded(up, tmp_path)
     assert "refused as a bomb" in str(exc.value)
+
+
+def test_packages_elsewhere_in_the_channel_are_where_base_url_says(tmp_path):
+    with Upstream() as up:
+        _sharded(up, _shard(), base_url="../pkgs/")
+        paths = sharded(up, tmp_path)
+    assert paths["linux-64"].packages_url == f"{up.url}/cf/pkgs/"
+
+
+def test_packages_outside_the_channel_are_refused(tmp_path):
+    with Upstream() as up:
+        _sharded(up, _shard(), base_url="http://elsewhere.example/pkgs/")
+        with pytest.raises(RepodataRefused) as exc:
+            sharded(up, tmp_path)
+    assert "base_url 'http://elsewhere.example/pkgs/' leaves the channel" in str(exc.value)
 
 
 def test_shards_elsewhere_are_refused(tmp_path):

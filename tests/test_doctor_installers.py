@@ -55,6 +55,9 @@ def test_recorded_gpu_facts_for_every_installer(tmp_path, data_dir, fixture, acc
     assert inst["variant"]["label"] == f"cuda{cuda}"
     assert inst["variant"]["properties"] == [f"nvidia :: cuda_version_lower_bound :: {cuda}",
                                              *(f"nvidia :: sm_arch :: {_sm(c)}_real" for c in caps)]
+    assert inst["variant"]["env"] == {"NV_VARIANT_PROVIDER_FORCE_CUDA_DRIVER_VERSION": cuda,
+                                      "NV_VARIANT_PROVIDER_FORCE_SM_ARCH": low_cap}
+    assert inst["variant"]["env"].items() <= inst["env"].items()
     # The researched table agrees: the chosen 2.14 build carries every GPU's architecture, and
     # a Pascal/Volta GPU is outside cu130's range, so 12.6 is the newest build it runs.
     if accelerator == "cu126":
@@ -79,7 +82,7 @@ def test_cpu_machine_facts(tmp_path):
     assert inst["accelerator"] == "cpu"
     assert inst["conda"]["CONDA_OVERRIDE_CUDA"] == ""  # conda: an empty override removes __cuda
     assert inst["conda"]["CONDA_OVERRIDE_CUDA_ARCH"] is None
-    assert inst["variant"] == {"label": "null", "properties": []}
+    assert inst["variant"] == {"label": "null", "properties": [], "env": {}}
     assert doctor(tmp_path, "--format", "env").stdout.splitlines() == [
         "export UV_TORCH_BACKEND=cpu", "export CONDA_OVERRIDE_CUDA=''"]
 

@@ -670,3 +670,33 @@ def test_conda_hostile_repodata_is_refused_and_upstream_not_marked_down(tmp_path
             assert get(httpd, "/conda/chan/linux-64/repodata.json")[0].status == 404
             assert get(httpd, "/conda/chan/noarch/repodata.json")[0].status == 200
     assert [m.outcome for m in read_misses(root)] == ["refused"]
+
+
+def test_local_find_links_wheels_are_offered_hashed_from_disk(tmp_path, monkeypatch):
+    """pip's find-links (a local folder, hashless as pip reads it) is a source of misses too:
+    its wheel is offered with the sha256 of the file on disk, fetched, checked and published."""
+    from torchdepot.commands.serve import pull_sources
+
+    torch, dep = _wheels()
+    links = tmp_path / "wheels"
+    links.mkdir()
+    (links / dep.filename).write_bytes(dep.data)
+    conf = tmp_path / "pip.conf"
+    conf.write_text(f"[global]\nfind-links = {links}\nno-index = true\n")
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(conf))
+    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
+    root = tmp_path / "mirror"
+    root.mkdir()
+    with FaultServer() as up:
+        pep503([torch], pages=["/whl/cpu"], files="/whl/cpu").serve(up)
+        spec = tmp_path / "mirror.yaml"
+        spec.write_text(f"upstreams: [{up.url}/whl]\n")
+        sources = pull_sources(spec, ())
+        assert sources.find_links == (links.as_uri(),)
+        with pull_server(root, sources) as (httpd, _cache):
+            resp, page = get(httpd, "/whl/cpu/filelock/")
+            assert resp.status == 200
+            assert _hrefs(page) == [f"../../../packages/filelock/{dep.filename}#sha256={dep.sha256}"]
+            resp, data = get(httpd, f"/packages/filelock/{dep.filename}")
+            assert (resp.status, data) == (200, dep.data)
+    assert mf.load(root).by_path()[f"packages/filelock/{dep.filename}"].sha256 == dep.sha256

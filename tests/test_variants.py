@@ -54,8 +54,8 @@ TAG = "cp311-cp311-manylinux_2_28_x86_64"
 CUDA = {"nvidia": {"cuda_version_lower_bound": ["12.8"], "sm_arch": ["100_real", "120_real", "80_real", "90_real"]}}
 VARIANTS = {"null": {}, "cuda12.8": CUDA}
 PRIORITIES = {"namespace": ["nvidia"]}
-# a provider extension as the variant prototypes publish it (the shape uv 0.13.9 accepts; it is
-# not in PEP 825 and stays out of the locks)
+# the providers section (PEP 850) as torch's variants.json writes it: uv 0.13.9 accepts it, and
+# the locks keep it (tests/test_variants_providers.py)
 PROVIDERS = {"nvidia": {"requires": ["nvidia-variant-provider>=0.0.1,<1.0.0"],
                         "plugin-api": "nvidia_variant_provider.plugin:NvidiaVariantPlugin"}}
 # what the smoke test of `torchdepot verify` touches, in a few lines (the real wheel is 190 MB)
@@ -241,7 +241,7 @@ def test_variant_channel_mirror_lock_and_uv_install(upstream, tmp_path):
     # the mirror's own pylock carries the PEP 825 data of the locked label
     lock = tomllib.loads((out / "targets/cu128-py311-linux-x86_64/pylock.toml").read_text())
     torch = next(p for p in lock["packages"] if p["name"] == "torch")
-    assert torch["variants-json"] == {"$schema": SCHEMA, "default-priorities": PRIORITIES,
+    assert torch["variants-json"] == {"$schema": SCHEMA, "default-priorities": PRIORITIES, "providers": PROVIDERS,
                                       "variants": {"cuda12.8": CUDA}}
     assert "variants-json" not in next(p for p in lock["packages"] if p["name"] == "filelock")
 

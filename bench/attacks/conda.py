@@ -44,8 +44,8 @@ from bench.attacks.harness import (
 )
 from bench.attacks.upstream import Site, mirror_env, original_wheels
 from tests.faultserver import FaultServer
+from tests.kit.routed import Route, Upstream
 from tests.kit.zeros import Zeros
-from tests.test_conda_repodata_bounds import Route, Upstream
 
 CLS = "g"
 EMPTY_NOARCH = json.dumps({"info": {"subdir": "noarch"}, "packages": {}, "packages.conda": {}}).encode()

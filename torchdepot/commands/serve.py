@@ -139,8 +139,8 @@ def _pull_through(root: Path, upstreams: tuple[str, ...], spec_path: Path | None
 
 def pull_sources(spec_path: Path | None, upstreams: tuple[str, ...]):
     """Where pull-through misses come from, as for ``mirror``: ``upstreams`` (else the spec's,
-    else the default), the channel and ``allow_hosts`` of the spec, dependency indexes from the
-    pip configuration, and the sync's host policy."""
+    else the default), the channel and ``allow_hosts`` of the spec, dependency indexes and
+    find-links from the pip configuration, and the sync's host policy."""
     from torchdepot.net.hostpolicy import netloc_of
     from torchdepot.net.pipconfig import pip_default_index, pip_file_host, read_pip_config
     from torchdepot.ship.pullthrough import Sources
@@ -152,11 +152,11 @@ def pull_sources(spec_path: Path | None, upstreams: tuple[str, ...]):
     pip = read_pip_config()
     default_index = None if (pip.index_url or pip.no_index) else pip_default_index()
     policy = host_policy(spec, pip, default_index, pip_file_host() if default_index else None)
-    indexes, _find_links = dependency_sources(pip, default_index)
+    indexes, find_links = dependency_sources(pip, default_index)
     conda = tuple((c.name, c.mirrors) for c in spec.conda.channels) if spec.conda is not None else ()
     mirrors = [u for _name, urls in conda for u in urls]
     return Sources(upstreams=tuple(spec.upstreams), indexes=indexes, policy=policy.with_hosts(*map(netloc_of, mirrors)),
-                   prefix=channel_prefix(spec.channel), conda=conda)
+                   prefix=channel_prefix(spec.channel), conda=conda, find_links=find_links)
 
 
 COMMANDS = [serve_cmd]

@@ -15,7 +15,11 @@ words, and a user who sets them by hand tends to get one of them wrong:
   and the specs pin ``cuda-version`` (conda-forge chooses its CUDA build through it);
 - a variant-aware installer (PEP 817/825): the label (``cuda12.6``; ``null`` is the CPU build)
   and the provider properties that select it, in PEP 825's ``namespace :: feature :: value``
-  form (nvidia-variant-provider's ``cuda_version_lower_bound`` and ``sm_arch``).
+  form (nvidia-variant-provider's ``cuda_version_lower_bound`` and ``sm_arch``), and the
+  NVIDIA provider's own override variables (``NV_VARIANT_PROVIDER_FORCE_CUDA_DRIVER_VERSION``
+  and ``NV_VARIANT_PROVIDER_FORCE_SM_ARCH``, which uv's built-in provider reads; uv has no
+  other override). The driver is stated as the chosen build's CUDA version, not the real
+  driver's: the provider then picks the newest label up to the decision, as pip is told to.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ class InstallerFacts:
     conda_specs: tuple[str, ...]  # match specs that hold the decision on conda-forge
     variant_label: str  # PEP 825 label
     variant_properties: tuple[str, ...]  # "namespace :: feature :: value"
+    variant_env: tuple[tuple[str, str], ...] = ()  # the variant provider's override variables
 
     def env(self) -> dict[str, str]:
         """The environment variables that carry the decision (``doctor --format env``)."""
@@ -48,6 +53,7 @@ class InstallerFacts:
             out["CONDA_OVERRIDE_CUDA"] = self.conda_override_cuda
         if self.conda_override_cuda_arch is not None:
             out["CONDA_OVERRIDE_CUDA_ARCH"] = self.conda_override_cuda_arch
+        out.update(self.variant_env)
         return out
 
     def to_json(self) -> dict[str, object]:
@@ -59,7 +65,8 @@ class InstallerFacts:
             "conda": {"CONDA_OVERRIDE_CUDA": self.conda_override_cuda,
                       "CONDA_OVERRIDE_CUDA_ARCH": self.conda_override_cuda_arch,
                       "specs": list(self.conda_specs)},
-            "variant": {"label": self.variant_label, "properties": list(self.variant_properties)},
+            "variant": {"label": self.variant_label, "properties": list(self.variant_properties),
+                        "env": dict(self.variant_env)},
             "env": self.env(),
         }
 
@@ -76,6 +83,7 @@ def installer_facts(accelerator: str, caps: tuple[Cap, ...] | None, torch: str |
     specs: tuple[str, ...]
     props: tuple[str, ...] = ()
     cuda_arch: str | None = None
+    variant_env: tuple[tuple[str, str], ...] = ()
     if acc.kind == "cuda":
         cuda = acc.cuda_version or ""
         override: str | None = cuda
@@ -85,6 +93,8 @@ def installer_facts(accelerator: str, caps: tuple[Cap, ...] | None, torch: str |
         specs = ("pytorch", f"cuda-version={cuda}", f"pytorch=*=cuda{cuda.replace('.', '')}*")
         props = (f"nvidia :: cuda_version_lower_bound :: {cuda}",
                  *(f"nvidia :: sm_arch :: {_sm(c)}" for c in sorted(set(caps or ()))))
+        variant_env = (("NV_VARIANT_PROVIDER_FORCE_CUDA_DRIVER_VERSION", cuda),
+                       *((("NV_VARIANT_PROVIDER_FORCE_SM_ARCH", cuda_arch),) if cuda_arch else ()))
     elif acc.kind == "cpu":
         override = ""  # conda: an empty override removes __cuda, so only CPU builds solve
         specs = ("pytorch", "pytorch=*=cpu*")
@@ -94,5 +104,5 @@ def installer_facts(accelerator: str, caps: tuple[Cap, ...] | None, torch: str |
     return InstallerFacts(
         accelerator=acc.name, torch=torch, pip_index=layout.pip_index(acc.name), uv_torch_backend=acc.name,
         conda_override_cuda=override, conda_override_cuda_arch=cuda_arch, conda_specs=specs,
-        variant_label=label, variant_properties=props,
+        variant_label=label, variant_properties=props, variant_env=variant_env,
     )

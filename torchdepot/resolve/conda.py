@@ -111,6 +111,7 @@ class SubdirSource:
     base_url: str  # records' URLs are <base_url>/<subdir>/<file>
     path: Path  # repodata.json on disk
     where: str = ""  # the URL it was fetched from, for messages
+    packages_url: str = ""  # where its packages are when not <base_url>/<subdir>/ (CEP-16 base_url)
 
 
 class _FilteredSource:

@@ -4,8 +4,9 @@ served from there.
 
 Pages. ``/whl/<variant>/<project>/`` (and the aggregate ``/whl/<project>/``) is built by
 merging the mirror's own page (it wins for a file name it has) with the project's links on
-the upstreams (the PyTorch index bases, then the dependency indexes of the user's pip
-configuration), read through the one :class:`~torchdepot.sources.upstream.UpstreamReader`
+the upstreams (the PyTorch index bases, then the dependency indexes and find-links of the
+user's pip configuration; a hashless wheel in a local find-links folder is hashed from disk,
+a hashless remote one is not offered), read through the one :class:`~torchdepot.sources.upstream.UpstreamReader`
 and screened by the same host policy and file-name rules as a sync. Only wheels whose link
 declares a sha256 and that are not yanked are offered. Every link is relative (``../../../packages/<project>/<file>``):
 no page ever names an upstream host. The merged page (HTML and its PEP 691 JSON twin, the
@@ -74,18 +75,18 @@ from torchdepot.fetch.engine import partial_path
 from torchdepot.model.accel import accelerator_from_dir
 from torchdepot.model.wheelname import split_variant_label
 from torchdepot.net.hostpolicy import HostPolicy, screen_links
-from torchdepot.net.http import Client, HttpConfig
+from torchdepot.net.http import Client, HttpConfig, file_url_path
 from torchdepot.ship.serve import MirrorHandler, cache_control, content_type, negotiate
 from torchdepot.sources.channel import RepodataCache, RepodataRefused, fetch_repodata
 from torchdepot.sources.links import Link
 from torchdepot.sources.pep691 import parse_response
 from torchdepot.sources.repodata import RepodataError, parse_repodata, splice_repodata
-from torchdepot.sources.upstream import UpstreamReader, page_url, project_page
+from torchdepot.sources.upstream import UpstreamReader, findlinks_links, page_url, project_page
 from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
 from torchdepot.store import pages as pg
 from torchdepot.store import publication as pub
-from torchdepot.store.fsutil import MirrorLock, atomic_write_bytes, safe_join
+from torchdepot.store.fsutil import MirrorLock, atomic_write_bytes, safe_join, sha256_file
 from torchdepot.store.simple_json import HTML_PAGE, JSON_MEDIA_TYPE, JSON_PAGE
 
 # Pull-through answers a person's pip: an unreachable upstream must fail in seconds, not retry.
@@ -112,6 +113,7 @@ class Sources:
     indexes: tuple[str, ...]
     policy: HostPolicy
     prefix: str = ""
+    find_links: tuple[str, ...] = ()  # pip's find-links pages and folders (file:// URLs for local ones)
     conda: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (channel name, its mirrors) of the spec's conda section
 
 
@@ -211,6 +213,17 @@ def local_files(root: Path, variant: str | None, project: str) -> list[pg.IndexF
                                     size=link.size, upload_time=link.upload_time))
         return out
     return []
+
+
+def _hashed(link: Link) -> Link:
+    """A find-links wheel on local disk without ``#sha256=``: its hash read from the file (pip
+    reads the same folder); a remote one stays hashless and is not offered."""
+    if link.sha256 or urllib.parse.urlsplit(link.url).scheme != "file":
+        return link
+    try:
+        return replace(link, sha256=sha256_file(file_url_path(link.url))[0])
+    except OSError:
+        return link
 
 
 def _wheel_of(link: Link, project: str) -> bool:
@@ -329,7 +342,15 @@ class PullThrough:
                 continue
             if page is not None:
                 links = [*(links or []), *page.links]
-        if links is None and errors and len(errors) == len(bases) + len(self.sources.indexes):
+        for url in self.sources.find_links:
+            try:
+                found = [_hashed(link) for link in findlinks_links(reader, url, project)]
+            except UpstreamError as exc:
+                errors.append(exc)
+                continue
+            if found:
+                links = [*(links or []), *found]
+        if links is None and errors and len(errors) == len(bases) + len(self.sources.indexes) + len(self.sources.find_links):
             raise errors[0]
         return links
 

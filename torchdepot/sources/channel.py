@@ -375,20 +375,31 @@ def _plain(value: object) -> object:
     return value
 
 
+@dataclass(frozen=True)
+class ShardedSubdir:
+    """One subdir read through its shards: the closure's records as a repodata.json on disk, and
+    where its packages are (the shard index's ``info.base_url``, resolved against the index)."""
+
+    path: Path
+    packages_url: str  # ends with "/"; a package is ``packages_url + filename``
+
+
 def fetch_sharded(client: Client, channel: str, base: str, subdirs: tuple[str, ...], specs: tuple[str, ...],
-                  cache: RepodataCache, limits: RepodataLimits = SHARD_LIMITS) -> dict[str, Path] | None:
+                  cache: RepodataCache, limits: RepodataLimits = SHARD_LIMITS) -> dict[str, ShardedSubdir] | None:
     """The records of ``specs``' closure read through the channel's CEP-16 shards only: the shard
     index of each subdir, then one shard per package name the closure reaches (by the names in
     each record's ``depends``), each body bounded like repodata and checked against the sha256
     the index names. Written per subdir as a repodata.json that py-rattler's SparseRepoData
     reads like a full one. None when ``base`` has no shard index for every subdir (then the
-    caller reads repodata.json(.zst))."""
+    caller reads repodata.json(.zst)). CEP-16's ``base_url`` (where packages are) and
+    ``shards_base_url`` are relative to the index and may not leave the channel."""
     import hashlib
 
     base = base.rstrip("/")
     if urllib.parse.urlsplit(base).scheme not in ("http", "https"):
         return None
     indexes: dict[str, tuple[str, dict[str, Any]]] = {}
+    packages: dict[str, str] = {}
     for sd in subdirs:
         url = f"{base}/{sd}/{SHARD_INDEX}"
         body = _small_body(client, url, limits)
@@ -398,10 +409,8 @@ def fetch_sharded(client: Client, channel: str, base: str, subdirs: tuple[str, .
         shards, info = doc.get("shards"), doc.get("info")
         if not isinstance(shards, dict) or (info is not None and not isinstance(info, dict)):
             raise RepodataRefused(f"{url}: not a CEP-16 shard index (no 'shards' map)")
-        rel = (info or {}).get("shards_base_url") or "./shards/"
-        shards_base = urllib.parse.urljoin(url, rel if isinstance(rel, str) else "./shards/")
-        if not shards_base.startswith(f"{base}/"):  # a shard index cannot send us to another host
-            raise RepodataRefused(f"{url}: shards_base_url {str(rel)[:100]!r} leaves the channel")
+        shards_base = _within(url, base, info, "shards_base_url", "./shards/")
+        packages[sd] = _within(url, base, info, "base_url", "./")
         indexes[sd] = (shards_base, shards)
     wanted = [_spec_name(s) for s in specs]
     seen: set[str] = set()
@@ -438,7 +447,7 @@ def fetch_sharded(client: Client, channel: str, base: str, subdirs: tuple[str, .
                         m = _DEP_NAME.match(dep) if isinstance(dep, str) else None
                         if m and m.group(0) not in seen:
                             wanted.append(m.group(0))
-    out: dict[str, Path] = {}
+    out: dict[str, ShardedSubdir] = {}
     for sd, recs in per_subdir.items():
         doc_out = {"info": {"subdir": sd},
                    "packages": {f: r for f, r in sorted(recs.items()) if f.endswith(".tar.bz2")},
@@ -448,8 +457,20 @@ def fetch_sharded(client: Client, channel: str, base: str, subdirs: tuple[str, .
         d.mkdir(parents=True, exist_ok=True)
         part = d / "repodata.json.part"
         part.write_text(json.dumps(doc_out, sort_keys=True))
-        out[sd] = cache.commit(channel, sd, part, {"url": f"{base}/{sd}/{SHARD_INDEX}", "sharded": True})
+        path = cache.commit(channel, sd, part, {"url": f"{base}/{sd}/{SHARD_INDEX}", "sharded": True})
+        out[sd] = ShardedSubdir(path=path, packages_url=packages[sd])
     return out
+
+
+def _within(index_url: str, base: str, info: dict[str, Any] | None, key: str, default: str) -> str:
+    """``info[key]`` resolved against the shard index's URL, ending in "/"; refused where it
+    leaves the channel ``base`` (a shard index cannot send us to another host or path)."""
+    rel = (info or {}).get(key) or default
+    url = urllib.parse.urljoin(index_url, rel if isinstance(rel, str) else default)
+    url = url if url.endswith("/") else url + "/"
+    if not url.startswith(f"{base}/"):
+        raise RepodataRefused(f"{index_url}: {key} {str(rel)[:100]!r} leaves the channel")
+    return url
 
 
 def _spec_name(spec: str) -> str:

@@ -88,8 +88,8 @@ def _load_all(config: CondaConfig, client: Client, cache: RepodataCache) -> list
                 break
         if sharded is not None:
             base, paths = sharded
-            sources += [SubdirSource(ch.name, sd, base, paths[sd], where=f"{base}/{sd}/{SHARD_INDEX}")
-                        for sd in config.all_subdirs]
+            sources += [SubdirSource(ch.name, sd, base, paths[sd].path, where=f"{base}/{sd}/{SHARD_INDEX}",
+                                     packages_url=paths[sd].packages_url) for sd in config.all_subdirs]
             continue
         for sd in config.all_subdirs:
             got = fetch_repodata(client, ch.name, ch.mirrors, sd, cache)
@@ -138,7 +138,10 @@ def _fetch_items(config: CondaConfig, solved: _Solved) -> list[FetchItem]:
     # The mirror that served a channel's repodata is alive: try it first for its packages.
     served = {src.channel: src.base_url for src in solved.sources}
     mirrors = {c.name: tuple(dict.fromkeys((served[c.name], *c.mirrors))) for c in config.channels}
-    return [FetchItem(key=channel_path(ch, sd, fn), urls=tuple(f"{m}/{sd}/{fn}" for m in mirrors[ch]), sha256=rec.sha256, size=rec.size)
+    # A shard index may keep its packages elsewhere in the channel (CEP-16 base_url): asked first.
+    packages = {(src.channel, src.subdir): src.packages_url for src in solved.sources if src.packages_url}
+    return [FetchItem(key=channel_path(ch, sd, fn), sha256=rec.sha256, size=rec.size, urls=tuple(dict.fromkeys(
+        ([packages[ch, sd] + fn] if (ch, sd) in packages else []) + [f"{m}/{sd}/{fn}" for m in mirrors[ch]])))
             for (ch, sd, fn), rec in sorted(solved.chosen.items())]
 
 

@@ -57,7 +57,8 @@ class VariantsPublished:
         return [self.index_files[p] for p in paths]
 
     def variants_for(self, wheel_key: str) -> str | None:
-        """The pylock ``variants-json`` data of one wheel (JSON text: standard keys, its label only)."""
+        """The pylock ``variants-json`` data of one wheel (JSON text: the standard keys, PEP 850's
+        ``providers`` among them so a lock keeps static properties, and its label only)."""
         path = self.by_wheel.get(wheel_key)
         if path is None:
             return None
@@ -65,6 +66,8 @@ class VariantsPublished:
         label = self.labels[wheel_key]
         out = {"$schema": doc["$schema"], "default-priorities": doc["default-priorities"],
                "variants": {label: doc["variants"].get(label, {})}}
+        if isinstance(doc.get("providers"), dict):
+            out["providers"] = doc["providers"]
         return json.dumps(out, sort_keys=True, separators=(",", ":"))
 
 
