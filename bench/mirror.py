@@ -48,8 +48,10 @@ from torchdepot.spec.mirror import load_spec, with_overrides
 from torchdepot.sync.pip import sync
 spec = with_overrides(load_spec(sys.argv[1]), out=sys.argv[2])
 res = sync(spec, progress=False, echo=lambda m: None)
-self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-kids_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+# VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so it reported the bench's own
+# peak (it holds the torch wheel while it builds the upstream), 226 MB, not this process's
+self_kb = int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
+kids_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # uv's (an upper bound, same caveat)
 print(json.dumps({"total": time.monotonic() - t0, "fetch": res.report.moving_seconds,
                   "fetcher_open": res.report.seconds, "bytes": res.report.fetched_bytes,
                   "files": len(res.report.results), "summary": res.summary, "rss_self_mb": self_kb / 1024,
