@@ -1,0 +1,65 @@
+"""The resolver's per-target costs that are not resolution (issue 21, cold sync): uv is named
+its interpreter, so it never probes PATH for one of each target's Python version; and the
+view's loopback server takes the connections uv opens at once without dropping a SYN.
+Real uv, a real find-links dir and real sockets; no mocks."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import sys
+from pathlib import Path
+
+from tests.kit.wheels import build_wheel
+from torchdepot.resolve.uv import IndexPlan, compile_command, resolve
+from torchdepot.sync import viewserver
+
+
+OTHER = "3.9"  # a target Python no interpreter here has (the project runs on 3.10+): uv would search
+
+
+def _shims(folder: Path, marker: Path) -> Path:
+    """Interpreters on PATH that only record that someone ran them (as a pyenv shim would,
+    at a shell's start-up cost each)."""
+    folder.mkdir()
+    for name in (f"python{OTHER}", "python3", "python"):
+        shim = folder / name
+        shim.write_text(f"#!/bin/sh\necho \"$0\" >> {marker}\nexit 127\n")
+        shim.chmod(shim.stat().st_mode | stat.S_IXUSR)
+    return folder
+
+
+def test_uv_is_named_its_interpreter_and_never_probes_path(tmp_path):
+    links = tmp_path / "links"
+    build_wheel(links, "demo-pkg", "1.0", requires=("dep-pkg>=1",))
+    build_wheel(links, "dep-pkg", "1.2")
+    marker = tmp_path / "probed.txt"
+    shims = _shims(tmp_path / "bin", marker)
+    plan = IndexPlan(no_index=True, find_links=(str(links),))
+    files = resolve("t", ["demo-pkg"], OTHER, "linux-x86_64", plan,
+                    env={"PATH": f"{shims}{os.pathsep}{os.environ.get('PATH', '')}", "VIRTUAL_ENV": ""})
+    assert [(f.name, f.version) for f in files] == [("demo-pkg", "1.0"), ("dep-pkg", "1.2")]
+    assert not marker.exists(), f"uv ran interpreters from PATH: {marker.read_text()}"
+    cmd = compile_command(tmp_path / "r.in", tmp_path / "pylock.toml", OTHER, "linux-x86_64", plan)
+    assert cmd[cmd.index("--python") + 1] == sys.executable
+    assert cmd[cmd.index("--python-version") + 1] == OTHER  # the target, not the interpreter
+
+
+def test_view_server_takes_dozens_of_connections_at_once(tmp_path):
+    """uv opens a connection per page it wants, dozens at once. Nobody accepts here, so every
+    connection that completes sits in the listen backlog: the default of 5 would leave the
+    rest of the SYNs dropped (a 1 s retransmit each)."""
+    server = viewserver._Server(("127.0.0.1", 0), viewserver._handler(None))  # type: ignore[arg-type]
+    clients: list[socket.socket] = []
+    try:
+        for _ in range(64):
+            c = socket.socket()
+            c.settimeout(0.5)  # under the first SYN retransmit
+            c.connect(server.server_address)
+            clients.append(c)
+    finally:
+        for c in clients:
+            c.close()
+        server.server_close()
+    assert len(clients) == 64
