@@ -51,12 +51,15 @@ def verify_cli(out: Path) -> subprocess.CompletedProcess:
 
 
 def linked(out: Path, project: str) -> dict[str, str]:
-    """file name -> root-relative path of what the live ``whl/cpu/<project>/`` page links."""
+    """file name -> root-relative path of what the live ``whl/cpu/<project>/`` page links (the
+    live copy: a retired copy a lock still pins is linked too, yanked; sync/tombstones.py)."""
     from torchdepot.sources.pep503 import parse_html
 
     page = out / "whl" / "cpu" / project / "index.html"
     found = {}
     for link in parse_html(page.read_bytes(), page.as_uri()).links:
+        if link.yanked is not None:
+            continue
         target = file_url_path(link.url)
         found[link.filename] = target.resolve().relative_to(out.resolve()).as_posix()
     return found

@@ -29,11 +29,15 @@ from tests.kit.upstream import pep503
 from tests.kit.wheels import BuiltWheel, wheel_bytes
 from tests.loopback_upstream import mirror_env, run_mirror, write_spec
 from torchdepot.errors import TorchdepotError
+from torchdepot.sources.links import Link
+from torchdepot.sources.pep503 import parse_html
+from torchdepot.sources.pep691 import parse_json
 from torchdepot.store import manifest as mf
 from torchdepot.store.fsutil import safe_join
 from torchdepot.store.layout import changed_bytes_path
+from torchdepot.sync import lifecycle
 from torchdepot.sync.check import verify_mirror
-from torchdepot.sync.tombstones import Keeper, settle
+from torchdepot.sync.tombstones import RETIRED_REASON, Keeper, listing, retire, settle
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = "cpu-py311-linux-x86_64"
@@ -151,9 +155,24 @@ def test_changed_bytes_go_to_a_new_path_and_the_old_path_stays_while_referenced(
         assert path + ".metadata" in listed
         assert new_path + ".metadata" in listed
         assert [(t.path, t.reason, t.replaced_by) for t in manifest.tombstones] == [(path, "changed", new_path)]
-        page = (out / "whl" / "cpu" / CUDNN / "index.html").read_text()
-        assert new_path in page
-        assert f'"../../../{path}' not in page, "the pages name each file once: the new bytes"
+        # both copies on the page, the retired one yanked and after the new one (module docstring)
+        page = parse_html((out / "whl" / "cpu" / CUDNN / "index.html").read_bytes(), "http://m/whl/cpu/x/")
+        assert [(ln.url.split("http://m/")[1], ln.sha256, ln.yanked) for ln in page.links] == [
+            (new_path, changed.sha256, None), (path, old.sha256, RETIRED_REASON)]
+        twin = parse_json((out / "whl" / "cpu" / CUDNN / "index.json").read_bytes(), "http://m/whl/cpu/x/")
+        assert [(ln.url, ln.sha256, ln.yanked) for ln in twin.links] == [(ln.url, ln.sha256, ln.yanked)
+                                                                         for ln in page.links]
+        # a JSON twin that un-yanks the retired copy is a problem; repair rebuilds it from the HTML
+        pages = {p: p.read_bytes() for p in (out / "whl").rglob("index.*")}
+        json_page = out / "whl" / "cpu" / CUDNN / "index.json"
+        doc = json.loads(json_page.read_bytes())
+        doc["files"][1]["yanked"] = False
+        json_page.write_text(json.dumps(doc))
+        problems = verify_mirror(out).problems
+        assert [(p.kind, p.detail) for p in problems] == [
+            ("bad-json-page", f"{old.filename}: yanked is not what its index.html twin says")]
+        assert verify_mirror(out, repair=True).ok
+        assert {p: p.read_bytes() for p in (out / "whl").rglob("index.*")} == pages
         rep = verify_mirror(out)
         assert rep.ok
         assert rep.problems == [], rep.problems
@@ -179,20 +198,36 @@ def _manifest(paths: dict[str, str], target: str = TARGET) -> mf.Manifest:
                                                        platform="linux-x86_64", packages=pkgs)])
 
 
-def test_settle_lets_go_of_targets_no_longer_recorded(tmp_path):
-    """A tombstone is kept only for recorded targets: its targets gone, it goes (pure rules)."""
+def test_retire_lists_a_changed_copy_only_while_a_recorded_target_needs_it(tmp_path):
+    """The pure rules: a retired copy is listed again (entries, a yanked anchor on its target's
+    accelerator page) and is a tombstone while a recorded target needs it; a target no longer
+    recorded, --prune, keep: N dropping its release, or upstream serving the bytes again end it."""
     path = f"packages/{CUDNN}/a-1-py3-none-any.whl"
     previous = _manifest({path: "a" * 64})
     previous.tombstones = [mf.Tombstone(path=path, project=CUDNN, version="1", reason="changed", targets=(TARGET,))]
     (tmp_path / path).parent.mkdir(parents=True)
-    (tmp_path / path).write_bytes(b"x")
-    keeper = Keeper.of(previous, tmp_path)
-    kept = settle(tmp_path, previous, keeper, [], [], [], [], live={TARGET}, prune=False)
-    assert [t.path for t in kept.tombstones] == [path]
-    assert [f.path for f in kept.files] == [path]
-    gone = settle(tmp_path, previous, keeper, [], [], [], [], live={"other"}, prune=False)
-    assert gone.tombstones == []
-    assert gone.files == []
+    (tmp_path / path).write_bytes(cudnn("1").data)
+
+    def run(live: set[str], prune: bool = False, removals: tuple = (), upstream: tuple = ()):
+        keeper = Keeper.of(previous, tmp_path)
+        if upstream:  # the run read the project's page
+            keeper("cpu", CUDNN, list(upstream))
+        kept = retire(tmp_path, previous, keeper, live=live, prune=prune, removals=removals, resolved=())
+        shown = listing(tmp_path, previous, keeper, {TARGET: "cpu"})
+        return kept, shown, settle(previous, keeper, shown.entries, [], [], [], live=live)
+
+    kept, shown, settled = run({TARGET})
+    assert kept == {path: None}
+    assert [e.path for e in shown.entries] == [path, path + ".metadata"]
+    assert [(f.path, f.yanked) for f in shown.pages["cpu"]] == [(path, RETIRED_REASON)]
+    assert [(t.path, t.reason, t.targets) for t in settled.tombstones] == [(path, "changed", (TARGET,))]
+    keep = lifecycle.Removal(kind="keep", reason=f"keep 1: {TARGET} torch 2.4.0", paths=(path,), size=1)
+    same = Link(url="http://127.0.0.1:9/x.whl", filename=path.rsplit("/", 1)[1], sha256="a" * 64)
+    for gone in (run({"other"}), run({TARGET}, prune=True), run({TARGET}, removals=(keep,)),
+                 run({TARGET}, upstream=(same,))):
+        assert gone[0] == {}
+        assert gone[1].entries == ()
+        assert gone[2].tombstones == []
 
 
 def test_manifest_round_trips_tombstones_and_pulled():

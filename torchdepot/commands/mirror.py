@@ -163,7 +163,9 @@ def _report(result, dry_run: bool, as_json: bool, added: str | None = None) -> N
     versions: dict[str, list[str]] = {}
     for target, version in sorted(result.torch_versions.items()):
         versions.setdefault(version, []).append(target)
-    torch = "; ".join(f"torch {v} for {', '.join(ts)}" for v, ts in versions.items()) or "no pip targets"
+    regional = result.manifest.spec.get("releases") if result.manifest is not None else None
+    torch = "; ".join(f"torch {v} for {', '.join(ts)}" for v, ts in versions.items()) or (
+        f"every torch{regional} release upstream ships for the spec" if regional else "no pip targets")
     click.echo(f"ready: {torch}; {format_size(result.size)} in {result.out}; "
                f"next: torchdepot serve --root {result.out}  (or: torchdepot lock --mirror {result.out})")
 

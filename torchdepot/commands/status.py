@@ -23,8 +23,9 @@ def status_cmd(mirror: Path, as_json: bool) -> None:
     from torchdepot.ship.pullthrough import read_misses, summarize
     from torchdepot.site.status import mirror_status, render
     from torchdepot.store import manifest as mf
+    from torchdepot.sync.regional import listed_by_accelerator
 
-    status = mirror_status(mirror, mf.load(mirror))
+    status = mirror_status(mirror, mf.load(mirror), listed_by_accelerator(mirror))
     misses = summarize(read_misses(mirror))  # what serve --pull-through was asked for and lacked
     if as_json:
         doc = status.to_json()

@@ -210,7 +210,7 @@ def local_files(root: Path, variant: str | None, project: str) -> list[pg.IndexF
                 continue
             out.append(pg.IndexFile(project=project, filename=link.filename, path=rel, sha256=link.sha256,
                                     requires_python=link.requires_python, metadata_sha256=link.metadata_sha256,
-                                    size=link.size, upload_time=link.upload_time))
+                                    size=link.size, upload_time=link.upload_time, yanked=link.yanked))
         return out
     return []
 

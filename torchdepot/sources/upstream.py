@@ -255,6 +255,18 @@ class UpstreamReader:
             return None
         return page_from_json(data, _parse_tag(kept)) if data else None
 
+    def kept_page_names(self) -> frozenset[str]:
+        """The kept-page file names (and their saved parses) of every page this run asked for:
+        the entries of the page cache this run used (the cache sweep keeps them)."""
+        with self._lock:
+            urls = [url for kind, url in self._cache if kind == "page"]
+        names: set[str] = set()
+        for url in urls:
+            path = self._page_file(url)
+            if path is not None:
+                names.update((path.name, path.name + PARSED_SUFFIX))
+        return frozenset(names)
+
     def metadata(self, url: str) -> bytes | None:
         """A PEP 658 ``.metadata`` file (None when missing), fetched at most once."""
         def load() -> bytes | None:

@@ -30,6 +30,13 @@ Keys (all optional):
 ``connections_per_host`` its cap per host (1..64); absent: the downloader's defaults
                     (``torchdepot.fetch.engine.DEFAULT_CONNECTIONS`` / ``_PER_HOST``).
 ``conda``           the conda section, see :mod:`torchdepot.spec.conda`.
+
+A regional operator's mirror (``sync/regional.py``): ``releases: "torch>=2.0"`` mirrors every torch
+release that matches (with torchvision / torchaudio paired by release, each file's dependencies
+from the same per-accelerator index, and ``extra_packages``), instead of one torch per target;
+``accelerators`` / ``pythons`` / ``platforms`` may then be ``[all]`` (every one upstream ships for
+those releases), ``max_files`` (default 100,000) and ``max_bytes`` (a number or ``"2 TB"``; default
+10 TB) bound it. ``targets``, ``keep``, ``conda`` and ``current`` do not apply there and are refused.
 """
 
 from __future__ import annotations
@@ -93,8 +100,13 @@ MAX_KEEP = 1000
 KNOWN_KEYS = frozenset({
     "packages", "extra_packages", "accelerators", "pythons", "platforms", "channel", "out",
     "upstreams", "on_hash_mismatch", "jobs", "conda", "targets", "fsync", "keep", "allow_hosts",
-    "exclude_newer", "connections", "connections_per_host",
+    "exclude_newer", "connections", "connections_per_host", "releases", "max_files", "max_bytes",
 })
+ALL = "all"  # the spec word for "every one upstream ships" (releases: only)
+DEFAULT_MAX_FILES = 100_000
+DEFAULT_MAX_BYTES = 10 * 10**12
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_BYTES = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?b)?", re.IGNORECASE)
 _PYTHON = re.compile(r"3\.(\d{1,2})")
 _HOST = re.compile(r"(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
 _URL = re.compile(r"^(https?|file)://")
@@ -145,6 +157,12 @@ class MirrorSpec:
     # matrix; a sync expands them (sync.follow) into matrix_cells before asking for targets.
     follow: frozenset[str] = frozenset()
     matrix_cells: frozenset[tuple[str, str, str]] | None = None  # (accelerator, python, platform)
+    # `releases: "torch>=2.0"`: a regional operator's mirror (sync/regional.py) of every matching
+    # release; `every` names the lists given as [all] (their tuples are then empty)
+    releases: str | None = None
+    every: frozenset[str] = frozenset()
+    max_files: int | None = None
+    max_bytes: int | None = None
 
     def targets(self) -> list[PipTarget]:
         """accelerators x pythons x platforms, then extra targets; one per id. A list that
@@ -189,9 +207,10 @@ class MirrorSpec:
         data: dict[str, object] = {
             "packages": [p.name + (p.constraint or "") for p in self.packages],
             "extra_packages": list(self.extra_packages),
-            "accelerators": [CURRENT] * ("accelerators" in self.follow) + list(self.accelerators),
-            "pythons": [CURRENT] * ("pythons" in self.follow) + list(self.pythons),
-            "platforms": list(self.platforms),
+            "accelerators": [CURRENT] * ("accelerators" in self.follow) + [ALL] * ("accelerators" in self.every)
+            + list(self.accelerators),
+            "pythons": [CURRENT] * ("pythons" in self.follow) + [ALL] * ("pythons" in self.every) + list(self.pythons),
+            "platforms": [ALL] * ("platforms" in self.every) + list(self.platforms),
             "channel": str(self.channel),
             "out": str(self.out),
             "upstreams": list(self.upstreams),
@@ -214,6 +233,12 @@ class MirrorSpec:
             data["connections"] = self.connections
         if self.connections_per_host is not None:
             data["connections_per_host"] = self.connections_per_host
+        if self.releases is not None:
+            data["releases"] = self.releases
+        if self.max_files is not None:
+            data["max_files"] = self.max_files
+        if self.max_bytes is not None:
+            data["max_bytes"] = self.max_bytes
         return data
 
 
@@ -520,6 +545,41 @@ def _exclude_newer(raw: object, where: str) -> dt.datetime | None:
                         "(years 1 to 9999)") from None
 
 
+def _releases(raw: object, where: str) -> str | None:
+    """``"torch>=2.0"`` or ``">=2.0"`` -> the constraint on torch's public version."""
+    if raw is None:
+        return None
+    text = raw.strip() if isinstance(raw, str) else ""
+    if text[:1].isalpha():  # a requirement: torch's own only
+        try:
+            req = Requirement(text)
+        except (InvalidRequirement, ValueError):
+            req = None
+        if req is None or req.name.lower() != "torch" or req.url or req.extras or req.marker:
+            raise SpecError(f"{where}: releases: {show(raw)} is not a torch version constraint like 'torch>=2.0'")
+        text = str(req.specifier)
+    if not text:
+        raise SpecError(f"{where}: releases: {show(raw)} is not a torch version constraint like 'torch>=2.0' "
+                        "(write 'torch>=0' for every release)")
+    return _constraint(text, f"{where}: releases")
+
+
+def _max_bytes(raw: object, where: str) -> int | None:
+    """A byte count: a whole number, or ``"500 GB"`` (SI units, as sizes are printed)."""
+    if raw is None:
+        return None
+    m = _BYTES.fullmatch(raw.strip()) if isinstance(raw, str) and len(raw) <= 40 else None
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
+    elif m is not None:
+        value = int(float(m.group(1)) * _UNITS[(m.group(2) or "b").lower()])
+    else:
+        raise SpecError(f"{where}: max_bytes: {show(raw)} is not a byte count like 500000000000 or '500 GB'")
+    if value < 1:
+        raise SpecError(f"{where}: max_bytes: {show(raw)} must be at least 1 byte")
+    return value
+
+
 # key -> (MirrorSpec field, validator); the conda section and the target product are cross-key.
 # Each validator returns its own field's type, so the table's value type is Any (MirrorSpec's
 # constructor checks nothing at run time; the validators are the checks).
@@ -539,6 +599,9 @@ _FIELDS: dict[str, tuple[str, Callable[[object, str], Any]]] = {
     "connections": ("connections", _count("connections", 256, "leave it out for the downloader's default")),
     "connections_per_host": ("connections_per_host",
                              _count("connections_per_host", 64, "leave it out for the downloader's default")),
+    "releases": ("releases", _releases),
+    "max_files": ("max_files", _count("max_files", 10_000_000, f"leave it out for {DEFAULT_MAX_FILES:,}")),
+    "max_bytes": ("max_bytes", _max_bytes),
 }
 
 
@@ -553,23 +616,24 @@ def parse_spec(data: object, where: str = "mirror spec") -> MirrorSpec:
 
     raw_accs = _list(data.get("accelerators"), "accelerators", where, ["cpu"])
     raw_pys = _list(data.get("pythons"), "pythons", where, ["host"])
+    raw_plats = _list(data.get("platforms"), "platforms", where, ["host"])
     follows = frozenset(key for key, raw in (("accelerators", raw_accs), ("pythons", raw_pys)) if CURRENT in raw)
+    every = _every(data, {"accelerators": raw_accs, "pythons": raw_pys, "platforms": raw_plats}, follows, where)
     accs = _dedup(_accelerator(e, f"{where}: accelerators[{i}]")
-                  for i, e in enumerate(raw_accs) if e != CURRENT)
-    if not accs and "accelerators" not in follows:
+                  for i, e in enumerate(raw_accs) if e not in (CURRENT, ALL))
+    if not accs and not {"accelerators"} & (follows | every):
         raise SpecError(f"{where}: accelerators: must name at least one")
-    pythons = _dedup(_python(e, f"{where}: pythons[{i}]") for i, e in enumerate(raw_pys) if e != CURRENT)
-    if not pythons and "pythons" not in follows:
+    pythons = _dedup(_python(e, f"{where}: pythons[{i}]") for i, e in enumerate(raw_pys) if e not in (CURRENT, ALL))
+    if not pythons and not {"pythons"} & (follows | every):
         raise SpecError(f"{where}: pythons: must name at least one")
-    platforms = _dedup(_platform(e, f"{where}: platforms[{i}]")
-                       for i, e in enumerate(_list(data.get("platforms"), "platforms", where, ["host"])))
-    if not platforms:
+    platforms = _dedup(_platform(e, f"{where}: platforms[{i}]") for i, e in enumerate(raw_plats) if e != ALL)
+    if not platforms and "platforms" not in every:
         raise SpecError(f"{where}: platforms: must name at least one")
     for acc in accs:
         for plat in platforms:
             _check_combination(acc, plat, f"{where}: accelerators")
 
-    spec = MirrorSpec(accelerators=accs, pythons=pythons, platforms=platforms, follow=follows, **fields)
+    spec = MirrorSpec(accelerators=accs, pythons=pythons, platforms=platforms, follow=follows, every=every, **fields)
     if spec.connections and spec.connections_per_host and spec.connections_per_host > spec.connections:
         raise SpecError(f"{where}: connections_per_host: {spec.connections_per_host} is more than "
                         f"connections ({spec.connections})")
@@ -583,6 +647,29 @@ def parse_spec(data: object, where: str = "mirror spec") -> MirrorSpec:
     except SpecError as exc:
         raise SpecError(f"{where}: {exc}") from None
     return dataclasses.replace(spec, conda=config)
+
+
+def _every(data: dict[Any, Any], lists: dict[str, list[object]], follows: frozenset[str],
+           where: str) -> frozenset[str]:
+    """Which lists say ``all``; ``all`` and the keys a regional mirror has no use for are
+    refused in the spec that does not (or does) set ``releases``."""
+    every = frozenset(key for key, raw in lists.items() if ALL in raw)
+    if data.get("releases") is None:
+        if every:
+            key = sorted(every)[0]
+            raise SpecError(f"{where}: {key}: 'all' needs releases: (a regional mirror, e.g. releases: 'torch>=2.0'); "
+                            "name the values, or use 'current' for upstream's newest release")
+        for key in ("max_files", "max_bytes"):
+            if data.get(key) is not None:
+                raise SpecError(f"{where}: {key}: applies only to a regional mirror (releases:)")
+        return every
+    for key in ("targets", "keep", "conda"):
+        if data.get(key):
+            raise SpecError(f"{where}: {key}: does not apply to a regional mirror (releases: mirrors every matching "
+                            "release as upstream lists it); leave it out")
+    if follows:
+        raise SpecError(f"{where}: {sorted(follows)[0]}: 'current' does not apply with releases:; write 'all' or name them")
+    return every
 
 
 def pip_side(spec: MirrorSpec) -> PipSide:

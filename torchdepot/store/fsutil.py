@@ -57,8 +57,10 @@ def writing(path: Path | str) -> Iterator[None]:
         raise DiskFullError(f"{path}: {what}; free some space and re-run") from None
 
 
-def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` so a crash leaves the old file or the new one, never half."""
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644, *, fsync: bool = True) -> None:
+    """Write ``data`` to ``path`` so a crash leaves the old file or the new one, never half.
+    ``fsync=False``: a file derived from others (re-made by the next sync if a power loss
+    leaves it short) skips the disk flushes, which cost milliseconds each."""
     path = Path(path)
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,14 +70,16 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
-                os.fsync(fh.fileno())
+                if fsync:
+                    os.fsync(fh.fileno())
             os.chmod(tmp, mode)
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-    fsync_dir(path.parent)
+    if fsync:
+        fsync_dir(path.parent)
 
 
 def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:

@@ -20,3 +20,6 @@ class IndexFile:
     metadata_sha256: str | None = None
     size: int | None = None  # PEP 700, for the JSON twin (store/simple_json.py); None = unknown
     upload_time: str | None = None  # PEP 700, only as upstream gave it; never invented
+    # PEP 592 reason (None: not yanked). Only a tombstone's retired copy is yanked: listed after
+    # the new bytes of its name, so an install without the retired hash never picks it
+    yanked: str | None = None

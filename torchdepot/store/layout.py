@@ -23,6 +23,9 @@ it (no regex re-spelling a name built elsewhere). Layout of ``<root>``::
         resolutions.json              each target's last resolution and its inputs (RESOLUTIONS)
         metadata/                     METADATA by content hash, kept between runs (METADATA_CACHE)
         pages/                        upstream pages with their validators, re-read conditionally (PAGE_CACHE)
+        regional.json                 a regional sync's published pages, by digest (REGIONAL_RECORD)
+        cache-syncs.json              start times of the last successful syncs; entries of metadata/ and
+                                      pages/ none of them used are pruned (CACHE_SYNCS, store/cachefiles.py)
         stage-<kind>-<pid>-<rand>/    staging of an unbundle or repair (one per run)
         aside/<stamp>/                unknown files moved out by ``verify-mirror --repair --move-unknown``
         pullthrough/whl/...           ``serve --pull-through``'s merged pages and what each offers (PULLTHROUGH_DIR)
@@ -79,6 +82,8 @@ VIEW_DIR = f"{STATE_DIR}/view"
 RESOLUTIONS = f"{STATE_DIR}/resolutions.json"
 METADATA_CACHE = f"{STATE_DIR}/metadata"
 PAGE_CACHE = f"{STATE_DIR}/pages"
+CACHE_SYNCS = f"{STATE_DIR}/cache-syncs.json"  # when the last syncs that swept the caches began
+REGIONAL_RECORD = f"{STATE_DIR}/regional.json"  # `releases:`: the digest of the pages the last sync published
 MATRIX_RECORD = f"{STATE_DIR}/matrix.json"  # `current`: upstream's release matrix at the last sync
 PUBLISH_JOURNAL = f"{STATE_DIR}/publish.json"
 RETIRED = f"{STATE_DIR}/retired.json"
@@ -94,7 +99,7 @@ CACHE_DIR = f"{STATE_DIR}/cache"
 # file or directory (or absent), never a symlink: a planted link would move state, staging,
 # downloads or the next index outside the root (:func:`torchdepot.store.fsutil.refuse_planted_links`).
 OWN_PATHS = (STATE_DIR, PARTIAL_DIR, VIEW_DIR, ASIDE_DIR, CACHE_DIR, CONDA_CACHE_DIR, METADATA_CACHE, PAGE_CACHE,
-             PULLTHROUGH_DIR, f"{STATE_DIR}/{HASHES_NAME}", RESOLUTIONS, MATRIX_RECORD, PUBLISH_JOURNAL, RETIRED,
+             PULLTHROUGH_DIR, f"{STATE_DIR}/{HASHES_NAME}", RESOLUTIONS, MATRIX_RECORD, CACHE_SYNCS, REGIONAL_RECORD, PUBLISH_JOURNAL, RETIRED,
              MISSES_LOG, PUBLISH_DIR, PACKAGES_DIR, CONDA_DIR, TARGETS_DIR, ENVS_DIR, MANIFEST_NAME, LANDING_NAME,
              LOCK_FILE)
 
@@ -216,6 +221,18 @@ def changed_bytes_path(default: str, sha256: str | None, size: int | None, n: in
     else:
         digest = "z" + hashlib.sha256(f"{sha256}:{size}".encode()).hexdigest()[:15]
     return f"{head}/{digest}{f'-{n}' if n else ''}/{name}"
+
+
+_HEX64 = r"[0-9a-f]{64}"
+_PAGE_ENTRY = re.compile(_HEX64 + r"(\.parsed\.json)?")  # sha256(url) [+ its saved parse]
+_METADATA_ENTRY = re.compile(r"(core|wheel)-" + _HEX64)  # content-addressed METADATA
+
+
+def is_cache_entry(folder: str, name: str) -> bool:
+    """A name the sync itself gives an entry of ``folder`` (PAGE_CACHE or METADATA_CACHE):
+    the only files a cache sweep may delete there."""
+    rule = _PAGE_ENTRY if folder == PAGE_CACHE else _METADATA_ENTRY if folder == METADATA_CACHE else None
+    return rule is not None and rule.fullmatch(name) is not None
 
 
 def is_conda_index_file(name: str) -> bool:

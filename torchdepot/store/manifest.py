@@ -141,6 +141,10 @@ class Tombstone:
         kept = f"; kept for {', '.join(self.targets)}" if self.targets else ""
         return f"tombstone: {self.project} {self.version} ({self.path}): {why}{kept}"
 
+    def to_json(self) -> dict[str, Any]:
+        """As ``status --json`` and ``mirror --json`` print it."""
+        return {**asdict(self), "targets": list(self.targets)}
+
 
 @dataclass(frozen=True)
 class SyncRecord:

@@ -73,8 +73,9 @@ def requires_python_of(metadata: bytes) -> str | None:
     return str(value).strip() or None if value is not None else None
 
 
-def ensure_metadata(root: Path, path: str, project: str) -> tuple[str, str | None, int]:
-    """Write ``<path>.metadata`` next to a stored wheel (only if it changed).
+def ensure_metadata(root: Path, path: str, project: str, *, fsync: bool = True) -> tuple[str, str | None, int]:
+    """Write ``<path>.metadata`` next to a stored wheel (only if it changed; ``fsync=False``:
+    without flushing it to disk, as the wheels themselves are unless the spec says ``fsync``).
 
     Returns (sha256 of the metadata file, Requires-Python, size).
     """
@@ -86,7 +87,7 @@ def ensure_metadata(root: Path, path: str, project: str) -> tuple[str, str | Non
     except OSError:
         current = None
     if current != data:
-        atomic_write_bytes(meta_path, data)
+        atomic_write_bytes(meta_path, data, fsync=fsync)
     return hashlib.sha256(data).hexdigest(), requires_python_of(data), len(data)
 
 
@@ -108,11 +109,14 @@ def _file_anchor(f: IndexFile, depth: int) -> str:
     if f.metadata_sha256:
         attrs.append(f'data-dist-info-metadata="sha256={f.metadata_sha256}"')
         attrs.append(f'data-core-metadata="sha256={f.metadata_sha256}"')
+    if f.yanked is not None:
+        attrs.append(f'data-yanked="{html.escape(f.yanked)}"')
     return f"<a {' '.join(attrs)}>{html.escape(f.filename)}</a>"
 
 
 def _project_page(project: str, files: list[IndexFile], depth: int) -> bytes:
-    files = sorted({f.path: f for f in files}.values(), key=lambda f: f.filename)
+    # a yanked copy after the live file of its name: uv takes the first of equal candidates
+    files = sorted({f.path: f for f in files}.values(), key=lambda f: (f.filename, f.yanked is not None))
     return _page(f"Links for {project}", [_file_anchor(f, depth) for f in files])
 
 

@@ -95,7 +95,7 @@ def _dump(doc: dict[str, object]) -> bytes:
 
 def project_page(project: str, files: Iterable[JsonFile]) -> bytes:
     """A PEP 691 project page (api-version 1.1 when every size is known)."""
-    files = sorted({f.url: f for f in files}.values(), key=lambda f: f.filename)
+    files = sorted({f.url: f for f in files}.values(), key=lambda f: (f.filename, f.yanked is not False))
     sized = all(f.size is not None for f in files)
     versions = sorted({v for f in files if (v := version_of(f.filename))})
     doc: dict[str, object] = {"meta": {"api-version": API_VERSION if sized else API_VERSION_NO_SIZE},
@@ -116,7 +116,7 @@ def json_file(f: IndexFile, depth: int) -> JsonFile:
     url = "../" * depth + "/".join(urllib.parse.quote(p) for p in f.path.split("/"))
     return JsonFile(filename=f.filename, url=url, sha256=f.sha256, size=f.size,
                     requires_python=f.requires_python, metadata_sha256=f.metadata_sha256,
-                    upload_time=valid_upload_time(f.upload_time))
+                    upload_time=valid_upload_time(f.upload_time), yanked=False if f.yanked is None else f.yanked or True)
 
 
 def json_pages(html_pages: Mapping[str, bytes], variants: Mapping[str, list[IndexFile]]) -> dict[str, bytes]:

@@ -280,6 +280,10 @@ def _json_page_issues(root: Path, page_path: Path, by_path: dict[str, mf.FileEnt
         only = sorted(listed - twin_listed)[:1] or sorted(twin_listed - listed)[:1]
         issues.append(f"lists {len(listed)} files, its {HTML_PAGE} twin {len(twin_listed)} "
                       f"(first difference: {only[0].rsplit('/', 1)[-1]})")
+    yanked = {ln.url: ln.yanked for ln in html.links}  # a retired copy (sync/tombstones.py) yanked in both
+    unlike = sorted(ln.filename for ln in page.links if ln.url in yanked and ln.yanked != yanked[ln.url])
+    if unlike:
+        issues.append(f"{unlike[0]}: yanked is not what its {HTML_PAGE} twin says")
     if sorted(set(page.projects)) != sorted(set(html.projects)):
         issues.append(f"lists projects {sorted(set(page.projects))[:5]}, its {HTML_PAGE} twin "
                       f"{sorted(set(html.projects))[:5]}")
@@ -400,7 +404,8 @@ def _live_index_files(root: Path, manifest: mf.Manifest) -> dict[str, list[Index
                     return None
                 variants.setdefault(acc_dir.name, []).append(IndexFile(
                     project=page_path.parent.name, filename=key.rsplit("/", 1)[-1], path=key, sha256=entry.sha256, requires_python=link.requires_python,
-                    metadata_sha256=link.metadata_sha256, size=entry.size, upload_time=entry.upload_time))
+                    metadata_sha256=link.metadata_sha256, size=entry.size, upload_time=entry.upload_time,
+                    yanked=link.yanked))
     return variants
 
 

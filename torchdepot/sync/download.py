@@ -36,6 +36,7 @@ from torchdepot.net.http import Client
 from torchdepot.resolve.uv import ResolvedFile
 from torchdepot.spec.mirror import MirrorSpec
 from torchdepot.store import layout as L
+from torchdepot.store import manifest as mf
 from torchdepot.store import publication as pub
 from torchdepot.store.fsutil import safe_join
 from torchdepot.sync.resolution import Resolution, file_key
@@ -60,10 +61,12 @@ class PipFetchReport(FetchReport):
         return self.paths.get(key, key)
 
 
-def stored_paths(out: Path, resolution: Resolution) -> dict[str, str]:
-    """Resolution key -> stored path (immutable publication), journaled before any write."""
-    live = pub.live_manifest(out)
-    listed = live.by_path() if live is not None else {}
+def chosen_paths(out: Path, resolution: Resolution, listed: dict[str, mf.FileEntry] | None = None) -> dict[str, str]:
+    """Resolution key -> the path its bytes go to (immutable publication); reads only (the dry
+    run's answer too). ``listed``: the committed manifest's files by path, when already read."""
+    if listed is None:
+        live = pub.live_manifest(out)
+        listed = live.by_path() if live is not None else {}
     journal = pub.load_journal(out)
     retired = pub.load_retired(out)
     paths: dict[str, str] = {}
@@ -71,6 +74,14 @@ def stored_paths(out: Path, resolution: Resolution) -> dict[str, str]:
         if key not in paths:
             paths[key] = pub.choose_path(key, pub.Claim(vf.link.sha256, vf.link.size), listed, journal,
                                          lambda rel: safe_join(out, rel).exists(), retired)
+    return paths
+
+
+def stored_paths(out: Path, resolution: Resolution) -> dict[str, str]:
+    """Resolution key -> stored path (:func:`chosen_paths`), journaled before any write."""
+    live = pub.live_manifest(out)
+    listed = live.by_path() if live is not None else {}
+    paths = chosen_paths(out, resolution, listed)
     touched: set[str] = set()
     superseded: dict[str, str] = {}
     for key, path in paths.items():

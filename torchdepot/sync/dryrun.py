@@ -1,8 +1,9 @@
 """The dry run's printer: per target what a sync would fetch (with the sizes already known: no
-request per file), and what it would remove.
+request per file), the tombstones it would keep, and what it would remove.
 
 What it would remove comes from the same :func:`torchdepot.sync.lifecycle.plan_removals` the
-real run calls; the dry run only prints, it writes nothing under the mirror.
+real run calls, and its tombstones from the same :mod:`torchdepot.sync.tombstones` rules; the
+dry run only prints, it writes nothing under the mirror.
 """
 
 from __future__ import annotations
@@ -42,6 +43,13 @@ def print_plan(resolution: Resolution, previous: mf.Manifest | None, say: Echo) 
     total = sum(v or 0 for v in sizes.values())
     say(f"plan: {len(resolution.targets)} targets, {len(sizes)} unique files, {format_size(total)}; "
         "nothing written (dry run)")
+
+
+def print_tombstones(tombstones: list[mf.Tombstone], say: Echo) -> None:
+    """One line per tombstone, the very line the real run prints (``Tombstone.line``): the dry
+    run decides them with the same rules (``sync/tombstones.py``)."""
+    for t in tombstones:
+        say(t.line())
 
 
 def print_removals(removals: tuple[lifecycle.Removal, ...] | list[lifecycle.Removal], asked: bool,

@@ -44,6 +44,7 @@ class TargetSet:
     # targets run only because the mirror recorded them: when one cannot be pinned now it keeps
     # what the mirror published for it (said in one line), instead of failing the run
     tolerate: frozenset[str] = frozenset()
+    prune: bool = False  # --prune: the user lets go (what no asked-for target needs, tombstones too)
 
 
 # --prune dropped the target | keep: N dropped the release | no kept release lists the files
@@ -127,7 +128,7 @@ def target_set(asked: list[PipTarget], origin: mf.Origin, previous: mf.Manifest 
             recorded[r.id] = r
     asked_ids = {t.id for t in asked}
     return TargetSet(run=tuple(run.values()), recorded=tuple(recorded.values()), dropped=tuple(dropped),
-                     tolerate=frozenset(run) - asked_ids)
+                     tolerate=frozenset(run) - asked_ids, prune=prune)
 
 
 def releases_of(previous: mf.Manifest | None) -> tuple[mf.Release, ...]:

@@ -37,9 +37,9 @@ from torchdepot.net.http import Client, make_session
 from torchdepot.net.pipconfig import PipSources
 from torchdepot.site.landing import write_landing
 from torchdepot.spec.mirror import MirrorSpec, PipTarget
+from torchdepot.store import cachefiles, publication
 from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
-from torchdepot.store import publication
 from torchdepot.store.fsutil import MirrorLock
 from torchdepot.sync import conda_side, dryrun, early, lifecycle, retention, session, tombstones
 from torchdepot.sync.check import verify_published
@@ -54,9 +54,9 @@ from torchdepot.sync.download import (
 from torchdepot.sync.follow import follow_upstream, save_record
 from torchdepot.sync.locked import LockedEnv, with_locked
 from torchdepot.sync.plan import TargetPlan, plan_targets
+from torchdepot.sync.regional import refuse_regional_out, sync_regional
 from torchdepot.sync.resolution import Resolution, file_key, resolve_targets
 from torchdepot.sync.result import Echo, MirrorResult, RunLog, TargetFailure, sync_record
-from torchdepot.sync.variants import KIND as VARIANTS_JSON
 
 MAX_BAD_WHEEL_PASSES = 3  # a run's passes when downloaded wheels turn out to be no wheels
 RESOLVE_JOBS = max(4, os.cpu_count() or 1)  # targets resolved at once: up to the cores, at least 4
@@ -127,10 +127,7 @@ def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dr
         live = frozenset(tp.target.id for tp in resolution.targets) | {t.id for t in carried}
         if dry_run:
             dryrun.print_plan(resolution, previous, log.say)
-            # the real run lists what it resolves and re-lists the variants.json files it reads anew
-            listed = retention.resolved_paths(resolution, str) | {
-                f.path for f in (previous.files if previous else ()) if f.kind == VARIANTS_JSON}
-            removal_plan = retention.plan(out, previous, resolution, str, live, tset.dropped, spec.keep, listed)
+            removal_plan = retention.plan_dry(out, previous, resolution, live, tset, spec.keep, result.keeper)
         else:
             fetched = fetch_files(out, resolution, view, spec, held.client, edge.policy, progress,
                                   fetcher=held.fetcher)
@@ -140,9 +137,10 @@ def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dr
             check_fetched(report, spec, log.say)
             reject_bad_wheels(out, resolution, report)  # the caller runs again without them
             done = retention.publish_with_retention(out, previous, resolution, report, view, carried, tset,
-                                                    spec.keep, log.say)
+                                                    spec.keep, log.say, result.keeper)
             result.files, result.targets, result.generation = done.files, done.targets, done.generation
             result.index_changed, removal_plan = done.changed, done.plan
+            result.cache_used = {L.PAGE_CACHE: edge.reader.kept_page_names(), L.METADATA_CACHE: view.metadata_cache_used()}
             log.phase("publish")
         result.releases, result.dropped_releases = list(removal_plan.kept), list(removal_plan.dropped)
         result.removals = list(removal_plan.removals)
@@ -168,8 +166,12 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
     with their sizes. Files no kept release needs are deleted after the new index and manifest
     are in place, each group listed first; the closing check is recorded in ``last_sync``.
     ``locks``: lock folders whose exact files are mirrored for their targets (``--from-locks``)."""
-    started = time.monotonic()
+    started, wall_started = time.monotonic(), time.time()
     out = Path(out or spec.out)
+    if spec.releases is not None:  # a regional operator's mirror: every matching release, no targets
+        return sync_regional(spec, out=out, dry_run=dry_run, prune=prune, client=client, progress=progress,
+                             pip_sources=pip_sources, echo=echo, wait=wait, on_progress=on_progress)
+    refuse_regional_out(out)
     spec, followed = follow_upstream(spec, out, pip_sources=pip_sources, prune=prune, say=echo)
     asked = [*(spec.targets() if spec_targets else []), *add, *(env.target for env in locks)]
     origin: mf.Origin = "locks" if locks else "spec" if spec_targets else "fetch"
@@ -179,8 +181,9 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
         result = sync_pip(spec, out=out, dry_run=True, client=client, progress=progress, pip_sources=pip_sources,
                           echo=echo, target_set=tset, previous=previous, locks=locks)
         log = RunLog(result, echo, mark=started)
-        result.removals = retention.settle_dry(out, previous, result.keeper, tset, list(result.releases),
-                                               result.removals, prune)
+        dry = retention.settle_dry(out, previous, result.keeper, tset, list(result.releases), result.removals)
+        result.removals, result.tombstones = dry.removals, dry.tombstones
+        dryrun.print_tombstones(result.tombstones, log.say)  # the lines the real run prints
         dryrun.print_removals(result.removals, prune or spec.keep is not None, log.say)
         conda_side.publish(conda_side.prepare(spec, out, client, True, log.say), out, log.say)
         return result
@@ -204,7 +207,7 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
         conda_files, conda_targets = conda_side.publish(conda, out, log.say)
         files, targets = [*result.files, *conda_files], [*result.targets, *conda_targets]
         held = retention.settle(out, previous, result.keeper, files, targets, list(result.releases), result.removals,
-                                {t.id for t in targets}, prune)
+                                {t.id for t in targets})
         files, result.removals, result.tombstones = held.files, held.removals, held.tombstones
         for t in result.tombstones:
             log.say(t.line())
@@ -225,5 +228,9 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
         result.manifest = manifest
         if followed is not None:
             save_record(out, followed)
+        if result.cache_used is not None and not result.failed:  # a complete sync: what it used is current
+            swept = cachefiles.sweep(out, result.cache_used, wall_started)
+            if (line := swept.line()) is not None:
+                log.say(line)
         result.seconds = time.monotonic() - started
         return result

@@ -56,6 +56,8 @@ class MirrorResult:
     target_set: lifecycle.TargetSet | None = None
     verify: Verdict = "unchecked"  # the closing check
     failed: list[TargetFailure] = field(default_factory=list)  # each target this run could not sync
+    # cache folder -> the entries this run read or wrote (store/cachefiles.py sweeps the rest)
+    cache_used: dict[str, frozenset[str]] | None = None
 
     @property
     def torch_versions(self) -> dict[str, str]:
@@ -84,6 +86,7 @@ class MirrorResult:
                 "torch": self.torch_versions, "size": self.size, "verify": self.verify,
                 "files": self.report.summary() if self.report else None,
                 "removed": [{"reason": r.reason, "files": list(r.paths), "size": r.size} for r in self.removals],
+                "tombstones": [t.to_json() for t in self.tombstones],
                 "releases": [{"target": r.target, "torch": r.torch, "files": len(r.paths)} for r in self.releases],
                 "failed": [f.line for f in self.failed], "failed_targets": [f.target for f in self.failed]}
 

@@ -23,10 +23,11 @@ from torchdepot.store.fsutil import safe_join
 from torchdepot.store.index_file import IndexFile
 from torchdepot.store.pages import ensure_metadata
 from torchdepot.sync import lifecycle, pulled, tombstones
-from torchdepot.sync.download import PipFetchReport
+from torchdepot.sync.download import PipFetchReport, chosen_paths
 from torchdepot.sync.pipindex import publish_pip
 from torchdepot.sync.plan import Plan
 from torchdepot.sync.resolution import Resolution, file_key
+from torchdepot.sync.variants import KIND as VARIANTS_JSON
 from torchdepot.sync.view import View
 
 Echo = Callable[[str], None]
@@ -139,10 +140,37 @@ class PipPublication:
     changed: bool
 
 
+def retire(out: Path, previous: mf.Manifest | None, keeper: tombstones.Keeper | None, resolution: Resolution,
+           stored: Stored, live: frozenset[str], prune: bool, first: lifecycle.RemovalPlan) -> frozenset[str]:
+    """:func:`tombstones.retire` over this run (``first``: the plan before publishing): the
+    paths of the retired copies listed again and their ``.metadata``; the real and dry runs alike."""
+    resolved = [stored(key) for key, _vf, _acc in resolution.files] + [p for r in first.kept for p in r.paths]
+    kept = tombstones.retire(out, previous, keeper, live=live, prune=prune, removals=first.removals,
+                             resolved=resolved)
+    return frozenset(q for p in kept for q in (p, L.metadata_path(p)))
+
+
+def plan_dry(out: Path, previous: mf.Manifest | None, resolution: Resolution, live: frozenset[str],
+             tset: lifecycle.TargetSet, keep: int | None, keeper: tombstones.Keeper | None) -> lifecycle.RemovalPlan:
+    """The dry run's :func:`plan`: at the paths the real run would store at (nothing journaled),
+    listing what it lists (its wheels, the variants.json files it reads anew, retired copies)."""
+    chosen = chosen_paths(out, resolution, previous.by_path() if previous is not None else None)
+
+    def stored(key: str) -> str:
+        return chosen.get(key, key)
+
+    listed = resolved_paths(resolution, stored) | {
+        f.path for f in (previous.files if previous else ()) if f.kind == VARIANTS_JSON}
+    first = plan(out, previous, resolution, stored, live, tset.dropped, keep, listed)
+    kept = retire(out, previous, keeper, resolution, stored, live, tset.prune, first)
+    return plan(out, previous, resolution, stored, live, tset.dropped, keep, listed | kept) if kept else first
+
+
 def publish_with_retention(out: Path, previous: mf.Manifest | None, resolution: Resolution, report: FetchReport,
                            view: View, carried: list[mf.Target], tset: lifecycle.TargetSet, keep: int | None,
-                           say: Echo) -> PipPublication:
-    """Retention (``keep: N``) over the previous and current releases, then metadata, locks and pages."""
+                           say: Echo, keeper: tombstones.Keeper | None = None) -> PipPublication:
+    """Retention (``keep: N``) over the previous and current releases, the retired copies of
+    names upstream changed (``sync/tombstones.py``), then metadata, locks and pages."""
     stored: Stored = report.stored if isinstance(report, PipFetchReport) else (lambda key: key)
     live = frozenset(tp.target.id for tp in resolution.targets) | {t.id for t in carried}
     # the pages need the kept releases before publishing; the removals need every path the
@@ -151,9 +179,19 @@ def publish_with_retention(out: Path, previous: mf.Manifest | None, resolution: 
     for rel, path in before.lost:
         say(f"warning: {rel.target} torch {rel.torch}: {path} is no longer on disk; dropped from the mirror")
     retained, pages = _retained(out, previous, resolution, stored, before.kept, carried)
+    current: dict[str, set[str]] = {}
+    for tp in resolution.targets:
+        current.setdefault(tp.target.accelerator, set()).update(stored(file_key(f)) for f in tp.files)
+    pages = tombstones.yank_kept(pages, keeper, current)
+    retire(out, previous, keeper, resolution, stored, live, tset.prune, before)
+    accelerators = {tp.target.id: tp.target.accelerator for tp in resolution.targets}
+    accelerators.update((t.id, t.accelerator) for t in carried)
+    shown = tombstones.listing(out, previous, keeper, accelerators)
+    for acc, anchors in shown.pages.items():
+        pages.setdefault(acc, []).extend(anchors)
     published = publish_pip(out, resolution, report, view, retained=pages)
-    listed = frozenset(e.path for e in published.files)
-    return PipPublication(files=sorted([*published.files, *retained], key=lambda e: e.path),
+    listed = frozenset(e.path for e in [*published.files, *shown.entries])
+    return PipPublication(files=sorted([*published.files, *retained, *shown.entries], key=lambda e: e.path),
                           targets=[*published.targets, *carried],
                           plan=plan(out, previous, resolution, stored, live, tset.dropped, keep, listed),
                           generation=published.generation, changed=published.changed)
@@ -186,12 +224,12 @@ class Settled:
 
 def settle(out: Path, previous: mf.Manifest | None, keeper: tombstones.Keeper | None, files: list[mf.FileEntry],
            targets: list[mf.Target], releases: list[mf.Release], removals: list[lifecycle.Removal],
-           live: set[str], prune: bool) -> Settled:
+           live: set[str]) -> Settled:
     """The tombstone rules (``sync/tombstones.py``), then the files ``serve --pull-through``
     published carried over (``sync/pulled.py``), over what a sync is about to commit. The real
     run passes its new files; the dry run, which has none, passes what stays of the previous
     manifest, so it lists the removals the real run then makes."""
-    kept = tombstones.settle(out, previous, keeper, files, targets, releases, removals, live, prune)
+    kept = tombstones.settle(previous, keeper, files, targets, releases, removals, live)
     held = pulled.carry(out, previous, kept.files, kept.removals)
     return Settled(files=held.files, removals=held.removals, tombstones=kept.tombstones, pulled=held.pulled)
 
@@ -204,10 +242,10 @@ def staying(previous: mf.Manifest | None, removals: list[lifecycle.Removal]) -> 
 
 
 def settle_dry(out: Path, previous: mf.Manifest | None, keeper: tombstones.Keeper | None, tset: lifecycle.TargetSet,
-               releases: list[mf.Release], removals: list[lifecycle.Removal], prune: bool) -> list[lifecycle.Removal]:
+               releases: list[mf.Release], removals: list[lifecycle.Removal]) -> Settled:
     """:func:`settle` for a dry run: what stays of the previous manifest stands for the new
     files, its targets still served for the new targets."""
     before = list(previous.targets) if previous else []
     live = {t.id for t in tset.run} | {t.id for t in before if t.kind == "conda"}
     return settle(out, previous, keeper, staying(previous, removals), [t for t in before if t.id in live],
-                  releases, removals, live, prune).removals
+                  releases, removals, live)

@@ -175,6 +175,7 @@ class View:
     # (accelerator, file name) -> why its bytes failed (not a zip, no METADATA, over a cap): the
     # file leaves the pages and the resolver runs again without it (sync/resolution.py)
     excluded: dict[tuple[str, str], str] = field(default_factory=dict)
+    _cache_used: set[str] = field(default_factory=set)  # metadata cache entries read or written
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     # -- links -------------------------------------------------------------------------
@@ -469,14 +470,24 @@ class View:
         if self.metadata_cache is None:
             return None
         try:
-            return (self.metadata_cache / name).read_bytes()
+            data = (self.metadata_cache / name).read_bytes()
         except OSError:
             return None
+        with self._lock:
+            self._cache_used.add(name)
+        return data
 
     def _cache_write(self, name: str, data: bytes) -> None:
         if self.metadata_cache is not None and self.cache_writes:
             with contextlib.suppress(OSError):  # a cache: a failed write costs a read next run
                 write_scratch(self.metadata_cache / name, data)
+                with self._lock:
+                    self._cache_used.add(name)
+
+    def metadata_cache_used(self) -> frozenset[str]:
+        """The metadata cache entries this run read or wrote (the cache sweep keeps them)."""
+        with self._lock:
+            return frozenset(self._cache_used)
 
     def _fresh_metadata(self, accelerator: str, vf: ViewFile) -> tuple[bytes | None, MetadataRecord | None]:
         """METADATA read from upstream (its .metadata, else the wheel's by Range), and what was seen."""
