@@ -106,12 +106,12 @@ class FetchReport:
         return [r for r in self.results if r.hash_mismatch]
 
     def summary(self, noun: str = "files") -> str:
-        secs = max(self.seconds, 1e-9)
+        moving = self.moving_seconds  # the rate while bytes moved, not diluted by an idle fetcher
         mb = self.fetched_bytes / 1e6
         return (
             f"{len(self.results)} {noun}: {len(self.downloaded)} downloaded, "
             f"{len(self.present)} already present (skipped), {len(self.failed)} failed; "
-            f"{mb:.1f} MB in {self.seconds:.1f} s ({mb / secs:.1f} MB/s)"
+            f"{mb:.1f} MB in {moving:.1f} s ({mb / max(moving, 1e-9):.1f} MB/s)"
             + (f"; {len(self.mismatches)} upstream hash mismatches" if self.mismatches else "")
         )
 
