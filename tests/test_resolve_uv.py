@@ -1,7 +1,7 @@
 """The resolver's per-target costs that are not resolution (issue 21, cold sync): uv is named
 its interpreter, so it never probes PATH for one of each target's Python version; and the
-view's loopback server takes the connections uv opens at once without dropping a SYN.
-Real uv, a real find-links dir and real sockets; no mocks."""
+view's loopback server takes the connections uv opens at once without dropping a SYN; and a
+user's proxy never gets the resolver's loopback requests. Real uv, real servers and sockets."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import stat
 import sys
 from pathlib import Path
 
+from tests.httpserver import Server
 from tests.kit.wheels import build_wheel
 from torchdepot.resolve.uv import IndexPlan, compile_command, resolve
 from torchdepot.sync import viewserver
-
 
 OTHER = "3.9"  # a target Python no interpreter here has (the project runs on 3.10+): uv would search
 
@@ -63,3 +63,21 @@ def test_view_server_takes_dozens_of_connections_at_once(tmp_path):
             c.close()
         server.server_close()
     assert len(clients) == 64
+
+
+def test_a_users_proxy_never_gets_the_resolvers_loopback_requests(tmp_path):
+    """uv talks only to the run's loopback view; a user's HTTP_PROXY / ALL_PROXY (a corporate
+    proxy cannot reach this machine's loopback) must not get those requests."""
+    wheel = build_wheel(tmp_path / "simple" / "demo-pkg", "demo-pkg", "1.0")
+    (tmp_path / "simple" / "demo-pkg" / "index.html").write_text(f'<a href="{wheel.name}">{wheel.name}</a>\n')
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: a proxy that refuses every connection
+    dead = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    try:
+        with Server(tmp_path) as up:
+            files = resolve("t", ["demo-pkg"], "3.11", "linux-x86_64", IndexPlan(index_url=f"{up.url}/simple"),
+                            env={"HTTP_PROXY": dead, "http_proxy": dead, "ALL_PROXY": dead, "all_proxy": dead,
+                                 "UV_CACHE_DIR": str(tmp_path / "uv-cache")})
+    finally:
+        closed.close()
+    assert [(f.name, f.version) for f in files] == [("demo-pkg", "1.0")]
