@@ -81,3 +81,36 @@ def test_a_users_proxy_never_gets_the_resolvers_loopback_requests(tmp_path):
     finally:
         closed.close()
     assert [(f.name, f.version) for f in files] == [("demo-pkg", "1.0")]
+
+
+def test_a_sync_leaves_nothing_of_the_view_in_the_users_uv_cache(tmp_path, monkeypatch):
+    """The view listens on a new port each run, so nothing uv could cache from it is ever read
+    again: it answers ``no-store`` and the user's uv cache (kept: UV_CACHE_DIR) gets no page,
+    no metadata and no wheel of it (main left every response there, run after run)."""
+    from tests.mirror_upstream import build_upstreams, make_wheel
+    from torchdepot.net.http import HttpConfig, make_session
+    from torchdepot.net.pipconfig import PipSources
+    from torchdepot.spec.mirror import parse_spec
+    from torchdepot.sync.pip import sync
+
+    tag = "cp311-cp311-manylinux_2_28_x86_64"
+    d = tmp_path / "wheels"
+    torch = [make_wheel(d, "torch", "2.13.0+cpu", tag, ("filelock",), ">=3.10")]
+    deps = [make_wheel(d, "filelock", "3.20.0")]
+    a, b = tmp_path / "A", tmp_path / "B"
+    a.mkdir()
+    b.mkdir()
+    cache = tmp_path / "uv-cache"
+    monkeypatch.setenv("UV_CACHE_DIR", str(cache))
+    with Server(b) as sb, Server(a) as sa:
+        build_upstreams(a, b, sb.url, torch, deps)
+        spec = parse_spec({"accelerators": ["cpu"], "pythons": ["3.11"], "platforms": ["linux-x86_64"],
+                           "extra_packages": [], "upstreams": [sa.url + "/whl"], "out": str(tmp_path / "out")},
+                          "test spec")
+        res = sync(spec, client=make_session(HttpConfig(retries=0)), progress=False, echo=lambda m: None,
+                   pip_sources=PipSources(index_url=sb.url + "/simple"))
+    assert {f.name for f in res.plans[0].files} == {"torch", "filelock"}
+    assert cache.is_dir()  # uv did run with this cache
+    kept = [p.relative_to(cache).as_posix() for p in cache.rglob("*") if p.is_file()
+            and p.relative_to(cache).parts[0].startswith(("simple-", "wheels-", "archive-"))]
+    assert kept == []
