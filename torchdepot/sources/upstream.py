@@ -45,6 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from typing import Literal
 
 import requests
 from packaging.utils import canonicalize_name
@@ -89,6 +90,8 @@ class UpstreamReader:
         self._lock = threading.Lock()
         self._page_dir: Path | None = None  # pages kept between runs (keep_pages)
         self._page_writes = False
+        self._fresh_reads = 0  # reads of files that are never kept (fresh): a run with one cannot be replayed
+        self._revalidated: set[str] = set()  # pages upstream answered 304 for this run (revalidate)
 
     # -- one request per URL ------------------------------------------------------------
     def _once(self, kind: str, url: str, load: Callable[[], object]):
@@ -187,6 +190,8 @@ class UpstreamReader:
         """The parsed page at ``url`` (JSON or HTML by Content-Type), None when it does not exist."""
         def load() -> Page | None:
             kept = self._kept_page(url)
+            if kept is not None and url in self._revalidated:  # upstream said 304 this run already
+                return self._kept_parse(url, kept) or parse_response(kept.data, kept.content_type, kept.url)
             headers = {"Accept": ACCEPT}
             if kept is not None:
                 if kept.headers.get("etag"):
@@ -235,6 +240,62 @@ class UpstreamReader:
         ctype = meta.get("content-type") if isinstance(meta.get("content-type"), str) else None
         return Body(data, meta["url"], ctype, 200, hdrs)
 
+    def _is_kept(self, url: str) -> bool:
+        return self._kept_validators(url) is not None
+
+    def _kept_validators(self, url: str) -> dict[str, str] | None:
+        """The validators ``url``'s page is kept with (only the kept file's first line is read),
+        None when it is not kept or kept without one."""
+        path = self._page_file(url)
+        if path is None:
+            return None
+        try:
+            with open(path, "rb") as fh:
+                meta = json.loads(fh.readline(64 * 1024))
+        except (OSError, ValueError, RecursionError):
+            return None
+        if not isinstance(meta, dict) or meta.get("request") != url:
+            return None
+        got = {k: v for k, v in meta.items() if k in ("etag", "last-modified") and isinstance(v, str)}
+        return got or None
+
+    def revalidate(self, url: str) -> Literal["unchanged", "changed", "absent"]:
+        """Ask upstream whether the kept page at ``url`` changed: "unchanged" (a 304 to its
+        validators; the kept copy is not parsed until :meth:`page` asks for it, with no second
+        request), "absent" (404/410), else "changed" (a page that is not kept counts as changed).
+        A body that comes back (200) is parsed, kept and served by :meth:`page` as if read there
+        (read once); when it is byte for byte the kept one (a server that re-stamps its validators
+        without a change) the page is "unchanged" too."""
+        kept = self._kept_validators(url)
+        headers = {"Accept": ACCEPT}
+        if kept is not None:
+            if "etag" in kept:
+                headers["If-None-Match"] = kept["etag"]
+            if "last-modified" in kept:
+                headers["If-Modified-Since"] = kept["last-modified"]
+        body = self.get(url, "pages", headers=headers)
+        if body is None:
+            self._settle(url, None)
+            return "absent"
+        if body.status == 304 and kept is not None:
+            self._count("unchanged")
+            with self._lock:
+                self._revalidated.add(url)
+            return "unchanged"
+        if body.status == 200:
+            before = self._kept_page(url) if kept is not None else None
+            page = parse_response(body.data, body.content_type, body.url)
+            self._keep_page(url, body, page)
+            self._settle(url, page)
+            if before is not None and (before.data, before.url, before.content_type) == \
+                    (body.data, body.url, body.content_type):
+                return "unchanged"
+        return "changed"
+
+    def _settle(self, url: str, page: Page | None) -> None:
+        with self._lock:
+            self._cache.setdefault(("page", url), page)
+
     def _keep_page(self, url: str, body: Body, page: Page) -> None:
         path = self._page_file(url)
         validators = {k: body.headers[k] for k in ("etag", "last-modified") if body.headers.get(k)}
@@ -277,8 +338,29 @@ class UpstreamReader:
 
     def fresh(self, url: str, limit: int) -> bytes | None:
         """A file read anew (never cached: PEP 825's variants.json is not immutable); None when missing."""
+        with self._lock:
+            self._fresh_reads += 1
         body = self.get(url, "metadata", limit=limit)
         return None if body is None else body.data
+
+    def revalidation_set(self) -> dict[str, bool] | None:
+        """Every page this run read: URL -> True (kept with its validators: the next run asks
+        upstream whether it changed) or False (upstream has none). None when a page cannot be
+        revalidated so (a failed read, one kept without validators, a local file) or a file was
+        read that is never kept (:meth:`fresh`): then only a whole run tells whether anything changed."""
+        with self._lock:
+            if self._fresh_reads:
+                return None
+            got = [(url, p) for (kind, url), p in self._cache.items() if kind == "page"]
+        out: dict[str, bool] = {}
+        for url, page in got:
+            if page is None:
+                out[url] = False
+            elif isinstance(page, Page) and self._is_kept(url):
+                out[url] = True
+            else:
+                return None
+        return out
 
     def pages(self) -> list[Page]:
         """Every page read so far (for the refusal summary: each page's parser warnings)."""

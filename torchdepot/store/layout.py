@@ -23,6 +23,8 @@ it (no regex re-spelling a name built elsewhere). Layout of ``<root>``::
         resolutions.json              each target's last resolution and its inputs (RESOLUTIONS)
         metadata/                     METADATA by content hash, kept between runs (METADATA_CACHE)
         pages/                        upstream pages with their validators, re-read conditionally (PAGE_CACHE)
+        locks.json                    per target, the digest of its lock's inputs and bytes (LOCK_KEYS)
+        settled.json                  the last clean sync's inputs, manifest digest and pages (SETTLED)
         regional.json                 a regional sync's published pages, by digest (REGIONAL_RECORD)
         cache-syncs.json              start times of the last successful syncs; entries of metadata/ and
                                       pages/ none of them used are pruned (CACHE_SYNCS, store/cachefiles.py)
@@ -82,6 +84,8 @@ VIEW_DIR = f"{STATE_DIR}/view"
 RESOLUTIONS = f"{STATE_DIR}/resolutions.json"
 METADATA_CACHE = f"{STATE_DIR}/metadata"
 PAGE_CACHE = f"{STATE_DIR}/pages"
+LOCK_KEYS = f"{STATE_DIR}/locks.json"  # a no-op re-sync renders no pylock.toml again
+SETTLED = f"{STATE_DIR}/settled.json"  # what the last clean sync saw: a no-op replays it (sync/settled.py)
 CACHE_SYNCS = f"{STATE_DIR}/cache-syncs.json"  # when the last syncs that swept the caches began
 REGIONAL_RECORD = f"{STATE_DIR}/regional.json"  # `releases:`: the digest of the pages the last sync published
 MATRIX_RECORD = f"{STATE_DIR}/matrix.json"  # `current`: upstream's release matrix at the last sync
@@ -99,7 +103,8 @@ CACHE_DIR = f"{STATE_DIR}/cache"
 # file or directory (or absent), never a symlink: a planted link would move state, staging,
 # downloads or the next index outside the root (:func:`torchdepot.store.fsutil.refuse_planted_links`).
 OWN_PATHS = (STATE_DIR, PARTIAL_DIR, VIEW_DIR, ASIDE_DIR, CACHE_DIR, CONDA_CACHE_DIR, METADATA_CACHE, PAGE_CACHE,
-             PULLTHROUGH_DIR, f"{STATE_DIR}/{HASHES_NAME}", RESOLUTIONS, MATRIX_RECORD, CACHE_SYNCS, REGIONAL_RECORD, PUBLISH_JOURNAL, RETIRED,
+             PULLTHROUGH_DIR, f"{STATE_DIR}/{HASHES_NAME}", RESOLUTIONS, LOCK_KEYS, SETTLED, MATRIX_RECORD, CACHE_SYNCS,
+             REGIONAL_RECORD, PUBLISH_JOURNAL, RETIRED,
              MISSES_LOG, PUBLISH_DIR, PACKAGES_DIR, CONDA_DIR, TARGETS_DIR, ENVS_DIR, MANIFEST_NAME, LANDING_NAME,
              LOCK_FILE)
 

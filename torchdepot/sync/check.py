@@ -642,8 +642,9 @@ def _repair_json_pages(root: Path, manifest: mf.Manifest, problems: list[Problem
 
 def verify_mirror(root: Path, repair: bool = False, client=None, *, trust_cache: bool = False,
                   check_index: bool = True, clean: bool = False, policy: RepairPolicy | None = None,
-                  move_unknown: bool = False) -> VerifyReport:
+                  move_unknown: bool = False, manifest: mf.Manifest | None = None) -> VerifyReport:
     """Check (and with ``repair``, fix) the mirror at ``root``. Caller holds the mirror lock.
+    ``manifest``: the one the caller just saved at ``root`` (not read again).
 
     ``clean`` removes only leftovers of interrupted writes (temp files, partial downloads,
     staging dirs of killed runs):
@@ -651,7 +652,7 @@ def verify_mirror(root: Path, repair: bool = False, client=None, *, trust_cache:
     Raises :class:`TorchdepotError` when ``root`` has no readable manifest.
     """
     root = Path(root).resolve()
-    manifest = mf.load(root)
+    manifest = manifest if manifest is not None else mf.load(root)
     journal = pub.load_journal(root)
     listed = {f.path for f in manifest.files}
     cache = HashCache(root) if trust_cache else None
@@ -700,12 +701,15 @@ def report_json(report: VerifyReport) -> str:
     return json.dumps(report.to_json(), indent=1, sort_keys=True)
 
 
-def verify_published(out: Path, say: Callable[[str], None]) -> VerifyReport:
+def verify_published(out: Path, say: Callable[[str], None], *, manifest: mf.Manifest | None = None,
+                     check_index: bool = True) -> VerifyReport:
     """A sync's closing check of what it just published: every manifest file hash-valid, every
     index link resolving (the fetcher's hash cache spares re-reading unchanged files), and the
     leftovers of killed runs dropped. Up to 10 problems said; a missing or corrupt file, a
-    dangling link or a bad JSON page stops the run."""
-    check = verify_mirror(out, trust_cache=True, clean=True)
+    dangling link or a bad JSON page stops the run. ``check_index`` False: the pages are not
+    walked (a no-op re-sync whose index generation and file list are the ones the last check
+    passed: :func:`index_settled`); ``manifest``: the one just saved."""
+    check = verify_mirror(out, trust_cache=True, clean=True, manifest=manifest, check_index=check_index)
     if check.ok:
         return check
     serious = [p for p in check.unrepaired if p.kind in ("missing", "corrupt", "dangling-link", "bad-json-page")]
@@ -715,3 +719,13 @@ def verify_published(out: Path, say: Callable[[str], None]) -> VerifyReport:
         raise TorchdepotError(f"{check.summary()}; first: {serious[0].path}: {serious[0].detail}")
     say(f"{check.summary()} (run 'torchdepot verify-mirror {out} --repair' to clean up)")
     return check
+
+
+def index_settled(previous: mf.Manifest | None, files: list[mf.FileEntry], index_changed: bool,
+                  removed: bool) -> bool:
+    """True when a sync published no new index generation, removed nothing and lists the very
+    files of a mirror whose last closing check was ok: its pages were walked then and cannot
+    link differently now, so the closing check need not walk them again (``verify-mirror``
+    still does)."""
+    return (previous is not None and not index_changed and not removed and previous.last_sync is not None
+            and previous.last_sync.verify == "ok" and previous.files == files)

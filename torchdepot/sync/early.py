@@ -8,6 +8,7 @@ the fetch step would. :func:`drop_unused` removes an early download the resolver
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
@@ -62,10 +63,19 @@ def submit_pinned(out: Path, plan: Plan, view: View, spec: MirrorSpec, fetcher: 
 
 
 def _same_version(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    va, vb = _version(a), _version(b)
+    return va is not None and va == vb
+
+
+@functools.lru_cache(maxsize=4096)
+def _version(text: str) -> Version | None:
+    """A parsed version, once per distinct string (every target compares the same page's versions)."""
     try:
-        return Version(a) == Version(b)
+        return Version(text)
     except InvalidVersion:
-        return a == b
+        return None
 
 
 def drop_unused(out: Path, report: _Report, early: set[str], resolution: Resolution) -> _Report:

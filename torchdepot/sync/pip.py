@@ -17,6 +17,10 @@ for plus every target the mirror recorded (``prune`` narrows it), keeps every to
 published per target unless the spec says ``keep: N``, and deletes exactly the files no kept
 release needs, each group listed with its size first, so a sync ends verify-clean.
 
+A re-sync whose spec, pip sources and manifest are those of the last clean run, and whose pages
+all answer 304, replays that run's record instead (``sync/settled.py``: only ``last_sync`` is
+committed); otherwise the whole pipeline runs, with the reader the replay attempt opened.
+
 Every upstream read goes through one :class:`~torchdepot.sources.upstream.UpstreamReader`,
 so a run requests each page and each metadata file at most once; the counts are in
 :attr:`MirrorResult.requests`.
@@ -41,8 +45,17 @@ from torchdepot.store import cachefiles, publication
 from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
 from torchdepot.store.fsutil import MirrorLock
-from torchdepot.sync import conda_side, dryrun, early, lifecycle, retention, session, tombstones
-from torchdepot.sync.check import verify_published
+from torchdepot.sync import (
+    conda_side,
+    dryrun,
+    early,
+    lifecycle,
+    retention,
+    session,
+    settled,
+    tombstones,
+)
+from torchdepot.sync.check import index_settled, verify_published
 from torchdepot.sync.download import (
     BadCandidates,
     check_fetched,
@@ -51,7 +64,7 @@ from torchdepot.sync.download import (
     reject_bad_wheels,
     whole_into_store,
 )
-from torchdepot.sync.follow import follow_upstream, save_record
+from torchdepot.sync.follow import FollowRecord, follow_upstream, save_record
 from torchdepot.sync.locked import LockedEnv, with_locked
 from torchdepot.sync.plan import TargetPlan, plan_targets
 from torchdepot.sync.regional import refuse_regional_out, sync_regional
@@ -74,20 +87,26 @@ def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dr
              client: Client | None = None, progress: bool | None = None, pip_sources: PipSources | None = None,
              echo: Echo = _stderr, previous: mf.Manifest | None = None, locks: tuple[LockedEnv, ...] = (),
              on_progress: ProgressCallback | None = None,
-             excluded: dict[tuple[str, str], str] | None = None) -> MirrorResult:
+             excluded: dict[tuple[str, str], str] | None = None, edge: session.Edge | None = None) -> MirrorResult:
     """The pip side: plan, resolve, fetch, publish metadata, locks and index pages (no manifest).
 
     ``out`` and ``target_set`` (what to resolve, prune and tolerate) are :func:`sync`'s, decided
     there once; ``previous``: the mirror's manifest before this run, whose kept releases
     (:func:`lifecycle.plan_removals`) stay listed and indexed; ``locks``: targets taken exactly
     from lock folders (``sync/locked.py``), not resolved. A dry run writes nothing under ``out``
-    and plans the same removals the real run makes."""
+    and plans the same removals the real run makes. ``edge``: the sources and reader an attempt
+    at the no-op shortcut opened (its pages are not read again); else opened here."""
     started = time.monotonic()
     tset = target_set
     result = MirrorResult(out=out, target_set=tset)
     log = RunLog(result, echo, mark=started)
-    held = session.Held(client=client or make_session(), own_client=client is None, probe=Client(session.PROBE_CONFIG))
-    edge = session.edge(spec, held.probe, pip_sources)
+    if edge is None:
+        held = session.Held(client=client or make_session(), own_client=client is None,
+                            probe=Client(session.PROBE_CONFIG))
+        edge = session.edge(spec, held.probe, pip_sources)
+    else:
+        held = session.Held(client=client or make_session(), own_client=client is None, probe=edge.reader.client,
+                            own_probe=False)
     edge.reader.keep_pages(out / L.PAGE_CACHE, write=not dry_run)  # pages re-read conditionally
     held.scratch = tempfile.TemporaryDirectory(prefix="torchdepot-view-") if dry_run else None
     workdir = Path(held.scratch.name) if held.scratch else out / L.VIEW_DIR
@@ -191,46 +210,84 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
     with MirrorLock(out, wait):
         previous = _previous(out)
         tset = lifecycle.target_set(asked, origin, previous, prune)
-        conda = conda_side.prepare(spec, out, client, False, echo)  # fails before anything is published
-        excluded: dict[tuple[str, str], str] = {}
-        for attempt in range(MAX_BAD_WHEEL_PASSES):
-            try:
-                result = sync_pip(spec, out=out, client=client, progress=progress, pip_sources=pip_sources,
-                                  echo=echo, target_set=tset, previous=previous, locks=locks,
-                                  on_progress=on_progress, excluded=excluded)
-                break
-            except BadCandidates as exc:  # downloaded bytes that are no wheel: resolve again without them
-                if attempt + 1 == MAX_BAD_WHEEL_PASSES:
-                    raise
-                excluded.update(exc.excluded)
-        log = RunLog(result, echo, mark=started)
-        conda_files, conda_targets = conda_side.publish(conda, out, log.say)
-        files, targets = [*result.files, *conda_files], [*result.targets, *conda_targets]
-        held = retention.settle(out, previous, result.keeper, files, targets, list(result.releases), result.removals,
-                                {t.id for t in targets})
-        files, result.removals, result.tombstones = held.files, held.removals, held.tombstones
-        for t in result.tombstones:
-            log.say(t.line())
-        for r in result.removals:
-            log.say(r.line())
-        manifest = mf.Manifest(files=files, targets=targets, spec=spec.to_data(), recorded=list(tset.recorded),
-                               releases=list(result.releases), last_sync=sync_record(started, "unchecked", ""),
-                               tombstones=result.tombstones, pulled=held.pulled)
-        # journaled before the commit: a kill before _remove leaves staged leftovers, not orphans
-        publication.record(out, lifecycle.removed_paths(result.removals) | lifecycle.target_dirs(tset.dropped))
-        write_landing(out, manifest)
-        mf.save(out, manifest)
-        _remove(out, result.removals, {t.id for t in targets})
-        check = _verify_published(out, log.say)
-        result.verify = "ok" if check.ok else "NOT OK"
-        manifest = replace(manifest, last_sync=sync_record(started, result.verify, check.summary()))
-        mf.save(out, manifest)
-        result.manifest = manifest
-        if followed is not None:
-            save_record(out, followed)
-        if result.cache_used is not None and not result.failed:  # a complete sync: what it used is current
-            swept = cachefiles.sweep(out, result.cache_used, wall_started)
-            if (line := swept.line()) is not None:
-                log.say(line)
-        result.seconds = time.monotonic() - started
-        return result
+        # the no-op shortcut (sync/settled.py): only for the spec's own run of a pip-only mirror
+        inputs, edge, probe = None, None, None
+        if spec.conda is None and spec_targets and not add and not locks:
+            probe = Client(session.PROBE_CONFIG)
+            probe.size_pools(hosts=4, per_host=settled.REVALIDATE_JOBS)
+            edge = session.edge(spec, probe, pip_sources)
+            inputs = settled.inputs_digest(spec, tset, prune, edge)
+            done = settled.replay(out, previous, tset, inputs, edge, started, wall_started, echo) \
+                if previous is not None else None
+            if done is not None:
+                probe.close()
+                if followed is not None:
+                    save_record(out, followed)
+                return done
+        settled.forget(out)
+        try:
+            return _whole_run(spec, out, started, wall_started, previous, tset, followed, inputs, edge, client=client,
+                              progress=progress, pip_sources=pip_sources, echo=echo, locks=locks,
+                              on_progress=on_progress)
+        finally:
+            if probe is not None:
+                probe.close()
+
+
+def _whole_run(spec: MirrorSpec, out: Path, started: float, wall_started: float, previous: mf.Manifest | None,
+               tset: lifecycle.TargetSet, followed: FollowRecord | None, inputs: str | None,
+               edge: session.Edge | None, *,
+               client: Client | None, progress: bool | None, pip_sources: PipSources | None, echo: Echo,
+               locks: tuple[LockedEnv, ...], on_progress: ProgressCallback | None) -> MirrorResult:
+    """:func:`sync`'s run under the lock when the no-op shortcut did not apply. ``inputs``: its
+    digest when the run may leave a record for the next one (``sync/settled.py``); ``edge``: the
+    shortcut's sources and reader, whose pages are not read again."""
+    conda = conda_side.prepare(spec, out, client, False, echo)  # fails before anything is published
+    excluded: dict[tuple[str, str], str] = {}
+    pip_said = 0
+    for attempt in range(MAX_BAD_WHEEL_PASSES):
+        try:
+            result = sync_pip(spec, out=out, client=client, progress=progress, pip_sources=pip_sources,
+                              echo=echo, target_set=tset, previous=previous, locks=locks,
+                              on_progress=on_progress, excluded=excluded, edge=edge)
+            pip_said = len(result.messages)
+            break
+        except BadCandidates as exc:  # downloaded bytes that are no wheel: resolve again without them
+            if attempt + 1 == MAX_BAD_WHEEL_PASSES:
+                raise
+            excluded.update(exc.excluded)
+    log = RunLog(result, echo, mark=started)
+    conda_files, conda_targets = conda_side.publish(conda, out, log.say)
+    files, targets = [*result.files, *conda_files], [*result.targets, *conda_targets]
+    held = retention.settle(out, previous, result.keeper, files, targets, list(result.releases), result.removals,
+                            {t.id for t in targets})
+    files, result.removals, result.tombstones = held.files, held.removals, held.tombstones
+    for t in result.tombstones:
+        log.say(t.line())
+    for r in result.removals:
+        log.say(r.line())
+    manifest = mf.Manifest(files=files, targets=targets, spec=spec.to_data(), recorded=list(tset.recorded),
+                           releases=list(result.releases), last_sync=sync_record(started, "unchecked", ""),
+                           tombstones=result.tombstones, pulled=held.pulled)
+    # journaled before the commit: a kill before _remove leaves staged leftovers, not orphans
+    publication.record(out, lifecycle.removed_paths(result.removals) | lifecycle.target_dirs(tset.dropped))
+    write_landing(out, manifest)
+    mf.save(out, manifest)
+    _remove(out, result.removals, {t.id for t in targets})
+    check = _verify_published(out, log.say, manifest=manifest, check_index=not index_settled(
+        previous, files, result.index_changed, bool(result.removals)))
+    result.verify = "ok" if check.ok else "NOT OK"
+    manifest = replace(manifest, last_sync=sync_record(started, result.verify, check.summary()))
+    mf.save(out, manifest)
+    result.manifest = manifest
+    if inputs is not None and not excluded and not pip_said and not result.failed and not result.removals \
+            and result.verify == "ok":
+        settled.record(out, inputs, result, result.pages_seen)
+    if followed is not None:
+        save_record(out, followed)
+    if result.cache_used is not None and not result.failed:  # a complete sync: what it used is current
+        swept = cachefiles.sweep(out, result.cache_used, wall_started)
+        if (line := swept.line()) is not None:
+            log.say(line)
+    result.seconds = time.monotonic() - started
+    return result

@@ -18,9 +18,11 @@ names is linked by the live index. ``manifest.json`` with this run's targets is 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from torchdepot import __version__
 from torchdepot.fetch import FetchReport
 from torchdepot.lockfiles.render import pins_for, pylock_toml
 from torchdepot.store import layout as L
@@ -32,7 +34,7 @@ from torchdepot.store.pages import build_pages, ensure_metadata, publish, requir
 from torchdepot.sync.download import PipFetchReport
 from torchdepot.sync.resolution import Resolution, file_key
 from torchdepot.sync.variants import publish_variants_json
-from torchdepot.sync.view import View
+from torchdepot.sync.view import View, write_scratch
 
 
 @dataclass(frozen=True)
@@ -101,9 +103,7 @@ def publish_pip(out: Path, resolution: Resolution, report: FetchReport, view: Vi
     generation, changed = publish(out, build_pages({acc: list(files.values()) for acc, files in variants.items()}))
     # Each target's lock names files the index now links: written only after the swap, so a run
     # that fails earlier leaves the old locks over the old index (verify-mirror checks they agree).
-    for target in targets:
-        _write_if_changed(safe_join(out, L.target_lock(target.id)),
-                          pylock_toml(target, pins_for(target, entries), "../..", location="path"))
+    _write_locks(out, targets, entries)
     return PipPublished(files=tuple(sorted(entries.values(), key=lambda e: e.path)), targets=tuple(targets),
                         generation=generation, changed=changed)
 
@@ -123,6 +123,54 @@ def _published_metadata(out: Path, key: str, sha256: str,
     if len(data) != meta.size or hashlib.sha256(data).hexdigest() != meta.sha256:
         return None
     return meta.sha256, requires_python_of(data), len(data)
+
+
+def _lock_keys(out: Path) -> dict:
+    try:
+        doc = json.loads(safe_join(out, L.LOCK_KEYS).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return {}  # a cache: unreadable means render again
+    return doc if isinstance(doc, dict) else {}
+
+
+def locks_intact(out: Path, target_ids: list[str]) -> bool:
+    """True when each target's pylock.toml still holds the bytes its last rendering wrote."""
+    keys = _lock_keys(out)
+    for tid in target_ids:
+        was = keys.get(tid)
+        if not (isinstance(was, list) and len(was) == 2 and _sha256_of(safe_join(out, L.target_lock(tid))) == was[1]):
+            return False
+    return True
+
+
+def _write_locks(out: Path, targets: list[mf.Target], entries: dict[str, mf.FileEntry]) -> None:
+    """Each target's pylock.toml. A lock whose inputs (target, pins, this torchdepot) hash to
+    what :data:`L.LOCK_KEYS` recorded, and whose file still holds the bytes recorded with them,
+    is not rendered again (a no-op re-sync renders none); the record is a cache: unreadable
+    means render."""
+    keys_path = safe_join(out, L.LOCK_KEYS)
+    kept = _lock_keys(out)
+    fresh: dict[str, list[str]] = {}
+    for target in targets:
+        path = safe_join(out, L.target_lock(target.id))
+        pins = pins_for(target, entries)
+        key = hashlib.sha256(repr((__version__, target, pins)).encode()).hexdigest()
+        was = kept.get(target.id)
+        if isinstance(was, list) and len(was) == 2 and was[0] == key and _sha256_of(path) == was[1]:
+            fresh[target.id] = was
+            continue
+        text = pylock_toml(target, pins, "../..", location="path")
+        _write_if_changed(path, text)
+        fresh[target.id] = [key, hashlib.sha256(text.encode()).hexdigest()]
+    if fresh != kept:
+        write_scratch(keys_path, (json.dumps(fresh, indent=0, sort_keys=True) + "\n").encode())  # a cache: no fsync
+
+
+def _sha256_of(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def _write_if_changed(path: Path, text: str) -> None:

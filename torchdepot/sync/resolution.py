@@ -30,10 +30,10 @@ from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 from torchdepot.errors import TorchdepotError
 from torchdepot.model.platforms import target_platform
 from torchdepot.resolve.uv import IndexPlan, ResolvedFile, ResolveError, resolve
-from torchdepot.store.fsutil import atomic_write_text, safe_filename
+from torchdepot.store.fsutil import safe_filename
 from torchdepot.store.layout import package_path
 from torchdepot.sync.plan import Plan, TargetPlan
-from torchdepot.sync.view import View, ViewFile
+from torchdepot.sync.view import View, ViewFile, write_scratch
 from torchdepot.sync.viewserver import serve_view
 
 
@@ -82,7 +82,7 @@ def _without_a_fitting_wheel(view: View, t) -> str | None:
     return None
 
 
-def _uv_version() -> str:
+def uv_version() -> str:
     try:
         return importlib.metadata.version("uv")
     except importlib.metadata.PackageNotFoundError:
@@ -165,14 +165,14 @@ def resolve_targets(plan: Plan, view: View, jobs: int = 2, cache: Path | None = 
     inputs and pages are unchanged since ``cache`` was written reuses its answer (a dry run
     reads the cache but leaves it as it is: ``write_cache`` False)."""
     cached = _load_cache(cache)
-    uv_version = _uv_version()  # once per run: a metadata scan per call
+    uv = uv_version()  # once per run: a metadata scan per call
     fresh: dict[str, dict] = {}
 
     def one(base: str, tp: TargetPlan) -> tuple[TargetPlan, list[tuple[ResolvedFile, ViewFile]]]:
         t = tp.target
         index = IndexPlan(index_url=f"{base}/{t.accelerator}", index_strategy="first-index",
                           prereleases=plan.prereleases)
-        key = _inputs_key(tp, replace(index, index_url=t.accelerator), view, uv_version)
+        key = _inputs_key(tp, replace(index, index_url=t.accelerator), view, uv)
         hit = _from_cache(cached.get(t.id), key, view, t.accelerator)
         if hit is not None:
             raw = [replace(f, url=f"{base}/{f.url}") for f in hit]
@@ -195,7 +195,9 @@ def resolve_targets(plan: Plan, view: View, jobs: int = 2, cache: Path | None = 
         for tp, _ in done:  # every page the resolvers read for the accelerator, as of now
             entry = fresh[tp.target.id]
             entry["pages"] = _page_digests(view, tp.target.accelerator, view.served(tp.target.accelerator))
-        atomic_write_text(cache, json.dumps({**cached, **fresh}, indent=1, sort_keys=True) + "\n")
+        # a cache (unreadable or stale means resolve again): replaced atomically, not fsynced, and
+        # only when an answer or a page digest changed
+        write_scratch(cache, (json.dumps({**cached, **fresh}, indent=1, sort_keys=True) + "\n").encode())
     files: dict[str, tuple[str, ViewFile, str]] = {}
     for tp, mapped in done:
         for f, vf in mapped:

@@ -56,6 +56,8 @@ class MirrorResult:
     target_set: lifecycle.TargetSet | None = None
     verify: Verdict = "unchecked"  # the closing check
     failed: list[TargetFailure] = field(default_factory=list)  # each target this run could not sync
+    # every upstream page the run read: URL -> kept (revalidated next run) | absent; None: not revalidatable
+    pages_seen: dict[str, bool] | None = None
     # cache folder -> the entries this run read or wrote (store/cachefiles.py sweeps the rest)
     cache_used: dict[str, frozenset[str]] | None = None
 

@@ -56,6 +56,7 @@ class Held:
     client: Client
     own_client: bool
     probe: Client
+    own_probe: bool = True  # False: the caller's (sync/settled.py's reader), closed by the caller
     scratch: tempfile.TemporaryDirectory[str] | None = None
     view: View | None = None
     fetcher: Fetcher | None = None  # early downloads, until the fetch step takes it over
@@ -69,7 +70,9 @@ class Held:
         if self.fetcher is not None:  # the run stopped before its fetch step: let early downloads finish
             self.fetcher.close()
         result.requests = reader.request_counts()
-        self.probe.close()
+        result.pages_seen = reader.revalidation_set()
+        if self.own_probe:
+            self.probe.close()
         if self.own_client:
             self.client.close()
         if self.scratch is not None:

@@ -656,7 +656,13 @@ class View:
 def write_scratch(path: Path, data: bytes) -> None:
     """Replace ``path`` atomically (a reader never sees half of it) but without fsync: the view
     and the metadata cache are rebuilt from upstream if a power loss leaves one short, and
-    the content-addressed cache is checked on reading."""
+    the content-addressed cache is checked on reading. A file that already holds ``data`` is
+    left as it is: a no-op re-sync rebuilds only the view pages whose upstream page changed."""
+    try:
+        if path.stat().st_size == len(data) and path.read_bytes() == data:
+            return
+    except OSError:
+        pass  # not there yet (or unreadable): written below
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_bytes(data)

@@ -33,6 +33,7 @@ EMPTY_ROOT = b"<!DOCTYPE html><html><body></body></html>\n"
 # The view's port is new each run, so nothing uv could cache from it is ever read again: it
 # stores none of it (a 64-target sync used to leave 11 MB under the user's uv cache, each run)
 NO_STORE = "no-store"
+POLL_S = 0.02  # serve_forever's poll interval: how long shutdown() may wait
 
 
 def _relay(view: View, accelerator: str, filename: str, handler: http.server.BaseHTTPRequestHandler) -> None:
@@ -118,9 +119,8 @@ def serve_view(view: View) -> Iterator[str]:
     set as ``view.base_url``, which :meth:`View.lookup` maps resolver URLs back with)."""
     server = _Server(("127.0.0.1", 0), _handler(view))
     server.daemon_threads = True
-    # shutdown() waits for the serving loop to look at its flag, once per poll interval:
-    # the default 0.5 s was half a second added to every run's resolve step
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    # a short poll: shutdown() waits up to one interval (the default 0.5 s is a no-op's largest wait)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": POLL_S}, daemon=True)
     thread.start()
     view.base_url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
