@@ -157,7 +157,7 @@ def matrix() -> list[dict]:
 
 
 CHILD = """
-import json, resource, sys, time
+import json, sys, time
 t0 = time.monotonic()
 from torchdepot.spec.mirror import load_spec
 from torchdepot.sync.pip import sync
@@ -165,7 +165,8 @@ spec = load_spec(sys.argv[1])
 res = sync(spec, progress=False, echo=lambda m: None, dry_run=sys.argv[2] == "dry")
 print(json.dumps({"total": time.monotonic() - t0, "requests": res.requests, "phases": res.phases,
                   "fetched": res.report.fetched_bytes if res.report else 0,
-                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  # VmHWM: ru_maxrss would carry the bench's own peak across exec
+                  "rss_mb": int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024}))
 """
 
 

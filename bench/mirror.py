@@ -6,12 +6,23 @@ loopback PyTorch-shaped upstream, against
 - ``pip download`` of the same closure from the same upstream (hermetic pip),
 
 in one run; then a no-op re-sync (time, bytes fetched) and the mirror process's peak RSS.
-Goals: fetch <= 1.2x cp, <= 0.3x pip download, no-op <= 1 s / 0 bytes, peak RSS <= 80 MB.
+
+The cold fetch is the time bytes were moving: the union of the downloads' spans, from each
+file's first request to its last byte stored (``FetchReport.moving_seconds``). The fetcher
+starts early (the pinned torch downloads while its closure resolves) and idles until the
+resolution's other files come; that open time is printed too, not compared. Every byte is
+hashed (sha256) as it arrives, so ``sha256`` of the same files in one thread is printed as
+the floor next to ``cp``.
+
+Goals (issue 21): cold fetch <= 1.5x cp, whole run <= 0.3x pip download, no-op <= 1 s and 0
+bytes, peak RSS <= 80 MB.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -37,9 +48,12 @@ from torchdepot.spec.mirror import load_spec, with_overrides
 from torchdepot.sync.pip import sync
 spec = with_overrides(load_spec(sys.argv[1]), out=sys.argv[2])
 res = sync(spec, progress=False, echo=lambda m: None)
-self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-kids_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-print(json.dumps({"total": time.monotonic() - t0, "fetch": res.report.seconds, "bytes": res.report.fetched_bytes,
+# VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so it reported the bench's own
+# peak (it holds the torch wheel while it builds the upstream), 226 MB, not this process's
+self_kb = int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
+kids_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # uv's (an upper bound, same caveat)
+print(json.dumps({"total": time.monotonic() - t0, "fetch": res.report.moving_seconds,
+                  "fetcher_open": res.report.seconds, "bytes": res.report.fetched_bytes,
                   "files": len(res.report.results), "summary": res.summary, "rss_self_mb": self_kb / 1024,
                   "rss_children_mb": kids_kb / 1024, "phases": res.phases}))
 """
@@ -82,6 +96,17 @@ def cp_seconds(files: list[Path], dest: Path, sync: bool = False) -> float:
     return time.monotonic() - t0
 
 
+def sha256_seconds(files: list[Path]) -> float:
+    """The hash floor: sha256 of every file, one after the other (the files are in the page cache)."""
+    t0 = time.monotonic()
+    for p in files:
+        h = hashlib.sha256()
+        with open(p, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+    return time.monotonic() - t0
+
+
 def main() -> None:
     torch, deps = wheels()
     files = [torch, *deps]
@@ -102,6 +127,8 @@ def main() -> None:
             cp_s = cp_seconds(files, tmp / "cp")
             # The fetcher fsyncs every file before publishing it (durability); cp does not.
             cp_sync_s = cp_seconds(files, tmp / "cp-sync", sync=True)
+            sha_s = sha256_seconds(files)
+            load = os.getloadavg()[0]
 
             cold = mirror_run(spec, tmp / "out", env)
             noop = mirror_run(spec, tmp / "out", env)
@@ -115,12 +142,16 @@ def main() -> None:
                 raise SystemExit(f"pip download failed: {pip.stderr[-1500:]}")
             pip_files = len(list((tmp / "pipdl").glob("*.whl")))
 
-    print(f"closure: {len(files)} files, {total_mb:.1f} MB (torch {TORCH_VERSION}+cpu + deps + numpy), loopback HTTP")
+    print(f"closure: {len(files)} files, {total_mb:.1f} MB (torch {TORCH_VERSION}+cpu + deps + numpy), loopback HTTP; "
+          f"load average {load:.1f}")
     print(f"cp (limit)                 : {cp_s:6.2f} s")
     print(f"cp + sync (durable limit)  : {cp_sync_s:6.2f} s")
+    print(f"sha256 of the files (floor): {sha_s:6.2f} s  = {sha_s / cp_s:5.2f}x cp")
     print(f"pip download ({pip_files} files)    : {pip_s:6.2f} s")
     print(f"torchdepot cold, fetch     : {cold['fetch']:6.2f} s  = {cold['fetch'] / cp_s:5.2f}x cp, "
-          f"{cold['fetch'] / pip_s:5.2f}x pip download, {cold['fetch'] / cp_sync_s:5.2f}x cp+sync   [{cold['summary']}]")
+          f"{cold['fetch'] / sha_s:5.2f}x sha256, {cold['fetch'] / pip_s:5.2f}x pip download, "
+          f"{cold['fetch'] / cp_sync_s:5.2f}x cp+sync   [bytes moving; the fetcher was open "
+          f"{cold['fetcher_open']:.2f} s; {cold['summary']}]")
     print(f"torchdepot cold, whole run : {cold['total']:6.2f} s  = {cold['total'] / cp_s:5.2f}x cp, "
           f"{cold['total'] / pip_s:5.2f}x pip download   (incl. upstream crawl + uv resolution)")
     print(f"no-op re-sync              : {noop['total']:6.2f} s, {noop['bytes']} bytes fetched "
@@ -129,8 +160,8 @@ def main() -> None:
     print(f"phases cold: {fmt(cold['phases'])}; no-op: {fmt(noop['phases'])}")
     print(f"peak RSS torchdepot process: {cold['rss_self_mb']:6.1f} MB  (uv resolver child: {cold['rss_children_mb']:.1f} MB)")
     goals = {
-        "fetch <= 1.2x cp": cold["fetch"] <= 1.2 * cp_s,
-        "whole run <= 0.3x pip download": cold["total"] <= 0.3 * pip_s,
+        f"fetch <= 1.5x cp ({cold['fetch'] / cp_s:.2f}x)": cold["fetch"] <= 1.5 * cp_s,
+        f"whole run <= 0.3x pip download ({cold['total'] / pip_s:.2f}x)": cold["total"] <= 0.3 * pip_s,
         "no-op <= 1 s": noop["total"] <= 1.0,
         "no-op 0 bytes": noop["bytes"] == 0,
         "peak RSS <= 80 MB": cold["rss_self_mb"] <= 80,

@@ -56,3 +56,28 @@ def test_segmented_roundtrip_by_host_name_and_old_api(tmp_path):
         rep = fetch_items(tmp_path, [item], make_session(), **kw)
         assert rep.results[0].status == "present"
         assert up.hits["/whl/big.whl"] == len(up.ranges["/whl/big.whl"])
+
+
+def test_moving_seconds_is_the_union_of_the_downloads_not_the_fetchers_open_time(tmp_path):
+    """Issue 21: a fetcher started early (the pinned torch while uv resolves) idles between its
+    files; the report's bytes-moving time leaves the idle gap out, overlaps counted once."""
+    import time
+
+    from torchdepot.fetch.items import busy_seconds
+
+    assert busy_seconds([]) == 0
+    assert busy_seconds([(0.0, 2.0), (1.0, 3.0), (5.0, 6.0), (5.5, 5.7)]) == 4.0
+    up = tmp_path / "up"
+    up.mkdir()
+    (up / "a.whl").write_bytes(b"a" * 1000)
+    (up / "b.whl").write_bytes(b"b" * 1000)
+    with Server(up) as s, Fetcher(tmp_path / "out", make_session(), progress=False) as f:
+        f.submit(FetchItem("packages/a/a.whl", (s.url + "/a.whl",))).result()
+        time.sleep(0.5)  # the fetcher is open but moves nothing
+        f.submit(FetchItem("packages/b/b.whl", (s.url + "/b.whl",))).result()
+    rep = f.report
+    assert rep is not None
+    assert [r.status for r in rep.results] == ["downloaded", "downloaded"]
+    assert all(r.span is not None and r.span[0] <= r.span[1] for r in rep.results)
+    assert rep.seconds >= 0.5
+    assert rep.moving_seconds < rep.seconds - 0.4

@@ -328,3 +328,25 @@ def test_unknown_size_splits_once_the_first_answer_states_it(tmp_path, up):
     assert all(a % PIECE == 0 and a > 0 for a, _ in asked)
     assert res.fetched_bytes == SIZE
     assert events[-1].total == SIZE
+
+
+@pytest.mark.parametrize("with_hash", [True, False])
+def test_pieces_are_hashed_as_they_arrive_never_read_again(tmp_path, up, monkeypatch, with_hash):
+    """Issue 21: a file's hash is computed while it downloads, once: the pieces finish out of
+    order, the digest follows the finished prefix, and no pass over the assembled file follows."""
+    import torchdepot.fetch.engine as engine
+
+    def second_pass(path):
+        raise AssertionError(f"{path} read again to hash it")
+
+    monkeypatch.setattr(engine, "sha256_file", second_pass)
+    data = _data(21)
+    item = _item(up, "inorder-1.0-py3-none-any.whl", data, with_hash=with_hash)
+    path = "/whl/inorder-1.0-py3-none-any.whl"
+    up.schedule(path, Fault("drip", rate=400_000))  # the first run finishes last: blocks out of order
+    rep = _fetcher(tmp_path).run([item])
+    res = rep.results[0]
+    assert res.status == "downloaded", res
+    assert res.sha256 == _sha(data)
+    assert (tmp_path / item.key).read_bytes() == data
+    assert len(_bounded(up.ranges[path])) >= 2  # it did go out in pieces

@@ -4,7 +4,8 @@ serve``'s own server run the same way (:func:`serve_mirror`) and one plain reque
 (:func:`request`).
 
 Invariants: daemon request threads (a test never waits on a stuck client); a short poll
-interval, since ``shutdown()`` waits up to one interval and tests stop many servers.
+interval, since ``shutdown()`` waits up to one interval and tests stop many servers; a
+listen backlog of 128, as a real server has.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ class ThreadedServer:
     def _serve(self, httpd: http.server.ThreadingHTTPServer) -> None:
         self.httpd = httpd
         self.httpd.daemon_threads = True
+        # a backlog like a real server's (the class default is 5): a client opening dozens of
+        # connections at once (uv, the fetcher's pieces) otherwise loses SYNs and waits 1 s for
+        # each retransmit. Linux takes the new backlog on a listening socket
+        self.httpd.socket.listen(128)
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property

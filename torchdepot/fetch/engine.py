@@ -240,6 +240,7 @@ class Fetcher:
             try:
                 res = self._from_url(item, url, dest, started, meter)
                 res.attempts += attempts
+                res.span = (started, time.monotonic())
                 return res
             except Fatal as exc:
                 errors.append(str(exc))
@@ -331,19 +332,23 @@ class Fetcher:
     def _pieces_attempt(self, item: FetchItem, url: str, part: Path, started: float,
                         meter: RateMeter) -> tuple[int, bool, str, int]:
         """(bytes received, resumed?, sha256, size) of one attempt over several connections."""
-        n, was_resumed, _requests = self._segments.fetch(item, url, part, started, meter)
-        digest, size = sha256_file(part)  # the assembled file, hashed once, streamed
-        return n, was_resumed, digest, size
+        n, was_resumed, _requests, digest = self._segments.fetch(item, url, part, started, meter)
+        if digest is None:  # not all there (cannot happen once the pieces ended well): read it
+            return n, was_resumed, *sha256_file(part)
+        return n, was_resumed, digest, part.stat().st_size  # hashed in order as the pieces came
 
     def _stream_attempt(self, item: FetchItem, url: str, part: Path, started: float, meter: RateMeter,
                         may_split: bool) -> tuple[int, bool, str, int]:
         """(bytes received, resumed?, sha256, size) of one attempt over one connection."""
         hasher = hashlib.sha256()
+        assembled: bool | str
         if urllib.parse.urlsplit(url).scheme == "file":
             n, was_resumed, assembled = self._streams.copy_local(url, part, hasher), False, False
         else:
             n, was_resumed, assembled = self._streams.fetch(item, url, part, started, hasher, meter, may_split)
-        if assembled:  # split once its size was known: the pieces' file, hashed once
+        if isinstance(assembled, str):  # split once its size was known: hashed as the pieces came
+            digest, size = assembled, part.stat().st_size
+        elif assembled:  # split, but not all of it hashed on the way
             digest, size = sha256_file(part)
         else:  # complete body on disk: hashed while it streamed in, no second read
             digest, size = hasher.hexdigest(), part.stat().st_size

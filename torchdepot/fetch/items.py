@@ -58,12 +58,32 @@ class FetchResult:
     hash_mismatch: bool = False
     resumed: bool = False
     attempts: int = 0
+    # (monotonic start, end) of this file's transfer, from its first request to its last byte
+    # stored; None for a file that moved no bytes (present) or never started
+    span: tuple[float, float] | None = None
+
+
+def busy_seconds(spans: list[tuple[float, float]]) -> float:
+    """How long at least one of ``spans`` was in progress (the length of their union)."""
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(spans):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
 
 
 @dataclass
 class FetchReport:
     results: list[FetchResult] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0  # from the fetcher's start to its close (it may idle in between)
+
+    @property
+    def moving_seconds(self) -> float:
+        """The time bytes were moving: the union of the downloads' spans. A fetcher started
+        early (the pinned torch while its closure resolves) idles between its files, which
+        :attr:`seconds` counts and this does not."""
+        return busy_seconds([r.span for r in self.results if r.span is not None])
 
     @property
     def failed(self) -> list[FetchResult]:
@@ -86,12 +106,12 @@ class FetchReport:
         return [r for r in self.results if r.hash_mismatch]
 
     def summary(self, noun: str = "files") -> str:
-        secs = max(self.seconds, 1e-9)
+        moving = self.moving_seconds  # the rate while bytes moved, not diluted by an idle fetcher
         mb = self.fetched_bytes / 1e6
         return (
             f"{len(self.results)} {noun}: {len(self.downloaded)} downloaded, "
             f"{len(self.present)} already present (skipped), {len(self.failed)} failed; "
-            f"{mb:.1f} MB in {self.seconds:.1f} s ({mb / secs:.1f} MB/s)"
+            f"{mb:.1f} MB in {moving:.1f} s ({mb / max(moving, 1e-9):.1f} MB/s)"
             + (f"; {len(self.mismatches)} upstream hash mismatches" if self.mismatches else "")
         )
 

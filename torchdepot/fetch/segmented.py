@@ -26,12 +26,17 @@ Invariants:
   responses or from the sidecar) raises :class:`~torchdepot.fetch.pool.Fallback`: the
   caller drops the pieces and restarts over one connection;
 - the first piece to fail for good stops the others at their next chunk; the error
-  raised is the most telling one (fallback, then integrity, then fatal).
+  raised is the most telling one (fallback, then integrity, then fatal);
+- the file is hashed once, in order, while its pieces arrive: whichever connection records
+  a block hashes the finished prefix from there (read back from the page cache), and what
+  is left when the last piece ends is hashed then, so the digest never waits for a second
+  pass over the whole file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import threading
 import time
@@ -81,6 +86,38 @@ class _Run:
     unbounded: bool = False  # a 200 for the whole file: the server sends on past any cut
 
 
+class _InOrderDigest:
+    """sha256 of a file whose blocks finish out of order: it follows the prefix of finished
+    blocks (read back with ``pread``); one thread hashes at a time, the others go on."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.hasher = hashlib.sha256()
+        self.pos = 0  # bytes hashed so far
+
+    def follow(self, seg: _Segmented, wait: bool = False) -> None:
+        """Hash the finished blocks from :attr:`pos` on; ``wait``: even if another thread is
+        at it (the last call, once every piece has ended)."""
+        if not self.lock.acquire(blocking=wait):
+            return  # another thread is hashing; a later record (or the last call) goes on
+        try:
+            while True:
+                with seg.lock:
+                    upto = self.pos
+                    while upto < seg.size and upto // seg.block in seg.state.done:
+                        upto = min(upto + seg.block, seg.size)
+                if upto == self.pos:
+                    return
+                while self.pos < upto:
+                    chunk = os.pread(seg.fd, min(CHUNK, upto - self.pos), self.pos)
+                    if not chunk:  # the file is shorter than its recorded blocks: the check fails later
+                        return
+                    self.hasher.update(chunk)
+                    self.pos += len(chunk)
+        finally:
+            self.lock.release()
+
+
 @dataclass
 class _Segmented:
     """One file's piece download in flight (shared by its piece tasks)."""
@@ -101,6 +138,7 @@ class _Segmented:
     requests: int = 0
     steals: int = 0
     active: int = 0  # piece requests holding a connection now
+    digest: _InOrderDigest = field(default_factory=_InOrderDigest)
 
     def add_run(self, first: int, end: int, unbounded: bool = False) -> _Run:
         run = _Run(index=len(self.runs), first=first, pos=first, end=end, marked=first, unbounded=unbounded)
@@ -140,12 +178,13 @@ class Segmenter:
 
     def fetch(self, item: FetchItem, url: str, part: Path, started: float, meter: RateMeter, *,
               size: int | None = None, first: requests.Response | None = None,
-              slot: Held | None = None) -> tuple[int, bool, int]:
+              slot: Held | None = None) -> tuple[int, bool, int, str | None]:
         """Fetch ``item`` (``size`` bytes) as pieces over several connections into ``part``.
 
         ``first``: an open 200 for the whole file (its ``slot`` held by the caller) that
         owns the whole file until free connections take the second halves of what is left.
-        Returns (bytes received, resumed?, requests). Raises :class:`Fallback` when ranges
+        Returns (bytes received, resumed?, requests, sha256 of the ``size`` bytes on disk, or
+        None where they are not all there to hash). Raises :class:`Fallback` when ranges
         are not usable or the file changed, :class:`Fatal` when a piece gives up (the
         finished blocks stay recorded for the next run).
         """
@@ -180,9 +219,11 @@ class Segmenter:
                 except BaseException as exc:  # collected; the first real cause wins below
                     errors.append(exc)
             _raise_first(errors)
+            seg.digest.follow(seg, wait=True)  # what the pieces left unhashed (often nothing)
+            digest = seg.digest.hasher.hexdigest() if seg.digest.pos == size else None
         finally:
             os.close(fd)
-        return seg.fetched, resumed, seg.requests
+        return seg.fetched, resumed, seg.requests, digest
 
     def _state(self, part: Path, size: int, count: int,
                first: requests.Response | None) -> tuple[PieceState, bool]:
@@ -337,7 +378,9 @@ class Segmenter:
             if chunk:
                 os.pwrite(seg.fd, chunk, pos)  # outside the lock: only this thread writes these bytes
                 with seg.lock:
-                    _record(seg, run, pos + len(chunk))
+                    grew = _record(seg, run, pos + len(chunk))
+                if grew:
+                    seg.digest.follow(seg)
                 self.pool.advance(len(chunk))
                 seg.meter.add(len(chunk), time.monotonic())
             self.pool.check_time(seg.started, seg.meter, seg.url)
@@ -365,9 +408,9 @@ def _steal(seg: _Segmented, block: int, head_min: int = DEFAULT_HEAD_STEAL_BYTES
     return seg.add_run(mid, end)
 
 
-def _record(seg: _Segmented, run: _Run, written: int) -> None:
+def _record(seg: _Segmented, run: _Run, written: int) -> bool:
     """Under ``seg.lock``: record in the sidecar each block of ``run`` now fully written
-    (up to ``written``, which this thread has just written)."""
+    (up to ``written``, which this thread has just written); True when one was."""
     grew = False
     while run.marked < written and min(run.marked + seg.block, seg.size) <= written:
         seg.state.done.add(run.marked // seg.block)
@@ -375,6 +418,7 @@ def _record(seg: _Segmented, run: _Run, written: int) -> None:
         grew = True
     if grew:
         save_state(seg.part, seg.state)  # after the bytes: a recorded block is on disk
+    return grew
 
 
 @contextlib.contextmanager

@@ -53,11 +53,12 @@ class Streamer:
     segmenter: Segmenter
 
     def fetch(self, item: FetchItem, url: str, part: Path, started: float, hasher,
-              meter: RateMeter, may_split: bool = False) -> tuple[int, bool, bool]:
+              meter: RateMeter, may_split: bool = False) -> tuple[int, bool, bool | str]:
         """One HTTP attempt appending to ``part``. Returns (bytes received, resumed?, split?).
 
         ``split``: the file went out in pieces from its first 200 (``part`` is then complete
-        but was not fed to ``hasher``)."""
+        but was not fed to ``hasher``): the sha256 the pieces computed on the way, or True
+        when they could not."""
         have = part.stat().st_size if part.exists() else 0
         if item.size is not None and have > item.size:
             part.unlink()
@@ -73,9 +74,9 @@ class Streamer:
                 if resp.status_code == 200 and item.size is None and ans.expected_len and not have:
                     self.pool.progress.learn_size(ans.expected_len, item.key)
                     if may_split and self._splits_here(resp, ans.expected_len, url):
-                        n, _, _ = self.segmenter.fetch(item, url, part, started, meter, size=ans.expected_len,
-                                                       first=resp, slot=slot)
-                        return n, False, True
+                        n, _, _, digest = self.segmenter.fetch(item, url, part, started, meter,
+                                                               size=ans.expected_len, first=resp, slot=slot)
+                        return n, False, digest or True
                 limit = (item.size - (have if ans.mode == "ab" else 0)) if item.size is not None else None
                 received = self._stream(resp, url, part, ans.mode, hasher, started, meter, limit=limit,
                                         size=item.size, sniff=not ans.resumed and not wants_html)

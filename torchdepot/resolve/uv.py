@@ -4,6 +4,10 @@
 target, not this machine, reading dependencies from PEP 658 ``.metadata`` files when an
 index offers them (so no multi-GB wheel is downloaded to learn its dependencies), and
 ``--format pylock.toml`` gives exactly one file per package with its URL and sha256.
+
+Invariants: uv reads no configuration (``--no-config``, no ``UV_*`` of the user's but its cache
+dir), downloads no Python, is named its interpreter (``--python``: it never probes PATH, which
+cost up to 0.6 s a target), and sends its loopback requests past any proxy of the user's.
 """
 
 from __future__ import annotations
@@ -87,13 +91,24 @@ def uv_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("UV_") or k == "UV_CACHE_DIR"}
     env["UV_PYTHON_DOWNLOADS"] = "never"
     env["UV_NO_PROGRESS"] = "1"
+    # uv talks only to the run's loopback view: a user's HTTP(S)_PROXY / ALL_PROXY must not get
+    # those requests (a proxy cannot reach this machine's loopback; the resolution would fail)
+    kept = [v for v in (env.get("NO_PROXY"), env.get("no_proxy")) if v]
+    env["NO_PROXY"] = env["no_proxy"] = ",".join([*kept, *LOOPBACK])
     return env
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")  # where the view listens (127.0.0.1 today)
 
 
 def compile_command(requirements_file: Path, output: Path, python: str, platform: str, plan: IndexPlan) -> list[str]:
     return [
         uv_bin(), "pip", "compile", str(requirements_file),
         "--no-config", "--quiet",
+        # the interpreter uv would otherwise look for on PATH, probing each candidate (a pyenv
+        # shim costs a shell, 0.4-0.6 s, per target): nothing is built (--only-binary), and the
+        # target is --python-version and --python-platform, so this one is as good as any
+        "--python", sys.executable,
         "--python-version", python,
         "--python-platform", target_platform(platform).uv_platform,
         "--only-binary", ":all:",  # the mirror serves wheels: nothing is built offline
