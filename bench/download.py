@@ -2,17 +2,26 @@
 total, and adds first-byte latency, serving a CUDA-like closure of valid wheels whose sizes
 have the cu128 closure's real relative proportions (scaled down to run in about a minute).
 
-Compared, each against the same server in this process: torchdepot's fetcher, ``pip
+Compared, each against the same server in this process: torchdepot's fetcher, ``aria2c``
+(when installed; a bench baseline only, never a dependency: an input file listing every
+URL, its own best CDN settings ``-x16 -s16 -k1M -j<files>``, ``--file-allocation=none``,
+``--no-conf``, no checksum option, each file's sha256 checked after the run), ``pip
 download`` and ``uv pip install --target`` (both hermetic: no user or machine config,
 ``--index-url`` to the loopback index, ``--no-deps``), and the bandwidth limit (bytes ÷
 total rate). Printed as ratios to the limit, plus torchdepot's peak RSS.
 
-Goals (issues 15 and 21): torchdepot <= 1.3x the limit, faster than uv; peak RSS <= 100 MB
-with 16 or more connections. The "split from 16 MB" row is the same fetcher (its ranges split
+"Download alone" runs from the first request the server receives to the last file done
+(torchdepot: ``Fetcher.run`` returned in its process; aria2c: its process exited), so
+neither interpreter nor process start counts; the rows "with start" time the whole child
+process as a user waits.
+
+Goals (issues 15 and 21): torchdepot <= 1.3x the limit, faster than uv and than aria2c on
+the download alone; peak RSS <= 100 MB with 16 or more connections. The "split from 16 MB" row is the same fetcher (its ranges split
 further by free connections) with issue 15's split threshold put back, for the ratio.
 
     python bench/download.py [--scale 0.05] [--conn-rate 8] [--total-rate 96] [--latency 0.03]
-                             [--connections N] [--per-host N] [--threshold-scale 1] [--skip pip,uv]
+                             [--connections N] [--per-host N] [--threshold-scale 1]
+                             [--skip pip,uv,aria2c,fixed]
 """
 
 from __future__ import annotations
@@ -112,11 +121,21 @@ class Bucket:
 
 
 class SlowHandler(RangeHandler):
-    """Per-connection rate, a shared total rate and first-byte latency on every response."""
+    """Per-connection rate, a shared total rate and first-byte latency on every response;
+    counts connections and requests, and notes when the first request arrived."""
 
     STEP = 256 * 1024  # 32 ms at 8 MB/s: smooth enough, and cheap for a Python server
 
+    def setup(self):
+        super().setup()
+        with self.server.stats_lock:
+            self.server.stats["connections"] += 1
+
     def send_head(self):
+        with self.server.stats_lock:
+            self.server.stats["requests"] += 1
+            if self.server.stats["first_request"] is None:
+                self.server.stats["first_request"] = time.monotonic()  # CLOCK_MONOTONIC: same in every process
         time.sleep(self.server.latency)
         return super().send_head()
 
@@ -155,7 +174,19 @@ def slow_server(root: Path, conn_rate: float, total_rate: float, latency: float)
     s.httpd.total_bucket = Bucket(total_rate)
     s.httpd.latency = latency
     s.httpd.request_queue_size = 128
+    s.httpd.stats_lock = threading.Lock()
+    reset_stats(s)
     return s
+
+
+def reset_stats(s: Server) -> None:
+    with s.httpd.stats_lock:
+        s.httpd.stats = {"connections": 0, "requests": 0, "first_request": None}
+
+
+def stats(s: Server) -> dict:
+    with s.httpd.stats_lock:
+        return dict(s.httpd.stats)
 
 
 # -- the contenders -------------------------------------------------------------------------------
@@ -165,8 +196,28 @@ def timed(cmd: list[str], env: dict) -> tuple[float, subprocess.CompletedProcess
     proc = subprocess.run(cmd, env=env, capture_output=True)
     took = time.monotonic() - t
     if proc.returncode != 0:
-        sys.exit(f"{Path(cmd[0]).name} failed ({proc.returncode}): {proc.stderr.decode()[-2000:]}")
+        sys.exit(f"{Path(cmd[0]).name} failed ({proc.returncode}): "
+                 f"{(proc.stderr or proc.stdout).decode(errors='replace')[-2000:]}")
     return took, proc
+
+
+def check_files(paths: list[Path], files: list[dict], who: str) -> None:
+    """Every file there with its sha256 (outside the timing), else exit naming the first bad one."""
+    for path, f in zip(paths, files, strict=True):
+        got = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+        if got != f["sha256"]:
+            sys.exit(f"{who}: {f['file']}: sha256 {got}, expected {f['sha256']}")
+
+
+def aria2c_cmd(aria2c: str, url: str, files: list[dict], tmp: Path, conn_per_host: int) -> list[str]:
+    """aria2c with its own best settings for a CDN: every URL in one input file, all files at
+    once, up to 16 connections per file, split down to 1 MB, no preallocation, no config."""
+    listing = tmp / "aria2c-input.txt"
+    listing.write_text("".join(f"{url}/files/{f['file']}\n  out={f['file']}\n" for f in files))
+    return [aria2c, "--no-conf", "-i", str(listing), "-d", str(tmp / "aria2c"), f"-j{len(files)}",
+            f"-x{conn_per_host}", f"-s{conn_per_host}", "-k1M", "--min-split-size=1M", "--file-allocation=none",
+            "--allow-overwrite=true", "--auto-file-renaming=false", "--console-log-level=warn",
+            "--summary-interval=0", "--download-result=hide", "--max-tries=5", "--retry-wait=1"]
 
 
 def child(args: argparse.Namespace) -> None:
@@ -183,13 +234,15 @@ def child(args: argparse.Namespace) -> None:
                       connections_per_host=args.per_host, split_bytes=args.split_bytes, piece_bytes=args.piece_bytes)
     t = time.monotonic()
     rep = fetcher.run(items)
-    took = time.monotonic() - t
+    end = time.monotonic()
+    took = end - t
     assert not rep.failed, rep.failed[0]
     # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so it would report the
     # parent's peak (it generated the wheels) instead of this process's.
     rss = next(int(line.split()[1]) * 1024 for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({"seconds": took, "rss": rss, "bytes": rep.fetched_bytes, "cpu": usage.ru_utime + usage.ru_stime}))
+    print(json.dumps({"seconds": took, "end": end, "rss": rss, "bytes": rep.fetched_bytes,
+                      "cpu": usage.ru_utime + usage.ru_stime}))
 
 
 def main() -> None:
@@ -205,7 +258,7 @@ def main() -> None:
                          "--threshold-scale 0.05 splits the same files as at full size)")
     ap.add_argument("--no-sizes", action="store_true",
                     help="give torchdepot no sizes (as from an HTML index): it learns them from Content-Length")
-    ap.add_argument("--skip", default="", help="comma list of pip,uv,fixed to leave out")
+    ap.add_argument("--skip", default="", help="comma list of pip,uv,aria2c,fixed to leave out")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -253,11 +306,31 @@ def main() -> None:
                 ["--no-sizes"] if args.no_sizes else [])
             took, proc = timed(cmd, env)
             figures = json.loads(proc.stdout.decode().strip().splitlines()[-1])
-            results["torchdepot"] = took
-            results["torchdepot (in process)"] = figures["seconds"]
+            seen = stats(srv)
+            check_files([tmp / "td" / "packages" / f["name"] / f["file"] for f in files], files, "torchdepot")
+            results["torchdepot, with start"] = took
+            results["torchdepot, in process"] = figures["seconds"]
+            results["torchdepot, download alone"] = figures["end"] - seen["first_request"]
             rss = figures["rss"]
             print(f"torchdepot fetch: {figures['seconds']:.2f} s inside the process, {took:.2f} s with "
-                  f"interpreter start; peak RSS {rss / MB:.1f} MB; CPU {figures['cpu']:.2f} s")
+                  f"interpreter start; peak RSS {rss / MB:.1f} MB; CPU {figures['cpu']:.2f} s; "
+                  f"{seen['connections']} connections, {seen['requests']} requests")
+            if "aria2c" not in skip:
+                aria2c = shutil.which("aria2c")
+                if aria2c is None:
+                    print("aria2c: not installed, row skipped")
+                else:
+                    reset_stats(srv)
+                    t = time.monotonic()
+                    took, _ = timed(aria2c_cmd(aria2c, srv.url, files, tmp, min(16, per_host)), env)
+                    end = time.monotonic()
+                    seen = stats(srv)
+                    check_files([tmp / "aria2c" / f["file"] for f in files], files, "aria2c")
+                    results["aria2c, with start"] = took
+                    results["aria2c, download alone"] = end - seen["first_request"]
+                    print(f"aria2c: {end - seen['first_request']:.2f} s from its first request, {took:.2f} s "
+                          f"with process start ({seen['first_request'] - t:.3f} s to its first request); "
+                          f"{seen['connections']} connections, {seen['requests']} requests; every sha256 checked")
             if "fixed" not in skip:  # the same fetcher splitting only files from 16 MB, for the ratio
                 fixed = [*cmd[:cmd.index("--split-bytes")], "--split-bytes", str(int(16 * MB * tscale)),
                          "--piece-bytes", str(int(4 * MB * tscale))] + (["--no-sizes"] if args.no_sizes else [])
@@ -276,11 +349,15 @@ def main() -> None:
                        str(tmp / "pip-dl"), "--index-url", srv.url + "/simple", "-r", str(reqs)]
                 took, _ = timed(cmd, env)
                 results["pip download"] = took
-        print(f"\n{'':28s}{'seconds':>9s}{'x limit':>9s}")
-        print(f"{'bandwidth limit':28s}{limit:9.2f}{1.0:9.2f}")
+        print(f"\n{'':30s}{'seconds':>9s}{'x limit':>9s}")
+        print(f"{'bandwidth limit':30s}{limit:9.2f}{1.0:9.2f}")
         for name, secs in results.items():
-            print(f"{name:28s}{secs:9.2f}{secs / limit:9.2f}")
-        td = results["torchdepot"]
+            print(f"{name:30s}{secs:9.2f}{secs / limit:9.2f}")
+        td = results["torchdepot, with start"]
+        alone = results["torchdepot, download alone"]
+        if "aria2c, download alone" in results:
+            print(f"torchdepot / aria2c: {alone / results['aria2c, download alone']:.2f} on the download alone, "
+                  f"{td / results['aria2c, with start']:.2f} with start")
         if "uv pip install --target" in results:
             print(f"torchdepot / uv: {td / results['uv pip install --target']:.2f}")
         if "pip download" in results:
@@ -288,10 +365,13 @@ def main() -> None:
         if "torchdepot, split from 16 MB" in results:
             print(f"torchdepot / the same splitting only files from 16 MB: "
                   f"{td / results['torchdepot, split from 16 MB']:.2f}")
+        versus = ("aria2c not run" if "aria2c, download alone" not in results else
+                  "met" if alone < results["aria2c, download alone"] else "NOT met")
         print(f"goals: <= 1.3x limit: {'met' if td / limit <= 1.3 else 'NOT met'} "
-              f"(in process: {results['torchdepot (in process)'] / limit:.2f}x); "
-              f"peak RSS <= 100 MB: {'met' if rss <= 100 * MB else 'NOT met'}")
-
+              f"(download alone: {alone / limit:.2f}x, in process: {results['torchdepot, in process'] / limit:.2f}x); "
+              f"faster than aria2c on the download alone: {versus}; "
+              f"peak RSS <= 100 MB: {'met' if rss <= 100 * MB else 'NOT met'}; "
+              f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 if __name__ == "__main__":
     main()
