@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import json
 import random
+import time
 
 import pytest
 from hypothesis import given
@@ -168,3 +169,33 @@ def test_a_sidecar_of_the_old_piece_layout_is_not_read_as_blocks(tmp_path, up):
     assert res.status == "downloaded", res
     assert not res.resumed
     assert (tmp_path / item.key).read_bytes() == data
+
+
+def test_a_connection_freed_by_another_file_splits_a_file_that_started_as_one_run(tmp_path, up):
+    # a one-stream file holds one of the two connections when the large file starts, so the
+    # large file starts as one run (no request spent on a split that would only wait); when
+    # the small file is done, its connection takes the second half of that run (aria2's
+    # rule across files), although no task of the large file is left to do it
+    small = random.Random(8).randbytes(50_000)
+    data = random.Random(9).randbytes(16 * KB128)
+    t, a = _item(up, "t.whl", small), _item(up, "a.whl", data)
+    up.schedule("/whl/t.whl", Fault("drip", rate=200_000))
+    up.schedule("/whl/a.whl", Fault("drip", rate=1 * MB))
+    up.always("/whl/a.whl", Fault("ok"))
+    with Fetcher(tmp_path, _client(), **STEAL) as f:
+        rt = f.submit(t)
+        for _ in range(500):  # until the small file's request holds its connection
+            if _requests(up, "t.whl"):
+                break
+            time.sleep(0.01)
+        ra = f.submit(a)
+        results = rt.result(), ra.result()
+    assert [r.status for r in results] == ["downloaded", "downloaded"], results
+    assert (tmp_path / a.key).read_bytes() == data
+    asked = _bounded(_requests(up, "a.whl"))
+    assert asked[0] == (0, len(data) - 1)  # one run: the other connection was busy
+    stolen = asked[1:]
+    assert stolen, asked  # split by the connection the small file freed
+    assert all(0 < s < len(data) and s % KB128 == 0 and e - s + 1 >= KB128 for s, e in stolen)
+    assert results[1].fetched_bytes == len(data)  # no byte written twice
+    assert up.body_bytes["/whl/a.whl"] <= len(data) + 2 * KB128

@@ -221,6 +221,8 @@ class Fetcher:
                 res = self._one(item)
         except Exception as exc:  # a bug must not lose the other files' results
             res = FetchResult(key=item.key, status="failed", error=f"{type(exc).__name__}: {one_line(exc)}")
+        if res.status == "downloaded":
+            self._segments.lend()  # its connection is free: split a large file in flight
         self._progress.file_done(item.key, res.status, res.size)
         return res
 

@@ -5,6 +5,8 @@ read is checked against. The single-stream and the piece downloads both go throu
 Invariants:
 - sockets are capped overall (``connections``) and per host (``connections_per_host``);
   a slot is always taken host first, then total, so two threads cannot deadlock on them;
+  each host counts the requests that hold or wait for one of its slots (``idle``: what a
+  new file may split itself over);
 - every redirect hop is followed by hand and its host checked against the host policy
   before a byte is requested from it;
 - one request per hop: the callers' attempt loops do the retrying, so an attempt is
@@ -22,6 +24,7 @@ import http.client
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import requests
@@ -65,8 +68,10 @@ class Fallback(Exception):
 class Held:
     """Slots held for one request; :meth:`release` gives them back once."""
 
-    def __init__(self, sems: tuple[threading.BoundedSemaphore, ...]):
+    def __init__(self, sems: tuple[threading.BoundedSemaphore, ...],
+                 on_release: Callable[[], None] | None = None):
         self.sems = sems
+        self.on_release = on_release
         self.released = False
 
     def release(self) -> None:
@@ -74,6 +79,8 @@ class Held:
             self.released = True
             for sem in self.sems:
                 sem.release()
+            if self.on_release is not None:
+                self.on_release()
 
 
 class Slots:
@@ -85,6 +92,7 @@ class Slots:
         self.hosts: dict[str, threading.BoundedSemaphore] = {}
         self.lock = threading.Lock()
         self.waiting = 0  # requests blocked on a cap now: a free connection goes to them first
+        self.busy: dict[str, int] = {}  # per host: requests holding or waiting for a slot
 
     @contextlib.contextmanager
     def hold(self, url: str):
@@ -95,17 +103,35 @@ class Slots:
             sem = self.hosts.setdefault(host, threading.BoundedSemaphore(self.per_host_cap))
         with self.lock:
             self.waiting += 1
+            self.busy[host] = self.busy.get(host, 0) + 1
         try:
             sem.acquire()  # always host first, then total: no lock-order cycle
-            self.total.acquire()
+            try:
+                self.total.acquire()
+            except BaseException:
+                sem.release()
+                raise
+        except BaseException:
+            self._unbusy(host)
+            raise
         finally:
             with self.lock:
                 self.waiting -= 1
-        held = Held((self.total, sem))
+        held = Held((self.total, sem), on_release=lambda: self._unbusy(host))
         try:
             yield held
         finally:
             held.release()
+
+    def _unbusy(self, host: str) -> None:
+        with self.lock:
+            self.busy[host] -= 1
+
+    def idle(self, url: str) -> int:
+        """Connections to ``url``'s host that no request holds or waits for now."""
+        host = urllib.parse.urlsplit(url).netloc
+        with self.lock:
+            return max(0, self.per_host_cap - self.busy.get(host, 0))
 
 
 def keep_alive(resp: requests.Response) -> None:

@@ -6,13 +6,17 @@ Invariants:
   (``split_bytes``, by default twice ``piece_bytes``, about 1 MB) is split when more than
   one connection per host is allowed and its host has not refused parallel ranges; its size
   comes from the index, else from its first 200's Content-Length;
-- a file starts as one run per connection (:func:`~torchdepot.fetch.pieces.plan_runs`, or
-  the whole file for that first 200, which keeps streaming from byte 0); a connection whose
-  run is done, when no piece task and no whole file waits for a socket, takes the second
-  half of the run with the most bytes left (aria2's rule), cut on a block boundary, never
+- a file starts as one run per connection its host has free at that moment, at least one
+  (:func:`~torchdepot.fetch.pieces.plan_runs`, or the whole file for that first 200, which
+  keeps streaming from byte 0): while other work holds or waits for the connections, no
+  request is spent cutting a file that would only wait; a connection whose run is done,
+  when no piece task and no whole file waits for a socket, takes the second half of the
+  run with the most bytes left (aria2's rule), in its own file first, else in any file in
+  flight (a connection freed by a one-stream file too), cut on a block boundary, never
   leaving either side under one block; the owner stops at the new boundary (checked under
   the file's lock before each write, so no byte is written by both), and only what was in
-  flight past it crossed the link for nothing;
+  flight past it crossed the link for nothing; a file's own thread waits for every run of
+  its file, those another file's connection took included, before it closes the file;
 - a waiting file never holds a socket: the first 200's slot is released once its run ends;
 - a host that answers a piece request with 429 or 503 while another piece of the same file
   is in flight refuses parallel ranges: the file restarts over one connection
@@ -139,11 +143,35 @@ class _Segmented:
     steals: int = 0
     active: int = 0  # piece requests holding a connection now
     digest: _InOrderDigest = field(default_factory=_InOrderDigest)
+    # the piece tasks of this file, a connection lent by another file's included; closed
+    # (under ``lock``) once the file's own thread has waited for them all: no more are added
+    futures: list[Future] = field(default_factory=list)
+    closed: bool = False
 
     def add_run(self, first: int, end: int, unbounded: bool = False) -> _Run:
         run = _Run(index=len(self.runs), first=first, pos=first, end=end, marked=first, unbounded=unbounded)
         self.runs.append(run)
         return run
+
+
+class _InFlight:
+    """The files whose pieces are in flight (to lend a free connection to another file)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.segs: list[_Segmented] = []
+
+    def add(self, seg: _Segmented) -> None:
+        with self.lock:
+            self.segs.append(seg)
+
+    def remove(self, seg: _Segmented) -> None:
+        with self.lock:
+            self.segs = [s for s in self.segs if s is not seg]
+
+    def others(self, seg: _Segmented | None) -> list[_Segmented]:
+        with self.lock:
+            return [s for s in self.segs if s is not seg]
 
 
 class _Backlog:
@@ -171,6 +199,7 @@ class Segmenter:
     head_steal_bytes: int = DEFAULT_HEAD_STEAL_BYTES
     refused: set[str] = field(default_factory=set)  # hosts that refused parallel ranges this run
     backlog: _Backlog = field(default_factory=_Backlog)
+    in_flight: _InFlight = field(default_factory=_InFlight)
 
     def worth_splitting(self, size: int, url: str = "") -> bool:
         return (size >= self.split_bytes and self.connections_per_host > 1
@@ -199,7 +228,12 @@ class Segmenter:
                 save_state(part, state)
             seg = _Segmented(item=item, url=url, part=part, fd=fd, size=size, block=self.piece_bytes,
                              state=state, started=started, meter=meter)
-            want = min(self.connections_per_host, count - len(state.done))
+            # as many runs as the host has connections free now (at least one, plus the open
+            # 200's own): a file that would wait for busy connections starts as one run and
+            # is split later by the connections that free up (aria2's rule), so no request
+            # is spent cutting it while other files still wait
+            spare = self.pool.slots.idle(url) + (first is not None)
+            want = max(1, min(self.connections_per_host, count - len(state.done), spare))
             if first is not None:  # the open response owns the file; the others take halves of it
                 head: _Run | None = seg.add_run(0, size, unbounded=True)
                 todo: list[_Run] = []
@@ -208,16 +242,16 @@ class Segmenter:
                 todo = [seg.add_run(a, b) for a, b in plan_runs(size, self.piece_bytes, state.done, want)]
             stealers = max(0, want - len(todo) - (head is not None))
             self.backlog.add(len(todo) + stealers)
-            futures = [self.executor.submit(self._work, seg, r, True) for r in todo]
-            futures += [self.executor.submit(self._work, seg, None, True) for _ in range(stealers)]
+            seg.futures += [self.executor.submit(self._work, seg, r, True) for r in todo]
+            seg.futures += [self.executor.submit(self._work, seg, None, True) for _ in range(stealers)]
             errors: list[BaseException] = []
-            if head is not None and first is not None:
-                self._stream_head(seg, head, first, slot, futures, errors)
-            for fut in futures:  # (the head may append a retry of its run)
-                try:
-                    fut.result()
-                except BaseException as exc:  # collected; the first real cause wins below
-                    errors.append(exc)
+            self.in_flight.add(seg)
+            try:
+                if head is not None and first is not None:
+                    self._stream_head(seg, head, first, slot, errors)
+                self._wait(seg, errors)
+            finally:
+                self.in_flight.remove(seg)
             _raise_first(errors)
             seg.digest.follow(seg, wait=True)  # what the pieces left unhashed (often nothing)
             digest = seg.digest.hasher.hexdigest() if seg.digest.pos == size else None
@@ -241,8 +275,26 @@ class Segmenter:
         known = Validators(size=size) if first is None else Validators.from_headers(size, first.headers)
         return PieceState(known, self.piece_bytes, count), False
 
+    def _wait(self, seg: _Segmented, errors: list[BaseException]) -> None:
+        """Wait for every piece task of ``seg``, those added while waiting included (a head's
+        retry, a connection lent by another file), then close it to new ones: once this
+        returns, no thread writes into its file."""
+        i = 0
+        while True:
+            with seg.lock:
+                if i == len(seg.futures):
+                    seg.closed = True
+                    return
+                fut = seg.futures[i]
+            i += 1
+            try:
+                fut.result()
+            except BaseException as exc:  # collected; the first real cause wins
+                errors.append(exc)
+                seg.abort.set()  # (already set by the failing piece; a lent one stops too)
+
     def _stream_head(self, seg: _Segmented, head: _Run, first: requests.Response, slot: Held | None,
-                     futures: list[Future], errors: list[BaseException]) -> None:
+                     errors: list[BaseException]) -> None:
         """Read the head run from the whole-file response ``first``, then let it go and, as
         a free connection, take the second halves of the others' runs."""
         go_on = False
@@ -252,7 +304,8 @@ class Segmenter:
             go_on = True
         except Retry:  # cut short: the rest of its run is fetched as an ordinary piece
             self.backlog.add(1)
-            futures.append(self.executor.submit(self._work, seg, head, True))
+            with seg.lock:
+                seg.futures.append(self.executor.submit(self._work, seg, head, True))
         except BaseException as exc:
             seg.abort.set()
             errors.append(exc)
@@ -288,6 +341,36 @@ class Segmenter:
         while run is not None:
             self._piece(seg, run)
             run = self._next(seg)
+        self._lend(seg)
+
+    def lend(self) -> None:
+        """A connection just freed by a one-stream file: when no other work waits, it takes
+        the second half of the largest run in flight (see :meth:`_lend`)."""
+        self._lend(None)
+
+    def _lend(self, seg: _Segmented | None) -> None:
+        """aria2's rule across files: a connection free after ``seg`` has nothing left to
+        split takes the second half of the largest run of another file in flight (a new
+        piece task of that file, which waits for it), rather than sit idle."""
+        if (seg is not None and seg.abort.is_set()) or not self._free():
+            return
+        best: tuple[int, _Segmented] | None = None
+        for other in self.in_flight.others(seg):
+            with other.lock:
+                left = _stealable(other, self.piece_bytes, self.head_steal_bytes)
+            if left and (best is None or left > best[0]):
+                best = (left, other)
+        if best is None:
+            return
+        other = best[1]
+        with other.lock:
+            if other.closed or other.abort.is_set():
+                return
+            run = _steal(other, self.piece_bytes, self.head_steal_bytes)
+            if run is None:
+                return
+            self.backlog.add(1)
+            other.futures.append(self.executor.submit(self._work, other, run, True))
 
     def _piece(self, seg: _Segmented, run: _Run) -> None:
         """Fetch one run to its (possibly moving) end, retrying from where it stopped."""
@@ -391,12 +474,23 @@ class Segmenter:
             raise Retry(f"{seg.url}: piece {run.index} ended at byte {at}, before {run.end}")
 
 
+def _live(seg: _Segmented, block: int, head_min: int) -> list[_Run]:
+    """Under ``seg.lock``: the runs with two blocks' worth left (``head_min`` for a whole-file
+    200, whose server sends on past the cut)."""
+    return [r for r in seg.runs if r.end - r.pos >= max(2 * block, head_min if r.unbounded else 0)]
+
+
+def _stealable(seg: _Segmented, block: int, head_min: int) -> int:
+    """Under ``seg.lock``: the bytes left in the run :func:`_steal` would split (0: none)."""
+    return max((r.end - r.pos for r in _live(seg, block, head_min)), default=0)
+
+
 def _steal(seg: _Segmented, block: int, head_min: int = DEFAULT_HEAD_STEAL_BYTES) -> _Run | None:
     """aria2's rule, under ``seg.lock``: split the run with the most bytes left at a block
     boundary near the middle of what it has left; its owner stops there, and the second
     half is a new run. None when no run has two blocks' worth left (``head_min`` for a
     whole-file 200, whose server sends on past the cut)."""
-    live = [r for r in seg.runs if r.end - r.pos >= max(2 * block, head_min if r.unbounded else 0)]
+    live = _live(seg, block, head_min)
     if not live:
         return None
     big = max(live, key=lambda r: r.end - r.pos)
