@@ -232,7 +232,8 @@ class Segmenter:
             # 200's own): a file that would wait for busy connections starts as one run and
             # is split later by the connections that free up (aria2's rule), so no request
             # is spent cutting it while other files still wait
-            spare = self.pool.slots.idle(url) + (first is not None)
+            # (runs submitted but not yet asking for a connection are not idle ones)
+            spare = max(0, self.pool.slots.idle(url) - self.backlog.count) + (first is not None)
             want = max(1, min(self.connections_per_host, count - len(state.done), spare))
             if first is not None:  # the open response owns the file; the others take halves of it
                 head: _Run | None = seg.add_run(0, size, unbounded=True)
