@@ -74,6 +74,11 @@ DEFAULT_SPLIT_BYTES = 2 * DEFAULT_PIECE_BYTES  # no threshold of its own: any fi
 # server keeps sending past the cut until the connection closes, so every cut costs what is in
 # flight (on a fast link, socket buffers of a few MB) and is worth it only for a large rest.
 DEFAULT_HEAD_STEAL_BYTES = 4 * DEFAULT_PIECE_BYTES
+# A run in flight is split only while its owner has at least this long left at its own rate:
+# the server sends on past a cut until the owner stops reading there, so a cut costs what is
+# in flight (on a fast link, whole socket buffers), and a run that ends soon gains nothing.
+MIN_STEAL_SECONDS = 0.2
+RATE_SECONDS = MIN_STEAL_SECONDS / 4  # how long a run is read before its rate is judged
 REFUSALS = frozenset({429, 503})  # an extra connection refused: the host wants one stream per file
 
 
@@ -88,6 +93,8 @@ class _Run:
     end: int
     marked: int  # blocks before this offset are recorded in the sidecar
     unbounded: bool = False  # a 200 for the whole file: the server sends on past any cut
+    since: float | None = None  # when its current request began reading (None: none in flight)
+    base: int = 0  # pos then
 
 
 class _InOrderDigest:
@@ -300,7 +307,7 @@ class Segmenter:
         a free connection, take the second halves of the others' runs."""
         go_on = False
         try:
-            with _connected(seg):
+            with _connected(seg), _reading(seg, head):
                 self._read_run(seg, head, first, seg.size)
             go_on = True
         except Retry:  # cut short: the rest of its run is fetched as an ordinary piece
@@ -327,10 +334,18 @@ class Segmenter:
         return self.backlog.count == 0 and self.pool.slots.waiting == 0
 
     def _next(self, seg: _Segmented) -> _Run | None:
-        if seg.abort.is_set() or not self._free():
-            return None
-        with seg.lock:
-            return _steal(seg, self.piece_bytes, self.head_steal_bytes)
+        for again in (True, False):
+            if seg.abort.is_set() or not self._free():
+                return None
+            with seg.lock:
+                run = _steal(seg, self.piece_bytes, self.head_steal_bytes)
+            if run is not None or not again:
+                return run
+            wait = _rate_wait([seg], self.piece_bytes, self.head_steal_bytes)
+            if not wait:
+                return None
+            time.sleep(wait)  # (holding no socket) until the young runs' rates tell
+        return None
 
     def _work(self, seg: _Segmented, run: _Run | None, queued: bool) -> None:
         """Fetch ``run`` (or a stolen half when None), then keep stealing while free."""
@@ -404,36 +419,45 @@ class Segmenter:
         with self.pool.hold(url), _connected(seg):
             if seg.abort.is_set():
                 raise Fatal("aborted")
-            with seg.lock:
+            with seg.lock:  # (asked for from now on: a cut costs what the server sends past it)
                 seg.requests += 1
                 pos, last = run.pos, run.end - 1
-            if pos > last:
-                return
+                run.since, run.base = time.monotonic(), pos
             try:
-                resp = self.pool.open(url, {"Accept-Encoding": "identity", "Range": range_header(pos, last)},
-                                      seg.started)
-            except Retry as exc:
+                if pos <= last:
+                    self._range_request(seg, run, pos, last)
+            finally:
                 with seg.lock:
-                    parallel = seg.active > 1
-                if exc.status in REFUSALS and parallel:  # refused as an extra connection: one stream
-                    self.refused.add(urllib.parse.urlsplit(url).netloc)
-                    raise Fallback(f"{url}: server refuses parallel ranges ({exc})") from None
-                raise
-            with contextlib.closing(resp):
-                if resp.status_code == 200:
-                    raise Fallback(f"{url}: server ignores Range (200 to a piece request)")
-                if resp.status_code != 206:
-                    raise Fatal(f"{url}: HTTP {resp.status_code}")
-                cr = parse_content_range(resp.headers.get("Content-Range"))
-                if cr is None or cr.total is None or cr.first != pos:
-                    raise Fallback(f"{url}: bad Content-Range {resp.headers.get('Content-Range')!r} "
-                                   f"for bytes {pos}-{last}")
-                _same_version(seg, Validators.from_headers(cr.total, resp.headers))
-                self._read_run(seg, run, resp, min(last, cr.last) + 1)
-                with seg.lock:
-                    whole = run.end - 1 == last == cr.last  # nobody took a part: body read exactly
-                if whole:
-                    keep_alive(resp)  # the socket goes back to the pool
+                    run.since = None
+
+    def _range_request(self, seg: _Segmented, run: _Run, pos: int, last: int) -> None:
+        """Ask for bytes ``pos``-``last`` of ``run`` and read them (see :meth:`_piece_request`)."""
+        url = seg.url
+        try:
+            resp = self.pool.open(url, {"Accept-Encoding": "identity", "Range": range_header(pos, last)},
+                                  seg.started)
+        except Retry as exc:
+            with seg.lock:
+                parallel = seg.active > 1
+            if exc.status in REFUSALS and parallel:  # refused as an extra connection: one stream
+                self.refused.add(urllib.parse.urlsplit(url).netloc)
+                raise Fallback(f"{url}: server refuses parallel ranges ({exc})") from None
+            raise
+        with contextlib.closing(resp):
+            if resp.status_code == 200:
+                raise Fallback(f"{url}: server ignores Range (200 to a piece request)")
+            if resp.status_code != 206:
+                raise Fatal(f"{url}: HTTP {resp.status_code}")
+            cr = parse_content_range(resp.headers.get("Content-Range"))
+            if cr is None or cr.total is None or cr.first != pos:
+                raise Fallback(f"{url}: bad Content-Range {resp.headers.get('Content-Range')!r} "
+                               f"for bytes {pos}-{last}")
+            _same_version(seg, Validators.from_headers(cr.total, resp.headers))
+            self._read_run(seg, run, resp, min(last, cr.last) + 1)
+            with seg.lock:
+                whole = run.end - 1 == last == cr.last  # nobody took a part: body read exactly
+            if whole:
+                keep_alive(resp)  # the socket goes back to the pool
 
     def _read_run(self, seg: _Segmented, run: _Run, resp: requests.Response, stop: int) -> None:
         """Write ``resp``'s bytes at ``run.pos`` until the run's end (it may move closer) or
@@ -476,9 +500,49 @@ class Segmenter:
 
 
 def _live(seg: _Segmented, block: int, head_min: int) -> list[_Run]:
-    """Under ``seg.lock``: the runs with two blocks' worth left (``head_min`` for a whole-file
-    200, whose server sends on past the cut)."""
-    return [r for r in seg.runs if r.end - r.pos >= max(2 * block, head_min if r.unbounded else 0)]
+    """Under ``seg.lock``: the runs worth splitting: two blocks' worth left (``head_min`` for
+    a whole-file 200, whose server sends on past the cut), and, for one being read, at least
+    :data:`MIN_STEAL_SECONDS` left at the rate it has been read so far."""
+    now = time.monotonic()
+    return [r for r in seg.runs
+            if r.end - r.pos >= max(2 * block, head_min if r.unbounded else 0) and _slow(r, now) is True]
+
+
+def _slow(run: _Run, now: float) -> bool | float:
+    """Whether ``run`` has :data:`MIN_STEAL_SECONDS` left at its rate; while that rate is not
+    known yet (a first burst says nothing of it), the seconds until it is."""
+    if run.since is None:
+        return True  # not being read: nothing in flight to lose
+    got, took = run.pos - run.base, now - run.since
+    if took < RATE_SECONDS:
+        return RATE_SECONDS - took
+    return (run.end - run.pos) * took >= MIN_STEAL_SECONDS * got
+
+
+def _rate_wait(segs: list[_Segmented], block: int, head_min: int) -> float:
+    """The longest a free connection waits for the rate of a run large enough to split
+    (0: none is too young to judge)."""
+    now, wait = time.monotonic(), 0.0
+    for seg in segs:
+        with seg.lock:
+            for r in seg.runs:
+                if r.end - r.pos >= max(2 * block, head_min if r.unbounded else 0):
+                    left = _slow(r, now)
+                    if left is not True and left is not False:
+                        wait = max(wait, left)
+    return wait
+
+
+@contextlib.contextmanager
+def _reading(seg: _Segmented, run: _Run) -> Iterator[None]:
+    """Note when ``run``'s response began and from where (its rate for :func:`_slow`), until it ends."""
+    with seg.lock:
+        run.since, run.base = time.monotonic(), run.pos
+    try:
+        yield
+    finally:
+        with seg.lock:
+            run.since = None
 
 
 def _stealable(seg: _Segmented, block: int, head_min: int) -> int:
