@@ -90,6 +90,7 @@ CACHE_SYNCS = f"{STATE_DIR}/cache-syncs.json"  # when the last syncs that swept 
 REGIONAL_RECORD = f"{STATE_DIR}/regional.json"  # `releases:`: the digest of the pages the last sync published
 MATRIX_RECORD = f"{STATE_DIR}/matrix.json"  # `current`: upstream's release matrix at the last sync
 PUBLISH_JOURNAL = f"{STATE_DIR}/publish.json"
+PIP_CONFIG = f"{STATE_DIR}/pipconfig.json"  # the user's pip configuration as last read (net/pipconfig.py)
 RETIRED = f"{STATE_DIR}/retired.json"
 ASIDE_DIR = f"{STATE_DIR}/aside"
 PULLTHROUGH_DIR = f"{STATE_DIR}/pullthrough"
@@ -104,7 +105,7 @@ CACHE_DIR = f"{STATE_DIR}/cache"
 # downloads or the next index outside the root (:func:`torchdepot.store.fsutil.refuse_planted_links`).
 OWN_PATHS = (STATE_DIR, PARTIAL_DIR, VIEW_DIR, ASIDE_DIR, CACHE_DIR, CONDA_CACHE_DIR, METADATA_CACHE, PAGE_CACHE,
              PULLTHROUGH_DIR, f"{STATE_DIR}/{HASHES_NAME}", RESOLUTIONS, LOCK_KEYS, SETTLED, MATRIX_RECORD, CACHE_SYNCS,
-             REGIONAL_RECORD, PUBLISH_JOURNAL, RETIRED,
+             REGIONAL_RECORD, PUBLISH_JOURNAL, PIP_CONFIG, RETIRED,
              MISSES_LOG, PUBLISH_DIR, PACKAGES_DIR, CONDA_DIR, TARGETS_DIR, ENVS_DIR, MANIFEST_NAME, LANDING_NAME,
              LOCK_FILE)
 

@@ -215,7 +215,7 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
         if spec.conda is None and spec_targets and not add and not locks:
             probe = Client(session.PROBE_CONFIG)
             probe.size_pools(hosts=4, per_host=settled.REVALIDATE_JOBS)
-            edge = session.edge(spec, probe, pip_sources)
+            edge = session.edge(spec, probe, pip_sources, keep_in=out)
             inputs = settled.inputs_digest(spec, tset, prune, edge)
             done = settled.replay(out, previous, tset, inputs, edge, started, wall_started, echo) \
                 if previous is not None else None
