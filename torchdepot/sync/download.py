@@ -54,8 +54,11 @@ def same_path_elsewhere(url: str, upstreams: tuple[str, ...]) -> tuple[str, ...]
 
 @dataclass
 class PipFetchReport(FetchReport):
-    """The fetch report plus where each resolution key is stored (results are keyed by that)."""
+    """The fetch report plus where each resolution key is stored (results are keyed by that),
+    and the METADATA :func:`reject_bad_wheels` read from each wheel this run downloaded, by
+    stored path: publishing writes ``.metadata`` from it instead of opening the zip again."""
     paths: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, bytes] = field(default_factory=dict)
 
     def stored(self, key: str) -> str:
         return self.paths.get(key, key)
@@ -186,12 +189,14 @@ def reject_bad_wheels(out: Path, resolution: Resolution, report: PipFetchReport)
         where = safe_join(out, path)
         try:
             with zipfile.ZipFile(where) as zf:
-                metadata_member(zf, vf.project, vf.link.url)
+                data = metadata_member(zf, vf.project, vf.link.url)
         except (zipfile.BadZipFile, OSError) as exc:
             bad[(acc, vf.filename)] = f"{vf.link.url}: not a readable wheel ({exc})"
         except TorchdepotError as exc:
             bad[(acc, vf.filename)] = str(exc)
         else:
+            if isinstance(report, PipFetchReport):
+                report.metadata[path] = data  # published from these bytes (store/pages.ensure_metadata)
             continue
         where.unlink(missing_ok=True)
     if bad:
