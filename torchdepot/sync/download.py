@@ -21,16 +21,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torchdepot.errors import TorchdepotError, UpstreamError
-from torchdepot.fetch import (
-    DEFAULT_CONNECTIONS,
-    DEFAULT_CONNECTIONS_PER_HOST,
-    Fetcher,
-    FetchItem,
-    FetchReport,
-)
-from torchdepot.fetch.progress import ProgressCallback
+from torchdepot.fetch import FetchItem, FetchReport
 from torchdepot.net.hostpolicy import HostPolicy
 from torchdepot.net.http import Client
 from torchdepot.resolve.uv import ResolvedFile
@@ -41,6 +35,10 @@ from torchdepot.store import publication as pub
 from torchdepot.store.fsutil import safe_join
 from torchdepot.sync.resolution import Resolution, file_key
 from torchdepot.sync.view import View, ViewFile, WholeFile
+
+if TYPE_CHECKING:  # the engine loads when a fetcher is made (a publish or a no-op reads reports only)
+    from torchdepot.fetch import Fetcher
+    from torchdepot.fetch.progress import ProgressCallback
 
 
 def same_path_elsewhere(url: str, upstreams: tuple[str, ...]) -> tuple[str, ...]:
@@ -102,6 +100,8 @@ def make_fetcher(out: Path, spec: MirrorSpec, client: Client, policy: HostPolicy
                  on_progress: ProgressCallback | None = None) -> Fetcher:
     """The run's one downloader configuration (jobs, hash policy, host and socket caps from the spec);
     ``on_progress`` receives progress events (``mirror --json`` prints them as JSON lines)."""
+    from torchdepot.fetch import DEFAULT_CONNECTIONS, DEFAULT_CONNECTIONS_PER_HOST, Fetcher
+
     return Fetcher(out, client, jobs=spec.jobs, on_hash_mismatch=spec.on_hash_mismatch, progress=progress,
                    on_progress=on_progress, fsync=spec.fsync, allowed_hosts=set(policy.hostnames),
                    connections=spec.connections or DEFAULT_CONNECTIONS,

@@ -13,9 +13,9 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torchdepot.errors import TorchdepotError, load_json
-from torchdepot.fetch import Fetcher
 from torchdepot.net.hostpolicy import HostPolicy
 from torchdepot.net.http import Client, HttpConfig
 from torchdepot.net.pipconfig import (
@@ -35,6 +35,9 @@ from torchdepot.sync.locked import LockedEnv
 from torchdepot.sync.plan import dependency_sources, host_policy, locate_variants
 from torchdepot.sync.result import MirrorResult
 from torchdepot.sync.view import View, ViewSources
+
+if TYPE_CHECKING:
+    from torchdepot.fetch import Fetcher
 
 Echo = Callable[[str], None]
 # Upstream pages fail fast: an unreachable PyTorch index must not stall the run.
