@@ -95,6 +95,7 @@ def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dr
     at the no-op shortcut opened (its pages are not read again); else opened here."""
     from torchdepot.sync import early
     from torchdepot.sync.download import (
+        EarlyReads,
         check_fetched,
         fetch_files,
         make_fetcher,
@@ -117,6 +118,7 @@ def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dr
     held.scratch = tempfile.TemporaryDirectory(prefix="torchdepot-view-") if dry_run else None
     workdir = Path(held.scratch.name) if held.scratch else out / L.VIEW_DIR
     early_keys: set[str] = set()
+    reads = EarlyReads(out)
     try:
         locked_ids = {env.target.id for env in locks}
         held.view = view = session.open_view(spec, edge, session.accelerators(list(tset.run), locks), workdir,
@@ -133,7 +135,7 @@ def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dr
         log.phase("upstreams")
         if not dry_run:  # the pinned torch wheels download while their closures resolve
             held.fetcher = make_fetcher(out, spec, held.client, edge.policy, progress, on_progress)
-            early_keys = early.submit_pinned(out, plan, view, spec, held.fetcher, previous)
+            early_keys = early.submit_pinned(out, plan, view, spec, held.fetcher, previous, reads)
             view.whole, relayed = whole_into_store(out, spec, held.fetcher)  # a hashless wheel: fetched once
         resolved = (resolve_targets(plan, view, jobs=RESOLVE_JOBS, cache=out / L.RESOLUTIONS, write_cache=not dry_run)
                     if plan.targets else Resolution(targets=(), files=()))
@@ -160,7 +162,7 @@ def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dr
             result.report = report = early.drop_unused(out, fetched, early_keys, resolution)
             log.phase("fetch")
             check_fetched(report, spec, log.say)
-            reject_bad_wheels(out, resolution, report)  # the caller runs again without them
+            reject_bad_wheels(out, resolution, report, reads)  # the caller runs again without them
             done = retention.publish_with_retention(out, previous, resolution, report, view, carried, tset,
                                                     spec.keep, log.say, result.keeper)
             result.files, result.targets, result.generation = done.files, done.targets, done.generation
