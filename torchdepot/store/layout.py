@@ -25,6 +25,8 @@ it (no regex re-spelling a name built elsewhere). Layout of ``<root>``::
         pages/                        upstream pages with their validators, re-read conditionally (PAGE_CACHE)
         locks.json                    per target, the digest of its lock's inputs and bytes (LOCK_KEYS)
         settled.json                  the last clean sync's inputs, manifest digest and pages (SETTLED)
+        pipconfig.json                the user's pip configuration as pip last read it, with what decides
+                                      it; replayed while unchanged (PIP_CONFIG, net/pipconfig.py)
         regional.json                 a regional sync's published pages, by digest (REGIONAL_RECORD)
         cache-syncs.json              start times of the last successful syncs; entries of metadata/ and
                                       pages/ none of them used are pruned (CACHE_SYNCS, store/cachefiles.py)
