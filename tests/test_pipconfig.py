@@ -171,6 +171,10 @@ def test_a_mirror_keeps_the_read_in_its_state_and_rereads_a_changed_or_broken_re
     assert record.read_bytes() == kept  # replayed, not rewritten
     cfg.write_text("[global]\nindex-url = http://127.0.0.1:7/b\n")
     assert _kept_pip_config(out)[0].index_url == "http://127.0.0.1:7/b"
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "http://user:s3cret@127.0.0.1:8/x")
+    assert _kept_pip_config(out)[0].extra_index_urls == ("http://user:s3cret@127.0.0.1:8/x",)
+    assert b"s3cret" not in record.read_bytes()  # the environment's values are not kept
+    assert record.stat().st_mode & 0o777 == 0o600
     record.write_text('{"key": 1')  # a broken record is read again and replaced
     assert _kept_pip_config(out)[0].index_url == "http://127.0.0.1:7/b"
     assert ConfigSnapshot.from_data(json.loads(record.read_text())) is not None

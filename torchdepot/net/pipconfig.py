@@ -230,7 +230,9 @@ def snapshot_in_process() -> ConfigSnapshot | None:
         files = tuple((n, _signature(n)) for n in names)
         key = config_key()
         conf.load()
-        text = "".join(f"{k}={v!r}\n" for k, v in conf.items())
+        # the environment's own values are not kept (a URL there may carry a token): the four that
+        # count are read from the environment again at each parse (parse_config_list)
+        text = "".join(f"{k}={v!r}\n" for k, v in conf.items() if not k.startswith(":env:."))
         url, host = str(PyPI.simple_url).rstrip("/"), str(PyPI.file_storage_domain).lower()
     except Exception:  # pip internals moved or config unreadable: the caller asks the CLI instead
         return None

@@ -80,9 +80,10 @@ def _kept_pip_config(out: Path) -> tuple[PipSources, ConfigSnapshot | None]:
         kept = ConfigSnapshot.from_data(load_json(path.read_bytes(), str(path)))
     pip, snap = read_pip_config_kept(kept)
     if snap is not None and snap != kept:
-        # derived state, re-read when lost: no fsync; a failed write only costs the next run the read
+        # derived state, re-read when lost: no fsync; a failed write only costs the next run the read.
+        # Owner-only: a config file's URL may carry a token.
         with contextlib.suppress(OSError, TorchdepotError):
-            atomic_write_bytes(path, json.dumps(snap.to_data(), indent=1).encode(), fsync=False)
+            atomic_write_bytes(path, json.dumps(snap.to_data(), indent=1).encode(), 0o600, fsync=False)
     return pip, snap
 
 
