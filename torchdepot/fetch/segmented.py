@@ -13,7 +13,8 @@ Invariants:
   when no piece task and no whole file waits for a socket, takes the second half of the
   run with the most bytes left (aria2's rule), in its own file first, else in any file in
   flight (a connection freed by a one-stream file too), cut on a block boundary, never
-  leaving either side under one block; the owner stops at the new boundary (checked under
+  leaving either side under one block, and a run being read only while it has
+  ``MIN_STEAL_SECONDS`` or more left at its own rate (a cut costs what is in flight); the owner stops at the new boundary (checked under
   the file's lock before each write, so no byte is written by both), and only what was in
   flight past it crossed the link for nothing; a file's own thread waits for every run of
   its file, those another file's connection took included, before it closes the file;
