@@ -100,7 +100,7 @@ def _bounded(asked: list) -> list[tuple[int, int]]:
 def test_a_free_connection_splits_a_large_run_in_flight(tmp_path, up):
     data = random.Random(3).randbytes(16 * KB128)
     item = _item(up, "steal.whl", data)
-    # two runs of 8 blocks: one drips, the other is served at once and, once done, takes
+    # two runs (6 and 10 blocks): one drips, the other is served at once and, once done, takes
     # the second half of what the dripping one has left, again and again
     up.schedule("/whl/steal.whl", Fault("drip", rate=1 * MB), Fault("ok"))
     up.always("/whl/steal.whl", Fault("ok"))
@@ -110,7 +110,8 @@ def test_a_free_connection_splits_a_large_run_in_flight(tmp_path, up):
     assert (tmp_path / item.key).read_bytes() == data
     assert res.fetched_bytes == len(data)  # the owner stopped where the thief began
     asked = _bounded(_requests(up, "steal.whl"))
-    runs = [(0, 8 * KB128 - 1), (8 * KB128, 16 * KB128 - 1)]
+    runs = [(a, b - 1) for a, b in plan_runs(len(data), KB128, set(), 2, stagger=True)]
+    assert runs == [(0, 6 * KB128 - 1), (6 * KB128, 16 * KB128 - 1)]  # staggered: they end apart
     assert set(runs) <= set(asked)  # one run per connection first
     # (which of the two drips is up to the order the server saw them in)
     stolen = [(a, b) for a, b in asked if (a, b) not in runs]
@@ -139,11 +140,12 @@ def test_unknown_size_of_a_few_pieces_splits_without_dropping_its_first_answer(t
     assert up.body_bytes["/whl/nosize.whl"] <= len(data) + KB128  # not the whole rest of the first answer
 
 
-@given(st.integers(1, 10**10), st.integers(64 * 1024, 10**8), st.sets(st.integers(0, 200)), st.integers(1, 64))
-def test_runs_cover_exactly_the_unfinished_blocks(size, block, done, conns):
+@given(st.integers(1, 10**10), st.integers(64 * 1024, 10**8), st.sets(st.integers(0, 200)), st.integers(1, 64),
+       st.booleans())
+def test_runs_cover_exactly_the_unfinished_blocks(size, block, done, conns, stagger):
     count = block_count(size, block)
     done = {i for i in done if i < count}
-    runs = plan_runs(size, block, done, conns)
+    runs = plan_runs(size, block, done, conns, stagger=stagger)
     covered = [(a, b) for a, b in runs]
     assert all(a < b for a, b in covered)
     assert all(a % block == 0 for a, _ in covered)

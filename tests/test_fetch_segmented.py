@@ -79,7 +79,7 @@ def test_large_file_goes_out_in_pieces_every_byte_once(tmp_path, up):
     # one run per connection free when it starts (up to 4: fewer while the small file holds
     # one or is about to), on block boundaries, then second halves taken by free connections
     asked = set(_bounded(up.ranges[path]))
-    plans = [plan_runs(SIZE, PIECE, set(), n) for n in (2, 3, 4)]
+    plans = [plan_runs(SIZE, PIECE, set(), n, stagger=True) for n in (2, 3, 4)]
     assert all(len(runs) == n and all(a % PIECE == 0 for a, _ in runs)
                for n, runs in zip((2, 3, 4), plans, strict=True))
     assert any(asked >= {(a, b - 1) for a, b in runs} for runs in plans), asked

@@ -85,10 +85,14 @@ def block_count(size: int, block: int) -> int:
     return -(-size // block)
 
 
-def plan_runs(size: int, block: int, done: set[int], connections: int) -> list[tuple[int, int]]:
+def plan_runs(size: int, block: int, done: set[int], connections: int,
+              stagger: bool = False) -> list[tuple[int, int]]:
     """The byte ranges ``[first, end)`` still to fetch: each gap between finished blocks,
     the gaps cut on block boundaries into about ``connections`` runs in all (each gap its
-    share by length, at least one run), the runs of one gap of about equal length."""
+    share by length, at least one run), the runs of one gap of about equal length; with
+    ``stagger``, run k of p gets one block plus a share of the rest weighted ``p + k`` (the
+    last about twice the first), so runs that start together end apart and their
+    connections' next requests do not all wait out the first-byte latency at once."""
     count = block_count(size, block)
     gaps: list[tuple[int, int]] = []  # [first block, end block)
     start: int | None = None
@@ -102,7 +106,12 @@ def plan_runs(size: int, block: int, done: set[int], connections: int) -> list[t
     runs: list[tuple[int, int]] = []
     for a, b in gaps:
         parts = max(1, min(b - a, round(max(1, connections) * (b - a) / left)))
-        cuts = [a + (b - a) * k // parts for k in range(parts + 1)]
+        if stagger and parts > 1:
+            weights = list(itertools.accumulate((parts + k for k in range(parts)), initial=0))
+            extra = b - a - parts  # blocks beyond one per run
+            cuts = [a + k + extra * w // weights[-1] for k, w in enumerate(weights)]
+        else:
+            cuts = [a + (b - a) * k // parts for k in range(parts + 1)]
         runs += [(x * block, min(size, y * block)) for x, y in itertools.pairwise(cuts)]
     return runs
 

@@ -7,7 +7,8 @@ Invariants:
   one connection per host is allowed and its host has not refused parallel ranges; its size
   comes from the index, else from its first 200's Content-Length;
 - a file starts as one run per connection its host has free at that moment, at least one
-  (:func:`~torchdepot.fetch.pieces.plan_runs`, or the whole file for that first 200, which
+  (:func:`~torchdepot.fetch.pieces.plan_runs`, staggered in length so that they do not all
+  end, and ask again, at once; or the whole file for that first 200, which
   keeps streaming from byte 0): while other work holds or waits for the connections, no
   request is spent cutting a file that would only wait; a connection whose run is done,
   when no piece task and no whole file waits for a socket, takes the second half of the
@@ -248,7 +249,7 @@ class Segmenter:
                 todo: list[_Run] = []
             else:
                 head = None
-                todo = [seg.add_run(a, b) for a, b in plan_runs(size, self.piece_bytes, state.done, want)]
+                todo = [seg.add_run(a, b) for a, b in plan_runs(size, self.piece_bytes, state.done, want, stagger=True)]
             stealers = max(0, want - len(todo) - (head is not None))
             self.backlog.add(len(todo) + stealers)
             seg.futures += [self.executor.submit(self._work, seg, r, True) for r in todo]
