@@ -141,6 +141,43 @@ def build(root: Path) -> int:
     return len(wheels)
 
 
+def change_one_page(up: Path, root: Path, acc: str) -> None:
+    """``root``: a copy of the upstream ``up`` (hard links: the shared build is never written)
+    with a new torch patch release for ``acc`` (its newest line, every Python and platform it
+    shipped): its wheels and ``.metadata`` added, one anchor each on ``whl/<acc>/torch/``, the
+    one page that changes."""
+    shutil.copytree(up, root, copy_function=os.link)
+    first, last, plats = ACCS[acc]
+    folder, anchors = root / "whl" / acc / "files", []
+    for py in pythons(last):
+        cp = "cp" + py.replace(".", "")
+        for plat in plats:
+            mac = plat.startswith("macos")
+            tag = f"{cp}-{'none' if mac else cp}-{PLATFORM_TAGS[plat]}"
+            deps = ("filelock", "typing-extensions>=4.8", "sympy", "networkx", "jinja2", "fsspec", *cuda_libs(acc))
+            filename, data = _wheel("torch", f"2.{last}.{len(PATCHES)}{'' if mac else '+' + acc}", tag, deps)
+            meta = wheel_metadata(data)
+            (folder / filename).write_bytes(data)
+            (folder / (filename + ".metadata")).write_bytes(meta)
+            ms = hashlib.sha256(meta).hexdigest()
+            href = f"/whl/{acc}/files/{urllib.parse.quote(filename)}#sha256={hashlib.sha256(data).hexdigest()}"
+            anchors.append(f'<a href="{href}" data-core-metadata="sha256={ms}" '
+                           f'data-dist-info-metadata="sha256={ms}">{filename}</a><br/>')
+    page = root / "whl" / acc / "torch" / "index.html"
+    old = page.read_bytes()
+    page.unlink()  # a new file, not the linked one
+    page.write_bytes(old.replace(b"\n</body>", ("\n" + "\n".join(anchors) + "\n</body>").encode(), 1))
+    os.utime(page, (time.time() + 2, time.time() + 2))  # newer than any Last-Modified seen before
+
+
+def serve(link: Path, root: Path) -> None:
+    """Point the server's root ``link`` at ``root`` (replaced atomically)."""
+    tmp = link.with_name(link.name + ".new")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(root)
+    os.replace(tmp, link)
+
+
 def matrix() -> list[dict]:
     """Every (accelerator, Python, platform) some torch release shipped, spread so that any
     prefix covers many accelerators."""
@@ -160,10 +197,17 @@ CHILD = """
 import json, sys, time
 t0 = time.monotonic()
 from torchdepot.spec.mirror import load_spec
+from torchdepot.sync import resolution, view
 from torchdepot.sync.pip import sync
+built, resolved = [], []
+# counted, not changed: every view page derived from upstream pages (screened anew), every resolver run
+_derive, _resolve = view.View._derive, resolution._resolve_excluding
+view.View._derive = lambda self, *a: built.append(a) or _derive(self, *a)
+resolution._resolve_excluding = lambda *a: resolved.append(a[1].target.id) or _resolve(*a)
 spec = load_spec(sys.argv[1])
 res = sync(spec, progress=False, echo=lambda m: None, dry_run=sys.argv[2] == "dry")
 print(json.dumps({"total": time.monotonic() - t0, "requests": res.requests, "phases": res.phases,
+                  "built": len(built), "resolved": len(set(resolved)),
                   "fetched": res.report.fetched_bytes if res.report else 0,
                   # VmHWM: ru_maxrss would carry the bench's own peak across exec
                   "rss_mb": int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024}))
@@ -195,8 +239,9 @@ def main() -> None:
     every = matrix()
     print(f"target matrix: {len(every)} (accelerator, Python, platform) combinations shipped")
     results = {}
-    with Server(up) as s, tempfile.TemporaryDirectory(prefix="torchdepot-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="torchdepot-bench-") as tmp, Server(Path(tmp) / "served") as s:
         env = hermetic_env(PIP_INDEX_URL=f"{s.url}/simple")
+        served = Path(tmp) / "served"  # a link to the upstream the server answers from
         for n in counts:
             targets = every[:n]
             spec = Path(tmp) / f"mirror-{n}.yaml"
@@ -205,16 +250,28 @@ def main() -> None:
                 "accelerators": [targets[0]["accelerator"]], "pythons": [targets[0]["python"]],
                 "platforms": [targets[0]["platform"]], "targets": targets[1:], "upstreams": [f"{s.url}/whl"],
                 "out": str(Path(tmp) / f"out-{n}"), "jobs": 4}))
+            serve(served, up)
             load = os.getloadavg()[0]
             cold = run(spec, "cold", env)
             noop = run(spec, "noop", env)
             dry = run(spec, "dry", env)
+            change_one_page(up, Path(tmp) / f"changed-{n}", targets[0]["accelerator"])
+            serve(served, Path(tmp) / f"changed-{n}")
+            one = run(spec, "one", env)
             results[n] = (cold, noop, dry, load)
             print(f"{len(targets):4d} targets (load {load:.1f}): cold {cold['total']:6.2f} s, no-op {noop['total']:5.2f} s "
                   f"[{noop['requests']}; {noop['fetched']} bytes fetched], dry-run {dry['total']:5.2f} s, "
                   f"peak RSS {max(cold['rss_mb'], noop['rss_mb'], dry['rss_mb']):.0f} MB")
+            ids = {t["accelerator"] for t in targets[:1]}
+            same = sum(t["accelerator"] in ids for t in targets)
+            print(f"      one page changed ({targets[0]['accelerator']} torch: a new patch release): "
+                  f"{one['total']:5.2f} s = {one['total'] / cold['total']:.2f} x cold, "
+                  f"{one['total'] / noop['total']:.1f} x no-op; view pages built {one['built']} "
+                  f"(cold {cold['built']}), targets resolved {one['resolved']} of {len(targets)} "
+                  f"({same} on {targets[0]['accelerator']}; cold {cold['resolved']})")
             fmt = lambda ph: ", ".join(f"{k} {v:.2f}" for k, v in ph.items())  # noqa: E731
-            print(f"      phases cold: {fmt(cold['phases'])}; no-op: {fmt(noop['phases'])}; dry: {fmt(dry['phases'])}")
+            print(f"      phases cold: {fmt(cold['phases'])}; no-op: {fmt(noop['phases'])}; dry: {fmt(dry['phases'])}; "
+                  f"one changed: {fmt(one['phases'])}")
     goals = {18: {"noop": 1.0}, 64: {"noop": 2.0, "dry": 10.0, "rss": 150}, 227: {"noop": 5.0, "dry": 30.0,
                                                                               "cold": 50.0, "rss": 300}}
     print("goals (figure / goal = ratio):")
