@@ -118,8 +118,9 @@ def generate() -> list[tuple[str, str, str, bytes]]:
     return out
 
 
-def build(root: Path) -> int:
-    """Write the upstream under ``root`` (pages, wheels, sidecars); returns the wheel count."""
+def build(root: Path, aggregate: tuple[str, ...] = ()) -> int:
+    """Write the upstream under ``root`` (pages, wheels, sidecars); returns the wheel count.
+    ``aggregate``: projects also listed on ``/whl/<project>/`` with every accelerator's builds."""
     pages: dict[tuple[str, str], list[str]] = {}
     wheels = generate()
     for where, project, filename, data in wheels:
@@ -132,7 +133,10 @@ def build(root: Path) -> int:
         ms = hashlib.sha256(meta).hexdigest()
         anchor = f'<a href="{href}" data-core-metadata="sha256={ms}" data-dist-info-metadata="sha256={ms}">{filename}</a><br/>'
         # as on download.pytorch.org, every accelerator's tree lists the dependencies too
-        for page in [where] if where != "simple" else ["simple", *(f"whl/{acc}" for acc in ACCS)]:
+        listed = [where] if where != "simple" else ["simple", *(f"whl/{acc}" for acc in ACCS)]
+        if project in aggregate:
+            listed.append("whl")
+        for page in listed:
             pages.setdefault((page, project), []).append(anchor)
     for (where, project), anchors in pages.items():
         page = root / where / project / "index.html"
@@ -214,11 +218,12 @@ print(json.dumps({"total": time.monotonic() - t0, "requests": res.requests, "pha
 """
 
 
-def run(spec: Path, mode: str, env: dict) -> dict:
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(spec), mode], capture_output=True, text=True, env=env,
+def run(spec: Path, mode: str, env: dict, child: str = CHILD, what: str = "mirror") -> dict:
+    """``child`` run in a fresh interpreter on ``spec`` in ``mode``; its last stdout line as JSON."""
+    proc = subprocess.run([sys.executable, "-c", child, str(spec), mode], capture_output=True, text=True, env=env,
                           cwd=ROOT)
     if proc.returncode:
-        raise SystemExit(f"mirror ({mode}) failed: {proc.stderr[-3000:]}")
+        raise SystemExit(f"{what} ({mode}) failed: {proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

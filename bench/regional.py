@@ -16,25 +16,21 @@ ratio. ``python bench/regional.py``; the built upstream is kept under the system
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from index import ACCS, generate  # noqa: E402  (bench/index.py: the one synthetic generator)
+import index  # noqa: E402  (bench/index.py: the one synthetic generator)
 
 from tests.httpserver import Server  # noqa: E402
-from tests.kit.wheels import wheel_metadata  # noqa: E402
 from tests.venvs import hermetic_env  # noqa: E402
 
 BUILD = "v1"  # bump when the generated upstream changes
@@ -44,27 +40,7 @@ TORCH_PROJECTS = ("torch", "torchvision", "torchaudio")
 
 def build(root: Path) -> int:
     """bench/index.py's upstream, plus the aggregate ``/whl/<project>/`` pages of the torch projects."""
-    pages: dict[tuple[str, str], list[str]] = {}
-    wheels = generate()
-    for where, project, filename, data in wheels:
-        folder = root / where / "files"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / filename).write_bytes(data)
-        meta = wheel_metadata(data)
-        (folder / (filename + ".metadata")).write_bytes(meta)
-        href = f"/{where}/files/{urllib.parse.quote(filename)}#sha256={hashlib.sha256(data).hexdigest()}"
-        ms = hashlib.sha256(meta).hexdigest()
-        anchor = f'<a href="{href}" data-core-metadata="sha256={ms}" data-dist-info-metadata="sha256={ms}">{filename}</a><br/>'
-        listed = [where] if where != "simple" else ["simple", *(f"whl/{acc}" for acc in ACCS)]
-        if project in TORCH_PROJECTS:
-            listed.append("whl")  # the aggregate page lists every accelerator's builds
-        for page in listed:
-            pages.setdefault((page, project), []).append(anchor)
-    for (where, project), anchors in pages.items():
-        page = root / where / project / "index.html"
-        page.parent.mkdir(parents=True, exist_ok=True)
-        page.write_text("<!DOCTYPE html><html><body>\n" + "\n".join(anchors) + "\n</body></html>\n")
-    return len(wheels)
+    return index.build(root, aggregate=TORCH_PROJECTS)
 
 
 CHILD = """
@@ -85,11 +61,7 @@ print(json.dumps({"total": time.monotonic() - t0, "requests": res.requests, "pha
 
 
 def run(spec: Path, mode: str, env: dict) -> dict:
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(spec), mode], capture_output=True, text=True, env=env,
-                          cwd=ROOT)
-    if proc.returncode:
-        raise SystemExit(f"regional sync ({mode}) failed: {proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return index.run(spec, mode, env, child=CHILD, what="regional sync")
 
 
 def main() -> None:
