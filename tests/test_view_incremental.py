@@ -11,16 +11,19 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.faultserver import FaultServer
 from tests.kit.upstream import TORCH, padded_wheel, pep503, populate
 from torchdepot.net.http import HttpConfig, make_session
 from torchdepot.net.pipconfig import PipSources
+from torchdepot.sources.links import Link, Page
 from torchdepot.spec.mirror import parse_spec
 from torchdepot.store import layout as L
 from torchdepot.sync import resolution
 from torchdepot.sync.pip import sync
-from torchdepot.sync.view import SCREENS_DIR, View
+from torchdepot.sync.view import SCREENS_DIR, View, _at
 
 CU121 = ("torch", "2.5.0+cu121", *TORCH[2:])
 
@@ -170,3 +173,21 @@ def test_a_damaged_derivation_is_derived_again(upstream, tmp_path, counted, dama
     again, _ = _sync(upstream, out)
     assert again.verify == "ok"
     assert len(set(derived)) == len(entries)
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers(-2, 5) | st.text(max_size=3),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+                     max_leaves=12)
+
+
+@given(refs=_json)
+def test_kept_positions_are_taken_as_they_are_or_not_at_all(refs):
+    """Any JSON where a derivation keeps its links' positions: the links at those positions on
+    the pages read, or None; never an exception, never a link from elsewhere."""
+    pages = [Page(url="u0", links=[Link(url=f"https://h/{i}.whl", filename=f"{i}.whl") for i in range(3)]), None,
+             Page(url="u2")]
+    got = _at(pages, refs)
+    if got is not None:
+        assert isinstance(refs, list)
+        assert len(got) == len(refs)
+        assert all(link in pages[0].links for link in got)

@@ -33,11 +33,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import html
 import json
 import os
+import sys
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -171,6 +173,7 @@ class View:
     _wholes: dict[str, Path | None] = field(default_factory=dict)
     _wheels: dict[str, WheelFile] = field(default_factory=dict)
     _parsed: Mapping[str, WheelFile] = field(init=False)
+    _code: str | None = None  # screen_code_digest(), once per run
     _digests: dict[tuple[str, str], str] = field(default_factory=dict)
     _screens: dict[tuple[str, tuple[Link, ...], bool],
                    tuple[tuple[Link, ...], tuple[Link, ...], tuple[tuple[str, str], ...]]] = field(default_factory=dict)
@@ -275,9 +278,12 @@ class View:
     # unreadable page, an odd file, a source skipped as unreachable) screens them anew.
     def _screened(self, accelerator: str, project: str,
                   variant: Variant | None) -> tuple[list[Link], list[Link]]:
-        key = _derive_key(accelerator, project, variant, self.sources, self.policy, self.exclude_newer)
+        with self._lock:
+            if self._code is None:
+                self._code = screen_code_digest()
+        key = _derive_key(self._code, accelerator, project, variant, self.sources, self.policy, self.exclude_newer)
         path = self.workdir / SCREENS_DIR / (hashlib.sha256(f"{accelerator}/{project}".encode()).hexdigest() + ".json")
-        got = self._reuse(path, key)
+        got = self._reuse(path, key) if self._code else None
         if got is not None:
             kept, vjson, refused = got
             self._count_refused(refused)
@@ -296,7 +302,7 @@ class View:
         if not kept:  # not on the PyTorch variant (or nothing usable there): the user's sources
             vjson = []
             kept = self._screen(self.dependency_links(project, reader), project, refused=refused)
-        if self.cache_writes and not self._dead and reads.complete:
+        if self.cache_writes and self._code and not self._dead and reads.complete:
             doc = reads.entry(key, kept, vjson, refused, self.reader)
             if doc is not None:
                 with contextlib.suppress(OSError):  # a cache: a failed write costs a screen next run
@@ -731,14 +737,35 @@ SCREENS_DIR = ".screens"  # under the work dir: each project page's screened lin
 MAX_SCREENS_BYTES = 64 * 1024 * 1024  # a larger entry is not read (a cache: the page is screened anew)
 
 
-def _derive_key(accelerator: str, project: str, variant: Variant | None, sources: ViewSources,
+# The modules whose code decides what a page's screened links are (parsers, screen, names):
+# their bytes are part of every derivation's key, so a changed torchdepot derives again.
+_SCREEN_CODE = ("torchdepot.sync.view", "torchdepot.net.hostpolicy", "torchdepot.model.wheelname",
+                "torchdepot.model.names", "torchdepot.sources.upstream", "torchdepot.sources.links",
+                "torchdepot.sources.pep691", "torchdepot.sources.variants")
+
+
+def screen_code_digest() -> str:
+    """sha256 over this torchdepot's version and the source of :data:`_SCREEN_CODE`; "" when one
+    of them is not loaded or cannot be read (then nothing is reused or kept: when in doubt, derive)."""
+    h = hashlib.sha256(__version__.encode())
+    for name in _SCREEN_CODE:
+        try:
+            h.update(Path(str(sys.modules[name].__file__)).read_bytes())  # loaded by the time a page is read
+        except (OSError, KeyError, TypeError):
+            return ""
+    return h.hexdigest()
+
+
+def _derive_key(code: str, accelerator: str, project: str, variant: Variant | None, sources: ViewSources,
                 policy: HostPolicy, exclude_newer: dt.datetime | None) -> str:
     """Everything a project's screened links depend on besides the upstream pages read: this
-    torchdepot (parsers, screen), the accelerator's variant, the dependency sources, the host
-    policy and the upload cutoff."""
-    doc = [__version__, accelerator, project, repr(variant), list(sources.indexes), list(sources.find_links),
-           sorted(policy.hosts), policy.allow_file, str(exclude_newer)]
-    return hashlib.sha256(json.dumps(doc, default=str).encode()).hexdigest()
+    torchdepot's screening code, the accelerator's variant, the dependency sources, every field
+    of the host policy and the upload cutoff."""
+    rules = {f.name: sorted(v) if isinstance(v := getattr(policy, f.name), frozenset) else v
+             for f in dataclasses.fields(policy)}
+    doc = [code, accelerator, project, repr(variant), list(sources.indexes), list(sources.find_links),
+           rules, str(exclude_newer)]
+    return hashlib.sha256(json.dumps(doc, default=str, sort_keys=True).encode()).hexdigest()
 
 
 class _Recording:
