@@ -39,6 +39,8 @@ sys.path.insert(0, str(ROOT))
 from tests.httpserver import Server  # noqa: E402
 from tests.kit.wheels import wheel_bytes, wheel_metadata  # noqa: E402
 from tests.venvs import hermetic_env  # noqa: E402
+from torchdepot.store.layout import VIEW_DIR  # noqa: E402
+from torchdepot.sync.view import SCREENS_DIR  # noqa: E402
 
 BUILD = "v4"  # bump when the generated upstream changes
 MINORS = range(14)  # torch 2.0 .. 2.13
@@ -260,9 +262,16 @@ def main() -> None:
             cold = run(spec, "cold", env)
             noop = run(spec, "noop", env)
             dry = run(spec, "dry", env)
+            # the same mirror, its view's derivations gone: the whole run as before they were kept
+            base_out = Path(tmp) / f"base-{n}"
+            shutil.copytree(Path(tmp) / f"out-{n}", base_out, symlinks=True)
+            shutil.rmtree(base_out / VIEW_DIR / SCREENS_DIR)
+            base_spec = spec.with_name(f"base-{n}.yaml")
+            base_spec.write_text(json.dumps({**json.loads(spec.read_text()), "out": str(base_out)}))
             change_one_page(up, Path(tmp) / f"changed-{n}", targets[0]["accelerator"])
             serve(served, Path(tmp) / f"changed-{n}")
             one = run(spec, "one", env)
+            base = run(base_spec, "one", env)
             results[n] = (cold, noop, dry, load)
             print(f"{len(targets):4d} targets (load {load:.1f}): cold {cold['total']:6.2f} s, no-op {noop['total']:5.2f} s "
                   f"[{noop['requests']}; {noop['fetched']} bytes fetched], dry-run {dry['total']:5.2f} s, "
@@ -271,12 +280,13 @@ def main() -> None:
             same = sum(t["accelerator"] in ids for t in targets)
             print(f"      one page changed ({targets[0]['accelerator']} torch: a new patch release): "
                   f"{one['total']:5.2f} s = {one['total'] / cold['total']:.2f} x cold, "
-                  f"{one['total'] / noop['total']:.1f} x no-op; view pages built {one['built']} "
-                  f"(cold {cold['built']}), targets resolved {one['resolved']} of {len(targets)} "
-                  f"({same} on {targets[0]['accelerator']}; cold {cold['resolved']})")
+                  f"{one['total'] / noop['total']:.1f} x no-op, {one['total'] / base['total']:.2f} x the same run "
+                  f"deriving every page ({base['total']:.2f} s); view pages derived {one['built']} "
+                  f"(that run {base['built']}, cold {cold['built']}), targets resolved {one['resolved']} of "
+                  f"{len(targets)} ({same} on {targets[0]['accelerator']}; cold {cold['resolved']})")
             fmt = lambda ph: ", ".join(f"{k} {v:.2f}" for k, v in ph.items())  # noqa: E731
             print(f"      phases cold: {fmt(cold['phases'])}; no-op: {fmt(noop['phases'])}; dry: {fmt(dry['phases'])}; "
-                  f"one changed: {fmt(one['phases'])}")
+                  f"one changed: {fmt(one['phases'])}; deriving every page: {fmt(base['phases'])}")
     goals = {18: {"noop": 1.0}, 64: {"noop": 2.0, "dry": 10.0, "rss": 150}, 227: {"noop": 5.0, "dry": 30.0,
                                                                               "cold": 50.0, "rss": 300}}
     print("goals (figure / goal = ratio):")
