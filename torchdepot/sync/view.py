@@ -6,6 +6,15 @@ verified metadata, written under the run's work dir (``<acc>/<project>/index.htm
 (:func:`torchdepot.sync.viewserver.serve_view`). Pages are built on demand as the resolver asks for them, so only the
 closure's pages are read, each once (the :class:`UpstreamReader` caches).
 
+A whole run costs what changed: a project's screened links are derived from upstream's pages
+once and kept (``<workdir>/.screens/``) with the identity of every page read (parser, URL,
+content type, body sha256) and everything else they depend on (the screening code, variant,
+dependency sources, host policy, upload cutoff); a later run whose pages have those identities
+takes the links from its own reads of them instead of screening again. Anything else (a changed
+or unreadable page, an entry that is odd or from other inputs, a source skipped as unreachable)
+derives anew. What is added per run (the mirror's held copies, exclusions, known hashes) is
+applied to every page as before, so a page's bytes are those a run without the entries builds.
+
 Invariants:
 - a project's links come from the accelerator's PyTorch variant when it carries the
   project (its ``--index-url`` instructions: first index wins), else from the user's
