@@ -56,8 +56,8 @@ def counted(monkeypatch):
     return derived, resolved
 
 
-def _sync(up, out: Path):
-    spec = parse_spec({"accelerators": ["cpu", "cu121"], "pythons": ["3.11"], "platforms": ["linux-x86_64"],
+def _sync(up, out: Path, accelerators: tuple[str, ...] = ("cpu", "cu121")):
+    spec = parse_spec({"accelerators": list(accelerators), "pythons": ["3.11"], "platforms": ["linux-x86_64"],
                        "extra_packages": [], "upstreams": [up.url + "/whl"], "out": str(out), "jobs": 2},
                       "test spec")
     msgs: list[str] = []
@@ -141,6 +141,24 @@ def test_one_changed_page_rebuilds_one_view_page_and_resolves_one_target(upstrea
     assert stale == {f"{L.VIEW_DIR}/cpu/files/{padded_wheel(*TORCH, payload=2_000, seed=0).filename}.metadata"}
     assert fresh == {rel: data for rel, data in incremental.items() if rel not in stale}
     assert any(rel.endswith("/index.html") and rel.startswith(L.VIEW_DIR) for rel in fresh)
+
+
+def test_an_added_target_derives_and_resolves_only_its_own(upstream, tmp_path, counted):
+    """A target added (a whole run: the spec changed) reads every page again by conditional
+    request (304); the pages already derived are reused, only the new accelerator's are derived."""
+    derived, resolved = counted
+    out = tmp_path / "out"
+    _sync(upstream, out, ("cpu",))
+    cpu_pages = set(derived)
+    assert {acc for acc, _ in cpu_pages} == {"cpu"}
+    derived.clear()
+    resolved.clear()
+    res, _ = _sync(upstream, out)
+    assert res.verify == "ok"
+    assert derived
+    assert {acc for acc, _ in derived} == {"cu121"}  # none of cpu's derived again
+    assert resolved == ["cu121-py311-linux-x86_64"]
+    assert res.requests["unchanged"] >= len(cpu_pages)  # cpu's pages: 304s, their derivations reused
 
 
 def test_a_changed_input_besides_pages_derives_again(upstream, tmp_path, counted):
