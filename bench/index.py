@@ -15,6 +15,12 @@ each (its peak RSS is the mirror's, uv's is separate): a cold sync, a no-op re-s
 64 targets no-op <= 2 s, dry-run <= 10 s, <= 150 MB; 227 targets no-op <= 5 s, dry-run
 <= 30 s, cold <= 50 s, <= 300 MB. The machine's load average is printed with the figures.
 
+Then one page changes (:func:`change_one_page`: a new torch patch release for the first
+target's accelerator, on a hard-linked copy of the upstream the server is switched to) and a
+whole run follows: its time against cold and no-op, the view pages it derived from upstream's
+links again (``View._derive``) and the targets it ran uv for, and the same against the same run
+on a copy of the mirror without the view's kept derivations (every page derived, as before).
+
 ``python bench/index.py [--targets 18,64,227]``; the built upstream is kept under the system
 temp dir (``torchdepot-bench-index-<version>``) and reused by the next run.
 """
