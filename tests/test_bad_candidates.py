@@ -254,3 +254,51 @@ def test_dot_segment_refusal_matches_the_decoded_path(segments):
     decoded = urllib.parse.unquote(path).replace("\\", "/").split("/")
     dotted = any(s in (".", "..") for s in decoded) or any(s in (".", "..") for s in path.split("/"))
     assert (policy.refusal("http://a.example" + path) == "dot segment in URL path refused") == dotted
+
+
+def test_each_downloaded_wheel_is_opened_once_and_its_metadata_published_from_that_read(tmp_path, monkeypatch):
+    """Checking a download is a wheel and writing its ``.metadata`` share one read of the zip's
+    central directory (torch's costs ~40 ms): upstream serves PEP 658 sidecars, so nothing
+    else of this run opens the wheels."""
+    import zipfile
+
+    tree = pep503([GOOD], pages=["/whl/cpu"], files="/whl/cpu", indexes=False)
+    tree |= pep503([FILELOCK], pages=["/simple"], files="/files")
+    tree.write(tmp_path / "up")
+    opened: list[str] = []
+    real_init = zipfile.ZipFile.__init__
+
+    def counting_init(self, file, *args, **kwargs):
+        if isinstance(file, (str, Path)) and str(file).endswith(".whl"):
+            opened.append(Path(file).name)
+        real_init(self, file, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile.ZipFile, "__init__", counting_init)
+    res, _took = _sync_served(tmp_path, [])
+    assert res.verify == "ok"
+    assert sorted(opened) == sorted([GOOD.filename, FILELOCK.filename])
+    out = tmp_path / "out"
+    for w in (GOOD, FILELOCK):
+        assert (out / f"packages/{w.filename.split('-')[0]}/{w.filename}.metadata").read_bytes() == w.metadata
+
+
+def test_early_reads_keep_a_landed_wheels_metadata_for_those_very_bytes_only(tmp_path):
+    """An early download's METADATA is read as it lands; kept for its path and sha256 only,
+    and a file that is no wheel is left to reject_bad_wheels' own read and message."""
+    from concurrent.futures import Future
+
+    from torchdepot.fetch import FetchResult
+    from torchdepot.sync.download import EarlyReads
+
+    (tmp_path / "good.whl").write_bytes(GOOD.data)
+    (tmp_path / "junk.whl").write_bytes(b"not a zip" * 100)
+    reads = EarlyReads(tmp_path)
+    for name in ("good.whl", "junk.whl", "failed.whl"):
+        fut: Future = Future()
+        reads.watch(fut, "torch", f"http://127.0.0.1:9/{name}")
+        fut.set_result(FetchResult(key=name, status="failed" if name == "failed.whl" else "downloaded",
+                                   sha256="a" * 64))
+    assert reads.get("good.whl", "a" * 64) == GOOD.metadata
+    assert reads.get("good.whl", "b" * 64) is None  # other bytes than those read
+    assert reads.get("junk.whl", "a" * 64) is None
+    assert reads.get("failed.whl", "a" * 64) is None

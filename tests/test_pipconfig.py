@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 from hypothesis import given, settings
@@ -9,10 +12,12 @@ from hypothesis import strategies as st
 
 from tests.venvs import hermetic_env
 from torchdepot.net.pipconfig import (
+    ConfigSnapshot,
     PipSources,
     parse_config_list,
     pip_default_index,
     read_pip_config,
+    read_pip_config_kept,
 )
 
 SAMPLE = """\
@@ -93,3 +98,83 @@ def test_in_process_read_equals_pip_cli(tmp_path, monkeypatch):
     assert (fast.index_url, fast.extra_index_urls, fast.find_links) == (cli.index_url, cli.extra_index_urls, cli.find_links)
     assert fast.index_url == "http://127.0.0.1:4/s"
     assert fast.extra_index_urls == ("file:///srv/a", "file:///srv/b")
+
+
+def _clean_pip_env(monkeypatch, cfg: Path) -> None:
+    for k in [k for k in __import__("os").environ if k.startswith("PIP_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(cfg))
+
+
+def test_snapshot_replays_until_a_file_or_variable_pip_reads_changes(tmp_path, monkeypatch):
+    cfg = tmp_path / "pip.conf"
+    cfg.write_text("[global]\nindex-url = http://127.0.0.1:5/one\n")
+    _clean_pip_env(monkeypatch, cfg)
+    sources, snap = read_pip_config_kept(None)
+    assert snap is not None
+    assert snap.valid()
+    assert sources.index_url == "http://127.0.0.1:5/one"
+    assert str(cfg) in [name for name, _sig in snap.files]
+    again, same = read_pip_config_kept(ConfigSnapshot.from_data(json.loads(json.dumps(snap.to_data()))))
+    assert same == snap
+    assert again == sources
+    cfg.write_text("[global]\nindex-url = http://127.0.0.1:5/two\n")  # same size, maybe same tick: re-read
+    assert not snap.valid()
+    changed, snap2 = read_pip_config_kept(snap)
+    assert changed.index_url == "http://127.0.0.1:5/two"
+    assert snap2 != snap
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "http://127.0.0.1:6/x")  # a variable pip reads: re-read
+    assert snap2 is not None
+    assert not snap2.valid()
+    assert read_pip_config_kept(snap2)[0].extra_index_urls == ("http://127.0.0.1:6/x",)
+
+
+def test_a_valid_snapshot_does_not_import_pip(tmp_path):
+    cfg = tmp_path / "pip.conf"
+    cfg.write_text("[install]\nfind-links = /srv/w\n")
+    env = hermetic_env(PIP_CONFIG_FILE=str(cfg))
+    code = ("import json, sys\nfrom torchdepot.net.pipconfig import ConfigSnapshot, read_pip_config_kept\n"
+            "kept = ConfigSnapshot.from_data(json.loads(sys.stdin.read()))\n"
+            "src, snap = read_pip_config_kept(kept)\n"
+            "print(json.dumps([src.find_links, snap == kept, 'pip._internal' in sys.modules]))\n")
+    first = subprocess.run([sys.executable, "-c", "import json\nfrom torchdepot.net.pipconfig import "
+                            "read_pip_config_kept\nprint(json.dumps(read_pip_config_kept(None)[1].to_data()))"],
+                           env=env, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], input=first, env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert json.loads(out) == [["file:///srv/w"], True, False]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(
+                        st.sampled_from(["key", "files", "text", "default_index", "file_host", "x"]), kids, max_size=6),
+                    max_leaves=20))
+def test_snapshot_from_any_json_is_a_snapshot_or_none(data):
+    snap = ConfigSnapshot.from_data(data)
+    assert snap is None or ConfigSnapshot.from_data(snap.to_data()) == snap
+
+
+def test_a_mirror_keeps_the_read_in_its_state_and_rereads_a_changed_or_broken_record(tmp_path, monkeypatch):
+    from torchdepot.store import layout as L
+    from torchdepot.sync.session import _kept_pip_config
+
+    cfg = tmp_path / "pip.conf"
+    cfg.write_text("[global]\nindex-url = http://127.0.0.1:7/a\n")
+    _clean_pip_env(monkeypatch, cfg)
+    out = tmp_path / "mirror"
+    out.mkdir()
+    record = out / L.PIP_CONFIG
+    assert _kept_pip_config(out)[0].index_url == "http://127.0.0.1:7/a"
+    kept = record.read_bytes()
+    assert _kept_pip_config(out)[0].index_url == "http://127.0.0.1:7/a"
+    assert record.read_bytes() == kept  # replayed, not rewritten
+    cfg.write_text("[global]\nindex-url = http://127.0.0.1:7/b\n")
+    assert _kept_pip_config(out)[0].index_url == "http://127.0.0.1:7/b"
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "http://user:s3cret@127.0.0.1:8/x")
+    assert _kept_pip_config(out)[0].extra_index_urls == ("http://user:s3cret@127.0.0.1:8/x",)
+    assert b"s3cret" not in record.read_bytes()  # the environment's values are not kept
+    assert record.stat().st_mode & 0o777 == 0o600
+    record.write_text('{"key": 1')  # a broken record is read again and replaced
+    assert _kept_pip_config(out)[0].index_url == "http://127.0.0.1:7/b"
+    assert ConfigSnapshot.from_data(json.loads(record.read_text())) is not None

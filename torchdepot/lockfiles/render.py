@@ -18,9 +18,8 @@ import json
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import tomlkit
 from packaging.utils import canonicalize_name
 
 from torchdepot.errors import TorchdepotError
@@ -30,6 +29,9 @@ from torchdepot.model.gpu_tables import min_nvidia_driver
 from torchdepot.model.platforms import target_platform
 from torchdepot.model.trust import pip_trust_args
 from torchdepot.store.manifest import FileEntry, Manifest, Target
+
+if TYPE_CHECKING:
+    import tomlkit.items
 
 REQUIREMENTS = "requirements.lock"
 PYLOCK = "pylock.toml"
@@ -125,6 +127,8 @@ def pylock_toml(t: Target, pins: Sequence[Pinned], base: str, *, location: Liter
     env = f"python_version == '{t.python}'"
     if sys_platform:
         env += f" and sys_platform == '{sys_platform}' and platform_machine == '{machine}'"
+    import tomlkit  # here: the landing page and a no-op re-sync need this module, not TOML
+
     doc = tomlkit.document()
     doc.add("lock-version", "1.0")
     doc.add("environments", [env])
@@ -178,6 +182,8 @@ def _merged_variants(group: Sequence[Pinned]) -> dict | None:
 
 def _toml_value(doc: dict) -> tomlkit.items.Table:
     """A JSON object as a TOML table: nested objects inline, as uv writes ``variants-json``."""
+    import tomlkit
+
     def inline(value):
         if isinstance(value, dict):
             t = tomlkit.inline_table()

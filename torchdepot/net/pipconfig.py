@@ -6,6 +6,13 @@ variables ``PIP_INDEX_URL`` / ``PIP_EXTRA_INDEX_URL`` / ``PIP_FIND_LINKS`` / ``P
 No index host is hard-coded: when no index-url is configured, pip's own default applies
 (:func:`pip_default_index` asks pip for it at run time).
 
+Importing pip's configuration module costs ~0.1 s (it pulls in pip's exceptions, logging and
+vendored libraries), a quarter of a no-op re-sync. A :class:`ConfigSnapshot` keeps what pip read
+together with what decides it (pip's version, this interpreter, the ``PIP_*`` and config-location
+environment variables) and the signature of every file pip looked at (its bytes' digest); a caller may keep it
+(the mirror's state dir) and replay it without importing pip while all of that is unchanged.
+pip still decides which files count and how they combine: nothing here re-implements that.
+
 A pip ``constraint`` setting is deliberately not applied to mirroring: it caps what this
 machine installs, not what a mirror for other machines must hold.
 """
@@ -13,12 +20,16 @@ machine installs, not what a mirror for other machines must hold.
 from __future__ import annotations
 
 import ast
+import hashlib
+import json
 import os
+import stat
 import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 # pip option sections that apply to ``pip install``/``pip download``, lowest priority first.
 _SECTIONS = ("global", "download", "install")
@@ -124,6 +135,120 @@ def _config_list_in_process() -> str | None:
         return "".join(f"{k}={v!r}\n" for k, v in conf.items())
     except Exception:  # pip internals moved or config unreadable: ask the CLI instead
         return None
+
+
+# Besides PIP_*, the variables pip's config locations depend on (platformdirs, virtualenvs).
+_LOCATION_ENV = ("HOME", "XDG_CONFIG_HOME", "XDG_CONFIG_DIRS", "APPDATA", "LOCALAPPDATA", "PROGRAMDATA",
+                 "ALLUSERSPROFILE", "USERPROFILE", "VIRTUAL_ENV")
+MAX_SNAPSHOT_FILES = 64  # pip looks at a handful; more means a record that is not ours
+MAX_HASHED_CONFIG = 1 << 20  # config files up to this size are compared by content, larger ones by stat
+
+
+@dataclass(frozen=True)
+class ConfigSnapshot:
+    """What this interpreter's pip read (``pip config list`` lines, its default index and file
+    host), the digest of what decides where pip looks (:func:`config_key`) and each file pip
+    looked at with its signature (:func:`_signature`; "" when absent). Valid while both are unchanged."""
+
+    key: str
+    files: tuple[tuple[str, str], ...]
+    text: str
+    default_index: str | None = None
+    file_host: str | None = None
+
+    def to_data(self) -> dict[str, Any]:
+        return {"key": self.key, "files": [list(f) for f in self.files], "text": self.text,
+                "default_index": self.default_index, "file_host": self.file_host}
+
+    @classmethod
+    def from_data(cls, data: object) -> ConfigSnapshot | None:
+        """The snapshot a record holds, or None when it is not one (a malformed record is re-read)."""
+        if not isinstance(data, dict):
+            return None
+        key, files, text = data.get("key"), data.get("files"), data.get("text")
+        default_index, file_host = data.get("default_index"), data.get("file_host")
+        if not (isinstance(key, str) and isinstance(text, str) and isinstance(files, list)
+                and len(files) <= MAX_SNAPSHOT_FILES
+                and all(isinstance(f, list) and len(f) == 2 and all(isinstance(x, str) for x in f) for f in files)
+                and all(v is None or isinstance(v, str) for v in (default_index, file_host))):
+            return None
+        return cls(key=key, files=tuple((f[0], f[1]) for f in files), text=text, default_index=default_index,
+                   file_host=file_host)
+
+    def valid(self) -> bool:
+        """Whether pip would read the same now: same key, every file's signature unchanged."""
+        return self.key == config_key() and all(_signature(name) == sig for name, sig in self.files)
+
+    def sources(self) -> PipSources:
+        return replace(parse_config_list(self.text, os.environ), note="pip configuration")
+
+
+def _pip_version() -> str:
+    try:
+        import pip  # its __init__ alone: a version string, no pip internals
+
+        return str(pip.__version__)
+    except Exception:
+        return ""
+
+
+def config_key(env: Mapping[str, str] | None = None) -> str:
+    """Digest of what decides which files pip reads and which variables it adds: pip's version,
+    this interpreter and its prefixes, and the environment variables pip and its locations use."""
+    env = os.environ if env is None else env
+    data = {"pip": _pip_version(), "python": sys.executable, "prefix": sys.prefix, "base": sys.base_prefix,
+            "platform": sys.platform,
+            "env": sorted((k, v) for k, v in env.items() if k.startswith("PIP_") or k in _LOCATION_ENV)}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def _signature(name: str) -> str:
+    """A file's signature ("" when absent): the digest of a config file's bytes (a few hundred;
+    an edit within one timestamp tick keeping the size still shows), its stat for a huge one."""
+    try:
+        st = os.stat(name)
+        if not stat.S_ISREG(st.st_mode):
+            return f"mode:{stat.S_IFMT(st.st_mode)}"  # /dev/null, a directory: its times mean nothing here
+        if st.st_size > MAX_HASHED_CONFIG:
+            return f"stat:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}:{st.st_dev}"
+        with open(name, "rb") as fh:
+            return "sha256:" + hashlib.sha256(fh.read(MAX_HASHED_CONFIG + 1)).hexdigest()
+    except OSError:
+        return ""  # absent (or unreadable: pip's own read then fails, and no snapshot is kept)
+
+
+def snapshot_in_process() -> ConfigSnapshot | None:
+    """Read this interpreter's pip configuration in process (pip's own ``Configuration``),
+    noting every file it looks at; None when pip's internals are not what this expects."""
+    try:
+        from pip._internal.configuration import Configuration
+        from pip._internal.models.index import PyPI
+
+        conf = Configuration(isolated=False)
+        names = list(dict.fromkeys(n for _variant, group in conf.iter_config_files() for n in group))
+        # signatures before the read: a file changed meanwhile differs at the next run, and is re-read
+        files = tuple((n, _signature(n)) for n in names)
+        key = config_key()
+        conf.load()
+        # the environment's own values are not kept (a URL there may carry a token): the four that
+        # count are read from the environment again at each parse (parse_config_list)
+        text = "".join(f"{k}={v!r}\n" for k, v in conf.items() if not k.startswith(":env:."))
+        url, host = str(PyPI.simple_url).rstrip("/"), str(PyPI.file_storage_domain).lower()
+    except Exception:  # pip internals moved or config unreadable: the caller asks the CLI instead
+        return None
+    return ConfigSnapshot(key=key, files=files, text=text, default_index=url if "://" in url else None,
+                          file_host=host if host and "/" not in host else None)
+
+
+def read_pip_config_kept(kept: ConfigSnapshot | None) -> tuple[PipSources, ConfigSnapshot | None]:
+    """This interpreter's pip configuration: ``kept`` replayed when still valid (pip not imported),
+    else read again. Returns the sources and the snapshot to keep (None: nothing to keep)."""
+    if kept is not None and kept.valid():
+        return kept.sources(), kept
+    snap = snapshot_in_process()
+    if snap is None:
+        return read_pip_config(), None
+    return snap.sources(), snap
 
 
 def read_pip_config(python: str | None = None, env: dict[str, str] | None = None) -> PipSources:

@@ -26,6 +26,8 @@ it (no regex re-spelling a name built elsewhere). Layout of ``<root>``::
         pages/                        upstream pages with their validators, re-read conditionally (PAGE_CACHE)
         locks.json                    per target, the digest of its lock's inputs and bytes (LOCK_KEYS)
         settled.json                  the last clean sync's inputs, manifest digest and pages (SETTLED)
+        pipconfig.json                the user's pip configuration as pip last read it, with what decides
+                                      it; replayed while unchanged (PIP_CONFIG, net/pipconfig.py)
         regional.json                 a regional sync's published pages, by digest (REGIONAL_RECORD)
         cache-syncs.json              start times of the last successful syncs; entries of metadata/ and
                                       pages/ none of them used are pruned (CACHE_SYNCS, store/cachefiles.py)
@@ -91,6 +93,7 @@ CACHE_SYNCS = f"{STATE_DIR}/cache-syncs.json"  # when the last syncs that swept 
 REGIONAL_RECORD = f"{STATE_DIR}/regional.json"  # `releases:`: the digest of the pages the last sync published
 MATRIX_RECORD = f"{STATE_DIR}/matrix.json"  # `current`: upstream's release matrix at the last sync
 PUBLISH_JOURNAL = f"{STATE_DIR}/publish.json"
+PIP_CONFIG = f"{STATE_DIR}/pipconfig.json"  # the user's pip configuration as last read (net/pipconfig.py)
 RETIRED = f"{STATE_DIR}/retired.json"
 ASIDE_DIR = f"{STATE_DIR}/aside"
 PULLTHROUGH_DIR = f"{STATE_DIR}/pullthrough"
@@ -105,7 +108,7 @@ CACHE_DIR = f"{STATE_DIR}/cache"
 # downloads or the next index outside the root (:func:`torchdepot.store.fsutil.refuse_planted_links`).
 OWN_PATHS = (STATE_DIR, PARTIAL_DIR, VIEW_DIR, ASIDE_DIR, CACHE_DIR, CONDA_CACHE_DIR, METADATA_CACHE, PAGE_CACHE,
              PULLTHROUGH_DIR, f"{STATE_DIR}/{HASHES_NAME}", RESOLUTIONS, LOCK_KEYS, SETTLED, MATRIX_RECORD, CACHE_SYNCS,
-             REGIONAL_RECORD, PUBLISH_JOURNAL, RETIRED,
+             REGIONAL_RECORD, PUBLISH_JOURNAL, PIP_CONFIG, RETIRED,
              MISSES_LOG, PUBLISH_DIR, PACKAGES_DIR, CONDA_DIR, TARGETS_DIR, ENVS_DIR, MANIFEST_NAME, LANDING_NAME,
              LOCK_FILE)
 

@@ -73,15 +73,18 @@ def requires_python_of(metadata: bytes) -> str | None:
     return str(value).strip() or None if value is not None else None
 
 
-def ensure_metadata(root: Path, path: str, project: str, *, fsync: bool = True) -> tuple[str, str | None, int]:
+def ensure_metadata(root: Path, path: str, project: str, *, fsync: bool = True,
+                    data: bytes | None = None) -> tuple[str, str | None, int]:
     """Write ``<path>.metadata`` next to a stored wheel (only if it changed; ``fsync=False``:
     without flushing it to disk, as the wheels themselves are unless the spec says ``fsync``).
+    ``data``: that wheel's METADATA as :func:`metadata_member` already read it this run (the zip
+    is then not opened again: its central directory costs ~40 ms for torch).
 
     Returns (sha256 of the metadata file, Requires-Python, size).
     """
-    wheel = safe_join(root, path)
     meta_path = safe_join(root, metadata_path(path))
-    data = wheel_metadata(wheel, project)
+    if data is None:
+        data = wheel_metadata(safe_join(root, path), project)
     try:
         current = meta_path.read_bytes()
     except OSError:

@@ -76,7 +76,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 from torchdepot.errors import TorchdepotError, UnsafePathError, load_json
-from torchdepot.fetch import Fetcher, FetchItem, HashCache, hash_present
+from torchdepot.fetch import FetchItem, HashCache, hash_present
 from torchdepot.net.hostpolicy import HostPolicy, default_policy
 from torchdepot.net.http import file_url_path
 from torchdepot.store import layout as L
@@ -582,6 +582,7 @@ def _refetch(root: Path, manifest: mf.Manifest, refetch: dict[str, Problem], cli
             out.append(Problem(kind=p.kind, path=p.path, detail=f"{p.detail}; not refetched: {why}"))
     if not items:
         return out
+    from torchdepot.fetch import Fetcher  # the engine loads only when something is refetched
     from torchdepot.net.http import make_session
 
     own = client is None

@@ -21,16 +21,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torchdepot.errors import TorchdepotError, UpstreamError
-from torchdepot.fetch import (
-    DEFAULT_CONNECTIONS,
-    DEFAULT_CONNECTIONS_PER_HOST,
-    Fetcher,
-    FetchItem,
-    FetchReport,
-)
-from torchdepot.fetch.progress import ProgressCallback
+from torchdepot.fetch import FetchItem, FetchReport
 from torchdepot.net.hostpolicy import HostPolicy
 from torchdepot.net.http import Client
 from torchdepot.resolve.uv import ResolvedFile
@@ -41,6 +35,12 @@ from torchdepot.store import publication as pub
 from torchdepot.store.fsutil import safe_join
 from torchdepot.sync.resolution import Resolution, file_key
 from torchdepot.sync.view import View, ViewFile, WholeFile
+
+if TYPE_CHECKING:  # the engine loads when a fetcher is made (a publish or a no-op reads reports only)
+    from concurrent.futures import Future
+
+    from torchdepot.fetch import Fetcher, FetchResult
+    from torchdepot.fetch.progress import ProgressCallback
 
 
 def same_path_elsewhere(url: str, upstreams: tuple[str, ...]) -> tuple[str, ...]:
@@ -54,8 +54,11 @@ def same_path_elsewhere(url: str, upstreams: tuple[str, ...]) -> tuple[str, ...]
 
 @dataclass
 class PipFetchReport(FetchReport):
-    """The fetch report plus where each resolution key is stored (results are keyed by that)."""
+    """The fetch report plus where each resolution key is stored (results are keyed by that),
+    and the METADATA :func:`reject_bad_wheels` read from each wheel this run downloaded, by
+    stored path: publishing writes ``.metadata`` from it instead of opening the zip again."""
     paths: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, bytes] = field(default_factory=dict)
 
     def stored(self, key: str) -> str:
         return self.paths.get(key, key)
@@ -99,6 +102,8 @@ def make_fetcher(out: Path, spec: MirrorSpec, client: Client, policy: HostPolicy
                  on_progress: ProgressCallback | None = None) -> Fetcher:
     """The run's one downloader configuration (jobs, hash policy, host and socket caps from the spec);
     ``on_progress`` receives progress events (``mirror --json`` prints them as JSON lines)."""
+    from torchdepot.fetch import DEFAULT_CONNECTIONS, DEFAULT_CONNECTIONS_PER_HOST, Fetcher
+
     return Fetcher(out, client, jobs=spec.jobs, on_hash_mismatch=spec.on_hash_mismatch, progress=progress,
                    on_progress=on_progress, fsync=spec.fsync, allowed_hosts=set(policy.hostnames),
                    connections=spec.connections or DEFAULT_CONNECTIONS,
@@ -169,31 +174,70 @@ class BadCandidates(TorchdepotError):
         self.excluded = excluded
 
 
-def reject_bad_wheels(out: Path, resolution: Resolution, report: PipFetchReport) -> None:
-    """Raise :class:`BadCandidates` for each wheel this run downloaded whose bytes are not a
-    wheel (upstream's ``.metadata`` was fine, so only the bytes show it); each such file is
-    removed first: nothing this run wrote stays behind unlisted."""
+def _metadata_or_refusal(where: Path, project: str, url: str) -> bytes | str:
+    """A downloaded wheel's METADATA, or the one line saying why its bytes are no wheel."""
     import zipfile
 
     from torchdepot.store.pages import metadata_member
 
-    downloaded = {r.key for r in report.downloaded}
+    try:
+        with zipfile.ZipFile(where) as zf:
+            return metadata_member(zf, project, url)
+    except (zipfile.BadZipFile, OSError) as exc:
+        return f"{url}: not a readable wheel ({exc})"
+    except TorchdepotError as exc:
+        return str(exc)
+
+
+class EarlyReads:
+    """The METADATA of early downloads (sync/early.py), read by the fetcher's thread as each one
+    lands, while the closure still resolves (torch's central directory costs ~40 ms): then
+    :func:`reject_bad_wheels` opens none of them again. Kept with the sha256 of the bytes read."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self._lock = threading.Lock()
+        self._read: dict[str, tuple[str, bytes]] = {}  # stored path -> (sha256 of the wheel, METADATA)
+
+    def watch(self, fut: Future[FetchResult], project: str, url: str) -> None:
+        fut.add_done_callback(lambda f: self._read_one(f.result(), project, url))
+
+    def _read_one(self, result: FetchResult, project: str, url: str) -> None:
+        if result.status != "downloaded" or result.sha256 is None or not result.key.endswith(".whl"):
+            return
+        try:
+            got = _metadata_or_refusal(safe_join(self.out, result.key), project, url)
+        except Exception:  # a callback must not raise: reject_bad_wheels reads this wheel itself
+            return
+        if isinstance(got, bytes):  # a refusal is left to reject_bad_wheels' own read and message
+            with self._lock:
+                self._read[result.key] = (result.sha256, got)
+
+    def get(self, path: str, sha256: str | None) -> bytes | None:
+        with self._lock:
+            kept = self._read.get(path)
+        return kept[1] if kept is not None and sha256 is not None and kept[0] == sha256 else None
+
+
+def reject_bad_wheels(out: Path, resolution: Resolution, report: PipFetchReport,
+                      early: EarlyReads | None = None) -> None:
+    """Raise :class:`BadCandidates` for each wheel this run downloaded whose bytes are not a
+    wheel (upstream's ``.metadata`` was fine, so only the bytes show it); each such file is
+    removed first: nothing this run wrote stays behind unlisted. ``early``: what was read of
+    the early downloads already (the same bytes: same path and sha256)."""
+    downloaded = {r.key: r.sha256 for r in report.downloaded}
     bad: dict[tuple[str, str], str] = {}
     for key, vf, acc in resolution.files:
         path = report.stored(key)
         if path not in downloaded or not path.endswith(".whl"):
             continue
-        where = safe_join(out, path)
-        try:
-            with zipfile.ZipFile(where) as zf:
-                metadata_member(zf, vf.project, vf.link.url)
-        except (zipfile.BadZipFile, OSError) as exc:
-            bad[(acc, vf.filename)] = f"{vf.link.url}: not a readable wheel ({exc})"
-        except TorchdepotError as exc:
-            bad[(acc, vf.filename)] = str(exc)
-        else:
+        kept = early.get(path, downloaded[path]) if early is not None else None
+        got = kept if kept is not None else _metadata_or_refusal(safe_join(out, path), vf.project, vf.link.url)
+        if isinstance(got, bytes):
+            report.metadata[path] = got  # published from these bytes (store/pages.ensure_metadata)
             continue
-        where.unlink(missing_ok=True)
+        bad[(acc, vf.filename)] = got
+        safe_join(out, path).unlink(missing_ok=True)
     if bad:
         raise BadCandidates(bad)
 

@@ -23,7 +23,7 @@ from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
 from torchdepot.store import publication
 from torchdepot.store.fsutil import safe_join
-from torchdepot.sync.download import PipFetchReport, same_path_elsewhere
+from torchdepot.sync.download import EarlyReads, PipFetchReport, same_path_elsewhere
 from torchdepot.sync.plan import Plan
 from torchdepot.sync.resolution import Resolution, file_key
 from torchdepot.sync.view import View
@@ -32,8 +32,10 @@ _Report = TypeVar("_Report", bound=FetchReport)  # the report comes back as the 
 
 
 def submit_pinned(out: Path, plan: Plan, view: View, spec: MirrorSpec, fetcher: Fetcher,
-                  previous: mf.Manifest | None) -> set[str]:
-    """Start downloading each pinned torch / torchvision / torchaudio wheel now. Returns the keys."""
+                  previous: mf.Manifest | None, reads: EarlyReads | None = None) -> set[str]:
+    """Start downloading each pinned torch / torchvision / torchaudio wheel now. Returns the keys.
+    ``reads``: each wheel's METADATA is read as it lands (while the closure resolves)."""
+    whose: dict[str, tuple[str, str]] = {}  # key -> (project, upstream URL) for ``reads``
     listed = previous.by_path() if previous is not None else {}
     items: dict[str, FetchItem] = {}
     for tp in plan.targets:
@@ -53,12 +55,15 @@ def submit_pinned(out: Path, plan: Plan, view: View, spec: MirrorSpec, fetcher: 
                                         sha256=vf.link.sha256, size=vf.link.size))
             if key in listed or safe_join(out, key).exists() or not vf.link.sha256:
                 continue
+            whose[key] = (project, vf.link.url)
             items[key] = FetchItem(key=key, urls=same_path_elsewhere(vf.link.url, spec.upstreams), sha256=vf.link.sha256, size=vf.link.size)
     if items:
         publication.record(out, {p for key in items for p in (key, L.metadata_path(key))})
         fetcher.start()
         for item in sorted(items.values(), key=lambda i: -(i.size or 0)):
-            fetcher.submit(item)
+            fut = fetcher.submit(item)
+            if reads is not None:
+                reads.watch(fut, *whose[item.key])
     return set(items)
 
 

@@ -35,8 +35,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torchdepot.fetch.progress import ProgressCallback
 from torchdepot.net.http import Client, make_session
 from torchdepot.net.pipconfig import PipSources
 from torchdepot.site.landing import write_landing
@@ -48,7 +48,6 @@ from torchdepot.store.fsutil import MirrorLock
 from torchdepot.sync import (
     conda_side,
     dryrun,
-    early,
     lifecycle,
     retention,
     session,
@@ -56,20 +55,18 @@ from torchdepot.sync import (
     tombstones,
 )
 from torchdepot.sync.check import index_settled, verify_published
-from torchdepot.sync.download import (
-    BadCandidates,
-    check_fetched,
-    fetch_files,
-    make_fetcher,
-    reject_bad_wheels,
-    whole_into_store,
-)
 from torchdepot.sync.follow import FollowRecord, follow_upstream, save_record
 from torchdepot.sync.locked import LockedEnv, with_locked
 from torchdepot.sync.plan import TargetPlan, plan_targets
-from torchdepot.sync.regional import refuse_regional_out, sync_regional
 from torchdepot.sync.resolution import Resolution, file_key, resolve_targets
 from torchdepot.sync.result import Echo, MirrorResult, RunLog, TargetFailure, sync_record
+
+if TYPE_CHECKING:
+    from torchdepot.fetch.progress import ProgressCallback
+
+# Not imported here: the fetch side (sync/download.py, sync/early.py: the fetch engine, its pools
+# and progress display) loads in sync_pip and _whole_run, and sync/regional.py only for a regional
+# mirror, so a no-op re-sync (sync/settled.py) starts without them.
 
 MAX_BAD_WHEEL_PASSES = 3  # a run's passes when downloaded wheels turn out to be no wheels
 RESOLVE_JOBS = max(4, os.cpu_count() or 1)  # targets resolved at once: up to the cores, at least 4
@@ -96,6 +93,16 @@ def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dr
     from lock folders (``sync/locked.py``), not resolved. A dry run writes nothing under ``out``
     and plans the same removals the real run makes. ``edge``: the sources and reader an attempt
     at the no-op shortcut opened (its pages are not read again); else opened here."""
+    from torchdepot.sync import early
+    from torchdepot.sync.download import (
+        EarlyReads,
+        check_fetched,
+        fetch_files,
+        make_fetcher,
+        reject_bad_wheels,
+        whole_into_store,
+    )
+
     started = time.monotonic()
     tset = target_set
     result = MirrorResult(out=out, target_set=tset)
@@ -111,6 +118,7 @@ def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dr
     held.scratch = tempfile.TemporaryDirectory(prefix="torchdepot-view-") if dry_run else None
     workdir = Path(held.scratch.name) if held.scratch else out / L.VIEW_DIR
     early_keys: set[str] = set()
+    reads = EarlyReads(out)
     try:
         locked_ids = {env.target.id for env in locks}
         held.view = view = session.open_view(spec, edge, session.accelerators(list(tset.run), locks), workdir,
@@ -127,7 +135,7 @@ def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dr
         log.phase("upstreams")
         if not dry_run:  # the pinned torch wheels download while their closures resolve
             held.fetcher = make_fetcher(out, spec, held.client, edge.policy, progress, on_progress)
-            early_keys = early.submit_pinned(out, plan, view, spec, held.fetcher, previous)
+            early_keys = early.submit_pinned(out, plan, view, spec, held.fetcher, previous, reads)
             view.whole, relayed = whole_into_store(out, spec, held.fetcher)  # a hashless wheel: fetched once
         resolved = (resolve_targets(plan, view, jobs=RESOLVE_JOBS, cache=out / L.RESOLUTIONS, write_cache=not dry_run)
                     if plan.targets else Resolution(targets=(), files=()))
@@ -154,7 +162,7 @@ def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dr
             result.report = report = early.drop_unused(out, fetched, early_keys, resolution)
             log.phase("fetch")
             check_fetched(report, spec, log.say)
-            reject_bad_wheels(out, resolution, report)  # the caller runs again without them
+            reject_bad_wheels(out, resolution, report, reads)  # the caller runs again without them
             done = retention.publish_with_retention(out, previous, resolution, report, view, carried, tset,
                                                     spec.keep, log.say, result.keeper)
             result.files, result.targets, result.generation = done.files, done.targets, done.generation
@@ -187,10 +195,13 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
     ``locks``: lock folders whose exact files are mirrored for their targets (``--from-locks``)."""
     started, wall_started = time.monotonic(), time.time()
     out = Path(out or spec.out)
-    if spec.releases is not None:  # a regional operator's mirror: every matching release, no targets
-        return sync_regional(spec, out=out, dry_run=dry_run, prune=prune, client=client, progress=progress,
-                             pip_sources=pip_sources, echo=echo, wait=wait, on_progress=on_progress)
-    refuse_regional_out(out)
+    if spec.releases is not None or (out / L.REGIONAL_RECORD).is_file():  # else regional.py is not loaded
+        from torchdepot.sync.regional import refuse_regional_out, sync_regional
+
+        if spec.releases is not None:  # a regional operator's mirror: every matching release, no targets
+            return sync_regional(spec, out=out, dry_run=dry_run, prune=prune, client=client, progress=progress,
+                                 pip_sources=pip_sources, echo=echo, wait=wait, on_progress=on_progress)
+        refuse_regional_out(out)
     spec, followed = follow_upstream(spec, out, pip_sources=pip_sources, prune=prune, say=echo)
     asked = [*(spec.targets() if spec_targets else []), *add, *(env.target for env in locks)]
     origin: mf.Origin = "locks" if locks else "spec" if spec_targets else "fetch"
@@ -215,7 +226,7 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
         if spec.conda is None and spec_targets and not add and not locks:
             probe = Client(session.PROBE_CONFIG)
             probe.size_pools(hosts=4, per_host=settled.REVALIDATE_JOBS)
-            edge = session.edge(spec, probe, pip_sources)
+            edge = session.edge(spec, probe, pip_sources, keep_in=out)
             inputs = settled.inputs_digest(spec, tset, prune, edge)
             done = settled.replay(out, previous, tset, inputs, edge, started, wall_started, echo) \
                 if previous is not None else None
@@ -242,6 +253,8 @@ def _whole_run(spec: MirrorSpec, out: Path, started: float, wall_started: float,
     """:func:`sync`'s run under the lock when the no-op shortcut did not apply. ``inputs``: its
     digest when the run may leave a record for the next one (``sync/settled.py``); ``edge``: the
     shortcut's sources and reader, whose pages are not read again."""
+    from torchdepot.sync.download import BadCandidates
+
     conda = conda_side.prepare(spec, out, client, False, echo)  # fails before anything is published
     excluded: dict[tuple[str, str], str] = {}
     pip_said = 0

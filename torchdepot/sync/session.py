@@ -7,24 +7,37 @@ line, lets early downloads finish, records the request counts and closes what th
 
 from __future__ import annotations
 
+import contextlib
+import json
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torchdepot.fetch import Fetcher
+from torchdepot.errors import TorchdepotError, load_json
 from torchdepot.net.hostpolicy import HostPolicy
 from torchdepot.net.http import Client, HttpConfig
-from torchdepot.net.pipconfig import PipSources, pip_default_index, pip_file_host, read_pip_config
+from torchdepot.net.pipconfig import (
+    ConfigSnapshot,
+    PipSources,
+    pip_default_index,
+    pip_file_host,
+    read_pip_config,
+    read_pip_config_kept,
+)
 from torchdepot.sources.upstream import UpstreamReader
 from torchdepot.spec.mirror import MirrorSpec, PipTarget
 from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
-from torchdepot.store.fsutil import safe_join
+from torchdepot.store.fsutil import atomic_write_bytes, safe_join
 from torchdepot.sync.locked import LockedEnv
 from torchdepot.sync.plan import dependency_sources, host_policy, locate_variants
 from torchdepot.sync.result import MirrorResult
 from torchdepot.sync.view import View, ViewSources
+
+if TYPE_CHECKING:
+    from torchdepot.fetch import Fetcher
 
 Echo = Callable[[str], None]
 # Upstream pages fail fast: an unreachable PyTorch index must not stall the run.
@@ -42,11 +55,36 @@ class Edge:
     reader: UpstreamReader
 
 
-def edge(spec: MirrorSpec, probe: Client, pip_sources: PipSources | None) -> Edge:
-    pip = pip_sources if pip_sources is not None else read_pip_config()
-    default_index = None if (pip.index_url or pip.no_index) else pip_default_index()
-    policy = host_policy(spec, pip, default_index, pip_file_host() if default_index else None)
+def edge(spec: MirrorSpec, probe: Client, pip_sources: PipSources | None, keep_in: Path | None = None) -> Edge:
+    """``keep_in``: a mirror (a real run holding its lock) whose state keeps the pip configuration
+    as last read, replayed without importing pip while pip would read the same (net/pipconfig.py)."""
+    snap: ConfigSnapshot | None = None
+    if pip_sources is not None:
+        pip = pip_sources
+    elif keep_in is not None:
+        pip, snap = _kept_pip_config(keep_in)
+    else:
+        pip = read_pip_config()
+    default_index, file_host = None, None
+    if not (pip.index_url or pip.no_index):
+        default_index = snap.default_index if snap is not None else pip_default_index()
+        file_host = (snap.file_host if snap is not None else pip_file_host()) if default_index else None
+    policy = host_policy(spec, pip, default_index, file_host)
     return Edge(pip=pip, default_index=default_index, policy=policy, reader=UpstreamReader(probe, policy))
+
+
+def _kept_pip_config(out: Path) -> tuple[PipSources, ConfigSnapshot | None]:
+    path = out / L.PIP_CONFIG
+    kept = None
+    with contextlib.suppress(OSError, TorchdepotError):  # absent or unreadable: read pip again
+        kept = ConfigSnapshot.from_data(load_json(path.read_bytes(), str(path)))
+    pip, snap = read_pip_config_kept(kept)
+    if snap is not None and snap != kept:
+        # derived state, re-read when lost: no fsync; a failed write only costs the next run the read.
+        # Owner-only: a config file's URL may carry a token.
+        with contextlib.suppress(OSError, TorchdepotError):
+            atomic_write_bytes(path, json.dumps(snap.to_data(), indent=1).encode(), 0o600, fsync=False)
+    return pip, snap
 
 
 @dataclass
