@@ -56,13 +56,13 @@ def counted(monkeypatch):
     return derived, resolved
 
 
-def _sync(up, out: Path, accelerators: tuple[str, ...] = ("cpu", "cu121")):
+def _sync(up, out: Path, accelerators: tuple[str, ...] = ("cpu", "cu121"), dry_run: bool = False):
     spec = parse_spec({"accelerators": list(accelerators), "pythons": ["3.11"], "platforms": ["linux-x86_64"],
                        "extra_packages": [], "upstreams": [up.url + "/whl"], "out": str(out), "jobs": 2},
                       "test spec")
     msgs: list[str] = []
     res = sync(spec, client=make_session(HttpConfig(retries=0)), progress=False, echo=msgs.append,
-               pip_sources=PipSources(index_url=up.url + "/simple"))
+               pip_sources=PipSources(index_url=up.url + "/simple"), dry_run=dry_run)
     return res, msgs
 
 
@@ -159,6 +159,22 @@ def test_an_added_target_derives_and_resolves_only_its_own(upstream, tmp_path, c
     assert {acc for acc, _ in derived} == {"cu121"}  # none of cpu's derived again
     assert resolved == ["cu121-py311-linux-x86_64"]
     assert res.requests["unchanged"] >= len(cpu_pages)  # cpu's pages: 304s, their derivations reused
+
+
+def test_a_dry_run_reads_the_mirrors_derivations_and_writes_none(upstream, tmp_path, counted):
+    derived, resolved = counted
+    out = tmp_path / "out"
+    _sync(upstream, out)
+    screens = out / L.VIEW_DIR / SCREENS_DIR
+    kept = {p.name: p.read_bytes() for p in screens.iterdir()}
+    _new_cpu_torch(upstream)
+    derived.clear()
+    resolved.clear()
+    dry, msgs = _sync(upstream, out, dry_run=True)
+    assert derived == [("cpu", "torch")]
+    assert resolved == ["cpu-py311-linux-x86_64"]
+    assert {p.name: p.read_bytes() for p in screens.iterdir()} == kept
+    assert any("2.5.1+cpu" in m for m in msgs), msgs
 
 
 def test_a_changed_input_besides_pages_derives_again(upstream, tmp_path, counted):

@@ -168,6 +168,9 @@ class View:
     local_wheels: dict[str, Path] = field(default_factory=dict)
     metadata_cache: Path | None = None  # content-addressed METADATA kept between runs
     cache_writes: bool = True  # False in a dry run: the mirror is only read
+    # the folder holding SCREENS_DIR (kept derivations); None: the work dir. A dry run's work dir
+    # is a scratch one: it reads the mirror's (and writes none, as cache_writes says)
+    screens: Path | None = None
     refused: collections.Counter = field(default_factory=collections.Counter)
     errors: list[str] = field(default_factory=list)
     _files: dict[tuple[str, str], ViewFile] = field(default_factory=dict)
@@ -291,7 +294,8 @@ class View:
             if self._code is None:
                 self._code = screen_code_digest()
         key = _derive_key(self._code, accelerator, project, variant, self.sources, self.policy, self.exclude_newer)
-        path = self.workdir / SCREENS_DIR / (hashlib.sha256(f"{accelerator}/{project}".encode()).hexdigest() + ".json")
+        path = (self.screens or self.workdir) / SCREENS_DIR / \
+            (hashlib.sha256(f"{accelerator}/{project}".encode()).hexdigest() + ".json")
         got = self._reuse(path, key) if self._code else None
         if got is not None:
             kept, vjson, refused = got
