@@ -15,6 +15,12 @@ each (its peak RSS is the mirror's, uv's is separate): a cold sync, a no-op re-s
 64 targets no-op <= 2 s, dry-run <= 10 s, <= 150 MB; 227 targets no-op <= 5 s, dry-run
 <= 30 s, cold <= 50 s, <= 300 MB. The machine's load average is printed with the figures.
 
+Then one page changes (:func:`change_one_page`: a new torch patch release for the first
+target's accelerator, on a hard-linked copy of the upstream the server is switched to) and a
+whole run follows: its time against cold and no-op, the view pages it derived from upstream's
+links again (``View._derive``) and the targets it ran uv for, and the same against the same run
+on a copy of the mirror without the view's kept derivations (every page derived, as before).
+
 ``python bench/index.py [--targets 18,64,227]``; the built upstream is kept under the system
 temp dir (``torchdepot-bench-index-<version>``) and reused by the next run.
 """
@@ -39,6 +45,8 @@ sys.path.insert(0, str(ROOT))
 from tests.httpserver import Server  # noqa: E402
 from tests.kit.wheels import wheel_bytes, wheel_metadata  # noqa: E402
 from tests.venvs import hermetic_env  # noqa: E402
+from torchdepot.store.layout import VIEW_DIR  # noqa: E402
+from torchdepot.sync.view import SCREENS_DIR  # noqa: E402
 
 BUILD = "v4"  # bump when the generated upstream changes
 MINORS = range(14)  # torch 2.0 .. 2.13
@@ -145,6 +153,43 @@ def build(root: Path, aggregate: tuple[str, ...] = ()) -> int:
     return len(wheels)
 
 
+def change_one_page(up: Path, root: Path, acc: str) -> None:
+    """``root``: a copy of the upstream ``up`` (hard links: the shared build is never written)
+    with a new torch patch release for ``acc`` (its newest line, every Python and platform it
+    shipped): its wheels and ``.metadata`` added, one anchor each on ``whl/<acc>/torch/``, the
+    one page that changes."""
+    shutil.copytree(up, root, copy_function=os.link)
+    first, last, plats = ACCS[acc]
+    folder, anchors = root / "whl" / acc / "files", []
+    for py in pythons(last):
+        cp = "cp" + py.replace(".", "")
+        for plat in plats:
+            mac = plat.startswith("macos")
+            tag = f"{cp}-{'none' if mac else cp}-{PLATFORM_TAGS[plat]}"
+            deps = ("filelock", "typing-extensions>=4.8", "sympy", "networkx", "jinja2", "fsspec", *cuda_libs(acc))
+            filename, data = _wheel("torch", f"2.{last}.{len(PATCHES)}{'' if mac else '+' + acc}", tag, deps)
+            meta = wheel_metadata(data)
+            (folder / filename).write_bytes(data)
+            (folder / (filename + ".metadata")).write_bytes(meta)
+            ms = hashlib.sha256(meta).hexdigest()
+            href = f"/whl/{acc}/files/{urllib.parse.quote(filename)}#sha256={hashlib.sha256(data).hexdigest()}"
+            anchors.append(f'<a href="{href}" data-core-metadata="sha256={ms}" '
+                           f'data-dist-info-metadata="sha256={ms}">{filename}</a><br/>')
+    page = root / "whl" / acc / "torch" / "index.html"
+    old = page.read_bytes()
+    page.unlink()  # a new file, not the linked one
+    page.write_bytes(old.replace(b"\n</body>", ("\n" + "\n".join(anchors) + "\n</body>").encode(), 1))
+    os.utime(page, (time.time() + 2, time.time() + 2))  # newer than any Last-Modified seen before
+
+
+def serve(link: Path, root: Path) -> None:
+    """Point the server's root ``link`` at ``root`` (replaced atomically)."""
+    tmp = link.with_name(link.name + ".new")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(root)
+    os.replace(tmp, link)
+
+
 def matrix() -> list[dict]:
     """Every (accelerator, Python, platform) some torch release shipped, spread so that any
     prefix covers many accelerators."""
@@ -164,10 +209,17 @@ CHILD = """
 import json, sys, time
 t0 = time.monotonic()
 from torchdepot.spec.mirror import load_spec
+from torchdepot.sync import resolution, view
 from torchdepot.sync.pip import sync
+built, resolved = [], []
+# counted, not changed: every view page derived from upstream pages (screened anew), every resolver run
+_derive, _resolve = view.View._derive, resolution._resolve_excluding
+view.View._derive = lambda self, *a: built.append(a) or _derive(self, *a)
+resolution._resolve_excluding = lambda *a: resolved.append(a[1].target.id) or _resolve(*a)
 spec = load_spec(sys.argv[1])
 res = sync(spec, progress=False, echo=lambda m: None, dry_run=sys.argv[2] == "dry")
 print(json.dumps({"total": time.monotonic() - t0, "requests": res.requests, "phases": res.phases,
+                  "built": len(built), "resolved": len(set(resolved)),
                   "fetched": res.report.fetched_bytes if res.report else 0,
                   # VmHWM: ru_maxrss would carry the bench's own peak across exec
                   "rss_mb": int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024}))
@@ -200,8 +252,9 @@ def main() -> None:
     every = matrix()
     print(f"target matrix: {len(every)} (accelerator, Python, platform) combinations shipped")
     results = {}
-    with Server(up) as s, tempfile.TemporaryDirectory(prefix="torchdepot-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="torchdepot-bench-") as tmp, Server(Path(tmp) / "served") as s:
         env = hermetic_env(PIP_INDEX_URL=f"{s.url}/simple")
+        served = Path(tmp) / "served"  # a link to the upstream the server answers from
         for n in counts:
             targets = every[:n]
             spec = Path(tmp) / f"mirror-{n}.yaml"
@@ -210,16 +263,36 @@ def main() -> None:
                 "accelerators": [targets[0]["accelerator"]], "pythons": [targets[0]["python"]],
                 "platforms": [targets[0]["platform"]], "targets": targets[1:], "upstreams": [f"{s.url}/whl"],
                 "out": str(Path(tmp) / f"out-{n}"), "jobs": 4}))
+            serve(served, up)
             load = os.getloadavg()[0]
             cold = run(spec, "cold", env)
             noop = run(spec, "noop", env)
             dry = run(spec, "dry", env)
+            # the same mirror, its view's derivations gone: the whole run as before they were kept
+            base_out = Path(tmp) / f"base-{n}"
+            shutil.copytree(Path(tmp) / f"out-{n}", base_out, symlinks=True)
+            shutil.rmtree(base_out / VIEW_DIR / SCREENS_DIR)
+            base_spec = spec.with_name(f"base-{n}.yaml")
+            base_spec.write_text(json.dumps({**json.loads(spec.read_text()), "out": str(base_out)}))
+            change_one_page(up, Path(tmp) / f"changed-{n}", targets[0]["accelerator"])
+            serve(served, Path(tmp) / f"changed-{n}")
+            one = run(spec, "one", env)
+            base = run(base_spec, "one", env)
             results[n] = (cold, noop, dry, load)
             print(f"{len(targets):4d} targets (load {load:.1f}): cold {cold['total']:6.2f} s, no-op {noop['total']:5.2f} s "
                   f"[{noop['requests']}; {noop['fetched']} bytes fetched], dry-run {dry['total']:5.2f} s, "
                   f"peak RSS {max(cold['rss_mb'], noop['rss_mb'], dry['rss_mb']):.0f} MB")
+            ids = {t["accelerator"] for t in targets[:1]}
+            same = sum(t["accelerator"] in ids for t in targets)
+            print(f"      one page changed ({targets[0]['accelerator']} torch: a new patch release): "
+                  f"{one['total']:5.2f} s = {one['total'] / cold['total']:.2f} x cold, "
+                  f"{one['total'] / noop['total']:.1f} x no-op, {one['total'] / base['total']:.2f} x the same run "
+                  f"deriving every page ({base['total']:.2f} s); view pages derived {one['built']} "
+                  f"(that run {base['built']}, cold {cold['built']}), targets resolved {one['resolved']} of "
+                  f"{len(targets)} ({same} on {targets[0]['accelerator']}; cold {cold['resolved']})")
             fmt = lambda ph: ", ".join(f"{k} {v:.2f}" for k, v in ph.items())  # noqa: E731
-            print(f"      phases cold: {fmt(cold['phases'])}; no-op: {fmt(noop['phases'])}; dry: {fmt(dry['phases'])}")
+            print(f"      phases cold: {fmt(cold['phases'])}; no-op: {fmt(noop['phases'])}; dry: {fmt(dry['phases'])}; "
+                  f"one changed: {fmt(one['phases'])}; deriving every page: {fmt(base['phases'])}")
     goals = {18: {"noop": 1.0}, 64: {"noop": 2.0, "dry": 10.0, "rss": 150}, 227: {"noop": 5.0, "dry": 30.0,
                                                                               "cold": 50.0, "rss": 300}}
     print("goals (figure / goal = ratio):")

@@ -92,6 +92,7 @@ class UpstreamReader:
         self._page_writes = False
         self._fresh_reads = 0  # reads of files that are never kept (fresh): a run with one cannot be replayed
         self._revalidated: set[str] = set()  # pages upstream answered 304 for this run (revalidate)
+        self._identities: dict[str, str] = {}  # URL -> what its page was this run (page_identity)
 
     # -- one request per URL ------------------------------------------------------------
     def _once(self, kind: str, url: str, load: Callable[[], object]):
@@ -191,6 +192,7 @@ class UpstreamReader:
         def load() -> Page | None:
             kept = self._kept_page(url)
             if kept is not None and url in self._revalidated:  # upstream said 304 this run already
+                self._identify(url, kept)
                 return self._kept_parse(url, kept) or parse_response(kept.data, kept.content_type, kept.url)
             headers = {"Accept": ACCEPT}
             if kept is not None:
@@ -200,13 +202,16 @@ class UpstreamReader:
                     headers["If-Modified-Since"] = kept.headers["last-modified"]
             body = self.get(url, "pages", headers=headers)
             if body is None:
+                self._identify(url, None)
                 return None
             if body.status == 304 and kept is not None:
                 self._count("unchanged")
+                self._identify(url, kept)
                 parsed = self._kept_parse(url, kept)
                 if parsed is not None:
                     return parsed
                 body = kept
+            self._identify(url, body)
             page = parse_response(body.data, body.content_type, body.url)
             if body.status == 200:
                 self._keep_page(url, body, page)
@@ -275,6 +280,7 @@ class UpstreamReader:
                 headers["If-Modified-Since"] = kept["last-modified"]
         body = self.get(url, "pages", headers=headers)
         if body is None:
+            self._identify(url, None)
             self._settle(url, None)
             return "absent"
         if body.status == 304 and kept is not None:
@@ -286,6 +292,7 @@ class UpstreamReader:
             before = self._kept_page(url) if kept is not None else None
             page = parse_response(body.data, body.content_type, body.url)
             self._keep_page(url, body, page)
+            self._identify(url, body)
             self._settle(url, page)
             if before is not None and (before.data, before.url, before.content_type) == \
                     (body.data, body.url, body.content_type):
@@ -295,6 +302,23 @@ class UpstreamReader:
     def _settle(self, url: str, page: Page | None) -> None:
         with self._lock:
             self._cache.setdefault(("page", url), page)
+
+    def _identify(self, url: str, body: Body | None) -> None:
+        with self._lock:
+            self._identities.setdefault(url, "absent" if body is None else _parse_tag(body))
+
+    def page_identity(self, url: str) -> str:
+        """What the page at ``url`` is this run, read as :meth:`page` reads it (once): the parser,
+        final URL, content type and the body's sha256, or "absent". Equal identities are equal
+        pages: what is derived from one page alone may be reused for the other."""
+        self.page(url)
+        with self._lock:
+            got = self._identities.get(url)
+        if got is None:
+            # read by revalidate (a changed body, settled before page() ran): ask for the kept copy
+            kept = self._kept_page(url)
+            got = "unidentified" if kept is None else _parse_tag(kept)
+        return got
 
     def _keep_page(self, url: str, body: Body, page: Page) -> None:
         path = self._page_file(url)

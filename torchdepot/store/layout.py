@@ -20,6 +20,7 @@ it (no regex re-spelling a name built elsewhere). Layout of ``<root>``::
         partial/                      downloads in flight (PARTIAL_DIR)
         cache/conda/                  repodata a conda sync fetched (CONDA_CACHE_DIR)
         view/                         the local index the resolver reads (VIEW_DIR; rebuilt each run)
+            .screens/                 each page's screened links by upstream page identity (sync/view.py)
         resolutions.json              each target's last resolution and its inputs (RESOLUTIONS)
         metadata/                     METADATA by content hash, kept between runs (METADATA_CACHE)
         pages/                        upstream pages with their validators, re-read conditionally (PAGE_CACHE)

@@ -145,7 +145,7 @@ def _pinned_files_usable(view: View, t: PipTarget, files: list, version: str) ->
     next); False when one of them was excluded for bytes that are no usable wheel."""
     for f in files:
         try:
-            w = parse_wheel(f.filename)
+            w = view.wheels.get(f.link.url) or parse_wheel(f.filename)  # parsed once per run, not per target
         except ParseError:
             continue
         if w.version == version and matches_target(w, t.accelerator, t.python, t.platform):

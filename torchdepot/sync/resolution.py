@@ -10,9 +10,11 @@ back under its own file name (label included), though uv was shown it without th
 A target whose inputs are unchanged is not resolved again: ``cache`` (the mirror's
 ``.torchdepot/resolutions.json``) keeps each target's last answer with its key (uv's
 version, the requirements, Python, platform, options) and a digest of every view page the
-resolver could have read for its accelerator. The pages are rebuilt from this run's
-upstream reads and compared; one byte of difference (a new file, hash, yank, upload time)
-runs uv again. So a no-op re-sync reads upstream but does not run the resolver.
+resolver could have read for its accelerator. The pages are built from this run's upstream
+reads (a page whose upstream pages are unchanged from its kept derivation, ``sync/view.py``,
+without screening them again) and compared; one byte of difference (a new file, hash, yank,
+upload time) runs uv again. So a whole run with one changed upstream page runs uv only for the
+targets that were shown a page derived from it.
 """
 
 from __future__ import annotations

@@ -135,4 +135,5 @@ def open_view(spec: MirrorSpec, edge: Edge, accelerators: list[str], workdir: Pa
                 on_hash_mismatch=spec.on_hash_mismatch, say=say, exclude_newer=spec.exclude_newer,
                 known_hashes={e.url: e.sha256 for e in held if e.url},
                 local_wheels={e.url: safe_join(out, e.path) for e in held if e.url} if out is not None else {},
-                metadata_cache=out / L.METADATA_CACHE if out is not None else None, cache_writes=not dry_run)
+                metadata_cache=out / L.METADATA_CACHE if out is not None else None, cache_writes=not dry_run,
+                screens=out / L.VIEW_DIR if out is not None else None)  # a dry run reads the mirror's

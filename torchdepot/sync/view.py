@@ -6,6 +6,15 @@ verified metadata, written under the run's work dir (``<acc>/<project>/index.htm
 (:func:`torchdepot.sync.viewserver.serve_view`). Pages are built on demand as the resolver asks for them, so only the
 closure's pages are read, each once (the :class:`UpstreamReader` caches).
 
+A whole run costs what changed: a project's screened links are derived from upstream's pages
+once and kept (``<workdir>/.screens/``) with the identity of every page read (parser, URL,
+content type, body sha256) and everything else they depend on (the screening code, variant,
+dependency sources, host policy, upload cutoff); a later run whose pages have those identities
+takes the links from its own reads of them instead of screening again. Anything else (a changed
+or unreadable page, an entry that is odd or from other inputs, a source skipped as unreachable)
+derives anew. What is added per run (the mirror's held copies, exclusions, known hashes) is
+applied to every page as before, so a page's bytes are those a run without the entries builds.
+
 Invariants:
 - a project's links come from the accelerator's PyTorch variant when it carries the
   project (its ``--index-url`` instructions: first index wins), else from the user's
@@ -33,25 +42,29 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import html
+import json
 import os
+import sys
 import threading
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import requests
 from packaging.utils import canonicalize_name
 
+from torchdepot import __version__
 from torchdepot.errors import ParseError, TorchdepotError, UpstreamError
 from torchdepot.model.wheelname import WheelFile, parse_wheel, split_variant_label
 from torchdepot.net.hostpolicy import HostPolicy, screen_links
 from torchdepot.net.http import file_url_path
-from torchdepot.sources.links import Link, warnings_summary
+from torchdepot.sources.links import Link, Page, warnings_summary
 from torchdepot.sources.upstream import (
     UpstreamReader,
     Variant,
@@ -155,6 +168,9 @@ class View:
     local_wheels: dict[str, Path] = field(default_factory=dict)
     metadata_cache: Path | None = None  # content-addressed METADATA kept between runs
     cache_writes: bool = True  # False in a dry run: the mirror is only read
+    # the folder holding SCREENS_DIR (kept derivations); None: the work dir. A dry run's work dir
+    # is a scratch one: it reads the mirror's (and writes none, as cache_writes says)
+    screens: Path | None = None
     refused: collections.Counter = field(default_factory=collections.Counter)
     errors: list[str] = field(default_factory=list)
     _files: dict[tuple[str, str], ViewFile] = field(default_factory=dict)
@@ -168,9 +184,11 @@ class View:
     _pages: dict[tuple[str, str], bytes | None] = field(default_factory=dict)
     _wholes: dict[str, Path | None] = field(default_factory=dict)
     _wheels: dict[str, WheelFile] = field(default_factory=dict)
+    _parsed: Mapping[str, WheelFile] = field(init=False)
+    _code: str | None = None  # screen_code_digest(), once per run
     _digests: dict[tuple[str, str], str] = field(default_factory=dict)
-    _screens: dict[tuple[str, tuple[Link, ...], bool], tuple[tuple[Link, ...], tuple[Link, ...]]] = \
-        field(default_factory=dict)
+    _screens: dict[tuple[str, tuple[Link, ...], bool],
+                   tuple[tuple[Link, ...], tuple[Link, ...], tuple[tuple[str, str], ...]]] = field(default_factory=dict)
     _whole_locks: dict[str, threading.Lock] = field(default_factory=dict)
     # (accelerator, file name) -> why its bytes failed (not a zip, no METADATA, over a cap): the
     # file leaves the pages and the resolver runs again without it (sync/resolution.py)
@@ -179,14 +197,15 @@ class View:
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     # -- links -------------------------------------------------------------------------
-    def dependency_links(self, project: str) -> list[Link]:
+    def dependency_links(self, project: str, reader: UpstreamReader | None = None) -> list[Link]:
         """``project``'s links on every dependency source; an unreachable source is skipped (said once)."""
+        reader = reader or self.reader
         out: list[Link] = []
         for kind, url in [("index", u) for u in self.sources.indexes] + [("find-links", u) for u in self.sources.find_links]:
             if url in self._dead:
                 continue
             try:
-                out += index_links(self.reader, url, project) if kind == "index" else findlinks_links(self.reader, url, project)
+                out += index_links(reader, url, project) if kind == "index" else findlinks_links(reader, url, project)
             except UpstreamError as exc:
                 with self._lock:
                     if url not in self._dead:
@@ -194,7 +213,8 @@ class View:
                         self.say(f"dependency source {url} unreachable: {exc.detail}; skipping it")
         return out
 
-    def _screen(self, links: list[Link], project: str, keep: list[Link] | None = None) -> list[Link]:
+    def _screen(self, links: list[Link], project: str, keep: list[Link] | None = None,
+                refused: list[tuple[str, str]] | None = None) -> list[Link]:
         """The wheels of ``project`` that pass the screen; ``keep`` collects its variants.json links.
 
         Computed once per distinct list of links: every accelerator's page of a dependency
@@ -202,19 +222,28 @@ class View:
         key = (str(canonicalize_name(project)), tuple(links), keep is not None)
         with self._lock:
             hit = self._screens.get(key)
-        if hit is not None:
-            if keep is not None:
-                keep.extend(hit[1])
-            return list(hit[0])
-        found: list[Link] = []
-        out = self._screen_once(links, project, found if keep is not None else None)
+        if hit is None:
+            found: list[Link] = []
+            out, why = self._screen_once(links, project, found if keep is not None else None)
+            hit = (tuple(out), tuple(found), tuple(why))
+            with self._lock:
+                self._screens[key] = hit
+        self._count_refused(hit[2])
         if keep is not None:
-            keep.extend(found)
-        with self._lock:
-            self._screens[key] = (tuple(out), tuple(found))
-        return out
+            keep.extend(hit[1])
+        if refused is not None:
+            refused.extend(hit[2])
+        return list(hit[0])
 
-    def _screen_once(self, links: list[Link], project: str, keep: list[Link] | None) -> list[Link]:
+    def _count_refused(self, refused: Iterable[tuple[str, str]]) -> None:
+        with self._lock:  # pages are shared between accelerators: count each refused URL once
+            for url, why in refused:
+                if (url, why) not in self._refused_urls:
+                    self._refused_urls.add((url, why))
+                    self.refused[why] += 1
+
+    def _screen_once(self, links: list[Link], project: str,
+                     keep: list[Link] | None) -> tuple[list[Link], list[tuple[str, str]]]:
         want = canonicalize_name(project)
         if keep is not None:  # variants.json links: the host policy and a safe name, like any file
             for link in links:
@@ -224,11 +253,6 @@ class View:
                     keep.append(link)
         links = [link for link in links if not is_variants_json(link.filename)]
         screened = screen_links(links, self.policy)
-        with self._lock:  # pages are shared between accelerators: count each refused URL once
-            for link, why in screened.refused:
-                if (link.url, why) not in self._refused_urls:
-                    self._refused_urls.add((link.url, why))
-                    self.refused[why] += 1
         out = []
         for link in screened.kept:
             if not link.filename.endswith(".whl"):
@@ -246,12 +270,86 @@ class View:
             if wheel.name != want:
                 continue
             out.append(link)
-        return out
+        return out, [(link.url, why) for link, why in screened.refused]
 
     @property
     def wheels(self) -> Mapping[str, WheelFile]:
         """URL -> its parsed file name, for every screened wheel so far (parsed once per run)."""
-        return self._wheels
+        return self._parsed
+
+    def __post_init__(self) -> None:
+        self._parsed = _Parsed(self._wheels)
+
+    # -- a page's screened links, derived once per upstream page ----------------------------
+    # A project's screened links (and variants.json links, and the links the screen refused)
+    # depend only on the upstream pages read for it and on the inputs in _derive_key. Each is
+    # kept as ``<workdir>/.screens/<sha256 of acc/project>.json``: those pages' identities
+    # (UpstreamReader.page_identity: parser, URL, type, body sha256) and each kept link as its
+    # position on them. A later run whose pages have the same identities takes the links from
+    # its own reads of those pages instead of screening them again; anything else (a changed or
+    # unreadable page, an odd file, a source skipped as unreachable) screens them anew.
+    def _screened(self, accelerator: str, project: str,
+                  variant: Variant | None) -> tuple[list[Link], list[Link]]:
+        with self._lock:
+            if self._code is None:
+                self._code = screen_code_digest()
+        key = _derive_key(self._code, accelerator, project, variant, self.sources, self.policy, self.exclude_newer)
+        path = (self.screens or self.workdir) / SCREENS_DIR / \
+            (hashlib.sha256(f"{accelerator}/{project}".encode()).hexdigest() + ".json")
+        got = self._reuse(path, key) if self._code else None
+        if got is not None:
+            kept, vjson, refused = got
+            self._count_refused(refused)
+            return kept, vjson
+        return self._derive(accelerator, project, variant, key, path)
+
+    def _derive(self, accelerator: str, project: str, variant: Variant | None, key: str,
+                path: Path) -> tuple[list[Link], list[Link]]:
+        """The screened links of ``project`` for ``accelerator`` from upstream's pages (kept for reuse)."""
+        reads = _Recording(self.reader)
+        reader = cast(UpstreamReader, reads)  # the sources read pages only (reader.page)
+        refused: list[tuple[str, str]] = []
+        links = variant_links(reader, variant, project) if variant else None
+        vjson: list[Link] = []
+        kept = self._screen(links, project, vjson, refused) if links else []
+        if not kept:  # not on the PyTorch variant (or nothing usable there): the user's sources
+            vjson = []
+            kept = self._screen(self.dependency_links(project, reader), project, refused=refused)
+        if self.cache_writes and self._code and not self._dead and reads.complete:
+            doc = reads.entry(key, kept, vjson, refused, self.reader)
+            if doc is not None:
+                with contextlib.suppress(OSError):  # a cache: a failed write costs a screen next run
+                    write_scratch(path, doc)
+        return kept, vjson
+
+    def _reuse(self, path: Path, key: str) -> tuple[list[Link], list[Link], list[tuple[str, str]]] | None:
+        """The links kept at ``path`` when its key and every page it was derived from are unchanged."""
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(MAX_SCREENS_BYTES + 1)
+            doc = json.loads(data) if len(data) <= MAX_SCREENS_BYTES else None
+        except (OSError, ValueError, RecursionError):
+            return None
+        if not isinstance(doc, dict) or doc.get("key") != key:
+            return None
+        reads, kept, vjson, refused = (doc.get(k) for k in ("reads", "kept", "vjson", "refused"))
+        if not (isinstance(reads, list) and all(isinstance(r, list) and len(r) == 2
+                                                 and all(isinstance(x, str) for x in r) for r in reads)
+                and isinstance(refused, list) and all(isinstance(r, list) and len(r) == 2
+                                                      and all(isinstance(x, str) for x in r) for r in refused)):
+            return None
+        pages = []
+        try:
+            for url, identity in reads:
+                if self.reader.page_identity(url) != identity:
+                    return None
+                pages.append(self.reader.page(url))
+        except UpstreamError:
+            return None  # screened anew, where an unreachable source is said and skipped
+        got_kept, got_vjson = _at(pages, kept), _at(pages, vjson)
+        if got_kept is None or got_vjson is None:
+            return None
+        return got_kept, got_vjson, [(url, why) for url, why in refused]
 
     def project(self, accelerator: str, project: str) -> list[ViewFile]:
         """The screened files of ``project`` for ``accelerator`` (computed once)."""
@@ -261,12 +359,7 @@ class View:
             if key in self._projects:
                 return self._projects[key]
         variant = self.sources.variant(accelerator)
-        links = variant_links(self.reader, variant, project) if variant else None
-        vjson: list[Link] = []
-        kept = self._screen(links, project, vjson) if links else []
-        if not kept:  # not on the PyTorch variant (or nothing usable there): the user's sources
-            vjson = []
-            kept = self._screen(self.dependency_links(project), project)
+        kept, vjson = self._screened(accelerator, project, variant)
         if self.held is not None and variant is not None and not self._dead:  # read whole: absent means deleted
             kept = kept + self.held(accelerator, project, kept)
         label = variant.label if variant else None
@@ -651,6 +744,123 @@ class View:
             return None
         n = sum(counts.values())
         return n, f"upstream: refused {n} links ({warnings_summary(counts)})"
+
+
+SCREENS_DIR = ".screens"  # under the work dir: each project page's screened links (View._screened)
+MAX_SCREENS_BYTES = 64 * 1024 * 1024  # a larger entry is not read (a cache: the page is screened anew)
+
+
+# The modules whose code decides what a page's screened links are (parsers, screen, names):
+# their bytes are part of every derivation's key, so a changed torchdepot derives again.
+_SCREEN_CODE = ("torchdepot.sync.view", "torchdepot.net.hostpolicy", "torchdepot.model.wheelname",
+                "torchdepot.model.names", "torchdepot.sources.upstream", "torchdepot.sources.links",
+                "torchdepot.sources.pep691", "torchdepot.sources.variants")
+
+
+def screen_code_digest() -> str:
+    """sha256 over this torchdepot's version and the source of :data:`_SCREEN_CODE`; "" when one
+    of them is not loaded or cannot be read (then nothing is reused or kept: when in doubt, derive)."""
+    h = hashlib.sha256(__version__.encode())
+    for name in _SCREEN_CODE:
+        try:
+            h.update(Path(str(sys.modules[name].__file__)).read_bytes())  # loaded by the time a page is read
+        except (OSError, KeyError, TypeError):
+            return ""
+    return h.hexdigest()
+
+
+def _derive_key(code: str, accelerator: str, project: str, variant: Variant | None, sources: ViewSources,
+                policy: HostPolicy, exclude_newer: dt.datetime | None) -> str:
+    """Everything a project's screened links depend on besides the upstream pages read: this
+    torchdepot's screening code, the accelerator's variant, the dependency sources, every field
+    of the host policy and the upload cutoff."""
+    rules = {f.name: sorted(v) if isinstance(v := getattr(policy, f.name), frozenset) else v
+             for f in dataclasses.fields(policy)}
+    doc = [code, accelerator, project, repr(variant), list(sources.indexes), list(sources.find_links),
+           rules, str(exclude_newer)]
+    return hashlib.sha256(json.dumps(doc, default=str, sort_keys=True).encode()).hexdigest()
+
+
+class _Recording:
+    """A reader that notes every page URL asked for, in order (what a derivation depends on)."""
+
+    def __init__(self, reader: UpstreamReader):
+        self.reader = reader
+        self.urls: list[str] = []
+        self.pages: list[Page | None] = []
+        self.complete = True  # False once a read failed: the derivation is not kept
+
+    def page(self, url: str) -> Page | None:
+        self.urls.append(url)
+        try:
+            got = self.reader.page(url)
+        except UpstreamError:
+            self.complete = False
+            raise
+        self.pages.append(got)
+        return got
+
+    def entry(self, key: str, kept: list[Link], vjson: list[Link], refused: list[tuple[str, str]],
+              reader: UpstreamReader) -> bytes | None:
+        """The JSON kept for reuse; None when a kept link is not found on the pages read."""
+        # by value: the screen's memo may hand back the equal links of another accelerator's page
+        where: dict[Link, list[int]] = {}
+        for i, page in enumerate(self.pages):
+            for j, link in enumerate(page.links if page is not None else ()):
+                where.setdefault(link, [i, j])
+        try:
+            refs = [[where[link] for link in links] for links in (kept, vjson)]
+        except KeyError:
+            return None
+        reads = [[url, reader.page_identity(url)] for url in self.urls]
+        if any(identity == "unidentified" for _url, identity in reads):
+            return None
+        return json.dumps({"key": key, "reads": reads, "kept": refs[0], "vjson": refs[1],
+                           "refused": [list(r) for r in refused]}, separators=(",", ":")).encode()
+
+
+def _at(pages: list[Page | None], refs: object) -> list[Link] | None:
+    """The links at ``refs`` ([page, link] positions) on ``pages``; None when one is not there."""
+    if not isinstance(refs, list):
+        return None
+    out = []
+    for ref in refs:
+        if not (isinstance(ref, list) and len(ref) == 2 and all(type(x) is int and x >= 0 for x in ref)):
+            return None
+        i, j = ref
+        page = pages[i] if i < len(pages) else None
+        if page is None or j >= len(page.links):
+            return None
+        out.append(page.links[j])
+    return out
+
+
+class _Parsed(Mapping[str, WheelFile]):
+    """URL -> its parsed wheel file name, parsed on first use (shared by every target)."""
+
+    def __init__(self, parsed: dict[str, WheelFile]):
+        self._parsed = parsed
+
+    def __getitem__(self, url: str) -> WheelFile:
+        got = self._parsed.get(url)
+        if got is None:
+            try:
+                got = self._parsed.setdefault(url, parse_wheel(url))
+            except ParseError:
+                raise KeyError(url) from None
+        return got
+
+    def get(self, url: str, default: WheelFile | None = None) -> WheelFile | None:  # type: ignore[override]
+        try:
+            return self[url]
+        except KeyError:
+            return default
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._parsed))
+
+    def __len__(self) -> int:
+        return len(self._parsed)
 
 
 def write_scratch(path: Path, data: bytes) -> None:
