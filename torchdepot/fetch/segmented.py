@@ -336,18 +336,18 @@ class Segmenter:
         return self.backlog.count == 0 and self.pool.slots.waiting == 0
 
     def _next(self, seg: _Segmented) -> _Run | None:
-        for again in (True, False):
+        give_up = time.monotonic() + 4 * RATE_SECONDS
+        while True:
             if seg.abort.is_set() or not self._free():
                 return None
             with seg.lock:
                 run = _steal(seg, self.piece_bytes, self.head_steal_bytes)
-            if run is not None or not again:
+            if run is not None:
                 return run
             wait = _rate_wait([seg], self.piece_bytes, self.head_steal_bytes)
-            if not wait:
+            if not wait or time.monotonic() + wait > give_up:
                 return None
-            time.sleep(wait)  # (holding no socket) until the young runs' rates tell
-        return None
+            time.sleep(max(wait, 0.005))  # (holding no socket) until the young runs' rates tell
 
     def _work(self, seg: _Segmented, run: _Run | None, queued: bool) -> None:
         """Fetch ``run`` (or a stolen half when None), then keep stealing while free."""
