@@ -326,6 +326,9 @@ def test_unknown_size_splits_once_the_first_answer_states_it(tmp_path, up):
     connections take the second halves of what it has left."""
     data = _data(50)
     url = up.add("/whl/nosize-1.0-py3-none-any.whl", data)
+    # a paced link (about 1 s for the file), so that every split is worth its cut: unpaced loopback
+    # finishes first on a fast machine, and how often a run is cut would follow the machine's speed
+    up.always("/whl/nosize-1.0-py3-none-any.whl", Fault("drip", rate=2_000_000))
     item = FetchItem("packages/p/nosize-1.0-py3-none-any.whl", (url,), _sha(data), None)
     events: list[ProgressEvent] = []
     rep = _fetcher(tmp_path, on_progress=events.append).run([item])
