@@ -50,10 +50,14 @@ def test_a_mix_of_sizes_fetches_every_file_of_two_pieces_or_more_in_pieces(tmp_p
     items = {name: _item(up, name, rng.randbytes(size)) for name, size in sizes.items()}
     report = Fetcher(tmp_path, _client(), progress=False).run(list(items.values()))  # the defaults
     assert [r.status for r in report.results] == ["downloaded"] * len(sizes), report.results
+    fetched = {r.key: r.fetched_bytes for r in report.results}
     for name, size in sizes.items():
         assert (tmp_path / items[name].key).stat().st_size == size
-        assert up.body_bytes[f"/whl/{name}"] == size  # every byte once
+        assert fetched[items[name].key] == size  # every byte written once
         asked = _requests(up, name)
+        # a run cut in flight (a loaded machine reads slowly, so cuts become worth it) wastes at
+        # most what the server had already pushed into loopback's socket buffers past the cut
+        assert up.body_bytes[f"/whl/{name}"] <= size + (len(asked) - 1) * MB, (name, asked)
         if size >= DEFAULT_SPLIT_BYTES:  # in pieces: over the connections free when it starts,
             # split further only where a run would take long (never on this fast loopback)
             assert all(r and r.startswith("bytes=") for r in asked), (name, asked)
