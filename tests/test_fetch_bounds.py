@@ -87,7 +87,9 @@ def test_a_slow_link_above_the_floor_completes(tmp_path, up):
 def test_whole_run_deadline_bounds_a_segmented_file(tmp_path, up):
     data = _data(2_000_000)
     url = up.add("/whl/big.whl", data)
-    up.always("/whl/big.whl", Fault("drip", rate=200_000))
+    # 50 kB/s a response: even over 16 connections the file takes 2.5 s, well past the deadline
+    # (at 200 kB/s, 16 runs could end it in 0.63 s, a coin toss against 0.6 s)
+    up.always("/whl/big.whl", Fault("drip", rate=50_000))
     item = FetchItem("packages/p/big-1.0-py3-none-any.whl", (url,), None, len(data))
     t = time.monotonic()
     rep = Fetcher(tmp_path, _client(), progress=False, deadline=0.6, split_bytes=500_000,
