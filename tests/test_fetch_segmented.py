@@ -194,6 +194,7 @@ def _change_when_requested(up: FaultServer, path: str, new: bytes, after_hits: i
     return t
 
 
+@pytest.mark.slow  # several syncs or paced downloads (1-3 s): kept out of the fast tier
 def test_file_that_changes_mid_download_restarts_on_one_connection(tmp_path, up):
     old, new = _data(5), _data(6)
     item = _item(up, "moving-1.0-py3-none-any.whl", old, with_hash=False)

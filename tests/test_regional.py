@@ -95,6 +95,7 @@ def test_every_matching_release_its_pairs_and_closure_per_accelerator(upstream, 
         assert f"  {acc:<5}  torch {', '.join(held)}  {wheels} torch wheels" in text.splitlines(), text
 
 
+@pytest.mark.slow  # several syncs or paced downloads (1-3 s): kept out of the fast tier
 def test_a_no_op_sends_no_file_bytes_and_a_new_release_is_the_only_download(upstream, tmp_path):
     up, every = upstream
     out = tmp_path / "out"
@@ -126,6 +127,7 @@ def test_a_no_op_sends_no_file_bytes_and_a_new_release_is_the_only_download(upst
     assert downloaded == new_files, msgs
 
 
+@pytest.mark.slow  # several syncs or paced downloads (1-3 s): kept out of the fast tier
 def test_what_a_sync_no_longer_selects_is_kept_until_prune(upstream, tmp_path):
     up, every = upstream
     out = tmp_path / "out"
@@ -157,6 +159,7 @@ def test_what_a_sync_no_longer_selects_is_kept_until_prune(upstream, tmp_path):
     assert not any("2.0.0" in n for n in _page_names(out, "cpu", "torch"))
 
 
+@pytest.mark.slow  # several syncs or paced downloads (1-3 s): kept out of the fast tier
 def test_a_hashless_upstream_reads_metadata_by_range_and_sends_each_wheel_once(tmp_path):
     with FaultServer(validators=True) as up:
         every = kit.serve(up, hashless=True)
