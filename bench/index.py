@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -235,18 +236,23 @@ def run(spec: Path, mode: str, env: dict, child: str = CHILD, what: str = "mirro
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def built_upstream(name: str, write: Callable[[Path], int]) -> tuple[Path, int]:
+    """The generated upstream under the temp dir (``write`` it once, then reuse it) and its wheel count."""
+    up = Path(tempfile.gettempdir()) / name
+    if not (up / "done").is_file():
+        shutil.rmtree(up, ignore_errors=True)
+        n = write(up)
+        (up / "done").write_text(str(n))
+        time.sleep(1.1)  # Last-Modified older than the first response: revalidated by 304 from the start
+    return up, int((up / "done").read_text())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--targets", default="18,64,227", help="comma-separated target counts")
     counts = [int(n) for n in ap.parse_args().targets.split(",")]
-    up = Path(tempfile.gettempdir()) / f"torchdepot-bench-index-{BUILD}"
     t0 = time.monotonic()
-    if not (up / "done").is_file():
-        shutil.rmtree(up, ignore_errors=True)
-        n = build(up)
-        (up / "done").write_text(str(n))
-        time.sleep(1.1)  # Last-Modified older than the first response: revalidated by 304 from the start
-    wheels = int((up / "done").read_text())
+    up, wheels = built_upstream(f"torchdepot-bench-index-{BUILD}", build)
     links = sum(p.read_text().count("<a ") for p in up.rglob("index.html"))
     print(f"upstream: {wheels} wheels, {links} links ({time.monotonic() - t0:.1f} s to build or find)")
     every = matrix()

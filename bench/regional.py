@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -65,14 +64,8 @@ def run(spec: Path, mode: str, env: dict) -> dict:
 
 
 def main() -> None:
-    up = Path(tempfile.gettempdir()) / f"torchdepot-bench-regional-{BUILD}"
     t0 = time.monotonic()
-    if not (up / "done").is_file():
-        shutil.rmtree(up, ignore_errors=True)
-        n = build(up)
-        (up / "done").write_text(str(n))
-        time.sleep(1.1)  # Last-Modified older than the first response: revalidated by 304 from the start
-    wheels = int((up / "done").read_text())
+    up, wheels = index.built_upstream(f"torchdepot-bench-regional-{BUILD}", build)
     print(f"upstream: {wheels} wheels ({time.monotonic() - t0:.1f} s to build or find)")
     with Server(up) as s, tempfile.TemporaryDirectory(prefix="torchdepot-bench-") as tmp:
         env = hermetic_env(PIP_INDEX_URL=f"{s.url}/simple")
