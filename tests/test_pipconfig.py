@@ -178,3 +178,63 @@ def test_a_mirror_keeps_the_read_in_its_state_and_rereads_a_changed_or_broken_re
     record.write_text('{"key": 1')  # a broken record is read again and replaced
     assert _kept_pip_config(out)[0].index_url == "http://127.0.0.1:7/b"
     assert ConfigSnapshot.from_data(json.loads(record.read_text())) is not None
+
+
+def test_a_read_started_early_in_a_child_equals_the_in_process_read(tmp_path, monkeypatch):
+    from torchdepot.net.pipconfig import PendingRead, config_key, snapshot_in_process
+
+    cfg = tmp_path / "pip.conf"
+    cfg.write_text("[global]\nindex-url = http://127.0.0.1:9/one\n[install]\nfind-links = /srv/w\n")
+    _clean_pip_env(monkeypatch, cfg)
+    pending = PendingRead.start(tmp_path / "mirror" / "pipconfig.json")  # nothing kept there: a child reads
+    assert pending.started
+    sources, snap = read_pip_config_kept(None, pending)
+    assert not pending.started  # joined once
+    assert snap == snapshot_in_process()
+    assert snap is not None
+    assert snap.key == config_key()
+    assert (sources.index_url, sources.find_links) == ("http://127.0.0.1:9/one", ("file:///srv/w",))
+    # a valid kept snapshot: no child starts, and the kept one is replayed
+    kept = tmp_path / "kept.json"
+    kept.write_text(json.dumps(snap.to_data()))
+    idle = PendingRead.start(kept)
+    assert not idle.started
+    assert read_pip_config_kept(snap, idle) == (sources, snap)
+
+
+def test_a_child_read_under_other_variables_than_the_run_is_not_used(tmp_path, monkeypatch):
+    from torchdepot.net.pipconfig import PendingRead, config_key
+
+    cfg = tmp_path / "pip.conf"
+    cfg.write_text("[global]\nindex-url = http://127.0.0.1:9/one\n")
+    _clean_pip_env(monkeypatch, cfg)
+    pending = PendingRead.start(None)  # where it is kept is not known yet: a child reads
+    assert pending.started
+    cfg2 = tmp_path / "other.conf"
+    cfg2.write_text("[global]\nindex-url = http://127.0.0.1:9/two\n")
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(cfg2))  # the child read cfg; this process now reads cfg2
+    sources, snap = read_pip_config_kept(None, pending)
+    assert sources.index_url == "http://127.0.0.1:9/two"
+    assert snap is not None
+    assert snap.key == config_key()
+    assert str(cfg2) in [name for name, _sig in snap.files]
+
+
+def test_a_read_nobody_needs_is_ended(tmp_path, monkeypatch):
+    from torchdepot.net.pipconfig import PendingRead
+
+    _clean_pip_env(monkeypatch, tmp_path / "absent.conf")
+    pending = PendingRead.start(None)
+    proc = pending._proc
+    assert proc is not None
+    pending.close()
+    assert proc.returncode is not None  # ended and reaped
+    assert pending.snapshot() is None
+    pending.close()  # idempotent
+
+
+def test_the_mirror_command_names_the_state_file_the_store_lays_out():
+    from torchdepot.commands import mirror
+    from torchdepot.store import layout as L
+
+    assert mirror._PIP_CONFIG == L.PIP_CONFIG

@@ -13,14 +13,37 @@ from typing import TYPE_CHECKING
 import click
 
 from torchdepot.commands.guard import one_line_errors
-from torchdepot.spec.mirror import load_spec, with_overrides
-from torchdepot.store.outdir import check_out_dir
+from torchdepot.net.pipconfig import PendingRead
 
 if TYPE_CHECKING:
+    from torchdepot.spec.mirror import MirrorSpec
     from torchdepot.sync.locked import LockedEnv
     from torchdepot.sync.result import MirrorResult
 
 DEFAULT_SPEC = "mirror/mirror.yaml"
+# The state file net/pipconfig.py keeps in a mirror (store/layout.py's PIP_CONFIG), named here so
+# `mirror` starts reading pip before it imports the store, the spec and the sync modules.
+_PIP_CONFIG = ".torchdepot/pipconfig.json"
+
+
+# The spec and store modules load after `mirror` started its read of pip's configuration (they
+# take ~0.05 s); these names stay this module's, where tests replace the loader.
+def load_spec(path: str | Path) -> MirrorSpec:
+    from torchdepot.spec.mirror import load_spec as load
+
+    return load(path)
+
+
+def with_overrides(spec: MirrorSpec, **overrides: object) -> MirrorSpec:
+    from torchdepot.spec.mirror import with_overrides as override
+
+    return override(spec, **overrides)
+
+
+def check_out_dir(path: str | Path, *, what: str = "out") -> Path:
+    from torchdepot.store.outdir import check_out_dir as check
+
+    return check(path, what=what)
 
 
 @click.command("mirror")
@@ -56,7 +79,7 @@ DEFAULT_SPEC = "mirror/mirror.yaml"
               metavar="DIR", help="Make the files 'serve --pull-through' was asked for in mirror DIR (its miss log) "
                                   "the mirror's own: fetched if needed and listed on its index, for the next bundle.")
 def mirror_cmd(spec_path, out, upstreams, jobs, dry_run, on_hash_mismatch, fsync, wait, allow_hosts,
-               exclude_newer, prune, as_json, from_locks, from_misses) -> None:
+               exclude_newer, prune, as_json, from_locks, from_misses) -> MirrorResult | None:
     """Mirror torch (+ dependencies) for every target in the spec, laid out like download.pytorch.org.
 
     The mirror keeps every target it has recorded (targets tools/fetch added, and those of
@@ -75,25 +98,39 @@ def mirror_cmd(spec_path, out, upstreams, jobs, dry_run, on_hash_mismatch, fsync
       torchdepot mirror --exclude-newer 2026-06-01T00:00:00Z --allow-host files.mirror.example
       pip install --index-url file:///srv/torch/whl/cpu torch
     """
+    # Returns the run's result to a caller invoking it with standalone_mode=False (bench/mirror.py).
     if from_misses is not None:
-        return _from_misses(from_misses, spec_path, upstreams)
-    from torchdepot.sync.pip import sync
+        _from_misses(from_misses, spec_path, upstreams)
+        return None
+    # A new read of pip's configuration starts first, in a child on another core, while the spec
+    # and the sync modules load. sync() uses it where it keeps pip's configuration in the mirror's
+    # state (not a dry run, nor --from-locks) and ends it otherwise; with --out known, none starts
+    # when the mirror's kept one is valid (a re-sync).
+    pip_config = None
+    if not dry_run and from_locks is None:
+        pip_config = PendingRead.start(Path(out) / _PIP_CONFIG if out else None)
+    try:
+        spec = load_spec(spec_path)
+        hosts = [*spec.allow_hosts, *allow_hosts] if allow_hosts else None
+        spec = with_overrides(spec, out=out, upstreams=list(upstreams) or None, jobs=jobs,
+                              on_hash_mismatch=on_hash_mismatch, fsync=fsync or None, allow_hosts=hosts,
+                              exclude_newer=exclude_newer)
+        check_out_dir(spec.out)
+        from torchdepot.sync.pip import sync
 
-    spec = load_spec(spec_path)
-    hosts = [*spec.allow_hosts, *allow_hosts] if allow_hosts else None
-    spec = with_overrides(spec, out=out, upstreams=list(upstreams) or None, jobs=jobs,
-                          on_hash_mismatch=on_hash_mismatch, fsync=fsync or None, allow_hosts=hosts,
-                          exclude_newer=exclude_newer)
-    check_out_dir(spec.out)
-    locks: tuple[LockedEnv, ...] = ()
-    if from_locks is not None:
-        from torchdepot.sync.locked import read_locks
+        locks: tuple[LockedEnv, ...] = ()
+        if from_locks is not None:
+            from torchdepot.sync.locked import read_locks
 
-        locks = read_locks(from_locks)
-    result = sync(spec, dry_run=dry_run, wait=wait, out=Path(spec.out), prune=prune, locks=locks,
-                  spec_targets=not locks, **_json_progress(as_json))
+            locks = read_locks(from_locks)
+        result = sync(spec, dry_run=dry_run, wait=wait, out=Path(spec.out), prune=prune, locks=locks,
+                      spec_targets=not locks, pip_config=pip_config, **_json_progress(as_json))
+    finally:
+        if pip_config is not None:
+            pip_config.close()
     _report(result, dry_run, as_json)
     _fail_if_partial(result)
+    return result
 
 
 def _fail_if_partial(result: MirrorResult) -> None:

@@ -13,6 +13,13 @@ environment variables) and the signature of every file pip looked at (its bytes'
 (the mirror's state dir) and replay it without importing pip while all of that is unchanged.
 pip still decides which files count and how they combine: nothing here re-implements that.
 
+A command that will need the read starts it at once (:meth:`PendingRead.start`), in a child of
+this interpreter (same executable, ``sys.path``, environment and working directory, so the same
+pip reads the same files), which runs :func:`snapshot_in_process` on another core while the
+command imports its modules; the child's snapshot is used only when its key equals this
+process's, otherwise (and when the child fails or exceeds its time) pip is read in process as
+before. The child starts only when no valid snapshot is kept, so a re-sync starts none.
+
 A pip ``constraint`` setting is deliberately not applied to mirroring: it caps what this
 machine installs, not what a mirror for other machines must hold.
 """
@@ -30,6 +37,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from torchdepot.errors import TorchdepotError, load_json
 
 # pip option sections that apply to ``pip install``/``pip download``, lowest priority first.
 _SECTIONS = ("global", "download", "install")
@@ -240,12 +249,90 @@ def snapshot_in_process() -> ConfigSnapshot | None:
                           file_host=host if host and "/" not in host else None)
 
 
-def read_pip_config_kept(kept: ConfigSnapshot | None) -> tuple[PipSources, ConfigSnapshot | None]:
+def kept_snapshot(path: Path) -> ConfigSnapshot | None:
+    """The snapshot kept at ``path``; None when absent, unreadable or not one (pip is read again)."""
+    try:
+        return ConfigSnapshot.from_data(load_json(path.read_bytes(), str(path)))
+    except (OSError, TorchdepotError):
+        return None
+
+
+# The child: this process's sys.path (argv[1]), then the in-process read, printed as one JSON line.
+_CHILD = ("import json, sys\n"
+          "sys.path[:] = json.loads(sys.argv[1])\n"
+          "from torchdepot.net.pipconfig import snapshot_in_process\n"
+          "snap = snapshot_in_process()\n"
+          "print(json.dumps(None if snap is None else snap.to_data()))\n")
+CHILD_TIMEOUT = 60.0  # seconds; pip's read takes ~0.1 s
+MAX_CHILD_OUTPUT = 1 << 20  # bytes; a snapshot is a few hundred
+
+
+class PendingRead:
+    """A fresh read of pip's configuration running in a child process (see the module's
+    docstring), or nothing to wait for. :meth:`snapshot` joins it; :meth:`close` ends it unread."""
+
+    def __init__(self, proc: subprocess.Popen[bytes] | None = None) -> None:
+        self._proc = proc
+
+    @classmethod
+    def start(cls, kept_at: Path | None) -> PendingRead:
+        """Starts the child unless the snapshot kept at ``kept_at`` is valid now (then the
+        run replays it and needs no read); ``None``: where it is kept is not known yet."""
+        kept = kept_snapshot(kept_at) if kept_at is not None else None
+        if (kept is not None and kept.valid()) or not sys.executable:
+            return cls()
+        try:
+            proc = subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(sys.path)], stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        except OSError:
+            return cls()  # read in process when needed
+        return cls(proc)
+
+    @property
+    def started(self) -> bool:
+        return self._proc is not None
+
+    def snapshot(self) -> ConfigSnapshot | None:
+        """The child's snapshot, once; None when there is no child, or it failed, ran past
+        :data:`CHILD_TIMEOUT` or read under another key than this process's (the caller then
+        reads in process)."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return None
+        try:
+            out, _ = proc.communicate(timeout=CHILD_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            return None
+        if proc.returncode != 0 or len(out) > MAX_CHILD_OUTPUT or not out.strip():
+            return None
+        try:
+            snap = ConfigSnapshot.from_data(load_json(out.strip().splitlines()[-1], "pip configuration child"))
+        except TorchdepotError:
+            return None
+        return snap if snap is not None and snap.key == config_key() else None
+
+    def close(self) -> None:
+        """Ends a child whose read is not needed (idempotent)."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.kill()
+            proc.communicate()
+
+
+def read_pip_config_kept(kept: ConfigSnapshot | None,
+                         pending: PendingRead | None = None) -> tuple[PipSources, ConfigSnapshot | None]:
     """This interpreter's pip configuration: ``kept`` replayed when still valid (pip not imported),
-    else read again. Returns the sources and the snapshot to keep (None: nothing to keep)."""
+    else read again (``pending``'s child read when it gives one). Returns the sources and the
+    snapshot to keep (None: nothing to keep)."""
     if kept is not None and kept.valid():
+        if pending is not None:
+            pending.close()
         return kept.sources(), kept
-    snap = snapshot_in_process()
+    snap = pending.snapshot() if pending is not None else None
+    if snap is None:
+        snap = snapshot_in_process()
     if snap is None:
         return read_pip_config(), None
     return snap.sources(), snap
