@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from hypothesis import given, settings
@@ -180,57 +181,66 @@ def test_a_mirror_keeps_the_read_in_its_state_and_rereads_a_changed_or_broken_re
     assert ConfigSnapshot.from_data(json.loads(record.read_text())) is not None
 
 
-def test_a_read_started_early_in_a_child_equals_the_in_process_read(tmp_path, monkeypatch):
-    from torchdepot.net.pipconfig import PendingRead, config_key, snapshot_in_process
+def _fresh(code: str, cfg: Path) -> dict:
+    """``code`` run in a new interpreter (one thread: pytest's may have others running, and then
+    no copy is made), with pip reading ``cfg``; it prints one JSON document."""
+    env = hermetic_env(PIP_CONFIG_FILE=str(cfg))
+    prog = ("import json, os, sys\nfrom pathlib import Path\nfrom torchdepot.net.pipconfig import PendingRead, config_key, "
+            "read_pip_config_kept, snapshot_in_process\n" + code)
+    out = subprocess.run([sys.executable, "-c", prog], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
 
+
+def test_a_read_started_early_in_a_copy_equals_the_in_process_read(tmp_path):
     cfg = tmp_path / "pip.conf"
     cfg.write_text("[global]\nindex-url = http://127.0.0.1:9/one\n[install]\nfind-links = /srv/w\n")
-    _clean_pip_env(monkeypatch, cfg)
-    pending = PendingRead.start(tmp_path / "mirror" / "pipconfig.json")  # nothing kept there: a child reads
-    assert pending.started
-    sources, snap = read_pip_config_kept(None, pending)
-    assert not pending.started  # joined once
-    assert snap == snapshot_in_process()
-    assert snap is not None
-    assert snap.key == config_key()
-    assert (sources.index_url, sources.find_links) == ("http://127.0.0.1:9/one", ("file:///srv/w",))
-    # a valid kept snapshot: no child starts, and the kept one is replayed
     kept = tmp_path / "kept.json"
-    kept.write_text(json.dumps(snap.to_data()))
-    idle = PendingRead.start(kept)
-    assert not idle.started
-    assert read_pip_config_kept(snap, idle) == (sources, snap)
+    got = _fresh(f"""
+pending = PendingRead.start(Path({str(tmp_path / "mirror" / "pipconfig.json")!r}))  # nothing kept there: a copy reads
+started = pending.started
+sources, snap = read_pip_config_kept(None, pending)
+joined = not pending.started
+same = snap == snapshot_in_process() and snap.key == config_key()
+with open({str(kept)!r}, "w") as fh:
+    json.dump(snap.to_data(), fh)
+idle = PendingRead.start(Path({str(kept)!r}))  # a valid kept snapshot: no copy starts, the kept one is replayed
+again = read_pip_config_kept(snap, idle) == (sources, snap)
+print(json.dumps([started, joined, same, sources.index_url, sources.find_links, idle.started, again]))
+""", cfg)
+    assert got == [True, True, True, "http://127.0.0.1:9/one", ["file:///srv/w"], False, True]
 
 
-def test_a_child_read_under_other_variables_than_the_run_is_not_used(tmp_path, monkeypatch):
-    from torchdepot.net.pipconfig import PendingRead, config_key
-
-    cfg = tmp_path / "pip.conf"
+def test_a_copy_read_under_other_variables_than_the_run_is_not_used(tmp_path):
+    cfg, cfg2 = tmp_path / "pip.conf", tmp_path / "other.conf"
     cfg.write_text("[global]\nindex-url = http://127.0.0.1:9/one\n")
-    _clean_pip_env(monkeypatch, cfg)
-    pending = PendingRead.start(None)  # where it is kept is not known yet: a child reads
-    assert pending.started
-    cfg2 = tmp_path / "other.conf"
     cfg2.write_text("[global]\nindex-url = http://127.0.0.1:9/two\n")
-    monkeypatch.setenv("PIP_CONFIG_FILE", str(cfg2))  # the child read cfg; this process now reads cfg2
-    sources, snap = read_pip_config_kept(None, pending)
-    assert sources.index_url == "http://127.0.0.1:9/two"
-    assert snap is not None
-    assert snap.key == config_key()
-    assert str(cfg2) in [name for name, _sig in snap.files]
+    got = _fresh(f"""
+pending = PendingRead.start(None)  # where it is kept is not known yet: a copy reads
+started = pending.started
+os.environ["PIP_CONFIG_FILE"] = {str(cfg2)!r}  # the copy read pip.conf; this process now reads other.conf
+sources, snap = read_pip_config_kept(None, pending)
+print(json.dumps([started, sources.index_url, snap.key == config_key(), [n for n, _sig in snap.files]]))
+""", cfg)
+    assert got[:3] == [True, "http://127.0.0.1:9/two", True]
+    assert str(cfg2) in got[3]
 
 
-def test_a_read_nobody_needs_is_ended(tmp_path, monkeypatch):
-    from torchdepot.net.pipconfig import PendingRead
-
-    _clean_pip_env(monkeypatch, tmp_path / "absent.conf")
-    pending = PendingRead.start(None)
-    proc = pending._proc
-    assert proc is not None
-    pending.close()
-    assert proc.returncode is not None  # ended and reaped
-    assert pending.snapshot() is None
-    pending.close()  # idempotent
+def test_a_read_nobody_needs_is_ended(tmp_path):
+    got = _fresh("""
+pending = PendingRead.start(None)
+pid = pending._pid
+pending.close()
+try:
+    os.waitpid(pid, os.WNOHANG)
+    reaped = False
+except ChildProcessError:  # ended and reaped
+    reaped = True
+after = pending.snapshot()
+pending.close()  # idempotent
+print(json.dumps([pid is not None, reaped, after]))
+""", tmp_path / "absent.conf")
+    assert got == [True, True, None]
 
 
 def test_the_mirror_command_names_the_state_file_the_store_lays_out():
@@ -238,3 +248,21 @@ def test_the_mirror_command_names_the_state_file_the_store_lays_out():
     from torchdepot.store import layout as L
 
     assert mirror._PIP_CONFIG == L.PIP_CONFIG
+
+
+def test_no_copy_starts_while_another_thread_runs(tmp_path, monkeypatch):
+    from torchdepot.net.pipconfig import PendingRead
+
+    cfg = tmp_path / "pip.conf"
+    cfg.write_text("[global]\nindex-url = http://127.0.0.1:9/three\n")
+    _clean_pip_env(monkeypatch, cfg)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        pending = PendingRead.start(None)
+        assert not pending.started  # a copy could inherit that thread's locks held: read in process
+        assert read_pip_config_kept(None, pending)[0].index_url == "http://127.0.0.1:9/three"
+    finally:
+        stop.set()
+        other.join()

@@ -140,15 +140,34 @@ def whole_into_store(out: Path, spec: MirrorSpec, fetcher: Fetcher) -> tuple[Who
 
 
 def fetch_files(out: Path, resolution: Resolution, view: View, spec: MirrorSpec, client: Client,
-                policy: HostPolicy, progress: bool | None, fetcher: Fetcher | None = None) -> PipFetchReport:
+                policy: HostPolicy, progress: bool | None, fetcher: Fetcher | None = None,
+                reads: EarlyReads | None = None, meanwhile: Callable[[], None] | None = None) -> PipFetchReport:
     """``fetcher``: one already started by :func:`make_fetcher` with files submitted early (pinned
-    before the closure resolved); a file submitted again joins its download in flight."""
+    before the closure resolved); a file submitted again joins its download in flight.
+    ``reads``: each wheel's METADATA is read as it lands, by the fetcher's thread, while the
+    others still download (then :func:`reject_bad_wheels` opens none of them again);
+    ``meanwhile``: work for this thread once every file is submitted, while they download."""
     paths = stored_paths(out, resolution)
     fetcher = fetcher or make_fetcher(out, spec, client, policy, progress)
     items = {key: FetchItem(key=paths[key], urls=same_path_elsewhere(vf.link.url, spec.upstreams), sha256=vf.link.sha256,
                             size=vf.link.size)
              for key, vf, _acc in resolution.files}
-    report = fetcher.run(list(items.values()))
+    if reads is None:
+        report = fetcher.run(list(items.values()))
+    else:
+        fetcher.start()
+        try:
+            # what Fetcher.run does (each path once, the largest first), with each future watched
+            whose: dict[str, tuple[str, str]] = {}
+            for key, vf, _acc in resolution.files:
+                whose.setdefault(paths[key], (vf.project, vf.link.url))
+            unique = {it.key: it for it in reversed(list(items.values()))}  # the first item per path
+            for it in sorted(unique.values(), key=lambda i: -(i.size or 0)):
+                reads.watch(fetcher.submit(it), *whose[it.key])
+            if meanwhile is not None:
+                meanwhile()
+        finally:
+            report = fetcher.close()
     retry = []
     failed = {r.key for r in report.failed}
     for key, vf, acc in resolution.files:
@@ -190,16 +209,22 @@ def _metadata_or_refusal(where: Path, project: str, url: str) -> bytes | str:
 
 
 class EarlyReads:
-    """The METADATA of early downloads (sync/early.py), read by the fetcher's thread as each one
-    lands, while the closure still resolves (torch's central directory costs ~40 ms): then
+    """The METADATA of downloaded wheels, read by the fetcher's thread as each one lands: the
+    early ones (sync/early.py) while the closure still resolves (torch's central directory costs
+    ~40 ms), the others while the rest still download (:func:`fetch_files`); then
     :func:`reject_bad_wheels` opens none of them again. Kept with the sha256 of the bytes read."""
 
     def __init__(self, out: Path) -> None:
         self.out = out
         self._lock = threading.Lock()
         self._read: dict[str, tuple[str, bytes]] = {}  # stored path -> (sha256 of the wheel, METADATA)
+        self._watched: set[Future[FetchResult]] = set()  # a download joined again is read once
 
     def watch(self, fut: Future[FetchResult], project: str, url: str) -> None:
+        with self._lock:
+            if fut in self._watched:
+                return
+            self._watched.add(fut)
         fut.add_done_callback(lambda f: self._read_one(f.result(), project, url))
 
     def _read_one(self, result: FetchResult, project: str, url: str) -> None:
