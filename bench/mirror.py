@@ -6,6 +6,10 @@ loopback PyTorch-shaped upstream, against
 - ``pip download`` of the same closure from the same upstream (hermetic pip),
 
 in one run; then a no-op re-sync (time, bytes fetched) and the mirror process's peak RSS.
+Each mirror run is ``torchdepot mirror --spec SPEC --out OUT`` in a child process, through the
+CLI's own code (click group and command); its whole run is timed inside the child, from before
+its first torchdepot import, and the whole child process (interpreter start included, as for
+``pip download``) is printed too.
 
 The cold fetch is the time bytes were moving: the union of the downloads' spans, from each
 file's first request to its last byte stored (``FetchReport.moving_seconds``). The fetcher

@@ -243,13 +243,6 @@ print(json.dumps([pid is not None, reaped, after]))
     assert got == [True, True, None]
 
 
-def test_the_mirror_command_names_the_state_file_the_store_lays_out():
-    from torchdepot.commands import mirror
-    from torchdepot.store import layout as L
-
-    assert mirror._PIP_CONFIG == L.PIP_CONFIG
-
-
 def test_no_copy_starts_while_another_thread_runs(tmp_path, monkeypatch):
     from torchdepot.net.pipconfig import PendingRead
 

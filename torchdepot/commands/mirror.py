@@ -14,36 +14,15 @@ import click
 
 from torchdepot.commands.guard import one_line_errors
 from torchdepot.net.pipconfig import PendingRead
+from torchdepot.spec.mirror import load_spec, with_overrides
+from torchdepot.store import layout as L
+from torchdepot.store.outdir import check_out_dir
 
 if TYPE_CHECKING:
-    from torchdepot.spec.mirror import MirrorSpec
     from torchdepot.sync.locked import LockedEnv
     from torchdepot.sync.result import MirrorResult
 
 DEFAULT_SPEC = "mirror/mirror.yaml"
-# The state file net/pipconfig.py keeps in a mirror (store/layout.py's PIP_CONFIG), named here so
-# `mirror` starts reading pip before it imports the store, the spec and the sync modules.
-_PIP_CONFIG = ".torchdepot/pipconfig.json"
-
-
-# The spec and store modules load after `mirror` started its read of pip's configuration (they
-# take ~0.05 s); these names stay this module's, where tests replace the loader.
-def load_spec(path: str | Path) -> MirrorSpec:
-    from torchdepot.spec.mirror import load_spec as load
-
-    return load(path)
-
-
-def with_overrides(spec: MirrorSpec, **overrides: object) -> MirrorSpec:
-    from torchdepot.spec.mirror import with_overrides as override
-
-    return override(spec, **overrides)
-
-
-def check_out_dir(path: str | Path, *, what: str = "out") -> Path:
-    from torchdepot.store.outdir import check_out_dir as check
-
-    return check(path, what=what)
 
 
 @click.command("mirror")
@@ -102,24 +81,23 @@ def mirror_cmd(spec_path, out, upstreams, jobs, dry_run, on_hash_mismatch, fsync
     if from_misses is not None:
         _from_misses(from_misses, spec_path, upstreams)
         return None
-    # A new read of pip's configuration starts first, in a copy of this process on another core
-    # (net/pipconfig.py), while the spec and the sync modules load. sync() uses it where it keeps pip's configuration in the mirror's
-    # state (not a dry run, nor --from-locks) and ends it otherwise; with --out known, none starts
-    # when the mirror's kept one is valid (a re-sync).
+    spec = load_spec(spec_path)
+    hosts = [*spec.allow_hosts, *allow_hosts] if allow_hosts else None
+    spec = with_overrides(spec, out=out, upstreams=list(upstreams) or None, jobs=jobs,
+                          on_hash_mismatch=on_hash_mismatch, fsync=fsync or None, allow_hosts=hosts,
+                          exclude_newer=exclude_newer)
+    check_out_dir(spec.out)
+    # Where sync() keeps pip's configuration in the mirror's state (a pip spec's own run, not a dry
+    # run) and the mirror holds no valid one, a new read starts now, in a copy of this process on
+    # another core (net/pipconfig.py), while the sync modules load; sync() ends it if unused.
     pip_config = None
-    if not dry_run and from_locks is None:
+    if not dry_run and from_locks is None and spec.conda is None and spec.releases is None:
         # the HTTP client's modules first (the sync needs them anyway): the copy then shares their
         # standard library ones and imports only pip's own (~0.07 s of CPU, not ~0.11 s)
         import torchdepot.net.http  # noqa: F401
 
-        pip_config = PendingRead.start(Path(out) / _PIP_CONFIG if out else None)
+        pip_config = PendingRead.start(Path(spec.out) / L.PIP_CONFIG)
     try:
-        spec = load_spec(spec_path)
-        hosts = [*spec.allow_hosts, *allow_hosts] if allow_hosts else None
-        spec = with_overrides(spec, out=out, upstreams=list(upstreams) or None, jobs=jobs,
-                              on_hash_mismatch=on_hash_mismatch, fsync=fsync or None, allow_hosts=hosts,
-                              exclude_newer=exclude_newer)
-        check_out_dir(spec.out)
         from torchdepot.sync.pip import sync
 
         locks: tuple[LockedEnv, ...] = ()

@@ -19,7 +19,7 @@ so the same pip reads the same files; on Linux, while no other thread runs), whi
 :func:`snapshot_in_process` on another core while the command imports its modules. Its snapshot
 is used only when its key equals this process's at the join; otherwise (and when the copy fails
 or exceeds its time) pip is read in process as before. No copy starts while a valid snapshot is
-kept, so a re-sync whose mirror is named starts none.
+kept, so a re-sync starts none.
 
 A pip ``constraint`` setting is deliberately not applied to mirroring: it caps what this
 machine installs, not what a mirror for other machines must hold.
