@@ -1,0 +1,222 @@
+"""Issue 21 against real servers: ``torchdepot mirror`` run as a user runs it (the CLI in a
+subprocess, hermetic pip configuration) against Debian's nginx and ``python -m http.server``,
+every request counted from the server's own access log.
+
+- nginx serves a download.pytorch.org-shaped tree (torch padded to 24 MB, its dependencies on
+  a ``/simple`` index): ETag/Last-Modified, Range and conditional requests as nginx answers
+  them. A cold sync fetches torch in several ranges, each body once; a no-op re-sync sends only
+  304s; a re-stamped page is re-read and nothing fetched; a new dependency release is the one
+  wheel fetched.
+- http.server (no Range, no ETag, only Last-Modified) serves a hashless flat listing of the
+  variant and a find-links folder of the dependencies: every wheel's body is sent once, the
+  fetch falls back to one stream, a no-op sends no body.
+- The README's regional spec (``releases: "torch>=2.0"``) against nginx: cold, then a no-op of
+  only 304s.
+
+Invariants: loopback only; every server a child process stopped by its context manager.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.kit.realservers import Hit, http_server, nginx
+from tests.kit.upstream import DEPS, TORCH, padded_wheel, pep503
+from tests.loopback_upstream import mirror_env, run_mirror, write_spec
+from torchdepot.store import manifest as mf
+
+pytestmark = pytest.mark.e2e
+MB = 1024 * 1024
+TORCH_PAYLOAD = 24 * MB
+DEP_PAYLOAD = 30_000
+
+
+def _bodies(hits: list[Hit], suffix: str = ".whl") -> Counter:
+    sent: Counter = Counter()
+    for h in hits:
+        if h.path.endswith(suffix):
+            sent[h.path.rsplit("/", 1)[-1]] += h.body
+    return sent
+
+
+def _span(range_: str, size: int) -> tuple[int, int]:
+    """[start, end) a request asked for; no Range: the whole file. An open-ended stream that
+    was cut counts from its start to the next one's (the caller checks they meet)."""
+    if not range_:
+        return (0, size)
+    first, _, last = range_.removeprefix("bytes=").partition("-")
+    return (int(first), int(last) + 1 if last else size)
+
+
+def _socket_buffers() -> int:
+    """What loopback can hold past a cut: the largest send plus receive buffer."""
+    most = 0
+    for name in ("tcp_rmem", "tcp_wmem"):
+        most += int(Path(f"/proc/sys/net/ipv4/{name}").read_text().split()[2])
+    return most
+
+
+def _wheels(out: Path) -> dict[str, int]:
+    return {e.path.rsplit("/", 1)[-1]: e.size for e in mf.load(out).files if e.kind == "wheel"}
+
+
+def _ok(proc, what: str):
+    assert proc.returncode == 0, f"{what}: exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def _pytorch_tree(root: Path, url: str, deps):
+    """torch on ``/whl/cpu`` (with ``.metadata``), its dependencies' files on ``/files`` linked
+    from ``/whl/cpu`` and ``/simple`` (the pip index). Only files whose bytes differ from what
+    ``root`` holds are written, so an unchanged page keeps its mtime (nginx's ETag)."""
+    torch = padded_wheel(*TORCH, payload=TORCH_PAYLOAD, seed=1)
+    a = pep503([torch], pages=["/whl/cpu"], files="/whl/cpu", indexes=False)
+    a |= pep503(deps, pages=["/whl/cpu"], files="/files", base_url=url, place=False, metadata=False, indexes=False)
+    b = pep503(deps, pages=["/simple"], files="/files", metadata=False)
+    for path, content in (a | b).files.items():
+        dest = root / path.lstrip("/")
+        assert isinstance(content, bytes)
+        if not dest.exists() or dest.read_bytes() != content:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(content)
+    return torch
+
+
+def _dep_wheels(extra=()):
+    return [padded_wheel(*spec, payload=DEP_PAYLOAD, seed=10 + i) for i, spec in enumerate((*DEPS, *extra))]
+
+
+def test_nginx_upstream_cold_ranges_then_304s_then_only_what_changed(tmp_path):
+    root = tmp_path / "upstream"
+    out = tmp_path / "out"
+    with nginx(root, tmp_path) as up:
+        deps = _dep_wheels()
+        torch = _pytorch_tree(root, up.url, deps)
+        env = mirror_env(up.url, tmp_path)
+        spec = write_spec(tmp_path / "spec.yaml", up.url, out, jobs=4)
+
+        t0 = time.monotonic()
+        _ok(run_mirror(spec, env), "cold sync")
+        cold = up.hits()
+        print(f"\nFIGURES cold {time.monotonic() - t0:.2f}s requests={len(cold)}")
+        sizes = {torch.filename: len(torch.data), **{w.filename: len(w.data) for w in deps}}
+        assert _wheels(out) == sizes
+        sent = _bodies(cold)
+        for name, size in sizes.items():
+            if name != torch.filename:  # no larger than the zip tail a Range read takes: the one download, and
+                assert size <= sent[name] <= size + 1, (name, sent[name], size)  # the 1-byte size probe
+        # torch: several ranges, requested once each. Its first request cannot be bounded (the
+        # page gives no size), so once free connections split it, what nginx had pushed into
+        # the socket past the cut is sent but never read: one socket buffer at most.
+        torch_gets = [h for h in cold if h.path.endswith(torch.filename)]
+        assert all(h.status in (200, 206) for h in torch_gets), torch_gets
+        size = len(torch.data)
+        spans = sorted((_span(h.range, size), h.range.endswith("-") or not h.range) for h in torch_gets)
+        assert len(spans) >= 3, torch_gets
+        starts = [a for (a, _), _ in spans]
+        assert starts[0] == 0, spans
+        assert len(set(starts)) == len(starts), spans  # no two requests from one start
+        for ((_, end), open_ended), nxt in zip(spans, [*starts[1:], size], strict=True):
+            assert end == nxt or open_ended and end >= nxt, spans  # bounded ranges meet exactly; no gap
+        cut = [h for h in torch_gets if _span(h.range, len(torch.data))[1] - _span(h.range, len(torch.data))[0]
+               != h.body]
+        print(f"FIGURES torch {len(torch.data)} bytes in {len(torch_gets)} requests, server sent {sent[torch.filename]}"
+              f" ({sent[torch.filename] - len(torch.data)} past cuts in {len(cut)} streams)")
+        assert sent[torch.filename] - len(torch.data) <= len(cut) * _socket_buffers(), cut
+
+        # a no-op: every page read again conditionally, all 304, no file body
+        mark = up.mark()
+        t0 = time.monotonic()
+        noop = _ok(run_mirror(spec, env), "no-op sync")
+        again = up.since(mark)
+        print(f"FIGURES no-op {time.monotonic() - t0:.2f}s requests={Counter(h.status for h in again)}")
+        assert again, "a no-op must still ask upstream whether its pages changed"
+        assert not [h for h in again if h.status != 304 and h.status != 404], again
+        assert sum(h.body for h in again if h.status == 304) == 0
+        assert not [h for h in again if h.path.endswith((".whl", ".metadata"))], again
+        assert all(h.if_none_match or h.if_modified_since for h in again if h.status == 304)
+        assert _wheels(out) == sizes, noop.stdout
+
+        # the same bytes re-stamped (touch): nginx gives a new ETag, the page is read again
+        # in full, and nothing else moves
+        page = root / "whl" / "cpu" / "filelock" / "index.html"
+        later = time.time() + 5
+        os.utime(page, (later, later))
+        mark = up.mark()
+        _ok(run_mirror(spec, env), "sync after touch")
+        touched = up.since(mark)
+        full = [h for h in touched if h.status == 200]
+        assert [h.path for h in full] == ["/whl/cpu/filelock/index.html"], touched
+        assert full[0].body == page.stat().st_size
+        assert not [h for h in touched if h.path.endswith(".whl")], touched
+
+        # a new filelock release upstream: its pages change, it is the one wheel fetched
+        new = padded_wheel("filelock", "3.17.0", "py3-none-any", (), DEP_PAYLOAD, 99)
+        deps2 = [*deps, new]
+        _pytorch_tree(root, up.url, deps2)  # writes filelock's two pages, the project list and the wheel
+        mark = up.mark()
+        _ok(run_mirror(spec, env), "sync after a new release")
+        changed = up.since(mark)
+        assert _bodies(changed) == {new.filename: len(new.data) + 1}, _bodies(changed)  # + the size probe
+        assert new.filename in _wheels(out)
+        print(f"FIGURES changed requests={Counter(h.status for h in changed)}")
+
+
+def test_http_server_flat_listing_and_find_links_send_each_body_once(tmp_path):
+    """``python -m http.server`` over a folder of wheels: ``<base>/cpu/`` is the variant's flat
+    listing (the upstream), ``/deps/`` a find-links folder of the dependencies (the user's pip
+    configuration, no index). No hash, no ``.metadata``, no Range, no ETag anywhere."""
+    root = tmp_path / "upstream"
+    torch = padded_wheel(*TORCH, payload=6 * MB, seed=1)
+    deps = [padded_wheel(*spec, payload=MB + MB // 2, seed=10 + i) for i, spec in enumerate(DEPS)]
+    (root / "pytorch-wheels" / "cpu").mkdir(parents=True)
+    (root / "deps").mkdir()
+    (root / "pytorch-wheels" / "cpu" / torch.filename).write_bytes(torch.data)
+    for w in deps:
+        (root / "deps" / w.filename).write_bytes(w.data)
+    sizes = {torch.filename: len(torch.data), **{w.filename: len(w.data) for w in deps}}
+    out = tmp_path / "out"
+    with http_server(root, tmp_path / "httpd") as up:
+        env = mirror_env(up.url, tmp_path)
+        del env["PIP_INDEX_URL"]
+        env.update(PIP_NO_INDEX="1", PIP_FIND_LINKS=up.url + "/deps/")
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(yaml.safe_dump({
+            "packages": ["torch"], "extra_packages": [], "accelerators": ["cpu"], "pythons": ["3.11"],
+            "platforms": ["linux-x86_64"], "upstreams": [up.url + "/pytorch-wheels"], "out": str(out), "jobs": 4}))
+        t0 = time.monotonic()
+        cold = _ok(run_mirror(spec, env, "--json"), "cold sync")
+        hits = up.hits()
+        sent = _bodies(hits)
+        print(f"\nFIGURES cold {time.monotonic() - t0:.2f}s sent={dict(sent)} sizes={sizes}")
+        assert _wheels(out) == sizes, cold.stdout
+        wheel_hits = [h for h in hits if h.path.endswith(".whl")]
+        assert all(h.status == 200 for h in wheel_hits), wheel_hits  # Range ignored: every answer one stream
+        for name, size in sizes.items():
+            whole = [h for h in wheel_hits if h.path.endswith("/" + name) and h.body == size]
+            assert len(whole) == 1, (name, wheel_hits)  # its body sent once
+            # torch's METADATA read starts with a 1-byte Range probe, which http.server answers
+            # with the whole body: that answer is the download, handed to the fetch
+            assert sent[name] == size, (name, sent[name], size)
+        doc = json.loads(cold.stdout)
+        print(f"FIGURES requests={doc.get('requests')}")
+
+        mark = up.mark()
+        t0 = time.monotonic()
+        noop = _ok(run_mirror(spec, env), "no-op sync")
+        again = up.since(mark)
+        print(f"FIGURES no-op {time.monotonic() - t0:.2f}s requests={Counter((h.path, h.status) for h in again)}")
+        print(noop.stdout)
+        assert again, "a no-op must still ask upstream whether its listings changed"
+        assert not [h for h in again if h.path.endswith(".whl")], again
+        # http.server sends a directory listing with no validator: read again, each once
+        assert all(h.path.endswith("/") or h.status in (301, 304) for h in again), again
+        assert len({h.path for h in again}) == len(again), again
+        assert _wheels(out) == sizes
