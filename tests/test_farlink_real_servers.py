@@ -18,18 +18,29 @@ Invariants: loopback only; every server a child process stopped by its context m
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import http.client
+import io
 import json
 import os
+import subprocess
+import sys
 import time
+import zipfile
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.kit.realservers import Hit, http_server, nginx
+from tests.kit.cli import td
+from tests.kit.realservers import Hit, free_port, http_server, nginx, stop, wait_listening
 from tests.kit.upstream import DEPS, TORCH, padded_wheel, pep503
+from tests.loopback_upstream import ROOT as REPO
 from tests.loopback_upstream import mirror_env, run_mirror, write_spec
+from tests.test_immutable import linked
+from tests.venvs import hermetic_env, make_venv, run
 from torchdepot.store import manifest as mf
 
 pytestmark = pytest.mark.e2e
@@ -63,6 +74,26 @@ def _socket_buffers() -> int:
     return most
 
 
+def _linked(out: Path, filename: str) -> str:
+    project = filename.split("-", 1)[0].replace("_", "-")
+    return linked(out, project)[filename]
+
+
+def torch_name(out: Path) -> str:
+    return next(iter(linked(out, "torch")))
+
+
+def _cache_control(url: str, path: str) -> str:
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("GET", "/" + path.replace("+", "%2B"))
+    resp = conn.getresponse()
+    resp.read()
+    conn.close()
+    assert resp.status == 200, (path, resp.status)
+    return resp.getheader("Cache-Control") or ""
+
+
 def _wheels(out: Path) -> dict[str, int]:
     return {e.path.rsplit("/", 1)[-1]: e.size for e in mf.load(out).files if e.kind == "wheel"}
 
@@ -72,11 +103,11 @@ def _ok(proc, what: str):
     return proc
 
 
-def _pytorch_tree(root: Path, url: str, deps):
+def _pytorch_tree(root: Path, url: str, deps, torch_payload: int = TORCH_PAYLOAD):
     """torch on ``/whl/cpu`` (with ``.metadata``), its dependencies' files on ``/files`` linked
     from ``/whl/cpu`` and ``/simple`` (the pip index). Only files whose bytes differ from what
     ``root`` holds are written, so an unchanged page keeps its mtime (nginx's ETag)."""
-    torch = padded_wheel(*TORCH, payload=TORCH_PAYLOAD, seed=1)
+    torch = padded_wheel(*TORCH, payload=torch_payload, seed=1)
     a = pep503([torch], pages=["/whl/cpu"], files="/whl/cpu", indexes=False)
     a |= pep503(deps, pages=["/whl/cpu"], files="/files", base_url=url, place=False, metadata=False, indexes=False)
     b = pep503(deps, pages=["/simple"], files="/files", metadata=False)
@@ -220,3 +251,116 @@ def test_http_server_flat_listing_and_find_links_send_each_body_once(tmp_path):
         assert all(h.path.endswith("/") or h.status in (301, 304) for h in again), again
         assert len({h.path for h in again}) == len(again), again
         assert _wheels(out) == sizes
+
+
+# -- a re-published wheel, served by `torchdepot serve`, with real client caches ---------------
+def _member(data: bytes, suffix: str) -> bytes:
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        return zf.read(next(n for n in zf.namelist() if n.endswith(suffix)))
+
+
+def _installed(py: Path, module: str, member: str) -> bytes:
+    site = run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip()
+    return (Path(site) / module / member).read_bytes()
+
+
+@contextlib.contextmanager
+def _serve(root: Path):
+    """``torchdepot serve`` as a user starts it, on a free loopback port."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "torchdepot", "serve", "--root", str(root), "--host", "127.0.0.1",
+                             "--port", str(port)], env=hermetic_env(PYTHONPATH=str(REPO)), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_listening(proc, port, "torchdepot serve")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)
+
+
+def test_a_republished_wheel_over_three_syncs_with_pip_and_uv_caches(tmp_path):
+    """Upstream (nginx) replaces filelock's bytes under the same name after the first sync.
+    Between syncs, pip (its HTTP cache on: ``--trusted-host``, a persistent ``--cache-dir``)
+    and ``uv pip install`` (a persistent ``--cache-dir``) install torch from the served mirror;
+    after the second sync a lock is written and installed by hash. Every install after the
+    re-publication gets the new bytes; the third sync downloads and publishes nothing."""
+    from torchdepot.resolve.uv import uv_bin
+
+    root = tmp_path / "upstream"
+    out = tmp_path / "out"
+    pip_cache, uv_cache = tmp_path / "pip-cache", tmp_path / "uv-cache-client"
+    with nginx(root, tmp_path) as up:
+        deps = _dep_wheels()
+        _pytorch_tree(root, up.url, deps, torch_payload=200_000)
+        env = mirror_env(up.url, tmp_path)
+        spec = write_spec(tmp_path / "spec.yaml", up.url, out)
+        _ok(run_mirror(spec, env), "first sync")
+        old = next(w for w in deps if w.filename.startswith("filelock-"))
+        with _serve(out) as url:
+            index = f"{url}/whl/cpu"
+            pip_args = ["--index-url", index, "--trusted-host", url.removeprefix("http://"), "--cache-dir", pip_cache]
+
+            def pip(n: int, *args) -> Path:
+                py = make_venv(tmp_path / f"pip{n}")
+                done = run([py, "-m", "pip", "install", *pip_args, *args], timeout=300)
+                assert done.returncode == 0, f"pip round {n}\n{done.stdout[-2000:]}{done.stderr[-3000:]}"
+                return py
+
+            def uv(n: int) -> Path:
+                py = make_venv(tmp_path / f"uv{n}", pip=False)
+                done = run([uv_bin(), "pip", "install", "--python", py, "--index-url", index, "--cache-dir", uv_cache,
+                            "torch"], timeout=300)
+                assert done.returncode == 0, f"uv round {n}\n{done.stdout[-2000:]}{done.stderr[-3000:]}"
+                return py
+
+            payload_old = _member(old.data, "filelock/payload.bin")
+            for py in (pip(1, "torch"), uv(1)):
+                assert _installed(py, "filelock", "payload.bin") == payload_old
+            assert any(pip_cache.joinpath("http").rglob("*")) or any(pip_cache.joinpath("http-v2").rglob("*")), \
+                "pip kept nothing in its HTTP cache: the test would not exercise it"
+
+            _ok(td("lock", "--mirror", out, "--out", tmp_path / "envs1", "--base-url", url), "first lock")
+            reqs1 = next((tmp_path / "envs1").glob("cpu-py311-*/requirements.lock"))
+            assert hashlib.sha256(old.data).hexdigest() in reqs1.read_text()
+
+            # upstream re-publishes filelock: same file name, other bytes
+            new = padded_wheel(*next(d for d in DEPS if d[0] == "filelock"), DEP_PAYLOAD, 1234)
+            assert new.filename == old.filename
+            assert new.data != old.data
+            _pytorch_tree(root, up.url, [new if w is old else w for w in deps], torch_payload=200_000)
+            payload_new = _member(new.data, "filelock/payload.bin")
+            old_path = _linked(out, old.filename)
+            mark = up.mark()
+            _ok(run_mirror(spec, env), "second sync")
+            assert _bodies(up.since(mark)) == {new.filename: len(new.data) + 1}  # + the 1-byte size probe
+            new_path = _linked(out, new.filename)
+            assert new_path != old_path, "a path that served other bytes is never reused"
+            assert (out / new_path).read_bytes() == new.data
+            # the old URL never serves the new bytes (it had been served as immutable)
+            with contextlib.suppress(FileNotFoundError):
+                assert (out / old_path).read_bytes() == old.data
+
+            # a lock written now, installed by hash through pip's cache
+            lock = _ok(td("lock", "--mirror", out, "--out", tmp_path / "envs", "--base-url", url), "lock")
+            reqs = next((tmp_path / "envs").glob("cpu-py311-*/requirements.lock"))
+            assert hashlib.sha256(new.data).hexdigest() in reqs.read_text(), lock.stdout
+            for py in (pip(2, "--require-hashes", "-r", reqs), uv(2)):
+                assert _installed(py, "filelock", "payload.bin") == payload_new
+            # the lock written before still installs what it pinned, by its hashes
+            assert _installed(pip(21, "--require-hashes", "-r", reqs1), "filelock", "payload.bin") == payload_old
+
+            mark = up.mark()
+            third = _ok(run_mirror(spec, env), "third sync")
+            assert "index unchanged" in third.stdout, third.stdout
+            assert not _bodies(up.since(mark)), up.since(mark)  # nothing downloaded again
+            assert _linked(out, new.filename) == new_path, "the bytes stay where they were published"
+            for py in (pip(3, "torch"), uv(3)):
+                assert _installed(py, "filelock", "payload.bin") == payload_new
+            assert _installed(pip(31, "--require-hashes", "-r", reqs1), "filelock", "payload.bin") == payload_old
+
+            # immutable only where the bytes can never change
+            cc = {p: _cache_control(url, p) for p in (new_path, _linked(out, torch_name(out)), "whl/cpu/filelock/",
+                                                      "whl/cpu/", "manifest.json", new_path + ".metadata")}
+            print(f"\nFIGURES cache-control {cc}")
+            assert "immutable" in cc[new_path]
+            assert all("immutable" not in v for p, v in cc.items() if not p.endswith(".whl")), cc

@@ -69,7 +69,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_listening(proc: subprocess.Popen, port: int, what: str) -> None:
+def wait_listening(proc: subprocess.Popen, port: int, what: str) -> None:
     deadline = time.monotonic() + 15
     while True:
         try:
@@ -83,7 +83,7 @@ def _wait_listening(proc: subprocess.Popen, port: int, what: str) -> None:
             time.sleep(0.05)
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -134,10 +134,10 @@ http {{
     proc = subprocess.Popen([nginx_binary(), "-c", str(conf / "nginx.conf"), "-p", str(conf)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        _wait_listening(proc, port, "nginx")
+        wait_listening(proc, port, "nginx")
         yield Served(f"http://127.0.0.1:{port}", log)
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 # http.server exactly as `python -m http.server --bind 127.0.0.1 --directory ROOT PORT` runs
@@ -196,7 +196,7 @@ def http_server(root: Path, work: Path) -> Iterator[Served]:
     proc = subprocess.Popen([sys.executable, "-c", _HTTP_SERVER, str(port), str(root), str(log)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        _wait_listening(proc, port, "http.server")
+        wait_listening(proc, port, "http.server")
         yield Served(f"http://127.0.0.1:{port}", log)
     finally:
-        _stop(proc)
+        stop(proc)
