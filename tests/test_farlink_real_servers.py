@@ -4,12 +4,15 @@ every request counted from the server's own access log.
 
 - nginx serves a download.pytorch.org-shaped tree (torch padded to 24 MB, its dependencies on
   a ``/simple`` index): ETag/Last-Modified, Range and conditional requests as nginx answers
-  them. A cold sync fetches torch in several ranges, each body once; a no-op re-sync sends only
+  them. A cold sync fetches torch in several ranges, each asked for once; a no-op re-sync sends only
   304s; a re-stamped page is re-read and nothing fetched; a new dependency release is the one
   wheel fetched.
 - http.server (no Range, no ETag, only Last-Modified) serves a hashless flat listing of the
   variant and a find-links folder of the dependencies: every wheel's body is sent once, the
   fetch falls back to one stream, a no-op sends no body.
+- A re-published wheel (same name, other bytes) over three syncs, served by ``torchdepot
+  serve`` and installed between them by pip (HTTP cache on) and uv with persistent caches,
+  and by hash from locks written before and between.
 - The README's regional spec (``releases: "torch>=2.0"``) against nginx: cold, then a no-op of
   only 304s.
 
@@ -43,7 +46,6 @@ from tests.test_immutable import linked
 from tests.venvs import hermetic_env, make_venv, run
 from torchdepot.store import manifest as mf
 
-pytestmark = pytest.mark.e2e
 MB = 1024 * 1024
 TORCH_PAYLOAD = 24 * MB
 DEP_PAYLOAD = 30_000
@@ -124,6 +126,7 @@ def _dep_wheels(extra=()):
     return [padded_wheel(*spec, payload=DEP_PAYLOAD, seed=10 + i) for i, spec in enumerate((*DEPS, *extra))]
 
 
+@pytest.mark.slow  # a real server process and several CLI syncs (1.5-2.5 s)
 def test_nginx_upstream_cold_ranges_then_304s_then_only_what_changed(tmp_path):
     root = tmp_path / "upstream"
     out = tmp_path / "out"
@@ -200,13 +203,16 @@ def test_nginx_upstream_cold_ranges_then_304s_then_only_what_changed(tmp_path):
         print(f"FIGURES changed requests={Counter(h.status for h in changed)}")
 
 
+@pytest.mark.slow  # a real server process and several CLI syncs (1.5-2.5 s)
 def test_http_server_flat_listing_and_find_links_send_each_body_once(tmp_path):
     """``python -m http.server`` over a folder of wheels: ``<base>/cpu/`` is the variant's flat
     listing (the upstream), ``/deps/`` a find-links folder of the dependencies (the user's pip
     configuration, no index). No hash, no ``.metadata``, no Range, no ETag anywhere."""
     root = tmp_path / "upstream"
     torch = padded_wheel(*TORCH, payload=6 * MB, seed=1)
-    deps = [padded_wheel(*spec, payload=MB + MB // 2, seed=10 + i) for i, spec in enumerate(DEPS)]
+    # sympy large enough that free connections would split it, if the server took ranges
+    deps = [padded_wheel(*spec, payload=12 * MB if spec[0] == "sympy" else MB + MB // 2, seed=10 + i)
+            for i, spec in enumerate(DEPS)]
     (root / "pytorch-wheels" / "cpu").mkdir(parents=True)
     (root / "deps").mkdir()
     (root / "pytorch-wheels" / "cpu" / torch.filename).write_bytes(torch.data)
@@ -244,7 +250,6 @@ def test_http_server_flat_listing_and_find_links_send_each_body_once(tmp_path):
         noop = _ok(run_mirror(spec, env), "no-op sync")
         again = up.since(mark)
         print(f"FIGURES no-op {time.monotonic() - t0:.2f}s requests={Counter((h.path, h.status) for h in again)}")
-        print(noop.stdout)
         assert again, "a no-op must still ask upstream whether its listings changed"
         assert not [h for h in again if h.path.endswith(".whl")], again
         # http.server sends a directory listing with no validator: read again, each once
@@ -278,6 +283,7 @@ def _serve(root: Path):
         stop(proc)
 
 
+@pytest.mark.e2e  # nine real installs (about 10 s)
 def test_a_republished_wheel_over_three_syncs_with_pip_and_uv_caches(tmp_path):
     """Upstream (nginx) replaces filelock's bytes under the same name after the first sync.
     Between syncs, pip (its HTTP cache on: ``--trusted-host``, a persistent ``--cache-dir``)
@@ -364,3 +370,56 @@ def test_a_republished_wheel_over_three_syncs_with_pip_and_uv_caches(tmp_path):
             print(f"\nFIGURES cache-control {cc}")
             assert "immutable" in cc[new_path]
             assert all("immutable" not in v for p, v in cc.items() if not p.endswith(".whl")), cc
+
+
+# -- the README's regional spec against nginx ----------------------------------------------------
+class _OnDisk:
+    """``tests.kit.regional.serve``'s target written as files nginx serves (a page ``/a/b/``
+    is ``a/b/index.html``)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def add(self, path: str, data: bytes) -> None:
+        dest = self.root / (path.lstrip("/") + ("index.html" if path.endswith("/") else ""))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(data)
+
+
+@pytest.mark.slow  # a real server process and several CLI syncs (1.5-2.5 s)
+def test_the_readme_regional_spec_against_nginx_cold_then_only_304s(tmp_path):
+    from tests.kit import regional as kit
+
+    root = tmp_path / "upstream"
+    every = kit.serve(_OnDisk(root))
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    block = text.split("**A regional operator's mirror.**", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    data = yaml.safe_load(block)
+    assert data["releases"] == "torch>=2.0"
+    want = kit.expected(every, releases=("2.0.0", "2.1.0"))
+    with nginx(root, tmp_path) as up:
+        data.update(upstreams=[up.url + "/whl"], out=str(tmp_path / "srv"))
+        spec = tmp_path / "regional.yaml"
+        spec.write_text(yaml.safe_dump(data))
+        env = hermetic_env(PIP_INDEX_URL=up.url + "/simple", PYTHONPATH=str(REPO), TORCHDEPOT_NO_PROGRESS="1")
+        t0 = time.monotonic()
+        _ok(run_mirror(spec, env), "cold regional sync")
+        cold = up.hits()
+        print(f"\nFIGURES regional cold {time.monotonic() - t0:.2f}s requests={Counter(h.status for h in cold)}")
+        assert {n for n in _wheels(tmp_path / "srv")} == want
+        sent = _bodies(cold)
+        sizes = {f.filename: len(f.data) for f in every}
+        assert {n: sent[n] for n in want} == {n: sizes[n] for n in want}  # each body once (.metadata given)
+        assert not [h for h in cold if h.path.startswith("/simple")], "the pip index is not read"
+
+        mark = up.mark()
+        t0 = time.monotonic()
+        again = _ok(run_mirror(spec, env), "no-op regional sync")
+        noop = up.since(mark)
+        print(f"FIGURES regional no-op {time.monotonic() - t0:.2f}s requests={Counter(h.status for h in noop)}")
+        assert noop, again.stdout
+        assert not [h for h in noop if h.path.endswith((".whl", ".metadata"))], noop
+        # only 304s (triton's page, named by cu121's torch and listed nowhere, is a 404 each time)
+        assert {h.path for h in noop if h.status != 304} <= {"/whl/cu121/triton/"}, noop
+        assert sum(h.body for h in noop if h.status == 304) == 0
+        assert _wheels(tmp_path / "srv").keys() == want
