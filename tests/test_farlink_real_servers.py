@@ -255,6 +255,7 @@ def test_http_server_flat_listing_and_find_links_send_each_body_once(tmp_path):
         # http.server sends a directory listing with no validator: read again, each once
         assert all(h.path.endswith("/") or h.status in (301, 304) for h in again), again
         assert len({h.path for h in again}) == len(again), again
+        assert "index unchanged" in noop.stdout, noop.stdout
         assert _wheels(out) == sizes
 
 
