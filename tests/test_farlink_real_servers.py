@@ -424,3 +424,40 @@ def test_the_readme_regional_spec_against_nginx_cold_then_only_304s(tmp_path):
         assert {h.path for h in noop if h.status != 304} <= {"/whl/cu121/triton/"}, noop
         assert sum(h.body for h in noop if h.status == 304) == 0
         assert _wheels(tmp_path / "srv").keys() == want
+
+
+@pytest.mark.slow  # a real server process and two CLI syncs (about 1.5 s)
+def test_http_server_find_links_page_is_revalidated_by_last_modified(tmp_path):
+    """A find-links page (``torch_stable.html``) that http.server serves as a file: only
+    Last-Modified, no ETag. The re-sync asks with If-Modified-Since and gets a 304."""
+    root = tmp_path / "upstream"
+    torch = padded_wheel(*TORCH, payload=MB, seed=1)
+    (root / "whl" / "cpu").mkdir(parents=True)
+    (root / "deps").mkdir()
+    (root / "whl" / "cpu" / torch.filename).write_bytes(torch.data)
+    href = "cpu/" + torch.filename.replace("+", "%2B")
+    (root / "whl" / "torch_stable.html").write_text(f'<a href="{href}">cpu/{torch.filename}</a><br>\n')
+    for w in _dep_wheels():
+        (root / "deps" / w.filename).write_bytes(w.data)
+    # written an hour ago: a Last-Modified in the second of the read is no validator (a change
+    # within that second would not move it), so a page that fresh is read whole again
+    for p in root.rglob("*"):
+        os.utime(p, (time.time() - 3600,) * 2)
+    with http_server(root, tmp_path / "httpd") as up:
+        env = mirror_env(up.url, tmp_path)
+        del env["PIP_INDEX_URL"]
+        env.update(PIP_NO_INDEX="1", PIP_FIND_LINKS=up.url + "/deps/")
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(yaml.safe_dump({
+            "packages": ["torch"], "extra_packages": [], "accelerators": ["cpu"], "pythons": ["3.11"],
+            "platforms": ["linux-x86_64"], "upstreams": [up.url + "/whl/torch_stable.html"], "out": str(tmp_path / "out"),
+            "jobs": 4}))
+        _ok(run_mirror(spec, env), "cold sync")
+        assert _bodies(up.hits())[torch.filename] == len(torch.data)
+        mark = up.mark()
+        _ok(run_mirror(spec, env), "no-op sync")
+        page = [h for h in up.since(mark) if h.path == "/whl/torch_stable.html"]
+        assert len(page) == 1, up.since(mark)
+        assert page[0].status == 304, page
+        assert page[0].if_modified_since, page
+        assert not [h for h in up.since(mark) if h.path.endswith(".whl")]
