@@ -103,6 +103,42 @@ def test_remote_metadata_bomb_is_one_upstream_error(tmp_path, served):
     assert "\n" not in str(exc.value)
 
 
+@pytest.mark.parametrize(("ranges", "payload", "kept"), [
+    (True, 0, True),  # no larger than the tail read: that read was the whole wheel
+    (True, 200_000, False),  # larger: only its tail crossed, nothing to keep
+    (False, 200_000, True),  # Range ignored: the probe's answer was the whole wheel
+])
+def test_a_wheel_read_whole_is_handed_to_keep_once(tmp_path, ranges, payload, kept):
+    """``keep`` gets the whole wheel's bytes wherever they crossed to read METADATA (so the
+    caller's fetch does not send them again), after its METADATA is read; never otherwise."""
+    import os
+
+    from tests.httpserver import RangeHandler, Server
+
+    wheel = build_wheel(tmp_path / "up", "small", "1.0", requires=("filelock",), payload=os.urandom(payload))
+    handler = RangeHandler if ranges else http.server.SimpleHTTPRequestHandler
+    got: list[bytes] = []
+    with Server(tmp_path / "up", handler=handler) as up:
+        url = f"{up.url}/{wheel.name}"
+        meta = remote_metadata(_reader(url), url, "small", keep=lambda p: got.append(p.read_bytes()))
+    assert b"Requires-Dist: filelock" in meta
+    assert got == ([wheel.read_bytes()] if kept else [])
+
+
+def test_bytes_that_are_no_wheel_are_refused_before_keep(tmp_path):
+    from tests.httpserver import Server
+    from torchdepot.sources.wheelmeta import BadWheelError
+
+    (tmp_path / "up").mkdir()
+    (tmp_path / "up" / "bad-1.0-py3-none-any.whl").write_bytes(b"<html>not a zip</html>")
+    got: list[Path] = []
+    with Server(tmp_path / "up") as up:
+        url = f"{up.url}/bad-1.0-py3-none-any.whl"
+        with pytest.raises(BadWheelError, match="not a readable wheel"):
+            remote_metadata(_reader(url), url, "bad", keep=got.append)
+    assert got == []
+
+
 @settings(deadline=None)
 @given(st.binary(max_size=2000))
 def test_any_metadata_bytes_are_read_and_parsed_without_a_crash(tmp_path_factory, metadata):
