@@ -44,6 +44,7 @@ from tests.loopback_upstream import ROOT as REPO
 from tests.loopback_upstream import mirror_env, run_mirror, write_spec
 from tests.test_immutable import linked
 from tests.venvs import hermetic_env, make_venv, run
+from torchdepot.model.sizes import format_size
 from torchdepot.store import manifest as mf
 
 MB = 1024 * 1024
@@ -177,6 +178,15 @@ def test_nginx_upstream_cold_ranges_then_304s_then_only_what_changed(tmp_path):
         assert not [h for h in again if h.path.endswith((".whl", ".metadata"))], again
         assert all(h.if_none_match or h.if_modified_since for h in again if h.status == 304)
         assert _wheels(out) == sizes, noop.stdout
+
+        # --dry-run reads the same caches and the manifest's sizes: only 304s, no request per file
+        mark = up.mark()
+        dry = _ok(run_mirror(spec, env, "--dry-run"), "dry run")
+        planned = up.since(mark)
+        assert planned, dry.stdout
+        assert all(h.status == 304 for h in planned), planned
+        total = format_size(sum(sizes.values()))
+        assert f"plan: 1 targets, {len(sizes)} unique files, {total}" in dry.stdout + dry.stderr, dry.stdout
 
         # the same bytes re-stamped (touch): nginx gives a new ETag, the page is read again
         # in full, and nothing else moves
