@@ -213,6 +213,25 @@ def test_nginx_upstream_cold_ranges_then_304s_then_only_what_changed(tmp_path):
         print(f"FIGURES changed requests={Counter(h.status for h in changed)}")
 
 
+@pytest.mark.slow  # a real server process and a paced download (about 1.5 s)
+def test_nginx_capped_per_connection_torch_comes_in_many_ranges_each_sent_about_once(tmp_path):
+    """nginx's ``limit_rate 4m`` (4 MB/s a connection): free connections split the 24 MB
+    wheel (aria2's rule), and with the server paced, a cut stream runs past its cut by little."""
+    root = tmp_path / "upstream"
+    with nginx(root, tmp_path, limit_rate="4m") as up:
+        torch = _pytorch_tree(root, up.url, _dep_wheels())
+        env = mirror_env(up.url, tmp_path)
+        _ok(run_mirror(write_spec(tmp_path / "spec.yaml", up.url, tmp_path / "out", jobs=4), env), "cold sync")
+        gets = [h for h in up.hits() if h.path.endswith(torch.filename)]
+        size = len(torch.data)
+        sent = sum(h.body for h in gets)
+        cut = [h for h in gets if _span(h.range, size)[1] - _span(h.range, size)[0] != h.body]
+        print(f"\nFIGURES capped: {len(gets)} requests, sent {sent} for {size} ({len(cut)} cut)")
+        assert len([h for h in gets if h.status == 206]) >= 4, gets
+        assert size <= sent <= size + MB * max(1, len(cut)), gets
+        assert _wheels(tmp_path / "out")[torch.filename] == size
+
+
 @pytest.mark.slow  # a real server process and several CLI syncs (1.5-2.5 s)
 def test_http_server_flat_listing_and_find_links_send_each_body_once(tmp_path):
     """``python -m http.server`` over a folder of wheels: ``<base>/cpu/`` is the variant's flat

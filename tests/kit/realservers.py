@@ -100,9 +100,10 @@ def nginx_binary() -> str:
 
 
 @contextlib.contextmanager
-def nginx(root: Path, work: Path) -> Iterator[Served]:
+def nginx(root: Path, work: Path, limit_rate: str = "0") -> Iterator[Served]:
     """Debian's nginx serving ``root`` as static files (``index.html`` for a directory, ETag,
-    Last-Modified, Range and conditional requests as nginx answers them)."""
+    Last-Modified, Range and conditional requests as nginx answers them); ``limit_rate``:
+    nginx's per-connection cap (``4m``: 4 MB/s; ``0``: none)."""
     port = free_port()
     conf = work / "nginx"
     (conf / "logs").mkdir(parents=True)
@@ -128,6 +129,7 @@ http {{
         listen 127.0.0.1:{port};
         root {root};
         index index.html;
+        limit_rate {limit_rate};
     }}
 }}
 """)
