@@ -490,3 +490,33 @@ def test_http_server_find_links_page_is_revalidated_by_last_modified(tmp_path):
         assert page[0].status == 304, page
         assert page[0].if_modified_since, page
         assert not [h for h in up.since(mark) if h.path.endswith(".whl")]
+
+
+@pytest.mark.slow  # a real server process and a CLI sync (about 1 s)
+@pytest.mark.parametrize("lie", [False, True])
+def test_http_server_pep503_tree_with_hashes_no_metadata(tmp_path, lie):
+    """A PEP 503 tree of static pages with ``#sha256=`` but no ``.metadata``, on http.server
+    (no Range): torch's body crosses once when the hash holds. When upstream's hash lies, the
+    sync fails in one line naming upstream's URL (not a temporary file of this run)."""
+    root = tmp_path / "upstream"
+    torch = padded_wheel(*TORCH, payload=2 * MB, seed=1)
+    tree = pep503([torch], pages=["/whl/cpu"], files="/whl/cpu", indexes=False, metadata=False,
+                  lie={"torch": "0" * 64} if lie else None)
+    tree |= pep503(_dep_wheels(), pages=["/whl/cpu"], files="/files", metadata=False, indexes=False)
+    tree.write(root)
+    for p in root.rglob("*"):
+        os.utime(p, (time.time() - 3600,) * 2)
+    with http_server(root, tmp_path / "httpd") as up:
+        env = mirror_env(up.url, tmp_path)
+        proc = run_mirror(write_spec(tmp_path / "spec.yaml", up.url, tmp_path / "out", jobs=4), env)
+        sent = _bodies(up.hits())
+        if not lie:
+            _ok(proc, "sync")
+            assert sent[torch.filename] == len(torch.data), sent
+            return
+        assert proc.returncode == 1, proc.stdout
+        line = proc.stderr.strip().splitlines()[-1]
+        assert line.startswith("torchdepot: error: "), proc.stderr
+        assert "sha256 mismatch" in line, line
+        assert f"from {up.url}/whl/cpu/torch-" in line, line
+        assert "file://" not in line, line

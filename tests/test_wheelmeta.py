@@ -3,6 +3,7 @@ inflated streamed, never whole; a whole-file range answered 200 is accepted."""
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import threading
 import zipfile
@@ -120,9 +121,10 @@ def test_a_wheel_read_whole_is_handed_to_keep_once(tmp_path, ranges, payload, ke
     got: list[bytes] = []
     with Server(tmp_path / "up", handler=handler) as up:
         url = f"{up.url}/{wheel.name}"
-        meta = remote_metadata(_reader(url), url, "small", keep=lambda p: got.append(p.read_bytes()))
+        meta = remote_metadata(_reader(url), url, "small", keep=lambda p, sha: got.append((p.read_bytes(), sha)))
     assert b"Requires-Dist: filelock" in meta
-    assert got == ([wheel.read_bytes()] if kept else [])
+    data = wheel.read_bytes()
+    assert got == ([(data, hashlib.sha256(data).hexdigest())] if kept else [])
 
 
 def test_bytes_that_are_no_wheel_are_refused_before_keep(tmp_path):
@@ -135,7 +137,7 @@ def test_bytes_that_are_no_wheel_are_refused_before_keep(tmp_path):
     with Server(tmp_path / "up") as up:
         url = f"{up.url}/bad-1.0-py3-none-any.whl"
         with pytest.raises(BadWheelError, match="not a readable wheel"):
-            remote_metadata(_reader(url), url, "bad", keep=got.append)
+            remote_metadata(_reader(url), url, "bad", keep=lambda p, _sha: got.append(p))
     assert got == []
 
 

@@ -17,6 +17,7 @@ counted in one linear pass over the header block.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tempfile
 import urllib.parse
@@ -120,9 +121,9 @@ def _local_metadata(url: str, project: str) -> bytes:
         raise UpstreamError(f"{url}: cannot read it ({exc})") from None
 
 
-# Given a file holding a wheel's whole bytes (read here anyway), the caller keeps them as its
-# one download of that wheel, so its fetch does not send them again.
-KeepWhole = Callable[[Path], None]
+# Given a file holding a wheel's whole bytes (read here anyway) and their sha256, the caller
+# keeps them as its one download of that wheel, so its fetch does not send them again.
+KeepWhole = Callable[[Path, str], None]
 
 
 def _kept(keep: KeepWhole | None, data: bytes) -> None:
@@ -130,7 +131,7 @@ def _kept(keep: KeepWhole | None, data: bytes) -> None:
         with tempfile.NamedTemporaryFile(prefix="torchdepot-", suffix=".whl") as tmp:
             tmp.write(data)
             tmp.flush()
-            keep(Path(tmp.name))
+            keep(Path(tmp.name), hashlib.sha256(data).hexdigest())
 
 
 def remote_metadata(reader: UpstreamReader, url: str, project: str, keep: KeepWhole | None = None) -> bytes:
@@ -163,14 +164,16 @@ def remote_metadata(reader: UpstreamReader, url: str, project: str, keep: KeepWh
             return meta
         # No Range support: read the whole wheel once, to disk, not memory.
         reader._count("wheels")
+        digest = hashlib.sha256()
         with tempfile.NamedTemporaryFile(prefix="torchdepot-", suffix=".whl") as tmp:
             for chunk in resp.iter_content(1024 * 1024):
                 tmp.write(chunk)
+                digest.update(chunk)
             tmp.flush()
             resp.close()
             meta = _local_metadata(Path(tmp.name).as_uri(), project)
             if keep is not None:
-                keep(Path(tmp.name))
+                keep(Path(tmp.name), digest.hexdigest())
             return meta
     except OSError as exc:
         raise UpstreamError(f"{url}: {exc}") from None

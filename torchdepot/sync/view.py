@@ -639,7 +639,7 @@ class View:
                     errors.append(str(exc))
             try:  # a wheel that must cross whole comes from the run's one download of it
                 return remote_metadata(self.reader, link.url, vf.project,
-                                       keep=(lambda spooled: self.keep_whole(accelerator, vf, spooled))
+                                       keep=(lambda spooled, sha: self.keep_whole(accelerator, vf, spooled, sha))
                                        if link is vf.link else None)
             except BadWheelError as exc:
                 bad.append(str(exc))
@@ -666,10 +666,11 @@ class View:
                     self._local_hashes[link.url] = None
             return self._local_hashes[link.url]
 
-    def keep_whole(self, accelerator: str, vf: ViewFile, spooled: Path) -> None:
-        """``vf``'s bytes, read whole from upstream anyway (to read its METADATA), become its one
-        download this run (:meth:`local_copy`; in a real run, the stored file the fetch step
-        joins). A failure keeps nothing: the fetch step then meets it as it would have."""
+    def keep_whole(self, accelerator: str, vf: ViewFile, spooled: Path, sha256: str) -> None:
+        """``vf``'s bytes, read whole from upstream anyway (to read its METADATA; ``sha256``
+        hashed as they arrived), become its one download this run (:meth:`local_copy`; in a
+        real run, the stored file the fetch step joins). Bytes that fail upstream's hash, or a
+        failure, keep nothing: the fetch step then meets it, and names it, as it would have."""
         url = vf.link.url
         with self._lock:
             lock = self._whole_locks.setdefault(url, threading.Lock())
@@ -677,6 +678,8 @@ class View:
             if url in self._wholes:
                 return
             try:
+                if vf.link.sha256 not in (None, sha256):
+                    return
                 kept = self.whole(accelerator, vf, spooled) if self.whole else self._download(vf, spooled)
             except (UpstreamError, OSError, requests.RequestException):
                 return
