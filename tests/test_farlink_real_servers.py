@@ -520,3 +520,35 @@ def test_http_server_pep503_tree_with_hashes_no_metadata(tmp_path, lie):
         assert "sha256 mismatch" in line, line
         assert f"from {up.url}/whl/cpu/torch-" in line, line
         assert "file://" not in line, line
+
+
+@pytest.mark.slow  # a real server process and a CLI sync (about 1.5 s)
+def test_regional_hashless_on_http_server_reads_a_shared_dependency_once(tmp_path):
+    """The regional spec over a hashless copy of the index served by http.server (no Range):
+    a dependency every accelerator's index lists (one URL) has its METADATA read once per run,
+    not once per accelerator (it was: 4 bodies for 3 accelerators). What is left: a file whose
+    METADATA is read is read whole here (no Range) and fetched again (2 bodies at most)."""
+    from tests.kit import regional as kit
+
+    root = tmp_path / "upstream"
+    every = kit.serve(_OnDisk(root), hashless=True)
+    for p in root.rglob("*"):
+        os.utime(p, (time.time() - 3600,) * 2)
+    with http_server(root, tmp_path / "httpd") as up:
+        spec = tmp_path / "regional.yaml"
+        spec.write_text(yaml.safe_dump({
+            "releases": "torch>=2.0", "packages": ["torch", "torchvision", "torchaudio"], "extra_packages": [],
+            "accelerators": ["all"], "pythons": ["all"], "platforms": ["all"], "upstreams": [up.url + "/whl"],
+            "out": str(tmp_path / "srv")}))
+        env = hermetic_env(PIP_INDEX_URL=up.url + "/simple", PYTHONPATH=str(REPO), TORCHDEPOT_NO_PROGRESS="1")
+        _ok(run_mirror(spec, env), "regional sync")
+        want = kit.expected(every, releases=("2.0.0", "2.1.0"))
+        assert _wheels(tmp_path / "srv").keys() == want
+        sizes = {f.filename: len(f.data) for f in every}
+        sent = _bodies(up.hits())
+        times = Counter(sent[n] // sizes[n] for n in want)
+        print(f"\nFIGURES regional hashless no-Range: bodies per file {dict(times)}")
+        assert all(sizes[n] <= sent[n] <= 2 * sizes[n] for n in want), {n: (sent[n], sizes[n]) for n in want}
+        shared = [f.filename for f in every if f.where == "deps" and f.acc is None and f.filename in want]
+        assert shared
+        assert all(sent[n] <= 2 * sizes[n] for n in shared)
