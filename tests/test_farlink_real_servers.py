@@ -522,33 +522,133 @@ def test_http_server_pep503_tree_with_hashes_no_metadata(tmp_path, lie):
         assert "file://" not in line, line
 
 
-@pytest.mark.slow  # a real server process and a CLI sync (about 1.5 s)
-def test_regional_hashless_on_http_server_reads_a_shared_dependency_once(tmp_path):
-    """The regional spec over a hashless copy of the index served by http.server (no Range):
-    a dependency every accelerator's index lists (one URL) has its METADATA read once per run,
-    not once per accelerator (it was: 4 bodies for 3 accelerators). What is left: a file whose
-    METADATA is read is read whole here (no Range) and fetched again (2 bodies at most)."""
+def _regional_on_http_server(tmp_path: Path, **serve):
+    """The regional kit as files on disk (an hour old: Last-Modified is a validator), its spec
+    (every accelerator, Python and platform of torch>=2.0) and the environment to sync it."""
     from tests.kit import regional as kit
 
     root = tmp_path / "upstream"
-    every = kit.serve(_OnDisk(root), hashless=True)
+    every = kit.serve(_OnDisk(root), **serve)
     for p in root.rglob("*"):
         os.utime(p, (time.time() - 3600,) * 2)
+    want = kit.expected(every, releases=("2.0.0", "2.1.0"))
+    return root, every, want
+
+
+def _regional_spec(tmp_path: Path, url: str, **more) -> tuple[Path, dict]:
+    spec = tmp_path / "regional.yaml"
+    spec.write_text(yaml.safe_dump({
+        "releases": "torch>=2.0", "packages": ["torch", "torchvision", "torchaudio"], "extra_packages": [],
+        "accelerators": ["all"], "pythons": ["all"], "platforms": ["all"], "upstreams": [url + "/whl"],
+        "out": str(tmp_path / "srv"), **more}))
+    return spec, hermetic_env(PIP_INDEX_URL=url + "/simple", PYTHONPATH=str(REPO), TORCHDEPOT_NO_PROGRESS="1")
+
+
+def _spool(out: Path) -> list[str]:
+    whole = out / ".torchdepot" / "whole"
+    return sorted(p.name for p in whole.iterdir()) if whole.exists() else []
+
+
+@pytest.mark.slow  # a real server process and three CLI syncs (about 3 s)
+def test_regional_hashless_on_http_server_sends_each_body_once_and_dry_run_counts_what_it_read(tmp_path):
+    """The regional spec over a hashless copy of the index (no ``#sha256``, no ``.metadata``)
+    served by http.server (no Range). A cold ``--dry-run`` reads the METADATA of one file per
+    (project, version, platform) whole (the 1-byte probe is answered with the whole body) and
+    counts those bytes as known. The sync then sends each selected body exactly once: a file
+    read whole for its METADATA is kept under ``.torchdepot/whole/`` and copied into place by
+    the fetch step (it was: read whole, then fetched; 39 of 72 bodies sent twice), a dependency
+    every accelerator lists is read once; the spool is gone after. A no-op sends no body."""
+    root, every, want = _regional_on_http_server(tmp_path, hashless=True)
+    sizes = {f.filename: len(f.data) for f in every}
+    out = tmp_path / "srv"
     with http_server(root, tmp_path / "httpd") as up:
-        spec = tmp_path / "regional.yaml"
-        spec.write_text(yaml.safe_dump({
-            "releases": "torch>=2.0", "packages": ["torch", "torchvision", "torchaudio"], "extra_packages": [],
-            "accelerators": ["all"], "pythons": ["all"], "platforms": ["all"], "upstreams": [up.url + "/whl"],
-            "out": str(tmp_path / "srv")}))
-        env = hermetic_env(PIP_INDEX_URL=up.url + "/simple", PYTHONPATH=str(REPO), TORCHDEPOT_NO_PROGRESS="1")
+        spec, env = _regional_spec(tmp_path, up.url)
+
+        dry = _ok(run_mirror(spec, env, "--dry-run"), "cold dry run")
+        read = {n for n, sent in _bodies(up.hits()).items() if sent}
+        assert read, dry.stdout
+        assert read <= want, read - want
+        assert all(_bodies(up.hits())[n] == sizes[n] for n in read)  # each read once, whole
+        known = format_size(sum(sizes[n] for n in read))
+        line = f"{len(want)} files over 3 accelerators, {len(want)} new; {known} known " \
+               f"(+{len(want) - len(read)} files of a size upstream does not state)"
+        print(f"\nFIGURES regional dry run: {len(read)} of {len(want)} sizes learned by reading METADATA")
+        assert line in dry.stdout + dry.stderr, dry.stdout + dry.stderr
+        assert not (out / "manifest.json").exists()  # a dry run writes nothing
+
+        mark = up.mark()
+        t0 = time.monotonic()
         _ok(run_mirror(spec, env), "regional sync")
-        want = kit.expected(every, releases=("2.0.0", "2.1.0"))
-        assert _wheels(tmp_path / "srv").keys() == want
-        sizes = {f.filename: len(f.data) for f in every}
-        sent = _bodies(up.hits())
+        assert _wheels(out).keys() == want
+        sent = _bodies(up.since(mark))
         times = Counter(sent[n] // sizes[n] for n in want)
-        print(f"\nFIGURES regional hashless no-Range: bodies per file {dict(times)}")
-        assert all(sizes[n] <= sent[n] <= 2 * sizes[n] for n in want), {n: (sent[n], sizes[n]) for n in want}
+        print(f"FIGURES regional hashless no-Range {time.monotonic() - t0:.2f}s: bodies per file {dict(times)}")
+        assert {n: sent[n] for n in want} == {n: sizes[n] for n in want}  # each body once, whole
+        assert not {n for n in sent if n not in want}, sent  # nothing else read
+        assert _spool(out) == []
         shared = [f.filename for f in every if f.where == "deps" and f.acc is None and f.filename in want]
-        assert shared
-        assert all(sent[n] <= 2 * sizes[n] for n in shared)
+        assert shared  # listed on every accelerator's index: one URL, one body
+        assert {f.url for f in mf.load(out).files if f.kind == "wheel"} \
+            <= {up.url + "/whl/" + (f"{f.acc}/" if f.where == "acc" else "files/") + f.filename.replace("+", "%2B")
+                for f in every}  # the manifest names upstream, never this run's spool
+
+        mark = up.mark()
+        _ok(run_mirror(spec, env), "no-op regional sync")
+        assert not [h for h in up.since(mark) if h.path.endswith((".whl", ".metadata"))], up.since(mark)
+
+
+@pytest.mark.slow  # a real server process and a CLI sync (about 1.5 s)
+@pytest.mark.parametrize("lie", [False, True])
+def test_regional_hashed_without_metadata_on_http_server_checks_the_spool_against_upstreams_hash(tmp_path, lie):
+    """``#sha256=`` but no ``.metadata``, on http.server: each wheel read whole for its METADATA
+    is kept only when its bytes hash to upstream's claim. With a true hash every body crosses
+    once. With a lie on torch's page, the bytes read are not kept: the fetch step asks upstream
+    again, meets the mismatch and fails in one line naming upstream's URL (not the spool), and
+    the spool is emptied on that failure too."""
+    from tests.kit import regional as kit
+
+    liar = next(f.filename for f in kit.files() if f.project == "torch" and f.acc == "cpu" and "2.1.0" in f.filename)
+    root, every, want = _regional_on_http_server(tmp_path, metadata=False, lie=frozenset({liar} if lie else ()))
+    sizes = {f.filename: len(f.data) for f in every}
+    out = tmp_path / "srv"
+    with http_server(root, tmp_path / "httpd") as up:
+        spec, env = _regional_spec(tmp_path, up.url)
+        proc = run_mirror(spec, env)
+        sent = _bodies(up.hits())
+        assert _spool(out) == []
+        if not lie:
+            _ok(proc, "regional sync")
+            assert _wheels(out).keys() == want
+            assert {n: sent[n] for n in want} == {n: sizes[n] for n in want}
+            return
+        assert proc.returncode == 1, proc.stdout
+        line = proc.stderr.strip().splitlines()[-1]
+        assert line.startswith("torchdepot: error: "), proc.stderr
+        assert "sha256 mismatch" in line, line
+        assert liar.split("+")[0] in line, line
+        assert f"from {up.url}/whl/cpu/torch-" in line, line
+        assert "file://" not in line, line
+        assert ".torchdepot" not in line, line
+        assert sent[liar] >= 2 * sizes[liar], sent[liar]  # read whole, then asked for again: not the spool's copy
+        assert not (out / "manifest.json").exists()
+
+
+@pytest.mark.slow  # a real server process and a CLI sync (about 1 s)
+def test_regional_over_max_bytes_fails_before_fetching_and_leaves_no_spool(tmp_path):
+    """The sizes learned by reading METADATA whole count against ``max_bytes`` before anything
+    is fetched: the sync fails in one line, nothing else is requested, the spool is emptied."""
+    root, every, want = _regional_on_http_server(tmp_path, hashless=True)
+    out = tmp_path / "srv"
+    with http_server(root, tmp_path / "httpd") as up:
+        spec, env = _regional_spec(tmp_path, up.url, max_bytes=1000)
+        proc = run_mirror(spec, env)
+        assert proc.returncode == 1, proc.stdout
+        line = proc.stderr.strip().splitlines()[-1]
+        read = {n for n, b in _bodies(up.hits()).items() if b}
+        assert read, proc.stderr
+        sizes = {f.filename: len(f.data) for f in every}
+        assert line.startswith("torchdepot: error: releases: "), proc.stderr
+        assert f"needs at least {format_size(sum(sizes[n] for n in read))}, over max_bytes" in line, line
+        assert read < want  # only the METADATA reads: no fetch step
+        assert _spool(out) == []
+        assert not list(out.rglob("*.whl")), list(out.rglob("*.whl"))
