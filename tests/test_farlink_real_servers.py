@@ -288,6 +288,78 @@ def test_http_server_flat_listing_and_find_links_send_each_body_once(tmp_path):
         assert _wheels(out) == sizes
 
 
+def _plan_sizes(text: str) -> dict[str, str]:
+    """File name -> the size a dry run's plan prints for it ('?' when unknown)."""
+    out = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if line.startswith("  ") and len(parts) >= 4 and "==" in parts[0]:
+            out[parts[1]] = parts[2] if parts[2] == "?" else f"{parts[2]} {parts[3]}"
+    return out
+
+
+@pytest.mark.slow  # a real server process and a CLI dry run (about 1 s)
+def test_cold_dry_run_on_http_server_shows_the_sizes_its_whole_reads_learned(tmp_path):
+    """A cold ``--dry-run`` over http.server (a hashless flat listing and a find-links folder):
+    the view reads each wheel whole anyway (to hash it for the resolver, or for its METADATA,
+    Range being ignored), so the plan prints each file's size and their total; it printed '?'
+    and '0 B (+5 of unknown size)'."""
+    root = tmp_path / "upstream"
+    torch = padded_wheel(*TORCH, payload=2 * MB, seed=1)
+    deps = [padded_wheel(*spec, payload=MB // 2, seed=10 + i) for i, spec in enumerate(DEPS)]
+    (root / "pytorch-wheels" / "cpu").mkdir(parents=True)
+    (root / "deps").mkdir()
+    (root / "pytorch-wheels" / "cpu" / torch.filename).write_bytes(torch.data)
+    for w in deps:
+        (root / "deps" / w.filename).write_bytes(w.data)
+    sizes = {torch.filename: len(torch.data), **{w.filename: len(w.data) for w in deps}}
+    out = tmp_path / "out"
+    with http_server(root, tmp_path / "httpd") as up:
+        env = mirror_env(up.url, tmp_path)
+        del env["PIP_INDEX_URL"]
+        env.update(PIP_NO_INDEX="1", PIP_FIND_LINKS=up.url + "/deps/")
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(yaml.safe_dump({
+            "packages": ["torch"], "extra_packages": [], "accelerators": ["cpu"], "pythons": ["3.11"],
+            "platforms": ["linux-x86_64"], "upstreams": [up.url + "/pytorch-wheels"], "out": str(out), "jobs": 4}))
+        dry = _ok(run_mirror(spec, env, "--dry-run"), "cold dry run")
+        said = dry.stdout + dry.stderr
+        assert _bodies(up.hits()) == sizes  # each read whole once (the view hashes what upstream does not)
+    printed = _plan_sizes(said)
+    assert printed == {n: format_size(size) for n, size in sizes.items()}, said
+    assert f"5 files, {format_size(sum(sizes.values()))} [" in said, said
+    assert "unknown size" not in said, said
+    assert f"plan: 1 targets, 5 unique files, {format_size(sum(sizes.values()))};" in said, said
+
+
+@pytest.mark.slow  # a real server process and a CLI dry run (about 1 s)
+def test_cold_dry_run_on_nginx_shows_the_size_its_range_probe_learned(tmp_path):
+    """``#sha256=`` but no ``.metadata`` and no PEP 700 size, on nginx: a cold ``--dry-run``
+    reads torch's METADATA by Range (a 1-byte probe, the zip's tail), never its body, and the
+    probe's ``Content-Range`` total is the size the plan prints (it printed '?')."""
+    root = tmp_path / "upstream"
+    torch = padded_wheel(*TORCH, payload=8 * MB, seed=1)
+    deps = _dep_wheels()
+    with nginx(root, tmp_path) as up:
+        tree = pep503([torch], pages=["/whl/cpu"], files="/whl/cpu", indexes=False, metadata=False)
+        tree |= pep503(deps, pages=["/whl/cpu"], files="/files", base_url=up.url, place=False, metadata=False,
+                       indexes=False)
+        tree |= pep503(deps, pages=["/simple"], files="/files", metadata=False)
+        tree.write(root)
+        env = mirror_env(up.url, tmp_path)
+        spec = write_spec(tmp_path / "spec.yaml", up.url, tmp_path / "out", jobs=4)
+        dry = _ok(run_mirror(spec, env, "--dry-run"), "cold dry run")
+        said = dry.stdout + dry.stderr
+        gets = [h for h in up.hits() if h.path.endswith(torch.filename)]
+    assert gets, said
+    assert all(h.status == 206 for h in gets), gets  # Range reads only
+    assert sum(h.body for h in gets) < len(torch.data) // 8, gets  # its body never crossed
+    printed = _plan_sizes(said)
+    assert printed[torch.filename] == format_size(len(torch.data)), said
+    print(f"\nFIGURES nginx cold dry run: torch {len(torch.data)} bytes, {sum(h.body for h in gets)} read by "
+          f"{len(gets)} ranges; plan {printed}")
+
+
 # -- a re-published wheel, served by `torchdepot serve`, with real client caches ---------------
 def _member(data: bytes, suffix: str) -> bytes:
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
