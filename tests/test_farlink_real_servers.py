@@ -158,8 +158,14 @@ def test_nginx_upstream_cold_ranges_then_304s_then_only_what_changed(tmp_path):
         starts = [a for (a, _), _ in spans]
         assert starts[0] == 0, spans
         assert len(set(starts)) == len(starts), spans  # no two requests from one start
-        for ((_, end), open_ended), nxt in zip(spans, [*starts[1:], size], strict=True):
-            assert end == nxt or open_ended and end >= nxt, spans  # bounded ranges meet exactly; no gap
+        # A bounded range may itself be cut later (its second half taken by a free connection), so
+        # requested ranges can overlap; what they must do is cover the file with no gap. Bytes
+        # sent twice are bounded below by what the server pushed past the cuts.
+        reach = 0
+        for (start, end), _ in spans:
+            assert start <= reach, spans  # no gap before this request
+            reach = max(reach, end)
+        assert reach == size, spans
         cut = [h for h in torch_gets if _span(h.range, len(torch.data))[1] - _span(h.range, len(torch.data))[0]
                != h.body]
         print(f"FIGURES torch {len(torch.data)} bytes in {len(torch_gets)} requests, server sent {sent[torch.filename]}"
