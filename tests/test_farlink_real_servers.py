@@ -14,7 +14,12 @@ every request counted from the server's own access log.
   serve`` and installed between them by pip (HTTP cache on) and uv with persistent caches,
   and by hash from locks written before and between.
 - The README's regional spec (``releases: "torch>=2.0"``) against nginx: cold, then a no-op of
-  only 304s.
+  only 304s. Over a hashless copy (http.server, nginx) each body crosses once: a wheel read
+  whole for its METADATA is kept under ``.torchdepot/whole/`` for the fetch (hash-checked,
+  bounded, emptied on success and failure).
+- Cold ``--dry-run``: the sizes a Range probe or a whole read learned are printed and totalled.
+- nginx refusing a second connection per file (503): one stream instead; nginx paced per
+  connection with files of 1.5-12 MB: files under the old 16 MB threshold are split too.
 
 Invariants: loopback only; every server a child process stopped by its context manager.
 """
@@ -745,6 +750,30 @@ def test_regional_hashless_on_http_server_sends_each_body_once_and_dry_run_count
         mark = up.mark()
         _ok(run_mirror(spec, env), "no-op regional sync")
         assert not [h for h in up.since(mark) if h.path.endswith((".whl", ".metadata"))], up.since(mark)
+
+
+@pytest.mark.slow  # a real server process and a CLI sync (about 1.5 s)
+def test_regional_hashless_on_nginx_sends_each_body_once_plus_a_one_byte_probe(tmp_path):
+    """The same hashless copy on nginx (Range honoured): METADATA is read by Range, a 1-byte
+    probe then the zip's 64 KB tail; the kit's wheels are smaller than that tail, so the tail
+    read is the whole wheel, kept for the fetch step. Each selected body crosses once, plus the
+    probe's byte for the files whose METADATA was read; the spool is gone after."""
+    root, every, want = _regional_on_http_server(tmp_path, hashless=True)
+    sizes = {f.filename: len(f.data) for f in every}
+    out = tmp_path / "srv"
+    with nginx(root, tmp_path) as up:
+        spec, env = _regional_spec(tmp_path, up.url)
+        _ok(run_mirror(spec, env), "regional sync")
+        hits = up.hits()
+    assert _wheels(out).keys() == want
+    sent = _bodies(hits)
+    probed = {h.path.rsplit("/", 1)[-1] for h in hits if h.range == "bytes=0-0"}
+    assert probed, hits
+    assert probed <= want
+    assert all(sizes[n] > 1 for n in want)
+    assert {n: sent[n] for n in want} == {n: sizes[n] + (n in probed) for n in want}
+    assert _spool(out) == []
+    print(f"\nFIGURES regional hashless nginx: {len(probed)} of {len(want)} files probed; bodies each once")
 
 
 @pytest.mark.slow  # a real server process and a CLI sync (about 1.5 s)
