@@ -783,13 +783,16 @@ def test_regional_hashed_without_metadata_on_http_server_checks_the_spool_agains
     is kept only when its bytes hash to upstream's claim. With a true hash every body crosses
     once. With a lie on torch's page, the bytes read are not kept: the fetch step asks upstream
     again, meets the mismatch and fails in one line naming upstream's URL (not the spool), and
-    the spool is emptied on that failure too."""
+    the spool is emptied on that failure too. A killed run's spool file is removed first."""
     from tests.kit import regional as kit
 
     liar = next(f.filename for f in kit.files() if f.project == "torch" and f.acc == "cpu" and "2.1.0" in f.filename)
     root, every, want = _regional_on_http_server(tmp_path, metadata=False, lie=frozenset({liar} if lie else ()))
     sizes = {f.filename: len(f.data) for f in every}
     out = tmp_path / "srv"
+    killed = out / ".torchdepot" / "whole" / "torchdepot-killed.whl"  # what a SIGKILLed sync leaves
+    killed.parent.mkdir(parents=True)
+    killed.write_bytes(b"half a wheel")
     with http_server(root, tmp_path / "httpd") as up:
         spec, env = _regional_spec(tmp_path, up.url)
         proc = run_mirror(spec, env)
