@@ -733,9 +733,14 @@ def test_regional_hashless_on_http_server_sends_each_body_once_and_dry_run_count
 
         mark = up.mark()
         t0 = time.monotonic()
-        _ok(run_mirror(spec, env), "regional sync")
+        synced = _ok(run_mirror(spec, env), "regional sync")
         assert _wheels(out).keys() == want
         sent = _bodies(up.since(mark))
+        whole = {h.path.rsplit("/", 1)[-1] for h in up.since(mark) if h.range == "bytes=0-0"}
+        assert whole == read  # the same files read for their METADATA as in the dry run
+        said = f"releases: {len(whole)} wheels ({format_size(sum(sizes[n] for n in whole))}) read whole for " \
+               "their METADATA; kept for the fetch, not sent again"
+        assert said in synced.stdout + synced.stderr, synced.stdout + synced.stderr
         times = Counter(sent[n] // sizes[n] for n in want)
         print(f"FIGURES regional hashless no-Range {time.monotonic() - t0:.2f}s: bodies per file {dict(times)}")
         assert {n: sent[n] for n in want} == {n: sizes[n] for n in want}  # each body once, whole

@@ -253,6 +253,10 @@ class Spool:
             self.kept[link.url] = (dest, sha256, size)
             self._bytes += size
 
+    def size(self) -> int:
+        with self._lock:
+            return self._bytes
+
     def clear(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
         with self._lock:
@@ -555,6 +559,9 @@ def _run(spec: MirrorSpec, out: Path, result: MirrorResult, log: RunLog, opts: O
             edge.reader.keep_pages(out / L.PAGE_CACHE, write=not dry_run)
             sel = select(spec, edge.reader, out, dry_run, log.say, listed, spool.open() if spool else None)
             result.requests = edge.reader.request_counts()
+            if spool is not None and spool.kept:  # those bytes moved while nothing else showed progress
+                log.say(f"releases: {len(spool.kept)} wheels ({format_size(spool.size())}) read whole for their "
+                        "METADATA; kept for the fetch, not sent again")
             log.phase("select")
             counted = count(sel, listed, edge.reader.learned_sizes())
             for acc, urls in sel.listed.items():
