@@ -215,8 +215,8 @@ def discover_accelerators(spec: MirrorSpec, reader: UpstreamReader, index: str, 
 
 
 class Spool:
-    """Wheels read whole for their METADATA this run (upstream gave neither ``.metadata`` nor
-    Range), kept under ``.torchdepot/whole/`` until the fetch step copies them into place, so
+    """Wheels read whole for their METADATA this run (no ``.metadata`` upstream, and a server
+    that ignores Range or a wheel no larger than the tail read), kept under ``.torchdepot/whole/`` until the fetch step copies them into place, so
     their bytes cross once. Bounded: at most ``max_bytes`` and ``max_files`` are kept (the
     spec's caps: what this run may fetch anyway); past that a file is simply fetched again.
     Bytes that disagree with the sha256 upstream states are not kept. :meth:`clear` empties it
