@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from torchdepot.commands import loading
 from torchdepot.commands.guard import one_line_errors
 from torchdepot.net.pipconfig import PendingRead
 from torchdepot.spec.mirror import load_spec, with_overrides
@@ -94,12 +95,12 @@ def mirror_cmd(spec_path, out, upstreams, jobs, dry_run, on_hash_mismatch, fsync
     if not dry_run and from_locks is None and spec.conda is None and spec.releases is None:
         # the HTTP client's modules first (the sync needs them anyway): the copy then shares their
         # standard library ones and imports only pip's own (~0.07 s of CPU, not ~0.11 s)
-        import torchdepot.net.http  # noqa: F401
-
+        with loading():
+            import torchdepot.net.http  # noqa: F401
         pip_config = PendingRead.start(Path(spec.out) / L.PIP_CONFIG)
     try:
-        from torchdepot.sync.pip import sync
-
+        with loading():
+            from torchdepot.sync.pip import sync
         locks: tuple[LockedEnv, ...] = ()
         if from_locks is not None:
             from torchdepot.sync.locked import read_locks
