@@ -372,7 +372,7 @@ def _end(pid: int) -> None:
 def read_pip_config_kept(kept: ConfigSnapshot | None,
                          pending: PendingRead | None = None) -> tuple[PipSources, ConfigSnapshot | None]:
     """This interpreter's pip configuration: ``kept`` replayed when still valid (pip not imported),
-    else read again (``pending``'s child read when it gives one). Returns the sources and the
+    else read again (``pending``'s read in a copy of this process when it gives one). Returns the sources and the
     snapshot to keep (None: nothing to keep)."""
     if kept is not None and kept.valid():
         if pending is not None:
