@@ -14,7 +14,13 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from torchdepot.errors import ParseError
-from torchdepot.model.wheelname import _parse_fast, _split, _unquote, parse_wheel, parse_wheel_reference
+from torchdepot.model.wheelname import (
+    _parse_fast,
+    _split,
+    _unquote,
+    parse_wheel,
+    parse_wheel_reference,
+)
 
 # Every token that ends in .whl in the captures: bare names, relative paths, absolute URLs.
 WHL_TOKEN = re.compile(r"""[^\s"'<>()\[\]|,;`]*\.whl""")
