@@ -266,9 +266,11 @@ def _parse_fast(filename: str, dirs: list[str], url: str | None) -> WheelFile | 
         return None
     full_version, public_version, local = version
     python_tags, abi_tags, platform_tags, platform = tags
-    return _model(filename=filename, dirs=dirs, url=url, label=label, name=name, full_version=full_version,
-                  public_version=public_version, local=local, build=build or None, python_tags=python_tags,
-                  abi_tags=abi_tags, platform_tags=platform_tags, platform=platform)
+    acc, source = _accelerator(local, label, dirs)
+    return WheelFile(filename=filename, name=name, version=full_version, public_version=public_version,
+                     local=local, build=build, python_tags=python_tags, abi_tags=abi_tags,
+                     platform_tags=platform_tags, platform=platform, accelerator=acc,
+                     accelerator_source=source, url=url, variant_label=label)
 
 
 def _parse_reference(filename: str, dirs: list[str], url: str | None) -> WheelFile:
@@ -281,19 +283,29 @@ def _parse_reference(filename: str, dirs: list[str], url: str | None) -> WheelFi
     py, abi, plat = parts[-3], parts[-2], parts[-1]
     full_version = str(version)
     public_version, _, local_part = full_version.partition("+")
+    local = local_part or None
+    acc, source = _accelerator(local, label, dirs)
     platform_tags = _tag_part(plat)
-    return _model(filename=filename, dirs=dirs, url=url, label=label, name=str(name), full_version=full_version,
-                  public_version=public_version, local=local_part or None,
-                  build="".join(str(b) for b in build) if build else None, python_tags=_tag_part(py),
-                  abi_tags=_tag_part(abi), platform_tags=platform_tags, platform=platform_of_tags(platform_tags))
+    return WheelFile(
+        filename=filename,
+        name=str(name),
+        version=full_version,
+        public_version=public_version,
+        local=local,
+        build="".join(str(b) for b in build) if build else None,
+        python_tags=_tag_part(py),
+        abi_tags=_tag_part(abi),
+        platform_tags=platform_tags,
+        platform=platform_of_tags(platform_tags),
+        accelerator=acc,
+        accelerator_source=source,
+        url=url,
+        variant_label=label,
+    )
 
 
-def _model(*, filename: str, dirs: list[str], url: str | None, label: str | None, name: str,
-           full_version: str, public_version: str, local: str | None, build: str | None,
-           python_tags: tuple[str, ...], abi_tags: tuple[str, ...], platform_tags: tuple[str, ...],
-           platform: PlatformInfo) -> WheelFile:
-    """The model once the name is parsed: the accelerator from the local label, else the
-    variant label, else the URL's directories."""
+def _accelerator(local: str | None, label: str | None, dirs: list[str]) -> tuple[Accelerator | None, str | None]:
+    """(accelerator, source): from the local label, else the variant label, else the URL's directories."""
     acc, source = None, None
     if local:
         acc = accelerator_from_local(local)
@@ -304,22 +316,7 @@ def _model(*, filename: str, dirs: list[str], url: str | None, label: str | None
     if acc is None:
         acc = accelerator_from_dirs(dirs)
         source = "dir" if acc else None
-    return WheelFile(
-        filename=filename,
-        name=name,
-        version=full_version,
-        public_version=public_version,
-        local=local,
-        build=build,
-        python_tags=python_tags,
-        abi_tags=abi_tags,
-        platform_tags=platform_tags,
-        platform=platform,
-        accelerator=acc,
-        accelerator_source=source,
-        url=url,
-        variant_label=label,
-    )
+    return acc, source
 
 
 def error_json(name_or_url: str, message: str) -> dict[str, object]:
