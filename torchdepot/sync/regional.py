@@ -98,6 +98,7 @@ from torchdepot.sync import session
 from torchdepot.sync.check import verify_published
 from torchdepot.sync.download import check_fetched, make_fetcher
 from torchdepot.sync.plan import channel_prefix
+from torchdepot.sync.reads import ReadProgress
 from torchdepot.sync.result import Echo, MirrorResult, RunLog, sync_record
 
 ACC_JOBS = 4  # accelerators walked at once
@@ -557,9 +558,13 @@ def _run(spec: MirrorSpec, out: Path, result: MirrorResult, log: RunLog, opts: O
         with Client(session.PROBE_CONFIG) as probe:
             edge = session.edge(spec, probe, opts.pip_sources)
             edge.reader.keep_pages(out / L.PAGE_CACHE, write=not dry_run)
-            sel = select(spec, edge.reader, out, dry_run, log.say, listed, spool.open() if spool else None)
+            reads = ReadProgress(edge.reader, opts.progress, "releases: pages and METADATA")
+            try:
+                sel = select(spec, edge.reader, out, dry_run, log.say, listed, spool.open() if spool else None)
+            finally:
+                reads.close()
             result.requests = edge.reader.request_counts()
-            if spool is not None and spool.kept:  # those bytes moved while nothing else showed progress
+            if spool is not None and spool.kept:  # what the fetch's bar will not count again
                 log.say(f"releases: {len(spool.kept)} wheels ({format_size(spool.size())}) read whole for their "
                         "METADATA; kept for the fetch, not sent again")
             log.phase("select")
