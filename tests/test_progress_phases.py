@@ -7,7 +7,7 @@ is read whole for its METADATA). Each phase that moves bytes over the link must 
 tqdm bar on stderr with a total and an ETA while it runs:
 
 - per-target path (``sync/pip.py``): the reads of pages and METADATA (torch read whole,
-  answered to the 1-byte probe), then the fetch;
+  answered to the 1-byte probe), uv's resolution (targets resolved of the plan's), the fetch;
 - regional path (``releases:``, ``sync/regional.py``): the reads of pages and the METADATA of
   the selection (39 wheels read whole), then the fetch;
 - ``--json``: stdout is the one JSON document; no read bar is drawn.
@@ -193,6 +193,7 @@ def test_pip_path_reads_and_fetch_each_draw_a_live_bar_and_json_stays_clean(tmp_
         reads = assert_live_bar(seen, READS_PIP)
         # torch read whole for its METADATA (1.5 MB at 512 KB/s): its bytes are in the reads' total
         assert any(f.total.endswith("M") and float(f.total[:-1]) >= 1.5 for f in reads), reads
+        assert [f.total for f in assert_live_bar(seen, "resolve", span=0)] == ["1"] * len(seen.frames("resolve"))
         assert_live_bar(seen, "fetch", span=0)  # the dependencies' bodies, split over connections: short
 
         json_out = tmp_path / "out-json"
@@ -200,7 +201,7 @@ def test_pip_path_reads_and_fetch_each_draw_a_live_bar_and_json_stays_clean(tmp_
                          _env(up.url, tmp_path))
         assert doc.rc == 0, doc.text()[-4000:]
         assert json.loads(doc.stdout)["out"] == str(json_out)  # stdout: the one document
-        assert READS_PIP not in doc.text()  # --json: no bar, its events are the fetch's
+        assert READS_PIP not in doc.text() and "resolve:" not in doc.text()  # --json: the fetch's events only
 
 
 @pytest.mark.slow  # a paced server and a CLI sync (about 5 s)

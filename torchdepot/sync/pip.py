@@ -141,7 +141,8 @@ def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dr
         log.phase("upstreams")
         if fetcher is not None:  # the pinned torch wheels download while their closures resolve
             early_keys = early.submit_pinned(out, plan, view, spec, fetcher, previous, reads)
-        resolved = (resolve_targets(plan, view, jobs=RESOLVE_JOBS, cache=out / L.RESOLUTIONS, write_cache=not dry_run)
+        resolved = (resolve_targets(plan, view, jobs=RESOLVE_JOBS, cache=out / L.RESOLUTIONS, write_cache=not dry_run,
+                                    progress=progress)
                     if plan.targets else Resolution(targets=(), files=()))
         if not dry_run:
             early_keys |= relayed
