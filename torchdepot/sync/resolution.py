@@ -29,7 +29,6 @@ from pathlib import Path
 
 from packaging import tags
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
-from tqdm import tqdm
 
 from torchdepot.errors import TorchdepotError
 from torchdepot.model.platforms import target_platform
@@ -186,6 +185,8 @@ def resolve_targets(plan: Plan, view: View, jobs: int = 2, cache: Path | None = 
         mapped = [_upstream_file(view, t.id, f) for f in raw]
         fresh[t.id] = {"key": key, "files": [asdict(replace(f, url=f.url[len(base) + 1:])) for f in raw]}
         return replace(tp, files=tuple(f for f, _ in mapped)), mapped
+
+    from tqdm import tqdm  # here: a no-op re-sync (sync/settled.py) imports this module, never tqdm
 
     def counted(base: str, tp: TargetPlan, bar: tqdm):
         try:
