@@ -10,7 +10,9 @@ tqdm bar on stderr with a total and an ETA while it runs:
   answered to the 1-byte probe), uv's resolution (targets resolved of the plan's), the fetch;
 - regional path (``releases:``, ``sync/regional.py``): the reads of pages and the METADATA of
   the selection (39 wheels read whole), then the fetch;
-- ``--json``: stdout is the one JSON document; no read bar is drawn.
+- ``--json``: stdout is the one JSON document; no read bar is drawn;
+- a no-op re-sync (``sync/settled.py``, nginx answering 304s): the pages it revalidates,
+  counted against their number, on a terminal only.
 
 Invariants: loopback only; the server stops with its context manager.
 """
@@ -201,7 +203,8 @@ def test_pip_path_reads_and_fetch_each_draw_a_live_bar_and_json_stays_clean(tmp_
                          _env(up.url, tmp_path))
         assert doc.rc == 0, doc.text()[-4000:]
         assert json.loads(doc.stdout)["out"] == str(json_out)  # stdout: the one document
-        assert READS_PIP not in doc.text() and "resolve:" not in doc.text()  # --json: the fetch's events only
+        assert READS_PIP not in doc.text()  # --json: the fetch's events only
+        assert "resolve:" not in doc.text()
 
 
 @pytest.mark.slow  # a paced server and a CLI sync (about 5 s)
@@ -221,3 +224,41 @@ def test_regional_reads_and_fetch_each_draw_a_live_bar(tmp_path):
         # the wheels read whole moved under this bar, before the line that counts them
         assert_live_bar(seen, READS_REGIONAL, before="read whole for their METADATA")
         assert_live_bar(seen, "fetch")
+
+
+@pytest.mark.slow  # nginx and two CLI syncs (about 3 s)
+def test_no_op_resync_draws_a_bar_of_the_pages_it_revalidates(tmp_path):
+    """The no-op shortcut (``sync/settled.py``) asks upstream about every page the last sync
+    read (ETag/Last-Modified: nginx answers 304): on a far link a few hundred round trips, so a
+    bar counts them against their total; off a terminal nothing is drawn."""
+    from tests.kit.realservers import nginx
+    from tests.loopback_upstream import mirror_env, run_mirror, write_spec
+    from tests.test_farlink_real_servers import _dep_wheels, _pytorch_tree
+
+    root = tmp_path / "upstream"
+    out = tmp_path / "out"
+    with nginx(root, tmp_path) as up:
+        _pytorch_tree(root, up.url, _dep_wheels(), torch_payload=64 * KB)
+        for p in root.rglob("*"):  # an hour old: Last-Modified is a validator the mirror keeps
+            os.utime(p, (time.time() - 3600,) * 2)
+        spec = write_spec(tmp_path / "spec.yaml", up.url, out, jobs=4)
+        env = mirror_env(up.url, tmp_path)
+        t0 = time.monotonic()
+        cold = run_mirror(spec, env)
+        print(f"\nFIGURES cold {time.monotonic() - t0:.2f}s")
+        assert cold.returncode == 0, cold.stderr[-3000:]
+        mark = up.mark()
+        t0 = time.monotonic()
+        seen = run_on_tty(["mirror", "--spec", str(spec)], env)
+        print(f"FIGURES no-op on a terminal {time.monotonic() - t0:.2f}s")
+        assert seen.rc == 0, seen.text()[-4000:]
+        asked = up.since(mark)
+        assert asked
+        assert all(h.status == 304 for h in asked), asked  # the shortcut: only 304s
+        frames = seen.frames("upstream pages revalidated")
+        assert frames, seen.text()[-4000:]
+        assert {f.total for f in frames} == {str(len(asked))}, (frames, asked)
+        assert frames[-1].pct == 100, frames
+        again = run_mirror(spec, env)  # not a terminal: no bar
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "revalidated" not in again.stderr, again.stderr[-3000:]

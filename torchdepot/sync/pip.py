@@ -235,7 +235,7 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
             probe.size_pools(hosts=4, per_host=settled.REVALIDATE_JOBS)
             edge = session.edge(spec, probe, pip_sources, keep_in=out)
             inputs = settled.inputs_digest(spec, tset, prune, edge)
-            done = settled.replay(out, previous, tset, inputs, edge, started, wall_started, echo) \
+            done = settled.replay(out, previous, tset, inputs, edge, started, wall_started, echo, progress) \
                 if previous is not None else None
             if done is not None:
                 probe.close()

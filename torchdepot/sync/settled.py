@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
@@ -127,24 +128,41 @@ def _save(out: Path, rec: Record) -> None:
     atomic_write_text(safe_join(out, L.SETTLED), json.dumps(doc, sort_keys=True) + "\n")
 
 
-def _unchanged(reader: UpstreamReader, pages: dict[str, bool]) -> bool:
-    """True when every kept page answers 304 (or its kept bytes) and every absent one is still absent."""
+def _unchanged(reader: UpstreamReader, pages: dict[str, bool], progress: bool | None = False) -> bool:
+    """True when every kept page answers 304 (or its kept bytes) and every absent one is still absent.
+    ``progress``: a bar of pages asked (True; None: on a terminal only; False: none); a far link
+    answers a few hundred conditional requests in seconds, not the few ms of loopback."""
+    shown = progress if progress is not None else sys.stderr.isatty()
+    bar = None
+    if shown and pages:
+        from tqdm import tqdm  # only then: a no-op off a terminal does not load it
+
+        bar = tqdm(total=len(pages), desc="upstream pages revalidated", unit="pages", file=sys.stderr,
+                   dynamic_ncols=True)
+
     def one(item: tuple[str, bool]) -> bool:
         url, kept = item
         try:
             got = reader.revalidate(url)
         except TorchdepotError:  # unreachable, refused, unparseable: the whole run says it
             return False
+        finally:
+            if bar is not None:
+                bar.update(1)
         return got == ("unchanged" if kept else "absent")
 
     if not pages:
         return False
-    with ThreadPoolExecutor(max_workers=min(REVALIDATE_JOBS, len(pages))) as pool:
-        return all(pool.map(one, pages.items()))
+    try:
+        with ThreadPoolExecutor(max_workers=min(REVALIDATE_JOBS, len(pages))) as pool:
+            return all(pool.map(one, pages.items()))
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def replay(out: Path, previous: mf.Manifest, tset: lifecycle.TargetSet, inputs: str, edge: session.Edge,
-           started: float, wall_started: float, echo: Echo) -> MirrorResult | None:
+           started: float, wall_started: float, echo: Echo, progress: bool | None = False) -> MirrorResult | None:
     """The no-op, committed from the record when everything it names is unchanged; None (and
     the record removed) when the whole run must go on. Like a whole sync it ends with the cache
     sweep (``store/cachefiles.py``), keeping what the recorded run used."""
@@ -162,7 +180,7 @@ def replay(out: Path, previous: mf.Manifest, tset: lifecycle.TargetSet, inputs: 
     # goes first, and comes back below only once every page proved unchanged.
     forget(out)
     edge.reader.keep_pages(out / L.PAGE_CACHE)
-    if not _unchanged(edge.reader, rec.pages):
+    if not _unchanged(edge.reader, rec.pages, progress):
         return None  # the whole run goes on with this reader: what it read is not read again
     result = MirrorResult(out=out, target_set=tset)
     log = RunLog(result, echo, mark=started)
