@@ -9,7 +9,7 @@ tqdm bar on stderr with a total and an ETA while it runs:
 - per-target path (``sync/pip.py``): the reads of pages and METADATA (torch read whole,
   answered to the 1-byte probe), uv's resolution (targets resolved of the plan's), the fetch;
 - regional path (``releases:``, ``sync/regional.py``): the reads of pages and the METADATA of
-  the selection (39 wheels read whole), then the fetch;
+  the selection (39 wheels read whole), the fetch, then the ``.metadata`` publish writes;
 - ``--json``: stdout is the one JSON document; no read bar is drawn;
 - a no-op re-sync (``sync/settled.py``, nginx answering 304s): the pages it revalidates,
   counted against their number, on a terminal only.
@@ -224,6 +224,11 @@ def test_regional_reads_and_fetch_each_draw_a_live_bar(tmp_path):
         # the wheels read whole moved under this bar, before the line that counts them
         assert_live_bar(seen, READS_REGIONAL, before="read whole for their METADATA")
         assert_live_bar(seen, "fetch")
+        # publish: each wheel's .metadata written from its zip, counted against the selection
+        published = seen.frames("releases: .metadata")
+        assert published, seen.text()[-4000:]
+        assert {f.total for f in published} == {"72"}, published
+        assert published[-1].pct == 100, published
 
 
 @pytest.mark.slow  # nginx and two CLI syncs (about 3 s)

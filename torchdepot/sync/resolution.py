@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -36,6 +35,7 @@ from torchdepot.resolve.uv import IndexPlan, ResolvedFile, ResolveError, resolve
 from torchdepot.store.fsutil import safe_filename
 from torchdepot.store.layout import package_path
 from torchdepot.sync.plan import Plan, TargetPlan
+from torchdepot.sync.reads import Count
 from torchdepot.sync.view import View, ViewFile, write_scratch
 from torchdepot.sync.viewserver import serve_view
 
@@ -186,17 +186,14 @@ def resolve_targets(plan: Plan, view: View, jobs: int = 2, cache: Path | None = 
         fresh[t.id] = {"key": key, "files": [asdict(replace(f, url=f.url[len(base) + 1:])) for f in raw]}
         return replace(tp, files=tuple(f for f, _ in mapped)), mapped
 
-    from tqdm import tqdm  # here: a no-op re-sync (sync/settled.py) imports this module, never tqdm
-
-    def counted(base: str, tp: TargetPlan, bar: tqdm):
+    def counted(base: str, tp: TargetPlan, bar: Count):
         try:
             return _outcome(one, base, tp)
         finally:
-            bar.update(1)
+            bar.step()
 
     with serve_view(view) as base, ThreadPoolExecutor(max_workers=max(1, min(jobs, len(plan.targets) or 1))) as pool, \
-            tqdm(total=len(plan.targets), desc="resolve", unit="targets", file=sys.stderr, dynamic_ncols=True,
-                 disable=None if progress is None else not progress) as bar:
+            Count(progress, len(plan.targets), "resolve", "targets") as bar:
         outcomes = list(pool.map(lambda tp: counted(base, tp, bar), plan.targets))
     if view.errors:
         raise TorchdepotError(view.errors[0])

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
@@ -49,6 +48,7 @@ from torchdepot.sync import lifecycle, session
 from torchdepot.sync.check import verify_mirror
 from torchdepot.sync.download import PipFetchReport
 from torchdepot.sync.pipindex import locks_intact
+from torchdepot.sync.reads import Count
 from torchdepot.sync.resolution import uv_version
 from torchdepot.sync.result import Echo, MirrorResult, RunLog, sync_record
 
@@ -132,33 +132,21 @@ def _unchanged(reader: UpstreamReader, pages: dict[str, bool], progress: bool | 
     """True when every kept page answers 304 (or its kept bytes) and every absent one is still absent.
     ``progress``: a bar of pages asked (True; None: on a terminal only; False: none); a far link
     answers a few hundred conditional requests in seconds, not the few ms of loopback."""
-    shown = progress if progress is not None else sys.stderr.isatty()
-    bar = None
-    if shown and pages:
-        from tqdm import tqdm  # only then: a no-op off a terminal does not load it
-
-        bar = tqdm(total=len(pages), desc="upstream pages revalidated", unit="pages", file=sys.stderr,
-                   dynamic_ncols=True)
-
-    def one(item: tuple[str, bool]) -> bool:
+    def one(item: tuple[str, bool], bar: Count) -> bool:
         url, kept = item
         try:
             got = reader.revalidate(url)
         except TorchdepotError:  # unreachable, refused, unparseable: the whole run says it
             return False
         finally:
-            if bar is not None:
-                bar.update(1)
+            bar.step()
         return got == ("unchanged" if kept else "absent")
 
     if not pages:
         return False
-    try:
-        with ThreadPoolExecutor(max_workers=min(REVALIDATE_JOBS, len(pages))) as pool:
-            return all(pool.map(one, pages.items()))
-    finally:
-        if bar is not None:
-            bar.close()
+    with Count(progress, len(pages), "upstream pages revalidated", "pages") as bar, \
+            ThreadPoolExecutor(max_workers=min(REVALIDATE_JOBS, len(pages))) as pool:
+        return all(pool.map(lambda item: one(item, bar), pages.items()))
 
 
 def replay(out: Path, previous: mf.Manifest, tset: lifecycle.TargetSet, inputs: str, edge: session.Edge,
