@@ -44,7 +44,7 @@ from tests.loopback_upstream import ROOT as REPO
 from tests.venvs import hermetic_env
 
 KB = 1024
-READS_PIP = "upstream pages and METADATA"
+READS_PIP = "pages and METADATA"
 READS_REGIONAL = "releases: pages and METADATA"
 # one tqdm frame with a total: "desc:  40%|████      | 3.74k/13.5k [00:01<00:02, 2.30kB/s]"
 FRAME = re.compile(r"(?P<desc>[^|]+?): +(?P<pct>\d+)%\|[^|]*\| *(?P<done>[\d.]+\w?)/(?P<total>[\d.]+\w?) "
@@ -92,7 +92,7 @@ class Seen:
         out = []
         for at, text in self.lines:
             m = FRAME.search(text)
-            if m and m["desc"].strip().endswith(desc):
+            if m and m["desc"].strip() == desc:
                 out.append(Frame(at, desc, int(m["pct"]), m["total"], m["eta"]))
         return out
 
@@ -260,7 +260,7 @@ def test_no_op_resync_draws_a_bar_of_the_pages_it_revalidates(tmp_path):
         asked = up.since(mark)
         assert asked
         assert all(h.status == 304 for h in asked), asked  # the shortcut: only 304s
-        frames = seen.frames("upstream pages revalidated")
+        frames = seen.frames("pages revalidated")
         assert frames, seen.text()[-4000:]
         assert {f.total for f in frames} == {str(len(asked))}, (frames, asked)
         assert frames[-1].pct == 100, frames

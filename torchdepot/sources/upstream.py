@@ -14,7 +14,9 @@ Every byte the sync learns about upstream comes through an :class:`UpstreamReade
 - a body is bounded in bytes (the caller's limit, a declared Content-Length checked first)
   and in time (the client's ``page_deadline`` for the whole body);
 - a page that does not exist (HTTP 404/410 by :attr:`HttpStatusError.status`, or a
-  missing ``file://`` path) is ``None``; other failures raise :class:`UpstreamError`.
+  missing ``file://`` path) is ``None``; other failures raise :class:`UpstreamError`;
+- a watcher (:meth:`UpstreamReader.watch`, a progress display) is told of every http(s)
+  read as its bytes arrive: pages, ``.metadata``, Range reads and wheels read whole.
 
 The three upstream layouts (``model.presets.Layout``) are read by :func:`variant_links`.
 A PyTorch-style index as a whole (``torchdepot ls``, ``doctor --mirror``: the aggregate

@@ -120,7 +120,7 @@ def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dr
     workdir = Path(held.scratch.name) if held.scratch else out / L.VIEW_DIR
     early_keys: set[str] = set()
     reads = EarlyReads(out)
-    shown = ReadProgress(edge.reader, progress, "upstream pages and METADATA")  # closed before the fetch's wait
+    shown = ReadProgress(edge.reader, progress, "pages and METADATA")  # closed before the fetch's wait
     try:
         locked_ids = {env.target.id for env in locks}
         held.view = view = session.open_view(spec, edge, session.accelerators(list(tset.run), locks), workdir,

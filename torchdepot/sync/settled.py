@@ -144,7 +144,7 @@ def _unchanged(reader: UpstreamReader, pages: dict[str, bool], progress: bool | 
 
     if not pages:
         return False
-    with Count(progress, len(pages), "upstream pages revalidated", "pages") as bar, \
+    with Count(progress, len(pages), "pages revalidated", "pages") as bar, \
             ThreadPoolExecutor(max_workers=min(REVALIDATE_JOBS, len(pages))) as pool:
         return all(pool.map(lambda item: one(item, bar), pages.items()))
 
