@@ -58,6 +58,7 @@ from torchdepot.sync.check import index_settled, verify_published
 from torchdepot.sync.follow import FollowRecord, follow_upstream, save_record
 from torchdepot.sync.locked import LockedEnv, with_locked
 from torchdepot.sync.plan import TargetPlan, plan_targets
+from torchdepot.sync.reads import ReadProgress
 from torchdepot.sync.resolution import Resolution, file_key, resolve_targets
 from torchdepot.sync.result import Echo, MirrorResult, RunLog, TargetFailure, sync_record
 
@@ -119,6 +120,7 @@ def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dr
     workdir = Path(held.scratch.name) if held.scratch else out / L.VIEW_DIR
     early_keys: set[str] = set()
     reads = EarlyReads(out)
+    shown = ReadProgress(edge.reader, progress, "pages and METADATA")  # closed before the fetch's wait
     try:
         locked_ids = {env.target.id for env in locks}
         held.view = view = session.open_view(spec, edge, session.accelerators(list(tset.run), locks), workdir,
@@ -139,7 +141,8 @@ def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dr
         log.phase("upstreams")
         if fetcher is not None:  # the pinned torch wheels download while their closures resolve
             early_keys = early.submit_pinned(out, plan, view, spec, fetcher, previous, reads)
-        resolved = (resolve_targets(plan, view, jobs=RESOLVE_JOBS, cache=out / L.RESOLUTIONS, write_cache=not dry_run)
+        resolved = (resolve_targets(plan, view, jobs=RESOLVE_JOBS, cache=out / L.RESOLUTIONS, write_cache=not dry_run,
+                                    progress=progress)
                     if plan.targets else Resolution(targets=(), files=()))
         if not dry_run:
             early_keys |= relayed
@@ -158,6 +161,7 @@ def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dr
             dryrun.print_plan(resolution, previous, log.say, edge.reader.learned_sizes())
             removal_plan = retention.plan_dry(out, previous, resolution, live, tset, spec.keep, result.keeper)
         else:
+            shown.close()
             fetched = fetch_files(out, resolution, view, spec, held.client, edge.policy, progress,
                                   fetcher=held.fetcher, reads=reads, meanwhile=_load_publish_side)
             held.fetcher = None
@@ -175,6 +179,7 @@ def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dr
         result.removals = list(removal_plan.removals)
         return result
     finally:
+        shown.close()
         held.close(result, edge.reader, log.say)
         result.seconds = time.monotonic() - started
 
@@ -254,7 +259,7 @@ def _sync(spec: MirrorSpec, *, dry_run: bool, client: Client | None, progress: b
             probe.size_pools(hosts=4, per_host=settled.REVALIDATE_JOBS)
             edge = session.edge(spec, probe, pip_sources, keep_in=out, pending=pip_config)
             inputs = settled.inputs_digest(spec, tset, prune, edge)
-            done = settled.replay(out, previous, tset, inputs, edge, started, wall_started, echo) \
+            done = settled.replay(out, previous, tset, inputs, edge, started, wall_started, echo, progress) \
                 if previous is not None else None
             if done is not None:
                 probe.close()
