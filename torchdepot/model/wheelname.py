@@ -115,7 +115,7 @@ def version_sort_key(text: str) -> tuple[int, Version | str, str] | tuple[int, s
 def _unquote(path: str) -> str:
     """``urllib.parse.unquote``, short-cut for the one escape index links carry (``%2B``, the
     ``+`` of a local version): when every ``%`` starts ``%2B``, replacing them is the same
-    decoding (unquote costs ~6 us a call, a third of a whole wheel parse)."""
+    decoding, ~0.2 us against unquote's ~1.4 us (a third of a cached wheel parse)."""
     quick = path.replace("%2B", "+").replace("%2b", "+")
     return quick if "%" not in quick else urllib.parse.unquote(path)
 
