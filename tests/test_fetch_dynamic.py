@@ -88,8 +88,9 @@ def test_a_host_refusing_parallel_ranges_gets_one_stream(tmp_path, up, status):
 
 # -- aria2's rule: a free connection takes the second half of the largest remaining run ----------
 KB128 = 128 * 1024
-STEAL = dict(piece_bytes=KB128, split_bytes=2 * KB128, head_steal_bytes=2 * KB128, connections=2,
-             connections_per_host=2, progress=False)
+# (no tail cuts below a block here: these tests are about aria2's rule; the tail rule has its own below)
+STEAL = dict(piece_bytes=KB128, split_bytes=2 * KB128, head_steal_bytes=2 * KB128, tail_piece_bytes=KB128,
+             connections=2, connections_per_host=2, progress=False)
 
 
 def _bounded(asked: list) -> list[tuple[int, int]]:

@@ -81,6 +81,13 @@ DEFAULT_HEAD_STEAL_BYTES = 4 * DEFAULT_PIECE_BYTES
 # in flight (on a fast link, whole socket buffers), and a run that ends soon gains nothing.
 MIN_STEAL_SECONDS = 0.2
 RATE_SECONDS = MIN_STEAL_SECONDS / 4  # how long a run is read before its rate is judged
+# Near the end (no run left with two blocks' worth, or with MIN_STEAL_SECONDS left), a free
+# connection still takes part of the run that would end last, in pieces down to this size,
+# when that pays for the request's first-byte wait (:func:`_tail_steal`).
+DEFAULT_TAIL_PIECE_BYTES = 64 * 1024
+TAIL_GRANULE = 16 * 1024  # tail cuts fall on multiples of this (they need not match the sidecar's blocks)
+TAIL_PAYS = 0.25  # a tail cut only when the new run's own reading time is this many first-byte waits or more
+FIRST_BYTE_GUESS = 0.05  # seconds from a request to its first body byte, until one is measured
 REFUSALS = frozenset({429, 503})  # an extra connection refused: the host wants one stream per file
 
 
@@ -93,7 +100,6 @@ class _Run:
     first: int
     pos: int
     end: int
-    marked: int  # blocks before this offset are recorded in the sidecar
     unbounded: bool = False  # a 200 for the whole file: the server sends on past any cut
     since: float | None = None  # when its current request began reading (None: none in flight)
     base: int = 0  # pos then
@@ -151,6 +157,10 @@ class _Segmented:
     requests: int = 0
     steals: int = 0
     active: int = 0  # piece requests holding a connection now
+    tail_steals: int = 0  # cuts below a block (near the end)
+    # bytes written so far of each block not yet recorded: a block is done once all its bytes
+    # are, whichever runs wrote them (a tail cut may fall inside a block)
+    filled: dict[int, int] = field(default_factory=dict)
     digest: _InOrderDigest = field(default_factory=_InOrderDigest)
     # the piece tasks of this file, a connection lent by another file's included; closed
     # (under ``lock``) once the file's own thread has waited for them all: no more are added
@@ -158,7 +168,7 @@ class _Segmented:
     closed: bool = False
 
     def add_run(self, first: int, end: int, unbounded: bool = False) -> _Run:
-        run = _Run(index=len(self.runs), first=first, pos=first, end=end, marked=first, unbounded=unbounded)
+        run = _Run(index=len(self.runs), first=first, pos=first, end=end, unbounded=unbounded)
         self.runs.append(run)
         return run
 
@@ -181,6 +191,23 @@ class _InFlight:
     def others(self, seg: _Segmented | None) -> list[_Segmented]:
         with self.lock:
             return [s for s in self.segs if s is not seg]
+
+
+class _FirstByte:
+    """How long a range request waits for its first body byte (a moving average of the last
+    few): what a tail cut must pay for (:func:`_tail_cut`)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.value: float | None = None
+
+    def add(self, seconds: float) -> None:
+        with self.lock:
+            self.value = seconds if self.value is None else 0.75 * self.value + 0.25 * seconds
+
+    def get(self) -> float:
+        with self.lock:
+            return FIRST_BYTE_GUESS if self.value is None else self.value
 
 
 class _Backlog:
@@ -206,9 +233,11 @@ class Segmenter:
     connections_per_host: int
     attempts: int
     head_steal_bytes: int = DEFAULT_HEAD_STEAL_BYTES
+    tail_piece_bytes: int = DEFAULT_TAIL_PIECE_BYTES  # >= piece_bytes: no cut below a block
     refused: set[str] = field(default_factory=set)  # hosts that refused parallel ranges this run
     backlog: _Backlog = field(default_factory=_Backlog)
     in_flight: _InFlight = field(default_factory=_InFlight)
+    first_byte: _FirstByte = field(default_factory=_FirstByte)
 
     def worth_splitting(self, size: int, url: str = "") -> bool:
         return (size >= self.split_bytes and self.connections_per_host > 1
@@ -336,6 +365,10 @@ class Segmenter:
         return self.backlog.count == 0 and self.pool.slots.waiting == 0
 
     def _next(self, seg: _Segmented) -> _Run | None:
+        """What a connection free after a run of ``seg`` does next: the second half of the
+        largest run of ``seg`` (aria2's rule), else of another file (handed to that file's
+        tasks: None here), else a tail cut anywhere (:meth:`_lend`); while the runs that
+        could be split are too young for their rate to tell, it waits for them a little."""
         give_up = time.monotonic() + 4 * RATE_SECONDS
         while True:
             if seg.abort.is_set() or not self._free():
@@ -345,9 +378,27 @@ class Segmenter:
             if run is not None:
                 return run
             wait = _rate_wait([seg], self.piece_bytes, self.head_steal_bytes)
+            if not wait:  # nothing in this file for aria2's rule, now or soon
+                run, handed = self._lend(seg)
+                if run is not None or handed:
+                    return run
+                wait = self._tail_wait()
             if not wait or time.monotonic() + wait > give_up:
                 return None
             time.sleep(max(wait, 0.005))  # (holding no socket) until the young runs' rates tell
+
+    def _tail_wait(self) -> float:
+        """The longest a free connection waits for the rate of a run being read that the
+        tail rule might cut (0: none is too young to judge, or the rule is off)."""
+        if self.tail_piece_bytes >= self.piece_bytes:
+            return 0.0
+        now, wait = time.monotonic(), 0.0
+        for seg in self.in_flight.others(None):
+            with seg.lock:
+                for r in seg.runs:
+                    if r.since is not None and r.end - r.pos >= 2 * self.tail_piece_bytes:
+                        wait = max(wait, RATE_SECONDS - (now - r.since))
+        return wait
 
     def _work(self, seg: _Segmented, run: _Run | None, queued: bool) -> None:
         """Fetch ``run`` (or a stolen half when None), then keep stealing while free."""
@@ -356,39 +407,77 @@ class Segmenter:
         if run is None:
             with seg.lock:
                 run = _steal(seg, self.piece_bytes, self.head_steal_bytes)
+            if run is None:
+                run = self._next(seg)
         while run is not None:
             self._piece(seg, run)
             run = self._next(seg)
-        self._lend(seg)
 
     def lend(self) -> None:
         """A connection just freed by a one-stream file: when no other work waits, it takes
         the second half of the largest run in flight (see :meth:`_lend`)."""
         self._lend(None)
 
-    def _lend(self, seg: _Segmented | None) -> None:
+    def _lend(self, seg: _Segmented | None) -> tuple[_Run | None, bool]:
         """aria2's rule across files: a connection free after ``seg`` has nothing left to
         split takes the second half of the largest run of another file in flight (a new
-        piece task of that file, which waits for it), rather than sit idle."""
+        piece task of that file, which waits for it), rather than sit idle; when no run
+        anywhere is worth that, the tail rule (:func:`_tail_cut`) on the run that would end
+        last, of any file. Returns (the new run when it is ``seg``'s, for this thread to
+        fetch; whether one was handed to another file)."""
         if (seg is not None and seg.abort.is_set()) or not self._free():
-            return
+            return None, False
         best: tuple[int, _Segmented] | None = None
         for other in self.in_flight.others(seg):
             with other.lock:
                 left = _stealable(other, self.piece_bytes, self.head_steal_bytes)
             if left and (best is None or left > best[0]):
                 best = (left, other)
+        if best is not None:
+            other = best[1]
+            with other.lock:
+                if other.closed or other.abort.is_set():
+                    return None, False
+                run = _steal(other, self.piece_bytes, self.head_steal_bytes)
+                if run is None:
+                    return None, False
+                return self._hand(seg, other, run)
+        return self._tail(seg)
+
+    def _tail(self, seg: _Segmented | None) -> tuple[_Run | None, bool]:
+        """Under no lock: the tail rule over every file in flight (see :meth:`_lend`)."""
+        if self.tail_piece_bytes >= self.piece_bytes:
+            return None, False
+        wait, now = self.first_byte.get(), time.monotonic()
+        best: tuple[float, _Segmented] | None = None
+        for other in self.in_flight.others(None):
+            with other.lock:
+                found = _tail_cut(other, now, wait, self.tail_piece_bytes, self.head_steal_bytes)
+            if found is not None and (best is None or found[0] > best[0]):
+                best = (found[0], other)
         if best is None:
-            return
+            return None, False
         other = best[1]
         with other.lock:
             if other.closed or other.abort.is_set():
-                return
-            run = _steal(other, self.piece_bytes, self.head_steal_bytes)
-            if run is None:
-                return
-            self.backlog.add(1)
-            other.futures.append(self.executor.submit(self._work, other, run, True))
+                return None, False
+            found = _tail_cut(other, now, wait, self.tail_piece_bytes, self.head_steal_bytes)
+            if found is None:
+                return None, False
+            _, owner, cut = found
+            end, owner.end = owner.end, cut
+            other.steals += 1
+            other.tail_steals += 1
+            return self._hand(seg, other, other.add_run(cut, end))
+
+    def _hand(self, seg: _Segmented | None, other: _Segmented, run: _Run) -> tuple[_Run | None, bool]:
+        """Under ``other.lock``: ``run`` (just cut from ``other``) for this thread when it is
+        ``seg``'s, else as a new piece task of ``other``, which its file thread waits for."""
+        if other is seg:
+            return run, False
+        self.backlog.add(1)
+        other.futures.append(self.executor.submit(self._work, other, run, True))
+        return None, True
 
     def _piece(self, seg: _Segmented, run: _Run) -> None:
         """Fetch one run to its (possibly moving) end, retrying from where it stopped."""
@@ -435,6 +524,7 @@ class Segmenter:
     def _range_request(self, seg: _Segmented, run: _Run, pos: int, last: int) -> None:
         """Ask for bytes ``pos``-``last`` of ``run`` and read them (see :meth:`_piece_request`)."""
         url = seg.url
+        asked = time.monotonic()
         try:
             resp = self.pool.open(url, {"Accept-Encoding": "identity", "Range": range_header(pos, last)},
                                   seg.started)
@@ -455,15 +545,16 @@ class Segmenter:
                 raise Fallback(f"{url}: bad Content-Range {resp.headers.get('Content-Range')!r} "
                                f"for bytes {pos}-{last}")
             _same_version(seg, Validators.from_headers(cr.total, resp.headers))
-            self._read_run(seg, run, resp, min(last, cr.last) + 1)
+            self._read_run(seg, run, resp, min(last, cr.last) + 1, asked)
             with seg.lock:
                 whole = run.end - 1 == last == cr.last  # nobody took a part: body read exactly
             if whole:
                 keep_alive(resp)  # the socket goes back to the pool
 
-    def _read_run(self, seg: _Segmented, run: _Run, resp: requests.Response, stop: int) -> None:
+    def _read_run(self, seg: _Segmented, run: _Run, resp: requests.Response, stop: int,
+                  asked: float | None = None) -> None:
         """Write ``resp``'s bytes at ``run.pos`` until the run's end (it may move closer) or
-        ``stop``; raises :class:`Retry` when the connection fails or ends short (the bytes so
+        ``stop`` (``asked``: when the request went out, to time its first byte); raises :class:`Retry` when the connection fails or ends short (the bytes so
         far stay written and recorded by whole blocks)."""
         while True:
             with seg.lock:
@@ -479,6 +570,9 @@ class Segmenter:
                 raise Retry(f"{seg.url}: {describe(exc)} at byte {pos} of piece {run.index}") from None
             if not chunk:
                 break
+            if asked is not None:
+                self.first_byte.add(time.monotonic() - asked)
+                asked = None
             with seg.lock:
                 # the end may have moved while this chunk was read: what lies past it is another
                 # run's; claiming the bytes here (pos) is what a steal splits after
@@ -488,7 +582,7 @@ class Segmenter:
             if chunk:
                 os.pwrite(seg.fd, chunk, pos)  # outside the lock: only this thread writes these bytes
                 with seg.lock:
-                    grew = _record(seg, run, pos + len(chunk))
+                    grew = _record(seg, pos, pos + len(chunk))
                 if grew:
                     seg.digest.follow(seg)
                 self.pool.advance(len(chunk))
@@ -569,14 +663,51 @@ def _steal(seg: _Segmented, block: int, head_min: int = DEFAULT_HEAD_STEAL_BYTES
     return seg.add_run(mid, end)
 
 
-def _record(seg: _Segmented, run: _Run, written: int) -> bool:
-    """Under ``seg.lock``: record in the sidecar each block of ``run`` now fully written
-    (up to ``written``, which this thread has just written); True when one was."""
+def _tail_cut(seg: _Segmented, now: float, wait: float, floor: int,
+              head_min: int) -> tuple[float, _Run, int] | None:
+    """Under ``seg.lock``, the tail rule: the run being read that would end last, (its
+    seconds left at its own rate, the run, where to cut it). The cut leaves the owner ``x``
+    of its ``left`` bytes and a new request the rest, which waits ``wait`` s for its first
+    byte and then reads at the owner's rate ``r``: both end together at ``x = (left + wait
+    r) / 2``. It pays only where the new run's reading time is :data:`TAIL_PAYS` first-byte
+    waits or more (so a run with under ``(1 + 2 TAIL_PAYS) wait`` s left is never cut), and
+    the new run is at least ``floor`` bytes. A run whose rate is not known yet is skipped:
+    the tail's runs have been read for a while."""
+    best: tuple[float, _Run, int] | None = None
+    for r in seg.runs:
+        if r.since is None or (r.unbounded and r.end - r.pos < head_min):
+            continue
+        got, took = r.pos - r.base, now - r.since
+        if took < RATE_SECONDS or got <= 0:
+            continue
+        rate = got / took
+        left = r.end - r.pos
+        share = (left - wait * rate) / 2  # what the new request reads
+        if share < max(floor, TAIL_PAYS * wait * rate):
+            continue
+        cut = -(-(r.end - int(share)) // TAIL_GRANULE) * TAIL_GRANULE
+        if not r.pos < cut <= r.end - floor:
+            continue
+        if best is None or left / rate > best[0]:
+            best = (left / rate, r, cut)
+    return best
+
+
+def _record(seg: _Segmented, first: int, end: int) -> bool:
+    """Under ``seg.lock``: note bytes ``[first, end)`` written (by this thread, just now) and
+    record in the sidecar each block whose every byte now is; True when one was."""
     grew = False
-    while run.marked < written and min(run.marked + seg.block, seg.size) <= written:
-        seg.state.done.add(run.marked // seg.block)
-        run.marked += seg.block
-        grew = True
+    b = first // seg.block
+    while b * seg.block < end:
+        lo, hi = b * seg.block, min((b + 1) * seg.block, seg.size)
+        got = seg.filled.get(b, 0) + min(hi, end) - max(lo, first)
+        if got >= hi - lo:
+            seg.filled.pop(b, None)
+            seg.state.done.add(b)
+            grew = True
+        else:
+            seg.filled[b] = got
+        b += 1
     if grew:
         save_state(seg.part, seg.state)  # after the bytes: a recorded block is on disk
     return grew
