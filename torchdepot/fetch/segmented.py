@@ -15,7 +15,12 @@ Invariants:
   run with the most bytes left (aria2's rule), in its own file first, else in any file in
   flight (a connection freed by a one-stream file too), cut on a block boundary, never
   leaving either side under one block, and a run being read only while it has
-  ``MIN_STEAL_SECONDS`` or more left at its own rate (a cut costs what is in flight); the owner stops at the new boundary (checked under
+  ``MIN_STEAL_SECONDS`` or more left at its own rate (a cut costs what is in flight);
+  when no run anywhere is left for that rule (the end of the run), the tail rule: it cuts
+  the run being read that would end last (by its own rate) where the owner and the new
+  request (which first waits a measured first-byte time) end together, down to
+  ``tail_piece_bytes`` (64 KiB) and only where the new run reads for ``TAIL_PAYS`` first-byte
+  waits or more, so a cut never costs more than it saves; the owner stops at the new boundary (checked under
   the file's lock before each write, so no byte is written by both), and only what was in
   flight past it crossed the link for nothing; a file's own thread waits for every run of
   its file, those another file's connection took included, before it closes the file;
@@ -24,7 +29,8 @@ Invariants:
   is in flight refuses parallel ranges: the file restarts over one connection
   (:class:`~torchdepot.fetch.pool.Fallback`) and no later file from that host is split;
 - each run is written at its own offset (``pwrite`` into a sparse file); each block is
-  recorded in the sidecar once all its bytes are there, so a killed run resumes with the
+  recorded in the sidecar once all its bytes are there (counted per block, whichever runs
+  wrote them: a tail cut may fall inside a block), so a killed run resumes with the
   unfinished blocks only; a cut run retries from the byte it reached;
 - a sidecar is reused only for the same size, block size and an unchanged file on disk;
 - a server that ignores Range (200 to a piece request), a wrong ``Content-Range``, or a
