@@ -29,9 +29,11 @@ Invariants:
   is in flight refuses parallel ranges: the file restarts over one connection
   (:class:`~torchdepot.fetch.pool.Fallback`) and no later file from that host is split;
 - each run is written at its own offset (``pwrite`` into a sparse file); each block is
-  recorded in the sidecar once all its bytes are there (counted per block, whichever runs
-  wrote them: a tail cut may fall inside a block), so a killed run resumes with the
-  unfinished blocks only; a cut run retries from the byte it reached;
+  done once all its bytes are there (counted per block, whichever runs wrote them: a tail
+  cut may fall inside a block) and listed in the sidecar by the next write (outside the
+  file's lock, at most every ``SIDECAR_SECONDS`` and when the file fails), so a killed run
+  resumes with the unfinished blocks and those done since that write only; a cut run
+  retries from the byte it reached;
 - a sidecar is reused only for the same size, block size and an unchanged file on disk;
 - a server that ignores Range (200 to a piece request), a wrong ``Content-Range``, or a
   file that changes during the download (ETag, Last-Modified or size differ between
@@ -71,6 +73,7 @@ from torchdepot.fetch.pieces import (
     load_state,
     plan_runs,
     save_state,
+    save_text,
 )
 from torchdepot.fetch.pool import CHUNK, READ_ERRORS, Fallback, Fatal, Held, Pool, Retry, keep_alive
 from torchdepot.net.http import describe, parse_content_range, range_header
@@ -87,6 +90,8 @@ DEFAULT_HEAD_STEAL_BYTES = 4 * DEFAULT_PIECE_BYTES
 # in flight (on a fast link, whole socket buffers), and a run that ends soon gains nothing.
 MIN_STEAL_SECONDS = 0.2
 RATE_SECONDS = MIN_STEAL_SECONDS / 4  # how long a run is read before its rate is judged
+HASH_CHUNK = CHUNK  # what the digest reads back at a time (one buffer per file being hashed)
+SIDECAR_SECONDS = 0.2  # the resume sidecar is rewritten at most this often while blocks finish
 # Near the end (no run left with two blocks' worth, or with MIN_STEAL_SECONDS left), a free
 # connection still takes part of the run that would end last, in pieces down to this size,
 # when that pays for the request's first-byte wait (:func:`_tail_steal`).
@@ -113,12 +118,14 @@ class _Run:
 
 class _InOrderDigest:
     """sha256 of a file whose blocks finish out of order: it follows the prefix of finished
-    blocks (read back with ``pread``); one thread hashes at a time, the others go on."""
+    blocks (read back from the page cache into one reused buffer); one thread hashes at a
+    time, the others go on."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.hasher = hashlib.sha256()
         self.pos = 0  # bytes hashed so far
+        self.buf: bytearray | None = None  # read back into this one buffer (no allocation per read)
 
     def follow(self, seg: _Segmented, wait: bool = False) -> None:
         """Hash the finished blocks from :attr:`pos` on; ``wait``: even if another thread is
@@ -133,12 +140,15 @@ class _InOrderDigest:
                         upto = min(upto + seg.block, seg.size)
                 if upto == self.pos:
                     return
+                if self.buf is None:
+                    self.buf = bytearray(HASH_CHUNK)
+                view = memoryview(self.buf)
                 while self.pos < upto:
-                    chunk = os.pread(seg.fd, min(CHUNK, upto - self.pos), self.pos)
-                    if not chunk:  # the file is shorter than its recorded blocks: the check fails later
+                    n = os.preadv(seg.fd, [view[:min(HASH_CHUNK, upto - self.pos)]], self.pos)
+                    if not n:  # the file is shorter than its recorded blocks: the check fails later
                         return
-                    self.hasher.update(chunk)
-                    self.pos += len(chunk)
+                    self.hasher.update(view[:n])
+                    self.pos += n
         finally:
             self.lock.release()
 
@@ -167,6 +177,8 @@ class _Segmented:
     # bytes written so far of each block not yet recorded: a block is done once all its bytes
     # are, whichever runs wrote them (a tail cut may fall inside a block)
     filled: dict[int, int] = field(default_factory=dict)
+    saved_at: float = 0.0  # when the sidecar was last written
+    save_lock: threading.Lock = field(default_factory=threading.Lock)
     digest: _InOrderDigest = field(default_factory=_InOrderDigest)
     # the piece tasks of this file, a connection lent by another file's included; closed
     # (under ``lock``) once the file's own thread has waited for them all: no more are added
@@ -297,6 +309,8 @@ class Segmenter:
                 self._wait(seg, errors)
             finally:
                 self.in_flight.remove(seg)
+            if errors:
+                self._save(seg, force=True)  # every block done so far, for the next run to resume
             _raise_first(errors)
             seg.digest.follow(seg, wait=True)  # what the pieces left unhashed (often nothing)
             digest = seg.digest.hasher.hexdigest() if seg.digest.pos == size else None
@@ -364,11 +378,16 @@ class Segmenter:
             except BaseException as exc:
                 errors.append(exc)
 
-    def _free(self) -> bool:
-        """Whether a connection that just finished may stay with this file: no piece task and
-        no whole file waits for one (aria2's rule: a free connection takes the second half
-        of the largest remaining piece only when no new work waits)."""
-        return self.backlog.count == 0 and self.pool.slots.waiting == 0
+    def _free(self, url: str | None) -> bool:
+        """Whether a connection that just finished (holding no slot now) may stay with the file
+        at ``url``: no whole file or piece waits for a connection (aria2's rule: a free
+        connection takes the second half of the largest remaining piece only when no new work
+        waits), neither blocked on a cap nor submitted and not started yet, unless the host
+        has a slot free for each of those besides this one (a sibling run whose thread has
+        not started yet does not need this connection)."""
+        if self.pool.slots.waiting:
+            return False
+        return self.backlog.count < (self.pool.slots.idle(url) if url is not None else 1)
 
     def _next(self, seg: _Segmented) -> _Run | None:
         """What a connection free after a run of ``seg`` does next: the second half of the
@@ -377,7 +396,7 @@ class Segmenter:
         could be split are too young for their rate to tell, it waits for them a little."""
         give_up = time.monotonic() + 4 * RATE_SECONDS
         while True:
-            if seg.abort.is_set() or not self._free():
+            if seg.abort.is_set() or not self._free(seg.url):
                 return None
             with seg.lock:
                 run = _steal(seg, self.piece_bytes, self.head_steal_bytes)
@@ -424,6 +443,26 @@ class Segmenter:
         the second half of the largest run in flight (see :meth:`_lend`)."""
         self._lend(None)
 
+    def _save(self, seg: _Segmented, force: bool = False) -> None:
+        """Write the sidecar with the blocks done so far, outside ``seg.lock`` (a write is a
+        file and a rename: the other runs of the file go on meanwhile), at most every
+        :data:`SIDECAR_SECONDS` unless ``force`` (a failed file, whose blocks the next run
+        resumes). One writer at a time; a write skipped because another is under way is
+        covered by the next one. It lists only blocks already written, so a killed process
+        re-fetches at most what arrived since the last write."""
+        now = time.monotonic()
+        if not force and now - seg.saved_at < SIDECAR_SECONDS:
+            return
+        if not seg.save_lock.acquire(blocking=force):
+            return
+        try:
+            with seg.lock:
+                seg.saved_at = now
+                text = seg.state.to_json()
+            save_text(seg.part, text)
+        finally:
+            seg.save_lock.release()
+
     def _lend(self, seg: _Segmented | None) -> tuple[_Run | None, bool]:
         """aria2's rule across files: a connection free after ``seg`` has nothing left to
         split takes the second half of the largest run of another file in flight (a new
@@ -431,7 +470,7 @@ class Segmenter:
         anywhere is worth that, the tail rule (:func:`_tail_cut`) on the run that would end
         last, of any file. Returns (the new run when it is ``seg``'s, for this thread to
         fetch; whether one was handed to another file)."""
-        if (seg is not None and seg.abort.is_set()) or not self._free():
+        if (seg is not None and seg.abort.is_set()) or not self._free(None if seg is None else seg.url):
             return None, False
         best: tuple[int, _Segmented] | None = None
         for other in self.in_flight.others(seg):
@@ -562,16 +601,15 @@ class Segmenter:
         """Write ``resp``'s bytes at ``run.pos`` until the run's end (it may move closer) or
         ``stop`` (``asked``: when the request went out, to time its first byte); raises :class:`Retry` when the connection fails or ends short (the bytes so
         far stay written and recorded by whole blocks)."""
-        while True:
-            with seg.lock:
-                want = min(run.end, stop) - run.pos
-                pos = run.pos
-            if want <= 0:
-                break
+        raw, fd = resp.raw, seg.fd
+        with seg.lock:
+            want = min(run.end, stop) - run.pos
+            pos = run.pos
+        while want > 0:
             if seg.abort.is_set():
                 raise Fatal("aborted")
             try:
-                chunk = resp.raw.read1(min(CHUNK, want))
+                chunk = raw.read1(min(CHUNK, want))
             except READ_ERRORS as exc:
                 raise Retry(f"{seg.url}: {describe(exc)} at byte {pos} of piece {run.index}") from None
             if not chunk:
@@ -582,17 +620,22 @@ class Segmenter:
             with seg.lock:
                 # the end may have moved while this chunk was read: what lies past it is another
                 # run's; claiming the bytes here (pos) is what a steal splits after
-                chunk = chunk[:max(0, run.end - pos)]
-                run.pos = pos + len(chunk)
-                seg.fetched += len(chunk)
-            if chunk:
-                os.pwrite(seg.fd, chunk, pos)  # outside the lock: only this thread writes these bytes
-                with seg.lock:
-                    grew = _record(seg, pos, pos + len(chunk))
-                if grew:
-                    seg.digest.follow(seg)
-                self.pool.advance(len(chunk))
-                seg.meter.add(len(chunk), time.monotonic())
+                n = min(len(chunk), max(0, run.end - pos))
+                run.pos = pos + n
+                seg.fetched += n
+            if n:
+                # outside the lock: only this thread writes these bytes
+                os.pwrite(fd, chunk if n == len(chunk) else memoryview(chunk)[:n], pos)
+            with seg.lock:  # the bytes are on disk: record them, and see what is left to read
+                grew = n > 0 and _record(seg, pos, pos + n)
+                pos = run.pos
+                want = min(run.end, stop) - pos
+            if grew:
+                self._save(seg)
+                seg.digest.follow(seg)
+            if n:
+                self.pool.advance(n)
+                seg.meter.add(n, time.monotonic())
             self.pool.check_time(seg.started, seg.meter, seg.url)
         with seg.lock:
             short = run.pos < run.end
@@ -701,7 +744,8 @@ def _tail_cut(seg: _Segmented, now: float, wait: float, floor: int,
 
 def _record(seg: _Segmented, first: int, end: int) -> bool:
     """Under ``seg.lock``: note bytes ``[first, end)`` written (by this thread, just now) and
-    record in the sidecar each block whose every byte now is; True when one was."""
+    mark done each block whose every byte now is (the sidecar follows: :meth:`Segmenter._save`);
+    True when one was."""
     grew = False
     b = first // seg.block
     while b * seg.block < end:
@@ -714,8 +758,6 @@ def _record(seg: _Segmented, first: int, end: int) -> bool:
         else:
             seg.filled[b] = got
         b += 1
-    if grew:
-        save_state(seg.part, seg.state)  # after the bytes: a recorded block is on disk
     return grew
 
 
