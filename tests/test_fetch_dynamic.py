@@ -294,3 +294,52 @@ def test_the_tail_rule_cuts_the_run_that_would_end_last_not_the_largest():
     assert _tail_cut(seg, now, 0.03, 64 * 1024, head_min=4 * MB) is None
     seg.runs[0].since = now - 0.001
     assert _tail_cut(seg, now, 0.03, 64 * 1024, head_min=4 * MB) is None
+
+
+def test_bytes_at_the_hashed_prefix_are_hashed_from_memory_the_rest_read_back_once(tmp_path, monkeypatch):
+    import os
+
+    import torchdepot.fetch.segmented as segmented
+    from torchdepot.fetch.pieces import PieceState, Validators
+
+    data = random.Random(12).randbytes(3 * KB128 + 1000)
+    part = tmp_path / "f.part"
+    part.write_bytes(bytes(len(data)))
+    fd = os.open(part, os.O_RDWR)
+    read_back: list[tuple[int, int]] = []
+    real = os.preadv
+
+    def preadv(fd_, buffers, offset):
+        n = real(fd_, buffers, offset)
+        read_back.append((offset, n))
+        return n
+
+    monkeypatch.setattr(segmented.os, "preadv", preadv)
+    try:
+        size = len(data)
+        seg = segmented._Segmented(item=None, url="", part=part, fd=fd, size=size, block=KB128,  # type: ignore[arg-type]
+                                   state=PieceState(Validators(size), KB128, block_count(size, KB128)),
+                                   started=0.0, meter=None)  # type: ignore[arg-type]
+
+        def write(first: int, end: int) -> None:  # what a run does with a chunk: write, hash if at the prefix, record
+            os.pwrite(fd, data[first:end], first)
+            seg.digest.take(data[first:end], first)
+            with seg.lock:
+                segmented._record(seg, first, end)
+            seg.digest.follow(seg)
+
+        cut = KB128 + 5000  # a run that ends inside a block (a tail cut), the next one written first
+        write(2 * KB128, size)  # past a gap: not hashed yet
+        write(cut, 2 * KB128)
+        assert seg.digest.pos == 0
+        write(0, 1000)  # at the prefix: from memory
+        write(1000, cut)  # from memory, up to inside block 1; then blocks 1 and the rest are done: read back
+        seg.digest.follow(seg, wait=True)
+    finally:
+        os.close(fd)
+    assert seg.digest.pos == size
+    assert seg.digest.hasher.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert seg.state.done == set(range(block_count(size, KB128)))
+    assert read_back, "the bytes past the gap are read back"
+    assert all(offset >= cut for offset, _ in read_back)  # never what was hashed from memory
+    assert sum(n for _, n in read_back) == size - cut  # and the rest exactly once

@@ -117,15 +117,29 @@ class _Run:
 
 
 class _InOrderDigest:
-    """sha256 of a file whose blocks finish out of order: it follows the prefix of finished
-    blocks (read back from the page cache into one reused buffer); one thread hashes at a
-    time, the others go on."""
+    """sha256 of a file whose blocks finish out of order: the run that writes right at the end
+    of the hashed prefix hashes its bytes from memory as they arrive (:meth:`take`); past a
+    gap, it follows the prefix of finished blocks (read back from the page cache into one
+    reused buffer) once the gap is filled. One thread hashes at a time, the others go on."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.hasher = hashlib.sha256()
         self.pos = 0  # bytes hashed so far
         self.buf: bytearray | None = None  # read back into this one buffer (no allocation per read)
+
+    def take(self, data: bytes | memoryview, pos: int) -> None:
+        """Hash ``data``, the bytes at ``pos`` just written, from memory when they continue
+        the hashed prefix and no other thread is hashing (else a later :meth:`follow` reads
+        them back)."""
+        if self.pos != pos or not self.lock.acquire(blocking=False):
+            return
+        try:
+            if self.pos == pos:
+                self.hasher.update(data)
+                self.pos += len(data)
+        finally:
+            self.lock.release()
 
     def follow(self, seg: _Segmented, wait: bool = False) -> None:
         """Hash the finished blocks from :attr:`pos` on; ``wait``: even if another thread is
@@ -137,7 +151,7 @@ class _InOrderDigest:
                 with seg.lock:
                     upto = self.pos
                     while upto < seg.size and upto // seg.block in seg.state.done:
-                        upto = min(upto + seg.block, seg.size)
+                        upto = min((upto // seg.block + 1) * seg.block, seg.size)  # (pos may be inside a block)
                 if upto == self.pos:
                     return
                 if self.buf is None:
@@ -624,8 +638,10 @@ class Segmenter:
                 run.pos = pos + n
                 seg.fetched += n
             if n:
-                # outside the lock: only this thread writes these bytes
-                os.pwrite(fd, chunk if n == len(chunk) else memoryview(chunk)[:n], pos)
+                data = chunk if n == len(chunk) else memoryview(chunk)[:n]
+                os.pwrite(fd, data, pos)  # outside the lock: only this thread writes these bytes
+                if seg.digest.pos == pos:  # right at the hashed prefix: hash it now, from memory
+                    seg.digest.take(data, pos)
             with seg.lock:  # the bytes are on disk: record them, and see what is left to read
                 grew = n > 0 and _record(seg, pos, pos + n)
                 pos = run.pos
