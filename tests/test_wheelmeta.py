@@ -3,6 +3,7 @@ inflated streamed, never whole; a whole-file range answered 200 is accepted."""
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import threading
 import zipfile
@@ -101,6 +102,43 @@ def test_remote_metadata_bomb_is_one_upstream_error(tmp_path, served):
     with pytest.raises(UpstreamError, match="cap for METADATA") as exc:
         remote_metadata(_reader(url), url, "bomb")
     assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize(("ranges", "payload", "kept"), [
+    (True, 0, True),  # no larger than the tail read: that read was the whole wheel
+    (True, 200_000, False),  # larger: only its tail crossed, nothing to keep
+    (False, 200_000, True),  # Range ignored: the probe's answer was the whole wheel
+])
+def test_a_wheel_read_whole_is_handed_to_keep_once(tmp_path, ranges, payload, kept):
+    """``keep`` gets the whole wheel's bytes wherever they crossed to read METADATA (so the
+    caller's fetch does not send them again), after its METADATA is read; never otherwise."""
+    import os
+
+    from tests.httpserver import RangeHandler, Server
+
+    wheel = build_wheel(tmp_path / "up", "small", "1.0", requires=("filelock",), payload=os.urandom(payload))
+    handler = RangeHandler if ranges else http.server.SimpleHTTPRequestHandler
+    got: list[bytes] = []
+    with Server(tmp_path / "up", handler=handler) as up:
+        url = f"{up.url}/{wheel.name}"
+        meta = remote_metadata(_reader(url), url, "small", keep=lambda p, sha: got.append((p.read_bytes(), sha)))
+    assert b"Requires-Dist: filelock" in meta
+    data = wheel.read_bytes()
+    assert got == ([(data, hashlib.sha256(data).hexdigest())] if kept else [])
+
+
+def test_bytes_that_are_no_wheel_are_refused_before_keep(tmp_path):
+    from tests.httpserver import Server
+    from torchdepot.sources.wheelmeta import BadWheelError
+
+    (tmp_path / "up").mkdir()
+    (tmp_path / "up" / "bad-1.0-py3-none-any.whl").write_bytes(b"<html>not a zip</html>")
+    got: list[Path] = []
+    with Server(tmp_path / "up") as up:
+        url = f"{up.url}/bad-1.0-py3-none-any.whl"
+        with pytest.raises(BadWheelError, match="not a readable wheel"):
+            remote_metadata(_reader(url), url, "bad", keep=lambda p, _sha: got.append(p))
+    assert got == []
 
 
 @settings(deadline=None)

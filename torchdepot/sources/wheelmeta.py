@@ -4,7 +4,8 @@ When upstream's PEP 658 ``.metadata`` is missing or disagrees with its declared 
 wheel itself is the truth. A wheel is a zip: its central directory sits at the end, so
 HTTP Range reads of the tail plus the METADATA member cost a few requests of at most
 64 KB each, even for a 2.5 GB wheel. A server that ignores Range (answers 200) gets the whole wheel read once instead
-(streamed to a temporary file). Requests are counted in the reader (``ranges``/``wheels``).
+(streamed to a temporary file, then handed to the caller's one download of the file, so its fetch does not send
+it again). Requests are counted in the reader (``ranges``/``wheels``).
 
 Bytes that are not a usable wheel (not a zip, no METADATA, METADATA over its caps) raise
 :class:`BadWheelError`, so a sync can leave that one candidate out instead of failing: it
@@ -16,10 +17,13 @@ counted in one linear pass over the header block.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tempfile
 import urllib.parse
 import zipfile
+from collections.abc import Callable
+from pathlib import Path
 
 from torchdepot.errors import TorchdepotError, UpstreamError
 from torchdepot.net.http import file_url_path
@@ -107,16 +111,37 @@ def _total(content_range: str | None) -> int | None:
     return int(total) if total.isascii() and total.isdigit() and len(total) <= 19 else None
 
 
-def remote_metadata(reader: UpstreamReader, url: str, project: str) -> bytes:
-    """METADATA of the wheel at ``url``: Range reads of its tail and member, else the whole wheel."""
+def _local_metadata(url: str, project: str) -> bytes:
+    try:
+        with zipfile.ZipFile(file_url_path(url)) as zf:
+            return _metadata_member(zf, project, url)
+    except zipfile.BadZipFile as exc:
+        raise BadWheelError(f"{url}: not a readable wheel ({exc})") from None
+    except OSError as exc:
+        raise UpstreamError(f"{url}: cannot read it ({exc})") from None
+
+
+# Given a file holding a wheel's whole bytes (read here anyway) and their sha256, the caller
+# keeps them as its one download of that wheel, so its fetch does not send them again.
+KeepWhole = Callable[[Path, str], None]
+
+
+def _kept(keep: KeepWhole | None, data: bytes) -> None:
+    if keep is not None:
+        with tempfile.NamedTemporaryFile(prefix="torchdepot-", suffix=".whl") as tmp:
+            tmp.write(data)
+            tmp.flush()
+            keep(Path(tmp.name), hashlib.sha256(data).hexdigest())
+
+
+def remote_metadata(reader: UpstreamReader, url: str, project: str, keep: KeepWhole | None = None) -> bytes:
+    """METADATA of the wheel at ``url``: Range reads of its tail and member, else the whole wheel.
+
+    ``keep``: where the wheel was read whole (a server that ignores Range answers the 1-byte
+    probe with the whole body; a wheel no larger than the tail read), its bytes go to the
+    caller after its METADATA is read, so they are not sent a second time."""
     if urllib.parse.urlsplit(url).scheme == "file":
-        try:
-            with zipfile.ZipFile(file_url_path(url)) as zf:
-                return _metadata_member(zf, project, url)
-        except zipfile.BadZipFile as exc:
-            raise BadWheelError(f"{url}: not a readable wheel ({exc})") from None
-        except OSError as exc:
-            raise UpstreamError(f"{url}: cannot read it ({exc})") from None
+        return _local_metadata(url, project)
     if reader.policy.refusal(url):
         raise UpstreamError(f"{url}: {reader.policy.refusal(url)}")
     # One byte first: its Content-Range gives the size (servers that ignore suffix ranges,
@@ -131,20 +156,25 @@ def remote_metadata(reader: UpstreamReader, url: str, project: str) -> bytes:
             view.tail_start = total - len(view.tail)
             try:
                 with zipfile.ZipFile(io.BufferedReader(view, BLOCK)) as zf:
-                    return _metadata_member(zf, project, url)
+                    meta = _metadata_member(zf, project, url)
             except zipfile.BadZipFile as exc:
                 raise BadWheelError(f"{url}: not a readable wheel ({exc})") from None
+            if view.tail_start == 0 and len(view.tail) == total:  # the tail was the whole wheel
+                _kept(keep, view.tail)
+            return meta
         # No Range support: read the whole wheel once, to disk, not memory.
         reader._count("wheels")
-        with tempfile.TemporaryFile() as tmp:
+        digest = hashlib.sha256()
+        with tempfile.NamedTemporaryFile(prefix="torchdepot-", suffix=".whl") as tmp:
             for chunk in resp.iter_content(1024 * 1024):
                 tmp.write(chunk)
-            tmp.seek(0)
-            try:
-                with zipfile.ZipFile(tmp) as zf:
-                    return _metadata_member(zf, project, url)
-            except zipfile.BadZipFile as exc:
-                raise BadWheelError(f"{url}: not a readable wheel ({exc})") from None
+                digest.update(chunk)
+            tmp.flush()
+            resp.close()
+            meta = _local_metadata(Path(tmp.name).as_uri(), project)
+            if keep is not None:
+                keep(Path(tmp.name), digest.hexdigest())
+            return meta
     except OSError as exc:
         raise UpstreamError(f"{url}: {exc}") from None
     finally:

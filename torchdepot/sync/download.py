@@ -120,7 +120,7 @@ def whole_into_store(out: Path, spec: MirrorSpec, fetcher: Fetcher) -> tuple[Who
     lock = threading.Lock()
     written: set[str] = set()
 
-    def whole(_accelerator: str, vf: ViewFile) -> Path | None:
+    def whole(_accelerator: str, vf: ViewFile, spooled: Path | None) -> Path | None:
         key = file_key(ResolvedFile(name=vf.project, version="", url=vf.link.url, filename=vf.filename,
                                     sha256=vf.link.sha256, size=vf.link.size))
         with lock:  # one journal writer at a time (resolver requests arrive in parallel)
@@ -130,8 +130,13 @@ def whole_into_store(out: Path, spec: MirrorSpec, fetcher: Fetcher) -> tuple[Who
             pub.record(out, {path, path + ".metadata"})
             fetcher.start()
             written.add(path)
-        result = fetcher.submit(FetchItem(path, same_path_elsewhere(vf.link.url, spec.upstreams), vf.link.sha256,
+        urls = same_path_elsewhere(vf.link.url, spec.upstreams)
+        # bytes already read whole (a server that ignores Range answered a probe with them): copied, not sent again
+        first = spooled.as_uri() if spooled is not None else None
+        result = fetcher.submit(FetchItem(path, (first, *urls) if first else urls, vf.link.sha256,
                                           vf.link.size)).result()
+        if first is not None and result.url == first:
+            result.url = vf.link.url  # where the bytes came from (the manifest names it), not the spool
         if result.status == "failed":
             raise UpstreamError(result.error or f"{vf.link.url}: download failed")
         return safe_join(out, path)

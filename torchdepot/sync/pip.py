@@ -125,6 +125,10 @@ def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dr
                                              previous, log.say, out, dry_run)
         view.excluded.update(excluded or {})  # files an earlier pass of this run downloaded and found bad
         view.held = result.keeper = tombstones.Keeper.of(previous, out)  # upstream's deletions: the mirror's copy
+        fetcher = None
+        if not dry_run:  # before pinning: a wheel it must read whole (no Range upstream) is then fetched once
+            held.fetcher = fetcher = make_fetcher(out, spec, held.client, edge.policy, progress, on_progress)
+            view.whole, relayed = whole_into_store(out, spec, fetcher)  # a hashless wheel: fetched once
         plan = plan_targets(spec, view, edge.pip, [t for t in tset.run if t.id not in locked_ids], tset.tolerate)
         for warning in dict.fromkeys(w for tp in plan.targets for w in tp.warnings):
             log.say(warning)
@@ -133,10 +137,8 @@ def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dr
         for failure in result.failed:  # said first; the run goes on with the others and fails at its end
             log.say(f"error: {failure.line}")
         log.phase("upstreams")
-        if not dry_run:  # the pinned torch wheels download while their closures resolve
-            held.fetcher = make_fetcher(out, spec, held.client, edge.policy, progress, on_progress)
-            early_keys = early.submit_pinned(out, plan, view, spec, held.fetcher, previous, reads)
-            view.whole, relayed = whole_into_store(out, spec, held.fetcher)  # a hashless wheel: fetched once
+        if fetcher is not None:  # the pinned torch wheels download while their closures resolve
+            early_keys = early.submit_pinned(out, plan, view, spec, fetcher, previous, reads)
         resolved = (resolve_targets(plan, view, jobs=RESOLVE_JOBS, cache=out / L.RESOLUTIONS, write_cache=not dry_run)
                     if plan.targets else Resolution(targets=(), files=()))
         if not dry_run:

@@ -48,6 +48,7 @@ import functools
 import hashlib
 import json
 import posixpath
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -218,6 +219,11 @@ class Closure:
         # upstream URL -> (sha256, stored path under root) of the wheels the mirror holds: a hashless
         # link's METADATA is then cached by that hash and read from local disk, not by Range again
         self.root, self.held = root, held or {}
+        # upstream URL -> its requirements, read once per run: a dependency every accelerator's
+        # index lists (one URL) would otherwise have its METADATA read once per accelerator
+        self._requires_of: dict[str, list[tuple[str, SpecifierSet]]] = {}
+        self._url_locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
 
     def accelerator(self, index: str, acc: str) -> None:
         urls: list[str] = []
@@ -319,8 +325,13 @@ class Closure:
         return list(out.values())
 
     def _requires(self, c: Chosen) -> list[tuple[str, SpecifierSet]]:
-        data = self._metadata(c)
-        return [] if data is None else requires_of(data)
+        with self._lock:
+            lock = self._url_locks.setdefault(c.link.url, threading.Lock())
+        with lock:
+            if c.link.url not in self._requires_of:
+                data = self._metadata(c)
+                self._requires_of[c.link.url] = [] if data is None else requires_of(data)
+            return self._requires_of[c.link.url]
 
     def _metadata(self, c: Chosen) -> bytes | None:
         """The file's METADATA: the cache by hash, else its ``.metadata``, else by Range."""

@@ -48,6 +48,7 @@ import hashlib
 import html
 import json
 import os
+import shutil
 import sys
 import threading
 import urllib.parse
@@ -86,10 +87,10 @@ from torchdepot.sources.wheelmeta import BadWheelError, metadata_refusal, remote
 from torchdepot.store.fsutil import safe_filename, safe_join, sha256_file
 
 Say = Callable[[str], None]
-# (accelerator, view file) -> the whole file on local disk, downloaded once (hashed as it
-# arrived); None when it cannot be had. A real run stores it in the mirror, where the fetch
-# step finds it; a dry run keeps it in the scratch view.
-WholeFile = Callable[[str, "ViewFile"], "Path | None"]
+# (accelerator, view file, the file already read whole or None) -> the whole file on local
+# disk, downloaded once (hashed as it arrived); None when it cannot be had. A real run stores
+# it in the mirror, where the fetch step finds it; a dry run keeps it in the scratch view.
+WholeFile = Callable[[str, "ViewFile", "Path | None"], "Path | None"]
 
 
 class MetadataMismatchError(TorchdepotError):
@@ -636,8 +637,10 @@ class View:
                         return data
                 except UpstreamError as exc:
                     errors.append(str(exc))
-            try:
-                return remote_metadata(self.reader, link.url, vf.project)
+            try:  # a wheel that must cross whole comes from the run's one download of it
+                return remote_metadata(self.reader, link.url, vf.project,
+                                       keep=(lambda spooled, sha: self.keep_whole(accelerator, vf, spooled, sha))
+                                       if link is vf.link else None)
             except BadWheelError as exc:
                 bad.append(str(exc))
             except UpstreamError as exc:
@@ -663,6 +666,26 @@ class View:
                     self._local_hashes[link.url] = None
             return self._local_hashes[link.url]
 
+    def keep_whole(self, accelerator: str, vf: ViewFile, spooled: Path, sha256: str) -> None:
+        """``vf``'s bytes, read whole from upstream anyway (to read its METADATA; ``sha256``
+        hashed as they arrived), become its one download this run (:meth:`local_copy`; in a
+        real run, the stored file the fetch step joins). Bytes that fail upstream's hash, or a
+        failure, keep nothing: the fetch step then meets it, and names it, as it would have."""
+        url = vf.link.url
+        with self._lock:
+            lock = self._whole_locks.setdefault(url, threading.Lock())
+        with lock:
+            if url in self._wholes:
+                return
+            try:
+                if vf.link.sha256 not in (None, sha256):
+                    return
+                kept = self.whole(accelerator, vf, spooled) if self.whole else self._download(vf, spooled)
+            except (UpstreamError, OSError, requests.RequestException):
+                return
+            if kept is not None:
+                self._wholes[url] = kept
+
     def local_copy(self, accelerator: str, vf: ViewFile) -> Path | None:
         """The whole file of ``vf`` on local disk: a ``file://`` link's own path, else downloaded
         once per run (concurrent callers wait for the one download)."""
@@ -674,15 +697,19 @@ class View:
         with lock:
             if url not in self._wholes:
                 try:
-                    self._wholes[url] = self.whole(accelerator, vf) if self.whole else self._download(vf)
+                    self._wholes[url] = self.whole(accelerator, vf, None) if self.whole else self._download(vf)
                 except (UpstreamError, OSError, requests.RequestException) as exc:
                     self._error(f"{vf.filename}: cannot download it from upstream: {exc}")
                     self._wholes[url] = None
             return self._wholes[url]
 
-    def _download(self, vf: ViewFile) -> Path | None:
-        """``vf`` streamed into the work dir (a dry run's scratch view)."""
+    def _download(self, vf: ViewFile, spooled: Path | None = None) -> Path | None:
+        """``vf`` streamed into the work dir (a dry run's scratch view), or copied from ``spooled``."""
         dest = safe_join(self.workdir, f"wheels/{safe_filename(vf.filename)}")
+        if spooled is not None:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(spooled, dest)
+            return dest
         resp = self.reader.open(vf.link.url, "wheels")
         if resp is None:
             return None
