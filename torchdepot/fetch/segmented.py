@@ -192,6 +192,7 @@ class _Segmented:
     # are, whichever runs wrote them (a tail cut may fall inside a block)
     filled: dict[int, int] = field(default_factory=dict)
     saved_at: float = 0.0  # when the sidecar was last written
+    dirty: bool = False  # blocks done since then
     save_lock: threading.Lock = field(default_factory=threading.Lock)
     digest: _InOrderDigest = field(default_factory=_InOrderDigest)
     # the piece tasks of this file, a connection lent by another file's included; closed
@@ -462,16 +463,16 @@ class Segmenter:
         file and a rename: the other runs of the file go on meanwhile), at most every
         :data:`SIDECAR_SECONDS` unless ``force`` (a failed file, whose blocks the next run
         resumes). One writer at a time; a write skipped because another is under way is
-        covered by the next one. It lists only blocks already written, so a killed process
-        re-fetches at most what arrived since the last write."""
-        now = time.monotonic()
-        if not force and now - seg.saved_at < SIDECAR_SECONDS:
+        covered by the next one; blocks a write skipped are written by the first chunk any
+        run of the file reads after the interval. It lists only blocks already written, so a
+        killed process re-fetches at most what arrived since the last write."""
+        if not force and (not seg.dirty or time.monotonic() - seg.saved_at < SIDECAR_SECONDS):
             return
         if not seg.save_lock.acquire(blocking=force):
             return
         try:
             with seg.lock:
-                seg.saved_at = now
+                seg.saved_at, seg.dirty = time.monotonic(), False
                 text = seg.state.to_json()
             save_text(seg.part, text)
         finally:
@@ -646,8 +647,9 @@ class Segmenter:
                 grew = n > 0 and _record(seg, pos, pos + n)
                 pos = run.pos
                 want = min(run.end, stop) - pos
-            if grew:
+            if seg.dirty:
                 self._save(seg)
+            if grew:
                 seg.digest.follow(seg)
             if n:
                 self.pool.advance(n)
@@ -770,7 +772,7 @@ def _record(seg: _Segmented, first: int, end: int) -> bool:
         if got >= hi - lo:
             seg.filled.pop(b, None)
             seg.state.done.add(b)
-            grew = True
+            grew = seg.dirty = True
         else:
             seg.filled[b] = got
         b += 1
