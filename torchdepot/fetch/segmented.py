@@ -94,7 +94,7 @@ HASH_CHUNK = CHUNK  # what the digest reads back at a time (one buffer per file 
 SIDECAR_SECONDS = 0.2  # the resume sidecar is rewritten at most this often while blocks finish
 # Near the end (no run left with two blocks' worth, or with MIN_STEAL_SECONDS left), a free
 # connection still takes part of the run that would end last, in pieces down to this size,
-# when that pays for the request's first-byte wait (:func:`_tail_steal`).
+# when that pays for the request's first-byte wait (:func:`_tail_cut`).
 DEFAULT_TAIL_PIECE_BYTES = 64 * 1024
 TAIL_GRANULE = 16 * 1024  # tail cuts fall on multiples of this (they need not match the sidecar's blocks)
 TAIL_PAYS = 0.25  # a tail cut only when the new run's own reading time is this many first-byte waits or more
