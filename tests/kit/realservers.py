@@ -100,10 +100,12 @@ def nginx_binary() -> str:
 
 
 @contextlib.contextmanager
-def nginx(root: Path, work: Path, limit_rate: str = "0") -> Iterator[Served]:
+def nginx(root: Path, work: Path, limit_rate: str = "0", conns_per_file: int = 0) -> Iterator[Served]:
     """Debian's nginx serving ``root`` as static files (``index.html`` for a directory, ETag,
     Last-Modified, Range and conditional requests as nginx answers them); ``limit_rate``:
-    nginx's per-connection cap (``4m``: 4 MB/s; ``0``: none)."""
+    nginx's per-connection cap (``4m``: 4 MB/s; ``0``: none); ``conns_per_file``: nginx's
+    ``limit_conn`` keyed on client and URI (``1``: a second connection to the same file while
+    one is open is answered 503, as a server that refuses parallel ranges does; ``0``: off)."""
     port = free_port()
     conf = work / "nginx"
     (conf / "logs").mkdir(parents=True)
@@ -123,6 +125,8 @@ http {{
     fastcgi_temp_path {conf}/fastcgi;
     uwsgi_temp_path {conf}/uwsgi;
     scgi_temp_path {conf}/scgi;
+    limit_conn_zone $binary_remote_addr$uri zone=perfile:1m;
+    limit_conn_status 503;
     types {{ text/html html; application/json json; }}
     default_type application/octet-stream;
     server {{
@@ -130,6 +134,7 @@ http {{
         root {root};
         index index.html;
         limit_rate {limit_rate};
+        {f"limit_conn perfile {conns_per_file};" if conns_per_file else ""}
     }}
 }}
 """)

@@ -93,9 +93,12 @@ def files(extra_torch: tuple[tuple[str, str], ...] = ()) -> tuple[File, ...]:
     return tuple(out)
 
 
-def serve(server, extra_torch: tuple[tuple[str, str], ...] = (), hashless: bool = False) -> tuple[File, ...]:
+def serve(server, extra_torch: tuple[tuple[str, str], ...] = (), hashless: bool = False, metadata: bool = True,
+          lie: frozenset[str] = frozenset()) -> tuple[File, ...]:
     """Add the upstream's files and pages to a FaultServer; returns its files. ``hashless``:
-    the pages give no ``#sha256=`` and no ``.metadata`` (a regional mirror's flat copy)."""
+    the pages give no ``#sha256=`` and no ``.metadata`` (a regional mirror's flat copy);
+    ``metadata=False``: ``#sha256=`` but no ``.metadata``; ``lie``: file names whose
+    ``#sha256=`` is not their bytes' (a wheel re-published behind a stale page)."""
     every = files(extra_torch)
     pages: dict[str, list[str]] = {}
     for f in every:
@@ -103,8 +106,9 @@ def serve(server, extra_torch: tuple[tuple[str, str], ...] = (), hashless: bool 
         meta = wheel_metadata(f.data)
         server.add(path, f.data)
         server.add(path + ".metadata", meta)
-        anchor = link(urllib.parse.quote(path), f.filename, None if hashless else hashlib.sha256(f.data).hexdigest(),
-                      None if hashless else hashlib.sha256(meta).hexdigest())
+        sha = "0" * 64 if f.filename in lie else hashlib.sha256(f.data).hexdigest()
+        anchor = link(urllib.parse.quote(path), f.filename, None if hashless else sha,
+                      None if hashless or not metadata else hashlib.sha256(meta).hexdigest())
         listed_on = [f.acc] if f.acc is not None else list(RELEASES)
         for acc in listed_on:
             pages.setdefault(f"/whl/{acc}/{f.project}/", []).append(anchor)

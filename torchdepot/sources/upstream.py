@@ -93,6 +93,7 @@ class UpstreamReader:
         self._fresh_reads = 0  # reads of files that are never kept (fresh): a run with one cannot be replayed
         self._revalidated: set[str] = set()  # pages upstream answered 304 for this run (revalidate)
         self._identities: dict[str, str] = {}  # URL -> what its page was this run (page_identity)
+        self._sizes: dict[str, int] = {}  # file URL -> its size as a response stated it this run (note_size)
 
     # -- one request per URL ------------------------------------------------------------
     def _once(self, kind: str, url: str, load: Callable[[], object]):
@@ -176,6 +177,10 @@ class UpstreamReader:
                     return None
                 raise
             if not resp.is_redirect:
+                length = resp.headers.get("Content-Length", "")
+                if kind == "wheels" and resp.status_code == 200 and length.isdigit() \
+                        and "Content-Encoding" not in resp.headers:
+                    self.note_size(url, int(length))
                 return resp
             current = urllib.parse.urljoin(current, resp.headers["Location"])
             resp.close()
@@ -390,6 +395,18 @@ class UpstreamReader:
         """Every page read so far (for the refusal summary: each page's parser warnings)."""
         with self._lock:
             return [p for (kind, _url), p in self._cache.items() if kind == "page" and isinstance(p, Page)]
+
+    def note_size(self, url: str, size: int) -> None:
+        """A file's size as upstream stated it this run (a Range probe's ``Content-Range`` total,
+        a whole read's ``Content-Length`` or length): the dry run's totals use it where the
+        index gave none."""
+        with self._lock:
+            self._sizes[url] = size
+
+    def learned_sizes(self) -> dict[str, int]:
+        """URL -> size of every file :meth:`note_size` was told about this run (a copy)."""
+        with self._lock:
+            return dict(self._sizes)
 
     def request_counts(self) -> dict[str, int]:
         with self._lock:

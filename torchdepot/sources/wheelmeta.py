@@ -126,20 +126,24 @@ def _local_metadata(url: str, project: str) -> bytes:
 KeepWhole = Callable[[Path, str], None]
 
 
-def _kept(keep: KeepWhole | None, data: bytes) -> None:
+def _kept(keep: KeepWhole | None, data: bytes, spool: Path | None) -> None:
     if keep is not None:
-        with tempfile.NamedTemporaryFile(prefix="torchdepot-", suffix=".whl") as tmp:
+        with tempfile.NamedTemporaryFile(prefix="torchdepot-", suffix=".whl", dir=spool) as tmp:
             tmp.write(data)
             tmp.flush()
             keep(Path(tmp.name), hashlib.sha256(data).hexdigest())
 
 
-def remote_metadata(reader: UpstreamReader, url: str, project: str, keep: KeepWhole | None = None) -> bytes:
+def remote_metadata(reader: UpstreamReader, url: str, project: str, keep: KeepWhole | None = None,
+                    spool: Path | None = None) -> bytes:
     """METADATA of the wheel at ``url``: Range reads of its tail and member, else the whole wheel.
 
     ``keep``: where the wheel was read whole (a server that ignores Range answers the 1-byte
     probe with the whole body; a wheel no larger than the tail read), its bytes go to the
-    caller after its METADATA is read, so they are not sent a second time."""
+    caller after its METADATA is read, so they are not sent a second time. ``spool``: the
+    folder the whole read's temporary file is written in (the keeper's filesystem, so keeping
+    it is a hard link, not a copy); None: the system's temporary folder. The file's size, once
+    a response states it, is noted in the reader (:meth:`UpstreamReader.note_size`)."""
     if urllib.parse.urlsplit(url).scheme == "file":
         return _local_metadata(url, project)
     if reader.policy.refusal(url):
@@ -151,6 +155,7 @@ def remote_metadata(reader: UpstreamReader, url: str, project: str, keep: KeepWh
     try:
         total = _total(resp.headers.get("Content-Range")) if resp.status_code == 206 else None
         if total is not None:
+            reader.note_size(url, total)
             view = _RangeFile(reader, url, total, b"")
             view.tail = view._fetch(max(0, total - BLOCK), total)  # end record + central directory, usually
             view.tail_start = total - len(view.tail)
@@ -160,17 +165,18 @@ def remote_metadata(reader: UpstreamReader, url: str, project: str, keep: KeepWh
             except zipfile.BadZipFile as exc:
                 raise BadWheelError(f"{url}: not a readable wheel ({exc})") from None
             if view.tail_start == 0 and len(view.tail) == total:  # the tail was the whole wheel
-                _kept(keep, view.tail)
+                _kept(keep, view.tail, spool)
             return meta
         # No Range support: read the whole wheel once, to disk, not memory.
         reader._count("wheels")
         digest = hashlib.sha256()
-        with tempfile.NamedTemporaryFile(prefix="torchdepot-", suffix=".whl") as tmp:
+        with tempfile.NamedTemporaryFile(prefix="torchdepot-", suffix=".whl", dir=spool) as tmp:
             for chunk in resp.iter_content(1024 * 1024):
                 tmp.write(chunk)
                 digest.update(chunk)
             tmp.flush()
             resp.close()
+            reader.note_size(url, tmp.tell())
             meta = _local_metadata(Path(tmp.name).as_uri(), project)
             if keep is not None:
                 keep(Path(tmp.name), digest.hexdigest())

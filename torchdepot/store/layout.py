@@ -18,6 +18,9 @@ it (no regex re-spelling a name built elsewhere). Layout of ``<root>``::
         publish.json                  the publication journal (PUBLISH_JOURNAL)
         retired.json                  paths that held other bytes once, with their sha256 (RETIRED)
         partial/                      downloads in flight (PARTIAL_DIR)
+        whole/                        a regional sync's wheels read whole for their METADATA (no Range
+                                      upstream), by sha256, until its fetch step takes them (WHOLE_DIR;
+                                      emptied when the sync ends, whatever the outcome)
         cache/conda/                  repodata a conda sync fetched (CONDA_CACHE_DIR)
         view/                         the local index the resolver reads (VIEW_DIR; rebuilt each run)
             .screens/                 each page's screened links by upstream page identity (sync/view.py)
@@ -83,6 +86,7 @@ LOCK_FILE = ".torchdepot.lock"
 STATE_DIR = ".torchdepot"
 HASHES_NAME = "hashes.json"
 PARTIAL_DIR = f"{STATE_DIR}/partial"
+WHOLE_DIR = f"{STATE_DIR}/whole"  # `releases:`: wheels read whole this run, reused by its fetch (sync/regional.py)
 VIEW_DIR = f"{STATE_DIR}/view"
 RESOLUTIONS = f"{STATE_DIR}/resolutions.json"
 METADATA_CACHE = f"{STATE_DIR}/metadata"
@@ -106,7 +110,7 @@ CACHE_DIR = f"{STATE_DIR}/cache"
 # Every path under a root the tool itself creates, parents before children. Each must be a real
 # file or directory (or absent), never a symlink: a planted link would move state, staging,
 # downloads or the next index outside the root (:func:`torchdepot.store.fsutil.refuse_planted_links`).
-OWN_PATHS = (STATE_DIR, PARTIAL_DIR, VIEW_DIR, ASIDE_DIR, CACHE_DIR, CONDA_CACHE_DIR, METADATA_CACHE, PAGE_CACHE,
+OWN_PATHS = (STATE_DIR, PARTIAL_DIR, WHOLE_DIR, VIEW_DIR, ASIDE_DIR, CACHE_DIR, CONDA_CACHE_DIR, METADATA_CACHE, PAGE_CACHE,
              PULLTHROUGH_DIR, f"{STATE_DIR}/{HASHES_NAME}", RESOLUTIONS, LOCK_KEYS, SETTLED, MATRIX_RECORD, CACHE_SYNCS,
              REGIONAL_RECORD, PUBLISH_JOURNAL, PIP_CONFIG, RETIRED,
              MISSES_LOG, PUBLISH_DIR, PACKAGES_DIR, CONDA_DIR, TARGETS_DIR, ENVS_DIR, MANIFEST_NAME, LANDING_NAME,
@@ -127,6 +131,11 @@ _CONDA_INDEX = re.compile(
 def package_path(project: str, filename: str) -> str:
     """``packages/<project>/<file>``: where a wheel is stored (``filename`` already safe)."""
     return f"{PACKAGES_DIR}/{project}/{filename}"
+
+
+def whole_path(sha256: str) -> str:
+    """``.torchdepot/whole/<sha256>.whl``: a wheel read whole this run, until its fetch takes it."""
+    return f"{WHOLE_DIR}/{sha256}.whl"
 
 
 def metadata_path(wheel_path: str) -> str:

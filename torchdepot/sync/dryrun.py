@@ -8,7 +8,7 @@ dry run only prints, it writes nothing under the mirror.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from torchdepot.model.sizes import format_size
 from torchdepot.store import manifest as mf
@@ -18,15 +18,25 @@ from torchdepot.sync.resolution import Resolution, file_key
 Echo = Callable[[str], None]
 
 
-def print_plan(resolution: Resolution, previous: mf.Manifest | None, say: Echo) -> None:
+def print_plan(resolution: Resolution, previous: mf.Manifest | None, say: Echo,
+               learned: Mapping[str, int] | None = None) -> None:
     """One line per target (packages, files, bytes, requirements, upstream), one per file, a total.
 
     Sizes are the ones already known: the index's (PEP 700 ``size``), uv's lock, the mirror's
-    manifest for a file it holds; no request per file. A size nobody gave is '?'."""
+    manifest for a file it holds, else what this run learned by URL (``learned``: a Range
+    probe's ``Content-Range`` total, a whole read's length, ``UpstreamReader.learned_sizes``);
+    no request per file. A size nobody gave is '?'."""
     held = {e.url: e.size for e in (previous.files if previous else ()) if e.url and e.kind == "wheel"}
     resolved = {file_key(f): f.size for tp in resolution.targets for f in tp.files if f.size is not None}
-    sizes = {key: vf.link.size if vf.link.size is not None else resolved.get(key, held.get(vf.link.url))
-             for key, vf, _acc in resolution.files}
+    learned = learned or {}
+
+    def size_of(key: str, url: str, stated: int | None) -> int | None:
+        for size in (stated, resolved.get(key), held.get(url), learned.get(url)):
+            if size is not None:
+                return size
+        return None
+
+    sizes = {key: size_of(key, vf.link.url, vf.link.size) for key, vf, _acc in resolution.files}
     urls = {key: vf.link.url for key, vf, _acc in resolution.files}
     for p in resolution.targets:
         keys = {file_key(f) for f in p.files}

@@ -155,7 +155,7 @@ def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dr
         log.phase("resolve")
         live = frozenset(tp.target.id for tp in resolution.targets) | {t.id for t in carried}
         if dry_run:
-            dryrun.print_plan(resolution, previous, log.say)
+            dryrun.print_plan(resolution, previous, log.say, edge.reader.learned_sizes())
             removal_plan = retention.plan_dry(out, previous, resolution, live, tset, spec.keep, result.keeper)
         else:
             fetched = fetch_files(out, resolution, view, spec, held.client, edge.policy, progress,

@@ -17,14 +17,17 @@ by the per-target pipeline (``sync/pip.py``):
    its users install from. Python and platform filters apply to every file (``py3-none-any``
    and ``abi3`` wheels always fit). Dependencies are read once per (project, version, platform)
    per index, from PEP 658 ``.metadata`` (cached by hash in ``.torchdepot/metadata``) or by
-   Range from the wheel's zip.
+   Range from the wheel's zip; a server that ignores Range sends the whole wheel, which is kept
+   (:class:`Spool`, ``.torchdepot/whole/``) for step 4.
 2. *bound*: more than ``max_files`` files, or more known bytes than ``max_bytes``, is one error
-   before anything is downloaded (bytes upstream does not state are counted as they arrive and
-   checked again before publishing).
+   before anything is downloaded (a size is known from the manifest, the index, or this run's
+   Range probe or whole read; the others are counted as they arrive and checked again before
+   publishing).
 3. ``--dry-run`` stops here and prints the counts and bytes per accelerator.
 4. *fetch*: files the committed manifest already lists from the same URL with the same claim
-   are not requested again; new bytes behind a published name go to a new path
-   (``store.publication``), journaled before they are written.
+   are not requested again; a file step 1 read whole is copied from the spool, not sent again;
+   new bytes behind a published name go to a new path (``store.publication``), journaled
+   before they are written. The spool is emptied when the sync ends, whatever the outcome.
 5. *publish*: ``.metadata`` beside each wheel, one ``whl/<acc>/`` index per accelerator as
    upstream lays it out (generation swap), the manifest widened first and committed last. A file
    the last sync published that this one no longer selects (upstream stopped listing it, a page
@@ -47,7 +50,9 @@ import email.parser
 import functools
 import hashlib
 import json
+import os
 import posixpath
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -209,13 +214,65 @@ def discover_accelerators(spec: MirrorSpec, reader: UpstreamReader, index: str, 
     return tuple(sorted(found))
 
 
+class Spool:
+    """Wheels read whole for their METADATA this run (no ``.metadata`` upstream, and a server
+    that ignores Range or a wheel no larger than the tail read), kept under ``.torchdepot/whole/`` until the fetch step copies them into place, so
+    their bytes cross once. Bounded: at most ``max_bytes`` and ``max_files`` are kept (the
+    spec's caps: what this run may fetch anyway); past that a file is simply fetched again.
+    Bytes that disagree with the sha256 upstream states are not kept. :meth:`clear` empties it
+    (the sync calls it at its start, for a killed run's leftovers, and when it ends)."""
+
+    def __init__(self, out: Path, max_bytes: int, max_files: int) -> None:
+        self.out, self.dir = out, out / L.WHOLE_DIR
+        self.max_bytes, self.max_files = max_bytes, max_files
+        self.kept: dict[str, tuple[Path, str, int]] = {}  # upstream URL -> (file, sha256, size)
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def open(self) -> Spool:
+        self.clear()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def keeper(self, link: Link) -> Callable[[Path, str], None]:
+        return functools.partial(self._keep, link)
+
+    def _keep(self, link: Link, read: Path, sha256: str) -> None:
+        if link.sha256 not in (None, sha256):
+            return  # upstream's hash disagrees: the fetch step meets it (and names it) on its own
+        size = read.stat().st_size
+        with self._lock:
+            if link.url in self.kept or self._bytes + size > self.max_bytes or len(self.kept) >= self.max_files:
+                return
+            dest = safe_join(self.out, L.whole_path(sha256))
+            if not dest.exists():
+                try:
+                    os.link(read, dest)  # the read was spooled in this folder: no copy
+                except OSError:
+                    shutil.copyfile(read, dest)
+            self.kept[link.url] = (dest, sha256, size)
+            self._bytes += size
+
+    def size(self) -> int:
+        with self._lock:
+            return self._bytes
+
+    def clear(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+        with self._lock:
+            self.kept.clear()
+            self._bytes = 0
+
+
 class Closure:
     """The per-accelerator walk: roots from the torch projects, then Requires-Dist, transitively."""
 
     def __init__(self, spec: MirrorSpec, reader: UpstreamReader, cache: Path | None, cache_writes: bool,
-                 sel: Selection, say: Echo, root: Path, held: dict[str, tuple[str, str]] | None = None) -> None:
+                 sel: Selection, say: Echo, root: Path, held: dict[str, tuple[str, str]] | None = None,
+                 spool: Spool | None = None) -> None:
         self.spec, self.reader, self.cache, self.cache_writes, self.sel, self.say = \
             spec, reader, cache, cache_writes, sel, say
+        self.spool = spool  # where a wheel read whole is kept for the fetch step (None: a dry run)
         # upstream URL -> (sha256, stored path under root) of the wheels the mirror holds: a hashless
         # link's METADATA is then cached by that hash and read from local disk, not by Range again
         self.root, self.held = root, held or {}
@@ -355,7 +412,9 @@ class Closure:
             elif held is not None and held[0] == sha and (local := safe_join(self.root, held[1])).is_file():
                 got = wheel_metadata(local, c.project)  # the mirror's own copy of these bytes
             else:
-                got = remote_metadata(self.reader, link.url, c.project)
+                got = remote_metadata(self.reader, link.url, c.project,
+                                      keep=self.spool.keeper(link) if self.spool else None,
+                                      spool=self.spool.dir if self.spool else None)
         except (UpstreamError, TorchdepotError) as exc:
             self.say(f"warning: {link.filename}: METADATA not readable ({one_line(exc)}); its dependencies are not followed")
             return None
@@ -379,9 +438,10 @@ class Closure:
 
 
 def select(spec: MirrorSpec, reader: UpstreamReader, out: Path, dry_run: bool, say: Echo,
-           listed: dict[str, mf.FileEntry] | None = None) -> Selection:
+           listed: dict[str, mf.FileEntry] | None = None, spool: Spool | None = None) -> Selection:
     """Every file the regional mirror carries, from the first upstream (spec order) that answers;
-    ``listed``: the committed manifest's files (their hashes and local copies serve hashless links)."""
+    ``listed``: the committed manifest's files (their hashes and local copies serve hashless links);
+    ``spool``: where wheels read whole are kept for the fetch step."""
     held = {e.url: (e.sha256, e.path) for e in (listed or {}).values()
             if e.kind == "wheel" and e.url and not e.hash_mismatch}
     prefix = channel_prefix(spec.channel).rstrip("/")
@@ -389,7 +449,7 @@ def select(spec: MirrorSpec, reader: UpstreamReader, out: Path, dry_run: bool, s
     for base in spec.upstreams:
         index = page_url(base, prefix).rstrip("/") if prefix else base.rstrip("/")
         sel = Selection()
-        walk = Closure(spec, reader, out / L.METADATA_CACHE, not dry_run, sel, say, out, held)
+        walk = Closure(spec, reader, out / L.METADATA_CACHE, not dry_run, sel, say, out, held, spool)
         try:
             accs = discover_accelerators(spec, reader, index, say)
             with ThreadPoolExecutor(max_workers=max(1, min(ACC_JOBS, len(accs)))) as pool:
@@ -415,12 +475,16 @@ class Counted:
     unknown: int  # files whose size neither upstream nor the mirror states
 
 
-def count(sel: Selection, previous: dict[str, mf.FileEntry]) -> Counted:
+def count(sel: Selection, previous: dict[str, mf.FileEntry], learned: dict[str, int] | None = None) -> Counted:
+    """Files, new files and bytes of a selection: each file's size as the mirror holds it, else
+    as the index states it, else as this run learned it (``learned``: a Range probe's total or a
+    whole read, :meth:`UpstreamReader.learned_sizes`); a file of none of these is ``unknown``."""
     by_url = {e.url: e for e in previous.values() if e.url and e.kind == "wheel"}
+    learned = learned or {}
     known = unknown = new = 0
     for url, c in sel.files.items():
         held = by_url.get(url)
-        size = held.size if held is not None else c.link.size
+        size = held.size if held is not None else c.link.size if c.link.size is not None else learned.get(url)
         new += held is None
         if size is None:
             unknown += 1
@@ -429,13 +493,13 @@ def count(sel: Selection, previous: dict[str, mf.FileEntry]) -> Counted:
     return Counted(files=len(sel.files), new=new, known_bytes=known, unknown=unknown)
 
 
-def check_bounds(spec: MirrorSpec, counted: Counted, fetched: int = 0) -> None:
+def check_bounds(spec: MirrorSpec, counted: Counted) -> None:
     cap_files = spec.max_files or DEFAULT_MAX_FILES
     cap_bytes = spec.max_bytes or DEFAULT_MAX_BYTES
     if counted.files > cap_files:
         raise TorchdepotError(f"releases: {spec.releases} selects {counted.files:,} files, over max_files "
                               f"({cap_files:,}); narrow releases/accelerators/pythons/platforms or raise max_files")
-    total = counted.known_bytes + fetched
+    total = counted.known_bytes
     if total > cap_bytes:
         raise TorchdepotError(f"releases: {spec.releases} needs at least {format_size(total)}, over max_bytes "
                               f"({format_size(cap_bytes)}); narrow the spec or raise max_bytes")
@@ -488,14 +552,18 @@ def _run(spec: MirrorSpec, out: Path, result: MirrorResult, log: RunLog, opts: O
         raise TorchdepotError(f"{out}: holds a per-target mirror ({len(previous.targets)} targets); a regional "
                               "mirror (releases:) goes into a new out directory")
     listed = previous.by_path() if previous is not None else {}
+    spool = None if dry_run else Spool(out, spec.max_bytes or DEFAULT_MAX_BYTES, spec.max_files or DEFAULT_MAX_FILES)
     try:
         with Client(session.PROBE_CONFIG) as probe:
             edge = session.edge(spec, probe, opts.pip_sources)
             edge.reader.keep_pages(out / L.PAGE_CACHE, write=not dry_run)
-            sel = select(spec, edge.reader, out, dry_run, log.say, listed)
+            sel = select(spec, edge.reader, out, dry_run, log.say, listed, spool.open() if spool else None)
             result.requests = edge.reader.request_counts()
+            if spool is not None and spool.kept:  # those bytes moved while nothing else showed progress
+                log.say(f"releases: {len(spool.kept)} wheels ({format_size(spool.size())}) read whole for their "
+                        "METADATA; kept for the fetch, not sent again")
             log.phase("select")
-            counted = count(sel, listed)
+            counted = count(sel, listed, edge.reader.learned_sizes())
             for acc, urls in sel.listed.items():
                 log.say(f"releases: {acc}: {len(urls)} files")
             log.say(f"releases: {counted.files} files over {len(sel.listed)} accelerators, {counted.new} new; "
@@ -505,13 +573,13 @@ def _run(spec: MirrorSpec, out: Path, result: MirrorResult, log: RunLog, opts: O
             if dry_run:
                 return result
             paths = _store_paths(out, sel, listed)
-            report = _fetch(out, spec, sel, paths, listed, client, edge, opts.progress, opts.on_progress)
+            report = _fetch(out, spec, sel, paths, listed, client, edge, opts.progress, opts.on_progress, spool)
             result.report = report
             log.phase("fetch")
             check_fetched(report, spec, log.say)
-            new_bytes = sum(r.size for r in report.results if r.status == "downloaded")
-            check_bounds(spec, Counted(counted.files, counted.new, counted.known_bytes, 0),
-                         fetched=new_bytes if counted.unknown else 0)
+            if counted.unknown:  # every size is known now: the bound again, on what arrived
+                check_bounds(spec, dataclasses.replace(counted, known_bytes=sum(r.size for r in report.results),
+                                                       unknown=0))
             entries, index = _entries(out, sel, paths, report, listed, spec.fsync)
             if not prune and (kept := _carried(out, listed, entries, index, spec.fsync)):
                 log.say(f"releases: kept {kept} files this sync no longer selects (upstream stopped listing them "
@@ -536,6 +604,8 @@ def _run(spec: MirrorSpec, out: Path, result: MirrorResult, log: RunLog, opts: O
                 log.say(line)
             return result
     finally:
+        if spool is not None:  # its files were copied into place, or this run failed: gone either way
+            spool.clear()
         if own:
             client.close()
         result.seconds = time.monotonic() - started
@@ -679,15 +749,28 @@ def _store_paths(out: Path, sel: Selection, listed: dict[str, mf.FileEntry]) -> 
 
 def _fetch(out: Path, spec: MirrorSpec, sel: Selection, paths: dict[str, str], listed: dict[str, mf.FileEntry],
            client: Client, edge: session.Edge, progress: bool | None,
-           on_progress: ProgressCallback | None) -> FetchReport:
+           on_progress: ProgressCallback | None, spool: Spool | None = None) -> FetchReport:
+    """Every selected file into its stored path; one this run already read whole (``spool``)
+    is copied from there (its upstream URL next, should the copy fail), not sent again."""
     items = []
+    spooled: dict[str, str] = {}  # spool file URI -> upstream URL
     for url, c in sel.files.items():
         path = paths[url]
         held = listed.get(path)
         claim = c.link.sha256 or (held.sha256 if held is not None and held.url == url else None)
-        items.append(FetchItem(path, (url,), claim, c.link.size or (held.size if held is not None else None)))
+        size = c.link.size or (held.size if held is not None else None)
+        urls: tuple[str, ...] = (url,)
+        kept = spool.kept.get(url) if spool is not None else None
+        if kept is not None and (held is None or held.sha256 != kept[1]):  # a held file needs no copy
+            spooled[kept[0].as_uri()] = url
+            urls, size = (kept[0].as_uri(), url), size or kept[2]
+        items.append(FetchItem(path, urls, claim, size))
     pub.record(out, [p for i in items for p in (i.key, L.metadata_path(i.key)) if i.key not in listed])
-    return make_fetcher(out, spec, client, edge.policy, progress, on_progress).run(items)
+    report = make_fetcher(out, spec, client, edge.policy, progress, on_progress).run(items)
+    for r in report.results:
+        if r.url in spooled:
+            r.url = spooled[r.url]  # where the bytes came from (the manifest names it), not this run's spool
+    return report
 
 
 def _entries(out: Path, sel: Selection, paths: dict[str, str], report: FetchReport, listed: dict[str, mf.FileEntry],
