@@ -343,3 +343,19 @@ def test_bytes_at_the_hashed_prefix_are_hashed_from_memory_the_rest_read_back_on
     assert read_back, "the bytes past the gap are read back"
     assert all(offset >= cut for offset, _ in read_back)  # never what was hashed from memory
     assert sum(n for _, n in read_back) == size - cut  # and the rest exactly once
+
+
+def test_a_free_connection_waits_for_young_runs_of_its_own_file_only():
+    # a file's thread waits for all its piece tasks: one waiting for another file's young runs
+    # (to judge their rate for the tail rule) would hold back its own file's end (seen 0.14-0.25 s)
+    from torchdepot.fetch.segmented import RATE_SECONDS, Segmenter
+
+    segmenter = Segmenter(pool=None, executor=None, split_bytes=2 * MB, piece_bytes=MB,  # type: ignore[arg-type]
+                          connections_per_host=16, attempts=1)
+    own, now = _reading([(0, MB, MB, 8 * MB)], 4 * MB)  # its one run is done
+    other, _ = _reading([(0, 0, 3 * MB, 8 * MB)], 4 * MB)
+    other.runs[0].since = time.monotonic()  # just asked for: too young to judge
+    segmenter.in_flight.add(own)
+    segmenter.in_flight.add(other)
+    assert segmenter._tail_wait(own) == 0
+    assert 0 < segmenter._tail_wait(other) <= RATE_SECONDS

@@ -422,22 +422,23 @@ class Segmenter:
                 run, handed = self._lend(seg)
                 if run is not None or handed:
                     return run
-                wait = self._tail_wait()
+                wait = self._tail_wait(seg)
             if not wait or time.monotonic() + wait > give_up:
                 return None
             time.sleep(max(wait, 0.005))  # (holding no socket) until the young runs' rates tell
 
-    def _tail_wait(self) -> float:
-        """The longest a free connection waits for the rate of a run being read that the
-        tail rule might cut (0: none is too young to judge, or the rule is off)."""
+    def _tail_wait(self, seg: _Segmented) -> float:
+        """The longest a free connection waits for the rate of a run of ``seg`` being read
+        that the tail rule might cut (0: none is too young to judge, or the rule is off).
+        Only its own file's: a file's thread waits for all of its piece tasks, so one that
+        waited for another file's young runs would hold back its own file's end."""
         if self.tail_piece_bytes >= self.piece_bytes:
             return 0.0
         now, wait = time.monotonic(), 0.0
-        for seg in self.in_flight.others(None):
-            with seg.lock:
-                for r in seg.runs:
-                    if r.since is not None and r.end - r.pos >= 2 * self.tail_piece_bytes:
-                        wait = max(wait, RATE_SECONDS - (now - r.since))
+        with seg.lock:
+            for r in seg.runs:
+                if r.since is not None and r.end - r.pos >= 2 * self.tail_piece_bytes:
+                    wait = max(wait, RATE_SECONDS - (now - r.since))
         return wait
 
     def _work(self, seg: _Segmented, run: _Run | None, queued: bool) -> None:
