@@ -4,12 +4,13 @@ sidecar file).
 Invariants:
 - the pieces of a file tile ``[0, size)`` exactly, in order, without overlap; the sidecar
   counts fixed blocks of ``piece_bytes`` (aria2's bitfield), while the ranges the
-  connections fetch (:func:`plan_runs`) are runs of whole blocks whose ends move when a
-  free connection takes the second half of one (:mod:`torchdepot.fetch.segmented`);
+  connections fetch (:func:`plan_runs`) start as runs of whole blocks whose ends move when
+  a free connection takes the second half of one (:mod:`torchdepot.fetch.segmented`; on a
+  block boundary, or inside a block near the end, where the tail rule cuts finer);
 - the sidecar (``<partial>.pieces.json``) lists only blocks whose every byte is already in
-  the partial file; it is written atomically after the blocks' bytes (at most every 0.2 s
-  while blocks finish, and when the file fails), so a killed process leaves the old list or
-  the new one, never a block claimed done that is not written;
+  the partial file; it is written atomically after the blocks' bytes (by the first chunk read
+  0.2 s or more after the last write, and when the file fails), so a killed process leaves
+  the old list or the new one, never a block claimed done that is not written;
 - a partial file is dropped together with its sidecar (:func:`drop_partial`), so no
   sidecar outlives the bytes it describes;
 - a sidecar is trusted only for its own version, the same size, block size and validators
