@@ -148,3 +148,27 @@ def test_usage_errors_keep_exit_2_and_help_documents_the_exit_status():
     assert "2 usage error" in help_text
     assert "130 interrupted" in help_text
     assert "--debug" in help_text
+
+
+def test_loading_a_command_pauses_the_collector_and_restores_it_as_it_was():
+    import gc
+
+    from torchdepot.commands import loading
+
+    assert gc.isenabled()
+    with loading():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with loading():
+            pass
+        assert not gc.isenabled()  # not turned on by it
+    finally:
+        gc.enable()
+    try:
+        with loading():
+            raise KeyError("x")
+    except KeyError:
+        pass
+    assert gc.isenabled()  # resumed on an error too

@@ -238,8 +238,10 @@ def test_resume_of_a_changed_file_discards_the_old_pieces(tmp_path, up):
     item = _item(up, "swap-1.0-py3-none-any.whl", old, with_hash=False)
     path = "/whl/swap-1.0-py3-none-any.whl"
     # a first run that gives up after some pieces (404 for the rest) leaves a sidecar
-    # one run is served, the other drips; the half the served one then takes is refused
-    up.schedule(path, Fault("ok"), Fault("drip", rate=50_000))
+    # one run is served, the other drips; the half the served one then takes is refused. The
+    # served run is paced (2 s for the whole file alone): unpaced, on a loaded machine it could
+    # finish the file before the second connection's request started
+    up.schedule(path, Fault("drip", rate=1_000_000), Fault("drip", rate=50_000))
     up.always(path, Fault("status", status=404))
     rep = _fetcher(tmp_path, connections=2).run([item])
     assert rep.results[0].status == "failed"

@@ -167,8 +167,8 @@ def test_a_replay_killed_after_keeping_a_changed_page_leaves_no_record(upstream,
             upstream.server.add(path, content)
     revalidate = settled._unchanged
 
-    def dies_after(reader, pages):
-        revalidate(reader, pages)  # the changed page is kept by now
+    def dies_after(reader, pages, *progress):
+        revalidate(reader, pages, *progress)  # the changed page is kept by now
         raise RuntimeError("killed")
 
     with monkeypatch.context() as m:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from hypothesis import given, settings
@@ -178,3 +179,83 @@ def test_a_mirror_keeps_the_read_in_its_state_and_rereads_a_changed_or_broken_re
     record.write_text('{"key": 1')  # a broken record is read again and replaced
     assert _kept_pip_config(out)[0].index_url == "http://127.0.0.1:7/b"
     assert ConfigSnapshot.from_data(json.loads(record.read_text())) is not None
+
+
+def _fresh(code: str, cfg: Path) -> dict:
+    """``code`` run in a new interpreter (one thread: pytest's may have others running, and then
+    no copy is made), with pip reading ``cfg``; it prints one JSON document."""
+    env = hermetic_env(PIP_CONFIG_FILE=str(cfg))
+    prog = ("import json, os, sys\nfrom pathlib import Path\nfrom torchdepot.net.pipconfig import PendingRead, config_key, "
+            "read_pip_config_kept, snapshot_in_process\n" + code)
+    out = subprocess.run([sys.executable, "-c", prog], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_a_read_started_early_in_a_copy_equals_the_in_process_read(tmp_path):
+    cfg = tmp_path / "pip.conf"
+    cfg.write_text("[global]\nindex-url = http://127.0.0.1:9/one\n[install]\nfind-links = /srv/w\n")
+    kept = tmp_path / "kept.json"
+    got = _fresh(f"""
+pending = PendingRead.start(Path({str(tmp_path / "mirror" / "pipconfig.json")!r}))  # nothing kept there: a copy reads
+started = pending.started
+sources, snap = read_pip_config_kept(None, pending)
+joined = not pending.started
+same = snap == snapshot_in_process() and snap.key == config_key()
+with open({str(kept)!r}, "w") as fh:
+    json.dump(snap.to_data(), fh)
+idle = PendingRead.start(Path({str(kept)!r}))  # a valid kept snapshot: no copy starts, the kept one is replayed
+again = read_pip_config_kept(snap, idle) == (sources, snap)
+print(json.dumps([started, joined, same, sources.index_url, sources.find_links, idle.started, again]))
+""", cfg)
+    assert got == [True, True, True, "http://127.0.0.1:9/one", ["file:///srv/w"], False, True]
+
+
+def test_a_copy_read_under_other_variables_than_the_run_is_not_used(tmp_path):
+    cfg, cfg2 = tmp_path / "pip.conf", tmp_path / "other.conf"
+    cfg.write_text("[global]\nindex-url = http://127.0.0.1:9/one\n")
+    cfg2.write_text("[global]\nindex-url = http://127.0.0.1:9/two\n")
+    got = _fresh(f"""
+pending = PendingRead.start(None)  # where it is kept is not known yet: a copy reads
+started = pending.started
+os.environ["PIP_CONFIG_FILE"] = {str(cfg2)!r}  # the copy read pip.conf; this process now reads other.conf
+sources, snap = read_pip_config_kept(None, pending)
+print(json.dumps([started, sources.index_url, snap.key == config_key(), [n for n, _sig in snap.files]]))
+""", cfg)
+    assert got[:3] == [True, "http://127.0.0.1:9/two", True]
+    assert str(cfg2) in got[3]
+
+
+def test_a_read_nobody_needs_is_ended(tmp_path):
+    got = _fresh("""
+pending = PendingRead.start(None)
+pid = pending._pid
+pending.close()
+try:
+    os.waitpid(pid, os.WNOHANG)
+    reaped = False
+except ChildProcessError:  # ended and reaped
+    reaped = True
+after = pending.snapshot()
+pending.close()  # idempotent
+print(json.dumps([pid is not None, reaped, after]))
+""", tmp_path / "absent.conf")
+    assert got == [True, True, None]
+
+
+def test_no_copy_starts_while_another_thread_runs(tmp_path, monkeypatch):
+    from torchdepot.net.pipconfig import PendingRead
+
+    cfg = tmp_path / "pip.conf"
+    cfg.write_text("[global]\nindex-url = http://127.0.0.1:9/three\n")
+    _clean_pip_env(monkeypatch, cfg)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        pending = PendingRead.start(None)
+        assert not pending.started  # a copy could inherit that thread's locks held: read in process
+        assert read_pip_config_kept(None, pending)[0].index_url == "http://127.0.0.1:9/three"
+    finally:
+        stop.set()
+        other.join()

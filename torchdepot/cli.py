@@ -15,6 +15,7 @@ import sys
 import click
 
 from torchdepot import __version__
+from torchdepot.commands import loading
 from torchdepot.commands.guard import one_line_errors
 
 _COMMAND_KEY = "torchdepot.command"
@@ -53,7 +54,8 @@ class _Group(click.Group):
         module = COMMAND_MODULES.get(name)
         if module is None:
             return None
-        mod = importlib.import_module(f"{__package__}.commands.{module}")
+        with loading():
+            mod = importlib.import_module(f"{__package__}.commands.{module}")
         return next((c for c in mod.COMMANDS if c.name == name), None)
 
     def resolve_command(self, ctx: click.Context, args: list[str]):

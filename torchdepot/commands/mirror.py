@@ -12,8 +12,11 @@ from typing import TYPE_CHECKING
 
 import click
 
+from torchdepot.commands import loading
 from torchdepot.commands.guard import one_line_errors
+from torchdepot.net.pipconfig import PendingRead
 from torchdepot.spec.mirror import load_spec, with_overrides
+from torchdepot.store import layout as L
 from torchdepot.store.outdir import check_out_dir
 
 if TYPE_CHECKING:
@@ -56,7 +59,7 @@ DEFAULT_SPEC = "mirror/mirror.yaml"
               metavar="DIR", help="Make the files 'serve --pull-through' was asked for in mirror DIR (its miss log) "
                                   "the mirror's own: fetched if needed and listed on its index, for the next bundle.")
 def mirror_cmd(spec_path, out, upstreams, jobs, dry_run, on_hash_mismatch, fsync, wait, allow_hosts,
-               exclude_newer, prune, as_json, from_locks, from_misses) -> None:
+               exclude_newer, prune, as_json, from_locks, from_misses) -> MirrorResult | None:
     """Mirror torch (+ dependencies) for every target in the spec, laid out like download.pytorch.org.
 
     The mirror keeps every target it has recorded (targets tools/fetch added, and those of
@@ -75,25 +78,42 @@ def mirror_cmd(spec_path, out, upstreams, jobs, dry_run, on_hash_mismatch, fsync
       torchdepot mirror --exclude-newer 2026-06-01T00:00:00Z --allow-host files.mirror.example
       pip install --index-url file:///srv/torch/whl/cpu torch
     """
+    # Returns the run's result to a caller invoking it with standalone_mode=False (bench/mirror.py).
     if from_misses is not None:
-        return _from_misses(from_misses, spec_path, upstreams)
-    from torchdepot.sync.pip import sync
-
+        _from_misses(from_misses, spec_path, upstreams)
+        return None
     spec = load_spec(spec_path)
     hosts = [*spec.allow_hosts, *allow_hosts] if allow_hosts else None
     spec = with_overrides(spec, out=out, upstreams=list(upstreams) or None, jobs=jobs,
                           on_hash_mismatch=on_hash_mismatch, fsync=fsync or None, allow_hosts=hosts,
                           exclude_newer=exclude_newer)
     check_out_dir(spec.out)
-    locks: tuple[LockedEnv, ...] = ()
-    if from_locks is not None:
-        from torchdepot.sync.locked import read_locks
+    # Where sync() keeps pip's configuration in the mirror's state (a pip spec's own run, not a dry
+    # run) and the mirror holds no valid one, a new read starts now, in a copy of this process on
+    # another core (net/pipconfig.py), while the sync modules load; sync() ends it if unused.
+    pip_config = None
+    if not dry_run and from_locks is None and spec.conda is None and spec.releases is None:
+        # the HTTP client's modules first (the sync needs them anyway): the copy then shares their
+        # standard library ones and imports only pip's own (~0.07 s of CPU, not ~0.11 s)
+        with loading():
+            import torchdepot.net.http  # noqa: F401
+        pip_config = PendingRead.start(Path(spec.out) / L.PIP_CONFIG)
+    try:
+        with loading():
+            from torchdepot.sync.pip import sync
+        locks: tuple[LockedEnv, ...] = ()
+        if from_locks is not None:
+            from torchdepot.sync.locked import read_locks
 
-        locks = read_locks(from_locks)
-    result = sync(spec, dry_run=dry_run, wait=wait, out=Path(spec.out), prune=prune, locks=locks,
-                  spec_targets=not locks, **_json_progress(as_json))
+            locks = read_locks(from_locks)
+        result = sync(spec, dry_run=dry_run, wait=wait, out=Path(spec.out), prune=prune, locks=locks,
+                      spec_targets=not locks, pip_config=pip_config, **_json_progress(as_json))
+    finally:
+        if pip_config is not None:
+            pip_config.close()
     _report(result, dry_run, as_json)
     _fail_if_partial(result)
+    return result
 
 
 def _fail_if_partial(result: MirrorResult) -> None:

@@ -13,6 +13,14 @@ environment variables) and the signature of every file pip looked at (its bytes'
 (the mirror's state dir) and replay it without importing pip while all of that is unchanged.
 pip still decides which files count and how they combine: nothing here re-implements that.
 
+A command that will need the read starts it at once (:meth:`PendingRead.start`), in a forked
+copy of this process (same interpreter, modules, ``sys.path``, environment and working directory,
+so the same pip reads the same files; on Linux, while no other thread runs), which runs
+:func:`snapshot_in_process` on another core while the command imports its modules. Its snapshot
+is used only when its key equals this process's at the join; otherwise (and when the copy fails
+or exceeds its time) pip is read in process as before. No copy starts while a valid snapshot is
+kept, so a re-sync starts none.
+
 A pip ``constraint`` setting is deliberately not applied to mirroring: it caps what this
 machine installs, not what a mirror for other machines must hold.
 """
@@ -20,16 +28,24 @@ machine installs, not what a mirror for other machines must hold.
 from __future__ import annotations
 
 import ast
+import contextlib
+import gc
 import hashlib
 import json
 import os
+import select
+import signal
 import stat
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from torchdepot.errors import TorchdepotError, load_json
 
 # pip option sections that apply to ``pip install``/``pip download``, lowest priority first.
 _SECTIONS = ("global", "download", "install")
@@ -240,12 +256,131 @@ def snapshot_in_process() -> ConfigSnapshot | None:
                           file_host=host if host and "/" not in host else None)
 
 
-def read_pip_config_kept(kept: ConfigSnapshot | None) -> tuple[PipSources, ConfigSnapshot | None]:
+def kept_snapshot(path: Path) -> ConfigSnapshot | None:
+    """The snapshot kept at ``path``; None when absent, unreadable or not one (pip is read again)."""
+    try:
+        return ConfigSnapshot.from_data(load_json(path.read_bytes(), str(path)))
+    except (OSError, TorchdepotError):
+        return None
+
+
+CHILD_TIMEOUT = 60.0  # seconds; pip's read takes ~0.1 s
+MAX_CHILD_OUTPUT = 1 << 20  # bytes; a snapshot is a few hundred
+
+
+def _can_fork() -> bool:
+    """A copy of this process may read pip: Linux (fork without exec is what multiprocessing's
+    default there does) and no other thread running, whose locks a copy could inherit held."""
+    return sys.platform.startswith("linux") and hasattr(os, "fork") and threading.active_count() == 1
+
+
+class PendingRead:
+    """A fresh read of pip's configuration running in a forked copy of this process (see the
+    module's docstring), or nothing to wait for. :meth:`snapshot` joins it; :meth:`close` ends
+    it unread. Where no copy can be made (not Linux, other threads running), the caller reads
+    in process as before."""
+
+    def __init__(self, pid: int | None = None, fd: int | None = None) -> None:
+        self._pid, self._fd = pid, fd
+
+    @classmethod
+    def start(cls, kept_at: Path | None) -> PendingRead:
+        """Starts the copy unless the snapshot kept at ``kept_at`` is valid now (then the run
+        replays it and needs no read); ``None``: where it is kept is not known yet."""
+        kept = kept_snapshot(kept_at) if kept_at is not None else None
+        if (kept is not None and kept.valid()) or not _can_fork():
+            return cls()
+        try:
+            rfd, wfd = os.pipe()
+        except OSError:
+            return cls()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(rfd)
+            os.close(wfd)
+            return cls()
+        if pid == 0:  # the copy: read, write one JSON document, leave without running the parent's exit code
+            code = 1
+            try:
+                gc.disable()  # short-lived: pip's ~0.07 s of imports without the collector's rescans
+                os.close(rfd)
+                snap = snapshot_in_process()
+                data = json.dumps(None if snap is None else snap.to_data()).encode()
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(wfd, view):]
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(wfd)
+        return cls(pid, rfd)
+
+    @property
+    def started(self) -> bool:
+        return self._pid is not None
+
+    def snapshot(self) -> ConfigSnapshot | None:
+        """The copy's snapshot, once; None when there is no copy, or it failed, ran past
+        :data:`CHILD_TIMEOUT` or read under another key than this process's now (the caller
+        then reads in process)."""
+        pid, fd = self._pid, self._fd
+        self._pid = self._fd = None
+        if pid is None or fd is None:
+            return None
+        chunks: list[bytes] = []
+        size, deadline = 0, time.monotonic() + CHILD_TIMEOUT
+        try:
+            while size <= MAX_CHILD_OUTPUT:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([fd], [], [], left)[0]:
+                    break
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            else:
+                chunks = []
+        finally:
+            os.close(fd)
+            _end(pid)
+        try:
+            snap = ConfigSnapshot.from_data(load_json(b"".join(chunks), "pip configuration read"))
+        except TorchdepotError:  # none, cut short or over the cap
+            return None
+        return snap if snap is not None and snap.key == config_key() else None
+
+    def close(self) -> None:
+        """Ends a copy whose read is not needed (idempotent)."""
+        pid, fd = self._pid, self._fd
+        self._pid = self._fd = None
+        if fd is not None:
+            os.close(fd)
+        if pid is not None:
+            _end(pid)
+
+
+def _end(pid: int) -> None:
+    """Kills (a no-op once it exited) and reaps the copy."""
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def read_pip_config_kept(kept: ConfigSnapshot | None,
+                         pending: PendingRead | None = None) -> tuple[PipSources, ConfigSnapshot | None]:
     """This interpreter's pip configuration: ``kept`` replayed when still valid (pip not imported),
-    else read again. Returns the sources and the snapshot to keep (None: nothing to keep)."""
+    else read again (``pending``'s read in a copy of this process when it gives one). Returns the sources and the
+    snapshot to keep (None: nothing to keep)."""
     if kept is not None and kept.valid():
+        if pending is not None:
+            pending.close()
         return kept.sources(), kept
-    snap = snapshot_in_process()
+    snap = pending.snapshot() if pending is not None else None
+    if snap is None:
+        snap = snapshot_in_process()
     if snap is None:
         return read_pip_config(), None
     return snap.sources(), snap

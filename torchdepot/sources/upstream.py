@@ -14,7 +14,9 @@ Every byte the sync learns about upstream comes through an :class:`UpstreamReade
 - a body is bounded in bytes (the caller's limit, a declared Content-Length checked first)
   and in time (the client's ``page_deadline`` for the whole body);
 - a page that does not exist (HTTP 404/410 by :attr:`HttpStatusError.status`, or a
-  missing ``file://`` path) is ``None``; other failures raise :class:`UpstreamError`.
+  missing ``file://`` path) is ``None``; other failures raise :class:`UpstreamError`;
+- a watcher (:meth:`UpstreamReader.watch`, a progress display) is told of every http(s)
+  read as its bytes arrive: pages, ``.metadata``, Range reads and wheels read whole.
 
 The three upstream layouts (``model.presets.Layout``) are read by :func:`variant_links`.
 A PyTorch-style index as a whole (``torchdepot ls``, ``doctor --mirror``: the aggregate
@@ -45,7 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import requests
 from packaging.utils import canonicalize_name
@@ -66,6 +68,20 @@ MAX_REDIRECTS = 10
 
 class RefusedRedirect(UpstreamError):
     """A redirect to a URL the host policy refuses."""
+
+
+class ReadWatch(Protocol):
+    """What the reader tells a progress display about each read as it moves (the methods of
+    ``fetch.progress.Progress``, which sync/ attaches): a read starts, its size once a response
+    states it, its body bytes as they arrive, its end."""
+
+    def add_file(self, size: int | None, key: str | None = None) -> None: ...
+
+    def learn_size(self, size: int, key: str | None = None) -> None: ...
+
+    def advance(self, n: int) -> None: ...
+
+    def file_done(self, key: str, status: str, size: int | None = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -94,6 +110,45 @@ class UpstreamReader:
         self._revalidated: set[str] = set()  # pages upstream answered 304 for this run (revalidate)
         self._identities: dict[str, str] = {}  # URL -> what its page was this run (page_identity)
         self._sizes: dict[str, int] = {}  # file URL -> its size as a response stated it this run (note_size)
+        self._watch: ReadWatch | None = None  # the progress display of the reads (watch)
+        self._reads = 0  # reads started: each read's key for the display is unique
+
+    # -- progress -------------------------------------------------------------------------
+    def watch(self, watcher: ReadWatch | None) -> None:
+        """Tell ``watcher`` about every http(s) read from now on (None: stop)."""
+        with self._lock:
+            self._watch = watcher
+
+    def read_started(self, url: str, resp: requests.Response | None = None) -> str | None:
+        """A read of ``url`` starts (``resp``: its response, whose Content-Length is its size);
+        returns its key for :meth:`read_bytes` / :meth:`read_done` (None: nobody watches)."""
+        with self._lock:
+            watch = self._watch
+            self._reads += 1
+            key = f"{self._reads}:{url}"
+        if watch is None:
+            return None
+        watch.add_file(None, key)
+        if resp is not None:
+            self.read_size(key, resp)
+        return key
+
+    def read_size(self, key: str | None, resp: requests.Response) -> None:
+        length = resp.headers.get("Content-Length", "")
+        watch = self._watch
+        if key is not None and watch is not None and length.isascii() and length.isdigit() \
+                and "Content-Encoding" not in resp.headers:
+            watch.learn_size(int(length), key)
+
+    def read_bytes(self, key: str | None, n: int) -> None:
+        watch = self._watch
+        if key is not None and watch is not None:
+            watch.advance(n)
+
+    def read_done(self, key: str | None, size: int | None, ok: bool = True) -> None:
+        watch = self._watch
+        if key is not None and watch is not None:
+            watch.file_done(key, "downloaded" if ok else "failed", size)
 
     # -- one request per URL ------------------------------------------------------------
     def _once(self, kind: str, url: str, load: Callable[[], object]):
@@ -126,9 +181,17 @@ class UpstreamReader:
             data, meta = self.client.get_bytes(url)
             return Body(data, meta.get("url") or url, meta.get("content-type"), 200, meta)
         limit = limit or self.client.config.max_page_bytes
-        resp = self.open(url, kind, headers)
+        key = self.read_started(url)
+        try:
+            resp = self.open(url, kind, headers)
+        except BaseException:
+            self.read_done(key, None, ok=False)
+            raise
         if resp is None:
+            self.read_done(key, 0)
             return None
+        self.read_size(key, resp)
+        total = 0
         # a whole-body deadline: a server dripping a byte per recv never trips the read timeout
         deadline = self.client.config.page_deadline
         expired = threading.Event()
@@ -141,21 +204,25 @@ class UpstreamReader:
             if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
                 raise UpstreamError.at(url, f"body of {int(declared)} bytes exceeds the {limit}-byte limit",
                                        Reason.REFUSED)
-            chunks, total = [], 0
+            chunks: list[bytes] = []
             for chunk in resp.iter_content(256 * 1024):
                 total += len(chunk)
+                self.read_bytes(key, len(chunk))
                 if total > limit:
                     raise UpstreamError.at(url, f"body exceeds the {limit}-byte limit", Reason.REFUSED)
                 chunks.append(chunk)
             if expired.is_set():
                 raise UpstreamError.at(url, gave_up, Reason.UNREACHABLE)
             hdrs = {k.lower(): v for k, v in resp.headers.items()}
+            self.read_done(key, total)
+            key = None
             return Body(b"".join(chunks), resp.url, hdrs.get("content-type"), resp.status_code, hdrs)
         except (OSError, requests.RequestException) as exc:
             if expired.is_set():
                 raise UpstreamError.at(url, gave_up, Reason.UNREACHABLE) from None
             raise UpstreamError.at(url, describe(exc), Reason.UNREACHABLE) from None
         finally:
+            self.read_done(key, total, ok=False)  # key is None once it ended well
             watchdog.cancel()
             resp.close()
 

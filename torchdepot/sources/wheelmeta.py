@@ -76,8 +76,16 @@ class _RangeFile(io.RawIOBase):
 
     def _fetch(self, start: int, end: int) -> bytes:
         self.reader._count("ranges")
-        resp = self.reader.client.request("GET", self.url, headers={"Range": f"bytes={start}-{end - 1}"},
-                                          stream=False, allow_redirects=False)
+        key = self.reader.read_started(self.url)
+        try:
+            resp = self.reader.client.request("GET", self.url, headers={"Range": f"bytes={start}-{end - 1}"},
+                                              stream=False, allow_redirects=False)
+        except BaseException:
+            self.reader.read_done(key, None, ok=False)
+            raise
+        self.reader.read_size(key, resp)
+        self.reader.read_bytes(key, len(resp.content))
+        self.reader.read_done(key, len(resp.content))
         if resp.status_code == 200 and start == 0 and end >= self.size and len(resp.content) == self.size:
             return resp.content  # a range that is the whole file may be answered 200 (RFC 9110 allows it)
         if resp.status_code != 206:
@@ -151,10 +159,18 @@ def remote_metadata(reader: UpstreamReader, url: str, project: str, keep: KeepWh
     # One byte first: its Content-Range gives the size (servers that ignore suffix ranges,
     # "bytes=-N", still honour this), or a 200 shows the server has no Range support at all.
     reader._count("ranges")
-    resp = reader.client.request("GET", url, headers={"Range": "bytes=0-0"}, stream=True, allow_redirects=False)
+    key = reader.read_started(url)  # the progress display's: the probe, or the whole read it turns into
+    try:
+        resp = reader.client.request("GET", url, headers={"Range": "bytes=0-0"}, stream=True, allow_redirects=False)
+    except BaseException:
+        reader.read_done(key, None, ok=False)
+        raise
+    received = 0
     try:
         total = _total(resp.headers.get("Content-Range")) if resp.status_code == 206 else None
         if total is not None:
+            reader.read_done(key, 0)  # the probe's byte is not read (the body is left unread)
+            key = None
             reader.note_size(url, total)
             view = _RangeFile(reader, url, total, b"")
             view.tail = view._fetch(max(0, total - BLOCK), total)  # end record + central directory, usually
@@ -169,13 +185,18 @@ def remote_metadata(reader: UpstreamReader, url: str, project: str, keep: KeepWh
             return meta
         # No Range support: read the whole wheel once, to disk, not memory.
         reader._count("wheels")
+        reader.read_size(key, resp)
         digest = hashlib.sha256()
         with tempfile.NamedTemporaryFile(prefix="torchdepot-", suffix=".whl", dir=spool) as tmp:
-            for chunk in resp.iter_content(1024 * 1024):
+            for chunk in resp.iter_content(256 * 1024):  # the progress display moves every 256 KB
                 tmp.write(chunk)
                 digest.update(chunk)
+                received += len(chunk)
+                reader.read_bytes(key, len(chunk))
             tmp.flush()
             resp.close()
+            reader.read_done(key, received)
+            key = None
             reader.note_size(url, tmp.tell())
             meta = _local_metadata(Path(tmp.name).as_uri(), project)
             if keep is not None:
@@ -184,4 +205,5 @@ def remote_metadata(reader: UpstreamReader, url: str, project: str, keep: KeepWh
     except OSError as exc:
         raise UpstreamError(f"{url}: {exc}") from None
     finally:
+        reader.read_done(key, received, ok=False)  # key is None once it ended well
         resp.close()

@@ -59,6 +59,9 @@ class PipFetchReport(FetchReport):
     stored path: publishing writes ``.metadata`` from it instead of opening the zip again."""
     paths: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, bytes] = field(default_factory=dict)
+    # the ``.metadata`` written beside a wheel this run staged, as that wheel landed (EarlyReads):
+    # (sha256, Requires-Python, size) as store/pages.ensure_metadata returned them, by stored path
+    written: dict[str, tuple[str, str | None, int]] = field(default_factory=dict)
 
     def stored(self, key: str) -> str:
         return self.paths.get(key, key)
@@ -80,8 +83,9 @@ def chosen_paths(out: Path, resolution: Resolution, listed: dict[str, mf.FileEnt
     return paths
 
 
-def stored_paths(out: Path, resolution: Resolution) -> dict[str, str]:
-    """Resolution key -> stored path (:func:`chosen_paths`), journaled before any write."""
+def stored_paths(out: Path, resolution: Resolution) -> tuple[dict[str, str], set[str]]:
+    """Resolution key -> stored path (:func:`chosen_paths`), journaled before any write; and the
+    stored paths this run stages (no committed manifest lists them)."""
     live = pub.live_manifest(out)
     listed = live.by_path() if live is not None else {}
     paths = chosen_paths(out, resolution, listed)
@@ -95,7 +99,7 @@ def stored_paths(out: Path, resolution: Resolution) -> dict[str, str]:
         superseded.update(pub.superseded(key, path, listed))  # those URLs served these bytes: never others
     pub.retire(out, superseded)
     pub.record(out, touched)
-    return paths
+    return paths, {path for path in paths.values() if path not in listed}
 
 
 def make_fetcher(out: Path, spec: MirrorSpec, client: Client, policy: HostPolicy, progress: bool | None,
@@ -145,15 +149,35 @@ def whole_into_store(out: Path, spec: MirrorSpec, fetcher: Fetcher) -> tuple[Who
 
 
 def fetch_files(out: Path, resolution: Resolution, view: View, spec: MirrorSpec, client: Client,
-                policy: HostPolicy, progress: bool | None, fetcher: Fetcher | None = None) -> PipFetchReport:
+                policy: HostPolicy, progress: bool | None, fetcher: Fetcher | None = None,
+                reads: EarlyReads | None = None, meanwhile: Callable[[], None] | None = None) -> PipFetchReport:
     """``fetcher``: one already started by :func:`make_fetcher` with files submitted early (pinned
-    before the closure resolved); a file submitted again joins its download in flight."""
-    paths = stored_paths(out, resolution)
+    before the closure resolved); a file submitted again joins its download in flight.
+    ``reads``: each wheel's METADATA is read as it lands, by the fetcher's thread, while the
+    others still download (then :func:`reject_bad_wheels` opens none of them again), and for a
+    wheel this run stages its ``.metadata`` is written then too (publishing reuses it);
+    ``meanwhile``: work for this thread once every file is submitted, while they download."""
+    paths, staged = stored_paths(out, resolution)
     fetcher = fetcher or make_fetcher(out, spec, client, policy, progress)
     items = {key: FetchItem(key=paths[key], urls=same_path_elsewhere(vf.link.url, spec.upstreams), sha256=vf.link.sha256,
                             size=vf.link.size)
              for key, vf, _acc in resolution.files}
-    report = fetcher.run(list(items.values()))
+    if reads is None:
+        report = fetcher.run(list(items.values()))
+    else:
+        fetcher.start()
+        try:
+            # what Fetcher.run does (each path once, the largest first), with each future watched
+            whose: dict[str, tuple[str, str]] = {}
+            for key, vf, _acc in resolution.files:
+                whose.setdefault(paths[key], (vf.project, vf.link.url))
+            unique = {it.key: it for it in reversed(list(items.values()))}  # the first item per path
+            for it in sorted(unique.values(), key=lambda i: -(i.size or 0)):
+                reads.watch(fetcher.submit(it), *whose[it.key], stage=it.key in staged)
+            if meanwhile is not None:
+                meanwhile()
+        finally:
+            report = fetcher.close()
     retry = []
     failed = {r.key for r in report.failed}
     for key, vf, acc in resolution.files:
@@ -195,32 +219,53 @@ def _metadata_or_refusal(where: Path, project: str, url: str) -> bytes | str:
 
 
 class EarlyReads:
-    """The METADATA of early downloads (sync/early.py), read by the fetcher's thread as each one
-    lands, while the closure still resolves (torch's central directory costs ~40 ms): then
+    """The METADATA of downloaded wheels, read by the fetcher's thread as each one lands: the
+    early ones (sync/early.py) while the closure still resolves (torch's central directory costs
+    ~40 ms), the others while the rest still download (:func:`fetch_files`); then
     :func:`reject_bad_wheels` opens none of them again. Kept with the sha256 of the bytes read."""
 
     def __init__(self, out: Path) -> None:
         self.out = out
         self._lock = threading.Lock()
         self._read: dict[str, tuple[str, bytes]] = {}  # stored path -> (sha256 of the wheel, METADATA)
+        self._watched: set[Future[FetchResult]] = set()  # a download joined again is read once
+        self._written: dict[str, tuple[str, tuple[str, str | None, int]]] = {}  # path -> (wheel sha256, .metadata)
 
-    def watch(self, fut: Future[FetchResult], project: str, url: str) -> None:
-        fut.add_done_callback(lambda f: self._read_one(f.result(), project, url))
+    def watch(self, fut: Future[FetchResult], project: str, url: str, *, stage: bool = False) -> None:
+        """``stage``: the wheel's path is one this run stages (journaled, listed by no manifest):
+        its ``.metadata`` is written beside it once read, as publishing would write it."""
+        with self._lock:
+            if fut in self._watched:
+                return
+            self._watched.add(fut)
+        fut.add_done_callback(lambda f: self._read_one(f.result(), project, url, stage))
 
-    def _read_one(self, result: FetchResult, project: str, url: str) -> None:
+    def _read_one(self, result: FetchResult, project: str, url: str, stage: bool) -> None:
         if result.status != "downloaded" or result.sha256 is None or not result.key.endswith(".whl"):
             return
+        from torchdepot.store.pages import ensure_metadata
+
         try:
             got = _metadata_or_refusal(safe_join(self.out, result.key), project, url)
-        except Exception:  # a callback must not raise: reject_bad_wheels reads this wheel itself
+            written = ensure_metadata(self.out, result.key, project, data=got) \
+                if stage and isinstance(got, bytes) else None
+        except Exception:  # a callback must not raise: the later steps read and write it themselves
             return
         if isinstance(got, bytes):  # a refusal is left to reject_bad_wheels' own read and message
             with self._lock:
                 self._read[result.key] = (result.sha256, got)
+                if written is not None:
+                    self._written[result.key] = (result.sha256, written)
 
     def get(self, path: str, sha256: str | None) -> bytes | None:
         with self._lock:
             kept = self._read.get(path)
+        return kept[1] if kept is not None and sha256 is not None and kept[0] == sha256 else None
+
+    def written(self, path: str, sha256: str | None) -> tuple[str, str | None, int] | None:
+        """The ``.metadata`` written beside ``path`` from these very bytes (same sha256), if any."""
+        with self._lock:
+            kept = self._written.get(path)
         return kept[1] if kept is not None and sha256 is not None and kept[0] == sha256 else None
 
 
@@ -240,6 +285,9 @@ def reject_bad_wheels(out: Path, resolution: Resolution, report: PipFetchReport,
         got = kept if kept is not None else _metadata_or_refusal(safe_join(out, path), vf.project, vf.link.url)
         if isinstance(got, bytes):
             report.metadata[path] = got  # published from these bytes (store/pages.ensure_metadata)
+            written = early.written(path, downloaded[path]) if early is not None else None
+            if written is not None:
+                report.written[path] = written
             continue
         bad[(acc, vf.filename)] = got
         safe_join(out, path).unlink(missing_ok=True)

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from torchdepot.net.http import Client, make_session
-from torchdepot.net.pipconfig import PipSources
+from torchdepot.net.pipconfig import PendingRead, PipSources
 from torchdepot.site.landing import write_landing
 from torchdepot.spec.mirror import MirrorSpec, PipTarget
 from torchdepot.store import cachefiles, publication
@@ -58,6 +58,7 @@ from torchdepot.sync.check import index_settled, verify_published
 from torchdepot.sync.follow import FollowRecord, follow_upstream, save_record
 from torchdepot.sync.locked import LockedEnv, with_locked
 from torchdepot.sync.plan import TargetPlan, plan_targets
+from torchdepot.sync.reads import ReadProgress
 from torchdepot.sync.resolution import Resolution, file_key, resolve_targets
 from torchdepot.sync.result import Echo, MirrorResult, RunLog, TargetFailure, sync_record
 
@@ -119,6 +120,7 @@ def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dr
     workdir = Path(held.scratch.name) if held.scratch else out / L.VIEW_DIR
     early_keys: set[str] = set()
     reads = EarlyReads(out)
+    shown = ReadProgress(edge.reader, progress, "pages and METADATA")  # closed before the fetch's wait
     try:
         locked_ids = {env.target.id for env in locks}
         held.view = view = session.open_view(spec, edge, session.accelerators(list(tset.run), locks), workdir,
@@ -139,7 +141,8 @@ def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dr
         log.phase("upstreams")
         if fetcher is not None:  # the pinned torch wheels download while their closures resolve
             early_keys = early.submit_pinned(out, plan, view, spec, fetcher, previous, reads)
-        resolved = (resolve_targets(plan, view, jobs=RESOLVE_JOBS, cache=out / L.RESOLUTIONS, write_cache=not dry_run)
+        resolved = (resolve_targets(plan, view, jobs=RESOLVE_JOBS, cache=out / L.RESOLUTIONS, write_cache=not dry_run,
+                                    progress=progress)
                     if plan.targets else Resolution(targets=(), files=()))
         if not dry_run:
             early_keys |= relayed
@@ -158,8 +161,9 @@ def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dr
             dryrun.print_plan(resolution, previous, log.say, edge.reader.learned_sizes())
             removal_plan = retention.plan_dry(out, previous, resolution, live, tset, spec.keep, result.keeper)
         else:
+            shown.close()
             fetched = fetch_files(out, resolution, view, spec, held.client, edge.policy, progress,
-                                  fetcher=held.fetcher)
+                                  fetcher=held.fetcher, reads=reads, meanwhile=_load_publish_side)
             held.fetcher = None
             result.report = report = early.drop_unused(out, fetched, early_keys, resolution)
             log.phase("fetch")
@@ -175,8 +179,15 @@ def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dr
         result.removals = list(removal_plan.removals)
         return result
     finally:
+        shown.close()
         held.close(result, edge.reader, log.say)
         result.seconds = time.monotonic() - started
+
+
+def _load_publish_side() -> None:
+    """What the publish step loads lazily (tomlkit for the locks, ~0.01 s; a no-op re-sync needs
+    none of it), loaded while the files download rather than after the last one."""
+    import tomlkit  # noqa: F401
 
 
 def _previous(out: Path) -> mf.Manifest | None:
@@ -187,14 +198,30 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
          out: Path | None = None, wait: float | None = None, pip_sources: PipSources | None = None,
          echo: Echo = _stderr, add: Sequence[PipTarget] = (), spec_targets: bool = True,
          prune: bool = False, locks: tuple[LockedEnv, ...] = (),
-         on_progress: ProgressCallback | None = None) -> MirrorResult:
+         on_progress: ProgressCallback | None = None, pip_config: PendingRead | None = None) -> MirrorResult:
     """A whole mirror run under the mirror lock: pip, conda, landing page, manifest last.
 
     Targets: the spec's (``spec_targets``) plus ``add`` (tools/fetch) plus every target the
     mirror recorded before, unless ``prune``: then the recorded ones not asked for go, listed
     with their sizes. Files no kept release needs are deleted after the new index and manifest
     are in place, each group listed first; the closing check is recorded in ``last_sync``.
-    ``locks``: lock folders whose exact files are mirrored for their targets (``--from-locks``)."""
+    ``locks``: lock folders whose exact files are mirrored for their targets (``--from-locks``).
+    ``pip_config``: the read of the user's pip configuration the command started early
+    (:meth:`PendingRead.start` with this mirror's ``L.PIP_CONFIG``); used where the run would read
+    it into the mirror's state, ended otherwise."""
+    try:
+        return _sync(spec, dry_run=dry_run, client=client, progress=progress, out=out, wait=wait,
+                     pip_sources=pip_sources, echo=echo, add=add, spec_targets=spec_targets, prune=prune, locks=locks,
+                     on_progress=on_progress, pip_config=pip_config)
+    finally:
+        if pip_config is not None:
+            pip_config.close()
+
+
+def _sync(spec: MirrorSpec, *, dry_run: bool, client: Client | None, progress: bool | None, out: Path | None,
+          wait: float | None, pip_sources: PipSources | None, echo: Echo, add: Sequence[PipTarget],
+          spec_targets: bool, prune: bool, locks: tuple[LockedEnv, ...], on_progress: ProgressCallback | None,
+          pip_config: PendingRead | None) -> MirrorResult:
     started, wall_started = time.monotonic(), time.time()
     out = Path(out or spec.out)
     if spec.releases is not None or (out / L.REGIONAL_RECORD).is_file():  # else regional.py is not loaded
@@ -226,17 +253,21 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
         # the no-op shortcut (sync/settled.py): only for the spec's own run of a pip-only mirror
         inputs, edge, probe = None, None, None
         if spec.conda is None and spec_targets and not add and not locks:
+            if pip_config is not None and pip_config.started:  # a whole run is likely: its fetch side
+                from torchdepot.sync import early  # noqa: F401  loads while pip's configuration is read
             probe = Client(session.PROBE_CONFIG)
             probe.size_pools(hosts=4, per_host=settled.REVALIDATE_JOBS)
-            edge = session.edge(spec, probe, pip_sources, keep_in=out)
+            edge = session.edge(spec, probe, pip_sources, keep_in=out, pending=pip_config)
             inputs = settled.inputs_digest(spec, tset, prune, edge)
-            done = settled.replay(out, previous, tset, inputs, edge, started, wall_started, echo) \
+            done = settled.replay(out, previous, tset, inputs, edge, started, wall_started, echo, progress) \
                 if previous is not None else None
             if done is not None:
                 probe.close()
                 if followed is not None:
                     save_record(out, followed)
                 return done
+        elif pip_config is not None:  # this run reads pip's configuration without keeping it
+            pip_config.close()
         settled.forget(out)
         try:
             return _whole_run(spec, out, started, wall_started, previous, tset, followed, inputs, edge, client=client,

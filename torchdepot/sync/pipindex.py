@@ -50,6 +50,7 @@ def publish_pip(out: Path, resolution: Resolution, report: FetchReport, view: Vi
     """``retained``: per accelerator, files of earlier torch versions the mirror keeps (listed too)."""
     stored = report.stored if isinstance(report, PipFetchReport) else (lambda key: key)
     read = report.metadata if isinstance(report, PipFetchReport) else {}  # METADATA this run read already
+    written = report.written if isinstance(report, PipFetchReport) else {}  # .metadata it wrote as wheels landed
     by_key = {r.key: r for r in report.results}
     records = view.metadata_records()
     live = pub.live_manifest(out)
@@ -65,7 +66,7 @@ def publish_pip(out: Path, resolution: Resolution, report: FetchReport, view: Vi
         r = by_key[key]
         assert r.sha256 is not None  # check_fetched stopped the run at any file that did not arrive
         meta_sha, req_py, meta_size = _published_metadata(out, key, r.sha256, listed) \
-            or ensure_metadata(out, key, vf.project, data=read.get(key))
+            or written.get(key) or ensure_metadata(out, key, vf.project, data=read.get(key))
         index_files[key] = IndexFile(project=vf.project, filename=safe_filename(vf.filename), path=key, sha256=r.sha256, requires_python=req_py, metadata_sha256=meta_sha,
                                      size=r.size, upload_time=vf.link.upload_time)  # PEP 700 in the JSON pages
         version = versions[rkey]

@@ -67,7 +67,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from torchdepot.errors import TorchdepotError, UpstreamError, load_json, one_line
-from torchdepot.fetch import FetchItem, FetchReport
+from torchdepot.fetch import FetchItem, FetchReport, FetchResult
 from torchdepot.fetch.progress import ProgressCallback
 from torchdepot.model.platforms import target_platform
 from torchdepot.model.sizes import format_size
@@ -98,6 +98,7 @@ from torchdepot.sync import session
 from torchdepot.sync.check import verify_published
 from torchdepot.sync.download import check_fetched, make_fetcher
 from torchdepot.sync.plan import channel_prefix
+from torchdepot.sync.reads import Count, ReadProgress
 from torchdepot.sync.result import Echo, MirrorResult, RunLog, sync_record
 
 ACC_JOBS = 4  # accelerators walked at once
@@ -557,9 +558,13 @@ def _run(spec: MirrorSpec, out: Path, result: MirrorResult, log: RunLog, opts: O
         with Client(session.PROBE_CONFIG) as probe:
             edge = session.edge(spec, probe, opts.pip_sources)
             edge.reader.keep_pages(out / L.PAGE_CACHE, write=not dry_run)
-            sel = select(spec, edge.reader, out, dry_run, log.say, listed, spool.open() if spool else None)
+            reads = ReadProgress(edge.reader, opts.progress, "releases: pages and METADATA")
+            try:
+                sel = select(spec, edge.reader, out, dry_run, log.say, listed, spool.open() if spool else None)
+            finally:
+                reads.close()
             result.requests = edge.reader.request_counts()
-            if spool is not None and spool.kept:  # those bytes moved while nothing else showed progress
+            if spool is not None and spool.kept:  # what the fetch's bar will not count again
                 log.say(f"releases: {len(spool.kept)} wheels ({format_size(spool.size())}) read whole for their "
                         "METADATA; kept for the fetch, not sent again")
             log.phase("select")
@@ -580,7 +585,7 @@ def _run(spec: MirrorSpec, out: Path, result: MirrorResult, log: RunLog, opts: O
             if counted.unknown:  # every size is known now: the bound again, on what arrived
                 check_bounds(spec, dataclasses.replace(counted, known_bytes=sum(r.size for r in report.results),
                                                        unknown=0))
-            entries, index = _entries(out, sel, paths, report, listed, spec.fsync)
+            entries, index = _entries(out, sel, paths, report, listed, spec.fsync, opts.progress)
             if not prune and (kept := _carried(out, listed, entries, index, spec.fsync)):
                 log.say(f"releases: kept {kept} files this sync no longer selects (upstream stopped listing them "
                         "or the spec narrowed); --prune removes them")
@@ -774,26 +779,36 @@ def _fetch(out: Path, spec: MirrorSpec, sel: Selection, paths: dict[str, str], l
 
 
 def _entries(out: Path, sel: Selection, paths: dict[str, str], report: FetchReport, listed: dict[str, mf.FileEntry],
-             fsync: bool) -> tuple[dict[str, mf.FileEntry], dict[str, list[IndexFile]]]:
+             fsync: bool, progress: bool | None = False) -> tuple[dict[str, mf.FileEntry], dict[str, list[IndexFile]]]:
+    """Each selected wheel's manifest entries and index file; its ``.metadata`` read from the
+    one the manifest lists, else written from the wheel's zip (a torch wheel's central directory:
+    tens of ms, so thousands of wheels get a bar on a terminal: ``progress``)."""
     by_key = {r.key: r for r in report.results}
     entries: dict[str, mf.FileEntry] = {}
     files: dict[str, IndexFile] = {}
-    for url, c in sel.files.items():
-        key = paths[url]
-        r = by_key[key]
-        assert r.sha256 is not None  # check_fetched stopped the run at any file that did not arrive
-        meta_sha, req_py, meta_size = _listed_metadata(out, key, r.sha256, listed) \
-            or ensure_metadata(out, key, c.project, fsync=fsync)
-        files[url] = IndexFile(project=c.project, filename=safe_filename(c.link.filename), path=key, sha256=r.sha256,
-                               requires_python=req_py, metadata_sha256=meta_sha, size=r.size,
-                               upload_time=c.link.upload_time)
-        entries[key] = mf.FileEntry(path=key, sha256=r.sha256, size=r.size, kind="wheel", project=c.project,
-                                    version=c.version, url=r.url or url, upstream_sha256=r.upstream_sha256,
-                                    hash_mismatch=r.hash_mismatch, upload_time=c.link.upload_time)
-        entries[L.metadata_path(key)] = mf.FileEntry(path=L.metadata_path(key), sha256=meta_sha, size=meta_size,
-                                                     kind="metadata", project=c.project, version=c.version)
+    with Count(progress, len(sel.files), "releases: .metadata", "wheels") as bar:
+        for url, c in sel.files.items():
+            _entry(out, url, c, paths[url], by_key, listed, fsync, entries, files)
+            bar.step()
     index = {acc: [files[u] for u in urls] for acc, urls in sel.listed.items() if urls}
     return entries, index
+
+
+def _entry(out: Path, url: str, c: Chosen, key: str, by_key: dict[str, FetchResult], listed: dict[str, mf.FileEntry],
+           fsync: bool, entries: dict[str, mf.FileEntry], files: dict[str, IndexFile]) -> None:
+    """One selected wheel (stored at ``key``) into ``entries`` and ``files``."""
+    r = by_key[key]
+    assert r.sha256 is not None  # check_fetched stopped the run at any file that did not arrive
+    meta_sha, req_py, meta_size = _listed_metadata(out, key, r.sha256, listed) \
+        or ensure_metadata(out, key, c.project, fsync=fsync)
+    files[url] = IndexFile(project=c.project, filename=safe_filename(c.link.filename), path=key, sha256=r.sha256,
+                           requires_python=req_py, metadata_sha256=meta_sha, size=r.size,
+                           upload_time=c.link.upload_time)
+    entries[key] = mf.FileEntry(path=key, sha256=r.sha256, size=r.size, kind="wheel", project=c.project,
+                                version=c.version, url=r.url or url, upstream_sha256=r.upstream_sha256,
+                                hash_mismatch=r.hash_mismatch, upload_time=c.link.upload_time)
+    entries[L.metadata_path(key)] = mf.FileEntry(path=L.metadata_path(key), sha256=meta_sha, size=meta_size,
+                                                 kind="metadata", project=c.project, version=c.version)
 
 
 def _listed_metadata(out: Path, key: str, sha256: str,

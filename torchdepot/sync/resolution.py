@@ -35,6 +35,7 @@ from torchdepot.resolve.uv import IndexPlan, ResolvedFile, ResolveError, resolve
 from torchdepot.store.fsutil import safe_filename
 from torchdepot.store.layout import package_path
 from torchdepot.sync.plan import Plan, TargetPlan
+from torchdepot.sync.reads import Count
 from torchdepot.sync.view import View, ViewFile, write_scratch
 from torchdepot.sync.viewserver import serve_view
 
@@ -162,10 +163,11 @@ def _resolve_excluding(view: View, tp: TargetPlan, index: IndexPlan) -> list[Res
 
 
 def resolve_targets(plan: Plan, view: View, jobs: int = 2, cache: Path | None = None,
-                    write_cache: bool = True) -> Resolution:
+                    write_cache: bool = True, progress: bool | None = False) -> Resolution:
     """uv pip compile per target against ``view`` (served for the duration); a target whose
     inputs and pages are unchanged since ``cache`` was written reuses its answer (a dry run
-    reads the cache but leaves it as it is: ``write_cache`` False)."""
+    reads the cache but leaves it as it is: ``write_cache`` False). ``progress``: a bar of
+    targets resolved (True; None: on a terminal only; False: none) beside the reads' bar."""
     cached = _load_cache(cache)
     uv = uv_version()  # once per run: a metadata scan per call
     fresh: dict[str, dict] = {}
@@ -184,8 +186,15 @@ def resolve_targets(plan: Plan, view: View, jobs: int = 2, cache: Path | None = 
         fresh[t.id] = {"key": key, "files": [asdict(replace(f, url=f.url[len(base) + 1:])) for f in raw]}
         return replace(tp, files=tuple(f for f, _ in mapped)), mapped
 
-    with serve_view(view) as base, ThreadPoolExecutor(max_workers=max(1, min(jobs, len(plan.targets) or 1))) as pool:
-        outcomes = list(pool.map(lambda tp: _outcome(one, base, tp), plan.targets))
+    def counted(base: str, tp: TargetPlan, bar: Count):
+        try:
+            return _outcome(one, base, tp)
+        finally:
+            bar.step()
+
+    with serve_view(view) as base, ThreadPoolExecutor(max_workers=max(1, min(jobs, len(plan.targets) or 1))) as pool, \
+            Count(progress, len(plan.targets), "resolve", "targets") as bar:
+        outcomes = list(pool.map(lambda tp: counted(base, tp, bar), plan.targets))
     if view.errors:
         raise TorchdepotError(view.errors[0])
     done = [o for o in outcomes if not isinstance(o, TorchdepotError)]

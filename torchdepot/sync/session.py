@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from torchdepot.errors import TorchdepotError, load_json
+from torchdepot.errors import TorchdepotError
 from torchdepot.net.hostpolicy import HostPolicy
 from torchdepot.net.http import Client, HttpConfig
 from torchdepot.net.pipconfig import (
     ConfigSnapshot,
+    PendingRead,
     PipSources,
+    kept_snapshot,
     pip_default_index,
     pip_file_host,
     read_pip_config,
@@ -55,14 +57,16 @@ class Edge:
     reader: UpstreamReader
 
 
-def edge(spec: MirrorSpec, probe: Client, pip_sources: PipSources | None, keep_in: Path | None = None) -> Edge:
+def edge(spec: MirrorSpec, probe: Client, pip_sources: PipSources | None, keep_in: Path | None = None,
+         pending: PendingRead | None = None) -> Edge:
     """``keep_in``: a mirror (a real run holding its lock) whose state keeps the pip configuration
-    as last read, replayed without importing pip while pip would read the same (net/pipconfig.py)."""
+    as last read, replayed without importing pip while pip would read the same (net/pipconfig.py);
+    ``pending``: a fresh read of it the command started early, used when the kept one is not valid."""
     snap: ConfigSnapshot | None = None
     if pip_sources is not None:
         pip = pip_sources
     elif keep_in is not None:
-        pip, snap = _kept_pip_config(keep_in)
+        pip, snap = _kept_pip_config(keep_in, pending)
     else:
         pip = read_pip_config()
     default_index, file_host = None, None
@@ -73,12 +77,10 @@ def edge(spec: MirrorSpec, probe: Client, pip_sources: PipSources | None, keep_i
     return Edge(pip=pip, default_index=default_index, policy=policy, reader=UpstreamReader(probe, policy))
 
 
-def _kept_pip_config(out: Path) -> tuple[PipSources, ConfigSnapshot | None]:
+def _kept_pip_config(out: Path, pending: PendingRead | None = None) -> tuple[PipSources, ConfigSnapshot | None]:
     path = out / L.PIP_CONFIG
-    kept = None
-    with contextlib.suppress(OSError, TorchdepotError):  # absent or unreadable: read pip again
-        kept = ConfigSnapshot.from_data(load_json(path.read_bytes(), str(path)))
-    pip, snap = read_pip_config_kept(kept)
+    kept = kept_snapshot(path)  # absent or unreadable: pip is read again
+    pip, snap = read_pip_config_kept(kept, pending)
     if snap is not None and snap != kept:
         # derived state, re-read when lost: no fsync; a failed write only costs the next run the read.
         # Owner-only: a config file's URL may carry a token.

@@ -48,6 +48,7 @@ from torchdepot.sync import lifecycle, session
 from torchdepot.sync.check import verify_mirror
 from torchdepot.sync.download import PipFetchReport
 from torchdepot.sync.pipindex import locks_intact
+from torchdepot.sync.reads import Count
 from torchdepot.sync.resolution import uv_version
 from torchdepot.sync.result import Echo, MirrorResult, RunLog, sync_record
 
@@ -127,24 +128,29 @@ def _save(out: Path, rec: Record) -> None:
     atomic_write_text(safe_join(out, L.SETTLED), json.dumps(doc, sort_keys=True) + "\n")
 
 
-def _unchanged(reader: UpstreamReader, pages: dict[str, bool]) -> bool:
-    """True when every kept page answers 304 (or its kept bytes) and every absent one is still absent."""
-    def one(item: tuple[str, bool]) -> bool:
+def _unchanged(reader: UpstreamReader, pages: dict[str, bool], progress: bool | None = False) -> bool:
+    """True when every kept page answers 304 (or its kept bytes) and every absent one is still absent.
+    ``progress``: a bar of pages asked (True; None: on a terminal only; False: none); a far link
+    answers a few hundred conditional requests in seconds, not the few ms of loopback."""
+    def one(item: tuple[str, bool], bar: Count) -> bool:
         url, kept = item
         try:
             got = reader.revalidate(url)
         except TorchdepotError:  # unreachable, refused, unparseable: the whole run says it
             return False
+        finally:
+            bar.step()
         return got == ("unchanged" if kept else "absent")
 
     if not pages:
         return False
-    with ThreadPoolExecutor(max_workers=min(REVALIDATE_JOBS, len(pages))) as pool:
-        return all(pool.map(one, pages.items()))
+    with Count(progress, len(pages), "pages revalidated", "pages") as bar, \
+            ThreadPoolExecutor(max_workers=min(REVALIDATE_JOBS, len(pages))) as pool:
+        return all(pool.map(lambda item: one(item, bar), pages.items()))
 
 
 def replay(out: Path, previous: mf.Manifest, tset: lifecycle.TargetSet, inputs: str, edge: session.Edge,
-           started: float, wall_started: float, echo: Echo) -> MirrorResult | None:
+           started: float, wall_started: float, echo: Echo, progress: bool | None = False) -> MirrorResult | None:
     """The no-op, committed from the record when everything it names is unchanged; None (and
     the record removed) when the whole run must go on. Like a whole sync it ends with the cache
     sweep (``store/cachefiles.py``), keeping what the recorded run used."""
@@ -162,7 +168,7 @@ def replay(out: Path, previous: mf.Manifest, tset: lifecycle.TargetSet, inputs: 
     # goes first, and comes back below only once every page proved unchanged.
     forget(out)
     edge.reader.keep_pages(out / L.PAGE_CACHE)
-    if not _unchanged(edge.reader, rec.pages):
+    if not _unchanged(edge.reader, rec.pages, progress):
         return None  # the whole run goes on with this reader: what it read is not read again
     result = MirrorResult(out=out, target_set=tset)
     log = RunLog(result, echo, mark=started)
