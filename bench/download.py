@@ -21,7 +21,7 @@ further by free connections) with issue 15's split threshold put back, for the r
 
     python bench/download.py [--scale 0.05] [--conn-rate 8] [--total-rate 96] [--latency 0.03]
                              [--connections N] [--per-host N] [--threshold-scale 1]
-                             [--skip pip,uv,aria2c,fixed]
+                             [--skip pip,uv,aria2c,fixed] [--timeline]
 """
 
 from __future__ import annotations
@@ -104,16 +104,20 @@ def build_upstream(base: Path, scale: float) -> list[dict]:
 
 # -- the slow CDN -------------------------------------------------------------------------------
 class Bucket:
-    """A rate limit shared by whoever calls ``take``: no credit accrues while idle."""
+    """A rate limit shared by whoever calls ``take``: no credit accrues while idle (``idle``:
+    a list to note each idle spell in, as (from, to))."""
 
-    def __init__(self, rate: float):
+    def __init__(self, rate: float, idle: list | None = None):
         self.rate = rate
         self.next = 0.0
         self.lock = threading.Lock()
+        self.idle = idle
 
     def take(self, n: int) -> None:
         with self.lock:
             now = time.monotonic()
+            if self.idle is not None and now > self.next:
+                self.idle.append((self.next, now))
             self.next = max(now, self.next) + n / self.rate
             wait = self.next - now
         if wait > 0:
@@ -163,6 +167,7 @@ class SlowHandler(RangeHandler):
                     return  # a client that took the first piece of a 200 and hung up: by design
                 if sent == 0:
                     return
+                self.server.sends.append((time.monotonic(), id(self), sent))  # (list.append: atomic)
                 offset += sent
                 n -= sent
                 left -= sent
@@ -171,7 +176,8 @@ class SlowHandler(RangeHandler):
 def slow_server(root: Path, conn_rate: float, total_rate: float, latency: float) -> Server:
     s = Server(root, handler=SlowHandler)
     s.httpd.conn_rate = conn_rate
-    s.httpd.total_bucket = Bucket(total_rate)
+    s.httpd.idle = []
+    s.httpd.total_bucket = Bucket(total_rate, s.httpd.idle)
     s.httpd.latency = latency
     s.httpd.request_queue_size = 128
     s.httpd.stats_lock = threading.Lock()
@@ -182,6 +188,43 @@ def slow_server(root: Path, conn_rate: float, total_rate: float, latency: float)
 def reset_stats(s: Server) -> None:
     with s.httpd.stats_lock:
         s.httpd.stats = {"connections": 0, "requests": 0, "first_request": None}
+        s.httpd.sends = []  # (time, connection, bytes) of every send
+        s.httpd.idle.clear()
+
+
+def timeline(s: Server, end: float, total: int, limit: float, who: str) -> None:
+    """Where the time over the bandwidth limit went, from the server's side: the shared
+    bucket's idle spells before its first draw (ramp-up: connect and first-byte latency),
+    in the middle and in the last 10 % of the bytes (the tail), the bytes sent past what the
+    files hold (cut runs), and per 100 ms the rate and the connections sending."""
+    first = s.httpd.stats["first_request"]
+    sends = sorted(s.httpd.sends)
+    sent, acc, tail_from = sum(n for _, _, n in sends), 0, end
+    for t, _, n in sends:
+        acc += n
+        if acc >= 0.9 * total:
+            tail_from = t
+            break
+    idle = [(max(a, first), b) for a, b in s.httpd.idle if b > first]
+    start = idle[0][1] - first if idle and idle[0][0] <= first else 0.0
+    rest = idle[1:] if start else idle
+    mid = sum(min(b, tail_from) - a for a, b in rest if a < tail_from)
+    tail = sum(b - max(a, tail_from) for a, b in rest if b > tail_from)
+    last = max((t for t, _, _ in sends), default=end)
+    other = (end - first) - limit - start - mid - tail - (end - last)
+    print(f"{who} timeline: {end - first:.3f} s = limit {limit:.3f} + start {start:.3f} (first request to the "
+          f"first byte drawn) + idle in the middle {mid:.3f} + idle in the tail {tail:.3f} (the last 10 % of the "
+          f"bytes, from {tail_from - first:.2f} s) + {end - last:.3f} after the last send + {other:.3f} of bytes "
+          f"sent or drawn for past what the files hold (cut runs; {(sent - total) / MB:.2f} MB sent)")
+    step = 0.1
+    bins: dict[int, tuple[int, set]] = {}
+    for t, conn, n in sends:
+        k = int((t - first) / step)
+        got, conns = bins.get(k, (0, set()))
+        conns.add(conn)
+        bins[k] = (got + n, conns)
+    print("  " + " ".join(f"{k * step:.1f}:{bins[k][0] / step / MB:.0f}/{len(bins[k][1])}" for k in sorted(bins))
+          + "   (s: MB/s / connections sending)")
 
 
 def stats(s: Server) -> dict:
@@ -258,6 +301,8 @@ def main() -> None:
                          "--threshold-scale 0.05 splits the same files as at full size)")
     ap.add_argument("--no-sizes", action="store_true",
                     help="give torchdepot no sizes (as from an HTML index): it learns them from Content-Length")
+    ap.add_argument("--timeline", action="store_true",
+                    help="print where the time over the limit went, from the server's side (torchdepot and aria2c)")
     ap.add_argument("--skip", default="", help="comma list of pip,uv,aria2c,fixed to leave out")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
@@ -312,6 +357,8 @@ def main() -> None:
             results["torchdepot, in process"] = figures["seconds"]
             results["torchdepot, download alone"] = figures["end"] - seen["first_request"]
             rss = figures["rss"]
+            if args.timeline:
+                timeline(srv, figures["end"], total, limit, "torchdepot")
             print(f"torchdepot fetch: {figures['seconds']:.2f} s inside the process, {took:.2f} s with "
                   f"interpreter start; peak RSS {rss / MB:.1f} MB; CPU {figures['cpu']:.2f} s; "
                   f"{seen['connections']} connections, {seen['requests']} requests")
@@ -328,6 +375,8 @@ def main() -> None:
                     check_files([tmp / "aria2c" / f["file"] for f in files], files, "aria2c")
                     results["aria2c, with start"] = took
                     results["aria2c, download alone"] = end - seen["first_request"]
+                    if args.timeline:
+                        timeline(srv, end, total, limit, "aria2c")
                     print(f"aria2c: {end - seen['first_request']:.2f} s from its first request, {took:.2f} s "
                           f"with process start ({seen['first_request'] - t:.3f} s to its first request); "
                           f"{seen['connections']} connections, {seen['requests']} requests; every sha256 checked")

@@ -104,6 +104,7 @@ def test_select_wheels_filters():
     ["ls", "--index", "http://127.0.0.1:{port}/whl", "--package", "torch"],
     ["conda", "ls", "--channel", "http://127.0.0.1:{port}/pytorch", "--subdir", "linux-64"],
 ])
+@pytest.mark.slow  # 1.5-2.2 s: keeps make test under 2 minutes
 def test_unreachable_source_fails_fast_in_one_line(argv):
     """A host that drops packets: one line and exit 1 within a bounded time (two short
     attempts), not a sync's five patient ones per URL. The connect timeout is injected short

@@ -2,7 +2,9 @@
 of the smallest size (about 1 MB) goes out in pieces that share the run's connections, and a
 host that refuses an extra connection (429/503 while another piece of the file is in flight)
 gets one stream per file from then on; a connection that is free takes the second half of
-the largest run still in flight (aria2's rule), on block boundaries, never under one block.
+the largest run still in flight (aria2's rule), on block boundaries, never under one block;
+near the end (no run left for that rule) it cuts the run that would end last below a block,
+only where the cut pays for the new request's first-byte wait (the tail rule).
 Real loopback servers; requests, ranges and bytes counted at the server."""
 
 from __future__ import annotations
@@ -88,8 +90,9 @@ def test_a_host_refusing_parallel_ranges_gets_one_stream(tmp_path, up, status):
 
 # -- aria2's rule: a free connection takes the second half of the largest remaining run ----------
 KB128 = 128 * 1024
-STEAL = dict(piece_bytes=KB128, split_bytes=2 * KB128, head_steal_bytes=2 * KB128, connections=2,
-             connections_per_host=2, progress=False)
+# (no tail cuts below a block here: these tests are about aria2's rule; the tail rule has its own below)
+STEAL = dict(piece_bytes=KB128, split_bytes=2 * KB128, head_steal_bytes=2 * KB128, tail_piece_bytes=KB128,
+             connections=2, connections_per_host=2, progress=False)
 
 
 def _bounded(asked: list) -> list[tuple[int, int]]:
@@ -206,3 +209,153 @@ def test_a_connection_freed_by_another_file_splits_a_file_that_started_as_one_ru
     assert all(0 < s < len(data) and s % KB128 == 0 and e - s + 1 >= KB128 for s, e in stolen)
     assert results[1].fetched_bytes == len(data)  # no byte written twice
     assert up.body_bytes["/whl/a.whl"] <= len(data) + 2 * KB128
+
+
+# -- the tail rule: below a block near the end, only where a cut pays for its first-byte wait ----
+def test_near_the_end_a_free_connection_cuts_below_a_block_where_it_pays(tmp_path, up, monkeypatch):
+    import torchdepot.fetch.engine as engine
+    from torchdepot.fetch.segmented import TAIL_GRANULE
+
+    def second_pass(path):
+        raise AssertionError(f"{path} read again to hash it")
+
+    monkeypatch.setattr(engine, "sha256_file", second_pass)  # blocks finished by two runs still hash on the way
+    data = random.Random(11).randbytes(4 * KB128)
+    item = _item(up, "tail.whl", data)
+    # two runs (1 and 3 blocks); the one the server sees first drips for a second or so, the other is
+    # served at once: no run has two blocks left for long, so only the tail rule splits the dripping one
+    up.schedule("/whl/tail.whl", Fault("drip", rate=400_000))
+    up.always("/whl/tail.whl", Fault("ok"))
+    floor = 16 * 1024
+    res = Fetcher(tmp_path, _client(), **dict(STEAL, tail_piece_bytes=floor)).run([item]).results[0]
+    assert res.status == "downloaded", res
+    assert (tmp_path / item.key).read_bytes() == data
+    assert res.sha256 == hashlib.sha256(data).hexdigest()
+    assert res.fetched_bytes == len(data)  # every byte written once, though cuts fall inside blocks
+    asked = _bounded(_requests(up, "tail.whl"))
+    runs = [(a, b - 1) for a, b in plan_runs(len(data), KB128, set(), 2, stagger=True)]
+    stolen = [(a, b) for a, b in asked if (a, b) not in runs]
+    inside = [(a, b) for a, b in stolen if a % KB128]
+    assert inside, asked  # cut below a block
+    assert all(a % TAIL_GRANULE == 0 and b - a + 1 >= floor for a, b in inside), asked
+    assert up.body_bytes["/whl/tail.whl"] <= len(data) + len(stolen) * 64 * 1024  # what a cut left in flight
+
+
+def _reading(runs: list[tuple[int, int, int, float]], size: int):
+    """A file in flight whose runs (first, pos, end, rate) have been read for a second at ``rate``."""
+    from torchdepot.fetch.pieces import PieceState, Validators
+    from torchdepot.fetch.segmented import _Segmented
+
+    seg = _Segmented(item=None, url="", part=None, fd=-1, size=size, block=MB,  # type: ignore[arg-type]
+                     state=PieceState(Validators(size), MB, block_count(size, MB)), started=0.0, meter=None)  # type: ignore[arg-type]
+    now = 100.0
+    for first, pos, end, rate in runs:
+        run = seg.add_run(first, end)
+        run.pos, run.since, run.base = pos, now - 1.0, pos - int(rate)
+    return seg, now
+
+
+@pytest.mark.parametrize("wait", [0.01, 0.03, 0.2])
+def test_a_tail_cut_pays_for_its_first_byte_wait_or_is_not_made(wait):
+    from torchdepot.fetch.segmented import TAIL_GRANULE, TAIL_PAYS, _tail_cut
+
+    rate = 8 * MB
+    floor = 64 * 1024
+    least = (1 + 2 * TAIL_PAYS) * wait * rate  # bytes left under which a cut cannot pay
+    for left in (int(least * 0.9), int(least * 1.1) + 3 * TAIL_GRANULE, 3 * MB // 2):
+        seg, now = _reading([(0, 100_000, 100_000 + left, rate)], 4 * MB)
+        found = _tail_cut(seg, now, wait, floor, head_min=4 * MB)
+        share_would_be = (left - wait * rate) / 2
+        if left < least or share_would_be < floor:
+            assert found is None, (left, found)
+            continue
+        assert found is not None, left
+        seconds, run, cut = found
+        assert seconds == pytest.approx(left / rate)
+        assert cut % TAIL_GRANULE == 0
+        assert run.pos < cut
+        assert run.end - cut >= floor
+        # the owner's rest and the new run's wait plus reading end together (to a granule)
+        owner, thief = (cut - run.pos) / rate, wait + (run.end - cut) / rate
+        assert abs(owner - thief) <= 2 * TAIL_GRANULE / rate
+
+
+def test_the_tail_rule_cuts_the_run_that_would_end_last_not_the_largest():
+    from torchdepot.fetch.segmented import _tail_cut
+
+    # a 1.5 MB run at 8 MB/s ends in 0.19 s; a 1 MB run at 2 MB/s in 0.5 s: that one is cut
+    seg, now = _reading([(0, 0, 3 * MB // 2, 8 * MB), (2 * MB, 2 * MB, 3 * MB, 2 * MB)], 4 * MB)
+    found = _tail_cut(seg, now, 0.03, 64 * 1024, head_min=4 * MB)
+    assert found is not None
+    assert found[1].first == 2 * MB
+    # a run not being read (no rate) or read too briefly to tell is never cut by the tail rule
+    seg, now = _reading([(0, 0, 3 * MB // 2, 8 * MB)], 4 * MB)
+    seg.runs[0].since = None
+    assert _tail_cut(seg, now, 0.03, 64 * 1024, head_min=4 * MB) is None
+    seg.runs[0].since = now - 0.001
+    assert _tail_cut(seg, now, 0.03, 64 * 1024, head_min=4 * MB) is None
+
+
+def test_bytes_at_the_hashed_prefix_are_hashed_from_memory_the_rest_read_back_once(tmp_path, monkeypatch):
+    import os
+
+    import torchdepot.fetch.segmented as segmented
+    from torchdepot.fetch.pieces import PieceState, Validators
+
+    data = random.Random(12).randbytes(3 * KB128 + 1000)
+    part = tmp_path / "f.part"
+    part.write_bytes(bytes(len(data)))
+    fd = os.open(part, os.O_RDWR)
+    read_back: list[tuple[int, int]] = []
+    real = os.preadv
+
+    def preadv(fd_, buffers, offset):
+        n = real(fd_, buffers, offset)
+        read_back.append((offset, n))
+        return n
+
+    monkeypatch.setattr(segmented.os, "preadv", preadv)
+    try:
+        size = len(data)
+        seg = segmented._Segmented(item=None, url="", part=part, fd=fd, size=size, block=KB128,  # type: ignore[arg-type]
+                                   state=PieceState(Validators(size), KB128, block_count(size, KB128)),
+                                   started=0.0, meter=None)  # type: ignore[arg-type]
+
+        def write(first: int, end: int) -> None:  # what a run does with a chunk: write, hash if at the prefix, record
+            os.pwrite(fd, data[first:end], first)
+            seg.digest.take(data[first:end], first)
+            with seg.lock:
+                segmented._record(seg, first, end)
+            seg.digest.follow(seg)
+
+        cut = KB128 + 5000  # a run that ends inside a block (a tail cut), the next one written first
+        write(2 * KB128, size)  # past a gap: not hashed yet
+        write(cut, 2 * KB128)
+        assert seg.digest.pos == 0
+        write(0, 1000)  # at the prefix: from memory
+        write(1000, cut)  # from memory, up to inside block 1; then blocks 1 and the rest are done: read back
+        seg.digest.follow(seg, wait=True)
+    finally:
+        os.close(fd)
+    assert seg.digest.pos == size
+    assert seg.digest.hasher.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert seg.state.done == set(range(block_count(size, KB128)))
+    assert read_back, "the bytes past the gap are read back"
+    assert all(offset >= cut for offset, _ in read_back)  # never what was hashed from memory
+    assert sum(n for _, n in read_back) == size - cut  # and the rest exactly once
+
+
+def test_a_free_connection_waits_for_young_runs_of_its_own_file_only():
+    # a file's thread waits for all its piece tasks: one waiting for another file's young runs
+    # (to judge their rate for the tail rule) would hold back its own file's end (seen 0.14-0.25 s)
+    from torchdepot.fetch.segmented import RATE_SECONDS, Segmenter
+
+    segmenter = Segmenter(pool=None, executor=None, split_bytes=2 * MB, piece_bytes=MB,  # type: ignore[arg-type]
+                          connections_per_host=16, attempts=1)
+    own, now = _reading([(0, MB, MB, 8 * MB)], 4 * MB)  # its one run is done
+    other, _ = _reading([(0, 0, 3 * MB, 8 * MB)], 4 * MB)
+    other.runs[0].since = time.monotonic()  # just asked for: too young to judge
+    segmenter.in_flight.add(own)
+    segmenter.in_flight.add(other)
+    assert segmenter._tail_wait(own) == 0
+    assert 0 < segmenter._tail_wait(other) <= RATE_SECONDS

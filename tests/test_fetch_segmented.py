@@ -25,7 +25,9 @@ from torchdepot.net.http import Client, HttpConfig
 ROOT = Path(__file__).resolve().parent.parent
 SIZE = 2_000_000
 PIECE = 128 * 1024
-SPLIT = dict(split_bytes=500_000, piece_bytes=PIECE, head_steal_bytes=500_000, connections=8, connections_per_host=4)
+# (no tail cuts below a block, which tests/test_fetch_dynamic.py covers: ranges here start on blocks)
+SPLIT = dict(split_bytes=500_000, piece_bytes=PIECE, head_steal_bytes=500_000, tail_piece_bytes=PIECE, connections=8,
+             connections_per_host=4)
 
 
 def _data(seed: int, size: int = SIZE) -> bytes:

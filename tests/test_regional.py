@@ -57,6 +57,7 @@ def upstream():
         yield up, kit.serve(up)
 
 
+@pytest.mark.slow  # 1.5-2.2 s: keeps make test under 2 minutes
 def test_every_matching_release_its_pairs_and_closure_per_accelerator(upstream, tmp_path):
     up, every = upstream
     out = tmp_path / "out"

@@ -174,6 +174,7 @@ def raw_exchange(httpd, data: bytes) -> bytes:
         return s.recv(65536)
 
 
+@pytest.mark.slow  # 1.5-2.2 s: keeps make test under 2 minutes
 def test_idle_sockets_do_not_starve_real_clients(mirror):
     with serve_mirror(mirror, ServeLimits(workers=4)) as httpd:
         idle = [socket.create_connection(httpd.server_address[:2], timeout=10) for _ in range(300)]

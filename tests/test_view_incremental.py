@@ -177,6 +177,7 @@ def test_a_dry_run_reads_the_mirrors_derivations_and_writes_none(upstream, tmp_p
     assert any("2.5.1+cpu" in m for m in msgs), msgs
 
 
+@pytest.mark.slow  # 1.5-2.2 s: keeps make test under 2 minutes
 def test_a_changed_input_besides_pages_derives_again(upstream, tmp_path, counted):
     """The host policy, sources or cutoff a derivation depended on changed: nothing is reused."""
     derived, _ = counted

@@ -51,6 +51,7 @@ from torchdepot.fetch.segmented import (
     DEFAULT_HEAD_STEAL_BYTES,
     DEFAULT_PIECE_BYTES,
     DEFAULT_SPLIT_BYTES,
+    DEFAULT_TAIL_PIECE_BYTES,
     Segmenter,
 )
 from torchdepot.fetch.single import Streamer
@@ -72,7 +73,8 @@ class Fetcher:
 
     ``jobs``: files in flight at least (the connection caps bound the sockets);
     ``connections`` / ``connections_per_host``: socket caps; ``split_bytes`` /
-    ``piece_bytes``: which files are split and the smallest piece; ``min_rate`` (bytes/s,
+    ``piece_bytes``: which files are split and the smallest piece (``tail_piece_bytes`` near the
+    end, where a cut pays for its first-byte wait; at least ``piece_bytes``: never); ``min_rate`` (bytes/s,
     0: off) over ``rate_window`` s: the per-file rate floor; ``file_timeout`` /
     ``deadline``: optional per-file and whole-run limits in seconds; ``on_progress``: a
     callable receiving :class:`~torchdepot.fetch.progress.ProgressEvent` s.
@@ -97,6 +99,7 @@ class Fetcher:
         split_bytes: int = DEFAULT_SPLIT_BYTES,
         piece_bytes: int = DEFAULT_PIECE_BYTES,
         head_steal_bytes: int = DEFAULT_HEAD_STEAL_BYTES,
+        tail_piece_bytes: int = DEFAULT_TAIL_PIECE_BYTES,
         min_rate: float = DEFAULT_MIN_RATE,
         rate_window: float = DEFAULT_RATE_WINDOW,
         on_progress: ProgressCallback | None = None,
@@ -123,6 +126,7 @@ class Fetcher:
         self.split_bytes = max(1, split_bytes)
         self.piece_bytes = max(64 * 1024, piece_bytes)
         self.head_steal_bytes = max(0, head_steal_bytes)
+        self.tail_piece_bytes = max(16 * 1024, tail_piece_bytes)
         self.floor = RateFloor(min_rate=max(0.0, min_rate), window=rate_window)
         self.on_progress = on_progress
         self.cache = HashCache(self.root)
@@ -172,7 +176,8 @@ class Fetcher:
         self._pieces = ThreadPoolExecutor(max_workers=self.connections, thread_name_prefix="piece")
         self._segments = Segmenter(pool=self._pool, executor=self._pieces, split_bytes=self.split_bytes,
                                    piece_bytes=self.piece_bytes, connections_per_host=self.connections_per_host,
-                                   attempts=self.attempts, head_steal_bytes=self.head_steal_bytes)
+                                   attempts=self.attempts, head_steal_bytes=self.head_steal_bytes,
+                                   tail_piece_bytes=self.tail_piece_bytes)
         self._streams = Streamer(pool=self._pool, segmenter=self._segments)
         self._futures = {}
         self.report = None

@@ -23,7 +23,7 @@ from typing import Literal
 
 from torchdepot.errors import TorchdepotError, load_json
 from torchdepot.store import layout as L
-from torchdepot.store.fsutil import atomic_write_text, safe_join, sha256_file
+from torchdepot.store.fsutil import atomic_write_bytes, safe_join, sha256_file
 
 HTML_TYPES = ("text/html", "application/xhtml")
 HTML_MAGIC = (b"<!doctype html", b"<html", b"<head", b"<body")
@@ -151,9 +151,13 @@ class HashCache:
             self.data.pop(key, None)
 
     def save(self) -> None:
+        """Atomic, not fsynced (as the fetched files are not, unless asked): an unreadable or
+        missing cache means hashing again, and an entry is trusted only while its file's size
+        and mtime match. An fsync here made the end of every fetch wait on a journal commit
+        with the run's freshly written bytes behind it."""
         with self.lock:
             text = json.dumps(self.data, sort_keys=True, indent=0)
-        atomic_write_text(self.path, text)
+        atomic_write_bytes(self.path, text.encode("utf-8"), fsync=False)
 
 
 def hash_present(root: Path, key: str, cache: HashCache | None = None) -> tuple[str, int] | None:

@@ -4,11 +4,13 @@ sidecar file).
 Invariants:
 - the pieces of a file tile ``[0, size)`` exactly, in order, without overlap; the sidecar
   counts fixed blocks of ``piece_bytes`` (aria2's bitfield), while the ranges the
-  connections fetch (:func:`plan_runs`) are runs of whole blocks whose ends move when a
-  free connection takes the second half of one (:mod:`torchdepot.fetch.segmented`);
+  connections fetch (:func:`plan_runs`) start as runs of whole blocks whose ends move when
+  a free connection takes the second half of one (:mod:`torchdepot.fetch.segmented`; on a
+  block boundary, or inside a block near the end, where the tail rule cuts finer);
 - the sidecar (``<partial>.pieces.json``) lists only blocks whose every byte is already in
-  the partial file; it is written atomically after the block's bytes, so a killed process
-  leaves the old list or the new one, never a block claimed done that is not written;
+  the partial file; it is written atomically after the blocks' bytes (by the first chunk read
+  0.2 s or more after the last write, and when the file fails), so a killed process leaves
+  the old list or the new one, never a block claimed done that is not written;
 - a partial file is dropped together with its sidecar (:func:`drop_partial`), so no
   sidecar outlives the bytes it describes;
 - a sidecar is trusted only for its own version, the same size, block size and validators
@@ -166,12 +168,18 @@ def load_state(part: Path) -> PieceState | None:
 
 
 def save_state(part: Path, state: PieceState) -> None:
-    """Atomic (temp + rename) but not fsynced: it is written after every piece, and it only
-    has to survive a killed process, as the piece bytes it describes do (page cache). After
-    a power loss the assembled file's hash check still refuses a hole."""
+    """Atomic (temp + rename) but not fsynced: it is rewritten while blocks finish, and it
+    only has to survive a killed process, as the piece bytes it describes do (page cache).
+    After a power loss the assembled file's hash check still refuses a hole."""
+    save_text(part, state.to_json())
+
+
+def save_text(part: Path, text: str) -> None:
+    """:func:`save_state` of a state already serialised (``PieceState.to_json``); one writer
+    at a time per file (the temp file's name is fixed)."""
     path = sidecar_path(part)
     tmp = _sidecar_tmp(path)
-    tmp.write_text(state.to_json(), encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 

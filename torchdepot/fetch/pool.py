@@ -102,26 +102,35 @@ class Slots:
         with self.lock:
             sem = self.hosts.setdefault(host, threading.BoundedSemaphore(self.per_host_cap))
         with self.lock:
-            self.waiting += 1
             self.busy[host] = self.busy.get(host, 0) + 1
         try:
-            sem.acquire()  # always host first, then total: no lock-order cycle
+            self._acquire(sem)  # always host first, then total: no lock-order cycle
             try:
-                self.total.acquire()
+                self._acquire(self.total)
             except BaseException:
                 sem.release()
                 raise
         except BaseException:
             self._unbusy(host)
             raise
-        finally:
-            with self.lock:
-                self.waiting -= 1
         held = Held((self.total, sem), on_release=lambda: self._unbusy(host))
         try:
             yield held
         finally:
             held.release()
+
+    def _acquire(self, sem: threading.BoundedSemaphore) -> None:
+        """Take ``sem``, counted in :attr:`waiting` only while it really blocks: a request that
+        gets a free slot at once is not work waiting for a connection, even for an instant."""
+        if sem.acquire(blocking=False):
+            return
+        with self.lock:
+            self.waiting += 1
+        try:
+            sem.acquire()
+        finally:
+            with self.lock:
+                self.waiting -= 1
 
     def _unbusy(self, host: str) -> None:
         with self.lock:

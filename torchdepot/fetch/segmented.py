@@ -15,7 +15,12 @@ Invariants:
   run with the most bytes left (aria2's rule), in its own file first, else in any file in
   flight (a connection freed by a one-stream file too), cut on a block boundary, never
   leaving either side under one block, and a run being read only while it has
-  ``MIN_STEAL_SECONDS`` or more left at its own rate (a cut costs what is in flight); the owner stops at the new boundary (checked under
+  ``MIN_STEAL_SECONDS`` or more left at its own rate (a cut costs what is in flight);
+  when no run anywhere is left for that rule (the end of the run), the tail rule: it cuts
+  the run being read that would end last (by its own rate) where the owner and the new
+  request (which first waits a measured first-byte time) end together, down to
+  ``tail_piece_bytes`` (64 KiB) and only where the new run reads for ``TAIL_PAYS`` first-byte
+  waits or more, so a cut never costs more than it saves; the owner stops at the new boundary (checked under
   the file's lock before each write, so no byte is written by both), and only what was in
   flight past it crossed the link for nothing; a file's own thread waits for every run of
   its file, those another file's connection took included, before it closes the file;
@@ -24,8 +29,11 @@ Invariants:
   is in flight refuses parallel ranges: the file restarts over one connection
   (:class:`~torchdepot.fetch.pool.Fallback`) and no later file from that host is split;
 - each run is written at its own offset (``pwrite`` into a sparse file); each block is
-  recorded in the sidecar once all its bytes are there, so a killed run resumes with the
-  unfinished blocks only; a cut run retries from the byte it reached;
+  done once all its bytes are there (counted per block, whichever runs wrote them: a tail
+  cut may fall inside a block) and listed in the sidecar by the next write (outside the
+  file's lock, at most every ``SIDECAR_SECONDS`` and when the file fails), so a killed run
+  resumes with the unfinished blocks and those done since that write only; a cut run
+  retries from the byte it reached;
 - a sidecar is reused only for the same size, block size and an unchanged file on disk;
 - a server that ignores Range (200 to a piece request), a wrong ``Content-Range``, or a
   file that changes during the download (ETag, Last-Modified or size differ between
@@ -65,6 +73,7 @@ from torchdepot.fetch.pieces import (
     load_state,
     plan_runs,
     save_state,
+    save_text,
 )
 from torchdepot.fetch.pool import CHUNK, READ_ERRORS, Fallback, Fatal, Held, Pool, Retry, keep_alive
 from torchdepot.net.http import describe, parse_content_range, range_header
@@ -81,6 +90,15 @@ DEFAULT_HEAD_STEAL_BYTES = 4 * DEFAULT_PIECE_BYTES
 # in flight (on a fast link, whole socket buffers), and a run that ends soon gains nothing.
 MIN_STEAL_SECONDS = 0.2
 RATE_SECONDS = MIN_STEAL_SECONDS / 4  # how long a run is read before its rate is judged
+HASH_CHUNK = CHUNK  # what the digest reads back at a time (one buffer per file being hashed)
+SIDECAR_SECONDS = 0.2  # the resume sidecar is rewritten at most this often while blocks finish
+# Near the end (no run left with two blocks' worth, or with MIN_STEAL_SECONDS left), a free
+# connection still takes part of the run that would end last, in pieces down to this size,
+# when that pays for the request's first-byte wait (:func:`_tail_cut`).
+DEFAULT_TAIL_PIECE_BYTES = 64 * 1024
+TAIL_GRANULE = 16 * 1024  # tail cuts fall on multiples of this (they need not match the sidecar's blocks)
+TAIL_PAYS = 0.25  # a tail cut only when the new run's own reading time is this many first-byte waits or more
+FIRST_BYTE_GUESS = 0.05  # seconds from a request to its first body byte, until one is measured
 REFUSALS = frozenset({429, 503})  # an extra connection refused: the host wants one stream per file
 
 
@@ -93,20 +111,35 @@ class _Run:
     first: int
     pos: int
     end: int
-    marked: int  # blocks before this offset are recorded in the sidecar
     unbounded: bool = False  # a 200 for the whole file: the server sends on past any cut
     since: float | None = None  # when its current request began reading (None: none in flight)
     base: int = 0  # pos then
 
 
 class _InOrderDigest:
-    """sha256 of a file whose blocks finish out of order: it follows the prefix of finished
-    blocks (read back with ``pread``); one thread hashes at a time, the others go on."""
+    """sha256 of a file whose blocks finish out of order: the run that writes right at the end
+    of the hashed prefix hashes its bytes from memory as they arrive (:meth:`take`); past a
+    gap, it follows the prefix of finished blocks (read back from the page cache into one
+    reused buffer) once the gap is filled. One thread hashes at a time, the others go on."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.hasher = hashlib.sha256()
         self.pos = 0  # bytes hashed so far
+        self.buf: bytearray | None = None  # read back into this one buffer (no allocation per read)
+
+    def take(self, data: bytes | memoryview, pos: int) -> None:
+        """Hash ``data``, the bytes at ``pos`` just written, from memory when they continue
+        the hashed prefix and no other thread is hashing (else a later :meth:`follow` reads
+        them back)."""
+        if self.pos != pos or not self.lock.acquire(blocking=False):
+            return
+        try:
+            if self.pos == pos:
+                self.hasher.update(data)
+                self.pos += len(data)
+        finally:
+            self.lock.release()
 
     def follow(self, seg: _Segmented, wait: bool = False) -> None:
         """Hash the finished blocks from :attr:`pos` on; ``wait``: even if another thread is
@@ -118,15 +151,18 @@ class _InOrderDigest:
                 with seg.lock:
                     upto = self.pos
                     while upto < seg.size and upto // seg.block in seg.state.done:
-                        upto = min(upto + seg.block, seg.size)
+                        upto = min((upto // seg.block + 1) * seg.block, seg.size)  # (pos may be inside a block)
                 if upto == self.pos:
                     return
+                if self.buf is None:
+                    self.buf = bytearray(HASH_CHUNK)
+                view = memoryview(self.buf)
                 while self.pos < upto:
-                    chunk = os.pread(seg.fd, min(CHUNK, upto - self.pos), self.pos)
-                    if not chunk:  # the file is shorter than its recorded blocks: the check fails later
+                    n = os.preadv(seg.fd, [view[:min(HASH_CHUNK, upto - self.pos)]], self.pos)
+                    if not n:  # the file is shorter than its recorded blocks: the check fails later
                         return
-                    self.hasher.update(chunk)
-                    self.pos += len(chunk)
+                    self.hasher.update(view[:n])
+                    self.pos += n
         finally:
             self.lock.release()
 
@@ -151,6 +187,13 @@ class _Segmented:
     requests: int = 0
     steals: int = 0
     active: int = 0  # piece requests holding a connection now
+    tail_steals: int = 0  # cuts below a block (near the end)
+    # bytes written so far of each block not yet recorded: a block is done once all its bytes
+    # are, whichever runs wrote them (a tail cut may fall inside a block)
+    filled: dict[int, int] = field(default_factory=dict)
+    saved_at: float = 0.0  # when the sidecar was last written
+    dirty: bool = False  # blocks done since then
+    save_lock: threading.Lock = field(default_factory=threading.Lock)
     digest: _InOrderDigest = field(default_factory=_InOrderDigest)
     # the piece tasks of this file, a connection lent by another file's included; closed
     # (under ``lock``) once the file's own thread has waited for them all: no more are added
@@ -158,7 +201,7 @@ class _Segmented:
     closed: bool = False
 
     def add_run(self, first: int, end: int, unbounded: bool = False) -> _Run:
-        run = _Run(index=len(self.runs), first=first, pos=first, end=end, marked=first, unbounded=unbounded)
+        run = _Run(index=len(self.runs), first=first, pos=first, end=end, unbounded=unbounded)
         self.runs.append(run)
         return run
 
@@ -181,6 +224,23 @@ class _InFlight:
     def others(self, seg: _Segmented | None) -> list[_Segmented]:
         with self.lock:
             return [s for s in self.segs if s is not seg]
+
+
+class _FirstByte:
+    """How long a range request waits for its first body byte (a moving average of the last
+    few): what a tail cut must pay for (:func:`_tail_cut`)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.value: float | None = None
+
+    def add(self, seconds: float) -> None:
+        with self.lock:
+            self.value = seconds if self.value is None else 0.75 * self.value + 0.25 * seconds
+
+    def get(self) -> float:
+        with self.lock:
+            return FIRST_BYTE_GUESS if self.value is None else self.value
 
 
 class _Backlog:
@@ -206,9 +266,11 @@ class Segmenter:
     connections_per_host: int
     attempts: int
     head_steal_bytes: int = DEFAULT_HEAD_STEAL_BYTES
+    tail_piece_bytes: int = DEFAULT_TAIL_PIECE_BYTES  # >= piece_bytes: no cut below a block
     refused: set[str] = field(default_factory=set)  # hosts that refused parallel ranges this run
     backlog: _Backlog = field(default_factory=_Backlog)
     in_flight: _InFlight = field(default_factory=_InFlight)
+    first_byte: _FirstByte = field(default_factory=_FirstByte)
 
     def worth_splitting(self, size: int, url: str = "") -> bool:
         return (size >= self.split_bytes and self.connections_per_host > 1
@@ -262,6 +324,8 @@ class Segmenter:
                 self._wait(seg, errors)
             finally:
                 self.in_flight.remove(seg)
+            if errors:
+                self._save(seg, force=True)  # every block done so far, for the next run to resume
             _raise_first(errors)
             seg.digest.follow(seg, wait=True)  # what the pieces left unhashed (often nothing)
             digest = seg.digest.hasher.hexdigest() if seg.digest.pos == size else None
@@ -329,25 +393,53 @@ class Segmenter:
             except BaseException as exc:
                 errors.append(exc)
 
-    def _free(self) -> bool:
-        """Whether a connection that just finished may stay with this file: no piece task and
-        no whole file waits for one (aria2's rule: a free connection takes the second half
-        of the largest remaining piece only when no new work waits)."""
-        return self.backlog.count == 0 and self.pool.slots.waiting == 0
+    def _free(self, url: str | None) -> bool:
+        """Whether a connection that just finished (holding no slot now) may stay with the file
+        at ``url``: no whole file or piece waits for a connection (aria2's rule: a free
+        connection takes the second half of the largest remaining piece only when no new work
+        waits), neither blocked on a cap nor submitted and not started yet, unless the host
+        has a slot free for each of those besides this one (a sibling run whose thread has
+        not started yet does not need this connection)."""
+        if self.pool.slots.waiting:
+            return False
+        return self.backlog.count < (self.pool.slots.idle(url) if url is not None else 1)
 
     def _next(self, seg: _Segmented) -> _Run | None:
+        """What a connection free after a run of ``seg`` does next: the second half of the
+        largest run of ``seg`` (aria2's rule), else of another file (handed to that file's
+        tasks: None here), else a tail cut anywhere (:meth:`_lend`); while the runs that
+        could be split are too young for their rate to tell, it waits for them a little."""
         give_up = time.monotonic() + 4 * RATE_SECONDS
         while True:
-            if seg.abort.is_set() or not self._free():
+            if seg.abort.is_set() or not self._free(seg.url):
                 return None
             with seg.lock:
                 run = _steal(seg, self.piece_bytes, self.head_steal_bytes)
             if run is not None:
                 return run
             wait = _rate_wait([seg], self.piece_bytes, self.head_steal_bytes)
+            if not wait:  # nothing in this file for aria2's rule, now or soon
+                run, handed = self._lend(seg)
+                if run is not None or handed:
+                    return run
+                wait = self._tail_wait(seg)
             if not wait or time.monotonic() + wait > give_up:
                 return None
             time.sleep(max(wait, 0.005))  # (holding no socket) until the young runs' rates tell
+
+    def _tail_wait(self, seg: _Segmented) -> float:
+        """The longest a free connection waits for the rate of a run of ``seg`` being read
+        that the tail rule might cut (0: none is too young to judge, or the rule is off).
+        Only its own file's: a file's thread waits for all of its piece tasks, so one that
+        waited for another file's young runs would hold back its own file's end."""
+        if self.tail_piece_bytes >= self.piece_bytes:
+            return 0.0
+        now, wait = time.monotonic(), 0.0
+        with seg.lock:
+            for r in seg.runs:
+                if r.since is not None and r.end - r.pos >= 2 * self.tail_piece_bytes:
+                    wait = max(wait, RATE_SECONDS - (now - r.since))
+        return wait
 
     def _work(self, seg: _Segmented, run: _Run | None, queued: bool) -> None:
         """Fetch ``run`` (or a stolen half when None), then keep stealing while free."""
@@ -356,39 +448,97 @@ class Segmenter:
         if run is None:
             with seg.lock:
                 run = _steal(seg, self.piece_bytes, self.head_steal_bytes)
+            if run is None:
+                run = self._next(seg)
         while run is not None:
             self._piece(seg, run)
             run = self._next(seg)
-        self._lend(seg)
 
     def lend(self) -> None:
         """A connection just freed by a one-stream file: when no other work waits, it takes
         the second half of the largest run in flight (see :meth:`_lend`)."""
         self._lend(None)
 
-    def _lend(self, seg: _Segmented | None) -> None:
+    def _save(self, seg: _Segmented, force: bool = False) -> None:
+        """Write the sidecar with the blocks done so far, outside ``seg.lock`` (a write is a
+        file and a rename: the other runs of the file go on meanwhile), at most every
+        :data:`SIDECAR_SECONDS` unless ``force`` (a failed file, whose blocks the next run
+        resumes). One writer at a time; a write skipped because another is under way is
+        covered by the next one; blocks a write skipped are written by the first chunk any
+        run of the file reads after the interval. It lists only blocks already written, so a
+        killed process re-fetches at most what arrived since the last write."""
+        if not force and (not seg.dirty or time.monotonic() - seg.saved_at < SIDECAR_SECONDS):
+            return
+        if not seg.save_lock.acquire(blocking=force):
+            return
+        try:
+            with seg.lock:
+                seg.saved_at, seg.dirty = time.monotonic(), False
+                text = seg.state.to_json()
+            save_text(seg.part, text)
+        finally:
+            seg.save_lock.release()
+
+    def _lend(self, seg: _Segmented | None) -> tuple[_Run | None, bool]:
         """aria2's rule across files: a connection free after ``seg`` has nothing left to
         split takes the second half of the largest run of another file in flight (a new
-        piece task of that file, which waits for it), rather than sit idle."""
-        if (seg is not None and seg.abort.is_set()) or not self._free():
-            return
+        piece task of that file, which waits for it), rather than sit idle; when no run
+        anywhere is worth that, the tail rule (:func:`_tail_cut`) on the run that would end
+        last, of any file. Returns (the new run when it is ``seg``'s, for this thread to
+        fetch; whether one was handed to another file)."""
+        if (seg is not None and seg.abort.is_set()) or not self._free(None if seg is None else seg.url):
+            return None, False
         best: tuple[int, _Segmented] | None = None
         for other in self.in_flight.others(seg):
             with other.lock:
                 left = _stealable(other, self.piece_bytes, self.head_steal_bytes)
             if left and (best is None or left > best[0]):
                 best = (left, other)
+        if best is not None:
+            other = best[1]
+            with other.lock:
+                if other.closed or other.abort.is_set():
+                    return None, False
+                run = _steal(other, self.piece_bytes, self.head_steal_bytes)
+                if run is None:
+                    return None, False
+                return self._hand(seg, other, run)
+        return self._tail(seg)
+
+    def _tail(self, seg: _Segmented | None) -> tuple[_Run | None, bool]:
+        """Under no lock: the tail rule over every file in flight (see :meth:`_lend`)."""
+        if self.tail_piece_bytes >= self.piece_bytes:
+            return None, False
+        wait, now = self.first_byte.get(), time.monotonic()
+        best: tuple[float, _Segmented] | None = None
+        for other in self.in_flight.others(None):
+            with other.lock:
+                found = _tail_cut(other, now, wait, self.tail_piece_bytes, self.head_steal_bytes)
+            if found is not None and (best is None or found[0] > best[0]):
+                best = (found[0], other)
         if best is None:
-            return
+            return None, False
         other = best[1]
         with other.lock:
             if other.closed or other.abort.is_set():
-                return
-            run = _steal(other, self.piece_bytes, self.head_steal_bytes)
-            if run is None:
-                return
-            self.backlog.add(1)
-            other.futures.append(self.executor.submit(self._work, other, run, True))
+                return None, False
+            found = _tail_cut(other, now, wait, self.tail_piece_bytes, self.head_steal_bytes)
+            if found is None:
+                return None, False
+            _, owner, cut = found
+            end, owner.end = owner.end, cut
+            other.steals += 1
+            other.tail_steals += 1
+            return self._hand(seg, other, other.add_run(cut, end))
+
+    def _hand(self, seg: _Segmented | None, other: _Segmented, run: _Run) -> tuple[_Run | None, bool]:
+        """Under ``other.lock``: ``run`` (just cut from ``other``) for this thread when it is
+        ``seg``'s, else as a new piece task of ``other``, which its file thread waits for."""
+        if other is seg:
+            return run, False
+        self.backlog.add(1)
+        other.futures.append(self.executor.submit(self._work, other, run, True))
+        return None, True
 
     def _piece(self, seg: _Segmented, run: _Run) -> None:
         """Fetch one run to its (possibly moving) end, retrying from where it stopped."""
@@ -435,6 +585,7 @@ class Segmenter:
     def _range_request(self, seg: _Segmented, run: _Run, pos: int, last: int) -> None:
         """Ask for bytes ``pos``-``last`` of ``run`` and read them (see :meth:`_piece_request`)."""
         url = seg.url
+        asked = time.monotonic()
         try:
             resp = self.pool.open(url, {"Accept-Encoding": "identity", "Range": range_header(pos, last)},
                                   seg.started)
@@ -455,44 +606,55 @@ class Segmenter:
                 raise Fallback(f"{url}: bad Content-Range {resp.headers.get('Content-Range')!r} "
                                f"for bytes {pos}-{last}")
             _same_version(seg, Validators.from_headers(cr.total, resp.headers))
-            self._read_run(seg, run, resp, min(last, cr.last) + 1)
+            self._read_run(seg, run, resp, min(last, cr.last) + 1, asked)
             with seg.lock:
                 whole = run.end - 1 == last == cr.last  # nobody took a part: body read exactly
             if whole:
                 keep_alive(resp)  # the socket goes back to the pool
 
-    def _read_run(self, seg: _Segmented, run: _Run, resp: requests.Response, stop: int) -> None:
+    def _read_run(self, seg: _Segmented, run: _Run, resp: requests.Response, stop: int,
+                  asked: float | None = None) -> None:
         """Write ``resp``'s bytes at ``run.pos`` until the run's end (it may move closer) or
-        ``stop``; raises :class:`Retry` when the connection fails or ends short (the bytes so
+        ``stop`` (``asked``: when the request went out, to time its first byte); raises :class:`Retry` when the connection fails or ends short (the bytes so
         far stay written and recorded by whole blocks)."""
-        while True:
-            with seg.lock:
-                want = min(run.end, stop) - run.pos
-                pos = run.pos
-            if want <= 0:
-                break
+        raw, fd = resp.raw, seg.fd
+        with seg.lock:
+            want = min(run.end, stop) - run.pos
+            pos = run.pos
+        while want > 0:
             if seg.abort.is_set():
                 raise Fatal("aborted")
             try:
-                chunk = resp.raw.read1(min(CHUNK, want))
+                chunk = raw.read1(min(CHUNK, want))
             except READ_ERRORS as exc:
                 raise Retry(f"{seg.url}: {describe(exc)} at byte {pos} of piece {run.index}") from None
             if not chunk:
                 break
+            if asked is not None:
+                self.first_byte.add(time.monotonic() - asked)
+                asked = None
             with seg.lock:
                 # the end may have moved while this chunk was read: what lies past it is another
                 # run's; claiming the bytes here (pos) is what a steal splits after
-                chunk = chunk[:max(0, run.end - pos)]
-                run.pos = pos + len(chunk)
-                seg.fetched += len(chunk)
-            if chunk:
-                os.pwrite(seg.fd, chunk, pos)  # outside the lock: only this thread writes these bytes
-                with seg.lock:
-                    grew = _record(seg, run, pos + len(chunk))
-                if grew:
-                    seg.digest.follow(seg)
-                self.pool.advance(len(chunk))
-                seg.meter.add(len(chunk), time.monotonic())
+                n = min(len(chunk), max(0, run.end - pos))
+                run.pos = pos + n
+                seg.fetched += n
+            if n:
+                data = chunk if n == len(chunk) else memoryview(chunk)[:n]
+                os.pwrite(fd, data, pos)  # outside the lock: only this thread writes these bytes
+                if seg.digest.pos == pos:  # right at the hashed prefix: hash it now, from memory
+                    seg.digest.take(data, pos)
+            with seg.lock:  # the bytes are on disk: record them, and see what is left to read
+                grew = n > 0 and _record(seg, pos, pos + n)
+                pos = run.pos
+                want = min(run.end, stop) - pos
+            if seg.dirty:
+                self._save(seg)
+            if grew:
+                seg.digest.follow(seg)
+            if n:
+                self.pool.advance(n)
+                seg.meter.add(n, time.monotonic())
             self.pool.check_time(seg.started, seg.meter, seg.url)
         with seg.lock:
             short = run.pos < run.end
@@ -569,16 +731,52 @@ def _steal(seg: _Segmented, block: int, head_min: int = DEFAULT_HEAD_STEAL_BYTES
     return seg.add_run(mid, end)
 
 
-def _record(seg: _Segmented, run: _Run, written: int) -> bool:
-    """Under ``seg.lock``: record in the sidecar each block of ``run`` now fully written
-    (up to ``written``, which this thread has just written); True when one was."""
+def _tail_cut(seg: _Segmented, now: float, wait: float, floor: int,
+              head_min: int) -> tuple[float, _Run, int] | None:
+    """Under ``seg.lock``, the tail rule: the run being read that would end last, (its
+    seconds left at its own rate, the run, where to cut it). The cut leaves the owner ``x``
+    of its ``left`` bytes and a new request the rest, which waits ``wait`` s for its first
+    byte and then reads at the owner's rate ``r``: both end together at ``x = (left + wait
+    r) / 2``. It pays only where the new run's reading time is :data:`TAIL_PAYS` first-byte
+    waits or more (so a run with under ``(1 + 2 TAIL_PAYS) wait`` s left is never cut), and
+    the new run is at least ``floor`` bytes. A run whose rate is not known yet is skipped:
+    the tail's runs have been read for a while."""
+    best: tuple[float, _Run, int] | None = None
+    for r in seg.runs:
+        if r.since is None or (r.unbounded and r.end - r.pos < head_min):
+            continue
+        got, took = r.pos - r.base, now - r.since
+        if took < RATE_SECONDS or got <= 0:
+            continue
+        rate = got / took
+        left = r.end - r.pos
+        share = (left - wait * rate) / 2  # what the new request reads
+        if share < max(floor, TAIL_PAYS * wait * rate):
+            continue
+        cut = -(-(r.end - int(share)) // TAIL_GRANULE) * TAIL_GRANULE
+        if not r.pos < cut <= r.end - floor:
+            continue
+        if best is None or left / rate > best[0]:
+            best = (left / rate, r, cut)
+    return best
+
+
+def _record(seg: _Segmented, first: int, end: int) -> bool:
+    """Under ``seg.lock``: note bytes ``[first, end)`` written (by this thread, just now) and
+    mark done each block whose every byte now is (the sidecar follows: :meth:`Segmenter._save`);
+    True when one was."""
     grew = False
-    while run.marked < written and min(run.marked + seg.block, seg.size) <= written:
-        seg.state.done.add(run.marked // seg.block)
-        run.marked += seg.block
-        grew = True
-    if grew:
-        save_state(seg.part, seg.state)  # after the bytes: a recorded block is on disk
+    b = first // seg.block
+    while b * seg.block < end:
+        lo, hi = b * seg.block, min((b + 1) * seg.block, seg.size)
+        got = seg.filled.get(b, 0) + min(hi, end) - max(lo, first)
+        if got >= hi - lo:
+            seg.filled.pop(b, None)
+            seg.state.done.add(b)
+            grew = seg.dirty = True
+        else:
+            seg.filled[b] = got
+        b += 1
     return grew
 
 
