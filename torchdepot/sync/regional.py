@@ -69,7 +69,9 @@ from packaging.version import InvalidVersion, Version
 from torchdepot.errors import TorchdepotError, UpstreamError, load_json, one_line
 from torchdepot.fetch import FetchItem, FetchReport, FetchResult
 from torchdepot.fetch.progress import ProgressCallback
+from torchdepot.model.accel import accelerator_from_dir
 from torchdepot.model.platforms import target_platform
+from torchdepot.model.presets import Layout
 from torchdepot.model.sizes import format_size
 from torchdepot.model.wheelname import WheelFile
 from torchdepot.net.http import Client, make_session
@@ -77,7 +79,15 @@ from torchdepot.net.pipconfig import PipSources
 from torchdepot.resolve.pin import paired_prefix
 from torchdepot.site.landing import write_landing
 from torchdepot.sources.links import Link
-from torchdepot.sources.upstream import UpstreamReader, page_url, project_page, wheels_on
+from torchdepot.sources.upstream import (
+    UpstreamReader,
+    layout_of,
+    locate_variant,
+    page_url,
+    project_page,
+    variant_links,
+    wheels_on,
+)
 from torchdepot.sources.wheelmeta import MAX_REQUIRES_DIST, metadata_refusal, remote_metadata
 from torchdepot.spec.mirror import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, TORCH_PROJECTS, MirrorSpec
 from torchdepot.store import cachefiles
@@ -194,25 +204,67 @@ def _audio_line(project: str, torch: str) -> str | None:
     return f"{parts[0]}.{parts[1]}" if parts[0] == "2" else f"0.{parts[1]}"
 
 
-def discover_accelerators(spec: MirrorSpec, reader: UpstreamReader, index: str, say: Echo) -> tuple[str, ...]:
-    """``[all]``: every accelerator the aggregate torch page lists a matching release for."""
+def discover_accelerators(spec: MirrorSpec, reader: UpstreamReader, base: str, prefix: str,
+                          say: Echo) -> tuple[str, ...]:
+    """``[all]``: every accelerator upstream lists a matching torch release for: read from the
+    aggregate ``<index>/torch/`` page of a PEP 503 tree, else (a flat upstream, or a tree without
+    that page) from the find-links page, or from each ``<index>/<acc>/`` the listing of
+    ``<index>/`` names (known accelerator names only, ``model.accel``), read as the walk reads it."""
     if "accelerators" not in spec.every:
         return spec.accelerators
     releases = _spec_set(spec.releases, spec.channel.prerelease)
-    page = project_page(reader, index, "torch")
-    if page is None:
-        raise TorchdepotError(f"releases: {page_url(index, 'torch')} does not exist, so 'accelerators: [all]' "
-                              "cannot be read from it; name the accelerators")
+    index = _index(base, prefix)
+    layout = layout_of(base)
+    page = project_page(reader, index, "torch") if layout is Layout.SIMPLE else None
+    if page is not None:
+        where = page_url(index, "torch")
+        candidates = [(None, link, w) for link, w in wheels_on(page.links, "torch")]
+    else:
+        where, candidates = _listed_torch(reader, base, prefix, layout)
     found = set(spec.accelerators)
-    for link, w in wheels_on(page.links, "torch"):
+    for listed_as, link, w in candidates:
+        acc = w.accelerator.name if w.accelerator is not None else listed_as
         version = _version(w)
-        if w.accelerator is None or w.accelerator.flags or version is None or version not in releases:
+        if acc is None or (w.accelerator is not None and w.accelerator.flags) or version is None \
+                or version not in releases:
             continue
         if _fits(spec, w) and not _newer(spec, link):
-            found.add(w.accelerator.name)
+            found.add(acc)
     if not found:
-        say(f"releases: {page_url(index, 'torch')} lists no torch{spec.releases} build for the spec's filters")
+        say(f"releases: {where} lists no torch{spec.releases} build for the spec's filters")
     return tuple(sorted(found))
+
+
+def _index(base: str, prefix: str) -> str:
+    """The channel's index under an upstream (``<base>/<prefix>``, no trailing slash)."""
+    return page_url(base, prefix.rstrip("/")).rstrip("/") if prefix.strip("/") else base.rstrip("/")
+
+
+def _listed_torch(reader: UpstreamReader, base: str, prefix: str,
+                  layout: Layout) -> tuple[str, list[tuple[str | None, Link, WheelFile]]]:
+    """Where ``[all]`` read the accelerators of an upstream without an aggregate torch page, and
+    the torch wheels found there (with the accelerator folder that listed each)."""
+    if layout is Layout.FINDLINKS:
+        page = reader.page(base)
+        if page is None:
+            raise TorchdepotError(f"releases: {base} does not exist, so 'accelerators: [all]' cannot be read "
+                                  "from it; name the accelerators")
+        return base, [(None, link, w) for link, w in wheels_on(page.links, "torch")]
+    root = page_url(_index(base, prefix))
+    listing = reader.page(root)
+    names = sorted({acc.name for name in (listing.projects if listing is not None else [])
+                    if (acc := accelerator_from_dir(name.strip("/"))) is not None and not acc.flags})
+    if not names:
+        raise TorchdepotError(f"releases: 'accelerators: [all]' needs upstream's aggregate page "
+                              f"{page_url(_index(base, prefix), 'torch')} or a listing of {root} naming "
+                              "<accelerator>/ folders; upstream has neither: name the accelerators")
+
+    def torch_of(acc: str) -> list[tuple[str | None, Link, WheelFile]]:
+        variant = locate_variant(reader, base, prefix, acc)
+        links = variant_links(reader, variant, "torch") if variant is not None else None
+        return [(acc, link, w) for link, w in wheels_on(links or [], "torch")]
+
+    return root, [c for found in Closure._map(torch_of, names) for c in found]
 
 
 class Spool:
@@ -283,7 +335,11 @@ class Closure:
         self._url_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
-    def accelerator(self, index: str, acc: str) -> None:
+    def accelerator(self, base: str, prefix: str, acc: str) -> None:
+        """``acc``'s files on upstream ``base``, read the way the per-target path reads it
+        (``sources.upstream.locate_variant``): a PEP 503 tree's project pages, else the flat
+        listing ``<base>/<acc>/`` or a find-links page filtered by project."""
+        variant = locate_variant(self.reader, base, prefix, acc)
         urls: list[str] = []
         seen: set[str] = set()
         prerelease = self.spec.channel.prerelease
@@ -299,16 +355,15 @@ class Closure:
             chosen = self.sel.files.setdefault(link.url, Chosen(project, w.version, link, f"{w.os}-{w.arch}"))
             todo.append(chosen)
 
+        def links_of(project: str) -> list[Link]:
+            return (variant_links(self.reader, variant, project) or []) if variant is not None else []
+
         def wheels(project: str) -> list[tuple[Link, WheelFile]]:
-            page = project_page(self.reader, page_url(index, acc), project)
-            if page is None:
-                return []
-            return [(link, w) for link, w in wheels_on(page.links, project)
+            return [(link, w) for link, w in wheels_on(links_of(project), project)
                     if (w.accelerator is None or (w.accelerator.name == acc and not w.accelerator.flags))
                     and _fits(self.spec, w) and not _newer(self.spec, link)]
 
-        self._map(lambda name: project_page(self.reader, page_url(index, acc), name),
-                  [p.name for p in self.spec.packages])  # the pages read at once, then walked in order
+        self._map(links_of, [p.name for p in self.spec.packages])  # the pages read at once, then walked in order
         for pkg in self.spec.packages:  # torch first (spec order is TORCH_PROJECTS')
             project = pkg.name
             narrowed = _spec_set(pkg.constraint, prerelease) if pkg.constraint else None
@@ -342,7 +397,7 @@ class Closure:
                 break
             if len(done_projects) + len(fresh) > MAX_PROJECTS:
                 raise TorchdepotError(f"releases: {acc}: the dependency closure names more than {MAX_PROJECTS} projects")
-            self._map(lambda name: project_page(self.reader, page_url(index, acc), name), sorted(fresh))
+            self._map(links_of, sorted(fresh))
             for name, specifiers in sorted(fresh.items()):
                 done_projects.add(name)
                 found = wheels(name)
@@ -445,16 +500,15 @@ def select(spec: MirrorSpec, reader: UpstreamReader, out: Path, dry_run: bool, s
     ``spool``: where wheels read whole are kept for the fetch step."""
     held = {e.url: (e.sha256, e.path) for e in (listed or {}).values()
             if e.kind == "wheel" and e.url and not e.hash_mismatch}
-    prefix = channel_prefix(spec.channel).rstrip("/")
+    prefix = channel_prefix(spec.channel)
     failures = []
     for base in spec.upstreams:
-        index = page_url(base, prefix).rstrip("/") if prefix else base.rstrip("/")
         sel = Selection()
         walk = Closure(spec, reader, out / L.METADATA_CACHE, not dry_run, sel, say, out, held, spool)
         try:
-            accs = discover_accelerators(spec, reader, index, say)
+            accs = discover_accelerators(spec, reader, base, prefix, say)
             with ThreadPoolExecutor(max_workers=max(1, min(ACC_JOBS, len(accs)))) as pool:
-                list(pool.map(functools.partial(walk.accelerator, index), accs))
+                list(pool.map(functools.partial(walk.accelerator, base, prefix), accs))
         except UpstreamError as exc:
             failures.append(one_line(exc))
             say(f"releases: upstream {base} unreachable ({exc.detail}); trying the next")
