@@ -322,13 +322,18 @@ class Closure:
 
     def __init__(self, spec: MirrorSpec, reader: UpstreamReader, cache: Path | None, cache_writes: bool,
                  sel: Selection, say: Echo, root: Path, held: dict[str, tuple[str, str]] | None = None,
-                 spool: Spool | None = None) -> None:
+                 spool: Spool | None = None, held_paths: dict[str, str] | None = None) -> None:
         self.spec, self.reader, self.cache, self.cache_writes, self.sel, self.say = \
             spec, reader, cache, cache_writes, sel, say
         self.spool = spool  # where a wheel read whole is kept for the fetch step (None: a dry run)
         # upstream URL -> (sha256, stored path under root) of the wheels the mirror holds: a hashless
         # link's METADATA is then cached by that hash and read from local disk, not by Range again
         self.root, self.held = root, held or {}
+        # stored path -> sha256 of the wheels the mirror holds: a link with no hash whose URL the
+        # manifest does not name but whose default path it holds (a flat upstream copies filelock
+        # into every <acc>/ folder; the manifest names one URL) is kept from that file by the fetch
+        # (publication.choose_path: no claim, nothing to disagree with), so its METADATA is read there
+        self.held_paths = held_paths or {}
         # upstream URL -> its requirements, read once per run: a dependency every accelerator's
         # index lists (one URL) would otherwise have its METADATA read once per accelerator
         self._requires_of: dict[str, list[tuple[str, SpecifierSet]]] = {}
@@ -451,6 +456,8 @@ class Closure:
         link = c.link
         declared = link.metadata_sha256 if link.core_metadata else None
         held = self.held.get(link.url)
+        if held is None and link.sha256 is None and (path := _default_path(c)) in self.held_paths:
+            held = (self.held_paths[path], path)
         sha = link.sha256 or (held[0] if held is not None else None)
         name = f"core-{declared}" if declared else f"wheel-{sha}" if sha and not link.core_metadata else None
         if name is not None and self.cache is not None:
@@ -500,11 +507,12 @@ def select(spec: MirrorSpec, reader: UpstreamReader, out: Path, dry_run: bool, s
     ``spool``: where wheels read whole are kept for the fetch step."""
     held = {e.url: (e.sha256, e.path) for e in (listed or {}).values()
             if e.kind == "wheel" and e.url and not e.hash_mismatch}
+    held_paths = {path: sha for sha, path in held.values()}
     prefix = channel_prefix(spec.channel)
     failures = []
     for base in spec.upstreams:
         sel = Selection()
-        walk = Closure(spec, reader, out / L.METADATA_CACHE, not dry_run, sel, say, out, held, spool)
+        walk = Closure(spec, reader, out / L.METADATA_CACHE, not dry_run, sel, say, out, held, spool, held_paths)
         try:
             accs = discover_accelerators(spec, reader, base, prefix, say)
             with ThreadPoolExecutor(max_workers=max(1, min(ACC_JOBS, len(accs)))) as pool:
@@ -539,6 +547,8 @@ def count(sel: Selection, previous: dict[str, mf.FileEntry], learned: dict[str, 
     known = unknown = new = 0
     for url, c in sel.files.items():
         held = by_url.get(url)
+        if held is None and c.link.sha256 is None:  # a claimless link the fetch keeps from its default path
+            held = previous.get(_default_path(c))
         size = held.size if held is not None else c.link.size if c.link.size is not None else learned.get(url)
         new += held is None
         if size is None:
@@ -782,6 +792,11 @@ def _unchanged(out: Path, spec: MirrorSpec, previous: mf.Manifest, entries: dict
         started, "ok", f"unchanged since the closing check of {last.finished}: {last.detail}"))
 
 
+def _default_path(c: Chosen) -> str:
+    """Where a file's bytes are stored unless other bytes hold that path (store.layout)."""
+    return L.package_path(c.project, safe_filename(c.link.filename))
+
+
 def _store_paths(out: Path, sel: Selection, listed: dict[str, mf.FileEntry]) -> dict[str, str]:
     """URL -> the path its bytes are stored at: the listed one when the manifest holds this URL
     with the same claim, else a path no published file holds other bytes at."""
@@ -796,7 +811,7 @@ def _store_paths(out: Path, sel: Selection, listed: dict[str, mf.FileEntry]) -> 
                 and held.path not in taken:
             paths[url] = held.path
         else:
-            default = L.package_path(c.project, safe_filename(c.link.filename))
+            default = _default_path(c)
             path = pub.choose_path(default, claim, listed, journal, lambda rel: safe_join(out, rel).exists(), retired)
             if path in taken:  # one name from two URLs (rare): the second takes another free path
                 path = pub.choose_path(default, claim, listed, journal - taken,
