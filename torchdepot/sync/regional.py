@@ -6,8 +6,12 @@ releases, not one resolved closure per machine. A spec with ``releases: "torch>=
 by the per-target pipeline (``sync/pip.py``):
 
 1. *select* (:func:`select`): the accelerators are the spec's, or with ``[all]`` every one whose
-   torch builds upstream's aggregate ``<base>/torch/`` page lists for a matching release. Per
-   accelerator, from its own index ``<base>/<acc>/``: every torch wheel of a matching release,
+   torch builds upstream's aggregate ``<base>/torch/`` page lists for a matching release (an
+   upstream without that page: its find-links page, or the known accelerator folders its
+   ``<base>/`` listing names). Per accelerator, from its own index ``<base>/<acc>/``, read as the
+   per-target path reads it (``sources.upstream.locate_variant`` / ``variant_links``: a PEP 503
+   tree's project pages, else the flat listing or find-links page filtered by project): every
+   torch wheel of a matching release,
    every torchvision / torchaudio wheel of the paired release line (``resolve.pin.paired_prefix``),
    the spec's ``extra_packages``, and the dependency closure of all of them: each file's
    ``Requires-Dist`` (every marker but extras: a regional mirror serves every machine) matched
@@ -216,6 +220,7 @@ def discover_accelerators(spec: MirrorSpec, reader: UpstreamReader, base: str, p
     index = _index(base, prefix)
     layout = layout_of(base)
     page = project_page(reader, index, "torch") if layout is Layout.SIMPLE else None
+    candidates: list[tuple[str | None, Link, WheelFile]]
     if page is not None:
         where = page_url(index, "torch")
         candidates = [(None, link, w) for link, w in wheels_on(page.links, "torch")]
