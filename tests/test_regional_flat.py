@@ -124,7 +124,9 @@ def test_a_flat_listing_sends_each_body_once_and_a_no_op_no_file(upstream, tmp_p
     sizes = {f"/{acc}/{name}": len(data) for acc, files in _files().items() for name, data in files.items()}
     hits = up.since(mark)
     wheels = _wheel_hits(hits)
-    assert len({h.path for h in wheels}) == len(wheels), "a wheel was requested twice"
+    names = [h.path.rsplit("/", 1)[-1] for h in wheels]
+    # each name crosses once: filelock, sympy and mpmath sit in both folders, one file to the mirror
+    assert len(set(names)) == len(names), sorted(names)
     assert all(h.status == 200 and h.body == sizes[h.path] for h in wheels), wheels
     selected = {f"/{acc}/{n}" for acc in ACCS for n in _expected(acc)}
     assert {h.path for h in wheels} <= selected  # torch 1.13.1, mpmath 1.4.0, opt-einsum: never sent

@@ -448,13 +448,16 @@ class Closure:
         return list(out.values())
 
     def _requires(self, c: Chosen) -> list[tuple[str, SpecifierSet]]:
+        # links without a hash that share a stored path (a flat upstream's copy of filelock in
+        # every <acc>/ folder) are one file to the mirror (``publication.choose_path``): read once
+        key = c.link.url if c.link.sha256 else _default_path(c)
         with self._lock:
-            lock = self._url_locks.setdefault(c.link.url, threading.Lock())
+            lock = self._url_locks.setdefault(key, threading.Lock())
         with lock:
-            if c.link.url not in self._requires_of:
+            if key not in self._requires_of:
                 data = self._metadata(c)
-                self._requires_of[c.link.url] = [] if data is None else requires_of(data)
-            return self._requires_of[c.link.url]
+                self._requires_of[key] = [] if data is None else requires_of(data)
+            return self._requires_of[key]
 
     def _metadata(self, c: Chosen) -> bytes | None:
         """The file's METADATA: the cache by hash, else its ``.metadata``, else by Range."""
@@ -833,6 +836,8 @@ def _fetch(out: Path, spec: MirrorSpec, sel: Selection, paths: dict[str, str], l
     is copied from there (its upstream URL next, should the copy fail), not sent again."""
     items = []
     spooled: dict[str, str] = {}  # spool file URI -> upstream URL
+    # a hashless copy read whole under another URL of the same stored path serves this one too
+    by_path = {paths[u]: kept for u, kept in (spool.kept.items() if spool is not None else ()) if u in paths}
     for url, c in sel.files.items():
         path = paths[url]
         held = listed.get(path)
@@ -840,8 +845,10 @@ def _fetch(out: Path, spec: MirrorSpec, sel: Selection, paths: dict[str, str], l
         size = c.link.size or (held.size if held is not None else None)
         urls: tuple[str, ...] = (url,)
         kept = spool.kept.get(url) if spool is not None else None
+        if kept is None and c.link.sha256 is None:
+            kept = by_path.get(path)
         if kept is not None and (held is None or held.sha256 != kept[1]):  # a held file needs no copy
-            spooled[kept[0].as_uri()] = url
+            spooled.setdefault(kept[0].as_uri(), url)  # the fetcher runs the first item of a path
             urls, size = (kept[0].as_uri(), url), size or kept[2]
         items.append(FetchItem(path, urls, claim, size))
     pub.record(out, [p for i in items for p in (i.key, L.metadata_path(i.key)) if i.key not in listed])
