@@ -10,6 +10,8 @@ tqdm bar on stderr with a total and an ETA while it runs:
   answered to the 1-byte probe), uv's resolution (targets resolved of the plan's), the fetch;
 - regional path (``releases:``, ``sync/regional.py``): the reads of pages and the METADATA of
   the selection (39 wheels read whole), the fetch, then the ``.metadata`` publish writes;
+- both paths: the index pages written (of the generation's total) and the closing check's
+  files (of the manifest's total), counted bars as the publish writes;
 - ``--json``: stdout is the one JSON document; no read bar is drawn;
 - a no-op re-sync (``sync/settled.py``, nginx answering 304s): the pages it revalidates,
   counted against their number, on a terminal only.
@@ -157,6 +159,19 @@ def assert_live_bar(seen: Seen, desc: str, before: str | None = None, span: floa
     return frames
 
 
+def assert_publish_bars(seen: Seen, out: Path, prefix: str) -> None:
+    """The publish's last phases drew their counts: the pages of the live generation written,
+    then every manifest file checked by the closing check; each bar closed full."""
+    pages = sum(1 for p in (out / "whl").resolve().rglob("*") if p.is_file())
+    files = len(json.loads((out / "manifest.json").read_text())["files"])
+    for desc, total in ((prefix + "index pages", pages), (prefix + "verify", files)):
+        frames = seen.frames(desc)
+        assert frames, f"no {desc!r} bar:\n{seen.text()[-4000:]}"
+        assert {f.total for f in frames} == {str(total)}, (desc, total, frames)
+        assert frames[-1].pct == 100, frames
+    assert seen.frames(prefix + "index pages")[0].at <= seen.frames(prefix + "verify")[0].at
+
+
 def _env(url: str, tmp: Path) -> dict[str, str]:
     return hermetic_env(PIP_INDEX_URL=url + "/simple", UV_CACHE_DIR=str(tmp / "uv-cache"), PYTHONPATH=str(REPO))
 
@@ -197,6 +212,7 @@ def test_pip_path_reads_and_fetch_each_draw_a_live_bar_and_json_stays_clean(tmp_
         assert any(f.total.endswith("M") and float(f.total[:-1]) >= 1.5 for f in reads), reads
         assert [f.total for f in assert_live_bar(seen, "resolve", span=0)] == ["1"] * len(seen.frames("resolve"))
         assert_live_bar(seen, "fetch", span=0)  # the dependencies' bodies, split over connections: short
+        assert_publish_bars(seen, out, "")
 
         json_out = tmp_path / "out-json"
         doc = run_on_tty(["mirror", "--json", "--spec", str(_pip_spec(tmp_path, up.url, json_out))],
@@ -205,6 +221,8 @@ def test_pip_path_reads_and_fetch_each_draw_a_live_bar_and_json_stays_clean(tmp_
         assert json.loads(doc.stdout)["out"] == str(json_out)  # stdout: the one document
         assert READS_PIP not in doc.text()  # --json: the fetch's events only
         assert "resolve:" not in doc.text()
+        assert not doc.frames("index pages"), doc.text()[-4000:]
+        assert not doc.frames("verify"), doc.text()[-4000:]
 
 
 @pytest.mark.slow  # a paced server and a CLI sync (about 5 s)
@@ -229,6 +247,7 @@ def test_regional_reads_and_fetch_each_draw_a_live_bar(tmp_path):
         assert published, seen.text()[-4000:]
         assert {f.total for f in published} == {"72"}, published
         assert published[-1].pct == 100, published
+        assert_publish_bars(seen, tmp_path / "srv", "releases: ")
 
 
 @pytest.mark.slow  # nginx and two CLI syncs (about 3 s)

@@ -23,6 +23,7 @@ import os
 import shutil
 import urllib.parse
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 from packaging.utils import canonicalize_name
@@ -162,10 +163,12 @@ def current_generation(root: Path) -> str | None:
     return parts[1] if len(parts) == 3 and parts[0] == PUBLISH_DIR else None
 
 
-def publish(root: Path, pages: dict[str, bytes]) -> tuple[str, bool]:
+def publish(root: Path, pages: dict[str, bytes], on_step: Callable[[int], None] | None = None) -> tuple[str, bool]:
     """Build ``pages`` into a new generation and swap ``<root>/whl`` to it.
 
     Returns (generation, changed). Same pages as the live generation: nothing is written.
+    ``on_step``: called with the number of pages written (a caller's progress), all of them at
+    once when the live generation already holds them.
     """
     root = Path(root)
     gen = generation_of(pages)
@@ -174,12 +177,16 @@ def publish(root: Path, pages: dict[str, bytes]) -> tuple[str, bool]:
     if link.exists() and not link.is_symlink():
         raise TorchdepotError(f"{link}: exists and is not the index symlink torchdepot manages; move it away")
     if live == gen and (root / PUBLISH_DIR / gen / INDEX_LINK / "index.html").is_file():
+        if on_step is not None:
+            on_step(len(pages))
         return gen, False
     build = new_build_dir(root, gen)
     for rel, data in pages.items():
         path = safe_join(build / INDEX_LINK, rel)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
+        if on_step is not None:
+            on_step(1)
     install_generation(root, build, gen)
     prune(root, keep={g for g in (gen, live) if g is not None})
     return gen, True

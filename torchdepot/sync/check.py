@@ -146,9 +146,12 @@ def _rel(root: Path, path: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
-def _check_files(root: Path, manifest: mf.Manifest, cache: HashCache | None) -> tuple[list[Problem], int]:
+def _check_files(root: Path, manifest: mf.Manifest, cache: HashCache | None,
+                 on_step: Callable[[int], None] | None = None) -> tuple[list[Problem], int]:
     problems = []
     for entry in manifest.files:
+        if on_step is not None:  # before the checks: every path below ends in continue or the loop's end
+            on_step(1)
         try:
             present = hash_present(root, entry.path, cache)
         except UnsafePathError as exc:
@@ -643,9 +646,11 @@ def _repair_json_pages(root: Path, manifest: mf.Manifest, problems: list[Problem
 
 def verify_mirror(root: Path, repair: bool = False, client=None, *, trust_cache: bool = False,
                   check_index: bool = True, clean: bool = False, policy: RepairPolicy | None = None,
-                  move_unknown: bool = False, manifest: mf.Manifest | None = None) -> VerifyReport:
+                  move_unknown: bool = False, manifest: mf.Manifest | None = None,
+                  on_step: Callable[[int], None] | None = None) -> VerifyReport:
     """Check (and with ``repair``, fix) the mirror at ``root``. Caller holds the mirror lock.
-    ``manifest``: the one the caller just saved at ``root`` (not read again).
+    ``manifest``: the one the caller just saved at ``root`` (not read again); ``on_step``:
+    called once per manifest file checked (a caller's progress over ``len(manifest.files)``).
 
     ``clean`` removes only leftovers of interrupted writes (temp files, partial downloads,
     staging dirs of killed runs):
@@ -658,7 +663,7 @@ def verify_mirror(root: Path, repair: bool = False, client=None, *, trust_cache:
     listed = {f.path for f in manifest.files}
     cache = HashCache(root) if trust_cache else None
     report = VerifyReport(root)
-    problems, report.checked = _check_files(root, manifest, cache)
+    problems, report.checked = _check_files(root, manifest, cache, on_step)
     problems += _scan_leftovers(root, listed, journal)
     if repair and problems:
         problems = _repair(root, manifest, problems, client, policy, move_unknown)
@@ -703,14 +708,20 @@ def report_json(report: VerifyReport) -> str:
 
 
 def verify_published(out: Path, say: Callable[[str], None], *, manifest: mf.Manifest | None = None,
-                     check_index: bool = True) -> VerifyReport:
+                     check_index: bool = True, progress: bool | None = False, desc: str = "verify") -> VerifyReport:
     """A sync's closing check of what it just published: every manifest file hash-valid, every
     index link resolving (the fetcher's hash cache spares re-reading unchanged files), and the
     leftovers of killed runs dropped. Up to 10 problems said; a missing or corrupt file, a
     dangling link or a bad JSON page stops the run. ``check_index`` False: the pages are not
     walked (a no-op re-sync whose index generation and file list are the ones the last check
-    passed: :func:`index_settled`); ``manifest``: the one just saved."""
-    check = verify_mirror(out, trust_cache=True, clean=True, manifest=manifest, check_index=check_index)
+    passed: :func:`index_settled`); ``manifest``: the one just saved. ``progress``: as the
+    fetch's, a ``desc`` bar of files checked (:class:`~torchdepot.sync.reads.Count`)."""
+    from torchdepot.sync.reads import Count  # the sources layer loads only for a sync's check
+
+    manifest = manifest if manifest is not None else mf.load(Path(out).resolve())
+    with Count(progress, len(manifest.files), desc, "files") as bar:
+        check = verify_mirror(out, trust_cache=True, clean=True, manifest=manifest, check_index=check_index,
+                              on_step=bar.step)
     if check.ok:
         return check
     serious = [p for p in check.unrepaired if p.kind in ("missing", "corrupt", "dangling-link", "bad-json-page")]

@@ -170,7 +170,7 @@ def sync_pip(spec: MirrorSpec, *, out: Path, target_set: lifecycle.TargetSet, dr
             check_fetched(report, spec, log.say)
             reject_bad_wheels(out, resolution, report, reads)  # the caller runs again without them
             done = retention.publish_with_retention(out, previous, resolution, report, view, carried, tset,
-                                                    spec.keep, log.say, result.keeper)
+                                                    spec.keep, log.say, result.keeper, progress=progress)
             result.files, result.targets, result.generation = done.files, done.targets, done.generation
             result.index_changed, removal_plan = done.changed, done.plan
             result.cache_used = {L.PAGE_CACHE: edge.reader.kept_page_names(), L.METADATA_CACHE: view.metadata_cache_used()}
@@ -321,7 +321,7 @@ def _whole_run(spec: MirrorSpec, out: Path, started: float, wall_started: float,
     mf.save(out, manifest)
     _remove(out, result.removals, {t.id for t in targets})
     check = _verify_published(out, log.say, manifest=manifest, check_index=not index_settled(
-        previous, files, result.index_changed, bool(result.removals)))
+        previous, files, result.index_changed, bool(result.removals)), progress=progress)
     result.verify = "ok" if check.ok else "NOT OK"
     manifest = replace(manifest, last_sync=sync_record(started, result.verify, check.summary()))
     mf.save(out, manifest)

@@ -672,7 +672,7 @@ def _run(spec: MirrorSpec, out: Path, result: MirrorResult, log: RunLog, opts: O
                 mf.save(out, manifest)
                 log.phase("publish")
             else:
-                manifest = _publish(out, spec, previous, entries, index, result, log, started)
+                manifest = _publish(out, spec, previous, entries, index, result, log, started, opts.progress)
             result.manifest, result.files = manifest, manifest.files
             result.requests = edge.reader.request_counts()
             swept = cachefiles.sweep(out, {L.PAGE_CACHE: edge.reader.kept_page_names(),
@@ -689,15 +689,19 @@ def _run(spec: MirrorSpec, out: Path, result: MirrorResult, log: RunLog, opts: O
 
 
 def _publish(out: Path, spec: MirrorSpec, previous: mf.Manifest | None, entries: dict[str, mf.FileEntry],
-             index: dict[str, list[IndexFile]], result: MirrorResult, log: RunLog, started: float) -> mf.Manifest:
+             index: dict[str, list[IndexFile]], result: MirrorResult, log: RunLog, started: float,
+             progress: bool | None) -> mf.Manifest:
     """Pages and manifest: the manifest widened before the new pages go live, committed after
-    them; files no longer selected removed after the commit; the closing check recorded."""
+    them; files no longer selected removed after the commit; the closing check recorded.
+    ``progress``: as the fetch's, a bar of the pages written and one of the files checked."""
     listed = previous.by_path() if previous is not None else {}
     gone = sorted(p for p in listed if p not in entries and listed[p].kind in ("wheel", "metadata"))
     pub.record(out, gone)  # journaled before the commit: a kill leaves leftovers, not orphans
     if previous is not None:
         mf.save(out, pub.widened(previous, entries.values()))
-    result.generation, result.index_changed = publish(out, build_pages(index))
+    pages = build_pages(index)
+    with Count(progress, len(pages), "releases: index pages", "pages") as bar:
+        result.generation, result.index_changed = publish(out, pages, on_step=bar.step)
     manifest = mf.Manifest(files=sorted(entries.values(), key=lambda e: e.path), spec=spec.to_data(),
                            last_sync=sync_record(started, "unchecked", ""))
     write_landing(out, manifest)
@@ -708,7 +712,7 @@ def _publish(out: Path, spec: MirrorSpec, previous: mf.Manifest | None, entries:
     if gone:
         log.say(f"releases: removed {len(gone)} files no longer selected")
     log.phase("publish")
-    check = verify_published(out, log.say)
+    check = verify_published(out, log.say, manifest=manifest, progress=progress, desc="releases: verify")
     result.verify = "ok" if check.ok else "NOT OK"
     manifest.last_sync = sync_record(started, result.verify, check.summary())
     mf.save(out, manifest)

@@ -168,7 +168,8 @@ def plan_dry(out: Path, previous: mf.Manifest | None, resolution: Resolution, li
 
 def publish_with_retention(out: Path, previous: mf.Manifest | None, resolution: Resolution, report: FetchReport,
                            view: View, carried: list[mf.Target], tset: lifecycle.TargetSet, keep: int | None,
-                           say: Echo, keeper: tombstones.Keeper | None = None) -> PipPublication:
+                           say: Echo, keeper: tombstones.Keeper | None = None,
+                           progress: bool | None = False) -> PipPublication:
     """Retention (``keep: N``) over the previous and current releases, the retired copies of
     names upstream changed (``sync/tombstones.py``), then metadata, locks and pages."""
     stored: Stored = report.stored if isinstance(report, PipFetchReport) else (lambda key: key)
@@ -189,7 +190,7 @@ def publish_with_retention(out: Path, previous: mf.Manifest | None, resolution: 
     shown = tombstones.listing(out, previous, keeper, accelerators)
     for acc, anchors in shown.pages.items():
         pages.setdefault(acc, []).extend(anchors)
-    published = publish_pip(out, resolution, report, view, retained=pages)
+    published = publish_pip(out, resolution, report, view, retained=pages, progress=progress)
     listed = frozenset(e.path for e in [*published.files, *shown.entries])
     return PipPublication(files=sorted([*published.files, *retained, *shown.entries], key=lambda e: e.path),
                           targets=[*published.targets, *carried],
