@@ -10,8 +10,8 @@ tqdm bar on stderr with a total and an ETA while it runs:
   answered to the 1-byte probe), uv's resolution (targets resolved of the plan's), the fetch;
 - regional path (``releases:``, ``sync/regional.py``): the reads of pages and the METADATA of
   the selection (39 wheels read whole), the fetch, then the ``.metadata`` publish writes;
-- both paths: the index pages written (of the generation's total) and the closing check's
-  files (of the manifest's total), counted bars as the publish writes;
+- both paths: the index pages rendered, then written (of the generation's total), and the
+  closing check's files (of the manifest's total), counted bars as the publish goes;
 - ``--json``: stdout is the one JSON document; no read bar is drawn;
 - a no-op re-sync (``sync/settled.py``, nginx answering 304s): the pages it revalidates,
   counted against their number, on a terminal only.
@@ -160,16 +160,18 @@ def assert_live_bar(seen: Seen, desc: str, before: str | None = None, span: floa
 
 
 def assert_publish_bars(seen: Seen, out: Path, prefix: str) -> None:
-    """The publish's last phases drew their counts: the pages of the live generation written,
-    then every manifest file checked by the closing check; each bar closed full."""
+    """The publish's last phases drew their counts: the pages of the live generation rendered,
+    then written, then every manifest file checked by the closing check; each bar closed full."""
     pages = sum(1 for p in (out / "whl").resolve().rglob("*") if p.is_file())
     files = len(json.loads((out / "manifest.json").read_text())["files"])
-    for desc, total in ((prefix + "index pages", pages), (prefix + "verify", files)):
+    for desc, total in ((prefix + "index pages", pages), (prefix + "index pages written", pages),
+                        (prefix + "verify", files)):
         frames = seen.frames(desc)
         assert frames, f"no {desc!r} bar:\n{seen.text()[-4000:]}"
         assert {f.total for f in frames} == {str(total)}, (desc, total, frames)
         assert frames[-1].pct == 100, frames
-    assert seen.frames(prefix + "index pages")[0].at <= seen.frames(prefix + "verify")[0].at
+    firsts = [seen.frames(prefix + d)[0].at for d in ("index pages", "index pages written", "verify")]
+    assert firsts == sorted(firsts), firsts
 
 
 def _env(url: str, tmp: Path) -> dict[str, str]:
@@ -222,6 +224,7 @@ def test_pip_path_reads_and_fetch_each_draw_a_live_bar_and_json_stays_clean(tmp_
         assert READS_PIP not in doc.text()  # --json: the fetch's events only
         assert "resolve:" not in doc.text()
         assert not doc.frames("index pages"), doc.text()[-4000:]
+        assert not doc.frames("index pages written"), doc.text()[-4000:]
         assert not doc.frames("verify"), doc.text()[-4000:]
 
 

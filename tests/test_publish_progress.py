@@ -1,7 +1,8 @@
-"""The publish's silent phases report progress through plain callables: the index pages a
-generation writes (``store.pages.publish(on_step=...)``) and the files a closing check
-hashes (``sync.check.verify_mirror(on_step=...)``), each counted against the total the
-caller's bar (``sync.reads.Count``) was opened with. The bars themselves are seen on a
+"""The publish's silent phases report progress through plain callables: the index pages
+rendered (``store.pages.build_pages(on_step=...)``, of ``page_count``) and written
+(``store.pages.publish(on_step=...)``), and the files a closing check hashes
+(``sync.check.verify_mirror(on_step=...)``), each counted against the total the caller's bar
+(``sync.reads.Count``) was opened with. The bars themselves are seen on a
 terminal in tests/test_progress_phases.py.
 
 Invariants: everything under ``tmp_path``; no network.
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from torchdepot.store import manifest as mf
 from torchdepot.store.index_file import IndexFile
-from torchdepot.store.pages import build_pages, publish
+from torchdepot.store.pages import build_pages, page_count, publish
 from torchdepot.sync.check import verify_mirror, verify_published
 from torchdepot.sync.reads import Count
 
@@ -43,6 +44,23 @@ class Steps:
 
     def __call__(self, n: int) -> None:
         self.calls.append(n)
+
+
+def test_build_counts_every_page_rendered_against_page_count():
+    """page_count is exact without rendering, also where paths could meet (an accelerator named
+    like a project, an accelerator with no file: no JSON twin for its empty root)."""
+    def wheel(project: str, acc: str) -> IndexFile:
+        name = f"{project}-1.0-py3-none-any.whl"
+        return IndexFile(project=project, filename=name, path=f"packages/{project}/{acc}/{name}", sha256="0" * 64)
+
+    variants = {"cpu": [wheel("torch", "cpu"), wheel("cu118", "cpu"), wheel("numpy", "cpu")],
+                "cu118": [wheel("torch", "cu118")], "empty": []}
+    steps = Steps()
+    pages = build_pages(variants, on_step=steps)
+    assert steps.calls == [1] * len(pages)
+    assert page_count(variants) == len(pages) == len(build_pages(variants))
+    assert "empty/index.html" in pages
+    assert "empty/index.json" not in pages
 
 
 def test_publish_counts_every_page_written_and_all_of_them_when_they_are_live(tmp_path):

@@ -24,6 +24,7 @@ import shutil
 import urllib.parse
 import zipfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from packaging.utils import canonicalize_name
@@ -128,9 +129,26 @@ def _root_page(title: str, projects: list[str]) -> bytes:
     return _page(title, [f'<a href="{urllib.parse.quote(p)}/">{html.escape(p)}</a>' for p in sorted(set(projects))])
 
 
-def build_pages(variants: dict[str, list[IndexFile]]) -> dict[str, bytes]:
-    """{accelerator: files its targets need} -> {path under whl/: page bytes}. Pure."""
+def build_pages(variants: dict[str, list[IndexFile]],
+                on_step: Callable[[int], None] | None = None) -> dict[str, bytes]:
+    """{accelerator: files its targets need} -> {path under whl/: page bytes}. Pure but for
+    ``on_step``: called once per page rendered, of :func:`page_count` pages (a caller's progress)."""
     pages: dict[str, bytes] = {}
+    for rel, render in sorted(_plan(variants).items()):
+        pages[rel] = render()
+        if on_step is not None:
+            on_step(1)
+    return pages
+
+
+def page_count(variants: dict[str, list[IndexFile]]) -> int:
+    """``len(build_pages(variants))``, no page rendered (grouping only: milliseconds for 10,000 files)."""
+    return len(_plan(variants))
+
+
+def _plan(variants: dict[str, list[IndexFile]]) -> dict[str, Callable[[], bytes]]:
+    """{path under whl/: the renderer of its page}: the one list of pages, counted and built."""
+    pages: dict[str, Callable[[], bytes]] = {}
     everything: dict[str, list[IndexFile]] = {}
     for acc, files in sorted(variants.items()):
         by_project: dict[str, list[IndexFile]] = {}
@@ -139,13 +157,13 @@ def build_pages(variants: dict[str, list[IndexFile]]) -> dict[str, bytes]:
             everything.setdefault(f.project, []).append(f)
         for project, pfiles in by_project.items():
             # whl/<acc>/<project>/index.html -> ../../../packages/...
-            pages[f"{acc}/{project}/index.html"] = _project_page(project, pfiles, 3)
-        pages[f"{acc}/index.html"] = _root_page(f"Simple index ({acc})", list(by_project))
+            pages[f"{acc}/{project}/index.html"] = partial(_project_page, project, pfiles, 3)
+        pages[f"{acc}/index.html"] = partial(_root_page, f"Simple index ({acc})", list(by_project))
     for project, pfiles in everything.items():
-        pages[f"{project}/index.html"] = _project_page(project, pfiles, 2)
-    pages["index.html"] = _root_page("Simple index", list(everything) + list(variants))
-    pages.update(simple_json.json_pages(pages, variants))  # PEP 691 index.json twins (store/simple_json.py)
-    return dict(sorted(pages.items()))
+        pages[f"{project}/index.html"] = partial(_project_page, project, pfiles, 2)
+    pages["index.html"] = partial(_root_page, "Simple index", list(everything) + list(variants))
+    pages.update(simple_json.twin_plan(list(pages), variants))  # PEP 691 index.json twins (store/simple_json.py)
+    return pages
 
 
 def generation_of(pages: dict[str, bytes]) -> str:

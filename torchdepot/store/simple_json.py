@@ -19,8 +19,9 @@ from __future__ import annotations
 import json
 import re
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 from packaging.utils import (
     InvalidSdistFilename,
@@ -119,30 +120,40 @@ def json_file(f: IndexFile, depth: int) -> JsonFile:
                     upload_time=valid_upload_time(f.upload_time), yanked=False if f.yanked is None else f.yanked or True)
 
 
-def json_pages(html_pages: Mapping[str, bytes], variants: Mapping[str, list[IndexFile]]) -> dict[str, bytes]:
-    """{path under whl/ of each HTML page: bytes} -> the JSON twin of each, same directories.
+def json_pages(html_pages: Iterable[str], variants: Mapping[str, list[IndexFile]]) -> dict[str, bytes]:
+    """{path under whl/ of each HTML page} -> the JSON twin of each, same directories.
 
     Mirrors :func:`torchdepot.store.pages.build_pages`: ``<acc>/<project>/`` (depth 3),
     ``<project>/`` aggregated (depth 2), ``<acc>/`` and the root project lists. Pure.
     """
+    return {twin: render() for twin, render in twin_plan(html_pages, variants).items()}
+
+
+def twin_plan(html_pages: Iterable[str], variants: Mapping[str, list[IndexFile]]) -> dict[str, Callable[[], bytes]]:
+    """:func:`json_pages` before any page is rendered: {twin path: its renderer}, so a caller
+    knows how many pages it will render (a progress total) and renders them one by one."""
     by_acc: dict[str, dict[str, list[IndexFile]]] = {}
     everything: dict[str, list[IndexFile]] = {}
     for acc, files in variants.items():
         for f in files:
             by_acc.setdefault(acc, {}).setdefault(f.project, []).append(f)
             everything.setdefault(f.project, []).append(f)
-    out: dict[str, bytes] = {}
+    out: dict[str, Callable[[], bytes]] = {}
     for rel in html_pages:
         if not rel.endswith(HTML_PAGE):
             continue
         parts = rel.split("/")[:-1]
         twin = "/".join([*parts, JSON_PAGE])
         if not parts:
-            out[twin] = root_page(list(everything) + list(variants))
+            out[twin] = partial(root_page, list(everything) + list(variants))
         elif len(parts) == 1 and parts[0] in by_acc:
-            out[twin] = root_page(by_acc[parts[0]])
+            out[twin] = partial(root_page, by_acc[parts[0]])
         elif len(parts) == 1 and parts[0] in everything:
-            out[twin] = project_page(parts[0], [json_file(f, 2) for f in everything[parts[0]]])
+            out[twin] = partial(_project_twin, parts[0], everything[parts[0]], 2)
         elif len(parts) == 2 and parts[1] in by_acc.get(parts[0], {}):
-            out[twin] = project_page(parts[1], [json_file(f, 3) for f in by_acc[parts[0]][parts[1]]])
+            out[twin] = partial(_project_twin, parts[1], by_acc[parts[0]][parts[1]], 3)
     return out
+
+
+def _project_twin(project: str, files: list[IndexFile], depth: int) -> bytes:
+    return project_page(project, [json_file(f, depth) for f in files])

@@ -30,7 +30,13 @@ from torchdepot.store import manifest as mf
 from torchdepot.store import publication as pub
 from torchdepot.store.fsutil import atomic_write_text, safe_filename, safe_join
 from torchdepot.store.index_file import IndexFile
-from torchdepot.store.pages import build_pages, ensure_metadata, publish, requires_python_of
+from torchdepot.store.pages import (
+    build_pages,
+    ensure_metadata,
+    page_count,
+    publish,
+    requires_python_of,
+)
 from torchdepot.sync.download import PipFetchReport
 from torchdepot.sync.reads import Count
 from torchdepot.sync.resolution import Resolution, file_key
@@ -49,7 +55,8 @@ class PipPublished:
 def publish_pip(out: Path, resolution: Resolution, report: FetchReport, view: View,
                 retained: dict[str, list[IndexFile]] | None = None, progress: bool | None = False) -> PipPublished:
     """``retained``: per accelerator, files of earlier torch versions the mirror keeps (listed too);
-    ``progress``: as the fetch's, a bar of the index pages written (:class:`~torchdepot.sync.reads.Count`)."""
+    ``progress``: as the fetch's, a bar of the index pages rendered, then one of them written
+    (:class:`~torchdepot.sync.reads.Count`)."""
     stored = report.stored if isinstance(report, PipFetchReport) else (lambda key: key)
     read = report.metadata if isinstance(report, PipFetchReport) else {}  # METADATA this run read already
     written = report.written if isinstance(report, PipFetchReport) else {}  # .metadata it wrote as wheels landed
@@ -104,8 +111,10 @@ def publish_pip(out: Path, resolution: Resolution, report: FetchReport, view: Vi
             page_files.setdefault(ix.path, ix)
     if live is not None:  # a re-sync: the live index is replaced only once its files are listed
         mf.save(out, pub.widened(live, entries.values()))
-    pages = build_pages({acc: list(files.values()) for acc, files in variants.items()})
-    with Count(progress, len(pages), "index pages", "pages") as bar:
+    index = {acc: list(files.values()) for acc, files in variants.items()}
+    with Count(progress, page_count(index), "index pages", "pages") as bar:
+        pages = build_pages(index, on_step=bar.step)
+    with Count(progress, len(pages), "index pages written", "pages") as bar:
         generation, changed = publish(out, pages, on_step=bar.step)
     # Each target's lock names files the index now links: written only after the swap, so a run
     # that fails earlier leaves the old locks over the old index (verify-mirror checks they agree).

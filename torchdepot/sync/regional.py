@@ -104,6 +104,7 @@ from torchdepot.store.pages import (
     build_pages,
     current_generation,
     ensure_metadata,
+    page_count,
     publish,
     requires_python_of,
     wheel_metadata,
@@ -693,14 +694,15 @@ def _publish(out: Path, spec: MirrorSpec, previous: mf.Manifest | None, entries:
              progress: bool | None) -> mf.Manifest:
     """Pages and manifest: the manifest widened before the new pages go live, committed after
     them; files no longer selected removed after the commit; the closing check recorded.
-    ``progress``: as the fetch's, a bar of the pages written and one of the files checked."""
+    ``progress``: as the fetch's, bars of the pages rendered, then written, then of the files checked."""
     listed = previous.by_path() if previous is not None else {}
     gone = sorted(p for p in listed if p not in entries and listed[p].kind in ("wheel", "metadata"))
     pub.record(out, gone)  # journaled before the commit: a kill leaves leftovers, not orphans
     if previous is not None:
         mf.save(out, pub.widened(previous, entries.values()))
-    pages = build_pages(index)
-    with Count(progress, len(pages), "releases: index pages", "pages") as bar:
+    with Count(progress, page_count(index), "releases: index pages", "pages") as bar:
+        pages = build_pages(index, on_step=bar.step)
+    with Count(progress, len(pages), "releases: index pages written", "pages") as bar:
         result.generation, result.index_changed = publish(out, pages, on_step=bar.step)
     manifest = mf.Manifest(files=sorted(entries.values(), key=lambda e: e.path), spec=spec.to_data(),
                            last_sync=sync_record(started, "unchecked", ""))
