@@ -182,8 +182,8 @@ class Counted(http.server.SimpleHTTPRequestHandler):
     def _log(self):
         if getattr(self, "command", None):
             h = self.headers
-            with lock:
-                log.write("\t".join([self.command, self.path, str(self._status), str(self._sent), h.get("Range", "-"),
+            with lock:  # int(): on Python 3.10 str() of an HTTPStatus is 'HTTPStatus.NOT_FOUND'
+                log.write("\t".join([self.command, self.path, str(int(self._status)), str(self._sent), h.get("Range", "-"),
                                      h.get("If-None-Match", "-"), h.get("If-Modified-Since", "-")]) + "\n")
 
 handler = lambda *a, **kw: Counted(*a, directory=sys.argv[2], **kw)

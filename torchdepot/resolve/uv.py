@@ -12,11 +12,13 @@ cost up to 0.6 s a target), and sends its loopback requests past any proxy of th
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,8 +75,21 @@ class ResolvedFile:
     size: int | None
 
 
+_UV_BIN_LOCK = threading.Lock()
+
+
 def uv_bin() -> str:
-    """The uv binary of the ``uv`` package, else one on PATH."""
+    """The uv binary of the ``uv`` package, else one on PATH: looked up once per process.
+
+    Under a lock: targets resolve in parallel threads, and ``find_uv_bin`` reads
+    ``sysconfig.get_config_var("EXE")``, whose lazy first fill is not thread-safe (a second
+    thread read ``None`` while the first filled it: "can only concatenate str (not NoneType)")."""
+    with _UV_BIN_LOCK:
+        return _uv_bin()
+
+
+@functools.cache
+def _uv_bin() -> str:
     try:
         from uv import find_uv_bin
 
