@@ -320,26 +320,14 @@ def test_http_server_flat_listing_and_find_links_send_each_body_once(tmp_path):
     """``python -m http.server`` over a folder of wheels: ``<base>/cpu/`` is the variant's flat
     listing (the upstream), ``/deps/`` a find-links folder of the dependencies (the user's pip
     configuration, no index). No hash, no ``.metadata``, no Range, no ETag anywhere."""
-    root = tmp_path / "upstream"
     torch = padded_wheel(*TORCH, payload=6 * MB, seed=1)
     # sympy large enough that free connections would split it, if the server took ranges
     deps = [padded_wheel(*spec, payload=12 * MB if spec[0] == "sympy" else MB + MB // 2, seed=10 + i)
             for i, spec in enumerate(DEPS)]
-    (root / "pytorch-wheels" / "cpu").mkdir(parents=True)
-    (root / "deps").mkdir()
-    (root / "pytorch-wheels" / "cpu" / torch.filename).write_bytes(torch.data)
-    for w in deps:
-        (root / "deps" / w.filename).write_bytes(w.data)
-    sizes = {torch.filename: len(torch.data), **{w.filename: len(w.data) for w in deps}}
+    sizes = _flat_folders(tmp_path / "upstream", torch, deps)
     out = tmp_path / "out"
-    with http_server(root, tmp_path / "httpd") as up:
-        env = mirror_env(up.url, tmp_path)
-        del env["PIP_INDEX_URL"]
-        env.update(PIP_NO_INDEX="1", PIP_FIND_LINKS=up.url + "/deps/")
-        spec = tmp_path / "spec.yaml"
-        spec.write_text(yaml.safe_dump({
-            "packages": ["torch"], "extra_packages": [], "accelerators": ["cpu"], "pythons": ["3.11"],
-            "platforms": ["linux-x86_64"], "upstreams": [up.url + "/pytorch-wheels"], "out": str(out), "jobs": 4}))
+    with http_server(tmp_path / "upstream", tmp_path / "httpd") as up:
+        env, spec = _flat_env_and_spec(up, tmp_path, out)
         t0 = time.monotonic()
         cold = _ok(run_mirror(spec, env, "--json"), "cold sync")
         hits = up.hits()
@@ -371,6 +359,30 @@ def test_http_server_flat_listing_and_find_links_send_each_body_once(tmp_path):
         assert _wheels(out) == sizes
 
 
+def _flat_folders(root: Path, torch, deps) -> dict[str, int]:
+    """An Aliyun-style flat ``pytorch-wheels/cpu/`` folder holding torch and a ``deps/``
+    find-links folder holding its dependencies; each file name -> its size."""
+    (root / "pytorch-wheels" / "cpu").mkdir(parents=True)
+    (root / "deps").mkdir()
+    (root / "pytorch-wheels" / "cpu" / torch.filename).write_bytes(torch.data)
+    for w in deps:
+        (root / "deps" / w.filename).write_bytes(w.data)
+    return {torch.filename: len(torch.data), **{w.filename: len(w.data) for w in deps}}
+
+
+def _flat_env_and_spec(up, tmp_path: Path, out: Path) -> tuple[dict, Path]:
+    """The environment (no index: ``deps/`` as the user's find-links) and a one-target cpu spec
+    over ``pytorch-wheels/`` as the PyTorch upstream."""
+    env = mirror_env(up.url, tmp_path)
+    del env["PIP_INDEX_URL"]
+    env.update(PIP_NO_INDEX="1", PIP_FIND_LINKS=up.url + "/deps/")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({
+        "packages": ["torch"], "extra_packages": [], "accelerators": ["cpu"], "pythons": ["3.11"],
+        "platforms": ["linux-x86_64"], "upstreams": [up.url + "/pytorch-wheels"], "out": str(out), "jobs": 4}))
+    return env, spec
+
+
 def _plan_sizes(text: str) -> dict[str, str]:
     """File name -> the size a dry run's plan prints for it ('?' when unknown)."""
     out = {}
@@ -387,24 +399,12 @@ def test_cold_dry_run_on_http_server_shows_the_sizes_its_whole_reads_learned(tmp
     the view reads each wheel whole anyway (to hash it for the resolver, or for its METADATA,
     Range being ignored), so the plan prints each file's size and their total; it printed '?'
     and '0 B (+5 of unknown size)'."""
-    root = tmp_path / "upstream"
     torch = padded_wheel(*TORCH, payload=2 * MB, seed=1)
     deps = [padded_wheel(*spec, payload=MB // 2, seed=10 + i) for i, spec in enumerate(DEPS)]
-    (root / "pytorch-wheels" / "cpu").mkdir(parents=True)
-    (root / "deps").mkdir()
-    (root / "pytorch-wheels" / "cpu" / torch.filename).write_bytes(torch.data)
-    for w in deps:
-        (root / "deps" / w.filename).write_bytes(w.data)
-    sizes = {torch.filename: len(torch.data), **{w.filename: len(w.data) for w in deps}}
+    sizes = _flat_folders(tmp_path / "upstream", torch, deps)
     out = tmp_path / "out"
-    with http_server(root, tmp_path / "httpd") as up:
-        env = mirror_env(up.url, tmp_path)
-        del env["PIP_INDEX_URL"]
-        env.update(PIP_NO_INDEX="1", PIP_FIND_LINKS=up.url + "/deps/")
-        spec = tmp_path / "spec.yaml"
-        spec.write_text(yaml.safe_dump({
-            "packages": ["torch"], "extra_packages": [], "accelerators": ["cpu"], "pythons": ["3.11"],
-            "platforms": ["linux-x86_64"], "upstreams": [up.url + "/pytorch-wheels"], "out": str(out), "jobs": 4}))
+    with http_server(tmp_path / "upstream", tmp_path / "httpd") as up:
+        env, spec = _flat_env_and_spec(up, tmp_path, out)
         dry = _ok(run_mirror(spec, env, "--dry-run"), "cold dry run")
         said = dry.stdout + dry.stderr
         assert _bodies(up.hits()) == sizes  # each read whole once (the view hashes what upstream does not)

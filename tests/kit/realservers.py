@@ -138,13 +138,8 @@ http {{
     }}
 }}
 """)
-    proc = subprocess.Popen([nginx_binary(), "-c", str(conf / "nginx.conf"), "-p", str(conf)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_listening(proc, port, "nginx")
-        yield Served(f"http://127.0.0.1:{port}", log)
-    finally:
-        stop(proc)
+    with _served([nginx_binary(), "-c", str(conf / "nginx.conf"), "-p", str(conf)], port, log, "nginx") as up:
+        yield up
 
 
 # http.server exactly as `python -m http.server --bind 127.0.0.1 --directory ROOT PORT` runs
@@ -200,10 +195,17 @@ def http_server(root: Path, work: Path) -> Iterator[Served]:
     work.mkdir(parents=True, exist_ok=True)
     log = work / "http-server.log"
     log.touch()
-    proc = subprocess.Popen([sys.executable, "-c", _HTTP_SERVER, str(port), str(root), str(log)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with _served([sys.executable, "-c", _HTTP_SERVER, str(port), str(root), str(log)], port, log,
+                 "http.server") as up:
+        yield up
+
+
+@contextlib.contextmanager
+def _served(cmd: list[str], port: int, log: Path, what: str) -> Iterator[Served]:
+    """A server process started from ``cmd``, once it listens on ``port``; always stopped."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_listening(proc, port, "http.server")
+        wait_listening(proc, port, what)
         yield Served(f"http://127.0.0.1:{port}", log)
     finally:
         stop(proc)
