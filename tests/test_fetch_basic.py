@@ -81,3 +81,24 @@ def test_moving_seconds_is_the_union_of_the_downloads_not_the_fetchers_open_time
     assert all(r.span is not None and r.span[0] <= r.span[1] for r in rep.results)
     assert rep.seconds >= 0.5
     assert rep.moving_seconds < rep.seconds - 0.4
+
+
+def test_a_local_copy_is_used_first_and_the_result_names_the_url(tmp_path):
+    """FetchItem.local: bytes this run already holds are copied, no URL is asked (nothing
+    listens on it here), and the result names urls[0], where the bytes came from."""
+    import socket
+
+    data = os.urandom(200_000)
+    sha = hashlib.sha256(data).hexdigest()
+    local = tmp_path / "spool.whl"
+    local.write_bytes(data)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/x-1.0-py3-none-any.whl"
+    fetcher = Fetcher(tmp_path / "out", make_session(HttpConfig(retries=0, backoff=0.01)), progress=False)
+    res = fetcher.run([FetchItem("packages/x/x.whl", (url,), sha, local=local.as_uri())]).results[0]
+    assert (res.status, res.url, res.sha256) == ("downloaded", url, sha)
+    assert (tmp_path / "out" / "packages/x/x.whl").read_bytes() == data
+    bad = Fetcher(tmp_path / "out", make_session(HttpConfig(retries=0, backoff=0.01)), progress=False)
+    res = bad.run([FetchItem("packages/x/y.whl", (url,), "0" * 64, local=local.as_uri())]).results[0]
+    assert (res.status, res.url, res.hash_mismatch) == ("failed", url, True)

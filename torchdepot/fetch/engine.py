@@ -243,10 +243,11 @@ class Fetcher:
         started = time.monotonic()  # the per-file timeout covers every candidate URL
         meter = RateMeter(self.floor, started)
         attempts = 0
-        for url in item.urls:
+        local = [(item.local, item.urls[0] if item.urls else item.local)] if item.local else []
+        for url, named in [*local, *((u, u) for u in item.urls)]:
             try:
                 res = self._from_url(item, url, dest, started, meter)
-                res.attempts += attempts
+                res.url, res.attempts = named, res.attempts + attempts
                 res.span = (started, time.monotonic())
                 return res
             except Fatal as exc:
@@ -254,9 +255,9 @@ class Fetcher:
                 attempts += 1
             except IntegrityError as exc:
                 # Upstream served bytes that disagree with its own claim: do not publish.
-                return FetchResult(key=item.key, status="failed", error=str(exc), url=url,
+                return FetchResult(key=item.key, status="failed", error=str(exc), url=named,
                                    upstream_sha256=item.sha256, hash_mismatch=True)
-        if not item.urls:
+        if not item.urls and not item.local:
             errors.append("no URL to fetch from")
         return FetchResult(key=item.key, status="failed", error="; ".join(errors), upstream_sha256=item.sha256,
                            attempts=attempts)

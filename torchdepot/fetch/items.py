@@ -40,6 +40,9 @@ class FetchItem:
     urls: tuple[str, ...]  # candidates, tried in order (failover)
     sha256: str | None = None  # what upstream claims; None when it claims nothing
     size: int | None = None  # expected size, when upstream states it
+    # bytes this run already holds (a file:// URI: a wheel read whole for its METADATA), copied
+    # before any URL is asked; the result names urls[0], where they came from, never this copy
+    local: str | None = None
 
 
 FetchStatus = Literal["downloaded", "present", "failed"]  # fetched now | already stored | not stored

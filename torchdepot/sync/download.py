@@ -136,11 +136,8 @@ def whole_into_store(out: Path, spec: MirrorSpec, fetcher: Fetcher) -> tuple[Who
             written.add(path)
         urls = same_path_elsewhere(vf.link.url, spec.upstreams)
         # bytes already read whole (a server that ignores Range answered a probe with them): copied, not sent again
-        first = spooled.as_uri() if spooled is not None else None
-        result = fetcher.submit(FetchItem(path, (first, *urls) if first else urls, vf.link.sha256,
-                                          vf.link.size)).result()
-        if first is not None and result.url == first:
-            result.url = vf.link.url  # where the bytes came from (the manifest names it), not the spool
+        result = fetcher.submit(FetchItem(path, urls, vf.link.sha256, vf.link.size,
+                                          local=spooled.as_uri() if spooled is not None else None)).result()
         if result.status == "failed":
             raise UpstreamError(result.error or f"{vf.link.url}: download failed")
         return safe_join(out, path)

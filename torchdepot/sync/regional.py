@@ -841,7 +841,6 @@ def _fetch(out: Path, spec: MirrorSpec, sel: Selection, paths: dict[str, str], l
     """Every selected file into its stored path; one this run already read whole (``spool``)
     is copied from there (its upstream URL next, should the copy fail), not sent again."""
     items = []
-    spooled: dict[str, str] = {}  # spool file URI -> upstream URL
     # a hashless copy read whole under another URL of the same stored path serves this one too
     by_path = {paths[u]: kept for u, kept in (spool.kept.items() if spool is not None else ()) if u in paths}
     for url, c in sel.files.items():
@@ -849,20 +848,15 @@ def _fetch(out: Path, spec: MirrorSpec, sel: Selection, paths: dict[str, str], l
         held = listed.get(path)
         claim = c.link.sha256 or (held.sha256 if held is not None and held.url == url else None)
         size = c.link.size or (held.size if held is not None else None)
-        urls: tuple[str, ...] = (url,)
+        local = None
         kept = spool.kept.get(url) if spool is not None else None
         if kept is None and c.link.sha256 is None:
             kept = by_path.get(path)
         if kept is not None and (held is None or held.sha256 != kept[1]):  # a held file needs no copy
-            spooled.setdefault(kept[0].as_uri(), url)  # the fetcher runs the first item of a path
-            urls, size = (kept[0].as_uri(), url), size or kept[2]
-        items.append(FetchItem(path, urls, claim, size))
+            local, size = kept[0].as_uri(), size or kept[2]
+        items.append(FetchItem(path, (url,), claim, size, local=local))
     pub.record(out, [p for i in items for p in (i.key, L.metadata_path(i.key)) if i.key not in listed])
-    report = make_fetcher(out, spec, client, edge.policy, progress, on_progress).run(items)
-    for r in report.results:
-        if r.url in spooled:
-            r.url = spooled[r.url]  # where the bytes came from (the manifest names it), not this run's spool
-    return report
+    return make_fetcher(out, spec, client, edge.policy, progress, on_progress).run(items)
 
 
 def _entries(out: Path, sel: Selection, paths: dict[str, str], report: FetchReport, listed: dict[str, mf.FileEntry],
