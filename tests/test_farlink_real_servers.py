@@ -839,33 +839,3 @@ def test_regional_over_max_bytes_fails_before_fetching_and_leaves_no_spool(tmp_p
         assert read < want  # only the METADATA reads: no fetch step
         assert _spool(out) == []
         assert not list(out.rglob("*.whl")), list(out.rglob("*.whl"))
-
-
-def test_regional_spool_keeps_within_its_caps_and_only_bytes_that_match_upstreams_hash(tmp_path):
-    """The spool (``sync/regional.Spool``) alone: at most ``max_bytes`` and ``max_files``, never
-    bytes whose sha256 disagrees with the link's, one entry per URL, nothing left after clear."""
-    from torchdepot.sources.links import Link
-    from torchdepot.sync.regional import Spool
-
-    out = tmp_path / "srv"
-    spool = Spool(out, max_bytes=10, max_files=2).open()
-
-    def read(data: bytes) -> tuple[Path, str]:
-        path = spool.dir / f"read-{hashlib.sha256(data).hexdigest()[:8]}"
-        path.write_bytes(data)
-        return path, hashlib.sha256(data).hexdigest()
-
-    a, b, c, d = b"aaaaaaaa", b"bbbbbbbb", b"cc", b"dd"
-    spool.keeper(Link(url="http://u/a.whl", filename="a.whl"))(*read(a))
-    spool.keeper(Link(url="http://u/b.whl", filename="b.whl"))(*read(b))  # 16 bytes: over max_bytes
-    spool.keeper(Link(url="http://u/c.whl", filename="c.whl", sha256="0" * 64))(*read(c))  # upstream says other bytes
-    spool.keeper(Link(url="http://u/d.whl", filename="d.whl", sha256=hashlib.sha256(d).hexdigest()))(*read(d))
-    spool.keeper(Link(url="http://u/e.whl", filename="e.whl"))(*read(b"e"))  # a third file: over max_files
-    assert sorted(spool.kept) == ["http://u/a.whl", "http://u/d.whl"]
-    for url, data in (("http://u/a.whl", a), ("http://u/d.whl", d)):
-        path, sha, size = spool.kept[url]
-        assert (path.read_bytes(), sha, size) == (data, hashlib.sha256(data).hexdigest(), len(data))
-        assert path == out / ".torchdepot" / "whole" / f"{sha}.whl"
-    spool.clear()
-    assert not (out / ".torchdepot" / "whole").exists()
-    assert spool.kept == {}

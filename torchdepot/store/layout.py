@@ -18,9 +18,9 @@ it (no regex re-spelling a name built elsewhere). Layout of ``<root>``::
         publish.json                  the publication journal (PUBLISH_JOURNAL)
         retired.json                  paths that held other bytes once, with their sha256 (RETIRED)
         partial/                      downloads in flight (PARTIAL_DIR)
-        whole/                        a regional sync's wheels read whole for their METADATA (no Range
-                                      upstream), by sha256, until its fetch step takes them (WHOLE_DIR;
-                                      emptied when the sync ends, whatever the outcome)
+        whole/                        wheels a regional sync is reading whole for their METADATA (no Range
+                                      upstream), until the run's fetcher stores them (WHOLE_DIR;
+                                      sync/download.WholeReads; emptied when a sync starts and ends)
         cache/conda/                  repodata a conda sync fetched (CONDA_CACHE_DIR)
         view/                         the local index the resolver reads (VIEW_DIR; rebuilt each run)
             .screens/                 each page's screened links by upstream page identity (sync/view.py)
@@ -86,7 +86,7 @@ LOCK_FILE = ".torchdepot.lock"
 STATE_DIR = ".torchdepot"
 HASHES_NAME = "hashes.json"
 PARTIAL_DIR = f"{STATE_DIR}/partial"
-WHOLE_DIR = f"{STATE_DIR}/whole"  # `releases:`: wheels read whole this run, reused by its fetch (sync/regional.py)
+WHOLE_DIR = f"{STATE_DIR}/whole"  # `releases:`: wheels being read whole, until the fetcher stores them
 VIEW_DIR = f"{STATE_DIR}/view"
 RESOLUTIONS = f"{STATE_DIR}/resolutions.json"
 METADATA_CACHE = f"{STATE_DIR}/metadata"
@@ -131,11 +131,6 @@ _CONDA_INDEX = re.compile(
 def package_path(project: str, filename: str) -> str:
     """``packages/<project>/<file>``: where a wheel is stored (``filename`` already safe)."""
     return f"{PACKAGES_DIR}/{project}/{filename}"
-
-
-def whole_path(sha256: str) -> str:
-    """``.torchdepot/whole/<sha256>.whl``: a wheel read whole this run, until its fetch takes it."""
-    return f"{WHOLE_DIR}/{sha256}.whl"
 
 
 def metadata_path(wheel_path: str) -> str:

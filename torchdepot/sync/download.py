@@ -17,8 +17,10 @@ are keyed by stored path.
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +30,8 @@ from torchdepot.fetch import FetchItem, FetchReport
 from torchdepot.net.hostpolicy import HostPolicy
 from torchdepot.net.http import Client
 from torchdepot.resolve.uv import ResolvedFile
-from torchdepot.spec.mirror import MirrorSpec
+from torchdepot.sources.wheelmeta import KeepWhole
+from torchdepot.spec.mirror import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, MirrorSpec
 from torchdepot.store import layout as L
 from torchdepot.store import manifest as mf
 from torchdepot.store import publication as pub
@@ -114,35 +117,119 @@ def make_fetcher(out: Path, spec: MirrorSpec, client: Client, policy: HostPolicy
                    connections_per_host=spec.connections_per_host or DEFAULT_CONNECTIONS_PER_HOST)
 
 
-def whole_into_store(out: Path, spec: MirrorSpec, fetcher: Fetcher) -> tuple[WholeFile, set[str]]:
-    """The view's :data:`~torchdepot.sync.view.WholeFile` for a real run: a file the resolver
-    must read whole (upstream gave no hash) is downloaded by the run's ``fetcher`` (progress,
-    pieces, failover to the other PyTorch upstreams, hashed as it arrives) straight to the
-    path the fetch step will store it at, journaled first; the fetch step then joins that
-    download instead of starting another. Returns the callable and the set of stored paths it
-    wrote (so a file the resolver did not choose after all is removed again)."""
-    lock = threading.Lock()
-    written: set[str] = set()
+class WholeReads:
+    """Wheels that cross the link whole before the fetch step, handed to the run's fetcher at
+    once: one read whole for its METADATA (no ``.metadata`` upstream, and a server that ignores
+    Range or a wheel no larger than the tail read: :meth:`keep`), or one the resolver must hash
+    (no hash upstream: :meth:`fetch`). Each goes to the stored path its fetch step will use
+    (the caller's ``plan``, journaled first): a read's bytes as ``FetchItem.local`` (copied and
+    hashed, not sent again), else downloaded (progress, pieces, failover, hashed as it
+    arrives). The fetch step submits the same path and joins that result.
 
-    def whole(_accelerator: str, vf: ViewFile, spooled: Path | None) -> Path | None:
-        key = file_key(ResolvedFile(name=vf.project, version="", url=vf.link.url, filename=vf.filename,
-                                    sha256=vf.link.sha256, size=vf.link.size))
-        with lock:  # one journal writer at a time (resolver requests arrive in parallel)
+    Invariants: bytes that disagree with the sha256 the fetch step will claim are never kept
+    (that step then asks upstream again, and names upstream's URL); reads kept are bounded by
+    the spec's ``max_bytes`` and ``max_files`` (past them a read is dropped and fetched again);
+    a file reaches its stored path only through the fetcher (checked, then renamed into place);
+    ``dir``, where a caller may write its whole reads (the store's filesystem), is emptied by
+    :meth:`open` and :meth:`clear`, so a killed run's reads are never trusted; :meth:`discard`
+    removes what this run stored and did not use, never a path the committed manifest lists."""
+
+    def __init__(self, out: Path, spec: MirrorSpec, fetcher: Fetcher) -> None:
+        self.out, self.dir = out, out / L.WHOLE_DIR
+        self.max_bytes = spec.max_bytes or DEFAULT_MAX_BYTES
+        self.max_files = spec.max_files or DEFAULT_MAX_FILES
+        self.fetcher = fetcher
+        self.paths: set[str] = set()  # stored paths handed to the fetcher
+        self.kept_files = self.kept_bytes = 0  # reads kept (not sent again)
+        self._lock = threading.Lock()
+
+    def open(self) -> WholeReads:
+        self.clear()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def keeper(self, plan: Callable[[], FetchItem]) -> KeepWhole:
+        """The ``keep`` callback for :func:`~torchdepot.sources.wheelmeta.remote_metadata`."""
+
+        def keep(read: Path, sha256: str) -> None:
+            self.keep(plan, read, sha256)
+
+        return keep
+
+    def keep(self, plan: Callable[[], FetchItem], read: Path, sha256: str) -> Path | None:
+        """``read`` (hashed ``sha256`` as it arrived) stored where ``plan`` says; None when not
+        kept: other bytes than the plan claims, over a cap, or the copy failed. Never raises:
+        the METADATA read goes on, and the fetch step downloads what was not kept."""
+        try:
+            item = plan()
+            size = read.stat().st_size
+        except (OSError, TorchdepotError):
+            return None
+        if not pub.Claim(item.sha256, item.size).agrees(sha256, size):
+            return None
+        with self._lock:
+            counted = item.key not in self.paths  # else one stored file already: joined, counted once
+            if counted and (self.kept_files >= self.max_files or self.kept_bytes + size > self.max_bytes):
+                return None
+            self.kept_files += counted
+            self.kept_bytes += size if counted else 0
+            self.paths.add(item.key)
+        try:
+            return self._store(dataclasses.replace(item, local=read.as_uri()))
+        except (UpstreamError, OSError, TorchdepotError):
+            with self._lock:
+                self.kept_files -= counted
+                self.kept_bytes -= size if counted else 0
+            return None
+
+    def fetch(self, plan: Callable[[], FetchItem]) -> Path:
+        """The file ``plan`` names, downloaded now (the fetch step joins it); raises
+        :class:`UpstreamError` when no URL gives it."""
+        return self._store(plan())
+
+    def _store(self, item: FetchItem) -> Path:
+        with self._lock:  # one journal writer at a time (reads arrive in parallel)
+            pub.record(self.out, {item.key, L.metadata_path(item.key)})
+            self.fetcher.start()
+            self.paths.add(item.key)
+        result = self.fetcher.submit(item).result()
+        if result.status == "failed":
+            raise UpstreamError(result.error or f"{item.urls[0] if item.urls else item.key}: download failed")
+        return safe_join(self.out, item.key)
+
+    def discard(self, used: set[str], listed: Mapping[str, object]) -> None:
+        """Remove what this run stored here that it does not use (``used``: stored paths),
+        unless the committed manifest lists it (``listed``)."""
+        for path in sorted(self.paths - used):
+            if path not in listed:
+                safe_join(self.out, path).unlink(missing_ok=True)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def whole_into_store(out: Path, spec: MirrorSpec, fetcher: Fetcher) -> tuple[WholeFile, set[str]]:
+    """The view's :data:`~torchdepot.sync.view.WholeFile` for a real run (:class:`WholeReads`):
+    a wheel the view read whole, or one the resolver must read whole (upstream gave no hash),
+    goes to the path the fetch step will store it at, through the run's ``fetcher``. Returns
+    the callable and the set of stored paths it handed over (so a file the resolver did not
+    choose after all is removed again)."""
+    wholes = WholeReads(out, spec, fetcher)
+
+    def whole(_accelerator: str, vf: ViewFile, spooled: Path | None, sha256: str | None) -> Path | None:
+        def plan() -> FetchItem:
+            key = file_key(ResolvedFile(name=vf.project, version="", url=vf.link.url, filename=vf.filename,
+                                        sha256=vf.link.sha256, size=vf.link.size))
             live = pub.live_manifest(out)
             path = pub.choose_path(key, pub.Claim(vf.link.sha256, vf.link.size), live.by_path() if live else {},
                                    pub.load_journal(out), lambda rel: safe_join(out, rel).exists())
-            pub.record(out, {path, path + ".metadata"})
-            fetcher.start()
-            written.add(path)
-        urls = same_path_elsewhere(vf.link.url, spec.upstreams)
-        # bytes already read whole (a server that ignores Range answered a probe with them): copied, not sent again
-        result = fetcher.submit(FetchItem(path, urls, vf.link.sha256, vf.link.size,
-                                          local=spooled.as_uri() if spooled is not None else None)).result()
-        if result.status == "failed":
-            raise UpstreamError(result.error or f"{vf.link.url}: download failed")
-        return safe_join(out, path)
+            return FetchItem(path, same_path_elsewhere(vf.link.url, spec.upstreams), vf.link.sha256, vf.link.size)
 
-    return whole, written
+        if spooled is None or sha256 is None:
+            return wholes.fetch(plan)
+        return wholes.keep(plan, spooled, sha256)
+
+    return whole, wholes.paths
 
 
 def fetch_files(out: Path, resolution: Resolution, view: View, spec: MirrorSpec, client: Client,

@@ -21,17 +21,21 @@ by the per-target pipeline (``sync/pip.py``):
    its users install from. Python and platform filters apply to every file (``py3-none-any``
    and ``abi3`` wheels always fit). Dependencies are read once per (project, version, platform)
    per index, from PEP 658 ``.metadata`` (cached by hash in ``.torchdepot/metadata``) or by
-   Range from the wheel's zip; a server that ignores Range sends the whole wheel, which is kept
-   (:class:`Spool`, ``.torchdepot/whole/``) for step 4.
+   Range from the wheel's zip; a server that ignores Range sends the whole wheel (written under
+   ``.torchdepot/whole/``), which the run's fetcher stores at once where step 4 looks for it
+   (:class:`~torchdepot.sync.download.WholeReads`, at the :class:`Placement` item of its URL:
+   checked against upstream's sha256, within the caps).
 2. *bound*: more than ``max_files`` files, or more known bytes than ``max_bytes``, is one error
    before anything is downloaded (a size is known from the manifest, the index, or this run's
    Range probe or whole read; the others are counted as they arrive and checked again before
    publishing).
 3. ``--dry-run`` stops here and prints the counts and bytes per accelerator.
 4. *fetch*: files the committed manifest already lists from the same URL with the same claim
-   are not requested again; a file step 1 read whole is copied from the spool, not sent again;
-   new bytes behind a published name go to a new path (``store.publication``), journaled
-   before they are written. The spool is emptied when the sync ends, whatever the outcome.
+   are not requested again; a file step 1 read whole is that file's one download, joined, not
+   sent again; new bytes behind a published name go to a new path (``store.publication``),
+   journaled before they are written. What step 1 stored and this step does not use (all of
+   it, when the run stops before this step) is removed, and ``.torchdepot/whole/`` emptied,
+   when the sync ends, whatever the outcome.
 5. *publish*: ``.metadata`` beside each wheel, one ``whl/<acc>/`` index per accelerator as
    upstream lays it out (generation swap), the manifest widened first and committed last. A file
    the last sync published that this one no longer selects (upstream stopped listing it, a page
@@ -54,16 +58,14 @@ import email.parser
 import functools
 import hashlib
 import json
-import os
 import posixpath
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -111,10 +113,13 @@ from torchdepot.store.pages import (
 )
 from torchdepot.sync import session
 from torchdepot.sync.check import verify_published
-from torchdepot.sync.download import check_fetched, make_fetcher
+from torchdepot.sync.download import WholeReads, check_fetched, make_fetcher
 from torchdepot.sync.plan import channel_prefix
 from torchdepot.sync.reads import Count, ReadProgress
 from torchdepot.sync.result import Echo, MirrorResult, RunLog, sync_record
+
+if TYPE_CHECKING:
+    from torchdepot.fetch import Fetcher
 
 ACC_JOBS = 4  # accelerators walked at once
 PAGE_JOBS = 4  # pages or METADATA read at once per accelerator
@@ -241,6 +246,15 @@ def discover_accelerators(spec: MirrorSpec, reader: UpstreamReader, base: str, p
     return tuple(sorted(found))
 
 
+def _map(fn: Callable[[_T], _R], items: list[_T]) -> list[_R]:
+    """``fn`` over ``items`` with up to PAGE_JOBS at once: upstream is latency-bound, and the
+    reader (one request per URL, thread-safe) serves a page to whoever asks first."""
+    if len(items) <= 1:
+        return [fn(i) for i in items]
+    with ThreadPoolExecutor(max_workers=min(PAGE_JOBS, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
 def _index(base: str, prefix: str) -> str:
     """The channel's index under an upstream (``<base>/<prefix>``, no trailing slash)."""
     return page_url(base, prefix.rstrip("/")).rstrip("/") if prefix.strip("/") else base.rstrip("/")
@@ -270,57 +284,7 @@ def _listed_torch(reader: UpstreamReader, base: str, prefix: str,
         links = variant_links(reader, variant, "torch") if variant is not None else None
         return [(acc, link, w) for link, w in wheels_on(links or [], "torch")]
 
-    return root, [c for found in Closure._map(torch_of, names) for c in found]
-
-
-class Spool:
-    """Wheels read whole for their METADATA this run (no ``.metadata`` upstream, and a server
-    that ignores Range or a wheel no larger than the tail read), kept under ``.torchdepot/whole/`` until the fetch step copies them into place, so
-    their bytes cross once. Bounded: at most ``max_bytes`` and ``max_files`` are kept (the
-    spec's caps: what this run may fetch anyway); past that a file is simply fetched again.
-    Bytes that disagree with the sha256 upstream states are not kept. :meth:`clear` empties it
-    (the sync calls it at its start, for a killed run's leftovers, and when it ends)."""
-
-    def __init__(self, out: Path, max_bytes: int, max_files: int) -> None:
-        self.out, self.dir = out, out / L.WHOLE_DIR
-        self.max_bytes, self.max_files = max_bytes, max_files
-        self.kept: dict[str, tuple[Path, str, int]] = {}  # upstream URL -> (file, sha256, size)
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def open(self) -> Spool:
-        self.clear()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        return self
-
-    def keeper(self, link: Link) -> Callable[[Path, str], None]:
-        return functools.partial(self._keep, link)
-
-    def _keep(self, link: Link, read: Path, sha256: str) -> None:
-        if link.sha256 not in (None, sha256):
-            return  # upstream's hash disagrees: the fetch step meets it (and names it) on its own
-        size = read.stat().st_size
-        with self._lock:
-            if link.url in self.kept or self._bytes + size > self.max_bytes or len(self.kept) >= self.max_files:
-                return
-            dest = safe_join(self.out, L.whole_path(sha256))
-            if not dest.exists():
-                try:
-                    os.link(read, dest)  # the read was spooled in this folder: no copy
-                except OSError:
-                    shutil.copyfile(read, dest)
-            self.kept[link.url] = (dest, sha256, size)
-            self._bytes += size
-
-    def size(self) -> int:
-        with self._lock:
-            return self._bytes
-
-    def clear(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
-        with self._lock:
-            self.kept.clear()
-            self._bytes = 0
+    return root, [c for found in _map(torch_of, names) for c in found]
 
 
 class Closure:
@@ -328,10 +292,10 @@ class Closure:
 
     def __init__(self, spec: MirrorSpec, reader: UpstreamReader, cache: Path | None, cache_writes: bool,
                  sel: Selection, say: Echo, root: Path, held: dict[str, tuple[str, str]] | None = None,
-                 spool: Spool | None = None, held_paths: dict[str, str] | None = None) -> None:
+                 wholes: Wholes | None = None, held_paths: dict[str, str] | None = None) -> None:
         self.spec, self.reader, self.cache, self.cache_writes, self.sel, self.say = \
             spec, reader, cache, cache_writes, sel, say
-        self.spool = spool  # where a wheel read whole is kept for the fetch step (None: a dry run)
+        self.wholes = wholes  # where a wheel read whole goes for the fetch step (None: a dry run)
         # upstream URL -> (sha256, stored path under root) of the wheels the mirror holds: a hashless
         # link's METADATA is then cached by that hash and read from local disk, not by Range again
         self.root, self.held = root, held or {}
@@ -374,7 +338,7 @@ class Closure:
                     if (w.accelerator is None or (w.accelerator.name == acc and not w.accelerator.flags))
                     and _fits(self.spec, w) and not _newer(self.spec, link)]
 
-        self._map(links_of, [p.name for p in self.spec.packages])  # the pages read at once, then walked in order
+        _map(links_of, [p.name for p in self.spec.packages])  # the pages read at once, then walked in order
         for pkg in self.spec.packages:  # torch first (spec order is TORCH_PROJECTS')
             project = pkg.name
             narrowed = _spec_set(pkg.constraint, prerelease) if pkg.constraint else None
@@ -398,7 +362,7 @@ class Closure:
             wanted.setdefault(str(canonicalize_name(req.name)), []).append(req.specifier)
         done_projects: set[str] = set(TORCH_PROJECTS)
         for _depth in range(MAX_DEPTH):
-            for requires in self._map(self._requires, self._one_per_version(todo)):
+            for requires in _map(self._requires, self._one_per_version(todo)):
                 for name, specifier in requires:
                     if name not in done_projects:
                         wanted.setdefault(name, []).append(specifier)
@@ -408,7 +372,7 @@ class Closure:
                 break
             if len(done_projects) + len(fresh) > MAX_PROJECTS:
                 raise TorchdepotError(f"releases: {acc}: the dependency closure names more than {MAX_PROJECTS} projects")
-            self._map(links_of, sorted(fresh))
+            _map(links_of, sorted(fresh))
             for name, specifiers in sorted(fresh.items()):
                 done_projects.add(name)
                 found = wheels(name)
@@ -421,15 +385,6 @@ class Closure:
                         take(name, link, w)
             wanted = {}
         self.sel.listed[acc] = urls
-
-    @staticmethod
-    def _map(fn: Callable[[_T], _R], items: list[_T]) -> list[_R]:
-        """``fn`` over ``items`` with up to PAGE_JOBS at once: upstream is latency-bound, and the
-        reader (one request per URL, thread-safe) serves a page to whoever asks first."""
-        if len(items) <= 1:
-            return [fn(i) for i in items]
-        with ThreadPoolExecutor(max_workers=min(PAGE_JOBS, len(items))) as pool:
-            return list(pool.map(fn, items))
 
     @staticmethod
     def _paired(project: str, version: Version, torch_versions: set[str]) -> bool:
@@ -484,9 +439,11 @@ class Closure:
             elif held is not None and held[0] == sha and (local := safe_join(self.root, held[1])).is_file():
                 got = wheel_metadata(local, c.project)  # the mirror's own copy of these bytes
             else:
+                reads, placement = self.wholes or (None, None)
                 got = remote_metadata(self.reader, link.url, c.project,
-                                      keep=self.spool.keeper(link) if self.spool else None,
-                                      spool=self.spool.dir if self.spool else None)
+                                      keep=reads.keeper(functools.partial(placement.item, link.url, c))
+                                      if reads is not None and placement is not None else None,
+                                      spool=reads.dir if reads is not None else None)
         except (UpstreamError, TorchdepotError) as exc:
             self.say(f"warning: {link.filename}: METADATA not readable ({one_line(exc)}); its dependencies are not followed")
             return None
@@ -510,10 +467,11 @@ class Closure:
 
 
 def select(spec: MirrorSpec, reader: UpstreamReader, out: Path, dry_run: bool, say: Echo,
-           listed: dict[str, mf.FileEntry] | None = None, spool: Spool | None = None) -> Selection:
+           listed: dict[str, mf.FileEntry] | None = None, wholes: Wholes | None = None) -> Selection:
     """Every file the regional mirror carries, from the first upstream (spec order) that answers;
     ``listed``: the committed manifest's files (their hashes and local copies serve hashless links);
-    ``spool``: where wheels read whole are kept for the fetch step."""
+    ``wholes``: where a wheel read whole goes (at the fetch item the placement gives it), so
+    the fetch step joins it."""
     held = {e.url: (e.sha256, e.path) for e in (listed or {}).values()
             if e.kind == "wheel" and e.url and not e.hash_mismatch}
     held_paths = {path: sha for sha, path in held.values()}
@@ -521,7 +479,7 @@ def select(spec: MirrorSpec, reader: UpstreamReader, out: Path, dry_run: bool, s
     failures = []
     for base in spec.upstreams:
         sel = Selection()
-        walk = Closure(spec, reader, out / L.METADATA_CACHE, not dry_run, sel, say, out, held, spool, held_paths)
+        walk = Closure(spec, reader, out / L.METADATA_CACHE, not dry_run, sel, say, out, held, wholes, held_paths)
         try:
             accs = discover_accelerators(spec, reader, base, prefix, say)
             with ThreadPoolExecutor(max_workers=max(1, min(ACC_JOBS, len(accs)))) as pool:
@@ -626,20 +584,27 @@ def _run(spec: MirrorSpec, out: Path, result: MirrorResult, log: RunLog, opts: O
         raise TorchdepotError(f"{out}: holds a per-target mirror ({len(previous.targets)} targets); a regional "
                               "mirror (releases:) goes into a new out directory")
     listed = previous.by_path() if previous is not None else {}
-    spool = None if dry_run else Spool(out, spec.max_bytes or DEFAULT_MAX_BYTES, spec.max_files or DEFAULT_MAX_FILES)
+    fetcher: Fetcher | None = None
+    wholes: WholeReads | None = None
+    used: set[str] = set()  # the stored paths the fetch step asked for (once it ran)
     try:
         with Client(session.PROBE_CONFIG) as probe:
             edge = session.edge(spec, probe, opts.pip_sources)
             edge.reader.keep_pages(out / L.PAGE_CACHE, write=not dry_run)
+            placement = Placement(out, listed)
+            if not dry_run:  # before the selection: a wheel it reads whole is then stored once, where the fetch looks
+                fetcher = make_fetcher(out, spec, client, edge.policy, opts.progress, opts.on_progress)
+                wholes = WholeReads(out, spec, fetcher).open()
             reads = ReadProgress(edge.reader, opts.progress, "releases: pages and METADATA")
             try:
-                sel = select(spec, edge.reader, out, dry_run, log.say, listed, spool.open() if spool else None)
+                sel = select(spec, edge.reader, out, dry_run, log.say, listed,
+                             (wholes, placement) if wholes is not None else None)
             finally:
                 reads.close()
             result.requests = edge.reader.request_counts()
-            if spool is not None and spool.kept:  # what the fetch's bar will not count again
-                log.say(f"releases: {len(spool.kept)} wheels ({format_size(spool.size())}) read whole for their "
-                        "METADATA; kept for the fetch, not sent again")
+            if wholes is not None and wholes.kept_files:  # what the fetch's bar will not count again
+                log.say(f"releases: {wholes.kept_files} wheels ({format_size(wholes.kept_bytes)}) read whole for "
+                        "their METADATA; kept for the fetch, not sent again")
             log.phase("select")
             counted = count(sel, listed, edge.reader.learned_sizes())
             for acc, urls in sel.listed.items():
@@ -648,10 +613,11 @@ def _run(spec: MirrorSpec, out: Path, result: MirrorResult, log: RunLog, opts: O
                     f"{format_size(counted.known_bytes)} known"
                     + (f" (+{counted.unknown} files of a size upstream does not state)" if counted.unknown else ""))
             check_bounds(spec, counted)
-            if dry_run:
+            if fetcher is None:  # a dry run
                 return result
-            paths = _store_paths(out, sel, listed)
-            report = _fetch(out, spec, sel, paths, listed, client, edge, opts.progress, opts.on_progress, spool)
+            report = _fetch(out, sel, placement, listed, fetcher)
+            paths = {url: placement.item(url, c).key for url, c in sel.files.items()}
+            used = set(paths.values())
             result.report = report
             log.phase("fetch")
             check_fetched(report, spec, log.say)
@@ -682,8 +648,11 @@ def _run(spec: MirrorSpec, out: Path, result: MirrorResult, log: RunLog, opts: O
                 log.say(line)
             return result
     finally:
-        if spool is not None:  # its files were copied into place, or this run failed: gone either way
-            spool.clear()
+        if fetcher is not None:
+            fetcher.close()
+        if wholes is not None:  # what it stored and the fetch did not ask for (all of it, before the fetch) goes
+            wholes.discard(used, listed)
+            wholes.clear()
         if own:
             client.close()
         result.seconds = time.monotonic() - started
@@ -811,52 +780,62 @@ def _default_path(c: Chosen) -> str:
     return L.package_path(c.project, safe_filename(c.link.filename))
 
 
-def _store_paths(out: Path, sel: Selection, listed: dict[str, mf.FileEntry]) -> dict[str, str]:
-    """URL -> the path its bytes are stored at: the listed one when the manifest holds this URL
-    with the same claim, else a path no published file holds other bytes at."""
-    by_url = {e.url: e for e in listed.values() if e.url and e.kind == "wheel"}
-    journal, retired = pub.load_journal(out), pub.load_retired(out)
-    paths: dict[str, str] = {}
-    taken: set[str] = set()
-    for url, c in sel.files.items():
-        held = by_url.get(url)
+class Placement:
+    """Upstream URL -> the :class:`FetchItem` its bytes are fetched as (stored path, claim,
+    size), each chosen once under a lock: by the whole reads of the selection
+    (:class:`~torchdepot.sync.download.WholeReads`, so their bytes land where the fetch step
+    looks), then by the fetch step for the rest. The path is the listed one when the committed
+    manifest holds this URL with the same claim, else one no published file holds other bytes
+    at (``store.publication``); links without a claim whose stored name is the same (a flat
+    upstream's copy of filelock in every ``<acc>/`` folder) share one path, so one file."""
+
+    def __init__(self, out: Path, listed: dict[str, mf.FileEntry]) -> None:
+        self.out, self.listed = out, listed
+        self.by_url = {e.url: e for e in listed.values() if e.url and e.kind == "wheel"}
+        self.journal, self.retired = pub.load_journal(out), pub.load_retired(out)
+        self.items: dict[str, FetchItem] = {}
+        self.taken: set[str] = set()
+        self._lock = threading.Lock()
+
+    def item(self, url: str, c: Chosen) -> FetchItem:
+        with self._lock:
+            if url not in self.items:
+                path = self._path(url, c)
+                self.taken.add(path)
+                held = self.listed.get(path)
+                claim = c.link.sha256 or (held.sha256 if held is not None and held.url == url else None)
+                size = c.link.size or (held.size if held is not None else None)
+                self.items[url] = FetchItem(path, (url,), claim, size)
+            return self.items[url]
+
+    def _path(self, url: str, c: Chosen) -> str:
+        held = self.by_url.get(url)
         claim = pub.Claim(c.link.sha256, c.link.size)
         if held is not None and claim.agrees(held.upstream_sha256 or held.sha256, held.size) \
-                and held.path not in taken:
-            paths[url] = held.path
-        else:
-            default = _default_path(c)
-            path = pub.choose_path(default, claim, listed, journal, lambda rel: safe_join(out, rel).exists(), retired)
-            if path in taken:  # one name from two URLs (rare): the second takes another free path
-                path = pub.choose_path(default, claim, listed, journal - taken,
-                                       lambda rel: rel in taken or safe_join(out, rel).exists(), retired)
-            paths[url] = path
-        taken.add(paths[url])
-    return paths
+                and held.path not in self.taken:
+            return held.path
+        default, out = _default_path(c), self.out
+        path = pub.choose_path(default, claim, self.listed, self.journal, lambda rel: safe_join(out, rel).exists(),
+                               self.retired)
+        if path in self.taken:  # one name from two URLs (rare): the second takes another free path
+            path = pub.choose_path(default, claim, self.listed, self.journal - self.taken,
+                                   lambda rel: rel in self.taken or safe_join(out, rel).exists(), self.retired)
+        return path
 
 
-def _fetch(out: Path, spec: MirrorSpec, sel: Selection, paths: dict[str, str], listed: dict[str, mf.FileEntry],
-           client: Client, edge: session.Edge, progress: bool | None,
-           on_progress: ProgressCallback | None, spool: Spool | None = None) -> FetchReport:
-    """Every selected file into its stored path; one this run already read whole (``spool``)
-    is copied from there (its upstream URL next, should the copy fail), not sent again."""
-    items = []
-    # a hashless copy read whole under another URL of the same stored path serves this one too
-    by_path = {paths[u]: kept for u, kept in (spool.kept.items() if spool is not None else ()) if u in paths}
-    for url, c in sel.files.items():
-        path = paths[url]
-        held = listed.get(path)
-        claim = c.link.sha256 or (held.sha256 if held is not None and held.url == url else None)
-        size = c.link.size or (held.size if held is not None else None)
-        local = None
-        kept = spool.kept.get(url) if spool is not None else None
-        if kept is None and c.link.sha256 is None:
-            kept = by_path.get(path)
-        if kept is not None and (held is None or held.sha256 != kept[1]):  # a held file needs no copy
-            local, size = kept[0].as_uri(), size or kept[2]
-        items.append(FetchItem(path, (url,), claim, size, local=local))
+Wholes = tuple[WholeReads, Placement]  # a real run's whole reads, stored at the placement's items
+
+
+def _fetch(out: Path, sel: Selection, placement: Placement, listed: dict[str, mf.FileEntry],
+           fetcher: Fetcher) -> FetchReport:
+    """Every selected file into its stored path; one this run already read whole joins the
+    fetcher's result for it (:class:`~torchdepot.sync.download.WholeReads`), not sent again.
+    The report holds the selected files only."""
+    items = [placement.item(url, c) for url, c in sel.files.items()]
     pub.record(out, [p for i in items for p in (i.key, L.metadata_path(i.key)) if i.key not in listed])
-    return make_fetcher(out, spec, client, edge.policy, progress, on_progress).run(items)
+    report = fetcher.run(items)
+    keys = {i.key for i in items}  # a whole read from an upstream given up on: not this run's
+    return dataclasses.replace(report, results=[r for r in report.results if r.key in keys])
 
 
 def _entries(out: Path, sel: Selection, paths: dict[str, str], report: FetchReport, listed: dict[str, mf.FileEntry],

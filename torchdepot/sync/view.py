@@ -87,10 +87,11 @@ from torchdepot.sources.wheelmeta import BadWheelError, metadata_refusal, remote
 from torchdepot.store.fsutil import safe_filename, safe_join, sha256_file
 
 Say = Callable[[str], None]
-# (accelerator, view file, the file already read whole or None) -> the whole file on local
-# disk, downloaded once (hashed as it arrived); None when it cannot be had. A real run stores
-# it in the mirror, where the fetch step finds it; a dry run keeps it in the scratch view.
-WholeFile = Callable[[str, "ViewFile", "Path | None"], "Path | None"]
+# (accelerator, view file, the file already read whole or None, its sha256) -> the whole file
+# on local disk, downloaded once (hashed as it arrived); None when it is not kept or cannot be
+# had. A real run's (sync/download.WholeReads) stores it in the mirror, where the fetch step
+# joins it; without one, a dry run keeps it in the scratch view.
+WholeFile = Callable[[str, "ViewFile", "Path | None", "str | None"], "Path | None"]
 
 
 class MetadataMismatchError(TorchdepotError):
@@ -669,8 +670,9 @@ class View:
     def keep_whole(self, accelerator: str, vf: ViewFile, spooled: Path, sha256: str) -> None:
         """``vf``'s bytes, read whole from upstream anyway (to read its METADATA; ``sha256``
         hashed as they arrived), become its one download this run (:meth:`local_copy`; in a
-        real run, the stored file the fetch step joins). Bytes that fail upstream's hash, or a
-        failure, keep nothing: the fetch step then meets it, and names it, as it would have."""
+        real run, the stored file the fetch step joins, unless ``whole`` refuses them: bytes
+        that fail upstream's hash are not kept there). A failure keeps nothing: the fetch step
+        then meets it, and names it, as it would have."""
         url = vf.link.url
         with self._lock:
             lock = self._whole_locks.setdefault(url, threading.Lock())
@@ -678,9 +680,9 @@ class View:
             if url in self._wholes:
                 return
             try:
-                if vf.link.sha256 not in (None, sha256):
-                    return
-                kept = self.whole(accelerator, vf, spooled) if self.whole else self._download(vf, spooled)
+                # a dry run's scratch copy: only a hashless link's bytes are ever read from it (by uv)
+                kept = self.whole(accelerator, vf, spooled, sha256) if self.whole else \
+                    self._download(vf, spooled) if vf.link.sha256 is None else None
             except (UpstreamError, OSError, requests.RequestException):
                 return
             if kept is not None:
@@ -697,7 +699,7 @@ class View:
         with lock:
             if url not in self._wholes:
                 try:
-                    self._wholes[url] = self.whole(accelerator, vf, None) if self.whole else self._download(vf)
+                    self._wholes[url] = self.whole(accelerator, vf, None, None) if self.whole else self._download(vf)
                 except (UpstreamError, OSError, requests.RequestException) as exc:
                     self._error(f"{vf.filename}: cannot download it from upstream: {exc}")
                     self._wholes[url] = None
