@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,16 @@ def _sync(base: str, out: Path, **over):
     return res, msgs
 
 
+def _synced(base: str, out: Path, expected: Callable[[str], set[str]] = _expected) -> list[str]:
+    """A sync of ``base`` into ``out`` that must pass its closing check and publish, under each
+    ``whl/<acc>/``, exactly ``expected(acc)``; its messages."""
+    res, msgs = _sync(base, out)
+    assert res.verify == "ok", msgs
+    for acc in ACCS:
+        assert _page_names(out, acc) == expected(acc), (acc, msgs)
+    return msgs
+
+
 def _page_names(out: Path, acc: str) -> set[str]:
     """The wheel names every project page of the published ``whl/<acc>/`` lists."""
     return {name for page in (out / L.INDEX_LINK / acc).glob("*/index.html")
@@ -116,10 +127,7 @@ def test_a_flat_listing_sends_each_body_once_and_a_no_op_no_file(upstream, tmp_p
     up, _root = upstream
     out = tmp_path / "out"
     mark = up.mark()
-    res, msgs = _sync(up.url + "/", out)
-    assert res.verify == "ok", msgs
-    for acc in ACCS:
-        assert _page_names(out, acc) == _expected(acc), (acc, msgs)
+    msgs = _synced(up.url + "/", out)
     assert "releases: dependency triton is not on the cu128 index; not mirrored" in msgs
     sizes = {f"/{acc}/{name}": len(data) for acc, files in _files().items() for name, data in files.items()}
     hits = up.since(mark)
@@ -149,10 +157,7 @@ def test_a_flat_listing_sends_each_body_once_and_a_no_op_no_file(upstream, tmp_p
 def test_an_aliyun_shaped_static_listing_and_its_no_op_of_304s(upstream, tmp_path):
     up, _root = upstream
     out = tmp_path / "out"
-    res, msgs = _sync(up.url + "/pytorch-wheels/", out)
-    assert res.verify == "ok", msgs
-    for acc in ACCS:
-        assert _page_names(out, acc) == _expected(acc), (acc, msgs)
+    _synced(up.url + "/pytorch-wheels/", out)
     mark = up.mark()
     again, msgs = _sync(up.url + "/pytorch-wheels/", out)
     hits = up.since(mark)
@@ -165,10 +170,7 @@ def test_an_aliyun_shaped_static_listing_and_its_no_op_of_304s(upstream, tmp_pat
 def test_a_find_links_page_gives_the_accelerators_and_names_what_it_lacks(upstream, tmp_path):
     up, _root = upstream
     out = tmp_path / "out"
-    res, msgs = _sync(up.url + "/torch_stable.html", out)
-    assert res.verify == "ok", msgs
-    for acc in ACCS:
-        assert _page_names(out, acc) == {n for n in _expected(acc) if n.startswith("torch-")}, msgs
+    msgs = _synced(up.url + "/torch_stable.html", out, lambda acc: {n for n in _expected(acc) if n.startswith("torch-")})
     assert "releases: dependency filelock is not on the cpu, cu128 index; not mirrored" in msgs
 
 
