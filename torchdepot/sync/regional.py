@@ -94,7 +94,12 @@ from torchdepot.sources.upstream import (
     variant_links,
     wheels_on,
 )
-from torchdepot.sources.wheelmeta import MAX_REQUIRES_DIST, metadata_refusal, remote_metadata
+from torchdepot.sources.wheelmeta import (
+    MAX_REQUIRES_DIST,
+    KeepWhole,
+    metadata_refusal,
+    remote_metadata,
+)
 from torchdepot.spec.mirror import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, TORCH_PROJECTS, MirrorSpec
 from torchdepot.store import cachefiles
 from torchdepot.store import layout as L
@@ -439,11 +444,9 @@ class Closure:
             elif held is not None and held[0] == sha and (local := safe_join(self.root, held[1])).is_file():
                 got = wheel_metadata(local, c.project)  # the mirror's own copy of these bytes
             else:
-                reads, placement = self.wholes or (None, None)
                 got = remote_metadata(self.reader, link.url, c.project,
-                                      keep=reads.keeper(functools.partial(placement.item, link.url, c))
-                                      if reads is not None and placement is not None else None,
-                                      spool=reads.dir if reads is not None else None)
+                                      keep=self.wholes.keeper(c) if self.wholes is not None else None,
+                                      spool=self.wholes.reads.dir if self.wholes is not None else None)
         except (UpstreamError, TorchdepotError) as exc:
             self.say(f"warning: {link.filename}: METADATA not readable ({one_line(exc)}); its dependencies are not followed")
             return None
@@ -598,7 +601,7 @@ def _run(spec: MirrorSpec, out: Path, result: MirrorResult, log: RunLog, opts: O
             reads = ReadProgress(edge.reader, opts.progress, "releases: pages and METADATA")
             try:
                 sel = select(spec, edge.reader, out, dry_run, log.say, listed,
-                             (wholes, placement) if wholes is not None else None)
+                             Wholes(reads=wholes, placement=placement) if wholes is not None else None)
             finally:
                 reads.close()
             result.requests = edge.reader.request_counts()
@@ -823,7 +826,16 @@ class Placement:
         return path
 
 
-Wholes = tuple[WholeReads, Placement]  # a real run's whole reads, stored at the placement's items
+@dataclass(frozen=True)
+class Wholes:
+    """A real run's wheels read whole (:class:`~torchdepot.sync.download.WholeReads`), each
+    stored at its URL's :class:`Placement` item: where the fetch step looks for it."""
+
+    reads: WholeReads
+    placement: Placement
+
+    def keeper(self, c: Chosen) -> KeepWhole:
+        return self.reads.keeper(functools.partial(self.placement.item, c.link.url, c))
 
 
 def _fetch(out: Path, sel: Selection, placement: Placement, listed: dict[str, mf.FileEntry],
