@@ -680,9 +680,9 @@ class View:
             if url in self._wholes:
                 return
             try:
-                # a dry run's scratch copy: only a hashless link's bytes are ever read from it (by uv)
+                # the real run's hook checks the bytes against the claim itself; a dry run's scratch copy here
                 kept = self.whole(accelerator, vf, spooled, sha256) if self.whole else \
-                    self._download(vf, spooled) if vf.link.sha256 is None else None
+                    self._download(vf, spooled) if vf.link.sha256 in (None, sha256) else None
             except (UpstreamError, OSError, requests.RequestException):
                 return
             if kept is not None:
