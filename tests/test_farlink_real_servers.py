@@ -15,8 +15,9 @@ every request counted from the server's own access log.
   and by hash from locks written before and between.
 - The README's regional spec (``releases: "torch>=2.0"``) against nginx: cold, then a no-op of
   only 304s. Over a hashless copy (http.server, nginx) each body crosses once: a wheel read
-  whole for its METADATA is kept under ``.torchdepot/whole/`` for the fetch (hash-checked,
-  bounded, emptied on success and failure).
+  whole for its METADATA (read into ``.torchdepot/whole/``) goes to the run's fetcher at once
+  and the fetch joins it (sync/download.WholeReads: hash-checked, bounded; that folder emptied
+  on success and failure).
 - Cold ``--dry-run``: the sizes a Range probe or a whole read learned are printed and totalled.
 - nginx refusing a second connection per file (503): one stream instead; nginx paced per
   connection with files of 1.5-12 MB: files under the old 16 MB threshold are split too.
@@ -710,8 +711,8 @@ def test_regional_hashless_on_http_server_sends_each_body_once_and_dry_run_count
     served by http.server (no Range). A cold ``--dry-run`` reads the METADATA of one file per
     (project, version, platform) whole (the 1-byte probe is answered with the whole body) and
     counts those bytes as known. The sync then sends each selected body exactly once: a file
-    read whole for its METADATA is kept under ``.torchdepot/whole/`` and copied into place by
-    the fetch step (it was: read whole, then fetched; 39 of 72 bodies sent twice), a dependency
+    read whole for its METADATA is stored by the run's fetcher at once and joined by the fetch
+    step (it was: read whole, then fetched; 39 of 72 bodies sent twice), a dependency
     every accelerator lists is read once; the spool is gone after. A no-op sends no body."""
     root, every, want = _regional_on_http_server(tmp_path, hashless=True)
     sizes = {f.filename: len(f.data) for f in every}
