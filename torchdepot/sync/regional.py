@@ -589,7 +589,6 @@ def _run(spec: MirrorSpec, out: Path, result: MirrorResult, log: RunLog, opts: O
     listed = previous.by_path() if previous is not None else {}
     fetcher: Fetcher | None = None
     wholes: WholeReads | None = None
-    used: set[str] = set()  # the stored paths the fetch step asked for (once it ran)
     try:
         with Client(session.PROBE_CONFIG) as probe:
             edge = session.edge(spec, probe, opts.pip_sources)
@@ -620,7 +619,8 @@ def _run(spec: MirrorSpec, out: Path, result: MirrorResult, log: RunLog, opts: O
                 return result
             report = _fetch(out, sel, placement, listed, fetcher)
             paths = {url: placement.item(url, c).key for url, c in sel.files.items()}
-            used = set(paths.values())
+            _release(fetcher, wholes, set(paths.values()), listed)
+            fetcher = wholes = None  # its futures (one per file: ~20 MB at 11k files) not held through publish
             result.report = report
             log.phase("fetch")
             check_fetched(report, spec, log.say)
@@ -651,14 +651,21 @@ def _run(spec: MirrorSpec, out: Path, result: MirrorResult, log: RunLog, opts: O
                 log.say(line)
             return result
     finally:
-        if fetcher is not None:
-            fetcher.close()
-        if wholes is not None:  # what it stored and the fetch did not ask for (all of it, before the fetch) goes
-            wholes.discard(used, listed)
-            wholes.clear()
+        _release(fetcher, wholes, set(), listed)  # a run stopped before its fetch step: all it stored goes
         if own:
             client.close()
         result.seconds = time.monotonic() - started
+
+
+def _release(fetcher: Fetcher | None, wholes: WholeReads | None, used: set[str],
+             listed: dict[str, mf.FileEntry]) -> None:
+    """The run's fetcher closed, and what its whole reads stored that the fetch step did not use
+    (``used``: the stored paths it asked for) removed, their folder emptied."""
+    if fetcher is not None:
+        fetcher.close()
+    if wholes is not None:
+        wholes.discard(used, listed)
+        wholes.clear()
 
 
 def _publish(out: Path, spec: MirrorSpec, previous: mf.Manifest | None, entries: dict[str, mf.FileEntry],
