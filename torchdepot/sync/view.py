@@ -14,6 +14,10 @@ takes the links from its own reads of them instead of screening again. Anything 
 or unreadable page, an entry that is odd or from other inputs, a source skipped as unreachable)
 derives anew. What is added per run (the mirror's held copies, exclusions, known hashes) is
 applied to every page as before, so a page's bytes are those a run without the entries builds.
+Beside each entry is kept the sha256 of the page last built from it, with a digest of those
+per-run additions: a run that reused the derivation under the same additions (and finds that
+build's scratch file) takes the sha256 for the resolution cache's check without formatting the
+page, which it builds only when the resolver asks for it (:meth:`View.page_digest`).
 
 Invariants:
 - a project's links come from the accelerator's PyTorch variant when it carries the
