@@ -18,8 +18,10 @@ each (its peak RSS is the mirror's, uv's is separate): a cold sync, a no-op re-s
 Then one page changes (:func:`change_one_page`: a new torch patch release for the first
 target's accelerator, on a hard-linked copy of the upstream the server is switched to) and a
 whole run follows: its time against cold and no-op, the view pages it derived from upstream's
-links again (``View._derive``) and the targets it ran uv for, and the same against the same run
-on a copy of the mirror without the view's kept derivations (every page derived, as before).
+links again (``View._derive``), the view pages it formatted (``View._build_page``; the others'
+digests are the ones kept from the run that built them) and the targets it ran uv for, and the
+same against the same run on a copy of the mirror without the view's kept derivations (every
+page derived and formatted, as before).
 
 ``python bench/index.py [--targets 18,64,227]``; the built upstream is kept under the system
 temp dir (``torchdepot-bench-index-<version>``) and reused by the next run.
@@ -212,15 +214,30 @@ t0 = time.monotonic()
 from torchdepot.spec.mirror import load_spec
 from torchdepot.sync import resolution, view
 from torchdepot.sync.pip import sync
-built, resolved = [], []
-# counted, not changed: every view page derived from upstream pages (screened anew), every resolver run
-_derive, _resolve = view.View._derive, resolution._resolve_excluding
+built, formatted, resolved, spent = [], [], [], {"format": 0.0, "digest": 0.0}
+# counted, not changed: every view page derived from upstream pages (screened anew), every view
+# page formatted in memory (View._build_page), every resolver run; the seconds spent formatting
+# (its project's links taken first, untimed) and in page digests (View.page_digest, the resolution
+# cache's check, its pages' links included); both summed over threads
+_derive, _build, _resolve = view.View._derive, view.View._build_page, resolution._resolve_excluding
+_digest = view.View.page_digest
+def timed(what, fn):
+    def call(*a):
+        t = time.perf_counter()
+        try:
+            return fn(*a)
+        finally:
+            spent[what] += time.perf_counter() - t
+    return call
 view.View._derive = lambda self, *a: built.append(a) or _derive(self, *a)
+_format = timed("format", lambda self, *a: formatted.append(a) or _build(self, *a))
+view.View._build_page = lambda self, *a: self.project(*a) and None or _format(self, *a)
+view.View.page_digest = timed("digest", _digest)
 resolution._resolve_excluding = lambda *a: resolved.append(a[1].target.id) or _resolve(*a)
 spec = load_spec(sys.argv[1])
 res = sync(spec, progress=False, echo=lambda m: None, dry_run=sys.argv[2] == "dry")
 print(json.dumps({"total": time.monotonic() - t0, "requests": res.requests, "phases": res.phases,
-                  "built": len(built), "resolved": len(set(resolved)),
+                  "built": len(built), "formatted": len(formatted), "spent": spent, "resolved": len(set(resolved)),
                   "fetched": res.report.fetched_bytes if res.report else 0,
                   # VmHWM: ru_maxrss would carry the bench's own peak across exec
                   "rss_mb": int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024}))
@@ -294,7 +311,10 @@ def main() -> None:
                   f"{one['total']:5.2f} s = {one['total'] / cold['total']:.2f} x cold, "
                   f"{one['total'] / noop['total']:.1f} x no-op, {one['total'] / base['total']:.2f} x the same run "
                   f"deriving every page ({base['total']:.2f} s); view pages derived {one['built']} "
-                  f"(that run {base['built']}, cold {cold['built']}), targets resolved {one['resolved']} of "
+                  f"(that run {base['built']}, cold {cold['built']}), formatted {one['formatted']} (that run "
+                  f"{base['formatted']}, no-op {noop['formatted']}, cold {cold['formatted']}) in {one['spent']['format']:.2f} s "
+                  f"(that run {base['spent']['format']:.2f} s), page digests {one['spent']['digest']:.2f} s (that run "
+                  f"{base['spent']['digest']:.2f} s), targets resolved {one['resolved']} of "
                   f"{len(targets)} ({same} on {targets[0]['accelerator']}; cold {cold['resolved']})")
             fmt = lambda ph: ", ".join(f"{k} {v:.2f}" for k, v in ph.items())  # noqa: E731
             print(f"      phases cold: {fmt(cold['phases'])}; no-op: {fmt(noop['phases'])}; dry: {fmt(dry['phases'])}; "

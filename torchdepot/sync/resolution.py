@@ -10,11 +10,13 @@ back under its own file name (label included), though uv was shown it without th
 A target whose inputs are unchanged is not resolved again: ``cache`` (the mirror's
 ``.torchdepot/resolutions.json``) keeps each target's last answer with its key (uv's
 version, the requirements, Python, platform, options) and a digest of every view page the
-resolver could have read for its accelerator. The pages are built from this run's upstream
-reads (a page whose upstream pages are unchanged from its kept derivation, ``sync/view.py``,
-without screening them again) and compared; one byte of difference (a new file, hash, yank,
-upload time) runs uv again. So a whole run with one changed upstream page runs uv only for the
-targets that were shown a page derived from it.
+resolver could have read for its accelerator. Each page's digest is of this run's page: built
+from this run's upstream reads (a page whose upstream pages are unchanged from its kept
+derivation, ``sync/view.py``, without screening them again), or, when that derivation was
+reused and nothing the view adds per run changed, the digest kept from the run that built it
+(not formatted again); one byte of difference (a new file, hash, yank, upload time) runs uv
+again. So a whole run with one changed upstream page runs uv only for the targets that were
+shown a page derived from it, and formats only the pages those runs of uv ask for.
 """
 
 from __future__ import annotations

@@ -14,6 +14,10 @@ takes the links from its own reads of them instead of screening again. Anything 
 or unreadable page, an entry that is odd or from other inputs, a source skipped as unreachable)
 derives anew. What is added per run (the mirror's held copies, exclusions, known hashes) is
 applied to every page as before, so a page's bytes are those a run without the entries builds.
+Beside each entry is kept the sha256 of the page last built from it, with a digest of those
+per-run additions: a run that reused the derivation under the same additions (and finds that
+build's scratch file) takes the sha256 for the resolution cache's check without formatting the
+page, which it builds only when the resolver asks for it (:meth:`View.page_digest`).
 
 Invariants:
 - a project's links come from the accelerator's PyTorch variant when it carries the
@@ -192,6 +196,7 @@ class View:
     _screens: dict[tuple[str, tuple[Link, ...], bool],
                    tuple[tuple[Link, ...], tuple[Link, ...], tuple[tuple[str, str], ...]]] = field(default_factory=dict)
     _whole_locks: dict[str, threading.Lock] = field(default_factory=dict)
+    _derived: dict[tuple[str, str], _Derived] = field(default_factory=dict)
     # (accelerator, file name) -> why its bytes failed (not a zip, no METADATA, over a cap): the
     # file leaves the pages and the resolver runs again without it (sync/resolution.py)
     excluded: dict[tuple[str, str], str] = field(default_factory=dict)
@@ -290,24 +295,30 @@ class View:
     # position on them. A later run whose pages have the same identities takes the links from
     # its own reads of those pages instead of screening them again; anything else (a changed or
     # unreadable page, an odd file, a source skipped as unreachable) screens them anew.
+    def _entry(self, accelerator: str, project: str) -> Path:
+        """Where the derivation of ``project``'s page for ``accelerator`` is kept."""
+        return (self.screens or self.workdir) / SCREENS_DIR / \
+            (hashlib.sha256(f"{accelerator}/{project}".encode()).hexdigest() + ".json")
+
     def _screened(self, accelerator: str, project: str,
-                  variant: Variant | None) -> tuple[list[Link], list[Link]]:
+                  variant: Variant | None) -> tuple[list[Link], list[Link], _Derived]:
         with self._lock:
             if self._code is None:
                 self._code = screen_code_digest()
         key = _derive_key(self._code, accelerator, project, variant, self.sources, self.policy, self.exclude_newer)
-        path = (self.screens or self.workdir) / SCREENS_DIR / \
-            (hashlib.sha256(f"{accelerator}/{project}".encode()).hexdigest() + ".json")
+        path = self._entry(accelerator, project)
         got = self._reuse(path, key) if self._code else None
         if got is not None:
-            kept, vjson, refused = got
+            kept, vjson, refused, entry = got
             self._count_refused(refused)
-            return kept, vjson
-        return self._derive(accelerator, project, variant, key, path)
+            return kept, vjson, _Derived(entry=entry, reused=True, derived=len(kept))
+        kept, vjson, written = self._derive(accelerator, project, variant, key, path)
+        return kept, vjson, _Derived(entry=written, reused=False, derived=len(kept))
 
     def _derive(self, accelerator: str, project: str, variant: Variant | None, key: str,
-                path: Path) -> tuple[list[Link], list[Link]]:
-        """The screened links of ``project`` for ``accelerator`` from upstream's pages (kept for reuse)."""
+                path: Path) -> tuple[list[Link], list[Link], str | None]:
+        """The screened links of ``project`` for ``accelerator`` from upstream's pages (kept for
+        reuse), and the sha256 of the entry kept (None: none written)."""
         reads = _Recording(self.reader)
         reader = cast(UpstreamReader, reads)  # the sources read pages only (reader.page)
         refused: list[tuple[str, str]] = []
@@ -317,15 +328,18 @@ class View:
         if not kept:  # not on the PyTorch variant (or nothing usable there): the user's sources
             vjson = []
             kept = self._screen(self.dependency_links(project, reader), project, refused=refused)
+        written = None
         if self.cache_writes and self._code and not self._dead and reads.complete:
             doc = reads.entry(key, kept, vjson, refused, self.reader)
             if doc is not None:
                 with contextlib.suppress(OSError):  # a cache: a failed write costs a screen next run
                     write_scratch(path, doc)
-        return kept, vjson
+                    written = hashlib.sha256(doc).hexdigest()
+        return kept, vjson, written
 
-    def _reuse(self, path: Path, key: str) -> tuple[list[Link], list[Link], list[tuple[str, str]]] | None:
-        """The links kept at ``path`` when its key and every page it was derived from are unchanged."""
+    def _reuse(self, path: Path, key: str) -> tuple[list[Link], list[Link], list[tuple[str, str]], str] | None:
+        """The links kept at ``path`` when its key and every page it was derived from are
+        unchanged, and the sha256 of the entry (what a page built from them is kept under)."""
         try:
             with open(path, "rb") as fh:
                 data = fh.read(MAX_SCREENS_BYTES + 1)
@@ -351,7 +365,7 @@ class View:
         got_kept, got_vjson = _at(pages, kept), _at(pages, vjson)
         if got_kept is None or got_vjson is None:
             return None
-        return got_kept, got_vjson, [(url, why) for url, why in refused]
+        return got_kept, got_vjson, [(url, why) for url, why in refused], hashlib.sha256(data).hexdigest()
 
     def project(self, accelerator: str, project: str) -> list[ViewFile]:
         """The screened files of ``project`` for ``accelerator`` (computed once)."""
@@ -361,7 +375,7 @@ class View:
             if key in self._projects:
                 return self._projects[key]
         variant = self.sources.variant(accelerator)
-        kept, vjson = self._screened(accelerator, project, variant)
+        kept, vjson, how = self._screened(accelerator, project, variant)
         if self.held is not None and variant is not None and not self._dead:  # read whole: absent means deleted
             kept = kept + self.held(accelerator, project, kept)
         label = variant.label if variant else None
@@ -373,6 +387,7 @@ class View:
                 self._files.setdefault((accelerator, f.shown), f)
             self._projects[key] = files
             self._variants_links[key] = tuple(vjson)
+            self._derived[key] = how
         return files
 
     def variants_json(self, accelerator: str, project: str, version: str) -> tuple[Link, VariantsJson, bytes] | None:
@@ -465,16 +480,90 @@ class View:
         return body
 
     def page_digest(self, accelerator: str, project: str) -> str:
-        """sha256 of a project's page ("absent" when it has none), computed once per run."""
+        """sha256 of a project's page ("absent" when it has none), computed once per run: the one
+        kept from the run that built it when nothing its bytes depend on changed since
+        (:meth:`_kept_digest`), else that of the page built now."""
         key = (accelerator, project)
         with self._lock:
             if key in self._digests:
                 return self._digests[key]
-        body = self.page(accelerator, project)
-        digest = hashlib.sha256(body).hexdigest() if body is not None else "absent"
+            body = self._pages.get(key)
+        digest = self._kept_digest(accelerator, project) if body is None else None
+        if digest is None:
+            body = body if body is not None else self.page(accelerator, project)
+            digest = hashlib.sha256(body).hexdigest() if body is not None else "absent"
         with self._lock:
             self._digests[key] = digest
         return digest
+
+    # -- a page's digest, kept beside its derivation -------------------------------------------
+    # Beside a derivation entry (``<sha>.json``) is kept ``<sha>.page``: the sha256, size and
+    # mtime of the page last built from it, with a digest of everything else that went into
+    # those bytes (:meth:`_page_inputs`). A later run that reused the derivation and whose
+    # inputs digest and scratch file are the same takes that sha256 without formatting the
+    # page; the page is built only when the resolver asks for it. Anything else builds it.
+    def _page_rows(self, accelerator: str, files: list[ViewFile]) -> list[tuple[ViewFile, str | None] | None]:
+        """Per file of a page: None when excluded this run, else the file and the sha256 its
+        anchor shows (upstream's, else :meth:`_hash_of`)."""
+        with self._lock:
+            gone = [(accelerator, f.filename) in self.excluded for f in files]
+        return [None if out else (f, f.link.sha256 or self._hash_of(f.link)) for f, out in zip(files, gone, strict=True)]
+
+    def _page_inputs(self, accelerator: str, project: str, files: list[ViewFile],
+                     rows: list[tuple[ViewFile, str | None] | None]) -> str | None:
+        """sha256 over everything a page's bytes depend on besides the links of its derivation
+        (which its entry's sha256 stands for: they are the links on upstream pages of the same
+        identities, screened by the same code under the same inputs): the Python (its html and
+        URL quoting), the variant label, the held copies added this run in full, the files
+        excluded and the hashes this run supplied for links without one. None: no derivation
+        entry, nothing to keep it beside."""
+        with self._lock:
+            how = self._derived.get((accelerator, project))
+        if how is None or how.entry is None:
+            return None
+        variant = self.sources.variant(accelerator)
+        doc = [sys.version, how.entry, variant.label if variant else None, how.derived, len(files),
+               [[f.filename, f.label, *dataclasses.astuple(f.link)] for f in files[how.derived:]],
+               [i for i, row in enumerate(rows) if row is None],
+               [[i, row[1]] for i, row in enumerate(rows) if row is not None and not row[0].link.sha256]]
+        return hashlib.sha256(json.dumps(doc, default=str).encode()).hexdigest()
+
+    def _scratch_page(self, accelerator: str, project: str) -> Path:
+        return safe_join(self.workdir, f"{accelerator}/{project}/index.html")
+
+    def _kept_digest(self, accelerator: str, project: str) -> str | None:
+        """The sha256 kept for the page built from this run's reused derivation under the same
+        inputs, whose scratch file is the one that build left; None: build it (when in doubt)."""
+        files = self.project(accelerator, project)
+        with self._lock:
+            how = self._derived.get((accelerator, project))
+        if not files or how is None or not how.reused or how.entry is None:
+            return None
+        inputs = self._page_inputs(accelerator, project, files, self._page_rows(accelerator, files))
+        try:
+            with open(self._entry(accelerator, project).with_suffix(PAGE_SUFFIX), "rb") as fh:
+                data = fh.read(MAX_PAGE_RECORD + 1)
+            doc = json.loads(data) if len(data) <= MAX_PAGE_RECORD else None
+            st = self._scratch_page(accelerator, project).stat()
+        except (OSError, ValueError, RecursionError, TorchdepotError):
+            return None
+        if not (isinstance(doc, dict) and inputs is not None and doc.get("inputs") == inputs
+                and doc.get("size") == st.st_size and doc.get("mtime_ns") == st.st_mtime_ns):
+            return None
+        sha = doc.get("sha256")
+        return sha if isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha) \
+            else None
+
+    def _keep_digest(self, accelerator: str, project: str, inputs: str | None, body: bytes,
+                     written: os.stat_result | None) -> None:
+        """Keep the digest of a page just built (and written: ``written``) beside its derivation."""
+        if inputs is None or written is None or not self.cache_writes:
+            return
+        doc = {"inputs": inputs, "sha256": hashlib.sha256(body).hexdigest(), "size": written.st_size,
+               "mtime_ns": written.st_mtime_ns}
+        with contextlib.suppress(OSError):  # a cache: a failed write costs a page built next run
+            write_scratch(self._entry(accelerator, project).with_suffix(PAGE_SUFFIX),
+                          json.dumps(doc, sort_keys=True).encode())
 
     def has_metadata(self, accelerator: str, filename: str) -> bool:
         """True once :meth:`metadata` recorded the file's metadata this run."""
@@ -486,12 +575,14 @@ class View:
         files = self.project(accelerator, project)
         if not files:
             return None
+        rows = self._page_rows(accelerator, files)  # one reading of the exclusions and hashes: the bytes and
+        inputs = self._page_inputs(accelerator, project, files, rows)  # the digest kept for them agree
         anchors = []
-        for f in files:
-            if (accelerator, f.filename) in self.excluded:
+        for row in rows:
+            if row is None:
                 continue
+            f, sha256 = row
             link = f.link
-            sha256 = link.sha256 or self._hash_of(link)
             href = f"../files/{urllib.parse.quote(f.shown)}" + (f"#sha256={sha256}" if sha256 else "")
             attrs = f'href="{html.escape(href)}" data-core-metadata="true" data-dist-info-metadata="true"'
             if link.requires_python:
@@ -502,7 +593,8 @@ class View:
                 attrs += f' data-upload-time="{html.escape(link.upload_time)}"'
             anchors.append(f"<a {attrs}>{html.escape(f.shown)}</a><br/>\n")
         body = ("<!DOCTYPE html>\n<html><body>\n" + "".join(anchors) + "</body></html>\n").encode()
-        write_scratch(safe_join(self.workdir, f"{accelerator}/{project}/index.html"), body)
+        written = write_scratch(self._scratch_page(accelerator, project), body)
+        self._keep_digest(accelerator, project, inputs, body, written)
         return body
 
     def metadata(self, accelerator: str, filename: str) -> bytes | None:
@@ -781,6 +873,17 @@ class View:
 
 SCREENS_DIR = ".screens"  # under the work dir: each project page's screened links (View._screened)
 MAX_SCREENS_BYTES = 64 * 1024 * 1024  # a larger entry is not read (a cache: the page is screened anew)
+PAGE_SUFFIX = ".page"  # beside a derivation entry: the digest of the page built from it (View._kept_digest)
+MAX_PAGE_RECORD = 4096  # a larger one is not read (a cache: the page is built)
+
+
+@dataclass(frozen=True)
+class _Derived:
+    """How this run came by a project's screened links (:meth:`View._screened`)."""
+
+    entry: str | None  # sha256 of the derivation entry kept for them; None: none kept
+    reused: bool  # taken from that entry (upstream's pages unchanged), not screened anew
+    derived: int  # how many of the page's files the derivation gave (the rest are held copies)
 
 
 # The modules whose code decides what a page's screened links are (parsers, screen, names):
@@ -896,20 +999,24 @@ class _Parsed(Mapping[str, WheelFile]):
         return len(self._parsed)
 
 
-def write_scratch(path: Path, data: bytes) -> None:
+def write_scratch(path: Path, data: bytes) -> os.stat_result:
     """Replace ``path`` atomically (a reader never sees half of it) but without fsync: the view
     and the metadata cache are rebuilt from upstream if a power loss leaves one short, and
     the content-addressed cache is checked on reading. A file that already holds ``data`` is
-    left as it is: a no-op re-sync rebuilds only the view pages whose upstream page changed."""
+    left as it is: a no-op re-sync rebuilds only the view pages whose upstream page changed.
+    Returns the stat of the file holding ``data`` (its mtime tells a later rewrite apart)."""
     try:
-        if path.stat().st_size == len(data) and path.read_bytes() == data:
-            return
+        st = path.stat()
+        if st.st_size == len(data) and path.read_bytes() == data:
+            return st
     except OSError:
         pass  # not there yet (or unreadable): written below
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_bytes(data)
+    st = tmp.stat()  # kept by the rename
     os.replace(tmp, path)
+    return st
 
 
 def _label(filename: str) -> str | None:

@@ -3,7 +3,8 @@
 :func:`serve_view` serves a :class:`~torchdepot.sync.view.View` on ``127.0.0.1`` (a free
 port) for the duration of a ``with`` block, read-only:
 
-- ``/<acc>/<project>/``: the project's view page (:meth:`View.page`);
+- ``/<acc>/<project>/``: the project's view page (:meth:`View.page`: formatted on the first
+  request; the resolution cache's check before it may have taken the page's kept digest);
 - ``/<acc>/files/<wheel>.metadata``: verified METADATA (:meth:`View.metadata`);
 - ``/<acc>/files/<wheel>``: the wheel's bytes from its one local copy
   (:meth:`View.local_copy`: downloaded once per run, so uv hashing a wheel upstream gave no
