@@ -6,6 +6,7 @@ real loopback server with two accelerators (cpu and cu121), one target each."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -28,8 +29,9 @@ from torchdepot.sync.view import SCREENS_DIR, View, _at
 CU121 = ("torch", "2.5.0+cu121", *TORCH[2:])
 
 
-@pytest.fixture
-def upstream():
+@contextlib.contextmanager
+def cpu_and_cu121():
+    """A loopback upstream with cpu's torch and its dependencies, and a cu121 torch."""
     with FaultServer(validators=True) as server:
         up = populate(server, payload=2_000)
         pep503([padded_wheel(*CU121, payload=2_000, seed=7)], pages=["/whl/cu121"], files="/whl/files").serve(server)
@@ -37,23 +39,45 @@ def upstream():
 
 
 @pytest.fixture
-def counted(monkeypatch):
-    """(acc, project) of every view page screened from upstream's links; every target resolved."""
-    derived: list[tuple[str, str]] = []
-    resolved: list[str] = []
-    derive, resolve = View._derive, resolution._resolve_excluding
+def upstream():
+    with cpu_and_cu121() as up:
+        yield up
 
-    def counting_derive(self, accelerator, project, *args):
-        derived.append((accelerator, project))
-        return derive(self, accelerator, project, *args)
+
+def from_scratch_again(out: Path, tmp_path: Path) -> None:
+    """The incremental mirror at ``out`` moved to ``tmp_path/incremental``, and the copy made
+    before its run (``tmp_path/before``) put back at ``out`` without its view, derivations, kept
+    pages and resolutions: the same sync then runs from scratch."""
+    shutil.move(str(out), str(tmp_path / "incremental"))
+    shutil.move(str(tmp_path / "before"), str(out))
+    for gone in (L.VIEW_DIR, L.PAGE_CACHE):
+        shutil.rmtree(out / gone)
+    (out / L.RESOLUTIONS).unlink()
+
+
+def counting(monkeypatch, method: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """(acc, project) of every call of ``View.<method>``; every target resolved."""
+    calls: list[tuple[str, str]] = []
+    resolved: list[str] = []
+    real, resolve = getattr(View, method), resolution._resolve_excluding
+
+    def counting_view(self, accelerator, project, *args):
+        calls.append((accelerator, project))
+        return real(self, accelerator, project, *args)
 
     def counting_resolve(view, tp, index):
         resolved.append(tp.target.id)
         return resolve(view, tp, index)
 
-    monkeypatch.setattr(View, "_derive", counting_derive)
+    monkeypatch.setattr(View, method, counting_view)
     monkeypatch.setattr(resolution, "_resolve_excluding", counting_resolve)
-    return derived, resolved
+    return calls, resolved
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """(acc, project) of every view page screened from upstream's links; every target resolved."""
+    return counting(monkeypatch, "_derive")
 
 
 def _sync(up, out: Path, accelerators: tuple[str, ...] = ("cpu", "cu121"), dry_run: bool = False):
@@ -123,11 +147,7 @@ def test_one_changed_page_rebuilds_one_view_page_and_resolves_one_target(upstrea
 
     # the same sync from the same mirror, at the same path (the spec names it), with the view,
     # its derivations, the kept pages and the resolutions gone: the same bytes
-    shutil.move(str(out), str(tmp_path / "incremental"))
-    shutil.move(str(tmp_path / "before"), str(out))
-    for gone in (L.VIEW_DIR, L.PAGE_CACHE):
-        shutil.rmtree(out / gone)
-    (out / L.RESOLUTIONS).unlink()
+    from_scratch_again(out, tmp_path)
     derived.clear()
     resolved.clear()
     scratch, _ = _sync(upstream, out)

@@ -20,43 +20,33 @@ from hypothesis import strategies as st
 
 from tests.faultserver import FaultServer
 from tests.kit.upstream import DEPS, TORCH, padded_wheel, pep503, populate
-from tests.test_view_incremental import CU121, _new_cpu_torch, _published, _sync
+from tests.test_view_incremental import (
+    _new_cpu_torch,
+    _published,
+    _sync,
+    counting,
+    cpu_and_cu121,
+    from_scratch_again,
+)
 from torchdepot.model.presets import Layout
 from torchdepot.net.hostpolicy import HostPolicy
 from torchdepot.net.http import HttpConfig, make_session
 from torchdepot.sources.links import Link
 from torchdepot.sources.upstream import UpstreamReader, Variant
 from torchdepot.store import layout as L
-from torchdepot.sync import resolution
 from torchdepot.sync.view import PAGE_SUFFIX, SCREENS_DIR, View, ViewSources
 
 
 @pytest.fixture
 def upstream():
-    with FaultServer(validators=True) as server:
-        up = populate(server, payload=2_000)
-        pep503([padded_wheel(*CU121, payload=2_000, seed=7)], pages=["/whl/cu121"], files="/whl/files").serve(server)
+    with cpu_and_cu121() as up:
         yield up
 
 
 @pytest.fixture
 def counted(monkeypatch):
     """(acc, project) of every view page formatted; every target resolved."""
-    built: list[tuple[str, str]] = []
-    resolved: list[str] = []
-    build, resolve = View._build_page, resolution._resolve_excluding
-
-    def counting_build(self, accelerator, project):
-        built.append((accelerator, project))
-        return build(self, accelerator, project)
-
-    def counting_resolve(view, tp, index):
-        resolved.append(tp.target.id)
-        return resolve(view, tp, index)
-
-    monkeypatch.setattr(View, "_build_page", counting_build)
-    monkeypatch.setattr(resolution, "_resolve_excluding", counting_resolve)
-    return built, resolved
+    return counting(monkeypatch, "_build_page")
 
 
 def test_a_whole_run_formats_only_the_pages_the_resolver_reads_again(upstream, tmp_path, counted):
@@ -91,11 +81,7 @@ def test_a_whole_run_formats_only_the_pages_the_resolver_reads_again(upstream, t
 
     # the same run from the same mirror with the view, its derivations and kept digests, the
     # kept pages and the resolutions gone: the same bytes (the view's pages included)
-    shutil.move(str(out), str(tmp_path / "incremental"))
-    shutil.move(str(tmp_path / "before"), str(out))
-    for gone in (L.VIEW_DIR, L.PAGE_CACHE):
-        shutil.rmtree(out / gone)
-    (out / L.RESOLUTIONS).unlink()
+    from_scratch_again(out, tmp_path)
     built.clear()
     scratch, _ = _sync(upstream, out)
     assert scratch.verify == "ok"
