@@ -30,6 +30,7 @@ import os
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
 
@@ -145,17 +146,21 @@ class Fetcher:
 
     # -- public -----------------------------------------------------------------
     def run(self, items: list[FetchItem]) -> FetchReport:
-        unique: dict[str, FetchItem] = {}
-        for it in items:
-            unique.setdefault(it.key, it)  # stored once even when several targets need it
         self.start()
         try:
-            # Largest first: the long downloads start early and the small ones fill the gaps.
-            for it in sorted(unique.values(), key=lambda i: -(i.size or 0)):
-                self.submit(it)
+            self.submit_all(items)
         finally:
             report = self.close()
         return report
+
+    def submit_all(self, items: Iterable[FetchItem]) -> list[tuple[FetchItem, Future[FetchResult]]]:
+        """:meth:`submit` each stored path once (its first item: several targets may need it), the
+        largest first: the long downloads start early and the small ones fill the gaps."""
+        unique: dict[str, FetchItem] = {}
+        for it in items:
+            unique.setdefault(it.key, it)
+        self.start()
+        return [(it, self.submit(it)) for it in sorted(unique.values(), key=lambda i: -(i.size or 0))]
 
     def start(self) -> Fetcher:
         """Open the pools and the progress display; the whole-run deadline starts now."""

@@ -251,13 +251,11 @@ def fetch_files(out: Path, resolution: Resolution, view: View, spec: MirrorSpec,
     else:
         fetcher.start()
         try:
-            # what Fetcher.run does (each path once, the largest first), with each future watched
             whose: dict[str, tuple[str, str]] = {}
             for key, vf, _acc in resolution.files:
                 whose.setdefault(paths[key], (vf.project, vf.link.url))
-            unique = {it.key: it for it in reversed(list(items.values()))}  # the first item per path
-            for it in sorted(unique.values(), key=lambda i: -(i.size or 0)):
-                reads.watch(fetcher.submit(it), *whose[it.key], stage=it.key in staged)
+            for it, fut in fetcher.submit_all(items.values()):
+                reads.watch(fut, *whose[it.key], stage=it.key in staged)
             if meanwhile is not None:
                 meanwhile()
         finally:
