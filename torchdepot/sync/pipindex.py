@@ -112,10 +112,7 @@ def publish_pip(out: Path, resolution: Resolution, report: FetchReport, view: Vi
     if live is not None:  # a re-sync: the live index is replaced only once its files are listed
         mf.save(out, pub.widened(live, entries.values()))
     index = {acc: list(files.values()) for acc, files in variants.items()}
-    with Count(progress, page_count(index), "index pages", "pages") as bar:
-        pages = build_pages(index, on_step=bar.step)
-    with Count(progress, len(pages), "index pages written", "pages") as bar:
-        generation, changed = publish(out, pages, on_step=bar.step)
+    generation, changed = publish_index(out, index, progress)
     # Each target's lock names files the index now links: written only after the swap, so a run
     # that fails earlier leaves the old locks over the old index (verify-mirror checks they agree).
     _write_locks(out, targets, entries)
@@ -156,6 +153,18 @@ def locks_intact(out: Path, target_ids: list[str]) -> bool:
         if not (isinstance(was, list) and len(was) == 2 and _sha256_of(safe_join(out, L.target_lock(tid))) == was[1]):
             return False
     return True
+
+
+def publish_index(out: Path, index: dict[str, list[IndexFile]], progress: bool | None,
+                  desc: str = "index pages") -> tuple[str, bool]:
+    """``index`` (accelerator -> files) rendered and published as the live ``whl/`` tree
+    (``store.pages``: one generation swap), with a bar of the pages rendered, then one of them
+    written (``progress``: as the fetch's, :class:`~torchdepot.sync.reads.Count`). Returns the
+    generation and whether the index changed."""
+    with Count(progress, page_count(index), desc, "pages") as bar:
+        pages = build_pages(index, on_step=bar.step)
+    with Count(progress, len(pages), f"{desc} written", "pages") as bar:
+        return publish(out, pages, on_step=bar.step)
 
 
 def _write_locks(out: Path, targets: list[mf.Target], entries: dict[str, mf.FileEntry]) -> None:

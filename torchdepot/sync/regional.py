@@ -108,17 +108,15 @@ from torchdepot.store import publication as pub
 from torchdepot.store.fsutil import MirrorLock, atomic_write_text, safe_filename, safe_join
 from torchdepot.store.index_file import IndexFile
 from torchdepot.store.pages import (
-    build_pages,
     current_generation,
     ensure_metadata,
-    page_count,
-    publish,
     requires_python_of,
     wheel_metadata,
 )
 from torchdepot.sync import session
 from torchdepot.sync.check import verify_published
 from torchdepot.sync.download import WholeReads, check_fetched, make_fetcher
+from torchdepot.sync.pipindex import publish_index
 from torchdepot.sync.plan import channel_prefix
 from torchdepot.sync.reads import Count, ReadProgress
 from torchdepot.sync.result import Echo, MirrorResult, RunLog, sync_record
@@ -668,10 +666,7 @@ def _publish(out: Path, spec: MirrorSpec, previous: mf.Manifest | None, entries:
     pub.record(out, gone)  # journaled before the commit: a kill leaves leftovers, not orphans
     if previous is not None:
         mf.save(out, pub.widened(previous, entries.values()))
-    with Count(progress, page_count(index), "releases: index pages", "pages") as bar:
-        pages = build_pages(index, on_step=bar.step)
-    with Count(progress, len(pages), "releases: index pages written", "pages") as bar:
-        result.generation, result.index_changed = publish(out, pages, on_step=bar.step)
+    result.generation, result.index_changed = publish_index(out, index, progress, "releases: index pages")
     manifest = mf.Manifest(files=sorted(entries.values(), key=lambda e: e.path), spec=spec.to_data(),
                            last_sync=sync_record(started, "unchecked", ""))
     write_landing(out, manifest)
