@@ -434,12 +434,7 @@ class Segmenter:
         waited for another file's young runs would hold back its own file's end."""
         if self.tail_piece_bytes >= self.piece_bytes:
             return 0.0
-        now, wait = time.monotonic(), 0.0
-        with seg.lock:
-            for r in seg.runs:
-                if r.since is not None and r.end - r.pos >= 2 * self.tail_piece_bytes:
-                    wait = max(wait, RATE_SECONDS - (now - r.since))
-        return wait
+        return _rate_wait([seg], self.tail_piece_bytes, 0)  # its runs with two tail pieces' worth left
 
     def _work(self, seg: _Segmented, run: _Run | None, queued: bool) -> None:
         """Fetch ``run`` (or a stolen half when None), then keep stealing while free."""
