@@ -160,12 +160,20 @@ def split_variant_label(filename: str) -> tuple[str, str | None]:
     (``torch-2.10.0-cp314-cp314t-manylinux_2_28_x86_64.whl``, ``cuda13.0``); a name without
     a label comes back unchanged with None. Raises ParseError for an invalid label."""
     parts = filename[: -len(".whl")].split("-")
+    label = _pop_label(parts)
+    if label is None:
+        return filename, None
+    if not VARIANT_LABEL.fullmatch(label):
+        raise ParseError(f"{filename!r} is not a valid wheel filename: invalid variant label {label!r}")
+    return "-".join(parts) + ".whl", label
+
+
+def _pop_label(parts: list[str]) -> str | None:
+    """The last of a wheel name's dash-separated ``parts`` when it is a variant label (taken
+    off ``parts``): seven parts, or six whose third is no build tag; else None."""
     if len(parts) == 7 or (len(parts) == 6 and not parts[2][:1].isdigit()):
-        label = parts[-1]
-        if not VARIANT_LABEL.fullmatch(label):
-            raise ParseError(f"{filename!r} is not a valid wheel filename: invalid variant label {label!r}")
-        return "-".join(parts[:-1]) + ".whl", label
-    return filename, None
+        return parts.pop()
+    return None
 
 
 def parse_wheel(name_or_url: str) -> WheelFile:
@@ -246,11 +254,9 @@ def _tags_of(triple: str) -> _Tags | None:
 def _parse_fast(filename: str, dirs: list[str], url: str | None) -> WheelFile | None:
     """The model from the per-part caches; None when any part is refused (or unusual)."""
     parts = filename[: -len(".whl")].split("-")
-    label = None
-    if len(parts) == 7 or (len(parts) == 6 and not parts[2][:1].isdigit()):  # as split_variant_label
-        label = parts.pop()
-        if not VARIANT_LABEL.fullmatch(label):
-            return None
+    label = _pop_label(parts)
+    if label is not None and not VARIANT_LABEL.fullmatch(label):
+        return None
     if len(parts) == 5:
         build = None
     elif len(parts) == 6:
