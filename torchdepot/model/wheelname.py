@@ -222,6 +222,11 @@ def _version_of(part: str) -> tuple[str, str, str | None] | None:
         full = str(parse_wheel_filename(f"x-{part}-py3-none-any.whl")[1])
     except _REFUSED:
         return None
+    return _version_parts(full)
+
+
+def _version_parts(full: str) -> tuple[str, str, str | None]:
+    """(full, public, local or None) of a version packaging printed."""
     public, _, local = full.partition("+")
     return full, public, local or None
 
@@ -247,6 +252,11 @@ def _tags_of(triple: str) -> _Tags | None:
     except _REFUSED:
         return None
     py, abi, plat = triple.split("-")
+    return _tag_model(py, abi, plat)
+
+
+def _tag_model(py: str, abi: str, plat: str) -> _Tags:
+    """(python, abi, platform tags, platform) of a wheel name's three tag parts."""
     platform_tags = _tag_part(plat)
     return _tag_part(py), _tag_part(abi), platform_tags, platform_of_tags(platform_tags)
 
@@ -270,13 +280,7 @@ def _parse_fast(filename: str, dirs: list[str], url: str | None) -> WheelFile | 
     tags = _tags_of(f"{parts[-3]}-{parts[-2]}-{parts[-1]}")
     if name is None or version is None or tags is None:
         return None
-    full_version, public_version, local = version
-    python_tags, abi_tags, platform_tags, platform = tags
-    acc, source = _accelerator(local, label, dirs)
-    return WheelFile(filename=filename, name=name, version=full_version, public_version=public_version,
-                     local=local, build=build, python_tags=python_tags, abi_tags=abi_tags,
-                     platform_tags=platform_tags, platform=platform, accelerator=acc,
-                     accelerator_source=source, url=url, variant_label=label)
+    return _model(filename, dirs, url, label, name, version, build, tags)
 
 
 def _parse_reference(filename: str, dirs: list[str], url: str | None) -> WheelFile:
@@ -286,28 +290,21 @@ def _parse_reference(filename: str, dirs: list[str], url: str | None) -> WheelFi
     except _REFUSED as exc:
         raise ParseError(f"{filename!r} is not a valid wheel filename: {exc}") from None
     parts = plain[: -len(".whl")].split("-")
-    py, abi, plat = parts[-3], parts[-2], parts[-1]
-    full_version = str(version)
-    public_version, _, local_part = full_version.partition("+")
-    local = local_part or None
+    return _model(filename, dirs, url, label, str(name), _version_parts(str(version)),
+                  "".join(str(b) for b in build) if build else None, _tag_model(parts[-3], parts[-2], parts[-1]))
+
+
+def _model(filename: str, dirs: list[str], url: str | None, label: str | None, name: str,
+           version: tuple[str, str, str | None], build: str | None, tags: _Tags) -> WheelFile:
+    """The model of a name both paths have parsed: ``version`` as :func:`_version_parts`,
+    ``tags`` as :func:`_tag_model` give them."""
+    full_version, public_version, local = version
+    python_tags, abi_tags, platform_tags, platform = tags
     acc, source = _accelerator(local, label, dirs)
-    platform_tags = _tag_part(plat)
-    return WheelFile(
-        filename=filename,
-        name=str(name),
-        version=full_version,
-        public_version=public_version,
-        local=local,
-        build="".join(str(b) for b in build) if build else None,
-        python_tags=_tag_part(py),
-        abi_tags=_tag_part(abi),
-        platform_tags=platform_tags,
-        platform=platform_of_tags(platform_tags),
-        accelerator=acc,
-        accelerator_source=source,
-        url=url,
-        variant_label=label,
-    )
+    return WheelFile(filename=filename, name=name, version=full_version, public_version=public_version,
+                     local=local, build=build, python_tags=python_tags, abi_tags=abi_tags,
+                     platform_tags=platform_tags, platform=platform, accelerator=acc,
+                     accelerator_source=source, url=url, variant_label=label)
 
 
 def _accelerator(local: str | None, label: str | None, dirs: list[str]) -> tuple[Accelerator | None, str | None]:
