@@ -296,19 +296,15 @@ class Closure:
     """The per-accelerator walk: roots from the torch projects, then Requires-Dist, transitively."""
 
     def __init__(self, spec: MirrorSpec, reader: UpstreamReader, cache: Path | None, cache_writes: bool,
-                 sel: Selection, say: Echo, root: Path, held: dict[str, tuple[str, str]] | None = None,
-                 wholes: Wholes | None = None, held_paths: dict[str, str] | None = None) -> None:
+                 sel: Selection, say: Echo, root: Path, held: dict[str, mf.FileEntry] | None = None,
+                 wholes: Wholes | None = None) -> None:
         self.spec, self.reader, self.cache, self.cache_writes, self.sel, self.say = \
             spec, reader, cache, cache_writes, sel, say
         self.wholes = wholes  # where a wheel read whole goes for the fetch step (None: a dry run)
-        # upstream URL -> (sha256, stored path under root) of the wheels the mirror holds: a hashless
-        # link's METADATA is then cached by that hash and read from local disk, not by Range again
+        # stored path -> entry of the wheels the mirror holds (:func:`_held`): a hashless link's
+        # METADATA is then cached by that hash and read from local disk, not by Range again
         self.root, self.held = root, held or {}
-        # stored path -> sha256 of the wheels the mirror holds: a link with no hash whose URL the
-        # manifest does not name but whose default path it holds (a flat upstream copies filelock
-        # into every <acc>/ folder; the manifest names one URL) is kept from that file by the fetch
-        # (publication.choose_path: no claim, nothing to disagree with), so its METADATA is read there
-        self.held_paths = held_paths or {}
+        self.held_by_url = {e.url: e for e in self.held.values() if e.url}
         # upstream URL -> its requirements, read once per run: a dependency every accelerator's
         # index lists (one URL) would otherwise have its METADATA read once per accelerator
         self._requires_of: dict[str, list[tuple[str, SpecifierSet]]] = {}
@@ -424,10 +420,8 @@ class Closure:
         """The file's METADATA: the cache by hash, else its ``.metadata``, else by Range."""
         link = c.link
         declared = link.metadata_sha256 if link.core_metadata else None
-        held = self.held.get(link.url)
-        if held is None and link.sha256 is None and (path := _default_path(c)) in self.held_paths:
-            held = (self.held_paths[path], path)
-        sha = link.sha256 or (held[0] if held is not None else None)
+        held = _held(c, self.held_by_url, self.held)
+        sha = link.sha256 or (held.sha256 if held is not None else None)
         name = f"core-{declared}" if declared else f"wheel-{sha}" if sha and not link.core_metadata else None
         if name is not None and self.cache is not None:
             try:
@@ -441,7 +435,7 @@ class Closure:
         try:
             if link.metadata_url:
                 got = self.reader.metadata(link.metadata_url)
-            elif held is not None and held[0] == sha and (local := safe_join(self.root, held[1])).is_file():
+            elif held is not None and held.sha256 == sha and (local := safe_join(self.root, held.path)).is_file():
                 got = wheel_metadata(local, c.project)  # the mirror's own copy of these bytes
             else:
                 got = remote_metadata(self.reader, link.url, c.project,
@@ -475,14 +469,12 @@ def select(spec: MirrorSpec, reader: UpstreamReader, out: Path, dry_run: bool, s
     ``listed``: the committed manifest's files (their hashes and local copies serve hashless links);
     ``wholes``: where a wheel read whole goes (at the fetch item the placement gives it), so
     the fetch step joins it."""
-    held = {e.url: (e.sha256, e.path) for e in (listed or {}).values()
-            if e.kind == "wheel" and e.url and not e.hash_mismatch}
-    held_paths = {path: sha for sha, path in held.values()}
+    held = {path: e for path, e in (listed or {}).items() if e.kind == "wheel" and e.url and not e.hash_mismatch}
     prefix = channel_prefix(spec.channel)
     failures = []
     for base in spec.upstreams:
         sel = Selection()
-        walk = Closure(spec, reader, out / L.METADATA_CACHE, not dry_run, sel, say, out, held, wholes, held_paths)
+        walk = Closure(spec, reader, out / L.METADATA_CACHE, not dry_run, sel, say, out, held, wholes)
         try:
             accs = discover_accelerators(spec, reader, base, prefix, say)
             with ThreadPoolExecutor(max_workers=max(1, min(ACC_JOBS, len(accs)))) as pool:
@@ -516,9 +508,7 @@ def count(sel: Selection, previous: dict[str, mf.FileEntry], learned: dict[str, 
     learned = learned or {}
     known = unknown = new = 0
     for url, c in sel.files.items():
-        held = by_url.get(url)
-        if held is None and c.link.sha256 is None:  # a claimless link the fetch keeps from its default path
-            held = previous.get(_default_path(c))
+        held = _held(c, by_url, previous)
         size = held.size if held is not None else c.link.size if c.link.size is not None else learned.get(url)
         new += held is None
         if size is None:
@@ -617,8 +607,7 @@ def _run(spec: MirrorSpec, out: Path, result: MirrorResult, log: RunLog, opts: O
             check_bounds(spec, counted)
             if fetcher is None:  # a dry run
                 return result
-            report = _fetch(out, sel, placement, listed, fetcher)
-            paths = {url: placement.item(url, c).key for url, c in sel.files.items()}
+            report, paths = _fetch(out, sel, placement, listed, fetcher)
             _release(fetcher, wholes, set(paths.values()), listed)
             fetcher = wholes = None  # its futures (one per file: ~20 MB at 11k files) not held through publish
             result.report = report
@@ -790,6 +779,17 @@ def _default_path(c: Chosen) -> str:
     return L.package_path(c.project, safe_filename(c.link.filename))
 
 
+def _held(c: Chosen, by_url: dict[str, mf.FileEntry], listed: dict[str, mf.FileEntry]) -> mf.FileEntry | None:
+    """The committed manifest's entry for ``c``'s bytes: the one of its URL, else, for a link with
+    no hash, the one at its default path: the fetch keeps that file (``publication.choose_path``:
+    no claim, nothing to disagree with), as a flat upstream copies filelock into every ``<acc>/``
+    folder and the manifest names one URL."""
+    held = by_url.get(c.link.url)
+    if held is None and c.link.sha256 is None:
+        held = listed.get(_default_path(c))
+    return held
+
+
 class Placement:
     """Upstream URL -> the :class:`FetchItem` its bytes are fetched as (stored path, claim,
     size), each chosen once under a lock: by the whole reads of the selection
@@ -846,15 +846,16 @@ class Wholes:
 
 
 def _fetch(out: Path, sel: Selection, placement: Placement, listed: dict[str, mf.FileEntry],
-           fetcher: Fetcher) -> FetchReport:
+           fetcher: Fetcher) -> tuple[FetchReport, dict[str, str]]:
     """Every selected file into its stored path; one this run already read whole joins the
     fetcher's result for it (:class:`~torchdepot.sync.download.WholeReads`), not sent again.
-    The report holds the selected files only."""
+    The report holds the selected files only; with it, URL -> stored path."""
     items = [placement.item(url, c) for url, c in sel.files.items()]
+    paths = {url: i.key for url, i in zip(sel.files, items, strict=True)}
     pub.record(out, [p for i in items for p in (i.key, L.metadata_path(i.key)) if i.key not in listed])
     report = fetcher.run(items)
-    keys = {i.key for i in items}  # a whole read from an upstream given up on: not this run's
-    return dataclasses.replace(report, results=[r for r in report.results if r.key in keys])
+    keys = set(paths.values())  # a whole read from an upstream given up on: not this run's
+    return dataclasses.replace(report, results=[r for r in report.results if r.key in keys]), paths
 
 
 def _entries(out: Path, sel: Selection, paths: dict[str, str], report: FetchReport, listed: dict[str, mf.FileEntry],
