@@ -32,7 +32,13 @@ from torchdepot.fetch.bounds import RateMeter
 from torchdepot.fetch.items import HTML_TYPES, FetchItem, looks_like_html
 from torchdepot.fetch.pool import CHUNK, READ_ERRORS, Fatal, Pool, Retry, keep_alive
 from torchdepot.fetch.segmented import Segmenter
-from torchdepot.net.http import describe, file_url_path, parse_content_range, range_header
+from torchdepot.net.http import (
+    describe,
+    file_url_path,
+    parse_content_range,
+    range_header,
+    stated_length,
+)
 
 
 @dataclass(frozen=True)
@@ -150,10 +156,9 @@ def _answer(resp: requests.Response, url: str, part: Path, have: int, hasher, wa
         raise Retry(f"{url}: unrequested partial content", restart=True)
     if resp.status_code != 200:
         raise Fatal(f"{url}: HTTP {resp.status_code}")
-    cl = resp.headers.get("Content-Length")
     # A 200 to a Range request means the server ignored it: restart from zero.
-    expected_len = int(cl) if cl and cl.isascii() and cl.isdigit() and len(cl) < 19 else None
-    return _Answer(mode="wb", resumed=False, expected_len=expected_len)
+    stated = stated_length(resp.headers)
+    return _Answer(mode="wb", resumed=False, expected_len=stated if stated is not None and stated < 10**18 else None)
 
 
 def _hash_prefix(path: Path, length: int, hasher) -> None:

@@ -164,6 +164,13 @@ def parse_range(value: str | None, size: int) -> tuple[int, int] | None:
     return first, last
 
 
+def stated_length(headers: Mapping[str, str]) -> int | None:
+    """The body length a response's ``Content-Length`` states; None when it is absent or not a
+    plain decimal number (a hostile server may send anything: ``int()`` also takes "²" or " 1_0")."""
+    value = headers.get("Content-Length") or ""
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
 def range_header(first: int, last: int | None = None) -> str:
     """``Range`` for bytes ``first..last`` inclusive (open-ended when ``last`` is None)."""
     return f"bytes={first}-" if last is None else f"bytes={first}-{last}"
@@ -312,9 +319,9 @@ class Client:
         watchdog.daemon = True
         watchdog.start()
         try:
-            declared = resp.headers.get("Content-Length")
-            if declared and declared.isascii() and declared.isdigit() and int(declared) > self.config.max_page_bytes:
-                raise UpstreamError.at(url, f"page of {int(declared)} bytes exceeds the {self.config.max_page_bytes}-byte limit",
+            declared = stated_length(resp.headers)
+            if declared is not None and declared > self.config.max_page_bytes:
+                raise UpstreamError.at(url, f"page of {declared} bytes exceeds the {self.config.max_page_bytes}-byte limit",
                                       Reason.REFUSED)
             chunks, total = [], 0
             for chunk in resp.iter_content(256 * 1024):

@@ -43,7 +43,7 @@ import os
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -57,7 +57,14 @@ from torchdepot.errors import ParseError, Reason, UpstreamError
 from torchdepot.model.presets import Layout, preset_for
 from torchdepot.model.wheelname import WheelFile, parse_wheel
 from torchdepot.net.hostpolicy import HostPolicy
-from torchdepot.net.http import Client, HttpStatusError, cut_connection, describe, file_url_path
+from torchdepot.net.http import (
+    Client,
+    HttpStatusError,
+    cut_connection,
+    describe,
+    file_url_path,
+    stated_length,
+)
 from torchdepot.sources.links import Link, Page, page_from_json, page_to_json, warnings_summary
 from torchdepot.sources.pep691 import ACCEPT, parse_response
 from torchdepot.sources.variants import is_variants_json
@@ -68,6 +75,11 @@ MAX_REDIRECTS = 10
 
 class RefusedRedirect(UpstreamError):
     """A redirect to a URL the host policy refuses."""
+
+
+def body_length(resp: requests.Response) -> int | None:
+    """The bytes a response's body will bring, as stated (None: not stated, or encoded)."""
+    return stated_length(resp.headers) if "Content-Encoding" not in resp.headers else None
 
 
 class ReadWatch(Protocol):
@@ -82,6 +94,31 @@ class ReadWatch(Protocol):
     def advance(self, n: int) -> None: ...
 
     def file_done(self, key: str, status: str, size: int | None = None) -> None: ...
+
+
+class Read:
+    """One read shown to a watcher (:meth:`UpstreamReader.reading`): its size once a response
+    states it (:meth:`sized`), its body bytes as they arrive (:meth:`moved`), its end."""
+
+    def __init__(self, watch: ReadWatch | None, key: str) -> None:
+        self._watch, self._key = watch, key
+        self.moved_bytes = 0
+        self.ended = False
+
+    def sized(self, resp: requests.Response) -> None:
+        if self._watch is not None and (length := body_length(resp)) is not None:
+            self._watch.learn_size(length, self._key)
+
+    def moved(self, n: int) -> None:
+        self.moved_bytes += n
+        if self._watch is not None:
+            self._watch.advance(n)
+
+    def end(self) -> None:
+        """The read ended well, with the bytes :meth:`moved` told of."""
+        self.ended = True
+        if self._watch is not None:
+            self._watch.file_done(self._key, "downloaded", self.moved_bytes)
 
 
 @dataclass(frozen=True)
@@ -119,36 +156,22 @@ class UpstreamReader:
         with self._lock:
             self._watch = watcher
 
-    def read_started(self, url: str, resp: requests.Response | None = None) -> str | None:
-        """A read of ``url`` starts (``resp``: its response, whose Content-Length is its size);
-        returns its key for :meth:`read_bytes` / :meth:`read_done` (None: nobody watches)."""
+    @contextlib.contextmanager
+    def reading(self, url: str) -> Iterator[Read]:
+        """One http(s) read of ``url`` as the watcher sees it (:class:`Read`); it ends as failed
+        unless :meth:`Read.end` was called in the block."""
         with self._lock:
             watch = self._watch
             self._reads += 1
             key = f"{self._reads}:{url}"
-        if watch is None:
-            return None
-        watch.add_file(None, key)
-        if resp is not None:
-            self.read_size(key, resp)
-        return key
-
-    def read_size(self, key: str | None, resp: requests.Response) -> None:
-        length = resp.headers.get("Content-Length", "")
-        watch = self._watch
-        if key is not None and watch is not None and length.isascii() and length.isdigit() \
-                and "Content-Encoding" not in resp.headers:
-            watch.learn_size(int(length), key)
-
-    def read_bytes(self, key: str | None, n: int) -> None:
-        watch = self._watch
-        if key is not None and watch is not None:
-            watch.advance(n)
-
-    def read_done(self, key: str | None, size: int | None, ok: bool = True) -> None:
-        watch = self._watch
-        if key is not None and watch is not None:
-            watch.file_done(key, "downloaded" if ok else "failed", size)
+        read = Read(watch, key)
+        if watch is not None:
+            watch.add_file(None, key)
+        try:
+            yield read
+        finally:
+            if not read.ended and watch is not None:
+                watch.file_done(key, "failed")
 
     # -- one request per URL ------------------------------------------------------------
     def _once(self, kind: str, url: str, load: Callable[[], object]):
@@ -181,16 +204,16 @@ class UpstreamReader:
             data, meta = self.client.get_bytes(url)
             return Body(data, meta.get("url") or url, meta.get("content-type"), 200, meta)
         limit = limit or self.client.config.max_page_bytes
-        key = self.read_started(url)
-        try:
+        with self.reading(url) as read:
             resp = self.open(url, kind, headers)
-        except BaseException:
-            self.read_done(key, None, ok=False)
-            raise
-        if resp is None:
-            self.read_done(key, 0)
-            return None
-        self.read_size(key, resp)
+            if resp is None:
+                read.end()
+                return None
+            read.sized(resp)
+            return self._body(url, resp, limit, read)
+
+    def _body(self, url: str, resp: requests.Response, limit: int, read: Read) -> Body:
+        """``resp``'s whole body, bounded by ``limit`` bytes and the page deadline."""
         total = 0
         # a whole-body deadline: a server dripping a byte per recv never trips the read timeout
         deadline = self.client.config.page_deadline
@@ -200,29 +223,27 @@ class UpstreamReader:
         watchdog.start()
         gave_up = f"page not complete after {deadline:g} s; gave up"
         try:
-            declared = resp.headers.get("Content-Length")
-            if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
-                raise UpstreamError.at(url, f"body of {int(declared)} bytes exceeds the {limit}-byte limit",
+            declared = stated_length(resp.headers)
+            if declared is not None and declared > limit:
+                raise UpstreamError.at(url, f"body of {declared} bytes exceeds the {limit}-byte limit",
                                        Reason.REFUSED)
             chunks: list[bytes] = []
             for chunk in resp.iter_content(256 * 1024):
                 total += len(chunk)
-                self.read_bytes(key, len(chunk))
+                read.moved(len(chunk))
                 if total > limit:
                     raise UpstreamError.at(url, f"body exceeds the {limit}-byte limit", Reason.REFUSED)
                 chunks.append(chunk)
             if expired.is_set():
                 raise UpstreamError.at(url, gave_up, Reason.UNREACHABLE)
             hdrs = {k.lower(): v for k, v in resp.headers.items()}
-            self.read_done(key, total)
-            key = None
+            read.end()
             return Body(b"".join(chunks), resp.url, hdrs.get("content-type"), resp.status_code, hdrs)
         except (OSError, requests.RequestException) as exc:
             if expired.is_set():
                 raise UpstreamError.at(url, gave_up, Reason.UNREACHABLE) from None
             raise UpstreamError.at(url, describe(exc), Reason.UNREACHABLE) from None
         finally:
-            self.read_done(key, total, ok=False)  # key is None once it ended well
             watchdog.cancel()
             resp.close()
 
@@ -244,10 +265,8 @@ class UpstreamReader:
                     return None
                 raise
             if not resp.is_redirect:
-                length = resp.headers.get("Content-Length", "")
-                if kind == "wheels" and resp.status_code == 200 and length.isdigit() \
-                        and "Content-Encoding" not in resp.headers:
-                    self.note_size(url, int(length))
+                if kind == "wheels" and resp.status_code == 200 and (length := body_length(resp)) is not None:
+                    self.note_size(url, length)
                 return resp
             current = urllib.parse.urljoin(current, resp.headers["Location"])
             resp.close()

@@ -25,9 +25,11 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+import requests
+
 from torchdepot.errors import TorchdepotError, UpstreamError
 from torchdepot.net.http import file_url_path
-from torchdepot.sources.upstream import UpstreamReader
+from torchdepot.sources.upstream import Read, UpstreamReader
 from torchdepot.store.pages import metadata_member
 
 BLOCK = 64 * 1024
@@ -76,16 +78,12 @@ class _RangeFile(io.RawIOBase):
 
     def _fetch(self, start: int, end: int) -> bytes:
         self.reader._count("ranges")
-        key = self.reader.read_started(self.url)
-        try:
+        with self.reader.reading(self.url) as read:
             resp = self.reader.client.request("GET", self.url, headers={"Range": f"bytes={start}-{end - 1}"},
                                               stream=False, allow_redirects=False)
-        except BaseException:
-            self.reader.read_done(key, None, ok=False)
-            raise
-        self.reader.read_size(key, resp)
-        self.reader.read_bytes(key, len(resp.content))
-        self.reader.read_done(key, len(resp.content))
+            read.sized(resp)
+            read.moved(len(resp.content))
+            read.end()
         if resp.status_code == 200 and start == 0 and end >= self.size and len(resp.content) == self.size:
             return resp.content  # a range that is the whole file may be answered 200 (RFC 9110 allows it)
         if resp.status_code != 206:
@@ -159,51 +157,49 @@ def remote_metadata(reader: UpstreamReader, url: str, project: str, keep: KeepWh
     # One byte first: its Content-Range gives the size (servers that ignore suffix ranges,
     # "bytes=-N", still honour this), or a 200 shows the server has no Range support at all.
     reader._count("ranges")
-    key = reader.read_started(url)  # the progress display's: the probe, or the whole read it turns into
-    try:
+    with reader.reading(url) as read:  # the progress display's: the probe, or the whole read it turns into
         resp = reader.client.request("GET", url, headers={"Range": "bytes=0-0"}, stream=True, allow_redirects=False)
-    except BaseException:
-        reader.read_done(key, None, ok=False)
-        raise
-    received = 0
-    try:
-        total = _total(resp.headers.get("Content-Range")) if resp.status_code == 206 else None
-        if total is not None:
-            reader.read_done(key, 0)  # the probe's byte is not read (the body is left unread)
-            key = None
-            reader.note_size(url, total)
-            view = _RangeFile(reader, url, total, b"")
-            view.tail = view._fetch(max(0, total - BLOCK), total)  # end record + central directory, usually
-            view.tail_start = total - len(view.tail)
-            try:
-                with zipfile.ZipFile(io.BufferedReader(view, BLOCK)) as zf:
-                    meta = _metadata_member(zf, project, url)
-            except zipfile.BadZipFile as exc:
-                raise BadWheelError(f"{url}: not a readable wheel ({exc})") from None
-            if view.tail_start == 0 and len(view.tail) == total:  # the tail was the whole wheel
-                _kept(keep, view.tail, spool)
-            return meta
-        # No Range support: read the whole wheel once, to disk, not memory.
-        reader._count("wheels")
-        reader.read_size(key, resp)
-        digest = hashlib.sha256()
-        with tempfile.NamedTemporaryFile(prefix="torchdepot-", suffix=".whl", dir=spool) as tmp:
-            for chunk in resp.iter_content(256 * 1024):  # the progress display moves every 256 KB
-                tmp.write(chunk)
-                digest.update(chunk)
-                received += len(chunk)
-                reader.read_bytes(key, len(chunk))
-            tmp.flush()
+        try:
+            return _from_probe(reader, url, project, resp, read, keep, spool)
+        except OSError as exc:
+            raise UpstreamError(f"{url}: {exc}") from None
+        finally:
             resp.close()
-            reader.read_done(key, received)
-            key = None
-            reader.note_size(url, tmp.tell())
-            meta = _local_metadata(Path(tmp.name).as_uri(), project)
-            if keep is not None:
-                keep(Path(tmp.name), digest.hexdigest())
-            return meta
-    except OSError as exc:
-        raise UpstreamError(f"{url}: {exc}") from None
-    finally:
-        reader.read_done(key, received, ok=False)  # key is None once it ended well
+
+
+def _from_probe(reader: UpstreamReader, url: str, project: str, resp: requests.Response, read: Read,
+                keep: KeepWhole | None, spool: Path | None) -> bytes:
+    """:func:`remote_metadata` after the 1-byte probe: Range reads when ``resp`` is a 206, else
+    the whole wheel from ``resp``'s body (the server ignored the Range)."""
+    total = _total(resp.headers.get("Content-Range")) if resp.status_code == 206 else None
+    if total is not None:
+        read.end()  # the probe's byte is not read (the body is left unread)
+        reader.note_size(url, total)
+        view = _RangeFile(reader, url, total, b"")
+        view.tail = view._fetch(max(0, total - BLOCK), total)  # end record + central directory, usually
+        view.tail_start = total - len(view.tail)
+        try:
+            with zipfile.ZipFile(io.BufferedReader(view, BLOCK)) as zf:
+                meta = _metadata_member(zf, project, url)
+        except zipfile.BadZipFile as exc:
+            raise BadWheelError(f"{url}: not a readable wheel ({exc})") from None
+        if view.tail_start == 0 and len(view.tail) == total:  # the tail was the whole wheel
+            _kept(keep, view.tail, spool)
+        return meta
+    # No Range support: read the whole wheel once, to disk, not memory.
+    reader._count("wheels")
+    read.sized(resp)
+    digest = hashlib.sha256()
+    with tempfile.NamedTemporaryFile(prefix="torchdepot-", suffix=".whl", dir=spool) as tmp:
+        for chunk in resp.iter_content(256 * 1024):  # the progress display moves every 256 KB
+            tmp.write(chunk)
+            digest.update(chunk)
+            read.moved(len(chunk))
+        tmp.flush()
         resp.close()
+        read.end()
+        reader.note_size(url, tmp.tell())
+        meta = _local_metadata(Path(tmp.name).as_uri(), project)
+        if keep is not None:
+            keep(Path(tmp.name), digest.hexdigest())
+        return meta

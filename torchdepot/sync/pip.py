@@ -208,20 +208,7 @@ def sync(spec: MirrorSpec, *, dry_run: bool = False, client: Client | None = Non
     ``locks``: lock folders whose exact files are mirrored for their targets (``--from-locks``).
     ``pip_config``: the read of the user's pip configuration the command started early
     (:meth:`PendingRead.start` with this mirror's ``L.PIP_CONFIG``); used where the run would read
-    it into the mirror's state, ended otherwise."""
-    try:
-        return _sync(spec, dry_run=dry_run, client=client, progress=progress, out=out, wait=wait,
-                     pip_sources=pip_sources, echo=echo, add=add, spec_targets=spec_targets, prune=prune, locks=locks,
-                     on_progress=on_progress, pip_config=pip_config)
-    finally:
-        if pip_config is not None:
-            pip_config.close()
-
-
-def _sync(spec: MirrorSpec, *, dry_run: bool, client: Client | None, progress: bool | None, out: Path | None,
-          wait: float | None, pip_sources: PipSources | None, echo: Echo, add: Sequence[PipTarget],
-          spec_targets: bool, prune: bool, locks: tuple[LockedEnv, ...], on_progress: ProgressCallback | None,
-          pip_config: PendingRead | None) -> MirrorResult:
+    it into the mirror's state, ended early otherwise; the caller closes it in any case."""
     started, wall_started = time.monotonic(), time.time()
     out = Path(out or spec.out)
     if spec.releases is not None or (out / L.REGIONAL_RECORD).is_file():  # else regional.py is not loaded

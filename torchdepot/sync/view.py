@@ -807,18 +807,18 @@ class View:
         resp = self.reader.open(vf.link.url, "wheels")
         if resp is None:
             return None
-        key, got = self.reader.read_started(vf.link.url, resp), 0  # shown with the run's other reads
         try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            part = dest.with_name(dest.name + ".part")
-            with open(part, "wb") as out:
-                for chunk in resp.iter_content(1024 * 1024):
-                    out.write(chunk)
-                    got += len(chunk)
-                    self.reader.read_bytes(key, len(chunk))
-            os.replace(part, dest)
+            with self.reader.reading(vf.link.url) as read:  # shown with the run's other reads
+                read.sized(resp)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                part = dest.with_name(dest.name + ".part")
+                with open(part, "wb") as out:
+                    for chunk in resp.iter_content(1024 * 1024):
+                        out.write(chunk)
+                        read.moved(len(chunk))
+                os.replace(part, dest)
+                read.end()
         finally:
-            self.reader.read_done(key, got)
             resp.close()
         return dest
 
