@@ -55,7 +55,7 @@ import os
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -434,12 +434,7 @@ class Segmenter:
         waited for another file's young runs would hold back its own file's end."""
         if self.tail_piece_bytes >= self.piece_bytes:
             return 0.0
-        now, wait = time.monotonic(), 0.0
-        with seg.lock:
-            for r in seg.runs:
-                if r.since is not None and r.end - r.pos >= 2 * self.tail_piece_bytes:
-                    wait = max(wait, RATE_SECONDS - (now - r.since))
-        return wait
+        return _rate_wait([seg], self.tail_piece_bytes, 0)  # its runs with two tail pieces' worth left
 
     def _work(self, seg: _Segmented, run: _Run | None, queued: bool) -> None:
         """Fetch ``run`` (or a stolen half when None), then keep stealing while free."""
@@ -488,57 +483,52 @@ class Segmenter:
         fetch; whether one was handed to another file)."""
         if (seg is not None and seg.abort.is_set()) or not self._free(None if seg is None else seg.url):
             return None, False
-        best: tuple[int, _Segmented] | None = None
-        for other in self.in_flight.others(seg):
-            with other.lock:
-                left = _stealable(other, self.piece_bytes, self.head_steal_bytes)
-            if left and (best is None or left > best[0]):
-                best = (left, other)
-        if best is not None:
-            other = best[1]
-            with other.lock:
-                if other.closed or other.abort.is_set():
-                    return None, False
-                run = _steal(other, self.piece_bytes, self.head_steal_bytes)
-                if run is None:
-                    return None, False
-                return self._hand(seg, other, run)
-        return self._tail(seg)
+        block, head_min = self.piece_bytes, self.head_steal_bytes
+        found = self._cut_best(seg, self.in_flight.others(seg), lambda o: _stealable(o, block, head_min),
+                               lambda o: _steal(o, block, head_min))
+        return found if found is not None else self._tail(seg)
 
     def _tail(self, seg: _Segmented | None) -> tuple[_Run | None, bool]:
         """Under no lock: the tail rule over every file in flight (see :meth:`_lend`)."""
         if self.tail_piece_bytes >= self.piece_bytes:
             return None, False
         wait, now = self.first_byte.get(), time.monotonic()
+        floor, head_min = self.tail_piece_bytes, self.head_steal_bytes
+
+        def measure(other: _Segmented) -> float | None:
+            found = _tail_cut(other, now, wait, floor, head_min)
+            return None if found is None else found[0]
+
+        found = self._cut_best(seg, self.in_flight.others(None), measure,
+                               lambda o: _tail_steal(o, now, wait, floor, head_min))
+        return (None, False) if found is None else found
+
+    def _cut_best(self, seg: _Segmented | None, others: list[_Segmented],
+                  measure: Callable[[_Segmented], float | None], cut: Callable[[_Segmented], _Run | None],
+                  ) -> tuple[_Run | None, bool] | None:
+        """Under no lock: the file of ``others`` that ``measure`` (under its lock; 0 or None:
+        nothing to cut) rates highest, cut by ``cut`` under its lock again (its runs moved
+        meanwhile; it may have closed). The new run is this thread's when the file is ``seg``,
+        else a new piece task of that file, which its file thread waits for. Returns (the run
+        for this thread, whether one was handed to another file); None: no file rated."""
         best: tuple[float, _Segmented] | None = None
-        for other in self.in_flight.others(None):
+        for other in others:
             with other.lock:
-                found = _tail_cut(other, now, wait, self.tail_piece_bytes, self.head_steal_bytes)
-            if found is not None and (best is None or found[0] > best[0]):
-                best = (found[0], other)
+                score = measure(other)
+            if score and (best is None or score > best[0]):
+                best = (score, other)
         if best is None:
-            return None, False
+            return None
         other = best[1]
         with other.lock:
-            if other.closed or other.abort.is_set():
+            run = None if other.closed or other.abort.is_set() else cut(other)
+            if run is None:
                 return None, False
-            found = _tail_cut(other, now, wait, self.tail_piece_bytes, self.head_steal_bytes)
-            if found is None:
-                return None, False
-            _, owner, cut = found
-            end, owner.end = owner.end, cut
-            other.steals += 1
-            other.tail_steals += 1
-            return self._hand(seg, other, other.add_run(cut, end))
-
-    def _hand(self, seg: _Segmented | None, other: _Segmented, run: _Run) -> tuple[_Run | None, bool]:
-        """Under ``other.lock``: ``run`` (just cut from ``other``) for this thread when it is
-        ``seg``'s, else as a new piece task of ``other``, which its file thread waits for."""
-        if other is seg:
-            return run, False
-        self.backlog.add(1)
-        other.futures.append(self.executor.submit(self._work, other, run, True))
-        return None, True
+            if other is seg:
+                return run, False
+            self.backlog.add(1)
+            other.futures.append(self.executor.submit(self._work, other, run, True))
+            return None, True
 
     def _piece(self, seg: _Segmented, run: _Run) -> None:
         """Fetch one run to its (possibly moving) end, retrying from where it stopped."""
@@ -759,6 +749,19 @@ def _tail_cut(seg: _Segmented, now: float, wait: float, floor: int,
         if best is None or left / rate > best[0]:
             best = (left / rate, r, cut)
     return best
+
+
+def _tail_steal(seg: _Segmented, now: float, wait: float, floor: int, head_min: int) -> _Run | None:
+    """The tail rule's cut, under ``seg.lock``: the run :func:`_tail_cut` picks stops at its
+    cut, and the rest is a new run (None: no run to cut)."""
+    found = _tail_cut(seg, now, wait, floor, head_min)
+    if found is None:
+        return None
+    _, owner, cut = found
+    end, owner.end = owner.end, cut
+    seg.steals += 1
+    seg.tail_steals += 1
+    return seg.add_run(cut, end)
 
 
 def _record(seg: _Segmented, first: int, end: int) -> bool:

@@ -160,12 +160,20 @@ def split_variant_label(filename: str) -> tuple[str, str | None]:
     (``torch-2.10.0-cp314-cp314t-manylinux_2_28_x86_64.whl``, ``cuda13.0``); a name without
     a label comes back unchanged with None. Raises ParseError for an invalid label."""
     parts = filename[: -len(".whl")].split("-")
+    label = _pop_label(parts)
+    if label is None:
+        return filename, None
+    if not VARIANT_LABEL.fullmatch(label):
+        raise ParseError(f"{filename!r} is not a valid wheel filename: invalid variant label {label!r}")
+    return "-".join(parts) + ".whl", label
+
+
+def _pop_label(parts: list[str]) -> str | None:
+    """The last of a wheel name's dash-separated ``parts`` when it is a variant label (taken
+    off ``parts``): seven parts, or six whose third is no build tag; else None."""
     if len(parts) == 7 or (len(parts) == 6 and not parts[2][:1].isdigit()):
-        label = parts[-1]
-        if not VARIANT_LABEL.fullmatch(label):
-            raise ParseError(f"{filename!r} is not a valid wheel filename: invalid variant label {label!r}")
-        return "-".join(parts[:-1]) + ".whl", label
-    return filename, None
+        return parts.pop()
+    return None
 
 
 def parse_wheel(name_or_url: str) -> WheelFile:
@@ -214,6 +222,11 @@ def _version_of(part: str) -> tuple[str, str, str | None] | None:
         full = str(parse_wheel_filename(f"x-{part}-py3-none-any.whl")[1])
     except _REFUSED:
         return None
+    return _version_parts(full)
+
+
+def _version_parts(full: str) -> tuple[str, str, str | None]:
+    """(full, public, local or None) of a version packaging printed."""
     public, _, local = full.partition("+")
     return full, public, local or None
 
@@ -239,6 +252,11 @@ def _tags_of(triple: str) -> _Tags | None:
     except _REFUSED:
         return None
     py, abi, plat = triple.split("-")
+    return _tag_model(py, abi, plat)
+
+
+def _tag_model(py: str, abi: str, plat: str) -> _Tags:
+    """(python, abi, platform tags, platform) of a wheel name's three tag parts."""
     platform_tags = _tag_part(plat)
     return _tag_part(py), _tag_part(abi), platform_tags, platform_of_tags(platform_tags)
 
@@ -246,11 +264,9 @@ def _tags_of(triple: str) -> _Tags | None:
 def _parse_fast(filename: str, dirs: list[str], url: str | None) -> WheelFile | None:
     """The model from the per-part caches; None when any part is refused (or unusual)."""
     parts = filename[: -len(".whl")].split("-")
-    label = None
-    if len(parts) == 7 or (len(parts) == 6 and not parts[2][:1].isdigit()):  # as split_variant_label
-        label = parts.pop()
-        if not VARIANT_LABEL.fullmatch(label):
-            return None
+    label = _pop_label(parts)
+    if label is not None and not VARIANT_LABEL.fullmatch(label):
+        return None
     if len(parts) == 5:
         build = None
     elif len(parts) == 6:
@@ -264,13 +280,7 @@ def _parse_fast(filename: str, dirs: list[str], url: str | None) -> WheelFile | 
     tags = _tags_of(f"{parts[-3]}-{parts[-2]}-{parts[-1]}")
     if name is None or version is None or tags is None:
         return None
-    full_version, public_version, local = version
-    python_tags, abi_tags, platform_tags, platform = tags
-    acc, source = _accelerator(local, label, dirs)
-    return WheelFile(filename=filename, name=name, version=full_version, public_version=public_version,
-                     local=local, build=build, python_tags=python_tags, abi_tags=abi_tags,
-                     platform_tags=platform_tags, platform=platform, accelerator=acc,
-                     accelerator_source=source, url=url, variant_label=label)
+    return _model(filename, dirs, url, label, name, version, build, tags)
 
 
 def _parse_reference(filename: str, dirs: list[str], url: str | None) -> WheelFile:
@@ -280,28 +290,21 @@ def _parse_reference(filename: str, dirs: list[str], url: str | None) -> WheelFi
     except _REFUSED as exc:
         raise ParseError(f"{filename!r} is not a valid wheel filename: {exc}") from None
     parts = plain[: -len(".whl")].split("-")
-    py, abi, plat = parts[-3], parts[-2], parts[-1]
-    full_version = str(version)
-    public_version, _, local_part = full_version.partition("+")
-    local = local_part or None
+    return _model(filename, dirs, url, label, str(name), _version_parts(str(version)),
+                  "".join(str(b) for b in build) if build else None, _tag_model(parts[-3], parts[-2], parts[-1]))
+
+
+def _model(filename: str, dirs: list[str], url: str | None, label: str | None, name: str,
+           version: tuple[str, str, str | None], build: str | None, tags: _Tags) -> WheelFile:
+    """The model of a name both paths have parsed: ``version`` as :func:`_version_parts`,
+    ``tags`` as :func:`_tag_model` give them."""
+    full_version, public_version, local = version
+    python_tags, abi_tags, platform_tags, platform = tags
     acc, source = _accelerator(local, label, dirs)
-    platform_tags = _tag_part(plat)
-    return WheelFile(
-        filename=filename,
-        name=str(name),
-        version=full_version,
-        public_version=public_version,
-        local=local,
-        build="".join(str(b) for b in build) if build else None,
-        python_tags=_tag_part(py),
-        abi_tags=_tag_part(abi),
-        platform_tags=platform_tags,
-        platform=platform_of_tags(platform_tags),
-        accelerator=acc,
-        accelerator_source=source,
-        url=url,
-        variant_label=label,
-    )
+    return WheelFile(filename=filename, name=name, version=full_version, public_version=public_version,
+                     local=local, build=build, python_tags=python_tags, abi_tags=abi_tags,
+                     platform_tags=platform_tags, platform=platform, accelerator=acc,
+                     accelerator_source=source, url=url, variant_label=label)
 
 
 def _accelerator(local: str | None, label: str | None, dirs: list[str]) -> tuple[Accelerator | None, str | None]:

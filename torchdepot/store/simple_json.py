@@ -120,18 +120,14 @@ def json_file(f: IndexFile, depth: int) -> JsonFile:
                     upload_time=valid_upload_time(f.upload_time), yanked=False if f.yanked is None else f.yanked or True)
 
 
-def json_pages(html_pages: Iterable[str], variants: Mapping[str, list[IndexFile]]) -> dict[str, bytes]:
-    """{path under whl/ of each HTML page} -> the JSON twin of each, same directories.
+def twin_plan(html_pages: Iterable[str], variants: Mapping[str, list[IndexFile]]) -> dict[str, Callable[[], bytes]]:
+    """{path under whl/ of each HTML page} -> {the path of its JSON twin, same directories: the
+    twin's renderer}, so a caller knows how many pages it will render (a progress total) and
+    renders them one by one.
 
     Mirrors :func:`torchdepot.store.pages.build_pages`: ``<acc>/<project>/`` (depth 3),
     ``<project>/`` aggregated (depth 2), ``<acc>/`` and the root project lists. Pure.
     """
-    return {twin: render() for twin, render in twin_plan(html_pages, variants).items()}
-
-
-def twin_plan(html_pages: Iterable[str], variants: Mapping[str, list[IndexFile]]) -> dict[str, Callable[[], bytes]]:
-    """:func:`json_pages` before any page is rendered: {twin path: its renderer}, so a caller
-    knows how many pages it will render (a progress total) and renders them one by one."""
     by_acc: dict[str, dict[str, list[IndexFile]]] = {}
     everything: dict[str, list[IndexFile]] = {}
     for acc, files in variants.items():
