@@ -11,7 +11,6 @@ import http.client
 import os
 import re
 import shlex
-import shutil
 import socket
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.kit.lanproxy import LanProxy
+from tests.kit.realservers import free_port, nginx_conf, nginx_running
 from tests.kit.serving import request, serve_mirror
 from tests.mirror_fixture import make_mirror
 from tests.venvs import hermetic_env, make_venv, run
@@ -475,54 +475,15 @@ def test_nginx_types_come_from_content_types():
     assert sum(len(v) for v in nginx_types().values()) == len(CONTENT_TYPES) == len(declared)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def running_nginx(root: Path, tmp_path: Path):
     """Debian's nginx running the generated config for ``root`` on a loopback port."""
-    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-    assert nginx, "nginx not installed: apt-get install -y nginx-light (.ci/run installs it)"
-    port = _free_port()
-    conf_dir = tmp_path / "nginx"
-    (conf_dir / "logs").mkdir(parents=True)
-    block = nginx_config(root, port=port, listen=f"127.0.0.1:{port}")
-    (conf_dir / "nginx.conf").write_text(f"""
-{"user root;" if os.geteuid() == 0 else ""}
-daemon off;
-worker_processes 1;
-pid {conf_dir}/nginx.pid;
-error_log {conf_dir}/logs/error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log {conf_dir}/logs/access.log;
-    client_body_temp_path {conf_dir}/body;
-    proxy_temp_path {conf_dir}/proxy;
-    fastcgi_temp_path {conf_dir}/fastcgi;
-    uwsgi_temp_path {conf_dir}/uwsgi;
-    scgi_temp_path {conf_dir}/scgi;
-{block}
-}}
-""")
-    proc = subprocess.Popen([nginx, "-c", conf_dir / "nginx.conf", "-p", conf_dir],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None, f"nginx exited: {proc.stdout.read()}"
-                assert time.monotonic() < deadline, "nginx did not start"
-                time.sleep(0.1)
+    port = free_port()
+    conf = tmp_path / "nginx"
+    log = conf / "logs" / "access.log"
+    http = f"    access_log {log};\n" + nginx_config(root, port=port, listen=f"127.0.0.1:{port}")
+    with nginx_running(nginx_conf(conf, http, worker_connections=64), port, log):
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.mark.slow

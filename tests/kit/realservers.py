@@ -108,23 +108,10 @@ def nginx(root: Path, work: Path, limit_rate: str = "0", conns_per_file: int = 0
     one is open is answered 503, as a server that refuses parallel ranges does; ``0``: off)."""
     port = free_port()
     conf = work / "nginx"
-    (conf / "logs").mkdir(parents=True)
     log = conf / "logs" / "access.log"
-    (conf / "nginx.conf").write_text(f"""
-{"user root;" if os.geteuid() == 0 else ""}
-daemon off;
-worker_processes 1;
-pid {conf}/nginx.pid;
-error_log {conf}/logs/error.log;
-events {{ worker_connections 512; }}
-http {{
+    conf_file = nginx_conf(conf, f"""
     log_format counted '$request_method\\t$uri\\t$status\\t$body_bytes_sent\\t$http_range\\t$http_if_none_match\\t$http_if_modified_since';
     access_log {log} counted;
-    client_body_temp_path {conf}/body;
-    proxy_temp_path {conf}/proxy;
-    fastcgi_temp_path {conf}/fastcgi;
-    uwsgi_temp_path {conf}/uwsgi;
-    scgi_temp_path {conf}/scgi;
     limit_conn_zone $binary_remote_addr$uri zone=perfile:1m;
     limit_conn_status 503;
     types {{ text/html html; application/json json; }}
@@ -135,10 +122,39 @@ http {{
         index index.html;
         limit_rate {limit_rate};
         {f"limit_conn perfile {conns_per_file};" if conns_per_file else ""}
-    }}
+    }}""")
+    with nginx_running(conf_file, port, log) as up:
+        yield up
+
+
+def nginx_conf(conf: Path, http: str, worker_connections: int = 512) -> Path:
+    """``conf/nginx.conf`` for Debian's nginx in the foreground, unprivileged where it can be, its
+    pid, error log and temporary folders under ``conf``; ``http``: the directives of its http block."""
+    (conf / "logs").mkdir(parents=True, exist_ok=True)
+    path = conf / "nginx.conf"
+    path.write_text(f"""
+{"user root;" if os.geteuid() == 0 else ""}
+daemon off;
+worker_processes 1;
+pid {conf}/nginx.pid;
+error_log {conf}/logs/error.log;
+events {{ worker_connections {worker_connections}; }}
+http {{
+    client_body_temp_path {conf}/body;
+    proxy_temp_path {conf}/proxy;
+    fastcgi_temp_path {conf}/fastcgi;
+    uwsgi_temp_path {conf}/uwsgi;
+    scgi_temp_path {conf}/scgi;
+{http}
 }}
 """)
-    with _served([nginx_binary(), "-c", str(conf / "nginx.conf"), "-p", str(conf)], port, log, "nginx") as up:
+    return path
+
+
+@contextlib.contextmanager
+def nginx_running(conf_file: Path, port: int, log: Path) -> Iterator[Served]:
+    """nginx run with ``conf_file`` (:func:`nginx_conf`), once it listens on ``port``; always stopped."""
+    with _served([nginx_binary(), "-c", str(conf_file), "-p", str(conf_file.parent)], port, log, "nginx") as up:
         yield up
 
 
