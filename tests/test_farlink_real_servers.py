@@ -107,6 +107,17 @@ def _wheels(out: Path) -> dict[str, int]:
     return {e.path.rsplit("/", 1)[-1]: e.size for e in mf.load(out).files if e.kind == "wheel"}
 
 
+def _counted(up, spec, env, what: str, *args: str) -> tuple[subprocess.CompletedProcess, list[Hit]]:
+    """``torchdepot mirror`` as a user runs it (it must pass, ``what`` names it) and the requests
+    ``up`` answered meanwhile (their statuses printed as FIGURES)."""
+    mark = up.mark()
+    t0 = time.monotonic()
+    proc = _ok(run_mirror(spec, env, *args), what)
+    hits = up.since(mark)
+    print(f"FIGURES {what} {time.monotonic() - t0:.2f}s requests={Counter(h.status for h in hits)}")
+    return proc, hits
+
+
 def _ok(proc, what: str):
     assert proc.returncode == 0, f"{what}: exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
@@ -179,11 +190,7 @@ def test_nginx_upstream_cold_ranges_then_304s_then_only_what_changed(tmp_path):
         assert sent[torch.filename] - len(torch.data) <= len(cut) * _socket_buffers(), cut
 
         # a no-op: every page read again conditionally, all 304, no file body
-        mark = up.mark()
-        t0 = time.monotonic()
-        noop = _ok(run_mirror(spec, env), "no-op sync")
-        again = up.since(mark)
-        print(f"FIGURES no-op {time.monotonic() - t0:.2f}s requests={Counter(h.status for h in again)}")
+        noop, again = _counted(up, spec, env, "no-op sync")
         assert again, "a no-op must still ask upstream whether its pages changed"
         assert not [h for h in again if h.status != 304 and h.status != 404], again
         assert sum(h.body for h in again if h.status == 304) == 0
@@ -192,9 +199,7 @@ def test_nginx_upstream_cold_ranges_then_304s_then_only_what_changed(tmp_path):
         assert _wheels(out) == sizes, noop.stdout
 
         # --dry-run reads the same caches and the manifest's sizes: only 304s, no request per file
-        mark = up.mark()
-        dry = _ok(run_mirror(spec, env, "--dry-run"), "dry run")
-        planned = up.since(mark)
+        dry, planned = _counted(up, spec, env, "dry run", "--dry-run")
         assert planned, dry.stdout
         assert all(h.status == 304 for h in planned), planned
         total = format_size(sum(sizes.values()))
@@ -205,9 +210,7 @@ def test_nginx_upstream_cold_ranges_then_304s_then_only_what_changed(tmp_path):
         page = root / "whl" / "cpu" / "filelock" / "index.html"
         later = time.time() + 5
         os.utime(page, (later, later))
-        mark = up.mark()
-        _ok(run_mirror(spec, env), "sync after touch")
-        touched = up.since(mark)
+        _, touched = _counted(up, spec, env, "sync after touch")
         full = [h for h in touched if h.status == 200]
         assert [h.path for h in full] == ["/whl/cpu/filelock/index.html"], touched
         assert full[0].body == page.stat().st_size
@@ -217,12 +220,9 @@ def test_nginx_upstream_cold_ranges_then_304s_then_only_what_changed(tmp_path):
         new = padded_wheel("filelock", "3.17.0", "py3-none-any", (), DEP_PAYLOAD, 99)
         deps2 = [*deps, new]
         _pytorch_tree(root, up.url, deps2)  # writes filelock's two pages, the project list and the wheel
-        mark = up.mark()
-        _ok(run_mirror(spec, env), "sync after a new release")
-        changed = up.since(mark)
+        _, changed = _counted(up, spec, env, "sync after a new release")
         assert _bodies(changed) == {new.filename: len(new.data) + 1}, _bodies(changed)  # + the size probe
         assert new.filename in _wheels(out)
-        print(f"FIGURES changed requests={Counter(h.status for h in changed)}")
 
 
 @pytest.mark.slow  # a real server process and a paced download (about 1.5 s)
@@ -346,11 +346,7 @@ def test_http_server_flat_listing_and_find_links_send_each_body_once(tmp_path):
         doc = json.loads(cold.stdout)
         print(f"FIGURES requests={doc.get('requests')}")
 
-        mark = up.mark()
-        t0 = time.monotonic()
-        noop = _ok(run_mirror(spec, env), "no-op sync")
-        again = up.since(mark)
-        print(f"FIGURES no-op {time.monotonic() - t0:.2f}s requests={Counter((h.path, h.status) for h in again)}")
+        noop, again = _counted(up, spec, env, "no-op sync")
         assert again, "a no-op must still ask upstream whether its listings changed"
         assert not [h for h in again if h.path.endswith(".whl")], again
         # http.server sends a directory listing with no validator: read again, each once
@@ -371,16 +367,16 @@ def _flat_folders(root: Path, torch, deps) -> dict[str, int]:
     return {torch.filename: len(torch.data), **{w.filename: len(w.data) for w in deps}}
 
 
-def _flat_env_and_spec(up, tmp_path: Path, out: Path) -> tuple[dict, Path]:
+def _flat_env_and_spec(up, tmp_path: Path, out: Path, upstream: str = "/pytorch-wheels") -> tuple[dict, Path]:
     """The environment (no index: ``deps/`` as the user's find-links) and a one-target cpu spec
-    over ``pytorch-wheels/`` as the PyTorch upstream."""
+    over ``upstream`` (a path on ``up``) as the PyTorch upstream."""
     env = mirror_env(up.url, tmp_path)
     del env["PIP_INDEX_URL"]
     env.update(PIP_NO_INDEX="1", PIP_FIND_LINKS=up.url + "/deps/")
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({
         "packages": ["torch"], "extra_packages": [], "accelerators": ["cpu"], "pythons": ["3.11"],
-        "platforms": ["linux-x86_64"], "upstreams": [up.url + "/pytorch-wheels"], "out": str(out), "jobs": 4}))
+        "platforms": ["linux-x86_64"], "upstreams": [up.url + upstream], "out": str(out), "jobs": 4}))
     return env, spec
 
 
@@ -598,11 +594,7 @@ def test_the_readme_regional_spec_against_nginx_cold_then_only_304s(tmp_path):
         assert {n: sent[n] for n in want} == {n: sizes[n] for n in want}  # each body once (.metadata given)
         assert not [h for h in cold if h.path.startswith("/simple")], "the pip index is not read"
 
-        mark = up.mark()
-        t0 = time.monotonic()
-        again = _ok(run_mirror(spec, env), "no-op regional sync")
-        noop = up.since(mark)
-        print(f"FIGURES regional no-op {time.monotonic() - t0:.2f}s requests={Counter(h.status for h in noop)}")
+        again, noop = _counted(up, spec, env, "no-op regional sync")
         assert noop, again.stdout
         assert not [h for h in noop if h.path.endswith((".whl", ".metadata"))], noop
         # only 304s (triton's page, named by cu121's torch and listed nowhere, is a 404 each time)
@@ -629,14 +621,7 @@ def test_http_server_find_links_page_is_revalidated_by_last_modified(tmp_path):
     for p in root.rglob("*"):
         os.utime(p, (time.time() - 3600,) * 2)
     with http_server(root, tmp_path / "httpd") as up:
-        env = mirror_env(up.url, tmp_path)
-        del env["PIP_INDEX_URL"]
-        env.update(PIP_NO_INDEX="1", PIP_FIND_LINKS=up.url + "/deps/")
-        spec = tmp_path / "spec.yaml"
-        spec.write_text(yaml.safe_dump({
-            "packages": ["torch"], "extra_packages": [], "accelerators": ["cpu"], "pythons": ["3.11"],
-            "platforms": ["linux-x86_64"], "upstreams": [up.url + "/whl/torch_stable.html"], "out": str(tmp_path / "out"),
-            "jobs": 4}))
+        env, spec = _flat_env_and_spec(up, tmp_path, tmp_path / "out", "/whl/torch_stable.html")
         _ok(run_mirror(spec, env), "cold sync")
         assert _bodies(up.hits())[torch.filename] == len(torch.data)
         mark = up.mark()

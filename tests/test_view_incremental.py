@@ -44,6 +44,17 @@ def upstream():
         yield up
 
 
+def first_sync(up, out: Path, seen: list[tuple[str, str]]):
+    """The first sync of ``up`` into ``out`` (it must pass) and the view pages ``seen`` counted in
+    it: torch's of both accelerators and their dependencies'."""
+    first, _ = _sync(up, out)
+    assert first.verify == "ok"
+    pages = set(seen)
+    assert {("cpu", "torch"), ("cu121", "torch")} <= pages
+    assert len(pages) >= 6, pages
+    return first, pages
+
+
 def from_scratch_again(out: Path, tmp_path: Path) -> None:
     """The incremental mirror at ``out`` moved to ``tmp_path/incremental``, and the copy made
     before its run (``tmp_path/before``) put back at ``out`` without its view, derivations, kept
@@ -125,11 +136,7 @@ def _published(out: Path) -> dict[str, bytes]:
 def test_one_changed_page_rebuilds_one_view_page_and_resolves_one_target(upstream, tmp_path, counted):
     derived, resolved = counted
     out = tmp_path / "out"
-    first, _ = _sync(upstream, out)
-    assert first.verify == "ok"
-    pages = set(derived)
-    assert {("cpu", "torch"), ("cu121", "torch")} <= pages
-    assert len(pages) >= 6, pages
+    first, pages = first_sync(upstream, out, derived)
     assert sorted(resolved) == sorted(tp.target.id for tp in first.plans)
     assert len(list((out / L.VIEW_DIR / SCREENS_DIR).glob("*.json"))) == len(pages)
     shutil.copytree(out, tmp_path / "before", symlinks=True)
